@@ -1,0 +1,5 @@
+//! Where signals leave: the Prometheus endpoint and its HTTP server, and vitals' own health metrics.
+
+pub mod http;
+pub mod prometheus;
+pub mod self_metrics;

@@ -1,0 +1,107 @@
+//! vitals' own health: build, CPU and memory of the sidecar itself, per-source read errors and sample
+//! durations. Named `vitals_exporter_*` so they never mix with the target's `process_*` series.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::source::procfs::{parse_stat, ReadErrorSink};
+use crate::source::ReadSource;
+use crate::store::{Collector, Family, MetricKind, Value};
+
+/// Counters the sources report into.
+pub struct ExporterStats {
+    errors: [AtomicU64; ReadSource::ALL.len()],
+    durations_ns: [AtomicU64; ReadSource::ALL.len()],
+    hz: u64,
+    page_size: u64,
+}
+
+impl ExporterStats {
+    /// Fresh counters; `hz` and `page_size` convert the sidecar's own /proc/self figures.
+    pub fn new(hz: u64, page_size: u64) -> Self {
+        ExporterStats {
+            errors: Default::default(),
+            durations_ns: Default::default(),
+            hz,
+            page_size,
+        }
+    }
+
+    /// Read errors counted for `source` so far.
+    pub fn errors(&self, source: ReadSource) -> u64 {
+        self.errors[source.index()].load(Ordering::Relaxed)
+    }
+}
+
+impl ReadErrorSink for ExporterStats {
+    fn read_error(&self, source: ReadSource) {
+        self.errors[source.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn read_duration(&self, source: ReadSource, took: Duration) {
+        // Zero means "never read", so a real reading is stored as at least 1 ns.
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX).max(1);
+        self.durations_ns[source.index()].store(ns, Ordering::Relaxed);
+    }
+}
+
+impl Collector for ExporterStats {
+    fn collect(&self, out: &mut Vec<Family>) {
+        out.push(
+            Family::new(
+                "vitals_exporter_build_info",
+                "vitals build",
+                "",
+                MetricKind::Gauge,
+            )
+            .with(&[("version", env!("CARGO_PKG_VERSION"))], Value::Gauge(1.0)),
+        );
+        if let Ok(raw) = std::fs::read("/proc/self/stat") {
+            if let Ok(st) = parse_stat(&raw) {
+                let cpu = (st.utime + st.stime) as f64 / self.hz as f64;
+                out.push(
+                    Family::new(
+                        "vitals_exporter_cpu_seconds",
+                        "CPU time of the vitals sidecar itself",
+                        "seconds",
+                        MetricKind::Counter,
+                    )
+                    .with(&[], Value::Counter(cpu)),
+                );
+                out.push(
+                    Family::new(
+                        "vitals_exporter_resident_memory_bytes",
+                        "Resident memory of the vitals sidecar itself",
+                        "bytes",
+                        MetricKind::Gauge,
+                    )
+                    .with(&[], Value::Gauge((st.rss_pages * self.page_size) as f64)),
+                );
+            }
+        }
+        let mut errors = Family::new(
+            "vitals_exporter_read_errors",
+            "Reads of a target file that failed (file left out of /metrics)",
+            "",
+            MetricKind::Counter,
+        );
+        let mut durations = Family::new(
+            "vitals_exporter_sample_duration_seconds",
+            "Duration of the latest read of each source",
+            "seconds",
+            MetricKind::Gauge,
+        );
+        for s in ReadSource::ALL {
+            errors.push(
+                &[("source", s.label())],
+                Value::Counter(self.errors(s) as f64),
+            );
+            let ns = self.durations_ns[s.index()].load(Ordering::Relaxed);
+            if ns > 0 {
+                durations.push(&[("source", s.label())], Value::Gauge(ns as f64 / 1e9));
+            }
+        }
+        out.push(errors);
+        out.push(durations);
+    }
+}

@@ -1,0 +1,54 @@
+//! The `vitals` command line: parse flags, build the configuration, start the runtime, map exit codes
+//! (2 for a bad flag or config file, the child's code in `run` mode).
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use vitals::config::{Cli, LogFormat};
+
+fn main() {
+    let cli = Cli::parse();
+    let config = match cli.resolve() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    let filter = match EnvFilter::try_new(&config.log_level) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: --log-level {:?}: {e}", config.log_level);
+            std::process::exit(2);
+        }
+    };
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    match config.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let code = match runtime.block_on(vitals::app::run(config)) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            1
+        }
+    };
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    std::process::exit(code);
+}

@@ -1,0 +1,762 @@
+//! The target's /proc/PID files: parsers for stat, status, io, schedstat, limits and smaps_rollup, and
+//! [`ProcReader`], which keeps them open and fills a [`ProcSample`] every tick without allocating.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::kept::{is_gone, KeptFile};
+use super::ReadSource;
+
+/// A file's content did not have the expected shape.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{file}: {what}")]
+pub struct ParseError {
+    /// Which pseudo-file (`stat`, `status`, …).
+    pub file: &'static str,
+    /// What was wrong.
+    pub what: String,
+}
+
+fn perr(file: &'static str, what: impl Into<String>) -> ParseError {
+    ParseError {
+        file,
+        what: what.into(),
+    }
+}
+
+/// Fields of /proc/PID/stat that vitals uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stat {
+    /// Minor faults.
+    pub minflt: u64,
+    /// Major faults.
+    pub majflt: u64,
+    /// User time, clock ticks.
+    pub utime: u64,
+    /// System time, clock ticks.
+    pub stime: u64,
+    /// Threads.
+    pub num_threads: u64,
+    /// Start time, clock ticks since boot: with the pid, the target's identity.
+    pub starttime: u64,
+    /// Virtual memory size, bytes.
+    pub vsize: u64,
+    /// Resident set, pages.
+    pub rss_pages: u64,
+}
+
+/// Parses /proc/PID/stat. The command name may hold spaces and parentheses, so fields are counted from
+/// the last `)`.
+pub fn parse_stat(buf: &[u8]) -> Result<Stat, ParseError> {
+    let close = buf
+        .iter()
+        .rposition(|&b| b == b')')
+        .ok_or_else(|| perr("stat", "no ')' after comm"))?;
+    let rest =
+        std::str::from_utf8(&buf[close + 1..]).map_err(|_| perr("stat", "not UTF-8 after comm"))?;
+    // Index 0 is field 3 (state) of proc(5). Only the fields used are parsed: others (tpgid, nice) may be
+    // negative.
+    const USED: [usize; 8] = [7, 9, 11, 12, 17, 19, 20, 21];
+    let mut fields = [0u64; 22];
+    let mut n = 0;
+    for (i, tok) in rest.split_ascii_whitespace().enumerate().take(22) {
+        if USED.contains(&i) {
+            fields[i] = tok
+                .parse()
+                .map_err(|_| perr("stat", format!("field {} is not a number: {tok:?}", i + 3)))?;
+        }
+        n = i + 1;
+    }
+    if n < 22 {
+        return Err(perr(
+            "stat",
+            format!("truncated: {} fields after comm, need 22", n),
+        ));
+    }
+    Ok(Stat {
+        minflt: fields[7],
+        majflt: fields[9],
+        utime: fields[11],
+        stime: fields[12],
+        num_threads: fields[17],
+        starttime: fields[19],
+        vsize: fields[20],
+        rss_pages: fields[21],
+    })
+}
+
+/// Fields of /proc/PID/status that vitals uses. Absent lines (kernel threads have no Vm* lines) stay None.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Status {
+    /// VmRSS, bytes.
+    pub vm_rss: Option<u64>,
+    /// VmSwap, bytes.
+    pub vm_swap: Option<u64>,
+    /// Threads.
+    pub threads: Option<u64>,
+    /// voluntary_ctxt_switches.
+    pub voluntary_ctxt: Option<u64>,
+    /// nonvoluntary_ctxt_switches.
+    pub nonvoluntary_ctxt: Option<u64>,
+    /// Real UID.
+    pub uid: Option<u32>,
+    /// The pid as the target's innermost pid namespace sees it (last NSpid field).
+    pub nspid: Option<u32>,
+}
+
+/// Parses /proc/PID/status.
+pub fn parse_status(buf: &[u8]) -> Result<Status, ParseError> {
+    let text = std::str::from_utf8(buf).map_err(|_| perr("status", "not UTF-8"))?;
+    let mut s = Status::default();
+    let mut saw_name = false;
+    for line in text.lines() {
+        let Some((key, val)) = line.split_once(':') else {
+            continue;
+        };
+        let val = val.trim();
+        let num = |file_key: &str| -> Result<u64, ParseError> {
+            val.split_ascii_whitespace()
+                .next()
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| perr("status", format!("{file_key} is not a number: {val:?}")))
+        };
+        match key {
+            "Name" => saw_name = true,
+            "VmRSS" => s.vm_rss = Some(kib(num(key)?)),
+            "VmSwap" => s.vm_swap = Some(kib(num(key)?)),
+            "Threads" => s.threads = Some(num(key)?),
+            "voluntary_ctxt_switches" => s.voluntary_ctxt = Some(num(key)?),
+            "nonvoluntary_ctxt_switches" => s.nonvoluntary_ctxt = Some(num(key)?),
+            "Uid" => s.uid = Some(num(key)? as u32),
+            "NSpid" => {
+                let last = val
+                    .split_ascii_whitespace()
+                    .last()
+                    .and_then(|v| v.parse().ok());
+                s.nspid =
+                    Some(last.ok_or_else(|| {
+                        perr("status", format!("NSpid is not a pid list: {val:?}"))
+                    })?);
+            }
+            _ => {}
+        }
+    }
+    if !saw_name {
+        return Err(perr("status", "no Name line"));
+    }
+    Ok(s)
+}
+
+fn kib(v: u64) -> u64 {
+    v.saturating_mul(1024)
+}
+
+/// Disk bytes from /proc/PID/io.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Io {
+    /// Bytes read from storage.
+    pub read_bytes: u64,
+    /// Bytes written to storage.
+    pub write_bytes: u64,
+}
+
+/// Parses /proc/PID/io.
+pub fn parse_io(buf: &[u8]) -> Result<Io, ParseError> {
+    let text = std::str::from_utf8(buf).map_err(|_| perr("io", "not UTF-8"))?;
+    let (mut r, mut w) = (None, None);
+    for line in text.lines() {
+        let Some((key, val)) = line.split_once(':') else {
+            continue;
+        };
+        let parse = || {
+            val.trim()
+                .parse::<u64>()
+                .map_err(|_| perr("io", format!("{key} is not a number")))
+        };
+        match key {
+            "read_bytes" => r = Some(parse()?),
+            "write_bytes" => w = Some(parse()?),
+            _ => {}
+        }
+    }
+    match (r, w) {
+        (Some(read_bytes), Some(write_bytes)) => Ok(Io {
+            read_bytes,
+            write_bytes,
+        }),
+        _ => Err(perr("io", "read_bytes or write_bytes missing")),
+    }
+}
+
+/// /proc/PID/task/TID/schedstat: time on CPU and time waiting on a run queue, nanoseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SchedStat {
+    /// Time spent running.
+    pub run_ns: u64,
+    /// Time spent runnable but waiting for a CPU.
+    pub wait_ns: u64,
+}
+
+/// Parses a schedstat file.
+pub fn parse_schedstat(buf: &[u8]) -> Result<SchedStat, ParseError> {
+    let text = std::str::from_utf8(buf).map_err(|_| perr("schedstat", "not UTF-8"))?;
+    let mut it = text.split_ascii_whitespace().map(|t| t.parse::<u64>());
+    match (it.next(), it.next(), it.next()) {
+        (Some(Ok(run_ns)), Some(Ok(wait_ns)), Some(Ok(_))) => Ok(SchedStat { run_ns, wait_ns }),
+        _ => Err(perr(
+            "schedstat",
+            format!("expected three numbers, got {:?}", text.trim()),
+        )),
+    }
+}
+
+/// Soft "Max open files" from /proc/PID/limits; None when unlimited.
+pub fn parse_limits_max_fds(buf: &[u8]) -> Result<Option<u64>, ParseError> {
+    let text = std::str::from_utf8(buf).map_err(|_| perr("limits", "not UTF-8"))?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .ok_or_else(|| perr("limits", "no 'Max open files' line"))?;
+    let soft = line["Max open files".len()..]
+        .split_ascii_whitespace()
+        .next()
+        .ok_or_else(|| perr("limits", "'Max open files' has no value"))?;
+    if soft == "unlimited" {
+        return Ok(None);
+    }
+    soft.parse()
+        .map(Some)
+        .map_err(|_| perr("limits", format!("soft limit is not a number: {soft:?}")))
+}
+
+/// Proportional set size in bytes from /proc/PID/smaps_rollup.
+pub fn parse_smaps_rollup_pss(buf: &[u8]) -> Result<u64, ParseError> {
+    let text = std::str::from_utf8(buf).map_err(|_| perr("smaps_rollup", "not UTF-8"))?;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("Pss:") {
+            let v = rest
+                .split_ascii_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| perr("smaps_rollup", format!("Pss is not a number: {rest:?}")))?;
+            return Ok(kib(v));
+        }
+    }
+    Err(perr("smaps_rollup", "no Pss line"))
+}
+
+/// One tick's reading of the target's procfs files. Groups that could not be read are None.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ProcSample {
+    /// /proc/PID/stat.
+    pub stat: Option<Stat>,
+    /// /proc/PID/status.
+    pub status: Option<Status>,
+    /// /proc/PID/io (needs ptrace access).
+    pub io: Option<Io>,
+    /// Run-queue wait of all threads, live and exited since attach, nanoseconds.
+    pub sched_wait_ns: Option<u64>,
+    /// Open file descriptors (needs ptrace access).
+    pub open_fds: Option<u64>,
+    /// Soft fd limit; None also when unlimited.
+    pub max_fds: Option<u64>,
+    /// PSS, bytes (only with `--pss`).
+    pub pss: Option<u64>,
+}
+
+/// Why a tick produced no sample.
+#[derive(Debug, thiserror::Error)]
+pub enum TickError {
+    /// The process exited (or its pid now belongs to another process).
+    #[error("target process {0} is gone")]
+    Gone(u32),
+}
+
+/// Counts read failures by source; implemented by the exporter's self-metrics.
+pub trait ReadErrorSink {
+    /// One failed read of `source`.
+    fn read_error(&self, source: ReadSource);
+    /// How long a read of `source` took.
+    fn read_duration(&self, source: ReadSource, took: Duration);
+}
+
+/// Policy for the opt-in smaps_rollup read, which holds the target's mmap lock while it walks every VMA.
+#[derive(Debug, Clone, Copy)]
+pub struct PssPolicy {
+    /// Shortest time between two reads.
+    pub min_interval: Duration,
+    /// A read slower than this doubles the interval (up to `max_interval`); a fast one halves it back.
+    pub slow_read: Duration,
+    /// Longest backed-off interval.
+    pub max_interval: Duration,
+}
+
+impl Default for PssPolicy {
+    fn default() -> Self {
+        PssPolicy {
+            min_interval: Duration::from_secs(30),
+            slow_read: Duration::from_millis(50),
+            max_interval: Duration::from_secs(600),
+        }
+    }
+}
+
+struct PssState {
+    policy: PssPolicy,
+    interval: Duration,
+    next: Instant,
+    last: Option<u64>,
+}
+
+/// Keeps a target's /proc files open and samples them.
+pub struct ProcReader {
+    pid: u32,
+    dir: PathBuf,
+    stat: KeptFile,
+    status: KeptFile,
+    io: Option<KeptFile>,
+    limits: Option<KeptFile>,
+    fd_count_by_size: bool,
+    threads: HashMap<u32, (KeptFile, u64)>,
+    exited_wait_ns: u64,
+    ticks: u64,
+    max_fds: Option<u64>,
+    pss: Option<PssState>,
+    buf: Vec<u8>,
+}
+
+/// How often (in ticks) the slow tier (limits, thread list refresh, retry of unreadable files) runs.
+const SLOW_TIER_TICKS: u64 = 10;
+
+/// A cap on per-thread schedstat files held open; beyond it the scheduler wait is left out rather than
+/// making each tick cost thousands of reads.
+pub const MAX_TRACKED_THREADS: usize = 512;
+
+impl ProcReader {
+    /// Opens the target's files under `proc_root/pid`. Fails only when the process is gone or its stat
+    /// and status cannot be read at all.
+    pub fn open(proc_root: &Path, pid: u32, pss: Option<PssPolicy>) -> io::Result<Self> {
+        let dir = proc_root.join(pid.to_string());
+        let stat = KeptFile::open(dir.join("stat"))?;
+        let status = KeptFile::open(dir.join("status"))?;
+        // Since Linux 6.2 the size of /proc/PID/fd is the number of open fds: one statx instead of a readdir.
+        // Only procfs means that; a fixture tree on another file system is counted by listing.
+        let on_procfs = nix::sys::statfs::statfs(&dir)
+            .map(|s| s.filesystem_type() == nix::sys::statfs::PROC_SUPER_MAGIC)
+            .unwrap_or(false);
+        let fd_count_by_size = on_procfs
+            && std::fs::metadata(dir.join("fd"))
+                .map(|m| m.len() > 0)
+                .unwrap_or(false);
+        let now = Instant::now();
+        Ok(ProcReader {
+            pid,
+            io: KeptFile::open(dir.join("io")).ok(),
+            limits: KeptFile::open(dir.join("limits")).ok(),
+            dir,
+            stat,
+            status,
+            fd_count_by_size,
+            threads: HashMap::new(),
+            exited_wait_ns: 0,
+            ticks: 0,
+            max_fds: None,
+            pss: pss.map(|policy| PssState {
+                policy,
+                interval: policy.min_interval,
+                next: now,
+                last: None,
+            }),
+            buf: Vec::with_capacity(4096),
+        })
+    }
+
+    /// The pid being read.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Reads stat only: the identity check (start time) and cheapest liveness probe.
+    pub fn read_stat(&mut self) -> Result<Stat, TickError> {
+        match self.stat.read(&mut self.buf) {
+            Ok(b) if !b.is_empty() => parse_stat(b).map_err(|_| TickError::Gone(self.pid)),
+            _ => Err(TickError::Gone(self.pid)),
+        }
+    }
+
+    /// Takes one sample. Unreadable groups are None and reported to `errors`; a vanished process is
+    /// `Err(Gone)`.
+    pub fn sample(&mut self, errors: &dyn ReadErrorSink) -> Result<ProcSample, TickError> {
+        let started = Instant::now();
+        let slow_tier = self.ticks % SLOW_TIER_TICKS == 0;
+        self.ticks += 1;
+        let mut s = ProcSample {
+            stat: Some(self.read_stat()?),
+            ..Default::default()
+        };
+
+        match self.status.read(&mut self.buf) {
+            Ok(b) if !b.is_empty() => match parse_status(b) {
+                Ok(st) => s.status = Some(st),
+                Err(_) => errors.read_error(ReadSource::ProcStatus),
+            },
+            Ok(_) => return Err(TickError::Gone(self.pid)),
+            Err(e) if is_gone(&e) => return Err(TickError::Gone(self.pid)),
+            Err(_) => errors.read_error(ReadSource::ProcStatus),
+        }
+
+        if self.io.is_none() && slow_tier {
+            self.io = KeptFile::open(self.dir.join("io")).ok();
+        }
+        match &self.io {
+            Some(f) => match f.read(&mut self.buf) {
+                Ok(b) => match parse_io(b) {
+                    Ok(io) => s.io = Some(io),
+                    Err(_) => errors.read_error(ReadSource::ProcIo),
+                },
+                Err(e) if is_gone(&e) => return Err(TickError::Gone(self.pid)),
+                Err(_) => {
+                    self.io = None;
+                    errors.read_error(ReadSource::ProcIo);
+                }
+            },
+            None if slow_tier => errors.read_error(ReadSource::ProcIo),
+            None => {}
+        }
+
+        s.open_fds = match self.count_fds() {
+            Ok(n) => Some(n),
+            Err(e) if is_gone(&e) => return Err(TickError::Gone(self.pid)),
+            Err(_) => {
+                errors.read_error(ReadSource::ProcFd);
+                None
+            }
+        };
+
+        if slow_tier {
+            self.read_limits(errors);
+        }
+        s.max_fds = self.max_fds;
+
+        let threads = s.stat.map(|st| st.num_threads as usize).unwrap_or(0);
+        s.sched_wait_ns = self.sched_wait(threads, slow_tier, errors);
+
+        errors.read_duration(ReadSource::Procfs, started.elapsed());
+        s.pss = self.maybe_pss(errors);
+        Ok(s)
+    }
+
+    fn count_fds(&mut self) -> io::Result<u64> {
+        let path = self.dir.join("fd");
+        if self.fd_count_by_size {
+            return std::fs::metadata(&path).map(|m| m.len());
+        }
+        let mut n = 0u64;
+        for entry in std::fs::read_dir(&path)? {
+            entry?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn read_limits(&mut self, errors: &dyn ReadErrorSink) {
+        if self.limits.is_none() {
+            self.limits = KeptFile::open(self.dir.join("limits")).ok();
+        }
+        let parsed = match &self.limits {
+            Some(f) => f
+                .read(&mut self.buf)
+                .ok()
+                .and_then(|b| parse_limits_max_fds(b).ok()),
+            None => None,
+        };
+        match parsed {
+            Some(v) => self.max_fds = v,
+            None => {
+                self.max_fds = None;
+                errors.read_error(ReadSource::ProcLimits);
+            }
+        }
+    }
+
+    /// Sums run-queue wait over every thread. A thread that exits keeps its last reading in
+    /// `exited_wait_ns`, so the total never goes backwards while the process lives.
+    fn sched_wait(
+        &mut self,
+        threads: usize,
+        refresh: bool,
+        errors: &dyn ReadErrorSink,
+    ) -> Option<u64> {
+        if threads > MAX_TRACKED_THREADS {
+            return None;
+        }
+        if refresh || self.threads.len() != threads {
+            self.refresh_threads();
+        }
+        let mut live = 0u64;
+        let mut exited = Vec::new();
+        for (tid, (file, last)) in self.threads.iter_mut() {
+            match file.read(&mut self.buf).map(parse_schedstat) {
+                Ok(Ok(st)) => {
+                    *last = st.wait_ns.max(*last);
+                    live += *last;
+                }
+                Ok(Err(_)) => errors.read_error(ReadSource::ProcSchedstat),
+                Err(_) => exited.push(*tid),
+            }
+        }
+        for tid in exited {
+            if let Some((_, last)) = self.threads.remove(&tid) {
+                self.exited_wait_ns += last;
+            }
+        }
+        if self.threads.is_empty() {
+            return None;
+        }
+        Some(self.exited_wait_ns + live)
+    }
+
+    fn refresh_threads(&mut self) {
+        let Ok(dir) = std::fs::read_dir(self.dir.join("task")) else {
+            return;
+        };
+        let mut seen = Vec::with_capacity(self.threads.len() + 4);
+        for entry in dir.flatten() {
+            let Some(tid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            seen.push(tid);
+            if self.threads.len() >= MAX_TRACKED_THREADS {
+                continue;
+            }
+            if let std::collections::hash_map::Entry::Vacant(v) = self.threads.entry(tid) {
+                if let Ok(f) = KeptFile::open(entry.path().join("schedstat")) {
+                    v.insert((f, 0));
+                }
+            }
+        }
+        let gone: Vec<u32> = self
+            .threads
+            .keys()
+            .filter(|t| !seen.contains(t))
+            .copied()
+            .collect();
+        for tid in gone {
+            if let Some((_, last)) = self.threads.remove(&tid) {
+                self.exited_wait_ns += last;
+            }
+        }
+    }
+
+    fn maybe_pss(&mut self, errors: &dyn ReadErrorSink) -> Option<u64> {
+        let pss = self.pss.as_mut()?;
+        let now = Instant::now();
+        if now < pss.next {
+            return pss.last;
+        }
+        let started = Instant::now();
+        let read = std::fs::read(self.dir.join("smaps_rollup"));
+        let took = started.elapsed();
+        errors.read_duration(ReadSource::ProcSmapsRollup, took);
+        pss.interval = if took > pss.policy.slow_read {
+            (pss.interval * 2).min(pss.policy.max_interval)
+        } else {
+            (pss.interval / 2).max(pss.policy.min_interval)
+        };
+        pss.next = now + pss.interval;
+        match read.as_deref().map(parse_smaps_rollup_pss) {
+            Ok(Ok(v)) => pss.last = Some(v),
+            _ => {
+                pss.last = None;
+                errors.read_error(ReadSource::ProcSmapsRollup);
+            }
+        }
+        pss.last
+    }
+}
+
+/// The comm (short command name) of a process, trimmed.
+pub fn read_comm(proc_root: &Path, pid: u32) -> io::Result<String> {
+    let raw = std::fs::read(proc_root.join(pid.to_string()).join("comm"))?;
+    Ok(String::from_utf8_lossy(&raw).trim_end().to_owned())
+}
+
+/// The command line of a process, arguments joined by spaces.
+pub fn read_cmdline(proc_root: &Path, pid: u32) -> io::Result<String> {
+    let raw = std::fs::read(proc_root.join(pid.to_string()).join("cmdline"))?;
+    let s: Vec<String> = raw
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    Ok(s.join(" "))
+}
+
+/// Boot time (Unix seconds) from /proc/stat `btime`.
+pub fn read_boot_time(proc_root: &Path) -> io::Result<u64> {
+    let text = std::fs::read_to_string(proc_root.join("stat"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("btime "))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no btime line in /proc/stat"))
+}
+
+/// Clock ticks per second and page size of this kernel.
+pub fn kernel_units() -> (u64, u64) {
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as u64;
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .unwrap_or(4096) as u64;
+    (hz.max(1), page.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/procfs")
+            .join(name);
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    #[test]
+    fn stat_with_hostile_comm() {
+        let s = parse_stat(&fixture("stat")).unwrap();
+        assert_eq!(s.minflt, 1523);
+        assert_eq!(s.majflt, 7);
+        assert_eq!(s.utime, 250);
+        assert_eq!(s.stime, 31);
+        assert_eq!(s.num_threads, 12);
+        assert_eq!(s.starttime, 884213);
+        assert_eq!(s.vsize, 2_415_919_104);
+        assert_eq!(s.rss_pages, 25_600);
+    }
+
+    #[test]
+    fn stat_truncated_and_malformed() {
+        let full = fixture("stat");
+        assert!(parse_stat(&full[..full.len() / 2]).is_err());
+        assert!(parse_stat(b"").is_err());
+        assert!(parse_stat(b"12 (x) S 1 2 3").is_err());
+        let bad = String::from_utf8(full).unwrap().replace(" 1523 ", " 15x3 ");
+        assert_eq!(
+            parse_stat(bad.as_bytes()).unwrap_err().what,
+            "field 10 is not a number: \"15x3\""
+        );
+    }
+
+    #[test]
+    fn status_fields() {
+        let s = parse_status(&fixture("status")).unwrap();
+        assert_eq!(s.vm_rss, Some(104_857_600));
+        assert_eq!(s.vm_swap, Some(2048 * 1024));
+        assert_eq!(s.threads, Some(12));
+        assert_eq!(s.voluntary_ctxt, Some(4211));
+        assert_eq!(s.nonvoluntary_ctxt, Some(93));
+        assert_eq!(s.uid, Some(1000));
+        assert_eq!(s.nspid, Some(1));
+    }
+
+    #[test]
+    fn status_of_kernel_thread_has_no_vm_lines() {
+        let s = parse_status(b"Name:\tkthreadd\nThreads:\t1\nNSpid:\t2\n").unwrap();
+        assert_eq!(s.vm_rss, None);
+        assert_eq!(s.threads, Some(1));
+    }
+
+    #[test]
+    fn status_malformed() {
+        assert!(parse_status(b"").is_err());
+        assert!(parse_status(b"Name:\tx\nVmRSS:\tlots kB\n").is_err());
+        assert!(parse_status(b"Name:\tx\nNSpid:\t\n").is_err());
+        assert!(parse_status(&[0xff, 0xfe]).is_err());
+    }
+
+    #[test]
+    fn io_fields_and_truncation() {
+        let io = parse_io(&fixture("io")).unwrap();
+        assert_eq!(
+            io,
+            Io {
+                read_bytes: 8192,
+                write_bytes: 1_048_576
+            }
+        );
+        let full = fixture("io");
+        let cut = std::str::from_utf8(&full)
+            .unwrap()
+            .find("read_bytes")
+            .unwrap();
+        assert!(parse_io(&full[..cut]).is_err());
+        assert!(parse_io(b"read_bytes: x\nwrite_bytes: 1\n").is_err());
+    }
+
+    #[test]
+    fn schedstat_fields() {
+        assert_eq!(
+            parse_schedstat(&fixture("schedstat")).unwrap(),
+            SchedStat {
+                run_ns: 1_200_000_000,
+                wait_ns: 35_000_000
+            }
+        );
+        assert!(parse_schedstat(b"1 2").is_err());
+        assert!(parse_schedstat(b"a b c").is_err());
+    }
+
+    #[test]
+    fn limits_fields() {
+        assert_eq!(
+            parse_limits_max_fds(&fixture("limits")).unwrap(),
+            Some(1024)
+        );
+        let unlimited =
+            b"Limit Soft Limit Hard Limit Units\nMax open files unlimited unlimited files\n";
+        assert_eq!(parse_limits_max_fds(unlimited).unwrap(), None);
+        assert!(parse_limits_max_fds(b"Max cpu time unlimited unlimited seconds\n").is_err());
+        assert!(parse_limits_max_fds(b"Max open files lots lots files\n").is_err());
+    }
+
+    #[test]
+    fn smaps_rollup_pss() {
+        assert_eq!(
+            parse_smaps_rollup_pss(&fixture("smaps_rollup")).unwrap(),
+            90_112 * 1024
+        );
+        assert!(parse_smaps_rollup_pss(b"Rss: 10 kB\n").is_err());
+        assert!(parse_smaps_rollup_pss(b"Pss: kB\n").is_err());
+    }
+
+    struct NoErrors;
+    impl ReadErrorSink for NoErrors {
+        fn read_error(&self, s: ReadSource) {
+            panic!("unexpected read error on own process: {s:?}");
+        }
+        fn read_duration(&self, _: ReadSource, _: Duration) {}
+    }
+
+    #[test]
+    fn samples_own_process() {
+        let pid = std::process::id();
+        let mut r = ProcReader::open(Path::new("/proc"), pid, None).unwrap();
+        let s = r.sample(&NoErrors).unwrap();
+        let st = s.stat.unwrap();
+        assert!(st.rss_pages > 0);
+        assert!(s.status.unwrap().vm_rss.unwrap() > 0);
+        assert!(s.open_fds.unwrap() >= 3);
+        assert!(s.sched_wait_ns.is_some());
+        assert!(s.io.is_some());
+    }
+}

@@ -1,0 +1,193 @@
+//! OpenTelemetry → Prometheus name translation, the one rule set used for the target's process metrics and
+//! the app's own OTLP metrics (Prometheus' default "underscore escaping with suffixes" strategy).
+
+/// How a metric is exposed, which decides the suffixes its name gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstrumentShape {
+    /// A monotonic sum: gets `_total` in the sample name.
+    Counter,
+    /// A gauge or non-monotonic sum: unit `1` becomes `_ratio`.
+    Gauge,
+    /// A histogram or summary: unit suffix only.
+    Distribution,
+}
+
+/// Prometheus name for an OTel metric. For counters this is the family name *without* `_total`
+/// (encoders add it), so one name serves the text format and OpenMetrics alike.
+pub fn metric_name(otel_name: &str, unit: &str, shape: InstrumentShape) -> String {
+    let mut tokens: Vec<String> = otel_name
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let (main, per) = unit_suffixes(unit);
+    if let Some(main) = main {
+        if !tokens.iter().any(|t| t == main) {
+            tokens.push(main.to_owned());
+        }
+    }
+    if let Some(per) = per {
+        let already = tokens.windows(2).any(|w| w[0] == "per" && w[1] == per);
+        if !already {
+            tokens.push("per".to_owned());
+            tokens.push(per.to_owned());
+        }
+    }
+    match shape {
+        InstrumentShape::Counter => tokens.retain(|t| t != "total"),
+        InstrumentShape::Gauge if unit.trim() == "1" && !tokens.iter().any(|t| t == "ratio") => {
+            tokens.push("ratio".to_owned())
+        }
+        _ => {}
+    }
+    let mut name = tokens.join("_");
+    if name.is_empty() {
+        name.push('_');
+    }
+    if name.as_bytes()[0].is_ascii_digit() {
+        name.insert(0, '_');
+    }
+    name
+}
+
+/// Prometheus label name for an OTel attribute key (`http.route` → `http_route`).
+pub fn label_name(key: &str) -> String {
+    let mut out: String = key
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if out.is_empty() {
+        return "key_empty".to_owned();
+    }
+    if out.as_bytes()[0].is_ascii_digit() {
+        out.insert_str(0, "key_");
+    } else if out.starts_with('_') && !out.starts_with("__") {
+        out.insert_str(0, "key");
+    }
+    out
+}
+
+/// The (main, per) unit words of a UCUM unit; annotations in braces (`{request}`) carry no unit.
+fn unit_suffixes(unit: &str) -> (Option<&'static str>, Option<&'static str>) {
+    let unit = unit.trim();
+    let (main, per) = match unit.split_once('/') {
+        Some((m, p)) => (m, Some(p)),
+        None => (unit, None),
+    };
+    (main_unit(main), per.and_then(per_unit))
+}
+
+fn main_unit(u: &str) -> Option<&'static str> {
+    Some(match u {
+        "d" => "days",
+        "h" => "hours",
+        "min" => "minutes",
+        "s" => "seconds",
+        "ms" => "milliseconds",
+        "us" => "microseconds",
+        "ns" => "nanoseconds",
+        "By" => "bytes",
+        "KiBy" => "kibibytes",
+        "MiBy" => "mebibytes",
+        "GiBy" => "gibibytes",
+        "TiBy" => "tibibytes",
+        "KBy" => "kilobytes",
+        "MBy" => "megabytes",
+        "GBy" => "gigabytes",
+        "TBy" => "terabytes",
+        "m" => "meters",
+        "V" => "volts",
+        "A" => "amperes",
+        "J" => "joules",
+        "W" => "watts",
+        "g" => "grams",
+        "Cel" => "celsius",
+        "Hz" => "hertz",
+        "%" => "percent",
+        _ => return None,
+    })
+}
+
+fn per_unit(u: &str) -> Option<&'static str> {
+    Some(match u {
+        "s" => "second",
+        "m" => "minute",
+        "h" => "hour",
+        "d" => "day",
+        "w" => "week",
+        "mo" => "month",
+        "y" => "year",
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use InstrumentShape::*;
+
+    #[test]
+    fn semantic_convention_names() {
+        assert_eq!(
+            metric_name("http.server.request.duration", "s", Distribution),
+            "http_server_request_duration_seconds"
+        );
+        assert_eq!(
+            metric_name("process.cpu.time", "s", Counter),
+            "process_cpu_time_seconds"
+        );
+        assert_eq!(
+            metric_name("process.memory.usage", "By", Gauge),
+            "process_memory_usage_bytes"
+        );
+        assert_eq!(
+            metric_name("process.thread.count", "{thread}", Gauge),
+            "process_thread_count"
+        );
+        assert_eq!(
+            metric_name("process.context_switches", "{context_switch}", Counter),
+            "process_context_switches"
+        );
+        assert_eq!(metric_name("orders", "", Counter), "orders");
+        assert_eq!(metric_name("orders_total", "", Counter), "orders");
+        assert_eq!(
+            metric_name("cpu.utilization", "1", Gauge),
+            "cpu_utilization_ratio"
+        );
+        assert_eq!(
+            metric_name("cpu.utilization", "1", Counter),
+            "cpu_utilization"
+        );
+        assert_eq!(
+            metric_name("net.io", "By/s", Gauge),
+            "net_io_bytes_per_second"
+        );
+        assert_eq!(
+            metric_name("latency_seconds", "s", Distribution),
+            "latency_seconds"
+        );
+        assert_eq!(metric_name("2xx.count", "", Gauge), "_2xx_count");
+        assert_eq!(metric_name("a..b__c", "", Gauge), "a_b_c");
+        assert_eq!(metric_name("", "", Gauge), "_");
+    }
+
+    #[test]
+    fn label_names() {
+        assert_eq!(label_name("http.route"), "http_route");
+        assert_eq!(
+            label_name("process.context_switch.type"),
+            "process_context_switch_type"
+        );
+        assert_eq!(label_name("3d"), "key_3d");
+        assert_eq!(label_name("_x"), "key_x");
+        assert_eq!(label_name("__x"), "__x");
+        assert_eq!(label_name("a-b c\"}"), "a_b_c__");
+        assert_eq!(label_name(""), "key_empty");
+    }
+}

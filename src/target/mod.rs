@@ -1,0 +1,241 @@
+//! Which process is watched: selection by pid, pid file or regex, and identity as (pid, start time) so a
+//! reused pid is seen as a new target.
+
+pub mod run;
+
+use std::path::{Path, PathBuf};
+
+use regex::Regex;
+
+use crate::source::procfs::{parse_stat, read_cmdline, read_comm};
+
+/// How the target is chosen.
+#[derive(Debug, Clone)]
+pub enum Selector {
+    /// A fixed pid.
+    Pid(u32),
+    /// A file holding the pid; re-read on every search, so a restarted service is followed.
+    PidFile(PathBuf),
+    /// The oldest process whose comm or command line matches.
+    Process(Regex),
+    /// The child spawned by `vitals run`.
+    Child(u32),
+}
+
+impl Selector {
+    /// Short description for logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Selector::Pid(p) => format!("pid {p}"),
+            Selector::PidFile(p) => format!("pid file {}", p.display()),
+            Selector::Process(r) => format!("process matching /{}/", r.as_str()),
+            Selector::Child(p) => format!("child pid {p}"),
+        }
+    }
+}
+
+/// A process instance: a pid together with its start time in clock ticks since boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TargetId {
+    /// Process id as vitals sees it.
+    pub pid: u32,
+    /// Start time, clock ticks since boot.
+    pub start_ticks: u64,
+}
+
+/// Why a search found nothing usable; none of these stop vitals, which searches again next interval.
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    /// The pid file is missing, unreadable or holds no pid.
+    #[error("pid file {path}: {reason}")]
+    PidFile {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
+    /// /proc could not be listed.
+    #[error("cannot list {0}: {1}")]
+    ProcRoot(PathBuf, std::io::Error),
+}
+
+/// Reads the identity of `pid`, or None when no such process exists.
+pub fn identify(proc_root: &Path, pid: u32) -> Option<TargetId> {
+    let raw = std::fs::read(proc_root.join(pid.to_string()).join("stat")).ok()?;
+    let stat = parse_stat(&raw).ok()?;
+    Some(TargetId {
+        pid,
+        start_ticks: stat.starttime,
+    })
+}
+
+/// The outcome of one search.
+#[derive(Debug, Default)]
+pub struct Found {
+    /// The chosen target, if any.
+    pub target: Option<TargetId>,
+    /// Other matching processes that were passed over (for a log line).
+    pub passed_over: Vec<u32>,
+}
+
+/// Looks for the target once.
+pub fn search(selector: &Selector, proc_root: &Path) -> Result<Found, SearchError> {
+    match selector {
+        Selector::Pid(pid) | Selector::Child(pid) => Ok(Found {
+            target: identify(proc_root, *pid),
+            passed_over: vec![],
+        }),
+        Selector::PidFile(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| SearchError::PidFile {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            let pid: u32 = text.trim().parse().map_err(|_| SearchError::PidFile {
+                path: path.clone(),
+                reason: format!("does not hold a pid: {:?}", text.trim()),
+            })?;
+            Ok(Found {
+                target: identify(proc_root, pid),
+                passed_over: vec![],
+            })
+        }
+        Selector::Process(re) => search_regex(re, proc_root),
+    }
+}
+
+fn search_regex(re: &Regex, proc_root: &Path) -> Result<Found, SearchError> {
+    let me = std::process::id();
+    let entries = std::fs::read_dir(proc_root)
+        .map_err(|e| SearchError::ProcRoot(proc_root.to_path_buf(), e))?;
+    let mut matches: Vec<TargetId> = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // vitals' own command line holds the pattern; it must never pick itself.
+        if pid == me {
+            continue;
+        }
+        let comm = read_comm(proc_root, pid).unwrap_or_default();
+        let hit = re.is_match(&comm)
+            || read_cmdline(proc_root, pid)
+                .map(|c| re.is_match(&c))
+                .unwrap_or(false);
+        if hit {
+            if let Some(id) = identify(proc_root, pid) {
+                matches.push(id);
+            }
+        }
+    }
+    matches.sort_by_key(|t| (t.start_ticks, t.pid));
+    let mut it = matches.into_iter();
+    let target = it.next();
+    Ok(Found {
+        target,
+        passed_over: it.map(|t| t.pid).collect(),
+    })
+}
+
+/// Detects the target's runtime from its executable name (or comm when the executable link is not
+/// readable): `jvm`, `node`, `python`, `dotnet`, or `unknown`.
+pub fn detect_runtime(proc_root: &Path, pid: u32, comm: &str) -> &'static str {
+    let exe = std::fs::read_link(proc_root.join(pid.to_string()).join("exe")).ok();
+    let name = exe
+        .as_deref()
+        .and_then(|p| p.file_name())
+        .and_then(|n| n.to_str())
+        .unwrap_or(comm)
+        .to_owned();
+    runtime_of(&name)
+}
+
+fn runtime_of(exe_name: &str) -> &'static str {
+    match exe_name {
+        "java" | "javaw" => "jvm",
+        "node" | "nodejs" => "node",
+        "dotnet" => "dotnet",
+        n if n.starts_with("python") => "python",
+        _ => "unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn runtime_names() {
+        assert_eq!(runtime_of("java"), "jvm");
+        assert_eq!(runtime_of("python3.11"), "python");
+        assert_eq!(runtime_of("node"), "node");
+        assert_eq!(runtime_of("myapp"), "unknown");
+    }
+
+    use super::*;
+
+    #[test]
+    fn identifies_self_and_not_a_missing_pid() {
+        let me = identify(Path::new("/proc"), std::process::id()).unwrap();
+        assert!(me.start_ticks > 0);
+        assert!(identify(Path::new("/proc"), u32::MAX - 1).is_none());
+    }
+
+    #[test]
+    fn pid_file_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.pid");
+        let err = search(&Selector::PidFile(path.clone()), Path::new("/proc")).unwrap_err();
+        assert!(err.to_string().contains("app.pid"), "{err}");
+        std::fs::write(&path, "not-a-pid\n").unwrap();
+        let err = search(&Selector::PidFile(path.clone()), Path::new("/proc")).unwrap_err();
+        assert!(err.to_string().contains("does not hold a pid"), "{err}");
+        std::fs::write(&path, format!("{}\n", std::process::id())).unwrap();
+        let found = search(&Selector::PidFile(path), Path::new("/proc")).unwrap();
+        assert_eq!(found.target.unwrap().pid, std::process::id());
+    }
+
+    #[test]
+    fn regex_picks_oldest_and_never_itself() {
+        let arg = format!("30.{}", std::process::id());
+        let mut a = std::process::Command::new("sleep")
+            .arg(&arg)
+            .spawn()
+            .unwrap();
+        // Start times have clock-tick (10 ms) resolution: leave several ticks between the two.
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        let mut b = std::process::Command::new("sleep")
+            .arg(&arg)
+            .spawn()
+            .unwrap();
+        // spawn() returns once exec has begun, before the new argv is mapped: wait until it shows.
+        for _ in 0..200 {
+            if read_cmdline(Path::new("/proc"), b.id())
+                .map(|c| !c.is_empty())
+                .unwrap_or(false)
+            {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let re = Regex::new(&format!("^sleep {}$", regex::escape(&arg))).unwrap();
+        let found = search(&Selector::Process(re), Path::new("/proc")).unwrap();
+        let _ = (a.kill(), b.kill(), a.wait(), b.wait());
+        assert_eq!(
+            found.target.map(|t| t.pid),
+            Some(a.id()),
+            "{found:?} a={} b={}",
+            a.id(),
+            b.id()
+        );
+        assert_eq!(found.passed_over, vec![b.id()]);
+        // The test binary's own cmdline does not hold the pattern, but a pattern matching it must not pick it.
+        let own = Regex::new(&regex::escape(
+            &read_comm(Path::new("/proc"), std::process::id()).unwrap(),
+        ))
+        .unwrap();
+        let found = search(&Selector::Process(own), Path::new("/proc")).unwrap();
+        assert_ne!(found.target.map(|t| t.pid), Some(std::process::id()));
+    }
+}

@@ -1,0 +1,169 @@
+//! `vitals run -- CMD ARGS…`: spawn the target as a child whose OpenTelemetry SDK exports to vitals' own
+//! receiver, forward termination signals to it, and exit with its status.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::ExitStatus;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// Which OTLP protocol the child's SDK is told to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+pub enum ChildProtocol {
+    /// OTLP/HTTP with protobuf bodies to the HTTP receiver (the specification's default).
+    #[value(name = "http/protobuf")]
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+    /// OTLP/gRPC to the gRPC receiver.
+    #[value(name = "grpc")]
+    #[serde(rename = "grpc")]
+    Grpc,
+}
+
+/// An address a local client can reach: an unspecified bind address becomes loopback.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port())
+    } else {
+        addr
+    }
+}
+
+/// The `OTEL_EXPORTER_OTLP_*` variables that point an SDK at vitals' receivers. The per-signal variables
+/// are set too, because an app may have set them and they take precedence over the general one.
+pub fn otlp_env(
+    grpc: SocketAddr,
+    http: SocketAddr,
+    protocol: ChildProtocol,
+) -> Vec<(String, String)> {
+    let (grpc, http) = (reachable(grpc), reachable(http));
+    let mut env = Vec::new();
+    match protocol {
+        ChildProtocol::HttpProtobuf => {
+            let base = format!("http://{http}");
+            env.push(("OTEL_EXPORTER_OTLP_PROTOCOL".into(), "http/protobuf".into()));
+            env.push(("OTEL_EXPORTER_OTLP_ENDPOINT".into(), base.clone()));
+            for (signal, path) in [
+                ("TRACES", "traces"),
+                ("METRICS", "metrics"),
+                ("LOGS", "logs"),
+            ] {
+                env.push((
+                    format!("OTEL_EXPORTER_OTLP_{signal}_PROTOCOL"),
+                    "http/protobuf".into(),
+                ));
+                env.push((
+                    format!("OTEL_EXPORTER_OTLP_{signal}_ENDPOINT"),
+                    format!("{base}/v1/{path}"),
+                ));
+            }
+        }
+        ChildProtocol::Grpc => {
+            let base = format!("http://{grpc}");
+            env.push(("OTEL_EXPORTER_OTLP_PROTOCOL".into(), "grpc".into()));
+            env.push(("OTEL_EXPORTER_OTLP_ENDPOINT".into(), base.clone()));
+            for signal in ["TRACES", "METRICS", "LOGS"] {
+                env.push((
+                    format!("OTEL_EXPORTER_OTLP_{signal}_PROTOCOL"),
+                    "grpc".into(),
+                ));
+                env.push((
+                    format!("OTEL_EXPORTER_OTLP_{signal}_ENDPOINT"),
+                    base.clone(),
+                ));
+            }
+        }
+    }
+    env.push(("OTEL_EXPORTER_OTLP_INSECURE".into(), "true".into()));
+    env
+}
+
+/// Spawns `command` with `env` added, in its own process group so a terminal's Ctrl-C reaches it once,
+/// through vitals, rather than twice.
+pub fn spawn(
+    command: &[String],
+    env: &[(String, String)],
+) -> std::io::Result<tokio::process::Child> {
+    let (prog, args) = command.split_first().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "vitals run needs a command after --",
+        )
+    })?;
+    let mut cmd = tokio::process::Command::new(prog);
+    cmd.args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .process_group(0)
+        .kill_on_drop(false);
+    cmd.spawn()
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot start {prog:?}: {e}")))
+}
+
+/// Sends `signal` to the child; a child that already exited is not an error.
+pub fn forward(pid: u32, signal: Signal) {
+    let Ok(pid) = i32::try_from(pid) else { return };
+    if let Err(e) = kill(Pid::from_raw(pid), signal) {
+        if e != nix::errno::Errno::ESRCH {
+            tracing::warn!(%pid, ?signal, error = %e, "could not forward signal to child");
+        }
+    }
+}
+
+/// The exit code a shell would report: the child's code, or 128 + the signal that killed it.
+pub fn exit_code(status: ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => c,
+        (None, Some(s)) => 128 + s,
+        (None, None) => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_env_points_at_receiver_paths() {
+        let env = otlp_env(
+            "0.0.0.0:4317".parse().unwrap(),
+            "127.0.0.1:14318".parse().unwrap(),
+            ChildProtocol::HttpProtobuf,
+        );
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(
+            get("OTEL_EXPORTER_OTLP_ENDPOINT"),
+            Some("http://127.0.0.1:14318")
+        );
+        assert_eq!(
+            get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+            Some("http://127.0.0.1:14318/v1/traces")
+        );
+        assert_eq!(get("OTEL_EXPORTER_OTLP_PROTOCOL"), Some("http/protobuf"));
+    }
+
+    #[test]
+    fn grpc_env_uses_loopback_for_unspecified_bind() {
+        let env = otlp_env(
+            "0.0.0.0:4317".parse().unwrap(),
+            "127.0.0.1:4318".parse().unwrap(),
+            ChildProtocol::Grpc,
+        );
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(
+            get("OTEL_EXPORTER_OTLP_ENDPOINT"),
+            Some("http://127.0.0.1:4317")
+        );
+        assert_eq!(
+            get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"),
+            Some("http://127.0.0.1:4317")
+        );
+    }
+
+    #[test]
+    fn exit_codes_follow_the_shell() {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(exit_code(ExitStatus::from_raw(3 << 8)), 3);
+        assert_eq!(exit_code(ExitStatus::from_raw(15)), 143);
+    }
+}
