@@ -29,6 +29,8 @@ fn perr(file: &'static str, what: impl Into<String>) -> ParseError {
 /// Fields of /proc/PID/stat that vitals uses.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stat {
+    /// State letter (R, S, D, Z, …).
+    pub state: u8,
     /// Minor faults.
     pub minflt: u64,
     /// Major faults.
@@ -45,6 +47,13 @@ pub struct Stat {
     pub vsize: u64,
     /// Resident set, pages.
     pub rss_pages: u64,
+}
+
+impl Stat {
+    /// True for a zombie (Z) or dead (X) task.
+    pub fn is_dead(&self) -> bool {
+        matches!(self.state, b'Z' | b'X' | b'x')
+    }
 }
 
 /// Parses /proc/PID/stat. The command name may hold spaces and parentheses, so fields are counted from
@@ -75,7 +84,9 @@ pub fn parse_stat(buf: &[u8]) -> Result<Stat, ParseError> {
             format!("truncated: {} fields after comm, need 22", n),
         ));
     }
+    let state = rest.trim_start().as_bytes().first().copied().unwrap_or(b'?');
     Ok(Stat {
+        state,
         minflt: fields[7],
         majflt: fields[9],
         utime: fields[11],
@@ -378,10 +389,11 @@ impl ProcReader {
         self.pid
     }
 
-    /// Reads stat only: the identity check (start time) and cheapest liveness probe.
+    /// Reads stat only: the identity check (start time) and cheapest liveness probe. A zombie (exited,
+    /// not yet reaped by its parent) counts as gone: its files stay readable but it will never run again.
     pub fn read_stat(&mut self) -> Result<Stat, TickError> {
-        match self.stat.read(&mut self.buf) {
-            Ok(b) if !b.is_empty() => parse_stat(b).map_err(|_| TickError::Gone(self.pid)),
+        match self.stat.read(&mut self.buf).map(parse_stat) {
+            Ok(Ok(st)) if !st.is_dead() => Ok(st),
             _ => Err(TickError::Gone(self.pid)),
         }
     }
@@ -634,6 +646,8 @@ mod tests {
     #[test]
     fn stat_with_hostile_comm() {
         let s = parse_stat(&fixture("stat")).unwrap();
+        assert_eq!(s.state, b'S');
+        assert!(!s.is_dead());
         assert_eq!(s.minflt, 1523);
         assert_eq!(s.majflt, 7);
         assert_eq!(s.utime, 250);

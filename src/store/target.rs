@@ -40,7 +40,7 @@ struct State {
     proc: Option<ProcSample>,
     cgroup: Option<CgroupSample>,
     restarts: u64,
-    attached_before: bool,
+    last_identity: Option<(u32, u64)>,
     sampled: bool,
 }
 
@@ -63,13 +63,14 @@ impl TargetStore {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A target was found. A target after the first counts as a restart.
+    /// A target was found. A different instance (pid, start time) after the first counts as a restart.
     pub fn attach(&self, info: TargetInfo) {
         let mut s = self.lock();
-        if s.attached_before {
+        let identity = (info.pid, info.start_ticks);
+        if s.last_identity.is_some_and(|prev| prev != identity) {
             s.restarts += 1;
         }
-        s.attached_before = true;
+        s.last_identity = Some(identity);
         s.info = Some(info);
         s.proc = None;
         s.cgroup = None;
@@ -542,6 +543,10 @@ mod tests {
         let mut out = vec![];
         s.collect(&mut out);
         assert_eq!(out.len(), 2);
+        s.attach(info.clone());
+        let mut out = vec![];
+        s.collect(&mut out);
+        assert_eq!(out[1].series[0].value, Value::Counter(0.0), "same instance again is no restart");
         s.attach(TargetInfo { pid: 8, ..info });
         let mut out = vec![];
         s.collect(&mut out);

@@ -59,10 +59,10 @@ pub enum SearchError {
     ProcRoot(PathBuf, std::io::Error),
 }
 
-/// Reads the identity of `pid`, or None when no such process exists.
+/// Reads the identity of `pid`, or None when no such live process exists (a zombie is not live).
 pub fn identify(proc_root: &Path, pid: u32) -> Option<TargetId> {
     let raw = std::fs::read(proc_root.join(pid.to_string()).join("stat")).ok()?;
-    let stat = parse_stat(&raw).ok()?;
+    let stat = parse_stat(&raw).ok().filter(|s| !s.is_dead())?;
     Some(TargetId {
         pid,
         start_ticks: stat.starttime,
