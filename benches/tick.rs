@@ -31,9 +31,16 @@ impl Drop for Held {
 
 fn hold(args: &[&str]) -> Held {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/children/hold.py");
-    let mut c = Command::new("python3").arg(script).args(args).stdout(Stdio::piped()).spawn().expect("python3");
+    let mut c = Command::new("python3")
+        .arg(script)
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
     let mut line = String::new();
-    BufReader::new(c.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(c.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     Held(c)
 }
 
@@ -64,8 +71,13 @@ fn bench_tick() {
     let pid = child.0.id();
     let proc_root = Path::new("/proc");
     let mut reader = ProcReader::open(proc_root, pid, None).unwrap();
-    let roots = CgroupRoots { proc_root: proc_root.into(), host_root: "/sys/fs/cgroup".into() };
-    let mut cg = locate(&roots, pid).ok().map(|d| CgroupReader::open(&d, proc_root));
+    let roots = CgroupRoots {
+        proc_root: proc_root.into(),
+        host_root: "/sys/fs/cgroup".into(),
+    };
+    let mut cg = locate(&roots, pid)
+        .ok()
+        .map(|d| CgroupReader::open(&d, proc_root));
     let (p50_proc, p90_proc) = time_each(5000, || {
         reader.sample(&Quiet).unwrap();
     });
@@ -88,9 +100,15 @@ fn bench_tick() {
     println!("tick on a live process (4 threads, 16 fds), 5000 samples:");
     println!("  procfs part (stat, status, io, fd count, 4x schedstat): median {p50_proc:.1} µs, p90 {p90_proc:.1} µs");
     println!("  cgroup part (memory, cpu, pids, 3x PSI):               median {p50_cg:.1} µs, p90 {p90_cg:.1} µs");
-    println!("  whole tick:                                            median {:.1} µs", p50_proc + p50_cg);
+    println!(
+        "  whole tick:                                            median {:.1} µs",
+        p50_proc + p50_cg
+    );
     println!("  baseline procfs crate, same process files reopened:    median {p50_base:.1} µs, p90 {p90_base:.1} µs");
-    println!("  ratio vitals procfs part / baseline:                   {:.2}", p50_proc / p50_base);
+    println!(
+        "  ratio vitals procfs part / baseline:                   {:.2}",
+        p50_proc / p50_base
+    );
 }
 
 fn bench_smaps_rollup() {
@@ -99,23 +117,46 @@ fn bench_smaps_rollup() {
     let pid = child.0.id();
     let path = format!("/proc/{pid}/smaps_rollup");
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let rss_kib: f64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").trim().parse().unwrap();
+    let rss_kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .unwrap();
     let gib = rss_kib / (1024.0 * 1024.0);
     let (p50, p90) = time_each(100, || {
         let _ = std::fs::read(&path).unwrap();
     });
     println!("smaps_rollup on a {gib:.2} GiB RSS process, 100 reads:");
-    println!("  median {p50:.0} µs, p90 {p90:.0} µs  =>  {:.0} µs per GiB of RSS", p50 / gib);
+    println!(
+        "  median {p50:.0} µs, p90 {p90:.0} µs  =>  {:.0} µs per GiB of RSS",
+        p50 / gib
+    );
 }
 
 fn families(series: usize) -> Vec<Family> {
     let per_family = 100;
     (0..series / per_family)
         .map(|f| {
-            let mut fam = Family::new(format!("app_metric_{f}_seconds"), "synthetic", "seconds", MetricKind::Counter);
+            let mut fam = Family::new(
+                format!("app_metric_{f}_seconds"),
+                "synthetic",
+                "seconds",
+                MetricKind::Counter,
+            );
             for s in 0..per_family {
                 let route = format!("/api/v1/items/{s}");
-                fam.push(&[("service", "checkout"), ("http_route", &route), ("status", "200")], Value::Counter(s as f64 * 1.25));
+                fam.push(
+                    &[
+                        ("service", "checkout"),
+                        ("http_route", &route),
+                        ("status", "200"),
+                    ],
+                    Value::Counter(s as f64 * 1.25),
+                );
             }
             fam
         })
@@ -138,18 +179,36 @@ fn bench_encode() {
 }
 
 fn task_run_ns(pid: u32) -> u64 {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
     dir.flatten()
         .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()))
+        .filter_map(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+        })
         .sum()
 }
 
 fn bench_idle() {
-    let secs: u64 = std::env::var("VITALS_BENCH_IDLE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
+    let secs: u64 = std::env::var("VITALS_BENCH_IDLE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30);
     let target = hold(&["--threads", "4"]);
     let mut v = Command::new(env!("CARGO_BIN_EXE_vitals"))
-        .args(["--pid", &target.0.id().to_string(), "--interval", "1s", "--metrics-addr", "127.0.0.1:0", "--log-level", "warn"])
+        .args([
+            "--pid",
+            &target.0.id().to_string(),
+            "--interval",
+            "1s",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--log-level",
+            "warn",
+        ])
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_secs(2));
@@ -158,11 +217,18 @@ fn bench_idle() {
     std::thread::sleep(Duration::from_secs(secs));
     let after = task_run_ns(vpid);
     let status = std::fs::read_to_string(format!("/proc/{vpid}/status")).unwrap();
-    let rss = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap_or("VmRSS: ?").to_owned();
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .unwrap_or("VmRSS: ?")
+        .to_owned();
     let _ = v.kill();
     let _ = v.wait();
     let cpu_pct = (after - before) as f64 / (secs as f64 * 1e9) * 100.0;
-    println!("sidecar idle at --interval 1s over {secs} s: CPU {cpu_pct:.4}% of a core; {}", rss.split_whitespace().collect::<Vec<_>>().join(" "));
+    println!(
+        "sidecar idle at --interval 1s over {secs} s: CPU {cpu_pct:.4}% of a core; {}",
+        rss.split_whitespace().collect::<Vec<_>>().join(" ")
+    );
 }
 
 fn main() {

@@ -13,11 +13,28 @@ use crate::config::{Config, TargetSpec};
 use crate::export::http::{bind, serve, HttpState};
 use crate::export::self_metrics::ExporterStats;
 use crate::sampler::Sampler;
+use crate::signal::latency::RedStore;
 use crate::source::cgroup::CgroupRoots;
+use crate::source::otlp::{self, Ingest, OtlpLimits};
 use crate::source::procfs::{kernel_units, read_boot_time, PssPolicy};
+use crate::store::app_metrics::{AppMetrics, AppMetricsConfig};
+use crate::store::limited::OverflowCounter;
+use crate::store::logs::LogCounts;
 use crate::store::target::{KernelUnits, TargetStore};
 use crate::store::Registry;
 use crate::target::{run, Selector};
+
+/// Distinct app metric names kept; a runaway app cannot create families without bound.
+const FAMILY_LIMIT: usize = 2000;
+
+async fn bind_named(
+    addr: std::net::SocketAddr,
+    flag: &str,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {flag} {addr}: {e}"))
+}
 
 /// Runs vitals until SIGTERM/SIGINT (or, in `run` mode, until the child exits). Returns the exit code.
 pub async fn run(config: Config) -> anyhow::Result<i32> {
@@ -49,6 +66,49 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
         shutdown.clone(),
     ));
 
+    // The OTLP receiver and the stores it feeds.
+    let overflow = OverflowCounter::default();
+    let red = Arc::new(RedStore::new(
+        config.series_limit,
+        config.series_ttl,
+        overflow.clone(),
+    ));
+    let app_metrics = Arc::new(AppMetrics::new(
+        AppMetricsConfig {
+            series_limit: config.series_limit,
+            family_limit: FAMILY_LIMIT,
+            ttl: config.series_ttl,
+            promote: config.promote_resource_attributes.clone(),
+        },
+        overflow.clone(),
+    ));
+    let logs = Arc::new(LogCounts::new(
+        config.series_limit,
+        config.series_ttl,
+        overflow.clone(),
+    ));
+    let otlp_stats = Arc::new(Ingest::stats_with(overflow));
+    registry.register(red.clone());
+    registry.register(app_metrics.clone());
+    registry.register(logs.clone());
+    registry.register(otlp_stats.clone());
+    let limits = OtlpLimits {
+        max_body: config.otlp_max_request_bytes,
+        max_concurrent: config.otlp_max_concurrent_requests,
+    };
+    let ingest = Arc::new(Ingest::new(limits, red, app_metrics, logs, otlp_stats));
+    let grpc_listener = bind_named(config.otlp_grpc_addr, "--otlp-grpc-addr").await?;
+    let http_listener = bind_named(config.otlp_http_addr, "--otlp-http-addr").await?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let http_addr = http_listener.local_addr()?;
+    tracing::info!(grpc = %grpc_addr, http = %http_addr, "OTLP receiver listening");
+    let otlp_grpc = tokio::spawn(otlp::grpc::serve(
+        grpc_listener,
+        ingest.clone(),
+        shutdown.clone(),
+    ));
+    let otlp_http = tokio::spawn(otlp::http::serve(http_listener, ingest, shutdown.clone()));
+
     let mut child = None;
     let selector = match &config.target {
         None => None,
@@ -56,7 +116,7 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
         Some(TargetSpec::PidFile(f)) => Some(Selector::PidFile(f.clone())),
         Some(TargetSpec::Process(re)) => Some(Selector::Process(re.clone())),
         Some(TargetSpec::Run { command, protocol }) => {
-            let env = run::otlp_env(config.otlp_grpc_addr, config.otlp_http_addr, *protocol);
+            let env = run::otlp_env(grpc_addr, http_addr, *protocol);
             let c = run::spawn(command, &env)?;
             let pid = c
                 .id()
@@ -122,6 +182,8 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
     shutdown.cancel();
     let stop = async {
         let _ = http.await;
+        let _ = otlp_grpc.await;
+        let _ = otlp_http.await;
         if let Some(t) = sampler_task {
             let _ = t.await;
         }

@@ -126,6 +126,37 @@ pub struct Options {
     /// Log level or tracing filter [default: info].
     #[arg(long, global = true, env = "VITALS_LOG_LEVEL", value_name = "FILTER")]
     pub log_level: Option<String>,
+    /// Largest OTLP request accepted, in bytes after decompression [default: 4194304 (4 MiB)].
+    #[arg(
+        long,
+        global = true,
+        env = "VITALS_OTLP_MAX_REQUEST_BYTES",
+        value_name = "BYTES"
+    )]
+    pub otlp_max_request_bytes: Option<usize>,
+    /// OTLP requests decoded at once; more are shed with a retry hint [default: 8].
+    #[arg(
+        long,
+        global = true,
+        env = "VITALS_OTLP_MAX_CONCURRENT_REQUESTS",
+        value_name = "N"
+    )]
+    pub otlp_max_concurrent_requests: Option<usize>,
+    /// Label sets kept per metric before observations go to the overflow series [default: 2000].
+    #[arg(long, global = true, env = "VITALS_SERIES_LIMIT", value_name = "N")]
+    pub series_limit: Option<usize>,
+    /// A series from OTLP not updated for this long is dropped [default: 1h].
+    #[arg(long, global = true, env = "VITALS_SERIES_TTL", value_parser = humantime::parse_duration)]
+    pub series_ttl: Option<Duration>,
+    /// Resource attributes copied as labels onto every app metric series (comma-separated).
+    #[arg(
+        long,
+        global = true,
+        env = "VITALS_PROMOTE_RESOURCE_ATTRIBUTES",
+        value_delimiter = ',',
+        value_name = "ATTR,..."
+    )]
+    pub promote_resource_attributes: Option<Vec<String>>,
     /// YAML configuration file.
     #[arg(long, global = true, env = "VITALS_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -148,6 +179,12 @@ pub struct FileConfig {
     pss: Option<bool>,
     log_format: Option<LogFormat>,
     log_level: Option<String>,
+    otlp_max_request_bytes: Option<usize>,
+    otlp_max_concurrent_requests: Option<usize>,
+    series_limit: Option<usize>,
+    #[serde(default, deserialize_with = "de_duration")]
+    series_ttl: Option<Duration>,
+    promote_resource_attributes: Option<Vec<String>>,
 }
 
 fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -198,6 +235,16 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Log filter.
     pub log_level: String,
+    /// OTLP request size limit after decompression.
+    pub otlp_max_request_bytes: usize,
+    /// OTLP requests decoded at once.
+    pub otlp_max_concurrent_requests: usize,
+    /// Label sets per metric.
+    pub series_limit: usize,
+    /// Expiry of idle OTLP series.
+    pub series_ttl: Duration,
+    /// Resource attributes promoted to labels.
+    pub promote_resource_attributes: Vec<String>,
 }
 
 /// A configuration that cannot be used. Each message names the flag or file field.
@@ -321,7 +368,43 @@ impl Cli {
                 format!("{metrics_addr} is also an OTLP receiver address"),
             ));
         }
+        let otlp_max_request_bytes = o
+            .otlp_max_request_bytes
+            .or(file.otlp_max_request_bytes)
+            .unwrap_or(4 << 20);
+        if !(1024..=256 << 20).contains(&otlp_max_request_bytes) {
+            return Err(invalid(
+                "--otlp-max-request-bytes",
+                format!("{otlp_max_request_bytes} is outside 1 KiB..256 MiB"),
+            ));
+        }
+        let otlp_max_concurrent_requests = o
+            .otlp_max_concurrent_requests
+            .or(file.otlp_max_concurrent_requests)
+            .unwrap_or(8);
+        if !(1..=1024).contains(&otlp_max_concurrent_requests) {
+            return Err(invalid("--otlp-max-concurrent-requests", "must be 1..1024"));
+        }
+        let series_limit = o.series_limit.or(file.series_limit).unwrap_or(2000);
+        if !(1..=1_000_000).contains(&series_limit) {
+            return Err(invalid("--series-limit", "must be 1..1000000"));
+        }
+        let series_ttl = o
+            .series_ttl
+            .or(file.series_ttl)
+            .unwrap_or(Duration::from_secs(3600));
+        if series_ttl < Duration::from_secs(1) {
+            return Err(invalid("--series-ttl", "must be at least 1s"));
+        }
         Ok(Config {
+            otlp_max_request_bytes,
+            otlp_max_concurrent_requests,
+            series_limit,
+            series_ttl,
+            promote_resource_attributes: o
+                .promote_resource_attributes
+                .or(file.promote_resource_attributes)
+                .unwrap_or_default(),
             target,
             metrics_addr,
             otlp_grpc_addr,

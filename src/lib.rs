@@ -10,6 +10,7 @@ pub mod app;
 pub mod config;
 pub mod export;
 pub mod sampler;
+pub mod signal;
 pub mod source;
 pub mod store;
 pub mod target;

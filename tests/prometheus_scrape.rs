@@ -22,7 +22,11 @@ impl Drop for Prometheus {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn start_prometheus(target: &str) -> Prometheus {
@@ -37,18 +41,31 @@ fn start_prometheus(target: &str) -> Prometheus {
     let addr = format!("127.0.0.1:{}", free_port());
     let child = Command::new(bin)
         .arg(format!("--config.file={}", cfg.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
         .arg(format!("--web.listen-address={addr}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("start prometheus");
-    Prometheus { child, addr, _dir: dir }
+    Prometheus {
+        child,
+        addr,
+        _dir: dir,
+    }
 }
 
 fn query(prom: &Prometheus, q: &str) -> Option<f64> {
     let url = format!("http://{}/api/v1/query", prom.addr);
-    let body = ureq::get(&url).query("query", q).timeout(Duration::from_secs(5)).call().ok()?.into_string().ok()?;
+    let body = ureq::get(&url)
+        .query("query", q)
+        .timeout(Duration::from_secs(5))
+        .call()
+        .ok()?
+        .into_string()
+        .ok()?;
     // {"status":"success","data":{"resultType":"vector","result":[{"metric":{...},"value":[ts,"123"]}]}}
     let at = body.find("\"value\":[")?;
     let rest = &body[at..];
@@ -67,12 +84,21 @@ fn prometheus_scrapes_the_targets_rss() {
         if let Some(x) = query(&prom, "process_memory_usage_bytes{job=\"vitals\"}") {
             break x;
         }
-        assert!(Instant::now() < deadline, "Prometheus never stored process_memory_usage_bytes");
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never stored process_memory_usage_bytes"
+        );
         std::thread::sleep(Duration::from_millis(250));
     };
-    let stat = procfs::process::Process::new(child.pid() as i32).unwrap().stat().unwrap();
+    let stat = procfs::process::Process::new(child.pid() as i32)
+        .unwrap()
+        .stat()
+        .unwrap();
     let rss = (stat.rss * procfs::page_size()) as f64;
-    assert!((got - rss).abs() / rss < 0.01, "Prometheus has {got}, /proc has {rss}");
+    assert!(
+        (got - rss).abs() / rss < 0.01,
+        "Prometheus has {got}, /proc has {rss}"
+    );
     assert_eq!(query(&prom, "up{job=\"vitals\"}"), Some(1.0));
     assert_eq!(query(&prom, "vitals_target_up{job=\"vitals\"}"), Some(1.0));
 }

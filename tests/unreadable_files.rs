@@ -9,7 +9,12 @@ use std::time::Duration;
 use common::{promtool_check_metrics, Vitals};
 
 fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/procfs").join(name)).unwrap()
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/procfs")
+            .join(name),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -45,17 +50,41 @@ fn unreadable_io_and_missing_cgroup_are_left_out_and_counted() {
         root.path().join("no-cgroup").to_str().unwrap(),
     ]);
     let e = v.wait_until(Duration::from_secs(5), "io errors counted", |e| {
-        e.get("vitals_exporter_read_errors_total", &[("source", "proc_io")]).unwrap_or(0.0) >= 1.0
+        e.get(
+            "vitals_exporter_read_errors_total",
+            &[("source", "proc_io")],
+        )
+        .unwrap_or(0.0)
+            >= 1.0
     });
     assert_eq!(e.get("vitals_target_up", &[]), Some(1.0));
-    assert!(!e.has("process_disk_io_bytes_total"), "unreadable io must be left out, not 0");
+    assert!(
+        !e.has("process_disk_io_bytes_total"),
+        "unreadable io must be left out, not 0"
+    );
     assert_eq!(e.get("process_open_file_descriptors", &[]), Some(5.0));
     assert_eq!(e.get("process_threads", &[]), Some(12.0));
-    assert_eq!(e.get("vitals_process_swap_bytes", &[]), Some(2048.0 * 1024.0));
+    assert_eq!(
+        e.get("vitals_process_swap_bytes", &[]),
+        Some(2048.0 * 1024.0)
+    );
     assert_eq!(e.get("vitals_process_max_fds", &[]), Some(1024.0));
-    assert_eq!(e.get("vitals_process_scheduler_wait_seconds_total", &[]), Some(0.035));
-    assert_eq!(e.get("vitals_process_start_time_seconds", &[]), Some(1_700_000_000.0 + 884213.0 / 100.0));
-    assert!(!e.has("vitals_cgroup_memory_usage_bytes"), "no cgroup: container metrics left out");
-    assert!(e.get("vitals_exporter_read_errors_total", &[("source", "cgroup")]).unwrap() >= 1.0);
+    assert_eq!(
+        e.get("vitals_process_scheduler_wait_seconds_total", &[]),
+        Some(0.035)
+    );
+    assert_eq!(
+        e.get("vitals_process_start_time_seconds", &[]),
+        Some(1_700_000_000.0 + 884213.0 / 100.0)
+    );
+    assert!(
+        !e.has("vitals_cgroup_memory_usage_bytes"),
+        "no cgroup: container metrics left out"
+    );
+    assert!(
+        e.get("vitals_exporter_read_errors_total", &[("source", "cgroup")])
+            .unwrap()
+            >= 1.0
+    );
     promtool_check_metrics(&e.text).unwrap();
 }

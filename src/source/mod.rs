@@ -2,6 +2,7 @@
 
 pub mod cgroup;
 pub mod kept;
+pub mod otlp;
 pub mod pressure;
 pub mod procfs;
 

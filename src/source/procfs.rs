@@ -84,7 +84,12 @@ pub fn parse_stat(buf: &[u8]) -> Result<Stat, ParseError> {
             format!("truncated: {} fields after comm, need 22", n),
         ));
     }
-    let state = rest.trim_start().as_bytes().first().copied().unwrap_or(b'?');
+    let state = rest
+        .trim_start()
+        .as_bytes()
+        .first()
+        .copied()
+        .unwrap_or(b'?');
     Ok(Stat {
         state,
         minflt: fields[7],

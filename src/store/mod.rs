@@ -5,6 +5,9 @@
 //! snapshot. Sources keyed by outside data (OTLP) keep bounded maps of their own and implement the same
 //! trait. Exporters only ever see [`Family`] values.
 
+pub mod app_metrics;
+pub mod limited;
+pub mod logs;
 pub mod naming;
 pub mod target;
 

@@ -73,6 +73,24 @@ pub fn label_name(key: &str) -> String {
     out
 }
 
+/// The word an OpenMetrics `# UNIT` line names for a metric whose name ends with it (`seconds`, `bytes`,
+/// `ratio`), else empty.
+pub fn unit_word(prom_name: &str) -> &'static str {
+    const WORDS: [&str; 6] = [
+        "seconds",
+        "bytes",
+        "ratio",
+        "milliseconds",
+        "percent",
+        "celsius",
+    ];
+    WORDS
+        .iter()
+        .find(|w| prom_name.ends_with(&format!("_{w}")))
+        .copied()
+        .unwrap_or("")
+}
+
 /// The (main, per) unit words of a UCUM unit; annotations in braces (`{request}`) carry no unit.
 fn unit_suffixes(unit: &str) -> (Option<&'static str>, Option<&'static str>) {
     let unit = unit.trim();

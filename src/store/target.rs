@@ -546,7 +546,11 @@ mod tests {
         s.attach(info.clone());
         let mut out = vec![];
         s.collect(&mut out);
-        assert_eq!(out[1].series[0].value, Value::Counter(0.0), "same instance again is no restart");
+        assert_eq!(
+            out[1].series[0].value,
+            Value::Counter(0.0),
+            "same instance again is no restart"
+        );
         s.attach(TargetInfo { pid: 8, ..info });
         let mut out = vec![];
         s.collect(&mut out);

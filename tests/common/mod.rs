@@ -16,7 +16,9 @@ pub fn vitals_bin() -> PathBuf {
 
 /// Path of a helper script under tests/children.
 pub fn child_script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/children").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/children")
+        .join(name)
 }
 
 /// A tool the test needs; a missing one fails the test with the install command, never a silent pass.
@@ -39,7 +41,12 @@ pub struct Vitals {
 
 fn addr_after(line: &str, marker: &str) -> Option<SocketAddr> {
     let at = line.find(marker)? + marker.len();
-    line[at..].split([' ', ',', '}']).next()?.trim_matches('"').parse().ok()
+    line[at..]
+        .split([' ', ',', '}'])
+        .next()?
+        .trim_matches('"')
+        .parse()
+        .ok()
 }
 
 impl Vitals {
@@ -52,13 +59,20 @@ impl Vitals {
     /// Like [`Vitals::start`], with extra environment variables.
     pub fn start_with(args: &[&str], env: &[(&str, &str)]) -> Vitals {
         let mut cmd = Command::new(vitals_bin());
-        cmd.args(["--metrics-addr", "127.0.0.1:0", "--otlp-grpc-addr", "127.0.0.1:0", "--otlp-http-addr", "127.0.0.1:0"])
-            .args(args)
-            .env("VITALS_LOG_LEVEL", "info")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::piped());
+        cmd.args([
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--otlp-grpc-addr",
+            "127.0.0.1:0",
+            "--otlp-http-addr",
+            "127.0.0.1:0",
+        ])
+        .args(args)
+        .env("VITALS_LOG_LEVEL", "info")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("start vitals");
         let stderr = child.stderr.take().expect("stderr");
         let log = Arc::new(Mutex::new(String::new()));
@@ -67,7 +81,9 @@ impl Vitals {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if line.contains("serving /metrics") {
-                    if let Some(a) = addr_after(&line, "addr=").or_else(|| addr_after(&line, "\"addr\":")) {
+                    if let Some(a) =
+                        addr_after(&line, "addr=").or_else(|| addr_after(&line, "\"addr\":"))
+                    {
                         let _ = tx.send(a);
                     }
                 }
@@ -79,10 +95,17 @@ impl Vitals {
             Ok(a) => a,
             Err(_) => {
                 let _ = child.kill();
-                panic!("vitals did not start serving; log:\n{}", log.lock().unwrap());
+                panic!(
+                    "vitals did not start serving; log:\n{}",
+                    log.lock().unwrap()
+                );
             }
         };
-        Vitals { child, metrics, log }
+        Vitals {
+            child,
+            metrics,
+            log,
+        }
     }
 
     /// GET a path; returns (status, content-type, body).
@@ -93,8 +116,16 @@ impl Vitals {
             req = req.set("Accept", a);
         }
         match req.call() {
-            Ok(r) => (r.status(), r.content_type().to_owned(), r.into_string().unwrap_or_default()),
-            Err(ureq::Error::Status(code, r)) => (code, r.content_type().to_owned(), r.into_string().unwrap_or_default()),
+            Ok(r) => (
+                r.status(),
+                r.content_type().to_owned(),
+                r.into_string().unwrap_or_default(),
+            ),
+            Err(ureq::Error::Status(code, r)) => (
+                code,
+                r.content_type().to_owned(),
+                r.into_string().unwrap_or_default(),
+            ),
             Err(e) => panic!("GET {url}: {e}"),
         }
     }
@@ -107,7 +138,12 @@ impl Vitals {
     }
 
     /// Polls the exposition until `cond` holds or `timeout` passes; returns the last exposition.
-    pub fn wait_until(&self, timeout: Duration, what: &str, cond: impl Fn(&Exposition) -> bool) -> Exposition {
+    pub fn wait_until(
+        &self,
+        timeout: Duration,
+        what: &str,
+        cond: impl Fn(&Exposition) -> bool,
+    ) -> Exposition {
         let deadline = Instant::now() + timeout;
         loop {
             let e = self.scrape();
@@ -115,7 +151,11 @@ impl Vitals {
                 return e;
             }
             if Instant::now() > deadline {
-                panic!("timed out waiting for {what}; last scrape:\n{}\nlog:\n{}", e.text, self.log.lock().unwrap());
+                panic!(
+                    "timed out waiting for {what}; last scrape:\n{}\nlog:\n{}",
+                    e.text,
+                    self.log.lock().unwrap()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -139,7 +179,10 @@ impl Drop for Vitals {
 
 /// Sends a signal with kill(1), keeping the tests free of unsafe code.
 pub fn unsafe_kill(pid: u32, sig: &str) {
-    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
 }
 
 /// One sample line.
@@ -167,7 +210,10 @@ impl Exposition {
             }
             samples.push(parse_line(line).unwrap_or_else(|| panic!("unparsable line {line:?}")));
         }
-        Exposition { text: text.to_owned(), samples }
+        Exposition {
+            text: text.to_owned(),
+            samples,
+        }
     }
 
     /// The value of `name` whose labels include every pair of `labels`.
@@ -178,7 +224,10 @@ impl Exposition {
     /// The sample of `name` whose labels include every pair of `labels`.
     pub fn find(&self, name: &str, labels: &[(&str, &str)]) -> Option<&Sample> {
         self.samples.iter().find(|s| {
-            s.name == name && labels.iter().all(|(k, v)| s.labels.iter().any(|(lk, lv)| lk == k && lv == v))
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.iter().any(|(lk, lv)| lk == k && lv == v))
         })
     }
 
@@ -236,7 +285,11 @@ fn parse_line(line: &str) -> Option<Sample> {
         "NaN" => f64::NAN,
         v => v.parse().ok()?,
     };
-    Some(Sample { name, labels, value })
+    Some(Sample {
+        name,
+        labels,
+        value,
+    })
 }
 
 /// A child process started for a test; killed on drop.
@@ -256,7 +309,9 @@ impl TestChild {
             .expect("python3 is needed for the test children");
         let out = child.stdout.take().expect("stdout");
         let mut line = String::new();
-        BufReader::new(out).read_line(&mut line).expect("read ready line");
+        BufReader::new(out)
+            .read_line(&mut line)
+            .expect("read ready line");
         assert_eq!(line.trim(), "ready", "child did not get ready");
         TestChild { child }
     }
@@ -289,6 +344,10 @@ pub fn promtool_check_metrics(text: &str) -> Result<(), String> {
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
     }
 }

@@ -1,0 +1,498 @@
+//! Is it slow? Request rate, errors and latency (RED) from SERVER and CONSUMER spans, as the
+//! `vitals_request_duration_seconds` histogram with exemplars, bounded per label set.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
+use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode, Span};
+
+use crate::store::limited::{LimitedMap, OverflowCounter, OVERFLOW_LABEL};
+use crate::store::{Collector, Exemplar, Family, MetricKind, Value};
+
+/// Bucket upper bounds in seconds: 0.5 ms to 60 s, with 0.1 s and 0.4 s (Apdex T = 0.1 s and 4T).
+pub const BUCKETS: [f64; 21] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0,
+    1.5, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+const SLOTS: usize = BUCKETS.len() + 1;
+
+/// The `kind` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestKind {
+    /// A SERVER span: a request this service answered.
+    Server,
+    /// A CONSUMER span: a message this service processed.
+    Consumer,
+}
+
+impl RequestKind {
+    fn label(self) -> &'static str {
+        match self {
+            RequestKind::Server => "server",
+            RequestKind::Consumer => "consumer",
+        }
+    }
+}
+
+/// What RED needs of one span.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SpanFacts<'a> {
+    /// Operation: `http.route`, else `rpc.service/rpc.method`, else the span name.
+    pub operation: Operation<'a>,
+    /// Server or consumer.
+    pub kind: RequestKind,
+    /// True for status ERROR, or an HTTP status >= 500 on a server span.
+    pub error: bool,
+    /// end − start, seconds.
+    pub duration: f64,
+    /// Trace id (16 bytes when valid).
+    pub trace_id: &'a [u8],
+    /// Span id (8 bytes when valid).
+    pub span_id: &'a [u8],
+    /// End time, Unix seconds.
+    pub end_unix: f64,
+}
+
+/// An operation name, possibly in two parts (`rpc.service` and `rpc.method`) joined without allocating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation<'a> {
+    /// One string.
+    Single(&'a str),
+    /// `service/method`.
+    Rpc(&'a str, &'a str),
+}
+
+fn str_attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a str> {
+    attrs.iter().find(|kv| kv.key == key).and_then(|kv| {
+        match kv.value.as_ref()?.value.as_ref()? {
+            any_value::Value::StringValue(s) if !s.is_empty() => Some(s.as_str()),
+            _ => None,
+        }
+    })
+}
+
+fn int_attr(attrs: &[KeyValue], key: &str) -> Option<i64> {
+    attrs.iter().find(|kv| kv.key == key).and_then(|kv| {
+        match kv.value.as_ref()?.value.as_ref()? {
+            any_value::Value::IntValue(i) => Some(*i),
+            any_value::Value::StringValue(s) => s.parse().ok(),
+            _ => None,
+        }
+    })
+}
+
+/// Why a span was not usable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SpanReject {
+    /// trace_id is not 16 bytes or span_id not 8.
+    #[error("span with invalid trace_id or span_id")]
+    BadIds,
+    /// end_time before start_time, or zero.
+    #[error("span with end_time_unix_nano before start_time_unix_nano")]
+    BadTimes,
+}
+
+/// Extracts RED facts from a span. `Ok(None)` for spans that are not requests (INTERNAL, CLIENT, PRODUCER).
+pub fn facts(span: &Span) -> Result<Option<SpanFacts<'_>>, SpanReject> {
+    if span.trace_id.len() != 16 || span.span_id.len() != 8 {
+        return Err(SpanReject::BadIds);
+    }
+    if span.end_time_unix_nano < span.start_time_unix_nano || span.end_time_unix_nano == 0 {
+        return Err(SpanReject::BadTimes);
+    }
+    let kind = match SpanKind::try_from(span.kind) {
+        Ok(SpanKind::Server) => RequestKind::Server,
+        Ok(SpanKind::Consumer) => RequestKind::Consumer,
+        _ => return Ok(None),
+    };
+    let operation = if let Some(route) = str_attr(&span.attributes, "http.route") {
+        Operation::Single(route)
+    } else if let (Some(s), Some(m)) = (
+        str_attr(&span.attributes, "rpc.service"),
+        str_attr(&span.attributes, "rpc.method"),
+    ) {
+        Operation::Rpc(s, m)
+    } else {
+        Operation::Single(span.name.as_str())
+    };
+    let status_error = span
+        .status
+        .as_ref()
+        .is_some_and(|s| s.code == StatusCode::Error as i32);
+    let http_error = kind == RequestKind::Server
+        && int_attr(&span.attributes, "http.response.status_code")
+            .or_else(|| int_attr(&span.attributes, "http.status_code"))
+            .is_some_and(|c| c >= 500);
+    Ok(Some(SpanFacts {
+        operation,
+        kind,
+        error: status_error || http_error,
+        duration: (span.end_time_unix_nano - span.start_time_unix_nano) as f64 / 1e9,
+        trace_id: &span.trace_id,
+        span_id: &span.span_id,
+        end_unix: span.end_time_unix_nano as f64 / 1e9,
+    }))
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ExemplarSlot {
+    trace: [u8; 16],
+    span: [u8; 8],
+    value: f64,
+    at: f64,
+}
+
+#[derive(Debug, Clone)]
+struct RedSeries {
+    labels: [String; 4],
+    counts: [u64; SLOTS],
+    sum: f64,
+    count: u64,
+    exemplars: [Option<ExemplarSlot>; SLOTS],
+}
+
+impl RedSeries {
+    fn new(labels: [String; 4]) -> Self {
+        RedSeries {
+            labels,
+            counts: [0; SLOTS],
+            sum: 0.0,
+            count: 0,
+            exemplars: [None; SLOTS],
+        }
+    }
+
+    fn observe(&mut self, f: &SpanFacts<'_>) {
+        let i = BUCKETS
+            .iter()
+            .position(|&b| f.duration <= b)
+            .unwrap_or(BUCKETS.len());
+        self.counts[i] += 1;
+        self.sum += f.duration;
+        self.count += 1;
+        let mut trace = [0u8; 16];
+        let mut span = [0u8; 8];
+        trace.copy_from_slice(f.trace_id);
+        span.copy_from_slice(f.span_id);
+        self.exemplars[i] = Some(ExemplarSlot {
+            trace,
+            span,
+            value: f.duration,
+            at: f.end_unix,
+        });
+    }
+}
+
+struct Inner {
+    series: LimitedMap<String, RedSeries>,
+    key: String,
+}
+
+/// RED histograms per (service, operation, kind, outcome), bounded.
+pub struct RedStore {
+    inner: Mutex<Inner>,
+    ttl: Duration,
+}
+
+const SEP: char = '\u{1f}';
+
+impl RedStore {
+    /// A store keeping at most `limit` label sets; series not updated for `ttl` are dropped.
+    pub fn new(limit: usize, ttl: Duration, overflow: OverflowCounter) -> Self {
+        RedStore {
+            inner: Mutex::new(Inner {
+                series: LimitedMap::new(limit, overflow),
+                key: String::with_capacity(128),
+            }),
+            ttl,
+        }
+    }
+
+    /// Records a batch of spans of one service under one lock.
+    pub fn observe<'a>(&self, service: &str, spans: impl IntoIterator<Item = SpanFacts<'a>>) {
+        let now = Instant::now();
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let Inner { series, key } = &mut *guard;
+        for f in spans {
+            let outcome = if f.error { "error" } else { "ok" };
+            key.clear();
+            key.push_str(service);
+            key.push(SEP);
+            match f.operation {
+                Operation::Single(op) => key.push_str(op),
+                Operation::Rpc(s, m) => {
+                    key.push_str(s);
+                    key.push('/');
+                    key.push_str(m);
+                }
+            }
+            let op_end = key.len();
+            key.push(SEP);
+            key.push_str(f.kind.label());
+            key.push(SEP);
+            key.push_str(outcome);
+            let op_start = service.len() + SEP.len_utf8();
+            let make_labels = || {
+                [
+                    service.to_owned(),
+                    key[op_start..op_end].to_owned(),
+                    f.kind.label().to_owned(),
+                    outcome.to_owned(),
+                ]
+            };
+            let (s, _) = series.entry(
+                key.as_str(),
+                || key.clone(),
+                || RedSeries::new(make_labels()),
+                now,
+            );
+            s.observe(&f);
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
+}
+
+fn histogram_value(s: &RedSeries) -> Value {
+    let mut cumulative = 0;
+    let mut buckets = Vec::with_capacity(SLOTS);
+    for (i, c) in s.counts.iter().enumerate() {
+        cumulative += c;
+        buckets.push((BUCKETS.get(i).copied().unwrap_or(f64::INFINITY), cumulative));
+    }
+    let exemplars = s
+        .exemplars
+        .iter()
+        .map(|e| {
+            e.map(|e| Exemplar {
+                labels: vec![
+                    ("trace_id".into(), hex(&e.trace)),
+                    ("span_id".into(), hex(&e.span)),
+                ],
+                value: e.value,
+                timestamp: Some(e.at),
+            })
+        })
+        .collect();
+    Value::Histogram {
+        buckets,
+        sum: s.sum,
+        count: s.count,
+        exemplars,
+    }
+}
+
+impl Collector for RedStore {
+    fn collect(&self, out: &mut Vec<Family>) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.series.expire(Instant::now(), self.ttl);
+        if inner.series.is_empty() {
+            return;
+        }
+        let mut fam = Family::new(
+            "vitals_request_duration_seconds",
+            "Duration of requests (SERVER and CONSUMER spans) by service, operation, kind and outcome",
+            "seconds",
+            MetricKind::Histogram,
+        );
+        let mut rows: Vec<&RedSeries> = inner.series.iter().map(|(_, s)| s).collect();
+        rows.sort_by(|a, b| a.labels.cmp(&b.labels));
+        for s in rows {
+            let [svc, op, kind, outcome] = &s.labels;
+            fam.push(
+                &[
+                    ("service", svc),
+                    ("operation", op),
+                    ("kind", kind),
+                    ("outcome", outcome),
+                ],
+                histogram_value(s),
+            );
+        }
+        if let Some(o) = inner.series.overflow() {
+            fam.push(&[OVERFLOW_LABEL], histogram_value(o));
+        }
+        out.push(fam);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::common::v1::AnyValue;
+    use opentelemetry_proto::tonic::trace::v1::Status;
+
+    fn kv(k: &str, v: any_value::Value) -> KeyValue {
+        KeyValue {
+            key: k.into(),
+            value: Some(AnyValue { value: Some(v) }),
+            ..Default::default()
+        }
+    }
+
+    fn span(kind: SpanKind, ms: u64, attrs: Vec<KeyValue>, status: i32) -> Span {
+        Span {
+            trace_id: vec![1; 16],
+            span_id: vec![2; 8],
+            name: "GET".into(),
+            kind: kind as i32,
+            start_time_unix_nano: 1_000_000_000,
+            end_time_unix_nano: 1_000_000_000 + ms * 1_000_000,
+            attributes: attrs,
+            status: Some(Status {
+                code: status,
+                message: String::new(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn operation_and_outcome_rules() {
+        let s = span(
+            SpanKind::Server,
+            120,
+            vec![
+                kv(
+                    "http.route",
+                    any_value::Value::StringValue("/users/{id}".into()),
+                ),
+                kv("http.response.status_code", any_value::Value::IntValue(503)),
+            ],
+            0,
+        );
+        let f = facts(&s).unwrap().unwrap();
+        assert_eq!(f.operation, Operation::Single("/users/{id}"));
+        assert!(f.error, "5xx on a server span is an error");
+        assert!((f.duration - 0.12).abs() < 1e-9);
+
+        let s = span(
+            SpanKind::Server,
+            5,
+            vec![
+                kv(
+                    "rpc.service",
+                    any_value::Value::StringValue("Greeter".into()),
+                ),
+                kv("rpc.method", any_value::Value::StringValue("Hello".into())),
+            ],
+            0,
+        );
+        assert_eq!(
+            facts(&s).unwrap().unwrap().operation,
+            Operation::Rpc("Greeter", "Hello")
+        );
+
+        let s = span(
+            SpanKind::Consumer,
+            5,
+            vec![kv("http.status_code", any_value::Value::IntValue(500))],
+            0,
+        );
+        let f = facts(&s).unwrap().unwrap();
+        assert_eq!(f.operation, Operation::Single("GET"));
+        assert!(!f.error, "the HTTP rule applies to server spans only");
+
+        let s = span(SpanKind::Server, 5, vec![], StatusCode::Error as i32);
+        assert!(facts(&s).unwrap().unwrap().error);
+        assert_eq!(facts(&span(SpanKind::Client, 5, vec![], 0)).unwrap(), None);
+        assert_eq!(
+            facts(&span(SpanKind::Internal, 5, vec![], 0)).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn invalid_spans_are_rejected() {
+        let mut s = span(SpanKind::Server, 5, vec![], 0);
+        s.trace_id = vec![1; 3];
+        assert_eq!(facts(&s), Err(SpanReject::BadIds));
+        let mut s = span(SpanKind::Server, 5, vec![], 0);
+        s.end_time_unix_nano = 1;
+        assert_eq!(facts(&s), Err(SpanReject::BadTimes));
+    }
+
+    #[test]
+    fn buckets_counts_and_overflow() {
+        let c = OverflowCounter::default();
+        let store = RedStore::new(2, Duration::from_secs(60), c.clone());
+        let spans: Vec<Span> = [50u64, 100, 100, 400, 2000]
+            .iter()
+            .map(|ms| span(SpanKind::Server, *ms, vec![], 0))
+            .collect();
+        store.observe("checkout", spans.iter().map(|s| facts(s).unwrap().unwrap()));
+        let other = span(
+            SpanKind::Server,
+            1,
+            vec![kv("http.route", any_value::Value::StringValue("/b".into()))],
+            0,
+        );
+        let third = span(
+            SpanKind::Server,
+            1,
+            vec![kv("http.route", any_value::Value::StringValue("/c".into()))],
+            0,
+        );
+        store.observe(
+            "checkout",
+            [
+                facts(&other).unwrap().unwrap(),
+                facts(&third).unwrap().unwrap(),
+            ],
+        );
+        let mut out = vec![];
+        store.collect(&mut out);
+        let fam = &out[0];
+        assert_eq!(
+            fam.series.len(),
+            3,
+            "two label sets and the overflow series"
+        );
+        assert_eq!(c.get(), 1);
+        let get = |le: f64, v: &Value| match v {
+            Value::Histogram { buckets, .. } => buckets.iter().find(|(b, _)| *b == le).unwrap().1,
+            _ => unreachable!(),
+        };
+        let main = fam
+            .series
+            .iter()
+            .find(|s| s.labels.iter().any(|(_, v)| v == "GET"))
+            .unwrap();
+        assert_eq!(get(0.05, &main.value), 1);
+        assert_eq!(
+            get(0.1, &main.value),
+            3,
+            "0.1 s lands in le=0.1 (inclusive upper bound)"
+        );
+        assert_eq!(get(0.4, &main.value), 4);
+        assert_eq!(get(f64::INFINITY, &main.value), 5);
+        match &main.value {
+            Value::Histogram {
+                sum,
+                count,
+                exemplars,
+                ..
+            } => {
+                assert_eq!(*count, 5);
+                assert!((sum - 2.65).abs() < 1e-9);
+                let ex = exemplars[8].as_ref().unwrap();
+                assert_eq!(ex.labels[0].1, "01010101010101010101010101010101");
+                assert_eq!(ex.labels[1].1, "0202020202020202");
+            }
+            _ => unreachable!(),
+        }
+        assert!(fam
+            .series
+            .iter()
+            .any(|s| s.labels == vec![("otel_metric_overflow".to_string(), "true".to_string())]));
+    }
+}

@@ -1,0 +1,291 @@
+//! OTLP/HTTP: `POST /v1/traces`, `/v1/metrics`, `/v1/logs` with protobuf or JSON bodies, optionally gzip.
+//! Status codes follow the OTLP specification: 200 with partial_success, 400 undecodable, 404/405,
+//! 413 above the size limit (no retry hint), 415 unknown media type, 503 + Retry-After when shedding.
+//! Error bodies are `google.rpc.Status` in the request's encoding.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{
+    HeaderValue, ALLOW, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER,
+};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use prost::Message;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::decode::{decode, gunzip, DecodeError, Encoding};
+use super::{Ingest, Partial, Refusal, Signal};
+
+type Resp = Response<Full<Bytes>>;
+
+fn content_type(enc: Encoding) -> &'static str {
+    match enc {
+        Encoding::Protobuf => "application/x-protobuf",
+        Encoding::Json => "application/json",
+    }
+}
+
+/// A `google.rpc.Status` body in `enc`.
+fn status_body(http: StatusCode, grpc_code: i32, message: &str, enc: Encoding) -> Resp {
+    let body: Vec<u8> = match enc {
+        Encoding::Protobuf => tonic_types::Status {
+            code: grpc_code,
+            message: message.to_owned(),
+            details: vec![],
+        }
+        .encode_to_vec(),
+        Encoding::Json => {
+            serde_json::to_vec(&serde_json::json!({ "code": grpc_code, "message": message }))
+                .unwrap_or_default()
+        }
+    };
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = http;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type(enc)));
+    r
+}
+
+fn ok_body<T: Message + serde::Serialize>(msg: &T, enc: Encoding) -> Resp {
+    let body = match enc {
+        Encoding::Protobuf => msg.encode_to_vec(),
+        Encoding::Json => serde_json::to_vec(msg).unwrap_or_default(),
+    };
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type(enc)));
+    r
+}
+
+fn media_type(req: &Request<Incoming>) -> Option<Encoding> {
+    let v = req.headers().get(CONTENT_TYPE)?.to_str().ok()?;
+    let mt = v.split(';').next()?.trim().to_ascii_lowercase();
+    match mt.as_str() {
+        "application/x-protobuf" => Some(Encoding::Protobuf),
+        "application/json" => Some(Encoding::Json),
+        _ => None,
+    }
+}
+
+const INVALID_ARGUMENT: i32 = 3;
+const RESOURCE_EXHAUSTED: i32 = 8;
+const UNAVAILABLE: i32 = 14;
+
+async fn handle(ingest: Arc<Ingest>, req: Request<Incoming>) -> Result<Resp, Infallible> {
+    let signal = match req.uri().path() {
+        "/v1/traces" => Signal::Traces,
+        "/v1/metrics" => Signal::Metrics,
+        "/v1/logs" => Signal::Logs,
+        _ => {
+            return Ok(status_body(
+                StatusCode::NOT_FOUND,
+                5,
+                "unknown path; OTLP/HTTP serves /v1/traces, /v1/metrics, /v1/logs",
+                Encoding::Protobuf,
+            ))
+        }
+    };
+    if req.method() != Method::POST {
+        let mut r = status_body(
+            StatusCode::METHOD_NOT_ALLOWED,
+            12,
+            "OTLP/HTTP takes POST",
+            Encoding::Protobuf,
+        );
+        r.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("POST"));
+        return Ok(r);
+    }
+    let Some(enc) = media_type(&req) else {
+        ingest.stats.refused(signal, Refusal::UnsupportedMediaType);
+        return Ok(status_body(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            INVALID_ARGUMENT,
+            "Content-Type must be application/x-protobuf or application/json",
+            Encoding::Protobuf,
+        ));
+    };
+    let gzip = match req
+        .headers()
+        .get(CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase())
+    {
+        None => false,
+        Some(e) if e == "identity" || e.is_empty() => false,
+        Some(e) if e == "gzip" => true,
+        Some(_) => {
+            ingest.stats.refused(signal, Refusal::UnsupportedMediaType);
+            return Ok(status_body(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                INVALID_ARGUMENT,
+                "Content-Encoding must be gzip or absent",
+                enc,
+            ));
+        }
+    };
+    // Shed before reading or decoding anything.
+    let Some(_permit) = ingest.admit(signal) else {
+        let mut r = status_body(
+            StatusCode::SERVICE_UNAVAILABLE,
+            UNAVAILABLE,
+            "vitals is at its concurrent request limit; retry later",
+            enc,
+        );
+        r.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        return Ok(r);
+    };
+    let limit = ingest.limits.max_body;
+    let too_large = |ingest: &Ingest| {
+        ingest.stats.refused(signal, Refusal::TooLarge);
+        status_body(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            RESOURCE_EXHAUSTED,
+            &DecodeError::TooLarge { limit }.to_string(),
+            enc,
+        )
+    };
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Ok(too_large(&ingest));
+    }
+    let raw = match Limited::new(req.into_body(), limit).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            return Ok(too_large(&ingest))
+        }
+        Err(e) => {
+            ingest.stats.refused(signal, Refusal::Undecodable);
+            return Ok(status_body(
+                StatusCode::BAD_REQUEST,
+                INVALID_ARGUMENT,
+                &format!("cannot read request body: {e}"),
+                enc,
+            ));
+        }
+    };
+    let body: std::borrow::Cow<'_, [u8]> = if gzip {
+        match gunzip(&raw, limit) {
+            Ok(b) => b.into(),
+            Err(DecodeError::TooLarge { .. }) => return Ok(too_large(&ingest)),
+            Err(e) => {
+                ingest.stats.refused(signal, Refusal::Undecodable);
+                return Ok(status_body(
+                    StatusCode::BAD_REQUEST,
+                    INVALID_ARGUMENT,
+                    &e.to_string(),
+                    enc,
+                ));
+            }
+        }
+    } else {
+        raw.as_ref().into()
+    };
+    let ingest2 = ingest.clone();
+    let undecodable = move |e: DecodeError| {
+        ingest2.stats.refused(signal, Refusal::Undecodable);
+        status_body(
+            StatusCode::BAD_REQUEST,
+            INVALID_ARGUMENT,
+            &e.to_string(),
+            enc,
+        )
+    };
+    let resp = match signal {
+        Signal::Traces => match decode::<ExportTraceServiceRequest>(&body, enc) {
+            Ok(r) => ok_body(&trace_response(ingest.traces(&r)), enc),
+            Err(e) => undecodable(e),
+        },
+        Signal::Metrics => match decode::<ExportMetricsServiceRequest>(&body, enc) {
+            Ok(r) => ok_body(&metrics_response(ingest.metrics(&r)), enc),
+            Err(e) => undecodable(e),
+        },
+        Signal::Logs => match decode::<ExportLogsServiceRequest>(&body, enc) {
+            Ok(r) => ok_body(&logs_response(ingest.logs(&r)), enc),
+            Err(e) => undecodable(e),
+        },
+    };
+    Ok(resp)
+}
+
+/// The trace response for a partial outcome (no partial_success when nothing was rejected).
+pub fn trace_response(p: Partial) -> ExportTraceServiceResponse {
+    ExportTraceServiceResponse {
+        partial_success: (p.rejected > 0).then_some(ExportTracePartialSuccess {
+            rejected_spans: p.rejected as i64,
+            error_message: p.message,
+        }),
+    }
+}
+
+/// The metrics response for a partial outcome.
+pub fn metrics_response(p: Partial) -> ExportMetricsServiceResponse {
+    ExportMetricsServiceResponse {
+        partial_success: (p.rejected > 0).then_some(ExportMetricsPartialSuccess {
+            rejected_data_points: p.rejected as i64,
+            error_message: p.message,
+        }),
+    }
+}
+
+/// The logs response for a partial outcome.
+pub fn logs_response(p: Partial) -> ExportLogsServiceResponse {
+    ExportLogsServiceResponse {
+        partial_success: (p.rejected > 0).then_some(ExportLogsPartialSuccess {
+            rejected_log_records: p.rejected as i64,
+            error_message: p.message,
+        }),
+    }
+}
+
+/// Serves OTLP/HTTP until `shutdown`, letting in-flight requests finish for up to a second.
+pub async fn serve(listener: TcpListener, ingest: Arc<Ingest>, shutdown: CancellationToken) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let ingest = ingest.clone();
+                let svc = service_fn(move |req| handle(ingest.clone(), req));
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10))
+                    .serve_connection(TokioIo::new(stream), svc);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "OTLP/HTTP connection ended with an error");
+                    }
+                });
+            }
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_millis(900), graceful.shutdown()).await;
+}

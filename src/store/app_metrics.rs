@@ -1,0 +1,1015 @@
+//! The app's own OTLP metrics as Prometheus families: names by [`super::naming`], delta temporality
+//! accumulated to cumulative (duplicates and out-of-order points tolerated), exponential histograms as
+//! classic buckets, resource attributes in `target_info`, a `service` label on every series. Bounded in
+//! metric names, series per metric, labels per series and label length; idle series expire.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::metrics::v1::{
+    metric::Data, number_data_point, AggregationTemporality, ExponentialHistogramDataPoint,
+    HistogramDataPoint, NumberDataPoint, SummaryDataPoint,
+};
+
+use super::limited::{LimitedMap, OverflowCounter, OVERFLOW_LABEL};
+use super::naming::{label_name, metric_name, unit_word, InstrumentShape};
+use super::{Collector, Family, MetricKind, Value};
+
+/// Limits and options of the app metric store.
+#[derive(Debug, Clone)]
+pub struct AppMetricsConfig {
+    /// Label sets per metric before observations go to the overflow series.
+    pub series_limit: usize,
+    /// Distinct metric names kept; points of further names are rejected.
+    pub family_limit: usize,
+    /// A series not updated for this long is dropped.
+    pub ttl: Duration,
+    /// Resource attributes copied onto every series as labels.
+    pub promote: Vec<String>,
+}
+
+/// Longest label value kept (bytes); longer values are cut at a character boundary.
+pub const MAX_LABEL_VALUE: usize = 1024;
+/// Most labels kept on one series.
+pub const MAX_LABELS: usize = 64;
+/// Most buckets a histogram series may hold.
+pub const MAX_BUCKETS: usize = 512;
+const DELTA_WINDOWS_REMEMBERED: usize = 8;
+const TARGET_INFO_LIMIT: usize = 256;
+
+/// What one request's metrics did: items are data points.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct IngestOutcome {
+    /// Data points applied.
+    pub accepted: u64,
+    /// Data points refused, with the first reason in `message`.
+    pub rejected: u64,
+    /// Why points were refused (empty when none were).
+    pub message: String,
+}
+
+impl IngestOutcome {
+    fn reject(&mut self, n: u64, why: impl FnOnce() -> String) {
+        if n == 0 {
+            return;
+        }
+        self.rejected += n;
+        if self.message.is_empty() {
+            self.message = why();
+        }
+    }
+}
+
+type Labels = Vec<(String, String)>;
+
+#[derive(Debug, Clone)]
+enum State {
+    Number(f64),
+    /// Non-cumulative counts per upper bound, ascending; the last bound is +Inf.
+    Histogram {
+        buckets: Vec<(f64, u64)>,
+        sum: f64,
+        count: u64,
+    },
+    Summary {
+        quantiles: Vec<(f64, f64)>,
+        sum: f64,
+        count: u64,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Point {
+    state: State,
+    last_time: u64,
+    deltas: VecDeque<(u64, u64)>,
+}
+
+struct AppFamily {
+    help: String,
+    kind: MetricKind,
+    series: LimitedMap<Labels, Point>,
+}
+
+struct Inner {
+    families: HashMap<String, AppFamily>,
+    targets: LimitedMap<Labels, ()>,
+}
+
+/// The app metric store.
+pub struct AppMetrics {
+    cfg: AppMetricsConfig,
+    overflow: OverflowCounter,
+    inner: Mutex<Inner>,
+}
+
+/// Renders an attribute value as a label value.
+pub fn any_value_string(v: Option<&AnyValue>) -> String {
+    match v.and_then(|v| v.value.as_ref()) {
+        None => String::new(),
+        Some(any_value::Value::StringValue(s)) => s.clone(),
+        Some(any_value::Value::BoolValue(b)) => b.to_string(),
+        Some(any_value::Value::IntValue(i)) => i.to_string(),
+        Some(any_value::Value::DoubleValue(d)) => d.to_string(),
+        Some(any_value::Value::BytesValue(b)) => b.iter().map(|x| format!("{x:02x}")).collect(),
+        Some(other) => serde_json::to_string(&AnyValue {
+            value: Some(other.clone()),
+        })
+        .unwrap_or_default(),
+    }
+}
+
+fn cut(mut s: String) -> String {
+    if s.len() > MAX_LABEL_VALUE {
+        let mut end = MAX_LABEL_VALUE;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
+/// `service.name` of a resource, or the SDKs' default.
+pub fn service_name(attrs: &[KeyValue]) -> String {
+    attrs
+        .iter()
+        .find(|kv| kv.key == "service.name")
+        .map(|kv| any_value_string(kv.value.as_ref()))
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown_service".to_owned())
+}
+
+/// Canonical labels: sanitized names, reserved names moved aside, duplicates joined with `;` (as
+/// Prometheus' OTLP translation does), sorted, bounded.
+fn build_labels(attrs: &[KeyValue], fixed: &[(String, String)], reserved: &[&str]) -> Labels {
+    let mut labels: Labels = Vec::with_capacity(attrs.len() + fixed.len());
+    for kv in attrs.iter().take(MAX_LABELS) {
+        let mut name = label_name(&kv.key);
+        if reserved.contains(&name.as_str()) || fixed.iter().any(|(f, _)| *f == name) {
+            name.insert_str(0, "exported_");
+        }
+        labels.push((name, cut(any_value_string(kv.value.as_ref()))));
+    }
+    labels.extend(fixed.iter().cloned());
+    labels.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut merged: Labels = Vec::with_capacity(labels.len());
+    for (k, v) in labels {
+        match merged.last_mut() {
+            Some((lk, lv)) if *lk == k => {
+                lv.push(';');
+                lv.push_str(&v);
+            }
+            _ => merged.push((k, v)),
+        }
+    }
+    merged
+}
+
+fn number(dp: &NumberDataPoint) -> Option<f64> {
+    match dp.value? {
+        number_data_point::Value::AsDouble(d) => Some(d),
+        number_data_point::Value::AsInt(i) => Some(i as f64),
+    }
+}
+
+fn explicit_buckets(dp: &HistogramDataPoint) -> Result<Vec<(f64, u64)>, String> {
+    if dp.bucket_counts.is_empty() && dp.explicit_bounds.is_empty() {
+        return Ok(vec![(f64::INFINITY, dp.count)]);
+    }
+    if dp.bucket_counts.len() != dp.explicit_bounds.len() + 1 {
+        return Err(format!(
+            "histogram point has {} bucket counts for {} bounds",
+            dp.bucket_counts.len(),
+            dp.explicit_bounds.len()
+        ));
+    }
+    if dp
+        .explicit_bounds
+        .windows(2)
+        .any(|w| w[0].partial_cmp(&w[1]) != Some(std::cmp::Ordering::Less))
+        || dp.explicit_bounds.iter().any(|b| !b.is_finite())
+    {
+        return Err("histogram bounds are not finite and strictly increasing".into());
+    }
+    if dp.bucket_counts.len() > MAX_BUCKETS {
+        return Err(format!(
+            "histogram point has more than {MAX_BUCKETS} buckets"
+        ));
+    }
+    let mut out: Vec<(f64, u64)> = dp
+        .explicit_bounds
+        .iter()
+        .copied()
+        .zip(dp.bucket_counts.iter().copied())
+        .collect();
+    out.push((f64::INFINITY, *dp.bucket_counts.last().unwrap_or(&0)));
+    Ok(out)
+}
+
+/// Exponential buckets as classic ones: bucket `i` of scale `s` holds (base^i, base^(i+1)], base =
+/// 2^(2^-s); negative buckets mirror them below zero; the zero bucket ends at the zero threshold.
+fn exponential_buckets(dp: &ExponentialHistogramDataPoint) -> Result<Vec<(f64, u64)>, String> {
+    if !(-10..=20).contains(&dp.scale) {
+        return Err(format!(
+            "exponential histogram scale {} is outside -10..20",
+            dp.scale
+        ));
+    }
+    let pos = dp.positive.as_ref();
+    let neg = dp.negative.as_ref();
+    let n = pos.map_or(0, |b| b.bucket_counts.len()) + neg.map_or(0, |b| b.bucket_counts.len());
+    if n + 2 > MAX_BUCKETS {
+        return Err(format!(
+            "exponential histogram point has more than {MAX_BUCKETS} buckets"
+        ));
+    }
+    // base^i = 2^(i * 2^-scale): exp2 keeps whole powers of two exact (le="2", not "1.9999999999999998").
+    let step = 2f64.powi(-dp.scale);
+    let bound = |i: i64| (i as f64 * step).exp2();
+    let mut out = Vec::with_capacity(n + 2);
+    if let Some(b) = neg {
+        for (k, c) in b
+            .bucket_counts
+            .iter()
+            .enumerate()
+            .rev()
+            .filter(|(_, c)| **c > 0)
+        {
+            let idx = b.offset as i64 + k as i64;
+            out.push((-bound(idx), *c));
+        }
+    }
+    let zero_bound = if dp.zero_threshold > 0.0 {
+        dp.zero_threshold
+    } else {
+        0.0
+    };
+    out.push((zero_bound, dp.zero_count));
+    if let Some(b) = pos {
+        for (k, c) in b.bucket_counts.iter().enumerate() {
+            let idx = b.offset as i64 + k as i64;
+            out.push((bound(idx + 1), *c));
+        }
+    }
+    out.retain(|(b, _)| b.is_finite());
+    out.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let seen: u64 = out.iter().map(|(_, c)| c).sum();
+    out.push((f64::INFINITY, dp.count.saturating_sub(seen)));
+    Ok(out)
+}
+
+/// Adds `add` into `into` by bound; buckets at new bounds are inserted in order.
+fn merge_buckets(into: &mut Vec<(f64, u64)>, add: &[(f64, u64)]) {
+    for &(b, c) in add {
+        match into.binary_search_by(|(x, _)| x.total_cmp(&b)) {
+            Ok(i) => into[i].1 += c,
+            Err(i) => into.insert(i, (b, c)),
+        }
+    }
+}
+
+impl State {
+    /// An empty state of the same shape, which a first delta is added to.
+    fn zero_like(&self) -> State {
+        match self {
+            State::Number(_) => State::Number(0.0),
+            State::Histogram { .. } => State::Histogram {
+                buckets: Vec::new(),
+                sum: 0.0,
+                count: 0,
+            },
+            State::Summary { .. } => State::Summary {
+                quantiles: Vec::new(),
+                sum: 0.0,
+                count: 0,
+            },
+        }
+    }
+}
+
+impl Point {
+    fn new(state: State) -> Self {
+        Point {
+            state,
+            last_time: 0,
+            deltas: VecDeque::new(),
+        }
+    }
+
+    /// Applies a cumulative or gauge reading unless it is older than what is held.
+    fn set(&mut self, time: u64, state: State) {
+        if time >= self.last_time {
+            self.last_time = time;
+            self.state = state;
+        }
+    }
+
+    /// Applies a delta once per (start, end) window, in any order.
+    fn add(&mut self, start: u64, time: u64, state: State) {
+        if self.deltas.contains(&(start, time)) {
+            return;
+        }
+        if self.deltas.len() == DELTA_WINDOWS_REMEMBERED {
+            self.deltas.pop_front();
+        }
+        self.deltas.push_back((start, time));
+        self.last_time = self.last_time.max(time);
+        match (&mut self.state, state) {
+            (State::Number(v), State::Number(d)) => *v += d,
+            (
+                State::Histogram {
+                    buckets,
+                    sum,
+                    count,
+                },
+                State::Histogram {
+                    buckets: b,
+                    sum: s,
+                    count: c,
+                },
+            ) => {
+                merge_buckets(buckets, &b);
+                if buckets.len() > MAX_BUCKETS {
+                    *buckets = b;
+                    *sum = s;
+                    *count = c;
+                } else {
+                    *sum += s;
+                    *count += c;
+                }
+            }
+            (held, new) => *held = new,
+        }
+    }
+}
+
+impl AppMetrics {
+    /// An empty store.
+    pub fn new(cfg: AppMetricsConfig, overflow: OverflowCounter) -> Self {
+        let targets = LimitedMap::new(TARGET_INFO_LIMIT, overflow.clone());
+        AppMetrics {
+            cfg,
+            overflow,
+            inner: Mutex::new(Inner {
+                families: HashMap::new(),
+                targets,
+            }),
+        }
+    }
+
+    /// Applies one export request.
+    pub fn ingest(&self, req: &ExportMetricsServiceRequest) -> IngestOutcome {
+        let now = Instant::now();
+        let mut out = IngestOutcome::default();
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        for rm in &req.resource_metrics {
+            let attrs = rm
+                .resource
+                .as_ref()
+                .map(|r| r.attributes.as_slice())
+                .unwrap_or(&[]);
+            let service = service_name(attrs);
+            let mut fixed: Labels = vec![("service".to_owned(), service.clone())];
+            for key in &self.cfg.promote {
+                if let Some(kv) = attrs.iter().find(|kv| &kv.key == key) {
+                    fixed.push((label_name(key), cut(any_value_string(kv.value.as_ref()))));
+                }
+            }
+            let info = build_labels(attrs, &[], &[]);
+            inner.targets.entry(&info, || info.clone(), || (), now);
+            for sm in &rm.scope_metrics {
+                for m in &sm.metrics {
+                    self.ingest_metric(&mut inner, m, &fixed, now, &mut out);
+                }
+            }
+        }
+        out
+    }
+
+    fn ingest_metric(
+        &self,
+        inner: &mut Inner,
+        m: &opentelemetry_proto::tonic::metrics::v1::Metric,
+        fixed: &Labels,
+        now: Instant,
+        out: &mut IngestOutcome,
+    ) {
+        let Some(data) = &m.data else {
+            out.reject(1, || format!("metric {:?} has no data", m.name));
+            return;
+        };
+        let (shape, kind, points) = match data {
+            Data::Gauge(g) => (
+                InstrumentShape::Gauge,
+                MetricKind::Gauge,
+                g.data_points.len(),
+            ),
+            Data::Sum(s) if s.is_monotonic => (
+                InstrumentShape::Counter,
+                MetricKind::Counter,
+                s.data_points.len(),
+            ),
+            Data::Sum(s) => (
+                InstrumentShape::Gauge,
+                MetricKind::Gauge,
+                s.data_points.len(),
+            ),
+            Data::Histogram(h) => (
+                InstrumentShape::Distribution,
+                MetricKind::Histogram,
+                h.data_points.len(),
+            ),
+            Data::ExponentialHistogram(h) => (
+                InstrumentShape::Distribution,
+                MetricKind::Histogram,
+                h.data_points.len(),
+            ),
+            Data::Summary(s) => (
+                InstrumentShape::Distribution,
+                MetricKind::Summary,
+                s.data_points.len(),
+            ),
+        };
+        let name = metric_name(&m.name, &m.unit, shape);
+        if name.starts_with("vitals_") || name == "target_info" {
+            out.reject(points as u64, || {
+                format!(
+                    "metric {:?} would be named {name}, which vitals reserves",
+                    m.name
+                )
+            });
+            return;
+        }
+        if !inner.families.contains_key(&name) && inner.families.len() >= self.cfg.family_limit {
+            out.reject(points as u64, || {
+                format!(
+                    "more than {} metric names; {name} dropped",
+                    self.cfg.family_limit
+                )
+            });
+            return;
+        }
+        let series_limit = self.cfg.series_limit;
+        let overflow = self.overflow.clone();
+        let fam = inner
+            .families
+            .entry(name.clone())
+            .or_insert_with(|| AppFamily {
+                help: m
+                    .description
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .chars()
+                    .take(200)
+                    .collect(),
+                kind,
+                series: LimitedMap::new(series_limit, overflow),
+            });
+        if fam.kind != kind {
+            out.reject(points as u64, || {
+                format!("metric {:?} ({name}) changed type", m.name)
+            });
+            return;
+        }
+        let reserved: &[&str] = match kind {
+            MetricKind::Histogram => &["le"],
+            MetricKind::Summary => &["quantile"],
+            _ => &[],
+        };
+        let mut apply = |attrs: &[KeyValue],
+                         flags: u32,
+                         start: u64,
+                         time: u64,
+                         delta: bool,
+                         state: Result<State, String>| {
+            let state = match state {
+                Ok(s) => s,
+                Err(why) => return out.reject(1, || format!("metric {:?}: {why}", m.name)),
+            };
+            let labels = build_labels(attrs, fixed, reserved);
+            // Bit 0 of flags: no recorded value, the SDK's way of saying the series ended.
+            if flags & 1 == 1 {
+                fam.series.remove(&labels);
+                out.accepted += 1;
+                return;
+            }
+            let init = state.zero_like();
+            let (p, _) = fam
+                .series
+                .entry(&labels, || labels.clone(), || Point::new(init), now);
+            if delta {
+                p.add(start, time, state);
+            } else {
+                p.set(time, state);
+            }
+            out.accepted += 1;
+        };
+        let is_delta = |t: i32| t == AggregationTemporality::Delta as i32;
+        match data {
+            Data::Gauge(g) => {
+                for dp in &g.data_points {
+                    let v = number(dp)
+                        .map(State::Number)
+                        .ok_or_else(|| "number point has no value".to_owned());
+                    apply(
+                        &dp.attributes,
+                        dp.flags,
+                        dp.start_time_unix_nano,
+                        dp.time_unix_nano,
+                        false,
+                        v,
+                    );
+                }
+            }
+            Data::Sum(s) => {
+                for dp in &s.data_points {
+                    let v = number(dp)
+                        .map(State::Number)
+                        .ok_or_else(|| "number point has no value".to_owned());
+                    apply(
+                        &dp.attributes,
+                        dp.flags,
+                        dp.start_time_unix_nano,
+                        dp.time_unix_nano,
+                        is_delta(s.aggregation_temporality),
+                        v,
+                    );
+                }
+            }
+            Data::Histogram(h) => {
+                for dp in &h.data_points {
+                    let v = explicit_buckets(dp).map(|buckets| State::Histogram {
+                        buckets,
+                        sum: dp.sum.unwrap_or(0.0),
+                        count: dp.count,
+                    });
+                    apply(
+                        &dp.attributes,
+                        dp.flags,
+                        dp.start_time_unix_nano,
+                        dp.time_unix_nano,
+                        is_delta(h.aggregation_temporality),
+                        v,
+                    );
+                }
+            }
+            Data::ExponentialHistogram(h) => {
+                for dp in &h.data_points {
+                    let v = exponential_buckets(dp).map(|buckets| State::Histogram {
+                        buckets,
+                        sum: dp.sum.unwrap_or(0.0),
+                        count: dp.count,
+                    });
+                    apply(
+                        &dp.attributes,
+                        dp.flags,
+                        dp.start_time_unix_nano,
+                        dp.time_unix_nano,
+                        is_delta(h.aggregation_temporality),
+                        v,
+                    );
+                }
+            }
+            Data::Summary(s) => {
+                for dp in &s.data_points {
+                    apply(
+                        &dp.attributes,
+                        dp.flags,
+                        dp.start_time_unix_nano,
+                        dp.time_unix_nano,
+                        false,
+                        Ok(summary_state(dp)),
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn summary_state(dp: &SummaryDataPoint) -> State {
+    State::Summary {
+        quantiles: dp
+            .quantile_values
+            .iter()
+            .map(|q| (q.quantile, q.value))
+            .collect(),
+        sum: dp.sum,
+        count: dp.count,
+    }
+}
+
+fn to_value(kind: MetricKind, p: &State) -> Value {
+    match (kind, p) {
+        (MetricKind::Counter, State::Number(v)) => Value::Counter(*v),
+        (_, State::Number(v)) => Value::Gauge(*v),
+        (
+            _,
+            State::Histogram {
+                buckets,
+                sum,
+                count,
+            },
+        ) => {
+            let mut cum = 0;
+            let buckets = buckets
+                .iter()
+                .map(|(b, c)| {
+                    cum += c;
+                    (*b, cum)
+                })
+                .collect();
+            Value::Histogram {
+                buckets,
+                sum: *sum,
+                count: *count,
+                exemplars: Vec::new(),
+            }
+        }
+        (
+            _,
+            State::Summary {
+                quantiles,
+                sum,
+                count,
+            },
+        ) => Value::Summary {
+            quantiles: quantiles.clone(),
+            sum: *sum,
+            count: *count,
+        },
+    }
+}
+
+impl Collector for AppMetrics {
+    fn collect(&self, out: &mut Vec<Family>) {
+        let now = Instant::now();
+        let ttl = self.cfg.ttl;
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.targets.expire(now, ttl);
+        inner.families.retain(|_, f| {
+            f.series.expire(now, ttl);
+            !f.series.is_empty()
+        });
+        let mut names: Vec<&String> = inner.families.keys().collect();
+        names.sort();
+        for name in names {
+            let f = &inner.families[name];
+            let mut fam = Family::new(name.clone(), f.help.clone(), unit_word(name), f.kind);
+            let mut rows: Vec<(&Labels, &Point)> = f.series.iter().collect();
+            rows.sort_by(|a, b| a.0.cmp(b.0));
+            for (labels, p) in rows {
+                fam.series.push(super::Series {
+                    labels: labels.clone(),
+                    value: to_value(f.kind, &p.state),
+                });
+            }
+            if let Some(p) = f.series.overflow() {
+                fam.push(&[OVERFLOW_LABEL], to_value(f.kind, &p.state));
+            }
+            out.push(fam);
+        }
+        if !inner.targets.is_empty() {
+            let mut fam = Family::new(
+                "target_info",
+                "Resource attributes of each app exporting to vitals",
+                "",
+                MetricKind::Gauge,
+            );
+            for (labels, _) in inner.targets.iter() {
+                fam.series.push(super::Series {
+                    labels: labels.clone(),
+                    value: Value::Gauge(1.0),
+                });
+            }
+            fam.series.sort_by(|a, b| a.labels.cmp(&b.labels));
+            out.push(fam);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::metrics::v1::{
+        exponential_histogram_data_point::Buckets, ExponentialHistogram, Gauge, Histogram, Metric,
+        ResourceMetrics, ScopeMetrics, Sum,
+    };
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+
+    fn kv(k: &str, v: &str) -> KeyValue {
+        KeyValue {
+            key: k.into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(v.into())),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn request(metrics: Vec<Metric>) -> ExportMetricsServiceRequest {
+        ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                resource: Some(Resource {
+                    attributes: vec![kv("service.name", "shop"), kv("k8s.pod.name", "shop-1")],
+                    ..Default::default()
+                }),
+                scope_metrics: vec![ScopeMetrics {
+                    metrics,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    fn sum(
+        name: &str,
+        monotonic: bool,
+        temporality: AggregationTemporality,
+        points: Vec<(u64, u64, f64)>,
+    ) -> Metric {
+        Metric {
+            name: name.into(),
+            data: Some(Data::Sum(Sum {
+                data_points: points
+                    .into_iter()
+                    .map(|(start, t, v)| NumberDataPoint {
+                        attributes: vec![kv("route", "/a")],
+                        start_time_unix_nano: start,
+                        time_unix_nano: t,
+                        value: Some(number_data_point::Value::AsDouble(v)),
+                        ..Default::default()
+                    })
+                    .collect(),
+                aggregation_temporality: temporality as i32,
+                is_monotonic: monotonic,
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn store() -> AppMetrics {
+        AppMetrics::new(
+            AppMetricsConfig {
+                series_limit: 10,
+                family_limit: 10,
+                ttl: Duration::from_secs(60),
+                promote: vec!["k8s.pod.name".into()],
+            },
+            OverflowCounter::default(),
+        )
+    }
+
+    fn collect(s: &AppMetrics) -> Vec<Family> {
+        let mut out = vec![];
+        s.collect(&mut out);
+        out
+    }
+
+    #[test]
+    fn delta_sums_accumulate_once_per_window_in_any_order() {
+        let s = store();
+        let d = AggregationTemporality::Delta;
+        s.ingest(&request(vec![sum("orders", true, d, vec![(0, 10, 2.0)])]));
+        s.ingest(&request(vec![sum("orders", true, d, vec![(20, 30, 5.0)])]));
+        s.ingest(&request(vec![sum("orders", true, d, vec![(10, 20, 3.0)])])); // late
+        s.ingest(&request(vec![sum("orders", true, d, vec![(20, 30, 5.0)])])); // retried duplicate
+        let f = collect(&s);
+        let orders = f.iter().find(|f| f.name == "orders").unwrap();
+        assert_eq!(orders.kind, MetricKind::Counter);
+        assert_eq!(orders.series[0].value, Value::Counter(10.0));
+        assert_eq!(
+            orders.series[0].labels,
+            vec![
+                ("k8s_pod_name".into(), "shop-1".into()),
+                ("route".into(), "/a".into()),
+                ("service".into(), "shop".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn cumulative_keeps_newest_and_follows_resets() {
+        let s = store();
+        let c = AggregationTemporality::Cumulative;
+        s.ingest(&request(vec![sum("orders", true, c, vec![(0, 10, 7.0)])]));
+        s.ingest(&request(vec![sum("orders", true, c, vec![(0, 5, 3.0)])])); // out of order: ignored
+        assert_eq!(collect(&s)[0].series[0].value, Value::Counter(7.0));
+        s.ingest(&request(vec![sum(
+            "orders",
+            true,
+            c,
+            vec![(100, 110, 1.0)],
+        )])); // restart
+        assert_eq!(collect(&s)[0].series[0].value, Value::Counter(1.0));
+    }
+
+    #[test]
+    fn names_and_types() {
+        let s = store();
+        let gauge = Metric {
+            name: "pool.usage".into(),
+            unit: "1".into(),
+            data: Some(Data::Gauge(Gauge {
+                data_points: vec![NumberDataPoint {
+                    value: Some(number_data_point::Value::AsInt(3)),
+                    ..Default::default()
+                }],
+            })),
+            ..Default::default()
+        };
+        let updown = sum(
+            "queue.size",
+            false,
+            AggregationTemporality::Cumulative,
+            vec![(0, 1, 4.0)],
+        );
+        let out = s.ingest(&request(vec![gauge, updown]));
+        assert_eq!(
+            out,
+            IngestOutcome {
+                accepted: 2,
+                rejected: 0,
+                message: String::new()
+            }
+        );
+        let f = collect(&s);
+        assert!(f
+            .iter()
+            .any(|f| f.name == "pool_usage_ratio" && f.kind == MetricKind::Gauge));
+        assert!(f
+            .iter()
+            .any(|f| f.name == "queue_size" && f.kind == MetricKind::Gauge));
+        let info = f.iter().find(|f| f.name == "target_info").unwrap();
+        assert_eq!(
+            info.series[0].labels,
+            vec![
+                ("k8s_pod_name".into(), "shop-1".into()),
+                ("service_name".into(), "shop".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn histograms_explicit_and_exponential() {
+        let s = store();
+        let h = Metric {
+            name: "http.server.request.duration".into(),
+            unit: "s".into(),
+            data: Some(Data::Histogram(Histogram {
+                data_points: vec![HistogramDataPoint {
+                    count: 6,
+                    sum: Some(1.5),
+                    bucket_counts: vec![1, 2, 3],
+                    explicit_bounds: vec![0.1, 0.5],
+                    time_unix_nano: 5,
+                    ..Default::default()
+                }],
+                aggregation_temporality: AggregationTemporality::Cumulative as i32,
+            })),
+            ..Default::default()
+        };
+        let e = Metric {
+            name: "latency".into(),
+            unit: "ms".into(),
+            data: Some(Data::ExponentialHistogram(ExponentialHistogram {
+                data_points: vec![ExponentialHistogramDataPoint {
+                    scale: 0,
+                    count: 7,
+                    sum: Some(20.0),
+                    zero_count: 1,
+                    positive: Some(Buckets {
+                        offset: 0,
+                        bucket_counts: vec![2, 4],
+                    }),
+                    ..Default::default()
+                }],
+                aggregation_temporality: AggregationTemporality::Delta as i32,
+            })),
+            ..Default::default()
+        };
+        let out = s.ingest(&request(vec![h, e]));
+        assert_eq!(out.rejected, 0, "{}", out.message);
+        let f = collect(&s);
+        let h = f
+            .iter()
+            .find(|f| f.name == "http_server_request_duration_seconds")
+            .unwrap();
+        assert_eq!(
+            h.series[0].value,
+            Value::Histogram {
+                buckets: vec![(0.1, 1), (0.5, 3), (f64::INFINITY, 6)],
+                sum: 1.5,
+                count: 6,
+                exemplars: vec![]
+            }
+        );
+        let e = f.iter().find(|f| f.name == "latency_milliseconds").unwrap();
+        // scale 0: base 2; bucket 0 is (1,2], bucket 1 is (2,4]; the zero bucket ends at 0.
+        assert_eq!(
+            e.series[0].value,
+            Value::Histogram {
+                buckets: vec![(0.0, 1), (2.0, 3), (4.0, 7), (f64::INFINITY, 7)],
+                sum: 20.0,
+                count: 7,
+                exemplars: vec![]
+            }
+        );
+    }
+
+    #[test]
+    fn bad_points_are_rejected_with_a_reason() {
+        let s = store();
+        let bad = Metric {
+            name: "h".into(),
+            data: Some(Data::Histogram(Histogram {
+                data_points: vec![HistogramDataPoint {
+                    count: 1,
+                    bucket_counts: vec![1],
+                    explicit_bounds: vec![1.0],
+                    ..Default::default()
+                }],
+                aggregation_temporality: 2,
+            })),
+            ..Default::default()
+        };
+        let reserved = sum(
+            "vitals.target.up",
+            false,
+            AggregationTemporality::Cumulative,
+            vec![(0, 1, 1.0)],
+        );
+        let empty = Metric {
+            name: "nothing".into(),
+            ..Default::default()
+        };
+        let out = s.ingest(&request(vec![bad, reserved, empty]));
+        assert_eq!(out.accepted, 0);
+        assert_eq!(out.rejected, 3);
+        assert!(out.message.contains("bucket counts"), "{}", out.message);
+    }
+
+    #[test]
+    fn series_limit_overflows_and_long_values_are_cut() {
+        let s = AppMetrics::new(
+            AppMetricsConfig {
+                series_limit: 2,
+                family_limit: 10,
+                ttl: Duration::from_secs(60),
+                promote: vec![],
+            },
+            OverflowCounter::default(),
+        );
+        for i in 0..5 {
+            let mut m = sum(
+                "hits",
+                true,
+                AggregationTemporality::Cumulative,
+                vec![(0, 1, 1.0)],
+            );
+            if let Some(Data::Sum(s)) = &mut m.data {
+                s.data_points[0].attributes = vec![kv("user", &format!("{i}{}", "x".repeat(5000)))];
+            }
+            s.ingest(&request(vec![m]));
+        }
+        let f = collect(&s);
+        let hits = f.iter().find(|f| f.name == "hits").unwrap();
+        assert_eq!(hits.series.len(), 3);
+        assert!(hits
+            .series
+            .iter()
+            .any(|s| s.labels == vec![("otel_metric_overflow".to_string(), "true".to_string())]));
+        assert!(hits.series[0]
+            .labels
+            .iter()
+            .all(|(_, v)| v.len() <= MAX_LABEL_VALUE));
+    }
+
+    #[test]
+    fn reserved_and_colliding_label_names() {
+        let labels = build_labels(
+            &[
+                kv("le", "x"),
+                kv("service", "other"),
+                kv("a.b", "1"),
+                kv("a_b", "2"),
+            ],
+            &[("service".into(), "shop".into())],
+            &["le"],
+        );
+        assert_eq!(
+            labels,
+            vec![
+                ("a_b".into(), "1;2".into()),
+                ("exported_le".into(), "x".into()),
+                ("exported_service".into(), "other".into()),
+                ("service".into(), "shop".into())
+            ]
+        );
+    }
+}

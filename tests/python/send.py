@@ -1,0 +1,157 @@
+"""Exports known telemetry to vitals with the real OpenTelemetry Python SDK and prints the ground truth.
+
+python send.py --transport grpc|http|json --endpoint http://127.0.0.1:PORT --scenario red|metrics|logs
+               [--service NAME] [--gzip] [--spans N]
+
+The ground truth (what was sent) is printed as one JSON object on stdout.
+"""
+import argparse
+import json
+import logging
+import random
+import sys
+
+from opentelemetry.sdk.resources import Resource
+
+p = argparse.ArgumentParser()
+p.add_argument("--transport", required=True, choices=["grpc", "http", "json"])
+p.add_argument("--endpoint", required=True)
+p.add_argument("--scenario", required=True, choices=["red", "metrics", "logs"])
+p.add_argument("--service", default="shop")
+p.add_argument("--gzip", action="store_true")
+p.add_argument("--spans", type=int, default=200)
+a = p.parse_args()
+
+resource = Resource.create({"service.name": a.service, "service.instance.id": "i-1", "deployment.environment": "test"})
+
+
+def exporters():
+    if a.transport == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc import _log_exporter as lg
+        from opentelemetry.exporter.otlp.proto.grpc import metric_exporter as me
+        from opentelemetry.exporter.otlp.proto.grpc import trace_exporter as te
+        from opentelemetry.exporter.otlp.proto.grpc.exporter import Compression
+        kw = {"endpoint": a.endpoint, "insecure": True}
+        if a.gzip:
+            kw["compression"] = Compression.Gzip
+        return te.OTLPSpanExporter(**kw), me.OTLPMetricExporter, lg.OTLPLogExporter(**kw), kw
+    if a.transport == "http":
+        from opentelemetry.exporter.otlp.proto.http import Compression
+        from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    else:
+        from opentelemetry.exporter.otlp.common.http import Compression
+        from opentelemetry.exporter.otlp.json.http._log_exporter import OTLPLogExporter
+        from opentelemetry.exporter.otlp.json.http.metric_exporter import OTLPMetricExporter
+        from opentelemetry.exporter.otlp.json.http.trace_exporter import OTLPSpanExporter
+    if a.transport == "json":
+        comp = Compression.GZIP if a.gzip else Compression.NONE
+    else:
+        comp = Compression.Gzip if a.gzip else Compression.NoCompression
+    mk = lambda path: {"endpoint": a.endpoint + path, "compression": comp}
+    return OTLPSpanExporter(**mk("/v1/traces")), OTLPMetricExporter, OTLPLogExporter(**mk("/v1/logs")), mk("/v1/metrics")
+
+
+span_exporter, metric_exporter_cls, log_exporter, metric_kw = exporters()
+
+
+def red():
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.trace import SpanKind, Status, StatusCode
+
+    tp = TracerProvider(resource=resource)
+    tp.add_span_processor(BatchSpanProcessor(span_exporter, max_export_batch_size=64))
+    tracer = tp.get_tracer("vitals-test")
+    rng = random.Random(42)
+    truth = {"requests": {}, "durations": {}, "ignored": 0}
+    t0 = 1_700_000_000_000_000_000
+    for i in range(a.spans):
+        route = "/users/{id}" if i % 3 else "/orders"
+        # Log-uniform durations from 1 ms to 2 s.
+        dur_ns = int(10 ** rng.uniform(6, 9.3))
+        error = (i % 10 == 0)
+        http_5xx = (i % 17 == 0)
+        attrs = {"http.route": route, "http.request.method": "GET",
+                 "http.response.status_code": 503 if http_5xx else 200}
+        span = tracer.start_span("GET " + route, kind=SpanKind.SERVER, attributes=attrs, start_time=t0 + i * 10_000_000)
+        if error:
+            span.set_status(Status(StatusCode.ERROR, "boom"))
+        span.end(end_time=t0 + i * 10_000_000 + dur_ns)
+        outcome = "error" if (error or http_5xx) else "ok"
+        key = route + "|" + outcome
+        truth["requests"][key] = truth["requests"].get(key, 0) + 1
+        truth["durations"].setdefault(route, []).append(dur_ns / 1e9)
+        # A client span and an internal span: not requests, never counted.
+        tracer.start_span("db", kind=SpanKind.CLIENT, start_time=t0).end(end_time=t0 + 1000)
+        tracer.start_span("work", kind=SpanKind.INTERNAL, start_time=t0).end(end_time=t0 + 1000)
+        truth["ignored"] += 2
+    ok = tp.force_flush(30_000)
+    tp.shutdown()
+    truth["flushed"] = ok
+    return truth
+
+
+def metrics():
+    from opentelemetry.metrics import Observation
+    from opentelemetry.sdk.metrics import Counter, Histogram, MeterProvider, UpDownCounter
+    from opentelemetry.sdk.metrics.export import AggregationTemporality, PeriodicExportingMetricReader
+    from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation, View
+
+    exporter = metric_exporter_cls(**metric_kw, preferred_temporality={Counter: AggregationTemporality.DELTA})
+    reader = PeriodicExportingMetricReader(exporter, export_interval_millis=3_600_000)
+    views = [View(instrument_name="latency.exp", aggregation=ExponentialBucketHistogramAggregation(max_size=40))]
+    mp = MeterProvider(resource=resource, metric_readers=[reader], views=views)
+    m = mp.get_meter("vitals-test")
+    orders = m.create_counter("orders", unit="{order}", description="Orders placed")
+    queue = m.create_up_down_counter("queue.size", unit="{item}")
+    hist = m.create_histogram("http.server.request.duration", unit="s",
+                              explicit_bucket_boundaries_advisory=[0.1, 0.5, 1.0])
+    exph = m.create_histogram("latency.exp", unit="ms")
+    hostile = 'a"b\\c\nd}{,='
+    m.create_observable_gauge("db.client.connection.usage.ratio", unit="1",
+                              callbacks=[lambda o: [Observation(0.75, {"pool": hostile})]])
+    # Two export rounds: delta counters must add up across them.
+    orders.add(3, {"route": "/a"})
+    queue.add(5)
+    for v in [0.05, 0.2, 0.7, 3.0]:
+        hist.record(v, {"http.route": "/a"})
+    for v in [1, 2, 4, 100]:
+        exph.record(v)
+    ok1 = mp.force_flush(30_000)
+    orders.add(4, {"route": "/a"})
+    orders.add(1, {"route": hostile})
+    queue.add(-2)
+    ok2 = mp.force_flush(30_000)
+    mp.shutdown()
+    return {"flushed": ok1 and ok2, "orders_a": 7, "orders_hostile": 1, "hostile": hostile, "queue": 3,
+            "hist_count": 4, "hist_sum": 3.95, "hist_le": {"0.1": 1, "0.5": 2, "1": 3, "+Inf": 4},
+            "exp_count": 4, "exp_sum": 107, "gauge": 0.75}
+
+
+def logs():
+    from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
+    from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+
+    lp = LoggerProvider(resource=resource)
+    lp.add_log_record_processor(BatchLogRecordProcessor(log_exporter))
+    handler = LoggingHandler(level=logging.DEBUG, logger_provider=lp)
+    log = logging.getLogger("vitals-test")
+    log.propagate = False
+    log.setLevel(logging.DEBUG)
+    log.addHandler(handler)
+    for _ in range(3):
+        log.info("hello")
+    for _ in range(2):
+        log.warning("careful")
+    log.error("broken")
+    ok = lp.force_flush(30_000)
+    lp.shutdown()
+    return {"flushed": ok, "info": 3, "warn": 2, "error": 1}
+
+
+truth = {"red": red, "metrics": metrics, "logs": logs}[a.scenario]()
+json.dump(truth, sys.stdout)
+sys.exit(0 if truth.get("flushed") else 3)
