@@ -459,14 +459,7 @@ impl AppMetrics {
             .families
             .entry(name.clone())
             .or_insert_with(|| AppFamily {
-                help: m
-                    .description
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-                    .chars()
-                    .take(200)
-                    .collect(),
+                help: help_text(m),
                 kind,
                 series: LimitedMap::new(series_limit, overflow),
             });
@@ -588,6 +581,26 @@ impl AppMetrics {
                 }
             }
         }
+    }
+}
+
+/// The description's first line, or (since Prometheus wants help on every metric) where it came from.
+fn help_text(m: &opentelemetry_proto::tonic::metrics::v1::Metric) -> String {
+    let first: String = m
+        .description
+        .lines()
+        .next()
+        .unwrap_or("")
+        .chars()
+        .take(200)
+        .collect();
+    if first.trim().is_empty() {
+        format!(
+            "OTLP metric {} from the app",
+            m.name.chars().take(200).collect::<String>()
+        )
+    } else {
+        first
     }
 }
 

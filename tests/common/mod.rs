@@ -351,3 +351,156 @@ pub fn promtool_check_metrics(text: &str) -> Result<(), String> {
         ))
     }
 }
+
+/// The Python with the OpenTelemetry SDK (`.venv`, made by .ci/run from tests/python/requirements.txt).
+pub fn sdk_python() -> PathBuf {
+    if let Ok(p) = std::env::var("VITALS_TEST_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    if !p.is_file() {
+        panic!(
+            "this test needs the OpenTelemetry Python SDK: python3 -m venv .venv && \
+             .venv/bin/pip install -r tests/python/requirements.txt (.ci/run does)"
+        );
+    }
+    p
+}
+
+/// Runs tests/python/send.py and returns its ground truth (parsed JSON).
+pub fn sdk_send(
+    transport: &str,
+    endpoint: &str,
+    scenario: &str,
+    service: &str,
+    extra: &[&str],
+) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/send.py");
+    let out = Command::new(sdk_python())
+        .arg(script)
+        .args([
+            "--transport",
+            transport,
+            "--endpoint",
+            endpoint,
+            "--scenario",
+            scenario,
+            "--service",
+            service,
+        ])
+        .args(extra)
+        .output()
+        .expect("run send.py");
+    assert!(
+        out.status.success(),
+        "send.py {transport} {scenario} failed ({:?}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("ground truth JSON")
+}
+
+impl Vitals {
+    /// The OTLP receiver addresses from the log: (grpc, http).
+    pub fn otlp_addrs(&self) -> (SocketAddr, SocketAddr) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log.lock().unwrap().clone();
+            if let Some(line) = log.lines().find(|l| l.contains("OTLP receiver listening")) {
+                let grpc = addr_after(line, "grpc=")
+                    .or_else(|| addr_after(line, "\"grpc\":"))
+                    .expect("grpc addr");
+                let http = addr_after(line, "http=")
+                    .or_else(|| addr_after(line, "\"http\":"))
+                    .expect("http addr");
+                return (grpc, http);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no OTLP receiver line in log:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A real Prometheus on loopback, scraping one target every second; killed on drop.
+pub struct Prometheus {
+    child: Child,
+    pub addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts Prometheus scraping `target` with extra flags (e.g. feature flags).
+pub fn start_prometheus(target: &str, flags: &[&str]) -> Prometheus {
+    let bin = require_tool("prometheus", "apt-get install -y prometheus");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &cfg,
+        format!("global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\nscrape_configs:\n  - job_name: vitals\n    static_configs:\n      - targets: ['{target}']\n"),
+    )
+    .unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let child = Command::new(bin)
+        .arg(format!("--config.file={}", cfg.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address={addr}"))
+        .args(flags)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start prometheus");
+    Prometheus {
+        child,
+        addr,
+        _dir: dir,
+    }
+}
+
+/// The first value of an instant query, if any.
+pub fn query(prom: &Prometheus, q: &str) -> Option<f64> {
+    let url = format!("http://{}/api/v1/query", prom.addr);
+    let body = ureq::get(&url)
+        .query("query", q)
+        .timeout(Duration::from_secs(5))
+        .call()
+        .ok()?
+        .into_string()
+        .ok()?;
+    // {"status":"success","data":{"resultType":"vector","result":[{"metric":{...},"value":[ts,"123"]}]}}
+    let at = body.find("\"value\":[")?;
+    let rest = &body[at..];
+    let q1 = rest.find(",\"")? + 2;
+    let q2 = rest[q1..].find('"')? + q1;
+    rest[q1..q2].parse().ok()
+}
+
+/// GET a Prometheus API path with query parameters; returns the parsed JSON.
+pub fn prom_api(prom: &Prometheus, path: &str, params: &[(&str, &str)]) -> serde_json::Value {
+    let mut req =
+        ureq::get(&format!("http://{}{}", prom.addr, path)).timeout(Duration::from_secs(5));
+    for (k, v) in params {
+        req = req.query(k, v);
+    }
+    let body = req.call().expect("Prometheus API").into_string().unwrap();
+    serde_json::from_str(&body).expect("Prometheus JSON")
+}

@@ -66,7 +66,7 @@ def red():
     tp.add_span_processor(BatchSpanProcessor(span_exporter, max_export_batch_size=64))
     tracer = tp.get_tracer("vitals-test")
     rng = random.Random(42)
-    truth = {"requests": {}, "durations": {}, "ignored": 0}
+    truth = {"requests": {}, "durations": {}, "ignored": 0, "trace_ids": []}
     t0 = 1_700_000_000_000_000_000
     for i in range(a.spans):
         route = "/users/{id}" if i % 3 else "/orders"
@@ -80,6 +80,7 @@ def red():
         if error:
             span.set_status(Status(StatusCode.ERROR, "boom"))
         span.end(end_time=t0 + i * 10_000_000 + dur_ns)
+        truth["trace_ids"].append(format(span.get_span_context().trace_id, "032x"))
         outcome = "error" if (error or http_5xx) else "ok"
         key = route + "|" + outcome
         truth["requests"][key] = truth["requests"].get(key, 0) + 1
@@ -109,7 +110,7 @@ def metrics():
     queue = m.create_up_down_counter("queue.size", unit="{item}")
     hist = m.create_histogram("http.server.request.duration", unit="s",
                               explicit_bucket_boundaries_advisory=[0.1, 0.5, 1.0])
-    exph = m.create_histogram("latency.exp", unit="ms")
+    exph = m.create_histogram("latency.exp", unit="s")
     hostile = 'a"b\\c\nd}{,='
     m.create_observable_gauge("db.client.connection.usage.ratio", unit="1",
                               callbacks=[lambda o: [Observation(0.75, {"pool": hostile})]])

@@ -62,10 +62,25 @@ fn status_body(http: StatusCode, grpc_code: i32, message: &str, enc: Encoding) -
     r
 }
 
-fn ok_body<T: Message + serde::Serialize>(msg: &T, enc: Encoding) -> Resp {
+/// The success response. JSON is written here rather than by serde: the proto3 JSON mapping that
+/// OTLP/JSON follows spells 64-bit integers (the rejected counts) as strings.
+fn ok_body(signal: Signal, p: Partial, enc: Encoding) -> Resp {
     let body = match enc {
-        Encoding::Protobuf => msg.encode_to_vec(),
-        Encoding::Json => serde_json::to_vec(msg).unwrap_or_default(),
+        Encoding::Protobuf => match signal {
+            Signal::Traces => trace_response(p).encode_to_vec(),
+            Signal::Metrics => metrics_response(p).encode_to_vec(),
+            Signal::Logs => logs_response(p).encode_to_vec(),
+        },
+        Encoding::Json if p.rejected == 0 => b"{}".to_vec(),
+        Encoding::Json => {
+            let field = match signal {
+                Signal::Traces => "rejectedSpans",
+                Signal::Metrics => "rejectedDataPoints",
+                Signal::Logs => "rejectedLogRecords",
+            };
+            let v = serde_json::json!({ "partialSuccess": { field: p.rejected.to_string(), "errorMessage": p.message } });
+            serde_json::to_vec(&v).unwrap_or_default()
+        }
     };
     let mut r = Response::new(Full::new(Bytes::from(body)));
     r.headers_mut()
@@ -216,15 +231,15 @@ async fn handle(ingest: Arc<Ingest>, req: Request<Incoming>) -> Result<Resp, Inf
     };
     let resp = match signal {
         Signal::Traces => match decode::<ExportTraceServiceRequest>(&body, enc) {
-            Ok(r) => ok_body(&trace_response(ingest.traces(&r)), enc),
+            Ok(r) => ok_body(signal, ingest.traces(&r), enc),
             Err(e) => undecodable(e),
         },
         Signal::Metrics => match decode::<ExportMetricsServiceRequest>(&body, enc) {
-            Ok(r) => ok_body(&metrics_response(ingest.metrics(&r)), enc),
+            Ok(r) => ok_body(signal, ingest.metrics(&r), enc),
             Err(e) => undecodable(e),
         },
         Signal::Logs => match decode::<ExportLogsServiceRequest>(&body, enc) {
-            Ok(r) => ok_body(&logs_response(ingest.logs(&r)), enc),
+            Ok(r) => ok_body(signal, ingest.logs(&r), enc),
             Err(e) => undecodable(e),
         },
     };
