@@ -118,6 +118,7 @@ pub async fn serve(listener: TcpListener, state: HttpState, shutdown: Cancellati
                         continue;
                     }
                 };
+                let _ = stream.set_nodelay(true);
                 let state = state.clone();
                 let svc = service_fn(move |req| handle(state.clone(), req));
                 let conn = hyper::server::conn::http1::Builder::new()

@@ -191,7 +191,8 @@ pub async fn serve(listener: TcpListener, ingest: Arc<Ingest>, shutdown: Cancell
                 .accept_compressed(CompressionEncoding::Gzip),
         )
         .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener),
+            // Small unary responses must not wait on Nagle + delayed ACK (4-5 ms per request otherwise).
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown.cancelled_owned(),
         )
         .await;

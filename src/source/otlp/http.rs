@@ -288,6 +288,7 @@ pub async fn serve(listener: TcpListener, ingest: Arc<Ingest>, shutdown: Cancell
                     continue;
                 };
                 let ingest = ingest.clone();
+                let _ = stream.set_nodelay(true);
                 let svc = service_fn(move |req| handle(ingest.clone(), req));
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())

@@ -1,0 +1,249 @@
+//! Prints the cost of the OTLP → RED hot path: CPU µs per span and spans/s for decode→RED in process, at
+//! 10 and 100 spans per request, next to prost's pure decode of the same bytes (the baseline ratio); and
+//! end to end against the real binary over loopback gRPC and HTTP, with vitals' own CPU per span.
+//!
+//! `cargo bench --bench otlp` (VITALS_BENCH_SECS sets the seconds per end-to-end case, default 3).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{
+    span::SpanKind, ResourceSpans, ScopeSpans, Span, Status,
+};
+use prost::Message;
+use vitals::signal::latency::RedStore;
+use vitals::source::otlp::decode::{decode, Encoding};
+use vitals::source::otlp::{Ingest, OtlpLimits};
+use vitals::store::app_metrics::{AppMetrics, AppMetricsConfig};
+use vitals::store::limited::OverflowCounter;
+use vitals::store::logs::LogCounts;
+
+fn kv(k: &str, v: any_value::Value) -> KeyValue {
+    KeyValue {
+        key: k.into(),
+        value: Some(AnyValue { value: Some(v) }),
+        ..Default::default()
+    }
+}
+
+/// A request shaped like an instrumented HTTP service's: server spans with the usual attributes.
+fn request(spans: usize) -> ExportTraceServiceRequest {
+    let s = |v: &str| any_value::Value::StringValue(v.into());
+    let spans = (0..spans)
+        .map(|i| Span {
+            trace_id: (0..16).map(|b| (b * 7 + i) as u8).collect(),
+            span_id: (0..8).map(|b| (b * 3 + i) as u8).collect(),
+            name: "GET /api/users/{id}".into(),
+            kind: SpanKind::Server as i32,
+            start_time_unix_nano: 1_700_000_000_000_000_000 + i as u64 * 1000,
+            end_time_unix_nano: 1_700_000_000_000_000_000
+                + i as u64 * 1000
+                + 1_000_000 * (1 + i as u64 % 300),
+            attributes: vec![
+                kv("http.request.method", s("GET")),
+                kv(
+                    "http.route",
+                    s(["/api/users/{id}", "/api/orders", "/health"][i % 3]),
+                ),
+                kv(
+                    "http.response.status_code",
+                    any_value::Value::IntValue(if i % 50 == 0 { 500 } else { 200 }),
+                ),
+                kv("url.scheme", s("http")),
+                kv("server.address", s("shop.internal")),
+                kv("server.port", any_value::Value::IntValue(8080)),
+                kv("network.protocol.version", s("1.1")),
+                kv(
+                    "user_agent.original",
+                    s("Mozilla/5.0 (X11; Linux x86_64) bench"),
+                ),
+            ],
+            status: Some(Status {
+                code: 0,
+                message: String::new(),
+            }),
+            ..Default::default()
+        })
+        .collect();
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![
+                    kv("service.name", s("shop")),
+                    kv("service.version", s("1.2.3")),
+                ],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+fn ingest() -> Ingest {
+    let o = OverflowCounter::default();
+    let ttl = Duration::from_secs(3600);
+    Ingest::new(
+        OtlpLimits {
+            max_body: 4 << 20,
+            max_concurrent: 8,
+        },
+        Arc::new(RedStore::new(2000, ttl, o.clone())),
+        Arc::new(AppMetrics::new(
+            AppMetricsConfig {
+                series_limit: 2000,
+                family_limit: 2000,
+                ttl,
+                promote: vec![],
+            },
+            o.clone(),
+        )),
+        Arc::new(LogCounts::new(2000, ttl, o.clone())),
+        Arc::new(Ingest::stats_with(o)),
+    )
+}
+
+fn median_ns_per_iter(iters: usize, rounds: usize, mut f: impl FnMut()) -> f64 {
+    let mut xs = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let t = Instant::now();
+        for _ in 0..iters {
+            f();
+        }
+        xs.push(t.elapsed().as_nanos() as f64 / iters as f64);
+    }
+    xs.sort_by(|a, b| a.total_cmp(b));
+    xs[rounds / 2]
+}
+
+fn in_process() {
+    let ing = ingest();
+    println!("in process (one core), median of 15 rounds:");
+    for n in [10usize, 100] {
+        let bytes = request(n).encode_to_vec();
+        let iters = 20_000 / n;
+        let pure = median_ns_per_iter(iters, 15, || {
+            std::hint::black_box(ExportTraceServiceRequest::decode(&bytes[..]).unwrap());
+        });
+        let full = median_ns_per_iter(iters, 15, || {
+            let req: ExportTraceServiceRequest = decode(&bytes, Encoding::Protobuf).unwrap();
+            std::hint::black_box(ing.traces(&req));
+        });
+        let json = serde_json::to_vec(&request(n)).unwrap();
+        let full_json = median_ns_per_iter(iters.max(10) / 4, 15, || {
+            let req: ExportTraceServiceRequest = decode(&json, Encoding::Json).unwrap();
+            std::hint::black_box(ing.traces(&req));
+        });
+        let per_span = full / n as f64 / 1000.0;
+        println!(
+            "  {n:>3} spans/request ({} B): prost decode {:.2} µs/span; decode→RED {:.2} µs/span = {:.0} spans/s; \
+             ratio decode/(decode→RED) {:.2}; JSON decode→RED {:.2} µs/span",
+            bytes.len(),
+            pure / n as f64 / 1000.0,
+            per_span,
+            1e6 / per_span,
+            pure / full,
+            full_json / n as f64 / 1000.0
+        );
+    }
+}
+
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+fn end_to_end() {
+    let secs: u64 = std::env::var("VITALS_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vitals"))
+        .args([
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--otlp-grpc-addr",
+            "127.0.0.1:24317",
+            "--otlp-http-addr",
+            "127.0.0.1:24318",
+            "--log-level",
+            "warn",
+        ])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = child.id();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    println!("end to end against the release binary over loopback, {secs} s per case, one client connection:");
+    for n in [10usize, 100] {
+        let req = request(n);
+        // gRPC
+        let sent = rt.block_on(async {
+            let mut c = TraceServiceClient::connect("http://127.0.0.1:24317")
+                .await
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(secs);
+            let cpu0 = cpu_seconds(pid);
+            let t0 = Instant::now();
+            let mut spans = 0usize;
+            while Instant::now() < deadline {
+                c.export(req.clone()).await.unwrap();
+                spans += n;
+            }
+            (spans, t0.elapsed().as_secs_f64(), cpu_seconds(pid) - cpu0)
+        });
+        report("gRPC", n, sent);
+        // HTTP/protobuf
+        let body = req.encode_to_vec();
+        let agent = ureq::AgentBuilder::new().build();
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let cpu0 = cpu_seconds(pid);
+        let t0 = Instant::now();
+        let mut spans = 0usize;
+        while Instant::now() < deadline {
+            agent
+                .post("http://127.0.0.1:24318/v1/traces")
+                .set("Content-Type", "application/x-protobuf")
+                .send_bytes(&body)
+                .unwrap();
+            spans += n;
+        }
+        report(
+            "HTTP",
+            n,
+            (spans, t0.elapsed().as_secs_f64(), cpu_seconds(pid) - cpu0),
+        );
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn report(transport: &str, n: usize, (spans, wall, cpu): (usize, f64, f64)) {
+    println!(
+        "  {transport:<4} {n:>3} spans/request: {:.0} spans/s; vitals CPU {:.2} µs/span (10 ms tick resolution)",
+        spans as f64 / wall,
+        cpu * 1e6 / spans as f64
+    );
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--test" || a == "--list") {
+        return;
+    }
+    in_process();
+    end_to_end();
+}
