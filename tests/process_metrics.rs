@@ -69,7 +69,10 @@ fn rss_fds_threads_and_cpu_match_proc() {
     );
     // The child spun for 0.4 s of wall time; on a loaded machine it gets less CPU than that. The floor
     // only makes sure the comparison above is between non-trivial values (many ticks).
-    assert!(cpu >= 0.05, "the child spun for 0.4 s, /proc says only {cpu} s of CPU");
+    assert!(
+        cpu >= 0.05,
+        "the child spun for 0.4 s, /proc says only {cpu} s of CPU"
+    );
 
     let info = e
         .find("vitals_target_info", &[("pid", &pid)])

@@ -504,3 +504,25 @@ pub fn prom_api(prom: &Prometheus, path: &str, params: &[(&str, &str)]) -> serde
     let body = req.call().expect("Prometheus API").into_string().unwrap();
     serde_json::from_str(&body).expect("Prometheus JSON")
 }
+
+/// Runs tests/node/send.mjs (the real Node SDK) and returns its ground truth.
+pub fn node_send(args: &[&str]) -> serde_json::Value {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node");
+    if !dir.join("node_modules/@opentelemetry/sdk-trace").is_dir() {
+        panic!(
+            "this test needs the OpenTelemetry Node SDK: npm ci --prefix tests/node (.ci/run does)"
+        );
+    }
+    let out = Command::new(require_tool("node", "apt-get install -y nodejs npm"))
+        .arg(dir.join("send.mjs"))
+        .args(args)
+        .output()
+        .expect("run node");
+    assert!(
+        out.status.success(),
+        "send.mjs failed ({:?}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("ground truth JSON")
+}

@@ -260,4 +260,54 @@ mod golden {
             .collect();
         assert_eq!(sev, vec![9, 9, 9, 13, 13, 17]);
     }
+
+    #[test]
+    fn node_sdk_payloads() {
+        // The Node exporter writes 64-bit counts as JSON numbers where Python writes strings.
+        let t: ExportTraceServiceRequest =
+            decode(&fixture("sdk-node-traces.json"), Encoding::Json).unwrap();
+        let spans: Vec<_> = t
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .flat_map(|s| &s.spans)
+            .collect();
+        assert_eq!(spans.len(), 6);
+        assert_eq!(
+            spans.iter().filter(|s| s.kind == 5).count(),
+            1,
+            "one CONSUMER span"
+        );
+        let m: ExportMetricsServiceRequest =
+            decode(&fixture("sdk-node-metrics.json"), Encoding::Json).unwrap();
+        let metrics = &m.resource_metrics[0].scope_metrics[0].metrics;
+        match &metrics
+            .iter()
+            .find(|x| x.name == "carts.created")
+            .unwrap()
+            .data
+        {
+            Some(Data::Sum(s)) => assert_eq!(
+                s.data_points[0].value,
+                Some(number_data_point::Value::AsDouble(20.0))
+            ),
+            other => panic!("{other:?}"),
+        }
+        match &metrics.iter().find(|x| x.name == "cart.size").unwrap().data {
+            Some(Data::Histogram(h)) => {
+                assert_eq!(h.data_points[0].bucket_counts, vec![1, 6, 3]);
+                assert_eq!(h.data_points[0].count, 10);
+                assert_eq!(h.data_points[0].sum, Some(6750.0));
+            }
+            other => panic!("{other:?}"),
+        }
+        let l: ExportLogsServiceRequest =
+            decode(&fixture("sdk-node-logs.json"), Encoding::Json).unwrap();
+        let sev: Vec<i32> = l.resource_logs[0].scope_logs[0]
+            .log_records
+            .iter()
+            .map(|r| r.severity_number)
+            .collect();
+        assert_eq!(sev, vec![9, 9, 9, 9, 17]);
+    }
 }
