@@ -12,8 +12,10 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, TargetSpec};
 use crate::export::http::{bind, serve, HttpState};
 use crate::export::self_metrics::ExporterStats;
-use crate::sampler::Sampler;
+use crate::sampler::{Sampler, SamplerParts};
 use crate::signal::latency::RedStore;
+use crate::signal::memory::MemoryGrowth;
+use crate::signal::Derived;
 use crate::source::cgroup::CgroupRoots;
 use crate::source::otlp::{self, Ingest, OtlpLimits};
 use crate::source::procfs::{kernel_units, read_boot_time, PssPolicy};
@@ -90,6 +92,7 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
     let otlp_stats = Arc::new(Ingest::stats_with(overflow));
     registry.register(red.clone());
     registry.register(app_metrics.clone());
+    let app_metrics_for_signals = app_metrics.clone();
     registry.register(logs.clone());
     registry.register(otlp_stats.clone());
     let limits = OtlpLimits {
@@ -97,6 +100,7 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
         max_concurrent: config.otlp_max_concurrent_requests,
     };
     let ingest = Arc::new(Ingest::new(limits, red, app_metrics, logs, otlp_stats));
+    let app_metrics = app_metrics_for_signals;
     let grpc_listener = bind_named(config.otlp_grpc_addr, "--otlp-grpc-addr").await?;
     let http_listener = bind_named(config.otlp_http_addr, "--otlp-http-addr").await?;
     let grpc_addr = grpc_listener.local_addr()?;
@@ -126,23 +130,32 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
             Some(Selector::Child(pid))
         }
     };
-    let sampler_task = match selector {
-        Some(sel) => {
-            let roots = CgroupRoots {
-                proc_root: config.proc_root.clone(),
-                host_root: config.cgroup_root.clone(),
-            };
-            let pss = config.pss.then(PssPolicy::default);
-            let sampler =
-                Sampler::new(sel, roots, pss, store.clone(), stats.clone(), ready.clone());
-            Some(tokio::spawn(sampler.run(config.interval, shutdown.clone())))
-        }
-        None => {
-            tracing::info!("no target selected: serving exporter metrics only");
-            ready.store(true, std::sync::atomic::Ordering::Release);
-            None
-        }
+    let derived = Arc::new(Derived::new(
+        app_metrics.clone(),
+        MemoryGrowth::new(&config.growth_windows, config.leak_threshold),
+    ));
+    registry.register(derived.pause.clone());
+    registry.register(derived.memory.clone());
+    registry.register(derived.pool.clone());
+    if selector.is_none() {
+        tracing::info!(
+            "no target selected: serving OTLP-derived signals and exporter metrics only"
+        );
+    }
+    let roots = CgroupRoots {
+        proc_root: config.proc_root.clone(),
+        host_root: config.cgroup_root.clone(),
     };
+    let parts = SamplerParts {
+        store: store.clone(),
+        stats: stats.clone(),
+        ready: ready.clone(),
+        derived,
+        app: app_metrics,
+        units,
+    };
+    let sampler = Sampler::new(selector, roots, config.pss.then(PssPolicy::default), parts);
+    let sampler_task = Some(tokio::spawn(sampler.run(config.interval, shutdown.clone())));
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;

@@ -157,6 +157,17 @@ pub struct Options {
         value_name = "ATTR,..."
     )]
     pub promote_resource_attributes: Option<Vec<String>>,
+    /// Memory growth windows, comma-separated [default: 15m,1h,6h].
+    #[arg(long, global = true, env = "VITALS_GROWTH_WINDOWS", value_delimiter = ',', value_parser = humantime::parse_duration, value_name = "DURATION,...")]
+    pub growth_windows: Option<Vec<Duration>>,
+    /// Growth that counts as a leak when every ready window exceeds it, bytes per hour [default: 10000000].
+    #[arg(
+        long,
+        global = true,
+        env = "VITALS_LEAK_THRESHOLD_BYTES_PER_HOUR",
+        value_name = "BYTES"
+    )]
+    pub leak_threshold_bytes_per_hour: Option<f64>,
     /// YAML configuration file.
     #[arg(long, global = true, env = "VITALS_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -185,6 +196,20 @@ pub struct FileConfig {
     #[serde(default, deserialize_with = "de_duration")]
     series_ttl: Option<Duration>,
     promote_resource_attributes: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "de_durations")]
+    growth_windows: Option<Vec<Duration>>,
+    leak_threshold_bytes_per_hour: Option<f64>,
+}
+
+fn de_durations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<Duration>>, D::Error> {
+    let v = Vec::<String>::deserialize(d)?;
+    v.iter()
+        .map(|s| {
+            humantime::parse_duration(s)
+                .map_err(|e| serde::de::Error::custom(format!("duration {s:?}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
 }
 
 fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -245,6 +270,10 @@ pub struct Config {
     pub series_ttl: Duration,
     /// Resource attributes promoted to labels.
     pub promote_resource_attributes: Vec<String>,
+    /// Memory growth windows.
+    pub growth_windows: Vec<Duration>,
+    /// Leak threshold, bytes per second.
+    pub leak_threshold: f64,
 }
 
 /// A configuration that cannot be used. Each message names the flag or file field.
@@ -396,7 +425,37 @@ impl Cli {
         if series_ttl < Duration::from_secs(1) {
             return Err(invalid("--series-ttl", "must be at least 1s"));
         }
+        let growth_windows = o.growth_windows.or(file.growth_windows).unwrap_or_else(|| {
+            vec![
+                Duration::from_secs(900),
+                Duration::from_secs(3600),
+                Duration::from_secs(6 * 3600),
+            ]
+        });
+        if growth_windows.is_empty()
+            || growth_windows.len() > 6
+            || growth_windows
+                .iter()
+                .any(|w| *w < Duration::from_secs(10) || *w > Duration::from_secs(7 * 86400))
+        {
+            return Err(invalid(
+                "--growth-windows",
+                "give 1 to 6 windows, each 10s..7d",
+            ));
+        }
+        let per_hour = o
+            .leak_threshold_bytes_per_hour
+            .or(file.leak_threshold_bytes_per_hour)
+            .unwrap_or(10e6);
+        if !(per_hour.is_finite() && per_hour > 0.0) {
+            return Err(invalid(
+                "--leak-threshold-bytes-per-hour",
+                "must be a positive number",
+            ));
+        }
         Ok(Config {
+            growth_windows,
+            leak_threshold: per_hour / 3600.0,
             otlp_max_request_bytes,
             otlp_max_concurrent_requests,
             series_limit,

@@ -1,4 +1,167 @@
 //! Derivation: plain synchronous code that turns observations into the signals of the catalogue, one file
-//! per question.
+//! per question. [`Derived`] runs the three tick-driven ones (pauses, memory growth, pools) from the
+//! sampler's readings and the app's OTLP metrics.
 
 pub mod latency;
+pub mod memory;
+pub mod pause;
+pub mod pool;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::source::cgroup::CgroupSample;
+use crate::source::hsperf::JvmSample;
+use crate::source::procfs::ProcSample;
+use crate::source::sockets::ListenSocket;
+use crate::store::app_metrics::{AppMetrics, Reading};
+use crate::store::naming::{label_name, metric_name, InstrumentShape};
+
+use memory::{MemoryGrowth, MemoryReadings};
+use pause::PauseSignal;
+use pool::{PoolInputs, PoolSignal};
+
+/// One tick's readings of the target (all absent when there is none).
+#[derive(Debug, Default)]
+pub struct TickInputs<'a> {
+    /// procfs sample.
+    pub proc: Option<&'a ProcSample>,
+    /// cgroup sample.
+    pub cgroup: Option<&'a CgroupSample>,
+    /// JVM hsperfdata sample.
+    pub jvm: Option<&'a JvmSample>,
+    /// Listening sockets.
+    pub listen: &'a [ListenSocket],
+    /// Process CPU seconds.
+    pub proc_cpu_seconds: Option<f64>,
+    /// Resident set, bytes.
+    pub rss: Option<f64>,
+    /// kernel.threads-max.
+    pub threads_max: Option<u64>,
+}
+
+/// Heap metrics of the runtimes' semantic conventions: (used, limit, label filter).
+struct HeapMetric {
+    used: String,
+    limit: Option<String>,
+    filter: Option<(String, &'static str)>,
+}
+
+/// The tick-driven signals.
+pub struct Derived {
+    /// Pauses.
+    pub pause: Arc<PauseSignal>,
+    /// Memory growth.
+    pub memory: Arc<MemoryGrowth>,
+    /// Pool saturation.
+    pub pool: Arc<PoolSignal>,
+    app: Arc<AppMetrics>,
+    heap: Vec<HeapMetric>,
+    origin: Instant,
+}
+
+impl Derived {
+    /// Wires the signals to the app metric store.
+    pub fn new(app: Arc<AppMetrics>, memory: MemoryGrowth) -> Self {
+        let b = |n: &str| metric_name(n, "By", InstrumentShape::Gauge);
+        let heap_type = Some((label_name("jvm.memory.type"), "heap"));
+        Derived {
+            pause: Arc::new(PauseSignal::new()),
+            memory: Arc::new(memory),
+            pool: Arc::new(PoolSignal::new()),
+            app,
+            heap: vec![
+                HeapMetric {
+                    used: b("jvm.memory.used_after_last_gc"),
+                    limit: Some(b("jvm.memory.limit")),
+                    filter: heap_type,
+                },
+                HeapMetric {
+                    used: b("v8js.memory.heap.used"),
+                    limit: Some(b("v8js.memory.heap.limit")),
+                    filter: None,
+                },
+                HeapMetric {
+                    used: b("dotnet.gc.last_collection.heap.size"),
+                    limit: None,
+                    filter: None,
+                },
+                HeapMetric {
+                    used: b("go.memory.used"),
+                    limit: Some(b("go.memory.limit")),
+                    filter: None,
+                },
+            ],
+            origin: Instant::now(),
+        }
+    }
+
+    fn sum(&self, name: &str, filter: &Option<(String, &'static str)>) -> Option<f64> {
+        let mut total = None;
+        self.app.visit(name, |labels, r| {
+            if let Some((k, v)) = filter {
+                if !labels.iter().any(|(lk, lv)| lk == k && lv == v) {
+                    return;
+                }
+            }
+            if let Reading::Number(x) = r {
+                *total.get_or_insert(0.0) += x;
+            }
+        });
+        total
+    }
+
+    /// Heap after GC and its limit: from the runtime's OTLP metrics, else hsperfdata's old generation.
+    fn heap(&self, jvm: Option<&JvmSample>) -> Option<(f64, Option<f64>)> {
+        for h in &self.heap {
+            if let Some(used) = self.sum(&h.used, &h.filter) {
+                let limit = h
+                    .limit
+                    .as_ref()
+                    .and_then(|l| self.sum(l, &h.filter))
+                    .filter(|l| *l > 0.0);
+                return Some((used, limit));
+            }
+        }
+        let j = jvm?;
+        Some((j.old_used? as f64, j.old_max.map(|m| m as f64)))
+    }
+
+    /// One interval's derivation.
+    pub fn tick(&self, inp: &TickInputs<'_>) {
+        let now = Instant::now();
+        let t = now.duration_since(self.origin).as_secs_f64();
+        self.pause.update_from_otlp(&self.app, now);
+        self.pause.update_from_hsperf(inp.jvm, now);
+        let cg_limit = inp.cgroup.and_then(|c| c.memory_limit).map(|l| l as f64);
+        self.memory.observe(
+            t,
+            &MemoryReadings {
+                rss: inp.rss.map(|r| (r, cg_limit)),
+                heap: self.heap(inp.jvm),
+                cgroup: inp
+                    .cgroup
+                    .and_then(|c| c.memory_usage)
+                    .map(|u| (u as f64, cg_limit)),
+            },
+        );
+        self.pool.update(
+            &PoolInputs {
+                t,
+                proc: inp.proc,
+                proc_cpu_seconds: inp.proc_cpu_seconds,
+                cgroup: inp.cgroup,
+                threads_max: inp.threads_max,
+                listen: inp.listen,
+            },
+            &self.app,
+        );
+    }
+
+    /// A new target instance: growth and CPU history start over.
+    pub fn target_changed(&self) {
+        self.memory.reset();
+        self.pool.reset_target();
+        self.pause.reset_target();
+    }
+}

@@ -1,10 +1,12 @@
 //! Where observations come from: the target's procfs files, its cgroup, and pressure stall information.
 
 pub mod cgroup;
+pub mod hsperf;
 pub mod kept;
 pub mod otlp;
 pub mod pressure;
 pub mod procfs;
+pub mod sockets;
 
 /// A file group whose reads are timed and whose failures are counted, the `source` label of
 /// `vitals_exporter_read_errors_total` and `vitals_exporter_sample_duration_seconds`.
@@ -28,11 +30,13 @@ pub enum ReadSource {
     Cgroup,
     /// Pressure stall files.
     Pressure,
+    /// JVM hsperfdata.
+    Hsperf,
 }
 
 impl ReadSource {
     /// Every source, in label order.
-    pub const ALL: [ReadSource; 9] = [
+    pub const ALL: [ReadSource; 10] = [
         ReadSource::Procfs,
         ReadSource::ProcStatus,
         ReadSource::ProcIo,
@@ -42,6 +46,7 @@ impl ReadSource {
         ReadSource::ProcSmapsRollup,
         ReadSource::Cgroup,
         ReadSource::Pressure,
+        ReadSource::Hsperf,
     ];
 
     /// The label value.
@@ -56,6 +61,7 @@ impl ReadSource {
             ReadSource::ProcSmapsRollup => "proc_smaps_rollup",
             ReadSource::Cgroup => "cgroup",
             ReadSource::Pressure => "pressure",
+            ReadSource::Hsperf => "hsperfdata",
         }
     }
 

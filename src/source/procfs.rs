@@ -389,6 +389,12 @@ impl ProcReader {
         })
     }
 
+    /// The pid as the target's own pid namespace sees it (for its hsperfdata file name).
+    pub fn status_nspid(&mut self) -> Option<u32> {
+        let b = self.status.read(&mut self.buf).ok()?;
+        parse_status(b).ok()?.nspid
+    }
+
     /// The pid being read.
     pub fn pid(&self) -> u32 {
         self.pid

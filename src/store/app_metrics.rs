@@ -658,6 +658,71 @@ fn to_value(kind: MetricKind, p: &State) -> Value {
     }
 }
 
+/// A series' current value as derived signals read it.
+#[derive(Debug, Clone, Copy)]
+pub enum Reading<'a> {
+    /// A gauge or counter value.
+    Number(f64),
+    /// A histogram: non-cumulative counts per upper bound (the last `+Inf`), sum and count.
+    Histogram {
+        /// Counts per upper bound.
+        buckets: &'a [(f64, u64)],
+        /// Sum of observations.
+        sum: f64,
+        /// Number of observations.
+        count: u64,
+    },
+}
+
+impl AppMetrics {
+    /// Calls `f` with every live series of the metric stored under Prometheus name `name` (the overflow
+    /// series included, with its marker label).
+    pub fn visit(&self, name: &str, mut f: impl FnMut(&[(String, String)], Reading<'_>)) {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(fam) = inner.families.get(name) else {
+            return;
+        };
+        let overflow: Labels = vec![(OVERFLOW_LABEL.0.to_owned(), OVERFLOW_LABEL.1.to_owned())];
+        let rows = fam
+            .series
+            .iter()
+            .chain(fam.series.overflow().map(|p| (&overflow, p)));
+        for (labels, p) in rows {
+            match &p.state {
+                State::Number(v) => f(labels, Reading::Number(*v)),
+                State::Histogram {
+                    buckets,
+                    sum,
+                    count,
+                } => f(
+                    labels,
+                    Reading::Histogram {
+                        buckets,
+                        sum: *sum,
+                        count: *count,
+                    },
+                ),
+                State::Summary { .. } => {}
+            }
+        }
+    }
+}
+
+impl AppMetrics {
+    /// The first value of a resource attribute (label form, e.g. `telemetry_sdk_language`) among the apps
+    /// exporting to vitals.
+    pub fn resource_attribute(&self, label: &str) -> Option<String> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let found = inner.targets.iter().find_map(|(labels, _)| {
+            labels
+                .iter()
+                .find(|(k, _)| k == label)
+                .map(|(_, v)| v.clone())
+        });
+        found
+    }
+}
+
 impl Collector for AppMetrics {
     fn collect(&self, out: &mut Vec<Family>) {
         let now = Instant::now();

@@ -92,6 +92,16 @@ impl TargetStore {
         s.sampled = true;
     }
 
+    /// Sets the runtime of the attached target when it was not detected from its executable.
+    pub fn hint_runtime(&self, runtime: &str) {
+        let mut s = self.lock();
+        if let Some(info) = s.info.as_mut() {
+            if info.runtime == "unknown" {
+                info.runtime = runtime.to_owned();
+            }
+        }
+    }
+
     /// The current target's info, if one is attached.
     pub fn info(&self) -> Option<TargetInfo> {
         self.lock().info.clone()

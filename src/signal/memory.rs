@@ -1,0 +1,428 @@
+//! Is it leaking? A robust growth slope of RSS, cgroup memory and heap over several windows, the time
+//! left until the applicable limit, and a leak verdict with hysteresis.
+//!
+//! Per window the samples are reduced to per-bucket minima (a GC sawtooth's floor, blind to upward
+//! spikes), then to a trailing floor over a sixth of the window (so a sawtooth slower than one bucket is
+//! flattened too), and the slope is the Theil–Sen median of pairwise slopes of that floor (robust to the odd
+//! drop, e.g. a restart inside the window). A window says nothing until two thirds of it hold data.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::store::{Collector, Family, MetricKind, Value};
+
+const BUCKETS: usize = 30;
+const FLOOR_SPAN: usize = BUCKETS / 6;
+const READY_BUCKETS: usize = BUCKETS * 2 / 3;
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    index: i64,
+    t: f64,
+    min: f64,
+}
+
+/// One window's estimator.
+#[derive(Debug, Clone)]
+pub struct Window {
+    span: f64,
+    width: f64,
+    buckets: VecDeque<Bucket>,
+}
+
+impl Window {
+    /// A window of `span`.
+    pub fn new(span: Duration) -> Self {
+        let span = span.as_secs_f64().max(1.0);
+        Window {
+            span,
+            width: span / BUCKETS as f64,
+            buckets: VecDeque::with_capacity(BUCKETS + 1),
+        }
+    }
+
+    /// Adds a sample taken at `t` seconds (any monotonic origin).
+    pub fn observe(&mut self, t: f64, v: f64) {
+        if !v.is_finite() {
+            return;
+        }
+        let index = (t / self.width).floor() as i64;
+        match self.buckets.back_mut() {
+            Some(b) if b.index == index => {
+                if v < b.min {
+                    b.min = v;
+                    b.t = t;
+                }
+            }
+            Some(b) if b.index > index => {} // time went backwards: ignore
+            _ => self.buckets.push_back(Bucket { index, t, min: v }),
+        }
+        while self
+            .buckets
+            .front()
+            .is_some_and(|b| (index - b.index) as usize >= BUCKETS)
+        {
+            self.buckets.pop_front();
+        }
+    }
+
+    /// The growth in units per second, or None until the window holds enough data.
+    pub fn slope(&self) -> Option<f64> {
+        if self.buckets.len() < READY_BUCKETS {
+            return None;
+        }
+        let pts: Vec<(f64, f64)> = self.buckets.iter().map(|b| (b.t, b.min)).collect();
+        let floor: Vec<(f64, f64)> = (FLOOR_SPAN..pts.len())
+            .map(|i| {
+                let m = pts[i - FLOOR_SPAN..=i]
+                    .iter()
+                    .map(|p| p.1)
+                    .fold(f64::INFINITY, f64::min);
+                (pts[i].0, m)
+            })
+            .collect();
+        theil_sen(&floor)
+    }
+
+    /// The window's span in seconds.
+    pub fn span(&self) -> f64 {
+        self.span
+    }
+}
+
+/// Median of pairwise slopes.
+pub fn theil_sen(pts: &[(f64, f64)]) -> Option<f64> {
+    let mut slopes = Vec::with_capacity(pts.len() * pts.len() / 2);
+    for i in 0..pts.len() {
+        for j in i + 1..pts.len() {
+            let dt = pts[j].0 - pts[i].0;
+            if dt > 0.0 {
+                slopes.push((pts[j].1 - pts[i].1) / dt);
+            }
+        }
+    }
+    if slopes.is_empty() {
+        return None;
+    }
+    slopes.sort_by(|a, b| a.total_cmp(b));
+    let n = slopes.len();
+    Some(if n % 2 == 1 {
+        slopes[n / 2]
+    } else {
+        (slopes[n / 2 - 1] + slopes[n / 2]) / 2.0
+    })
+}
+
+/// The three memory signals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemorySignal {
+    /// Resident set of the target.
+    Rss,
+    /// Heap in use after GC (runtime metrics or hsperfdata's old generation).
+    Heap,
+    /// Memory charged to the target's cgroup.
+    Cgroup,
+}
+
+impl MemorySignal {
+    const ALL: [MemorySignal; 3] = [MemorySignal::Rss, MemorySignal::Heap, MemorySignal::Cgroup];
+    fn label(self) -> &'static str {
+        match self {
+            MemorySignal::Rss => "rss",
+            MemorySignal::Heap => "heap",
+            MemorySignal::Cgroup => "cgroup",
+        }
+    }
+}
+
+/// One tick's readings: value and applicable limit per signal.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MemoryReadings {
+    /// RSS and the cgroup limit it counts against.
+    pub rss: Option<(f64, Option<f64>)>,
+    /// Heap used and the maximum heap.
+    pub heap: Option<(f64, Option<f64>)>,
+    /// Cgroup usage and limit.
+    pub cgroup: Option<(f64, Option<f64>)>,
+}
+
+struct Track {
+    windows: Vec<Window>,
+    last: Option<(f64, Option<f64>)>,
+    leak: bool,
+}
+
+/// The memory growth signal over configured windows.
+pub struct MemoryGrowth {
+    names: Vec<String>,
+    spans: Vec<Duration>,
+    /// Growth (bytes/s) that counts as a leak when every ready window exceeds it.
+    threshold: f64,
+    tracks: Mutex<[Track; 3]>,
+}
+
+/// Default leak threshold: 10 MB per hour, in bytes per second.
+pub const DEFAULT_LEAK_THRESHOLD: f64 = 10e6 / 3600.0;
+
+fn window_name(d: Duration) -> String {
+    let s = d.as_secs();
+    if s % 3600 == 0 {
+        format!("{}h", s / 3600)
+    } else if s % 60 == 0 {
+        format!("{}m", s / 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+impl MemoryGrowth {
+    /// Estimators for `windows` (shortest first is not required) and a leak threshold in bytes/s.
+    pub fn new(windows: &[Duration], threshold: f64) -> Self {
+        let mut spans = windows.to_vec();
+        spans.sort();
+        let track = || Track {
+            windows: spans.iter().map(|d| Window::new(*d)).collect(),
+            last: None,
+            leak: false,
+        };
+        MemoryGrowth {
+            names: spans.iter().map(|d| window_name(*d)).collect(),
+            spans: spans.clone(),
+            threshold,
+            tracks: Mutex::new([track(), track(), track()]),
+        }
+    }
+
+    /// Adds one tick's readings at `t` seconds.
+    pub fn observe(&self, t: f64, r: &MemoryReadings) {
+        let mut tracks = self.tracks.lock().unwrap_or_else(|p| p.into_inner());
+        for (i, sig) in MemorySignal::ALL.iter().enumerate() {
+            let reading = match sig {
+                MemorySignal::Rss => r.rss,
+                MemorySignal::Heap => r.heap,
+                MemorySignal::Cgroup => r.cgroup,
+            };
+            let track = &mut tracks[i];
+            track.last = reading;
+            if let Some((v, _)) = reading {
+                for w in &mut track.windows {
+                    w.observe(t, v);
+                }
+            }
+            // Hysteresis: suspected when every ready window grows faster than the threshold; cleared only
+            // when every ready window has fallen below half of it.
+            let slopes: Vec<f64> = track.windows.iter().filter_map(Window::slope).collect();
+            if slopes.is_empty() {
+                track.leak = false;
+            } else if slopes.iter().all(|s| *s > self.threshold) {
+                track.leak = true;
+            } else if slopes.iter().all(|s| *s < self.threshold / 2.0) {
+                track.leak = false;
+            }
+        }
+    }
+
+    /// Starts over (a new target instance).
+    pub fn reset(&self) {
+        let mut tracks = self.tracks.lock().unwrap_or_else(|p| p.into_inner());
+        for t in tracks.iter_mut() {
+            t.windows = self.spans.iter().map(|d| Window::new(*d)).collect();
+            t.last = None;
+            t.leak = false;
+        }
+    }
+}
+
+impl Collector for MemoryGrowth {
+    fn collect(&self, out: &mut Vec<Family>) {
+        let tracks = self.tracks.lock().unwrap_or_else(|p| p.into_inner());
+        let mut growth = Family::new(
+            "vitals_memory_growth_bytes_per_second",
+            "Robust memory growth slope per signal and window (absent until the window holds enough data)",
+            "",
+            MetricKind::Gauge,
+        );
+        let mut ttl = Family::new(
+            "vitals_memory_time_to_limit_seconds",
+            "Time until the signal reaches its limit at the longest ready window's growth",
+            "seconds",
+            MetricKind::Gauge,
+        );
+        let mut leak = Family::new(
+            "vitals_memory_leak_suspected",
+            "1 while growth is sustained above the leak threshold in every ready window",
+            "",
+            MetricKind::Gauge,
+        );
+        for (i, sig) in MemorySignal::ALL.iter().enumerate() {
+            let track = &tracks[i];
+            if track.last.is_none() {
+                continue;
+            }
+            let mut longest = None;
+            for (w, name) in track.windows.iter().zip(&self.names) {
+                if let Some(s) = w.slope() {
+                    growth.push(
+                        &[("signal", sig.label()), ("window", name)],
+                        Value::Gauge(s),
+                    );
+                    longest = Some(s);
+                }
+            }
+            if let (Some(slope), Some((v, Some(limit)))) = (longest, track.last) {
+                if slope > 0.0 {
+                    ttl.push(
+                        &[("signal", sig.label())],
+                        Value::Gauge(((limit - v) / slope).max(0.0)),
+                    );
+                }
+            }
+            leak.push(
+                &[("signal", sig.label())],
+                Value::Gauge(if track.leak { 1.0 } else { 0.0 }),
+            );
+        }
+        out.extend([growth, ttl, leak]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(series: impl Fn(f64) -> f64, secs: f64, step: f64) -> Window {
+        let mut w = Window::new(Duration::from_secs(600));
+        let mut t = 0.0;
+        while t < secs {
+            w.observe(t, series(t));
+            t += step;
+        }
+        w
+    }
+
+    #[test]
+    fn slope_through_sawtooth_and_spikes() {
+        let rate = 1000.0;
+        // 1000 B/s growth, a 50 kB GC sawtooth every 7 s, and a 10 MB spike every 97 s.
+        let f = |t: f64| {
+            1e6 + rate * t
+                + 50_000.0 * ((t % 7.0) / 7.0)
+                + if (t as u64) % 97 == 0 { 1e7 } else { 0.0 }
+        };
+        let s = run(f, 600.0, 1.0).slope().unwrap();
+        assert!((s - rate).abs() / rate < 0.05, "slope {s}");
+    }
+
+    #[test]
+    fn flat_sawtooth_is_not_growth() {
+        let f = |t: f64| 5e7 + 2e7 * ((t % 20.0) / 20.0);
+        let s = run(f, 600.0, 1.0).slope().unwrap();
+        assert!(s.abs() < 100.0, "slope {s}");
+    }
+
+    #[test]
+    fn silent_until_enough_data_and_after_gaps() {
+        let w = run(|t| t, 300.0, 1.0);
+        assert_eq!(w.slope(), None, "half a window is not enough");
+        let mut w = Window::new(Duration::from_secs(600));
+        w.observe(0.0, 1.0);
+        w.observe(590.0, 2.0);
+        assert_eq!(w.slope(), None, "two buckets are not enough");
+    }
+
+    #[test]
+    fn restart_drop_does_not_flip_the_sign() {
+        // Growing 1000 B/s, then a restart at 500 s drops memory back and growth resumes.
+        let f = |t: f64| {
+            if t < 500.0 {
+                1e6 + 1000.0 * t
+            } else {
+                1e6 + 1000.0 * (t - 500.0)
+            }
+        };
+        let s = run(f, 600.0, 1.0).slope().unwrap();
+        assert!(s > 0.0, "slope {s}");
+    }
+
+    #[test]
+    fn leak_verdict_with_hysteresis_and_time_to_limit() {
+        let m = MemoryGrowth::new(&[Duration::from_secs(60), Duration::from_secs(120)], 100.0);
+        let mut t = 0.0;
+        let mut v = 1e6;
+        while t < 120.0 {
+            m.observe(
+                t,
+                &MemoryReadings {
+                    rss: Some((v, Some(2e6))),
+                    ..Default::default()
+                },
+            );
+            t += 1.0;
+            v += 1000.0;
+        }
+        let mut out = vec![];
+        m.collect(&mut out);
+        let leak = out
+            .iter()
+            .find(|f| f.name == "vitals_memory_leak_suspected")
+            .unwrap();
+        assert_eq!(leak.series[0].value, Value::Gauge(1.0));
+        let ttl = out
+            .iter()
+            .find(|f| f.name == "vitals_memory_time_to_limit_seconds")
+            .unwrap();
+        match ttl.series[0].value {
+            Value::Gauge(s) => assert!((s - (2e6 - 1.119e6) / 1000.0).abs() < 5.0, "{s}"),
+            _ => unreachable!(),
+        }
+        let growth = out
+            .iter()
+            .find(|f| f.name == "vitals_memory_growth_bytes_per_second")
+            .unwrap();
+        assert_eq!(growth.series.len(), 2);
+        assert_eq!(growth.series[0].labels[1].1, "1m");
+        // Growth slows to 70 B/s: below the threshold but above half of it, the verdict holds.
+        while t < 400.0 {
+            m.observe(
+                t,
+                &MemoryReadings {
+                    rss: Some((v, None)),
+                    ..Default::default()
+                },
+            );
+            t += 1.0;
+            v += 70.0;
+        }
+        let mut out = vec![];
+        m.collect(&mut out);
+        assert_eq!(
+            out.iter()
+                .find(|f| f.name == "vitals_memory_leak_suspected")
+                .unwrap()
+                .series[0]
+                .value,
+            Value::Gauge(1.0)
+        );
+        while t < 700.0 {
+            m.observe(
+                t,
+                &MemoryReadings {
+                    rss: Some((v, None)),
+                    ..Default::default()
+                },
+            );
+            t += 1.0;
+        }
+        let mut out = vec![];
+        m.collect(&mut out);
+        assert_eq!(
+            out.iter()
+                .find(|f| f.name == "vitals_memory_leak_suspected")
+                .unwrap()
+                .series[0]
+                .value,
+            Value::Gauge(0.0)
+        );
+    }
+}

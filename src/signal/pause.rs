@@ -1,0 +1,486 @@
+//! Is it pausing? Stop-the-world GC pauses normalised across runtimes (JVM, Node, .NET, Go) from the
+//! app's OTLP runtime metrics and, with no agent at all, from JVM hsperfdata; JVM safepoints; Node's
+//! event-loop delay; the longest pause of the last minute.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::source::hsperf::JvmSample;
+use crate::store::app_metrics::{AppMetrics, Reading};
+use crate::store::naming::{label_name, metric_name, InstrumentShape};
+use crate::store::{Collector, Family, MetricKind, Value};
+
+/// How long `vitals_gc_pause_max_seconds` looks back.
+pub const MAX_WINDOW: Duration = Duration::from_secs(60);
+
+/// Concurrent collector cycles run beside the application and are not pauses: "G1 Concurrent GC",
+/// "ZGC Cycles", "ZGC Major Cycles", "Shenandoah Cycles". Their "… Pauses" twins are pauses.
+pub fn is_concurrent_cycle(jvm_gc_name: &str) -> bool {
+    !jvm_gc_name.contains("Pauses")
+        && (jvm_gc_name.contains("Concurrent") || jvm_gc_name.ends_with("Cycles"))
+}
+
+/// An OTLP runtime metric that carries GC pauses.
+struct PauseMetric {
+    /// Prometheus name the app metric store keeps it under.
+    prom: String,
+    runtime: &'static str,
+    /// Label holding the collector name, or None for a runtime-wide figure.
+    collector_label: Option<String>,
+    /// Multiplier to seconds (1e-9 for the legacy Go metric in ns).
+    scale: f64,
+}
+
+fn pause_metrics() -> Vec<PauseMetric> {
+    let h = |otel: &str, unit: &str| metric_name(otel, unit, InstrumentShape::Distribution);
+    vec![
+        PauseMetric {
+            prom: h("jvm.gc.duration", "s"),
+            runtime: "jvm",
+            collector_label: Some(label_name("jvm.gc.name")),
+            scale: 1.0,
+        },
+        PauseMetric {
+            prom: h("v8js.gc.duration", "s"),
+            runtime: "node",
+            collector_label: Some(label_name("v8js.gc.type")),
+            scale: 1.0,
+        },
+        PauseMetric {
+            prom: h("go.memory.gc.pause.duration", "s"),
+            runtime: "go",
+            collector_label: None,
+            scale: 1.0,
+        },
+        PauseMetric {
+            prom: h("process.runtime.go.gc.pause_ns", "ns"),
+            runtime: "go",
+            collector_label: None,
+            scale: 1e-9,
+        },
+        PauseMetric {
+            prom: metric_name("dotnet.gc.pause.time", "s", InstrumentShape::Counter),
+            runtime: "dotnet",
+            collector_label: None,
+            scale: 1.0,
+        },
+    ]
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Totals {
+    seconds: f64,
+    count: Option<u64>,
+}
+
+/// Upper bounds of pauses seen recently, per (runtime, source).
+#[derive(Default)]
+struct MaxWindow {
+    seen: VecDeque<(Instant, f64)>,
+}
+
+impl MaxWindow {
+    fn push(&mut self, at: Instant, bound: f64) {
+        self.seen.push_back((at, bound));
+        // At most one entry per tick per key: bounded by the window's length in ticks.
+        while self.seen.len() > 4096 {
+            self.seen.pop_front();
+        }
+    }
+
+    fn max(&mut self, now: Instant) -> Option<f64> {
+        while self
+            .seen
+            .front()
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) > MAX_WINDOW)
+        {
+            self.seen.pop_front();
+        }
+        self.seen.iter().map(|(_, b)| *b).reduce(f64::max)
+    }
+}
+
+/// A series' last reading: cumulative buckets, sum (or counter total) and count.
+type Previous = (Vec<(f64, u64)>, f64, u64);
+
+#[derive(Default)]
+struct State {
+    /// (runtime, collector, source) → totals.
+    totals: HashMap<(String, String, &'static str), Totals>,
+    /// Previous cumulative readings, to find what happened since (key includes the series labels).
+    previous: HashMap<String, Previous>,
+    max: HashMap<(String, &'static str), MaxWindow>,
+    safepoints: Option<(u64, f64)>,
+    event_loop: Vec<(&'static str, f64)>,
+    jvm_previous: HashMap<String, (u64, u64)>,
+}
+
+/// The pause signal.
+pub struct PauseSignal {
+    metrics: Vec<PauseMetric>,
+    event_loop: Vec<(String, &'static str)>,
+    state: Mutex<State>,
+}
+
+impl Default for PauseSignal {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The highest bucket whose count grew between two cumulative histogram readings, as an upper bound of
+/// the longest new observation; a growth only in `+Inf` gives the highest finite bound (a lower bound,
+/// all the buckets can say).
+pub fn largest_new_bound(before: &[(f64, u64)], after: &[(f64, u64)]) -> Option<f64> {
+    let same_bounds =
+        before.len() == after.len() && before.iter().zip(after).all(|(a, b)| a.0 == b.0);
+    let grew: Vec<usize> = after
+        .iter()
+        .enumerate()
+        .filter(|(i, (_, c))| {
+            if same_bounds {
+                *c > before[*i].1
+            } else {
+                *c > 0
+            }
+        })
+        .map(|(i, _)| i)
+        .collect();
+    let top = *grew.last()?;
+    let bound = after[top].0;
+    if bound.is_finite() {
+        Some(bound)
+    } else {
+        after.iter().rev().map(|(b, _)| *b).find(|b| b.is_finite())
+    }
+}
+
+impl PauseSignal {
+    /// A signal reading the standard runtime metric names.
+    pub fn new() -> Self {
+        let g = |otel: &str| metric_name(otel, "s", InstrumentShape::Gauge);
+        let event_loop = vec![
+            (g("nodejs.eventloop.delay.min"), "0"),
+            (g("nodejs.eventloop.delay.p50"), "0.5"),
+            (g("nodejs.eventloop.delay.p90"), "0.9"),
+            (g("nodejs.eventloop.delay.p99"), "0.99"),
+            (g("nodejs.eventloop.delay.max"), "1"),
+        ];
+        PauseSignal {
+            metrics: pause_metrics(),
+            event_loop,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// Reads the OTLP runtime metrics from the app store.
+    pub fn update_from_otlp(&self, app: &AppMetrics, now: Instant) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let st = &mut *st;
+        st.totals.retain(|k, _| k.2 != "otlp");
+        for m in &self.metrics {
+            app.visit(&m.prom, |labels, reading| {
+                let collector = match &m.collector_label {
+                    Some(l) => labels
+                        .iter()
+                        .find(|(k, _)| k == l)
+                        .map(|(_, v)| v.as_str())
+                        .unwrap_or("unknown"),
+                    None => "all",
+                };
+                if m.runtime == "jvm" && is_concurrent_cycle(collector) {
+                    return;
+                }
+                let key = (m.runtime.to_owned(), collector.to_owned(), "otlp");
+                let series_key = format!("{}{:?}", m.prom, labels);
+                match reading {
+                    Reading::Histogram {
+                        buckets,
+                        sum,
+                        count,
+                    } => {
+                        let t = st.totals.entry(key).or_default();
+                        t.seconds += sum * m.scale;
+                        *t.count.get_or_insert(0) += count;
+                        let mut cumulative = Vec::with_capacity(buckets.len());
+                        let mut acc = 0;
+                        for (b, c) in buckets {
+                            acc += c;
+                            cumulative.push((b * m.scale, acc));
+                        }
+                        // The first reading of a series holds its whole history, not the last minute's pauses.
+                        if let Some(prev) = st.previous.get(&series_key).filter(|p| p.2 != count) {
+                            if let Some(bound) = largest_new_bound(&prev.0, &cumulative) {
+                                st.max
+                                    .entry((m.runtime.to_owned(), "otlp"))
+                                    .or_default()
+                                    .push(now, bound);
+                            }
+                        }
+                        st.previous.insert(series_key, (cumulative, sum, count));
+                    }
+                    Reading::Number(total) => {
+                        st.totals.entry(key).or_default().seconds += total * m.scale;
+                        let before = st.previous.get(&series_key).map(|p| p.1).unwrap_or(total);
+                        if total > before {
+                            // A counter of pause time: the growth since the last reading bounds the longest pause.
+                            st.max
+                                .entry((m.runtime.to_owned(), "otlp"))
+                                .or_default()
+                                .push(now, (total - before) * m.scale);
+                        }
+                        st.previous.insert(series_key, (Vec::new(), total, 0));
+                    }
+                }
+            });
+        }
+        st.event_loop.clear();
+        for (prom, q) in &self.event_loop {
+            let mut worst: Option<f64> = None;
+            app.visit(prom, |_, r| {
+                if let Reading::Number(v) = r {
+                    worst = Some(worst.map_or(v, |w: f64| w.max(v)));
+                }
+            });
+            if let Some(v) = worst {
+                st.event_loop.push((q, v));
+            }
+        }
+    }
+
+    /// Reads a JVM's hsperfdata counters; None when the target has none.
+    pub fn update_from_hsperf(&self, jvm: Option<&JvmSample>, now: Instant) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.totals.retain(|k, _| k.2 != "hsperfdata");
+        let Some(j) = jvm else {
+            st.safepoints = None;
+            st.jvm_previous.clear();
+            return;
+        };
+        let hz = j.frequency as f64;
+        let mut bound: Option<f64> = None;
+        for c in &j.collectors {
+            let seconds = c.time_ticks as f64 / hz;
+            st.totals.insert(
+                ("jvm".into(), c.name.clone(), "hsperfdata"),
+                Totals {
+                    seconds,
+                    count: Some(c.invocations),
+                },
+            );
+            if let Some((n0, t0)) = st
+                .jvm_previous
+                .insert(c.name.clone(), (c.invocations, c.time_ticks))
+            {
+                if c.invocations > n0 && c.time_ticks >= t0 {
+                    // One pause since the last tick: exact. Several: their total bounds the longest.
+                    let b = (c.time_ticks - t0) as f64 / hz;
+                    bound = Some(bound.map_or(b, |x: f64| x.max(b)));
+                }
+            }
+        }
+        if let Some(b) = bound {
+            st.max
+                .entry(("jvm".into(), "hsperfdata"))
+                .or_default()
+                .push(now, b);
+        }
+        st.safepoints = match (j.safepoints, j.safepoint_ticks) {
+            (Some(n), Some(t)) => Some((n, t as f64 / hz)),
+            _ => None,
+        };
+    }
+
+    /// Forgets everything of a target that went away.
+    pub fn reset_target(&self) {
+        self.update_from_hsperf(None, Instant::now());
+    }
+}
+
+impl Collector for PauseSignal {
+    fn collect(&self, out: &mut Vec<Family>) {
+        let now = Instant::now();
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rows: Vec<_> = st
+            .totals
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut time = Family::new(
+            "vitals_gc_pause_seconds",
+            "Time the target stood still in GC pauses",
+            "seconds",
+            MetricKind::Counter,
+        );
+        let mut count = Family::new(
+            "vitals_gc_pauses",
+            "GC pauses of the target",
+            "",
+            MetricKind::Counter,
+        );
+        for ((runtime, collector, source), t) in &rows {
+            let labels = [
+                ("runtime", runtime.as_str()),
+                ("collector", collector.as_str()),
+                ("source", *source),
+            ];
+            time.push(&labels, Value::Counter(t.seconds));
+            if let Some(n) = t.count {
+                count.push(&labels, Value::Counter(n as f64));
+            }
+        }
+        let mut max = Family::new(
+            "vitals_gc_pause_max_seconds",
+            "Longest GC pause in the last minute (an upper bound when only buckets or totals are known)",
+            "seconds",
+            MetricKind::Gauge,
+        );
+        let mut keys: Vec<(String, &'static str)> = st.max.keys().cloned().collect();
+        keys.sort();
+        for k in keys {
+            if let Some(m) = st.max.get_mut(&k).and_then(|w| w.max(now)) {
+                max.push(&[("runtime", &k.0), ("source", k.1)], Value::Gauge(m));
+            }
+        }
+        // With pauses known but none in the window, the longest recent pause is 0, not unknown.
+        for ((runtime, _, source), _) in &rows {
+            if !max
+                .series
+                .iter()
+                .any(|s| s.labels[0].1 == *runtime && s.labels[1].1 == *source)
+            {
+                max.push(
+                    &[("runtime", runtime), ("source", source)],
+                    Value::Gauge(0.0),
+                );
+            }
+        }
+        out.extend([time, count, max]);
+        if let Some((n, secs)) = st.safepoints {
+            out.push(
+                Family::new(
+                    "vitals_safepoint_seconds",
+                    "Time JVM threads spent at safepoints",
+                    "seconds",
+                    MetricKind::Counter,
+                )
+                .with(&[], Value::Counter(secs)),
+            );
+            out.push(
+                Family::new(
+                    "vitals_safepoints",
+                    "JVM safepoints",
+                    "",
+                    MetricKind::Counter,
+                )
+                .with(&[], Value::Counter(n as f64)),
+            );
+        }
+        if !st.event_loop.is_empty() {
+            let mut f = Family::new(
+                "vitals_event_loop_delay_seconds",
+                "Node.js event-loop delay by quantile",
+                "seconds",
+                MetricKind::Gauge,
+            );
+            for (q, v) in &st.event_loop {
+                f.push(&[("quantile", q)], Value::Gauge(*v));
+            }
+            out.push(f);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::hsperf::Collector as GcCollector;
+
+    #[test]
+    fn concurrent_cycles_are_not_pauses() {
+        for n in [
+            "G1 Concurrent GC",
+            "ZGC Cycles",
+            "ZGC Major Cycles",
+            "Shenandoah Cycles",
+        ] {
+            assert!(is_concurrent_cycle(n), "{n}");
+        }
+        for n in [
+            "G1 Young Generation",
+            "G1 Old Generation",
+            "ZGC Pauses",
+            "ZGC Major Pauses",
+            "Shenandoah Pauses",
+            "PS MarkSweep",
+        ] {
+            assert!(!is_concurrent_cycle(n), "{n}");
+        }
+    }
+
+    #[test]
+    fn largest_new_bound_from_bucket_growth() {
+        let before = [(0.01, 5), (0.1, 7), (f64::INFINITY, 7)];
+        assert_eq!(
+            largest_new_bound(&before, &[(0.01, 6), (0.1, 9), (f64::INFINITY, 9)]),
+            Some(0.1)
+        );
+        assert_eq!(
+            largest_new_bound(&before, &[(0.01, 6), (0.1, 7), (f64::INFINITY, 7)]),
+            Some(0.01)
+        );
+        assert_eq!(
+            largest_new_bound(&before, &[(0.01, 5), (0.1, 7), (f64::INFINITY, 8)]),
+            Some(0.1),
+            "only +Inf grew"
+        );
+        assert_eq!(largest_new_bound(&before, &before), None);
+        assert_eq!(
+            largest_new_bound(&[], &[(0.5, 2), (f64::INFINITY, 2)]),
+            Some(0.5)
+        );
+    }
+
+    #[test]
+    fn hsperf_pauses_and_max_window() {
+        let p = PauseSignal::new();
+        let t0 = Instant::now();
+        let sample = |n: u64, ticks: u64| JvmSample {
+            frequency: 1000,
+            collectors: vec![GcCollector {
+                name: "G1 young collection pauses".into(),
+                invocations: n,
+                time_ticks: ticks,
+            }],
+            safepoints: Some(10),
+            safepoint_ticks: Some(500),
+            ..Default::default()
+        };
+        p.update_from_hsperf(Some(&sample(3, 30)), t0);
+        p.update_from_hsperf(Some(&sample(4, 75)), t0 + Duration::from_secs(1));
+        let mut out = vec![];
+        p.collect(&mut out);
+        let get = |name: &str| {
+            out.iter().find(|f| f.name == name).unwrap().series[0]
+                .value
+                .clone()
+        };
+        assert_eq!(get("vitals_gc_pause_seconds"), Value::Counter(0.075));
+        assert_eq!(get("vitals_gc_pauses"), Value::Counter(4.0));
+        assert_eq!(
+            get("vitals_gc_pause_max_seconds"),
+            Value::Gauge(0.045),
+            "one pause of 45 ticks at 1 kHz"
+        );
+        assert_eq!(get("vitals_safepoints"), Value::Counter(10.0));
+        assert_eq!(get("vitals_safepoint_seconds"), Value::Counter(0.5));
+        p.reset_target();
+        let mut out = vec![];
+        p.collect(&mut out);
+        assert!(out
+            .iter()
+            .all(|f| f.series.is_empty() || f.name != "vitals_gc_pause_seconds"));
+    }
+}

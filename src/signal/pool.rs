@@ -1,0 +1,399 @@
+//! Is it saturated? How full each pool is: DB connection pools and runtime thread pools (from the app's
+//! OTLP metrics), file descriptors, threads, pids, listen-socket accept queues and CPU quota (from procfs,
+//! cgroups and sock_diag). One metric family per figure, labelled by pool and kind, so one alert covers
+//! every kind.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Mutex;
+
+use crate::source::cgroup::CgroupSample;
+use crate::source::procfs::ProcSample;
+use crate::source::sockets::{BacklogSource, ListenSocket};
+use crate::store::app_metrics::{AppMetrics, Reading};
+use crate::store::naming::{label_name, metric_name, InstrumentShape};
+use crate::store::{Collector, Family, MetricKind, Value};
+
+/// One pool's figures.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PoolSnapshot {
+    /// In use.
+    pub used: Option<f64>,
+    /// Capacity.
+    pub max: Option<f64>,
+    /// Waiting for a slot.
+    pub pending: Option<f64>,
+}
+
+/// What one tick offers the pool signal.
+#[derive(Debug, Default)]
+pub struct PoolInputs<'a> {
+    /// Seconds on a monotonic clock.
+    pub t: f64,
+    /// The target's procfs sample.
+    pub proc: Option<&'a ProcSample>,
+    /// Process CPU seconds (user + system) of the target.
+    pub proc_cpu_seconds: Option<f64>,
+    /// The target's cgroup sample.
+    pub cgroup: Option<&'a CgroupSample>,
+    /// kernel.threads-max.
+    pub threads_max: Option<u64>,
+    /// The target's listening sockets.
+    pub listen: &'a [ListenSocket],
+}
+
+struct DbNames {
+    count: String,
+    max: String,
+    pending: String,
+    state: String,
+    pool: String,
+}
+
+/// The pool signal.
+pub struct PoolSignal {
+    db: [DbNames; 2],
+    dotnet_threads: String,
+    dotnet_queue: String,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    pools: BTreeMap<(&'static str, String), PoolSnapshot>,
+    cpu: VecDeque<(f64, f64)>,
+    backlog_note: Option<BacklogSource>,
+}
+
+/// CPU usage is averaged over this many ticks.
+const CPU_TICKS: usize = 10;
+
+impl Default for PoolSignal {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PoolSignal {
+    /// A signal reading the semantic conventions' pool metric names (current and deprecated).
+    pub fn new() -> Self {
+        let g = |n: &str, unit: &str| metric_name(n, unit, InstrumentShape::Gauge);
+        PoolSignal {
+            db: [
+                DbNames {
+                    count: g("db.client.connection.count", "{connection}"),
+                    max: g("db.client.connection.max", "{connection}"),
+                    pending: g("db.client.connection.pending_requests", "{request}"),
+                    state: label_name("db.client.connection.state"),
+                    pool: label_name("db.client.connection.pool.name"),
+                },
+                DbNames {
+                    count: g("db.client.connections.usage", "{connection}"),
+                    max: g("db.client.connections.max", "{connection}"),
+                    pending: g("db.client.connections.pending_requests", "{request}"),
+                    state: label_name("state"),
+                    pool: label_name("pool.name"),
+                },
+            ],
+            dotnet_threads: g("dotnet.thread_pool.thread.count", "{thread}"),
+            dotnet_queue: g("dotnet.thread_pool.queue.length", "{work_item}"),
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// Recomputes every pool from one tick's inputs and the app's current metrics.
+    pub fn update(&self, inp: &PoolInputs<'_>, app: &AppMetrics) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let st = &mut *st;
+        st.pools.clear();
+        for names in &self.db {
+            let label = |labels: &[(String, String)], k: &str| {
+                labels.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+            };
+            app.visit(&names.count, |labels, r| {
+                let (Reading::Number(v), Some("used")) =
+                    (r, label(labels, &names.state).as_deref())
+                else {
+                    return;
+                };
+                let pool = label(labels, &names.pool).unwrap_or_else(|| "default".into());
+                *st.pools
+                    .entry(("db", pool))
+                    .or_default()
+                    .used
+                    .get_or_insert(0.0) += v;
+            });
+            app.visit(&names.max, |labels, r| {
+                if let Reading::Number(v) = r {
+                    let pool = label(labels, &names.pool).unwrap_or_else(|| "default".into());
+                    *st.pools
+                        .entry(("db", pool))
+                        .or_default()
+                        .max
+                        .get_or_insert(0.0) += v;
+                }
+            });
+            app.visit(&names.pending, |labels, r| {
+                if let Reading::Number(v) = r {
+                    let pool = label(labels, &names.pool).unwrap_or_else(|| "default".into());
+                    *st.pools
+                        .entry(("db", pool))
+                        .or_default()
+                        .pending
+                        .get_or_insert(0.0) += v;
+                }
+            });
+        }
+        app.visit(&self.dotnet_threads, |_, r| {
+            if let Reading::Number(v) = r {
+                *st.pools
+                    .entry(("thread", "dotnet".into()))
+                    .or_default()
+                    .used
+                    .get_or_insert(0.0) += v;
+            }
+        });
+        app.visit(&self.dotnet_queue, |_, r| {
+            if let Reading::Number(v) = r {
+                *st.pools
+                    .entry(("thread", "dotnet".into()))
+                    .or_default()
+                    .pending
+                    .get_or_insert(0.0) += v;
+            }
+        });
+        let f = |v: Option<u64>| v.map(|v| v as f64);
+        if let Some(p) = inp.proc {
+            if p.open_fds.is_some() {
+                st.pools.insert(
+                    ("fds", "fds".into()),
+                    PoolSnapshot {
+                        used: f(p.open_fds),
+                        max: f(p.max_fds),
+                        pending: None,
+                    },
+                );
+            }
+            if let Some(stat) = p.stat {
+                let limit = inp.cgroup.and_then(|c| c.pids_limit).or(inp.threads_max);
+                st.pools.insert(
+                    ("threads", "threads".into()),
+                    PoolSnapshot {
+                        used: Some(stat.num_threads as f64),
+                        max: f(limit),
+                        pending: None,
+                    },
+                );
+            }
+        }
+        if let Some(c) = inp.cgroup {
+            if c.pids.is_some() {
+                st.pools.insert(
+                    ("pids", "pids".into()),
+                    PoolSnapshot {
+                        used: f(c.pids),
+                        max: f(c.pids_limit),
+                        pending: None,
+                    },
+                );
+            }
+        }
+        st.backlog_note = None;
+        for s in inp.listen {
+            st.pools.insert(
+                ("accept_queue", s.port.to_string()),
+                PoolSnapshot {
+                    used: Some(s.queue as f64),
+                    max: Some(s.backlog as f64),
+                    pending: None,
+                },
+            );
+            st.backlog_note = Some(s.source);
+        }
+        // CPU: the cgroup's usage (what its quota limits) when known, else the process's.
+        let cpu_total = inp
+            .cgroup
+            .and_then(|c| c.cpu_usage_us)
+            .map(|us| us as f64 / 1e6)
+            .or(inp.proc_cpu_seconds);
+        match cpu_total {
+            Some(c) => {
+                st.cpu.push_back((inp.t, c));
+                while st.cpu.len() > CPU_TICKS {
+                    st.cpu.pop_front();
+                }
+            }
+            None => st.cpu.clear(),
+        }
+        if let (Some(first), Some(last)) = (st.cpu.front(), st.cpu.back()) {
+            if last.0 > first.0 && last.1 >= first.1 {
+                let cores = (last.1 - first.1) / (last.0 - first.0);
+                st.pools.insert(
+                    ("cpu", "cpu".into()),
+                    PoolSnapshot {
+                        used: Some(cores),
+                        max: inp.cgroup.and_then(|c| c.cpu_limit_cores),
+                        pending: None,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Forgets the CPU history of a target that went away.
+    pub fn reset_target(&self) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.cpu.clear();
+    }
+}
+
+impl Collector for PoolSignal {
+    fn collect(&self, out: &mut Vec<Family>) {
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut used = Family::new(
+            "vitals_pool_used",
+            "Slots in use per pool",
+            "",
+            MetricKind::Gauge,
+        );
+        let mut max = Family::new(
+            "vitals_pool_max",
+            "Capacity per pool (accept_queue: the socket backlog)",
+            "",
+            MetricKind::Gauge,
+        );
+        let mut pending = Family::new(
+            "vitals_pool_pending",
+            "Requests waiting for a slot per pool",
+            "",
+            MetricKind::Gauge,
+        );
+        let mut ratio = Family::new(
+            "vitals_pool_utilization_ratio",
+            "Used / max per pool",
+            "ratio",
+            MetricKind::Gauge,
+        );
+        for ((kind, pool), s) in &st.pools {
+            let labels = [("pool", pool.as_str()), ("kind", *kind)];
+            if let Some(u) = s.used {
+                used.push(&labels, Value::Gauge(u));
+            }
+            if let Some(m) = s.max {
+                max.push(&labels, Value::Gauge(m));
+            }
+            if let Some(p) = s.pending {
+                pending.push(&labels, Value::Gauge(p));
+            }
+            if let (Some(u), Some(m)) = (s.used, s.max) {
+                if m > 0.0 {
+                    ratio.push(&labels, Value::Gauge(u / m));
+                }
+            }
+        }
+        if let Some(src) = st.backlog_note {
+            let src = match src {
+                BacklogSource::Netlink => "netlink",
+                BacklogSource::Somaxconn => "somaxconn",
+            };
+            out.push(
+                Family::new(
+                    "vitals_pool_accept_queue_backlog_source",
+                    "Where accept_queue capacity came from (somaxconn: an upper bound)",
+                    "",
+                    MetricKind::Gauge,
+                )
+                .with(&[("source", src)], Value::Gauge(1.0)),
+            );
+        }
+        out.extend([used, max, pending, ratio]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::procfs::Stat;
+    use crate::store::app_metrics::AppMetricsConfig;
+    use crate::store::limited::OverflowCounter;
+    use std::time::Duration;
+
+    #[test]
+    fn process_and_cgroup_pools() {
+        let sig = PoolSignal::new();
+        let app = AppMetrics::new(
+            AppMetricsConfig {
+                series_limit: 10,
+                family_limit: 10,
+                ttl: Duration::from_secs(60),
+                promote: vec![],
+            },
+            OverflowCounter::default(),
+        );
+        let proc = ProcSample {
+            stat: Some(Stat {
+                num_threads: 30,
+                ..Default::default()
+            }),
+            open_fds: Some(900),
+            max_fds: Some(1024),
+            ..Default::default()
+        };
+        let cg = CgroupSample {
+            pids: Some(31),
+            pids_limit: Some(100),
+            cpu_limit_cores: Some(2.0),
+            ..Default::default()
+        };
+        let listen = [ListenSocket {
+            port: 8080,
+            queue: 5,
+            backlog: 8,
+            source: BacklogSource::Netlink,
+            inode: 1,
+        }];
+        for (t, cpu) in [(0.0, 10.0), (1.0, 11.5)] {
+            sig.update(
+                &PoolInputs {
+                    t,
+                    proc: Some(&proc),
+                    proc_cpu_seconds: Some(cpu),
+                    cgroup: Some(&cg),
+                    threads_max: Some(5000),
+                    listen: &listen,
+                },
+                &app,
+            );
+        }
+        let mut out = vec![];
+        sig.collect(&mut out);
+        let ratio = out
+            .iter()
+            .find(|f| f.name == "vitals_pool_utilization_ratio")
+            .unwrap();
+        let get = |kind: &str| {
+            ratio
+                .series
+                .iter()
+                .find(|s| s.labels[1].1 == kind)
+                .map(|s| s.value.clone())
+        };
+        assert_eq!(get("fds"), Some(Value::Gauge(900.0 / 1024.0)));
+        assert_eq!(
+            get("threads"),
+            Some(Value::Gauge(0.3)),
+            "threads against the pids limit"
+        );
+        assert_eq!(get("pids"), Some(Value::Gauge(0.31)));
+        assert_eq!(get("accept_queue"), Some(Value::Gauge(5.0 / 8.0)));
+        assert_eq!(
+            get("cpu"),
+            Some(Value::Gauge(0.75)),
+            "1.5 cores of a 2-core quota"
+        );
+        assert!(ratio.series.iter().any(|s| s.labels
+            == vec![
+                ("pool".to_string(), "8080".to_string()),
+                ("kind".to_string(), "accept_queue".to_string())
+            ]));
+    }
+}

@@ -1,0 +1,370 @@
+//! JVM hsperfdata: the memory-mapped counters file every HotSpot JVM writes to
+//! `/tmp/hsperfdata_<user>/<pid>` (what `jstat` reads). Parsed here without an agent: GC collector pause
+//! counts and times, safepoints, and the old generation's occupancy and capacity.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// Why an hsperfdata file could not be parsed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum HsperfError {
+    /// Shorter than its header or than an entry claims.
+    #[error("hsperfdata truncated: {0}")]
+    Truncated(&'static str),
+    /// Not an hsperfdata file, or a version this parser does not know.
+    #[error("not hsperfdata: {0}")]
+    Format(String),
+    /// The JVM is in the middle of creating the file.
+    #[error("hsperfdata not yet accessible")]
+    NotReady,
+}
+
+/// A counter value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Counter {
+    /// A 64-bit integer (`J`).
+    Long(i64),
+    /// A byte vector, here always a NUL-terminated string (`B`).
+    Text(String),
+}
+
+const MAGIC: u32 = 0xcafe_c0c0;
+const PROLOGUE: usize = 32;
+const ENTRY_HEADER: usize = 20;
+/// Entries beyond this are ignored: a JVM has about 300; a corrupt count must not drive a long loop.
+const MAX_ENTRIES: usize = 10_000;
+
+/// Parses every entry of an hsperfdata image into (name, value) pairs, calling `f` for each.
+pub fn parse(buf: &[u8], mut f: impl FnMut(&str, Counter)) -> Result<(), HsperfError> {
+    if buf.len() < PROLOGUE {
+        return Err(HsperfError::Truncated("prologue"));
+    }
+    let magic = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    if magic != MAGIC {
+        return Err(HsperfError::Format(format!("magic {magic:#x}")));
+    }
+    let little = match buf[4] {
+        0 => false,
+        1 => true,
+        b => return Err(HsperfError::Format(format!("byte order {b}"))),
+    };
+    if buf[5] != 2 {
+        return Err(HsperfError::Format(format!("major version {}", buf[5])));
+    }
+    if buf[7] == 0 {
+        return Err(HsperfError::NotReady);
+    }
+    let u32_at = |off: usize| -> Result<u32, HsperfError> {
+        let b: [u8; 4] = buf
+            .get(off..off + 4)
+            .ok_or(HsperfError::Truncated("u32"))?
+            .try_into()
+            .map_err(|_| HsperfError::Truncated("u32"))?;
+        Ok(if little {
+            u32::from_le_bytes(b)
+        } else {
+            u32::from_be_bytes(b)
+        })
+    };
+    let i64_at = |off: usize| -> Result<i64, HsperfError> {
+        let b: [u8; 8] = buf
+            .get(off..off + 8)
+            .ok_or(HsperfError::Truncated("i64"))?
+            .try_into()
+            .map_err(|_| HsperfError::Truncated("i64"))?;
+        Ok(if little {
+            i64::from_le_bytes(b)
+        } else {
+            i64::from_be_bytes(b)
+        })
+    };
+    let mut off = u32_at(24)? as usize;
+    let entries = (u32_at(28)? as usize).min(MAX_ENTRIES);
+    for _ in 0..entries {
+        if off
+            .checked_add(ENTRY_HEADER)
+            .is_none_or(|end| end > buf.len())
+        {
+            return Err(HsperfError::Truncated("entry header"));
+        }
+        let len = u32_at(off)? as usize;
+        let name_off = u32_at(off + 4)? as usize;
+        let vector_len = u32_at(off + 8)? as usize;
+        let data_type = buf[off + 12];
+        let data_off = u32_at(off + 16)? as usize;
+        if len < ENTRY_HEADER || off + len > buf.len() || name_off >= len || data_off > len {
+            return Err(HsperfError::Format(format!(
+                "entry at {off} has inconsistent offsets"
+            )));
+        }
+        let entry = &buf[off..off + len];
+        let name_bytes = &entry[name_off..];
+        let name_end = name_bytes
+            .iter()
+            .position(|&b| b == 0)
+            .ok_or(HsperfError::Truncated("entry name"))?;
+        let name = std::str::from_utf8(&name_bytes[..name_end])
+            .map_err(|_| HsperfError::Format("entry name is not UTF-8".into()))?;
+        match (data_type, vector_len) {
+            (b'J', 0) => f(name, Counter::Long(i64_at(off + data_off)?)),
+            (b'B', n) if n > 0 => {
+                let data = entry
+                    .get(data_off..data_off + n)
+                    .ok_or(HsperfError::Truncated("byte vector"))?;
+                let end = data.iter().position(|&b| b == 0).unwrap_or(data.len());
+                f(
+                    name,
+                    Counter::Text(String::from_utf8_lossy(&data[..end]).into_owned()),
+                );
+            }
+            _ => {}
+        }
+        off += len;
+    }
+    Ok(())
+}
+
+/// One GC collector's cumulative pauses.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Collector {
+    /// `sun.gc.collector.N.name`.
+    pub name: String,
+    /// Collections (each one a stop-the-world pause).
+    pub invocations: u64,
+    /// Time in them, hsperfdata ticks.
+    pub time_ticks: u64,
+}
+
+/// What vitals reads from hsperfdata each tick.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct JvmSample {
+    /// Ticks per second of the times below (`sun.os.hrt.frequency`).
+    pub frequency: u64,
+    /// Collectors by index.
+    pub collectors: Vec<Collector>,
+    /// `sun.rt.safepoints`.
+    pub safepoints: Option<u64>,
+    /// `sun.rt.safepointTime`, ticks.
+    pub safepoint_ticks: Option<u64>,
+    /// Old generation used, bytes (`sun.gc.generation.1.space.0.used`).
+    pub old_used: Option<u64>,
+    /// Old generation maximum, bytes (`sun.gc.generation.1.space.0.maxCapacity`).
+    pub old_max: Option<u64>,
+}
+
+/// Extracts the counters vitals uses.
+pub fn sample(buf: &[u8]) -> Result<JvmSample, HsperfError> {
+    let mut s = JvmSample::default();
+    let pos = |v: i64| u64::try_from(v).unwrap_or(0);
+    parse(buf, |name, value| match (name, value) {
+        ("sun.os.hrt.frequency", Counter::Long(v)) => s.frequency = pos(v),
+        ("sun.rt.safepoints", Counter::Long(v)) => s.safepoints = Some(pos(v)),
+        ("sun.rt.safepointTime", Counter::Long(v)) => s.safepoint_ticks = Some(pos(v)),
+        ("sun.gc.generation.1.space.0.used", Counter::Long(v)) => s.old_used = Some(pos(v)),
+        ("sun.gc.generation.1.space.0.maxCapacity", Counter::Long(v)) => s.old_max = Some(pos(v)),
+        (n, v) => {
+            let Some(rest) = n.strip_prefix("sun.gc.collector.") else {
+                return;
+            };
+            let Some((idx, field)) = rest.split_once('.') else {
+                return;
+            };
+            let Ok(i) = idx.parse::<usize>() else { return };
+            if i >= 16 {
+                return;
+            }
+            if s.collectors.len() <= i {
+                s.collectors.resize(i + 1, Collector::default());
+            }
+            match (field, v) {
+                ("name", Counter::Text(t)) => s.collectors[i].name = t,
+                ("invocations", Counter::Long(x)) => s.collectors[i].invocations = pos(x),
+                ("time", Counter::Long(x)) => s.collectors[i].time_ticks = pos(x),
+                _ => {}
+            }
+        }
+    })?;
+    if s.frequency == 0 {
+        return Err(HsperfError::Format("no sun.os.hrt.frequency".into()));
+    }
+    s.collectors.retain(|c| !c.name.is_empty());
+    Ok(s)
+}
+
+/// Finds the target's hsperfdata file through its own root: `/proc/PID/root/tmp/hsperfdata_*/<nspid>`.
+pub fn locate(proc_root: &Path, pid: u32, nspid: u32) -> Option<PathBuf> {
+    let tmp = proc_root.join(pid.to_string()).join("root/tmp");
+    let dirs = std::fs::read_dir(&tmp).ok()?;
+    dirs.flatten()
+        .filter(|d| {
+            d.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with("hsperfdata_"))
+        })
+        .map(|d| d.path().join(nspid.to_string()))
+        .find(|p| p.is_file())
+}
+
+/// The target's hsperfdata file kept open and re-read each tick.
+pub struct HsperfReader {
+    file: File,
+    buf: Vec<u8>,
+}
+
+/// Largest hsperfdata file read (the JVM default is 32 KiB; `-XX:PerfDataMemorySize` can raise it).
+const MAX_FILE: usize = 1 << 20;
+
+impl HsperfReader {
+    /// Opens `path`.
+    pub fn open(path: &Path) -> std::io::Result<Self> {
+        Ok(HsperfReader {
+            file: File::open(path)?,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Reads and parses the current counters.
+    pub fn sample(&mut self) -> Result<JvmSample, HsperfError> {
+        let len = self
+            .file
+            .metadata()
+            .map(|m| m.len() as usize)
+            .unwrap_or(0)
+            .min(MAX_FILE);
+        self.buf.resize(len, 0);
+        let n = self
+            .file
+            .read_at(&mut self.buf, 0)
+            .map_err(|_| HsperfError::Truncated("read"))?;
+        sample(&self.buf[..n])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds an hsperfdata image by hand, in either byte order.
+    pub(crate) fn image(little: bool, entries: &[(&str, Counter)]) -> Vec<u8> {
+        let u32b = |v: u32| {
+            if little {
+                v.to_le_bytes()
+            } else {
+                v.to_be_bytes()
+            }
+        };
+        let mut body = Vec::new();
+        for (name, value) in entries {
+            let name_off = ENTRY_HEADER;
+            let mut data_off = name_off + name.len() + 1;
+            data_off = data_off.div_ceil(8) * 8;
+            let (ty, vlen, data): (u8, u32, Vec<u8>) = match value {
+                Counter::Long(v) => (
+                    b'J',
+                    0,
+                    if little {
+                        v.to_le_bytes().to_vec()
+                    } else {
+                        v.to_be_bytes().to_vec()
+                    },
+                ),
+                Counter::Text(t) => {
+                    let mut d = t.as_bytes().to_vec();
+                    d.push(0);
+                    (b'B', d.len() as u32, d)
+                }
+            };
+            let len = (data_off + data.len()).div_ceil(8) * 8;
+            let mut e = vec![0u8; len];
+            e[0..4].copy_from_slice(&u32b(len as u32));
+            e[4..8].copy_from_slice(&u32b(name_off as u32));
+            e[8..12].copy_from_slice(&u32b(vlen));
+            e[12] = ty;
+            e[16..20].copy_from_slice(&u32b(data_off as u32));
+            e[name_off..name_off + name.len()].copy_from_slice(name.as_bytes());
+            e[data_off..data_off + data.len()].copy_from_slice(&data);
+            body.extend(e);
+        }
+        let mut out = vec![0u8; PROLOGUE];
+        out[0..4].copy_from_slice(&MAGIC.to_be_bytes());
+        out[4] = little as u8;
+        out[5] = 2;
+        out[7] = 1;
+        out[24..28].copy_from_slice(&u32b(PROLOGUE as u32));
+        out[28..32].copy_from_slice(&u32b(entries.len() as u32));
+        out.extend(body);
+        out
+    }
+
+    fn entries() -> Vec<(&'static str, Counter)> {
+        vec![
+            ("sun.os.hrt.frequency", Counter::Long(1_000_000_000)),
+            (
+                "sun.gc.collector.0.name",
+                Counter::Text("G1 incremental collections".into()),
+            ),
+            ("sun.gc.collector.0.invocations", Counter::Long(12)),
+            ("sun.gc.collector.0.time", Counter::Long(34_000_000)),
+            (
+                "sun.gc.collector.1.name",
+                Counter::Text("G1 stop-the-world full collections".into()),
+            ),
+            ("sun.gc.collector.1.invocations", Counter::Long(1)),
+            ("sun.gc.collector.1.time", Counter::Long(50_000_000)),
+            ("sun.rt.safepoints", Counter::Long(40)),
+            ("sun.rt.safepointTime", Counter::Long(90_000_000)),
+            ("sun.gc.generation.1.space.0.used", Counter::Long(10 << 20)),
+            (
+                "sun.gc.generation.1.space.0.maxCapacity",
+                Counter::Long(64 << 20),
+            ),
+        ]
+    }
+
+    #[test]
+    fn both_byte_orders() {
+        for little in [false, true] {
+            let s = sample(&image(little, &entries())).unwrap();
+            assert_eq!(s.frequency, 1_000_000_000);
+            assert_eq!(s.collectors.len(), 2);
+            assert_eq!(
+                s.collectors[0],
+                Collector {
+                    name: "G1 incremental collections".into(),
+                    invocations: 12,
+                    time_ticks: 34_000_000
+                }
+            );
+            assert_eq!(s.safepoints, Some(40));
+            assert_eq!(s.safepoint_ticks, Some(90_000_000));
+            assert_eq!(s.old_used, Some(10 << 20));
+            assert_eq!(s.old_max, Some(64 << 20));
+        }
+    }
+
+    #[test]
+    fn truncated_and_corrupt_images_are_errors() {
+        let img = image(true, &entries());
+        for cut in [0, 10, PROLOGUE, PROLOGUE + 5, img.len() - 9] {
+            assert!(sample(&img[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut bad = img.clone();
+        bad[0] = 0;
+        assert!(matches!(sample(&bad), Err(HsperfError::Format(_))));
+        let mut bad = img.clone();
+        bad[5] = 9;
+        assert!(matches!(sample(&bad), Err(HsperfError::Format(_))));
+        let mut bad = img.clone();
+        bad[7] = 0;
+        assert_eq!(sample(&bad), Err(HsperfError::NotReady));
+        // An entry length pointing past the end.
+        let mut bad = img.clone();
+        bad[PROLOGUE..PROLOGUE + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(sample(&bad).is_err());
+        // A huge entry count is bounded and ends in a clean error.
+        let mut bad = img;
+        bad[28..32].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(sample(&bad).is_err());
+    }
+}
