@@ -188,6 +188,18 @@ fn http_size_limit_applies_after_decompression() {
         "no retry hint on 413: {hdrs}"
     );
     assert_eq!(rpc_status(&body).code, 8, "RESOURCE_EXHAUSTED");
+    // The same body chunked (no Content-Length): refused once the limit is crossed, still answered cleanly.
+    let mut conn = TcpStream::connect(http).unwrap();
+    write!(conn, "POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n").unwrap();
+    for chunk in big.chunks(8192) {
+        write!(conn, "{:x}\r\n", chunk.len()).unwrap();
+        conn.write_all(chunk).unwrap();
+        write!(conn, "\r\n").unwrap();
+    }
+    write!(conn, "0\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     // A gzip bomb: 1 KiB on the wire, 16 MiB inflated. Refused while inflating.
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     gz.write_all(&vec![0u8; 16 << 20]).unwrap();
@@ -207,7 +219,7 @@ fn http_size_limit_applies_after_decompression() {
             "vitals_exporter_otlp_refused_requests_total",
             &[("signal", "traces"), ("reason", "too_large")]
         ),
-        Some(2.0)
+        Some(3.0)
     );
     let rss = e.get("vitals_exporter_resident_memory_bytes", &[]).unwrap();
     assert!(

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{
     HeaderValue, ALLOW, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER,
@@ -182,17 +182,15 @@ async fn handle(ingest: Arc<Ingest>, req: Request<Incoming>) -> Result<Resp, Inf
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
+        // Read the refused body away (not stored) so the client gets this answer rather than a reset
+        // connection, which SDKs take for a network error and retry.
+        drain(req.into_body()).await;
         return Ok(too_large(&ingest));
     }
-    let raw = match Limited::new(req.into_body(), limit).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            return Ok(too_large(&ingest))
-        }
-        Err(e) => {
+    let raw = match read_limited(req.into_body(), limit).await {
+        Ok(b) => b,
+        Err(None) => return Ok(too_large(&ingest)),
+        Err(Some(e)) => {
             ingest.stats.refused(signal, Refusal::Undecodable);
             return Ok(status_body(
                 StatusCode::BAD_REQUEST,
@@ -244,6 +242,40 @@ async fn handle(ingest: Arc<Ingest>, req: Request<Incoming>) -> Result<Resp, Inf
         },
     };
     Ok(resp)
+}
+
+/// Most bytes read away from a refused body, and for how long, before the connection is dropped instead.
+const DRAIN_MAX: usize = 64 << 20;
+const DRAIN_TIME: Duration = Duration::from_secs(5);
+
+/// Reads a body of at most `limit` bytes. Past the limit nothing more is stored and the rest is drained
+/// (`Err(None)`); a transport error is `Err(Some(..))`.
+async fn read_limited(mut body: Incoming, limit: usize) -> Result<Bytes, Option<hyper::Error>> {
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(Some)?;
+        if let Some(d) = frame.data_ref() {
+            if buf.len() + d.len() > limit {
+                drain(body).await;
+                return Err(None);
+            }
+            buf.extend_from_slice(d);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+async fn drain(mut body: Incoming) {
+    let work = async {
+        let mut seen = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len());
+            if seen > DRAIN_MAX {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, work).await;
 }
 
 /// The trace response for a partial outcome (no partial_success when nothing was rejected).
