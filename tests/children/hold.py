@@ -4,6 +4,8 @@
 --fds K         open K extra file descriptors on /dev/null
 --threads T     run T threads in total (T-1 extra, sleeping)
 --spin S        burn CPU for S seconds before settling
+--nofile N      lower RLIMIT_NOFILE to N first
+--listen B      listen on a loopback TCP port with backlog B and print "port N" before "ready"
 """
 import argparse
 import os
@@ -17,7 +19,19 @@ p.add_argument("--fds", type=int, default=0)
 p.add_argument("--threads", type=int, default=1)
 p.add_argument("--spin", type=float, default=0.0)
 p.add_argument("--exit-after", type=float, default=0.0)
+p.add_argument("--nofile", type=int, default=0)
+p.add_argument("--listen", type=int, default=0)
 a = p.parse_args()
+
+if a.nofile:
+    import resource
+    resource.setrlimit(resource.RLIMIT_NOFILE, (a.nofile, a.nofile))
+if a.listen:
+    import socket
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(a.listen)
+    print("port", srv.getsockname()[1], flush=True)
 
 block = bytearray(a.alloc_mib * 1024 * 1024)
 for i in range(0, len(block), 4096):

@@ -300,20 +300,30 @@ pub struct TestChild {
 impl TestChild {
     /// Starts tests/children/hold.py with `args` and waits for its "ready" line.
     pub fn hold(args: &[&str]) -> TestChild {
+        Self::script("hold.py", args).0
+    }
+
+    /// Starts a tests/children script and waits for "ready"; returns the lines printed before it.
+    pub fn script(name: &str, args: &[&str]) -> (TestChild, Vec<String>) {
         let mut child = Command::new("python3")
-            .arg(child_script("hold.py"))
+            .arg(child_script(name))
             .args(args)
             .stdout(Stdio::piped())
             .stdin(Stdio::null())
             .spawn()
             .expect("python3 is needed for the test children");
         let out = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(out)
-            .read_line(&mut line)
-            .expect("read ready line");
-        assert_eq!(line.trim(), "ready", "child did not get ready");
-        TestChild { child }
+        let mut before = Vec::new();
+        for line in BufReader::new(out).lines() {
+            let line = line.expect("read child output");
+            if line.trim() == "ready" {
+                return (TestChild { child }, before);
+            }
+            before.push(line);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("child {name} exited before getting ready: {before:?}");
     }
 
     pub fn pid(&self) -> u32 {

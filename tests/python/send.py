@@ -16,7 +16,7 @@ from opentelemetry.sdk.resources import Resource
 p = argparse.ArgumentParser()
 p.add_argument("--transport", required=True, choices=["grpc", "http", "json"])
 p.add_argument("--endpoint", required=True)
-p.add_argument("--scenario", required=True, choices=["red", "metrics", "logs"])
+p.add_argument("--scenario", required=True, choices=["red", "metrics", "logs", "runtime"])
 p.add_argument("--service", default="shop")
 p.add_argument("--gzip", action="store_true")
 p.add_argument("--spans", type=int, default=200)
@@ -153,6 +153,37 @@ def logs():
     return {"flushed": ok, "info": 3, "warn": 2, "error": 1}
 
 
-truth = {"red": red, "metrics": metrics, "logs": logs}[a.scenario]()
+def runtime():
+    """JVM GC pauses and DB pools as the semantic conventions name them, with known values."""
+    from opentelemetry.metrics import Observation
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+    reader = PeriodicExportingMetricReader(metric_exporter_cls(**metric_kw), export_interval_millis=3_600_000)
+    mp = MeterProvider(resource=resource, metric_readers=[reader])
+    m = mp.get_meter("vitals-runtime-test")
+    gc = m.create_histogram("jvm.gc.duration", unit="s", explicit_bucket_boundaries_advisory=[0.01, 0.1, 1, 10])
+    pauses = {"G1 Young Generation": [0.01, 0.02, 0.03], "G1 Old Generation": [0.5]}
+    concurrent = {"G1 Concurrent GC": [2.0, 3.0]}
+    for name, values in list(pauses.items()) + list(concurrent.items()):
+        for v in values:
+            gc.record(v, {"jvm.gc.name": name, "jvm.gc.action": "end of minor GC"})
+    pool = {"db.client.connection.pool.name": "orders-db"}
+    m.create_observable_up_down_counter("db.client.connection.count", unit="{connection}", callbacks=[lambda o: [
+        Observation(7, {**pool, "db.client.connection.state": "used"}),
+        Observation(3, {**pool, "db.client.connection.state": "idle"})]])
+    m.create_observable_up_down_counter("db.client.connection.max", unit="{connection}", callbacks=[lambda o: [Observation(10, pool)]])
+    m.create_observable_up_down_counter("db.client.connection.pending_requests", unit="{request}", callbacks=[lambda o: [Observation(2, pool)]])
+    legacy = {"pool.name": "legacy"}
+    m.create_observable_up_down_counter("db.client.connections.usage", unit="{connection}", callbacks=[lambda o: [
+        Observation(4, {**legacy, "state": "used"}), Observation(1, {**legacy, "state": "idle"})]])
+    m.create_observable_up_down_counter("db.client.connections.max", unit="{connection}", callbacks=[lambda o: [Observation(8, legacy)]])
+    ok = mp.force_flush(30_000)
+    mp.shutdown()
+    return {"flushed": ok, "pauses": {k: [sum(v), len(v)] for k, v in pauses.items()}, "concurrent": list(concurrent),
+            "db_used": 7, "db_max": 10, "db_pending": 2}
+
+
+truth = {"red": red, "metrics": metrics, "logs": logs, "runtime": runtime}[a.scenario]()
 json.dump(truth, sys.stdout)
 sys.exit(0 if truth.get("flushed") else 3)

@@ -1,0 +1,47 @@
+//! GC pauses from the app's OTLP runtime metrics (the real Python SDK sending jvm.gc.duration with known
+//! values): totals exact, concurrent collector cycles left out.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{sdk_send, Vitals};
+
+#[test]
+fn jvm_gc_duration_becomes_pauses_without_concurrent_cycles() {
+    let v = Vitals::start(&[]);
+    let (grpc, _) = v.otlp_addrs();
+    let truth = sdk_send("grpc", &format!("http://{grpc}"), "runtime", "jvm-app", &[]);
+    let e = v.wait_until(Duration::from_secs(10), "pauses", |e| {
+        e.find("vitals_gc_pauses_total", &[("source", "otlp")])
+            .is_some()
+    });
+    for (collector, v) in truth["pauses"].as_object().unwrap() {
+        let labels = [
+            ("runtime", "jvm"),
+            ("collector", collector.as_str()),
+            ("source", "otlp"),
+        ];
+        let secs = e.get("vitals_gc_pause_seconds_total", &labels).unwrap();
+        assert!(
+            (secs - v[0].as_f64().unwrap()).abs() < 1e-9,
+            "{collector}: {secs}"
+        );
+        assert_eq!(
+            e.get("vitals_gc_pauses_total", &labels),
+            v[1].as_f64(),
+            "{collector}"
+        );
+    }
+    for c in truth["concurrent"].as_array().unwrap() {
+        assert!(
+            e.find(
+                "vitals_gc_pauses_total",
+                &[("collector", c.as_str().unwrap())]
+            )
+            .is_none(),
+            "{c} is not a pause"
+        );
+    }
+    assert_eq!(e.all("vitals_gc_pauses_total").len(), 2);
+}
