@@ -129,25 +129,26 @@ impl Default for PauseSignal {
     }
 }
 
-/// The highest bucket whose count grew between two cumulative histogram readings, as an upper bound of
-/// the longest new observation; a growth only in `+Inf` gives the highest finite bound (a lower bound,
-/// all the buckets can say).
+/// The upper bound of the highest bucket that received new observations between two cumulative
+/// histogram readings: an upper bound of the longest new observation. Cumulative counts grow in every
+/// bucket at and above a new observation, so buckets are compared by their own (non-cumulative) counts.
+/// Growth only in `+Inf` gives the highest finite bound (a lower bound: all the buckets can say).
 pub fn largest_new_bound(before: &[(f64, u64)], after: &[(f64, u64)]) -> Option<f64> {
+    let own = |cum: &[(f64, u64)], i: usize| {
+        cum[i]
+            .1
+            .saturating_sub(if i == 0 { 0 } else { cum[i - 1].1 })
+    };
     let same_bounds =
         before.len() == after.len() && before.iter().zip(after).all(|(a, b)| a.0 == b.0);
-    let grew: Vec<usize> = after
-        .iter()
-        .enumerate()
-        .filter(|(i, (_, c))| {
-            if same_bounds {
-                *c > before[*i].1
-            } else {
-                *c > 0
-            }
-        })
-        .map(|(i, _)| i)
-        .collect();
-    let top = *grew.last()?;
+    let top = (0..after.len()).rev().find(|&i| {
+        let now = own(after, i);
+        if same_bounds {
+            now > own(before, i)
+        } else {
+            now > 0
+        }
+    })?;
     let bound = after[top].0;
     if bound.is_finite() {
         Some(bound)
@@ -422,19 +423,30 @@ mod tests {
 
     #[test]
     fn largest_new_bound_from_bucket_growth() {
-        let before = [(0.01, 5), (0.1, 7), (f64::INFINITY, 7)];
+        let before = [(0.01, 5), (0.1, 7), (10.0, 7), (f64::INFINITY, 7)];
+        // Two new pauses of at most 10 ms: every cumulative bucket grows, the answer is still 0.01.
         assert_eq!(
-            largest_new_bound(&before, &[(0.01, 6), (0.1, 9), (f64::INFINITY, 9)]),
-            Some(0.1)
-        );
-        assert_eq!(
-            largest_new_bound(&before, &[(0.01, 6), (0.1, 7), (f64::INFINITY, 7)]),
+            largest_new_bound(
+                &before,
+                &[(0.01, 7), (0.1, 9), (10.0, 9), (f64::INFINITY, 9)]
+            ),
             Some(0.01)
         );
+        // One new pause between 10 ms and 100 ms.
         assert_eq!(
-            largest_new_bound(&before, &[(0.01, 5), (0.1, 7), (f64::INFINITY, 8)]),
-            Some(0.1),
-            "only +Inf grew"
+            largest_new_bound(
+                &before,
+                &[(0.01, 5), (0.1, 8), (10.0, 8), (f64::INFINITY, 8)]
+            ),
+            Some(0.1)
+        );
+        // One above the last finite bound: all that can be said is "more than 10 s".
+        assert_eq!(
+            largest_new_bound(
+                &before,
+                &[(0.01, 5), (0.1, 7), (10.0, 7), (f64::INFINITY, 8)]
+            ),
+            Some(10.0)
         );
         assert_eq!(largest_new_bound(&before, &before), None);
         assert_eq!(

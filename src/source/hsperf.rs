@@ -367,4 +367,47 @@ mod tests {
         bad[28..32].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(sample(&bad).is_err());
     }
+
+    /// A file captured from a JDK 17 G1 JVM next to the `jstat -gc` output for the same moment.
+    #[test]
+    fn captured_jdk17_file_matches_jstat() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hsperf");
+        let img = std::fs::read(dir.join("jdk17-g1.hsperfdata")).unwrap();
+        let jstat = std::fs::read_to_string(dir.join("jdk17-g1.jstat")).unwrap();
+        let mut lines = jstat.lines();
+        let heads: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+        let vals: Vec<f64> = lines
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .map(|v| v.parse().unwrap())
+            .collect();
+        let col = |h: &str| vals[heads.iter().position(|x| *x == h).unwrap()];
+        let s = sample(&img).unwrap();
+        let hz = s.frequency as f64;
+        let young = s
+            .collectors
+            .iter()
+            .find(|c| c.name.contains("young"))
+            .unwrap();
+        let full = s
+            .collectors
+            .iter()
+            .find(|c| c.name.contains("full"))
+            .unwrap();
+        assert_eq!(young.invocations as f64, col("YGC"));
+        assert_eq!(full.invocations as f64, col("FGC"));
+        assert!((young.time_ticks as f64 / hz - col("YGCT")).abs() <= 0.0005);
+        assert!(s.safepoints.unwrap() > 0);
+        // Every truncation of a real file is an error or a clean parse of fewer entries, never a panic.
+        for cut in (0..img.len()).step_by(97) {
+            let _ = sample(&img[..cut]);
+        }
+        // Flipping bytes anywhere is survived the same way.
+        for at in (0..img.len()).step_by(131) {
+            let mut bad = img.clone();
+            bad[at] ^= 0xff;
+            let _ = sample(&bad);
+        }
+    }
 }
