@@ -458,12 +458,22 @@ pub fn free_port() -> u16 {
 
 /// Starts Prometheus scraping `target` with extra flags (e.g. feature flags).
 pub fn start_prometheus(target: &str, flags: &[&str]) -> Prometheus {
+    start_prometheus_with_rules(target, flags, &[])
+}
+
+/// Starts Prometheus scraping `target` every second and evaluating `rules` every second.
+pub fn start_prometheus_with_rules(target: &str, flags: &[&str], rules: &[&Path]) -> Prometheus {
     let bin = require_tool("prometheus", "apt-get install -y prometheus");
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("prometheus.yml");
+    let rules = rules
+        .iter()
+        .map(|r| format!("'{}'", r.display()))
+        .collect::<Vec<_>>()
+        .join(", ");
     std::fs::write(
         &cfg,
-        format!("global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\nscrape_configs:\n  - job_name: vitals\n    static_configs:\n      - targets: ['{target}']\n"),
+        format!("global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\n  evaluation_interval: 1s\nrule_files: [{rules}]\nscrape_configs:\n  - job_name: vitals\n    static_configs:\n      - targets: ['{target}']\n"),
     )
     .unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
