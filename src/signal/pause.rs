@@ -495,4 +495,59 @@ mod tests {
             .iter()
             .all(|f| f.series.is_empty() || f.name != "vitals_gc_pause_seconds"));
     }
+
+    fn app_with(metrics: Vec<opentelemetry_proto::tonic::metrics::v1::Metric>) -> AppMetrics {
+        use crate::store::app_metrics::AppMetricsConfig;
+        use crate::store::limited::OverflowCounter;
+        use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+        use opentelemetry_proto::tonic::metrics::v1::{ResourceMetrics, ScopeMetrics};
+        let app = AppMetrics::new(AppMetricsConfig { series_limit: 10, family_limit: 10, ttl: Duration::from_secs(60), promote: vec![] }, OverflowCounter::default());
+        let req = ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics { scope_metrics: vec![ScopeMetrics { metrics, ..Default::default() }], ..Default::default() }],
+        };
+        assert_eq!(app.ingest(&req).rejected, 0);
+        app
+    }
+
+    #[test]
+    fn dotnet_counter_and_go_histograms() {
+        use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point, Histogram, HistogramDataPoint, Metric, NumberDataPoint, Sum};
+        let dotnet = Metric {
+            name: "dotnet.gc.pause.time".into(),
+            unit: "s".into(),
+            data: Some(Data::Sum(Sum {
+                data_points: vec![NumberDataPoint { time_unix_nano: 1, value: Some(number_data_point::Value::AsDouble(1.25)), ..Default::default() }],
+                aggregation_temporality: 2,
+                is_monotonic: true,
+            })),
+            ..Default::default()
+        };
+        let go_ns = Metric {
+            name: "process.runtime.go.gc.pause_ns".into(),
+            unit: "ns".into(),
+            data: Some(Data::Histogram(Histogram {
+                data_points: vec![HistogramDataPoint {
+                    count: 4,
+                    sum: Some(2_000_000.0),
+                    bucket_counts: vec![3, 1, 0],
+                    explicit_bounds: vec![100_000.0, 1_000_000.0],
+                    time_unix_nano: 1,
+                    ..Default::default()
+                }],
+                aggregation_temporality: 2,
+            })),
+            ..Default::default()
+        };
+        let p = PauseSignal::new();
+        p.update_from_otlp(&app_with(vec![dotnet, go_ns]), Instant::now());
+        let mut out = vec![];
+        p.collect(&mut out);
+        let time = out.iter().find(|f| f.name == "vitals_gc_pause_seconds").unwrap();
+        let get = |runtime: &str| time.series.iter().find(|s| s.labels[0].1 == runtime).map(|s| s.value.clone());
+        assert_eq!(get("dotnet"), Some(Value::Counter(1.25)));
+        assert_eq!(get("go"), Some(Value::Counter(0.002)), "nanoseconds scaled to seconds");
+        let count = out.iter().find(|f| f.name == "vitals_gc_pauses").unwrap();
+        assert_eq!(count.series.len(), 1, ".NET's pause time has no count");
+        assert_eq!(count.series[0].value, Value::Counter(4.0));
+    }
 }
