@@ -64,8 +64,10 @@ pub enum Command {
     },
 }
 
-/// Options, each also settable by environment variable or config file.
-#[derive(Debug, Args, Default)]
+/// Options, each also settable by environment variable or config file. The YAML file has the same
+/// schema (keys as the long flag names), so a new option is one field here.
+#[derive(Debug, Args, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct Options {
     /// Watch the process with this pid.
     #[arg(long, global = true, env = "VITALS_PID", group = "select")]
@@ -109,6 +111,7 @@ pub struct Options {
     pub otlp_http_addr: Option<SocketAddr>,
     /// Sampling interval, e.g. 1s, 500ms [default: 1s; 100ms..1h].
     #[arg(long, global = true, env = "VITALS_INTERVAL", value_parser = humantime::parse_duration)]
+    #[serde(deserialize_with = "de_duration")]
     pub interval: Option<Duration>,
     /// procfs mount to read [default: /proc].
     #[arg(long, global = true, env = "VITALS_PROC_ROOT", value_name = "PATH")]
@@ -147,6 +150,7 @@ pub struct Options {
     pub series_limit: Option<usize>,
     /// A series from OTLP not updated for this long is dropped [default: 1h].
     #[arg(long, global = true, env = "VITALS_SERIES_TTL", value_parser = humantime::parse_duration)]
+    #[serde(deserialize_with = "de_duration")]
     pub series_ttl: Option<Duration>,
     /// Resource attributes copied as labels onto every app metric series (comma-separated).
     #[arg(
@@ -159,6 +163,7 @@ pub struct Options {
     pub promote_resource_attributes: Option<Vec<String>>,
     /// Memory growth windows, comma-separated [default: 15m,1h,6h].
     #[arg(long, global = true, env = "VITALS_GROWTH_WINDOWS", value_delimiter = ',', value_parser = humantime::parse_duration, value_name = "DURATION,...")]
+    #[serde(deserialize_with = "de_durations")]
     pub growth_windows: Option<Vec<Duration>>,
     /// Growth that counts as a leak when every ready window exceeds it, bytes per hour [default: 10000000].
     #[arg(
@@ -170,35 +175,8 @@ pub struct Options {
     pub leak_threshold_bytes_per_hour: Option<f64>,
     /// YAML configuration file.
     #[arg(long, global = true, env = "VITALS_CONFIG", value_name = "FILE")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
-}
-
-/// The optional YAML file: the same names as the long flags.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct FileConfig {
-    pid: Option<u32>,
-    pid_file: Option<PathBuf>,
-    process: Option<String>,
-    metrics_addr: Option<SocketAddr>,
-    otlp_grpc_addr: Option<SocketAddr>,
-    otlp_http_addr: Option<SocketAddr>,
-    #[serde(default, deserialize_with = "de_duration")]
-    interval: Option<Duration>,
-    proc_root: Option<PathBuf>,
-    cgroup_root: Option<PathBuf>,
-    pss: Option<bool>,
-    log_format: Option<LogFormat>,
-    log_level: Option<String>,
-    otlp_max_request_bytes: Option<usize>,
-    otlp_max_concurrent_requests: Option<usize>,
-    series_limit: Option<usize>,
-    #[serde(default, deserialize_with = "de_duration")]
-    series_ttl: Option<Duration>,
-    promote_resource_attributes: Option<Vec<String>>,
-    #[serde(default, deserialize_with = "de_durations")]
-    growth_windows: Option<Vec<Duration>>,
-    leak_threshold_bytes_per_hour: Option<f64>,
 }
 
 fn de_durations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<Duration>>, D::Error> {
@@ -303,11 +281,11 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
 }
 
 /// Reads and parses the YAML file.
-pub fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
+pub fn load_file(path: &Path) -> Result<Options, ConfigError> {
     let text =
         std::fs::read_to_string(path).map_err(|e| ConfigError::ReadFile(path.to_path_buf(), e))?;
     if text.trim().is_empty() {
-        return Ok(FileConfig::default());
+        return Ok(Options::default());
     }
     serde_yaml::from_str(&text)
         .map_err(|e| ConfigError::ParseFile(path.to_path_buf(), e.to_string()))
@@ -319,7 +297,7 @@ impl Cli {
         let o = self.options;
         let file = match &o.config {
             Some(p) => load_file(p)?,
-            None => FileConfig::default(),
+            None => Options::default(),
         };
         let flag_selected = o.pid.is_some() || o.pid_file.is_some() || o.process.is_some();
         // A selection on the command line or in the environment replaces the file's as a whole.

@@ -4,15 +4,12 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ACCEPT, ALLOW, CONTENT_TYPE};
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -105,36 +102,13 @@ async fn handle(
 
 /// Serves until `shutdown` is cancelled, then lets in-flight requests finish for up to a second.
 pub async fn serve(listener: TcpListener, state: HttpState, shutdown: CancellationToken) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => {
-                let (stream, _) = match accepted {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed on the metrics listener");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let state = state.clone();
-                let svc = service_fn(move |req| handle(state.clone(), req));
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(10))
-                    .serve_connection(TokioIo::new(stream), svc);
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "metrics connection ended with an error");
-                    }
-                });
-            }
-        }
-    }
-    let _ = tokio::time::timeout(Duration::from_millis(900), graceful.shutdown()).await;
+    crate::http_server::serve(
+        listener,
+        "metrics",
+        move |req| handle(state.clone(), req),
+        shutdown,
+    )
+    .await;
 }
 
 /// Binds the metrics listener, naming the address in the error.

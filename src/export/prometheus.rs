@@ -100,17 +100,7 @@ fn encode_family(out: &mut String, fam: &Family, format: Format) {
                         om,
                     );
                 }
-                sample(out, &fam.name, "_sum", &s.labels, None, *sum, None, om);
-                sample(
-                    out,
-                    &fam.name,
-                    "_count",
-                    &s.labels,
-                    None,
-                    *count as f64,
-                    None,
-                    om,
-                );
+                sum_and_count(out, &fam.name, &s.labels, *sum, *count, om);
             }
             Value::Summary {
                 quantiles,
@@ -129,19 +119,34 @@ fn encode_family(out: &mut String, fam: &Family, format: Format) {
                         om,
                     );
                 }
-                sample(out, &fam.name, "_sum", &s.labels, None, *sum, None, om);
-                sample(
-                    out,
-                    &fam.name,
-                    "_count",
-                    &s.labels,
-                    None,
-                    *count as f64,
-                    None,
-                    om,
-                );
+                sum_and_count(out, &fam.name, &s.labels, *sum, *count, om);
             }
         }
+    }
+}
+
+fn sum_and_count(
+    out: &mut String,
+    name: &str,
+    labels: &[(String, String)],
+    sum: f64,
+    count: u64,
+    om: bool,
+) {
+    sample(out, name, "_sum", labels, None, sum, None, om);
+    sample(out, name, "_count", labels, None, count as f64, None, om);
+}
+
+/// Writes `k="v",…` pairs, values escaped.
+fn label_pairs(out: &mut String, labels: &[(String, String)]) {
+    for (i, (k, v)) in labels.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(k);
+        out.push_str("=\"");
+        escape_label_value(out, v);
+        out.push('"');
     }
 }
 
@@ -160,19 +165,9 @@ fn sample(
     out.push_str(suffix);
     if !labels.is_empty() || extra.is_some() {
         out.push('{');
-        let mut first = true;
-        for (k, v) in labels {
-            if !first {
-                out.push(',');
-            }
-            first = false;
-            out.push_str(k);
-            out.push_str("=\"");
-            escape_label_value(out, v);
-            out.push('"');
-        }
+        label_pairs(out, labels);
         if let Some((k, v)) = extra {
-            if !first {
+            if !labels.is_empty() {
                 out.push(',');
             }
             out.push_str(k);
@@ -186,15 +181,7 @@ fn sample(
     write_float(out, value, false);
     if let Some(ex) = exemplar {
         out.push_str(" # {");
-        for (i, (k, v)) in ex.labels.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            out.push_str(k);
-            out.push_str("=\"");
-            escape_label_value(out, v);
-            out.push('"');
-        }
+        label_pairs(out, &ex.labels);
         out.push_str("} ");
         write_float(out, ex.value, false);
         if let Some(ts) = ex.timestamp {

@@ -501,9 +501,23 @@ mod tests {
         use crate::store::limited::OverflowCounter;
         use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
         use opentelemetry_proto::tonic::metrics::v1::{ResourceMetrics, ScopeMetrics};
-        let app = AppMetrics::new(AppMetricsConfig { series_limit: 10, family_limit: 10, ttl: Duration::from_secs(60), promote: vec![] }, OverflowCounter::default());
+        let app = AppMetrics::new(
+            AppMetricsConfig {
+                series_limit: 10,
+                family_limit: 10,
+                ttl: Duration::from_secs(60),
+                promote: vec![],
+            },
+            OverflowCounter::default(),
+        );
         let req = ExportMetricsServiceRequest {
-            resource_metrics: vec![ResourceMetrics { scope_metrics: vec![ScopeMetrics { metrics, ..Default::default() }], ..Default::default() }],
+            resource_metrics: vec![ResourceMetrics {
+                scope_metrics: vec![ScopeMetrics {
+                    metrics,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
         };
         assert_eq!(app.ingest(&req).rejected, 0);
         app
@@ -511,12 +525,19 @@ mod tests {
 
     #[test]
     fn dotnet_counter_and_go_histograms() {
-        use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point, Histogram, HistogramDataPoint, Metric, NumberDataPoint, Sum};
+        use opentelemetry_proto::tonic::metrics::v1::{
+            metric::Data, number_data_point, Histogram, HistogramDataPoint, Metric,
+            NumberDataPoint, Sum,
+        };
         let dotnet = Metric {
             name: "dotnet.gc.pause.time".into(),
             unit: "s".into(),
             data: Some(Data::Sum(Sum {
-                data_points: vec![NumberDataPoint { time_unix_nano: 1, value: Some(number_data_point::Value::AsDouble(1.25)), ..Default::default() }],
+                data_points: vec![NumberDataPoint {
+                    time_unix_nano: 1,
+                    value: Some(number_data_point::Value::AsDouble(1.25)),
+                    ..Default::default()
+                }],
                 aggregation_temporality: 2,
                 is_monotonic: true,
             })),
@@ -542,10 +563,22 @@ mod tests {
         p.update_from_otlp(&app_with(vec![dotnet, go_ns]), Instant::now());
         let mut out = vec![];
         p.collect(&mut out);
-        let time = out.iter().find(|f| f.name == "vitals_gc_pause_seconds").unwrap();
-        let get = |runtime: &str| time.series.iter().find(|s| s.labels[0].1 == runtime).map(|s| s.value.clone());
+        let time = out
+            .iter()
+            .find(|f| f.name == "vitals_gc_pause_seconds")
+            .unwrap();
+        let get = |runtime: &str| {
+            time.series
+                .iter()
+                .find(|s| s.labels[0].1 == runtime)
+                .map(|s| s.value.clone())
+        };
         assert_eq!(get("dotnet"), Some(Value::Counter(1.25)));
-        assert_eq!(get("go"), Some(Value::Counter(0.002)), "nanoseconds scaled to seconds");
+        assert_eq!(
+            get("go"),
+            Some(Value::Counter(0.002)),
+            "nanoseconds scaled to seconds"
+        );
         let count = out.iter().find(|f| f.name == "vitals_gc_pauses").unwrap();
         assert_eq!(count.series.len(), 1, ".NET's pause time has no count");
         assert_eq!(count.series[0].value, Value::Counter(4.0));

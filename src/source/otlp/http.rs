@@ -13,9 +13,7 @@ use hyper::body::Incoming;
 use hyper::header::{
     HeaderValue, ALLOW, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER,
 };
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
 };
@@ -310,30 +308,11 @@ pub fn logs_response(p: Partial) -> ExportLogsServiceResponse {
 
 /// Serves OTLP/HTTP until `shutdown`, letting in-flight requests finish for up to a second.
 pub async fn serve(listener: TcpListener, ingest: Arc<Ingest>, shutdown: CancellationToken) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                };
-                let ingest = ingest.clone();
-                let _ = stream.set_nodelay(true);
-                let svc = service_fn(move |req| handle(ingest.clone(), req));
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(10))
-                    .serve_connection(TokioIo::new(stream), svc);
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "OTLP/HTTP connection ended with an error");
-                    }
-                });
-            }
-        }
-    }
-    let _ = tokio::time::timeout(Duration::from_millis(900), graceful.shutdown()).await;
+    crate::http_server::serve(
+        listener,
+        "otlp-http",
+        move |req| handle(ingest.clone(), req),
+        shutdown,
+    )
+    .await;
 }
