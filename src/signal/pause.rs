@@ -497,19 +497,9 @@ mod tests {
     }
 
     fn app_with(metrics: Vec<opentelemetry_proto::tonic::metrics::v1::Metric>) -> AppMetrics {
-        use crate::store::app_metrics::AppMetricsConfig;
-        use crate::store::limited::OverflowCounter;
         use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
         use opentelemetry_proto::tonic::metrics::v1::{ResourceMetrics, ScopeMetrics};
-        let app = AppMetrics::new(
-            AppMetricsConfig {
-                series_limit: 10,
-                family_limit: 10,
-                ttl: Duration::from_secs(60),
-                promote: vec![],
-            },
-            OverflowCounter::default(),
-        );
+        let app = AppMetrics::for_tests(10);
         let req = ExportMetricsServiceRequest {
             resource_metrics: vec![ResourceMetrics {
                 scope_metrics: vec![ScopeMetrics {

@@ -313,22 +313,11 @@ impl Collector for PoolSignal {
 mod tests {
     use super::*;
     use crate::source::procfs::Stat;
-    use crate::store::app_metrics::AppMetricsConfig;
-    use crate::store::limited::OverflowCounter;
-    use std::time::Duration;
 
     #[test]
     fn process_and_cgroup_pools() {
         let sig = PoolSignal::new();
-        let app = AppMetrics::new(
-            AppMetricsConfig {
-                series_limit: 10,
-                family_limit: 10,
-                ttl: Duration::from_secs(60),
-                promote: vec![],
-            },
-            OverflowCounter::default(),
-        );
+        let app = AppMetrics::for_tests(10);
         let proc = ProcSample {
             stat: Some(Stat {
                 num_threads: 30,

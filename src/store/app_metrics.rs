@@ -361,6 +361,18 @@ impl AppMetrics {
         }
     }
 
+    /// A store for unit tests: `limit` series and names, one-minute expiry, nothing promoted.
+    #[cfg(test)]
+    pub(crate) fn for_tests(limit: usize) -> Self {
+        let cfg = AppMetricsConfig {
+            series_limit: limit,
+            family_limit: limit,
+            ttl: Duration::from_secs(60),
+            promote: vec![],
+        };
+        AppMetrics::new(cfg, OverflowCounter::default())
+    }
+
     /// Applies one export request.
     pub fn ingest(&self, req: &ExportMetricsServiceRequest) -> IngestOutcome {
         let now = Instant::now();
@@ -503,84 +515,87 @@ impl AppMetrics {
             out.accepted += 1;
         };
         let is_delta = |t: i32| t == AggregationTemporality::Delta as i32;
+        let no_value = || "number point has no value".to_owned();
+        let number_state =
+            |dp: &NumberDataPoint| number(dp).map(State::Number).ok_or_else(no_value);
+        let histogram = |r: Result<Vec<(f64, u64)>, String>, sum: Option<f64>, count: u64| {
+            r.map(|buckets| State::Histogram {
+                buckets,
+                sum: sum.unwrap_or(0.0),
+                count,
+            })
+        };
         match data {
-            Data::Gauge(g) => {
-                for dp in &g.data_points {
-                    let v = number(dp)
-                        .map(State::Number)
-                        .ok_or_else(|| "number point has no value".to_owned());
-                    apply(
-                        &dp.attributes,
-                        dp.flags,
-                        dp.start_time_unix_nano,
-                        dp.time_unix_nano,
-                        false,
-                        v,
-                    );
-                }
-            }
-            Data::Sum(s) => {
-                for dp in &s.data_points {
-                    let v = number(dp)
-                        .map(State::Number)
-                        .ok_or_else(|| "number point has no value".to_owned());
-                    apply(
-                        &dp.attributes,
-                        dp.flags,
-                        dp.start_time_unix_nano,
-                        dp.time_unix_nano,
-                        is_delta(s.aggregation_temporality),
-                        v,
-                    );
-                }
-            }
-            Data::Histogram(h) => {
-                for dp in &h.data_points {
-                    let v = explicit_buckets(dp).map(|buckets| State::Histogram {
-                        buckets,
-                        sum: dp.sum.unwrap_or(0.0),
-                        count: dp.count,
-                    });
-                    apply(
-                        &dp.attributes,
-                        dp.flags,
-                        dp.start_time_unix_nano,
-                        dp.time_unix_nano,
-                        is_delta(h.aggregation_temporality),
-                        v,
-                    );
-                }
-            }
-            Data::ExponentialHistogram(h) => {
-                for dp in &h.data_points {
-                    let v = exponential_buckets(dp).map(|buckets| State::Histogram {
-                        buckets,
-                        sum: dp.sum.unwrap_or(0.0),
-                        count: dp.count,
-                    });
-                    apply(
-                        &dp.attributes,
-                        dp.flags,
-                        dp.start_time_unix_nano,
-                        dp.time_unix_nano,
-                        is_delta(h.aggregation_temporality),
-                        v,
-                    );
-                }
-            }
-            Data::Summary(s) => {
-                for dp in &s.data_points {
-                    apply(
-                        &dp.attributes,
-                        dp.flags,
-                        dp.start_time_unix_nano,
-                        dp.time_unix_nano,
-                        false,
-                        Ok(summary_state(dp)),
-                    );
-                }
-            }
+            Data::Gauge(g) => for_points(&g.data_points, false, number_state, &mut apply),
+            Data::Sum(s) => for_points(
+                &s.data_points,
+                is_delta(s.aggregation_temporality),
+                number_state,
+                &mut apply,
+            ),
+            Data::Histogram(h) => for_points(
+                &h.data_points,
+                is_delta(h.aggregation_temporality),
+                |dp| histogram(explicit_buckets(dp), dp.sum, dp.count),
+                &mut apply,
+            ),
+            Data::ExponentialHistogram(h) => for_points(
+                &h.data_points,
+                is_delta(h.aggregation_temporality),
+                |dp| histogram(exponential_buckets(dp), dp.sum, dp.count),
+                &mut apply,
+            ),
+            Data::Summary(s) => for_points(
+                &s.data_points,
+                false,
+                |dp| Ok(summary_state(dp)),
+                &mut apply,
+            ),
         }
+    }
+}
+
+/// The fields every OTLP data point type shares.
+trait DataPoint {
+    fn attributes(&self) -> &[KeyValue];
+    fn flags(&self) -> u32;
+    fn start(&self) -> u64;
+    fn time(&self) -> u64;
+}
+
+macro_rules! data_point {
+    ($($t:ty),*) => {$(
+        impl DataPoint for $t {
+            fn attributes(&self) -> &[KeyValue] { &self.attributes }
+            fn flags(&self) -> u32 { self.flags }
+            fn start(&self) -> u64 { self.start_time_unix_nano }
+            fn time(&self) -> u64 { self.time_unix_nano }
+        }
+    )*};
+}
+data_point!(
+    NumberDataPoint,
+    HistogramDataPoint,
+    ExponentialHistogramDataPoint,
+    SummaryDataPoint
+);
+
+/// Applies each point's state (or its reason for being unusable) to its series.
+fn for_points<P: DataPoint>(
+    points: &[P],
+    delta: bool,
+    state: impl Fn(&P) -> Result<State, String>,
+    apply: &mut impl FnMut(&[KeyValue], u32, u64, u64, bool, Result<State, String>),
+) {
+    for dp in points {
+        apply(
+            dp.attributes(),
+            dp.flags(),
+            dp.start(),
+            dp.time(),
+            delta,
+            state(dp),
+        );
     }
 }
 
