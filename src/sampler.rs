@@ -14,7 +14,7 @@ use crate::signal::{Derived, TickInputs};
 use crate::source::cgroup::{locate, CgroupReader, CgroupRoots, CgroupSample};
 use crate::source::hsperf::{self, HsperfReader, JvmSample};
 use crate::source::procfs::{read_comm, ProcReader, ProcSample, PssPolicy};
-use crate::source::sockets::{listen_sockets, socket_inodes, somaxconn, ListenSocket};
+use crate::source::sockets::{listen_sockets, socket_inodes, somaxconn, ListenSocket, SockDiag};
 use crate::store::app_metrics::AppMetrics;
 use crate::store::target::{KernelUnits, TargetInfo, TargetStore};
 use crate::target::{detect_runtime, search, Selector, TargetId};
@@ -37,6 +37,8 @@ pub struct Sampler {
     last_search_error: Option<String>,
     threads_max: Option<u64>,
     somaxconn: u32,
+    /// Kept open; None where netlink is not allowed (then procfs and somaxconn are used).
+    sock_diag: Option<SockDiag>,
 }
 
 struct Attached {
@@ -89,6 +91,7 @@ impl Sampler {
         Sampler {
             selector,
             somaxconn: somaxconn(&proc_root),
+            sock_diag: SockDiag::open().ok(),
             proc_root,
             cgroup_roots,
             pss,
@@ -186,7 +189,13 @@ impl Sampler {
             }
         }
         if !a.inodes.is_empty() {
-            r.listen = listen_sockets(&self.proc_root, a.id.pid, &a.inodes, self.somaxconn);
+            r.listen = listen_sockets(
+                self.sock_diag.as_mut(),
+                &self.proc_root,
+                a.id.pid,
+                &a.inodes,
+                self.somaxconn,
+            );
         }
         true
     }

@@ -85,88 +85,127 @@ const NLMSG_DONE: u16 = 3;
 const TCP_LISTEN: u32 = 10;
 const IPPROTO_TCP: u8 = 6;
 
-/// LISTEN sockets of one address family from sock_diag: (port, rqueue, backlog, inode).
-fn diag_dump(family: u8) -> std::io::Result<Vec<(u16, u32, u32, u64)>> {
-    let fd = socket(
-        AddressFamily::Netlink,
-        SockType::Datagram,
-        SockFlag::SOCK_CLOEXEC,
-        SockProtocol::NetlinkSockDiag,
-    )?;
-    // nlmsghdr (16) + inet_diag_req_v2 (56).
-    let mut req = Vec::with_capacity(72);
-    req.extend_from_slice(&72u32.to_ne_bytes());
-    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    req.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    req.extend_from_slice(&1u32.to_ne_bytes());
-    req.extend_from_slice(&0u32.to_ne_bytes());
-    req.extend_from_slice(&[family, IPPROTO_TCP, 0, 0]);
-    req.extend_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
-    req.extend_from_slice(&[0u8; 48]);
-    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
-    sendto(raw, &req, &NetlinkAddr::new(0, 0), MsgFlags::empty())?;
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 32 * 1024];
-    // A dump ends with NLMSG_DONE; a bounded number of reads keeps a misbehaving kernel from looping us.
-    for _ in 0..1024 {
-        let n = recv(raw, &mut buf, MsgFlags::empty())?;
-        let mut off = 0;
-        while off + 16 <= n {
-            let len = u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap_or([0; 4])) as usize;
-            let ty = u16::from_ne_bytes(buf[off + 4..off + 6].try_into().unwrap_or([0; 2]));
-            if len < 16 || off + len > n {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    "short netlink message",
-                ));
-            }
-            match ty {
-                NLMSG_DONE => return Ok(out),
-                NLMSG_ERROR => return Err(std::io::Error::other("sock_diag answered an error")),
-                SOCK_DIAG_BY_FAMILY if len >= 16 + 72 => {
-                    let m = &buf[off + 16..off + len];
-                    // inet_diag_msg: family, state, timer, retrans, id{sport(be16) dport src[16] dst[16] if cookie[8]},
-                    // expires, rqueue, wqueue, uid, inode.
-                    let port = u16::from_be_bytes([m[4], m[5]]);
-                    let word =
-                        |at: usize| u32::from_ne_bytes(m[at..at + 4].try_into().unwrap_or([0; 4]));
-                    out.push((port, word(56), word(60), word(68) as u64));
-                }
-                _ => {}
-            }
-            off += len.div_ceil(4) * 4;
-        }
-    }
-    Ok(out)
+/// A sock_diag netlink socket kept open between ticks.
+pub struct SockDiag {
+    fd: std::os::fd::OwnedFd,
+    buf: Vec<u8>,
+    /// Address families in which the target had listeners at the last full check.
+    families: [bool; 2],
+    checks: u64,
 }
 
-/// The target's listening sockets. `inodes` are the target's socket inodes.
+impl SockDiag {
+    /// Opens the netlink socket.
+    pub fn open() -> std::io::Result<Self> {
+        let fd = socket(
+            AddressFamily::Netlink,
+            SockType::Datagram,
+            SockFlag::SOCK_CLOEXEC,
+            SockProtocol::NetlinkSockDiag,
+        )?;
+        Ok(SockDiag {
+            fd,
+            buf: vec![0u8; 32 * 1024],
+            families: [true, true],
+            checks: 0,
+        })
+    }
+
+    /// LISTEN sockets of one address family: (port, rqueue, backlog, inode).
+    fn dump(&mut self, family: u8, out: &mut Vec<(u16, u32, u32, u64)>) -> std::io::Result<()> {
+        // nlmsghdr (16) + inet_diag_req_v2 (56).
+        let mut req = [0u8; 72];
+        req[0..4].copy_from_slice(&72u32.to_ne_bytes());
+        req[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+        req[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+        req[8..12].copy_from_slice(&1u32.to_ne_bytes());
+        req[16] = family;
+        req[17] = IPPROTO_TCP;
+        req[20..24].copy_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&self.fd);
+        sendto(raw, &req, &NetlinkAddr::new(0, 0), MsgFlags::empty())?;
+        let buf = &mut self.buf;
+        // A dump ends with NLMSG_DONE; a bounded number of reads keeps a misbehaving kernel from looping us.
+        for _ in 0..1024 {
+            let n = recv(raw, buf, MsgFlags::empty())?;
+            let mut off = 0;
+            while off + 16 <= n {
+                let len =
+                    u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap_or([0; 4])) as usize;
+                let ty = u16::from_ne_bytes(buf[off + 4..off + 6].try_into().unwrap_or([0; 2]));
+                if len < 16 || off + len > n {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "short netlink message",
+                    ));
+                }
+                match ty {
+                    NLMSG_DONE => return Ok(()),
+                    NLMSG_ERROR => {
+                        return Err(std::io::Error::other("sock_diag answered an error"))
+                    }
+                    SOCK_DIAG_BY_FAMILY if len >= 16 + 72 => {
+                        let m = &buf[off + 16..off + len];
+                        // inet_diag_msg: family, state, timer, retrans, id{sport(be16) dport src[16] dst[16] if
+                        // cookie[8]}, expires, rqueue, wqueue, uid, inode.
+                        let port = u16::from_be_bytes([m[4], m[5]]);
+                        let word = |at: usize| {
+                            u32::from_ne_bytes(m[at..at + 4].try_into().unwrap_or([0; 4]))
+                        };
+                        out.push((port, word(56), word(60), word(68) as u64));
+                    }
+                    _ => {}
+                }
+                off += len.div_ceil(4) * 4;
+            }
+        }
+        Ok(())
+    }
+
+    /// The listeners among `inodes`. Every tenth call asks both address families; in between only the
+    /// families the target listened in at the last full check.
+    pub fn listeners(&mut self, inodes: &HashSet<u64>) -> std::io::Result<Vec<ListenSocket>> {
+        let full = self.checks % 10 == 0;
+        self.checks += 1;
+        let mut out = Vec::new();
+        let mut rows = Vec::new();
+        for (i, family) in [libc_af::INET, libc_af::INET6].into_iter().enumerate() {
+            if !(full || self.families[i]) {
+                continue;
+            }
+            rows.clear();
+            self.dump(family, &mut rows)?;
+            let before = out.len();
+            out.extend(rows.iter().filter(|r| inodes.contains(&r.3)).map(
+                |&(port, queue, backlog, inode)| ListenSocket {
+                    port,
+                    queue,
+                    backlog,
+                    source: BacklogSource::Netlink,
+                    inode,
+                },
+            ));
+            if full {
+                self.families[i] = out.len() > before;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The target's listening sockets: from sock_diag when `diag` is available, else from
+/// /proc/PID/net/tcp{,6} with somaxconn as the (upper-bound) backlog. `inodes` are the target's sockets.
 pub fn listen_sockets(
+    diag: Option<&mut SockDiag>,
     proc_root: &Path,
     pid: u32,
     inodes: &HashSet<u64>,
     somaxconn: u32,
 ) -> Vec<ListenSocket> {
-    let from_diag: Option<Vec<(u16, u32, u32, u64)>> =
-        match (diag_dump(libc_af::INET), diag_dump(libc_af::INET6)) {
-            (Ok(mut a), Ok(b)) => {
-                a.extend(b);
-                Some(a)
-            }
-            _ => None,
-        };
-    if let Some(rows) = from_diag {
-        return rows
-            .into_iter()
-            .filter(|r| inodes.contains(&r.3))
-            .map(|(port, queue, backlog, inode)| ListenSocket {
-                port,
-                queue,
-                backlog,
-                source: BacklogSource::Netlink,
-                inode,
-            })
-            .collect();
+    if let Some(d) = diag {
+        if let Ok(found) = d.listeners(inodes) {
+            return found;
+        }
     }
     let mut out = Vec::new();
     for table in ["tcp", "tcp6"] {
@@ -220,11 +259,37 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let inodes = socket_inodes(Path::new("/proc"), std::process::id()).unwrap();
-        let found = listen_sockets(Path::new("/proc"), std::process::id(), &inodes, 4096);
+        let mut diag = SockDiag::open().unwrap();
+        let found = listen_sockets(
+            Some(&mut diag),
+            Path::new("/proc"),
+            std::process::id(),
+            &inodes,
+            4096,
+        );
         let s = found.iter().find(|s| s.port == port).expect("own listener");
         assert_eq!(s.queue, 0);
         assert_eq!(s.source, BacklogSource::Netlink);
         // std's TcpListener asks for a backlog of 128 (capped by somaxconn).
         assert_eq!(s.backlog, 128.min(somaxconn(Path::new("/proc"))));
+        // Between full checks only the family with listeners is asked; the answer is the same.
+        let again = listen_sockets(
+            Some(&mut diag),
+            Path::new("/proc"),
+            std::process::id(),
+            &inodes,
+            4096,
+        );
+        assert!(again.iter().any(|s| s.port == port));
+        // Without netlink: procfs, and somaxconn as the upper bound.
+        let fallback = listen_sockets(None, Path::new("/proc"), std::process::id(), &inodes, 4096);
+        let s = fallback
+            .iter()
+            .find(|s| s.port == port)
+            .expect("own listener from procfs");
+        assert_eq!(
+            (s.queue, s.backlog, s.source),
+            (0, 4096, BacklogSource::Somaxconn)
+        );
     }
 }
