@@ -335,6 +335,8 @@ pub struct ProcReader {
     io: Option<KeptFile>,
     limits: Option<KeptFile>,
     fd_count_by_size: bool,
+    /// /proc/PID/fd, built once: the tick allocates no path.
+    fd_dir: PathBuf,
     threads: HashMap<u32, (KeptFile, u64)>,
     exited_wait_ns: u64,
     ticks: u64,
@@ -371,6 +373,7 @@ impl ProcReader {
             pid,
             io: KeptFile::open(dir.join("io")).ok(),
             limits: KeptFile::open(dir.join("limits")).ok(),
+            fd_dir: dir.join("fd"),
             dir,
             stat,
             status,
@@ -472,12 +475,12 @@ impl ProcReader {
     }
 
     fn count_fds(&mut self) -> io::Result<u64> {
-        let path = self.dir.join("fd");
+        let path = &self.fd_dir;
         if self.fd_count_by_size {
-            return std::fs::metadata(&path).map(|m| m.len());
+            return std::fs::metadata(path).map(|m| m.len());
         }
         let mut n = 0u64;
-        for entry in std::fs::read_dir(&path)? {
+        for entry in std::fs::read_dir(path)? {
             entry?;
             n += 1;
         }
