@@ -31,16 +31,10 @@ fn run(transport: &str) {
     ]);
     let total = truth["count"].as_f64().unwrap();
     let e = v.wait_until(Duration::from_secs(10), "all spans", |e| {
-        e.all("vitals_request_duration_seconds_count")
-            .iter()
-            .filter(|s| {
-                s.labels
-                    .iter()
-                    .any(|(k, v)| k == "service" && *v == service)
-            })
-            .map(|s| s.value)
-            .sum::<f64>()
-            == total
+        e.sum(
+            "vitals_request_duration_seconds_count",
+            &[("service", &service)],
+        ) == total
     });
     for (key, n) in truth["requests"].as_object().unwrap() {
         let parts: Vec<&str> = key.split('|').collect();

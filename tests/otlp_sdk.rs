@@ -11,16 +11,10 @@ fn check_red(v: &Vitals, service: &str, truth: &serde_json::Value) {
     let requests = truth["requests"].as_object().unwrap();
     let total: u64 = requests.values().map(|n| n.as_u64().unwrap()).sum();
     let e = v.wait_until(Duration::from_secs(10), "all spans", |e| {
-        e.all("vitals_request_duration_seconds_count")
-            .iter()
-            .filter(|s| {
-                s.labels
-                    .iter()
-                    .any(|(k, val)| k == "service" && val == service)
-            })
-            .map(|s| s.value as u64)
-            .sum::<u64>()
-            == total
+        e.sum(
+            "vitals_request_duration_seconds_count",
+            &[("service", service)],
+        ) == total as f64
     });
     for (key, n) in requests {
         let (route, outcome) = key.split_once('|').unwrap();
@@ -47,13 +41,10 @@ fn check_red(v: &Vitals, service: &str, truth: &serde_json::Value) {
             .iter()
             .map(|d| d.as_f64().unwrap())
             .sum();
-        let got: f64 = e
-            .all("vitals_request_duration_seconds_sum")
-            .iter()
-            .filter(|s| s.labels.iter().any(|(k, v)| k == "service" && v == service))
-            .filter(|s| s.labels.iter().any(|(k, v)| k == "operation" && v == route))
-            .map(|s| s.value)
-            .sum();
+        let got = e.sum(
+            "vitals_request_duration_seconds_sum",
+            &[("service", service), ("operation", route)],
+        );
         assert!((got - want).abs() < 1e-6, "{route}: sum {got} vs {want}");
         // Bucket placement: le=0.1 counts exactly the spans of at most 0.1 s.
         let at_most: usize = durs
@@ -62,14 +53,10 @@ fn check_red(v: &Vitals, service: &str, truth: &serde_json::Value) {
             .iter()
             .filter(|d| d.as_f64().unwrap() <= 0.1)
             .count();
-        let got: f64 = e
-            .all("vitals_request_duration_seconds_bucket")
-            .iter()
-            .filter(|s| s.labels.iter().any(|(k, v)| k == "service" && v == service))
-            .filter(|s| s.labels.iter().any(|(k, v)| k == "operation" && v == route))
-            .filter(|s| s.labels.iter().any(|(k, v)| k == "le" && v == "0.1"))
-            .map(|s| s.value)
-            .sum();
+        let got = e.sum(
+            "vitals_request_duration_seconds_bucket",
+            &[("service", service), ("operation", route), ("le", "0.1")],
+        );
         assert_eq!(got as usize, at_most, "{route}: le=0.1");
     }
 }

@@ -193,6 +193,16 @@ pub struct Sample {
     pub value: f64,
 }
 
+impl Sample {
+    /// True for a sample of `name` whose labels include every pair of `labels`.
+    pub fn matches(&self, name: &str, labels: &[(&str, &str)]) -> bool {
+        self.name == name
+            && labels
+                .iter()
+                .all(|(k, v)| self.labels.iter().any(|(lk, lv)| lk == k && lv == v))
+    }
+}
+
 /// A parsed exposition (text format).
 #[derive(Debug, Clone)]
 pub struct Exposition {
@@ -223,12 +233,16 @@ impl Exposition {
 
     /// The sample of `name` whose labels include every pair of `labels`.
     pub fn find(&self, name: &str, labels: &[(&str, &str)]) -> Option<&Sample> {
-        self.samples.iter().find(|s| {
-            s.name == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| s.labels.iter().any(|(lk, lv)| lk == k && lv == v))
-        })
+        self.samples.iter().find(|s| s.matches(name, labels))
+    }
+
+    /// The sum over every sample of `name` whose labels include every pair of `labels`.
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.samples
+            .iter()
+            .filter(|s| s.matches(name, labels))
+            .map(|s| s.value)
+            .sum()
     }
 
     /// Every sample of `name`.
