@@ -40,6 +40,12 @@ async fn bind_named(
 
 /// Runs vitals until SIGTERM/SIGINT (or, in `run` mode, until the child exits). Returns the exit code.
 pub async fn run(config: Config) -> anyhow::Result<i32> {
+    // Handlers first: from here on SIGTERM/SIGINT/SIGHUP/SIGQUIT never kill vitals, so a signal that
+    // arrives while the child is being started is forwarded instead of orphaning the child.
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    let mut sigquit = signal(SignalKind::quit())?;
     let (hz, page_size) = kernel_units();
     let boot_time = read_boot_time(&config.proc_root)
         .map_err(|e| anyhow::anyhow!("--proc-root {}: {e}", config.proc_root.display()))?;
@@ -101,17 +107,29 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
     };
     let ingest = Arc::new(Ingest::new(limits, red, app_metrics, logs, otlp_stats));
     let app_metrics = app_metrics_for_signals;
-    let grpc_listener = bind_named(config.otlp_grpc_addr, "--otlp-grpc-addr").await?;
-    let http_listener = bind_named(config.otlp_http_addr, "--otlp-http-addr").await?;
-    let grpc_addr = grpc_listener.local_addr()?;
-    let http_addr = http_listener.local_addr()?;
-    tracing::info!(grpc = %grpc_addr, http = %http_addr, "OTLP receiver listening");
-    let otlp_grpc = tokio::spawn(otlp::grpc::serve(
-        grpc_listener,
-        ingest.clone(),
-        shutdown.clone(),
-    ));
-    let otlp_http = tokio::spawn(otlp::http::serve(http_listener, ingest, shutdown.clone()));
+    let grpc_listener = match config.otlp_grpc_addr {
+        Some(a) => Some(bind_named(a, "--otlp-grpc-addr").await?),
+        None => None,
+    };
+    let http_listener = match config.otlp_http_addr {
+        Some(a) => Some(bind_named(a, "--otlp-http-addr").await?),
+        None => None,
+    };
+    let grpc_addr = grpc_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    let http_addr = http_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    let shown = |a: Option<std::net::SocketAddr>| a.map_or("off".to_owned(), |a| a.to_string());
+    tracing::info!(grpc = %shown(grpc_addr), http = %shown(http_addr), "OTLP receiver listening");
+    let mut receivers = Vec::new();
+    if let Some(l) = grpc_listener {
+        receivers.push(tokio::spawn(otlp::grpc::serve(
+            l,
+            ingest.clone(),
+            shutdown.clone(),
+        )));
+    }
+    if let Some(l) = http_listener {
+        receivers.push(tokio::spawn(otlp::http::serve(l, ingest, shutdown.clone())));
+    }
 
     let mut child = None;
     let selector = match &config.target {
@@ -120,13 +138,34 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
         Some(TargetSpec::PidFile(f)) => Some(Selector::PidFile(f.clone())),
         Some(TargetSpec::Process(re)) => Some(Selector::Process(re.clone())),
         Some(TargetSpec::Run { command, protocol }) => {
-            let env = run::otlp_env(grpc_addr, http_addr, *protocol);
-            let c = run::spawn(command, &env)?;
+            let env = match (protocol, grpc_addr, http_addr) {
+                (run::ChildProtocol::Grpc, Some(grpc), _) => run::otlp_env(grpc, grpc, *protocol),
+                (run::ChildProtocol::HttpProtobuf, _, Some(http)) => {
+                    run::otlp_env(http, http, *protocol)
+                }
+                _ => {
+                    tracing::warn!(
+                        protocol = ?protocol,
+                        "the receiver for the child's OTLP protocol is off; the child's OTEL_EXPORTER_OTLP_* \
+                         variables are left as they are"
+                    );
+                    Vec::new()
+                }
+            };
+            let terminal = run::in_terminal();
+            let c = match run::spawn(command, &env, terminal) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    shutdown.cancel();
+                    return Ok(e.exit_code);
+                }
+            };
             let pid = c
                 .id()
                 .ok_or_else(|| anyhow::anyhow!("child exited before its pid was known"))?;
-            tracing::info!(pid, command = ?command, "started child");
-            child = Some(c);
+            tracing::info!(pid, command = ?command, terminal, "started child");
+            child = Some((c, terminal));
             Some(Selector::Child(pid))
         }
     };
@@ -157,32 +196,17 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
     let sampler = Sampler::new(selector, roots, config.pss.then(PssPolicy::default), parts);
     let sampler_task = Some(tokio::spawn(sampler.run(config.interval, shutdown.clone())));
 
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sighup = signal(SignalKind::hangup())?;
-    let mut sigquit = signal(SignalKind::quit())?;
     let code = match child.as_mut() {
-        Some(c) => {
-            let pid = c.id().unwrap_or(0);
-            loop {
-                tokio::select! {
-                    status = c.wait() => {
-                        let code = match status {
-                            Ok(s) => run::exit_code(s),
-                            Err(e) => {
-                                tracing::error!(error = %e, "lost track of the child");
-                                1
-                            }
-                        };
-                        tracing::info!(code, "child exited");
-                        break code;
-                    }
-                    _ = sigterm.recv() => run::forward(pid, Signal::SIGTERM),
-                    _ = sigint.recv() => run::forward(pid, Signal::SIGINT),
-                    _ = sighup.recv() => run::forward(pid, Signal::SIGHUP),
-                    _ = sigquit.recv() => run::forward(pid, Signal::SIGQUIT),
-                }
-            }
+        Some((c, terminal)) => {
+            wait_for_child(
+                c,
+                *terminal,
+                &mut sigterm,
+                &mut sigint,
+                &mut sighup,
+                &mut sigquit,
+            )
+            .await
         }
         None => {
             tokio::select! {
@@ -195,8 +219,9 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
     shutdown.cancel();
     let stop = async {
         let _ = http.await;
-        let _ = otlp_grpc.await;
-        let _ = otlp_http.await;
+        for r in receivers {
+            let _ = r.await;
+        }
         if let Some(t) = sampler_task {
             let _ = t.await;
         }
@@ -208,4 +233,63 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
         tracing::warn!("tasks did not stop within 1s; exiting anyway");
     }
     Ok(code)
+}
+
+/// How long a child may ignore a forwarded signal before vitals says so again.
+const CHILD_STILL_RUNNING_NOTICE: Duration = Duration::from_secs(10);
+
+/// Waits for the child, forwarding signals, and returns its exit code. In a terminal, SIGINT and SIGQUIT
+/// come from the keyboard and the terminal already delivered them to the child (same process group), so
+/// they are not sent twice; vitals survives them and keeps waiting.
+async fn wait_for_child(
+    c: &mut tokio::process::Child,
+    terminal: bool,
+    sigterm: &mut tokio::signal::unix::Signal,
+    sigint: &mut tokio::signal::unix::Signal,
+    sighup: &mut tokio::signal::unix::Signal,
+    sigquit: &mut tokio::signal::unix::Signal,
+) -> i32 {
+    let pid = c.id().unwrap_or(0);
+    let mut forwarded_at: Option<tokio::time::Instant> = None;
+    loop {
+        let notice = async {
+            match forwarded_at {
+                Some(t) => tokio::time::sleep_until(t + CHILD_STILL_RUNNING_NOTICE).await,
+                None => std::future::pending().await,
+            }
+        };
+        let sent = tokio::select! {
+            status = c.wait() => {
+                let code = match status {
+                    Ok(s) => run::exit_code(s),
+                    Err(e) => {
+                        tracing::error!(error = %e, "lost track of the child");
+                        1
+                    }
+                };
+                tracing::info!(code, "child exited; vitals exits with its code");
+                return code;
+            }
+            _ = notice => {
+                tracing::warn!(pid, "the child is still running {}s after the forwarded signal; \
+                    vitals waits for it (send SIGKILL to pid {pid} to force it)",
+                    CHILD_STILL_RUNNING_NOTICE.as_secs());
+                forwarded_at = None;
+                continue;
+            }
+            _ = sigterm.recv() => Signal::SIGTERM,
+            _ = sighup.recv() => Signal::SIGHUP,
+            _ = sigint.recv() => Signal::SIGINT,
+            _ = sigquit.recv() => Signal::SIGQUIT,
+        };
+        if terminal && matches!(sent, Signal::SIGINT | Signal::SIGQUIT) {
+            tracing::info!(
+                signal = sent.as_str(),
+                "the terminal sent this to the child as well; waiting for it to exit"
+            );
+        } else {
+            run::forward(pid, sent);
+        }
+        forwarded_at = Some(tokio::time::Instant::now());
+    }
 }

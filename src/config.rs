@@ -1,11 +1,13 @@
 //! Configuration from flags, `VITALS_*` environment variables and an optional YAML file, in that order of
 //! precedence, validated with messages that name the flag or field at fault.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
 use crate::target::run::ChildProtocol;
@@ -13,6 +15,9 @@ use crate::target::run::ChildProtocol;
 /// Default `/metrics` port: outside Prometheus' exporter port allocations (9100-9999 are all taken) and
 /// apart from 4317/4318 (OTLP) and 9464 (the OpenTelemetry Prometheus exporter).
 pub const DEFAULT_METRICS_PORT: u16 = 19464;
+
+/// Log levels `--log-level` accepts on their own; anything else must be a `target=level` directive.
+pub const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -28,8 +33,9 @@ pub enum LogFormat {
 #[derive(Debug, Parser)]
 #[command(name = "vitals", version, about, long_about = None, after_help = "\
 Target selection: give one of --pid, --pid-file or --process, or use `vitals run -- CMD ARGS...`.
-Every option can also be set as VITALS_<NAME> (e.g. VITALS_METRICS_ADDR) or in the --config YAML file
-(keys as the long flag names, e.g. `metrics-addr: 0.0.0.0:19464`). Flags win over the environment, which
+
+Every option can also be set as VITALS_<NAME> (e.g. VITALS_METRICS_ADDR) or in the --config YAML file \
+(keys as the long flag names, e.g. `metrics-addr: 0.0.0.0:19464`). Flags win over the environment, which \
 wins over the file.")]
 pub struct Cli {
     /// Run mode.
@@ -38,6 +44,9 @@ pub struct Cli {
     /// Options shared by every mode.
     #[command(flatten)]
     pub options: Options,
+    /// Where each option given on the command line or in the environment came from (see [`Cli::parse_from_env`]).
+    #[arg(skip)]
+    pub sources: HashMap<String, ValueSource>,
 }
 
 /// Subcommands.
@@ -45,14 +54,6 @@ pub struct Cli {
 pub enum Command {
     /// Start CMD as the target, with its OpenTelemetry SDK pointed at vitals; exit with its status.
     Run {
-        /// OTLP protocol the child's SDK is told to use.
-        #[arg(
-            long,
-            value_enum,
-            env = "VITALS_CHILD_OTLP_PROTOCOL",
-            default_value = "http/protobuf"
-        )]
-        child_otlp_protocol: ChildProtocol,
         /// The command and its arguments.
         #[arg(
             required = true,
@@ -90,25 +91,34 @@ pub struct Options {
         value_name = "REGEX"
     )]
     pub process: Option<String>,
-    /// Address of /metrics, /healthz and /readyz [default: 0.0.0.0:19464].
-    #[arg(long, global = true, env = "VITALS_METRICS_ADDR", value_name = "ADDR")]
+    /// Address of /, /metrics, /healthz and /readyz; HOST:PORT, a host name binds its first address
+    /// [default: 0.0.0.0:19464; 127.0.0.1:19464 in `run` mode].
+    #[arg(long, global = true, env = "VITALS_METRICS_ADDR", value_name = "ADDR", value_parser = parse_listen_addr)]
+    #[serde(deserialize_with = "de_listen_addr")]
     pub metrics_addr: Option<SocketAddr>,
-    /// OTLP/gRPC receiver address [default: 127.0.0.1:4317].
+    /// OTLP/gRPC receiver address, or `off` [default: 127.0.0.1:4317].
     #[arg(
         long,
         global = true,
         env = "VITALS_OTLP_GRPC_ADDR",
-        value_name = "ADDR"
+        value_name = "ADDR|off",
+        value_parser = parse_receiver_addr
     )]
-    pub otlp_grpc_addr: Option<SocketAddr>,
-    /// OTLP/HTTP receiver address [default: 127.0.0.1:4318].
+    #[serde(deserialize_with = "de_receiver_addr")]
+    pub otlp_grpc_addr: Option<ReceiverAddr>,
+    /// OTLP/HTTP receiver address, or `off` [default: 127.0.0.1:4318].
     #[arg(
         long,
         global = true,
         env = "VITALS_OTLP_HTTP_ADDR",
-        value_name = "ADDR"
+        value_name = "ADDR|off",
+        value_parser = parse_receiver_addr
     )]
-    pub otlp_http_addr: Option<SocketAddr>,
+    #[serde(deserialize_with = "de_receiver_addr")]
+    pub otlp_http_addr: Option<ReceiverAddr>,
+    /// `run` mode: OTLP protocol the child's SDK is told to use [default: http/protobuf].
+    #[arg(long, global = true, value_enum, env = "VITALS_CHILD_OTLP_PROTOCOL")]
+    pub child_otlp_protocol: Option<ChildProtocol>,
     /// Sampling interval, e.g. 1s, 500ms [default: 1s; 100ms..1h].
     #[arg(long, global = true, env = "VITALS_INTERVAL", value_parser = humantime::parse_duration)]
     #[serde(deserialize_with = "de_duration")]
@@ -119,16 +129,21 @@ pub struct Options {
     /// Host cgroup mount, used when the target's own view is not reachable [default: /sys/fs/cgroup].
     #[arg(long, global = true, env = "VITALS_CGROUP_ROOT", value_name = "PATH")]
     pub cgroup_root: Option<PathBuf>,
-    /// Read smaps_rollup for PSS (at most every 30 s, backing off when slow; it stalls the target's
-    /// memory map for ~10 ms per GiB of RSS).
+    /// Read smaps_rollup for PSS: at most every 30 s, backing off when slow, because it holds the target's
+    /// memory map lock for ~10 ms per GiB of RSS.
     #[arg(long, global = true, env = "VITALS_PSS", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub pss: Option<bool>,
     /// Log format [default: text].
     #[arg(long, global = true, env = "VITALS_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
-    /// Log level or tracing filter [default: info].
+    /// Log level (trace, debug, info, warn, error, off) or tracing directives such as
+    /// `warn,vitals::sampler=debug` [default: info].
     #[arg(long, global = true, env = "VITALS_LOG_LEVEL", value_name = "FILTER")]
     pub log_level: Option<String>,
+    /// Write vitals' own log lines to this file (appended) instead of stderr. Without it, `run` mode marks
+    /// each text line on stderr with `[vitals] ` so it stands apart from the child's output.
+    #[arg(long, global = true, env = "VITALS_LOG_FILE", value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
     /// Largest OTLP request accepted, in bytes after decompression [default: 4194304 (4 MiB)].
     #[arg(
         long,
@@ -194,7 +209,83 @@ fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration
     let s = String::deserialize(d)?;
     humantime::parse_duration(&s)
         .map(Some)
-        .map_err(|e| serde::de::Error::custom(format!("interval {s:?}: {e}")))
+        .map_err(|e| serde::de::Error::custom(format!("duration {s:?}: {e}")))
+}
+
+/// A receiver's listen address, or `off` for no receiver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReceiverAddr {
+    /// Not started.
+    Off,
+    /// Listen here.
+    At(SocketAddr),
+}
+
+/// Parses HOST:PORT; a host name is resolved and its first address used (`localhost:19464` binds
+/// whichever of 127.0.0.1 and ::1 the resolver lists first).
+pub fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if !s.contains(':') {
+        return Err(format!("{s:?} is not HOST:PORT (e.g. 127.0.0.1:19464)"));
+    }
+    let mut addrs = s
+        .to_socket_addrs()
+        .map_err(|e| format!("{s:?} is not HOST:PORT with a known host: {e}"))?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("{s:?}: the host name has no address"))
+}
+
+/// Parses a receiver address: `off` or HOST:PORT as in [`parse_listen_addr`].
+pub fn parse_receiver_addr(s: &str) -> Result<ReceiverAddr, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(ReceiverAddr::Off);
+    }
+    parse_listen_addr(s).map(ReceiverAddr::At)
+}
+
+fn de_listen_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_listen_addr(&s)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+fn de_receiver_addr<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<ReceiverAddr>, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_receiver_addr(&s)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+/// Checks a `--log-level` value: a bare word must be one of [`LOG_LEVELS`] (so `warning` or `inf` is an
+/// error rather than a filter for a target of that name, which would silence every log line); other
+/// directives are `target=level` or span filters, checked by the tracing filter parser.
+pub fn check_log_level(filter: &str) -> Result<(), String> {
+    let valid_level = |l: &str| LOG_LEVELS.contains(&l.to_ascii_lowercase().as_str());
+    for directive in filter.split(',').map(str::trim) {
+        if directive.is_empty() {
+            continue;
+        }
+        let level = match directive.rsplit_once('=') {
+            Some((_, level)) => level,
+            None if directive.contains('[') => continue,
+            None => directive,
+        };
+        if !valid_level(level) {
+            return Err(format!(
+                "{directive:?} is not a log level; use one of {} or target=level directives",
+                LOG_LEVELS.join(", ")
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(filter)
+        .map(|_| ())
+        .map_err(|e| format!("{filter:?}: {e}"))
 }
 
 /// How the target is chosen, before the child is spawned.
@@ -222,10 +313,10 @@ pub struct Config {
     pub target: Option<TargetSpec>,
     /// /metrics address.
     pub metrics_addr: SocketAddr,
-    /// OTLP/gRPC address.
-    pub otlp_grpc_addr: SocketAddr,
-    /// OTLP/HTTP address.
-    pub otlp_http_addr: SocketAddr,
+    /// OTLP/gRPC address; None when turned off.
+    pub otlp_grpc_addr: Option<SocketAddr>,
+    /// OTLP/HTTP address; None when turned off.
+    pub otlp_http_addr: Option<SocketAddr>,
     /// Sampling interval.
     pub interval: Duration,
     /// procfs root.
@@ -236,8 +327,10 @@ pub struct Config {
     pub pss: bool,
     /// Log format.
     pub log_format: LogFormat,
-    /// Log filter.
+    /// Log filter, checked by [`check_log_level`].
     pub log_level: String,
+    /// Log file; None for stderr.
+    pub log_file: Option<PathBuf>,
     /// OTLP request size limit after decompression.
     pub otlp_max_request_bytes: usize,
     /// OTLP requests decoded at once.
@@ -254,29 +347,55 @@ pub struct Config {
     pub leak_threshold: f64,
 }
 
-/// A configuration that cannot be used. Each message names the flag or file field.
+/// A configuration that cannot be used. Each message names where the bad value came from: the flag, the
+/// environment variable or the config file and field.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The config file could not be read.
-    #[error("--config {0}: {1}")]
+    #[error("config file {0}: {1}")]
     ReadFile(PathBuf, std::io::Error),
-    /// The config file is not valid YAML for vitals.
-    #[error("--config {0}: {1}")]
+    /// The config file is not valid YAML for vitals; the message names the field when one is at fault.
+    #[error("config file {0}: {1}")]
     ParseFile(PathBuf, String),
     /// A value is out of range.
-    #[error("{field}: {reason}")]
+    #[error("{origin}: {reason}")]
     Invalid {
-        /// Flag or field name.
-        field: &'static str,
+        /// Where the value came from, e.g. `--interval`, `environment variable VITALS_INTERVAL` or
+        /// `config file /etc/vitals.yaml: field interval`.
+        origin: String,
         /// What is wrong and what to do.
         reason: String,
     },
 }
 
-fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+fn invalid(origin: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
-        field,
+        origin: origin.into(),
         reason: reason.into(),
+    }
+}
+
+/// Names the source of an option's value for error messages.
+struct Origins<'a> {
+    sources: &'a HashMap<String, ValueSource>,
+    file: Option<&'a Path>,
+}
+
+impl Origins<'_> {
+    /// `id` is the option's field name (`metrics_addr`); `from_cli` says whether the flag or its variable
+    /// gave the value (else the file did, or the default).
+    fn name(&self, id: &str, from_cli: bool) -> String {
+        let long = id.replace('_', "-");
+        if from_cli {
+            if self.sources.get(id) == Some(&ValueSource::EnvVariable) {
+                return format!("environment variable VITALS_{}", id.to_ascii_uppercase());
+            }
+            return format!("--{long}");
+        }
+        match self.file {
+            Some(f) => format!("config file {}: field {long}", f.display()),
+            None => format!("--{long}"),
+        }
     }
 }
 
@@ -287,17 +406,58 @@ pub fn load_file(path: &Path) -> Result<Options, ConfigError> {
     if text.trim().is_empty() {
         return Ok(Options::default());
     }
-    serde_yaml::from_str(&text)
-        .map_err(|e| ConfigError::ParseFile(path.to_path_buf(), e.to_string()))
+    let whole_file_error = match serde_yaml::from_str(&text) {
+        Ok(options) => return Ok(options),
+        Err(e) => e.to_string(),
+    };
+    // serde reports a bad value without its key: find the first key that fails on its own.
+    let bad_field = serde_yaml::from_str::<serde_yaml::Mapping>(&text)
+        .ok()
+        .and_then(|map| {
+            map.into_iter().find_map(|(key, value)| {
+                let mut one = serde_yaml::Mapping::new();
+                one.insert(key.clone(), value);
+                let e = serde_yaml::from_value::<Options>(serde_yaml::Value::Mapping(one)).err()?;
+                let key = key
+                    .as_str()
+                    .map_or_else(|| format!("{key:?}"), str::to_owned);
+                Some(format!("field {key}: {e}"))
+            })
+        });
+    Err(ConfigError::ParseFile(
+        path.to_path_buf(),
+        bad_field.unwrap_or(whole_file_error),
+    ))
 }
 
 impl Cli {
+    /// Parses `args` (the first is the program name) and records where each value came from, so errors
+    /// can name the environment variable rather than the flag. A value clap itself rejects from a
+    /// `VITALS_*` variable is reported under the variable's name.
+    pub fn parse_from_env<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+        let matches = Cli::command()
+            .try_get_matches_from(args.iter().cloned())
+            .map_err(|e| name_env_in_error(e, &args))?;
+        let mut cli = Cli::from_arg_matches(&matches)?;
+        cli.sources = value_sources(&matches);
+        Ok(cli)
+    }
+
     /// Merges flags/env (already in `self`) over the file over defaults, and validates.
     pub fn resolve(self) -> Result<Config, ConfigError> {
         let o = self.options;
         let file = match &o.config {
             Some(p) => load_file(p)?,
             None => Options::default(),
+        };
+        let origins = Origins {
+            sources: &self.sources,
+            file: o.config.as_deref(),
         };
         let flag_selected = o.pid.is_some() || o.pid_file.is_some() || o.process.is_some();
         // A selection on the command line or in the environment replaces the file's as a whole.
@@ -311,98 +471,130 @@ impl Cli {
             .filter(|b| **b)
             .count();
         if chosen > 1 {
+            let place = if flag_selected {
+                "pid/pid-file/process".to_owned()
+            } else {
+                origins.name("pid/pid-file/process", false)
+            };
             return Err(invalid(
-                "pid/pid-file/process",
+                place,
                 "give only one of --pid, --pid-file and --process",
             ));
         }
         let mut target = match (pid, pid_file, process) {
-            (Some(0), _, _) => return Err(invalid("--pid", "0 is not a process id")),
+            (Some(0), _, _) => {
+                return Err(invalid(
+                    origins.name("pid", flag_selected),
+                    "0 is not a process id",
+                ))
+            }
             (Some(p), _, _) => Some(TargetSpec::Pid(p)),
             (_, Some(f), _) => Some(TargetSpec::PidFile(f)),
-            (_, _, Some(re)) => Some(TargetSpec::Process(
-                regex::Regex::new(&re)
-                    .map_err(|e| invalid("--process", format!("not a valid regex: {e}")))?,
-            )),
+            (_, _, Some(re)) => Some(TargetSpec::Process(regex::Regex::new(&re).map_err(
+                |e| {
+                    invalid(
+                        origins.name("process", flag_selected),
+                        format!("not a valid regex: {e}"),
+                    )
+                },
+            )?)),
             _ => None,
         };
-        if let Some(Command::Run {
-            command,
-            child_otlp_protocol,
-        }) = self.command
-        {
+        let protocol = o
+            .child_otlp_protocol
+            .or(file.child_otlp_protocol)
+            .unwrap_or(ChildProtocol::HttpProtobuf);
+        if let Some(Command::Run { command }) = self.command {
             if target.is_some() {
                 return Err(invalid(
                     "run",
-                    "`vitals run` watches its own child; drop --pid, --pid-file and --process",
+                    "`vitals run` watches its own child; drop --pid, --pid-file and --process \
+                     (and pid, pid-file, process from the config file and VITALS_* variables)",
                 ));
             }
-            target = Some(TargetSpec::Run {
-                command,
-                protocol: child_otlp_protocol,
-            });
+            target = Some(TargetSpec::Run { command, protocol });
         }
-        let interval = o
-            .interval
-            .or(file.interval)
-            .unwrap_or(Duration::from_secs(1));
+        let run_mode = matches!(target, Some(TargetSpec::Run { .. }));
+        let interval = o.interval.or(file.interval);
+        let interval_from = origins.name("interval", o.interval.is_some());
+        let interval = interval.unwrap_or(Duration::from_secs(1));
         if interval < Duration::from_millis(100) || interval > Duration::from_secs(3600) {
             return Err(invalid(
-                "--interval",
+                interval_from,
                 format!(
                     "{} is outside 100ms..1h",
                     humantime::format_duration(interval)
                 ),
             ));
         }
+        // In `run` mode vitals usually runs on a workstation: keep /metrics off the network unless asked.
+        let default_metrics_ip = if run_mode {
+            [127, 0, 0, 1]
+        } else {
+            [0, 0, 0, 0]
+        };
+        let metrics_from = origins.name("metrics_addr", o.metrics_addr.is_some());
         let metrics_addr = o
             .metrics_addr
             .or(file.metrics_addr)
-            .unwrap_or(SocketAddr::from(([0, 0, 0, 0], DEFAULT_METRICS_PORT)));
-        let otlp_grpc_addr = o
-            .otlp_grpc_addr
-            .or(file.otlp_grpc_addr)
-            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 4317)));
-        let otlp_http_addr = o
-            .otlp_http_addr
-            .or(file.otlp_http_addr)
-            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 4318)));
+            .unwrap_or(SocketAddr::from((default_metrics_ip, DEFAULT_METRICS_PORT)));
+        let receiver = |v: Option<ReceiverAddr>, port: u16| match v {
+            Some(ReceiverAddr::Off) => None,
+            Some(ReceiverAddr::At(a)) => Some(a),
+            None => Some(SocketAddr::from(([127, 0, 0, 1], port))),
+        };
+        let otlp_grpc_addr = receiver(o.otlp_grpc_addr.or(file.otlp_grpc_addr), 4317);
+        let otlp_http_addr = receiver(o.otlp_http_addr.or(file.otlp_http_addr), 4318);
         if metrics_addr.port() != 0
-            && (metrics_addr == otlp_grpc_addr || metrics_addr == otlp_http_addr)
+            && (Some(metrics_addr) == otlp_grpc_addr || Some(metrics_addr) == otlp_http_addr)
         {
             return Err(invalid(
-                "--metrics-addr",
+                metrics_from,
                 format!("{metrics_addr} is also an OTLP receiver address"),
             ));
         }
+        let from_cli = o.otlp_max_request_bytes.is_some();
         let otlp_max_request_bytes = o
             .otlp_max_request_bytes
             .or(file.otlp_max_request_bytes)
             .unwrap_or(4 << 20);
         if !(1024..=256 << 20).contains(&otlp_max_request_bytes) {
             return Err(invalid(
-                "--otlp-max-request-bytes",
+                origins.name("otlp_max_request_bytes", from_cli),
                 format!("{otlp_max_request_bytes} is outside 1 KiB..256 MiB"),
             ));
         }
+        let from_cli = o.otlp_max_concurrent_requests.is_some();
         let otlp_max_concurrent_requests = o
             .otlp_max_concurrent_requests
             .or(file.otlp_max_concurrent_requests)
             .unwrap_or(8);
         if !(1..=1024).contains(&otlp_max_concurrent_requests) {
-            return Err(invalid("--otlp-max-concurrent-requests", "must be 1..1024"));
+            return Err(invalid(
+                origins.name("otlp_max_concurrent_requests", from_cli),
+                "must be 1..1024",
+            ));
         }
+        let from_cli = o.series_limit.is_some();
         let series_limit = o.series_limit.or(file.series_limit).unwrap_or(2000);
         if !(1..=1_000_000).contains(&series_limit) {
-            return Err(invalid("--series-limit", "must be 1..1000000"));
+            return Err(invalid(
+                origins.name("series_limit", from_cli),
+                "must be 1..1000000",
+            ));
         }
+        let from_cli = o.series_ttl.is_some();
         let series_ttl = o
             .series_ttl
             .or(file.series_ttl)
             .unwrap_or(Duration::from_secs(3600));
         if series_ttl < Duration::from_secs(1) {
-            return Err(invalid("--series-ttl", "must be at least 1s"));
+            return Err(invalid(
+                origins.name("series_ttl", from_cli),
+                "must be at least 1s",
+            ));
         }
+        let from_cli = o.growth_windows.is_some();
         let growth_windows = o.growth_windows.or(file.growth_windows).unwrap_or_else(|| {
             vec![
                 Duration::from_secs(900),
@@ -417,20 +609,27 @@ impl Cli {
                 .any(|w| *w < Duration::from_secs(10) || *w > Duration::from_secs(7 * 86400))
         {
             return Err(invalid(
-                "--growth-windows",
+                origins.name("growth_windows", from_cli),
                 "give 1 to 6 windows, each 10s..7d",
             ));
         }
+        let from_cli = o.leak_threshold_bytes_per_hour.is_some();
         let per_hour = o
             .leak_threshold_bytes_per_hour
             .or(file.leak_threshold_bytes_per_hour)
             .unwrap_or(10e6);
         if !(per_hour.is_finite() && per_hour > 0.0) {
             return Err(invalid(
-                "--leak-threshold-bytes-per-hour",
+                origins.name("leak_threshold_bytes_per_hour", from_cli),
                 "must be a positive number",
             ));
         }
+        let from_cli = o.log_level.is_some();
+        let log_level = o
+            .log_level
+            .or(file.log_level)
+            .unwrap_or_else(|| "info".to_owned());
+        check_log_level(&log_level).map_err(|e| invalid(origins.name("log_level", from_cli), e))?;
         Ok(Config {
             growth_windows,
             leak_threshold: per_hour / 3600.0,
@@ -457,11 +656,63 @@ impl Cli {
                 .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup")),
             pss: o.pss.or(file.pss).unwrap_or(false),
             log_format: o.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
-            log_level: o
-                .log_level
-                .or(file.log_level)
-                .unwrap_or_else(|| "info".to_owned()),
+            log_level,
+            log_file: o.log_file.or(file.log_file),
         })
+    }
+}
+
+/// Where each option in `matches` came from (command line or environment), by field name.
+fn value_sources(matches: &ArgMatches) -> HashMap<String, ValueSource> {
+    let mut sources = HashMap::new();
+    for id in matches.ids() {
+        if let Some(src) = matches.value_source(id.as_str()) {
+            sources.insert(id.as_str().to_owned(), src);
+        }
+    }
+    sources
+}
+
+/// Rewrites clap's "invalid value for '--interval <INTERVAL>'" when the value came from `VITALS_INTERVAL`
+/// rather than the command line, so the user looks in the right place.
+fn name_env_in_error(e: clap::Error, args: &[std::ffi::OsString]) -> clap::Error {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(
+        e.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        return e;
+    }
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else {
+        return e;
+    };
+    let Some(long) = arg
+        .split_whitespace()
+        .next()
+        .and_then(|a| a.strip_prefix("--"))
+    else {
+        return e;
+    };
+    let on_command_line = args.iter().any(|a| {
+        a.to_str()
+            .is_some_and(|a| a == format!("--{long}") || a.starts_with(&format!("--{long}=")))
+    });
+    let var = format!("VITALS_{}", long.replace('-', "_").to_ascii_uppercase());
+    match std::env::var(&var) {
+        Ok(value) if !on_command_line => {
+            let reason = std::error::Error::source(&e)
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "not accepted".to_owned());
+            let valid = match e.get(ContextKind::ValidValue) {
+                Some(v) => format!(" (possible values: {v})"),
+                None => String::new(),
+            };
+            clap::Error::raw(
+                ErrorKind::ValueValidation,
+                format!("environment variable {var}: invalid value {value:?}: {reason}{valid}\n"),
+            )
+        }
+        _ => e,
     }
 }
 
@@ -470,7 +721,7 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Config, String> {
-        let cli = Cli::try_parse_from(std::iter::once("vitals").chain(args.iter().copied()))
+        let cli = Cli::parse_from_env(std::iter::once("vitals").chain(args.iter().copied()))
             .map_err(|e| e.to_string())?;
         cli.resolve().map_err(|e| e.to_string())
     }
@@ -480,7 +731,7 @@ mod tests {
         let c = parse(&["--pid", "42"]).unwrap();
         assert!(matches!(c.target, Some(TargetSpec::Pid(42))));
         assert_eq!(c.metrics_addr.to_string(), "0.0.0.0:19464");
-        assert_eq!(c.otlp_grpc_addr.to_string(), "127.0.0.1:4317");
+        assert_eq!(c.otlp_grpc_addr, Some("127.0.0.1:4317".parse().unwrap()));
         assert_eq!(c.interval, Duration::from_secs(1));
         assert!(!c.pss);
     }
@@ -496,8 +747,63 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(c.interval, Duration::from_millis(500));
+        assert_eq!(
+            c.metrics_addr.to_string(),
+            "127.0.0.1:19464",
+            "run mode keeps /metrics on loopback by default"
+        );
         let c = parse(&["run", "--metrics-addr", "127.0.0.1:1", "--", "true"]).unwrap();
         assert_eq!(c.metrics_addr.to_string(), "127.0.0.1:1");
+        let c = parse(&["run", "--child-otlp-protocol", "grpc", "--", "true"]).unwrap();
+        assert!(matches!(
+            c.target,
+            Some(TargetSpec::Run {
+                protocol: ChildProtocol::Grpc,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn host_names_and_off() {
+        let c = parse(&[
+            "--metrics-addr",
+            "localhost:0",
+            "--otlp-grpc-addr",
+            "off",
+            "--otlp-http-addr",
+            "OFF",
+        ])
+        .unwrap();
+        assert!(c.metrics_addr.ip().is_loopback(), "{}", c.metrics_addr);
+        assert_eq!(c.otlp_grpc_addr, None);
+        assert_eq!(c.otlp_http_addr, None);
+        let e = parse(&["--metrics-addr", "19464"]).unwrap_err();
+        assert!(
+            e.contains("--metrics-addr") && e.contains("HOST:PORT"),
+            "{e}"
+        );
+        let e = parse(&["--metrics-addr", "no-such-host.invalid:1"]).unwrap_err();
+        assert!(e.contains("--metrics-addr"), "{e}");
+    }
+
+    #[test]
+    fn log_levels() {
+        for ok in [
+            "info",
+            "WARN",
+            "off",
+            "warn,vitals::sampler=debug",
+            "vitals=trace",
+        ] {
+            check_log_level(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for bad in ["warning", "inf", "vitals=loud", "info,verbose"] {
+            let e = check_log_level(bad).unwrap_err();
+            assert!(e.contains("not a log level"), "{bad}: {e}");
+        }
+        let e = parse(&["--log-level", "warning"]).unwrap_err();
+        assert!(e.starts_with("--log-level: "), "{e}");
     }
 
     #[test]
@@ -554,7 +860,35 @@ mod tests {
         assert!(e.contains("intervl") && e.contains("vitals.yaml"), "{e}");
         std::fs::write(&f, "interval: whenever\n").unwrap();
         let e = parse(&["--config", f.to_str().unwrap()]).unwrap_err();
-        assert!(e.contains("interval"), "{e}");
+        assert!(
+            e.starts_with(&format!("config file {}: field interval: ", f.display())),
+            "{e}"
+        );
+        std::fs::write(&f, "interval: 10ms\n").unwrap();
+        let e = parse(&["--config", f.to_str().unwrap()]).unwrap_err();
+        assert_eq!(
+            e,
+            format!(
+                "config file {}: field interval: 10ms is outside 100ms..1h",
+                f.display()
+            )
+        );
+        std::fs::write(&f, "log-level: inf\n").unwrap();
+        let e = parse(&["--config", f.to_str().unwrap()]).unwrap_err();
+        assert!(
+            e.contains("field log-level") && e.contains("\"inf\""),
+            "{e}"
+        );
+        std::fs::write(&f, "child-otlp-protocol: grpc\notlp-http-addr: 'off'\n").unwrap();
+        let c = parse(&["--config", f.to_str().unwrap(), "run", "--", "true"]).unwrap();
+        assert!(matches!(
+            c.target,
+            Some(TargetSpec::Run {
+                protocol: ChildProtocol::Grpc,
+                ..
+            })
+        ));
+        assert_eq!(c.otlp_http_addr, None);
         let e = parse(&["--config", "/nonexistent/v.yaml"]).unwrap_err();
         assert!(e.contains("/nonexistent/v.yaml"), "{e}");
     }

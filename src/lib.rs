@@ -10,6 +10,7 @@ pub mod app;
 pub mod config;
 pub mod export;
 pub mod http_server;
+pub mod logging;
 pub mod sampler;
 pub mod signal;
 pub mod source;

@@ -1,35 +1,37 @@
-//! The `vitals` command line: parse flags, build the configuration, start the runtime, map exit codes
-//! (2 for a bad flag or config file, the child's code in `run` mode).
+//! The `vitals` command line: parse flags, build the configuration, set up logging, start the runtime,
+//! map exit codes (2 for a bad flag, variable or config file; the child's code in `run` mode).
 
-use clap::Parser;
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
-use vitals::config::{Cli, LogFormat};
+use vitals::config::{Cli, Config, LogFormat, TargetSpec};
+use vitals::logging::{print_error, LogSink};
+
+/// Marks vitals' own lines on a stderr it shares with its child.
+const RUN_MODE_PREFIX: &str = "[vitals] ";
 
 fn main() {
-    let cli = Cli::parse();
+    // Rust's runtime already ignores SIGPIPE, so a closed stdout/stderr shows up as EPIPE on write, which
+    // every write below ignores; children get the default disposition back when they are spawned.
+    let cli = match Cli::parse_from_env(std::env::args_os()) {
+        Ok(c) => c,
+        Err(e) => {
+            // Help and version go to stdout with code 0; errors to stderr with code 2.
+            let _ = e.print();
+            std::process::exit(e.exit_code());
+        }
+    };
     let config = match cli.resolve() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {e}");
+            print_error(&e.to_string());
             std::process::exit(2);
         }
     };
-    let filter = match EnvFilter::try_new(&config.log_level) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("error: --log-level {:?}: {e}", config.log_level);
-            std::process::exit(2);
-        }
-    };
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
-    match config.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+    if let Err(e) = init_logging(&config) {
+        print_error(&e);
+        std::process::exit(2);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -38,7 +40,7 @@ fn main() {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            print_error(&format!("cannot start the async runtime: {e}"));
             std::process::exit(1);
         }
     };
@@ -51,4 +53,31 @@ fn main() {
     };
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     std::process::exit(code);
+}
+
+/// Installs the log subscriber: level filter, text or JSON, stderr or `--log-file`, colour only on a
+/// terminal and never when `NO_COLOR` is set (https://no-color.org).
+fn init_logging(config: &Config) -> Result<(), String> {
+    let filter = EnvFilter::try_new(&config.log_level)
+        .map_err(|e| format!("--log-level {:?}: {e}", config.log_level))?;
+    let run_mode = matches!(config.target, Some(TargetSpec::Run { .. }));
+    let sink = match &config.log_file {
+        Some(path) => LogSink::file(path)?,
+        None if run_mode && config.log_format == LogFormat::Text => LogSink::Stderr {
+            prefix: RUN_MODE_PREFIX,
+        },
+        None => LogSink::Stderr { prefix: "" },
+    };
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let ansi = config.log_file.is_none() && std::io::stderr().is_terminal() && !no_color;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(sink)
+        .with_ansi(ansi)
+        .log_internal_errors(false);
+    match config.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+    Ok(())
 }

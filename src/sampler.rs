@@ -117,7 +117,12 @@ impl Sampler {
             }
             if self.attached.is_some() && !self.sample_attached(&mut r) {
                 let pid = self.attached.as_ref().map(|a| a.id.pid).unwrap_or(0);
-                tracing::info!(pid, "target exited; searching again");
+                if matches!(self.selector, Some(Selector::Child(_))) {
+                    // `run` mode: vitals itself exits with the child's status; there is nothing to find.
+                    tracing::debug!(pid, "child exited");
+                } else {
+                    tracing::info!(pid, "target exited; searching again");
+                }
                 self.attached = None;
                 self.store.detach();
                 self.derived.target_changed();

@@ -1,5 +1,10 @@
 //! `vitals run -- CMD ARGS…`: spawn the target as a child whose OpenTelemetry SDK exports to vitals' own
-//! receiver, forward termination signals to it, and exit with its status.
+//! receiver, forward signals to it, and exit with its status, like `env` or `timeout --foreground`.
+//!
+//! In a terminal the child stays in vitals' process group, which is the terminal's foreground group: it
+//! can read the terminal, and Ctrl-C, Ctrl-\\, Ctrl-Z and window-size changes reach it directly, as if it
+//! had been started without vitals. Without a terminal it gets its own process group and vitals forwards
+//! what it receives.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::ExitStatus;
@@ -78,33 +83,85 @@ pub fn otlp_env(
     env
 }
 
-/// Spawns `command` with `env` added, in its own process group so a terminal's Ctrl-C reaches it once,
-/// through vitals, rather than twice.
+/// Exit code when the command does not exist (as `env`, `timeout` and shells use).
+pub const EXIT_NOT_FOUND: i32 = 127;
+/// Exit code when the command exists but cannot be executed.
+pub const EXIT_NOT_EXECUTABLE: i32 = 126;
+
+/// The child could not be started.
+#[derive(Debug, thiserror::Error)]
+#[error("vitals run: cannot start {program:?}: {reason}")]
+pub struct SpawnError {
+    /// The command as given.
+    pub program: String,
+    /// What went wrong and what to do.
+    pub reason: String,
+    /// The exit code vitals reports: 127 not found, 126 not executable, 1 otherwise.
+    pub exit_code: i32,
+}
+
+/// Whether the child shares vitals' terminal: stdin is a terminal, so the child must stay in the
+/// terminal's foreground process group to read it and to receive its signals.
+pub fn in_terminal() -> bool {
+    std::io::IsTerminal::is_terminal(&std::io::stdin())
+}
+
+/// Spawns `command` with `env` added. With `terminal` the child stays in vitals' process group (see the
+/// module documentation); otherwise it gets its own, so a signal vitals forwards reaches it once.
 pub fn spawn(
     command: &[String],
     env: &[(String, String)],
-) -> std::io::Result<tokio::process::Child> {
-    let (prog, args) = command.split_first().ok_or_else(|| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "vitals run needs a command after --",
-        )
-    })?;
+    terminal: bool,
+) -> Result<tokio::process::Child, SpawnError> {
+    let Some((prog, args)) = command.split_first() else {
+        return Err(SpawnError {
+            program: String::new(),
+            reason: "no command after `--`".into(),
+            exit_code: 2,
+        });
+    };
     let mut cmd = tokio::process::Command::new(prog);
     cmd.args(args)
         .envs(env.iter().map(|(k, v)| (k, v)))
-        .process_group(0)
         .kill_on_drop(false);
-    cmd.spawn()
-        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot start {prog:?}: {e}")))
+    if !terminal {
+        cmd.process_group(0);
+    }
+    cmd.spawn().map_err(|e| {
+        let (exit_code, reason) = match (e.kind(), e.raw_os_error()) {
+            (std::io::ErrorKind::NotFound, _) => {
+                (EXIT_NOT_FOUND, format!("{e}; check the name and PATH"))
+            }
+            (std::io::ErrorKind::PermissionDenied, _) => (
+                EXIT_NOT_EXECUTABLE,
+                format!("{e}; is it executable (chmod +x) and on a filesystem mounted with exec?"),
+            ),
+            (_, Some(code)) if code == nix::errno::Errno::ENOEXEC as i32 => (
+                EXIT_NOT_EXECUTABLE,
+                format!("{e}; a script needs a #! line"),
+            ),
+            _ => (1, e.to_string()),
+        };
+        SpawnError {
+            program: prog.clone(),
+            reason,
+            exit_code,
+        }
+    })
 }
 
-/// Sends `signal` to the child; a child that already exited is not an error.
+/// Sends `signal` to the child and logs it; a child that already exited is not an error.
 pub fn forward(pid: u32, signal: Signal) {
     let Ok(pid) = i32::try_from(pid) else { return };
-    if let Err(e) = kill(Pid::from_raw(pid), signal) {
-        if e != nix::errno::Errno::ESRCH {
-            tracing::warn!(%pid, ?signal, error = %e, "could not forward signal to child");
+    match kill(Pid::from_raw(pid), signal) {
+        Ok(()) => tracing::info!(
+            pid,
+            signal = signal.as_str(),
+            "forwarded signal to the child; vitals exits when the child does, with its status"
+        ),
+        Err(nix::errno::Errno::ESRCH) => {}
+        Err(e) => {
+            tracing::warn!(pid, signal = signal.as_str(), error = %e, "could not forward signal to the child")
         }
     }
 }
