@@ -1,7 +1,6 @@
 //! Wiring for the binary: build the store, start the sampler and the HTTP server, handle signals and, in
 //! `run` mode, the child's lifetime. Returns the process exit code.
 
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +23,7 @@ use crate::store::limited::OverflowCounter;
 use crate::store::logs::LogCounts;
 use crate::store::target::{KernelUnits, TargetStore};
 use crate::store::Registry;
+use crate::target::status::TargetStatus;
 use crate::target::{run, Selector};
 
 /// Distinct app metric names kept; a runaway app cannot create families without bound.
@@ -60,7 +60,7 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
     let store = Arc::new(TargetStore::new(units));
     registry.register(store.clone());
     registry.register(stats.clone());
-    let ready = Arc::new(AtomicBool::new(false));
+    let status = Arc::new(TargetStatus::default());
     let shutdown = CancellationToken::new();
 
     let listener = bind(config.metrics_addr).await?;
@@ -69,7 +69,7 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
         listener,
         HttpState {
             registry: registry.clone(),
-            ready: ready.clone(),
+            status: status.clone(),
         },
         shutdown.clone(),
     ));
@@ -188,7 +188,7 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
     let parts = SamplerParts {
         store: store.clone(),
         stats: stats.clone(),
-        ready: ready.clone(),
+        status: status.clone(),
         derived,
         app: app_metrics,
         units,

@@ -3,9 +3,8 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
@@ -17,7 +16,11 @@ use crate::source::procfs::{read_comm, ProcReader, ProcSample, PssPolicy};
 use crate::source::sockets::{listen_sockets, socket_inodes, somaxconn, ListenSocket, SockDiag};
 use crate::store::app_metrics::AppMetrics;
 use crate::store::target::{KernelUnits, TargetInfo, TargetStore};
+use crate::target::status::TargetStatus;
 use crate::target::{detect_runtime, search, Selector, TargetId};
+
+/// How often "no target found" is repeated in the log while vitals keeps searching.
+const NOT_FOUND_WARNING_EVERY: Duration = Duration::from_secs(60);
 
 /// Everything the loop needs.
 pub struct Sampler {
@@ -27,7 +30,7 @@ pub struct Sampler {
     pss: Option<PssPolicy>,
     store: Arc<TargetStore>,
     stats: Arc<ExporterStats>,
-    ready: Arc<AtomicBool>,
+    status: Arc<TargetStatus>,
     derived: Arc<Derived>,
     app: Arc<AppMetrics>,
     units: KernelUnits,
@@ -35,6 +38,13 @@ pub struct Sampler {
     /// For `--pid`: the first instance seen. A later process that reuses the pid is someone else.
     pinned: Option<TargetId>,
     last_search_error: Option<String>,
+    /// Why the last search attached nothing (for /readyz and the log).
+    not_attached: Option<String>,
+    /// When "no target found" was last logged.
+    not_found_warned: Option<Instant>,
+    /// Other processes that matched when the current target was chosen: attaching to one of them
+    /// later is a switch, not a restart.
+    others_at_attach: Vec<u32>,
     threads_max: Option<u64>,
     somaxconn: u32,
     /// Kept open; None where netlink is not allowed (then procfs and somaxconn are used).
@@ -66,8 +76,9 @@ pub struct SamplerParts {
     pub store: Arc<TargetStore>,
     /// Read error counters.
     pub stats: Arc<ExporterStats>,
-    /// Set after the first tick.
-    pub ready: Arc<AtomicBool>,
+    /// What /readyz and / say: ready once the target is attached and sampled (or, with no target
+    /// selected, after the first tick).
+    pub status: Arc<TargetStatus>,
     /// Derived signals.
     pub derived: Arc<Derived>,
     /// The app's OTLP metrics (for the runtime hint).
@@ -97,13 +108,16 @@ impl Sampler {
             pss,
             store: parts.store,
             stats: parts.stats,
-            ready: parts.ready,
+            status: parts.status,
             derived: parts.derived,
             app: parts.app,
             units: parts.units,
             attached: None,
             pinned: None,
             last_search_error: None,
+            not_attached: None,
+            not_found_warned: None,
+            others_at_attach: Vec::new(),
             threads_max,
         }
     }
@@ -149,7 +163,47 @@ impl Sampler {
             rss: stat.map(|s| (s.rss_pages * self.units.page_size) as f64),
             threads_max: self.threads_max,
         });
-        self.ready.store(true, Ordering::Release);
+        self.update_status(r.proc.is_some());
+    }
+
+    /// Tells /readyz and / what is going on; warns (once a minute) while no target is found.
+    fn update_status(&mut self, sampled: bool) {
+        let Some(selector) = &self.selector else {
+            self.status
+                .set_ready("no target selected: serving OTLP-derived signals only".to_owned());
+            return;
+        };
+        if let (true, Some(info)) = (sampled, self.store.info()) {
+            self.not_found_warned = None;
+            self.status.set_ready(format!(
+                "watching pid {} ({}, runtime {}), selected by {}",
+                info.pid,
+                info.comm,
+                info.runtime,
+                selector.describe()
+            ));
+            return;
+        }
+        if let Selector::Child(pid) = selector {
+            // `run` mode: vitals exits with the child in a moment; there is nothing to search for.
+            self.status
+                .set_waiting(format!("no target: the child (pid {pid}) has exited"));
+            return;
+        }
+        let reason = self
+            .not_attached
+            .clone()
+            .unwrap_or_else(|| format!("no process found for {}", selector.describe()));
+        if self
+            .not_found_warned
+            .is_none_or(|t| t.elapsed() >= NOT_FOUND_WARNING_EVERY)
+        {
+            tracing::warn!(
+                "no target: {reason}; searching again every interval (/readyz answers 503 until one is found)"
+            );
+            self.not_found_warned = Some(Instant::now());
+        }
+        self.status.set_waiting(format!("no target: {reason}"));
     }
 
     /// Samples the attached target into `r`; false when it is gone.
@@ -209,6 +263,7 @@ impl Sampler {
         let Some(selector) = &self.selector else {
             return;
         };
+        self.not_attached = None;
         let found = match search(selector, &self.proc_root) {
             Ok(f) => {
                 self.last_search_error = None;
@@ -216,6 +271,7 @@ impl Sampler {
             }
             Err(e) => {
                 let msg = e.to_string();
+                self.not_attached = Some(msg.clone());
                 if self.last_search_error.as_deref() != Some(msg.as_str()) {
                     tracing::warn!(error = %msg, "target search failed; will retry every interval");
                     self.last_search_error = Some(msg);
@@ -226,7 +282,13 @@ impl Sampler {
         let Some(id) = found.target else { return };
         if matches!(selector, Selector::Pid(_)) {
             match self.pinned {
-                Some(p) if p != id => return,
+                Some(p) if p != id => {
+                    self.not_attached = Some(format!(
+                        "pid {} exited and now belongs to another process",
+                        id.pid
+                    ));
+                    return;
+                }
                 _ => self.pinned = Some(id),
             }
         }
@@ -237,6 +299,7 @@ impl Sampler {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(pid = id.pid, error = %e, "cannot open the target's /proc files");
+                self.not_attached = Some(format!("cannot open /proc/{}: {e}", id.pid));
                 return;
             }
         };
@@ -255,12 +318,19 @@ impl Sampler {
         let comm = read_comm(&self.proc_root, id.pid).unwrap_or_default();
         let runtime = detect_runtime(&self.proc_root, id.pid, &comm).to_owned();
         tracing::info!(pid = id.pid, %comm, %runtime, selector = %selector.describe(), "attached to target");
-        self.store.attach(TargetInfo {
+        let info = TargetInfo {
             pid: id.pid,
             comm,
             runtime,
             start_ticks: id.start_ticks,
-        });
+            selected_by: selector.label(),
+        };
+        if self.others_at_attach.contains(&id.pid) {
+            self.store.attach_other(info);
+        } else {
+            self.store.attach(info);
+        }
+        self.others_at_attach = found.passed_over.clone();
         self.derived.target_changed();
         self.attached = Some(Attached {
             id,

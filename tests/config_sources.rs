@@ -28,13 +28,16 @@ fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
     )
 }
 
+/// Flags, environment variables, and the start of the expected error.
+type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], String);
+
 #[test]
 fn a_bad_value_names_its_source() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("vitals.yaml");
     let f = file.to_str().unwrap();
     std::fs::write(&file, "interval: 0s\nlog-level: warning\n").unwrap();
-    let cases: [(&[&str], &[(&str, &str)], String); 7] = [
+    let cases: [Case; 7] = [
         (
             &["--interval", "0s"],
             &[],

@@ -58,11 +58,11 @@ fn the_child_reads_the_terminal_and_sees_its_size() {
     let program = vitals_run_line(&[
         "sh",
         "-c",
-        "echo ready; read x; echo \"got $x\"; read y; stty size; exit 4",
+        "echo READY-$((1+1)); read x; echo \"got $x\"; read y; stty size; exit 4",
     ]);
     let transcript = session(
         serde_json::json!([
-            ["expect", "ready"],
+            ["expect", "READY-2"],
             ["send", "hello\n"],
             ["expect", "got hello"],
             ["winsize", 33, 77],
@@ -81,11 +81,15 @@ fn the_child_reads_the_terminal_and_sees_its_size() {
 
 #[test]
 fn ctrl_c_ends_the_child_and_vitals_returns_its_status() {
-    let program = vitals_run_line(&["sh", "-c", "echo ready; read x; exit 0"]);
+    let program = vitals_run_line(&["sh", "-c", "echo READY-$((1+1)); read x; exit 0"]);
     // The terminal sends SIGINT to the foreground group: the child dies of it (128 + 2); vitals survives
     // it, reaps the child and returns that status.
     let transcript = session(
-        serde_json::json!([["expect", "ready"], ["send", "\u{3}"], ["exit_status", 130]]),
+        serde_json::json!([
+            ["expect", "READY-2"],
+            ["send", "\u{3}"],
+            ["exit_status", 130]
+        ]),
         &program,
         true,
     );

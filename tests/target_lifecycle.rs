@@ -74,11 +74,17 @@ fn process_regex_waits_for_the_target_to_appear() {
         "--interval",
         "200ms",
     ]);
-    // Nothing matches yet: ready once the first tick has run (nothing to wait for), target down, vitals
-    // keeps running.
+    // Nothing matches yet: not ready (503 naming what is missing) once the first tick has run, target
+    // down, vitals keeps running.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while v.get("/readyz", None).0 != 200 {
-        assert!(Instant::now() < deadline, "never ready without a target");
+    loop {
+        let (code, _, body) = v.get("/readyz", None);
+        if body.contains("no target") {
+            assert_eq!(code, 503, "{body}");
+            assert!(body.contains("hold\\.py"), "names the regex: {body}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no reason given: {code} {body}");
         std::thread::sleep(Duration::from_millis(20));
     }
     let e = v.scrape();
@@ -94,6 +100,7 @@ fn process_regex_waits_for_the_target_to_appear() {
     v.wait_until(Duration::from_secs(5), "4 threads", |e| {
         e.get("process_threads", &[]) == Some(4.0)
     });
+    assert_eq!(v.get("/readyz", None).0, 200);
 }
 
 #[test]
@@ -160,9 +167,13 @@ fn bad_flags_and_config_exit_2_naming_the_culprit() {
         err.contains("metrics-adr") && err.contains("vitals.yaml"),
         "{err}"
     );
+    // The culprit is the variable, not the flag nobody typed.
     let (code, err) = run_vitals_env(&[("VITALS_INTERVAL", "often")]);
     assert_eq!(code, Some(2));
-    assert!(err.contains("--interval"), "{err}");
+    assert!(
+        err.contains("environment variable VITALS_INTERVAL"),
+        "{err}"
+    );
 }
 
 fn run_vitals_env(env: &[(&str, &str)]) -> (Option<i32>, String) {

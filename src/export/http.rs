@@ -2,7 +2,6 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -15,20 +14,37 @@ use tokio_util::sync::CancellationToken;
 
 use super::prometheus::{encode, Format};
 use crate::store::{series_count, Family, MetricKind, Registry, Value};
+use crate::target::status::TargetStatus;
 
 /// What the HTTP handlers read.
 #[derive(Clone)]
 pub struct HttpState {
     /// The families to expose.
     pub registry: Registry,
-    /// True once the first sample was taken (or there is nothing to sample yet).
-    pub ready: Arc<AtomicBool>,
+    /// The target's state: /readyz answers from it, / shows it.
+    pub status: Arc<TargetStatus>,
 }
 
 const LANDING: &str = "<!doctype html><html><head><title>vitals</title></head><body>\
-<h1>vitals</h1><p>Vital signs of the process next to this sidecar.</p><ul>\
+<h1>vitals</h1><p>Vital signs of the process next to this sidecar.</p><p id=\"target\">TARGET</p><ul>\
 <li><a href=\"metrics\">/metrics</a> (Prometheus; OpenMetrics on request)</li>\
 <li><a href=\"healthz\">/healthz</a></li><li><a href=\"readyz\">/readyz</a></li></ul></body></html>\n";
+
+/// The landing page with the target's state; the summary holds a command line, so it is escaped.
+fn landing(status: &TargetStatus) -> String {
+    let (_, summary) = status.get();
+    let mut escaped = String::with_capacity(summary.len());
+    for c in summary.chars() {
+        match c {
+            '<' => escaped.push_str("&lt;"),
+            '>' => escaped.push_str("&gt;"),
+            '&' => escaped.push_str("&amp;"),
+            '"' => escaped.push_str("&quot;"),
+            _ => escaped.push(c),
+        }
+    }
+    LANDING.replace("TARGET", &escaped)
+}
 
 fn respond(
     status: StatusCode,
@@ -84,18 +100,19 @@ async fn handle(
             respond(StatusCode::OK, format.content_type(), body)
         }
         "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n"),
-        "/readyz" => {
-            if state.ready.load(Ordering::Acquire) {
-                respond(StatusCode::OK, "text/plain", "ready\n")
-            } else {
-                respond(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain",
-                    "waiting for the first sample\n",
-                )
-            }
-        }
-        "/" => respond(StatusCode::OK, "text/html; charset=utf-8", LANDING),
+        "/readyz" => match state.status.get() {
+            (true, summary) => respond(StatusCode::OK, "text/plain", format!("ready: {summary}\n")),
+            (false, reason) => respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("not ready: {reason}\n"),
+            ),
+        },
+        "/" => respond(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            landing(&state.status),
+        ),
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found; see /\n"),
     })
 }

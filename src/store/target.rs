@@ -21,6 +21,8 @@ pub struct TargetInfo {
     pub runtime: String,
     /// Start time, clock ticks since boot.
     pub start_ticks: u64,
+    /// How it was selected: `pid`, `pid_file`, `process` or `run` (the `selected_by` label).
+    pub selected_by: &'static str,
 }
 
 /// Kernel constants needed to turn ticks and pages into seconds and bytes.
@@ -74,6 +76,13 @@ impl TargetStore {
         s.info = Some(info);
         s.proc = None;
         s.cgroup = None;
+    }
+
+    /// Attaches to another process that was already running next to the previous target (e.g. the
+    /// survivor of two `--process` matches): a switch, not a restart.
+    pub fn attach_other(&self, info: TargetInfo) {
+        self.lock().last_identity = None;
+        self.attach(info);
     }
 
     /// The target is gone: it is down and its series are dropped.
@@ -215,6 +224,7 @@ impl Collector for TargetStore {
                     ("pid", &pid),
                     ("comm", &info.comm),
                     ("runtime", &info.runtime),
+                    ("selected_by", info.selected_by),
                 ],
                 Value::Gauge(1.0),
             ),
@@ -489,6 +499,7 @@ mod tests {
             comm: "java".into(),
             runtime: "jvm".into(),
             start_ticks: 500,
+            selected_by: "pid",
         });
         let stat = Stat {
             utime: 150,
@@ -546,6 +557,7 @@ mod tests {
             comm: "a".into(),
             runtime: "unknown".into(),
             start_ticks: 1,
+            selected_by: "process",
         };
         s.attach(info.clone());
         s.update(ProcSample::default(), None);
@@ -561,9 +573,27 @@ mod tests {
             Value::Counter(0.0),
             "same instance again is no restart"
         );
-        s.attach(TargetInfo { pid: 8, ..info });
+        s.attach(TargetInfo {
+            pid: 8,
+            ..info.clone()
+        });
         let mut out = vec![];
         s.collect(&mut out);
         assert_eq!(out[1].series[0].value, Value::Counter(1.0));
+        s.attach_other(TargetInfo { pid: 9, ..info });
+        let mut out = vec![];
+        s.collect(&mut out);
+        assert_eq!(
+            out[1].series[0].value,
+            Value::Counter(1.0),
+            "switching to a process that was already running is no restart"
+        );
+        let labels = &out[2].series[0].labels;
+        assert!(
+            labels
+                .iter()
+                .any(|(k, v)| k == "selected_by" && v == "process"),
+            "{labels:?}"
+        );
     }
 }

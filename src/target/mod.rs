@@ -2,6 +2,7 @@
 //! reused pid is seen as a new target.
 
 pub mod run;
+pub mod status;
 
 use std::path::{Path, PathBuf};
 
@@ -30,6 +31,16 @@ impl Selector {
             Selector::PidFile(p) => format!("pid file {}", p.display()),
             Selector::Process(r) => format!("process matching /{}/", r.as_str()),
             Selector::Child(p) => format!("child pid {p}"),
+        }
+    }
+
+    /// The `selected_by` label of `vitals_target_info`: `pid`, `pid_file`, `process` or `run`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Selector::Pid(_) => "pid",
+            Selector::PidFile(_) => "pid_file",
+            Selector::Process(_) => "process",
+            Selector::Child(_) => "run",
         }
     }
 }
