@@ -130,7 +130,7 @@ pub struct Options {
     #[arg(long, global = true, env = "VITALS_CGROUP_ROOT", value_name = "PATH")]
     pub cgroup_root: Option<PathBuf>,
     /// Read smaps_rollup for PSS: at most every 30 s, backing off when slow, because it holds the target's
-    /// memory map lock for ~10 ms per GiB of RSS.
+    /// memory map lock for 3-20 ms per GiB of RSS (measured; more with small pages and many mappings).
     #[arg(long, global = true, env = "VITALS_PSS", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub pss: Option<bool>,
     /// Log format [default: text].
