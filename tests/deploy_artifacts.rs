@@ -100,8 +100,8 @@ fn every_alert_is_documented_tested_and_labelled() {
         );
         let url = a["annotations"]["runbook_url"].as_str().unwrap();
         let anchor = url
-            .strip_prefix("docs/runbook.md#")
-            .unwrap_or_else(|| panic!("{name}: runbook_url {url}"));
+            .strip_prefix(&format!("{}#", runbook_base()))
+            .unwrap_or_else(|| panic!("{name}: runbook_url {url} is not the documented base + #anchor"));
         assert_eq!(anchor, name.to_lowercase(), "{name}: anchor");
         assert!(
             runbook.lines().any(|l| l == format!("## {name}")),
@@ -121,6 +121,42 @@ fn every_alert_is_documented_tested_and_labelled() {
                 .any(|c| c["exp_alerts"].as_sequence().unwrap().is_empty()),
             "{name}: no silent case"
         );
+    }
+}
+
+/// The runbook base URL documented at the top of the rule file: one absolute URL shared by every alert, so
+/// Alertmanager's links open and one substitution moves them all.
+fn runbook_base() -> String {
+    let text = std::fs::read_to_string(root().join("deploy/prometheus/vitals.rules.yml")).unwrap();
+    let base = text
+        .lines()
+        .find_map(|l| l.strip_prefix("# RUNBOOK_BASE = "))
+        .expect("the rule file documents RUNBOOK_BASE")
+        .trim()
+        .to_owned();
+    assert!(base.starts_with("https://"), "{base}");
+    base
+}
+
+#[test]
+fn runbook_links_are_absolute_and_agree_everywhere() {
+    let base = runbook_base();
+    for file in [
+        "deploy/prometheus/vitals.rules.yml",
+        "deploy/kubernetes/base/prometheusrule.yaml",
+        "deploy/prometheus/tests/alerts.test.yml",
+    ] {
+        let text = std::fs::read_to_string(root().join(file)).unwrap();
+        for line in text.lines().filter(|l| l.contains("runbook_url:")) {
+            let url = line
+                .split_once("runbook_url:")
+                .map(|(_, u)| u.trim().trim_matches('"'))
+                .unwrap_or_default();
+            assert!(
+                url.starts_with(&format!("{base}#")),
+                "{file}: {url} does not start with the documented base {base}"
+            );
+        }
     }
 }
 
