@@ -318,6 +318,9 @@ impl Sampler {
         let comm = read_comm(&self.proc_root, id.pid).unwrap_or_default();
         let runtime = detect_runtime(&self.proc_root, id.pid, &comm).to_owned();
         tracing::info!(pid = id.pid, %comm, %runtime, selector = %selector.describe(), "attached to target");
+        if let Some(report) = crate::target::access::denied_report(&self.proc_root, id.pid) {
+            tracing::warn!(pid = id.pid, "{report}");
+        }
         let info = TargetInfo {
             pid: id.pid,
             comm,

@@ -101,7 +101,9 @@ fn every_alert_is_documented_tested_and_labelled() {
         let url = a["annotations"]["runbook_url"].as_str().unwrap();
         let anchor = url
             .strip_prefix(&format!("{}#", runbook_base()))
-            .unwrap_or_else(|| panic!("{name}: runbook_url {url} is not the documented base + #anchor"));
+            .unwrap_or_else(|| {
+                panic!("{name}: runbook_url {url} is not the documented base + #anchor")
+            });
         assert_eq!(anchor, name.to_lowercase(), "{name}: anchor");
         assert!(
             runbook.lines().any(|l| l == format!("## {name}")),

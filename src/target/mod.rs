@@ -1,6 +1,7 @@
 //! Which process is watched: selection by pid, pid file or regex, and identity as (pid, start time) so a
 //! reused pid is seen as a new target.
 
+pub mod access;
 pub mod run;
 pub mod status;
 
