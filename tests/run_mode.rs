@@ -204,29 +204,35 @@ fn closed_stdout_and_stderr_neither_kill_vitals_nor_orphan_the_child() {
 fn a_signal_at_start_up_reaches_the_child_or_stops_vitals_before_it_spawns() {
     // SIGTERM at increasing delays after exec, across the moment the child is spawned. Each time: either
     // vitals died before starting the child, or the child got the signal and vitals returned its status;
-    // never an orphan. Delays are in steps of 2 ms up to 40 ms, enough to cross the spawn on a loaded
-    // machine (it happens within ~5-20 ms of exec).
+    // never an orphan. Delays go up in 2 ms steps to 38 ms (the spawn happens ~5-20 ms after exec on an
+    // idle machine), then double up to 2.56 s until at least 3 runs crossed the spawn (a loaded machine).
+    let delays = (0..20u64)
+        .map(|i| 2 * i)
+        .chain([40, 80, 160, 320, 640, 1280, 2560]);
     let mut forwarded = 0;
-    for step in 0..20u64 {
+    for (step, delay) in delays.enumerate() {
+        if step >= 20 && forwarded >= 3 {
+            break;
+        }
         // The duration is the marker: 30.<test pid><step> seconds, unique to this run.
         let marker = format!("30.{}{step:02}", std::process::id());
         let mut v = vitals_run(&["--log-level", "off"], &["sleep", &marker])
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(2 * step));
+        std::thread::sleep(Duration::from_millis(delay));
         common::unsafe_kill(v.id(), "TERM");
         let status = v.wait().unwrap();
         match status.code() {
             // The child (sleep) died of the forwarded SIGTERM: 128 + 15.
             Some(143) => forwarded += 1,
             None => {}
-            other => panic!("step {step}: unexpected status {other:?}"),
+            other => panic!("delay {delay} ms: unexpected status {other:?}"),
         }
         assert_eq!(
             processes_with(&marker),
             Vec::<u32>::new(),
-            "step {step}: orphan"
+            "delay {delay} ms: orphan"
         );
     }
     assert!(
