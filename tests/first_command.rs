@@ -20,12 +20,17 @@ fn readme_first_command_serves_the_targets_metrics() {
         readme.contains(README_COMMAND),
         "README's first command changed; update this test"
     );
+    // The default ports may be held for a moment by another test's vitals on a shared machine: wait up to
+    // 60 s for them, then fail naming the port.
     for port in [19464, 4317, 4318] {
-        if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", port)) {
-            panic!(
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while let Err(e) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            assert!(
+                Instant::now() < deadline,
                 "127.0.0.1:{port} is taken ({e}); the README command needs its default ports: \
                  stop what holds them (`ss -ltnp 'sport = :{port}'`)"
             );
+            std::thread::sleep(Duration::from_millis(200));
         }
     }
     let dir = tempfile::tempdir().unwrap();
