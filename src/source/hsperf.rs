@@ -132,8 +132,19 @@ pub struct Collector {
     pub name: String,
     /// Collections (each one a stop-the-world pause).
     pub invocations: u64,
-    /// Time in them, hsperfdata ticks.
+    /// Time in them, hsperfdata ticks. Added when a pause ends, while `invocations` rises when it starts.
     pub time_ticks: u64,
+    /// JVM clock (ticks since the JVM started) when the last pause began (`lastEntryTime`).
+    pub last_entry_ticks: Option<u64>,
+    /// JVM clock when the last pause ended (`lastExitTime`); below `last_entry_ticks` while one runs.
+    pub last_exit_ticks: Option<u64>,
+}
+
+impl Collector {
+    /// True while a pause of this collector is in progress (it began after the last one ended).
+    pub fn in_pause(&self) -> bool {
+        matches!((self.last_entry_ticks, self.last_exit_ticks), (Some(a), Some(b)) if a > b)
+    }
 }
 
 /// What vitals reads from hsperfdata each tick.
@@ -151,6 +162,10 @@ pub struct JvmSample {
     pub old_used: Option<u64>,
     /// Old generation maximum, bytes (`sun.gc.generation.1.space.0.maxCapacity`).
     pub old_max: Option<u64>,
+    /// The JVM clock at the JVM's last statistics sample (`sun.os.hrt.ticks`, refreshed every ~50 ms).
+    pub hrt_ticks: Option<u64>,
+    /// When the JVM began starting, milliseconds since the Unix epoch (`sun.rt.createVmBeginTime`).
+    pub vm_begin_ms: Option<u64>,
 }
 
 /// Extracts the counters vitals uses.
@@ -163,6 +178,8 @@ pub fn sample(buf: &[u8]) -> Result<JvmSample, HsperfError> {
         ("sun.rt.safepointTime", Counter::Long(v)) => s.safepoint_ticks = Some(pos(v)),
         ("sun.gc.generation.1.space.0.used", Counter::Long(v)) => s.old_used = Some(pos(v)),
         ("sun.gc.generation.1.space.0.maxCapacity", Counter::Long(v)) => s.old_max = Some(pos(v)),
+        ("sun.os.hrt.ticks", Counter::Long(v)) => s.hrt_ticks = Some(pos(v)),
+        ("sun.rt.createVmBeginTime", Counter::Long(v)) => s.vm_begin_ms = Some(pos(v)),
         (n, v) => {
             let Some(rest) = n.strip_prefix("sun.gc.collector.") else {
                 return;
@@ -181,6 +198,12 @@ pub fn sample(buf: &[u8]) -> Result<JvmSample, HsperfError> {
                 ("name", Counter::Text(t)) => s.collectors[i].name = t,
                 ("invocations", Counter::Long(x)) => s.collectors[i].invocations = pos(x),
                 ("time", Counter::Long(x)) => s.collectors[i].time_ticks = pos(x),
+                ("lastEntryTime", Counter::Long(x)) => {
+                    s.collectors[i].last_entry_ticks = Some(pos(x))
+                }
+                ("lastExitTime", Counter::Long(x)) => {
+                    s.collectors[i].last_exit_ticks = Some(pos(x))
+                }
                 _ => {}
             }
         }
@@ -307,6 +330,14 @@ mod tests {
             ("sun.gc.collector.0.invocations", Counter::Long(12)),
             ("sun.gc.collector.0.time", Counter::Long(34_000_000)),
             (
+                "sun.gc.collector.0.lastEntryTime",
+                Counter::Long(900_000_000),
+            ),
+            (
+                "sun.gc.collector.0.lastExitTime",
+                Counter::Long(903_000_000),
+            ),
+            (
                 "sun.gc.collector.1.name",
                 Counter::Text("G1 stop-the-world full collections".into()),
             ),
@@ -333,7 +364,9 @@ mod tests {
                 Collector {
                     name: "G1 incremental collections".into(),
                     invocations: 12,
-                    time_ticks: 34_000_000
+                    time_ticks: 34_000_000,
+                    last_entry_ticks: Some(900_000_000),
+                    last_exit_ticks: Some(903_000_000),
                 }
             );
             assert_eq!(s.safepoints, Some(40));
