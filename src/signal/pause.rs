@@ -2,7 +2,7 @@
 //! app's OTLP runtime metrics and, with no agent at all, from JVM hsperfdata; JVM safepoints; Node's
 //! event-loop delay; the longest pause of the last minute.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -115,6 +115,8 @@ struct State {
     event_loop: Vec<(&'static str, f64)>,
     jvm_previous: HashMap<String, GcCollector>,
     jvm_clock: JvmClock,
+    /// Pause metrics (Prometheus names, from the fixed table) that have had series.
+    metrics_seen: HashSet<String>,
 }
 
 /// The JVM's clock (hsperfdata ticks since the JVM started) read from vitals' monotonic clock, to time a
@@ -209,6 +211,8 @@ fn longest_pause_since(
 pub struct PauseSignal {
     metrics: Vec<PauseMetric>,
     event_loop: Vec<(String, &'static str)>,
+    /// When this signal began watching, Unix ns: OTLP series that started later hold only new pauses.
+    started_unix_nano: u64,
     state: Mutex<State>,
 }
 
@@ -260,6 +264,9 @@ impl PauseSignal {
         PauseSignal {
             metrics: pause_metrics(),
             event_loop,
+            started_unix_nano: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
             state: Mutex::new(State::default()),
         }
     }
@@ -269,8 +276,13 @@ impl PauseSignal {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let st = &mut *st;
         st.totals.retain(|k, _| k.2 != "otlp");
+        let mut current: HashMap<String, Previous> = HashMap::new();
         for m in &self.metrics {
+            // A series first seen after others of its metric began while vitals watched: all it holds is new.
+            let metric_known = st.metrics_seen.contains(&m.prom);
+            let mut any = false;
             app.visit(&m.prom, |labels, reading| {
+                any = true;
                 let collector = match &m.collector_label {
                     Some(l) => labels
                         .iter()
@@ -284,11 +296,13 @@ impl PauseSignal {
                 }
                 let key = (m.runtime.to_owned(), collector.to_owned(), "otlp");
                 let series_key = format!("{}{:?}", m.prom, labels);
-                match reading {
+                let previous = st.previous.get(&series_key);
+                let bound = match reading {
                     Reading::Histogram {
                         buckets,
                         sum,
                         count,
+                        start_unix_nano,
                     } => {
                         let t = st.totals.entry(key).or_default();
                         t.seconds += sum * m.scale;
@@ -299,32 +313,44 @@ impl PauseSignal {
                             acc += c;
                             cumulative.push((b * m.scale, acc));
                         }
-                        // The first reading of a series holds its whole history, not the last minute's pauses.
-                        if let Some(prev) = st.previous.get(&series_key).filter(|p| p.2 != count) {
-                            if let Some(bound) = largest_new_bound(&prev.0, &cumulative) {
-                                st.max
-                                    .entry((m.runtime.to_owned(), "otlp"))
-                                    .or_default()
-                                    .push(now, bound);
+                        let bound = match previous {
+                            Some(p) if p.2 == count => None,
+                            Some(p) if p.2 < count => largest_new_bound(&p.0, &cumulative),
+                            // New to vitals, or restarted (its count went down): every observation
+                            // since its start is new when that start is known to be after vitals began
+                            // watching; otherwise it may hold hours of history, not the last minute.
+                            _ if metric_known
+                                || previous.is_some()
+                                || start_unix_nano >= self.started_unix_nano =>
+                            {
+                                largest_new_bound(&[], &cumulative)
                             }
-                        }
-                        st.previous.insert(series_key, (cumulative, sum, count));
+                            _ => None,
+                        };
+                        current.insert(series_key, (cumulative, sum, count));
+                        bound
                     }
                     Reading::Number(total) => {
                         st.totals.entry(key).or_default().seconds += total * m.scale;
-                        let before = st.previous.get(&series_key).map(|p| p.1).unwrap_or(total);
-                        if total > before {
-                            // A counter of pause time: the growth since the last reading bounds the longest pause.
-                            st.max
-                                .entry((m.runtime.to_owned(), "otlp"))
-                                .or_default()
-                                .push(now, (total - before) * m.scale);
-                        }
-                        st.previous.insert(series_key, (Vec::new(), total, 0));
+                        let before = previous.map(|p| p.1).unwrap_or(total);
+                        current.insert(series_key, (Vec::new(), total, 0));
+                        // A counter of pause time: the growth since the last reading bounds the longest pause.
+                        (total > before).then(|| (total - before) * m.scale)
                     }
+                };
+                if let Some(b) = bound {
+                    st.max
+                        .entry((m.runtime.to_owned(), "otlp"))
+                        .or_default()
+                        .push(now, b);
                 }
             });
+            if any {
+                st.metrics_seen.insert(m.prom.clone());
+            }
         }
+        // Only series the store still holds are remembered: bounded and expired with the store's series.
+        st.previous = current;
         st.event_loop.clear();
         for (prom, q) in &self.event_loop {
             let mut worst: Option<f64> = None;
@@ -685,6 +711,98 @@ mod tests {
         };
         assert_eq!(app.ingest(&req).rejected, 0);
         app
+    }
+
+    fn jvm_gc_histogram(
+        collector: &str,
+        start: u64,
+        bounds: &[f64],
+        counts: &[u64],
+    ) -> opentelemetry_proto::tonic::metrics::v1::Metric {
+        use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+        use opentelemetry_proto::tonic::metrics::v1::{
+            metric::Data, Histogram, HistogramDataPoint,
+        };
+        opentelemetry_proto::tonic::metrics::v1::Metric {
+            name: "jvm.gc.duration".into(),
+            unit: "s".into(),
+            data: Some(Data::Histogram(Histogram {
+                data_points: vec![HistogramDataPoint {
+                    attributes: vec![KeyValue {
+                        key: "jvm.gc.name".into(),
+                        value: Some(AnyValue {
+                            value: Some(any_value::Value::StringValue(collector.into())),
+                        }),
+                        ..Default::default()
+                    }],
+                    start_time_unix_nano: start,
+                    time_unix_nano: start + 1,
+                    count: counts.iter().sum(),
+                    sum: Some(0.2),
+                    bucket_counts: counts.to_vec(),
+                    explicit_bounds: bounds.to_vec(),
+                    ..Default::default()
+                }],
+                aggregation_temporality: 2,
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn otlp_max(p: &PauseSignal) -> Option<f64> {
+        let mut out = vec![];
+        p.collect(&mut out);
+        out.iter()
+            .find(|f| f.name == "vitals_gc_pause_max_seconds")?
+            .series
+            .iter()
+            .find(|s| s.labels[1].1 == "otlp")
+            .map(|s| match s.value {
+                Value::Gauge(v) => v,
+                _ => f64::NAN,
+            })
+    }
+
+    #[test]
+    fn first_reading_of_a_new_histogram_counts_toward_the_max() {
+        let bounds = [0.1, 0.25, 0.5];
+        // A series that began after vitals did: its one 215 ms pause is new, bound 0.25 s.
+        let p = PauseSignal::new();
+        let after = p.started_unix_nano + 1_000;
+        let app = app_with(vec![jvm_gc_histogram(
+            "G1 Old Generation",
+            after,
+            &bounds,
+            &[0, 1, 0, 0],
+        )]);
+        p.update_from_otlp(&app, Instant::now());
+        assert_eq!(otlp_max(&p), Some(0.25));
+
+        // A series that began before vitals: its history may be hours old, not the last minute.
+        let p = PauseSignal::new();
+        let app = app_with(vec![jvm_gc_histogram(
+            "G1 Young Generation",
+            1,
+            &bounds,
+            &[5, 0, 0, 0],
+        )]);
+        p.update_from_otlp(&app, Instant::now());
+        assert_eq!(otlp_max(&p), Some(0.0), "known pauses, none new");
+        // A collector series appearing later in an app vitals already watches: all of it is new.
+        let old = jvm_gc_histogram("G1 Old Generation", 1, &bounds, &[0, 0, 1, 0]);
+        app.ingest(
+            &opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest {
+                resource_metrics: vec![opentelemetry_proto::tonic::metrics::v1::ResourceMetrics {
+                    scope_metrics: vec![opentelemetry_proto::tonic::metrics::v1::ScopeMetrics {
+                        metrics: vec![old],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+            },
+        );
+        p.update_from_otlp(&app, Instant::now());
+        assert_eq!(otlp_max(&p), Some(0.5));
     }
 
     #[test]
