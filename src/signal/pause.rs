@@ -335,7 +335,7 @@ impl PauseSignal {
                         let before = previous.map(|p| p.1).unwrap_or(total);
                         current.insert(series_key, (Vec::new(), total, 0));
                         // A counter of pause time: the growth since the last reading bounds the longest pause.
-                        (total > before).then(|| (total - before) * m.scale)
+                        (total > before).then_some((total - before) * m.scale)
                     }
                 };
                 if let Some(b) = bound {
