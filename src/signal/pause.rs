@@ -255,11 +255,11 @@ impl PauseSignal {
     pub fn new() -> Self {
         let g = |otel: &str| metric_name(otel, "s", InstrumentShape::Gauge);
         let event_loop = vec![
-            (g("nodejs.eventloop.delay.min"), "0"),
-            (g("nodejs.eventloop.delay.p50"), "0.5"),
-            (g("nodejs.eventloop.delay.p90"), "0.9"),
-            (g("nodejs.eventloop.delay.p99"), "0.99"),
-            (g("nodejs.eventloop.delay.max"), "1"),
+            (g("nodejs.eventloop.delay.min"), "min"),
+            (g("nodejs.eventloop.delay.p50"), "p50"),
+            (g("nodejs.eventloop.delay.p90"), "p90"),
+            (g("nodejs.eventloop.delay.p99"), "p99"),
+            (g("nodejs.eventloop.delay.max"), "max"),
         ];
         PauseSignal {
             metrics: pause_metrics(),
@@ -499,12 +499,15 @@ impl Collector for PauseSignal {
         if !st.event_loop.is_empty() {
             let mut f = Family::new(
                 "vitals_event_loop_delay_seconds",
-                "Node.js event-loop delay by quantile",
+                "Node.js event-loop delay over the app's last export interval by statistic (min, p50, p90, \
+                 p99, max), as Node measures it: each sample includes the sampling resolution (10 ms by \
+                 default), so an idle loop reads about 10 ms",
                 "seconds",
                 MetricKind::Gauge,
             );
-            for (q, v) in &st.event_loop {
-                f.push(&[("quantile", q)], Value::Gauge(*v));
+            for (statistic, v) in &st.event_loop {
+                // Not `quantile`: that label belongs to summaries, and a gauge carrying it is invalid.
+                f.push(&[("statistic", statistic)], Value::Gauge(*v));
             }
             out.push(f);
         }
