@@ -91,3 +91,79 @@ fn grower_is_measured_and_flagged_steady_and_sawtooth_are_not() {
         );
     }
 }
+
+/// The leak verdict on real processes over a whole run, scraped every 250 ms: windows of 20 s and 40 s
+/// (15 min and 1 h scaled by 45) and the 10 MB/h threshold scaled the same way (450 MB/h). A steady
+/// leaker and a leaker under a 16 MiB sawtooth are flagged once the 40 s window is ready; a cache warming
+/// up for 6 s at 3 MiB/s then holding, a 24 MiB slow sawtooth (10 s ramps) and a 32 MiB square wave (10 s
+/// period) are never flagged, not even for one scrape, though each grows far faster than the threshold
+/// while only the 20 s window is ready.
+#[test]
+fn leak_verdict_waits_for_two_windows_and_ignores_warm_up_and_waves() {
+    let cases: [(&str, &[&str], bool); 5] = [
+        ("steady leaker", &["--rate", "1"], true),
+        (
+            "leaker under sawtooth",
+            &["--rate", "1", "--saw", "16"],
+            true,
+        ),
+        (
+            "warm-up then plateau",
+            &["--rate", "3", "--warmup", "6"],
+            false,
+        ),
+        ("slow sawtooth", &["--ramp", "24", "--period", "10"], false),
+        ("square wave", &["--square", "32", "--period", "10"], false),
+    ];
+    let watched: Vec<(TestChild, Vitals)> = cases
+        .iter()
+        .map(|(_, args, _)| {
+            let (child, _) = TestChild::script("grow.py", args);
+            let v = Vitals::start(&[
+                "--pid",
+                &child.pid().to_string(),
+                "--interval",
+                "250ms",
+                "--growth-windows",
+                "20s,40s",
+                "--leak-threshold-bytes-per-hour",
+                "450000000",
+            ]);
+            (child, v)
+        })
+        .collect();
+    let started = Instant::now();
+    let mut first_flag: Vec<Option<Duration>> = vec![None; cases.len()];
+    let mut flagged_scrapes = vec![0usize; cases.len()];
+    // 40 s window ready at ~27 s; 45 s leaves room for a loaded machine and shows the waves twice more.
+    while started.elapsed() < Duration::from_secs(45) {
+        for (i, (_, v)) in watched.iter().enumerate() {
+            if v.scrape()
+                .get("vitals_memory_leak_suspected", &[("signal", "rss")])
+                == Some(1.0)
+            {
+                flagged_scrapes[i] += 1;
+                first_flag[i].get_or_insert(started.elapsed());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    for (i, (name, _, leaks)) in cases.iter().enumerate() {
+        eprintln!(
+            "figure: {name}: first flagged at {:?}, flagged in {} scrapes",
+            first_flag[i], flagged_scrapes[i]
+        );
+        if *leaks {
+            let at = first_flag[i].unwrap_or_else(|| panic!("{name} never flagged"));
+            // The 40 s window is ready once 20 of its 30 buckets (1.33 s each, the first one partial)
+            // hold data: 25-27 s after vitals started, a little less after this clock started. Not
+            // while only the 20 s window is ready (from ~13 s), and within the 40 s window plus slack.
+            assert!(
+                at >= Duration::from_secs(20) && at <= Duration::from_secs(40),
+                "{name} flagged at {at:?}"
+            );
+        } else {
+            assert_eq!(first_flag[i], None, "{name} called a leak");
+        }
+    }
+}

@@ -153,6 +153,25 @@ struct Track {
     leak: bool,
 }
 
+/// The leak verdict from the ready windows' slopes, with hysteresis: suspected when every ready window grows
+/// faster than `threshold`, cleared only when every ready window has fallen below half of it. A single
+/// window never decides alone while a longer one is configured: a cache warming up for less than the
+/// shortest window, or a sawtooth slower than its floor, looks like growth there and flat in the next one,
+/// so nothing is said until two windows are ready. A steady leak is therefore flagged once the second
+/// shortest window is ready (two thirds of its span), within the longest ready window.
+pub fn verdict(was: bool, ready_slopes: &[f64], windows: usize, threshold: f64) -> bool {
+    if ready_slopes.len() < windows.min(2) || ready_slopes.is_empty() {
+        return false;
+    }
+    if ready_slopes.iter().all(|s| *s > threshold) {
+        true
+    } else if ready_slopes.iter().all(|s| *s < threshold / 2.0) {
+        false
+    } else {
+        was
+    }
+}
+
 /// The memory growth signal over configured windows.
 pub struct MemoryGrowth {
     names: Vec<String>,
@@ -210,16 +229,16 @@ impl MemoryGrowth {
                     w.observe(t, v);
                 }
             }
-            // Hysteresis: suspected when every ready window grows faster than the threshold; cleared only
-            // when every ready window has fallen below half of it.
-            let slopes: Vec<f64> = track.windows.iter().filter_map(Window::slope).collect();
-            if slopes.is_empty() {
-                track.leak = false;
-            } else if slopes.iter().all(|s| *s > self.threshold) {
-                track.leak = true;
-            } else if slopes.iter().all(|s| *s < self.threshold / 2.0) {
-                track.leak = false;
-            }
+            track.leak = verdict(
+                track.leak,
+                &track
+                    .windows
+                    .iter()
+                    .filter_map(Window::slope)
+                    .collect::<Vec<_>>(),
+                track.windows.len(),
+                self.threshold,
+            );
         }
     }
 
@@ -424,5 +443,43 @@ mod tests {
                 .value,
             Value::Gauge(0.0)
         );
+    }
+
+    #[test]
+    fn one_window_never_decides_alone() {
+        // Only the shortest of two is ready and grows fast: no verdict yet.
+        assert!(!verdict(false, &[1e6], 2, 100.0));
+        assert!(!verdict(true, &[1e6], 3, 100.0), "and none held over");
+        // Both agree.
+        assert!(verdict(false, &[1e6, 500.0], 3, 100.0));
+        // A warm-up that has plateaued: the short window is flat, the long one still sees the ramp.
+        assert!(!verdict(false, &[0.0, 5e5], 2, 100.0));
+        // Hysteresis between half the threshold and the threshold.
+        assert!(verdict(true, &[70.0, 80.0], 2, 100.0));
+        assert!(!verdict(true, &[40.0, 30.0], 2, 100.0));
+        // With one window configured, it is all there is.
+        assert!(verdict(false, &[1e6], 1, 100.0));
+    }
+
+    #[test]
+    fn warm_up_then_plateau_is_not_a_leak() {
+        // 4 kB/s for 30 s, then flat, with windows of 60 s and 120 s sampled every second.
+        let m = MemoryGrowth::new(&[Duration::from_secs(60), Duration::from_secs(120)], 100.0);
+        let mut flagged_at = None;
+        for t in 0..400 {
+            let v = 1e6 + 4000.0 * (t.min(30) as f64);
+            m.observe(
+                t as f64,
+                &MemoryReadings {
+                    rss: Some((v, None)),
+                    ..Default::default()
+                },
+            );
+            let tracks = m.tracks.lock().unwrap();
+            if tracks[0].leak && flagged_at.is_none() {
+                flagged_at = Some(t);
+            }
+        }
+        assert_eq!(flagged_at, None);
     }
 }
