@@ -344,3 +344,118 @@ fn long_pauses_show_while_running_and_exactly_after() {
         std::thread::sleep(Duration::from_millis(500));
     }
 }
+
+fn churn_classes() -> tempfile::TempDir {
+    let javac = require_tool("javac", "apt-get install -y openjdk-17-jdk-headless");
+    let classes = tempfile::tempdir().unwrap();
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/children/Churn.java");
+    assert!(Command::new(javac)
+        .arg("-d")
+        .arg(classes.path())
+        .arg(src)
+        .status()
+        .unwrap()
+        .success());
+    classes
+}
+
+/// A JVM started with `flags` that churns briefly and then idles.
+fn idle_jvm(classes: &std::path::Path, flags: &[&str]) -> Jvm {
+    let mut child = Command::new(require_tool(
+        "java",
+        "apt-get install -y openjdk-17-jdk-headless",
+    ))
+    .args(flags)
+    .arg("-cp")
+    .arg(classes)
+    .args(["Churn", "100", "1"])
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready");
+    Jvm(child)
+}
+
+fn status_reason(v: &Vitals) -> String {
+    let e = v.wait_until(Duration::from_secs(10), "hsperfdata status", |e| {
+        e.has("vitals_exporter_hsperfdata_status")
+    });
+    let s = e.all("vitals_exporter_hsperfdata_status");
+    assert_eq!(s.len(), 1, "one status at a time: {}", e.text);
+    assert_eq!(s[0].value, 1.0);
+    s[0].labels
+        .iter()
+        .find(|(k, _)| k == "reason")
+        .map(|(_, v)| v.clone())
+        .unwrap()
+}
+
+/// A dead JVM's hsperfdata file planted under a live process' pid, removed on drop.
+struct PlantedFile(std::path::PathBuf);
+impl Drop for PlantedFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// When hsperfdata cannot be used, vitals says why once in the log and in
+/// `vitals_exporter_hsperfdata_status{reason}`, and never reads a file that is not the target's: a JVM
+/// with -XX:-UsePerfData or -XX:+PerfDisableSharedMem (disabled), a process whose pid has a dead JVM's file
+/// (stale: the file's JVM began before the process; or it belongs to another uid), a JVM vitals may not
+/// look into (permission_denied, vitals running as nobody); a normal JVM reads "reading".
+#[test]
+fn hsperfdata_status_says_why_and_refuses_stale_files() {
+    use std::os::unix::fs::chown;
+    let classes = churn_classes();
+    for (flag, _) in [("-XX:-UsePerfData", ()), ("-XX:+PerfDisableSharedMem", ())] {
+        let jvm = idle_jvm(classes.path(), &[flag]);
+        let v = Vitals::start(&["--pid", &jvm.0.id().to_string(), "--interval", "100ms"]);
+        assert_eq!(status_reason(&v), "disabled", "{flag}");
+        // Several search rounds later (every 10 intervals) it was still said once.
+        std::thread::sleep(Duration::from_millis(2500));
+        let e = v.scrape();
+        assert!(e
+            .find("vitals_gc_pauses_total", &[("source", "hsperfdata")])
+            .is_none());
+        let log = v.log.lock().unwrap().clone();
+        assert_eq!(log.matches(flag).count(), 1, "{flag} said once:\n{log}");
+    }
+
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/hsperf/jdk17-g1.hsperfdata");
+    for (case, owner, why) in [
+        ("dead JVM, same user", 0u32, "began"),
+        ("another user's file", 4242, "uid 4242"),
+    ] {
+        let child = common::TestChild::hold(&[]);
+        let dir = std::path::PathBuf::from(format!("/tmp/hsperfdata_vitals_test_{}", child.pid()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let planted = PlantedFile(dir.clone());
+        let file = dir.join(child.pid().to_string());
+        std::fs::copy(&fixture, &file).unwrap();
+        chown(&file, Some(owner), None).unwrap();
+        let v = Vitals::start(&["--pid", &child.pid().to_string(), "--interval", "100ms"]);
+        assert_eq!(status_reason(&v), "stale", "{case}");
+        std::thread::sleep(Duration::from_millis(1500));
+        let e = v.scrape();
+        assert!(
+            e.find("vitals_gc_pauses_total", &[("source", "hsperfdata")])
+                .is_none(),
+            "{case}: the frozen counters of a stale file were read"
+        );
+        assert!(e
+            .find("vitals_target_info", &[("runtime", "jvm")])
+            .is_none());
+        let log = v.log.lock().unwrap().clone();
+        assert_eq!(log.matches(why).count(), 1, "{case}: said once:\n{log}");
+        drop(planted);
+    }
+
+    let jvm = idle_jvm(classes.path(), &["-XX:+UsePerfData"]);
+    let v = Vitals::start(&["--pid", &jvm.0.id().to_string(), "--interval", "100ms"]);
+    assert_eq!(status_reason(&v), "reading");
+}

@@ -117,6 +117,7 @@ struct State {
     jvm_clock: JvmClock,
     /// Pause metrics (Prometheus names, from the fixed table) that have had series.
     metrics_seen: HashSet<String>,
+    hsperf_status: Option<&'static str>,
 }
 
 /// The JVM's clock (hsperfdata ticks since the JVM started) read from vitals' monotonic clock, to time a
@@ -413,6 +414,14 @@ impl PauseSignal {
     /// Forgets everything of a target that went away.
     pub fn reset_target(&self) {
         self.update_from_hsperf(None, Instant::now());
+        self.set_hsperf_status(None);
+    }
+
+    /// Why the target's hsperfdata is or is not read (an [`crate::source::hsperf::HsperfStatus`]
+    /// reason), or None when there is nothing to say (no target, or not a JVM).
+    pub fn set_hsperf_status(&self, reason: Option<&'static str>) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.hsperf_status = reason;
     }
 }
 
@@ -476,6 +485,19 @@ impl Collector for PauseSignal {
             }
         }
         out.extend([time, count, max]);
+        if let Some(reason) = st.hsperf_status {
+            out.push(
+                Family::new(
+                    "vitals_exporter_hsperfdata_status",
+                    "1 with the reason the target JVM's hsperfdata is or is not read: reading, absent, \
+                     disabled (-XX:-UsePerfData or -XX:+PerfDisableSharedMem), permission_denied, stale \
+                     (another user's or a dead JVM's file under the target's pid), unreadable",
+                    "",
+                    MetricKind::Gauge,
+                )
+                .with(&[("reason", reason)], Value::Gauge(1.0)),
+            );
+        }
         if let Some((n, secs)) = st.safepoints {
             out.push(
                 Family::new(
