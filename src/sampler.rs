@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::export::self_metrics::ExporterStats;
 use crate::signal::{Derived, TickInputs};
 use crate::source::cgroup::{locate, CgroupReader, CgroupRoots, CgroupSample};
-use crate::source::hsperf::{self, HsperfReader, JvmSample};
+use crate::source::hsperf::{self, HsperfOwner, HsperfReader, HsperfStatus, JvmSample};
 use crate::source::procfs::{read_comm, ProcReader, ProcSample, PssPolicy};
 use crate::source::sockets::{listen_sockets, socket_inodes, somaxconn, ListenSocket, SockDiag};
 use crate::store::app_metrics::AppMetrics;
@@ -55,10 +55,32 @@ struct Attached {
     id: TargetId,
     proc: ProcReader,
     cgroup: Option<CgroupReader>,
-    nspid: u32,
     hsperf: Option<HsperfReader>,
+    /// Who the hsperfdata file must belong to.
+    hsperf_owner: HsperfOwner,
+    /// Why hsperfdata is or is not read, as last reported.
+    hsperf_status: Option<HsperfStatus>,
+    /// The target runs a JVM (by its executable or its hsperfdata): only then is an absent file news.
+    is_jvm: bool,
     inodes: HashSet<u64>,
     ticks: u64,
+}
+
+/// Logs a change of hsperfdata status once and publishes it; a non-JVM without a file says nothing.
+fn report_hsperf_status(derived: &Derived, a: &mut Attached, status: HsperfStatus) {
+    if a.hsperf_status.as_ref() == Some(&status) {
+        return;
+    }
+    match &status {
+        HsperfStatus::Reading => {}
+        HsperfStatus::Absent if !a.is_jvm => {}
+        s => tracing::warn!(pid = a.id.pid, reason = s.reason(), "{}", s.explain()),
+    }
+    let shown = a.is_jvm || status != HsperfStatus::Absent;
+    derived
+        .pause
+        .set_hsperf_status(shown.then(|| status.reason()));
+    a.hsperf_status = Some(status);
 }
 
 /// Readings of one tick, kept for the derived signals.
@@ -221,21 +243,31 @@ impl Sampler {
         r.proc = Some(p);
         r.cgroup = c;
         if a.hsperf.is_none() && slow_tier {
-            if let Some(path) = hsperf::locate(&self.proc_root, a.id.pid, a.nspid) {
-                a.hsperf = HsperfReader::open(&path).ok();
-                if a.hsperf.is_some() {
+            let status = match hsperf::open_for_target(&self.proc_root, &a.hsperf_owner) {
+                Ok((reader, path)) => {
                     tracing::info!(path = %path.display(), "reading JVM hsperfdata");
+                    a.hsperf = Some(reader);
                     self.store.hint_runtime("jvm");
+                    a.is_jvm = true;
+                    HsperfStatus::Reading
                 }
-            }
+                Err(why) => why,
+            };
+            report_hsperf_status(&self.derived, a, status);
         }
         if let Some(h) = a.hsperf.as_mut() {
             match h.sample() {
-                Ok(j) => r.jvm = Some(j),
-                Err(_) => crate::source::procfs::ReadErrorSink::read_error(
-                    self.stats.as_ref(),
-                    crate::source::ReadSource::Hsperf,
-                ),
+                Ok(j) => {
+                    r.jvm = Some(j);
+                    report_hsperf_status(&self.derived, a, HsperfStatus::Reading);
+                }
+                Err(e) => {
+                    crate::source::procfs::ReadErrorSink::read_error(
+                        self.stats.as_ref(),
+                        crate::source::ReadSource::Hsperf,
+                    );
+                    report_hsperf_status(&self.derived, a, HsperfStatus::Unreadable(e.to_string()));
+                }
             }
         }
         if slow_tier {
@@ -317,6 +349,7 @@ impl Sampler {
         let nspid = proc.status_nspid().unwrap_or(id.pid);
         let comm = read_comm(&self.proc_root, id.pid).unwrap_or_default();
         let runtime = detect_runtime(&self.proc_root, id.pid, &comm).to_owned();
+        let runtime_is_jvm = runtime == "jvm";
         tracing::info!(pid = id.pid, %comm, %runtime, selector = %selector.describe(), "attached to target");
         if let Some(report) = crate::target::access::denied_report(&self.proc_root, id.pid) {
             tracing::warn!(pid = id.pid, "{report}");
@@ -339,8 +372,17 @@ impl Sampler {
             id,
             proc,
             cgroup,
-            nspid,
             hsperf: None,
+            hsperf_owner: HsperfOwner {
+                pid: id.pid,
+                nspid,
+                uid: hsperf::effective_uid(&self.proc_root, id.pid),
+                start_unix_ms: Some(
+                    self.units.boot_time * 1000 + id.start_ticks * 1000 / self.units.hz.max(1),
+                ),
+            },
+            hsperf_status: None,
+            is_jvm: runtime_is_jvm,
             inodes: HashSet::new(),
             ticks: 0,
         });

@@ -1,5 +1,6 @@
 //! GC pauses from the app's OTLP runtime metrics (the real Python SDK sending jvm.gc.duration with known
-//! values): totals exact, concurrent collector cycles left out.
+//! values): totals exact, concurrent collector cycles left out, and the first export of each series (new
+//! since vitals started) counted toward the last minute's max.
 
 mod common;
 
@@ -44,4 +45,14 @@ fn jvm_gc_duration_becomes_pauses_without_concurrent_cycles() {
         );
     }
     assert_eq!(e.all("vitals_gc_pauses_total").len(), 2);
+    // The series began after vitals did, so its first reading's pauses are new: the 0.5 s old-generation
+    // pause lies in the (0.1, 1] bucket and the max is that bound; the 2-3 s concurrent cycles are not
+    // pauses and stay out.
+    assert_eq!(
+        e.get(
+            "vitals_gc_pause_max_seconds",
+            &[("runtime", "jvm"), ("source", "otlp")]
+        ),
+        Some(1.0)
+    );
 }

@@ -10,6 +10,7 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::source::hsperf::{Collector as GcCollector, JvmSample};
 use crate::store::{Collector, Family, MetricKind, Value};
 
 const BUCKETS: usize = 30;
@@ -21,6 +22,8 @@ struct Bucket {
     index: i64,
     t: f64,
     min: f64,
+    /// A fresh measurement fell in this bucket, not only a value held from an earlier one.
+    measured: bool,
 }
 
 /// One window's estimator.
@@ -44,6 +47,16 @@ impl Window {
 
     /// Adds a sample taken at `t` seconds (any monotonic origin).
     pub fn observe(&mut self, t: f64, v: f64) {
+        self.observe_value(t, v, true);
+    }
+
+    /// Adds a value held since an earlier measurement (the live set after the last old collection): it
+    /// fills the window, but the window says nothing until two buckets hold fresh measurements.
+    pub fn observe_held(&mut self, t: f64, v: f64) {
+        self.observe_value(t, v, false);
+    }
+
+    fn observe_value(&mut self, t: f64, v: f64, measured: bool) {
         if !v.is_finite() {
             return;
         }
@@ -54,9 +67,15 @@ impl Window {
                     b.min = v;
                     b.t = t;
                 }
+                b.measured |= measured;
             }
             Some(b) if b.index > index => {} // time went backwards: ignore
-            _ => self.buckets.push_back(Bucket { index, t, min: v }),
+            _ => self.buckets.push_back(Bucket {
+                index,
+                t,
+                min: v,
+                measured,
+            }),
         }
         while self
             .buckets
@@ -69,7 +88,9 @@ impl Window {
 
     /// The growth in units per second, or None until the window holds enough data.
     pub fn slope(&self) -> Option<f64> {
-        if self.buckets.len() < READY_BUCKETS {
+        if self.buckets.len() < READY_BUCKETS
+            || self.buckets.iter().filter(|b| b.measured).count() < 2
+        {
             return None;
         }
         let pts: Vec<(f64, f64)> = self.buckets.iter().map(|b| (b.t, b.min)).collect();
@@ -141,8 +162,11 @@ impl MemorySignal {
 pub struct MemoryReadings {
     /// RSS and the cgroup limit it counts against.
     pub rss: Option<(f64, Option<f64>)>,
-    /// Heap used and the maximum heap.
+    /// Heap used after GC and the maximum heap.
     pub heap: Option<(f64, Option<f64>)>,
+    /// The heap value is held from an earlier collection, not measured this tick (hsperfdata between old
+    /// collections).
+    pub heap_held: bool,
     /// Cgroup usage and limit.
     pub cgroup: Option<(f64, Option<f64>)>,
 }
@@ -151,6 +175,81 @@ struct Track {
     windows: Vec<Window>,
     last: Option<(f64, Option<f64>)>,
     leak: bool,
+}
+
+/// The JVM's live set from hsperfdata, which has no "used after GC" counter: the old generation's occupancy
+/// read right after a collection that cleaned the old generation, held until the next one. Current old
+/// occupancy is not it: garbage promoted between old collections would look like growth. A collection
+/// cleaned the old generation when it is a full, old or major collection (Serial, Parallel and G1 full
+/// collections, every ZGC and Shenandoah collection, whose single generation is the whole heap), or when
+/// old occupancy fell across it (G1 mixed collections, G1 remark/cleanup reclaiming empty regions; a young
+/// collection only promotes). Until the first such collection there is no value.
+#[derive(Debug, Default)]
+pub struct JvmLiveSet {
+    previous: Vec<GcCollector>,
+    old_used: Option<u64>,
+    live: Option<u64>,
+}
+
+/// Collectors whose every collection cleans the old generation (or the only generation).
+fn cleans_old_generation(collector: &str) -> bool {
+    let n = collector.to_ascii_lowercase();
+    ["full", "old", "major", "marksweep", "compact", "shenandoah"]
+        .iter()
+        .any(|w| n.contains(w))
+        || n.starts_with("z ")
+        || n.contains("zgc")
+}
+
+impl JvmLiveSet {
+    /// Reads one sample: the live set in bytes and whether it was measured in this sample (false: held
+    /// from an earlier collection); None until an old collection has been seen.
+    pub fn observe(&mut self, j: &JvmSample) -> Option<(f64, bool)> {
+        let used = j.old_used?;
+        let running = j.collectors.iter().any(|c| c.in_pause());
+        let mut cleaned = false;
+        for c in &j.collectors {
+            let Some(p) = self.previous.iter().find(|p| p.name == c.name) else {
+                continue;
+            };
+            let completed = match (c.last_exit_ticks, p.last_exit_ticks) {
+                (Some(now), Some(before)) => now > before,
+                _ => c.time_ticks > p.time_ticks,
+            };
+            let fell = self.old_used.is_some_and(|before| used < before);
+            cleaned |= completed && (cleans_old_generation(&c.name) || fell);
+        }
+        self.previous.clone_from(&j.collectors);
+        // A collector name list is a handful of entries from the JVM; cap it all the same.
+        self.previous.truncate(16);
+        self.old_used = Some(used);
+        // Mid-pause the counters are being rewritten: wait for the pause to end.
+        let fresh = cleaned && !running;
+        if fresh {
+            tracing::debug!(live_bytes = used, "JVM live set after an old collection");
+            self.live = Some(used);
+        }
+        self.live.map(|v| (v as f64, fresh))
+    }
+}
+
+/// The leak verdict from the ready windows' slopes, with hysteresis: suspected when every ready window grows
+/// faster than `threshold`, cleared only when every ready window has fallen below half of it. A single
+/// window never decides alone while a longer one is configured: a cache warming up for less than the
+/// shortest window, or a sawtooth slower than its floor, looks like growth there and flat in the next one,
+/// so nothing is said until two windows are ready. A steady leak is therefore flagged once the second
+/// shortest window is ready (two thirds of its span), within the longest ready window.
+pub fn verdict(was: bool, ready_slopes: &[f64], windows: usize, threshold: f64) -> bool {
+    if ready_slopes.len() < windows.min(2) || ready_slopes.is_empty() {
+        return false;
+    }
+    if ready_slopes.iter().all(|s| *s > threshold) {
+        true
+    } else if ready_slopes.iter().all(|s| *s < threshold / 2.0) {
+        false
+    } else {
+        was
+    }
 }
 
 /// The memory growth signal over configured windows.
@@ -205,21 +304,26 @@ impl MemoryGrowth {
             };
             let track = &mut tracks[i];
             track.last = reading;
+            let held = matches!(sig, MemorySignal::Heap) && r.heap_held;
             if let Some((v, _)) = reading {
                 for w in &mut track.windows {
-                    w.observe(t, v);
+                    if held {
+                        w.observe_held(t, v);
+                    } else {
+                        w.observe(t, v);
+                    }
                 }
             }
-            // Hysteresis: suspected when every ready window grows faster than the threshold; cleared only
-            // when every ready window has fallen below half of it.
-            let slopes: Vec<f64> = track.windows.iter().filter_map(Window::slope).collect();
-            if slopes.is_empty() {
-                track.leak = false;
-            } else if slopes.iter().all(|s| *s > self.threshold) {
-                track.leak = true;
-            } else if slopes.iter().all(|s| *s < self.threshold / 2.0) {
-                track.leak = false;
-            }
+            track.leak = verdict(
+                track.leak,
+                &track
+                    .windows
+                    .iter()
+                    .filter_map(Window::slope)
+                    .collect::<Vec<_>>(),
+                track.windows.len(),
+                self.threshold,
+            );
         }
     }
 
@@ -424,5 +528,96 @@ mod tests {
                 .value,
             Value::Gauge(0.0)
         );
+    }
+
+    #[test]
+    fn one_window_never_decides_alone() {
+        // Only the shortest of two is ready and grows fast: no verdict yet.
+        assert!(!verdict(false, &[1e6], 2, 100.0));
+        assert!(!verdict(true, &[1e6], 3, 100.0), "and none held over");
+        // Both agree.
+        assert!(verdict(false, &[1e6, 500.0], 3, 100.0));
+        // A warm-up that has plateaued: the short window is flat, the long one still sees the ramp.
+        assert!(!verdict(false, &[0.0, 5e5], 2, 100.0));
+        // Hysteresis between half the threshold and the threshold.
+        assert!(verdict(true, &[70.0, 80.0], 2, 100.0));
+        assert!(!verdict(true, &[40.0, 30.0], 2, 100.0));
+        // With one window configured, it is all there is.
+        assert!(verdict(false, &[1e6], 1, 100.0));
+    }
+
+    #[test]
+    fn warm_up_then_plateau_is_not_a_leak() {
+        // 4 kB/s for 30 s, then flat, with windows of 60 s and 120 s sampled every second.
+        let m = MemoryGrowth::new(&[Duration::from_secs(60), Duration::from_secs(120)], 100.0);
+        let mut flagged_at = None;
+        for t in 0..400 {
+            let v = 1e6 + 4000.0 * (t.min(30) as f64);
+            m.observe(
+                t as f64,
+                &MemoryReadings {
+                    rss: Some((v, None)),
+                    ..Default::default()
+                },
+            );
+            let tracks = m.tracks.lock().unwrap();
+            if tracks[0].leak && flagged_at.is_none() {
+                flagged_at = Some(t);
+            }
+        }
+        assert_eq!(flagged_at, None);
+    }
+
+    fn jvm(young: (u64, u64), full: (u64, u64), old_used: u64) -> JvmSample {
+        let c = |name: &str, (entry, exit): (u64, u64)| GcCollector {
+            name: name.into(),
+            invocations: entry,
+            time_ticks: exit,
+            last_entry_ticks: Some(entry),
+            last_exit_ticks: Some(exit),
+        };
+        JvmSample {
+            frequency: 1000,
+            collectors: vec![
+                c("Parallel young collection pauses", young),
+                c("Parallel full collection pauses", full),
+            ],
+            old_used: Some(old_used),
+            old_max: Some(1 << 30),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn jvm_live_set_is_old_occupancy_after_old_collections_only() {
+        let mut l = JvmLiveSet::default();
+        assert_eq!(l.observe(&jvm((10, 11), (5, 6), 100)), None, "baseline");
+        // Young collections promote garbage: old occupancy climbs, no live set yet.
+        assert_eq!(l.observe(&jvm((20, 21), (5, 6), 150)), None);
+        // A full collection ended: measured.
+        assert_eq!(l.observe(&jvm((20, 21), (30, 31), 60)), Some((60.0, true)));
+        // Promotion again: the live set is held, not the occupancy.
+        assert_eq!(l.observe(&jvm((40, 41), (30, 31), 90)), Some((60.0, false)));
+        // A full collection still running: wait for it.
+        assert_eq!(l.observe(&jvm((40, 41), (50, 31), 90)), Some((60.0, false)));
+        assert_eq!(l.observe(&jvm((40, 41), (50, 52), 62)), Some((62.0, true)));
+        // A young-named pause after which old occupancy fell (a G1 mixed collection) cleaned it too.
+        assert_eq!(l.observe(&jvm((60, 61), (50, 52), 61)), Some((61.0, true)));
+    }
+
+    #[test]
+    fn held_values_need_two_measurements() {
+        let mut w = Window::new(Duration::from_secs(60));
+        w.observe(0.0, 5.0);
+        for t in 1..60 {
+            w.observe_held(t as f64, 5.0);
+        }
+        assert_eq!(
+            w.slope(),
+            None,
+            "one measurement held for a minute says nothing"
+        );
+        w.observe(59.5, 6.0);
+        assert!(w.slope().is_some());
     }
 }

@@ -7,7 +7,7 @@ pub mod memory;
 pub mod pause;
 pub mod pool;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::source::cgroup::CgroupSample;
@@ -17,7 +17,7 @@ use crate::source::sockets::ListenSocket;
 use crate::store::app_metrics::{AppMetrics, Reading};
 use crate::store::naming::{label_name, metric_name, InstrumentShape};
 
-use memory::{MemoryGrowth, MemoryReadings};
+use memory::{JvmLiveSet, MemoryGrowth, MemoryReadings};
 use pause::PauseSignal;
 use pool::{PoolInputs, PoolSignal};
 
@@ -57,6 +57,7 @@ pub struct Derived {
     pub pool: Arc<PoolSignal>,
     app: Arc<AppMetrics>,
     heap: Vec<HeapMetric>,
+    jvm_live: Mutex<JvmLiveSet>,
     origin: Instant,
 }
 
@@ -92,6 +93,7 @@ impl Derived {
                     filter: None,
                 },
             ],
+            jvm_live: Mutex::new(JvmLiveSet::default()),
             origin: Instant::now(),
         }
     }
@@ -111,8 +113,15 @@ impl Derived {
         total
     }
 
-    /// Heap after GC and its limit: from the runtime's OTLP metrics, else hsperfdata's old generation.
-    fn heap(&self, jvm: Option<&JvmSample>) -> Option<(f64, Option<f64>)> {
+    /// Heap after GC, its limit, and whether the value is held from an earlier collection: from the
+    /// runtime's OTLP metrics, else the JVM's live set from hsperfdata (see [`JvmLiveSet`]).
+    fn heap(&self, jvm: Option<&JvmSample>) -> Option<(f64, Option<f64>, bool)> {
+        // The live set tracker follows every hsperfdata sample, used or not, so it never misses a collection.
+        let live = jvm.and_then(|j| {
+            let mut l = self.jvm_live.lock().unwrap_or_else(|p| p.into_inner());
+            l.observe(j)
+                .map(|(v, fresh)| (v, j.old_max.map(|m| m as f64), !fresh))
+        });
         for h in &self.heap {
             if let Some(used) = self.sum(&h.used, &h.filter) {
                 let limit = h
@@ -120,11 +129,10 @@ impl Derived {
                     .as_ref()
                     .and_then(|l| self.sum(l, &h.filter))
                     .filter(|l| *l > 0.0);
-                return Some((used, limit));
+                return Some((used, limit, false));
             }
         }
-        let j = jvm?;
-        Some((j.old_used? as f64, j.old_max.map(|m| m as f64)))
+        live
     }
 
     /// One interval's derivation.
@@ -134,11 +142,13 @@ impl Derived {
         self.pause.update_from_otlp(&self.app, now);
         self.pause.update_from_hsperf(inp.jvm, now);
         let cg_limit = inp.cgroup.and_then(|c| c.memory_limit).map(|l| l as f64);
+        let heap = self.heap(inp.jvm);
         self.memory.observe(
             t,
             &MemoryReadings {
                 rss: inp.rss.map(|r| (r, cg_limit)),
-                heap: self.heap(inp.jvm),
+                heap: heap.map(|(v, limit, _)| (v, limit)),
+                heap_held: heap.is_some_and(|h| h.2),
                 cgroup: inp
                     .cgroup
                     .and_then(|c| c.memory_usage)
@@ -161,6 +171,7 @@ impl Derived {
     /// A new target instance: growth and CPU history start over.
     pub fn target_changed(&self) {
         self.memory.reset();
+        *self.jvm_live.lock().unwrap_or_else(|p| p.into_inner()) = JvmLiveSet::default();
         self.pool.reset_target();
         self.pause.reset_target();
     }

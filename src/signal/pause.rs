@@ -2,11 +2,11 @@
 //! app's OTLP runtime metrics and, with no agent at all, from JVM hsperfdata; JVM safepoints; Node's
 //! event-loop delay; the longest pause of the last minute.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::source::hsperf::JvmSample;
+use crate::source::hsperf::{Collector as GcCollector, JvmSample};
 use crate::store::app_metrics::{AppMetrics, Reading};
 use crate::store::naming::{label_name, metric_name, InstrumentShape};
 use crate::store::{Collector, Family, MetricKind, Value};
@@ -113,13 +113,107 @@ struct State {
     max: HashMap<(String, &'static str), MaxWindow>,
     safepoints: Option<(u64, f64)>,
     event_loop: Vec<(&'static str, f64)>,
-    jvm_previous: HashMap<String, (u64, u64)>,
+    jvm_previous: HashMap<String, GcCollector>,
+    jvm_clock: JvmClock,
+    /// Pause metrics (Prometheus names, from the fixed table) that have had series.
+    metrics_seen: HashSet<String>,
+    hsperf_status: Option<&'static str>,
+}
+
+/// The JVM's clock (hsperfdata ticks since the JVM started) read from vitals' monotonic clock, to time a
+/// pause that is still running. HotSpot's ticks and `Instant` both count CLOCK_MONOTONIC, so they differ
+/// by a constant; every tick value the JVM has already written (its statistics sample, pause entry and
+/// exit) is at or before the moment vitals reads it, so the smallest `vitals − jvm` difference seen is
+/// the constant to within the JVM's 50 ms statistics period, and it only gets better with more samples.
+#[derive(Default)]
+struct JvmClock {
+    origin: Option<Instant>,
+    /// min(vitals seconds − JVM seconds) over the samples of this JVM.
+    offset: Option<f64>,
+}
+
+impl JvmClock {
+    /// Calibrates with sample `j` read at `now`; returns the JVM clock at `now`, in ticks.
+    fn observe(&mut self, now: Instant, j: &JvmSample) -> Option<f64> {
+        let hz = j.frequency as f64;
+        let origin = *self.origin.get_or_insert(now);
+        let ours = now.saturating_duration_since(origin).as_secs_f64();
+        let latest = j
+            .collectors
+            .iter()
+            .flat_map(|c| [c.last_entry_ticks, c.last_exit_ticks])
+            .chain([j.hrt_ticks])
+            .flatten()
+            .max()?;
+        let diff = ours - latest as f64 / hz;
+        let offset = self.offset.map_or(diff, |o| o.min(diff));
+        self.offset = Some(offset);
+        Some((ours - offset) * hz)
+    }
+}
+
+/// The longest pause of collector `cur` that hsperfdata shows since the reading `prev`, in seconds: a
+/// pause still running counts with its elapsed time (JVM clock `jvm_now`, ticks); a finished one with its
+/// exact length from its entry and exit times. The counters keep only the last pause's entry and exit,
+/// so when several ended since `prev`, the others' exact lengths are known only when there is one of them
+/// (total time minus the last); for more, their mean is used, which is exact for equal pauses and a lower
+/// bound of their longest. Without entry/exit times (very old JVMs), the same from counts and times.
+fn longest_pause_since(
+    prev: &GcCollector,
+    cur: &GcCollector,
+    hz: f64,
+    jvm_now: Option<f64>,
+) -> Option<f64> {
+    let started = cur.invocations.saturating_sub(prev.invocations);
+    let ticks = cur.time_ticks.saturating_sub(prev.time_ticks);
+    let time = ticks as f64 / hz;
+    let (Some(entry), Some(exit), Some(prev_exit)) = (
+        cur.last_entry_ticks,
+        cur.last_exit_ticks,
+        prev.last_exit_ticks,
+    ) else {
+        return match started {
+            0 => None,
+            n => Some(time / n as f64),
+        }
+        .filter(|t| *t > 0.0);
+    };
+    let mut longest: Option<f64> = None;
+    let mut consider = |d: f64| longest = Some(longest.map_or(d, |x: f64| x.max(d)));
+    let running = cur.in_pause();
+    if running {
+        if let Some(now) = jvm_now {
+            consider((now - entry as f64).max(0.0) / hz);
+        }
+    }
+    if exit > prev_exit {
+        // Pauses that ended since `prev`: those that began since, plus one that was running then, less
+        // one running now; at least one since the exit time moved.
+        let ended = (started + u64::from(prev.in_pause()))
+            .saturating_sub(u64::from(running))
+            .max(1);
+        let (others, others_time) = if running {
+            // The last ended pause's entry time was overwritten by the running one's.
+            (ended, time)
+        } else {
+            let last = exit.saturating_sub(entry);
+            consider(last as f64 / hz);
+            // The time is added just after the exit time is written: never let it go negative.
+            (ended - 1, ticks.saturating_sub(last) as f64 / hz)
+        };
+        if others > 0 {
+            consider(others_time / others as f64);
+        }
+    }
+    longest
 }
 
 /// The pause signal.
 pub struct PauseSignal {
     metrics: Vec<PauseMetric>,
     event_loop: Vec<(String, &'static str)>,
+    /// When this signal began watching, Unix ns: OTLP series that started later hold only new pauses.
+    started_unix_nano: u64,
     state: Mutex<State>,
 }
 
@@ -162,15 +256,18 @@ impl PauseSignal {
     pub fn new() -> Self {
         let g = |otel: &str| metric_name(otel, "s", InstrumentShape::Gauge);
         let event_loop = vec![
-            (g("nodejs.eventloop.delay.min"), "0"),
-            (g("nodejs.eventloop.delay.p50"), "0.5"),
-            (g("nodejs.eventloop.delay.p90"), "0.9"),
-            (g("nodejs.eventloop.delay.p99"), "0.99"),
-            (g("nodejs.eventloop.delay.max"), "1"),
+            (g("nodejs.eventloop.delay.min"), "min"),
+            (g("nodejs.eventloop.delay.p50"), "p50"),
+            (g("nodejs.eventloop.delay.p90"), "p90"),
+            (g("nodejs.eventloop.delay.p99"), "p99"),
+            (g("nodejs.eventloop.delay.max"), "max"),
         ];
         PauseSignal {
             metrics: pause_metrics(),
             event_loop,
+            started_unix_nano: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
             state: Mutex::new(State::default()),
         }
     }
@@ -180,8 +277,13 @@ impl PauseSignal {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let st = &mut *st;
         st.totals.retain(|k, _| k.2 != "otlp");
+        let mut current: HashMap<String, Previous> = HashMap::new();
         for m in &self.metrics {
+            // A series first seen after others of its metric began while vitals watched: all it holds is new.
+            let metric_known = st.metrics_seen.contains(&m.prom);
+            let mut any = false;
             app.visit(&m.prom, |labels, reading| {
+                any = true;
                 let collector = match &m.collector_label {
                     Some(l) => labels
                         .iter()
@@ -195,11 +297,13 @@ impl PauseSignal {
                 }
                 let key = (m.runtime.to_owned(), collector.to_owned(), "otlp");
                 let series_key = format!("{}{:?}", m.prom, labels);
-                match reading {
+                let previous = st.previous.get(&series_key);
+                let bound = match reading {
                     Reading::Histogram {
                         buckets,
                         sum,
                         count,
+                        start_unix_nano,
                     } => {
                         let t = st.totals.entry(key).or_default();
                         t.seconds += sum * m.scale;
@@ -210,32 +314,44 @@ impl PauseSignal {
                             acc += c;
                             cumulative.push((b * m.scale, acc));
                         }
-                        // The first reading of a series holds its whole history, not the last minute's pauses.
-                        if let Some(prev) = st.previous.get(&series_key).filter(|p| p.2 != count) {
-                            if let Some(bound) = largest_new_bound(&prev.0, &cumulative) {
-                                st.max
-                                    .entry((m.runtime.to_owned(), "otlp"))
-                                    .or_default()
-                                    .push(now, bound);
+                        let bound = match previous {
+                            Some(p) if p.2 == count => None,
+                            Some(p) if p.2 < count => largest_new_bound(&p.0, &cumulative),
+                            // New to vitals, or restarted (its count went down): every observation
+                            // since its start is new when that start is known to be after vitals began
+                            // watching; otherwise it may hold hours of history, not the last minute.
+                            _ if metric_known
+                                || previous.is_some()
+                                || start_unix_nano >= self.started_unix_nano =>
+                            {
+                                largest_new_bound(&[], &cumulative)
                             }
-                        }
-                        st.previous.insert(series_key, (cumulative, sum, count));
+                            _ => None,
+                        };
+                        current.insert(series_key, (cumulative, sum, count));
+                        bound
                     }
                     Reading::Number(total) => {
                         st.totals.entry(key).or_default().seconds += total * m.scale;
-                        let before = st.previous.get(&series_key).map(|p| p.1).unwrap_or(total);
-                        if total > before {
-                            // A counter of pause time: the growth since the last reading bounds the longest pause.
-                            st.max
-                                .entry((m.runtime.to_owned(), "otlp"))
-                                .or_default()
-                                .push(now, (total - before) * m.scale);
-                        }
-                        st.previous.insert(series_key, (Vec::new(), total, 0));
+                        let before = previous.map(|p| p.1).unwrap_or(total);
+                        current.insert(series_key, (Vec::new(), total, 0));
+                        // A counter of pause time: the growth since the last reading bounds the longest pause.
+                        (total > before).then_some((total - before) * m.scale)
                     }
+                };
+                if let Some(b) = bound {
+                    st.max
+                        .entry((m.runtime.to_owned(), "otlp"))
+                        .or_default()
+                        .push(now, b);
                 }
             });
+            if any {
+                st.metrics_seen.insert(m.prom.clone());
+            }
         }
+        // Only series the store still holds are remembered: bounded and expired with the store's series.
+        st.previous = current;
         st.event_loop.clear();
         for (prom, q) in &self.event_loop {
             let mut worst: Option<f64> = None;
@@ -253,14 +369,17 @@ impl PauseSignal {
     /// Reads a JVM's hsperfdata counters; None when the target has none.
     pub fn update_from_hsperf(&self, jvm: Option<&JvmSample>, now: Instant) {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let st = &mut *st;
         st.totals.retain(|k, _| k.2 != "hsperfdata");
         let Some(j) = jvm else {
             st.safepoints = None;
             st.jvm_previous.clear();
+            st.jvm_clock = JvmClock::default();
             return;
         };
         let hz = j.frequency as f64;
-        let mut bound: Option<f64> = None;
+        let jvm_now = st.jvm_clock.observe(now, j);
+        let mut longest: Option<f64> = None;
         for c in &j.collectors {
             let seconds = c.time_ticks as f64 / hz;
             st.totals.insert(
@@ -270,18 +389,17 @@ impl PauseSignal {
                     count: Some(c.invocations),
                 },
             );
-            if let Some((n0, t0)) = st
-                .jvm_previous
-                .insert(c.name.clone(), (c.invocations, c.time_ticks))
-            {
-                if c.invocations > n0 && c.time_ticks >= t0 {
-                    // One pause since the last tick: exact. Several: their total bounds the longest.
-                    let b = (c.time_ticks - t0) as f64 / hz;
-                    bound = Some(bound.map_or(b, |x: f64| x.max(b)));
+            // Collector names come from the JVM: a handful per JVM, cleared with the target.
+            if st.jvm_previous.len() >= 16 && !st.jvm_previous.contains_key(&c.name) {
+                continue;
+            }
+            if let Some(prev) = st.jvm_previous.insert(c.name.clone(), c.clone()) {
+                if let Some(p) = longest_pause_since(&prev, c, hz, jvm_now) {
+                    longest = Some(longest.map_or(p, |x: f64| x.max(p)));
                 }
             }
         }
-        if let Some(b) = bound {
+        if let Some(b) = longest {
             st.max
                 .entry(("jvm".into(), "hsperfdata"))
                 .or_default()
@@ -296,6 +414,14 @@ impl PauseSignal {
     /// Forgets everything of a target that went away.
     pub fn reset_target(&self) {
         self.update_from_hsperf(None, Instant::now());
+        self.set_hsperf_status(None);
+    }
+
+    /// Why the target's hsperfdata is or is not read (an [`crate::source::hsperf::HsperfStatus`]
+    /// reason), or None when there is nothing to say (no target, or not a JVM).
+    pub fn set_hsperf_status(&self, reason: Option<&'static str>) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.hsperf_status = reason;
     }
 }
 
@@ -359,6 +485,19 @@ impl Collector for PauseSignal {
             }
         }
         out.extend([time, count, max]);
+        if let Some(reason) = st.hsperf_status {
+            out.push(
+                Family::new(
+                    "vitals_exporter_hsperfdata_status",
+                    "1 with the reason the target JVM's hsperfdata is or is not read: reading, absent, \
+                     disabled (-XX:-UsePerfData or -XX:+PerfDisableSharedMem), permission_denied, stale \
+                     (another user's or a dead JVM's file under the target's pid), unreadable",
+                    "",
+                    MetricKind::Gauge,
+                )
+                .with(&[("reason", reason)], Value::Gauge(1.0)),
+            );
+        }
         if let Some((n, secs)) = st.safepoints {
             out.push(
                 Family::new(
@@ -382,12 +521,15 @@ impl Collector for PauseSignal {
         if !st.event_loop.is_empty() {
             let mut f = Family::new(
                 "vitals_event_loop_delay_seconds",
-                "Node.js event-loop delay by quantile",
+                "Node.js event-loop delay over the app's last export interval by statistic (min, p50, p90, \
+                 p99, max), as Node measures it: each sample includes the sampling resolution (10 ms by \
+                 default), so an idle loop reads about 10 ms",
                 "seconds",
                 MetricKind::Gauge,
             );
-            for (q, v) in &st.event_loop {
-                f.push(&[("quantile", q)], Value::Gauge(*v));
+            for (statistic, v) in &st.event_loop {
+                // Not `quantile`: that label belongs to summaries, and a gauge carrying it is invalid.
+                f.push(&[("statistic", statistic)], Value::Gauge(*v));
             }
             out.push(f);
         }
@@ -397,7 +539,6 @@ impl Collector for PauseSignal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::hsperf::Collector as GcCollector;
 
     #[test]
     fn concurrent_cycles_are_not_pauses() {
@@ -465,6 +606,7 @@ mod tests {
                 name: "G1 young collection pauses".into(),
                 invocations: n,
                 time_ticks: ticks,
+                ..Default::default()
             }],
             safepoints: Some(10),
             safepoint_ticks: Some(500),
@@ -496,6 +638,89 @@ mod tests {
             .all(|f| f.series.is_empty() || f.name != "vitals_gc_pause_seconds"));
     }
 
+    fn gc(n: u64, time: u64, entry: u64, exit: u64) -> GcCollector {
+        GcCollector {
+            name: "Serial full collection pauses".into(),
+            invocations: n,
+            time_ticks: time,
+            last_entry_ticks: Some(entry),
+            last_exit_ticks: Some(exit),
+        }
+    }
+
+    /// Ticks at 1 kHz: 1 tick = 1 ms.
+    #[test]
+    fn running_pause_shows_its_elapsed_time_and_then_its_exact_length() {
+        let before = gc(3, 300, 1_000, 1_100);
+        // A pause began at 2_000 and runs at 3_200: 1.2 s so far.
+        let running = gc(4, 300, 2_000, 1_100);
+        assert_eq!(
+            longest_pause_since(&before, &running, 1000.0, Some(3_200.0)),
+            Some(1.2)
+        );
+        // Still running a second later: no new pause, 2.2 s so far.
+        assert_eq!(
+            longest_pause_since(&running, &running, 1000.0, Some(4_200.0)),
+            Some(2.2)
+        );
+        // It ended at 4_400: 2.4 s exactly, whatever the clock estimate.
+        let done = gc(4, 2_700, 2_000, 4_400);
+        assert_eq!(
+            longest_pause_since(&running, &done, 1000.0, Some(9_999.0)),
+            Some(2.4)
+        );
+        // Nothing new: nothing to say.
+        assert_eq!(
+            longest_pause_since(&done, &done, 1000.0, Some(10_000.0)),
+            None
+        );
+    }
+
+    #[test]
+    fn several_pauses_between_readings() {
+        let before = gc(3, 300, 1_000, 1_100);
+        // Two ended: 50 ms then the last, 4_000..4_300 = 300 ms exactly; the other is 350 − 300 = 50 ms.
+        let two = gc(5, 650, 4_000, 4_300);
+        assert_eq!(longest_pause_since(&before, &two, 1000.0, None), Some(0.3));
+        // Three ended, the last 20 ms: the other two share 400 ms, mean 200 ms.
+        let three = gc(6, 720, 5_000, 5_020);
+        assert_eq!(
+            longest_pause_since(&before, &three, 1000.0, None),
+            Some(0.2)
+        );
+        // One ended (500 ms) and another is running since 6_000, now 6_100.
+        let ended_and_running = gc(5, 800, 6_000, 5_900);
+        assert_eq!(
+            longest_pause_since(&before, &ended_and_running, 1000.0, Some(6_100.0)),
+            Some(0.5)
+        );
+        // The counter was bumped but the entry time not written yet: no stale repeat of the last pause.
+        let bumped = gc(4, 300, 1_000, 1_100);
+        assert_eq!(longest_pause_since(&before, &bumped, 1000.0, None), None);
+    }
+
+    #[test]
+    fn jvm_clock_converges_on_the_smallest_lag() {
+        let mut clock = JvmClock::default();
+        let t0 = Instant::now();
+        let at = |hrt: u64| JvmSample {
+            frequency: 1000,
+            hrt_ticks: Some(hrt),
+            ..Default::default()
+        };
+        // First read 40 ms after the JVM's sample at 10_000 ms, later one 5 ms after its sample.
+        assert_eq!(clock.observe(t0, &at(10_000)), Some(10_000.0));
+        let now = clock
+            .observe(t0 + Duration::from_millis(1_000), &at(10_995))
+            .unwrap();
+        assert!((now - 11_000.0).abs() < 1e-6, "{now}");
+        // A stale statistics sample (the JVM's sampler paused) does not move the estimate.
+        let now = clock
+            .observe(t0 + Duration::from_millis(3_000), &at(10_995))
+            .unwrap();
+        assert!((now - 13_000.0).abs() < 1e-6, "{now}");
+    }
+
     fn app_with(metrics: Vec<opentelemetry_proto::tonic::metrics::v1::Metric>) -> AppMetrics {
         use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
         use opentelemetry_proto::tonic::metrics::v1::{ResourceMetrics, ScopeMetrics};
@@ -511,6 +736,98 @@ mod tests {
         };
         assert_eq!(app.ingest(&req).rejected, 0);
         app
+    }
+
+    fn jvm_gc_histogram(
+        collector: &str,
+        start: u64,
+        bounds: &[f64],
+        counts: &[u64],
+    ) -> opentelemetry_proto::tonic::metrics::v1::Metric {
+        use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+        use opentelemetry_proto::tonic::metrics::v1::{
+            metric::Data, Histogram, HistogramDataPoint,
+        };
+        opentelemetry_proto::tonic::metrics::v1::Metric {
+            name: "jvm.gc.duration".into(),
+            unit: "s".into(),
+            data: Some(Data::Histogram(Histogram {
+                data_points: vec![HistogramDataPoint {
+                    attributes: vec![KeyValue {
+                        key: "jvm.gc.name".into(),
+                        value: Some(AnyValue {
+                            value: Some(any_value::Value::StringValue(collector.into())),
+                        }),
+                        ..Default::default()
+                    }],
+                    start_time_unix_nano: start,
+                    time_unix_nano: start + 1,
+                    count: counts.iter().sum(),
+                    sum: Some(0.2),
+                    bucket_counts: counts.to_vec(),
+                    explicit_bounds: bounds.to_vec(),
+                    ..Default::default()
+                }],
+                aggregation_temporality: 2,
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn otlp_max(p: &PauseSignal) -> Option<f64> {
+        let mut out = vec![];
+        p.collect(&mut out);
+        out.iter()
+            .find(|f| f.name == "vitals_gc_pause_max_seconds")?
+            .series
+            .iter()
+            .find(|s| s.labels[1].1 == "otlp")
+            .map(|s| match s.value {
+                Value::Gauge(v) => v,
+                _ => f64::NAN,
+            })
+    }
+
+    #[test]
+    fn first_reading_of_a_new_histogram_counts_toward_the_max() {
+        let bounds = [0.1, 0.25, 0.5];
+        // A series that began after vitals did: its one 215 ms pause is new, bound 0.25 s.
+        let p = PauseSignal::new();
+        let after = p.started_unix_nano + 1_000;
+        let app = app_with(vec![jvm_gc_histogram(
+            "G1 Old Generation",
+            after,
+            &bounds,
+            &[0, 1, 0, 0],
+        )]);
+        p.update_from_otlp(&app, Instant::now());
+        assert_eq!(otlp_max(&p), Some(0.25));
+
+        // A series that began before vitals: its history may be hours old, not the last minute.
+        let p = PauseSignal::new();
+        let app = app_with(vec![jvm_gc_histogram(
+            "G1 Young Generation",
+            1,
+            &bounds,
+            &[5, 0, 0, 0],
+        )]);
+        p.update_from_otlp(&app, Instant::now());
+        assert_eq!(otlp_max(&p), Some(0.0), "known pauses, none new");
+        // A collector series appearing later in an app vitals already watches: all of it is new.
+        let old = jvm_gc_histogram("G1 Old Generation", 1, &bounds, &[0, 0, 1, 0]);
+        app.ingest(
+            &opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest {
+                resource_metrics: vec![opentelemetry_proto::tonic::metrics::v1::ResourceMetrics {
+                    scope_metrics: vec![opentelemetry_proto::tonic::metrics::v1::ScopeMetrics {
+                        metrics: vec![old],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+            },
+        );
+        p.update_from_otlp(&app, Instant::now());
+        assert_eq!(otlp_max(&p), Some(0.5));
     }
 
     #[test]

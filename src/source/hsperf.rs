@@ -132,8 +132,19 @@ pub struct Collector {
     pub name: String,
     /// Collections (each one a stop-the-world pause).
     pub invocations: u64,
-    /// Time in them, hsperfdata ticks.
+    /// Time in them, hsperfdata ticks. Added when a pause ends, while `invocations` rises when it starts.
     pub time_ticks: u64,
+    /// JVM clock (ticks since the JVM started) when the last pause began (`lastEntryTime`).
+    pub last_entry_ticks: Option<u64>,
+    /// JVM clock when the last pause ended (`lastExitTime`); below `last_entry_ticks` while one runs.
+    pub last_exit_ticks: Option<u64>,
+}
+
+impl Collector {
+    /// True while a pause of this collector is in progress (it began after the last one ended).
+    pub fn in_pause(&self) -> bool {
+        matches!((self.last_entry_ticks, self.last_exit_ticks), (Some(a), Some(b)) if a > b)
+    }
 }
 
 /// What vitals reads from hsperfdata each tick.
@@ -151,6 +162,10 @@ pub struct JvmSample {
     pub old_used: Option<u64>,
     /// Old generation maximum, bytes (`sun.gc.generation.1.space.0.maxCapacity`).
     pub old_max: Option<u64>,
+    /// The JVM clock at the JVM's last statistics sample (`sun.os.hrt.ticks`, refreshed every ~50 ms).
+    pub hrt_ticks: Option<u64>,
+    /// When the JVM began starting, milliseconds since the Unix epoch (`sun.rt.createVmBeginTime`).
+    pub vm_begin_ms: Option<u64>,
 }
 
 /// Extracts the counters vitals uses.
@@ -163,6 +178,8 @@ pub fn sample(buf: &[u8]) -> Result<JvmSample, HsperfError> {
         ("sun.rt.safepointTime", Counter::Long(v)) => s.safepoint_ticks = Some(pos(v)),
         ("sun.gc.generation.1.space.0.used", Counter::Long(v)) => s.old_used = Some(pos(v)),
         ("sun.gc.generation.1.space.0.maxCapacity", Counter::Long(v)) => s.old_max = Some(pos(v)),
+        ("sun.os.hrt.ticks", Counter::Long(v)) => s.hrt_ticks = Some(pos(v)),
+        ("sun.rt.createVmBeginTime", Counter::Long(v)) => s.vm_begin_ms = Some(pos(v)),
         (n, v) => {
             let Some(rest) = n.strip_prefix("sun.gc.collector.") else {
                 return;
@@ -181,6 +198,12 @@ pub fn sample(buf: &[u8]) -> Result<JvmSample, HsperfError> {
                 ("name", Counter::Text(t)) => s.collectors[i].name = t,
                 ("invocations", Counter::Long(x)) => s.collectors[i].invocations = pos(x),
                 ("time", Counter::Long(x)) => s.collectors[i].time_ticks = pos(x),
+                ("lastEntryTime", Counter::Long(x)) => {
+                    s.collectors[i].last_entry_ticks = Some(pos(x))
+                }
+                ("lastExitTime", Counter::Long(x)) => {
+                    s.collectors[i].last_exit_ticks = Some(pos(x))
+                }
                 _ => {}
             }
         }
@@ -192,18 +215,203 @@ pub fn sample(buf: &[u8]) -> Result<JvmSample, HsperfError> {
     Ok(s)
 }
 
-/// Finds the target's hsperfdata file through its own root: `/proc/PID/root/tmp/hsperfdata_*/<nspid>`.
-pub fn locate(proc_root: &Path, pid: u32, nspid: u32) -> Option<PathBuf> {
-    let tmp = proc_root.join(pid.to_string()).join("root/tmp");
-    let dirs = std::fs::read_dir(&tmp).ok()?;
-    dirs.flatten()
-        .filter(|d| {
-            d.file_name()
-                .to_str()
-                .is_some_and(|n| n.starts_with("hsperfdata_"))
+/// Why the target's hsperfdata is or is not read: shown once in the log and as
+/// `vitals_exporter_hsperfdata_status{reason}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HsperfStatus {
+    /// The file is found, belongs to the target and is read every interval.
+    Reading,
+    /// No `hsperfdata_*/<pid>` file under the target's `/tmp` (no JVM, or its /tmp is elsewhere).
+    Absent,
+    /// The JVM was started with this flag, so it writes no file.
+    Disabled(&'static str),
+    /// The file or its directory exists but vitals may not read it (another user; see the SYS_PTRACE
+    /// overlay, or run vitals as the app's user).
+    PermissionDenied(String),
+    /// A file for this pid that is not the target's: another user's, or a dead JVM's whose pid was reused.
+    Stale(String),
+    /// The file is there but does not parse.
+    Unreadable(String),
+}
+
+impl HsperfStatus {
+    /// The `reason` label value.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            HsperfStatus::Reading => "reading",
+            HsperfStatus::Absent => "absent",
+            HsperfStatus::Disabled(_) => "disabled",
+            HsperfStatus::PermissionDenied(_) => "permission_denied",
+            HsperfStatus::Stale(_) => "stale",
+            HsperfStatus::Unreadable(_) => "unreadable",
+        }
+    }
+
+    /// A sentence for the log: what is wrong and what to do.
+    pub fn explain(&self) -> String {
+        match self {
+            HsperfStatus::Reading => "reading JVM hsperfdata".into(),
+            HsperfStatus::Absent => "no hsperfdata file under the target's /tmp: JVM pause, safepoint \
+                and heap metrics from hsperfdata are left out"
+                .into(),
+            HsperfStatus::Disabled(flag) => format!(
+                "the JVM runs with {flag}, so it writes no hsperfdata: JVM pause, safepoint and heap \
+                 metrics from hsperfdata are left out; drop the flag or send OTLP runtime metrics"
+            ),
+            HsperfStatus::PermissionDenied(why) => format!(
+                "hsperfdata is not readable ({why}): run vitals as the JVM's user or grant SYS_PTRACE"
+            ),
+            HsperfStatus::Stale(why) => format!("hsperfdata file ignored: {why}"),
+            HsperfStatus::Unreadable(why) => format!("hsperfdata file does not parse: {why}"),
+        }
+    }
+}
+
+/// The target a hsperfdata file must belong to.
+#[derive(Debug, Clone, Copy)]
+pub struct HsperfOwner {
+    /// pid as vitals sees it.
+    pub pid: u32,
+    /// pid in the target's own namespace (the file's name).
+    pub nspid: u32,
+    /// Effective uid of the target (the JVM creates its file with it).
+    pub uid: Option<u32>,
+    /// When the target process started, Unix milliseconds (whole seconds of boot time plus clock ticks).
+    pub start_unix_ms: Option<u64>,
+}
+
+/// How much earlier than the process start a JVM may claim to have begun (`btime` is whole seconds and
+/// start times are clock ticks). A dead JVM's file under a reused pid began before the new process started,
+/// since its pid had to be free first.
+const START_SLACK_MS: u64 = 2_000;
+
+/// JVM options that stop the JVM from writing a file, each with its opposite, as found on the command line
+/// or in the launcher's option variables.
+const DISABLING_FLAGS: [(&str, &str); 2] = [
+    ("-XX:-UsePerfData", "-XX:+UsePerfData"),
+    ("-XX:+PerfDisableSharedMem", "-XX:-PerfDisableSharedMem"),
+];
+
+/// The target's effective uid from `/proc/PID/status`.
+pub fn effective_uid(proc_root: &Path, pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(proc_root.join(pid.to_string()).join("status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// The flag that disabled hsperfdata, when the target's command line or option variables carry one.
+fn disabling_flag(proc_root: &Path, pid: u32) -> Option<&'static str> {
+    let dir = proc_root.join(pid.to_string());
+    let mut text = std::fs::read(dir.join("cmdline")).unwrap_or_default();
+    if let Ok(env) = std::fs::read(dir.join("environ")) {
+        for var in env.split(|b| *b == 0) {
+            if [
+                &b"JAVA_TOOL_OPTIONS="[..],
+                b"JDK_JAVA_OPTIONS=",
+                b"_JAVA_OPTIONS=",
+            ]
+            .iter()
+            .any(|p| var.starts_with(p))
+            {
+                text.push(0);
+                text.extend(var.split(|b| *b == b'=').nth(1).unwrap_or_default());
+            }
+        }
+    }
+    let words: Vec<&[u8]> = text.split(|b| *b == 0 || *b == b' ').collect();
+    // The last occurrence wins, as for the JVM: "-XX:-UsePerfData -XX:+UsePerfData" is enabled.
+    DISABLING_FLAGS
+        .into_iter()
+        .find(|(off, on)| {
+            let last = words
+                .iter()
+                .rposition(|w| *w == off.as_bytes() || *w == on.as_bytes());
+            last.is_some_and(|i| words[i] == off.as_bytes())
         })
-        .map(|d| d.path().join(nspid.to_string()))
-        .find(|p| p.is_file())
+        .map(|(off, _)| off)
+}
+
+/// Finds the target's hsperfdata file through its own root (`/proc/PID/root/tmp/hsperfdata_*/<nspid>`),
+/// checks that it is the target's (owner uid and JVM start time), and opens it; otherwise says why not.
+pub fn open_for_target(
+    proc_root: &Path,
+    owner: &HsperfOwner,
+) -> Result<(HsperfReader, PathBuf), HsperfStatus> {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = proc_root.join(owner.pid.to_string()).join("root/tmp");
+    let dirs = std::fs::read_dir(&tmp).map_err(|e| match e.kind() {
+        std::io::ErrorKind::PermissionDenied => {
+            HsperfStatus::PermissionDenied(format!("{}: {e}", tmp.display()))
+        }
+        _ => HsperfStatus::Absent,
+    })?;
+    let mut rejected: Option<HsperfStatus> = None;
+    for d in dirs.flatten().take(1024) {
+        if !d
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with("hsperfdata_"))
+        {
+            continue;
+        }
+        let path = d.path().join(owner.nspid.to_string());
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_file() => m,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                rejected = Some(HsperfStatus::PermissionDenied(format!(
+                    "{}: {e}",
+                    path.display()
+                )));
+                continue;
+            }
+            Err(_) => continue,
+        };
+        if let Some(uid) = owner.uid.filter(|u| *u != meta.uid()) {
+            rejected = Some(HsperfStatus::Stale(format!(
+                "{} belongs to uid {}, the target runs as uid {uid}",
+                path.display(),
+                meta.uid()
+            )));
+            continue;
+        }
+        let mut reader = match HsperfReader::open(&path) {
+            Ok(r) => r,
+            Err(e) => {
+                rejected = Some(match e.kind() {
+                    std::io::ErrorKind::PermissionDenied => {
+                        HsperfStatus::PermissionDenied(format!("{}: {e}", path.display()))
+                    }
+                    _ => HsperfStatus::Unreadable(format!("{}: {e}", path.display())),
+                });
+                continue;
+            }
+        };
+        match reader.sample() {
+            Ok(s) => match (s.vm_begin_ms, owner.start_unix_ms) {
+                (Some(began), Some(started)) if began + START_SLACK_MS < started => {
+                    rejected = Some(HsperfStatus::Stale(format!(
+                        "{} is of a JVM that began {} s before the target process started (a dead \
+                         JVM whose pid was reused)",
+                        path.display(),
+                        (started - began) / 1000
+                    )));
+                }
+                _ => return Ok((reader, path)),
+            },
+            // The JVM is still creating it: not an error yet, look again later.
+            Err(HsperfError::NotReady) => rejected = Some(HsperfStatus::Absent),
+            Err(e) => rejected = Some(HsperfStatus::Unreadable(format!("{}: {e}", path.display()))),
+        }
+    }
+    Err(rejected.unwrap_or_else(|| {
+        disabling_flag(proc_root, owner.pid).map_or(HsperfStatus::Absent, HsperfStatus::Disabled)
+    }))
 }
 
 /// The target's hsperfdata file kept open and re-read each tick.
@@ -307,6 +515,14 @@ mod tests {
             ("sun.gc.collector.0.invocations", Counter::Long(12)),
             ("sun.gc.collector.0.time", Counter::Long(34_000_000)),
             (
+                "sun.gc.collector.0.lastEntryTime",
+                Counter::Long(900_000_000),
+            ),
+            (
+                "sun.gc.collector.0.lastExitTime",
+                Counter::Long(903_000_000),
+            ),
+            (
                 "sun.gc.collector.1.name",
                 Counter::Text("G1 stop-the-world full collections".into()),
             ),
@@ -333,7 +549,9 @@ mod tests {
                 Collector {
                     name: "G1 incremental collections".into(),
                     invocations: 12,
-                    time_ticks: 34_000_000
+                    time_ticks: 34_000_000,
+                    last_entry_ticks: Some(900_000_000),
+                    last_exit_ticks: Some(903_000_000),
                 }
             );
             assert_eq!(s.safepoints, Some(40));

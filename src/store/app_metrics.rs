@@ -84,6 +84,8 @@ enum State {
 #[derive(Debug, Clone)]
 struct Point {
     state: State,
+    /// Start time of the series (cumulative) or of its first delta, Unix ns; 0 when the SDK sent none.
+    start: u64,
     last_time: u64,
     deltas: VecDeque<(u64, u64)>,
 }
@@ -295,14 +297,16 @@ impl Point {
     fn new(state: State) -> Self {
         Point {
             state,
+            start: 0,
             last_time: 0,
             deltas: VecDeque::new(),
         }
     }
 
     /// Applies a cumulative or gauge reading unless it is older than what is held.
-    fn set(&mut self, time: u64, state: State) {
+    fn set(&mut self, start: u64, time: u64, state: State) {
         if time >= self.last_time {
+            self.start = start;
             self.last_time = time;
             self.state = state;
         }
@@ -315,6 +319,9 @@ impl Point {
         }
         if self.deltas.len() == DELTA_WINDOWS_REMEMBERED {
             self.deltas.pop_front();
+        }
+        if self.deltas.is_empty() && self.last_time == 0 {
+            self.start = start;
         }
         self.deltas.push_back((start, time));
         self.last_time = self.last_time.max(time);
@@ -510,7 +517,7 @@ impl AppMetrics {
             if delta {
                 p.add(start, time, state);
             } else {
-                p.set(time, state);
+                p.set(start, time, state);
             }
             out.accepted += 1;
         };
@@ -686,6 +693,8 @@ pub enum Reading<'a> {
         sum: f64,
         /// Number of observations.
         count: u64,
+        /// When the series began counting (Unix ns; 0 when unknown).
+        start_unix_nano: u64,
     },
 }
 
@@ -715,6 +724,7 @@ impl AppMetrics {
                         buckets,
                         sum: *sum,
                         count: *count,
+                        start_unix_nano: p.start,
                     },
                 ),
                 State::Summary { .. } => {}
