@@ -15,6 +15,9 @@ use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message;
 
+/// Empty spans in the worst request the receiver accepts.
+const WORST: usize = 40_000;
+
 /// The memory limit of the vitals container in the shipped manifest.
 const MANIFEST_LIMIT: u64 = 96 << 20;
 
@@ -114,9 +117,12 @@ fn hostile_bodies_are_refused_before_decoding_and_rss_stays_under_the_manifest_l
         413
     );
 
-    // The worst request that is accepted: as many empty spans as the item limit allows.
-    let worst = spans(vec![Span::default(); 50_000]).encode_to_vec();
+    // The worst request that is accepted: as many empty spans as the 32 MiB budget holds (each is
+    // charged 3 x 264 bytes), 40,000; 44,000 are refused.
+    let worst = spans(vec![Span::default(); WORST]).encode_to_vec();
     assert_eq!(post(http, "application/x-protobuf", false, &worst), 200);
+    let over = spans(vec![Span::default(); 44_000]).encode_to_vec();
+    assert_eq!(post(http, "application/x-protobuf", false, &over), 413);
 
     // 8 at once, 4 rounds, over HTTP (plain and gzip) and gRPC with gzip: each is accepted or shed with
     // a retry hint, never more.
@@ -143,7 +149,7 @@ fn hostile_bodies_are_refused_before_decoding_and_rss_stays_under_the_manifest_l
                         .unwrap()
                         .send_compressed(tonic::codec::CompressionEncoding::Gzip)
                         .max_encoding_message_size(64 << 20);
-                    c.export(spans(vec![Span::default(); 50_000])).await
+                    c.export(spans(vec![Span::default(); WORST])).await
                 }));
             }
             let mut out = Vec::new();
@@ -166,7 +172,7 @@ fn hostile_bodies_are_refused_before_decoding_and_rss_stays_under_the_manifest_l
     }
     let peak = peak_rss(pid);
     eprintln!(
-        "peak RSS {:.1} MiB (at start {:.1} MiB), {accepted} requests of 50,000 empty spans accepted",
+        "peak RSS {:.1} MiB (at start {:.1} MiB), {accepted} requests of {WORST} empty spans accepted",
         peak as f64 / (1 << 20) as f64,
         before as f64 / (1 << 20) as f64
     );
@@ -180,6 +186,6 @@ fn hostile_bodies_are_refused_before_decoding_and_rss_stays_under_the_manifest_l
     let e = v.scrape();
     assert_eq!(
         e.sum("vitals_exporter_otlp_items_total", &[("signal", "traces")]),
-        (accepted * 50_000) as f64
+        (accepted * WORST as u64) as f64
     );
 }
