@@ -91,10 +91,7 @@ fn ingest() -> Ingest {
     let o = OverflowCounter::default();
     let ttl = Duration::from_secs(3600);
     Ingest::new(
-        OtlpLimits {
-            max_body: 4 << 20,
-            max_concurrent: 8,
-        },
+        OtlpLimits::new(4 << 20, 8),
         Arc::new(RedStore::new(2000, ttl, o.clone())),
         Arc::new(AppMetrics::new(
             AppMetricsConfig {

@@ -101,10 +101,10 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
     let app_metrics_for_signals = app_metrics.clone();
     registry.register(logs.clone());
     registry.register(otlp_stats.clone());
-    let limits = OtlpLimits {
-        max_body: config.otlp_max_request_bytes,
-        max_concurrent: config.otlp_max_concurrent_requests,
-    };
+    let limits = OtlpLimits::new(
+        config.otlp_max_request_bytes,
+        config.otlp_max_concurrent_requests,
+    );
     let ingest = Arc::new(Ingest::new(limits, red, app_metrics, logs, otlp_stats));
     let app_metrics = app_metrics_for_signals;
     let grpc_listener = match config.otlp_grpc_addr {

@@ -333,36 +333,99 @@ fn http_partial_success_counts_rejected_items() {
     );
 }
 
-/// Opens a request that declares a body and sends only part of it, holding one receiver slot.
-fn stall(http: SocketAddr) -> TcpStream {
+/// Opens a request that declares a 4 MiB body and sends only `sent` bytes of it.
+fn stall(http: SocketAddr, sent: usize) -> TcpStream {
     let mut s = TcpStream::connect(http).unwrap();
-    write!(s, "POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\nContent-Length: 1000\r\n\r\nabc").unwrap();
+    write!(s, "POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\n\r\n", 4 << 20).unwrap();
+    s.write_all(&vec![0x0a; sent]).unwrap();
     s.flush().unwrap();
-    std::thread::sleep(Duration::from_millis(200));
     s
 }
 
+/// Slowloris: 8 bodies that stall hold no processing slot, so a normal export on either transport is
+/// accepted while they stall; each stalled request gets 408 once its 10 s body deadline passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_bodies_do_not_block_exports_and_time_out() {
+    let v = Vitals::start(&[]);
+    let (grpc, http) = v.otlp_addrs();
+    let started = std::time::Instant::now();
+    let held =
+        tokio::task::spawn_blocking(move || (0..8).map(|_| stall(http, 3)).collect::<Vec<_>>())
+            .await
+            .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ok = traces("s", vec![server_span("/a", 1)]).encode_to_vec();
+    let (s, _, _) = tokio::task::spawn_blocking(move || post(http, "/v1/traces", &[PB], &ok))
+        .await
+        .unwrap();
+    assert_eq!(s, 200, "HTTP export while 8 bodies stall");
+    let mut client = TraceServiceClient::connect(format!("http://{grpc}"))
+        .await
+        .unwrap();
+    client
+        .export(traces("s", vec![server_span("/a", 2)]))
+        .await
+        .expect("gRPC export while 8 bodies stall");
+    // The stalled requests are answered 408 after the body deadline (10 s; 20 s allowed for a loaded
+    // machine) and their connections closed.
+    let answers = tokio::task::spawn_blocking(move || {
+        held.into_iter()
+            .map(|mut s| {
+                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                let mut head = [0u8; 12];
+                s.read_exact(&mut head)
+                    .map(|_| head.to_vec())
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    let waited = started.elapsed();
+    for a in answers {
+        assert_eq!(String::from_utf8_lossy(&a), "HTTP/1.1 408");
+    }
+    assert!(
+        waited >= Duration::from_secs(10) && waited < Duration::from_secs(25),
+        "{waited:?}"
+    );
+}
+
+/// Transient overload: 8 bodies that have each sent 1.75 MiB of a declared 4 MiB hold 28-30 MiB of the
+/// 32 MiB memory budget (bodies are charged twice their size, rounded up to KiB per frame), so a
+/// request of 20,000 spans (1.5 MB on the wire, over 10 MiB decoded) is shed with a retry hint on both
+/// transports until the budget comes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overload_is_shed_with_a_retry_hint_on_both_transports() {
-    let (v, grpc, http) = start(&["--otlp-max-concurrent-requests", "1"]);
-    let held = tokio::task::spawn_blocking(move || stall(http))
-        .await
-        .unwrap();
-    let ok = traces("s", vec![server_span("/a", 1)]).encode_to_vec();
-    let (s, hdrs, body) = tokio::task::spawn_blocking(move || post(http, "/v1/traces", &[PB], &ok))
-        .await
-        .unwrap();
+    let v = Vitals::start(&[]);
+    let (grpc, http) = v.otlp_addrs();
+    let held = tokio::task::spawn_blocking(move || {
+        (0..8).map(|_| stall(http, 1792 << 10)).collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let big = || {
+        traces(
+            "s",
+            (0..20_000).map(|i| server_span("/a", i as u8)).collect(),
+        )
+    };
+    let body = big().encode_to_vec();
+    assert!(body.len() < 4 << 20);
+    let (s, hdrs, body) =
+        tokio::task::spawn_blocking(move || post(http, "/v1/traces", &[PB], &body))
+            .await
+            .unwrap();
     assert_eq!(s, 503);
     assert!(hdrs.contains("retry-after: 1"), "{hdrs}");
     assert_eq!(rpc_status(&body).code, 14, "UNAVAILABLE");
 
     let mut client = TraceServiceClient::connect(format!("http://{grpc}"))
         .await
-        .unwrap();
-    let err = client
-        .export(traces("s", vec![server_span("/a", 1)]))
-        .await
-        .unwrap_err();
+        .unwrap()
+        .max_encoding_message_size(4 << 20);
+    let err = client.export(big()).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable);
     use tonic_types::StatusExt;
     let retry = err
@@ -370,7 +433,7 @@ async fn overload_is_shed_with_a_retry_hint_on_both_transports() {
         .expect("RetryInfo in the status details");
     assert_eq!(retry.retry_delay, Some(Duration::from_secs(1)));
     drop(held);
-    // The slot comes back once the stalled request is gone.
+    // The budget comes back once the stalled requests are gone.
     let mut ok = false;
     for _ in 0..50 {
         if client
@@ -385,7 +448,7 @@ async fn overload_is_shed_with_a_retry_hint_on_both_transports() {
     }
     assert!(
         ok,
-        "receiver never recovered after the stalled request closed"
+        "receiver never recovered after the stalled requests closed"
     );
     let e = tokio::task::spawn_blocking(move || v.scrape())
         .await

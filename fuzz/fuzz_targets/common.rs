@@ -23,7 +23,7 @@ pub fn ingest() -> &'static (Ingest, Registry) {
         registry.register(red.clone());
         registry.register(app.clone());
         registry.register(logs.clone());
-        let ing = Ingest::new(OtlpLimits { max_body: 1 << 20, max_concurrent: 1 }, red, app, logs, Arc::new(Ingest::stats_with(o)));
+        let ing = Ingest::new(OtlpLimits::new(1 << 20, 1), red, app, logs, Arc::new(Ingest::stats_with(o)));
         (ing, registry)
     })
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode, Span};
 
+use crate::store::app_metrics::cut_str;
 use crate::store::limited::{LimitedMap, OverflowCounter, OVERFLOW_LABEL};
 use crate::store::{Collector, Exemplar, Family, MetricKind, Value};
 
@@ -197,6 +198,20 @@ pub struct RedStore {
 
 const SEP: char = '\u{1f}';
 
+/// `n` in decimal, written into `buf` without allocating.
+fn itoa(mut n: usize, buf: &mut [u8; 20]) -> &str {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[at..]).unwrap_or("0")
+}
+
 impl RedStore {
     /// A store keeping at most `limit` label sets; series not updated for `ttl` are dropped.
     pub fn new(limit: usize, ttl: Duration, overflow: OverflowCounter) -> Self {
@@ -214,11 +229,19 @@ impl RedStore {
         let now = Instant::now();
         let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let Inner { series, key } = &mut *guard;
+        let service = cut_str(service);
+        let mut digits = [0u8; 20];
         for f in spans {
             let outcome = if f.error { "error" } else { "ok" };
+            // The service goes in with its length, so no value can end it early: with a bare
+            // separator, service "a\u{1f}b" + route "c" and service "a" + route "b\u{1f}c" were one key.
+            // The operation needs none: the kind and outcome after it never hold the separator.
             key.clear();
+            key.push_str(itoa(service.len(), &mut digits));
+            key.push(':');
             key.push_str(service);
             key.push(SEP);
+            let op_start = key.len();
             match f.operation {
                 Operation::Single(op) => key.push_str(op),
                 Operation::Rpc(s, m) => {
@@ -227,12 +250,12 @@ impl RedStore {
                     key.push_str(m);
                 }
             }
-            let op_end = key.len();
+            let op_end = op_start + cut_str(&key[op_start..]).len();
+            key.truncate(op_end);
             key.push(SEP);
             key.push_str(f.kind.label());
             key.push(SEP);
             key.push_str(outcome);
-            let op_start = service.len() + SEP.len_utf8();
             let make_labels = || {
                 [
                     service.to_owned(),
@@ -494,5 +517,33 @@ mod tests {
             .series
             .iter()
             .any(|s| s.labels == vec![("otel_metric_overflow".to_string(), "true".to_string())]));
+    }
+
+    #[test]
+    fn separator_in_a_value_cannot_merge_two_keys_and_long_values_are_cut() {
+        let store = RedStore::new(10, Duration::from_secs(60), OverflowCounter::default());
+        let span = |op| SpanFacts {
+            operation: Operation::Single(op),
+            kind: RequestKind::Server,
+            error: false,
+            duration: 0.1,
+            trace_id: &[1; 16],
+            span_id: &[1; 8],
+            end_unix: 1.0,
+        };
+        store.observe("a\u{1f}b", [span("c")]);
+        store.observe("a", [span("b\u{1f}c")]);
+        let long = "x".repeat(5000);
+        store.observe(&long, [span(&long)]);
+        let mut out = Vec::new();
+        store.collect(&mut out);
+        assert_eq!(out[0].series.len(), 3);
+        for series in &out[0].series {
+            assert!(
+                series.labels.iter().all(|(_, v)| v.len() <= 1024),
+                "{:?}",
+                series.labels
+            );
+        }
     }
 }

@@ -1,7 +1,11 @@
 //! The app's own OTLP metrics as Prometheus families: names by [`super::naming`], delta temporality
 //! accumulated to cumulative (duplicates and out-of-order points tolerated), exponential histograms as
 //! classic buckets, resource attributes in `target_info`, a `service` label on every series. Bounded in
-//! metric names, series per metric, labels per series and label length; idle series expire.
+//! metric names, series per metric, labels per series and label length; idle series expire. Whatever
+//! the app sends, the exposition stays valid: every sample name belongs to one family (a metric whose
+//! translated names would collide with another's, or with vitals' own, is refused), reserved label
+//! names are renamed, and inconsistent points are refused; the app's `process.*` metrics are exported
+//! as `app_process_*`, apart from the target's `process_*` families vitals itself writes.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -98,7 +102,33 @@ struct AppFamily {
 
 struct Inner {
     families: HashMap<String, AppFamily>,
+    /// Every sample name the families write (`x_total`, `x_bucket`, …) → the family that owns it.
+    claims: HashMap<String, String>,
     targets: LimitedMap<Labels, ()>,
+}
+
+/// The sample names a family writes in either exposition format.
+fn sample_names(name: &str, kind: MetricKind) -> Vec<String> {
+    let suffixes: &[&str] = match kind {
+        MetricKind::Counter => &["", "_total", "_created"],
+        MetricKind::Gauge => &[""],
+        MetricKind::Histogram => &["", "_bucket", "_count", "_sum", "_created"],
+        MetricKind::Summary => &["", "_count", "_sum", "_created"],
+    };
+    suffixes.iter().map(|s| format!("{name}{s}")).collect()
+}
+
+/// The exposition name of an app metric: the translated name, with the app's own `process.*` moved
+/// to `app_process_*` so it never lands in the target families vitals writes from procfs (whose
+/// dashboards would then count twice). `process.runtime.*` keeps its name: it has no procfs twin and
+/// the pause signals read it.
+fn app_family_name(otel_name: &str, unit: &str, shape: InstrumentShape) -> String {
+    let name = metric_name(otel_name, unit, shape);
+    if name.starts_with("process_") && !name.starts_with("process_runtime_") {
+        format!("app_{name}")
+    } else {
+        name
+    }
 }
 
 /// The app metric store.
@@ -125,22 +155,29 @@ pub fn any_value_string(v: Option<&AnyValue>) -> String {
 }
 
 fn cut(mut s: String) -> String {
-    if s.len() > MAX_LABEL_VALUE {
-        let mut end = MAX_LABEL_VALUE;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-    }
+    let keep = cut_str(&s).len();
+    s.truncate(keep);
     s
 }
 
-/// `service.name` of a resource, or the SDKs' default.
+/// The longest prefix of `s` within [`MAX_LABEL_VALUE`] bytes that ends on a character boundary.
+pub fn cut_str(s: &str) -> &str {
+    if s.len() <= MAX_LABEL_VALUE {
+        return s;
+    }
+    let mut end = MAX_LABEL_VALUE;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// `service.name` of a resource (cut to [`MAX_LABEL_VALUE`]), or the SDKs' default.
 pub fn service_name(attrs: &[KeyValue]) -> String {
     attrs
         .iter()
         .find(|kv| kv.key == "service.name")
-        .map(|kv| any_value_string(kv.value.as_ref()))
+        .map(|kv| cut(any_value_string(kv.value.as_ref())))
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "unknown_service".to_owned())
 }
@@ -202,6 +239,16 @@ fn explicit_buckets(dp: &HistogramDataPoint) -> Result<Vec<(f64, u64)>, String> 
             "histogram point has more than {MAX_BUCKETS} buckets"
         ));
     }
+    let total = dp
+        .bucket_counts
+        .iter()
+        .try_fold(0u64, |a, c| a.checked_add(*c));
+    if total != Some(dp.count) {
+        return Err(format!(
+            "histogram point count {} differs from the sum of its bucket counts",
+            dp.count
+        ));
+    }
     let mut out: Vec<(f64, u64)> = dp
         .explicit_bounds
         .iter()
@@ -257,10 +304,41 @@ fn exponential_buckets(dp: &ExponentialHistogramDataPoint) -> Result<Vec<(f64, u
             out.push((bound(idx + 1), *c));
         }
     }
-    out.retain(|(b, _)| b.is_finite());
+    let total = out.iter().try_fold(0u64, |a, (_, c)| a.checked_add(*c));
+    if total != Some(dp.count) {
+        return Err(format!(
+            "exponential histogram point count {} differs from the sum of its bucket counts",
+            dp.count
+        ));
+    }
+    // Bounds past f64's range (offsets far out, or scales whose steps underflow) fold into +Inf or
+    // collapse onto their neighbours; equal bounds (a zero threshold on a bucket bound included) are
+    // one bucket, so no `le` is written twice.
+    let mut overflowed = 0u64;
+    out.retain(|(b, c)| {
+        if b.is_finite() {
+            true
+        } else {
+            overflowed = overflowed.saturating_add(*c);
+            false
+        }
+    });
+    for (b, _) in out.iter_mut() {
+        // -0 and 0 are one bound (a negative bucket whose bound underflowed).
+        if *b == 0.0 {
+            *b = 0.0;
+        }
+    }
     out.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let seen: u64 = out.iter().map(|(_, c)| c).sum();
-    out.push((f64::INFINITY, dp.count.saturating_sub(seen)));
+    out.dedup_by(|later, kept| {
+        if later.0 == kept.0 {
+            kept.1 = kept.1.saturating_add(later.1);
+            true
+        } else {
+            false
+        }
+    });
+    out.push((f64::INFINITY, overflowed));
     Ok(out)
 }
 
@@ -268,7 +346,7 @@ fn exponential_buckets(dp: &ExponentialHistogramDataPoint) -> Result<Vec<(f64, u
 fn merge_buckets(into: &mut Vec<(f64, u64)>, add: &[(f64, u64)]) {
     for &(b, c) in add {
         match into.binary_search_by(|(x, _)| x.total_cmp(&b)) {
-            Ok(i) => into[i].1 += c,
+            Ok(i) => into[i].1 = into[i].1.saturating_add(c),
             Err(i) => into.insert(i, (b, c)),
         }
     }
@@ -346,7 +424,7 @@ impl Point {
                     *count = c;
                 } else {
                     *sum += s;
-                    *count += c;
+                    *count = count.saturating_add(c);
                 }
             }
             (held, new) => *held = new,
@@ -363,6 +441,7 @@ impl AppMetrics {
             overflow,
             inner: Mutex::new(Inner {
                 families: HashMap::new(),
+                claims: HashMap::new(),
                 targets,
             }),
         }
@@ -453,8 +532,12 @@ impl AppMetrics {
                 s.data_points.len(),
             ),
         };
-        let name = metric_name(&m.name, &m.unit, shape);
-        if name.starts_with("vitals_") || name == "target_info" {
+        let name = app_family_name(&m.name, &m.unit, shape);
+        let samples = sample_names(&name, kind);
+        if samples
+            .iter()
+            .any(|s| s.starts_with("vitals_") || s == "target_info")
+        {
             out.reject(points as u64, || {
                 format!(
                     "metric {:?} would be named {name}, which vitals reserves",
@@ -463,14 +546,31 @@ impl AppMetrics {
             });
             return;
         }
-        if !inner.families.contains_key(&name) && inner.families.len() >= self.cfg.family_limit {
-            out.reject(points as u64, || {
-                format!(
-                    "more than {} metric names; {name} dropped",
-                    self.cfg.family_limit
-                )
-            });
-            return;
+        if !inner.families.contains_key(&name) {
+            if inner.families.len() >= self.cfg.family_limit {
+                out.reject(points as u64, || {
+                    format!(
+                        "more than {} metric names; {name} dropped",
+                        self.cfg.family_limit
+                    )
+                });
+                return;
+            }
+            if let Some((sample, owner)) = samples
+                .iter()
+                .find_map(|s| inner.claims.get(s).map(|o| (s, o)))
+            {
+                out.reject(points as u64, || {
+                    format!(
+                        "metric {:?} would write samples named {sample}, which metric {owner} already writes",
+                        m.name
+                    )
+                });
+                return;
+            }
+            for s in samples {
+                inner.claims.insert(s, name.clone());
+            }
         }
         let series_limit = self.cfg.series_limit;
         let overflow = self.overflow.clone();
@@ -552,12 +652,7 @@ impl AppMetrics {
                 |dp| histogram(exponential_buckets(dp), dp.sum, dp.count),
                 &mut apply,
             ),
-            Data::Summary(s) => for_points(
-                &s.data_points,
-                false,
-                |dp| Ok(summary_state(dp)),
-                &mut apply,
-            ),
+            Data::Summary(s) => for_points(&s.data_points, false, summary_state, &mut apply),
         }
     }
 }
@@ -626,16 +721,31 @@ fn help_text(m: &opentelemetry_proto::tonic::metrics::v1::Metric) -> String {
     }
 }
 
-fn summary_state(dp: &SummaryDataPoint) -> State {
-    State::Summary {
-        quantiles: dp
-            .quantile_values
-            .iter()
-            .map(|q| (q.quantile, q.value))
-            .collect(),
+/// A summary point, refused if a quantile is outside 0..1 or repeated (which would write one series
+/// twice).
+fn summary_state(dp: &SummaryDataPoint) -> Result<State, String> {
+    let mut quantiles: Vec<(f64, f64)> = dp
+        .quantile_values
+        .iter()
+        .map(|q| (q.quantile, q.value))
+        .collect();
+    if quantiles.iter().any(|(q, _)| !(0.0..=1.0).contains(q)) {
+        return Err("summary quantile outside 0..1".into());
+    }
+    if quantiles.len() > MAX_BUCKETS {
+        return Err(format!(
+            "summary point has more than {MAX_BUCKETS} quantiles"
+        ));
+    }
+    quantiles.sort_by(|a, b| a.0.total_cmp(&b.0));
+    if quantiles.windows(2).any(|w| w[0].0 == w[1].0) {
+        return Err("summary point repeats a quantile".into());
+    }
+    Ok(State::Summary {
+        quantiles,
         sum: dp.sum,
         count: dp.count,
-    }
+    })
 }
 
 fn to_value(kind: MetricKind, p: &State) -> Value {
@@ -654,7 +764,8 @@ fn to_value(kind: MetricKind, p: &State) -> Value {
             let buckets = buckets
                 .iter()
                 .map(|(b, c)| {
-                    cum += c;
+                    // Counts near u64::MAX from a client must not wrap into a smaller +Inf.
+                    cum = u64::saturating_add(cum, *c);
                     (*b, cum)
                 })
                 .collect();
@@ -758,6 +869,10 @@ impl Collector for AppMetrics {
             f.series.expire(now, ttl);
             !f.series.is_empty()
         });
+        let Inner {
+            families, claims, ..
+        } = &mut *inner;
+        claims.retain(|_, owner| families.contains_key(owner));
         let mut names: Vec<&String> = inner.families.keys().collect();
         names.sort();
         for name in names {
@@ -1114,5 +1229,259 @@ mod tests {
                 ("service".into(), "shop".into())
             ]
         );
+    }
+
+    fn gauge(name: &str, attrs: Vec<KeyValue>) -> Metric {
+        Metric {
+            name: name.into(),
+            data: Some(Data::Gauge(Gauge {
+                data_points: vec![NumberDataPoint {
+                    attributes: attrs,
+                    value: Some(number_data_point::Value::AsDouble(1.0)),
+                    time_unix_nano: 1,
+                    ..Default::default()
+                }],
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn exp_point(scale: i32, zero_threshold: f64, offset: i32, counts: Vec<u64>) -> Metric {
+        let count = counts.iter().sum::<u64>() + 1;
+        Metric {
+            name: "exp".into(),
+            data: Some(Data::ExponentialHistogram(ExponentialHistogram {
+                data_points: vec![ExponentialHistogramDataPoint {
+                    scale,
+                    count,
+                    zero_count: 1,
+                    zero_threshold,
+                    positive: Some(Buckets {
+                        offset,
+                        bucket_counts: counts,
+                    }),
+                    time_unix_nano: 1,
+                    ..Default::default()
+                }],
+                aggregation_temporality: AggregationTemporality::Cumulative as i32,
+            })),
+            ..Default::default()
+        }
+    }
+
+    /// The `le` bounds of a family's first series.
+    fn bucket_bounds(f: &Family) -> Vec<f64> {
+        match &f.series[0].value {
+            Value::Histogram { buckets, .. } => buckets.iter().map(|(b, _)| *b).collect(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn colliding_names_are_refused_with_a_partial_success() {
+        let s = store();
+        let out = s.ingest(&request(vec![
+            sum(
+                "collide",
+                true,
+                AggregationTemporality::Cumulative,
+                vec![(0, 1, 1.0)],
+            ),
+            gauge("collide total", vec![]),
+        ]));
+        assert_eq!((out.accepted, out.rejected), (1, 1), "{}", out.message);
+        assert!(out.message.contains("collide_total"), "{}", out.message);
+        // A gauge that would forge the `_count` series of histogram `hcol`, and the other order.
+        let h = |name: &str| Metric {
+            name: name.into(),
+            data: Some(Data::Histogram(Histogram {
+                data_points: vec![HistogramDataPoint {
+                    count: 1,
+                    bucket_counts: vec![1],
+                    time_unix_nano: 1,
+                    ..Default::default()
+                }],
+                aggregation_temporality: 2,
+            })),
+            ..Default::default()
+        };
+        let out = s.ingest(&request(vec![
+            h("hcol"),
+            gauge("hcol.count", vec![]),
+            gauge("hcol bucket", vec![kv("le", "1")]),
+        ]));
+        assert_eq!((out.accepted, out.rejected), (1, 2), "{}", out.message);
+        let s2 = store();
+        let out = s2.ingest(&request(vec![gauge("h2.sum", vec![]), h("h2")]));
+        assert_eq!((out.accepted, out.rejected), (1, 1), "{}", out.message);
+        // Reserved names: vitals' own families and target_info.
+        let out = s2.ingest(&request(vec![
+            gauge("vitals.x", vec![]),
+            gauge("target.info", vec![]),
+        ]));
+        assert_eq!(out.rejected, 2);
+        let names: Vec<String> = collect(&s).iter().map(|f| f.name.clone()).collect();
+        assert_eq!(names, ["collide", "hcol", "target_info"]);
+    }
+
+    #[test]
+    fn app_process_metrics_stay_out_of_the_target_families() {
+        let s = store();
+        let out = s.ingest(&request(vec![
+            Metric {
+                unit: "By".into(),
+                ..gauge("process.memory.usage", vec![])
+            },
+            sum(
+                "process.runtime.go.gc.count",
+                true,
+                AggregationTemporality::Cumulative,
+                vec![(0, 1, 1.0)],
+            ),
+        ]));
+        assert_eq!(out.rejected, 0, "{}", out.message);
+        let names: Vec<String> = collect(&s).iter().map(|f| f.name.clone()).collect();
+        assert_eq!(
+            names,
+            [
+                "app_process_memory_usage_bytes",
+                "process_runtime_go_gc_count",
+                "target_info"
+            ]
+        );
+    }
+
+    #[test]
+    fn reserved_label_names_from_points_and_resources_are_renamed() {
+        let s = store();
+        let mut req = request(vec![gauge(
+            "g",
+            vec![kv("__name__", "x"), kv("__meta", "y")],
+        )]);
+        if let Some(r) = req.resource_metrics[0].resource.as_mut() {
+            r.attributes.push(kv("__name__", "z"));
+        }
+        assert_eq!(s.ingest(&req).rejected, 0);
+        for f in collect(&s) {
+            for series in &f.series {
+                assert!(
+                    series.labels.iter().all(|(k, _)| !k.starts_with("__")),
+                    "{}: {:?}",
+                    f.name,
+                    series.labels
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn exponential_buckets_never_repeat_a_bound() {
+        // Offsets so far out that the bounds underflow to 0 (and repeat), then a zero threshold equal
+        // to a bucket bound (1.0 is the upper bound of bucket -1 at scale 0).
+        for m in [
+            exp_point(20, 0.0, -1_500_000_000, vec![1, 1, 1]),
+            exp_point(0, 1.0, -2, vec![1, 1, 1]),
+            exp_point(0, 0.0, 2000, vec![1, 1]),
+        ] {
+            let s = store();
+            let out = s.ingest(&request(vec![m]));
+            assert_eq!(out.rejected, 0, "{}", out.message);
+            let f = collect(&s);
+            let bounds = bucket_bounds(&f[0]);
+            let mut sorted = bounds.clone();
+            sorted.dedup();
+            assert_eq!(bounds, sorted, "repeated le in {bounds:?}");
+            match &f[0].series[0].value {
+                Value::Histogram { buckets, count, .. } => {
+                    assert_eq!(
+                        buckets.last().map(|b| b.1),
+                        Some(*count),
+                        "+Inf holds the count"
+                    )
+                }
+                _ => unreachable!(),
+            }
+        }
+    }
+
+    #[test]
+    fn inconsistent_points_and_wrapping_counts_are_refused() {
+        let s = store();
+        let h = |count: u64, buckets: Vec<u64>| Metric {
+            name: "h".into(),
+            data: Some(Data::Histogram(Histogram {
+                data_points: vec![HistogramDataPoint {
+                    count,
+                    bucket_counts: buckets,
+                    explicit_bounds: vec![1.0],
+                    time_unix_nano: 1,
+                    ..Default::default()
+                }],
+                aggregation_temporality: 2,
+            })),
+            ..Default::default()
+        };
+        // Count differs from the buckets; buckets whose sum wraps u64 (9.2e18 + 9.2e18 + 2).
+        let big = 1u64 << 63;
+        let out = s.ingest(&request(vec![h(5, vec![1, 2]), h(2, vec![big, big + 2])]));
+        assert_eq!(out.rejected, 2, "{}", out.message);
+        assert!(out.message.contains("differs"), "{}", out.message);
+        // Delta windows that add up past u64::MAX saturate rather than wrap.
+        let d = |start: u64| Metric {
+            data: Some(Data::Histogram(Histogram {
+                data_points: vec![HistogramDataPoint {
+                    count: big,
+                    bucket_counts: vec![big, 0],
+                    explicit_bounds: vec![1.0],
+                    start_time_unix_nano: start,
+                    time_unix_nano: start + 1,
+                    ..Default::default()
+                }],
+                aggregation_temporality: AggregationTemporality::Delta as i32,
+            })),
+            ..h(0, vec![])
+        };
+        let out = s.ingest(&request(vec![d(1), d(2), d(3)]));
+        assert_eq!(out.rejected, 0, "{}", out.message);
+        match &collect(&s)[0].series[0].value {
+            Value::Histogram { buckets, count, .. } => {
+                assert_eq!(*count, u64::MAX);
+                assert!(buckets.windows(2).all(|w| w[0].1 <= w[1].1), "{buckets:?}");
+                assert_eq!(buckets.last().map(|b| b.1), Some(u64::MAX));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn repeated_or_invalid_quantiles_are_refused() {
+        use opentelemetry_proto::tonic::metrics::v1::{
+            summary_data_point::ValueAtQuantile, Summary,
+        };
+        let q = |qs: &[f64]| Metric {
+            name: "s".into(),
+            data: Some(Data::Summary(Summary {
+                data_points: vec![SummaryDataPoint {
+                    quantile_values: qs
+                        .iter()
+                        .map(|q| ValueAtQuantile {
+                            quantile: *q,
+                            value: 1.0,
+                        })
+                        .collect(),
+                    time_unix_nano: 1,
+                    ..Default::default()
+                }],
+            })),
+            ..Default::default()
+        };
+        let s = store();
+        let out = s.ingest(&request(vec![
+            q(&[0.5, 0.5]),
+            q(&[1.5]),
+            q(&[f64::NAN]),
+            q(&[0.9, 0.5]),
+        ]));
+        assert_eq!((out.accepted, out.rejected), (1, 3), "{}", out.message);
     }
 }

@@ -53,6 +53,7 @@ impl LogCounts {
             for sl in &rl.scope_logs {
                 for rec in &sl.log_records {
                     let sev = severity_label(rec.severity_number);
+                    // Severity labels never hold the separator, so the key splits one way only.
                     key.clear();
                     key.push_str(&service);
                     key.push('\u{1f}');

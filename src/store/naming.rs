@@ -50,10 +50,15 @@ pub fn metric_name(otel_name: &str, unit: &str, shape: InstrumentShape) -> Strin
     name
 }
 
-/// Prometheus label name for an OTel attribute key (`http.route` → `http_route`).
+/// Longest label name kept (bytes): attribute keys come from outside and are cut to this.
+pub const MAX_LABEL_NAME: usize = 128;
+
+/// Prometheus label name for an OTel attribute key (`http.route` → `http_route`), from at most
+/// [`MAX_LABEL_NAME`] characters of the key (plus a `key` prefix where one is needed).
 pub fn label_name(key: &str) -> String {
     let mut out: String = key
         .chars()
+        .take(MAX_LABEL_NAME)
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '_' {
                 c
@@ -67,7 +72,9 @@ pub fn label_name(key: &str) -> String {
     }
     if out.as_bytes()[0].is_ascii_digit() {
         out.insert_str(0, "key_");
-    } else if out.starts_with('_') && !out.starts_with("__") {
+    } else if out.starts_with('_') {
+        // `__`-prefixed names (`__name__` above all) are reserved for Prometheus itself: a second
+        // `__name__` label would make it refuse the whole scrape.
         out.insert_str(0, "key");
     }
     out
@@ -204,8 +211,10 @@ mod tests {
         );
         assert_eq!(label_name("3d"), "key_3d");
         assert_eq!(label_name("_x"), "key_x");
-        assert_eq!(label_name("__x"), "__x");
+        assert_eq!(label_name("__x"), "key__x");
+        assert_eq!(label_name("__name__"), "key__name__");
         assert_eq!(label_name("a-b c\"}"), "a_b_c__");
         assert_eq!(label_name(""), "key_empty");
+        assert_eq!(label_name(&"k".repeat(1 << 20)).len(), MAX_LABEL_NAME);
     }
 }

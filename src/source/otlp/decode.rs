@@ -1,5 +1,6 @@
 //! Request bodies to OTLP messages: gzip inflated under a size limit (a bomb is refused while inflating),
-//! then protobuf or OTLP/JSON. A decoder panic is an undecodable body, never a crash.
+//! then protobuf or OTLP/JSON. A decoder panic is an undecodable body, never a crash (the release
+//! build unwinds; see `Ingest::isolated` for the rest of a request's handling).
 
 use std::io::Read;
 
@@ -26,18 +27,38 @@ pub enum DecodeError {
     /// Not valid for the declared encoding.
     #[error("cannot decode request body: {0}")]
     Undecodable(String),
+    /// The memory budget could not hold the inflated body.
+    #[error("the memory budget cannot hold the inflated body")]
+    OverBudget(super::OverBudget),
 }
 
-/// Inflates a gzip body, stopping as soon as the output would pass `limit`.
-pub fn gunzip(body: &[u8], limit: usize) -> Result<Vec<u8>, DecodeError> {
-    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit));
+/// Inflated bytes produced between two charges.
+const INFLATE_STEP: usize = 64 << 10;
+
+/// Inflates a gzip body, stopping as soon as the output would pass `limit`. `charge` is told of every
+/// step the output grows by (twice the bytes: the buffer grows by doubling) before it grows, and
+/// stops the inflating by refusing.
+pub fn gunzip(
+    body: &[u8],
+    limit: usize,
+    mut charge: impl FnMut(u64) -> Result<(), super::OverBudget>,
+) -> Result<Vec<u8>, DecodeError> {
+    let mut out = Vec::new();
     let mut dec = flate2::read::GzDecoder::new(body).take(limit as u64 + 1);
-    dec.read_to_end(&mut out)
-        .map_err(|e| DecodeError::Undecodable(format!("gzip: {e}")))?;
-    if out.len() > limit {
-        return Err(DecodeError::TooLarge { limit });
+    loop {
+        charge(2 * INFLATE_STEP as u64).map_err(DecodeError::OverBudget)?;
+        let before = out.len();
+        (&mut dec)
+            .take(INFLATE_STEP as u64)
+            .read_to_end(&mut out)
+            .map_err(|e| DecodeError::Undecodable(format!("gzip: {e}")))?;
+        if out.len() > limit {
+            return Err(DecodeError::TooLarge { limit });
+        }
+        if out.len() - before < INFLATE_STEP {
+            return Ok(out);
+        }
     }
-    Ok(out)
 }
 
 /// Decodes an OTLP message.
@@ -77,15 +98,32 @@ mod tests {
             "64 MiB of zeros compresses to {} bytes",
             bomb.len()
         );
+        let free = |_| Ok(());
         assert_eq!(
-            gunzip(&bomb, 1 << 20),
+            gunzip(&bomb, 1 << 20, free),
             Err(DecodeError::TooLarge { limit: 1 << 20 })
         );
-        assert_eq!(gunzip(&gz(b"hello"), 5).unwrap(), b"hello");
+        assert_eq!(gunzip(&gz(b"hello"), 5, free).unwrap(), b"hello");
         assert!(matches!(
-            gunzip(b"not gzip", 100),
+            gunzip(b"not gzip", 100, free),
             Err(DecodeError::Undecodable(_))
         ));
+        // The charge stops the inflating: 256 KiB allowed, so the 64 MiB bomb stops there.
+        let mut charged = 0u64;
+        let r = gunzip(&bomb, 64 << 20, |n| {
+            charged += n;
+            if charged > 256 << 10 {
+                Err(crate::source::otlp::OverBudget::Busy)
+            } else {
+                Ok(())
+            }
+        });
+        assert_eq!(
+            r,
+            Err(DecodeError::OverBudget(
+                crate::source::otlp::OverBudget::Busy
+            ))
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! OTLP/gRPC: the trace, metrics and logs services on tonic. A guard in front of tonic sheds load before
-//! any decoding (UNAVAILABLE with RetryInfo, which clients retry) and maps tonic's own codes to the
+//! OTLP/gRPC: the trace, metrics and logs services on tonic. A guard in front of tonic reads each message
+//! under a deadline, charging it to the memory budget as it arrives, inflates it and checks its decoded
+//! cost before tonic decodes it; it sheds load (UNAVAILABLE with RetryInfo, which clients retry) and maps tonic's own codes to the
 //! OTLP specification's: OUT_OF_RANGE for an oversize message becomes RESOURCE_EXHAUSTED (no retry hint),
 //! INTERNAL from a protobuf or gzip decode failure becomes INVALID_ARGUMENT.
 
@@ -34,11 +35,20 @@ use tonic::codec::CompressionEncoding;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use bytes::{Bytes, BytesMut};
+
+use super::cost;
+use super::decode::{gunzip, DecodeError, Encoding};
 use super::http::{logs_response, metrics_response, trace_response};
-use super::{Ingest, Refusal, Signal};
+use super::{Charge, Ingest, OverBudget, Refusal, Signal};
 
 #[derive(Clone)]
 struct Otlp(Arc<Ingest>);
+
+/// The answer to a request whose handling panicked: INTERNAL, which OTLP clients do not retry.
+fn internal() -> Status {
+    Status::internal("vitals failed handling this request (a bug: please report it)")
+}
 
 #[tonic::async_trait]
 impl TraceService for Otlp {
@@ -46,7 +56,11 @@ impl TraceService for Otlp {
         &self,
         req: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        Ok(Response::new(trace_response(self.0.traces(req.get_ref()))))
+        let p = self
+            .0
+            .isolated(Signal::Traces, || self.0.traces(req.get_ref()))
+            .ok_or_else(internal)?;
+        Ok(Response::new(trace_response(p)))
     }
 }
 
@@ -56,9 +70,11 @@ impl MetricsService for Otlp {
         &self,
         req: Request<ExportMetricsServiceRequest>,
     ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
-        Ok(Response::new(metrics_response(
-            self.0.metrics(req.get_ref()),
-        )))
+        let p = self
+            .0
+            .isolated(Signal::Metrics, || self.0.metrics(req.get_ref()))
+            .ok_or_else(internal)?;
+        Ok(Response::new(metrics_response(p)))
     }
 }
 
@@ -68,7 +84,11 @@ impl LogsService for Otlp {
         &self,
         req: Request<ExportLogsServiceRequest>,
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
-        Ok(Response::new(logs_response(self.0.logs(req.get_ref()))))
+        let p = self
+            .0
+            .isolated(Signal::Logs, || self.0.logs(req.get_ref()))
+            .ok_or_else(internal)?;
+        Ok(Response::new(logs_response(p)))
     }
 }
 
@@ -104,13 +124,15 @@ struct Guard<S> {
 
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
 
-impl<S, B> tower::Service<http::Request<B>> for Guard<S>
+impl<S> tower::Service<http::Request<tonic::body::Body>> for Guard<S>
 where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+        > + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
-    B: Send + 'static,
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
@@ -120,33 +142,156 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let signal = signal_of(req.uri().path());
-        let permit = match signal {
-            Some(s) => match self.ingest.admit(s) {
-                Some(p) => Some(p),
-                None => {
-                    let status = Status::with_error_details(
-                        Code::Unavailable,
-                        "vitals is at its concurrent request limit; retry later",
-                        ErrorDetails::with_retry_info(Some(Duration::from_secs(1))),
-                    );
-                    return Box::pin(async move { Ok(status.into_http()) });
-                }
-            },
-            None => None,
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        let Some(signal) = signal_of(req.uri().path()) else {
+            return Box::pin(self.inner.call(req));
         };
+        // The ready clone goes to this request; the one left behind is made ready again by the next
+        // poll_ready (tower's usual pattern for a service called from a spawned future).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
         let ingest = self.ingest.clone();
-        let fut = self.inner.call(req);
         Box::pin(async move {
-            let mut resp = fut.await?;
+            let (parts, body) = req.into_parts();
+            let mut charge = ingest.charge();
+            let frame = match tokio::time::timeout(
+                ingest.limits.body_timeout,
+                read_message(body, &parts.headers, &ingest, signal, &mut charge),
+            )
+            .await
+            {
+                Ok(Ok(frame)) => frame,
+                Ok(Err(status)) => return Ok(status.into_http()),
+                Err(_) => {
+                    ingest.stats.refused(signal, Refusal::Undecodable);
+                    return Ok(Status::unavailable(format!(
+                        "request message did not arrive within {:?}",
+                        ingest.limits.body_timeout
+                    ))
+                    .into_http());
+                }
+            };
+            let Some(permit) = ingest.admit(signal) else {
+                return Ok(Status::with_error_details(
+                    Code::Unavailable,
+                    "vitals is at its concurrent request limit; retry later",
+                    ErrorDetails::with_retry_info(Some(Duration::from_secs(1))),
+                )
+                .into_http());
+            };
+            let mut parts = parts;
+            parts.headers.remove("grpc-encoding");
+            let req = http::Request::from_parts(
+                parts,
+                tonic::body::Body::new(http_body_util::Full::new(frame)),
+            );
+            let mut resp = inner.call(req).await?;
             drop(permit);
-            if let Some(signal) = signal {
-                remap_status(&mut resp, &ingest, signal);
-            }
+            drop(charge);
+            remap_status(&mut resp, &ingest, signal);
             Ok(resp)
         })
     }
+}
+
+/// Reads the one length-prefixed message of a unary call under the size limit and the memory budget,
+/// inflates it if it is compressed, and checks its decoded cost. Returns the message re-framed
+/// uncompressed, or the status to answer with.
+async fn read_message(
+    mut body: tonic::body::Body,
+    headers: &http::HeaderMap,
+    ingest: &Ingest,
+    signal: Signal,
+    charge: &mut Charge,
+) -> Result<Bytes, Status> {
+    use http_body_util::BodyExt;
+    let limit = ingest.limits.max_body;
+    let over = |e: OverBudget| {
+        let (e, m) = ingest.over_budget(signal, e);
+        match e {
+            OverBudget::TooLarge => Status::resource_exhausted(m),
+            OverBudget::Busy => Status::with_error_details(
+                Code::Unavailable,
+                m,
+                ErrorDetails::with_retry_info(Some(Duration::from_secs(1))),
+            ),
+        }
+    };
+    let too_large = || {
+        ingest.stats.refused(signal, Refusal::TooLarge);
+        Status::resource_exhausted(DecodeError::TooLarge { limit }.to_string())
+    };
+    let undecodable = |m: String| {
+        ingest.stats.refused(signal, Refusal::Undecodable);
+        Status::invalid_argument(m)
+    };
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| undecodable(format!("cannot read request: {e}")))?;
+        if let Some(d) = frame.data_ref() {
+            // 5 bytes of gRPC framing precede the message.
+            if buf.len() + d.len() > limit + 5 {
+                return Err(too_large());
+            }
+            charge.grow(ingest, 2 * d.len() as u64).map_err(over)?;
+            buf.extend_from_slice(d);
+            if buf.len() >= 5 {
+                let declared = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+                if declared > limit {
+                    return Err(too_large());
+                }
+            }
+        }
+    }
+    if buf.len() < 5 {
+        return Err(undecodable("no gRPC message in the request".into()));
+    }
+    let compressed = buf[0] == 1;
+    let declared = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+    if buf[0] > 1 || buf.len() != 5 + declared {
+        return Err(undecodable(
+            "a unary OTLP export carries exactly one gRPC message".into(),
+        ));
+    }
+    let message = buf.freeze().slice(5..);
+    let message = if compressed {
+        let gzip = headers
+            .get("grpc-encoding")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+        if !gzip {
+            return Err(Status::unimplemented(
+                "compressed message without grpc-encoding: gzip; vitals accepts gzip",
+            ));
+        }
+        match gunzip(&message, limit, |n| charge.grow(ingest, n)) {
+            Ok(m) => Bytes::from(m),
+            Err(DecodeError::TooLarge { .. }) => return Err(too_large()),
+            Err(DecodeError::OverBudget(e)) => return Err(over(e)),
+            Err(e) => return Err(undecodable(e.to_string())),
+        }
+    } else {
+        message
+    };
+    let c =
+        cost::cost(signal, &message, Encoding::Protobuf).map_err(|e| undecodable(e.to_string()))?;
+    ingest
+        .charge_decoded(signal, charge, c)
+        .map_err(|(e, m)| match e {
+            OverBudget::TooLarge => Status::resource_exhausted(m),
+            OverBudget::Busy => Status::with_error_details(
+                Code::Unavailable,
+                m,
+                ErrorDetails::with_retry_info(Some(Duration::from_secs(1))),
+            ),
+        })?;
+    charge
+        .grow(ingest, 5 + message.len() as u64)
+        .map_err(over)?;
+    let mut framed = BytesMut::with_capacity(5 + message.len());
+    framed.extend_from_slice(&[0]);
+    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&message);
+    Ok(framed.freeze())
 }
 
 /// Rewrites a trailers-only error response from tonic's decoding to the code OTLP prescribes.

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{
-    HeaderValue, ALLOW, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER,
+    HeaderValue, ALLOW, CONNECTION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER,
 };
 use hyper::{Method, Request, Response, StatusCode};
 use opentelemetry_proto::tonic::collector::logs::v1::{
@@ -27,8 +27,9 @@ use prost::Message;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::cost;
 use super::decode::{decode, gunzip, DecodeError, Encoding};
-use super::{Ingest, Partial, Refusal, Signal};
+use super::{Charge, Ingest, OverBudget, Partial, Refusal, Signal};
 
 type Resp = Response<Full<Bytes>>;
 
@@ -99,6 +100,7 @@ fn media_type(req: &Request<Incoming>) -> Option<Encoding> {
 const INVALID_ARGUMENT: i32 = 3;
 const RESOURCE_EXHAUSTED: i32 = 8;
 const UNAVAILABLE: i32 = 14;
+const INTERNAL: i32 = 13;
 
 async fn handle(ingest: Arc<Ingest>, req: Request<Incoming>) -> Result<Resp, Infallible> {
     let signal = match req.uri().path() {
@@ -152,28 +154,23 @@ async fn handle(ingest: Arc<Ingest>, req: Request<Incoming>) -> Result<Resp, Inf
             ));
         }
     };
-    // Shed before reading or decoding anything.
-    let Some(_permit) = ingest.admit(signal) else {
-        let mut r = status_body(
-            StatusCode::SERVICE_UNAVAILABLE,
-            UNAVAILABLE,
-            "vitals is at its concurrent request limit; retry later",
-            enc,
-        );
-        r.headers_mut()
-            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
-        return Ok(r);
-    };
     let limit = ingest.limits.max_body;
-    let too_large = |ingest: &Ingest| {
-        ingest.stats.refused(signal, Refusal::TooLarge);
-        status_body(
+    let refuse = |ingest: &Ingest, e: OverBudget, message: &str| match e {
+        OverBudget::TooLarge => status_body(
             StatusCode::PAYLOAD_TOO_LARGE,
             RESOURCE_EXHAUSTED,
-            &DecodeError::TooLarge { limit }.to_string(),
+            message,
             enc,
-        )
+        ),
+        OverBudget::Busy => {
+            let _ = ingest;
+            let mut r = status_body(StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE, message, enc);
+            r.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            r
+        }
     };
+    let too_large_message = DecodeError::TooLarge { limit }.to_string();
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
@@ -183,12 +180,28 @@ async fn handle(ingest: Arc<Ingest>, req: Request<Incoming>) -> Result<Resp, Inf
         // Read the refused body away (not stored) so the client gets this answer rather than a reset
         // connection, which SDKs take for a network error and retry.
         drain(req.into_body()).await;
-        return Ok(too_large(&ingest));
+        ingest.stats.refused(signal, Refusal::TooLarge);
+        return Ok(refuse(&ingest, OverBudget::TooLarge, &too_large_message));
     }
-    let raw = match read_limited(req.into_body(), limit).await {
-        Ok(b) => b,
-        Err(None) => return Ok(too_large(&ingest)),
-        Err(Some(e)) => {
+    // Everything this request holds (body as read, inflated, decoded) is charged to the memory budget
+    // as it grows; nothing else is held while the body arrives, so a stalled body blocks no one.
+    let mut charge = ingest.charge();
+    let read = tokio::time::timeout(
+        ingest.limits.body_timeout,
+        read_limited(req.into_body(), limit, &ingest, &mut charge),
+    )
+    .await;
+    let raw = match read {
+        Ok(Ok(b)) => b,
+        Ok(Err(BodyError::TooLarge)) => {
+            ingest.stats.refused(signal, Refusal::TooLarge);
+            return Ok(refuse(&ingest, OverBudget::TooLarge, &too_large_message));
+        }
+        Ok(Err(BodyError::Budget(e))) => {
+            let (e, m) = ingest.over_budget(signal, e);
+            return Ok(refuse(&ingest, e, &m));
+        }
+        Ok(Err(BodyError::Transport(e))) => {
             ingest.stats.refused(signal, Refusal::Undecodable);
             return Ok(status_body(
                 StatusCode::BAD_REQUEST,
@@ -197,27 +210,24 @@ async fn handle(ingest: Arc<Ingest>, req: Request<Incoming>) -> Result<Resp, Inf
                 enc,
             ));
         }
-    };
-    let body: std::borrow::Cow<'_, [u8]> = if gzip {
-        match gunzip(&raw, limit) {
-            Ok(b) => b.into(),
-            Err(DecodeError::TooLarge { .. }) => return Ok(too_large(&ingest)),
-            Err(e) => {
-                ingest.stats.refused(signal, Refusal::Undecodable);
-                return Ok(status_body(
-                    StatusCode::BAD_REQUEST,
-                    INVALID_ARGUMENT,
-                    &e.to_string(),
-                    enc,
-                ));
-            }
+        Err(_) => {
+            ingest.stats.refused(signal, Refusal::Undecodable);
+            let mut r = status_body(
+                StatusCode::REQUEST_TIMEOUT,
+                UNAVAILABLE,
+                &format!(
+                    "request body did not arrive within {:?}",
+                    ingest.limits.body_timeout
+                ),
+                enc,
+            );
+            r.headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+            return Ok(r);
         }
-    } else {
-        raw.as_ref().into()
     };
-    let ingest2 = ingest.clone();
-    let undecodable = move |e: DecodeError| {
-        ingest2.stats.refused(signal, Refusal::Undecodable);
+    let undecodable = |e: DecodeError| {
+        ingest.stats.refused(signal, Refusal::Undecodable);
         status_body(
             StatusCode::BAD_REQUEST,
             INVALID_ARGUMENT,
@@ -225,7 +235,37 @@ async fn handle(ingest: Arc<Ingest>, req: Request<Incoming>) -> Result<Resp, Inf
             enc,
         )
     };
-    let resp = match signal {
+    let body: std::borrow::Cow<'_, [u8]> = if gzip {
+        match gunzip(&raw, limit, |n| charge.grow(&ingest, n)) {
+            Ok(b) => b.into(),
+            Err(DecodeError::TooLarge { .. }) => {
+                ingest.stats.refused(signal, Refusal::TooLarge);
+                return Ok(refuse(&ingest, OverBudget::TooLarge, &too_large_message));
+            }
+            Err(DecodeError::OverBudget(e)) => {
+                let (e, m) = ingest.over_budget(signal, e);
+                return Ok(refuse(&ingest, e, &m));
+            }
+            Err(e) => return Ok(undecodable(e)),
+        }
+    } else {
+        raw.as_ref().into()
+    };
+    let cost = match cost::cost(signal, &body, enc) {
+        Ok(c) => c,
+        Err(e) => return Ok(undecodable(e)),
+    };
+    if let Err((e, m)) = ingest.charge_decoded(signal, &mut charge, cost) {
+        return Ok(refuse(&ingest, e, &m));
+    }
+    let Some(_permit) = ingest.admit(signal) else {
+        return Ok(refuse(
+            &ingest,
+            OverBudget::Busy,
+            "vitals is at its concurrent request limit; retry later",
+        ));
+    };
+    let handled = ingest.isolated(signal, || match signal {
         Signal::Traces => match decode::<ExportTraceServiceRequest>(&body, enc) {
             Ok(r) => ok_body(signal, ingest.traces(&r), enc),
             Err(e) => undecodable(e),
@@ -238,7 +278,16 @@ async fn handle(ingest: Arc<Ingest>, req: Request<Incoming>) -> Result<Resp, Inf
             Ok(r) => ok_body(signal, ingest.logs(&r), enc),
             Err(e) => undecodable(e),
         },
-    };
+    });
+    let resp = handled.unwrap_or_else(|| {
+        status_body(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            INTERNAL,
+            "vitals failed handling this request (a bug: please report it)",
+            enc,
+        )
+    });
+    drop(charge);
     Ok(resp)
 }
 
@@ -246,17 +295,35 @@ async fn handle(ingest: Arc<Ingest>, req: Request<Incoming>) -> Result<Resp, Inf
 const DRAIN_MAX: usize = 64 << 20;
 const DRAIN_TIME: Duration = Duration::from_secs(5);
 
-/// Reads a body of at most `limit` bytes. Past the limit nothing more is stored and the rest is drained
-/// (`Err(None)`); a transport error is `Err(Some(..))`.
-async fn read_limited(mut body: Incoming, limit: usize) -> Result<Bytes, Option<hyper::Error>> {
+/// Why a body could not be read.
+enum BodyError {
+    /// Past the size limit (the rest was drained).
+    TooLarge,
+    /// The memory budget could not hold it.
+    Budget(OverBudget),
+    /// The connection failed.
+    Transport(hyper::Error),
+}
+
+/// Reads a body of at most `limit` bytes, charging what it holds to `charge` (twice the bytes read:
+/// the buffer grows by doubling).
+async fn read_limited(
+    mut body: Incoming,
+    limit: usize,
+    ingest: &Ingest,
+    charge: &mut Charge,
+) -> Result<Bytes, BodyError> {
     let mut buf = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(Some)?;
+        let frame = frame.map_err(BodyError::Transport)?;
         if let Some(d) = frame.data_ref() {
             if buf.len() + d.len() > limit {
                 drain(body).await;
-                return Err(None);
+                return Err(BodyError::TooLarge);
             }
+            charge
+                .grow(ingest, 2 * d.len() as u64)
+                .map_err(BodyError::Budget)?;
             buf.extend_from_slice(d);
         }
     }

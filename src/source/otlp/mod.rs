@@ -1,6 +1,8 @@
-//! The OTLP receiver: gRPC and HTTP front ends share one [`Ingest`], which bounds concurrent requests,
-//! hands decoded requests to the stores, and counts items and refused requests.
+//! The OTLP receiver: gRPC and HTTP front ends share one [`Ingest`], which holds the memory budget every
+//! request is charged against before it is decoded, bounds concurrent processing, hands decoded requests
+//! to the stores, and counts items and refused requests.
 
+pub mod cost;
 pub mod decode;
 pub mod grpc;
 pub mod http;
@@ -54,14 +56,17 @@ pub enum Refusal {
     Overloaded,
     /// A content type or encoding the receiver does not speak.
     UnsupportedMediaType,
+    /// Handling it panicked (a bug): only this request is lost.
+    InternalError,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 4] = [
+    const ALL: [Refusal; 5] = [
         Refusal::TooLarge,
         Refusal::Undecodable,
         Refusal::Overloaded,
         Refusal::UnsupportedMediaType,
+        Refusal::InternalError,
     ];
 
     fn label(self) -> &'static str {
@@ -70,6 +75,7 @@ impl Refusal {
             Refusal::Undecodable => "undecodable",
             Refusal::Overloaded => "overloaded",
             Refusal::UnsupportedMediaType => "unsupported_media_type",
+            Refusal::InternalError => "internal_error",
         }
     }
 }
@@ -81,6 +87,74 @@ pub struct OtlpLimits {
     pub max_body: usize,
     /// Requests decoded at once; more are shed with a retry hint.
     pub max_concurrent: usize,
+    /// Bytes all requests in flight may hold together: bodies as read, inflated, and decoded (by the
+    /// estimate of [`cost::cost`]). A request that alone needs more is too large; one that would need
+    /// more than is left waits for nothing and is shed with a retry hint.
+    pub memory_budget: usize,
+    /// Spans, data points or log records in one request.
+    pub max_items: u64,
+    /// Longest time a request body may take to arrive.
+    pub body_timeout: std::time::Duration,
+}
+
+impl OtlpLimits {
+    /// Default memory budget: with the process's own ~20 MiB this keeps vitals under the 96 MiB the
+    /// shipped manifest gives it, whatever the clients send.
+    pub const DEFAULT_MEMORY_BUDGET: usize = 32 << 20;
+    /// Default items per request: about 100 times the SDKs' default batch of 512 (more than a Collector's
+    /// batch processor sends by default).
+    pub const DEFAULT_MAX_ITEMS: u64 = 50_000;
+
+    /// Limits with the given body size and concurrency, the rest at their defaults.
+    pub fn new(max_body: usize, max_concurrent: usize) -> Self {
+        OtlpLimits {
+            max_body,
+            max_concurrent,
+            memory_budget: Self::DEFAULT_MEMORY_BUDGET,
+            max_items: Self::DEFAULT_MAX_ITEMS,
+            body_timeout: std::time::Duration::from_secs(10),
+        }
+    }
+}
+
+/// Bytes of the memory budget a request holds; given back when dropped.
+pub struct Charge(Option<OwnedSemaphorePermit>);
+
+/// Why a charge against the memory budget failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverBudget {
+    /// The request alone needs more than the whole budget: refuse it for good (413 / RESOURCE_EXHAUSTED).
+    TooLarge,
+    /// Other requests hold the rest of the budget now: shed it with a retry hint.
+    Busy,
+}
+
+/// One KiB unit of the memory budget semaphore.
+const BUDGET_UNIT: u64 = 1024;
+
+impl Charge {
+    /// Adds `bytes` to this charge.
+    pub fn grow(&mut self, ingest: &Ingest, bytes: u64) -> Result<(), OverBudget> {
+        let have = self.0.as_ref().map_or(0, |p| p.num_permits() as u64);
+        let units = bytes.div_ceil(BUDGET_UNIT);
+        if have + units > ingest.budget_units {
+            return Err(OverBudget::TooLarge);
+        }
+        if units == 0 {
+            return Ok(());
+        }
+        let units = u32::try_from(units).map_err(|_| OverBudget::TooLarge)?;
+        let p = ingest
+            .budget
+            .clone()
+            .try_acquire_many_owned(units)
+            .map_err(|_| OverBudget::Busy)?;
+        match &mut self.0 {
+            Some(held) => held.merge(p),
+            None => self.0 = Some(p),
+        }
+        Ok(())
+    }
 }
 
 /// Per-request result for the response: items rejected and why.
@@ -96,7 +170,7 @@ pub struct Partial {
 #[derive(Default)]
 pub struct OtlpStats {
     items: [[AtomicU64; 2]; 3],
-    refused: [[AtomicU64; 4]; 3],
+    refused: [[AtomicU64; 5]; 3],
     overflow: OverflowCounter,
 }
 
@@ -163,6 +237,8 @@ pub struct Ingest {
     /// Counters.
     pub stats: Arc<OtlpStats>,
     permits: Arc<Semaphore>,
+    budget: Arc<Semaphore>,
+    budget_units: u64,
     red: Arc<RedStore>,
     app: Arc<AppMetrics>,
     logs: Arc<LogCounts>,
@@ -177,8 +253,11 @@ impl Ingest {
         logs: Arc<LogCounts>,
         stats: Arc<OtlpStats>,
     ) -> Self {
+        let budget_units = (limits.memory_budget as u64 / BUDGET_UNIT).max(1);
         Ingest {
             permits: Arc::new(Semaphore::new(limits.max_concurrent)),
+            budget: Arc::new(Semaphore::new(budget_units as usize)),
+            budget_units,
             limits,
             stats,
             red,
@@ -195,14 +274,78 @@ impl Ingest {
         }
     }
 
-    /// A slot for one request, or None when the receiver is at its concurrency limit (shed before
-    /// reading or decoding anything).
+    /// An empty charge against the memory budget, to grow as a request's body arrives.
+    pub fn charge(&self) -> Charge {
+        Charge(None)
+    }
+
+    /// Checks a body's decoded cost against the item limit and charges it to `charge`. On refusal the
+    /// request is counted and the caller answers with the returned error.
+    pub fn charge_decoded(
+        &self,
+        signal: Signal,
+        charge: &mut Charge,
+        cost: cost::Cost,
+    ) -> Result<(), (OverBudget, String)> {
+        if cost.items > self.limits.max_items {
+            self.stats.refused(signal, Refusal::TooLarge);
+            return Err((
+                OverBudget::TooLarge,
+                format!(
+                    "request holds {} items; vitals accepts at most {} per request (split the batch)",
+                    cost.items, self.limits.max_items
+                ),
+            ));
+        }
+        charge
+            .grow(self, cost.bytes)
+            .map_err(|e| self.over_budget(signal, e))
+    }
+
+    /// Counts a budget refusal and words it for the client.
+    pub fn over_budget(&self, signal: Signal, e: OverBudget) -> (OverBudget, String) {
+        match e {
+            OverBudget::TooLarge => {
+                self.stats.refused(signal, Refusal::TooLarge);
+                (
+                    e,
+                    format!(
+                        "request would take more than vitals' {}-byte memory budget once decoded (split the batch)",
+                        self.limits.memory_budget
+                    ),
+                )
+            }
+            OverBudget::Busy => {
+                self.stats.refused(signal, Refusal::Overloaded);
+                (
+                    e,
+                    "vitals' memory budget is held by other requests; retry later".to_owned(),
+                )
+            }
+        }
+    }
+
+    /// A slot to process one request (decode and apply, never while its body is still arriving), or
+    /// None when the receiver is at its concurrency limit.
     pub fn admit(&self, signal: Signal) -> Option<OwnedSemaphorePermit> {
         let p = self.permits.clone().try_acquire_owned().ok();
         if p.is_none() {
             self.stats.refused(signal, Refusal::Overloaded);
         }
         p
+    }
+
+    /// Runs one request's handling so that a panic in it (a bug) costs that request only: the release
+    /// build unwinds, the stores recover their locks from poisoning, and the request is counted and
+    /// answered as an internal error.
+    pub fn isolated<T>(&self, signal: Signal, work: impl FnOnce() -> T) -> Option<T> {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
+            Ok(t) => Some(t),
+            Err(_) => {
+                self.stats.refused(signal, Refusal::InternalError);
+                None
+            }
+        }
     }
 
     /// RED from a trace export; spans that are not requests are accepted and ignored.
