@@ -59,10 +59,11 @@ pub enum SearchError {
     ProcRoot(PathBuf, std::io::Error),
 }
 
-/// Reads the identity of `pid`, or None when no such live process exists (a zombie is not live).
+/// Reads the identity of `pid`, or None when no such live process exists (a zombie is not live, but a
+/// zombie main thread whose workers run is: see [`Stat::group_alive`](crate::source::procfs::Stat)).
 pub fn identify(proc_root: &Path, pid: u32) -> Option<TargetId> {
     let raw = std::fs::read(proc_root.join(pid.to_string()).join("stat")).ok()?;
-    let stat = parse_stat(&raw).ok().filter(|s| !s.is_dead())?;
+    let stat = parse_stat(&raw).ok().filter(|s| s.group_alive())?;
     Some(TargetId {
         pid,
         start_ticks: stat.starttime,
