@@ -2,7 +2,7 @@
 //! cgroup, hsperfdata and listen-socket sample of it every interval, and runs the derived signals.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,6 +12,7 @@ use crate::export::self_metrics::ExporterStats;
 use crate::signal::{Derived, TickInputs};
 use crate::source::cgroup::{locate, CgroupReader, CgroupRoots, CgroupSample};
 use crate::source::hsperf::{self, HsperfOwner, HsperfReader, HsperfStatus, JvmSample};
+use crate::source::kept::KeptFile;
 use crate::source::procfs::{read_comm, ProcReader, ProcSample, PssPolicy};
 use crate::source::sockets::{listen_sockets, socket_inodes, somaxconn, ListenSocket, SockDiag};
 use crate::store::app_metrics::AppMetrics;
@@ -45,10 +46,14 @@ pub struct Sampler {
     /// Other processes that matched when the current target was chosen: attaching to one of them
     /// later is a switch, not a restart.
     others_at_attach: Vec<u32>,
+    /// Set while only wrappers match, so the warning is logged once per episode.
+    waiting_for_wrapped: bool,
     threads_max: Option<u64>,
     somaxconn: u32,
     /// Kept open; None where netlink is not allowed (then procfs and somaxconn are used).
     sock_diag: Option<SockDiag>,
+    /// Read buffer for the target's comm.
+    comm_buf: Vec<u8>,
 }
 
 struct Attached {
@@ -64,6 +69,9 @@ struct Attached {
     is_jvm: bool,
     inodes: HashSet<u64>,
     ticks: u64,
+    /// /proc/PID/comm, read every tick: exec keeps the pid and start time but changes the program.
+    comm_file: Option<KeptFile>,
+    comm: String,
 }
 
 /// Logs a change of hsperfdata status once and publishes it; a non-JVM without a file says nothing.
@@ -125,6 +133,7 @@ impl Sampler {
             selector,
             somaxconn: somaxconn(&proc_root),
             sock_diag: SockDiag::open().ok(),
+            comm_buf: Vec::with_capacity(64),
             proc_root,
             cgroup_roots,
             pss,
@@ -140,6 +149,7 @@ impl Sampler {
             not_attached: None,
             not_found_warned: None,
             others_at_attach: Vec::new(),
+            waiting_for_wrapped: false,
             threads_max,
         }
     }
@@ -240,6 +250,7 @@ impl Sampler {
         };
         let c = a.cgroup.as_mut().map(|c| c.sample(self.stats.as_ref()));
         self.store.update(p, c);
+        Self::follow_exec(a, &self.proc_root, &self.store, &mut self.comm_buf);
         r.proc = Some(p);
         r.cgroup = c;
         if a.hsperf.is_none() && slow_tier {
@@ -291,6 +302,24 @@ impl Sampler {
         true
     }
 
+    /// Refreshes comm and runtime when the target exec()ed another program (`sh -c 'exec java …'`,
+    /// `opentelemetry-instrument python …`), and looks for the new program's hsperfdata.
+    fn follow_exec(a: &mut Attached, proc_root: &Path, store: &TargetStore, buf: &mut Vec<u8>) {
+        let Some(file) = &a.comm_file else { return };
+        let Ok(raw) = file.read(buf) else { return };
+        let comm = String::from_utf8_lossy(raw).trim_end().to_owned();
+        if comm == a.comm {
+            return;
+        }
+        let runtime = detect_runtime(proc_root, a.id.pid, &comm);
+        tracing::info!(pid = a.id.pid, old = %a.comm, %comm, runtime, "target exec'd another program");
+        store.refresh_program(comm.clone(), runtime.to_owned());
+        a.comm = comm;
+        a.hsperf = None;
+        // The next tick looks for hsperfdata (the slow tier runs when ticks is a multiple of 10).
+        a.ticks = a.ticks.next_multiple_of(10);
+    }
+
     fn try_attach(&mut self) {
         let Some(selector) = &self.selector else {
             return;
@@ -311,6 +340,17 @@ impl Sampler {
                 return;
             }
         };
+        if found.wrappers_only.is_empty() {
+            self.waiting_for_wrapped = false;
+        } else if !self.waiting_for_wrapped {
+            self.waiting_for_wrapped = true;
+            tracing::warn!(
+                wrappers = ?found.wrappers_only,
+                selector = %selector.describe(),
+                "only wrapper processes (shell, timeout, env, …) match; waiting for the program they start. \
+                 If the program itself never matches, use a pattern that names it, or --pid-file"
+            );
+        }
         let Some(id) = found.target else { return };
         if matches!(selector, Selector::Pid(_)) {
             match self.pinned {
@@ -324,8 +364,12 @@ impl Sampler {
                 _ => self.pinned = Some(id),
             }
         }
-        if !found.passed_over.is_empty() {
-            tracing::info!(chosen = id.pid, others = ?found.passed_over, "several processes match; watching the oldest");
+        if found.ambiguous {
+            tracing::warn!(chosen = id.pid, others = ?found.passed_over, selector = %selector.describe(),
+                "several processes match equally well; watching the oldest. Use a tighter pattern or --pid-file");
+        } else if !found.passed_over.is_empty() {
+            tracing::info!(chosen = id.pid, others = ?found.passed_over,
+                "several processes match; watching the one that runs the matched program");
         }
         let mut proc = match ProcReader::open(&self.proc_root, id.pid, self.pss) {
             Ok(p) => p,
@@ -354,6 +398,7 @@ impl Sampler {
         if let Some(report) = crate::target::access::denied_report(&self.proc_root, id.pid) {
             tracing::warn!(pid = id.pid, "{report}");
         }
+        let comm_seen = comm.clone();
         let info = TargetInfo {
             pid: id.pid,
             comm,
@@ -385,6 +430,8 @@ impl Sampler {
             is_jvm: runtime_is_jvm,
             inodes: HashSet::new(),
             ticks: 0,
+            comm_file: KeptFile::open(self.proc_root.join(id.pid.to_string()).join("comm")).ok(),
+            comm: comm_seen,
         });
     }
 

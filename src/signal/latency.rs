@@ -39,7 +39,8 @@ impl RequestKind {
 /// What RED needs of one span.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SpanFacts<'a> {
-    /// Operation: `http.route`, else `rpc.service/rpc.method`, else the span name.
+    /// Operation: `http.route`, else `rpc.service/rpc.method`, else the HTTP method alone on a server span
+    /// (see [`http_method_operation`]), else the span name.
     pub operation: Operation<'a>,
     /// Server or consumer.
     pub kind: RequestKind,
@@ -62,6 +63,20 @@ pub enum Operation<'a> {
     Single(&'a str),
     /// `service/method`.
     Rpc(&'a str, &'a str),
+}
+
+/// The operation of an HTTP server span that has no `http.route`: the method alone, as the semantic
+/// conventions name such spans, because the span name of a routeless request may hold the raw path (one
+/// series per scanned URL). Methods outside the known set become `_OTHER`, so the label stays bounded.
+pub fn http_method_operation(method: &str) -> &'static str {
+    const KNOWN: [&str; 10] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "QUERY",
+    ];
+    KNOWN
+        .iter()
+        .find(|k| k.eq_ignore_ascii_case(method))
+        .copied()
+        .unwrap_or("_OTHER")
 }
 
 fn str_attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a str> {
@@ -114,6 +129,14 @@ pub fn facts(span: &Span) -> Result<Option<SpanFacts<'_>>, SpanReject> {
         str_attr(&span.attributes, "rpc.method"),
     ) {
         Operation::Rpc(s, m)
+    } else if let Some(method) = (kind == RequestKind::Server)
+        .then(|| {
+            str_attr(&span.attributes, "http.request.method")
+                .or_else(|| str_attr(&span.attributes, "http.method"))
+        })
+        .flatten()
+    {
+        Operation::Single(http_method_operation(method))
     } else {
         Operation::Single(span.name.as_str())
     };
@@ -424,6 +447,36 @@ mod tests {
         let f = facts(&s).unwrap().unwrap();
         assert_eq!(f.operation, Operation::Single("GET"));
         assert!(!f.error, "the HTTP rule applies to server spans only");
+
+        // A routeless server span is named by its method, whatever its span name holds.
+        let mut s = span(
+            SpanKind::Server,
+            5,
+            vec![kv(
+                "http.request.method",
+                any_value::Value::StringValue("get".into()),
+            )],
+            0,
+        );
+        s.name = "GET /wp-admin/setup.php?x=81723".into();
+        assert_eq!(
+            facts(&s).unwrap().unwrap().operation,
+            Operation::Single("GET")
+        );
+        s.attributes = vec![kv(
+            "http.method",
+            any_value::Value::StringValue("BREW".into()),
+        )];
+        assert_eq!(
+            facts(&s).unwrap().unwrap().operation,
+            Operation::Single("_OTHER")
+        );
+        // A consumer span keeps its name: messaging span names are low-cardinality destinations.
+        s.kind = SpanKind::Consumer as i32;
+        assert_eq!(
+            facts(&s).unwrap().unwrap().operation,
+            Operation::Single("GET /wp-admin/setup.php?x=81723")
+        );
 
         let s = span(SpanKind::Server, 5, vec![], StatusCode::Error as i32);
         assert!(facts(&s).unwrap().unwrap().error);

@@ -54,6 +54,13 @@ impl Stat {
     pub fn is_dead(&self) -> bool {
         matches!(self.state, b'Z' | b'X' | b'x')
     }
+
+    /// True while the thread group runs. A main thread that called `pthread_exit()` shows as a zombie in
+    /// /proc/PID/stat while its workers run; the kernel keeps it in the group's thread count until the
+    /// last worker has gone, so a zombie leader with more than one thread is a live process.
+    pub fn group_alive(&self) -> bool {
+        !self.is_dead() || self.num_threads > 1
+    }
 }
 
 /// Parses /proc/PID/stat. The command name may hold spaces and parentheses, so fields are counted from
@@ -405,11 +412,33 @@ impl ProcReader {
 
     /// Reads stat only: the identity check (start time) and cheapest liveness probe. A zombie (exited,
     /// not yet reaped by its parent) counts as gone: its files stay readable but it will never run again.
+    /// A zombie main thread whose workers still run is alive (see [`Stat::group_alive`]); its own stat
+    /// shows no memory, so size and RSS come from a live worker, which shares the address space.
     pub fn read_stat(&mut self) -> Result<Stat, TickError> {
         match self.stat.read(&mut self.buf).map(parse_stat) {
             Ok(Ok(st)) if !st.is_dead() => Ok(st),
+            Ok(Ok(mut st)) if st.group_alive() => {
+                if let Some(worker) = self.live_worker_stat() {
+                    st.vsize = worker.vsize;
+                    st.rss_pages = worker.rss_pages;
+                }
+                Ok(st)
+            }
             _ => Err(TickError::Gone(self.pid)),
         }
+    }
+
+    /// The stat of one live thread other than the main thread.
+    fn live_worker_stat(&self) -> Option<Stat> {
+        let tasks = std::fs::read_dir(self.dir.join("task")).ok()?;
+        let me = self.pid.to_string();
+        tasks.flatten().find_map(|t| {
+            if t.file_name().to_str() == Some(me.as_str()) {
+                return None;
+            }
+            let raw = std::fs::read(t.path().join("stat")).ok()?;
+            parse_stat(&raw).ok().filter(|s| !s.is_dead())
+        })
     }
 
     /// Takes one sample. Unreadable groups are None and reported to `errors`; a vanished process is

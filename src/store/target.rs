@@ -101,6 +101,16 @@ impl TargetStore {
         s.sampled = true;
     }
 
+    /// The attached target exec()ed another program: same pid and start time (no restart), new comm and
+    /// runtime.
+    pub fn refresh_program(&self, comm: String, runtime: String) {
+        let mut s = self.lock();
+        if let Some(info) = s.info.as_mut() {
+            info.comm = comm;
+            info.runtime = runtime;
+        }
+    }
+
     /// Sets the runtime of the attached target when it was not detected from its executable.
     pub fn hint_runtime(&self, runtime: &str) {
         let mut s = self.lock();

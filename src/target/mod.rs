@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use regex::Regex;
 
-use crate::source::procfs::{parse_stat, read_cmdline, read_comm};
+use crate::source::procfs::{parse_stat, read_comm};
 
 /// How the target is chosen.
 #[derive(Debug, Clone)]
@@ -18,7 +18,8 @@ pub enum Selector {
     Pid(u32),
     /// A file holding the pid; re-read on every search, so a restarted service is followed.
     PidFile(PathBuf),
-    /// The oldest process whose comm or command line matches.
+    /// A process whose comm or command line matches: the program itself before a process that only has
+    /// the pattern in its arguments, never a wrapper such as `sh -c` or `timeout`; the oldest among equals.
     Process(Regex),
     /// The child spawned by `vitals run`.
     Child(u32),
@@ -71,10 +72,11 @@ pub enum SearchError {
     ProcRoot(PathBuf, std::io::Error),
 }
 
-/// Reads the identity of `pid`, or None when no such live process exists (a zombie is not live).
+/// Reads the identity of `pid`, or None when no such live process exists (a zombie is not live, but a
+/// zombie main thread whose workers run is: see [`Stat::group_alive`](crate::source::procfs::Stat)).
 pub fn identify(proc_root: &Path, pid: u32) -> Option<TargetId> {
     let raw = std::fs::read(proc_root.join(pid.to_string()).join("stat")).ok()?;
-    let stat = parse_stat(&raw).ok().filter(|s| !s.is_dead())?;
+    let stat = parse_stat(&raw).ok().filter(|s| s.group_alive())?;
     Some(TargetId {
         pid,
         start_ticks: stat.starttime,
@@ -88,6 +90,11 @@ pub struct Found {
     pub target: Option<TargetId>,
     /// Other matching processes that were passed over (for a log line).
     pub passed_over: Vec<u32>,
+    /// True when another match was as good a choice as the target (the oldest was taken): worth a warning.
+    pub ambiguous: bool,
+    /// Matches that only wrap the program (a shell, `timeout`, `env`, …) while nothing else matched: vitals
+    /// waits for the program they start rather than watching the wrapper.
+    pub wrappers_only: Vec<u32>,
 }
 
 /// Looks for the target once.
@@ -95,7 +102,7 @@ pub fn search(selector: &Selector, proc_root: &Path) -> Result<Found, SearchErro
     match selector {
         Selector::Pid(pid) | Selector::Child(pid) => Ok(Found {
             target: identify(proc_root, *pid),
-            passed_over: vec![],
+            ..Default::default()
         }),
         Selector::PidFile(path) => {
             let text = std::fs::read_to_string(path).map_err(|e| SearchError::PidFile {
@@ -108,18 +115,101 @@ pub fn search(selector: &Selector, proc_root: &Path) -> Result<Found, SearchErro
             })?;
             Ok(Found {
                 target: identify(proc_root, pid),
-                passed_over: vec![],
+                ..Default::default()
             })
         }
         Selector::Process(re) => search_regex(re, proc_root),
     }
 }
 
+/// Programs that start another program and wait for it (or exec it): a match on one of these, when the
+/// pattern does not name the wrapper itself, is a match on the command line it passes on.
+const WRAPPERS: [&str; 27] = [
+    "sh",
+    "bash",
+    "dash",
+    "zsh",
+    "ash",
+    "ksh",
+    "busybox",
+    "timeout",
+    "env",
+    "nohup",
+    "setsid",
+    "nice",
+    "ionice",
+    "stdbuf",
+    "taskset",
+    "chrt",
+    "tini",
+    "dumb-init",
+    "catatonit",
+    "su",
+    "sudo",
+    "runuser",
+    "su-exec",
+    "gosu",
+    "xargs",
+    "flock",
+    "time",
+];
+
+/// How well one process matches the pattern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum MatchKind {
+    /// The pattern names the program itself: it matches comm, or its first match in the command line
+    /// starts in argv[0] (`java -jar app.jar`, `/usr/bin/java … app.jar`).
+    Program,
+    /// The pattern matches only the arguments of a program that is not a wrapper (`python app.py`).
+    Arguments,
+    /// A wrapper whose arguments hold the pattern (`sh -c "java … app.jar"`, `timeout 60 java …`).
+    Wrapper,
+}
+
+fn base_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// Classifies a process whose comm or command line matched.
+fn match_kind(re: &Regex, comm: &str, exe: Option<&str>, argv: &[String]) -> MatchKind {
+    if re.is_match(comm) {
+        return MatchKind::Program;
+    }
+    let line = argv.join(" ");
+    let argv0_len = argv.first().map_or(0, String::len);
+    if re.find(&line).is_some_and(|m| m.start() < argv0_len) {
+        return MatchKind::Program;
+    }
+    let program = exe
+        .map(base_name)
+        .or_else(|| argv.first().map(|a| base_name(a)))
+        .unwrap_or(comm);
+    if WRAPPERS.contains(&program) || WRAPPERS.contains(&comm) {
+        MatchKind::Wrapper
+    } else {
+        MatchKind::Arguments
+    }
+}
+
+fn read_argv(proc_root: &Path, pid: u32) -> Vec<String> {
+    std::fs::read(proc_root.join(pid.to_string()).join("cmdline"))
+        .map(|raw| {
+            raw.split(|&b| b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Picks among the processes that match: the program itself before a process that merely has the
+/// pattern in its arguments, and never a wrapper (shell, `timeout`, …) while anything else matches; among
+/// equals the oldest, flagged as ambiguous.
 fn search_regex(re: &Regex, proc_root: &Path) -> Result<Found, SearchError> {
     let me = std::process::id();
     let entries = std::fs::read_dir(proc_root)
         .map_err(|e| SearchError::ProcRoot(proc_root.to_path_buf(), e))?;
-    let mut matches: Vec<TargetId> = Vec::new();
+    let mut matches: Vec<(MatchKind, TargetId)> = Vec::new();
     for entry in entries.flatten() {
         let Some(pid) = entry
             .file_name()
@@ -133,22 +223,35 @@ fn search_regex(re: &Regex, proc_root: &Path) -> Result<Found, SearchError> {
             continue;
         }
         let comm = read_comm(proc_root, pid).unwrap_or_default();
-        let hit = re.is_match(&comm)
-            || read_cmdline(proc_root, pid)
-                .map(|c| re.is_match(&c))
-                .unwrap_or(false);
-        if hit {
-            if let Some(id) = identify(proc_root, pid) {
-                matches.push(id);
-            }
+        let argv = read_argv(proc_root, pid);
+        if !re.is_match(&comm) && !re.is_match(&argv.join(" ")) {
+            continue;
         }
+        let Some(id) = identify(proc_root, pid) else {
+            continue;
+        };
+        let exe = std::fs::read_link(proc_root.join(pid.to_string()).join("exe")).ok();
+        let exe = exe.as_deref().and_then(|p| p.to_str());
+        matches.push((match_kind(re, &comm, exe, &argv), id));
     }
-    matches.sort_by_key(|t| (t.start_ticks, t.pid));
-    let mut it = matches.into_iter();
+    matches.sort_by_key(|(kind, t)| (*kind, t.start_ticks, t.pid));
+    let Some(&(best_kind, _)) = matches.first() else {
+        return Ok(Found::default());
+    };
+    if best_kind == MatchKind::Wrapper {
+        return Ok(Found {
+            wrappers_only: matches.iter().map(|(_, t)| t.pid).collect(),
+            ..Default::default()
+        });
+    }
+    let ambiguous = matches.iter().filter(|(k, _)| *k == best_kind).count() > 1;
+    let mut it = matches.into_iter().map(|(_, t)| t);
     let target = it.next();
     Ok(Found {
         target,
         passed_over: it.map(|t| t.pid).collect(),
+        ambiguous,
+        wrappers_only: vec![],
     })
 }
 
@@ -177,6 +280,8 @@ fn runtime_of(exe_name: &str) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use crate::source::procfs::read_cmdline;
+
     #[test]
     fn runtime_names() {
         assert_eq!(runtime_of("java"), "jvm");
@@ -186,6 +291,43 @@ mod tests {
     }
 
     use super::*;
+
+    fn argv(line: &str) -> Vec<String> {
+        line.split(' ').map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn match_kinds_put_the_program_before_wrappers() {
+        let re = Regex::new(r"java.*app\.jar").unwrap();
+        let java = argv("/usr/lib/jvm/bin/java -Xmx1g -jar app.jar");
+        assert_eq!(
+            match_kind(&re, "java", Some("/usr/lib/jvm/bin/java"), &java),
+            MatchKind::Program
+        );
+        let sh = vec!["sh".into(), "-c".into(), "java -jar app.jar".into()];
+        assert_eq!(
+            match_kind(&re, "sh", Some("/usr/bin/dash"), &sh),
+            MatchKind::Wrapper,
+            "comm sh is a wrapper even when /bin/sh links to dash"
+        );
+        let timeout = argv("timeout 60 java -jar app.jar");
+        assert_eq!(
+            match_kind(&re, "timeout", Some("/usr/bin/timeout"), &timeout),
+            MatchKind::Wrapper
+        );
+        let re = Regex::new(r"app\.py").unwrap();
+        let py = argv("python3 app.py");
+        assert_eq!(
+            match_kind(&re, "python3", Some("/usr/bin/python3.12"), &py),
+            MatchKind::Arguments
+        );
+        // A pattern naming the shell itself makes the shell the program.
+        let re = Regex::new("^bash$").unwrap();
+        assert_eq!(
+            match_kind(&re, "bash", Some("/usr/bin/bash"), &argv("bash")),
+            MatchKind::Program
+        );
+    }
 
     #[test]
     fn identifies_self_and_not_a_missing_pid() {
