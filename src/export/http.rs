@@ -1,4 +1,4 @@
-//! The HTTP server for `/metrics`, `/healthz`, `/readyz` and a landing page at `/`.
+//! The HTTP server for `/metrics`, `/healthz`, `/readyz`, and the live page at `/` with its stream.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -13,6 +13,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::live::stream::LiveBody;
 use super::prometheus::{encode, Format};
 use crate::store::{series_count, Family, MetricKind, Registry, Value};
 
@@ -23,12 +24,13 @@ pub struct HttpState {
     pub registry: Registry,
     /// True once the first sample was taken (or there is nothing to sample yet).
     pub ready: Arc<AtomicBool>,
+    /// The live page's frames; `None` serves the page without a stream.
+    pub live: Option<Arc<super::live::LiveHub>>,
 }
 
-const LANDING: &str = "<!doctype html><html><head><title>vitals</title></head><body>\
-<h1>vitals</h1><p>Vital signs of the process next to this sidecar.</p><ul>\
-<li><a href=\"metrics\">/metrics</a> (Prometheus; OpenMetrics on request)</li>\
-<li><a href=\"healthz\">/healthz</a></li><li><a href=\"readyz\">/readyz</a></li></ul></body></html>\n";
+/// Marks the answer to `/live/stream` so [`serve`] swaps in the stream after every check `handle` made.
+#[derive(Clone, Copy)]
+struct OpenLiveStream;
 
 fn respond(
     status: StatusCode,
@@ -95,20 +97,34 @@ async fn handle(
                 )
             }
         }
-        "/" => respond(StatusCode::OK, "text/html; charset=utf-8", LANDING),
+        "/" | "/live" => respond(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            super::live::PAGE,
+        ),
+        "/live/stream" => {
+            let mut r = respond(StatusCode::OK, "text/event-stream", "");
+            r.extensions_mut().insert(OpenLiveStream);
+            r
+        }
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found; see /\n"),
     })
 }
 
 /// Serves until `shutdown` is cancelled, then lets in-flight requests finish for up to a second.
 pub async fn serve(listener: TcpListener, state: HttpState, shutdown: CancellationToken) {
-    crate::http_server::serve(
-        listener,
-        "metrics",
-        move |req| handle(state.clone(), req),
-        shutdown,
-    )
-    .await;
+    let serve_one = move |req| {
+        let state = state.clone();
+        async move {
+            let live = state.live.clone();
+            let r = handle(state, req).await?;
+            Ok::<_, Infallible>(match (r.extensions().get::<OpenLiveStream>(), live) {
+                (Some(_), Some(hub)) => super::live::stream::open(&hub),
+                _ => r.map(LiveBody::Left),
+            })
+        }
+    };
+    crate::http_server::serve(listener, "metrics", serve_one, shutdown).await;
 }
 
 /// Binds the metrics listener, naming the address in the error.
