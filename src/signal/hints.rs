@@ -138,7 +138,6 @@ pub struct UsageHistory {
     last_periods: Option<(f64, f64)>,
     memory_peak: Option<f64>,
     memory_limit: Option<f64>,
-    first_oom: Option<f64>,
     last_oom: Option<f64>,
     oom_limit: Option<f64>,
     heap_max: Option<f64>,
@@ -195,7 +194,6 @@ impl UsageHistory {
             last_periods: None,
             memory_peak: None,
             memory_limit: None,
-            first_oom: None,
             last_oom: None,
             oom_limit: None,
             heap_max: None,
@@ -238,9 +236,9 @@ impl UsageHistory {
         }
         let limit_now = u.memory_limit_bytes;
         if let Some(oom) = u.oom_kills {
-            self.first_oom.get_or_insert(oom);
-            if self.last_oom.is_some_and(|prev| oom > prev) {
-                // The limit that was hit: the one in force when the kill was counted.
+            // Any kill the cgroup counts, also one from before vitals attached: the limit in force when
+            // the count was first seen or last grew is the one that was hit.
+            if oom > 0.0 && self.last_oom.is_none_or(|prev| oom > prev) {
                 self.oom_limit = max_opt(self.oom_limit, limit_now.or(self.memory_limit));
             }
             self.last_oom = Some(oom);
