@@ -742,6 +742,54 @@ mod tests {
     }
 
     #[test]
+    fn the_dashboard_queries_the_names_hints_export() {
+        let mut h = UsageHistory::new();
+        for i in 0..100 {
+            let f = i as f64;
+            h.observe(&UsageTick {
+                t: f,
+                cpu_seconds: Some(0.5 * f),
+                cfs_periods: Some((3.0 * f, 10.0 * f)),
+                memory_bytes: Some(1e8),
+                memory_limit_bytes: Some(1024.0 * 1048576.0),
+                heap_max_bytes: Some(1000.0 * 1048576.0),
+                fds: Some((900.0, 1024.0)),
+                db_pools: vec![PoolUse {
+                    pool: "main".into(),
+                    used: 10.0,
+                    max: 10.0,
+                    pending: 3.0,
+                }],
+                ..Default::default()
+            });
+        }
+        let fams = families(&h.advice(&policy()));
+        let exported: Vec<(&str, String)> = fams
+            .iter()
+            .flat_map(|f| {
+                f.series
+                    .iter()
+                    .map(move |s| (f.name.as_str(), s.labels[0].1.clone()))
+            })
+            .collect();
+        let dashboard = include_str!("../../grafana/dashboards/vitals-overview.json");
+        let re = regex::Regex::new(r#"(vitals_recommendation_[a-z_]+)\{[^}]*resource=(?:~)?\\"([a-z_|]+)\\""#)
+            .unwrap();
+        let mut checked = 0;
+        for c in re.captures_iter(dashboard) {
+            for resource in c[2].split('|') {
+                assert!(
+                    exported.iter().any(|(n, r)| *n == &c[1] && r == resource),
+                    "the dashboard asks for {}{{resource={resource}}}, hints export {exported:?}",
+                    &c[1]
+                );
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 7, "every hint panel was checked");
+    }
+
+    #[test]
     fn pools_are_bounded() {
         let mut h = UsageHistory::new();
         let pools = (0..100)
