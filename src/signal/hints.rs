@@ -773,8 +773,10 @@ mod tests {
             })
             .collect();
         let dashboard = include_str!("../../grafana/dashboards/vitals-overview.json");
-        let re = regex::Regex::new(r#"(vitals_recommendation_[a-z_]+)\{[^}]*resource=(?:~)?\\"([a-z_|]+)\\""#)
-            .unwrap();
+        let re = regex::Regex::new(
+            r#"(vitals_recommendation_[a-z_]+)\{[^}]*resource=(?:~)?\\"([a-z_|]+)\\""#,
+        )
+        .unwrap();
         let mut checked = 0;
         for c in re.captures_iter(dashboard) {
             for resource in c[2].split('|') {
