@@ -120,6 +120,20 @@ SATURATED = ("Is it saturated?", [
     panel("CPU vs quota", "short", [('max(vitals_pool_used{%s, kind="cpu"})' % SEL, "cores used"), ('max(vitals_cgroup_cpu_limit_cores{%s})' % SEL, "quota")], desc="Cores in use against the cgroup CPU quota", w=6),
 ])
 
+HINTS = ("What should the requests and limits be?", [
+    panel("CPU: use, recommended request, limit", "short", [('sum(rate(process_cpu_time_seconds_total{%s}[$__rate_interval]))' % SEL, "cores used"),
+                                                           ('max(vitals_recommendation_cores{%s, resource="cpu_request"})' % SEL, "recommended request"),
+                                                           ('max(vitals_cgroup_cpu_limit_cores{%s})' % SEL, "limit")], desc="Request: p90 of per-second use over vitals' history plus 15% (docs/hints.md)", w=8),
+    panel("Does the CPU limit throttle?", "percentunit", [('max(vitals_recommendation_throttled_ratio{%s, resource="cpu_limit"})' % SEL, "throttled periods over the history")], desc="Share of CFS periods throttled since vitals attached; above 10% the limit is worth raising", w=4),
+    panel("Memory: use, recommended request and limit", "bytes", [('max(process_memory_usage_bytes{%s})' % SEL, "rss"),
+                                                                  ('max by (resource) (vitals_recommendation_bytes{%s, resource=~"memory_request|memory_limit"})' % SEL, "recommended {{resource}}"),
+                                                                  ('max(vitals_cgroup_memory_limit_bytes{%s})' % SEL, "limit")], desc="Peak RSS plus 15%; after an OOM kill the limit is 1.2 x the limit that was hit", w=8),
+    panel("History behind the hints", "s", [('min by (resource) (vitals_recommendation_history_seconds{%s})' % SEL, "{{resource}}")], "stat", "Hints give no value until 10 minutes of history (--hints-min-history)", w=4),
+    panel("JVM heap that fits the limit", "bytes", [('max(vitals_recommendation_bytes{%s, resource="jvm_heap_max"})' % SEL, "recommended max heap")], "stat", "Shown only when the heap leaves less than 25% of the container limit for non-heap memory", w=8),
+    panel("DB pools to raise", "short", [('max by (pool) (vitals_recommendation_connections{%s, resource="db_pool_max"})' % SEL, "{{pool}}")], "stat", "Pools full with requests waiting in half their samples: raise, or find the slow query", w=8),
+    panel("File-descriptor limit to raise", "short", [('max(vitals_recommendation_files{%s, resource="fd_limit"})' % SEL, "recommended limit")], "stat", "Shown when peak fd use passes 80% of the limit", w=8),
+])
+
 PAUSE_DETAIL = [("Which collector pauses?", [
     panel("Pause time by collector", "percentunit", [('sum by (runtime, collector, source) (rate(vitals_gc_pause_seconds_total{%s}[$__rate_interval]))' % SEL, "{{collector}} ({{source}})")], desc="Seconds paused per second", w=12),
     panel("Pauses per second by collector", "ops", [('sum by (runtime, collector, source) (rate(vitals_gc_pauses_total{%s}[$__rate_interval]))' % SEL, "{{collector}} ({{source}})")], w=12),
@@ -146,7 +160,7 @@ SATURATION_DETAIL = [("Which pool is full?", [
 ])]
 
 DASHBOARDS = {
-    "vitals-overview.json": dashboard("vitals-overview", "vitals / overview", [HEALTH, SLOW, PAUSING, LEAKING, SATURATED]),
+    "vitals-overview.json": dashboard("vitals-overview", "vitals / overview", [HEALTH, SLOW, PAUSING, LEAKING, SATURATED, HINTS]),
     "vitals-pauses.json": dashboard("vitals-pauses", "vitals / pauses", PAUSE_DETAIL, with_operation=False),
     "vitals-memory.json": dashboard("vitals-memory", "vitals / memory", MEMORY_DETAIL, with_operation=False),
     "vitals-saturation.json": dashboard("vitals-saturation", "vitals / saturation", SATURATION_DETAIL, with_operation=False),

@@ -10,8 +10,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, TargetSpec};
 use crate::export::http::{bind, serve, HttpState};
+use crate::export::live::{self, LiveHub};
 use crate::export::self_metrics::ExporterStats;
 use crate::sampler::{Sampler, SamplerParts};
+use crate::signal::hints::HintPolicy;
 use crate::signal::latency::RedStore;
 use crate::signal::memory::MemoryGrowth;
 use crate::signal::Derived;
@@ -63,6 +65,29 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
     let status = Arc::new(TargetStatus::default());
     let shutdown = CancellationToken::new();
 
+    let selected_by = match &config.target {
+        None => "none selected".to_owned(),
+        Some(TargetSpec::Pid(p)) => format!("--pid {p}"),
+        Some(TargetSpec::PidFile(f)) => format!("--pid-file {}", f.display()),
+        Some(TargetSpec::Process(re)) => format!("--process {re}"),
+        Some(TargetSpec::Run { .. }) => "vitals run (child process)".to_owned(),
+    };
+    let live = Arc::new(LiveHub::new(
+        HintPolicy {
+            min_history_seconds: config.hints_min_history.as_secs_f64(),
+            ..HintPolicy::default()
+        },
+        selected_by,
+        format!(
+            "OTEL_EXPORTER_OTLP_ENDPOINT=http://{}",
+            config.otlp_http_addr
+        ),
+        shutdown.clone(),
+    ));
+    registry.register(live.hints.clone());
+    tracing::debug!(bytes = live.history_bytes(), "live history allocated");
+    let live_task = tokio::spawn(live::run(live.clone(), registry.clone(), shutdown.clone()));
+
     let listener = bind(config.metrics_addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "serving /metrics");
     let http = tokio::spawn(serve(
@@ -70,6 +95,7 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
         HttpState {
             registry: registry.clone(),
             status: status.clone(),
+            live: Some(live),
         },
         shutdown.clone(),
     ));
@@ -222,6 +248,7 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
         for r in receivers {
             let _ = r.await;
         }
+        let _ = live_task.await;
         if let Some(t) = sampler_task {
             let _ = t.await;
         }

@@ -188,6 +188,10 @@ pub struct Options {
         value_name = "BYTES"
     )]
     pub leak_threshold_bytes_per_hour: Option<f64>,
+    /// History a tuning hint needs before it gives a value [default: 10m].
+    #[arg(long, global = true, env = "VITALS_HINTS_MIN_HISTORY", value_parser = humantime::parse_duration)]
+    #[serde(deserialize_with = "de_duration")]
+    pub hints_min_history: Option<Duration>,
     /// YAML configuration file.
     #[arg(long, global = true, env = "VITALS_CONFIG", value_name = "FILE")]
     #[serde(skip)]
@@ -345,6 +349,8 @@ pub struct Config {
     pub growth_windows: Vec<Duration>,
     /// Leak threshold, bytes per second.
     pub leak_threshold: f64,
+    /// History a tuning hint needs before it gives a value.
+    pub hints_min_history: Duration,
 }
 
 /// A configuration that cannot be used. Each message names where the bad value came from: the flag, the
@@ -630,7 +636,19 @@ impl Cli {
             .or(file.log_level)
             .unwrap_or_else(|| "info".to_owned());
         check_log_level(&log_level).map_err(|e| invalid(origins.name("log_level", from_cli), e))?;
+        let from_cli = o.hints_min_history.is_some();
+        let hints_min_history = o
+            .hints_min_history
+            .or(file.hints_min_history)
+            .unwrap_or(Duration::from_secs(600));
+        if hints_min_history < Duration::from_secs(1) {
+            return Err(invalid(
+                origins.name("hints_min_history", from_cli),
+                "must be at least 1s",
+            ));
+        }
         Ok(Config {
+            hints_min_history,
             growth_windows,
             leak_threshold: per_hour / 3600.0,
             otlp_max_request_bytes,

@@ -321,6 +321,20 @@ fn dashboards_and_rules_against_live_prometheus() {
             "vitals_exporter_series_overflow_total",
             "always exposed; listed for symmetry",
         ),
+        (
+            "vitals_recommendation_cores",
+            "needs --hints-min-history of data",
+        ),
+        (
+            "vitals_recommendation_bytes",
+            "needs --hints-min-history of data",
+        ),
+        ("vitals_recommendation_throttled_ratio", "needs a CPU quota"),
+        (
+            "vitals_recommendation_connections",
+            "needs a saturated DB pool",
+        ),
+        ("vitals_recommendation_files", "needs fds near their limit"),
     ];
     let src = source_text();
     let mut names = BTreeSet::new();

@@ -1,4 +1,4 @@
-//! The HTTP server for `/metrics`, `/healthz`, `/readyz` and a landing page at `/`.
+//! The HTTP server for `/metrics`, `/healthz`, `/readyz`, and the live page at `/` with its stream.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -12,6 +12,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::live::stream::LiveBody;
 use super::prometheus::{encode, Format};
 use crate::store::{series_count, Family, MetricKind, Registry, Value};
 use crate::target::status::TargetStatus;
@@ -23,14 +24,19 @@ pub struct HttpState {
     pub registry: Registry,
     /// The target's state: /readyz answers from it, / shows it.
     pub status: Arc<TargetStatus>,
+    /// The live page's frames; `None` serves the page without a stream.
+    pub live: Option<Arc<super::live::LiveHub>>,
 }
 
-const LANDING: &str = "<!doctype html><html><head><title>vitals</title></head><body>\
-<h1>vitals</h1><p>Vital signs of the process next to this sidecar.</p><p id=\"target\">TARGET</p><ul>\
-<li><a href=\"metrics\">/metrics</a> (Prometheus; OpenMetrics on request)</li>\
-<li><a href=\"healthz\">/healthz</a></li><li><a href=\"readyz\">/readyz</a></li></ul></body></html>\n";
+/// Where the live page names the target before its script has drawn the first frame.
+const TARGET_PLACEHOLDER: &str = "waiting for the first frame…";
 
-/// The landing page with the target's state; the summary holds a command line, so it is escaped.
+/// Marks the answer to `/live/stream` so [`serve`] swaps in the stream after every check `handle` made.
+#[derive(Clone, Copy)]
+struct OpenLiveStream;
+
+/// The live page, naming the target's state until the stream takes over; the summary holds a command line,
+/// so it is escaped.
 fn landing(status: &TargetStatus) -> String {
     let (_, summary) = status.get();
     let mut escaped = String::with_capacity(summary.len());
@@ -43,7 +49,7 @@ fn landing(status: &TargetStatus) -> String {
             _ => escaped.push(c),
         }
     }
-    LANDING.replace("TARGET", &escaped)
+    super::live::PAGE.replacen(TARGET_PLACEHOLDER, &escaped, 1)
 }
 
 fn respond(
@@ -108,24 +114,34 @@ async fn handle(
                 format!("not ready: {reason}\n"),
             ),
         },
-        "/" => respond(
+        "/" | "/live" => respond(
             StatusCode::OK,
             "text/html; charset=utf-8",
             landing(&state.status),
         ),
+        "/live/stream" => {
+            let mut r = respond(StatusCode::OK, "text/event-stream", "");
+            r.extensions_mut().insert(OpenLiveStream);
+            r
+        }
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found; see /\n"),
     })
 }
 
 /// Serves until `shutdown` is cancelled, then lets in-flight requests finish for up to a second.
 pub async fn serve(listener: TcpListener, state: HttpState, shutdown: CancellationToken) {
-    crate::http_server::serve(
-        listener,
-        "metrics",
-        move |req| handle(state.clone(), req),
-        shutdown,
-    )
-    .await;
+    let serve_one = move |req| {
+        let state = state.clone();
+        async move {
+            let live = state.live.clone();
+            let r = handle(state, req).await?;
+            Ok::<_, Infallible>(match (r.extensions().get::<OpenLiveStream>(), live) {
+                (Some(_), Some(hub)) => super::live::stream::open(&hub),
+                _ => r.map(LiveBody::Left),
+            })
+        }
+    };
+    crate::http_server::serve(listener, "metrics", serve_one, shutdown).await;
 }
 
 /// Binds the metrics listener, naming the address in the error.

@@ -1,5 +1,7 @@
-//! Where signals leave: the Prometheus endpoint and its HTTP server, and vitals' own health metrics.
+//! Where signals leave: the Prometheus endpoint and its HTTP server, the live page, and vitals' own health
+//! metrics.
 
 pub mod http;
+pub mod live;
 pub mod prometheus;
 pub mod self_metrics;

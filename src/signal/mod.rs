@@ -2,6 +2,7 @@
 //! per question. [`Derived`] runs the three tick-driven ones (pauses, memory growth, pools) from the
 //! sampler's readings and the app's OTLP metrics.
 
+pub mod hints;
 pub mod latency;
 pub mod memory;
 pub mod pause;

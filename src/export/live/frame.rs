@@ -1,0 +1,895 @@
+//! One live frame per second from the families a scrape would show: the four questions' numbers, their
+//! verdicts, the alerts the shipped rules would raise and the tuning hints. Plain synchronous code; the
+//! caller passes the time.
+
+use std::collections::{HashMap, VecDeque};
+
+use serde_json::{json, Value as Json};
+
+use super::history::{History, Point};
+use super::thresholds::{threshold, Measure, RULES};
+use crate::signal::hints::{HintPolicy, PoolUse, UsageHistory, UsageTick};
+use crate::store::{Family, Series, Value};
+
+/// Operations kept per RED snapshot and shown per list; operation names come from the app.
+const OPERATION_LIMIT: usize = 64;
+/// Operations shown in each of the "slowest" and "most failing" lists.
+const TOP_OPERATIONS: usize = 5;
+/// Pools shown.
+const POOL_LIMIT: usize = 32;
+/// Seconds between RED snapshots, and how many are kept: quantiles and rates cover the last 60..70 s.
+const RED_SNAPSHOT_EVERY: f64 = 10.0;
+const RED_SNAPSHOTS: usize = 7;
+
+/// Cumulative latency histogram of one operation (or of all), summed over outcomes.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Hist {
+    bounds: Vec<f64>,
+    counts: Vec<f64>,
+    count: f64,
+    errors: f64,
+}
+
+impl Hist {
+    fn add(&mut self, buckets: &[(f64, u64)], count: u64, error: bool) {
+        if self.bounds.is_empty() {
+            self.bounds = buckets.iter().map(|b| b.0).collect();
+            self.counts = vec![0.0; buckets.len()];
+        }
+        // Series with other bounds cannot be summed bucket by bucket; they still count.
+        if self.bounds.len() == buckets.len()
+            && self.bounds.iter().zip(buckets).all(|(a, b)| *a == b.0)
+        {
+            for (c, b) in self.counts.iter_mut().zip(buckets) {
+                *c += b.1 as f64;
+            }
+        }
+        self.count += count as f64;
+        if error {
+            self.errors += count as f64;
+        }
+    }
+
+    /// `self - base`, treating a base that is larger (a reset) as zero.
+    fn since(&self, base: Option<&Hist>) -> Hist {
+        match base {
+            Some(b) if b.count <= self.count && b.bounds == self.bounds => Hist {
+                bounds: self.bounds.clone(),
+                counts: self
+                    .counts
+                    .iter()
+                    .zip(&b.counts)
+                    .map(|(a, b)| (a - b).max(0.0))
+                    .collect(),
+                count: self.count - b.count,
+                errors: (self.errors - b.errors).max(0.0),
+            },
+            _ => self.clone(),
+        }
+    }
+}
+
+/// The quantile of cumulative buckets the way Prometheus' `histogram_quantile` computes it: linear
+/// interpolation inside the bucket holding the rank, the highest finite bound when it falls in `+Inf`.
+pub fn bucket_quantile(q: f64, bounds: &[f64], cumulative: &[f64]) -> Option<f64> {
+    let total = *cumulative.last()?;
+    if total <= 0.0 || bounds.len() != cumulative.len() {
+        return None;
+    }
+    let rank = q * total;
+    let i = cumulative.iter().position(|c| *c >= rank)?;
+    if bounds[i].is_infinite() {
+        return bounds.iter().rev().find(|b| b.is_finite()).copied();
+    }
+    let (lower, below) = if i == 0 {
+        (0.0_f64.min(bounds[0]), 0.0)
+    } else {
+        (bounds[i - 1], cumulative[i - 1])
+    };
+    let in_bucket = cumulative[i] - below;
+    if in_bucket <= 0.0 {
+        return Some(bounds[i]);
+    }
+    Some(lower + (bounds[i] - lower) * (rank - below) / in_bucket)
+}
+
+#[derive(Debug, Clone, Default)]
+struct RedSnapshot {
+    t: f64,
+    all: Hist,
+    ops: HashMap<(String, String), Hist>,
+}
+
+/// Cumulative counters whose per-second rate the page shows.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counters {
+    t: f64,
+    requests: Option<f64>,
+    gc: Option<f64>,
+    safepoint: Option<f64>,
+    throttled: Option<f64>,
+    throttled_periods: Option<f64>,
+    periods: Option<f64>,
+    cpu: Option<f64>,
+    psi: [Option<f64>; 3],
+}
+
+fn per_second(now: Option<f64>, prev: Option<f64>, dt: f64) -> Option<f64> {
+    match (now, prev) {
+        (Some(n), Some(p)) if dt > 0.0 && n >= p => Some((n - p) / dt),
+        _ => None,
+    }
+}
+
+fn label<'a>(s: &'a Series, name: &str) -> Option<&'a str> {
+    s.labels
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn scalar(s: &Series) -> Option<f64> {
+    match s.value {
+        Value::Counter(v) | Value::Gauge(v) => Some(v),
+        _ => None,
+    }
+}
+
+/// Read access to one gather's families by name.
+struct Families<'a> {
+    by_name: HashMap<&'a str, &'a Family>,
+}
+
+impl<'a> Families<'a> {
+    fn new(families: &'a [Family]) -> Self {
+        Families {
+            by_name: families.iter().map(|f| (f.name.as_str(), f)).collect(),
+        }
+    }
+
+    fn series(&self, name: &str) -> std::slice::Iter<'a, Series> {
+        match self.by_name.get(name) {
+            Some(f) => f.series.iter(),
+            None => [].iter(),
+        }
+    }
+
+    /// Sum of the matching series' values; `None` when no series matches.
+    fn sum(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let mut out = None;
+        for s in self.series(name) {
+            if labels.iter().all(|(k, v)| label(s, k) == Some(v)) {
+                if let Some(v) = scalar(s) {
+                    *out.get_or_insert(0.0) += v;
+                }
+            }
+        }
+        out
+    }
+
+    /// Maximum over the matching series.
+    fn max(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.series(name)
+            .filter(|s| labels.iter().all(|(k, v)| label(s, k) == Some(v)))
+            .filter_map(scalar)
+            .fold(None, |m, v| Some(m.map_or(v, |m: f64| m.max(v))))
+    }
+
+    /// Sum per value of `by`, then the largest sum (the rules' `max by (runtime) (sum by (source))`).
+    fn max_of_sums(&self, name: &str, by: &str) -> Option<f64> {
+        let mut sums: HashMap<&str, f64> = HashMap::new();
+        for s in self.series(name) {
+            if let Some(v) = scalar(s) {
+                *sums.entry(label(s, by).unwrap_or("")).or_default() += v;
+            }
+        }
+        sums.values()
+            .copied()
+            .fold(None, |m, v| Some(m.map_or(v, |m: f64| m.max(v))))
+    }
+}
+
+/// Turns gathers into frames and keeps what frames need from the past: the per-second history, the RED
+/// snapshots for windowed quantiles, how long each alert condition has held, and the usage history for
+/// the hints.
+pub struct LiveSampler {
+    history: History,
+    prev: Option<Counters>,
+    red: VecDeque<RedSnapshot>,
+    alert_since: Vec<Option<f64>>,
+    usage: UsageHistory,
+    policy: HintPolicy,
+    target_key: Option<String>,
+    selected_by: String,
+    listen_hint: String,
+}
+
+/// One pool as the page shows it.
+#[derive(Debug, Clone)]
+struct PoolRow {
+    pool: String,
+    kind: String,
+    utilization: Option<f64>,
+    used: Option<f64>,
+    max: Option<f64>,
+    pending: Option<f64>,
+}
+
+/// One operation's numbers over the window.
+#[derive(Debug, Clone)]
+struct OpWindow {
+    service: String,
+    operation: String,
+    rate: f64,
+    error_ratio: f64,
+    p99: Option<f64>,
+}
+
+fn round(v: Option<f64>) -> Json {
+    match v {
+        Some(x) if x.is_finite() => json!(x),
+        _ => Json::Null,
+    }
+}
+
+impl LiveSampler {
+    /// A sampler keeping `capacity` seconds of history. `selected_by` says how the target was chosen;
+    /// `otlp_hint` tells the page what endpoint an SDK should use.
+    pub fn new(
+        capacity: usize,
+        policy: HintPolicy,
+        selected_by: String,
+        otlp_hint: String,
+    ) -> Self {
+        LiveSampler {
+            history: History::new(capacity),
+            prev: None,
+            red: VecDeque::with_capacity(RED_SNAPSHOTS + 1),
+            alert_since: vec![None; RULES.len()],
+            usage: UsageHistory::new(),
+            policy,
+            target_key: None,
+            selected_by,
+            listen_hint: otlp_hint,
+        }
+    }
+
+    /// The per-second history as JSON for a newly connected viewer.
+    pub fn history_json(&self) -> Json {
+        self.history.to_json()
+    }
+
+    /// Bytes the history ring holds when full (the stated memory bound).
+    pub fn history_bytes(&self) -> usize {
+        self.history.capacity_bytes()
+    }
+
+    /// The current tuning hints.
+    pub fn hints(&self) -> Vec<crate::signal::hints::Hint> {
+        self.usage.advice(&self.policy)
+    }
+
+    fn red_snapshot(f: &Families<'_>, t: f64) -> RedSnapshot {
+        let mut snap = RedSnapshot {
+            t,
+            ..Default::default()
+        };
+        for s in f.series("vitals_request_duration_seconds") {
+            let Value::Histogram { buckets, count, .. } = &s.value else {
+                continue;
+            };
+            let error = label(s, "outcome") == Some("error");
+            snap.all.add(buckets, *count, error);
+            let key = (
+                label(s, "service").unwrap_or("").to_owned(),
+                label(s, "operation").unwrap_or("").to_owned(),
+            );
+            if snap.ops.len() < OPERATION_LIMIT || snap.ops.contains_key(&key) {
+                snap.ops.entry(key).or_default().add(buckets, *count, error);
+            }
+        }
+        snap
+    }
+
+    /// Builds the frame for time `t` (unix seconds) from one gather.
+    pub fn tick(&mut self, t: f64, families: &[Family]) -> Json {
+        let f = Families::new(families);
+        let up = f.sum("vitals_target_up", &[]).unwrap_or(0.0);
+        let info = f.series("vitals_target_info").next();
+        let pid = info.and_then(|s| label(s, "pid")).map(str::to_owned);
+        let start = f.sum("vitals_process_start_time_seconds", &[]);
+        let key = pid
+            .as_ref()
+            .map(|p| format!("{p}@{}", start.unwrap_or(0.0)));
+        if key.is_some() && key != self.target_key {
+            if self.target_key.is_some() {
+                // Another process: counters restart, the old usage no longer describes the target.
+                self.usage.reset();
+                self.prev = None;
+            }
+            self.target_key = key;
+        }
+
+        // Counters and their per-second rates.
+        let psi = |res: &str| {
+            f.sum(
+                "vitals_pressure_stalled_seconds",
+                &[("resource", res), ("kind", "some"), ("scope", "cgroup")],
+            )
+            .or_else(|| {
+                f.sum(
+                    "vitals_pressure_stalled_seconds",
+                    &[("resource", res), ("kind", "some"), ("scope", "system")],
+                )
+            })
+        };
+        let now = Counters {
+            t,
+            requests: f
+                .series("vitals_request_duration_seconds")
+                .filter_map(|s| match s.value {
+                    Value::Histogram { count, .. } => Some(count as f64),
+                    _ => None,
+                })
+                .fold(None, |n, c| Some(n.unwrap_or(0.0) + c)),
+            gc: f.max_of_sums("vitals_gc_pause_seconds", "source"),
+            safepoint: f.sum("vitals_safepoint_seconds", &[]),
+            throttled: f.sum("vitals_cgroup_cpu_throttled_seconds", &[]),
+            throttled_periods: f.sum("vitals_cgroup_cpu_throttled_periods", &[]),
+            periods: f.sum("vitals_cgroup_cpu_periods", &[]),
+            cpu: f.sum("process_cpu_time_seconds", &[]),
+            psi: [psi("cpu"), psi("memory"), psi("io")],
+        };
+        let prev = self.prev.unwrap_or_default();
+        let dt = if self.prev.is_some() { t - prev.t } else { 0.0 };
+        let rate = |n: Option<f64>, p: Option<f64>| per_second(n, p, dt);
+        let req_rate = rate(now.requests, prev.requests);
+        let gc_rate = rate(now.gc, prev.gc);
+        let safepoint_rate = rate(now.safepoint, prev.safepoint);
+        let throttled_rate = rate(now.throttled, prev.throttled);
+        let throttled_ratio = match (
+            rate(now.throttled_periods, prev.throttled_periods),
+            rate(now.periods, prev.periods),
+        ) {
+            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+            _ => None,
+        };
+        let cpu_cores = rate(now.cpu, prev.cpu);
+        let psi_rates: Vec<Option<f64>> = (0..3).map(|i| rate(now.psi[i], prev.psi[i])).collect();
+        self.prev = Some(now);
+
+        // RED over the snapshot window.
+        let snap = Self::red_snapshot(&f, t);
+        let base = self.red.front().cloned();
+        if self
+            .red
+            .back()
+            .is_none_or(|b| t - b.t >= RED_SNAPSHOT_EVERY - 0.5)
+        {
+            self.red.push_back(snap.clone());
+            while self.red.len() > RED_SNAPSHOTS {
+                self.red.pop_front();
+            }
+        }
+        let window = base.as_ref().map_or(0.0, |b| t - b.t);
+        let all = snap.all.since(base.as_ref().map(|b| &b.all));
+        let cumulative = |h: &Hist| -> Vec<f64> { h.counts.clone() };
+        let p50 = bucket_quantile(0.5, &all.bounds, &cumulative(&all));
+        let p99 = bucket_quantile(0.99, &all.bounds, &cumulative(&all));
+        let error_ratio = (all.count > 0.0).then(|| all.errors / all.count);
+        let window_rate = (window > 0.0).then(|| all.count / window);
+        let mut ops: Vec<OpWindow> = snap
+            .ops
+            .iter()
+            .map(|(k, h)| {
+                let d = h.since(base.as_ref().and_then(|b| b.ops.get(k)));
+                OpWindow {
+                    service: k.0.clone(),
+                    operation: k.1.clone(),
+                    rate: if window > 0.0 { d.count / window } else { 0.0 },
+                    error_ratio: if d.count > 0.0 {
+                        d.errors / d.count
+                    } else {
+                        0.0
+                    },
+                    p99: bucket_quantile(0.99, &d.bounds, &d.counts),
+                }
+            })
+            .filter(|o| o.p99.is_some())
+            .collect();
+        let op_json = |o: &OpWindow| {
+            json!({"service": o.service, "operation": o.operation, "rate": o.rate,
+                   "error_ratio": o.error_ratio, "p99": round(o.p99)})
+        };
+        ops.sort_by(|a, b| {
+            b.p99
+                .partial_cmp(&a.p99)
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
+        let slowest: Vec<Json> = ops.iter().take(TOP_OPERATIONS).map(op_json).collect();
+        ops.sort_by(|a, b| {
+            b.error_ratio
+                .partial_cmp(&a.error_ratio)
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then(
+                    b.rate
+                        .partial_cmp(&a.rate)
+                        .unwrap_or(std::cmp::Ordering::Equal),
+                )
+        });
+        let failing: Vec<Json> = ops
+            .iter()
+            .filter(|o| o.error_ratio > 0.0)
+            .take(TOP_OPERATIONS)
+            .map(op_json)
+            .collect();
+        let has_red = snap.all.count > 0.0;
+
+        // Pauses.
+        let gc_max = f.max("vitals_gc_pause_max_seconds", &[]);
+        let event_loop_p99 = f.max("vitals_event_loop_delay_seconds", &[("quantile", "0.99")]);
+
+        // Memory.
+        let rss = f.sum("process_memory_usage_bytes", &[]);
+        let heap = f
+            .sum(
+                "jvm_memory_used_after_last_gc_bytes",
+                &[("jvm_memory_type", "heap")],
+            )
+            .or_else(|| f.sum("v8js_memory_heap_used_bytes", &[]));
+        let heap_limit = f.sum("jvm_memory_limit_bytes", &[("jvm_memory_type", "heap")]);
+        let cgroup = f.sum("vitals_cgroup_memory_usage_bytes", &[]);
+        let cgroup_limit = f.sum("vitals_cgroup_memory_limit_bytes", &[]);
+        let mut growth = serde_json::Map::new();
+        for s in f.series("vitals_memory_growth_bytes_per_second") {
+            let (Some(sig), Some(w), Some(v)) = (label(s, "signal"), label(s, "window"), scalar(s))
+            else {
+                continue;
+            };
+            growth
+                .entry(sig.to_owned())
+                .or_insert_with(|| json!({}))
+                .as_object_mut()
+                .map(|m| m.insert(w.to_owned(), json!(v)));
+        }
+        let ttl = f.max("vitals_memory_time_to_limit_seconds", &[]).map(|_| {
+            f.series("vitals_memory_time_to_limit_seconds")
+                .filter_map(scalar)
+                .fold(f64::INFINITY, f64::min)
+        });
+        let leak: Vec<String> = f
+            .series("vitals_memory_leak_suspected")
+            .filter(|s| scalar(s) == Some(1.0))
+            .filter_map(|s| label(s, "signal").map(str::to_owned))
+            .collect();
+        let leak_flag = f.max("vitals_memory_leak_suspected", &[]);
+
+        // Pools.
+        let mut pools: Vec<PoolRow> = Vec::new();
+        for s in f.series("vitals_pool_utilization_ratio") {
+            if pools.len() >= POOL_LIMIT {
+                break;
+            }
+            let (Some(pool), Some(kind)) = (label(s, "pool"), label(s, "kind")) else {
+                continue;
+            };
+            let l = [("pool", pool), ("kind", kind)];
+            pools.push(PoolRow {
+                pool: pool.to_owned(),
+                kind: kind.to_owned(),
+                utilization: scalar(s),
+                used: f.sum("vitals_pool_used", &l),
+                max: f.sum("vitals_pool_max", &l),
+                pending: f.sum("vitals_pool_pending", &l),
+            });
+        }
+        pools.sort_by(|a, b| {
+            b.utilization
+                .partial_cmp(&a.utilization)
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
+        let cpu_quota = pools
+            .iter()
+            .find(|p| p.kind == "cpu")
+            .and_then(|p| p.utilization);
+        let pool_max_util = pools
+            .iter()
+            .filter(|p| p.kind != "cpu")
+            .filter_map(|p| p.utilization)
+            .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+
+        // Hints.
+        let fds = pools
+            .iter()
+            .find(|p| p.kind == "fds")
+            .and_then(|p| Some((p.used?, p.max?)));
+        let db_pools = pools
+            .iter()
+            .filter(|p| p.kind == "db")
+            .filter_map(|p| {
+                Some(PoolUse {
+                    pool: p.pool.clone(),
+                    used: p.used?,
+                    max: p.max?,
+                    pending: p.pending.unwrap_or(0.0),
+                })
+            })
+            .collect();
+        if up > 0.0 {
+            self.usage.observe(&UsageTick {
+                t,
+                cpu_seconds: now.cpu,
+                cfs_periods: now.throttled_periods.zip(now.periods),
+                // RSS, not cgroup usage: the cgroup counts page cache the kernel reclaims under pressure.
+                memory_bytes: rss.or(cgroup),
+                memory_limit_bytes: cgroup_limit,
+                oom_kills: f.sum("vitals_cgroup_memory_oom_kills", &[]),
+                heap_max_bytes: heap_limit,
+                fds,
+                db_pools,
+            });
+        }
+        let hints = self.usage.advice(&self.policy);
+
+        // Alerts, evaluated on the same thresholds as the shipped rules (instant condition, plus how long
+        // it has held against the rule's `for:`).
+        let memory_ratio = match (cgroup, cgroup_limit) {
+            (Some(u), Some(l)) if l > 0.0 => Some(u / l),
+            _ => None,
+        };
+        let measure = |m: Measure| -> Option<f64> {
+            match m {
+                Measure::TargetUp => Some(up),
+                Measure::LatencyP99 => p99.filter(|_| window_rate.is_some_and(|r| r > 0.1)),
+                Measure::ErrorRatio => {
+                    error_ratio.filter(|_| window_rate.is_some_and(|r| r > 0.05))
+                }
+                Measure::GcPauseMax => gc_max,
+                Measure::PauseTimeRatio => gc_rate,
+                Measure::ThrottledRatio => throttled_ratio,
+                Measure::LeakSuspected => leak_flag,
+                Measure::TimeToLimit => ttl,
+                Measure::MemoryUsedRatio => memory_ratio,
+                Measure::CpuQuotaRatio => cpu_quota,
+                Measure::PoolUtilization => pool_max_util,
+            }
+        };
+        let mut alerts = Vec::new();
+        for (i, r) in RULES.iter().enumerate() {
+            let v = measure(r.measure);
+            let holds = v.is_some_and(|v| r.holds(v));
+            if !holds {
+                self.alert_since[i] = None;
+                continue;
+            }
+            let since = *self.alert_since[i].get_or_insert(t);
+            let held = t - since;
+            alerts.push(json!({
+                "alert": r.alert, "severity": r.severity, "value": round(v),
+                "threshold": r.threshold, "held_seconds": held, "for_seconds": r.for_seconds,
+                "state": if held >= r.for_seconds { "firing" } else { "pending" },
+            }));
+        }
+
+        // Verdicts, on the alerts' numbers.
+        let pct = |v: f64| format!("{:.1}%", v * 100.0);
+        let ms = |v: f64| format!("{:.0} ms", v * 1000.0);
+        let slow = if !has_red {
+            (
+                "none",
+                format!(
+                    "no request spans yet: point the app's OpenTelemetry SDK at vitals ({})",
+                    self.listen_hint
+                ),
+            )
+        } else if error_ratio.is_some_and(|e| e > threshold(Measure::ErrorRatio, "critical")) {
+            (
+                "critical",
+                format!(
+                    "failing: {} of requests are errors",
+                    pct(error_ratio.unwrap_or(0.0))
+                ),
+            )
+        } else if error_ratio.is_some_and(|e| e > threshold(Measure::ErrorRatio, "warning"))
+            || p99.is_some_and(|p| p > threshold(Measure::LatencyP99, "warning"))
+        {
+            (
+                "warning",
+                format!(
+                    "slow or failing: p99 {}, {} errors",
+                    p99.map_or("-".into(), ms),
+                    pct(error_ratio.unwrap_or(0.0))
+                ),
+            )
+        } else if window_rate.unwrap_or(0.0) == 0.0 && req_rate.unwrap_or(0.0) == 0.0 {
+            ("ok", "no requests in the last minute".to_owned())
+        } else {
+            (
+                "ok",
+                format!(
+                    "fine: p99 {}, {} errors",
+                    p99.map_or("-".into(), ms),
+                    pct(error_ratio.unwrap_or(0.0))
+                ),
+            )
+        };
+        let pausing = if gc_max.is_some_and(|g| g > threshold(Measure::GcPauseMax, "warning")) {
+            (
+                "warning",
+                format!("GC pauses up to {}", ms(gc_max.unwrap_or(0.0))),
+            )
+        } else if gc_rate.is_some_and(|g| g > threshold(Measure::PauseTimeRatio, "warning")) {
+            (
+                "warning",
+                format!("{} of the time in GC pauses", pct(gc_rate.unwrap_or(0.0))),
+            )
+        } else if throttled_ratio.is_some_and(|r| r > threshold(Measure::ThrottledRatio, "warning"))
+        {
+            (
+                "warning",
+                format!(
+                    "CPU-throttled in {} of periods",
+                    pct(throttled_ratio.unwrap_or(0.0))
+                ),
+            )
+        } else if up == 0.0 {
+            ("none", "no target attached".to_owned())
+        } else {
+            ("ok", "no long pauses".to_owned())
+        };
+        let leaking = if ttl.is_some_and(|v| v < threshold(Measure::TimeToLimit, "critical")) {
+            (
+                "critical",
+                format!(
+                    "memory limit reached in {:.1} h at the current growth",
+                    ttl.unwrap_or(0.0) / 3600.0
+                ),
+            )
+        } else if !leak.is_empty() {
+            (
+                "warning",
+                format!("sustained growth of {}", leak.join(", ")),
+            )
+        } else if memory_ratio.is_some_and(|r| r > threshold(Measure::MemoryUsedRatio, "warning")) {
+            (
+                "warning",
+                format!(
+                    "{} of the memory limit in use",
+                    pct(memory_ratio.unwrap_or(0.0))
+                ),
+            )
+        } else if up == 0.0 {
+            ("none", "no target attached".to_owned())
+        } else {
+            ("ok", "no sustained growth".to_owned())
+        };
+        let saturated =
+            if cpu_quota.is_some_and(|c| c > threshold(Measure::CpuQuotaRatio, "critical")) {
+                (
+                    "critical",
+                    format!("CPU at {} of its quota", pct(cpu_quota.unwrap_or(0.0))),
+                )
+            } else if let Some(p) = pools.iter().find(|p| {
+                p.kind != "cpu"
+                    && p.utilization
+                        .is_some_and(|u| u > threshold(Measure::PoolUtilization, "warning"))
+            }) {
+                (
+                    "warning",
+                    format!(
+                        "{} pool {} at {}",
+                        p.kind,
+                        p.pool,
+                        pct(p.utilization.unwrap_or(0.0))
+                    ),
+                )
+            } else if cpu_quota.is_some_and(|c| c > threshold(Measure::CpuQuotaRatio, "warning")) {
+                (
+                    "warning",
+                    format!("CPU at {} of its quota", pct(cpu_quota.unwrap_or(0.0))),
+                )
+            } else if pools.is_empty() {
+                ("none", "no pools known yet".to_owned())
+            } else {
+                (
+                    "ok",
+                    format!(
+                        "fullest pool at {}",
+                        pct(pools
+                            .iter()
+                            .filter_map(|p| p.utilization)
+                            .fold(0.0, f64::max))
+                    ),
+                )
+            };
+
+        let point = Point {
+            t,
+            values: [
+                req_rate,
+                error_ratio,
+                p99,
+                gc_rate,
+                gc_max,
+                throttled_rate,
+                rss,
+                heap,
+                cgroup,
+                pool_max_util,
+                cpu_cores,
+                psi_rates[0],
+            ]
+            .map(|v| v.map_or(f32::NAN, |x| x as f32)),
+        };
+        self.history.push(point);
+
+        let uptime = start.filter(|_| up > 0.0).map(|s| t - s);
+        json!({
+            "t": t,
+            "point": point.to_json(),
+            "target": {
+                "up": up > 0.0,
+                "pid": pid,
+                "comm": info.and_then(|s| label(s, "comm")),
+                "runtime": info.and_then(|s| label(s, "runtime")),
+                "uptime_seconds": round(uptime),
+                "restarts": f.sum("vitals_target_restarts", &[]),
+                "selected_by": self.selected_by,
+            },
+            "red": {
+                "has_data": has_red,
+                "window_seconds": window,
+                "rate": round(window_rate),
+                "rate_now": round(req_rate),
+                "error_ratio": round(error_ratio),
+                "p50": round(p50),
+                "p99": round(p99),
+                "requests": all.count,
+                "requests_total": snap.all.count,
+                "errors": all.errors,
+                "slowest": slowest,
+                "failing": failing,
+                "otlp_hint": self.listen_hint,
+            },
+            "pauses": {
+                "gc_seconds_per_second": round(gc_rate),
+                "gc_max_seconds": round(gc_max),
+                "safepoint_seconds_per_second": round(safepoint_rate),
+                "throttled_seconds_per_second": round(throttled_rate),
+                "throttled_ratio": round(throttled_ratio),
+                "psi_some": {"cpu": round(psi_rates[0]), "memory": round(psi_rates[1]), "io": round(psi_rates[2])},
+                "event_loop_p99_seconds": round(event_loop_p99),
+            },
+            "memory": {
+                "rss_bytes": round(rss),
+                "heap_after_gc_bytes": round(heap),
+                "heap_limit_bytes": round(heap_limit),
+                "cgroup_bytes": round(cgroup),
+                "cgroup_limit_bytes": round(cgroup_limit),
+                "growth_bytes_per_second": growth,
+                "time_to_limit_seconds": round(ttl),
+                "leak_suspected": leak,
+            },
+            "pools": pools.iter().map(|p| json!({
+                "pool": p.pool, "kind": p.kind, "utilization": round(p.utilization),
+                "used": round(p.used), "max": round(p.max), "pending": round(p.pending),
+            })).collect::<Vec<_>>(),
+            "verdicts": {
+                "slow": {"level": slow.0, "text": slow.1},
+                "pausing": {"level": pausing.0, "text": pausing.1},
+                "leaking": {"level": leaking.0, "text": leaking.1},
+                "saturated": {"level": saturated.0, "text": saturated.1},
+            },
+            "alerts": alerts,
+            "hints": hints.iter().map(|h| json!({
+                "resource": h.resource, "pool": h.pool, "unit": h.unit, "value": round(h.value),
+                "history_seconds": h.history_seconds, "act": h.act, "text": h.text,
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MetricKind;
+
+    #[test]
+    fn quantile_matches_prometheus_interpolation() {
+        let b = [0.1, 0.5, 1.0, f64::INFINITY];
+        // 10 in (0,0.1], 10 in (0.1,0.5]: p50 is the top of the first bucket, p75 halfway in the second.
+        let c = [10.0, 20.0, 20.0, 20.0];
+        assert_eq!(bucket_quantile(0.5, &b, &c), Some(0.1));
+        assert!((bucket_quantile(0.75, &b, &c).unwrap() - 0.3).abs() < 1e-12);
+        // Rank in +Inf: the highest finite bound.
+        assert_eq!(bucket_quantile(0.99, &b, &[0.0, 0.0, 0.0, 5.0]), Some(1.0));
+        assert_eq!(bucket_quantile(0.5, &b, &[0.0; 4]), None);
+    }
+
+    fn hist(op: &str, outcome: &str, counts: [u64; 3]) -> Series {
+        let c = counts;
+        Series {
+            labels: vec![
+                ("service".into(), "svc".into()),
+                ("operation".into(), op.into()),
+                ("kind".into(), "server".into()),
+                ("outcome".into(), outcome.into()),
+            ],
+            value: Value::Histogram {
+                buckets: vec![(0.1, c[0]), (1.0, c[1]), (f64::INFINITY, c[2])],
+                sum: 0.0,
+                count: c[2],
+                exemplars: vec![],
+            },
+        }
+    }
+
+    fn families(series: Vec<Series>, up: f64) -> Vec<Family> {
+        let mut red = Family::new(
+            "vitals_request_duration_seconds",
+            "",
+            "seconds",
+            MetricKind::Histogram,
+        );
+        red.series = series;
+        vec![
+            Family::new("vitals_target_up", "", "", MetricKind::Gauge).with(&[], Value::Gauge(up)),
+            red,
+        ]
+    }
+
+    #[test]
+    fn red_window_rates_quantiles_and_verdicts() {
+        let mut s = LiveSampler::new(
+            900,
+            HintPolicy::default(),
+            "pid".into(),
+            "http://127.0.0.1:4318".into(),
+        );
+        let f0 = s.tick(1000.0, &families(vec![], 1.0));
+        assert_eq!(f0["verdicts"]["slow"]["level"], "none");
+        assert!(f0["verdicts"]["slow"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("4318"));
+        let f1 = s.tick(
+            1010.0,
+            &families(
+                vec![
+                    hist("/a", "ok", [80, 90, 90]),
+                    hist("/b", "error", [0, 5, 10]),
+                ],
+                1.0,
+            ),
+        );
+        assert_eq!(f1["red"]["requests"], 100.0);
+        assert!((f1["red"]["rate"].as_f64().unwrap() - 10.0).abs() < 1e-9);
+        assert!((f1["red"]["error_ratio"].as_f64().unwrap() - 0.1).abs() < 1e-9);
+        assert_eq!(f1["verdicts"]["slow"]["level"], "warning");
+        assert_eq!(f1["red"]["failing"][0]["operation"], "/b");
+        assert_eq!(f1["red"]["slowest"][0]["operation"], "/b");
+        // The error-ratio rule holds (ratio 0.1 is not above the critical 0.10, but above 0.05).
+        let alerts: Vec<&str> = f1["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["alert"].as_str().unwrap())
+            .collect();
+        assert!(alerts.contains(&"VitalsErrorRatioHigh"), "{alerts:?}");
+        assert!(!alerts.contains(&"VitalsErrorRatioCritical"), "{alerts:?}");
+        assert_eq!(f1["alerts"][0]["state"], "pending");
+    }
+
+    #[test]
+    fn target_down_raises_the_rule_after_its_for() {
+        let mut s = LiveSampler::new(10, HintPolicy::default(), "pid".into(), String::new());
+        let mut last = Json::Null;
+        for i in 0..=121 {
+            last = s.tick(i as f64, &families(vec![], 0.0));
+        }
+        let a = &last["alerts"][0];
+        assert_eq!(a["alert"], "VitalsTargetDown");
+        assert_eq!(a["state"], "firing");
+        assert_eq!(last["verdicts"]["pausing"]["level"], "none");
+    }
+}

@@ -1,0 +1,129 @@
+//! The live page's per-second history: a fixed-capacity ring of compact points (twelve `f32` values and
+//! the time), so its memory is known in advance: 900 points (15 minutes) take 900 × 56 bytes ≈ 49 KiB.
+
+use std::collections::VecDeque;
+
+use serde_json::{json, Value as Json};
+
+/// Names of a point's values, in order; the page reads them by these names.
+pub const POINT_FIELDS: [&str; 12] = [
+    "rate",
+    "error_ratio",
+    "p99",
+    "gc_seconds_per_second",
+    "gc_max_seconds",
+    "throttled_seconds_per_second",
+    "rss_bytes",
+    "heap_after_gc_bytes",
+    "cgroup_bytes",
+    "pool_max_utilization",
+    "cpu_cores",
+    "psi_cpu_some",
+];
+
+/// One second of sparkline values; NaN where a value was unknown.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Point {
+    /// Unix time, seconds.
+    pub t: f64,
+    /// Values in [`POINT_FIELDS`] order.
+    pub values: [f32; 12],
+}
+
+fn finite(v: f32) -> Json {
+    if v.is_finite() {
+        json!(v)
+    } else {
+        Json::Null
+    }
+}
+
+impl Point {
+    /// The point as a JSON object keyed by field name.
+    pub fn to_json(&self) -> Json {
+        let mut m = serde_json::Map::new();
+        m.insert("t".into(), json!(self.t));
+        for (k, v) in POINT_FIELDS.iter().zip(self.values) {
+            m.insert((*k).into(), finite(v));
+        }
+        Json::Object(m)
+    }
+}
+
+/// A ring of the last `capacity` points.
+#[derive(Debug)]
+pub struct History {
+    points: VecDeque<Point>,
+    capacity: usize,
+}
+
+impl History {
+    /// An empty ring; its storage is allocated once, here.
+    pub fn new(capacity: usize) -> Self {
+        History {
+            points: VecDeque::with_capacity(capacity),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Appends a point, dropping the oldest when full.
+    pub fn push(&mut self, p: Point) {
+        if self.points.len() == self.capacity {
+            self.points.pop_front();
+        }
+        self.points.push_back(p);
+    }
+
+    /// Points held.
+    pub fn len(&self) -> usize {
+        self.points.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.points.is_empty()
+    }
+
+    /// Bytes of point storage when full.
+    pub fn capacity_bytes(&self) -> usize {
+        self.capacity * std::mem::size_of::<Point>()
+    }
+
+    /// Column-wise JSON (`{"t":[…], "rate":[…], …}`), compact for the first message to a viewer.
+    pub fn to_json(&self) -> Json {
+        let mut m = serde_json::Map::new();
+        m.insert(
+            "t".into(),
+            Json::Array(self.points.iter().map(|p| json!(p.t)).collect()),
+        );
+        for (i, k) in POINT_FIELDS.iter().enumerate() {
+            m.insert(
+                (*k).into(),
+                Json::Array(self.points.iter().map(|p| finite(p.values[i])).collect()),
+            );
+        }
+        Json::Object(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_is_bounded_and_sized_as_documented() {
+        let mut h = History::new(900);
+        for i in 0..2000 {
+            h.push(Point {
+                t: i as f64,
+                values: [i as f32; 12],
+            });
+        }
+        assert_eq!(h.len(), 900);
+        assert_eq!(std::mem::size_of::<Point>(), 56);
+        assert_eq!(h.capacity_bytes(), 50_400);
+        let j = h.to_json();
+        assert_eq!(j["t"][0], 1100.0);
+        assert_eq!(j["rate"].as_array().unwrap().len(), 900);
+    }
+}

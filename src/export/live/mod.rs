@@ -1,0 +1,119 @@
+//! The live page: a per-second history of what vitals holds, turned into frames once a second, streamed
+//! to browsers as server-sent events, and the self-contained page at `/` that draws them.
+//!
+//! Memory: the history ring holds 900 points (15 minutes) of 56 bytes, about 49 KiB, plus seven RED
+//! snapshots of at most 64 operations for the windowed quantiles. Each connected viewer costs one task, a
+//! four-message channel and one shared buffer per second: a frame is serialised once, whatever the number
+//! of viewers, and viewers are limited ([`VIEWER_LIMIT`]).
+
+pub mod frame;
+pub mod history;
+pub mod stream;
+pub mod thresholds;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::{watch, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::signal::hints::{HintBoard, HintPolicy};
+use crate::store::Registry;
+use frame::LiveSampler;
+
+/// The page, with its script and styles inline: no CDN, nothing to build, works offline and in a pod.
+pub const PAGE: &str = include_str!("page.html");
+
+/// Seconds of per-second history kept (15 minutes).
+pub const HISTORY_SECONDS: usize = 900;
+
+/// Browsers streaming at once; one more is answered 503 and its page retries.
+pub const VIEWER_LIMIT: usize = 16;
+
+/// What the live page's stream reads: the sampler, the latest frame, and the viewer slots.
+pub struct LiveHub {
+    sampler: Mutex<LiveSampler>,
+    frames: watch::Sender<Bytes>,
+    viewers: Arc<Semaphore>,
+    shutdown: CancellationToken,
+    /// Hints published for the `vitals_recommendation_*` metrics.
+    pub hints: Arc<HintBoard>,
+}
+
+impl LiveHub {
+    /// A hub whose stream ends on `shutdown`. `selected_by` describes how the target was chosen;
+    /// `otlp_hint` is the endpoint an SDK should be pointed at.
+    pub fn new(
+        policy: HintPolicy,
+        selected_by: String,
+        otlp_hint: String,
+        shutdown: CancellationToken,
+    ) -> Self {
+        LiveHub {
+            sampler: Mutex::new(LiveSampler::new(
+                HISTORY_SECONDS,
+                policy,
+                selected_by,
+                otlp_hint,
+            )),
+            frames: watch::channel(Bytes::new()).0,
+            viewers: Arc::new(Semaphore::new(VIEWER_LIMIT)),
+            shutdown,
+            hints: Arc::new(HintBoard::default()),
+        }
+    }
+
+    fn sampler(&self) -> std::sync::MutexGuard<'_, LiveSampler> {
+        self.sampler.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes one frame from `registry` at unix time `t` and hands it to every viewer.
+    pub fn tick(&self, registry: &Registry, t: f64) {
+        let families = registry.gather();
+        let (frame, hints) = {
+            let mut s = self.sampler();
+            let frame = s.tick(t, &families);
+            (frame, s.hints())
+        };
+        self.hints.publish(hints);
+        let message = format!("event: frame\ndata: {frame}\n\n");
+        self.frames.send_replace(Bytes::from(message));
+    }
+
+    /// The first message for a new viewer: the history so far and the latest frame.
+    fn opening(&self) -> Bytes {
+        let history = self.sampler().history_json();
+        let latest = self.frames.borrow().clone();
+        let mut out = format!("retry: 1000\nevent: history\ndata: {history}\n\n").into_bytes();
+        out.extend_from_slice(&latest);
+        Bytes::from(out)
+    }
+
+    /// Bytes of the history ring when full.
+    pub fn history_bytes(&self) -> usize {
+        self.sampler().history_bytes()
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Feeds the hub once a second until `shutdown`.
+pub async fn run(hub: Arc<LiveHub>, registry: Registry, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = every.tick() => {}
+        }
+        let hub = hub.clone();
+        let registry = registry.clone();
+        // Gathering takes the stores' locks and builds every family: keep it off the reactor.
+        let _ = tokio::task::spawn_blocking(move || hub.tick(&registry, unix_now())).await;
+    }
+}
