@@ -78,10 +78,15 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
             ..HintPolicy::default()
         },
         selected_by,
-        format!(
-            "OTEL_EXPORTER_OTLP_ENDPOINT=http://{}",
-            config.otlp_http_addr
-        ),
+        match (config.otlp_http_addr, config.otlp_grpc_addr) {
+            (Some(http), _) => format!("OTEL_EXPORTER_OTLP_ENDPOINT=http://{http}"),
+            (None, Some(grpc)) => format!(
+                "OTEL_EXPORTER_OTLP_ENDPOINT=http://{grpc} OTEL_EXPORTER_OTLP_PROTOCOL=grpc"
+            ),
+            (None, None) => {
+                "the OTLP receivers are off (--otlp-grpc-addr/--otlp-http-addr)".to_owned()
+            }
+        },
         shutdown.clone(),
     ));
     registry.register(live.hints.clone());
