@@ -167,14 +167,14 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
             loop {
                 tokio::select! {
                     status = c.wait() => {
-                        let code = match status {
-                            Ok(s) => run::exit_code(s),
+                        let (code, how) = match status {
+                            Ok(s) => (run::exit_code(s), run::describe_exit(s)),
                             Err(e) => {
                                 tracing::error!(error = %e, "lost track of the child");
-                                1
+                                (1, "unknown".into())
                             }
                         };
-                        tracing::info!(code, "child exited");
+                        tracing::info!(code, %how, "child exited");
                         break code;
                     }
                     _ = sigterm.recv() => run::forward(pid, Signal::SIGTERM),
