@@ -25,6 +25,10 @@ use crate::target::{detect_runtime, search, Selector, TargetId};
 /// instance that lives at least this long is seen, however long the sampling interval.
 pub const WATCH_INTERVAL: Duration = Duration::from_millis(100);
 
+/// How long after an exit a missing `--process` target is searched for every [`WATCH_INTERVAL`] (later,
+/// once per interval).
+const FAST_SEARCH_AFTER_EXIT: Duration = Duration::from_secs(30);
+
 /// Everything the loop needs.
 pub struct Sampler {
     selector: Option<Selector>,
@@ -55,6 +59,8 @@ pub struct Sampler {
     last_oom_kill: Option<std::time::Instant>,
     /// A kill counted this long before an exit is seen is taken as its cause.
     exit_window: Duration,
+    /// Until then a missing `--process` target is searched for between ticks.
+    fast_search_until: Option<std::time::Instant>,
 }
 
 struct Attached {
@@ -115,6 +121,7 @@ impl Sampler {
             oom: OomCounter::default(),
             last_oom_kill: None,
             exit_window: Duration::from_secs(2),
+            fast_search_until: None,
             proc_root,
             cgroup_roots,
             pss,
@@ -237,7 +244,17 @@ impl Sampler {
                     self.try_attach();
                 }
             }
-            None => self.try_attach(),
+            None => {
+                // A /proc scan costs a read of every process' comm and cmdline: scan fast only for a while
+                // after an exit, when a restart is due; a pid or pid file is one read, always fast.
+                let scan = !matches!(self.selector, Some(Selector::Process(_)))
+                    || self
+                        .fast_search_until
+                        .is_some_and(|t| std::time::Instant::now() < t);
+                if scan {
+                    self.try_attach();
+                }
+            }
         }
         self.poll_oom();
     }
@@ -274,6 +291,7 @@ impl Sampler {
             oom_kills_total = self.oom.total().unwrap_or(0),
             "target exited; searching again"
         );
+        self.fast_search_until = Some(std::time::Instant::now() + FAST_SEARCH_AFTER_EXIT);
         self.store.detach();
         self.store.record_exit(reason);
         self.store.set_oom_kills(self.oom.total());
