@@ -103,6 +103,18 @@ fn main_thread_pthread_exit_with_running_workers_is_alive() {
     // 3 × 32 MiB written by the workers: the zombie main thread's own stat says 0, a worker's says >= 96 MiB.
     let rss = e2.get("process_memory_usage_bytes", &[]).unwrap();
     assert!(rss >= 96.0 * 1048576.0, "rss {rss}");
+    // The workers' fd table: stdin, stdout (a pipe) and stderr at least, as /proc/PID/task/TID/fd shows.
+    let worker = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .map(|t| t.file_name().to_string_lossy().into_owned())
+        .find(|t| *t != pid.to_string())
+        .unwrap();
+    let truth = std::fs::read_dir(format!("/proc/{pid}/task/{worker}/fd"))
+        .unwrap()
+        .count() as f64;
+    assert!(truth >= 3.0, "{truth}");
+    assert_eq!(e2.get("process_open_file_descriptors", &[]), Some(truth));
     drop(child);
     v.wait_until(Duration::from_secs(5), "down once the group is gone", |e| {
         e.get("vitals_target_up", &[]) == Some(0.0)
