@@ -301,3 +301,49 @@ fn exec_refreshes_comm_and_runtime() {
     assert_eq!(e.get("vitals_target_restarts_total", &[]), Some(0.0));
     assert_eq!(e.get("vitals_target_up", &[]), Some(1.0));
 }
+
+/// A wrapper that starts the program late: while only the wrapper matches, vitals waits (and says so)
+/// instead of attaching to the wrapper for good.
+#[test]
+fn process_regex_waits_for_the_program_a_wrapper_starts_late() {
+    let dir = tempfile::tempdir().unwrap();
+    let jar = build_app_jar(dir.path());
+    let v = Vitals::start(&["--process", r"java.*app\.jar", "--interval", "200ms"]);
+    let line = format!("sleep 1.5; {}; true", java_cmd(&jar));
+    let sh = Reaped(
+        Command::new("sh")
+            .args(["-c", &line])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start sh"),
+    );
+    // During the sleep only the shell matches: no target, and a warning naming the shell.
+    std::thread::sleep(Duration::from_millis(800));
+    let e = v.scrape();
+    assert_eq!(
+        e.get("vitals_target_up", &[]),
+        Some(0.0),
+        "attached to the shell"
+    );
+    let log = v.log.lock().unwrap().clone();
+    assert!(
+        log.contains("only wrapper processes") && log.contains(&sh.0.id().to_string()),
+        "no wrapper warning:\n{log}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let java = loop {
+        if let Some(j) = children_of(sh.0.id()).into_iter().find(|p| {
+            std::fs::read_link(format!("/proc/{p}/exe"))
+                .map(|e| e.ends_with("java"))
+                .unwrap_or(false)
+        }) {
+            break j;
+        }
+        assert!(Instant::now() < deadline, "shell never started java");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let wrapped = Wrapped { wrapper: sh, java };
+    assert_watches_java(&v, wrapped.java, "after the late start");
+}
