@@ -292,14 +292,14 @@ async fn wait_for_child(
         };
         let sent = tokio::select! {
             status = c.wait() => {
-                let code = match status {
-                    Ok(s) => run::exit_code(s),
+                let (code, how) = match status {
+                    Ok(s) => (run::exit_code(s), run::describe_exit(s)),
                     Err(e) => {
                         tracing::error!(error = %e, "lost track of the child");
-                        1
+                        (1, "unknown".into())
                     }
                 };
-                tracing::info!(code, "child exited; vitals exits with its code");
+                tracing::info!(code, %how, "child exited; vitals exits with its code");
                 return code;
             }
             _ = notice => {

@@ -13,15 +13,24 @@ use crate::signal::{Derived, TickInputs};
 use crate::source::cgroup::{locate, CgroupReader, CgroupRoots, CgroupSample};
 use crate::source::hsperf::{self, HsperfOwner, HsperfReader, HsperfStatus, JvmSample};
 use crate::source::kept::KeptFile;
+use crate::source::oom::OomCounter;
 use crate::source::procfs::{read_comm, ProcReader, ProcSample, PssPolicy};
 use crate::source::sockets::{listen_sockets, socket_inodes, somaxconn, ListenSocket, SockDiag};
 use crate::store::app_metrics::AppMetrics;
-use crate::store::target::{KernelUnits, TargetInfo, TargetStore};
+use crate::store::target::{ExitReason, KernelUnits, TargetInfo, TargetStore};
 use crate::target::status::TargetStatus;
 use crate::target::{detect_runtime, search, Selector, TargetId};
 
 /// How often "no target found" is repeated in the log while vitals keeps searching.
 const NOT_FOUND_WARNING_EVERY: Duration = Duration::from_secs(60);
+
+/// How often the target's liveness is checked (and a missing target searched for) between ticks: an
+/// instance that lives at least this long is seen, however long the sampling interval.
+pub const WATCH_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How long after an exit a missing `--process` target is searched for every [`WATCH_INTERVAL`] (later,
+/// once per interval).
+const FAST_SEARCH_AFTER_EXIT: Duration = Duration::from_secs(30);
 
 /// Everything the loop needs.
 pub struct Sampler {
@@ -54,6 +63,14 @@ pub struct Sampler {
     sock_diag: Option<SockDiag>,
     /// Read buffer for the target's comm.
     comm_buf: Vec<u8>,
+    /// OOM kills of the target across its instances.
+    oom: OomCounter,
+    /// When an OOM kill was last counted while a target was attached.
+    last_oom_kill: Option<std::time::Instant>,
+    /// A kill counted this long before an exit is seen is taken as its cause.
+    exit_window: Duration,
+    /// Until then a missing `--process` target is searched for between ticks.
+    fast_search_until: Option<std::time::Instant>,
 }
 
 struct Attached {
@@ -134,6 +151,10 @@ impl Sampler {
             somaxconn: somaxconn(&proc_root),
             sock_diag: SockDiag::open().ok(),
             comm_buf: Vec::with_capacity(64),
+            oom: OomCounter::default(),
+            last_oom_kill: None,
+            exit_window: Duration::from_secs(2),
+            fast_search_until: None,
             proc_root,
             cgroup_roots,
             pss,
@@ -162,22 +183,14 @@ impl Sampler {
                 self.try_attach();
             }
             if self.attached.is_some() && !self.sample_attached(&mut r) {
-                let pid = self.attached.as_ref().map(|a| a.id.pid).unwrap_or(0);
-                if matches!(self.selector, Some(Selector::Child(_))) {
-                    // `run` mode: vitals itself exits with the child's status; there is nothing to find.
-                    tracing::debug!(pid, "child exited");
-                } else {
-                    tracing::info!(pid, "target exited; searching again");
-                }
-                self.attached = None;
-                self.store.detach();
-                self.derived.target_changed();
+                self.handle_exit();
                 self.try_attach();
                 if self.attached.is_some() {
                     r = Readings::default();
                     self.sample_attached(&mut r);
                 }
             }
+            self.poll_oom();
         }
         if r.proc.is_some() {
             if let Some(lang) = self.app.resource_attribute("telemetry_sdk_language") {
@@ -302,6 +315,80 @@ impl Sampler {
         true
     }
 
+    /// Between ticks: a cheap liveness check of the attached target (one kept stat file) or a search for
+    /// a missing one, and the OOM counters, so instances that live shorter than the interval are still
+    /// counted (restarts, exits and their OOM kills).
+    fn watch(&mut self) {
+        if self.selector.is_none() {
+            return;
+        }
+        match self.attached.as_mut() {
+            Some(a) => {
+                let alive = a.proc.read_stat().map(|st| st.starttime);
+                if alive.ok() != Some(a.id.start_ticks) {
+                    self.handle_exit();
+                    self.try_attach();
+                }
+            }
+            None => {
+                // A /proc scan costs a read of every process' comm and cmdline: scan fast only for a while
+                // after an exit, when a restart is due; a pid or pid file is one read, always fast.
+                let scan = !matches!(self.selector, Some(Selector::Process(_)))
+                    || self
+                        .fast_search_until
+                        .is_some_and(|t| std::time::Instant::now() < t);
+                if scan {
+                    self.try_attach();
+                }
+            }
+        }
+        self.poll_oom();
+    }
+
+    /// Reads the OOM counters and keeps the store's total current.
+    fn poll_oom(&mut self) {
+        let attached = self.attached.is_some();
+        if self.oom.poll(attached) > 0 && attached {
+            self.last_oom_kill = Some(std::time::Instant::now());
+        }
+        self.store.set_oom_kills(self.oom.total());
+    }
+
+    /// The attached target is gone: count the kills of its last moments, say why it ended when known,
+    /// drop its series.
+    fn handle_exit(&mut self) {
+        let Some(a) = self.attached.take() else {
+            return;
+        };
+        // An OOM kill counted now, or by a poll shortly before the exit was seen, is why it ended.
+        let now_killed = self.oom.poll(false) > 0;
+        let recent = self
+            .last_oom_kill
+            .take()
+            .is_some_and(|t| t.elapsed() < self.exit_window);
+        let reason = if now_killed || recent {
+            ExitReason::OomKill
+        } else {
+            ExitReason::Other
+        };
+        if matches!(self.selector, Some(Selector::Child(_))) {
+            // `run` mode: vitals itself exits with the child's status; there is nothing to find.
+            tracing::debug!(pid = a.id.pid, reason = reason.label(), "child exited");
+        } else {
+            tracing::info!(
+                pid = a.id.pid,
+                reason = reason.label(),
+                oom_kills_total = self.oom.total().unwrap_or(0),
+                "target exited; searching again"
+            );
+        }
+        self.fast_search_until = Some(std::time::Instant::now() + FAST_SEARCH_AFTER_EXIT);
+        self.store.detach();
+        self.store.record_exit(reason);
+        self.store.set_oom_kills(self.oom.total());
+        self.derived.target_changed();
+    }
+
     /// Refreshes comm and runtime when the target exec()ed another program (`sh -c 'exec java …'`,
     /// `opentelemetry-instrument python …`), and looks for the new program's hsperfdata.
     fn follow_exec(a: &mut Attached, proc_root: &Path, store: &TargetStore, buf: &mut Vec<u8>) {
@@ -382,6 +469,10 @@ impl Sampler {
         let cgroup = match locate(&self.cgroup_roots, id.pid) {
             Ok(dirs) => {
                 tracing::debug!(?dirs, "target cgroup");
+                // Kills during the gap count from the parent before the new cgroup's baseline is taken.
+                self.oom.poll(false);
+                self.oom.follow(&dirs);
+                self.store.set_oom_kills(self.oom.total());
                 Some(CgroupReader::open(&dirs, &self.proc_root))
             }
             Err(e) => {
@@ -440,16 +531,25 @@ impl Sampler {
         self.stats.read_error(source);
     }
 
-    /// Ticks every `interval` until `shutdown`.
+    /// Ticks every `interval` until `shutdown`, with liveness checks every [`WATCH_INTERVAL`] between
+    /// ticks when the interval is longer.
     pub async fn run(mut self, interval: Duration, shutdown: CancellationToken) {
         let mut timer = tokio::time::interval(interval);
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let watch_every = WATCH_INTERVAL.min(interval);
+        let mut watch = tokio::time::interval(watch_every);
+        watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        self.exit_window = interval.max(watch_every) * 2;
+        let watching = interval > WATCH_INTERVAL;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = timer.tick() => {
                     // procfs reads are short blocking syscalls; block_in_place keeps them off other tasks' way.
                     tokio::task::block_in_place(|| self.tick());
+                }
+                _ = watch.tick(), if watching => {
+                    tokio::task::block_in_place(|| self.watch());
                 }
             }
         }

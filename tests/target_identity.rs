@@ -103,6 +103,18 @@ fn main_thread_pthread_exit_with_running_workers_is_alive() {
     // 3 × 32 MiB written by the workers: the zombie main thread's own stat says 0, a worker's says >= 96 MiB.
     let rss = e2.get("process_memory_usage_bytes", &[]).unwrap();
     assert!(rss >= 96.0 * 1048576.0, "rss {rss}");
+    // The workers' fd table: stdin, stdout (a pipe) and stderr at least, as /proc/PID/task/TID/fd shows.
+    let worker = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .map(|t| t.file_name().to_string_lossy().into_owned())
+        .find(|t| *t != pid.to_string())
+        .unwrap();
+    let truth = std::fs::read_dir(format!("/proc/{pid}/task/{worker}/fd"))
+        .unwrap()
+        .count() as f64;
+    assert!(truth >= 3.0, "{truth}");
+    assert_eq!(e2.get("process_open_file_descriptors", &[]), Some(truth));
     drop(child);
     v.wait_until(Duration::from_secs(5), "down once the group is gone", |e| {
         e.get("vitals_target_up", &[]) == Some(0.0)
@@ -197,9 +209,12 @@ fn start_wrapped(args: &[&str]) -> Wrapped {
 
 fn assert_watches_java(v: &Vitals, java: u32, what: &str) {
     let pid = java.to_string();
-    let e = v.wait_until(Duration::from_secs(10), what, |e| {
+    // A JVM starting on a loaded machine grows for a while: wait for its resident set to pass 20 MB (App
+    // holds 8 MiB of heap; a JVM is ~40 MB), which no 1-2 MB wrapper reaches.
+    let e = v.wait_until(Duration::from_secs(20), what, |e| {
         e.find("vitals_target_info", &[("pid", &pid)]).is_some()
-            && e.has("process_memory_usage_bytes")
+            && e.get("process_memory_usage_bytes", &[])
+                .is_some_and(|r| r > 20.0 * 1048576.0)
     });
     assert!(
         e.find(
@@ -210,9 +225,6 @@ fn assert_watches_java(v: &Vitals, java: u32, what: &str) {
         "{what}: {:?}",
         e.all("vitals_target_info")
     );
-    // The JVM's resident set, not a 1-2 MB shell's.
-    let rss = e.get("process_memory_usage_bytes", &[]).unwrap_or(0.0);
-    assert!(rss > 20.0 * 1048576.0, "{what}: rss {rss}");
 }
 
 /// The README's own example against the two wrappers that fooled it: the wrapper is older and its command
@@ -288,4 +300,50 @@ fn exec_refreshes_comm_and_runtime() {
     assert_eq!(e.all("vitals_target_info").len(), 1);
     assert_eq!(e.get("vitals_target_restarts_total", &[]), Some(0.0));
     assert_eq!(e.get("vitals_target_up", &[]), Some(1.0));
+}
+
+/// A wrapper that starts the program late: while only the wrapper matches, vitals waits (and says so)
+/// instead of attaching to the wrapper for good.
+#[test]
+fn process_regex_waits_for_the_program_a_wrapper_starts_late() {
+    let dir = tempfile::tempdir().unwrap();
+    let jar = build_app_jar(dir.path());
+    let v = Vitals::start(&["--process", r"java.*app\.jar", "--interval", "200ms"]);
+    let line = format!("sleep 1.5; {}; true", java_cmd(&jar));
+    let sh = Reaped(
+        Command::new("sh")
+            .args(["-c", &line])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start sh"),
+    );
+    // During the sleep only the shell matches: no target, and a warning naming the shell.
+    std::thread::sleep(Duration::from_millis(800));
+    let e = v.scrape();
+    assert_eq!(
+        e.get("vitals_target_up", &[]),
+        Some(0.0),
+        "attached to the shell"
+    );
+    let log = v.log.lock().unwrap().clone();
+    assert!(
+        log.contains("only wrapper processes") && log.contains(&sh.0.id().to_string()),
+        "no wrapper warning:\n{log}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let java = loop {
+        if let Some(j) = children_of(sh.0.id()).into_iter().find(|p| {
+            std::fs::read_link(format!("/proc/{p}/exe"))
+                .map(|e| e.ends_with("java"))
+                .unwrap_or(false)
+        }) {
+            break j;
+        }
+        assert!(Instant::now() < deadline, "shell never started java");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let wrapped = Wrapped { wrapper: sh, java };
+    assert_watches_java(&v, wrapped.java, "after the late start");
 }

@@ -3,6 +3,7 @@
 pub mod cgroup;
 pub mod hsperf;
 pub mod kept;
+pub mod oom;
 pub mod otlp;
 pub mod pressure;
 pub mod procfs;

@@ -418,9 +418,14 @@ impl ProcReader {
         match self.stat.read(&mut self.buf).map(parse_stat) {
             Ok(Ok(st)) if !st.is_dead() => Ok(st),
             Ok(Ok(mut st)) if st.group_alive() => {
-                if let Some(worker) = self.live_worker_stat() {
+                if let Some((tid, worker)) = self.live_worker_stat() {
                     st.vsize = worker.vsize;
                     st.rss_pages = worker.rss_pages;
+                    // The main thread's fd table went with it; the workers share theirs.
+                    let fd_dir = self.dir.join("task").join(tid).join("fd");
+                    if fd_dir != self.fd_dir {
+                        self.fd_dir = fd_dir;
+                    }
                 }
                 Ok(st)
             }
@@ -428,8 +433,8 @@ impl ProcReader {
         }
     }
 
-    /// The stat of one live thread other than the main thread.
-    fn live_worker_stat(&self) -> Option<Stat> {
+    /// The thread id and stat of one live thread other than the main thread.
+    fn live_worker_stat(&self) -> Option<(std::ffi::OsString, Stat)> {
         let tasks = std::fs::read_dir(self.dir.join("task")).ok()?;
         let me = self.pid.to_string();
         tasks.flatten().find_map(|t| {
@@ -437,7 +442,8 @@ impl ProcReader {
                 return None;
             }
             let raw = std::fs::read(t.path().join("stat")).ok()?;
-            parse_stat(&raw).ok().filter(|s| !s.is_dead())
+            let st = parse_stat(&raw).ok().filter(|s| !s.is_dead())?;
+            Some((t.file_name(), st))
         })
     }
 

@@ -25,6 +25,25 @@ pub struct TargetInfo {
     pub selected_by: &'static str,
 }
 
+/// Why a target instance ended, as far as vitals can know for a process that is not its child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitReason {
+    /// Its cgroup counted an OOM kill as it ended.
+    OomKill,
+    /// Ended otherwise (exit, signal, crash): the status goes to its parent, not to vitals.
+    Other,
+}
+
+impl ExitReason {
+    /// The `reason` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            ExitReason::OomKill => "oom_kill",
+            ExitReason::Other => "other",
+        }
+    }
+}
+
 /// Kernel constants needed to turn ticks and pages into seconds and bytes.
 #[derive(Debug, Clone, Copy)]
 pub struct KernelUnits {
@@ -42,6 +61,10 @@ struct State {
     proc: Option<ProcSample>,
     cgroup: Option<CgroupSample>,
     restarts: u64,
+    /// OOM kills of the target across its instances (None until its memory cgroup was found).
+    oom_kills: Option<u64>,
+    /// Exits of target instances by reason, in [`ExitReason`] order.
+    exits: [u64; 2],
     last_identity: Option<(u32, u64)>,
     sampled: bool,
 }
@@ -91,6 +114,17 @@ impl TargetStore {
         s.info = None;
         s.proc = None;
         s.cgroup = None;
+    }
+
+    /// The target instance ended for `reason`.
+    pub fn record_exit(&self, reason: ExitReason) {
+        let mut s = self.lock();
+        s.exits[reason as usize] += 1;
+    }
+
+    /// OOM kills of the target so far, across restarts.
+    pub fn set_oom_kills(&self, total: Option<u64>) {
+        self.lock().oom_kills = total;
     }
 
     /// Stores one tick's readings.
@@ -220,6 +254,32 @@ impl Collector for TargetStore {
             )
             .with(&[], Value::Counter(s.restarts as f64)),
         );
+        if s.last_identity.is_some() {
+            let mut exits = Family::new(
+                "vitals_target_exits",
+                "Target instances that ended, by reason (oom_kill when their cgroup counted an OOM kill)",
+                "",
+                MetricKind::Counter,
+            );
+            for reason in [ExitReason::OomKill, ExitReason::Other] {
+                exits.push(
+                    &[("reason", reason.label())],
+                    Value::Counter(s.exits[reason as usize] as f64),
+                );
+            }
+            out.push(exits);
+        }
+        if let Some(kills) = s.oom_kills {
+            out.push(
+                Family::new(
+                    "vitals_cgroup_memory_oom_kills",
+                    "OOM kills of the target's cgroup, counted across the target's restarts",
+                    "",
+                    MetricKind::Counter,
+                )
+                .with(&[], Value::Counter(kills as f64)),
+            );
+        }
         let Some(info) = &s.info else { return };
         let pid = info.pid.to_string();
         out.push(
@@ -398,13 +458,6 @@ fn cgroup_families(b: &mut Builder<'_>, c: &CgroupSample) {
         &[(&[], f(c.memory_limit))],
     );
     b.one(
-        "vitals_cgroup_memory_oom_kills".into(),
-        "OOM kills in the target's cgroup",
-        "",
-        Counter,
-        &[(&[], f(c.oom_kills))],
-    );
-    b.one(
         "vitals_cgroup_cpu_limit_cores".into(),
         "CPU quota of the target's cgroup in cores (absent when unlimited)",
         "",
@@ -572,9 +625,23 @@ mod tests {
         s.attach(info.clone());
         s.update(ProcSample::default(), None);
         s.detach();
+        s.record_exit(ExitReason::OomKill);
+        s.set_oom_kills(Some(1));
         let mut out = vec![];
         s.collect(&mut out);
-        assert_eq!(out.len(), 2);
+        let names: Vec<&str> = out.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "vitals_target_up",
+                "vitals_target_restarts",
+                "vitals_target_exits",
+                "vitals_cgroup_memory_oom_kills"
+            ],
+            "a down target keeps its counters, not its samples"
+        );
+        assert_eq!(out[2].series[0].value, Value::Counter(1.0));
+        assert_eq!(out[3].series[0].value, Value::Counter(1.0));
         s.attach(info.clone());
         let mut out = vec![];
         s.collect(&mut out);

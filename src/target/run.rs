@@ -176,9 +176,36 @@ pub fn exit_code(status: ExitStatus) -> i32 {
     }
 }
 
+/// Why the child ended, for the log: `exit code N`, or `killed by SIGNAME` (with a hint for SIGKILL, the
+/// OOM killer's signal; `vitals_cgroup_memory_oom_kills_total` says whether it was an OOM kill).
+pub fn describe_exit(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exit code {c}"),
+        (None, Some(s)) => {
+            let name =
+                Signal::try_from(s).map_or_else(|_| format!("signal {s}"), |g| g.to_string());
+            if s == Signal::SIGKILL as i32 {
+                format!("killed by {name} (the OOM killer's signal, or a kill -9)")
+            } else {
+                format!("killed by {name}")
+            }
+        }
+        (None, None) => "ended with an unknown status".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exit_descriptions_name_the_code_or_signal() {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(describe_exit(ExitStatus::from_raw(3 << 8)), "exit code 3");
+        assert!(describe_exit(ExitStatus::from_raw(9)).starts_with("killed by SIGKILL"));
+        assert_eq!(describe_exit(ExitStatus::from_raw(15)), "killed by SIGTERM");
+    }
 
     #[test]
     fn http_env_points_at_receiver_paths() {
