@@ -406,7 +406,8 @@ impl Drop for PlantedFile {
 /// `vitals_exporter_hsperfdata_status{reason}`, and never reads a file that is not the target's: a JVM
 /// with -XX:-UsePerfData or -XX:+PerfDisableSharedMem (disabled), a process whose pid has a dead JVM's file
 /// (stale: the file's JVM began before the process; or it belongs to another uid), a JVM vitals may not
-/// look into (permission_denied, vitals running as nobody); a normal JVM reads "reading".
+/// look into (permission_denied: vitals running as nobody, started with setpriv); a normal JVM reads
+/// "reading".
 #[test]
 fn hsperfdata_status_says_why_and_refuses_stale_files() {
     use std::os::unix::fs::chown;
@@ -458,6 +459,53 @@ fn hsperfdata_status_says_why_and_refuses_stale_files() {
     let jvm = idle_jvm(classes.path(), &["-XX:+UsePerfData"]);
     let v = Vitals::start(&["--pid", &jvm.0.id().to_string(), "--interval", "100ms"]);
     assert_eq!(status_reason(&v), "reading");
+
+    // vitals as another user (nobody) may not look into the JVM's root: permission_denied, said once.
+    let setpriv = require_tool("setpriv", "apt-get install -y util-linux");
+    let port = common::free_port();
+    let mut nobody = Command::new(setpriv)
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(common::vitals_bin())
+        .args(["--pid", &jvm.0.id().to_string(), "--interval", "100ms"])
+        .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+        .args([
+            "--otlp-grpc-addr",
+            "127.0.0.1:0",
+            "--otlp-http-addr",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let got = ureq::get(&format!("http://127.0.0.1:{port}/metrics"))
+            .timeout(Duration::from_secs(2))
+            .call()
+            .ok()
+            .and_then(|r| r.into_string().ok())
+            .filter(|t| t.contains("vitals_exporter_hsperfdata_status"));
+        if let Some(t) = got {
+            break t;
+        }
+        assert!(std::time::Instant::now() < deadline, "no status as nobody");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    common::unsafe_kill(nobody.id(), "TERM");
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut nobody.stderr.take().unwrap(), &mut log).unwrap();
+    let _ = nobody.wait();
+    assert!(
+        text.contains("vitals_exporter_hsperfdata_status{reason=\"permission_denied\"} 1"),
+        "{text}"
+    );
+    assert_eq!(
+        log.matches("reason=\"permission_denied\"").count(),
+        1,
+        "said once:\n{log}"
+    );
 }
 
 /// Short pauses (G1 full collections of a small live set, tens of ms) one per interval at 100 ms: the max
