@@ -96,12 +96,19 @@ fn report_hsperf_status(derived: &Derived, a: &mut Attached, status: HsperfStatu
     if a.hsperf_status.as_ref() == Some(&status) {
         return;
     }
+    let shown = a.is_jvm || status != HsperfStatus::Absent;
+    // A JVM creates its file a moment after it starts: an absent file is news from the second search on.
+    if status == HsperfStatus::Absent && a.ticks <= 10 {
+        derived
+            .pause
+            .set_hsperf_status(shown.then(|| status.reason()));
+        return;
+    }
     match &status {
         HsperfStatus::Reading => {}
         HsperfStatus::Absent if !a.is_jvm => {}
         s => tracing::warn!(pid = a.id.pid, reason = s.reason(), "{}", s.explain()),
     }
-    let shown = a.is_jvm || status != HsperfStatus::Absent;
     derived
         .pause
         .set_hsperf_status(shown.then(|| status.reason()));

@@ -406,7 +406,8 @@ impl Drop for PlantedFile {
 /// `vitals_exporter_hsperfdata_status{reason}`, and never reads a file that is not the target's: a JVM
 /// with -XX:-UsePerfData or -XX:+PerfDisableSharedMem (disabled), a process whose pid has a dead JVM's file
 /// (stale: the file's JVM began before the process; or it belongs to another uid), a JVM vitals may not
-/// look into (permission_denied, vitals running as nobody); a normal JVM reads "reading".
+/// look into (permission_denied: vitals running as nobody, started with setpriv); a normal JVM reads
+/// "reading".
 #[test]
 fn hsperfdata_status_says_why_and_refuses_stale_files() {
     use std::os::unix::fs::chown;
@@ -458,4 +459,149 @@ fn hsperfdata_status_says_why_and_refuses_stale_files() {
     let jvm = idle_jvm(classes.path(), &["-XX:+UsePerfData"]);
     let v = Vitals::start(&["--pid", &jvm.0.id().to_string(), "--interval", "100ms"]);
     assert_eq!(status_reason(&v), "reading");
+
+    // vitals as another user (nobody) may not look into the JVM's root: permission_denied, said once.
+    let setpriv = require_tool("setpriv", "apt-get install -y util-linux");
+    let port = common::free_port();
+    let mut nobody = Command::new(setpriv)
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(common::vitals_bin())
+        .args(["--pid", &jvm.0.id().to_string(), "--interval", "100ms"])
+        .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+        .args([
+            "--otlp-grpc-addr",
+            "127.0.0.1:0",
+            "--otlp-http-addr",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let got = ureq::get(&format!("http://127.0.0.1:{port}/metrics"))
+            .timeout(Duration::from_secs(2))
+            .call()
+            .ok()
+            .and_then(|r| r.into_string().ok())
+            .filter(|t| t.contains("vitals_exporter_hsperfdata_status"));
+        if let Some(t) = got {
+            break t;
+        }
+        assert!(std::time::Instant::now() < deadline, "no status as nobody");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    common::unsafe_kill(nobody.id(), "TERM");
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut nobody.stderr.take().unwrap(), &mut log).unwrap();
+    let _ = nobody.wait();
+    assert!(
+        text.contains("vitals_exporter_hsperfdata_status{reason=\"permission_denied\"} 1"),
+        "{text}"
+    );
+    assert_eq!(
+        log.matches("reason=\"permission_denied\"").count(),
+        1,
+        "said once:\n{log}"
+    );
+}
+
+/// Short pauses (G1 full collections of a small live set, tens of ms) one per interval at 100 ms: the max
+/// is each pause's exact length, equal to the GC log, from the first pause on. At 1 s several pauses end
+/// within one interval: the last is exact, so the max is at least the last one's and never above the
+/// longest.
+#[test]
+fn short_g1_pauses_are_exact_from_the_first() {
+    use std::io::Write;
+    let javac = require_tool("javac", "apt-get install -y openjdk-17-jdk-headless");
+    let classes = tempfile::tempdir().unwrap();
+    let src =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/children/LongPauses.java");
+    assert!(Command::new(javac)
+        .arg("-d")
+        .arg(classes.path())
+        .arg(src)
+        .status()
+        .unwrap()
+        .success());
+    let gc_log = classes.path().join("gc.log");
+    let mut child = Command::new(require_tool(
+        "java",
+        "apt-get install -y openjdk-17-jdk-headless",
+    ))
+    .args(["-XX:+UseG1GC", "-Xmx256m", "-XX:+UsePerfData"])
+    .arg(format!("-Xlog:gc*:file={}", gc_log.display()))
+    .arg("-cp")
+    .arg(classes.path())
+    .args(["LongPauses", "1"])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    let jvm = Jvm(child);
+    let pid = jvm.0.id().to_string();
+    let fast = Vitals::start(&["--pid", &pid, "--interval", "100ms"]);
+    let slow = Vitals::start(&["--pid", &pid, "--interval", "1s"]);
+    let max = |e: &common::Exposition| {
+        e.get(
+            "vitals_gc_pause_max_seconds",
+            &[("runtime", "jvm"), ("source", "hsperfdata")],
+        )
+    };
+    for v in [&fast, &slow] {
+        v.wait_until(Duration::from_secs(20), "hsperfdata baseline", |e| {
+            max(e).is_some()
+        });
+    }
+    let seen_before = logged_pauses(&gc_log).len();
+    let full = [
+        ("collector", "G1 full collection pauses"),
+        ("source", "hsperfdata"),
+    ];
+    let full_before = fast
+        .scrape()
+        .get("vitals_gc_pauses_total", &full)
+        .unwrap_or(0.0);
+    let mut maxima = Vec::new();
+    for k in 1..=5 {
+        writeln!(stdin, "gc").unwrap();
+        line.clear();
+        out.read_line(&mut line).unwrap();
+        // Two 100 ms samples at least between pauses (slack for a loaded machine).
+        std::thread::sleep(Duration::from_millis(400));
+        let pauses = logged_pauses(&gc_log)[seen_before..].to_vec();
+        let longest = pauses.iter().copied().fold(0.0, f64::max);
+        let e = fast.wait_until(Duration::from_secs(3), "pause counted", |e| {
+            e.get("vitals_gc_pauses_total", &full) == Some(full_before + k as f64)
+        });
+        maxima.push((max(&e).unwrap(), longest));
+    }
+    let pauses = logged_pauses(&gc_log)[seen_before..].to_vec();
+    eprintln!("figure: G1 pauses in the GC log (s): {pauses:.4?}");
+    eprintln!("figure: 100 ms max after each pause vs GC log longest so far: {maxima:.4?}");
+    for (m, truth) in &maxima {
+        // The log times the collection inside the pause; hsperfdata brackets it: 1 ms and 2% apart at most.
+        assert!(
+            (m - truth).abs() <= 0.001 + 0.02 * truth,
+            "max {m} vs GC log {truth}"
+        );
+    }
+    let longest = pauses.iter().copied().fold(0.0, f64::max);
+    let last = *pauses.last().unwrap();
+    let e = slow.wait_until(Duration::from_secs(3), "1 s caught up", |e| {
+        e.get("vitals_gc_pauses_total", &full) == Some(full_before + 5.0)
+    });
+    let m = max(&e).unwrap();
+    eprintln!("figure: 1 s max {m:.4} (GC log longest {longest:.4}, last {last:.4})");
+    assert!(
+        m >= last.min(longest) - 0.001 && m <= longest * 1.02 + 0.001,
+        "1 s max {m} vs pauses {pauses:?}"
+    );
 }
