@@ -81,8 +81,13 @@ impl LiveHub {
         self.frames.send_replace(Bytes::from(message));
     }
 
+    /// The latest frame message, as viewers receive it.
+    pub fn latest(&self) -> Bytes {
+        self.frames.borrow().clone()
+    }
+
     /// The first message for a new viewer: the history so far and the latest frame.
-    fn opening(&self) -> Bytes {
+    pub fn opening(&self) -> Bytes {
         let history = self.sampler().history_json();
         let latest = self.frames.borrow().clone();
         let mut out = format!("retry: 1000\nevent: history\ndata: {history}\n\n").into_bytes();
