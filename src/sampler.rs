@@ -31,6 +31,7 @@ pub struct Sampler {
     derived: Arc<Derived>,
     app: Arc<AppMetrics>,
     units: KernelUnits,
+    sampled: Arc<tokio::sync::Notify>,
     attached: Option<Attached>,
     /// For `--pid`: the first instance seen. A later process that reuses the pid is someone else.
     pinned: Option<TargetId>,
@@ -74,6 +75,8 @@ pub struct SamplerParts {
     pub app: Arc<AppMetrics>,
     /// Kernel units.
     pub units: KernelUnits,
+    /// Notified after every tick, so readers of rates (the live page) take them at sample boundaries.
+    pub sampled: Arc<tokio::sync::Notify>,
 }
 
 impl Sampler {
@@ -101,6 +104,7 @@ impl Sampler {
             derived: parts.derived,
             app: parts.app,
             units: parts.units,
+            sampled: parts.sampled,
             attached: None,
             pinned: None,
             last_search_error: None,
@@ -283,6 +287,7 @@ impl Sampler {
                 _ = timer.tick() => {
                     // procfs reads are short blocking syscalls; block_in_place keeps them off other tasks' way.
                     tokio::task::block_in_place(|| self.tick());
+                    self.sampled.notify_one();
                 }
             }
         }
