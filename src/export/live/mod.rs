@@ -2,7 +2,7 @@
 //! to browsers as server-sent events, and the self-contained page at `/` that draws them.
 //!
 //! Memory: the history ring holds 900 points (15 minutes) of 56 bytes, about 49 KiB, plus seven RED
-//! snapshots of at most 64 operations for the windowed quantiles. Each connected viewer costs one task, a
+//! snapshots of at most 64 operations (22 buckets each, about 230 KB at most) for the windowed quantiles. Each connected viewer costs one task, a
 //! four-message channel and one shared buffer per second: a frame is serialised once, whatever the number
 //! of viewers, and viewers are limited ([`VIEWER_LIMIT`]).
 
