@@ -91,7 +91,13 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
     ));
     registry.register(live.hints.clone());
     tracing::debug!(bytes = live.history_bytes(), "live history allocated");
-    let live_task = tokio::spawn(live::run(live.clone(), registry.clone(), shutdown.clone()));
+    let sampled = Arc::new(tokio::sync::Notify::new());
+    let live_task = tokio::spawn(live::run(
+        live.clone(),
+        registry.clone(),
+        sampled.clone(),
+        shutdown.clone(),
+    ));
 
     let listener = bind(config.metrics_addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "serving /metrics");
@@ -223,6 +229,7 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
         derived,
         app: app_metrics,
         units,
+        sampled,
     };
     let sampler = Sampler::new(selector, roots, config.pss.then(PssPolicy::default), parts);
     let sampler_task = Some(tokio::spawn(sampler.run(config.interval, shutdown.clone())));

@@ -44,6 +44,7 @@ pub struct Sampler {
     derived: Arc<Derived>,
     app: Arc<AppMetrics>,
     units: KernelUnits,
+    sampled: Arc<tokio::sync::Notify>,
     attached: Option<Attached>,
     /// For `--pid`: the first instance seen. A later process that reuses the pid is someone else.
     pinned: Option<TargetId>,
@@ -139,6 +140,8 @@ pub struct SamplerParts {
     pub app: Arc<AppMetrics>,
     /// Kernel units.
     pub units: KernelUnits,
+    /// Notified after every tick, so readers of rates (the live page) take them at sample boundaries.
+    pub sampled: Arc<tokio::sync::Notify>,
 }
 
 impl Sampler {
@@ -171,6 +174,7 @@ impl Sampler {
             derived: parts.derived,
             app: parts.app,
             units: parts.units,
+            sampled: parts.sampled,
             attached: None,
             pinned: None,
             last_search_error: None,
@@ -554,6 +558,7 @@ impl Sampler {
                 _ = timer.tick() => {
                     // procfs reads are short blocking syscalls; block_in_place keeps them off other tasks' way.
                     tokio::task::block_in_place(|| self.tick());
+                    self.sampled.notify_one();
                 }
                 _ = watch.tick(), if watching => {
                     tokio::task::block_in_place(|| self.watch());

@@ -1,7 +1,7 @@
 //! Tuning hints on real children with known usage: a CPU burner under a cgroup v1 CPU quota (ground truth:
 //! the kernel's /proc/PID/stat and the cgroup's cpu.stat), a process with a known memory peak (ground
-//! truth: VmHWM), and a cgroup whose memory limit OOM-kills a child (ground truth: memory.oom_control).
-//! The cgroup tests need root and a cgroup v1 hierarchy; elsewhere they say so and fail.
+//! truth: VmHWM), and a cgroup whose memory limit OOM-kills a child (ground truth: the cgroup's OOM count).
+//! The cgroup tests need root (cgroup v1 or v2); without it they say so and fail.
 
 mod common;
 
@@ -11,17 +11,32 @@ use std::time::{Duration, Instant};
 
 use common::Vitals;
 
-/// A cgroup v1 directory made for one test; removed on drop.
+/// A cgroup made for one test (v1 controller directory, or a v2 group); removed on drop.
 struct TestCgroup(PathBuf);
+
+fn unified() -> bool {
+    Path::new("/sys/fs/cgroup/cgroup.controllers").is_file()
+}
 
 impl TestCgroup {
     fn create(controller: &str, settings: &[(&str, &str)]) -> TestCgroup {
-        let root = Path::new("/sys/fs/cgroup").join(controller);
+        let root = if unified() {
+            PathBuf::from("/sys/fs/cgroup")
+        } else {
+            Path::new("/sys/fs/cgroup").join(controller)
+        };
         assert!(
             root.join("cgroup.procs").is_file(),
-            "this test needs a cgroup v1 {controller} hierarchy at {} (and root)",
+            "this test needs a cgroup {controller} hierarchy at {} (and root)",
             root.display()
         );
+        if unified() {
+            // The controller must be delegated to the root's children.
+            let _ = std::fs::write(
+                root.join("cgroup.subtree_control"),
+                format!("+{controller}"),
+            );
+        }
         let dir = root.join(format!("vitals-hints-{}-{controller}", std::process::id()));
         let _ = std::fs::remove_dir(&dir);
         std::fs::create_dir(&dir)
@@ -33,10 +48,49 @@ impl TestCgroup {
         TestCgroup(dir)
     }
 
+    /// A group whose CPU quota is `quota_us` per `period_us`.
+    fn cpu_quota(quota_us: u64, period_us: u64) -> TestCgroup {
+        if unified() {
+            Self::create("cpu", &[("cpu.max", &format!("{quota_us} {period_us}"))])
+        } else {
+            Self::create(
+                "cpu",
+                &[
+                    ("cpu.cfs_period_us", &period_us.to_string()),
+                    ("cpu.cfs_quota_us", &quota_us.to_string()),
+                ],
+            )
+        }
+    }
+
+    /// A group whose memory limit is `bytes`.
+    fn memory_limit(bytes: u64) -> TestCgroup {
+        if unified() {
+            {
+                let cg = Self::create("memory", &[("memory.max", &bytes.to_string())]);
+                // Without swap accounting the file is absent and there is nothing to swap to anyway.
+                let _ = std::fs::write(cg.0.join("memory.swap.max"), "0");
+                cg
+            }
+        } else {
+            Self::create("memory", &[("memory.limit_in_bytes", &bytes.to_string())])
+        }
+    }
+
+    /// OOM kills the group counted (`memory.events` on v2, `memory.oom_control` on v1).
+    fn oom_kills(&self) -> f64 {
+        if unified() {
+            self.stat("memory.events", "oom_kill ")
+        } else {
+            self.stat("memory.oom_control", "oom_kill ")
+        }
+    }
+
     fn adopt(&self, pid: u32) {
         std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).expect("move into cgroup");
     }
 
+    /// A `key value` line of a flat-keyed file (`cpu.stat` has the same keys on v1 and v2).
     fn stat(&self, file: &str, key: &str) -> f64 {
         let text = std::fs::read_to_string(self.0.join(file)).unwrap();
         text.lines()
@@ -103,20 +157,14 @@ fn status_kib(pid: u32, key: &str) -> f64 {
 #[test]
 fn cpu_burner_under_a_quota_gets_its_request_and_the_throttling_named() {
     // 0.2 cores: 20 ms per 100 ms period.
-    let cg = TestCgroup::create(
-        "cpu",
-        &[
-            ("cpu.cfs_period_us", "100000"),
-            ("cpu.cfs_quota_us", "20000"),
-        ],
-    );
+    let cg = TestCgroup::cpu_quota(20_000, 100_000);
     let burner = python("while True: pass");
     let pid = burner.0.id();
     cg.adopt(pid);
     let cpu0 = cpu_seconds(pid);
     let (periods0, throttled0) = (
-        cg.stat("cpu.stat", "nr_periods"),
-        cg.stat("cpu.stat", "nr_throttled"),
+        cg.stat("cpu.stat", "nr_periods "),
+        cg.stat("cpu.stat", "nr_throttled "),
     );
     let t0 = Instant::now();
     let v = Vitals::start(&["--pid", &pid.to_string(), "--hints-min-history", "10s"]);
@@ -143,8 +191,8 @@ fn cpu_burner_under_a_quota_gets_its_request_and_the_throttling_named() {
         e.has("vitals_recommendation_cores") && e.has("vitals_recommendation_throttled_ratio")
     });
     let used = (cpu_seconds(pid) - cpu0) / t0.elapsed().as_secs_f64();
-    let throttled_truth = (cg.stat("cpu.stat", "nr_throttled") - throttled0)
-        / (cg.stat("cpu.stat", "nr_periods") - periods0);
+    let throttled_truth = (cg.stat("cpu.stat", "nr_throttled ") - throttled0)
+        / (cg.stat("cpu.stat", "nr_periods ") - periods0);
     let request = e
         .get(
             "vitals_recommendation_cores",
@@ -244,7 +292,7 @@ fn known_memory_peak_sets_the_request_after_the_spike_is_gone() {
 #[test]
 fn an_oom_kill_raises_the_memory_limit_above_the_one_hit() {
     let limit = 64u64 << 20;
-    let cg = TestCgroup::create("memory", &[("memory.limit_in_bytes", &limit.to_string())]);
+    let cg = TestCgroup::memory_limit(limit);
     // The target waits until vitals watches it, then starts a child that needs 160 MiB under a 64 MiB
     // limit: the kernel OOM-kills the child and the target lives on.
     let parent = python(
@@ -262,7 +310,7 @@ fn an_oom_kill_raises_the_memory_limit_above_the_one_hit() {
         e.get("vitals_cgroup_memory_limit_bytes", &[]),
         Some(limit as f64)
     );
-    let kills = cg.stat("memory.oom_control", "oom_kill");
+    let kills = cg.oom_kills();
     assert!(kills >= 1.0, "{kills}");
     let e = v.wait_until(Duration::from_secs(10), "the raised limit", |e| {
         e.get(

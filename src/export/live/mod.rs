@@ -2,7 +2,7 @@
 //! to browsers as server-sent events, and the self-contained page at `/` that draws them.
 //!
 //! Memory: the history ring holds 900 points (15 minutes) of 56 bytes, about 49 KiB, plus seven RED
-//! snapshots of at most 64 operations for the windowed quantiles. Each connected viewer costs one task, a
+//! snapshots of at most 64 operations (22 buckets each, about 230 KB at most) for the windowed quantiles. Each connected viewer costs one task, a
 //! four-message channel and one shared buffer per second: a frame is serialised once, whatever the number
 //! of viewers, and viewers are limited ([`VIEWER_LIMIT`]).
 
@@ -12,10 +12,10 @@ pub mod stream;
 pub mod thresholds;
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::signal::hints::{HintBoard, HintPolicy};
@@ -81,8 +81,13 @@ impl LiveHub {
         self.frames.send_replace(Bytes::from(message));
     }
 
+    /// The latest frame message, as viewers receive it.
+    pub fn latest(&self) -> Bytes {
+        self.frames.borrow().clone()
+    }
+
     /// The first message for a new viewer: the history so far and the latest frame.
-    fn opening(&self) -> Bytes {
+    pub fn opening(&self) -> Bytes {
         let history = self.sampler().history_json();
         let latest = self.frames.borrow().clone();
         let mut out = format!("retry: 1000\nevent: history\ndata: {history}\n\n").into_bytes();
@@ -102,15 +107,26 @@ fn unix_now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// Feeds the hub once a second until `shutdown`.
-pub async fn run(hub: Arc<LiveHub>, registry: Registry, shutdown: CancellationToken) {
-    let mut every = tokio::time::interval(Duration::from_secs(1));
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+/// Takes a frame after each sample, at most one a second, until `shutdown`. Frames follow samples rather
+/// than a timer of their own: two timers of the same period drift in and out of phase, and a frame would
+/// then see two samples' CPU time in one second and none in the next.
+pub async fn run(
+    hub: Arc<LiveHub>,
+    registry: Registry,
+    sampled: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    let mut last: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = every.tick() => {}
+            _ = sampled.notified() => {}
         }
+        // With a shorter --interval a frame spans several samples; the margin absorbs timer jitter.
+        if last.is_some_and(|l| l.elapsed() < Duration::from_millis(950)) {
+            continue;
+        }
+        last = Some(Instant::now());
         let hub = hub.clone();
         let registry = registry.clone();
         // Gathering takes the stores' locks and builds every family: keep it off the reactor.
