@@ -32,6 +32,9 @@ fn vitals_run_line(cmd: &[&str]) -> Vec<String> {
 fn session(steps: serde_json::Value, program: &[String], no_color: bool) -> String {
     let python = require_tool("python3", "apt-get install python3");
     let mut cmd = Command::new(python);
+    // A terminal type that has the features the steps wait for (readline's bracketed paste), whatever the
+    // environment the suite runs in (CI may have no TERM, which readline treats as a dumb terminal).
+    cmd.env("TERM", "xterm");
     if no_color {
         cmd.env("NO_COLOR", "1");
     } else {
@@ -127,6 +130,10 @@ fn ctrl_z_and_fg_in_a_job_control_shell() {
             ["expect", "READY-2"],
             ["send", "\u{1a}"],
             ["expect", "Stopped"],
+            // Typing before the shell reads its next line loses keys (it flushes the terminal's input when
+            // it takes the terminal back): wait for readline to start, which it announces by turning on
+            // bracketed paste.
+            ["expect", "\u{1b}[?2004h"],
             ["send", "fg\n"],
             ["send", "after-fg\n"],
             ["expect", "got after-fg"],

@@ -665,7 +665,11 @@ mod tests {
             Value::Counter(1.0),
             "switching to a process that was already running is no restart"
         );
-        let labels = &out[2].series[0].labels;
+        let info = out
+            .iter()
+            .find(|f| f.name == "vitals_target_info")
+            .expect("vitals_target_info is exposed while attached");
+        let labels = &info.series[0].labels;
         assert!(
             labels
                 .iter()
