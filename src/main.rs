@@ -31,6 +31,7 @@ fn main() {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
+    raise_fd_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -51,4 +52,20 @@ fn main() {
     };
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     std::process::exit(code);
+}
+
+/// Raises the soft open-file limit to the hard one: containerd's default soft limit of 1024 would let
+/// a thousand client connections starve `/metrics` and the probes of descriptors. Each listener also
+/// caps its own connections, so the raised limit is a margin, not the bound.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                eprintln!("warning: cannot raise the open-file limit from {soft} to {hard}: {e}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => eprintln!("warning: cannot read the open-file limit: {e}"),
+    }
 }

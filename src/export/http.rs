@@ -104,6 +104,7 @@ async fn handle(
 pub async fn serve(listener: TcpListener, state: HttpState, shutdown: CancellationToken) {
     crate::http_server::serve(
         listener,
+        crate::http_server::ConnectionLimits::METRICS,
         "metrics",
         move |req| handle(state.clone(), req),
         shutdown,
