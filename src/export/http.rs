@@ -1,4 +1,7 @@
-//! The HTTP server for `/metrics`, `/healthz`, `/readyz` and a landing page at `/`.
+//! The HTTP server for `/metrics`, `/healthz`, `/readyz` and a landing page at `/`. Scrapes are rendered
+//! one at a time off the reactor and shared: scrapes that arrive within a second of a rendering get its
+//! bytes (gzip when they accept it), so any number of concurrent scrapers cost one exposition, and
+//! `/healthz` and `/readyz` never wait on them.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -8,7 +11,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ACCEPT, ALLOW, CONTENT_TYPE};
+use hyper::header::{
+    HeaderValue, ACCEPT, ACCEPT_ENCODING, ALLOW, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER, VARY,
+};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -58,8 +63,90 @@ pub fn render_metrics(registry: &Registry, format: Format) -> String {
     encode(&families, format)
 }
 
+/// How long a rendered exposition is served to further scrapes.
+const SHARED_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a scrape waits for the renderer before it is answered 503.
+const RENDER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// One rendered exposition, plain and (once asked for) gzipped.
+struct Rendered {
+    at: std::time::Instant,
+    plain: Bytes,
+    gzip: Option<Bytes>,
+}
+
+/// Renders scrapes one at a time and shares the result for [`SHARED_FOR`].
+#[derive(Default)]
+struct Renderer {
+    turn: tokio::sync::Mutex<[Option<Rendered>; 2]>,
+}
+
+fn gzip(data: &[u8]) -> Bytes {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(
+        Vec::with_capacity(data.len() / 8),
+        flate2::Compression::fast(),
+    );
+    // Writing to a Vec cannot fail.
+    let _ = e.write_all(data);
+    Bytes::from(e.finish().unwrap_or_default())
+}
+
+fn accepts_gzip(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get_all(ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|coding| {
+            let mut parts = coding.split(';');
+            let name = parts.next().unwrap_or("").trim();
+            let refused = parts.any(|p| {
+                p.trim()
+                    .strip_prefix("q=")
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    == Some(0.0)
+            });
+            name.eq_ignore_ascii_case("gzip") && !refused
+        })
+}
+
+impl Renderer {
+    /// The exposition in `format`, gzipped when `gz`: shared if one was rendered within
+    /// [`SHARED_FOR`], else rendered now. None when the renderer stayed busy for [`RENDER_WAIT`].
+    async fn scrape(&self, registry: &Registry, format: Format, gz: bool) -> Option<Bytes> {
+        let mut slots = tokio::time::timeout(RENDER_WAIT, self.turn.lock())
+            .await
+            .ok()?;
+        let slot = &mut slots[format as usize];
+        let fresh = slot.as_ref().is_some_and(|r| r.at.elapsed() < SHARED_FOR);
+        if !fresh {
+            let registry = registry.clone();
+            // Gathering takes locks and formats up to tens of thousands of lines: keep it off the reactor.
+            let plain = tokio::task::spawn_blocking(move || render_metrics(&registry, format))
+                .await
+                .unwrap_or_default();
+            *slot = Some(Rendered {
+                at: std::time::Instant::now(),
+                plain: Bytes::from(plain),
+                gzip: None,
+            });
+        }
+        let r = slot.as_mut()?;
+        if !gz {
+            return Some(r.plain.clone());
+        }
+        if r.gzip.is_none() {
+            let plain = r.plain.clone();
+            r.gzip = tokio::task::spawn_blocking(move || gzip(&plain)).await.ok();
+        }
+        r.gzip.clone()
+    }
+}
+
 async fn handle(
     state: HttpState,
+    renderer: Arc<Renderer>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -76,12 +163,29 @@ async fn handle(
         "/metrics" => {
             let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok());
             let format = Format::negotiate(accept);
-            let registry = state.registry.clone();
-            // Gathering takes locks and formats up to tens of thousands of lines: keep it off the reactor.
-            let body = tokio::task::spawn_blocking(move || render_metrics(&registry, format))
-                .await
-                .unwrap_or_default();
-            respond(StatusCode::OK, format.content_type(), body)
+            let gz = accepts_gzip(&req);
+            match renderer.scrape(&state.registry, format, gz).await {
+                Some(body) => {
+                    let mut r = respond(StatusCode::OK, format.content_type(), body);
+                    r.headers_mut()
+                        .insert(VARY, HeaderValue::from_static("Accept, Accept-Encoding"));
+                    if gz {
+                        r.headers_mut()
+                            .insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+                    }
+                    r
+                }
+                None => {
+                    let mut r = respond(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "text/plain",
+                        "the exposition is still being rendered for other scrapes; retry\n",
+                    );
+                    r.headers_mut()
+                        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+                    r
+                }
+            }
         }
         "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n"),
         "/readyz" => {
@@ -102,11 +206,12 @@ async fn handle(
 
 /// Serves until `shutdown` is cancelled, then lets in-flight requests finish for up to a second.
 pub async fn serve(listener: TcpListener, state: HttpState, shutdown: CancellationToken) {
+    let renderer = Arc::new(Renderer::default());
     crate::http_server::serve(
         listener,
         crate::http_server::ConnectionLimits::METRICS,
         "metrics",
-        move |req| handle(state.clone(), req),
+        move |req| handle(state.clone(), renderer.clone(), req),
         shutdown,
     )
     .await;
