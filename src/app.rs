@@ -57,6 +57,10 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
     let ready = Arc::new(AtomicBool::new(false));
     let shutdown = CancellationToken::new();
 
+    let web = match &config.web_config_file {
+        Some(path) => Some(Arc::new(crate::export::web_config::WebConfig::load(path)?)),
+        None => None,
+    };
     let listener = bind(config.metrics_addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "serving /metrics");
     let http = tokio::spawn(serve(
@@ -64,6 +68,7 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
         HttpState {
             registry: registry.clone(),
             ready: ready.clone(),
+            web,
         },
         shutdown.clone(),
     ));

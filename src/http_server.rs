@@ -210,10 +210,12 @@ impl GuardedListener {
     }
 }
 
-/// Serves `handle` on `listener` until `shutdown`. `what` names the listener in logs.
+/// Serves `handle` on `listener` until `shutdown`, over TLS when `tls` is given (the handshake must
+/// finish within the first-bytes deadline). `what` names the listener in logs.
 pub async fn serve<H, F>(
     listener: TcpListener,
     limits: ConnectionLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     what: &'static str,
     handle: H,
     shutdown: CancellationToken,
@@ -236,16 +238,45 @@ pub async fn serve<H, F>(
                     }
                 };
                 let handle = handle.clone();
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(10))
-                    .serve_connection(TokioIo::new(stream), service_fn(handle));
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, listener = what, "connection ended with an error");
+                let builder = {
+                    let mut b = hyper::server::conn::http1::Builder::new();
+                    b.timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(Duration::from_secs(10));
+                    b
+                };
+                match &tls {
+                    None => {
+                        let conn = graceful.watch(
+                            builder.serve_connection(TokioIo::new(stream), service_fn(handle)),
+                        );
+                        tokio::spawn(async move {
+                            if let Err(e) = conn.await {
+                                tracing::debug!(error = %e, listener = what, "connection ended with an error");
+                            }
+                        });
                     }
-                });
+                    Some(acceptor) => {
+                        let acceptor = acceptor.clone();
+                        let watcher = graceful.watcher();
+                        let deadline = limits.first_bytes;
+                        tokio::spawn(async move {
+                            let stream = match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
+                                Ok(Ok(s)) => s,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(error = %e, listener = what, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => return,
+                            };
+                            let conn = watcher.watch(
+                                builder.serve_connection(TokioIo::new(stream), service_fn(handle)),
+                            );
+                            if let Err(e) = conn.await {
+                                tracing::debug!(error = %e, listener = what, "connection ended with an error");
+                            }
+                        });
+                    }
+                }
             }
         }
     }

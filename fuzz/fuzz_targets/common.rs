@@ -1,5 +1,6 @@
 //! Shared by every OTLP decoder fuzz target: decode with the receiver's own entry point, then feed the
 //! result through the same ingest path a real request takes.
+#![allow(dead_code)] // each target uses part of this module
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;

@@ -1,6 +1,7 @@
 //! The HTTP server for `/metrics`, `/healthz`, `/readyz` and a landing page at `/`. Scrapes are rendered
-//! one at a time off the reactor and shared: scrapes that arrive within a second of a rendering get its
-//! bytes (gzip when they accept it), so any number of concurrent scrapers cost one exposition, and
+//! one at a time off the reactor and shared: a scrape that waited for a rendering which started after
+//! it arrived takes that rendering's bytes (gzip when it accepts it), so any number of concurrent
+//! scrapers cost one or two expositions while every answer is as fresh as an unshared one, and
 //! `/healthz` and `/readyz` never wait on them.
 
 use std::convert::Infallible;
@@ -12,13 +13,15 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{
-    HeaderValue, ACCEPT, ACCEPT_ENCODING, ALLOW, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER, VARY,
+    HeaderValue, ACCEPT, ACCEPT_ENCODING, ALLOW, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE,
+    RETRY_AFTER, VARY, WWW_AUTHENTICATE,
 };
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::prometheus::{encode, Format};
+use super::web_config::WebConfig;
 use crate::store::{series_count, Family, MetricKind, Registry, Value};
 
 /// What the HTTP handlers read.
@@ -28,6 +31,8 @@ pub struct HttpState {
     pub registry: Registry,
     /// True once the first sample was taken (or there is nothing to sample yet).
     pub ready: Arc<AtomicBool>,
+    /// TLS and basic auth from `--web-config-file`, if given.
+    pub web: Option<Arc<WebConfig>>,
 }
 
 const LANDING: &str = "<!doctype html><html><head><title>vitals</title></head><body>\
@@ -63,19 +68,17 @@ pub fn render_metrics(registry: &Registry, format: Format) -> String {
     encode(&families, format)
 }
 
-/// How long a rendered exposition is served to further scrapes.
-const SHARED_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 /// How long a scrape waits for the renderer before it is answered 503.
 const RENDER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One rendered exposition, plain and (once asked for) gzipped.
 struct Rendered {
-    at: std::time::Instant,
+    started: std::time::Instant,
     plain: Bytes,
     gzip: Option<Bytes>,
 }
 
-/// Renders scrapes one at a time and shares the result for [`SHARED_FOR`].
+/// Renders scrapes one at a time and shares each rendering with the scrapes that arrived before it began.
 #[derive(Default)]
 struct Renderer {
     turn: tokio::sync::Mutex<[Option<Rendered>; 2]>,
@@ -112,22 +115,24 @@ fn accepts_gzip(req: &Request<Incoming>) -> bool {
 }
 
 impl Renderer {
-    /// The exposition in `format`, gzipped when `gz`: shared if one was rendered within
-    /// [`SHARED_FOR`], else rendered now. None when the renderer stayed busy for [`RENDER_WAIT`].
+    /// The exposition in `format`, gzipped when `gz`: the last rendering if it began after this scrape
+    /// arrived, else rendered now. None when the renderer stayed busy for [`RENDER_WAIT`].
     async fn scrape(&self, registry: &Registry, format: Format, gz: bool) -> Option<Bytes> {
+        let arrived = std::time::Instant::now();
         let mut slots = tokio::time::timeout(RENDER_WAIT, self.turn.lock())
             .await
             .ok()?;
         let slot = &mut slots[format as usize];
-        let fresh = slot.as_ref().is_some_and(|r| r.at.elapsed() < SHARED_FOR);
+        let fresh = slot.as_ref().is_some_and(|r| r.started >= arrived);
         if !fresh {
+            let started = std::time::Instant::now();
             let registry = registry.clone();
             // Gathering takes locks and formats up to tens of thousands of lines: keep it off the reactor.
             let plain = tokio::task::spawn_blocking(move || render_metrics(&registry, format))
                 .await
                 .unwrap_or_default();
             *slot = Some(Rendered {
-                at: std::time::Instant::now(),
+                started,
                 plain: Bytes::from(plain),
                 gzip: None,
             });
@@ -158,6 +163,27 @@ async fn handle(
         r.headers_mut()
             .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
         return Ok(r);
+    }
+    // Probes stay open (they reveal nothing and kubelet sends no credentials); everything else needs
+    // the basic-auth user when the web config names users.
+    let probe = matches!(req.uri().path(), "/healthz" | "/readyz");
+    if let Some(web) = state.web.as_ref().filter(|w| w.needs_auth() && !probe) {
+        let header = req
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if !web.authorized(header).await {
+            let mut r = respond(
+                StatusCode::UNAUTHORIZED,
+                "text/plain",
+                "user and password required\n",
+            );
+            r.headers_mut().insert(
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"vitals\""),
+            );
+            return Ok(r);
+        }
     }
     Ok(match req.uri().path() {
         "/metrics" => {
@@ -207,9 +233,11 @@ async fn handle(
 /// Serves until `shutdown` is cancelled, then lets in-flight requests finish for up to a second.
 pub async fn serve(listener: TcpListener, state: HttpState, shutdown: CancellationToken) {
     let renderer = Arc::new(Renderer::default());
+    let tls = state.web.as_ref().and_then(|w| w.tls.clone());
     crate::http_server::serve(
         listener,
         crate::http_server::ConnectionLimits::METRICS,
+        tls,
         "metrics",
         move |req| handle(state.clone(), renderer.clone(), req),
         shutdown,

@@ -3,3 +3,4 @@
 pub mod http;
 pub mod prometheus;
 pub mod self_metrics;
+pub mod web_config;

@@ -378,6 +378,7 @@ pub async fn serve(listener: TcpListener, ingest: Arc<Ingest>, shutdown: Cancell
     crate::http_server::serve(
         listener,
         crate::http_server::ConnectionLimits::OTLP,
+        None,
         "otlp-http",
         move |req| handle(ingest.clone(), req),
         shutdown,
