@@ -42,9 +42,11 @@ impl ConnectionLimits {
         first_bytes: Duration::from_secs(10),
         idle: Duration::from_secs(300),
     };
-    /// For `/metrics`: a few scrapers and probes; idle above the longest usual scrape interval.
+    /// For `/metrics`: a few scrapers and probes need far fewer, but the port is open to the pod network
+    /// and a kubelet probe must not wait behind silent connections (each costs ~16 KiB); idle above the
+    /// longest usual scrape interval.
     pub const METRICS: ConnectionLimits = ConnectionLimits {
-        max_open: 64,
+        max_open: 256,
         first_bytes: Duration::from_secs(10),
         idle: Duration::from_secs(300),
     };
