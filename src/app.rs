@@ -99,6 +99,10 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
         shutdown.clone(),
     ));
 
+    let web = match &config.web_config_file {
+        Some(path) => Some(Arc::new(crate::export::web_config::WebConfig::load(path)?)),
+        None => None,
+    };
     let listener = bind(config.metrics_addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "serving /metrics");
     let http = tokio::spawn(serve(
@@ -107,6 +111,7 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
             registry: registry.clone(),
             status: status.clone(),
             live: Some(live),
+            web,
         },
         shutdown.clone(),
     ));

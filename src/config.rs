@@ -96,6 +96,15 @@ pub struct Options {
     #[arg(long, global = true, env = "VITALS_METRICS_ADDR", value_name = "ADDR", value_parser = parse_listen_addr)]
     #[serde(deserialize_with = "de_listen_addr")]
     pub metrics_addr: Option<SocketAddr>,
+    /// TLS and basic auth for /metrics: a Prometheus exporter-toolkit web config YAML
+    /// (tls_server_config.cert_file/key_file, basic_auth_users with bcrypt hashes).
+    #[arg(
+        long,
+        global = true,
+        env = "VITALS_WEB_CONFIG_FILE",
+        value_name = "FILE"
+    )]
+    pub web_config_file: Option<PathBuf>,
     /// OTLP/gRPC receiver address, or `off` [default: 127.0.0.1:4317].
     #[arg(
         long,
@@ -317,6 +326,8 @@ pub struct Config {
     pub target: Option<TargetSpec>,
     /// /metrics address.
     pub metrics_addr: SocketAddr,
+    /// `--web-config-file`: TLS and basic auth for /metrics.
+    pub web_config_file: Option<PathBuf>,
     /// OTLP/gRPC address; None when turned off.
     pub otlp_grpc_addr: Option<SocketAddr>,
     /// OTLP/HTTP address; None when turned off.
@@ -661,6 +672,7 @@ impl Cli {
                 .unwrap_or_default(),
             target,
             metrics_addr,
+            web_config_file: o.web_config_file.clone(),
             otlp_grpc_addr,
             otlp_http_addr,
             interval,

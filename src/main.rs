@@ -33,6 +33,8 @@ fn main() {
         print_error(&e);
         std::process::exit(2);
     }
+    raise_fd_limit();
+    limit_malloc_arenas();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -80,4 +82,34 @@ fn init_logging(config: &Config) -> Result<(), String> {
         LogFormat::Text => builder.init(),
     }
     Ok(())
+}
+
+/// Raises the soft open-file limit to the hard one: containerd's default soft limit of 1024 would let
+/// a thousand client connections starve `/metrics` and the probes of descriptors. Each listener also
+/// caps its own connections, so the raised limit is a margin, not the bound. A `run` child gets the
+/// limit vitals was started with back (see [`vitals::target::run::keep_child_nofile`]).
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            vitals::target::run::keep_child_nofile(soft, hard);
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!("cannot raise the open-file limit from {soft} to {hard}: {e}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot read the open-file limit: {e}"),
+    }
+}
+
+/// Keeps glibc to two malloc arenas. By default every thread that allocates may get its own arena (up to
+/// 8 per core), and memory freed in one is not reused by another: scrapes rendered on tokio's blocking
+/// threads and requests decoded on its workers then leave RSS at the sum of every arena's peak (110 MiB
+/// under steady 30,000-series scrapes, 67 MiB with two arenas; debug build). A sidecar's budget needs the smaller.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called once before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
 }

@@ -1,4 +1,8 @@
 //! The HTTP server for `/metrics`, `/healthz`, `/readyz`, and the live page at `/` with its stream.
+//! Scrapes are rendered one at a time off the reactor and shared: a scrape that waited for a rendering
+//! which started after it arrived takes that rendering's bytes (gzip when it accepts it), so any number of
+//! concurrent scrapers cost one or two expositions while every answer is as fresh as an unshared one, and
+//! `/healthz` and `/readyz` never wait on them.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -7,13 +11,17 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ACCEPT, ALLOW, CONTENT_TYPE};
+use hyper::header::{
+    HeaderValue, ACCEPT, ACCEPT_ENCODING, ALLOW, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE,
+    RETRY_AFTER, VARY, WWW_AUTHENTICATE,
+};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::live::stream::LiveBody;
 use super::prometheus::{encode, Format};
+use super::web_config::WebConfig;
 use crate::store::{series_count, Family, MetricKind, Registry, Value};
 use crate::target::status::TargetStatus;
 
@@ -26,6 +34,8 @@ pub struct HttpState {
     pub status: Arc<TargetStatus>,
     /// The live page's frames; `None` serves the page without a stream.
     pub live: Option<Arc<super::live::LiveHub>>,
+    /// TLS and basic auth from `--web-config-file`, if given.
+    pub web: Option<Arc<WebConfig>>,
 }
 
 /// Where the live page names the target before its script has drawn the first frame.
@@ -80,8 +90,90 @@ pub fn render_metrics(registry: &Registry, format: Format) -> String {
     encode(&families, format)
 }
 
+/// How long a scrape waits for the renderer before it is answered 503.
+const RENDER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// One rendered exposition, plain and (once asked for) gzipped.
+struct Rendered {
+    started: std::time::Instant,
+    plain: Bytes,
+    gzip: Option<Bytes>,
+}
+
+/// Renders scrapes one at a time and shares each rendering with the scrapes that arrived before it began.
+#[derive(Default)]
+struct Renderer {
+    turn: tokio::sync::Mutex<[Option<Rendered>; 2]>,
+}
+
+fn gzip(data: &[u8]) -> Bytes {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(
+        Vec::with_capacity(data.len() / 8),
+        flate2::Compression::fast(),
+    );
+    // Writing to a Vec cannot fail.
+    let _ = e.write_all(data);
+    Bytes::from(e.finish().unwrap_or_default())
+}
+
+fn accepts_gzip(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get_all(ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|coding| {
+            let mut parts = coding.split(';');
+            let name = parts.next().unwrap_or("").trim();
+            let refused = parts.any(|p| {
+                p.trim()
+                    .strip_prefix("q=")
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    == Some(0.0)
+            });
+            name.eq_ignore_ascii_case("gzip") && !refused
+        })
+}
+
+impl Renderer {
+    /// The exposition in `format`, gzipped when `gz`: the last rendering if it began after this scrape
+    /// arrived, else rendered now. None when the renderer stayed busy for [`RENDER_WAIT`].
+    async fn scrape(&self, registry: &Registry, format: Format, gz: bool) -> Option<Bytes> {
+        let arrived = std::time::Instant::now();
+        let mut slots = tokio::time::timeout(RENDER_WAIT, self.turn.lock())
+            .await
+            .ok()?;
+        let slot = &mut slots[format as usize];
+        let fresh = slot.as_ref().is_some_and(|r| r.started >= arrived);
+        if !fresh {
+            let started = std::time::Instant::now();
+            let registry = registry.clone();
+            // Gathering takes locks and formats up to tens of thousands of lines: keep it off the reactor.
+            let plain = tokio::task::spawn_blocking(move || render_metrics(&registry, format))
+                .await
+                .unwrap_or_default();
+            *slot = Some(Rendered {
+                started,
+                plain: Bytes::from(plain),
+                gzip: None,
+            });
+        }
+        let r = slot.as_mut()?;
+        if !gz {
+            return Some(r.plain.clone());
+        }
+        if r.gzip.is_none() {
+            let plain = r.plain.clone();
+            r.gzip = tokio::task::spawn_blocking(move || gzip(&plain)).await.ok();
+        }
+        r.gzip.clone()
+    }
+}
+
 async fn handle(
     state: HttpState,
+    renderer: Arc<Renderer>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -94,16 +186,54 @@ async fn handle(
             .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
         return Ok(r);
     }
+    // Probes stay open (they reveal nothing and kubelet sends no credentials); everything else needs
+    // the basic-auth user when the web config names users.
+    let probe = matches!(req.uri().path(), "/healthz" | "/readyz");
+    if let Some(web) = state.web.as_ref().filter(|w| w.needs_auth() && !probe) {
+        let header = req
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if !web.authorized(header).await {
+            let mut r = respond(
+                StatusCode::UNAUTHORIZED,
+                "text/plain",
+                "user and password required\n",
+            );
+            r.headers_mut().insert(
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"vitals\""),
+            );
+            return Ok(r);
+        }
+    }
     Ok(match req.uri().path() {
         "/metrics" => {
             let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok());
             let format = Format::negotiate(accept);
-            let registry = state.registry.clone();
-            // Gathering takes locks and formats up to tens of thousands of lines: keep it off the reactor.
-            let body = tokio::task::spawn_blocking(move || render_metrics(&registry, format))
-                .await
-                .unwrap_or_default();
-            respond(StatusCode::OK, format.content_type(), body)
+            let gz = accepts_gzip(&req);
+            match renderer.scrape(&state.registry, format, gz).await {
+                Some(body) => {
+                    let mut r = respond(StatusCode::OK, format.content_type(), body);
+                    r.headers_mut()
+                        .insert(VARY, HeaderValue::from_static("Accept, Accept-Encoding"));
+                    if gz {
+                        r.headers_mut()
+                            .insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+                    }
+                    r
+                }
+                None => {
+                    let mut r = respond(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "text/plain",
+                        "the exposition is still being rendered for other scrapes; retry\n",
+                    );
+                    r.headers_mut()
+                        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+                    r
+                }
+            }
         }
         "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n"),
         "/readyz" => match state.status.get() {
@@ -130,18 +260,29 @@ async fn handle(
 
 /// Serves until `shutdown` is cancelled, then lets in-flight requests finish for up to a second.
 pub async fn serve(listener: TcpListener, state: HttpState, shutdown: CancellationToken) {
+    let renderer = Arc::new(Renderer::default());
+    let tls = state.web.as_ref().and_then(|w| w.tls.clone());
     let serve_one = move |req| {
         let state = state.clone();
+        let renderer = renderer.clone();
         async move {
             let live = state.live.clone();
-            let r = handle(state, req).await?;
+            let r = handle(state, renderer, req).await?;
             Ok::<_, Infallible>(match (r.extensions().get::<OpenLiveStream>(), live) {
                 (Some(_), Some(hub)) => super::live::stream::open(&hub),
                 _ => r.map(LiveBody::Left),
             })
         }
     };
-    crate::http_server::serve(listener, "metrics", serve_one, shutdown).await;
+    crate::http_server::serve(
+        listener,
+        crate::http_server::ConnectionLimits::METRICS,
+        tls,
+        "metrics",
+        serve_one,
+        shutdown,
+    )
+    .await;
 }
 
 /// Binds the metrics listener, naming the address in the error.

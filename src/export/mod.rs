@@ -5,3 +5,4 @@ pub mod http;
 pub mod live;
 pub mod prometheus;
 pub mod self_metrics;
+pub mod web_config;

@@ -101,7 +101,7 @@ fn int_attr(attrs: &[KeyValue], key: &str) -> Option<i64> {
 /// Why a span was not usable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SpanReject {
-    /// trace_id is not 16 bytes or span_id not 8.
+    /// trace_id is not 16 bytes or span_id not 8, or either is all zeros (invalid in the trace spec).
     #[error("span with invalid trace_id or span_id")]
     BadIds,
     /// end_time before start_time, or zero.
@@ -111,7 +111,12 @@ pub enum SpanReject {
 
 /// Extracts RED facts from a span. `Ok(None)` for spans that are not requests (INTERNAL, CLIENT, PRODUCER).
 pub fn facts(span: &Span) -> Result<Option<SpanFacts<'_>>, SpanReject> {
-    if span.trace_id.len() != 16 || span.span_id.len() != 8 {
+    let zero = |id: &[u8]| id.iter().all(|b| *b == 0);
+    if span.trace_id.len() != 16
+        || span.span_id.len() != 8
+        || zero(&span.trace_id)
+        || zero(&span.span_id)
+    {
         return Err(SpanReject::BadIds);
     }
     if span.end_time_unix_nano < span.start_time_unix_nano || span.end_time_unix_nano == 0 {
@@ -598,5 +603,20 @@ mod tests {
                 series.labels
             );
         }
+    }
+
+    #[test]
+    fn all_zero_ids_are_invalid() {
+        let span = |t: u8, s: u8| Span {
+            trace_id: vec![t; 16],
+            span_id: vec![s; 8],
+            kind: SpanKind::Server as i32,
+            start_time_unix_nano: 1,
+            end_time_unix_nano: 2,
+            ..Default::default()
+        };
+        assert_eq!(facts(&span(0, 1)), Err(SpanReject::BadIds));
+        assert_eq!(facts(&span(1, 0)), Err(SpanReject::BadIds));
+        assert!(facts(&span(1, 1)).is_ok());
     }
 }

@@ -39,8 +39,22 @@ pub struct AppMetricsConfig {
 pub const MAX_LABEL_VALUE: usize = 1024;
 /// Most labels kept on one series.
 pub const MAX_LABELS: usize = 64;
-/// Most buckets a histogram series may hold.
+/// Most buckets a histogram series (or quantiles a summary series) may hold.
 pub const MAX_BUCKETS: usize = 512;
+/// Bytes all app series may take together (labels and values, estimated as [`series_bytes`] does);
+/// beyond it new label sets go to their metric's overflow series.
+pub const MAX_STORE_BYTES: usize = 24 << 20;
+
+/// What one series may take at most: its labels, the map entry, and its value at its largest (a
+/// histogram or summary is charged for [`MAX_BUCKETS`] from the start, since deltas can grow it).
+fn series_bytes(labels: &Labels, kind: MetricKind) -> usize {
+    let label_bytes: usize = labels.iter().map(|(k, v)| k.len() + v.len() + 80).sum();
+    let value = match kind {
+        MetricKind::Counter | MetricKind::Gauge => 0,
+        MetricKind::Histogram | MetricKind::Summary => MAX_BUCKETS * 16,
+    };
+    200 + label_bytes + value
+}
 const DELTA_WINDOWS_REMEMBERED: usize = 8;
 const TARGET_INFO_LIMIT: usize = 256;
 
@@ -102,6 +116,8 @@ struct AppFamily {
 
 struct Inner {
     families: HashMap<String, AppFamily>,
+    /// Sum of [`series_bytes`] over the stored series (recounted after expiry).
+    store_bytes: usize,
     /// Every sample name the families write (`x_total`, `x_bucket`, …) → the family that owns it.
     claims: HashMap<String, String>,
     targets: LimitedMap<Labels, ()>,
@@ -441,6 +457,7 @@ impl AppMetrics {
             overflow,
             inner: Mutex::new(Inner {
                 families: HashMap::new(),
+                store_bytes: 0,
                 claims: HashMap::new(),
                 targets,
             }),
@@ -574,14 +591,16 @@ impl AppMetrics {
         }
         let series_limit = self.cfg.series_limit;
         let overflow = self.overflow.clone();
-        let fam = inner
-            .families
-            .entry(name.clone())
-            .or_insert_with(|| AppFamily {
-                help: help_text(m),
-                kind,
-                series: LimitedMap::new(series_limit, overflow),
-            });
+        let Inner {
+            families,
+            store_bytes,
+            ..
+        } = inner;
+        let fam = families.entry(name.clone()).or_insert_with(|| AppFamily {
+            help: help_text(m),
+            kind,
+            series: LimitedMap::new(series_limit, overflow),
+        });
         if fam.kind != kind {
             out.reject(points as u64, || {
                 format!("metric {:?} ({name}) changed type", m.name)
@@ -611,13 +630,23 @@ impl AppMetrics {
                 return;
             }
             let init = state.zero_like();
-            let (p, _) = fam
-                .series
-                .entry(&labels, || labels.clone(), || Point::new(init), now);
+            let cost = series_bytes(&labels, kind);
+            let before = fam.series.len();
+            let may_grow = *store_bytes + cost <= MAX_STORE_BYTES;
+            let (p, _) = fam.series.entry_if(
+                &labels,
+                || labels.clone(),
+                || Point::new(init),
+                now,
+                may_grow,
+            );
             if delta {
                 p.add(start, time, state);
             } else {
                 p.set(start, time, state);
+            }
+            if fam.series.len() > before {
+                *store_bytes += cost;
             }
             out.accepted += 1;
         };
@@ -870,9 +899,16 @@ impl Collector for AppMetrics {
             !f.series.is_empty()
         });
         let Inner {
-            families, claims, ..
+            families,
+            claims,
+            store_bytes,
+            ..
         } = &mut *inner;
         claims.retain(|_, owner| families.contains_key(owner));
+        *store_bytes = families
+            .values()
+            .flat_map(|f| f.series.iter().map(move |(l, _)| series_bytes(l, f.kind)))
+            .sum();
         let mut names: Vec<&String> = inner.families.keys().collect();
         names.sort();
         for name in names {
@@ -1483,5 +1519,36 @@ mod tests {
             q(&[0.9, 0.5]),
         ]));
         assert_eq!((out.accepted, out.rejected), (1, 3), "{}", out.message);
+    }
+
+    #[test]
+    fn store_bytes_are_bounded_across_label_sets() {
+        let s = AppMetrics::new(
+            AppMetricsConfig {
+                series_limit: 5000,
+                family_limit: 100,
+                ttl: Duration::from_secs(60),
+                promote: vec![],
+            },
+            OverflowCounter::default(),
+        );
+        let value = "v".repeat(1000);
+        for i in 0..1000 {
+            let mut attrs: Vec<KeyValue> = (0..60).map(|k| kv(&format!("k{k}"), &value)).collect();
+            attrs.push(kv("i", &i.to_string()));
+            assert_eq!(s.ingest(&request(vec![gauge("wide", attrs)])).rejected, 0);
+        }
+        let f = collect(&s);
+        let wide = f.iter().find(|f| f.name == "wide").unwrap();
+        let stored = wide.series.len() - 1;
+        let per_series = 60 * (1000 + 3 + 80) + 200;
+        assert!(
+            stored * per_series <= MAX_STORE_BYTES && stored > 300,
+            "{stored} series of ~{per_series} bytes"
+        );
+        assert!(wide
+            .series
+            .iter()
+            .any(|x| x.labels.iter().any(|(k, _)| k == OVERFLOW_LABEL.0)));
     }
 }

@@ -66,12 +66,29 @@ impl<K: Eq + Hash, V> LimitedMap<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
+        self.entry_if(key, make_key, init, now, true)
+    }
+
+    /// Like [`LimitedMap::entry`], but a new key is stored only when `may_grow` too (a limit the caller
+    /// keeps across several maps); otherwise it goes to the overflow entry.
+    pub fn entry_if<Q>(
+        &mut self,
+        key: &Q,
+        make_key: impl FnOnce() -> K,
+        init: impl FnOnce() -> V,
+        now: Instant,
+        may_grow: bool,
+    ) -> (&mut V, bool)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         if self.map.contains_key(key) {
             let e = self.map.get_mut(key).expect("present");
             e.at = now;
             return (&mut e.value, false);
         }
-        if self.map.len() < self.limit {
+        if may_grow && self.map.len() < self.limit {
             let e = self.map.entry(make_key()).or_insert(Touched {
                 value: init(),
                 at: now,

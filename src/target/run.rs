@@ -100,6 +100,16 @@ pub struct SpawnError {
     pub exit_code: i32,
 }
 
+/// The open-file limit vitals was started with, when it raised its own: the child gets it back, so a
+/// program that relies on the usual soft limit (select() cannot take descriptors past 1024) runs as it
+/// would without vitals.
+static CHILD_NOFILE: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
+
+/// Remembers the open-file limit (soft, hard) to give the child; called before vitals raises its own.
+pub fn keep_child_nofile(soft: u64, hard: u64) {
+    let _ = CHILD_NOFILE.set((soft, hard));
+}
+
 /// Whether the child shares vitals' terminal: stdin is a terminal, so the child must stay in the
 /// terminal's foreground process group to read it and to receive its signals.
 pub fn in_terminal() -> bool {
@@ -126,6 +136,20 @@ pub fn spawn(
         .kill_on_drop(false);
     if !terminal {
         cmd.process_group(0);
+    }
+    if let Some(&(soft, hard)) = CHILD_NOFILE.get() {
+        // SAFETY: between fork and exec only async-signal-safe calls are allowed; setrlimit is one, and
+        // the closure allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sys::resource::setrlimit(
+                    nix::sys::resource::Resource::RLIMIT_NOFILE,
+                    soft,
+                    hard,
+                )
+                .map_err(std::io::Error::from)
+            });
+        }
     }
     cmd.spawn().map_err(|e| {
         let (exit_code, reason) = match (e.kind(), e.raw_os_error()) {

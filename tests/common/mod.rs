@@ -560,3 +560,29 @@ pub fn node_send(args: &[&str]) -> serde_json::Value {
     );
     serde_json::from_slice(&out.stdout).expect("ground truth JSON")
 }
+
+/// Starts Prometheus with a whole configuration file's text (for scrape jobs the helpers above do not
+/// write: TLS, basic auth, several jobs).
+pub fn start_prometheus_config(config: &str) -> Prometheus {
+    let bin = require_tool("prometheus", "apt-get install -y prometheus");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("prometheus.yml");
+    std::fs::write(&cfg, config).unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let child = Command::new(bin)
+        .arg(format!("--config.file={}", cfg.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address={addr}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start prometheus");
+    Prometheus {
+        child,
+        addr,
+        _dir: dir,
+    }
+}

@@ -41,6 +41,7 @@ use super::cost;
 use super::decode::{gunzip, DecodeError, Encoding};
 use super::http::{logs_response, metrics_response, trace_response};
 use super::{Charge, Ingest, OverBudget, Refusal, Signal};
+use crate::http_server::{ConnectionLimits, GuardedListener};
 
 #[derive(Clone)]
 struct Otlp(Arc<Ingest>);
@@ -318,7 +319,14 @@ fn remap_status(resp: &mut http::Response<tonic::body::Body>, ingest: &Ingest, s
 pub async fn serve(listener: TcpListener, ingest: Arc<Ingest>, shutdown: CancellationToken) {
     let limit = ingest.limits.max_body;
     let svc = Otlp(ingest.clone());
+    let incoming = GuardedListener::new(listener, ConnectionLimits::OTLP).into_stream("otlp-grpc");
     let result = tonic::transport::Server::builder()
+        // Pings find dead peers; a request that takes longer than the body deadline plus processing
+        // is cancelled; no connection holds more streams than the receiver could process.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .timeout(Duration::from_secs(30))
+        .max_concurrent_streams(Some(32))
         .layer(GuardLayer(ingest))
         .add_service(
             TraceServiceServer::new(svc.clone())
@@ -335,11 +343,9 @@ pub async fn serve(listener: TcpListener, ingest: Arc<Ingest>, shutdown: Cancell
                 .max_decoding_message_size(limit)
                 .accept_compressed(CompressionEncoding::Gzip),
         )
-        .serve_with_incoming_shutdown(
-            // Small unary responses must not wait on Nagle + delayed ACK (4-5 ms per request otherwise).
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown.cancelled_owned(),
-        )
+        // The guarded listener sets TCP_NODELAY: small unary responses must not wait on Nagle plus
+        // delayed ACK (4-5 ms per request otherwise).
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await;
     if let Err(e) = result {
         tracing::error!(error = %e, "OTLP/gRPC server stopped");

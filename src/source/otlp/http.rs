@@ -377,6 +377,8 @@ pub fn logs_response(p: Partial) -> ExportLogsServiceResponse {
 pub async fn serve(listener: TcpListener, ingest: Arc<Ingest>, shutdown: CancellationToken) {
     crate::http_server::serve(
         listener,
+        crate::http_server::ConnectionLimits::OTLP,
+        None,
         "otlp-http",
         move |req| handle(ingest.clone(), req),
         shutdown,

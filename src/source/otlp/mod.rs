@@ -98,8 +98,9 @@ pub struct OtlpLimits {
 }
 
 impl OtlpLimits {
-    /// Default memory budget: with the process's own ~20 MiB this keeps vitals under the 96 MiB the
-    /// shipped manifest gives it, whatever the clients send.
+    /// Default memory budget. With the process at ~7 MiB, app series bounded at 24 MiB and scrapes
+    /// sharing one rendering, it keeps vitals under the 96 MiB the shipped manifest gives it, whatever
+    /// the clients send.
     pub const DEFAULT_MEMORY_BUDGET: usize = 32 << 20;
     /// Default items per request: about 100 times the SDKs' default batch of 512 (more than a Collector's
     /// batch processor sends by default).
@@ -399,5 +400,55 @@ impl Ingest {
         let n = self.logs.ingest(req);
         self.stats.items(Signal::Logs, n, 0);
         Partial::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_panic_in_one_request_is_contained_and_counted() {
+        let o = OverflowCounter::default();
+        let ttl = Duration::from_secs(60);
+        let stats = Arc::new(Ingest::stats_with(o.clone()));
+        let ingest = Ingest::new(
+            OtlpLimits::new(1 << 20, 1),
+            Arc::new(RedStore::new(10, ttl, o.clone())),
+            Arc::new(AppMetrics::for_tests(10)),
+            Arc::new(LogCounts::new(10, ttl, o)),
+            stats.clone(),
+        );
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let out = ingest.isolated(Signal::Metrics, || -> u32 { panic!("a bug") });
+        std::panic::set_hook(hook);
+        assert_eq!(out, None);
+        assert_eq!(ingest.isolated(Signal::Metrics, || 7), Some(7));
+        let refused = &stats.refused[Signal::Metrics as usize][Refusal::InternalError as usize];
+        assert_eq!(refused.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn the_budget_refuses_what_it_cannot_hold_and_comes_back() {
+        let o = OverflowCounter::default();
+        let ttl = Duration::from_secs(60);
+        let mut limits = OtlpLimits::new(1 << 20, 1);
+        limits.memory_budget = 64 << 10;
+        let ingest = Ingest::new(
+            limits,
+            Arc::new(RedStore::new(10, ttl, o.clone())),
+            Arc::new(AppMetrics::for_tests(10)),
+            Arc::new(LogCounts::new(10, ttl, o.clone())),
+            Arc::new(Ingest::stats_with(o)),
+        );
+        let mut a = ingest.charge();
+        assert_eq!(a.grow(&ingest, 65 << 10), Err(OverBudget::TooLarge));
+        a.grow(&ingest, 40 << 10).unwrap();
+        let mut b = ingest.charge();
+        assert_eq!(b.grow(&ingest, 30 << 10), Err(OverBudget::Busy));
+        drop(a);
+        b.grow(&ingest, 30 << 10).unwrap();
     }
 }

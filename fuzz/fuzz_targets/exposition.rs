@@ -1,0 +1,48 @@
+//! Fuzzes the whole path from an OTLP metrics or trace request to the exposition: the body is costed
+//! and decoded as the receiver does, ingested, then both formats are rendered and parsed back. Any
+//! accepted input must give an exposition with valid names, no duplicate label names, no series twice,
+//! HELP and TYPE at most once per family, every sample inside the family its TYPE line declared, and
+//! cumulative buckets that never decrease.
+#![no_main]
+
+mod common;
+
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use vitals::export::prometheus::{encode, Format};
+use vitals::source::otlp::cost::cost;
+use vitals::source::otlp::decode::{decode, Encoding};
+use vitals::source::otlp::Signal;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let Some((&selector, body)) = data.split_first() else {
+        return;
+    };
+    let enc = if selector & 1 == 0 { Encoding::Protobuf } else { Encoding::Json };
+    let signal = if selector & 2 == 0 { Signal::Metrics } else { Signal::Traces };
+    // The receiver refuses what its cost walk refuses; what it lets through must decode within it.
+    let Ok(c) = cost(signal, body, enc) else {
+        return;
+    };
+    let (ingest, registry) = common::ingest();
+    match signal {
+        Signal::Metrics => {
+            if let Ok(req) = decode::<ExportMetricsServiceRequest>(body, enc) {
+                let _ = ingest.metrics(&req);
+            }
+        }
+        _ => {
+            if let Ok(req) = decode::<ExportTraceServiceRequest>(body, enc) {
+                let _ = ingest.traces(&req);
+            }
+        }
+    }
+    let _ = c;
+    let families = registry.gather();
+    for format in [Format::Text, Format::OpenMetrics] {
+        let text = encode(&families, format);
+        if let Err(e) = common::check_exposition(&text, format == Format::OpenMetrics) {
+            panic!("{e}\n--- exposition ---\n{text}");
+        }
+    }
+});
