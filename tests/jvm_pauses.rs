@@ -334,8 +334,17 @@ fn long_pauses_show_while_running_and_exactly_after() {
                 a["state"]
             );
             assert!(matches!(a["state"].as_str(), Some("pending" | "firing")));
-            assert!((value - longest).abs() <= 0.005 + 0.01 * longest, "{value}");
-            break;
+            // The alert may go active while a pause is still running (the max then shows its elapsed
+            // time, less than its final length): its value catches up with the next scrape and rule
+            // evaluation after the pause ends.
+            assert!(value <= longest + 0.005 + 0.01 * longest, "{value}");
+            if (value - longest).abs() <= 0.005 + 0.01 * longest {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "VitalsGcPauseLong stayed at {value}, the longest pause is {longest}"
+            );
         }
         assert!(
             std::time::Instant::now() < deadline,
