@@ -229,6 +229,26 @@ pub async fn serve<H, F, B>(
 {
     let listener = GuardedListener::new(listener, limits);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Once stopping, responses carry `Connection: close` and hyper closes each connection after its
+    // answer, so a request already sent on a kept-alive connection is answered instead of reset.
+    let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let handle = {
+        let closing = closing.clone();
+        move |req: Request<Incoming>| {
+            let answer = handle(req);
+            let closing = closing.clone();
+            async move {
+                let mut resp = answer.await?;
+                if closing.load(std::sync::atomic::Ordering::Relaxed) {
+                    resp.headers_mut().insert(
+                        hyper::header::CONNECTION,
+                        hyper::header::HeaderValue::from_static("close"),
+                    );
+                }
+                Ok::<_, Infallible>(resp)
+            }
+        }
+    };
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -284,5 +304,12 @@ pub async fn serve<H, F, B>(
             }
         }
     }
-    let _ = tokio::time::timeout(Duration::from_millis(900), graceful.shutdown()).await;
+    // Keep serving open connections for up to half a second (each closes after its next answer), then
+    // close the idle rest and let in-flight requests finish for up to 0.4 s more.
+    closing.store(true, std::sync::atomic::Ordering::Relaxed);
+    let drain_until = tokio::time::Instant::now() + Duration::from_millis(500);
+    while graceful.count() > 0 && tokio::time::Instant::now() < drain_until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_millis(400), graceful.shutdown()).await;
 }
