@@ -3,5 +3,6 @@
 
 pub mod http;
 pub mod live;
+pub mod otlp;
 pub mod prometheus;
 pub mod self_metrics;

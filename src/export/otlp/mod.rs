@@ -1,0 +1,4 @@
+//! OTLP leaving vitals: forwarding what the receiver accepted to an upstream OTLP endpoint.
+
+pub mod forward;
+pub mod upstream;
