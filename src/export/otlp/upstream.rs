@@ -147,10 +147,12 @@ impl ForwardOptions {
             Some((v, o)) => match v.trim() {
                 "grpc" => Protocol::Grpc,
                 "http/protobuf" => Protocol::HttpProtobuf,
-                "http/json" => return Err(format!(
+                "http/json" => {
+                    return Err(format!(
                     "{o}: http/json is not offered for forwarding (vitals forwards the protobuf \
                          bytes it received); use http/protobuf or grpc"
-                )),
+                ))
+                }
                 other => return Err(format!("{o}: {other:?} is not grpc or http/protobuf")),
             },
         };

@@ -1,0 +1,520 @@
+//! Forwarding: the real Python and Node SDKs send through vitals to a real upstream (another vitals, or
+//! tests/python/upstream.py built from the official opentelemetry-proto services); every item arrives,
+//! bytes are equal where forwarded raw, a full queue answers retryable overloads, an upstream that is
+//! down and comes back loses nothing accepted, a 400 is not retried, and RED stays exact in vitals.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{free_port, node_send, sdk_python, sdk_send, Exposition, Vitals};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{span, ResourceSpans, ScopeSpans, Span};
+use prost::Message;
+
+/// tests/python/upstream.py on a loopback port; killed on drop.
+struct PyUpstream {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl PyUpstream {
+    fn start(protocol: &str, answer: &str) -> PyUpstream {
+        Self::start_on(protocol, answer, free_port())
+    }
+
+    fn start_on(protocol: &str, answer: &str, port: u16) -> PyUpstream {
+        let dir = tempfile::tempdir().unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/upstream.py");
+        let mut child = Command::new(sdk_python())
+            .arg(script)
+            .args(["--protocol", protocol, "--port", &port.to_string()])
+            .arg("--dir")
+            .arg(dir.path())
+            .args(["--answer", answer])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start upstream.py");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "upstream.py did not start");
+        PyUpstream { child, port, dir }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Bodies received for `signal`, in arrival order.
+    fn bodies(&self, signal: &str) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for n in 0.. {
+            let p: PathBuf = self.dir.path().join(format!("{signal}-{n}.bin"));
+            match std::fs::read(&p) {
+                Ok(b) => out.push(b),
+                Err(_) => break,
+            }
+        }
+        out
+    }
+
+    fn meta(&self, signal: &str, n: usize) -> serde_json::Value {
+        let p = self.dir.path().join(format!("{signal}-{n}.meta"));
+        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+    }
+
+    fn wait_bodies(&self, signal: &str, n: usize, within: Duration) -> Vec<Vec<u8>> {
+        let deadline = Instant::now() + within;
+        loop {
+            let b = self.bodies(signal);
+            // The .meta file is written after the .bin: wait for it so the body is complete.
+            let complete = b.len() >= n
+                && (n == 0
+                    || self
+                        .dir
+                        .path()
+                        .join(format!("{signal}-{}.meta", n - 1))
+                        .is_file());
+            if complete {
+                return b;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "upstream received {} {signal} requests, expected {n}",
+                b.len()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for PyUpstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A trace export of `spans` server spans of service `svc`, padded by an attribute of `pad` bytes.
+fn trace_request(svc: &str, spans: usize, pad: usize, seed: u8) -> Vec<u8> {
+    let kv = |k: &str, v: &str| KeyValue {
+        key: k.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(v.into())),
+        }),
+        ..Default::default()
+    };
+    let spans = (0..spans)
+        .map(|i| Span {
+            trace_id: vec![seed; 16],
+            span_id: vec![i as u8 + 1; 8],
+            name: "GET /orders".into(),
+            kind: span::SpanKind::Server as i32,
+            start_time_unix_nano: 1_700_000_000_000_000_000,
+            end_time_unix_nano: 1_700_000_000_000_000_000 + 20_000_000 * (i as u64 + 1),
+            attributes: vec![kv("http.route", "/orders"), kv("pad", &"x".repeat(pad))],
+            ..Default::default()
+        })
+        .collect();
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![kv("service.name", svc)],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+    .encode_to_vec()
+}
+
+fn gzip(b: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(b).unwrap();
+    e.finish().unwrap()
+}
+
+/// POSTs an OTLP/HTTP protobuf body; returns (status, Retry-After).
+fn post(v: &Vitals, path: &str, body: &[u8], gz: bool) -> (u16, Option<String>) {
+    let (_, http) = v.otlp_addrs();
+    let mut req = ureq::post(&format!("http://{http}{path}"))
+        .timeout(Duration::from_secs(10))
+        .set("Content-Type", "application/x-protobuf");
+    let sent;
+    let body = if gz {
+        req = req.set("Content-Encoding", "gzip");
+        sent = gzip(body);
+        &sent[..]
+    } else {
+        body
+    };
+    match req.send_bytes(body) {
+        Ok(r) => (r.status(), None),
+        Err(ureq::Error::Status(code, r)) => (code, r.header("Retry-After").map(str::to_owned)),
+        Err(e) => panic!("POST {path}: {e}"),
+    }
+}
+
+fn forwarded(e: &Exposition, signal: &str, outcome: &str) -> f64 {
+    e.get(
+        "vitals_exporter_forward_items_total",
+        &[("signal", signal), ("outcome", outcome)],
+    )
+    .unwrap_or(0.0)
+}
+
+fn accepted(e: &Exposition, signal: &str) -> f64 {
+    e.get(
+        "vitals_exporter_otlp_items_total",
+        &[("signal", signal), ("outcome", "accepted")],
+    )
+    .unwrap_or(0.0)
+}
+
+fn red_count(e: &Exposition, service: &str) -> f64 {
+    e.sum(
+        "vitals_request_duration_seconds_count",
+        &[("service", service)],
+    )
+}
+
+/// The Python SDK over gRPC (gzip), HTTP/protobuf and HTTP/JSON and the Node SDK send through a vitals
+/// that forwards to another vitals, once over OTLP/HTTP and once over OTLP/gRPC with gzip. Both vitals
+/// count every item (exact), and RED is exact and identical in both.
+#[test]
+fn sdks_through_vitals_reach_an_upstream_vitals() {
+    for (protocol, gz) in [("http/protobuf", false), ("grpc", true)] {
+        let up = Vitals::start(&[]);
+        let (up_grpc, up_http) = up.otlp_addrs();
+        let endpoint = if protocol == "grpc" {
+            format!("http://{up_grpc}")
+        } else {
+            format!("http://{up_http}")
+        };
+        let mut args = vec![
+            "--forward-endpoint",
+            &endpoint,
+            "--forward-protocol",
+            protocol,
+        ];
+        if gz {
+            args.extend(["--forward-compression", "gzip"]);
+        }
+        let mid = Vitals::start(&args);
+        let (grpc, http) = mid.otlp_addrs();
+        let service = format!("fwd-{}", protocol.replace('/', "-"));
+        let mut spans = 0.0;
+        for (transport, ep, extra) in [
+            ("grpc", format!("http://{grpc}"), vec!["--gzip"]),
+            ("http", format!("http://{http}"), vec![]),
+            ("json", format!("http://{http}"), vec!["--gzip"]),
+        ] {
+            let truth = sdk_send(
+                transport,
+                &ep,
+                "red",
+                &service,
+                &[&extra[..], &["--spans", "80"]].concat(),
+            );
+            spans += truth["requests"]
+                .as_object()
+                .unwrap()
+                .values()
+                .map(|n| n.as_f64().unwrap())
+                .sum::<f64>();
+        }
+        sdk_send("http", &format!("http://{http}"), "metrics", &service, &[]);
+        sdk_send("grpc", &format!("http://{grpc}"), "logs", &service, &[]);
+        let node_service = format!("{service}-node");
+        let node = node_send(&[
+            "--transport",
+            "proto",
+            "--endpoint",
+            &format!("http://{http}"),
+            "--http",
+            &format!("http://{http}"),
+            "--service",
+            &node_service,
+            "--spans",
+            "40",
+        ]);
+        let node_spans = node["count"].as_f64().unwrap();
+
+        let m = mid.wait_until(Duration::from_secs(20), "RED in the middle", |e| {
+            red_count(e, &service) == spans && red_count(e, &node_service) == node_spans
+        });
+        for signal in ["traces", "metrics", "logs"] {
+            let got = accepted(&m, signal);
+            assert!(got > 0.0, "{signal}: nothing accepted");
+            let u = up.wait_until(
+                Duration::from_secs(20),
+                &format!("{signal} upstream"),
+                |e| accepted(e, signal) == got,
+            );
+            let m = mid.wait_until(Duration::from_secs(10), "forward counters", |e| {
+                forwarded(e, signal, "sent") == got
+            });
+            assert_eq!(
+                forwarded(&m, signal, "rejected"),
+                0.0,
+                "{protocol} {signal}"
+            );
+            assert_eq!(forwarded(&m, signal, "refused"), 0.0, "{protocol} {signal}");
+            assert_eq!(accepted(&u, signal), got, "{protocol} {signal}");
+        }
+        // RED upstream equals RED in the middle, series by series.
+        let u = up.scrape();
+        let m = mid.scrape();
+        for s in m.all("vitals_request_duration_seconds_count") {
+            let labels: Vec<(&str, &str)> = s
+                .labels
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            assert_eq!(
+                u.get("vitals_request_duration_seconds_count", &labels),
+                Some(s.value),
+                "{protocol} {labels:?}"
+            );
+        }
+        assert_eq!(red_count(&u, &service), spans, "{protocol}");
+    }
+}
+
+/// What vitals forwards is byte-for-byte what the app sent (after gzip), over OTLP/HTTP and OTLP/gRPC,
+/// with the configured headers; the upstream's partial success is counted as rejected items.
+#[test]
+fn forwarded_bytes_equal_what_the_app_sent() {
+    for protocol in ["http", "grpc"] {
+        let up = PyUpstream::start(protocol, "ok");
+        let proto = if protocol == "grpc" {
+            "grpc"
+        } else {
+            "http/protobuf"
+        };
+        let mid = Vitals::start_with(
+            &["--forward-protocol", proto],
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", up.url().as_str()),
+                (
+                    "OTEL_EXPORTER_OTLP_HEADERS",
+                    "x-api-key=s%3Dcret,x-team=ops",
+                ),
+                ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "gzip"),
+            ],
+        );
+        let sent: Vec<Vec<u8>> = (0..4).map(|i| trace_request("bytes", 5, 100, i)).collect();
+        for (i, b) in sent.iter().enumerate() {
+            assert_eq!(post(&mid, "/v1/traces", b, i % 2 == 1).0, 200);
+        }
+        let got = up.wait_bodies("traces", 4, Duration::from_secs(10));
+        let mut got_sorted = got.clone();
+        let mut sent_sorted = sent.clone();
+        got_sorted.sort();
+        sent_sorted.sort();
+        assert_eq!(got_sorted, sent_sorted, "{protocol}: bodies differ");
+        let meta = up.meta("traces", 0);
+        assert_eq!(meta["headers"]["x-api-key"], "s=cret", "{protocol}: {meta}");
+        assert_eq!(meta["headers"]["x-team"], "ops");
+        if protocol == "http" {
+            // grpcio consumes grpc-encoding before the handler sees metadata; HTTP shows it.
+            assert_eq!(meta["encoding"], "gzip", "{protocol}: {meta}");
+        }
+        let e = mid.wait_until(Duration::from_secs(5), "sent", |e| {
+            forwarded(e, "traces", "sent") == 20.0
+        });
+        assert_eq!(red_count(&e, "bytes"), 20.0);
+    }
+    let up = PyUpstream::start("http", "partial");
+    let mid = Vitals::start(&["--forward-endpoint", &up.url()]);
+    for i in 0..3 {
+        assert_eq!(
+            post(&mid, "/v1/traces", &trace_request("p", 4, 0, i), false).0,
+            200
+        );
+    }
+    // Each of the 3 answers rejects one span: 3 rejected, 9 sent.
+    let e = mid.wait_until(Duration::from_secs(10), "partial", |e| {
+        forwarded(e, "traces", "rejected") == 3.0
+    });
+    assert_eq!(forwarded(&e, "traces", "sent"), 9.0);
+}
+
+/// Upstream down, then back: what vitals accepted while the queue had room all arrives, byte-equal;
+/// past the queue bound the app gets 503 with Retry-After (and RED does not count refused requests);
+/// an SDK's spans sent during the outage arrive too.
+#[test]
+fn upstream_down_then_back_loses_nothing_accepted() {
+    let port = free_port();
+    // 64 KiB queue; each request below is about 11 KiB, all of the same length.
+    let len = trace_request("outage", 10, 1000, 0).len();
+    let fit = 65536 / len;
+    let mid = Vitals::start(&[
+        "--forward-endpoint",
+        &format!("http://127.0.0.1:{port}"),
+        "--forward-queue-bytes",
+        "65536",
+    ]);
+    let mut accepted_bodies = Vec::new();
+    let mut refused = 0;
+    for i in 0..12u8 {
+        let b = trace_request("outage", 10, 1000, i);
+        match post(&mid, "/v1/traces", &b, false) {
+            (200, _) => accepted_bodies.push(b),
+            (503, retry_after) => {
+                assert_eq!(retry_after.as_deref(), Some("1"));
+                refused += 1;
+            }
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert_eq!(accepted_bodies.len(), fit, "65536 / {len} bytes");
+    assert_eq!(refused, 12 - fit);
+    let e = mid.scrape();
+    // Only accepted requests reach RED; refused ones are the app's to retry.
+    assert_eq!(red_count(&e, "outage"), 10.0 * fit as f64);
+    assert_eq!(forwarded(&e, "traces", "refused"), 10.0 * (12 - fit) as f64);
+    let queued = e.get("vitals_exporter_forward_queue_bytes", &[]).unwrap();
+    let total: usize = accepted_bodies.iter().map(Vec::len).sum();
+    assert_eq!(queued, total as f64);
+    assert_eq!(
+        e.get("vitals_exporter_forward_queue_limit_bytes", &[]),
+        Some(65536.0)
+    );
+    // Down for 5 s (the issue asks 30 s; the retry schedule is the same after its 5 s backoff cap, so
+    // the shorter outage keeps the test fast without changing what it checks).
+    std::thread::sleep(Duration::from_secs(5));
+    let up = PyUpstream::start_on("http", "ok", port);
+    // Backoff is capped at 5 s: everything arrives within two caps plus a loaded machine's slack.
+    let got = up.wait_bodies("traces", fit, Duration::from_secs(20));
+    let mut got = got;
+    got.sort();
+    accepted_bodies.sort();
+    assert_eq!(got, accepted_bodies);
+    let e = mid.wait_until(Duration::from_secs(5), "queue empty", |e| {
+        e.get("vitals_exporter_forward_queue_bytes", &[]) == Some(0.0)
+    });
+    assert_eq!(forwarded(&e, "traces", "sent"), 10.0 * fit as f64);
+    assert!(
+        e.get(
+            "vitals_exporter_forward_retries_total",
+            &[("signal", "traces")]
+        )
+        .unwrap()
+            >= fit as f64
+    );
+}
+
+/// An upstream answering 400 (or gRPC INVALID_ARGUMENT) is not retried: it sees each request once, the
+/// items count as rejected; one answering 503 with Retry-After is retried.
+#[test]
+fn permanent_errors_are_not_retried_and_503_is() {
+    for protocol in ["http", "grpc"] {
+        let up = PyUpstream::start(protocol, "400");
+        let proto = if protocol == "grpc" {
+            "grpc"
+        } else {
+            "http/protobuf"
+        };
+        let mid = Vitals::start(&["--forward-endpoint", &up.url(), "--forward-protocol", proto]);
+        for i in 0..3 {
+            assert_eq!(
+                post(&mid, "/v1/traces", &trace_request("bad", 2, 0, i), false).0,
+                200
+            );
+        }
+        mid.wait_until(Duration::from_secs(10), "rejected", |e| {
+            forwarded(e, "traces", "rejected") == 6.0
+        });
+        // Time for a retry to happen if there were one (the first backoff is 0.1-0.2 s).
+        std::thread::sleep(Duration::from_secs(2));
+        assert_eq!(
+            up.bodies("traces").len(),
+            3,
+            "{protocol}: retried a permanent error"
+        );
+        let e = mid.scrape();
+        assert_eq!(
+            e.get(
+                "vitals_exporter_forward_retries_total",
+                &[("signal", "traces")]
+            ),
+            Some(0.0)
+        );
+        assert_eq!(red_count(&e, "bad"), 6.0);
+        let log = mid.log.lock().unwrap().clone();
+        assert_eq!(
+            log.matches("refused data for good").count(),
+            1,
+            "logged once per reason:\n{log}"
+        );
+    }
+    let up = PyUpstream::start("http", "503");
+    let mid = Vitals::start(&["--forward-endpoint", &up.url()]);
+    assert_eq!(
+        post(&mid, "/v1/traces", &trace_request("busy", 2, 0, 1), false).0,
+        200
+    );
+    // Retry-After: 1 is honoured: about one attempt a second.
+    std::thread::sleep(Duration::from_millis(3500));
+    let n = up.bodies("traces").len();
+    assert!(
+        (3..=5).contains(&n),
+        "{n} attempts in 3.5 s with Retry-After: 1"
+    );
+    assert_eq!(forwarded(&mid.scrape(), "traces", "sent"), 0.0);
+}
+
+/// SIGTERM with the upstream down: vitals waits the drain timeout, then reports what it could not send
+/// and exits; with the upstream up the queue drains and nothing is reported lost.
+#[test]
+fn sigterm_drains_within_the_grace_period() {
+    let port = free_port();
+    let mid = Vitals::start(&[
+        "--forward-endpoint",
+        &format!("http://127.0.0.1:{port}"),
+        "--forward-drain-timeout",
+        "2s",
+    ]);
+    assert_eq!(
+        post(&mid, "/v1/traces", &trace_request("d", 7, 0, 1), false).0,
+        200
+    );
+    let log = mid.log.clone();
+    let (code, took) = mid.terminate();
+    assert_eq!(code, Some(0));
+    // 2 s drain plus the receivers' stop (<= 1 s) and a loaded machine's slack.
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    let log = log.lock().unwrap().clone();
+    assert!(log.contains("these items are lost"), "{log}");
+    assert!(log.contains("items=7"), "{log}");
+
+    let up = PyUpstream::start("http", "ok");
+    let mid = Vitals::start(&["--forward-endpoint", &up.url()]);
+    assert_eq!(
+        post(&mid, "/v1/traces", &trace_request("d", 7, 0, 2), false).0,
+        200
+    );
+    let log = mid.log.clone();
+    let (code, _) = mid.terminate();
+    assert_eq!(code, Some(0));
+    assert_eq!(up.bodies("traces").len(), 1);
+    assert!(log.lock().unwrap().contains("queue drained"));
+}
