@@ -268,14 +268,8 @@ async fn deliver(sh: &Shared, signal: Signal, sender: &Sender, batch: Batch) {
                 sh.stats.retries[signal as usize].fetch_add(1, Ordering::Relaxed);
                 let wait = match after {
                     Some(d) => d.min(MAX_ASKED_DELAY),
-                    None => {
-                        // Full jitter would need a random source; half-jitter from the clock is enough
-                        // to spread senders that failed together.
-                        let jitter = (Instant::now().elapsed().subsec_nanos()
-                            ^ started.elapsed().subsec_nanos())
-                            % 1000;
-                        backoff / 2 + backoff.mul_f64(f64::from(jitter) / 2000.0)
-                    }
+                    // Half jitter spreads senders that failed together.
+                    None => backoff / 2 + backoff.mul_f64(unit_random() / 2.0),
                 };
                 tracing::debug!(signal = signal.label(), %why, ?wait, "forwarding: retrying");
                 backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -285,6 +279,15 @@ async fn deliver(sh: &Shared, signal: Signal, sender: &Sender, batch: Batch) {
     }
     sh.queued_bytes.fetch_sub(len, Ordering::SeqCst);
     sh.queued_items[signal as usize].fetch_sub(batch.items, Ordering::SeqCst);
+}
+
+/// A number in [0, 1) from the standard library's randomly keyed hasher (no random crate needed for
+/// jitter).
+fn unit_random() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0);
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 fn log_once(sh: &Shared, signal: Signal, reason: &str, items: u64) {

@@ -270,12 +270,12 @@ async fn handle(ingest: Arc<Ingest>, req: Request<Incoming>) -> Result<Resp, Inf
     let full = || refuse(&ingest, OverBudget::Busy, FORWARD_QUEUE_FULL);
     let onward = |r: &dyn OnwardBytes| {
         ingest.hand_on(signal, cost.items, || {
-            if enc != Encoding::Protobuf {
-                r.protobuf()
-            } else if gzip {
+            // A copy rather than a slice of the read buffer, whose capacity may be up to twice the
+            // body: the queue bound then is the memory the queue holds.
+            if enc == Encoding::Protobuf {
                 Bytes::copy_from_slice(&body)
             } else {
-                raw.clone()
+                r.protobuf()
             }
         })
     };
