@@ -30,6 +30,10 @@ impl PyUpstream {
     }
 
     fn start_on(protocol: &str, answer: &str, port: u16) -> PyUpstream {
+        Self::start_with(protocol, answer, port, &[])
+    }
+
+    fn start_with(protocol: &str, answer: &str, port: u16, extra: &[&str]) -> PyUpstream {
         let dir = tempfile::tempdir().unwrap();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/upstream.py");
         let mut child = Command::new(sdk_python())
@@ -38,6 +42,7 @@ impl PyUpstream {
             .arg("--dir")
             .arg(dir.path())
             .args(["--answer", answer])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -578,4 +583,187 @@ fn sigterm_drains_within_the_grace_period() {
     assert_eq!(code, Some(0));
     assert_eq!(up.bodies("traces").len(), 1);
     assert!(log.lock().unwrap().contains("queue drained"));
+}
+
+/// Makes a CA, a server certificate for 127.0.0.1 and a client certificate with openssl.
+fn make_certs(dir: &Path) {
+    let openssl = common::require_tool("openssl", "apt-get install -y openssl");
+    let run = |args: &[&str]| {
+        let out = Command::new(&openssl)
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=vitals-test-ca",
+        ],
+    ]
+    .concat());
+    for (name, ext) in [
+        (
+            "server",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+        ),
+        ("client", "extendedKeyUsage=clientAuth\n"),
+    ] {
+        std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+        let (key, csr, pem, extf) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+            format!("{name}.ext"),
+        );
+        run(&[
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                &format!("/CN={name}"),
+            ],
+        ]
+        .concat());
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            &extf,
+        ]);
+    }
+}
+
+/// TLS to the upstream with a CA and a client certificate made by openssl (mutual TLS), over OTLP/HTTP
+/// and OTLP/gRPC: bodies arrive byte-equal. Without the CA (system roots only) the handshake fails and
+/// nothing is accepted upstream; a missing certificate file stops vitals at start, naming the variable.
+#[test]
+fn tls_to_the_upstream_with_openssl_certificates() {
+    let certs = tempfile::tempdir().unwrap();
+    make_certs(certs.path());
+    let p = |f: &str| certs.path().join(f).to_string_lossy().into_owned();
+    for protocol in ["http", "grpc"] {
+        let up = PyUpstream::start_with(
+            protocol,
+            "ok",
+            free_port(),
+            &[
+                "--cert",
+                &p("server.pem"),
+                "--key",
+                &p("server.key"),
+                "--client-ca",
+                &p("ca.pem"),
+            ],
+        );
+        let endpoint = format!("https://127.0.0.1:{}", up.port);
+        let proto = if protocol == "grpc" {
+            "grpc"
+        } else {
+            "http/protobuf"
+        };
+        let mid = Vitals::start_with(
+            &["--forward-protocol", proto],
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+                ("OTEL_EXPORTER_OTLP_CERTIFICATE", &p("ca.pem")),
+                ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", &p("client.pem")),
+                ("OTEL_EXPORTER_OTLP_CLIENT_KEY", &p("client.key")),
+            ],
+        );
+        let sent: Vec<Vec<u8>> = (0..3).map(|i| trace_request("tls", 3, 10, i)).collect();
+        for b in &sent {
+            assert_eq!(post(&mid, "/v1/traces", b, false).0, 200);
+        }
+        let mut got = up.wait_bodies("traces", 3, Duration::from_secs(10));
+        got.sort();
+        let mut sent = sent;
+        sent.sort();
+        assert_eq!(got, sent, "{protocol}");
+        let e = mid.scrape();
+        assert_eq!(forwarded(&e, "traces", "sent"), 9.0);
+
+        // Without the test CA the upstream's certificate is not trusted: retried, never delivered.
+        let mid = Vitals::start_with(
+            &["--forward-protocol", proto],
+            &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())],
+        );
+        assert_eq!(
+            post(
+                &mid,
+                "/v1/traces",
+                &trace_request("untrusted", 1, 0, 9),
+                false
+            )
+            .0,
+            200
+        );
+        mid.wait_until(Duration::from_secs(10), "retries", |e| {
+            e.get(
+                "vitals_exporter_forward_retries_total",
+                &[("signal", "traces")],
+            )
+            .unwrap_or(0.0)
+                >= 2.0
+        });
+        assert_eq!(
+            up.bodies("traces").len(),
+            3,
+            "{protocol}: untrusted upstream got data"
+        );
+    }
+    let out = Command::new(common::vitals_bin())
+        .args([
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--otlp-grpc-addr",
+            "off",
+            "--otlp-http-addr",
+            "off",
+        ])
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "https://127.0.0.1:1")
+        .env("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("OTEL_EXPORTER_OTLP_CERTIFICATE") && err.contains("/nonexistent/ca.pem"),
+        "{err}"
+    );
 }

@@ -3,6 +3,9 @@ generated messages and gRPC services. It records every request body it receives 
 as told.
 
 python upstream.py --protocol http|grpc --port PORT --dir DIR [--answer ok|400|503|partial]
+                   [--cert PEM --key PEM [--client-ca PEM]]
+
+With --cert and --key it serves TLS; with --client-ca it requires a client certificate signed by that CA.
 
 Each received body is written to DIR/<signal>-<n>.bin (the protobuf bytes as received, after gzip), and
 DIR/<signal>-<n>.meta holds the compression and headers seen. "ready" is printed once listening.
@@ -25,6 +28,9 @@ p.add_argument("--protocol", required=True, choices=["http", "grpc"])
 p.add_argument("--port", type=int, required=True)
 p.add_argument("--dir", required=True)
 p.add_argument("--answer", default="ok", choices=["ok", "400", "503", "partial"])
+p.add_argument("--cert")
+p.add_argument("--key")
+p.add_argument("--client-ca")
 a = p.parse_args()
 
 lock = threading.Lock()
@@ -110,6 +116,14 @@ def grpc_handler(signal):
 
 if a.protocol == "http":
     server = ThreadingHTTPServer(("127.0.0.1", a.port), Http)
+    if a.cert:
+        import ssl
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(a.cert, a.key)
+        if a.client_ca:
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.load_verify_locations(a.client_ca)
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
     print("ready", flush=True)
     server.serve_forever()
 else:
@@ -128,7 +142,18 @@ else:
     tgr.add_TraceServiceServicer_to_server(T(), server)
     mgr.add_MetricsServiceServicer_to_server(M(), server)
     lgr.add_LogsServiceServicer_to_server(L(), server)
-    server.add_insecure_port(f"127.0.0.1:{a.port}")
+    if a.cert:
+        def read(path):
+            with open(path, "rb") as f:
+                return f.read()
+        creds = grpc.ssl_server_credentials(
+            [(read(a.key), read(a.cert))],
+            root_certificates=read(a.client_ca) if a.client_ca else None,
+            require_client_auth=bool(a.client_ca),
+        )
+        server.add_secure_port(f"127.0.0.1:{a.port}", creds)
+    else:
+        server.add_insecure_port(f"127.0.0.1:{a.port}")
     server.start()
     print("ready", flush=True)
     server.wait_for_termination()

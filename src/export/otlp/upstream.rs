@@ -2,6 +2,7 @@
 //! `OTEL_EXPORTER_OTLP_*` variables) and the client that sends one request body to it and classifies the
 //! answer the way the OTLP specification tells a client to (retry, give up, partial success).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -9,7 +10,6 @@ use http::header::{HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE, RETR
 use http::uri::PathAndQuery;
 use http::{StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
@@ -21,6 +21,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
+use super::tls::{client_config, TlsFiles, UpstreamConnector};
 use crate::source::otlp::Signal;
 
 /// Wire protocol to the upstream.
@@ -45,6 +46,8 @@ pub struct Upstream {
     pub gzip: bool,
     /// Longest wait for one answer.
     pub timeout: Duration,
+    /// TLS files for an `https://` upstream; None for `http://`.
+    pub tls: Option<TlsFiles>,
 }
 
 /// The `--forward-*` options as given (flags, `VITALS_FORWARD_*` or the config file); the
@@ -160,31 +163,49 @@ impl ForwardOptions {
         let url: Uri = endpoint
             .parse()
             .map_err(|e| format!("{origin}: {endpoint:?} is not a URL: {e}"))?;
-        match url.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
-                return Err(format!(
-                    "{origin}: https upstreams are not supported by this build (no TLS client); \
-                     forward to a plain http:// endpoint such as a local Collector"
-                ))
-            }
+        let https = match url.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
             _ => {
                 return Err(format!(
                     "{origin}: {endpoint:?} needs a scheme and host, e.g. http://collector:4318"
                 ))
             }
-        }
+        };
         if url.host().is_none() {
             return Err(format!("{origin}: {endpoint:?} has no host"));
         }
-        for key in ["CERTIFICATE", "CLIENT_CERTIFICATE", "CLIENT_KEY"] {
-            if let Some((_, o)) = lookup(None, "", key, s, env) {
-                return Err(format!(
-                    "{o}: TLS to the upstream is not supported by this build; unset it and forward \
-                     over plain http:// (e.g. to a Collector in the same pod)"
-                ));
+        // Certificates apply to https endpoints only (the OTLP exporter rules); they are read and
+        // checked here so a bad file stops vitals at start with the variable's name.
+        let tls = if https {
+            let mut files = TlsFiles::default();
+            let mut origins = Vec::new();
+            for (key, slot) in [
+                ("CERTIFICATE", &mut files.ca),
+                ("CLIENT_CERTIFICATE", &mut files.client_cert),
+                ("CLIENT_KEY", &mut files.client_key),
+            ] {
+                if let Some((v, o)) = lookup(None, "", key, s, env) {
+                    *slot = Some(PathBuf::from(v.trim()));
+                    origins.push(o);
+                }
             }
-        }
+            let alpn: &[u8] = if protocol == Protocol::Grpc {
+                b"h2"
+            } else {
+                b"http/1.1"
+            };
+            client_config(&files, alpn).map_err(|e| {
+                if origins.is_empty() {
+                    format!("{origin}: {e}")
+                } else {
+                    format!("{}: {e}", origins.join(", "))
+                }
+            })?;
+            Some(files)
+        } else {
+            None
+        };
         let url = if is_base && protocol == Protocol::HttpProtobuf {
             let base = endpoint.trim_end_matches('/');
             let full = format!("{base}/v1/{lower}");
@@ -237,6 +258,7 @@ impl ForwardOptions {
             headers,
             gzip,
             timeout,
+            tls,
         }))
     }
 }
@@ -310,7 +332,7 @@ pub enum Sender {
         /// Settings.
         up: Upstream,
         /// Pooled hyper client.
-        client: Box<Client<HttpConnector, Full<Bytes>>>,
+        client: Box<Client<UpstreamConnector, Full<Bytes>>>,
     },
     /// OTLP/gRPC.
     Grpc {
@@ -329,14 +351,21 @@ const MAX_ANSWER: usize = 64 << 10;
 impl Sender {
     /// A client for `up` carrying `signal`.
     pub fn new(up: Upstream, signal: Signal) -> Result<Sender, String> {
+        let alpn: &[u8] = match up.protocol {
+            Protocol::Grpc => b"h2",
+            Protocol::HttpProtobuf => b"http/1.1",
+        };
+        let tls = up
+            .tls
+            .as_ref()
+            .map(|f| client_config(f, alpn))
+            .transpose()?;
+        let connector = UpstreamConnector::new(tls);
         match up.protocol {
             Protocol::HttpProtobuf => {
-                let mut conn = HttpConnector::new();
-                conn.set_nodelay(true);
-                conn.set_connect_timeout(Some(up.timeout));
                 let client = Client::builder(TokioExecutor::new())
                     .pool_idle_timeout(Duration::from_secs(30))
-                    .build(conn);
+                    .build(connector);
                 Ok(Sender::Http {
                     up,
                     client: Box::new(client),
@@ -345,8 +374,7 @@ impl Sender {
             Protocol::Grpc => {
                 let channel = Endpoint::from(up.url.clone())
                     .connect_timeout(up.timeout)
-                    .tcp_nodelay(true)
-                    .connect_lazy();
+                    .connect_with_connector_lazy(connector);
                 let path = match signal {
                     Signal::Traces => "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
                     Signal::Metrics => {
@@ -405,7 +433,7 @@ fn partial(signal: Signal, body: &[u8]) -> Option<(u64, String)> {
 
 async fn send_http(
     up: &Upstream,
-    client: &Client<HttpConnector, Full<Bytes>>,
+    client: &Client<UpstreamConnector, Full<Bytes>>,
     signal: Signal,
     body: Bytes,
 ) -> Answer {
@@ -655,12 +683,22 @@ mod tests {
         ]);
         let e = ForwardOptions::default().resolve(&env).unwrap_err();
         assert!(e.contains("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"), "{e}");
-        let env = env_of(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://up:4318")]);
+        let env = env_of(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://up:4318"),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem"),
+        ]);
         let e = ForwardOptions::default().resolve(&env).unwrap_err();
         assert!(
-            e.contains("OTEL_EXPORTER_OTLP_ENDPOINT") && e.contains("TLS"),
+            e.contains("OTEL_EXPORTER_OTLP_CERTIFICATE") && e.contains("/nonexistent/ca.pem"),
             "{e}"
         );
+        // Certificates are for https only: an http endpoint ignores them.
+        let env = env_of(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://up:4318"),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem"),
+        ]);
+        let u = ForwardOptions::default().resolve(&env).unwrap();
+        assert!(u[0].as_ref().unwrap().tls.is_none());
         let none = env_of(&[]);
         assert!(ForwardOptions::default()
             .resolve(&none)
