@@ -1029,6 +1029,49 @@ mod tests {
     }
 
     #[test]
+    fn forwarding_options() {
+        assert!(parse(&[]).unwrap().forward.is_none());
+        let c = parse(&[
+            "--forward-endpoint",
+            "http://collector:4318",
+            "--forward-queue-bytes",
+            "1048576",
+            "--forward-drain-timeout",
+            "3s",
+        ])
+        .unwrap();
+        let f = c.forward.unwrap();
+        assert_eq!(
+            f.upstreams[0].as_ref().unwrap().url,
+            "http://collector:4318/v1/traces"
+        );
+        assert_eq!(f.queue_bytes, 1 << 20);
+        assert_eq!(f.drain_timeout, Duration::from_secs(3));
+        // Forwarding into vitals' own receiver would loop.
+        let e = parse(&["--forward-endpoint", "http://127.0.0.1:4318"]).unwrap_err();
+        assert!(e.contains("own OTLP receiver"), "{e}");
+        let e = parse(&[
+            "--forward-endpoint",
+            "http://collector:4318",
+            "--forward-queue-bytes",
+            "10",
+        ])
+        .unwrap_err();
+        assert!(e.starts_with("--forward-queue-bytes: 10 is outside"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("vitals.yaml");
+        std::fs::write(
+            &file,
+            "forward-endpoint: http://collector:4317\nforward-protocol: grpc\n",
+        )
+        .unwrap();
+        let c = parse(&["--config", file.to_str().unwrap()]).unwrap();
+        let up = c.forward.unwrap().upstreams[2].clone().unwrap();
+        assert_eq!(up.url, "http://collector:4317/");
+        assert_eq!(up.protocol, crate::export::otlp::upstream::Protocol::Grpc);
+    }
+
+    #[test]
     fn file_errors_name_the_field() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("vitals.yaml");
