@@ -109,6 +109,8 @@ struct Shared {
     queued_bytes: AtomicU64,
     queued_items: [AtomicU64; 3],
     closed: AtomicBool,
+    /// Per signal: the last attempt failed with a retryable answer (for logging the change only).
+    failing: [AtomicBool; 3],
     stats: ForwardStats,
     logged: Mutex<HashSet<String>>,
 }
@@ -133,6 +135,7 @@ impl Forwarder {
             queued_bytes: AtomicU64::new(0),
             queued_items: Default::default(),
             closed: AtomicBool::new(false),
+            failing: Default::default(),
             stats: ForwardStats::default(),
             logged: Mutex::new(HashSet::new()),
         });
@@ -249,6 +252,12 @@ async fn deliver(sh: &Shared, signal: Signal, sender: &Sender, batch: Batch) {
         sh.stats.latency(signal, started.elapsed());
         match answer {
             Answer::Accepted { rejected, message } => {
+                if sh.failing[signal as usize].swap(false, Ordering::Relaxed) {
+                    tracing::info!(
+                        signal = signal.label(),
+                        "forwarding: the upstream takes data again"
+                    );
+                }
                 let rejected = rejected.min(batch.items);
                 sh.stats
                     .count(signal, Outcome::Sent, batch.items - rejected);
@@ -266,6 +275,14 @@ async fn deliver(sh: &Shared, signal: Signal, sender: &Sender, batch: Batch) {
             }
             Answer::Retry { after, why } => {
                 sh.stats.retries[signal as usize].fetch_add(1, Ordering::Relaxed);
+                if !sh.failing[signal as usize].swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        signal = signal.label(),
+                        %why,
+                        "forwarding: the upstream is not taking data; retrying (the queue holds what \
+                         was accepted; when it is full apps are told to retry)"
+                    );
+                }
                 let wait = match after {
                     Some(d) => d.min(MAX_ASKED_DELAY),
                     // Half jitter spreads senders that failed together.
