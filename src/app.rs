@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, TargetSpec};
 use crate::export::http::{bind, serve, HttpState};
 use crate::export::live::{self, LiveHub};
+use crate::export::otlp::forward::Forwarder;
 use crate::export::self_metrics::ExporterStats;
 use crate::sampler::{Sampler, SamplerParts};
 use crate::signal::hints::HintPolicy;
@@ -147,7 +148,17 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
         config.otlp_max_request_bytes,
         config.otlp_max_concurrent_requests,
     );
-    let ingest = Arc::new(Ingest::new(limits, red, app_metrics, logs, otlp_stats));
+    let mut ingest = Ingest::new(limits, red, app_metrics, logs, otlp_stats);
+    let forwarder = match &config.forward {
+        Some(settings) => {
+            let f = Forwarder::start(settings.clone()).map_err(|e| anyhow::anyhow!(e))?;
+            registry.register(f.collector());
+            ingest = ingest.with_onward(f.clone());
+            Some(f)
+        }
+        None => None,
+    };
+    let ingest = Arc::new(ingest);
     let app_metrics = app_metrics_for_signals;
     let grpc_listener = match config.otlp_grpc_addr {
         Some(a) => Some(bind_named(a, "--otlp-grpc-addr").await?),
@@ -275,6 +286,10 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
         .is_err()
     {
         tracing::warn!("tasks did not stop within 1s; exiting anyway");
+    }
+    // The receivers have stopped taking requests; what they accepted goes upstream within the grace.
+    if let Some(f) = forwarder {
+        f.drain().await;
     }
     Ok(code)
 }

@@ -10,6 +10,8 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
+use crate::export::otlp::forward::ForwardSettings;
+use crate::export::otlp::upstream::ForwardOptions;
 use crate::target::run::ChildProtocol;
 
 /// Default `/metrics` port: outside Prometheus' exporter port allocations (9100-9999 are all taken) and
@@ -201,6 +203,80 @@ pub struct Options {
     #[arg(long, global = true, env = "VITALS_HINTS_MIN_HISTORY", value_parser = humantime::parse_duration)]
     #[serde(deserialize_with = "de_duration")]
     pub hints_min_history: Option<Duration>,
+    /// Forward everything received to this upstream OTLP endpoint (base URL; for http/protobuf
+    /// /v1/<signal> is appended) [default: OTEL_EXPORTER_OTLP_ENDPOINT; unset: no forwarding].
+    #[arg(
+        long,
+        global = true,
+        env = "VITALS_FORWARD_ENDPOINT",
+        value_name = "URL"
+    )]
+    pub forward_endpoint: Option<String>,
+    /// Upstream URL for traces, used as-is [default: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT].
+    #[arg(
+        long,
+        global = true,
+        env = "VITALS_FORWARD_TRACES_ENDPOINT",
+        value_name = "URL"
+    )]
+    pub forward_traces_endpoint: Option<String>,
+    /// Upstream URL for metrics, used as-is [default: OTEL_EXPORTER_OTLP_METRICS_ENDPOINT].
+    #[arg(
+        long,
+        global = true,
+        env = "VITALS_FORWARD_METRICS_ENDPOINT",
+        value_name = "URL"
+    )]
+    pub forward_metrics_endpoint: Option<String>,
+    /// Upstream URL for logs, used as-is [default: OTEL_EXPORTER_OTLP_LOGS_ENDPOINT].
+    #[arg(
+        long,
+        global = true,
+        env = "VITALS_FORWARD_LOGS_ENDPOINT",
+        value_name = "URL"
+    )]
+    pub forward_logs_endpoint: Option<String>,
+    /// Upstream protocol: grpc or http/protobuf [default: OTEL_EXPORTER_OTLP_[SIGNAL_]PROTOCOL, else
+    /// http/protobuf].
+    #[arg(
+        long,
+        global = true,
+        env = "VITALS_FORWARD_PROTOCOL",
+        value_name = "PROTOCOL"
+    )]
+    pub forward_protocol: Option<String>,
+    /// Headers sent upstream, `key=value,...` [default: OTEL_EXPORTER_OTLP_[SIGNAL_]HEADERS].
+    #[arg(
+        long,
+        global = true,
+        env = "VITALS_FORWARD_HEADERS",
+        value_name = "KEY=VALUE,..."
+    )]
+    pub forward_headers: Option<String>,
+    /// Upstream compression: gzip or none [default: OTEL_EXPORTER_OTLP_[SIGNAL_]COMPRESSION, else none].
+    #[arg(
+        long,
+        global = true,
+        env = "VITALS_FORWARD_COMPRESSION",
+        value_name = "gzip|none"
+    )]
+    pub forward_compression: Option<String>,
+    /// Longest wait for the upstream's answer [default: OTEL_EXPORTER_OTLP_[SIGNAL_]TIMEOUT, else 10s].
+    #[arg(long, global = true, env = "VITALS_FORWARD_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(deserialize_with = "de_duration")]
+    pub forward_timeout: Option<Duration>,
+    /// Bytes the forwarding queue holds; beyond it apps are told to retry [default: 16777216 (16 MiB)].
+    #[arg(
+        long,
+        global = true,
+        env = "VITALS_FORWARD_QUEUE_BYTES",
+        value_name = "BYTES"
+    )]
+    pub forward_queue_bytes: Option<u64>,
+    /// On SIGTERM, longest wait for the forwarding queue to empty [default: 10s].
+    #[arg(long, global = true, env = "VITALS_FORWARD_DRAIN_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(deserialize_with = "de_duration")]
+    pub forward_drain_timeout: Option<Duration>,
     /// YAML configuration file.
     #[arg(long, global = true, env = "VITALS_CONFIG", value_name = "FILE")]
     #[serde(skip)]
@@ -362,6 +438,8 @@ pub struct Config {
     pub leak_threshold: f64,
     /// History a tuning hint needs before it gives a value.
     pub hints_min_history: Duration,
+    /// Forwarding to upstream OTLP endpoints; None when no endpoint is configured.
+    pub forward: Option<ForwardSettings>,
 }
 
 /// A configuration that cannot be used. Each message names where the bad value came from: the flag, the
@@ -374,6 +452,9 @@ pub enum ConfigError {
     /// The config file is not valid YAML for vitals; the message names the field when one is at fault.
     #[error("config file {0}: {1}")]
     ParseFile(PathBuf, String),
+    /// A forwarding setting is unusable; the message names the flag or variable.
+    #[error("{0}")]
+    Forward(String),
     /// A value is out of range.
     #[error("{origin}: {reason}")]
     Invalid {
@@ -476,6 +557,7 @@ impl Cli {
             sources: &self.sources,
             file: o.config.as_deref(),
         };
+        let forward = ForwardFlags::merge(&o, &file);
         let flag_selected = o.pid.is_some() || o.pid_file.is_some() || o.process.is_some();
         // A selection on the command line or in the environment replaces the file's as a whole.
         let (pid, pid_file, process) = if flag_selected {
@@ -562,6 +644,7 @@ impl Cli {
         };
         let otlp_grpc_addr = receiver(o.otlp_grpc_addr.or(file.otlp_grpc_addr), 4317);
         let otlp_http_addr = receiver(o.otlp_http_addr.or(file.otlp_http_addr), 4318);
+        let forward = resolve_forward(forward, &origins, [otlp_grpc_addr, otlp_http_addr])?;
         if metrics_addr.port() != 0
             && (Some(metrics_addr) == otlp_grpc_addr || Some(metrics_addr) == otlp_http_addr)
         {
@@ -659,6 +742,7 @@ impl Cli {
             ));
         }
         Ok(Config {
+            forward,
             hints_min_history,
             growth_windows,
             leak_threshold: per_hour / 3600.0,
@@ -690,6 +774,81 @@ impl Cli {
             log_file: o.log_file.or(file.log_file),
         })
     }
+}
+
+/// The `--forward-*` options, flags over file, taken before the options are consumed.
+struct ForwardFlags {
+    options: ForwardOptions,
+    queue_bytes: Option<u64>,
+    queue_bytes_from_cli: bool,
+    drain_timeout: Option<Duration>,
+}
+
+impl ForwardFlags {
+    fn merge(o: &Options, file: &Options) -> Self {
+        let pick = |a: &Option<String>, b: &Option<String>| a.clone().or_else(|| b.clone());
+        ForwardFlags {
+            options: ForwardOptions {
+                endpoint: pick(&o.forward_endpoint, &file.forward_endpoint),
+                signal_endpoints: [
+                    pick(&o.forward_traces_endpoint, &file.forward_traces_endpoint),
+                    pick(&o.forward_metrics_endpoint, &file.forward_metrics_endpoint),
+                    pick(&o.forward_logs_endpoint, &file.forward_logs_endpoint),
+                ],
+                protocol: pick(&o.forward_protocol, &file.forward_protocol),
+                headers: pick(&o.forward_headers, &file.forward_headers),
+                compression: pick(&o.forward_compression, &file.forward_compression),
+                timeout: o.forward_timeout.or(file.forward_timeout),
+            },
+            queue_bytes: o.forward_queue_bytes.or(file.forward_queue_bytes),
+            queue_bytes_from_cli: o.forward_queue_bytes.is_some(),
+            drain_timeout: o.forward_drain_timeout.or(file.forward_drain_timeout),
+        }
+    }
+}
+
+/// The forwarding settings from the `--forward-*` options over the file, with the standard
+/// `OTEL_EXPORTER_OTLP_*` variables of vitals' own environment filling in.
+fn resolve_forward(
+    flags: ForwardFlags,
+    origins: &Origins<'_>,
+    receivers: [Option<SocketAddr>; 2],
+) -> Result<Option<ForwardSettings>, ConfigError> {
+    let options = flags.options;
+    let env = |k: &str| std::env::var(k).ok();
+    let upstreams = options.resolve(&env).map_err(ConfigError::Forward)?;
+    // Forwarding into vitals' own receiver would loop every request forever.
+    for up in upstreams.iter().flatten() {
+        let local = matches!(
+            up.url.host(),
+            Some("127.0.0.1" | "localhost" | "[::1]" | "0.0.0.0" | "[::]")
+        );
+        let port = up.url.port_u16();
+        if local && receivers.iter().flatten().any(|a| Some(a.port()) == port) {
+            return Err(ConfigError::Forward(format!(
+                "forwarding endpoint {} is vitals' own OTLP receiver (check OTEL_EXPORTER_OTLP_* in \
+                 vitals' environment, or --forward-endpoint)",
+                up.url
+            )));
+        }
+    }
+    let queue_bytes = flags
+        .queue_bytes
+        .unwrap_or(ForwardSettings::DEFAULT_QUEUE_BYTES);
+    if !(64 << 10..=4 << 30).contains(&queue_bytes) {
+        return Err(invalid(
+            origins.name("forward_queue_bytes", flags.queue_bytes_from_cli),
+            format!("{queue_bytes} is outside 64 KiB..4 GiB"),
+        ));
+    }
+    let settings = ForwardSettings {
+        upstreams,
+        queue_bytes,
+        drain_timeout: flags
+            .drain_timeout
+            .unwrap_or(ForwardSettings::DEFAULT_DRAIN_TIMEOUT),
+    };
+    Ok(settings.enabled().then_some(settings))
 }
 
 /// Where each option in `matches` came from (command line or environment), by field name.
@@ -879,6 +1038,49 @@ mod tests {
             matches!(c.target, Some(TargetSpec::Pid(5))),
             "a flag selection replaces the file's"
         );
+    }
+
+    #[test]
+    fn forwarding_options() {
+        assert!(parse(&[]).unwrap().forward.is_none());
+        let c = parse(&[
+            "--forward-endpoint",
+            "http://collector:4318",
+            "--forward-queue-bytes",
+            "1048576",
+            "--forward-drain-timeout",
+            "3s",
+        ])
+        .unwrap();
+        let f = c.forward.unwrap();
+        assert_eq!(
+            f.upstreams[0].as_ref().unwrap().url,
+            "http://collector:4318/v1/traces"
+        );
+        assert_eq!(f.queue_bytes, 1 << 20);
+        assert_eq!(f.drain_timeout, Duration::from_secs(3));
+        // Forwarding into vitals' own receiver would loop.
+        let e = parse(&["--forward-endpoint", "http://127.0.0.1:4318"]).unwrap_err();
+        assert!(e.contains("own OTLP receiver"), "{e}");
+        let e = parse(&[
+            "--forward-endpoint",
+            "http://collector:4318",
+            "--forward-queue-bytes",
+            "10",
+        ])
+        .unwrap_err();
+        assert!(e.starts_with("--forward-queue-bytes: 10 is outside"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("vitals.yaml");
+        std::fs::write(
+            &file,
+            "forward-endpoint: http://collector:4317\nforward-protocol: grpc\n",
+        )
+        .unwrap();
+        let c = parse(&["--config", file.to_str().unwrap()]).unwrap();
+        let up = c.forward.unwrap().upstreams[2].clone().unwrap();
+        assert_eq!(up.url, "http://collector:4317/");
+        assert_eq!(up.protocol, crate::export::otlp::upstream::Protocol::Grpc);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod http;
 pub mod live;
+pub mod otlp;
 pub mod prometheus;
 pub mod self_metrics;
 pub mod web_config;

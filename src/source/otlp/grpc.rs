@@ -51,12 +51,41 @@ fn internal() -> Status {
     Status::internal("vitals failed handling this request (a bug: please report it)")
 }
 
+/// The accepted message as it arrived (uncompressed), kept for forwarding.
+#[derive(Clone)]
+struct Arrived {
+    message: Bytes,
+    items: u64,
+}
+
+impl Otlp {
+    /// Offers the request to forwarding before it is applied; a full queue is answered UNAVAILABLE with
+    /// RetryInfo, which OTLP clients retry.
+    fn onward<M: prost::Message>(&self, signal: Signal, req: &Request<M>) -> Result<(), Status> {
+        let arrived = req.extensions().get::<Arrived>();
+        let items = arrived.map_or(0, |a| a.items);
+        self.0
+            .hand_on(signal, items, || match arrived {
+                Some(a) => a.message.clone(),
+                None => Bytes::from(req.get_ref().encode_to_vec()),
+            })
+            .map_err(|_| {
+                Status::with_error_details(
+                    Code::Unavailable,
+                    super::http::FORWARD_QUEUE_FULL,
+                    ErrorDetails::with_retry_info(Some(Duration::from_secs(1))),
+                )
+            })
+    }
+}
+
 #[tonic::async_trait]
 impl TraceService for Otlp {
     async fn export(
         &self,
         req: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        self.onward(Signal::Traces, &req)?;
         let p = self
             .0
             .isolated(Signal::Traces, || self.0.traces(req.get_ref()))
@@ -71,6 +100,7 @@ impl MetricsService for Otlp {
         &self,
         req: Request<ExportMetricsServiceRequest>,
     ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        self.onward(Signal::Metrics, &req)?;
         let p = self
             .0
             .isolated(Signal::Metrics, || self.0.metrics(req.get_ref()))
@@ -85,6 +115,7 @@ impl LogsService for Otlp {
         &self,
         req: Request<ExportLogsServiceRequest>,
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
+        self.onward(Signal::Logs, &req)?;
         let p = self
             .0
             .isolated(Signal::Logs, || self.0.logs(req.get_ref()))
@@ -155,13 +186,13 @@ where
         Box::pin(async move {
             let (parts, body) = req.into_parts();
             let mut charge = ingest.charge();
-            let frame = match tokio::time::timeout(
+            let (frame, items) = match tokio::time::timeout(
                 ingest.limits.body_timeout,
                 read_message(body, &parts.headers, &ingest, signal, &mut charge),
             )
             .await
             {
-                Ok(Ok(frame)) => frame,
+                Ok(Ok(read)) => read,
                 Ok(Err(status)) => return Ok(status.into_http()),
                 Err(_) => {
                     ingest.stats.refused(signal, Refusal::Undecodable);
@@ -182,6 +213,10 @@ where
             };
             let mut parts = parts;
             parts.headers.remove("grpc-encoding");
+            parts.extensions.insert(Arrived {
+                message: frame.slice(5..),
+                items,
+            });
             let req = http::Request::from_parts(
                 parts,
                 tonic::body::Body::new(http_body_util::Full::new(frame)),
@@ -197,14 +232,14 @@ where
 
 /// Reads the one length-prefixed message of a unary call under the size limit and the memory budget,
 /// inflates it if it is compressed, and checks its decoded cost. Returns the message re-framed
-/// uncompressed, or the status to answer with.
+/// uncompressed with its item count, or the status to answer with.
 async fn read_message(
     mut body: tonic::body::Body,
     headers: &http::HeaderMap,
     ingest: &Ingest,
     signal: Signal,
     charge: &mut Charge,
-) -> Result<Bytes, Status> {
+) -> Result<(Bytes, u64), Status> {
     use http_body_util::BodyExt;
     let limit = ingest.limits.max_body;
     let over = |e: OverBudget| {
@@ -292,7 +327,7 @@ async fn read_message(
     framed.extend_from_slice(&[0]);
     framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
     framed.extend_from_slice(&message);
-    Ok(framed.freeze())
+    Ok((framed.freeze(), c.items))
 }
 
 /// Rewrites a trailers-only error response from tonic's decoding to the code OTLP prescribes.

@@ -265,16 +265,33 @@ async fn handle(ingest: Arc<Ingest>, req: Request<Incoming>) -> Result<Resp, Inf
             "vitals is at its concurrent request limit; retry later",
         ));
     };
+    // Forwarding takes the request before it is applied: a full queue answers a retryable overload
+    // and nothing of the request is counted, so the SDK's retry is not counted twice.
+    let full = || refuse(&ingest, OverBudget::Busy, FORWARD_QUEUE_FULL);
+    let onward = |r: &dyn OnwardBytes| {
+        ingest.hand_on(signal, cost.items, || {
+            // A copy rather than a slice of the read buffer, whose capacity may be up to twice the
+            // body: the queue bound then is the memory the queue holds.
+            if enc == Encoding::Protobuf {
+                Bytes::copy_from_slice(&body)
+            } else {
+                r.protobuf()
+            }
+        })
+    };
     let handled = ingest.isolated(signal, || match signal {
         Signal::Traces => match decode::<ExportTraceServiceRequest>(&body, enc) {
+            Ok(r) if onward(&r).is_err() => full(),
             Ok(r) => ok_body(signal, ingest.traces(&r), enc),
             Err(e) => undecodable(e),
         },
         Signal::Metrics => match decode::<ExportMetricsServiceRequest>(&body, enc) {
+            Ok(r) if onward(&r).is_err() => full(),
             Ok(r) => ok_body(signal, ingest.metrics(&r), enc),
             Err(e) => undecodable(e),
         },
         Signal::Logs => match decode::<ExportLogsServiceRequest>(&body, enc) {
+            Ok(r) if onward(&r).is_err() => full(),
             Ok(r) => ok_body(signal, ingest.logs(&r), enc),
             Err(e) => undecodable(e),
         },
@@ -289,6 +306,21 @@ async fn handle(ingest: Arc<Ingest>, req: Request<Incoming>) -> Result<Resp, Inf
     });
     drop(charge);
     Ok(resp)
+}
+
+/// The answer when the forwarding queue is full.
+pub const FORWARD_QUEUE_FULL: &str =
+    "vitals' queue to the upstream OTLP endpoint is full; retry later";
+
+/// A decoded request that can be encoded again as protobuf (for forwarding a JSON request).
+trait OnwardBytes {
+    fn protobuf(&self) -> Bytes;
+}
+
+impl<M: prost::Message> OnwardBytes for M {
+    fn protobuf(&self) -> Bytes {
+        Bytes::from(self.encode_to_vec())
+    }
 }
 
 /// Most bytes read away from a refused body, and for how long, before the connection is dropped instead.

@@ -80,6 +80,17 @@ impl Refusal {
     }
 }
 
+/// The forwarding queue cannot take a request now; the app is answered with a retryable overload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueFull;
+
+/// Where accepted requests go on unchanged (the forwarder); the receiver knows nothing past this.
+pub trait Onward: Send + Sync {
+    /// Takes one accepted request: its uncompressed protobuf bytes and item count. Called after the
+    /// request decoded and before it is applied, so a refusal leaves nothing half-counted.
+    fn offer(&self, signal: Signal, body: bytes::Bytes, items: u64) -> Result<(), QueueFull>;
+}
+
 /// Receiver limits.
 #[derive(Debug, Clone, Copy)]
 pub struct OtlpLimits {
@@ -243,6 +254,7 @@ pub struct Ingest {
     red: Arc<RedStore>,
     app: Arc<AppMetrics>,
     logs: Arc<LogCounts>,
+    onward: Option<Arc<dyn Onward>>,
 }
 
 impl Ingest {
@@ -264,7 +276,32 @@ impl Ingest {
             red,
             app,
             logs,
+            onward: None,
         }
+    }
+
+    /// Hands every accepted request to `onward` (forwarding) as well.
+    pub fn with_onward(mut self, onward: Arc<dyn Onward>) -> Self {
+        self.onward = Some(onward);
+        self
+    }
+
+    /// Offers an accepted request onward; `body` makes its protobuf bytes (only called when forwarding
+    /// is on). On refusal the request is counted as overloaded and must be answered with a retry hint.
+    pub fn hand_on(
+        &self,
+        signal: Signal,
+        items: u64,
+        body: impl FnOnce() -> bytes::Bytes,
+    ) -> Result<(), QueueFull> {
+        let Some(o) = &self.onward else {
+            return Ok(());
+        };
+        let r = o.offer(signal, body(), items);
+        if r.is_err() {
+            self.stats.refused(signal, Refusal::Overloaded);
+        }
+        r
     }
 
     /// Stats with the given overflow counter.
