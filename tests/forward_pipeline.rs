@@ -122,7 +122,8 @@ fn trace_request(svc: &str, spans: usize, pad: usize, seed: u8) -> Vec<u8> {
     };
     let spans = (0..spans)
         .map(|i| Span {
-            trace_id: vec![seed; 16],
+            // Never all zeros: the receiver refuses an all-zero trace id as invalid.
+            trace_id: vec![seed.wrapping_add(1).max(1); 16],
             span_id: vec![i as u8 + 1; 8],
             name: "GET /orders".into(),
             kind: span::SpanKind::Server as i32,
