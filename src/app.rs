@@ -49,6 +49,9 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
     let mut sigquit = signal(SignalKind::quit())?;
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
     let (hz, page_size) = kernel_units();
     let boot_time = read_boot_time(&config.proc_root)
         .map_err(|e| anyhow::anyhow!("--proc-root {}: {e}", config.proc_root.display()))?;

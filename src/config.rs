@@ -398,6 +398,8 @@ pub enum TargetSpec {
 /// The resolved configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Settings that were understood but not applied, to log once logging is up.
+    pub warnings: Vec<String>,
     /// Target selection; None means "serve only, no target" (useful for the OTLP receiver alone).
     pub target: Option<TargetSpec>,
     /// /metrics address.
@@ -644,7 +646,13 @@ impl Cli {
         };
         let otlp_grpc_addr = receiver(o.otlp_grpc_addr.or(file.otlp_grpc_addr), 4317);
         let otlp_http_addr = receiver(o.otlp_http_addr.or(file.otlp_http_addr), 4318);
-        let forward = resolve_forward(forward, &origins, [otlp_grpc_addr, otlp_http_addr])?;
+        let mut warnings = Vec::new();
+        let forward = resolve_forward(
+            forward,
+            &origins,
+            [otlp_grpc_addr, otlp_http_addr],
+            &mut warnings,
+        )?;
         if metrics_addr.port() != 0
             && (Some(metrics_addr) == otlp_grpc_addr || Some(metrics_addr) == otlp_http_addr)
         {
@@ -743,6 +751,7 @@ impl Cli {
         }
         Ok(Config {
             forward,
+            warnings,
             hints_min_history,
             growth_windows,
             leak_threshold: per_hour / 3600.0,
@@ -813,25 +822,12 @@ fn resolve_forward(
     flags: ForwardFlags,
     origins: &Origins<'_>,
     receivers: [Option<SocketAddr>; 2],
+    warnings: &mut Vec<String>,
 ) -> Result<Option<ForwardSettings>, ConfigError> {
     let options = flags.options;
     let env = |k: &str| std::env::var(k).ok();
-    let upstreams = options.resolve(&env).map_err(ConfigError::Forward)?;
-    // Forwarding into vitals' own receiver would loop every request forever.
-    for up in upstreams.iter().flatten() {
-        let local = matches!(
-            up.url.host(),
-            Some("127.0.0.1" | "localhost" | "[::1]" | "0.0.0.0" | "[::]")
-        );
-        let port = up.url.port_u16();
-        if local && receivers.iter().flatten().any(|a| Some(a.port()) == port) {
-            return Err(ConfigError::Forward(format!(
-                "forwarding endpoint {} is vitals' own OTLP receiver (check OTEL_EXPORTER_OTLP_* in \
-                 vitals' environment, or --forward-endpoint)",
-                up.url
-            )));
-        }
-    }
+    let mut upstreams = options.resolve(&env).map_err(ConfigError::Forward)?;
+    refuse_loops(&options, &mut upstreams, receivers, warnings)?;
     let queue_bytes = flags
         .queue_bytes
         .unwrap_or(ForwardSettings::DEFAULT_QUEUE_BYTES);
@@ -849,6 +845,42 @@ fn resolve_forward(
             .unwrap_or(ForwardSettings::DEFAULT_DRAIN_TIMEOUT),
     };
     Ok(settings.enabled().then_some(settings))
+}
+
+/// Forwarding into vitals' own receiver would loop every request forever. Asked for with an option, that
+/// is an error; taken from an `OTEL_EXPORTER_OTLP_*` variable (a developer's shell that points SDKs at
+/// localhost:4318, where vitals now listens), that signal is left unforwarded with a warning.
+fn refuse_loops(
+    options: &ForwardOptions,
+    upstreams: &mut [Option<crate::export::otlp::upstream::Upstream>; 3],
+    receivers: [Option<SocketAddr>; 2],
+    warnings: &mut Vec<String>,
+) -> Result<(), ConfigError> {
+    for (signal, slot) in upstreams.iter_mut().enumerate() {
+        let Some(up) = slot else { continue };
+        let local = matches!(
+            up.url.host(),
+            Some("127.0.0.1" | "localhost" | "[::1]" | "0.0.0.0" | "[::]")
+        );
+        let port = up.url.port_u16();
+        if !(local && receivers.iter().flatten().any(|a| Some(a.port()) == port)) {
+            continue;
+        }
+        let from_option = options.endpoint.is_some() || options.signal_endpoints[signal].is_some();
+        if from_option {
+            return Err(ConfigError::Forward(format!(
+                "forwarding endpoint {} is vitals' own OTLP receiver (check --forward-endpoint)",
+                up.url
+            )));
+        }
+        warnings.push(format!(
+            "not forwarding to {}: OTEL_EXPORTER_OTLP_* in vitals' environment points at vitals' own \
+             OTLP receiver",
+            up.url
+        ));
+        *slot = None;
+    }
+    Ok(())
 }
 
 /// Where each option in `matches` came from (command line or environment), by field name.
@@ -1062,6 +1094,20 @@ mod tests {
         // Forwarding into vitals' own receiver would loop.
         let e = parse(&["--forward-endpoint", "http://127.0.0.1:4318"]).unwrap_err();
         assert!(e.contains("own OTLP receiver"), "{e}");
+        // From the environment (a developer's shell pointing SDKs at localhost:4318), that signal is
+        // left unforwarded with a warning instead.
+        let env = |k: &str| {
+            (k == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| "http://localhost:4318".to_owned())
+        };
+        let options = ForwardOptions::default();
+        let mut upstreams = options.resolve(&env).unwrap();
+        let mut warnings = Vec::new();
+        let receivers = [None, Some("127.0.0.1:4318".parse().unwrap())];
+        refuse_loops(&options, &mut upstreams, receivers, &mut warnings).unwrap();
+        let env_only = upstreams;
+        assert!(env_only.iter().all(Option::is_none), "{env_only:?}");
+        assert_eq!(warnings.len(), 3, "{warnings:?}");
+        assert!(warnings[0].contains("own OTLP receiver"), "{warnings:?}");
         let e = parse(&[
             "--forward-endpoint",
             "http://collector:4318",
