@@ -28,9 +28,18 @@ const NOT_FOUND_WARNING_EVERY: Duration = Duration::from_secs(60);
 /// instance that lives at least this long is seen, however long the sampling interval.
 pub const WATCH_INTERVAL: Duration = Duration::from_millis(100);
 
-/// How long after an exit a missing `--process` target is searched for every [`WATCH_INTERVAL`] (later,
-/// once per interval).
-const FAST_SEARCH_AFTER_EXIT: Duration = Duration::from_secs(30);
+/// After an exit a missing `--process` target is searched for after [`WATCH_INTERVAL`], then at gaps that
+/// double up to the interval (at most [`MAX_SEARCH_GAP`]): a quick restart is found within 100 ms, and a
+/// target that stays away costs a handful of scans, not one every 100 ms.
+const FIRST_SEARCH_GAP: Duration = WATCH_INTERVAL;
+
+/// The longest gap between those searches when the interval is longer.
+const MAX_SEARCH_GAP: Duration = Duration::from_secs(30);
+
+/// An OOM kill counted this many watch periods or fewer before an exit is seen is taken as its cause: the
+/// exit itself is seen within one period; the rest is slack for a late watch on a loaded machine and for
+/// the kernel tearing down a large address space.
+const EXIT_WINDOW_WATCH_PERIODS: u32 = 10;
 
 /// Everything the loop needs.
 pub struct Sampler {
@@ -55,7 +64,7 @@ pub struct Sampler {
     not_found_warned: Option<Instant>,
     /// Other processes that matched when the current target was chosen: attaching to one of them
     /// later is a switch, not a restart.
-    others_at_attach: Vec<u32>,
+    others_at_attach: Vec<TargetId>,
     /// Set while only wrappers match, so the warning is logged once per episode.
     waiting_for_wrapped: bool,
     threads_max: Option<u64>,
@@ -70,8 +79,12 @@ pub struct Sampler {
     last_oom_kill: Option<std::time::Instant>,
     /// A kill counted this long before an exit is seen is taken as its cause.
     exit_window: Duration,
-    /// Until then a missing `--process` target is searched for between ticks.
-    fast_search_until: Option<std::time::Instant>,
+    /// When a missing `--process` target is next searched for between ticks (None: only at ticks).
+    next_search: Option<std::time::Instant>,
+    /// The gap before the next of those searches; doubles after each one that finds nothing.
+    search_gap: Duration,
+    /// The sampling interval: the longest gap between searches.
+    interval: Duration,
 }
 
 struct Attached {
@@ -90,6 +103,11 @@ struct Attached {
     /// /proc/PID/comm, read every tick: exec keeps the pid and start time but changes the program.
     comm_file: Option<KeptFile>,
     comm: String,
+}
+
+/// The pids of some processes, for the log.
+fn pids(ids: &[TargetId]) -> Vec<u32> {
+    ids.iter().map(|t| t.pid).collect()
 }
 
 /// Logs a change of hsperfdata status once and publishes it; a non-JVM without a file says nothing.
@@ -163,8 +181,10 @@ impl Sampler {
             comm_buf: Vec::with_capacity(64),
             oom: OomCounter::default(),
             last_oom_kill: None,
-            exit_window: Duration::from_secs(2),
-            fast_search_until: None,
+            exit_window: WATCH_INTERVAL * EXIT_WINDOW_WATCH_PERIODS,
+            next_search: None,
+            search_gap: FIRST_SEARCH_GAP,
+            interval: Duration::from_secs(1),
             proc_root,
             cgroup_roots,
             pss,
@@ -342,18 +362,35 @@ impl Sampler {
                 }
             }
             None => {
-                // A /proc scan costs a read of every process' comm and cmdline: scan fast only for a while
-                // after an exit, when a restart is due; a pid or pid file is one read, always fast.
-                let scan = !matches!(self.selector, Some(Selector::Process(_)))
-                    || self
-                        .fast_search_until
-                        .is_some_and(|t| std::time::Instant::now() < t);
-                if scan {
+                // A /proc scan costs a read of every process' comm and cmdline: after an exit, scan at
+                // gaps doubling from 100 ms up to the interval (the tick searches then); a pid or pid file
+                // is one read, always searched.
+                if !matches!(self.selector, Some(Selector::Process(_))) {
                     self.try_attach();
+                } else if let Some(due) = self.next_search {
+                    let now = std::time::Instant::now();
+                    if now >= due {
+                        self.try_attach();
+                        self.search_gap =
+                            (self.search_gap * 2).min(self.interval.min(MAX_SEARCH_GAP));
+                        self.next_search = (self.attached.is_none()
+                            && self.search_gap < self.interval)
+                            .then(|| now + self.search_gap);
+                    }
                 }
             }
         }
         self.poll_oom();
+    }
+
+    /// True when the attached target is still the same live instance: one read of its kept `stat` file,
+    /// cheap enough to run on the async worker every [`WATCH_INTERVAL`] (handing the thread over with
+    /// `block_in_place` each time costs more than the read). Kills in its cgroup while it runs are counted
+    /// by the tick; the kill that ends it by [`Sampler::handle_exit`].
+    fn attached_alive(&mut self) -> bool {
+        self.attached.as_mut().is_some_and(|a| {
+            a.proc.read_stat().map(|st| st.starttime).ok() == Some(a.id.start_ticks)
+        })
     }
 
     /// Reads the OOM counters and keeps the store's total current.
@@ -393,7 +430,8 @@ impl Sampler {
                 "target exited; searching again"
             );
         }
-        self.fast_search_until = Some(std::time::Instant::now() + FAST_SEARCH_AFTER_EXIT);
+        self.search_gap = FIRST_SEARCH_GAP;
+        self.next_search = Some(std::time::Instant::now() + FIRST_SEARCH_GAP);
         self.store.detach();
         self.store.record_exit(reason);
         self.store.set_oom_kills(self.oom.total());
@@ -463,10 +501,10 @@ impl Sampler {
             }
         }
         if found.ambiguous {
-            tracing::warn!(chosen = id.pid, others = ?found.passed_over, selector = %selector.describe(),
+            tracing::warn!(chosen = id.pid, others = ?pids(&found.passed_over), selector = %selector.describe(),
                 "several processes match equally well; watching the oldest. Use a tighter pattern or --pid-file");
         } else if !found.passed_over.is_empty() {
-            tracing::info!(chosen = id.pid, others = ?found.passed_over,
+            tracing::info!(chosen = id.pid, others = ?pids(&found.passed_over),
                 "several processes match; watching the one that runs the matched program");
         }
         let mut proc = match ProcReader::open(&self.proc_root, id.pid, self.pss) {
@@ -508,7 +546,7 @@ impl Sampler {
             start_ticks: id.start_ticks,
             selected_by: selector.label(),
         };
-        if self.others_at_attach.contains(&id.pid) {
+        if self.others_at_attach.contains(&id) {
             self.store.attach_other(info);
         } else {
             self.store.attach(info);
@@ -523,7 +561,7 @@ impl Sampler {
             hsperf_owner: HsperfOwner {
                 pid: id.pid,
                 nspid,
-                uid: hsperf::effective_uid(&self.proc_root, id.pid),
+                uid: crate::source::procfs::effective_uid(&self.proc_root, id.pid),
                 start_unix_ms: Some(
                     self.units.boot_time * 1000 + id.start_ticks * 1000 / self.units.hz.max(1),
                 ),
@@ -550,7 +588,8 @@ impl Sampler {
         let watch_every = WATCH_INTERVAL.min(interval);
         let mut watch = tokio::time::interval(watch_every);
         watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        self.exit_window = interval.max(watch_every) * 2;
+        self.exit_window = watch_every * EXIT_WINDOW_WATCH_PERIODS;
+        self.interval = interval;
         let watching = interval > WATCH_INTERVAL;
         loop {
             tokio::select! {
@@ -561,7 +600,10 @@ impl Sampler {
                     self.sampled.notify_one();
                 }
                 _ = watch.tick(), if watching => {
-                    tokio::task::block_in_place(|| self.watch());
+                    // The common case, a live target, is one pread: no thread hand-over for it.
+                    if !self.attached_alive() {
+                        tokio::task::block_in_place(|| self.watch());
+                    }
                 }
             }
         }

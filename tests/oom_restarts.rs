@@ -1,5 +1,6 @@
-//! OOM kills and restarts of a crash-looping target in real memory cgroups: six instances of 0.4 s at a
-//! 1 s interval, half of them OOM-killed by the kernel, in one shared cgroup and in a fresh cgroup per
+//! OOM kills and restarts of a crash-looping target in real memory cgroups: six instances of 0.8 s at a
+//! 1 s interval (each shorter than the interval, yet 8 liveness checks long: a restart is missed only if
+//! the 100 ms watch stalls for 0.8 s), half of them OOM-killed by the kernel, in one shared cgroup and in a fresh cgroup per
 //! instance. Ground truth: the supervisor's waitpid statuses and the kernel's oom_kill counters.
 
 mod common;
@@ -36,7 +37,8 @@ fn run_crashloop(layout: &str) {
     let out = Command::new("python3")
         .arg(child_script("crashloop.py"))
         .args(["--pidfile", pidfile.to_str().unwrap()])
-        .args(["--instances", "6", "--life", "0.4", "--layout", layout])
+        .args(["--instances", "6", "--life", "0.8", "--layout", layout])
+        // A removed cgroup's counter reads ENODEV: 0.3 s is 3 watch periods for vitals to see the exit.
         .args(["--remove-after", "0.3"])
         .output()
         .expect("run crashloop.py");
@@ -173,15 +175,23 @@ fn v2_restarts_in_fresh_cgroups_are_counted_from_the_pod_cgroup() {
     v.wait_until(Duration::from_secs(5), "attached", |e| {
         e.find("vitals_target_info", &[("pid", "101")]).is_some() && e.get(oom, &[]) == Some(0.0)
     });
-    // A sibling container is OOM-killed while the target runs: not the target's.
+    // A sibling container is OOM-killed while the target runs: not the target's. No fixed sleep: the
+    // target's memory.current changes after the kill; once a second change is published, the tick that
+    // read the first one has finished, OOM counters included.
     memory_events(&pod.join("sidecar"), 1);
     memory_events(&pod, 1);
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(
-        v.scrape().get(oom, &[]),
-        Some(0.0),
-        "sibling's kill counted"
+    let usage = "vitals_cgroup_memory_usage_bytes";
+    std::fs::write(pod.join("c1/memory.current"), "2000000\n").unwrap();
+    v.wait_until(
+        Duration::from_secs(5),
+        "a tick after the sibling's kill",
+        |e| e.get(usage, &[]) == Some(2_000_000.0),
     );
+    std::fs::write(pod.join("c1/memory.current"), "3000000\n").unwrap();
+    let e = v.wait_until(Duration::from_secs(5), "the tick after that", |e| {
+        e.get(usage, &[]) == Some(3_000_000.0)
+    });
+    assert_eq!(e.get(oom, &[]), Some(0.0), "sibling's kill counted");
 
     oom_kill(101, "c1", 2);
     std::fs::remove_dir_all(pod.join("c1")).unwrap();
@@ -205,7 +215,9 @@ fn v2_restarts_in_fresh_cgroups_are_counted_from_the_pod_cgroup() {
     let e = v.wait_until(Duration::from_secs(3), "third kill", |e| {
         e.get(oom, &[]) == Some(3.0)
     });
-    std::thread::sleep(Duration::from_millis(300));
+    // Counted twice would show within a poll; the target is missing now, so the counters are read at
+    // every 100 ms watch: 5 watch periods of margin (several on a loaded machine).
+    std::thread::sleep(Duration::from_millis(500));
     let e2 = v.scrape();
     assert_eq!(e2.get(oom, &[]), Some(3.0), "counted once each");
     assert_eq!(

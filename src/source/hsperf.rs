@@ -292,18 +292,6 @@ const DISABLING_FLAGS: [(&str, &str); 2] = [
     ("-XX:+PerfDisableSharedMem", "-XX:-PerfDisableSharedMem"),
 ];
 
-/// The target's effective uid from `/proc/PID/status`.
-pub fn effective_uid(proc_root: &Path, pid: u32) -> Option<u32> {
-    let status = std::fs::read_to_string(proc_root.join(pid.to_string()).join("status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 /// The flag that disabled hsperfdata, when the target's command line or option variables carry one.
 fn disabling_flag(proc_root: &Path, pid: u32) -> Option<&'static str> {
     let dir = proc_root.join(pid.to_string());

@@ -10,10 +10,19 @@
 //!   before it could be read; on v1 (no hierarchical counter) the increase of the last cgroup's counter,
 //!   exact when instances share one cgroup;
 //! - attaching to a cgroup first seen: on v2 its earlier kills are already in the parent's increase; on v1
-//!   its whole count is new when the directory was created after vitals last looked, else it is history.
+//!   its whole count is new when the directory was changed after the previous target was last seen
+//!   alive, else it is history.
 //!
 //! v1 cannot count a kill in a cgroup that was created and removed between two polls, nor tell a kill in a
 //! sibling from the target's on v2 while the target is missing (both are counted then).
+//!
+//! A target in its own cgroup namespace (a Kubernetes container seen from a sidecar: `/proc/PID/cgroup`
+//! reads `0::/../c1`, relative to vitals' own namespace) is reached only as the root of its own cgroup
+//! mount, where no parent is visible; the parent is followed only when vitals sees absolute paths (it runs
+//! in the host cgroup namespace with the host hierarchy at `--cgroup-root`). Otherwise only the container's
+//! own counter counts: kills while attached, and the kill that ends it when the next poll (within 100 ms)
+//! finds the cgroup still there. A removed cgroup's kept-open files answer ENODEV (checked on a real
+//! kernel), and kills of instances vitals never attached to are not seen.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -68,8 +77,9 @@ pub struct OomCounter {
     /// v2 only: the parent's `memory.events`.
     parent: Option<Tracked>,
     total: u64,
-    /// When the counters were last read: a cgroup directory changed after it is new to vitals.
-    last_poll: SystemTime,
+    /// When the counters were last read while the target was attached (alive): a cgroup directory changed
+    /// after that holds only instances vitals has not seen.
+    last_seen_alive: SystemTime,
     known: bool,
     buf: Vec<u8>,
 }
@@ -80,7 +90,7 @@ impl Default for OomCounter {
             own: None,
             parent: None,
             total: 0,
-            last_poll: SystemTime::now(),
+            last_seen_alive: SystemTime::now(),
             known: false,
             buf: Vec::new(),
         }
@@ -115,7 +125,9 @@ impl OomCounter {
         let buf = &mut self.buf;
         let d_own = self.own.as_mut().and_then(|t| t.advance(buf));
         let d_parent = self.parent.as_mut().and_then(|t| t.advance(buf));
-        self.last_poll = SystemTime::now();
+        if attached {
+            self.last_seen_alive = SystemTime::now();
+        }
         let d = if attached {
             // A removed own cgroup while attached cannot happen for a live member; fall back to the parent.
             d_own.or(d_parent).unwrap_or(0)
@@ -142,9 +154,9 @@ impl OomCounter {
             return;
         }
         let now = t.read(&mut self.buf).unwrap_or(0);
-        let fresh = !v2 && self.own.is_some() && changed_after(&dir, self.last_poll);
-        // v2: earlier kills were counted from the parent; v1: a cgroup made since the last poll holds
-        // only kills of instances vitals did not see yet.
+        let fresh = !v2 && self.own.is_some() && changed_after(&dir, self.last_seen_alive);
+        // v2: earlier kills were counted from the parent; v1: a cgroup made after the previous target was
+        // last seen alive holds only kills of instances vitals did not see.
         t.last = if fresh { 0 } else { now };
         if v2 {
             if let Some(mut p) = dir
@@ -246,5 +258,118 @@ mod tests {
         oom.poll(false);
         oom.follow(&dirs);
         assert_eq!(oom.total(), Some(3));
+    }
+
+    fn oom_control(dir: &Path, kills: u64) {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(
+            dir.join("memory.oom_control"),
+            format!("oom_kill_disable 0\nunder_oom 0\noom_kill {kills}\n"),
+        )
+        .unwrap();
+    }
+
+    fn v1(dir: &Path) -> CgroupDirs {
+        CgroupDirs::V1 {
+            memory: Some(dir.to_path_buf()),
+            cpu: None,
+            pids: None,
+        }
+    }
+
+    /// Lets directory modification times move past the last poll (tmpfs keeps nanoseconds; the margin
+    /// covers a coarse clock).
+    fn later() {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+
+    #[test]
+    fn v1_cgroup_made_after_the_target_was_last_seen_counts_its_kills_an_older_one_does_not() {
+        let root = tempfile::tempdir().unwrap();
+        let (a, b, c) = (
+            root.path().join("memory/a"),
+            root.path().join("memory/b"),
+            root.path().join("memory/c"),
+        );
+        oom_control(&a, 0);
+        // c exists before the first target is seen alive: its kills are history.
+        oom_control(&c, 5);
+        later();
+        let mut oom = OomCounter::default();
+        oom.follow(&v1(&a));
+        assert_eq!(oom.poll(true), 0);
+        later();
+        // The target exits (not killed); the sampler polls while it is missing, then a new instance runs
+        // in a cgroup made since, where two earlier instances were killed before vitals looked.
+        assert_eq!(oom.poll(false), 0);
+        oom_control(&b, 2);
+        assert_eq!(oom.poll(false), 0, "b is not followed yet");
+        oom.follow(&v1(&b));
+        assert_eq!(
+            oom.total(),
+            Some(2),
+            "kills in a cgroup made while the target was missing"
+        );
+        later();
+        assert_eq!(oom.poll(true), 0);
+        later();
+        // Next exit; the next instance is found in c, which is older than the last sighting.
+        assert_eq!(oom.poll(false), 0);
+        oom.follow(&v1(&c));
+        assert_eq!(
+            oom.total(),
+            Some(2),
+            "c's 5 kills predate the target: not counted"
+        );
+        oom_control(&c, 6);
+        assert_eq!(oom.poll(true), 1);
+        assert_eq!(oom.total(), Some(3));
+    }
+
+    /// A sidecar with its own cgroup namespace: /proc/PID/cgroup says `0::/../c1`, so the target's cgroup
+    /// is only reached as the root of its own mount, where the pod's cgroup above it is not visible.
+    #[test]
+    fn cgroup_namespace_root_counts_only_what_the_own_counter_shows() {
+        let proc_root = tempfile::tempdir().unwrap();
+        let host = tempfile::tempdir().unwrap();
+        let pid = 4242u32;
+        let pdir = proc_root.path().join(pid.to_string());
+        let view = pdir.join("root/sys/fs/cgroup");
+        std::fs::create_dir_all(&view).unwrap();
+        std::fs::write(pdir.join("cgroup"), "0::/../c1\n").unwrap();
+        std::fs::write(view.join("cgroup.procs"), format!("1\n{pid}\n")).unwrap();
+        events(&view, 3);
+        let roots = crate::source::cgroup::CgroupRoots {
+            proc_root: proc_root.path().to_path_buf(),
+            host_root: host.path().to_path_buf(),
+        };
+        let dirs = crate::source::cgroup::locate(&roots, pid).unwrap();
+        assert!(matches!(&dirs, CgroupDirs::V2(d) if d == &view), "{dirs:?}");
+        let mut oom = OomCounter::default();
+        oom.follow(&dirs);
+        assert!(
+            oom.parent.is_none(),
+            "the pod cgroup is out of the namespace's view"
+        );
+        assert_eq!(oom.total(), Some(0), "the 3 earlier kills are history");
+        // Counted: a kill in the container's cgroup while attached, and the one that ends the target when
+        // the cgroup is still readable at the exit.
+        events(&view, 4);
+        assert_eq!(oom.poll(true), 1);
+        events(&view, 5);
+        assert_eq!(oom.poll(false), 1);
+        // Not counted: the restarted container's fresh cgroup already holds a kill of an instance vitals
+        // never saw (no parent counter covers it), and the kernel answers ENODEV for a removed cgroup's
+        // files, which a regular file cannot imitate here: such a kill is lost as well.
+        let pid2 = pid + 1;
+        let pdir2 = proc_root.path().join(pid2.to_string());
+        let view2 = pdir2.join("root/sys/fs/cgroup");
+        std::fs::create_dir_all(&view2).unwrap();
+        std::fs::write(pdir2.join("cgroup"), "0::/../c2\n").unwrap();
+        std::fs::write(view2.join("cgroup.procs"), format!("{pid2}\n")).unwrap();
+        events(&view2, 1);
+        oom.poll(false);
+        oom.follow(&crate::source::cgroup::locate(&roots, pid2).unwrap());
+        assert_eq!(oom.total(), Some(2));
     }
 }

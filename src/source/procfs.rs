@@ -648,15 +648,35 @@ pub fn read_comm(proc_root: &Path, pid: u32) -> io::Result<String> {
     Ok(String::from_utf8_lossy(&raw).trim_end().to_owned())
 }
 
-/// The command line of a process, arguments joined by spaces.
-pub fn read_cmdline(proc_root: &Path, pid: u32) -> io::Result<String> {
-    let raw = std::fs::read(proc_root.join(pid.to_string()).join("cmdline"))?;
-    let s: Vec<String> = raw
-        .split(|&b| b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
-    Ok(s.join(" "))
+/// The command line of a process, one string per argument; empty when it cannot be read (an exited
+/// process, a kernel thread).
+pub fn read_argv(proc_root: &Path, pid: u32) -> Vec<String> {
+    std::fs::read(proc_root.join(pid.to_string()).join("cmdline"))
+        .map(|raw| {
+            raw.split(|&b| b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The effective uid of a process, from the `Uid:` line of `/proc/PID/status` (or any status file, such
+/// as `/proc/self/status`); None when it cannot be read.
+pub fn effective_uid_in(status: &Path) -> Option<u32> {
+    std::fs::read_to_string(status)
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// The effective uid of process `pid`; see [`effective_uid_in`].
+pub fn effective_uid(proc_root: &Path, pid: u32) -> Option<u32> {
+    effective_uid_in(&proc_root.join(pid.to_string()).join("status"))
 }
 
 /// Boot time (Unix seconds) from /proc/stat `btime`.
@@ -684,6 +704,25 @@ pub fn kernel_units() -> (u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn effective_uid_is_the_second_uid_field_and_argv_splits_on_nul() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("42");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("status"),
+            "Name:\tapp\nUid:\t1000\t1001\t1002\t1003\nGid:\t5\t5\t5\t5\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("cmdline"), b"java\0-jar\0app.jar\0").unwrap();
+        assert_eq!(effective_uid(root.path(), 42), Some(1001));
+        assert_eq!(effective_uid(root.path(), 43), None, "no such process");
+        assert_eq!(read_argv(root.path(), 42), ["java", "-jar", "app.jar"]);
+        assert!(read_argv(root.path(), 43).is_empty());
+        std::fs::write(dir.join("status"), "Name:\tapp\nUid:\tx\n").unwrap();
+        assert_eq!(effective_uid(root.path(), 42), None, "unparsable uid");
+    }
 
     fn fixture(name: &str) -> Vec<u8> {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))

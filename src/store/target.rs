@@ -273,7 +273,7 @@ impl Collector for TargetStore {
             out.push(
                 Family::new(
                     "vitals_cgroup_memory_oom_kills",
-                    "OOM kills of the target's cgroup, counted across the target's restarts",
+                    "OOM kills of the target's cgroup, counted across the target's restarts (for a target in another cgroup namespace, only kills read before its cgroup is removed)",
                     "",
                     MetricKind::Counter,
                 )

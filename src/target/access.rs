@@ -5,6 +5,8 @@
 use std::io::ErrorKind;
 use std::path::Path;
 
+use crate::source::procfs::effective_uid_in;
+
 /// A protected file, what vitals loses without it.
 const PROTECTED: [(&str, &str); 3] = [
     ("io", "process_disk_io_bytes_total"),
@@ -36,9 +38,9 @@ pub fn denied_report(proc_root: &Path, pid: u32) -> Option<String> {
     if denied.is_empty() {
         return None;
     }
-    let target_uid = uid(&dir.join("status"), 0);
+    let target_uid = uid_text(effective_uid_in(&dir.join("status")));
     // vitals' own effective uid, the one the kernel's ptrace access check compares.
-    let own_uid = uid(Path::new("/proc/self/status"), 1);
+    let own_uid = uid_text(effective_uid_in(Path::new("/proc/self/status")));
     let files: Vec<String> = denied
         .iter()
         .map(|(f, _)| format!("/proc/{pid}/{f}"))
@@ -53,16 +55,9 @@ pub fn denied_report(proc_root: &Path, pid: u32) -> Option<String> {
     ))
 }
 
-/// Field `index` (0 real, 1 effective) of the `Uid:` line of a status file, or `?`.
-fn uid(status: &Path, index: usize) -> String {
-    std::fs::read_to_string(status)
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|v| v.split_whitespace().nth(index).map(str::to_owned))
-        })
-        .unwrap_or_else(|| "?".to_owned())
+/// A uid for the log, `?` when it could not be read.
+fn uid_text(uid: Option<u32>) -> String {
+    uid.map_or_else(|| "?".to_owned(), |u| u.to_string())
 }
 
 #[cfg(test)]

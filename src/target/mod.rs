@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use regex::Regex;
 
-use crate::source::procfs::{parse_stat, read_comm};
+use crate::source::procfs::{parse_stat, read_argv, read_comm};
 
 /// How the target is chosen.
 #[derive(Debug, Clone)]
@@ -88,8 +88,9 @@ pub fn identify(proc_root: &Path, pid: u32) -> Option<TargetId> {
 pub struct Found {
     /// The chosen target, if any.
     pub target: Option<TargetId>,
-    /// Other matching processes that were passed over (for a log line).
-    pub passed_over: Vec<u32>,
+    /// Other matching processes that were passed over, by identity: a pid alone may be reused by a
+    /// restart of the target.
+    pub passed_over: Vec<TargetId>,
     /// True when another match was as good a choice as the target (the oldest was taken): worth a warning.
     pub ambiguous: bool,
     /// Matches that only wrap the program (a shell, `timeout`, `env`, …) while nothing else matched: vitals
@@ -191,17 +192,6 @@ fn match_kind(re: &Regex, comm: &str, exe: Option<&str>, argv: &[String]) -> Mat
     }
 }
 
-fn read_argv(proc_root: &Path, pid: u32) -> Vec<String> {
-    std::fs::read(proc_root.join(pid.to_string()).join("cmdline"))
-        .map(|raw| {
-            raw.split(|&b| b == 0)
-                .filter(|a| !a.is_empty())
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// Picks among the processes that match: the program itself before a process that merely has the
 /// pattern in its arguments, and never a wrapper (shell, `timeout`, …) while anything else matches; among
 /// equals the oldest, flagged as ambiguous.
@@ -249,7 +239,7 @@ fn search_regex(re: &Regex, proc_root: &Path) -> Result<Found, SearchError> {
     let target = it.next();
     Ok(Found {
         target,
-        passed_over: it.map(|t| t.pid).collect(),
+        passed_over: it.collect(),
         ambiguous,
         wrappers_only: vec![],
     })
@@ -280,7 +270,6 @@ fn runtime_of(exe_name: &str) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use crate::source::procfs::read_cmdline;
 
     #[test]
     fn runtime_names() {
@@ -291,6 +280,10 @@ mod tests {
     }
 
     use super::*;
+
+    fn pids_of(ids: &[TargetId]) -> Vec<u32> {
+        ids.iter().map(|t| t.pid).collect()
+    }
 
     fn argv(line: &str) -> Vec<String> {
         line.split(' ').map(str::to_owned).collect()
@@ -365,10 +358,7 @@ mod tests {
             .unwrap();
         // spawn() returns once exec has begun, before the new argv is mapped: wait until it shows.
         for _ in 0..200 {
-            if read_cmdline(Path::new("/proc"), b.id())
-                .map(|c| !c.is_empty())
-                .unwrap_or(false)
-            {
+            if !read_argv(Path::new("/proc"), b.id()).is_empty() {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
@@ -383,7 +373,7 @@ mod tests {
             a.id(),
             b.id()
         );
-        assert_eq!(found.passed_over, vec![b.id()]);
+        assert_eq!(pids_of(&found.passed_over), vec![b.id()]);
         // The test binary's own cmdline does not hold the pattern, but a pattern matching it must not pick it.
         let own = Regex::new(&regex::escape(
             &read_comm(Path::new("/proc"), std::process::id()).unwrap(),
