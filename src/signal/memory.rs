@@ -224,7 +224,7 @@ impl JvmLiveSet {
             .any(|c| collects_concurrently(&c.name.to_ascii_lowercase()));
         let mut cleaned = concurrent && fell;
         for c in &j.collectors {
-            let Some(p) = self.previous.iter().find(|p| p.name == c.name) else {
+            let Some(p) = self.previous.iter().find(|p| p.index == c.index) else {
                 continue;
             };
             let completed = match (c.last_exit_ticks, p.last_exit_ticks) {
@@ -234,8 +234,7 @@ impl JvmLiveSet {
             cleaned |= completed && !concurrent && (cleans_old_generation(&c.name) || fell);
         }
         self.previous.clone_from(&j.collectors);
-        // A collector name list is a handful of entries from the JVM; cap it all the same.
-        self.previous.truncate(16);
+        // At most 16 collectors: the parser reads indices below 16 only.
         self.old_used = Some(used);
         // Mid-pause the counters are being rewritten: keep the clean until no pause runs.
         self.pending_clean |= cleaned;
@@ -585,7 +584,8 @@ mod tests {
     }
 
     fn jvm(young: (u64, u64), full: (u64, u64), old_used: u64) -> JvmSample {
-        let c = |name: &str, (entry, exit): (u64, u64)| GcCollector {
+        let c = |index: usize, name: &str, (entry, exit): (u64, u64)| GcCollector {
+            index,
             name: name.into(),
             invocations: entry,
             time_ticks: exit,
@@ -595,8 +595,8 @@ mod tests {
         JvmSample {
             frequency: 1000,
             collectors: vec![
-                c("Parallel young collection pauses", young),
-                c("Parallel full collection pauses", full),
+                c(0, "Parallel young collection pauses", young),
+                c(1, "Parallel full collection pauses", full),
             ],
             old_used: Some(old_used),
             old_max: Some(1 << 30),
@@ -640,6 +640,7 @@ mod tests {
         JvmSample {
             frequency: 1000,
             collectors: vec![GcCollector {
+                index: 2,
                 name: "Z concurrent cycle pauses".into(),
                 invocations: pauses,
                 time_ticks: pauses,

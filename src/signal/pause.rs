@@ -15,10 +15,12 @@ use crate::store::{Collector, Family, MetricKind, Value};
 pub const MAX_WINDOW: Duration = Duration::from_secs(60);
 
 /// Concurrent collector cycles run beside the application and are not pauses: "G1 Concurrent GC",
-/// "ZGC Cycles", "ZGC Major Cycles", "Shenandoah Cycles". Their "… Pauses" twins are pauses.
+/// "ZGC Cycles", "ZGC Major Cycles", "Shenandoah Cycles" (JMX/OTLP names) and hsperfdata's "Shenandoah
+/// concurrent phases". Their "… Pauses" twins are pauses, and so is hsperfdata's "Z concurrent cycle
+/// pauses" (JDK 17 ZGC). Case does not matter: hsperfdata writes these names in lower case.
 pub fn is_concurrent_cycle(jvm_gc_name: &str) -> bool {
-    !jvm_gc_name.contains("Pauses")
-        && (jvm_gc_name.contains("Concurrent") || jvm_gc_name.ends_with("Cycles"))
+    let n = jvm_gc_name.to_ascii_lowercase();
+    !n.contains("pauses") && (n.contains("concurrent") || n.ends_with("cycles"))
 }
 
 /// An OTLP runtime metric that carries GC pauses.
@@ -113,7 +115,8 @@ struct State {
     max: HashMap<(String, &'static str), MaxWindow>,
     safepoints: Option<(u64, f64)>,
     event_loop: Vec<(&'static str, f64)>,
-    jvm_previous: HashMap<String, GcCollector>,
+    /// Last reading per hsperfdata collector index (below 16, so at most 16 entries).
+    jvm_previous: HashMap<usize, GcCollector>,
     jvm_clock: JvmClock,
     /// Pause metrics (Prometheus names, from the fixed table) that have had series.
     metrics_seen: HashSet<String>,
@@ -381,6 +384,11 @@ impl PauseSignal {
         let jvm_now = st.jvm_clock.observe(now, j);
         let mut longest: Option<f64> = None;
         for c in &j.collectors {
+            // Time in concurrent phases (Shenandoah's "concurrent phases") is not pause time: like the
+            // OTLP path, neither the totals nor the longest pause count it.
+            if is_concurrent_cycle(&c.name) {
+                continue;
+            }
             let seconds = c.time_ticks as f64 / hz;
             st.totals.insert(
                 ("jvm".into(), c.name.clone(), "hsperfdata"),
@@ -389,11 +397,7 @@ impl PauseSignal {
                     count: Some(c.invocations),
                 },
             );
-            // Collector names come from the JVM: a handful per JVM, cleared with the target.
-            if st.jvm_previous.len() >= 16 && !st.jvm_previous.contains_key(&c.name) {
-                continue;
-            }
-            if let Some(prev) = st.jvm_previous.insert(c.name.clone(), c.clone()) {
+            if let Some(prev) = st.jvm_previous.insert(c.index, c.clone()) {
                 if let Some(p) = longest_pause_since(&prev, c, hz, jvm_now) {
                     longest = Some(longest.map_or(p, |x: f64| x.max(p)));
                 }
@@ -547,6 +551,7 @@ mod tests {
             "ZGC Cycles",
             "ZGC Major Cycles",
             "Shenandoah Cycles",
+            "Shenandoah concurrent phases",
         ] {
             assert!(is_concurrent_cycle(n), "{n}");
         }
@@ -557,6 +562,10 @@ mod tests {
             "ZGC Major Pauses",
             "Shenandoah Pauses",
             "PS MarkSweep",
+            "Z concurrent cycle pauses",
+            "Shenandoah pauses",
+            "Shenandoah full",
+            "G1 stop-the-world full collections",
         ] {
             assert!(!is_concurrent_cycle(n), "{n}");
         }
@@ -603,6 +612,7 @@ mod tests {
         let sample = |n: u64, ticks: u64| JvmSample {
             frequency: 1000,
             collectors: vec![GcCollector {
+                index: 0,
                 name: "G1 young collection pauses".into(),
                 invocations: n,
                 time_ticks: ticks,
@@ -638,8 +648,75 @@ mod tests {
             .all(|f| f.series.is_empty() || f.name != "vitals_gc_pause_seconds"));
     }
 
+    /// A Shenandoah concurrent phase running for 3 s beside a 2 ms pause: the pause max and totals show the
+    /// pause only; ZGC's "Z concurrent cycle pauses" are pauses and count.
+    #[test]
+    fn running_concurrent_phase_is_not_a_pause() {
+        let p = PauseSignal::new();
+        let t0 = Instant::now();
+        let at = |index: usize, name: &str, n: u64, time: u64, entry: u64, exit: u64| GcCollector {
+            index,
+            name: name.into(),
+            invocations: n,
+            time_ticks: time,
+            last_entry_ticks: Some(entry),
+            last_exit_ticks: Some(exit),
+        };
+        let sample = |hrt: u64, phase: GcCollector, pause: GcCollector| JvmSample {
+            frequency: 1000,
+            hrt_ticks: Some(hrt),
+            collectors: vec![phase, pause],
+            ..Default::default()
+        };
+        p.update_from_hsperf(
+            Some(&sample(
+                1_000,
+                at(0, "Shenandoah concurrent phases", 4, 400, 900, 950),
+                at(1, "Shenandoah pauses", 8, 8, 960, 961),
+            )),
+            t0,
+        );
+        // 3 s later the phase that began at 1_000 still runs; one pause of 2 ms ended.
+        p.update_from_hsperf(
+            Some(&sample(
+                4_000,
+                at(0, "Shenandoah concurrent phases", 5, 400, 1_000, 950),
+                at(1, "Shenandoah pauses", 9, 10, 3_000, 3_002),
+            )),
+            t0 + Duration::from_secs(3),
+        );
+        let mut out = Vec::new();
+        p.collect(&mut out);
+        let get = |name: &str| {
+            out.iter()
+                .find(|f| f.name == name)
+                .map(|f| f.series.iter().map(|s| s.value.clone()).collect::<Vec<_>>())
+                .unwrap_or_default()
+        };
+        assert_eq!(get("vitals_gc_pause_max_seconds"), [Value::Gauge(0.002)]);
+        assert_eq!(get("vitals_gc_pause_seconds"), [Value::Counter(0.010)]);
+
+        let z = PauseSignal::new();
+        let zgc = |n: u64, time: u64, entry: u64, exit: u64| JvmSample {
+            frequency: 1000,
+            hrt_ticks: Some(exit.max(entry)),
+            collectors: vec![at(2, "Z concurrent cycle pauses", n, time, entry, exit)],
+            ..Default::default()
+        };
+        z.update_from_hsperf(Some(&zgc(3, 3, 100, 101)), t0);
+        z.update_from_hsperf(Some(&zgc(4, 7, 200, 204)), t0 + Duration::from_secs(1));
+        let mut out = Vec::new();
+        z.collect(&mut out);
+        let max = out
+            .iter()
+            .find(|f| f.name == "vitals_gc_pause_max_seconds")
+            .map(|f| f.series.iter().map(|s| s.value.clone()).collect::<Vec<_>>());
+        assert_eq!(max, Some(vec![Value::Gauge(0.004)]));
+    }
+
     fn gc(n: u64, time: u64, entry: u64, exit: u64) -> GcCollector {
         GcCollector {
+            index: 0,
             name: "Serial full collection pauses".into(),
             invocations: n,
             time_ticks: time,
