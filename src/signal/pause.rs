@@ -285,8 +285,11 @@ impl PauseSignal {
             // A series first seen after others of its metric began while vitals watched: all it holds is new.
             let metric_known = st.metrics_seen.contains(&m.prom);
             let mut any = false;
-            app.visit(&m.prom, |labels, reading| {
+            app.visit_with_start(&m.prom, |labels, reading, start_unix_nano| {
                 any = true;
+                // Every observation since its start is new when the series is known to hold no history:
+                // it appeared after others of its metric while vitals watched, or began counting after.
+                let all_new = metric_known || start_unix_nano >= self.started_unix_nano;
                 let collector = match &m.collector_label {
                     Some(l) => labels
                         .iter()
@@ -306,7 +309,7 @@ impl PauseSignal {
                         buckets,
                         sum,
                         count,
-                        start_unix_nano,
+                        ..
                     } => {
                         let t = st.totals.entry(key).or_default();
                         t.seconds += sum * m.scale;
@@ -323,10 +326,7 @@ impl PauseSignal {
                             // New to vitals, or restarted (its count went down): every observation
                             // since its start is new when that start is known to be after vitals began
                             // watching; otherwise it may hold hours of history, not the last minute.
-                            _ if metric_known
-                                || previous.is_some()
-                                || start_unix_nano >= self.started_unix_nano =>
-                            {
+                            _ if all_new || previous.is_some() => {
                                 largest_new_bound(&[], &cumulative)
                             }
                             _ => None,
@@ -336,10 +336,16 @@ impl PauseSignal {
                     }
                     Reading::Number(total) => {
                         st.totals.entry(key).or_default().seconds += total * m.scale;
-                        let before = previous.map(|p| p.1).unwrap_or(total);
+                        // A counter of pause time: the growth since the last reading bounds the longest
+                        // pause. A first reading (or one after a reset) counts from zero only when it
+                        // holds no history, as for histograms above.
+                        let before = match previous {
+                            Some(p) if p.1 <= total => Some(p.1),
+                            _ if all_new || previous.is_some() => Some(0.0),
+                            _ => None,
+                        };
                         current.insert(series_key, (Vec::new(), total, 0));
-                        // A counter of pause time: the growth since the last reading bounds the longest pause.
-                        (total > before).then_some((total - before) * m.scale)
+                        before.filter(|b| total > *b).map(|b| (total - b) * m.scale)
                     }
                 };
                 if let Some(b) = bound {
@@ -905,6 +911,51 @@ mod tests {
         );
         p.update_from_otlp(&app, Instant::now());
         assert_eq!(otlp_max(&p), Some(0.5));
+    }
+
+    fn dotnet_pause_time(start: u64, total: f64) -> AppMetrics {
+        use opentelemetry_proto::tonic::metrics::v1::{
+            metric::Data, number_data_point, Metric, NumberDataPoint, Sum,
+        };
+        app_with(vec![Metric {
+            name: "dotnet.gc.pause.time".into(),
+            unit: "s".into(),
+            data: Some(Data::Sum(Sum {
+                data_points: vec![NumberDataPoint {
+                    start_time_unix_nano: start,
+                    time_unix_nano: start + 1,
+                    value: Some(number_data_point::Value::AsDouble(total)),
+                    ..Default::default()
+                }],
+                aggregation_temporality: 2,
+                is_monotonic: true,
+            })),
+            ..Default::default()
+        }])
+    }
+
+    /// A pause-time counter follows the histograms' rule: its first reading is history (nothing in the
+    /// max) when it began before vitals, and all new (its whole total bounds the longest pause) when after.
+    #[test]
+    fn first_reading_of_a_pause_time_counter() {
+        let p = PauseSignal::new();
+        p.update_from_otlp(&dotnet_pause_time(1, 7200.0), Instant::now());
+        assert_eq!(
+            otlp_max(&p),
+            Some(0.0),
+            "two hours of pauses are not one pause"
+        );
+        p.update_from_otlp(&dotnet_pause_time(1, 7200.3), Instant::now());
+        let got = otlp_max(&p).unwrap();
+        assert!(
+            (got - 0.3).abs() < 1e-6,
+            "growth since the last reading: {got}"
+        );
+
+        let p = PauseSignal::new();
+        let after = p.started_unix_nano + 1_000;
+        p.update_from_otlp(&dotnet_pause_time(after, 0.04), Instant::now());
+        assert_eq!(otlp_max(&p), Some(0.04));
     }
 
     #[test]
