@@ -451,9 +451,12 @@ impl Sampler {
         tracing::info!(pid = a.id.pid, old = %a.comm, %comm, runtime, "target exec'd another program");
         store.refresh_program(comm.clone(), runtime.to_owned());
         a.comm = comm;
+        a.is_jvm = runtime == "jvm";
         a.hsperf = None;
-        // The next tick looks for hsperfdata (the slow tier runs when ticks is a multiple of 10).
-        a.ticks = a.ticks.next_multiple_of(10);
+        a.hsperf_status = None;
+        // As at attach: the next tick looks for hsperfdata (the slow tier runs when ticks is a multiple of
+        // 10), and the new JVM gets the same start-up grace before an absent file is news.
+        a.ticks = 0;
     }
 
     fn try_attach(&mut self) {

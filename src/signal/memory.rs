@@ -179,26 +179,36 @@ struct Track {
 
 /// The JVM's live set from hsperfdata, which has no "used after GC" counter: the old generation's occupancy
 /// read right after a collection that cleaned the old generation, held until the next one. Current old
-/// occupancy is not it: garbage promoted between old collections would look like growth. A collection
-/// cleaned the old generation when it is a full, old or major collection (Serial, Parallel and G1 full
-/// collections, every ZGC and Shenandoah collection, whose single generation is the whole heap), or when
-/// old occupancy fell across it (G1 mixed collections, G1 remark/cleanup reclaiming empty regions; a young
-/// collection only promotes). Until the first such collection there is no value.
+/// occupancy is not it: garbage promoted between old collections would look like growth. A generational
+/// collection cleaned the old generation when it is a full, old or major collection (Serial, Parallel and G1
+/// full collections), or when old occupancy fell across it (G1 mixed collections, G1 remark/cleanup
+/// reclaiming empty regions; a young collection only promotes). ZGC and Shenandoah collect their single
+/// generation concurrently, between pauses: their pause counters (JDK 17 ZGC's "Z concurrent cycle pauses"
+/// counts Pause Mark Start, Mark End and Relocate Start) say nothing about reclaiming, so for them only a
+/// fall of occupancy counts, whenever it is seen. A clean seen while some pause is still running (its
+/// counters are being rewritten) is kept pending and taken at the first sample with no pause running. Until
+/// the first clean there is no value.
 #[derive(Debug, Default)]
 pub struct JvmLiveSet {
     previous: Vec<GcCollector>,
     old_used: Option<u64>,
     live: Option<u64>,
+    /// A clean completed while a pause was running: take the occupancy once none runs.
+    pending_clean: bool,
 }
 
-/// Collectors whose every collection cleans the old generation (or the only generation).
+/// Generational collectors whose every collection cleans the old generation.
 fn cleans_old_generation(collector: &str) -> bool {
     let n = collector.to_ascii_lowercase();
-    ["full", "old", "major", "marksweep", "compact", "shenandoah"]
+    ["full", "old", "major", "marksweep", "compact"]
         .iter()
         .any(|w| n.contains(w))
-        || n.starts_with("z ")
-        || n.contains("zgc")
+        && !collects_concurrently(&n)
+}
+
+/// ZGC and Shenandoah (lower-case name): single-generation collectors that reclaim between their pauses.
+fn collects_concurrently(lower_name: &str) -> bool {
+    lower_name.starts_with("z ") || lower_name.contains("zgc") || lower_name.contains("shenandoah")
 }
 
 impl JvmLiveSet {
@@ -207,27 +217,32 @@ impl JvmLiveSet {
     pub fn observe(&mut self, j: &JvmSample) -> Option<(f64, bool)> {
         let used = j.old_used?;
         let running = j.collectors.iter().any(|c| c.in_pause());
-        let mut cleaned = false;
+        let fell = self.old_used.is_some_and(|before| used < before);
+        let concurrent = j
+            .collectors
+            .iter()
+            .any(|c| collects_concurrently(&c.name.to_ascii_lowercase()));
+        let mut cleaned = concurrent && fell;
         for c in &j.collectors {
-            let Some(p) = self.previous.iter().find(|p| p.name == c.name) else {
+            let Some(p) = self.previous.iter().find(|p| p.index == c.index) else {
                 continue;
             };
             let completed = match (c.last_exit_ticks, p.last_exit_ticks) {
                 (Some(now), Some(before)) => now > before,
                 _ => c.time_ticks > p.time_ticks,
             };
-            let fell = self.old_used.is_some_and(|before| used < before);
-            cleaned |= completed && (cleans_old_generation(&c.name) || fell);
+            cleaned |= completed && !concurrent && (cleans_old_generation(&c.name) || fell);
         }
         self.previous.clone_from(&j.collectors);
-        // A collector name list is a handful of entries from the JVM; cap it all the same.
-        self.previous.truncate(16);
+        // At most 16 collectors: the parser reads indices below 16 only.
         self.old_used = Some(used);
-        // Mid-pause the counters are being rewritten: wait for the pause to end.
-        let fresh = cleaned && !running;
+        // Mid-pause the counters are being rewritten: keep the clean until no pause runs.
+        self.pending_clean |= cleaned;
+        let fresh = self.pending_clean && !running;
         if fresh {
             tracing::debug!(live_bytes = used, "JVM live set after an old collection");
             self.live = Some(used);
+            self.pending_clean = false;
         }
         self.live.map(|v| (v as f64, fresh))
     }
@@ -569,7 +584,8 @@ mod tests {
     }
 
     fn jvm(young: (u64, u64), full: (u64, u64), old_used: u64) -> JvmSample {
-        let c = |name: &str, (entry, exit): (u64, u64)| GcCollector {
+        let c = |index: usize, name: &str, (entry, exit): (u64, u64)| GcCollector {
+            index,
             name: name.into(),
             invocations: entry,
             time_ticks: exit,
@@ -579,8 +595,8 @@ mod tests {
         JvmSample {
             frequency: 1000,
             collectors: vec![
-                c("Parallel young collection pauses", young),
-                c("Parallel full collection pauses", full),
+                c(0, "Parallel young collection pauses", young),
+                c(1, "Parallel full collection pauses", full),
             ],
             old_used: Some(old_used),
             old_max: Some(1 << 30),
@@ -603,6 +619,54 @@ mod tests {
         assert_eq!(l.observe(&jvm((40, 41), (50, 52), 62)), Some((62.0, true)));
         // A young-named pause after which old occupancy fell (a G1 mixed collection) cleaned it too.
         assert_eq!(l.observe(&jvm((60, 61), (50, 52), 61)), Some((61.0, true)));
+    }
+
+    #[test]
+    fn full_collection_completed_while_a_young_pause_runs_is_taken_after_it() {
+        let mut l = JvmLiveSet::default();
+        assert_eq!(l.observe(&jvm((10, 11), (5, 6), 100)), None, "baseline");
+        // The full collection ended and a young pause began before the sample: wait for the young pause.
+        assert_eq!(l.observe(&jvm((30, 11), (20, 21), 55)), None);
+        // Young pause over, no new full collection and occupancy up by the promotion: the clean still counts.
+        assert_eq!(l.observe(&jvm((30, 31), (20, 21), 58)), Some((58.0, true)));
+        // Nothing pending any more: held from here on.
+        assert_eq!(l.observe(&jvm((40, 41), (20, 21), 70)), Some((58.0, false)));
+    }
+
+    /// JDK 17 ZGC's only hsperfdata collector (checked with `jcmd PID PerfCounter.print` on a
+    /// `-XX:+UseZGC` JVM: `sun.gc.collector.2.name="Z concurrent cycle pauses"`), one sample per entry.
+    fn zgc(pauses: u64, running: bool, used: u64) -> JvmSample {
+        let exit = pauses * 10;
+        JvmSample {
+            frequency: 1000,
+            collectors: vec![GcCollector {
+                index: 2,
+                name: "Z concurrent cycle pauses".into(),
+                invocations: pauses,
+                time_ticks: pauses,
+                last_entry_ticks: Some(if running { exit + 5 } else { exit - 1 }),
+                last_exit_ticks: Some(exit),
+            }],
+            old_used: Some(used),
+            old_max: Some(1 << 30),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn zgc_live_set_is_occupancy_after_it_fell_never_before_a_cycle() {
+        let mut l = JvmLiveSet::default();
+        assert_eq!(l.observe(&zgc(3, false, 100)), None, "baseline");
+        // Pause Mark Start and Mark End ended; occupancy still rising: not a live set.
+        assert_eq!(l.observe(&zgc(5, false, 180)), None);
+        // Relocate Start ended; relocation frees pages between pauses.
+        assert_eq!(l.observe(&zgc(6, false, 140)), Some((140.0, true)));
+        assert_eq!(l.observe(&zgc(6, false, 90)), Some((90.0, true)));
+        // The next cycle's Mark Start at a higher occupancy: the live set is held.
+        assert_eq!(l.observe(&zgc(7, false, 200)), Some((90.0, false)));
+        // A fall seen while a pause runs waits for it to end.
+        assert_eq!(l.observe(&zgc(9, true, 95)), Some((90.0, false)));
+        assert_eq!(l.observe(&zgc(9, false, 97)), Some((97.0, true)));
     }
 
     #[test]

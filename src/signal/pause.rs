@@ -15,10 +15,12 @@ use crate::store::{Collector, Family, MetricKind, Value};
 pub const MAX_WINDOW: Duration = Duration::from_secs(60);
 
 /// Concurrent collector cycles run beside the application and are not pauses: "G1 Concurrent GC",
-/// "ZGC Cycles", "ZGC Major Cycles", "Shenandoah Cycles". Their "… Pauses" twins are pauses.
+/// "ZGC Cycles", "ZGC Major Cycles", "Shenandoah Cycles" (JMX/OTLP names) and hsperfdata's "Shenandoah
+/// concurrent phases". Their "… Pauses" twins are pauses, and so is hsperfdata's "Z concurrent cycle
+/// pauses" (JDK 17 ZGC). Case does not matter: hsperfdata writes these names in lower case.
 pub fn is_concurrent_cycle(jvm_gc_name: &str) -> bool {
-    !jvm_gc_name.contains("Pauses")
-        && (jvm_gc_name.contains("Concurrent") || jvm_gc_name.ends_with("Cycles"))
+    let n = jvm_gc_name.to_ascii_lowercase();
+    !n.contains("pauses") && (n.contains("concurrent") || n.ends_with("cycles"))
 }
 
 /// An OTLP runtime metric that carries GC pauses.
@@ -113,7 +115,8 @@ struct State {
     max: HashMap<(String, &'static str), MaxWindow>,
     safepoints: Option<(u64, f64)>,
     event_loop: Vec<(&'static str, f64)>,
-    jvm_previous: HashMap<String, GcCollector>,
+    /// Last reading per hsperfdata collector index (below 16, so at most 16 entries).
+    jvm_previous: HashMap<usize, GcCollector>,
     jvm_clock: JvmClock,
     /// Pause metrics (Prometheus names, from the fixed table) that have had series.
     metrics_seen: HashSet<String>,
@@ -282,8 +285,11 @@ impl PauseSignal {
             // A series first seen after others of its metric began while vitals watched: all it holds is new.
             let metric_known = st.metrics_seen.contains(&m.prom);
             let mut any = false;
-            app.visit(&m.prom, |labels, reading| {
+            app.visit_with_start(&m.prom, |labels, reading, start_unix_nano| {
                 any = true;
+                // Every observation since its start is new when the series is known to hold no history:
+                // it appeared after others of its metric while vitals watched, or began counting after.
+                let all_new = metric_known || start_unix_nano >= self.started_unix_nano;
                 let collector = match &m.collector_label {
                     Some(l) => labels
                         .iter()
@@ -303,7 +309,7 @@ impl PauseSignal {
                         buckets,
                         sum,
                         count,
-                        start_unix_nano,
+                        ..
                     } => {
                         let t = st.totals.entry(key).or_default();
                         t.seconds += sum * m.scale;
@@ -320,10 +326,7 @@ impl PauseSignal {
                             // New to vitals, or restarted (its count went down): every observation
                             // since its start is new when that start is known to be after vitals began
                             // watching; otherwise it may hold hours of history, not the last minute.
-                            _ if metric_known
-                                || previous.is_some()
-                                || start_unix_nano >= self.started_unix_nano =>
-                            {
+                            _ if all_new || previous.is_some() => {
                                 largest_new_bound(&[], &cumulative)
                             }
                             _ => None,
@@ -333,10 +336,16 @@ impl PauseSignal {
                     }
                     Reading::Number(total) => {
                         st.totals.entry(key).or_default().seconds += total * m.scale;
-                        let before = previous.map(|p| p.1).unwrap_or(total);
+                        // A counter of pause time: the growth since the last reading bounds the longest
+                        // pause. A first reading (or one after a reset) counts from zero only when it
+                        // holds no history, as for histograms above.
+                        let before = match previous {
+                            Some(p) if p.1 <= total => Some(p.1),
+                            _ if all_new || previous.is_some() => Some(0.0),
+                            _ => None,
+                        };
                         current.insert(series_key, (Vec::new(), total, 0));
-                        // A counter of pause time: the growth since the last reading bounds the longest pause.
-                        (total > before).then_some((total - before) * m.scale)
+                        before.filter(|b| total > *b).map(|b| (total - b) * m.scale)
                     }
                 };
                 if let Some(b) = bound {
@@ -381,6 +390,11 @@ impl PauseSignal {
         let jvm_now = st.jvm_clock.observe(now, j);
         let mut longest: Option<f64> = None;
         for c in &j.collectors {
+            // Time in concurrent phases (Shenandoah's "concurrent phases") is not pause time: like the
+            // OTLP path, neither the totals nor the longest pause count it.
+            if is_concurrent_cycle(&c.name) {
+                continue;
+            }
             let seconds = c.time_ticks as f64 / hz;
             st.totals.insert(
                 ("jvm".into(), c.name.clone(), "hsperfdata"),
@@ -389,11 +403,7 @@ impl PauseSignal {
                     count: Some(c.invocations),
                 },
             );
-            // Collector names come from the JVM: a handful per JVM, cleared with the target.
-            if st.jvm_previous.len() >= 16 && !st.jvm_previous.contains_key(&c.name) {
-                continue;
-            }
-            if let Some(prev) = st.jvm_previous.insert(c.name.clone(), c.clone()) {
+            if let Some(prev) = st.jvm_previous.insert(c.index, c.clone()) {
                 if let Some(p) = longest_pause_since(&prev, c, hz, jvm_now) {
                     longest = Some(longest.map_or(p, |x: f64| x.max(p)));
                 }
@@ -547,6 +557,7 @@ mod tests {
             "ZGC Cycles",
             "ZGC Major Cycles",
             "Shenandoah Cycles",
+            "Shenandoah concurrent phases",
         ] {
             assert!(is_concurrent_cycle(n), "{n}");
         }
@@ -557,6 +568,10 @@ mod tests {
             "ZGC Major Pauses",
             "Shenandoah Pauses",
             "PS MarkSweep",
+            "Z concurrent cycle pauses",
+            "Shenandoah pauses",
+            "Shenandoah full",
+            "G1 stop-the-world full collections",
         ] {
             assert!(!is_concurrent_cycle(n), "{n}");
         }
@@ -603,6 +618,7 @@ mod tests {
         let sample = |n: u64, ticks: u64| JvmSample {
             frequency: 1000,
             collectors: vec![GcCollector {
+                index: 0,
                 name: "G1 young collection pauses".into(),
                 invocations: n,
                 time_ticks: ticks,
@@ -638,8 +654,75 @@ mod tests {
             .all(|f| f.series.is_empty() || f.name != "vitals_gc_pause_seconds"));
     }
 
+    /// A Shenandoah concurrent phase running for 3 s beside a 2 ms pause: the pause max and totals show the
+    /// pause only; ZGC's "Z concurrent cycle pauses" are pauses and count.
+    #[test]
+    fn running_concurrent_phase_is_not_a_pause() {
+        let p = PauseSignal::new();
+        let t0 = Instant::now();
+        let at = |index: usize, name: &str, n: u64, time: u64, entry: u64, exit: u64| GcCollector {
+            index,
+            name: name.into(),
+            invocations: n,
+            time_ticks: time,
+            last_entry_ticks: Some(entry),
+            last_exit_ticks: Some(exit),
+        };
+        let sample = |hrt: u64, phase: GcCollector, pause: GcCollector| JvmSample {
+            frequency: 1000,
+            hrt_ticks: Some(hrt),
+            collectors: vec![phase, pause],
+            ..Default::default()
+        };
+        p.update_from_hsperf(
+            Some(&sample(
+                1_000,
+                at(0, "Shenandoah concurrent phases", 4, 400, 900, 950),
+                at(1, "Shenandoah pauses", 8, 8, 960, 961),
+            )),
+            t0,
+        );
+        // 3 s later the phase that began at 1_000 still runs; one pause of 2 ms ended.
+        p.update_from_hsperf(
+            Some(&sample(
+                4_000,
+                at(0, "Shenandoah concurrent phases", 5, 400, 1_000, 950),
+                at(1, "Shenandoah pauses", 9, 10, 3_000, 3_002),
+            )),
+            t0 + Duration::from_secs(3),
+        );
+        let mut out = Vec::new();
+        p.collect(&mut out);
+        let get = |name: &str| {
+            out.iter()
+                .find(|f| f.name == name)
+                .map(|f| f.series.iter().map(|s| s.value.clone()).collect::<Vec<_>>())
+                .unwrap_or_default()
+        };
+        assert_eq!(get("vitals_gc_pause_max_seconds"), [Value::Gauge(0.002)]);
+        assert_eq!(get("vitals_gc_pause_seconds"), [Value::Counter(0.010)]);
+
+        let z = PauseSignal::new();
+        let zgc = |n: u64, time: u64, entry: u64, exit: u64| JvmSample {
+            frequency: 1000,
+            hrt_ticks: Some(exit.max(entry)),
+            collectors: vec![at(2, "Z concurrent cycle pauses", n, time, entry, exit)],
+            ..Default::default()
+        };
+        z.update_from_hsperf(Some(&zgc(3, 3, 100, 101)), t0);
+        z.update_from_hsperf(Some(&zgc(4, 7, 200, 204)), t0 + Duration::from_secs(1));
+        let mut out = Vec::new();
+        z.collect(&mut out);
+        let max = out
+            .iter()
+            .find(|f| f.name == "vitals_gc_pause_max_seconds")
+            .map(|f| f.series.iter().map(|s| s.value.clone()).collect::<Vec<_>>());
+        assert_eq!(max, Some(vec![Value::Gauge(0.004)]));
+    }
+
     fn gc(n: u64, time: u64, entry: u64, exit: u64) -> GcCollector {
         GcCollector {
+            index: 0,
             name: "Serial full collection pauses".into(),
             invocations: n,
             time_ticks: time,
@@ -828,6 +911,51 @@ mod tests {
         );
         p.update_from_otlp(&app, Instant::now());
         assert_eq!(otlp_max(&p), Some(0.5));
+    }
+
+    fn dotnet_pause_time(start: u64, total: f64) -> AppMetrics {
+        use opentelemetry_proto::tonic::metrics::v1::{
+            metric::Data, number_data_point, Metric, NumberDataPoint, Sum,
+        };
+        app_with(vec![Metric {
+            name: "dotnet.gc.pause.time".into(),
+            unit: "s".into(),
+            data: Some(Data::Sum(Sum {
+                data_points: vec![NumberDataPoint {
+                    start_time_unix_nano: start,
+                    time_unix_nano: start + 1,
+                    value: Some(number_data_point::Value::AsDouble(total)),
+                    ..Default::default()
+                }],
+                aggregation_temporality: 2,
+                is_monotonic: true,
+            })),
+            ..Default::default()
+        }])
+    }
+
+    /// A pause-time counter follows the histograms' rule: its first reading is history (nothing in the
+    /// max) when it began before vitals, and all new (its whole total bounds the longest pause) when after.
+    #[test]
+    fn first_reading_of_a_pause_time_counter() {
+        let p = PauseSignal::new();
+        p.update_from_otlp(&dotnet_pause_time(1, 7200.0), Instant::now());
+        assert_eq!(
+            otlp_max(&p),
+            Some(0.0),
+            "two hours of pauses are not one pause"
+        );
+        p.update_from_otlp(&dotnet_pause_time(1, 7200.3), Instant::now());
+        let got = otlp_max(&p).unwrap();
+        assert!(
+            (got - 0.3).abs() < 1e-6,
+            "growth since the last reading: {got}"
+        );
+
+        let p = PauseSignal::new();
+        let after = p.started_unix_nano + 1_000;
+        p.update_from_otlp(&dotnet_pause_time(after, 0.04), Instant::now());
+        assert_eq!(otlp_max(&p), Some(0.04));
     }
 
     #[test]

@@ -128,7 +128,9 @@ pub fn parse(buf: &[u8], mut f: impl FnMut(&str, Counter)) -> Result<(), HsperfE
 /// One GC collector's cumulative pauses.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Collector {
-    /// `sun.gc.collector.N.name`.
+    /// N in `sun.gc.collector.N.*` (below 16): what identifies the collector from sample to sample.
+    pub index: usize,
+    /// `sun.gc.collector.N.name`, or "collector N" when the JVM gave none.
     pub name: String,
     /// Collections (each one a stop-the-world pause).
     pub invocations: u64,
@@ -210,6 +212,14 @@ pub fn sample(buf: &[u8]) -> Result<JvmSample, HsperfError> {
     })?;
     if s.frequency == 0 {
         return Err(HsperfError::Format("no sun.os.hrt.frequency".into()));
+    }
+    // Indices the JVM skips (JDK 17 ZGC has only collector 2) leave empty slots; a collector with counters
+    // but no name still has pauses.
+    for (i, c) in s.collectors.iter_mut().enumerate() {
+        c.index = i;
+        if c.name.is_empty() && (c.last_exit_ticks.is_some() || c.invocations > 0) {
+            c.name = format!("collector {i}");
+        }
     }
     s.collectors.retain(|c| !c.name.is_empty());
     Ok(s)
@@ -535,6 +545,7 @@ mod tests {
             assert_eq!(
                 s.collectors[0],
                 Collector {
+                    index: 0,
                     name: "G1 incremental collections".into(),
                     invocations: 12,
                     time_ticks: 34_000_000,
@@ -547,6 +558,41 @@ mod tests {
             assert_eq!(s.old_used, Some(10 << 20));
             assert_eq!(s.old_max, Some(64 << 20));
         }
+    }
+
+    /// JDK 17 ZGC writes only collector 2 ("Z concurrent cycle pauses", seen with `jcmd PID
+    /// PerfCounter.print` on a `-XX:+UseZGC` JVM); a collector without a name keeps its pauses.
+    #[test]
+    fn skipped_indices_and_nameless_collectors() {
+        let img = image(
+            true,
+            &[
+                ("sun.os.hrt.frequency", Counter::Long(1_000_000_000)),
+                (
+                    "sun.gc.collector.2.name",
+                    Counter::Text("Z concurrent cycle pauses".into()),
+                ),
+                ("sun.gc.collector.2.invocations", Counter::Long(27)),
+                ("sun.gc.collector.2.time", Counter::Long(177_043)),
+                (
+                    "sun.gc.collector.2.lastExitTime",
+                    Counter::Long(4_044_919_802),
+                ),
+                ("sun.gc.collector.5.invocations", Counter::Long(3)),
+                ("sun.gc.collector.5.lastExitTime", Counter::Long(7)),
+                ("sun.gc.collector.16.invocations", Counter::Long(1)),
+            ],
+        );
+        let s = sample(&img).unwrap();
+        let got: Vec<(usize, &str, u64)> = s
+            .collectors
+            .iter()
+            .map(|c| (c.index, c.name.as_str(), c.invocations))
+            .collect();
+        assert_eq!(
+            got,
+            [(2, "Z concurrent cycle pauses", 27), (5, "collector 5", 3)]
+        );
     }
 
     #[test]

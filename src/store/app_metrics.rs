@@ -842,6 +842,16 @@ impl AppMetrics {
     /// Calls `f` with every live series of the metric stored under Prometheus name `name` (the overflow
     /// series included, with its marker label).
     pub fn visit(&self, name: &str, mut f: impl FnMut(&[(String, String)], Reading<'_>)) {
+        self.visit_with_start(name, |labels, reading, _| f(labels, reading));
+    }
+
+    /// As [`AppMetrics::visit`], also passing when each series began counting (Unix ns; 0 when unknown),
+    /// for counters too (a cumulative pause-time counter's first reading may hold hours of history).
+    pub fn visit_with_start(
+        &self,
+        name: &str,
+        mut f: impl FnMut(&[(String, String)], Reading<'_>, u64),
+    ) {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let Some(fam) = inner.families.get(name) else {
             return;
@@ -853,7 +863,7 @@ impl AppMetrics {
             .chain(fam.series.overflow().map(|p| (&overflow, p)));
         for (labels, p) in rows {
             match &p.state {
-                State::Number(v) => f(labels, Reading::Number(*v)),
+                State::Number(v) => f(labels, Reading::Number(*v), p.start),
                 State::Histogram {
                     buckets,
                     sum,
@@ -866,6 +876,7 @@ impl AppMetrics {
                         count: *count,
                         start_unix_nano: p.start,
                     },
+                    p.start,
                 ),
                 State::Summary { .. } => {}
             }
