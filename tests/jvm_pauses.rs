@@ -7,15 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{require_tool, Vitals};
-
-struct Jvm(std::process::Child);
-impl Drop for Jvm {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{require_tool, Jvm, Vitals};
 
 fn jstat_gc(pid: u32) -> std::collections::HashMap<String, f64> {
     let out = Command::new(require_tool(
@@ -40,16 +32,7 @@ fn jstat_gc(pid: u32) -> std::collections::HashMap<String, f64> {
 
 #[test]
 fn hsperfdata_pauses_match_jstat() {
-    let javac = require_tool("javac", "apt-get install -y openjdk-17-jdk-headless");
-    let classes = tempfile::tempdir().unwrap();
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/children/Churn.java");
-    let ok = Command::new(javac)
-        .arg("-d")
-        .arg(classes.path())
-        .arg(src)
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    let classes = common::compile_java("Churn");
     let mut child = Command::new(require_tool(
         "java",
         "apt-get install -y openjdk-17-jdk-headless",
@@ -187,17 +170,7 @@ fn full_gc_view(e: &common::Exposition) -> Option<FullGcView> {
 #[test]
 fn long_pauses_show_while_running_and_exactly_after() {
     use std::io::Write;
-    let javac = require_tool("javac", "apt-get install -y openjdk-17-jdk-headless");
-    let classes = tempfile::tempdir().unwrap();
-    let src =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/children/LongPauses.java");
-    assert!(Command::new(javac)
-        .arg("-d")
-        .arg(classes.path())
-        .arg(src)
-        .status()
-        .unwrap()
-        .success());
+    let classes = common::compile_java("LongPauses");
     let gc_log = classes.path().join("gc.log");
     let mut child = Command::new(require_tool(
         "java",
@@ -355,17 +328,7 @@ fn long_pauses_show_while_running_and_exactly_after() {
 }
 
 fn churn_classes() -> tempfile::TempDir {
-    let javac = require_tool("javac", "apt-get install -y openjdk-17-jdk-headless");
-    let classes = tempfile::tempdir().unwrap();
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/children/Churn.java");
-    assert!(Command::new(javac)
-        .arg("-d")
-        .arg(classes.path())
-        .arg(src)
-        .status()
-        .unwrap()
-        .success());
-    classes
+    common::compile_java("Churn")
 }
 
 /// A JVM started with `flags` that churns briefly and then idles.
@@ -524,17 +487,7 @@ fn hsperfdata_status_says_why_and_refuses_stale_files() {
 #[test]
 fn short_g1_pauses_are_exact_from_the_first() {
     use std::io::Write;
-    let javac = require_tool("javac", "apt-get install -y openjdk-17-jdk-headless");
-    let classes = tempfile::tempdir().unwrap();
-    let src =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/children/LongPauses.java");
-    assert!(Command::new(javac)
-        .arg("-d")
-        .arg(classes.path())
-        .arg(src)
-        .status()
-        .unwrap()
-        .success());
+    let classes = common::compile_java("LongPauses");
     let gc_log = classes.path().join("gc.log");
     let mut child = Command::new(require_tool(
         "java",

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{TestChild, Vitals};
+use common::{Jvm, TestChild, Vitals};
 
 const MIB: f64 = 1048576.0;
 
@@ -168,14 +168,6 @@ fn leak_verdict_waits_for_two_windows_and_ignores_warm_up_and_waves() {
     }
 }
 
-struct Jvm(std::process::Child);
-impl Drop for Jvm {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts tests/children/LiveSet.java under `gc` with a 32 MiB live set and a 16 MiB ring of chunks
 /// replaced at 32 MiB/s (promoted, then dead in the old generation), leaking `leak_kib_per_s`.
 fn live_set_jvm(classes: &std::path::Path, gc: &str, leak_kib_per_s: u32) -> Jvm {
@@ -213,16 +205,7 @@ fn live_set_jvm(classes: &std::path::Path, gc: &str, leak_kib_per_s: u32) -> Jvm
 /// 20s,40s, threshold 450 MB/h (see above).
 #[test]
 fn jvm_heap_is_the_live_set_after_old_collections() {
-    let javac = common::require_tool("javac", "apt-get install -y openjdk-17-jdk-headless");
-    let classes = tempfile::tempdir().unwrap();
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/children/LiveSet.java");
-    assert!(std::process::Command::new(javac)
-        .arg("-d")
-        .arg(classes.path())
-        .arg(src)
-        .status()
-        .unwrap()
-        .success());
+    let classes = common::compile_java("LiveSet");
     let cases = [
         ("Parallel, constant live set", "-XX:+UseParallelGC", 0),
         ("G1, constant live set", "-XX:+UseG1GC", 0),

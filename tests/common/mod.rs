@@ -586,3 +586,31 @@ pub fn start_prometheus_config(config: &str) -> Prometheus {
         _dir: dir,
     }
 }
+
+/// Compiles `tests/children/<class>.java` with the JDK's javac into a fresh temporary directory (the class
+/// path to run it from).
+pub fn compile_java(class: &str) -> tempfile::TempDir {
+    let javac = require_tool("javac", "apt-get install -y openjdk-17-jdk-headless");
+    let classes = tempfile::tempdir().expect("temporary directory");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/children")
+        .join(format!("{class}.java"));
+    let ok = Command::new(javac)
+        .arg("-d")
+        .arg(classes.path())
+        .arg(&src)
+        .status()
+        .expect("run javac");
+    assert!(ok.success(), "javac {}", src.display());
+    classes
+}
+
+/// A JVM child process, killed and reaped on drop.
+pub struct Jvm(pub Child);
+
+impl Drop for Jvm {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
