@@ -477,37 +477,15 @@ pub fn start_prometheus(target: &str, flags: &[&str]) -> Prometheus {
 
 /// Starts Prometheus scraping `target` every second and evaluating `rules` every second.
 pub fn start_prometheus_with_rules(target: &str, flags: &[&str], rules: &[&Path]) -> Prometheus {
-    let bin = require_tool("prometheus", "apt-get install -y prometheus");
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("prometheus.yml");
     let rules = rules
         .iter()
         .map(|r| format!("'{}'", r.display()))
         .collect::<Vec<_>>()
         .join(", ");
-    std::fs::write(
-        &cfg,
-        format!("global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\n  evaluation_interval: 1s\nrule_files: [{rules}]\nscrape_configs:\n  - job_name: vitals\n    static_configs:\n      - targets: ['{target}']\n"),
+    start_prometheus_config_with(
+        &format!("global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\n  evaluation_interval: 1s\nrule_files: [{rules}]\nscrape_configs:\n  - job_name: vitals\n    static_configs:\n      - targets: ['{target}']\n"),
+        flags,
     )
-    .unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
-    let child = Command::new(bin)
-        .arg(format!("--config.file={}", cfg.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address={addr}"))
-        .args(flags)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start prometheus");
-    Prometheus {
-        child,
-        addr,
-        _dir: dir,
-    }
 }
 
 /// The first value of an instant query, if any.
@@ -564,6 +542,11 @@ pub fn node_send(args: &[&str]) -> serde_json::Value {
 /// Starts Prometheus with a whole configuration file's text (for scrape jobs the helpers above do not
 /// write: TLS, basic auth, several jobs).
 pub fn start_prometheus_config(config: &str) -> Prometheus {
+    start_prometheus_config_with(config, &[])
+}
+
+/// Starts Prometheus with `config` as its whole configuration file and extra command-line `flags`.
+fn start_prometheus_config_with(config: &str, flags: &[&str]) -> Prometheus {
     let bin = require_tool("prometheus", "apt-get install -y prometheus");
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("prometheus.yml");
@@ -576,6 +559,7 @@ pub fn start_prometheus_config(config: &str) -> Prometheus {
             dir.path().join("data").display()
         ))
         .arg(format!("--web.listen-address={addr}"))
+        .args(flags)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
