@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
-use vitals::export::live::{LiveHub, HISTORY_SECONDS};
+use vitals::export::http::live::{LiveHub, HISTORY_SECONDS};
 use vitals::signal::hints::HintPolicy;
 use vitals::store::{Collector, Family, MetricKind, Registry, Value};
 

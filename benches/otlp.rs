@@ -15,9 +15,9 @@ use opentelemetry_proto::tonic::trace::v1::{
     span::SpanKind, ResourceSpans, ScopeSpans, Span, Status,
 };
 use prost::Message;
+use vitals::receiver::decode::{decode, Encoding};
+use vitals::receiver::{Ingest, OtlpLimits};
 use vitals::signal::latency::RedStore;
-use vitals::source::otlp::decode::{decode, Encoding};
-use vitals::source::otlp::{Ingest, OtlpLimits};
 use vitals::store::app_metrics::{AppMetrics, AppMetricsConfig};
 use vitals::store::limited::OverflowCounter;
 use vitals::store::logs::LogCounts;

@@ -10,9 +10,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use vitals::export::prometheus::{encode, Format};
-use vitals::source::cgroup::{locate, CgroupReader, CgroupRoots};
-use vitals::source::procfs::{ProcReader, ReadErrorSink};
-use vitals::source::ReadSource;
+use vitals::probe::cgroup::{locate, CgroupReader, CgroupRoots};
+use vitals::probe::procfs::{ProcReader, ReadErrorSink};
+use vitals::probe::ReadSource;
 use vitals::store::{Family, MetricKind, Value};
 
 struct Quiet;
@@ -116,17 +116,17 @@ fn bench_tick() {
     // (both address families every tenth tick, only the target's family in between).
     let listener = hold(&["--listen", "128"]);
     let lpid = listener.0.id();
-    let inodes = vitals::source::sockets::socket_inodes(proc_root, lpid).unwrap();
-    let mut diag = vitals::source::sockets::SockDiag::open().unwrap();
+    let inodes = vitals::probe::sockets::socket_inodes(proc_root, lpid).unwrap();
+    let mut diag = vitals::probe::sockets::SockDiag::open().unwrap();
     let found =
-        vitals::source::sockets::listen_sockets(Some(&mut diag), proc_root, lpid, &inodes, 4096);
+        vitals::probe::sockets::listen_sockets(Some(&mut diag), proc_root, lpid, &inodes, 4096);
     assert_eq!(
         found.len(),
         1,
         "the listener must be found for the figure to mean anything"
     );
     let (p50_sock, p90_sock) = time_each(2000, || {
-        std::hint::black_box(vitals::source::sockets::listen_sockets(
+        std::hint::black_box(vitals::probe::sockets::listen_sockets(
             Some(&mut diag),
             proc_root,
             lpid,
@@ -135,7 +135,7 @@ fn bench_tick() {
         ));
     });
     let (p50_inodes, _) = time_each(500, || {
-        std::hint::black_box(vitals::source::sockets::socket_inodes(proc_root, lpid).unwrap());
+        std::hint::black_box(vitals::probe::sockets::socket_inodes(proc_root, lpid).unwrap());
     });
     println!("  accept queues (sock_diag, kept socket, one family):    median {p50_sock:.1} µs, p90 {p90_sock:.1} µs");
     println!("  socket inode scan (every 10th tick, ~5 fds):           median {p50_inodes:.1} µs");

@@ -9,18 +9,18 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, TargetSpec};
+use crate::export::http::live::{self, LiveHub};
 use crate::export::http::{bind, serve, HttpState};
-use crate::export::live::{self, LiveHub};
 use crate::export::otlp::forward::Forwarder;
 use crate::export::self_metrics::ExporterStats;
+use crate::probe::cgroup::CgroupRoots;
+use crate::probe::procfs::{kernel_units, read_boot_time, PssPolicy};
+use crate::receiver::{self, Ingest, OtlpLimits};
 use crate::sampler::{Sampler, SamplerParts};
 use crate::signal::hints::HintPolicy;
 use crate::signal::latency::RedStore;
 use crate::signal::memory::MemoryGrowth;
 use crate::signal::Derived;
-use crate::source::cgroup::CgroupRoots;
-use crate::source::otlp::{self, Ingest, OtlpLimits};
-use crate::source::procfs::{kernel_units, read_boot_time, PssPolicy};
 use crate::store::app_metrics::{AppMetrics, AppMetricsConfig};
 use crate::store::limited::OverflowCounter;
 use crate::store::logs::LogCounts;
@@ -104,7 +104,9 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
     ));
 
     let web = match &config.web_config_file {
-        Some(path) => Some(Arc::new(crate::export::web_config::WebConfig::load(path)?)),
+        Some(path) => Some(Arc::new(crate::export::http::web_config::WebConfig::load(
+            path,
+        )?)),
         None => None,
     };
     let listener = bind(config.metrics_addr).await?;
@@ -177,14 +179,18 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
     tracing::info!(grpc = %shown(grpc_addr), http = %shown(http_addr), "OTLP receiver listening");
     let mut receivers = Vec::new();
     if let Some(l) = grpc_listener {
-        receivers.push(tokio::spawn(otlp::grpc::serve(
+        receivers.push(tokio::spawn(receiver::grpc::serve(
             l,
             ingest.clone(),
             shutdown.clone(),
         )));
     }
     if let Some(l) = http_listener {
-        receivers.push(tokio::spawn(otlp::http::serve(l, ingest, shutdown.clone())));
+        receivers.push(tokio::spawn(receiver::http::serve(
+            l,
+            ingest,
+            shutdown.clone(),
+        )));
     }
 
     let mut child = None;

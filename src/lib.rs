@@ -9,10 +9,10 @@
 pub mod app;
 pub mod config;
 pub mod export;
-pub mod http_server;
 pub mod logging;
+pub mod probe;
+pub mod receiver;
 pub mod sampler;
 pub mod signal;
-pub mod source;
 pub mod store;
 pub mod target;

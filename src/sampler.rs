@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::export::self_metrics::ExporterStats;
+use crate::probe::cgroup::{locate, CgroupReader, CgroupRoots, CgroupSample};
+use crate::probe::hsperf::{self, HsperfOwner, HsperfReader, HsperfStatus, JvmSample};
+use crate::probe::kept::KeptFile;
+use crate::probe::oom::OomCounter;
+use crate::probe::procfs::{read_comm, ProcReader, ProcSample, PssPolicy};
+use crate::probe::sockets::{listen_sockets, socket_inodes, somaxconn, ListenSocket, SockDiag};
 use crate::signal::{Derived, TickInputs};
-use crate::source::cgroup::{locate, CgroupReader, CgroupRoots, CgroupSample};
-use crate::source::hsperf::{self, HsperfOwner, HsperfReader, HsperfStatus, JvmSample};
-use crate::source::kept::KeptFile;
-use crate::source::oom::OomCounter;
-use crate::source::procfs::{read_comm, ProcReader, ProcSample, PssPolicy};
-use crate::source::sockets::{listen_sockets, socket_inodes, somaxconn, ListenSocket, SockDiag};
 use crate::store::app_metrics::AppMetrics;
 use crate::store::target::{ExitReason, KernelUnits, TargetInfo, TargetStore};
 use crate::target::status::TargetStatus;
@@ -317,9 +317,9 @@ impl Sampler {
                     report_hsperf_status(&self.derived, a, HsperfStatus::Reading);
                 }
                 Err(e) => {
-                    crate::source::procfs::ReadErrorSink::read_error(
+                    crate::probe::procfs::ReadErrorSink::read_error(
                         self.stats.as_ref(),
-                        crate::source::ReadSource::Hsperf,
+                        crate::probe::ReadSource::Hsperf,
                     );
                     report_hsperf_status(&self.derived, a, HsperfStatus::Unreadable(e.to_string()));
                 }
@@ -328,9 +328,9 @@ impl Sampler {
         if slow_tier {
             match socket_inodes(&self.proc_root, a.id.pid) {
                 Ok(i) => a.inodes = i,
-                Err(_) => crate::source::procfs::ReadErrorSink::read_error(
+                Err(_) => crate::probe::procfs::ReadErrorSink::read_error(
                     self.stats.as_ref(),
-                    crate::source::ReadSource::ProcFd,
+                    crate::probe::ReadSource::ProcFd,
                 ),
             }
         }
@@ -529,7 +529,7 @@ impl Sampler {
             }
             Err(e) => {
                 tracing::warn!(pid = id.pid, error = %e, "target cgroup not found; container metrics left out");
-                self.stats_error(crate::source::ReadSource::Cgroup);
+                self.stats_error(crate::probe::ReadSource::Cgroup);
                 None
             }
         };
@@ -564,7 +564,7 @@ impl Sampler {
             hsperf_owner: HsperfOwner {
                 pid: id.pid,
                 nspid,
-                uid: crate::source::procfs::effective_uid(&self.proc_root, id.pid),
+                uid: crate::probe::procfs::effective_uid(&self.proc_root, id.pid),
                 start_unix_ms: Some(
                     self.units.boot_time * 1000 + id.start_ticks * 1000 / self.units.hz.max(1),
                 ),
@@ -578,8 +578,8 @@ impl Sampler {
         });
     }
 
-    fn stats_error(&self, source: crate::source::ReadSource) {
-        use crate::source::procfs::ReadErrorSink;
+    fn stats_error(&self, source: crate::probe::ReadSource) {
+        use crate::probe::procfs::ReadErrorSink;
         self.stats.read_error(source);
     }
 

@@ -16,9 +16,9 @@ use opentelemetry_proto::tonic::metrics::v1::{
 };
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message;
-use vitals::source::otlp::cost::cost;
-use vitals::source::otlp::decode::{decode, Encoding};
-use vitals::source::otlp::Signal;
+use vitals::receiver::cost::cost;
+use vitals::receiver::decode::{decode, Encoding};
+use vitals::receiver::Signal;
 
 struct Counting;
 

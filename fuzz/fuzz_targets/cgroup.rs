@@ -3,7 +3,7 @@
 //! panic or an arithmetic overflow. The first byte picks the parser.
 #![no_main]
 
-use vitals::source::{cgroup, sockets};
+use vitals::probe::{cgroup, sockets};
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let Some((&which, buf)) = data.split_first() else {

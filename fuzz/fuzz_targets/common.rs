@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use vitals::signal::latency::RedStore;
-use vitals::source::otlp::{Ingest, OtlpLimits};
+use vitals::receiver::{Ingest, OtlpLimits};
 use vitals::store::app_metrics::{AppMetrics, AppMetricsConfig};
 use vitals::store::limited::OverflowCounter;
 use vitals::store::logs::LogCounts;
@@ -42,7 +42,7 @@ pub fn render() {
 macro_rules! otlp_target {
     ($ty:ty, $enc:ident, $method:ident) => {
         libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-            use vitals::source::otlp::decode::{decode, Encoding};
+            use vitals::receiver::decode::{decode, Encoding};
             if let Ok(req) = decode::<$ty>(data, Encoding::$enc) {
                 let _ = common::ingest().0.$method(&req);
                 common::render();

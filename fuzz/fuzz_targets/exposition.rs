@@ -10,9 +10,9 @@ mod common;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use vitals::export::prometheus::{encode, Format};
-use vitals::source::otlp::cost::cost;
-use vitals::source::otlp::decode::{decode, Encoding};
-use vitals::source::otlp::Signal;
+use vitals::receiver::cost::cost;
+use vitals::receiver::decode::{decode, Encoding};
+use vitals::receiver::Signal;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let Some((&selector, body)) = data.split_first() else {

@@ -2,5 +2,5 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let _ = vitals::source::hsperf::sample(data);
+    let _ = vitals::probe::hsperf::sample(data);
 });

@@ -3,5 +3,5 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let _ = vitals::source::pressure::parse_pressure(data);
+    let _ = vitals::probe::pressure::parse_pressure(data);
 });

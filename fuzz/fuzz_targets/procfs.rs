@@ -2,7 +2,7 @@
 //! a value or an error, never a panic or an arithmetic overflow. The first byte picks the parser.
 #![no_main]
 
-use vitals::source::procfs;
+use vitals::probe::procfs;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let Some((&which, buf)) = data.split_first() else {

@@ -2,8 +2,6 @@
 //! metrics.
 
 pub mod http;
-pub mod live;
 pub mod otlp;
 pub mod prometheus;
 pub mod self_metrics;
-pub mod web_config;

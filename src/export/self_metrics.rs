@@ -4,8 +4,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::source::procfs::{parse_stat, ReadErrorSink};
-use crate::source::ReadSource;
+use crate::probe::procfs::{parse_stat, ReadErrorSink};
+use crate::probe::ReadSource;
 use crate::store::{Collector, Family, MetricKind, Value};
 
 /// Counters the sources report into.

@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::source::hsperf::{Collector as GcCollector, JvmSample};
+use crate::probe::hsperf::{Collector as GcCollector, JvmSample};
 use crate::store::{Collector, Family, MetricKind, Value};
 
 const BUCKETS: usize = 30;

@@ -11,12 +11,12 @@ pub mod pool;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::source::cgroup::CgroupSample;
-use crate::source::hsperf::JvmSample;
-use crate::source::procfs::ProcSample;
-use crate::source::sockets::ListenSocket;
+use crate::export::prometheus::naming::{label_name, metric_name, InstrumentShape};
+use crate::probe::cgroup::CgroupSample;
+use crate::probe::hsperf::JvmSample;
+use crate::probe::procfs::ProcSample;
+use crate::probe::sockets::ListenSocket;
 use crate::store::app_metrics::{AppMetrics, Reading};
-use crate::store::naming::{label_name, metric_name, InstrumentShape};
 
 use memory::{JvmLiveSet, MemoryGrowth, MemoryReadings};
 use pause::PauseSignal;

@@ -6,9 +6,9 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::source::hsperf::{Collector as GcCollector, JvmSample};
+use crate::export::prometheus::naming::{label_name, metric_name, InstrumentShape};
+use crate::probe::hsperf::{Collector as GcCollector, JvmSample};
 use crate::store::app_metrics::{AppMetrics, Reading};
-use crate::store::naming::{label_name, metric_name, InstrumentShape};
 use crate::store::{Collector, Family, MetricKind, Value};
 
 /// How long `vitals_gc_pause_max_seconds` looks back.
@@ -427,7 +427,7 @@ impl PauseSignal {
         self.set_hsperf_status(None);
     }
 
-    /// Why the target's hsperfdata is or is not read (an [`crate::source::hsperf::HsperfStatus`]
+    /// Why the target's hsperfdata is or is not read (an [`crate::probe::hsperf::HsperfStatus`]
     /// reason), or None when there is nothing to say (no target, or not a JVM).
     pub fn set_hsperf_status(&self, reason: Option<&'static str>) {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());

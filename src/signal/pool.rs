@@ -6,11 +6,11 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 
-use crate::source::cgroup::CgroupSample;
-use crate::source::procfs::ProcSample;
-use crate::source::sockets::{BacklogSource, ListenSocket};
+use crate::export::prometheus::naming::{label_name, metric_name, InstrumentShape};
+use crate::probe::cgroup::CgroupSample;
+use crate::probe::procfs::ProcSample;
+use crate::probe::sockets::{BacklogSource, ListenSocket};
 use crate::store::app_metrics::{AppMetrics, Reading};
-use crate::store::naming::{label_name, metric_name, InstrumentShape};
 use crate::store::{Collector, Family, MetricKind, Value};
 
 /// One pool's figures.
@@ -312,7 +312,7 @@ impl Collector for PoolSignal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::procfs::Stat;
+    use crate::probe::procfs::Stat;
 
     #[test]
     fn process_and_cgroup_pools() {

@@ -19,8 +19,8 @@ use opentelemetry_proto::tonic::metrics::v1::{
 };
 
 use super::limited::{LimitedMap, OverflowCounter, OVERFLOW_LABEL};
-use super::naming::{label_name, metric_name, unit_word, InstrumentShape};
 use super::{Collector, Family, MetricKind, Value};
+use crate::export::prometheus::naming::{label_name, metric_name, unit_word, InstrumentShape};
 
 /// Limits and options of the app metric store.
 #[derive(Debug, Clone)]

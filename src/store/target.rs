@@ -4,10 +4,10 @@
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::source::cgroup::CgroupSample;
-use crate::source::pressure::RESOURCES;
-use crate::source::procfs::ProcSample;
-use crate::store::naming::{label_name, metric_name, InstrumentShape};
+use crate::export::prometheus::naming::{label_name, metric_name, InstrumentShape};
+use crate::probe::cgroup::CgroupSample;
+use crate::probe::pressure::RESOURCES;
+use crate::probe::procfs::ProcSample;
 use crate::store::{Collector, Family, MetricKind, Value};
 
 /// What is known of the attached target beyond its samples.
@@ -528,7 +528,7 @@ fn cgroup_families(b: &mut Builder<'_>, c: &CgroupSample) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::procfs::{Stat, Status};
+    use crate::probe::procfs::{Stat, Status};
 
     fn units() -> KernelUnits {
         KernelUnits {

@@ -5,7 +5,7 @@
 use std::io::ErrorKind;
 use std::path::Path;
 
-use crate::source::procfs::effective_uid_in;
+use crate::probe::procfs::effective_uid_in;
 
 /// A protected file, what vitals loses without it.
 const PROTECTED: [(&str, &str); 3] = [

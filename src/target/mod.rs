@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use regex::Regex;
 
-use crate::source::procfs::{parse_stat, read_argv, read_comm};
+use crate::probe::procfs::{parse_stat, read_argv, read_comm};
 
 /// How the target is chosen.
 #[derive(Debug, Clone)]
@@ -73,7 +73,7 @@ pub enum SearchError {
 }
 
 /// Reads the identity of `pid`, or None when no such live process exists (a zombie is not live, but a
-/// zombie main thread whose workers run is: see [`Stat::group_alive`](crate::source::procfs::Stat)).
+/// zombie main thread whose workers run is: see [`Stat::group_alive`](crate::probe::procfs::Stat)).
 pub fn identify(proc_root: &Path, pid: u32) -> Option<TargetId> {
     let raw = std::fs::read(proc_root.join(pid.to_string()).join("stat")).ok()?;
     let stat = parse_stat(&raw).ok().filter(|s| s.group_alive())?;

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, Semaphore};
 
 use super::upstream::{Answer, Sender, Upstream};
-use crate::source::otlp::{Onward, QueueFull, Signal};
+use crate::receiver::{Onward, QueueFull, Signal};
 use crate::store::{Collector, Family, MetricKind, Value};
 
 /// Forwarding settings.

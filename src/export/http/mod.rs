@@ -19,9 +19,13 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::live::stream::LiveBody;
+pub mod live;
+pub mod server;
+pub mod web_config;
+
+use self::live::stream::LiveBody;
+use self::web_config::WebConfig;
 use super::prometheus::{encode, Format};
-use super::web_config::WebConfig;
 use crate::store::{series_count, Family, MetricKind, Registry, Value};
 use crate::target::status::TargetStatus;
 
@@ -33,7 +37,7 @@ pub struct HttpState {
     /// The target's state: /readyz answers from it, / shows it.
     pub status: Arc<TargetStatus>,
     /// The live page's frames; `None` serves the page without a stream.
-    pub live: Option<Arc<super::live::LiveHub>>,
+    pub live: Option<Arc<self::live::LiveHub>>,
     /// TLS and basic auth from `--web-config-file`, if given.
     pub web: Option<Arc<WebConfig>>,
 }
@@ -59,7 +63,7 @@ fn landing(status: &TargetStatus) -> String {
             _ => escaped.push(c),
         }
     }
-    super::live::PAGE.replacen(TARGET_PLACEHOLDER, &escaped, 1)
+    self::live::PAGE.replacen(TARGET_PLACEHOLDER, &escaped, 1)
 }
 
 fn respond(
@@ -269,14 +273,14 @@ pub async fn serve(listener: TcpListener, state: HttpState, shutdown: Cancellati
             let live = state.live.clone();
             let r = handle(state, renderer, req).await?;
             Ok::<_, Infallible>(match (r.extensions().get::<OpenLiveStream>(), live) {
-                (Some(_), Some(hub)) => super::live::stream::open(&hub),
+                (Some(_), Some(hub)) => self::live::stream::open(&hub),
                 _ => r.map(LiveBody::Left),
             })
         }
     };
-    crate::http_server::serve(
+    crate::export::http::server::serve(
         listener,
-        crate::http_server::ConnectionLimits::METRICS,
+        crate::export::http::server::ConnectionLimits::METRICS,
         tls,
         "metrics",
         serve_one,

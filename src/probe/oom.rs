@@ -339,11 +339,11 @@ mod tests {
         std::fs::write(pdir.join("cgroup"), "0::/../c1\n").unwrap();
         std::fs::write(view.join("cgroup.procs"), format!("1\n{pid}\n")).unwrap();
         events(&view, 3);
-        let roots = crate::source::cgroup::CgroupRoots {
+        let roots = crate::probe::cgroup::CgroupRoots {
             proc_root: proc_root.path().to_path_buf(),
             host_root: host.path().to_path_buf(),
         };
-        let dirs = crate::source::cgroup::locate(&roots, pid).unwrap();
+        let dirs = crate::probe::cgroup::locate(&roots, pid).unwrap();
         assert!(matches!(&dirs, CgroupDirs::V2(d) if d == &view), "{dirs:?}");
         let mut oom = OomCounter::default();
         oom.follow(&dirs);
@@ -369,7 +369,7 @@ mod tests {
         std::fs::write(view2.join("cgroup.procs"), format!("{pid2}\n")).unwrap();
         events(&view2, 1);
         oom.poll(false);
-        oom.follow(&crate::source::cgroup::locate(&roots, pid2).unwrap());
+        oom.follow(&crate::probe::cgroup::locate(&roots, pid2).unwrap());
         assert_eq!(oom.total(), Some(2));
     }
 }

@@ -1,6 +1,8 @@
 //! Prometheus exposition: the classic text format (0.0.4) by default and OpenMetrics 1.0 (with exemplars)
 //! when the scraper asks for it. Every label value and help text is escaped here, whatever its origin.
 
+pub mod naming;
+
 use std::fmt::Write;
 
 use crate::store::{Exemplar, Family, MetricKind, Value};

@@ -113,16 +113,14 @@ mod tests {
         let r = gunzip(&bomb, 64 << 20, |n| {
             charged += n;
             if charged > 256 << 10 {
-                Err(crate::source::otlp::OverBudget::Busy)
+                Err(crate::receiver::OverBudget::Busy)
             } else {
                 Ok(())
             }
         });
         assert_eq!(
             r,
-            Err(DecodeError::OverBudget(
-                crate::source::otlp::OverBudget::Busy
-            ))
+            Err(DecodeError::OverBudget(crate::receiver::OverBudget::Busy))
         );
     }
 

@@ -407,9 +407,9 @@ pub fn logs_response(p: Partial) -> ExportLogsServiceResponse {
 
 /// Serves OTLP/HTTP until `shutdown`, letting in-flight requests finish for up to a second.
 pub async fn serve(listener: TcpListener, ingest: Arc<Ingest>, shutdown: CancellationToken) {
-    crate::http_server::serve(
+    crate::export::http::server::serve(
         listener,
-        crate::http_server::ConnectionLimits::OTLP,
+        crate::export::http::server::ConnectionLimits::OTLP,
         None,
         "otlp-http",
         move |req| handle(ingest.clone(), req),

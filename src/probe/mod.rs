@@ -4,7 +4,6 @@ pub mod cgroup;
 pub mod hsperf;
 pub mod kept;
 pub mod oom;
-pub mod otlp;
 pub mod pressure;
 pub mod procfs;
 pub mod sockets;

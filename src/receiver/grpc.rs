@@ -41,7 +41,7 @@ use super::cost;
 use super::decode::{gunzip, DecodeError, Encoding};
 use super::http::{logs_response, metrics_response, trace_response};
 use super::{Charge, Ingest, OverBudget, Refusal, Signal};
-use crate::http_server::{ConnectionLimits, GuardedListener};
+use crate::export::http::server::{ConnectionLimits, GuardedListener};
 
 #[derive(Clone)]
 struct Otlp(Arc<Ingest>);

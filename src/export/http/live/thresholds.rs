@@ -238,7 +238,7 @@ pub fn threshold(measure: Measure, severity: &str) -> f64 {
 mod tests {
     use super::*;
 
-    const SHIPPED: &str = include_str!("../../../deploy/prometheus/vitals.rules.yml");
+    const SHIPPED: &str = include_str!("../../../../deploy/prometheus/vitals.rules.yml");
 
     fn parse_duration(s: &str) -> f64 {
         let (n, unit) = s.split_at(s.len() - 1);
