@@ -10,6 +10,7 @@ pub mod app;
 pub mod config;
 pub mod export;
 pub mod logging;
+pub mod model;
 pub mod probe;
 pub mod receiver;
 pub mod sampler;
