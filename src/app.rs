@@ -20,11 +20,11 @@ use crate::sampler::{Sampler, SamplerParts};
 use crate::signal::hints::HintPolicy;
 use crate::signal::latency::RedStore;
 use crate::signal::memory::MemoryGrowth;
+use crate::signal::target::{KernelUnits, TargetMetrics};
 use crate::signal::Derived;
 use crate::store::app_metrics::{AppMetrics, AppMetricsConfig};
 use crate::store::limited::OverflowCounter;
 use crate::store::logs::LogCounts;
-use crate::store::target::{KernelUnits, TargetStore};
 use crate::store::Registry;
 use crate::target::status::TargetStatus;
 use crate::target::{run, Selector};
@@ -63,7 +63,7 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
 
     let registry = Registry::new();
     let stats = Arc::new(ExporterStats::new(hz, page_size));
-    let store = Arc::new(TargetStore::new(units));
+    let store = Arc::new(TargetMetrics::new(units));
     registry.register(store.clone());
     registry.register(stats.clone());
     let status = Arc::new(TargetStatus::default());

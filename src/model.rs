@@ -136,7 +136,12 @@ impl Metric {
     }
 
     /// Adds a point whose cumulative value started at `start_unix_nanos`.
-    pub fn push_started(&mut self, attributes: &[(&str, &str)], start_unix_nanos: u64, value: Value) {
+    pub fn push_started(
+        &mut self,
+        attributes: &[(&str, &str)],
+        start_unix_nanos: u64,
+        value: Value,
+    ) {
         let attributes = attributes
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))

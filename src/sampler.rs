@@ -15,9 +15,9 @@ use crate::probe::kept::KeptFile;
 use crate::probe::oom::OomCounter;
 use crate::probe::procfs::{read_comm, ProcReader, ProcSample, PssPolicy};
 use crate::probe::sockets::{listen_sockets, socket_inodes, somaxconn, ListenSocket, SockDiag};
+use crate::signal::target::{ExitReason, KernelUnits, TargetInfo, TargetMetrics};
 use crate::signal::{Derived, TickInputs};
 use crate::store::app_metrics::AppMetrics;
-use crate::store::target::{ExitReason, KernelUnits, TargetInfo, TargetStore};
 use crate::target::status::TargetStatus;
 use crate::target::{detect_runtime, search, Selector, TargetId};
 
@@ -47,7 +47,7 @@ pub struct Sampler {
     proc_root: PathBuf,
     cgroup_roots: CgroupRoots,
     pss: Option<PssPolicy>,
-    store: Arc<TargetStore>,
+    store: Arc<TargetMetrics>,
     stats: Arc<ExporterStats>,
     status: Arc<TargetStatus>,
     derived: Arc<Derived>,
@@ -146,7 +146,7 @@ struct Readings {
 /// What the sampler is wired to.
 pub struct SamplerParts {
     /// The target's latest sample.
-    pub store: Arc<TargetStore>,
+    pub store: Arc<TargetMetrics>,
     /// Read error counters.
     pub stats: Arc<ExporterStats>,
     /// What /readyz and / say: ready once the target is attached and sampled (or, with no target
@@ -440,7 +440,7 @@ impl Sampler {
 
     /// Refreshes comm and runtime when the target exec()ed another program (`sh -c 'exec java …'`,
     /// `opentelemetry-instrument python …`), and looks for the new program's hsperfdata.
-    fn follow_exec(a: &mut Attached, proc_root: &Path, store: &TargetStore, buf: &mut Vec<u8>) {
+    fn follow_exec(a: &mut Attached, proc_root: &Path, store: &TargetMetrics, buf: &mut Vec<u8>) {
         let Some(file) = &a.comm_file else { return };
         let Ok(raw) = file.read(buf) else { return };
         let comm = String::from_utf8_lossy(raw).trim_end().to_owned();

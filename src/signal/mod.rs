@@ -7,6 +7,7 @@ pub mod latency;
 pub mod memory;
 pub mod pause;
 pub mod pool;
+pub mod target;
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;

@@ -8,7 +8,6 @@
 pub mod app_metrics;
 pub mod limited;
 pub mod logs;
-pub mod target;
 
 use std::sync::{Arc, RwLock};
 

@@ -1,4 +1,4 @@
-//! The target's latest procfs and cgroup sample, and its translation into the catalogue's process,
+//! Derivation of the target's metrics: its latest procfs and cgroup sample turned into the catalogue's process,
 //! container and target families. Detaching drops the sample, so an exited target's series vanish.
 
 use std::sync::Mutex;
@@ -70,15 +70,15 @@ struct State {
 }
 
 /// The latest sample of the target, shared by the sampler (writer) and scrapes (readers).
-pub struct TargetStore {
+pub struct TargetMetrics {
     units: KernelUnits,
     state: Mutex<State>,
 }
 
-impl TargetStore {
+impl TargetMetrics {
     /// An empty store: target down, no restarts.
     pub fn new(units: KernelUnits) -> Self {
-        TargetStore {
+        TargetMetrics {
             units,
             state: Mutex::new(State::default()),
         }
@@ -231,7 +231,7 @@ impl Builder<'_> {
     }
 }
 
-impl Collector for TargetStore {
+impl Collector for TargetMetrics {
     fn collect(&self, out: &mut Vec<Family>) {
         let s = self.lock();
         let u = self.units;
@@ -544,7 +544,7 @@ mod tests {
 
     #[test]
     fn down_target_exposes_only_up_and_restarts() {
-        let s = TargetStore::new(units());
+        let s = TargetMetrics::new(units());
         let mut out = vec![];
         s.collect(&mut out);
         assert_eq!(
@@ -556,7 +556,7 @@ mod tests {
 
     #[test]
     fn attached_target_uses_semconv_names_and_leaves_out_unread_values() {
-        let s = TargetStore::new(units());
+        let s = TargetMetrics::new(units());
         s.attach(TargetInfo {
             pid: 7,
             comm: "java".into(),
@@ -614,7 +614,7 @@ mod tests {
 
     #[test]
     fn restart_counts_and_detach_drops_series() {
-        let s = TargetStore::new(units());
+        let s = TargetMetrics::new(units());
         let info = TargetInfo {
             pid: 7,
             comm: "a".into(),
