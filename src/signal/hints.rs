@@ -785,7 +785,7 @@ mod tests {
         for c in re.captures_iter(dashboard) {
             for resource in c[2].split('|') {
                 assert!(
-                    exported.iter().any(|(n, r)| *n == &c[1] && r == resource),
+                    exported.iter().any(|(n, r)| *n == c[1] && r == resource),
                     "the dashboard asks for {}{{resource={resource}}}, hints export {exported:?}",
                     &c[1]
                 );

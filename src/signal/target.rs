@@ -358,11 +358,11 @@ fn process_families(b: &mut Builder<'_>, p: &ProcSample, u: KernelUnits, start_u
         "Context switches of the target",
         &[
             (
-                &[(&cs, "voluntary")],
+                &[(cs, "voluntary")],
                 f(status.and_then(|s| s.voluntary_ctxt)),
             ),
             (
-                &[(&cs, "involuntary")],
+                &[(cs, "involuntary")],
                 f(status.and_then(|s| s.nonvoluntary_ctxt)),
             ),
         ],
