@@ -8,8 +8,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{TestChild, Vitals};
-use vitals::export::prometheus::naming::exposition_name;
-use vitals::model::{MetricKind, Origin};
 
 /// One row of the catalogue.
 #[derive(Debug)]
@@ -113,48 +111,7 @@ fn catalogue_matches_the_live_exposition() {
 #[test]
 fn every_family_in_the_source_is_documented() {
     let rows = catalogue();
-    let mut names = BTreeSet::new();
-    let mut dirs = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("src")];
-    let unit_and_kind = regex::Regex::new(
-        r#""([^"]*)",\s*(?:MetricKind::)?(Counter|UpDownCounter|Gauge|Histogram|Summary)\b"#,
-    )
-    .unwrap();
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                dirs.push(path);
-                continue;
-            }
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
-            // Unit tests build made-up families; only the code above them counts.
-            let code = text.split("#[cfg(test)]").next().unwrap_or_default();
-            // `Metric::new("otel.name", help, "unit", Kind)` and the target's `b.one("otel.name", "unit",
-            // Kind, help)`: the exposition name comes from the exporter's own translation.
-            for opener in ["Metric::new(", "b.one("] {
-                for chunk in code.split(opener).skip(1) {
-                    let Some(name) = chunk.trim_start().strip_prefix('"') else {
-                        continue;
-                    };
-                    let name: String = name.chars().take_while(|c| *c != '"').collect();
-                    let Some(c) = unit_and_kind.captures(chunk) else {
-                        continue;
-                    };
-                    let kind = match &c[2] {
-                        "Counter" => MetricKind::Counter,
-                        "UpDownCounter" => MetricKind::UpDownCounter,
-                        "Gauge" => MetricKind::Gauge,
-                        "Histogram" => MetricKind::Histogram,
-                        _ => MetricKind::Summary,
-                    };
-                    let exposed = exposition_name(&name, &c[1], kind, Origin::Vitals);
-                    if exposed.starts_with("vitals_") || exposed.starts_with("process_") {
-                        names.insert(exposed);
-                    }
-                }
-            }
-        }
-    }
+    let names = common::source_exposition_names();
     assert!(names.len() > 20, "found only {names:?}");
     for name in names {
         let with_total = format!("{name}_total");
