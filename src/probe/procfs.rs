@@ -955,6 +955,65 @@ mod tests {
         fn read_duration(&self, _: ReadSource, _: Duration) {}
     }
 
+    #[derive(Default)]
+    struct Counted(std::sync::Mutex<Vec<ReadSource>>);
+    impl ReadErrorSink for Counted {
+        fn read_error(&self, s: ReadSource) {
+            self.0.lock().unwrap().push(s);
+        }
+        fn read_duration(&self, _: ReadSource, _: Duration) {}
+    }
+
+    #[test]
+    fn unparsable_stat_is_a_procfs_read_error_only_a_missing_one_is_gone() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("42");
+        std::fs::create_dir_all(dir.join("fd")).unwrap();
+        std::fs::write(dir.join("stat"), fixture("stat")).unwrap();
+        std::fs::write(dir.join("status"), fixture("status")).unwrap();
+        let mut r = ProcReader::open(root.path(), 42, None).unwrap();
+        let errors = Counted::default();
+        assert!(r.sample(&errors).unwrap().stat.is_some());
+        std::fs::write(dir.join("stat"), b"42 (x) S 1 2 x").unwrap();
+        let s = r.sample(&errors).unwrap();
+        assert_eq!(s.stat, None, "left out, not zero");
+        assert!(s.status.is_some(), "the other files are still read");
+        assert!(matches!(
+            r.read_stat(),
+            Err(StatError::Unparsable { pid: 42, .. })
+        ));
+        std::fs::write(dir.join("status"), b"").unwrap();
+        assert!(
+            r.sample(&errors).unwrap().status.is_none(),
+            "empty is unparsable"
+        );
+        let counted = errors.0.lock().unwrap().clone();
+        assert_eq!(
+            counted.iter().filter(|s| **s == ReadSource::Procfs).count(),
+            2
+        );
+        assert!(counted.contains(&ReadSource::ProcStatus));
+        // Only a file that is gone (ENOENT) ends the instance.
+        assert!(ProcReader::open(root.path(), 43, None).is_err());
+    }
+
+    #[test]
+    fn products_of_kernel_figures_do_not_wrap() {
+        let st = Stat {
+            rss_pages: u64::MAX / 2,
+            utime: u64::MAX,
+            stime: 5,
+            ..Default::default()
+        };
+        assert_eq!(st.rss_bytes(4096), None);
+        assert_eq!(st.cpu_ticks(), u64::MAX);
+        let st = Stat {
+            rss_pages: 10,
+            ..Default::default()
+        };
+        assert_eq!(st.rss_bytes(4096), Some(40960));
+    }
+
     #[test]
     fn samples_own_process() {
         let pid = std::process::id();
