@@ -8,7 +8,7 @@ use nix::sys::signal::Signal;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, TargetSpec};
+use crate::config::{ChildProtocol, Config, TargetSpec};
 use crate::export::http::live::{self, LiveHub};
 use crate::export::http::{bind, serve, HttpState};
 use crate::export::otlp::forward::Forwarder;
@@ -203,8 +203,8 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
         Some(TargetSpec::Process(re)) => Some(Selector::Process(re.clone())),
         Some(TargetSpec::Run { command, protocol }) => {
             let env = match (protocol, grpc_addr, http_addr) {
-                (run::ChildProtocol::Grpc, Some(grpc), _) => run::otlp_env(grpc, grpc, *protocol),
-                (run::ChildProtocol::HttpProtobuf, _, Some(http)) => {
+                (ChildProtocol::Grpc, Some(grpc), _) => run::otlp_env(grpc, grpc, *protocol),
+                (ChildProtocol::HttpProtobuf, _, Some(http)) => {
                     run::otlp_env(http, http, *protocol)
                 }
                 _ => {

@@ -12,7 +12,6 @@ use serde::Deserialize;
 
 use crate::export::otlp::forward::ForwardSettings;
 use crate::export::otlp::upstream::ForwardOptions;
-use crate::target::run::ChildProtocol;
 
 /// Default `/metrics` port: outside Prometheus' exporter port allocations (9100-9999 are all taken) and
 /// apart from 4317/4318 (OTLP) and 9464 (the OpenTelemetry Prometheus exporter).
@@ -29,6 +28,19 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// Which OTLP protocol the child's SDK is told to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+pub enum ChildProtocol {
+    /// OTLP/HTTP with protobuf bodies to the HTTP receiver (the specification's default).
+    #[value(name = "http/protobuf")]
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+    /// OTLP/gRPC to the gRPC receiver.
+    #[value(name = "grpc")]
+    #[serde(rename = "grpc")]
+    Grpc,
 }
 
 /// vitals: vital signs (latency, pauses, memory growth, pool saturation) of the process next to it.

@@ -1,31 +1,35 @@
-//! The sampling loop: keeps a target attached (searching again when it vanishes), takes one procfs,
-//! cgroup, hsperfdata and listen-socket sample of it every interval, and runs the derived signals.
+//! The sampling loop: keeps a target attached (searching again when it vanishes), drives the probes
+//! (procfs, cgroup, hsperfdata, listen sockets, OOM counters) once per interval, hands their observations
+//! to derivation and publishes the target's status. Between ticks it learns of the target's exit from a
+//! pidfd where the kernel has one, else from a 100 ms poll.
 
-use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
 use crate::export::self_metrics::ExporterStats;
-use crate::probe::cgroup::{locate, CgroupReader, CgroupRoots, CgroupSample};
-use crate::probe::hsperf::{self, HsperfOwner, HsperfReader, HsperfStatus, JvmSample};
+use crate::probe::cgroup::{locate, CgroupProbe, CgroupRoots};
+use crate::probe::hsperf::HsperfProbe;
 use crate::probe::kept::KeptFile;
 use crate::probe::oom::OomCounter;
-use crate::probe::procfs::{read_comm, ProcReader, ProcSample, PssPolicy};
-use crate::probe::sockets::{listen_sockets, socket_inodes, somaxconn, ListenSocket, SockDiag};
+use crate::probe::procfs::{effective_uid, read_comm, read_nspid, ProcfsProbe, PssPolicy};
+use crate::probe::sockets::SocketProbe;
+use crate::probe::{Observations, Probe, ProbeTarget, ReadErrorSink, ReadSource};
 use crate::signal::target::{ExitReason, KernelUnits, TargetInfo, TargetMetrics};
-use crate::signal::{Derived, TickInputs};
+use crate::signal::Derived;
 use crate::store::app_metrics::AppMetrics;
+use crate::target::exit_watch::ExitWatch;
 use crate::target::status::TargetStatus;
 use crate::target::{detect_runtime, search, Selector, TargetId};
 
 /// How often "no target found" is repeated in the log while vitals keeps searching.
 const NOT_FOUND_WARNING_EVERY: Duration = Duration::from_secs(60);
 
-/// How often the target's liveness is checked (and a missing target searched for) between ticks: an
-/// instance that lives at least this long is seen, however long the sampling interval.
+/// How often a missing target is searched for between ticks, and the attached target's liveness polled
+/// where no pidfd tells of its exit: an instance that lives at least this long is seen, however long the
+/// sampling interval.
 pub const WATCH_INTERVAL: Duration = Duration::from_millis(100);
 
 /// After an exit a missing `--process` target is searched for after [`WATCH_INTERVAL`], then at gaps that
@@ -46,7 +50,6 @@ pub struct Sampler {
     selector: Option<Selector>,
     proc_root: PathBuf,
     cgroup_roots: CgroupRoots,
-    pss: Option<PssPolicy>,
     store: Arc<TargetMetrics>,
     stats: Arc<ExporterStats>,
     status: Arc<TargetStatus>,
@@ -54,6 +57,12 @@ pub struct Sampler {
     app: Arc<AppMetrics>,
     units: KernelUnits,
     sampled: Arc<tokio::sync::Notify>,
+    /// The readers of the attached target, sampled in this order each tick; procfs first, since it alone
+    /// says the target is gone.
+    probes: Vec<Box<dyn Probe>>,
+    /// OOM kills of the target across its instances: a probe while a target is attached, and polled on its
+    /// own between ticks and while none is (kills of instances that died before vitals saw them).
+    oom: OomCounter,
     attached: Option<Attached>,
     /// For `--pid`: the first instance seen. A later process that reuses the pid is someone else.
     pinned: Option<TargetId>,
@@ -67,39 +76,27 @@ pub struct Sampler {
     others_at_attach: Vec<TargetId>,
     /// Set while only wrappers match, so the warning is logged once per episode.
     waiting_for_wrapped: bool,
-    threads_max: Option<u64>,
-    somaxconn: u32,
-    /// Kept open; None where netlink is not allowed (then procfs and somaxconn are used).
-    sock_diag: Option<SockDiag>,
     /// Read buffer for the target's comm.
     comm_buf: Vec<u8>,
-    /// OOM kills of the target across its instances.
-    oom: OomCounter,
     /// When an OOM kill was last counted while a target was attached.
-    last_oom_kill: Option<std::time::Instant>,
+    last_oom_kill: Option<Instant>,
     /// A kill counted this long before an exit is seen is taken as its cause.
     exit_window: Duration,
     /// When a missing `--process` target is next searched for between ticks (None: only at ticks).
-    next_search: Option<std::time::Instant>,
+    next_search: Option<Instant>,
     /// The gap before the next of those searches; doubles after each one that finds nothing.
     search_gap: Duration,
     /// The sampling interval: the longest gap between searches.
     interval: Duration,
 }
 
+/// The attached target instance.
 struct Attached {
     id: TargetId,
-    proc: ProcReader,
-    cgroup: Option<CgroupReader>,
-    hsperf: Option<HsperfReader>,
-    /// Who the hsperfdata file must belong to.
-    hsperf_owner: HsperfOwner,
-    /// Why hsperfdata is or is not read, as last reported.
-    hsperf_status: Option<HsperfStatus>,
-    /// The target runs a JVM (by its executable or its hsperfdata): only then is an absent file news.
-    is_jvm: bool,
-    inodes: HashSet<u64>,
-    ticks: u64,
+    /// What the probes were attached with.
+    target: ProbeTarget,
+    /// How its exit is noticed between ticks.
+    exit: ExitWatch,
     /// /proc/PID/comm, read every tick: exec keeps the pid and start time but changes the program.
     comm_file: Option<KeptFile>,
     comm: String,
@@ -110,37 +107,23 @@ fn pids(ids: &[TargetId]) -> Vec<u32> {
     ids.iter().map(|t| t.pid).collect()
 }
 
-/// Logs a change of hsperfdata status once and publishes it; a non-JVM without a file says nothing.
-fn report_hsperf_status(derived: &Derived, a: &mut Attached, status: HsperfStatus) {
-    if a.hsperf_status.as_ref() == Some(&status) {
-        return;
-    }
-    let shown = a.is_jvm || status != HsperfStatus::Absent;
-    // A JVM creates its file a moment after it starts: an absent file is news from the second search on.
-    if status == HsperfStatus::Absent && a.ticks <= 10 {
-        derived
-            .pause
-            .set_hsperf_status(shown.then(|| status.reason()));
-        return;
-    }
-    match &status {
-        HsperfStatus::Reading => {}
-        HsperfStatus::Absent if !a.is_jvm => {}
-        s => tracing::warn!(pid = a.id.pid, reason = s.reason(), "{}", s.explain()),
-    }
-    derived
-        .pause
-        .set_hsperf_status(shown.then(|| status.reason()));
-    a.hsperf_status = Some(status);
+/// When the target started, Unix milliseconds: boot time plus its start in clock ticks. None when a corrupt
+/// figure would overflow.
+fn start_unix_ms(units: &KernelUnits, start_ticks: u64) -> Option<u64> {
+    let boot_ms = units.boot_time.checked_mul(1000)?;
+    let since_boot_ms = start_ticks.checked_mul(1000)? / units.hz.max(1);
+    boot_ms.checked_add(since_boot_ms)
 }
 
-/// Readings of one tick, kept for the derived signals.
-#[derive(Default)]
-struct Readings {
-    proc: Option<ProcSample>,
-    cgroup: Option<CgroupSample>,
-    jvm: Option<JvmSample>,
-    listen: Vec<ListenSocket>,
+/// Every probe of the attached target, in sampling order: the list, then the OOM counter.
+fn all_probes<'a>(
+    probes: &'a mut [Box<dyn Probe>],
+    oom: &'a mut OomCounter,
+) -> impl Iterator<Item = &'a mut dyn Probe> {
+    probes
+        .iter_mut()
+        .map(|p| &mut **p as &mut dyn Probe)
+        .chain(std::iter::once(oom as &mut dyn Probe))
 }
 
 /// What the sampler is wired to.
@@ -171,13 +154,20 @@ impl Sampler {
         parts: SamplerParts,
     ) -> Self {
         let proc_root = cgroup_roots.proc_root.clone();
-        let threads_max = std::fs::read_to_string(proc_root.join("sys/kernel/threads-max"))
-            .ok()
-            .and_then(|s| s.trim().parse().ok());
+        let probes: Vec<Box<dyn Probe>> = vec![
+            Box::new(ProcfsProbe::new(
+                &proc_root,
+                pss,
+                parts.units.hz,
+                parts.units.page_size,
+            )),
+            Box::new(CgroupProbe::new(&proc_root)),
+            Box::new(HsperfProbe::new(&proc_root)),
+            Box::new(SocketProbe::new(&proc_root)),
+        ];
         Sampler {
             selector,
-            somaxconn: somaxconn(&proc_root),
-            sock_diag: SockDiag::open().ok(),
+            probes,
             comm_buf: Vec::with_capacity(64),
             oom: OomCounter::default(),
             last_oom_kill: None,
@@ -187,7 +177,6 @@ impl Sampler {
             interval: Duration::from_secs(1),
             proc_root,
             cgroup_roots,
-            pss,
             store: parts.store,
             stats: parts.stats,
             status: parts.status,
@@ -202,44 +191,36 @@ impl Sampler {
             not_found_warned: None,
             others_at_attach: Vec::new(),
             waiting_for_wrapped: false,
-            threads_max,
         }
     }
 
     /// One interval's work: attach if needed, sample, follow a vanished target, derive.
     pub fn tick(&mut self) {
-        let mut r = Readings::default();
+        let mut obs = Observations::default();
         if self.selector.is_some() {
             if self.attached.is_none() {
                 self.try_attach();
             }
-            if self.attached.is_some() && !self.sample_attached(&mut r) {
+            if self.attached.is_some() && !self.sample_attached(&mut obs) {
                 self.handle_exit();
                 self.try_attach();
                 if self.attached.is_some() {
-                    r = Readings::default();
-                    self.sample_attached(&mut r);
+                    obs = Observations::default();
+                    self.sample_attached(&mut obs);
                 }
             }
-            self.poll_oom();
+            if obs.proc.is_none() {
+                // Nothing sampled: the OOM counters are read on their own (kills while the target is away).
+                self.poll_oom();
+            }
         }
-        if r.proc.is_some() {
+        if obs.proc.is_some() {
             if let Some(lang) = self.app.resource_attribute("telemetry.sdk.language") {
                 self.store.hint_runtime(runtime_of_sdk_language(&lang));
             }
         }
-        let hz = self.units.hz as f64;
-        let stat = r.proc.and_then(|p| p.stat);
-        self.derived.tick(&TickInputs {
-            proc: r.proc.as_ref(),
-            cgroup: r.cgroup.as_ref(),
-            jvm: r.jvm.as_ref(),
-            listen: &r.listen,
-            proc_cpu_seconds: stat.map(|s| (s.utime + s.stime) as f64 / hz),
-            rss: stat.map(|s| (s.rss_pages * self.units.page_size) as f64),
-            threads_max: self.threads_max,
-        });
-        self.update_status(r.proc.is_some());
+        self.derived.tick(&obs);
+        self.update_status(obs.proc.is_some());
     }
 
     /// Tells /readyz and / what is going on; warns (once a minute) while no target is found.
@@ -282,81 +263,43 @@ impl Sampler {
         self.status.set_waiting(format!("no target: {reason}"));
     }
 
-    /// Samples the attached target into `r`; false when it is gone.
-    fn sample_attached(&mut self, r: &mut Readings) -> bool {
-        let Some(a) = self.attached.as_mut() else {
+    /// Samples the attached target into `obs` with every probe and publishes what the store and the pause
+    /// signal show of it; false when it is gone.
+    fn sample_attached(&mut self, obs: &mut Observations) -> bool {
+        if self.attached.is_none() {
             return false;
-        };
-        let slow_tier = a.ticks % 10 == 0;
-        a.ticks += 1;
-        let Ok(p) = a.proc.sample(self.stats.as_ref()) else {
-            return false;
-        };
-        let c = a.cgroup.as_mut().map(|c| c.sample(self.stats.as_ref()));
-        self.store.update(p, c);
-        Self::follow_exec(a, &self.proc_root, &self.store, &mut self.comm_buf);
-        r.proc = Some(p);
-        r.cgroup = c;
-        if a.hsperf.is_none() && slow_tier {
-            let status = match hsperf::open_for_target(&self.proc_root, &a.hsperf_owner) {
-                Ok((reader, path)) => {
-                    tracing::info!(path = %path.display(), "reading JVM hsperfdata");
-                    a.hsperf = Some(reader);
-                    self.store.hint_runtime("jvm");
-                    a.is_jvm = true;
-                    HsperfStatus::Reading
-                }
-                Err(why) => why,
-            };
-            report_hsperf_status(&self.derived, a, status);
         }
-        if let Some(h) = a.hsperf.as_mut() {
-            match h.sample() {
-                Ok(j) => {
-                    r.jvm = Some(j);
-                    report_hsperf_status(&self.derived, a, HsperfStatus::Reading);
-                }
-                Err(e) => {
-                    crate::probe::procfs::ReadErrorSink::read_error(
-                        self.stats.as_ref(),
-                        crate::probe::ReadSource::Hsperf,
-                    );
-                    report_hsperf_status(&self.derived, a, HsperfStatus::Unreadable(e.to_string()));
-                }
+        let errors: &dyn ReadErrorSink = self.stats.as_ref();
+        for probe in all_probes(&mut self.probes, &mut self.oom) {
+            if probe.sample(obs, errors).is_err() {
+                return false;
             }
         }
-        if slow_tier {
-            match socket_inodes(&self.proc_root, a.id.pid) {
-                Ok(i) => a.inodes = i,
-                Err(_) => crate::probe::procfs::ReadErrorSink::read_error(
-                    self.stats.as_ref(),
-                    crate::probe::ReadSource::ProcFd,
-                ),
-            }
+        if let Some(proc) = obs.proc {
+            self.store.update(proc, obs.cgroup);
         }
-        if !a.inodes.is_empty() {
-            r.listen = listen_sockets(
-                self.sock_diag.as_mut(),
-                &self.proc_root,
-                a.id.pid,
-                &a.inodes,
-                self.somaxconn,
-            );
+        if let Some(runtime) = obs.runtime_hint {
+            self.store.hint_runtime(runtime);
         }
+        self.derived.pause.set_hsperf_status(obs.hsperf_status);
+        if obs.new_oom_kills > 0 {
+            self.last_oom_kill = Some(Instant::now());
+        }
+        self.store.set_oom_kills(obs.oom_kills);
+        self.follow_exec();
         true
     }
 
-    /// Between ticks: a cheap liveness check of the attached target (one kept stat file) or a search for
-    /// a missing one, and the OOM counters, so instances that live shorter than the interval are still
-    /// counted (restarts, exits and their OOM kills).
+    /// Between ticks: a missing target is searched for (the attached one's exit was seen by the caller),
+    /// and the OOM counters are read, so instances that live shorter than the interval are still counted
+    /// (restarts, exits and their OOM kills).
     fn watch(&mut self) {
         if self.selector.is_none() {
             return;
         }
         match self.attached.as_mut() {
             Some(a) => {
-                let alive = a.proc.read_stat().map(|st| st.starttime);
-                if alive.ok() != Some(a.id.start_ticks) {
+                if !a.exit.polled_alive() {
                     self.handle_exit();
                     self.try_attach();
                 }
@@ -368,7 +311,7 @@ impl Sampler {
                 if !matches!(self.selector, Some(Selector::Process(_))) {
                     self.try_attach();
                 } else if let Some(due) = self.next_search {
-                    let now = std::time::Instant::now();
+                    let now = Instant::now();
                     if now >= due {
                         self.try_attach();
                         self.search_gap =
@@ -383,14 +326,21 @@ impl Sampler {
         self.poll_oom();
     }
 
+    /// The kernel said the attached instance exited (its pidfd became readable): no need to look.
+    fn target_exited(&mut self) {
+        self.handle_exit();
+        self.try_attach();
+        self.poll_oom();
+    }
+
     /// True when the attached target is still the same live instance: one read of its kept `stat` file,
     /// cheap enough to run on the async worker every [`WATCH_INTERVAL`] (handing the thread over with
     /// `block_in_place` each time costs more than the read). Kills in its cgroup while it runs are counted
     /// by the tick; the kill that ends it by [`Sampler::handle_exit`].
     fn attached_alive(&mut self) -> bool {
-        self.attached.as_mut().is_some_and(|a| {
-            a.proc.read_stat().map(|st| st.starttime).ok() == Some(a.id.start_ticks)
-        })
+        self.attached
+            .as_mut()
+            .is_some_and(|a| a.exit.polled_alive())
     }
 
     /// Reads the OOM counters and keeps the store's total current.
@@ -430,8 +380,11 @@ impl Sampler {
                 "target exited; searching again"
             );
         }
+        for probe in all_probes(&mut self.probes, &mut self.oom) {
+            probe.detach();
+        }
         self.search_gap = FIRST_SEARCH_GAP;
-        self.next_search = Some(std::time::Instant::now() + FIRST_SEARCH_GAP);
+        self.next_search = Some(Instant::now() + FIRST_SEARCH_GAP);
         self.store.detach();
         self.store.record_exit(reason);
         self.store.set_oom_kills(self.oom.total());
@@ -439,24 +392,28 @@ impl Sampler {
     }
 
     /// Refreshes comm and runtime when the target exec()ed another program (`sh -c 'exec java …'`,
-    /// `opentelemetry-instrument python …`), and looks for the new program's hsperfdata.
-    fn follow_exec(a: &mut Attached, proc_root: &Path, store: &TargetMetrics, buf: &mut Vec<u8>) {
+    /// `opentelemetry-instrument python …`), and tells the probes (hsperfdata looks for the new program's
+    /// file).
+    fn follow_exec(&mut self) {
+        let Some(a) = self.attached.as_mut() else {
+            return;
+        };
         let Some(file) = &a.comm_file else { return };
-        let Ok(raw) = file.read(buf) else { return };
+        let Ok(raw) = file.read(&mut self.comm_buf) else {
+            return;
+        };
         let comm = String::from_utf8_lossy(raw).trim_end().to_owned();
         if comm == a.comm {
             return;
         }
-        let runtime = detect_runtime(proc_root, a.id.pid, &comm);
+        let runtime = detect_runtime(&self.proc_root, a.id.pid, &comm);
         tracing::info!(pid = a.id.pid, old = %a.comm, %comm, runtime, "target exec'd another program");
-        store.refresh_program(comm.clone(), runtime.to_owned());
+        self.store.refresh_program(comm.clone(), runtime.to_owned());
         a.comm = comm;
-        a.is_jvm = runtime == "jvm";
-        a.hsperf = None;
-        a.hsperf_status = None;
-        // As at attach: the next tick looks for hsperfdata (the slow tier runs when ticks is a multiple of
-        // 10), and the new JVM gets the same start-up grace before an absent file is news.
-        a.ticks = 0;
+        a.target.runtime = runtime;
+        for probe in all_probes(&mut self.probes, &mut self.oom) {
+            probe.program_changed(&a.target);
+        }
     }
 
     fn try_attach(&mut self) {
@@ -510,42 +467,63 @@ impl Sampler {
             tracing::info!(chosen = id.pid, others = ?pids(&found.passed_over),
                 "several processes match; watching the one that runs the matched program");
         }
-        let mut proc = match ProcReader::open(&self.proc_root, id.pid, self.pss) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(pid = id.pid, error = %e, "cannot open the target's /proc files");
-                self.not_attached = Some(format!("cannot open /proc/{}: {e}", id.pid));
-                return;
-            }
-        };
         let cgroup = match locate(&self.cgroup_roots, id.pid) {
             Ok(dirs) => {
                 tracing::debug!(?dirs, "target cgroup");
-                // Kills during the gap count from the parent before the new cgroup's baseline is taken.
-                self.oom.poll(false);
-                self.oom.follow(&dirs);
-                self.store.set_oom_kills(self.oom.total());
-                Some(CgroupReader::open(&dirs, &self.proc_root))
+                Some(dirs)
             }
             Err(e) => {
                 tracing::warn!(pid = id.pid, error = %e, "target cgroup not found; container metrics left out");
-                self.stats_error(crate::probe::ReadSource::Cgroup);
+                self.stats.read_error(ReadSource::Cgroup);
                 None
             }
         };
-        let nspid = proc.status_nspid().unwrap_or(id.pid);
         let comm = read_comm(&self.proc_root, id.pid).unwrap_or_default();
-        let runtime = detect_runtime(&self.proc_root, id.pid, &comm).to_owned();
-        let runtime_is_jvm = runtime == "jvm";
-        tracing::info!(pid = id.pid, %comm, %runtime, selector = %selector.describe(), "attached to target");
+        let runtime = detect_runtime(&self.proc_root, id.pid, &comm);
+        let target = ProbeTarget {
+            pid: id.pid,
+            start_ticks: id.start_ticks,
+            nspid: read_nspid(&self.proc_root, id.pid).unwrap_or(id.pid),
+            uid: effective_uid(&self.proc_root, id.pid),
+            start_unix_ms: start_unix_ms(&self.units, id.start_ticks),
+            runtime,
+            cgroup,
+        };
+        let errors: &dyn ReadErrorSink = self.stats.as_ref();
+        let mut failed = None;
+        for probe in all_probes(&mut self.probes, &mut self.oom) {
+            if let Err(e) = probe.attach(&target, errors) {
+                failed = Some((probe.name(), e));
+                break;
+            }
+        }
+        let exit = match failed {
+            None => {
+                ExitWatch::open(&self.proc_root, id.pid, id.start_ticks).map_err(|e| ("stat", e))
+            }
+            Some(f) => Err(f),
+        };
+        let exit = match exit {
+            Ok(w) => w,
+            Err((what, e)) => {
+                tracing::warn!(pid = id.pid, probe = what, error = %e, "cannot open the target's /proc files");
+                self.not_attached = Some(format!("cannot open /proc/{}: {e}", id.pid));
+                for probe in all_probes(&mut self.probes, &mut self.oom) {
+                    probe.detach();
+                }
+                return;
+            }
+        };
+        self.store.set_oom_kills(self.oom.total());
+        tracing::info!(pid = id.pid, %comm, %runtime, selector = %selector.describe(),
+            exit_watch = if exit.event().is_some() { "pidfd" } else { "poll" }, "attached to target");
         if let Some(report) = crate::target::access::denied_report(&self.proc_root, id.pid) {
             tracing::warn!(pid = id.pid, "{report}");
         }
-        let comm_seen = comm.clone();
         let info = TargetInfo {
             pid: id.pid,
-            comm,
-            runtime,
+            comm: comm.clone(),
+            runtime: runtime.to_owned(),
             start_ticks: id.start_ticks,
             selected_by: selector.label(),
         };
@@ -558,33 +536,16 @@ impl Sampler {
         self.derived.target_changed();
         self.attached = Some(Attached {
             id,
-            proc,
-            cgroup,
-            hsperf: None,
-            hsperf_owner: HsperfOwner {
-                pid: id.pid,
-                nspid,
-                uid: crate::probe::procfs::effective_uid(&self.proc_root, id.pid),
-                start_unix_ms: Some(
-                    self.units.boot_time * 1000 + id.start_ticks * 1000 / self.units.hz.max(1),
-                ),
-            },
-            hsperf_status: None,
-            is_jvm: runtime_is_jvm,
-            inodes: HashSet::new(),
-            ticks: 0,
+            target,
+            exit,
             comm_file: KeptFile::open(self.proc_root.join(id.pid.to_string()).join("comm")).ok(),
-            comm: comm_seen,
+            comm,
         });
     }
 
-    fn stats_error(&self, source: crate::probe::ReadSource) {
-        use crate::probe::procfs::ReadErrorSink;
-        self.stats.read_error(source);
-    }
-
-    /// Ticks every `interval` until `shutdown`, with liveness checks every [`WATCH_INTERVAL`] between
-    /// ticks when the interval is longer.
+    /// Ticks every `interval` until `shutdown`. Between ticks the attached target's exit is an event where
+    /// a pidfd is available (no timer while it lives), else a check every [`WATCH_INTERVAL`] when the
+    /// interval is longer; a missing target is searched for at that pace too.
     pub async fn run(mut self, interval: Duration, shutdown: CancellationToken) {
         let mut timer = tokio::time::interval(interval);
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -595,6 +556,8 @@ impl Sampler {
         self.interval = interval;
         let watching = interval > WATCH_INTERVAL;
         loop {
+            let exit_event = self.attached.as_ref().and_then(|a| a.exit.event());
+            let event_watched = exit_event.is_some();
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = timer.tick() => {
@@ -602,8 +565,22 @@ impl Sampler {
                     tokio::task::block_in_place(|| self.tick());
                     self.sampled.notify_one();
                 }
-                _ = watch.tick(), if watching => {
-                    // The common case, a live target, is one pread: no thread hand-over for it.
+                exited = async move {
+                    match exit_event {
+                        Some(e) => e.exited().await,
+                        None => std::future::pending().await,
+                    }
+                }, if event_watched => match exited {
+                    Ok(()) => tokio::task::block_in_place(|| self.target_exited()),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot wait on the target's pidfd; polling its liveness instead");
+                        if let Some(a) = self.attached.as_mut() {
+                            a.exit.poll_from_now_on();
+                        }
+                    }
+                },
+                _ = watch.tick(), if watching && !event_watched => {
+                    // The common case without a pidfd, a live target, is one pread: no thread hand-over for it.
                     if !self.attached_alive() {
                         tokio::task::block_in_place(|| self.watch());
                     }

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use super::kept::KeptFile;
 use super::pressure::{parse_pressure, Pressure, RESOURCES};
-use super::procfs::{ParseError, ReadErrorSink};
-use super::ReadSource;
+use super::procfs::ParseError;
+use super::{Observations, Probe, ProbeTarget, ReadErrorSink, ReadSource, TargetGone};
 
 /// Where the target's cgroup membership says it lives.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -312,7 +312,7 @@ impl CgroupReader {
     pub fn sample(&mut self, errors: &dyn ReadErrorSink) -> CgroupSample {
         let started = std::time::Instant::now();
         let retry = self.ticks % 10 == 0;
-        self.ticks += 1;
+        self.ticks = self.ticks.wrapping_add(1);
         let mut s = CgroupSample {
             pressure_scope: self.scope,
             ..Default::default()
@@ -348,6 +348,51 @@ impl CgroupReader {
         }
         errors.read_duration(ReadSource::Cgroup, started.elapsed());
         s
+    }
+}
+
+/// The cgroup probe: the target's memory, CPU and pids controllers and pressure stall information, from
+/// the directories the sampler located when it attached.
+pub struct CgroupProbe {
+    proc_root: PathBuf,
+    reader: Option<CgroupReader>,
+}
+
+impl CgroupProbe {
+    /// A probe reading system-wide PSI under `proc_root` where the cgroup has none.
+    pub fn new(proc_root: &Path) -> Self {
+        CgroupProbe {
+            proc_root: proc_root.to_path_buf(),
+            reader: None,
+        }
+    }
+}
+
+impl Probe for CgroupProbe {
+    fn name(&self) -> &'static str {
+        "cgroup"
+    }
+
+    fn attach(&mut self, target: &ProbeTarget, _errors: &dyn ReadErrorSink) -> std::io::Result<()> {
+        // Not found is counted where it was located; container metrics are then left out.
+        self.reader = target
+            .cgroup
+            .as_ref()
+            .map(|dirs| CgroupReader::open(dirs, &self.proc_root));
+        Ok(())
+    }
+
+    fn sample(
+        &mut self,
+        obs: &mut Observations,
+        errors: &dyn ReadErrorSink,
+    ) -> Result<(), TargetGone> {
+        obs.cgroup = self.reader.as_mut().map(|r| r.sample(errors));
+        Ok(())
+    }
+
+    fn detach(&mut self) {
+        self.reader = None;
     }
 }
 

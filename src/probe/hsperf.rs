@@ -6,6 +6,8 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use super::{Observations, Probe, ProbeTarget, ReadErrorSink, ReadSource, TargetGone};
+
 /// Why an hsperfdata file could not be parsed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum HsperfError {
@@ -444,6 +446,137 @@ impl HsperfReader {
             .read_at(&mut self.buf, 0)
             .map_err(|_| HsperfError::Truncated("read"))?;
         sample(&self.buf[..n])
+    }
+}
+
+/// Ticks between searches for the file while none is open.
+const SEARCH_EVERY_TICKS: u64 = 10;
+
+/// The hsperfdata probe: finds the target's file (every tenth tick until found), reads it every tick, and
+/// says once in the log why it is or is not read.
+pub struct HsperfProbe {
+    proc_root: PathBuf,
+    /// Who the file must belong to; None while detached.
+    owner: Option<HsperfOwner>,
+    reader: Option<HsperfReader>,
+    /// The status last logged.
+    status: Option<HsperfStatus>,
+    /// The reason published with every tick's observations; None when there is nothing to say.
+    shown: Option<&'static str>,
+    /// The target runs a JVM (by its executable or its file): only then is an absent file news.
+    is_jvm: bool,
+    /// Ticks since attach (or since the target exec'd another program).
+    ticks: u64,
+}
+
+impl HsperfProbe {
+    /// A probe looking under the target's root in `proc_root`.
+    pub fn new(proc_root: &Path) -> Self {
+        HsperfProbe {
+            proc_root: proc_root.to_path_buf(),
+            owner: None,
+            reader: None,
+            status: None,
+            shown: None,
+            is_jvm: false,
+            ticks: 0,
+        }
+    }
+
+    /// Logs a change of status once and keeps the reason to publish; a non-JVM without a file says
+    /// nothing.
+    fn report(&mut self, pid: u32, status: HsperfStatus) {
+        if self.status.as_ref() == Some(&status) {
+            return;
+        }
+        let shown = self.is_jvm || status != HsperfStatus::Absent;
+        // A JVM creates its file a moment after it starts: an absent file is news from the second search on.
+        if status == HsperfStatus::Absent && self.ticks <= SEARCH_EVERY_TICKS {
+            self.shown = shown.then(|| status.reason());
+            return;
+        }
+        match &status {
+            HsperfStatus::Reading => {}
+            HsperfStatus::Absent if !self.is_jvm => {}
+            s => tracing::warn!(pid, reason = s.reason(), "{}", s.explain()),
+        }
+        self.shown = shown.then(|| status.reason());
+        self.status = Some(status);
+    }
+}
+
+impl Probe for HsperfProbe {
+    fn name(&self) -> &'static str {
+        "hsperfdata"
+    }
+
+    fn attach(&mut self, target: &ProbeTarget, _errors: &dyn ReadErrorSink) -> std::io::Result<()> {
+        self.owner = Some(HsperfOwner {
+            pid: target.pid,
+            nspid: target.nspid,
+            uid: target.uid,
+            start_unix_ms: target.start_unix_ms,
+        });
+        self.reader = None;
+        self.status = None;
+        self.shown = None;
+        self.is_jvm = target.runtime == "jvm";
+        self.ticks = 0;
+        Ok(())
+    }
+
+    fn program_changed(&mut self, target: &ProbeTarget) {
+        // As at attach: the next tick looks for the new program's file, with the same start-up grace.
+        self.is_jvm = target.runtime == "jvm";
+        self.reader = None;
+        self.status = None;
+        self.ticks = 0;
+    }
+
+    fn sample(
+        &mut self,
+        obs: &mut Observations,
+        errors: &dyn ReadErrorSink,
+    ) -> Result<(), TargetGone> {
+        let Some(owner) = self.owner else {
+            return Ok(());
+        };
+        let search = self.ticks % SEARCH_EVERY_TICKS == 0;
+        self.ticks = self.ticks.wrapping_add(1);
+        if self.reader.is_none() && search {
+            let status = match open_for_target(&self.proc_root, &owner) {
+                Ok((reader, path)) => {
+                    tracing::info!(path = %path.display(), "reading JVM hsperfdata");
+                    self.reader = Some(reader);
+                    obs.runtime_hint = Some("jvm");
+                    self.is_jvm = true;
+                    HsperfStatus::Reading
+                }
+                Err(why) => why,
+            };
+            self.report(owner.pid, status);
+        }
+        if let Some(reader) = self.reader.as_mut() {
+            match reader.sample() {
+                Ok(j) => {
+                    obs.jvm = Some(j);
+                    self.report(owner.pid, HsperfStatus::Reading);
+                }
+                Err(e) => {
+                    errors.read_error(ReadSource::Hsperf);
+                    self.report(owner.pid, HsperfStatus::Unreadable(e.to_string()));
+                }
+            }
+        }
+        obs.hsperf_status = self.shown;
+        Ok(())
+    }
+
+    fn detach(&mut self) {
+        self.owner = None;
+        self.reader = None;
+        self.status = None;
+        self.shown = None;
     }
 }
 

@@ -30,6 +30,7 @@ use std::time::SystemTime;
 
 use super::cgroup::{flat_key, CgroupDirs};
 use super::kept::KeptFile;
+use super::{Observations, Probe, ProbeTarget, ReadErrorSink, TargetGone};
 
 /// One counter file, kept open, and its last value. The file is opened while the target lives (its
 /// cgroup is often reached through /proc/PID/root, which vanishes with the process); the open file stays
@@ -135,7 +136,7 @@ impl OomCounter {
             // The parent's count includes the own cgroup's when both are readable.
             d_parent.or(d_own).unwrap_or(0)
         };
-        self.total += d;
+        self.total = self.total.saturating_add(d);
         d
     }
 
@@ -173,6 +174,36 @@ impl OomCounter {
         self.own = Some(t);
         self.poll(true);
     }
+}
+
+/// As a probe: attaching follows the new instance's memory cgroup (after counting the kills of the gap), and
+/// each tick adds the instance's own kills. Detaching keeps the count, which spans instances; between ticks
+/// and while no target is attached the sampler calls [`OomCounter::poll`] itself.
+impl Probe for OomCounter {
+    fn name(&self) -> &'static str {
+        "oom"
+    }
+
+    fn attach(&mut self, target: &ProbeTarget, _errors: &dyn ReadErrorSink) -> std::io::Result<()> {
+        if let Some(dirs) = &target.cgroup {
+            // Kills during the gap count from the parent before the new cgroup's baseline is taken.
+            self.poll(false);
+            self.follow(dirs);
+        }
+        Ok(())
+    }
+
+    fn sample(
+        &mut self,
+        obs: &mut Observations,
+        _errors: &dyn ReadErrorSink,
+    ) -> Result<(), TargetGone> {
+        obs.new_oom_kills = self.poll(true);
+        obs.oom_kills = self.total();
+        Ok(())
+    }
+
+    fn detach(&mut self) {}
 }
 
 #[cfg(test)]

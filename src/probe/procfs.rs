@@ -1,5 +1,6 @@
-//! The target's /proc/PID files: parsers for stat, status, io, schedstat, limits and smaps_rollup, and
-//! [`ProcReader`], which keeps them open and fills a [`ProcSample`] every tick without allocating.
+//! The target's /proc/PID files: parsers for stat, status, io, schedstat, limits and smaps_rollup;
+//! [`ProcReader`], which keeps them open and fills a [`ProcSample`] every tick without allocating; and
+//! [`ProcfsProbe`], the probe that decides whether the target still lives.
 
 use std::collections::HashMap;
 use std::io;
@@ -7,7 +8,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::kept::{is_gone, KeptFile};
-use super::ReadSource;
+use super::{Observations, Probe, ProbeTarget, ReadSource, TargetGone};
+
+/// The read-outcome sink, defined in [`crate::probe`]; named here too for the exporter's self-metrics,
+/// which implement it.
+pub use super::ReadErrorSink;
 
 /// A file's content did not have the expected shape.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -50,6 +55,17 @@ pub struct Stat {
 }
 
 impl Stat {
+    /// User plus system time, clock ticks (saturating: the fields are the kernel's, or a corrupt file's).
+    pub fn cpu_ticks(&self) -> u64 {
+        self.utime.saturating_add(self.stime)
+    }
+
+    /// Resident set in bytes for pages of `page_size` bytes; None when the product does not fit in 64 bits
+    /// (a corrupt file, not a real process).
+    pub fn rss_bytes(&self, page_size: u64) -> Option<u64> {
+        self.rss_pages.checked_mul(page_size)
+    }
+
     /// True for a zombie (Z) or dead (X) task.
     pub fn is_dead(&self) -> bool {
         matches!(self.state, b'Z' | b'X' | b'x')
@@ -289,20 +305,28 @@ pub struct ProcSample {
     pub pss: Option<u64>,
 }
 
-/// Why a tick produced no sample.
+/// Why /proc/PID/stat gave no reading.
 #[derive(Debug, thiserror::Error)]
-pub enum TickError {
-    /// The process exited (or its pid now belongs to another process).
-    #[error("target process {0} is gone")]
-    Gone(u32),
-}
-
-/// Counts read failures by source; implemented by the exporter's self-metrics.
-pub trait ReadErrorSink {
-    /// One failed read of `source`.
-    fn read_error(&self, source: ReadSource);
-    /// How long a read of `source` took.
-    fn read_duration(&self, source: ReadSource, took: Duration);
+pub enum StatError {
+    /// The process exited: the file answers ENOENT or ESRCH, or the task is a zombie.
+    #[error(transparent)]
+    Gone(#[from] TargetGone),
+    /// The file was read but does not parse: a read error of a process that may well be alive.
+    #[error("/proc/{pid}/stat: {error}")]
+    Unparsable {
+        /// The pid read.
+        pid: u32,
+        /// What was wrong.
+        error: ParseError,
+    },
+    /// The read failed for another reason than the process being gone (EACCES, EIO, …).
+    #[error("/proc/{pid}/stat: {error}")]
+    Unreadable {
+        /// The pid read.
+        pid: u32,
+        /// The failed read.
+        error: io::Error,
+    },
 }
 
 /// Policy for the opt-in smaps_rollup read, which holds the target's mmap lock while it walks every VMA.
@@ -399,12 +423,6 @@ impl ProcReader {
         })
     }
 
-    /// The pid as the target's own pid namespace sees it (for its hsperfdata file name).
-    pub fn status_nspid(&mut self) -> Option<u32> {
-        let b = self.status.read(&mut self.buf).ok()?;
-        parse_status(b).ok()?.nspid
-    }
-
     /// The pid being read.
     pub fn pid(&self) -> u32 {
         self.pid
@@ -413,11 +431,19 @@ impl ProcReader {
     /// Reads stat only: the identity check (start time) and cheapest liveness probe. A zombie (exited,
     /// not yet reaped by its parent) counts as gone: its files stay readable but it will never run again.
     /// A zombie main thread whose workers still run is alive (see [`Stat::group_alive`]); its own stat
-    /// shows no memory, so size and RSS come from a live worker, which shares the address space.
-    pub fn read_stat(&mut self) -> Result<Stat, TickError> {
-        match self.stat.read(&mut self.buf).map(parse_stat) {
-            Ok(Ok(st)) if !st.is_dead() => Ok(st),
-            Ok(Ok(mut st)) if st.group_alive() => {
+    /// shows no memory, so size and RSS come from a live worker, which shares the address space. Only
+    /// ENOENT/ESRCH or a zombie mean gone: content that does not parse is [`StatError::Unparsable`].
+    pub fn read_stat(&mut self) -> Result<Stat, StatError> {
+        let pid = self.pid;
+        let parsed = match self.stat.read(&mut self.buf) {
+            Ok(raw) => parse_stat(raw),
+            Err(e) if is_gone(&e) => return Err(TargetGone { pid }.into()),
+            Err(error) => return Err(StatError::Unreadable { pid, error }),
+        };
+        match parsed {
+            Err(error) => Err(StatError::Unparsable { pid, error }),
+            Ok(st) if !st.is_dead() => Ok(st),
+            Ok(mut st) if st.group_alive() => {
                 if let Some((tid, worker)) = self.live_worker_stat() {
                     st.vsize = worker.vsize;
                     st.rss_pages = worker.rss_pages;
@@ -429,7 +455,7 @@ impl ProcReader {
                 }
                 Ok(st)
             }
-            _ => Err(TickError::Gone(self.pid)),
+            Ok(_) => Err(TargetGone { pid }.into()),
         }
     }
 
@@ -447,24 +473,28 @@ impl ProcReader {
         })
     }
 
-    /// Takes one sample. Unreadable groups are None and reported to `errors`; a vanished process is
-    /// `Err(Gone)`.
-    pub fn sample(&mut self, errors: &dyn ReadErrorSink) -> Result<ProcSample, TickError> {
+    /// Takes one sample. Unreadable or unparsable groups are None and reported to `errors` (a corrupt stat
+    /// as `procfs`); only a vanished process (ENOENT/ESRCH, a zombie) is `Err`.
+    pub fn sample(&mut self, errors: &dyn ReadErrorSink) -> Result<ProcSample, TargetGone> {
         let started = Instant::now();
         let slow_tier = self.ticks % SLOW_TIER_TICKS == 0;
-        self.ticks += 1;
-        let mut s = ProcSample {
-            stat: Some(self.read_stat()?),
-            ..Default::default()
-        };
+        self.ticks = self.ticks.wrapping_add(1);
+        let gone = TargetGone { pid: self.pid };
+        let mut s = ProcSample::default();
+        match self.read_stat() {
+            Ok(st) => s.stat = Some(st),
+            Err(StatError::Gone(g)) => return Err(g),
+            Err(StatError::Unparsable { .. } | StatError::Unreadable { .. }) => {
+                errors.read_error(ReadSource::Procfs)
+            }
+        }
 
         match self.status.read(&mut self.buf) {
-            Ok(b) if !b.is_empty() => match parse_status(b) {
+            Ok(b) => match parse_status(b) {
                 Ok(st) => s.status = Some(st),
                 Err(_) => errors.read_error(ReadSource::ProcStatus),
             },
-            Ok(_) => return Err(TickError::Gone(self.pid)),
-            Err(e) if is_gone(&e) => return Err(TickError::Gone(self.pid)),
+            Err(e) if is_gone(&e) => return Err(gone),
             Err(_) => errors.read_error(ReadSource::ProcStatus),
         }
 
@@ -477,7 +507,7 @@ impl ProcReader {
                     Ok(io) => s.io = Some(io),
                     Err(_) => errors.read_error(ReadSource::ProcIo),
                 },
-                Err(e) if is_gone(&e) => return Err(TickError::Gone(self.pid)),
+                Err(e) if is_gone(&e) => return Err(gone),
                 Err(_) => {
                     self.io = None;
                     errors.read_error(ReadSource::ProcIo);
@@ -489,7 +519,7 @@ impl ProcReader {
 
         s.open_fds = match self.count_fds() {
             Ok(n) => Some(n),
-            Err(e) if is_gone(&e) => return Err(TickError::Gone(self.pid)),
+            Err(e) if is_gone(&e) => return Err(gone),
             Err(_) => {
                 errors.read_error(ReadSource::ProcFd);
                 None
@@ -501,7 +531,11 @@ impl ProcReader {
         }
         s.max_fds = self.max_fds;
 
-        let threads = s.stat.map(|st| st.num_threads as usize).unwrap_or(0);
+        let threads = s
+            .stat
+            .map(|st| st.num_threads)
+            .or(s.status.and_then(|st| st.threads))
+            .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX));
         s.sched_wait_ns = self.sched_wait(threads, slow_tier, errors);
 
         errors.read_duration(ReadSource::Procfs, started.elapsed());
@@ -517,7 +551,7 @@ impl ProcReader {
         let mut n = 0u64;
         for entry in std::fs::read_dir(path)? {
             entry?;
-            n += 1;
+            n = n.saturating_add(1);
         }
         Ok(n)
     }
@@ -562,7 +596,7 @@ impl ProcReader {
             match file.read(&mut self.buf).map(parse_schedstat) {
                 Ok(Ok(st)) => {
                     *last = st.wait_ns.max(*last);
-                    live += *last;
+                    live = live.saturating_add(*last);
                 }
                 Ok(Err(_)) => errors.read_error(ReadSource::ProcSchedstat),
                 Err(_) => exited.push(*tid),
@@ -570,13 +604,13 @@ impl ProcReader {
         }
         for tid in exited {
             if let Some((_, last)) = self.threads.remove(&tid) {
-                self.exited_wait_ns += last;
+                self.exited_wait_ns = self.exited_wait_ns.saturating_add(last);
             }
         }
         if self.threads.is_empty() {
             return None;
         }
-        Some(self.exited_wait_ns + live)
+        Some(self.exited_wait_ns.saturating_add(live))
     }
 
     fn refresh_threads(&mut self) {
@@ -610,7 +644,7 @@ impl ProcReader {
             .collect();
         for tid in gone {
             if let Some((_, last)) = self.threads.remove(&tid) {
-                self.exited_wait_ns += last;
+                self.exited_wait_ns = self.exited_wait_ns.saturating_add(last);
             }
         }
     }
@@ -640,6 +674,78 @@ impl ProcReader {
         }
         pss.last
     }
+}
+
+/// The procfs probe: keeps the target's /proc/PID files open, samples them, and is the one probe that says
+/// the target is gone.
+pub struct ProcfsProbe {
+    proc_root: PathBuf,
+    pss: Option<PssPolicy>,
+    /// Clock ticks per second.
+    hz: u64,
+    /// Page size, bytes.
+    page_size: u64,
+    /// kernel.threads-max, read once.
+    threads_max: Option<u64>,
+    reader: Option<ProcReader>,
+}
+
+impl ProcfsProbe {
+    /// A probe reading under `proc_root`, with this kernel's clock ticks per second and page size.
+    pub fn new(proc_root: &Path, pss: Option<PssPolicy>, hz: u64, page_size: u64) -> Self {
+        let threads_max = std::fs::read_to_string(proc_root.join("sys/kernel/threads-max"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        ProcfsProbe {
+            proc_root: proc_root.to_path_buf(),
+            pss,
+            hz: hz.max(1),
+            page_size,
+            threads_max,
+            reader: None,
+        }
+    }
+}
+
+impl Probe for ProcfsProbe {
+    fn name(&self) -> &'static str {
+        "procfs"
+    }
+
+    fn attach(&mut self, target: &ProbeTarget, _errors: &dyn ReadErrorSink) -> io::Result<()> {
+        self.reader = Some(ProcReader::open(&self.proc_root, target.pid, self.pss)?);
+        Ok(())
+    }
+
+    fn sample(
+        &mut self,
+        obs: &mut Observations,
+        errors: &dyn ReadErrorSink,
+    ) -> Result<(), TargetGone> {
+        let Some(reader) = self.reader.as_mut() else {
+            return Ok(());
+        };
+        let p = reader.sample(errors)?;
+        let hz = self.hz as f64;
+        obs.proc_cpu_seconds = p.stat.map(|s| s.cpu_ticks() as f64 / hz);
+        obs.rss = p
+            .stat
+            .and_then(|s| s.rss_bytes(self.page_size))
+            .map(|b| b as f64);
+        obs.threads_max = self.threads_max;
+        obs.proc = Some(p);
+        Ok(())
+    }
+
+    fn detach(&mut self) {
+        self.reader = None;
+    }
+}
+
+/// The pid as the target's innermost pid namespace sees it, from the `NSpid` line of /proc/PID/status.
+pub fn read_nspid(proc_root: &Path, pid: u32) -> Option<u32> {
+    let raw = std::fs::read(proc_root.join(pid.to_string()).join("status")).ok()?;
+    parse_status(&raw).ok()?.nspid
 }
 
 /// The comm (short command name) of a process, trimmed.
@@ -847,6 +953,65 @@ mod tests {
             panic!("unexpected read error on own process: {s:?}");
         }
         fn read_duration(&self, _: ReadSource, _: Duration) {}
+    }
+
+    #[derive(Default)]
+    struct Counted(std::sync::Mutex<Vec<ReadSource>>);
+    impl ReadErrorSink for Counted {
+        fn read_error(&self, s: ReadSource) {
+            self.0.lock().unwrap().push(s);
+        }
+        fn read_duration(&self, _: ReadSource, _: Duration) {}
+    }
+
+    #[test]
+    fn unparsable_stat_is_a_procfs_read_error_only_a_missing_one_is_gone() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("42");
+        std::fs::create_dir_all(dir.join("fd")).unwrap();
+        std::fs::write(dir.join("stat"), fixture("stat")).unwrap();
+        std::fs::write(dir.join("status"), fixture("status")).unwrap();
+        let mut r = ProcReader::open(root.path(), 42, None).unwrap();
+        let errors = Counted::default();
+        assert!(r.sample(&errors).unwrap().stat.is_some());
+        std::fs::write(dir.join("stat"), b"42 (x) S 1 2 x").unwrap();
+        let s = r.sample(&errors).unwrap();
+        assert_eq!(s.stat, None, "left out, not zero");
+        assert!(s.status.is_some(), "the other files are still read");
+        assert!(matches!(
+            r.read_stat(),
+            Err(StatError::Unparsable { pid: 42, .. })
+        ));
+        std::fs::write(dir.join("status"), b"").unwrap();
+        assert!(
+            r.sample(&errors).unwrap().status.is_none(),
+            "empty is unparsable"
+        );
+        let counted = errors.0.lock().unwrap().clone();
+        assert_eq!(
+            counted.iter().filter(|s| **s == ReadSource::Procfs).count(),
+            2
+        );
+        assert!(counted.contains(&ReadSource::ProcStatus));
+        // Only a file that is gone (ENOENT) ends the instance.
+        assert!(ProcReader::open(root.path(), 43, None).is_err());
+    }
+
+    #[test]
+    fn products_of_kernel_figures_do_not_wrap() {
+        let st = Stat {
+            rss_pages: u64::MAX / 2,
+            utime: u64::MAX,
+            stime: 5,
+            ..Default::default()
+        };
+        assert_eq!(st.rss_bytes(4096), None);
+        assert_eq!(st.cpu_ticks(), u64::MAX);
+        let st = Stat {
+            rss_pages: 10,
+            ..Default::default()
+        };
+        assert_eq!(st.rss_bytes(4096), Some(40960));
     }
 
     #[test]

@@ -12,34 +12,13 @@ pub mod target;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::probe::cgroup::CgroupSample;
 use crate::probe::hsperf::JvmSample;
-use crate::probe::procfs::ProcSample;
-use crate::probe::sockets::ListenSocket;
+use crate::probe::Observations;
 use crate::store::app_metrics::{AppMetrics, Reading};
 
 use memory::{JvmLiveSet, MemoryGrowth, MemoryReadings};
 use pause::PauseSignal;
 use pool::{PoolInputs, PoolSignal};
-
-/// One tick's readings of the target (all absent when there is none).
-#[derive(Debug, Default)]
-pub struct TickInputs<'a> {
-    /// procfs sample.
-    pub proc: Option<&'a ProcSample>,
-    /// cgroup sample.
-    pub cgroup: Option<&'a CgroupSample>,
-    /// JVM hsperfdata sample.
-    pub jvm: Option<&'a JvmSample>,
-    /// Listening sockets.
-    pub listen: &'a [ListenSocket],
-    /// Process CPU seconds.
-    pub proc_cpu_seconds: Option<f64>,
-    /// Resident set, bytes.
-    pub rss: Option<f64>,
-    /// kernel.threads-max.
-    pub threads_max: Option<u64>,
-}
 
 /// Heap metrics of the runtimes' semantic conventions: (used, limit, label filter).
 struct HeapMetric {
@@ -136,13 +115,13 @@ impl Derived {
     }
 
     /// One interval's derivation.
-    pub fn tick(&self, inp: &TickInputs<'_>) {
+    pub fn tick(&self, inp: &Observations) {
         let now = Instant::now();
         let t = now.duration_since(self.origin).as_secs_f64();
         self.pause.update_from_otlp(&self.app, now);
-        self.pause.update_from_hsperf(inp.jvm, now);
+        self.pause.update_from_hsperf(inp.jvm.as_ref(), now);
         let cg_limit = inp.cgroup.and_then(|c| c.memory_limit).map(|l| l as f64);
-        let heap = self.heap(inp.jvm);
+        let heap = self.heap(inp.jvm.as_ref());
         self.memory.observe(
             t,
             &MemoryReadings {
@@ -158,11 +137,11 @@ impl Derived {
         self.pool.update(
             &PoolInputs {
                 t,
-                proc: inp.proc,
+                proc: inp.proc.as_ref(),
                 proc_cpu_seconds: inp.proc_cpu_seconds,
-                cgroup: inp.cgroup,
+                cgroup: inp.cgroup.as_ref(),
                 threads_max: inp.threads_max,
-                listen: inp.listen,
+                listen: &inp.listen,
             },
             &self.app,
         );

@@ -316,7 +316,10 @@ fn process_families(b: &mut Builder<'_>, p: &ProcSample, u: KernelUnits, start_u
         "By",
         MetricKind::Gauge,
         "Resident set size of the target",
-        &[(&[], st.map(|s| (s.rss_pages * u.page_size) as f64))],
+        &[(
+            &[],
+            st.and_then(|s| s.rss_bytes(u.page_size)).map(|b| b as f64),
+        )],
     );
     b.one(
         "process.memory.virtual",

@@ -2,6 +2,7 @@
 //! reused pid is seen as a new target.
 
 pub mod access;
+pub mod exit_watch;
 pub mod run;
 pub mod status;
 

@@ -12,18 +12,7 @@ use std::process::ExitStatus;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-/// Which OTLP protocol the child's SDK is told to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
-pub enum ChildProtocol {
-    /// OTLP/HTTP with protobuf bodies to the HTTP receiver (the specification's default).
-    #[value(name = "http/protobuf")]
-    #[serde(rename = "http/protobuf")]
-    HttpProtobuf,
-    /// OTLP/gRPC to the gRPC receiver.
-    #[value(name = "grpc")]
-    #[serde(rename = "grpc")]
-    Grpc,
-}
+use crate::config::ChildProtocol;
 
 /// An address a local client can reach: an unspecified bind address becomes loopback.
 fn reachable(addr: SocketAddr) -> SocketAddr {
