@@ -37,9 +37,12 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use bytes::{Bytes, BytesMut};
 
+use super::answer::{
+    logs_response, metrics_response, trace_response, AT_CONCURRENCY_LIMIT, FORWARD_QUEUE_FULL,
+    INTERNAL_ERROR, RETRY_DELAY,
+};
 use super::cost;
 use super::decode::{gunzip, DecodeError, Encoding};
-use super::http::{logs_response, metrics_response, trace_response};
 use super::{Charge, Ingest, OverBudget, Refusal, Signal};
 use crate::export::http::server::{ConnectionLimits, GuardedListener};
 
@@ -48,7 +51,7 @@ struct Otlp(Arc<Ingest>);
 
 /// The answer to a request whose handling panicked: INTERNAL, which OTLP clients do not retry.
 fn internal() -> Status {
-    Status::internal("vitals failed handling this request (a bug: please report it)")
+    Status::internal(INTERNAL_ERROR)
 }
 
 /// The accepted message as it arrived (uncompressed), kept for forwarding.
@@ -72,8 +75,8 @@ impl Otlp {
             .map_err(|_| {
                 Status::with_error_details(
                     Code::Unavailable,
-                    super::http::FORWARD_QUEUE_FULL,
-                    ErrorDetails::with_retry_info(Some(Duration::from_secs(1))),
+                    FORWARD_QUEUE_FULL,
+                    ErrorDetails::with_retry_info(Some(RETRY_DELAY)),
                 )
             })
     }
@@ -206,8 +209,8 @@ where
             let Some(permit) = ingest.admit(signal) else {
                 return Ok(Status::with_error_details(
                     Code::Unavailable,
-                    "vitals is at its concurrent request limit; retry later",
-                    ErrorDetails::with_retry_info(Some(Duration::from_secs(1))),
+                    AT_CONCURRENCY_LIMIT,
+                    ErrorDetails::with_retry_info(Some(RETRY_DELAY)),
                 )
                 .into_http());
             };
@@ -249,7 +252,7 @@ async fn read_message(
             OverBudget::Busy => Status::with_error_details(
                 Code::Unavailable,
                 m,
-                ErrorDetails::with_retry_info(Some(Duration::from_secs(1))),
+                ErrorDetails::with_retry_info(Some(RETRY_DELAY)),
             ),
         }
     };
@@ -317,7 +320,7 @@ async fn read_message(
             OverBudget::Busy => Status::with_error_details(
                 Code::Unavailable,
                 m,
-                ErrorDetails::with_retry_info(Some(Duration::from_secs(1))),
+                ErrorDetails::with_retry_info(Some(RETRY_DELAY)),
             ),
         })?;
     charge

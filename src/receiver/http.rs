@@ -14,19 +14,17 @@ use hyper::header::{
     HeaderValue, ALLOW, CONNECTION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER,
 };
 use hyper::{Method, Request, Response, StatusCode};
-use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::answer::{
+    logs_response, metrics_response, trace_response, AT_CONCURRENCY_LIMIT, FORWARD_QUEUE_FULL,
+    INTERNAL_ERROR, RETRY_DELAY,
+};
 use super::cost;
 use super::decode::{decode, gunzip, DecodeError, Encoding};
 use super::{Charge, Ingest, OverBudget, Partial, Refusal, Signal};
@@ -166,7 +164,7 @@ async fn handle(ingest: Arc<Ingest>, req: Request<Incoming>) -> Result<Resp, Inf
             let _ = ingest;
             let mut r = status_body(StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE, message, enc);
             r.headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(RETRY_AFTER, HeaderValue::from(RETRY_DELAY.as_secs()));
             r
         }
     };
@@ -259,11 +257,7 @@ async fn handle(ingest: Arc<Ingest>, req: Request<Incoming>) -> Result<Resp, Inf
         return Ok(refuse(&ingest, e, &m));
     }
     let Some(_permit) = ingest.admit(signal) else {
-        return Ok(refuse(
-            &ingest,
-            OverBudget::Busy,
-            "vitals is at its concurrent request limit; retry later",
-        ));
+        return Ok(refuse(&ingest, OverBudget::Busy, AT_CONCURRENCY_LIMIT));
     };
     // Forwarding takes the request before it is applied: a full queue answers a retryable overload
     // and nothing of the request is counted, so the SDK's retry is not counted twice.
@@ -300,17 +294,13 @@ async fn handle(ingest: Arc<Ingest>, req: Request<Incoming>) -> Result<Resp, Inf
         status_body(
             StatusCode::INTERNAL_SERVER_ERROR,
             INTERNAL,
-            "vitals failed handling this request (a bug: please report it)",
+            INTERNAL_ERROR,
             enc,
         )
     });
     drop(charge);
     Ok(resp)
 }
-
-/// The answer when the forwarding queue is full.
-pub const FORWARD_QUEUE_FULL: &str =
-    "vitals' queue to the upstream OTLP endpoint is full; retry later";
 
 /// A decoded request that can be encoded again as protobuf (for forwarding a JSON request).
 trait OnwardBytes {
@@ -373,36 +363,6 @@ async fn drain(mut body: Incoming) {
         }
     };
     let _ = tokio::time::timeout(DRAIN_TIME, work).await;
-}
-
-/// The trace response for a partial outcome (no partial_success when nothing was rejected).
-pub fn trace_response(p: Partial) -> ExportTraceServiceResponse {
-    ExportTraceServiceResponse {
-        partial_success: (p.rejected > 0).then_some(ExportTracePartialSuccess {
-            rejected_spans: p.rejected as i64,
-            error_message: p.message,
-        }),
-    }
-}
-
-/// The metrics response for a partial outcome.
-pub fn metrics_response(p: Partial) -> ExportMetricsServiceResponse {
-    ExportMetricsServiceResponse {
-        partial_success: (p.rejected > 0).then_some(ExportMetricsPartialSuccess {
-            rejected_data_points: p.rejected as i64,
-            error_message: p.message,
-        }),
-    }
-}
-
-/// The logs response for a partial outcome.
-pub fn logs_response(p: Partial) -> ExportLogsServiceResponse {
-    ExportLogsServiceResponse {
-        partial_success: (p.rejected > 0).then_some(ExportLogsPartialSuccess {
-            rejected_log_records: p.rejected as i64,
-            error_message: p.message,
-        }),
-    }
 }
 
 /// Serves OTLP/HTTP until `shutdown`, letting in-flight requests finish for up to a second.

@@ -2,6 +2,7 @@
 //! request is charged against before it is decoded, bounds concurrent processing, hands decoded requests
 //! to the stores, and counts items and refused requests.
 
+pub mod answer;
 pub mod cost;
 pub mod decode;
 pub mod grpc;
