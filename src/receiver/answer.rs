@@ -14,7 +14,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceResponse,
 };
 
-use super::Partial;
+use super::PartialSuccess;
 
 /// The delay an overloaded receiver asks clients to wait before retrying (Retry-After / RetryInfo).
 pub const RETRY_DELAY: Duration = Duration::from_secs(1);
@@ -30,7 +30,7 @@ pub const AT_CONCURRENCY_LIMIT: &str = "vitals is at its concurrent request limi
 pub const INTERNAL_ERROR: &str = "vitals failed handling this request (a bug: please report it)";
 
 /// The trace response for a partial outcome (no partial_success when nothing was rejected).
-pub fn trace_response(p: Partial) -> ExportTraceServiceResponse {
+pub fn trace_response(p: PartialSuccess) -> ExportTraceServiceResponse {
     ExportTraceServiceResponse {
         partial_success: (p.rejected > 0).then_some(ExportTracePartialSuccess {
             rejected_spans: p.rejected as i64,
@@ -40,7 +40,7 @@ pub fn trace_response(p: Partial) -> ExportTraceServiceResponse {
 }
 
 /// The metrics response for a partial outcome.
-pub fn metrics_response(p: Partial) -> ExportMetricsServiceResponse {
+pub fn metrics_response(p: PartialSuccess) -> ExportMetricsServiceResponse {
     ExportMetricsServiceResponse {
         partial_success: (p.rejected > 0).then_some(ExportMetricsPartialSuccess {
             rejected_data_points: p.rejected as i64,
@@ -50,7 +50,7 @@ pub fn metrics_response(p: Partial) -> ExportMetricsServiceResponse {
 }
 
 /// The logs response for a partial outcome.
-pub fn logs_response(p: Partial) -> ExportLogsServiceResponse {
+pub fn logs_response(p: PartialSuccess) -> ExportLogsServiceResponse {
     ExportLogsServiceResponse {
         partial_success: (p.rejected > 0).then_some(ExportLogsPartialSuccess {
             rejected_log_records: p.rejected as i64,

@@ -43,11 +43,13 @@ use super::answer::{
 };
 use super::cost;
 use super::decode::{gunzip, DecodeError, Encoding};
-use super::{Charge, Ingest, OverBudget, Refusal, Signal};
+use super::{
+    ExportRequest, MemoryCharge, OverBudget, PartialSuccess, QueueFull, Receiver, Refusal, Signal,
+};
 use crate::export::http::server::{ConnectionLimits, GuardedListener};
 
 #[derive(Clone)]
-struct Otlp(Arc<Ingest>);
+struct Otlp(Arc<Receiver>);
 
 /// The answer to a request whose handling panicked: INTERNAL, which OTLP clients do not retry.
 fn internal() -> Status {
@@ -56,23 +58,22 @@ fn internal() -> Status {
 
 /// The accepted message as it arrived (uncompressed), kept for forwarding.
 #[derive(Clone)]
-struct Arrived {
-    message: Bytes,
-    items: u64,
-}
+struct Arrived(Bytes);
 
 impl Otlp {
-    /// Offers the request to forwarding before it is applied; a full queue is answered UNAVAILABLE with
-    /// RetryInfo, which OTLP clients retry.
-    fn onward<M: prost::Message>(&self, signal: Signal, req: &Request<M>) -> Result<(), Status> {
+    /// Hands the request to the receiver's consumers. A full forwarding queue is answered UNAVAILABLE
+    /// with RetryInfo, which OTLP clients retry; a panic while handling it, INTERNAL.
+    fn export<R: ExportRequest>(&self, req: &Request<R>) -> Result<PartialSuccess, Status> {
         let arrived = req.extensions().get::<Arrived>();
-        let items = arrived.map_or(0, |a| a.items);
+        let request = req.get_ref();
+        let raw = || match arrived {
+            Some(a) => a.0.clone(),
+            None => Bytes::from(request.encode_to_vec()),
+        };
         self.0
-            .hand_on(signal, items, || match arrived {
-                Some(a) => a.message.clone(),
-                None => Bytes::from(req.get_ref().encode_to_vec()),
-            })
-            .map_err(|_| {
+            .isolated(R::SIGNAL, || self.0.deliver(request, raw))
+            .ok_or_else(internal)?
+            .map_err(|QueueFull| {
                 Status::with_error_details(
                     Code::Unavailable,
                     FORWARD_QUEUE_FULL,
@@ -88,11 +89,7 @@ impl TraceService for Otlp {
         &self,
         req: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        self.onward(Signal::Traces, &req)?;
-        let p = self
-            .0
-            .isolated(Signal::Traces, || self.0.traces(req.get_ref()))
-            .ok_or_else(internal)?;
+        let p = Otlp::export(self, &req)?;
         Ok(Response::new(trace_response(p)))
     }
 }
@@ -103,11 +100,7 @@ impl MetricsService for Otlp {
         &self,
         req: Request<ExportMetricsServiceRequest>,
     ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
-        self.onward(Signal::Metrics, &req)?;
-        let p = self
-            .0
-            .isolated(Signal::Metrics, || self.0.metrics(req.get_ref()))
-            .ok_or_else(internal)?;
+        let p = Otlp::export(self, &req)?;
         Ok(Response::new(metrics_response(p)))
     }
 }
@@ -118,11 +111,7 @@ impl LogsService for Otlp {
         &self,
         req: Request<ExportLogsServiceRequest>,
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
-        self.onward(Signal::Logs, &req)?;
-        let p = self
-            .0
-            .isolated(Signal::Logs, || self.0.logs(req.get_ref()))
-            .ok_or_else(internal)?;
+        let p = Otlp::export(self, &req)?;
         Ok(Response::new(logs_response(p)))
     }
 }
@@ -138,14 +127,14 @@ fn signal_of(path: &str) -> Option<Signal> {
 
 /// The tower layer that puts [`Guard`] in front of the services.
 #[derive(Clone)]
-struct GuardLayer(Arc<Ingest>);
+struct GuardLayer(Arc<Receiver>);
 
 impl<S> tower::Layer<S> for GuardLayer {
     type Service = Guard<S>;
     fn layer(&self, inner: S) -> Guard<S> {
         Guard {
             inner,
-            ingest: self.0.clone(),
+            receiver: self.0.clone(),
         }
     }
 }
@@ -154,7 +143,7 @@ impl<S> tower::Layer<S> for GuardLayer {
 #[derive(Clone)]
 struct Guard<S> {
     inner: S,
-    ingest: Arc<Ingest>,
+    receiver: Arc<Receiver>,
 }
 
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
@@ -185,28 +174,28 @@ where
         // poll_ready (tower's usual pattern for a service called from a spawned future).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let ingest = self.ingest.clone();
+        let receiver = self.receiver.clone();
         Box::pin(async move {
             let (parts, body) = req.into_parts();
-            let mut charge = ingest.charge();
-            let (frame, items) = match tokio::time::timeout(
-                ingest.limits.body_timeout,
-                read_message(body, &parts.headers, &ingest, signal, &mut charge),
+            let mut charge = receiver.memory_charge();
+            let frame = match tokio::time::timeout(
+                receiver.limits.body_timeout,
+                read_message(body, &parts.headers, &receiver, signal, &mut charge),
             )
             .await
             {
                 Ok(Ok(read)) => read,
                 Ok(Err(status)) => return Ok(status.into_http()),
                 Err(_) => {
-                    ingest.stats.refused(signal, Refusal::Undecodable);
+                    receiver.stats.refused(signal, Refusal::Undecodable);
                     return Ok(Status::unavailable(format!(
                         "request message did not arrive within {:?}",
-                        ingest.limits.body_timeout
+                        receiver.limits.body_timeout
                     ))
                     .into_http());
                 }
             };
-            let Some(permit) = ingest.admit(signal) else {
+            let Some(permit) = receiver.admit(signal) else {
                 return Ok(Status::with_error_details(
                     Code::Unavailable,
                     AT_CONCURRENCY_LIMIT,
@@ -216,10 +205,10 @@ where
             };
             let mut parts = parts;
             parts.headers.remove("grpc-encoding");
-            parts.extensions.insert(Arrived {
-                message: frame.slice(5..),
-                items,
-            });
+            // The receiver keeps the message for forwarding only when it forwards.
+            if receiver.forwards() {
+                parts.extensions.insert(Arrived(frame.slice(5..)));
+            }
             let req = http::Request::from_parts(
                 parts,
                 tonic::body::Body::new(http_body_util::Full::new(frame)),
@@ -227,7 +216,7 @@ where
             let mut resp = inner.call(req).await?;
             drop(permit);
             drop(charge);
-            remap_status(&mut resp, &ingest, signal);
+            remap_status(&mut resp, &receiver, signal);
             Ok(resp)
         })
     }
@@ -235,18 +224,18 @@ where
 
 /// Reads the one length-prefixed message of a unary call under the size limit and the memory budget,
 /// inflates it if it is compressed, and checks its decoded cost. Returns the message re-framed
-/// uncompressed with its item count, or the status to answer with.
+/// uncompressed, or the status to answer with.
 async fn read_message(
     mut body: tonic::body::Body,
     headers: &http::HeaderMap,
-    ingest: &Ingest,
+    receiver: &Receiver,
     signal: Signal,
-    charge: &mut Charge,
-) -> Result<(Bytes, u64), Status> {
+    charge: &mut MemoryCharge,
+) -> Result<Bytes, Status> {
     use http_body_util::BodyExt;
-    let limit = ingest.limits.max_body;
+    let limit = receiver.limits.max_body;
     let over = |e: OverBudget| {
-        let (e, m) = ingest.over_budget(signal, e);
+        let (e, m) = receiver.over_budget(signal, e);
         match e {
             OverBudget::TooLarge => Status::resource_exhausted(m),
             OverBudget::Busy => Status::with_error_details(
@@ -257,11 +246,11 @@ async fn read_message(
         }
     };
     let too_large = || {
-        ingest.stats.refused(signal, Refusal::TooLarge);
+        receiver.stats.refused(signal, Refusal::TooLarge);
         Status::resource_exhausted(DecodeError::TooLarge { limit }.to_string())
     };
     let undecodable = |m: String| {
-        ingest.stats.refused(signal, Refusal::Undecodable);
+        receiver.stats.refused(signal, Refusal::Undecodable);
         Status::invalid_argument(m)
     };
     let mut buf = BytesMut::new();
@@ -272,7 +261,7 @@ async fn read_message(
             if buf.len() + d.len() > limit + 5 {
                 return Err(too_large());
             }
-            charge.grow(ingest, 2 * d.len() as u64).map_err(over)?;
+            charge.grow(receiver, 2 * d.len() as u64).map_err(over)?;
             buf.extend_from_slice(d);
             if buf.len() >= 5 {
                 let declared = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
@@ -302,7 +291,7 @@ async fn read_message(
                 "compressed message without grpc-encoding: gzip; vitals accepts gzip",
             ));
         }
-        match gunzip(&message, limit, |n| charge.grow(ingest, n)) {
+        match gunzip(&message, limit, |n| charge.grow(receiver, n)) {
             Ok(m) => Bytes::from(m),
             Err(DecodeError::TooLarge { .. }) => return Err(too_large()),
             Err(DecodeError::OverBudget(e)) => return Err(over(e)),
@@ -313,7 +302,7 @@ async fn read_message(
     };
     let c =
         cost::cost(signal, &message, Encoding::Protobuf).map_err(|e| undecodable(e.to_string()))?;
-    ingest
+    receiver
         .charge_decoded(signal, charge, c)
         .map_err(|(e, m)| match e {
             OverBudget::TooLarge => Status::resource_exhausted(m),
@@ -324,17 +313,17 @@ async fn read_message(
             ),
         })?;
     charge
-        .grow(ingest, 5 + message.len() as u64)
+        .grow(receiver, 5 + message.len() as u64)
         .map_err(over)?;
     let mut framed = BytesMut::with_capacity(5 + message.len());
     framed.extend_from_slice(&[0]);
     framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
     framed.extend_from_slice(&message);
-    Ok((framed.freeze(), c.items))
+    Ok(framed.freeze())
 }
 
 /// Rewrites a trailers-only error response from tonic's decoding to the code OTLP prescribes.
-fn remap_status(resp: &mut http::Response<tonic::body::Body>, ingest: &Ingest, signal: Signal) {
+fn remap_status(resp: &mut http::Response<tonic::body::Body>, receiver: &Receiver, signal: Signal) {
     let code = resp
         .headers()
         .get("grpc-status")
@@ -348,15 +337,15 @@ fn remap_status(resp: &mut http::Response<tonic::body::Body>, ingest: &Ingest, s
         Some(c) if c == Code::Internal as i32 => (Code::InvalidArgument, Refusal::Undecodable),
         _ => return,
     };
-    ingest.stats.refused(signal, refusal);
+    receiver.stats.refused(signal, refusal);
     resp.headers_mut()
         .insert("grpc-status", HeaderValue::from(new as i32));
 }
 
 /// Serves OTLP/gRPC until `shutdown`.
-pub async fn serve(listener: TcpListener, ingest: Arc<Ingest>, shutdown: CancellationToken) {
-    let limit = ingest.limits.max_body;
-    let svc = Otlp(ingest.clone());
+pub async fn serve(listener: TcpListener, receiver: Arc<Receiver>, shutdown: CancellationToken) {
+    let limit = receiver.limits.max_body;
+    let svc = Otlp(receiver.clone());
     let incoming = GuardedListener::new(listener, ConnectionLimits::OTLP).into_stream("otlp-grpc");
     let result = tonic::transport::Server::builder()
         // Pings find dead peers; a request that takes longer than the body deadline plus processing
@@ -365,7 +354,7 @@ pub async fn serve(listener: TcpListener, ingest: Arc<Ingest>, shutdown: Cancell
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .timeout(Duration::from_secs(30))
         .max_concurrent_streams(Some(32))
-        .layer(GuardLayer(ingest))
+        .layer(GuardLayer(receiver))
         .add_service(
             TraceServiceServer::new(svc.clone())
                 .max_decoding_message_size(limit)
