@@ -48,8 +48,9 @@ use super::{
 };
 use crate::export::http::server::{ConnectionLimits, GuardedListener};
 
+/// The trace, metrics and logs export services, all handing requests to one receiver.
 #[derive(Clone)]
-struct Otlp(Arc<Receiver>);
+struct ExportServices(Arc<Receiver>);
 
 /// The answer to a request whose handling panicked: INTERNAL, which OTLP clients do not retry.
 fn internal() -> Status {
@@ -58,13 +59,13 @@ fn internal() -> Status {
 
 /// The accepted message as it arrived (uncompressed), kept for forwarding.
 #[derive(Clone)]
-struct Arrived(Bytes);
+struct ArrivedMessage(Bytes);
 
-impl Otlp {
+impl ExportServices {
     /// Hands the request to the receiver's consumers. A full forwarding queue is answered UNAVAILABLE
     /// with RetryInfo, which OTLP clients retry; a panic while handling it, INTERNAL.
-    fn export<R: ExportRequest>(&self, req: &Request<R>) -> Result<PartialSuccess, Status> {
-        let arrived = req.extensions().get::<Arrived>();
+    fn consume<R: ExportRequest>(&self, req: &Request<R>) -> Result<PartialSuccess, Status> {
+        let arrived = req.extensions().get::<ArrivedMessage>();
         let request = req.get_ref();
         let raw = || match arrived {
             Some(a) => a.0.clone(),
@@ -84,34 +85,34 @@ impl Otlp {
 }
 
 #[tonic::async_trait]
-impl TraceService for Otlp {
+impl TraceService for ExportServices {
     async fn export(
         &self,
         req: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let p = Otlp::export(self, &req)?;
+        let p = self.consume(&req)?;
         Ok(Response::new(trace_response(p)))
     }
 }
 
 #[tonic::async_trait]
-impl MetricsService for Otlp {
+impl MetricsService for ExportServices {
     async fn export(
         &self,
         req: Request<ExportMetricsServiceRequest>,
     ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
-        let p = Otlp::export(self, &req)?;
+        let p = self.consume(&req)?;
         Ok(Response::new(metrics_response(p)))
     }
 }
 
 #[tonic::async_trait]
-impl LogsService for Otlp {
+impl LogsService for ExportServices {
     async fn export(
         &self,
         req: Request<ExportLogsServiceRequest>,
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
-        let p = Otlp::export(self, &req)?;
+        let p = self.consume(&req)?;
         Ok(Response::new(logs_response(p)))
     }
 }
@@ -125,14 +126,14 @@ fn signal_of(path: &str) -> Option<Signal> {
     }
 }
 
-/// The tower layer that puts [`Guard`] in front of the services.
+/// The tower layer that puts [`AdmissionGuard`] in front of the services.
 #[derive(Clone)]
-struct GuardLayer(Arc<Receiver>);
+struct AdmissionLayer(Arc<Receiver>);
 
-impl<S> tower::Layer<S> for GuardLayer {
-    type Service = Guard<S>;
-    fn layer(&self, inner: S) -> Guard<S> {
-        Guard {
+impl<S> tower::Layer<S> for AdmissionLayer {
+    type Service = AdmissionGuard<S>;
+    fn layer(&self, inner: S) -> AdmissionGuard<S> {
+        AdmissionGuard {
             inner,
             receiver: self.0.clone(),
         }
@@ -141,14 +142,14 @@ impl<S> tower::Layer<S> for GuardLayer {
 
 /// Admission control and status mapping around tonic.
 #[derive(Clone)]
-struct Guard<S> {
+struct AdmissionGuard<S> {
     inner: S,
     receiver: Arc<Receiver>,
 }
 
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
 
-impl<S> tower::Service<http::Request<tonic::body::Body>> for Guard<S>
+impl<S> tower::Service<http::Request<tonic::body::Body>> for AdmissionGuard<S>
 where
     S: tower::Service<
             http::Request<tonic::body::Body>,
@@ -207,7 +208,7 @@ where
             parts.headers.remove("grpc-encoding");
             // The receiver keeps the message for forwarding only when it forwards.
             if receiver.forwards() {
-                parts.extensions.insert(Arrived(frame.slice(5..)));
+                parts.extensions.insert(ArrivedMessage(frame.slice(5..)));
             }
             let req = http::Request::from_parts(
                 parts,
@@ -345,7 +346,7 @@ fn remap_status(resp: &mut http::Response<tonic::body::Body>, receiver: &Receive
 /// Serves OTLP/gRPC until `shutdown`.
 pub async fn serve(listener: TcpListener, receiver: Arc<Receiver>, shutdown: CancellationToken) {
     let limit = receiver.limits.max_body;
-    let svc = Otlp(receiver.clone());
+    let svc = ExportServices(receiver.clone());
     let incoming = GuardedListener::new(listener, ConnectionLimits::OTLP).into_stream("otlp-grpc");
     let result = tonic::transport::Server::builder()
         // Pings find dead peers; a request that takes longer than the body deadline plus processing
@@ -354,7 +355,7 @@ pub async fn serve(listener: TcpListener, receiver: Arc<Receiver>, shutdown: Can
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .timeout(Duration::from_secs(30))
         .max_concurrent_streams(Some(32))
-        .layer(GuardLayer(receiver))
+        .layer(AdmissionLayer(receiver))
         .add_service(
             TraceServiceServer::new(svc.clone())
                 .max_decoding_message_size(limit)
