@@ -83,11 +83,11 @@ pub trait Consumer<R>: Send + Sync {
     fn consume(&self, request: &R) -> PartialSuccess;
 }
 
-/// The consumers of traces.
+/// A consumer of trace exports (RED).
 pub type TracesConsumer = dyn Consumer<ExportTraceServiceRequest>;
-/// The consumers of metrics.
+/// A consumer of metric exports (the app metric store).
 pub type MetricsConsumer = dyn Consumer<ExportMetricsServiceRequest>;
-/// The consumers of logs.
+/// A consumer of log exports (the log counts).
 pub type LogsConsumer = dyn Consumer<ExportLogsServiceRequest>;
 
 /// One of the three OTLP export requests: its signal, its items, and its consumers in a fan-out.
