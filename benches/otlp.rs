@@ -16,7 +16,7 @@ use opentelemetry_proto::tonic::trace::v1::{
 };
 use prost::Message;
 use vitals::receiver::decode::{decode, Encoding};
-use vitals::receiver::{Ingest, OtlpLimits};
+use vitals::receiver::{Consumers, OtlpLimits, OtlpStats, Receiver};
 use vitals::signal::latency::RedStore;
 use vitals::store::app_metrics::{AppMetrics, AppMetricsConfig};
 use vitals::store::limited::OverflowCounter;
@@ -87,13 +87,13 @@ fn request(spans: usize) -> ExportTraceServiceRequest {
     }
 }
 
-fn ingest() -> Ingest {
+/// The receiver wired as the binary wires it without forwarding: RED, app metrics and log counts.
+fn receiver() -> Receiver {
     let o = OverflowCounter::default();
     let ttl = Duration::from_secs(3600);
-    Ingest::new(
-        OtlpLimits::new(4 << 20, 8),
-        Arc::new(RedStore::new(2000, ttl, o.clone())),
-        Arc::new(AppMetrics::new(
+    let consumers = Consumers::new()
+        .traces(Arc::new(RedStore::new(2000, ttl, o.clone())))
+        .metrics(Arc::new(AppMetrics::new(
             AppMetricsConfig {
                 series_limit: 2000,
                 family_limit: 2000,
@@ -102,9 +102,12 @@ fn ingest() -> Ingest {
             },
             o.clone(),
             Arc::new(vitals::export::prometheus::naming::PrometheusNames),
-        )),
-        Arc::new(LogCounts::new(2000, ttl, o.clone())),
-        Arc::new(Ingest::stats_with(o)),
+        )))
+        .logs(Arc::new(LogCounts::new(2000, ttl, o.clone())));
+    Receiver::new(
+        OtlpLimits::new(4 << 20, 8),
+        consumers,
+        Arc::new(OtlpStats::new(move || o.get())),
     )
 }
 
@@ -122,7 +125,7 @@ fn median_ns_per_iter(iters: usize, rounds: usize, mut f: impl FnMut()) -> f64 {
 }
 
 fn in_process() {
-    let ing = ingest();
+    let receiver = receiver();
     println!("in process (one core), median of 15 rounds:");
     for n in [10usize, 100] {
         let bytes = request(n).encode_to_vec();
@@ -132,12 +135,12 @@ fn in_process() {
         });
         let full = median_ns_per_iter(iters, 15, || {
             let req: ExportTraceServiceRequest = decode(&bytes, Encoding::Protobuf).unwrap();
-            std::hint::black_box(ing.traces(&req));
+            std::hint::black_box(receiver.deliver_decoded(&req).unwrap());
         });
         let json = serde_json::to_vec(&request(n)).unwrap();
         let full_json = median_ns_per_iter(iters.max(10) / 4, 15, || {
             let req: ExportTraceServiceRequest = decode(&json, Encoding::Json).unwrap();
-            std::hint::black_box(ing.traces(&req));
+            std::hint::black_box(receiver.deliver_decoded(&req).unwrap());
         });
         let per_span = full / n as f64 / 1000.0;
         println!(

@@ -16,7 +16,7 @@ use crate::export::self_metrics::ExporterStats;
 use crate::model::Registry;
 use crate::probe::cgroup::CgroupRoots;
 use crate::probe::procfs::{kernel_units, read_boot_time, PssPolicy};
-use crate::receiver::{self, Ingest, OtlpLimits};
+use crate::receiver::{self, Consumers, OtlpLimits, OtlpStats, Receiver};
 use crate::sampler::{Sampler, SamplerParts};
 use crate::signal::hints::HintPolicy;
 use crate::signal::latency::RedStore;
@@ -145,7 +145,7 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
         config.series_ttl,
         overflow.clone(),
     ));
-    let otlp_stats = Arc::new(Ingest::stats_with(overflow));
+    let otlp_stats = Arc::new(OtlpStats::new(move || overflow.get()));
     registry.register(red.clone());
     registry.register(app_metrics.clone());
     let app_metrics_for_signals = app_metrics.clone();
@@ -155,17 +155,20 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
         config.otlp_max_request_bytes,
         config.otlp_max_concurrent_requests,
     );
-    let mut ingest = Ingest::new(limits, red, app_metrics, logs, otlp_stats);
+    // Forwarding takes each request first, so a full queue answers the app before anything is
+    // derived; then RED, app metrics and log counts.
+    let mut consumers = Consumers::new();
     let forwarder = match &config.forward {
         Some(settings) => {
             let f = Forwarder::start(settings.clone()).map_err(|e| anyhow::anyhow!(e))?;
             registry.register(f.collector());
-            ingest = ingest.with_onward(f.clone());
+            consumers = consumers.onward(f.clone());
             Some(f)
         }
         None => None,
     };
-    let ingest = Arc::new(ingest);
+    let consumers = consumers.traces(red).metrics(app_metrics).logs(logs);
+    let otlp_receiver = Arc::new(Receiver::new(limits, consumers, otlp_stats));
     let app_metrics = app_metrics_for_signals;
     let grpc_listener = match config.otlp_grpc_addr {
         Some(a) => Some(bind_named(a, "--otlp-grpc-addr").await?),
@@ -183,14 +186,14 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
     if let Some(l) = grpc_listener {
         receivers.push(tokio::spawn(receiver::grpc::serve(
             l,
-            ingest.clone(),
+            otlp_receiver.clone(),
             shutdown.clone(),
         )));
     }
     if let Some(l) = http_listener {
         receivers.push(tokio::spawn(receiver::http::serve(
             l,
-            ingest,
+            otlp_receiver,
             shutdown.clone(),
         )));
     }

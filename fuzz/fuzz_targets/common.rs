@@ -6,14 +6,14 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use vitals::signal::latency::RedStore;
-use vitals::receiver::{Ingest, OtlpLimits};
+use vitals::receiver::{Consumers, OtlpLimits, OtlpStats, Receiver};
 use vitals::store::app_metrics::{AppMetrics, AppMetricsConfig};
 use vitals::store::limited::OverflowCounter;
 use vitals::store::logs::LogCounts;
 use vitals::model::Registry;
 
-pub fn ingest() -> &'static (Ingest, Registry) {
-    static I: OnceLock<(Ingest, Registry)> = OnceLock::new();
+pub fn receiver() -> &'static (Receiver, Registry) {
+    static I: OnceLock<(Receiver, Registry)> = OnceLock::new();
     I.get_or_init(|| {
         let o = OverflowCounter::default();
         let ttl = Duration::from_secs(3600);
@@ -24,27 +24,29 @@ pub fn ingest() -> &'static (Ingest, Registry) {
         registry.register(red.clone());
         registry.register(app.clone());
         registry.register(logs.clone());
-        let ing = Ingest::new(OtlpLimits::new(1 << 20, 1), red, app, logs, Arc::new(Ingest::stats_with(o)));
-        (ing, registry)
+        let consumers = Consumers::new().traces(red).metrics(app).logs(logs);
+        let stats = Arc::new(OtlpStats::new(move || o.get()));
+        (Receiver::new(OtlpLimits::new(1 << 20, 1), consumers, stats), registry)
     })
 }
 
 /// Encodes what the stores hold, in both formats, so rendering is fuzzed too.
 pub fn render() {
-    let (_, registry) = ingest();
+    let (_, registry) = receiver();
     let fams = registry.gather();
     let _ = vitals::export::prometheus::encode(&fams, vitals::export::prometheus::Format::Text);
     let _ = vitals::export::prometheus::encode(&fams, vitals::export::prometheus::Format::OpenMetrics);
 }
 
-/// Defines a fuzz target for one OTLP request type, body encoding and ingest method.
+/// Defines a fuzz target for one OTLP request type and body encoding (the last argument, the signal,
+/// only names the target).
 #[macro_export]
 macro_rules! otlp_target {
-    ($ty:ty, $enc:ident, $method:ident) => {
+    ($ty:ty, $enc:ident, $signal:ident) => {
         libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             use vitals::receiver::decode::{decode, Encoding};
             if let Ok(req) = decode::<$ty>(data, Encoding::$enc) {
-                let _ = common::ingest().0.$method(&req);
+                let _ = common::receiver().0.deliver_decoded(&req);
                 common::render();
             }
         });

@@ -24,16 +24,16 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let Ok(c) = cost(signal, body, enc) else {
         return;
     };
-    let (ingest, registry) = common::ingest();
+    let (receiver, registry) = common::receiver();
     match signal {
         Signal::Metrics => {
             if let Ok(req) = decode::<ExportMetricsServiceRequest>(body, enc) {
-                let _ = ingest.metrics(&req);
+                let _ = receiver.deliver_decoded(&req);
             }
         }
         _ => {
             if let Ok(req) = decode::<ExportTraceServiceRequest>(body, enc) {
-                let _ = ingest.traces(&req);
+                let _ = receiver.deliver_decoded(&req);
             }
         }
     }

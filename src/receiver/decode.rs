@@ -1,6 +1,6 @@
 //! Request bodies to OTLP messages: gzip inflated under a size limit (a bomb is refused while inflating),
 //! then protobuf or OTLP/JSON. A decoder panic is an undecodable body, never a crash (the release
-//! build unwinds; see `Ingest::isolated` for the rest of a request's handling).
+//! build unwinds; see `Receiver::isolated` for the rest of a request's handling).
 
 use std::io::Read;
 

@@ -37,89 +37,82 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use bytes::{Bytes, BytesMut};
 
+use super::answer::{
+    logs_response, metrics_response, trace_response, AT_CONCURRENCY_LIMIT, FORWARD_QUEUE_FULL,
+    INTERNAL_ERROR, RETRY_DELAY,
+};
 use super::cost;
 use super::decode::{gunzip, DecodeError, Encoding};
-use super::http::{logs_response, metrics_response, trace_response};
-use super::{Charge, Ingest, OverBudget, Refusal, Signal};
+use super::{
+    ExportRequest, MemoryCharge, OverBudget, PartialSuccess, QueueFull, Receiver, Refusal, Signal,
+};
 use crate::export::http::server::{ConnectionLimits, GuardedListener};
 
+/// The trace, metrics and logs export services, all handing requests to one receiver.
 #[derive(Clone)]
-struct Otlp(Arc<Ingest>);
+struct ExportServices(Arc<Receiver>);
 
 /// The answer to a request whose handling panicked: INTERNAL, which OTLP clients do not retry.
 fn internal() -> Status {
-    Status::internal("vitals failed handling this request (a bug: please report it)")
+    Status::internal(INTERNAL_ERROR)
 }
 
 /// The accepted message as it arrived (uncompressed), kept for forwarding.
 #[derive(Clone)]
-struct Arrived {
-    message: Bytes,
-    items: u64,
-}
+struct ArrivedMessage(Bytes);
 
-impl Otlp {
-    /// Offers the request to forwarding before it is applied; a full queue is answered UNAVAILABLE with
-    /// RetryInfo, which OTLP clients retry.
-    fn onward<M: prost::Message>(&self, signal: Signal, req: &Request<M>) -> Result<(), Status> {
-        let arrived = req.extensions().get::<Arrived>();
-        let items = arrived.map_or(0, |a| a.items);
+impl ExportServices {
+    /// Hands the request to the receiver's consumers. A full forwarding queue is answered UNAVAILABLE
+    /// with RetryInfo, which OTLP clients retry; a panic while handling it, INTERNAL.
+    fn consume<R: ExportRequest>(&self, req: &Request<R>) -> Result<PartialSuccess, Status> {
+        let arrived = req.extensions().get::<ArrivedMessage>();
+        let request = req.get_ref();
+        let raw = || match arrived {
+            Some(a) => a.0.clone(),
+            None => Bytes::from(request.encode_to_vec()),
+        };
         self.0
-            .hand_on(signal, items, || match arrived {
-                Some(a) => a.message.clone(),
-                None => Bytes::from(req.get_ref().encode_to_vec()),
-            })
-            .map_err(|_| {
+            .isolated(R::SIGNAL, || self.0.deliver(request, raw))
+            .ok_or_else(internal)?
+            .map_err(|QueueFull| {
                 Status::with_error_details(
                     Code::Unavailable,
-                    super::http::FORWARD_QUEUE_FULL,
-                    ErrorDetails::with_retry_info(Some(Duration::from_secs(1))),
+                    FORWARD_QUEUE_FULL,
+                    ErrorDetails::with_retry_info(Some(RETRY_DELAY)),
                 )
             })
     }
 }
 
 #[tonic::async_trait]
-impl TraceService for Otlp {
+impl TraceService for ExportServices {
     async fn export(
         &self,
         req: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        self.onward(Signal::Traces, &req)?;
-        let p = self
-            .0
-            .isolated(Signal::Traces, || self.0.traces(req.get_ref()))
-            .ok_or_else(internal)?;
+        let p = self.consume(&req)?;
         Ok(Response::new(trace_response(p)))
     }
 }
 
 #[tonic::async_trait]
-impl MetricsService for Otlp {
+impl MetricsService for ExportServices {
     async fn export(
         &self,
         req: Request<ExportMetricsServiceRequest>,
     ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
-        self.onward(Signal::Metrics, &req)?;
-        let p = self
-            .0
-            .isolated(Signal::Metrics, || self.0.metrics(req.get_ref()))
-            .ok_or_else(internal)?;
+        let p = self.consume(&req)?;
         Ok(Response::new(metrics_response(p)))
     }
 }
 
 #[tonic::async_trait]
-impl LogsService for Otlp {
+impl LogsService for ExportServices {
     async fn export(
         &self,
         req: Request<ExportLogsServiceRequest>,
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
-        self.onward(Signal::Logs, &req)?;
-        let p = self
-            .0
-            .isolated(Signal::Logs, || self.0.logs(req.get_ref()))
-            .ok_or_else(internal)?;
+        let p = self.consume(&req)?;
         Ok(Response::new(logs_response(p)))
     }
 }
@@ -133,30 +126,30 @@ fn signal_of(path: &str) -> Option<Signal> {
     }
 }
 
-/// The tower layer that puts [`Guard`] in front of the services.
+/// The tower layer that puts [`AdmissionGuard`] in front of the services.
 #[derive(Clone)]
-struct GuardLayer(Arc<Ingest>);
+struct AdmissionLayer(Arc<Receiver>);
 
-impl<S> tower::Layer<S> for GuardLayer {
-    type Service = Guard<S>;
-    fn layer(&self, inner: S) -> Guard<S> {
-        Guard {
+impl<S> tower::Layer<S> for AdmissionLayer {
+    type Service = AdmissionGuard<S>;
+    fn layer(&self, inner: S) -> AdmissionGuard<S> {
+        AdmissionGuard {
             inner,
-            ingest: self.0.clone(),
+            receiver: self.0.clone(),
         }
     }
 }
 
 /// Admission control and status mapping around tonic.
 #[derive(Clone)]
-struct Guard<S> {
+struct AdmissionGuard<S> {
     inner: S,
-    ingest: Arc<Ingest>,
+    receiver: Arc<Receiver>,
 }
 
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
 
-impl<S> tower::Service<http::Request<tonic::body::Body>> for Guard<S>
+impl<S> tower::Service<http::Request<tonic::body::Body>> for AdmissionGuard<S>
 where
     S: tower::Service<
             http::Request<tonic::body::Body>,
@@ -182,41 +175,41 @@ where
         // poll_ready (tower's usual pattern for a service called from a spawned future).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let ingest = self.ingest.clone();
+        let receiver = self.receiver.clone();
         Box::pin(async move {
             let (parts, body) = req.into_parts();
-            let mut charge = ingest.charge();
-            let (frame, items) = match tokio::time::timeout(
-                ingest.limits.body_timeout,
-                read_message(body, &parts.headers, &ingest, signal, &mut charge),
+            let mut charge = receiver.memory_charge();
+            let frame = match tokio::time::timeout(
+                receiver.limits.body_timeout,
+                read_message(body, &parts.headers, &receiver, signal, &mut charge),
             )
             .await
             {
                 Ok(Ok(read)) => read,
                 Ok(Err(status)) => return Ok(status.into_http()),
                 Err(_) => {
-                    ingest.stats.refused(signal, Refusal::Undecodable);
+                    receiver.stats.refused(signal, Refusal::Undecodable);
                     return Ok(Status::unavailable(format!(
                         "request message did not arrive within {:?}",
-                        ingest.limits.body_timeout
+                        receiver.limits.body_timeout
                     ))
                     .into_http());
                 }
             };
-            let Some(permit) = ingest.admit(signal) else {
+            let Some(permit) = receiver.admit(signal) else {
                 return Ok(Status::with_error_details(
                     Code::Unavailable,
-                    "vitals is at its concurrent request limit; retry later",
-                    ErrorDetails::with_retry_info(Some(Duration::from_secs(1))),
+                    AT_CONCURRENCY_LIMIT,
+                    ErrorDetails::with_retry_info(Some(RETRY_DELAY)),
                 )
                 .into_http());
             };
             let mut parts = parts;
             parts.headers.remove("grpc-encoding");
-            parts.extensions.insert(Arrived {
-                message: frame.slice(5..),
-                items,
-            });
+            // The receiver keeps the message for forwarding only when it forwards.
+            if receiver.forwards() {
+                parts.extensions.insert(ArrivedMessage(frame.slice(5..)));
+            }
             let req = http::Request::from_parts(
                 parts,
                 tonic::body::Body::new(http_body_util::Full::new(frame)),
@@ -224,7 +217,7 @@ where
             let mut resp = inner.call(req).await?;
             drop(permit);
             drop(charge);
-            remap_status(&mut resp, &ingest, signal);
+            remap_status(&mut resp, &receiver, signal);
             Ok(resp)
         })
     }
@@ -232,33 +225,33 @@ where
 
 /// Reads the one length-prefixed message of a unary call under the size limit and the memory budget,
 /// inflates it if it is compressed, and checks its decoded cost. Returns the message re-framed
-/// uncompressed with its item count, or the status to answer with.
+/// uncompressed, or the status to answer with.
 async fn read_message(
     mut body: tonic::body::Body,
     headers: &http::HeaderMap,
-    ingest: &Ingest,
+    receiver: &Receiver,
     signal: Signal,
-    charge: &mut Charge,
-) -> Result<(Bytes, u64), Status> {
+    charge: &mut MemoryCharge,
+) -> Result<Bytes, Status> {
     use http_body_util::BodyExt;
-    let limit = ingest.limits.max_body;
+    let limit = receiver.limits.max_body;
     let over = |e: OverBudget| {
-        let (e, m) = ingest.over_budget(signal, e);
+        let (e, m) = receiver.over_budget(signal, e);
         match e {
             OverBudget::TooLarge => Status::resource_exhausted(m),
             OverBudget::Busy => Status::with_error_details(
                 Code::Unavailable,
                 m,
-                ErrorDetails::with_retry_info(Some(Duration::from_secs(1))),
+                ErrorDetails::with_retry_info(Some(RETRY_DELAY)),
             ),
         }
     };
     let too_large = || {
-        ingest.stats.refused(signal, Refusal::TooLarge);
+        receiver.stats.refused(signal, Refusal::TooLarge);
         Status::resource_exhausted(DecodeError::TooLarge { limit }.to_string())
     };
     let undecodable = |m: String| {
-        ingest.stats.refused(signal, Refusal::Undecodable);
+        receiver.stats.refused(signal, Refusal::Undecodable);
         Status::invalid_argument(m)
     };
     let mut buf = BytesMut::new();
@@ -269,7 +262,7 @@ async fn read_message(
             if buf.len() + d.len() > limit + 5 {
                 return Err(too_large());
             }
-            charge.grow(ingest, 2 * d.len() as u64).map_err(over)?;
+            charge.grow(receiver, 2 * d.len() as u64).map_err(over)?;
             buf.extend_from_slice(d);
             if buf.len() >= 5 {
                 let declared = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
@@ -299,7 +292,7 @@ async fn read_message(
                 "compressed message without grpc-encoding: gzip; vitals accepts gzip",
             ));
         }
-        match gunzip(&message, limit, |n| charge.grow(ingest, n)) {
+        match gunzip(&message, limit, |n| charge.grow(receiver, n)) {
             Ok(m) => Bytes::from(m),
             Err(DecodeError::TooLarge { .. }) => return Err(too_large()),
             Err(DecodeError::OverBudget(e)) => return Err(over(e)),
@@ -310,28 +303,28 @@ async fn read_message(
     };
     let c =
         cost::cost(signal, &message, Encoding::Protobuf).map_err(|e| undecodable(e.to_string()))?;
-    ingest
+    receiver
         .charge_decoded(signal, charge, c)
         .map_err(|(e, m)| match e {
             OverBudget::TooLarge => Status::resource_exhausted(m),
             OverBudget::Busy => Status::with_error_details(
                 Code::Unavailable,
                 m,
-                ErrorDetails::with_retry_info(Some(Duration::from_secs(1))),
+                ErrorDetails::with_retry_info(Some(RETRY_DELAY)),
             ),
         })?;
     charge
-        .grow(ingest, 5 + message.len() as u64)
+        .grow(receiver, 5 + message.len() as u64)
         .map_err(over)?;
     let mut framed = BytesMut::with_capacity(5 + message.len());
     framed.extend_from_slice(&[0]);
     framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
     framed.extend_from_slice(&message);
-    Ok((framed.freeze(), c.items))
+    Ok(framed.freeze())
 }
 
 /// Rewrites a trailers-only error response from tonic's decoding to the code OTLP prescribes.
-fn remap_status(resp: &mut http::Response<tonic::body::Body>, ingest: &Ingest, signal: Signal) {
+fn remap_status(resp: &mut http::Response<tonic::body::Body>, receiver: &Receiver, signal: Signal) {
     let code = resp
         .headers()
         .get("grpc-status")
@@ -345,15 +338,15 @@ fn remap_status(resp: &mut http::Response<tonic::body::Body>, ingest: &Ingest, s
         Some(c) if c == Code::Internal as i32 => (Code::InvalidArgument, Refusal::Undecodable),
         _ => return,
     };
-    ingest.stats.refused(signal, refusal);
+    receiver.stats.refused(signal, refusal);
     resp.headers_mut()
         .insert("grpc-status", HeaderValue::from(new as i32));
 }
 
 /// Serves OTLP/gRPC until `shutdown`.
-pub async fn serve(listener: TcpListener, ingest: Arc<Ingest>, shutdown: CancellationToken) {
-    let limit = ingest.limits.max_body;
-    let svc = Otlp(ingest.clone());
+pub async fn serve(listener: TcpListener, receiver: Arc<Receiver>, shutdown: CancellationToken) {
+    let limit = receiver.limits.max_body;
+    let svc = ExportServices(receiver.clone());
     let incoming = GuardedListener::new(listener, ConnectionLimits::OTLP).into_stream("otlp-grpc");
     let result = tonic::transport::Server::builder()
         // Pings find dead peers; a request that takes longer than the body deadline plus processing
@@ -362,7 +355,7 @@ pub async fn serve(listener: TcpListener, ingest: Arc<Ingest>, shutdown: Cancell
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .timeout(Duration::from_secs(30))
         .max_concurrent_streams(Some(32))
-        .layer(GuardLayer(ingest))
+        .layer(AdmissionLayer(receiver))
         .add_service(
             TraceServiceServer::new(svc.clone())
                 .max_decoding_message_size(limit)

@@ -14,22 +14,23 @@ use hyper::header::{
     HeaderValue, ALLOW, CONNECTION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER,
 };
 use hyper::{Method, Request, Response, StatusCode};
-use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
+use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::answer::{
+    logs_response, metrics_response, trace_response, AT_CONCURRENCY_LIMIT, FORWARD_QUEUE_FULL,
+    INTERNAL_ERROR, RETRY_DELAY,
+};
 use super::cost;
 use super::decode::{decode, gunzip, DecodeError, Encoding};
-use super::{Charge, Ingest, OverBudget, Partial, Refusal, Signal};
+use super::{
+    ExportRequest, MemoryCharge, OverBudget, PartialSuccess, QueueFull, Receiver, Refusal, Signal,
+};
 
 type Resp = Response<Full<Bytes>>;
 
@@ -63,7 +64,7 @@ fn status_body(http: StatusCode, grpc_code: i32, message: &str, enc: Encoding) -
 
 /// The success response. JSON is written here rather than by serde: the proto3 JSON mapping that
 /// OTLP/JSON follows spells 64-bit integers (the rejected counts) as strings.
-fn ok_body(signal: Signal, p: Partial, enc: Encoding) -> Resp {
+fn ok_body(signal: Signal, p: PartialSuccess, enc: Encoding) -> Resp {
     let body = match enc {
         Encoding::Protobuf => match signal {
             Signal::Traces => trace_response(p).encode_to_vec(),
@@ -102,7 +103,7 @@ const RESOURCE_EXHAUSTED: i32 = 8;
 const UNAVAILABLE: i32 = 14;
 const INTERNAL: i32 = 13;
 
-async fn handle(ingest: Arc<Ingest>, req: Request<Incoming>) -> Result<Resp, Infallible> {
+async fn handle(receiver: Arc<Receiver>, req: Request<Incoming>) -> Result<Resp, Infallible> {
     let signal = match req.uri().path() {
         "/v1/traces" => Signal::Traces,
         "/v1/metrics" => Signal::Metrics,
@@ -128,7 +129,9 @@ async fn handle(ingest: Arc<Ingest>, req: Request<Incoming>) -> Result<Resp, Inf
         return Ok(r);
     }
     let Some(enc) = media_type(&req) else {
-        ingest.stats.refused(signal, Refusal::UnsupportedMediaType);
+        receiver
+            .stats
+            .refused(signal, Refusal::UnsupportedMediaType);
         return Ok(status_body(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             INVALID_ARGUMENT,
@@ -145,7 +148,9 @@ async fn handle(ingest: Arc<Ingest>, req: Request<Incoming>) -> Result<Resp, Inf
         Some(e) if e == "identity" || e.is_empty() => false,
         Some(e) if e == "gzip" => true,
         Some(_) => {
-            ingest.stats.refused(signal, Refusal::UnsupportedMediaType);
+            receiver
+                .stats
+                .refused(signal, Refusal::UnsupportedMediaType);
             return Ok(status_body(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 INVALID_ARGUMENT,
@@ -154,8 +159,8 @@ async fn handle(ingest: Arc<Ingest>, req: Request<Incoming>) -> Result<Resp, Inf
             ));
         }
     };
-    let limit = ingest.limits.max_body;
-    let refuse = |ingest: &Ingest, e: OverBudget, message: &str| match e {
+    let limit = receiver.limits.max_body;
+    let refuse = |receiver: &Receiver, e: OverBudget, message: &str| match e {
         OverBudget::TooLarge => status_body(
             StatusCode::PAYLOAD_TOO_LARGE,
             RESOURCE_EXHAUSTED,
@@ -163,10 +168,10 @@ async fn handle(ingest: Arc<Ingest>, req: Request<Incoming>) -> Result<Resp, Inf
             enc,
         ),
         OverBudget::Busy => {
-            let _ = ingest;
+            let _ = receiver;
             let mut r = status_body(StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE, message, enc);
             r.headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(RETRY_AFTER, HeaderValue::from(RETRY_DELAY.as_secs()));
             r
         }
     };
@@ -180,29 +185,29 @@ async fn handle(ingest: Arc<Ingest>, req: Request<Incoming>) -> Result<Resp, Inf
         // Read the refused body away (not stored) so the client gets this answer rather than a reset
         // connection, which SDKs take for a network error and retry.
         drain(req.into_body()).await;
-        ingest.stats.refused(signal, Refusal::TooLarge);
-        return Ok(refuse(&ingest, OverBudget::TooLarge, &too_large_message));
+        receiver.stats.refused(signal, Refusal::TooLarge);
+        return Ok(refuse(&receiver, OverBudget::TooLarge, &too_large_message));
     }
     // Everything this request holds (body as read, inflated, decoded) is charged to the memory budget
     // as it grows; nothing else is held while the body arrives, so a stalled body blocks no one.
-    let mut charge = ingest.charge();
+    let mut charge = receiver.memory_charge();
     let read = tokio::time::timeout(
-        ingest.limits.body_timeout,
-        read_limited(req.into_body(), limit, &ingest, &mut charge),
+        receiver.limits.body_timeout,
+        read_limited(req.into_body(), limit, &receiver, &mut charge),
     )
     .await;
     let raw = match read {
         Ok(Ok(b)) => b,
         Ok(Err(BodyError::TooLarge)) => {
-            ingest.stats.refused(signal, Refusal::TooLarge);
-            return Ok(refuse(&ingest, OverBudget::TooLarge, &too_large_message));
+            receiver.stats.refused(signal, Refusal::TooLarge);
+            return Ok(refuse(&receiver, OverBudget::TooLarge, &too_large_message));
         }
         Ok(Err(BodyError::Budget(e))) => {
-            let (e, m) = ingest.over_budget(signal, e);
-            return Ok(refuse(&ingest, e, &m));
+            let (e, m) = receiver.over_budget(signal, e);
+            return Ok(refuse(&receiver, e, &m));
         }
         Ok(Err(BodyError::Transport(e))) => {
-            ingest.stats.refused(signal, Refusal::Undecodable);
+            receiver.stats.refused(signal, Refusal::Undecodable);
             return Ok(status_body(
                 StatusCode::BAD_REQUEST,
                 INVALID_ARGUMENT,
@@ -211,13 +216,13 @@ async fn handle(ingest: Arc<Ingest>, req: Request<Incoming>) -> Result<Resp, Inf
             ));
         }
         Err(_) => {
-            ingest.stats.refused(signal, Refusal::Undecodable);
+            receiver.stats.refused(signal, Refusal::Undecodable);
             let mut r = status_body(
                 StatusCode::REQUEST_TIMEOUT,
                 UNAVAILABLE,
                 &format!(
                     "request body did not arrive within {:?}",
-                    ingest.limits.body_timeout
+                    receiver.limits.body_timeout
                 ),
                 enc,
             );
@@ -227,7 +232,7 @@ async fn handle(ingest: Arc<Ingest>, req: Request<Incoming>) -> Result<Resp, Inf
         }
     };
     let undecodable = |e: DecodeError| {
-        ingest.stats.refused(signal, Refusal::Undecodable);
+        receiver.stats.refused(signal, Refusal::Undecodable);
         status_body(
             StatusCode::BAD_REQUEST,
             INVALID_ARGUMENT,
@@ -236,15 +241,15 @@ async fn handle(ingest: Arc<Ingest>, req: Request<Incoming>) -> Result<Resp, Inf
         )
     };
     let body: std::borrow::Cow<'_, [u8]> = if gzip {
-        match gunzip(&raw, limit, |n| charge.grow(&ingest, n)) {
+        match gunzip(&raw, limit, |n| charge.grow(&receiver, n)) {
             Ok(b) => b.into(),
             Err(DecodeError::TooLarge { .. }) => {
-                ingest.stats.refused(signal, Refusal::TooLarge);
-                return Ok(refuse(&ingest, OverBudget::TooLarge, &too_large_message));
+                receiver.stats.refused(signal, Refusal::TooLarge);
+                return Ok(refuse(&receiver, OverBudget::TooLarge, &too_large_message));
             }
             Err(DecodeError::OverBudget(e)) => {
-                let (e, m) = ingest.over_budget(signal, e);
-                return Ok(refuse(&ingest, e, &m));
+                let (e, m) = receiver.over_budget(signal, e);
+                return Ok(refuse(&receiver, e, &m));
             }
             Err(e) => return Ok(undecodable(e)),
         }
@@ -255,52 +260,31 @@ async fn handle(ingest: Arc<Ingest>, req: Request<Incoming>) -> Result<Resp, Inf
         Ok(c) => c,
         Err(e) => return Ok(undecodable(e)),
     };
-    if let Err((e, m)) = ingest.charge_decoded(signal, &mut charge, cost) {
-        return Ok(refuse(&ingest, e, &m));
+    if let Err((e, m)) = receiver.charge_decoded(signal, &mut charge, cost) {
+        return Ok(refuse(&receiver, e, &m));
     }
-    let Some(_permit) = ingest.admit(signal) else {
-        return Ok(refuse(
-            &ingest,
-            OverBudget::Busy,
-            "vitals is at its concurrent request limit; retry later",
-        ));
+    let Some(_permit) = receiver.admit(signal) else {
+        return Ok(refuse(&receiver, OverBudget::Busy, AT_CONCURRENCY_LIMIT));
     };
     // Forwarding takes the request before it is applied: a full queue answers a retryable overload
     // and nothing of the request is counted, so the SDK's retry is not counted twice.
-    let full = || refuse(&ingest, OverBudget::Busy, FORWARD_QUEUE_FULL);
-    let onward = |r: &dyn OnwardBytes| {
-        ingest.hand_on(signal, cost.items, || {
-            // A copy rather than a slice of the read buffer, whose capacity may be up to twice the
-            // body: the queue bound then is the memory the queue holds.
-            if enc == Encoding::Protobuf {
-                Bytes::copy_from_slice(&body)
-            } else {
-                r.protobuf()
-            }
-        })
-    };
-    let handled = ingest.isolated(signal, || match signal {
-        Signal::Traces => match decode::<ExportTraceServiceRequest>(&body, enc) {
-            Ok(r) if onward(&r).is_err() => full(),
-            Ok(r) => ok_body(signal, ingest.traces(&r), enc),
+    let handled = receiver.isolated(signal, || {
+        let delivered = match signal {
+            Signal::Traces => consume::<ExportTraceServiceRequest>(&receiver, &body, enc),
+            Signal::Metrics => consume::<ExportMetricsServiceRequest>(&receiver, &body, enc),
+            Signal::Logs => consume::<ExportLogsServiceRequest>(&receiver, &body, enc),
+        };
+        match delivered {
+            Ok(Ok(p)) => ok_body(signal, p, enc),
+            Ok(Err(QueueFull)) => refuse(&receiver, OverBudget::Busy, FORWARD_QUEUE_FULL),
             Err(e) => undecodable(e),
-        },
-        Signal::Metrics => match decode::<ExportMetricsServiceRequest>(&body, enc) {
-            Ok(r) if onward(&r).is_err() => full(),
-            Ok(r) => ok_body(signal, ingest.metrics(&r), enc),
-            Err(e) => undecodable(e),
-        },
-        Signal::Logs => match decode::<ExportLogsServiceRequest>(&body, enc) {
-            Ok(r) if onward(&r).is_err() => full(),
-            Ok(r) => ok_body(signal, ingest.logs(&r), enc),
-            Err(e) => undecodable(e),
-        },
+        }
     });
     let resp = handled.unwrap_or_else(|| {
         status_body(
             StatusCode::INTERNAL_SERVER_ERROR,
             INTERNAL,
-            "vitals failed handling this request (a bug: please report it)",
+            INTERNAL_ERROR,
             enc,
         )
     });
@@ -308,19 +292,22 @@ async fn handle(ingest: Arc<Ingest>, req: Request<Incoming>) -> Result<Resp, Inf
     Ok(resp)
 }
 
-/// The answer when the forwarding queue is full.
-pub const FORWARD_QUEUE_FULL: &str =
-    "vitals' queue to the upstream OTLP endpoint is full; retry later";
-
-/// A decoded request that can be encoded again as protobuf (for forwarding a JSON request).
-trait OnwardBytes {
-    fn protobuf(&self) -> Bytes;
-}
-
-impl<M: prost::Message> OnwardBytes for M {
-    fn protobuf(&self) -> Bytes {
-        Bytes::from(self.encode_to_vec())
-    }
+/// Decodes a body as `R` and hands it to the receiver's consumers.
+fn consume<R>(
+    receiver: &Receiver,
+    body: &[u8],
+    enc: Encoding,
+) -> Result<Result<PartialSuccess, QueueFull>, DecodeError>
+where
+    R: ExportRequest + DeserializeOwned + Default,
+{
+    let request = decode::<R>(body, enc)?;
+    Ok(receiver.deliver(&request, || match enc {
+        // A copy rather than a slice of the read buffer, whose capacity may be up to twice the body:
+        // the queue bound then is the memory the queue holds.
+        Encoding::Protobuf => Bytes::copy_from_slice(body),
+        Encoding::Json => Bytes::from(request.encode_to_vec()),
+    }))
 }
 
 /// Most bytes read away from a refused body, and for how long, before the connection is dropped instead.
@@ -342,8 +329,8 @@ enum BodyError {
 async fn read_limited(
     mut body: Incoming,
     limit: usize,
-    ingest: &Ingest,
-    charge: &mut Charge,
+    receiver: &Receiver,
+    charge: &mut MemoryCharge,
 ) -> Result<Bytes, BodyError> {
     let mut buf = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
@@ -354,7 +341,7 @@ async fn read_limited(
                 return Err(BodyError::TooLarge);
             }
             charge
-                .grow(ingest, 2 * d.len() as u64)
+                .grow(receiver, 2 * d.len() as u64)
                 .map_err(BodyError::Budget)?;
             buf.extend_from_slice(d);
         }
@@ -375,44 +362,14 @@ async fn drain(mut body: Incoming) {
     let _ = tokio::time::timeout(DRAIN_TIME, work).await;
 }
 
-/// The trace response for a partial outcome (no partial_success when nothing was rejected).
-pub fn trace_response(p: Partial) -> ExportTraceServiceResponse {
-    ExportTraceServiceResponse {
-        partial_success: (p.rejected > 0).then_some(ExportTracePartialSuccess {
-            rejected_spans: p.rejected as i64,
-            error_message: p.message,
-        }),
-    }
-}
-
-/// The metrics response for a partial outcome.
-pub fn metrics_response(p: Partial) -> ExportMetricsServiceResponse {
-    ExportMetricsServiceResponse {
-        partial_success: (p.rejected > 0).then_some(ExportMetricsPartialSuccess {
-            rejected_data_points: p.rejected as i64,
-            error_message: p.message,
-        }),
-    }
-}
-
-/// The logs response for a partial outcome.
-pub fn logs_response(p: Partial) -> ExportLogsServiceResponse {
-    ExportLogsServiceResponse {
-        partial_success: (p.rejected > 0).then_some(ExportLogsPartialSuccess {
-            rejected_log_records: p.rejected as i64,
-            error_message: p.message,
-        }),
-    }
-}
-
 /// Serves OTLP/HTTP until `shutdown`, letting in-flight requests finish for up to a second.
-pub async fn serve(listener: TcpListener, ingest: Arc<Ingest>, shutdown: CancellationToken) {
+pub async fn serve(listener: TcpListener, receiver: Arc<Receiver>, shutdown: CancellationToken) {
     crate::export::http::server::serve(
         listener,
         crate::export::http::server::ConnectionLimits::OTLP,
         None,
         "otlp-http",
-        move |req| handle(ingest.clone(), req),
+        move |req| handle(receiver.clone(), req),
         shutdown,
     )
     .await;

@@ -1,7 +1,10 @@
-//! The OTLP receiver: gRPC and HTTP front ends share one [`Ingest`], which holds the memory budget every
-//! request is charged against before it is decoded, bounds concurrent processing, hands decoded requests
-//! to the stores, and counts items and refused requests.
+//! The OTLP receiver: gRPC and HTTP front ends share one [`Receiver`], which holds the memory budget
+//! every request is charged against before it is decoded, bounds concurrent processing, hands decoded
+//! requests to its [`Consumers`] and counts items and refused requests. It knows nothing downstream of
+//! the consumer boundary (`consumer.rs`).
 
+pub mod answer;
+pub mod consumer;
 pub mod cost;
 pub mod decode;
 pub mod grpc;
@@ -10,16 +13,15 @@ pub mod http;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
-use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+pub use consumer::{
+    Consumer, Consumers, ExportRequest, LogsConsumer, MetricsConsumer, Onward, PartialSuccess,
+    QueueFull, TracesConsumer,
+};
+
 use crate::model::{Collector, Metric, MetricKind, Value};
-use crate::signal::latency::{facts, RedStore};
-use crate::store::app_metrics::{service_name, AppMetrics};
-use crate::store::limited::OverflowCounter;
-use crate::store::logs::LogCounts;
 
 /// The three OTLP signals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,17 +82,6 @@ impl Refusal {
     }
 }
 
-/// The forwarding queue cannot take a request now; the app is answered with a retryable overload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct QueueFull;
-
-/// Where accepted requests go on unchanged (the forwarder); the receiver knows nothing past this.
-pub trait Onward: Send + Sync {
-    /// Takes one accepted request: its uncompressed protobuf bytes and item count. Called after the
-    /// request decoded and before it is applied, so a refusal leaves nothing half-counted.
-    fn offer(&self, signal: Signal, body: bytes::Bytes, items: u64) -> Result<(), QueueFull>;
-}
-
 /// Receiver limits.
 #[derive(Debug, Clone, Copy)]
 pub struct OtlpLimits {
@@ -130,7 +121,7 @@ impl OtlpLimits {
 }
 
 /// Bytes of the memory budget a request holds; given back when dropped.
-pub struct Charge(Option<OwnedSemaphorePermit>);
+pub struct MemoryCharge(Option<OwnedSemaphorePermit>);
 
 /// Why a charge against the memory budget failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,19 +135,19 @@ pub enum OverBudget {
 /// One KiB unit of the memory budget semaphore.
 const BUDGET_UNIT: u64 = 1024;
 
-impl Charge {
+impl MemoryCharge {
     /// Adds `bytes` to this charge.
-    pub fn grow(&mut self, ingest: &Ingest, bytes: u64) -> Result<(), OverBudget> {
+    pub fn grow(&mut self, receiver: &Receiver, bytes: u64) -> Result<(), OverBudget> {
         let have = self.0.as_ref().map_or(0, |p| p.num_permits() as u64);
         let units = bytes.div_ceil(BUDGET_UNIT);
-        if have + units > ingest.budget_units {
+        if have + units > receiver.budget_units {
             return Err(OverBudget::TooLarge);
         }
         if units == 0 {
             return Ok(());
         }
         let units = u32::try_from(units).map_err(|_| OverBudget::TooLarge)?;
-        let p = ingest
+        let p = receiver
             .budget
             .clone()
             .try_acquire_many_owned(units)
@@ -169,24 +160,36 @@ impl Charge {
     }
 }
 
-/// Per-request result for the response: items rejected and why.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Partial {
-    /// Items refused.
-    pub rejected: u64,
-    /// First reason.
-    pub message: String,
+/// The count of observations the stores sent to an overflow series because a cardinality limit was
+/// reached: kept by the stores, published beside the receiver's counters.
+pub trait OverflowCount: Send + Sync {
+    /// Total so far.
+    fn get(&self) -> u64;
+}
+
+impl<F: Fn() -> u64 + Send + Sync> OverflowCount for F {
+    fn get(&self) -> u64 {
+        self()
+    }
 }
 
 /// Counters of the receiver.
-#[derive(Default)]
 pub struct OtlpStats {
     items: [[AtomicU64; 2]; 3],
     refused: [[AtomicU64; 5]; 3],
-    overflow: OverflowCounter,
+    overflow: Arc<dyn OverflowCount>,
 }
 
 impl OtlpStats {
+    /// Zeroed counters, publishing `overflow` beside them.
+    pub fn new(overflow: impl OverflowCount + 'static) -> Self {
+        OtlpStats {
+            items: Default::default(),
+            refused: Default::default(),
+            overflow: Arc::new(overflow),
+        }
+    }
+
     fn items(&self, s: Signal, accepted: u64, rejected: u64) {
         self.items[s as usize][0].fetch_add(accepted, Ordering::Relaxed);
         self.items[s as usize][1].fetch_add(rejected, Ordering::Relaxed);
@@ -240,8 +243,8 @@ impl Collector for OtlpStats {
     }
 }
 
-/// Everything a front end needs: limits, the stores, the counters.
-pub struct Ingest {
+/// Everything a front end needs: limits, the memory budget, the consumers, the counters.
+pub struct Receiver {
     /// Receiver limits.
     pub limits: OtlpLimits,
     /// Counters.
@@ -249,70 +252,31 @@ pub struct Ingest {
     permits: Arc<Semaphore>,
     budget: Arc<Semaphore>,
     budget_units: u64,
-    red: Arc<RedStore>,
-    app: Arc<AppMetrics>,
-    logs: Arc<LogCounts>,
-    onward: Option<Arc<dyn Onward>>,
+    consumers: Consumers,
 }
 
-impl Ingest {
-    /// Wires the stores. `stats` must hold the overflow counter the stores were built with.
-    pub fn new(
-        limits: OtlpLimits,
-        red: Arc<RedStore>,
-        app: Arc<AppMetrics>,
-        logs: Arc<LogCounts>,
-        stats: Arc<OtlpStats>,
-    ) -> Self {
+impl Receiver {
+    /// A receiver handing accepted requests to `consumers`.
+    pub fn new(limits: OtlpLimits, consumers: Consumers, stats: Arc<OtlpStats>) -> Self {
         let budget_units = (limits.memory_budget as u64 / BUDGET_UNIT).max(1);
-        Ingest {
+        Receiver {
             permits: Arc::new(Semaphore::new(limits.max_concurrent)),
             budget: Arc::new(Semaphore::new(budget_units as usize)),
             budget_units,
             limits,
             stats,
-            red,
-            app,
-            logs,
-            onward: None,
+            consumers,
         }
     }
 
-    /// Hands every accepted request to `onward` (forwarding) as well.
-    pub fn with_onward(mut self, onward: Arc<dyn Onward>) -> Self {
-        self.onward = Some(onward);
-        self
-    }
-
-    /// Offers an accepted request onward; `body` makes its protobuf bytes (only called when forwarding
-    /// is on). On refusal the request is counted as overloaded and must be answered with a retry hint.
-    pub fn hand_on(
-        &self,
-        signal: Signal,
-        items: u64,
-        body: impl FnOnce() -> bytes::Bytes,
-    ) -> Result<(), QueueFull> {
-        let Some(o) = &self.onward else {
-            return Ok(());
-        };
-        let r = o.offer(signal, body(), items);
-        if r.is_err() {
-            self.stats.refused(signal, Refusal::Overloaded);
-        }
-        r
-    }
-
-    /// Stats with the given overflow counter.
-    pub fn stats_with(overflow: OverflowCounter) -> OtlpStats {
-        OtlpStats {
-            overflow,
-            ..Default::default()
-        }
+    /// True when accepted requests are forwarded, so their protobuf bytes are worth keeping.
+    pub fn forwards(&self) -> bool {
+        self.consumers.forwards()
     }
 
     /// An empty charge against the memory budget, to grow as a request's body arrives.
-    pub fn charge(&self) -> Charge {
-        Charge(None)
+    pub fn memory_charge(&self) -> MemoryCharge {
+        MemoryCharge(None)
     }
 
     /// Checks a body's decoded cost against the item limit and charges it to `charge`. On refusal the
@@ -320,7 +284,7 @@ impl Ingest {
     pub fn charge_decoded(
         &self,
         signal: Signal,
-        charge: &mut Charge,
+        charge: &mut MemoryCharge,
         cost: cost::Cost,
     ) -> Result<(), (OverBudget, String)> {
         if cost.items > self.limits.max_items {
@@ -384,106 +348,150 @@ impl Ingest {
         }
     }
 
-    /// RED from a trace export; spans that are not requests are accepted and ignored.
-    pub fn traces(&self, req: &ExportTraceServiceRequest) -> Partial {
-        let mut partial = Partial::default();
-        let mut accepted = 0u64;
-        for rs in &req.resource_spans {
-            let service = service_name(
-                rs.resource
-                    .as_ref()
-                    .map(|r| r.attributes.as_slice())
-                    .unwrap_or(&[]),
-            );
-            let spans = rs.scope_spans.iter().flat_map(|ss| ss.spans.iter());
-            let mut usable = Vec::new();
-            for span in spans {
-                match facts(span) {
-                    Ok(f) => {
-                        accepted += 1;
-                        if let Some(f) = f {
-                            usable.push(f);
-                        }
-                    }
-                    Err(why) => {
-                        partial.rejected += 1;
-                        if partial.message.is_empty() {
-                            partial.message = why.to_string();
-                        }
-                    }
-                }
+    /// Hands one decoded request to the consumers (forwarding first, its protobuf bytes made by `raw`
+    /// only when forwarding is on) and counts its items. A full forwarding queue refuses it, counted as
+    /// overloaded; the caller answers with a retry hint. A consumer that panicked is counted as an
+    /// internal error and its answer rejects the request's items.
+    pub fn deliver<R: ExportRequest>(
+        &self,
+        request: &R,
+        raw: impl FnOnce() -> Bytes,
+    ) -> Result<PartialSuccess, QueueFull> {
+        let signal = R::SIGNAL;
+        let items = request.items();
+        let delivered = match self.consumers.deliver(request, items, raw) {
+            Ok(d) => d,
+            Err(full) => {
+                self.stats.refused(signal, Refusal::Overloaded);
+                return Err(full);
             }
-            self.red.observe(&service, usable);
+        };
+        for _ in 0..delivered.panicked {
+            self.stats.refused(signal, Refusal::InternalError);
         }
-        self.stats.items(Signal::Traces, accepted, partial.rejected);
-        partial
-    }
-
-    /// App metrics from a metrics export.
-    pub fn metrics(&self, req: &ExportMetricsServiceRequest) -> Partial {
-        let out = self.app.ingest(req);
+        let rejected = delivered.answer.rejected;
         self.stats
-            .items(Signal::Metrics, out.accepted, out.rejected);
-        Partial {
-            rejected: out.rejected,
-            message: out.message,
-        }
+            .items(signal, items.saturating_sub(rejected), rejected);
+        Ok(delivered.answer)
     }
 
-    /// Log counts from a logs export.
-    pub fn logs(&self, req: &ExportLogsServiceRequest) -> Partial {
-        let n = self.logs.ingest(req);
-        self.stats.items(Signal::Logs, n, 0);
-        Partial::default()
+    /// [`Receiver::deliver`] for a request that arrived decoded (benchmarks, fuzzing): forwarding gets
+    /// it encoded again.
+    pub fn deliver_decoded<R: ExportRequest>(
+        &self,
+        request: &R,
+    ) -> Result<PartialSuccess, QueueFull> {
+        self.deliver(request, || Bytes::from(request.encode_to_vec()))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+
+    fn receiver(limits: OtlpLimits, consumers: Consumers) -> (Receiver, Arc<OtlpStats>) {
+        let stats = Arc::new(OtlpStats::new(|| 0));
+        (Receiver::new(limits, consumers, stats.clone()), stats)
+    }
+
+    fn count(c: &[AtomicU64]) -> Vec<u64> {
+        c.iter().map(|a| a.load(Ordering::Relaxed)).collect()
+    }
 
     #[test]
     fn a_panic_in_one_request_is_contained_and_counted() {
-        let o = OverflowCounter::default();
-        let ttl = Duration::from_secs(60);
-        let stats = Arc::new(Ingest::stats_with(o.clone()));
-        let ingest = Ingest::new(
-            OtlpLimits::new(1 << 20, 1),
-            Arc::new(RedStore::new(10, ttl, o.clone())),
-            Arc::new(AppMetrics::for_tests(10)),
-            Arc::new(LogCounts::new(10, ttl, o)),
-            stats.clone(),
-        );
+        let (receiver, stats) = receiver(OtlpLimits::new(1 << 20, 1), Consumers::new());
         let hook = std::panic::take_hook();
         std::panic::set_hook(Box::new(|_| {}));
-        let out = ingest.isolated(Signal::Metrics, || -> u32 { panic!("a bug") });
+        let out = receiver.isolated(Signal::Metrics, || -> u32 { panic!("a bug") });
         std::panic::set_hook(hook);
         assert_eq!(out, None);
-        assert_eq!(ingest.isolated(Signal::Metrics, || 7), Some(7));
+        assert_eq!(receiver.isolated(Signal::Metrics, || 7), Some(7));
         let refused = &stats.refused[Signal::Metrics as usize][Refusal::InternalError as usize];
         assert_eq!(refused.load(Ordering::Relaxed), 1);
     }
 
+    /// Rejects one span per request, or panics.
+    struct OneBadSpan {
+        panics: bool,
+    }
+
+    impl Consumer<ExportTraceServiceRequest> for OneBadSpan {
+        fn consume(&self, _: &ExportTraceServiceRequest) -> PartialSuccess {
+            if self.panics {
+                panic!("a bug in a consumer");
+            }
+            PartialSuccess::rejecting(1, "one span had no end time")
+        }
+    }
+
+    #[test]
+    fn delivered_items_and_consumer_panics_are_counted() {
+        let consumers = Consumers::new()
+            .traces(Arc::new(OneBadSpan { panics: false }))
+            .traces(Arc::new(OneBadSpan { panics: true }));
+        let (receiver, stats) = receiver(OtlpLimits::new(1 << 20, 1), consumers);
+        let req = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![Span::default(); 3],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let answer = receiver.deliver_decoded(&req);
+        std::panic::set_hook(hook);
+        // The panicking consumer answers for all three spans; the first message is kept.
+        assert_eq!(
+            answer,
+            Ok(PartialSuccess::rejecting(3, "one span had no end time"))
+        );
+        let t = Signal::Traces as usize;
+        assert_eq!(count(&stats.items[t]), vec![0, 3]);
+        assert_eq!(
+            count(&stats.refused[t]),
+            vec![0, 0, 0, 0, 1],
+            "one internal error, nothing else"
+        );
+    }
+
+    #[test]
+    fn a_full_forwarding_queue_is_counted_as_overload_and_nothing_else() {
+        struct Full;
+        impl Onward for Full {
+            fn offer(&self, _: Signal, _: Bytes, _: u64) -> Result<(), QueueFull> {
+                Err(QueueFull)
+            }
+        }
+        let consumers = Consumers::new()
+            .onward(Arc::new(Full))
+            .traces(Arc::new(OneBadSpan { panics: false }));
+        let (receiver, stats) = receiver(OtlpLimits::new(1 << 20, 1), consumers);
+        assert!(receiver.forwards());
+        let req = ExportTraceServiceRequest::default();
+        assert_eq!(receiver.deliver_decoded(&req), Err(QueueFull));
+        let t = Signal::Traces as usize;
+        assert_eq!(count(&stats.items[t]), vec![0, 0]);
+        let overloaded = stats.refused[t][Refusal::Overloaded as usize].load(Ordering::Relaxed);
+        assert_eq!(overloaded, 1);
+    }
+
     #[test]
     fn the_budget_refuses_what_it_cannot_hold_and_comes_back() {
-        let o = OverflowCounter::default();
-        let ttl = Duration::from_secs(60);
         let mut limits = OtlpLimits::new(1 << 20, 1);
         limits.memory_budget = 64 << 10;
-        let ingest = Ingest::new(
-            limits,
-            Arc::new(RedStore::new(10, ttl, o.clone())),
-            Arc::new(AppMetrics::for_tests(10)),
-            Arc::new(LogCounts::new(10, ttl, o.clone())),
-            Arc::new(Ingest::stats_with(o)),
-        );
-        let mut a = ingest.charge();
-        assert_eq!(a.grow(&ingest, 65 << 10), Err(OverBudget::TooLarge));
-        a.grow(&ingest, 40 << 10).unwrap();
-        let mut b = ingest.charge();
-        assert_eq!(b.grow(&ingest, 30 << 10), Err(OverBudget::Busy));
+        let (receiver, _) = receiver(limits, Consumers::new());
+        let mut a = receiver.memory_charge();
+        assert_eq!(a.grow(&receiver, 65 << 10), Err(OverBudget::TooLarge));
+        a.grow(&receiver, 40 << 10).unwrap();
+        let mut b = receiver.memory_charge();
+        assert_eq!(b.grow(&receiver, 30 << 10), Err(OverBudget::Busy));
         drop(a);
-        b.grow(&ingest, 30 << 10).unwrap();
+        b.grow(&receiver, 30 << 10).unwrap();
     }
 }

@@ -376,6 +376,35 @@ impl Collector for RedStore {
     }
 }
 
+/// RED as a consumer of the receiver's trace exports: each resource's request spans go to the store
+/// under its service; spans that are not requests are taken and ignored; a span that cannot be
+/// measured is rejected with its reason.
+impl
+    crate::receiver::Consumer<
+        opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+    > for RedStore
+{
+    fn consume(
+        &self,
+        request: &opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+    ) -> crate::receiver::PartialSuccess {
+        let mut answer = crate::receiver::PartialSuccess::default();
+        for rs in &request.resource_spans {
+            let resource = rs.resource.as_ref().map(|r| r.attributes.as_slice());
+            let service = crate::store::app_metrics::service_name(resource.unwrap_or(&[]));
+            let mut usable = Vec::new();
+            for span in rs.scope_spans.iter().flat_map(|ss| ss.spans.iter()) {
+                match facts(span) {
+                    Ok(f) => usable.extend(f),
+                    Err(why) => answer.reject(1, || why.to_string()),
+                }
+            }
+            self.observe(&service, usable);
+        }
+        answer
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -947,6 +947,14 @@ impl Collector for AppMetrics {
     }
 }
 
+/// The app metric store as a consumer of the receiver's metric exports.
+impl crate::receiver::Consumer<ExportMetricsServiceRequest> for AppMetrics {
+    fn consume(&self, request: &ExportMetricsServiceRequest) -> crate::receiver::PartialSuccess {
+        let out = self.ingest(request);
+        crate::receiver::PartialSuccess::rejecting(out.rejected, out.message)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

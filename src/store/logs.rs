@@ -101,6 +101,14 @@ impl Collector for LogCounts {
     }
 }
 
+/// The log counts as a consumer of the receiver's log exports: every record is counted.
+impl crate::receiver::Consumer<ExportLogsServiceRequest> for LogCounts {
+    fn consume(&self, request: &ExportLogsServiceRequest) -> crate::receiver::PartialSuccess {
+        self.ingest(request);
+        crate::receiver::PartialSuccess::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
