@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ChildProtocol, Config, TargetSpec};
 use crate::export::http::live::{self, LiveHub};
+use crate::export::http::server::{ConnectionLimits, GuardedListener};
 use crate::export::http::{bind, serve, HttpState};
 use crate::export::otlp::forward::Forwarder;
 use crate::export::self_metrics::ExporterStats;
@@ -183,17 +184,24 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
     let shown = |a: Option<std::net::SocketAddr>| a.map_or("off".to_owned(), |a| a.to_string());
     tracing::info!(grpc = %shown(grpc_addr), http = %shown(http_addr), "OTLP receiver listening");
     let mut receivers = Vec::new();
+    // The receiver speaks OTLP; the shared server accepts its connections within the OTLP limits
+    // (and sets TCP_NODELAY: small unary answers must not wait on Nagle plus delayed ACK, 4-5 ms per
+    // request otherwise).
     if let Some(l) = grpc_listener {
+        let incoming = GuardedListener::new(l, ConnectionLimits::OTLP).into_stream("otlp-grpc");
         receivers.push(tokio::spawn(receiver::grpc::serve(
-            l,
+            incoming,
             otlp_receiver.clone(),
             shutdown.clone(),
         )));
     }
     if let Some(l) = http_listener {
-        receivers.push(tokio::spawn(receiver::http::serve(
+        receivers.push(tokio::spawn(crate::export::http::server::serve(
             l,
-            otlp_receiver,
+            ConnectionLimits::OTLP,
+            None,
+            "otlp-http",
+            move |req| receiver::http::handle(otlp_receiver.clone(), req),
             shutdown.clone(),
         )));
     }

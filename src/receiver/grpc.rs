@@ -29,9 +29,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::codec::CompressionEncoding;
+use tonic::transport::server::Connected;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -46,7 +46,6 @@ use super::decode::{gunzip, DecodeError, Encoding};
 use super::{
     ExportRequest, MemoryCharge, OverBudget, PartialSuccess, QueueFull, Receiver, Refusal, Signal,
 };
-use crate::export::http::server::{ConnectionLimits, GuardedListener};
 
 /// The trace, metrics and logs export services, all handing requests to one receiver.
 #[derive(Clone)]
@@ -343,11 +342,17 @@ fn remap_status(resp: &mut http::Response<tonic::body::Body>, receiver: &Receive
         .insert("grpc-status", HeaderValue::from(new as i32));
 }
 
-/// Serves OTLP/gRPC until `shutdown`.
-pub async fn serve(listener: TcpListener, receiver: Arc<Receiver>, shutdown: CancellationToken) {
+/// Serves OTLP/gRPC on the connections `incoming` yields until `shutdown`. The caller owns accepting
+/// (connection limits, deadlines, TCP_NODELAY); the receiver speaks the protocol.
+pub async fn serve<I, IO, IE>(incoming: I, receiver: Arc<Receiver>, shutdown: CancellationToken)
+where
+    I: tokio_stream::Stream<Item = Result<IO, IE>>,
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Connected + Unpin + Send + 'static,
+    IO::ConnectInfo: Clone + Send + Sync + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let limit = receiver.limits.max_body;
     let svc = ExportServices(receiver.clone());
-    let incoming = GuardedListener::new(listener, ConnectionLimits::OTLP).into_stream("otlp-grpc");
     let result = tonic::transport::Server::builder()
         // Pings find dead peers; a request that takes longer than the body deadline plus processing
         // is cancelled; no connection holds more streams than the receiver could process.
@@ -371,8 +376,6 @@ pub async fn serve(listener: TcpListener, receiver: Arc<Receiver>, shutdown: Can
                 .max_decoding_message_size(limit)
                 .accept_compressed(CompressionEncoding::Gzip),
         )
-        // The guarded listener sets TCP_NODELAY: small unary responses must not wait on Nagle plus
-        // delayed ACK (4-5 ms per request otherwise).
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await;
     if let Err(e) = result {

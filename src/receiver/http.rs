@@ -19,8 +19,6 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use serde::de::DeserializeOwned;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 use super::answer::{
     logs_response, metrics_response, trace_response, AT_CONCURRENCY_LIMIT, FORWARD_QUEUE_FULL,
@@ -103,7 +101,12 @@ const RESOURCE_EXHAUSTED: i32 = 8;
 const UNAVAILABLE: i32 = 14;
 const INTERNAL: i32 = 13;
 
-async fn handle(receiver: Arc<Receiver>, req: Request<Incoming>) -> Result<Resp, Infallible> {
+/// Answers one OTLP/HTTP request. The caller serves it on a listener (connection limits, deadlines,
+/// graceful stop); the receiver speaks the protocol.
+pub async fn handle(
+    receiver: Arc<Receiver>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let signal = match req.uri().path() {
         "/v1/traces" => Signal::Traces,
         "/v1/metrics" => Signal::Metrics,
@@ -360,17 +363,4 @@ async fn drain(mut body: Incoming) {
         }
     };
     let _ = tokio::time::timeout(DRAIN_TIME, work).await;
-}
-
-/// Serves OTLP/HTTP until `shutdown`, letting in-flight requests finish for up to a second.
-pub async fn serve(listener: TcpListener, receiver: Arc<Receiver>, shutdown: CancellationToken) {
-    crate::export::http::server::serve(
-        listener,
-        crate::export::http::server::ConnectionLimits::OTLP,
-        None,
-        "otlp-http",
-        move |req| handle(receiver.clone(), req),
-        shutdown,
-    )
-    .await;
 }
