@@ -11,6 +11,7 @@ pub mod config;
 pub mod export;
 pub mod logging;
 pub mod model;
+pub mod pipeline;
 pub mod probe;
 pub mod receiver;
 pub mod sampler;

@@ -23,29 +23,7 @@ pub use consumer::{
 
 use crate::model::{Collector, Metric, MetricKind, Value};
 
-/// The three OTLP signals.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Signal {
-    /// Spans.
-    Traces,
-    /// Metric data points.
-    Metrics,
-    /// Log records.
-    Logs,
-}
-
-impl Signal {
-    const ALL: [Signal; 3] = [Signal::Traces, Signal::Metrics, Signal::Logs];
-
-    /// The `signal` label value.
-    pub fn label(self) -> &'static str {
-        match self {
-            Signal::Traces => "traces",
-            Signal::Metrics => "metrics",
-            Signal::Logs => "logs",
-        }
-    }
-}
+pub use crate::pipeline::Signal;
 
 /// Why a whole request was refused before its items could be counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

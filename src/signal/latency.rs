@@ -380,15 +380,15 @@ impl Collector for RedStore {
 /// under its service; spans that are not requests are taken and ignored; a span that cannot be
 /// measured is rejected with its reason.
 impl
-    crate::receiver::Consumer<
+    crate::pipeline::Consumer<
         opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
     > for RedStore
 {
     fn consume(
         &self,
         request: &opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
-    ) -> crate::receiver::PartialSuccess {
-        let mut answer = crate::receiver::PartialSuccess::default();
+    ) -> crate::pipeline::PartialSuccess {
+        let mut answer = crate::pipeline::PartialSuccess::default();
         for rs in &request.resource_spans {
             let resource = rs.resource.as_ref().map(|r| r.attributes.as_slice());
             let service = crate::store::app_metrics::service_name(resource.unwrap_or(&[]));

@@ -948,10 +948,10 @@ impl Collector for AppMetrics {
 }
 
 /// The app metric store as a consumer of the receiver's metric exports.
-impl crate::receiver::Consumer<ExportMetricsServiceRequest> for AppMetrics {
-    fn consume(&self, request: &ExportMetricsServiceRequest) -> crate::receiver::PartialSuccess {
+impl crate::pipeline::Consumer<ExportMetricsServiceRequest> for AppMetrics {
+    fn consume(&self, request: &ExportMetricsServiceRequest) -> crate::pipeline::PartialSuccess {
         let out = self.ingest(request);
-        crate::receiver::PartialSuccess::rejecting(out.rejected, out.message)
+        crate::pipeline::PartialSuccess::rejecting(out.rejected, out.message)
     }
 }
 

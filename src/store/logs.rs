@@ -102,10 +102,10 @@ impl Collector for LogCounts {
 }
 
 /// The log counts as a consumer of the receiver's log exports: every record is counted.
-impl crate::receiver::Consumer<ExportLogsServiceRequest> for LogCounts {
-    fn consume(&self, request: &ExportLogsServiceRequest) -> crate::receiver::PartialSuccess {
+impl crate::pipeline::Consumer<ExportLogsServiceRequest> for LogCounts {
+    fn consume(&self, request: &ExportLogsServiceRequest) -> crate::pipeline::PartialSuccess {
         self.ingest(request);
-        crate::receiver::PartialSuccess::default()
+        crate::pipeline::PartialSuccess::default()
     }
 }
 

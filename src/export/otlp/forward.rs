@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, Semaphore};
 
 use super::upstream::{Answer, Sender, Upstream};
 use crate::model::{Collector, Metric, MetricKind, Value};
-use crate::receiver::{Onward, QueueFull, Signal};
+use crate::pipeline::{Onward, QueueFull, Signal};
 
 /// Forwarding settings.
 #[derive(Debug, Clone)]

@@ -22,7 +22,7 @@ use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
 use super::tls::{client_config, TlsFiles, UpstreamConnector};
-use crate::receiver::Signal;
+use crate::pipeline::Signal;
 
 /// Wire protocol to the upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,200 @@
+//! The one-direction data flow, checked on the source: which top-level modules may use which. A module's
+//! uses are the `crate::…` paths (and `super::…` paths that leave its folder) in its code, test code left
+//! out. The rules are those of the layout in the README: the receiver hands requests to consumers and
+//! knows nothing downstream, the store knows nothing of sources or exporters, the neutral model depends on
+//! nothing, and only the exporters know Prometheus naming.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// Source files under `src/`, with the top-level module each belongs to (`receiver`, `store`, `model`…).
+fn sources() -> Vec<(String, PathBuf, String)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut out = Vec::new();
+    let mut dirs = vec![root.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("src is readable").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            if path.extension().and_then(|e| e.to_str()) != Some("rs") {
+                continue;
+            }
+            let rel = path.strip_prefix(&root).expect("under src");
+            let first = rel.components().next().expect("a component");
+            let module = first
+                .as_os_str()
+                .to_string_lossy()
+                .trim_end_matches(".rs")
+                .to_owned();
+            let text = std::fs::read_to_string(&path).expect("source is readable");
+            out.push((module, path, without_tests(&text)));
+        }
+    }
+    out
+}
+
+/// The code with every `#[cfg(test)]` item (a test module or a test-only function) removed.
+fn without_tests(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        if line.trim() != "#[cfg(test)]" {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        }
+        // Skip the item that follows: up to the line where its braces close again.
+        let mut depth = 0i32;
+        let mut opened = false;
+        for l in lines.by_ref() {
+            for c in l.chars() {
+                match c {
+                    '{' => {
+                        depth += 1;
+                        opened = true;
+                    }
+                    '}' => depth -= 1,
+                    _ => {}
+                }
+            }
+            if (opened && depth <= 0) || (!opened && l.trim_end().ends_with(';')) {
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// The top-level modules a file's code uses.
+fn uses(module: &str, path: &Path, code: &str) -> BTreeSet<String> {
+    let path_re = regex::Regex::new(r"\bcrate::([a-z_]+)").expect("valid regex");
+    let mut out: BTreeSet<String> = path_re
+        .captures_iter(code)
+        .map(|c| c[1].to_owned())
+        .collect();
+    // Grouped imports: `use crate::{model::Metric, store::X}`.
+    let group_re = regex::Regex::new(r"use crate::\{([^}]*)\}").expect("valid regex");
+    for c in group_re.captures_iter(code) {
+        for part in c[1].split(',') {
+            if let Some(first) = part.trim().split("::").next() {
+                if !first.is_empty() {
+                    out.insert(first.to_owned());
+                }
+            }
+        }
+    }
+    // `super::` from a top-level file's direct child reaches the top-level module itself; deeper `super`
+    // chains stay inside the folder, so only a file directly under src/ could leave with it, and none do.
+    let _ = path;
+    out.remove(module);
+    out
+}
+
+fn graph() -> BTreeMap<String, BTreeSet<String>> {
+    let mut g: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (module, path, code) in sources() {
+        g.entry(module.clone())
+            .or_default()
+            .extend(uses(&module, &path, &code));
+    }
+    g.remove("lib");
+    g.remove("main");
+    g
+}
+
+#[test]
+fn data_flows_one_way() {
+    let g = graph();
+    let mut lines = Vec::new();
+    for (m, deps) in &g {
+        lines.push(format!("{m} -> {}", deps.iter().cloned().collect::<Vec<_>>().join(", ")));
+    }
+    println!("module dependencies:\n{}", lines.join("\n"));
+    let forbidden: &[(&str, &[&str], &str)] = &[
+        (
+            "receiver",
+            &["signal", "store", "export", "sampler", "probe", "target", "app"],
+            "the receiver hands decoded requests to consumers and knows nothing downstream",
+        ),
+        (
+            "store",
+            &["probe", "receiver", "signal", "export", "sampler", "target", "app"],
+            "the store holds the neutral model and knows neither sources nor exporters",
+        ),
+        (
+            "model",
+            &[
+                "probe", "receiver", "signal", "store", "export", "sampler", "target", "app", "config",
+            ],
+            "the neutral model depends on nothing",
+        ),
+        (
+            "probe",
+            &["receiver", "signal", "store", "export", "sampler", "app"],
+            "probes read the target and know nothing downstream",
+        ),
+        (
+            "signal",
+            &["export", "sampler", "app"],
+            "derivation feeds the store and the exporters, never the other way",
+        ),
+        (
+            "config",
+            &["target", "probe", "signal", "store", "sampler", "receiver", "app"],
+            "configuration is read first and depends on no component",
+        ),
+    ];
+    let mut broken = Vec::new();
+    for (module, never, why) in forbidden {
+        let Some(deps) = g.get(*module) else {
+            broken.push(format!("module {module} not found under src/"));
+            continue;
+        };
+        for d in deps.iter().filter(|d| never.contains(&d.as_str())) {
+            broken.push(format!("{module} uses {d}: {why}"));
+        }
+    }
+    assert!(broken.is_empty(), "{}", broken.join("\n"));
+}
+
+#[test]
+fn only_the_exporters_know_prometheus_naming() {
+    // Exposition names of vitals' own and the target's metrics, as a bare string literal.
+    let literal = regex::Regex::new(r#""(vitals|process)_[a-z_]+""#).expect("valid regex");
+    let mut broken = Vec::new();
+    for (module, path, code) in sources() {
+        // The exporters own the naming; `app` is the composition root that hands their naming rules to
+        // the stores.
+        if module == "export" || module == "app" {
+            continue;
+        }
+        if code.contains("prometheus::naming") || code.contains("export::prometheus") {
+            broken.push(format!("{} uses the Prometheus exporter's naming", path.display()));
+        }
+        for m in literal.find_iter(&code) {
+            broken.push(format!(
+                "{} names a metric by its Prometheus name {}",
+                path.display(),
+                m.as_str()
+            ));
+        }
+    }
+    assert!(broken.is_empty(), "{}", broken.join("\n"));
+}
+
+#[test]
+fn the_checks_see_what_they_look_for() {
+    // The parser must find a use where there is one, or the rules above pass for nothing.
+    let code = "use crate::store::X;\nfn f() { crate::signal::y(); }\n#[cfg(test)]\nmod tests {\n    use crate::export::Z;\n}\n";
+    let found = uses("receiver", Path::new("x.rs"), &without_tests(code));
+    assert_eq!(
+        found,
+        BTreeSet::from(["signal".to_owned(), "store".to_owned()])
+    );
+    let g = graph();
+    assert!(g.len() >= 10, "modules found: {:?}", g.keys());
+    assert!(g["app"].contains("receiver"), "app wires the receiver: {g:?}");
+}
