@@ -114,7 +114,8 @@ pub trait ReadErrorSink {
 /// `vitals_exporter_read_errors_total` and `vitals_exporter_sample_duration_seconds`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ReadSource {
-    /// A whole procfs tick (stat, status, io, fd, schedstat); stat is also the liveness probe.
+    /// /proc/PID/stat that cannot be read or parsed (a process that is gone is no error), and the duration
+    /// of a whole procfs tick (stat, status, io, fd, schedstat).
     Procfs,
     /// /proc/PID/status.
     ProcStatus,
