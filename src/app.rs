@@ -12,6 +12,7 @@ use crate::config::{Config, TargetSpec};
 use crate::export::http::live::{self, LiveHub};
 use crate::export::http::{bind, serve, HttpState};
 use crate::export::otlp::forward::Forwarder;
+use crate::export::otlp::push::Pusher;
 use crate::export::self_metrics::ExporterStats;
 use crate::probe::cgroup::CgroupRoots;
 use crate::probe::procfs::{kernel_units, read_boot_time, PssPolicy};
@@ -164,6 +165,21 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
         None => None,
     };
     let ingest = Arc::new(ingest);
+    // Push of vitals' own metrics over OTLP. The pusher reads a `model::Registry`; until the producers
+    // write the neutral model it holds only the push counters.
+    // MERGE (issue 10): pass the real model registry on the next line, without the app-metrics collector
+    // (the app's own metrics leave through forwarding, with their own identity), and register
+    // `p.collector()` there so /metrics shows the push counters too.
+    let push_registry = crate::model::Registry::new();
+    let pusher = match &config.push {
+        Some(settings) => {
+            let p = Pusher::start(settings.clone(), push_registry.clone())
+                .map_err(anyhow::Error::msg)?;
+            push_registry.register(p.collector());
+            Some(p)
+        }
+        None => None,
+    };
     let app_metrics = app_metrics_for_signals;
     let grpc_listener = match config.otlp_grpc_addr {
         Some(a) => Some(bind_named(a, "--otlp-grpc-addr").await?),
@@ -297,9 +313,18 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
         tracing::warn!("tasks did not stop within 1s; exiting anyway");
     }
     // The receivers have stopped taking requests; what they accepted goes upstream within the grace.
-    if let Some(f) = forwarder {
-        f.drain().await;
-    }
+    // The final push runs beside the drain, both within --forward-drain-timeout.
+    let drain = async {
+        if let Some(f) = forwarder {
+            f.drain().await;
+        }
+    };
+    let final_push = async {
+        if let Some(p) = &pusher {
+            p.finish().await;
+        }
+    };
+    tokio::join!(drain, final_push);
     Ok(code)
 }
 
