@@ -28,6 +28,10 @@ struct PyUpstream {
 
 impl PyUpstream {
     fn start(protocol: &str, answer: &str) -> PyUpstream {
+        Self::start_with(protocol, answer, &[])
+    }
+
+    fn start_with(protocol: &str, answer: &str, extra: &[&str]) -> PyUpstream {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/upstream.py");
@@ -37,6 +41,7 @@ impl PyUpstream {
             .arg("--dir")
             .arg(dir.path())
             .args(["--answer", answer])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -531,4 +536,188 @@ fn signals_keep_otel_names_and_start_times_move_forward_across_a_target_restart(
             last_start = st;
         }
     }
+}
+
+/// Makes a CA, a server certificate for 127.0.0.1 and a client certificate with openssl (the same
+/// certificates as tests/forward_pipeline.rs makes).
+fn make_certs(dir: &Path) {
+    let openssl = common::require_tool("openssl", "apt-get install -y openssl");
+    let run = |args: &[&str]| {
+        let out = Command::new(&openssl)
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=vitals-push-test-ca",
+        ],
+    ]
+    .concat());
+    for (name, ext) in [
+        (
+            "server",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+        ),
+        ("client", "extendedKeyUsage=clientAuth\n"),
+    ] {
+        std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+        let (key, csr, pem, extf) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+            format!("{name}.ext"),
+        );
+        run(&[
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                &format!("/CN={name}"),
+            ],
+        ]
+        .concat());
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            &extf,
+        ]);
+    }
+}
+
+/// Mutual TLS with certificates made by openssl, over OTLP/HTTP and OTLP/gRPC: pushes arrive. Without
+/// the test CA the endpoint is not trusted: nothing arrives and the failure is logged. A certificate file
+/// that does not exist stops vitals at start, naming the option.
+#[test]
+fn push_over_mutual_tls() {
+    let certs = tempfile::tempdir().unwrap();
+    make_certs(certs.path());
+    let p = |f: &str| certs.path().join(f).to_string_lossy().into_owned();
+    for protocol in ["http", "grpc"] {
+        let up = PyUpstream::start_with(
+            protocol,
+            "ok",
+            &[
+                "--cert",
+                &p("server.pem"),
+                "--key",
+                &p("server.key"),
+                "--client-ca",
+                &p("ca.pem"),
+            ],
+        );
+        let endpoint = format!("https://127.0.0.1:{}", up.port);
+        let proto = if protocol == "grpc" {
+            "grpc"
+        } else {
+            "http/protobuf"
+        };
+        let v = Vitals::start(&[
+            "--push-endpoint",
+            &endpoint,
+            "--push-protocol",
+            proto,
+            "--push-interval",
+            "1s",
+            "--push-certificate",
+            &p("ca.pem"),
+            "--push-client-certificate",
+            &p("client.pem"),
+            "--push-client-key",
+            &p("client.key"),
+        ]);
+        let got = up.wait_requests(2, Duration::from_secs(20), &v);
+        assert_eq!(
+            push_counter(&got[1].1, "vitals.exporter.push.requests", "sent"),
+            1.0,
+            "{protocol}"
+        );
+        drop(v);
+
+        // System roots only: the test CA is unknown, the handshake fails, nothing is delivered.
+        let before = up.requests().len();
+        let v = Vitals::start(&[
+            "--push-endpoint",
+            &endpoint,
+            "--push-protocol",
+            proto,
+            "--push-interval",
+            "1s",
+        ]);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !v
+            .log
+            .lock()
+            .unwrap()
+            .contains("push: the endpoint is not taking data")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{protocol}: no failure logged:\n{}",
+                v.log.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+        assert_eq!(
+            up.requests().len(),
+            before,
+            "{protocol}: untrusted endpoint got data"
+        );
+    }
+    let out = Command::new(common::vitals_bin())
+        .args([
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--push-endpoint",
+            "https://127.0.0.1:1",
+            "--push-certificate",
+            "/nonexistent/ca.pem",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--push-certificate") && err.contains("/nonexistent/ca.pem"),
+        "{err}"
+    );
 }
