@@ -392,7 +392,7 @@ fn signals_keep_otel_names_and_start_times_move_forward_across_a_target_restart(
     let up = PyUpstream::start("http", "ok");
     let v = Vitals::start(&[
         "--process",
-        &format!("hold\\.py --spin 0\\.[06]{marker}"),
+        &format!("hold\\.py --spin (1\\.5|0\\.0){marker}"),
         "--interval",
         "200ms",
         "--push-endpoint",
@@ -400,9 +400,11 @@ fn signals_keep_otel_names_and_start_times_move_forward_across_a_target_restart(
         "--push-interval",
         "1s",
     ]);
-    // The first target burns about 0.6 s of CPU, the second about 0.01 s: the second's CPU time starts
-    // below the first's, which a reader of cumulative data sees as a new stream.
-    let first = TestChild::hold(&["--spin", &format!("0.6{marker}")]);
+    // The first target spins for 1.5 s, the second for about 0.01 s: once the first has used more than
+    // 0.3 s of CPU (a loaded machine gives a spinning process less than its wall time) and the second is
+    // seen below 0.2 s, the second's CPU time is below the first's, a new stream for a reader of
+    // cumulative data.
+    let first = TestChild::hold(&["--spin", &format!("1.5{marker}")]);
     let cpu = |req: &ExportMetricsServiceRequest| {
         let m = metric(req, "process.cpu.time")?;
         let Some(Data::Sum(s)) = &m.data else {
@@ -429,7 +431,7 @@ fn signals_keep_otel_names_and_start_times_move_forward_across_a_target_restart(
         "the first target's CPU time",
         |r| {
             r.last()
-                .is_some_and(|(_, q)| up_value(q) == Some(1.0) && cpu(q).is_some_and(|c| c.2 > 0.4))
+                .is_some_and(|(_, q)| up_value(q) == Some(1.0) && cpu(q).is_some_and(|c| c.2 > 0.3))
         },
     );
     let (_, req) = got.last().unwrap();
@@ -516,7 +518,7 @@ fn signals_keep_otel_names_and_start_times_move_forward_across_a_target_restart(
         "the second target's CPU time",
         |r| {
             r.last()
-                .is_some_and(|(_, q)| up_value(q) == Some(1.0) && cpu(q).is_some_and(|c| c.2 < 0.4))
+                .is_some_and(|(_, q)| up_value(q) == Some(1.0) && cpu(q).is_some_and(|c| c.2 < 0.2))
         },
     );
     let (start2, time2, _) = cpu(&got.last().unwrap().1).unwrap();
