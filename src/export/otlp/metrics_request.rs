@@ -84,12 +84,20 @@ impl StartTimes {
     fn key(&self, name: &str, attributes: &[(String, String)]) -> u64 {
         let mut h = self.hasher.build_hasher();
         name.hash(&mut h);
-        // Order-independent: the same attribute set in another order is the same series.
-        let mut sorted: Vec<&(String, String)> = attributes.iter().collect();
-        sorted.sort();
-        for (k, v) in sorted {
-            k.hash(&mut h);
-            v.hash(&mut h);
+        // Order-independent: the same attribute set in another order is the same series. Producers
+        // usually give attributes in one order, so the sorted copy is rarely needed.
+        if attributes.windows(2).all(|w| w[0] <= w[1]) {
+            for (k, v) in attributes {
+                k.hash(&mut h);
+                v.hash(&mut h);
+            }
+        } else {
+            let mut sorted: Vec<&(String, String)> = attributes.iter().collect();
+            sorted.sort();
+            for (k, v) in sorted {
+                k.hash(&mut h);
+                v.hash(&mut h);
+            }
         }
         h.finish()
     }
