@@ -10,8 +10,8 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 use vitals::export::http::live::{LiveHub, HISTORY_SECONDS};
+use vitals::model::{Collector, Metric, MetricKind, Registry, Value};
 use vitals::signal::hints::HintPolicy;
-use vitals::store::{Collector, Family, MetricKind, Registry, Value};
 
 /// Families shaped like a scrape of a JVM service: target and process series, cgroup counters, 20
 /// operations × 2 outcomes of RED histograms with 20 buckets, pauses, growth windows and six pools.
@@ -20,75 +20,55 @@ struct Synthetic {
 }
 
 impl Collector for Synthetic {
-    fn collect(&self, out: &mut Vec<Family>) {
+    fn collect(&self, out: &mut Vec<Metric>) {
         let n = self.tick.fetch_add(1, Ordering::Relaxed) as f64;
         let g = |name: &str, v: f64| {
-            Family::new(name, "h", "", MetricKind::Gauge).with(&[], Value::Gauge(v))
+            Metric::new(name, "h", "", MetricKind::Gauge).with(&[], Value::Gauge(v))
         };
         let c = |name: &str, v: f64| {
-            Family::new(name, "h", "", MetricKind::Counter).with(&[], Value::Counter(v))
+            Metric::new(name, "h", "", MetricKind::Counter).with(&[], Value::Sum(v))
         };
-        out.push(g("vitals_target_up", 1.0));
+        out.push(g("vitals.target.up", 1.0));
         out.push(
-            Family::new("vitals_target_info", "h", "", MetricKind::Gauge).with(
+            Metric::new("vitals.target.info", "h", "", MetricKind::Gauge).with(
                 &[("pid", "42"), ("comm", "java"), ("runtime", "jvm")],
                 Value::Gauge(1.0),
             ),
         );
-        out.push(g("vitals_process_start_time_seconds", 1.7e9));
-        out.push(c("vitals_target_restarts", 0.0));
+        out.push(g("vitals.process.start_time", 1.7e9));
+        out.push(c("vitals.target.restarts", 0.0));
         out.push(
-            Family::new(
-                "process_cpu_time_seconds",
-                "h",
-                "seconds",
-                MetricKind::Counter,
-            )
-            .with(&[("cpu_mode", "user")], Value::Counter(n * 0.3))
-            .with(&[("cpu_mode", "system")], Value::Counter(n * 0.05)),
+            Metric::new("process.cpu.time", "h", "seconds", MetricKind::Counter)
+                .with(&[("cpu.mode", "user")], Value::Sum(n * 0.3))
+                .with(&[("cpu.mode", "system")], Value::Sum(n * 0.05)),
         );
-        out.push(g("process_memory_usage_bytes", 5e8 + n));
-        out.push(g("vitals_cgroup_memory_usage_bytes", 6e8));
-        out.push(g("vitals_cgroup_memory_limit_bytes", 1e9));
-        out.push(c("vitals_cgroup_cpu_throttled_seconds", n * 0.01));
-        out.push(c("vitals_cgroup_cpu_throttled_periods", n));
-        out.push(c("vitals_cgroup_cpu_periods", n * 10.0));
-        let mut gc = Family::new(
-            "vitals_gc_pause_seconds",
-            "h",
-            "seconds",
-            MetricKind::Counter,
-        );
+        out.push(g("process.memory.usage", 5e8 + n));
+        out.push(g("vitals.cgroup.memory.usage", 6e8));
+        out.push(g("vitals.cgroup.memory.limit", 1e9));
+        out.push(c("vitals.cgroup.cpu.throttled", n * 0.01));
+        out.push(c("vitals.cgroup.cpu.throttled_periods", n));
+        out.push(c("vitals.cgroup.cpu.periods", n * 10.0));
+        let mut gc = Metric::new("vitals.gc.pause", "h", "seconds", MetricKind::Counter);
         gc.push(
             &[
                 ("runtime", "jvm"),
                 ("collector", "G1 Young"),
                 ("source", "hsperfdata"),
             ],
-            Value::Counter(n * 0.002),
+            Value::Sum(n * 0.002),
         );
         out.push(gc);
-        out.push(g("vitals_gc_pause_max_seconds", 0.02));
-        let mut growth = Family::new(
-            "vitals_memory_growth_bytes_per_second",
-            "h",
-            "",
-            MetricKind::Gauge,
-        );
+        out.push(g("vitals.gc.pause.max", 0.02));
+        let mut growth = Metric::new("vitals.memory.growth", "h", "", MetricKind::Gauge);
         for s in ["rss", "heap", "cgroup"] {
             for w in ["15m", "1h", "6h"] {
                 growth.push(&[("signal", s), ("window", w)], Value::Gauge(100.0));
             }
         }
         out.push(growth);
-        let mut util = Family::new(
-            "vitals_pool_utilization_ratio",
-            "h",
-            "ratio",
-            MetricKind::Gauge,
-        );
-        let mut used = Family::new("vitals_pool_used", "h", "", MetricKind::Gauge);
-        let mut max = Family::new("vitals_pool_max", "h", "", MetricKind::Gauge);
+        let mut util = Metric::new("vitals.pool.utilization", "h", "ratio", MetricKind::Gauge);
+        let mut used = Metric::new("vitals.pool.used", "h", "", MetricKind::Gauge);
+        let mut max = Metric::new("vitals.pool.max", "h", "", MetricKind::Gauge);
         for (kind, pool) in [
             ("db", "main"),
             ("fds", "fds"),
@@ -102,8 +82,8 @@ impl Collector for Synthetic {
             max.push(&[("pool", pool), ("kind", kind)], Value::Gauge(10.0));
         }
         out.extend([util, used, max]);
-        let mut red = Family::new(
-            "vitals_request_duration_seconds",
+        let mut red = Metric::new(
+            "vitals.request.duration",
             "h",
             "seconds",
             MetricKind::Histogram,

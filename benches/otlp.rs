@@ -101,6 +101,7 @@ fn ingest() -> Ingest {
                 promote: vec![],
             },
             o.clone(),
+            Arc::new(vitals::export::prometheus::naming::PrometheusNames),
         )),
         Arc::new(LogCounts::new(2000, ttl, o.clone())),
         Arc::new(Ingest::stats_with(o)),

@@ -10,10 +10,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use vitals::export::prometheus::{encode, Format};
+use vitals::model::{Metric, MetricKind, Value};
 use vitals::probe::cgroup::{locate, CgroupReader, CgroupRoots};
 use vitals::probe::procfs::{ProcReader, ReadErrorSink};
 use vitals::probe::ReadSource;
-use vitals::store::{Family, MetricKind, Value};
 
 struct Quiet;
 impl ReadErrorSink for Quiet {
@@ -171,25 +171,26 @@ fn bench_smaps_rollup() {
     );
 }
 
-fn families(series: usize) -> Vec<Family> {
+fn families(series: usize) -> Vec<Metric> {
     let per_family = 100;
     (0..series / per_family)
         .map(|f| {
-            let mut fam = Family::new(
-                format!("app_metric_{f}_seconds"),
+            let mut fam = Metric::new(
+                format!("app.metric.{f}"),
                 "synthetic",
-                "seconds",
+                "s",
                 MetricKind::Counter,
-            );
+            )
+            .from_app();
             for s in 0..per_family {
                 let route = format!("/api/v1/items/{s}");
                 fam.push(
                     &[
                         ("service", "checkout"),
-                        ("http_route", &route),
+                        ("http.route", &route),
                         ("status", "200"),
                     ],
-                    Value::Counter(s as f64 * 1.25),
+                    Value::Sum(s as f64 * 1.25),
                 );
             }
             fam

@@ -14,6 +14,7 @@ use crate::export::http::{bind, serve, HttpState};
 use crate::export::otlp::forward::Forwarder;
 use crate::export::otlp::push::Pusher;
 use crate::export::self_metrics::ExporterStats;
+use crate::model::Registry;
 use crate::probe::cgroup::CgroupRoots;
 use crate::probe::procfs::{kernel_units, read_boot_time, PssPolicy};
 use crate::receiver::{self, Ingest, OtlpLimits};
@@ -26,7 +27,6 @@ use crate::signal::Derived;
 use crate::store::app_metrics::{AppMetrics, AppMetricsConfig};
 use crate::store::limited::OverflowCounter;
 use crate::store::logs::LogCounts;
-use crate::store::Registry;
 use crate::target::status::TargetStatus;
 use crate::target::{run, Selector};
 
@@ -138,6 +138,8 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
             promote: config.promote_resource_attributes.clone(),
         },
         overflow.clone(),
+        // The stores refuse at ingest what the Prometheus exposition could not write apart.
+        Arc::new(crate::export::prometheus::naming::PrometheusNames),
     ));
     let logs = Arc::new(LogCounts::new(
         config.series_limit,

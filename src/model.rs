@@ -92,6 +92,36 @@ pub struct Point {
     pub value: Value,
 }
 
+/// Where a metric comes from. The app's metrics keep their own names, so the app's `process.cpu.time` and
+/// the one vitals reads from procfs are two metrics of one name; exporters keep them apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Origin {
+    /// Written by vitals: the target's readings, derived signals, vitals' own health.
+    #[default]
+    Vitals,
+    /// Passed through from the app's OTLP metrics.
+    App,
+}
+
+/// How an exporter will write metric and attribute names. Stores that take names from outside ask it when
+/// a metric or attribute is first seen, so a metric whose written names would collide with another's is
+/// refused at ingest (with a partial success) rather than breaking an exposition later. Implemented by the
+/// exporters; nothing else knows their naming.
+pub trait NameRules: Send + Sync {
+    /// The sample names a metric writes, or why it may not be written.
+    fn metric_names(
+        &self,
+        name: &str,
+        unit: &str,
+        kind: MetricKind,
+        origin: Origin,
+    ) -> Result<Vec<String>, String>;
+
+    /// The key an attribute is written under on a metric of `kind`; two attributes of one point whose keys
+    /// are written alike are one attribute to the store.
+    fn attribute_key<'a>(&self, key: &'a str, kind: MetricKind) -> Cow<'a, str>;
+}
+
 /// A metric: its identity and its points.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Metric {
@@ -103,6 +133,8 @@ pub struct Metric {
     pub unit: Cow<'static, str>,
     /// Kind of instrument.
     pub kind: MetricKind,
+    /// Who wrote it.
+    pub origin: Origin,
     /// The points.
     pub points: Vec<Point>,
 }
@@ -120,8 +152,15 @@ impl Metric {
             description: description.into(),
             unit: unit.into(),
             kind,
+            origin: Origin::Vitals,
             points: Vec::new(),
         }
+    }
+
+    /// The same metric marked as passed through from the app.
+    pub fn from_app(mut self) -> Self {
+        self.origin = Origin::App;
+        self
     }
 
     /// Adds a point with the given attributes and value (start unknown), returning self for chaining.
@@ -178,8 +217,8 @@ impl Registry {
         guard.push(collector);
     }
 
-    /// Every collector's metrics. Metrics of the same name from two collectors are merged, so a name
-    /// appears once in any exposition; a kind clash between two collectors keeps the first.
+    /// Every collector's metrics. Metrics of the same name and origin from two collectors are merged, so a
+    /// name appears once in any exposition; a kind clash between two collectors keeps the first.
     pub fn gather(&self) -> Vec<Metric> {
         let collectors = self
             .collectors
@@ -198,7 +237,7 @@ fn merge_same_names(metrics: Vec<Metric>) -> Vec<Metric> {
     let mut merged: Vec<Metric> = Vec::with_capacity(metrics.len());
     let mut index = std::collections::HashMap::with_capacity(metrics.len());
     for m in metrics {
-        match index.get(&m.name) {
+        match index.get(&(m.origin, m.name.clone())) {
             Some(&i) => {
                 let target: &mut Metric = &mut merged[i];
                 if target.kind == m.kind {
@@ -206,7 +245,7 @@ fn merge_same_names(metrics: Vec<Metric>) -> Vec<Metric> {
                 }
             }
             None => {
-                index.insert(m.name.clone(), merged.len());
+                index.insert((m.origin, m.name.clone()), merged.len());
                 merged.push(m);
             }
         }

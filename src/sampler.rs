@@ -224,7 +224,7 @@ impl Sampler {
             self.poll_oom();
         }
         if r.proc.is_some() {
-            if let Some(lang) = self.app.resource_attribute("telemetry_sdk_language") {
+            if let Some(lang) = self.app.resource_attribute("telemetry.sdk.language") {
                 self.store.hint_runtime(runtime_of_sdk_language(&lang));
             }
         }

@@ -111,29 +111,7 @@ fn catalogue_matches_the_live_exposition() {
 #[test]
 fn every_family_in_the_source_is_documented() {
     let rows = catalogue();
-    let mut names = BTreeSet::new();
-    let mut dirs = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("src")];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                dirs.push(path);
-                continue;
-            }
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
-            // Unit tests build made-up families; only the code above them counts.
-            let code = text.split("#[cfg(test)]").next().unwrap_or_default();
-            for chunk in code.split("Family::new(").skip(1) {
-                let Some(name) = chunk.trim_start().strip_prefix('"') else {
-                    continue;
-                };
-                let name: String = name.chars().take_while(|c| *c != '"').collect();
-                if name.starts_with("vitals_") || name.starts_with("process_") {
-                    names.insert(name);
-                }
-            }
-        }
-    }
+    let names = common::source_exposition_names();
     assert!(names.len() > 20, "found only {names:?}");
     for name in names {
         let with_total = format!("{name}_total");

@@ -308,7 +308,9 @@ fn exec_refreshes_comm_and_runtime() {
 fn process_regex_waits_for_the_program_a_wrapper_starts_late() {
     let dir = tempfile::tempdir().unwrap();
     let jar = build_app_jar(dir.path());
-    let v = Vitals::start(&["--process", r"java.*app\.jar", "--interval", "200ms"]);
+    // The pattern names this test's own jar: tests run in parallel and others start `java … app.jar` too.
+    let pattern = format!("java.*{}", regex::escape(&jar.to_string_lossy()));
+    let v = Vitals::start(&["--process", &pattern, "--interval", "200ms"]);
     let line = format!("sleep 1.5; {}; true", java_cmd(&jar));
     let sh = Reaped(
         Command::new("sh")

@@ -10,7 +10,7 @@ use vitals::receiver::{Ingest, OtlpLimits};
 use vitals::store::app_metrics::{AppMetrics, AppMetricsConfig};
 use vitals::store::limited::OverflowCounter;
 use vitals::store::logs::LogCounts;
-use vitals::store::Registry;
+use vitals::model::Registry;
 
 pub fn ingest() -> &'static (Ingest, Registry) {
     static I: OnceLock<(Ingest, Registry)> = OnceLock::new();
@@ -18,7 +18,7 @@ pub fn ingest() -> &'static (Ingest, Registry) {
         let o = OverflowCounter::default();
         let ttl = Duration::from_secs(3600);
         let red = Arc::new(RedStore::new(100, ttl, o.clone()));
-        let app = Arc::new(AppMetrics::new(AppMetricsConfig { series_limit: 100, family_limit: 100, ttl, promote: vec!["service.instance.id".into()] }, o.clone()));
+        let app = Arc::new(AppMetrics::new(AppMetricsConfig { series_limit: 100, family_limit: 100, ttl, promote: vec!["service.instance.id".into()] }, o.clone(), Arc::new(vitals::export::prometheus::naming::PrometheusNames)));
         let logs = Arc::new(LogCounts::new(100, ttl, o.clone()));
         let registry = Registry::new();
         registry.register(red.clone());

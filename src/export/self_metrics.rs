@@ -4,9 +4,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::model::{Collector, Metric, MetricKind, Value};
 use crate::probe::procfs::{parse_stat, ReadErrorSink};
 use crate::probe::ReadSource;
-use crate::store::{Collector, Family, MetricKind, Value};
 
 /// Counters the sources report into.
 pub struct ExporterStats {
@@ -46,10 +46,10 @@ impl ReadErrorSink for ExporterStats {
 }
 
 impl Collector for ExporterStats {
-    fn collect(&self, out: &mut Vec<Family>) {
+    fn collect(&self, out: &mut Vec<Metric>) {
         out.push(
-            Family::new(
-                "vitals_exporter_build_info",
+            Metric::new(
+                "vitals.exporter.build.info",
                 "vitals build",
                 "",
                 MetricKind::Gauge,
@@ -60,42 +60,39 @@ impl Collector for ExporterStats {
             if let Ok(st) = parse_stat(&raw) {
                 let cpu = (st.utime + st.stime) as f64 / self.hz as f64;
                 out.push(
-                    Family::new(
-                        "vitals_exporter_cpu_seconds",
+                    Metric::new(
+                        "vitals.exporter.cpu",
                         "CPU time of the vitals sidecar itself",
-                        "seconds",
+                        "s",
                         MetricKind::Counter,
                     )
-                    .with(&[], Value::Counter(cpu)),
+                    .with(&[], Value::Sum(cpu)),
                 );
                 out.push(
-                    Family::new(
-                        "vitals_exporter_resident_memory_bytes",
+                    Metric::new(
+                        "vitals.exporter.resident.memory",
                         "Resident memory of the vitals sidecar itself",
-                        "bytes",
+                        "By",
                         MetricKind::Gauge,
                     )
                     .with(&[], Value::Gauge((st.rss_pages * self.page_size) as f64)),
                 );
             }
         }
-        let mut errors = Family::new(
-            "vitals_exporter_read_errors",
+        let mut errors = Metric::new(
+            "vitals.exporter.read.errors",
             "Reads of a target file that failed (file left out of /metrics)",
-            "",
+            "{error}",
             MetricKind::Counter,
         );
-        let mut durations = Family::new(
-            "vitals_exporter_sample_duration_seconds",
+        let mut durations = Metric::new(
+            "vitals.exporter.sample.duration",
             "Duration of the latest read of each source",
-            "seconds",
+            "s",
             MetricKind::Gauge,
         );
         for s in ReadSource::ALL {
-            errors.push(
-                &[("source", s.label())],
-                Value::Counter(self.errors(s) as f64),
-            );
+            errors.push(&[("source", s.label())], Value::Sum(self.errors(s) as f64));
             let ns = self.durations_ns[s.index()].load(Ordering::Relaxed);
             if ns > 0 {
                 durations.push(&[("source", s.label())], Value::Gauge(ns as f64 / 1e9));

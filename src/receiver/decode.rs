@@ -151,9 +151,9 @@ mod tests {
 #[cfg(test)]
 mod golden {
     use super::*;
+    use crate::model::{Collector, Value};
     use crate::store::app_metrics::{AppMetrics, AppMetricsConfig};
     use crate::store::limited::OverflowCounter;
-    use crate::store::{Collector, Value};
     use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
     use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -267,6 +267,7 @@ mod golden {
                 promote: vec![],
             },
             OverflowCounter::default(),
+            std::sync::Arc::new(crate::export::prometheus::naming::PrometheusNames),
         );
         for r in &reqs {
             let out = store.ingest(r);
@@ -276,13 +277,13 @@ mod golden {
         store.collect(&mut fams);
         let orders = fams.iter().find(|f| f.name == "orders").unwrap();
         let a = orders
-            .series
+            .points
             .iter()
-            .find(|s| s.labels.iter().any(|(k, v)| k == "route" && v == "/a"))
+            .find(|s| s.attributes.iter().any(|(k, v)| k == "route" && v == "/a"))
             .unwrap();
-        assert_eq!(a.value, Value::Counter(7.0), "3 + 4 over two delta exports");
-        let queue = fams.iter().find(|f| f.name == "queue_size").unwrap();
-        assert_eq!(queue.series[0].value, Value::Gauge(3.0));
+        assert_eq!(a.value, Value::Sum(7.0), "3 + 4 over two delta exports");
+        let queue = fams.iter().find(|f| f.name == "queue.size").unwrap();
+        assert_eq!(queue.points[0].value, Value::Sum(3.0));
     }
 
     #[test]

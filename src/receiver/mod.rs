@@ -15,11 +15,11 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::model::{Collector, Metric, MetricKind, Value};
 use crate::signal::latency::{facts, RedStore};
 use crate::store::app_metrics::{service_name, AppMetrics};
 use crate::store::limited::OverflowCounter;
 use crate::store::logs::LogCounts;
-use crate::store::{Collector, Family, MetricKind, Value};
 
 /// The three OTLP signals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,45 +199,43 @@ impl OtlpStats {
 }
 
 impl Collector for OtlpStats {
-    fn collect(&self, out: &mut Vec<Family>) {
-        let mut items = Family::new(
-            "vitals_exporter_otlp_items",
+    fn collect(&self, out: &mut Vec<Metric>) {
+        let mut items = Metric::new(
+            "vitals.exporter.otlp.items",
             "OTLP items (spans, data points, log records) received",
-            "",
+            "{item}",
             MetricKind::Counter,
         );
-        let mut refused = Family::new(
-            "vitals_exporter_otlp_refused_requests",
+        let mut refused = Metric::new(
+            "vitals.exporter.otlp.refused.requests",
             "OTLP requests refused whole, by reason",
-            "",
+            "{request}",
             MetricKind::Counter,
         );
         for s in Signal::ALL {
             for (i, outcome) in ["accepted", "rejected"].iter().enumerate() {
                 items.push(
                     &[("signal", s.label()), ("outcome", outcome)],
-                    Value::Counter(self.items[s as usize][i].load(Ordering::Relaxed) as f64),
+                    Value::Sum(self.items[s as usize][i].load(Ordering::Relaxed) as f64),
                 );
             }
             for r in Refusal::ALL {
                 refused.push(
                     &[("signal", s.label()), ("reason", r.label())],
-                    Value::Counter(
-                        self.refused[s as usize][r as usize].load(Ordering::Relaxed) as f64
-                    ),
+                    Value::Sum(self.refused[s as usize][r as usize].load(Ordering::Relaxed) as f64),
                 );
             }
         }
         out.push(items);
         out.push(refused);
         out.push(
-            Family::new(
-                "vitals_exporter_series_overflow",
+            Metric::new(
+                "vitals.exporter.series.overflow",
                 "Observations sent to an overflow series because a cardinality limit was reached",
-                "",
+                "{observation}",
                 MetricKind::Counter,
             )
-            .with(&[], Value::Counter(self.overflow.get() as f64)),
+            .with(&[], Value::Sum(self.overflow.get() as f64)),
         );
     }
 }

@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 
-use crate::store::{Collector, Family, MetricKind, Value};
+use crate::model::{Collector, Metric, MetricKind, Value};
 
 /// Lowest CPU use the histogram resolves, in cores.
 const CPU_FIRST_BUCKET: f64 = 0.001;
@@ -516,14 +516,14 @@ impl UsageHistory {
 
 /// Families for hints: `vitals_recommendation_*` values (only when there is one) and, for every hint, the
 /// history it rests on.
-pub fn families(hints: &[Hint]) -> Vec<Family> {
-    let mut history = Family::new(
-        "vitals_recommendation_history_seconds",
+pub fn families(hints: &[Hint]) -> Vec<Metric> {
+    let mut history = Metric::new(
+        "vitals.recommendation.history",
         "Seconds of history a tuning hint rests on",
-        "seconds",
+        "s",
         MetricKind::Gauge,
     );
-    let mut by_name: Vec<Family> = Vec::new();
+    let mut by_name: Vec<Metric> = Vec::new();
     for h in hints {
         let pool = h.pool.as_deref().unwrap_or("");
         let mut labels: Vec<(&str, &str)> = vec![("resource", h.resource)];
@@ -534,40 +534,40 @@ pub fn families(hints: &[Hint]) -> Vec<Family> {
         let Some(v) = h.value else { continue };
         let (name, help, unit) = match h.unit {
             "cores" => (
-                "vitals_recommendation_cores",
+                "vitals.recommendation.cores",
                 "Recommended CPU, in cores",
-                "",
+                "{cpu}",
             ),
             "bytes" => (
-                "vitals_recommendation_bytes",
+                "vitals.recommendation.bytes",
                 "Recommended memory size, in bytes",
-                "bytes",
+                "By",
             ),
             "ratio" => (
-                "vitals_recommendation_throttled_ratio",
+                "vitals.recommendation.throttled",
                 "Share of CFS periods throttled by the CPU limit over the history",
-                "ratio",
+                "1",
             ),
             "connections" => (
-                "vitals_recommendation_connections",
+                "vitals.recommendation.connections",
                 "Recommended DB connection pool size",
-                "",
+                "{connection}",
             ),
             _ => (
-                "vitals_recommendation_files",
+                "vitals.recommendation.files",
                 "Recommended open-file limit",
-                "",
+                "{file}",
             ),
         };
         match by_name.iter_mut().find(|f| f.name == name) {
             Some(f) => f.push(&labels, Value::Gauge(v)),
             None => by_name.push(
-                Family::new(name, help, unit, MetricKind::Gauge).with(&labels, Value::Gauge(v)),
+                Metric::new(name, help, unit, MetricKind::Gauge).with(&labels, Value::Gauge(v)),
             ),
         }
     }
     let mut out = by_name;
-    if !history.series.is_empty() {
+    if !history.points.is_empty() {
         out.push(history);
     }
     out
@@ -595,7 +595,7 @@ impl HintBoard {
 }
 
 impl Collector for HintBoard {
-    fn collect(&self, out: &mut Vec<Family>) {
+    fn collect(&self, out: &mut Vec<Metric>) {
         out.extend(families(
             &self.latest.lock().unwrap_or_else(|p| p.into_inner()),
         ));
@@ -644,7 +644,7 @@ mod tests {
         }
         assert!(families(&a)
             .iter()
-            .all(|f| f.name == "vitals_recommendation_history_seconds"));
+            .all(|f| f.name == "vitals.recommendation.history"));
     }
 
     #[test]
@@ -764,12 +764,16 @@ mod tests {
             });
         }
         let fams = families(&h.advice(&policy()));
-        let exported: Vec<(&str, String)> = fams
+        use crate::export::prometheus::naming::exposition_name;
+        let exported: Vec<(String, String)> = fams
             .iter()
             .flat_map(|f| {
-                f.series
-                    .iter()
-                    .map(move |s| (f.name.as_str(), s.labels[0].1.clone()))
+                f.points.iter().map(move |s| {
+                    (
+                        exposition_name(&f.name, &f.unit, f.kind, f.origin),
+                        s.attributes[0].1.clone(),
+                    )
+                })
             })
             .collect();
         let dashboard = include_str!("../../grafana/dashboards/vitals-overview.json");
@@ -781,7 +785,7 @@ mod tests {
         for c in re.captures_iter(dashboard) {
             for resource in c[2].split('|') {
                 assert!(
-                    exported.iter().any(|(n, r)| *n == &c[1] && r == resource),
+                    exported.iter().any(|(n, r)| *n == c[1] && r == resource),
                     "the dashboard asks for {}{{resource={resource}}}, hints export {exported:?}",
                     &c[1]
                 );

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode, Span};
 
+use crate::model::{Collector, Exemplar, Metric, MetricKind, Value};
 use crate::store::app_metrics::cut_str;
 use crate::store::limited::{LimitedMap, OverflowCounter, OVERFLOW_LABEL};
-use crate::store::{Collector, Exemplar, Family, MetricKind, Value};
 
 /// Bucket upper bounds in seconds: 0.5 ms to 60 s, with 0.1 s and 0.4 s (Apdex T = 0.1 s and 4T).
 pub const BUCKETS: [f64; 21] = [
@@ -325,7 +325,7 @@ fn histogram_value(s: &RedSeries) -> Value {
         .iter()
         .map(|e| {
             e.map(|e| Exemplar {
-                labels: vec![
+                attributes: vec![
                     ("trace_id".into(), hex(&e.trace)),
                     ("span_id".into(), hex(&e.span)),
                 ],
@@ -343,16 +343,16 @@ fn histogram_value(s: &RedSeries) -> Value {
 }
 
 impl Collector for RedStore {
-    fn collect(&self, out: &mut Vec<Family>) {
+    fn collect(&self, out: &mut Vec<Metric>) {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         inner.series.expire(Instant::now(), self.ttl);
         if inner.series.is_empty() {
             return;
         }
-        let mut fam = Family::new(
-            "vitals_request_duration_seconds",
+        let mut fam = Metric::new(
+            "vitals.request.duration",
             "Duration of requests (SERVER and CONSUMER spans) by service, operation, kind and outcome",
-            "seconds",
+            "s",
             MetricKind::Histogram,
         );
         let mut rows: Vec<&RedSeries> = inner.series.iter().map(|(_, s)| s).collect();
@@ -534,7 +534,7 @@ mod tests {
         store.collect(&mut out);
         let fam = &out[0];
         assert_eq!(
-            fam.series.len(),
+            fam.points.len(),
             3,
             "two label sets and the overflow series"
         );
@@ -544,9 +544,9 @@ mod tests {
             _ => unreachable!(),
         };
         let main = fam
-            .series
+            .points
             .iter()
-            .find(|s| s.labels.iter().any(|(_, v)| v == "GET"))
+            .find(|s| s.attributes.iter().any(|(_, v)| v == "GET"))
             .unwrap();
         assert_eq!(get(0.05, &main.value), 1);
         assert_eq!(
@@ -566,15 +566,14 @@ mod tests {
                 assert_eq!(*count, 5);
                 assert!((sum - 2.65).abs() < 1e-9);
                 let ex = exemplars[8].as_ref().unwrap();
-                assert_eq!(ex.labels[0].1, "01010101010101010101010101010101");
-                assert_eq!(ex.labels[1].1, "0202020202020202");
+                assert_eq!(ex.attributes[0].1, "01010101010101010101010101010101");
+                assert_eq!(ex.attributes[1].1, "0202020202020202");
             }
             _ => unreachable!(),
         }
-        assert!(fam
-            .series
-            .iter()
-            .any(|s| s.labels == vec![("otel_metric_overflow".to_string(), "true".to_string())]));
+        assert!(fam.points.iter().any(
+            |s| s.attributes == vec![("otel_metric_overflow".to_string(), "true".to_string())]
+        ));
     }
 
     #[test]
@@ -595,12 +594,12 @@ mod tests {
         store.observe(&long, [span(&long)]);
         let mut out = Vec::new();
         store.collect(&mut out);
-        assert_eq!(out[0].series.len(), 3);
-        for series in &out[0].series {
+        assert_eq!(out[0].points.len(), 3);
+        for series in &out[0].points {
             assert!(
-                series.labels.iter().all(|(_, v)| v.len() <= 1024),
+                series.attributes.iter().all(|(_, v)| v.len() <= 1024),
                 "{:?}",
-                series.labels
+                series.attributes
             );
         }
     }

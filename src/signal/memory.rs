@@ -10,8 +10,8 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::model::{Collector, Metric, MetricKind, Value};
 use crate::probe::hsperf::{Collector as GcCollector, JvmSample};
-use crate::store::{Collector, Family, MetricKind, Value};
 
 const BUCKETS: usize = 30;
 const FLOOR_SPAN: usize = BUCKETS / 6;
@@ -354,22 +354,22 @@ impl MemoryGrowth {
 }
 
 impl Collector for MemoryGrowth {
-    fn collect(&self, out: &mut Vec<Family>) {
+    fn collect(&self, out: &mut Vec<Metric>) {
         let tracks = self.tracks.lock().unwrap_or_else(|p| p.into_inner());
-        let mut growth = Family::new(
-            "vitals_memory_growth_bytes_per_second",
+        let mut growth = Metric::new(
+            "vitals.memory.growth",
             "Robust memory growth slope per signal and window (absent until the window holds enough data)",
-            "",
+            "By/s",
             MetricKind::Gauge,
         );
-        let mut ttl = Family::new(
-            "vitals_memory_time_to_limit_seconds",
+        let mut ttl = Metric::new(
+            "vitals.memory.time_to_limit",
             "Time until the signal reaches its limit at the longest ready window's growth",
-            "seconds",
+            "s",
             MetricKind::Gauge,
         );
-        let mut leak = Family::new(
-            "vitals_memory_leak_suspected",
+        let mut leak = Metric::new(
+            "vitals.memory.leak.suspected",
             "1 while growth is sustained above the leak threshold in every ready window",
             "",
             MetricKind::Gauge,
@@ -484,23 +484,23 @@ mod tests {
         m.collect(&mut out);
         let leak = out
             .iter()
-            .find(|f| f.name == "vitals_memory_leak_suspected")
+            .find(|f| f.name == "vitals.memory.leak.suspected")
             .unwrap();
-        assert_eq!(leak.series[0].value, Value::Gauge(1.0));
+        assert_eq!(leak.points[0].value, Value::Gauge(1.0));
         let ttl = out
             .iter()
-            .find(|f| f.name == "vitals_memory_time_to_limit_seconds")
+            .find(|f| f.name == "vitals.memory.time_to_limit")
             .unwrap();
-        match ttl.series[0].value {
+        match ttl.points[0].value {
             Value::Gauge(s) => assert!((s - (2e6 - 1.119e6) / 1000.0).abs() < 5.0, "{s}"),
             _ => unreachable!(),
         }
         let growth = out
             .iter()
-            .find(|f| f.name == "vitals_memory_growth_bytes_per_second")
+            .find(|f| f.name == "vitals.memory.growth")
             .unwrap();
-        assert_eq!(growth.series.len(), 2);
-        assert_eq!(growth.series[0].labels[1].1, "1m");
+        assert_eq!(growth.points.len(), 2);
+        assert_eq!(growth.points[0].attributes[1].1, "1m");
         // Growth slows to 70 B/s: below the threshold but above half of it, the verdict holds.
         while t < 400.0 {
             m.observe(
@@ -517,9 +517,9 @@ mod tests {
         m.collect(&mut out);
         assert_eq!(
             out.iter()
-                .find(|f| f.name == "vitals_memory_leak_suspected")
+                .find(|f| f.name == "vitals.memory.leak.suspected")
                 .unwrap()
-                .series[0]
+                .points[0]
                 .value,
             Value::Gauge(1.0)
         );
@@ -537,9 +537,9 @@ mod tests {
         m.collect(&mut out);
         assert_eq!(
             out.iter()
-                .find(|f| f.name == "vitals_memory_leak_suspected")
+                .find(|f| f.name == "vitals.memory.leak.suspected")
                 .unwrap()
-                .series[0]
+                .points[0]
                 .value,
             Value::Gauge(0.0)
         );

@@ -12,7 +12,6 @@ pub mod target;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::export::prometheus::naming::{label_name, metric_name, InstrumentShape};
 use crate::probe::cgroup::CgroupSample;
 use crate::probe::hsperf::JvmSample;
 use crate::probe::procfs::ProcSample;
@@ -66,8 +65,7 @@ pub struct Derived {
 impl Derived {
     /// Wires the signals to the app metric store.
     pub fn new(app: Arc<AppMetrics>, memory: MemoryGrowth) -> Self {
-        let b = |n: &str| metric_name(n, "By", InstrumentShape::Gauge);
-        let heap_type = Some((label_name("jvm.memory.type"), "heap"));
+        let heap_type = Some(("jvm.memory.type".to_owned(), "heap"));
         Derived {
             pause: Arc::new(PauseSignal::new()),
             memory: Arc::new(memory),
@@ -75,23 +73,23 @@ impl Derived {
             app,
             heap: vec![
                 HeapMetric {
-                    used: b("jvm.memory.used_after_last_gc"),
-                    limit: Some(b("jvm.memory.limit")),
+                    used: "jvm.memory.used_after_last_gc".to_owned(),
+                    limit: Some("jvm.memory.limit".to_owned()),
                     filter: heap_type,
                 },
                 HeapMetric {
-                    used: b("v8js.memory.heap.used"),
-                    limit: Some(b("v8js.memory.heap.limit")),
+                    used: "v8js.memory.heap.used".to_owned(),
+                    limit: Some("v8js.memory.heap.limit".to_owned()),
                     filter: None,
                 },
                 HeapMetric {
-                    used: b("dotnet.gc.last_collection.heap.size"),
+                    used: "dotnet.gc.last_collection.heap.size".to_owned(),
                     limit: None,
                     filter: None,
                 },
                 HeapMetric {
-                    used: b("go.memory.used"),
-                    limit: Some(b("go.memory.limit")),
+                    used: "go.memory.used".to_owned(),
+                    limit: Some("go.memory.limit".to_owned()),
                     filter: None,
                 },
             ],

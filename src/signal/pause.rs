@@ -6,10 +6,9 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::export::prometheus::naming::{label_name, metric_name, InstrumentShape};
+use crate::model::{Collector, Metric, MetricKind, Value};
 use crate::probe::hsperf::{Collector as GcCollector, JvmSample};
 use crate::store::app_metrics::{AppMetrics, Reading};
-use crate::store::{Collector, Family, MetricKind, Value};
 
 /// How long `vitals_gc_pause_max_seconds` looks back.
 pub const MAX_WINDOW: Duration = Duration::from_secs(60);
@@ -25,8 +24,8 @@ pub fn is_concurrent_cycle(jvm_gc_name: &str) -> bool {
 
 /// An OTLP runtime metric that carries GC pauses.
 struct PauseMetric {
-    /// Prometheus name the app metric store keeps it under.
-    prom: String,
+    /// OpenTelemetry name of the metric.
+    name: String,
     runtime: &'static str,
     /// Label holding the collector name, or None for a runtime-wide figure.
     collector_label: Option<String>,
@@ -35,34 +34,33 @@ struct PauseMetric {
 }
 
 fn pause_metrics() -> Vec<PauseMetric> {
-    let h = |otel: &str, unit: &str| metric_name(otel, unit, InstrumentShape::Distribution);
     vec![
         PauseMetric {
-            prom: h("jvm.gc.duration", "s"),
+            name: "jvm.gc.duration".to_owned(),
             runtime: "jvm",
-            collector_label: Some(label_name("jvm.gc.name")),
+            collector_label: Some("jvm.gc.name".to_owned()),
             scale: 1.0,
         },
         PauseMetric {
-            prom: h("v8js.gc.duration", "s"),
+            name: "v8js.gc.duration".to_owned(),
             runtime: "node",
-            collector_label: Some(label_name("v8js.gc.type")),
+            collector_label: Some("v8js.gc.type".to_owned()),
             scale: 1.0,
         },
         PauseMetric {
-            prom: h("go.memory.gc.pause.duration", "s"),
+            name: "go.memory.gc.pause.duration".to_owned(),
             runtime: "go",
             collector_label: None,
             scale: 1.0,
         },
         PauseMetric {
-            prom: h("process.runtime.go.gc.pause_ns", "ns"),
+            name: "process.runtime.go.gc.pause_ns".to_owned(),
             runtime: "go",
             collector_label: None,
             scale: 1e-9,
         },
         PauseMetric {
-            prom: metric_name("dotnet.gc.pause.time", "s", InstrumentShape::Counter),
+            name: "dotnet.gc.pause.time".to_owned(),
             runtime: "dotnet",
             collector_label: None,
             scale: 1.0,
@@ -257,13 +255,12 @@ pub fn largest_new_bound(before: &[(f64, u64)], after: &[(f64, u64)]) -> Option<
 impl PauseSignal {
     /// A signal reading the standard runtime metric names.
     pub fn new() -> Self {
-        let g = |otel: &str| metric_name(otel, "s", InstrumentShape::Gauge);
         let event_loop = vec![
-            (g("nodejs.eventloop.delay.min"), "min"),
-            (g("nodejs.eventloop.delay.p50"), "p50"),
-            (g("nodejs.eventloop.delay.p90"), "p90"),
-            (g("nodejs.eventloop.delay.p99"), "p99"),
-            (g("nodejs.eventloop.delay.max"), "max"),
+            ("nodejs.eventloop.delay.min".to_owned(), "min"),
+            ("nodejs.eventloop.delay.p50".to_owned(), "p50"),
+            ("nodejs.eventloop.delay.p90".to_owned(), "p90"),
+            ("nodejs.eventloop.delay.p99".to_owned(), "p99"),
+            ("nodejs.eventloop.delay.max".to_owned(), "max"),
         ];
         PauseSignal {
             metrics: pause_metrics(),
@@ -283,9 +280,9 @@ impl PauseSignal {
         let mut current: HashMap<String, Previous> = HashMap::new();
         for m in &self.metrics {
             // A series first seen after others of its metric began while vitals watched: all it holds is new.
-            let metric_known = st.metrics_seen.contains(&m.prom);
+            let metric_known = st.metrics_seen.contains(&m.name);
             let mut any = false;
-            app.visit_with_start(&m.prom, |labels, reading, start_unix_nano| {
+            app.visit_with_start(&m.name, |labels, reading, start_unix_nano| {
                 any = true;
                 // Every observation since its start is new when the series is known to hold no history:
                 // it appeared after others of its metric while vitals watched, or began counting after.
@@ -302,7 +299,7 @@ impl PauseSignal {
                     return;
                 }
                 let key = (m.runtime.to_owned(), collector.to_owned(), "otlp");
-                let series_key = format!("{}{:?}", m.prom, labels);
+                let series_key = format!("{}{:?}", m.name, labels);
                 let previous = st.previous.get(&series_key);
                 let bound = match reading {
                     Reading::Histogram {
@@ -356,15 +353,15 @@ impl PauseSignal {
                 }
             });
             if any {
-                st.metrics_seen.insert(m.prom.clone());
+                st.metrics_seen.insert(m.name.clone());
             }
         }
         // Only series the store still holds are remembered: bounded and expired with the store's series.
         st.previous = current;
         st.event_loop.clear();
-        for (prom, q) in &self.event_loop {
+        for (name, q) in &self.event_loop {
             let mut worst: Option<f64> = None;
-            app.visit(prom, |_, r| {
+            app.visit(name, |_, r| {
                 if let Reading::Number(v) = r {
                     worst = Some(worst.map_or(v, |w: f64| w.max(v)));
                 }
@@ -436,7 +433,7 @@ impl PauseSignal {
 }
 
 impl Collector for PauseSignal {
-    fn collect(&self, out: &mut Vec<Family>) {
+    fn collect(&self, out: &mut Vec<Metric>) {
         let now = Instant::now();
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let mut rows: Vec<_> = st
@@ -445,16 +442,16 @@ impl Collector for PauseSignal {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         rows.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut time = Family::new(
-            "vitals_gc_pause_seconds",
+        let mut time = Metric::new(
+            "vitals.gc.pause",
             "Time the target stood still in GC pauses",
-            "seconds",
+            "s",
             MetricKind::Counter,
         );
-        let mut count = Family::new(
-            "vitals_gc_pauses",
+        let mut count = Metric::new(
+            "vitals.gc.pauses",
             "GC pauses of the target",
-            "",
+            "{pause}",
             MetricKind::Counter,
         );
         for ((runtime, collector, source), t) in &rows {
@@ -463,15 +460,15 @@ impl Collector for PauseSignal {
                 ("collector", collector.as_str()),
                 ("source", *source),
             ];
-            time.push(&labels, Value::Counter(t.seconds));
+            time.push(&labels, Value::Sum(t.seconds));
             if let Some(n) = t.count {
-                count.push(&labels, Value::Counter(n as f64));
+                count.push(&labels, Value::Sum(n as f64));
             }
         }
-        let mut max = Family::new(
-            "vitals_gc_pause_max_seconds",
+        let mut max = Metric::new(
+            "vitals.gc.pause.max",
             "Longest GC pause in the last minute (an upper bound when only buckets or totals are known)",
-            "seconds",
+            "s",
             MetricKind::Gauge,
         );
         let mut keys: Vec<(String, &'static str)> = st.max.keys().cloned().collect();
@@ -484,9 +481,9 @@ impl Collector for PauseSignal {
         // With pauses known but none in the window, the longest recent pause is 0, not unknown.
         for ((runtime, _, source), _) in &rows {
             if !max
-                .series
+                .points
                 .iter()
-                .any(|s| s.labels[0].1 == *runtime && s.labels[1].1 == *source)
+                .any(|s| s.attributes[0].1 == *runtime && s.attributes[1].1 == *source)
             {
                 max.push(
                     &[("runtime", runtime), ("source", source)],
@@ -497,8 +494,8 @@ impl Collector for PauseSignal {
         out.extend([time, count, max]);
         if let Some(reason) = st.hsperf_status {
             out.push(
-                Family::new(
-                    "vitals_exporter_hsperfdata_status",
+                Metric::new(
+                    "vitals.exporter.hsperfdata.status",
                     "1 with the reason the target JVM's hsperfdata is or is not read: reading, absent, \
                      disabled (-XX:-UsePerfData or -XX:+PerfDisableSharedMem), permission_denied, stale \
                      (another user's or a dead JVM's file under the target's pid), unreadable",
@@ -510,31 +507,31 @@ impl Collector for PauseSignal {
         }
         if let Some((n, secs)) = st.safepoints {
             out.push(
-                Family::new(
-                    "vitals_safepoint_seconds",
+                Metric::new(
+                    "vitals.safepoint",
                     "Time JVM threads spent at safepoints",
-                    "seconds",
+                    "s",
                     MetricKind::Counter,
                 )
-                .with(&[], Value::Counter(secs)),
+                .with(&[], Value::Sum(secs)),
             );
             out.push(
-                Family::new(
-                    "vitals_safepoints",
+                Metric::new(
+                    "vitals.safepoints",
                     "JVM safepoints",
-                    "",
+                    "{safepoint}",
                     MetricKind::Counter,
                 )
-                .with(&[], Value::Counter(n as f64)),
+                .with(&[], Value::Sum(n as f64)),
             );
         }
         if !st.event_loop.is_empty() {
-            let mut f = Family::new(
-                "vitals_event_loop_delay_seconds",
+            let mut f = Metric::new(
+                "vitals.event_loop.delay",
                 "Node.js event-loop delay over the app's last export interval by statistic (min, p50, p90, \
                  p99, max), as Node measures it: each sample includes the sampling resolution (10 ms by \
                  default), so an idle loop reads about 10 ms",
-                "seconds",
+                "s",
                 MetricKind::Gauge,
             );
             for (statistic, v) in &st.event_loop {
@@ -633,25 +630,25 @@ mod tests {
         let mut out = vec![];
         p.collect(&mut out);
         let get = |name: &str| {
-            out.iter().find(|f| f.name == name).unwrap().series[0]
+            out.iter().find(|f| f.name == name).unwrap().points[0]
                 .value
                 .clone()
         };
-        assert_eq!(get("vitals_gc_pause_seconds"), Value::Counter(0.075));
-        assert_eq!(get("vitals_gc_pauses"), Value::Counter(4.0));
+        assert_eq!(get("vitals.gc.pause"), Value::Sum(0.075));
+        assert_eq!(get("vitals.gc.pauses"), Value::Sum(4.0));
         assert_eq!(
-            get("vitals_gc_pause_max_seconds"),
+            get("vitals.gc.pause.max"),
             Value::Gauge(0.045),
             "one pause of 45 ticks at 1 kHz"
         );
-        assert_eq!(get("vitals_safepoints"), Value::Counter(10.0));
-        assert_eq!(get("vitals_safepoint_seconds"), Value::Counter(0.5));
+        assert_eq!(get("vitals.safepoints"), Value::Sum(10.0));
+        assert_eq!(get("vitals.safepoint"), Value::Sum(0.5));
         p.reset_target();
         let mut out = vec![];
         p.collect(&mut out);
         assert!(out
             .iter()
-            .all(|f| f.series.is_empty() || f.name != "vitals_gc_pause_seconds"));
+            .all(|f| f.points.is_empty() || f.name != "vitals.gc.pause"));
     }
 
     /// A Shenandoah concurrent phase running for 3 s beside a 2 ms pause: the pause max and totals show the
@@ -696,11 +693,11 @@ mod tests {
         let get = |name: &str| {
             out.iter()
                 .find(|f| f.name == name)
-                .map(|f| f.series.iter().map(|s| s.value.clone()).collect::<Vec<_>>())
+                .map(|f| f.points.iter().map(|s| s.value.clone()).collect::<Vec<_>>())
                 .unwrap_or_default()
         };
-        assert_eq!(get("vitals_gc_pause_max_seconds"), [Value::Gauge(0.002)]);
-        assert_eq!(get("vitals_gc_pause_seconds"), [Value::Counter(0.010)]);
+        assert_eq!(get("vitals.gc.pause.max"), [Value::Gauge(0.002)]);
+        assert_eq!(get("vitals.gc.pause"), [Value::Sum(0.010)]);
 
         let z = PauseSignal::new();
         let zgc = |n: u64, time: u64, entry: u64, exit: u64| JvmSample {
@@ -715,8 +712,8 @@ mod tests {
         z.collect(&mut out);
         let max = out
             .iter()
-            .find(|f| f.name == "vitals_gc_pause_max_seconds")
-            .map(|f| f.series.iter().map(|s| s.value.clone()).collect::<Vec<_>>());
+            .find(|f| f.name == "vitals.gc.pause.max")
+            .map(|f| f.points.iter().map(|s| s.value.clone()).collect::<Vec<_>>());
         assert_eq!(max, Some(vec![Value::Gauge(0.004)]));
     }
 
@@ -861,10 +858,10 @@ mod tests {
         let mut out = vec![];
         p.collect(&mut out);
         out.iter()
-            .find(|f| f.name == "vitals_gc_pause_max_seconds")?
-            .series
+            .find(|f| f.name == "vitals.gc.pause.max")?
+            .points
             .iter()
-            .find(|s| s.labels[1].1 == "otlp")
+            .find(|s| s.attributes[1].1 == "otlp")
             .map(|s| match s.value {
                 Value::Gauge(v) => v,
                 _ => f64::NAN,
@@ -998,24 +995,21 @@ mod tests {
         p.update_from_otlp(&app_with(vec![dotnet, go_ns]), Instant::now());
         let mut out = vec![];
         p.collect(&mut out);
-        let time = out
-            .iter()
-            .find(|f| f.name == "vitals_gc_pause_seconds")
-            .unwrap();
+        let time = out.iter().find(|f| f.name == "vitals.gc.pause").unwrap();
         let get = |runtime: &str| {
-            time.series
+            time.points
                 .iter()
-                .find(|s| s.labels[0].1 == runtime)
+                .find(|s| s.attributes[0].1 == runtime)
                 .map(|s| s.value.clone())
         };
-        assert_eq!(get("dotnet"), Some(Value::Counter(1.25)));
+        assert_eq!(get("dotnet"), Some(Value::Sum(1.25)));
         assert_eq!(
             get("go"),
-            Some(Value::Counter(0.002)),
+            Some(Value::Sum(0.002)),
             "nanoseconds scaled to seconds"
         );
-        let count = out.iter().find(|f| f.name == "vitals_gc_pauses").unwrap();
-        assert_eq!(count.series.len(), 1, ".NET's pause time has no count");
-        assert_eq!(count.series[0].value, Value::Counter(4.0));
+        let count = out.iter().find(|f| f.name == "vitals.gc.pauses").unwrap();
+        assert_eq!(count.points.len(), 1, ".NET's pause time has no count");
+        assert_eq!(count.points[0].value, Value::Sum(4.0));
     }
 }

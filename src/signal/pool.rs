@@ -6,12 +6,11 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 
-use crate::export::prometheus::naming::{label_name, metric_name, InstrumentShape};
+use crate::model::{Collector, Metric, MetricKind, Value};
 use crate::probe::cgroup::CgroupSample;
 use crate::probe::procfs::ProcSample;
 use crate::probe::sockets::{BacklogSource, ListenSocket};
 use crate::store::app_metrics::{AppMetrics, Reading};
-use crate::store::{Collector, Family, MetricKind, Value};
 
 /// One pool's figures.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -76,26 +75,25 @@ impl Default for PoolSignal {
 impl PoolSignal {
     /// A signal reading the semantic conventions' pool metric names (current and deprecated).
     pub fn new() -> Self {
-        let g = |n: &str, unit: &str| metric_name(n, unit, InstrumentShape::Gauge);
         PoolSignal {
             db: [
                 DbNames {
-                    count: g("db.client.connection.count", "{connection}"),
-                    max: g("db.client.connection.max", "{connection}"),
-                    pending: g("db.client.connection.pending_requests", "{request}"),
-                    state: label_name("db.client.connection.state"),
-                    pool: label_name("db.client.connection.pool.name"),
+                    count: "db.client.connection.count".to_owned(),
+                    max: "db.client.connection.max".to_owned(),
+                    pending: "db.client.connection.pending_requests".to_owned(),
+                    state: "db.client.connection.state".to_owned(),
+                    pool: "db.client.connection.pool.name".to_owned(),
                 },
                 DbNames {
-                    count: g("db.client.connections.usage", "{connection}"),
-                    max: g("db.client.connections.max", "{connection}"),
-                    pending: g("db.client.connections.pending_requests", "{request}"),
-                    state: label_name("state"),
-                    pool: label_name("pool.name"),
+                    count: "db.client.connections.usage".to_owned(),
+                    max: "db.client.connections.max".to_owned(),
+                    pending: "db.client.connections.pending_requests".to_owned(),
+                    state: "state".to_owned(),
+                    pool: "pool.name".to_owned(),
                 },
             ],
-            dotnet_threads: g("dotnet.thread_pool.thread.count", "{thread}"),
-            dotnet_queue: g("dotnet.thread_pool.queue.length", "{work_item}"),
+            dotnet_threads: "dotnet.thread_pool.thread.count".to_owned(),
+            dotnet_queue: "dotnet.thread_pool.queue.length".to_owned(),
             state: Mutex::new(State::default()),
         }
     }
@@ -247,30 +245,30 @@ impl PoolSignal {
 }
 
 impl Collector for PoolSignal {
-    fn collect(&self, out: &mut Vec<Family>) {
+    fn collect(&self, out: &mut Vec<Metric>) {
         let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let mut used = Family::new(
-            "vitals_pool_used",
+        let mut used = Metric::new(
+            "vitals.pool.used",
             "Slots in use per pool",
-            "",
+            "{slot}",
             MetricKind::Gauge,
         );
-        let mut max = Family::new(
-            "vitals_pool_max",
+        let mut max = Metric::new(
+            "vitals.pool.max",
             "Capacity per pool (accept_queue: the socket backlog)",
-            "",
+            "{slot}",
             MetricKind::Gauge,
         );
-        let mut pending = Family::new(
-            "vitals_pool_pending",
+        let mut pending = Metric::new(
+            "vitals.pool.pending",
             "Requests waiting for a slot per pool",
-            "",
+            "{request}",
             MetricKind::Gauge,
         );
-        let mut ratio = Family::new(
-            "vitals_pool_utilization_ratio",
+        let mut ratio = Metric::new(
+            "vitals.pool.utilization",
             "Used / max per pool",
-            "ratio",
+            "1",
             MetricKind::Gauge,
         );
         for ((kind, pool), s) in &st.pools {
@@ -296,8 +294,8 @@ impl Collector for PoolSignal {
                 BacklogSource::Somaxconn => "somaxconn",
             };
             out.push(
-                Family::new(
-                    "vitals_pool_accept_queue_backlog_source",
+                Metric::new(
+                    "vitals.pool.accept_queue.backlog_source",
                     "Where accept_queue capacity came from (somaxconn: an upper bound)",
                     "",
                     MetricKind::Gauge,
@@ -357,13 +355,13 @@ mod tests {
         sig.collect(&mut out);
         let ratio = out
             .iter()
-            .find(|f| f.name == "vitals_pool_utilization_ratio")
+            .find(|f| f.name == "vitals.pool.utilization")
             .unwrap();
         let get = |kind: &str| {
             ratio
-                .series
+                .points
                 .iter()
-                .find(|s| s.labels[1].1 == kind)
+                .find(|s| s.attributes[1].1 == kind)
                 .map(|s| s.value.clone())
         };
         assert_eq!(get("fds"), Some(Value::Gauge(900.0 / 1024.0)));
@@ -379,7 +377,7 @@ mod tests {
             Some(Value::Gauge(0.75)),
             "1.5 cores of a 2-core quota"
         );
-        assert!(ratio.series.iter().any(|s| s.labels
+        assert!(ratio.points.iter().any(|s| s.attributes
             == vec![
                 ("pool".to_string(), "8080".to_string()),
                 ("kind".to_string(), "accept_queue".to_string())

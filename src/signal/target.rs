@@ -4,11 +4,10 @@
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::export::prometheus::naming::{label_name, metric_name, InstrumentShape};
+use crate::model::{Collector, Metric, MetricKind, Value};
 use crate::probe::cgroup::CgroupSample;
 use crate::probe::pressure::RESOURCES;
 use crate::probe::procfs::ProcSample;
-use crate::store::{Collector, Family, MetricKind, Value};
 
 /// What is known of the attached target beyond its samples.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,67 +177,46 @@ type OptionalSeries<'a> = [(&'a [(&'a str, &'a str)], Option<f64>)];
 
 /// Builds families from optional values, leaving out series (and then families) with no value.
 struct Builder<'a> {
-    out: &'a mut Vec<Family>,
+    out: &'a mut Vec<Metric>,
+    /// Start of the cumulative values written, Unix ns (the target's start for its own counters, 0 when
+    /// unknown, as for cgroup counters that outlive one target instance).
+    start_unix_nanos: u64,
 }
 
 impl Builder<'_> {
     fn one(
         &mut self,
-        name: String,
-        help: &str,
+        name: &str,
         unit: &'static str,
         kind: MetricKind,
+        help: &str,
         series: &OptionalSeries<'_>,
     ) {
-        let mut fam = Family::new(name, help, unit, kind);
+        let mut fam = Metric::new(name, help, unit, kind);
         for (labels, v) in series {
             if let Some(v) = v {
                 let value = if kind == MetricKind::Counter {
-                    Value::Counter(*v)
+                    Value::Sum(*v)
                 } else {
                     Value::Gauge(*v)
                 };
-                fam.push(labels, value);
+                fam.push_started(labels, self.start_unix_nanos, value);
             }
         }
-        if !fam.series.is_empty() {
+        if !fam.points.is_empty() {
             self.out.push(fam);
         }
-    }
-
-    fn semconv(
-        &mut self,
-        otel: &str,
-        unit: &str,
-        shape: InstrumentShape,
-        help: &str,
-        series: &OptionalSeries<'_>,
-    ) {
-        let kind = if shape == InstrumentShape::Counter {
-            MetricKind::Counter
-        } else {
-            MetricKind::Gauge
-        };
-        let name = metric_name(otel, unit, shape);
-        let word = if name.ends_with("_seconds") {
-            "seconds"
-        } else if name.ends_with("_bytes") {
-            "bytes"
-        } else {
-            ""
-        };
-        self.one(name, help, word, kind, series);
     }
 }
 
 impl Collector for TargetMetrics {
-    fn collect(&self, out: &mut Vec<Family>) {
+    fn collect(&self, out: &mut Vec<Metric>) {
         let s = self.lock();
         let u = self.units;
         let up = if s.info.is_some() { 1.0 } else { 0.0 };
         out.push(
-            Family::new(
-                "vitals_target_up",
+            Metric::new(
+                "vitals.target.up",
                 "1 while the target process is attached and readable",
                 "",
                 MetricKind::Gauge,
@@ -246,45 +224,45 @@ impl Collector for TargetMetrics {
             .with(&[], Value::Gauge(up)),
         );
         out.push(
-            Family::new(
-                "vitals_target_restarts",
+            Metric::new(
+                "vitals.target.restarts",
                 "Times a new target instance was attached after a previous one",
-                "",
+                "{restart}",
                 MetricKind::Counter,
             )
-            .with(&[], Value::Counter(s.restarts as f64)),
+            .with(&[], Value::Sum(s.restarts as f64)),
         );
         if s.last_identity.is_some() {
-            let mut exits = Family::new(
-                "vitals_target_exits",
+            let mut exits = Metric::new(
+                "vitals.target.exits",
                 "Target instances that ended, by reason (oom_kill when their cgroup counted an OOM kill)",
-                "",
+                "{exit}",
                 MetricKind::Counter,
             );
             for reason in [ExitReason::OomKill, ExitReason::Other] {
                 exits.push(
                     &[("reason", reason.label())],
-                    Value::Counter(s.exits[reason as usize] as f64),
+                    Value::Sum(s.exits[reason as usize] as f64),
                 );
             }
             out.push(exits);
         }
         if let Some(kills) = s.oom_kills {
             out.push(
-                Family::new(
-                    "vitals_cgroup_memory_oom_kills",
+                Metric::new(
+                    "vitals.cgroup.memory.oom_kills",
                     "OOM kills of the target's cgroup, counted across the target's restarts (for a target in another cgroup namespace, only kills read before its cgroup is removed)",
-                    "",
+                    "{kill}",
                     MetricKind::Counter,
                 )
-                .with(&[], Value::Counter(kills as f64)),
+                .with(&[], Value::Sum(kills as f64)),
             );
         }
         let Some(info) = &s.info else { return };
         let pid = info.pid.to_string();
         out.push(
-            Family::new(
-                "vitals_target_info",
+            Metric::new(
+                "vitals.target.info",
                 "The attached target process",
                 "",
                 MetricKind::Gauge,
@@ -300,142 +278,145 @@ impl Collector for TargetMetrics {
             ),
         );
         let start_unix = u.boot_time as f64 + info.start_ticks as f64 / u.hz as f64;
-        let mut b = Builder { out };
+        let mut b = Builder {
+            out,
+            start_unix_nanos: (start_unix * 1e9) as u64,
+        };
         if let Some(p) = &s.proc {
             process_families(&mut b, p, u, start_unix);
         }
         if let Some(c) = &s.cgroup {
+            b.start_unix_nanos = 0;
             cgroup_families(&mut b, c);
         }
     }
 }
 
 fn process_families(b: &mut Builder<'_>, p: &ProcSample, u: KernelUnits, start_unix: f64) {
-    use InstrumentShape::*;
     let hz = u.hz as f64;
     let st = p.stat;
     let status = p.status;
-    let cpu_mode = label_name("cpu.mode");
-    let dir = label_name("disk.io.direction");
-    let cs = label_name("process.context_switch.type");
-    let pf = label_name("system.paging.fault.type");
+    let cpu_mode = "cpu.mode";
+    let dir = "disk.io.direction";
+    let cs = "process.context_switch.type";
+    let pf = "system.paging.fault.type";
     let f = |v: Option<u64>| v.map(|v| v as f64);
-    b.semconv(
+    b.one(
         "process.cpu.time",
         "s",
-        Counter,
+        MetricKind::Counter,
         "Total CPU seconds of the target by mode",
         &[
-            (&[(&cpu_mode, "user")], st.map(|s| s.utime as f64 / hz)),
-            (&[(&cpu_mode, "system")], st.map(|s| s.stime as f64 / hz)),
+            (&[(cpu_mode, "user")], st.map(|s| s.utime as f64 / hz)),
+            (&[(cpu_mode, "system")], st.map(|s| s.stime as f64 / hz)),
         ],
     );
-    b.semconv(
+    b.one(
         "process.memory.usage",
         "By",
-        Gauge,
+        MetricKind::Gauge,
         "Resident set size of the target",
         &[(&[], st.map(|s| (s.rss_pages * u.page_size) as f64))],
     );
-    b.semconv(
+    b.one(
         "process.memory.virtual",
         "By",
-        Gauge,
+        MetricKind::Gauge,
         "Virtual memory size of the target",
         &[(&[], st.map(|s| s.vsize as f64))],
     );
-    b.semconv(
+    b.one(
         "process.disk.io",
         "By",
-        Counter,
+        MetricKind::Counter,
         "Bytes the target read from and wrote to storage",
         &[
-            (&[(&dir, "read")], p.io.map(|i| i.read_bytes as f64)),
-            (&[(&dir, "write")], p.io.map(|i| i.write_bytes as f64)),
+            (&[(dir, "read")], p.io.map(|i| i.read_bytes as f64)),
+            (&[(dir, "write")], p.io.map(|i| i.write_bytes as f64)),
         ],
     );
     // Threads and fds use the Collector process scraper's names: semconv's newer `*.count` names translate
     // to gauges ending in `_count`, which `promtool check metrics` rejects and no existing dashboard uses.
-    b.semconv(
+    b.one(
         "process.threads",
         "{threads}",
-        Gauge,
+        MetricKind::Gauge,
         "Threads of the target",
         &[(&[], st.map(|s| s.num_threads as f64))],
     );
-    b.semconv(
+    b.one(
         "process.open_file_descriptors",
         "{count}",
-        Gauge,
+        MetricKind::Gauge,
         "Open file descriptors of the target",
         &[(&[], f(p.open_fds))],
     );
-    b.semconv(
+    b.one(
         "process.context_switches",
         "{context_switch}",
-        Counter,
+        MetricKind::Counter,
         "Context switches of the target",
         &[
             (
-                &[(&cs, "voluntary")],
+                &[(cs, "voluntary")],
                 f(status.and_then(|s| s.voluntary_ctxt)),
             ),
             (
-                &[(&cs, "involuntary")],
+                &[(cs, "involuntary")],
                 f(status.and_then(|s| s.nonvoluntary_ctxt)),
             ),
         ],
     );
-    b.semconv(
+    b.one(
         "process.paging.faults",
         "{fault}",
-        Counter,
+        MetricKind::Counter,
         "Page faults of the target",
         &[
-            (&[(&pf, "major")], st.map(|s| s.majflt as f64)),
-            (&[(&pf, "minor")], st.map(|s| s.minflt as f64)),
+            (&[(pf, "major")], st.map(|s| s.majflt as f64)),
+            (&[(pf, "minor")], st.map(|s| s.minflt as f64)),
         ],
     );
-    b.semconv(
+    b.one(
         "process.uptime",
         "s",
-        Gauge,
+        MetricKind::Gauge,
         "Seconds since the target started",
         &[(&[], Some((now_unix() - start_unix).max(0.0)))],
     );
     b.one(
-        "vitals_process_max_fds".into(),
-        "Soft limit on the target's open file descriptors",
-        "",
+        "vitals.process.max_fds",
+        "{fd}",
         MetricKind::Gauge,
+        "Soft limit on the target's open file descriptors",
         &[(&[], f(p.max_fds))],
     );
     b.one(
-        "vitals_process_start_time_seconds".into(),
-        "Start time of the target, Unix seconds",
-        "seconds",
+        "vitals.process.start_time",
+        "s",
         MetricKind::Gauge,
+        "Start time of the target, Unix seconds",
         &[(&[], Some(start_unix))],
     );
     b.one(
-        "vitals_process_scheduler_wait_seconds".into(),
-        "Time the target's threads waited on a run queue (schedstat)",
-        "seconds",
+        "vitals.process.scheduler.wait",
+        "s",
         MetricKind::Counter,
+        "Time the target's threads waited on a run queue (schedstat)",
         &[(&[], p.sched_wait_ns.map(|n| n as f64 / 1e9))],
     );
     b.one(
-        "vitals_process_swap_bytes".into(),
-        "Target memory swapped out (VmSwap)",
-        "bytes",
+        "vitals.process.swap",
+        "By",
         MetricKind::Gauge,
+        "Target memory swapped out (VmSwap)",
         &[(&[], f(status.and_then(|s| s.vm_swap)))],
     );
     b.one(
-        "vitals_process_proportional_memory_bytes".into(),
-        "Proportional set size of the target (smaps_rollup, opt-in)",
-        "bytes",
+        "vitals.process.proportional_memory",
+        "By",
         MetricKind::Gauge,
+        "Proportional set size of the target (smaps_rollup, opt-in)",
         &[(&[], f(p.pss))],
     );
 }
@@ -444,83 +425,83 @@ fn cgroup_families(b: &mut Builder<'_>, c: &CgroupSample) {
     use MetricKind::*;
     let f = |v: Option<u64>| v.map(|v| v as f64);
     b.one(
-        "vitals_cgroup_memory_usage_bytes".into(),
-        "Memory charged to the target's cgroup",
-        "bytes",
+        "vitals.cgroup.memory.usage",
+        "By",
         Gauge,
+        "Memory charged to the target's cgroup",
         &[(&[], f(c.memory_usage))],
     );
     b.one(
-        "vitals_cgroup_memory_limit_bytes".into(),
-        "Memory limit of the target's cgroup (absent when unlimited)",
-        "bytes",
+        "vitals.cgroup.memory.limit",
+        "By",
         Gauge,
+        "Memory limit of the target's cgroup (absent when unlimited)",
         &[(&[], f(c.memory_limit))],
     );
     b.one(
-        "vitals_cgroup_cpu_limit_cores".into(),
-        "CPU quota of the target's cgroup in cores (absent when unlimited)",
-        "",
+        "vitals.cgroup.cpu.limit_cores",
+        "{cpu}",
         Gauge,
+        "CPU quota of the target's cgroup in cores (absent when unlimited)",
         &[(&[], c.cpu_limit_cores)],
     );
     b.one(
-        "vitals_cgroup_cpu_throttled_seconds".into(),
-        "Time the target's cgroup was throttled by its CPU quota",
-        "seconds",
+        "vitals.cgroup.cpu.throttled",
+        "s",
         Counter,
+        "Time the target's cgroup was throttled by its CPU quota",
         &[(&[], c.cpu_throttled_us.map(|v| v as f64 / 1e6))],
     );
     b.one(
-        "vitals_cgroup_cpu_throttled_periods".into(),
-        "Enforcement periods in which the cgroup was throttled",
-        "",
+        "vitals.cgroup.cpu.throttled_periods",
+        "{period}",
         Counter,
+        "Enforcement periods in which the cgroup was throttled",
         &[(&[], f(c.cpu_throttled_periods))],
     );
     b.one(
-        "vitals_cgroup_cpu_periods".into(),
-        "Enforcement periods of the cgroup's CPU quota",
-        "",
+        "vitals.cgroup.cpu.periods",
+        "{period}",
         Counter,
+        "Enforcement periods of the cgroup's CPU quota",
         &[(&[], f(c.cpu_periods))],
     );
     b.one(
-        "vitals_cgroup_pids".into(),
-        "Tasks in the target's cgroup",
-        "",
+        "vitals.cgroup.pids",
+        "{pid}",
         Gauge,
+        "Tasks in the target's cgroup",
         &[(&[], f(c.pids))],
     );
     b.one(
-        "vitals_cgroup_pids_limit".into(),
-        "Task limit of the target's cgroup (absent when unlimited)",
-        "",
+        "vitals.cgroup.pids.limit",
+        "{pid}",
         Gauge,
+        "Task limit of the target's cgroup (absent when unlimited)",
         &[(&[], f(c.pids_limit))],
     );
     let scope = c.pressure_scope.label();
-    let mut fam = Family::new(
-        "vitals_pressure_stalled_seconds",
+    let mut fam = Metric::new(
+        "vitals.pressure.stalled",
         "Time tasks stalled waiting for a resource (PSI)",
-        "seconds",
+        "s",
         Counter,
     );
     for (i, r) in RESOURCES.iter().enumerate() {
         if let Some(p) = c.pressure[i] {
             fam.push(
                 &[("resource", r), ("kind", "some"), ("scope", scope)],
-                Value::Counter(p.some_us as f64 / 1e6),
+                Value::Sum(p.some_us as f64 / 1e6),
             );
             if let Some(full) = p.full_us {
                 fam.push(
                     &[("resource", r), ("kind", "full"), ("scope", scope)],
-                    Value::Counter(full as f64 / 1e6),
+                    Value::Sum(full as f64 / 1e6),
                 );
             }
         }
     }
-    if !fam.series.is_empty() {
+    if !fam.points.is_empty() {
         b.out.push(fam);
     }
 }
@@ -538,7 +519,7 @@ mod tests {
         }
     }
 
-    fn names(f: &[Family]) -> Vec<&str> {
+    fn names(f: &[Metric]) -> Vec<&str> {
         f.iter().map(|f| f.name.as_str()).collect()
     }
 
@@ -549,9 +530,9 @@ mod tests {
         s.collect(&mut out);
         assert_eq!(
             names(&out),
-            vec!["vitals_target_up", "vitals_target_restarts"]
+            vec!["vitals.target.up", "vitals.target.restarts"]
         );
-        assert_eq!(out[0].series[0].value, Value::Gauge(0.0));
+        assert_eq!(out[0].points[0].value, Value::Gauge(0.0));
     }
 
     #[test]
@@ -583,33 +564,30 @@ mod tests {
         let mut out = vec![];
         s.collect(&mut out);
         let n = names(&out);
-        assert!(n.contains(&"process_cpu_time_seconds"));
-        assert!(n.contains(&"process_memory_usage_bytes"));
-        assert!(n.contains(&"process_threads"));
+        assert!(n.contains(&"process.cpu.time"));
+        assert!(n.contains(&"process.memory.usage"));
+        assert!(n.contains(&"process.threads"));
         assert!(
-            !n.contains(&"process_disk_io_bytes"),
+            !n.contains(&"process.disk.io"),
             "io unreadable: left out, not 0"
         );
-        assert!(!n.contains(&"process_open_file_descriptors"));
-        let cpu = out
-            .iter()
-            .find(|f| f.name == "process_cpu_time_seconds")
-            .unwrap();
+        assert!(!n.contains(&"process.open_file_descriptors"));
+        let cpu = out.iter().find(|f| f.name == "process.cpu.time").unwrap();
         assert_eq!(
-            cpu.series[0].labels,
-            vec![("cpu_mode".to_string(), "user".to_string())]
+            cpu.points[0].attributes,
+            vec![("cpu.mode".to_string(), "user".to_string())]
         );
-        assert_eq!(cpu.series[0].value, Value::Counter(1.5));
+        assert_eq!(cpu.points[0].value, Value::Sum(1.5));
         let rss = out
             .iter()
-            .find(|f| f.name == "process_memory_usage_bytes")
+            .find(|f| f.name == "process.memory.usage")
             .unwrap();
-        assert_eq!(rss.series[0].value, Value::Gauge(40960.0));
+        assert_eq!(rss.points[0].value, Value::Gauge(40960.0));
         let start = out
             .iter()
-            .find(|f| f.name == "vitals_process_start_time_seconds")
+            .find(|f| f.name == "vitals.process.start_time")
             .unwrap();
-        assert_eq!(start.series[0].value, Value::Gauge(1_700_000_005.0));
+        assert_eq!(start.points[0].value, Value::Gauge(1_700_000_005.0));
     }
 
     #[test]
@@ -633,21 +611,21 @@ mod tests {
         assert_eq!(
             names,
             [
-                "vitals_target_up",
-                "vitals_target_restarts",
-                "vitals_target_exits",
-                "vitals_cgroup_memory_oom_kills"
+                "vitals.target.up",
+                "vitals.target.restarts",
+                "vitals.target.exits",
+                "vitals.cgroup.memory.oom_kills"
             ],
             "a down target keeps its counters, not its samples"
         );
-        assert_eq!(out[2].series[0].value, Value::Counter(1.0));
-        assert_eq!(out[3].series[0].value, Value::Counter(1.0));
+        assert_eq!(out[2].points[0].value, Value::Sum(1.0));
+        assert_eq!(out[3].points[0].value, Value::Sum(1.0));
         s.attach(info.clone());
         let mut out = vec![];
         s.collect(&mut out);
         assert_eq!(
-            out[1].series[0].value,
-            Value::Counter(0.0),
+            out[1].points[0].value,
+            Value::Sum(0.0),
             "same instance again is no restart"
         );
         s.attach(TargetInfo {
@@ -656,20 +634,20 @@ mod tests {
         });
         let mut out = vec![];
         s.collect(&mut out);
-        assert_eq!(out[1].series[0].value, Value::Counter(1.0));
+        assert_eq!(out[1].points[0].value, Value::Sum(1.0));
         s.attach_other(TargetInfo { pid: 9, ..info });
         let mut out = vec![];
         s.collect(&mut out);
         assert_eq!(
-            out[1].series[0].value,
-            Value::Counter(1.0),
+            out[1].points[0].value,
+            Value::Sum(1.0),
             "switching to a process that was already running is no restart"
         );
         let info = out
             .iter()
-            .find(|f| f.name == "vitals_target_info")
+            .find(|f| f.name == "vitals.target.info")
             .expect("vitals_target_info is exposed while attached");
-        let labels = &info.series[0].labels;
+        let labels = &info.points[0].attributes;
         assert!(
             labels
                 .iter()

@@ -1,14 +1,14 @@
-//! The app's own OTLP metrics as Prometheus families: names by [`super::naming`], delta temporality
-//! accumulated to cumulative (duplicates and out-of-order points tolerated), exponential histograms as
-//! classic buckets, resource attributes in `target_info`, a `service` label on every series. Bounded in
-//! metric names, series per metric, labels per series and label length; idle series expire. Whatever
-//! the app sends, the exposition stays valid: every sample name belongs to one family (a metric whose
-//! translated names would collide with another's, or with vitals' own, is refused), reserved label
-//! names are renamed, and inconsistent points are refused; the app's `process.*` metrics are exported
-//! as `app_process_*`, apart from the target's `process_*` families vitals itself writes.
+//! The app's own OTLP metrics in the neutral model, under their own names and attribute keys: delta
+//! temporality accumulated to cumulative (duplicates and out-of-order points tolerated), exponential
+//! histograms as classic buckets, resource attributes as `target.info`, a `service` attribute on every
+//! series. Bounded in metric names, series per metric, attributes per series and value length; idle
+//! series expire. Whatever the app sends, every exposition stays valid: the exporters' [`NameRules`] are
+//! asked when a metric or attribute is first seen, and a metric whose written names would collide with
+//! another's (or with vitals' own) is refused, attributes written alike are joined, and inconsistent
+//! points are refused.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
@@ -19,8 +19,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
 };
 
 use super::limited::{LimitedMap, OverflowCounter, OVERFLOW_LABEL};
-use super::{Collector, Family, MetricKind, Value};
-use crate::export::prometheus::naming::{label_name, metric_name, unit_word, InstrumentShape};
+use crate::model::{Collector, Metric, MetricKind, NameRules, Origin, Point as ModelPoint, Value};
 
 /// Limits and options of the app metric store.
 #[derive(Debug, Clone)]
@@ -37,6 +36,8 @@ pub struct AppMetricsConfig {
 
 /// Longest label value kept (bytes); longer values are cut at a character boundary.
 pub const MAX_LABEL_VALUE: usize = 1024;
+/// Longest attribute key kept (bytes); a longer key is cut.
+pub const MAX_ATTRIBUTE_KEY: usize = 128;
 /// Most labels kept on one series.
 pub const MAX_LABELS: usize = 64;
 /// Most buckets a histogram series (or quantiles a summary series) may hold.
@@ -50,7 +51,7 @@ pub const MAX_STORE_BYTES: usize = 24 << 20;
 fn series_bytes(labels: &Labels, kind: MetricKind) -> usize {
     let label_bytes: usize = labels.iter().map(|(k, v)| k.len() + v.len() + 80).sum();
     let value = match kind {
-        MetricKind::Counter | MetricKind::Gauge => 0,
+        MetricKind::Counter | MetricKind::UpDownCounter | MetricKind::Gauge => 0,
         MetricKind::Histogram | MetricKind::Summary => MAX_BUCKETS * 16,
     };
     200 + label_bytes + value
@@ -110,6 +111,7 @@ struct Point {
 
 struct AppFamily {
     help: String,
+    unit: String,
     kind: MetricKind,
     series: LimitedMap<Labels, Point>,
 }
@@ -118,38 +120,21 @@ struct Inner {
     families: HashMap<String, AppFamily>,
     /// Sum of [`series_bytes`] over the stored series (recounted after expiry).
     store_bytes: usize,
-    /// Every sample name the families write (`x_total`, `x_bucket`, …) → the family that owns it.
+    /// Every sample name the families write in an exposition (`x_total`, `x_bucket`, …) → the metric
+    /// that owns it.
     claims: HashMap<String, String>,
     targets: LimitedMap<Labels, ()>,
 }
 
-/// The sample names a family writes in either exposition format.
-fn sample_names(name: &str, kind: MetricKind) -> Vec<String> {
-    let suffixes: &[&str] = match kind {
-        MetricKind::Counter => &["", "_total", "_created"],
-        MetricKind::Gauge => &[""],
-        MetricKind::Histogram => &["", "_bucket", "_count", "_sum", "_created"],
-        MetricKind::Summary => &["", "_count", "_sum", "_created"],
-    };
-    suffixes.iter().map(|s| format!("{name}{s}")).collect()
-}
-
-/// The exposition name of an app metric: the translated name, with the app's own `process.*` moved
-/// to `app_process_*` so it never lands in the target families vitals writes from procfs (whose
-/// dashboards would then count twice). `process.runtime.*` keeps its name: it has no procfs twin and
-/// the pause signals read it.
-fn app_family_name(otel_name: &str, unit: &str, shape: InstrumentShape) -> String {
-    let name = metric_name(otel_name, unit, shape);
-    if name.starts_with("process_") && !name.starts_with("process_runtime_") {
-        format!("app_{name}")
-    } else {
-        name
-    }
-}
+/// Longest metric name taken (bytes), the OpenTelemetry instrument name limit.
+pub const MAX_NAME: usize = 255;
+/// Longest unit kept (bytes); a longer one is cut.
+const MAX_UNIT: usize = 63;
 
 /// The app metric store.
 pub struct AppMetrics {
     cfg: AppMetricsConfig,
+    names: Arc<dyn NameRules>,
     overflow: OverflowCounter,
     inner: Mutex<Inner>,
 }
@@ -178,10 +163,15 @@ fn cut(mut s: String) -> String {
 
 /// The longest prefix of `s` within [`MAX_LABEL_VALUE`] bytes that ends on a character boundary.
 pub fn cut_str(s: &str) -> &str {
-    if s.len() <= MAX_LABEL_VALUE {
+    cut_to(s, MAX_LABEL_VALUE)
+}
+
+/// The longest prefix of `s` within `max` bytes that ends on a character boundary.
+fn cut_to(s: &str, max: usize) -> &str {
+    if s.len() <= max {
         return s;
     }
-    let mut end = MAX_LABEL_VALUE;
+    let mut end = max;
     while !s.is_char_boundary(end) {
         end -= 1;
     }
@@ -198,30 +188,44 @@ pub fn service_name(attrs: &[KeyValue]) -> String {
         .unwrap_or_else(|| "unknown_service".to_owned())
 }
 
-/// Canonical labels: sanitized names, reserved names moved aside, duplicates joined with `;` (as
-/// Prometheus' OTLP translation does), sorted, bounded.
-fn build_labels(attrs: &[KeyValue], fixed: &[(String, String)], reserved: &[&str]) -> Labels {
-    let mut labels: Labels = Vec::with_capacity(attrs.len() + fixed.len());
+/// Canonical attributes of one series: the point's attributes (a key that the resource-derived attributes
+/// already use moved aside to `exported_…`), then the fixed ones; attributes whose keys the exporters write
+/// alike are joined with `;` (as Prometheus' OTLP translation does) under the first key; ordered by the
+/// written key; bounded.
+fn build_labels(
+    attrs: &[KeyValue],
+    fixed: &[(String, String)],
+    rules: &dyn NameRules,
+    kind: MetricKind,
+) -> Labels {
+    let written = |k: &str| rules.attribute_key(k, kind).into_owned();
+    let fixed_written: Vec<String> = fixed.iter().map(|(k, _)| written(k)).collect();
+    let mut keyed: Vec<(String, String, String)> = Vec::with_capacity(attrs.len() + fixed.len());
     for kv in attrs.iter().take(MAX_LABELS) {
-        let mut name = label_name(&kv.key);
-        if reserved.contains(&name.as_str()) || fixed.iter().any(|(f, _)| *f == name) {
-            name.insert_str(0, "exported_");
+        let mut key: String = cut_to(&kv.key, MAX_ATTRIBUTE_KEY).to_owned();
+        let mut w = written(&key);
+        if fixed_written.contains(&w) {
+            key.insert_str(0, "exported_");
+            w = written(&key);
         }
-        labels.push((name, cut(any_value_string(kv.value.as_ref()))));
+        keyed.push((w, key, cut(any_value_string(kv.value.as_ref()))));
     }
-    labels.extend(fixed.iter().cloned());
-    labels.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut merged: Labels = Vec::with_capacity(labels.len());
-    for (k, v) in labels {
+    for ((k, v), w) in fixed.iter().zip(fixed_written) {
+        keyed.push((w, k.clone(), v.clone()));
+    }
+    // Stable: of attributes written alike, the point's come first in their order, then the fixed one.
+    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut merged: Vec<(String, String, String)> = Vec::with_capacity(keyed.len());
+    for (w, k, v) in keyed {
         match merged.last_mut() {
-            Some((lk, lv)) if *lk == k => {
+            Some((lw, _, lv)) if *lw == w => {
                 lv.push(';');
                 lv.push_str(&v);
             }
-            _ => merged.push((k, v)),
+            _ => merged.push((w, k, v)),
         }
     }
-    merged
+    merged.into_iter().map(|(_, k, v)| (k, v)).collect()
 }
 
 fn number(dp: &NumberDataPoint) -> Option<f64> {
@@ -450,10 +454,15 @@ impl Point {
 
 impl AppMetrics {
     /// An empty store.
-    pub fn new(cfg: AppMetricsConfig, overflow: OverflowCounter) -> Self {
+    pub fn new(
+        cfg: AppMetricsConfig,
+        overflow: OverflowCounter,
+        names: Arc<dyn NameRules>,
+    ) -> Self {
         let targets = LimitedMap::new(TARGET_INFO_LIMIT, overflow.clone());
         AppMetrics {
             cfg,
+            names,
             overflow,
             inner: Mutex::new(Inner {
                 families: HashMap::new(),
@@ -473,7 +482,11 @@ impl AppMetrics {
             ttl: Duration::from_secs(60),
             promote: vec![],
         };
-        AppMetrics::new(cfg, OverflowCounter::default())
+        AppMetrics::new(
+            cfg,
+            OverflowCounter::default(),
+            Arc::new(crate::export::prometheus::naming::PrometheusNames),
+        )
     }
 
     /// Applies one export request.
@@ -491,10 +504,10 @@ impl AppMetrics {
             let mut fixed: Labels = vec![("service".to_owned(), service.clone())];
             for key in &self.cfg.promote {
                 if let Some(kv) = attrs.iter().find(|kv| &kv.key == key) {
-                    fixed.push((label_name(key), cut(any_value_string(kv.value.as_ref()))));
+                    fixed.push((key.clone(), cut(any_value_string(kv.value.as_ref()))));
                 }
             }
-            let info = build_labels(attrs, &[], &[]);
+            let info = build_labels(attrs, &[], &*self.names, MetricKind::Gauge);
             inner.targets.entry(&info, || info.clone(), || (), now);
             for sm in &rm.scope_metrics {
                 for m in &sm.metrics {
@@ -517,53 +530,25 @@ impl AppMetrics {
             out.reject(1, || format!("metric {:?} has no data", m.name));
             return;
         };
-        let (shape, kind, points) = match data {
-            Data::Gauge(g) => (
-                InstrumentShape::Gauge,
-                MetricKind::Gauge,
-                g.data_points.len(),
-            ),
-            Data::Sum(s) if s.is_monotonic => (
-                InstrumentShape::Counter,
-                MetricKind::Counter,
-                s.data_points.len(),
-            ),
-            Data::Sum(s) => (
-                InstrumentShape::Gauge,
-                MetricKind::Gauge,
-                s.data_points.len(),
-            ),
-            Data::Histogram(h) => (
-                InstrumentShape::Distribution,
-                MetricKind::Histogram,
-                h.data_points.len(),
-            ),
-            Data::ExponentialHistogram(h) => (
-                InstrumentShape::Distribution,
-                MetricKind::Histogram,
-                h.data_points.len(),
-            ),
-            Data::Summary(s) => (
-                InstrumentShape::Distribution,
-                MetricKind::Summary,
-                s.data_points.len(),
-            ),
+        let (kind, points) = match data {
+            Data::Gauge(g) => (MetricKind::Gauge, g.data_points.len()),
+            Data::Sum(s) if s.is_monotonic => (MetricKind::Counter, s.data_points.len()),
+            Data::Sum(s) => (MetricKind::UpDownCounter, s.data_points.len()),
+            Data::Histogram(h) => (MetricKind::Histogram, h.data_points.len()),
+            Data::ExponentialHistogram(h) => (MetricKind::Histogram, h.data_points.len()),
+            Data::Summary(s) => (MetricKind::Summary, s.data_points.len()),
         };
-        let name = app_family_name(&m.name, &m.unit, shape);
-        let samples = sample_names(&name, kind);
-        if samples
-            .iter()
-            .any(|s| s.starts_with("vitals_") || s == "target_info")
-        {
+        if m.name.is_empty() || m.name.len() > MAX_NAME {
             out.reject(points as u64, || {
                 format!(
-                    "metric {:?} would be named {name}, which vitals reserves",
-                    m.name
+                    "metric name of {} bytes (1 to {MAX_NAME} are taken)",
+                    m.name.len()
                 )
             });
             return;
         }
-        if !inner.families.contains_key(&name) {
+        let name = m.name.as_str();
+        if !inner.families.contains_key(name) {
             if inner.families.len() >= self.cfg.family_limit {
                 out.reject(points as u64, || {
                     format!(
@@ -573,20 +558,23 @@ impl AppMetrics {
                 });
                 return;
             }
+            let samples = match self.names.metric_names(name, &m.unit, kind, Origin::App) {
+                Ok(s) => s,
+                Err(why) => return out.reject(points as u64, || why),
+            };
             if let Some((sample, owner)) = samples
                 .iter()
                 .find_map(|s| inner.claims.get(s).map(|o| (s, o)))
             {
                 out.reject(points as u64, || {
                     format!(
-                        "metric {:?} would write samples named {sample}, which metric {owner} already writes",
-                        m.name
+                        "metric {name:?} would write samples named {sample}, which metric {owner:?} already writes"
                     )
                 });
                 return;
             }
             for s in samples {
-                inner.claims.insert(s, name.clone());
+                inner.claims.insert(s, name.to_owned());
             }
         }
         let series_limit = self.cfg.series_limit;
@@ -596,22 +584,19 @@ impl AppMetrics {
             store_bytes,
             ..
         } = inner;
-        let fam = families.entry(name.clone()).or_insert_with(|| AppFamily {
-            help: help_text(m),
-            kind,
-            series: LimitedMap::new(series_limit, overflow),
-        });
-        if fam.kind != kind {
-            out.reject(points as u64, || {
-                format!("metric {:?} ({name}) changed type", m.name)
+        let fam = families
+            .entry(name.to_owned())
+            .or_insert_with(|| AppFamily {
+                help: help_text(m),
+                unit: cut_to(&m.unit, MAX_UNIT).to_owned(),
+                kind,
+                series: LimitedMap::new(series_limit, overflow),
             });
+        if fam.kind != kind {
+            out.reject(points as u64, || format!("metric {name:?} changed type"));
             return;
         }
-        let reserved: &[&str] = match kind {
-            MetricKind::Histogram => &["le"],
-            MetricKind::Summary => &["quantile"],
-            _ => &[],
-        };
+        let rules = &*self.names;
         let mut apply = |attrs: &[KeyValue],
                          flags: u32,
                          start: u64,
@@ -622,7 +607,7 @@ impl AppMetrics {
                 Ok(s) => s,
                 Err(why) => return out.reject(1, || format!("metric {:?}: {why}", m.name)),
             };
-            let labels = build_labels(attrs, fixed, reserved);
+            let labels = build_labels(attrs, fixed, rules, kind);
             // Bit 0 of flags: no recorded value, the SDK's way of saying the series ended.
             if flags & 1 == 1 {
                 fam.series.remove(&labels);
@@ -779,7 +764,7 @@ fn summary_state(dp: &SummaryDataPoint) -> Result<State, String> {
 
 fn to_value(kind: MetricKind, p: &State) -> Value {
     match (kind, p) {
-        (MetricKind::Counter, State::Number(v)) => Value::Counter(*v),
+        (MetricKind::Counter | MetricKind::UpDownCounter, State::Number(v)) => Value::Sum(*v),
         (_, State::Number(v)) => Value::Gauge(*v),
         (
             _,
@@ -839,8 +824,8 @@ pub enum Reading<'a> {
 }
 
 impl AppMetrics {
-    /// Calls `f` with every live series of the metric stored under Prometheus name `name` (the overflow
-    /// series included, with its marker label).
+    /// Calls `f` with every live series of the app's metric `name` (the overflow series included, with its
+    /// marker attribute).
     pub fn visit(&self, name: &str, mut f: impl FnMut(&[(String, String)], Reading<'_>)) {
         self.visit_with_start(name, |labels, reading, _| f(labels, reading));
     }
@@ -885,8 +870,8 @@ impl AppMetrics {
 }
 
 impl AppMetrics {
-    /// The first value of a resource attribute (label form, e.g. `telemetry_sdk_language`) among the apps
-    /// exporting to vitals.
+    /// The first value of a resource attribute (e.g. `telemetry.sdk.language`) among the apps exporting to
+    /// vitals.
     pub fn resource_attribute(&self, label: &str) -> Option<String> {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let found = inner.targets.iter().find_map(|(labels, _)| {
@@ -900,7 +885,7 @@ impl AppMetrics {
 }
 
 impl Collector for AppMetrics {
-    fn collect(&self, out: &mut Vec<Family>) {
+    fn collect(&self, out: &mut Vec<Metric>) {
         let now = Instant::now();
         let ttl = self.cfg.ttl;
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -924,34 +909,39 @@ impl Collector for AppMetrics {
         names.sort();
         for name in names {
             let f = &inner.families[name];
-            let mut fam = Family::new(name.clone(), f.help.clone(), unit_word(name), f.kind);
+            let mut fam =
+                Metric::new(name.clone(), f.help.clone(), f.unit.clone(), f.kind).from_app();
             let mut rows: Vec<(&Labels, &Point)> = f.series.iter().collect();
             rows.sort_by(|a, b| a.0.cmp(b.0));
+            fam.points.reserve(rows.len() + 1);
             for (labels, p) in rows {
-                fam.series.push(super::Series {
-                    labels: labels.clone(),
+                fam.points.push(ModelPoint {
+                    attributes: labels.clone(),
+                    start_unix_nanos: p.start,
                     value: to_value(f.kind, &p.state),
                 });
             }
             if let Some(p) = f.series.overflow() {
-                fam.push(&[OVERFLOW_LABEL], to_value(f.kind, &p.state));
+                fam.push_started(&[OVERFLOW_LABEL], p.start, to_value(f.kind, &p.state));
             }
             out.push(fam);
         }
         if !inner.targets.is_empty() {
-            let mut fam = Family::new(
-                "target_info",
+            let mut fam = Metric::new(
+                "target.info",
                 "Resource attributes of each app exporting to vitals",
                 "",
                 MetricKind::Gauge,
-            );
+            )
+            .from_app();
             for (labels, _) in inner.targets.iter() {
-                fam.series.push(super::Series {
-                    labels: labels.clone(),
+                fam.points.push(ModelPoint {
+                    attributes: labels.clone(),
+                    start_unix_nanos: 0,
                     value: Value::Gauge(1.0),
                 });
             }
-            fam.series.sort_by(|a, b| a.labels.cmp(&b.labels));
+            fam.points.sort_by(|a, b| a.attributes.cmp(&b.attributes));
             out.push(fam);
         }
     }
@@ -1027,12 +1017,25 @@ mod tests {
                 promote: vec!["k8s.pod.name".into()],
             },
             OverflowCounter::default(),
+            Arc::new(crate::export::prometheus::naming::PrometheusNames),
         )
     }
 
-    fn collect(s: &AppMetrics) -> Vec<Family> {
+    /// The store's metrics as the Prometheus exposition names them (metric names and attribute keys
+    /// translated), so these tests state what a scrape shows.
+    fn collect(s: &AppMetrics) -> Vec<crate::model::Metric> {
+        use crate::export::prometheus::naming::{exposition_label, exposition_name};
         let mut out = vec![];
         s.collect(&mut out);
+        for m in &mut out {
+            let kind = m.kind;
+            m.name = exposition_name(&m.name, &m.unit, kind, m.origin);
+            for p in &mut m.points {
+                for (k, _) in &mut p.attributes {
+                    *k = exposition_label(k, kind).into_owned();
+                }
+            }
+        }
         out
     }
 
@@ -1047,9 +1050,9 @@ mod tests {
         let f = collect(&s);
         let orders = f.iter().find(|f| f.name == "orders").unwrap();
         assert_eq!(orders.kind, MetricKind::Counter);
-        assert_eq!(orders.series[0].value, Value::Counter(10.0));
+        assert_eq!(orders.points[0].value, Value::Sum(10.0));
         assert_eq!(
-            orders.series[0].labels,
+            orders.points[0].attributes,
             vec![
                 ("k8s_pod_name".into(), "shop-1".into()),
                 ("route".into(), "/a".into()),
@@ -1064,14 +1067,14 @@ mod tests {
         let c = AggregationTemporality::Cumulative;
         s.ingest(&request(vec![sum("orders", true, c, vec![(0, 10, 7.0)])]));
         s.ingest(&request(vec![sum("orders", true, c, vec![(0, 5, 3.0)])])); // out of order: ignored
-        assert_eq!(collect(&s)[0].series[0].value, Value::Counter(7.0));
+        assert_eq!(collect(&s)[0].points[0].value, Value::Sum(7.0));
         s.ingest(&request(vec![sum(
             "orders",
             true,
             c,
             vec![(100, 110, 1.0)],
         )])); // restart
-        assert_eq!(collect(&s)[0].series[0].value, Value::Counter(1.0));
+        assert_eq!(collect(&s)[0].points[0].value, Value::Sum(1.0));
     }
 
     #[test]
@@ -1109,10 +1112,10 @@ mod tests {
             .any(|f| f.name == "pool_usage_ratio" && f.kind == MetricKind::Gauge));
         assert!(f
             .iter()
-            .any(|f| f.name == "queue_size" && f.kind == MetricKind::Gauge));
+            .any(|f| f.name == "queue_size" && f.kind == MetricKind::UpDownCounter));
         let info = f.iter().find(|f| f.name == "target_info").unwrap();
         assert_eq!(
-            info.series[0].labels,
+            info.points[0].attributes,
             vec![
                 ("k8s_pod_name".into(), "shop-1".into()),
                 ("service_name".into(), "shop".into())
@@ -1166,7 +1169,7 @@ mod tests {
             .find(|f| f.name == "http_server_request_duration_seconds")
             .unwrap();
         assert_eq!(
-            h.series[0].value,
+            h.points[0].value,
             Value::Histogram {
                 buckets: vec![(0.1, 1), (0.5, 3), (f64::INFINITY, 6)],
                 sum: 1.5,
@@ -1177,7 +1180,7 @@ mod tests {
         let e = f.iter().find(|f| f.name == "latency_milliseconds").unwrap();
         // scale 0: base 2; bucket 0 is (1,2], bucket 1 is (2,4]; the zero bucket ends at 0.
         assert_eq!(
-            e.series[0].value,
+            e.points[0].value,
             Value::Histogram {
                 buckets: vec![(0.0, 1), (2.0, 3), (4.0, 7), (f64::INFINITY, 7)],
                 sum: 20.0,
@@ -1229,6 +1232,7 @@ mod tests {
                 promote: vec![],
             },
             OverflowCounter::default(),
+            Arc::new(crate::export::prometheus::naming::PrometheusNames),
         );
         for i in 0..5 {
             let mut m = sum(
@@ -1244,13 +1248,12 @@ mod tests {
         }
         let f = collect(&s);
         let hits = f.iter().find(|f| f.name == "hits").unwrap();
-        assert_eq!(hits.series.len(), 3);
-        assert!(hits
-            .series
-            .iter()
-            .any(|s| s.labels == vec![("otel_metric_overflow".to_string(), "true".to_string())]));
-        assert!(hits.series[0]
-            .labels
+        assert_eq!(hits.points.len(), 3);
+        assert!(hits.points.iter().any(
+            |s| s.attributes == vec![("otel_metric_overflow".to_string(), "true".to_string())]
+        ));
+        assert!(hits.points[0]
+            .attributes
             .iter()
             .all(|(_, v)| v.len() <= MAX_LABEL_VALUE));
     }
@@ -1265,13 +1268,16 @@ mod tests {
                 kv("a_b", "2"),
             ],
             &[("service".into(), "shop".into())],
-            &["le"],
+            &crate::export::prometheus::naming::PrometheusNames,
+            MetricKind::Histogram,
         );
+        // Attributes keep their OpenTelemetry keys, ordered by the label the exposition writes (`a_b`,
+        // `exported_le`, `exported_service`, `service`); the two written alike are joined under the first.
         assert_eq!(
             labels,
             vec![
-                ("a_b".into(), "1;2".into()),
-                ("exported_le".into(), "x".into()),
+                ("a.b".into(), "1;2".into()),
+                ("le".into(), "x".into()),
                 ("exported_service".into(), "other".into()),
                 ("service".into(), "shop".into())
             ]
@@ -1317,8 +1323,8 @@ mod tests {
     }
 
     /// The `le` bounds of a family's first series.
-    fn bucket_bounds(f: &Family) -> Vec<f64> {
-        match &f.series[0].value {
+    fn bucket_bounds(f: &crate::model::Metric) -> Vec<f64> {
+        match &f.points[0].value {
             Value::Histogram { buckets, .. } => buckets.iter().map(|(b, _)| *b).collect(),
             other => panic!("{other:?}"),
         }
@@ -1410,12 +1416,12 @@ mod tests {
         }
         assert_eq!(s.ingest(&req).rejected, 0);
         for f in collect(&s) {
-            for series in &f.series {
+            for series in &f.points {
                 assert!(
-                    series.labels.iter().all(|(k, _)| !k.starts_with("__")),
+                    series.attributes.iter().all(|(k, _)| !k.starts_with("__")),
                     "{}: {:?}",
                     f.name,
-                    series.labels
+                    series.attributes
                 );
             }
         }
@@ -1438,7 +1444,7 @@ mod tests {
             let mut sorted = bounds.clone();
             sorted.dedup();
             assert_eq!(bounds, sorted, "repeated le in {bounds:?}");
-            match &f[0].series[0].value {
+            match &f[0].points[0].value {
                 Value::Histogram { buckets, count, .. } => {
                     assert_eq!(
                         buckets.last().map(|b| b.1),
@@ -1490,7 +1496,7 @@ mod tests {
         };
         let out = s.ingest(&request(vec![d(1), d(2), d(3)]));
         assert_eq!(out.rejected, 0, "{}", out.message);
-        match &collect(&s)[0].series[0].value {
+        match &collect(&s)[0].points[0].value {
             Value::Histogram { buckets, count, .. } => {
                 assert_eq!(*count, u64::MAX);
                 assert!(buckets.windows(2).all(|w| w[0].1 <= w[1].1), "{buckets:?}");
@@ -1542,6 +1548,7 @@ mod tests {
                 promote: vec![],
             },
             OverflowCounter::default(),
+            Arc::new(crate::export::prometheus::naming::PrometheusNames),
         );
         let value = "v".repeat(1000);
         for i in 0..1000 {
@@ -1551,15 +1558,15 @@ mod tests {
         }
         let f = collect(&s);
         let wide = f.iter().find(|f| f.name == "wide").unwrap();
-        let stored = wide.series.len() - 1;
+        let stored = wide.points.len() - 1;
         let per_series = 60 * (1000 + 3 + 80) + 200;
         assert!(
             stored * per_series <= MAX_STORE_BYTES && stored > 300,
             "{stored} series of ~{per_series} bytes"
         );
         assert!(wide
-            .series
+            .points
             .iter()
-            .any(|x| x.labels.iter().any(|(k, _)| k == OVERFLOW_LABEL.0)));
+            .any(|x| x.attributes.iter().any(|(k, _)| k == OVERFLOW_LABEL.0)));
     }
 }

@@ -7,7 +7,7 @@ use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 
 use super::app_metrics::service_name;
 use super::limited::{LimitedMap, OverflowCounter, OVERFLOW_LABEL};
-use super::{Collector, Family, MetricKind, Value};
+use crate::model::{Collector, Metric, MetricKind, Value};
 
 /// The severity word of an OTLP severity number (1-4 trace … 21-24 fatal).
 pub fn severity_label(number: i32) -> &'static str {
@@ -74,16 +74,16 @@ impl LogCounts {
 }
 
 impl Collector for LogCounts {
-    fn collect(&self, out: &mut Vec<Family>) {
+    fn collect(&self, out: &mut Vec<Metric>) {
         let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         map.expire(Instant::now(), self.ttl);
         if map.is_empty() {
             return;
         }
-        let mut fam = Family::new(
-            "vitals_log_records",
+        let mut fam = Metric::new(
+            "vitals.log.records",
             "Log records received over OTLP by service and severity",
-            "",
+            "{record}",
             MetricKind::Counter,
         );
         let mut rows: Vec<_> = map.iter().map(|(_, v)| v).collect();
@@ -91,11 +91,11 @@ impl Collector for LogCounts {
         for (svc, sev, n) in rows {
             fam.push(
                 &[("service", svc), ("severity", sev)],
-                Value::Counter(*n as f64),
+                Value::Sum(*n as f64),
             );
         }
         if let Some((_, _, n)) = map.overflow() {
-            fam.push(&[OVERFLOW_LABEL], Value::Counter(*n as f64));
+            fam.push(&[OVERFLOW_LABEL], Value::Sum(*n as f64));
         }
         out.push(fam);
     }

@@ -9,7 +9,7 @@ use crate::probe::procfs::effective_uid_in;
 
 /// A protected file, what vitals loses without it.
 const PROTECTED: [(&str, &str); 3] = [
-    ("io", "process_disk_io_bytes_total"),
+    ("io", "disk I/O (process_disk_io_bytes_total on /metrics)"),
     (
         "fd",
         "the fd listing, so listening sockets and accept_queue pools (the fd count still works: it is the directory's size)",

@@ -26,7 +26,7 @@ pub mod web_config;
 use self::live::stream::LiveBody;
 use self::web_config::WebConfig;
 use super::prometheus::{encode, Format};
-use crate::store::{series_count, Family, MetricKind, Registry, Value};
+use crate::model::{point_count, Metric, MetricKind, Registry, Value};
 use crate::target::status::TargetStatus;
 
 /// What the HTTP handlers read.
@@ -81,12 +81,12 @@ fn respond(
 /// Renders the current exposition in `format`.
 pub fn render_metrics(registry: &Registry, format: Format) -> String {
     let mut families = registry.gather();
-    let n = series_count(&families) + 1;
+    let n = point_count(&families) + 1;
     families.push(
-        Family::new(
-            "vitals_exporter_series",
+        Metric::new(
+            "vitals.exporter.series",
             "Series in this exposition",
-            "",
+            "{series}",
             MetricKind::Gauge,
         )
         .with(&[], Value::Gauge(n as f64)),

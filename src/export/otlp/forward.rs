@@ -15,8 +15,8 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, Semaphore};
 
 use super::upstream::{Answer, Sender, Upstream};
+use crate::model::{Collector, Metric, MetricKind, Value};
 use crate::receiver::{Onward, QueueFull, Signal};
-use crate::store::{Collector, Family, MetricKind, Value};
 
 /// Forwarding settings.
 #[derive(Debug, Clone)]
@@ -327,30 +327,30 @@ fn log_once(sh: &Shared, signal: Signal, reason: &str, items: u64) {
 struct ForwardCollector(Arc<Shared>);
 
 impl Collector for ForwardCollector {
-    fn collect(&self, out: &mut Vec<Family>) {
+    fn collect(&self, out: &mut Vec<Metric>) {
         let sh = &self.0;
-        let mut items = Family::new(
-            "vitals_exporter_forward_items",
+        let mut items = Metric::new(
+            "vitals.exporter.forward.items",
             "OTLP items (spans, data points, log records) forwarded upstream, by outcome",
-            "",
+            "{item}",
             MetricKind::Counter,
         );
-        let mut requests = Family::new(
-            "vitals_exporter_forward_requests",
+        let mut requests = Metric::new(
+            "vitals.exporter.forward.requests",
             "OTLP requests forwarded upstream, by outcome",
-            "",
+            "{request}",
             MetricKind::Counter,
         );
-        let mut retries = Family::new(
-            "vitals_exporter_forward_retries",
+        let mut retries = Metric::new(
+            "vitals.exporter.forward.retries",
             "Forwarded requests sent again after a retryable upstream answer",
-            "",
+            "{retry}",
             MetricKind::Counter,
         );
-        let mut latency = Family::new(
-            "vitals_exporter_forward_upstream_duration_seconds",
+        let mut latency = Metric::new(
+            "vitals.exporter.forward.upstream.duration",
             "Time the upstream took to answer one forwarded request",
-            "seconds",
+            "s",
             MetricKind::Histogram,
         );
         for s in [Signal::Traces, Signal::Metrics, Signal::Logs] {
@@ -362,16 +362,16 @@ impl Collector for ForwardCollector {
                 let labels = [("signal", s.label()), ("outcome", name)];
                 items.push(
                     &labels,
-                    Value::Counter(sh.stats.items[i][o as usize].load(Ordering::Relaxed) as f64),
+                    Value::Sum(sh.stats.items[i][o as usize].load(Ordering::Relaxed) as f64),
                 );
                 requests.push(
                     &labels,
-                    Value::Counter(sh.stats.requests[i][o as usize].load(Ordering::Relaxed) as f64),
+                    Value::Sum(sh.stats.requests[i][o as usize].load(Ordering::Relaxed) as f64),
                 );
             }
             retries.push(
                 &[("signal", s.label())],
-                Value::Counter(sh.stats.retries[i].load(Ordering::Relaxed) as f64),
+                Value::Sum(sh.stats.retries[i].load(Ordering::Relaxed) as f64),
             );
             let mut cum = 0u64;
             let mut buckets = Vec::with_capacity(12);
@@ -399,10 +399,10 @@ impl Collector for ForwardCollector {
         out.push(retries);
         out.push(latency);
         out.push(
-            Family::new(
-                "vitals_exporter_forward_queue_bytes",
+            Metric::new(
+                "vitals.exporter.forward.queue",
                 "Bytes of forwarded requests queued or in flight",
-                "bytes",
+                "By",
                 MetricKind::Gauge,
             )
             .with(
@@ -411,10 +411,10 @@ impl Collector for ForwardCollector {
             ),
         );
         out.push(
-            Family::new(
-                "vitals_exporter_forward_queue_limit_bytes",
+            Metric::new(
+                "vitals.exporter.forward.queue.limit",
                 "Bytes the forwarding queue may hold (--forward-queue-bytes)",
-                "bytes",
+                "By",
                 MetricKind::Gauge,
             )
             .with(&[], Value::Gauge(sh.settings.queue_bytes as f64)),

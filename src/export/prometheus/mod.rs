@@ -3,9 +3,10 @@
 
 pub mod naming;
 
+use std::borrow::Cow;
 use std::fmt::Write;
 
-use crate::store::{Exemplar, Family, MetricKind, Value};
+use crate::model::{Exemplar, Metric, MetricKind, Value};
 
 /// The exposition format of one scrape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,11 +35,11 @@ impl Format {
     }
 }
 
-/// Encodes families in `format`.
-pub fn encode(families: &[Family], format: Format) -> String {
-    let mut out = String::with_capacity(families.iter().map(|f| 64 + f.series.len() * 96).sum());
-    for fam in families.iter().filter(|f| !f.series.is_empty()) {
-        encode_family(&mut out, fam, format);
+/// Encodes metrics in `format`, translating their OpenTelemetry names and attribute keys here.
+pub fn encode(metrics: &[Metric], format: Format) -> String {
+    let mut out = String::with_capacity(metrics.iter().map(|m| 64 + m.points.len() * 96).sum());
+    for m in metrics.iter().filter(|m| !m.points.is_empty()) {
+        encode_metric(&mut out, m, format);
     }
     if format == Format::OpenMetrics {
         out.push_str("# EOF\n");
@@ -46,39 +47,43 @@ pub fn encode(families: &[Family], format: Format) -> String {
     out
 }
 
-fn encode_family(out: &mut String, fam: &Family, format: Format) {
+fn encode_metric(out: &mut String, m: &Metric, format: Format) {
     let om = format == Format::OpenMetrics;
-    let type_word = match fam.kind {
+    let name = naming::exposition_name(&m.name, &m.unit, m.kind, m.origin);
+    let type_word = match m.kind {
         MetricKind::Counter => "counter",
-        MetricKind::Gauge => "gauge",
+        MetricKind::UpDownCounter | MetricKind::Gauge => "gauge",
         MetricKind::Histogram => "histogram",
         MetricKind::Summary => "summary",
     };
     // In the text format a counter's family is named after its sample (`x_total`); OpenMetrics names the
     // family without the suffix.
-    let counter_suffix = if fam.kind == MetricKind::Counter {
-        "_total"
-    } else {
-        ""
-    };
-    let header_name = if om {
-        fam.name.clone()
-    } else {
-        format!("{}{}", fam.name, counter_suffix)
-    };
+    let counter = m.kind == MetricKind::Counter;
+    let header_suffix = if counter && !om { "_total" } else { "" };
     out.push_str("# HELP ");
-    out.push_str(&header_name);
+    out.push_str(&name);
+    out.push_str(header_suffix);
     out.push(' ');
-    escape_help(out, &fam.help, om);
+    escape_help(out, &m.description, om);
     out.push('\n');
-    let _ = writeln!(out, "# TYPE {header_name} {type_word}");
-    if om && !fam.unit.is_empty() && fam.name.ends_with(fam.unit) {
-        let _ = writeln!(out, "# UNIT {} {}", fam.name, fam.unit);
+    let _ = writeln!(out, "# TYPE {name}{header_suffix} {type_word}");
+    let unit = naming::unit_word(&name);
+    if om && !unit.is_empty() {
+        let _ = writeln!(out, "# UNIT {name} {unit}");
     }
-    for s in &fam.series {
-        match &s.value {
-            Value::Counter(v) => sample(out, &fam.name, "_total", &s.labels, None, *v, None, om),
-            Value::Gauge(v) => sample(out, &fam.name, "", &s.labels, None, *v, None, om),
+    let value_suffix = if counter { "_total" } else { "" };
+    let mut labels: Vec<(Cow<'_, str>, &str)> = Vec::new();
+    for p in &m.points {
+        labels.clear();
+        labels.extend(
+            p.attributes
+                .iter()
+                .map(|(k, v)| (naming::exposition_label(k, m.kind), v.as_str())),
+        );
+        match &p.value {
+            Value::Sum(v) | Value::Gauge(v) => {
+                sample(out, &name, value_suffix, &labels, None, *v, None, om)
+            }
             Value::Histogram {
                 buckets,
                 sum,
@@ -93,16 +98,16 @@ fn encode_family(out: &mut String, fam: &Family, format: Format) {
                     };
                     sample(
                         out,
-                        &fam.name,
+                        &name,
                         "_bucket",
-                        &s.labels,
+                        &labels,
                         Some(("le", *le)),
                         *c as f64,
                         ex,
                         om,
                     );
                 }
-                sum_and_count(out, &fam.name, &s.labels, *sum, *count, om);
+                sum_and_count(out, &name, &labels, *sum, *count, om);
             }
             Value::Summary {
                 quantiles,
@@ -112,25 +117,27 @@ fn encode_family(out: &mut String, fam: &Family, format: Format) {
                 for (q, v) in quantiles {
                     sample(
                         out,
-                        &fam.name,
+                        &name,
                         "",
-                        &s.labels,
+                        &labels,
                         Some(("quantile", *q)),
                         *v,
                         None,
                         om,
                     );
                 }
-                sum_and_count(out, &fam.name, &s.labels, *sum, *count, om);
+                sum_and_count(out, &name, &labels, *sum, *count, om);
             }
         }
     }
 }
 
+type Labels<'a> = [(Cow<'a, str>, &'a str)];
+
 fn sum_and_count(
     out: &mut String,
     name: &str,
-    labels: &[(String, String)],
+    labels: &Labels<'_>,
     sum: f64,
     count: u64,
     om: bool,
@@ -140,8 +147,9 @@ fn sum_and_count(
 }
 
 /// Writes `k="v",…` pairs, values escaped.
-fn label_pairs(out: &mut String, labels: &[(String, String)]) {
+fn label_pairs<K: AsRef<str>, V: AsRef<str>>(out: &mut String, labels: &[(K, V)]) {
     for (i, (k, v)) in labels.iter().enumerate() {
+        let (k, v) = (k.as_ref(), v.as_ref());
         if i > 0 {
             out.push(',');
         }
@@ -157,7 +165,7 @@ fn sample(
     out: &mut String,
     name: &str,
     suffix: &str,
-    labels: &[(String, String)],
+    labels: &Labels<'_>,
     extra: Option<(&str, f64)>,
     value: f64,
     exemplar: Option<&Exemplar>,
@@ -183,7 +191,12 @@ fn sample(
     write_float(out, value, false);
     if let Some(ex) = exemplar {
         out.push_str(" # {");
-        label_pairs(out, &ex.labels);
+        let ex_labels: Vec<(Cow<'_, str>, &str)> = ex
+            .attributes
+            .iter()
+            .map(|(k, v)| (naming::exposition_label(k, MetricKind::Gauge), v.as_str()))
+            .collect();
+        label_pairs(out, &ex_labels);
         out.push_str("} ");
         write_float(out, ex.value, false);
         if let Some(ts) = ex.timestamp {
@@ -235,17 +248,17 @@ fn escape_help(out: &mut String, v: &str, om: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Family;
+    use crate::model::Metric;
 
     #[test]
     fn counter_names_differ_between_formats() {
-        let f = vec![Family::new(
+        let f = vec![Metric::new(
             "process_cpu_time_seconds",
             "CPU",
             "seconds",
             MetricKind::Counter,
         )
-        .with(&[("cpu_mode", "user")], Value::Counter(1.5))];
+        .with(&[("cpu_mode", "user")], Value::Sum(1.5))];
         assert_eq!(
             encode(&f, Format::Text),
             "# HELP process_cpu_time_seconds_total CPU\n# TYPE process_cpu_time_seconds_total counter\n\
@@ -260,7 +273,7 @@ mod tests {
 
     #[test]
     fn hostile_label_values_are_escaped() {
-        let f = vec![Family::new("x", "a \\ b\nc \"q\"", "", MetricKind::Gauge)
+        let f = vec![Metric::new("x", "a \\ b\nc \"q\"", "", MetricKind::Gauge)
             .with(&[("v", "a\"b\\c\nd}{,=")], Value::Gauge(f64::INFINITY))];
         let text = encode(&f, Format::Text);
         assert_eq!(
@@ -275,12 +288,12 @@ mod tests {
     #[test]
     fn histogram_with_exemplar_only_in_openmetrics() {
         let ex = Exemplar {
-            labels: vec![("trace_id".into(), "0af7651916cd43dd8448eb211c80319c".into())],
+            attributes: vec![("trace_id".into(), "0af7651916cd43dd8448eb211c80319c".into())],
             value: 0.07,
             timestamp: Some(1_700_000_000.5),
         };
         let f = vec![
-            Family::new("req_seconds", "h", "seconds", MetricKind::Histogram).with(
+            Metric::new("req_seconds", "h", "seconds", MetricKind::Histogram).with(
                 &[],
                 Value::Histogram {
                     buckets: vec![(0.1, 3), (1.0, 4), (f64::INFINITY, 5)],
@@ -315,7 +328,7 @@ mod tests {
 
     #[test]
     fn empty_families_are_left_out() {
-        let f = vec![Family::new("x", "h", "", MetricKind::Gauge)];
+        let f = vec![Metric::new("x", "h", "", MetricKind::Gauge)];
         assert_eq!(encode(&f, Format::Text), "");
     }
 }

@@ -1,5 +1,10 @@
-//! OpenTelemetry → Prometheus name translation, the one rule set used for the target's process metrics and
-//! the app's own OTLP metrics (Prometheus' default "underscore escaping with suffixes" strategy).
+//! OpenTelemetry → Prometheus name translation, the one rule set for every metric vitals exposes, its own
+//! and the app's (Prometheus' default "underscore escaping with suffixes" strategy), and the names
+//! vitals reserves for itself.
+
+use std::borrow::Cow;
+
+use crate::model::{MetricKind, NameRules, Origin};
 
 /// How a metric is exposed, which decides the suffixes its name gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +53,98 @@ pub fn metric_name(otel_name: &str, unit: &str, shape: InstrumentShape) -> Strin
         name.insert(0, '_');
     }
     name
+}
+
+/// How a metric kind is exposed.
+pub fn shape(kind: MetricKind) -> InstrumentShape {
+    match kind {
+        MetricKind::Counter => InstrumentShape::Counter,
+        MetricKind::UpDownCounter | MetricKind::Gauge => InstrumentShape::Gauge,
+        MetricKind::Histogram | MetricKind::Summary => InstrumentShape::Distribution,
+    }
+}
+
+/// The exposition name of a metric. The app's own `process.*` metrics become `app_process_*`, so they never
+/// land in the target families vitals writes from procfs (whose dashboards would then count twice);
+/// `process.runtime.*` keeps its name, having no procfs twin.
+pub fn exposition_name(name: &str, unit: &str, kind: MetricKind, origin: Origin) -> String {
+    let prom = metric_name(name, unit, shape(kind));
+    if origin == Origin::App
+        && prom.starts_with("process_")
+        && !prom.starts_with("process_runtime_")
+    {
+        format!("app_{prom}")
+    } else {
+        prom
+    }
+}
+
+/// The label name an attribute is written under on a metric of `kind`: [`label_name`], with the label a
+/// histogram (`le`) or summary (`quantile`) writes itself moved aside to `exported_…`. Borrows when the
+/// key is already a valid label name.
+pub fn exposition_label(key: &str, kind: MetricKind) -> Cow<'_, str> {
+    let valid = !key.is_empty()
+        && key.len() <= MAX_LABEL_NAME
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !key.as_bytes()[0].is_ascii_digit()
+        && !key.starts_with('_');
+    let name: Cow<'_, str> = if valid {
+        Cow::Borrowed(key)
+    } else {
+        Cow::Owned(label_name(key))
+    };
+    let reserved = match kind {
+        MetricKind::Histogram => "le",
+        MetricKind::Summary => "quantile",
+        _ => return name,
+    };
+    if name == reserved {
+        Cow::Owned(format!("exported_{name}"))
+    } else {
+        name
+    }
+}
+
+/// Every sample name a family writes in either exposition format.
+pub fn sample_names(name: &str, kind: MetricKind) -> Vec<String> {
+    let suffixes: &[&str] = match kind {
+        MetricKind::Counter => &["", "_total", "_created"],
+        MetricKind::UpDownCounter | MetricKind::Gauge => &[""],
+        MetricKind::Histogram => &["", "_bucket", "_count", "_sum", "_created"],
+        MetricKind::Summary => &["", "_count", "_sum", "_created"],
+    };
+    suffixes.iter().map(|s| format!("{name}{s}")).collect()
+}
+
+/// The Prometheus exporter's naming, for stores that take names from outside.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PrometheusNames;
+
+impl NameRules for PrometheusNames {
+    fn metric_names(
+        &self,
+        name: &str,
+        unit: &str,
+        kind: MetricKind,
+        origin: Origin,
+    ) -> Result<Vec<String>, String> {
+        let prom = exposition_name(name, unit, kind, origin);
+        let samples = sample_names(&prom, kind);
+        if origin == Origin::App
+            && samples
+                .iter()
+                .any(|s| s.starts_with("vitals_") || s == "target_info")
+        {
+            return Err(format!(
+                "metric {name:?} would be named {prom}, which vitals reserves"
+            ));
+        }
+        Ok(samples)
+    }
+
+    fn attribute_key<'a>(&self, key: &'a str, kind: MetricKind) -> Cow<'a, str> {
+        exposition_label(key, kind)
+    }
 }
 
 /// Longest label name kept (bytes): attribute keys come from outside and are cut to this.

@@ -8,8 +8,8 @@ use serde_json::{json, Value as Json};
 
 use super::history::{History, Point};
 use super::thresholds::{threshold, Measure, RULES};
+use crate::model::{Metric, Origin, Point as ModelPoint, Value};
 use crate::signal::hints::{HintPolicy, PoolUse, UsageHistory, UsageTick};
-use crate::store::{Family, Series, Value};
 
 /// Operations kept per RED snapshot and shown per list; operation names come from the app.
 const OPERATION_LIMIT: usize = 64;
@@ -121,35 +121,39 @@ fn per_second(now: Option<f64>, prev: Option<f64>, dt: f64) -> Option<f64> {
     }
 }
 
-fn label<'a>(s: &'a Series, name: &str) -> Option<&'a str> {
-    s.labels
+fn label<'a>(s: &'a ModelPoint, name: &str) -> Option<&'a str> {
+    s.attributes
         .iter()
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.as_str())
 }
 
-fn scalar(s: &Series) -> Option<f64> {
+fn scalar(s: &ModelPoint) -> Option<f64> {
     match s.value {
-        Value::Counter(v) | Value::Gauge(v) => Some(v),
+        Value::Sum(v) | Value::Gauge(v) => Some(v),
         _ => None,
     }
 }
 
 /// Read access to one gather's families by name.
 struct Families<'a> {
-    by_name: HashMap<&'a str, &'a Family>,
+    by_name: HashMap<&'a str, &'a Metric>,
 }
 
 impl<'a> Families<'a> {
-    fn new(families: &'a [Family]) -> Self {
+    fn new(families: &'a [Metric]) -> Self {
         Families {
-            by_name: families.iter().map(|f| (f.name.as_str(), f)).collect(),
+            by_name: families
+                .iter()
+                .filter(|f| f.origin == Origin::Vitals)
+                .map(|f| (f.name.as_str(), f))
+                .collect(),
         }
     }
 
-    fn series(&self, name: &str) -> std::slice::Iter<'a, Series> {
+    fn series(&self, name: &str) -> std::slice::Iter<'a, ModelPoint> {
         match self.by_name.get(name) {
-            Some(f) => f.series.iter(),
+            Some(f) => f.points.iter(),
             None => [].iter(),
         }
     }
@@ -274,7 +278,7 @@ impl LiveSampler {
             t,
             ..Default::default()
         };
-        for s in f.series("vitals_request_duration_seconds") {
+        for s in f.series("vitals.request.duration") {
             let Value::Histogram { buckets, count, .. } = &s.value else {
                 continue;
             };
@@ -292,12 +296,12 @@ impl LiveSampler {
     }
 
     /// Builds the frame for time `t` (unix seconds) from one gather.
-    pub fn tick(&mut self, t: f64, families: &[Family]) -> Json {
+    pub fn tick(&mut self, t: f64, families: &[Metric]) -> Json {
         let f = Families::new(families);
-        let up = f.sum("vitals_target_up", &[]).unwrap_or(0.0);
-        let info = f.series("vitals_target_info").next();
+        let up = f.sum("vitals.target.up", &[]).unwrap_or(0.0);
+        let info = f.series("vitals.target.info").next();
         let pid = info.and_then(|s| label(s, "pid")).map(str::to_owned);
-        let start = f.sum("vitals_process_start_time_seconds", &[]);
+        let start = f.sum("vitals.process.start_time", &[]);
         let key = pid
             .as_ref()
             .map(|p| format!("{p}@{}", start.unwrap_or(0.0)));
@@ -313,12 +317,12 @@ impl LiveSampler {
         // Counters and their per-second rates.
         let psi = |res: &str| {
             f.sum(
-                "vitals_pressure_stalled_seconds",
+                "vitals.pressure.stalled",
                 &[("resource", res), ("kind", "some"), ("scope", "cgroup")],
             )
             .or_else(|| {
                 f.sum(
-                    "vitals_pressure_stalled_seconds",
+                    "vitals.pressure.stalled",
                     &[("resource", res), ("kind", "some"), ("scope", "system")],
                 )
             })
@@ -326,18 +330,18 @@ impl LiveSampler {
         let now = Counters {
             t,
             requests: f
-                .series("vitals_request_duration_seconds")
+                .series("vitals.request.duration")
                 .filter_map(|s| match s.value {
                     Value::Histogram { count, .. } => Some(count as f64),
                     _ => None,
                 })
                 .fold(None, |n, c| Some(n.unwrap_or(0.0) + c)),
-            gc: f.max_of_sums("vitals_gc_pause_seconds", "source"),
-            safepoint: f.sum("vitals_safepoint_seconds", &[]),
-            throttled: f.sum("vitals_cgroup_cpu_throttled_seconds", &[]),
-            throttled_periods: f.sum("vitals_cgroup_cpu_throttled_periods", &[]),
-            periods: f.sum("vitals_cgroup_cpu_periods", &[]),
-            cpu: f.sum("process_cpu_time_seconds", &[]),
+            gc: f.max_of_sums("vitals.gc.pause", "source"),
+            safepoint: f.sum("vitals.safepoint", &[]),
+            throttled: f.sum("vitals.cgroup.cpu.throttled", &[]),
+            throttled_periods: f.sum("vitals.cgroup.cpu.throttled_periods", &[]),
+            periods: f.sum("vitals.cgroup.cpu.periods", &[]),
+            cpu: f.sum("process.cpu.time", &[]),
             psi: [psi("cpu"), psi("memory"), psi("io")],
         };
         let prev = self.prev.unwrap_or_default();
@@ -432,11 +436,11 @@ impl LiveSampler {
             .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
 
         // Pauses.
-        let gc_max = f.max("vitals_gc_pause_max_seconds", &[]);
-        let event_loop_p99 = f.max("vitals_event_loop_delay_seconds", &[("quantile", "0.99")]);
+        let gc_max = f.max("vitals.gc.pause.max", &[]);
+        let event_loop_p99 = f.max("vitals.event_loop.delay", &[("quantile", "0.99")]);
 
         // Memory.
-        let rss = f.sum("process_memory_usage_bytes", &[]);
+        let rss = f.sum("process.memory.usage", &[]);
         let heap = f
             .sum(
                 "jvm_memory_used_after_last_gc_bytes",
@@ -444,10 +448,10 @@ impl LiveSampler {
             )
             .or_else(|| f.sum("v8js_memory_heap_used_bytes", &[]));
         let heap_limit = f.sum("jvm_memory_limit_bytes", &[("jvm_memory_type", "heap")]);
-        let cgroup = f.sum("vitals_cgroup_memory_usage_bytes", &[]);
-        let cgroup_limit = f.sum("vitals_cgroup_memory_limit_bytes", &[]);
+        let cgroup = f.sum("vitals.cgroup.memory.usage", &[]);
+        let cgroup_limit = f.sum("vitals.cgroup.memory.limit", &[]);
         let mut growth = serde_json::Map::new();
-        for s in f.series("vitals_memory_growth_bytes_per_second") {
+        for s in f.series("vitals.memory.growth") {
             let (Some(sig), Some(w), Some(v)) = (label(s, "signal"), label(s, "window"), scalar(s))
             else {
                 continue;
@@ -458,21 +462,21 @@ impl LiveSampler {
                 .as_object_mut()
                 .map(|m| m.insert(w.to_owned(), json!(v)));
         }
-        let ttl = f.max("vitals_memory_time_to_limit_seconds", &[]).map(|_| {
-            f.series("vitals_memory_time_to_limit_seconds")
+        let ttl = f.max("vitals.memory.time_to_limit", &[]).map(|_| {
+            f.series("vitals.memory.time_to_limit")
                 .filter_map(scalar)
                 .fold(f64::INFINITY, f64::min)
         });
         let leak: Vec<String> = f
-            .series("vitals_memory_leak_suspected")
+            .series("vitals.memory.leak.suspected")
             .filter(|s| scalar(s) == Some(1.0))
             .filter_map(|s| label(s, "signal").map(str::to_owned))
             .collect();
-        let leak_flag = f.max("vitals_memory_leak_suspected", &[]);
+        let leak_flag = f.max("vitals.memory.leak.suspected", &[]);
 
         // Pools.
         let mut pools: Vec<PoolRow> = Vec::new();
-        for s in f.series("vitals_pool_utilization_ratio") {
+        for s in f.series("vitals.pool.utilization") {
             if pools.len() >= POOL_LIMIT {
                 break;
             }
@@ -484,9 +488,9 @@ impl LiveSampler {
                 pool: pool.to_owned(),
                 kind: kind.to_owned(),
                 utilization: scalar(s),
-                used: f.sum("vitals_pool_used", &l),
-                max: f.sum("vitals_pool_max", &l),
-                pending: f.sum("vitals_pool_pending", &l),
+                used: f.sum("vitals.pool.used", &l),
+                max: f.sum("vitals.pool.max", &l),
+                pending: f.sum("vitals.pool.pending", &l),
             });
         }
         pools.sort_by(|a, b| {
@@ -529,7 +533,7 @@ impl LiveSampler {
                 // RSS, not cgroup usage: the cgroup counts page cache the kernel reclaims under pressure.
                 memory_bytes: rss.or(cgroup),
                 memory_limit_bytes: cgroup_limit,
-                oom_kills: f.sum("vitals_cgroup_memory_oom_kills", &[]),
+                oom_kills: f.sum("vitals.cgroup.memory.oom_kills", &[]),
                 heap_max_bytes: heap_limit,
                 fds,
                 db_pools,
@@ -739,7 +743,7 @@ impl LiveSampler {
                 "comm": info.and_then(|s| label(s, "comm")),
                 "runtime": info.and_then(|s| label(s, "runtime")),
                 "uptime_seconds": round(uptime),
-                "restarts": f.sum("vitals_target_restarts", &[]),
+                "restarts": f.sum("vitals.target.restarts", &[]),
                 "selected_by": self.selected_by,
             },
             "red": {
@@ -798,7 +802,7 @@ impl LiveSampler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::MetricKind;
+    use crate::model::MetricKind;
 
     #[test]
     fn quantile_matches_prometheus_interpolation() {
@@ -812,10 +816,11 @@ mod tests {
         assert_eq!(bucket_quantile(0.5, &b, &[0.0; 4]), None);
     }
 
-    fn hist(op: &str, outcome: &str, counts: [u64; 3]) -> Series {
+    fn hist(op: &str, outcome: &str, counts: [u64; 3]) -> ModelPoint {
         let c = counts;
-        Series {
-            labels: vec![
+        ModelPoint {
+            start_unix_nanos: 0,
+            attributes: vec![
                 ("service".into(), "svc".into()),
                 ("operation".into(), op.into()),
                 ("kind".into(), "server".into()),
@@ -830,16 +835,11 @@ mod tests {
         }
     }
 
-    fn families(series: Vec<Series>, up: f64) -> Vec<Family> {
-        let mut red = Family::new(
-            "vitals_request_duration_seconds",
-            "",
-            "seconds",
-            MetricKind::Histogram,
-        );
-        red.series = series;
+    fn families(series: Vec<ModelPoint>, up: f64) -> Vec<Metric> {
+        let mut red = Metric::new("vitals.request.duration", "", "s", MetricKind::Histogram);
+        red.points = series;
         vec![
-            Family::new("vitals_target_up", "", "", MetricKind::Gauge).with(&[], Value::Gauge(up)),
+            Metric::new("vitals.target.up", "", "", MetricKind::Gauge).with(&[], Value::Gauge(up)),
             red,
         ]
     }

@@ -18,8 +18,8 @@ use bytes::Bytes;
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::model::Registry;
 use crate::signal::hints::{HintBoard, HintPolicy};
-use crate::store::Registry;
 use frame::LiveSampler;
 
 /// The page, with its script and styles inline: no CDN, nothing to build, works offline and in a pod.
