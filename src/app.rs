@@ -167,17 +167,13 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
         None => None,
     };
     let ingest = Arc::new(ingest);
-    // Push of vitals' own metrics over OTLP. The pusher reads a `model::Registry`; until the producers
-    // write the neutral model it holds only the push counters.
-    // MERGE (issue 10): pass the real model registry on the next line, without the app-metrics collector
-    // (the app's own metrics leave through forwarding, with their own identity), and register
-    // `p.collector()` there so /metrics shows the push counters too.
-    let push_registry = crate::model::Registry::new();
+    // Push of vitals' own metrics over OTLP: it reads the same registry as /metrics (the app's own
+    // metrics in it are left out by the pusher; they leave through forwarding) and adds its counters.
     let pusher = match &config.push {
         Some(settings) => {
-            let p = Pusher::start(settings.clone(), push_registry.clone())
-                .map_err(anyhow::Error::msg)?;
-            push_registry.register(p.collector());
+            let p =
+                Pusher::start(settings.clone(), registry.clone()).map_err(anyhow::Error::msg)?;
+            registry.register(p.collector());
             Some(p)
         }
         None => None,

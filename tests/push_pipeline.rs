@@ -272,6 +272,20 @@ fn push_round(protocol: &str) {
         delivered as f64
     );
 
+    // /metrics shows the same counters under their Prometheus names (a push may have landed since).
+    let e = v.scrape();
+    let sent = e
+        .get(
+            "vitals_exporter_push_requests_total",
+            &[("outcome", "sent")],
+        )
+        .expect("vitals_exporter_push_requests_total on /metrics");
+    assert!(sent >= 3.0, "{sent}");
+    let points = e
+        .get("vitals_exporter_push_points_total", &[("outcome", "sent")])
+        .expect("vitals_exporter_push_points_total on /metrics");
+    assert!(points >= delivered as f64, "{points} < {delivered}");
+
     // SIGTERM right after a push: one final push arrives at once, not a tick later.
     let before = up.requests().len();
     let (code, took) = v.terminate();
@@ -383,10 +397,7 @@ fn a_permanent_grpc_error_is_not_retried() {
 /// vitals' signals under their OpenTelemetry names and units, with values from the real Python SDK as
 /// ground truth, and start times that move forward when the target is replaced.
 ///
-/// Needs the producers on the neutral model (issue 10): before that merge the pusher's registry holds
-/// only the push counters and this test fails waiting for `vitals.target.up`.
 #[test]
-#[ignore = "needs the producers on model::Metric and the real registry passed to the pusher (issue 10 merge)"]
 fn signals_keep_otel_names_and_start_times_move_forward_across_a_target_restart() {
     let marker = std::process::id();
     let up = PyUpstream::start("http", "ok");

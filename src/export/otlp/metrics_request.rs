@@ -14,7 +14,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
 
-use crate::model::{Exemplar, Metric, MetricKind, Point, Value};
+use crate::model::{Exemplar, Metric, MetricKind, Origin, Point, Value};
 
 /// Series whose start time is remembered; beyond it a new series gets the pusher's first start time and
 /// no reset detection (logged once).
@@ -407,7 +407,8 @@ pub struct Converted {
 }
 
 /// Converts one gather taken at `now_unix_nanos` into export requests of at most `max_bytes` each
-/// (metrics are never split, so one larger than that goes alone), advancing the start times.
+/// (metrics are never split, so one larger than that goes alone), advancing the start times. Metrics
+/// passed through from the app ([`Origin::App`]) are left out.
 pub fn convert(
     metrics: &[Metric],
     resource: &Resource,
@@ -442,6 +443,11 @@ pub fn convert(
         *points = 0;
     };
     for m in metrics {
+        // The app's own metrics are not vitals' to push: they reach OTLP backends through forwarding,
+        // under the app's resource.
+        if m.origin == Origin::App {
+            continue;
+        }
         let converted = convert_metric(m, starts, now_unix_nanos, &mut out.skipped);
         let points = data_point_count(&converted);
         if points == 0 {
@@ -737,6 +743,18 @@ mod tests {
             })
             .sum();
         assert_eq!(decoded, 50);
+    }
+
+    #[test]
+    fn the_apps_own_metrics_are_not_pushed() {
+        let mut st = StartTimes::new(S, 10, FORGET_AFTER_NANOS);
+        let app = Metric::new("process.cpu.time", "app's", "s", MetricKind::Counter)
+            .from_app()
+            .with(&[], Value::Sum(9.0));
+        let got = push(&[app, counter(1.0)], &mut st, 2 * S);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].name, "vitals.gc.pause");
+        assert_eq!(st.len(), 1);
     }
 
     #[test]
