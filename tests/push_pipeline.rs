@@ -394,6 +394,41 @@ fn a_permanent_grpc_error_is_not_retried() {
     );
 }
 
+/// A partial success (the upstream refuses one point of each push) counts that point as rejected and the
+/// rest as sent; the push is not resent, and the reason is logged once.
+#[test]
+fn a_partial_success_counts_the_refused_points() {
+    let up = PyUpstream::start("http", "partial");
+    let v = Vitals::start(&["--push-endpoint", &up.url(), "--push-interval", "1s"]);
+    let got = up.wait_requests(3, Duration::from_secs(20), &v);
+    let mut delivered = 0;
+    for (k, (body, req)) in got.iter().enumerate() {
+        if k > 0 {
+            assert_ne!(*body, got[k - 1].0, "request {k} is a resend");
+        }
+        assert_eq!(
+            push_counter(req, "vitals.exporter.push.requests", "sent"),
+            k as f64
+        );
+        assert_eq!(
+            push_counter(req, "vitals.exporter.push.points", "rejected"),
+            k as f64
+        );
+        assert_eq!(
+            push_counter(req, "vitals.exporter.push.points", "sent"),
+            (delivered - k as u64) as f64
+        );
+        delivered += data_points(req);
+    }
+    let log = v.log.lock().unwrap().clone();
+    assert_eq!(
+        log.matches("one point refused by the test upstream")
+            .count(),
+        1,
+        "logged once:\n{log}"
+    );
+}
+
 /// vitals' signals under their OpenTelemetry names and units, with values from the real Python SDK as
 /// ground truth, and start times that move forward when the target is replaced.
 ///
