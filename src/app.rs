@@ -13,6 +13,7 @@ use crate::export::http::live::{self, LiveHub};
 use crate::export::http::server::{ConnectionLimits, GuardedListener};
 use crate::export::http::{bind, serve, HttpState};
 use crate::export::otlp::forward::Forwarder;
+use crate::export::otlp::push::Pusher;
 use crate::export::self_metrics::ExporterStats;
 use crate::model::Registry;
 use crate::probe::cgroup::CgroupRoots;
@@ -170,6 +171,17 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
     };
     let consumers = consumers.traces(red).metrics(app_metrics).logs(logs);
     let otlp_receiver = Arc::new(Receiver::new(limits, consumers, otlp_stats));
+    // Push of vitals' own metrics over OTLP: it reads the same registry as /metrics (the app's own
+    // metrics in it are left out by the pusher; they leave through forwarding) and adds its counters.
+    let pusher = match &config.push {
+        Some(settings) => {
+            let p =
+                Pusher::start(settings.clone(), registry.clone()).map_err(anyhow::Error::msg)?;
+            registry.register(p.collector());
+            Some(p)
+        }
+        None => None,
+    };
     let app_metrics = app_metrics_for_signals;
     let grpc_listener = match config.otlp_grpc_addr {
         Some(a) => Some(bind_named(a, "--otlp-grpc-addr").await?),
@@ -310,9 +322,18 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
         tracing::warn!("tasks did not stop within 1s; exiting anyway");
     }
     // The receivers have stopped taking requests; what they accepted goes upstream within the grace.
-    if let Some(f) = forwarder {
-        f.drain().await;
-    }
+    // The final push runs beside the drain, both within --forward-drain-timeout.
+    let drain = async {
+        if let Some(f) = forwarder {
+            f.drain().await;
+        }
+    };
+    let final_push = async {
+        if let Some(p) = &pusher {
+            p.finish().await;
+        }
+    };
+    tokio::join!(drain, final_push);
     Ok(code)
 }
 

@@ -11,6 +11,7 @@ use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand,
 use serde::Deserialize;
 
 use crate::export::otlp::forward::ForwardSettings;
+use crate::export::otlp::push::{Named, PushOptions, PushSettings};
 use crate::export::otlp::upstream::ForwardOptions;
 
 /// Default `/metrics` port: outside Prometheus' exporter port allocations (9100-9999 are all taken) and
@@ -289,6 +290,74 @@ pub struct Options {
     #[arg(long, global = true, env = "VITALS_FORWARD_DRAIN_TIMEOUT", value_parser = humantime::parse_duration)]
     #[serde(deserialize_with = "de_duration")]
     pub forward_drain_timeout: Option<Duration>,
+    /// Push vitals' own metrics as OTLP to this endpoint (for http/protobuf a URL without a path gets
+    /// /v1/metrics); the OTEL_EXPORTER_OTLP_* variables do not apply [default: unset, no push].
+    #[arg(long, global = true, env = "VITALS_PUSH_ENDPOINT", value_name = "URL")]
+    pub push_endpoint: Option<String>,
+    /// Push protocol: grpc or http/protobuf [default: http/protobuf].
+    #[arg(
+        long,
+        global = true,
+        env = "VITALS_PUSH_PROTOCOL",
+        value_name = "PROTOCOL"
+    )]
+    pub push_protocol: Option<String>,
+    /// Time between pushes [default: 15s].
+    #[arg(long, global = true, env = "VITALS_PUSH_INTERVAL", value_parser = humantime::parse_duration)]
+    #[serde(deserialize_with = "de_duration")]
+    pub push_interval: Option<Duration>,
+    /// Headers sent with every push, `key=value,...` (values percent-decoded).
+    #[arg(
+        long,
+        global = true,
+        env = "VITALS_PUSH_HEADERS",
+        value_name = "KEY=VALUE,..."
+    )]
+    pub push_headers: Option<String>,
+    /// Push compression: gzip or none [default: none].
+    #[arg(
+        long,
+        global = true,
+        env = "VITALS_PUSH_COMPRESSION",
+        value_name = "gzip|none"
+    )]
+    pub push_compression: Option<String>,
+    /// Longest wait for the push endpoint's answer [default: 10s].
+    #[arg(long, global = true, env = "VITALS_PUSH_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(deserialize_with = "de_duration")]
+    pub push_timeout: Option<Duration>,
+    /// CA certificate (PEM) for an https push endpoint [default: the system's roots].
+    #[arg(
+        long,
+        global = true,
+        env = "VITALS_PUSH_CERTIFICATE",
+        value_name = "FILE"
+    )]
+    pub push_certificate: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS with the push endpoint.
+    #[arg(
+        long,
+        global = true,
+        env = "VITALS_PUSH_CLIENT_CERTIFICATE",
+        value_name = "FILE"
+    )]
+    pub push_client_certificate: Option<PathBuf>,
+    /// Client key (PEM) for mutual TLS with the push endpoint.
+    #[arg(
+        long,
+        global = true,
+        env = "VITALS_PUSH_CLIENT_KEY",
+        value_name = "FILE"
+    )]
+    pub push_client_key: Option<PathBuf>,
+    /// `service.name` of the pushed metrics' resource [default: vitals].
+    #[arg(
+        long,
+        global = true,
+        env = "VITALS_PUSH_SERVICE_NAME",
+        value_name = "NAME"
+    )]
+    pub push_service_name: Option<String>,
     /// YAML configuration file.
     #[arg(long, global = true, env = "VITALS_CONFIG", value_name = "FILE")]
     #[serde(skip)]
@@ -454,6 +523,8 @@ pub struct Config {
     pub hints_min_history: Duration,
     /// Forwarding to upstream OTLP endpoints; None when no endpoint is configured.
     pub forward: Option<ForwardSettings>,
+    /// Pushing vitals' own metrics over OTLP; None when no push endpoint is configured.
+    pub push: Option<PushSettings>,
 }
 
 /// A configuration that cannot be used. Each message names where the bad value came from: the flag, the
@@ -469,6 +540,9 @@ pub enum ConfigError {
     /// A forwarding setting is unusable; the message names the flag or variable.
     #[error("{0}")]
     Forward(String),
+    /// A push setting is unusable; the message names the flag, variable or file field.
+    #[error("{0}")]
+    Push(String),
     /// A value is out of range.
     #[error("{origin}: {reason}")]
     Invalid {
@@ -572,6 +646,7 @@ impl Cli {
             file: o.config.as_deref(),
         };
         let forward = ForwardFlags::merge(&o, &file);
+        let push = push_options(&o, &file, &origins);
         let flag_selected = o.pid.is_some() || o.pid_file.is_some() || o.process.is_some();
         // A selection on the command line or in the environment replaces the file's as a whole.
         let (pid, pid_file, process) = if flag_selected {
@@ -665,6 +740,30 @@ impl Cli {
             [otlp_grpc_addr, otlp_http_addr],
             &mut warnings,
         )?;
+        let push = push
+            .resolve(
+                o.forward_drain_timeout
+                    .or(file.forward_drain_timeout)
+                    .unwrap_or(ForwardSettings::DEFAULT_DRAIN_TIMEOUT),
+            )
+            .map_err(ConfigError::Push)?;
+        if let Some(p) = &push {
+            let url = &p.upstream.url;
+            let local = matches!(
+                url.host(),
+                Some("127.0.0.1" | "localhost" | "[::1]" | "0.0.0.0" | "[::]")
+            );
+            if local
+                && [otlp_grpc_addr, otlp_http_addr]
+                    .iter()
+                    .flatten()
+                    .any(|a| Some(a.port()) == url.port_u16())
+            {
+                return Err(ConfigError::Push(format!(
+                    "push endpoint {url} is vitals' own OTLP receiver (check --push-endpoint)"
+                )));
+            }
+        }
         if metrics_addr.port() != 0
             && (Some(metrics_addr) == otlp_grpc_addr || Some(metrics_addr) == otlp_http_addr)
         {
@@ -763,6 +862,7 @@ impl Cli {
         }
         Ok(Config {
             forward,
+            push,
             warnings,
             hints_min_history,
             growth_windows,
@@ -794,6 +894,74 @@ impl Cli {
             log_level,
             log_file: o.log_file.or(file.log_file),
         })
+    }
+}
+
+/// The `--push-*` options, flags over file, each with the name of where it came from.
+fn push_options(o: &Options, file: &Options, origins: &Origins<'_>) -> PushOptions {
+    fn named<T: Clone>(
+        cli: &Option<T>,
+        file: &Option<T>,
+        id: &str,
+        origins: &Origins<'_>,
+    ) -> Named<T> {
+        match (cli, file) {
+            (Some(v), _) => Some((v.clone(), origins.name(id, true))),
+            (None, Some(v)) => Some((v.clone(), origins.name(id, false))),
+            (None, None) => None,
+        }
+    }
+    PushOptions {
+        endpoint: named(
+            &o.push_endpoint,
+            &file.push_endpoint,
+            "push_endpoint",
+            origins,
+        ),
+        protocol: named(
+            &o.push_protocol,
+            &file.push_protocol,
+            "push_protocol",
+            origins,
+        ),
+        interval: named(
+            &o.push_interval,
+            &file.push_interval,
+            "push_interval",
+            origins,
+        ),
+        headers: named(&o.push_headers, &file.push_headers, "push_headers", origins),
+        compression: named(
+            &o.push_compression,
+            &file.push_compression,
+            "push_compression",
+            origins,
+        ),
+        timeout: named(&o.push_timeout, &file.push_timeout, "push_timeout", origins),
+        certificate: named(
+            &o.push_certificate,
+            &file.push_certificate,
+            "push_certificate",
+            origins,
+        ),
+        client_certificate: named(
+            &o.push_client_certificate,
+            &file.push_client_certificate,
+            "push_client_certificate",
+            origins,
+        ),
+        client_key: named(
+            &o.push_client_key,
+            &file.push_client_key,
+            "push_client_key",
+            origins,
+        ),
+        service_name: named(
+            &o.push_service_name,
+            &file.push_service_name,
+            "push_service_name",
+            origins,
+        ),
     }
 }
 
@@ -1139,6 +1307,47 @@ mod tests {
         let up = c.forward.unwrap().upstreams[2].clone().unwrap();
         assert_eq!(up.url, "http://collector:4317/");
         assert_eq!(up.protocol, crate::export::otlp::upstream::Protocol::Grpc);
+    }
+
+    #[test]
+    fn push_options() {
+        assert!(parse(&[]).unwrap().push.is_none());
+        let c = parse(&[
+            "--push-endpoint",
+            "http://collector:4318",
+            "--push-interval",
+            "30s",
+            "--push-service-name",
+            "shop-vitals",
+            "--forward-drain-timeout",
+            "4s",
+        ])
+        .unwrap();
+        let p = c.push.unwrap();
+        assert_eq!(p.upstream.url, "http://collector:4318/v1/metrics");
+        assert_eq!(p.interval, Duration::from_secs(30));
+        assert_eq!(p.service_name, "shop-vitals");
+        assert_eq!(p.grace, Duration::from_secs(4));
+        assert!(c.forward.is_none(), "push does not turn forwarding on");
+        let e = parse(&["--push-endpoint", "http://127.0.0.1:4318"]).unwrap_err();
+        assert!(e.contains("own OTLP receiver"), "{e}");
+        let e = parse(&[
+            "--push-endpoint",
+            "http://c:4318",
+            "--push-interval",
+            "100ms",
+        ])
+        .unwrap_err();
+        assert!(e.starts_with("--push-interval: 100ms is outside"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("vitals.yaml");
+        std::fs::write(
+            &file,
+            "push-endpoint: http://collector:4317\npush-protocol: grpc2\n",
+        )
+        .unwrap();
+        let e = parse(&["--config", file.to_str().unwrap()]).unwrap_err();
+        assert!(e.contains("field push-protocol"), "{e}");
     }
 
     #[test]
