@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use vitals::export::prometheus::{encode, Format};
 use vitals::model::{Metric, MetricKind, Value};
 use vitals::probe::cgroup::{locate, CgroupReader, CgroupRoots};
-use vitals::probe::procfs::{ProcReader, ReadErrorSink};
+use vitals::probe::procfs::ProcReader;
+use vitals::probe::ReadErrorSink;
 use vitals::probe::ReadSource;
 
 struct Quiet;

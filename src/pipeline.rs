@@ -104,4 +104,3 @@ pub type TracesConsumer = dyn Consumer<ExportTraceServiceRequest>;
 pub type MetricsConsumer = dyn Consumer<ExportMetricsServiceRequest>;
 /// A consumer of log exports (the log counts).
 pub type LogsConsumer = dyn Consumer<ExportLogsServiceRequest>;
-

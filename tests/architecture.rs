@@ -110,24 +110,32 @@ fn data_flows_one_way() {
     let g = graph();
     let mut lines = Vec::new();
     for (m, deps) in &g {
-        lines.push(format!("{m} -> {}", deps.iter().cloned().collect::<Vec<_>>().join(", ")));
+        lines.push(format!(
+            "{m} -> {}",
+            deps.iter().cloned().collect::<Vec<_>>().join(", ")
+        ));
     }
     println!("module dependencies:\n{}", lines.join("\n"));
     let forbidden: &[(&str, &[&str], &str)] = &[
         (
             "receiver",
-            &["signal", "store", "export", "sampler", "probe", "target", "app"],
+            &[
+                "signal", "store", "export", "sampler", "probe", "target", "app",
+            ],
             "the receiver hands decoded requests to consumers and knows nothing downstream",
         ),
         (
             "store",
-            &["probe", "receiver", "signal", "export", "sampler", "target", "app"],
+            &[
+                "probe", "receiver", "signal", "export", "sampler", "target", "app",
+            ],
             "the store holds the neutral model and knows neither sources nor exporters",
         ),
         (
             "model",
             &[
-                "probe", "receiver", "signal", "store", "export", "sampler", "target", "app", "config",
+                "probe", "receiver", "signal", "store", "export", "sampler", "target", "app",
+                "config",
             ],
             "the neutral model depends on nothing",
         ),
@@ -143,7 +151,9 @@ fn data_flows_one_way() {
         ),
         (
             "config",
-            &["target", "probe", "signal", "store", "sampler", "receiver", "app"],
+            &[
+                "target", "probe", "signal", "store", "sampler", "receiver", "app",
+            ],
             "configuration is read first and depends on no component",
         ),
     ];
@@ -172,7 +182,10 @@ fn only_the_exporters_know_prometheus_naming() {
             continue;
         }
         if code.contains("prometheus::naming") || code.contains("export::prometheus") {
-            broken.push(format!("{} uses the Prometheus exporter's naming", path.display()));
+            broken.push(format!(
+                "{} uses the Prometheus exporter's naming",
+                path.display()
+            ));
         }
         for m in literal.find_iter(&code) {
             broken.push(format!(
@@ -196,5 +209,8 @@ fn the_checks_see_what_they_look_for() {
     );
     let g = graph();
     assert!(g.len() >= 10, "modules found: {:?}", g.keys());
-    assert!(g["app"].contains("receiver"), "app wires the receiver: {g:?}");
+    assert!(
+        g["app"].contains("receiver"),
+        "app wires the receiver: {g:?}"
+    );
 }

@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::model::{Collector, Metric, MetricKind, Value};
-use crate::probe::procfs::{parse_stat, ReadErrorSink};
+use crate::probe::procfs::parse_stat;
+use crate::probe::ReadErrorSink;
 use crate::probe::ReadSource;
 
 /// Counters the sources report into.

@@ -8,11 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::kept::{is_gone, KeptFile};
-use super::{Observations, Probe, ProbeTarget, ReadSource, TargetGone};
-
-/// The read-outcome sink, defined in [`crate::probe`]; named here too for the exporter's self-metrics,
-/// which implement it.
-pub use super::ReadErrorSink;
+use super::{Observations, Probe, ProbeTarget, ReadErrorSink, ReadSource, TargetGone};
 
 /// A file's content did not have the expected shape.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
