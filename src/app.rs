@@ -21,6 +21,7 @@ use crate::sampler::{Sampler, SamplerParts};
 use crate::signal::hints::HintPolicy;
 use crate::signal::latency::RedStore;
 use crate::signal::memory::MemoryGrowth;
+use crate::signal::runtime_metrics::RuntimeMetrics;
 use crate::signal::target::{KernelUnits, TargetMetrics};
 use crate::signal::Derived;
 use crate::store::app_metrics::{AppMetrics, AppMetricsConfig};
@@ -148,14 +149,16 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
     let otlp_stats = Arc::new(Ingest::stats_with(overflow));
     registry.register(red.clone());
     registry.register(app_metrics.clone());
-    let app_metrics_for_signals = app_metrics.clone();
     registry.register(logs.clone());
     registry.register(otlp_stats.clone());
     let limits = OtlpLimits::new(
         config.otlp_max_request_bytes,
         config.otlp_max_concurrent_requests,
     );
-    let mut ingest = Ingest::new(limits, red, app_metrics, logs, otlp_stats);
+    // Runtime metrics for derivation are picked as they arrive, apart from the app metric store.
+    let runtime_metrics = Arc::new(RuntimeMetrics::new(config.series_ttl));
+    let mut ingest = Ingest::new(limits, red, app_metrics, logs, otlp_stats)
+        .with_runtime_metrics(runtime_metrics.clone());
     let forwarder = match &config.forward {
         Some(settings) => {
             let f = Forwarder::start(settings.clone()).map_err(|e| anyhow::anyhow!(e))?;
@@ -166,7 +169,6 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
         None => None,
     };
     let ingest = Arc::new(ingest);
-    let app_metrics = app_metrics_for_signals;
     let grpc_listener = match config.otlp_grpc_addr {
         Some(a) => Some(bind_named(a, "--otlp-grpc-addr").await?),
         None => None,
@@ -234,7 +236,7 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
         }
     };
     let derived = Arc::new(Derived::new(
-        app_metrics.clone(),
+        runtime_metrics,
         MemoryGrowth::new(&config.growth_windows, config.leak_threshold),
     ));
     registry.register(derived.pause.clone());
@@ -254,7 +256,6 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
         stats: stats.clone(),
         status: status.clone(),
         derived,
-        app: app_metrics,
         units,
         sampled,
     };

@@ -13,6 +13,7 @@ pub mod logging;
 pub mod model;
 pub mod probe;
 pub mod receiver;
+pub mod runtime;
 pub mod sampler;
 pub mod signal;
 pub mod store;

@@ -15,9 +15,9 @@ use crate::probe::kept::KeptFile;
 use crate::probe::oom::OomCounter;
 use crate::probe::procfs::{read_comm, ProcReader, ProcSample, PssPolicy};
 use crate::probe::sockets::{listen_sockets, socket_inodes, somaxconn, ListenSocket, SockDiag};
+use crate::runtime::{self, Runtime};
 use crate::signal::target::{ExitReason, KernelUnits, TargetInfo, TargetMetrics};
 use crate::signal::{Derived, TickInputs};
-use crate::store::app_metrics::AppMetrics;
 use crate::target::status::TargetStatus;
 use crate::target::{detect_runtime, search, Selector, TargetId};
 
@@ -51,7 +51,6 @@ pub struct Sampler {
     stats: Arc<ExporterStats>,
     status: Arc<TargetStatus>,
     derived: Arc<Derived>,
-    app: Arc<AppMetrics>,
     units: KernelUnits,
     sampled: Arc<tokio::sync::Notify>,
     attached: Option<Attached>,
@@ -154,8 +153,6 @@ pub struct SamplerParts {
     pub status: Arc<TargetStatus>,
     /// Derived signals.
     pub derived: Arc<Derived>,
-    /// The app's OTLP metrics (for the runtime hint).
-    pub app: Arc<AppMetrics>,
     /// Kernel units.
     pub units: KernelUnits,
     /// Notified after every tick, so readers of rates (the live page) take them at sample boundaries.
@@ -192,7 +189,6 @@ impl Sampler {
             stats: parts.stats,
             status: parts.status,
             derived: parts.derived,
-            app: parts.app,
             units: parts.units,
             sampled: parts.sampled,
             attached: None,
@@ -224,8 +220,8 @@ impl Sampler {
             self.poll_oom();
         }
         if r.proc.is_some() {
-            if let Some(lang) = self.app.resource_attribute("telemetry.sdk.language") {
-                self.store.hint_runtime(runtime_of_sdk_language(&lang));
+            if let Some(runtime) = self.derived.sdk_runtime() {
+                self.store.hint_runtime(runtime.label());
             }
         }
         let hz = self.units.hz as f64;
@@ -302,7 +298,7 @@ impl Sampler {
                 Ok((reader, path)) => {
                     tracing::info!(path = %path.display(), "reading JVM hsperfdata");
                     a.hsperf = Some(reader);
-                    self.store.hint_runtime("jvm");
+                    self.store.hint_runtime(Runtime::Jvm.label());
                     a.is_jvm = true;
                     HsperfStatus::Reading
                 }
@@ -448,10 +444,11 @@ impl Sampler {
             return;
         }
         let runtime = detect_runtime(proc_root, a.id.pid, &comm);
-        tracing::info!(pid = a.id.pid, old = %a.comm, %comm, runtime, "target exec'd another program");
-        store.refresh_program(comm.clone(), runtime.to_owned());
+        let label = runtime::label_of(runtime);
+        tracing::info!(pid = a.id.pid, old = %a.comm, %comm, runtime = label, "target exec'd another program");
+        store.refresh_program(comm.clone(), label.to_owned());
         a.comm = comm;
-        a.is_jvm = runtime == "jvm";
+        a.is_jvm = runtime == Some(Runtime::Jvm);
         a.hsperf = None;
         a.hsperf_status = None;
         // As at attach: the next tick looks for hsperfdata (the slow tier runs when ticks is a multiple of
@@ -535,8 +532,9 @@ impl Sampler {
         };
         let nspid = proc.status_nspid().unwrap_or(id.pid);
         let comm = read_comm(&self.proc_root, id.pid).unwrap_or_default();
-        let runtime = detect_runtime(&self.proc_root, id.pid, &comm).to_owned();
-        let runtime_is_jvm = runtime == "jvm";
+        let detected = detect_runtime(&self.proc_root, id.pid, &comm);
+        let runtime = runtime::label_of(detected).to_owned();
+        let runtime_is_jvm = detected == Some(Runtime::Jvm);
         tracing::info!(pid = id.pid, %comm, %runtime, selector = %selector.describe(), "attached to target");
         if let Some(report) = crate::target::access::denied_report(&self.proc_root, id.pid) {
             tracing::warn!(pid = id.pid, "{report}");
@@ -610,17 +608,5 @@ impl Sampler {
                 }
             }
         }
-    }
-}
-
-/// The runtime label for an OTLP resource's `telemetry.sdk.language`.
-pub fn runtime_of_sdk_language(lang: &str) -> &'static str {
-    match lang {
-        "java" => "jvm",
-        "nodejs" | "webjs" => "node",
-        "go" => "go",
-        "python" => "python",
-        "dotnet" => "dotnet",
-        _ => "unknown",
     }
 }

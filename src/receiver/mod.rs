@@ -17,6 +17,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::model::{Collector, Metric, MetricKind, Value};
 use crate::signal::latency::{facts, RedStore};
+use crate::signal::runtime_metrics::RuntimeMetrics;
 use crate::store::app_metrics::{service_name, AppMetrics};
 use crate::store::limited::OverflowCounter;
 use crate::store::logs::LogCounts;
@@ -253,6 +254,7 @@ pub struct Ingest {
     app: Arc<AppMetrics>,
     logs: Arc<LogCounts>,
     onward: Option<Arc<dyn Onward>>,
+    runtime: Option<Arc<RuntimeMetrics>>,
 }
 
 impl Ingest {
@@ -275,7 +277,14 @@ impl Ingest {
             app,
             logs,
             onward: None,
+            runtime: None,
         }
+    }
+
+    /// Hands every metrics export to `runtime` as well, which picks the runtime metrics derivation reads.
+    pub fn with_runtime_metrics(mut self, runtime: Arc<RuntimeMetrics>) -> Self {
+        self.runtime = Some(runtime);
+        self
     }
 
     /// Hands every accepted request to `onward` (forwarding) as well.
@@ -422,6 +431,9 @@ impl Ingest {
     /// App metrics from a metrics export.
     pub fn metrics(&self, req: &ExportMetricsServiceRequest) -> Partial {
         let out = self.app.ingest(req);
+        if let Some(r) = &self.runtime {
+            r.ingest(req);
+        }
         self.stats
             .items(Signal::Metrics, out.accepted, out.rejected);
         Partial {
