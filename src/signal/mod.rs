@@ -147,3 +147,32 @@ impl Derived {
         self.pause.reset_target();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heap_from_the_first_row_with_a_used_figure() {
+        let h = |order, limit, value| HeapReading {
+            order,
+            limit,
+            value,
+        };
+        // Two JVM heap pools add up; their limit too; a later row (Node) is not mixed in.
+        let picked = [
+            h(0, false, 100.0),
+            h(0, false, 50.0),
+            h(0, true, 1000.0),
+            h(0, true, 24.0),
+            h(1, false, 7.0),
+        ];
+        assert_eq!(runtime_heap(&picked), Some((150.0, Some(1024.0))));
+        // A limit alone is no heap reading; a limit of 0 (unlimited) is no limit.
+        assert_eq!(runtime_heap(&[h(0, true, 10.0)]), None);
+        assert_eq!(
+            runtime_heap(&[h(1, true, 0.0), h(1, false, 5.0)]),
+            Some((5.0, None))
+        );
+    }
+}

@@ -512,6 +512,74 @@ mod tests {
     use super::*;
     use crate::signal::runtime_metrics::RuntimeMetrics;
 
+    /// Statistics of an interval are the upper bounds of the buckets holding their ranks.
+    #[test]
+    fn interval_statistics_from_buckets() {
+        // 100 observations: 50 at most 1 ms, 40 at most 10 ms, 9 at most 100 ms, 1 above.
+        let b = [(0.001, 50), (0.01, 40), (0.1, 9), (f64::INFINITY, 1)];
+        assert_eq!(
+            interval_statistics(&b),
+            [("p50", 0.001), ("p90", 0.01), ("p99", 0.1), ("max", 0.1)],
+            "the 100th is above 100 ms: its bound says only that (the highest finite bound)"
+        );
+        // 10 observations: the 9th (p90) is in the second bucket, not rounded up to the 10th.
+        let b = [(0.001, 8), (0.01, 1), (0.1, 1), (f64::INFINITY, 0)];
+        assert_eq!(
+            interval_statistics(&b),
+            [("p50", 0.001), ("p90", 0.01), ("p99", 0.1), ("max", 0.1)]
+        );
+        assert!(interval_statistics(&[(0.1, 0), (f64::INFINITY, 0)]).is_empty());
+    }
+
+    #[test]
+    fn delay_statistics_by_runtime_worst_across_series() {
+        use crate::signal::runtime_metrics::{DelayReading, DelayValue};
+        let p = PauseSignal::new();
+        let delays = [
+            DelayReading {
+                runtime: Runtime::Node,
+                value: DelayValue::Statistic("p99", 0.012),
+            },
+            DelayReading {
+                runtime: Runtime::Node,
+                value: DelayValue::Statistic("p99", 0.02),
+            },
+            DelayReading {
+                runtime: Runtime::Go,
+                value: DelayValue::Interval(vec![(0.0001, 99), (0.001, 1), (f64::INFINITY, 0)]),
+            },
+        ];
+        p.update_from_otlp(&[], &delays, Instant::now());
+        let mut out = vec![];
+        p.collect(&mut out);
+        let f = out
+            .iter()
+            .find(|f| f.name == "vitals.event_loop.delay")
+            .unwrap();
+        let got: Vec<(String, String, Value)> = f
+            .points
+            .iter()
+            .map(|s| {
+                (
+                    s.attributes[0].1.clone(),
+                    s.attributes[1].1.clone(),
+                    s.value.clone(),
+                )
+            })
+            .collect();
+        let row = |r: &str, s: &str, v: f64| (r.to_owned(), s.to_owned(), Value::Gauge(v));
+        assert_eq!(
+            got,
+            [
+                row("node", "p99", 0.02),
+                row("go", "p50", 0.0001),
+                row("go", "p90", 0.0001),
+                row("go", "p99", 0.0001),
+                row("go", "max", 0.001),
+            ]
+        );
+    }
+
     #[test]
     fn largest_new_bound_from_bucket_growth() {
         let before = [(0.01, 5), (0.1, 7), (10.0, 7), (f64::INFINITY, 7)];

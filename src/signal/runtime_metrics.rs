@@ -895,3 +895,346 @@ fn number_point(dp: &NumberDataPoint, delta: bool, scale: f64) -> PointIn<'_> {
             .map(|v| Held::Number(v * scale)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::metrics::v1::{
+        Gauge, Histogram, ResourceMetrics, ScopeMetrics, Sum,
+    };
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+
+    fn kv(k: &str, v: &str) -> KeyValue {
+        KeyValue {
+            key: k.into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(v.into())),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn request(resource: Vec<KeyValue>, metrics: Vec<Metric>) -> ExportMetricsServiceRequest {
+        ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                resource: Some(Resource {
+                    attributes: resource,
+                    ..Default::default()
+                }),
+                scope_metrics: vec![ScopeMetrics {
+                    metrics,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    struct H<'a> {
+        attrs: Vec<KeyValue>,
+        start: u64,
+        time: u64,
+        bounds: &'a [f64],
+        counts: &'a [u64],
+        sum: f64,
+    }
+
+    fn histogram(
+        name: &str,
+        unit: &str,
+        temporality: AggregationTemporality,
+        points: Vec<H<'_>>,
+    ) -> Metric {
+        Metric {
+            name: name.into(),
+            unit: unit.into(),
+            data: Some(Data::Histogram(Histogram {
+                data_points: points
+                    .into_iter()
+                    .map(|h| HistogramDataPoint {
+                        attributes: h.attrs,
+                        start_time_unix_nano: h.start,
+                        time_unix_nano: h.time,
+                        count: h.counts.iter().sum(),
+                        sum: Some(h.sum),
+                        bucket_counts: h.counts.to_vec(),
+                        explicit_bounds: h.bounds.to_vec(),
+                        ..Default::default()
+                    })
+                    .collect(),
+                aggregation_temporality: temporality as i32,
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn gauge(name: &str, unit: &str, points: &[(Vec<KeyValue>, f64)]) -> Metric {
+        Metric {
+            name: name.into(),
+            unit: unit.into(),
+            data: Some(Data::Gauge(Gauge {
+                data_points: points
+                    .iter()
+                    .map(|(attrs, v)| NumberDataPoint {
+                        attributes: attrs.clone(),
+                        time_unix_nano: 1,
+                        value: Some(number_data_point::Value::AsDouble(*v)),
+                        ..Default::default()
+                    })
+                    .collect(),
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn counter(name: &str, unit: &str, delta: bool, windows: &[(u64, u64, f64)]) -> Metric {
+        let temporality = if delta {
+            AggregationTemporality::Delta
+        } else {
+            AggregationTemporality::Cumulative
+        };
+        Metric {
+            name: name.into(),
+            unit: unit.into(),
+            data: Some(Data::Sum(Sum {
+                data_points: windows
+                    .iter()
+                    .map(|(start, time, v)| NumberDataPoint {
+                        start_time_unix_nano: *start,
+                        time_unix_nano: *time,
+                        value: Some(number_data_point::Value::AsDouble(*v)),
+                        ..Default::default()
+                    })
+                    .collect(),
+                aggregation_temporality: temporality as i32,
+                is_monotonic: true,
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn picked(metrics: Vec<Metric>) -> RuntimeReadings {
+        let r = RuntimeMetrics::new(Duration::from_secs(60));
+        r.ingest(&request(vec![kv("service.name", "app")], metrics));
+        r.readings(Instant::now())
+    }
+
+    /// The unit is honoured: a jvm.gc.duration sent in milliseconds is read as milliseconds (bounds and
+    /// sum scaled to seconds), and one in a unit that is not a time is not a pause metric at all.
+    #[test]
+    fn a_pause_histogram_in_milliseconds_is_scaled_to_seconds() {
+        let h = || H {
+            attrs: vec![kv("jvm.gc.name", "G1 Old Generation")],
+            start: 1,
+            time: 2,
+            bounds: &[10.0, 100.0, 1000.0],
+            counts: &[1, 0, 2, 0],
+            sum: 1205.0,
+        };
+        let r = picked(vec![histogram(
+            "jvm.gc.duration",
+            "ms",
+            AggregationTemporality::Cumulative,
+            vec![h()],
+        )]);
+        assert_eq!(r.pauses.len(), 1);
+        assert_eq!(r.pauses[0].collector, "G1 Old Generation");
+        assert_eq!(
+            r.pauses[0].value,
+            PauseValue::Histogram {
+                cumulative: vec![(0.01, 1), (0.1, 1), (1.0, 3), (f64::INFINITY, 3)],
+                sum: 1.205,
+                count: 3,
+            }
+        );
+        for unit in ["By", "", "{gc}"] {
+            let r = picked(vec![histogram(
+                "jvm.gc.duration",
+                unit,
+                AggregationTemporality::Cumulative,
+                vec![h()],
+            )]);
+            assert!(r.pauses.is_empty(), "unit {unit:?} is not a time");
+        }
+    }
+
+    #[test]
+    fn concurrent_cycles_and_wrong_instruments_are_not_picked() {
+        let h = |name: &str| H {
+            attrs: vec![kv("jvm.gc.name", name)],
+            start: 1,
+            time: 2,
+            bounds: &[1.0],
+            counts: &[1, 0],
+            sum: 0.5,
+        };
+        let r = picked(vec![
+            histogram(
+                "jvm.gc.duration",
+                "s",
+                AggregationTemporality::Cumulative,
+                vec![h("G1 Concurrent GC"), h("ZGC Pauses")],
+            ),
+            // A gauge under a histogram row's name is not what the row describes.
+            gauge("v8js.gc.duration", "s", &[(vec![], 3.0)]),
+        ]);
+        let collectors: Vec<&str> = r.pauses.iter().map(|p| p.collector.as_str()).collect();
+        assert_eq!(collectors, ["ZGC Pauses"]);
+    }
+
+    /// Delta exports are accumulated, a repeated window once; a .NET pause-time counter in ms is scaled.
+    #[test]
+    fn delta_exports_accumulate_once_per_window() {
+        let r = RuntimeMetrics::new(Duration::from_secs(60));
+        let send = |windows: &[(u64, u64, f64)]| {
+            r.ingest(&request(
+                vec![],
+                vec![counter("dotnet.gc.pause.time", "ms", true, windows)],
+            ))
+        };
+        send(&[(10, 20, 30.0)]);
+        send(&[(20, 30, 5.0), (10, 20, 30.0)]);
+        let got = r.readings(Instant::now()).pauses;
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].collector, "all");
+        assert_eq!(got[0].start_unix_nano, 10);
+        match got[0].value {
+            PauseValue::Total(t) => assert!((t - 0.035).abs() < 1e-12, "{t}"),
+            ref v => panic!("{v:?}"),
+        }
+    }
+
+    /// Series are bounded per kind and expire when not updated for the TTL; an ended series goes at once.
+    #[test]
+    fn series_are_bounded_and_expire() {
+        let r = RuntimeMetrics::new(Duration::from_millis(200));
+        let points: Vec<(Vec<KeyValue>, f64)> = (0..MAX_SERIES + 10)
+            .map(|i| (vec![kv("pool.name", &i.to_string())], 1.0))
+            .collect();
+        r.ingest(&request(
+            vec![],
+            vec![gauge("db.client.connections.max", "{connection}", &points)],
+        ));
+        assert_eq!(r.readings(Instant::now()).pools.len(), MAX_SERIES);
+        assert_eq!(r.dropped(), 10);
+        let later = Instant::now() + Duration::from_millis(300);
+        assert!(r.readings(later).pools.is_empty(), "expired after the TTL");
+
+        let mut ended = gauge("v8js.memory.heap.used", "By", &[(vec![], 100.0)]);
+        r.ingest(&request(vec![], vec![ended.clone()]));
+        assert_eq!(r.readings(Instant::now()).heap.len(), 1);
+        if let Some(Data::Gauge(g)) = ended.data.as_mut() {
+            g.data_points[0].flags = 1;
+        }
+        r.ingest(&request(vec![], vec![ended]));
+        assert!(r.readings(Instant::now()).heap.is_empty());
+    }
+
+    #[test]
+    fn pools_heap_and_sdk_language() {
+        let r = RuntimeMetrics::new(Duration::from_secs(60));
+        let pool = kv("db.client.connection.pool.name", "orders");
+        r.ingest(&request(
+            vec![
+                kv("service.name", "shop"),
+                kv("telemetry.sdk.language", "java"),
+            ],
+            vec![
+                gauge(
+                    "db.client.connection.count",
+                    "{connection}",
+                    &[
+                        (
+                            vec![pool.clone(), kv("db.client.connection.state", "used")],
+                            7.0,
+                        ),
+                        (
+                            vec![pool.clone(), kv("db.client.connection.state", "idle")],
+                            3.0,
+                        ),
+                    ],
+                ),
+                gauge(
+                    "jvm.memory.used_after_last_gc",
+                    "MiBy",
+                    &[
+                        (vec![kv("jvm.memory.type", "heap")], 2.0),
+                        (vec![kv("jvm.memory.type", "non_heap")], 50.0),
+                    ],
+                ),
+            ],
+        ));
+        let got = r.readings(Instant::now());
+        assert_eq!(
+            got.pools,
+            [PoolReading {
+                kind: "db",
+                pool: "orders".into(),
+                figure: PoolFigure::Used,
+                value: 7.0
+            }],
+            "idle connections are not in use"
+        );
+        assert_eq!(
+            got.heap,
+            [HeapReading {
+                order: 0,
+                limit: false,
+                value: 2.0 * 1024.0 * 1024.0
+            }]
+        );
+        assert_eq!(r.sdk_runtime(), Some(Runtime::Jvm));
+    }
+
+    /// go.schedule.duration is cumulative: each export's interval is what it gained since the one before;
+    /// a first export holds only new observations when the series began after vitals did.
+    #[test]
+    fn a_delay_histogram_gives_its_last_interval() {
+        let r = RuntimeMetrics::new(Duration::from_secs(60));
+        let send = |start: u64, time: u64, counts: &[u64]| {
+            r.ingest(&request(
+                vec![],
+                vec![histogram(
+                    "go.schedule.duration",
+                    "s",
+                    AggregationTemporality::Cumulative,
+                    vec![H {
+                        attrs: vec![],
+                        start,
+                        time,
+                        bounds: &[0.001, 0.01, 0.1],
+                        counts,
+                        sum: 0.0,
+                    }],
+                )],
+            ))
+        };
+        let interval = || match r.readings(Instant::now()).delays.as_slice() {
+            [DelayReading {
+                runtime: Runtime::Go,
+                value: DelayValue::Interval(i),
+            }] => Some(i.clone()),
+            [] => None,
+            other => panic!("{other:?}"),
+        };
+        send(1, 10, &[100, 5, 0, 0]);
+        assert_eq!(interval(), None, "began before vitals: may hold hours");
+        send(1, 20, &[150, 9, 1, 0]);
+        assert_eq!(
+            interval(),
+            Some(vec![(0.001, 50), (0.01, 4), (0.1, 1), (f64::INFINITY, 0)])
+        );
+        // The same export again changes nothing.
+        send(1, 20, &[150, 9, 1, 0]);
+        assert_eq!(
+            interval(),
+            Some(vec![(0.001, 50), (0.01, 4), (0.1, 1), (f64::INFINITY, 0)])
+        );
+        // The app restarted: everything since its new start is the interval.
+        send(30, 40, &[3, 0, 0, 0]);
+        assert_eq!(
+            interval(),
+            Some(vec![(0.001, 3), (0.01, 0), (0.1, 0), (f64::INFINITY, 0)])
+        );
+    }
+}
