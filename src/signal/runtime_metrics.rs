@@ -276,6 +276,21 @@ fn text(v: Option<&AnyValue>) -> Option<String> {
     })
 }
 
+/// A string attribute, borrowed.
+fn string_attribute<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a str> {
+    match attrs
+        .iter()
+        .find(|kv| kv.key == key)?
+        .value
+        .as_ref()?
+        .value
+        .as_ref()?
+    {
+        any_value::Value::StringValue(s) => Some(s),
+        _ => None,
+    }
+}
+
 fn attribute(attrs: &[KeyValue], key: &str) -> Option<String> {
     attrs
         .iter()
@@ -547,28 +562,33 @@ impl RuntimeMetrics {
                 .resource
                 .as_ref()
                 .map_or(&[][..], |r| r.attributes.as_slice());
-            let service = attribute(attrs, "service.name")
+            // Borrowed, not copied: most requests hold nothing the table names.
+            let service = string_attribute(attrs, "service.name")
                 .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| "unknown_service".to_owned());
-            if let Some(runtime) = attribute(attrs, "telemetry.sdk.language")
-                .as_deref()
+                .map_or("unknown_service", |s| cut(s, MAX_VALUE));
+            if let Some(runtime) = string_attribute(attrs, "telemetry.sdk.language")
                 .and_then(Runtime::from_sdk_language)
             {
                 let st = state.get_or_insert_with(|| self.lock());
                 let ttl = self.ttl;
-                if !st.apps.contains_key(&service) && st.apps.len() >= MAX_APPS {
-                    st.apps
-                        .retain(|_, (_, seen)| now.duration_since(*seen) < ttl);
-                }
-                if st.apps.contains_key(&service) || st.apps.len() < MAX_APPS {
-                    st.apps.insert(service.clone(), (runtime, now));
+                match st.apps.get_mut(service) {
+                    Some(app) => *app = (runtime, now),
+                    None => {
+                        if st.apps.len() >= MAX_APPS {
+                            st.apps
+                                .retain(|_, (_, seen)| now.duration_since(*seen) < ttl);
+                        }
+                        if st.apps.len() < MAX_APPS {
+                            st.apps.insert(service.to_owned(), (runtime, now));
+                        }
+                    }
                 }
             }
             for sm in &rm.scope_metrics {
                 for m in &sm.metrics {
                     if let Some(pick) = self.picks.get(m.name.as_str()) {
                         let st = state.get_or_insert_with(|| self.lock());
-                        self.pick(st, *pick, m, &service, now);
+                        self.pick(st, *pick, m, service, now);
                     }
                 }
             }
