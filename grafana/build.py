@@ -101,7 +101,7 @@ PAUSING = ("Is it pausing?", [
     panel("JVM safepoints", "s", [('sum(rate(vitals_safepoint_seconds_total{%s}[$__rate_interval]))' % SEL, "time at safepoints /s")], desc="From hsperfdata"),
     panel("CPU throttled periods", "percentunit", [('sum(rate(vitals_cgroup_cpu_throttled_periods_total{%s}[$__rate_interval])) / sum(rate(vitals_cgroup_cpu_periods_total{%s}[$__rate_interval]))' % (SEL, SEL), "throttled")], desc="Share of CFS periods in which the cgroup hit its quota"),
     panel("Pressure stalls", "percentunit", [('sum by (resource, kind, scope) (rate(vitals_pressure_stalled_seconds_total{%s}[$__rate_interval]))' % SEL, "{{resource}} {{kind}} ({{scope}})")], desc="PSI: time tasks waited for cpu, memory or io"),
-    panel("Event-loop delay (Node)", "s", [('max by (statistic) (vitals_event_loop_delay_seconds{%s})' % SEL, "{{statistic}}")], desc="nodejs.eventloop.delay over the app's export interval; includes Node's sampling resolution (10 ms by default): an idle loop reads about 10 ms"),
+    panel("Ready work waiting to run (Node event loop, Go scheduler)", "s", [('max by (runtime, statistic) (vitals_event_loop_delay_seconds{%s})' % SEL, "{{runtime}} {{statistic}}")], desc="Over the app's export interval: Node's nodejs.eventloop.delay (includes its sampling resolution, 10 ms by default: an idle loop reads about 10 ms); Go's go.schedule.duration as bucket upper bounds"),
 ])
 
 LEAKING = ("Is it leaking?", [

@@ -23,6 +23,7 @@ use crate::sampler::{Sampler, SamplerParts};
 use crate::signal::hints::HintPolicy;
 use crate::signal::latency::RedStore;
 use crate::signal::memory::MemoryGrowth;
+use crate::signal::runtime_metrics::RuntimeMetrics;
 use crate::signal::target::{KernelUnits, TargetMetrics};
 use crate::signal::Derived;
 use crate::store::app_metrics::{AppMetrics, AppMetricsConfig};
@@ -150,15 +151,16 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
     let otlp_stats = Arc::new(OtlpStats::new(move || overflow.get()));
     registry.register(red.clone());
     registry.register(app_metrics.clone());
-    let app_metrics_for_signals = app_metrics.clone();
     registry.register(logs.clone());
     registry.register(otlp_stats.clone());
     let limits = OtlpLimits::new(
         config.otlp_max_request_bytes,
         config.otlp_max_concurrent_requests,
     );
+    // Runtime metrics for derivation are picked as they arrive, apart from the app metric store.
+    let runtime_metrics = Arc::new(RuntimeMetrics::new(config.series_ttl));
     // Forwarding takes each request first, so a full queue answers the app before anything is
-    // derived; then RED, app metrics and log counts.
+    // derived; then RED, the runtime metrics derivation reads, app metrics and log counts.
     let mut consumers = Consumers::new();
     let forwarder = match &config.forward {
         Some(settings) => {
@@ -169,7 +171,11 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
         }
         None => None,
     };
-    let consumers = consumers.traces(red).metrics(app_metrics).logs(logs);
+    let consumers = consumers
+        .traces(red)
+        .metrics(runtime_metrics.clone())
+        .metrics(app_metrics)
+        .logs(logs);
     let otlp_receiver = Arc::new(Receiver::new(limits, consumers, otlp_stats));
     // Push of vitals' own metrics over OTLP: it reads the same registry as /metrics (the app's own
     // metrics in it are left out by the pusher; they leave through forwarding) and adds its counters.
@@ -182,7 +188,6 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
         }
         None => None,
     };
-    let app_metrics = app_metrics_for_signals;
     let grpc_listener = match config.otlp_grpc_addr {
         Some(a) => Some(bind_named(a, "--otlp-grpc-addr").await?),
         None => None,
@@ -257,7 +262,7 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
         }
     };
     let derived = Arc::new(Derived::new(
-        app_metrics.clone(),
+        runtime_metrics,
         MemoryGrowth::new(&config.growth_windows, config.leak_threshold),
     ));
     registry.register(derived.pause.clone());
@@ -277,7 +282,6 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
         stats: stats.clone(),
         status: status.clone(),
         derived,
-        app: app_metrics,
         units,
         sampled,
     };

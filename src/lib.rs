@@ -14,6 +14,7 @@ pub mod model;
 pub mod pipeline;
 pub mod probe;
 pub mod receiver;
+pub mod runtime;
 pub mod sampler;
 pub mod signal;
 pub mod store;

@@ -17,9 +17,9 @@ use crate::probe::oom::OomCounter;
 use crate::probe::procfs::{effective_uid, read_comm, read_nspid, ProcfsProbe, PssPolicy};
 use crate::probe::sockets::SocketProbe;
 use crate::probe::{Observations, Probe, ProbeTarget, ReadErrorSink, ReadSource};
+use crate::runtime;
 use crate::signal::target::{ExitReason, KernelUnits, TargetInfo, TargetMetrics};
 use crate::signal::Derived;
-use crate::store::app_metrics::AppMetrics;
 use crate::target::exit_watch::ExitWatch;
 use crate::target::status::TargetStatus;
 use crate::target::{detect_runtime, search, Selector, TargetId};
@@ -54,7 +54,6 @@ pub struct Sampler {
     stats: Arc<ExporterStats>,
     status: Arc<TargetStatus>,
     derived: Arc<Derived>,
-    app: Arc<AppMetrics>,
     units: KernelUnits,
     sampled: Arc<tokio::sync::Notify>,
     /// The readers of the attached target, sampled in this order each tick; procfs first, since it alone
@@ -137,8 +136,6 @@ pub struct SamplerParts {
     pub status: Arc<TargetStatus>,
     /// Derived signals.
     pub derived: Arc<Derived>,
-    /// The app's OTLP metrics (for the runtime hint).
-    pub app: Arc<AppMetrics>,
     /// Kernel units.
     pub units: KernelUnits,
     /// Notified after every tick, so readers of rates (the live page) take them at sample boundaries.
@@ -181,7 +178,6 @@ impl Sampler {
             stats: parts.stats,
             status: parts.status,
             derived: parts.derived,
-            app: parts.app,
             units: parts.units,
             sampled: parts.sampled,
             attached: None,
@@ -215,8 +211,8 @@ impl Sampler {
             }
         }
         if obs.proc.is_some() {
-            if let Some(lang) = self.app.resource_attribute("telemetry.sdk.language") {
-                self.store.hint_runtime(runtime_of_sdk_language(&lang));
+            if let Some(runtime) = self.derived.sdk_runtime() {
+                self.store.hint_runtime(runtime.label());
             }
         }
         self.derived.tick(&obs);
@@ -279,7 +275,7 @@ impl Sampler {
             self.store.update(proc, obs.cgroup);
         }
         if let Some(runtime) = obs.runtime_hint {
-            self.store.hint_runtime(runtime);
+            self.store.hint_runtime(runtime.label());
         }
         self.derived.pause.set_hsperf_status(obs.hsperf_status);
         if obs.new_oom_kills > 0 {
@@ -407,8 +403,9 @@ impl Sampler {
             return;
         }
         let runtime = detect_runtime(&self.proc_root, a.id.pid, &comm);
-        tracing::info!(pid = a.id.pid, old = %a.comm, %comm, runtime, "target exec'd another program");
-        self.store.refresh_program(comm.clone(), runtime.to_owned());
+        let label = runtime::label_of(runtime);
+        tracing::info!(pid = a.id.pid, old = %a.comm, %comm, runtime = label, "target exec'd another program");
+        self.store.refresh_program(comm.clone(), label.to_owned());
         a.comm = comm;
         a.target.runtime = runtime;
         for probe in all_probes(&mut self.probes, &mut self.oom) {
@@ -515,7 +512,8 @@ impl Sampler {
             }
         };
         self.store.set_oom_kills(self.oom.total());
-        tracing::info!(pid = id.pid, %comm, %runtime, selector = %selector.describe(),
+        let runtime_label = runtime::label_of(runtime);
+        tracing::info!(pid = id.pid, %comm, runtime = runtime_label, selector = %selector.describe(),
             exit_watch = if exit.event().is_some() { "pidfd" } else { "poll" }, "attached to target");
         if let Some(report) = crate::target::access::denied_report(&self.proc_root, id.pid) {
             tracing::warn!(pid = id.pid, "{report}");
@@ -523,7 +521,7 @@ impl Sampler {
         let info = TargetInfo {
             pid: id.pid,
             comm: comm.clone(),
-            runtime: runtime.to_owned(),
+            runtime: runtime_label.to_owned(),
             start_ticks: id.start_ticks,
             selected_by: selector.label(),
         };
@@ -587,17 +585,5 @@ impl Sampler {
                 }
             }
         }
-    }
-}
-
-/// The runtime label for an OTLP resource's `telemetry.sdk.language`.
-pub fn runtime_of_sdk_language(lang: &str) -> &'static str {
-    match lang {
-        "java" => "jvm",
-        "nodejs" | "webjs" => "node",
-        "go" => "go",
-        "python" => "python",
-        "dotnet" => "dotnet",
-        _ => "unknown",
     }
 }

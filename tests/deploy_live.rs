@@ -228,7 +228,7 @@ fn dashboards_and_rules_against_live_prometheus() {
         "vitals-overview.json / Share of time in GC pauses",
         "vitals-overview.json / Longest GC pause (last minute)",
         "vitals-overview.json / Pressure stalls",
-        "vitals-overview.json / Event-loop delay (Node)",
+        "vitals-overview.json / Ready work waiting to run (Node event loop, Go scheduler)",
         "vitals-overview.json / Memory vs limit",
         "vitals-overview.json / Growth per window",
         "vitals-overview.json / Leak suspected",

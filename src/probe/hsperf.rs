@@ -2,6 +2,7 @@
 //! `/tmp/hsperfdata_<user>/<pid>` (what `jstat` reads). Parsed here without an agent: GC collector pause
 //! counts and times, safepoints, and the old generation's occupancy and capacity.
 
+use crate::runtime::Runtime;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -520,14 +521,14 @@ impl Probe for HsperfProbe {
         self.reader = None;
         self.status = None;
         self.shown = None;
-        self.is_jvm = target.runtime == "jvm";
+        self.is_jvm = target.runtime == Some(Runtime::Jvm);
         self.ticks = 0;
         Ok(())
     }
 
     fn program_changed(&mut self, target: &ProbeTarget) {
         // As at attach: the next tick looks for the new program's file, with the same start-up grace.
-        self.is_jvm = target.runtime == "jvm";
+        self.is_jvm = target.runtime == Some(Runtime::Jvm);
         self.reader = None;
         self.status = None;
         self.ticks = 0;
@@ -548,7 +549,7 @@ impl Probe for HsperfProbe {
                 Ok((reader, path)) => {
                     tracing::info!(path = %path.display(), "reading JVM hsperfdata");
                     self.reader = Some(reader);
-                    obs.runtime_hint = Some("jvm");
+                    obs.runtime_hint = Some(Runtime::Jvm);
                     self.is_jvm = true;
                     HsperfStatus::Reading
                 }

@@ -12,6 +12,7 @@ pub mod pressure;
 pub mod procfs;
 pub mod sockets;
 
+use crate::runtime::Runtime;
 use std::time::Duration;
 
 use cgroup::{CgroupDirs, CgroupSample};
@@ -34,7 +35,7 @@ pub struct ProbeTarget {
     /// When the target started, Unix milliseconds (None when the arithmetic on kernel figures overflowed).
     pub start_unix_ms: Option<u64>,
     /// Runtime detected from the executable (`jvm`, `node`, …, `unknown`).
-    pub runtime: &'static str,
+    pub runtime: Option<Runtime>,
     /// The target's cgroup directories; None when they could not be located.
     pub cgroup: Option<CgroupDirs>,
 }
@@ -67,8 +68,8 @@ pub struct Observations {
     /// Why hsperfdata is or is not read (an [`hsperf::HsperfStatus`] reason), None when there is nothing
     /// to say (not a JVM).
     pub hsperf_status: Option<&'static str>,
-    /// A runtime a probe recognised this tick (hsperfdata found: `jvm`).
-    pub runtime_hint: Option<&'static str>,
+    /// A runtime a probe recognised this tick (hsperfdata found: the JVM).
+    pub runtime_hint: Option<Runtime>,
     /// Listening sockets.
     pub listen: Vec<ListenSocket>,
     /// OOM kills of the target across its instances (None until its memory cgroup was found).

@@ -1,12 +1,14 @@
 //! Derivation: plain synchronous code that turns observations into the signals of the catalogue, one file
 //! per question. [`Derived`] runs the three tick-driven ones (pauses, memory growth, pools) from the
-//! sampler's readings and the app's OTLP metrics.
+//! sampler's readings and the runtime metrics picked out of the app's OTLP exports
+//! ([`runtime_metrics::RuntimeMetrics`]).
 
 pub mod hints;
 pub mod latency;
 pub mod memory;
 pub mod pause;
 pub mod pool;
+pub mod runtime_metrics;
 pub mod target;
 
 use std::sync::{Arc, Mutex};
@@ -14,18 +16,12 @@ use std::time::Instant;
 
 use crate::probe::hsperf::JvmSample;
 use crate::probe::Observations;
-use crate::store::app_metrics::{AppMetrics, Reading};
+use crate::runtime::Runtime;
 
 use memory::{JvmLiveSet, MemoryGrowth, MemoryReadings};
 use pause::PauseSignal;
 use pool::{PoolInputs, PoolSignal};
-
-/// Heap metrics of the runtimes' semantic conventions: (used, limit, label filter).
-struct HeapMetric {
-    used: String,
-    limit: Option<String>,
-    filter: Option<(String, &'static str)>,
-}
+use runtime_metrics::{HeapReading, RuntimeMetrics};
 
 /// The tick-driven signals.
 pub struct Derived {
@@ -35,93 +31,70 @@ pub struct Derived {
     pub memory: Arc<MemoryGrowth>,
     /// Pool saturation.
     pub pool: Arc<PoolSignal>,
-    app: Arc<AppMetrics>,
-    heap: Vec<HeapMetric>,
+    runtime: Arc<RuntimeMetrics>,
     jvm_live: Mutex<JvmLiveSet>,
     origin: Instant,
 }
 
+/// Heap after GC and its limit from the picked heap series: the first heap row of the runtime table
+/// (in table order) that has a used figure, its series summed (the JVM reports one per heap pool).
+fn runtime_heap(heap: &[HeapReading]) -> Option<(f64, Option<f64>)> {
+    let order = heap.iter().filter(|h| !h.limit).map(|h| h.order).min()?;
+    let sum = |limit: bool| {
+        heap.iter()
+            .filter(|h| h.order == order && h.limit == limit)
+            .map(|h| h.value)
+            .reduce(|a, b| a + b)
+    };
+    Some((sum(false)?, sum(true).filter(|l| *l > 0.0)))
+}
+
 impl Derived {
-    /// Wires the signals to the app metric store.
-    pub fn new(app: Arc<AppMetrics>, memory: MemoryGrowth) -> Self {
-        let heap_type = Some(("jvm.memory.type".to_owned(), "heap"));
+    /// Wires the signals to the runtime metrics picked from the app's OTLP exports.
+    pub fn new(runtime: Arc<RuntimeMetrics>, memory: MemoryGrowth) -> Self {
         Derived {
             pause: Arc::new(PauseSignal::new()),
             memory: Arc::new(memory),
             pool: Arc::new(PoolSignal::new()),
-            app,
-            heap: vec![
-                HeapMetric {
-                    used: "jvm.memory.used_after_last_gc".to_owned(),
-                    limit: Some("jvm.memory.limit".to_owned()),
-                    filter: heap_type,
-                },
-                HeapMetric {
-                    used: "v8js.memory.heap.used".to_owned(),
-                    limit: Some("v8js.memory.heap.limit".to_owned()),
-                    filter: None,
-                },
-                HeapMetric {
-                    used: "dotnet.gc.last_collection.heap.size".to_owned(),
-                    limit: None,
-                    filter: None,
-                },
-                HeapMetric {
-                    used: "go.memory.used".to_owned(),
-                    limit: Some("go.memory.limit".to_owned()),
-                    filter: None,
-                },
-            ],
+            runtime,
             jvm_live: Mutex::new(JvmLiveSet::default()),
             origin: Instant::now(),
         }
     }
 
-    fn sum(&self, name: &str, filter: &Option<(String, &'static str)>) -> Option<f64> {
-        let mut total = None;
-        self.app.visit(name, |labels, r| {
-            if let Some((k, v)) = filter {
-                if !labels.iter().any(|(lk, lv)| lk == k && lv == v) {
-                    return;
-                }
-            }
-            if let Reading::Number(x) = r {
-                *total.get_or_insert(0.0) += x;
-            }
-        });
-        total
+    /// The runtime the exporting app's `telemetry.sdk.language` names, if any.
+    pub fn sdk_runtime(&self) -> Option<Runtime> {
+        self.runtime.sdk_runtime()
     }
 
     /// Heap after GC, its limit, and whether the value is held from an earlier collection: from the
     /// runtime's OTLP metrics, else the JVM's live set from hsperfdata (see [`JvmLiveSet`]).
-    fn heap(&self, jvm: Option<&JvmSample>) -> Option<(f64, Option<f64>, bool)> {
+    fn heap(
+        &self,
+        picked: &[HeapReading],
+        jvm: Option<&JvmSample>,
+    ) -> Option<(f64, Option<f64>, bool)> {
         // The live set tracker follows every hsperfdata sample, used or not, so it never misses a collection.
         let live = jvm.and_then(|j| {
             let mut l = self.jvm_live.lock().unwrap_or_else(|p| p.into_inner());
             l.observe(j)
                 .map(|(v, fresh)| (v, j.old_max.map(|m| m as f64), !fresh))
         });
-        for h in &self.heap {
-            if let Some(used) = self.sum(&h.used, &h.filter) {
-                let limit = h
-                    .limit
-                    .as_ref()
-                    .and_then(|l| self.sum(l, &h.filter))
-                    .filter(|l| *l > 0.0);
-                return Some((used, limit, false));
-            }
-        }
-        live
+        runtime_heap(picked)
+            .map(|(used, limit)| (used, limit, false))
+            .or(live)
     }
 
     /// One interval's derivation.
     pub fn tick(&self, inp: &Observations) {
         let now = Instant::now();
         let t = now.duration_since(self.origin).as_secs_f64();
-        self.pause.update_from_otlp(&self.app, now);
+        let picked = self.runtime.readings(now);
+        self.pause
+            .update_from_otlp(&picked.pauses, &picked.delays, now);
         self.pause.update_from_hsperf(inp.jvm.as_ref(), now);
         let cg_limit = inp.cgroup.and_then(|c| c.memory_limit).map(|l| l as f64);
-        let heap = self.heap(inp.jvm.as_ref());
+        let heap = self.heap(&picked.heap, inp.jvm.as_ref());
         self.memory.observe(
             t,
             &MemoryReadings {
@@ -134,17 +107,15 @@ impl Derived {
                     .map(|u| (u as f64, cg_limit)),
             },
         );
-        self.pool.update(
-            &PoolInputs {
-                t,
-                proc: inp.proc.as_ref(),
-                proc_cpu_seconds: inp.proc_cpu_seconds,
-                cgroup: inp.cgroup.as_ref(),
-                threads_max: inp.threads_max,
-                listen: &inp.listen,
-            },
-            &self.app,
-        );
+        self.pool.update(&PoolInputs {
+            t,
+            proc: inp.proc.as_ref(),
+            proc_cpu_seconds: inp.proc_cpu_seconds,
+            cgroup: inp.cgroup.as_ref(),
+            threads_max: inp.threads_max,
+            listen: &inp.listen,
+            app: &picked.pools,
+        });
     }
 
     /// A new target instance: growth and CPU history start over.
@@ -153,5 +124,34 @@ impl Derived {
         *self.jvm_live.lock().unwrap_or_else(|p| p.into_inner()) = JvmLiveSet::default();
         self.pool.reset_target();
         self.pause.reset_target();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heap_from_the_first_row_with_a_used_figure() {
+        let h = |order, limit, value| HeapReading {
+            order,
+            limit,
+            value,
+        };
+        // Two JVM heap pools add up; their limit too; a later row (Node) is not mixed in.
+        let picked = [
+            h(0, false, 100.0),
+            h(0, false, 50.0),
+            h(0, true, 1000.0),
+            h(0, true, 24.0),
+            h(1, false, 7.0),
+        ];
+        assert_eq!(runtime_heap(&picked), Some((150.0, Some(1024.0))));
+        // A limit alone is no heap reading; a limit of 0 (unlimited) is no limit.
+        assert_eq!(runtime_heap(&[h(0, true, 10.0)]), None);
+        assert_eq!(
+            runtime_heap(&[h(1, true, 0.0), h(1, false, 5.0)]),
+            Some((5.0, None))
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! Is it pausing? Stop-the-world GC pauses normalised across runtimes (JVM, Node, .NET, Go) from the
-//! app's OTLP runtime metrics and, with no agent at all, from JVM hsperfdata; JVM safepoints; Node's
-//! event-loop delay; the longest pause of the last minute.
+//! runtime metrics picked out of the app's OTLP exports and, with no agent at all, from JVM hsperfdata;
+//! JVM safepoints; ready-work delay (Node's event-loop delay, Go's scheduling latency); the longest pause
+//! of the last minute.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
@@ -8,65 +9,11 @@ use std::time::{Duration, Instant};
 
 use crate::model::{Collector, Metric, MetricKind, Value};
 use crate::probe::hsperf::{Collector as GcCollector, JvmSample};
-use crate::store::app_metrics::{AppMetrics, Reading};
+use crate::runtime::{is_concurrent_cycle, Runtime};
+use crate::signal::runtime_metrics::{DelayReading, DelayValue, PauseReading, PauseValue};
 
 /// How long `vitals_gc_pause_max_seconds` looks back.
 pub const MAX_WINDOW: Duration = Duration::from_secs(60);
-
-/// Concurrent collector cycles run beside the application and are not pauses: "G1 Concurrent GC",
-/// "ZGC Cycles", "ZGC Major Cycles", "Shenandoah Cycles" (JMX/OTLP names) and hsperfdata's "Shenandoah
-/// concurrent phases". Their "… Pauses" twins are pauses, and so is hsperfdata's "Z concurrent cycle
-/// pauses" (JDK 17 ZGC). Case does not matter: hsperfdata writes these names in lower case.
-pub fn is_concurrent_cycle(jvm_gc_name: &str) -> bool {
-    let n = jvm_gc_name.to_ascii_lowercase();
-    !n.contains("pauses") && (n.contains("concurrent") || n.ends_with("cycles"))
-}
-
-/// An OTLP runtime metric that carries GC pauses.
-struct PauseMetric {
-    /// OpenTelemetry name of the metric.
-    name: String,
-    runtime: &'static str,
-    /// Label holding the collector name, or None for a runtime-wide figure.
-    collector_label: Option<String>,
-    /// Multiplier to seconds (1e-9 for the legacy Go metric in ns).
-    scale: f64,
-}
-
-fn pause_metrics() -> Vec<PauseMetric> {
-    vec![
-        PauseMetric {
-            name: "jvm.gc.duration".to_owned(),
-            runtime: "jvm",
-            collector_label: Some("jvm.gc.name".to_owned()),
-            scale: 1.0,
-        },
-        PauseMetric {
-            name: "v8js.gc.duration".to_owned(),
-            runtime: "node",
-            collector_label: Some("v8js.gc.type".to_owned()),
-            scale: 1.0,
-        },
-        PauseMetric {
-            name: "go.memory.gc.pause.duration".to_owned(),
-            runtime: "go",
-            collector_label: None,
-            scale: 1.0,
-        },
-        PauseMetric {
-            name: "process.runtime.go.gc.pause_ns".to_owned(),
-            runtime: "go",
-            collector_label: None,
-            scale: 1e-9,
-        },
-        PauseMetric {
-            name: "dotnet.gc.pause.time".to_owned(),
-            runtime: "dotnet",
-            collector_label: None,
-            scale: 1.0,
-        },
-    ]
-}
 
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Totals {
@@ -107,17 +54,18 @@ type Previous = (Vec<(f64, u64)>, f64, u64);
 #[derive(Default)]
 struct State {
     /// (runtime, collector, source) → totals.
-    totals: HashMap<(String, String, &'static str), Totals>,
-    /// Previous cumulative readings, to find what happened since (key includes the series labels).
+    totals: HashMap<(&'static str, String, &'static str), Totals>,
+    /// Previous cumulative readings, to find what happened since (by series identity).
     previous: HashMap<String, Previous>,
-    max: HashMap<(String, &'static str), MaxWindow>,
+    max: HashMap<(&'static str, &'static str), MaxWindow>,
     safepoints: Option<(u64, f64)>,
-    event_loop: Vec<(&'static str, f64)>,
+    /// (runtime, statistic, seconds) of the ready-work delay.
+    delay: Vec<(&'static str, &'static str, f64)>,
     /// Last reading per hsperfdata collector index (below 16, so at most 16 entries).
     jvm_previous: HashMap<usize, GcCollector>,
     jvm_clock: JvmClock,
-    /// Pause metrics (Prometheus names, from the fixed table) that have had series.
-    metrics_seen: HashSet<String>,
+    /// Pause metrics (OpenTelemetry names, from the runtime table) that have had series.
+    metrics_seen: HashSet<&'static str>,
     hsperf_status: Option<&'static str>,
 }
 
@@ -211,8 +159,6 @@ fn longest_pause_since(
 
 /// The pause signal.
 pub struct PauseSignal {
-    metrics: Vec<PauseMetric>,
-    event_loop: Vec<(String, &'static str)>,
     /// When this signal began watching, Unix ns: OTLP series that started later hold only new pauses.
     started_unix_nano: u64,
     state: Mutex<State>,
@@ -253,18 +199,9 @@ pub fn largest_new_bound(before: &[(f64, u64)], after: &[(f64, u64)]) -> Option<
 }
 
 impl PauseSignal {
-    /// A signal reading the standard runtime metric names.
+    /// A signal that has seen nothing yet.
     pub fn new() -> Self {
-        let event_loop = vec![
-            ("nodejs.eventloop.delay.min".to_owned(), "min"),
-            ("nodejs.eventloop.delay.p50".to_owned(), "p50"),
-            ("nodejs.eventloop.delay.p90".to_owned(), "p90"),
-            ("nodejs.eventloop.delay.p99".to_owned(), "p99"),
-            ("nodejs.eventloop.delay.max".to_owned(), "max"),
-        ];
         PauseSignal {
-            metrics: pause_metrics(),
-            event_loop,
             started_unix_nano: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64),
@@ -272,102 +209,86 @@ impl PauseSignal {
         }
     }
 
-    /// Reads the OTLP runtime metrics from the app store.
-    pub fn update_from_otlp(&self, app: &AppMetrics, now: Instant) {
+    /// Reads the runtime metrics picked from the app's OTLP exports: GC pause series and ready-work delays.
+    pub fn update_from_otlp(&self, pauses: &[PauseReading], delays: &[DelayReading], now: Instant) {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let st = &mut *st;
         st.totals.retain(|k, _| k.2 != "otlp");
-        let mut current: HashMap<String, Previous> = HashMap::new();
-        for m in &self.metrics {
-            // A series first seen after others of its metric began while vitals watched: all it holds is new.
-            let metric_known = st.metrics_seen.contains(&m.name);
-            let mut any = false;
-            app.visit_with_start(&m.name, |labels, reading, start_unix_nano| {
-                any = true;
-                // Every observation since its start is new when the series is known to hold no history:
-                // it appeared after others of its metric while vitals watched, or began counting after.
-                let all_new = metric_known || start_unix_nano >= self.started_unix_nano;
-                let collector = match &m.collector_label {
-                    Some(l) => labels
-                        .iter()
-                        .find(|(k, _)| k == l)
-                        .map(|(_, v)| v.as_str())
-                        .unwrap_or("unknown"),
-                    None => "all",
-                };
-                if m.runtime == "jvm" && is_concurrent_cycle(collector) {
-                    return;
+        let mut current: HashMap<String, Previous> = HashMap::with_capacity(pauses.len());
+        let mut seen: HashSet<&'static str> = HashSet::new();
+        for r in pauses {
+            seen.insert(r.metric);
+            // Every observation since its start is new when the series is known to hold no history:
+            // it appeared after others of its metric while vitals watched, or began counting after.
+            let all_new =
+                st.metrics_seen.contains(r.metric) || r.start_unix_nano >= self.started_unix_nano;
+            let runtime = r.runtime.label();
+            let key = (runtime, r.collector.clone(), "otlp");
+            let previous = st.previous.get(&r.series);
+            let bound = match &r.value {
+                PauseValue::Histogram {
+                    cumulative,
+                    sum,
+                    count,
+                } => {
+                    let (sum, count) = (*sum, *count);
+                    let t = st.totals.entry(key).or_default();
+                    t.seconds += sum;
+                    *t.count.get_or_insert(0) += count;
+                    let bound = match previous {
+                        Some(p) if p.2 == count => None,
+                        Some(p) if p.2 < count => largest_new_bound(&p.0, cumulative),
+                        // New to vitals, or restarted (its count went down): every observation
+                        // since its start is new when that start is known to be after vitals began
+                        // watching; otherwise it may hold hours of history, not the last minute.
+                        _ if all_new || previous.is_some() => largest_new_bound(&[], cumulative),
+                        _ => None,
+                    };
+                    current.insert(r.series.clone(), (cumulative.clone(), sum, count));
+                    bound
                 }
-                let key = (m.runtime.to_owned(), collector.to_owned(), "otlp");
-                let series_key = format!("{}{:?}", m.name, labels);
-                let previous = st.previous.get(&series_key);
-                let bound = match reading {
-                    Reading::Histogram {
-                        buckets,
-                        sum,
-                        count,
-                        ..
-                    } => {
-                        let t = st.totals.entry(key).or_default();
-                        t.seconds += sum * m.scale;
-                        *t.count.get_or_insert(0) += count;
-                        let mut cumulative = Vec::with_capacity(buckets.len());
-                        let mut acc = 0;
-                        for (b, c) in buckets {
-                            acc += c;
-                            cumulative.push((b * m.scale, acc));
-                        }
-                        let bound = match previous {
-                            Some(p) if p.2 == count => None,
-                            Some(p) if p.2 < count => largest_new_bound(&p.0, &cumulative),
-                            // New to vitals, or restarted (its count went down): every observation
-                            // since its start is new when that start is known to be after vitals began
-                            // watching; otherwise it may hold hours of history, not the last minute.
-                            _ if all_new || previous.is_some() => {
-                                largest_new_bound(&[], &cumulative)
-                            }
-                            _ => None,
-                        };
-                        current.insert(series_key, (cumulative, sum, count));
-                        bound
-                    }
-                    Reading::Number(total) => {
-                        st.totals.entry(key).or_default().seconds += total * m.scale;
-                        // A counter of pause time: the growth since the last reading bounds the longest
-                        // pause. A first reading (or one after a reset) counts from zero only when it
-                        // holds no history, as for histograms above.
-                        let before = match previous {
-                            Some(p) if p.1 <= total => Some(p.1),
-                            _ if all_new || previous.is_some() => Some(0.0),
-                            _ => None,
-                        };
-                        current.insert(series_key, (Vec::new(), total, 0));
-                        before.filter(|b| total > *b).map(|b| (total - b) * m.scale)
-                    }
-                };
-                if let Some(b) = bound {
-                    st.max
-                        .entry((m.runtime.to_owned(), "otlp"))
-                        .or_default()
-                        .push(now, b);
+                PauseValue::Total(total) => {
+                    let total = *total;
+                    st.totals.entry(key).or_default().seconds += total;
+                    // A counter of pause time: the growth since the last reading bounds the longest
+                    // pause. A first reading (or one after a reset) counts from zero only when it
+                    // holds no history, as for histograms above.
+                    let before = match previous {
+                        Some(p) if p.1 <= total => Some(p.1),
+                        _ if all_new || previous.is_some() => Some(0.0),
+                        _ => None,
+                    };
+                    current.insert(r.series.clone(), (Vec::new(), total, 0));
+                    before.filter(|b| total > *b).map(|b| total - b)
                 }
-            });
-            if any {
-                st.metrics_seen.insert(m.name.clone());
+            };
+            if let Some(b) = bound {
+                st.max.entry((runtime, "otlp")).or_default().push(now, b);
             }
         }
-        // Only series the store still holds are remembered: bounded and expired with the store's series.
+        st.metrics_seen.extend(seen);
+        // Only series still picked are remembered: bounded and expired with them.
         st.previous = current;
-        st.event_loop.clear();
-        for (name, q) in &self.event_loop {
-            let mut worst: Option<f64> = None;
-            app.visit(name, |_, r| {
-                if let Reading::Number(v) = r {
-                    worst = Some(worst.map_or(v, |w: f64| w.max(v)));
+        st.delay.clear();
+        let mut worst = |runtime: Runtime, statistic: &'static str, v: f64| {
+            let runtime = runtime.label();
+            match st
+                .delay
+                .iter_mut()
+                .find(|(r, s, _)| *r == runtime && *s == statistic)
+            {
+                Some((_, _, w)) => *w = w.max(v),
+                None => st.delay.push((runtime, statistic, v)),
+            }
+        };
+        for d in delays {
+            match &d.value {
+                DelayValue::Statistic(statistic, v) => worst(d.runtime, statistic, *v),
+                DelayValue::Interval(buckets) => {
+                    for (statistic, v) in interval_statistics(buckets) {
+                        worst(d.runtime, statistic, v);
+                    }
                 }
-            });
-            if let Some(v) = worst {
-                st.event_loop.push((q, v));
             }
         }
     }
@@ -394,7 +315,7 @@ impl PauseSignal {
             }
             let seconds = c.time_ticks as f64 / hz;
             st.totals.insert(
-                ("jvm".into(), c.name.clone(), "hsperfdata"),
+                (Runtime::Jvm.label(), c.name.clone(), "hsperfdata"),
                 Totals {
                     seconds,
                     count: Some(c.invocations),
@@ -408,7 +329,7 @@ impl PauseSignal {
         }
         if let Some(b) = longest {
             st.max
-                .entry(("jvm".into(), "hsperfdata"))
+                .entry((Runtime::Jvm.label(), "hsperfdata"))
                 .or_default()
                 .push(now, b);
         }
@@ -456,7 +377,7 @@ impl Collector for PauseSignal {
         );
         for ((runtime, collector, source), t) in &rows {
             let labels = [
-                ("runtime", runtime.as_str()),
+                ("runtime", *runtime),
                 ("collector", collector.as_str()),
                 ("source", *source),
             ];
@@ -471,11 +392,11 @@ impl Collector for PauseSignal {
             "s",
             MetricKind::Gauge,
         );
-        let mut keys: Vec<(String, &'static str)> = st.max.keys().cloned().collect();
+        let mut keys: Vec<(&'static str, &'static str)> = st.max.keys().copied().collect();
         keys.sort();
         for k in keys {
             if let Some(m) = st.max.get_mut(&k).and_then(|w| w.max(now)) {
-                max.push(&[("runtime", &k.0), ("source", k.1)], Value::Gauge(m));
+                max.push(&[("runtime", k.0), ("source", k.1)], Value::Gauge(m));
             }
         }
         // With pauses known but none in the window, the longest recent pause is 0, not unknown.
@@ -525,53 +446,138 @@ impl Collector for PauseSignal {
                 .with(&[], Value::Sum(n as f64)),
             );
         }
-        if !st.event_loop.is_empty() {
+        if !st.delay.is_empty() {
             let mut f = Metric::new(
                 "vitals.event_loop.delay",
-                "Node.js event-loop delay over the app's last export interval by statistic (min, p50, p90, \
-                 p99, max), as Node measures it: each sample includes the sampling resolution (10 ms by \
-                 default), so an idle loop reads about 10 ms",
+                "How long ready work waited to run over the app's last export interval, by runtime and \
+                 statistic: Node.js event-loop delay as Node measures it (each sample includes the sampling \
+                 resolution, 10 ms by default, so an idle loop reads about 10 ms); Go goroutine scheduling \
+                 latency as bucket upper bounds of go.schedule.duration's observations in that interval",
                 "s",
                 MetricKind::Gauge,
             );
-            for (statistic, v) in &st.event_loop {
+            for (runtime, statistic, v) in &st.delay {
                 // Not `quantile`: that label belongs to summaries, and a gauge carrying it is invalid.
-                f.push(&[("statistic", statistic)], Value::Gauge(*v));
+                f.push(
+                    &[("runtime", runtime), ("statistic", statistic)],
+                    Value::Gauge(*v),
+                );
             }
             out.push(f);
         }
     }
 }
 
+/// Statistics of one interval's delays from its histogram (counts per upper bound, ascending, the last
+/// `+Inf`): `p50`, `p90`, `p99` and `max` as the upper bound of the bucket holding that rank (an upper
+/// bound of the true figure; the highest finite bound, a lower bound, when the rank falls in `+Inf`).
+/// Nothing when the interval holds no observation.
+pub fn interval_statistics(buckets: &[(f64, u64)]) -> Vec<(&'static str, f64)> {
+    let total: u64 = buckets.iter().map(|(_, c)| *c).sum();
+    if total == 0 {
+        return Vec::new();
+    }
+    let top_finite = buckets
+        .iter()
+        .rev()
+        .map(|(b, _)| *b)
+        .find(|b| b.is_finite());
+    let bound_at = |rank: u64| {
+        let mut acc = 0u64;
+        let b = buckets
+            .iter()
+            .find(|(_, c)| {
+                acc += c;
+                acc >= rank
+            })
+            .map(|(b, _)| *b)?;
+        if b.is_finite() {
+            Some(b)
+        } else {
+            top_finite
+        }
+    };
+    // Ranks in integers (per mille), so 90% of 10 is 9, not 9.000000000000002 rounded up to 10.
+    [("p50", 500u64), ("p90", 900), ("p99", 990), ("max", 1000)]
+        .into_iter()
+        .filter_map(|(name, per_mille)| {
+            let rank = (per_mille.saturating_mul(total).div_ceil(1000)).clamp(1, total);
+            bound_at(rank).map(|b| (name, b))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::signal::runtime_metrics::RuntimeMetrics;
+
+    /// Statistics of an interval are the upper bounds of the buckets holding their ranks.
+    #[test]
+    fn interval_statistics_from_buckets() {
+        // 100 observations: 50 at most 1 ms, 40 at most 10 ms, 9 at most 100 ms, 1 above.
+        let b = [(0.001, 50), (0.01, 40), (0.1, 9), (f64::INFINITY, 1)];
+        assert_eq!(
+            interval_statistics(&b),
+            [("p50", 0.001), ("p90", 0.01), ("p99", 0.1), ("max", 0.1)],
+            "the 100th is above 100 ms: its bound says only that (the highest finite bound)"
+        );
+        // 10 observations: the 9th (p90) is in the second bucket, not rounded up to the 10th.
+        let b = [(0.001, 8), (0.01, 1), (0.1, 1), (f64::INFINITY, 0)];
+        assert_eq!(
+            interval_statistics(&b),
+            [("p50", 0.001), ("p90", 0.01), ("p99", 0.1), ("max", 0.1)]
+        );
+        assert!(interval_statistics(&[(0.1, 0), (f64::INFINITY, 0)]).is_empty());
+    }
 
     #[test]
-    fn concurrent_cycles_are_not_pauses() {
-        for n in [
-            "G1 Concurrent GC",
-            "ZGC Cycles",
-            "ZGC Major Cycles",
-            "Shenandoah Cycles",
-            "Shenandoah concurrent phases",
-        ] {
-            assert!(is_concurrent_cycle(n), "{n}");
-        }
-        for n in [
-            "G1 Young Generation",
-            "G1 Old Generation",
-            "ZGC Pauses",
-            "ZGC Major Pauses",
-            "Shenandoah Pauses",
-            "PS MarkSweep",
-            "Z concurrent cycle pauses",
-            "Shenandoah pauses",
-            "Shenandoah full",
-            "G1 stop-the-world full collections",
-        ] {
-            assert!(!is_concurrent_cycle(n), "{n}");
-        }
+    fn delay_statistics_by_runtime_worst_across_series() {
+        use crate::signal::runtime_metrics::{DelayReading, DelayValue};
+        let p = PauseSignal::new();
+        let delays = [
+            DelayReading {
+                runtime: Runtime::Node,
+                value: DelayValue::Statistic("p99", 0.012),
+            },
+            DelayReading {
+                runtime: Runtime::Node,
+                value: DelayValue::Statistic("p99", 0.02),
+            },
+            DelayReading {
+                runtime: Runtime::Go,
+                value: DelayValue::Interval(vec![(0.0001, 99), (0.001, 1), (f64::INFINITY, 0)]),
+            },
+        ];
+        p.update_from_otlp(&[], &delays, Instant::now());
+        let mut out = vec![];
+        p.collect(&mut out);
+        let f = out
+            .iter()
+            .find(|f| f.name == "vitals.event_loop.delay")
+            .unwrap();
+        let got: Vec<(String, String, Value)> = f
+            .points
+            .iter()
+            .map(|s| {
+                (
+                    s.attributes[0].1.clone(),
+                    s.attributes[1].1.clone(),
+                    s.value.clone(),
+                )
+            })
+            .collect();
+        let row = |r: &str, s: &str, v: f64| (r.to_owned(), s.to_owned(), Value::Gauge(v));
+        assert_eq!(
+            got,
+            [
+                row("node", "p99", 0.02),
+                row("go", "p50", 0.0001),
+                row("go", "p90", 0.0001),
+                row("go", "p99", 0.0001),
+                row("go", "max", 0.001),
+            ]
+        );
     }
 
     #[test]
@@ -801,11 +807,12 @@ mod tests {
         assert!((now - 13_000.0).abs() < 1e-6, "{now}");
     }
 
-    fn app_with(metrics: Vec<opentelemetry_proto::tonic::metrics::v1::Metric>) -> AppMetrics {
+    fn request(
+        metrics: Vec<opentelemetry_proto::tonic::metrics::v1::Metric>,
+    ) -> opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest {
         use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
         use opentelemetry_proto::tonic::metrics::v1::{ResourceMetrics, ScopeMetrics};
-        let app = AppMetrics::for_tests(10);
-        let req = ExportMetricsServiceRequest {
+        ExportMetricsServiceRequest {
             resource_metrics: vec![ResourceMetrics {
                 scope_metrics: vec![ScopeMetrics {
                     metrics,
@@ -813,9 +820,21 @@ mod tests {
                 }],
                 ..Default::default()
             }],
-        };
-        assert_eq!(app.ingest(&req).rejected, 0);
-        app
+        }
+    }
+
+    /// The runtime metrics picked from one export of `metrics`.
+    fn app_with(metrics: Vec<opentelemetry_proto::tonic::metrics::v1::Metric>) -> RuntimeMetrics {
+        let picked = RuntimeMetrics::new(Duration::from_secs(60));
+        picked.ingest(&request(metrics));
+        picked
+    }
+
+    /// One derivation step from what `picked` holds now.
+    fn update(p: &PauseSignal, picked: &RuntimeMetrics) {
+        let now = Instant::now();
+        let r = picked.readings(now);
+        p.update_from_otlp(&r.pauses, &r.delays, now);
     }
 
     fn jvm_gc_histogram(
@@ -880,7 +899,7 @@ mod tests {
             &bounds,
             &[0, 1, 0, 0],
         )]);
-        p.update_from_otlp(&app, Instant::now());
+        update(&p, &app);
         assert_eq!(otlp_max(&p), Some(0.25));
 
         // A series that began before vitals: its history may be hours old, not the last minute.
@@ -891,7 +910,7 @@ mod tests {
             &bounds,
             &[5, 0, 0, 0],
         )]);
-        p.update_from_otlp(&app, Instant::now());
+        update(&p, &app);
         assert_eq!(otlp_max(&p), Some(0.0), "known pauses, none new");
         // A collector series appearing later in an app vitals already watches: all of it is new.
         let old = jvm_gc_histogram("G1 Old Generation", 1, &bounds, &[0, 0, 1, 0]);
@@ -906,11 +925,11 @@ mod tests {
                 }],
             },
         );
-        p.update_from_otlp(&app, Instant::now());
+        update(&p, &app);
         assert_eq!(otlp_max(&p), Some(0.5));
     }
 
-    fn dotnet_pause_time(start: u64, total: f64) -> AppMetrics {
+    fn dotnet_pause_time(start: u64, total: f64) -> RuntimeMetrics {
         use opentelemetry_proto::tonic::metrics::v1::{
             metric::Data, number_data_point, Metric, NumberDataPoint, Sum,
         };
@@ -936,13 +955,13 @@ mod tests {
     #[test]
     fn first_reading_of_a_pause_time_counter() {
         let p = PauseSignal::new();
-        p.update_from_otlp(&dotnet_pause_time(1, 7200.0), Instant::now());
+        update(&p, &dotnet_pause_time(1, 7200.0));
         assert_eq!(
             otlp_max(&p),
             Some(0.0),
             "two hours of pauses are not one pause"
         );
-        p.update_from_otlp(&dotnet_pause_time(1, 7200.3), Instant::now());
+        update(&p, &dotnet_pause_time(1, 7200.3));
         let got = otlp_max(&p).unwrap();
         assert!(
             (got - 0.3).abs() < 1e-6,
@@ -951,7 +970,7 @@ mod tests {
 
         let p = PauseSignal::new();
         let after = p.started_unix_nano + 1_000;
-        p.update_from_otlp(&dotnet_pause_time(after, 0.04), Instant::now());
+        update(&p, &dotnet_pause_time(after, 0.04));
         assert_eq!(otlp_max(&p), Some(0.04));
     }
 
@@ -992,7 +1011,7 @@ mod tests {
             ..Default::default()
         };
         let p = PauseSignal::new();
-        p.update_from_otlp(&app_with(vec![dotnet, go_ns]), Instant::now());
+        update(&p, &app_with(vec![dotnet, go_ns]));
         let mut out = vec![];
         p.collect(&mut out);
         let time = out.iter().find(|f| f.name == "vitals.gc.pause").unwrap();

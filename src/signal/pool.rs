@@ -1,5 +1,5 @@
-//! Is it saturated? How full each pool is: DB connection pools and runtime thread pools (from the app's
-//! OTLP metrics), file descriptors, threads, pids, listen-socket accept queues and CPU quota (from procfs,
+//! Is it saturated? How full each pool is: DB connection pools and runtime thread pools (from the pool
+//! metrics picked out of the app's OTLP exports by the runtime table), file descriptors, threads, pids, listen-socket accept queues and CPU quota (from procfs,
 //! cgroups and sock_diag). One metric family per figure, labelled by pool and kind, so one alert covers
 //! every kind.
 
@@ -10,7 +10,8 @@ use crate::model::{Collector, Metric, MetricKind, Value};
 use crate::probe::cgroup::CgroupSample;
 use crate::probe::procfs::ProcSample;
 use crate::probe::sockets::{BacklogSource, ListenSocket};
-use crate::store::app_metrics::{AppMetrics, Reading};
+use crate::runtime::PoolFigure;
+use crate::signal::runtime_metrics::PoolReading;
 
 /// One pool's figures.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -38,21 +39,12 @@ pub struct PoolInputs<'a> {
     pub threads_max: Option<u64>,
     /// The target's listening sockets.
     pub listen: &'a [ListenSocket],
-}
-
-struct DbNames {
-    count: String,
-    max: String,
-    pending: String,
-    state: String,
-    pool: String,
+    /// DB connection and runtime thread pool figures from the app's OTLP metrics.
+    pub app: &'a [PoolReading],
 }
 
 /// The pool signal.
 pub struct PoolSignal {
-    db: [DbNames; 2],
-    dotnet_threads: String,
-    dotnet_queue: String,
     state: Mutex<State>,
 }
 
@@ -73,92 +65,28 @@ impl Default for PoolSignal {
 }
 
 impl PoolSignal {
-    /// A signal reading the semantic conventions' pool metric names (current and deprecated).
+    /// A signal that has seen nothing yet.
     pub fn new() -> Self {
         PoolSignal {
-            db: [
-                DbNames {
-                    count: "db.client.connection.count".to_owned(),
-                    max: "db.client.connection.max".to_owned(),
-                    pending: "db.client.connection.pending_requests".to_owned(),
-                    state: "db.client.connection.state".to_owned(),
-                    pool: "db.client.connection.pool.name".to_owned(),
-                },
-                DbNames {
-                    count: "db.client.connections.usage".to_owned(),
-                    max: "db.client.connections.max".to_owned(),
-                    pending: "db.client.connections.pending_requests".to_owned(),
-                    state: "state".to_owned(),
-                    pool: "pool.name".to_owned(),
-                },
-            ],
-            dotnet_threads: "dotnet.thread_pool.thread.count".to_owned(),
-            dotnet_queue: "dotnet.thread_pool.queue.length".to_owned(),
             state: Mutex::new(State::default()),
         }
     }
 
-    /// Recomputes every pool from one tick's inputs and the app's current metrics.
-    pub fn update(&self, inp: &PoolInputs<'_>, app: &AppMetrics) {
+    /// Recomputes every pool from one tick's inputs.
+    pub fn update(&self, inp: &PoolInputs<'_>) {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let st = &mut *st;
         st.pools.clear();
-        for names in &self.db {
-            let label = |labels: &[(String, String)], k: &str| {
-                labels.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+        // Series of one pool and figure add up (connection counts per state, pools per app instance).
+        for r in inp.app {
+            let pool = st.pools.entry((r.kind, r.pool.clone())).or_default();
+            let figure = match r.figure {
+                PoolFigure::Used => &mut pool.used,
+                PoolFigure::Max => &mut pool.max,
+                PoolFigure::Pending => &mut pool.pending,
             };
-            app.visit(&names.count, |labels, r| {
-                let (Reading::Number(v), Some("used")) =
-                    (r, label(labels, &names.state).as_deref())
-                else {
-                    return;
-                };
-                let pool = label(labels, &names.pool).unwrap_or_else(|| "default".into());
-                *st.pools
-                    .entry(("db", pool))
-                    .or_default()
-                    .used
-                    .get_or_insert(0.0) += v;
-            });
-            app.visit(&names.max, |labels, r| {
-                if let Reading::Number(v) = r {
-                    let pool = label(labels, &names.pool).unwrap_or_else(|| "default".into());
-                    *st.pools
-                        .entry(("db", pool))
-                        .or_default()
-                        .max
-                        .get_or_insert(0.0) += v;
-                }
-            });
-            app.visit(&names.pending, |labels, r| {
-                if let Reading::Number(v) = r {
-                    let pool = label(labels, &names.pool).unwrap_or_else(|| "default".into());
-                    *st.pools
-                        .entry(("db", pool))
-                        .or_default()
-                        .pending
-                        .get_or_insert(0.0) += v;
-                }
-            });
+            *figure.get_or_insert(0.0) += r.value;
         }
-        app.visit(&self.dotnet_threads, |_, r| {
-            if let Reading::Number(v) = r {
-                *st.pools
-                    .entry(("thread", "dotnet".into()))
-                    .or_default()
-                    .used
-                    .get_or_insert(0.0) += v;
-            }
-        });
-        app.visit(&self.dotnet_queue, |_, r| {
-            if let Reading::Number(v) = r {
-                *st.pools
-                    .entry(("thread", "dotnet".into()))
-                    .or_default()
-                    .pending
-                    .get_or_insert(0.0) += v;
-            }
-        });
         let f = |v: Option<u64>| v.map(|v| v as f64);
         if let Some(p) = inp.proc {
             if p.open_fds.is_some() {
@@ -315,7 +243,6 @@ mod tests {
     #[test]
     fn process_and_cgroup_pools() {
         let sig = PoolSignal::new();
-        let app = AppMetrics::for_tests(10);
         let proc = ProcSample {
             stat: Some(Stat {
                 num_threads: 30,
@@ -339,17 +266,15 @@ mod tests {
             inode: 1,
         }];
         for (t, cpu) in [(0.0, 10.0), (1.0, 11.5)] {
-            sig.update(
-                &PoolInputs {
-                    t,
-                    proc: Some(&proc),
-                    proc_cpu_seconds: Some(cpu),
-                    cgroup: Some(&cg),
-                    threads_max: Some(5000),
-                    listen: &listen,
-                },
-                &app,
-            );
+            sig.update(&PoolInputs {
+                t,
+                proc: Some(&proc),
+                proc_cpu_seconds: Some(cpu),
+                cgroup: Some(&cg),
+                threads_max: Some(5000),
+                listen: &listen,
+                app: &[],
+            });
         }
         let mut out = vec![];
         sig.collect(&mut out);

@@ -148,7 +148,7 @@ impl TargetMetrics {
     pub fn hint_runtime(&self, runtime: &str) {
         let mut s = self.lock();
         if let Some(info) = s.info.as_mut() {
-            if info.runtime == "unknown" {
+            if info.runtime == crate::runtime::UNKNOWN {
                 info.runtime = runtime.to_owned();
             }
         }

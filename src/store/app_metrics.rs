@@ -473,22 +473,6 @@ impl AppMetrics {
         }
     }
 
-    /// A store for unit tests: `limit` series and names, one-minute expiry, nothing promoted.
-    #[cfg(test)]
-    pub(crate) fn for_tests(limit: usize) -> Self {
-        let cfg = AppMetricsConfig {
-            series_limit: limit,
-            family_limit: limit,
-            ttl: Duration::from_secs(60),
-            promote: vec![],
-        };
-        AppMetrics::new(
-            cfg,
-            OverflowCounter::default(),
-            Arc::new(crate::export::prometheus::naming::PrometheusNames),
-        )
-    }
-
     /// Applies one export request.
     pub fn ingest(&self, req: &ExportMetricsServiceRequest) -> IngestOutcome {
         let now = Instant::now();
@@ -802,85 +786,6 @@ fn to_value(kind: MetricKind, p: &State) -> Value {
             sum: *sum,
             count: *count,
         },
-    }
-}
-
-/// A series' current value as derived signals read it.
-#[derive(Debug, Clone, Copy)]
-pub enum Reading<'a> {
-    /// A gauge or counter value.
-    Number(f64),
-    /// A histogram: non-cumulative counts per upper bound (the last `+Inf`), sum and count.
-    Histogram {
-        /// Counts per upper bound.
-        buckets: &'a [(f64, u64)],
-        /// Sum of observations.
-        sum: f64,
-        /// Number of observations.
-        count: u64,
-        /// When the series began counting (Unix ns; 0 when unknown).
-        start_unix_nano: u64,
-    },
-}
-
-impl AppMetrics {
-    /// Calls `f` with every live series of the app's metric `name` (the overflow series included, with its
-    /// marker attribute).
-    pub fn visit(&self, name: &str, mut f: impl FnMut(&[(String, String)], Reading<'_>)) {
-        self.visit_with_start(name, |labels, reading, _| f(labels, reading));
-    }
-
-    /// As [`AppMetrics::visit`], also passing when each series began counting (Unix ns; 0 when unknown),
-    /// for counters too (a cumulative pause-time counter's first reading may hold hours of history).
-    pub fn visit_with_start(
-        &self,
-        name: &str,
-        mut f: impl FnMut(&[(String, String)], Reading<'_>, u64),
-    ) {
-        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(fam) = inner.families.get(name) else {
-            return;
-        };
-        let overflow: Labels = vec![(OVERFLOW_LABEL.0.to_owned(), OVERFLOW_LABEL.1.to_owned())];
-        let rows = fam
-            .series
-            .iter()
-            .chain(fam.series.overflow().map(|p| (&overflow, p)));
-        for (labels, p) in rows {
-            match &p.state {
-                State::Number(v) => f(labels, Reading::Number(*v), p.start),
-                State::Histogram {
-                    buckets,
-                    sum,
-                    count,
-                } => f(
-                    labels,
-                    Reading::Histogram {
-                        buckets,
-                        sum: *sum,
-                        count: *count,
-                        start_unix_nano: p.start,
-                    },
-                    p.start,
-                ),
-                State::Summary { .. } => {}
-            }
-        }
-    }
-}
-
-impl AppMetrics {
-    /// The first value of a resource attribute (e.g. `telemetry.sdk.language`) among the apps exporting to
-    /// vitals.
-    pub fn resource_attribute(&self, label: &str) -> Option<String> {
-        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let found = inner.targets.iter().find_map(|(labels, _)| {
-            labels
-                .iter()
-                .find(|(k, _)| k == label)
-                .map(|(_, v)| v.clone())
-        });
-        found
     }
 }
 

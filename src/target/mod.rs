@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use regex::Regex;
 
 use crate::probe::procfs::{parse_stat, read_argv, read_comm};
+use crate::runtime::Runtime;
 
 /// How the target is chosen.
 #[derive(Debug, Clone)]
@@ -247,8 +248,8 @@ fn search_regex(re: &Regex, proc_root: &Path) -> Result<Found, SearchError> {
 }
 
 /// Detects the target's runtime from its executable name (or comm when the executable link is not
-/// readable): `jvm`, `node`, `python`, `dotnet`, or `unknown`.
-pub fn detect_runtime(proc_root: &Path, pid: u32, comm: &str) -> &'static str {
+/// readable), by the executables of the runtime table; None when no row claims it.
+pub fn detect_runtime(proc_root: &Path, pid: u32, comm: &str) -> Option<Runtime> {
     let exe = std::fs::read_link(proc_root.join(pid.to_string()).join("exe")).ok();
     let name = exe
         .as_deref()
@@ -256,30 +257,11 @@ pub fn detect_runtime(proc_root: &Path, pid: u32, comm: &str) -> &'static str {
         .and_then(|n| n.to_str())
         .unwrap_or(comm)
         .to_owned();
-    runtime_of(&name)
-}
-
-fn runtime_of(exe_name: &str) -> &'static str {
-    match exe_name {
-        "java" | "javaw" => "jvm",
-        "node" | "nodejs" => "node",
-        "dotnet" => "dotnet",
-        n if n.starts_with("python") => "python",
-        _ => "unknown",
-    }
+    Runtime::from_executable(&name)
 }
 
 #[cfg(test)]
 mod tests {
-
-    #[test]
-    fn runtime_names() {
-        assert_eq!(runtime_of("java"), "jvm");
-        assert_eq!(runtime_of("python3.11"), "python");
-        assert_eq!(runtime_of("node"), "node");
-        assert_eq!(runtime_of("myapp"), "unknown");
-    }
-
     use super::*;
 
     fn pids_of(ids: &[TargetId]) -> Vec<u32> {

@@ -437,7 +437,7 @@ impl LiveSampler {
 
         // Pauses.
         let gc_max = f.max("vitals.gc.pause.max", &[]);
-        let event_loop_p99 = f.max("vitals.event_loop.delay", &[("quantile", "0.99")]);
+        let event_loop_p99 = f.max("vitals.event_loop.delay", &[("statistic", "p99")]);
 
         // Memory.
         let rss = f.sum("process.memory.usage", &[]);
@@ -905,5 +905,27 @@ mod tests {
         assert_eq!(a["alert"], "VitalsTargetDown");
         assert_eq!(a["state"], "firing");
         assert_eq!(last["verdicts"]["pausing"]["level"], "none");
+    }
+
+    #[test]
+    fn event_loop_p99_is_the_worst_runtime_s_p99_statistic() {
+        let mut s = LiveSampler::new(10, HintPolicy::default(), "pid".into(), String::new());
+        let mut m = families(vec![], 1.0);
+        let mut delay = Metric::new("vitals.event_loop.delay", "", "s", MetricKind::Gauge);
+        delay.push(
+            &[("runtime", "node"), ("statistic", "p50")],
+            Value::Gauge(0.011),
+        );
+        delay.push(
+            &[("runtime", "node"), ("statistic", "p99")],
+            Value::Gauge(0.042),
+        );
+        delay.push(
+            &[("runtime", "go"), ("statistic", "p99")],
+            Value::Gauge(0.003),
+        );
+        m.push(delay);
+        let f = s.tick(1.0, &m);
+        assert_eq!(f["pauses"]["event_loop_p99_seconds"], 0.042, "{f}");
     }
 }
