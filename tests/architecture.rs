@@ -150,6 +150,25 @@ fn data_flows_one_way() {
             "derivation feeds the store and the exporters, never the other way",
         ),
         (
+            "sampler",
+            &["store", "receiver"],
+            "the sampler drives the probes and hands observations to derivation; it reads nothing back",
+        ),
+        (
+            "runtime",
+            &[
+                "probe", "receiver", "signal", "store", "export", "sampler", "target", "app", "config",
+            ],
+            "the runtime table is data every part may read; it depends on nothing",
+        ),
+        (
+            "pipeline",
+            &[
+                "probe", "receiver", "signal", "store", "export", "sampler", "target", "app", "config",
+            ],
+            "the OTLP seams are what the receiver and its consumers share; they depend on nothing",
+        ),
+        (
             "config",
             &[
                 "target", "probe", "signal", "store", "sampler", "receiver", "app",
