@@ -266,6 +266,32 @@ pub struct Options {
         value_name = "KEY=VALUE,..."
     )]
     pub forward_headers: Option<String>,
+    /// CA certificate (PEM) an https upstream's certificate is checked against
+    /// [default: OTEL_EXPORTER_OTLP_[SIGNAL_]CERTIFICATE, else the system's roots].
+    #[arg(
+        long,
+        global = true,
+        env = "VITALS_FORWARD_CERTIFICATE",
+        value_name = "PEM"
+    )]
+    pub forward_certificate: Option<String>,
+    /// Client certificate (PEM) for mutual TLS with an https upstream
+    /// [default: OTEL_EXPORTER_OTLP_[SIGNAL_]CLIENT_CERTIFICATE].
+    #[arg(
+        long,
+        global = true,
+        env = "VITALS_FORWARD_CLIENT_CERTIFICATE",
+        value_name = "PEM"
+    )]
+    pub forward_client_certificate: Option<String>,
+    /// Private key (PEM) of the client certificate [default: OTEL_EXPORTER_OTLP_[SIGNAL_]CLIENT_KEY].
+    #[arg(
+        long,
+        global = true,
+        env = "VITALS_FORWARD_CLIENT_KEY",
+        value_name = "PEM"
+    )]
+    pub forward_client_key: Option<String>,
     /// Upstream compression: gzip or none [default: OTEL_EXPORTER_OTLP_[SIGNAL_]COMPRESSION, else none].
     #[arg(
         long,
@@ -986,6 +1012,12 @@ impl ForwardFlags {
                 ],
                 protocol: pick(&o.forward_protocol, &file.forward_protocol),
                 headers: pick(&o.forward_headers, &file.forward_headers),
+                certificate: pick(&o.forward_certificate, &file.forward_certificate),
+                client_certificate: pick(
+                    &o.forward_client_certificate,
+                    &file.forward_client_certificate,
+                ),
+                client_key: pick(&o.forward_client_key, &file.forward_client_key),
                 compression: pick(&o.forward_compression, &file.forward_compression),
                 timeout: o.forward_timeout.or(file.forward_timeout),
             },

@@ -768,6 +768,27 @@ fn tls_to_the_upstream_with_openssl_certificates() {
             3,
             "{protocol}: untrusted upstream got data"
         );
+
+        // The same certificates given as --forward-* flags instead of the variables.
+        let flagged = Vitals::start(&[
+            "--forward-protocol",
+            proto,
+            "--forward-endpoint",
+            &endpoint,
+            "--forward-certificate",
+            &p("ca.pem"),
+            "--forward-client-certificate",
+            &p("client.pem"),
+            "--forward-client-key",
+            &p("client.key"),
+        ]);
+        let body = trace_request("tls-flags", 2, 10, 7);
+        assert_eq!(post(&flagged, "/v1/traces", &body, false).0, 200);
+        let got = up.wait_bodies("traces", 4, Duration::from_secs(10));
+        assert!(
+            got.contains(&body),
+            "{protocol}: not delivered with the certificate flags"
+        );
     }
     let out = Command::new(common::vitals_bin())
         .args([

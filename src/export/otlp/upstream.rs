@@ -62,6 +62,12 @@ pub struct ForwardOptions {
     pub protocol: Option<String>,
     /// `--forward-headers`: `key=value,...`.
     pub headers: Option<String>,
+    /// `--forward-certificate`: CA file for https upstreams.
+    pub certificate: Option<String>,
+    /// `--forward-client-certificate`: client certificate file for mutual TLS.
+    pub client_certificate: Option<String>,
+    /// `--forward-client-key`: the client certificate's key file.
+    pub client_key: Option<String>,
     /// `--forward-compression`: gzip or none.
     pub compression: Option<String>,
     /// `--forward-timeout`.
@@ -180,12 +186,27 @@ impl ForwardOptions {
         let tls = if https {
             let mut files = TlsFiles::default();
             let mut origins = Vec::new();
-            for (key, slot) in [
-                ("CERTIFICATE", &mut files.ca),
-                ("CLIENT_CERTIFICATE", &mut files.client_cert),
-                ("CLIENT_KEY", &mut files.client_key),
+            for (flag, flag_name, key, slot) in [
+                (
+                    &self.certificate,
+                    "--forward-certificate",
+                    "CERTIFICATE",
+                    &mut files.ca,
+                ),
+                (
+                    &self.client_certificate,
+                    "--forward-client-certificate",
+                    "CLIENT_CERTIFICATE",
+                    &mut files.client_cert,
+                ),
+                (
+                    &self.client_key,
+                    "--forward-client-key",
+                    "CLIENT_KEY",
+                    &mut files.client_key,
+                ),
             ] {
-                if let Some((v, o)) = lookup(None, "", key, s, env) {
+                if let Some((v, o)) = lookup(flag.as_ref(), flag_name, key, s, env) {
                     *slot = Some(PathBuf::from(v.trim()));
                     origins.push(o);
                 }
@@ -673,6 +694,29 @@ mod tests {
         assert_eq!(t.headers.len(), 2);
         assert_eq!(t.headers[0].0, "api-key");
         assert_eq!(t.headers[0].1, "a b");
+    }
+
+    #[test]
+    fn certificate_flags_win_over_the_variables_and_errors_name_them() {
+        let env = env_of(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://up:4318"),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/env-ca.pem"),
+        ]);
+        let o = ForwardOptions {
+            certificate: Some("/nonexistent/flag-ca.pem".into()),
+            ..Default::default()
+        };
+        let e = o.resolve(&env).unwrap_err();
+        assert!(
+            e.contains("--forward-certificate") && e.contains("flag-ca.pem"),
+            "the flag is the one read: {e}"
+        );
+        let o = ForwardOptions {
+            client_key: Some("/nonexistent/key.pem".into()),
+            ..Default::default()
+        };
+        let e = o.resolve(&env).unwrap_err();
+        assert!(e.contains("--forward-client-key"), "{e}");
     }
 
     #[test]
