@@ -19,7 +19,10 @@ use opentelemetry_proto::tonic::metrics::v1::{
 };
 
 use super::limited::{LimitedMap, OverflowCounter, OVERFLOW_LABEL};
-use crate::model::{Collector, Metric, MetricKind, NameRules, Origin, Point as ModelPoint, Value};
+use crate::model::{
+    BucketCounts, Collector, Metric, MetricInfo, MetricKind, MetricSink, NameRules, Origin,
+    Point as ModelPoint, Value, ValueRef,
+};
 
 /// Limits and options of the app metric store.
 #[derive(Debug, Clone)]
@@ -84,20 +87,100 @@ impl IngestOutcome {
 
 type Labels = Vec<(String, String)>;
 
+/// A series' attributes packed into one allocation: per attribute its key then its value, each a LEB128
+/// length followed by the bytes, in the canonical order [`build_labels`] gives. One allocation per series
+/// instead of two per attribute keeps a stored series near 200 bytes.
+type SeriesKey = Box<[u8]>;
+
+/// Packs `labels` into `out` (cleared first) as [`SeriesKey`] lays them out.
+fn pack_labels(labels: &Labels, out: &mut Vec<u8>) {
+    out.clear();
+    for (k, v) in labels {
+        put_str(out, k);
+        put_str(out, v);
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    let mut n = s.len();
+    loop {
+        let low = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(low);
+            break;
+        }
+        out.push(low | 0x80);
+    }
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// The `(key, value)` pairs of a packed series key.
+struct Unpacked<'a>(&'a [u8]);
+
+impl<'a> Unpacked<'a> {
+    fn take_str(&mut self) -> Option<&'a str> {
+        let mut n = 0usize;
+        let mut shift = 0;
+        loop {
+            let (&b, rest) = self.0.split_first()?;
+            self.0 = rest;
+            n |= ((b & 0x7f) as usize) << shift;
+            if b & 0x80 == 0 {
+                break;
+            }
+            shift += 7;
+            if shift > 28 {
+                return None;
+            }
+        }
+        if n > self.0.len() {
+            return None;
+        }
+        let (s, rest) = self.0.split_at(n);
+        self.0 = rest;
+        // Packed from `String`s, so always UTF-8; a damaged key ends the iteration.
+        std::str::from_utf8(s).ok()
+    }
+}
+
+impl<'a> Iterator for Unpacked<'a> {
+    type Item = (&'a str, &'a str);
+    fn next(&mut self) -> Option<Self::Item> {
+        let k = self.take_str()?;
+        let v = self.take_str()?;
+        Some((k, v))
+    }
+}
+
+fn unpack_owned(key: &[u8]) -> Labels {
+    Unpacked(key)
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// Non-cumulative counts per upper bound, ascending (the last bound +Inf), with sum and count.
+#[derive(Debug, Clone)]
+struct HistogramState {
+    buckets: Vec<(f64, u64)>,
+    sum: f64,
+    count: u64,
+}
+
+/// Quantile values with sum and count.
+#[derive(Debug, Clone)]
+struct SummaryState {
+    quantiles: Vec<(f64, f64)>,
+    sum: f64,
+    count: u64,
+}
+
+/// A series' value; the larger shapes are boxed so a number series stays small.
 #[derive(Debug, Clone)]
 enum State {
     Number(f64),
-    /// Non-cumulative counts per upper bound, ascending; the last bound is +Inf.
-    Histogram {
-        buckets: Vec<(f64, u64)>,
-        sum: f64,
-        count: u64,
-    },
-    Summary {
-        quantiles: Vec<(f64, f64)>,
-        sum: f64,
-        count: u64,
-    },
+    Histogram(Box<HistogramState>),
+    Summary(Box<SummaryState>),
 }
 
 #[derive(Debug, Clone)]
@@ -106,14 +189,29 @@ struct Point {
     /// Start time of the series (cumulative) or of its first delta, Unix ns; 0 when the SDK sent none.
     start: u64,
     last_time: u64,
-    deltas: VecDeque<(u64, u64)>,
+    /// Delta windows applied (only delta series have them; boxed so other series pay one word).
+    deltas: Option<Box<DeltaWindows>>,
 }
+
+/// The last `(start, end)` windows of deltas applied, so a retried or late delta counts once.
+#[derive(Debug, Clone, Default)]
+struct DeltaWindows(VecDeque<(u64, u64)>);
 
 struct AppFamily {
     help: String,
     unit: String,
     kind: MetricKind,
-    series: LimitedMap<Labels, Point>,
+    series: LimitedMap<SeriesKey, Point>,
+}
+
+/// [`series_bytes`] of a stored series, from its packed key.
+fn packed_series_bytes(key: &[u8], kind: MetricKind) -> usize {
+    let label_bytes: usize = Unpacked(key).map(|(k, v)| k.len() + v.len() + 80).sum();
+    let value = match kind {
+        MetricKind::Counter | MetricKind::UpDownCounter | MetricKind::Gauge => 0,
+        MetricKind::Histogram | MetricKind::Summary => MAX_BUCKETS * 16,
+    };
+    200 + label_bytes + value
 }
 
 struct Inner {
@@ -377,16 +475,16 @@ impl State {
     fn zero_like(&self) -> State {
         match self {
             State::Number(_) => State::Number(0.0),
-            State::Histogram { .. } => State::Histogram {
+            State::Histogram(_) => State::Histogram(Box::new(HistogramState {
                 buckets: Vec::new(),
                 sum: 0.0,
                 count: 0,
-            },
-            State::Summary { .. } => State::Summary {
+            })),
+            State::Summary(_) => State::Summary(Box::new(SummaryState {
                 quantiles: Vec::new(),
                 sum: 0.0,
                 count: 0,
-            },
+            })),
         }
     }
 }
@@ -397,7 +495,7 @@ impl Point {
             state,
             start: 0,
             last_time: 0,
-            deltas: VecDeque::new(),
+            deltas: None,
         }
     }
 
@@ -412,39 +510,27 @@ impl Point {
 
     /// Applies a delta once per (start, end) window, in any order.
     fn add(&mut self, start: u64, time: u64, state: State) {
-        if self.deltas.contains(&(start, time)) {
+        let deltas = &mut self.deltas.get_or_insert_with(Default::default).0;
+        if deltas.contains(&(start, time)) {
             return;
         }
-        if self.deltas.len() == DELTA_WINDOWS_REMEMBERED {
-            self.deltas.pop_front();
+        if deltas.len() == DELTA_WINDOWS_REMEMBERED {
+            deltas.pop_front();
         }
-        if self.deltas.is_empty() && self.last_time == 0 {
+        if deltas.is_empty() && self.last_time == 0 {
             self.start = start;
         }
-        self.deltas.push_back((start, time));
+        deltas.push_back((start, time));
         self.last_time = self.last_time.max(time);
         match (&mut self.state, state) {
             (State::Number(v), State::Number(d)) => *v += d,
-            (
-                State::Histogram {
-                    buckets,
-                    sum,
-                    count,
-                },
-                State::Histogram {
-                    buckets: b,
-                    sum: s,
-                    count: c,
-                },
-            ) => {
-                merge_buckets(buckets, &b);
-                if buckets.len() > MAX_BUCKETS {
-                    *buckets = b;
-                    *sum = s;
-                    *count = c;
+            (State::Histogram(held), State::Histogram(add)) => {
+                merge_buckets(&mut held.buckets, &add.buckets);
+                if held.buckets.len() > MAX_BUCKETS {
+                    *held = add;
                 } else {
-                    *sum += s;
-                    *count = count.saturating_add(c);
+                    held.sum += add.sum;
+                    held.count = held.count.saturating_add(add.count);
                 }
             }
             (held, new) => *held = new,
@@ -597,6 +683,7 @@ impl AppMetrics {
             return;
         }
         let rules = &*self.names;
+        let mut packed: Vec<u8> = Vec::new();
         let mut apply = |attrs: &[KeyValue],
                          flags: u32,
                          start: u64,
@@ -609,8 +696,11 @@ impl AppMetrics {
             };
             let labels = build_labels(attrs, fixed, rules, kind);
             // Bit 0 of flags: no recorded value, the SDK's way of saying the series ended.
+            pack_labels(&labels, &mut packed);
             if flags & 1 == 1 {
-                fam.series.remove(&labels);
+                if fam.series.remove(&packed[..]) {
+                    *store_bytes = store_bytes.saturating_sub(series_bytes(&labels, kind));
+                }
                 out.accepted += 1;
                 return;
             }
@@ -619,8 +709,8 @@ impl AppMetrics {
             let before = fam.series.len();
             let may_grow = *store_bytes + cost <= MAX_STORE_BYTES;
             let (p, _) = fam.series.entry_if(
-                &labels,
-                || labels.clone(),
+                &packed[..],
+                || packed.clone().into_boxed_slice(),
                 || Point::new(init),
                 now,
                 may_grow,
@@ -640,10 +730,12 @@ impl AppMetrics {
         let number_state =
             |dp: &NumberDataPoint| number(dp).map(State::Number).ok_or_else(no_value);
         let histogram = |r: Result<Vec<(f64, u64)>, String>, sum: Option<f64>, count: u64| {
-            r.map(|buckets| State::Histogram {
-                buckets,
-                sum: sum.unwrap_or(0.0),
-                count,
+            r.map(|buckets| {
+                State::Histogram(Box::new(HistogramState {
+                    buckets,
+                    sum: sum.unwrap_or(0.0),
+                    count,
+                }))
             })
         };
         match data {
@@ -755,25 +847,23 @@ fn summary_state(dp: &SummaryDataPoint) -> Result<State, String> {
     if quantiles.windows(2).any(|w| w[0].0 == w[1].0) {
         return Err("summary point repeats a quantile".into());
     }
-    Ok(State::Summary {
+    Ok(State::Summary(Box::new(SummaryState {
         quantiles,
         sum: dp.sum,
         count: dp.count,
-    })
+    })))
 }
 
 fn to_value(kind: MetricKind, p: &State) -> Value {
     match (kind, p) {
         (MetricKind::Counter | MetricKind::UpDownCounter, State::Number(v)) => Value::Sum(*v),
         (_, State::Number(v)) => Value::Gauge(*v),
-        (
-            _,
-            State::Histogram {
+        (_, State::Histogram(h)) => {
+            let HistogramState {
                 buckets,
                 sum,
                 count,
-            },
-        ) => {
+            } = &**h;
             let mut cum = 0;
             let buckets = buckets
                 .iter()
@@ -790,17 +880,10 @@ fn to_value(kind: MetricKind, p: &State) -> Value {
                 exemplars: Vec::new(),
             }
         }
-        (
-            _,
-            State::Summary {
-                quantiles,
-                sum,
-                count,
-            },
-        ) => Value::Summary {
-            quantiles: quantiles.clone(),
-            sum: *sum,
-            count: *count,
+        (_, State::Summary(q)) => Value::Summary {
+            quantiles: q.quantiles.clone(),
+            sum: q.sum,
+            count: q.count,
         },
     }
 }
@@ -841,29 +924,32 @@ impl AppMetrics {
         let Some(fam) = inner.families.get(name) else {
             return;
         };
+        let now = Instant::now();
+        let ttl = self.cfg.ttl;
         let overflow: Labels = vec![(OVERFLOW_LABEL.0.to_owned(), OVERFLOW_LABEL.1.to_owned())];
         let rows = fam
             .series
-            .iter()
-            .chain(fam.series.overflow().map(|p| (&overflow, p)));
+            .iter_live(now, ttl)
+            .map(|(k, p)| (unpack_owned(k), p))
+            .chain(
+                fam.series
+                    .overflow_live(now, ttl)
+                    .map(|p| (overflow.clone(), p)),
+            );
         for (labels, p) in rows {
             match &p.state {
-                State::Number(v) => f(labels, Reading::Number(*v), p.start),
-                State::Histogram {
-                    buckets,
-                    sum,
-                    count,
-                } => f(
-                    labels,
+                State::Number(v) => f(&labels, Reading::Number(*v), p.start),
+                State::Histogram(h) => f(
+                    &labels,
                     Reading::Histogram {
-                        buckets,
-                        sum: *sum,
-                        count: *count,
+                        buckets: &h.buckets,
+                        sum: h.sum,
+                        count: h.count,
                         start_unix_nano: p.start,
                     },
                     p.start,
                 ),
-                State::Summary { .. } => {}
+                State::Summary(_) => {}
             }
         }
     }
@@ -884,66 +970,159 @@ impl AppMetrics {
     }
 }
 
-impl Collector for AppMetrics {
-    fn collect(&self, out: &mut Vec<Metric>) {
-        let now = Instant::now();
+impl AppMetrics {
+    /// Drops series, metrics and resource sets not updated within the TTL, frees their names for reuse
+    /// and recounts the bytes held. Runs on a timer (not inside a scrape, which only reads).
+    pub fn expire(&self, now: Instant) {
         let ttl = self.cfg.ttl;
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        inner.targets.expire(now, ttl);
-        inner.families.retain(|_, f| {
-            f.series.expire(now, ttl);
-            !f.series.is_empty()
-        });
         let Inner {
             families,
             claims,
             store_bytes,
-            ..
+            targets,
         } = &mut *inner;
-        claims.retain(|_, owner| families.contains_key(owner));
-        *store_bytes = families
-            .values()
-            .flat_map(|f| f.series.iter().map(move |(l, _)| series_bytes(l, f.kind)))
-            .sum();
-        let mut names: Vec<&String> = inner.families.keys().collect();
+        targets.expire(now, ttl);
+        let before = families.len();
+        families.retain(|_, f| {
+            let kind = f.kind;
+            f.series.expire_with(now, ttl, |k| {
+                *store_bytes = store_bytes.saturating_sub(packed_series_bytes(k, kind));
+            });
+            !f.series.is_empty()
+        });
+        if families.len() < before {
+            claims.retain(|_, owner| families.contains_key(owner));
+        }
+    }
+
+    /// Metric names with a live series, sorted, and the resource sets, as both readers list them.
+    fn live_names(inner: &Inner, now: Instant, ttl: Duration) -> Vec<&String> {
+        let mut names: Vec<&String> = inner
+            .families
+            .iter()
+            .filter(|(_, f)| f.series.any_live(now, ttl))
+            .map(|(n, _)| n)
+            .collect();
         names.sort();
-        for name in names {
+        names
+    }
+}
+
+fn target_info_metric() -> MetricInfo<'static> {
+    MetricInfo {
+        name: "target.info",
+        description: "Resource attributes of each app exporting to vitals",
+        unit: "",
+        kind: MetricKind::Gauge,
+        origin: Origin::App,
+    }
+}
+
+impl Collector for AppMetrics {
+    /// Owned copies, series in attribute order (for readers that keep them, like the live page).
+    fn collect(&self, out: &mut Vec<Metric>) {
+        let now = Instant::now();
+        let ttl = self.cfg.ttl;
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        for name in Self::live_names(&inner, now, ttl) {
             let f = &inner.families[name];
             let mut fam =
                 Metric::new(name.clone(), f.help.clone(), f.unit.clone(), f.kind).from_app();
-            let mut rows: Vec<(&Labels, &Point)> = f.series.iter().collect();
-            rows.sort_by(|a, b| a.0.cmp(b.0));
+            let mut rows: Vec<(Labels, &Point)> = f
+                .series
+                .iter_live(now, ttl)
+                .map(|(k, p)| (unpack_owned(k), p))
+                .collect();
+            rows.sort_by(|a, b| a.0.cmp(&b.0));
             fam.points.reserve(rows.len() + 1);
             for (labels, p) in rows {
                 fam.points.push(ModelPoint {
-                    attributes: labels.clone(),
+                    attributes: labels,
                     start_unix_nanos: p.start,
                     value: to_value(f.kind, &p.state),
                 });
             }
-            if let Some(p) = f.series.overflow() {
+            if let Some(p) = f.series.overflow_live(now, ttl) {
                 fam.push_started(&[OVERFLOW_LABEL], p.start, to_value(f.kind, &p.state));
             }
             out.push(fam);
         }
-        if !inner.targets.is_empty() {
-            let mut fam = Metric::new(
-                "target.info",
-                "Resource attributes of each app exporting to vitals",
-                "",
-                MetricKind::Gauge,
-            )
-            .from_app();
-            for (labels, _) in inner.targets.iter() {
-                fam.points.push(ModelPoint {
-                    attributes: labels.clone(),
-                    start_unix_nanos: 0,
-                    value: Value::Gauge(1.0),
-                });
-            }
+        let info = target_info_metric();
+        let mut fam = Metric::new(info.name, info.description, "", info.kind).from_app();
+        for (labels, _) in inner.targets.iter_live(now, ttl) {
+            fam.points.push(ModelPoint {
+                attributes: labels.clone(),
+                start_unix_nanos: 0,
+                value: Value::Gauge(1.0),
+            });
+        }
+        if !fam.points.is_empty() {
             fam.points.sort_by(|a, b| a.attributes.cmp(&b.attributes));
             out.push(fam);
         }
+    }
+
+    fn streams(&self) -> bool {
+        true
+    }
+
+    /// Streams borrowed views under the store's lock: metric names sorted, series in table order (sorting
+    /// 30,000 series per scrape cost more than the rest of the encoding), nothing cloned.
+    fn encode_into(&self, sink: &mut dyn MetricSink) {
+        let now = Instant::now();
+        let ttl = self.cfg.ttl;
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut attrs: Vec<(&str, &str)> = Vec::with_capacity(MAX_LABELS);
+        for name in Self::live_names(&inner, now, ttl) {
+            let f = &inner.families[name];
+            sink.begin(&MetricInfo {
+                name,
+                description: &f.help,
+                unit: &f.unit,
+                kind: f.kind,
+                origin: Origin::App,
+            });
+            for (key, p) in f.series.iter_live(now, ttl) {
+                attrs.clear();
+                attrs.extend(Unpacked(key));
+                sink.point(&attrs, p.start, value_ref(f.kind, &p.state));
+            }
+            if let Some(p) = f.series.overflow_live(now, ttl) {
+                sink.point(&[OVERFLOW_LABEL], p.start, value_ref(f.kind, &p.state));
+            }
+            sink.end();
+        }
+        let mut targets: Vec<&Labels> = inner.targets.iter_live(now, ttl).map(|(l, _)| l).collect();
+        if !targets.is_empty() {
+            targets.sort();
+            sink.begin(&target_info_metric());
+            for labels in targets {
+                attrs.clear();
+                attrs.extend(labels.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+                sink.point(&attrs, 0, ValueRef::Gauge(1.0));
+            }
+            sink.end();
+        }
+    }
+}
+
+/// A held value as a sink reads it, borrowed.
+fn value_ref(kind: MetricKind, state: &State) -> ValueRef<'_> {
+    match (kind, state) {
+        (MetricKind::Counter | MetricKind::UpDownCounter, State::Number(v)) => ValueRef::Sum(*v),
+        (_, State::Number(v)) => ValueRef::Gauge(*v),
+        (_, State::Histogram(h)) => ValueRef::Histogram {
+            buckets: BucketCounts::PerBucket(&h.buckets),
+            sum: h.sum,
+            count: h.count,
+            exemplars: &[],
+        },
+        (_, State::Summary(q)) => ValueRef::Summary {
+            quantiles: &q.quantiles,
+            sum: q.sum,
+            count: q.count,
+        },
     }
 }
 
@@ -1037,6 +1216,72 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn streaming_encodes_what_collect_holds_and_expiry_runs_apart() {
+        use crate::export::prometheus::{encode, Encoder, Format};
+        let s = store();
+        let d = AggregationTemporality::Delta;
+        let mut h = Metric {
+            name: "lat".into(),
+            unit: "s".into(),
+            data: Some(Data::Histogram(Histogram {
+                data_points: vec![HistogramDataPoint {
+                    count: 3,
+                    sum: Some(1.0),
+                    bucket_counts: vec![1, 2],
+                    explicit_bounds: vec![0.5],
+                    time_unix_nano: 1,
+                    ..Default::default()
+                }],
+                aggregation_temporality: 2,
+            })),
+            ..Default::default()
+        };
+        if let Some(Data::Histogram(x)) = &mut h.data {
+            x.data_points[0].attributes = vec![kv("http.route", "/a\"b")];
+        }
+        s.ingest(&request(vec![
+            sum("orders", true, d, vec![(0, 10, 2.0)]),
+            h,
+            gauge("temp", vec![kv("room", "x")]),
+        ]));
+        let mut held = vec![];
+        s.collect(&mut held);
+        for format in [Format::Text, Format::OpenMetrics] {
+            let mut e = Encoder::new(format);
+            e.start(0);
+            s.encode_into(&mut e);
+            assert_eq!(e.points(), 4);
+            // One series per metric here, so table order and sorted order agree.
+            assert_eq!(e.finish(), encode(&held, format));
+        }
+        // Reading does not expire; the timer's `expire` does, and frees the name and the bytes.
+        let later = Instant::now() + Duration::from_secs(61);
+        s.expire(later);
+        let mut after = vec![];
+        s.collect(&mut after);
+        assert!(after.is_empty(), "{after:?}");
+        let inner = s.inner.lock().unwrap();
+        assert_eq!(inner.store_bytes, 0);
+        assert!(inner.claims.is_empty() && inner.families.is_empty());
+    }
+
+    #[test]
+    fn packed_series_keys_round_trip() {
+        let labels: Labels = vec![
+            ("a".into(), "".into()),
+            ("k".into(), "v".repeat(300)),
+            ("é".into(), "\u{0}\n\"".into()),
+        ];
+        let mut buf = vec![];
+        pack_labels(&labels, &mut buf);
+        assert_eq!(unpack_owned(&buf), labels);
+        assert_eq!(
+            packed_series_bytes(&buf, MetricKind::Gauge),
+            series_bytes(&labels, MetricKind::Gauge)
+        );
     }
 
     #[test]

@@ -25,8 +25,8 @@ pub mod web_config;
 
 use self::live::stream::LiveBody;
 use self::web_config::WebConfig;
-use super::prometheus::{encode, Format};
-use crate::model::{point_count, Metric, MetricKind, Registry, Value};
+use super::prometheus::{Encoder, Format};
+use crate::model::{stream_metrics, Metric, MetricKind, Registry, Value};
 use crate::target::status::TargetStatus;
 
 /// What the HTTP handlers read.
@@ -80,18 +80,24 @@ fn respond(
 
 /// Renders the current exposition in `format`.
 pub fn render_metrics(registry: &Registry, format: Format) -> String {
-    let mut families = registry.gather();
-    let n = point_count(&families) + 1;
-    families.push(
-        Metric::new(
-            "vitals.exporter.series",
-            "Series in this exposition",
-            "{series}",
-            MetricKind::Gauge,
-        )
-        .with(&[], Value::Gauge(n as f64)),
-    );
-    encode(&families, format)
+    render_with(&mut Encoder::new(format), registry, 0)
+}
+
+/// Renders the current exposition with `encoder` (whose name translations carry over from its last
+/// exposition), every collector streaming into it under its own lock, then the series count.
+fn render_with(encoder: &mut Encoder, registry: &Registry, capacity: usize) -> String {
+    encoder.start(capacity);
+    registry.encode_into(encoder);
+    let n = encoder.points() + 1;
+    let series = Metric::new(
+        "vitals.exporter.series",
+        "Series in this exposition",
+        "{series}",
+        MetricKind::Gauge,
+    )
+    .with(&[], Value::Gauge(n as f64));
+    stream_metrics(std::slice::from_ref(&series), encoder);
+    encoder.finish()
 }
 
 /// How long a scrape waits for the renderer before it is answered 503.
@@ -104,10 +110,64 @@ struct Rendered {
     gzip: Option<Bytes>,
 }
 
+/// What the render thread is asked to do.
+enum RenderJob {
+    /// Render the exposition in this format.
+    Render(Format, tokio::sync::oneshot::Sender<Bytes>),
+    /// Gzip these bytes.
+    Gzip(Bytes, tokio::sync::oneshot::Sender<Bytes>),
+}
+
 /// Renders scrapes one at a time and shares each rendering with the scrapes that arrived before it began.
-#[derive(Default)]
+/// All rendering and compression happens on one thread of its own: its allocations stay in one malloc
+/// arena and its buffers are sized from the last exposition, so RSS does not climb with each scrape as it
+/// did when renders ran on whichever blocking-pool thread was free.
 struct Renderer {
     turn: tokio::sync::Mutex<[Option<Rendered>; 2]>,
+    jobs: std::sync::mpsc::Sender<RenderJob>,
+}
+
+impl Renderer {
+    /// Starts the render thread for `registry`; it ends when the renderer is dropped.
+    fn start(registry: Registry) -> std::io::Result<Renderer> {
+        let (jobs, queue) = std::sync::mpsc::channel::<RenderJob>();
+        std::thread::Builder::new()
+            .name("vitals-scrape".into())
+            .spawn(move || {
+                let mut encoders = [
+                    Encoder::new(Format::Text),
+                    Encoder::new(Format::OpenMetrics),
+                ];
+                let mut last_len = [0usize; 2];
+                for job in queue {
+                    match job {
+                        RenderJob::Render(format, reply) => {
+                            let i = format as usize;
+                            let capacity = last_len[i] + last_len[i] / 8;
+                            let text = render_with(&mut encoders[i], &registry, capacity);
+                            last_len[i] = text.len();
+                            let _ = reply.send(Bytes::from(text));
+                        }
+                        RenderJob::Gzip(plain, reply) => {
+                            let _ = reply.send(gzip(&plain));
+                        }
+                    }
+                }
+            })?;
+        Ok(Renderer {
+            turn: tokio::sync::Mutex::new([None, None]),
+            jobs,
+        })
+    }
+
+    async fn run(
+        &self,
+        job: impl FnOnce(tokio::sync::oneshot::Sender<Bytes>) -> RenderJob,
+    ) -> Option<Bytes> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.jobs.send(job(reply)).ok()?;
+        answer.await.ok()
+    }
 }
 
 fn gzip(data: &[u8]) -> Bytes {
@@ -143,7 +203,7 @@ fn accepts_gzip(req: &Request<Incoming>) -> bool {
 impl Renderer {
     /// The exposition in `format`, gzipped when `gz`: the last rendering if it began after this scrape
     /// arrived, else rendered now. None when the renderer stayed busy for [`RENDER_WAIT`].
-    async fn scrape(&self, registry: &Registry, format: Format, gz: bool) -> Option<Bytes> {
+    async fn scrape(&self, format: Format, gz: bool) -> Option<Bytes> {
         let arrived = std::time::Instant::now();
         let mut slots = tokio::time::timeout(RENDER_WAIT, self.turn.lock())
             .await
@@ -152,14 +212,13 @@ impl Renderer {
         let fresh = slot.as_ref().is_some_and(|r| r.started >= arrived);
         if !fresh {
             let started = std::time::Instant::now();
-            let registry = registry.clone();
-            // Gathering takes locks and formats up to tens of thousands of lines: keep it off the reactor.
-            let plain = tokio::task::spawn_blocking(move || render_metrics(&registry, format))
+            let plain = self
+                .run(|reply| RenderJob::Render(format, reply))
                 .await
                 .unwrap_or_default();
             *slot = Some(Rendered {
                 started,
-                plain: Bytes::from(plain),
+                plain,
                 gzip: None,
             });
         }
@@ -169,7 +228,7 @@ impl Renderer {
         }
         if r.gzip.is_none() {
             let plain = r.plain.clone();
-            r.gzip = tokio::task::spawn_blocking(move || gzip(&plain)).await.ok();
+            r.gzip = self.run(|reply| RenderJob::Gzip(plain, reply)).await;
         }
         r.gzip.clone()
     }
@@ -216,7 +275,7 @@ async fn handle(
             let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok());
             let format = Format::negotiate(accept);
             let gz = accepts_gzip(&req);
-            match renderer.scrape(&state.registry, format, gz).await {
+            match renderer.scrape(format, gz).await {
                 Some(body) => {
                     let mut r = respond(StatusCode::OK, format.content_type(), body);
                     r.headers_mut()
@@ -264,7 +323,13 @@ async fn handle(
 
 /// Serves until `shutdown` is cancelled, then lets in-flight requests finish for up to a second.
 pub async fn serve(listener: TcpListener, state: HttpState, shutdown: CancellationToken) {
-    let renderer = Arc::new(Renderer::default());
+    let renderer = match Renderer::start(state.registry.clone()) {
+        Ok(r) => Arc::new(r),
+        Err(e) => {
+            tracing::error!("cannot start the scrape render thread: {e}; /metrics is not served");
+            return;
+        }
+    };
     let tls = state.web.as_ref().and_then(|w| w.tls.clone());
     let serve_one = move |req| {
         let state = state.clone();
