@@ -398,6 +398,19 @@ impl Registry {
         merge_same_names(out)
     }
 
+    /// Owned copies of the metrics `keep` accepts, streamed so the rest is never copied (the live page
+    /// reads vitals' own metrics without copying the app's tens of thousands of series). Same order and
+    /// merging as [`Registry::gather`].
+    pub fn gather_where(&self, keep: impl Fn(&MetricInfo<'_>) -> bool) -> Vec<Metric> {
+        let mut copier = Copier {
+            keep,
+            out: Vec::new(),
+            copying: false,
+        };
+        self.encode_into(&mut copier);
+        copier.out
+    }
+
     /// Streams every collector's metrics into `sink`, in the order [`Registry::gather`] returns them and
     /// with the same guarantee: a name (per origin) is begun once. Small collectors' metrics are collected
     /// and merged first; a streaming collector's metric of a name they also hold gets their points
@@ -434,6 +447,69 @@ impl Registry {
                     merger.write_small(j);
                 }
             }
+        }
+    }
+}
+
+/// Builds owned copies of the metrics a filter keeps.
+struct Copier<F> {
+    keep: F,
+    out: Vec<Metric>,
+    copying: bool,
+}
+
+impl<F: Fn(&MetricInfo<'_>) -> bool> MetricSink for Copier<F> {
+    fn begin(&mut self, m: &MetricInfo<'_>) {
+        self.copying = (self.keep)(m);
+        if self.copying {
+            let mut metric = Metric::new(m.name, m.description, m.unit.to_owned(), m.kind);
+            metric.origin = m.origin;
+            self.out.push(metric);
+        }
+    }
+
+    fn point(&mut self, attributes: &[(&str, &str)], start_unix_nanos: u64, value: ValueRef<'_>) {
+        let Some(m) = self.out.last_mut().filter(|_| self.copying) else {
+            return;
+        };
+        m.push_started(attributes, start_unix_nanos, value.to_owned());
+    }
+
+    fn end(&mut self) {
+        self.copying = false;
+    }
+}
+
+impl ValueRef<'_> {
+    /// An owned copy of the value (histogram buckets cumulative).
+    pub fn to_owned(self) -> Value {
+        match self {
+            ValueRef::Sum(v) => Value::Sum(v),
+            ValueRef::Gauge(v) => Value::Gauge(v),
+            ValueRef::Histogram {
+                buckets,
+                sum,
+                count,
+                exemplars,
+            } => {
+                let mut cumulative = Vec::new();
+                buckets.for_each_cumulative(|_, le, c| cumulative.push((le, c)));
+                Value::Histogram {
+                    buckets: cumulative,
+                    sum,
+                    count,
+                    exemplars: exemplars.to_vec(),
+                }
+            }
+            ValueRef::Summary {
+                quantiles,
+                sum,
+                count,
+            } => Value::Summary {
+                quantiles: quantiles.to_vec(),
+                sum,
+                count,
+            },
         }
     }
 }
@@ -608,9 +684,13 @@ mod tests {
                 "end"
             ]
         );
-        // gather() names the same families in the same order.
+        // gather() names the same families in the same order; gather_where copies what it keeps.
         let names: Vec<String> = r.gather().into_iter().map(|m| m.name).collect();
         assert_eq!(names, ["first", "x", "last"]);
+        let kept = r.gather_where(|m| m.name != "first");
+        let kept: Vec<(String, usize)> =
+            kept.into_iter().map(|m| (m.name, m.points.len())).collect();
+        assert_eq!(kept, [("x".to_owned(), 2), ("last".to_owned(), 1)]);
     }
 
     #[test]

@@ -134,6 +134,7 @@ impl Renderer {
         std::thread::Builder::new()
             .name("vitals-scrape".into())
             .spawn(move || {
+                lower_priority();
                 let mut encoders = [
                     Encoder::new(Format::Text),
                     Encoder::new(Format::OpenMetrics),
@@ -167,6 +168,25 @@ impl Renderer {
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.jobs.send(job(reply)).ok()?;
         answer.await.ok()
+    }
+}
+
+/// Puts the calling thread at nice 10: when the cores are busy, the reactor threads answering
+/// `/healthz`, `/readyz` and OTLP requests run first and a scrape takes what is left.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid and setpriority only read and set the calling thread's own scheduling value.
+        let failed = unsafe {
+            let tid = libc::gettid();
+            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10) != 0
+        };
+        if failed {
+            tracing::debug!(
+                "cannot lower the scrape thread's priority: {}",
+                std::io::Error::last_os_error()
+            );
+        }
     }
 }
 
