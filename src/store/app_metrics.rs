@@ -8,7 +8,8 @@
 //! points are refused.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
@@ -202,6 +203,8 @@ struct AppFamily {
     unit: String,
     kind: MetricKind,
     series: LimitedMap<SeriesKey, Point>,
+    /// Set when expiry took the family out of the store: a writer holding it looks it up again.
+    removed: bool,
 }
 
 /// [`series_bytes`] of a stored series, from its packed key.
@@ -214,10 +217,12 @@ fn packed_series_bytes(key: &[u8], kind: MetricKind) -> usize {
     200 + label_bytes + value
 }
 
+/// A metric's series behind its own lock, so a scrape streaming one metric holds up only ingest of
+/// that metric, and only while it is written.
+type SharedFamily = Arc<Mutex<AppFamily>>;
+
 struct Inner {
-    families: HashMap<String, AppFamily>,
-    /// Sum of [`series_bytes`] over the stored series (recounted after expiry).
-    store_bytes: usize,
+    families: HashMap<String, SharedFamily>,
     /// Every sample name the families write in an exposition (`x_total`, `x_bucket`, …) → the metric
     /// that owns it.
     claims: HashMap<String, String>,
@@ -234,6 +239,8 @@ pub struct AppMetrics {
     cfg: AppMetricsConfig,
     names: Arc<dyn NameRules>,
     overflow: OverflowCounter,
+    /// Sum of [`series_bytes`] over the stored series; space is reserved before a series is stored.
+    store_bytes: AtomicUsize,
     inner: Mutex<Inner>,
 }
 
@@ -550,9 +557,9 @@ impl AppMetrics {
             cfg,
             names,
             overflow,
+            store_bytes: AtomicUsize::new(0),
             inner: Mutex::new(Inner {
                 families: HashMap::new(),
-                store_bytes: 0,
                 claims: HashMap::new(),
                 targets,
             }),
@@ -579,7 +586,6 @@ impl AppMetrics {
     pub fn ingest(&self, req: &ExportMetricsServiceRequest) -> IngestOutcome {
         let now = Instant::now();
         let mut out = IngestOutcome::default();
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         for rm in &req.resource_metrics {
             let attrs = rm
                 .resource
@@ -594,19 +600,82 @@ impl AppMetrics {
                 }
             }
             let info = build_labels(attrs, &[], &*self.names, MetricKind::Gauge);
-            inner.targets.entry(&info, || info.clone(), || (), now);
+            self.lock_inner()
+                .targets
+                .entry(&info, || info.clone(), || (), now);
             for sm in &rm.scope_metrics {
                 for m in &sm.metrics {
-                    self.ingest_metric(&mut inner, m, &fixed, now, &mut out);
+                    self.ingest_metric(m, &fixed, now, &mut out);
                 }
             }
         }
         out
     }
 
+    fn lock_inner(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The family of metric `m` (created when its names are free and there is room), or why its points
+    /// are refused.
+    fn family_for(
+        &self,
+        m: &opentelemetry_proto::tonic::metrics::v1::Metric,
+        kind: MetricKind,
+    ) -> Result<SharedFamily, String> {
+        let name = m.name.as_str();
+        let mut inner = self.lock_inner();
+        if let Some(f) = inner.families.get(name) {
+            return Ok(f.clone());
+        }
+        if inner.families.len() >= self.cfg.family_limit {
+            return Err(format!(
+                "more than {} metric names; {name} dropped",
+                self.cfg.family_limit
+            ));
+        }
+        let samples = self.names.metric_names(name, &m.unit, kind, Origin::App)?;
+        if let Some((sample, owner)) = samples
+            .iter()
+            .find_map(|s| inner.claims.get(s).map(|o| (s, o)))
+        {
+            return Err(format!(
+                "metric {name:?} would write samples named {sample}, which metric {owner:?} already writes"
+            ));
+        }
+        for s in samples {
+            inner.claims.insert(s, name.to_owned());
+        }
+        let family = Arc::new(Mutex::new(AppFamily {
+            help: help_text(m),
+            unit: cut_to(&m.unit, MAX_UNIT).to_owned(),
+            kind,
+            series: LimitedMap::new(self.cfg.series_limit, self.overflow.clone()),
+            removed: false,
+        }));
+        inner.families.insert(name.to_owned(), family.clone());
+        Ok(family)
+    }
+
+    /// Takes `cost` bytes of the store budget if they fit.
+    fn reserve(&self, cost: usize) -> bool {
+        self.store_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                (b + cost <= MAX_STORE_BYTES).then_some(b + cost)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, cost: usize) {
+        let _ = self
+            .store_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                Some(b.saturating_sub(cost))
+            });
+    }
+
     fn ingest_metric(
         &self,
-        inner: &mut Inner,
         m: &opentelemetry_proto::tonic::metrics::v1::Metric,
         fixed: &Labels,
         now: Instant,
@@ -634,50 +703,18 @@ impl AppMetrics {
             return;
         }
         let name = m.name.as_str();
-        if !inner.families.contains_key(name) {
-            if inner.families.len() >= self.cfg.family_limit {
-                out.reject(points as u64, || {
-                    format!(
-                        "more than {} metric names; {name} dropped",
-                        self.cfg.family_limit
-                    )
-                });
-                return;
-            }
-            let samples = match self.names.metric_names(name, &m.unit, kind, Origin::App) {
-                Ok(s) => s,
+        // Expiry may take the family out between the lookup and the lock: then look again.
+        let shared = loop {
+            let shared = match self.family_for(m, kind) {
+                Ok(f) => f,
                 Err(why) => return out.reject(points as u64, || why),
             };
-            if let Some((sample, owner)) = samples
-                .iter()
-                .find_map(|s| inner.claims.get(s).map(|o| (s, o)))
-            {
-                out.reject(points as u64, || {
-                    format!(
-                        "metric {name:?} would write samples named {sample}, which metric {owner:?} already writes"
-                    )
-                });
-                return;
+            if !shared.lock().unwrap_or_else(|p| p.into_inner()).removed {
+                break shared;
             }
-            for s in samples {
-                inner.claims.insert(s, name.to_owned());
-            }
-        }
-        let series_limit = self.cfg.series_limit;
-        let overflow = self.overflow.clone();
-        let Inner {
-            families,
-            store_bytes,
-            ..
-        } = inner;
-        let fam = families
-            .entry(name.to_owned())
-            .or_insert_with(|| AppFamily {
-                help: help_text(m),
-                unit: cut_to(&m.unit, MAX_UNIT).to_owned(),
-                kind,
-                series: LimitedMap::new(series_limit, overflow),
-            });
+        };
+        let mut guard = shared.lock().unwrap_or_else(|p| p.into_inner());
+        let fam = &mut *guard;
         if fam.kind != kind {
             out.reject(points as u64, || format!("metric {name:?} changed type"));
             return;
@@ -699,7 +736,7 @@ impl AppMetrics {
             pack_labels(&labels, &mut packed);
             if flags & 1 == 1 {
                 if fam.series.remove(&packed[..]) {
-                    *store_bytes = store_bytes.saturating_sub(series_bytes(&labels, kind));
+                    self.release(series_bytes(&labels, kind));
                 }
                 out.accepted += 1;
                 return;
@@ -707,21 +744,22 @@ impl AppMetrics {
             let init = state.zero_like();
             let cost = series_bytes(&labels, kind);
             let before = fam.series.len();
-            let may_grow = *store_bytes + cost <= MAX_STORE_BYTES;
+            let reserved = !fam.series.contains_key(&packed[..]) && self.reserve(cost);
             let (p, _) = fam.series.entry_if(
                 &packed[..],
                 || packed.clone().into_boxed_slice(),
                 || Point::new(init),
                 now,
-                may_grow,
+                reserved,
             );
             if delta {
                 p.add(start, time, state);
             } else {
                 p.set(start, time, state);
             }
-            if fam.series.len() > before {
-                *store_bytes += cost;
+            if reserved && fam.series.len() == before {
+                // The series limit sent it to the overflow series: give the space back.
+                self.release(cost);
             }
             out.accepted += 1;
         };
@@ -920,10 +958,10 @@ impl AppMetrics {
         name: &str,
         mut f: impl FnMut(&[(String, String)], Reading<'_>, u64),
     ) {
-        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(fam) = inner.families.get(name) else {
+        let Some(shared) = self.lock_inner().families.get(name).cloned() else {
             return;
         };
+        let fam = shared.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         let ttl = self.cfg.ttl;
         let overflow: Labels = vec![(OVERFLOW_LABEL.0.to_owned(), OVERFLOW_LABEL.1.to_owned())];
@@ -959,7 +997,7 @@ impl AppMetrics {
     /// The first value of a resource attribute (e.g. `telemetry.sdk.language`) among the apps exporting to
     /// vitals.
     pub fn resource_attribute(&self, label: &str) -> Option<String> {
-        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let inner = self.lock_inner();
         let found = inner.targets.iter().find_map(|(labels, _)| {
             labels
                 .iter()
@@ -975,37 +1013,50 @@ impl AppMetrics {
     /// and recounts the bytes held. Runs on a timer (not inside a scrape, which only reads).
     pub fn expire(&self, now: Instant) {
         let ttl = self.cfg.ttl;
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.lock_inner();
         let Inner {
             families,
             claims,
-            store_bytes,
             targets,
-        } = &mut *inner;
+        } = &mut *guard;
         targets.expire(now, ttl);
         let before = families.len();
-        families.retain(|_, f| {
+        families.retain(|_, shared| {
+            let mut f = shared.lock().unwrap_or_else(|p| p.into_inner());
             let kind = f.kind;
             f.series.expire_with(now, ttl, |k| {
-                *store_bytes = store_bytes.saturating_sub(packed_series_bytes(k, kind));
+                self.release(packed_series_bytes(k, kind));
             });
-            !f.series.is_empty()
+            f.removed = f.series.is_empty();
+            !f.removed
         });
         if families.len() < before {
             claims.retain(|_, owner| families.contains_key(owner));
         }
     }
 
-    /// Metric names with a live series, sorted, and the resource sets, as both readers list them.
-    fn live_names(inner: &Inner, now: Instant, ttl: Duration) -> Vec<&String> {
-        let mut names: Vec<&String> = inner
+    /// The metrics held, sorted by name, each to be read under its own lock.
+    fn sorted_families(&self) -> Vec<(String, SharedFamily)> {
+        let mut all: Vec<(String, SharedFamily)> = self
+            .lock_inner()
             .families
             .iter()
-            .filter(|(_, f)| f.series.any_live(now, ttl))
-            .map(|(n, _)| n)
+            .map(|(n, f)| (n.clone(), f.clone()))
             .collect();
-        names.sort();
-        names
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// The resource attribute sets live at `now`, sorted.
+    fn live_targets(&self, now: Instant) -> Vec<Labels> {
+        let inner = self.lock_inner();
+        let mut t: Vec<Labels> = inner
+            .targets
+            .iter_live(now, self.cfg.ttl)
+            .map(|(l, _)| l.clone())
+            .collect();
+        t.sort();
+        t
     }
 }
 
@@ -1024,11 +1075,12 @@ impl Collector for AppMetrics {
     fn collect(&self, out: &mut Vec<Metric>) {
         let now = Instant::now();
         let ttl = self.cfg.ttl;
-        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        for name in Self::live_names(&inner, now, ttl) {
-            let f = &inner.families[name];
-            let mut fam =
-                Metric::new(name.clone(), f.help.clone(), f.unit.clone(), f.kind).from_app();
+        for (name, shared) in self.sorted_families() {
+            let f = shared.lock().unwrap_or_else(|p| p.into_inner());
+            if !f.series.any_live(now, ttl) {
+                continue;
+            }
+            let mut fam = Metric::new(name, f.help.clone(), f.unit.clone(), f.kind).from_app();
             let mut rows: Vec<(Labels, &Point)> = f
                 .series
                 .iter_live(now, ttl)
@@ -1050,15 +1102,14 @@ impl Collector for AppMetrics {
         }
         let info = target_info_metric();
         let mut fam = Metric::new(info.name, info.description, "", info.kind).from_app();
-        for (labels, _) in inner.targets.iter_live(now, ttl) {
+        for labels in self.live_targets(now) {
             fam.points.push(ModelPoint {
-                attributes: labels.clone(),
+                attributes: labels,
                 start_unix_nanos: 0,
                 value: Value::Gauge(1.0),
             });
         }
         if !fam.points.is_empty() {
-            fam.points.sort_by(|a, b| a.attributes.cmp(&b.attributes));
             out.push(fam);
         }
     }
@@ -1067,17 +1118,20 @@ impl Collector for AppMetrics {
         true
     }
 
-    /// Streams borrowed views under the store's lock: metric names sorted, series in table order (sorting
-    /// 30,000 series per scrape cost more than the rest of the encoding), nothing cloned.
+    /// Streams borrowed views, each metric under its own lock held only while it is written: metric
+    /// names sorted, series in table order (sorting 30,000 series per scrape cost more than the rest of
+    /// the encoding), nothing cloned.
     fn encode_into(&self, sink: &mut dyn MetricSink) {
         let now = Instant::now();
         let ttl = self.cfg.ttl;
-        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let mut attrs: Vec<(&str, &str)> = Vec::with_capacity(MAX_LABELS);
-        for name in Self::live_names(&inner, now, ttl) {
-            let f = &inner.families[name];
+        for (name, shared) in self.sorted_families() {
+            let f = shared.lock().unwrap_or_else(|p| p.into_inner());
+            if !f.series.any_live(now, ttl) {
+                continue;
+            }
+            let mut attrs: Vec<(&str, &str)> = Vec::with_capacity(8);
             sink.begin(&MetricInfo {
-                name,
+                name: &name,
                 description: &f.help,
                 unit: &f.unit,
                 kind: f.kind,
@@ -1093,11 +1147,11 @@ impl Collector for AppMetrics {
             }
             sink.end();
         }
-        let mut targets: Vec<&Labels> = inner.targets.iter_live(now, ttl).map(|(l, _)| l).collect();
+        let targets = self.live_targets(now);
         if !targets.is_empty() {
-            targets.sort();
             sink.begin(&target_info_metric());
-            for labels in targets {
+            let mut attrs: Vec<(&str, &str)> = Vec::new();
+            for labels in &targets {
                 attrs.clear();
                 attrs.extend(labels.iter().map(|(k, v)| (k.as_str(), v.as_str())));
                 sink.point(&attrs, 0, ValueRef::Gauge(1.0));
@@ -1263,9 +1317,48 @@ mod tests {
         let mut after = vec![];
         s.collect(&mut after);
         assert!(after.is_empty(), "{after:?}");
+        assert_eq!(s.store_bytes.load(Ordering::Relaxed), 0);
         let inner = s.inner.lock().unwrap();
-        assert_eq!(inner.store_bytes, 0);
         assert!(inner.claims.is_empty() && inner.families.is_empty());
+    }
+
+    /// A sink that, inside the first metric, has another thread ingest into a second metric and
+    /// records whether that ingest finished while the scrape was still inside the first.
+    struct IngestDuringScrape {
+        store: Arc<AppMetrics>,
+        finished_inside: Option<bool>,
+    }
+
+    impl MetricSink for IngestDuringScrape {
+        fn begin(&mut self, _: &MetricInfo<'_>) {}
+        fn point(&mut self, _: &[(&str, &str)], _: u64, _: ValueRef<'_>) {
+            if self.finished_inside.is_some() {
+                return;
+            }
+            let (done, wait) = std::sync::mpsc::channel();
+            let store = self.store.clone();
+            std::thread::spawn(move || {
+                let g = gauge("other", vec![kv("k", "v")]);
+                let _ = done.send(store.ingest(&request(vec![g])).accepted);
+            });
+            // A loaded machine may be slow to run the thread; a blocked ingest would never finish.
+            self.finished_inside = Some(wait.recv_timeout(Duration::from_secs(20)) == Ok(1));
+        }
+        fn end(&mut self) {}
+    }
+
+    #[test]
+    fn a_scrape_inside_one_metric_does_not_hold_up_ingest_of_another() {
+        let s = Arc::new(store());
+        s.ingest(&request(vec![gauge("first", vec![kv("k", "v")])]));
+        let mut sink = IngestDuringScrape {
+            store: s.clone(),
+            finished_inside: None,
+        };
+        s.encode_into(&mut sink);
+        assert_eq!(sink.finished_inside, Some(true));
+        let names: Vec<String> = collect(&s).into_iter().map(|m| m.name).collect();
+        assert_eq!(names, ["first", "other", "target_info"]);
     }
 
     #[test]

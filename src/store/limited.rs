@@ -127,6 +127,15 @@ impl<K: Eq + Hash, V> LimitedMap<K, V> {
         }
     }
 
+    /// True when `key` is tracked (the overflow entry aside).
+    pub fn contains_key<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.map.contains_key(key)
+    }
+
     /// Removes one key, returning whether it was there.
     pub fn remove<Q>(&mut self, key: &Q) -> bool
     where
