@@ -5,7 +5,8 @@
 //! without scrapes in a loop, vitals' CPU per scrape, RSS after 1 and after 100 scrapes, and stored
 //! bytes per series in a fresh process. Prints figures only; nothing here asserts timings.
 //!
-//! `cargo bench --bench scrape` (VITALS_BENCH_SECS sets the seconds of each ingest phase, default 5).
+//! `cargo bench --bench scrape` (VITALS_BENCH_SECS sets the seconds of each ingest phase, default 5;
+//! VITALS_BENCH_IN_PROCESS=1 runs only the in-process part).
 
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
@@ -449,5 +450,8 @@ fn live() {
 
 fn main() {
     in_process();
-    live();
+    // VITALS_BENCH_IN_PROCESS=1 stops here (for profiling the encoder alone).
+    if std::env::var_os("VITALS_BENCH_IN_PROCESS").is_none() {
+        live();
+    }
 }

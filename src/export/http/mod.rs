@@ -1,8 +1,8 @@
 //! The HTTP server for `/metrics`, `/healthz`, `/readyz`, and the live page at `/` with its stream.
-//! Scrapes are rendered one at a time off the reactor and shared: a scrape that waited for a rendering
-//! which started after it arrived takes that rendering's bytes (gzip when it accepts it), so any number of
-//! concurrent scrapers cost one or two expositions while every answer is as fresh as an unshared one, and
-//! `/healthz` and `/readyz` never wait on them.
+//! Scrapes are rendered one at a time on a thread of their own, the stores streaming into the encoder, and
+//! shared: a scrape that waited for a rendering which started after it arrived takes that rendering's
+//! bytes (gzip when it accepts it), so any number of concurrent scrapers cost one or two expositions while
+//! every answer is as fresh as an unshared one, and `/healthz` and `/readyz` never wait on them.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
