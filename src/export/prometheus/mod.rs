@@ -49,6 +49,9 @@ pub fn encode(metrics: &[Metric], format: Format) -> String {
 /// over (names come from outside, but the app metric store bounds them far below this).
 const NAME_CACHE_LIMIT: usize = 8192;
 
+/// Most attribute keys whose translation the encoder keeps per metric.
+const KEY_CACHE_LIMIT: usize = 64;
+
 /// One cached translation: what a metric name becomes for one unit, kind and origin.
 struct CachedName {
     unit: String,
@@ -139,19 +142,30 @@ impl Encoder {
         exposition
     }
 
-    /// The label name of attribute `key` on the current metric.
-    fn label<'k>(keys: &'k mut Vec<(String, String)>, key: &str, kind: MetricKind) -> &'k str {
-        let at = match keys.iter().position(|(k, _)| k == key) {
-            Some(i) => i,
-            None => {
-                keys.push((
-                    key.to_owned(),
-                    naming::exposition_label(key, kind).into_owned(),
-                ));
-                keys.len() - 1
-            }
+    /// Writes the label name of attribute `key`, the `i`-th of its point, on the current metric. Points
+    /// of a metric mostly share their keys in one order, so the `i`-th key seen is tried first; at most
+    /// [`KEY_CACHE_LIMIT`] keys are kept per metric (keys come from outside), later ones translated each
+    /// time.
+    fn write_label(
+        keys: &mut Vec<(String, String)>,
+        out: &mut String,
+        i: usize,
+        key: &str,
+        kind: MetricKind,
+    ) {
+        let cached = match keys.get(i) {
+            Some((k, label)) if k == key => Some(label),
+            _ => keys.iter().find(|(k, _)| k == key).map(|(_, label)| label),
         };
-        &keys[at].1
+        if let Some(label) = cached {
+            out.push_str(label);
+            return;
+        }
+        let label = naming::exposition_label(key, kind);
+        out.push_str(&label);
+        if keys.len() < KEY_CACHE_LIMIT {
+            keys.push((key.to_owned(), label.into_owned()));
+        }
     }
 
     fn sample(
@@ -253,8 +267,7 @@ impl MetricSink for Encoder {
             if i > 0 {
                 self.labels.push(',');
             }
-            let label = Self::label(&mut self.keys, k, self.kind);
-            self.labels.push_str(label);
+            Self::write_label(&mut self.keys, &mut self.labels, i, k, self.kind);
             self.labels.push_str("=\"");
             escape_label_value(&mut self.labels, v);
             self.labels.push('"');
@@ -424,6 +437,24 @@ mod tests {
         let om = encode(&f, Format::OpenMetrics);
         assert!(om.contains("req_seconds_bucket{le=\"0.1\"} 3 # {trace_id=\"0af7651916cd43dd8448eb211c80319c\"} 0.07 1700000000.500\n"), "{om}");
         assert!(om.contains("req_seconds_bucket{le=\"1.0\"} 4\n"), "{om}");
+    }
+
+    #[test]
+    fn many_distinct_attribute_keys_are_all_translated() {
+        // More keys than the per-metric cache holds, in changing positions.
+        let mut m = Metric::new("x", "h", "", MetricKind::Histogram);
+        for i in 0..200 {
+            let key = format!("k.{i}");
+            m.push(&[("le", "a"), (&key, "v")], Value::Gauge(1.0));
+        }
+        let text = encode(&[m], Format::Text);
+        for i in 0..200 {
+            assert!(
+                text.contains(&format!("x{{exported_le=\"a\",k_{i}=\"v\"}} 1\n")),
+                "{i}"
+            );
+        }
+        assert_eq!(text.lines().count(), 202);
     }
 
     #[test]
