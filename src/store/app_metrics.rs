@@ -124,6 +124,12 @@ impl<'a> Unpacked<'a> {
     fn take_str(&mut self) -> Option<&'a str> {
         let bytes = self.0.as_bytes();
         let (mut n, mut at, mut shift) = (0usize, 0usize, 0);
+        // Most texts are under 64 bytes: one length digit.
+        if let Some(&b) = bytes.first().filter(|b| **b < 0x40) {
+            let s = self.0.get(1..1 + b as usize)?;
+            self.0 = self.0.get(1 + b as usize..)?;
+            return Some(s);
+        }
         loop {
             let b = *bytes.get(at)?;
             at += 1;
