@@ -84,8 +84,9 @@ pub fn render_metrics(registry: &Registry, format: Format) -> String {
 }
 
 /// Renders the current exposition with `encoder` (whose name translations carry over from its last
-/// exposition), every collector streaming into it under its own lock, then the series count.
-fn render_with(encoder: &mut Encoder, registry: &Registry, capacity: usize) -> String {
+/// exposition) into a buffer of `capacity` bytes, every collector streaming into it under its own lock,
+/// then the series count. The scrape thread passes the last exposition's size.
+pub fn render_with(encoder: &mut Encoder, registry: &Registry, capacity: usize) -> String {
     encoder.start(capacity);
     registry.encode_into(encoder);
     let n = encoder.points() + 1;
