@@ -6,6 +6,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -146,9 +147,21 @@ impl Renderer {
                         RenderJob::Render(format, reply) => {
                             let i = format as usize;
                             let capacity = last_len[i] + last_len[i] / 8;
-                            let text = render_with(&mut encoders[i], &registry, capacity);
-                            last_len[i] = text.len();
-                            let _ = reply.send(Bytes::from(text));
+                            // A panic costs this scrape (answered as a failed rendering was before),
+                            // not every later one: the thread and a fresh encoder carry on.
+                            let rendered = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                                render_with(&mut encoders[i], &registry, capacity)
+                            }));
+                            match rendered {
+                                Ok(text) => {
+                                    last_len[i] = text.len();
+                                    let _ = reply.send(Bytes::from(text));
+                                }
+                                Err(_) => {
+                                    tracing::error!("rendering the exposition panicked");
+                                    encoders[i] = Encoder::new(format);
+                                }
+                            }
                         }
                         RenderJob::Gzip(plain, reply) => {
                             let _ = reply.send(gzip(&plain));
