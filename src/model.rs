@@ -602,7 +602,7 @@ fn merge_same_names(metrics: Vec<Metric>) -> Vec<Metric> {
     merge_with_owners(metrics, vec![0; n]).0
 }
 
-/// Counts points across metrics, the figure `vitals_exporter_series` reports.
+/// Counts points across metrics.
 pub fn point_count(metrics: &[Metric]) -> usize {
     metrics.iter().map(|m| m.points.len()).sum()
 }
