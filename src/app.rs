@@ -35,6 +35,31 @@ use crate::target::{run, Selector};
 /// Distinct app metric names kept; a runaway app cannot create families without bound.
 const FAMILY_LIMIT: usize = 2000;
 
+/// How often the stores drop series past their TTL (readers already skip them; this frees the memory).
+const EXPIRY_PERIOD: Duration = Duration::from_secs(2);
+
+/// Drops expired series from the stores every `period` until `shutdown`.
+async fn expire_every(
+    period: Duration,
+    red: Arc<RedStore>,
+    app: Arc<AppMetrics>,
+    logs: Arc<LogCounts>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = std::time::Instant::now();
+        red.expire(now);
+        app.expire(now);
+        logs.expire(now);
+    }
+}
+
 async fn bind_named(
     addr: std::net::SocketAddr,
     flag: &str,
@@ -147,6 +172,14 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
         config.series_limit,
         config.series_ttl,
         overflow.clone(),
+    ));
+    // Expiry runs on its own clock, so a scrape only reads the stores.
+    tokio::spawn(expire_every(
+        EXPIRY_PERIOD,
+        red.clone(),
+        app_metrics.clone(),
+        logs.clone(),
+        shutdown.clone(),
     ));
     let otlp_stats = Arc::new(OtlpStats::new(move || overflow.get()));
     registry.register(red.clone());

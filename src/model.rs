@@ -193,10 +193,174 @@ impl Metric {
     }
 }
 
+/// A metric's identity as a [`MetricSink`] sees it, borrowed from wherever it is held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricInfo<'a> {
+    /// OpenTelemetry name.
+    pub name: &'a str,
+    /// One line describing it.
+    pub description: &'a str,
+    /// UCUM unit, empty when it has none.
+    pub unit: &'a str,
+    /// Kind of instrument.
+    pub kind: MetricKind,
+    /// Who wrote it.
+    pub origin: Origin,
+}
+
+impl Metric {
+    /// This metric's identity, borrowed.
+    pub fn info(&self) -> MetricInfo<'_> {
+        MetricInfo {
+            name: &self.name,
+            description: &self.description,
+            unit: &self.unit,
+            kind: self.kind,
+            origin: self.origin,
+        }
+    }
+}
+
+/// Histogram bucket counts as a store holds them: `(upper bound, count)` ascending, the last bound `+Inf`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum BucketCounts<'a> {
+    /// Each count includes every lower bucket's (the exposition form).
+    Cumulative(&'a [(f64, u64)]),
+    /// Each count is its bucket's alone; readers accumulate them, saturating rather than wrapping.
+    PerBucket(&'a [(f64, u64)]),
+}
+
+impl BucketCounts<'_> {
+    /// Calls `f(index, upper bound, cumulative count)` for each bucket in order.
+    pub fn for_each_cumulative(self, mut f: impl FnMut(usize, f64, u64)) {
+        match self {
+            BucketCounts::Cumulative(b) => {
+                for (i, (le, c)) in b.iter().enumerate() {
+                    f(i, *le, *c)
+                }
+            }
+            BucketCounts::PerBucket(b) => {
+                let mut cum = 0u64;
+                for (i, (le, c)) in b.iter().enumerate() {
+                    cum = cum.saturating_add(*c);
+                    f(i, *le, cum)
+                }
+            }
+        }
+    }
+}
+
+/// A point's value borrowed from where it is held, as a [`MetricSink`] receives it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ValueRef<'a> {
+    /// A cumulative sum (monotonic or not).
+    Sum(f64),
+    /// A gauge reading.
+    Gauge(f64),
+    /// Buckets with sum, count and one optional exemplar per bucket (may be empty).
+    Histogram {
+        /// The buckets.
+        buckets: BucketCounts<'a>,
+        /// Sum of observations.
+        sum: f64,
+        /// Count of observations.
+        count: u64,
+        /// One optional exemplar per bucket, same order as `buckets` (may be empty).
+        exemplars: &'a [Option<Exemplar>],
+    },
+    /// `(quantile, value)` pairs with sum and count.
+    Summary {
+        /// Quantile values.
+        quantiles: &'a [(f64, f64)],
+        /// Sum of observations.
+        sum: f64,
+        /// Count of observations.
+        count: u64,
+    },
+}
+
+impl<'a> From<&'a Value> for ValueRef<'a> {
+    fn from(v: &'a Value) -> Self {
+        match v {
+            Value::Sum(x) => ValueRef::Sum(*x),
+            Value::Gauge(x) => ValueRef::Gauge(*x),
+            Value::Histogram {
+                buckets,
+                sum,
+                count,
+                exemplars,
+            } => ValueRef::Histogram {
+                buckets: BucketCounts::Cumulative(buckets),
+                sum: *sum,
+                count: *count,
+                exemplars,
+            },
+            Value::Summary {
+                quantiles,
+                sum,
+                count,
+            } => ValueRef::Summary {
+                quantiles,
+                sum: *sum,
+                count: *count,
+            },
+        }
+    }
+}
+
+/// Where a collector streams its metrics: an exporter's encoder, reading borrowed views under the
+/// collector's own short lock, so nothing is cloned. Calls come as `begin`, any number of `point`s,
+/// `end`, per metric; each metric name (per origin) at most once per collector.
+pub trait MetricSink {
+    /// A metric starts; its points follow.
+    fn begin(&mut self, metric: &MetricInfo<'_>);
+    /// One point of the current metric: attributes as `(OpenTelemetry key, raw value)`.
+    fn point(&mut self, attributes: &[(&str, &str)], start_unix_nanos: u64, value: ValueRef<'_>);
+    /// The current metric has no more points.
+    fn end(&mut self);
+}
+
+/// Streams owned metrics into `sink`, the default for collectors that build them.
+pub fn stream_metrics(metrics: &[Metric], sink: &mut dyn MetricSink) {
+    let mut attrs: Vec<(&str, &str)> = Vec::new();
+    for m in metrics {
+        sink.begin(&m.info());
+        stream_points(&m.points, &mut attrs, sink);
+        sink.end();
+    }
+}
+
+fn stream_points<'a>(
+    points: &'a [Point],
+    attrs: &mut Vec<(&'a str, &'a str)>,
+    sink: &mut dyn MetricSink,
+) {
+    for p in points {
+        attrs.clear();
+        attrs.extend(p.attributes.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        sink.point(attrs, p.start_unix_nanos, ValueRef::from(&p.value));
+    }
+}
+
 /// Anything that contributes metrics to what exporters read.
 pub trait Collector: Send + Sync {
-    /// Appends this collector's current metrics to `out`.
+    /// Appends this collector's current metrics to `out` (owned copies). Reading does not change what is
+    /// held: expiry runs on its own clock.
     fn collect(&self, out: &mut Vec<Metric>);
+
+    /// True when [`Collector::encode_into`] streams from the held data rather than collecting: the
+    /// registry then streams this collector's metrics instead of merging copies of them.
+    fn streams(&self) -> bool {
+        false
+    }
+
+    /// Streams this collector's current metrics into `sink`. The default collects and streams the copies;
+    /// collectors holding many points override it (and [`Collector::streams`]) to stream borrowed views.
+    fn encode_into(&self, sink: &mut dyn MetricSink) {
+        let mut out = Vec::new();
+        self.collect(&mut out);
+        stream_metrics(&out, sink);
+    }
 }
 
 /// The set of collectors exporters read, in registration order.
@@ -217,26 +381,205 @@ impl Registry {
         guard.push(collector);
     }
 
+    fn collectors(&self) -> Vec<Arc<dyn Collector>> {
+        self.collectors
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Every collector's metrics. Metrics of the same name and origin from two collectors are merged, so a
     /// name appears once in any exposition; a kind clash between two collectors keeps the first.
     pub fn gather(&self) -> Vec<Metric> {
-        let collectors = self
-            .collectors
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
         let mut out = Vec::new();
-        for c in &collectors {
+        for c in &self.collectors() {
             c.collect(&mut out);
         }
         merge_same_names(out)
     }
+
+    /// Owned copies of the metrics `keep` accepts, streamed so the rest is never copied (the live page
+    /// reads vitals' own metrics without copying the app's tens of thousands of series). Same order and
+    /// merging as [`Registry::gather`].
+    pub fn gather_where(&self, keep: impl Fn(&MetricInfo<'_>) -> bool) -> Vec<Metric> {
+        let mut copier = Copier {
+            keep,
+            out: Vec::new(),
+            copying: false,
+        };
+        self.encode_into(&mut copier);
+        copier.out
+    }
+
+    /// Streams every collector's metrics into `sink`, in the order [`Registry::gather`] returns them and
+    /// with the same guarantee: a name (per origin) is begun once. Small collectors' metrics are collected
+    /// and merged first; a streaming collector's metric of a name they also hold gets their points
+    /// appended (same kind) before it ends; a streamed name already written is left out, as a kind clash is.
+    pub fn encode_into(&self, sink: &mut dyn MetricSink) {
+        let collectors = self.collectors();
+        let mut small = Vec::new();
+        let mut owner = Vec::new();
+        for (i, c) in collectors.iter().enumerate() {
+            if !c.streams() {
+                c.collect(&mut small);
+                owner.resize(small.len(), i);
+            }
+        }
+        let (merged, first_owner) = merge_with_owners(small, owner);
+        let mut merger = Merger {
+            sink,
+            small: &merged,
+            index: merged
+                .iter()
+                .enumerate()
+                .map(|(i, m)| ((m.origin, m.name.as_str()), i))
+                .collect(),
+            written: vec![false; merged.len()],
+            streamed: std::collections::HashSet::new(),
+            current: None,
+            skipping: false,
+        };
+        for (i, c) in collectors.iter().enumerate() {
+            if c.streams() {
+                c.encode_into(&mut merger);
+            } else {
+                for (j, _) in first_owner.iter().enumerate().filter(|(_, o)| **o == i) {
+                    merger.write_small(j);
+                }
+            }
+        }
+    }
 }
 
-fn merge_same_names(metrics: Vec<Metric>) -> Vec<Metric> {
+/// Builds owned copies of the metrics a filter keeps.
+struct Copier<F> {
+    keep: F,
+    out: Vec<Metric>,
+    copying: bool,
+}
+
+impl<F: Fn(&MetricInfo<'_>) -> bool> MetricSink for Copier<F> {
+    fn begin(&mut self, m: &MetricInfo<'_>) {
+        self.copying = (self.keep)(m);
+        if self.copying {
+            let mut metric = Metric::new(m.name, m.description, m.unit.to_owned(), m.kind);
+            metric.origin = m.origin;
+            self.out.push(metric);
+        }
+    }
+
+    fn point(&mut self, attributes: &[(&str, &str)], start_unix_nanos: u64, value: ValueRef<'_>) {
+        let Some(m) = self.out.last_mut().filter(|_| self.copying) else {
+            return;
+        };
+        m.push_started(attributes, start_unix_nanos, value.to_owned());
+    }
+
+    fn end(&mut self) {
+        self.copying = false;
+    }
+}
+
+impl ValueRef<'_> {
+    /// An owned copy of the value (histogram buckets cumulative).
+    pub fn to_owned(self) -> Value {
+        match self {
+            ValueRef::Sum(v) => Value::Sum(v),
+            ValueRef::Gauge(v) => Value::Gauge(v),
+            ValueRef::Histogram {
+                buckets,
+                sum,
+                count,
+                exemplars,
+            } => {
+                let mut cumulative = Vec::new();
+                buckets.for_each_cumulative(|_, le, c| cumulative.push((le, c)));
+                Value::Histogram {
+                    buckets: cumulative,
+                    sum,
+                    count,
+                    exemplars: exemplars.to_vec(),
+                }
+            }
+            ValueRef::Summary {
+                quantiles,
+                sum,
+                count,
+            } => Value::Summary {
+                quantiles: quantiles.to_vec(),
+                sum,
+                count,
+            },
+        }
+    }
+}
+
+/// Joins streamed metrics with the merged small ones so each name is begun once.
+struct Merger<'s, 'm> {
+    sink: &'s mut dyn MetricSink,
+    small: &'m [Metric],
+    index: std::collections::HashMap<(Origin, &'m str), usize>,
+    written: Vec<bool>,
+    streamed: std::collections::HashSet<(Origin, String)>,
+    /// The small metric whose points join the streamed one being written.
+    current: Option<usize>,
+    skipping: bool,
+}
+
+impl Merger<'_, '_> {
+    fn write_small(&mut self, j: usize) {
+        if self.written[j] {
+            return;
+        }
+        self.written[j] = true;
+        let m = &self.small[j];
+        if self.streamed.contains(&(m.origin, m.name.clone())) {
+            return;
+        }
+        stream_metrics(std::slice::from_ref(m), self.sink);
+    }
+}
+
+impl MetricSink for Merger<'_, '_> {
+    fn begin(&mut self, metric: &MetricInfo<'_>) {
+        let key = (metric.origin, metric.name.to_owned());
+        let small = self.index.get(&(metric.origin, metric.name)).copied();
+        self.skipping = self.streamed.contains(&key) || small.is_some_and(|j| self.written[j]);
+        if self.skipping {
+            return;
+        }
+        self.current = small.filter(|&j| self.small[j].kind == metric.kind);
+        if let Some(j) = small {
+            self.written[j] = true;
+        }
+        self.streamed.insert(key);
+        self.sink.begin(metric);
+    }
+
+    fn point(&mut self, attributes: &[(&str, &str)], start_unix_nanos: u64, value: ValueRef<'_>) {
+        if !self.skipping {
+            self.sink.point(attributes, start_unix_nanos, value);
+        }
+    }
+
+    fn end(&mut self) {
+        if self.skipping {
+            self.skipping = false;
+            return;
+        }
+        if let Some(j) = self.current.take() {
+            let mut attrs = Vec::new();
+            stream_points(&self.small[j].points, &mut attrs, self.sink);
+        }
+        self.sink.end();
+    }
+}
+
+fn merge_with_owners(metrics: Vec<Metric>, owners: Vec<usize>) -> (Vec<Metric>, Vec<usize>) {
     let mut merged: Vec<Metric> = Vec::with_capacity(metrics.len());
+    let mut first_owner = Vec::with_capacity(metrics.len());
     let mut index = std::collections::HashMap::with_capacity(metrics.len());
-    for m in metrics {
+    for (m, o) in metrics.into_iter().zip(owners) {
         match index.get(&(m.origin, m.name.clone())) {
             Some(&i) => {
                 let target: &mut Metric = &mut merged[i];
@@ -247,13 +590,19 @@ fn merge_same_names(metrics: Vec<Metric>) -> Vec<Metric> {
             None => {
                 index.insert((m.origin, m.name.clone()), merged.len());
                 merged.push(m);
+                first_owner.push(o);
             }
         }
     }
-    merged
+    (merged, first_owner)
 }
 
-/// Counts points across metrics, the figure `vitals_exporter_series` reports.
+fn merge_same_names(metrics: Vec<Metric>) -> Vec<Metric> {
+    let n = metrics.len();
+    merge_with_owners(metrics, vec![0; n]).0
+}
+
+/// Counts points across metrics.
 pub fn point_count(metrics: &[Metric]) -> usize {
     metrics.iter().map(|m| m.points.len()).sum()
 }
@@ -267,6 +616,81 @@ mod tests {
         fn collect(&self, out: &mut Vec<Metric>) {
             out.extend(self.0.iter().cloned());
         }
+    }
+
+    /// A collector that streams its one metric from a held copy.
+    struct Streamed(Metric);
+    impl Collector for Streamed {
+        fn collect(&self, out: &mut Vec<Metric>) {
+            out.push(self.0.clone());
+        }
+        fn streams(&self) -> bool {
+            true
+        }
+        fn encode_into(&self, sink: &mut dyn MetricSink) {
+            stream_metrics(std::slice::from_ref(&self.0), sink);
+        }
+    }
+
+    /// Records what a sink is given, as `name` per begin and `name{attrs}` per point.
+    #[derive(Default)]
+    struct Recorder(Vec<String>, String);
+    impl MetricSink for Recorder {
+        fn begin(&mut self, m: &MetricInfo<'_>) {
+            self.1 = m.name.to_owned();
+            self.0.push(format!("begin {}", m.name));
+        }
+        fn point(&mut self, attributes: &[(&str, &str)], _: u64, _: ValueRef<'_>) {
+            let a: Vec<String> = attributes.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            self.0.push(format!("{}{{{}}}", self.1, a.join(",")));
+        }
+        fn end(&mut self) {
+            self.0.push("end".into());
+        }
+    }
+
+    #[test]
+    fn streaming_keeps_one_family_per_name_and_registration_order() {
+        let g = |name: &str, a: &str| {
+            Metric::new(name, "h", "", MetricKind::Gauge).with(&[("a", a)], Value::Gauge(1.0))
+        };
+        let r = Registry::new();
+        r.register(Arc::new(Fixed(vec![g("first", "1")])));
+        r.register(Arc::new(Streamed(g("x", "s"))));
+        // Merged into the streamed `x`; then a clash of kind and a repeat by another streamer, left out.
+        r.register(Arc::new(Fixed(vec![g("x", "small"), g("last", "1")])));
+        r.register(Arc::new(Fixed(vec![Metric::new(
+            "first",
+            "h",
+            "",
+            MetricKind::Counter,
+        )
+        .with(&[], Value::Sum(1.0))])));
+        r.register(Arc::new(Streamed(g("x", "again"))));
+        let mut rec = Recorder::default();
+        r.encode_into(&mut rec);
+        assert_eq!(
+            rec.0,
+            [
+                "begin first",
+                "first{a=1}",
+                "end",
+                "begin x",
+                "x{a=s}",
+                "x{a=small}",
+                "end",
+                "begin last",
+                "last{a=1}",
+                "end"
+            ]
+        );
+        // gather() names the same families in the same order; gather_where copies what it keeps.
+        let names: Vec<String> = r.gather().into_iter().map(|m| m.name).collect();
+        assert_eq!(names, ["first", "x", "last"]);
+        let kept = r.gather_where(|m| m.name != "first");
+        let kept: Vec<(String, usize)> =
+            kept.into_iter().map(|m| (m.name, m.points.len())).collect();
+        assert_eq!(kept, [("x".to_owned(), 2), ("last".to_owned(), 1)]);
     }
 
     #[test]

@@ -342,11 +342,19 @@ fn histogram_value(s: &RedSeries) -> Value {
     }
 }
 
+impl RedStore {
+    /// Drops series not updated within the TTL; runs on a timer, not inside a scrape.
+    pub fn expire(&self, now: Instant) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.series.expire(now, self.ttl);
+    }
+}
+
 impl Collector for RedStore {
     fn collect(&self, out: &mut Vec<Metric>) {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        inner.series.expire(Instant::now(), self.ttl);
-        if inner.series.is_empty() {
+        let now = Instant::now();
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if !inner.series.any_live(now, self.ttl) {
             return;
         }
         let mut fam = Metric::new(
@@ -355,7 +363,11 @@ impl Collector for RedStore {
             "s",
             MetricKind::Histogram,
         );
-        let mut rows: Vec<&RedSeries> = inner.series.iter().map(|(_, s)| s).collect();
+        let mut rows: Vec<&RedSeries> = inner
+            .series
+            .iter_live(now, self.ttl)
+            .map(|(_, s)| s)
+            .collect();
         rows.sort_by(|a, b| a.labels.cmp(&b.labels));
         for s in rows {
             let [svc, op, kind, outcome] = &s.labels;
@@ -369,7 +381,7 @@ impl Collector for RedStore {
                 histogram_value(s),
             );
         }
-        if let Some(o) = inner.series.overflow() {
+        if let Some(o) = inner.series.overflow_live(now, self.ttl) {
             fam.push(&[OVERFLOW_LABEL], histogram_value(o));
         }
         out.push(fam);

@@ -106,8 +106,18 @@ impl<K: Eq + Hash, V> LimitedMap<K, V> {
 
     /// Drops entries (and the overflow entry) not touched within `ttl`.
     pub fn expire(&mut self, now: Instant, ttl: Duration) {
-        self.map
-            .retain(|_, v| now.saturating_duration_since(v.at) < ttl);
+        self.expire_with(now, ttl, |_| {});
+    }
+
+    /// Like [`LimitedMap::expire`], calling `dropped` with each key it removes.
+    pub fn expire_with(&mut self, now: Instant, ttl: Duration, mut dropped: impl FnMut(&K)) {
+        self.map.retain(|k, v| {
+            let keep = now.saturating_duration_since(v.at) < ttl;
+            if !keep {
+                dropped(k);
+            }
+            keep
+        });
         if self
             .overflow
             .as_ref()
@@ -117,13 +127,22 @@ impl<K: Eq + Hash, V> LimitedMap<K, V> {
         }
     }
 
-    /// Removes one key.
-    pub fn remove<Q>(&mut self, key: &Q)
+    /// True when `key` is tracked (the overflow entry aside).
+    pub fn contains_key<Q>(&self, key: &Q) -> bool
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.map.remove(key);
+        self.map.contains_key(key)
+    }
+
+    /// Removes one key, returning whether it was there.
+    pub fn remove<Q>(&mut self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.map.remove(key).is_some()
     }
 
     /// The tracked entries.
@@ -134,6 +153,28 @@ impl<K: Eq + Hash, V> LimitedMap<K, V> {
     /// The overflow entry, if any observation overflowed and it has not expired.
     pub fn overflow(&self) -> Option<&V> {
         self.overflow.as_ref().map(|o| &o.value)
+    }
+
+    /// The entries touched within `ttl` before `now`: what [`LimitedMap::expire`] would keep, read without
+    /// changing anything, so readers see exact expiry while the removal runs on its own clock.
+    pub fn iter_live(&self, now: Instant, ttl: Duration) -> impl Iterator<Item = (&K, &V)> {
+        self.map
+            .iter()
+            .filter(move |(_, v)| now.saturating_duration_since(v.at) < ttl)
+            .map(|(k, v)| (k, &v.value))
+    }
+
+    /// The overflow entry if it was touched within `ttl` before `now`.
+    pub fn overflow_live(&self, now: Instant, ttl: Duration) -> Option<&V> {
+        self.overflow
+            .as_ref()
+            .filter(|o| now.saturating_duration_since(o.at) < ttl)
+            .map(|o| &o.value)
+    }
+
+    /// True when some entry (or the overflow entry) was touched within `ttl` before `now`.
+    pub fn any_live(&self, now: Instant, ttl: Duration) -> bool {
+        self.overflow_live(now, ttl).is_some() || self.iter_live(now, ttl).next().is_some()
     }
 
     /// Number of tracked keys (the overflow entry not included).

@@ -73,11 +73,21 @@ impl LogCounts {
     }
 }
 
+impl LogCounts {
+    /// Drops counts not updated within the TTL; runs on a timer, not inside a scrape.
+    pub fn expire(&self, now: Instant) {
+        let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        map.expire(now, self.ttl);
+    }
+}
+
 impl Collector for LogCounts {
     fn collect(&self, out: &mut Vec<Metric>) {
-        let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        map.expire(Instant::now(), self.ttl);
-        if map.is_empty() {
+        let now = Instant::now();
+        let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rows: Vec<_> = map.iter_live(now, self.ttl).map(|(_, v)| v).collect();
+        let overflow = map.overflow_live(now, self.ttl);
+        if rows.is_empty() && overflow.is_none() {
             return;
         }
         let mut fam = Metric::new(
@@ -86,7 +96,6 @@ impl Collector for LogCounts {
             "{record}",
             MetricKind::Counter,
         );
-        let mut rows: Vec<_> = map.iter().map(|(_, v)| v).collect();
         rows.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
         for (svc, sev, n) in rows {
             fam.push(
@@ -94,7 +103,7 @@ impl Collector for LogCounts {
                 Value::Sum(*n as f64),
             );
         }
-        if let Some((_, _, n)) = map.overflow() {
+        if let Some((_, _, n)) = overflow {
             fam.push(&[OVERFLOW_LABEL], Value::Sum(*n as f64));
         }
         out.push(fam);

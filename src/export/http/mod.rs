@@ -1,11 +1,12 @@
 //! The HTTP server for `/metrics`, `/healthz`, `/readyz`, and the live page at `/` with its stream.
-//! Scrapes are rendered one at a time off the reactor and shared: a scrape that waited for a rendering
-//! which started after it arrived takes that rendering's bytes (gzip when it accepts it), so any number of
-//! concurrent scrapers cost one or two expositions while every answer is as fresh as an unshared one, and
-//! `/healthz` and `/readyz` never wait on them.
+//! Scrapes are rendered one at a time on a thread of their own, the stores streaming into the encoder, and
+//! shared: a scrape that waited for a rendering which started after it arrived takes that rendering's
+//! bytes (gzip when it accepts it), so any number of concurrent scrapers cost one or two expositions while
+//! every answer is as fresh as an unshared one, and `/healthz` and `/readyz` never wait on them.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -25,8 +26,8 @@ pub mod web_config;
 
 use self::live::stream::LiveBody;
 use self::web_config::WebConfig;
-use super::prometheus::{encode, Format};
-use crate::model::{point_count, Metric, MetricKind, Registry, Value};
+use super::prometheus::{Encoder, Format};
+use crate::model::{stream_metrics, Metric, MetricKind, Registry, Value};
 use crate::target::status::TargetStatus;
 
 /// What the HTTP handlers read.
@@ -80,18 +81,25 @@ fn respond(
 
 /// Renders the current exposition in `format`.
 pub fn render_metrics(registry: &Registry, format: Format) -> String {
-    let mut families = registry.gather();
-    let n = point_count(&families) + 1;
-    families.push(
-        Metric::new(
-            "vitals.exporter.series",
-            "Series in this exposition",
-            "{series}",
-            MetricKind::Gauge,
-        )
-        .with(&[], Value::Gauge(n as f64)),
-    );
-    encode(&families, format)
+    render_with(&mut Encoder::new(format), registry, 0)
+}
+
+/// Renders the current exposition with `encoder` (whose name translations carry over from its last
+/// exposition) into a buffer of `capacity` bytes, every collector streaming into it under its own lock,
+/// then the series count. The scrape thread passes the last exposition's size.
+pub fn render_with(encoder: &mut Encoder, registry: &Registry, capacity: usize) -> String {
+    encoder.start(capacity);
+    registry.encode_into(encoder);
+    let n = encoder.points() + 1;
+    let series = Metric::new(
+        "vitals.exporter.series",
+        "Series in this exposition",
+        "{series}",
+        MetricKind::Gauge,
+    )
+    .with(&[], Value::Gauge(n as f64));
+    stream_metrics(std::slice::from_ref(&series), encoder);
+    encoder.finish()
 }
 
 /// How long a scrape waits for the renderer before it is answered 503.
@@ -104,10 +112,96 @@ struct Rendered {
     gzip: Option<Bytes>,
 }
 
+/// What the render thread is asked to do.
+enum RenderJob {
+    /// Render the exposition in this format.
+    Render(Format, tokio::sync::oneshot::Sender<Bytes>),
+    /// Gzip these bytes.
+    Gzip(Bytes, tokio::sync::oneshot::Sender<Bytes>),
+}
+
 /// Renders scrapes one at a time and shares each rendering with the scrapes that arrived before it began.
-#[derive(Default)]
+/// All rendering and compression happens on one thread of its own: its allocations stay in one malloc
+/// arena and its buffers are sized from the last exposition, so RSS does not climb with each scrape as it
+/// did when renders ran on whichever blocking-pool thread was free.
 struct Renderer {
     turn: tokio::sync::Mutex<[Option<Rendered>; 2]>,
+    jobs: std::sync::mpsc::Sender<RenderJob>,
+}
+
+impl Renderer {
+    /// Starts the render thread for `registry`; it ends when the renderer is dropped.
+    fn start(registry: Registry) -> std::io::Result<Renderer> {
+        let (jobs, queue) = std::sync::mpsc::channel::<RenderJob>();
+        std::thread::Builder::new()
+            .name("vitals-scrape".into())
+            .spawn(move || {
+                lower_priority();
+                let mut encoders = [
+                    Encoder::new(Format::Text),
+                    Encoder::new(Format::OpenMetrics),
+                ];
+                let mut last_len = [0usize; 2];
+                for job in queue {
+                    match job {
+                        RenderJob::Render(format, reply) => {
+                            let i = format as usize;
+                            let capacity = last_len[i] + last_len[i] / 8;
+                            // A panic costs this scrape (answered as a failed rendering was before),
+                            // not every later one: the thread and a fresh encoder carry on.
+                            let rendered = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                                render_with(&mut encoders[i], &registry, capacity)
+                            }));
+                            match rendered {
+                                Ok(text) => {
+                                    last_len[i] = text.len();
+                                    let _ = reply.send(Bytes::from(text));
+                                }
+                                Err(_) => {
+                                    tracing::error!("rendering the exposition panicked");
+                                    encoders[i] = Encoder::new(format);
+                                }
+                            }
+                        }
+                        RenderJob::Gzip(plain, reply) => {
+                            let _ = reply.send(gzip(&plain));
+                        }
+                    }
+                }
+            })?;
+        Ok(Renderer {
+            turn: tokio::sync::Mutex::new([None, None]),
+            jobs,
+        })
+    }
+
+    async fn run(
+        &self,
+        job: impl FnOnce(tokio::sync::oneshot::Sender<Bytes>) -> RenderJob,
+    ) -> Option<Bytes> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.jobs.send(job(reply)).ok()?;
+        answer.await.ok()
+    }
+}
+
+/// Puts the calling thread at nice 10: when the cores are busy, the reactor threads answering
+/// `/healthz`, `/readyz` and OTLP requests run first and a scrape takes what is left.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid and setpriority only read and set the calling thread's own scheduling value.
+        let failed = unsafe {
+            let tid = libc::gettid();
+            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10) != 0
+        };
+        if failed {
+            tracing::debug!(
+                "cannot lower the scrape thread's priority: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
 }
 
 fn gzip(data: &[u8]) -> Bytes {
@@ -143,7 +237,7 @@ fn accepts_gzip(req: &Request<Incoming>) -> bool {
 impl Renderer {
     /// The exposition in `format`, gzipped when `gz`: the last rendering if it began after this scrape
     /// arrived, else rendered now. None when the renderer stayed busy for [`RENDER_WAIT`].
-    async fn scrape(&self, registry: &Registry, format: Format, gz: bool) -> Option<Bytes> {
+    async fn scrape(&self, format: Format, gz: bool) -> Option<Bytes> {
         let arrived = std::time::Instant::now();
         let mut slots = tokio::time::timeout(RENDER_WAIT, self.turn.lock())
             .await
@@ -152,14 +246,13 @@ impl Renderer {
         let fresh = slot.as_ref().is_some_and(|r| r.started >= arrived);
         if !fresh {
             let started = std::time::Instant::now();
-            let registry = registry.clone();
-            // Gathering takes locks and formats up to tens of thousands of lines: keep it off the reactor.
-            let plain = tokio::task::spawn_blocking(move || render_metrics(&registry, format))
+            let plain = self
+                .run(|reply| RenderJob::Render(format, reply))
                 .await
                 .unwrap_or_default();
             *slot = Some(Rendered {
                 started,
-                plain: Bytes::from(plain),
+                plain,
                 gzip: None,
             });
         }
@@ -169,7 +262,7 @@ impl Renderer {
         }
         if r.gzip.is_none() {
             let plain = r.plain.clone();
-            r.gzip = tokio::task::spawn_blocking(move || gzip(&plain)).await.ok();
+            r.gzip = self.run(|reply| RenderJob::Gzip(plain, reply)).await;
         }
         r.gzip.clone()
     }
@@ -216,7 +309,7 @@ async fn handle(
             let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok());
             let format = Format::negotiate(accept);
             let gz = accepts_gzip(&req);
-            match renderer.scrape(&state.registry, format, gz).await {
+            match renderer.scrape(format, gz).await {
                 Some(body) => {
                     let mut r = respond(StatusCode::OK, format.content_type(), body);
                     r.headers_mut()
@@ -264,7 +357,13 @@ async fn handle(
 
 /// Serves until `shutdown` is cancelled, then lets in-flight requests finish for up to a second.
 pub async fn serve(listener: TcpListener, state: HttpState, shutdown: CancellationToken) {
-    let renderer = Arc::new(Renderer::default());
+    let renderer = match Renderer::start(state.registry.clone()) {
+        Ok(r) => Arc::new(r),
+        Err(e) => {
+            tracing::error!("cannot start the scrape render thread: {e}; /metrics is not served");
+            return;
+        }
+    };
     let tls = state.web.as_ref().and_then(|w| w.tls.clone());
     let serve_one = move |req| {
         let state = state.clone();

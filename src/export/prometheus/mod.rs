@@ -3,10 +3,12 @@
 
 pub mod naming;
 
-use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fmt::Write;
 
-use crate::model::{Exemplar, Metric, MetricKind, Value};
+use crate::model::{
+    stream_metrics, Exemplar, Metric, MetricInfo, MetricKind, MetricSink, Origin, ValueRef,
+};
 
 /// The exposition format of one scrape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,201 +39,327 @@ impl Format {
 
 /// Encodes metrics in `format`, translating their OpenTelemetry names and attribute keys here.
 pub fn encode(metrics: &[Metric], format: Format) -> String {
-    let mut out = String::with_capacity(metrics.iter().map(|m| 64 + m.points.len() * 96).sum());
-    for m in metrics.iter().filter(|m| !m.points.is_empty()) {
-        encode_metric(&mut out, m, format);
-    }
-    if format == Format::OpenMetrics {
-        out.push_str("# EOF\n");
-    }
-    out
+    let mut e = Encoder::new(format);
+    e.start(metrics.iter().map(|m| 64 + m.points.len() * 96).sum());
+    stream_metrics(metrics, &mut e);
+    e.finish()
 }
 
-fn encode_metric(out: &mut String, m: &Metric, format: Format) {
-    let om = format == Format::OpenMetrics;
-    let name = naming::exposition_name(&m.name, &m.unit, m.kind, m.origin);
-    let type_word = match m.kind {
-        MetricKind::Counter => "counter",
-        MetricKind::UpDownCounter | MetricKind::Gauge => "gauge",
-        MetricKind::Histogram => "histogram",
-        MetricKind::Summary => "summary",
-    };
-    // In the text format a counter's family is named after its sample (`x_total`); OpenMetrics names the
-    // family without the suffix.
-    let counter = m.kind == MetricKind::Counter;
-    let header_suffix = if counter && !om { "_total" } else { "" };
-    out.push_str("# HELP ");
-    out.push_str(&name);
-    out.push_str(header_suffix);
-    out.push(' ');
-    escape_help(out, &m.description, om);
-    out.push('\n');
-    let _ = writeln!(out, "# TYPE {name}{header_suffix} {type_word}");
-    let unit = naming::unit_word(&name);
-    if om && !unit.is_empty() {
-        let _ = writeln!(out, "# UNIT {name} {unit}");
+/// Most metric names whose translation the encoder keeps between expositions; past it the cache starts
+/// over (names come from outside, but the app metric store bounds them far below this).
+const NAME_CACHE_LIMIT: usize = 8192;
+
+/// Most attribute keys whose translation the encoder keeps per metric.
+const KEY_CACHE_LIMIT: usize = 64;
+
+/// One cached translation: what a metric name becomes for one unit, kind and origin.
+struct CachedName {
+    unit: String,
+    kind: MetricKind,
+    origin: Origin,
+    exposition: String,
+}
+
+/// A streaming Prometheus encoder: collectors write into it through [`MetricSink`] straight from what they
+/// hold. It keeps the translation of metric names across expositions and of attribute keys across the
+/// points of a metric, so a scrape translates each name and key once, not once per series.
+pub struct Encoder {
+    format: Format,
+    out: String,
+    names: HashMap<String, Vec<CachedName>>,
+    /// The current metric's exposition name, kind and suffixes.
+    name: String,
+    kind: MetricKind,
+    value_suffix: &'static str,
+    /// Header lines of the current metric, written before its first point (a metric without points
+    /// writes nothing).
+    header: String,
+    header_written: bool,
+    /// `(OpenTelemetry key, label name)` of the current metric's attributes so far.
+    keys: Vec<(String, String)>,
+    /// The current point's `k="v",…`, written once and repeated on each of its samples.
+    labels: String,
+    points: usize,
+}
+
+impl Encoder {
+    /// An encoder writing `format`.
+    pub fn new(format: Format) -> Self {
+        Encoder {
+            format,
+            out: String::new(),
+            names: HashMap::new(),
+            name: String::new(),
+            kind: MetricKind::Gauge,
+            value_suffix: "",
+            header: String::new(),
+            header_written: false,
+            keys: Vec::new(),
+            labels: String::new(),
+            points: 0,
+        }
     }
-    let value_suffix = if counter { "_total" } else { "" };
-    let mut labels: Vec<(Cow<'_, str>, &str)> = Vec::new();
-    for p in &m.points {
-        labels.clear();
-        labels.extend(
-            p.attributes
-                .iter()
-                .map(|(k, v)| (naming::exposition_label(k, m.kind), v.as_str())),
-        );
-        match &p.value {
-            Value::Sum(v) | Value::Gauge(v) => {
-                sample(out, &name, value_suffix, &labels, None, *v, None, om)
+
+    /// Begins an exposition of about `capacity` bytes.
+    pub fn start(&mut self, capacity: usize) {
+        self.out = String::with_capacity(capacity);
+        self.points = 0;
+    }
+
+    /// Points written since [`Encoder::start`].
+    pub fn points(&self) -> usize {
+        self.points
+    }
+
+    /// Ends the exposition and hands over its text.
+    pub fn finish(&mut self) -> String {
+        if self.format == Format::OpenMetrics {
+            self.out.push_str("# EOF\n");
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    fn exposition_name(&mut self, m: &MetricInfo<'_>) -> String {
+        if let Some(c) = self.names.get(m.name).and_then(|v| {
+            v.iter()
+                .find(|c| c.kind == m.kind && c.origin == m.origin && c.unit == m.unit)
+        }) {
+            return c.exposition.clone();
+        }
+        if self.names.len() >= NAME_CACHE_LIMIT {
+            self.names.clear();
+        }
+        let exposition = naming::exposition_name(m.name, m.unit, m.kind, m.origin);
+        self.names
+            .entry(m.name.to_owned())
+            .or_default()
+            .push(CachedName {
+                unit: m.unit.to_owned(),
+                kind: m.kind,
+                origin: m.origin,
+                exposition: exposition.clone(),
+            });
+        exposition
+    }
+
+    /// Writes the label name of attribute `key`, the `i`-th of its point, on the current metric. Points
+    /// of a metric mostly share their keys in one order, so the `i`-th key seen is tried first; at most
+    /// [`KEY_CACHE_LIMIT`] keys are kept per metric (keys come from outside), later ones translated each
+    /// time.
+    fn write_label(
+        keys: &mut Vec<(String, String)>,
+        out: &mut String,
+        i: usize,
+        key: &str,
+        kind: MetricKind,
+    ) {
+        let cached = match keys.get(i) {
+            Some((k, label)) if k == key => Some(label),
+            _ => keys.iter().find(|(k, _)| k == key).map(|(_, label)| label),
+        };
+        if let Some(label) = cached {
+            out.push_str(label);
+            return;
+        }
+        let label = naming::exposition_label(key, kind);
+        out.push_str(&label);
+        if keys.len() < KEY_CACHE_LIMIT {
+            keys.push((key.to_owned(), label.into_owned()));
+        }
+    }
+
+    fn sample(
+        &mut self,
+        suffix: &str,
+        extra: Option<(&str, f64)>,
+        value: f64,
+        ex: Option<&Exemplar>,
+    ) {
+        let om = self.format == Format::OpenMetrics;
+        let out = &mut self.out;
+        out.push_str(&self.name);
+        out.push_str(suffix);
+        if !self.labels.is_empty() || extra.is_some() {
+            out.push('{');
+            out.push_str(&self.labels);
+            if let Some((k, v)) = extra {
+                if !self.labels.is_empty() {
+                    out.push(',');
+                }
+                out.push_str(k);
+                out.push_str("=\"");
+                write_float(out, v, om);
+                out.push('"');
             }
-            Value::Histogram {
+            out.push('}');
+        }
+        out.push(' ');
+        write_float(out, value, false);
+        if let Some(ex) = ex {
+            out.push_str(" # {");
+            for (i, (k, v)) in ex.attributes.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&naming::exposition_label(k, MetricKind::Gauge));
+                out.push_str("=\"");
+                escape_label_value(out, v);
+                out.push('"');
+            }
+            out.push_str("} ");
+            write_float(out, ex.value, false);
+            if let Some(ts) = ex.timestamp {
+                out.push(' ');
+                let _ = write!(out, "{ts:.3}");
+            }
+        }
+        out.push('\n');
+    }
+
+    fn sum_and_count(&mut self, sum: f64, count: u64) {
+        self.sample("_sum", None, sum, None);
+        self.sample("_count", None, count as f64, None);
+    }
+}
+
+impl MetricSink for Encoder {
+    fn begin(&mut self, m: &MetricInfo<'_>) {
+        let om = self.format == Format::OpenMetrics;
+        self.name = self.exposition_name(m);
+        self.kind = m.kind;
+        self.keys.clear();
+        let type_word = match m.kind {
+            MetricKind::Counter => "counter",
+            MetricKind::UpDownCounter | MetricKind::Gauge => "gauge",
+            MetricKind::Histogram => "histogram",
+            MetricKind::Summary => "summary",
+        };
+        // In the text format a counter's family is named after its sample (`x_total`); OpenMetrics names
+        // the family without the suffix.
+        let counter = m.kind == MetricKind::Counter;
+        let header_suffix = if counter && !om { "_total" } else { "" };
+        self.value_suffix = if counter { "_total" } else { "" };
+        let h = &mut self.header;
+        h.clear();
+        h.push_str("# HELP ");
+        h.push_str(&self.name);
+        h.push_str(header_suffix);
+        h.push(' ');
+        escape_help(h, m.description, om);
+        h.push('\n');
+        let _ = writeln!(h, "# TYPE {}{header_suffix} {type_word}", self.name);
+        let unit = naming::unit_word(&self.name);
+        if om && !unit.is_empty() {
+            let _ = writeln!(h, "# UNIT {} {unit}", self.name);
+        }
+        self.header_written = false;
+    }
+
+    fn point(&mut self, attributes: &[(&str, &str)], _start: u64, value: ValueRef<'_>) {
+        if !self.header_written {
+            self.out.push_str(&self.header);
+            self.header_written = true;
+        }
+        self.points += 1;
+        let om = self.format == Format::OpenMetrics;
+        self.labels.clear();
+        for (i, (k, v)) in attributes.iter().enumerate() {
+            if i > 0 {
+                self.labels.push(',');
+            }
+            Self::write_label(&mut self.keys, &mut self.labels, i, k, self.kind);
+            self.labels.push_str("=\"");
+            escape_label_value(&mut self.labels, v);
+            self.labels.push('"');
+        }
+        match value {
+            ValueRef::Sum(v) | ValueRef::Gauge(v) => {
+                let suffix = self.value_suffix;
+                self.sample(suffix, None, v, None)
+            }
+            ValueRef::Histogram {
                 buckets,
                 sum,
                 count,
                 exemplars,
             } => {
-                for (i, (le, c)) in buckets.iter().enumerate() {
+                buckets.for_each_cumulative(|i, le, c| {
                     let ex = if om {
                         exemplars.get(i).and_then(|e| e.as_ref())
                     } else {
                         None
                     };
-                    sample(
-                        out,
-                        &name,
-                        "_bucket",
-                        &labels,
-                        Some(("le", *le)),
-                        *c as f64,
-                        ex,
-                        om,
-                    );
-                }
-                sum_and_count(out, &name, &labels, *sum, *count, om);
+                    self.sample("_bucket", Some(("le", le)), c as f64, ex);
+                });
+                self.sum_and_count(sum, count);
             }
-            Value::Summary {
+            ValueRef::Summary {
                 quantiles,
                 sum,
                 count,
             } => {
                 for (q, v) in quantiles {
-                    sample(
-                        out,
-                        &name,
-                        "",
-                        &labels,
-                        Some(("quantile", *q)),
-                        *v,
-                        None,
-                        om,
-                    );
+                    self.sample("", Some(("quantile", *q)), *v, None);
                 }
-                sum_and_count(out, &name, &labels, *sum, *count, om);
+                self.sum_and_count(sum, count);
             }
         }
     }
-}
 
-type Labels<'a> = [(Cow<'a, str>, &'a str)];
-
-fn sum_and_count(
-    out: &mut String,
-    name: &str,
-    labels: &Labels<'_>,
-    sum: f64,
-    count: u64,
-    om: bool,
-) {
-    sample(out, name, "_sum", labels, None, sum, None, om);
-    sample(out, name, "_count", labels, None, count as f64, None, om);
-}
-
-/// Writes `k="v",…` pairs, values escaped.
-fn label_pairs<K: AsRef<str>, V: AsRef<str>>(out: &mut String, labels: &[(K, V)]) {
-    for (i, (k, v)) in labels.iter().enumerate() {
-        let (k, v) = (k.as_ref(), v.as_ref());
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(k);
-        out.push_str("=\"");
-        escape_label_value(out, v);
-        out.push('"');
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn sample(
-    out: &mut String,
-    name: &str,
-    suffix: &str,
-    labels: &Labels<'_>,
-    extra: Option<(&str, f64)>,
-    value: f64,
-    exemplar: Option<&Exemplar>,
-    om: bool,
-) {
-    out.push_str(name);
-    out.push_str(suffix);
-    if !labels.is_empty() || extra.is_some() {
-        out.push('{');
-        label_pairs(out, labels);
-        if let Some((k, v)) = extra {
-            if !labels.is_empty() {
-                out.push(',');
-            }
-            out.push_str(k);
-            out.push_str("=\"");
-            write_float(out, v, om);
-            out.push('"');
-        }
-        out.push('}');
-    }
-    out.push(' ');
-    write_float(out, value, false);
-    if let Some(ex) = exemplar {
-        out.push_str(" # {");
-        let ex_labels: Vec<(Cow<'_, str>, &str)> = ex
-            .attributes
-            .iter()
-            .map(|(k, v)| (naming::exposition_label(k, MetricKind::Gauge), v.as_str()))
-            .collect();
-        label_pairs(out, &ex_labels);
-        out.push_str("} ");
-        write_float(out, ex.value, false);
-        if let Some(ts) = ex.timestamp {
-            out.push(' ');
-            let _ = write!(out, "{ts:.3}");
-        }
-    }
-    out.push('\n');
+    fn end(&mut self) {}
 }
 
 /// Writes a float as both formats spell it (`+Inf`, `-Inf`, `NaN`). With `om_canonical`, whole numbers
-/// get `.0` as OpenMetrics' canonical `le`/`quantile` form.
+/// get `.0` as OpenMetrics' canonical `le`/`quantile` form. Whole numbers below 2^53 take a fast path
+/// that writes what `Display` would.
 fn write_float(out: &mut String, v: f64, om_canonical: bool) {
     if v.is_nan() {
         out.push_str("NaN");
     } else if v.is_infinite() {
         out.push_str(if v > 0.0 { "+Inf" } else { "-Inf" });
-    } else if om_canonical && v.fract() == 0.0 && v.abs() < 1e15 {
-        let _ = write!(out, "{v:.1}");
+    } else if v.fract() == 0.0 && v.abs() < 9.0e15 && !(v == 0.0 && v.is_sign_negative()) {
+        if v < 0.0 {
+            out.push('-');
+        }
+        write_u64(out, v.abs() as u64);
+        if om_canonical {
+            out.push_str(".0");
+        }
     } else {
         let _ = write!(out, "{v}");
     }
 }
 
+/// `n` in decimal.
+fn write_u64(out: &mut String, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written.
+    out.push_str(std::str::from_utf8(&buf[at..]).unwrap_or("0"));
+}
+
 /// Escapes a label value: backslash, double quote and newline, the three characters both formats
 /// reserve. Nothing else in a value can break a line or end the string.
 pub fn escape_label_value(out: &mut String, v: &str) {
-    for c in v.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
+    let mut rest = v;
+    while let Some(at) = rest.bytes().position(|b| matches!(b, b'\\' | b'"' | b'\n')) {
+        out.push_str(&rest[..at]);
+        out.push_str(match rest.as_bytes()[at] {
+            b'\\' => "\\\\",
+            b'"' => "\\\"",
+            _ => "\\n",
+        });
+        rest = &rest[at + 1..];
     }
+    out.push_str(rest);
 }
 
 fn escape_help(out: &mut String, v: &str, om: bool) {
@@ -248,7 +376,7 @@ fn escape_help(out: &mut String, v: &str, om: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Metric;
+    use crate::model::{Metric, Value};
 
     #[test]
     fn counter_names_differ_between_formats() {
@@ -309,6 +437,24 @@ mod tests {
         let om = encode(&f, Format::OpenMetrics);
         assert!(om.contains("req_seconds_bucket{le=\"0.1\"} 3 # {trace_id=\"0af7651916cd43dd8448eb211c80319c\"} 0.07 1700000000.500\n"), "{om}");
         assert!(om.contains("req_seconds_bucket{le=\"1.0\"} 4\n"), "{om}");
+    }
+
+    #[test]
+    fn many_distinct_attribute_keys_are_all_translated() {
+        // More keys than the per-metric cache holds, in changing positions.
+        let mut m = Metric::new("x", "h", "", MetricKind::Histogram);
+        for i in 0..200 {
+            let key = format!("k.{i}");
+            m.push(&[("le", "a"), (&key, "v")], Value::Gauge(1.0));
+        }
+        let text = encode(&[m], Format::Text);
+        for i in 0..200 {
+            assert!(
+                text.contains(&format!("x{{exported_le=\"a\",k_{i}=\"v\"}} 1\n")),
+                "{i}"
+            );
+        }
+        assert_eq!(text.lines().count(), 202);
     }
 
     #[test]

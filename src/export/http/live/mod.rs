@@ -70,7 +70,8 @@ impl LiveHub {
 
     /// Takes one frame from `registry` at unix time `t` and hands it to every viewer.
     pub fn tick(&self, registry: &Registry, t: f64) {
-        let families = registry.gather();
+        // Frames show vitals' own metrics only: the app's are never copied.
+        let families = registry.gather_where(|m| m.origin == crate::model::Origin::Vitals);
         let (frame, hints) = {
             let mut s = self.sampler();
             let frame = s.tick(t, &families);
