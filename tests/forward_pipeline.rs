@@ -609,97 +609,13 @@ fn sigterm_drains_within_the_grace_period() {
     assert!(log.lock().unwrap().contains("queue drained"));
 }
 
-/// Makes a CA, a server certificate for 127.0.0.1 and a client certificate with openssl.
-fn make_certs(dir: &Path) {
-    let openssl = common::require_tool("openssl", "apt-get install -y openssl");
-    let run = |args: &[&str]| {
-        let out = Command::new(&openssl)
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    run(&[
-        &["req", "-x509"][..],
-        &ec,
-        &[
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=vitals-test-ca",
-        ],
-    ]
-    .concat());
-    for (name, ext) in [
-        (
-            "server",
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
-        ),
-        ("client", "extendedKeyUsage=clientAuth\n"),
-    ] {
-        std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
-        let (key, csr, pem, extf) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.pem"),
-            format!("{name}.ext"),
-        );
-        run(&[
-            &["req"][..],
-            &ec,
-            &[
-                "-keyout",
-                &key,
-                "-out",
-                &csr,
-                "-subj",
-                &format!("/CN={name}"),
-            ],
-        ]
-        .concat());
-        run(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            &pem,
-            "-days",
-            "2",
-            "-extfile",
-            &extf,
-        ]);
-    }
-}
-
 /// TLS to the upstream with a CA and a client certificate made by openssl (mutual TLS), over OTLP/HTTP
 /// and OTLP/gRPC: bodies arrive byte-equal. Without the CA (system roots only) the handshake fails and
 /// nothing is accepted upstream; a missing certificate file stops vitals at start, naming the variable.
 #[test]
 fn tls_to_the_upstream_with_openssl_certificates() {
     let certs = tempfile::tempdir().unwrap();
-    make_certs(certs.path());
+    common::make_certificates(certs.path());
     let p = |f: &str| certs.path().join(f).to_string_lossy().into_owned();
     for protocol in ["http", "grpc"] {
         let up = PyUpstream::start_with(
