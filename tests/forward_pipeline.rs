@@ -5,12 +5,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{free_port, node_send, sdk_python, sdk_send, Exposition, Vitals};
+use common::{free_port, node_send, sdk_send, Exposition, PyUpstream, Vitals};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
@@ -18,98 +16,6 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{span, ResourceSpans, ScopeSpans, Span};
 use prost::Message;
 use tonic_types::StatusExt;
-
-/// tests/python/upstream.py on a loopback port; killed on drop.
-struct PyUpstream {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl PyUpstream {
-    fn start(protocol: &str, answer: &str) -> PyUpstream {
-        Self::start_on(protocol, answer, free_port())
-    }
-
-    fn start_on(protocol: &str, answer: &str, port: u16) -> PyUpstream {
-        Self::start_with(protocol, answer, port, &[])
-    }
-
-    fn start_with(protocol: &str, answer: &str, port: u16, extra: &[&str]) -> PyUpstream {
-        let dir = tempfile::tempdir().unwrap();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/upstream.py");
-        let mut child = Command::new(sdk_python())
-            .arg(script)
-            .args(["--protocol", protocol, "--port", &port.to_string()])
-            .arg("--dir")
-            .arg(dir.path())
-            .args(["--answer", answer])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start upstream.py");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready", "upstream.py did not start");
-        PyUpstream { child, port, dir }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// Bodies received for `signal`, in arrival order.
-    fn bodies(&self, signal: &str) -> Vec<Vec<u8>> {
-        let mut out = Vec::new();
-        for n in 0.. {
-            let p: PathBuf = self.dir.path().join(format!("{signal}-{n}.bin"));
-            match std::fs::read(&p) {
-                Ok(b) => out.push(b),
-                Err(_) => break,
-            }
-        }
-        out
-    }
-
-    fn meta(&self, signal: &str, n: usize) -> serde_json::Value {
-        let p = self.dir.path().join(format!("{signal}-{n}.meta"));
-        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
-    }
-
-    fn wait_bodies(&self, signal: &str, n: usize, within: Duration) -> Vec<Vec<u8>> {
-        let deadline = Instant::now() + within;
-        loop {
-            let b = self.bodies(signal);
-            // The .meta file is written after the .bin: wait for it so the body is complete.
-            let complete = b.len() >= n
-                && (n == 0
-                    || self
-                        .dir
-                        .path()
-                        .join(format!("{signal}-{}.meta", n - 1))
-                        .is_file());
-            if complete {
-                return b;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "upstream received {} {signal} requests, expected {n}",
-                b.len()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for PyUpstream {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A trace export of `spans` server spans of service `svc`, padded by an attribute of `pad` bytes.
 fn trace_request(svc: &str, spans: usize, pad: usize, seed: u8) -> Vec<u8> {

@@ -7,57 +7,35 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{free_port, sdk_python, sdk_send, TestChild, Vitals};
+use common::{free_port, sdk_send, PyUpstream, TestChild, Vitals};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 use opentelemetry_proto::tonic::metrics::v1::{number_data_point, AggregationTemporality, Metric};
 use prost::Message;
 
-/// tests/python/upstream.py on a loopback port; killed on drop.
-struct PyUpstream {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
+/// What the push tests read from the upstream: the metrics requests it received.
+trait MetricsUpstream {
+    fn requests(&self) -> Vec<(Vec<u8>, ExportMetricsServiceRequest)>;
+    fn wait_requests(
+        &self,
+        n: usize,
+        within: Duration,
+        v: &Vitals,
+    ) -> Vec<(Vec<u8>, ExportMetricsServiceRequest)>;
+    fn wait_for(
+        &self,
+        within: Duration,
+        v: &Vitals,
+        what: &str,
+        cond: impl Fn(&[(Vec<u8>, ExportMetricsServiceRequest)]) -> bool,
+    ) -> Vec<(Vec<u8>, ExportMetricsServiceRequest)>;
 }
 
-impl PyUpstream {
-    fn start(protocol: &str, answer: &str) -> PyUpstream {
-        Self::start_with(protocol, answer, &[])
-    }
-
-    fn start_with(protocol: &str, answer: &str, extra: &[&str]) -> PyUpstream {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/upstream.py");
-        let mut child = Command::new(sdk_python())
-            .arg(script)
-            .args(["--protocol", protocol, "--port", &port.to_string()])
-            .arg("--dir")
-            .arg(dir.path())
-            .args(["--answer", answer])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start upstream.py");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready", "upstream.py did not start");
-        PyUpstream { child, port, dir }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
+impl MetricsUpstream for PyUpstream {
     /// Complete metrics requests received so far (a .meta file follows each body), in arrival order.
     fn requests(&self) -> Vec<(Vec<u8>, ExportMetricsServiceRequest)> {
         let mut out = Vec::new();
@@ -104,13 +82,6 @@ impl PyUpstream {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-    }
-}
-
-impl Drop for PyUpstream {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -598,6 +569,7 @@ fn push_over_mutual_tls() {
         let up = PyUpstream::start_with(
             protocol,
             "ok",
+            free_port(),
             &[
                 "--cert",
                 &p("server.pem"),

@@ -745,3 +745,99 @@ pub fn make_certificates(dir: &Path) {
         ]);
     }
 }
+
+/// tests/python/upstream.py, an OTLP receiver built from the official `opentelemetry-proto` package's
+/// generated services, on a loopback port; it answers `answer` (`ok`, `400`, `503`, `partial`) and is
+/// killed on drop.
+pub struct PyUpstream {
+    child: Child,
+    /// The loopback port it listens on.
+    pub port: u16,
+    /// Where it writes each request it receives: `<signal>-<n>.bin`, then `<signal>-<n>.meta`.
+    pub dir: tempfile::TempDir,
+}
+
+impl PyUpstream {
+    pub fn start(protocol: &str, answer: &str) -> PyUpstream {
+        Self::start_on(protocol, answer, free_port())
+    }
+
+    pub fn start_on(protocol: &str, answer: &str, port: u16) -> PyUpstream {
+        Self::start_with(protocol, answer, port, &[])
+    }
+
+    pub fn start_with(protocol: &str, answer: &str, port: u16, extra: &[&str]) -> PyUpstream {
+        let dir = tempfile::tempdir().unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/upstream.py");
+        let mut child = Command::new(sdk_python())
+            .arg(script)
+            .args(["--protocol", protocol, "--port", &port.to_string()])
+            .arg("--dir")
+            .arg(dir.path())
+            .args(["--answer", answer])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start upstream.py");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "upstream.py did not start");
+        PyUpstream { child, port, dir }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Bodies received for `signal`, in arrival order.
+    pub fn bodies(&self, signal: &str) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for n in 0.. {
+            let p = self.dir.path().join(format!("{signal}-{n}.bin"));
+            match std::fs::read(&p) {
+                Ok(b) => out.push(b),
+                Err(_) => break,
+            }
+        }
+        out
+    }
+
+    pub fn meta(&self, signal: &str, n: usize) -> serde_json::Value {
+        let p = self.dir.path().join(format!("{signal}-{n}.meta"));
+        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+    }
+
+    pub fn wait_bodies(&self, signal: &str, n: usize, within: Duration) -> Vec<Vec<u8>> {
+        let deadline = Instant::now() + within;
+        loop {
+            let b = self.bodies(signal);
+            // The .meta file is written after the .bin: wait for it so the body is complete.
+            let complete = b.len() >= n
+                && (n == 0
+                    || self
+                        .dir
+                        .path()
+                        .join(format!("{signal}-{}.meta", n - 1))
+                        .is_file());
+            if complete {
+                return b;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "upstream received {} {signal} requests, expected {n}",
+                b.len()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for PyUpstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
