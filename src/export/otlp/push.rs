@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::Uri;
 use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use tokio::time::Instant;
@@ -22,7 +21,7 @@ use super::metrics_request::{
 };
 use super::push_resource::{host_name, resource_attributes};
 use super::tls::{client_config, TlsFiles};
-use super::upstream::{parse_headers, Answer, Protocol, Sender, Upstream};
+use super::upstream::{parse_endpoint, parse_headers, Answer, Protocol, Sender, Upstream};
 use crate::model::{Collector, Metric, MetricKind, Registry, Value};
 use crate::receiver::Signal;
 
@@ -95,22 +94,7 @@ impl PushOptions {
                 other => return Err(format!("{o}: {other:?} is not grpc or http/protobuf")),
             },
         };
-        let endpoint = endpoint.trim();
-        let url: Uri = endpoint
-            .parse()
-            .map_err(|e| format!("{origin}: {endpoint:?} is not a URL: {e}"))?;
-        let https = match url.scheme_str() {
-            Some("http") => false,
-            Some("https") => true,
-            _ => {
-                return Err(format!(
-                    "{origin}: {endpoint:?} needs a scheme and host, e.g. http://collector:4318"
-                ))
-            }
-        };
-        if url.host().is_none() {
-            return Err(format!("{origin}: {endpoint:?} has no host"));
-        }
+        let (url, https) = parse_endpoint(origin, endpoint)?;
         // For OTLP/HTTP a URL without a path gets the standard metrics path; one with a path (Prometheus'
         // /api/v1/otlp/v1/metrics) is used as given.
         let url = if protocol == Protocol::HttpProtobuf && matches!(url.path(), "" | "/") {

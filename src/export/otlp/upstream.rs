@@ -165,22 +165,7 @@ impl ForwardOptions {
                 other => return Err(format!("{o}: {other:?} is not grpc or http/protobuf")),
             },
         };
-        let endpoint = endpoint.trim();
-        let url: Uri = endpoint
-            .parse()
-            .map_err(|e| format!("{origin}: {endpoint:?} is not a URL: {e}"))?;
-        let https = match url.scheme_str() {
-            Some("http") => false,
-            Some("https") => true,
-            _ => {
-                return Err(format!(
-                    "{origin}: {endpoint:?} needs a scheme and host, e.g. http://collector:4318"
-                ))
-            }
-        };
-        if url.host().is_none() {
-            return Err(format!("{origin}: {endpoint:?} has no host"));
-        }
+        let (url, https) = parse_endpoint(&origin, &endpoint)?;
         // Certificates apply to https endpoints only (the OTLP exporter rules); they are read and
         // checked here so a bad file stops vitals at start with the variable's name.
         let tls = if https {
@@ -640,6 +625,28 @@ fn classify_grpc(status: &Status) -> Answer {
             reason: format!("gRPC {:?}", status.code()),
         }
     }
+}
+
+/// An OTLP endpoint URL as given by `origin` (a flag or variable, for the error): the URL and whether it
+/// is `https`. It needs an `http` or `https` scheme and a host.
+pub fn parse_endpoint(origin: &str, endpoint: &str) -> Result<(Uri, bool), String> {
+    let endpoint = endpoint.trim();
+    let url: Uri = endpoint
+        .parse()
+        .map_err(|e| format!("{origin}: {endpoint:?} is not a URL: {e}"))?;
+    let https = match url.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => {
+            return Err(format!(
+                "{origin}: {endpoint:?} needs a scheme and host, e.g. http://collector:4318"
+            ))
+        }
+    };
+    if url.host().is_none() {
+        return Err(format!("{origin}: {endpoint:?} has no host"));
+    }
+    Ok((url, https))
 }
 
 #[cfg(test)]
