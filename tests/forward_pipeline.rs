@@ -524,19 +524,7 @@ fn tls_to_the_upstream_with_openssl_certificates() {
     common::make_certificates(certs.path());
     let p = |f: &str| certs.path().join(f).to_string_lossy().into_owned();
     for protocol in ["http", "grpc"] {
-        let up = PyUpstream::start_with(
-            protocol,
-            "ok",
-            free_port(),
-            &[
-                "--cert",
-                &p("server.pem"),
-                "--key",
-                &p("server.key"),
-                "--client-ca",
-                &p("ca.pem"),
-            ],
-        );
+        let up = PyUpstream::start_mutual_tls(protocol, certs.path());
         let endpoint = format!("https://127.0.0.1:{}", up.port);
         let proto = if protocol == "grpc" {
             "grpc"

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{free_port, sdk_send, PyUpstream, TestChild, Vitals};
+use common::{sdk_send, PyUpstream, TestChild, Vitals};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::metric::Data;
@@ -566,19 +566,7 @@ fn push_over_mutual_tls() {
     common::make_certificates(certs.path());
     let p = |f: &str| certs.path().join(f).to_string_lossy().into_owned();
     for protocol in ["http", "grpc"] {
-        let up = PyUpstream::start_with(
-            protocol,
-            "ok",
-            free_port(),
-            &[
-                "--cert",
-                &p("server.pem"),
-                "--key",
-                &p("server.key"),
-                "--client-ca",
-                &p("ca.pem"),
-            ],
-        );
+        let up = PyUpstream::start_mutual_tls(protocol, certs.path());
         let endpoint = format!("https://127.0.0.1:{}", up.port);
         let proto = if protocol == "grpc" {
             "grpc"

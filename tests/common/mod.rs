@@ -788,6 +788,25 @@ impl PyUpstream {
         PyUpstream { child, port, dir }
     }
 
+    /// Starts it answering `ok` over TLS with the server certificate `make_certificates` wrote in `certs`,
+    /// asking clients for a certificate signed by that directory's CA (mutual TLS).
+    pub fn start_mutual_tls(protocol: &str, certs: &Path) -> PyUpstream {
+        let p = |f: &str| certs.join(f).to_string_lossy().into_owned();
+        Self::start_with(
+            protocol,
+            "ok",
+            free_port(),
+            &[
+                "--cert",
+                &p("server.pem"),
+                "--key",
+                &p("server.key"),
+                "--client-ca",
+                &p("ca.pem"),
+            ],
+        )
+    }
+
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
