@@ -8,6 +8,19 @@ use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
+/// The data points an OTLP metric carries, or None when it has no data (how many items that counts as is
+/// the caller's: the receiver counts one, the item its consumers reject; a push request counts none).
+pub fn data_points(m: &opentelemetry_proto::tonic::metrics::v1::Metric) -> Option<usize> {
+    use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+    m.data.as_ref().map(|d| match d {
+        Data::Gauge(g) => g.data_points.len(),
+        Data::Sum(s) => s.data_points.len(),
+        Data::Histogram(h) => h.data_points.len(),
+        Data::ExponentialHistogram(h) => h.data_points.len(),
+        Data::Summary(s) => s.data_points.len(),
+    })
+}
+
 /// The three OTLP signals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {

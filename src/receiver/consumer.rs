@@ -14,7 +14,6 @@ use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 
 use super::Signal;
 pub use crate::pipeline::{
@@ -52,17 +51,10 @@ impl ExportRequest for ExportMetricsServiceRequest {
 
     fn items(&self) -> u64 {
         let metrics = self.resource_metrics.iter().flat_map(|r| &r.scope_metrics);
-        let points = |d: &Data| match d {
-            Data::Gauge(g) => g.data_points.len(),
-            Data::Sum(s) => s.data_points.len(),
-            Data::Histogram(h) => h.data_points.len(),
-            Data::ExponentialHistogram(h) => h.data_points.len(),
-            Data::Summary(s) => s.data_points.len(),
-        };
         metrics
             .flat_map(|s| &s.metrics)
             // A metric without data is one item: the one its consumers reject.
-            .map(|m| m.data.as_ref().map_or(1, points) as u64)
+            .map(|m| crate::pipeline::data_points(m).unwrap_or(1) as u64)
             .sum()
     }
 
@@ -182,6 +174,7 @@ fn isolated<T>(work: impl FnOnce() -> T) -> Option<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opentelemetry_proto::tonic::metrics::v1::metric::Data;
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
     use std::sync::atomic::{AtomicU64, Ordering};
 

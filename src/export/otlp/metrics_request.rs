@@ -377,17 +377,6 @@ fn convert_metric(
     }
 }
 
-fn data_point_count(m: &otlp::Metric) -> u64 {
-    (match &m.data {
-        Some(metric::Data::Sum(s)) => s.data_points.len(),
-        Some(metric::Data::Gauge(g)) => g.data_points.len(),
-        Some(metric::Data::Histogram(h)) => h.data_points.len(),
-        Some(metric::Data::Summary(s)) => s.data_points.len(),
-        Some(metric::Data::ExponentialHistogram(e)) => e.data_points.len(),
-        None => 0,
-    }) as u64
-}
-
 /// One export request ready to send, with the data points it carries.
 #[derive(Debug, Clone)]
 pub struct PushRequest {
@@ -449,7 +438,7 @@ pub fn convert(
             continue;
         }
         let converted = convert_metric(m, starts, now_unix_nanos, &mut out.skipped);
-        let points = data_point_count(&converted);
+        let points = crate::pipeline::data_points(&converted).unwrap_or(0) as u64;
         if points == 0 {
             continue;
         }
