@@ -860,3 +860,162 @@ impl Drop for PyUpstream {
         let _ = self.child.wait();
     }
 }
+
+/// A throwaway PostgreSQL server on a loopback port chosen at run time, in a temporary data directory;
+/// stopped and removed on drop. As root it runs as the `postgres` user (the server refuses root).
+pub struct Postgres {
+    child: Child,
+    /// The port it listens on, on 127.0.0.1.
+    pub port: u16,
+    /// The data directory; the server's log is `log` inside it.
+    pub dir: tempfile::TempDir,
+}
+
+impl Postgres {
+    /// A libpq connection URL for database `postgres` as user `postgres` (trust authentication).
+    pub fn url(&self) -> String {
+        format!("postgresql://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// The server's log so far (statements too when started with `log_statement=all`).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        // SIGINT is PostgreSQL's fast shutdown: open sessions are ended, the data directory is left clean.
+        unsafe_kill(self.child.id(), "INT");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The directory of Debian's PostgreSQL server binaries (`initdb`, `postgres`), newest version first.
+fn postgres_bin_dir() -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| d.flatten().map(|e| e.path().join("bin")).collect())
+        .unwrap_or_default();
+    dirs.retain(|d| d.join("initdb").is_file() && d.join("postgres").is_file());
+    dirs.sort();
+    dirs.pop().unwrap_or_else(|| {
+        panic!("this test needs a PostgreSQL server: install it with `apt-get install postgresql` (.ci/run does)")
+    })
+}
+
+/// Starts a fresh PostgreSQL cluster on 127.0.0.1 with extra `-c name=value` settings (for example
+/// `log_statement=all`), and waits until it accepts connections.
+pub fn start_postgres(settings: &[&str]) -> Postgres {
+    let bin = postgres_bin_dir();
+    let dir = tempfile::tempdir().expect("temp dir");
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let as_root = unsafe { libc::geteuid() } == 0;
+    let run_as = |program: &Path, args: &[String]| -> Command {
+        if as_root {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(program).args(args);
+            c
+        } else {
+            let mut c = Command::new(program);
+            c.args(args);
+            c
+        }
+    };
+    if as_root {
+        let ok = Command::new("chown")
+            .args(["postgres:postgres"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "chown of the PostgreSQL data directory failed");
+    }
+    let data = dir.path().join("data");
+    let out = run_as(
+        &bin.join("initdb"),
+        &[
+            "-D".into(),
+            data.display().to_string(),
+            "-A".into(),
+            "trust".into(),
+            "-U".into(),
+            "postgres".into(),
+            "--no-sync".into(),
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .output()
+    .expect("run initdb");
+    assert!(
+        out.status.success(),
+        "initdb failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let port = free_port();
+    let mut args: Vec<String> = vec![
+        "-D".into(),
+        data.display().to_string(),
+        "-p".into(),
+        port.to_string(),
+        "-k".into(),
+        dir.path().display().to_string(),
+        "-c".into(),
+        "listen_addresses=127.0.0.1".into(),
+        "-c".into(),
+        "fsync=off".into(),
+    ];
+    for s in settings {
+        args.push("-c".into());
+        args.push((*s).to_owned());
+    }
+    let log = std::fs::File::create(dir.path().join("log")).expect("log file");
+    if as_root {
+        let _ = Command::new("chown")
+            .args(["postgres:postgres"])
+            .arg(dir.path().join("log"))
+            .status();
+    }
+    let child = run_as(&bin.join("postgres"), &args)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start postgres");
+    let pg = Postgres { child, port, dir };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "PostgreSQL did not listen within 30 s:\n{}",
+            pg.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Listening comes before the end of recovery: wait until a query is answered.
+    let psql = require_tool("psql", "apt-get install postgresql-client");
+    loop {
+        let ok = Command::new(&psql)
+            .args([pg.url().as_str(), "-tAc", "select 1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return pg;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "PostgreSQL answered no query within 30 s:\n{}",
+            pg.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
