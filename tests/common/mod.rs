@@ -1018,4 +1018,3 @@ pub fn start_postgres(settings: &[&str]) -> Postgres {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
-
