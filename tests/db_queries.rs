@@ -125,6 +125,33 @@ fn assert_no_literal(label: &str) {
     }
 }
 
+/// The live page's database panel from the first streamed frame that satisfies `until`.
+fn live_db_panel(v: &Vitals, until: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    use std::io::BufRead;
+    let resp = ureq::get(&format!("http://{}/live/stream", v.metrics))
+        .timeout(Duration::from_secs(15))
+        .call()
+        .expect("GET /live/stream");
+    let mut frame_next = false;
+    let mut last = serde_json::Value::Null;
+    for line in std::io::BufReader::new(resp.into_reader()).lines() {
+        let Ok(line) = line else { break };
+        if line == "event: frame" {
+            frame_next = true;
+            continue;
+        }
+        if let (true, Some(data)) = (frame_next, line.strip_prefix("data: ")) {
+            let frame: serde_json::Value = serde_json::from_str(data).expect("a JSON frame");
+            if until(&frame["db"]) {
+                return frame["db"].clone();
+            }
+            last = frame["db"].clone();
+        }
+        frame_next = false;
+    }
+    panic!("no frame with the expected database panel; last: {last}");
+}
+
 fn python_app(pg: &str, endpoint: &str, lazy: u32, eager: u32, batch: u32) -> serde_json::Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/orm_app.py");
     let out = Command::new(common::sdk_python())
@@ -209,7 +236,8 @@ fn flask_sqlalchemy_lazy_load_is_flagged_eager_is_not_and_counts_match_the_state
 
     // Counts and latency per template against PostgreSQL's own log.
     let log = statement_log(&pg.log());
-    let cases: [(&str, &dyn Fn(&str) -> bool, f64); 3] = [
+    type Matches<'a> = &'a dyn Fn(&str) -> bool;
+    let cases: [(&str, Matches, f64); 3] = [
         (
             "authors list",
             &|q: &str| {
@@ -246,6 +274,33 @@ fn flask_sqlalchemy_lazy_load_is_flagged_eager_is_not_and_counts_match_the_state
             (sum - truth_sum) / count * 1e3
         );
     }
+    // The counter's exemplar is the latest run's trace (the third lazy request), on OpenMetrics scrapes.
+    let (_, _, om) = v.get(
+        "/metrics",
+        Some("application/openmetrics-text; version=1.0.0"),
+    );
+    let line = om
+        .lines()
+        .find(|l| l.starts_with(N_PLUS_ONE) && l.contains("/authors/lazy"))
+        .expect("the N+1 counter in the OpenMetrics scrape");
+    assert!(
+        line.contains(&format!("# {{trace_id=\"{}\"}} 1", lazy_traces[2])),
+        "{line}\nlazy traces {lazy_traces:?}"
+    );
+    // The live page lists the offender beside the slowest queries.
+    let db = live_db_panel(&v, |db| {
+        db["n_plus_one"].as_array().is_some_and(|a| !a.is_empty())
+    });
+    assert_eq!(db["n_plus_one"][0]["operation"], "/authors/lazy", "{db}");
+    assert_eq!(db["n_plus_one"][0]["runs_total"], 3.0, "{db}");
+    assert!(
+        db["slowest_queries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|q| lazy_books(q["query"].as_str().unwrap_or(""))),
+        "{db}"
+    );
     for label in query_labels(&e2) {
         assert_no_literal(&label);
     }

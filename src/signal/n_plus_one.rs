@@ -18,7 +18,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::latency::Operation;
-use crate::model::{Collector, Metric, MetricKind, Value};
+use crate::model::{Collector, Exemplar, Metric, MetricKind, Value};
 use crate::store::app_metrics::cut_str;
 use crate::store::limited::{LimitedMap, OverflowCounter, OVERFLOW_LABEL};
 
@@ -363,7 +363,13 @@ impl NPlusOne {
                     now,
                 );
                 o.count += 1;
-                o.latest = Some(offender);
+                // Runs judged in one sweep come in no particular order: keep the one that ended last.
+                if o.latest
+                    .as_ref()
+                    .is_none_or(|l| l.at_unix <= offender.at_unix)
+                {
+                    o.latest = Some(offender);
+                }
             }
         }
         let max_age = rule.max_age;
@@ -480,10 +486,19 @@ impl Collector for NPlusOne {
             rows.sort_by(|a, b| a.labels.cmp(&b.labels));
             for o in rows {
                 let [s, op, q] = &o.labels;
-                fam.push(
-                    &[("service", s), ("operation", op), ("query", q)],
-                    Value::Sum(o.count as f64),
-                );
+                let value = match &o.latest {
+                    // The latest run's trace, the value its one increment.
+                    Some(latest) => Value::SumWithExemplar(
+                        o.count as f64,
+                        Exemplar {
+                            attributes: vec![("trace_id".into(), latest.trace_id.clone())],
+                            value: 1.0,
+                            timestamp: Some(latest.at_unix),
+                        },
+                    ),
+                    None => Value::Sum(o.count as f64),
+                };
+                fam.push(&[("service", s), ("operation", op), ("query", q)], value);
             }
             if let Some(o) = inner.counts.overflow_live(now, self.ttl) {
                 fam.push(&[OVERFLOW_LABEL], Value::Sum(o.count as f64));
@@ -565,7 +580,7 @@ mod tests {
             .flat_map(|m| m.points.iter())
             .map(|p| {
                 let v = match p.value {
-                    Value::Sum(v) => v,
+                    Value::Sum(v) | Value::SumWithExemplar(v, _) => v,
                     _ => f64::NAN,
                 };
                 (p.attributes.clone(), v)
