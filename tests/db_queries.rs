@@ -372,6 +372,9 @@ fn express_pg_loop_is_flagged_and_the_batch_query_is_not() {
     for label in query_labels(&e2) {
         assert_no_literal(&label);
     }
+    for s in e2.all(&format!("{QUERY}_count")) {
+        println!("express query series: {:?} {}", s.labels, s.value);
+    }
     println!(
         "express: loop 60 queries, batch 3, N+1 runs {:?}",
         n_plus_one(&e2, "express-shop", "/items/loop")
@@ -606,4 +609,111 @@ fn traces_split_across_exports_and_out_of_order_are_judged_whole_within_the_sett
         .collect();
     println!("N+1 runs by operation: {got:?}");
     assert_eq!(got, want, "{}", e.text);
+}
+
+/// (count, sum) of one query's histogram for `service`.
+fn one_query(e: &Exposition, service: &str, query: &str) -> (f64, f64) {
+    let (count, sum, _) = query_totals(e, service, |q| q == query);
+    (count, sum)
+}
+
+#[test]
+fn a_full_pool_shows_as_waiting_for_a_connection_beside_a_query_that_stays_fast() {
+    let pg = start_pg();
+    // The Express app is the target, so its pool metrics become vitals' pool signal.
+    let v = Vitals::start(&[
+        "--process",
+        r"pg_app\.mjs",
+        "--interval",
+        "200ms",
+        "--db-trace-settle",
+        "1s",
+    ]);
+    let (_, http) = v.otlp_addrs();
+    let endpoint = format!("http://{http}");
+    python_app(&pg.url(), &endpoint, 0, 0, 512);
+    let node = common::require_tool("node", "apt-get install nodejs");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node/pg_app.mjs");
+    // Eight clients, one connection: each query waits for the seven before it.
+    let child = Command::new(node)
+        .arg(script)
+        .args(["--pg", &pg.url(), "--endpoint", &endpoint])
+        .args(["--loop", "0", "--batch", "0", "--service", "express-busy"])
+        .args(["--pool-max", "1", "--busy-seconds", "8"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start pg_app.mjs");
+    let query = "SELECT id, title FROM books WHERE id = ?";
+    let db = live_db_panel(&v, |db| {
+        let full = db["pools"].as_array().is_some_and(|p| {
+            p.iter()
+                .any(|p| p["utilization"] == 1.0 && p["pending"].as_f64() >= Some(1.0))
+        });
+        let listed = |q: &str| {
+            db["slowest_queries"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|x| x["query"] == q && x["p99"].is_number()))
+        };
+        full && listed("pg-pool.connect") && listed(query)
+    });
+    let out = child.wait_with_output().expect("pg_app.mjs");
+    assert!(
+        out.status.success(),
+        "pg_app.mjs failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let quantile = |q: &str, which: &str| {
+        db["slowest_queries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["query"] == q)
+            .and_then(|x| x[which].as_f64())
+            .unwrap()
+    };
+    println!(
+        "live page while the pool is full: pg-pool.connect p50 {:.1} ms p99 {:.1} ms, query p50 {:.1} ms p99 {:.1} ms, pools {}",
+        quantile("pg-pool.connect", "p50") * 1e3,
+        quantile("pg-pool.connect", "p99") * 1e3,
+        quantile(query, "p50") * 1e3,
+        quantile(query, "p99") * 1e3,
+        db["pools"]
+    );
+    // Medians over the last minute: the typical request waits longer for its connection than its
+    // query runs (tails share the top buckets when the machine is busy).
+    assert!(
+        quantile("pg-pool.connect", "p50") > quantile(query, "p50"),
+        "{db}"
+    );
+    // Over the whole run: the wait is in the connect spans, the query spans stay near the server's time.
+    let e = v.wait_until(Duration::from_secs(10), "busy queries", |e| {
+        one_query(e, "express-busy", query).0 > 0.0
+    });
+    let (n, sum) = one_query(&e, "express-busy", query);
+    let (waits, wait_sum) = one_query(&e, "express-busy", "pg-pool.connect");
+    let log = statement_log(&pg.log());
+    let executed = log
+        .iter()
+        .filter(|x| x.text == "SELECT id, title FROM books WHERE id = $1")
+        .count() as f64;
+    println!(
+        "busy pool: {executed} queries in the log; vitals {n} queries, mean {:.1} ms; {waits} connection waits, mean {:.1} ms",
+        sum / n * 1e3,
+        wait_sum / waits * 1e3
+    );
+    assert!(n >= 50.0, "{n} queries in 8 s");
+    assert!(
+        (executed - n).abs() <= 8.0,
+        "log {executed}, vitals {n}: at most the last export's in flight"
+    );
+    assert!(
+        wait_sum / waits > 2.0 * (sum / n),
+        "waits {wait_sum}/{waits}, queries {sum}/{n}"
+    );
+    assert!(
+        e.all(N_PLUS_ONE).is_empty(),
+        "one query per request is no N+1: {}",
+        e.text
+    );
 }
