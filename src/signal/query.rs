@@ -8,6 +8,7 @@
 //! with `db.collection.name` (or `db.sql.table`); the span name. Every one of them goes through the
 //! templater, so no literal reaches a label whichever attribute it came in.
 
+use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -242,7 +243,8 @@ impl QueryStore {
         // Lengths first, so no value can end another early and merge two keys.
         key.clear();
         for part in [service, f.db_system, query] {
-            key.push_str(&part.len().to_string());
+            // Writing into a String cannot fail.
+            let _ = write!(key, "{}", part.len());
             key.push(':');
             key.push_str(part);
             key.push(SEP);

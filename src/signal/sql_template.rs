@@ -596,4 +596,64 @@ mod tests {
         assert!(out.ends_with('…'));
         assert!(out.starts_with("SELECT column_0, column_1"));
     }
+
+    /// The fuzz target's properties on 200,000 pseudo-random statements over the characters that
+    /// matter to the tokenizer (quotes, `$`, comment openers, digits, brackets, non-ASCII).
+    #[test]
+    fn random_text_never_yields_a_quote_or_a_number() {
+        const ALPHABET: &[&str] = &[
+            "'", "\"", "`", "$", "$$", "$a$", "--", "/*", "*/", "#", "\\", ":", "::", "%", "%s",
+            "?", ".", ",", "(", ")", "[", "]", " ", "\n", "0", "7", "42", "1e5", "0x1F", "-", "+",
+            "e", "E", "X", "N", "U&", "id", "SELECT", "IN", "VALUES", "_utf8", "é", "名",
+        ];
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut out = String::new();
+        for _ in 0..200_000 {
+            let len = (next() % 24) as usize;
+            let text: String = (0..len)
+                .map(|_| ALPHABET[(next() % ALPHABET.len() as u64) as usize])
+                .collect();
+            for quoting in [Quoting::Standard, Quoting::MySql] {
+                template_into(&text, quoting, &mut out);
+                assert!(!out.contains('\''), "{text:?} -> {out:?}");
+                if quoting == Quoting::MySql {
+                    assert!(!out.contains('"'), "{text:?} -> {out:?}");
+                }
+                let b = out.as_bytes();
+                for (i, c) in b.iter().enumerate() {
+                    if c.is_ascii_digit() {
+                        let prev = if i > 0 { b[i - 1] } else { b' ' };
+                        assert!(
+                            prev.is_ascii_alphanumeric()
+                                || prev == b'_'
+                                || prev == b'$'
+                                || prev >= 0x80,
+                            "{text:?} -> {out:?}"
+                        );
+                    }
+                }
+            }
+            // A secret in a well-formed literal between two pieces of clean text never shows.
+            if !text.contains(['\'', '"', '`', '$', '\\', '#'])
+                && !text.contains("--")
+                && !text.contains("/*")
+            {
+                let cut = (next() as usize) % (text.len() + 1);
+                let cut = (0..=cut)
+                    .rev()
+                    .find(|c| text.is_char_boundary(*c))
+                    .unwrap_or(0);
+                let sql = format!("{}'Zq7secret'{}", &text[..cut], &text[cut..]);
+                for quoting in [Quoting::Standard, Quoting::MySql] {
+                    assert!(!template(&sql, quoting).contains("Zq7secret"), "{sql:?}");
+                }
+            }
+        }
+    }
 }
