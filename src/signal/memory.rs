@@ -7,11 +7,13 @@
 //! drop, e.g. a restart inside the window). A window says nothing until two thirds of it hold data.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::model::{Collector, Metric, MetricKind, Value};
 use crate::probe::hsperf::{Collector as GcCollector, JvmSample};
+use crate::runtime::{self, Runtime};
 
 const BUCKETS: usize = 30;
 const FLOOR_SPAN: usize = BUCKETS / 6;
@@ -32,6 +34,45 @@ pub struct Window {
     span: f64,
     width: f64,
     buckets: VecDeque<Bucket>,
+    /// Fresh measurements inside the span, oldest first (at most [`MAX_READINGS`]): what a sparse
+    /// signal's slope is fitted to.
+    readings: VecDeque<(f64, f64)>,
+}
+
+/// Fresh readings kept per window for a sparse signal; a dense one keeps the newest only.
+const MAX_READINGS: usize = 64;
+
+/// Why a window has no slope, or that it has one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowStatus {
+    /// A slope is exported.
+    Ready,
+    /// Less than two thirds of the span hold data yet.
+    Filling,
+    /// The span is covered but holds fewer than two fresh readings: the source measures more rarely
+    /// than the window is long (a JVM live set between old collections).
+    FewReadings,
+    /// The signal has no value at all yet (heap: no runtime metric and no old collection seen).
+    NoReading,
+}
+
+impl WindowStatus {
+    /// The `status` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            WindowStatus::Ready => "ready",
+            WindowStatus::Filling => "filling",
+            WindowStatus::FewReadings => "few_readings",
+            WindowStatus::NoReading => "no_reading",
+        }
+    }
+
+    const ALL: [WindowStatus; 4] = [
+        WindowStatus::Ready,
+        WindowStatus::Filling,
+        WindowStatus::FewReadings,
+        WindowStatus::NoReading,
+    ];
 }
 
 impl Window {
@@ -42,6 +83,7 @@ impl Window {
             span,
             width: span / BUCKETS as f64,
             buckets: VecDeque::with_capacity(BUCKETS + 1),
+            readings: VecDeque::new(),
         }
     }
 
@@ -61,6 +103,14 @@ impl Window {
             return;
         }
         let index = (t / self.width).floor() as i64;
+        if measured && self.readings.back().is_none_or(|r| r.0 < t) {
+            self.readings.push_back((t, v));
+        }
+        while self.readings.len() > MAX_READINGS
+            || self.readings.front().is_some_and(|r| t - r.0 > self.span)
+        {
+            self.readings.pop_front();
+        }
         match self.buckets.back_mut() {
             Some(b) if b.index == index => {
                 if v < b.min {
@@ -86,12 +136,36 @@ impl Window {
         }
     }
 
-    /// The growth in units per second, or None until the window holds enough data.
+    /// Whether the window can give a slope, and if not why.
+    pub fn status(&self) -> WindowStatus {
+        if self.buckets.is_empty() {
+            WindowStatus::NoReading
+        } else if self.buckets.len() < READY_BUCKETS {
+            WindowStatus::Filling
+        } else if self.readings.len() < 2 {
+            WindowStatus::FewReadings
+        } else {
+            WindowStatus::Ready
+        }
+    }
+
+    /// Whether fewer than half the buckets hold a fresh measurement: the signal is measured more rarely
+    /// than the buckets are wide, and most buckets hold a value carried from the last measurement.
+    fn sparse(&self) -> bool {
+        self.buckets.iter().filter(|b| b.measured).count() * 2 < self.buckets.len()
+    }
+
+    /// The growth in units per second, or None until the window holds enough data (see
+    /// [`Window::status`]). A dense signal (one fresh value in most buckets) is fitted on the floor of
+    /// its buckets; a sparse one on its fresh readings alone: carried values would make a staircase whose
+    /// flat treads pull the median slope to 0 whatever the rises between them.
     pub fn slope(&self) -> Option<f64> {
-        if self.buckets.len() < READY_BUCKETS
-            || self.buckets.iter().filter(|b| b.measured).count() < 2
-        {
+        if self.status() != WindowStatus::Ready {
             return None;
+        }
+        if self.sparse() {
+            let pts: Vec<(f64, f64)> = self.readings.iter().copied().collect();
+            return theil_sen(&pts);
         }
         let pts: Vec<(f64, f64)> = self.buckets.iter().map(|b| (b.t, b.min)).collect();
         let floor: Vec<(f64, f64)> = (FLOOR_SPAN..pts.len())
@@ -169,12 +243,30 @@ pub struct MemoryReadings {
     pub heap_held: bool,
     /// Cgroup usage and limit.
     pub cgroup: Option<(f64, Option<f64>)>,
+    /// The runtime whose heap `heap` is.
+    pub heap_runtime: Option<Runtime>,
 }
 
 struct Track {
     windows: Vec<Window>,
     last: Option<(f64, Option<f64>)>,
     leak: bool,
+}
+
+impl Track {
+    /// Slopes of the windows that have one, shortest first.
+    fn ready_slopes(&self) -> Vec<f64> {
+        self.windows.iter().filter_map(Window::slope).collect()
+    }
+
+    /// Windows that could decide: all but those whose span is covered yet holds fewer than two fresh
+    /// readings (a window shorter than the source's measuring interval never can).
+    fn able(&self) -> usize {
+        self.windows
+            .iter()
+            .filter(|w| w.status() != WindowStatus::FewReadings)
+            .count()
+    }
 }
 
 /// The JVM's live set from hsperfdata, which has no "used after GC" counter: the old generation's occupancy
@@ -253,7 +345,10 @@ impl JvmLiveSet {
 /// window never decides alone while a longer one is configured: a cache warming up for less than the
 /// shortest window, or a sawtooth slower than its floor, looks like growth there and flat in the next one,
 /// so nothing is said until two windows are ready. A steady leak is therefore flagged once the second
-/// shortest window is ready (two thirds of its span), within the longest ready window.
+/// shortest window is ready (two thirds of its span), within the longest ready window. `windows` counts
+/// the windows able to decide: one that can never hold two readings of a sparse source does not hold
+/// the verdict back, so a JVM whose old collections are rarer than the shortest window is judged on
+/// the longer ones.
 pub fn verdict(was: bool, ready_slopes: &[f64], windows: usize, threshold: f64) -> bool {
     if ready_slopes.len() < windows.min(2) || ready_slopes.is_empty() {
         return false;
@@ -274,6 +369,8 @@ pub struct MemoryGrowth {
     /// Growth (bytes/s) that counts as a leak when every ready window exceeds it.
     threshold: f64,
     tracks: Mutex<[Track; 3]>,
+    /// The heap's runtime as `Runtime as u8 + 1`, 0 when unknown.
+    heap_runtime: AtomicU8,
 }
 
 /// Default leak threshold: 10 MB per hour, in bytes per second.
@@ -305,6 +402,7 @@ impl MemoryGrowth {
             spans: spans.clone(),
             threshold,
             tracks: Mutex::new([track(), track(), track()]),
+            heap_runtime: AtomicU8::new(0),
         }
     }
 
@@ -331,14 +429,14 @@ impl MemoryGrowth {
             }
             track.leak = verdict(
                 track.leak,
-                &track
-                    .windows
-                    .iter()
-                    .filter_map(Window::slope)
-                    .collect::<Vec<_>>(),
-                track.windows.len(),
+                &track.ready_slopes(),
+                track.able(),
                 self.threshold,
             );
+            if matches!(sig, MemorySignal::Heap) {
+                self.heap_runtime
+                    .store(r.heap_runtime.map_or(0, |r| r as u8 + 1), Ordering::Relaxed);
+            }
         }
     }
 
@@ -374,10 +472,59 @@ impl Collector for MemoryGrowth {
             "",
             MetricKind::Gauge,
         );
+        let mut status = Metric::new(
+            "vitals.memory.growth.status",
+            "1 for the state of each growth window: ready, filling, few_readings (the source measures \
+             more rarely than the window is long) or no_reading (no value yet); 0 for the others",
+            "",
+            MetricKind::Gauge,
+        );
+        let mut heap = Metric::new(
+            "vitals.memory.heap",
+            "Heap in use after GC the heap growth is computed on: the runtime's OTLP metric, else the \
+             JVM's live set after its last old collection (absent until one is seen)",
+            "By",
+            MetricKind::Gauge,
+        );
+        let mut heap_limit = Metric::new(
+            "vitals.memory.heap.limit",
+            "The limit of the heap in vitals_memory_heap_bytes (JVM maximum heap or old generation, V8 \
+             heap limit)",
+            "By",
+            MetricKind::Gauge,
+        );
+        let heap_runtime = match self.heap_runtime.load(Ordering::Relaxed) {
+            0 => None,
+            n => Runtime::ALL.get(usize::from(n - 1)).copied(),
+        };
         for (i, sig) in MemorySignal::ALL.iter().enumerate() {
             let track = &tracks[i];
+            for (w, name) in track.windows.iter().zip(&self.names) {
+                let now = if track.last.is_none() {
+                    WindowStatus::NoReading
+                } else {
+                    w.status()
+                };
+                for st in WindowStatus::ALL {
+                    status.push(
+                        &[
+                            ("signal", sig.label()),
+                            ("window", name),
+                            ("status", st.label()),
+                        ],
+                        Value::Gauge(if st == now { 1.0 } else { 0.0 }),
+                    );
+                }
+            }
             if track.last.is_none() {
                 continue;
+            }
+            if let (MemorySignal::Heap, Some((v, limit))) = (sig, track.last) {
+                let labels = [("runtime", runtime::label_of(heap_runtime))];
+                heap.push(&labels, Value::Gauge(v));
+                if let Some(l) = limit {
+                    heap_limit.push(&labels, Value::Gauge(l));
+                }
             }
             let mut longest = None;
             for (w, name) in track.windows.iter().zip(&self.names) {
@@ -402,7 +549,7 @@ impl Collector for MemoryGrowth {
                 Value::Gauge(if track.leak { 1.0 } else { 0.0 }),
             );
         }
-        out.extend([growth, ttl, leak]);
+        out.extend([growth, ttl, leak, status, heap, heap_limit]);
     }
 }
 
