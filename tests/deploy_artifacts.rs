@@ -77,7 +77,11 @@ fn every_alert_is_documented_tested_and_labelled() {
     let all = alerts(&rules);
     // The default alerts of DESIGN.md, plus a single long stop-the-world pause and event-loop delay
     // (issue 20).
-    assert_eq!(all.len(), 20, "the default alerts of DESIGN.md and issue 20");
+    assert_eq!(
+        all.len(),
+        20,
+        "the default alerts of DESIGN.md and issue 20"
+    );
     for a in &all {
         let name = a["alert"].as_str().unwrap();
         let sev = a["labels"]["severity"].as_str().unwrap_or("");
