@@ -1011,7 +1011,7 @@ impl Cli {
             .unwrap_or(DEFAULT_MAX_TREE_PROCESSES);
         if !(1..=100_000).contains(&max_tree_processes) {
             return Err(invalid(
-                origins.name("max_tree_processes", from_cli),
+                origins.name("max_tree_processes", o.max_tree_processes.is_some()),
                 "must be between 1 and 100000",
             ));
         }
