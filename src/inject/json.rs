@@ -10,11 +10,11 @@ use serde_yaml::Value;
 
 use super::{apply_value, Decided, Refused};
 
-/// Runs one pass over a JSON stream; `decide` gets the document number (from 1) and its value.
-pub fn pass(
-    input: &str,
-    decide: &mut dyn FnMut(usize, &Value) -> Result<Vec<Decided>, Refused>,
-) -> Result<String, Refused> {
+/// Decides the changes to one document, given its number (from 1) and value.
+pub type Decide<'a> = dyn FnMut(usize, &Value) -> Result<Vec<Decided>, Refused> + 'a;
+
+/// Runs one pass over a JSON stream.
+pub fn pass(input: &str, decide: &mut Decide<'_>) -> Result<String, Refused> {
     let mut out = String::with_capacity(input.len() + 4096);
     let mut stream = serde_json::Deserializer::from_str(input).into_iter::<Value>();
     let mut prev = 0;

@@ -206,11 +206,11 @@ fn yaml_pass(
     Ok(out)
 }
 
+/// One object of a document: its item index in a List (None for the document itself), value and label.
+type Object<'a> = (Option<usize>, &'a Value, String);
+
 /// The objects of a document: the document itself, or the items of a List, with their labels.
-fn objects<'a>(
-    value: &'a Value,
-    label: &str,
-) -> Result<Vec<(Option<usize>, &'a Value, String)>, Refused> {
+fn objects<'a>(value: &'a Value, label: &str) -> Result<Vec<Object<'a>>, Refused> {
     if value.get("kind").and_then(Value::as_str) == Some("List") {
         let items = value
             .get("items")

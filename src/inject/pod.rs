@@ -253,7 +253,7 @@ pub fn plan(template: &Mapping, settings: &Settings) -> Result<Plan, String> {
     let mut warnings = Vec::new();
     let app = choose_app(template, containers, settings)?;
     let app_name = app.get("name").and_then(Value::as_str).unwrap_or("?");
-    let mut summary = String::new();
+    let summary;
     let selects = settings.sidecar_args.iter().any(|a| {
         ["--pid", "--pid-file", "--process"]
             .iter()
@@ -281,7 +281,7 @@ pub fn plan(template: &Mapping, settings: &Settings) -> Result<Plan, String> {
         summary = format!("watching container {app_name} with --process={regex}");
         args.push(format!("--process={regex}"));
     } else {
-        summary = format!("{summary}target selection from the command line");
+        summary = "the target selection given on the command line".to_owned();
     }
     args.extend(settings.sidecar_args.iter().cloned());
     let run_as = run_as_of(spec, app, app_name, &mut warnings);
@@ -562,10 +562,8 @@ pub fn remove(template: &mut Mapping, c: Created) -> Result<(), String> {
     let meta = mapping_mut(template, "metadata")?;
     let notes = mapping_mut(meta, "annotations")?;
     notes.shift_remove(ANNOTATION);
-    if c.annotations || c.metadata {
-        if notes.is_empty() {
-            meta.shift_remove("annotations");
-        }
+    if (c.annotations || c.metadata) && notes.is_empty() {
+        meta.shift_remove("annotations");
     }
     if c.metadata && meta.is_empty() {
         template.shift_remove("metadata");

@@ -22,6 +22,8 @@ const VALUE_OPTIONS: &[&str] = &[
     "--require",
     "-W",
     "-X",
+    "-c",
+    "-e",
 ];
 
 fn basename(p: &str) -> &str {
