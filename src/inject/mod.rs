@@ -28,6 +28,10 @@ pub const MAX_INPUT_BYTES: u64 = 64 << 20;
 /// `vitals inject`'s own flags. Every vitals option given on the same command line (`--forward-endpoint`,
 /// `--push-endpoint`, `--process`, …) is passed on to the sidecar as an argument.
 #[derive(Debug, Args, Clone)]
+#[command(after_help = "\
+Every other vitals option given here (--forward-endpoint, --push-endpoint, --process, --metrics-addr, ...) \
+is checked and passed to the sidecar as --name=value. Exit status 2: a document was refused (nothing is \
+written). See docs/inject.md.")]
 pub struct InjectArgs {
     /// Manifest to read (YAML, one or more documents, or JSON); `-` reads standard input.
     #[arg(value_name = "FILE", default_value = "-")]
