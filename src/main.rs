@@ -23,7 +23,9 @@ fn main() {
         }
     };
     let mut cli = cli;
-    if let Some(Command::Inject(args)) = cli.command.take() {
+    if let Some(Command::Inject(args)) = &cli.command {
+        let args = args.clone();
+        cli.command = None;
         std::process::exit(inject(cli, args));
     }
     let config = match cli.resolve() {
