@@ -410,6 +410,32 @@ metadata: {name: web}
     }
 
     #[test]
+    fn crlf_quoted_keys_no_final_newline_and_compact_json_round_trip() {
+        let crlf = DEPLOYMENT
+            .split("---")
+            .next()
+            .unwrap()
+            .replace("      containers:", "      \"containers\":")
+            .trim_end()
+            .replace('\n', "\r\n");
+        let json = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p"},"spec":{"containers":[{"name":"a","command":["/a"]}]}}"#;
+        for input in [crlf.as_str(), json] {
+            let out = transform(input, &settings(), Mode::Inject).unwrap().output;
+            assert!(out.contains("vitals-sidecar.github.io/inject"), "{out}");
+            assert_eq!(out.contains("\r\n"), input.contains("\r\n"));
+            assert!(!out.ends_with('\n'), "no final newline added");
+            assert_eq!(
+                transform(&out, &settings(), Mode::Inject).unwrap().output,
+                out
+            );
+            assert_eq!(
+                transform(&out, &settings(), Mode::Uninject).unwrap().output,
+                input
+            );
+        }
+    }
+
+    #[test]
     fn refusals_name_the_document() {
         let host_pid = DEPLOYMENT.replace(
             "      securityContext:",
