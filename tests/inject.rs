@@ -648,10 +648,37 @@ fn options_on_the_command_line_reach_the_sidecar() {
     );
     let back = inject_ok(&["--uninject", "-"], &r.stdout);
     assert_eq!(back.stdout, input);
+    // Named targets replace the derived selection, in the order given.
+    let r = inject_ok(
+        &[
+            "--target",
+            "app=process:^/app/orders",
+            "--target=shipper=process:^shipper",
+            "-",
+        ],
+        &input,
+    );
+    let objs = objects(&r.stdout);
+    let args: Vec<&str> = pod_spec(&objs[0]).unwrap()["initContainers"][2]["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        args,
+        [
+            "--target=app=process:^/app/orders",
+            "--target=shipper=process:^shipper"
+        ]
+    );
     // A bad value is refused as vitals itself would refuse it.
     let r = inject(&["--interval", "0s", "-"], &input);
     assert_eq!(r.code, Some(2));
     assert!(r.stderr.contains("--interval"), "{}", r.stderr);
+    let r = inject(&["--target", "app=socket:80", "-"], &input);
+    assert_eq!(r.code, Some(2));
+    assert!(r.stderr.contains("unknown kind"), "{}", r.stderr);
 }
 
 #[test]

@@ -65,8 +65,8 @@ pub struct Settings {
     pub native: bool,
     /// The app container to read the process from.
     pub container: Option<String>,
-    /// Arguments after the derived `--process`; a `--pid`, `--pid-file` or `--process` among them
-    /// replaces the derived selection.
+    /// Arguments after the derived `--process`; a `--pid`, `--pid-file`, `--process` or `--target`
+    /// among them replaces the derived selection.
     pub sidecar_args: Vec<String>,
     /// The `/metrics` port, for the container port.
     pub metrics_port: u16,
@@ -171,19 +171,24 @@ fn yaml_pass(
     notes: &mut Vec<String>,
 ) -> Result<String, Refused> {
     let mut out = String::with_capacity(input.len() + 4096);
-    for (n, piece) in yaml::split(input).iter().enumerate() {
+    let pieces = yaml::split(input);
+    // The stream as a whole must parse as it would for kubectl, not only each piece on its own.
+    for doc in serde_yaml::Deserializer::from_str(input) {
+        if let Err(e) = <Value as serde::Deserialize>::deserialize(doc) {
+            let line = e.location().map_or(1, |l| l.line());
+            let n = pieces.iter().rposition(|p| p.line <= line).unwrap_or(0);
+            return Err(Refused {
+                document: format!("document {} (line {})", n + 1, pieces[n].line),
+                reason: format!("not valid YAML: {e}"),
+            });
+        }
+    }
+    for (n, piece) in pieces.iter().enumerate() {
         let n = n + 1;
-        let value: Value = match serde_yaml::from_str(piece.text) {
-            Ok(v) => v,
-            // A piece of only comments or blank lines.
-            Err(_) if yaml::Lines::new(piece.text).root().is_none() => Value::Null,
-            Err(e) => {
-                return Err(Refused {
-                    document: format!("document {n} (line {})", piece.line),
-                    reason: format!("not valid YAML: {e}"),
-                })
-            }
-        };
+        let value: Value = serde_yaml::from_str(piece.text).map_err(|e| Refused {
+            document: format!("document {n} (line {})", piece.line),
+            reason: format!("not valid YAML: {e}"),
+        })?;
         let label = format!("document {n} ({}, line {})", describe(&value), piece.line);
         let decided = decide(&value, &label, settings, pass, notes)?;
         if decided.is_empty() {
@@ -444,6 +449,10 @@ metadata: {name: web}
         let e = transform(&host_pid, &settings(), Mode::Inject).unwrap_err();
         assert_eq!(e.document, "document 1 (Deployment web, line 1)");
         assert!(e.reason.contains("hostPID"), "{e}");
+        // Found by fuzzing: a control character in a comment-only document made the output unparseable.
+        let nul = format!("# a\0b\n---\n{DEPLOYMENT}");
+        let e = transform(&nul, &settings(), Mode::Inject).unwrap_err();
+        assert!(e.reason.contains("control characters"), "{e}");
         let rollout = DEPLOYMENT.replace("kind: Deployment", "kind: Rollout");
         let e = transform(&rollout, &settings(), Mode::Inject).unwrap_err();
         assert!(e.reason.contains("kind Rollout is unknown"), "{e}");

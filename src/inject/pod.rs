@@ -255,7 +255,7 @@ pub fn plan(template: &Mapping, settings: &Settings) -> Result<Plan, String> {
     let app_name = app.get("name").and_then(Value::as_str).unwrap_or("?");
     let summary;
     let selects = settings.sidecar_args.iter().any(|a| {
-        ["--pid", "--pid-file", "--process"]
+        ["--pid", "--pid-file", "--process", "--target"]
             .iter()
             .any(|f| a == f || a.starts_with(&format!("{f}=")))
     });
