@@ -62,6 +62,9 @@ pub struct Cli {
     /// Where each option given on the command line or in the environment came from (see [`Cli::parse_from_env`]).
     #[arg(skip)]
     pub sources: HashMap<String, ValueSource>,
+    /// The options given on the command line, as `--name=value` (`vitals inject` passes them to the sidecar).
+    #[arg(skip)]
+    pub command_line_options: Vec<String>,
 }
 
 /// Subcommands.
@@ -78,6 +81,8 @@ pub enum Command {
         )]
         command: Vec<String>,
     },
+    /// Add the vitals sidecar to Kubernetes manifests (or take it away with --uninject); writes stdout.
+    Inject(crate::inject::InjectArgs),
 }
 
 /// Options, each also settable by environment variable or config file. The YAML file has the same
@@ -745,6 +750,7 @@ impl Cli {
             .map_err(|e| name_env_in_error(e, &args))?;
         let mut cli = Cli::from_arg_matches(&matches)?;
         cli.sources = value_sources(&matches);
+        cli.command_line_options = command_line_options(&matches);
         Ok(cli)
     }
 
@@ -1251,6 +1257,26 @@ fn value_sources(matches: &ArgMatches) -> HashMap<String, ValueSource> {
         }
     }
     sources
+}
+
+/// The shared options given on the command line, each as `--name=value` (`--name` for a flag).
+fn command_line_options(matches: &ArgMatches) -> Vec<String> {
+    let mut out = Vec::new();
+    for arg in Cli::command().get_arguments() {
+        let (Some(long), id) = (arg.get_long(), arg.get_id().as_str()) else {
+            continue;
+        };
+        if matches.value_source(id) != Some(ValueSource::CommandLine) {
+            continue;
+        }
+        match matches.get_raw(id) {
+            Some(values) if arg.get_action().takes_values() => {
+                out.extend(values.map(|v| format!("--{long}={}", v.to_string_lossy())))
+            }
+            _ => out.push(format!("--{long}")),
+        }
+    }
+    out
 }
 
 /// Rewrites clap's "invalid value for '--interval <INTERVAL>'" when the value came from `VITALS_INTERVAL`
