@@ -695,3 +695,75 @@ fn vitals_as(cmd: &mut Command, args: &[&str]) -> Vitals {
         log,
     }
 }
+
+/// Runs headless Chromium on `url` with `what` (`--dump-dom` or `--screenshot=PATH`) after `ms` of real
+/// time (the page's stream never ends, so the page never goes idle on its own); killed after a minute.
+fn chromium(url: &str, what: &str, ms: u32) -> String {
+    let chromium = require_tool("chromium", "apt-get install -y chromium");
+    let data = tempfile::tempdir().unwrap();
+    let out = Command::new("timeout")
+        .arg("60")
+        .arg(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--window-size=1400,1500",
+        ])
+        .arg(format!("--user-data-dir={}", data.path().display()))
+        .arg(format!("--timeout={ms}"))
+        .arg(what)
+        .arg(url)
+        .stderr(Stdio::null())
+        .output()
+        .expect("run chromium");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_live_page_draws_the_flame_graph_of_a_real_profile() {
+    let dir = tempfile::tempdir().unwrap();
+    let burner = build_burner(dir.path(), true);
+    let target = spawn(Command::new(&burner).arg("60"));
+    let v = Vitals::start(&["--pid", &target.pid().to_string()]);
+    attached(&v);
+    // The page shows the last profile taken; its button takes the same request for 10 s.
+    let (status, body) = profile_http(&v, "seconds=3&hz=499&format=folded", 3);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let url = format!("http://{}/", v.metrics);
+    let dom = chromium(&url, "--dump-dom", 8000);
+    // The top functions by total time list the burner's split (hot_seventy ~70% of the samples).
+    let share = |table: &str, f: &str| -> Option<f64> {
+        let t = &dom[dom.find(&format!("id=\"profile-{table}\""))?..];
+        let at = t.find(&format!("data-fn=\"{f}\""))?;
+        let rest = &t[at..];
+        let s = &rest[rest.find("data-share=\"")? + 12..];
+        s[..s.find('"')?].parse().ok()
+    };
+    let hot = share("total", "hot_seventy").unwrap_or_else(|| panic!("no hot_seventy row: {dom}"));
+    let cool = share("total", "cool_thirty").expect("a cool_thirty row");
+    let spin = share("self", "spin").expect("spin in the top by self time");
+    println!("live page: hot_seventy {hot:.3}, cool_thirty {cool:.3} of all samples; spin self {spin:.3}");
+    assert!(
+        (hot / (hot + cool) - 0.7).abs() <= 0.05,
+        "hot {hot} cool {cool}"
+    );
+    assert!(spin > 0.9, "spin does the work: self share {spin}");
+    // The flame graph holds the whole path, one box per frame.
+    for f in ["depth_1", "depth_20", "hot_seventy", "cool_thirty", "spin"] {
+        assert!(
+            dom.contains(&format!("data-fn=\"{f}\"")),
+            "no {f} box in the flame graph"
+        );
+    }
+    // The screenshot artefact.
+    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artefacts");
+    std::fs::create_dir_all(&shots).unwrap();
+    let png = shots.join("profile_flame_graph.png");
+    chromium(&url, &format!("--screenshot={}", png.display()), 8000);
+    let bytes = std::fs::read(&png).expect("the screenshot");
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+    eprintln!("screenshot: {} ({} bytes)", png.display(), bytes.len());
+}

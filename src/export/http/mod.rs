@@ -347,11 +347,12 @@ async fn handle(
         "/" | "/live" => respond(
             StatusCode::OK,
             "text/html; charset=utf-8",
-            landing(&state.status),
+            self::profile::with_last(landing(&state.status), state.profiler.as_ref()),
         ),
         "/debug/pprof/profile" => {
             self::profile::answer(state.profiler.as_ref(), req.uri().query()).await
         }
+        "/debug/pprof/last" => self::profile::last(state.profiler.as_ref(), req.uri().query()),
         "/live/stream" => {
             let mut r = respond(StatusCode::OK, "text/event-stream", "");
             r.extensions_mut().insert(OpenLiveStream);

@@ -125,6 +125,60 @@ pub async fn answer(
     }
 }
 
+/// Where the live page takes the last profile's folded stacks.
+const LAST_PROFILE_SLOT: &str = "<pre hidden id=\"profile-last\"></pre>";
+/// Largest folded text put into the page; a larger profile is fetched by the page instead.
+const INLINE_LIMIT: usize = 1 << 20;
+
+/// The live page with the last profile's folded stacks in it (HTML-escaped), so the flame graph is drawn
+/// as the page loads.
+pub fn with_last(page: String, profiler: Option<&Arc<Profiler>>) -> String {
+    let Some(profile) = profiler.and_then(|p| p.last()) else {
+        return page;
+    };
+    let folded = pprof::to_folded(&profile);
+    if folded.len() > INLINE_LIMIT {
+        return page;
+    }
+    let mut escaped = String::with_capacity(folded.len() + 64);
+    escaped.push_str("<pre hidden id=\"profile-last\">");
+    for c in folded.chars() {
+        match c {
+            '<' => escaped.push_str("&lt;"),
+            '>' => escaped.push_str("&gt;"),
+            '&' => escaped.push_str("&amp;"),
+            _ => escaped.push(c),
+        }
+    }
+    escaped.push_str("</pre>");
+    page.replacen(LAST_PROFILE_SLOT, &escaped, 1)
+}
+
+/// `GET /debug/pprof/last[?format=folded]`: the last profile taken (the live page draws it), or 404.
+pub fn last(profiler: Option<&Arc<Profiler>>, query: Option<&str>) -> Response<Full<Bytes>> {
+    let Some(profile) = profiler.and_then(|p| p.last()) else {
+        return respond(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "no profile has been taken yet\n",
+        );
+    };
+    let folded = query.unwrap_or("").split('&').any(|p| p == "format=folded");
+    if folded {
+        respond(
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            pprof::to_folded(&profile),
+        )
+    } else {
+        respond(
+            StatusCode::OK,
+            "application/octet-stream",
+            pprof::to_pprof_gzip(&profile),
+        )
+    }
+}
+
 fn refused(refusal: &Refusal, seconds: u64) -> Response<Full<Bytes>> {
     let text = format!("{refusal}\n");
     let (status, retry) = match refusal {
