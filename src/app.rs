@@ -1,6 +1,7 @@
 //! Wiring for the binary: build the store, start the sampler and the HTTP server, handle signals and, in
 //! `run` mode, the child's lifetime. Returns the process exit code.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -169,15 +170,7 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
             ..HintPolicy::default()
         },
         selected_by,
-        match (config.otlp_http_addr, config.otlp_grpc_addr) {
-            (Some(http), _) => format!("OTEL_EXPORTER_OTLP_ENDPOINT=http://{http}"),
-            (None, Some(grpc)) => format!(
-                "OTEL_EXPORTER_OTLP_ENDPOINT=http://{grpc} OTEL_EXPORTER_OTLP_PROTOCOL=grpc"
-            ),
-            (None, None) => {
-                "the OTLP receivers are off (--otlp-grpc-addr/--otlp-http-addr)".to_owned()
-            }
-        },
+        otlp_sentence(config.otlp_http_addr, config.otlp_grpc_addr),
         shutdown.clone(),
     ));
     registry.register(live.hints.clone());
@@ -586,5 +579,54 @@ async fn wait_for_child(
             run::forward(pid, sent, !terminal);
         }
         forwarded_at = Some(tokio::time::Instant::now());
+    }
+}
+
+/// The live page's sentence that tells how an app's SDK reaches vitals' receivers, or that it cannot.
+fn otlp_sentence(http: Option<SocketAddr>, grpc: Option<SocketAddr>) -> String {
+    const RUN: &str = "or use \"vitals run -- CMD\", which sets it.";
+    match (http, grpc) {
+        (Some(http), Some(grpc)) => format!(
+            "Start the app with OTEL_EXPORTER_OTLP_ENDPOINT=http://{http} (for gRPC: \
+             OTEL_EXPORTER_OTLP_ENDPOINT=http://{grpc} OTEL_EXPORTER_OTLP_PROTOCOL=grpc), {RUN}"
+        ),
+        (Some(http), None) => {
+            format!("Start the app with OTEL_EXPORTER_OTLP_ENDPOINT=http://{http}, {RUN}")
+        }
+        (None, Some(grpc)) => format!(
+            "Start the app with OTEL_EXPORTER_OTLP_ENDPOINT=http://{grpc} \
+             OTEL_EXPORTER_OTLP_PROTOCOL=grpc, {RUN}"
+        ),
+        (None, None) => "The OTLP receivers are off (--otlp-grpc-addr and --otlp-http-addr are \
+                         unset), so no spans can arrive."
+            .to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::otlp_sentence;
+
+    #[test]
+    fn the_page_sentence_reads_with_and_without_receivers() {
+        let http = "127.0.0.1:4318".parse().ok();
+        let grpc = "127.0.0.1:4317".parse().ok();
+        assert_eq!(
+            otlp_sentence(http, None),
+            "Start the app with OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318, or use \"vitals run \
+             -- CMD\", which sets it."
+        );
+        assert_eq!(
+            otlp_sentence(None, grpc),
+            "Start the app with OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4317 \
+             OTEL_EXPORTER_OTLP_PROTOCOL=grpc, or use \"vitals run -- CMD\", which sets it."
+        );
+        let off = otlp_sentence(None, None);
+        assert_eq!(
+            off,
+            "The OTLP receivers are off (--otlp-grpc-addr and --otlp-http-addr are unset), so no \
+             spans can arrive."
+        );
+        assert!(!off.contains("Start the app"));
     }
 }

@@ -1458,6 +1458,48 @@ mod tests {
     }
 
     #[test]
+    fn named_targets() {
+        let c = parse(&[
+            "--target",
+            "web=process:gunicorn: master",
+            "--target",
+            "proxy=pid-file:/run/nginx.pid",
+        ])
+        .unwrap();
+        assert_eq!(c.target_name.as_deref(), Some("web"));
+        assert!(
+            matches!(&c.target, Some(TargetSpec::Process(re)) if re.as_str() == "gunicorn: master")
+        );
+        assert_eq!(c.more_targets.len(), 1);
+        assert_eq!(c.more_targets[0].name, "proxy");
+        // Beside run (or --pid, --pid-file, --process), the selected target is `app`.
+        let c = parse(&["--target", "proxy=pid:7", "run", "--", "sleep", "1"]).unwrap();
+        assert_eq!(c.target_name.as_deref(), Some("app"));
+        assert!(matches!(c.target, Some(TargetSpec::Run { .. })));
+        // One unnamed selector: no name, no label.
+        assert_eq!(parse(&["--pid", "3"]).unwrap().target_name, None);
+        for (bad, says) in [
+            ("proxy", "NAME=SPEC"),
+            ("a b=pid:1", "target name"),
+            ("x=pid:0", "not a process id"),
+            ("x=socket:1", "unknown kind"),
+            ("x=process:(", "not a valid regex"),
+        ] {
+            let err = parse(&["--target", bad]).unwrap_err();
+            assert!(
+                err.contains(says) && err.contains("--target"),
+                "{bad}: {err}"
+            );
+        }
+        let err = parse(&["--target", "a=pid:1", "--target", "a=pid:2"]).unwrap_err();
+        assert!(err.contains("used twice"), "{err}");
+        let err = parse(&["--target", "app=pid:1", "--pid", "2"]).unwrap_err();
+        assert!(err.contains("used twice"), "{err}");
+        let err = parse(&["--max-tree-processes", "0", "--pid", "2"]).unwrap_err();
+        assert!(err.contains("--max-tree-processes"), "{err}");
+    }
+
+    #[test]
     fn forwarding_options() {
         assert!(parse(&[]).unwrap().forward.is_none());
         let c = parse(&[

@@ -238,7 +238,7 @@ fn round(v: Option<f64>) -> Json {
 
 impl LiveSampler {
     /// A sampler keeping `capacity` seconds of history. `selected_by` says how the target was chosen;
-    /// `otlp_hint` tells the page what endpoint an SDK should use.
+    /// `otlp_hint` is a sentence telling how an app's SDK reaches the receivers, or that it cannot.
     pub fn new(
         capacity: usize,
         policy: HintPolicy,
@@ -347,19 +347,23 @@ impl LiveSampler {
         let prev = self.prev.unwrap_or_default();
         let dt = if self.prev.is_some() { t - prev.t } else { 0.0 };
         let rate = |n: Option<f64>, p: Option<f64>| per_second(n, p, dt);
+        // Time per second of wall time that can be at most all of it (the app stood still, some task
+        // stalled): two counter reads a tick apart are taken a few ms away from the tick's clock, so
+        // the quotient jitters above 1 under load (100.4% was seen) and is clamped to what it measures.
+        let share = |n: Option<f64>, p: Option<f64>| rate(n, p).map(|r| r.clamp(0.0, 1.0));
         let req_rate = rate(now.requests, prev.requests);
-        let gc_rate = rate(now.gc, prev.gc);
-        let safepoint_rate = rate(now.safepoint, prev.safepoint);
+        let gc_rate = share(now.gc, prev.gc);
+        let safepoint_rate = share(now.safepoint, prev.safepoint);
         let throttled_rate = rate(now.throttled, prev.throttled);
         let throttled_ratio = match (
             rate(now.throttled_periods, prev.throttled_periods),
             rate(now.periods, prev.periods),
         ) {
-            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+            (Some(a), Some(b)) if b > 0.0 => Some((a / b).clamp(0.0, 1.0)),
             _ => None,
         };
         let cpu_cores = rate(now.cpu, prev.cpu);
-        let psi_rates: Vec<Option<f64>> = (0..3).map(|i| rate(now.psi[i], prev.psi[i])).collect();
+        let psi_rates: Vec<Option<f64>> = (0..3).map(|i| share(now.psi[i], prev.psi[i])).collect();
         self.prev = Some(now);
 
         // RED over the snapshot window.
@@ -441,13 +445,15 @@ impl LiveSampler {
 
         // Memory.
         let rss = f.sum("process.memory.usage", &[]);
-        let heap = f
-            .sum(
-                "jvm_memory_used_after_last_gc_bytes",
-                &[("jvm_memory_type", "heap")],
-            )
-            .or_else(|| f.sum("v8js_memory_heap_used_bytes", &[]));
-        let heap_limit = f.sum("jvm_memory_limit_bytes", &[("jvm_memory_type", "heap")]);
+        // The heap the memory signal reads (runtime metrics or the JVM's live set), by its typed family.
+        let heap = f.sum("vitals.memory.heap", &[]);
+        let heap_limit = f.sum("vitals.memory.heap.limit", &[]);
+        let jvm_heap_limit = f.sum("vitals.memory.heap.limit", &[("runtime", "jvm")]);
+        let heap_status = f
+            .series("vitals.memory.growth.status")
+            .filter(|s| label(s, "signal") == Some("heap") && scalar(s) == Some(1.0))
+            .filter_map(|s| label(s, "status"))
+            .next();
         let cgroup = f.sum("vitals.cgroup.memory.usage", &[]);
         let cgroup_limit = f.sum("vitals.cgroup.memory.limit", &[]);
         let mut growth = serde_json::Map::new();
@@ -534,7 +540,7 @@ impl LiveSampler {
                 memory_bytes: rss.or(cgroup),
                 memory_limit_bytes: cgroup_limit,
                 oom_kills: f.sum("vitals.cgroup.memory.oom_kills", &[]),
-                heap_max_bytes: heap_limit,
+                heap_max_bytes: jvm_heap_limit,
                 fds,
                 db_pools,
             });
@@ -562,6 +568,7 @@ impl LiveSampler {
                 Measure::MemoryUsedRatio => memory_ratio,
                 Measure::CpuQuotaRatio => cpu_quota,
                 Measure::PoolUtilization => pool_max_util,
+                Measure::EventLoopP99 => event_loop_p99,
             }
         };
         let mut alerts = Vec::new();
@@ -587,10 +594,7 @@ impl LiveSampler {
         let slow = if !has_red {
             (
                 "none",
-                format!(
-                    "no request spans yet: point the app's OpenTelemetry SDK at vitals ({})",
-                    self.listen_hint
-                ),
+                format!("no request spans yet. {}", self.listen_hint),
             )
         } else if error_ratio.is_some_and(|e| e > threshold(Measure::ErrorRatio, "critical")) {
             (
@@ -774,6 +778,7 @@ impl LiveSampler {
                 "rss_bytes": round(rss),
                 "heap_after_gc_bytes": round(heap),
                 "heap_limit_bytes": round(heap_limit),
+                "heap_status": heap_status,
                 "cgroup_bytes": round(cgroup),
                 "cgroup_limit_bytes": round(cgroup_limit),
                 "growth_bytes_per_second": growth,
