@@ -437,9 +437,17 @@ fn a_target_in_another_mount_namespace_is_named_from_its_own_files() {
 #[test]
 fn node_perf_basic_prof_names_the_hot_js_function() {
     let node = require_tool("node", "apt-get install -y nodejs");
+    let scratch = tempfile::tempdir().unwrap();
     let target = spawn(
         Command::new(node)
+            .current_dir(scratch.path())
             .arg("--perf-basic-prof")
+            // V8 also writes a log per isolate; keep it out of the working tree.
+            .arg("--no-logfile-per-isolate")
+            .arg(format!(
+                "--logfile={}",
+                scratch.path().join("v8.log").display()
+            ))
             .arg(fixture("hot.js"))
             .arg("60"),
     );
