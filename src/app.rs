@@ -25,6 +25,8 @@ use crate::sampler::{Sampler, SamplerParts};
 use crate::signal::hints::HintPolicy;
 use crate::signal::latency::RedStore;
 use crate::signal::memory::MemoryGrowth;
+use crate::signal::n_plus_one::{NPlusOne, Rule};
+use crate::signal::query::{DbQueries, QueryStore};
 use crate::signal::runtime_metrics::RuntimeMetrics;
 use crate::signal::target::{KernelUnits, TargetMetrics};
 use crate::signal::Derived;
@@ -118,6 +120,24 @@ fn start_profiler(
         }
     });
     profiler
+}
+
+/// How often N+1 detection judges the traces that settled; also the query series' expiry.
+const DB_SETTLE_PERIOD: Duration = Duration::from_millis(500);
+
+/// Judges settled traces for N+1 runs and expires query series every `period` until `shutdown`.
+async fn settle_db_every(period: Duration, db: Arc<DbQueries>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = std::time::Instant::now();
+        db.n_plus_one.settle(now);
+        db.store.expire(now);
+    }
 }
 
 async fn bind_named(
@@ -235,6 +255,30 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
         logs.clone(),
         shutdown.clone(),
     ));
+    // Database queries: latency per query template and N+1 runs, from the same trace exports.
+    let db = Arc::new(DbQueries {
+        store: Arc::new(QueryStore::new(
+            config.series_limit,
+            config.series_ttl,
+            overflow.clone(),
+        )),
+        n_plus_one: Arc::new(NPlusOne::new(
+            Rule {
+                settle: config.db_trace_settle,
+                ..Rule::default()
+            },
+            config.series_limit,
+            config.series_ttl,
+            overflow.clone(),
+        )),
+    });
+    registry.register(db.store.clone());
+    registry.register(db.n_plus_one.clone());
+    tokio::spawn(settle_db_every(
+        DB_SETTLE_PERIOD,
+        db.clone(),
+        shutdown.clone(),
+    ));
     let otlp_stats = Arc::new(OtlpStats::new(move || overflow.get()));
     registry.register(red.clone());
     registry.register(app_metrics.clone());
@@ -260,6 +304,7 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
     };
     let consumers = consumers
         .traces(red)
+        .traces(db)
         .metrics(runtime_metrics.clone())
         .metrics(app_metrics)
         .logs(logs);

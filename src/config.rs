@@ -253,6 +253,11 @@ pub struct Options {
     #[arg(long, global = true, env = "VITALS_HINTS_MIN_HISTORY", value_parser = humantime::parse_duration)]
     #[serde(deserialize_with = "de_duration")]
     pub hints_min_history: Option<Duration>,
+    /// N+1 detection judges a trace once none of its spans arrived for this long (longer than the
+    /// app's OTLP batch delay, so a trace split across exports is judged whole) [default: 10s].
+    #[arg(long, global = true, env = "VITALS_DB_TRACE_SETTLE", value_parser = humantime::parse_duration)]
+    #[serde(deserialize_with = "de_duration")]
+    pub db_trace_settle: Option<Duration>,
     /// Forward everything received to this upstream OTLP endpoint (base URL; for http/protobuf
     /// /v1/<signal> is appended) [default: OTEL_EXPORTER_OTLP_ENDPOINT; unset: no forwarding].
     #[arg(
@@ -656,6 +661,8 @@ pub struct Config {
     pub leak_threshold: f64,
     /// History a tuning hint needs before it gives a value.
     pub hints_min_history: Duration,
+    /// Quiet time after which N+1 detection judges a trace.
+    pub db_trace_settle: Duration,
     /// Forwarding to upstream OTLP endpoints; None when no endpoint is configured.
     pub forward: Option<ForwardSettings>,
     /// Pushing vitals' own metrics over OTLP; None when no push endpoint is configured.
@@ -1051,6 +1058,17 @@ impl Cli {
                 "must be 0..65528 (the kernel's limit)",
             ));
         }
+        let from_cli = o.db_trace_settle.is_some();
+        let db_trace_settle = o
+            .db_trace_settle
+            .or(file.db_trace_settle)
+            .unwrap_or(Duration::from_secs(10));
+        if !(Duration::from_millis(100)..=Duration::from_secs(50)).contains(&db_trace_settle) {
+            return Err(invalid(
+                origins.name("db_trace_settle", from_cli),
+                "must be between 100ms and 50s (a trace is judged at 60s of age anyway)",
+            ));
+        }
         Ok(Config {
             profiling: o.profiling.or(file.profiling).unwrap_or(true),
             profile_stack_bytes,
@@ -1058,6 +1076,7 @@ impl Cli {
             push,
             warnings,
             hints_min_history,
+            db_trace_settle,
             growth_windows,
             leak_threshold: per_hour / 3600.0,
             otlp_max_request_bytes,

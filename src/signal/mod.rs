@@ -6,9 +6,12 @@
 pub mod hints;
 pub mod latency;
 pub mod memory;
+pub mod n_plus_one;
 pub mod pause;
 pub mod pool;
+pub mod query;
 pub mod runtime_metrics;
+pub mod sql_template;
 pub mod target;
 
 use std::sync::{Arc, Mutex};

@@ -269,6 +269,10 @@ pub const LEFT_TO_PROMETHEUS: &[(&str, &str)] = &[
         "VitalsExporterDroppingData",
         "reads vitals' own drop counters over ten minutes",
     ),
+    (
+        "VitalsNPlusOneQueries",
+        "needs ten-minute increases held for ten minutes; the page lists the N+1 offenders of the last minute",
+    ),
 ];
 
 /// The first rule on `measure` with `severity`, for verdicts that share the alerts' numbers.
