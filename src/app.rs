@@ -19,6 +19,7 @@ use crate::export::self_metrics::ExporterStats;
 use crate::model::{Attributed, Collector, Registry};
 use crate::probe::cgroup::CgroupRoots;
 use crate::probe::procfs::{kernel_units, read_boot_time, PssPolicy};
+use crate::profile::{Profiler, ProfilerSettings, Reason};
 use crate::receiver::{self, Consumers, OtlpLimits, OtlpStats, Receiver};
 use crate::sampler::{Sampler, SamplerParts};
 use crate::signal::hints::HintPolicy;
@@ -61,6 +62,64 @@ async fn expire_every(
         app.expire(now);
         logs.expire(now);
     }
+}
+
+/// How often the profiler checks whether it may profile a newly attached target.
+const PROFILER_CHECK_PERIOD: Duration = Duration::from_secs(2);
+
+/// The CPU profiler of the sampler's current target, registered for its status series, with a task
+/// that checks it may profile each new target and warns, naming the fix, when it may not.
+fn start_profiler(
+    config: &Config,
+    store: &Arc<TargetMetrics>,
+    registry: &Registry,
+    shutdown: &CancellationToken,
+) -> Arc<Profiler> {
+    let target = store.clone();
+    // Today's target is one process; a process tree will hand all its pids here.
+    let pids = Arc::new(move || target.info().map(|i| vec![i.pid]).unwrap_or_default());
+    let profiler = Arc::new(Profiler::new(
+        ProfilerSettings {
+            enabled: config.profiling,
+            stack_bytes: config.profile_stack_bytes,
+            proc_root: config.proc_root.clone(),
+            ..ProfilerSettings::default()
+        },
+        pids,
+    ));
+    registry.register(profiler.clone());
+    if !config.profiling {
+        return profiler;
+    }
+    let (p, target, shutdown) = (profiler.clone(), store.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        let mut checked = None;
+        let mut tick = tokio::time::interval(PROFILER_CHECK_PERIOD);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let pid = target.info().map(|i| i.pid);
+            if pid.is_none() || pid == checked {
+                continue;
+            }
+            checked = pid;
+            let q = p.clone();
+            let Ok((reason, _)) = tokio::task::spawn_blocking(move || q.check()).await else {
+                continue;
+            };
+            if reason == Reason::Ok {
+                tracing::info!(
+                    "CPU profiles of pid {} at /debug/pprof/profile",
+                    pid.unwrap_or(0)
+                );
+            } else {
+                tracing::warn!("{}", reason.advice());
+            }
+        }
+    });
+    profiler
 }
 
 /// How often N+1 detection judges the traces that settled; also the query series' expiry.
@@ -150,6 +209,7 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
         )?)),
         None => None,
     };
+    let profiler = start_profiler(&config, &store, &registry, &shutdown);
     let listener = bind(config.metrics_addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "serving /metrics");
     let http = tokio::spawn(serve(
@@ -159,6 +219,7 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
             status: status.clone(),
             live: Some(live),
             web,
+            profiler: Some(profiler),
         },
         shutdown.clone(),
     ));

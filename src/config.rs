@@ -83,6 +83,21 @@ pub enum Command {
     },
     /// Add the vitals sidecar to Kubernetes manifests (or take it away with --uninject); writes stdout.
     Inject(crate::inject::InjectArgs),
+    /// Take a CPU profile of --pid for some seconds and write it as gzipped pprof (or folded stacks).
+    Profile {
+        /// How long to sample.
+        #[arg(long, default_value_t = 30, value_name = "N")]
+        seconds: u64,
+        /// Where to write it; `-` for stdout.
+        #[arg(short = 'o', long, default_value = "cpu.pb.gz", value_name = "FILE")]
+        output: PathBuf,
+        /// `pprof` (gzipped profile.proto) or `folded` (one line per stack).
+        #[arg(long, default_value = "pprof", value_name = "FORMAT")]
+        format: String,
+        /// Samples per second of each thread's CPU time.
+        #[arg(long, default_value_t = 99, value_parser = clap::value_parser!(u64).range(1..=999), value_name = "HZ")]
+        hz: u64,
+    },
 }
 
 /// Options, each also settable by environment variable or config file. The YAML file has the same
@@ -416,6 +431,19 @@ pub struct Options {
         value_name = "NAME"
     )]
     pub push_service_name: Option<String>,
+    /// CPU profiles of the target on demand at /debug/pprof/profile (perf_event_open; needs
+    /// kernel.perf_event_paranoid <= 2 and the target's user, or CAP_PERFMON) [default: true].
+    #[arg(long, global = true, env = "VITALS_PROFILING", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub profiling: Option<bool>,
+    /// Bytes of user stack copied with each profile sample for DWARF unwinding; 0 walks frame
+    /// pointers only [default: 16384; at most 65528].
+    #[arg(
+        long,
+        global = true,
+        env = "VITALS_PROFILE_STACK_BYTES",
+        value_name = "BYTES"
+    )]
+    pub profile_stack_bytes: Option<u32>,
     /// YAML configuration file.
     #[arg(long, global = true, env = "VITALS_CONFIG", value_name = "FILE")]
     #[serde(skip)]
@@ -644,6 +672,10 @@ pub struct Config {
     pub forward: Option<ForwardSettings>,
     /// Pushing vitals' own metrics over OTLP; None when no push endpoint is configured.
     pub push: Option<PushSettings>,
+    /// On-demand CPU profiles allowed.
+    pub profiling: bool,
+    /// Bytes of user stack copied per profile sample.
+    pub profile_stack_bytes: u32,
 }
 
 /// A configuration that cannot be used. Each message names where the bad value came from: the flag, the
@@ -1021,6 +1053,17 @@ impl Cli {
                 "must be between 1 and 100000",
             ));
         }
+        let from_cli = o.profile_stack_bytes.is_some();
+        let profile_stack_bytes = o
+            .profile_stack_bytes
+            .or(file.profile_stack_bytes)
+            .unwrap_or(16 << 10);
+        if profile_stack_bytes > 65_528 {
+            return Err(invalid(
+                origins.name("profile_stack_bytes", from_cli),
+                "must be 0..65528 (the kernel's limit)",
+            ));
+        }
         let from_cli = o.db_trace_settle.is_some();
         let db_trace_settle = o
             .db_trace_settle
@@ -1033,6 +1076,8 @@ impl Cli {
             ));
         }
         Ok(Config {
+            profiling: o.profiling.or(file.profiling).unwrap_or(true),
+            profile_stack_bytes,
             forward,
             push,
             warnings,

@@ -14,6 +14,7 @@ pub mod logging;
 pub mod model;
 pub mod pipeline;
 pub mod probe;
+pub mod profile;
 pub mod receiver;
 pub mod runtime;
 pub mod sampler;

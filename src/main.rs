@@ -28,6 +28,15 @@ fn main() {
         cli.command = None;
         std::process::exit(inject(cli, args));
     }
+    let profile_command = match &cli.command {
+        Some(Command::Profile {
+            seconds,
+            output,
+            format,
+            hz,
+        }) => Some((*seconds, output.clone(), format.clone(), *hz)),
+        _ => None,
+    };
     let config = match cli.resolve() {
         Ok(c) => c,
         Err(e) => {
@@ -40,6 +49,15 @@ fn main() {
         std::process::exit(2);
     }
     raise_fd_limit();
+    if let Some((seconds, output, format, hz)) = profile_command {
+        match profile_once(&config, seconds, hz, &output, &format) {
+            Ok(()) => std::process::exit(0),
+            Err(e) => {
+                print_error(&e);
+                std::process::exit(1);
+            }
+        }
+    }
     limit_malloc_arenas();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -194,4 +212,58 @@ fn limit_malloc_arenas() {
         libc::mallopt(libc::M_ARENA_MAX, 2);
         libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
     }
+}
+
+/// `vitals profile`: one CPU profile of `--pid`, written to `output` (`-` for stdout).
+fn profile_once(
+    config: &Config,
+    seconds: u64,
+    hz: u64,
+    output: &std::path::Path,
+    format: &str,
+) -> Result<(), String> {
+    use std::io::Write;
+    use vitals::profile::{pprof, Profiler, ProfilerSettings};
+    let Some(TargetSpec::Pid(pid)) = config.target else {
+        return Err("vitals profile needs --pid PID".to_owned());
+    };
+    if !matches!(format, "pprof" | "folded") {
+        return Err(format!("--format {format:?}: give pprof or folded"));
+    }
+    let settings = ProfilerSettings {
+        enabled: true,
+        stack_bytes: config.profile_stack_bytes,
+        proc_root: config.proc_root.clone(),
+        max_duration: std::time::Duration::from_secs(3600),
+        ..ProfilerSettings::default()
+    };
+    let profiler = Profiler::new(settings, std::sync::Arc::new(move || vec![pid]));
+    let (reason, _) = profiler.check();
+    if !reason.can_profile() {
+        return Err(format!("pid {pid}: {}", reason.advice()));
+    }
+    if reason == vitals::profile::Reason::NoKernelFrames {
+        tracing::warn!("{}", reason.advice());
+    }
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let profile = profiler
+        .take_at(std::time::Duration::from_secs(seconds), Some(hz), &stop)
+        .map_err(|e| format!("pid {pid}: {e}"))?;
+    let bytes = match format {
+        "folded" => pprof::to_folded(&profile).into_bytes(),
+        _ => pprof::to_pprof_gzip(&profile),
+    };
+    let written = if output.as_os_str() == "-" {
+        std::io::stdout().write_all(&bytes)
+    } else {
+        std::fs::write(output, &bytes)
+    };
+    written.map_err(|e| format!("cannot write {}: {e}", output.display()))?;
+    tracing::info!(
+        samples = profile.samples,
+        notes = ?profile.notes,
+        "profile of pid {pid} written to {}",
+        output.display()
+    );
+    Ok(())
 }

@@ -145,6 +145,13 @@ fn data_flows_one_way() {
             "probes read the target and know nothing downstream",
         ),
         (
+            "profile",
+            &[
+                "receiver", "signal", "store", "export", "sampler", "app", "config",
+            ],
+            "the profiler reads the target like a probe and knows nothing downstream",
+        ),
+        (
             "signal",
             &["export", "sampler", "app"],
             "derivation feeds the store and the exporters, never the other way",

@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub mod live;
+pub mod profile;
 pub mod server;
 pub mod web_config;
 
@@ -41,6 +42,8 @@ pub struct HttpState {
     pub live: Option<Arc<self::live::LiveHub>>,
     /// TLS and basic auth from `--web-config-file`, if given.
     pub web: Option<Arc<WebConfig>>,
+    /// CPU profiles at /debug/pprof/profile; `None` answers 404.
+    pub profiler: Option<Arc<crate::profile::Profiler>>,
 }
 
 /// Where the live page names the target before its script has drawn the first frame.
@@ -344,8 +347,12 @@ async fn handle(
         "/" | "/live" => respond(
             StatusCode::OK,
             "text/html; charset=utf-8",
-            landing(&state.status),
+            self::profile::with_last(landing(&state.status), state.profiler.as_ref()),
         ),
+        "/debug/pprof/profile" => {
+            self::profile::answer(state.profiler.as_ref(), req.uri().query()).await
+        }
+        "/debug/pprof/last" => self::profile::last(state.profiler.as_ref(), req.uri().query()),
         "/live/stream" => {
             let mut r = respond(StatusCode::OK, "text/event-stream", "");
             r.extensions_mut().insert(OpenLiveStream);

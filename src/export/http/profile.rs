@@ -1,0 +1,231 @@
+//! `GET /debug/pprof/profile?seconds=N[&format=folded]`: a CPU profile of the target, gzipped pprof by
+//! default, or a polite refusal that says why (off, no target, not permitted and the fix, busy).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderValue, CONTENT_DISPOSITION, RETRY_AFTER};
+use hyper::{Response, StatusCode};
+
+use super::respond;
+use crate::profile::{pprof, Profiler, Refusal};
+
+/// Seconds sampled when the request does not say.
+const DEFAULT_SECONDS: u64 = 30;
+
+/// Highest sampling rate a request may ask for.
+const MAX_HZ: u64 = 999;
+
+/// What the query asks for.
+#[derive(Debug, PartialEq, Eq)]
+struct Query {
+    seconds: u64,
+    folded: bool,
+    /// Samples per second of CPU time, when not the profiler's default.
+    hz: Option<u64>,
+}
+
+fn parse_query(query: Option<&str>, max: Duration) -> Result<Query, String> {
+    let mut q = Query {
+        seconds: DEFAULT_SECONDS,
+        folded: false,
+        hz: None,
+    };
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "seconds" => {
+                q.seconds = v
+                    .parse()
+                    .ok()
+                    .filter(|s| (1..=max.as_secs()).contains(s))
+                    .ok_or_else(|| format!("seconds={v}: give 1..{}", max.as_secs()))?
+            }
+            "hz" => {
+                q.hz = Some(
+                    v.parse()
+                        .ok()
+                        .filter(|h| (1..=MAX_HZ).contains(h))
+                        .ok_or_else(|| format!("hz={v}: give 1..{MAX_HZ}"))?,
+                )
+            }
+            "format" => match v {
+                "folded" => q.folded = true,
+                "pprof" | "proto" => q.folded = false,
+                _ => return Err(format!("format={v}: give pprof or folded")),
+            },
+            _ => {}
+        }
+    }
+    Ok(q)
+}
+
+/// Sets the profile's stop flag when the request is dropped (client gone, server shutting down).
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Answers a profile request.
+pub async fn answer(
+    profiler: Option<&Arc<Profiler>>,
+    query: Option<&str>,
+) -> Response<Full<Bytes>> {
+    let Some(profiler) = profiler else {
+        return respond(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "profiling is not set up in this vitals\n",
+        );
+    };
+    let q = match parse_query(query, profiler.settings.max_duration) {
+        Ok(q) => q,
+        Err(e) => return respond(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let _guard = StopOnDrop(stop.clone());
+    let p = profiler.clone();
+    let (seconds, folded, hz) = (q.seconds, q.folded, q.hz);
+    let taken = tokio::task::spawn_blocking(move || {
+        p.take_at(Duration::from_secs(seconds), hz, &stop)
+            .map(|profile| {
+                if folded {
+                    Bytes::from(pprof::to_folded(&profile))
+                } else {
+                    Bytes::from(pprof::to_pprof_gzip(&profile))
+                }
+            })
+    })
+    .await;
+    match taken {
+        Ok(Ok(body)) => {
+            if folded {
+                respond(StatusCode::OK, "text/plain; charset=utf-8", body)
+            } else {
+                let mut r = respond(StatusCode::OK, "application/octet-stream", body);
+                r.headers_mut().insert(
+                    CONTENT_DISPOSITION,
+                    HeaderValue::from_static("attachment; filename=\"cpu.pb.gz\""),
+                );
+                r
+            }
+        }
+        Ok(Err(refusal)) => refused(&refusal, seconds),
+        Err(_) => respond(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            "the profile failed; see vitals' log\n",
+        ),
+    }
+}
+
+/// Where the live page takes the last profile's folded stacks.
+const LAST_PROFILE_SLOT: &str = "<pre hidden id=\"profile-last\"></pre>";
+/// Largest folded text put into the page; a larger profile is fetched by the page instead.
+const INLINE_LIMIT: usize = 1 << 20;
+
+/// The live page with the last profile's folded stacks in it (HTML-escaped), so the flame graph is drawn
+/// as the page loads.
+pub fn with_last(page: String, profiler: Option<&Arc<Profiler>>) -> String {
+    let Some(profile) = profiler.and_then(|p| p.last()) else {
+        return page;
+    };
+    let folded = pprof::to_folded(&profile);
+    if folded.len() > INLINE_LIMIT {
+        return page;
+    }
+    let mut escaped = String::with_capacity(folded.len() + 64);
+    escaped.push_str("<pre hidden id=\"profile-last\">");
+    for c in folded.chars() {
+        match c {
+            '<' => escaped.push_str("&lt;"),
+            '>' => escaped.push_str("&gt;"),
+            '&' => escaped.push_str("&amp;"),
+            _ => escaped.push(c),
+        }
+    }
+    escaped.push_str("</pre>");
+    page.replacen(LAST_PROFILE_SLOT, &escaped, 1)
+}
+
+/// `GET /debug/pprof/last[?format=folded]`: the last profile taken (the live page draws it), or 404.
+pub fn last(profiler: Option<&Arc<Profiler>>, query: Option<&str>) -> Response<Full<Bytes>> {
+    let Some(profile) = profiler.and_then(|p| p.last()) else {
+        return respond(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "no profile has been taken yet\n",
+        );
+    };
+    let folded = query.unwrap_or("").split('&').any(|p| p == "format=folded");
+    if folded {
+        respond(
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            pprof::to_folded(&profile),
+        )
+    } else {
+        respond(
+            StatusCode::OK,
+            "application/octet-stream",
+            pprof::to_pprof_gzip(&profile),
+        )
+    }
+}
+
+fn refused(refusal: &Refusal, seconds: u64) -> Response<Full<Bytes>> {
+    let text = format!("{refusal}\n");
+    let (status, retry) = match refusal {
+        Refusal::Off => (StatusCode::NOT_FOUND, None),
+        Refusal::NoTarget => (StatusCode::SERVICE_UNAVAILABLE, Some(5)),
+        Refusal::Busy => (StatusCode::TOO_MANY_REQUESTS, Some(seconds.max(1))),
+        Refusal::NotPermitted(_) => (StatusCode::FORBIDDEN, None),
+    };
+    let mut r = respond(status, "text/plain; charset=utf-8", text);
+    if let Some(s) = retry {
+        if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
+            r.headers_mut().insert(RETRY_AFTER, v);
+        }
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_parse_and_bad_ones_are_named() {
+        let max = Duration::from_secs(300);
+        assert_eq!(
+            parse_query(None, max),
+            Ok(Query {
+                seconds: 30,
+                folded: false,
+                hz: None
+            })
+        );
+        assert_eq!(
+            parse_query(Some("seconds=5&format=folded&hz=499"), max),
+            Ok(Query {
+                seconds: 5,
+                folded: true,
+                hz: Some(499)
+            })
+        );
+        assert!(parse_query(Some("seconds=0"), max)
+            .unwrap_err()
+            .contains("seconds=0"));
+        assert!(parse_query(Some("seconds=301"), max).is_err());
+        assert!(parse_query(Some("hz=1000"), max).is_err());
+        assert!(parse_query(Some("format=svg"), max)
+            .unwrap_err()
+            .contains("format=svg"));
+    }
+}
