@@ -15,7 +15,7 @@ use crate::export::http::{bind, serve, HttpState};
 use crate::export::otlp::forward::Forwarder;
 use crate::export::otlp::push::Pusher;
 use crate::export::self_metrics::ExporterStats;
-use crate::model::Registry;
+use crate::model::{Attributed, Collector, Registry};
 use crate::probe::cgroup::CgroupRoots;
 use crate::probe::procfs::{kernel_units, read_boot_time, PssPolicy};
 use crate::receiver::{self, Consumers, OtlpLimits, OtlpStats, Receiver};
@@ -92,7 +92,7 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
     let registry = Registry::new();
     let stats = Arc::new(ExporterStats::new(hz, page_size));
     let store = Arc::new(TargetMetrics::new(units));
-    registry.register(store.clone());
+    register_target(&registry, config.target_name.as_deref(), store.clone());
     registry.register(stats.clone());
     let status = Arc::new(TargetStatus::default());
     let shutdown = CancellationToken::new();
@@ -298,9 +298,10 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
         runtime_metrics,
         MemoryGrowth::new(&config.growth_windows, config.leak_threshold),
     ));
-    registry.register(derived.pause.clone());
-    registry.register(derived.memory.clone());
-    registry.register(derived.pool.clone());
+    let main_name = config.target_name.as_deref();
+    register_target(&registry, main_name, derived.pause.clone());
+    register_target(&registry, main_name, derived.memory.clone());
+    register_target(&registry, main_name, derived.pool.clone());
     if selector.is_none() {
         tracing::info!(
             "no target selected: serving OTLP-derived signals and exporter metrics only"
@@ -318,8 +319,15 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
         units,
         sampled,
     };
-    let sampler = Sampler::new(selector, roots, config.pss.then(PssPolicy::default), parts);
+    let sampler = Sampler::new(
+        selector,
+        roots,
+        config.pss.then(PssPolicy::default),
+        config.max_tree_processes,
+        parts,
+    );
     let sampler_task = Some(tokio::spawn(sampler.run(config.interval, shutdown.clone())));
+    let more_tasks = start_more_targets(&config, &registry, &stats, units, &shutdown);
 
     let code = match child.as_mut() {
         Some((c, terminal)) => {
@@ -348,6 +356,9 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
             let _ = r.await;
         }
         let _ = live_task.await;
+        for t in more_tasks {
+            let _ = t.await;
+        }
         if let Some(t) = sampler_task {
             let _ = t.await;
         }
@@ -374,6 +385,68 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
     Ok(code)
 }
 
+/// Registers a target's collector, its points labelled `target="NAME"` when the target has a name.
+fn register_target(registry: &Registry, name: Option<&str>, collector: Arc<dyn Collector>) {
+    match name {
+        Some(n) => registry.register(Arc::new(Attributed::new(collector, "target", n))),
+        None => registry.register(collector),
+    }
+}
+
+/// Starts a sampler for each further named target (`--target NAME=SPEC` after the first): its own store,
+/// pauses from hsperfdata, memory growth and pools, every family labelled with its name. The app's OTLP
+/// data belongs to the main target, so these derive from their probes alone.
+fn start_more_targets(
+    config: &Config,
+    registry: &Registry,
+    stats: &Arc<ExporterStats>,
+    units: KernelUnits,
+    shutdown: &CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    for t in &config.more_targets {
+        let selector = match &t.spec {
+            TargetSpec::Pid(p) => Selector::Pid(*p),
+            TargetSpec::PidFile(f) => Selector::PidFile(f.clone()),
+            TargetSpec::Process(re) => Selector::Process(re.clone()),
+            // The config never names a `run` child among the further targets.
+            TargetSpec::Run { .. } => continue,
+        };
+        tracing::info!(target = %t.name, selector = %selector.describe(), "watching a further target");
+        let store = Arc::new(TargetMetrics::new(units));
+        register_target(registry, Some(&t.name), store.clone());
+        // No OTLP consumer feeds this: the app's runtime metrics are the main target's.
+        let unfed = Arc::new(RuntimeMetrics::new(config.series_ttl));
+        let derived = Arc::new(Derived::new(
+            unfed,
+            MemoryGrowth::new(&config.growth_windows, config.leak_threshold),
+        ));
+        register_target(registry, Some(&t.name), derived.pause.clone());
+        register_target(registry, Some(&t.name), derived.memory.clone());
+        register_target(registry, Some(&t.name), derived.pool.clone());
+        let parts = SamplerParts {
+            store,
+            stats: stats.clone(),
+            status: Arc::new(TargetStatus::default()),
+            derived,
+            units,
+            sampled: Arc::new(tokio::sync::Notify::new()),
+        };
+        let sampler = Sampler::new(
+            Some(selector),
+            CgroupRoots {
+                proc_root: config.proc_root.clone(),
+                host_root: config.cgroup_root.clone(),
+            },
+            config.pss.then(PssPolicy::default),
+            config.max_tree_processes,
+            parts,
+        );
+        tasks.push(tokio::spawn(sampler.run(config.interval, shutdown.clone())));
+    }
+    tasks
+}
+
 /// How long a child may ignore a forwarded signal before vitals says so again.
 const CHILD_STILL_RUNNING_NOTICE: Duration = Duration::from_secs(10);
 
@@ -389,6 +462,14 @@ async fn wait_for_child(
     sigquit: &mut tokio::signal::unix::Signal,
 ) -> i32 {
     let pid = c.id().unwrap_or(0);
+    // The child's group and start, to name what it leaves running when it exits.
+    let pgrp = if terminal {
+        nix::unistd::getpgrp().as_raw().unsigned_abs()
+    } else {
+        pid
+    };
+    let start_ticks =
+        crate::target::identify(std::path::Path::new("/proc"), pid).map_or(0, |t| t.start_ticks);
     let mut forwarded_at: Option<tokio::time::Instant> = None;
     loop {
         let notice = async {
@@ -407,6 +488,20 @@ async fn wait_for_child(
                     }
                 };
                 tracing::info!(code, %how, "child exited; vitals exits with its code");
+                // Processes that got the same signal may take a moment longer than the child to end.
+                let mut left = run::leftovers(std::path::Path::new("/proc"), pgrp, start_ticks);
+                for _ in 0..20 {
+                    if left.is_empty() || forwarded_at.is_none() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    left = run::leftovers(std::path::Path::new("/proc"), pgrp, start_ticks);
+                }
+                if !left.is_empty() {
+                    tracing::warn!(processes = ?left, "the child exited but processes it started are still \
+                        running (they left its process group's signals behind or outlived it); end them \
+                        with kill");
+                }
                 return code;
             }
             _ = notice => {
@@ -427,7 +522,7 @@ async fn wait_for_child(
                 "the terminal sent this to the child as well; waiting for it to exit"
             );
         } else {
-            run::forward(pid, sent);
+            run::forward(pid, sent, !terminal);
         }
         forwarded_at = Some(tokio::time::Instant::now());
     }

@@ -363,6 +363,38 @@ pub trait Collector: Send + Sync {
     }
 }
 
+/// A collector whose every point carries one more attribute first: each target of a sidecar watching
+/// several labels its families with `target="NAME"`, so one family holds every target's series.
+pub struct Attributed {
+    inner: Arc<dyn Collector>,
+    key: &'static str,
+    value: String,
+}
+
+impl Attributed {
+    /// Wraps `inner`, adding `key="value"` to each of its points.
+    pub fn new(inner: Arc<dyn Collector>, key: &'static str, value: &str) -> Self {
+        Attributed {
+            inner,
+            key,
+            value: value.to_owned(),
+        }
+    }
+}
+
+impl Collector for Attributed {
+    fn collect(&self, out: &mut Vec<Metric>) {
+        let from = out.len();
+        self.inner.collect(out);
+        for m in &mut out[from..] {
+            for p in &mut m.points {
+                p.attributes
+                    .insert(0, (self.key.to_owned(), self.value.clone()));
+            }
+        }
+    }
+}
+
 /// The set of collectors exporters read, in registration order.
 #[derive(Default, Clone)]
 pub struct Registry {

@@ -89,12 +89,17 @@ impl PoolSignal {
         }
         let f = |v: Option<u64>| v.map(|v| v as f64);
         if let Some(p) = inp.proc {
-            if p.open_fds.is_some() {
+            // The fd limit is per process: the tree's process closest to its limit decides.
+            let (used, max) = match p.fds_fullest {
+                Some((used, max)) => (Some(used), Some(max)),
+                None => (p.open_fds, p.max_fds),
+            };
+            if used.is_some() {
                 st.pools.insert(
                     ("fds", "fds".into()),
                     PoolSnapshot {
-                        used: f(p.open_fds),
-                        max: f(p.max_fds),
+                        used: f(used),
+                        max: f(max),
                         pending: None,
                     },
                 );
