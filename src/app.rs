@@ -1,6 +1,7 @@
 //! Wiring for the binary: build the store, start the sampler and the HTTP server, handle signals and, in
 //! `run` mode, the child's lifetime. Returns the process exit code.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +24,8 @@ use crate::sampler::{Sampler, SamplerParts};
 use crate::signal::hints::HintPolicy;
 use crate::signal::latency::RedStore;
 use crate::signal::memory::MemoryGrowth;
+use crate::signal::n_plus_one::{NPlusOne, Rule};
+use crate::signal::query::{DbQueries, QueryStore};
 use crate::signal::runtime_metrics::RuntimeMetrics;
 use crate::signal::target::{KernelUnits, TargetMetrics};
 use crate::signal::Derived;
@@ -57,6 +60,24 @@ async fn expire_every(
         red.expire(now);
         app.expire(now);
         logs.expire(now);
+    }
+}
+
+/// How often N+1 detection judges the traces that settled; also the query series' expiry.
+const DB_SETTLE_PERIOD: Duration = Duration::from_millis(500);
+
+/// Judges settled traces for N+1 runs and expires query series every `period` until `shutdown`.
+async fn settle_db_every(period: Duration, db: Arc<DbQueries>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = std::time::Instant::now();
+        db.n_plus_one.settle(now);
+        db.store.expire(now);
     }
 }
 
@@ -110,15 +131,7 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
             ..HintPolicy::default()
         },
         selected_by,
-        match (config.otlp_http_addr, config.otlp_grpc_addr) {
-            (Some(http), _) => format!("OTEL_EXPORTER_OTLP_ENDPOINT=http://{http}"),
-            (None, Some(grpc)) => format!(
-                "OTEL_EXPORTER_OTLP_ENDPOINT=http://{grpc} OTEL_EXPORTER_OTLP_PROTOCOL=grpc"
-            ),
-            (None, None) => {
-                "the OTLP receivers are off (--otlp-grpc-addr/--otlp-http-addr)".to_owned()
-            }
-        },
+        otlp_sentence(config.otlp_http_addr, config.otlp_grpc_addr),
         shutdown.clone(),
     ));
     registry.register(live.hints.clone());
@@ -181,6 +194,30 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
         logs.clone(),
         shutdown.clone(),
     ));
+    // Database queries: latency per query template and N+1 runs, from the same trace exports.
+    let db = Arc::new(DbQueries {
+        store: Arc::new(QueryStore::new(
+            config.series_limit,
+            config.series_ttl,
+            overflow.clone(),
+        )),
+        n_plus_one: Arc::new(NPlusOne::new(
+            Rule {
+                settle: config.db_trace_settle,
+                ..Rule::default()
+            },
+            config.series_limit,
+            config.series_ttl,
+            overflow.clone(),
+        )),
+    });
+    registry.register(db.store.clone());
+    registry.register(db.n_plus_one.clone());
+    tokio::spawn(settle_db_every(
+        DB_SETTLE_PERIOD,
+        db.clone(),
+        shutdown.clone(),
+    ));
     let otlp_stats = Arc::new(OtlpStats::new(move || overflow.get()));
     registry.register(red.clone());
     registry.register(app_metrics.clone());
@@ -206,6 +243,7 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
     };
     let consumers = consumers
         .traces(red)
+        .traces(db)
         .metrics(runtime_metrics.clone())
         .metrics(app_metrics)
         .logs(logs);
@@ -525,5 +563,54 @@ async fn wait_for_child(
             run::forward(pid, sent, !terminal);
         }
         forwarded_at = Some(tokio::time::Instant::now());
+    }
+}
+
+/// The live page's sentence that tells how an app's SDK reaches vitals' receivers, or that it cannot.
+fn otlp_sentence(http: Option<SocketAddr>, grpc: Option<SocketAddr>) -> String {
+    const RUN: &str = "or use \"vitals run -- CMD\", which sets it.";
+    match (http, grpc) {
+        (Some(http), Some(grpc)) => format!(
+            "Start the app with OTEL_EXPORTER_OTLP_ENDPOINT=http://{http} (for gRPC: \
+             OTEL_EXPORTER_OTLP_ENDPOINT=http://{grpc} OTEL_EXPORTER_OTLP_PROTOCOL=grpc), {RUN}"
+        ),
+        (Some(http), None) => {
+            format!("Start the app with OTEL_EXPORTER_OTLP_ENDPOINT=http://{http}, {RUN}")
+        }
+        (None, Some(grpc)) => format!(
+            "Start the app with OTEL_EXPORTER_OTLP_ENDPOINT=http://{grpc} \
+             OTEL_EXPORTER_OTLP_PROTOCOL=grpc, {RUN}"
+        ),
+        (None, None) => "The OTLP receivers are off (--otlp-grpc-addr and --otlp-http-addr are \
+                         unset), so no spans can arrive."
+            .to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::otlp_sentence;
+
+    #[test]
+    fn the_page_sentence_reads_with_and_without_receivers() {
+        let http = "127.0.0.1:4318".parse().ok();
+        let grpc = "127.0.0.1:4317".parse().ok();
+        assert_eq!(
+            otlp_sentence(http, None),
+            "Start the app with OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318, or use \"vitals run \
+             -- CMD\", which sets it."
+        );
+        assert_eq!(
+            otlp_sentence(None, grpc),
+            "Start the app with OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4317 \
+             OTEL_EXPORTER_OTLP_PROTOCOL=grpc, or use \"vitals run -- CMD\", which sets it."
+        );
+        let off = otlp_sentence(None, None);
+        assert_eq!(
+            off,
+            "The OTLP receivers are off (--otlp-grpc-addr and --otlp-http-addr are unset), so no \
+             spans can arrive."
+        );
+        assert!(!off.contains("Start the app"));
     }
 }

@@ -62,6 +62,9 @@ pub struct Cli {
     /// Where each option given on the command line or in the environment came from (see [`Cli::parse_from_env`]).
     #[arg(skip)]
     pub sources: HashMap<String, ValueSource>,
+    /// The options given on the command line, as `--name=value` (`vitals inject` passes them to the sidecar).
+    #[arg(skip)]
+    pub command_line_options: Vec<String>,
 }
 
 /// Subcommands.
@@ -78,6 +81,8 @@ pub enum Command {
         )]
         command: Vec<String>,
     },
+    /// Add the vitals sidecar to Kubernetes manifests (or take it away with --uninject); writes stdout.
+    Inject(crate::inject::InjectArgs),
 }
 
 /// Options, each also settable by environment variable or config file. The YAML file has the same
@@ -238,6 +243,11 @@ pub struct Options {
     #[arg(long, global = true, env = "VITALS_HINTS_MIN_HISTORY", value_parser = humantime::parse_duration)]
     #[serde(deserialize_with = "de_duration")]
     pub hints_min_history: Option<Duration>,
+    /// N+1 detection judges a trace once none of its spans arrived for this long (longer than the
+    /// app's OTLP batch delay, so a trace split across exports is judged whole) [default: 10s].
+    #[arg(long, global = true, env = "VITALS_DB_TRACE_SETTLE", value_parser = humantime::parse_duration)]
+    #[serde(deserialize_with = "de_duration")]
+    pub db_trace_settle: Option<Duration>,
     /// Forward everything received to this upstream OTLP endpoint (base URL; for http/protobuf
     /// /v1/<signal> is appended) [default: OTEL_EXPORTER_OTLP_ENDPOINT; unset: no forwarding].
     #[arg(
@@ -628,6 +638,8 @@ pub struct Config {
     pub leak_threshold: f64,
     /// History a tuning hint needs before it gives a value.
     pub hints_min_history: Duration,
+    /// Quiet time after which N+1 detection judges a trace.
+    pub db_trace_settle: Duration,
     /// Forwarding to upstream OTLP endpoints; None when no endpoint is configured.
     pub forward: Option<ForwardSettings>,
     /// Pushing vitals' own metrics over OTLP; None when no push endpoint is configured.
@@ -738,6 +750,7 @@ impl Cli {
             .map_err(|e| name_env_in_error(e, &args))?;
         let mut cli = Cli::from_arg_matches(&matches)?;
         cli.sources = value_sources(&matches);
+        cli.command_line_options = command_line_options(&matches);
         Ok(cli)
     }
 
@@ -1004,8 +1017,19 @@ impl Cli {
             .unwrap_or(DEFAULT_MAX_TREE_PROCESSES);
         if !(1..=100_000).contains(&max_tree_processes) {
             return Err(invalid(
-                origins.name("max_tree_processes", from_cli),
+                origins.name("max_tree_processes", o.max_tree_processes.is_some()),
                 "must be between 1 and 100000",
+            ));
+        }
+        let from_cli = o.db_trace_settle.is_some();
+        let db_trace_settle = o
+            .db_trace_settle
+            .or(file.db_trace_settle)
+            .unwrap_or(Duration::from_secs(10));
+        if !(Duration::from_millis(100)..=Duration::from_secs(50)).contains(&db_trace_settle) {
+            return Err(invalid(
+                origins.name("db_trace_settle", from_cli),
+                "must be between 100ms and 50s (a trace is judged at 60s of age anyway)",
             ));
         }
         Ok(Config {
@@ -1013,6 +1037,7 @@ impl Cli {
             push,
             warnings,
             hints_min_history,
+            db_trace_settle,
             growth_windows,
             leak_threshold: per_hour / 3600.0,
             otlp_max_request_bytes,
@@ -1232,6 +1257,26 @@ fn value_sources(matches: &ArgMatches) -> HashMap<String, ValueSource> {
         }
     }
     sources
+}
+
+/// The shared options given on the command line, each as `--name=value` (`--name` for a flag).
+fn command_line_options(matches: &ArgMatches) -> Vec<String> {
+    let mut out = Vec::new();
+    for arg in Cli::command().get_arguments() {
+        let (Some(long), id) = (arg.get_long(), arg.get_id().as_str()) else {
+            continue;
+        };
+        if matches.value_source(id) != Some(ValueSource::CommandLine) {
+            continue;
+        }
+        match matches.get_raw(id) {
+            Some(values) if arg.get_action().takes_values() => {
+                out.extend(values.map(|v| format!("--{long}={}", v.to_string_lossy())))
+            }
+            _ => out.push(format!("--{long}")),
+        }
+    }
+    out
 }
 
 /// Rewrites clap's "invalid value for '--interval <INTERVAL>'" when the value came from `VITALS_INTERVAL`

@@ -9,6 +9,7 @@
 pub mod app;
 pub mod config;
 pub mod export;
+pub mod inject;
 pub mod logging;
 pub mod model;
 pub mod pipeline;

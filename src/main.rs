@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-use vitals::config::{Cli, Config, LogFormat, TargetSpec};
+use vitals::config::{Cli, Command, Config, LogFormat, TargetSpec};
 use vitals::logging::{print_error, LogSink};
 
 /// Marks vitals' own lines on a stderr it shares with its child.
@@ -22,6 +22,12 @@ fn main() {
             std::process::exit(e.exit_code());
         }
     };
+    let mut cli = cli;
+    if let Some(Command::Inject(args)) = &cli.command {
+        let args = args.clone();
+        cli.command = None;
+        std::process::exit(inject(cli, args));
+    }
     let config = match cli.resolve() {
         Ok(c) => c,
         Err(e) => {
@@ -55,6 +61,78 @@ fn main() {
     };
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     std::process::exit(code);
+}
+
+/// `vitals inject`: the options on its command line are checked as vitals would check them, then passed
+/// to the sidecar. Exit 2 when the input is refused (nothing is written then), 1 when stdout fails.
+fn inject(cli: Cli, args: vitals::inject::InjectArgs) -> i32 {
+    use std::io::{Read, Write};
+    let passed = cli.command_line_options.clone();
+    let config = match cli.resolve() {
+        Ok(c) => c,
+        Err(e) => {
+            print_error(&e.to_string());
+            return 2;
+        }
+    };
+    let mut input = String::new();
+    let limit = vitals::inject::MAX_INPUT_BYTES;
+    let read = if args.file == "-" {
+        std::io::stdin()
+            .lock()
+            .take(limit + 1)
+            .read_to_string(&mut input)
+    } else {
+        std::fs::File::open(&args.file).and_then(|f| f.take(limit + 1).read_to_string(&mut input))
+    };
+    let name = if args.file == "-" {
+        "standard input"
+    } else {
+        &args.file
+    };
+    if let Err(e) = read {
+        print_error(&format!("{name}: {e}"));
+        return 2;
+    }
+    if input.len() as u64 > limit {
+        print_error(&format!("{name}: larger than {limit} bytes"));
+        return 2;
+    }
+    let settings = vitals::inject::Settings {
+        image: args.image,
+        native: !args.legacy_sidecar,
+        container: args.container,
+        sidecar_args: passed.into_iter().chain(args.sidecar_args).collect(),
+        metrics_port: config.metrics_addr.port(),
+    };
+    let mode = if args.uninject {
+        vitals::inject::Mode::Uninject
+    } else {
+        vitals::inject::Mode::Inject
+    };
+    match vitals::inject::transform(&input, &settings, mode) {
+        Ok(out) => {
+            let mut err = std::io::stderr().lock();
+            for n in &out.notes {
+                let _ = writeln!(err, "{n}");
+            }
+            let mut stdout = std::io::stdout().lock();
+            match stdout
+                .write_all(out.output.as_bytes())
+                .and_then(|_| stdout.flush())
+            {
+                Ok(()) => 0,
+                Err(e) => {
+                    print_error(&format!("standard output: {e}"));
+                    1
+                }
+            }
+        }
+        Err(e) => {
+            print_error(&format!("{name}: {e}"));
+            2
+        }
+    }
 }
 
 /// Installs the log subscriber: level filter, text or JSON, stderr or `--log-file`, colour only on a

@@ -57,6 +57,9 @@ pub struct Exemplar {
 pub enum Value {
     /// A cumulative sum (monotonic or not).
     Sum(f64),
+    /// A monotonic cumulative sum with the exemplar of its latest increment (the trace of the latest
+    /// N+1 run); exporters that carry no exemplars read it as [`Value::Sum`].
+    SumWithExemplar(f64, Exemplar),
     /// A gauge reading.
     Gauge(f64),
     /// Cumulative buckets: `(upper bound, cumulative count)` ascending, the last bound `+Inf`.
@@ -255,6 +258,8 @@ impl BucketCounts<'_> {
 pub enum ValueRef<'a> {
     /// A cumulative sum (monotonic or not).
     Sum(f64),
+    /// A monotonic cumulative sum with the exemplar of its latest increment.
+    SumWithExemplar(f64, &'a Exemplar),
     /// A gauge reading.
     Gauge(f64),
     /// Buckets with sum, count and one optional exemplar per bucket (may be empty).
@@ -283,6 +288,7 @@ impl<'a> From<&'a Value> for ValueRef<'a> {
     fn from(v: &'a Value) -> Self {
         match v {
             Value::Sum(x) => ValueRef::Sum(*x),
+            Value::SumWithExemplar(x, e) => ValueRef::SumWithExemplar(*x, e),
             Value::Gauge(x) => ValueRef::Gauge(*x),
             Value::Histogram {
                 buckets,
@@ -517,6 +523,7 @@ impl ValueRef<'_> {
     pub fn to_owned(self) -> Value {
         match self {
             ValueRef::Sum(v) => Value::Sum(v),
+            ValueRef::SumWithExemplar(v, e) => Value::SumWithExemplar(v, e.clone()),
             ValueRef::Gauge(v) => Value::Gauge(v),
             ValueRef::Histogram {
                 buckets,

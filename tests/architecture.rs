@@ -169,6 +169,14 @@ fn data_flows_one_way() {
             "the OTLP seams are what the receiver and its consumers share; they depend on nothing",
         ),
         (
+            "inject",
+            &[
+                "probe", "receiver", "signal", "store", "export", "sampler", "target", "app", "config",
+                "pipeline", "model",
+            ],
+            "inject edits manifests; it needs no part of the running sidecar",
+        ),
+        (
             "config",
             &[
                 "target", "probe", "signal", "store", "sampler", "receiver", "app",

@@ -22,6 +22,24 @@ pub struct PoolSnapshot {
     pub max: Option<f64>,
     /// Waiting for a slot.
     pub pending: Option<f64>,
+    /// Open but not in use (connection pools that split their count by state).
+    pub idle: Option<f64>,
+}
+
+impl PoolSnapshot {
+    /// How full the pool is: used / max; for a pool that reports no max but splits its open
+    /// connections into used and idle (SQLAlchemy, Node pg), used / (used + idle). That is the share of
+    /// the open connections in use, an upper bound of used / max since a pool opens connections only up
+    /// to its max; it reaches 1 only when no opened connection is free.
+    pub fn utilization(&self) -> Option<f64> {
+        let used = self.used?;
+        match (self.max, self.idle) {
+            (Some(m), _) if m > 0.0 => Some(used / m),
+            (Some(_), _) => None,
+            (None, Some(idle)) if used + idle > 0.0 => Some(used / (used + idle)),
+            (None, _) => None,
+        }
+    }
 }
 
 /// What one tick offers the pool signal.
@@ -84,6 +102,7 @@ impl PoolSignal {
                 PoolFigure::Used => &mut pool.used,
                 PoolFigure::Max => &mut pool.max,
                 PoolFigure::Pending => &mut pool.pending,
+                PoolFigure::Idle => &mut pool.idle,
             };
             *figure.get_or_insert(0.0) += r.value;
         }
@@ -101,6 +120,7 @@ impl PoolSignal {
                         used: f(used),
                         max: f(max),
                         pending: None,
+                        idle: None,
                     },
                 );
             }
@@ -112,6 +132,7 @@ impl PoolSignal {
                         used: Some(stat.num_threads as f64),
                         max: f(limit),
                         pending: None,
+                        idle: None,
                     },
                 );
             }
@@ -124,6 +145,7 @@ impl PoolSignal {
                         used: f(c.pids),
                         max: f(c.pids_limit),
                         pending: None,
+                        idle: None,
                     },
                 );
             }
@@ -136,6 +158,7 @@ impl PoolSignal {
                     used: Some(s.queue as f64),
                     max: Some(s.backlog as f64),
                     pending: None,
+                    idle: None,
                 },
             );
             st.backlog_note = Some(s.source);
@@ -164,6 +187,7 @@ impl PoolSignal {
                         used: Some(cores),
                         max: inp.cgroup.and_then(|c| c.cpu_limit_cores),
                         pending: None,
+                        idle: None,
                     },
                 );
             }
@@ -200,7 +224,7 @@ impl Collector for PoolSignal {
         );
         let mut ratio = Metric::new(
             "vitals.pool.utilization",
-            "Used / max per pool",
+            "Used / max per pool (a DB pool that reports no max: used / open connections)",
             "1",
             MetricKind::Gauge,
         );
@@ -215,10 +239,8 @@ impl Collector for PoolSignal {
             if let Some(p) = s.pending {
                 pending.push(&labels, Value::Gauge(p));
             }
-            if let (Some(u), Some(m)) = (s.used, s.max) {
-                if m > 0.0 {
-                    ratio.push(&labels, Value::Gauge(u / m));
-                }
+            if let Some(r) = s.utilization() {
+                ratio.push(&labels, Value::Gauge(r));
             }
         }
         if let Some(src) = st.backlog_note {

@@ -549,7 +549,7 @@ pub fn start_prometheus_config(config: &str) -> Prometheus {
 }
 
 /// Starts Prometheus with `config` as its whole configuration file and extra command-line `flags`.
-fn start_prometheus_config_with(config: &str, flags: &[&str]) -> Prometheus {
+pub fn start_prometheus_config_with(config: &str, flags: &[&str]) -> Prometheus {
     let bin = require_tool("prometheus", "apt-get install -y prometheus");
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("prometheus.yml");
