@@ -9,9 +9,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// The vitals binary built by cargo for this test run.
+/// The vitals binary built by cargo for this test run, or `VITALS_TEST_BIN` when set (to measure
+/// another build, e.g. a release binary, with a test's figures).
 pub fn vitals_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_vitals"))
+    std::env::var_os("VITALS_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_vitals")))
 }
 
 /// Path of a helper script under tests/children.

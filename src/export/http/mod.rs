@@ -22,7 +22,9 @@ use tokio_util::sync::CancellationToken;
 
 pub mod live;
 pub mod profile;
+pub mod password_check;
 pub mod server;
+pub mod slots;
 pub mod web_config;
 
 use self::live::stream::LiveBody;
@@ -190,7 +192,7 @@ impl Renderer {
 
 /// Puts the calling thread at nice 10: when the cores are busy, the reactor threads answering
 /// `/healthz`, `/readyz` and OTLP requests run first and a scrape takes what is left.
-fn lower_priority() {
+pub(crate) fn lower_priority() {
     #[cfg(target_os = "linux")]
     {
         // SAFETY: gettid and setpriority only read and set the calling thread's own scheduling value.
@@ -294,17 +296,34 @@ async fn handle(
             .headers()
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        if !web.authorized(header).await {
-            let mut r = respond(
-                StatusCode::UNAUTHORIZED,
-                "text/plain",
-                "user and password required\n",
-            );
-            r.headers_mut().insert(
-                WWW_AUTHENTICATE,
-                HeaderValue::from_static("Basic realm=\"vitals\""),
-            );
-            return Ok(r);
+        let peer = req
+            .extensions()
+            .get::<server::Peer>()
+            .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |p| p.0.ip());
+        match web.authorize(header, peer).await {
+            web_config::Authorization::Allowed => {}
+            web_config::Authorization::Denied => {
+                let mut r = respond(
+                    StatusCode::UNAUTHORIZED,
+                    "text/plain",
+                    "user and password required\n",
+                );
+                r.headers_mut().insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"vitals\""),
+                );
+                return Ok(r);
+            }
+            web_config::Authorization::Busy => {
+                let mut r = respond(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "text/plain",
+                    "too many password checks waiting; retry\n",
+                );
+                r.headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+                return Ok(r);
+            }
         }
     }
     Ok(match req.uri().path() {
@@ -362,27 +381,47 @@ async fn handle(
     })
 }
 
+/// The metrics listener's answers: `state` and the scrape render thread.
+pub struct MetricsService {
+    state: HttpState,
+    renderer: Arc<Renderer>,
+}
+
+impl MetricsService {
+    /// Starts the render thread for `state`'s registry.
+    pub fn start(state: HttpState) -> std::io::Result<MetricsService> {
+        let renderer = Arc::new(Renderer::start(state.registry.clone())?);
+        Ok(MetricsService { state, renderer })
+    }
+
+    /// Answers one request; `/live/stream` opens a stream when the live page is on.
+    pub async fn answer(&self, req: Request<Incoming>) -> Result<Response<LiveBody>, Infallible> {
+        let r = handle(self.state.clone(), self.renderer.clone(), req).await?;
+        Ok(
+            match (
+                r.extensions().get::<OpenLiveStream>(),
+                self.state.live.as_ref(),
+            ) {
+                (Some(_), Some(hub)) => self::live::stream::open(hub),
+                _ => r.map(LiveBody::Left),
+            },
+        )
+    }
+}
+
 /// Serves until `shutdown` is cancelled, then lets in-flight requests finish for up to a second.
 pub async fn serve(listener: TcpListener, state: HttpState, shutdown: CancellationToken) {
-    let renderer = match Renderer::start(state.registry.clone()) {
-        Ok(r) => Arc::new(r),
+    let tls = state.web.as_ref().and_then(|w| w.tls.clone());
+    let service = match MetricsService::start(state) {
+        Ok(s) => Arc::new(s),
         Err(e) => {
             tracing::error!("cannot start the scrape render thread: {e}; /metrics is not served");
             return;
         }
     };
-    let tls = state.web.as_ref().and_then(|w| w.tls.clone());
     let serve_one = move |req| {
-        let state = state.clone();
-        let renderer = renderer.clone();
-        async move {
-            let live = state.live.clone();
-            let r = handle(state, renderer, req).await?;
-            Ok::<_, Infallible>(match (r.extensions().get::<OpenLiveStream>(), live) {
-                (Some(_), Some(hub)) => self::live::stream::open(&hub),
-                _ => r.map(LiveBody::Left),
-            })
-        }
+        let service = service.clone();
+        async move { service.answer(req).await }
     };
     crate::export::http::server::serve(
         listener,

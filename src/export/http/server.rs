@@ -1,7 +1,8 @@
 //! The listeners' shared connection handling: a limit on open connections per listener, a deadline
-//! for a new connection's first bytes and for any connection that goes idle, and the HTTP/1 server
-//! loop both HTTP endpoints share (`/metrics` and OTLP/HTTP), with a header-read timeout and a graceful
-//! stop that lets in-flight requests finish for up to a second.
+//! for a new connection's first bytes, for any connection that goes idle and for a write the peer does
+//! not take, and the HTTP/1 server loop both HTTP endpoints share (`/metrics` and OTLP/HTTP), with a
+//! header-read timeout, slots that idle connections give up to new ones (see [`super::slots`]), and a
+//! graceful stop that lets in-flight requests finish for up to a second.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -22,6 +23,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
+use super::slots::{Admission, InProgress, Slots};
+
 /// Limits on one listener's connections.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
@@ -33,6 +36,36 @@ pub struct ConnectionLimits {
     /// answered, so a live gRPC client stays).
     pub idle: Duration,
 }
+
+/// A connection whose peer takes none of the bytes written to it for this long is closed: a client that
+/// stops reading (a stalled live viewer, a scraper that never reads its answer) must not keep a
+/// request in progress, and so its slot, for longer. "Takes" is measured at the peer, not at the
+/// socket: on loopback the kernel queues megabytes for a reader that never reads (its send buffer
+/// grows), so a write that merely returns proves nothing; what counts is the kernel's count of
+/// bytes the peer has not acknowledged going down.
+pub const WRITE_STALL: Duration = Duration::from_secs(5);
+
+/// Bytes written to `s` that its peer has not acknowledged yet (SIOCOUTQ); None where unknown.
+fn unacknowledged(s: &TcpStream) -> Option<usize> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let mut n: libc::c_int = 0;
+        // SAFETY: TIOCOUTQ (SIOCOUTQ for TCP) writes one c_int through the pointer, to a local that
+        // outlives the call; the fd is the stream's own, open for as long as `s` is borrowed.
+        let r = unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+        if r == 0 {
+            return usize::try_from(n).ok();
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = s;
+    None
+}
+
+/// The peer of the connection a request arrived on, in the request's extensions.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::SocketAddr);
 
 impl ConnectionLimits {
     /// For the OTLP listeners: SDKs keep one or a few connections per process.
@@ -57,10 +90,57 @@ pub struct GuardedStream {
     inner: TcpStream,
     deadline: Pin<Box<Sleep>>,
     idle: Duration,
-    _slot: OwnedSemaphorePermit,
+    /// Set while a write waits for the peer to take bytes.
+    write_stall: Option<Pin<Box<Sleep>>>,
+    /// Unacknowledged bytes right after the last write, and when the peer was last seen taking some.
+    queued: usize,
+    drained_at: Instant,
+    _slot: Option<OwnedSemaphorePermit>,
 }
 
 impl GuardedStream {
+    /// Wraps an accepted stream whose slot is held elsewhere (the HTTP/1 serve loop's slot table).
+    fn new(
+        inner: TcpStream,
+        limits: &ConnectionLimits,
+        slot: Option<OwnedSemaphorePermit>,
+    ) -> Self {
+        // Small responses must not wait on Nagle plus delayed ACK.
+        let _ = inner.set_nodelay(true);
+        GuardedStream {
+            inner,
+            deadline: Box::pin(tokio::time::sleep(limits.first_bytes)),
+            idle: limits.idle,
+            write_stall: None,
+            queued: 0,
+            drained_at: Instant::now(),
+            _slot: slot,
+        }
+    }
+
+    /// Before a write: fails once bytes have waited unacknowledged for [`WRITE_STALL`] without the
+    /// peer taking any.
+    fn peer_stalled(&mut self) -> bool {
+        let Some(now) = unacknowledged(&self.inner) else {
+            return false;
+        };
+        if now == 0 || now < self.queued {
+            self.drained_at = Instant::now();
+        }
+        self.queued = now;
+        now > 0 && self.drained_at.elapsed() >= WRITE_STALL
+    }
+
+    /// After a write of some bytes: what is now queued, so the next check sees whether it went down.
+    fn note_queued(&mut self) {
+        if let Some(now) = unacknowledged(&self.inner) {
+            if self.queued == 0 {
+                self.drained_at = Instant::now();
+            }
+            self.queued = now;
+        }
+    }
+
     fn moved(&mut self) {
         self.deadline.as_mut().reset(Instant::now() + self.idle);
     }
@@ -68,6 +148,41 @@ impl GuardedStream {
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
         self.deadline.as_mut().poll(cx).is_ready()
     }
+
+    /// Tracks a write's progress: `Ready` clears the stall deadline, `Pending` starts it (once) and
+    /// turns into `TimedOut` when it passes or when the idle deadline does.
+    fn written(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match poll {
+            Poll::Pending => {
+                let stall = self
+                    .write_stall
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(WRITE_STALL)));
+                if stall.as_mut().poll(cx).is_ready() || self.expired(cx) {
+                    Poll::Ready(Err(stalled()))
+                } else {
+                    Poll::Pending
+                }
+            }
+            ready => {
+                self.write_stall = None;
+                if matches!(ready, Poll::Ready(Ok(n)) if n > 0) {
+                    self.note_queued();
+                }
+                ready
+            }
+        }
+    }
+}
+
+fn stalled() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "peer took no bytes within the write deadline",
+    )
 }
 
 fn timed_out() -> io::Error {
@@ -102,10 +217,11 @@ impl AsyncWrite for GuardedStream {
     ) -> Poll<io::Result<usize>> {
         // Only the peer's bytes count as life: a server preface or keepalive ping written to a
         // silent peer must not keep its connection open.
-        match Pin::new(&mut self.inner).poll_write(cx, data) {
-            Poll::Pending if self.expired(cx) => Poll::Ready(Err(timed_out())),
-            other => other,
+        if self.peer_stalled() {
+            return Poll::Ready(Err(stalled()));
         }
+        let poll = Pin::new(&mut self.inner).poll_write(cx, data);
+        self.written(cx, poll)
     }
 
     // Vectored writes let hyper send a shared response body without copying it into a per-connection
@@ -115,10 +231,11 @@ impl AsyncWrite for GuardedStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
-            Poll::Pending if self.expired(cx) => Poll::Ready(Err(timed_out())),
-            other => other,
+        if self.peer_stalled() {
+            return Poll::Ready(Err(stalled()));
         }
+        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.written(cx, poll)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -142,7 +259,35 @@ impl tonic::transport::server::Connected for GuardedStream {
     }
 }
 
-/// Accepts connections on one listener within its limits.
+/// A response body that keeps its request in progress (see [`super::slots::Standing::request`]) until hyper has
+/// taken all of it.
+pub struct InProgressBody<B> {
+    body: B,
+    _in_progress: InProgress,
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for InProgressBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Accepts connections on one listener within its limits (the gRPC listener: tonic serves HTTP/2
+/// streams, whose progress this cannot see, so a connection holds its slot until it closes).
 pub struct GuardedListener {
     listener: TcpListener,
     slots: Arc<Semaphore>,
@@ -168,14 +313,7 @@ impl GuardedListener {
             .await
             .map_err(|_| io::Error::other("listener closed"))?;
         let (stream, _) = self.listener.accept().await?;
-        // Small responses must not wait on Nagle plus delayed ACK.
-        let _ = stream.set_nodelay(true);
-        Ok(GuardedStream {
-            inner: stream,
-            deadline: Box::pin(tokio::time::sleep(self.limits.first_bytes)),
-            idle: self.limits.idle,
-            _slot: slot,
-        })
+        Ok(GuardedStream::new(stream, &self.limits, Some(slot)))
     }
 
     /// The connections as a stream, for tonic. Accept errors (fd exhaustion, mostly) are logged and
@@ -212,7 +350,9 @@ impl GuardedListener {
 }
 
 /// Serves `handle` on `listener` until `shutdown`, over TLS when `tls` is given (the handshake must
-/// finish within the first-bytes deadline). `what` names the listener in logs.
+/// finish within the first-bytes deadline). `what` names the listener in logs. Every connection is
+/// accepted at once: it takes a free slot, or the slot of an idle connection (see [`super::slots`]), or,
+/// when every slot has a request in progress, it is closed.
 pub async fn serve<H, F, B>(
     listener: TcpListener,
     limits: ConnectionLimits,
@@ -224,17 +364,44 @@ pub async fn serve<H, F, B>(
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
     // Any body: most answers are one buffer, the live stream is an open-ended one.
-    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let listener = GuardedListener::new(listener, limits);
+    let slots = Slots::new(limits.max_open);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     // Once stopping, responses carry `Connection: close` and hyper closes each connection after its
     // answer, so a request already sent on a kept-alive connection is answered instead of reset.
     let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let handle = {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, listener = what, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let slot = match slots.admit(peer.ip()) {
+            Admission::Free(slot) => slot,
+            Admission::Evicted { slot, from } => {
+                tracing::debug!(listener = what, %from, "closed an idle connection to make room");
+                slot
+            }
+            Admission::Full => {
+                tracing::debug!(listener = what, %peer, "every connection has a request in progress; closed a new one");
+                continue;
+            }
+        };
+        let stream = GuardedStream::new(stream, &limits, None);
+        let standing = slot.standing.clone();
+        let handle = handle.clone();
         let closing = closing.clone();
-        move |req: Request<Incoming>| {
+        let service = service_fn(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(Peer(peer));
+            let in_progress = standing.request();
             let answer = handle(req);
             let closing = closing.clone();
             async move {
@@ -245,64 +412,60 @@ pub async fn serve<H, F, B>(
                         hyper::header::HeaderValue::from_static("close"),
                     );
                 }
-                Ok::<_, Infallible>(resp)
+                // The request stays in progress until its body has been handed to the connection.
+                Ok::<_, Infallible>(resp.map(|body| InProgressBody {
+                    body,
+                    _in_progress: in_progress,
+                }))
             }
-        }
-    };
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::warn!(error = %e, listener = what, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let handle = handle.clone();
-                let builder = {
-                    let mut b = hyper::server::conn::http1::Builder::new();
-                    b.timer(hyper_util::rt::TokioTimer::new())
-                        .header_read_timeout(Duration::from_secs(10));
-                    b
-                };
-                match &tls {
+        });
+        let builder = {
+            let mut b = hyper::server::conn::http1::Builder::new();
+            b.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10));
+            b
+        };
+        let tls = tls.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let evicted = slot.standing.clone();
+            let serve = async {
+                match tls {
                     None => {
-                        let conn = graceful.watch(
-                            builder.serve_connection(TokioIo::new(stream), service_fn(handle)),
-                        );
-                        tokio::spawn(async move {
-                            if let Err(e) = conn.await {
-                                tracing::debug!(error = %e, listener = what, "connection ended with an error");
-                            }
-                        });
+                        let conn =
+                            watcher.watch(builder.serve_connection(TokioIo::new(stream), service));
+                        conn.await
                     }
                     Some(acceptor) => {
-                        let acceptor = acceptor.clone();
-                        let watcher = graceful.watcher();
-                        let deadline = limits.first_bytes;
-                        tokio::spawn(async move {
-                            let stream = match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
-                                Ok(Ok(s)) => s,
-                                Ok(Err(e)) => {
-                                    tracing::debug!(error = %e, listener = what, "TLS handshake failed");
-                                    return;
-                                }
-                                Err(_) => return,
-                            };
-                            let conn = watcher.watch(
-                                builder.serve_connection(TokioIo::new(stream), service_fn(handle)),
-                            );
-                            if let Err(e) = conn.await {
-                                tracing::debug!(error = %e, listener = what, "connection ended with an error");
+                        let stream = match tokio::time::timeout(
+                            limits.first_bytes,
+                            acceptor.accept(stream),
+                        )
+                        .await
+                        {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, listener = what, "TLS handshake failed");
+                                return Ok(());
                             }
-                        });
+                            Err(_) => return Ok(()),
+                        };
+                        let conn =
+                            watcher.watch(builder.serve_connection(TokioIo::new(stream), service));
+                        conn.await
                     }
                 }
+            };
+            tokio::select! {
+                ended = serve => {
+                    if let Err(e) = ended {
+                        tracing::debug!(error = %e, listener = what, "connection ended with an error");
+                    }
+                }
+                _ = evicted.evicted() => {}
             }
-        }
+            drop(slot);
+        });
     }
     // Keep serving open connections for up to half a second (each closes after its next answer), then
     // close the idle rest and let in-flight requests finish for up to 0.4 s more.

@@ -2,8 +2,15 @@
 //! share (prometheus/exporter-toolkit): `tls_server_config` with `cert_file` and `key_file` (PEM, paths
 //! relative to the file), `basic_auth_users` mapping user names to bcrypt hashes. Options of that
 //! format vitals does not implement are refused by name rather than ignored.
+//!
+//! Basic auth as exporter-toolkit does it, and bounded: accepted credentials are remembered so a
+//! scraper's password is hashed once, not on every scrape; the hash checks run on a thread of their
+//! own behind a bounded, fair queue ([`super::password_check`]); an unknown user name is checked
+//! against a hash of the same cost as the configured ones, so it costs what a wrong password costs and
+//! user names cannot be told apart by the answer's timing.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -12,6 +19,8 @@ use serde::Deserialize;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
+
+use super::password_check::{PasswordChecks, QueueFull};
 
 /// Why the web config file cannot be used; each names the file and the field.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +52,14 @@ pub enum WebConfigError {
         file: PathBuf,
         /// What is wrong.
         message: String,
+    },
+    /// The thread that checks passwords cannot be started.
+    #[error("--web-config-file {path}: cannot start the password check thread: {source}")]
+    Thread {
+        /// The config file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
     },
     /// A password hash is not bcrypt.
     #[error("--web-config-file {path}: basic_auth_users.{user} is not a bcrypt hash (make one with `htpasswd -nBC 10 \"\" | tr -d ':\\n'`)")]
@@ -77,9 +94,27 @@ const REMEMBERED: usize = 16;
 pub struct WebConfig {
     /// The TLS acceptor, when `tls_server_config` is set.
     pub tls: Option<TlsAcceptor>,
-    users: HashMap<String, String>,
+    users: HashMap<String, Arc<str>>,
+    /// What an unknown user's password is checked against: a hash of the highest configured cost.
+    unknown_user: Arc<str>,
     accepted: Mutex<Vec<String>>,
-    checking: tokio::sync::Semaphore,
+    checks: Option<PasswordChecks>,
+}
+
+/// The answer to a request's credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Authorization {
+    /// No users configured, or a right user and password.
+    Allowed,
+    /// No credentials, or wrong ones.
+    Denied,
+    /// Too many password checks are waiting; answer 429 and let the client retry.
+    Busy,
+}
+
+/// The cost of a bcrypt hash (`$2y$10$…` → 10).
+fn bcrypt_cost(hash: &str) -> Option<u32> {
+    hash.get(4..6)?.parse().ok()
 }
 
 impl WebConfig {
@@ -89,7 +124,12 @@ impl WebConfig {
             path: path.to_owned(),
             source,
         })?;
-        let file: File = serde_yaml::from_str(&text).map_err(|e| WebConfigError::Format {
+        Self::parse(&text, path)
+    }
+
+    /// Checks the text of a web config file read from `path` (certificate paths are relative to it).
+    pub fn parse(text: &str, path: &Path) -> Result<WebConfig, WebConfigError> {
+        let file: File = serde_yaml::from_str(text).map_err(|e| WebConfigError::Format {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
@@ -102,19 +142,46 @@ impl WebConfig {
                 &base.join(t.key_file),
             )?),
         };
+        let mut cost = None;
         for (user, hash) in &file.basic_auth_users {
-            if !(hash.starts_with("$2") && hash.len() == 60) {
+            let this = bcrypt_cost(hash)
+                .filter(|c| hash.starts_with("$2") && hash.len() == 60 && (4..=31).contains(c));
+            let Some(this) = this else {
                 return Err(WebConfigError::Hash {
                     path: path.to_owned(),
                     user: user.clone(),
                 });
-            }
+            };
+            cost = cost.max(Some(this));
         }
+        let (unknown_user, checks) = match cost {
+            None => (Arc::from(""), None),
+            Some(cost) => {
+                // Made once at start, at the configured cost: checking an unknown user then takes
+                // what checking a known one does.
+                let dummy = bcrypt::hash("vitals: no such user", cost).map_err(|e| {
+                    WebConfigError::Format {
+                        path: path.to_owned(),
+                        message: format!("basic_auth_users: {e}"),
+                    }
+                })?;
+                let checks = PasswordChecks::start().map_err(|source| WebConfigError::Thread {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                (Arc::from(dummy), Some(checks))
+            }
+        };
         Ok(WebConfig {
             tls,
-            users: file.basic_auth_users,
+            users: file
+                .basic_auth_users
+                .into_iter()
+                .map(|(u, h)| (u, Arc::from(h)))
+                .collect(),
+            unknown_user,
             accepted: Mutex::new(Vec::new()),
-            checking: tokio::sync::Semaphore::new(1),
+            checks,
         })
     }
 
@@ -123,14 +190,16 @@ impl WebConfig {
         !self.users.is_empty()
     }
 
-    /// Checks an `Authorization` header against `basic_auth_users`. bcrypt runs off the async threads,
-    /// one check at a time, so a flood of wrong passwords costs at most one core.
-    pub async fn authorized(self: &Arc<Self>, header: Option<&str>) -> bool {
-        if !self.needs_auth() {
-            return true;
+    /// Checks an `Authorization` header from `peer` against `basic_auth_users`: remembered accepted
+    /// headers at once, the rest through the password check queue. The check and the remembering go on
+    /// when the client gives up waiting (a scraper whose timeout is shorter than a queued check), so its
+    /// next request finds the answer remembered instead of queueing again.
+    pub async fn authorize(self: &Arc<Self>, header: Option<&str>, peer: IpAddr) -> Authorization {
+        if self.checks.is_none() || !self.needs_auth() {
+            return Authorization::Allowed;
         }
         let Some(header) = header else {
-            return false;
+            return Authorization::Denied;
         };
         if self
             .accepted
@@ -139,34 +208,40 @@ impl WebConfig {
             .iter()
             .any(|h| h == header)
         {
-            return true;
+            return Authorization::Allowed;
         }
         let Some((user, password)) = basic_credentials(header) else {
-            return false;
+            return Authorization::Denied;
         };
-        let Some(hash) = self.users.get(&user).cloned() else {
-            return false;
+        let (hash, known) = match self.users.get(&user) {
+            Some(h) => (h.clone(), true),
+            None => (self.unknown_user.clone(), false),
         };
-        let Ok(_turn) = self.checking.acquire().await else {
-            return false;
-        };
-        let ok =
-            tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
-                .await
-                .unwrap_or(false);
-        if ok {
-            let mut accepted = self.accepted.lock().unwrap_or_else(|p| p.into_inner());
-            if accepted.len() == REMEMBERED {
-                accepted.remove(0);
+        let me = self.clone();
+        let header = header.to_owned();
+        let checked = tokio::spawn(async move {
+            let Some(checks) = me.checks.as_ref() else {
+                return Authorization::Denied;
+            };
+            match checks.check(peer, password, hash).await {
+                Err(QueueFull) => Authorization::Busy,
+                Ok(true) if known => {
+                    let mut accepted = me.accepted.lock().unwrap_or_else(|p| p.into_inner());
+                    if accepted.len() == REMEMBERED {
+                        accepted.remove(0);
+                    }
+                    accepted.push(header);
+                    Authorization::Allowed
+                }
+                Ok(_) => Authorization::Denied,
             }
-            accepted.push(header.to_owned());
-        }
-        ok
+        });
+        checked.await.unwrap_or(Authorization::Denied)
     }
 }
 
 /// `Basic base64(user:password)` → (user, password).
-fn basic_credentials(header: &str) -> Option<(String, String)> {
+pub fn basic_credentials(header: &str) -> Option<(String, String)> {
     let (scheme, value) = header.trim().split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") || value.len() > 1024 {
         return None;

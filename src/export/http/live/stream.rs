@@ -15,9 +15,12 @@ use tokio::sync::mpsc;
 
 use super::LiveHub;
 
-/// Messages queued per viewer; a viewer that falls this far behind skips frames (the watch keeps only the
-/// newest), it never makes vitals buffer more.
+/// Messages queued per viewer; vitals never buffers more for a viewer than this and its socket buffer.
 const QUEUE: usize = 4;
+
+/// A viewer whose queue stays full this long has stopped reading (its socket buffer is full too) and
+/// is dropped, freeing its place for another viewer; the connection's write deadline closes it.
+const STALLED: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The body of a live stream: messages from the viewer's task.
 pub struct EventStream {
@@ -57,7 +60,10 @@ pub fn open(hub: &Arc<LiveHub>) -> Response<LiveBody> {
     let shutdown = hub.shutdown.clone();
     tokio::spawn(async move {
         let _permit = permit;
-        if tx.send(opening).await.is_err() {
+        if !matches!(
+            tokio::time::timeout(STALLED, tx.send(opening)).await,
+            Ok(Ok(()))
+        ) {
             return;
         }
         loop {
@@ -69,7 +75,7 @@ pub fn open(hub: &Arc<LiveHub>) -> Response<LiveBody> {
                         break;
                     }
                     let frame = frames.borrow_and_update().clone();
-                    if tx.send(frame).await.is_err() {
+                    if !matches!(tokio::time::timeout(STALLED, tx.send(frame)).await, Ok(Ok(()))) {
                         break;
                     }
                 }
