@@ -905,6 +905,7 @@ fn to_value(kind: MetricKind, p: &State) -> Value {
                 sum: *sum,
                 count: *count,
                 exemplars: Vec::new(),
+                native: None,
             }
         }
         (_, State::Summary(q)) => Value::Summary {
@@ -1078,6 +1079,7 @@ fn value_ref(kind: MetricKind, state: &State) -> ValueRef<'_> {
             sum: h.sum,
             count: h.count,
             exemplars: &[],
+            native: None,
         },
         (_, State::Summary(q)) => ValueRef::Summary {
             quantiles: &q.quantiles,
@@ -1224,7 +1226,7 @@ mod tests {
             s.encode_into(&mut e);
             assert_eq!(e.points(), 4);
             // One series per metric here, so table order and sorted order agree.
-            assert_eq!(e.finish(), encode(&held, format));
+            assert_eq!(e.finish(), encode(&held, format).into_bytes());
         }
         // Reading does not expire; the timer's `expire` does, and frees the name and the bytes.
         let later = Instant::now() + Duration::from_secs(61);
@@ -1427,7 +1429,8 @@ mod tests {
                 buckets: vec![(0.1, 1), (0.5, 3), (f64::INFINITY, 6)],
                 sum: 1.5,
                 count: 6,
-                exemplars: vec![]
+                exemplars: vec![],
+                native: None
             }
         );
         let e = f.iter().find(|f| f.name == "latency_milliseconds").unwrap();
@@ -1438,7 +1441,8 @@ mod tests {
                 buckets: vec![(0.0, 1), (2.0, 3), (4.0, 7), (f64::INFINITY, 7)],
                 sum: 20.0,
                 count: 7,
-                exemplars: vec![]
+                exemplars: vec![],
+                native: None
             }
         );
     }

@@ -308,6 +308,7 @@ fn convert_metric(
                     sum,
                     count,
                     exemplars,
+                    ..
                 } = &p.value
                 else {
                     *skipped += 1;
@@ -590,6 +591,7 @@ mod tests {
                 sum: 3.25,
                 count: 10,
                 exemplars: vec![Some(bad), Some(e), None, None],
+                native: None,
             },
         );
         let got = push(&[m], &mut st, 2 * S);
@@ -758,6 +760,7 @@ mod tests {
                     sum: 0.5,
                     count: 1,
                     exemplars: vec![],
+                    native: None,
                 },
             );
         let c = convert(&[m], &resource(&[]), &scope(), &mut st, 2 * S, 1 << 20);

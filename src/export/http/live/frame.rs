@@ -831,6 +831,7 @@ mod tests {
                 sum: 0.0,
                 count: c[2],
                 exemplars: vec![],
+                native: None,
             },
         }
     }
