@@ -22,8 +22,8 @@ use opentelemetry_proto::tonic::metrics::v1::{
 use super::limited::{LimitedMap, OverflowCounter, OVERFLOW_LABEL};
 use crate::model::exponential::ExpBuckets;
 use crate::model::{
-    BucketCounts, Collector, Exponential, Metric, MetricInfo, MetricKind, MetricSink, NameRules, Origin,
-    Point as ModelPoint, Value, ValueRef,
+    BucketCounts, Collector, Exponential, Metric, MetricInfo, MetricKind, MetricSink, NameRules,
+    Origin, Point as ModelPoint, Value, ValueRef,
 };
 
 /// Limits and options of the app metric store.

@@ -239,8 +239,14 @@ mod tests {
 
     #[test]
     fn reserved_labels_keep_the_classic_rule() {
-        assert_eq!(utf8_label_name("http.route", MetricKind::Gauge), "http.route");
-        assert_eq!(utf8_label_name("__name__", MetricKind::Gauge), "key__name__");
+        assert_eq!(
+            utf8_label_name("http.route", MetricKind::Gauge),
+            "http.route"
+        );
+        assert_eq!(
+            utf8_label_name("__name__", MetricKind::Gauge),
+            "key__name__"
+        );
         assert_eq!(utf8_label_name("le", MetricKind::Histogram), "exported_le");
         assert_eq!(utf8_label_name("", MetricKind::Gauge), "key_empty");
     }

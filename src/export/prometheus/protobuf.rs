@@ -236,9 +236,7 @@ fn exemplar(e: &Exemplar) -> PbExemplar {
 
 /// Spans and count deltas of one side of an exponential histogram, in Prometheus' indexing (OTel index
 /// + 1). A run of more than two empty buckets starts a new span, as client_golang does.
-fn spans_and_deltas(
-    side: &crate::model::exponential::ExpBuckets,
-) -> (Vec<BucketSpan>, Vec<i64>) {
+fn spans_and_deltas(side: &crate::model::exponential::ExpBuckets) -> (Vec<BucketSpan>, Vec<i64>) {
     let mut spans: Vec<BucketSpan> = Vec::new();
     let mut deltas = Vec::new();
     let mut prev_count = 0i64;
