@@ -177,6 +177,33 @@ impl Exponential {
         self.limit(max_buckets);
     }
 
+    /// The observations in `self` that are not in `base` (an earlier reading of the same cumulative
+    /// histogram), at the lower of the two scales; a bucket that shrank (a reset) counts as empty.
+    pub fn minus(&self, base: &Exponential) -> Exponential {
+        let (mut now, mut base) = (self.clone(), base.clone());
+        if now.scale > base.scale {
+            now.downscale((now.scale - base.scale) as u32);
+        } else if base.scale > now.scale {
+            base.downscale((base.scale - now.scale) as u32);
+        }
+        now.zero_count = now.zero_count.saturating_sub(base.zero_count);
+        for (side, old) in [
+            (&mut now.positive, &base.positive),
+            (&mut now.negative, &base.negative),
+        ] {
+            for (i, c) in old.iter() {
+                let at = i64::from(i) - i64::from(side.offset);
+                if let Some(held) = usize::try_from(at)
+                    .ok()
+                    .and_then(|at| side.counts.get_mut(at))
+                {
+                    *held = held.saturating_sub(c);
+                }
+            }
+        }
+        now
+    }
+
     /// Total count of every bucket, the zero bucket included.
     pub fn total(&self) -> u64 {
         self.positive
@@ -336,5 +363,24 @@ mod tests {
             assert!((got / exact - 1.0).abs() <= width, "q{q}: {got} vs {exact}");
         }
         assert_eq!(Exponential::new(4, 0.0).quantile(0.5), None);
+    }
+
+    #[test]
+    fn a_window_is_the_difference_of_two_readings() {
+        let mut before = Exponential::new(4, 1e-6);
+        for v in [0.01, 0.02, 0.03] {
+            before.record(v, 160);
+        }
+        let mut after = before.clone();
+        for v in [0.5, 0.5, 0.02] {
+            after.record(v, 160);
+        }
+        // A reading past a lowered scale still subtracts bucket by bucket.
+        after.downscale(1);
+        let d = after.minus(&before);
+        assert_eq!(d.scale, 3);
+        assert_eq!(d.total(), 3);
+        let p = d.quantile(0.9).unwrap_or(0.0);
+        assert!((p / 0.5 - 1.0).abs() < 0.1, "{p}");
     }
 }
