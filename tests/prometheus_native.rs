@@ -10,7 +10,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{
-    go_decode_exposition, query, sdk_python, sdk_send, start_prometheus, Vitals, PROTOBUF_ACCEPT,
+    go_decode_exposition, query, sdk_python, sdk_send, start_prometheus_with_rules, Vitals,
+    PROTOBUF_ACCEPT,
 };
 
 const SPANS: usize = 20_000;
@@ -41,16 +42,22 @@ fn native_histogram_quantiles_match_the_spans() {
     let v = Vitals::start(&[]);
     let (grpc, _) = v.otlp_addrs();
     let target = v.metrics.to_string();
-    // One Prometheus scraping natively (protobuf), one without the feature (text, classic buckets).
-    let native = start_prometheus(&target, &["--enable-feature=native-histograms"]);
-    let classic = start_prometheus(&target, &[]);
-    let truth = sdk_send(
-        "grpc",
-        &format!("http://{grpc}"),
-        "latency",
-        "shop",
-        &["--spans", &SPANS.to_string()],
-    );
+    // One Prometheus scraping natively (protobuf), one without the feature (text, classic buckets), both
+    // evaluating the shipped rules.
+    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus/vitals.rules.yml");
+    let native =
+        start_prometheus_with_rules(&target, &["--enable-feature=native-histograms"], &[&rules]);
+    let classic = start_prometheus_with_rules(&target, &[], &[&rules]);
+    let send = || {
+        sdk_send(
+            "grpc",
+            &format!("http://{grpc}"),
+            "latency",
+            "shop",
+            &["--spans", &SPANS.to_string()],
+        )
+    };
+    let truth = send();
     let mut durations: Vec<f64> = truth["durations"]
         .as_array()
         .expect("durations")
@@ -144,6 +151,43 @@ fn native_histogram_quantiles_match_the_spans() {
     assert_eq!(
         query(&native, "count(vitals_request_duration_seconds_bucket)"),
         None
+    );
+
+    // The shipped rules work on both. The same 20,000 durations again (same seed), so the 5-minute rate
+    // the rules take, from a sample between the two rounds to one after, holds exactly those durations.
+    let again = send();
+    assert_eq!(again["durations"], truth["durations"]);
+    wait_for(
+        &native,
+        &format!("histogram_count({sel})"),
+        2.0 * SPANS as f64,
+    );
+    wait_for(
+        &classic,
+        r#"vitals_request_duration_seconds_count{operation="/checkout",outcome="ok"}"#,
+        2.0 * SPANS as f64,
+    );
+    let recorded = |prom: &common::Prometheus| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let got = query(
+                prom,
+                r#"vitals:request_duration_seconds:p99_5m{operation="/checkout"} and on () (vitals:request_rate:rate5m > 0)"#,
+            );
+            if let Some(v) = got.filter(|v| v.is_finite()) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "no recorded p99");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+    let want = exact(&durations, 0.99);
+    let (n, c) = (recorded(&native), recorded(&classic));
+    eprintln!("recorded p99: native {n:.5} s, classic {c:.5} s, exact {want:.5} s");
+    assert!((n / want - 1.0).abs() < 0.02, "native rule p99 {n}");
+    assert!(
+        0.3 < c && c <= 0.4,
+        "classic rule p99 {c}: the true bucket (0.3, 0.4]"
     );
 }
 
