@@ -18,7 +18,12 @@ OP = SVC + ', operation=~"$operation"'
 
 def app_latency(q):
     # The app's own http.server.request.duration histogram, relabelled so it lines up with vitals' spans.
-    return ('histogram_quantile(%s, sum by (service, operation, le) (label_replace(rate(http_server_request_duration_seconds_bucket{%s, http_route=~"$operation"}[$__rate_interval]), "operation", "$1", "http_route", "(.*)")))' % (q, SVC))
+    legacy = ('histogram_quantile(%s, sum by (service, operation, le) (label_replace(rate(http_server_request_duration_seconds_bucket{%s, http_route=~"$operation"}[$__rate_interval]), "operation", "$1", "http_route", "(.*)")))' % (q, SVC))
+    # A Prometheus 3 that asks for UTF-8 names (escaping=allow-utf-8, its default) stores it under its
+    # OpenTelemetry name and attribute key; the route filter is left out there, because a quoted label name
+    # would not parse in Prometheus 2.
+    utf8 = ('histogram_quantile(%s, sum by (service, operation, le) (label_replace(rate({__name__=~"http\\\\.server\\\\.request\\\\.duration_seconds_bucket", %s}[$__rate_interval]), "operation", "$1", "http.route", "(.*)")))' % (q, SVC))
+    return legacy + " or " + utf8
 
 
 def latency(q):
