@@ -206,7 +206,7 @@ const MAX_SCHEMA: i32 = 8;
 const MIN_SCHEMA: i32 = -4;
 
 fn timestamp_of_nanos(nanos: u64) -> Option<prost_types::Timestamp> {
-    (nanos > 0).then(|| prost_types::Timestamp {
+    (nanos > 0).then_some(prost_types::Timestamp {
         seconds: (nanos / 1_000_000_000) as i64,
         nanos: (nanos % 1_000_000_000) as i32,
     })
