@@ -195,6 +195,18 @@ fn native_histogram_quantiles_match_the_spans() {
         .copied()
         .filter(|b| *b < want)
         .fold(0.0, f64::max);
+    // The rule's 5-minute window starts at a sample taken while the first round was arriving, so it
+    // holds a slightly different set of spans; where the exact p99 sits within 1% of a bound (0.39975 s
+    // here, under 0.4), the window's own p99 may fall in the bucket above.
+    let hi = if hi / want - 1.0 < 0.01 {
+        bounds
+            .iter()
+            .copied()
+            .find(|b| *b > hi)
+            .unwrap_or(f64::INFINITY)
+    } else {
+        hi
+    };
     assert!(
         lo < c && c <= hi,
         "classic rule p99 {c} outside ({lo}, {hi}]"
