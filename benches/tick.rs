@@ -5,6 +5,7 @@
 //! `cargo bench --bench tick` (set VITALS_BENCH_IDLE_SECS to change the 30 s idle measurement).
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -267,11 +268,120 @@ fn bench_idle() {
     );
 }
 
+/// A shell whose `n` children sleep: a tree of n + 1 processes. Returns once all are running.
+fn sleeping_tree(n: usize) -> Held {
+    let script =
+        format!("i=0; while [ $i -lt {n} ]; do sleep 3600 & i=$((i+1)); done; echo ready; wait");
+    let mut c = Command::new("sh")
+        .args(["-c", &script])
+        .stdout(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("sh");
+    let mut out = BufReader::new(c.stdout.take().unwrap());
+    let mut line = String::new();
+    let _ = out.read_line(&mut line);
+    Held(c)
+}
+
+/// Ends a sleeping tree: its whole process group.
+fn end_tree(t: Held) {
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", t.0.id())])
+        .status();
+    drop(t);
+}
+
+/// The resident set of a process, kB.
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn bench_tree() {
+    use vitals::probe::tree::{ProcessTree, DEFAULT_MAX_PROCESSES};
+    let (hz, page) = vitals::probe::procfs::kernel_units();
+    let proc_root = Path::new("/proc");
+    println!("process trees (a shell and N sleeping children), per tick of the procfs part:");
+    for n in [0usize, 9, 99, 999] {
+        let tree = sleeping_tree(n);
+        let root = ProcReader::open(proc_root, tree.0.id(), None).unwrap();
+        let mut t = ProcessTree::new(proc_root, root, None, hz, page, DEFAULT_MAX_PROCESSES);
+        let first = Instant::now();
+        let r = t.sample(&Quiet, 1.0).unwrap();
+        let first = first.elapsed().as_secs_f64() * 1e3;
+        assert_eq!(r.view.processes as usize, n + 1, "the whole tree is found");
+        let samples = (20_000 / (n + 1)).clamp(20, 2000);
+        let (p50, p90) = time_each(samples, || {
+            t.sample(&Quiet, 1.0).unwrap();
+        });
+        println!(
+            "  {:>5} processes: median {p50:.0} µs, p90 {p90:.0} µs ({:.1} µs per process); first tick (finds the tree) {first:.1} ms",
+            n + 1,
+            p50 / (n + 1) as f64
+        );
+        end_tree(tree);
+    }
+    // A fork storm: 5,000 processes against the default cap of 1,000.
+    let tree = sleeping_tree(4999);
+    let root = ProcReader::open(proc_root, tree.0.id(), None).unwrap();
+    let mut t = ProcessTree::new(proc_root, root, None, hz, page, DEFAULT_MAX_PROCESSES);
+    let r = t.sample(&Quiet, 1.0).unwrap();
+    let (p50, p90) = time_each(50, || {
+        t.sample(&Quiet, 1.0).unwrap();
+    });
+    println!(
+        "  5,000 processes, cap {DEFAULT_MAX_PROCESSES}: {} counted, {} read, {} untracked; median {p50:.0} µs, p90 {p90:.0} µs per tick",
+        r.view.processes,
+        r.view.processes - r.view.untracked,
+        r.view.untracked
+    );
+    drop(t);
+    // The live cost: the release binary watching the 5,000-process tree at the default interval.
+    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/vitals");
+    if bin.is_file() {
+        let mut v = Command::new(&bin)
+            .args([
+                "--pid",
+                &tree.0.id().to_string(),
+                "--metrics-addr",
+                "127.0.0.1:0",
+                "--otlp-grpc-addr",
+                "off",
+                "--otlp-http-addr",
+                "off",
+                "--log-level",
+                "error",
+            ])
+            .spawn()
+            .expect("release vitals");
+        std::thread::sleep(Duration::from_secs(3));
+        let cpu0 = task_run_ns(v.id());
+        let secs = 10;
+        std::thread::sleep(Duration::from_secs(secs));
+        let cpu = (task_run_ns(v.id()) - cpu0) as f64 / 1e9 / secs as f64 * 100.0;
+        println!(
+            "  release vitals watching the 5,000-process tree (1,000 read): RSS {} kB, CPU {cpu:.2}% of a core at --interval 1s",
+            rss_kb(v.id())
+        );
+        let _ = v.kill();
+        let _ = v.wait();
+    } else {
+        println!("  (build the release binary for the live figure: cargo build --release)");
+    }
+    end_tree(tree);
+}
+
 fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` runs this too, so keep that quick.
     if std::env::args().any(|a| a == "--test" || a == "--list") {
         return;
     }
+    bench_tree();
     bench_tick();
     bench_smaps_rollup();
     bench_encode();

@@ -109,6 +109,15 @@ SLOW = ("Is it slow?", [
     panel("p50 latency by operation", "s", [(latency("0.50"), "{{operation}}")], w=8),
 ])
 
+QUERIES = ("Which query is slow?", [
+    panel("p99 latency by query (slowest 10)", "s", [('topk(10, histogram_quantile(0.99, sum by (query, le) (rate(vitals_db_query_duration_seconds_bucket{%s}[$__rate_interval]))))' % SVC, "{{query}}")], desc="From CLIENT spans with a database system; query = db.query.summary or the statement with literals folded to ?", w=8),
+    panel("Queries per second by query (busiest 10)", "ops", [('topk(10, sum by (query) (rate(vitals_db_query_duration_seconds_count{%s}[$__rate_interval])))' % SVC, "{{query}}")], w=8),
+    panel("Database time per second by query", "percentunit", [('topk(10, sum by (query) (rate(vitals_db_query_duration_seconds_sum{%s}[$__rate_interval])))' % SVC, "{{query}}")], desc="Seconds spent in each query per second: where the database time goes", w=8),
+    panel("N+1 runs by operation and query (10 min)", "short", [('sum by (operation, query) (increase(vitals_db_n_plus_one_total{%s}[10m]))' % OP, "{{operation}}: {{query}}")], "table", "At least 5 repeats of one query under one parent span, 50 ms or more in all; alert when it keeps happening for 10 minutes", w=12),
+    panel("DB connection pools beside the queries", "percentunit", [('max by (pool) (vitals_pool_utilization_ratio{%s, kind="db"})' % SEL, "{{pool}}")], desc="A full pool makes queries wait before they start; whether the query span includes that wait depends on the instrumentation (docs/queries.md)", w=6),
+    panel("Waiting for a DB connection", "short", [('max by (pool) (vitals_pool_pending{%s, kind="db"})' % SEL, "{{pool}}")], desc="Requests waiting for a connection from the pool", w=6),
+])
+
 PAUSING = ("Is it pausing?", [
     panel("Share of time in GC pauses", "percentunit", [('max by (runtime) (sum by (runtime, source) (rate(vitals_gc_pause_seconds_total{%s}[$__rate_interval])))' % SEL, "{{runtime}}")], desc="Seconds paused per second; alert above 5%"),
     panel("Longest GC pause (last minute)", "s", [('max by (runtime, source) (vitals_gc_pause_max_seconds{%s})' % SEL, "{{runtime}} ({{source}})")], desc="Upper bound when only buckets are known; alert above 100 ms"),
@@ -174,7 +183,7 @@ SATURATION_DETAIL = [("Which pool is full?", [
 ])]
 
 DASHBOARDS = {
-    "vitals-overview.json": dashboard("vitals-overview", "vitals / overview", [HEALTH, SLOW, PAUSING, LEAKING, SATURATED, HINTS]),
+    "vitals-overview.json": dashboard("vitals-overview", "vitals / overview", [HEALTH, SLOW, QUERIES, PAUSING, LEAKING, SATURATED, HINTS]),
     "vitals-pauses.json": dashboard("vitals-pauses", "vitals / pauses", PAUSE_DETAIL, with_operation=False),
     "vitals-memory.json": dashboard("vitals-memory", "vitals / memory", MEMORY_DETAIL, with_operation=False),
     "vitals-saturation.json": dashboard("vitals-saturation", "vitals / saturation", SATURATION_DETAIL, with_operation=False),

@@ -1,6 +1,7 @@
 //! Wiring for the binary: build the store, start the sampler and the HTTP server, handle signals and, in
 //! `run` mode, the child's lifetime. Returns the process exit code.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use crate::export::http::{bind, serve, HttpState};
 use crate::export::otlp::forward::Forwarder;
 use crate::export::otlp::push::Pusher;
 use crate::export::self_metrics::ExporterStats;
-use crate::model::Registry;
+use crate::model::{Attributed, Collector, Registry};
 use crate::probe::cgroup::CgroupRoots;
 use crate::probe::procfs::{kernel_units, read_boot_time, PssPolicy};
 use crate::receiver::{self, Consumers, OtlpLimits, OtlpStats, Receiver};
@@ -23,6 +24,8 @@ use crate::sampler::{Sampler, SamplerParts};
 use crate::signal::hints::HintPolicy;
 use crate::signal::latency::RedStore;
 use crate::signal::memory::MemoryGrowth;
+use crate::signal::n_plus_one::{NPlusOne, Rule};
+use crate::signal::query::{DbQueries, QueryStore};
 use crate::signal::runtime_metrics::RuntimeMetrics;
 use crate::signal::target::{KernelUnits, TargetMetrics};
 use crate::signal::Derived;
@@ -60,6 +63,24 @@ async fn expire_every(
     }
 }
 
+/// How often N+1 detection judges the traces that settled; also the query series' expiry.
+const DB_SETTLE_PERIOD: Duration = Duration::from_millis(500);
+
+/// Judges settled traces for N+1 runs and expires query series every `period` until `shutdown`.
+async fn settle_db_every(period: Duration, db: Arc<DbQueries>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = std::time::Instant::now();
+        db.n_plus_one.settle(now);
+        db.store.expire(now);
+    }
+}
+
 async fn bind_named(
     addr: std::net::SocketAddr,
     flag: &str,
@@ -92,7 +113,7 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
     let registry = Registry::new();
     let stats = Arc::new(ExporterStats::new(hz, page_size));
     let store = Arc::new(TargetMetrics::new(units));
-    registry.register(store.clone());
+    register_target(&registry, config.target_name.as_deref(), store.clone());
     registry.register(stats.clone());
     let status = Arc::new(TargetStatus::default());
     let shutdown = CancellationToken::new();
@@ -110,15 +131,7 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
             ..HintPolicy::default()
         },
         selected_by,
-        match (config.otlp_http_addr, config.otlp_grpc_addr) {
-            (Some(http), _) => format!("OTEL_EXPORTER_OTLP_ENDPOINT=http://{http}"),
-            (None, Some(grpc)) => format!(
-                "OTEL_EXPORTER_OTLP_ENDPOINT=http://{grpc} OTEL_EXPORTER_OTLP_PROTOCOL=grpc"
-            ),
-            (None, None) => {
-                "the OTLP receivers are off (--otlp-grpc-addr/--otlp-http-addr)".to_owned()
-            }
-        },
+        otlp_sentence(config.otlp_http_addr, config.otlp_grpc_addr),
         shutdown.clone(),
     ));
     registry.register(live.hints.clone());
@@ -181,6 +194,30 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
         logs.clone(),
         shutdown.clone(),
     ));
+    // Database queries: latency per query template and N+1 runs, from the same trace exports.
+    let db = Arc::new(DbQueries {
+        store: Arc::new(QueryStore::new(
+            config.series_limit,
+            config.series_ttl,
+            overflow.clone(),
+        )),
+        n_plus_one: Arc::new(NPlusOne::new(
+            Rule {
+                settle: config.db_trace_settle,
+                ..Rule::default()
+            },
+            config.series_limit,
+            config.series_ttl,
+            overflow.clone(),
+        )),
+    });
+    registry.register(db.store.clone());
+    registry.register(db.n_plus_one.clone());
+    tokio::spawn(settle_db_every(
+        DB_SETTLE_PERIOD,
+        db.clone(),
+        shutdown.clone(),
+    ));
     let otlp_stats = Arc::new(OtlpStats::new(move || overflow.get()));
     registry.register(red.clone());
     registry.register(app_metrics.clone());
@@ -206,6 +243,7 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
     };
     let consumers = consumers
         .traces(red)
+        .traces(db)
         .metrics(runtime_metrics.clone())
         .metrics(app_metrics)
         .logs(logs);
@@ -298,9 +336,10 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
         runtime_metrics,
         MemoryGrowth::new(&config.growth_windows, config.leak_threshold),
     ));
-    registry.register(derived.pause.clone());
-    registry.register(derived.memory.clone());
-    registry.register(derived.pool.clone());
+    let main_name = config.target_name.as_deref();
+    register_target(&registry, main_name, derived.pause.clone());
+    register_target(&registry, main_name, derived.memory.clone());
+    register_target(&registry, main_name, derived.pool.clone());
     if selector.is_none() {
         tracing::info!(
             "no target selected: serving OTLP-derived signals and exporter metrics only"
@@ -318,8 +357,15 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
         units,
         sampled,
     };
-    let sampler = Sampler::new(selector, roots, config.pss.then(PssPolicy::default), parts);
+    let sampler = Sampler::new(
+        selector,
+        roots,
+        config.pss.then(PssPolicy::default),
+        config.max_tree_processes,
+        parts,
+    );
     let sampler_task = Some(tokio::spawn(sampler.run(config.interval, shutdown.clone())));
+    let more_tasks = start_more_targets(&config, &registry, &stats, units, &shutdown);
 
     let code = match child.as_mut() {
         Some((c, terminal)) => {
@@ -348,6 +394,9 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
             let _ = r.await;
         }
         let _ = live_task.await;
+        for t in more_tasks {
+            let _ = t.await;
+        }
         if let Some(t) = sampler_task {
             let _ = t.await;
         }
@@ -374,6 +423,68 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
     Ok(code)
 }
 
+/// Registers a target's collector, its points labelled `target="NAME"` when the target has a name.
+fn register_target(registry: &Registry, name: Option<&str>, collector: Arc<dyn Collector>) {
+    match name {
+        Some(n) => registry.register(Arc::new(Attributed::new(collector, "target", n))),
+        None => registry.register(collector),
+    }
+}
+
+/// Starts a sampler for each further named target (`--target NAME=SPEC` after the first): its own store,
+/// pauses from hsperfdata, memory growth and pools, every family labelled with its name. The app's OTLP
+/// data belongs to the main target, so these derive from their probes alone.
+fn start_more_targets(
+    config: &Config,
+    registry: &Registry,
+    stats: &Arc<ExporterStats>,
+    units: KernelUnits,
+    shutdown: &CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    for t in &config.more_targets {
+        let selector = match &t.spec {
+            TargetSpec::Pid(p) => Selector::Pid(*p),
+            TargetSpec::PidFile(f) => Selector::PidFile(f.clone()),
+            TargetSpec::Process(re) => Selector::Process(re.clone()),
+            // The config never names a `run` child among the further targets.
+            TargetSpec::Run { .. } => continue,
+        };
+        tracing::info!(target = %t.name, selector = %selector.describe(), "watching a further target");
+        let store = Arc::new(TargetMetrics::new(units));
+        register_target(registry, Some(&t.name), store.clone());
+        // No OTLP consumer feeds this: the app's runtime metrics are the main target's.
+        let unfed = Arc::new(RuntimeMetrics::new(config.series_ttl));
+        let derived = Arc::new(Derived::new(
+            unfed,
+            MemoryGrowth::new(&config.growth_windows, config.leak_threshold),
+        ));
+        register_target(registry, Some(&t.name), derived.pause.clone());
+        register_target(registry, Some(&t.name), derived.memory.clone());
+        register_target(registry, Some(&t.name), derived.pool.clone());
+        let parts = SamplerParts {
+            store,
+            stats: stats.clone(),
+            status: Arc::new(TargetStatus::default()),
+            derived,
+            units,
+            sampled: Arc::new(tokio::sync::Notify::new()),
+        };
+        let sampler = Sampler::new(
+            Some(selector),
+            CgroupRoots {
+                proc_root: config.proc_root.clone(),
+                host_root: config.cgroup_root.clone(),
+            },
+            config.pss.then(PssPolicy::default),
+            config.max_tree_processes,
+            parts,
+        );
+        tasks.push(tokio::spawn(sampler.run(config.interval, shutdown.clone())));
+    }
+    tasks
+}
+
 /// How long a child may ignore a forwarded signal before vitals says so again.
 const CHILD_STILL_RUNNING_NOTICE: Duration = Duration::from_secs(10);
 
@@ -389,6 +500,14 @@ async fn wait_for_child(
     sigquit: &mut tokio::signal::unix::Signal,
 ) -> i32 {
     let pid = c.id().unwrap_or(0);
+    // The child's group and start, to name what it leaves running when it exits.
+    let pgrp = if terminal {
+        nix::unistd::getpgrp().as_raw().unsigned_abs()
+    } else {
+        pid
+    };
+    let start_ticks =
+        crate::target::identify(std::path::Path::new("/proc"), pid).map_or(0, |t| t.start_ticks);
     let mut forwarded_at: Option<tokio::time::Instant> = None;
     loop {
         let notice = async {
@@ -407,6 +526,20 @@ async fn wait_for_child(
                     }
                 };
                 tracing::info!(code, %how, "child exited; vitals exits with its code");
+                // Processes that got the same signal may take a moment longer than the child to end.
+                let mut left = run::leftovers(std::path::Path::new("/proc"), pgrp, start_ticks);
+                for _ in 0..20 {
+                    if left.is_empty() || forwarded_at.is_none() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    left = run::leftovers(std::path::Path::new("/proc"), pgrp, start_ticks);
+                }
+                if !left.is_empty() {
+                    tracing::warn!(processes = ?left, "the child exited but processes it started are still \
+                        running (they left its process group's signals behind or outlived it); end them \
+                        with kill");
+                }
                 return code;
             }
             _ = notice => {
@@ -427,8 +560,57 @@ async fn wait_for_child(
                 "the terminal sent this to the child as well; waiting for it to exit"
             );
         } else {
-            run::forward(pid, sent);
+            run::forward(pid, sent, !terminal);
         }
         forwarded_at = Some(tokio::time::Instant::now());
+    }
+}
+
+/// The live page's sentence that tells how an app's SDK reaches vitals' receivers, or that it cannot.
+fn otlp_sentence(http: Option<SocketAddr>, grpc: Option<SocketAddr>) -> String {
+    const RUN: &str = "or use \"vitals run -- CMD\", which sets it.";
+    match (http, grpc) {
+        (Some(http), Some(grpc)) => format!(
+            "Start the app with OTEL_EXPORTER_OTLP_ENDPOINT=http://{http} (for gRPC: \
+             OTEL_EXPORTER_OTLP_ENDPOINT=http://{grpc} OTEL_EXPORTER_OTLP_PROTOCOL=grpc), {RUN}"
+        ),
+        (Some(http), None) => {
+            format!("Start the app with OTEL_EXPORTER_OTLP_ENDPOINT=http://{http}, {RUN}")
+        }
+        (None, Some(grpc)) => format!(
+            "Start the app with OTEL_EXPORTER_OTLP_ENDPOINT=http://{grpc} \
+             OTEL_EXPORTER_OTLP_PROTOCOL=grpc, {RUN}"
+        ),
+        (None, None) => "The OTLP receivers are off (--otlp-grpc-addr and --otlp-http-addr are \
+                         unset), so no spans can arrive."
+            .to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::otlp_sentence;
+
+    #[test]
+    fn the_page_sentence_reads_with_and_without_receivers() {
+        let http = "127.0.0.1:4318".parse().ok();
+        let grpc = "127.0.0.1:4317".parse().ok();
+        assert_eq!(
+            otlp_sentence(http, None),
+            "Start the app with OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318, or use \"vitals run \
+             -- CMD\", which sets it."
+        );
+        assert_eq!(
+            otlp_sentence(None, grpc),
+            "Start the app with OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4317 \
+             OTEL_EXPORTER_OTLP_PROTOCOL=grpc, or use \"vitals run -- CMD\", which sets it."
+        );
+        let off = otlp_sentence(None, None);
+        assert_eq!(
+            off,
+            "The OTLP receivers are off (--otlp-grpc-addr and --otlp-http-addr are unset), so no \
+             spans can arrive."
+        );
+        assert!(!off.contains("Start the app"));
     }
 }

@@ -106,6 +106,18 @@ pub struct Options {
         value_name = "REGEX"
     )]
     pub process: Option<String>,
+    /// A named target, repeatable: NAME=process:REGEX, NAME=pid:N or NAME=pid-file:PATH (for example
+    /// `--target app=process:gunicorn --target proxy=process:nginx`). Every target family then carries
+    /// `target="NAME"`; the first target (or the one --pid/--pid-file/--process/run selects, named `app`)
+    /// gets the app's OTLP-derived signals. In VITALS_TARGET, separate several with `;`.
+    #[arg(
+        long = "target",
+        global = true,
+        env = "VITALS_TARGET",
+        value_name = "NAME=SPEC",
+        value_delimiter = ';'
+    )]
+    pub target: Vec<String>,
     /// Address of /, /metrics, /healthz and /readyz; HOST:PORT, a host name binds its first address
     /// [default: 0.0.0.0:19464; 127.0.0.1:19464 in `run` mode].
     #[arg(long, global = true, env = "VITALS_METRICS_ADDR", value_name = "ADDR", value_parser = parse_listen_addr)]
@@ -157,6 +169,16 @@ pub struct Options {
     /// memory map lock for 3-20 ms per GiB of RSS (measured; more with small pages and many mappings).
     #[arg(long, global = true, env = "VITALS_PSS", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub pss: Option<bool>,
+    /// Most processes of the target's tree (the selected process and its descendants) read each tick;
+    /// more are counted in vitals_target_processes_untracked and logged, not read. 1 watches the selected
+    /// process alone [default: 1000; 1..100000].
+    #[arg(
+        long,
+        global = true,
+        env = "VITALS_MAX_TREE_PROCESSES",
+        value_name = "N"
+    )]
+    pub max_tree_processes: Option<usize>,
     /// Log format [default: text].
     #[arg(long, global = true, env = "VITALS_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -216,6 +238,11 @@ pub struct Options {
     #[arg(long, global = true, env = "VITALS_HINTS_MIN_HISTORY", value_parser = humantime::parse_duration)]
     #[serde(deserialize_with = "de_duration")]
     pub hints_min_history: Option<Duration>,
+    /// N+1 detection judges a trace once none of its spans arrived for this long (longer than the
+    /// app's OTLP batch delay, so a trace split across exports is judged whole) [default: 10s].
+    #[arg(long, global = true, env = "VITALS_DB_TRACE_SETTLE", value_parser = humantime::parse_duration)]
+    #[serde(deserialize_with = "de_duration")]
+    pub db_trace_settle: Option<Duration>,
     /// Forward everything received to this upstream OTLP endpoint (base URL; for http/protobuf
     /// /v1/<signal> is appended) [default: OTEL_EXPORTER_OTLP_ENDPOINT; unset: no forwarding].
     #[arg(
@@ -502,6 +529,58 @@ pub enum TargetSpec {
     },
 }
 
+/// A target with a name, from `--target NAME=SPEC`.
+#[derive(Debug, Clone)]
+pub struct NamedTarget {
+    /// The `target` label value.
+    pub name: String,
+    /// How it is selected (never `Run`).
+    pub spec: TargetSpec,
+}
+
+/// The name the selected (unnamed) target gets when named targets are given beside it.
+pub const MAIN_TARGET_NAME: &str = "app";
+
+/// Parses `NAME=process:REGEX`, `NAME=pid:N` or `NAME=pid-file:PATH`.
+pub fn parse_named_target(text: &str) -> Result<NamedTarget, String> {
+    let (name, spec) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not NAME=SPEC (for example app=process:gunicorn)"))?;
+    let name_ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if !name_ok {
+        return Err(format!(
+            "target name {name:?}: use 1-64 letters, digits, '_', '-' or '.'"
+        ));
+    }
+    let (kind, value) = spec.split_once(':').ok_or_else(|| {
+        format!("target {name}: {spec:?} is not KIND:VALUE (process:REGEX, pid:N, pid-file:PATH)")
+    })?;
+    let spec = match kind {
+        "process" => TargetSpec::Process(
+            regex::Regex::new(value)
+                .map_err(|e| format!("target {name}: not a valid regex: {e}"))?,
+        ),
+        "pid" => match value.parse::<u32>() {
+            Ok(p) if p > 0 => TargetSpec::Pid(p),
+            _ => return Err(format!("target {name}: {value:?} is not a process id")),
+        },
+        "pid-file" if !value.is_empty() => TargetSpec::PidFile(PathBuf::from(value)),
+        _ => {
+            return Err(format!(
+                "target {name}: unknown kind {kind:?}; use process:REGEX, pid:N or pid-file:PATH"
+            ))
+        }
+    };
+    Ok(NamedTarget {
+        name: name.to_owned(),
+        spec,
+    })
+}
+
 /// The resolved configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -509,6 +588,11 @@ pub struct Config {
     pub warnings: Vec<String>,
     /// Target selection; None means "serve only, no target" (useful for the OTLP receiver alone).
     pub target: Option<TargetSpec>,
+    /// The main target's name when several are watched (its families carry `target`); None for one
+    /// unnamed target, whose exposition has no `target` label.
+    pub target_name: Option<String>,
+    /// Further named targets, each sampled on its own.
+    pub more_targets: Vec<NamedTarget>,
     /// /metrics address.
     pub metrics_addr: SocketAddr,
     /// `--web-config-file`: TLS and basic auth for /metrics.
@@ -525,6 +609,8 @@ pub struct Config {
     pub cgroup_root: PathBuf,
     /// PSS reading enabled.
     pub pss: bool,
+    /// Cap on the processes of the target's tree read each tick.
+    pub max_tree_processes: usize,
     /// Log format.
     pub log_format: LogFormat,
     /// Log filter, checked by [`check_log_level`].
@@ -547,6 +633,8 @@ pub struct Config {
     pub leak_threshold: f64,
     /// History a tuning hint needs before it gives a value.
     pub hints_min_history: Duration,
+    /// Quiet time after which N+1 detection judges a trace.
+    pub db_trace_settle: Duration,
     /// Forwarding to upstream OTLP endpoints; None when no endpoint is configured.
     pub forward: Option<ForwardSettings>,
     /// Pushing vitals' own metrics over OTLP; None when no push endpoint is configured.
@@ -728,6 +816,37 @@ impl Cli {
             }
             target = Some(TargetSpec::Run { command, protocol });
         }
+        // Named targets: the first becomes the main target unless --pid/--pid-file/--process/run chose one,
+        // which is then named `app`.
+        let named_from_cli = !o.target.is_empty();
+        let named_texts = if named_from_cli {
+            &o.target
+        } else {
+            &file.target
+        };
+        let mut named = Vec::new();
+        for text in named_texts {
+            let t = parse_named_target(text)
+                .map_err(|e| invalid(origins.name("target", named_from_cli), e))?;
+            if named.iter().any(|n: &NamedTarget| n.name == t.name)
+                || (target.is_some() && t.name == MAIN_TARGET_NAME)
+            {
+                return Err(invalid(
+                    origins.name("target", named_from_cli),
+                    format!("target name {:?} is used twice", t.name),
+                ));
+            }
+            named.push(t);
+        }
+        let (target_name, more_targets) = match (&target, named.is_empty()) {
+            (_, true) => (None, Vec::new()),
+            (Some(_), false) => (Some(MAIN_TARGET_NAME.to_owned()), named),
+            (None, false) => {
+                let first = named.remove(0);
+                target = Some(first.spec);
+                (Some(first.name), named)
+            }
+        };
         let run_mode = matches!(target, Some(TargetSpec::Run { .. }));
         let interval = o.interval.or(file.interval);
         let interval_from = origins.name("interval", o.interval.is_some());
@@ -886,11 +1005,33 @@ impl Cli {
                 "must be at least 1s",
             ));
         }
+        let max_tree_processes = o
+            .max_tree_processes
+            .or(file.max_tree_processes)
+            .unwrap_or(DEFAULT_MAX_TREE_PROCESSES);
+        if !(1..=100_000).contains(&max_tree_processes) {
+            return Err(invalid(
+                origins.name("max_tree_processes", from_cli),
+                "must be between 1 and 100000",
+            ));
+        }
+        let from_cli = o.db_trace_settle.is_some();
+        let db_trace_settle = o
+            .db_trace_settle
+            .or(file.db_trace_settle)
+            .unwrap_or(Duration::from_secs(10));
+        if !(Duration::from_millis(100)..=Duration::from_secs(50)).contains(&db_trace_settle) {
+            return Err(invalid(
+                origins.name("db_trace_settle", from_cli),
+                "must be between 100ms and 50s (a trace is judged at 60s of age anyway)",
+            ));
+        }
         Ok(Config {
             forward,
             push,
             warnings,
             hints_min_history,
+            db_trace_settle,
             growth_windows,
             leak_threshold: per_hour / 3600.0,
             otlp_max_request_bytes,
@@ -902,6 +1043,8 @@ impl Cli {
                 .or(file.promote_resource_attributes)
                 .unwrap_or_default(),
             target,
+            target_name,
+            more_targets,
             metrics_addr,
             web_config_file: o.web_config_file.clone(),
             otlp_grpc_addr,
@@ -916,12 +1059,16 @@ impl Cli {
                 .or(file.cgroup_root)
                 .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup")),
             pss: o.pss.or(file.pss).unwrap_or(false),
+            max_tree_processes,
             log_format: o.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
             log_level,
             log_file: o.log_file.or(file.log_file),
         })
     }
 }
+
+/// Default cap on the processes of the target's tree read each tick (see `--max-tree-processes`).
+pub const DEFAULT_MAX_TREE_PROCESSES: usize = 1000;
 
 /// The `--push-*` options, flags over file, each with the name of where it came from.
 fn push_options(o: &Options, file: &Options, origins: &Origins<'_>) -> PushOptions {
@@ -1282,6 +1429,48 @@ mod tests {
             matches!(c.target, Some(TargetSpec::Pid(5))),
             "a flag selection replaces the file's"
         );
+    }
+
+    #[test]
+    fn named_targets() {
+        let c = parse(&[
+            "--target",
+            "web=process:gunicorn: master",
+            "--target",
+            "proxy=pid-file:/run/nginx.pid",
+        ])
+        .unwrap();
+        assert_eq!(c.target_name.as_deref(), Some("web"));
+        assert!(
+            matches!(&c.target, Some(TargetSpec::Process(re)) if re.as_str() == "gunicorn: master")
+        );
+        assert_eq!(c.more_targets.len(), 1);
+        assert_eq!(c.more_targets[0].name, "proxy");
+        // Beside run (or --pid, --pid-file, --process), the selected target is `app`.
+        let c = parse(&["--target", "proxy=pid:7", "run", "--", "sleep", "1"]).unwrap();
+        assert_eq!(c.target_name.as_deref(), Some("app"));
+        assert!(matches!(c.target, Some(TargetSpec::Run { .. })));
+        // One unnamed selector: no name, no label.
+        assert_eq!(parse(&["--pid", "3"]).unwrap().target_name, None);
+        for (bad, says) in [
+            ("proxy", "NAME=SPEC"),
+            ("a b=pid:1", "target name"),
+            ("x=pid:0", "not a process id"),
+            ("x=socket:1", "unknown kind"),
+            ("x=process:(", "not a valid regex"),
+        ] {
+            let err = parse(&["--target", bad]).unwrap_err();
+            assert!(
+                err.contains(says) && err.contains("--target"),
+                "{bad}: {err}"
+            );
+        }
+        let err = parse(&["--target", "a=pid:1", "--target", "a=pid:2"]).unwrap_err();
+        assert!(err.contains("used twice"), "{err}");
+        let err = parse(&["--target", "app=pid:1", "--pid", "2"]).unwrap_err();
+        assert!(err.contains("used twice"), "{err}");
+        let err = parse(&["--max-tree-processes", "0", "--pid", "2"]).unwrap_err();
+        assert!(err.contains("--max-tree-processes"), "{err}");
     }
 
     #[test]

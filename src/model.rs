@@ -61,6 +61,9 @@ pub struct Exemplar {
 pub enum Value {
     /// A cumulative sum (monotonic or not).
     Sum(f64),
+    /// A monotonic cumulative sum with the exemplar of its latest increment (the trace of the latest
+    /// N+1 run); exporters that carry no exemplars read it as [`Value::Sum`].
+    SumWithExemplar(f64, Exemplar),
     /// A gauge reading.
     Gauge(f64),
     /// Cumulative buckets: `(upper bound, cumulative count)` ascending, the last bound `+Inf`.
@@ -263,6 +266,8 @@ impl BucketCounts<'_> {
 pub enum ValueRef<'a> {
     /// A cumulative sum (monotonic or not).
     Sum(f64),
+    /// A monotonic cumulative sum with the exemplar of its latest increment.
+    SumWithExemplar(f64, &'a Exemplar),
     /// A gauge reading.
     Gauge(f64),
     /// Buckets with sum, count and one optional exemplar per bucket (may be empty).
@@ -293,6 +298,7 @@ impl<'a> From<&'a Value> for ValueRef<'a> {
     fn from(v: &'a Value) -> Self {
         match v {
             Value::Sum(x) => ValueRef::Sum(*x),
+            Value::SumWithExemplar(x, e) => ValueRef::SumWithExemplar(*x, e),
             Value::Gauge(x) => ValueRef::Gauge(*x),
             Value::Histogram {
                 buckets,
@@ -372,6 +378,38 @@ pub trait Collector: Send + Sync {
         let mut out = Vec::new();
         self.collect(&mut out);
         stream_metrics(&out, sink);
+    }
+}
+
+/// A collector whose every point carries one more attribute first: each target of a sidecar watching
+/// several labels its families with `target="NAME"`, so one family holds every target's series.
+pub struct Attributed {
+    inner: Arc<dyn Collector>,
+    key: &'static str,
+    value: String,
+}
+
+impl Attributed {
+    /// Wraps `inner`, adding `key="value"` to each of its points.
+    pub fn new(inner: Arc<dyn Collector>, key: &'static str, value: &str) -> Self {
+        Attributed {
+            inner,
+            key,
+            value: value.to_owned(),
+        }
+    }
+}
+
+impl Collector for Attributed {
+    fn collect(&self, out: &mut Vec<Metric>) {
+        let from = out.len();
+        self.inner.collect(out);
+        for m in &mut out[from..] {
+            for p in &mut m.points {
+                p.attributes
+                    .insert(0, (self.key.to_owned(), self.value.clone()));
+            }
+        }
     }
 }
 
@@ -497,6 +535,7 @@ impl ValueRef<'_> {
     pub fn to_owned(self) -> Value {
         match self {
             ValueRef::Sum(v) => Value::Sum(v),
+            ValueRef::SumWithExemplar(v, e) => Value::SumWithExemplar(v, e.clone()),
             ValueRef::Gauge(v) => Value::Gauge(v),
             ValueRef::Histogram {
                 buckets,

@@ -87,8 +87,34 @@ pub enum Quantity {
     Time,
     /// Information; base unit bytes (`By`), also `KiBy`, `MiBy`, `GiBy`, `kBy`, `MBy`, `GBy`.
     Bytes,
-    /// A count: `1`, no unit, or a curly-brace annotation such as `{connection}`.
+    /// A count: `1`, no unit, a curly-brace annotation such as `{connection}`, or the same annotation
+    /// written without braces (`connections`, as SQLAlchemy's and some Java agent releases send it).
     Count,
+}
+
+/// Units of other quantities that a bare word could be mistaken for: a count is never sent in these.
+const NOT_COUNTS: &[&str] = &[
+    "s", "ms", "us", "ns", "min", "h", "d", "wk", "mo", "a", "By", "bit", "Hz", "m", "g", "K",
+    "Cel", "W", "J", "V", "A",
+];
+
+/// Whether `unit` is a count by meaning: `1`, empty, any `{…}` annotation, or a bare lower-case word
+/// (`connections`, `requests`, `threads`) that is not the UCUM symbol of another quantity. UCUM prefixed
+/// units (`KiBy`, `MBy`, `kHz`) start with a prefix and end in a unit symbol, so they are refused too.
+fn is_count_unit(unit: &str) -> bool {
+    if unit.is_empty() || unit == "1" {
+        return true;
+    }
+    if unit.starts_with('{') && unit.ends_with('}') {
+        return true;
+    }
+    let word = unit.len() >= 3
+        && unit
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b == b'_' || b == b' ');
+    word && !NOT_COUNTS.contains(&unit)
+        && Quantity::Time.scale(unit).is_none()
+        && Quantity::Bytes.scale(unit).is_none()
 }
 
 impl Quantity {
@@ -116,10 +142,7 @@ impl Quantity {
                 "GBy" => Some(1e9),
                 _ => None,
             },
-            Quantity::Count => {
-                let annotation = unit.starts_with('{') && unit.ends_with('}');
-                (unit.is_empty() || unit == "1" || annotation).then_some(1.0)
-            }
+            Quantity::Count => is_count_unit(unit).then_some(1.0),
         }
     }
 }
@@ -160,6 +183,26 @@ pub enum PoolFigure {
     Max,
     /// Requests waiting for a slot.
     Pending,
+    /// Open slots not in use (a connection pool's idle connections).
+    Idle,
+}
+
+/// The attribute keys a pool's name may come under: the current convention's first, then the one before
+/// 1.26 (`pool.name`), which the Java agent keeps even when it sends the current metric names.
+pub const DB_POOL_NAME_KEYS: &[&str] = &["db.client.connection.pool.name", "pool.name"];
+
+/// The attribute keys a connection's state may come under, current first.
+pub const DB_STATE_KEYS: &[&str] = &["db.client.connection.state", "state"];
+
+/// Which figure a pool metric's point reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolFigures {
+    /// Always this figure.
+    One(PoolFigure),
+    /// A count split by connection state: `used` is [`PoolFigure::Used`], `idle` is
+    /// [`PoolFigure::Idle`], other states are ignored. The state comes under the first of these keys
+    /// present.
+    ByState(&'static [&'static str]),
 }
 
 /// A metric reporting one figure of a pool.
@@ -168,15 +211,13 @@ pub struct PoolMetric {
     /// OpenTelemetry name.
     pub name: &'static str,
     /// Which figure.
-    pub figure: PoolFigure,
+    pub figure: PoolFigures,
     /// The `kind` label: `db` or `thread`.
     pub kind: &'static str,
-    /// Attribute naming the pool, if any.
-    pub pool_key: Option<&'static str>,
-    /// The pool's name when the attribute is absent.
+    /// Attributes that may name the pool, the first present wins.
+    pub pool_keys: &'static [&'static str],
+    /// The pool's name when no such attribute is present.
     pub default_pool: &'static str,
-    /// Only points with this attribute value count (connection counts are split by state).
-    pub only: Option<(&'static str, &'static str)>,
 }
 
 /// How a ready-work delay metric reports (time ready work waits to run: Node's event-loop delay, Go's
@@ -328,19 +369,17 @@ pub static PROFILES: [Profile; 5] = [
         pools: &[
             PoolMetric {
                 name: "dotnet.thread_pool.thread.count",
-                figure: PoolFigure::Used,
+                figure: PoolFigures::One(PoolFigure::Used),
                 kind: "thread",
-                pool_key: None,
+                pool_keys: &[],
                 default_pool: "dotnet",
-                only: None,
             },
             PoolMetric {
                 name: "dotnet.thread_pool.queue.length",
-                figure: PoolFigure::Pending,
+                figure: PoolFigures::One(PoolFigure::Pending),
                 kind: "thread",
-                pool_key: None,
+                pool_keys: &[],
                 default_pool: "dotnet",
-                only: None,
             },
         ],
         delay: &[],
@@ -394,58 +433,52 @@ pub static PROFILES: [Profile; 5] = [
     },
 ];
 
-/// Pool metrics of libraries rather than runtimes: the DB client connection pool conventions, current and
-/// deprecated.
+/// Pool metrics of libraries rather than runtimes: the DB client connection pool conventions, current
+/// (`db.client.connection.*`, with `.max` renamed `.limit` in the newest conventions) and deprecated
+/// (`db.client.connections.*`, still sent by the Java agent without the stability opt-in, SQLAlchemy and
+/// Npgsql). Units differ between them (`{connection}`, `{connections}`, `connections`, none) and are all
+/// counts; the pool's name and the connection's state are read under either convention's key.
 pub static LIBRARY_POOLS: &[PoolMetric] = &[
-    PoolMetric {
-        name: "db.client.connection.count",
-        figure: PoolFigure::Used,
-        kind: "db",
-        pool_key: Some("db.client.connection.pool.name"),
-        default_pool: "default",
-        only: Some(("db.client.connection.state", "used")),
-    },
-    PoolMetric {
-        name: "db.client.connection.max",
-        figure: PoolFigure::Max,
-        kind: "db",
-        pool_key: Some("db.client.connection.pool.name"),
-        default_pool: "default",
-        only: None,
-    },
-    PoolMetric {
-        name: "db.client.connection.pending_requests",
-        figure: PoolFigure::Pending,
-        kind: "db",
-        pool_key: Some("db.client.connection.pool.name"),
-        default_pool: "default",
-        only: None,
-    },
-    PoolMetric {
-        name: "db.client.connections.usage",
-        figure: PoolFigure::Used,
-        kind: "db",
-        pool_key: Some("pool.name"),
-        default_pool: "default",
-        only: Some(("state", "used")),
-    },
-    PoolMetric {
-        name: "db.client.connections.max",
-        figure: PoolFigure::Max,
-        kind: "db",
-        pool_key: Some("pool.name"),
-        default_pool: "default",
-        only: None,
-    },
-    PoolMetric {
-        name: "db.client.connections.pending_requests",
-        figure: PoolFigure::Pending,
-        kind: "db",
-        pool_key: Some("pool.name"),
-        default_pool: "default",
-        only: None,
-    },
+    db_pool(
+        "db.client.connection.count",
+        PoolFigures::ByState(DB_STATE_KEYS),
+    ),
+    db_pool(
+        "db.client.connection.max",
+        PoolFigures::One(PoolFigure::Max),
+    ),
+    db_pool(
+        "db.client.connection.limit",
+        PoolFigures::One(PoolFigure::Max),
+    ),
+    db_pool(
+        "db.client.connection.pending_requests",
+        PoolFigures::One(PoolFigure::Pending),
+    ),
+    db_pool(
+        "db.client.connections.usage",
+        PoolFigures::ByState(DB_STATE_KEYS),
+    ),
+    db_pool(
+        "db.client.connections.max",
+        PoolFigures::One(PoolFigure::Max),
+    ),
+    db_pool(
+        "db.client.connections.pending_requests",
+        PoolFigures::One(PoolFigure::Pending),
+    ),
 ];
+
+/// A DB connection pool row.
+const fn db_pool(name: &'static str, figure: PoolFigures) -> PoolMetric {
+    PoolMetric {
+        name,
+        figure,
+        kind: "db",
+        pool_keys: DB_POOL_NAME_KEYS,
+        default_pool: "default",
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -510,6 +543,27 @@ mod tests {
         assert_eq!(Quantity::Bytes.scale("MiBy"), Some(1048576.0));
         assert_eq!(Quantity::Count.scale("{connection}"), Some(1.0));
         assert_eq!(Quantity::Count.scale("s"), None);
+    }
+
+    #[test]
+    fn counts_are_matched_by_meaning_not_spelling() {
+        // What each instrumentation sends for its pool counts (checked against their releases).
+        for unit in [
+            "connections",   // SQLAlchemy (opentelemetry-instrumentation-sqlalchemy 0.66b1)
+            "{connections}", // Java agent DbConnectionPoolMetrics (HikariCP, c3p0, …)
+            "{connection}",  // semantic conventions, Node pg, Npgsql
+            "{requests}",    // Java agent pending requests
+            "{request}",     // Node pg, Npgsql pending requests
+            "1",
+            "",
+        ] {
+            assert_eq!(Quantity::Count.scale(unit), Some(1.0), "{unit:?}");
+        }
+        for unit in [
+            "ms", "By", "KiBy", "min", "bit", "Hz", "s", "%", "Cel", "m/s",
+        ] {
+            assert_eq!(Quantity::Count.scale(unit), None, "{unit:?}");
+        }
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::signal::target::{ExitReason, KernelUnits, TargetInfo, TargetMetrics};
 use crate::signal::Derived;
 use crate::target::exit_watch::ExitWatch;
 use crate::target::status::TargetStatus;
-use crate::target::{detect_runtime, search, Selector, TargetId};
+use crate::target::{detect_runtime, Search, Selector, StartClock, TargetId};
 
 /// How often "no target found" is repeated in the log while vitals keeps searching.
 const NOT_FOUND_WARNING_EVERY: Duration = Duration::from_secs(60);
@@ -31,14 +31,6 @@ const NOT_FOUND_WARNING_EVERY: Duration = Duration::from_secs(60);
 /// where no pidfd tells of its exit: an instance that lives at least this long is seen, however long the
 /// sampling interval.
 pub const WATCH_INTERVAL: Duration = Duration::from_millis(100);
-
-/// After an exit a missing `--process` target is searched for after [`WATCH_INTERVAL`], then at gaps that
-/// double up to the interval (at most [`MAX_SEARCH_GAP`]): a quick restart is found within 100 ms, and a
-/// target that stays away costs a handful of scans, not one every 100 ms.
-const FIRST_SEARCH_GAP: Duration = WATCH_INTERVAL;
-
-/// The longest gap between those searches when the interval is longer.
-const MAX_SEARCH_GAP: Duration = Duration::from_secs(30);
 
 /// An OOM kill counted this many watch periods or fewer before an exit is seen is taken as its cause: the
 /// exit itself is seen within one period; the rest is slack for a late watch on a loaded machine and for
@@ -56,8 +48,10 @@ pub struct Sampler {
     derived: Arc<Derived>,
     units: KernelUnits,
     sampled: Arc<tokio::sync::Notify>,
-    /// The readers of the attached target, sampled in this order each tick; procfs first, since it alone
-    /// says the target is gone.
+    /// The reader of the target's process tree, sampled first each tick: it alone says the target is gone,
+    /// and it finds the process that runs the runtime.
+    procfs: ProcfsProbe,
+    /// The other readers of the attached target, sampled in this order after procfs.
     probes: Vec<Box<dyn Probe>>,
     /// OOM kills of the target across its instances: a probe while a target is attached, and polled on its
     /// own between ticks and while none is (kills of instances that died before vitals saw them).
@@ -81,12 +75,11 @@ pub struct Sampler {
     last_oom_kill: Option<Instant>,
     /// A kill counted this long before an exit is seen is taken as its cause.
     exit_window: Duration,
-    /// When a missing `--process` target is next searched for between ticks (None: only at ticks).
-    next_search: Option<Instant>,
-    /// The gap before the next of those searches; doubles after each one that finds nothing.
-    search_gap: Duration,
-    /// The sampling interval: the longest gap between searches.
-    interval: Duration,
+    /// The target search, with what it keeps between searches (a `--process` scan reads only processes it
+    /// has not seen before, and young ones).
+    search: Search,
+    /// Whether the next search is a full one (at a tick) rather than a scan of new processes (between ticks).
+    full_search: bool,
 }
 
 /// The attached target instance.
@@ -99,6 +92,12 @@ struct Attached {
     /// /proc/PID/comm, read every tick: exec keeps the pid and start time but changes the program.
     comm_file: Option<KeptFile>,
     comm: String,
+    /// The root's stack address at the last tick: a new one means it exec'd, the same one with a new comm
+    /// means it renamed itself (`npm start`, `process.title`).
+    startstack: u64,
+    /// The process of the tree that runs the runtime (the root when none does), which the hsperfdata and
+    /// socket probes read.
+    program: ProbeTarget,
 }
 
 /// The pids of some processes, for the log.
@@ -114,8 +113,19 @@ fn start_unix_ms(units: &KernelUnits, start_ticks: u64) -> Option<u64> {
     boot_ms.checked_add(since_boot_ms)
 }
 
-/// Every probe of the attached target, in sampling order: the list, then the OOM counter.
+/// Every probe of the attached target, in sampling order: procfs, the list, then the OOM counter.
 fn all_probes<'a>(
+    procfs: &'a mut ProcfsProbe,
+    probes: &'a mut [Box<dyn Probe>],
+    oom: &'a mut OomCounter,
+) -> impl Iterator<Item = &'a mut dyn Probe> {
+    std::iter::once(procfs as &mut dyn Probe)
+        .chain(probes.iter_mut().map(|p| &mut **p as &mut dyn Probe))
+        .chain(std::iter::once(oom as &mut dyn Probe))
+}
+
+/// The probes that follow the program the tree runs (hsperfdata, sockets): the list and the OOM counter.
+fn program_probes<'a>(
     probes: &'a mut [Box<dyn Probe>],
     oom: &'a mut OomCounter,
 ) -> impl Iterator<Item = &'a mut dyn Probe> {
@@ -148,30 +158,38 @@ impl Sampler {
         selector: Option<Selector>,
         cgroup_roots: CgroupRoots,
         pss: Option<PssPolicy>,
+        max_processes: usize,
         parts: SamplerParts,
     ) -> Self {
         let proc_root = cgroup_roots.proc_root.clone();
+        let procfs = ProcfsProbe::new(
+            &proc_root,
+            pss,
+            parts.units.hz,
+            parts.units.page_size,
+            max_processes,
+        );
         let probes: Vec<Box<dyn Probe>> = vec![
-            Box::new(ProcfsProbe::new(
-                &proc_root,
-                pss,
-                parts.units.hz,
-                parts.units.page_size,
-            )),
             Box::new(CgroupProbe::new(&proc_root)),
             Box::new(HsperfProbe::new(&proc_root)),
             Box::new(SocketProbe::new(&proc_root)),
         ];
         Sampler {
             selector,
+            procfs,
             probes,
             comm_buf: Vec::with_capacity(64),
             oom: OomCounter::default(),
             last_oom_kill: None,
             exit_window: WATCH_INTERVAL * EXIT_WINDOW_WATCH_PERIODS,
-            next_search: None,
-            search_gap: FIRST_SEARCH_GAP,
-            interval: Duration::from_secs(1),
+            search: Search::new(
+                &proc_root,
+                StartClock {
+                    boot_time: parts.units.boot_time,
+                    hz: parts.units.hz,
+                },
+            ),
+            full_search: true,
             proc_root,
             cgroup_roots,
             store: parts.store,
@@ -193,6 +211,7 @@ impl Sampler {
     /// One interval's work: attach if needed, sample, follow a vanished target, derive.
     pub fn tick(&mut self) {
         let mut obs = Observations::default();
+        self.full_search = true;
         if self.selector.is_some() {
             if self.attached.is_none() {
                 self.try_attach();
@@ -265,14 +284,22 @@ impl Sampler {
         if self.attached.is_none() {
             return false;
         }
-        let errors: &dyn ReadErrorSink = self.stats.as_ref();
-        for probe in all_probes(&mut self.probes, &mut self.oom) {
+        let stats = self.stats.clone();
+        let errors: &dyn ReadErrorSink = stats.as_ref();
+        // procfs first: it alone says the target is gone, and it finds the process of the tree that runs
+        // the runtime, which the other probes then read in the same tick.
+        if self.procfs.sample(obs, errors).is_err() {
+            return false;
+        }
+        self.follow_exec(obs);
+        self.follow_runtime_process();
+        for probe in program_probes(&mut self.probes, &mut self.oom) {
             if probe.sample(obs, errors).is_err() {
                 return false;
             }
         }
         if let Some(proc) = obs.proc {
-            self.store.update(proc, obs.cgroup);
+            self.store.update(proc, obs.cgroup, obs.tree);
         }
         if let Some(runtime) = obs.runtime_hint {
             self.store.hint_runtime(runtime.label());
@@ -282,8 +309,50 @@ impl Sampler {
             self.last_oom_kill = Some(Instant::now());
         }
         self.store.set_oom_kills(obs.oom_kills);
-        self.follow_exec();
         true
+    }
+
+    /// Points the program probes (hsperfdata, sockets) at the process of the tree that runs the runtime
+    /// (the JVM under a launcher shell, the node under `npm start`), or at the root when none does, and
+    /// says which in `vitals_target_info`.
+    fn follow_runtime_process(&mut self) {
+        let Some(a) = self.attached.as_mut() else {
+            return;
+        };
+        let found = self.procfs.tree().and_then(|t| t.runtime_process());
+        let (pid, start_ticks, runtime) = match found {
+            Some(r) => (r.pid, r.start_ticks, Some(r.runtime)),
+            None => (a.id.pid, a.id.start_ticks, a.target.runtime),
+        };
+        if a.program.pid == pid && a.program.start_ticks == start_ticks {
+            if a.program.runtime != runtime {
+                a.program.runtime = runtime;
+                self.store
+                    .set_runtime_process(pid, runtime::label_of(runtime));
+            }
+            return;
+        }
+        let program = ProbeTarget {
+            pid,
+            start_ticks,
+            nspid: read_nspid(&self.proc_root, pid).unwrap_or(pid),
+            uid: effective_uid(&self.proc_root, pid),
+            start_unix_ms: start_unix_ms(&self.units, start_ticks),
+            runtime,
+            cgroup: a.target.cgroup.clone(),
+        };
+        tracing::info!(
+            root = a.id.pid,
+            pid,
+            runtime = runtime::label_of(runtime),
+            "the process of the target's tree that runs the runtime"
+        );
+        self.store
+            .set_runtime_process(pid, runtime::label_of(runtime));
+        for probe in program_probes(&mut self.probes, &mut self.oom) {
+            probe.program_changed(&program);
+        }
+        a.program = program;
     }
 
     /// Between ticks: a missing target is searched for (the attached one's exit was seen by the caller),
@@ -296,27 +365,17 @@ impl Sampler {
         match self.attached.as_mut() {
             Some(a) => {
                 if !a.exit.polled_alive() {
+                    self.full_search = false;
                     self.handle_exit();
                     self.try_attach();
                 }
             }
             None => {
-                // A /proc scan costs a read of every process' comm and cmdline: after an exit, scan at
-                // gaps doubling from 100 ms up to the interval (the tick searches then); a pid or pid file
-                // is one read, always searched.
-                if !matches!(self.selector, Some(Selector::Process(_))) {
-                    self.try_attach();
-                } else if let Some(due) = self.next_search {
-                    let now = Instant::now();
-                    if now >= due {
-                        self.try_attach();
-                        self.search_gap =
-                            (self.search_gap * 2).min(self.interval.min(MAX_SEARCH_GAP));
-                        self.next_search = (self.attached.is_none()
-                            && self.search_gap < self.interval)
-                            .then(|| now + self.search_gap);
-                    }
-                }
+                // A scan reads only processes it has not seen before (and young ones, which may still exec):
+                // cheap enough every 100 ms, so every instance that lives that long is found, before and
+                // after the first attach. The tick's search reads every process again.
+                self.full_search = false;
+                self.try_attach();
             }
         }
         self.poll_oom();
@@ -324,6 +383,7 @@ impl Sampler {
 
     /// The kernel said the attached instance exited (its pidfd became readable): no need to look.
     fn target_exited(&mut self) {
+        self.full_search = false;
         self.handle_exit();
         self.try_attach();
         self.poll_oom();
@@ -376,21 +436,21 @@ impl Sampler {
                 "target exited; searching again"
             );
         }
-        for probe in all_probes(&mut self.probes, &mut self.oom) {
+        for probe in all_probes(&mut self.procfs, &mut self.probes, &mut self.oom) {
             probe.detach();
         }
-        self.search_gap = FIRST_SEARCH_GAP;
-        self.next_search = Some(Instant::now() + FIRST_SEARCH_GAP);
         self.store.detach();
         self.store.record_exit(reason);
         self.store.set_oom_kills(self.oom.total());
         self.derived.target_changed();
     }
 
-    /// Refreshes comm and runtime when the target exec()ed another program (`sh -c 'exec java …'`,
+    /// Refreshes comm and runtime when the root exec()ed another program (`sh -c 'exec java …'`,
     /// `opentelemetry-instrument python …`), and tells the probes (hsperfdata looks for the new program's
-    /// file).
-    fn follow_exec(&mut self) {
+    /// file). A root that only renamed itself (`npm start` sets its title) keeps its program: its comm label
+    /// follows, nothing else changes. exec is told from a rename by the new stack address exec gives (when
+    /// vitals may see it), else by a new executable.
+    fn follow_exec(&mut self, obs: &Observations) {
         let Some(a) = self.attached.as_mut() else {
             return;
         };
@@ -398,18 +458,34 @@ impl Sampler {
         let Ok(raw) = file.read(&mut self.comm_buf) else {
             return;
         };
+        let startstack = obs.proc.and_then(|p| p.stat).map_or(0, |s| s.startstack);
         let comm = String::from_utf8_lossy(raw).trim_end().to_owned();
-        if comm == a.comm {
+        let new_stack = startstack != 0 && a.startstack != 0 && startstack != a.startstack;
+        a.startstack = startstack;
+        if comm == a.comm && !new_stack {
             return;
         }
         let runtime = detect_runtime(&self.proc_root, a.id.pid, &comm);
+        let exec = new_stack || (startstack == 0 && runtime != a.target.runtime);
+        if !exec {
+            tracing::info!(pid = a.id.pid, old = %a.comm, %comm, "target renamed itself (same program)");
+            self.store.refresh_comm(comm.clone());
+            a.comm = comm;
+            return;
+        }
         let label = runtime::label_of(runtime);
         tracing::info!(pid = a.id.pid, old = %a.comm, %comm, runtime = label, "target exec'd another program");
-        self.store.refresh_program(comm.clone(), label.to_owned());
+        self.store.refresh_comm(comm.clone());
         a.comm = comm;
         a.target.runtime = runtime;
-        for probe in all_probes(&mut self.probes, &mut self.oom) {
-            probe.program_changed(&a.target);
+        if let Some(tree) = self.procfs.tree_mut() {
+            tree.refresh_program(a.id.pid);
+        }
+        if a.program.pid == a.id.pid {
+            a.program.runtime = runtime;
+            for probe in program_probes(&mut self.probes, &mut self.oom) {
+                probe.program_changed(&a.program);
+            }
         }
     }
 
@@ -418,7 +494,7 @@ impl Sampler {
             return;
         };
         self.not_attached = None;
-        let found = match search(selector, &self.proc_root) {
+        let found = match self.search.find(selector, self.full_search) {
             Ok(f) => {
                 self.last_search_error = None;
                 f
@@ -488,7 +564,7 @@ impl Sampler {
         };
         let errors: &dyn ReadErrorSink = self.stats.as_ref();
         let mut failed = None;
-        for probe in all_probes(&mut self.probes, &mut self.oom) {
+        for probe in all_probes(&mut self.procfs, &mut self.probes, &mut self.oom) {
             if let Err(e) = probe.attach(&target, errors) {
                 failed = Some((probe.name(), e));
                 break;
@@ -505,7 +581,7 @@ impl Sampler {
             Err((what, e)) => {
                 tracing::warn!(pid = id.pid, probe = what, error = %e, "cannot open the target's /proc files");
                 self.not_attached = Some(format!("cannot open /proc/{}: {e}", id.pid));
-                for probe in all_probes(&mut self.probes, &mut self.oom) {
+                for probe in all_probes(&mut self.procfs, &mut self.probes, &mut self.oom) {
                     probe.detach();
                 }
                 return;
@@ -524,6 +600,7 @@ impl Sampler {
             runtime: runtime_label.to_owned(),
             start_ticks: id.start_ticks,
             selected_by: selector.label(),
+            runtime_pid: id.pid,
         };
         if self.others_at_attach.contains(&id) {
             self.store.attach_other(info);
@@ -534,10 +611,12 @@ impl Sampler {
         self.derived.target_changed();
         self.attached = Some(Attached {
             id,
+            program: target.clone(),
             target,
             exit,
             comm_file: KeptFile::open(self.proc_root.join(id.pid.to_string()).join("comm")).ok(),
             comm,
+            startstack: 0,
         });
     }
 
@@ -551,7 +630,6 @@ impl Sampler {
         let mut watch = tokio::time::interval(watch_every);
         watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         self.exit_window = watch_every * EXIT_WINDOW_WATCH_PERIODS;
-        self.interval = interval;
         let watching = interval > WATCH_INTERVAL;
         loop {
             let exit_event = self.attached.as_ref().and_then(|a| a.exit.event());

@@ -209,9 +209,28 @@ fn long_pauses_show_while_running_and_exactly_after() {
             full_gc_view(e).is_some()
         });
     }
-    let seen_before = logged_pauses(&gc_log).len();
+    // The young collections that built the live set happened before vitals attached, within the
+    // minute: the first reading counts them, exactly (the last one from its entry and exit times, the
+    // one before it from the time left), so the max already equals the GC log's longest.
+    let before_attach = logged_pauses(&gc_log);
+    let seen_before = before_attach.len();
+    let longest_before = before_attach.iter().copied().fold(0.0, f64::max);
     let before = full_gc_view(&fast.scrape()).unwrap();
-    assert_eq!(before.max, 0.0, "no pause since vitals attached");
+    eprintln!(
+        "figure: pauses before attach (GC log, s): {before_attach:?}; max at the first reading {:.4} s",
+        before.max
+    );
+    if before_attach.len() <= 2 {
+        assert!(
+            (before.max - longest_before).abs() <= 0.005 + 0.01 * longest_before,
+            "max at attach {} vs the GC log's longest before it {longest_before}",
+            before.max
+        );
+    } else {
+        // More than two pauses of one collector: the others' mean is a lower bound of their longest.
+        assert!(before.max <= longest_before + 0.005 + 0.01 * longest_before);
+        assert!(before.max > 0.0);
+    }
 
     let done = std::sync::atomic::AtomicBool::new(false);
     let views = std::thread::scope(|s| {
@@ -245,11 +264,13 @@ fn long_pauses_show_while_running_and_exactly_after() {
         .collect();
     eprintln!("figure: GC log pauses since attach (s): {pauses:?}; full: {full:?}");
     assert_eq!(full.len(), 3, "three System.gc() full collections");
-    let longest = pauses.iter().copied().fold(0.0, f64::max);
+    let since_attach = pauses.iter().copied().fold(0.0, f64::max);
     assert!(
-        longest > 0.5,
+        since_attach > 0.5,
         "the live set should make pauses long: {pauses:?}"
     );
+    // The whole run lasts well under the max's minute: its longest pause counts, before attach or after.
+    let longest = since_attach.max(before.max);
 
     // While the first pause runs, hsperfdata counts it but has not added its time: the max must show it
     // anyway (the later ones are hidden behind the first's length in the one-minute window).
@@ -265,9 +286,10 @@ fn long_pauses_show_while_running_and_exactly_after() {
     // The elapsed time of a running pause rests on the JVM clock estimate, off by at most the JVM's 50 ms
     // statistics period (less after a few samples): never above the pause's length plus that.
     assert!(
-        running.iter().all(|m| *m <= full[0] + 0.06),
-        "running {running:?} vs {}",
-        full[0]
+        running.iter().all(|m| *m <= full[0].max(before.max) + 0.06),
+        "running {running:?} vs {} (or {} from before attach)",
+        full[0],
+        before.max
     );
     // A scraper running every 40 ms on a loaded machine may miss part of the pause, not half of it.
     let shown = running.iter().copied().fold(0.0, f64::max);
@@ -522,7 +544,17 @@ fn short_g1_pauses_are_exact_from_the_first() {
             max(e).is_some()
         });
     }
-    let seen_before = logged_pauses(&gc_log).len();
+    let before_attach = logged_pauses(&gc_log);
+    let seen_before = before_attach.len();
+    // Young collections while the live set was built, before vitals attached, count from the first
+    // reading (exactly when a collector had at most two, else a lower bound of its longest); never
+    // above the GC log's longest.
+    let longest_before = before_attach.iter().copied().fold(0.0, f64::max);
+    let at_attach = max(&fast.scrape()).unwrap();
+    assert!(
+        at_attach <= longest_before + 0.001 + 0.02 * longest_before,
+        "max at attach {at_attach} vs GC log before attach {before_attach:?}"
+    );
     let full = [
         ("collector", "G1 full collection pauses"),
         ("source", "hsperfdata"),
@@ -539,7 +571,7 @@ fn short_g1_pauses_are_exact_from_the_first() {
         // Two 100 ms samples at least between pauses (slack for a loaded machine).
         std::thread::sleep(Duration::from_millis(400));
         let pauses = logged_pauses(&gc_log)[seen_before..].to_vec();
-        let longest = pauses.iter().copied().fold(0.0, f64::max);
+        let longest = pauses.iter().copied().fold(at_attach, f64::max);
         let e = fast.wait_until(Duration::from_secs(3), "pause counted", |e| {
             e.get("vitals_gc_pauses_total", &full) == Some(full_before + k as f64)
         });
@@ -555,7 +587,7 @@ fn short_g1_pauses_are_exact_from_the_first() {
             "max {m} vs GC log {truth}"
         );
     }
-    let longest = pauses.iter().copied().fold(0.0, f64::max);
+    let longest = pauses.iter().copied().fold(at_attach, f64::max);
     let last = *pauses.last().unwrap();
     let e = slow.wait_until(Duration::from_secs(3), "1 s caught up", |e| {
         e.get("vitals_gc_pauses_total", &full) == Some(full_before + 5.0)

@@ -454,3 +454,101 @@ fn live_page_in_chromium_matches_metrics_and_reconnects() {
     );
     v2.stop();
 }
+
+/// Sends one DB pool with a long name through the real Python SDK (OTLP/HTTP).
+fn send_long_pool(http: u16, name: &str) {
+    let code = r#"
+import sys
+from opentelemetry.metrics import Observation
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+endpoint, name = sys.argv[1], sys.argv[2]
+reader = PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=endpoint + "/v1/metrics"), export_interval_millis=3_600_000)
+mp = MeterProvider(metric_readers=[reader])
+m = mp.get_meter("long-pool")
+pool = {"db.client.connection.pool.name": name}
+m.create_observable_up_down_counter("db.client.connection.count", unit="{connection}", callbacks=[lambda o: [
+    Observation(9, {**pool, "db.client.connection.state": "used"}), Observation(1, {**pool, "db.client.connection.state": "idle"})]])
+m.create_observable_up_down_counter("db.client.connection.max", unit="{connection}", callbacks=[lambda o: [Observation(10, pool)]])
+m.create_observable_up_down_counter("db.client.connection.pending_requests", unit="{request}", callbacks=[lambda o: [Observation(4, pool)]])
+assert mp.force_flush(30_000)
+mp.shutdown()
+"#;
+    let out = Command::new(sdk_python())
+        .args(["-c", code, &format!("http://127.0.0.1:{http}"), name])
+        .output()
+        .expect("run the Python SDK");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A pool name of 160 characters without a break: at 1400 px (three panels a row) and 900 px (two)
+/// the pool table stays inside its panel, and every panel inside the window. The RED panel's sentence
+/// reads as one sentence naming the HTTP receiver.
+#[test]
+fn long_pool_names_fit_their_panel_at_1400_and_900_px() {
+    let chromium = require_tool("chromium", "apt-get install chromium");
+    let target = TestChild::hold(&["--fds", "4"]);
+    let (port, grpc, http) = (free_port(), free_port(), free_port());
+    let v = FixedVitals::start(port, grpc, http, target.pid());
+    let name = format!(
+        "jdbc:postgresql://orders-primary.db.internal:5432/orders_{}",
+        "x".repeat(100)
+    );
+    send_long_pool(http, &name);
+    let mut browser = Browser::start(&chromium);
+    for width in [1400, 900] {
+        browser.call(
+            "Emulation.setDeviceMetricsOverride",
+            json!({"width": width, "height": 1200, "deviceScaleFactor": 1, "mobile": false}),
+        );
+        browser.call(
+            "Page.navigate",
+            json!({"url": format!("http://{}/", v.addr)}),
+        );
+        browser.wait_for(
+            "[...document.querySelectorAll('#pools td')].some(td => td.textContent.length > 150)",
+            Duration::from_secs(20),
+            "the long pool on the page",
+        );
+        let fit = browser.eval(
+            "(() => { const p = document.getElementById('panel-saturated').getBoundingClientRect(); \
+             const t = document.querySelector('#pools table').getBoundingClientRect(); \
+             const panels = [...document.querySelectorAll('section')].map(s => s.getBoundingClientRect().right); \
+             return JSON.stringify({panel_left: p.left, panel_right: p.right, table_left: t.left, \
+             table_right: t.right, widest: Math.max(...panels), window: document.documentElement.clientWidth, \
+             scroll: document.documentElement.scrollWidth}); })()",
+        );
+        let fit: Value = serde_json::from_str(fit.as_str().unwrap()).unwrap();
+        let f = |k: &str| fit[k].as_f64().unwrap();
+        assert!(
+            f("table_right") <= f("panel_right") && f("table_left") >= f("panel_left"),
+            "{width} px: the pool table leaves its panel: {fit}"
+        );
+        assert!(
+            f("widest") <= f("window") && f("scroll") <= f("window"),
+            "{width} px: a panel leaves the window: {fit}"
+        );
+        // The utilization cell is the pool's, 9 of 10.
+        let util = browser.eval(&format!(
+            "document.getElementById({:?}).dataset.raw",
+            format!("pool-db-{name}")
+        ));
+        assert_eq!(util, json!("0.9"), "{width} px");
+    }
+    let slow = browser.eval("document.getElementById('panel-slow').innerText");
+    let slow = slow.as_str().unwrap();
+    assert!(
+        slow.contains(&format!(
+            "No OTLP spans have arrived. Start the app with OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:{http} (for gRPC: OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:{grpc} OTEL_EXPORTER_OTLP_PROTOCOL=grpc), or use \"vitals run -- CMD\", which sets it."
+        )),
+        "{slow}"
+    );
+    let shot = browser.call("Page.captureScreenshot", json!({"format": "png"}));
+    let png = base64_decode(shot["data"].as_str().unwrap());
+    std::fs::write(artefact_dir().join("live_page_900px.png"), &png).unwrap();
+}

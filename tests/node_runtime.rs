@@ -96,3 +96,80 @@ fn v8_gc_pauses_and_event_loop_delay() {
     );
     common::promtool_check_metrics(&e.text).expect("promtool check metrics");
 }
+
+/// The first `event: frame` of the live page's stream that meets `cond` (frames come once a tick);
+/// panics with the last one after 10 s.
+fn live_frame(v: &Vitals, cond: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut last = serde_json::Value::Null;
+    use std::io::BufRead;
+    let url = format!("http://{}/live/stream", v.metrics);
+    let resp = ureq::get(&url)
+        .timeout(Duration::from_secs(10))
+        .call()
+        .expect("GET /live/stream");
+    let mut frame = false;
+    for line in std::io::BufReader::new(resp.into_reader())
+        .lines()
+        .map_while(Result::ok)
+    {
+        if line == "event: frame" {
+            frame = true;
+        } else if let Some(data) = line.strip_prefix("data:").filter(|_| frame) {
+            if let Ok(f) = serde_json::from_str(data.trim()) {
+                if cond(&f) {
+                    return f;
+                }
+                last = f;
+            }
+            frame = false;
+        }
+        if std::time::Instant::now() > deadline {
+            break;
+        }
+    }
+    panic!("no matching frame in the live stream; the last: {last}")
+}
+
+/// The live page's heap row reads vitals' typed heap family, which holds what the Node SDK sent as
+/// v8js.memory.heap.used (summed over heap spaces): the row shows the SDK's value, not a dash.
+#[test]
+fn live_page_heap_row_shows_the_sdk_heap() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node");
+    let v = Vitals::start(&["--interval", "200ms"]);
+    let (_, http) = v.otlp_addrs();
+    let out = Command::new(require_tool("node", "apt-get install -y nodejs npm"))
+        .arg("--expose-gc")
+        .arg(dir.join("runtime.mjs"))
+        .args(["--endpoint", &format!("http://{http}"), "--seconds", "2"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The SDK's own figure, as vitals passes it through: heap used per V8 heap space.
+    // The app has exited after its last export: both figures settle, vitals' on its next tick.
+    let e = v.wait_until(Duration::from_secs(10), "heap family", |e| {
+        let sent = e.sum("v8js_memory_heap_used_bytes", &[]);
+        sent > 0.0 && e.get("vitals_memory_heap_bytes", &[("runtime", "node")]) == Some(sent)
+    });
+    let sent = e.sum("v8js_memory_heap_used_bytes", &[]);
+    let ours = e
+        .get("vitals_memory_heap_bytes", &[("runtime", "node")])
+        .unwrap();
+    assert_eq!(
+        ours, sent,
+        "vitals_memory_heap_bytes vs the SDK's sum over heap spaces"
+    );
+    // instrumentation-runtime-node sends no v8js.memory.heap.limit: no limit is made up.
+    assert!(!e.has("v8js_memory_heap_limit_bytes"));
+    assert!(!e.has("vitals_memory_heap_limit_bytes"));
+    // The stream starts with the frame of the tick before; the next ones carry the last export.
+    let frame = live_frame(&v, |f| {
+        f["memory"]["heap_after_gc_bytes"].as_f64() == Some(sent)
+    });
+    assert!(frame["memory"]["heap_limit_bytes"].is_null());
+    eprintln!("figure: Node heap used {sent} B (SDK, summed over spaces); page heap row {ours} B");
+}

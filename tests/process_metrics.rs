@@ -14,7 +14,8 @@ fn independent(pid: u32) -> (u64, u64, u64, f64, f64) {
     let hz = procfs::ticks_per_second() as f64;
     let rss = stat.rss * page;
     let fds = p.fd_count().expect("fd count") as u64;
-    let cpu = (stat.utime + stat.stime) as f64 / hz;
+    // A target is its process tree: its CPU includes the children it reaped (cutime, cstime).
+    let cpu = (stat.utime + stat.stime + stat.cutime as u64 + stat.cstime as u64) as f64 / hz;
     (rss, fds, stat.num_threads as u64, cpu, 1.0 / hz)
 }
 

@@ -61,8 +61,18 @@ fn switching_to_the_surviving_match_is_not_a_restart() {
         )
         .is_some()
     });
-    let (code, _, page) = v.get("/", None);
-    assert_eq!(code, 200);
+    // The page names the target once its first sample (the whole tree's) is taken.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let page = loop {
+        let (code, _, page) = v.get("/", None);
+        assert_eq!(code, 200);
+        if page.contains(&format!("watching pid {first_pid} (python3"))
+            || std::time::Instant::now() > deadline
+        {
+            break page;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(
         page.contains(&format!("watching pid {first_pid} (python3")),
         "{page}"

@@ -450,7 +450,7 @@ impl HsperfReader {
     }
 }
 
-/// Ticks between searches for the file while none is open.
+/// Ticks between searches for the file while none is open, for a target not known to run a JVM.
 const SEARCH_EVERY_TICKS: u64 = 10;
 
 /// The hsperfdata probe: finds the target's file (every tenth tick until found), reads it every tick, and
@@ -527,7 +527,14 @@ impl Probe for HsperfProbe {
     }
 
     fn program_changed(&mut self, target: &ProbeTarget) {
-        // As at attach: the next tick looks for the new program's file, with the same start-up grace.
+        // As at attach: the next read looks for the new program's file, with the same start-up grace. The
+        // program may be another process of the tree (the JVM a launcher started): its file is its own.
+        self.owner = Some(HsperfOwner {
+            pid: target.pid,
+            nspid: target.nspid,
+            uid: target.uid,
+            start_unix_ms: target.start_unix_ms,
+        });
         self.is_jvm = target.runtime == Some(Runtime::Jvm);
         self.reader = None;
         self.status = None;
@@ -542,7 +549,9 @@ impl Probe for HsperfProbe {
         let Some(owner) = self.owner else {
             return Ok(());
         };
-        let search = self.ticks % SEARCH_EVERY_TICKS == 0;
+        // A JVM's file is looked for every tick until found (its early pauses are in it); anything else's
+        // every tenth, in case a JVM it did not look like is behind it.
+        let search = self.is_jvm || self.ticks % SEARCH_EVERY_TICKS == 0;
         self.ticks = self.ticks.wrapping_add(1);
         if self.reader.is_none() && search {
             let status = match open_for_target(&self.proc_root, &owner) {

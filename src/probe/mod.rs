@@ -11,6 +11,7 @@ pub mod oom;
 pub mod pressure;
 pub mod procfs;
 pub mod sockets;
+pub mod tree;
 
 use crate::runtime::Runtime;
 use std::time::Duration;
@@ -53,8 +54,10 @@ pub struct TargetGone {
 /// attached; a source that could not be read leaves its part absent (never a 0).
 #[derive(Debug, Default)]
 pub struct Observations {
-    /// procfs sample.
+    /// procfs sample of the target's process tree (figures summed over its processes).
     pub proc: Option<ProcSample>,
+    /// The bounded view of the tree's members.
+    pub tree: Option<tree::TreeView>,
     /// Process CPU seconds (user + system), from stat.
     pub proc_cpu_seconds: Option<f64>,
     /// Resident set, bytes, from stat.

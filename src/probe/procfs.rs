@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::kept::{is_gone, KeptFile};
+use super::tree::ProcessTree;
 use super::{Observations, Probe, ProbeTarget, ReadErrorSink, ReadSource, TargetGone};
 
 /// A file's content did not have the expected shape.
@@ -32,14 +33,26 @@ fn perr(file: &'static str, what: impl Into<String>) -> ParseError {
 pub struct Stat {
     /// State letter (R, S, D, Z, …).
     pub state: u8,
+    /// Parent pid (0 for the first process of a pid namespace as its parent sees it).
+    pub ppid: u32,
+    /// Process group.
+    pub pgrp: u32,
     /// Minor faults.
     pub minflt: u64,
+    /// Minor faults of waited-for children (added when the parent reaps them).
+    pub cminflt: u64,
     /// Major faults.
     pub majflt: u64,
+    /// Major faults of waited-for children.
+    pub cmajflt: u64,
     /// User time, clock ticks.
     pub utime: u64,
     /// System time, clock ticks.
     pub stime: u64,
+    /// User time of waited-for children, clock ticks.
+    pub cutime: u64,
+    /// System time of waited-for children, clock ticks.
+    pub cstime: u64,
     /// Threads.
     pub num_threads: u64,
     /// Start time, clock ticks since boot: with the pid, the target's identity.
@@ -48,6 +61,9 @@ pub struct Stat {
     pub vsize: u64,
     /// Resident set, pages.
     pub rss_pages: u64,
+    /// Address of the start of the stack: a new one (address-space randomisation) after every exec, the
+    /// same after a process renames itself. 0 when hidden (no ptrace access) or absent.
+    pub startstack: u64,
 }
 
 impl Stat {
@@ -85,11 +101,12 @@ pub fn parse_stat(buf: &[u8]) -> Result<Stat, ParseError> {
     let rest =
         std::str::from_utf8(&buf[close + 1..]).map_err(|_| perr("stat", "not UTF-8 after comm"))?;
     // Index 0 is field 3 (state) of proc(5). Only the fields used are parsed: others (tpgid, nice) may be
-    // negative.
-    const USED: [usize; 8] = [7, 9, 11, 12, 17, 19, 20, 21];
-    let mut fields = [0u64; 22];
+    // negative. Fields past rss (startstack) are optional: older or fixture files may end at rss.
+    const USED: [usize; 15] = [1, 2, 7, 8, 9, 10, 11, 12, 13, 14, 17, 19, 20, 21, 25];
+    const REQUIRED: usize = 22;
+    let mut fields = [0u64; 26];
     let mut n = 0;
-    for (i, tok) in rest.split_ascii_whitespace().enumerate().take(22) {
+    for (i, tok) in rest.split_ascii_whitespace().enumerate().take(26) {
         if USED.contains(&i) {
             fields[i] = tok
                 .parse()
@@ -97,10 +114,10 @@ pub fn parse_stat(buf: &[u8]) -> Result<Stat, ParseError> {
         }
         n = i + 1;
     }
-    if n < 22 {
+    if n < REQUIRED {
         return Err(perr(
             "stat",
-            format!("truncated: {} fields after comm, need 22", n),
+            format!("truncated: {} fields after comm, need {REQUIRED}", n),
         ));
     }
     let state = rest
@@ -109,16 +126,24 @@ pub fn parse_stat(buf: &[u8]) -> Result<Stat, ParseError> {
         .first()
         .copied()
         .unwrap_or(b'?');
+    let pid_field = |v: u64| u32::try_from(v).unwrap_or(0);
     Ok(Stat {
         state,
+        ppid: pid_field(fields[1]),
+        pgrp: pid_field(fields[2]),
         minflt: fields[7],
+        cminflt: fields[8],
         majflt: fields[9],
+        cmajflt: fields[10],
         utime: fields[11],
         stime: fields[12],
+        cutime: fields[13],
+        cstime: fields[14],
         num_threads: fields[17],
         starttime: fields[19],
         vsize: fields[20],
         rss_pages: fields[21],
+        startstack: fields[25],
     })
 }
 
@@ -299,6 +324,11 @@ pub struct ProcSample {
     pub max_fds: Option<u64>,
     /// PSS, bytes (only with `--pss`).
     pub pss: Option<u64>,
+    /// For a process tree: (open fds, soft limit) of the member closest to its limit, which decides fd
+    /// saturation because the limit is per process. None for a single process (use `open_fds`, `max_fds`).
+    pub fds_fullest: Option<(u64, u64)>,
+    /// Live processes in the target's tree (the root and its descendants); 0 when not counted.
+    pub processes: u64,
 }
 
 /// Why /proc/PID/stat gave no reading.
@@ -370,6 +400,8 @@ pub struct ProcReader {
     max_fds: Option<u64>,
     pss: Option<PssState>,
     buf: Vec<u8>,
+    /// Threads whose schedstat files are kept open; past this the run-queue wait is left out.
+    max_threads: usize,
 }
 
 /// How often (in ticks) the slow tier (limits, thread list refresh, retry of unreadable files) runs.
@@ -416,7 +448,14 @@ impl ProcReader {
                 last: None,
             }),
             buf: Vec::with_capacity(4096),
+            max_threads: MAX_TRACKED_THREADS,
         })
+    }
+
+    /// Lowers the number of threads whose run-queue wait is read (a member of a large tree gets fewer
+    /// than the root).
+    pub fn limit_threads(&mut self, max: usize) {
+        self.max_threads = max.min(MAX_TRACKED_THREADS);
     }
 
     /// The pid being read.
@@ -580,7 +619,7 @@ impl ProcReader {
         refresh: bool,
         errors: &dyn ReadErrorSink,
     ) -> Option<u64> {
-        if threads > MAX_TRACKED_THREADS {
+        if threads > self.max_threads {
             return None;
         }
         if refresh || self.threads.len() != threads {
@@ -623,7 +662,7 @@ impl ProcReader {
                 continue;
             };
             seen.push(tid);
-            if self.threads.len() >= MAX_TRACKED_THREADS {
+            if self.threads.len() >= self.max_threads {
                 continue;
             }
             if let std::collections::hash_map::Entry::Vacant(v) = self.threads.entry(tid) {
@@ -672,8 +711,8 @@ impl ProcReader {
     }
 }
 
-/// The procfs probe: keeps the target's /proc/PID files open, samples them, and is the one probe that says
-/// the target is gone.
+/// The procfs probe: keeps the files of the target's process tree open, samples and sums them (see
+/// [`super::tree`]), and is the one probe that says the target is gone (its root exited).
 pub struct ProcfsProbe {
     proc_root: PathBuf,
     pss: Option<PssPolicy>,
@@ -683,12 +722,23 @@ pub struct ProcfsProbe {
     page_size: u64,
     /// kernel.threads-max, read once.
     threads_max: Option<u64>,
-    reader: Option<ProcReader>,
+    /// Cap on the processes of the tree read each tick.
+    max_processes: usize,
+    tree: Option<ProcessTree>,
+    /// When the tree was last sampled, for per-member CPU.
+    last_sample: Option<Instant>,
 }
 
 impl ProcfsProbe {
-    /// A probe reading under `proc_root`, with this kernel's clock ticks per second and page size.
-    pub fn new(proc_root: &Path, pss: Option<PssPolicy>, hz: u64, page_size: u64) -> Self {
+    /// A probe reading under `proc_root`, with this kernel's clock ticks per second and page size, reading
+    /// at most `max_processes` processes of the target's tree.
+    pub fn new(
+        proc_root: &Path,
+        pss: Option<PssPolicy>,
+        hz: u64,
+        page_size: u64,
+        max_processes: usize,
+    ) -> Self {
         let threads_max = std::fs::read_to_string(proc_root.join("sys/kernel/threads-max"))
             .ok()
             .and_then(|s| s.trim().parse().ok());
@@ -698,8 +748,20 @@ impl ProcfsProbe {
             hz: hz.max(1),
             page_size,
             threads_max,
-            reader: None,
+            max_processes,
+            tree: None,
+            last_sample: None,
         }
+    }
+
+    /// The attached tree, if any.
+    pub fn tree(&self) -> Option<&ProcessTree> {
+        self.tree.as_ref()
+    }
+
+    /// The attached tree, to tell it of an exec it could not see.
+    pub fn tree_mut(&mut self) -> Option<&mut ProcessTree> {
+        self.tree.as_mut()
     }
 }
 
@@ -709,7 +771,16 @@ impl Probe for ProcfsProbe {
     }
 
     fn attach(&mut self, target: &ProbeTarget, _errors: &dyn ReadErrorSink) -> io::Result<()> {
-        self.reader = Some(ProcReader::open(&self.proc_root, target.pid, self.pss)?);
+        let root = ProcReader::open(&self.proc_root, target.pid, self.pss)?;
+        self.tree = Some(ProcessTree::new(
+            &self.proc_root,
+            root,
+            self.pss,
+            self.hz,
+            self.page_size,
+            self.max_processes,
+        ));
+        self.last_sample = None;
         Ok(())
     }
 
@@ -718,10 +789,16 @@ impl Probe for ProcfsProbe {
         obs: &mut Observations,
         errors: &dyn ReadErrorSink,
     ) -> Result<(), TargetGone> {
-        let Some(reader) = self.reader.as_mut() else {
+        let Some(tree) = self.tree.as_mut() else {
             return Ok(());
         };
-        let p = reader.sample(errors)?;
+        let now = Instant::now();
+        let elapsed = self
+            .last_sample
+            .map_or(0.0, |t| now.duration_since(t).as_secs_f64());
+        self.last_sample = Some(now);
+        let reading = tree.sample(errors, elapsed)?;
+        let p = reading.sample;
         let hz = self.hz as f64;
         obs.proc_cpu_seconds = p.stat.map(|s| s.cpu_ticks() as f64 / hz);
         obs.rss = p
@@ -730,11 +807,12 @@ impl Probe for ProcfsProbe {
             .map(|b| b as f64);
         obs.threads_max = self.threads_max;
         obs.proc = Some(p);
+        obs.tree = Some(reading.view);
         Ok(())
     }
 
     fn detach(&mut self) {
-        self.reader = None;
+        self.tree = None;
     }
 }
 

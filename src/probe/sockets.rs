@@ -356,8 +356,10 @@ impl Probe for SocketProbe {
         Ok(())
     }
 
-    fn program_changed(&mut self, _target: &ProbeTarget) {
-        // exec() closed the close-on-exec sockets and the new program opens its own: scan at the next tick.
+    fn program_changed(&mut self, target: &ProbeTarget) {
+        // exec() closed the close-on-exec sockets and the new program opens its own, or another process of
+        // the tree runs the program (node under `npm start`): scan its fds at the next tick.
+        self.pid = Some(target.pid);
         self.ticks = 0;
     }
 

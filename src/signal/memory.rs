@@ -7,11 +7,13 @@
 //! drop, e.g. a restart inside the window). A window says nothing until two thirds of it hold data.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::model::{Collector, Metric, MetricKind, Value};
 use crate::probe::hsperf::{Collector as GcCollector, JvmSample};
+use crate::runtime::{self, Runtime};
 
 const BUCKETS: usize = 30;
 const FLOOR_SPAN: usize = BUCKETS / 6;
@@ -24,6 +26,8 @@ struct Bucket {
     min: f64,
     /// A fresh measurement fell in this bucket, not only a value held from an earlier one.
     measured: bool,
+    /// The lowest fresh measurement in the bucket, with its time: a sparse signal's reading.
+    fresh: Option<(f64, f64)>,
 }
 
 /// One window's estimator.
@@ -32,6 +36,43 @@ pub struct Window {
     span: f64,
     width: f64,
     buckets: VecDeque<Bucket>,
+}
+
+/// Below this many fresh readings a window is fitted on its readings rather than on the floor of its
+/// buckets.
+const SPARSE_READINGS: usize = 4;
+
+/// Why a window has no slope, or that it has one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowStatus {
+    /// A slope is exported.
+    Ready,
+    /// Less than two thirds of the span hold data yet.
+    Filling,
+    /// The span is covered but holds fewer than two fresh readings: the source measures more rarely
+    /// than the window is long (a JVM live set between old collections).
+    FewReadings,
+    /// The signal has no value at all yet (heap: no runtime metric and no old collection seen).
+    NoReading,
+}
+
+impl WindowStatus {
+    /// The `status` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            WindowStatus::Ready => "ready",
+            WindowStatus::Filling => "filling",
+            WindowStatus::FewReadings => "few_readings",
+            WindowStatus::NoReading => "no_reading",
+        }
+    }
+
+    const ALL: [WindowStatus; 4] = [
+        WindowStatus::Ready,
+        WindowStatus::Filling,
+        WindowStatus::FewReadings,
+        WindowStatus::NoReading,
+    ];
 }
 
 impl Window {
@@ -61,6 +102,7 @@ impl Window {
             return;
         }
         let index = (t / self.width).floor() as i64;
+        let fresh = measured.then_some((t, v));
         match self.buckets.back_mut() {
             Some(b) if b.index == index => {
                 if v < b.min {
@@ -68,6 +110,9 @@ impl Window {
                     b.t = t;
                 }
                 b.measured |= measured;
+                if measured && b.fresh.is_none_or(|(_, m)| v < m) {
+                    b.fresh = fresh;
+                }
             }
             Some(b) if b.index > index => {} // time went backwards: ignore
             _ => self.buckets.push_back(Bucket {
@@ -75,6 +120,7 @@ impl Window {
                 t,
                 min: v,
                 measured,
+                fresh,
             }),
         }
         while self
@@ -86,12 +132,42 @@ impl Window {
         }
     }
 
-    /// The growth in units per second, or None until the window holds enough data.
+    /// Whether the window can give a slope, and if not why.
+    pub fn status(&self) -> WindowStatus {
+        if self.buckets.is_empty() {
+            WindowStatus::NoReading
+        } else if self.buckets.len() < READY_BUCKETS {
+            WindowStatus::Filling
+        } else if self.readings().len() < 2 {
+            WindowStatus::FewReadings
+        } else {
+            WindowStatus::Ready
+        }
+    }
+
+    /// The fresh readings, one per bucket (its lowest), oldest first.
+    fn readings(&self) -> Vec<(f64, f64)> {
+        self.buckets.iter().filter_map(|b| b.fresh).collect()
+    }
+
+    /// Whether the window holds so few fresh readings (fewer than [`SPARSE_READINGS`]) that the
+    /// trailing floor of held values would be a staircase: its slope is then fitted on the readings.
+    /// A source read more often (RSS every tick, a ZGC live set after each of its cycles) keeps the
+    /// floor, which smooths what each reading carries beside the live set.
+    fn sparse(&self) -> bool {
+        self.readings().len() < SPARSE_READINGS
+    }
+
+    /// The growth in units per second, or None until the window holds enough data (see
+    /// [`Window::status`]). A dense signal (one fresh value in most buckets) is fitted on the floor of
+    /// its buckets; a sparse one on its fresh readings alone: carried values would make a staircase whose
+    /// flat treads pull the median slope to 0 whatever the rises between them.
     pub fn slope(&self) -> Option<f64> {
-        if self.buckets.len() < READY_BUCKETS
-            || self.buckets.iter().filter(|b| b.measured).count() < 2
-        {
+        if self.status() != WindowStatus::Ready {
             return None;
+        }
+        if self.sparse() {
+            return theil_sen(&self.readings());
         }
         let pts: Vec<(f64, f64)> = self.buckets.iter().map(|b| (b.t, b.min)).collect();
         let floor: Vec<(f64, f64)> = (FLOOR_SPAN..pts.len())
@@ -169,12 +245,30 @@ pub struct MemoryReadings {
     pub heap_held: bool,
     /// Cgroup usage and limit.
     pub cgroup: Option<(f64, Option<f64>)>,
+    /// The runtime whose heap `heap` is.
+    pub heap_runtime: Option<Runtime>,
 }
 
 struct Track {
     windows: Vec<Window>,
     last: Option<(f64, Option<f64>)>,
     leak: bool,
+}
+
+impl Track {
+    /// The slopes of the windows that have one, shortest first.
+    fn ready_slopes(&self) -> Vec<f64> {
+        self.windows.iter().filter_map(Window::slope).collect()
+    }
+
+    /// Windows that could decide: all but those whose span is covered yet holds fewer than two fresh
+    /// readings (a window shorter than the source's measuring interval never can).
+    fn able(&self) -> usize {
+        self.windows
+            .iter()
+            .filter(|w| w.status() != WindowStatus::FewReadings)
+            .count()
+    }
 }
 
 /// The JVM's live set from hsperfdata, which has no "used after GC" counter: the old generation's occupancy
@@ -253,10 +347,15 @@ impl JvmLiveSet {
 /// window never decides alone while a longer one is configured: a cache warming up for less than the
 /// shortest window, or a sawtooth slower than its floor, looks like growth there and flat in the next one,
 /// so nothing is said until two windows are ready. A steady leak is therefore flagged once the second
-/// shortest window is ready (two thirds of its span), within the longest ready window.
+/// shortest window is ready (two thirds of its span), within the longest ready window. `windows` counts
+/// the windows able to decide: one that can never hold two readings of a sparse source does not hold
+/// the verdict back, so a JVM whose old collections are rarer than the shortest window is judged on
+/// the longer ones. While too few windows are ready the verdict stands.
 pub fn verdict(was: bool, ready_slopes: &[f64], windows: usize, threshold: f64) -> bool {
+    // Too few ready windows is no new evidence: the verdict stands (a sparse source's window can
+    // hold a single reading for a while between two old collections).
     if ready_slopes.len() < windows.min(2) || ready_slopes.is_empty() {
-        return false;
+        return was;
     }
     if ready_slopes.iter().all(|s| *s > threshold) {
         true
@@ -274,6 +373,8 @@ pub struct MemoryGrowth {
     /// Growth (bytes/s) that counts as a leak when every ready window exceeds it.
     threshold: f64,
     tracks: Mutex<[Track; 3]>,
+    /// The heap's runtime as `Runtime as u8 + 1`, 0 when unknown.
+    heap_runtime: AtomicU8,
 }
 
 /// Default leak threshold: 10 MB per hour, in bytes per second.
@@ -305,6 +406,7 @@ impl MemoryGrowth {
             spans: spans.clone(),
             threshold,
             tracks: Mutex::new([track(), track(), track()]),
+            heap_runtime: AtomicU8::new(0),
         }
     }
 
@@ -331,14 +433,14 @@ impl MemoryGrowth {
             }
             track.leak = verdict(
                 track.leak,
-                &track
-                    .windows
-                    .iter()
-                    .filter_map(Window::slope)
-                    .collect::<Vec<_>>(),
-                track.windows.len(),
+                &track.ready_slopes(),
+                track.able(),
                 self.threshold,
             );
+            if matches!(sig, MemorySignal::Heap) {
+                self.heap_runtime
+                    .store(r.heap_runtime.map_or(0, |r| r as u8 + 1), Ordering::Relaxed);
+            }
         }
     }
 
@@ -374,10 +476,59 @@ impl Collector for MemoryGrowth {
             "",
             MetricKind::Gauge,
         );
+        let mut status = Metric::new(
+            "vitals.memory.growth.status",
+            "1 for the state of each growth window: ready, filling, few_readings (the source measures \
+             more rarely than the window is long) or no_reading (no value yet); 0 for the others",
+            "",
+            MetricKind::Gauge,
+        );
+        let mut heap = Metric::new(
+            "vitals.memory.heap",
+            "Heap in use after GC the heap growth is computed on: the runtime's OTLP metric, else the \
+             JVM's live set after its last old collection (absent until one is seen)",
+            "By",
+            MetricKind::Gauge,
+        );
+        let mut heap_limit = Metric::new(
+            "vitals.memory.heap.limit",
+            "The limit of the heap in vitals_memory_heap_bytes (JVM maximum heap or old generation, V8 \
+             heap limit)",
+            "By",
+            MetricKind::Gauge,
+        );
+        let heap_runtime = match self.heap_runtime.load(Ordering::Relaxed) {
+            0 => None,
+            n => Runtime::ALL.get(usize::from(n - 1)).copied(),
+        };
         for (i, sig) in MemorySignal::ALL.iter().enumerate() {
             let track = &tracks[i];
+            for (w, name) in track.windows.iter().zip(&self.names) {
+                let now = if track.last.is_none() {
+                    WindowStatus::NoReading
+                } else {
+                    w.status()
+                };
+                for st in WindowStatus::ALL {
+                    status.push(
+                        &[
+                            ("signal", sig.label()),
+                            ("window", name),
+                            ("status", st.label()),
+                        ],
+                        Value::Gauge(if st == now { 1.0 } else { 0.0 }),
+                    );
+                }
+            }
             if track.last.is_none() {
                 continue;
+            }
+            if let (MemorySignal::Heap, Some((v, limit))) = (sig, track.last) {
+                let labels = [("runtime", runtime::label_of(heap_runtime))];
+                heap.push(&labels, Value::Gauge(v));
+                if let Some(l) = limit {
+                    heap_limit.push(&labels, Value::Gauge(l));
+                }
             }
             let mut longest = None;
             for (w, name) in track.windows.iter().zip(&self.names) {
@@ -402,7 +553,7 @@ impl Collector for MemoryGrowth {
                 Value::Gauge(if track.leak { 1.0 } else { 0.0 }),
             );
         }
-        out.extend([growth, ttl, leak]);
+        out.extend([growth, ttl, leak, status, heap, heap_limit]);
     }
 }
 
@@ -462,6 +613,103 @@ mod tests {
         };
         let s = run(f, 600.0, 1.0).slope().unwrap();
         assert!(s > 0.0, "slope {s}");
+    }
+
+    /// Feeds a heap that is measured only at old collections (`fresh(t)` gives a reading when one
+    /// happens at tick `t`) and held between, once a second for `secs`; returns for each second whether
+    /// a leak was suspected, and the collector's last output.
+    fn sparse_heap(
+        windows: &[u64],
+        threshold: f64,
+        secs: u64,
+        fresh: impl Fn(u64) -> Option<f64>,
+    ) -> (Vec<bool>, Vec<Metric>) {
+        let spans: Vec<Duration> = windows.iter().map(|s| Duration::from_secs(*s)).collect();
+        let m = MemoryGrowth::new(&spans, threshold);
+        let mut held = None;
+        let mut flags = Vec::new();
+        for t in 0..secs {
+            let now = fresh(t);
+            if now.is_some() {
+                held = now;
+            }
+            m.observe(
+                t as f64,
+                &MemoryReadings {
+                    heap: held.map(|v| (v, None)),
+                    heap_held: now.is_none(),
+                    heap_runtime: Some(Runtime::Jvm),
+                    ..Default::default()
+                },
+            );
+            let mut out = vec![];
+            m.collect(&mut out);
+            flags.push(
+                out.iter()
+                    .find(|f| f.name == "vitals.memory.leak.suspected")
+                    .is_some_and(|f| f.points.iter().any(|p| p.value == Value::Gauge(1.0))),
+            );
+        }
+        let mut out = vec![];
+        m.collect(&mut out);
+        (flags, out)
+    }
+
+    fn heap_series(out: &[Metric], name: &str, labels: &[(&str, &str)]) -> Option<Value> {
+        out.iter()
+            .find(|f| f.name == name)?
+            .points
+            .iter()
+            .find(|p| {
+                labels
+                    .iter()
+                    .all(|(k, v)| p.attributes.iter().any(|(a, b)| a == k && b == v))
+            })
+            .map(|p| p.value.clone())
+    }
+
+    /// The issue's case: a live set growing 210 kB/s read at old collections every 110 s, windows
+    /// 1m,3m, the default threshold. The 1 m window never holds two readings and says so; the 3 m one
+    /// fits the readings (not the staircase of held values, whose treads read 0) and the leak is
+    /// flagged once that window holds 20 of its 30 six-second buckets (from the first reading at 110 s)
+    /// and the second reading (at 220 s): at 222 s.
+    #[test]
+    fn rare_old_collections_still_show_a_leak() {
+        let rate = 210_000.0;
+        let (flags, out) = sparse_heap(&[60, 180], DEFAULT_LEAK_THRESHOLD, 600, |t| {
+            (t % 110 == 0 && t > 0).then_some(50e6 + rate * t as f64)
+        });
+        let first = flags.iter().position(|f| *f);
+        assert_eq!(first, Some(222), "flagged once the 3 m window is ready");
+        assert!(flags[222..].iter().all(|f| *f), "and it stays flagged");
+        fn window(w: &str) -> [(&str, &str); 2] {
+            [("signal", "heap"), ("window", w)]
+        }
+        assert_eq!(
+            heap_series(&out, "vitals.memory.growth", &window("1m")),
+            None,
+            "no slope from one reading"
+        );
+        assert_eq!(
+            heap_series(
+                &out,
+                "vitals.memory.growth.status",
+                &[
+                    ("signal", "heap"),
+                    ("window", "1m"),
+                    ("status", "few_readings")
+                ]
+            ),
+            Some(Value::Gauge(1.0))
+        );
+        match heap_series(&out, "vitals.memory.growth", &window("3m")) {
+            Some(Value::Gauge(s)) => assert!((s - rate).abs() < 1.0, "{s}"),
+            v => panic!("{v:?}"),
+        }
+        assert_eq!(
+            heap_series(&out, "vitals.memory.heap", &[("runtime", "jvm")]),
+            Some(Value::Gauge(50e6 + rate * 550.0))
+        );
     }
 
     #[test]
@@ -549,7 +797,9 @@ mod tests {
     fn one_window_never_decides_alone() {
         // Only the shortest of two is ready and grows fast: no verdict yet.
         assert!(!verdict(false, &[1e6], 2, 100.0));
-        assert!(!verdict(true, &[1e6], 3, 100.0), "and none held over");
+        // Too few ready windows is no new evidence either way: the verdict stands.
+        assert!(verdict(true, &[1e6], 3, 100.0));
+        assert!(verdict(true, &[], 2, 100.0));
         // Both agree.
         assert!(verdict(false, &[1e6, 500.0], 3, 100.0));
         // A warm-up that has plateaued: the short window is flat, the long one still sees the ramp.

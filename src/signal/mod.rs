@@ -6,9 +6,12 @@
 pub mod hints;
 pub mod latency;
 pub mod memory;
+pub mod n_plus_one;
 pub mod pause;
 pub mod pool;
+pub mod query;
 pub mod runtime_metrics;
+pub mod sql_template;
 pub mod target;
 
 use std::sync::{Arc, Mutex};
@@ -16,7 +19,7 @@ use std::time::Instant;
 
 use crate::probe::hsperf::JvmSample;
 use crate::probe::Observations;
-use crate::runtime::Runtime;
+use crate::runtime::{Runtime, PROFILES};
 
 use memory::{JvmLiveSet, MemoryGrowth, MemoryReadings};
 use pause::PauseSignal;
@@ -38,7 +41,13 @@ pub struct Derived {
 
 /// Heap after GC and its limit from the picked heap series: the first heap row of the runtime table
 /// (in table order) that has a used figure, its series summed (the JVM reports one per heap pool).
+#[cfg(test)]
 fn runtime_heap(heap: &[HeapReading]) -> Option<(f64, Option<f64>)> {
+    runtime_heap_row(heap).map(|(v, l, _)| (v, l))
+}
+
+/// Like [`runtime_heap`], with the position of the heap row it came from.
+fn runtime_heap_row(heap: &[HeapReading]) -> Option<(f64, Option<f64>, usize)> {
     let order = heap.iter().filter(|h| !h.limit).map(|h| h.order).min()?;
     let sum = |limit: bool| {
         heap.iter()
@@ -46,7 +55,15 @@ fn runtime_heap(heap: &[HeapReading]) -> Option<(f64, Option<f64>)> {
             .map(|h| h.value)
             .reduce(|a, b| a + b)
     };
-    Some((sum(false)?, sum(true).filter(|l| *l > 0.0)))
+    Some((sum(false)?, sum(true).filter(|l| *l > 0.0), order))
+}
+
+/// The runtime of the heap row at `order` (rows numbered across the table in table order).
+fn heap_row_runtime(order: usize) -> Option<Runtime> {
+    PROFILES
+        .iter()
+        .flat_map(|p| p.heap.iter().map(move |_| p.runtime))
+        .nth(order)
 }
 
 impl Derived {
@@ -73,15 +90,15 @@ impl Derived {
         &self,
         picked: &[HeapReading],
         jvm: Option<&JvmSample>,
-    ) -> Option<(f64, Option<f64>, bool)> {
+    ) -> Option<(f64, Option<f64>, bool, Option<Runtime>)> {
         // The live set tracker follows every hsperfdata sample, used or not, so it never misses a collection.
         let live = jvm.and_then(|j| {
             let mut l = self.jvm_live.lock().unwrap_or_else(|p| p.into_inner());
             l.observe(j)
-                .map(|(v, fresh)| (v, j.old_max.map(|m| m as f64), !fresh))
+                .map(|(v, fresh)| (v, j.old_max.map(|m| m as f64), !fresh, Some(Runtime::Jvm)))
         });
-        runtime_heap(picked)
-            .map(|(used, limit)| (used, limit, false))
+        runtime_heap_row(picked)
+            .map(|(used, limit, order)| (used, limit, false, heap_row_runtime(order)))
             .or(live)
     }
 
@@ -99,8 +116,9 @@ impl Derived {
             t,
             &MemoryReadings {
                 rss: inp.rss.map(|r| (r, cg_limit)),
-                heap: heap.map(|(v, limit, _)| (v, limit)),
+                heap: heap.map(|(v, limit, _, _)| (v, limit)),
                 heap_held: heap.is_some_and(|h| h.2),
+                heap_runtime: heap.and_then(|h| h.3),
                 cgroup: inp
                     .cgroup
                     .and_then(|c| c.memory_usage)

@@ -44,7 +44,13 @@ impl MaxWindow {
         {
             self.seen.pop_front();
         }
-        self.seen.iter().map(|(_, b)| *b).reduce(f64::max)
+        // Pauses found on a first reading are placed back at when they happened, so entries are not
+        // always in order: the age is checked for each.
+        self.seen
+            .iter()
+            .filter(|(t, _)| now.saturating_duration_since(*t) <= MAX_WINDOW)
+            .map(|(_, b)| *b)
+            .reduce(f64::max)
     }
 }
 
@@ -155,6 +161,42 @@ fn longest_pause_since(
         }
     }
     longest
+}
+
+/// The pauses a collector's counters show on the first reading of a JVM (nothing to compare with yet), as
+/// (seconds ago, length in seconds), for those that may fall inside the max's window: a pause still
+/// running with its elapsed time; the last finished one exactly (entry and exit times), placed at its
+/// exit; and, for a JVM younger than the window, the others' mean (total time less the last, over their
+/// count: exact when there is one other, a lower bound of their longest otherwise), placed at the JVM's
+/// start so it never outlives its window. Without a JVM clock nothing is known about when they happened.
+fn pauses_on_first_reading(c: &GcCollector, hz: f64, jvm_now: Option<f64>) -> Vec<(f64, f64)> {
+    let (Some(now), Some(entry), Some(exit)) = (jvm_now, c.last_entry_ticks, c.last_exit_ticks)
+    else {
+        return Vec::new();
+    };
+    let window = MAX_WINDOW.as_secs_f64();
+    let mut out = Vec::new();
+    let running = c.in_pause();
+    let (finished, others_ticks) = if running {
+        out.push((0.0, (now - entry as f64).max(0.0) / hz));
+        // The last finished pause's entry time was overwritten: all finished ones are "others".
+        (c.invocations.saturating_sub(1), c.time_ticks)
+    } else if c.invocations > 0 && exit > 0 {
+        let last = exit.saturating_sub(entry);
+        out.push(((now - exit as f64).max(0.0) / hz, last as f64 / hz));
+        (
+            c.invocations.saturating_sub(1),
+            c.time_ticks.saturating_sub(last),
+        )
+    } else {
+        (0, 0)
+    };
+    let uptime = now / hz;
+    if finished > 0 && others_ticks > 0 && uptime <= window {
+        out.push((uptime, others_ticks as f64 / hz / finished as f64));
+    }
+    out.retain(|(ago, len)| *ago <= window && *len > 0.0);
+    out
 }
 
 /// The pause signal.
@@ -321,9 +363,23 @@ impl PauseSignal {
                     count: Some(c.invocations),
                 },
             );
-            if let Some(prev) = st.jvm_previous.insert(c.index, c.clone()) {
-                if let Some(p) = longest_pause_since(&prev, c, hz, jvm_now) {
-                    longest = Some(longest.map_or(p, |x: f64| x.max(p)));
+            match st.jvm_previous.insert(c.index, c.clone()) {
+                Some(prev) => {
+                    if let Some(p) = longest_pause_since(&prev, c, hz, jvm_now) {
+                        longest = Some(longest.map_or(p, |x: f64| x.max(p)));
+                    }
+                }
+                // First reading (vitals attached, or the JVM is new): what the counters already show
+                // counts where it falls in the window, so no pause since the JVM started is lost.
+                None => {
+                    let window = st
+                        .max
+                        .entry((Runtime::Jvm.label(), "hsperfdata"))
+                        .or_default();
+                    for (ago, len) in pauses_on_first_reading(c, hz, jvm_now) {
+                        let at = now.checked_sub(Duration::from_secs_f64(ago)).unwrap_or(now);
+                        window.push(at, len);
+                    }
                 }
             }
         }
@@ -655,6 +711,80 @@ mod tests {
         assert!(out
             .iter()
             .all(|f| f.points.is_empty() || f.name != "vitals.gc.pause"));
+    }
+
+    /// Attaching 10.5 s after a JVM started whose full collections took 0.61 s and then 0.40 s: the
+    /// first reading counts both where they fall in the window (the last exactly at its exit, the
+    /// other, alone, exactly at the JVM's start), and each leaves the max when its minute is over. A
+    /// JVM whose last pause ended more than a minute ago adds nothing.
+    #[test]
+    fn first_reading_counts_the_pauses_since_the_jvm_started() {
+        let full = |invocations, time_ticks, entry, exit| GcCollector {
+            index: 1,
+            name: "MSC".into(),
+            invocations,
+            time_ticks,
+            last_entry_ticks: Some(entry),
+            last_exit_ticks: Some(exit),
+        };
+        let young = GcCollector {
+            index: 0,
+            name: "PSScavenge".into(),
+            invocations: 10,
+            time_ticks: 50,
+            last_entry_ticks: Some(9_000),
+            last_exit_ticks: Some(9_004),
+        };
+        let jvm = |collectors: Vec<GcCollector>, hrt: u64| JvmSample {
+            frequency: 1000,
+            collectors,
+            hrt_ticks: Some(hrt),
+            ..Default::default()
+        };
+        let max = |p: &PauseSignal| {
+            let mut out = vec![];
+            p.collect(&mut out);
+            out.iter()
+                .find(|f| f.name == "vitals.gc.pause.max")
+                .and_then(|f| f.points.first())
+                .map(|s| s.value.clone())
+        };
+        let sample = jvm(vec![young.clone(), full(2, 1010, 7_600, 8_000)], 10_500);
+        let p = PauseSignal::new();
+        let t0 = Instant::now();
+        p.update_from_hsperf(Some(&sample), t0);
+        assert_eq!(
+            max(&p),
+            Some(Value::Gauge(0.61)),
+            "the first full collection"
+        );
+        // Read 50 s ago: the 0.61 s pause (at most 10.5 s before that reading) is past its minute now;
+        // the 0.40 s one (2.5 s before) is not. 58 s ago: only the young pause of 4 ms (1.5 s before) is
+        // left; 61 s ago: nothing.
+        for (ago, want) in [(50, 0.4), (58, 0.004), (61, 0.0)] {
+            let Some(then) = t0.checked_sub(Duration::from_secs(ago)) else {
+                return; // a machine up for less than a minute
+            };
+            let p = PauseSignal::new();
+            p.update_from_hsperf(Some(&sample), then);
+            assert_eq!(max(&p), Some(Value::Gauge(want)), "read {ago} s ago");
+        }
+
+        // A JVM up for 10 minutes whose last pause ended 100 s ago.
+        let p = PauseSignal::new();
+        let old = jvm(vec![full(5, 3000, 499_000, 500_000)], 600_000);
+        p.update_from_hsperf(Some(&old), t0);
+        assert_eq!(max(&p), Some(Value::Gauge(0.0)));
+
+        // A pause running at attach counts with its elapsed time.
+        let p = PauseSignal::new();
+        let running = jvm(vec![full(3, 1000, 9_800, 9_000)], 10_000);
+        p.update_from_hsperf(Some(&running), t0);
+        assert_eq!(
+            max(&p),
+            Some(Value::Gauge(0.5)),
+            "two finished, mean 0.5 s, running 0.2 s"
+        );
     }
 
     /// A Shenandoah concurrent phase running for 3 s beside a 2 ms pause: the pause max and totals show the

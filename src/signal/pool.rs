@@ -22,6 +22,24 @@ pub struct PoolSnapshot {
     pub max: Option<f64>,
     /// Waiting for a slot.
     pub pending: Option<f64>,
+    /// Open but not in use (connection pools that split their count by state).
+    pub idle: Option<f64>,
+}
+
+impl PoolSnapshot {
+    /// How full the pool is: used / max; for a pool that reports no max but splits its open
+    /// connections into used and idle (SQLAlchemy, Node pg), used / (used + idle). That is the share of
+    /// the open connections in use, an upper bound of used / max since a pool opens connections only up
+    /// to its max; it reaches 1 only when no opened connection is free.
+    pub fn utilization(&self) -> Option<f64> {
+        let used = self.used?;
+        match (self.max, self.idle) {
+            (Some(m), _) if m > 0.0 => Some(used / m),
+            (Some(_), _) => None,
+            (None, Some(idle)) if used + idle > 0.0 => Some(used / (used + idle)),
+            (None, _) => None,
+        }
+    }
 }
 
 /// What one tick offers the pool signal.
@@ -84,18 +102,25 @@ impl PoolSignal {
                 PoolFigure::Used => &mut pool.used,
                 PoolFigure::Max => &mut pool.max,
                 PoolFigure::Pending => &mut pool.pending,
+                PoolFigure::Idle => &mut pool.idle,
             };
             *figure.get_or_insert(0.0) += r.value;
         }
         let f = |v: Option<u64>| v.map(|v| v as f64);
         if let Some(p) = inp.proc {
-            if p.open_fds.is_some() {
+            // The fd limit is per process: the tree's process closest to its limit decides.
+            let (used, max) = match p.fds_fullest {
+                Some((used, max)) => (Some(used), Some(max)),
+                None => (p.open_fds, p.max_fds),
+            };
+            if used.is_some() {
                 st.pools.insert(
                     ("fds", "fds".into()),
                     PoolSnapshot {
-                        used: f(p.open_fds),
-                        max: f(p.max_fds),
+                        used: f(used),
+                        max: f(max),
                         pending: None,
+                        idle: None,
                     },
                 );
             }
@@ -107,6 +132,7 @@ impl PoolSignal {
                         used: Some(stat.num_threads as f64),
                         max: f(limit),
                         pending: None,
+                        idle: None,
                     },
                 );
             }
@@ -119,6 +145,7 @@ impl PoolSignal {
                         used: f(c.pids),
                         max: f(c.pids_limit),
                         pending: None,
+                        idle: None,
                     },
                 );
             }
@@ -131,6 +158,7 @@ impl PoolSignal {
                     used: Some(s.queue as f64),
                     max: Some(s.backlog as f64),
                     pending: None,
+                    idle: None,
                 },
             );
             st.backlog_note = Some(s.source);
@@ -159,6 +187,7 @@ impl PoolSignal {
                         used: Some(cores),
                         max: inp.cgroup.and_then(|c| c.cpu_limit_cores),
                         pending: None,
+                        idle: None,
                     },
                 );
             }
@@ -195,7 +224,7 @@ impl Collector for PoolSignal {
         );
         let mut ratio = Metric::new(
             "vitals.pool.utilization",
-            "Used / max per pool",
+            "Used / max per pool (a DB pool that reports no max: used / open connections)",
             "1",
             MetricKind::Gauge,
         );
@@ -210,10 +239,8 @@ impl Collector for PoolSignal {
             if let Some(p) = s.pending {
                 pending.push(&labels, Value::Gauge(p));
             }
-            if let (Some(u), Some(m)) = (s.used, s.max) {
-                if m > 0.0 {
-                    ratio.push(&labels, Value::Gauge(u / m));
-                }
+            if let Some(r) = s.utilization() {
+                ratio.push(&labels, Value::Gauge(r));
             }
         }
         if let Some(src) = st.backlog_note {

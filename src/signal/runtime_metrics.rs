@@ -20,8 +20,8 @@ use opentelemetry_proto::tonic::metrics::v1::{
 };
 
 use crate::runtime::{
-    DelayMetric, DelayShape, HeapMetric, Instrument, PauseMetric, PoolFigure, PoolMetric, Quantity,
-    Runtime, LIBRARY_POOLS, PROFILES,
+    DelayMetric, DelayShape, HeapMetric, Instrument, PauseMetric, PoolFigure, PoolFigures,
+    PoolMetric, Quantity, Runtime, LIBRARY_POOLS, PROFILES,
 };
 
 /// Most series kept of each kind (pauses, heap, pools, delays); further series are not picked.
@@ -687,16 +687,19 @@ impl RuntimeMetrics {
                 Meaning::Heap { order, limit }
             }
             Pick::Pool(m) => {
-                if !only(m.only) {
-                    return;
-                }
+                let first = |keys: &[&str]| keys.iter().find_map(|k| get(k));
+                let figure = match m.figure {
+                    PoolFigures::One(f) => f,
+                    PoolFigures::ByState(keys) => match first(keys).as_deref() {
+                        Some("used") => PoolFigure::Used,
+                        Some("idle") => PoolFigure::Idle,
+                        _ => return,
+                    },
+                };
                 Meaning::Pool {
                     kind: m.kind,
-                    pool: m
-                        .pool_key
-                        .and_then(get)
-                        .unwrap_or_else(|| m.default_pool.to_owned()),
-                    figure: m.figure,
+                    pool: first(m.pool_keys).unwrap_or_else(|| m.default_pool.to_owned()),
+                    figure,
                 }
             }
             Pick::Delay(runtime, d) => Meaning::Delay {
@@ -1194,15 +1197,25 @@ mod tests {
             ],
         ));
         let got = r.readings(Instant::now());
+        let mut pools = got.pools.clone();
+        pools.sort_by(|a, b| a.value.total_cmp(&b.value));
         assert_eq!(
-            got.pools,
-            [PoolReading {
-                kind: "db",
-                pool: "orders".into(),
-                figure: PoolFigure::Used,
-                value: 7.0
-            }],
-            "idle connections are not in use"
+            pools,
+            [
+                PoolReading {
+                    kind: "db",
+                    pool: "orders".into(),
+                    figure: PoolFigure::Idle,
+                    value: 3.0
+                },
+                PoolReading {
+                    kind: "db",
+                    pool: "orders".into(),
+                    figure: PoolFigure::Used,
+                    value: 7.0
+                }
+            ],
+            "idle connections are a figure of their own, not in use"
         );
         assert_eq!(
             got.heap,
@@ -1213,6 +1226,139 @@ mod tests {
             }]
         );
         assert_eq!(r.sdk_runtime(), Some(Runtime::Jvm));
+    }
+
+    /// Each instrumentation's pool metrics as its current release sends them (name, unit, attribute keys),
+    /// read to the same figures.
+    #[test]
+    fn pool_metrics_of_each_instrumentation() {
+        struct Row {
+            who: &'static str,
+            used: (&'static str, &'static str),
+            max: Option<(&'static str, &'static str)>,
+            pending: Option<(&'static str, &'static str)>,
+            pool_key: &'static str,
+            state_key: &'static str,
+        }
+        let rows = [
+            // opentelemetry-instrumentation-sqlalchemy 0.66b1: usage only, unit without braces.
+            Row {
+                who: "SQLAlchemy",
+                used: ("db.client.connections.usage", "connections"),
+                max: None,
+                pending: None,
+                pool_key: "pool.name",
+                state_key: "state",
+            },
+            // Java agent DbConnectionPoolMetrics (HikariCP, Apache DBCP, c3p0, Vibur, …), default.
+            Row {
+                who: "Java agent / HikariCP",
+                used: ("db.client.connections.usage", "{connections}"),
+                max: Some(("db.client.connections.max", "{connections}")),
+                pending: Some(("db.client.connections.pending_requests", "{requests}")),
+                pool_key: "pool.name",
+                state_key: "state",
+            },
+            // Java agent HikariCP tests of older releases assert the unit without braces.
+            Row {
+                who: "Java agent, older releases",
+                used: ("db.client.connections.usage", "connections"),
+                max: Some(("db.client.connections.max", "connections")),
+                pending: Some(("db.client.connections.pending_requests", "requests")),
+                pool_key: "pool.name",
+                state_key: "state",
+            },
+            // Java agent with OTEL_SEMCONV_STABILITY_OPT_IN=database: new names, old attribute keys.
+            Row {
+                who: "Java agent, stable database conventions",
+                used: ("db.client.connection.count", "{connections}"),
+                max: Some(("db.client.connection.max", "{connections}")),
+                pending: Some(("db.client.connection.pending_requests", "{requests}")),
+                pool_key: "pool.name",
+                state_key: "state",
+            },
+            // @opentelemetry/instrumentation-pg 0.72+: count and pending, no max.
+            Row {
+                who: "Node pg",
+                used: ("db.client.connection.count", "{connection}"),
+                max: None,
+                pending: Some(("db.client.connection.pending_requests", "{request}")),
+                pool_key: "db.client.connection.pool.name",
+                state_key: "db.client.connection.state",
+            },
+            // Npgsql's MetricsReporter (.NET).
+            Row {
+                who: ".NET Npgsql",
+                used: ("db.client.connections.usage", "{connection}"),
+                max: Some(("db.client.connections.max", "{connection}")),
+                pending: Some(("db.client.connections.pending_requests", "{request}")),
+                pool_key: "pool.name",
+                state_key: "state",
+            },
+            // The newest conventions rename .max to .limit.
+            Row {
+                who: "semantic conventions, newest",
+                used: ("db.client.connection.count", "{connection}"),
+                max: Some(("db.client.connection.limit", "{connection}")),
+                pending: Some(("db.client.connection.pending_requests", "{request}")),
+                pool_key: "db.client.connection.pool.name",
+                state_key: "db.client.connection.state",
+            },
+            // Go redisotel and others send no unit at all.
+            Row {
+                who: "no unit",
+                used: ("db.client.connections.usage", ""),
+                max: Some(("db.client.connections.max", "")),
+                pending: None,
+                pool_key: "pool.name",
+                state_key: "state",
+            },
+        ];
+        for row in rows {
+            let r = RuntimeMetrics::new(Duration::from_secs(60));
+            let pool = || kv(row.pool_key, "p1");
+            let mut metrics = vec![gauge(
+                row.used.0,
+                row.used.1,
+                &[
+                    (vec![pool(), kv(row.state_key, "used")], 5.0),
+                    (vec![pool(), kv(row.state_key, "idle")], 1.0),
+                ],
+            )];
+            if let Some((name, unit)) = row.max {
+                metrics.push(gauge(name, unit, &[(vec![pool()], 8.0)]));
+            }
+            if let Some((name, unit)) = row.pending {
+                metrics.push(gauge(name, unit, &[(vec![pool()], 3.0)]));
+            }
+            r.ingest(&request(vec![], metrics));
+            let got = r.readings(Instant::now()).pools;
+            let figure = |f: PoolFigure| {
+                got.iter()
+                    .find(|p| p.figure == f && p.pool == "p1" && p.kind == "db")
+                    .map(|p| p.value)
+            };
+            assert_eq!(figure(PoolFigure::Used), Some(5.0), "{}", row.who);
+            assert_eq!(figure(PoolFigure::Idle), Some(1.0), "{}", row.who);
+            assert_eq!(figure(PoolFigure::Max), row.max.map(|_| 8.0), "{}", row.who);
+            assert_eq!(
+                figure(PoolFigure::Pending),
+                row.pending.map(|_| 3.0),
+                "{}",
+                row.who
+            );
+        }
+        // A pool count in a unit of another quantity is not a pool count.
+        let r = RuntimeMetrics::new(Duration::from_secs(60));
+        r.ingest(&request(
+            vec![],
+            vec![gauge(
+                "db.client.connections.max",
+                "ms",
+                &[(vec![kv("pool.name", "p")], 8.0)],
+            )],
+        ));
+        assert!(r.readings(Instant::now()).pools.is_empty());
     }
 
     /// go.schedule.duration is cumulative: each export's interval is what it gained since the one before;

@@ -8,6 +8,7 @@ use crate::model::{Collector, Metric, MetricKind, Value};
 use crate::probe::cgroup::CgroupSample;
 use crate::probe::pressure::RESOURCES;
 use crate::probe::procfs::ProcSample;
+use crate::probe::tree::TreeView;
 
 /// What is known of the attached target beyond its samples.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +23,8 @@ pub struct TargetInfo {
     pub start_ticks: u64,
     /// How it was selected: `pid`, `pid_file`, `process` or `run` (the `selected_by` label).
     pub selected_by: &'static str,
+    /// The process of the tree that runs the runtime (the root when none does).
+    pub runtime_pid: u32,
 }
 
 /// Why a target instance ended, as far as vitals can know for a process that is not its child.
@@ -58,6 +61,7 @@ pub struct KernelUnits {
 struct State {
     info: Option<TargetInfo>,
     proc: Option<ProcSample>,
+    tree: Option<TreeView>,
     cgroup: Option<CgroupSample>,
     restarts: u64,
     /// OOM kills of the target across its instances (None until its memory cgroup was found).
@@ -97,6 +101,7 @@ impl TargetMetrics {
         s.last_identity = Some(identity);
         s.info = Some(info);
         s.proc = None;
+        s.tree = None;
         s.cgroup = None;
     }
 
@@ -112,6 +117,7 @@ impl TargetMetrics {
         let mut s = self.lock();
         s.info = None;
         s.proc = None;
+        s.tree = None;
         s.cgroup = None;
     }
 
@@ -127,20 +133,30 @@ impl TargetMetrics {
     }
 
     /// Stores one tick's readings.
-    pub fn update(&self, proc: ProcSample, cgroup: Option<CgroupSample>) {
+    pub fn update(&self, proc: ProcSample, cgroup: Option<CgroupSample>, tree: Option<TreeView>) {
         let mut s = self.lock();
         s.proc = Some(proc);
+        s.tree = tree;
         s.cgroup = cgroup;
         s.sampled = true;
     }
 
-    /// The attached target exec()ed another program: same pid and start time (no restart), new comm and
-    /// runtime.
-    pub fn refresh_program(&self, comm: String, runtime: String) {
+    /// The root exec()ed another program or renamed itself: same pid and start time (no restart), new comm.
+    pub fn refresh_comm(&self, comm: String) {
         let mut s = self.lock();
         if let Some(info) = s.info.as_mut() {
             info.comm = comm;
-            info.runtime = runtime;
+        }
+    }
+
+    /// The process of the tree that runs the runtime, and that runtime (`unknown` when none is known).
+    pub fn set_runtime_process(&self, pid: u32, runtime: &str) {
+        let mut s = self.lock();
+        if let Some(info) = s.info.as_mut() {
+            info.runtime_pid = pid;
+            if runtime != crate::runtime::UNKNOWN || info.runtime == crate::runtime::UNKNOWN {
+                info.runtime = runtime.to_owned();
+            }
         }
     }
 
@@ -260,6 +276,7 @@ impl Collector for TargetMetrics {
         }
         let Some(info) = &s.info else { return };
         let pid = info.pid.to_string();
+        let runtime_pid = info.runtime_pid.to_string();
         out.push(
             Metric::new(
                 "vitals.target.info",
@@ -272,6 +289,7 @@ impl Collector for TargetMetrics {
                     ("pid", &pid),
                     ("comm", &info.comm),
                     ("runtime", &info.runtime),
+                    ("runtime_pid", &runtime_pid),
                     ("selected_by", info.selected_by),
                 ],
                 Value::Gauge(1.0),
@@ -284,6 +302,10 @@ impl Collector for TargetMetrics {
         };
         if let Some(p) = &s.proc {
             process_families(&mut b, p, u, start_unix);
+        }
+        if let Some(t) = &s.tree {
+            b.start_unix_nanos = 0;
+            tree_families(&mut b, t);
         }
         if let Some(c) = &s.cgroup {
             b.start_unix_nanos = 0;
@@ -424,6 +446,60 @@ fn process_families(b: &mut Builder<'_>, p: &ProcSample, u: KernelUnits, start_u
     );
 }
 
+/// One series of [`OptionalSeries`]: labels and a value.
+type Labelled<'a> = (&'a [(&'a str, &'a str)], Option<f64>);
+
+/// The tree's size and its bounded view: the largest members by memory and the busiest by CPU.
+fn tree_families(b: &mut Builder<'_>, t: &TreeView) {
+    use MetricKind::*;
+    b.one(
+        "vitals.target.processes",
+        "{process}",
+        Gauge,
+        "Live processes in the target's tree: the selected process and its descendants",
+        &[(&[], Some(t.processes as f64))],
+    );
+    b.one(
+        "vitals.target.processes.untracked",
+        "{process}",
+        Gauge,
+        "Processes of the target's tree past --max-tree-processes: counted, not read, missing from the sums",
+        &[(&[], Some(t.untracked as f64))],
+    );
+    let members = t.members();
+    let pids: Vec<String> = members.iter().map(|m| m.pid.to_string()).collect();
+    let comms: Vec<std::borrow::Cow<'_, str>> = members.iter().map(|m| m.comm.as_str()).collect();
+    let labels: Vec<[(&str, &str); 2]> = pids
+        .iter()
+        .zip(&comms)
+        .map(|(p, c)| [("pid", p.as_str()), ("comm", c.as_ref())])
+        .collect();
+    let rss: Vec<Labelled<'_>> = labels
+        .iter()
+        .zip(members)
+        .map(|(l, m)| (&l[..], Some(m.rss_bytes as f64)))
+        .collect();
+    b.one(
+        "vitals.process.member.memory.usage",
+        "By",
+        Gauge,
+        "Resident set of the tree's largest and busiest processes (at most 10 named at a time)",
+        &rss,
+    );
+    let cpu: Vec<Labelled<'_>> = labels
+        .iter()
+        .zip(members)
+        .map(|(l, m)| (&l[..], Some(m.cpu_cores)))
+        .collect();
+    b.one(
+        "vitals.process.member.cpu.cores",
+        "{cpu}",
+        Gauge,
+        "CPU of the tree's largest and busiest processes over the last interval, in cores",
+        &cpu,
+    );
+}
+
 fn cgroup_families(b: &mut Builder<'_>, c: &CgroupSample) {
     use MetricKind::*;
     let f = |v: Option<u64>| v.map(|v| v as f64);
@@ -547,6 +623,7 @@ mod tests {
             runtime: "jvm".into(),
             start_ticks: 500,
             selected_by: "pid",
+            runtime_pid: 7,
         });
         let stat = Stat {
             utime: 150,
@@ -562,6 +639,7 @@ mod tests {
                 io: None,
                 ..Default::default()
             },
+            None,
             None,
         );
         let mut out = vec![];
@@ -602,9 +680,10 @@ mod tests {
             runtime: "unknown".into(),
             start_ticks: 1,
             selected_by: "process",
+            runtime_pid: 7,
         };
         s.attach(info.clone());
-        s.update(ProcSample::default(), None);
+        s.update(ProcSample::default(), None, None);
         s.detach();
         s.record_exit(ExitReason::OomKill);
         s.set_oom_kills(Some(1));

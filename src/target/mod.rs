@@ -6,7 +6,9 @@ pub mod exit_watch;
 pub mod run;
 pub mod status;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use regex::Regex;
 
@@ -100,28 +102,221 @@ pub struct Found {
     pub wrappers_only: Vec<u32>,
 }
 
-/// Looks for the target once.
-pub fn search(selector: &Selector, proc_root: &Path) -> Result<Found, SearchError> {
-    match selector {
-        Selector::Pid(pid) | Selector::Child(pid) => Ok(Found {
-            target: identify(proc_root, *pid),
-            ..Default::default()
-        }),
-        Selector::PidFile(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| SearchError::PidFile {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-            let pid: u32 = text.trim().parse().map_err(|_| SearchError::PidFile {
-                path: path.clone(),
-                reason: format!("does not hold a pid: {:?}", text.trim()),
-            })?;
-            Ok(Found {
-                target: identify(proc_root, pid),
-                ..Default::default()
-            })
+/// How a process's start time (clock ticks since boot) becomes wall-clock time, to compare with a pid
+/// file's modification time.
+#[derive(Debug, Clone, Copy)]
+pub struct StartClock {
+    /// Boot time, Unix seconds (whole seconds: a start computed from it is never later than the real one).
+    pub boot_time: u64,
+    /// Clock ticks per second.
+    pub hz: u64,
+}
+
+impl StartClock {
+    /// Unix seconds at which a process that started `start_ticks` after boot began.
+    pub fn unix_seconds(&self, start_ticks: u64) -> f64 {
+        self.boot_time as f64 + start_ticks as f64 / self.hz.max(1) as f64
+    }
+}
+
+/// A process that started more than this after its pid file was last written is not the one it names.
+/// Start times are clock ticks (10 ms) since a boot time of whole seconds, and the boot clock may drift from
+/// the wall clock by a little: the slack covers both.
+pub const PID_FILE_SLACK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A process seen by a `--process` scan.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    /// When the scan first listed it.
+    first_seen: Instant,
+    /// Whether its comm or command line matched when last read.
+    matched: bool,
+}
+
+/// A process younger than this (by when a scan first listed it) has its comm and command line read at every
+/// scan: a forked child shows its parent's until it execs.
+const YOUNG: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The search for the target, with what it keeps between searches: a `--process` scan reads the comm and
+/// command line of processes it has not seen before (and of young ones, which may still exec), so a scan of
+/// a host every 100 ms costs a directory listing plus a few reads, not two reads per process.
+pub struct Search {
+    proc_root: PathBuf,
+    clock: StartClock,
+    seen: HashMap<u32, Seen>,
+    listing: Vec<u32>,
+}
+
+impl Search {
+    /// A search under `proc_root`.
+    pub fn new(proc_root: &Path, clock: StartClock) -> Search {
+        Search {
+            proc_root: proc_root.to_path_buf(),
+            clock,
+            seen: HashMap::new(),
+            listing: Vec::new(),
         }
-        Selector::Process(re) => search_regex(re, proc_root),
+    }
+
+    /// Looks for the target once. A `full` search reads every process again (at each tick, so a process
+    /// that exec'd into the program long after it started is found); otherwise only new and young ones.
+    pub fn find(&mut self, selector: &Selector, full: bool) -> Result<Found, SearchError> {
+        match selector {
+            Selector::Pid(pid) | Selector::Child(pid) => Ok(Found {
+                target: identify(&self.proc_root, *pid),
+                ..Default::default()
+            }),
+            Selector::PidFile(path) => self.find_pid_file(path),
+            Selector::Process(re) => self.find_regex(re, full),
+        }
+    }
+
+    /// The process a pid file names, trusted only when it can be the one that wrote (or was written into)
+    /// the file: a process that started after the file was last written got the pid later.
+    fn find_pid_file(&self, path: &Path) -> Result<Found, SearchError> {
+        let err = |reason: String| SearchError::PidFile {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let pid: u32 = text
+            .trim()
+            .parse()
+            .map_err(|_| err(format!("does not hold a pid: {:?}", text.trim())))?;
+        let Some(id) = identify(&self.proc_root, pid) else {
+            return Ok(Found::default());
+        };
+        let written = std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs_f64());
+        let started = self.clock.unix_seconds(id.start_ticks);
+        if let Some(written) = written {
+            if started > written + PID_FILE_SLACK.as_secs_f64() {
+                return Err(err(format!(
+                    "names pid {pid}, but that process started {:.1} s after the file was last written, \
+                     so it is not the process the file names (its pid was reused); waiting for the file to \
+                     be rewritten",
+                    started - written
+                )));
+            }
+        }
+        Ok(Found {
+            target: Some(id),
+            ..Default::default()
+        })
+    }
+
+    /// Picks among the processes that match: the program itself before a process that merely has the
+    /// pattern in its arguments, and never a wrapper (shell, `timeout`, …) while anything else matches;
+    /// among equals the oldest, flagged as ambiguous.
+    fn find_regex(&mut self, re: &Regex, full: bool) -> Result<Found, SearchError> {
+        let me = std::process::id();
+        let entries = std::fs::read_dir(&self.proc_root)
+            .map_err(|e| SearchError::ProcRoot(self.proc_root.clone(), e))?;
+        self.listing.clear();
+        for entry in entries.flatten() {
+            if let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            {
+                self.listing.push(pid);
+            }
+        }
+        self.listing.sort_unstable();
+        let listing = &self.listing;
+        self.seen.retain(|p, _| listing.binary_search(p).is_ok());
+        let now = Instant::now();
+        let mut matches: Vec<(MatchKind, TargetId)> = Vec::new();
+        for &pid in &self.listing {
+            // vitals' own command line holds the pattern; it must never pick itself.
+            if pid == me {
+                continue;
+            }
+            let seen = self.seen.get(&pid).copied();
+            let stale = seen.is_none_or(|s| full || s.matched || now - s.first_seen < YOUNG);
+            if !stale {
+                continue;
+            }
+            let comm = read_comm(&self.proc_root, pid).unwrap_or_default();
+            let argv = read_argv(&self.proc_root, pid);
+            let matched = re.is_match(&comm) || re.is_match(&argv.join(" "));
+            self.seen.insert(
+                pid,
+                Seen {
+                    first_seen: seen.map_or(now, |s| s.first_seen),
+                    matched,
+                },
+            );
+            if !matched {
+                continue;
+            }
+            let Some(id) = identify(&self.proc_root, pid) else {
+                continue;
+            };
+            let exe = std::fs::read_link(self.proc_root.join(pid.to_string()).join("exe")).ok();
+            let exe = exe.as_deref().and_then(|p| p.to_str());
+            matches.push((match_kind(re, &comm, exe, &argv), id));
+        }
+        drop_descendants(&self.proc_root, &mut matches);
+        Ok(pick(matches))
+    }
+}
+
+/// Removes the matches that descend from another match that is not a wrapper: a pre-fork server's workers (gunicorn, nginx, Node
+/// cluster) match as their master does, and they are in its tree, not rivals to it.
+fn drop_descendants(proc_root: &Path, matches: &mut Vec<(MatchKind, TargetId)>) {
+    if matches.len() < 2 {
+        return;
+    }
+    // A wrapper's child is the program it starts, never one of its workers: only programs' trees count.
+    let pids: Vec<u32> = matches
+        .iter()
+        .filter(|(k, _)| *k != MatchKind::Wrapper)
+        .map(|(_, t)| t.pid)
+        .collect();
+    matches.retain(|(_, t)| {
+        let mut pid = t.pid;
+        // A bounded walk up the parents: a deeper chain is unheard of and a loop impossible, but cheap to rule out.
+        for _ in 0..64 {
+            let ppid = std::fs::read(proc_root.join(pid.to_string()).join("stat"))
+                .ok()
+                .and_then(|raw| parse_stat(&raw).ok())
+                .map_or(0, |st| st.ppid);
+            if ppid <= 1 {
+                return true;
+            }
+            if pids.contains(&ppid) {
+                return false;
+            }
+            pid = ppid;
+        }
+        true
+    });
+}
+
+/// The best of the matches (see [`Search::find`]).
+fn pick(mut matches: Vec<(MatchKind, TargetId)>) -> Found {
+    matches.sort_by_key(|(kind, t)| (*kind, t.start_ticks, t.pid));
+    let Some(&(best_kind, _)) = matches.first() else {
+        return Found::default();
+    };
+    if best_kind == MatchKind::Wrapper {
+        return Found {
+            wrappers_only: matches.iter().map(|(_, t)| t.pid).collect(),
+            ..Default::default()
+        };
+    }
+    let ambiguous = matches.iter().filter(|(k, _)| *k == best_kind).count() > 1;
+    let mut it = matches.into_iter().map(|(_, t)| t);
+    let target = it.next();
+    Found {
+        target,
+        passed_over: it.collect(),
+        ambiguous,
+        wrappers_only: vec![],
     }
 }
 
@@ -194,59 +389,6 @@ fn match_kind(re: &Regex, comm: &str, exe: Option<&str>, argv: &[String]) -> Mat
     }
 }
 
-/// Picks among the processes that match: the program itself before a process that merely has the
-/// pattern in its arguments, and never a wrapper (shell, `timeout`, …) while anything else matches; among
-/// equals the oldest, flagged as ambiguous.
-fn search_regex(re: &Regex, proc_root: &Path) -> Result<Found, SearchError> {
-    let me = std::process::id();
-    let entries = std::fs::read_dir(proc_root)
-        .map_err(|e| SearchError::ProcRoot(proc_root.to_path_buf(), e))?;
-    let mut matches: Vec<(MatchKind, TargetId)> = Vec::new();
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        // vitals' own command line holds the pattern; it must never pick itself.
-        if pid == me {
-            continue;
-        }
-        let comm = read_comm(proc_root, pid).unwrap_or_default();
-        let argv = read_argv(proc_root, pid);
-        if !re.is_match(&comm) && !re.is_match(&argv.join(" ")) {
-            continue;
-        }
-        let Some(id) = identify(proc_root, pid) else {
-            continue;
-        };
-        let exe = std::fs::read_link(proc_root.join(pid.to_string()).join("exe")).ok();
-        let exe = exe.as_deref().and_then(|p| p.to_str());
-        matches.push((match_kind(re, &comm, exe, &argv), id));
-    }
-    matches.sort_by_key(|(kind, t)| (*kind, t.start_ticks, t.pid));
-    let Some(&(best_kind, _)) = matches.first() else {
-        return Ok(Found::default());
-    };
-    if best_kind == MatchKind::Wrapper {
-        return Ok(Found {
-            wrappers_only: matches.iter().map(|(_, t)| t.pid).collect(),
-            ..Default::default()
-        });
-    }
-    let ambiguous = matches.iter().filter(|(k, _)| *k == best_kind).count() > 1;
-    let mut it = matches.into_iter().map(|(_, t)| t);
-    let target = it.next();
-    Ok(Found {
-        target,
-        passed_over: it.collect(),
-        ambiguous,
-        wrappers_only: vec![],
-    })
-}
-
 /// Detects the target's runtime from its executable name (or comm when the executable link is not
 /// readable), by the executables of the runtime table; None when no row claims it.
 pub fn detect_runtime(proc_root: &Path, pid: u32, comm: &str) -> Option<Runtime> {
@@ -263,6 +405,12 @@ pub fn detect_runtime(proc_root: &Path, pid: u32, comm: &str) -> Option<Runtime>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn search(selector: &Selector, proc_root: &Path) -> Result<Found, SearchError> {
+        let (hz, _) = crate::probe::procfs::kernel_units();
+        let boot_time = crate::probe::procfs::read_boot_time(proc_root).unwrap();
+        Search::new(proc_root, StartClock { boot_time, hz }).find(selector, true)
+    }
 
     fn pids_of(ids: &[TargetId]) -> Vec<u32> {
         ids.iter().map(|t| t.pid).collect()
@@ -324,6 +472,30 @@ mod tests {
         std::fs::write(&path, format!("{}\n", std::process::id())).unwrap();
         let found = search(&Selector::PidFile(path), Path::new("/proc")).unwrap();
         assert_eq!(found.target.unwrap().pid, std::process::id());
+    }
+
+    #[test]
+    fn pid_file_older_than_the_process_it_names_is_not_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.pid");
+        std::fs::write(&path, format!("{}\n", std::process::id())).unwrap();
+        // Written (last) an hour ago: this process, younger, got the pid afterwards.
+        let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(an_hour_ago)
+            .unwrap();
+        let err = search(&Selector::PidFile(path.clone()), Path::new("/proc")).unwrap_err();
+        assert!(
+            err.to_string().contains("after the file was last written"),
+            "{err}"
+        );
+        // Rewritten now: trusted.
+        std::fs::write(&path, format!("{}\n", std::process::id())).unwrap();
+        let found = search(&Selector::PidFile(path), Path::new("/proc")).unwrap();
+        assert_eq!(found.target.map(|t| t.pid), Some(std::process::id()));
     }
 
     #[test]

@@ -12,7 +12,10 @@ use std::process::ExitStatus;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use std::path::Path;
+
 use crate::config::ChildProtocol;
+use crate::probe::procfs::{parse_stat, read_comm};
 
 /// An address a local client can reach: an unspecified bind address becomes loopback.
 fn reachable(addr: SocketAddr) -> SocketAddr {
@@ -163,20 +166,67 @@ pub fn spawn(
     })
 }
 
-/// Sends `signal` to the child and logs it; a child that already exited is not an error.
-pub fn forward(pid: u32, signal: Signal) {
-    let Ok(pid) = i32::try_from(pid) else { return };
-    match kill(Pid::from_raw(pid), signal) {
+/// Sends `signal` to the child and logs it; a child that already exited is not an error. Without a
+/// terminal the child leads its own process group and the signal goes to the whole group, as GNU `timeout`
+/// does without `--foreground`: `npm start`'s node, a shell's children and a pre-fork server's workers get it
+/// too, so nothing is left running. In a terminal the child shares vitals' group (the terminal's), and the
+/// signal goes to the child alone, as with `timeout --foreground`.
+pub fn forward(pid: u32, signal: Signal, to_group: bool) {
+    let Ok(raw) = i32::try_from(pid) else { return };
+    let (to, whom) = if to_group {
+        (Pid::from_raw(-raw), "the child's process group")
+    } else {
+        (Pid::from_raw(raw), "the child")
+    };
+    match kill(to, signal) {
         Ok(()) => tracing::info!(
             pid,
             signal = signal.as_str(),
-            "forwarded signal to the child; vitals exits when the child does, with its status"
+            "forwarded signal to {whom}; vitals exits when the child does, with its status"
         ),
         Err(nix::errno::Errno::ESRCH) => {}
         Err(e) => {
-            tracing::warn!(pid, signal = signal.as_str(), error = %e, "could not forward signal to the child")
+            tracing::warn!(pid, signal = signal.as_str(), error = %e, "could not forward signal to {whom}")
         }
     }
+}
+
+/// Processes the child started that are still running after it exited: members of `pgrp` (the child's own
+/// group, or vitals' in a terminal) that started no earlier than the child, other than vitals. They were
+/// reparented when the child exited, so the group and the start time are what is left to know them by.
+pub fn leftovers(proc_root: &Path, pgrp: u32, child_start_ticks: u64) -> Vec<(u32, String)> {
+    let me = std::process::id();
+    let Ok(dir) = std::fs::read_dir(proc_root) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Some(st) = std::fs::read(entry.path().join("stat"))
+            .ok()
+            .and_then(|raw| parse_stat(&raw).ok())
+        else {
+            continue;
+        };
+        if st.pgrp == pgrp && st.starttime >= child_start_ticks && st.group_alive() {
+            let comm = read_comm(proc_root, pid).unwrap_or_default();
+            out.push((pid, comm));
+        }
+        if out.len() >= 32 {
+            break;
+        }
+    }
+    out.sort_unstable();
+    out
 }
 
 /// The exit code a shell would report: the child's code, or 128 + the signal that killed it.

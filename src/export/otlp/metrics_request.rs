@@ -246,7 +246,7 @@ fn explicit_buckets(buckets: &[(f64, u64)], count: u64) -> (Vec<f64>, Vec<u64>) 
 
 fn number(v: &Value) -> Option<f64> {
     match v {
-        Value::Sum(x) | Value::Gauge(x) => Some(*x),
+        Value::Sum(x) | Value::Gauge(x) | Value::SumWithExemplar(x, _) => Some(*x),
         _ => None,
     }
 }
@@ -269,11 +269,16 @@ fn convert_metric(
                     continue;
                 };
                 let start = starts.start_of(&m.name, p, monotonic.then_some(x), now);
+                let exemplars = match &p.value {
+                    Value::SumWithExemplar(_, e) => vec![exemplar(e, now)],
+                    _ => Vec::new(),
+                };
                 data_points.push(otlp::NumberDataPoint {
                     attributes: attributes(&p.attributes),
                     start_time_unix_nano: start,
                     time_unix_nano: now,
                     value: Some(number_data_point::Value::AsDouble(x)),
+                    exemplars,
                     ..Default::default()
                 });
             }

@@ -543,6 +543,10 @@ impl MetricSink for Encoder {
                 let suffix = self.value_suffix;
                 self.sample(suffix, None, v, None)
             }
+            ValueRef::SumWithExemplar(v, ex) => {
+                let suffix = self.value_suffix;
+                self.sample(suffix, None, v, om.then_some(ex))
+            }
             ValueRef::Histogram {
                 buckets,
                 sum,

@@ -79,10 +79,10 @@ pub fn exposition_name(name: &str, unit: &str, kind: MetricKind, origin: Origin)
     }
 }
 
-/// The label name an attribute is written under on a metric of `kind`: [`label_name`], with the label a
-/// histogram (`le`) or summary (`quantile`) writes itself moved aside to `exported_…`. Borrows when the
+/// The label name an attribute is written under on a metric of any kind: [`label_name`], with the labels
+/// a histogram (`le`) or summary (`quantile`) writes itself moved aside to `exported_…` on every kind. Borrows when the
 /// key is already a valid label name.
-pub fn exposition_label(key: &str, kind: MetricKind) -> Cow<'_, str> {
+pub fn exposition_label(key: &str, _kind: MetricKind) -> Cow<'_, str> {
     let valid = !key.is_empty()
         && key.len() <= MAX_LABEL_NAME
         && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
@@ -93,12 +93,9 @@ pub fn exposition_label(key: &str, kind: MetricKind) -> Cow<'_, str> {
     } else {
         Cow::Owned(label_name(key))
     };
-    let reserved = match kind {
-        MetricKind::Histogram => "le",
-        MetricKind::Summary => "quantile",
-        _ => return name,
-    };
-    if name == reserved {
+    // Reserved on every kind, not only where the encoder writes them: promtool's lint refuses `le` on a
+    // non-histogram and `quantile` on a non-summary, and a counter's `le` would read as a bucket bound.
+    if name == "le" || name == "quantile" {
         Cow::Owned(format!("exported_{name}"))
     } else {
         name
@@ -297,6 +294,20 @@ mod tests {
         assert_eq!(metric_name("2xx.count", "", Gauge), "_2xx_count");
         assert_eq!(metric_name("a..b__c", "", Gauge), "a_b_c");
         assert_eq!(metric_name("", "", Gauge), "_");
+    }
+
+    #[test]
+    fn le_and_quantile_are_renamed_on_every_kind() {
+        use MetricKind::*;
+        for kind in [Counter, UpDownCounter, Gauge, Histogram, Summary] {
+            assert_eq!(exposition_label("le", kind), "exported_le", "{kind:?}");
+            assert_eq!(
+                exposition_label("quantile", kind),
+                "exported_quantile",
+                "{kind:?}"
+            );
+            assert_eq!(exposition_label("quantiles", kind), "quantiles");
+        }
     }
 
     #[test]

@@ -132,6 +132,74 @@ struct RedSnapshot {
     t: f64,
     all: Hist,
     ops: HashMap<(String, String), Hist>,
+    /// Query latency per (service, query), at most [`OPERATION_LIMIT`].
+    queries: HashMap<(String, String), Hist>,
+    /// N+1 runs counted per (service, operation, query), at most [`OPERATION_LIMIT`].
+    n_plus_one: HashMap<(String, String, String), f64>,
+}
+
+/// The database panel: the slowest queries and the N+1 runs over the RED window, and the database
+/// pools beside them.
+fn db_panel(
+    snap: &RedSnapshot,
+    base: Option<&RedSnapshot>,
+    window: f64,
+    pools: &[PoolRow],
+) -> Json {
+    let mut queries: Vec<(&(String, String), Hist)> = snap
+        .queries
+        .iter()
+        .map(|(k, h)| (k, h.since(base.and_then(|b| b.queries.get(k)))))
+        .filter(|(_, d)| d.count > 0.0)
+        .collect();
+    let p = |q: f64, h: &Hist| bucket_quantile(q, &h.bounds, &h.counts);
+    queries.sort_by(|a, b| {
+        p(0.99, &b.1)
+            .partial_cmp(&p(0.99, &a.1))
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    let slowest: Vec<Json> = queries
+        .iter()
+        .take(TOP_OPERATIONS)
+        .map(|((service, query), d)| {
+            json!({"service": service, "query": query,
+                   "rate": if window > 0.0 { d.count / window } else { 0.0 },
+                   "error_ratio": if d.count > 0.0 { d.errors / d.count } else { 0.0 },
+                   "p50": round(p(0.5, d)), "p99": round(p(0.99, d))})
+        })
+        .collect();
+    let mut runs: Vec<(&(String, String, String), f64, f64)> = snap
+        .n_plus_one
+        .iter()
+        .map(|(k, total)| {
+            let before = base.and_then(|b| b.n_plus_one.get(k)).copied();
+            let recent = match before {
+                Some(b) if b <= *total => total - b,
+                _ => *total,
+            };
+            (k, recent, *total)
+        })
+        .filter(|(_, recent, _)| *recent > 0.0)
+        .collect();
+    runs.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Equal));
+    let offenders: Vec<Json> = runs
+        .iter()
+        .take(TOP_OPERATIONS)
+        .map(|((service, operation, query), recent, total)| {
+            json!({"service": service, "operation": operation, "query": query,
+                   "runs": recent, "runs_total": total})
+        })
+        .collect();
+    let db_pools: Vec<Json> = pools
+        .iter()
+        .filter(|p| p.kind == "db")
+        .map(|p| {
+            json!({"pool": p.pool, "utilization": round(p.utilization), "used": round(p.used),
+                   "max": round(p.max), "pending": round(p.pending)})
+        })
+        .collect();
+    json!({"slowest_queries": slowest, "n_plus_one": offenders, "pools": db_pools,
+           "has_data": !snap.queries.is_empty()})
 }
 
 /// Cumulative counters whose per-second rate the page shows.
@@ -164,7 +232,7 @@ fn label<'a>(s: &'a ModelPoint, name: &str) -> Option<&'a str> {
 
 fn scalar(s: &ModelPoint) -> Option<f64> {
     match s.value {
-        Value::Sum(v) | Value::Gauge(v) => Some(v),
+        Value::Sum(v) | Value::Gauge(v) | Value::SumWithExemplar(v, _) => Some(v),
         _ => None,
     }
 }
@@ -272,7 +340,7 @@ fn round(v: Option<f64>) -> Json {
 
 impl LiveSampler {
     /// A sampler keeping `capacity` seconds of history. `selected_by` says how the target was chosen;
-    /// `otlp_hint` tells the page what endpoint an SDK should use.
+    /// `otlp_hint` is a sentence telling how an app's SDK reaches the receivers, or that it cannot.
     pub fn new(
         capacity: usize,
         policy: HintPolicy,
@@ -336,6 +404,33 @@ impl LiveSampler {
                     .add(buckets, *count, error, native);
             }
         }
+        for s in f.series("vitals.db.query.duration") {
+            let Value::Histogram { buckets, count, .. } = &s.value else {
+                continue;
+            };
+            let error = label(s, "outcome") == Some("error");
+            let key = (
+                label(s, "service").unwrap_or("").to_owned(),
+                label(s, "query").unwrap_or("").to_owned(),
+            );
+            if snap.queries.len() < OPERATION_LIMIT || snap.queries.contains_key(&key) {
+                snap.queries
+                    .entry(key)
+                    .or_default()
+                    .add(buckets, *count, error);
+            }
+        }
+        for s in f.series("vitals.db.n_plus_one") {
+            let Some(v) = scalar(s) else { continue };
+            let key = (
+                label(s, "service").unwrap_or("").to_owned(),
+                label(s, "operation").unwrap_or("").to_owned(),
+                label(s, "query").unwrap_or("").to_owned(),
+            );
+            if snap.n_plus_one.len() < OPERATION_LIMIT {
+                snap.n_plus_one.insert(key, v);
+            }
+        }
         snap
     }
 
@@ -391,19 +486,23 @@ impl LiveSampler {
         let prev = self.prev.unwrap_or_default();
         let dt = if self.prev.is_some() { t - prev.t } else { 0.0 };
         let rate = |n: Option<f64>, p: Option<f64>| per_second(n, p, dt);
+        // Time per second of wall time that can be at most all of it (the app stood still, some task
+        // stalled): two counter reads a tick apart are taken a few ms away from the tick's clock, so
+        // the quotient jitters above 1 under load (100.4% was seen) and is clamped to what it measures.
+        let share = |n: Option<f64>, p: Option<f64>| rate(n, p).map(|r| r.clamp(0.0, 1.0));
         let req_rate = rate(now.requests, prev.requests);
-        let gc_rate = rate(now.gc, prev.gc);
-        let safepoint_rate = rate(now.safepoint, prev.safepoint);
+        let gc_rate = share(now.gc, prev.gc);
+        let safepoint_rate = share(now.safepoint, prev.safepoint);
         let throttled_rate = rate(now.throttled, prev.throttled);
         let throttled_ratio = match (
             rate(now.throttled_periods, prev.throttled_periods),
             rate(now.periods, prev.periods),
         ) {
-            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+            (Some(a), Some(b)) if b > 0.0 => Some((a / b).clamp(0.0, 1.0)),
             _ => None,
         };
         let cpu_cores = rate(now.cpu, prev.cpu);
-        let psi_rates: Vec<Option<f64>> = (0..3).map(|i| rate(now.psi[i], prev.psi[i])).collect();
+        let psi_rates: Vec<Option<f64>> = (0..3).map(|i| share(now.psi[i], prev.psi[i])).collect();
         self.prev = Some(now);
 
         // RED over the snapshot window.
@@ -484,13 +583,15 @@ impl LiveSampler {
 
         // Memory.
         let rss = f.sum("process.memory.usage", &[]);
-        let heap = f
-            .sum(
-                "jvm_memory_used_after_last_gc_bytes",
-                &[("jvm_memory_type", "heap")],
-            )
-            .or_else(|| f.sum("v8js_memory_heap_used_bytes", &[]));
-        let heap_limit = f.sum("jvm_memory_limit_bytes", &[("jvm_memory_type", "heap")]);
+        // The heap the memory signal reads (runtime metrics or the JVM's live set), by its typed family.
+        let heap = f.sum("vitals.memory.heap", &[]);
+        let heap_limit = f.sum("vitals.memory.heap.limit", &[]);
+        let jvm_heap_limit = f.sum("vitals.memory.heap.limit", &[("runtime", "jvm")]);
+        let heap_status = f
+            .series("vitals.memory.growth.status")
+            .filter(|s| label(s, "signal") == Some("heap") && scalar(s) == Some(1.0))
+            .filter_map(|s| label(s, "status"))
+            .next();
         let cgroup = f.sum("vitals.cgroup.memory.usage", &[]);
         let cgroup_limit = f.sum("vitals.cgroup.memory.limit", &[]);
         let mut growth = serde_json::Map::new();
@@ -577,7 +678,7 @@ impl LiveSampler {
                 memory_bytes: rss.or(cgroup),
                 memory_limit_bytes: cgroup_limit,
                 oom_kills: f.sum("vitals.cgroup.memory.oom_kills", &[]),
-                heap_max_bytes: heap_limit,
+                heap_max_bytes: jvm_heap_limit,
                 fds,
                 db_pools,
             });
@@ -605,6 +706,7 @@ impl LiveSampler {
                 Measure::MemoryUsedRatio => memory_ratio,
                 Measure::CpuQuotaRatio => cpu_quota,
                 Measure::PoolUtilization => pool_max_util,
+                Measure::EventLoopP99 => event_loop_p99,
             }
         };
         let mut alerts = Vec::new();
@@ -630,10 +732,7 @@ impl LiveSampler {
         let slow = if !has_red {
             (
                 "none",
-                format!(
-                    "no request spans yet: point the app's OpenTelemetry SDK at vitals ({})",
-                    self.listen_hint
-                ),
+                format!("no request spans yet. {}", self.listen_hint),
             )
         } else if error_ratio.is_some_and(|e| e > threshold(Measure::ErrorRatio, "critical")) {
             (
@@ -817,12 +916,14 @@ impl LiveSampler {
                 "rss_bytes": round(rss),
                 "heap_after_gc_bytes": round(heap),
                 "heap_limit_bytes": round(heap_limit),
+                "heap_status": heap_status,
                 "cgroup_bytes": round(cgroup),
                 "cgroup_limit_bytes": round(cgroup_limit),
                 "growth_bytes_per_second": growth,
                 "time_to_limit_seconds": round(ttl),
                 "leak_suspected": leak,
             },
+            "db": db_panel(&snap, base.as_ref(), window, &pools),
             "pools": pools.iter().map(|p| json!({
                 "pool": p.pool, "kind": p.kind, "utilization": round(p.utilization),
                 "used": round(p.used), "max": round(p.max), "pending": round(p.pending),
@@ -1006,5 +1107,70 @@ mod tests {
         m.push(delay);
         let f = s.tick(1.0, &m);
         assert_eq!(f["pauses"]["event_loop_p99_seconds"], 0.042, "{f}");
+    }
+
+    #[test]
+    fn db_panel_lists_slow_queries_n_plus_one_runs_and_db_pools_beside_them() {
+        let mut s = LiveSampler::new(10, HintPolicy::default(), "pid".into(), String::new());
+        let frame = |s: &mut LiveSampler, t: f64, fast: u64, slow: u64, runs: f64| {
+            let mut q = Metric::new("vitals.db.query.duration", "", "s", MetricKind::Histogram);
+            for (query, le_fast, n) in [("SELECT a", true, fast), ("SELECT b", false, slow)] {
+                let buckets = if le_fast {
+                    vec![(0.001, n), (0.1, n), (f64::INFINITY, n)]
+                } else {
+                    vec![(0.001, 0), (0.1, n), (f64::INFINITY, n)]
+                };
+                q.push(
+                    &[
+                        ("service", "shop"),
+                        ("db_system", "postgresql"),
+                        ("query", query),
+                        ("outcome", "ok"),
+                    ],
+                    Value::Histogram {
+                        buckets,
+                        sum: 0.0,
+                        count: n,
+                        exemplars: vec![],
+                    },
+                );
+            }
+            let n1 = Metric::new("vitals.db.n_plus_one", "", "{run}", MetricKind::Counter).with(
+                &[
+                    ("service", "shop"),
+                    ("operation", "/authors"),
+                    ("query", "SELECT b"),
+                ],
+                Value::Sum(runs),
+            );
+            let l = [("pool", "shop-db"), ("kind", "db")];
+            let mut m = families(vec![], 1.0);
+            m.extend([
+                q,
+                n1,
+                Metric::new("vitals.pool.utilization", "", "1", MetricKind::Gauge)
+                    .with(&l, Value::Gauge(1.0)),
+                Metric::new("vitals.pool.used", "", "", MetricKind::Gauge)
+                    .with(&l, Value::Gauge(10.0)),
+                Metric::new("vitals.pool.max", "", "", MetricKind::Gauge)
+                    .with(&l, Value::Gauge(10.0)),
+                Metric::new("vitals.pool.pending", "", "", MetricKind::Gauge)
+                    .with(&l, Value::Gauge(3.0)),
+            ]);
+            s.tick(t, &m)
+        };
+        frame(&mut s, 1000.0, 100, 5, 4.0);
+        let f = frame(&mut s, 1010.0, 200, 25, 6.0);
+        let db = &f["db"];
+        assert_eq!(db["slowest_queries"][0]["query"], "SELECT b", "{db}");
+        assert!((db["slowest_queries"][0]["rate"].as_f64().unwrap() - 2.0).abs() < 1e-9);
+        assert_eq!(db["n_plus_one"][0]["operation"], "/authors");
+        assert_eq!(
+            db["n_plus_one"][0]["runs"], 2.0,
+            "runs in the window, not since start"
+        );
+        assert_eq!(db["n_plus_one"][0]["runs_total"], 6.0);
+        assert_eq!(db["pools"][0]["pool"], "shop-db");
+        assert_eq!(db["pools"][0]["pending"], 3.0);
     }
 }

@@ -43,7 +43,7 @@ pub struct LiveHub {
 
 impl LiveHub {
     /// A hub whose stream ends on `shutdown`. `selected_by` describes how the target was chosen;
-    /// `otlp_hint` is the endpoint an SDK should be pointed at.
+    /// `otlp_hint` is a sentence telling how an app's SDK reaches the receivers, or that it cannot.
     pub fn new(
         policy: HintPolicy,
         selected_by: String,

@@ -27,6 +27,8 @@ pub enum Measure {
     CpuQuotaRatio,
     /// Utilization of a pool other than the CPU.
     PoolUtilization,
+    /// p99 event-loop (or scheduling) delay, seconds.
+    EventLoopP99,
 }
 
 /// Comparison a rule makes.
@@ -38,6 +40,8 @@ pub enum Compare {
     Below,
     /// value == threshold
     Equal,
+    /// value >= threshold
+    AtLeast,
 }
 
 /// One shipped alert rule, as the page evaluates it.
@@ -66,6 +70,7 @@ impl AlertRule {
             Compare::Above => value > self.threshold,
             Compare::Below => value < self.threshold,
             Compare::Equal => value == self.threshold,
+            Compare::AtLeast => value >= self.threshold,
         }
     }
 }
@@ -141,6 +146,26 @@ pub const RULES: &[AlertRule] = &[
         0.1,
         300.0,
         "vitals_gc_pause_max_seconds > 0.1",
+    ),
+    // The page's longest pause covers the last minute, the rule's `max_over_time` two: the page says
+    // "firing" for the minute the pause is held, Prometheus for up to two more.
+    rule(
+        "VitalsGcPauseVeryLong",
+        "warning",
+        GcPauseMax,
+        AtLeast,
+        1.0,
+        0.0,
+        "max_over_time(vitals_gc_pause_max_seconds[2m]) >= 1",
+    ),
+    rule(
+        "VitalsEventLoopDelayHigh",
+        "warning",
+        EventLoopP99,
+        Above,
+        0.1,
+        300.0,
+        "vitals_event_loop_delay_seconds{statistic=\"p99\"} > 0.1",
     ),
     rule(
         "VitalsPauseTimeRatioHigh",
@@ -225,6 +250,31 @@ pub const RULES: &[AlertRule] = &[
     ),
 ];
 
+/// The shipped alerts the page does not evaluate, and why: each needs what one replica's own frames do
+/// not hold.
+pub const LEFT_TO_PROMETHEUS: &[(&str, &str)] = &[
+    (
+        "VitalsThroughputDrop",
+        "compares with the rate an hour earlier",
+    ),
+    (
+        "VitalsApdexLow",
+        "needs the 5-minute rates of the recording rules",
+    ),
+    (
+        "VitalsCircuitBreakerOpen",
+        "reads an app metric passed through",
+    ),
+    (
+        "VitalsExporterDroppingData",
+        "reads vitals' own drop counters over ten minutes",
+    ),
+    (
+        "VitalsNPlusOneQueries",
+        "needs ten-minute increases held for ten minutes; the page lists the N+1 offenders of the last minute",
+    ),
+];
+
 /// The first rule on `measure` with `severity`, for verdicts that share the alerts' numbers.
 pub fn threshold(measure: Measure, severity: &str) -> f64 {
     RULES
@@ -281,6 +331,7 @@ mod tests {
                 Above => ">",
                 Below => "<",
                 Equal => "==",
+                AtLeast => ">=",
             };
             let written_threshold = r.written.rsplit(op).next().unwrap().trim();
             let number: f64 = if written_threshold == "4 * 3600" {
@@ -302,6 +353,22 @@ mod tests {
                 r.alert
             );
         }
+        // And the other way: every shipped alert is on the page or named as left to Prometheus, so a
+        // new rule cannot be missed by the page unnoticed.
+        for shipped in rules.iter().filter_map(|x| x["alert"].as_str()) {
+            let on_page = RULES.iter().any(|r| r.alert == shipped);
+            let left = LEFT_TO_PROMETHEUS.iter().any(|(a, _)| *a == shipped);
+            assert!(
+                on_page != left,
+                "{shipped}: on the page {on_page}, left to Prometheus {left}; exactly one must hold"
+            );
+        }
+        for (alert, _) in LEFT_TO_PROMETHEUS {
+            assert!(
+                rules.iter().any(|x| x["alert"].as_str() == Some(alert)),
+                "{alert} is not in the rule file"
+            );
+        }
     }
 
     #[test]
@@ -311,6 +378,11 @@ mod tests {
             .find(|r| r.alert == "VitalsMemoryLimitIn4h")
             .unwrap();
         assert!(r.holds(3600.0) && !r.holds(14400.0));
+        let r = RULES
+            .iter()
+            .find(|r| r.alert == "VitalsGcPauseVeryLong")
+            .unwrap();
+        assert!(r.holds(1.0) && !r.holds(0.999));
         assert_eq!(threshold(ErrorRatio, "critical"), 0.10);
         assert_eq!(threshold(ErrorRatio, "warning"), 0.05);
     }

@@ -1,0 +1,731 @@
+//! The target's process tree: the selected process and all its descendants, followed as they fork, exec
+//! and exit, read through one [`ProcReader`] each and summed into one [`ProcSample`] whose counters never go
+//! backwards while workers come and go.
+//!
+//! Membership: a process is in the tree when its parent was in the tree when vitals first saw it, and it
+//! stays in until it exits (a worker whose parent died and that was reparented to init is still the
+//! service's). New processes are found by listing `/proc` once per tick and reading the `stat` of pids
+//! not seen before; pids known to be outside the tree are not read again while they live.
+//!
+//! Counters: CPU time, page faults and disk bytes of a child that its parent reaps move into the parent's
+//! `cutime`/`cstime`, `cminflt`/`cmajflt` and `io` (the kernel adds them in `wait()`), so the tree's total is
+//! the sum over live members of their own plus their reaped children's figures. A member that ends without
+//! a member to reap it (reparented to init, or the last of its line) has its last figures carried, and
+//! context switches and run-queue wait, which no parent inherits, are always carried. Members are read
+//! oldest first, so a parent is read before its children and a reap between the two reads can only make
+//! the sum dip for one tick, never count a child twice; every counter is then held at its highest value.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::procfs::{parse_stat, ProcReader, ProcSample, PssPolicy, Stat, Status};
+use super::{ReadErrorSink, TargetGone};
+use crate::runtime::Runtime;
+
+/// Default cap on the processes of one tree that are read each tick.
+pub const DEFAULT_MAX_PROCESSES: usize = 1000;
+
+/// How many members the bounded view names: the largest by memory and the busiest by CPU, this many each.
+pub const VIEW_TOP: usize = 5;
+
+/// Threads of a member other than the root whose run-queue wait is read (the root: all up to
+/// [`super::procfs::MAX_TRACKED_THREADS`]); a member with more is left out of the tree's wait.
+pub const MEMBER_THREADS: usize = 64;
+
+/// Longest comm the kernel keeps (TASK_COMM_LEN - 1).
+const COMM_LEN: usize = 15;
+
+/// A short command name kept without allocation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Comm {
+    bytes: [u8; COMM_LEN],
+    len: u8,
+}
+
+impl Comm {
+    /// The name from /proc/PID/comm content (trailing newline dropped, cut at 15 bytes).
+    pub fn from_bytes(raw: &[u8]) -> Comm {
+        let raw = raw.strip_suffix(b"\n").unwrap_or(raw);
+        let len = raw.len().min(COMM_LEN);
+        let mut bytes = [0u8; COMM_LEN];
+        bytes[..len].copy_from_slice(&raw[..len]);
+        Comm {
+            bytes,
+            len: len as u8,
+        }
+    }
+
+    /// The name as text (invalid UTF-8 replaced).
+    pub fn as_str(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(&self.bytes[..usize::from(self.len)])
+    }
+}
+
+/// One member of the bounded view.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct MemberView {
+    /// Pid as vitals sees it.
+    pub pid: u32,
+    /// Its command name.
+    pub comm: Comm,
+    /// Resident set, bytes.
+    pub rss_bytes: u64,
+    /// CPU used over the last tick, cores (1.0 = one core busy).
+    pub cpu_cores: f64,
+}
+
+/// The bounded view of the tree: at most [`VIEW_TOP`] members by memory and [`VIEW_TOP`] by CPU (a member in
+/// both lists is named once).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TreeView {
+    /// Live processes in the tree, read or not.
+    pub processes: u64,
+    /// Descendants beyond the cap: in the tree but not read (their figures are missing from the sums).
+    pub untracked: u64,
+    /// The named members; `len` of them are valid.
+    pub members: [MemberView; 2 * VIEW_TOP],
+    /// How many entries of `members` are valid.
+    pub len: usize,
+}
+
+impl TreeView {
+    /// The named members.
+    pub fn members(&self) -> &[MemberView] {
+        &self.members[..self.len]
+    }
+}
+
+/// The member that runs the language runtime, as found in the tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuntimeProcess {
+    /// Its pid.
+    pub pid: u32,
+    /// Its start time, clock ticks since boot.
+    pub start_ticks: u64,
+    /// The runtime.
+    pub runtime: Runtime,
+}
+
+/// Cumulative figures of one member: its own plus what it inherited from reaped children.
+#[derive(Debug, Clone, Copy, Default)]
+struct Totals {
+    user_ticks: u64,
+    system_ticks: u64,
+    minflt: u64,
+    majflt: u64,
+    read_bytes: u64,
+    write_bytes: u64,
+    /// Figures no parent inherits.
+    voluntary: u64,
+    involuntary: u64,
+    sched_wait_ns: u64,
+}
+
+impl Totals {
+    fn of(stat: &Stat, status: Option<&Status>, p: &ProcSample) -> Totals {
+        Totals {
+            user_ticks: stat.utime.saturating_add(stat.cutime),
+            system_ticks: stat.stime.saturating_add(stat.cstime),
+            minflt: stat.minflt.saturating_add(stat.cminflt),
+            majflt: stat.majflt.saturating_add(stat.cmajflt),
+            read_bytes: p.io.map_or(0, |i| i.read_bytes),
+            write_bytes: p.io.map_or(0, |i| i.write_bytes),
+            voluntary: status.and_then(|s| s.voluntary_ctxt).unwrap_or(0),
+            involuntary: status.and_then(|s| s.nonvoluntary_ctxt).unwrap_or(0),
+            sched_wait_ns: p.sched_wait_ns.unwrap_or(0),
+        }
+    }
+
+    fn add(&mut self, o: &Totals) {
+        self.user_ticks = self.user_ticks.saturating_add(o.user_ticks);
+        self.system_ticks = self.system_ticks.saturating_add(o.system_ticks);
+        self.minflt = self.minflt.saturating_add(o.minflt);
+        self.majflt = self.majflt.saturating_add(o.majflt);
+        self.read_bytes = self.read_bytes.saturating_add(o.read_bytes);
+        self.write_bytes = self.write_bytes.saturating_add(o.write_bytes);
+        self.add_uninherited(o);
+    }
+
+    fn add_uninherited(&mut self, o: &Totals) {
+        self.voluntary = self.voluntary.saturating_add(o.voluntary);
+        self.involuntary = self.involuntary.saturating_add(o.involuntary);
+        self.sched_wait_ns = self.sched_wait_ns.saturating_add(o.sched_wait_ns);
+    }
+
+    fn max(&mut self, o: &Totals) {
+        self.user_ticks = self.user_ticks.max(o.user_ticks);
+        self.system_ticks = self.system_ticks.max(o.system_ticks);
+        self.minflt = self.minflt.max(o.minflt);
+        self.majflt = self.majflt.max(o.majflt);
+        self.read_bytes = self.read_bytes.max(o.read_bytes);
+        self.write_bytes = self.write_bytes.max(o.write_bytes);
+        self.voluntary = self.voluntary.max(o.voluntary);
+        self.involuntary = self.involuntary.max(o.involuntary);
+        self.sched_wait_ns = self.sched_wait_ns.max(o.sched_wait_ns);
+    }
+}
+
+/// A member being read.
+struct Member {
+    pid: u32,
+    reader: ProcReader,
+    /// Parent pid at the last read.
+    ppid: u32,
+    comm: Comm,
+    runtime: Option<Runtime>,
+    /// A launcher (npm, gradle's wrapper, …): its runtime is not the service's when a child runs one too.
+    launcher: bool,
+    /// Figures at the last read.
+    last: Totals,
+    /// Stack address at the last read: a new one means the member exec'd another program.
+    startstack: u64,
+    /// Own CPU ticks (utime + stime) at the last read, for the per-tick CPU of the view.
+    own_cpu_ticks: u64,
+    cpu_cores: f64,
+    rss_bytes: u64,
+    /// Seen exited but not yet reaped: its last figures still count, it is not read again.
+    zombie: bool,
+    /// Whether this tick's read found it alive.
+    seen: bool,
+}
+
+/// A pid first seen this tick, not yet placed.
+struct Candidate {
+    pid: u32,
+    ppid: u32,
+    start: u64,
+}
+
+/// The tree of one target: membership and the summed readings.
+pub struct ProcessTree {
+    proc_root: PathBuf,
+    pss: Option<PssPolicy>,
+    page_size: u64,
+    hz: f64,
+    /// Cap on members read.
+    max_processes: usize,
+    /// The root's identity.
+    root_pid: u32,
+    /// Members by (start time, pid): oldest first, so parents are read before their children.
+    members: BTreeMap<(u64, u32), Member>,
+    /// Pid → key in `members`.
+    by_pid: HashMap<u32, (u64, u32)>,
+    /// Pids seen outside the tree, kept while they are listed.
+    outside: HashSet<u32>,
+    /// Descendants found beyond the cap, by pid, kept while they are listed.
+    untracked: HashSet<u32>,
+    /// Figures of members that ended without a member to inherit them.
+    carried: Totals,
+    /// The highest total published: counters never go backwards.
+    published: Totals,
+    /// Reused buffers.
+    listing: Vec<u32>,
+    candidates: Vec<Candidate>,
+    /// When the cap was last logged as reached.
+    cap_logged: bool,
+}
+
+/// Programs that start the runtime that does the work: when one of their descendants runs a runtime
+/// too, that descendant is the service's runtime process. Matched on comm or on the script argv[1]
+/// names (npm's `npm-cli.js`, gradle's wrapper main class, …).
+const LAUNCHER_WORDS: [&str; 14] = [
+    "npm",
+    "npx",
+    "yarn",
+    "pnpm",
+    "npm-cli.js",
+    "yarn.js",
+    "pnpm.cjs",
+    "org.gradle.wrapper.GradleWrapperMain",
+    "org.gradle.launcher.GradleMain",
+    "org.codehaus.plexus.classworlds.launcher.Launcher",
+    "poetry",
+    "pipenv",
+    "hatch",
+    "nodemon",
+];
+
+/// True when the process is a launcher by its comm or command line.
+fn is_launcher(comm: &str, argv: &[u8]) -> bool {
+    let first = comm.split(' ').next().unwrap_or(comm);
+    if LAUNCHER_WORDS.contains(&first) {
+        return true;
+    }
+    argv.split(|b| *b == 0).take(8).any(|arg| {
+        let arg = std::str::from_utf8(arg).unwrap_or("");
+        let base = arg.rsplit('/').next().unwrap_or(arg);
+        LAUNCHER_WORDS.contains(&base) || LAUNCHER_WORDS.contains(&arg)
+    })
+}
+
+/// What the tree's read of one tick gives beyond the summed sample.
+pub struct TreeReading {
+    /// The summed sample.
+    pub sample: ProcSample,
+    /// The bounded view.
+    pub view: TreeView,
+}
+
+impl ProcessTree {
+    /// A tree rooted at `root`, whose reader is already open (its failure to open is the caller's).
+    pub fn new(
+        proc_root: &Path,
+        root: ProcReader,
+        pss: Option<PssPolicy>,
+        hz: u64,
+        page_size: u64,
+        max_processes: usize,
+    ) -> ProcessTree {
+        let root_pid = root.pid();
+        let mut t = ProcessTree {
+            proc_root: proc_root.to_path_buf(),
+            pss,
+            page_size,
+            hz: hz.max(1) as f64,
+            max_processes: max_processes.max(1),
+            root_pid,
+            members: BTreeMap::new(),
+            by_pid: HashMap::new(),
+            outside: HashSet::new(),
+            untracked: HashSet::new(),
+            carried: Totals::default(),
+            published: Totals::default(),
+            listing: Vec::new(),
+            candidates: Vec::new(),
+            cap_logged: false,
+        };
+        // The root's start time is read with its first sample; 0 sorts it first, as the oldest.
+        t.insert(root_pid, 0, 0, root);
+        t
+    }
+
+    fn insert(&mut self, pid: u32, ppid: u32, start: u64, reader: ProcReader) {
+        let (comm, runtime, launcher) = program_of(&self.proc_root, pid);
+        let key = (start, pid);
+        self.by_pid.insert(pid, key);
+        self.members.insert(
+            key,
+            Member {
+                pid,
+                reader,
+                ppid,
+                comm,
+                runtime,
+                launcher,
+                last: Totals::default(),
+                startstack: 0,
+                own_cpu_ticks: 0,
+                cpu_cores: 0.0,
+                rss_bytes: 0,
+                zombie: false,
+                seen: false,
+            },
+        );
+    }
+
+    /// A member exec'd another program where its stack address could not show it: read its program again.
+    pub fn refresh_program(&mut self, pid: u32) {
+        let Some(key) = self.by_pid.get(&pid) else {
+            return;
+        };
+        if let Some(m) = self.members.get_mut(key) {
+            (m.comm, m.runtime, m.launcher) = program_of(&self.proc_root, pid);
+        }
+    }
+
+    /// Live members, read or not.
+    pub fn processes(&self) -> usize {
+        self.members.len() + self.untracked.len()
+    }
+
+    /// The pids of the members, oldest first.
+    pub fn member_pids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.members.values().filter(|m| !m.zombie).map(|m| m.pid)
+    }
+
+    /// The member that runs the service's runtime: a member that is not a launcher before one that is,
+    /// then the oldest. None when no member runs a known runtime.
+    pub fn runtime_process(&self) -> Option<RuntimeProcess> {
+        let pick = |launchers: bool| {
+            self.members
+                .iter()
+                .filter(|(_, m)| !m.zombie && m.launcher == launchers)
+                .find_map(|(&(start, _), m)| {
+                    m.runtime.map(|runtime| RuntimeProcess {
+                        pid: m.pid,
+                        start_ticks: start,
+                        runtime,
+                    })
+                })
+        };
+        pick(false).or_else(|| pick(true))
+    }
+
+    /// Finds processes that joined the tree since the last tick: lists `proc_root`, reads `stat` of pids
+    /// not seen before, and takes those whose parent is a member (oldest first, so a grandchild born in the
+    /// same tick follows its parent in).
+    fn discover(&mut self) {
+        self.listing.clear();
+        let Ok(dir) = std::fs::read_dir(&self.proc_root) else {
+            return;
+        };
+        for entry in dir.flatten() {
+            if let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            {
+                self.listing.push(pid);
+            }
+        }
+        self.listing.sort_unstable();
+        let listing = &self.listing;
+        let listed = |p: &u32| listing.binary_search(p).is_ok();
+        self.outside.retain(listed);
+        self.untracked.retain(listed);
+        self.candidates.clear();
+        for &pid in &self.listing {
+            if self.by_pid.contains_key(&pid)
+                || self.outside.contains(&pid)
+                || self.untracked.contains(&pid)
+            {
+                continue;
+            }
+            let path = self.proc_root.join(pid.to_string()).join("stat");
+            let Ok(raw) = std::fs::read(&path) else {
+                continue;
+            };
+            match parse_stat(&raw) {
+                Ok(st) if st.group_alive() => self.candidates.push(Candidate {
+                    pid,
+                    ppid: st.ppid,
+                    start: st.starttime,
+                }),
+                // A zombie or an unparsable file: looked at again next tick.
+                _ => {}
+            }
+        }
+        self.candidates.sort_unstable_by_key(|c| (c.start, c.pid));
+        let candidates = std::mem::take(&mut self.candidates);
+        for c in &candidates {
+            let parent_in = self.by_pid.contains_key(&c.ppid) || self.untracked.contains(&c.ppid);
+            if !parent_in || c.pid == std::process::id() {
+                self.outside.insert(c.pid);
+                continue;
+            }
+            if self.members.len() >= self.max_processes {
+                self.untracked.insert(c.pid);
+                if !self.cap_logged {
+                    self.cap_logged = true;
+                    tracing::warn!(
+                        root = self.root_pid,
+                        cap = self.max_processes,
+                        "the target's process tree is larger than --max-tree-processes; processes past \
+                         the cap are counted in vitals_target_processes_untracked but not read"
+                    );
+                }
+                continue;
+            }
+            // One that is gone already went to its parent, which reaps it and inherits its figures.
+            if let Ok(mut reader) = ProcReader::open(&self.proc_root, c.pid, self.pss) {
+                reader.limit_threads(MEMBER_THREADS);
+                self.insert(c.pid, c.ppid, c.start, reader);
+            }
+        }
+        self.candidates = candidates;
+    }
+
+    /// Reads every member once and sums them. `Err` only when the root is gone (a zombie root is gone:
+    /// the service ended).
+    pub fn sample(
+        &mut self,
+        errors: &dyn ReadErrorSink,
+        tick_seconds: f64,
+    ) -> Result<TreeReading, TargetGone> {
+        self.discover();
+        let mut live = Totals::default();
+        let mut sum = Sums::default();
+        let mut root_sample: Option<ProcSample> = None;
+        let mut ended: Vec<(u64, u32)> = Vec::new();
+        for (key, m) in self.members.iter_mut() {
+            m.seen = false;
+            if m.zombie {
+                if still_listed(&self.proc_root, m.pid) {
+                    live.add(&m.last);
+                    m.seen = true;
+                } else {
+                    ended.push(*key);
+                }
+                continue;
+            }
+            match m.reader.sample(errors) {
+                Ok(p) => {
+                    m.seen = true;
+                    if let Some(st) = p.stat {
+                        m.ppid = st.ppid;
+                        if st.startstack != m.startstack {
+                            if m.startstack != 0 && st.startstack != 0 {
+                                (m.comm, m.runtime, m.launcher) =
+                                    program_of(&self.proc_root, m.pid);
+                            }
+                            m.startstack = st.startstack;
+                        }
+                        m.last = Totals::of(&st, p.status.as_ref(), &p);
+                        let own = st.cpu_ticks();
+                        let delta = own.saturating_sub(m.own_cpu_ticks);
+                        m.cpu_cores = if m.own_cpu_ticks == 0 || tick_seconds <= 0.0 {
+                            0.0
+                        } else {
+                            delta as f64 / self.hz / tick_seconds
+                        };
+                        m.own_cpu_ticks = own;
+                        m.rss_bytes = st.rss_bytes(self.page_size).unwrap_or(0);
+                    }
+                    live.add(&m.last);
+                    sum.add(&p);
+                    if m.pid == self.root_pid {
+                        root_sample = Some(p);
+                    }
+                }
+                Err(_) if m.pid == self.root_pid => return Err(TargetGone { pid: m.pid }),
+                Err(_) => {
+                    if still_listed(&self.proc_root, m.pid) {
+                        // Exited, not yet reaped: its figures stay until its parent takes them.
+                        m.zombie = true;
+                        m.seen = true;
+                        live.add(&m.last);
+                    } else {
+                        ended.push(*key);
+                    }
+                }
+            }
+        }
+        for key in &ended {
+            if let Some(m) = self.members.get(key) {
+                self.by_pid.remove(&m.pid);
+            }
+        }
+        for key in ended {
+            if let Some(m) = self.members.remove(&key) {
+                // A live member parent reaps it and inherits its CPU, faults and disk bytes.
+                let inherited = self
+                    .by_pid
+                    .get(&m.ppid)
+                    .and_then(|k| self.members.get(k))
+                    .is_some_and(|p| !p.zombie && p.seen);
+                if inherited {
+                    self.carried.add_uninherited(&m.last);
+                } else {
+                    self.carried.add(&m.last);
+                }
+            }
+        }
+        let root = root_sample.ok_or(TargetGone { pid: self.root_pid })?;
+        // The root's start time is its identity's; the map key set at attach is corrected once.
+        if let Some(st) = root.stat {
+            if let Some(&key) = self.by_pid.get(&self.root_pid) {
+                if key.0 != st.starttime {
+                    if let Some(m) = self.members.remove(&key) {
+                        let new = (st.starttime, self.root_pid);
+                        self.by_pid.insert(self.root_pid, new);
+                        self.members.insert(new, m);
+                    }
+                }
+            }
+        }
+        let mut total = self.carried;
+        total.add(&live);
+        total.max(&self.published);
+        self.published = total;
+        Ok(TreeReading {
+            sample: self.summed(root, &sum, &total),
+            view: self.view(),
+        })
+    }
+
+    /// The tree's sample: the root's identity with the summed figures.
+    fn summed(&self, root: ProcSample, sum: &Sums, total: &Totals) -> ProcSample {
+        let mut out = root;
+        if let Some(st) = out.stat.as_mut() {
+            st.utime = total.user_ticks;
+            st.stime = total.system_ticks;
+            st.cutime = 0;
+            st.cstime = 0;
+            st.minflt = total.minflt;
+            st.majflt = total.majflt;
+            st.cminflt = 0;
+            st.cmajflt = 0;
+            st.num_threads = sum.threads;
+            st.vsize = sum.vsize;
+            st.rss_pages = sum.rss_pages;
+        }
+        if let Some(status) = out.status.as_mut() {
+            status.voluntary_ctxt = status.voluntary_ctxt.map(|_| total.voluntary);
+            status.nonvoluntary_ctxt = status.nonvoluntary_ctxt.map(|_| total.involuntary);
+            status.vm_swap = sum.swap;
+            status.vm_rss = status
+                .vm_rss
+                .map(|_| sum.rss_pages.saturating_mul(self.page_size));
+            status.threads = status.threads.map(|_| sum.threads);
+        }
+        if let Some(io) = out.io.as_mut() {
+            io.read_bytes = total.read_bytes;
+            io.write_bytes = total.write_bytes;
+        }
+        out.sched_wait_ns = out.sched_wait_ns.map(|_| total.sched_wait_ns);
+        out.open_fds = sum.open_fds;
+        out.fds_fullest = sum.fullest;
+        out.max_fds = sum.fullest.map(|(_, max)| max).or(root.max_fds);
+        out.pss = sum.pss;
+        out.processes = self.processes() as u64;
+        out
+    }
+
+    /// The bounded view: the largest members by memory and the busiest by CPU.
+    fn view(&self) -> TreeView {
+        let mut view = TreeView {
+            processes: self.processes() as u64,
+            untracked: self.untracked.len() as u64,
+            ..TreeView::default()
+        };
+        let live = || self.members.values().filter(|m| !m.zombie);
+        let mut by_rss: [Option<&Member>; VIEW_TOP] = [None; VIEW_TOP];
+        let mut by_cpu: [Option<&Member>; VIEW_TOP] = [None; VIEW_TOP];
+        for m in live() {
+            top_insert(&mut by_rss, m, |m| m.rss_bytes as f64);
+            top_insert(&mut by_cpu, m, |m| m.cpu_cores);
+        }
+        for m in by_rss.iter().chain(by_cpu.iter()).flatten() {
+            if view.members().iter().any(|v| v.pid == m.pid) {
+                continue;
+            }
+            view.members[view.len] = MemberView {
+                pid: m.pid,
+                comm: m.comm,
+                rss_bytes: m.rss_bytes,
+                cpu_cores: m.cpu_cores,
+            };
+            view.len += 1;
+        }
+        view
+    }
+}
+
+/// Keeps `top` sorted by `key`, largest first, holding the largest members seen.
+fn top_insert<'a>(
+    top: &mut [Option<&'a Member>; VIEW_TOP],
+    m: &'a Member,
+    key: impl Fn(&Member) -> f64,
+) {
+    let k = key(m);
+    let Some(at) = top.iter().position(|slot| slot.is_none_or(|o| key(o) < k)) else {
+        return;
+    };
+    for i in (at + 1..VIEW_TOP).rev() {
+        top[i] = top[i - 1];
+    }
+    top[at] = Some(m);
+}
+
+/// Gauges summed over the members read this tick.
+#[derive(Default)]
+struct Sums {
+    threads: u64,
+    vsize: u64,
+    rss_pages: u64,
+    swap: Option<u64>,
+    open_fds: Option<u64>,
+    pss: Option<u64>,
+    /// (open, limit) of the member whose fds are closest to its limit.
+    fullest: Option<(u64, u64)>,
+}
+
+impl Sums {
+    fn add(&mut self, p: &ProcSample) {
+        let plus = |acc: Option<u64>, v: Option<u64>| match (acc, v) {
+            (a, None) => a,
+            (None, Some(v)) => Some(v),
+            (Some(a), Some(v)) => Some(a.saturating_add(v)),
+        };
+        if let Some(st) = p.stat {
+            self.threads = self.threads.saturating_add(st.num_threads);
+            self.vsize = self.vsize.saturating_add(st.vsize);
+            self.rss_pages = self.rss_pages.saturating_add(st.rss_pages);
+        }
+        self.swap = plus(self.swap, p.status.and_then(|s| s.vm_swap));
+        self.open_fds = plus(self.open_fds, p.open_fds);
+        self.pss = plus(self.pss, p.pss);
+        if let (Some(open), Some(max)) = (p.open_fds, p.max_fds) {
+            let ratio = |(o, m): (u64, u64)| o as f64 / m.max(1) as f64;
+            if self.fullest.is_none_or(|f| ratio((open, max)) > ratio(f)) {
+                self.fullest = Some((open, max));
+            }
+        }
+    }
+}
+
+/// True while /proc/PID still exists (a zombie not yet reaped).
+fn still_listed(proc_root: &Path, pid: u32) -> bool {
+    let path = proc_root.join(pid.to_string()).join("stat");
+    match std::fs::read(path) {
+        Ok(raw) => parse_stat(&raw).is_ok(),
+        Err(e) => !matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ESRCH)),
+    }
+}
+
+/// A process's comm, runtime and whether it is a launcher.
+fn program_of(proc_root: &Path, pid: u32) -> (Comm, Option<Runtime>, bool) {
+    let dir = proc_root.join(pid.to_string());
+    let comm = Comm::from_bytes(&std::fs::read(dir.join("comm")).unwrap_or_default());
+    let argv = std::fs::read(dir.join("cmdline")).unwrap_or_default();
+    let name = comm.as_str();
+    (
+        comm,
+        detect(proc_root, pid, &name),
+        is_launcher(&name, &argv),
+    )
+}
+
+/// The runtime of a process from its executable (or comm when the link is unreadable).
+fn detect(proc_root: &Path, pid: u32, comm: &str) -> Option<Runtime> {
+    let exe = std::fs::read_link(proc_root.join(pid.to_string()).join("exe")).ok();
+    let name = exe
+        .as_deref()
+        .and_then(|p| p.file_name())
+        .and_then(|n| n.to_str())
+        .unwrap_or(comm);
+    Runtime::from_executable(name)
+}
+
+/// Opens the root's reader: the caller's attach fails when this does.
+pub fn open_root(proc_root: &Path, pid: u32, pss: Option<PssPolicy>) -> io::Result<ProcReader> {
+    ProcReader::open(proc_root, pid, pss)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn launchers_are_known_by_comm_or_script() {
+        assert!(is_launcher("npm start", b"npm start\0"));
+        assert!(is_launcher(
+            "node",
+            b"node\0/usr/lib/node_modules/npm/bin/npm-cli.js\0start\0"
+        ));
+        assert!(is_launcher(
+            "java",
+            b"java\0-cp\0gradle-wrapper.jar\0org.gradle.wrapper.GradleWrapperMain\0bootRun\0"
+        ));
+        assert!(!is_launcher("node", b"node\0server.js\0"));
+        assert!(!is_launcher("python3", b"python3\0app.py\0"));
+    }
+
+    #[test]
+    fn comm_is_cut_and_trimmed() {
+        let c = Comm::from_bytes(b"a-very-long-command-name\n");
+        assert_eq!(c.as_str(), "a-very-long-com");
+        assert_eq!(Comm::from_bytes(b"sh\n").as_str(), "sh");
+    }
+}
