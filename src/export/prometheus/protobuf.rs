@@ -314,7 +314,16 @@ pub fn metric_value(kind: MetricKind, start_unix_nanos: u64, value: ValueRef<'_>
                 created_timestamp: created,
             })
         }
-        ValueRef::Sum(v) | ValueRef::Gauge(v) => m.gauge = Some(Gauge { value: Some(v) }),
+        ValueRef::SumWithExemplar(v, e) if kind == MetricKind::Counter => {
+            m.counter = Some(Counter {
+                value: Some(v),
+                exemplar: Some(exemplar(e)),
+                created_timestamp: created,
+            })
+        }
+        ValueRef::Sum(v) | ValueRef::Gauge(v) | ValueRef::SumWithExemplar(v, _) => {
+            m.gauge = Some(Gauge { value: Some(v) })
+        }
         ValueRef::Histogram {
             buckets,
             sum,

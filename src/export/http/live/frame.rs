@@ -417,7 +417,7 @@ impl LiveSampler {
                 snap.queries
                     .entry(key)
                     .or_default()
-                    .add(buckets, *count, error);
+                    .add(buckets, *count, error, None);
             }
         }
         for s in f.series("vitals.db.n_plus_one") {
@@ -1132,6 +1132,7 @@ mod tests {
                         sum: 0.0,
                         count: n,
                         exemplars: vec![],
+                        native: None,
                     },
                 );
             }
