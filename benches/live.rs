@@ -113,6 +113,7 @@ impl Collector for Synthetic {
                         sum: 1.0,
                         count,
                         exemplars: vec![],
+                        native: None,
                     },
                 );
             }

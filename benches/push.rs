@@ -51,6 +51,7 @@ fn gather(points: usize, tick: u64) -> Vec<Metric> {
                         sum: 12.5 * tick as f64,
                         count: cum + 1,
                         exemplars: Vec::new(),
+                        native: None,
                     }
                 }
             };

@@ -1,5 +1,6 @@
 //! What a scrape of 30,000 app series costs, and what it costs everything else: in process, the whole
-//! scrape path (the registry streaming into the Prometheus encoder) beside the copying path scrapes took
+//! scrape path (the registry streaming into the Prometheus encoder, as text, OpenMetrics and the
+//! protobuf exposition) beside the copying path scrapes took
 //! before (gather owned copies, then encode) and beside prometheus-client's encode of the same content;
 //! against the release binary over loopback, OTLP ingest at a fixed rate and `/healthz` latency with and
 //! without scrapes in a loop, vitals' CPU per scrape, RSS after 1 and after 100 scrapes, and stored
@@ -22,7 +23,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
 use vitals::export::http::{render_metrics, render_with};
-use vitals::export::prometheus::{encode, Encoder, Format};
+use vitals::export::prometheus::{encode, Encoder, Escaping, Exposition, Format};
 use vitals::model::Registry;
 use vitals::store::app_metrics::{AppMetrics, AppMetricsConfig};
 use vitals::store::limited::OverflowCounter;
@@ -155,6 +156,15 @@ fn in_process() {
     let stream_om = time_median(runs, || {
         std::hint::black_box(render_with(&mut om_encoder, &registry, om.len()));
     });
+    let protobuf = Exposition {
+        format: Format::Protobuf,
+        escaping: Escaping::Underscores,
+    };
+    let pb_len = render_with(&mut Encoder::for_exposition(protobuf), &registry, 0).len();
+    let mut pb_encoder = Encoder::for_exposition(protobuf);
+    let stream_pb = time_median(runs, || {
+        std::hint::black_box(render_with(&mut pb_encoder, &registry, pb_len));
+    });
     let copying = time_median(runs, || {
         std::hint::black_box(encode(&registry.gather(), Format::Text));
     });
@@ -176,6 +186,12 @@ fn in_process() {
         stream_om,
         om.len(),
         stream_om / pc_time
+    );
+    println!(
+        "  vitals scrape path (stream + encode), protobuf:    {:>7.0} µs ({} bytes), {:.2}x the text path",
+        stream_pb,
+        pb_len,
+        stream_pb / stream_text
     );
     println!(
         "  copying path (gather owned copies + encode), text: {:>7.0} µs, {:.2}x prometheus-client",

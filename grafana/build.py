@@ -18,13 +18,27 @@ OP = SVC + ', operation=~"$operation"'
 
 def app_latency(q):
     # The app's own http.server.request.duration histogram, relabelled so it lines up with vitals' spans.
-    return ('histogram_quantile(%s, sum by (service, operation, le) (label_replace(rate(http_server_request_duration_seconds_bucket{%s, http_route=~"$operation"}[$__rate_interval]), "operation", "$1", "http_route", "(.*)")))' % (q, SVC))
+    legacy = ('histogram_quantile(%s, sum by (service, operation, le) (label_replace(rate(http_server_request_duration_seconds_bucket{%s, http_route=~"$operation"}[$__rate_interval]), "operation", "$1", "http_route", "(.*)")))' % (q, SVC))
+    # A Prometheus 3 that asks for UTF-8 names (escaping=allow-utf-8, its default) stores it under its
+    # OpenTelemetry name and attribute key; the route filter is left out there, because a quoted label name
+    # would not parse in Prometheus 2.
+    utf8 = ('histogram_quantile(%s, sum by (service, operation, le) (label_replace(rate({__name__=~"http\\\\.server\\\\.request\\\\.duration_seconds_bucket", %s}[$__rate_interval]), "operation", "$1", "http.route", "(.*)")))' % (q, SVC))
+    return legacy + " or " + utf8
 
 
 def latency(q):
+    # A Prometheus that scrapes native histograms (protobuf) keeps RED as one native series per label set;
+    # one that does not keeps the classic buckets. The native form comes first, the classic one fills in.
+    native = 'histogram_quantile(%s, sum by (service, operation) (rate(vitals_request_duration_seconds{%s}[$__rate_interval])))' % (q, OP)
     spans = 'histogram_quantile(%s, sum by (service, operation, le) (rate(vitals_request_duration_seconds_bucket{%s}[$__rate_interval])))' % (q, OP)
     # Spans first; the app metric fills in only the operations spans do not cover.
-    return spans + " or " + app_latency(q)
+    return native + " or " + spans + " or " + app_latency(q)
+
+
+def red_count(sel, by):
+    # Request counts per second from RED's count, natively or from the classic `_count` series.
+    return ('sum by (%s) (histogram_count(rate(vitals_request_duration_seconds{%s}[$__rate_interval])))'
+            ' or sum by (%s) (rate(vitals_request_duration_seconds_count{%s}[$__rate_interval]))' % (by, sel, by, sel))
 
 
 def panel(title, unit, targets, kind="timeseries", desc="", w=8, h=8, extra=None):
@@ -71,7 +85,7 @@ def dashboard(uid, title, rows, with_operation=True):
                   variable("pod", 'label_values(vitals_target_up{namespace=~"$namespace"}, pod)', "Pod"),
                   variable("service", 'label_values(target_info{namespace=~"$namespace", pod=~"$pod"}, service_name)', "Service")]
     if with_operation:
-        templating.append(variable("operation", 'label_values(vitals_request_duration_seconds_count{namespace=~"$namespace", pod=~"$pod", service=~"$service"}, operation)', "Operation"))
+        templating.append(variable("operation", 'label_values({__name__=~"vitals_request_duration_seconds(_count)?", namespace=~"$namespace", pod=~"$pod", service=~"$service"}, operation)', "Operation"))
     return {"uid": uid, "title": title, "tags": ["vitals"], "timezone": "browser", "schemaVersion": 39, "version": 1, "editable": True,
             "refresh": "30s", "time": {"from": "now-1h", "to": "now"}, "templating": {"list": templating}, "panels": panels,
             "links": [{"type": "dashboards", "tags": ["vitals"], "asDropdown": True, "title": "vitals"}], "annotations": {"list": []}}
@@ -87,9 +101,9 @@ HEALTH = ("Is vitals watching the process?", [
 ])
 
 SLOW = ("Is it slow?", [
-    panel("Requests per second by operation", "reqps", [('sum by (operation) (rate(vitals_request_duration_seconds_count{%s}[$__rate_interval]))' % OP, "{{operation}}")], desc="From SERVER and CONSUMER spans"),
-    panel("Error ratio by operation", "percentunit", [('sum by (operation) (rate(vitals_request_duration_seconds_count{%s, outcome="error"}[$__rate_interval])) / sum by (operation) (rate(vitals_request_duration_seconds_count{%s}[$__rate_interval]))' % (OP, OP), "{{operation}}")], desc="Span status ERROR or HTTP >= 500; alerts at 5% and 10%"),
-    panel("Apdex (T = 100 ms)", "percentunit", [('(sum by (service) (rate(vitals_request_duration_seconds_bucket{%s, outcome="ok", le="0.1"}[$__rate_interval])) + sum by (service) (rate(vitals_request_duration_seconds_bucket{%s, outcome="ok", le="0.4"}[$__rate_interval]))) / 2 / sum by (service) (rate(vitals_request_duration_seconds_count{%s}[$__rate_interval]))' % (OP, OP, OP), "{{service}}")], desc="Satisfied <= 100 ms, tolerating <= 400 ms"),
+    panel("Requests per second by operation", "reqps", [(red_count(OP, "operation"), "{{operation}}")], desc="From SERVER and CONSUMER spans"),
+    panel("Error ratio by operation", "percentunit", [('(%s) / (%s)' % (red_count(OP + ', outcome="error"', "operation"), red_count(OP, "operation")), "{{operation}}")], desc="Span status ERROR or HTTP >= 500; alerts at 5% and 10%"),
+    panel("Apdex (T = 100 ms)", "percentunit", [('((histogram_fraction(0, 0.1, sum by (service) (rate(vitals_request_duration_seconds{%s, outcome="ok"}[$__rate_interval]))) + histogram_fraction(0, 0.4, sum by (service) (rate(vitals_request_duration_seconds{%s, outcome="ok"}[$__rate_interval])))) / 2 * sum by (service) (histogram_count(rate(vitals_request_duration_seconds{%s, outcome="ok"}[$__rate_interval]))) / sum by (service) (histogram_count(rate(vitals_request_duration_seconds{%s}[$__rate_interval])))) or ((sum by (service) (rate(vitals_request_duration_seconds_bucket{%s, outcome="ok", le="0.1"}[$__rate_interval])) + sum by (service) (rate(vitals_request_duration_seconds_bucket{%s, outcome="ok", le="0.4"}[$__rate_interval]))) / 2 / sum by (service) (rate(vitals_request_duration_seconds_count{%s}[$__rate_interval])))' % (OP, OP, OP, OP, OP, OP, OP), "{{service}}")], desc="Satisfied <= 100 ms, tolerating <= 400 ms"),
     panel("p99 latency by operation", "s", [(latency("0.99"), "{{operation}}")], desc="Spans first, the app's http.server.request.duration as fallback", w=8),
     panel("p95 latency by operation", "s", [(latency("0.95"), "{{operation}}")], w=8),
     panel("p50 latency by operation", "s", [(latency("0.50"), "{{operation}}")], w=8),

@@ -6,6 +6,10 @@
 use std::borrow::Cow;
 use std::sync::{Arc, RwLock};
 
+pub mod exponential;
+
+pub use self::exponential::Exponential;
+
 /// What kind of instrument a metric is, in OpenTelemetry terms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MetricKind {
@@ -72,6 +76,10 @@ pub enum Value {
         count: u64,
         /// One optional exemplar per bucket, same order as `buckets` (may be empty).
         exemplars: Vec<Option<Exemplar>>,
+        /// The same observations in exponential buckets, where the source keeps them (RED, the app's
+        /// exponential histograms): exporters that carry them (Prometheus native histograms, OTLP
+        /// exponential histograms) prefer them to `buckets`.
+        native: Option<Box<Exponential>>,
     },
     /// `(quantile, value)` pairs with sum and count.
     Summary {
@@ -272,6 +280,8 @@ pub enum ValueRef<'a> {
         count: u64,
         /// One optional exemplar per bucket, same order as `buckets` (may be empty).
         exemplars: &'a [Option<Exemplar>],
+        /// The same observations in exponential buckets, where the source keeps them.
+        native: Option<&'a Exponential>,
     },
     /// `(quantile, value)` pairs with sum and count.
     Summary {
@@ -295,11 +305,13 @@ impl<'a> From<&'a Value> for ValueRef<'a> {
                 sum,
                 count,
                 exemplars,
+                native,
             } => ValueRef::Histogram {
                 buckets: BucketCounts::Cumulative(buckets),
                 sum: *sum,
                 count: *count,
                 exemplars,
+                native: native.as_deref(),
             },
             Value::Summary {
                 quantiles,
@@ -530,6 +542,7 @@ impl ValueRef<'_> {
                 sum,
                 count,
                 exemplars,
+                native,
             } => {
                 let mut cumulative = Vec::new();
                 buckets.for_each_cumulative(|_, le, c| cumulative.push((le, c)));
@@ -538,6 +551,7 @@ impl ValueRef<'_> {
                     sum,
                     count,
                     exemplars: exemplars.to_vec(),
+                    native: native.map(|n| Box::new(n.clone())),
                 }
             }
             ValueRef::Summary {

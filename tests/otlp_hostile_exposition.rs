@@ -1,13 +1,17 @@
 //! Legal but hostile OTLP never breaks the exposition: after each input from issue 9 the scrape passes
-//! `promtool check metrics`, a real Prometheus scraping every second keeps `up` at 1 with no duplicate
-//! samples, and vitals' own series stay visible. The receiver answers each input with a partial
+//! `promtool check metrics`, the protobuf exposition decodes with the official Go decoder (its native
+//! histograms adding up), real Prometheus servers scraping every second (one as text, one natively over
+//! protobuf) keep `up` at 1 with no duplicate samples, and vitals' own series stay visible. The receiver answers each input with a partial
 //! success counting what it refused.
 
 mod common;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{prom_api, promtool_check_metrics, query, start_prometheus, Vitals};
+use common::{
+    go_decode_exposition, prom_api, promtool_check_metrics, query, start_prometheus, Vitals,
+    PROTOBUF_ACCEPT,
+};
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
@@ -158,11 +162,39 @@ fn prometheus_counter(prom: &common::Prometheus, name: &str) -> f64 {
         .sum()
 }
 
+/// The protobuf exposition decodes with the official Go decoder, every family, and each histogram's
+/// native buckets add up to its count and its classic buckets are cumulative.
+fn protobuf_decodes(v: &Vitals, what: &str) {
+    let (status, _, body) = v.get_bytes("/metrics", PROTOBUF_ACCEPT);
+    assert_eq!(status, 200, "{what}");
+    let families =
+        go_decode_exposition(&body).unwrap_or_else(|e| panic!("{what}: Go decoder: {e}"));
+    assert!(
+        families
+            .iter()
+            .any(|f| f["name"] == "vitals_exporter_series"),
+        "{what}"
+    );
+    for f in &families {
+        for h in f["histograms"].as_array().into_iter().flatten() {
+            assert!(h["classic_ok"] == true, "{what}: {f}");
+            if h["native"] == true {
+                assert!(h["negative_ok"] == true, "{what}: {f}");
+                assert_eq!(h["native_total"], h["count"], "{what}: {f}");
+            }
+        }
+    }
+}
+
 #[test]
 fn hostile_otlp_never_breaks_a_scrape() {
     let v = Vitals::start(&[]);
     let (_, http) = v.otlp_addrs();
     let prom = start_prometheus(&v.metrics.to_string(), &[]);
+    let native = start_prometheus(
+        &v.metrics.to_string(),
+        &["--enable-feature=native-histograms"],
+    );
     let big = 1u64 << 63;
     // (what, request, points the receiver must refuse)
     let cases: Vec<(&str, ExportMetricsServiceRequest, i64)> = vec![
@@ -290,11 +322,13 @@ fn hostile_otlp_never_breaks_a_scrape() {
         if let Err(e) = promtool_check_metrics(&text) {
             panic!("{what}: promtool rejects the scrape:\n{e}");
         }
+        protobuf_decodes(&v, what);
         let t = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap()
             .as_secs_f64();
         assert_eq!(up_after(&prom, t.max(since)), 1.0, "{what}: up");
+        assert_eq!(up_after(&native, t.max(since)), 1.0, "{what}: up (native)");
         since = t;
     }
     // RED: a separator inside a service name, and a 1 MiB route.
@@ -351,6 +385,8 @@ fn hostile_otlp_never_breaks_a_scrape() {
         .unwrap()
         .as_secs_f64();
     assert_eq!(up_after(&prom, t), 1.0, "RED inputs: up");
+    protobuf_decodes(&v, "RED inputs");
+    assert_eq!(up_after(&native, t), 1.0, "RED inputs: up (native)");
 
     // The forged names never reached Prometheus, the renamed ones did, and vitals' own series are there.
     let names = prom_api(&prom, "/api/v1/label/__name__/values", &[]);
@@ -387,5 +423,19 @@ fn hostile_otlp_never_breaks_a_scrape() {
         "prometheus_target_scrapes_exceeded_sample_limit_total",
     ] {
         assert_eq!(prometheus_counter(&prom, c), 0.0, "{c}");
+        assert_eq!(prometheus_counter(&native, c), 0.0, "{c} (native)");
     }
+    // Natively: the app's exponential histograms and RED arrived as native histograms.
+    assert_eq!(
+        query(&native, "histogram_count(sum(under))"),
+        Some(4.0),
+        "underflowing offsets"
+    );
+    assert_eq!(
+        query(
+            &native,
+            "histogram_count(sum(vitals_request_duration_seconds))"
+        ),
+        Some(3.0)
+    );
 }

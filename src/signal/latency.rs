@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode, Span};
 
-use crate::model::{Collector, Exemplar, Metric, MetricKind, Value};
+use crate::model::{Collector, Exemplar, Exponential, Metric, MetricKind, Value};
 use crate::store::app_metrics::cut_str;
 use crate::store::limited::{LimitedMap, OverflowCounter, OVERFLOW_LABEL};
 
@@ -17,6 +17,17 @@ pub const BUCKETS: [f64; 21] = [
     1.5, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 const SLOTS: usize = BUCKETS.len() + 1;
+
+/// Starting scale of RED's exponential (native) buckets: 16 buckets per doubling, each 4.4% wider than
+/// the one below, so a quantile read from them is off by at most that and, interpolated, by far less.
+pub const NATIVE_SCALE: i32 = 4;
+
+/// Most exponential buckets a RED series keeps: 160 (OpenTelemetry's default) covers 10 doublings at
+/// scale 4 (1 ms to 1 s); a wider spread lowers the scale (to 3: 1 ms to 1000 s), never the count bound.
+pub const NATIVE_MAX_BUCKETS: usize = 160;
+
+/// Durations at or below 2^-20 s (about 1 µs) count in the zero bucket: below a span's clock resolution.
+pub const NATIVE_ZERO_THRESHOLD: f64 = 1.0 / 1_048_576.0;
 
 /// The `kind` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,16 +190,25 @@ struct RedSeries {
     sum: f64,
     count: u64,
     exemplars: [Option<ExemplarSlot>; SLOTS],
+    /// The same durations in exponential buckets (boxed: it grows with the spread of durations).
+    native: Box<Exponential>,
+    /// When the series began, Unix ns: the start of its cumulative counts.
+    start_unix_nanos: u64,
 }
 
 impl RedSeries {
     fn new(labels: [String; 4]) -> Self {
+        let start_unix_nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
         RedSeries {
             labels,
             counts: [0; SLOTS],
             sum: 0.0,
             count: 0,
             exemplars: [None; SLOTS],
+            native: Box::new(Exponential::new(NATIVE_SCALE, NATIVE_ZERO_THRESHOLD)),
+            start_unix_nanos,
         }
     }
 
@@ -198,6 +218,7 @@ impl RedSeries {
             .position(|&b| f.duration <= b)
             .unwrap_or(BUCKETS.len());
         self.counts[i] += 1;
+        self.native.record(f.duration, NATIVE_MAX_BUCKETS);
         self.sum += f.duration;
         self.count += 1;
         let mut trace = [0u8; 16];
@@ -339,6 +360,7 @@ fn histogram_value(s: &RedSeries) -> Value {
         sum: s.sum,
         count: s.count,
         exemplars,
+        native: Some(s.native.clone()),
     }
 }
 
@@ -371,18 +393,19 @@ impl Collector for RedStore {
         rows.sort_by(|a, b| a.labels.cmp(&b.labels));
         for s in rows {
             let [svc, op, kind, outcome] = &s.labels;
-            fam.push(
+            fam.push_started(
                 &[
                     ("service", svc),
                     ("operation", op),
                     ("kind", kind),
                     ("outcome", outcome),
                 ],
+                s.start_unix_nanos,
                 histogram_value(s),
             );
         }
         if let Some(o) = inner.series.overflow_live(now, self.ttl) {
-            fam.push(&[OVERFLOW_LABEL], histogram_value(o));
+            fam.push_started(&[OVERFLOW_LABEL], o.start_unix_nanos, histogram_value(o));
         }
         out.push(fam);
     }

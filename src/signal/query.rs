@@ -303,6 +303,7 @@ fn histogram_value(s: &QuerySeries) -> Value {
         sum: s.sum,
         count: s.count,
         exemplars,
+        native: None,
     }
 }
 

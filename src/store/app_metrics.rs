@@ -15,14 +15,15 @@ use std::time::{Duration, Instant};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{
-    metric::Data, number_data_point, AggregationTemporality, ExponentialHistogramDataPoint,
-    HistogramDataPoint, NumberDataPoint, SummaryDataPoint,
+    exponential_histogram_data_point, metric::Data, number_data_point, AggregationTemporality,
+    ExponentialHistogramDataPoint, HistogramDataPoint, NumberDataPoint, SummaryDataPoint,
 };
 
 use super::limited::{LimitedMap, OverflowCounter, OVERFLOW_LABEL};
+use crate::model::exponential::ExpBuckets;
 use crate::model::{
-    BucketCounts, Collector, Metric, MetricInfo, MetricKind, MetricSink, NameRules, Origin,
-    Point as ModelPoint, Value, ValueRef,
+    BucketCounts, Collector, Exponential, Metric, MetricInfo, MetricKind, MetricSink, NameRules,
+    Origin, Point as ModelPoint, Value, ValueRef,
 };
 
 /// Limits and options of the app metric store.
@@ -171,6 +172,8 @@ struct HistogramState {
     buckets: Vec<(f64, u64)>,
     sum: f64,
     count: u64,
+    /// The exponential buckets an exponential histogram came with, kept for exporters that carry them.
+    native: Option<Box<Exponential>>,
 }
 
 /// Quantile values with sum and count.
@@ -472,6 +475,27 @@ fn exponential_buckets(dp: &ExponentialHistogramDataPoint) -> Result<Vec<(f64, u
     Ok(out)
 }
 
+/// Most exponential buckets kept per side of a series; finer points are merged down to fit.
+const NATIVE_MAX_BUCKETS: usize = 160;
+
+/// The exponential buckets of a point that [`exponential_buckets`] accepted, within
+/// [`NATIVE_MAX_BUCKETS`] per side.
+fn native_buckets(dp: &ExponentialHistogramDataPoint) -> Exponential {
+    let side = |b: Option<&exponential_histogram_data_point::Buckets>| ExpBuckets {
+        offset: b.map_or(0, |b| b.offset),
+        counts: b.map_or_else(Vec::new, |b| b.bucket_counts.clone()),
+    };
+    let mut e = Exponential {
+        scale: dp.scale,
+        zero_threshold: dp.zero_threshold.max(0.0),
+        zero_count: dp.zero_count,
+        positive: side(dp.positive.as_ref()),
+        negative: side(dp.negative.as_ref()),
+    };
+    e.limit(NATIVE_MAX_BUCKETS);
+    e
+}
+
 /// Adds `add` into `into` by bound; buckets at new bounds are inserted in order.
 fn merge_buckets(into: &mut Vec<(f64, u64)>, add: &[(f64, u64)]) {
     for &(b, c) in add {
@@ -487,10 +511,14 @@ impl State {
     fn zero_like(&self) -> State {
         match self {
             State::Number(_) => State::Number(0.0),
-            State::Histogram(_) => State::Histogram(Box::new(HistogramState {
+            State::Histogram(h) => State::Histogram(Box::new(HistogramState {
                 buckets: Vec::new(),
                 sum: 0.0,
                 count: 0,
+                native: h
+                    .native
+                    .as_ref()
+                    .map(|n| Box::new(Exponential::new(n.scale, n.zero_threshold))),
             })),
             State::Summary(_) => State::Summary(Box::new(SummaryState {
                 quantiles: Vec::new(),
@@ -543,6 +571,15 @@ impl Point {
                 } else {
                     held.sum += add.sum;
                     held.count = held.count.saturating_add(add.count);
+                    // Exponential deltas merge at the lower of their scales; a point without them
+                    // leaves the series classic only.
+                    held.native = match (held.native.take(), &add.native) {
+                        (Some(mut n), Some(a)) => {
+                            n.merge(a, NATIVE_MAX_BUCKETS);
+                            Some(n)
+                        }
+                        _ => None,
+                    };
                 }
             }
             (held, new) => *held = new,
@@ -762,8 +799,16 @@ impl AppMetrics {
                     buckets,
                     sum: sum.unwrap_or(0.0),
                     count,
+                    native: None,
                 }))
             })
+        };
+        let exponential = |dp: &ExponentialHistogramDataPoint| {
+            let mut state = histogram(exponential_buckets(dp), dp.sum, dp.count)?;
+            if let State::Histogram(h) = &mut state {
+                h.native = Some(Box::new(native_buckets(dp)));
+            }
+            Ok(state)
         };
         match data {
             Data::Gauge(g) => for_points(&g.data_points, false, number_state, &mut apply),
@@ -782,7 +827,7 @@ impl AppMetrics {
             Data::ExponentialHistogram(h) => for_points(
                 &h.data_points,
                 is_delta(h.aggregation_temporality),
-                |dp| histogram(exponential_buckets(dp), dp.sum, dp.count),
+                exponential,
                 &mut apply,
             ),
             Data::Summary(s) => for_points(&s.data_points, false, summary_state, &mut apply),
@@ -890,6 +935,7 @@ fn to_value(kind: MetricKind, p: &State) -> Value {
                 buckets,
                 sum,
                 count,
+                native,
             } = &**h;
             let mut cum = 0;
             let buckets = buckets
@@ -905,6 +951,7 @@ fn to_value(kind: MetricKind, p: &State) -> Value {
                 sum: *sum,
                 count: *count,
                 exemplars: Vec::new(),
+                native: native.clone(),
             }
         }
         (_, State::Summary(q)) => Value::Summary {
@@ -1078,6 +1125,7 @@ fn value_ref(kind: MetricKind, state: &State) -> ValueRef<'_> {
             sum: h.sum,
             count: h.count,
             exemplars: &[],
+            native: h.native.as_deref(),
         },
         (_, State::Summary(q)) => ValueRef::Summary {
             quantiles: &q.quantiles,
@@ -1224,7 +1272,7 @@ mod tests {
             s.encode_into(&mut e);
             assert_eq!(e.points(), 4);
             // One series per metric here, so table order and sorted order agree.
-            assert_eq!(e.finish(), encode(&held, format));
+            assert_eq!(e.finish(), encode(&held, format).into_bytes());
         }
         // Reading does not expire; the timer's `expire` does, and frees the name and the bytes.
         let later = Instant::now() + Duration::from_secs(61);
@@ -1427,7 +1475,8 @@ mod tests {
                 buckets: vec![(0.1, 1), (0.5, 3), (f64::INFINITY, 6)],
                 sum: 1.5,
                 count: 6,
-                exemplars: vec![]
+                exemplars: vec![],
+                native: None
             }
         );
         let e = f.iter().find(|f| f.name == "latency_milliseconds").unwrap();
@@ -1438,7 +1487,18 @@ mod tests {
                 buckets: vec![(0.0, 1), (2.0, 3), (4.0, 7), (f64::INFINITY, 7)],
                 sum: 20.0,
                 count: 7,
-                exemplars: vec![]
+                exemplars: vec![],
+                // Kept exponential beside the classic form, for the protobuf exposition and the push.
+                native: Some(Box::new(Exponential {
+                    scale: 0,
+                    zero_threshold: 0.0,
+                    zero_count: 1,
+                    positive: ExpBuckets {
+                        offset: 0,
+                        counts: vec![2, 4]
+                    },
+                    negative: ExpBuckets::default(),
+                }))
             }
         );
     }

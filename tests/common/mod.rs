@@ -1021,3 +1021,83 @@ pub fn start_postgres(settings: &[&str]) -> Postgres {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+impl Vitals {
+    /// GET a path with an `Accept` header; returns (status, content-type, body bytes).
+    pub fn get_bytes(&self, path: &str, accept: &str) -> (u16, String, Vec<u8>) {
+        let url = format!("http://{}{}", self.metrics, path);
+        let resp = match ureq::get(&url)
+            .set("Accept", accept)
+            .timeout(Duration::from_secs(10))
+            .call()
+        {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("GET {url}: {e}"),
+        };
+        let status = resp.status();
+        let ct = resp.header("Content-Type").unwrap_or("").to_owned();
+        let mut body = Vec::new();
+        std::io::Read::read_to_end(&mut resp.into_reader(), &mut body).expect("read body");
+        (status, ct, body)
+    }
+}
+
+/// The Accept header Prometheus sends when it scrapes native histograms (protobuf first).
+pub const PROTOBUF_ACCEPT: &str = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.7,application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3,*/*;q=0.1";
+
+/// Decodes a delimited protobuf exposition with the official Go decoder (tests/go/decode_exposition.go,
+/// built once per test binary from Debian's prometheus/common and client_model sources): one JSON
+/// summary per family, or the decoder's error.
+pub fn go_decode_exposition(body: &[u8]) -> Result<Vec<serde_json::Value>, String> {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let bin = BUILT.get_or_init(|| {
+        const INSTALL: &str = "apt-get install -y golang-go golang-github-prometheus-common-dev \
+                               golang-github-prometheus-client-model-dev";
+        let go = require_tool("go", INSTALL);
+        let gopath = Path::new("/usr/share/gocode");
+        assert!(
+            gopath
+                .join("src/github.com/prometheus/common/expfmt")
+                .is_dir(),
+            "the Go decoder needs prometheus/common's sources: {INSTALL}"
+        );
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("decode_exposition");
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/go/decode_exposition.go");
+        let built = Command::new(go)
+            .args(["build", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .env("GO111MODULE", "off")
+            .env("GOPATH", gopath)
+            .output()
+            .expect("run go build");
+        assert!(
+            built.status.success(),
+            "go build {}: {}",
+            src.display(),
+            String::from_utf8_lossy(&built.stderr)
+        );
+        out
+    });
+    let mut child = Command::new(bin)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the Go decoder");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let body = body.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = std::io::Write::write_all(&mut stdin, &body);
+    });
+    let out = child.wait_with_output().expect("Go decoder output");
+    let _ = writer.join();
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("decoder JSON"))
+        .collect())
+}

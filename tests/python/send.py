@@ -16,7 +16,7 @@ from opentelemetry.sdk.resources import Resource
 p = argparse.ArgumentParser()
 p.add_argument("--transport", required=True, choices=["grpc", "http", "json"])
 p.add_argument("--endpoint", required=True)
-p.add_argument("--scenario", required=True, choices=["red", "metrics", "logs", "runtime"])
+p.add_argument("--scenario", required=True, choices=["red", "metrics", "logs", "runtime", "latency"])
 p.add_argument("--service", default="shop")
 p.add_argument("--gzip", action="store_true")
 p.add_argument("--spans", type=int, default=200)
@@ -184,6 +184,41 @@ def runtime():
             "db_used": 7, "db_max": 10, "db_pending": 2}
 
 
-truth = {"red": red, "metrics": metrics, "logs": logs, "runtime": runtime}[a.scenario]()
+def latency():
+    """--spans SERVER spans on one route with log-normal durations (median 80 ms, sigma 0.7, seed 7), and
+    the same durations recorded into an exponential histogram metric; the durations are the truth."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+    from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation, View
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.trace import SpanKind
+
+    tp = TracerProvider(resource=resource)
+    tp.add_span_processor(BatchSpanProcessor(span_exporter, max_queue_size=a.spans + 1024,
+                                             max_export_batch_size=512, schedule_delay_millis=200))
+    tracer = tp.get_tracer("vitals-test")
+    reader = PeriodicExportingMetricReader(metric_exporter_cls(**metric_kw), export_interval_millis=3_600_000)
+    views = [View(instrument_name="checkout.duration", aggregation=ExponentialBucketHistogramAggregation())]
+    mp = MeterProvider(resource=resource, metric_readers=[reader], views=views)
+    hist = mp.get_meter("vitals-test").create_histogram("checkout.duration", unit="s")
+    rng = random.Random(7)
+    t0 = 1_700_000_000_000_000_000
+    durations = []
+    for i in range(a.spans):
+        dur_ns = max(1000, int(rng.lognormvariate(-2.5257, 0.7) * 1e9))
+        attrs = {"http.route": "/checkout", "http.request.method": "POST", "http.response.status_code": 200}
+        span = tracer.start_span("POST /checkout", kind=SpanKind.SERVER, attributes=attrs, start_time=t0 + i * 1000)
+        span.end(end_time=t0 + i * 1000 + dur_ns)
+        durations.append(dur_ns / 1e9)
+        hist.record(dur_ns / 1e9, {"http.route": "/checkout"})
+    ok = tp.force_flush(60_000) and mp.force_flush(30_000)
+    tp.shutdown()
+    mp.shutdown()
+    return {"flushed": ok, "durations": durations}
+
+
+truth = {"red": red, "metrics": metrics, "logs": logs, "runtime": runtime, "latency": latency}[a.scenario]()
 json.dump(truth, sys.stdout)
 sys.exit(0 if truth.get("flushed") else 3)

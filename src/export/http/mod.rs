@@ -29,7 +29,7 @@ pub mod web_config;
 
 use self::live::stream::LiveBody;
 use self::web_config::WebConfig;
-use super::prometheus::{Encoder, Format};
+use super::prometheus::{Encoder, Exposition, Format};
 use crate::model::{stream_metrics, Metric, MetricKind, Registry, Value};
 use crate::target::status::TargetStatus;
 
@@ -84,15 +84,20 @@ fn respond(
     r
 }
 
-/// Renders the current exposition in `format`.
+/// Renders the current exposition in a text `format`.
 pub fn render_metrics(registry: &Registry, format: Format) -> String {
-    render_with(&mut Encoder::new(format), registry, 0)
+    String::from_utf8(render_with(&mut Encoder::new(format), registry, 0)).unwrap_or_default()
+}
+
+/// Renders the current exposition as `exposition` asks (bytes: protobuf is not text).
+pub fn render_exposition(registry: &Registry, exposition: Exposition) -> Vec<u8> {
+    render_with(&mut Encoder::for_exposition(exposition), registry, 0)
 }
 
 /// Renders the current exposition with `encoder` (whose name translations carry over from its last
 /// exposition) into a buffer of `capacity` bytes, every collector streaming into it under its own lock,
 /// then the series count. The scrape thread passes the last exposition's size.
-pub fn render_with(encoder: &mut Encoder, registry: &Registry, capacity: usize) -> String {
+pub fn render_with(encoder: &mut Encoder, registry: &Registry, capacity: usize) -> Vec<u8> {
     encoder.start(capacity);
     registry.encode_into(encoder);
     let n = encoder.points() + 1;
@@ -119,8 +124,8 @@ struct Rendered {
 
 /// What the render thread is asked to do.
 enum RenderJob {
-    /// Render the exposition in this format.
-    Render(Format, tokio::sync::oneshot::Sender<Bytes>),
+    /// Render this exposition.
+    Render(Exposition, tokio::sync::oneshot::Sender<Bytes>),
     /// Gzip these bytes.
     Gzip(Bytes, tokio::sync::oneshot::Sender<Bytes>),
 }
@@ -130,7 +135,7 @@ enum RenderJob {
 /// arena and its buffers are sized from the last exposition, so RSS does not climb with each scrape as it
 /// did when renders ran on whichever blocking-pool thread was free.
 struct Renderer {
-    turn: tokio::sync::Mutex<[Option<Rendered>; 2]>,
+    turn: tokio::sync::Mutex<[Option<Rendered>; Exposition::SLOTS]>,
     jobs: std::sync::mpsc::Sender<RenderJob>,
 }
 
@@ -142,20 +147,20 @@ impl Renderer {
             .name("vitals-scrape".into())
             .spawn(move || {
                 lower_priority();
-                let mut encoders = [
-                    Encoder::new(Format::Text),
-                    Encoder::new(Format::OpenMetrics),
-                ];
-                let mut last_len = [0usize; 2];
+                // One encoder per exposition asked for, made on first use.
+                let mut encoders: [Option<Encoder>; Exposition::SLOTS] = Default::default();
+                let mut last_len = [0usize; Exposition::SLOTS];
                 for job in queue {
                     match job {
                         RenderJob::Render(format, reply) => {
-                            let i = format as usize;
+                            let i = format.slot();
                             let capacity = last_len[i] + last_len[i] / 8;
+                            let encoder =
+                                encoders[i].get_or_insert_with(|| Encoder::for_exposition(format));
                             // A panic costs this scrape (answered as a failed rendering was before),
                             // not every later one: the thread and a fresh encoder carry on.
                             let rendered = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                                render_with(&mut encoders[i], &registry, capacity)
+                                render_with(encoder, &registry, capacity)
                             }));
                             match rendered {
                                 Ok(text) => {
@@ -164,7 +169,7 @@ impl Renderer {
                                 }
                                 Err(_) => {
                                     tracing::error!("rendering the exposition panicked");
-                                    encoders[i] = Encoder::new(format);
+                                    encoders[i] = None;
                                 }
                             }
                         }
@@ -175,7 +180,7 @@ impl Renderer {
                 }
             })?;
         Ok(Renderer {
-            turn: tokio::sync::Mutex::new([None, None]),
+            turn: tokio::sync::Mutex::new(Default::default()),
             jobs,
         })
     }
@@ -242,12 +247,12 @@ fn accepts_gzip(req: &Request<Incoming>) -> bool {
 impl Renderer {
     /// The exposition in `format`, gzipped when `gz`: the last rendering if it began after this scrape
     /// arrived, else rendered now. None when the renderer stayed busy for [`RENDER_WAIT`].
-    async fn scrape(&self, format: Format, gz: bool) -> Option<Bytes> {
+    async fn scrape(&self, format: Exposition, gz: bool) -> Option<Bytes> {
         let arrived = std::time::Instant::now();
         let mut slots = tokio::time::timeout(RENDER_WAIT, self.turn.lock())
             .await
             .ok()?;
-        let slot = &mut slots[format as usize];
+        let slot = &mut slots[format.slot()];
         let fresh = slot.as_ref().is_some_and(|r| r.started >= arrived);
         if !fresh {
             let started = std::time::Instant::now();
@@ -329,7 +334,7 @@ async fn handle(
     Ok(match req.uri().path() {
         "/metrics" => {
             let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok());
-            let format = Format::negotiate(accept);
+            let format = Exposition::negotiate(accept);
             let gz = accepts_gzip(&req);
             match renderer.scrape(format, gz).await {
                 Some(body) => {

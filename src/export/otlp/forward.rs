@@ -391,6 +391,7 @@ impl Collector for ForwardCollector {
                     sum: sh.stats.latency_sum_us[i].load(Ordering::Relaxed) as f64 / 1e6,
                     count: cum,
                     exemplars: Vec::new(),
+                    native: None,
                 },
             );
         }

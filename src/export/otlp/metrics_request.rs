@@ -313,6 +313,7 @@ fn convert_metric(
                     sum,
                     count,
                     exemplars,
+                    ..
                 } = &p.value
                 else {
                     *skipped += 1;
@@ -595,6 +596,7 @@ mod tests {
                 sum: 3.25,
                 count: 10,
                 exemplars: vec![Some(bad), Some(e), None, None],
+                native: None,
             },
         );
         let got = push(&[m], &mut st, 2 * S);
@@ -763,6 +765,7 @@ mod tests {
                     sum: 0.5,
                     count: 1,
                     exemplars: vec![],
+                    native: None,
                 },
             );
         let c = convert(&[m], &resource(&[]), &scope(), &mut st, 2 * S, 1 << 20);

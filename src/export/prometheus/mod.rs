@@ -1,11 +1,16 @@
-//! Prometheus exposition: the classic text format (0.0.4) by default and OpenMetrics 1.0 (with exemplars)
-//! when the scraper asks for it. Every label value and help text is escaped here, whatever its origin.
+//! Prometheus exposition: the classic text format (0.0.4) by default, OpenMetrics 1.0 (with exemplars)
+//! and the protobuf exposition (native histograms beside classic buckets, start timestamps) when the
+//! scraper asks for them, each with the name escaping it asks for. Every label value and help text is
+//! escaped here, whatever its origin.
 
+pub mod escaping;
 pub mod naming;
+pub mod protobuf;
 
 use std::collections::HashMap;
 use std::fmt::Write;
 
+pub use self::escaping::Escaping;
 use crate::model::{
     stream_metrics, Exemplar, Metric, MetricInfo, MetricKind, MetricSink, Origin, ValueRef,
 };
@@ -17,15 +22,14 @@ pub enum Format {
     Text,
     /// `application/openmetrics-text; version=1.0.0`.
     OpenMetrics,
+    /// `application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited`.
+    Protobuf,
 }
 
 impl Format {
-    /// Picks the format from an `Accept` header: OpenMetrics only when the scraper lists it.
+    /// Picks the format from an `Accept` header (see [`Exposition::negotiate`]).
     pub fn negotiate(accept: Option<&str>) -> Format {
-        match accept {
-            Some(a) if a.contains("application/openmetrics-text") => Format::OpenMetrics,
-            _ => Format::Text,
-        }
+        Exposition::negotiate(accept).format
     }
 
     /// The Content-Type of a response in this format.
@@ -33,13 +37,166 @@ impl Format {
         match self {
             Format::Text => "text/plain; version=0.0.4; charset=utf-8",
             Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::Protobuf => {
+                "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited"
+            }
+        }
+    }
+}
+
+/// What one scrape is answered in: the format and the name escaping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exposition {
+    /// The format.
+    pub format: Format,
+    /// How names outside the legacy character set are written.
+    pub escaping: Escaping,
+}
+
+/// One media range of an `Accept` header that vitals can serve.
+struct Offer {
+    format: Format,
+    q: f32,
+    escaping: Option<Escaping>,
+}
+
+fn offers(accept: &str) -> Vec<Offer> {
+    let mut out = Vec::new();
+    for range in accept.split(',') {
+        let mut parts = range.split(';');
+        let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let mut q = 1.0f32;
+        let mut escaping = None;
+        let mut proto = None;
+        let mut encoding = None;
+        for p in parts {
+            let Some((k, v)) = p.split_once('=') else {
+                continue;
+            };
+            let v = v.trim().trim_matches('"');
+            match k.trim().to_ascii_lowercase().as_str() {
+                "q" => q = v.parse().unwrap_or(0.0),
+                "escaping" => escaping = Escaping::parse(v),
+                "proto" => proto = Some(v.to_owned()),
+                "encoding" => encoding = Some(v.to_owned()),
+                _ => {}
+            }
+        }
+        let format = match media.as_str() {
+            "application/vnd.google.protobuf"
+                if proto.as_deref() == Some("io.prometheus.client.MetricFamily")
+                    && encoding.as_deref() == Some("delimited") =>
+            {
+                Format::Protobuf
+            }
+            "application/openmetrics-text" => Format::OpenMetrics,
+            "text/plain" | "*/*" | "text/*" => Format::Text,
+            _ => continue,
+        };
+        if q > 0.0 {
+            out.push(Offer {
+                format,
+                q,
+                escaping,
+            });
+        }
+    }
+    out
+}
+
+impl Exposition {
+    /// The classic text format with the default escaping.
+    pub const TEXT: Exposition = Exposition {
+        format: Format::Text,
+        escaping: Escaping::Underscores,
+    };
+
+    /// How many distinct expositions there are (formats × escapings), for per-exposition caches.
+    pub const SLOTS: usize = 3 * Escaping::ALL.len();
+
+    /// Picks the exposition from an `Accept` header. Protobuf only when the scraper lists the delimited
+    /// `MetricFamily` encoding with a weight no lower than anything else it lists; otherwise OpenMetrics
+    /// whenever it is listed, else text, as before protobuf was served. The escaping is the one the
+    /// chosen media range names, `underscores` when it names none (or one the spec does not define).
+    pub fn negotiate(accept: Option<&str>) -> Exposition {
+        let offers = accept.map(offers).unwrap_or_default();
+        let best = offers.iter().map(|o| o.q).fold(0.0f32, f32::max);
+        let chosen = offers
+            .iter()
+            .find(|o| o.format == Format::Protobuf && o.q >= best)
+            .or_else(|| offers.iter().find(|o| o.format == Format::OpenMetrics))
+            .or_else(|| offers.iter().find(|o| o.format == Format::Text));
+        match chosen {
+            Some(o) => Exposition {
+                format: o.format,
+                escaping: o.escaping.unwrap_or_default(),
+            },
+            None => Exposition {
+                format: if accept.is_some_and(|a| a.contains("application/openmetrics-text")) {
+                    Format::OpenMetrics
+                } else {
+                    Format::Text
+                },
+                escaping: Escaping::Underscores,
+            },
+        }
+    }
+
+    /// This exposition's index in `0..SLOTS`.
+    pub fn slot(self) -> usize {
+        let e = Escaping::ALL
+            .iter()
+            .position(|x| *x == self.escaping)
+            .unwrap_or(0);
+        self.format as usize * Escaping::ALL.len() + e
+    }
+
+    /// The Content-Type of a response: the format's, naming the escaping when it is not the default.
+    pub fn content_type(self) -> &'static str {
+        use Escaping::*;
+        use Format::*;
+        match (self.format, self.escaping) {
+            (f, Underscores) => f.content_type(),
+            (Text, AllowUtf8) => "text/plain; version=0.0.4; charset=utf-8; escaping=allow-utf-8",
+            (Text, Dots) => "text/plain; version=0.0.4; charset=utf-8; escaping=dots",
+            (Text, Values) => "text/plain; version=0.0.4; charset=utf-8; escaping=values",
+            (OpenMetrics, AllowUtf8) => {
+                "application/openmetrics-text; version=1.0.0; charset=utf-8; escaping=allow-utf-8"
+            }
+            (OpenMetrics, Dots) => {
+                "application/openmetrics-text; version=1.0.0; charset=utf-8; escaping=dots"
+            }
+            (OpenMetrics, Values) => {
+                "application/openmetrics-text; version=1.0.0; charset=utf-8; escaping=values"
+            }
+            (Protobuf, AllowUtf8) => {
+                "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited; escaping=allow-utf-8"
+            }
+            (Protobuf, Dots) => {
+                "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited; escaping=dots"
+            }
+            (Protobuf, Values) => {
+                "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited; escaping=values"
+            }
         }
     }
 }
 
 /// Encodes metrics in `format`, translating their OpenTelemetry names and attribute keys here.
 pub fn encode(metrics: &[Metric], format: Format) -> String {
-    let mut e = Encoder::new(format);
+    String::from_utf8(encode_exposition(
+        metrics,
+        Exposition {
+            format,
+            escaping: Escaping::Underscores,
+        },
+    ))
+    .unwrap_or_default()
+}
+
+/// Encodes metrics in `exposition`: text for the text formats, bytes for protobuf.
+pub fn encode_exposition(metrics: &[Metric], exposition: Exposition) -> Vec<u8> {
+    let mut e = Encoder::for_exposition(exposition);
     e.start(metrics.iter().map(|m| 64 + m.points.len() * 96).sum());
     stream_metrics(metrics, &mut e);
     e.finish()
@@ -60,36 +217,62 @@ struct CachedName {
     exposition: String,
 }
 
+/// One cached attribute key: its OpenTelemetry key, its exposition name, and whether the text formats
+/// must quote that name.
+struct CachedKey {
+    key: String,
+    label: String,
+    quoted: bool,
+}
+
 /// A streaming Prometheus encoder: collectors write into it through [`MetricSink`] straight from what they
 /// hold. It keeps the translation of metric names across expositions and of attribute keys across the
 /// points of a metric, so a scrape translates each name and key once, not once per series.
 pub struct Encoder {
     format: Format,
+    escaping: Escaping,
     out: String,
     names: HashMap<String, Vec<CachedName>>,
     /// The current metric's exposition name, kind and suffixes.
     name: String,
+    /// True when the text formats must quote the current metric's name.
+    quoted: bool,
     kind: MetricKind,
     value_suffix: &'static str,
     /// Header lines of the current metric, written before its first point (a metric without points
     /// writes nothing).
     header: String,
     header_written: bool,
-    /// `(OpenTelemetry key, label name)` of the current metric's attributes so far.
-    keys: Vec<(String, String)>,
+    /// The current metric's attribute keys so far.
+    keys: Vec<CachedKey>,
     /// The current point's `k="v",…`, written once and repeated on each of its samples.
     labels: String,
     points: usize,
+    /// Protobuf: the exposition so far, the current family's help and its encoded `Metric`s.
+    pb_out: Vec<u8>,
+    pb_help: String,
+    pb_metrics: Vec<u8>,
+    pb_labels: Vec<protobuf::LabelPair>,
 }
 
 impl Encoder {
-    /// An encoder writing `format`.
+    /// An encoder writing `format` with the default (`underscores`) escaping.
     pub fn new(format: Format) -> Self {
-        Encoder {
+        Self::for_exposition(Exposition {
             format,
+            escaping: Escaping::Underscores,
+        })
+    }
+
+    /// An encoder writing `exposition`.
+    pub fn for_exposition(exposition: Exposition) -> Self {
+        Encoder {
+            format: exposition.format,
+            escaping: exposition.escaping,
             out: String::new(),
             names: HashMap::new(),
             name: String::new(),
+            quoted: false,
             kind: MetricKind::Gauge,
             value_suffix: "",
             header: String::new(),
@@ -97,12 +280,20 @@ impl Encoder {
             keys: Vec::new(),
             labels: String::new(),
             points: 0,
+            pb_out: Vec::new(),
+            pb_help: String::new(),
+            pb_metrics: Vec::new(),
+            pb_labels: Vec::new(),
         }
     }
 
     /// Begins an exposition of about `capacity` bytes.
     pub fn start(&mut self, capacity: usize) {
-        self.out = String::with_capacity(capacity);
+        if self.format == Format::Protobuf {
+            self.pb_out = Vec::with_capacity(capacity);
+        } else {
+            self.out = String::with_capacity(capacity);
+        }
         self.points = 0;
     }
 
@@ -111,12 +302,14 @@ impl Encoder {
         self.points
     }
 
-    /// Ends the exposition and hands over its text.
-    pub fn finish(&mut self) -> String {
-        if self.format == Format::OpenMetrics {
-            self.out.push_str("# EOF\n");
+    /// Ends the exposition and hands over its bytes.
+    pub fn finish(&mut self) -> Vec<u8> {
+        match self.format {
+            Format::Protobuf => return std::mem::take(&mut self.pb_out),
+            Format::OpenMetrics => self.out.push_str("# EOF\n"),
+            Format::Text => {}
         }
-        std::mem::take(&mut self.out)
+        std::mem::take(&mut self.out).into_bytes()
     }
 
     fn exposition_name(&mut self, m: &MetricInfo<'_>) -> String {
@@ -129,7 +322,7 @@ impl Encoder {
         if self.names.len() >= NAME_CACHE_LIMIT {
             self.names.clear();
         }
-        let exposition = naming::exposition_name(m.name, m.unit, m.kind, m.origin);
+        let exposition = self.escaping.metric_name(m.name, m.unit, m.kind, m.origin);
         self.names
             .entry(m.name.to_owned())
             .or_default()
@@ -142,30 +335,37 @@ impl Encoder {
         exposition
     }
 
-    /// Writes the label name of attribute `key`, the `i`-th of its point, on the current metric. Points
-    /// of a metric mostly share their keys in one order, so the `i`-th key seen is tried first; at most
-    /// [`KEY_CACHE_LIMIT`] keys are kept per metric (keys come from outside), later ones translated each
-    /// time.
-    fn write_label(
-        keys: &mut Vec<(String, String)>,
-        out: &mut String,
+    /// The exposition name of attribute `key`, the `i`-th of its point, on the current metric, and
+    /// whether the text formats quote it. Points of a metric mostly share their keys in one order, so the
+    /// `i`-th key seen is tried first; at most [`KEY_CACHE_LIMIT`] keys are kept per metric (keys come
+    /// from outside), later ones translated each time.
+    fn label<'k>(
+        keys: &'k mut Vec<CachedKey>,
+        escaping: Escaping,
         i: usize,
         key: &str,
         kind: MetricKind,
-    ) {
-        let cached = match keys.get(i) {
-            Some((k, label)) if k == key => Some(label),
-            _ => keys.iter().find(|(k, _)| k == key).map(|(_, label)| label),
+    ) -> (std::borrow::Cow<'k, str>, bool) {
+        let at = match keys.get(i) {
+            Some(c) if c.key == key => Some(i),
+            _ => keys.iter().position(|c| c.key == key),
         };
-        if let Some(label) = cached {
-            out.push_str(label);
-            return;
+        if let Some(at) = at {
+            let c = &keys[at];
+            return (std::borrow::Cow::Borrowed(c.label.as_str()), c.quoted);
         }
-        let label = naming::exposition_label(key, kind);
-        out.push_str(&label);
+        let label = escaping.label_name(key, kind).into_owned();
+        let quoted = escaping == Escaping::AllowUtf8 && !escaping::is_legacy(&label, false);
         if keys.len() < KEY_CACHE_LIMIT {
-            keys.push((key.to_owned(), label.into_owned()));
+            keys.push(CachedKey {
+                key: key.to_owned(),
+                label,
+                quoted,
+            });
+            let c = keys.last().map(|c| c.label.as_str()).unwrap_or("");
+            return (std::borrow::Cow::Borrowed(c), quoted);
         }
+        (std::borrow::Cow::Owned(label), quoted)
     }
 
     fn sample(
@@ -177,10 +377,23 @@ impl Encoder {
     ) {
         let om = self.format == Format::OpenMetrics;
         let out = &mut self.out;
-        out.push_str(&self.name);
-        out.push_str(suffix);
-        if !self.labels.is_empty() || extra.is_some() {
-            out.push('{');
+        let has_labels = !self.labels.is_empty() || extra.is_some();
+        if self.quoted {
+            out.push_str("{\"");
+            escape_label_value(out, &self.name);
+            out.push_str(suffix);
+            out.push('"');
+            if has_labels {
+                out.push(',');
+            }
+        } else {
+            out.push_str(&self.name);
+            out.push_str(suffix);
+            if has_labels {
+                out.push('{');
+            }
+        }
+        if has_labels {
             out.push_str(&self.labels);
             if let Some((k, v)) = extra {
                 if !self.labels.is_empty() {
@@ -191,6 +404,8 @@ impl Encoder {
                 write_float(out, v, om);
                 out.push('"');
             }
+        }
+        if has_labels || self.quoted {
             out.push('}');
         }
         out.push(' ');
@@ -220,14 +435,54 @@ impl Encoder {
         self.sample("_sum", None, sum, None);
         self.sample("_count", None, count as f64, None);
     }
+
+    /// Protobuf: one point as a `Metric` of the current family.
+    fn proto_point(&mut self, attributes: &[(&str, &str)], start: u64, value: ValueRef<'_>) {
+        self.pb_labels.clear();
+        for (i, (k, v)) in attributes.iter().enumerate() {
+            let (label, _) = Self::label(&mut self.keys, self.escaping, i, k, self.kind);
+            self.pb_labels.push(protobuf::LabelPair {
+                name: Some(label.into_owned()),
+                value: Some((*v).to_owned()),
+            });
+        }
+        let mut metric = protobuf::metric_value(self.kind, start, value);
+        metric.label = std::mem::take(&mut self.pb_labels);
+        protobuf::push_metric(&mut self.pb_metrics, &metric);
+        self.pb_labels = metric.label;
+    }
+}
+
+/// Writes a family name on a `# HELP`/`# TYPE` line: bare, or quoted when it is not a legacy name.
+fn header_name(h: &mut String, name: &str, suffix: &str, quoted: bool) {
+    if quoted {
+        h.push('"');
+        escape_label_value(h, name);
+        h.push_str(suffix);
+        h.push('"');
+    } else {
+        h.push_str(name);
+        h.push_str(suffix);
+    }
 }
 
 impl MetricSink for Encoder {
     fn begin(&mut self, m: &MetricInfo<'_>) {
         let om = self.format == Format::OpenMetrics;
         self.name = self.exposition_name(m);
+        self.quoted =
+            self.escaping == Escaping::AllowUtf8 && !escaping::is_legacy(&self.name, true);
         self.kind = m.kind;
         self.keys.clear();
+        let counter = m.kind == MetricKind::Counter;
+        self.value_suffix = if counter { "_total" } else { "" };
+        self.header_written = false;
+        if self.format == Format::Protobuf {
+            self.pb_help.clear();
+            self.pb_help.push_str(m.description);
+            self.pb_metrics.clear();
+            return;
+        }
         let type_word = match m.kind {
             MetricKind::Counter => "counter",
             MetricKind::UpDownCounter | MetricKind::Gauge => "gauge",
@@ -236,38 +491,49 @@ impl MetricSink for Encoder {
         };
         // In the text format a counter's family is named after its sample (`x_total`); OpenMetrics names
         // the family without the suffix.
-        let counter = m.kind == MetricKind::Counter;
         let header_suffix = if counter && !om { "_total" } else { "" };
-        self.value_suffix = if counter { "_total" } else { "" };
+        let quoted = self.quoted;
         let h = &mut self.header;
         h.clear();
         h.push_str("# HELP ");
-        h.push_str(&self.name);
-        h.push_str(header_suffix);
+        header_name(h, &self.name, header_suffix, quoted);
         h.push(' ');
         escape_help(h, m.description, om);
         h.push('\n');
-        let _ = writeln!(h, "# TYPE {}{header_suffix} {type_word}", self.name);
+        h.push_str("# TYPE ");
+        header_name(h, &self.name, header_suffix, quoted);
+        let _ = writeln!(h, " {type_word}");
         let unit = naming::unit_word(&self.name);
         if om && !unit.is_empty() {
-            let _ = writeln!(h, "# UNIT {} {unit}", self.name);
+            h.push_str("# UNIT ");
+            header_name(h, &self.name, "", quoted);
+            let _ = writeln!(h, " {unit}");
         }
-        self.header_written = false;
     }
 
-    fn point(&mut self, attributes: &[(&str, &str)], _start: u64, value: ValueRef<'_>) {
+    fn point(&mut self, attributes: &[(&str, &str)], start: u64, value: ValueRef<'_>) {
+        self.points += 1;
+        if self.format == Format::Protobuf {
+            self.header_written = true;
+            self.proto_point(attributes, start, value);
+            return;
+        }
         if !self.header_written {
             self.out.push_str(&self.header);
             self.header_written = true;
         }
-        self.points += 1;
         let om = self.format == Format::OpenMetrics;
         self.labels.clear();
         for (i, (k, v)) in attributes.iter().enumerate() {
             if i > 0 {
                 self.labels.push(',');
             }
-            Self::write_label(&mut self.keys, &mut self.labels, i, k, self.kind);
+            let (label, quoted) = Self::label(&mut self.keys, self.escaping, i, k, self.kind);
+            if quoted {
+                escaping::write_quoted(&mut self.labels, &label);
+            } else {
+                self.labels.push_str(&label);
+            }
             self.labels.push_str("=\"");
             escape_label_value(&mut self.labels, v);
             self.labels.push('"');
@@ -286,6 +552,7 @@ impl MetricSink for Encoder {
                 sum,
                 count,
                 exemplars,
+                ..
             } => {
                 buckets.for_each_cumulative(|i, le, c| {
                     let ex = if om {
@@ -310,7 +577,21 @@ impl MetricSink for Encoder {
         }
     }
 
-    fn end(&mut self) {}
+    fn end(&mut self) {
+        if self.format != Format::Protobuf || !self.header_written {
+            return;
+        }
+        self.name.push_str(self.value_suffix);
+        protobuf::write_family(
+            &mut self.pb_out,
+            &self.name,
+            &self.pb_help,
+            self.kind,
+            &self.pb_metrics,
+        );
+        self.pb_metrics.clear();
+        self.header_written = false;
+    }
 }
 
 /// Writes a float as both formats spell it (`+Inf`, `-Inf`, `NaN`). With `om_canonical`, whole numbers
@@ -432,6 +713,7 @@ mod tests {
                     sum: 2.5,
                     count: 5,
                     exemplars: vec![Some(ex), None, None],
+                    native: None,
                 },
             ),
         ];

@@ -8,7 +8,7 @@ use serde_json::{json, Value as Json};
 
 use super::history::{History, Point};
 use super::thresholds::{threshold, Measure, RULES};
-use crate::model::{Metric, Origin, Point as ModelPoint, Value};
+use crate::model::{Exponential, Metric, Origin, Point as ModelPoint, Value};
 use crate::signal::hints::{HintPolicy, PoolUse, UsageHistory, UsageTick};
 
 /// Operations kept per RED snapshot and shown per list; operation names come from the app.
@@ -28,10 +28,31 @@ struct Hist {
     counts: Vec<f64>,
     count: f64,
     errors: f64,
+    /// The exponential buckets of every series summed, while every series has them: the precise source
+    /// of the quantiles (the classic buckets only bound them).
+    native: Option<Exponential>,
 }
 
+/// Most exponential buckets a summed histogram keeps, as RED keeps per series.
+const NATIVE_MAX_BUCKETS: usize = 160;
+
 impl Hist {
-    fn add(&mut self, buckets: &[(f64, u64)], count: u64, error: bool) {
+    fn add(
+        &mut self,
+        buckets: &[(f64, u64)],
+        count: u64,
+        error: bool,
+        native: Option<&Exponential>,
+    ) {
+        let first = self.bounds.is_empty() && self.count == 0.0;
+        self.native = match (first, self.native.take(), native) {
+            (true, _, n) => n.cloned(),
+            (false, Some(mut held), Some(n)) => {
+                held.merge(n, NATIVE_MAX_BUCKETS);
+                Some(held)
+            }
+            _ => None,
+        };
         if self.bounds.is_empty() {
             self.bounds = buckets.iter().map(|b| b.0).collect();
             self.counts = vec![0.0; buckets.len()];
@@ -63,8 +84,21 @@ impl Hist {
                     .collect(),
                 count: self.count - b.count,
                 errors: (self.errors - b.errors).max(0.0),
+                native: match (&self.native, &b.native) {
+                    (Some(now), Some(then)) => Some(now.minus(then)),
+                    (now, _) => now.clone(),
+                },
             },
             _ => self.clone(),
+        }
+    }
+
+    /// The `q` quantile: from the exponential buckets where every series has them, else interpolated in
+    /// the classic buckets as Prometheus does.
+    fn quantile(&self, q: f64) -> Option<f64> {
+        match &self.native {
+            Some(n) if n.total() > 0 => n.quantile(q),
+            _ => bucket_quantile(q, &self.bounds, &self.counts),
         }
     }
 }
@@ -347,17 +381,27 @@ impl LiveSampler {
             ..Default::default()
         };
         for s in f.series("vitals.request.duration") {
-            let Value::Histogram { buckets, count, .. } = &s.value else {
+            let Value::Histogram {
+                buckets,
+                count,
+                native,
+                ..
+            } = &s.value
+            else {
                 continue;
             };
+            let native = native.as_deref();
             let error = label(s, "outcome") == Some("error");
-            snap.all.add(buckets, *count, error);
+            snap.all.add(buckets, *count, error, native);
             let key = (
                 label(s, "service").unwrap_or("").to_owned(),
                 label(s, "operation").unwrap_or("").to_owned(),
             );
             if snap.ops.len() < OPERATION_LIMIT || snap.ops.contains_key(&key) {
-                snap.ops.entry(key).or_default().add(buckets, *count, error);
+                snap.ops
+                    .entry(key)
+                    .or_default()
+                    .add(buckets, *count, error, native);
             }
         }
         for s in f.series("vitals.db.query.duration") {
@@ -373,7 +417,7 @@ impl LiveSampler {
                 snap.queries
                     .entry(key)
                     .or_default()
-                    .add(buckets, *count, error);
+                    .add(buckets, *count, error, None);
             }
         }
         for s in f.series("vitals.db.n_plus_one") {
@@ -476,9 +520,8 @@ impl LiveSampler {
         }
         let window = base.as_ref().map_or(0.0, |b| t - b.t);
         let all = snap.all.since(base.as_ref().map(|b| &b.all));
-        let cumulative = |h: &Hist| -> Vec<f64> { h.counts.clone() };
-        let p50 = bucket_quantile(0.5, &all.bounds, &cumulative(&all));
-        let p99 = bucket_quantile(0.99, &all.bounds, &cumulative(&all));
+        let p50 = all.quantile(0.5);
+        let p99 = all.quantile(0.99);
         let error_ratio = (all.count > 0.0).then(|| all.errors / all.count);
         let window_rate = (window > 0.0).then(|| all.count / window);
         let mut ops: Vec<OpWindow> = snap
@@ -495,7 +538,7 @@ impl LiveSampler {
                     } else {
                         0.0
                     },
-                    p99: bucket_quantile(0.99, &d.bounds, &d.counts),
+                    p99: d.quantile(0.99),
                 }
             })
             .filter(|o| o.p99.is_some())
@@ -932,8 +975,44 @@ mod tests {
                 sum: 0.0,
                 count: c[2],
                 exemplars: vec![],
+                native: None,
             },
         }
+    }
+
+    /// A RED series with exponential buckets holding `values` beside classic buckets of 0.1 s and 1 s.
+    fn native_hist(op: &str, values: &[f64]) -> ModelPoint {
+        let mut n = Exponential::new(4, 1e-6);
+        for v in values {
+            n.record(*v, 160);
+        }
+        let below = |b: f64| values.iter().filter(|v| **v <= b).count() as u64;
+        let mut p = hist(op, "ok", [below(0.1), below(1.0), values.len() as u64]);
+        if let Value::Histogram { native, .. } = &mut p.value {
+            *native = Some(Box::new(n));
+        }
+        p
+    }
+
+    #[test]
+    fn percentiles_come_from_the_exponential_buckets_when_there_are_any() {
+        let mut s = LiveSampler::new(
+            900,
+            HintPolicy::default(),
+            "pid".into(),
+            "http://127.0.0.1:4318".into(),
+        );
+        // Before the window: 100 fast requests. In it: 100 more at 0.2..0.6 s, p99 0.596 s, which the
+        // classic buckets could only place between 0.1 s and 1 s.
+        let fast: Vec<f64> = vec![0.01; 100];
+        s.tick(1000.0, &families(vec![native_hist("/a", &fast)], 1.0));
+        let slow: Vec<f64> = (0..100).map(|i| 0.2 + 0.004 * f64::from(i)).collect();
+        let both: Vec<f64> = fast.iter().chain(&slow).copied().collect();
+        let f = s.tick(1010.0, &families(vec![native_hist("/a", &both)], 1.0));
+        let p99 = f["red"]["p99"].as_f64().unwrap_or(0.0);
+        assert!((p99 / 0.596 - 1.0).abs() < 0.045, "{f}");
+        let p50 = f["red"]["p50"].as_f64().unwrap_or(0.0);
+        assert!((p50 / 0.4 - 1.0).abs() < 0.045, "{f}");
     }
 
     fn families(series: Vec<ModelPoint>, up: f64) -> Vec<Metric> {
@@ -1053,6 +1132,7 @@ mod tests {
                         sum: 0.0,
                         count: n,
                         exemplars: vec![],
+                        native: None,
                     },
                 );
             }
