@@ -21,8 +21,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub mod live;
-pub mod profile;
 pub mod password_check;
+pub mod profile;
 pub mod server;
 pub mod slots;
 pub mod web_config;
