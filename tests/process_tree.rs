@@ -61,6 +61,16 @@ fn truth(root: u32) -> Truth {
     t
 }
 
+/// The pids of `pids` that still run (a zombie does not).
+fn still_running(pids: Vec<u32>) -> Vec<u32> {
+    pids.into_iter()
+        .filter(|p| {
+            procfs::process::Process::new(*p as i32)
+                .is_ok_and(|p| p.stat().is_ok_and(|s| s.state != 'Z'))
+        })
+        .collect()
+}
+
 fn cpu(e: &Exposition) -> f64 {
     e.sum("process_cpu_time_seconds_total", &[])
 }
@@ -214,13 +224,7 @@ fn gunicorn_workers_are_the_service_and_recycling_is_no_restart() {
     let (code, _) = v.terminate();
     assert_eq!(code, Some(0), "gunicorn exits 0 on SIGTERM");
     std::thread::sleep(Duration::from_millis(300));
-    let left: Vec<u32> = pids
-        .into_iter()
-        .filter(|p| {
-            procfs::process::Process::new(*p as i32)
-                .is_ok_and(|p| p.stat().is_ok_and(|s| s.state != 'Z'))
-        })
-        .collect();
+    let left = still_running(pids);
     assert!(left.is_empty(), "left running: {left:?}");
 }
 
@@ -286,14 +290,7 @@ fn npm_start_is_watched_through_the_node_it_starts_and_leaves_nothing_behind() {
     );
     let (_, _) = v.terminate();
     std::thread::sleep(Duration::from_millis(500));
-    let left: Vec<u32> = t
-        .pids
-        .into_iter()
-        .filter(|p| {
-            procfs::process::Process::new(*p as i32)
-                .is_ok_and(|p| p.stat().is_ok_and(|s| s.state != 'Z'))
-        })
-        .collect();
+    let left = still_running(t.pids);
     assert!(left.is_empty(), "left running after SIGTERM: {left:?}");
 }
 
@@ -449,14 +446,7 @@ fn sigterm_in_run_mode_ends_every_process_of_the_group() {
     let (code, _) = v.terminate();
     assert_eq!(code, Some(143), "the shell died of SIGTERM");
     std::thread::sleep(Duration::from_millis(300));
-    let left: Vec<u32> = t
-        .pids
-        .into_iter()
-        .filter(|p| {
-            procfs::process::Process::new(*p as i32)
-                .is_ok_and(|p| p.stat().is_ok_and(|s| s.state != 'Z'))
-        })
-        .collect();
+    let left = still_running(t.pids);
     assert!(left.is_empty(), "left running: {left:?}");
 }
 

@@ -816,6 +816,23 @@ impl Probe for ProcfsProbe {
     }
 }
 
+/// Lists the pids under `proc_root` into `out` (cleared first), sorted, so a caller can look one up with a
+/// binary search; reuses `out`'s capacity, so a steady listing allocates nothing.
+pub fn list_pids(proc_root: &Path, out: &mut Vec<u32>) -> io::Result<()> {
+    out.clear();
+    for entry in std::fs::read_dir(proc_root)?.flatten() {
+        if let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        {
+            out.push(pid);
+        }
+    }
+    out.sort_unstable();
+    Ok(())
+}
+
 /// The pid as the target's innermost pid namespace sees it, from the `NSpid` line of /proc/PID/status.
 pub fn read_nspid(proc_root: &Path, pid: u32) -> Option<u32> {
     let raw = std::fs::read(proc_root.join(pid.to_string()).join("status")).ok()?;

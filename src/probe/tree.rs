@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::procfs::{parse_stat, ProcReader, ProcSample, PssPolicy, Stat, Status};
+use super::procfs::{list_pids, parse_stat, ProcReader, ProcSample, PssPolicy, Stat, Status};
 use super::{ReadErrorSink, TargetGone};
 use crate::runtime::Runtime;
 
@@ -366,20 +366,9 @@ impl ProcessTree {
     /// not seen before, and takes those whose parent is a member (oldest first, so a grandchild born in the
     /// same tick follows its parent in).
     fn discover(&mut self) {
-        self.listing.clear();
-        let Ok(dir) = std::fs::read_dir(&self.proc_root) else {
+        if list_pids(&self.proc_root, &mut self.listing).is_err() {
             return;
-        };
-        for entry in dir.flatten() {
-            if let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            {
-                self.listing.push(pid);
-            }
         }
-        self.listing.sort_unstable();
         let listing = &self.listing;
         let listed = |p: &u32| listing.binary_search(p).is_ok();
         self.outside.retain(listed);

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use regex::Regex;
 
-use crate::probe::procfs::{parse_stat, read_argv, read_comm};
+use crate::probe::procfs::{list_pids, parse_stat, read_argv, read_comm};
 use crate::runtime::Runtime;
 
 /// How the target is chosen.
@@ -213,19 +213,8 @@ impl Search {
     /// among equals the oldest, flagged as ambiguous.
     fn find_regex(&mut self, re: &Regex, full: bool) -> Result<Found, SearchError> {
         let me = std::process::id();
-        let entries = std::fs::read_dir(&self.proc_root)
+        list_pids(&self.proc_root, &mut self.listing)
             .map_err(|e| SearchError::ProcRoot(self.proc_root.clone(), e))?;
-        self.listing.clear();
-        for entry in entries.flatten() {
-            if let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            {
-                self.listing.push(pid);
-            }
-        }
-        self.listing.sort_unstable();
         let listing = &self.listing;
         self.seen.retain(|p, _| listing.binary_search(p).is_ok());
         let now = Instant::now();
