@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use super::kept::{is_gone, KeptFile};
 use super::tree::ProcessTree;
 use super::{Observations, Probe, ProbeTarget, ReadErrorSink, ReadSource, TargetGone};
+use crate::runtime::Runtime;
 
 /// A file's content did not have the expected shape.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -814,6 +815,18 @@ impl Probe for ProcfsProbe {
     fn detach(&mut self) {
         self.tree = None;
     }
+}
+
+/// The runtime a process runs, from its executable's name (or its comm when the executable link is not
+/// readable), by the executables of the runtime table; None when no row claims it.
+pub fn detect_runtime(proc_root: &Path, pid: u32, comm: &str) -> Option<Runtime> {
+    let exe = std::fs::read_link(proc_root.join(pid.to_string()).join("exe")).ok();
+    let name = exe
+        .as_deref()
+        .and_then(|p| p.file_name())
+        .and_then(|n| n.to_str())
+        .unwrap_or(comm);
+    Runtime::from_executable(name)
 }
 
 /// Lists the pids under `proc_root` into `out` (cleared first), sorted, so a caller can look one up with a

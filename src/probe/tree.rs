@@ -16,10 +16,11 @@
 //! the sum dip for one tick, never count a child twice; every counter is then held at its highest value.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io;
 use std::path::{Path, PathBuf};
 
-use super::procfs::{list_pids, parse_stat, ProcReader, ProcSample, PssPolicy, Stat, Status};
+use super::procfs::{
+    detect_runtime, list_pids, parse_stat, ProcReader, ProcSample, PssPolicy, Stat, Status,
+};
 use super::{ReadErrorSink, TargetGone};
 use crate::runtime::Runtime;
 
@@ -337,11 +338,6 @@ impl ProcessTree {
     /// Live members, read or not.
     pub fn processes(&self) -> usize {
         self.members.len() + self.untracked.len()
-    }
-
-    /// The pids of the members, oldest first.
-    pub fn member_pids(&self) -> impl Iterator<Item = u32> + '_ {
-        self.members.values().filter(|m| !m.zombie).map(|m| m.pid)
     }
 
     /// The member that runs the service's runtime: a member that is not a launcher before one that is,
@@ -671,25 +667,9 @@ fn program_of(proc_root: &Path, pid: u32) -> (Comm, Option<Runtime>, bool) {
     let name = comm.as_str();
     (
         comm,
-        detect(proc_root, pid, &name),
+        detect_runtime(proc_root, pid, &name),
         is_launcher(&name, &argv),
     )
-}
-
-/// The runtime of a process from its executable (or comm when the link is unreadable).
-fn detect(proc_root: &Path, pid: u32, comm: &str) -> Option<Runtime> {
-    let exe = std::fs::read_link(proc_root.join(pid.to_string()).join("exe")).ok();
-    let name = exe
-        .as_deref()
-        .and_then(|p| p.file_name())
-        .and_then(|n| n.to_str())
-        .unwrap_or(comm);
-    Runtime::from_executable(name)
-}
-
-/// Opens the root's reader: the caller's attach fails when this does.
-pub fn open_root(proc_root: &Path, pid: u32, pss: Option<PssPolicy>) -> io::Result<ProcReader> {
-    ProcReader::open(proc_root, pid, pss)
 }
 
 #[cfg(test)]

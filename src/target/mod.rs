@@ -12,8 +12,8 @@ use std::time::Instant;
 
 use regex::Regex;
 
+pub use crate::probe::procfs::detect_runtime;
 use crate::probe::procfs::{list_pids, parse_stat, read_argv, read_comm};
-use crate::runtime::Runtime;
 
 /// How the target is chosen.
 #[derive(Debug, Clone)]
@@ -376,19 +376,6 @@ fn match_kind(re: &Regex, comm: &str, exe: Option<&str>, argv: &[String]) -> Mat
     } else {
         MatchKind::Arguments
     }
-}
-
-/// Detects the target's runtime from its executable name (or comm when the executable link is not
-/// readable), by the executables of the runtime table; None when no row claims it.
-pub fn detect_runtime(proc_root: &Path, pid: u32, comm: &str) -> Option<Runtime> {
-    let exe = std::fs::read_link(proc_root.join(pid.to_string()).join("exe")).ok();
-    let name = exe
-        .as_deref()
-        .and_then(|p| p.file_name())
-        .and_then(|n| n.to_str())
-        .unwrap_or(comm)
-        .to_owned();
-    Runtime::from_executable(&name)
 }
 
 #[cfg(test)]

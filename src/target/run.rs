@@ -15,7 +15,7 @@ use nix::unistd::Pid;
 use std::path::Path;
 
 use crate::config::ChildProtocol;
-use crate::probe::procfs::{parse_stat, read_comm};
+use crate::probe::procfs::{list_pids, parse_stat, read_comm};
 
 /// An address a local client can reach: an unspecified bind address becomes loopback.
 fn reachable(addr: SocketAddr) -> SocketAddr {
@@ -196,22 +196,16 @@ pub fn forward(pid: u32, signal: Signal, to_group: bool) {
 /// reparented when the child exited, so the group and the start time are what is left to know them by.
 pub fn leftovers(proc_root: &Path, pgrp: u32, child_start_ticks: u64) -> Vec<(u32, String)> {
     let me = std::process::id();
-    let Ok(dir) = std::fs::read_dir(proc_root) else {
+    let mut pids = Vec::new();
+    if list_pids(proc_root, &mut pids).is_err() {
         return Vec::new();
-    };
+    }
     let mut out = Vec::new();
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    for pid in pids {
         if pid == me {
             continue;
         }
-        let Some(st) = std::fs::read(entry.path().join("stat"))
+        let Some(st) = std::fs::read(proc_root.join(pid.to_string()).join("stat"))
             .ok()
             .and_then(|raw| parse_stat(&raw).ok())
         else {
@@ -225,7 +219,6 @@ pub fn leftovers(proc_root: &Path, pgrp: u32, child_start_ticks: u64) -> Vec<(u3
             break;
         }
     }
-    out.sort_unstable();
     out
 }
 
