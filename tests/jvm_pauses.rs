@@ -301,9 +301,14 @@ fn long_pauses_show_while_running_and_exactly_after() {
 
     // Once they ended: the exact longest pause, at both intervals. The GC log measures inside the
     // collection; hsperfdata's entry/exit bracket it, a few ms wider at most.
+    // hsperfdata counts a pause when it starts and adds its time when it ends: wait for the time of all
+    // three (a 1 s sampler may not have read the counters since the last one ended).
+    let full_time: f64 = full.iter().sum();
     for (name, v) in [("100ms", &fast), ("1s", &slow)] {
-        let e = v.wait_until(Duration::from_secs(5), "all pauses counted", |e| {
-            full_gc_view(e).is_some_and(|f| f.count == before.count + 3.0)
+        let e = v.wait_until(Duration::from_secs(5), "all pauses ended", |e| {
+            full_gc_view(e).is_some_and(|f| {
+                f.count == before.count + 3.0 && f.seconds - before.seconds >= full_time - 0.01
+            })
         });
         let max = full_gc_view(&e).unwrap().max;
         eprintln!("figure: interval {name}: max {max:.4} s, GC log longest {longest:.4} s");
