@@ -7,6 +7,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use super::jvm_watch::JvmWatch;
 use super::{Observations, Probe, ProbeTarget, ReadErrorSink, ReadSource, TargetGone};
 
 /// Why an hsperfdata file could not be parsed.
@@ -40,6 +41,21 @@ const MAX_ENTRIES: usize = 10_000;
 
 /// Parses every entry of an hsperfdata image into (name, value) pairs, calling `f` for each.
 pub fn parse(buf: &[u8], mut f: impl FnMut(&str, Counter)) -> Result<(), HsperfError> {
+    parse_at(buf, |name, value, _| f(name, value))
+}
+
+/// Whether an image is little-endian (byte 4 of its prologue); None for what is not hsperfdata.
+pub fn little_endian(buf: &[u8]) -> Option<bool> {
+    match buf.get(4) {
+        Some(0) => Some(false),
+        Some(1) => Some(true),
+        _ => None,
+    }
+}
+
+/// Like [`parse`], with each value's offset in the image: a reader that polls a few counters reads them
+/// there, without parsing the whole file again (the JVM never moves an entry once written).
+pub fn parse_at(buf: &[u8], mut f: impl FnMut(&str, Counter, usize)) -> Result<(), HsperfError> {
     if buf.len() < PROLOGUE {
         return Err(HsperfError::Truncated("prologue"));
     }
@@ -110,7 +126,7 @@ pub fn parse(buf: &[u8], mut f: impl FnMut(&str, Counter)) -> Result<(), HsperfE
         let name = std::str::from_utf8(&name_bytes[..name_end])
             .map_err(|_| HsperfError::Format("entry name is not UTF-8".into()))?;
         match (data_type, vector_len) {
-            (b'J', 0) => f(name, Counter::Long(i64_at(off + data_off)?)),
+            (b'J', 0) => f(name, Counter::Long(i64_at(off + data_off)?), off + data_off),
             (b'B', n) if n > 0 => {
                 let data = entry
                     .get(data_off..data_off + n)
@@ -119,6 +135,7 @@ pub fn parse(buf: &[u8], mut f: impl FnMut(&str, Counter)) -> Result<(), HsperfE
                 f(
                     name,
                     Counter::Text(String::from_utf8_lossy(&data[..end]).into_owned()),
+                    off + data_off,
                 );
             }
             _ => {}
@@ -453,9 +470,12 @@ impl HsperfReader {
 /// Ticks between searches for the file while none is open, for a target not known to run a JVM.
 const SEARCH_EVERY_TICKS: u64 = 10;
 
-/// The hsperfdata probe: finds the target's file (every tenth tick until found), reads it every tick, and
-/// says once in the log why it is or is not read.
+/// The hsperfdata probe: finds the target's file (a JVM's within 100 ms through the fast watch, anything
+/// else's every tenth tick), reads it every tick, hands over what the fast watch read between ticks (every
+/// pause on its own), and says once in the log why it is or is not read.
 pub struct HsperfProbe {
+    /// The fast watch: finds a JVM's file and polls its pause counters between ticks.
+    watch: JvmWatch,
     proc_root: PathBuf,
     /// Who the file must belong to; None while detached.
     owner: Option<HsperfOwner>,
@@ -474,6 +494,7 @@ impl HsperfProbe {
     /// A probe looking under the target's root in `proc_root`.
     pub fn new(proc_root: &Path) -> Self {
         HsperfProbe {
+            watch: JvmWatch::new(proc_root),
             proc_root: proc_root.to_path_buf(),
             owner: None,
             reader: None,
@@ -512,33 +533,37 @@ impl Probe for HsperfProbe {
     }
 
     fn attach(&mut self, target: &ProbeTarget, _errors: &dyn ReadErrorSink) -> std::io::Result<()> {
-        self.owner = Some(HsperfOwner {
+        let owner = HsperfOwner {
             pid: target.pid,
             nspid: target.nspid,
             uid: target.uid,
             start_unix_ms: target.start_unix_ms,
-        });
+        };
+        self.owner = Some(owner);
         self.reader = None;
         self.status = None;
         self.shown = None;
         self.is_jvm = target.runtime == Some(Runtime::Jvm);
         self.ticks = 0;
+        self.watch.watch(owner, self.is_jvm);
         Ok(())
     }
 
     fn program_changed(&mut self, target: &ProbeTarget) {
         // As at attach: the next read looks for the new program's file, with the same start-up grace. The
         // program may be another process of the tree (the JVM a launcher started): its file is its own.
-        self.owner = Some(HsperfOwner {
+        let owner = HsperfOwner {
             pid: target.pid,
             nspid: target.nspid,
             uid: target.uid,
             start_unix_ms: target.start_unix_ms,
-        });
+        };
+        self.owner = Some(owner);
         self.is_jvm = target.runtime == Some(Runtime::Jvm);
         self.reader = None;
         self.status = None;
         self.ticks = 0;
+        self.watch.watch(owner, self.is_jvm);
     }
 
     fn sample(
@@ -553,10 +578,33 @@ impl Probe for HsperfProbe {
         // every tenth, in case a JVM it did not look like is behind it.
         let search = self.is_jvm || self.ticks % SEARCH_EVERY_TICKS == 0;
         self.ticks = self.ticks.wrapping_add(1);
+        if self.reader.is_none() {
+            // The fast watch found it between ticks (its baseline was read then).
+            if let Some((path, found_at)) = self.watch.take_found() {
+                match HsperfReader::open(&path) {
+                    Ok(reader) => {
+                        tracing::info!(path = %path.display(), found_ms_ago = found_at.elapsed().as_millis() as u64,
+                            "reading JVM hsperfdata");
+                        self.reader = Some(reader);
+                        obs.runtime_hint = Some(Runtime::Jvm);
+                        self.is_jvm = true;
+                        self.report(owner.pid, HsperfStatus::Reading);
+                    }
+                    Err(e) => {
+                        self.watch.unwatch();
+                        self.watch.watch(owner, self.is_jvm);
+                        tracing::debug!(error = %e, "the file the JVM watch found does not open");
+                    }
+                }
+            }
+        }
         if self.reader.is_none() && search {
             let status = match open_for_target(&self.proc_root, &owner) {
                 Ok((reader, path)) => {
                     tracing::info!(path = %path.display(), "reading JVM hsperfdata");
+                    // From now on its pauses are polled between ticks too; the watch's baseline is read
+                    // here, before this tick's reading.
+                    self.watch.adopt(&path);
                     self.reader = Some(reader);
                     obs.runtime_hint = Some(Runtime::Jvm);
                     self.is_jvm = true;
@@ -567,6 +615,8 @@ impl Probe for HsperfProbe {
             self.report(owner.pid, status);
         }
         if let Some(reader) = self.reader.as_mut() {
+            // What the watch read between ticks, all of it before this tick's reading.
+            obs.jvm_fast = self.watch.drain();
             match reader.sample() {
                 Ok(j) => {
                     obs.jvm = Some(j);
@@ -583,6 +633,7 @@ impl Probe for HsperfProbe {
     }
 
     fn detach(&mut self) {
+        self.watch.unwatch();
         self.owner = None;
         self.reader = None;
         self.status = None;
@@ -591,7 +642,7 @@ impl Probe for HsperfProbe {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Builds an hsperfdata image by hand, in either byte order.

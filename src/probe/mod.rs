@@ -6,6 +6,7 @@
 
 pub mod cgroup;
 pub mod hsperf;
+pub mod jvm_watch;
 pub mod kept;
 pub mod oom;
 pub mod pressure;
@@ -68,6 +69,8 @@ pub struct Observations {
     pub cgroup: Option<CgroupSample>,
     /// JVM hsperfdata sample.
     pub jvm: Option<JvmSample>,
+    /// What the fast JVM watch read between ticks (every pause alone), taken before `jvm` was read.
+    pub jvm_fast: Option<jvm_watch::JvmFast>,
     /// Why hsperfdata is or is not read (an [`hsperf::HsperfStatus`] reason), None when there is nothing
     /// to say (not a JVM).
     pub hsperf_status: Option<&'static str>,

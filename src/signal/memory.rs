@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use crate::model::{Collector, Metric, MetricKind, Value};
 use crate::probe::hsperf::{Collector as GcCollector, JvmSample};
+use crate::probe::jvm_watch::JvmFast;
 use crate::runtime::{self, Runtime};
 
 const BUCKETS: usize = 30;
@@ -182,6 +183,50 @@ impl Window {
         theil_sen(&floor)
     }
 
+    /// Whether the window's readings rise by more than their own scatter, for a source whose value is
+    /// held between readings (a JVM live set). Its readings carry what each collection left beside the
+    /// live set (Shenandoah's floating garbage, what G1 leaves in mostly-live regions): a megabyte up or
+    /// down from one cycle to the next is a slope of several kB/s over minutes, above the default
+    /// threshold, with no growth at all. The readings are reduced to the lowest per stretch of the
+    /// trailing floor (a sixth of the window, so a collector's alternating readings, such as
+    /// Shenandoah's after its immediate-garbage and its final cleanup, give their floor); a line is
+    /// fitted to those (Theil–Sen); its rise across them must exceed the spread of their residuals. With
+    /// fewer than three such points (old collections rarer than a sixth of the window) there is no
+    /// scatter to measure and the slope stands. A source measured every tick always passes.
+    pub fn rise_exceeds_scatter(&self) -> bool {
+        if self.buckets.iter().all(|b| b.measured) {
+            return true;
+        }
+        let mut lows: Vec<(f64, f64)> = Vec::new();
+        let mut stretch = None;
+        for b in &self.buckets {
+            let Some((t, v)) = b.fresh else { continue };
+            let k = b.index.div_euclid(FLOOR_SPAN as i64);
+            match lows.last_mut() {
+                Some(last) if stretch == Some(k) => {
+                    if v < last.1 {
+                        *last = (t, v);
+                    }
+                }
+                _ => {
+                    lows.push((t, v));
+                    stretch = Some(k);
+                }
+            }
+        }
+        if lows.len() < 3 {
+            return true;
+        }
+        let Some(slope) = theil_sen(&lows) else {
+            return true;
+        };
+        let mut offsets: Vec<f64> = lows.iter().map(|(t, v)| v - slope * t).collect();
+        offsets.sort_by(|a, b| a.total_cmp(b));
+        let spread = offsets[offsets.len() - 1] - offsets[0];
+        let rise = slope * (lows[lows.len() - 1].0 - lows[0].0);
+        rise.abs() > spread
+    }
+
     /// The window's span in seconds.
     pub fn span(&self) -> f64 {
         self.span
@@ -256,9 +301,17 @@ struct Track {
 }
 
 impl Track {
-    /// The slopes of the windows that have one, shortest first.
+    /// The slopes of the windows that have one, shortest first, as the verdict weighs them: a window of
+    /// a live set whose readings do not rise by more than their own scatter counts as flat (see
+    /// [`Window::rise_exceeds_scatter`]).
     fn ready_slopes(&self) -> Vec<f64> {
-        self.windows.iter().filter_map(Window::slope).collect()
+        self.windows
+            .iter()
+            .filter_map(|w| {
+                let s = w.slope()?;
+                Some(if w.rise_exceeds_scatter() { s } else { 0.0 })
+            })
+            .collect()
     }
 
     /// Windows that could decide: all but those whose span is covered yet holds fewer than two fresh
@@ -309,6 +362,14 @@ impl JvmLiveSet {
     /// Reads one sample: the live set in bytes and whether it was measured in this sample (false: held
     /// from an earlier collection); None until an old collection has been seen.
     pub fn observe(&mut self, j: &JvmSample) -> Option<(f64, bool)> {
+        self.observe_with(j, None)
+    }
+
+    /// Like [`JvmLiveSet::observe`], with what the fast JVM watch saw since the last sample. For ZGC and
+    /// Shenandoah it read the occupancy every poll: the lowest it fell to is the occupancy when a cycle
+    /// finished reclaiming (plus at most one poll's allocation), where a tick's reading after a fall
+    /// carries whatever was allocated since, up to a whole interval's worth.
+    pub fn observe_with(&mut self, j: &JvmSample, fast: Option<&JvmFast>) -> Option<(f64, bool)> {
         let used = j.old_used?;
         let running = j.collectors.iter().any(|c| c.in_pause());
         let fell = self.old_used.is_some_and(|before| used < before);
@@ -316,6 +377,19 @@ impl JvmLiveSet {
             .collectors
             .iter()
             .any(|c| collects_concurrently(&c.name.to_ascii_lowercase()));
+        if let (true, Some(fast)) = (concurrent, fast) {
+            self.previous.clone_from(&j.collectors);
+            self.old_used = Some(used);
+            let fresh = fast.used_low_after_fall.is_some();
+            if let Some(low) = fast.used_low_after_fall {
+                tracing::debug!(
+                    live_bytes = low,
+                    "JVM occupancy at the end of a concurrent cycle"
+                );
+                self.live = Some(low);
+            }
+            return self.live.map(|v| (v as f64, fresh));
+        }
         let mut cleaned = concurrent && fell;
         for c in &j.collectors {
             let Some(p) = self.previous.iter().find(|p| p.index == c.index) else {

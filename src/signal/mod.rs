@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::probe::hsperf::JvmSample;
+use crate::probe::jvm_watch::JvmFast;
 use crate::probe::Observations;
 use crate::runtime::{Runtime, PROFILES};
 
@@ -90,11 +91,12 @@ impl Derived {
         &self,
         picked: &[HeapReading],
         jvm: Option<&JvmSample>,
+        fast: Option<&JvmFast>,
     ) -> Option<(f64, Option<f64>, bool, Option<Runtime>)> {
         // The live set tracker follows every hsperfdata sample, used or not, so it never misses a collection.
         let live = jvm.and_then(|j| {
             let mut l = self.jvm_live.lock().unwrap_or_else(|p| p.into_inner());
-            l.observe(j)
+            l.observe_with(j, fast)
                 .map(|(v, fresh)| (v, j.old_max.map(|m| m as f64), !fresh, Some(Runtime::Jvm)))
         });
         runtime_heap_row(picked)
@@ -109,9 +111,10 @@ impl Derived {
         let picked = self.runtime.readings(now);
         self.pause
             .update_from_otlp(&picked.pauses, &picked.delays, now);
-        self.pause.update_from_hsperf(inp.jvm.as_ref(), now);
+        self.pause
+            .update_from_hsperf_with(inp.jvm.as_ref(), inp.jvm_fast.as_ref(), now);
         let cg_limit = inp.cgroup.and_then(|c| c.memory_limit).map(|l| l as f64);
-        let heap = self.heap(&picked.heap, inp.jvm.as_ref());
+        let heap = self.heap(&picked.heap, inp.jvm.as_ref(), inp.jvm_fast.as_ref());
         self.memory.observe(
             t,
             &MemoryReadings {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::model::{Collector, Metric, MetricKind, Value};
 use crate::probe::hsperf::{Collector as GcCollector, JvmSample};
+use crate::probe::jvm_watch::JvmFast;
 use crate::runtime::{is_concurrent_cycle, Runtime};
 use crate::signal::runtime_metrics::{DelayReading, DelayValue, PauseReading, PauseValue};
 
@@ -335,8 +336,20 @@ impl PauseSignal {
         }
     }
 
-    /// Reads a JVM's hsperfdata counters; None when the target has none.
+    /// Reads a JVM's hsperfdata counters at a tick with nothing from the fast watch.
     pub fn update_from_hsperf(&self, jvm: Option<&JvmSample>, now: Instant) {
+        self.update_from_hsperf_with(jvm, None, now);
+    }
+
+    /// Reads a JVM's hsperfdata counters; None when the target has none. `fast` is what the fast JVM watch
+    /// read between ticks, all of it before `jvm`: every pause that ended more than one poll after the
+    /// previous one is timed on its own, exactly.
+    pub fn update_from_hsperf_with(
+        &self,
+        jvm: Option<&JvmSample>,
+        fast: Option<&JvmFast>,
+        now: Instant,
+    ) {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let st = &mut *st;
         st.totals.retain(|k, _| k.2 != "hsperfdata");
@@ -347,6 +360,58 @@ impl PauseSignal {
             return;
         };
         let hz = j.frequency as f64;
+        if let Some(fast) = fast {
+            if let Some((at, base)) = &fast.baseline {
+                // The watch opened this JVM's file: its whole image then is the first reading.
+                st.jvm_previous.clear();
+                st.jvm_clock = JvmClock::default();
+                let jvm_then = st.jvm_clock.observe(*at, base);
+                let window = st
+                    .max
+                    .entry((Runtime::Jvm.label(), "hsperfdata"))
+                    .or_default();
+                for c in &base.collectors {
+                    if is_concurrent_cycle(&c.name) {
+                        continue;
+                    }
+                    st.jvm_previous.insert(c.index, c.clone());
+                    for (ago, len) in pauses_on_first_reading(c, hz, jvm_then) {
+                        let t = at.checked_sub(Duration::from_secs_f64(ago)).unwrap_or(*at);
+                        window.push(t, len);
+                    }
+                }
+            }
+            for poll in &fast.polls {
+                let mut longest: Option<f64> = None;
+                for (i, fc) in poll.collectors.iter().enumerate() {
+                    let (Some(fc), Some(prev)) = (fc, st.jvm_previous.get_mut(&i)) else {
+                        continue;
+                    };
+                    let cur = GcCollector {
+                        index: i,
+                        name: String::new(),
+                        invocations: fc.invocations,
+                        time_ticks: fc.time_ticks,
+                        last_entry_ticks: Some(fc.last_entry_ticks),
+                        last_exit_ticks: Some(fc.last_exit_ticks),
+                    };
+                    // A pause still running at a poll is timed when it ends (or by the tick's reading).
+                    if let Some(p) = longest_pause_since(prev, &cur, hz, None) {
+                        longest = Some(longest.map_or(p, |x: f64| x.max(p)));
+                    }
+                    prev.invocations = cur.invocations;
+                    prev.time_ticks = cur.time_ticks;
+                    prev.last_entry_ticks = cur.last_entry_ticks;
+                    prev.last_exit_ticks = cur.last_exit_ticks;
+                }
+                if let Some(b) = longest {
+                    st.max
+                        .entry((Runtime::Jvm.label(), "hsperfdata"))
+                        .or_default()
+                        .push(poll.at, b);
+                }
+            }
+        }
         let jvm_now = st.jvm_clock.observe(now, j);
         let mut longest: Option<f64> = None;
         for c in &j.collectors {

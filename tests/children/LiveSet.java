@@ -2,8 +2,9 @@
 // chunks (they survive a young collection, are promoted and die in the old generation, so old occupancy
 // climbs between old collections with no growth of the live set), and optionally leaks into a static list.
 //
-// java LiveSet LIVE_MIB RING_MIB CHURN_MIB_PER_S LEAK_KIB_PER_S
-// Prints "ready" once the live set is built.
+// java LiveSet LIVE_MIB RING_MIB CHURN_MIB_PER_S LEAK_KIB_PER_S [RING_GROWTH_MIB_PER_S]
+// Prints "ready" once the live set is built. With a ring growth, the ring starts at RING_MIB and holds that
+// much more every second (up to 4 times RING_MIB plus 64 MiB), so young pauses copy more and more.
 import java.util.ArrayList;
 import java.util.List;
 
@@ -22,7 +23,9 @@ public class LiveSet {
         for (int i = 0; i < live.length; i++) {
             live[i] = new byte[CHUNK];
         }
-        ring = new byte[Math.max(1, ringMib * 16)][];
+        double growth = args.length > 4 ? Double.parseDouble(args[4]) : 0;
+        int ringStart = Math.max(1, ringMib * 16);
+        ring = new byte[growth > 0 ? ringStart * 4 + 64 * 16 : ringStart][];
         System.out.println("ready");
         System.out.flush();
         long start = System.nanoTime();
@@ -31,7 +34,8 @@ public class LiveSet {
         while (true) {
             double t = (System.nanoTime() - start) / 1e9;
             for (; churned < t * churnMibPerSec * 16; churned++) {
-                ring[(int) (churned % ring.length)] = new byte[CHUNK];
+                int len = (int) Math.min(ring.length, ringStart + t * growth * 16);
+                ring[(int) (churned % len)] = new byte[CHUNK];
             }
             for (; leaked < t * leakKibPerSec / 64; leaked++) {
                 LEAKED.add(new byte[CHUNK]);

@@ -1,0 +1,34 @@
+// A test target for pauses in a JVM's first seconds: builds a live set of MILLIONS million small linked
+// objects (young collections while it grows), calls System.gc() FULL_GCS times (full collections of the
+// whole live set), prints "done" and idles, so its counters stop moving.
+//
+// java EarlyPauses MILLIONS FULL_GCS
+public class EarlyPauses {
+    static final class Node {
+        Node next;
+        long payload;
+
+        Node(Node next, long payload) {
+            this.next = next;
+            this.payload = payload;
+        }
+    }
+
+    static Node[] roots;
+
+    public static void main(String[] args) throws Exception {
+        int millions = Integer.parseInt(args[0]);
+        int fullGcs = Integer.parseInt(args[1]);
+        roots = new Node[1024];
+        for (int i = 0; i < millions * 1_000_000; i++) {
+            int r = i & 1023;
+            roots[r] = new Node(roots[r], i);
+        }
+        for (int i = 0; i < fullGcs; i++) {
+            System.gc();
+        }
+        System.out.println("done");
+        System.out.flush();
+        Thread.sleep(Long.MAX_VALUE);
+    }
+}
