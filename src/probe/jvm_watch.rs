@@ -36,6 +36,15 @@ pub const SEARCH_EVERY: Duration = Duration::from_millis(100);
 const SEARCH_FAST_FOR: Duration = Duration::from_secs(30);
 const SEARCH_EVERY_LATER: Duration = Duration::from_secs(1);
 
+/// How long occupancy must stay without a fall before its low point counts as the end of a cycle's
+/// reclaiming (the falls of one Shenandoah cycle on a 256 MiB heap come within about 100 ms; between
+/// cycles the heap only fills).
+pub const SETTLE: Duration = Duration::from_secs(1);
+
+/// A collector that never stops falling for [`SETTLE`] (ZGC cycling back to back) has its lowest point
+/// handed over this long after the first fall of the group.
+pub const SETTLE_AT_MOST: Duration = Duration::from_secs(3);
+
 /// Collectors polled: indices below this (HotSpot uses 0-2).
 pub const FAST_COLLECTORS: usize = 4;
 
@@ -75,9 +84,11 @@ pub struct JvmFast {
     pub polls: Vec<JvmPoll>,
     /// Polls lost to a full ring since the last hand-over.
     pub dropped: u64,
-    /// Heap occupancy (`sun.gc.generation.1.space.0.used`): the lowest seen since it last fell, when it
-    /// fell since the last hand-over. A concurrent collector's occupancy at the end of its reclaiming,
-    /// to within one poll of allocation.
+    /// Heap occupancy (`sun.gc.generation.1.space.0.used`) at the end of a collector's reclaiming: the
+    /// lowest it fell to, handed over once it has settled (no further fall for [`SETTLE`], or
+    /// [`SETTLE_AT_MOST`] after the first), so the falls of one concurrent cycle (Shenandoah frees immediate garbage after its
+    /// Final Mark and the collection set at its end) give one reading, the last and lowest. None when no
+    /// fall settled since the last hand-over.
     pub used_low_after_fall: Option<u64>,
 }
 
@@ -161,7 +172,7 @@ struct Open {
 
 impl Open {
     /// Reads the polled counters; false when the file no longer reads (truncated, unreadable).
-    fn poll(&mut self, st: &mut Found) -> bool {
+    fn poll(&mut self, st: &mut Found, at: Instant) -> bool {
         let n = match self.file.read_at(&mut self.buf, self.layout.lo as u64) {
             Ok(n) => n,
             Err(_) => return false,
@@ -169,7 +180,6 @@ impl Open {
         if n < self.buf.len() {
             return false;
         }
-        let at = Instant::now();
         let mut cur = [None; FAST_COLLECTORS];
         for (i, offsets) in self.layout.collectors.iter().enumerate() {
             let Some([a, b, c, d]) = *offsets else {
@@ -200,9 +210,21 @@ impl Open {
             .and_then(|o| self.layout.value(&self.buf, o))
         {
             if self.last_used.is_some_and(|before| used < before) {
-                st.used_low_after_fall = Some(st.used_low_after_fall.map_or(used, |l| l.min(used)));
+                st.low = Some(st.low.map_or(used, |l| l.min(used)));
+                st.first_fall.get_or_insert(at);
+                st.activity = Some(at);
             }
             self.last_used = Some(used);
+        }
+        if let (Some(low), Some(last), Some(first)) = (st.low, st.activity, st.first_fall) {
+            if at.saturating_duration_since(last) >= SETTLE
+                || at.saturating_duration_since(first) >= SETTLE_AT_MOST
+            {
+                st.used_low_after_fall = Some(st.used_low_after_fall.map_or(low, |l| l.min(low)));
+                st.low = None;
+                st.activity = None;
+                st.first_fall = None;
+            }
         }
         true
     }
@@ -219,6 +241,11 @@ struct Found {
     polls: VecDeque<JvmPoll>,
     dropped: u64,
     used_low_after_fall: Option<u64>,
+    /// The lowest occupancy since a fall that has not settled yet, when it last fell, and when the
+    /// first fall of the group came.
+    low: Option<u64>,
+    activity: Option<Instant>,
+    first_fall: Option<Instant>,
 }
 
 /// What the probe asked the watch to do.
@@ -285,7 +312,7 @@ fn open_file(path: &Path) -> Option<(Open, JvmSample)> {
     };
     // The baseline's counters are the first poll's "before".
     let mut scratch = Found::default();
-    open.poll(&mut scratch);
+    open.poll(&mut scratch, Instant::now());
     Some((open, sample))
 }
 
@@ -392,7 +419,7 @@ fn run(shared: &Shared) {
         let state = &mut *st;
         let wait = match (&mut state.open, state.owner) {
             (Some(open), _) => {
-                if !open.poll(&mut state.found) {
+                if !open.poll(&mut state.found, Instant::now()) {
                     // The file no longer reads: the probe's tick says why; poll no more.
                     state.open = None;
                 }
@@ -514,15 +541,23 @@ mod tests {
         write(&path, 1, 100, 500);
         let (mut open, base) = open_file(&path).unwrap();
         assert_eq!(base.collectors[0].invocations, 1);
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
         let mut f = Found::default();
-        assert!(open.poll(&mut f));
+        assert!(open.poll(&mut f, ms(0)));
         assert!(f.polls.is_empty(), "unchanged since the baseline");
-        write(&path, 2, 200, 300);
-        assert!(open.poll(&mut f));
+        // A first fall (immediate garbage), a pause, a lower fall (the collection set): one reading, the
+        // lowest, once it stopped falling for SETTLE.
+        write(&path, 1, 100, 400);
+        assert!(open.poll(&mut f, ms(20)));
+        write(&path, 2, 200, 420);
+        assert!(open.poll(&mut f, ms(40)));
         write(&path, 2, 200, 250);
-        assert!(open.poll(&mut f));
+        assert!(open.poll(&mut f, ms(60)));
         write(&path, 2, 200, 260);
-        assert!(open.poll(&mut f));
+        assert!(open.poll(&mut f, ms(80)));
+        assert_eq!(f.used_low_after_fall, None, "not settled yet");
+        assert!(open.poll(&mut f, ms(60) + SETTLE));
         assert_eq!(f.polls.len(), 1);
         assert_eq!(
             f.polls[0].collectors[0],
@@ -535,6 +570,9 @@ mod tests {
         );
         assert_eq!(f.used_low_after_fall, Some(250));
         std::fs::write(&path, b"").unwrap();
-        assert!(!open.poll(&mut f), "a truncated file ends polling");
+        assert!(
+            !open.poll(&mut f, Instant::now()),
+            "a truncated file ends polling"
+        );
     }
 }

@@ -192,8 +192,11 @@ impl Window {
     /// Shenandoah's after its immediate-garbage and its final cleanup, give their floor); a line is
     /// fitted to those (Theil–Sen); its rise across them must exceed the spread of their residuals. With
     /// fewer than three such points (old collections rarer than a sixth of the window) there is no
-    /// scatter to measure and the slope stands. A source measured every tick always passes.
-    pub fn rise_exceeds_scatter(&self) -> bool {
+    /// scatter to measure and the slope of a stop-the-world collector's exact live set stands; a
+    /// `scattered` source (a concurrent collector's end-of-cycle occupancy, a megabyte up or down with no
+    /// growth) needs three, else its window cannot tell growth from scatter and counts as flat. A source
+    /// measured every tick always passes.
+    pub fn rise_exceeds_scatter(&self, scattered: bool) -> bool {
         if self.buckets.iter().all(|b| b.measured) {
             return true;
         }
@@ -215,7 +218,7 @@ impl Window {
             }
         }
         if lows.len() < 3 {
-            return true;
+            return !scattered;
         }
         let Some(slope) = theil_sen(&lows) else {
             return true;
@@ -288,6 +291,10 @@ pub struct MemoryReadings {
     /// The heap value is held from an earlier collection, not measured this tick (hsperfdata between old
     /// collections).
     pub heap_held: bool,
+    /// The heap value is a concurrent collector's occupancy at the end of its cycles (ZGC, Shenandoah):
+    /// it carries floating garbage, so a window judges its rise only from three readings on (see
+    /// [`Window::rise_exceeds_scatter`]).
+    pub heap_concurrent: bool,
     /// Cgroup usage and limit.
     pub cgroup: Option<(f64, Option<f64>)>,
     /// The runtime whose heap `heap` is.
@@ -298,6 +305,8 @@ struct Track {
     windows: Vec<Window>,
     last: Option<(f64, Option<f64>)>,
     leak: bool,
+    /// The readings are a concurrent collector's (see [`MemoryReadings::heap_concurrent`]).
+    scattered: bool,
 }
 
 impl Track {
@@ -309,17 +318,24 @@ impl Track {
             .iter()
             .filter_map(|w| {
                 let s = w.slope()?;
-                Some(if w.rise_exceeds_scatter() { s } else { 0.0 })
+                Some(if w.rise_exceeds_scatter(self.scattered) {
+                    s
+                } else {
+                    0.0
+                })
             })
             .collect()
     }
 
     /// Windows that could decide: all but those whose span is covered yet holds fewer than two fresh
-    /// readings (a window shorter than the source's measuring interval never can).
+    /// readings (a window shorter than the source's measuring interval never can). A concurrent
+    /// collector's scattered readings are the exception: a longer window alone, fitted on a handful of
+    /// them, cannot tell a warm-up or a megabyte of floating garbage from growth, so a short window
+    /// without readings holds the verdict back (its cycles then come rarer than the window is long).
     fn able(&self) -> usize {
         self.windows
             .iter()
-            .filter(|w| w.status() != WindowStatus::FewReadings)
+            .filter(|w| self.scattered || w.status() != WindowStatus::FewReadings)
             .count()
     }
 }
@@ -351,6 +367,13 @@ fn cleans_old_generation(collector: &str) -> bool {
         .iter()
         .any(|w| n.contains(w))
         && !collects_concurrently(&n)
+}
+
+/// Whether a JVM runs ZGC or Shenandoah (by its collectors' names).
+pub fn is_concurrent_collector(j: &JvmSample) -> bool {
+    j.collectors
+        .iter()
+        .any(|c| collects_concurrently(&c.name.to_ascii_lowercase()))
 }
 
 /// ZGC and Shenandoah (lower-case name): single-generation collectors that reclaim between their pauses.
@@ -474,6 +497,7 @@ impl MemoryGrowth {
             windows: spans.iter().map(|d| Window::new(*d)).collect(),
             last: None,
             leak: false,
+            scattered: false,
         };
         MemoryGrowth {
             names: spans.iter().map(|d| window_name(*d)).collect(),
@@ -496,6 +520,7 @@ impl MemoryGrowth {
             let track = &mut tracks[i];
             track.last = reading;
             let held = matches!(sig, MemorySignal::Heap) && r.heap_held;
+            track.scattered = matches!(sig, MemorySignal::Heap) && r.heap_concurrent;
             if let Some((v, _)) = reading {
                 for w in &mut track.windows {
                     if held {
@@ -883,6 +908,48 @@ mod tests {
         assert!(!verdict(true, &[40.0, 30.0], 2, 100.0));
         // With one window configured, it is all there is.
         assert!(verdict(false, &[1e6], 1, 100.0));
+    }
+
+    /// A live set held between readings: a constant one whose readings step by a megabyte from one cycle
+    /// to the next (Shenandoah's floating garbage; the GC log said 48, 47, 48, … MiB) rises by less than
+    /// its scatter, so its windows count as flat for the verdict whatever the slope of their floor; a
+    /// leak of 200 kB/s read in pairs 14 MiB apart (Shenandoah's immediate-garbage and final cleanups)
+    /// rises far above it.
+    #[test]
+    fn a_live_set_must_rise_above_its_scatter() {
+        const MIB: f64 = 1048576.0;
+        let feed = |reading: &dyn Fn(u32) -> Option<f64>| {
+            let mut w = Window::new(Duration::from_secs(60));
+            let mut held = 48.0 * MIB;
+            for tick in 0..80u32 {
+                match reading(tick) {
+                    Some(v) => {
+                        held = v;
+                        w.observe(tick as f64, v);
+                    }
+                    None => w.observe_held(tick as f64, held),
+                }
+            }
+            w
+        };
+        // A reading every 13 s; the second one a megabyte low.
+        let constant =
+            feed(&|t| (t % 13 == 0).then(|| if t == 13 { 47.0 * MIB } else { 48.0 * MIB }));
+        assert!(!constant.rise_exceeds_scatter(true));
+        let leak = feed(&|t| match t % 7 {
+            0 => Some(60.0 * MIB + 200_000.0 * t as f64 + 14.0 * MIB),
+            3 => Some(60.0 * MIB + 200_000.0 * t as f64),
+            _ => None,
+        });
+        assert!(leak.rise_exceeds_scatter(true));
+        let s = leak.slope().unwrap();
+        assert!((s - 200_000.0).abs() < 40_000.0, "{s}");
+        // Two rare readings (a full collection every 35 s) leave no scatter to measure: the slope of a
+        // stop-the-world collector's exact live set stands.
+        let rare = feed(&|t| (t % 35 == 5).then(|| 48.0 * MIB + 210_000.0 * t as f64));
+        assert!(rare.rise_exceeds_scatter(false));
+        // The same two from a concurrent collector cannot tell growth from its scatter.
+        assert!(!rare.rise_exceeds_scatter(true));
     }
 
     /// The live set a G1 JVM with a constant 48 MiB live set showed after its old collections (vitals'

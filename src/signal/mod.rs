@@ -92,15 +92,23 @@ impl Derived {
         picked: &[HeapReading],
         jvm: Option<&JvmSample>,
         fast: Option<&JvmFast>,
-    ) -> Option<(f64, Option<f64>, bool, Option<Runtime>)> {
+    ) -> Option<(f64, Option<f64>, bool, Option<Runtime>, bool)> {
         // The live set tracker follows every hsperfdata sample, used or not, so it never misses a collection.
         let live = jvm.and_then(|j| {
             let mut l = self.jvm_live.lock().unwrap_or_else(|p| p.into_inner());
-            l.observe_with(j, fast)
-                .map(|(v, fresh)| (v, j.old_max.map(|m| m as f64), !fresh, Some(Runtime::Jvm)))
+            let concurrent = memory::is_concurrent_collector(j);
+            l.observe_with(j, fast).map(|(v, fresh)| {
+                (
+                    v,
+                    j.old_max.map(|m| m as f64),
+                    !fresh,
+                    Some(Runtime::Jvm),
+                    concurrent,
+                )
+            })
         });
         runtime_heap_row(picked)
-            .map(|(used, limit, order)| (used, limit, false, heap_row_runtime(order)))
+            .map(|(used, limit, order)| (used, limit, false, heap_row_runtime(order), false))
             .or(live)
     }
 
@@ -119,8 +127,9 @@ impl Derived {
             t,
             &MemoryReadings {
                 rss: inp.rss.map(|r| (r, cg_limit)),
-                heap: heap.map(|(v, limit, _, _)| (v, limit)),
+                heap: heap.map(|(v, limit, ..)| (v, limit)),
                 heap_held: heap.is_some_and(|h| h.2),
+                heap_concurrent: heap.is_some_and(|h| h.4),
                 heap_runtime: heap.and_then(|h| h.3),
                 cgroup: inp
                     .cgroup

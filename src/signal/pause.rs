@@ -778,6 +778,73 @@ mod tests {
             .all(|f| f.points.is_empty() || f.name != "vitals.gc.pause"));
     }
 
+    /// Three young pauses of 5, 13 and 4 ms end within one 1 s interval: the tick alone sees the last
+    /// exactly and the others' mean (9 ms); with the fast watch's polls between, each is timed on its
+    /// own and the max is the 13 ms one. A pause running at a poll is timed when it ends.
+    #[test]
+    fn polls_between_ticks_time_each_pause() {
+        use crate::probe::jvm_watch::{FastCollector, JvmFast, JvmPoll, FAST_COLLECTORS};
+        let young = |invocations, time_ticks, entry, exit| GcCollector {
+            index: 0,
+            name: "G1 young collection pauses".into(),
+            invocations,
+            time_ticks,
+            last_entry_ticks: Some(entry),
+            last_exit_ticks: Some(exit),
+        };
+        let sample = |c: GcCollector| JvmSample {
+            frequency: 1000,
+            collectors: vec![c],
+            hrt_ticks: Some(10_000),
+            ..Default::default()
+        };
+        let t0 = Instant::now();
+        let max = |p: &PauseSignal| {
+            let mut out = vec![];
+            p.collect(&mut out);
+            out.iter()
+                .find(|f| f.name == "vitals.gc.pause.max")
+                .and_then(|f| f.points.first().map(|p| p.value.clone()))
+        };
+        let ticks_only = PauseSignal::new();
+        ticks_only.update_from_hsperf(Some(&sample(young(1, 2, 9_000, 9_002))), t0);
+        let after = sample(young(4, 24, 10_500, 10_504));
+        ticks_only.update_from_hsperf(Some(&after), t0 + Duration::from_secs(1));
+        assert_eq!(
+            max(&ticks_only),
+            Some(Value::Gauge(0.009)),
+            "4 ms and the mean of 5 and 13"
+        );
+
+        let watched = PauseSignal::new();
+        watched.update_from_hsperf(Some(&sample(young(1, 2, 9_000, 9_002))), t0);
+        let poll = |ms: u64, inv, time, entry, exit| {
+            let mut collectors = [None; FAST_COLLECTORS];
+            collectors[0] = Some(FastCollector {
+                invocations: inv,
+                time_ticks: time,
+                last_entry_ticks: entry,
+                last_exit_ticks: exit,
+            });
+            JvmPoll {
+                at: t0 + Duration::from_millis(ms),
+                collectors,
+            }
+        };
+        let fast = JvmFast {
+            polls: vec![
+                poll(100, 2, 7, 10_100, 10_105),
+                // The 13 ms pause is running at this poll, and ended by the next.
+                poll(300, 3, 7, 10_300, 10_105),
+                poll(320, 3, 20, 10_300, 10_313),
+                poll(520, 4, 24, 10_500, 10_504),
+            ],
+            ..Default::default()
+        };
+        watched.update_from_hsperf_with(Some(&after), Some(&fast), t0 + Duration::from_secs(1));
+        assert_eq!(max(&watched), Some(Value::Gauge(0.013)));
+    }
+
     /// Attaching 10.5 s after a JVM started whose full collections took 0.61 s and then 0.40 s: the
     /// first reading counts both where they fall in the window (the last exactly at its exit, the
     /// other, alone, exactly at the JVM's start), and each leaves the max when its minute is over. A
