@@ -173,7 +173,11 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
     let registry = Registry::new();
     let stats = Arc::new(ExporterStats::new(hz, page_size));
     let store = Arc::new(TargetMetrics::new(units).with_info_labels(kubernetes_labels(&config)));
-    register_target(&registry, config.target_name.as_deref(), store.clone());
+    // With no selector there is no main target: no `vitals_target_up 0` to page anyone (in a pod, each
+    // container is a target of its own).
+    if config.target.is_some() {
+        register_target(&registry, config.target_name.as_deref(), store.clone());
+    }
     registry.register(stats.clone());
     let status = Arc::new(TargetStatus::default());
     let shutdown = CancellationToken::new();
