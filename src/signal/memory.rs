@@ -183,18 +183,16 @@ impl Window {
         theil_sen(&floor)
     }
 
-    /// Whether the window's readings rise by more than their own scatter, for a source whose value is
-    /// held between readings (a JVM live set). Its readings carry what each collection left beside the
-    /// live set (Shenandoah's floating garbage, what G1 leaves in mostly-live regions): a megabyte up or
-    /// down from one cycle to the next is a slope of several kB/s over minutes, above the default
-    /// threshold, with no growth at all. The readings are reduced to the lowest per stretch of the
-    /// trailing floor (a sixth of the window, so a collector's alternating readings, such as
-    /// Shenandoah's after its immediate-garbage and its final cleanup, give their floor); a line is
-    /// fitted to those (Theil–Sen); its rise across them must exceed the spread of their residuals. With
-    /// fewer than three such points (old collections rarer than a sixth of the window) there is no
-    /// scatter to measure and the slope of a stop-the-world collector's exact live set stands; a
-    /// `scattered` source (a concurrent collector's end-of-cycle occupancy, a megabyte up or down with no
-    /// growth) needs three, else its window cannot tell growth from scatter and counts as flat. A source
+    /// Whether the window's readings trend rather than scatter, for a source whose value is held between
+    /// readings (a JVM live set). Its readings carry what each collection left beside the live set
+    /// (Shenandoah's floating garbage): a megabyte up or down from one cycle to the next is a slope of
+    /// several kB/s over minutes, above the default threshold, with no growth at all. The readings are
+    /// reduced to the lowest per stretch of the trailing floor (a sixth of the window, so the several
+    /// readings one cycle may give count once), and two thirds of their pairs must move the same way
+    /// (Kendall's score): a steady leak moves every pair up, a single low reading among equal ones
+    /// moves none. With fewer than three such points (old collections rarer than a sixth of the window)
+    /// there is nothing to score: the slope of a stop-the-world collector's exact live set stands, a
+    /// `scattered` source's (a concurrent collector's end-of-cycle occupancy) counts as flat. A source
     /// measured every tick always passes.
     pub fn rise_exceeds_scatter(&self, scattered: bool) -> bool {
         if self.buckets.iter().all(|b| b.measured) {
@@ -220,14 +218,20 @@ impl Window {
         if lows.len() < 3 {
             return !scattered;
         }
-        let Some(slope) = theil_sen(&lows) else {
-            return true;
-        };
-        let mut offsets: Vec<f64> = lows.iter().map(|(t, v)| v - slope * t).collect();
-        offsets.sort_by(|a, b| a.total_cmp(b));
-        let spread = offsets[offsets.len() - 1] - offsets[0];
-        let rise = slope * (lows[lows.len() - 1].0 - lows[0].0);
-        rise.abs() > spread
+        // A trend, not scatter: two thirds of the pairs of readings move the same way (Kendall's score).
+        // Equal readings, or a single low one among equals, move no way at all.
+        let (mut up, mut down, mut pairs) = (0usize, 0usize, 0usize);
+        for (i, a) in lows.iter().enumerate() {
+            for b in &lows[i + 1..] {
+                pairs += 1;
+                if b.1 > a.1 {
+                    up += 1;
+                } else if b.1 < a.1 {
+                    down += 1;
+                }
+            }
+        }
+        up.max(down) * 3 >= pairs * 2
     }
 
     /// The window's span in seconds.
@@ -291,8 +295,7 @@ pub struct MemoryReadings {
     /// The heap value is held from an earlier collection, not measured this tick (hsperfdata between old
     /// collections).
     pub heap_held: bool,
-    /// The heap value is a concurrent collector's occupancy at the end of its cycles (ZGC, Shenandoah):
-    /// it carries floating garbage, so a window judges its rise only from three readings on (see
+    /// The heap value is Shenandoah's occupancy at the end of its cycles: it carries floating garbage, so a window judges its rise only from three readings on (see
     /// [`Window::rise_exceeds_scatter`]).
     pub heap_concurrent: bool,
     /// Cgroup usage and limit.
@@ -328,10 +331,10 @@ impl Track {
     }
 
     /// Windows that could decide: all but those whose span is covered yet holds fewer than two fresh
-    /// readings (a window shorter than the source's measuring interval never can). A concurrent
-    /// collector's scattered readings are the exception: a longer window alone, fitted on a handful of
-    /// them, cannot tell a warm-up or a megabyte of floating garbage from growth, so a short window
-    /// without readings holds the verdict back (its cycles then come rarer than the window is long).
+    /// readings (a window shorter than the source's measuring interval never can). Shenandoah's
+    /// scattered readings are the exception: a longer window alone, fitted on a handful of them, cannot
+    /// tell a warm-up or a megabyte of floating garbage from growth, so a short window without readings
+    /// holds the verdict back (its cycles then come rarer than the window is long).
     fn able(&self) -> usize {
         self.windows
             .iter()
@@ -369,11 +372,12 @@ fn cleans_old_generation(collector: &str) -> bool {
         && !collects_concurrently(&n)
 }
 
-/// Whether a JVM runs ZGC or Shenandoah (by its collectors' names).
+/// Whether a JVM runs Shenandoah (by its collectors' names), whose end-of-cycle occupancy scatters by
+/// its floating garbage. ZGC's readings keep the ordinary verdict: its constant live sets read flat.
 pub fn is_concurrent_collector(j: &JvmSample) -> bool {
     j.collectors
         .iter()
-        .any(|c| collects_concurrently(&c.name.to_ascii_lowercase()))
+        .any(|c| c.name.to_ascii_lowercase().contains("shenandoah"))
 }
 
 /// ZGC and Shenandoah (lower-case name): single-generation collectors that reclaim between their pauses.
@@ -934,7 +938,7 @@ mod tests {
         };
         // A reading every 13 s; the second one a megabyte low.
         let constant =
-            feed(&|t| (t % 13 == 0).then(|| if t == 13 { 47.0 * MIB } else { 48.0 * MIB }));
+            feed(&|t| (t % 13 == 0).then_some(if t == 13 { 47.0 * MIB } else { 48.0 * MIB }));
         assert!(!constant.rise_exceeds_scatter(true));
         let leak = feed(&|t| match t % 7 {
             0 => Some(60.0 * MIB + 200_000.0 * t as f64 + 14.0 * MIB),
@@ -946,7 +950,7 @@ mod tests {
         assert!((s - 200_000.0).abs() < 40_000.0, "{s}");
         // Two rare readings (a full collection every 35 s) leave no scatter to measure: the slope of a
         // stop-the-world collector's exact live set stands.
-        let rare = feed(&|t| (t % 35 == 5).then(|| 48.0 * MIB + 210_000.0 * t as f64));
+        let rare = feed(&|t| (t % 35 == 5).then_some(48.0 * MIB + 210_000.0 * t as f64));
         assert!(rare.rise_exceeds_scatter(false));
         // The same two from a concurrent collector cannot tell growth from its scatter.
         assert!(!rare.rise_exceeds_scatter(true));

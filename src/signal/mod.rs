@@ -59,6 +59,10 @@ fn runtime_heap_row(heap: &[HeapReading]) -> Option<(f64, Option<f64>, usize)> {
     Some((sum(false)?, sum(true).filter(|l| *l > 0.0), order))
 }
 
+/// A heap value: bytes, its limit, whether held from an earlier collection, its runtime, and whether it
+/// is a concurrent collector's end-of-cycle occupancy.
+type HeapValue = (f64, Option<f64>, bool, Option<Runtime>, bool);
+
 /// The runtime of the heap row at `order` (rows numbered across the table in table order).
 fn heap_row_runtime(order: usize) -> Option<Runtime> {
     PROFILES
@@ -92,7 +96,7 @@ impl Derived {
         picked: &[HeapReading],
         jvm: Option<&JvmSample>,
         fast: Option<&JvmFast>,
-    ) -> Option<(f64, Option<f64>, bool, Option<Runtime>, bool)> {
+    ) -> Option<HeapValue> {
         // The live set tracker follows every hsperfdata sample, used or not, so it never misses a collection.
         let live = jvm.and_then(|j| {
             let mut l = self.jvm_live.lock().unwrap_or_else(|p| p.into_inner());
