@@ -444,6 +444,33 @@ pub struct Options {
         value_name = "BYTES"
     )]
     pub profile_stack_bytes: Option<u32>,
+    /// Profile the target all the time at a low rate, keeping recent samples in a bounded ring, and keep
+    /// the profile around each onset of a latency, pause or saturation alert condition (see
+    /// /debug/pprof/captures) [default: false].
+    #[arg(long, global = true, env = "VITALS_PROFILE_CONTINUOUS", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub profile_continuous: Option<bool>,
+    /// Samples per second of the target's CPU time in continuous mode [default: 19; 1..999].
+    #[arg(
+        long,
+        global = true,
+        env = "VITALS_PROFILE_CONTINUOUS_HZ",
+        value_name = "HZ"
+    )]
+    pub profile_continuous_hz: Option<u64>,
+    /// Bytes the continuous profiler's ring of recent samples may hold; the kept captures have the same
+    /// bound [default: 8388608; 262144..1073741824].
+    #[arg(
+        long,
+        global = true,
+        env = "VITALS_PROFILE_RING_BYTES",
+        value_name = "BYTES"
+    )]
+    pub profile_ring_bytes: Option<u64>,
+    /// How far back the continuous profiler's ring reaches when its byte bound allows [default: 5m;
+    /// 1m..1h].
+    #[arg(long, global = true, env = "VITALS_PROFILE_RING_WINDOW", value_parser = humantime::parse_duration)]
+    #[serde(deserialize_with = "de_duration")]
+    pub profile_ring_window: Option<Duration>,
     /// YAML configuration file.
     #[arg(long, global = true, env = "VITALS_CONFIG", value_name = "FILE")]
     #[serde(skip)]
@@ -676,6 +703,80 @@ pub struct Config {
     pub profiling: bool,
     /// Bytes of user stack copied per profile sample.
     pub profile_stack_bytes: u32,
+    /// Continuous profiling and captures on trouble; None when off.
+    pub profile_continuous: Option<ContinuousProfile>,
+}
+
+/// Continuous profiling: the rate and the ring's bounds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContinuousProfile {
+    /// Samples per second of CPU time.
+    pub hz: u64,
+    /// Bytes the ring (and, apart, the kept captures) may hold.
+    pub ring_bytes: u64,
+    /// How far back the ring reaches.
+    pub window: Duration,
+}
+
+/// The continuous profiling settings, or None when it is off; refuses it with profiling off.
+fn continuous_settings(
+    o: &Options,
+    file: &Options,
+    origins: &Origins<'_>,
+    profiling: bool,
+) -> Result<Option<ContinuousProfile>, ConfigError> {
+    let from_cli = o.profile_continuous.is_some();
+    if !o
+        .profile_continuous
+        .or(file.profile_continuous)
+        .unwrap_or(false)
+    {
+        return Ok(None);
+    }
+    if !profiling {
+        return Err(invalid(
+            origins.name("profile_continuous", from_cli),
+            "needs profiling on (--profiling=false turns it off)",
+        ));
+    }
+    let from_cli = o.profile_continuous_hz.is_some();
+    let hz = o
+        .profile_continuous_hz
+        .or(file.profile_continuous_hz)
+        .unwrap_or(19);
+    if !(1..=999).contains(&hz) {
+        return Err(invalid(
+            origins.name("profile_continuous_hz", from_cli),
+            "must be between 1 and 999",
+        ));
+    }
+    let from_cli = o.profile_ring_bytes.is_some();
+    let ring_bytes = o
+        .profile_ring_bytes
+        .or(file.profile_ring_bytes)
+        .unwrap_or(8 << 20);
+    if !(256 << 10..=1 << 30).contains(&ring_bytes) {
+        return Err(invalid(
+            origins.name("profile_ring_bytes", from_cli),
+            "must be between 262144 (256 KiB) and 1073741824 (1 GiB)",
+        ));
+    }
+    let from_cli = o.profile_ring_window.is_some();
+    let window = o
+        .profile_ring_window
+        .or(file.profile_ring_window)
+        .unwrap_or(Duration::from_secs(300));
+    if !(Duration::from_secs(60)..=Duration::from_secs(3600)).contains(&window) {
+        return Err(invalid(
+            origins.name("profile_ring_window", from_cli),
+            "must be between 1m and 1h",
+        ));
+    }
+    Ok(Some(ContinuousProfile {
+        hz,
+        ring_bytes,
+        window,
+    }))
 }
 
 /// A configuration that cannot be used. Each message names where the bad value came from: the flag, the
@@ -797,6 +898,8 @@ impl Cli {
             sources: &self.sources,
             file: o.config.as_deref(),
         };
+        let profiling = o.profiling.or(file.profiling).unwrap_or(true);
+        let profile_continuous = continuous_settings(&o, &file, &origins, profiling)?;
         let forward = ForwardFlags::merge(&o, &file);
         let push = push_options(&o, &file, &origins);
         let flag_selected = o.pid.is_some() || o.pid_file.is_some() || o.process.is_some();
@@ -1076,8 +1179,9 @@ impl Cli {
             ));
         }
         Ok(Config {
-            profiling: o.profiling.or(file.profiling).unwrap_or(true),
+            profiling,
             profile_stack_bytes,
+            profile_continuous,
             forward,
             push,
             warnings,
