@@ -852,8 +852,24 @@ fn a_latency_onset_in_a_real_flask_app_keeps_the_profile_of_the_function_that_ca
     for _ in 0..150 {
         assert!(get(1));
     }
-    v.wait_until(Duration::from_secs(20), "the fast requests' spans", |e| {
+    let e = v.wait_until(Duration::from_secs(20), "the fast requests' spans", |e| {
         e.sum("vitals_request_duration_seconds_count", &[]) >= 150.0
+    });
+    let app_pid: u32 = e
+        .find("vitals_target_info", &[])
+        .and_then(|s| s.labels.iter().find(|(k, _)| k == "pid"))
+        .and_then(|(_, p)| p.parse().ok())
+        .expect("the app's pid");
+    // Ground truth: the app's CPU time, read every 200 ms with the time it was read.
+    let stop_clock = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop_clock.clone();
+    let clock = std::thread::spawn(move || {
+        let mut readings = Vec::new();
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            readings.push((unix_now(), cpu_seconds(app_pid)));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        readings
     });
     let healthy = v.get("/debug/pprof/captures", None);
     assert_eq!(healthy.0, 200, "{}", healthy.2);
@@ -939,13 +955,27 @@ fn a_latency_onset_in_a_real_flask_app_keeps_the_profile_of_the_function_that_ca
     );
     assert_eq!(read.top_flat, "render_report_slowly", "{:?}", read.shares);
     assert!(hot >= 50.0, "render_report_slowly has {hot}% flat");
-    // The sampled CPU of the hot function is what the slow requests spent (19 Hz; ±40% for the few
-    // samples and the requests cut off at the window's ends): at least a third of a second per
-    // request inside the window.
+    // The capture's total is the CPU the app used in its window, as /proc/PID/stat counted it (±30% +
+    // 0.3 s: at 19 Hz three seconds of CPU are ~60 samples, ±13% by chance alone; samples are put in a
+    // segment when read, up to 100 ms late, and the readings are 200 ms apart, at both window ends).
+    stop_clock.store(true, std::sync::atomic::Ordering::Relaxed);
+    let readings = clock.join().unwrap();
+    let at_time = |t: f64| {
+        readings
+            .iter()
+            .find(|(when, _)| *when >= t)
+            .or(readings.last())
+            .map_or(0.0, |(_, cpu)| *cpu)
+    };
+    let used = at_time(c["to"].as_f64().unwrap()) - at_time(c["from"].as_f64().unwrap());
+    println!(
+        "capture total {:.2} s sampled vs {used:.2} s of CPU the app used in its window",
+        read.total_seconds
+    );
     assert!(
-        read.total_seconds * hot / 100.0 >= 3.0,
-        "only {:.2} s of render_report_slowly sampled",
-        read.total_seconds * hot / 100.0
+        (read.total_seconds - used).abs() <= 0.3 * used + 0.3,
+        "capture total {:.2} s vs {used:.2} s used",
+        read.total_seconds
     );
     // The capture says why it was taken.
     let comments = Command::new(go())
@@ -980,6 +1010,16 @@ fn a_latency_onset_in_a_real_flask_app_keeps_the_profile_of_the_function_that_ca
     assert_eq!(
         e.get("vitals_profiler_captures_kept_bytes", &[]),
         Some(body.len() as f64)
+    );
+    // The live page lists it, with its alert and top function.
+    let dom = chromium(&format!("http://{}/", v.metrics), "--dump-dom", 8000);
+    let row = dom
+        .find(&format!("data-capture=\"{}\"", c["id"]))
+        .map(|at| &dom[at..dom[at..].find("</tr>").map_or(dom.len(), |e| at + e)])
+        .unwrap_or_else(|| panic!("no capture row on the live page: {dom}"));
+    assert!(
+        row.contains("VitalsLatencyP99High") && row.contains("render_report_slowly"),
+        "{row}"
     );
     // SIGTERM: vitals ends the app it runs.
     let _ = v.terminate();

@@ -34,4 +34,5 @@ def report():
     return str(native.render_report_slowly(rows))
 
 
-app.run(host="127.0.0.1", port=port, threaded=True)
+# One thread serves every request, so each sample is of a thread the profiler already follows.
+app.run(host="127.0.0.1", port=port, threaded=False)

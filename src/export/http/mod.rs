@@ -373,7 +373,10 @@ async fn handle(
         "/" | "/live" => respond(
             StatusCode::OK,
             "text/html; charset=utf-8",
-            self::profile::with_last(landing(&state.status), state.profiler.as_ref()),
+            self::profile::with_captures(
+                self::profile::with_last(landing(&state.status), state.profiler.as_ref()),
+                state.continuous.as_ref(),
+            ),
         ),
         "/debug/pprof/profile" => {
             self::profile::answer(state.profiler.as_ref(), req.uri().query()).await

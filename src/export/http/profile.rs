@@ -183,13 +183,45 @@ pub fn last(profiler: Option<&Arc<Profiler>>, query: Option<&str>) -> Response<F
 
 /// `GET /debug/pprof/captures`: the continuous profiler's ring and the captures it kept, as JSON.
 pub fn captures(continuous: Option<&Arc<Continuous>>) -> Response<Full<Bytes>> {
-    let Some(c) = continuous else {
-        return respond(
+    match continuous {
+        Some(c) => respond(
+            StatusCode::OK,
+            "application/json",
+            captures_json(c).to_string(),
+        ),
+        None => respond(
             StatusCode::NOT_FOUND,
             "text/plain",
             "continuous profiling is off (--profile-continuous turns it on)\n",
-        );
+        ),
+    }
+}
+
+/// Where the live page takes the captures listing.
+const CAPTURES_SLOT: &str = "<pre hidden id=\"captures-json\"></pre>";
+
+/// The live page with the captures listing in it (HTML-escaped JSON), so it is drawn as the page loads.
+pub fn with_captures(page: String, continuous: Option<&Arc<Continuous>>) -> String {
+    let Some(c) = continuous else {
+        return page;
     };
+    let json = captures_json(c).to_string();
+    let mut escaped = String::with_capacity(json.len() + 64);
+    escaped.push_str("<pre hidden id=\"captures-json\">");
+    for ch in json.chars() {
+        match ch {
+            '<' => escaped.push_str("&lt;"),
+            '>' => escaped.push_str("&gt;"),
+            '&' => escaped.push_str("&amp;"),
+            _ => escaped.push(ch),
+        }
+    }
+    escaped.push_str("</pre>");
+    page.replacen(CAPTURES_SLOT, &escaped, 1)
+}
+
+/// The ring's state and the kept captures, newest first.
+fn captures_json(c: &Continuous) -> serde_json::Value {
     let secs = |ns: u128| ns as f64 / 1e9;
     let ring = c.ring_state();
     let list: Vec<serde_json::Value> = c
@@ -220,7 +252,7 @@ pub fn captures(continuous: Option<&Arc<Continuous>>) -> Response<Full<Bytes>> {
         .into_iter()
         .map(|(id, alert, at)| serde_json::json!({"id": id, "alert": alert, "at": secs(at)}))
         .collect();
-    let body = serde_json::json!({
+    serde_json::json!({
         "continuous": {
             "hz": c.settings.hz,
             "segment_seconds": continuous::SEGMENT.as_secs(),
@@ -239,8 +271,7 @@ pub fn captures(continuous: Option<&Arc<Continuous>>) -> Response<Full<Bytes>> {
         },
         "pending": pending,
         "captures": list,
-    });
-    respond(StatusCode::OK, "application/json", body.to_string())
+    })
 }
 
 /// `GET /debug/pprof/capture/<id>[?format=folded]`: one kept capture as gzipped pprof (or folded stacks).
