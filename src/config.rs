@@ -1492,6 +1492,30 @@ mod tests {
     }
 
     #[test]
+    fn continuous_profiling_is_off_by_default_and_its_bounds_are_checked() {
+        assert_eq!(parse(&["--pid", "1"]).unwrap().profile_continuous, None);
+        let c = parse(&["--pid", "1", "--profile-continuous=true"]).unwrap();
+        assert_eq!(
+            c.profile_continuous,
+            Some(ContinuousProfile {
+                hz: 19,
+                ring_bytes: 8 << 20,
+                window: Duration::from_secs(300),
+            })
+        );
+        let e = parse(&["--profile-continuous", "--profile-continuous-hz", "0"]).unwrap_err();
+        assert!(e.contains("--profile-continuous-hz"), "{e}");
+        let e = parse(&["--profile-continuous", "--profile-ring-bytes", "1000"]).unwrap_err();
+        assert!(e.contains("--profile-ring-bytes") && e.contains("262144"), "{e}");
+        let e = parse(&["--profile-continuous", "--profile-ring-window", "10s"]).unwrap_err();
+        assert!(e.contains("--profile-ring-window"), "{e}");
+        let e = parse(&["--profile-continuous", "--profiling=false"]).unwrap_err();
+        assert!(e.contains("--profile-continuous") && e.contains("profiling"), "{e}");
+        // Without the flag the other settings are not checked: nothing runs with them.
+        assert!(parse(&["--profile-continuous-hz", "0"]).is_ok());
+    }
+
+    #[test]
     fn run_takes_the_rest_of_the_line() {
         let c = parse(&["--interval", "500ms", "run", "--", "sh", "-c", "exit 3"]).unwrap();
         match c.target {
