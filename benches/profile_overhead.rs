@@ -7,7 +7,7 @@
 //!
 //! Per mode it prints the median over the rounds of:
 //! - the CPU profiling adds to the target: its work per CPU second (rounds of its loop over the CPU time
-//!   of all its threads, from `/proc/PID/task/*/schedstat`) against `off` in the same rounds; sample
+//!   of all its threads, from `/proc/PID/stat`) against `off` in the same rounds; sample
 //!   interrupts and stack copies run on the target's time;
 //! - the CPU vitals uses during the burn, as a share of one core, and what profiling adds to it over `off`;
 //!   that added CPU is also given as a share of the target's own CPU;
@@ -29,7 +29,8 @@ impl Drop for Held {
     }
 }
 
-/// CPU seconds of every thread of `pid`, from schedstat (nanoseconds).
+/// CPU seconds of every live thread of `pid`, from schedstat (nanoseconds): vitals' own, whose threads
+/// live through a run.
 fn cpu_seconds(pid: u32) -> f64 {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return 0.0;
@@ -40,6 +41,19 @@ fn cpu_seconds(pid: u32) -> f64 {
         .filter_map(|s| s.split_whitespace().next()?.parse::<f64>().ok())
         .sum::<f64>()
         / 1e9
+}
+
+/// CPU seconds of `pid` from `/proc/PID/stat` (utime + stime, clock ticks), which keeps the time of
+/// threads that ended: the burner's workers have exited when its count is read.
+fn process_cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let Some(end) = stat.rfind(')') else {
+        return 0.0;
+    };
+    let f: Vec<&str> = stat[end + 2..].split_whitespace().collect();
+    // SAFETY: sysconf reads a constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (f[11].parse::<f64>().unwrap_or(0.0) + f[12].parse::<f64>().unwrap_or(0.0)) / hz
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -144,14 +158,14 @@ fn run(burner: &Path, seconds: f64, mode: Mode) -> Run {
         })
     });
     std::thread::sleep(Duration::from_secs(2).saturating_sub(spawned.elapsed()));
-    let (started, target0, vitals0) = (Instant::now(), cpu_seconds(pid), cpu_seconds(vpid));
+    let (started, target0, vitals0) = (Instant::now(), process_cpu_seconds(pid), cpu_seconds(vpid));
     let mut line = String::new();
     BufReader::new(stdout)
         .read_line(&mut line)
         .expect("the burner's count");
     let (wall, target1, vitals1) = (
         started.elapsed().as_secs_f64(),
-        cpu_seconds(pid),
+        process_cpu_seconds(pid),
         cpu_seconds(vpid),
     );
     let rounds: f64 = line.trim().parse().expect("a count");
