@@ -59,14 +59,7 @@ fn native_histogram_quantiles_match_the_spans() {
         )
     };
     let truth = send();
-    let mut durations: Vec<f64> = truth["durations"]
-        .as_array()
-        .expect("durations")
-        .iter()
-        .filter_map(|d| d.as_f64())
-        .collect();
-    assert_eq!(durations.len(), SPANS);
-    durations.sort_by(f64::total_cmp);
+    let durations = common::sorted_durations(&truth, SPANS);
 
     // The exposition Prometheus gets, read by the official Go decoder first.
     let (status, ct, body) = v.get_bytes("/metrics", PROTOBUF_ACCEPT);

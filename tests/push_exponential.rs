@@ -84,14 +84,7 @@ fn red_is_pushed_as_an_exponential_histogram_within_two_percent() {
         "shop",
         &["--spans", &SPANS.to_string()],
     );
-    let mut durations: Vec<f64> = truth["durations"]
-        .as_array()
-        .expect("durations")
-        .iter()
-        .filter_map(|d| d.as_f64())
-        .collect();
-    assert_eq!(durations.len(), SPANS);
-    durations.sort_by(f64::total_cmp);
+    let durations = common::sorted_durations(&truth, SPANS);
 
     // Wait for a push that holds every span (pushes are cumulative, one a second).
     let names = ["vitals.request.duration", "checkout.duration"];
