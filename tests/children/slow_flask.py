@@ -5,6 +5,7 @@ proportion to the rows asked for: few rows answer in milliseconds, many in most 
 python slow_flask.py PORT LIBRARY.so
 """
 import ctypes
+import signal
 import sys
 
 from flask import Flask, request
@@ -14,6 +15,9 @@ from opentelemetry.instrumentation.flask import FlaskInstrumentor
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+# Ends with vitals, its parent, also when a failing test kills vitals without a SIGTERM (PR_SET_PDEATHSIG).
+ctypes.CDLL(None).prctl(1, int(signal.SIGTERM))
 
 port, library = int(sys.argv[1]), sys.argv[2]
 native = ctypes.CDLL(library)
