@@ -328,7 +328,13 @@ fn probe_for(to: SocketAddr, how_long: Duration) -> JoinHandle<Vec<f64>> {
             // /readyz is 503 without a target; either answer is the probe working.
             let ms = match fresh_request(to, &get(path, ""), Duration::from_secs(1)) {
                 Ok((200 | 503, _)) => t.elapsed().as_secs_f64() * 1000.0,
-                _ => 1000.0,
+                other => {
+                    println!(
+                        "[probe_starvation]   {path} unanswered after {:.0} ms: {other:?}",
+                        t.elapsed().as_secs_f64() * 1000.0
+                    );
+                    1000.0
+                }
             };
             out.push(ms);
             std::thread::sleep(Duration::from_millis(50).saturating_sub(t.elapsed()));
