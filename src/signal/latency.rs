@@ -175,12 +175,13 @@ pub fn facts(span: &Span) -> Result<Option<SpanFacts<'_>>, SpanReject> {
     }))
 }
 
+/// The exemplar kept for one bucket: the trace and span of a request that landed there.
 #[derive(Debug, Clone, Copy)]
-struct ExemplarSlot {
-    trace: [u8; 16],
-    span: [u8; 8],
-    value: f64,
-    at: f64,
+pub(crate) struct ExemplarSlot {
+    pub(crate) trace: [u8; 16],
+    pub(crate) span: [u8; 8],
+    pub(crate) value: f64,
+    pub(crate) at: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -335,14 +336,33 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn histogram_value(s: &RedSeries) -> Value {
+    classic_histogram(
+        &BUCKETS,
+        &s.counts,
+        s.sum,
+        s.count,
+        &s.exemplars,
+        Some(s.native.clone()),
+    )
+}
+
+/// A histogram value from per-bucket counts over `bounds` (one more count than bounds: the last is +Inf),
+/// with each bucket's exemplar (its trace and span ids in hex); shared by RED and the query store.
+pub(crate) fn classic_histogram(
+    bounds: &[f64],
+    counts: &[u64],
+    sum: f64,
+    count: u64,
+    exemplars: &[Option<ExemplarSlot>],
+    native: Option<Box<Exponential>>,
+) -> Value {
     let mut cumulative = 0;
-    let mut buckets = Vec::with_capacity(SLOTS);
-    for (i, c) in s.counts.iter().enumerate() {
+    let mut buckets = Vec::with_capacity(counts.len());
+    for (i, c) in counts.iter().enumerate() {
         cumulative += c;
-        buckets.push((BUCKETS.get(i).copied().unwrap_or(f64::INFINITY), cumulative));
+        buckets.push((bounds.get(i).copied().unwrap_or(f64::INFINITY), cumulative));
     }
-    let exemplars = s
-        .exemplars
+    let exemplars = exemplars
         .iter()
         .map(|e| {
             e.map(|e| Exemplar {
@@ -357,10 +377,10 @@ fn histogram_value(s: &RedSeries) -> Value {
         .collect();
     Value::Histogram {
         buckets,
-        sum: s.sum,
-        count: s.count,
+        sum,
+        count,
         exemplars,
-        native: Some(s.native.clone()),
+        native,
     }
 }
 

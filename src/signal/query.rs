@@ -16,10 +16,10 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode, Span};
 
-use super::latency::{self, SpanFacts};
+use super::latency::{self, ExemplarSlot, SpanFacts};
 use super::n_plus_one::{DbCall, NPlusOne, RequestSpan};
 use super::sql_template::{self, Quoting};
-use crate::model::{Collector, Exemplar, Metric, MetricKind, Value};
+use crate::model::{Collector, Metric, MetricKind, Value};
 use crate::pipeline::{Consumer, PartialSuccess};
 use crate::store::app_metrics::{cut_str, service_name};
 use crate::store::limited::{LimitedMap, OverflowCounter, OVERFLOW_LABEL};
@@ -159,14 +159,6 @@ pub fn db_facts<'a>(span: &'a Span, query: &mut String) -> Option<DbFacts<'a>> {
     })
 }
 
-#[derive(Debug, Clone, Copy)]
-struct ExemplarSlot {
-    trace: [u8; 16],
-    span: [u8; 8],
-    value: f64,
-    at: f64,
-}
-
 #[derive(Debug, Clone)]
 struct QuerySeries {
     labels: [String; 4],
@@ -273,38 +265,8 @@ impl QueryStore {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn histogram_value(s: &QuerySeries) -> Value {
-    let mut cumulative = 0;
-    let mut buckets = Vec::with_capacity(SLOTS);
-    for (i, c) in s.counts.iter().enumerate() {
-        cumulative += c;
-        buckets.push((BUCKETS.get(i).copied().unwrap_or(f64::INFINITY), cumulative));
-    }
-    let exemplars = s
-        .exemplars
-        .iter()
-        .map(|e| {
-            e.map(|e| Exemplar {
-                attributes: vec![
-                    ("trace_id".into(), hex(&e.trace)),
-                    ("span_id".into(), hex(&e.span)),
-                ],
-                value: e.value,
-                timestamp: Some(e.at),
-            })
-        })
-        .collect();
-    Value::Histogram {
-        buckets,
-        sum: s.sum,
-        count: s.count,
-        exemplars,
-        native: None,
-    }
+    latency::classic_histogram(&BUCKETS, &s.counts, s.sum, s.count, &s.exemplars, None)
 }
 
 impl Collector for QueryStore {

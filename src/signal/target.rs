@@ -76,6 +76,8 @@ struct State {
 pub struct TargetMetrics {
     units: KernelUnits,
     state: Mutex<State>,
+    /// Labels every `vitals_target_info` carries (the pod's names, when asked for).
+    info_labels: Vec<(String, String)>,
 }
 
 impl TargetMetrics {
@@ -84,7 +86,14 @@ impl TargetMetrics {
         TargetMetrics {
             units,
             state: Mutex::new(State::default()),
+            info_labels: Vec::new(),
         }
+    }
+
+    /// The same store with `labels` on its `vitals_target_info`.
+    pub fn with_info_labels(mut self, labels: Vec<(String, String)>) -> Self {
+        self.info_labels = labels;
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -286,12 +295,19 @@ impl Collector for TargetMetrics {
             )
             .with(
                 &[
-                    ("pid", &pid),
+                    ("pid", pid.as_str()),
                     ("comm", &info.comm),
                     ("runtime", &info.runtime),
                     ("runtime_pid", &runtime_pid),
                     ("selected_by", info.selected_by),
-                ],
+                ]
+                .into_iter()
+                .chain(
+                    self.info_labels
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str())),
+                )
+                .collect::<Vec<_>>(),
                 Value::Gauge(1.0),
             ),
         );

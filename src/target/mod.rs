@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod exit_watch;
+pub mod pod;
 pub mod run;
 pub mod status;
 
@@ -27,6 +28,8 @@ pub enum Selector {
     Process(Regex),
     /// The child spawned by `vitals run`.
     Child(u32),
+    /// A container of the pod (zero-configuration pod mode): the root process the pod scan assigned.
+    Container(std::sync::Arc<pod::ContainerSlot>),
 }
 
 impl Selector {
@@ -37,6 +40,7 @@ impl Selector {
             Selector::PidFile(p) => format!("pid file {}", p.display()),
             Selector::Process(r) => format!("process matching /{}/", r.as_str()),
             Selector::Child(p) => format!("child pid {p}"),
+            Selector::Container(c) => format!("container {} of the pod", c.name()),
         }
     }
 
@@ -47,6 +51,7 @@ impl Selector {
             Selector::PidFile(_) => "pid_file",
             Selector::Process(_) => "process",
             Selector::Child(_) => "run",
+            Selector::Container(_) => "pod",
         }
     }
 }
@@ -168,6 +173,12 @@ impl Search {
             }),
             Selector::PidFile(path) => self.find_pid_file(path),
             Selector::Process(re) => self.find_regex(re, full),
+            Selector::Container(slot) => Ok(Found {
+                target: slot
+                    .root()
+                    .filter(|id| identify(&self.proc_root, id.pid).is_some_and(|i| i == *id)),
+                ..Default::default()
+            }),
         }
     }
 
@@ -311,7 +322,7 @@ fn pick(mut matches: Vec<(MatchKind, TargetId)>) -> Found {
 
 /// Programs that start another program and wait for it (or exec it): a match on one of these, when the
 /// pattern does not name the wrapper itself, is a match on the command line it passes on.
-const WRAPPERS: [&str; 27] = [
+pub(crate) const WRAPPERS: [&str; 27] = [
     "sh",
     "bash",
     "dash",

@@ -2,6 +2,8 @@
 //! scrape and parse the exposition, wait for conditions with a deadline.
 #![allow(dead_code)]
 
+pub mod tree;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -71,11 +73,19 @@ impl Vitals {
             "127.0.0.1:0",
         ])
         .args(args)
-        .env("VITALS_LOG_LEVEL", "info")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::piped());
+        .envs(env.iter().copied());
+        Self::spawn(cmd)
+    }
+
+    /// Starts vitals with a command line of the caller's (vitals itself, or a launcher that ends by
+    /// running it: its log is read from the command's stderr) and waits until /metrics is served.
+    pub fn spawn(mut cmd: Command) -> Vitals {
+        if !cmd.get_envs().any(|(k, _)| k == "VITALS_LOG_LEVEL") {
+            cmd.env("VITALS_LOG_LEVEL", "info");
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("start vitals");
         let stderr = child.stderr.take().expect("stderr");
         let log = Arc::new(Mutex::new(String::new()));
@@ -174,7 +184,19 @@ impl Vitals {
 }
 
 impl Drop for Vitals {
+    /// SIGTERM first, so a `vitals run` passes it on to its child's process group and the test leaves no
+    /// process of its own behind (a pool or a JVM would outlive a SIGKILLed vitals); SIGKILL after 3 s.
     fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            unsafe_kill(self.child.id(), "TERM");
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -308,7 +308,13 @@ pub struct LiveSampler {
     target_key: Option<String>,
     selected_by: String,
     listen_hint: String,
+    /// Per named target: (frame time, CPU seconds) of the last frame, for its CPU rate. As many entries
+    /// as targets with a `target` label (a bounded set: the named ones and at most 16 containers).
+    target_cpu: HashMap<String, (f64, f64)>,
 }
+
+/// At most this many targets are listed on the page.
+const TARGETS_SHOWN: usize = 32;
 
 /// One pool as the page shows it.
 #[derive(Debug, Clone)]
@@ -357,6 +363,7 @@ impl LiveSampler {
             target_key: None,
             selected_by,
             listen_hint: otlp_hint,
+            target_cpu: HashMap::new(),
         }
     }
 
@@ -432,6 +439,47 @@ impl LiveSampler {
             }
         }
         snap
+    }
+
+    /// One row per named target (`target` label: several targets, or a pod's containers), from its own
+    /// series: up, pid, program, runtime, processes, memory, CPU cores, restarts.
+    fn targets(&mut self, f: &Families, t: f64) -> Vec<Json> {
+        let mut names: Vec<&str> = f
+            .series("vitals.target.up")
+            .filter_map(|s| label(s, "target"))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names.truncate(TARGETS_SHOWN);
+        let mut rows = Vec::with_capacity(names.len());
+        let mut cpu_now = HashMap::with_capacity(names.len());
+        for name in names {
+            let of = [("target", name)];
+            let info = f
+                .series("vitals.target.info")
+                .find(|s| label(s, "target") == Some(name));
+            let cpu = f.sum("process.cpu.time", &of);
+            let cores = match (cpu, self.target_cpu.get(name)) {
+                (Some(c), Some(&(t0, c0))) if t > t0 && c >= c0 => Some((c - c0) / (t - t0)),
+                _ => None,
+            };
+            if let Some(c) = cpu {
+                cpu_now.insert(name.to_owned(), (t, c));
+            }
+            rows.push(json!({
+                "name": name,
+                "up": f.sum("vitals.target.up", &of).unwrap_or(0.0) > 0.0,
+                "pid": info.and_then(|s| label(s, "pid")),
+                "comm": info.and_then(|s| label(s, "comm")),
+                "runtime": info.and_then(|s| label(s, "runtime")),
+                "processes": f.sum("vitals.target.processes", &of),
+                "rss_bytes": f.sum("process.memory.usage", &of),
+                "cpu_cores": round(cores),
+                "restarts": f.sum("vitals.target.restarts", &of),
+            }));
+        }
+        self.target_cpu = cpu_now;
+        rows
     }
 
     /// Builds the frame for time `t` (unix seconds) from one gather.
@@ -876,9 +924,11 @@ impl LiveSampler {
         self.history.push(point);
 
         let uptime = start.filter(|_| up > 0.0).map(|s| t - s);
+        let targets = self.targets(&f, t);
         json!({
             "t": t,
             "point": point.to_json(),
+            "targets": targets,
             "target": {
                 "up": up > 0.0,
                 "pid": pid,
