@@ -145,7 +145,8 @@ async fn bind_named(
     addr: std::net::SocketAddr,
     flag: &str,
 ) -> anyhow::Result<tokio::net::TcpListener> {
-    crate::export::http::server::listen(addr)
+    tokio::net::TcpListener::bind(addr)
+        .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {flag} {addr}: {e}"))
 }
 

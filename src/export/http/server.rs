@@ -25,27 +25,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::slots::{Admission, InProgress, Slots};
 
-/// The accept queue asked of the kernel for every listener (capped by `net.core.somaxconn`, 4096 on
-/// current kernels), as Go's `net.Listen` asks for `somaxconn`. The standard library's 128 overflows
-/// when hundreds of clients reconnect at once (an attack whose connections are evicted reconnects them
-/// in bursts): the kernel then drops SYNs, and a kubelet probe that lost its SYN retries after 1 s, its
-/// whole default timeout. Connections are accepted at once whatever the slots, so the queue only
-/// absorbs bursts; each waiting entry costs the kernel a few hundred bytes.
-pub const ACCEPT_QUEUE: u32 = 4096;
-
-/// A listener on `addr` with an [`ACCEPT_QUEUE`]-deep accept queue (address reuse on, as
-/// `TcpListener::bind` sets it).
-pub fn listen(addr: std::net::SocketAddr) -> io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(ACCEPT_QUEUE)
-}
-
 /// Limits on one listener's connections.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
@@ -496,32 +475,4 @@ pub async fn serve<H, F, B>(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let _ = tokio::time::timeout(Duration::from_millis(400), graceful.shutdown()).await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A burst of 300 connections nobody accepts yet all complete their handshake: the standard
-    /// library's 128-deep queue drops the SYNs past the 129th, and those connects wait for a
-    /// retransmission (1 s), the whole of a kubelet probe's default timeout.
-    #[tokio::test]
-    async fn a_burst_of_connections_fits_the_accept_queue() {
-        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let done = tokio::task::spawn_blocking(move || {
-            let mut open = Vec::new();
-            for i in 0..300 {
-                match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
-                    Ok(s) => open.push(s),
-                    Err(e) => return Err(format!("connection {i} of 300: {e}")),
-                }
-            }
-            Ok(open.len())
-        })
-        .await
-        .unwrap();
-        assert_eq!(done, Ok(300));
-        drop(listener);
-    }
 }
