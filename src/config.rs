@@ -436,6 +436,15 @@ pub struct Options {
         value_name = "NAME"
     )]
     pub push_service_name: Option<String>,
+    /// Push histograms kept in exponential buckets (RED, the app's exponential ones) as OTLP
+    /// exponential histograms, or always as explicit buckets [default: exponential].
+    #[arg(
+        long,
+        global = true,
+        env = "VITALS_PUSH_HISTOGRAMS",
+        value_name = "exponential|explicit"
+    )]
+    pub push_histograms: Option<String>,
     /// CPU profiles of the target on demand at /debug/pprof/profile (perf_event_open; needs
     /// kernel.perf_event_paranoid <= 2 and the target's user, or CAP_PERFMON) [default: true].
     #[arg(long, global = true, env = "VITALS_PROFILING", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
@@ -1195,6 +1204,12 @@ fn push_options(o: &Options, file: &Options, origins: &Origins<'_>) -> PushOptio
             &o.push_service_name,
             &file.push_service_name,
             "push_service_name",
+            origins,
+        ),
+        histograms: named(
+            &o.push_histograms,
+            &file.push_histograms,
+            "push_histograms",
             origins,
         ),
     }
