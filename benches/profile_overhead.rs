@@ -1,23 +1,25 @@
-//! What CPU profiling costs: a busy 4-thread C target (tests/fixtures/profile/burn.c) runs for a fixed
-//! wall time with no profiler, then profiled at 99 Hz (on-demand rate) and at 19 Hz (a continuous rate),
-//! in alternating rounds. Prints, per mode, the median of:
-//! - the target's work per CPU second (rounds of its loop / its utime+stime), whose drop against the
-//!   unprofiled runs of the same rounds is the CPU profiling adds to the target (sample interrupts and
-//!   stack copies run on its time);
-//! - the profiler's own CPU while sampling (thread CPU time of the sampling loop: draining, DWARF
-//!   unwinding), as a share of one core, and the one-off CPU of naming the addresses at the end.
+//! What CPU profiling costs, measured on the release binary: a busy 4-thread C target
+//! (tests/fixtures/profile/burn.c) watched by `vitals --pid`, in alternating rounds of four modes:
+//! - `off`: vitals attached, no profile (the baseline of both the target and vitals);
+//! - `99 Hz on demand`: one `/debug/pprof/profile` request covering the whole burn;
+//! - `19 Hz continuous`: `--profile-continuous=true` at its default rate;
+//! - `99 Hz continuous`: `--profile-continuous=true --profile-continuous-hz 99`.
 //!
-//! `cargo bench --bench profile_overhead` (VITALS_BENCH_SECS sets the run length, default 8; ROUNDS the
-//! alternations, default 3). Needs gcc and perf events (perf_event_paranoid <= 2 or root).
+//! Per mode it prints the median over the rounds of:
+//! - the CPU profiling adds to the target: its work per CPU second (rounds of its loop over the CPU time
+//!   of all its threads, from `/proc/PID/stat`) against `off` in the same rounds; sample
+//!   interrupts and stack copies run on the target's time;
+//! - the CPU vitals uses during the burn, as a share of one core, and what profiling adds to it over `off`;
+//!   that added CPU is also given as a share of the target's own CPU;
+//! - for the on-demand profile, the one-off CPU of naming the addresses after sampling.
+//!
+//! `cargo bench --bench profile_overhead` (VITALS_BENCH_SECS sets the burn length, default 8; ROUNDS the
+//! rounds, default 3). Needs gcc and perf events (perf_event_paranoid <= 2, or root).
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::time::Duration;
-
-use vitals::profile::session;
-use vitals::profile::ProfilerSettings;
+use std::time::{Duration, Instant};
 
 struct Held(Child);
 impl Drop for Held {
@@ -27,17 +29,23 @@ impl Drop for Held {
     }
 }
 
-fn thread_cpu() -> f64 {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
+/// CPU seconds of every live thread of `pid`, from schedstat (nanoseconds): vitals' own, whose threads
+/// live through a run.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
     };
-    // SAFETY: clock_gettime writes into the timespec it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
-    t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .sum::<f64>()
+        / 1e9
 }
 
-fn cpu_seconds(pid: u32) -> f64 {
+/// CPU seconds of `pid` from `/proc/PID/stat` (utime + stime, clock ticks), which keeps the time of
+/// threads that ended: the burner's workers have exited when its count is read.
+fn process_cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let Some(end) = stat.rfind(')') else {
         return 0.0;
@@ -53,46 +61,130 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// One run: (target work per CPU second, profiler sampling CPU share of a core, naming CPU seconds).
-fn run(burner: &Path, seconds: f64, hz: Option<u64>) -> (f64, f64, f64) {
-    let mut child = Command::new(burner)
-        .arg(format!("{seconds}"))
+#[derive(Clone, Copy)]
+enum Mode {
+    Off,
+    OnDemand99,
+    Continuous(u64),
+}
+
+impl Mode {
+    fn name(self) -> String {
+        match self {
+            Mode::Off => "off".into(),
+            Mode::OnDemand99 => "99 Hz on demand".into(),
+            Mode::Continuous(hz) => format!("{hz} Hz continuous"),
+        }
+    }
+}
+
+/// One run's figures.
+struct Run {
+    /// Target work per target CPU second.
+    work: f64,
+    /// Target CPU cores used during the burn.
+    target_cores: f64,
+    /// vitals CPU cores used during the burn.
+    vitals_cores: f64,
+    /// vitals CPU seconds after the burn until the profile was answered (naming).
+    naming: f64,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn run(burner: &Path, seconds: f64, mode: Mode) -> Run {
+    // Idles 2 s (vitals attaches, the profile starts), burns `seconds`, prints its rounds, idles.
+    let mut target = Command::new(burner)
+        .args([format!("{seconds}"), "2".into()])
         .stdout(Stdio::piped())
         .spawn()
         .expect("start the burner");
-    let pid = child.id();
-    let stdout = child.stdout.take().expect("stdout");
-    let held = Held(child);
-    let (mut sampling, mut naming) = (0.0, 0.0);
-    if let Some(hz) = hz {
-        let settings = ProfilerSettings {
-            frequency_hz: hz,
-            ..ProfilerSettings::default()
-        };
-        let stop = AtomicBool::new(false);
-        let counter = AtomicU64::new(0);
-        let t0 = thread_cpu();
-        let rec = session::record(
-            &settings,
-            &[pid],
-            Duration::from_secs_f64(seconds - 0.2),
-            &stop,
-            &counter,
-        )
-        .expect("perf events (run as root or with perf_event_paranoid <= 2)");
-        let t1 = thread_cpu();
-        sampling = (t1 - t0) / rec.duration.as_secs_f64();
-        let _profile = session::finish(&settings, &[pid], rec);
-        naming = thread_cpu() - t1;
+    let spawned = Instant::now();
+    let pid = target.id();
+    let stdout = target.stdout.take().expect("stdout");
+    let target = Held(target);
+    let port = free_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vitals"));
+    cmd.args([
+        "--pid",
+        &pid.to_string(),
+        "--metrics-addr",
+        &format!("127.0.0.1:{port}"),
+        "--otlp-grpc-addr",
+        "off",
+        "--otlp-http-addr",
+        "off",
+    ]);
+    if let Mode::Continuous(hz) = mode {
+        cmd.args([
+            "--profile-continuous=true",
+            "--profile-continuous-hz",
+            &hz.to_string(),
+        ]);
     }
+    let vitals = Held(
+        cmd.env("VITALS_LOG_LEVEL", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the release vitals"),
+    );
+    let vpid = vitals.0.id();
+    let base = format!("http://127.0.0.1:{port}");
+    while ureq::get(&format!("{base}/readyz")).call().is_err() {
+        assert!(
+            spawned.elapsed() < Duration::from_millis(1800),
+            "vitals not ready"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let profile = matches!(mode, Mode::OnDemand99).then(|| {
+        let url = format!(
+            "{base}/debug/pprof/profile?seconds={}",
+            (seconds + 2.5 - spawned.elapsed().as_secs_f64()).ceil()
+        );
+        std::thread::spawn(move || {
+            let r = ureq::get(&url)
+                .timeout(Duration::from_secs(120))
+                .call()
+                .expect("the profile");
+            let mut body = Vec::new();
+            std::io::Read::read_to_end(&mut r.into_reader(), &mut body).expect("its body");
+            body.len()
+        })
+    });
+    std::thread::sleep(Duration::from_secs(2).saturating_sub(spawned.elapsed()));
+    let (started, target0, vitals0) = (Instant::now(), process_cpu_seconds(pid), cpu_seconds(vpid));
     let mut line = String::new();
     BufReader::new(stdout)
         .read_line(&mut line)
         .expect("the burner's count");
+    let (wall, target1, vitals1) = (
+        started.elapsed().as_secs_f64(),
+        process_cpu_seconds(pid),
+        cpu_seconds(vpid),
+    );
     let rounds: f64 = line.trim().parse().expect("a count");
-    let cpu = cpu_seconds(pid);
-    drop(held);
-    (rounds / cpu, sampling, naming)
+    let naming = match profile {
+        Some(p) => {
+            let bytes = p.join().expect("the profile request");
+            assert!(bytes > 100, "a profile of {bytes} bytes");
+            cpu_seconds(vpid) - vitals1
+        }
+        None => 0.0,
+    };
+    drop(vitals);
+    drop(target);
+    Run {
+        work: rounds / (target1 - target0),
+        target_cores: (target1 - target0) / wall,
+        vitals_cores: (vitals1 - vitals0) / wall,
+        naming,
+    }
 }
 
 fn main() {
@@ -115,32 +207,49 @@ fn main() {
         .status()
         .expect("gcc");
     assert!(ok.success());
-    let modes: [(&str, Option<u64>); 3] = [("off", None), ("99 Hz", Some(99)), ("19 Hz", Some(19))];
-    let mut work: Vec<Vec<f64>> = vec![Vec::new(); 3];
-    let mut sampling: Vec<Vec<f64>> = vec![Vec::new(); 3];
-    let mut naming: Vec<Vec<f64>> = vec![Vec::new(); 3];
+    let modes = [
+        Mode::Off,
+        Mode::OnDemand99,
+        Mode::Continuous(19),
+        Mode::Continuous(99),
+    ];
+    let mut runs: Vec<Vec<Run>> = modes.iter().map(|_| Vec::new()).collect();
     for _ in 0..rounds {
-        for (i, (_, hz)) in modes.iter().enumerate() {
-            let (w, s, n) = run(&burner, seconds, *hz);
-            work[i].push(w);
-            sampling[i].push(s);
-            naming[i].push(n);
+        for (i, mode) in modes.iter().enumerate() {
+            runs[i].push(run(&burner, seconds, *mode));
         }
     }
+    let med = |i: usize, f: fn(&Run) -> f64| median(runs[i].iter().map(f).collect());
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
-        "profile overhead: busy 4-thread target, {seconds} s runs, median of {rounds} alternating rounds"
+        "profile overhead: release vitals --pid on a busy 4-thread C target ({cpus} CPUs), {seconds} s \
+         burns, median of {rounds} alternating rounds"
     );
-    let base = median(work[0].clone());
-    println!("  off   : {base:.1} rounds per target CPU second");
-    for i in 1..3 {
-        let w = median(work[i].clone());
-        println!(
-            "  {:6}: {w:.1} rounds per target CPU second ({:+.2}% target CPU per unit of work), \
-             profiler sampling {:.3}% of a core, naming {:.3} s CPU once per profile",
-            modes[i].0,
-            100.0 * (base / w - 1.0),
-            100.0 * median(sampling[i].clone()),
-            median(naming[i].clone()),
+    let base_work = med(0, |r| r.work);
+    let base_vitals = med(0, |r| r.vitals_cores);
+    println!(
+        "  {:18} target {:.2} cores, {base_work:.1} rounds per target CPU second; vitals {:.3}% of a core",
+        modes[0].name(),
+        med(0, |r| r.target_cores),
+        100.0 * base_vitals,
+    );
+    for (i, mode) in modes.iter().enumerate().skip(1) {
+        let work = med(i, |r| r.work);
+        let target_cores = med(i, |r| r.target_cores);
+        let vitals = med(i, |r| r.vitals_cores);
+        let added = vitals - base_vitals;
+        print!(
+            "  {:18} target {target_cores:.2} cores, {work:.1} rounds per CPU s ({:+.2}% target CPU per \
+             unit of work); vitals {:.3}% of a core ({:+.3}% over off = {:.2}% of the target's CPU)",
+            mode.name(),
+            100.0 * (base_work / work - 1.0),
+            100.0 * vitals,
+            100.0 * added,
+            100.0 * added / target_cores.max(1e-9),
         );
+        if matches!(mode, Mode::OnDemand99) {
+            print!(", naming {:.3} s CPU once", med(i, |r| r.naming));
+        }
+        println!();
     }
 }

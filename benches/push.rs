@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
 use vitals::export::otlp::metrics_request::{
-    convert, resource, StartTimes, FORGET_AFTER_NANOS, START_TIMES_LIMIT,
+    convert, resource, Histograms, StartTimes, FORGET_AFTER_NANOS, START_TIMES_LIMIT,
 };
 use vitals::model::{Metric, MetricKind, Value};
 
@@ -86,6 +86,7 @@ fn main() {
             let t = Instant::now();
             let c = convert(
                 &metrics,
+                Histograms::Exponential,
                 &res,
                 &scope,
                 &mut starts,

@@ -90,18 +90,20 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
-/// Median µs of `runs` calls of `f`.
-fn time_median(runs: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    median(
-        (0..runs)
-            .map(|_| {
-                let t = Instant::now();
-                f();
-                t.elapsed().as_secs_f64() * 1e6
-            })
-            .collect(),
-    )
+/// Median µs of `runs` calls of each of `fs`, called in turn within each round (after one warm-up each).
+fn time_medians_interleaved(runs: usize, fs: &mut [&mut dyn FnMut()]) -> Vec<f64> {
+    let mut times = vec![Vec::with_capacity(runs); fs.len()];
+    for f in fs.iter_mut() {
+        f();
+    }
+    for _ in 0..runs {
+        for (f, t) in fs.iter_mut().zip(&mut times) {
+            let at = Instant::now();
+            f();
+            t.push(at.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    times.into_iter().map(median).collect()
 }
 
 fn in_process() {
@@ -148,31 +150,38 @@ fn in_process() {
     prometheus_client::encoding::text::encode(&mut pc_text, &pc).unwrap();
     // As the scrape thread renders: one encoder per format kept across scrapes, the buffer sized from
     // the last exposition (prometheus-client below gets the same).
-    let mut text_encoder = Encoder::new(Format::Text);
-    let stream_text = time_median(runs, || {
-        std::hint::black_box(render_with(&mut text_encoder, &registry, text.len()));
-    });
-    let mut om_encoder = Encoder::new(Format::OpenMetrics);
-    let stream_om = time_median(runs, || {
-        std::hint::black_box(render_with(&mut om_encoder, &registry, om.len()));
-    });
     let protobuf = Exposition {
         format: Format::Protobuf,
         escaping: Escaping::Underscores,
     };
     let pb_len = render_with(&mut Encoder::for_exposition(protobuf), &registry, 0).len();
+    let mut text_encoder = Encoder::new(Format::Text);
+    let mut om_encoder = Encoder::new(Format::OpenMetrics);
     let mut pb_encoder = Encoder::for_exposition(protobuf);
-    let stream_pb = time_median(runs, || {
-        std::hint::black_box(render_with(&mut pb_encoder, &registry, pb_len));
-    });
-    let copying = time_median(runs, || {
-        std::hint::black_box(encode(&registry.gather(), Format::Text));
-    });
-    let pc_time = time_median(runs, || {
-        let mut s = String::with_capacity(pc_text.len());
-        prometheus_client::encoding::text::encode(&mut s, &pc).unwrap();
-        std::hint::black_box(s);
-    });
+    // Interleaved, one run of each per round, so load from elsewhere on the machine falls on all alike.
+    let m = time_medians_interleaved(
+        runs,
+        &mut [
+            &mut || {
+                std::hint::black_box(render_with(&mut text_encoder, &registry, text.len()));
+            },
+            &mut || {
+                std::hint::black_box(render_with(&mut om_encoder, &registry, om.len()));
+            },
+            &mut || {
+                std::hint::black_box(render_with(&mut pb_encoder, &registry, pb_len));
+            },
+            &mut || {
+                std::hint::black_box(encode(&registry.gather(), Format::Text));
+            },
+            &mut || {
+                let mut s = String::with_capacity(pc_text.len());
+                prometheus_client::encoding::text::encode(&mut s, &pc).unwrap();
+                std::hint::black_box(s);
+            },
+        ],
+    );
+    let (stream_text, stream_om, stream_pb, copying, pc_time) = (m[0], m[1], m[2], m[3], m[4]);
     let series = METRICS * SERIES_PER_METRIC;
     println!("in process, {series} series, median of {runs}:");
     println!(
@@ -188,10 +197,12 @@ fn in_process() {
         stream_om / pc_time
     );
     println!(
-        "  vitals scrape path (stream + encode), protobuf:    {:>7.0} µs ({} bytes), {:.2}x the text path",
+        "  vitals scrape path (stream + encode), protobuf:    {:>7.0} µs ({} bytes), {:.2}x the text path, {:.2}x OpenMetrics; {:.2}x the text bytes",
         stream_pb,
         pb_len,
-        stream_pb / stream_text
+        stream_pb / stream_text,
+        stream_pb / stream_om,
+        pb_len as f64 / text.len() as f64
     );
     println!(
         "  copying path (gather owned copies + encode), text: {:>7.0} µs, {:.2}x prometheus-client",

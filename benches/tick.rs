@@ -270,8 +270,12 @@ fn bench_idle() {
 
 /// A shell whose `n` children sleep: a tree of n + 1 processes. Returns once all are running.
 fn sleeping_tree(n: usize) -> Held {
-    let script =
-        format!("i=0; while [ $i -lt {n} ]; do sleep 3600 & i=$((i+1)); done; echo ready; wait");
+    // With no children the shell has nothing to wait for: it becomes the sleeping root itself.
+    let script = if n == 0 {
+        "echo ready; exec sleep 3600".to_owned()
+    } else {
+        format!("i=0; while [ $i -lt {n} ]; do sleep 3600 & i=$((i+1)); done; echo ready; wait")
+    };
     let mut c = Command::new("sh")
         .args(["-c", &script])
         .stdout(Stdio::piped())

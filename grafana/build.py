@@ -23,7 +23,13 @@ def app_latency(q):
     # OpenTelemetry name and attribute key; the route filter is left out there, because a quoted label name
     # would not parse in Prometheus 2.
     utf8 = ('histogram_quantile(%s, sum by (service, operation, le) (label_replace(rate({__name__=~"http\\\\.server\\\\.request\\\\.duration_seconds_bucket", %s}[$__rate_interval]), "operation", "$1", "http.route", "(.*)")))' % (q, SVC))
-    return legacy + " or " + utf8
+    # An app histogram that is exponential reaches a Prometheus scraping native histograms as one native
+    # series under the family's own name, in either naming; each native form comes before its classic one.
+    # The legacy-name form renames the route after the quantile: Prometheus before 2.48 drops native
+    # histogram samples in label_replace. The UTF-8 names exist only on Prometheus 3, where it keeps them.
+    legacy_native = ('max by (service, operation) (label_replace(histogram_quantile(%s, sum by (service, http_route) (rate(http_server_request_duration_seconds{%s, http_route=~"$operation"}[$__rate_interval]))), "operation", "$1", "http_route", "(.*)"))' % (q, SVC))
+    utf8_native = ('histogram_quantile(%s, sum by (service, operation) (label_replace(rate({__name__=~"http\\\\.server\\\\.request\\\\.duration_seconds", %s}[$__rate_interval]), "operation", "$1", "http.route", "(.*)")))' % (q, SVC))
+    return " or ".join([legacy_native, legacy, utf8_native, utf8])
 
 
 def latency(q):

@@ -19,6 +19,7 @@ use crate::export::self_metrics::ExporterStats;
 use crate::model::{Attributed, Collector, Registry};
 use crate::probe::cgroup::CgroupRoots;
 use crate::probe::procfs::{kernel_units, read_boot_time, PssPolicy};
+use crate::profile::continuous::{Continuous, ContinuousSettings};
 use crate::profile::{Profiler, ProfilerSettings, Reason};
 use crate::receiver::{self, Consumers, OtlpLimits, OtlpStats, Receiver};
 use crate::sampler::{Sampler, SamplerParts, WATCH_INTERVAL};
@@ -123,6 +124,47 @@ fn start_profiler(
     profiler
 }
 
+/// The continuous profiler, when configured: sampling on a thread of its own until `shutdown`, its
+/// ring and captures registered for their series.
+fn start_continuous(
+    config: &Config,
+    profiler: &Arc<Profiler>,
+    registry: &Registry,
+    shutdown: &CancellationToken,
+) -> Option<Arc<Continuous>> {
+    let c = config.profile_continuous.as_ref()?;
+    let continuous = Arc::new(Continuous::new(
+        profiler.clone(),
+        ContinuousSettings {
+            hz: c.hz,
+            ring_bytes: usize::try_from(c.ring_bytes).unwrap_or(usize::MAX),
+            window: c.window,
+        },
+    ));
+    registry.register(continuous.clone());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (runner, flag) = (continuous.clone(), stop.clone());
+    let started = std::thread::Builder::new()
+        .name("vitals-continuous-profile".into())
+        .spawn(move || runner.run(&flag));
+    if let Err(e) = started {
+        tracing::warn!("continuous profiling is off: cannot start its thread: {e}");
+        return None;
+    }
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    tracing::info!(
+        "continuous CPU profile at {} Hz, ring of {} bytes over {:?}; captures at /debug/pprof/captures",
+        c.hz,
+        c.ring_bytes,
+        c.window
+    );
+    Some(continuous)
+}
+
 /// How often N+1 detection judges the traces that settled; also the query series' expiry.
 const DB_SETTLE_PERIOD: Duration = Duration::from_millis(500);
 
@@ -215,6 +257,10 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
         None => None,
     };
     let profiler = start_profiler(&config, &store, &registry, &shutdown);
+    let continuous = start_continuous(&config, &profiler, &registry, &shutdown);
+    if let Some(c) = &continuous {
+        live.capture_on_trouble(c.clone());
+    }
     let listener = bind(config.metrics_addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "serving /metrics");
     let http = tokio::spawn(serve(
@@ -225,6 +271,7 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
             live: Some(live),
             web,
             profiler: Some(profiler),
+            continuous,
         },
         shutdown.clone(),
     ));

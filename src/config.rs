@@ -436,6 +436,15 @@ pub struct Options {
         value_name = "NAME"
     )]
     pub push_service_name: Option<String>,
+    /// Push histograms kept in exponential buckets (RED, the app's exponential ones) as OTLP
+    /// exponential histograms, or always as explicit buckets [default: exponential].
+    #[arg(
+        long,
+        global = true,
+        env = "VITALS_PUSH_HISTOGRAMS",
+        value_name = "exponential|explicit"
+    )]
+    pub push_histograms: Option<String>,
     /// CPU profiles of the target on demand at /debug/pprof/profile (perf_event_open; needs
     /// kernel.perf_event_paranoid <= 2 and the target's user, or CAP_PERFMON) [default: true].
     #[arg(long, global = true, env = "VITALS_PROFILING", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
@@ -449,6 +458,33 @@ pub struct Options {
         value_name = "BYTES"
     )]
     pub profile_stack_bytes: Option<u32>,
+    /// Profile the target all the time at a low rate, keeping recent samples in a bounded ring, and keep
+    /// the profile around each onset of a latency, pause or saturation alert condition (see
+    /// /debug/pprof/captures) [default: false].
+    #[arg(long, global = true, env = "VITALS_PROFILE_CONTINUOUS", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub profile_continuous: Option<bool>,
+    /// Samples per second of the target's CPU time in continuous mode [default: 19; 1..999].
+    #[arg(
+        long,
+        global = true,
+        env = "VITALS_PROFILE_CONTINUOUS_HZ",
+        value_name = "HZ"
+    )]
+    pub profile_continuous_hz: Option<u64>,
+    /// Bytes the continuous profiler's ring of recent samples may hold; the kept captures have the same
+    /// bound [default: 8388608; 262144..1073741824].
+    #[arg(
+        long,
+        global = true,
+        env = "VITALS_PROFILE_RING_BYTES",
+        value_name = "BYTES"
+    )]
+    pub profile_ring_bytes: Option<u64>,
+    /// How far back the continuous profiler's ring reaches when its byte bound allows [default: 5m;
+    /// 1m..1h].
+    #[arg(long, global = true, env = "VITALS_PROFILE_RING_WINDOW", value_parser = humantime::parse_duration)]
+    #[serde(deserialize_with = "de_duration")]
+    pub profile_ring_window: Option<Duration>,
     /// YAML configuration file.
     #[arg(long, global = true, env = "VITALS_CONFIG", value_name = "FILE")]
     #[serde(skip)]
@@ -683,6 +719,80 @@ pub struct Config {
     pub profiling: bool,
     /// Bytes of user stack copied per profile sample.
     pub profile_stack_bytes: u32,
+    /// Continuous profiling and captures on trouble; None when off.
+    pub profile_continuous: Option<ContinuousProfile>,
+}
+
+/// Continuous profiling: the rate and the ring's bounds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContinuousProfile {
+    /// Samples per second of CPU time.
+    pub hz: u64,
+    /// Bytes the ring (and, apart, the kept captures) may hold.
+    pub ring_bytes: u64,
+    /// How far back the ring reaches.
+    pub window: Duration,
+}
+
+/// The continuous profiling settings, or None when it is off; refuses it with profiling off.
+fn continuous_settings(
+    o: &Options,
+    file: &Options,
+    origins: &Origins<'_>,
+    profiling: bool,
+) -> Result<Option<ContinuousProfile>, ConfigError> {
+    let from_cli = o.profile_continuous.is_some();
+    if !o
+        .profile_continuous
+        .or(file.profile_continuous)
+        .unwrap_or(false)
+    {
+        return Ok(None);
+    }
+    if !profiling {
+        return Err(invalid(
+            origins.name("profile_continuous", from_cli),
+            "needs profiling on (--profiling=false turns it off)",
+        ));
+    }
+    let from_cli = o.profile_continuous_hz.is_some();
+    let hz = o
+        .profile_continuous_hz
+        .or(file.profile_continuous_hz)
+        .unwrap_or(19);
+    if !(1..=999).contains(&hz) {
+        return Err(invalid(
+            origins.name("profile_continuous_hz", from_cli),
+            "must be between 1 and 999",
+        ));
+    }
+    let from_cli = o.profile_ring_bytes.is_some();
+    let ring_bytes = o
+        .profile_ring_bytes
+        .or(file.profile_ring_bytes)
+        .unwrap_or(8 << 20);
+    if !(256 << 10..=1 << 30).contains(&ring_bytes) {
+        return Err(invalid(
+            origins.name("profile_ring_bytes", from_cli),
+            "must be between 262144 (256 KiB) and 1073741824 (1 GiB)",
+        ));
+    }
+    let from_cli = o.profile_ring_window.is_some();
+    let window = o
+        .profile_ring_window
+        .or(file.profile_ring_window)
+        .unwrap_or(Duration::from_secs(300));
+    if !(Duration::from_secs(60)..=Duration::from_secs(3600)).contains(&window) {
+        return Err(invalid(
+            origins.name("profile_ring_window", from_cli),
+            "must be between 1m and 1h",
+        ));
+    }
+    Ok(Some(ContinuousProfile {
+        hz,
+        ring_bytes,
+        window,
+    }))
 }
 
 /// A configuration that cannot be used. Each message names where the bad value came from: the flag, the
@@ -804,6 +914,8 @@ impl Cli {
             sources: &self.sources,
             file: o.config.as_deref(),
         };
+        let profiling = o.profiling.or(file.profiling).unwrap_or(true);
+        let profile_continuous = continuous_settings(&o, &file, &origins, profiling)?;
         let forward = ForwardFlags::merge(&o, &file);
         let push = push_options(&o, &file, &origins);
         let flag_selected = o.pid.is_some() || o.pid_file.is_some() || o.process.is_some();
@@ -1083,8 +1195,9 @@ impl Cli {
             ));
         }
         Ok(Config {
-            profiling: o.profiling.or(file.profiling).unwrap_or(true),
+            profiling,
             profile_stack_bytes,
+            profile_continuous,
             forward,
             push,
             warnings,
@@ -1195,6 +1308,12 @@ fn push_options(o: &Options, file: &Options, origins: &Origins<'_>) -> PushOptio
             &o.push_service_name,
             &file.push_service_name,
             "push_service_name",
+            origins,
+        ),
+        histograms: named(
+            &o.push_histograms,
+            &file.push_histograms,
+            "push_histograms",
             origins,
         ),
     }
@@ -1396,6 +1515,36 @@ mod tests {
         assert_eq!(c.otlp_grpc_addr, Some("127.0.0.1:4317".parse().unwrap()));
         assert_eq!(c.interval, Duration::from_secs(1));
         assert!(!c.pss);
+    }
+
+    #[test]
+    fn continuous_profiling_is_off_by_default_and_its_bounds_are_checked() {
+        assert_eq!(parse(&["--pid", "1"]).unwrap().profile_continuous, None);
+        let c = parse(&["--pid", "1", "--profile-continuous=true"]).unwrap();
+        assert_eq!(
+            c.profile_continuous,
+            Some(ContinuousProfile {
+                hz: 19,
+                ring_bytes: 8 << 20,
+                window: Duration::from_secs(300),
+            })
+        );
+        let e = parse(&["--profile-continuous", "--profile-continuous-hz", "0"]).unwrap_err();
+        assert!(e.contains("--profile-continuous-hz"), "{e}");
+        let e = parse(&["--profile-continuous", "--profile-ring-bytes", "1000"]).unwrap_err();
+        assert!(
+            e.contains("--profile-ring-bytes") && e.contains("262144"),
+            "{e}"
+        );
+        let e = parse(&["--profile-continuous", "--profile-ring-window", "10s"]).unwrap_err();
+        assert!(e.contains("--profile-ring-window"), "{e}");
+        let e = parse(&["--profile-continuous", "--profiling=false"]).unwrap_err();
+        assert!(
+            e.contains("--profile-continuous") && e.contains("profiling"),
+            "{e}"
+        );
+        // Without the flag the other settings are not checked: nothing runs with them.
+        assert!(parse(&["--profile-continuous-hz", "0"]).is_ok());
     }
 
     #[test]

@@ -3,7 +3,10 @@
 //! kubelet does), a scraper fetches `/metrics` on fresh connections, and the real OpenTelemetry Python
 //! SDK exports spans over OTLP/HTTP. Each phase prints its figures (probe p50/p99/max, scrape and export
 //! success, vitals' RSS) before asserting, so running it with `VITALS_TEST_BIN` set to another build
-//! measures that build.
+//! measures that build. With `PROBE_STARVATION_MEASURE=1` every threshold that fails is printed as
+//! `[probe_starvation] MISSED: …` instead of failing the test, so a build that misses them (the binary
+//! from before the hardening) is measured to the end:
+//! `PROBE_STARVATION_MEASURE=1 VITALS_TEST_BIN=/path/to/vitals cargo test --test probe_starvation -- --test-threads=1 --nocapture`.
 //!
 //! Thresholds are for the debug build the suite runs on two busy cores: probe p99 below 100 ms (the
 //! issue's bound) or three times the p99 measured without an attack in the same run when the machine
@@ -24,6 +27,25 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use common::{query, require_tool, start_prometheus_config, Vitals};
+
+/// Whether thresholds are printed rather than asserted (`PROBE_STARVATION_MEASURE=1`).
+fn measuring() -> bool {
+    std::env::var_os("PROBE_STARVATION_MEASURE").is_some_and(|v| v == "1")
+}
+
+/// `assert!`, or in measurement mode a printed `MISSED:` line and carry on.
+macro_rules! require {
+    ($cond:expr, $($arg:tt)+) => {
+        let held: bool = $cond;
+        if !held {
+            if measuring() {
+                println!("[probe_starvation] MISSED: {}", format!($($arg)+));
+            } else {
+                panic!($($arg)+);
+            }
+        }
+    };
+}
 
 /// The attacks share two cores with the prober: one phase at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -306,7 +328,13 @@ fn probe_for(to: SocketAddr, how_long: Duration) -> JoinHandle<Vec<f64>> {
             // /readyz is 503 without a target; either answer is the probe working.
             let ms = match fresh_request(to, &get(path, ""), Duration::from_secs(1)) {
                 Ok((200 | 503, _)) => t.elapsed().as_secs_f64() * 1000.0,
-                _ => 1000.0,
+                other => {
+                    println!(
+                        "[probe_starvation]   {path} unanswered after {:.0} ms: {other:?}",
+                        t.elapsed().as_secs_f64() * 1000.0
+                    );
+                    1000.0
+                }
             };
             out.push(ms);
             std::thread::sleep(Duration::from_millis(50).saturating_sub(t.elapsed()));
@@ -427,37 +455,37 @@ impl Figures {
         // test's own 1,800 attacking connections hold; none may go unanswered (checked below).
         let p99 = percentile(&self.probes, 0.95);
         let bound = 100f64.max(3.0 * quiet_p99);
-        assert!(
+        require!(
             self.probes.len() >= 20,
             "{}: only {} probes ran",
             self.attack,
             self.probes.len()
         );
-        assert!(
+        require!(
             p99 < bound,
             "{}: /healthz p95 {p99:.1} ms, want < {bound:.0} ms",
             self.attack
         );
-        assert!(
+        require!(
             self.probes.iter().all(|&ms| ms < 1000.0),
             "{}: a probe got no answer within 1 s",
             self.attack
         );
         let (ok, tried, _) = self.scrapes;
-        assert!(
+        require!(
             ok * 10 >= tried * 9 && tried >= 2,
             "{}: scrapes ok {ok}/{tried}",
             self.attack
         );
         if let Some((ok, failed)) = self.exports {
-            assert!(
+            require!(
                 ok * 10 >= (ok + failed) * 9 && ok >= 5,
                 "{}: exports ok {ok}/{}",
                 self.attack,
                 ok + failed
             );
         }
-        assert!(
+        require!(
             self.rss < 96.0,
             "{}: peak RSS {:.1} MiB",
             self.attack,
@@ -473,12 +501,13 @@ fn phase(
     name: &'static str,
     start: impl FnOnce(&mut Attack),
 ) -> Figures {
-    // The SDK's start-up (imports) overlaps the attack's own.
-    let exports = otlp.map(|o| export_for(o, PHASE));
     let mut attack = Attack::new();
     start(&mut attack);
-    // Let the attack take hold: every connection opened, the slow ones past their first bytes.
+    // Let the attack take hold: every connection opened, the slow ones past their first bytes. The
+    // SDK starts after that, so its connection is a new one competing with the attack's (an exporter
+    // connected before the attack keeps its kept-alive connection on any build).
     std::thread::sleep(Duration::from_millis(1500));
+    let exports = otlp.map(|o| export_for(o, PHASE));
     let probes = probe_for(v.metrics, PHASE);
     let scrapes = scrape_for(v.metrics, PHASE, None);
     let figures = Figures {
@@ -612,14 +641,21 @@ fn stalled_live_viewers_are_dropped_and_a_real_one_gets_in() {
         percentile(&probes, 0.99)
     );
     drop(stalled);
-    assert!(
+    require!(
         refused_at_first,
         "the 16 stalled viewers hold every place at first"
     );
-    let admitted = admitted.expect("a real viewer got in within 40 s");
     // The write deadline (5 s) plus a frame interval and the retry pauses.
-    assert!(admitted < 10.0, "a real viewer waited {admitted:.1} s");
-    assert!(percentile(&probes, 0.99) < 100f64.max(3.0 * quiet_p99));
+    require!(
+        admitted.is_some_and(|s| s < 10.0),
+        "a real viewer got in after {admitted:?} s (None: not within 40 s)"
+    );
+    let bound = 100f64.max(3.0 * quiet_p99);
+    require!(
+        percentile(&probes, 0.99) < bound,
+        "probes p99 {:.1} ms with stalled viewers, want < {bound:.0} ms",
+        percentile(&probes, 0.99)
+    );
 }
 
 fn basic(user: &str, password: &str) -> String {
@@ -671,11 +707,11 @@ fn a_wrong_password_flood_leaves_probes_and_the_right_scraper_served() {
     }
     let (k, u) = (percentile(&known, 0.5), percentile(&unknown, 0.5));
     println!("[probe_starvation] wrong password for a known user: median {k:.1} ms; unknown user: median {u:.1} ms");
-    assert!(
+    require!(
         k > 20.0,
         "a cost-10 check takes tens of ms, measured {k:.1} ms"
     );
-    assert!(
+    require!(
         (u - k).abs() < 0.25 * k,
         "unknown {u:.1} ms vs known {k:.1} ms: user names can be told apart"
     );
@@ -729,12 +765,11 @@ fn a_wrong_password_flood_leaves_probes_and_the_right_scraper_served() {
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
-            fresh.push(match r {
-                Ok((200, _)) => first.elapsed().as_secs_f64(),
-                other => panic!(
-                    "fresh right password for {u} during the {clients}-client flood: {other:?}"
-                ),
-            });
+            require!(
+                matches!(r, Ok((200, _))),
+                "fresh right password for {u} during the {clients}-client flood: {r:?}"
+            );
+            fresh.push((first.elapsed().as_secs_f64(), matches!(r, Ok((200, _)))));
             std::thread::sleep(Duration::from_millis(300));
         }
         let figures = Figures {
@@ -753,22 +788,30 @@ fn a_wrong_password_flood_leaves_probes_and_the_right_scraper_served() {
         let count = |s: u16| answers.iter().filter(|&&a| a == s).count();
         figures.print();
         println!(
-            "[probe_starvation]   flood answers: {} (401: {}, 429: {}); fresh right passwords answered in {:?} s",
+            "[probe_starvation]   flood answers: {} (401: {}, 429: {}); fresh right passwords: {}",
             answers.len(),
             count(401),
             count(429),
-            fresh.iter().map(|s| (s * 1000.0).round() / 1000.0).collect::<Vec<_>>()
+            fresh
+                .iter()
+                .map(|(s, ok)| if *ok {
+                    format!("answered in {s:.3} s")
+                } else {
+                    format!("failed after {s:.3} s")
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         figures.check(quiet_p99);
-        assert!(
+        require!(
             count(401) > 0 && answers.len() == count(401) + count(429),
             "flood answers are 401 or 429"
         );
         // In the queue it waits for the check in progress and its own, not behind the flood; end to
         // end the flood's thousands of 429s a second also hold the reactor threads, so the bound is 40
         // checks (before, the wait was one check per flooding client: 64 and 400).
-        for s in &fresh {
-            assert!(
+        for (s, _) in &fresh {
+            require!(
                 *s < 40.0 * k / 1000.0,
                 "a fresh right password waited {s:.2} s during the {clients}-client flood (one check: {k:.0} ms)"
             );
@@ -787,11 +830,11 @@ fn a_wrong_password_flood_leaves_probes_and_the_right_scraper_served() {
     )
     .unwrap_or(0.0);
     println!("[probe_starvation] Prometheus with the right password: up=1 in {ups} of {all} scrapes during the floods");
-    assert!(
+    require!(
         all >= flood_secs as f64 * 0.6,
         "Prometheus scraped {all} times in {flood_secs} s"
     );
-    assert!(
+    require!(
         ups >= 0.8 * all,
         "Prometheus scrapes failed during the flood: up=1 in {ups} of {all}"
     );

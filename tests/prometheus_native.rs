@@ -1,7 +1,8 @@
 //! Prometheus 3 scraping: the protobuf exposition with native histograms, read by a real Prometheus with
 //! native histograms enabled and by the official Go decoder, against spans of known durations sent by the
-//! real OpenTelemetry Python SDK; and the escaping= negotiation read by the Python prometheus_client
-//! parser, which implements the escaping spec.
+//! real OpenTelemetry Python SDK; the overview dashboard's latency, Apdex and rate panels on both a native and
+//! a classic Prometheus; and the escaping= negotiation read by the Python prometheus_client parser, which
+//! implements the escaping spec.
 
 mod common;
 
@@ -58,14 +59,7 @@ fn native_histogram_quantiles_match_the_spans() {
         )
     };
     let truth = send();
-    let mut durations: Vec<f64> = truth["durations"]
-        .as_array()
-        .expect("durations")
-        .iter()
-        .filter_map(|d| d.as_f64())
-        .collect();
-    assert_eq!(durations.len(), SPANS);
-    durations.sort_by(f64::total_cmp);
+    let durations = common::sorted_durations(&truth, SPANS);
 
     // The exposition Prometheus gets, read by the official Go decoder first.
     let (status, ct, body) = v.get_bytes("/metrics", PROTOBUF_ACCEPT);
@@ -210,6 +204,142 @@ fn native_histogram_quantiles_match_the_spans() {
     assert!(
         lo < c && c <= hi,
         "classic rule p99 {c} outside ({lo}, {hi}]"
+    );
+
+    // The overview dashboard's "Is it slow?" panels, as Grafana would send them, on both.
+    slow_panels(&native, &classic, &durations);
+}
+
+/// The expression of the overview dashboard panel titled `title`, with the variables substituted; the
+/// rate window is the recording rules' 5 minutes, so it holds the second round of spans.
+fn panel_expr(title: &str) -> String {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("grafana/dashboards/vitals-overview.json");
+    let d: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("overview dashboard")).unwrap();
+    let expr = d["panels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["title"] == title)
+        .and_then(|p| p["targets"][0]["expr"].as_str())
+        .unwrap_or_else(|| panic!("no panel {title:?}"));
+    expr.replace("$__rate_interval", "5m")
+        .replace("\"$namespace\"", "\".*\"")
+        .replace("\"$pod\"", "\".*\"")
+        .replace("\"$service\"", "\".*\"")
+        .replace("\"$operation\"", "\".*\"")
+}
+
+/// The value of `expr` for the series whose `label` is `/checkout`, if any; panics on a query error.
+fn checkout_value(prom: &common::Prometheus, expr: &str, label: &str) -> Option<f64> {
+    let r = common::prom_api(prom, "/api/v1/query", &[("query", expr)]);
+    assert_eq!(r["status"], "success", "{expr}\n{r}");
+    r["data"]["result"]
+        .as_array()?
+        .iter()
+        .find(|s| s["metric"][label] == "/checkout" || label.is_empty())
+        .and_then(|s| s["value"][1].as_str()?.parse().ok())
+}
+
+/// p50/p95/p99, Apdex and request-rate panels with and without native histograms; and, branch by branch,
+/// that each latency panel's native form answers on the native Prometheus and its classic form on the other
+/// (for RED and for the app's own exponential http.server.request.duration, the fallback).
+fn slow_panels(native: &common::Prometheus, classic: &common::Prometheus, durations: &[f64]) {
+    let bounds = vitals::signal::latency::BUCKETS;
+    for (q, title) in [
+        (0.5, "p50 latency by operation"),
+        (0.95, "p95 latency by operation"),
+        (0.99, "p99 latency by operation"),
+    ] {
+        let want = exact(durations, q);
+        let expr = panel_expr(title);
+        let n = checkout_value(native, &expr, "operation").expect("native panel");
+        let c = checkout_value(classic, &expr, "operation").expect("classic panel");
+        eprintln!("{title}: exact {want:.5} s, native Prometheus {n:.5} s, classic {c:.5} s");
+        assert!(
+            (n / want - 1.0).abs() < 0.02,
+            "{title} native {n} vs {want}"
+        );
+        // Classic: inside the bucket holding the exact value, or the one above when it sits within 1% of
+        // the bound (the window's spans differ slightly from the whole set, see above).
+        let lo = bounds
+            .iter()
+            .copied()
+            .filter(|b| *b < want)
+            .fold(0.0, f64::max);
+        let mut hi = bounds
+            .iter()
+            .copied()
+            .find(|b| want <= *b)
+            .unwrap_or(f64::INFINITY);
+        if hi / want - 1.0 < 0.01 {
+            hi = bounds
+                .iter()
+                .copied()
+                .find(|b| *b > hi)
+                .unwrap_or(f64::INFINITY);
+        }
+        assert!(
+            lo < c && c <= hi,
+            "{title} classic {c} outside ({lo}, {hi}]"
+        );
+        // Branches: RED native, RED classic, app native, app classic (legacy names), then the UTF-8 names
+        // a Prometheus 2 does not produce.
+        let branches: Vec<&str> = expr.split(" or ").collect();
+        assert_eq!(branches.len(), 6, "{expr}");
+        let red_native = checkout_value(native, branches[0], "operation");
+        assert!(
+            red_native.is_some_and(|v| (v / want - 1.0).abs() < 0.02),
+            "{red_native:?}"
+        );
+        assert_eq!(
+            checkout_value(classic, branches[0], "operation"),
+            None,
+            "no native series"
+        );
+        assert_eq!(
+            checkout_value(native, branches[1], "operation"),
+            None,
+            "no classic series"
+        );
+        let app_native = checkout_value(native, branches[2], "operation");
+        let app_classic = checkout_value(classic, branches[3], "operation");
+        eprintln!("  app's exponential histogram: native {app_native:?}, classic {app_classic:?}");
+        assert!(
+            app_native.is_some_and(|v| (v / want - 1.0).abs() < 0.02),
+            "{app_native:?} vs {want}"
+        );
+        assert_eq!(checkout_value(native, branches[3], "operation"), None);
+        // The classic form of an exponential histogram has a bound at every bucket boundary of the SDK's
+        // scale, so interpolating inside one stays within 2% as well.
+        assert!(
+            app_classic.is_some_and(|v| (v / want - 1.0).abs() < 0.02),
+            "{app_classic:?} vs {want}"
+        );
+        assert_eq!(checkout_value(classic, branches[2], "operation"), None);
+    }
+    // Apdex (T = 0.1 s): satisfied count fully, tolerating (<= 0.4 s) half; every span here is ok.
+    let satisfied = durations.iter().filter(|d| **d <= 0.1).count() as f64;
+    let tolerating = durations.iter().filter(|d| **d > 0.1 && **d <= 0.4).count() as f64;
+    let apdex = (satisfied + tolerating / 2.0) / durations.len() as f64;
+    let expr = panel_expr("Apdex (T = 100 ms)");
+    let n = checkout_value(native, &expr, "").expect("native Apdex");
+    let c = checkout_value(classic, &expr, "").expect("classic Apdex");
+    eprintln!("Apdex: exact {apdex:.4}, native Prometheus {n:.4}, classic {c:.4}");
+    // The classic buckets have bounds at 0.1 and 0.4; the native ones interpolate inside the bucket
+    // holding each (4.4% wide), which moves the fraction by well under a point.
+    assert!((n - apdex).abs() < 0.01, "native Apdex {n} vs {apdex}");
+    assert!((c - apdex).abs() < 0.01, "classic Apdex {c} vs {apdex}");
+    // Requests per second: both forms count the same spans (the two Prometheus scrape at their own times,
+    // so their rate windows differ by up to a scrape).
+    let expr = panel_expr("Requests per second by operation");
+    let n = checkout_value(native, &expr, "operation").expect("native rate");
+    let c = checkout_value(classic, &expr, "operation").expect("classic rate");
+    eprintln!("requests per second: native Prometheus {n:.2}, classic {c:.2}");
+    assert!(
+        n > 0.0 && (n / c - 1.0).abs() < 0.2,
+        "native {n} vs classic {c}"
     );
 }
 

@@ -141,6 +141,7 @@ fn data_points(req: &ExportMetricsServiceRequest) -> u64 {
             Some(Data::Sum(s)) => s.data_points.len(),
             Some(Data::Gauge(g)) => g.data_points.len(),
             Some(Data::Histogram(h)) => h.data_points.len(),
+            Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
             Some(Data::Summary(s)) => s.data_points.len(),
             _ => 0,
         } as u64)
@@ -416,6 +417,9 @@ fn signals_keep_otel_names_and_start_times_move_forward_across_a_target_restart(
         &up.url(),
         "--push-interval",
         "1s",
+        // RED's classic buckets (tests/push_exponential.rs checks the default, exponential form).
+        "--push-histograms",
+        "explicit",
     ]);
     // The first target spins for 1.5 s, the second for about 0.01 s: once the first has used more than
     // 0.3 s of CPU (a loaded machine gives a spinning process less than its wall time) and the second is

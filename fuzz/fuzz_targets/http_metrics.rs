@@ -34,6 +34,8 @@ fn service(auth: bool) -> Arc<MetricsService> {
             status: Arc::new(Default::default()),
             live: None,
             web,
+            // CPU profiles need perf_event_open; without a profiler /debug/pprof answers 404.
+            profiler: None,
         };
         Arc::new(MetricsService::start(state).expect("render thread"))
     };

@@ -27,6 +27,9 @@ pub struct Exponential {
     pub positive: ExpBuckets,
     /// Buckets of values below minus the zero threshold (indexed by absolute value).
     pub negative: ExpBuckets,
+    /// Smallest and largest value recorded, where known (OTLP carries them; a window taken by
+    /// [`Exponential::minus`] does not know them).
+    pub min_max: Option<(f64, f64)>,
 }
 
 /// Lowest scale kept: below it the buckets are too wide to mean anything.
@@ -102,6 +105,7 @@ impl Exponential {
             zero_count: 0,
             positive: ExpBuckets::default(),
             negative: ExpBuckets::default(),
+            min_max: None,
         }
     }
 
@@ -121,6 +125,11 @@ impl Exponential {
         if v.is_nan() {
             return;
         }
+        let clamped = v.clamp(-f64::MAX, f64::MAX);
+        self.min_max = Some(match self.min_max {
+            None => (clamped, clamped),
+            Some((lo, hi)) => (lo.min(clamped), hi.max(clamped)),
+        });
         if v.abs() <= self.zero_threshold {
             self.zero_count = self.zero_count.saturating_add(1);
             return;
@@ -160,6 +169,13 @@ impl Exponential {
 
     /// Adds `other` into this histogram at the lower of the two scales, then keeps `max_buckets`.
     pub fn merge(&mut self, other: &Exponential, max_buckets: usize) {
+        // Both ranges known: the union; one side empty: the other's; otherwise unknown.
+        self.min_max = match (self.min_max, other.min_max) {
+            (Some((a, b)), Some((c, d))) => Some((a.min(c), b.max(d))),
+            (m, None) if other.is_empty() => m,
+            (None, m) if self.is_empty() => m,
+            _ => None,
+        };
         let mut other = other.clone();
         if other.scale > self.scale {
             other.downscale((other.scale - self.scale) as u32);
@@ -187,6 +203,7 @@ impl Exponential {
             base.downscale((base.scale - now.scale) as u32);
         }
         now.zero_count = now.zero_count.saturating_sub(base.zero_count);
+        now.min_max = None;
         for (side, old) in [
             (&mut now.positive, &base.positive),
             (&mut now.negative, &base.negative),
@@ -338,9 +355,20 @@ mod tests {
         for v in [0.03, 7.0] {
             b.record(v, 160);
         }
+        assert_eq!(a.min_max, Some((0.01, 0.5)));
         a.merge(&b, 160);
         assert_eq!(a.scale, 2);
         assert_eq!(a.total(), 5);
+        assert_eq!(a.min_max, Some((0.01, 7.0)), "the union of both ranges");
+        // A side whose range is unknown leaves the merged range unknown, unless it is empty.
+        let mut unknown = Exponential::new(2, 0.0);
+        unknown.zero_count = 1;
+        let mut c = a.clone();
+        c.merge(&unknown, 160);
+        assert_eq!(c.min_max, None);
+        let mut d = Exponential::new(4, 0.0);
+        d.merge(&a, 160);
+        assert_eq!(d.min_max, Some((0.01, 7.0)), "merged into an empty one");
         // Every value lies inside the bucket its index names after the merge.
         for v in [0.01, 0.02, 0.5, 0.03, 7.0] {
             let i = a.index_of(v);
@@ -378,6 +406,7 @@ mod tests {
         // A reading past a lowered scale still subtracts bucket by bucket.
         after.downscale(1);
         let d = after.minus(&before);
+        assert_eq!(d.min_max, None, "a window's extremes are not known");
         assert_eq!(d.scale, 3);
         assert_eq!(d.total(), 3);
         let p = d.quantile(0.9).unwrap_or(0.0);

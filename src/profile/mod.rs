@@ -7,10 +7,12 @@
 //! Like a probe it reads the target and knows nothing downstream: the HTTP endpoint and the `vitals
 //! profile` subcommand call [`Profiler::take`].
 
+pub mod continuous;
 pub mod jvm;
 pub mod maps;
 pub mod perf;
 pub mod pprof;
+pub mod ring;
 pub mod session;
 pub mod status;
 pub mod symbols;
@@ -41,6 +43,8 @@ pub struct ProfilerSettings {
     pub max_duration: Duration,
     /// procfs mount.
     pub proc_root: PathBuf,
+    /// Data pages of each CPU's perf ring.
+    pub ring_pages: usize,
 }
 
 impl Default for ProfilerSettings {
@@ -53,6 +57,7 @@ impl Default for ProfilerSettings {
             jvm_attach: true,
             max_duration: Duration::from_secs(300),
             proc_root: PathBuf::from("/proc"),
+            ring_pages: perf::RING_PAGES,
         }
     }
 }

@@ -12,9 +12,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use perf_event_open_sys as sys;
 
-/// Pages of sample data per CPU ring (plus one header page): 256 KiB, enough for 99 samples a second with
-/// 16 KiB stack copies drained every 50 ms many times over.
+/// Pages of sample data per CPU ring (plus one header page) of an on-demand profile: 256 KiB, enough for
+/// 99 samples a second with 16 KiB stack copies drained every 50 ms many times over.
 pub const RING_PAGES: usize = 64;
+
+/// Pages per CPU ring of the continuous profiler: 64 KiB, four times what 19 samples a second with 16 KiB
+/// stack copies write between two drains 100 ms apart. With an on-demand profile's rings beside them the
+/// locked memory stays under the 516 KiB per CPU an unprivileged user has (`perf_event_mlock_kb`).
+pub const CONTINUOUS_RING_PAGES: usize = 16;
 
 /// Registers copied with each sample for DWARF unwinding: bp, sp, ip (x86-64 numbering).
 const USER_REGS: u64 = (1 << sys::bindings::PERF_REG_X86_BP)
@@ -31,6 +36,8 @@ pub struct SamplingPlan {
     pub stack_bytes: u32,
     /// Whether to ask for kernel frames (refused where `perf_event_paranoid` >= 2 without CAP_PERFMON).
     pub kernel: bool,
+    /// Data pages of each CPU's ring (a power of two).
+    pub ring_pages: usize,
 }
 
 impl SamplingPlan {
@@ -96,9 +103,9 @@ struct Ring {
 unsafe impl Send for Ring {}
 
 impl Ring {
-    fn map(fd: &OwnedFd) -> std::io::Result<Ring> {
+    fn map(fd: &OwnedFd, pages: usize) -> std::io::Result<Ring> {
         let page = page_size();
-        let len = page * (RING_PAGES + 1);
+        let len = page * (pages + 1);
         // SAFETY: a fresh shared mapping of the event's ring; checked for MAP_FAILED.
         let base = unsafe {
             libc::mmap(
@@ -118,7 +125,7 @@ impl Ring {
         // SAFETY: the first page is the header the kernel filled in.
         let (off, size) = unsafe { ((*header).data_offset, (*header).data_size) };
         let (data_offset, data_size) = if size == 0 {
-            (page, page * RING_PAGES)
+            (page, page * pages)
         } else {
             (off as usize, size as usize)
         };
@@ -363,7 +370,7 @@ impl EventSet {
             // SAFETY: fd is a fresh descriptor we own.
             let fd = unsafe { OwnedFd::from_raw_fd(fd) };
             if owns_rings {
-                let ring = Ring::map(&fd)
+                let ring = Ring::map(&fd, self.plan.ring_pages.max(1).next_power_of_two())
                     .map_err(|e| OpenRefusal::Other(e.raw_os_error().unwrap_or(0)))?;
                 let owner = fd
                     .try_clone()

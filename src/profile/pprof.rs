@@ -329,3 +329,42 @@ pub fn to_folded(p: &CpuProfile) -> String {
     }
     out
 }
+
+/// Folded stacks of a gzipped pprof profile (as [`to_pprof_gzip`] writes), for the captures the
+/// continuous profiler keeps in that form: one line per distinct stack, frames root first, then the
+/// sample count (the first sample value). None when the bytes are no such profile.
+pub fn folded_from_gzip(gz: &[u8]) -> Option<String> {
+    use prost::Message;
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    flate2::read::GzDecoder::new(gz)
+        .read_to_end(&mut bytes)
+        .ok()?;
+    let p = Profile::decode(bytes.as_slice()).ok()?;
+    let string = |i: i64| p.string_table.get(i as usize).map_or("", String::as_str);
+    let functions: HashMap<u64, &str> = p.function.iter().map(|f| (f.id, string(f.name))).collect();
+    let locations: HashMap<u64, &Location> = p.location.iter().map(|l| (l.id, l)).collect();
+    let mut merged: HashMap<String, i64> = HashMap::new();
+    for s in &p.sample {
+        let mut names: Vec<String> = Vec::new();
+        for id in s.location_id.iter().rev() {
+            if let Some(loc) = locations.get(id) {
+                for line in loc.line.iter().rev() {
+                    let name = functions.get(&line.function_id).copied().unwrap_or("");
+                    names.push(name.replace([';', '\n'], "_"));
+                }
+            }
+        }
+        *merged.entry(names.join(";")).or_default() += s.value.first().copied().unwrap_or(0);
+    }
+    let mut lines: Vec<(String, i64)> = merged.into_iter().collect();
+    lines.sort();
+    let mut out = String::new();
+    for (stack, n) in lines {
+        out.push_str(&stack);
+        out.push(' ');
+        out.push_str(&n.to_string());
+        out.push('\n');
+    }
+    Some(out)
+}

@@ -42,6 +42,82 @@ pub struct Recording {
     pub duration: Duration,
 }
 
+/// The open events of a set of processes and the walker of their stacks: what an on-demand profile and
+/// the continuous profiler both drain.
+pub struct Sampling {
+    events: EventSet,
+    walker: StackWalker,
+    frames: Vec<u64>,
+    pids: Vec<u32>,
+    proc_root: std::path::PathBuf,
+    last_follow: Instant,
+    /// Most threads followed at once.
+    pub threads: usize,
+}
+
+impl Sampling {
+    /// Opens the events of every thread of `pids`.
+    pub fn open(settings: &ProfilerSettings, pids: &[u32]) -> Result<Sampling, OpenRefusal> {
+        let plan = SamplingPlan {
+            frequency_hz: settings.frequency_hz,
+            stack_bytes: settings.stack_bytes,
+            kernel: settings.kernel,
+            ring_pages: settings.ring_pages,
+        };
+        let root = &settings.proc_root;
+        let events = EventSet::open(plan, pids, root)?;
+        let threads = events.thread_count();
+        Ok(Sampling {
+            events,
+            walker: StackWalker::new(root),
+            frames: Vec::with_capacity(super::unwind::MAX_FRAMES),
+            pids: pids.to_vec(),
+            proc_root: root.clone(),
+            last_follow: Instant::now(),
+            threads,
+        })
+    }
+
+    /// Reads every ring and hands each sample's process and frames (leaf first) to `each`; follows
+    /// threads started since, every [`FOLLOW_EVERY`]. Returns the samples read.
+    pub fn drain(&mut self, mut each: impl FnMut(u32, &[u64])) -> u64 {
+        let mut taken = 0u64;
+        let (walker, frames) = (&mut self.walker, &mut self.frames);
+        self.events.drain(|sample, stack| {
+            walker.walk(sample, stack, frames);
+            taken += 1;
+            each(sample.pid, frames);
+        });
+        if self.last_follow.elapsed() >= FOLLOW_EVERY {
+            self.threads = self
+                .threads
+                .max(self.events.follow_new_threads(&self.pids, &self.proc_root));
+            self.last_follow = Instant::now();
+        }
+        taken
+    }
+
+    /// The processes sampled.
+    pub fn pids(&self) -> &[u32] {
+        &self.pids
+    }
+
+    /// Kernel frames were asked for and granted.
+    pub fn kernel_frames(&self) -> bool {
+        self.events.kernel_frames
+    }
+
+    /// Records the kernel lost to full rings so far.
+    pub fn lost(&self) -> u64 {
+        self.events.lost
+    }
+
+    /// Samples unwound by DWARF and by frame pointer alone, so far.
+    pub fn unwound(&self) -> (u64, u64) {
+        (self.walker.dwarf_stacks, self.walker.fp_stacks)
+    }
+}
+
 /// Samples the threads of `pids` for `duration`, or until `stop`; counts each sample into `counter`.
 pub fn record(
     settings: &ProfilerSettings,
@@ -50,42 +126,31 @@ pub fn record(
     stop: &AtomicBool,
     counter: &AtomicU64,
 ) -> Result<Recording, OpenRefusal> {
-    let plan = SamplingPlan {
-        frequency_hz: settings.frequency_hz,
-        stack_bytes: settings.stack_bytes,
-        kernel: settings.kernel,
-    };
-    let root = &settings.proc_root;
     let started = std::time::SystemTime::now();
     let begin = Instant::now();
-    let mut events = EventSet::open(plan, pids, root)?;
-    let mut walker = StackWalker::new(root);
+    let mut sampling = Sampling::open(settings, pids)?;
     let mut rec = Recording {
         stacks: HashMap::new(),
         samples: 0,
         dropped: 0,
         lost: 0,
-        kernel_frames: events.kernel_frames,
-        threads: events.thread_count(),
+        kernel_frames: sampling.kernel_frames(),
+        threads: sampling.threads,
         dwarf_stacks: 0,
         fp_stacks: 0,
         started,
         duration,
     };
-    let mut frames = Vec::with_capacity(super::unwind::MAX_FRAMES);
-    let mut last_follow = Instant::now();
     loop {
         let done = begin.elapsed() >= duration || stop.load(Ordering::Relaxed);
-        let mut taken = 0u64;
-        events.drain(|sample, stack| {
-            walker.walk(sample, stack, &mut frames);
-            taken += 1;
-            if let Some(n) = rec.stacks.get_mut(&(sample.pid, frames.as_slice().into())) {
+        let (stacks, dropped) = (&mut rec.stacks, &mut rec.dropped);
+        let taken = sampling.drain(|pid, frames| {
+            if let Some(n) = stacks.get_mut(&(pid, frames.into())) {
                 *n += 1;
-            } else if rec.stacks.len() < MAX_STACKS {
-                rec.stacks.insert((sample.pid, frames.as_slice().into()), 1);
+            } else if stacks.len() < MAX_STACKS {
+                stacks.insert((pid, frames.into()), 1);
             } else {
-                rec.dropped += 1;
+                *dropped += 1;
             }
         });
         rec.samples += taken;
@@ -93,17 +158,13 @@ pub fn record(
         if done {
             break;
         }
-        if last_follow.elapsed() >= FOLLOW_EVERY {
-            rec.threads = rec.threads.max(events.follow_new_threads(pids, root));
-            last_follow = Instant::now();
-        }
         let left = duration.saturating_sub(begin.elapsed());
         std::thread::sleep(DRAIN_EVERY.min(left).max(Duration::from_millis(1)));
     }
     rec.duration = begin.elapsed();
-    rec.lost = events.lost;
-    rec.dwarf_stacks = walker.dwarf_stacks;
-    rec.fp_stacks = walker.fp_stacks;
+    rec.threads = sampling.threads;
+    rec.lost = sampling.lost();
+    (rec.dwarf_stacks, rec.fp_stacks) = sampling.unwound();
     Ok(rec)
 }
 

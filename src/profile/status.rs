@@ -149,6 +149,7 @@ pub fn probe(settings: &ProfilerSettings, pid: u32) -> Reason {
         frequency_hz: settings.frequency_hz,
         stack_bytes: 0,
         kernel: settings.kernel,
+        ring_pages: settings.ring_pages,
     };
     match super::perf::EventSet::probe(plan, pid) {
         Ok(true) => Reason::Ok,

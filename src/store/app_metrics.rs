@@ -491,6 +491,10 @@ fn native_buckets(dp: &ExponentialHistogramDataPoint) -> Exponential {
         zero_count: dp.zero_count,
         positive: side(dp.positive.as_ref()),
         negative: side(dp.negative.as_ref()),
+        min_max: match (dp.min, dp.max) {
+            (Some(lo), Some(hi)) if lo.is_finite() && hi.is_finite() && lo <= hi => Some((lo, hi)),
+            _ => None,
+        },
     };
     e.limit(NATIVE_MAX_BUCKETS);
     e
@@ -1456,6 +1460,8 @@ mod tests {
                         offset: 0,
                         bucket_counts: vec![2, 4],
                     }),
+                    min: Some(0.0),
+                    max: Some(3.5),
                     ..Default::default()
                 }],
                 aggregation_temporality: AggregationTemporality::Delta as i32,
@@ -1498,6 +1504,7 @@ mod tests {
                         counts: vec![2, 4]
                     },
                     negative: ExpBuckets::default(),
+                    min_max: Some((0.0, 3.5)),
                 }))
             }
         );

@@ -614,6 +614,19 @@ pub fn compile_java(class: &str) -> tempfile::TempDir {
     classes
 }
 
+/// The span durations (seconds) a `send.py` run reports in `durations`, sorted; exactly `n` of them.
+pub fn sorted_durations(truth: &serde_json::Value, n: usize) -> Vec<f64> {
+    let mut durations: Vec<f64> = truth["durations"]
+        .as_array()
+        .expect("durations")
+        .iter()
+        .filter_map(|d| d.as_f64())
+        .collect();
+    assert_eq!(durations.len(), n);
+    durations.sort_by(f64::total_cmp);
+    durations
+}
+
 /// A JVM child process, killed and reaped on drop.
 pub struct Jvm(pub Child);
 

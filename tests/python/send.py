@@ -10,6 +10,7 @@ import json
 import logging
 import random
 import sys
+import time
 
 from opentelemetry.sdk.resources import Resource
 
@@ -186,7 +187,8 @@ def runtime():
 
 def latency():
     """--spans SERVER spans on one route with log-normal durations (median 80 ms, sigma 0.7, seed 7), and
-    the same durations recorded into an exponential histogram metric; the durations are the truth."""
+    the same durations recorded into two exponential histogram metrics: checkout.duration once,
+    http.server.request.duration twice (two exports 2.5 s apart); the durations are the truth."""
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
     from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation, View
@@ -200,9 +202,12 @@ def latency():
                                              max_export_batch_size=512, schedule_delay_millis=200))
     tracer = tp.get_tracer("vitals-test")
     reader = PeriodicExportingMetricReader(metric_exporter_cls(**metric_kw), export_interval_millis=3_600_000)
-    views = [View(instrument_name="checkout.duration", aggregation=ExponentialBucketHistogramAggregation())]
+    views = [View(instrument_name=n, aggregation=ExponentialBucketHistogramAggregation())
+             for n in ("checkout.duration", "http.server.request.duration")]
     mp = MeterProvider(resource=resource, metric_readers=[reader], views=views)
     hist = mp.get_meter("vitals-test").create_histogram("checkout.duration", unit="s")
+    # The app's own HTTP server histogram, exponential: what the dashboards fall back to without spans.
+    http_hist = mp.get_meter("vitals-test").create_histogram("http.server.request.duration", unit="s")
     rng = random.Random(7)
     t0 = 1_700_000_000_000_000_000
     durations = []
@@ -213,7 +218,14 @@ def latency():
         span.end(end_time=t0 + i * 1000 + dur_ns)
         durations.append(dur_ns / 1e9)
         hist.record(dur_ns / 1e9, {"http.route": "/checkout"})
+        http_hist.record(dur_ns / 1e9, {"http.route": "/checkout"})
     ok = tp.force_flush(60_000) and mp.force_flush(30_000)
+    # The same durations once more into http.server.request.duration, exported after a pause a scrape every
+    # second sees: its rate over any window that holds both exports is exactly these durations.
+    time.sleep(2.5)
+    for d in durations:
+        http_hist.record(d, {"http.route": "/checkout"})
+    ok = ok and mp.force_flush(30_000)
     tp.shutdown()
     mp.shutdown()
     return {"flushed": ok, "durations": durations}

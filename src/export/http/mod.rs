@@ -46,6 +46,8 @@ pub struct HttpState {
     pub web: Option<Arc<WebConfig>>,
     /// CPU profiles at /debug/pprof/profile; `None` answers 404.
     pub profiler: Option<Arc<crate::profile::Profiler>>,
+    /// The continuous profiler's captures at /debug/pprof/captures; `None` when it is off.
+    pub continuous: Option<Arc<crate::profile::continuous::Continuous>>,
 }
 
 /// Where the live page names the target before its script has drawn the first frame.
@@ -371,12 +373,21 @@ async fn handle(
         "/" | "/live" => respond(
             StatusCode::OK,
             "text/html; charset=utf-8",
-            self::profile::with_last(landing(&state.status), state.profiler.as_ref()),
+            self::profile::with_captures(
+                self::profile::with_last(landing(&state.status), state.profiler.as_ref()),
+                state.continuous.as_ref(),
+            ),
         ),
         "/debug/pprof/profile" => {
             self::profile::answer(state.profiler.as_ref(), req.uri().query()).await
         }
         "/debug/pprof/last" => self::profile::last(state.profiler.as_ref(), req.uri().query()),
+        "/debug/pprof/captures" => self::profile::captures(state.continuous.as_ref()),
+        path if path.starts_with("/debug/pprof/capture/") => self::profile::capture(
+            state.continuous.as_ref(),
+            &path["/debug/pprof/capture/".len()..],
+            req.uri().query(),
+        ),
         "/live/stream" => {
             let mut r = respond(StatusCode::OK, "text/event-stream", "");
             r.extensions_mut().insert(OpenLiveStream);

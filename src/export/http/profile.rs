@@ -1,5 +1,6 @@
 //! `GET /debug/pprof/profile?seconds=N[&format=folded]`: a CPU profile of the target, gzipped pprof by
-//! default, or a polite refusal that says why (off, no target, not permitted and the fix, busy).
+//! default, or a polite refusal that says why (off, no target, not permitted and the fix, busy); the last
+//! profile; and the continuous profiler's captures (`/debug/pprof/captures`, `/debug/pprof/capture/<id>`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use hyper::header::{HeaderValue, CONTENT_DISPOSITION, RETRY_AFTER};
 use hyper::{Response, StatusCode};
 
 use super::respond;
+use crate::profile::continuous::{self, Continuous};
 use crate::profile::{pprof, Profiler, Refusal};
 
 /// Seconds sampled when the request does not say.
@@ -177,6 +179,147 @@ pub fn last(profiler: Option<&Arc<Profiler>>, query: Option<&str>) -> Response<F
             pprof::to_pprof_gzip(&profile),
         )
     }
+}
+
+/// `GET /debug/pprof/captures`: the continuous profiler's ring and the captures it kept, as JSON.
+pub fn captures(continuous: Option<&Arc<Continuous>>) -> Response<Full<Bytes>> {
+    match continuous {
+        Some(c) => respond(
+            StatusCode::OK,
+            "application/json",
+            captures_json(c).to_string(),
+        ),
+        None => respond(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "continuous profiling is off (--profile-continuous turns it on)\n",
+        ),
+    }
+}
+
+/// Where the live page takes the captures listing.
+const CAPTURES_SLOT: &str = "<pre hidden id=\"captures-json\"></pre>";
+
+/// The live page with the captures listing in it (HTML-escaped JSON), so it is drawn as the page loads.
+pub fn with_captures(page: String, continuous: Option<&Arc<Continuous>>) -> String {
+    let Some(c) = continuous else {
+        return page;
+    };
+    let json = captures_json(c).to_string();
+    let mut escaped = String::with_capacity(json.len() + 64);
+    escaped.push_str("<pre hidden id=\"captures-json\">");
+    for ch in json.chars() {
+        match ch {
+            '<' => escaped.push_str("&lt;"),
+            '>' => escaped.push_str("&gt;"),
+            '&' => escaped.push_str("&amp;"),
+            _ => escaped.push(ch),
+        }
+    }
+    escaped.push_str("</pre>");
+    page.replacen(CAPTURES_SLOT, &escaped, 1)
+}
+
+/// The ring's state and the kept captures, newest first.
+fn captures_json(c: &Continuous) -> serde_json::Value {
+    let secs = |ns: u128| ns as f64 / 1e9;
+    let ring = c.ring_state();
+    let list: Vec<serde_json::Value> = c
+        .captures()
+        .iter()
+        .rev()
+        .map(|k| {
+            let first = k.causes.first();
+            serde_json::json!({
+                "id": k.id,
+                "alert": first.map(|c| c.alert.as_str()),
+                "severity": first.map(|c| c.severity.as_str()),
+                "value": first.and_then(|c| c.value),
+                "threshold": first.map(|c| c.threshold),
+                "at": first.map(|c| secs(c.at_ns)),
+                "also": k.causes.iter().skip(1).map(|c| c.alert.as_str()).collect::<Vec<_>>(),
+                "from": secs(k.from_ns),
+                "to": secs(k.to_ns),
+                "samples": k.samples,
+                "bytes": k.pprof_gz.len(),
+                "top": k.top.iter().map(|(f, s)| serde_json::json!({"function": f, "share": s})).collect::<Vec<_>>(),
+                "url": format!("debug/pprof/capture/{}", k.id),
+            })
+        })
+        .collect();
+    let pending: Vec<serde_json::Value> = c
+        .pending()
+        .into_iter()
+        .map(|(id, alert, at)| serde_json::json!({"id": id, "alert": alert, "at": secs(at)}))
+        .collect();
+    serde_json::json!({
+        "continuous": {
+            "hz": c.settings.hz,
+            "segment_seconds": continuous::SEGMENT.as_secs(),
+            "before_seconds": continuous::BEFORE.as_secs(),
+            "after_seconds": continuous::AFTER.as_secs(),
+            "window_seconds": c.settings.window.as_secs(),
+            "ring_limit_bytes": c.settings.ring_bytes,
+            "ring_bytes": ring.bytes,
+            "ring_seconds": ring.span_seconds,
+            "segments": ring.segments,
+            "evicted_segments": ring.evicted,
+            "dropped_samples": ring.dropped_samples,
+            "leaf_only_samples": ring.leaf_only_samples,
+            "captures_bytes": c.captures_bytes(),
+            "max_captures": continuous::MAX_CAPTURES,
+        },
+        "pending": pending,
+        "captures": list,
+    })
+}
+
+/// `GET /debug/pprof/capture/<id>[?format=folded]`: one kept capture as gzipped pprof (or folded stacks).
+pub fn capture(
+    continuous: Option<&Arc<Continuous>>,
+    id: &str,
+    query: Option<&str>,
+) -> Response<Full<Bytes>> {
+    let Some(c) = continuous else {
+        return respond(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "continuous profiling is off (--profile-continuous turns it on)\n",
+        );
+    };
+    let Ok(n) = id.parse::<u64>() else {
+        return respond(
+            StatusCode::BAD_REQUEST,
+            "text/plain",
+            "give a capture number, as listed at /debug/pprof/captures\n",
+        );
+    };
+    let Some(k) = c.capture(n) else {
+        return respond(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            format!("capture {n} is not kept (see /debug/pprof/captures)\n"),
+        );
+    };
+    if query.unwrap_or("").split('&').any(|p| p == "format=folded") {
+        return match pprof::folded_from_gzip(&k.pprof_gz) {
+            Some(text) => respond(StatusCode::OK, "text/plain; charset=utf-8", text),
+            None => respond(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                "the capture could not be read back\n",
+            ),
+        };
+    }
+    let mut r = respond(
+        StatusCode::OK,
+        "application/octet-stream",
+        Bytes::from(k.pprof_gz.clone()),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"capture-{n}.pb.gz\"")) {
+        r.headers_mut().insert(CONTENT_DISPOSITION, v);
+    }
+    r
 }
 
 fn refused(refusal: &Refusal, seconds: u64) -> Response<Full<Bytes>> {

@@ -9,12 +9,26 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1 as otlp;
 use opentelemetry_proto::tonic::metrics::v1::{
-    exemplar, metric, number_data_point, summary_data_point, AggregationTemporality,
+    exemplar, exponential_histogram_data_point, metric, number_data_point, summary_data_point,
+    AggregationTemporality,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
 
-use crate::model::{Exemplar, Metric, MetricKind, Origin, Point, Value};
+use crate::model::exponential::ExpBuckets;
+use crate::model::{Exemplar, Exponential, Metric, MetricKind, Origin, Point, Value};
+
+/// Which OTLP type a histogram is pushed as (`--push-histograms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Histograms {
+    /// An ExponentialHistogram where every point of the metric keeps exponential buckets (RED, the
+    /// app's exponential histograms), an explicit-bucket Histogram where it does not.
+    #[default]
+    Exponential,
+    /// Always the explicit (classic) buckets: for a receiver that cannot store exponential histograms
+    /// (a Prometheus without native histograms enabled).
+    Explicit,
+}
 
 /// Series whose start time is remembered; beyond it a new series gets the pusher's first start time and
 /// no reset detection (logged once).
@@ -244,6 +258,59 @@ fn explicit_buckets(buckets: &[(f64, u64)], count: u64) -> (Vec<f64>, Vec<u64>) 
     (bounds, counts)
 }
 
+fn exp_buckets(b: &ExpBuckets) -> Option<exponential_histogram_data_point::Buckets> {
+    (!b.counts.is_empty()).then(|| exponential_histogram_data_point::Buckets {
+        offset: b.offset,
+        bucket_counts: b.counts.clone(),
+    })
+}
+
+/// One exponential point. Its count is the buckets' total (zero bucket included), so the counts always
+/// add up as OTLP requires, whatever the classic count said.
+fn exponential_point(
+    p: &Point,
+    e: &Exponential,
+    sum: f64,
+    exemplars: &[Option<Exemplar>],
+    start: u64,
+    now: u64,
+) -> otlp::ExponentialHistogramDataPoint {
+    otlp::ExponentialHistogramDataPoint {
+        attributes: attributes(&p.attributes),
+        start_time_unix_nano: start,
+        time_unix_nano: now,
+        count: e.total(),
+        sum: sum.is_finite().then_some(sum),
+        scale: e.scale,
+        zero_count: e.zero_count,
+        zero_threshold: e.zero_threshold,
+        positive: exp_buckets(&e.positive),
+        negative: exp_buckets(&e.negative),
+        min: e.min_max.map(|(lo, _)| lo),
+        max: e.min_max.map(|(_, hi)| hi),
+        exemplars: exemplars
+            .iter()
+            .flatten()
+            .map(|x| exemplar(x, now))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// True when every point of `m` is a histogram with exponential buckets (an OTLP metric has one type).
+fn all_exponential(m: &Metric) -> bool {
+    !m.points.is_empty()
+        && m.points.iter().all(|p| {
+            matches!(
+                &p.value,
+                Value::Histogram {
+                    native: Some(_),
+                    ..
+                }
+            )
+        })
+}
+
 fn number(v: &Value) -> Option<f64> {
     match v {
         Value::Sum(x) | Value::Gauge(x) | Value::SumWithExemplar(x, _) => Some(*x),
@@ -254,12 +321,34 @@ fn number(v: &Value) -> Option<f64> {
 /// One metric converted; points whose value does not fit the metric's kind are skipped and counted.
 fn convert_metric(
     m: &Metric,
+    histograms: Histograms,
     starts: &mut StartTimes,
     now: u64,
     skipped: &mut u64,
 ) -> otlp::Metric {
     let cumulative = AggregationTemporality::Cumulative as i32;
     let data = match m.kind {
+        MetricKind::Histogram if histograms == Histograms::Exponential && all_exponential(m) => {
+            let mut data_points = Vec::with_capacity(m.points.len());
+            for p in &m.points {
+                let Value::Histogram {
+                    sum,
+                    exemplars,
+                    native: Some(e),
+                    ..
+                } = &p.value
+                else {
+                    *skipped += 1;
+                    continue;
+                };
+                let start = starts.start_of(&m.name, p, Some(e.total() as f64), now);
+                data_points.push(exponential_point(p, e, *sum, exemplars, start, now));
+            }
+            metric::Data::ExponentialHistogram(otlp::ExponentialHistogram {
+                data_points,
+                aggregation_temporality: cumulative,
+            })
+        }
         MetricKind::Counter | MetricKind::UpDownCounter => {
             let monotonic = m.kind == MetricKind::Counter;
             let mut data_points = Vec::with_capacity(m.points.len());
@@ -402,10 +491,11 @@ pub struct Converted {
 }
 
 /// Converts one gather taken at `now_unix_nanos` into export requests of at most `max_bytes` each
-/// (metrics are never split, so one larger than that goes alone), advancing the start times. Metrics
-/// passed through from the app ([`Origin::App`]) are left out.
+/// (metrics are never split, so one larger than that goes alone), advancing the start times; histograms
+/// as `histograms` says. Metrics passed through from the app ([`Origin::App`]) are left out.
 pub fn convert(
     metrics: &[Metric],
+    histograms: Histograms,
     resource: &Resource,
     scope: &InstrumentationScope,
     starts: &mut StartTimes,
@@ -443,7 +533,7 @@ pub fn convert(
         if m.origin == Origin::App {
             continue;
         }
-        let converted = convert_metric(m, starts, now_unix_nanos, &mut out.skipped);
+        let converted = convert_metric(m, histograms, starts, now_unix_nanos, &mut out.skipped);
         let points = crate::pipeline::data_points(&converted).unwrap_or(0) as u64;
         if points == 0 {
             continue;
@@ -482,6 +572,7 @@ mod tests {
     fn push(metrics: &[Metric], starts: &mut StartTimes, now: u64) -> Vec<otlp::Metric> {
         let c = convert(
             metrics,
+            Histograms::Exponential,
             &resource(&[("service.name".into(), "vitals".into())]),
             &scope(),
             starts,
@@ -631,6 +722,122 @@ mod tests {
         assert_eq!(x.value, Some(exemplar::Value::AsDouble(0.3)));
     }
 
+    /// A histogram with both forms, from `values`, as RED keeps it.
+    fn both_forms(values: &[f64]) -> Value {
+        let mut e = Exponential::new(4, 1.0 / 1_048_576.0);
+        for v in values {
+            e.record(*v, 160);
+        }
+        let bounds = [0.1, 0.4, f64::INFINITY];
+        let buckets = bounds
+            .iter()
+            .map(|b| (*b, values.iter().filter(|v| *v <= b).count() as u64))
+            .collect();
+        Value::Histogram {
+            buckets,
+            sum: values.iter().sum(),
+            count: values.len() as u64,
+            exemplars: vec![],
+            native: Some(Box::new(e)),
+        }
+    }
+
+    #[test]
+    fn exponential_sources_are_pushed_exponential_and_classic_ones_classic() {
+        let values = [0.0, 0.004, 0.02, 0.021, 0.35, 0.9, 3.0];
+        let red = Metric::new("vitals.request.duration", "d", "s", MetricKind::Histogram)
+            .with(&[("operation", "/a")], both_forms(&values))
+            .with(&[("operation", "/b")], both_forms(&[0.5, 0.25]));
+        let classic = Metric::new("vitals.db.query.duration", "q", "s", MetricKind::Histogram)
+            .with(
+                &[],
+                Value::Histogram {
+                    buckets: vec![(0.1, 1), (f64::INFINITY, 2)],
+                    sum: 0.6,
+                    count: 2,
+                    exemplars: vec![],
+                    native: None,
+                },
+            );
+        // One point without exponential buckets makes the whole metric explicit: an OTLP metric has one type.
+        let mixed = Metric::new("mixed", "m", "s", MetricKind::Histogram)
+            .with(&[("a", "1")], both_forms(&[0.5]))
+            .with(
+                &[("a", "2")],
+                Value::Histogram {
+                    buckets: vec![(f64::INFINITY, 1)],
+                    sum: 0.5,
+                    count: 1,
+                    exemplars: vec![],
+                    native: None,
+                },
+            );
+        let mut st = StartTimes::new(5 * S, 10, FORGET_AFTER_NANOS);
+        let got = push(&[red.clone(), classic.clone(), mixed], &mut st, 9 * S);
+        let Some(Data::ExponentialHistogram(h)) = &got[0].data else {
+            panic!("RED is not exponential: {:?}", got[0].data)
+        };
+        assert_eq!(
+            h.aggregation_temporality,
+            AggregationTemporality::Cumulative as i32
+        );
+        let p = &h.data_points[0];
+        assert_eq!((p.scale, p.count), (4, 7));
+        assert_eq!((p.start_time_unix_nano, p.time_unix_nano), (5 * S, 9 * S));
+        assert_eq!(p.zero_count, 1, "0 s is in the zero bucket");
+        assert_eq!(p.zero_threshold, 1.0 / 1_048_576.0);
+        assert_eq!((p.min, p.max), (Some(0.0), Some(3.0)));
+        assert_eq!(p.sum, Some(values.iter().sum()));
+        assert!(p.negative.is_none());
+        let pos = p.positive.as_ref().expect("positive buckets");
+        assert_eq!(
+            p.zero_count + pos.bucket_counts.iter().sum::<u64>(),
+            p.count
+        );
+        // Each value sits in the bucket its OTLP index names: (base^i, base^(i+1)], base = 2^(1/16).
+        let base = 2f64.powf(1.0 / 16.0);
+        for v in &values[1..] {
+            let at = (0..pos.bucket_counts.len())
+                .find(|k| {
+                    let i = pos.offset + *k as i32;
+                    base.powi(i) < *v && *v <= base.powi(i + 1) * (1.0 + 1e-12)
+                })
+                .expect("a bucket for each value");
+            assert!(pos.bucket_counts[at] >= 1, "{v}");
+        }
+        assert_eq!(h.data_points[1].count, 2);
+        assert!(
+            matches!(&got[1].data, Some(Data::Histogram(_))),
+            "classic source stays classic"
+        );
+        assert!(
+            matches!(&got[2].data, Some(Data::Histogram(_))),
+            "mixed metric stays classic"
+        );
+        // --push-histograms explicit: RED as its classic buckets.
+        let c = convert(
+            &[red, classic],
+            Histograms::Explicit,
+            &resource(&[]),
+            &scope(),
+            &mut st,
+            10 * S,
+            1 << 20,
+        );
+        let req = ExportMetricsServiceRequest::decode(c.requests[0].body.as_ref()).unwrap();
+        let m = &req.resource_metrics[0].scope_metrics[0].metrics;
+        let Some(Data::Histogram(h)) = &m[0].data else {
+            panic!("{:?}", m[0].data)
+        };
+        assert_eq!(h.data_points[0].explicit_bounds, vec![0.1, 0.4]);
+        assert_eq!(h.data_points[0].bucket_counts, vec![4, 1, 2]);
+        assert_eq!(
+            h.data_points[0].start_time_unix_nano,
+            5 * S,
+            "same stream either way"
+        );
+    }
+
     #[test]
     fn start_times_are_stable_and_move_forward_on_reset() {
         let mut st = StartTimes::new(10 * S, 10, FORGET_AFTER_NANOS);
@@ -722,7 +929,15 @@ mod tests {
                 m
             })
             .collect();
-        let c = convert(&metrics, &resource(&[]), &scope(), &mut st, 2 * S, 16 << 10);
+        let c = convert(
+            &metrics,
+            Histograms::Exponential,
+            &resource(&[]),
+            &scope(),
+            &mut st,
+            2 * S,
+            16 << 10,
+        );
         assert!(c.requests.len() > 1, "{}", c.requests.len());
         assert!(c.requests.iter().all(|r| r.body.len() <= 16 << 10));
         assert_eq!(c.requests.iter().map(|r| r.points).sum::<u64>(), 1000);
@@ -768,7 +983,15 @@ mod tests {
                     native: None,
                 },
             );
-        let c = convert(&[m], &resource(&[]), &scope(), &mut st, 2 * S, 1 << 20);
+        let c = convert(
+            &[m],
+            Histograms::Exponential,
+            &resource(&[]),
+            &scope(),
+            &mut st,
+            2 * S,
+            1 << 20,
+        );
         assert_eq!(c.skipped, 1);
         assert_eq!(c.requests[0].points, 1);
     }

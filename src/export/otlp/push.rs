@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::metrics_request::{
-    convert, resource, PushRequest, StartTimes, FORGET_AFTER_NANOS, START_TIMES_LIMIT,
+    convert, resource, Histograms, PushRequest, StartTimes, FORGET_AFTER_NANOS, START_TIMES_LIMIT,
 };
 use super::push_resource::{host_name, resource_attributes};
 use super::tls::{client_config, TlsFiles};
@@ -52,6 +52,8 @@ pub struct PushOptions {
     pub client_key: Named<PathBuf>,
     /// `--push-service-name`.
     pub service_name: Named<String>,
+    /// `--push-histograms`: exponential or explicit.
+    pub histograms: Named<String>,
 }
 
 /// Where, how often and as whom vitals pushes.
@@ -65,6 +67,8 @@ pub struct PushSettings {
     pub service_name: String,
     /// Longest time the final push at shutdown may take (`--forward-drain-timeout`).
     pub grace: Duration,
+    /// Which OTLP type histograms are pushed as.
+    pub histograms: Histograms,
 }
 
 impl PushSettings {
@@ -188,6 +192,14 @@ impl PushOptions {
                 v.to_owned()
             }
         };
+        let histograms = match &self.histograms {
+            None => Histograms::Exponential,
+            Some((v, o)) => match v.trim() {
+                "exponential" => Histograms::Exponential,
+                "explicit" => Histograms::Explicit,
+                other => return Err(format!("{o}: {other:?} is not exponential or explicit")),
+            },
+        };
         Ok(Some(PushSettings {
             upstream: Upstream {
                 url,
@@ -200,6 +212,7 @@ impl PushOptions {
             interval,
             service_name,
             grace,
+            histograms,
         }))
     }
 }
@@ -390,6 +403,7 @@ impl PushJob {
             let metrics: Vec<Metric> = self.registry.gather();
             convert(
                 &metrics,
+                self.settings.histograms,
                 &self.resource,
                 &self.scope,
                 &mut self.starts,
@@ -583,6 +597,7 @@ mod tests {
         assert_eq!(s.interval, PushSettings::DEFAULT_INTERVAL);
         assert_eq!(s.service_name, "vitals");
         assert_eq!(s.grace, Duration::from_secs(3));
+        assert_eq!(s.histograms, Histograms::Exponential);
         let o = PushOptions {
             endpoint: named(
                 "http://prom:9090/api/v1/otlp/v1/metrics".into(),
@@ -604,6 +619,14 @@ mod tests {
         assert_eq!(s.upstream.protocol, Protocol::Grpc);
         assert!(s.upstream.gzip);
         assert_eq!(s.upstream.headers[0].1, "a b");
+        let s = PushOptions {
+            histograms: named("explicit".into(), "--push-histograms"),
+            ..o
+        }
+        .resolve(Duration::ZERO)
+        .unwrap()
+        .unwrap();
+        assert_eq!(s.histograms, Histograms::Explicit);
         assert!(PushOptions::default()
             .resolve(Duration::ZERO)
             .unwrap()
@@ -636,6 +659,19 @@ mod tests {
         .resolve(Duration::ZERO)
         .unwrap_err();
         assert!(e.starts_with("--push-interval: 500ms is outside"), "{e}");
+        let e = PushOptions {
+            histograms: named(
+                "native".into(),
+                "environment variable VITALS_PUSH_HISTOGRAMS",
+            ),
+            ..base.clone()
+        }
+        .resolve(Duration::ZERO)
+        .unwrap_err();
+        assert!(
+            e.starts_with("environment variable VITALS_PUSH_HISTOGRAMS: \"native\" is not"),
+            "{e}"
+        );
         let e = PushOptions {
             endpoint: named(
                 "collector:4318".into(),

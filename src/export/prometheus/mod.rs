@@ -252,7 +252,8 @@ pub struct Encoder {
     pb_out: Vec<u8>,
     pb_help: String,
     pb_metrics: Vec<u8>,
-    pb_labels: Vec<protobuf::LabelPair>,
+    /// The label pairs of the point being written, encoded.
+    pb_labels: Vec<u8>,
 }
 
 impl Encoder {
@@ -438,18 +439,14 @@ impl Encoder {
 
     /// Protobuf: one point as a `Metric` of the current family.
     fn proto_point(&mut self, attributes: &[(&str, &str)], start: u64, value: ValueRef<'_>) {
+        // Label pairs go straight into bytes: a scrape of many series allocates no string per label.
         self.pb_labels.clear();
         for (i, (k, v)) in attributes.iter().enumerate() {
             let (label, _) = Self::label(&mut self.keys, self.escaping, i, k, self.kind);
-            self.pb_labels.push(protobuf::LabelPair {
-                name: Some(label.into_owned()),
-                value: Some((*v).to_owned()),
-            });
+            protobuf::write_label_pair(&mut self.pb_labels, &label, v);
         }
-        let mut metric = protobuf::metric_value(self.kind, start, value);
-        metric.label = std::mem::take(&mut self.pb_labels);
-        protobuf::push_metric(&mut self.pb_metrics, &metric);
-        self.pb_labels = metric.label;
+        let metric = protobuf::metric_value(self.kind, start, value);
+        protobuf::push_metric(&mut self.pb_metrics, &self.pb_labels, &metric);
     }
 }
 

@@ -394,9 +394,27 @@ pub fn write_family(out: &mut Vec<u8>, name: &str, help: &str, kind: MetricKind,
     out.extend_from_slice(metrics);
 }
 
-/// Appends `metric` as field 4 of a family under construction.
-pub fn push_metric(metrics: &mut Vec<u8>, metric: &PbMetric) {
-    prost::encoding::message::encode(4, metric, metrics);
+/// Appends one `LabelPair` (field 1 of a `Metric`) to `out`, encoded as prost would encode it.
+pub fn write_label_pair(out: &mut Vec<u8>, name: &str, value: &str) {
+    use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
+    let field = |len: usize| 1 + encoded_len_varint(len as u64) + len;
+    encode_key(1, WireType::LengthDelimited, out);
+    encode_varint((field(name.len()) + field(value.len())) as u64, out);
+    for (tag, s) in [(1, name), (2, value)] {
+        encode_key(tag, WireType::LengthDelimited, out);
+        encode_varint(s.len() as u64, out);
+        out.extend_from_slice(s.as_bytes());
+    }
+}
+
+/// Appends a `Metric` as field 4 of a family under construction: its label pairs, already encoded by
+/// [`write_label_pair`], then `metric`'s other fields.
+pub fn push_metric(metrics: &mut Vec<u8>, labels: &[u8], metric: &PbMetric) {
+    use prost::encoding::{encode_key, encode_varint, WireType};
+    encode_key(4, WireType::LengthDelimited, metrics);
+    encode_varint((labels.len() + metric.encoded_len()) as u64, metrics);
+    metrics.extend_from_slice(labels);
+    metric.encode_raw(metrics);
 }
 
 #[cfg(test)]
@@ -404,6 +422,35 @@ mod tests {
     use super::*;
     use crate::model::exponential::ExpBuckets;
     use crate::model::BucketCounts;
+
+    #[test]
+    fn hand_written_labels_decode_as_prost_writes_them() {
+        let long = "v".repeat(300);
+        let pairs = [("service", "shop"), ("", ""), ("route", long.as_str())];
+        let mut labels = Vec::new();
+        for (k, v) in pairs {
+            write_label_pair(&mut labels, k, v);
+        }
+        let value = PbMetric {
+            gauge: Some(Gauge { value: Some(2.5) }),
+            ..Default::default()
+        };
+        let mut ours = Vec::new();
+        push_metric(&mut ours, &labels, &value);
+        let want = PbMetric {
+            label: pairs
+                .iter()
+                .map(|(k, v)| LabelPair {
+                    name: Some((*k).to_owned()),
+                    value: Some((*v).to_owned()),
+                })
+                .collect(),
+            ..value
+        };
+        let mut theirs = Vec::new();
+        prost::encoding::message::encode(4, &want, &mut theirs);
+        assert_eq!(ours, theirs, "byte for byte what prost writes");
+    }
 
     #[test]
     fn spans_skip_long_gaps_and_fill_short_ones() {

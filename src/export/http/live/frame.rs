@@ -7,7 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use serde_json::{json, Value as Json};
 
 use super::history::{History, Point};
-use super::thresholds::{threshold, Measure, RULES};
+use super::thresholds::{threshold, AlertRule, Measure, RULES};
 use crate::model::{Exponential, Metric, Origin, Point as ModelPoint, Value};
 use crate::signal::hints::{HintPolicy, PoolUse, UsageHistory, UsageTick};
 
@@ -303,6 +303,7 @@ pub struct LiveSampler {
     prev: Option<Counters>,
     red: VecDeque<RedSnapshot>,
     alert_since: Vec<Option<f64>>,
+    onsets: Vec<Onset>,
     usage: UsageHistory,
     policy: HintPolicy,
     target_key: Option<String>,
@@ -311,6 +312,17 @@ pub struct LiveSampler {
     /// Per named target: (frame time, CPU seconds) of the last frame, for its CPU rate. As many entries
     /// as targets with a `target` label (a bounded set: the named ones and at most 16 containers).
     target_cpu: HashMap<String, (f64, f64)>,
+}
+
+/// An alert condition of the shipped rules that began to hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Onset {
+    /// The rule.
+    pub rule: AlertRule,
+    /// The value that met it.
+    pub value: Option<f64>,
+    /// When, unix seconds.
+    pub t: f64,
 }
 
 /// At most this many targets are listed on the page.
@@ -358,6 +370,7 @@ impl LiveSampler {
             prev: None,
             red: VecDeque::with_capacity(RED_SNAPSHOTS + 1),
             alert_since: vec![None; RULES.len()],
+            onsets: Vec::new(),
             usage: UsageHistory::new(),
             policy,
             target_key: None,
@@ -375,6 +388,11 @@ impl LiveSampler {
     /// Bytes the history ring holds when full (the stated memory bound).
     pub fn history_bytes(&self) -> usize {
         self.history.capacity_bytes()
+    }
+
+    /// The alert conditions that began to hold since the last call.
+    pub fn take_onsets(&mut self) -> Vec<Onset> {
+        std::mem::take(&mut self.onsets)
     }
 
     /// The current tuning hints.
@@ -764,6 +782,13 @@ impl LiveSampler {
             if !holds {
                 self.alert_since[i] = None;
                 continue;
+            }
+            if self.alert_since[i].is_none() && self.onsets.len() < RULES.len() {
+                self.onsets.push(Onset {
+                    rule: *r,
+                    value: v,
+                    t,
+                });
             }
             let since = *self.alert_since[i].get_or_insert(t);
             let held = t - since;

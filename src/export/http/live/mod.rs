@@ -11,7 +11,7 @@ pub mod history;
 pub mod stream;
 pub mod thresholds;
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -19,6 +19,7 @@ use tokio::sync::{watch, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::model::Registry;
+use crate::profile::continuous::{Cause, Continuous};
 use crate::signal::hints::{HintBoard, HintPolicy};
 use frame::LiveSampler;
 
@@ -39,6 +40,8 @@ pub struct LiveHub {
     shutdown: CancellationToken,
     /// Hints published for the `vitals_recommendation_*` metrics.
     pub hints: Arc<HintBoard>,
+    /// The continuous profiler told of each onset of trouble, when it runs.
+    captures: OnceLock<Arc<Continuous>>,
 }
 
 impl LiveHub {
@@ -61,7 +64,14 @@ impl LiveHub {
             viewers: Arc::new(Semaphore::new(VIEWER_LIMIT)),
             shutdown,
             hints: Arc::new(HintBoard::default()),
+            captures: OnceLock::new(),
         }
+    }
+
+    /// Tells `continuous` of every onset of a latency, pause or saturation condition
+    /// ([`thresholds::PROFILED`]), so it keeps the profile around it.
+    pub fn capture_on_trouble(&self, continuous: Arc<Continuous>) {
+        let _ = self.captures.set(continuous);
     }
 
     fn sampler(&self) -> std::sync::MutexGuard<'_, LiveSampler> {
@@ -72,11 +82,25 @@ impl LiveHub {
     pub fn tick(&self, registry: &Registry, t: f64) {
         // Frames show vitals' own metrics only: the app's are never copied.
         let families = registry.gather_where(|m| m.origin == crate::model::Origin::Vitals);
-        let (frame, hints) = {
+        let (frame, hints, onsets) = {
             let mut s = self.sampler();
             let frame = s.tick(t, &families);
-            (frame, s.hints())
+            (frame, s.hints(), s.take_onsets())
         };
+        if let Some(c) = self.captures.get() {
+            for o in onsets
+                .iter()
+                .filter(|o| thresholds::PROFILED.contains(&o.rule.measure))
+            {
+                c.trigger(Cause {
+                    alert: o.rule.alert.to_owned(),
+                    severity: o.rule.severity.to_owned(),
+                    value: o.value,
+                    threshold: o.rule.threshold,
+                    at_ns: (o.t.max(0.0) * 1e9) as u128,
+                });
+            }
+        }
         self.hints.publish(hints);
         let message = format!("event: frame\ndata: {frame}\n\n");
         self.frames.send_replace(Bytes::from(message));

@@ -275,6 +275,18 @@ pub const LEFT_TO_PROMETHEUS: &[(&str, &str)] = &[
     ),
 ];
 
+/// The conditions whose onset keeps the continuous CPU profile around it: latency, pauses and
+/// saturation, the troubles where the target's CPU is where an answer may be.
+pub const PROFILED: &[Measure] = &[
+    LatencyP99,
+    GcPauseMax,
+    PauseTimeRatio,
+    EventLoopP99,
+    ThrottledRatio,
+    CpuQuotaRatio,
+    PoolUtilization,
+];
+
 /// The first rule on `measure` with `severity`, for verdicts that share the alerts' numbers.
 pub fn threshold(measure: Measure, severity: &str) -> f64 {
     RULES
