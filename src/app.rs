@@ -78,8 +78,8 @@ fn start_profiler(
     shutdown: &CancellationToken,
 ) -> Arc<Profiler> {
     let target = store.clone();
-    // Today's target is one process; a process tree will hand all its pids here.
-    let pids = Arc::new(move || target.info().map(|i| vec![i.pid]).unwrap_or_default());
+    // The target's whole tree: a pre-fork server's workers and a launcher's runtime are where the time goes.
+    let pids = Arc::new(move || target.member_pids());
     let profiler = Arc::new(Profiler::new(
         ProfilerSettings {
             enabled: config.profiling,

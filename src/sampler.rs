@@ -80,6 +80,8 @@ pub struct Sampler {
     search: Search,
     /// Whether the next search is a full one (at a tick) rather than a scan of new processes (between ticks).
     full_search: bool,
+    /// Buffer for the tree's member pids handed to the store each tick.
+    member_pids: Vec<u32>,
 }
 
 /// The attached target instance.
@@ -190,6 +192,7 @@ impl Sampler {
                 },
             ),
             full_search: true,
+            member_pids: Vec::new(),
             proc_root,
             cgroup_roots,
             store: parts.store,
@@ -300,6 +303,10 @@ impl Sampler {
         }
         if let Some(proc) = obs.proc {
             self.store.update(proc, obs.cgroup, obs.tree);
+        }
+        if let Some(tree) = self.procfs.tree() {
+            tree.member_pids(&mut self.member_pids);
+            self.store.set_member_pids(&self.member_pids);
         }
         if let Some(runtime) = obs.runtime_hint {
             self.store.hint_runtime(runtime.label());

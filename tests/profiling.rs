@@ -349,6 +349,62 @@ fn frame_pointer_build_gives_the_split_the_cpu_time_and_the_whole_path() {
     );
 }
 
+/// A target is a process tree: the burner as the child of a shell (`sh -c 'burner; echo done'`) is where
+/// the time goes, and the profile of the target is the profile of the tree, split and total as for the
+/// burner alone.
+#[test]
+fn the_profile_of_a_tree_holds_its_child_s_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let burner = build_burner(dir.path(), true);
+    let script = format!("{} 3 1; echo done", burner.display());
+    let v = Vitals::start(&[
+        "--profile-stack-bytes",
+        "0",
+        "run",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let e = v.wait_until(Duration::from_secs(15), "the shell and its child", |e| {
+        e.get("vitals_target_up", &[]) == Some(1.0)
+            && e.get("vitals_target_processes", &[]) == Some(2.0)
+    });
+    let child = e
+        .all("vitals_process_member_memory_usage_bytes")
+        .iter()
+        .filter_map(|s| {
+            let comm = s.labels.iter().find(|(k, _)| k == "comm")?.1.as_str();
+            let pid = s
+                .labels
+                .iter()
+                .find(|(k, _)| k == "pid")?
+                .1
+                .parse::<u32>()
+                .ok()?;
+            comm.starts_with("burn").then_some(pid)
+        })
+        .next()
+        .unwrap_or_else(|| panic!("the burner among the members: {}", e.text));
+    let before = cpu_seconds(child);
+    let (status, body) = profile_http(&v, "seconds=6&hz=499", 6);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let used = cpu_seconds(child) - before;
+    let file = dir.path().join("tree.pb.gz");
+    std::fs::write(&file, &body).unwrap();
+    let read = pprof_read(&file);
+    assert_burner_profile(&read, "the shell's child");
+    println!(
+        "tree: sampled CPU {:.3} s, the child's /proc/PID/stat CPU {used:.3} s",
+        read.total_seconds
+    );
+    assert!(
+        (read.total_seconds - used).abs() <= 0.15 * used + 0.03,
+        "profile total {:.3} s vs {used:.3} s of the child's CPU (±15%)",
+        read.total_seconds
+    );
+}
+
 #[test]
 fn no_frame_pointer_build_is_unwound_by_dwarf() {
     let dir = tempfile::tempdir().unwrap();

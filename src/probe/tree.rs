@@ -421,6 +421,19 @@ impl ProcessTree {
         self.candidates = candidates;
     }
 
+    /// The live (not exited) members' pids into `out`: the root first, then the others oldest first. For
+    /// the profiler, which samples the whole tree.
+    pub fn member_pids(&self, out: &mut Vec<u32>) {
+        out.clear();
+        out.push(self.root_pid);
+        out.extend(
+            self.members
+                .values()
+                .filter(|m| !m.zombie && m.pid != self.root_pid)
+                .map(|m| m.pid),
+        );
+    }
+
     /// Reads every member once and sums them. `Err` only when the root is gone (a zombie root is gone:
     /// the service ended).
     pub fn sample(

@@ -70,6 +70,8 @@ struct State {
     exits: [u64; 2],
     last_identity: Option<(u32, u64)>,
     sampled: bool,
+    /// The live processes of the target's tree, root first (what the profiler samples).
+    member_pids: Vec<u32>,
 }
 
 /// The latest sample of the target, shared by the sampler (writer) and scrapes (readers).
@@ -112,6 +114,25 @@ impl TargetMetrics {
         s.proc = None;
         s.tree = None;
         s.cgroup = None;
+        s.member_pids.clear();
+    }
+
+    /// The live processes of the target's tree, root first, as of the last tick.
+    pub fn set_member_pids(&self, pids: &[u32]) {
+        let mut s = self.lock();
+        s.member_pids.clear();
+        s.member_pids.extend_from_slice(pids);
+    }
+
+    /// The target's processes: the tree's live members, root first (the root alone before the first
+    /// tick has read the tree); empty while no target is attached.
+    pub fn member_pids(&self) -> Vec<u32> {
+        let s = self.lock();
+        match (&s.info, s.member_pids.is_empty()) {
+            (None, _) => Vec::new(),
+            (Some(i), true) => vec![i.pid],
+            (Some(_), false) => s.member_pids.clone(),
+        }
     }
 
     /// Attaches to another process that was already running next to the previous target (e.g. the
