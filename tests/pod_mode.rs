@@ -171,8 +171,8 @@ fn logged_pauses(log: &Path) -> Vec<f64> {
         .collect()
 }
 
-/// The `targets` rows of the first live frame that has them.
-fn live_targets(v: &Vitals) -> Vec<serde_json::Value> {
+/// The `targets` rows of the first live frame that lists `want` targets, each with its memory.
+fn live_targets(v: &Vitals, want: usize) -> Vec<serde_json::Value> {
     use std::io::Read;
     let mut sock = std::net::TcpStream::connect(v.metrics).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -194,12 +194,16 @@ fn live_targets(v: &Vitals) -> Vec<serde_json::Value> {
             let Ok(frame) = serde_json::from_str::<serde_json::Value>(&line[6..]) else {
                 continue;
             };
-            if let Some(rows) = frame["targets"].as_array().filter(|r| !r.is_empty()) {
+            // Frames are built once a second: an early one may predate a container's first sample.
+            if let Some(rows) = frame["targets"]
+                .as_array()
+                .filter(|r| r.len() >= want && r.iter().all(|t| t["rss_bytes"].is_number()))
+            {
                 return rows.clone();
             }
         }
     }
-    panic!("no live frame with targets: {text}");
+    panic!("no live frame with {want} targets: {text}");
 }
 
 struct Java {
@@ -366,7 +370,7 @@ fn a_pod_s_containers_are_found_named_and_read_through_their_own_root() {
         assert_eq!(info_label(&e, t, "k8s_namespace_name"), "shop");
     }
     // The live page lists each container with its own figures.
-    let rows = live_targets(&v);
+    let rows = live_targets(&v, 2);
     let names: Vec<&str> = rows.iter().filter_map(|r| r["name"].as_str()).collect();
     assert_eq!(names.len(), 2, "{rows:?}");
     assert!(
