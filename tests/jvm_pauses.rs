@@ -128,18 +128,6 @@ fn hsperfdata_pauses_match_jstat() {
         .is_some());
 }
 
-/// Pauses of the JVM's own GC log (`-Xlog:gc*`): the summary lines `GC(n) Pause … a->b(c) 1234.567ms`,
-/// in seconds, in log order.
-fn logged_pauses(log: &std::path::Path) -> Vec<f64> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains(" Pause ") && l.contains("->") && l.ends_with("ms"))
-        .filter_map(|l| l.rsplit(' ').next()?.trim_end_matches("ms").parse().ok())
-        .map(|ms: f64| ms / 1000.0)
-        .collect()
-}
-
 /// One scrape of the full collector's counters and the max, at 100 ms.
 #[derive(Debug, Clone, Copy)]
 struct FullGcView {
@@ -212,7 +200,7 @@ fn long_pauses_show_while_running_and_exactly_after() {
     // The young collections that built the live set happened before vitals attached, within the
     // minute: the first reading counts them, exactly (the last one from its entry and exit times, the
     // one before it from the time left), so the max already equals the GC log's longest.
-    let before_attach = logged_pauses(&gc_log);
+    let before_attach = common::logged_pauses(&gc_log);
     let seen_before = before_attach.len();
     let longest_before = before_attach.iter().copied().fold(0.0, f64::max);
     let before = full_gc_view(&fast.scrape()).unwrap();
@@ -254,7 +242,7 @@ fn long_pauses_show_while_running_and_exactly_after() {
         done.store(true, std::sync::atomic::Ordering::Release);
         watcher.join().unwrap()
     });
-    let pauses: Vec<f64> = logged_pauses(&gc_log)[seen_before..].to_vec();
+    let pauses: Vec<f64> = common::logged_pauses(&gc_log)[seen_before..].to_vec();
     let full: Vec<f64> = std::fs::read_to_string(&gc_log)
         .unwrap()
         .lines()
@@ -549,7 +537,7 @@ fn short_g1_pauses_are_exact_from_the_first() {
             max(e).is_some()
         });
     }
-    let before_attach = logged_pauses(&gc_log);
+    let before_attach = common::logged_pauses(&gc_log);
     let seen_before = before_attach.len();
     // Young collections while the live set was built, before vitals attached, count from the first
     // reading (exactly when a collector had at most two, else a lower bound of its longest); never
@@ -575,14 +563,14 @@ fn short_g1_pauses_are_exact_from_the_first() {
         out.read_line(&mut line).unwrap();
         // Two 100 ms samples at least between pauses (slack for a loaded machine).
         std::thread::sleep(Duration::from_millis(400));
-        let pauses = logged_pauses(&gc_log)[seen_before..].to_vec();
+        let pauses = common::logged_pauses(&gc_log)[seen_before..].to_vec();
         let longest = pauses.iter().copied().fold(at_attach, f64::max);
         let e = fast.wait_until(Duration::from_secs(3), "pause counted", |e| {
             e.get("vitals_gc_pauses_total", &full) == Some(full_before + k as f64)
         });
         maxima.push((max(&e).unwrap(), longest));
     }
-    let pauses = logged_pauses(&gc_log)[seen_before..].to_vec();
+    let pauses = common::logged_pauses(&gc_log)[seen_before..].to_vec();
     eprintln!("figure: G1 pauses in the GC log (s): {pauses:.4?}");
     eprintln!("figure: 100 ms max after each pause vs GC log longest so far: {maxima:.4?}");
     for (m, truth) in &maxima {

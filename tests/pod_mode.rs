@@ -160,17 +160,6 @@ fn info_label(e: &Exposition, target: &str, key: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Pauses of the JVM's own GC log (`-Xlog:gc`): the lines `GC(n) Pause … 1.234ms`, in seconds.
-fn logged_pauses(log: &Path) -> Vec<f64> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains(" Pause ") && l.ends_with("ms"))
-        .filter_map(|l| l.rsplit(' ').next()?.trim_end_matches("ms").parse().ok())
-        .map(|ms: f64| ms / 1000.0)
-        .collect()
-}
-
 /// The `targets` rows of the first live frame that lists `want` targets, each with its memory.
 fn live_targets(v: &Vitals, want: usize) -> Vec<serde_json::Value> {
     use std::io::Read;
@@ -397,7 +386,7 @@ fn a_pod_s_containers_are_found_named_and_read_through_their_own_root() {
     java_io.call("gc", "done");
     let log = classes.path().join("gc.log");
     let logged = wait_for("the GC log", Duration::from_secs(10), || {
-        let p = logged_pauses(&log);
+        let p = common::logged_pauses(&log);
         (p.len() >= 2).then_some(p)
     });
     let longest = logged.iter().copied().fold(0.0, f64::max);
@@ -405,7 +394,7 @@ fn a_pod_s_containers_are_found_named_and_read_through_their_own_root() {
         e.sum(
             "vitals_gc_pauses_total",
             &[("target", "java"), ("source", "hsperfdata")],
-        ) == logged_pauses(&log).len() as f64
+        ) == common::logged_pauses(&log).len() as f64
     });
     let max = e
         .get(

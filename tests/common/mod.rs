@@ -627,6 +627,18 @@ pub fn sorted_durations(truth: &serde_json::Value, n: usize) -> Vec<f64> {
     durations
 }
 
+/// Pauses of the JVM's own GC log (`-Xlog:gc*`): the summary lines `GC(n) Pause … a->b(c) 1234.567ms`,
+/// in seconds, in log order.
+pub fn logged_pauses(log: &Path) -> Vec<f64> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(" Pause ") && l.contains("->") && l.ends_with("ms"))
+        .filter_map(|l| l.rsplit(' ').next()?.trim_end_matches("ms").parse().ok())
+        .map(|ms: f64| ms / 1000.0)
+        .collect()
+}
+
 /// A JVM child process, killed and reaped on drop.
 pub struct Jvm(pub Child);
 
