@@ -187,8 +187,7 @@ async fn bind_named(
     addr: std::net::SocketAddr,
     flag: &str,
 ) -> anyhow::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr)
-        .await
+    crate::export::http::server::listen(addr)
         .map_err(|e| anyhow::anyhow!("cannot listen on {flag} {addr}: {e}"))
 }
 

@@ -452,7 +452,7 @@ pub async fn serve(listener: TcpListener, state: HttpState, shutdown: Cancellati
 
 /// Binds the metrics listener, naming the address in the error.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|e| {
+    server::listen(addr).map_err(|e| {
         std::io::Error::new(
             e.kind(),
             format!("cannot listen on --metrics-addr {addr}: {e}"),

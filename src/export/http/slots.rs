@@ -5,15 +5,18 @@
 //! nothing, so when the listener is full the newcomer takes the slot of such a connection instead of
 //! waiting behind it: the one whose peer address holds the most slots, and of those the one idle the
 //! longest. A connection with a request in progress (its handler running or its response being written)
-//! keeps its slot; those requests end within their own deadlines. So a fresh connection (a kubelet
+//! keeps its slot; those requests end within their own deadlines. A connection younger than [`GRACE`]
+//! that has not sent a request yet is taken last: a probe's request follows its handshake at once, but
+//! when hundreds of clients reconnect together vitals may accept hundreds more before it reads that
+//! request (a debug build lost probes that way, each evicted by a later attacker from the same address). So a fresh connection (a kubelet
 //! probe, a scrape, an SDK export) is served whatever number of idle, trickling or kept-alive
 //! connections other clients hold; only as many requests in progress as there are slots can make it wait.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
@@ -26,6 +29,10 @@ pub struct Standing {
     /// Cancelled when the connection loses its slot; its task then closes it.
     evicted: CancellationToken,
     epoch: Instant,
+    /// Milliseconds since the epoch at which the connection was accepted.
+    opened_ms: u64,
+    /// A request has started on this connection.
+    asked: AtomicBool,
 }
 
 impl Standing {
@@ -37,6 +44,7 @@ impl Standing {
     /// body has been handed to the connection, or the request was abandoned).
     pub fn request(self: &Arc<Self>) -> InProgress {
         self.busy.fetch_add(1, Ordering::AcqRel);
+        self.asked.store(true, Ordering::Release);
         InProgress(self.clone())
     }
 
@@ -66,10 +74,16 @@ struct Table {
     free: Vec<usize>,
 }
 
+/// How long a new connection that has not sent a request yet is spared while another idle connection
+/// can give its slot up. Far above the time a live client takes to send its request head; far below the
+/// 10 s a request head may take, so a silent connection is spared only for its first second.
+pub const GRACE: Duration = Duration::from_secs(1);
+
 /// The slots of one listener.
 pub struct Slots {
     table: Mutex<Table>,
     epoch: Instant,
+    grace_ms: u64,
 }
 
 /// A held slot; dropping it frees the slot (unless it was already given to another connection).
@@ -111,6 +125,11 @@ pub enum Admission {
 impl Slots {
     /// `max_open` slots.
     pub fn new(max_open: usize) -> Arc<Slots> {
+        Slots::with_grace(max_open, GRACE)
+    }
+
+    /// `max_open` slots, sparing new connections for `grace` (see [`GRACE`]).
+    fn with_grace(max_open: usize, grace: Duration) -> Arc<Slots> {
         let max_open = max_open.max(1);
         Arc::new(Slots {
             table: Mutex::new(Table {
@@ -118,6 +137,7 @@ impl Slots {
                 free: (0..max_open).rev().collect(),
             }),
             epoch: Instant::now(),
+            grace_ms: grace.as_millis() as u64,
         })
     }
 
@@ -134,16 +154,19 @@ impl Slots {
     /// A slot for a new connection from `peer`: a free one, else the slot of an idle connection (see the
     /// module documentation), else none.
     pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Admission {
+        let now_ms = self.epoch.elapsed().as_millis() as u64;
         let standing = Arc::new(Standing {
             busy: AtomicUsize::new(0),
-            idle_since: AtomicU64::new(self.epoch.elapsed().as_millis() as u64),
+            idle_since: AtomicU64::new(now_ms),
             evicted: CancellationToken::new(),
             epoch: self.epoch,
+            opened_ms: now_ms,
+            asked: AtomicBool::new(false),
         });
         let mut t = self.lock();
         let (index, from) = match t.free.pop() {
             Some(i) => (i, None),
-            None => match victim(&t.entries) {
+            None => match victim(&t.entries, now_ms, self.grace_ms) {
                 Some(i) => {
                     let old = t.entries[i].take().map(|e| {
                         e.standing.evicted.cancel();
@@ -171,8 +194,9 @@ impl Slots {
     }
 }
 
-/// The idle connection to evict: from the peer holding the most slots, the one idle the longest.
-fn victim(entries: &[Option<Entry>]) -> Option<usize> {
+/// The idle connection to evict: one past its grace (opened `grace_ms` or more before `now_ms`, or
+/// having sent a request) if any, then from the peer holding the most slots, the one idle the longest.
+fn victim(entries: &[Option<Entry>], now_ms: u64, grace_ms: u64) -> Option<usize> {
     let mut per_peer: HashMap<IpAddr, usize> = HashMap::new();
     for e in entries.iter().flatten() {
         *per_peer.entry(e.peer).or_default() += 1;
@@ -183,7 +207,10 @@ fn victim(entries: &[Option<Entry>]) -> Option<usize> {
         .filter_map(|(i, e)| e.as_ref().map(|e| (i, e)))
         .filter(|(_, e)| e.standing.busy.load(Ordering::Acquire) == 0)
         .max_by_key(|(_, e)| {
+            let spared = !e.standing.asked.load(Ordering::Acquire)
+                && e.standing.opened_ms + grace_ms > now_ms;
             (
+                !spared,
                 per_peer.get(&e.peer).copied().unwrap_or(0),
                 std::cmp::Reverse(e.standing.idle_since.load(Ordering::Acquire)),
             )
@@ -238,6 +265,41 @@ mod tests {
         drop(evicted);
         assert_eq!(slots.open(), before);
         drop(kept);
+    }
+
+    #[test]
+    fn a_new_connection_that_has_not_asked_yet_goes_last() {
+        let slots = Slots::with_grace(3, Duration::from_millis(40));
+        // Two silent connections from one peer, past their grace.
+        let old1 = slot(slots.admit(ip(2)));
+        let old2 = slot(slots.admit(ip(2)));
+        std::thread::sleep(Duration::from_millis(60));
+        // A probe from the same peer, just accepted: it is the newest, but the busiest peer's
+        // longest-idle connection would be an older one anyway; make the probe the only fresh one and
+        // the older ones have asked (kept-alive, idle since after the probe opened).
+        let probe = slot(slots.admit(ip(2)));
+        drop(old1.standing.request());
+        drop(old2.standing.request());
+        // Both old connections are now idle more recently than the probe opened: without the grace the
+        // probe, idle the longest, would go.
+        let newcomer = slot(slots.admit(ip(2)));
+        assert!(
+            !probe.standing.evicted.is_cancelled(),
+            "the probe is spared"
+        );
+        assert!(old1.standing.evicted.is_cancelled() || old2.standing.evicted.is_cancelled());
+        // Past its grace, still silent, it is the first to go.
+        std::thread::sleep(Duration::from_millis(60));
+        let (a, b) = (old1.standing.clone(), old2.standing.clone());
+        let survivor = if a.evicted.is_cancelled() { b } else { a };
+        drop(survivor.request());
+        let _later = slot(slots.admit(ip(2)));
+        assert!(
+            probe.standing.evicted.is_cancelled(),
+            "a silent connection past its grace goes"
+        );
+        assert!(!survivor.evicted.is_cancelled());
+        drop(newcomer);
     }
 
     #[test]
