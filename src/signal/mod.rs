@@ -61,7 +61,13 @@ fn runtime_heap_row(heap: &[HeapReading]) -> Option<(f64, Option<f64>, usize)> {
 
 /// A heap value: bytes, its limit, whether held from an earlier collection, its runtime, and whether it
 /// is a concurrent collector's end-of-cycle occupancy.
-type HeapValue = (f64, Option<f64>, bool, Option<Runtime>, bool);
+type HeapValue = (
+    f64,
+    Option<f64>,
+    bool,
+    Option<Runtime>,
+    memory::LiveSetScatter,
+);
 
 /// The runtime of the heap row at `order` (rows numbered across the table in table order).
 fn heap_row_runtime(order: usize) -> Option<Runtime> {
@@ -100,19 +106,27 @@ impl Derived {
         // The live set tracker follows every hsperfdata sample, used or not, so it never misses a collection.
         let live = jvm.and_then(|j| {
             let mut l = self.jvm_live.lock().unwrap_or_else(|p| p.into_inner());
-            let concurrent = memory::is_concurrent_collector(j);
+            let scatter = memory::live_set_scatter(j);
             l.observe_with(j, fast).map(|(v, fresh)| {
                 (
                     v,
                     j.old_max.map(|m| m as f64),
                     !fresh,
                     Some(Runtime::Jvm),
-                    concurrent,
+                    scatter,
                 )
             })
         });
         runtime_heap_row(picked)
-            .map(|(used, limit, order)| (used, limit, false, heap_row_runtime(order), false))
+            .map(|(used, limit, order)| {
+                (
+                    used,
+                    limit,
+                    false,
+                    heap_row_runtime(order),
+                    memory::LiveSetScatter::Exact,
+                )
+            })
             .or(live)
     }
 
@@ -133,7 +147,7 @@ impl Derived {
                 rss: inp.rss.map(|r| (r, cg_limit)),
                 heap: heap.map(|(v, limit, ..)| (v, limit)),
                 heap_held: heap.is_some_and(|h| h.2),
-                heap_concurrent: heap.is_some_and(|h| h.4),
+                heap_scatter: heap.map(|h| h.4).unwrap_or_default(),
                 heap_runtime: heap.and_then(|h| h.3),
                 cgroup: inp
                     .cgroup
