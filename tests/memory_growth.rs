@@ -497,8 +497,17 @@ fn rare_old_collections_and_every_collector() {
             assert_eq!(first_flag[i], None);
         } else {
             assert_eq!(first_flag[i], None, "{name} called a leak");
+            // A stop-the-world collector's readings are the live set: flat within 0.1 MiB/s. ZGC's and
+            // Shenandoah's end-of-cycle occupancy carries what each cycle allocated, so a slope fitted on
+            // two or three of them scatters (-127 kB/s for ZGC with a release build compiling beside
+            // it); the verdict discounts it (docs/memory-growth.md), the exported slope shows it.
+            let bound = if name.starts_with("ZGC") || name.starts_with("Shenandoah") {
+                0.5 * MIB
+            } else {
+                0.1 * MIB
+            };
             if let Some(s) = slope_45s[i] {
-                assert!(s.abs() < 0.1 * MIB, "{name}: {s:.0} B/s");
+                assert!(s.abs() < bound, "{name}: {s:.0} B/s");
             }
             // A collector that ran no cycle that cleaned the heap yet (ZGC's first cycle can take
             // longer than the run at this allocation rate) has no value, and says so.
