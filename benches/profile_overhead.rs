@@ -3,12 +3,15 @@
 //! - `off`: vitals attached, no profile (the baseline of both the target and vitals);
 //! - `99 Hz on demand`: one `/debug/pprof/profile` request covering the whole burn;
 //! - `19 Hz continuous`: `--profile-continuous=true` at its default rate;
-//! - `99 Hz continuous`: `--profile-continuous=true --profile-continuous-hz 99`.
+//! - `99 Hz continuous`: `--profile-continuous=true --profile-continuous-hz 99`;
+//! - `999 Hz continuous`: ten times the samples, so that their cost stands out of the machine's noise;
+//!   the cost per sample it gives, times 99 Hz, bounds what 99 Hz costs.
 //!
 //! Per mode it prints the median over the rounds of:
-//! - the CPU profiling adds to the target: its work per CPU second (rounds of its loop over the CPU time
-//!   of all its threads, from `/proc/PID/stat`) against `off` in the same rounds; sample
-//!   interrupts and stack copies run on the target's time;
+//! - the CPU profiling adds to the target: its CPU per unit of work (rounds of its loop over the CPU time
+//!   of all its threads, from `/proc/PID/stat`) against the `off` run of the same round, so a slow
+//!   stretch of the machine weighs on both sides of each ratio; sample interrupts and stack copies run
+//!   on the target's time;
 //! - the CPU vitals uses during the burn, as a share of one core, and what profiling adds to it over `off`;
 //!   that added CPU is also given as a share of the target's own CPU;
 //! - for the on-demand profile, the one-off CPU of naming the addresses after sampling.
@@ -212,6 +215,7 @@ fn main() {
         Mode::OnDemand99,
         Mode::Continuous(19),
         Mode::Continuous(99),
+        Mode::Continuous(999),
     ];
     let mut runs: Vec<Vec<Run>> = modes.iter().map(|_| Vec::new()).collect();
     for _ in 0..rounds {
@@ -235,20 +239,37 @@ fn main() {
     );
     for (i, mode) in modes.iter().enumerate().skip(1) {
         let work = med(i, |r| r.work);
+        // Per round, this mode's CPU per unit of work over off's in the same round.
+        let paired = median(
+            runs[i]
+                .iter()
+                .zip(&runs[0])
+                .map(|(r, off)| off.work / r.work - 1.0)
+                .collect(),
+        );
         let target_cores = med(i, |r| r.target_cores);
         let vitals = med(i, |r| r.vitals_cores);
         let added = vitals - base_vitals;
         print!(
             "  {:18} target {target_cores:.2} cores, {work:.1} rounds per CPU s ({:+.2}% target CPU per \
-             unit of work); vitals {:.3}% of a core ({:+.3}% over off = {:.2}% of the target's CPU)",
+             unit of work, paired by round); vitals {:.3}% of a core ({:+.3}% over off = {:.2}% of the \
+             target's CPU)",
             mode.name(),
-            100.0 * (base_work / work - 1.0),
+            100.0 * paired,
             100.0 * vitals,
             100.0 * added,
             100.0 * added / target_cores.max(1e-9),
         );
         if matches!(mode, Mode::OnDemand99) {
             print!(", naming {:.3} s CPU once", med(i, |r| r.naming));
+        }
+        if let Mode::Continuous(hz) = mode {
+            // Samples per second: one per busy core-second per hz (a thread is sampled while it runs).
+            let per_sample_us = paired * 1e6 / (*hz as f64);
+            print!(
+                "; {per_sample_us:.1} us of target CPU per sample, so {:+.2}% at 99 Hz",
+                per_sample_us * 99.0 / 1e6 * 100.0
+            );
         }
         println!();
     }

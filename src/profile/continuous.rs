@@ -31,8 +31,23 @@ pub const MAX_CAPTURES: usize = 10;
 pub const COOLDOWN: Duration = Duration::from_secs(300);
 /// Distinct stacks one segment keeps (the byte bound usually comes first).
 pub const MAX_SEGMENT_STACKS: usize = 50_000;
-/// How often the rings are read.
+/// How often the rings are read at most: at the default 19 Hz, a CPU's 64 KiB ring holds twice what it
+/// receives in that time.
 const DRAIN_EVERY: Duration = Duration::from_millis(100);
+/// How often the rings are read at least, whatever the rate.
+const DRAIN_AT_MOST_EVERY: Duration = Duration::from_millis(5);
+
+/// How often to read rings of `ring_pages` pages per CPU so that each is at most half full between two
+/// reads, sampling at `hz` with `stack_bytes` of user stack per sample (plus up to 1 KiB of header,
+/// registers and call chain): a CPU runs one thread at a time, so it takes at most `hz` samples a
+/// second. A fixed 100 ms lost most samples at 99 Hz: 163 KiB per CPU between reads into a 64 KiB ring
+/// (60 samples a second kept of a 2-CPU target's ~200, measured on `benches/profile_overhead.rs`'s
+/// burner, the same at 999 Hz).
+pub fn drain_every(hz: u64, ring_pages: usize, stack_bytes: u32) -> Duration {
+    let ring = (ring_pages.max(1).next_power_of_two() * 4096) as f64;
+    let per_second = hz.max(1) as f64 * (f64::from(stack_bytes) + 1024.0);
+    Duration::from_secs_f64(ring / 2.0 / per_second).clamp(DRAIN_AT_MOST_EVERY, DRAIN_EVERY)
+}
 /// How long to wait before trying again when the target may not be profiled.
 const RETRY_EVERY: Duration = Duration::from_secs(10);
 /// Captures waiting for their after-part; further onsets are ignored until one is made.
@@ -290,10 +305,16 @@ impl Continuous {
                 )
             };
             let mut segment = new_segment();
+            let mut lost_warned = false;
             let mut started = Instant::now();
             let mut checked = Instant::now();
+            let drain = drain_every(
+                settings.frequency_hz,
+                settings.ring_pages,
+                settings.stack_bytes,
+            );
             loop {
-                std::thread::sleep(DRAIN_EVERY);
+                std::thread::sleep(drain);
                 let n = sampling.drain(|pid, frames| segment.add(pid, frames));
                 self.profiler.samples.fetch_add(n, Ordering::Relaxed);
                 let stopping = stop.load(Ordering::Relaxed);
@@ -306,6 +327,14 @@ impl Continuous {
                     started = Instant::now();
                     let finished = full.finish(unix_ns(SystemTime::now()));
                     dropped += finished.dropped;
+                    if sampling.lost() > 0 && !lost_warned {
+                        lost_warned = true;
+                        tracing::warn!(
+                            lost = sampling.lost(),
+                            hz = settings.frequency_hz,
+                            "the continuous profiler's rings overflowed between reads; samples were lost (a lower --profile-continuous-hz keeps them)"
+                        );
+                    }
                     leaf_only += finished.leaf_only;
                     ring.push(finished);
                     self.make_due_captures(&ring, &settings);
@@ -527,6 +556,23 @@ impl Collector for Continuous {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rings_are_read_before_they_are_half_full() {
+        use super::{drain_every, Duration};
+        let pages = crate::profile::perf::CONTINUOUS_RING_PAGES;
+        // The default 19 Hz fills half a ring in ~99 ms; 99 Hz with 16 KiB stacks in ~19 ms.
+        let at19 = drain_every(19, pages, 16 << 10);
+        assert!(at19 > Duration::from_millis(90), "{at19:?}");
+        let at99 = drain_every(99, pages, 16 << 10);
+        assert!(
+            at99 > Duration::from_millis(15) && at99 < Duration::from_millis(25),
+            "{at99:?}"
+        );
+        assert_eq!(drain_every(999, pages, 16 << 10), Duration::from_millis(5));
+        // Frame pointers only: a sample is about 1 KiB.
+        assert_eq!(drain_every(99, pages, 0), Duration::from_millis(100));
+    }
+
     use super::*;
 
     fn cause(alert: &str, at_s: u128) -> Cause {
