@@ -8,9 +8,10 @@
 //! keeps its slot; those requests end within their own deadlines. A connection younger than [`GRACE`]
 //! that has not sent a request yet is taken last: a probe's request follows its handshake at once, but
 //! when hundreds of clients reconnect together vitals may accept hundreds more before it reads that
-//! request (a debug build lost probes that way, each evicted by a later attacker from the same address). So a fresh connection (a kubelet
-//! probe, a scrape, an SDK export) is served whatever number of idle, trickling or kept-alive
-//! connections other clients hold; only as many requests in progress as there are slots can make it wait.
+//! request (a debug build lost probes that way, each evicted by a later attacker from the same address).
+//! So a fresh connection (a kubelet probe, a scrape, an SDK export) is served whatever number of idle,
+//! trickling or kept-alive connections other clients hold; only as many requests in progress as there
+//! are slots can make it wait.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -274,14 +275,12 @@ mod tests {
         let old1 = slot(slots.admit(ip(2)));
         let old2 = slot(slots.admit(ip(2)));
         std::thread::sleep(Duration::from_millis(60));
-        // A probe from the same peer, just accepted: it is the newest, but the busiest peer's
-        // longest-idle connection would be an older one anyway; make the probe the only fresh one and
-        // the older ones have asked (kept-alive, idle since after the probe opened).
+        // A probe from the same peer, just accepted, that has not sent its request yet. The two older
+        // connections then each answer a request (kept alive), so they are idle more recently than the
+        // probe opened: without the grace the probe, idle the longest, would go first.
         let probe = slot(slots.admit(ip(2)));
         drop(old1.standing.request());
         drop(old2.standing.request());
-        // Both old connections are now idle more recently than the probe opened: without the grace the
-        // probe, idle the longest, would go.
         let newcomer = slot(slots.admit(ip(2)));
         assert!(
             !probe.standing.evicted.is_cancelled(),
