@@ -212,14 +212,19 @@ impl Java {
 
 fn start_pool(pod: &Pod, cgroup: Option<&Path>) -> (Child, u32) {
     let python = std::env::var("VITALS_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = child_script("tree_pool.py");
+    let dir = script.parent().expect("the children's directory");
+    // The script is bound onto /mnt before the container's own /tmp hides a checkout under /tmp, and
+    // the container leaves a working directory that may be hidden too (a pyenv shim cannot start
+    // there: a clean clone under /tmp failed so).
     let mut c = pod
         .container(
             cgroup,
-            "mount -t tmpfs tmpfs /tmp",
             &format!(
-                "{python} {} burn 0.3",
-                child_script("tree_pool.py").display()
+                "mount --bind {} /mnt && mount -t tmpfs tmpfs /tmp && cd /",
+                dir.display()
             ),
+            &format!("{python} /mnt/tree_pool.py burn 0.3"),
         )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -287,7 +292,7 @@ fn a_pod_s_containers_are_found_named_and_read_through_their_own_root() {
         .container(
             cg_java.as_deref(),
             &format!(
-                "mount --bind {} /mnt && mount -t tmpfs tmpfs /tmp",
+                "mount --bind {} /mnt && mount -t tmpfs tmpfs /tmp && cd /",
                 classes.path().display()
             ),
             &format!(
