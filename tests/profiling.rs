@@ -342,9 +342,11 @@ fn frame_pointer_build_gives_the_split_the_cpu_time_and_the_whole_path() {
         e.all("vitals_profiler_status")
     );
     let samples = e.get("vitals_profiler_samples_total", &[]).unwrap_or(0.0);
+    // `go tool pprof` prints the total to three figures (3.71s for 1,850 samples of 2.004 ms, which
+    // reads back as 1,851.3 samples): half a unit of the last figure, 0.5% at most, and one sample.
     let expected = read.total_seconds * 499.0;
     assert!(
-        samples >= expected - 1.0,
+        samples >= expected * 0.995 - 1.0,
         "vitals_profiler_samples_total {samples}, the profile alone holds {expected:.0}"
     );
 }
