@@ -33,22 +33,12 @@ fn jstat_gc(pid: u32) -> std::collections::HashMap<String, f64> {
 #[test]
 fn hsperfdata_pauses_match_jstat() {
     let classes = common::compile_java("Churn");
-    let mut child = Command::new(require_tool(
-        "java",
-        "apt-get install -y openjdk-17-jdk-headless",
-    ))
-    .args(["-Xmx64m", "-XX:+UseG1GC", "-XX:+UsePerfData", "-cp"])
-    .arg(classes.path())
-    .args(["Churn", "1500", "2"])
-    .stdout(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "ready");
-    let jvm = Jvm(child);
+    let jvm = Jvm::ready(
+        Command::new(common::java())
+            .args(["-Xmx64m", "-XX:+UseG1GC", "-XX:+UsePerfData", "-cp"])
+            .arg(classes.path())
+            .args(["Churn", "1500", "2"]),
+    );
     let pid = jvm.0.id();
 
     let v = Vitals::start(&["--pid", &pid.to_string(), "--interval", "200ms"]);
@@ -348,23 +338,13 @@ fn churn_classes() -> tempfile::TempDir {
 
 /// A JVM started with `flags` that churns briefly and then idles.
 fn idle_jvm(classes: &std::path::Path, flags: &[&str]) -> Jvm {
-    let mut child = Command::new(require_tool(
-        "java",
-        "apt-get install -y openjdk-17-jdk-headless",
-    ))
-    .args(flags)
-    .arg("-cp")
-    .arg(classes)
-    .args(["Churn", "100", "1"])
-    .stdout(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "ready");
-    Jvm(child)
+    Jvm::ready(
+        Command::new(common::java())
+            .args(flags)
+            .arg("-cp")
+            .arg(classes)
+            .args(["Churn", "100", "1"]),
+    )
 }
 
 fn status_reason(v: &Vitals) -> String {

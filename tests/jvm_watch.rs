@@ -7,16 +7,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use common::{require_tool, Jvm, Vitals};
-
-fn java() -> PathBuf {
-    require_tool("java", "apt-get install -y openjdk-17-jdk-headless")
-}
 
 /// The pauses of a GC log written with `-Xlog:gc` (decorations uptime, level, tags): every summary line
 /// `[12.345s][info][gc] GC(n) Pause … a->b(c) 1.234ms`, as (uptime s, length s).
@@ -62,21 +57,14 @@ fn short_g1_pauses_at_a_1s_interval_are_each_timed() {
     let classes = common::compile_java("LiveSet");
     let log = classes.path().join("gc.log");
     let v = Vitals::start(&["--process", "LiveSe[t] 8 8 150 0 1", "--interval", "1s"]);
-    let mut child = Command::new(java())
-        .args(["-XX:+UseG1GC", "-Xms256m", "-Xmx256m", "-XX:+UsePerfData"])
-        .arg(format!("-Xlog:gc:file={}", log.display()))
-        .arg("-cp")
-        .arg(classes.path())
-        .args(["LiveSet", "8", "8", "150", "0", "1"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "ready");
-    let _jvm = Jvm(child);
+    let _jvm = Jvm::ready(
+        Command::new(common::java())
+            .args(["-XX:+UseG1GC", "-Xms256m", "-Xmx256m", "-XX:+UsePerfData"])
+            .arg(format!("-Xlog:gc:file={}", log.display()))
+            .arg("-cp")
+            .arg(classes.path())
+            .args(["LiveSet", "8", "8", "150", "0", "1"]),
+    );
     v.wait_until(Duration::from_secs(20), "hsperfdata read", |e| {
         jvm_max(e).is_some()
     });
@@ -201,7 +189,7 @@ fn jvms_started_after_vitals_have_every_early_pause() {
     let dir = tempfile::tempdir().unwrap();
     let flags = |log: &Path| {
         vec![
-            java().display().to_string(),
+            common::java().display().to_string(),
             "-XX:+UseSerialGC".into(),
             "-Xmx512m".into(),
             "-Xmn16m".into(),
@@ -325,18 +313,12 @@ fn thread_cpu_ns(pid: u32, comm: &str) -> Option<u64> {
 #[test]
 fn the_watch_costs_little_next_to_a_jvm_and_nothing_otherwise() {
     let classes = common::compile_java("Churn");
-    let mut child = Command::new(java())
-        .args(["-Xmx64m", "-XX:+UseSerialGC", "-XX:+UsePerfData", "-cp"])
-        .arg(classes.path())
-        .args(["Churn", "0", "0"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let jvm = Jvm(child);
+    let jvm = Jvm::ready(
+        Command::new(common::java())
+            .args(["-Xmx64m", "-XX:+UseSerialGC", "-XX:+UsePerfData", "-cp"])
+            .arg(classes.path())
+            .args(["Churn", "0", "0"]),
+    );
     let with_jvm = Vitals::start(&["--pid", &jvm.0.id().to_string()]);
     let other = common::TestChild::hold(&[]);
     let without = Vitals::start(&["--pid", &other.pid().to_string()]);
@@ -371,26 +353,19 @@ fn the_watch_costs_little_next_to_a_jvm_and_nothing_otherwise() {
 /// A Shenandoah LiveSet JVM (fixed 256 MiB heap) holding 32 MiB, replacing a 16 MiB ring at 2.5 MiB/s and
 /// leaking `leak` KiB/s; GC log at `log`.
 fn shenandoah(classes: &Path, leak: u32, log: &Path) -> Jvm {
-    let mut child = Command::new(java())
-        .args([
-            "-XX:+UseShenandoahGC",
-            "-Xms256m",
-            "-Xmx256m",
-            "-XX:+UsePerfData",
-        ])
-        .arg(format!("-Xlog:gc:file={}", log.display()))
-        .arg("-cp")
-        .arg(classes)
-        .args(["LiveSet", "32", "16", "2.5", &leak.to_string()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "ready");
-    Jvm(child)
+    Jvm::ready(
+        Command::new(common::java())
+            .args([
+                "-XX:+UseShenandoahGC",
+                "-Xms256m",
+                "-Xmx256m",
+                "-XX:+UsePerfData",
+            ])
+            .arg(format!("-Xlog:gc:file={}", log.display()))
+            .arg("-cp")
+            .arg(classes)
+            .args(["LiveSet", "32", "16", "2.5", &leak.to_string()]),
+    )
 }
 
 /// Occupancy after each Shenandoah cycle, from the GC log's `Concurrent cleanup a->b(c)` lines (MiB).

@@ -176,31 +176,20 @@ fn leak_verdict_waits_for_two_windows_and_ignores_warm_up_and_waves() {
 /// Starts tests/children/LiveSet.java under `gc` with a 32 MiB live set and a 16 MiB ring of chunks
 /// replaced at 32 MiB/s (promoted, then dead in the old generation), leaking `leak_kib_per_s`.
 fn live_set_jvm(classes: &std::path::Path, gc: &str, leak_kib_per_s: u32) -> Jvm {
-    use std::io::{BufRead, BufReader};
-    let mut child = std::process::Command::new(common::require_tool(
-        "java",
-        "apt-get install -y openjdk-17-jdk-headless",
-    ))
-    .args([
-        gc,
-        "-Xmx256m",
-        "-Xmn32m",
-        "-XX:InitialTenuringThreshold=1",
-        "-XX:MaxTenuringThreshold=1",
-        "-XX:+UsePerfData",
-        "-cp",
-    ])
-    .arg(classes)
-    .args(["LiveSet", "32", "16", "32", &leak_kib_per_s.to_string()])
-    .stdout(std::process::Stdio::piped())
-    .spawn()
-    .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "ready");
-    Jvm(child)
+    Jvm::ready(
+        std::process::Command::new(common::java())
+            .args([
+                gc,
+                "-Xmx256m",
+                "-Xmn32m",
+                "-XX:InitialTenuringThreshold=1",
+                "-XX:MaxTenuringThreshold=1",
+                "-XX:+UsePerfData",
+                "-cp",
+            ])
+            .arg(classes)
+            .args(["LiveSet", "32", "16", "32", &leak_kib_per_s.to_string()]),
+    )
 }
 
 /// The heap signal from hsperfdata is the live set after old collections, not current old occupancy:
@@ -317,33 +306,22 @@ fn rare_collections_jvm(
     leak_kib_per_s: u32,
     log: &std::path::Path,
 ) -> Jvm {
-    use std::io::{BufRead, BufReader};
-    let mut child = std::process::Command::new(common::require_tool(
-        "java",
-        "apt-get install -y openjdk-17-jdk-headless",
-    ))
-    .args([
-        gc,
-        "-Xms128m",
-        "-Xmx128m",
-        "-Xmn8m",
-        "-XX:InitialTenuringThreshold=1",
-        "-XX:MaxTenuringThreshold=1",
-        "-XX:+UsePerfData",
-    ])
-    .arg(format!("-Xlog:gc:file={}", log.display()))
-    .arg("-cp")
-    .arg(classes)
-    .args(["LiveSet", "32", "16", churn, &leak_kib_per_s.to_string()])
-    .stdout(std::process::Stdio::piped())
-    .spawn()
-    .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "ready");
-    Jvm(child)
+    Jvm::ready(
+        std::process::Command::new(common::java())
+            .args([
+                gc,
+                "-Xms128m",
+                "-Xmx128m",
+                "-Xmn8m",
+                "-XX:InitialTenuringThreshold=1",
+                "-XX:MaxTenuringThreshold=1",
+                "-XX:+UsePerfData",
+            ])
+            .arg(format!("-Xlog:gc:file={}", log.display()))
+            .arg("-cp")
+            .arg(classes)
+            .args(["LiveSet", "32", "16", churn, &leak_kib_per_s.to_string()]),
+    )
 }
 
 /// Old collections rarer than the shortest window, and every collector with a constant live set.

@@ -642,6 +642,26 @@ pub fn logged_pauses(log: &Path) -> Vec<f64> {
 /// A JVM child process, killed and reaped on drop.
 pub struct Jvm(pub Child);
 
+impl Jvm {
+    /// Starts `cmd` (a test child under `tests/children` that prints "ready" once set up) with its
+    /// standard output piped, and returns once it said so.
+    pub fn ready(cmd: &mut Command) -> Jvm {
+        let mut child = cmd.stdout(Stdio::piped()).spawn().expect("start the JVM");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("its stdout"))
+            .read_line(&mut line)
+            .expect("its first line");
+        let jvm = Jvm(child);
+        assert_eq!(line.trim(), "ready");
+        jvm
+    }
+}
+
+/// The JDK's `java`.
+pub fn java() -> PathBuf {
+    require_tool("java", "apt-get install -y openjdk-17-jdk-headless")
+}
+
 impl Drop for Jvm {
     fn drop(&mut self) {
         let _ = self.0.kill();
