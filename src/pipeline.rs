@@ -1,12 +1,17 @@
 //! The seams of the OTLP path: what the receiver hands on and what the parts downstream answer. The
 //! receiver and its consumers (RED, the app metric store, log counts, the forwarder) both depend on these
 //! few types and on nothing of each other, so the receiver knows nothing downstream and no consumer
-//! knows the receiver.
+//! knows the receiver. Trace exports reach their consumers as a borrowed view of the request's bytes
+//! ([`trace_view`]); metrics and logs as prost-decoded requests.
+
+pub mod trace_view;
+pub mod wire;
 
 use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+
+pub use trace_view::TraceView;
 
 /// The data points an OTLP metric carries, or None when it has no data (how many items that counts as is
 /// the caller's: the receiver counts one, the item its consumers reject; a push request counts none).
@@ -103,7 +108,7 @@ pub trait Onward: Send + Sync {
     fn offer(&self, signal: Signal, body: Bytes, items: u64) -> Result<(), QueueFull>;
 }
 
-/// A part downstream of the receiver that takes decoded requests of one type (RED from traces, app
+/// A part downstream of the receiver that takes requests of one type (RED from trace views, app
 /// metrics, log counts).
 pub trait Consumer<R>: Send + Sync {
     /// Takes one accepted request; answers with the items it could not take. Called on the request's
@@ -111,8 +116,9 @@ pub trait Consumer<R>: Send + Sync {
     fn consume(&self, request: &R) -> PartialSuccess;
 }
 
-/// A consumer of trace exports (RED).
-pub type TracesConsumer = dyn Consumer<ExportTraceServiceRequest>;
+/// A consumer of trace exports (RED, database queries): it reads each request in place, for any
+/// lifetime of its bytes.
+pub type TracesConsumer = dyn for<'a> Consumer<TraceView<'a>>;
 /// A consumer of metric exports (the app metric store).
 pub type MetricsConsumer = dyn Consumer<ExportMetricsServiceRequest>;
 /// A consumer of log exports (the log counts).

@@ -4,7 +4,8 @@
 //!
 //! The receiver knows nothing past this boundary. Forwarding ([`Onward`]) takes the request's protobuf
 //! bytes first and may refuse it whole (its queue is full) while nothing has been derived from it yet;
-//! then every [`Consumer`] of the request's signal takes the decoded request. Each consumer keeps its
+//! then every [`Consumer`] of the request's signal takes the request (a trace export as a
+//! [`TraceView`] of its bytes, metrics and logs decoded). Each consumer keeps its
 //! own bound (the forwarder's queue in bytes, the stores' series limits); all are called on the
 //! request's thread and must not block.
 
@@ -13,15 +14,16 @@ use std::sync::Arc;
 use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
 use super::Signal;
 pub use crate::pipeline::{
-    Consumer, LogsConsumer, MetricsConsumer, Onward, PartialSuccess, QueueFull, TracesConsumer,
+    Consumer, LogsConsumer, MetricsConsumer, Onward, PartialSuccess, QueueFull, TraceView,
+    TracesConsumer,
 };
 
-/// One of the three OTLP export requests: its signal, its items, and its consumers in a fan-out.
-pub trait ExportRequest: prost::Message + Sized + 'static {
+/// One of the three OTLP export requests as its consumers take it: its signal, its items, and its
+/// consumers in a fan-out.
+pub trait ExportRequest: Sized {
     /// The signal this request carries.
     const SIGNAL: Signal;
 
@@ -33,15 +35,14 @@ pub trait ExportRequest: prost::Message + Sized + 'static {
     fn consumers(fan_out: &Consumers) -> &[Arc<dyn Consumer<Self>>];
 }
 
-impl ExportRequest for ExportTraceServiceRequest {
+impl<'a> ExportRequest for TraceView<'a> {
     const SIGNAL: Signal = Signal::Traces;
 
     fn items(&self) -> u64 {
-        let spans = self.resource_spans.iter().flat_map(|r| &r.scope_spans);
-        spans.map(|s| s.spans.len() as u64).sum()
+        self.span_count()
     }
 
-    fn consumers(fan_out: &Consumers) -> &[Arc<TracesConsumer>] {
+    fn consumers(fan_out: &Consumers) -> &[Arc<dyn Consumer<TraceView<'a>>>] {
         &fan_out.traces
     }
 }
@@ -207,8 +208,8 @@ mod tests {
         }
     }
 
-    impl Consumer<ExportTraceServiceRequest> for Scripted {
-        fn consume(&self, _: &ExportTraceServiceRequest) -> PartialSuccess {
+    impl<'a> Consumer<TraceView<'a>> for Scripted {
+        fn consume(&self, _: &TraceView<'a>) -> PartialSuccess {
             self.seen.fetch_add(1, Ordering::Relaxed);
             if self.panics {
                 panic!("a bug in a consumer");
@@ -235,8 +236,10 @@ mod tests {
         }
     }
 
-    fn spans(n: usize) -> ExportTraceServiceRequest {
-        ExportTraceServiceRequest {
+    /// A trace export of `n` empty spans, encoded.
+    fn spans(n: usize) -> Vec<u8> {
+        use prost::Message;
+        opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest {
             resource_spans: vec![ResourceSpans {
                 scope_spans: vec![ScopeSpans {
                     spans: vec![Span::default(); n],
@@ -245,6 +248,7 @@ mod tests {
                 ..Default::default()
             }],
         }
+        .encode_to_vec()
     }
 
     fn quiet_panics<T>(f: impl FnOnce() -> T) -> T {
@@ -264,7 +268,8 @@ mod tests {
             .traces(a.clone())
             .traces(b.clone())
             .traces(c.clone());
-        let req = spans(5);
+        let bytes = spans(5);
+        let req = TraceView::parse(&bytes).unwrap();
         let got = fan_out.deliver(&req, req.items(), Bytes::new).unwrap();
         assert_eq!(got.panicked, 0);
         // Max, not sum: b's two may be among c's three.
@@ -291,7 +296,8 @@ mod tests {
             .traces(before.clone())
             .traces(bad.clone())
             .traces(after.clone());
-        let req = spans(4);
+        let bytes = spans(4);
+        let req = TraceView::parse(&bytes).unwrap();
         let got =
             quiet_panics(|| fan_out.deliver(&req, req.items(), || Bytes::from_static(b"raw")));
         let got = got.unwrap();
@@ -321,7 +327,8 @@ mod tests {
                 ..Default::default()
             }))
             .traces(red.clone());
-        let req = spans(2);
+        let bytes = spans(2);
+        let req = TraceView::parse(&bytes).unwrap();
         assert_eq!(fan_out.deliver(&req, 2, Bytes::new), Err(QueueFull));
         assert_eq!(red.seen.load(Ordering::Relaxed), 0);
     }
@@ -329,7 +336,8 @@ mod tests {
     #[test]
     fn raw_bytes_are_made_only_when_forwarding() {
         let fan_out = Consumers::new().traces(Scripted::new(0, ""));
-        let req = spans(1);
+        let bytes = spans(1);
+        let req = TraceView::parse(&bytes).unwrap();
         let got = fan_out.deliver(&req, 1, || panic!("raw bytes made without a forwarder"));
         assert_eq!(got.map(|d| d.panicked), Ok(0));
     }
@@ -340,7 +348,7 @@ mod tests {
         use opentelemetry_proto::tonic::metrics::v1::{
             Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics,
         };
-        assert_eq!(spans(7).items(), 7);
+        assert_eq!(TraceView::parse(&spans(7)).unwrap().items(), 7);
         let gauge = |n| Metric {
             data: Some(Data::Gauge(Gauge {
                 data_points: vec![NumberDataPoint::default(); n],

@@ -2,7 +2,8 @@
 //! under a deadline, charging it to the memory budget as it arrives, inflates it and checks its decoded
 //! cost before tonic decodes it; it sheds load (UNAVAILABLE with RetryInfo, which clients retry) and maps tonic's own codes to the
 //! OTLP specification's: OUT_OF_RANGE for an oversize message becomes RESOURCE_EXHAUSTED (no retry hint),
-//! INTERNAL from a protobuf or gzip decode failure becomes INVALID_ARGUMENT.
+//! INTERNAL from a protobuf or gzip decode failure becomes INVALID_ARGUMENT. The trace service is wired
+//! by hand ([`TraceExport`]) so that tonic hands it the message's bytes undecoded, to be read in place.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -23,14 +24,11 @@ use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use tokio_util::sync::CancellationToken;
-use tonic::codec::CompressionEncoding;
+use tonic::codec::{
+    Codec, CompressionEncoding, DecodeBuf, Decoder, EnabledCompressionEncodings, EncodeBuf, Encoder,
+};
 use tonic::transport::server::Connected;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -42,7 +40,7 @@ use super::answer::{
     INTERNAL_ERROR, RETRY_DELAY,
 };
 use super::cost;
-use super::decode::{gunzip, DecodeError, Encoding};
+use super::decode::{gunzip, trace_view, DecodeError, Encoding};
 use super::{
     ExportRequest, MemoryCharge, OverBudget, PartialSuccess, QueueFull, Receiver, Refusal, Signal,
 };
@@ -63,7 +61,10 @@ struct ArrivedMessage(Bytes);
 impl ExportServices {
     /// Hands the request to the receiver's consumers. A full forwarding queue is answered UNAVAILABLE
     /// with RetryInfo, which OTLP clients retry; a panic while handling it, INTERNAL.
-    fn consume<R: ExportRequest>(&self, req: &Request<R>) -> Result<PartialSuccess, Status> {
+    fn consume<R: ExportRequest + prost::Message>(
+        &self,
+        req: &Request<R>,
+    ) -> Result<PartialSuccess, Status> {
         let arrived = req.extensions().get::<ArrivedMessage>();
         let request = req.get_ref();
         let raw = || match arrived {
@@ -73,24 +74,122 @@ impl ExportServices {
         self.0
             .isolated(R::SIGNAL, || self.0.deliver(request, raw))
             .ok_or_else(internal)?
-            .map_err(|QueueFull| {
-                Status::with_error_details(
-                    Code::Unavailable,
-                    FORWARD_QUEUE_FULL,
-                    ErrorDetails::with_retry_info(Some(RETRY_DELAY)),
-                )
-            })
+            .map_err(queue_full)
+    }
+
+    /// Reads a trace export's bytes in place and hands it to the receiver's consumers (forwarding gets
+    /// the same bytes). Bytes prost would not decode are answered INVALID_ARGUMENT, as tonic's decode
+    /// failure is after [`remap_status`].
+    fn consume_traces(&self, message: &Bytes) -> Result<PartialSuccess, Status> {
+        let view = trace_view(message).map_err(|e| {
+            self.0.stats.refused(Signal::Traces, Refusal::Undecodable);
+            Status::invalid_argument(e.to_string())
+        })?;
+        self.0
+            .isolated(Signal::Traces, || self.0.deliver(&view, || message.clone()))
+            .ok_or_else(internal)?
+            .map_err(queue_full)
     }
 }
 
-#[tonic::async_trait]
-impl TraceService for ExportServices {
-    async fn export(
-        &self,
-        req: Request<ExportTraceServiceRequest>,
-    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let p = self.consume(&req)?;
-        Ok(Response::new(trace_response(p)))
+/// The answer to a request the forwarding queue cannot take: UNAVAILABLE with RetryInfo.
+fn queue_full(_: QueueFull) -> Status {
+    Status::with_error_details(
+        Code::Unavailable,
+        FORWARD_QUEUE_FULL,
+        ErrorDetails::with_retry_info(Some(RETRY_DELAY)),
+    )
+}
+
+/// The gRPC path of the trace export method.
+const TRACES_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// The OTLP trace service, wired by hand as tonic's generated server is but with [`RawTraceCodec`], so
+/// the message reaches the handler as bytes and prost never decodes it.
+#[derive(Clone)]
+struct TraceExport {
+    services: ExportServices,
+    max_message: usize,
+}
+
+impl tonic::server::NamedService for TraceExport {
+    const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for TraceExport {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        if req.uri().path() != TRACES_PATH {
+            return Box::pin(async { Ok(Status::unimplemented("").into_http()) });
+        }
+        let this = self.clone();
+        Box::pin(async move {
+            let mut accept = EnabledCompressionEncodings::default();
+            accept.enable(CompressionEncoding::Gzip);
+            let mut grpc = tonic::server::Grpc::new(RawTraceCodec)
+                .apply_compression_config(accept, EnabledCompressionEncodings::default())
+                .apply_max_message_size_config(Some(this.max_message), None);
+            Ok(grpc.unary(this, req).await)
+        })
+    }
+}
+
+impl tonic::server::UnaryService<Bytes> for TraceExport {
+    type Response = ExportTraceServiceResponse;
+    type Future = std::future::Ready<Result<Response<Self::Response>, Status>>;
+
+    fn call(&mut self, req: Request<Bytes>) -> Self::Future {
+        let answer = self.services.consume_traces(req.get_ref());
+        std::future::ready(answer.map(|p| Response::new(trace_response(p))))
+    }
+}
+
+/// Hands a trace export message on as its bytes and encodes the response with prost.
+struct RawTraceCodec;
+
+impl Codec for RawTraceCodec {
+    type Encode = ExportTraceServiceResponse;
+    type Decode = Bytes;
+    type Encoder = RawTraceCodec;
+    type Decoder = RawTraceCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawTraceCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawTraceCodec
+    }
+}
+
+impl Decoder for RawTraceCodec {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        use bytes::Buf;
+        // The buffer holds exactly one message; taking it is a reference, not a copy.
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+impl Encoder for RawTraceCodec {
+    type Item = ExportTraceServiceResponse;
+    type Error = Status;
+
+    fn encode(
+        &mut self,
+        item: ExportTraceServiceResponse,
+        dst: &mut EncodeBuf<'_>,
+    ) -> Result<(), Status> {
+        prost::Message::encode(&item, dst).map_err(|e| Status::internal(e.to_string()))
     }
 }
 
@@ -205,8 +304,9 @@ where
             };
             let mut parts = parts;
             parts.headers.remove("grpc-encoding");
-            // The receiver keeps the message for forwarding only when it forwards.
-            if receiver.forwards() {
+            // The receiver keeps the message for forwarding only when it forwards (the trace service
+            // takes the message's bytes from tonic instead).
+            if receiver.forwards() && signal != Signal::Traces {
                 parts.extensions.insert(ArrivedMessage(frame.slice(5..)));
             }
             let req = http::Request::from_parts(
@@ -361,11 +461,10 @@ where
         .timeout(Duration::from_secs(30))
         .max_concurrent_streams(Some(32))
         .layer(AdmissionLayer(receiver))
-        .add_service(
-            TraceServiceServer::new(svc.clone())
-                .max_decoding_message_size(limit)
-                .accept_compressed(CompressionEncoding::Gzip),
-        )
+        .add_service(TraceExport {
+            services: svc.clone(),
+            max_message: limit,
+        })
         .add_service(
             MetricsServiceServer::new(svc.clone())
                 .max_decoding_message_size(limit)

@@ -16,7 +16,6 @@ use hyper::header::{
 use hyper::{Method, Request, Response, StatusCode};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use serde::de::DeserializeOwned;
 
@@ -25,7 +24,7 @@ use super::answer::{
     INTERNAL_ERROR, RETRY_DELAY,
 };
 use super::cost;
-use super::decode::{decode, gunzip, DecodeError, Encoding};
+use super::decode::{decode, gunzip, trace_protobuf, trace_view, DecodeError, Encoding};
 use super::{
     ExportRequest, MemoryCharge, OverBudget, PartialSuccess, QueueFull, Receiver, Refusal, Signal,
 };
@@ -273,7 +272,7 @@ pub async fn handle(
     // and nothing of the request is counted, so the SDK's retry is not counted twice.
     let handled = receiver.isolated(signal, || {
         let delivered = match signal {
-            Signal::Traces => consume::<ExportTraceServiceRequest>(&receiver, &body, enc),
+            Signal::Traces => consume_traces(&receiver, &body, enc),
             Signal::Metrics => consume::<ExportMetricsServiceRequest>(&receiver, &body, enc),
             Signal::Logs => consume::<ExportLogsServiceRequest>(&receiver, &body, enc),
         };
@@ -295,14 +294,28 @@ pub async fn handle(
     Ok(resp)
 }
 
-/// Decodes a body as `R` and hands it to the receiver's consumers.
+/// Reads a trace export body in place (an OTLP/JSON one once encoded to protobuf) and hands it to the
+/// receiver's consumers.
+fn consume_traces(
+    receiver: &Receiver,
+    body: &[u8],
+    enc: Encoding,
+) -> Result<Result<PartialSuccess, QueueFull>, DecodeError> {
+    let protobuf = trace_protobuf(body, enc)?;
+    let view = trace_view(&protobuf)?;
+    // A copy rather than a slice of the read buffer, whose capacity may be up to twice the body: the
+    // queue bound then is the memory the queue holds.
+    Ok(receiver.deliver(&view, || Bytes::copy_from_slice(&protobuf)))
+}
+
+/// Decodes a metrics or logs body as `R` and hands it to the receiver's consumers.
 fn consume<R>(
     receiver: &Receiver,
     body: &[u8],
     enc: Encoding,
 ) -> Result<Result<PartialSuccess, QueueFull>, DecodeError>
 where
-    R: ExportRequest + DeserializeOwned + Default,
+    R: ExportRequest + prost::Message + DeserializeOwned + Default,
 {
     let request = decode::<R>(body, enc)?;
     Ok(receiver.deliver(&request, || match enc {

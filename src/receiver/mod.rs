@@ -18,7 +18,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub use consumer::{
     Consumer, Consumers, ExportRequest, LogsConsumer, MetricsConsumer, Onward, PartialSuccess,
-    QueueFull, TracesConsumer,
+    QueueFull, TraceView, TracesConsumer,
 };
 
 use crate::model::{Collector, Metric, MetricKind, Value};
@@ -353,13 +353,18 @@ impl Receiver {
         Ok(delivered.answer)
     }
 
-    /// [`Receiver::deliver`] for a request that arrived decoded (benchmarks, fuzzing): forwarding gets
-    /// it encoded again.
-    pub fn deliver_decoded<R: ExportRequest>(
+    /// [`Receiver::deliver`] for a metrics or logs request that arrived decoded (benchmarks, fuzzing):
+    /// forwarding gets it encoded again.
+    pub fn deliver_decoded<R: ExportRequest + prost::Message>(
         &self,
         request: &R,
     ) -> Result<PartialSuccess, QueueFull> {
         self.deliver(request, || Bytes::from(request.encode_to_vec()))
+    }
+
+    /// [`Receiver::deliver`] for a trace export read in place: forwarding gets a copy of its bytes.
+    pub fn deliver_traces(&self, view: &TraceView<'_>) -> Result<PartialSuccess, QueueFull> {
+        self.deliver(view, || Bytes::copy_from_slice(view.bytes()))
     }
 }
 
@@ -368,6 +373,7 @@ mod tests {
     use super::*;
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    use prost::Message;
 
     fn receiver(limits: OtlpLimits, consumers: Consumers) -> (Receiver, Arc<OtlpStats>) {
         let stats = Arc::new(OtlpStats::new(|| 0));
@@ -396,8 +402,8 @@ mod tests {
         panics: bool,
     }
 
-    impl Consumer<ExportTraceServiceRequest> for OneBadSpan {
-        fn consume(&self, _: &ExportTraceServiceRequest) -> PartialSuccess {
+    impl<'a> Consumer<TraceView<'a>> for OneBadSpan {
+        fn consume(&self, _: &TraceView<'a>) -> PartialSuccess {
             if self.panics {
                 panic!("a bug in a consumer");
             }
@@ -419,10 +425,12 @@ mod tests {
                 }],
                 ..Default::default()
             }],
-        };
+        }
+        .encode_to_vec();
+        let req = TraceView::parse(&req).unwrap();
         let hook = std::panic::take_hook();
         std::panic::set_hook(Box::new(|_| {}));
-        let answer = receiver.deliver_decoded(&req);
+        let answer = receiver.deliver_traces(&req);
         std::panic::set_hook(hook);
         // The panicking consumer answers for all three spans; the first message is kept.
         assert_eq!(
@@ -451,8 +459,8 @@ mod tests {
             .traces(Arc::new(OneBadSpan { panics: false }));
         let (receiver, stats) = receiver(OtlpLimits::new(1 << 20, 1), consumers);
         assert!(receiver.forwards());
-        let req = ExportTraceServiceRequest::default();
-        assert_eq!(receiver.deliver_decoded(&req), Err(QueueFull));
+        let req = TraceView::parse(&[]).unwrap();
+        assert_eq!(receiver.deliver_traces(&req), Err(QueueFull));
         let t = Signal::Traces as usize;
         assert_eq!(count(&stats.items[t]), vec![0, 0]);
         let overloaded = stats.refused[t][Refusal::Overloaded as usize].load(Ordering::Relaxed);

@@ -4,11 +4,14 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
-use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode, Span};
+use std::borrow::Cow;
+
+use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 
 use crate::model::{Collector, Exemplar, Exponential, Metric, MetricKind, Value};
-use crate::store::app_metrics::cut_str;
+use crate::pipeline::trace_view::{AttributeValue, ResourceSpansView, SpanView};
+use crate::pipeline::{Consumer, PartialSuccess, TraceView};
+use crate::store::app_metrics::{self, cut_str};
 use crate::store::limited::{LimitedMap, OverflowCounter, OVERFLOW_LABEL};
 
 /// Bucket upper bounds in seconds: 0.5 ms to 60 s, with 0.1 s and 0.4 s (Apdex T = 0.1 s and 4T).
@@ -90,23 +93,76 @@ pub fn http_method_operation(method: &str) -> &'static str {
         .unwrap_or("_OTHER")
 }
 
-fn str_attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a str> {
-    attrs.iter().find(|kv| kv.key == key).and_then(|kv| {
-        match kv.value.as_ref()?.value.as_ref()? {
-            any_value::Value::StringValue(s) if !s.is_empty() => Some(s.as_str()),
-            _ => None,
-        }
-    })
+/// The first value of each attribute RED reads, found in one pass over a span's attributes (the first
+/// attribute with a key decides, as a lookup by key would).
+#[derive(Default)]
+struct RequestAttributes<'a> {
+    route: Option<AttributeValue<'a>>,
+    rpc_service: Option<AttributeValue<'a>>,
+    rpc_method: Option<AttributeValue<'a>>,
+    method: Option<AttributeValue<'a>>,
+    old_method: Option<AttributeValue<'a>>,
+    status: Option<AttributeValue<'a>>,
+    old_status: Option<AttributeValue<'a>>,
 }
 
-fn int_attr(attrs: &[KeyValue], key: &str) -> Option<i64> {
-    attrs.iter().find(|kv| kv.key == key).and_then(|kv| {
-        match kv.value.as_ref()?.value.as_ref()? {
-            any_value::Value::IntValue(i) => Some(*i),
-            any_value::Value::StringValue(s) => s.parse().ok(),
-            _ => None,
+impl<'a> RequestAttributes<'a> {
+    fn of(span: &SpanView<'a>) -> Self {
+        let mut found = RequestAttributes::default();
+        for a in span.attributes() {
+            let slot = match a.key {
+                b"http.route" => &mut found.route,
+                b"rpc.service" => &mut found.rpc_service,
+                b"rpc.method" => &mut found.rpc_method,
+                b"http.request.method" => &mut found.method,
+                b"http.method" => &mut found.old_method,
+                b"http.response.status_code" => &mut found.status,
+                b"http.status_code" => &mut found.old_status,
+                _ => continue,
+            };
+            if slot.is_none() {
+                *slot = Some(a.value());
+            }
         }
-    })
+        found
+    }
+}
+
+/// A non-empty string value.
+pub(crate) fn non_empty_str(v: Option<AttributeValue<'_>>) -> Option<&str> {
+    match v? {
+        AttributeValue::Str(s) if !s.is_empty() => Some(s),
+        _ => None,
+    }
+}
+
+/// An integer value, or a string holding one.
+fn int_value(v: Option<AttributeValue<'_>>) -> Option<i64> {
+    match v? {
+        AttributeValue::Int(i) => Some(i),
+        AttributeValue::Str(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+/// The service a resource's spans belong to: its `service.name` (cut to the label limit), or the SDKs'
+/// default; a value that is not a string is written as the app metric store writes it.
+pub fn service_name<'a>(resource: &ResourceSpansView<'a>) -> Cow<'a, str> {
+    let unknown = Cow::Borrowed("unknown_service");
+    let Some(a) = resource
+        .resource_attributes()
+        .find(|a| a.key == b"service.name")
+    else {
+        return unknown;
+    };
+    match a.value() {
+        AttributeValue::Str("") | AttributeValue::Empty => unknown,
+        AttributeValue::Str(s) => Cow::Borrowed(cut_str(s)),
+        _ => match a.to_key_value() {
+            Some(kv) => Cow::Owned(app_metrics::service_name(std::slice::from_ref(&kv))),
+            None => unknown,
+        },
+    }
 }
 
 /// Why a span was not usable.
@@ -121,12 +177,12 @@ pub enum SpanReject {
 }
 
 /// Extracts RED facts from a span. `Ok(None)` for spans that are not requests (INTERNAL, CLIENT, PRODUCER).
-pub fn facts(span: &Span) -> Result<Option<SpanFacts<'_>>, SpanReject> {
+pub fn facts<'a>(span: &SpanView<'a>) -> Result<Option<SpanFacts<'a>>, SpanReject> {
     let zero = |id: &[u8]| id.iter().all(|b| *b == 0);
     if span.trace_id.len() != 16
         || span.span_id.len() != 8
-        || zero(&span.trace_id)
-        || zero(&span.span_id)
+        || zero(span.trace_id)
+        || zero(span.span_id)
     {
         return Err(SpanReject::BadIds);
     }
@@ -138,39 +194,34 @@ pub fn facts(span: &Span) -> Result<Option<SpanFacts<'_>>, SpanReject> {
         Ok(SpanKind::Consumer) => RequestKind::Consumer,
         _ => return Ok(None),
     };
-    let operation = if let Some(route) = str_attr(&span.attributes, "http.route") {
+    let attrs = RequestAttributes::of(span);
+    let operation = if let Some(route) = non_empty_str(attrs.route) {
         Operation::Single(route)
     } else if let (Some(s), Some(m)) = (
-        str_attr(&span.attributes, "rpc.service"),
-        str_attr(&span.attributes, "rpc.method"),
+        non_empty_str(attrs.rpc_service),
+        non_empty_str(attrs.rpc_method),
     ) {
         Operation::Rpc(s, m)
     } else if let Some(method) = (kind == RequestKind::Server)
-        .then(|| {
-            str_attr(&span.attributes, "http.request.method")
-                .or_else(|| str_attr(&span.attributes, "http.method"))
-        })
+        .then(|| non_empty_str(attrs.method).or_else(|| non_empty_str(attrs.old_method)))
         .flatten()
     {
         Operation::Single(http_method_operation(method))
     } else {
-        Operation::Single(span.name.as_str())
+        Operation::Single(span.name)
     };
-    let status_error = span
-        .status
-        .as_ref()
-        .is_some_and(|s| s.code == StatusCode::Error as i32);
+    let status_error = span.status_code == StatusCode::Error as i32;
     let http_error = kind == RequestKind::Server
-        && int_attr(&span.attributes, "http.response.status_code")
-            .or_else(|| int_attr(&span.attributes, "http.status_code"))
+        && int_value(attrs.status)
+            .or_else(|| int_value(attrs.old_status))
             .is_some_and(|c| c >= 500);
     Ok(Some(SpanFacts {
         operation,
         kind,
         error: status_error || http_error,
         duration: (span.end_time_unix_nano - span.start_time_unix_nano) as f64 / 1e9,
-        trace_id: &span.trace_id,
-        span_id: &span.span_id,
+        trace_id: span.trace_id,
+        span_id: span.span_id,
         end_unix: span.end_time_unix_nano as f64 / 1e9,
     }))
 }
@@ -434,26 +485,18 @@ impl Collector for RedStore {
 /// RED as a consumer of the receiver's trace exports: each resource's request spans go to the store
 /// under its service; spans that are not requests are taken and ignored; a span that cannot be
 /// measured is rejected with its reason.
-impl
-    crate::pipeline::Consumer<
-        opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
-    > for RedStore
-{
-    fn consume(
-        &self,
-        request: &opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
-    ) -> crate::pipeline::PartialSuccess {
-        let mut answer = crate::pipeline::PartialSuccess::default();
-        for rs in &request.resource_spans {
-            let resource = rs.resource.as_ref().map(|r| r.attributes.as_slice());
-            let service = crate::store::app_metrics::service_name(resource.unwrap_or(&[]));
-            let mut usable = Vec::new();
-            for span in rs.scope_spans.iter().flat_map(|ss| ss.spans.iter()) {
-                match facts(span) {
-                    Ok(f) => usable.extend(f),
-                    Err(why) => answer.reject(1, || why.to_string()),
+impl<'a> Consumer<TraceView<'a>> for RedStore {
+    fn consume(&self, request: &TraceView<'a>) -> PartialSuccess {
+        let mut answer = PartialSuccess::default();
+        for rs in request.resource_spans() {
+            let service = service_name(&rs);
+            let usable = rs.spans().filter_map(|span| match facts(&span) {
+                Ok(f) => f,
+                Err(why) => {
+                    answer.reject(1, || why.to_string());
+                    None
                 }
-            }
+            });
             self.observe(&service, usable);
         }
         answer
@@ -463,8 +506,15 @@ impl
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry_proto::tonic::common::v1::AnyValue;
-    use opentelemetry_proto::tonic::trace::v1::Status;
+    use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+    use opentelemetry_proto::tonic::trace::v1::{Span, Status};
+    use prost::Message;
+
+    /// [`facts`] of a prost span, read through its encoding (kept for the test's length).
+    fn facts_of(span: &Span) -> Result<Option<SpanFacts<'static>>, SpanReject> {
+        let bytes: &'static [u8] = Box::leak(span.encode_to_vec().into_boxed_slice());
+        facts(&SpanView::parse(bytes).unwrap())
+    }
 
     fn kv(k: &str, v: any_value::Value) -> KeyValue {
         KeyValue {
@@ -505,7 +555,7 @@ mod tests {
             ],
             0,
         );
-        let f = facts(&s).unwrap().unwrap();
+        let f = facts_of(&s).unwrap().unwrap();
         assert_eq!(f.operation, Operation::Single("/users/{id}"));
         assert!(f.error, "5xx on a server span is an error");
         assert!((f.duration - 0.12).abs() < 1e-9);
@@ -523,7 +573,7 @@ mod tests {
             0,
         );
         assert_eq!(
-            facts(&s).unwrap().unwrap().operation,
+            facts_of(&s).unwrap().unwrap().operation,
             Operation::Rpc("Greeter", "Hello")
         );
 
@@ -533,7 +583,7 @@ mod tests {
             vec![kv("http.status_code", any_value::Value::IntValue(500))],
             0,
         );
-        let f = facts(&s).unwrap().unwrap();
+        let f = facts_of(&s).unwrap().unwrap();
         assert_eq!(f.operation, Operation::Single("GET"));
         assert!(!f.error, "the HTTP rule applies to server spans only");
 
@@ -549,7 +599,7 @@ mod tests {
         );
         s.name = "GET /wp-admin/setup.php?x=81723".into();
         assert_eq!(
-            facts(&s).unwrap().unwrap().operation,
+            facts_of(&s).unwrap().unwrap().operation,
             Operation::Single("GET")
         );
         s.attributes = vec![kv(
@@ -557,21 +607,24 @@ mod tests {
             any_value::Value::StringValue("BREW".into()),
         )];
         assert_eq!(
-            facts(&s).unwrap().unwrap().operation,
+            facts_of(&s).unwrap().unwrap().operation,
             Operation::Single("_OTHER")
         );
         // A consumer span keeps its name: messaging span names are low-cardinality destinations.
         s.kind = SpanKind::Consumer as i32;
         assert_eq!(
-            facts(&s).unwrap().unwrap().operation,
+            facts_of(&s).unwrap().unwrap().operation,
             Operation::Single("GET /wp-admin/setup.php?x=81723")
         );
 
         let s = span(SpanKind::Server, 5, vec![], StatusCode::Error as i32);
-        assert!(facts(&s).unwrap().unwrap().error);
-        assert_eq!(facts(&span(SpanKind::Client, 5, vec![], 0)).unwrap(), None);
+        assert!(facts_of(&s).unwrap().unwrap().error);
         assert_eq!(
-            facts(&span(SpanKind::Internal, 5, vec![], 0)).unwrap(),
+            facts_of(&span(SpanKind::Client, 5, vec![], 0)).unwrap(),
+            None
+        );
+        assert_eq!(
+            facts_of(&span(SpanKind::Internal, 5, vec![], 0)).unwrap(),
             None
         );
     }
@@ -580,10 +633,10 @@ mod tests {
     fn invalid_spans_are_rejected() {
         let mut s = span(SpanKind::Server, 5, vec![], 0);
         s.trace_id = vec![1; 3];
-        assert_eq!(facts(&s), Err(SpanReject::BadIds));
+        assert_eq!(facts_of(&s), Err(SpanReject::BadIds));
         let mut s = span(SpanKind::Server, 5, vec![], 0);
         s.end_time_unix_nano = 1;
-        assert_eq!(facts(&s), Err(SpanReject::BadTimes));
+        assert_eq!(facts_of(&s), Err(SpanReject::BadTimes));
     }
 
     #[test]
@@ -594,7 +647,10 @@ mod tests {
             .iter()
             .map(|ms| span(SpanKind::Server, *ms, vec![], 0))
             .collect();
-        store.observe("checkout", spans.iter().map(|s| facts(s).unwrap().unwrap()));
+        store.observe(
+            "checkout",
+            spans.iter().map(|s| facts_of(s).unwrap().unwrap()),
+        );
         let other = span(
             SpanKind::Server,
             1,
@@ -610,8 +666,8 @@ mod tests {
         store.observe(
             "checkout",
             [
-                facts(&other).unwrap().unwrap(),
-                facts(&third).unwrap().unwrap(),
+                facts_of(&other).unwrap().unwrap(),
+                facts_of(&third).unwrap().unwrap(),
             ],
         );
         let mut out = vec![];
@@ -698,8 +754,8 @@ mod tests {
             end_time_unix_nano: 2,
             ..Default::default()
         };
-        assert_eq!(facts(&span(0, 1)), Err(SpanReject::BadIds));
-        assert_eq!(facts(&span(1, 0)), Err(SpanReject::BadIds));
-        assert!(facts(&span(1, 1)).is_ok());
+        assert_eq!(facts_of(&span(0, 1)), Err(SpanReject::BadIds));
+        assert_eq!(facts_of(&span(1, 0)), Err(SpanReject::BadIds));
+        assert!(facts_of(&span(1, 1)).is_ok());
     }
 }

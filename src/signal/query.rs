@@ -12,16 +12,15 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
-use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode, Span};
+use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 
-use super::latency::{self, ExemplarSlot, SpanFacts};
+use super::latency::{self, non_empty_str, service_name, ExemplarSlot, SpanFacts};
 use super::n_plus_one::{DbCall, NPlusOne, RequestSpan};
 use super::sql_template::{self, Quoting};
 use crate::model::{Collector, Metric, MetricKind, Value};
-use crate::pipeline::{Consumer, PartialSuccess};
-use crate::store::app_metrics::{cut_str, service_name};
+use crate::pipeline::trace_view::{AttributeValue, SpanView};
+use crate::pipeline::{Consumer, PartialSuccess, TraceView};
+use crate::store::app_metrics::cut_str;
 use crate::store::limited::{LimitedMap, OverflowCounter, OVERFLOW_LABEL};
 
 /// Bucket upper bounds in seconds: 0.1 ms to 60 s. Queries are often far below RED's 0.5 ms floor.
@@ -66,32 +65,65 @@ pub struct DbFacts<'a> {
     pub end_unix_nanos: u64,
 }
 
-fn str_attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a str> {
-    attrs.iter().find(|kv| kv.key == key).and_then(|kv| {
-        match kv.value.as_ref()?.value.as_ref()? {
-            any_value::Value::StringValue(s) if !s.is_empty() => Some(s.as_str()),
-            _ => None,
-        }
-    })
+/// The first value of each attribute the query label may come from, found in one pass over a span's
+/// attributes (the first attribute with a key decides, as a lookup by key would).
+#[derive(Default)]
+struct DbAttributes<'a> {
+    system_name: Option<AttributeValue<'a>>,
+    system: Option<AttributeValue<'a>>,
+    summary: Option<AttributeValue<'a>>,
+    query_text: Option<AttributeValue<'a>>,
+    statement: Option<AttributeValue<'a>>,
+    operation_name: Option<AttributeValue<'a>>,
+    operation: Option<AttributeValue<'a>>,
+    collection_name: Option<AttributeValue<'a>>,
+    sql_table: Option<AttributeValue<'a>>,
+    mongodb_collection: Option<AttributeValue<'a>>,
 }
 
-fn first_attr<'a>(attrs: &'a [KeyValue], keys: &[&str]) -> Option<&'a str> {
-    keys.iter().find_map(|k| str_attr(attrs, k))
+impl<'a> DbAttributes<'a> {
+    fn of(span: &SpanView<'a>) -> Self {
+        let mut found = DbAttributes::default();
+        for a in span.attributes() {
+            let slot = match a.key {
+                b"db.system.name" => &mut found.system_name,
+                b"db.system" => &mut found.system,
+                b"db.query.summary" => &mut found.summary,
+                b"db.query.text" => &mut found.query_text,
+                b"db.statement" => &mut found.statement,
+                b"db.operation.name" => &mut found.operation_name,
+                b"db.operation" => &mut found.operation,
+                b"db.collection.name" => &mut found.collection_name,
+                b"db.sql.table" => &mut found.sql_table,
+                b"db.mongodb.collection" => &mut found.mongodb_collection,
+                _ => continue,
+            };
+            if slot.is_none() {
+                *slot = Some(a.value());
+            }
+        }
+        found
+    }
+}
+
+/// The first of `values` that is a non-empty string.
+fn first_str<'a>(values: &[Option<AttributeValue<'a>>]) -> Option<&'a str> {
+    values.iter().find_map(|v| non_empty_str(*v))
 }
 
 /// The database facts of a span, its query template written into `query`; `None` for spans that are
 /// not CLIENT spans with a database system, or whose ids or times are invalid (RED rejects those).
-pub fn db_facts<'a>(span: &'a Span, query: &mut String) -> Option<DbFacts<'a>> {
+pub fn db_facts<'a>(span: &SpanView<'a>, query: &mut String) -> Option<DbFacts<'a>> {
     if SpanKind::try_from(span.kind) != Ok(SpanKind::Client) {
         return None;
     }
-    let attrs = &span.attributes;
-    let system = first_attr(attrs, &["db.system.name", "db.system"])?;
+    let attrs = DbAttributes::of(span);
+    let system = first_str(&[attrs.system_name, attrs.system])?;
     let zero = |id: &[u8]| id.iter().all(|b| *b == 0);
     if span.trace_id.len() != 16
         || span.span_id.len() != 8
-        || zero(&span.trace_id)
-        || zero(&span.span_id)
+        || zero(span.trace_id)
+        || zero(span.span_id)
         || span.end_time_unix_nano < span.start_time_unix_nano
         || span.end_time_unix_nano == 0
     {
@@ -100,24 +132,21 @@ pub fn db_facts<'a>(span: &'a Span, query: &mut String) -> Option<DbFacts<'a>> {
     let quoting = Quoting::of(system);
     query.clear();
     let mut source = QuerySource::Query;
-    if let Some(summary) = str_attr(attrs, "db.query.summary") {
+    if let Some(summary) = non_empty_str(attrs.summary) {
         sql_template::template_into(summary, quoting, query);
     }
     if query.is_empty() && sql_template::is_sql(system) {
-        if let Some(text) = first_attr(attrs, &["db.query.text", "db.statement"]) {
+        if let Some(text) = first_str(&[attrs.query_text, attrs.statement]) {
             sql_template::template_into(text, quoting, query);
         }
     }
     if query.is_empty() {
-        if let Some(op) = first_attr(attrs, &["db.operation.name", "db.operation"]) {
-            let collection = first_attr(
-                attrs,
-                &[
-                    "db.collection.name",
-                    "db.sql.table",
-                    "db.mongodb.collection",
-                ],
-            );
+        if let Some(op) = first_str(&[attrs.operation_name, attrs.operation]) {
+            let collection = first_str(&[
+                attrs.collection_name,
+                attrs.sql_table,
+                attrs.mongodb_collection,
+            ]);
             let mut both = String::with_capacity(op.len() + 1 + collection.map_or(0, str::len));
             both.push_str(op);
             if let Some(c) = collection {
@@ -129,15 +158,12 @@ pub fn db_facts<'a>(span: &'a Span, query: &mut String) -> Option<DbFacts<'a>> {
     }
     if query.is_empty() {
         source = QuerySource::SpanName;
-        sql_template::template_into(&span.name, quoting, query);
+        sql_template::template_into(span.name, quoting, query);
     }
     if query.is_empty() {
         query.push_str("unnamed");
     }
-    let error = span
-        .status
-        .as_ref()
-        .is_some_and(|s| s.code == StatusCode::Error as i32);
+    let error = span.status_code == StatusCode::Error as i32;
     let mut system = system;
     if system.len() > SYSTEM_LIMIT {
         let mut end = SYSTEM_LIMIT;
@@ -151,9 +177,9 @@ pub fn db_facts<'a>(span: &'a Span, query: &mut String) -> Option<DbFacts<'a>> {
         source,
         error,
         duration: (span.end_time_unix_nano - span.start_time_unix_nano) as f64 / 1e9,
-        trace_id: &span.trace_id,
-        span_id: &span.span_id,
-        parent_span_id: &span.parent_span_id,
+        trace_id: span.trace_id,
+        span_id: span.span_id,
+        parent_span_id: span.parent_span_id,
         start_unix_nanos: span.start_time_unix_nano,
         end_unix_nanos: span.end_time_unix_nano,
     })
@@ -317,15 +343,14 @@ pub struct DbQueries {
     pub n_plus_one: Arc<NPlusOne>,
 }
 
-impl Consumer<ExportTraceServiceRequest> for DbQueries {
-    fn consume(&self, request: &ExportTraceServiceRequest) -> PartialSuccess {
+impl<'a> Consumer<TraceView<'a>> for DbQueries {
+    fn consume(&self, request: &TraceView<'a>) -> PartialSuccess {
         let now = Instant::now();
         let mut query = String::with_capacity(256);
-        for rs in &request.resource_spans {
-            let resource = rs.resource.as_ref().map(|r| r.attributes.as_slice());
-            let service = service_name(resource.unwrap_or(&[]));
-            for span in rs.scope_spans.iter().flat_map(|ss| ss.spans.iter()) {
-                if let Some(f) = db_facts(span, &mut query) {
+        for rs in request.resource_spans() {
+            let service = service_name(&rs);
+            for span in rs.spans() {
+                if let Some(f) = db_facts(&span, &mut query) {
                     self.store.observe(&service, &query, &f, now);
                     if f.source == QuerySource::Query {
                         self.n_plus_one.observe_call(
@@ -347,7 +372,7 @@ impl Consumer<ExportTraceServiceRequest> for DbQueries {
                     trace_id,
                     span_id,
                     ..
-                })) = latency::facts(span)
+                })) = latency::facts(&span)
                 {
                     self.n_plus_one.observe_request(
                         &service,
@@ -369,7 +394,15 @@ impl Consumer<ExportTraceServiceRequest> for DbQueries {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry_proto::tonic::common::v1::AnyValue;
+    use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+    use opentelemetry_proto::tonic::trace::v1::Span;
+    use prost::Message;
+
+    /// [`db_facts`] of a prost span, read through its encoding (kept for the test's length).
+    fn db_facts_of(span: &Span, query: &mut String) -> Option<DbFacts<'static>> {
+        let bytes: &'static [u8] = Box::leak(span.encode_to_vec().into_boxed_slice());
+        db_facts(&SpanView::parse(bytes).unwrap(), query)
+    }
 
     fn kv(k: &str, v: &str) -> KeyValue {
         KeyValue {
@@ -397,7 +430,7 @@ mod tests {
 
     fn query_of(span: &Span) -> Option<(String, QuerySource)> {
         let mut q = String::new();
-        db_facts(span, &mut q).map(|f| (q, f.source))
+        db_facts_of(span, &mut q).map(|f| (q, f.source))
     }
 
     #[test]
@@ -473,7 +506,7 @@ mod tests {
                     kv("db.statement", &format!("SELECT * FROM t WHERE id = {i}")),
                 ],
             );
-            let f = db_facts(&s, &mut q).unwrap();
+            let f = db_facts_of(&s, &mut q).unwrap();
             store.observe("svc", &q, &f, now);
         }
         for i in 0..10 {
@@ -484,7 +517,7 @@ mod tests {
                     kv("db.statement", &format!("SELECT * FROM t{i}")),
                 ],
             );
-            let f = db_facts(&s, &mut q).unwrap();
+            let f = db_facts_of(&s, &mut q).unwrap();
             store.observe("svc", &q, &f, now);
         }
         let mut out = Vec::new();
