@@ -12,7 +12,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, ResourceSpans, ScopeSpans, Span};
-use vitals::pipeline::Consumer;
+use prost::Message;
+use vitals::pipeline::{Consumer, TraceView};
 use vitals::signal::latency::RedStore;
 use vitals::signal::n_plus_one::{NPlusOne, Rule};
 use vitals::signal::query::{DbQueries, QueryStore};
@@ -176,12 +177,16 @@ fn main() {
         };
         let red = RedStore::new(2000, Duration::from_secs(3600), OverflowCounter::default());
         let per = 1000 / spans;
-        let reqs_db: Vec<_> = (0..per)
-            .map(|r| request(spans, true, r as u64, &stmts))
+        // The consumers read requests in place, as the receiver hands them over.
+        let bytes_db: Vec<_> = (0..per)
+            .map(|r| request(spans, true, r as u64, &stmts).encode_to_vec())
             .collect();
-        let reqs_red: Vec<_> = (0..per)
-            .map(|r| request(spans, false, r as u64, &stmts))
+        let bytes_red: Vec<_> = (0..per)
+            .map(|r| request(spans, false, r as u64, &stmts).encode_to_vec())
             .collect();
+        let view = |b: &Vec<u8>| TraceView::parse(b).expect("the bench's own request");
+        let reqs_db: Vec<_> = bytes_db.iter().map(view).collect();
+        let reqs_red: Vec<_> = bytes_red.iter().map(view).collect();
         let t_db = median(|| {
             for r in &reqs_db {
                 std::hint::black_box(db.consume(r));
