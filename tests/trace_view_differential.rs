@@ -156,7 +156,7 @@ fn varint(mut v: u64, out: &mut Vec<u8>) {
 }
 
 fn key(tag: u32, wire_type: u8, out: &mut Vec<u8>) {
-    varint(u64::from(tag) << 3 | u64::from(wire_type), out);
+    varint((u64::from(tag) << 3) | u64::from(wire_type), out);
 }
 
 fn len_field(tag: u32, body: &[u8], out: &mut Vec<u8>) {

@@ -6,6 +6,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use vitals::signal::latency::RedStore;
+use vitals::signal::n_plus_one::{NPlusOne, Rule};
+use vitals::signal::query::{DbQueries, QueryStore};
 use vitals::receiver::{Consumers, OtlpLimits, OtlpStats, Receiver};
 use vitals::store::app_metrics::{AppMetrics, AppMetricsConfig};
 use vitals::store::limited::OverflowCounter;
@@ -24,7 +26,12 @@ pub fn receiver() -> &'static (Receiver, Registry) {
         registry.register(red.clone());
         registry.register(app.clone());
         registry.register(logs.clone());
-        let consumers = Consumers::new().traces(red).metrics(app).logs(logs);
+        let queries = Arc::new(QueryStore::new(100, ttl, o.clone()));
+        let n_plus_one = Arc::new(NPlusOne::new(Rule::default(), 100, ttl, o.clone()));
+        registry.register(queries.clone());
+        registry.register(n_plus_one.clone());
+        let db = Arc::new(DbQueries { store: queries, n_plus_one });
+        let consumers = Consumers::new().traces(red).traces(db).metrics(app).logs(logs);
         let stats = Arc::new(OtlpStats::new(move || o.get()));
         (Receiver::new(OtlpLimits::new(1 << 20, 1), consumers, stats), registry)
     })
@@ -38,8 +45,25 @@ pub fn render() {
     let _ = vitals::export::prometheus::encode(&fams, vitals::export::prometheus::Format::OpenMetrics);
 }
 
-/// Defines a fuzz target for one OTLP request type and body encoding (the last argument, the signal,
-/// only names the target).
+/// Defines a fuzz target for OTLP trace exports in one body encoding: read in place as the receiver
+/// reads them (an OTLP/JSON body encoded to protobuf first), then handed to the consumers.
+#[macro_export]
+macro_rules! traces_target {
+    ($enc:ident) => {
+        libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+            use vitals::receiver::decode::{trace_protobuf, trace_view, Encoding};
+            if let Ok(protobuf) = trace_protobuf(data, Encoding::$enc) {
+                if let Ok(view) = trace_view(&protobuf) {
+                    let _ = common::receiver().0.deliver_traces(&view);
+                    common::render();
+                }
+            }
+        });
+    };
+}
+
+/// Defines a fuzz target for one OTLP metrics or logs request type and body encoding (the last
+/// argument, the signal, only names the target).
 #[macro_export]
 macro_rules! otlp_target {
     ($ty:ty, $enc:ident, $signal:ident) => {

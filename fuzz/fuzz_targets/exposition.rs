@@ -8,10 +8,9 @@
 mod common;
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use vitals::export::prometheus::{encode, Format};
 use vitals::receiver::cost::cost;
-use vitals::receiver::decode::{decode, Encoding};
+use vitals::receiver::decode::{decode, trace_protobuf, trace_view, Encoding};
 use vitals::receiver::Signal;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
@@ -32,8 +31,10 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             }
         }
         _ => {
-            if let Ok(req) = decode::<ExportTraceServiceRequest>(body, enc) {
-                let _ = receiver.deliver_decoded(&req);
+            if let Ok(protobuf) = trace_protobuf(body, enc) {
+                if let Ok(view) = trace_view(&protobuf) {
+                    let _ = receiver.deliver_traces(&view);
+                }
             }
         }
     }

@@ -3,4 +3,4 @@
 
 mod common;
 
-otlp_target!(opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest, Protobuf, traces);
+traces_target!(Protobuf);

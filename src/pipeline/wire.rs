@@ -455,7 +455,7 @@ mod tests {
         );
         // A string sent as a varint; a varint sent packed (length-delimited); a fixed32 as fixed64.
         assert!(matches!(
-            check(&[0x08 | 0x00, 0x01]),
+            check(&[0x08, 0x01]),
             Err(WireError::UnexpectedWireType { .. })
         ));
         assert!(matches!(
