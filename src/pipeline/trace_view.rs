@@ -292,9 +292,8 @@ impl<'a> SpanView<'a> {
 pub struct Attribute<'a> {
     /// The key's bytes (UTF-8: checked).
     pub key: &'a [u8],
-    /// The value's last variant: its field number in `AnyValue` (0 for none) and its wire value.
-    variant: (u32, Value<'a>),
-    /// The whole `KeyValue`.
+    /// The whole `KeyValue`; its value is read only when asked for, as most attributes are passed over
+    /// by their key.
     raw: &'a [u8],
 }
 
@@ -321,21 +320,12 @@ pub enum AttributeValue<'a> {
 impl<'a> Attribute<'a> {
     fn read(raw: &'a [u8]) -> Self {
         let mut key: &[u8] = &[];
-        let mut variant = (0, Value::Group);
         for (tag, v) in Fields::new(raw) {
-            match (tag, v) {
-                (1, Value::Bytes(b)) => key = b,
-                (2, Value::Bytes(any)) => {
-                    for (t, v) in Fields::new(any) {
-                        if (1..=8).contains(&t) {
-                            variant = (t, v);
-                        }
-                    }
-                }
-                _ => {}
+            if let (1, Value::Bytes(b)) = (tag, v) {
+                key = b;
             }
         }
-        Attribute { key, variant, raw }
+        Attribute { key, raw }
     }
 
     /// The key.
@@ -345,7 +335,15 @@ impl<'a> Attribute<'a> {
 
     /// The value.
     pub fn value(&self) -> AttributeValue<'a> {
-        match self.variant {
+        // The value's last variant across every occurrence of the value: its field number in
+        // `AnyValue` (0 for none) and its wire value.
+        let mut variant = (0, Value::Group);
+        for (t, v) in merged(self.raw, 2) {
+            if (1..=8).contains(&t) {
+                variant = (t, v);
+            }
+        }
+        match variant {
             (1, Value::Bytes(b)) => AttributeValue::Str(std::str::from_utf8(b).unwrap_or_default()),
             (2, Value::Varint(v)) => AttributeValue::Bool(v != 0),
             (3, Value::Varint(v)) => AttributeValue::Int(v as i64),
