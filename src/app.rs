@@ -9,6 +9,7 @@ use nix::sys::signal::Signal;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
+use crate::cadence::Cadence;
 use crate::config::{ChildProtocol, Config, TargetSpec};
 use crate::export::http::live::{self, LiveHub};
 use crate::export::http::server::{ConnectionLimits, GuardedListener};
@@ -41,8 +42,12 @@ use crate::target::{run, Selector};
 /// Distinct app metric names kept; a runaway app cannot create families without bound.
 const FAMILY_LIMIT: usize = 2000;
 
-/// How often the stores drop series past their TTL (readers already skip them; this frees the memory).
-const EXPIRY_PERIOD: Duration = Duration::from_secs(2);
+/// How often the stores drop series past their TTL (readers already skip them; this frees the memory):
+/// a thirtieth of the TTL, between 2 s and a minute. The default hour's TTL frees a series at most a
+/// minute late, and an idle sidecar wakes once a minute for it rather than every 2 s.
+fn expiry_period(ttl: Duration) -> Duration {
+    (ttl / 30).clamp(Duration::from_secs(2), Duration::from_secs(60))
+}
 
 /// Drops expired series from the stores every `period` until `shutdown`.
 async fn expire_every(
@@ -66,8 +71,10 @@ async fn expire_every(
     }
 }
 
-/// How often the profiler checks whether it may profile a newly attached target.
+/// How often the profiler looks for a target to check whether it may profile it, until it has checked
+/// one; then [`PROFILER_RECHECK_PERIOD`] (a restarted target's new instance is checked that much later).
 const PROFILER_CHECK_PERIOD: Duration = Duration::from_secs(2);
+const PROFILER_RECHECK_PERIOD: Duration = Duration::from_secs(15);
 
 /// The CPU profiler of the sampler's current target, registered for its status series, with a task
 /// that checks it may profile each new target and warns, naming the fix, when it may not.
@@ -96,11 +103,15 @@ fn start_profiler(
     let (p, target, shutdown) = (profiler.clone(), store.clone(), shutdown.clone());
     tokio::spawn(async move {
         let mut checked = None;
-        let mut tick = tokio::time::interval(PROFILER_CHECK_PERIOD);
         loop {
+            let period = if checked.is_some() {
+                PROFILER_RECHECK_PERIOD
+            } else {
+                PROFILER_CHECK_PERIOD
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
+                _ = tokio::time::sleep(period) => {}
             }
             let pid = target.info().map(|i| i.pid);
             if pid.is_none() || pid == checked {
@@ -165,21 +176,33 @@ fn start_continuous(
     Some(continuous)
 }
 
-/// How often N+1 detection judges the traces that settled; also the query series' expiry.
+/// How often N+1 detection judges the traces that settled, while any wait.
 const DB_SETTLE_PERIOD: Duration = Duration::from_millis(500);
 
-/// Judges settled traces for N+1 runs and expires query series every `period` until `shutdown`.
-async fn settle_db_every(period: Duration, db: Arc<DbQueries>, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// Judges settled traces for N+1 runs every `period` while any wait to be judged (sleeping until a span
+/// arrives otherwise), and expires query series every `expiry`, until `shutdown`.
+async fn settle_db_every(
+    period: Duration,
+    expiry: Duration,
+    db: Arc<DbQueries>,
+    shutdown: CancellationToken,
+) {
+    let mut expired = std::time::Instant::now();
     loop {
+        let judging = db.n_plus_one.judging();
+        let wait = if judging { period } else { expiry };
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
+            _ = tokio::time::sleep(wait) => {}
+            // Nothing to judge: sleep until a span is held (not every settling period).
+            _ = db.n_plus_one.arrival(), if !judging => {}
         }
         let now = std::time::Instant::now();
         db.n_plus_one.settle(now);
-        db.store.expire(now);
+        if now.duration_since(expired) >= expiry {
+            db.store.expire(now);
+            expired = now;
+        }
     }
 }
 
@@ -222,6 +245,9 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
     registry.register(stats.clone());
     let status = Arc::new(TargetStatus::default());
     let shutdown = CancellationToken::new();
+    // Readings every --interval while anyone watches, every idle interval otherwise, fresh for each
+    // scrape and push.
+    let cadence = Cadence::new(config.interval, config.idle_interval);
 
     let selected_by = match &config.target {
         None => "none selected".to_owned(),
@@ -260,6 +286,7 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
     if let Some(c) = &continuous {
         live.capture_on_trouble(c.clone());
     }
+    live.pace(cadence.clone());
     let listener = bind(config.metrics_addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "serving /metrics");
     let http = tokio::spawn(serve(
@@ -271,6 +298,7 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
             web,
             profiler: Some(profiler),
             continuous,
+            cadence: Some(cadence.clone()),
         },
         shutdown.clone(),
     ));
@@ -300,7 +328,7 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
     ));
     // Expiry runs on its own clock, so a scrape only reads the stores.
     tokio::spawn(expire_every(
-        EXPIRY_PERIOD,
+        expiry_period(config.series_ttl),
         red.clone(),
         app_metrics.clone(),
         logs.clone(),
@@ -327,6 +355,7 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
     registry.register(db.n_plus_one.clone());
     tokio::spawn(settle_db_every(
         DB_SETTLE_PERIOD,
+        expiry_period(config.series_ttl),
         db.clone(),
         shutdown.clone(),
     ));
@@ -364,8 +393,8 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
     // metrics in it are left out by the pusher; they leave through forwarding) and adds its counters.
     let pusher = match &config.push {
         Some(settings) => {
-            let p =
-                Pusher::start(settings.clone(), registry.clone()).map_err(anyhow::Error::msg)?;
+            let p = Pusher::start(settings.clone(), registry.clone(), Some(cadence.clone()))
+                .map_err(anyhow::Error::msg)?;
             registry.register(p.collector());
             Some(p)
         }
@@ -477,15 +506,20 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
         config.max_tree_processes,
         parts,
     );
-    let sampler_task = Some(tokio::spawn(sampler.run(config.interval, shutdown.clone())));
-    let mut more_tasks = start_more_targets(&config, &registry, &stats, units, &shutdown);
+    let sampler_task = Some(tokio::spawn(sampler.run(cadence.join(), shutdown.clone())));
+    let wiring = TargetWiring {
+        registry: registry.clone(),
+        stats: stats.clone(),
+        units,
+        shutdown: shutdown.clone(),
+        cadence: cadence.clone(),
+    };
+    let mut more_tasks = start_more_targets(&config, &wiring);
     if no_selector && config.more_targets.is_empty() {
         if let Some(init) = crate::target::pod::sandbox(&config.proc_root) {
             tracing::info!(pid_1 = %init, "no target selected in a pod that shares its process namespace: \
                 watching every other container's process tree (name targets with --target to choose)");
-            more_tasks.push(start_pod_targets(
-                &config, &registry, &stats, units, &shutdown,
-            ));
+            more_tasks.push(start_pod_targets(&config, &wiring));
         }
     }
 
@@ -574,13 +608,7 @@ fn register_target(registry: &Registry, name: Option<&str>, collector: Arc<dyn C
 }
 
 /// Starts a sampler for each further named target (`--target NAME=SPEC` after the first).
-fn start_more_targets(
-    config: &Config,
-    registry: &Registry,
-    stats: &Arc<ExporterStats>,
-    units: KernelUnits,
-    shutdown: &CancellationToken,
-) -> Vec<tokio::task::JoinHandle<()>> {
+fn start_more_targets(config: &Config, wiring: &TargetWiring) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
     for t in &config.more_targets {
         let selector = match &t.spec {
@@ -591,9 +619,7 @@ fn start_more_targets(
             TargetSpec::Run { .. } => continue,
         };
         tracing::info!(target = %t.name, selector = %selector.describe(), "watching a further target");
-        tasks.push(start_named_target(
-            config, registry, stats, units, shutdown, &t.name, selector,
-        ));
+        tasks.push(start_named_target(config, wiring, &t.name, selector));
     }
     tasks
 }
@@ -603,13 +629,11 @@ fn start_more_targets(
 /// target, so these derive from their probes alone.
 fn start_named_target(
     config: &Config,
-    registry: &Registry,
-    stats: &Arc<ExporterStats>,
-    units: KernelUnits,
-    shutdown: &CancellationToken,
+    wiring: &TargetWiring,
     name: &str,
     selector: Selector,
 ) -> tokio::task::JoinHandle<()> {
+    let (registry, units) = (&wiring.registry, wiring.units);
     let store = Arc::new(TargetMetrics::new(units).with_info_labels(kubernetes_labels(config)));
     register_target(registry, Some(name), store.clone());
     // No OTLP consumer feeds this: the app's runtime metrics are the main target's.
@@ -623,7 +647,7 @@ fn start_named_target(
     register_target(registry, Some(name), derived.pool.clone());
     let parts = SamplerParts {
         store,
-        stats: stats.clone(),
+        stats: wiring.stats.clone(),
         status: Arc::new(TargetStatus::default()),
         derived,
         units,
@@ -639,22 +663,25 @@ fn start_named_target(
         config.max_tree_processes,
         parts,
     );
-    tokio::spawn(sampler.run(config.interval, shutdown.clone()))
+    tokio::spawn(sampler.run(wiring.cadence.join(), wiring.shutdown.clone()))
+}
+
+/// What every further target's sampler is connected to.
+#[derive(Clone)]
+struct TargetWiring {
+    registry: Registry,
+    stats: Arc<ExporterStats>,
+    units: KernelUnits,
+    shutdown: CancellationToken,
+    cadence: Arc<Cadence>,
 }
 
 /// Zero-configuration pod mode (see [`crate::target::pod`]): scans for the pod's containers every
 /// [`WATCH_INTERVAL`] and starts a target for each, named after its program. Runs until shutdown.
-fn start_pod_targets(
-    config: &Config,
-    registry: &Registry,
-    stats: &Arc<ExporterStats>,
-    units: KernelUnits,
-    shutdown: &CancellationToken,
-) -> tokio::task::JoinHandle<()> {
+fn start_pod_targets(config: &Config, wiring: &TargetWiring) -> tokio::task::JoinHandle<()> {
     let config = config.clone();
-    let registry = registry.clone();
-    let stats = stats.clone();
-    let shutdown = shutdown.clone();
+    let wiring = wiring.clone();
+    let shutdown = wiring.shutdown.clone();
     tokio::spawn(async move {
         let mut scan = PodScan::new(&config.proc_root);
         let mut tasks = Vec::new();
@@ -673,10 +700,7 @@ fn start_pod_targets(
                         let name = slot.name().to_owned();
                         tasks.push(start_named_target(
                             &config,
-                            &registry,
-                            &stats,
-                            units,
-                            &shutdown,
+                            &wiring,
                             &name,
                             Selector::Container(slot),
                         ));

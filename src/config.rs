@@ -179,6 +179,11 @@ pub struct Options {
     #[arg(long, global = true, env = "VITALS_INTERVAL", value_parser = humantime::parse_duration)]
     #[serde(deserialize_with = "de_duration")]
     pub interval: Option<Duration>,
+    /// Sampling interval while nobody watches the live page; a scrape or a push still gets readings no
+    /// older than --interval [default: 10s, or --interval when longer; --interval..1h].
+    #[arg(long, global = true, env = "VITALS_IDLE_INTERVAL", value_parser = humantime::parse_duration)]
+    #[serde(deserialize_with = "de_duration")]
+    pub idle_interval: Option<Duration>,
     /// procfs mount to read [default: /proc].
     #[arg(long, global = true, env = "VITALS_PROC_ROOT", value_name = "PATH")]
     pub proc_root: Option<PathBuf>,
@@ -677,6 +682,8 @@ pub struct Config {
     pub otlp_http_addr: Option<SocketAddr>,
     /// Sampling interval.
     pub interval: Duration,
+    /// Sampling interval while nobody watches (at least `interval`).
+    pub idle_interval: Duration,
     /// procfs root.
     pub proc_root: PathBuf,
     /// Host cgroup root.
@@ -1017,6 +1024,21 @@ impl Cli {
                 ),
             ));
         }
+        let from_cli = o.idle_interval.is_some();
+        let idle_interval = o
+            .idle_interval
+            .or(file.idle_interval)
+            .unwrap_or(DEFAULT_IDLE_INTERVAL.max(interval));
+        if idle_interval < interval || idle_interval > Duration::from_secs(3600) {
+            return Err(invalid(
+                origins.name("idle_interval", from_cli),
+                format!(
+                    "{} is outside {}..1h (at least the interval)",
+                    humantime::format_duration(idle_interval),
+                    humantime::format_duration(interval)
+                ),
+            ));
+        }
         // In `run` mode vitals usually runs on a workstation: keep /metrics off the network unless asked.
         let default_metrics_ip = if run_mode {
             [127, 0, 0, 1]
@@ -1221,6 +1243,7 @@ impl Cli {
             otlp_grpc_addr,
             otlp_http_addr,
             interval,
+            idle_interval,
             proc_root: o
                 .proc_root
                 .or(file.proc_root)
@@ -1244,6 +1267,10 @@ impl Cli {
 
 /// Default cap on the processes of the target's tree read each tick (see `--max-tree-processes`).
 pub const DEFAULT_MAX_TREE_PROCESSES: usize = 1000;
+
+/// How often a sampler reads its target while nobody watches the live page (see [`crate::cadence`]):
+/// six readings a minute for the growth slopes; scrapes and pushes get fresher ones.
+pub const DEFAULT_IDLE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The `--push-*` options, flags over file, each with the name of where it came from.
 fn push_options(o: &Options, file: &Options, origins: &Origins<'_>) -> PushOptions {

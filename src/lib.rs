@@ -1,12 +1,14 @@
 //! vitals: a sidecar that reads a target process through procfs and cgroups (and, through its OTLP
 //! receiver, the app's own telemetry) and serves its vital signs on a Prometheus endpoint.
 //!
-//! Data flows one way: `target` chooses the process, `source` reads it, `store` holds what was read as
-//! metric families, `export` serves them. `app` wires these together for the binary.
+//! Data flows one way: `target` chooses the process, `probe` reads it (and `receiver` takes the app's
+//! OTLP data), `signal` derives, `store` holds metric families, `export` serves them; `cadence` says when
+//! the samplers read. `app` wires these together for the binary.
 
 #![deny(missing_docs)]
 
 pub mod app;
+pub mod cadence;
 pub mod config;
 pub mod export;
 pub mod inject;

@@ -61,6 +61,10 @@ fn main() {
     limit_malloc_arenas();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        // A thread that left the workers for a sampler's tick (block_in_place) or a live frame waits
+        // this long for the next one: longer than the idle interval, so an idle sidecar does not start
+        // a thread (and map its stack) every tick.
+        .thread_keep_alive(std::time::Duration::from_secs(120))
         .enable_all()
         .build()
     {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::cadence::Turn;
 use crate::export::self_metrics::ExporterStats;
 use crate::probe::cgroup::{locate, CgroupProbe, CgroupRoots};
 use crate::probe::hsperf::HsperfProbe;
@@ -627,26 +628,41 @@ impl Sampler {
         });
     }
 
-    /// Ticks every `interval` until `shutdown`. Between ticks the attached target's exit is an event where
-    /// a pidfd is available (no timer while it lives), else a check every [`WATCH_INTERVAL`] when the
-    /// interval is longer; a missing target is searched for at that pace too.
-    pub async fn run(mut self, interval: Duration, shutdown: CancellationToken) {
-        let mut timer = tokio::time::interval(interval);
-        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    /// Ticks at the cadence's pace until `shutdown`: every `--interval` while anyone watches, every idle
+    /// interval otherwise, and when a reader asks for readings (a scrape, a push) older than `--interval`.
+    /// Between ticks the attached target's exit is an event where a pidfd is available (no timer while it
+    /// lives), else a check every [`WATCH_INTERVAL`] when the interval is longer; a missing target is
+    /// searched for at that pace too.
+    pub async fn run(mut self, mut turn: Turn, shutdown: CancellationToken) {
+        let interval = turn.interval();
         let watch_every = WATCH_INTERVAL.min(interval);
         let mut watch = tokio::time::interval(watch_every);
         watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         self.exit_window = watch_every * EXIT_WINDOW_WATCH_PERIODS;
         let watching = interval > WATCH_INTERVAL;
+        // The first tick at once; later ones a period after the last, whatever started it.
+        let mut last_tick: Option<tokio::time::Instant> = None;
         loop {
             let exit_event = self.attached.as_ref().and_then(|a| a.exit.event());
             let event_watched = exit_event.is_some();
+            let next = last_tick.map_or_else(tokio::time::Instant::now, |t| t + turn.period());
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = timer.tick() => {
+                _ = tokio::time::sleep_until(next) => {
                     // procfs reads are short blocking syscalls; block_in_place keeps them off other tasks' way.
                     tokio::task::block_in_place(|| self.tick());
+                    last_tick = Some(tokio::time::Instant::now());
                     self.sampled.notify_one();
+                }
+                _ = turn.asked() => {
+                    // A reader wants readings no older than the interval (or the pace changed: the next
+                    // deadline is computed again above).
+                    if last_tick.is_none_or(|t| t.elapsed() >= interval) {
+                        tokio::task::block_in_place(|| self.tick());
+                        last_tick = Some(tokio::time::Instant::now());
+                        self.sampled.notify_one();
+                    }
+                    turn.answer();
                 }
                 exited = async move {
                     match exit_event {
@@ -654,7 +670,13 @@ impl Sampler {
                         None => std::future::pending().await,
                     }
                 }, if event_watched => match exited {
-                    Ok(()) => tokio::task::block_in_place(|| self.target_exited()),
+                    Ok(()) => {
+                        tokio::task::block_in_place(|| self.target_exited());
+                        if self.attached.is_some() {
+                            // A new instance: its first readings at once, as at the start.
+                            last_tick = None;
+                        }
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot wait on the target's pidfd; polling its liveness instead");
                         if let Some(a) = self.attached.as_mut() {
@@ -666,6 +688,9 @@ impl Sampler {
                     // The common case without a pidfd, a live target, is one pread: no thread hand-over for it.
                     if !self.attached_alive() {
                         tokio::task::block_in_place(|| self.watch());
+                        if self.attached.is_some() {
+                            last_tick = None;
+                        }
                     }
                 }
             }

@@ -169,6 +169,14 @@ fn data_flows_one_way() {
             "the runtime table is data every part may read; it depends on nothing",
         ),
         (
+            "cadence",
+            &[
+                "probe", "receiver", "signal", "store", "export", "sampler", "target", "app", "config",
+                "pipeline", "model",
+            ],
+            "the cadence is when samplers read; readers and samplers share it and it depends on nothing",
+        ),
+        (
             "pipeline",
             &[
                 "probe", "receiver", "signal", "store", "export", "sampler", "target", "app", "config",

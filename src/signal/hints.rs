@@ -223,9 +223,14 @@ impl UsageHistory {
             if let Some((pt, pc)) = self.prev_cpu {
                 let dt = u.t - pt;
                 if dt > 0.0 && cpu >= pc {
+                    // Readings come every second while someone watches or scrapes that often, every idle
+                    // interval otherwise: each counts for the seconds it covers, so the percentile is one
+                    // of time, whatever the pace.
                     let cores = (cpu - pc) / dt;
-                    self.cpu_hist[cpu_bucket(cores)] += 1;
-                    self.cpu_samples += 1;
+                    let seconds = dt.round().clamp(1.0, 3600.0) as u32;
+                    let b = &mut self.cpu_hist[cpu_bucket(cores)];
+                    *b = b.saturating_add(seconds);
+                    self.cpu_samples += u64::from(seconds);
                 }
             }
             self.prev_cpu = Some((u.t, cpu));

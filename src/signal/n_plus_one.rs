@@ -171,6 +171,8 @@ pub struct NPlusOne {
     rule: Rule,
     ttl: Duration,
     inner: Mutex<Inner>,
+    /// Told when a span is held, so the settling timer sleeps while there is nothing to judge.
+    arrived: tokio::sync::Notify,
 }
 
 fn id<const N: usize>(bytes: &[u8]) -> Option<[u8; N]> {
@@ -202,7 +204,20 @@ impl NPlusOne {
                 counts: LimitedMap::new(series_limit, overflow),
                 dropped: [0; 2],
             }),
+            arrived: tokio::sync::Notify::new(),
         }
+    }
+
+    /// True while traces wait to be judged or judged ones are remembered: [`NPlusOne::settle`] has work
+    /// every settling period.
+    pub fn judging(&self) -> bool {
+        let inner = self.lock();
+        !inner.pending.is_empty() || !inner.judged.is_empty()
+    }
+
+    /// Completes once a span has been held since the last call (at once if one was meanwhile).
+    pub async fn arrival(&self) {
+        self.arrived.notified().await;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -260,6 +275,7 @@ impl NPlusOne {
         p.first.get_or_insert(now);
         p.last = Some(now);
         inner.calls_held += 1;
+        self.arrived.notify_one();
     }
 
     /// Holds one request span of `service`: the operation its trace's runs are counted under. A
@@ -290,6 +306,7 @@ impl NPlusOne {
         }
         p.first.get_or_insert(now);
         p.last = Some(now);
+        self.arrived.notify_one();
     }
 
     /// Judges every trace that has settled or aged out, counts its runs, and forgets judged traces

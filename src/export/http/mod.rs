@@ -48,6 +48,9 @@ pub struct HttpState {
     pub profiler: Option<Arc<crate::profile::Profiler>>,
     /// The continuous profiler's captures at /debug/pprof/captures; `None` when it is off.
     pub continuous: Option<Arc<crate::profile::continuous::Continuous>>,
+    /// The samplers' pace: a scrape asks them for readings no older than `--interval` first. `None`
+    /// scrapes what is held.
+    pub cadence: Option<Arc<crate::cadence::Cadence>>,
 }
 
 /// Where the live page names the target before its script has drawn the first frame.
@@ -338,6 +341,10 @@ async fn handle(
             let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok());
             let format = Exposition::negotiate(accept);
             let gz = accepts_gzip(&req);
+            if let Some(c) = &state.cadence {
+                // Readings no older than --interval, however slowly the samplers go while idle.
+                c.fresh().await;
+            }
             match renderer.scrape(format, gz).await {
                 Some(body) => {
                     let mut r = respond(StatusCode::OK, format.content_type(), body);

@@ -502,6 +502,18 @@ impl LiveSampler {
 
     /// Builds the frame for time `t` (unix seconds) from one gather.
     pub fn tick(&mut self, t: f64, families: &[Metric]) -> Json {
+        self.advance(t, families, true).unwrap_or(Json::Null)
+    }
+
+    /// What a tick keeps when nobody watches: the history point and the hints' usage, without the
+    /// frame (nor the alert conditions, which only the frame and the continuous profiler read, and
+    /// the profiler keeps the page watched).
+    pub fn observe(&mut self, t: f64, families: &[Metric]) {
+        self.advance(t, families, false);
+    }
+
+    /// The history point and the hints for time `t`; the frame too when `render`.
+    fn advance(&mut self, t: f64, families: &[Metric], render: bool) -> Option<Json> {
         let f = Families::new(families);
         let up = f.sum("vitals.target.up", &[]).unwrap_or(0.0);
         let info = f.series("vitals.target.info").next();
@@ -750,6 +762,28 @@ impl LiveSampler {
             });
         }
         let hints = self.usage.advice(&self.policy);
+        let point = Point {
+            t,
+            values: [
+                req_rate,
+                error_ratio,
+                p99,
+                gc_rate,
+                gc_max,
+                throttled_rate,
+                rss,
+                heap,
+                cgroup,
+                pool_max_util,
+                cpu_cores,
+                psi_rates[0],
+            ]
+            .map(|v| v.map_or(f32::NAN, |x| x as f32)),
+        };
+        self.history.push(point);
+        if !render {
+            return None;
+        }
 
         // Alerts, evaluated on the same thresholds as the shipped rules (instant condition, plus how long
         // it has held against the rule's `for:`).
@@ -928,29 +962,9 @@ impl LiveSampler {
                 )
             };
 
-        let point = Point {
-            t,
-            values: [
-                req_rate,
-                error_ratio,
-                p99,
-                gc_rate,
-                gc_max,
-                throttled_rate,
-                rss,
-                heap,
-                cgroup,
-                pool_max_util,
-                cpu_cores,
-                psi_rates[0],
-            ]
-            .map(|v| v.map_or(f32::NAN, |x| x as f32)),
-        };
-        self.history.push(point);
-
         let uptime = start.filter(|_| up > 0.0).map(|s| t - s);
         let targets = self.targets(&f, t);
-        json!({
+        Some(json!({
             "t": t,
             "point": point.to_json(),
             "targets": targets,
@@ -1014,7 +1028,7 @@ impl LiveSampler {
                 "resource": h.resource, "pool": h.pool, "unit": h.unit, "value": round(h.value),
                 "history_seconds": h.history_seconds, "act": h.act, "text": h.text,
             })).collect::<Vec<_>>(),
-        })
+        }))
     }
 }
 

@@ -1,5 +1,6 @@
-//! The live page's per-second history: a fixed-capacity ring of compact points (twelve `f32` values and
-//! the time), so its memory is known in advance: 900 points (15 minutes) take 900 × 56 bytes ≈ 49 KiB.
+//! The live page's history: a fixed-capacity ring of compact points (twelve `f32` values and the time), so
+//! its memory is known in advance: 900 points (15 minutes of one a second) take 900 × 56 bytes ≈ 49 KiB.
+//! Points older than 15 minutes are dropped too: while nobody watches they come every idle interval.
 
 use std::collections::VecDeque;
 
@@ -68,9 +69,17 @@ impl History {
         }
     }
 
-    /// Appends a point, dropping the oldest when full.
+    /// Appends a point, dropping the oldest when full and those older than `capacity` seconds (points
+    /// come every second while the page is watched, every idle interval otherwise).
     pub fn push(&mut self, p: Point) {
         if self.points.len() == self.capacity {
+            self.points.pop_front();
+        }
+        while self
+            .points
+            .front()
+            .is_some_and(|f| f.t < p.t - self.capacity as f64)
+        {
             self.points.pop_front();
         }
         self.points.push_back(p);

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::cadence::{Cadence, Watching};
 use crate::model::Registry;
 use crate::profile::continuous::{Cause, Continuous};
 use crate::signal::hints::{HintBoard, HintPolicy};
@@ -42,6 +43,10 @@ pub struct LiveHub {
     pub hints: Arc<HintBoard>,
     /// The continuous profiler told of each onset of trouble, when it runs.
     captures: OnceLock<Arc<Continuous>>,
+    /// The samplers' pace: kept at `--interval` while a viewer is connected or trouble is watched for.
+    cadence: OnceLock<Arc<Cadence>>,
+    /// Held for good once trouble is watched for (the continuous profiler needs every onset).
+    always_watched: OnceLock<Watching>,
 }
 
 impl LiveHub {
@@ -65,11 +70,32 @@ impl LiveHub {
             shutdown,
             hints: Arc::new(HintBoard::default()),
             captures: OnceLock::new(),
+            cadence: OnceLock::new(),
+            always_watched: OnceLock::new(),
         }
     }
 
+    /// Keeps `cadence` at its finest pace while anyone watches.
+    pub fn pace(&self, cadence: Arc<Cadence>) {
+        if self.captures.get().is_some() {
+            let _ = self.always_watched.set(cadence.watch());
+        }
+        let _ = self.cadence.set(cadence);
+    }
+
+    /// Holds the samplers at their finest pace for one viewer, until dropped.
+    pub(crate) fn watch(&self) -> Option<Watching> {
+        self.cadence.get().map(|c| c.watch())
+    }
+
+    /// True while a viewer is connected or the continuous profiler waits for trouble: the frame and the
+    /// alert conditions are then computed every tick.
+    fn watched(&self) -> bool {
+        self.captures.get().is_some() || self.viewers.available_permits() < VIEWER_LIMIT
+    }
+
     /// Tells `continuous` of every onset of a latency, pause or saturation condition
-    /// ([`thresholds::PROFILED`]), so it keeps the profile around it.
+    /// ([`thresholds::PROFILED`]), so it keeps the profile around it. Call before [`LiveHub::pace`].
     pub fn capture_on_trouble(&self, continuous: Arc<Continuous>) {
         let _ = self.captures.set(continuous);
     }
@@ -78,10 +104,24 @@ impl LiveHub {
         self.sampler.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes one frame from `registry` at unix time `t` and hands it to every viewer.
+    /// Takes one frame from `registry` at unix time `t` and hands it to every viewer. With nobody
+    /// watching, only the history point and the hints are kept: no frame is built for nobody.
     pub fn tick(&self, registry: &Registry, t: f64) {
         // Frames show vitals' own metrics only: the app's are never copied.
         let families = registry.gather_where(|m| m.origin == crate::model::Origin::Vitals);
+        if !self.watched() {
+            if !self.frames.borrow().is_empty() {
+                // A viewer who connects later gets no frame from the last time anyone watched.
+                self.frames.send_replace(Bytes::new());
+            }
+            let hints = {
+                let mut s = self.sampler();
+                s.observe(t, &families);
+                s.hints()
+            };
+            self.hints.publish(hints);
+            return;
+        }
         let (frame, hints, onsets) = {
             let mut s = self.sampler();
             let frame = s.tick(t, &families);
