@@ -4,6 +4,8 @@
 //! escaped here, whatever its origin.
 
 pub mod escaping;
+#[cfg(test)]
+mod golden;
 pub mod naming;
 pub mod protobuf;
 
