@@ -653,7 +653,7 @@ fn write_float(out: &mut String, v: f64, om_canonical: bool) {
         out.push_str("NaN");
     } else if v.is_infinite() {
         out.push_str(if v > 0.0 { "+Inf" } else { "-Inf" });
-    } else if v.fract() == 0.0 && v.abs() < 9.0e15 && !(v == 0.0 && v.is_sign_negative()) {
+    } else if v.abs() < 9.0e15 && v == (v as i64) as f64 && !(v == 0.0 && v.is_sign_negative()) {
         if v < 0.0 {
             out.push('-');
         }
@@ -694,7 +694,7 @@ pub fn escape_label_value(out: &mut String, v: &str) {
 }
 
 /// True when `v` holds no backslash, double quote or newline: tested 8 bytes at a time (a byte equal to
-/// `b` leaves a zero byte in `word ^ b…b`, which the subtraction borrows through), the rest one by one.
+/// `b` leaves a zero byte in `word ^ b…b`, which the subtraction borrows through).
 #[inline]
 fn is_plain(v: &[u8]) -> bool {
     const ONES: u64 = 0x0101_0101_0101_0101;
@@ -713,10 +713,15 @@ fn is_plain(v: &[u8]) -> bool {
             return false;
         }
     }
-    !chunks
+    // The last 0 to 7 bytes as one word, zero-filled: a zero byte matches none of the three.
+    let rest = chunks
         .remainder()
         .iter()
-        .any(|b| matches!(b, b'\\' | b'"' | b'\n'))
+        .enumerate()
+        .fold(0u64, |w, (i, b)| w | u64::from(*b) << (8 * i));
+    !(has_zero_byte(rest ^ (ONES * u64::from(b'\\')))
+        || has_zero_byte(rest ^ (ONES * u64::from(b'"')))
+        || has_zero_byte(rest ^ (ONES * u64::from(b'\n'))))
 }
 
 fn escape_help(out: &mut String, v: &str, om: bool) {
@@ -830,6 +835,31 @@ mod tests {
         let near: Vec<u8> =
             [0x09u8, 0x0b, 0x21, 0x23, 0x5b, 0x5d, 0x80, 0xdc, 0xa2, 0x8a].repeat(3);
         assert!(is_plain(&near));
+    }
+
+    #[test]
+    fn finite_floats_are_written_as_display_writes_them() {
+        let values = [
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            0.5,
+            -2.5,
+            1e15,
+            8.999_999_999_999_999e15,
+            9.0e15,
+            -9.0e15,
+            9_007_199_254_740_993.0,
+            1e300,
+            4.9e-324,
+            1.0 / 3.0,
+        ];
+        for v in values {
+            let mut out = String::new();
+            write_float(&mut out, v, false);
+            assert_eq!(out, format!("{v}"), "{v:e}");
+        }
     }
 
     #[test]
