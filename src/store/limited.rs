@@ -2,11 +2,12 @@
 //! and each overflowed observation is counted, so memory stays bounded whatever a client sends.
 
 use std::borrow::Borrow;
-use std::collections::HashMap;
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use hashbrown::HashTable;
 
 /// Counts observations sent to overflow entries, across every limited map (`vitals_exporter_series_overflow_total`).
 #[derive(Debug, Default, Clone)]
@@ -34,23 +35,63 @@ pub struct Touched<V> {
 }
 
 /// A bounded map with one overflow entry.
+///
+/// Entries sit in one vector in the order they were added (a removal moves the last entry into the
+/// gap), found through a hash table of their positions. A reader walking every entry, as a scrape does,
+/// goes through memory front to back instead of hopping across a table in hash order, and the table
+/// holds 4 bytes per slot instead of a whole entry.
 #[derive(Debug)]
 pub struct LimitedMap<K, V> {
-    map: HashMap<K, Touched<V>>,
+    entries: Vec<(K, Touched<V>)>,
+    /// Positions in `entries`, by the hash of their key.
+    index: HashTable<u32>,
+    hasher: RandomState,
     overflow: Option<Touched<V>>,
     limit: usize,
     counter: OverflowCounter,
 }
 
 impl<K: Eq + Hash, V> LimitedMap<K, V> {
-    /// A map holding at most `limit` keys.
+    /// A map holding at most `limit` keys (at most `u32::MAX`, the largest position it records).
     pub fn new(limit: usize, counter: OverflowCounter) -> Self {
         LimitedMap {
-            map: HashMap::new(),
+            entries: Vec::new(),
+            index: HashTable::new(),
+            hasher: RandomState::new(),
             overflow: None,
-            limit,
+            limit: limit.min(u32::MAX as usize),
             counter,
         }
+    }
+
+    /// The position of `key` in `entries`.
+    fn position<Q>(&self, key: &Q) -> Option<usize>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let entries = &self.entries;
+        self.index
+            .find(self.hasher.hash_one(key), |&i| {
+                entries
+                    .get(i as usize)
+                    .is_some_and(|(k, _)| k.borrow() == key)
+            })
+            .map(|&i| i as usize)
+    }
+
+    /// Records that `entries[i]` is where its key is found.
+    fn index_at(&mut self, i: usize) {
+        let (entries, hasher) = (&self.entries, &self.hasher);
+        let Some((k, _)) = entries.get(i) else {
+            return;
+        };
+        self.index
+            .insert_unique(hasher.hash_one(k), i as u32, |&j| {
+                entries
+                    .get(j as usize)
+                    .map_or(0, |(k, _)| hasher.hash_one(k))
+            });
     }
 
     /// The entry for `key`, created with `init` when there is room; otherwise the overflow entry (and the
@@ -83,25 +124,34 @@ impl<K: Eq + Hash, V> LimitedMap<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        if self.map.contains_key(key) {
-            let e = self.map.get_mut(key).expect("present");
-            e.at = now;
-            return (&mut e.value, false);
-        }
-        if may_grow && self.map.len() < self.limit {
-            let e = self.map.entry(make_key()).or_insert(Touched {
-                value: init(),
-                at: now,
-            });
-            return (&mut e.value, false);
-        }
-        self.counter.add();
-        let e = self.overflow.get_or_insert_with(|| Touched {
-            value: init(),
-            at: now,
-        });
+        let at = match self.position(key) {
+            Some(i) => i,
+            None if may_grow && self.entries.len() < self.limit => {
+                self.entries.push((
+                    make_key(),
+                    Touched {
+                        value: init(),
+                        at: now,
+                    },
+                ));
+                let i = self.entries.len() - 1;
+                self.index_at(i);
+                i
+            }
+            None => {
+                self.counter.add();
+                let e = self.overflow.get_or_insert_with(|| Touched {
+                    value: init(),
+                    at: now,
+                });
+                e.at = now;
+                return (&mut e.value, true);
+            }
+        };
+        // `at` is a position just found or just filled.
+        let e = &mut self.entries[at].1;
         e.at = now;
-        (&mut e.value, true)
+        (&mut e.value, false)
     }
 
     /// Drops entries (and the overflow entry) not touched within `ttl`.
@@ -111,13 +161,20 @@ impl<K: Eq + Hash, V> LimitedMap<K, V> {
 
     /// Like [`LimitedMap::expire`], calling `dropped` with each key it removes.
     pub fn expire_with(&mut self, now: Instant, ttl: Duration, mut dropped: impl FnMut(&K)) {
-        self.map.retain(|k, v| {
+        let before = self.entries.len();
+        self.entries.retain(|(k, v)| {
             let keep = now.saturating_duration_since(v.at) < ttl;
             if !keep {
                 dropped(k);
             }
             keep
         });
+        if self.entries.len() < before {
+            self.index.clear();
+            for i in 0..self.entries.len() {
+                self.index_at(i);
+            }
+        }
         if self
             .overflow
             .as_ref()
@@ -133,7 +190,7 @@ impl<K: Eq + Hash, V> LimitedMap<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.map.contains_key(key)
+        self.position(key).is_some()
     }
 
     /// Removes one key, returning whether it was there.
@@ -142,12 +199,30 @@ impl<K: Eq + Hash, V> LimitedMap<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.map.remove(key).is_some()
+        let entries = &self.entries;
+        let Ok(slot) = self.index.find_entry(self.hasher.hash_one(key), |&i| {
+            entries
+                .get(i as usize)
+                .is_some_and(|(k, _)| k.borrow() == key)
+        }) else {
+            return false;
+        };
+        let (i, _) = slot.remove();
+        let (i, last) = (i as usize, self.entries.len() - 1);
+        self.entries.swap_remove(i);
+        // The last entry moved into the gap: point its slot at where it is now.
+        if let Some((k, _)) = self.entries.get(i) {
+            let moved = &mut self.index;
+            if let Some(slot) = moved.find_mut(self.hasher.hash_one(k), |&j| j as usize == last) {
+                *slot = i as u32;
+            }
+        }
+        true
     }
 
     /// The tracked entries.
     pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
-        self.map.iter().map(|(k, v)| (k, &v.value))
+        self.entries.iter().map(|(k, v)| (k, &v.value))
     }
 
     /// The overflow entry, if any observation overflowed and it has not expired.
@@ -158,9 +233,12 @@ impl<K: Eq + Hash, V> LimitedMap<K, V> {
     /// The entries touched within `ttl` before `now`: what [`LimitedMap::expire`] would keep, read without
     /// changing anything, so readers see exact expiry while the removal runs on its own clock.
     pub fn iter_live(&self, now: Instant, ttl: Duration) -> impl Iterator<Item = (&K, &V)> {
-        self.map
+        // `now - at < ttl` is `at > now - ttl`: one comparison per entry instead of a subtraction. When
+        // `now - ttl` is before any instant, every entry is live.
+        let cutoff = now.checked_sub(ttl);
+        self.entries
             .iter()
-            .filter(move |(_, v)| now.saturating_duration_since(v.at) < ttl)
+            .filter(move |(_, v)| cutoff.is_none_or(|c| v.at > c))
             .map(|(k, v)| (k, &v.value))
     }
 
@@ -179,12 +257,12 @@ impl<K: Eq + Hash, V> LimitedMap<K, V> {
 
     /// Number of tracked keys (the overflow entry not included).
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.entries.len()
     }
 
     /// True when nothing is tracked and nothing overflowed.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty() && self.overflow.is_none()
+        self.entries.is_empty() && self.overflow.is_none()
     }
 }
 
@@ -208,6 +286,41 @@ mod tests {
         assert_eq!(c.get(), 2);
         let a = m.iter().find(|(k, _)| k.as_str() == "a").unwrap().1;
         assert_eq!(*a, 2);
+    }
+
+    #[test]
+    fn removal_and_expiry_leave_every_other_key_found() {
+        let mut m: LimitedMap<String, usize> = LimitedMap::new(100, OverflowCounter::default());
+        let t0 = Instant::now();
+        for i in 0..60 {
+            let k = i.to_string();
+            // Even keys old, odd keys new.
+            let at = t0 + Duration::from_secs(if i % 2 == 0 { 0 } else { 10 });
+            *m.entry(k.as_str(), || k.clone(), || 0, at).0 = i;
+        }
+        for i in [0, 59, 30, 31] {
+            assert!(m.remove(i.to_string().as_str()), "{i}");
+            assert!(!m.remove(i.to_string().as_str()), "{i} twice");
+        }
+        m.expire(t0 + Duration::from_secs(12), Duration::from_secs(5));
+        let mut left: Vec<usize> = m.iter().map(|(_, v)| *v).collect();
+        left.sort_unstable();
+        let want: Vec<usize> = (0..60)
+            .filter(|i| i % 2 == 1 && *i != 59 && *i != 31)
+            .collect();
+        assert_eq!(left, want);
+        for i in 0..60 {
+            let k = i.to_string();
+            assert_eq!(m.contains_key(k.as_str()), want.contains(&i), "{i}");
+            let (v, overflowed) = m.entry(k.as_str(), || k.clone(), || i, t0);
+            assert!(!overflowed);
+            assert_eq!(*v, i);
+        }
+        assert_eq!(m.len(), 60);
+        // Every entry was touched at t0 just now.
+        assert_eq!(m.iter_live(t0, Duration::from_secs(5)).count(), 60);
+        let later = t0 + Duration::from_secs(5);
+        assert_eq!(m.iter_live(later, Duration::from_secs(5)).count(), 0);
     }
 
     #[test]
