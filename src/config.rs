@@ -1024,21 +1024,6 @@ impl Cli {
                 ),
             ));
         }
-        let from_cli = o.idle_interval.is_some();
-        let idle_interval = o
-            .idle_interval
-            .or(file.idle_interval)
-            .unwrap_or(DEFAULT_IDLE_INTERVAL.max(interval));
-        if idle_interval < interval || idle_interval > Duration::from_secs(3600) {
-            return Err(invalid(
-                origins.name("idle_interval", from_cli),
-                format!(
-                    "{} is outside {}..1h (at least the interval)",
-                    humantime::format_duration(idle_interval),
-                    humantime::format_duration(interval)
-                ),
-            ));
-        }
         // In `run` mode vitals usually runs on a workstation: keep /metrics off the network unless asked.
         let default_metrics_ip = if run_mode {
             [127, 0, 0, 1]
@@ -1156,6 +1141,21 @@ impl Cli {
                 "give 1 to 6 windows, each 10s..7d",
             ));
         }
+        let from_cli = o.idle_interval.is_some();
+        let idle_interval = o
+            .idle_interval
+            .or(file.idle_interval)
+            .unwrap_or_else(|| idle_interval_for(interval, &growth_windows));
+        if idle_interval < interval || idle_interval > Duration::from_secs(3600) {
+            return Err(invalid(
+                origins.name("idle_interval", from_cli),
+                format!(
+                    "{} is outside {}..1h (at least the interval)",
+                    humantime::format_duration(idle_interval),
+                    humantime::format_duration(interval)
+                ),
+            ));
+        }
         let from_cli = o.leak_threshold_bytes_per_hour.is_some();
         let per_hour = o
             .leak_threshold_bytes_per_hour
@@ -1268,9 +1268,26 @@ impl Cli {
 /// Default cap on the processes of the target's tree read each tick (see `--max-tree-processes`).
 pub const DEFAULT_MAX_TREE_PROCESSES: usize = 1000;
 
-/// How often a sampler reads its target while nobody watches the live page (see [`crate::cadence`]):
-/// six readings a minute for the growth slopes; scrapes and pushes get fresher ones.
+/// How often a sampler reads its target while nobody watches the live page (see [`crate::cadence`]), at
+/// most: scrapes and pushes get fresher readings.
 pub const DEFAULT_IDLE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Buckets of a memory growth window (`signal::memory`): the idle pace leaves none without a reading.
+const GROWTH_WINDOW_BUCKETS: u32 = 30;
+
+/// The idle interval when none is given: [`DEFAULT_IDLE_INTERVAL`], shorter when a growth window is so
+/// short that a reading every 10 s would leave its buckets empty (a thirtieth of the shortest window), and
+/// never below the interval.
+fn idle_interval_for(interval: Duration, growth_windows: &[Duration]) -> Duration {
+    let shortest = growth_windows
+        .iter()
+        .min()
+        .copied()
+        .unwrap_or(Duration::MAX);
+    DEFAULT_IDLE_INTERVAL
+        .min(shortest / GROWTH_WINDOW_BUCKETS)
+        .max(interval)
+}
 
 /// The `--push-*` options, flags over file, each with the name of where it came from.
 fn push_options(o: &Options, file: &Options, origins: &Origins<'_>) -> PushOptions {
@@ -1542,6 +1559,35 @@ mod tests {
         assert_eq!(c.otlp_grpc_addr, Some("127.0.0.1:4317".parse().unwrap()));
         assert_eq!(c.interval, Duration::from_secs(1));
         assert!(!c.pss);
+    }
+
+    #[test]
+    fn the_idle_interval_leaves_no_growth_bucket_empty() {
+        let c = parse(&["--pid", "1"]).unwrap();
+        assert_eq!(c.idle_interval, Duration::from_secs(10));
+        // 20 s windows have buckets of 0.67 s: readings that often, but never faster than the interval.
+        let c = parse(&[
+            "--pid",
+            "1",
+            "--interval",
+            "250ms",
+            "--growth-windows",
+            "20s,40s",
+        ])
+        .unwrap();
+        assert_eq!(c.idle_interval, Duration::from_secs(20) / 30);
+        let c = parse(&["--pid", "1", "--interval", "2s", "--growth-windows", "20s"]).unwrap();
+        assert_eq!(c.idle_interval, Duration::from_secs(2));
+        let c = parse(&["--pid", "1", "--interval", "30s"]).unwrap();
+        assert_eq!(c.idle_interval, Duration::from_secs(30));
+        // Given, it is kept, within --interval..1h.
+        let c = parse(&["--pid", "1", "--idle-interval", "1m"]).unwrap();
+        assert_eq!(c.idle_interval, Duration::from_secs(60));
+        let e = parse(&["--pid", "1", "--interval", "5s", "--idle-interval", "1s"]).unwrap_err();
+        assert!(
+            e.starts_with("--idle-interval: 1s is outside 5s..1h"),
+            "{e}"
+        );
     }
 
     #[test]
