@@ -8,64 +8,15 @@
 //! `cargo build --release && cargo bench --bench idle` (needs `apt-get install prometheus-process-exporter`).
 //! Prints figures only; nothing here asserts timings.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+
+use common::{cpu_ns, group, rss_kib, sleeping_tree, Group};
 use std::time::{Duration, Instant};
-
-/// A child process killed (with its process group) when dropped.
-struct Held(Child);
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on the child's own process group (it was started as its leader).
-        unsafe {
-            libc::kill(-(self.0.id() as i32), libc::SIGKILL);
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A shell whose `n` children sleep, or (n = 0) one sleeping process. Returns once all run.
-fn sleeping_tree(n: usize) -> Held {
-    let script = if n == 0 {
-        "echo ready; exec sleep 3600".to_owned()
-    } else {
-        format!("i=0; while [ $i -lt {n} ]; do sleep 3600 & i=$((i+1)); done; echo ready; wait")
-    };
-    let mut c = Command::new("sh")
-        .args(["-c", &script])
-        .stdout(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .expect("sh");
-    let mut line = String::new();
-    let _ = BufReader::new(c.stdout.take().expect("stdout")).read_line(&mut line);
-    Held(c)
-}
-
-/// CPU time of every thread of `pid` so far (schedstat), ns.
-fn cpu_ns(pid: u32) -> u64 {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
-    };
-    dir.flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -97,18 +48,17 @@ fn env_or(name: &str, default: u64) -> u64 {
 }
 
 /// The release vitals on `pid` with default settings (loopback ports of its own) plus `extra`.
-fn vitals(bin: &Path, pid: u32, extra: &[&str]) -> (Held, String) {
+fn vitals(bin: &Path, pid: u32, extra: &[&str]) -> (Group, String) {
     let addr = format!("127.0.0.1:{}", free_port());
-    let c = Command::new(bin)
-        .args(["--pid", &pid.to_string(), "--metrics-addr", &addr])
-        .args(["--otlp-grpc-addr", &format!("127.0.0.1:{}", free_port())])
-        .args(["--otlp-http-addr", &format!("127.0.0.1:{}", free_port())])
-        .args(["--log-level", "error"])
-        .args(extra)
-        .process_group(0)
-        .spawn()
-        .expect("release vitals");
-    (Held(c), addr)
+    let v = group(
+        Command::new(bin)
+            .args(["--pid", &pid.to_string(), "--metrics-addr", &addr])
+            .args(["--otlp-grpc-addr", &format!("127.0.0.1:{}", free_port())])
+            .args(["--otlp-http-addr", &format!("127.0.0.1:{}", free_port())])
+            .args(["--log-level", "error"])
+            .args(extra),
+    );
+    (v, addr)
 }
 
 /// One side-by-side run: CPU % of a core and RSS KiB of vitals, then of process-exporter.
@@ -123,15 +73,12 @@ fn side_by_side(
     let tree = sleeping_tree(children);
     let (v, vaddr) = vitals(bin, tree.0.id(), &[]);
     let paddr = format!("127.0.0.1:{}", free_port());
-    let p = Held(
+    let p = group(
         Command::new(pe)
             .arg("-config.path")
             .arg(pe_config)
             .args(["-web.listen-address", &paddr])
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("process-exporter"),
+            .stderr(Stdio::null()),
     );
     std::thread::sleep(Duration::from_secs(3));
     assert!(get(&vaddr, "/metrics") > 0 && get(&paddr, "/metrics") > 0);

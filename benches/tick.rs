@@ -5,12 +5,14 @@
 //!
 //! `cargo bench --bench tick`.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{cpu_ns, rss_kib, sleeping_tree};
 use vitals::export::prometheus::{encode, Format};
 use vitals::model::{Metric, MetricKind, Value};
 use vitals::probe::cgroup::{locate, CgroupReader, CgroupRoots};
@@ -216,59 +218,6 @@ fn bench_encode() {
     }
 }
 
-/// CPU time of every thread of `pid` so far (schedstat), ns.
-fn task_run_ns(pid: u32) -> u64 {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
-    };
-    dir.flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| {
-            s.split_whitespace()
-                .next()
-                .and_then(|v| v.parse::<u64>().ok())
-        })
-        .sum()
-}
-
-/// A shell whose `n` children sleep: a tree of n + 1 processes. Returns once all are running.
-fn sleeping_tree(n: usize) -> Held {
-    // With no children the shell has nothing to wait for: it becomes the sleeping root itself.
-    let script = if n == 0 {
-        "echo ready; exec sleep 3600".to_owned()
-    } else {
-        format!("i=0; while [ $i -lt {n} ]; do sleep 3600 & i=$((i+1)); done; echo ready; wait")
-    };
-    let mut c = Command::new("sh")
-        .args(["-c", &script])
-        .stdout(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .expect("sh");
-    let mut out = BufReader::new(c.stdout.take().unwrap());
-    let mut line = String::new();
-    let _ = out.read_line(&mut line);
-    Held(c)
-}
-
-/// Ends a sleeping tree: its whole process group.
-fn end_tree(t: Held) {
-    let _ = Command::new("kill")
-        .args(["-KILL", "--", &format!("-{}", t.0.id())])
-        .status();
-    drop(t);
-}
-
-/// The resident set of a process, kB.
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 fn bench_tree() {
     use vitals::probe::tree::{ProcessTree, DEFAULT_MAX_PROCESSES};
     let (hz, page) = vitals::probe::procfs::kernel_units();
@@ -291,7 +240,7 @@ fn bench_tree() {
             n + 1,
             p50 / (n + 1) as f64
         );
-        end_tree(tree);
+        drop(tree);
     }
     // A fork storm: 5,000 processes against the default cap of 1,000.
     let tree = sleeping_tree(4999);
@@ -327,20 +276,20 @@ fn bench_tree() {
             .spawn()
             .expect("release vitals");
         std::thread::sleep(Duration::from_secs(3));
-        let cpu0 = task_run_ns(v.id());
+        let cpu0 = cpu_ns(v.id());
         let secs = 10;
         std::thread::sleep(Duration::from_secs(secs));
-        let cpu = (task_run_ns(v.id()) - cpu0) as f64 / 1e9 / secs as f64 * 100.0;
+        let cpu = (cpu_ns(v.id()) - cpu0) as f64 / 1e9 / secs as f64 * 100.0;
         println!(
             "  release vitals watching the 5,000-process tree (1,000 read): RSS {} kB, CPU {cpu:.2}% of a core at --interval 1s",
-            rss_kb(v.id())
+            rss_kib(v.id())
         );
         let _ = v.kill();
         let _ = v.wait();
     } else {
         println!("  (build the release binary for the live figure: cargo build --release)");
     }
-    end_tree(tree);
+    drop(tree);
 }
 
 fn main() {

@@ -49,12 +49,13 @@ fn expiry_period(ttl: Duration) -> Duration {
     (ttl / 30).clamp(Duration::from_secs(2), Duration::from_secs(60))
 }
 
-/// Drops expired series from the stores every `period` until `shutdown`.
+/// Drops expired series from the stores (and the query and N+1 series) every `period` until `shutdown`.
 async fn expire_every(
     period: Duration,
     red: Arc<RedStore>,
     app: Arc<AppMetrics>,
     logs: Arc<LogCounts>,
+    db: Arc<DbQueries>,
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(period);
@@ -68,6 +69,9 @@ async fn expire_every(
         red.expire(now);
         app.expire(now);
         logs.expire(now);
+        db.store.expire(now);
+        // Also forgets N+1 counter series past their TTL while no trace waits to be judged.
+        db.n_plus_one.settle(now);
     }
 }
 
@@ -179,30 +183,18 @@ fn start_continuous(
 /// How often N+1 detection judges the traces that settled, while any wait.
 const DB_SETTLE_PERIOD: Duration = Duration::from_millis(500);
 
-/// Judges settled traces for N+1 runs every `period` while any wait to be judged (sleeping until a span
-/// arrives otherwise), and expires query series every `expiry`, until `shutdown`.
-async fn settle_db_every(
-    period: Duration,
-    expiry: Duration,
-    db: Arc<DbQueries>,
-    shutdown: CancellationToken,
-) {
-    let mut expired = std::time::Instant::now();
+/// Judges settled traces for N+1 runs every `period` while any wait to be judged, sleeping until a span
+/// arrives otherwise, until `shutdown`.
+async fn settle_db_every(period: Duration, db: Arc<DbQueries>, shutdown: CancellationToken) {
     loop {
         let judging = db.n_plus_one.judging();
-        let wait = if judging { period } else { expiry };
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::time::sleep(period), if judging => {}
             // Nothing to judge: sleep until a span is held (not every settling period).
             _ = db.n_plus_one.arrival(), if !judging => {}
         }
-        let now = std::time::Instant::now();
-        db.n_plus_one.settle(now);
-        if now.duration_since(expired) >= expiry {
-            db.store.expire(now);
-            expired = now;
-        }
+        db.n_plus_one.settle(std::time::Instant::now());
     }
 }
 
@@ -326,14 +318,6 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
         config.series_ttl,
         overflow.clone(),
     ));
-    // Expiry runs on its own clock, so a scrape only reads the stores.
-    tokio::spawn(expire_every(
-        expiry_period(config.series_ttl),
-        red.clone(),
-        app_metrics.clone(),
-        logs.clone(),
-        shutdown.clone(),
-    ));
     // Database queries: latency per query template and N+1 runs, from the same trace exports.
     let db = Arc::new(DbQueries {
         store: Arc::new(QueryStore::new(
@@ -355,7 +339,15 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
     registry.register(db.n_plus_one.clone());
     tokio::spawn(settle_db_every(
         DB_SETTLE_PERIOD,
+        db.clone(),
+        shutdown.clone(),
+    ));
+    // Expiry runs on its own clock, so a scrape only reads the stores.
+    tokio::spawn(expire_every(
         expiry_period(config.series_ttl),
+        red.clone(),
+        app_metrics.clone(),
+        logs.clone(),
         db.clone(),
         shutdown.clone(),
     ));

@@ -7,10 +7,10 @@
 //! counter or a high-water mark (CPU time, throttled time, pressure stall totals, OOM kills, peak RSS and
 //! peak cgroup usage) is as exact read once per scrape as read every second; the target's exit is an event
 //! (its pidfd), not a reading. What needs readings between scrapes is what vitals computes from a series of
-//! them: the growth slopes (a few readings per window are enough: the shortest window is a minute), the
-//! live page's per-second history (only while it is watched) and the tuning hints' CPU percentiles (over
-//! whatever period the readings span). So with nobody watching, a sampler ticks every idle interval
-//! (default 10 s: six readings per minute for the slopes) and once more when a scrape or a push arrives.
+//! them: the growth slopes (a reading in each of a window's 30 buckets), the live page's per-second
+//! history (only while it is watched) and the tuning hints' CPU percentiles (each reading weighted by the
+//! seconds it covers). So with nobody watching, a sampler ticks every idle interval (default 10 s, shorter
+//! when a growth window is under 5 minutes: see `config`) and once more when a scrape or a push arrives.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};

@@ -1272,8 +1272,9 @@ pub const DEFAULT_MAX_TREE_PROCESSES: usize = 1000;
 /// most: scrapes and pushes get fresher readings.
 pub const DEFAULT_IDLE_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Buckets of a memory growth window (`signal::memory`): the idle pace leaves none without a reading.
-const GROWTH_WINDOW_BUCKETS: u32 = 30;
+/// Buckets of a memory growth window (`signal::memory`, whose tests keep the two equal): the idle pace
+/// leaves none without a reading.
+pub const GROWTH_WINDOW_BUCKETS: u32 = 30;
 
 /// The idle interval when none is given: [`DEFAULT_IDLE_INTERVAL`], shorter when a growth window is so
 /// short that a reading every 10 s would leave its buckets empty (a thirtieth of the shortest window), and

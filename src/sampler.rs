@@ -628,6 +628,14 @@ impl Sampler {
         });
     }
 
+    /// One tick now, and the readers of rates told; returns when it ended.
+    fn read_now(&mut self) -> tokio::time::Instant {
+        // procfs reads are short blocking syscalls; block_in_place keeps them off other tasks' way.
+        tokio::task::block_in_place(|| self.tick());
+        self.sampled.notify_one();
+        tokio::time::Instant::now()
+    }
+
     /// Ticks at the cadence's pace until `shutdown`: every `--interval` while anyone watches, every idle
     /// interval otherwise, and when a reader asks for readings (a scrape, a push) older than `--interval`.
     /// Between ticks the attached target's exit is an event where a pidfd is available (no timer while it
@@ -648,19 +656,12 @@ impl Sampler {
             let next = last_tick.map_or_else(tokio::time::Instant::now, |t| t + turn.period());
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep_until(next) => {
-                    // procfs reads are short blocking syscalls; block_in_place keeps them off other tasks' way.
-                    tokio::task::block_in_place(|| self.tick());
-                    last_tick = Some(tokio::time::Instant::now());
-                    self.sampled.notify_one();
-                }
+                _ = tokio::time::sleep_until(next) => last_tick = Some(self.read_now()),
                 _ = turn.asked() => {
                     // A reader wants readings no older than the interval (or the pace changed: the next
                     // deadline is computed again above).
                     if last_tick.is_none_or(|t| t.elapsed() >= interval) {
-                        tokio::task::block_in_place(|| self.tick());
-                        last_tick = Some(tokio::time::Instant::now());
-                        self.sampled.notify_one();
+                        last_tick = Some(self.read_now());
                     }
                     turn.answer();
                 }

@@ -707,6 +707,12 @@ mod tests {
     }
 
     #[test]
+    fn the_idle_pace_counts_the_same_buckets() {
+        // The configuration picks the idle interval so that each of these buckets gets a reading.
+        assert_eq!(BUCKETS, crate::config::GROWTH_WINDOW_BUCKETS as usize);
+    }
+
+    #[test]
     fn slope_through_sawtooth_and_spikes() {
         let rate = 1000.0;
         // 1000 B/s growth, a 50 kB GC sawtooth every 7 s, and a 10 MB spike every 97 s.
