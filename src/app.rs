@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::cadence::Cadence;
-use crate::config::{ChildProtocol, Config, TargetSpec};
+use crate::config::{ChildProtocol, Config, Selection, TargetSpec};
 use crate::export::http::live::{self, LiveHub};
 use crate::export::http::server::{ConnectionLimits, GuardedListener};
 use crate::export::http::{bind, serve, HttpState};
@@ -344,9 +344,9 @@ impl Core {
 fn start_live(config: &Config, core: &Core, tasks: &mut Vec<JoinHandle<()>>) -> Arc<LiveHub> {
     let selected_by = match &config.target {
         None => "none selected".to_owned(),
-        Some(TargetSpec::Pid(p)) => format!("--pid {p}"),
-        Some(TargetSpec::PidFile(f)) => format!("--pid-file {}", f.display()),
-        Some(TargetSpec::Process(re)) => format!("--process {re}"),
+        Some(TargetSpec::Select(Selection::Pid(p))) => format!("--pid {p}"),
+        Some(TargetSpec::Select(Selection::PidFile(f))) => format!("--pid-file {}", f.display()),
+        Some(TargetSpec::Select(Selection::Process(re))) => format!("--process {re}"),
         Some(TargetSpec::Run { .. }) => "vitals run (child process)".to_owned(),
     };
     let live = Arc::new(LiveHub::new(
@@ -591,9 +591,7 @@ fn start_main_target(
     let mut child = None;
     let selector = match &config.target {
         None => None,
-        Some(TargetSpec::Pid(p)) => Some(Selector::Pid(*p)),
-        Some(TargetSpec::PidFile(f)) => Some(Selector::PidFile(f.clone())),
-        Some(TargetSpec::Process(re)) => Some(Selector::Process(re.clone())),
+        Some(TargetSpec::Select(s)) => Some(Selector::Given(s.clone())),
         Some(TargetSpec::Run { command, protocol }) => {
             let (c, terminal) = start_child(command, *protocol, &receivers)?;
             let pid = c.id().ok_or_else(|| {
@@ -746,13 +744,7 @@ fn start_more_targets(
 ) -> Vec<JoinHandle<()>> {
     let mut tasks = Vec::new();
     for t in &config.more_targets {
-        let selector = match &t.spec {
-            TargetSpec::Pid(p) => Selector::Pid(*p),
-            TargetSpec::PidFile(f) => Selector::PidFile(f.clone()),
-            TargetSpec::Process(re) => Selector::Process(re.clone()),
-            // The config never names a `run` child among the further targets.
-            TargetSpec::Run { .. } => continue,
-        };
+        let selector = Selector::Given(t.selection.clone());
         tracing::info!(target = %t.name, selector = %selector.describe(), "watching a further target");
         tasks.push(start_named_target(config, wiring, &t.name, selector));
     }

@@ -590,15 +590,23 @@ pub fn check_log_level(filter: &str) -> Result<(), String> {
         .map_err(|e| format!("{filter:?}: {e}"))
 }
 
-/// How the target is chosen, before the child is spawned.
+/// Which running process to watch, as `--pid`, `--pid-file`, `--process` or `--target NAME=SPEC` give
+/// it. The target finder follows it (`target::Selector::Given`).
+#[derive(Debug, Clone)]
+pub enum Selection {
+    /// `--pid`, `pid:N`.
+    Pid(u32),
+    /// `--pid-file`, `pid-file:PATH`.
+    PidFile(PathBuf),
+    /// `--process`, `process:REGEX`.
+    Process(regex::Regex),
+}
+
+/// How the main target is chosen, before the child is spawned.
 #[derive(Debug, Clone)]
 pub enum TargetSpec {
-    /// `--pid`.
-    Pid(u32),
-    /// `--pid-file`.
-    PidFile(PathBuf),
-    /// `--process`.
-    Process(regex::Regex),
+    /// A running process.
+    Select(Selection),
     /// `vitals run`.
     Run {
         /// Command and arguments.
@@ -613,8 +621,8 @@ pub enum TargetSpec {
 pub struct NamedTarget {
     /// The `target` label value.
     pub name: String,
-    /// How it is selected (never `Run`).
-    pub spec: TargetSpec,
+    /// How it is selected.
+    pub selection: Selection,
 }
 
 /// The name the selected (unnamed) target gets when named targets are given beside it.
@@ -638,16 +646,16 @@ pub fn parse_named_target(text: &str) -> Result<NamedTarget, String> {
     let (kind, value) = spec.split_once(':').ok_or_else(|| {
         format!("target {name}: {spec:?} is not KIND:VALUE (process:REGEX, pid:N, pid-file:PATH)")
     })?;
-    let spec = match kind {
-        "process" => TargetSpec::Process(
+    let selection = match kind {
+        "process" => Selection::Process(
             regex::Regex::new(value)
                 .map_err(|e| format!("target {name}: not a valid regex: {e}"))?,
         ),
         "pid" => match value.parse::<u32>() {
-            Ok(p) if p > 0 => TargetSpec::Pid(p),
+            Ok(p) if p > 0 => Selection::Pid(p),
             _ => return Err(format!("target {name}: {value:?} is not a process id")),
         },
-        "pid-file" if !value.is_empty() => TargetSpec::PidFile(PathBuf::from(value)),
+        "pid-file" if !value.is_empty() => Selection::PidFile(PathBuf::from(value)),
         _ => {
             return Err(format!(
                 "target {name}: unknown kind {kind:?}; use process:REGEX, pid:N or pid-file:PATH"
@@ -656,7 +664,7 @@ pub fn parse_named_target(text: &str) -> Result<NamedTarget, String> {
     };
     Ok(NamedTarget {
         name: name.to_owned(),
-        spec,
+        selection,
     })
 }
 
@@ -954,16 +962,16 @@ impl Cli {
                     "0 is not a process id",
                 ))
             }
-            (Some(p), _, _) => Some(TargetSpec::Pid(p)),
-            (_, Some(f), _) => Some(TargetSpec::PidFile(f)),
-            (_, _, Some(re)) => Some(TargetSpec::Process(regex::Regex::new(&re).map_err(
-                |e| {
+            (Some(p), _, _) => Some(TargetSpec::Select(Selection::Pid(p))),
+            (_, Some(f), _) => Some(TargetSpec::Select(Selection::PidFile(f))),
+            (_, _, Some(re)) => Some(TargetSpec::Select(Selection::Process(
+                regex::Regex::new(&re).map_err(|e| {
                     invalid(
                         origins.name("process", flag_selected),
                         format!("not a valid regex: {e}"),
                     )
-                },
-            )?)),
+                })?,
+            ))),
             _ => None,
         };
         let protocol = o
@@ -1007,7 +1015,7 @@ impl Cli {
             (Some(_), false) => (Some(MAIN_TARGET_NAME.to_owned()), named),
             (None, false) => {
                 let first = named.remove(0);
-                target = Some(first.spec);
+                target = Some(TargetSpec::Select(first.selection));
                 (Some(first.name), named)
             }
         };
@@ -1555,7 +1563,10 @@ mod tests {
     #[test]
     fn defaults() {
         let c = parse(&["--pid", "42"]).unwrap();
-        assert!(matches!(c.target, Some(TargetSpec::Pid(42))));
+        assert!(matches!(
+            c.target,
+            Some(TargetSpec::Select(Selection::Pid(42)))
+        ));
         assert_eq!(c.metrics_addr.to_string(), "0.0.0.0:19464");
         assert_eq!(c.otlp_grpc_addr, Some("127.0.0.1:4317".parse().unwrap()));
         assert_eq!(c.interval, Duration::from_secs(1));
@@ -1728,10 +1739,13 @@ mod tests {
         .unwrap();
         assert_eq!(c.interval, Duration::from_secs(2));
         assert_eq!(c.metrics_addr.to_string(), "127.0.0.1:7777");
-        assert!(matches!(c.target, Some(TargetSpec::Process(_))));
+        assert!(matches!(
+            c.target,
+            Some(TargetSpec::Select(Selection::Process(_)))
+        ));
         let c = parse(&["--config", f.to_str().unwrap(), "--pid", "5"]).unwrap();
         assert!(
-            matches!(c.target, Some(TargetSpec::Pid(5))),
+            matches!(c.target, Some(TargetSpec::Select(Selection::Pid(5)))),
             "a flag selection replaces the file's"
         );
     }
@@ -1747,7 +1761,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.target_name.as_deref(), Some("web"));
         assert!(
-            matches!(&c.target, Some(TargetSpec::Process(re)) if re.as_str() == "gunicorn: master")
+            matches!(&c.target, Some(TargetSpec::Select(Selection::Process(re))) if re.as_str() == "gunicorn: master")
         );
         assert_eq!(c.more_targets.len(), 1);
         assert_eq!(c.more_targets[0].name, "proxy");
