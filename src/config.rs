@@ -1467,6 +1467,7 @@ fn resolve_forward(
         drain_timeout: flags
             .drain_timeout
             .unwrap_or(ForwardSettings::DEFAULT_DRAIN_TIMEOUT),
+        retry: crate::export::otlp::retry::RetryPolicy::OTLP,
     };
     Ok(settings.enabled().then_some(settings))
 }
