@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::cadence::Cadence;
-use crate::config::{ChildProtocol, Config, Selection, TargetSpec};
+use crate::config::{Config, OtlpProtocol, Selection, TargetSpec};
 use crate::export::http::live::{self, LiveHub};
 use crate::export::http::server::{ConnectionLimits, GuardedListener};
 use crate::export::http::{bind, serve, HttpState};
@@ -648,12 +648,12 @@ fn start_main_target(
 /// protocol. A child that cannot start gives its exit code as the error.
 fn start_child(
     command: &[String],
-    protocol: ChildProtocol,
+    protocol: OtlpProtocol,
     receivers: &ReceiverAddrs,
 ) -> Result<(tokio::process::Child, bool), i32> {
     let env = match (protocol, receivers.grpc, receivers.http) {
-        (ChildProtocol::Grpc, Some(grpc), _) => run::otlp_env(grpc, grpc, protocol),
-        (ChildProtocol::HttpProtobuf, _, Some(http)) => run::otlp_env(http, http, protocol),
+        (OtlpProtocol::Grpc, Some(grpc), _) => run::otlp_env(grpc, grpc, protocol),
+        (OtlpProtocol::HttpProtobuf, _, Some(http)) => run::otlp_env(http, http, protocol),
         _ => {
             tracing::warn!(
                 protocol = ?protocol,
