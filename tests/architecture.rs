@@ -158,7 +158,7 @@ fn data_flows_one_way() {
         ),
         (
             "sampler",
-            &["store", "receiver"],
+            &["store", "receiver", "export"],
             "the sampler drives the probes and hands observations to derivation; it reads nothing back",
         ),
         (
