@@ -3,6 +3,7 @@
 //! few types and on nothing of each other, so the receiver knows nothing downstream and no consumer
 //! knows the receiver.
 
+pub mod attributes;
 pub mod points;
 
 use bytes::Bytes;

@@ -16,6 +16,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{metric::Data, Metric, NumberDataPoint};
 
+use crate::pipeline::attributes::{cut_to as cut, scalar_text};
 use crate::pipeline::points::{ended, is_delta, number, DataPoint, DeltaWindows, Histogram};
 use crate::runtime::{
     DelayMetric, DelayShape, HeapMetric, Instrument, PauseMetric, PoolFigure, PoolFigures,
@@ -243,27 +244,10 @@ fn unix_nano_now() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-/// The longest prefix of `s` within `max` bytes that ends on a character boundary.
-fn cut(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
 /// An attribute value as text (strings, booleans and numbers; other shapes say nothing here).
 fn text(v: Option<&AnyValue>) -> Option<String> {
-    Some(match v?.value.as_ref()? {
-        any_value::Value::StringValue(s) => cut(s, MAX_VALUE).to_owned(),
-        any_value::Value::BoolValue(b) => b.to_string(),
-        any_value::Value::IntValue(i) => i.to_string(),
-        any_value::Value::DoubleValue(d) => d.to_string(),
-        _ => return None,
-    })
+    let text = scalar_text(v?.value.as_ref()?)?;
+    Some(cut(&text, MAX_VALUE).to_owned())
 }
 
 /// A string attribute, borrowed.

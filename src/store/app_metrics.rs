@@ -23,6 +23,7 @@ use crate::model::{
     BucketCounts, Collector, Exponential, Metric, MetricInfo, MetricKind, MetricSink, NameRules,
     Origin, Point as ModelPoint, Value, ValueRef,
 };
+use crate::pipeline::attributes::{cut_to, scalar_text};
 use crate::pipeline::points::{
     ended, is_delta, native_buckets, number, DataPoint, DeltaWindows, Histogram, PointError,
     Summary, MAX_BUCKETS,
@@ -237,16 +238,17 @@ pub struct AppMetrics {
     inner: Mutex<Inner>,
 }
 
-/// Renders an attribute value as a label value.
+/// Renders an attribute value as a label value: scalars as text, bytes as hex, arrays and maps as JSON.
 pub fn any_value_string(v: Option<&AnyValue>) -> String {
-    match v.and_then(|v| v.value.as_ref()) {
-        None => String::new(),
-        Some(any_value::Value::StringValue(s)) => s.clone(),
-        Some(any_value::Value::BoolValue(b)) => b.to_string(),
-        Some(any_value::Value::IntValue(i)) => i.to_string(),
-        Some(any_value::Value::DoubleValue(d)) => d.to_string(),
-        Some(any_value::Value::BytesValue(b)) => b.iter().map(|x| format!("{x:02x}")).collect(),
-        Some(other) => serde_json::to_string(&AnyValue {
+    let Some(v) = v.and_then(|v| v.value.as_ref()) else {
+        return String::new();
+    };
+    if let Some(text) = scalar_text(v) {
+        return text.into_owned();
+    }
+    match v {
+        any_value::Value::BytesValue(b) => b.iter().map(|x| format!("{x:02x}")).collect(),
+        other => serde_json::to_string(&AnyValue {
             value: Some(other.clone()),
         })
         .unwrap_or_default(),
@@ -262,18 +264,6 @@ fn cut(mut s: String) -> String {
 /// The longest prefix of `s` within [`MAX_LABEL_VALUE`] bytes that ends on a character boundary.
 pub fn cut_str(s: &str) -> &str {
     cut_to(s, MAX_LABEL_VALUE)
-}
-
-/// The longest prefix of `s` within `max` bytes that ends on a character boundary.
-fn cut_to(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 /// `service.name` of a resource (cut to [`MAX_LABEL_VALUE`]), or the SDKs' default.
