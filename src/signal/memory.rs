@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::model::{Collector, Metric, MetricKind, Value};
-use crate::probe::hsperf::{Collector as GcCollector, JvmSample};
+use crate::probe::hsperf::{GcCollector, JvmSample};
 use crate::probe::jvm_watch::JvmFast;
 use crate::runtime::{self, Runtime};
 

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::model::{Collector, Metric, MetricKind, Value};
-use crate::probe::hsperf::{Collector as GcCollector, JvmSample};
+use crate::probe::hsperf::{GcCollector, JvmSample};
 use crate::probe::jvm_watch::JvmFast;
 use crate::runtime::{is_concurrent_cycle, Runtime};
 use crate::signal::runtime_metrics::{DelayReading, DelayValue, PauseReading, PauseValue};
