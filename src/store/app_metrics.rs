@@ -21,7 +21,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
 use super::limited::{LimitedMap, OverflowCounter, OVERFLOW_LABEL};
 use crate::model::{
     BucketCounts, Collector, Exponential, Metric, MetricInfo, MetricKind, MetricSink, NameRules,
-    Origin, Point as ModelPoint, Value, ValueRef,
+    Origin, Point, Value, ValueRef,
 };
 use crate::pipeline::attributes::{cut_to, scalar_text};
 use crate::pipeline::points::{
@@ -169,22 +169,24 @@ fn unpack_owned(key: &str) -> Labels {
 /// A histogram series: its classic buckets, and the exponential buckets an exponential histogram came
 /// with, kept for exporters that carry them.
 #[derive(Debug, Clone)]
-struct HistogramState {
+struct HistogramValue {
     classic: Histogram,
     native: Option<Box<Exponential>>,
 }
 
 /// A series' value; the larger shapes are boxed so a number series stays small.
 #[derive(Debug, Clone)]
-enum State {
+enum SeriesValue {
     Number(f64),
-    Histogram(Box<HistogramState>),
+    Histogram(Box<HistogramValue>),
     Summary(Box<Summary>),
 }
 
+/// A series as stored: its latest value (accumulated, for a delta series), when it started and was last
+/// written, and the delta windows applied.
 #[derive(Debug, Clone)]
-struct Point {
-    state: State,
+struct StoredPoint {
+    value: SeriesValue,
     /// Start time of the series (cumulative) or of its first delta, Unix ns; 0 when the SDK sent none.
     start: u64,
     last_time: u64,
@@ -196,7 +198,7 @@ struct AppFamily {
     help: String,
     unit: String,
     kind: MetricKind,
-    series: LimitedMap<SeriesKey, Point>,
+    series: LimitedMap<SeriesKey, StoredPoint>,
     /// Set when expiry took the family out of the store: a writer holding it looks it up again.
     removed: bool,
 }
@@ -215,7 +217,9 @@ fn packed_series_bytes(key: &str, kind: MetricKind) -> usize {
 /// that metric, and only while it is written.
 type SharedFamily = Arc<Mutex<AppFamily>>;
 
-struct Inner {
+/// The store's index of metrics, locked only to find, add, list or expire one: each metric's family, the
+/// exposition names each one claims, and the resource attribute sets seen (`target_info`).
+struct MetricIndex {
     families: HashMap<String, SharedFamily>,
     /// Every sample name the families write in an exposition (`x_total`, `x_bucket`, …) → the metric
     /// that owns it.
@@ -235,7 +239,7 @@ pub struct AppMetrics {
     overflow: OverflowCounter,
     /// Sum of [`series_bytes`] over the stored series; space is reserved before a series is stored.
     store_bytes: AtomicUsize,
-    inner: Mutex<Inner>,
+    index: Mutex<MetricIndex>,
 }
 
 /// Renders an attribute value as a label value: scalars as text, bytes as hex, arrays and maps as JSON.
@@ -319,19 +323,19 @@ fn build_labels(
 /// Most exponential buckets kept per side of a series; finer points are merged down to fit.
 const NATIVE_MAX_BUCKETS: usize = 160;
 
-impl State {
-    /// An empty state of the same shape, which a first delta is added to.
-    fn zero_like(&self) -> State {
+impl SeriesValue {
+    /// An empty value of the same shape, which a first delta is added to.
+    fn zero_like(&self) -> SeriesValue {
         match self {
-            State::Number(_) => State::Number(0.0),
-            State::Histogram(h) => State::Histogram(Box::new(HistogramState {
+            SeriesValue::Number(_) => SeriesValue::Number(0.0),
+            SeriesValue::Histogram(h) => SeriesValue::Histogram(Box::new(HistogramValue {
                 classic: Histogram::empty(),
                 native: h
                     .native
                     .as_ref()
                     .map(|n| Box::new(Exponential::new(n.scale, n.zero_threshold))),
             })),
-            State::Summary(_) => State::Summary(Box::new(Summary {
+            SeriesValue::Summary(_) => SeriesValue::Summary(Box::new(Summary {
                 quantiles: Vec::new(),
                 sum: 0.0,
                 count: 0,
@@ -340,10 +344,10 @@ impl State {
     }
 }
 
-impl Point {
-    fn new(state: State) -> Self {
-        Point {
-            state,
+impl StoredPoint {
+    fn new(value: SeriesValue) -> Self {
+        StoredPoint {
+            value,
             start: 0,
             last_time: 0,
             deltas: None,
@@ -351,16 +355,16 @@ impl Point {
     }
 
     /// Applies a cumulative or gauge reading unless it is older than what is held.
-    fn set(&mut self, start: u64, time: u64, state: State) {
+    fn set(&mut self, start: u64, time: u64, state: SeriesValue) {
         if time >= self.last_time {
             self.start = start;
             self.last_time = time;
-            self.state = state;
+            self.value = state;
         }
     }
 
     /// Applies a delta once per (start, end) window, in any order.
-    fn add(&mut self, start: u64, time: u64, state: State) {
+    fn add(&mut self, start: u64, time: u64, state: SeriesValue) {
         let deltas = self.deltas.get_or_insert_with(Default::default);
         let first = deltas.is_empty() && self.last_time == 0;
         if !deltas.admit(start, time) {
@@ -370,10 +374,10 @@ impl Point {
             self.start = start;
         }
         self.last_time = self.last_time.max(time);
-        match (&mut self.state, state) {
-            (State::Number(v), State::Number(d)) => *v += d,
-            (State::Histogram(held), State::Histogram(add)) => {
-                let HistogramState { classic, native } = *add;
+        match (&mut self.value, state) {
+            (SeriesValue::Number(v), SeriesValue::Number(d)) => *v += d,
+            (SeriesValue::Histogram(held), SeriesValue::Histogram(add)) => {
+                let HistogramValue { classic, native } = *add;
                 // Exponential deltas merge at the lower of their scales; a point without them leaves
                 // the series classic only; a series started again from the delta takes its buckets.
                 held.native = if held.classic.add(classic) {
@@ -406,7 +410,7 @@ impl AppMetrics {
             names,
             overflow,
             store_bytes: AtomicUsize::new(0),
-            inner: Mutex::new(Inner {
+            index: Mutex::new(MetricIndex {
                 families: HashMap::new(),
                 claims: HashMap::new(),
                 targets,
@@ -432,7 +436,7 @@ impl AppMetrics {
                 }
             }
             let info = build_labels(attrs, &[], &*self.names, MetricKind::Gauge);
-            self.lock_inner()
+            self.lock_index()
                 .targets
                 .entry(&info, || info.clone(), || (), now);
             for sm in &rm.scope_metrics {
@@ -444,8 +448,8 @@ impl AppMetrics {
         out
     }
 
-    fn lock_inner(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock_index(&self) -> MutexGuard<'_, MetricIndex> {
+        self.index.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The family of metric `m` (created when its names are free and there is room), or why its points
@@ -456,11 +460,11 @@ impl AppMetrics {
         kind: MetricKind,
     ) -> Result<SharedFamily, String> {
         let name = m.name.as_str();
-        let mut inner = self.lock_inner();
-        if let Some(f) = inner.families.get(name) {
+        let mut index = self.lock_index();
+        if let Some(f) = index.families.get(name) {
             return Ok(f.clone());
         }
-        if inner.families.len() >= self.cfg.family_limit {
+        if index.families.len() >= self.cfg.family_limit {
             return Err(format!(
                 "more than {} metric names; {name} dropped",
                 self.cfg.family_limit
@@ -469,14 +473,14 @@ impl AppMetrics {
         let samples = self.names.metric_names(name, &m.unit, kind, Origin::App)?;
         if let Some((sample, owner)) = samples
             .iter()
-            .find_map(|s| inner.claims.get(s).map(|o| (s, o)))
+            .find_map(|s| index.claims.get(s).map(|o| (s, o)))
         {
             return Err(format!(
                 "metric {name:?} would write samples named {sample}, which metric {owner:?} already writes"
             ));
         }
         for s in samples {
-            inner.claims.insert(s, name.to_owned());
+            index.claims.insert(s, name.to_owned());
         }
         let family = Arc::new(Mutex::new(AppFamily {
             help: help_text(m),
@@ -485,7 +489,7 @@ impl AppMetrics {
             series: LimitedMap::new(self.cfg.series_limit, self.overflow.clone()),
             removed: false,
         }));
-        inner.families.insert(name.to_owned(), family.clone());
+        index.families.insert(name.to_owned(), family.clone());
         Ok(family)
     }
 
@@ -558,7 +562,7 @@ impl AppMetrics {
                          start: u64,
                          time: u64,
                          delta: bool,
-                         state: Result<State, String>| {
+                         state: Result<SeriesValue, String>| {
             let state = match state {
                 Ok(s) => s,
                 Err(why) => return out.reject(1, || format!("metric {:?}: {why}", m.name)),
@@ -579,7 +583,7 @@ impl AppMetrics {
             let (p, _) = fam.series.entry_if(
                 packed.as_str(),
                 || packed.as_str().into(),
-                || Point::new(init),
+                || StoredPoint::new(init),
                 now,
                 reserved,
             );
@@ -596,12 +600,12 @@ impl AppMetrics {
         };
         let number_state = |dp: &NumberDataPoint| {
             number(dp)
-                .map(State::Number)
+                .map(SeriesValue::Number)
                 .ok_or_else(|| PointError::NoValue.to_string())
         };
         let histogram = |classic: Result<Histogram, PointError>, native: Option<Exponential>| {
             classic.map_err(|e| e.to_string()).map(|classic| {
-                State::Histogram(Box::new(HistogramState {
+                SeriesValue::Histogram(Box::new(HistogramValue {
                     classic,
                     native: native.map(Box::new),
                 }))
@@ -616,7 +620,7 @@ impl AppMetrics {
         };
         let summary = |dp: &SummaryDataPoint| {
             Summary::read(dp)
-                .map(|s| State::Summary(Box::new(s)))
+                .map(|s| SeriesValue::Summary(Box::new(s)))
                 .map_err(|e| e.to_string())
         };
         match data {
@@ -644,12 +648,12 @@ impl AppMetrics {
     }
 }
 
-/// Applies each point's state (or its reason for being unusable) to its series.
+/// Applies each point's value (or its reason for being unusable) to its series.
 fn for_points<P: DataPoint>(
     points: &[P],
     delta: bool,
-    state: impl Fn(&P) -> Result<State, String>,
-    apply: &mut impl FnMut(&[KeyValue], u32, u64, u64, bool, Result<State, String>),
+    state: impl Fn(&P) -> Result<SeriesValue, String>,
+    apply: &mut impl FnMut(&[KeyValue], u32, u64, u64, bool, Result<SeriesValue, String>),
 ) {
     for dp in points {
         apply(
@@ -683,18 +687,18 @@ fn help_text(m: &opentelemetry_proto::tonic::metrics::v1::Metric) -> String {
     }
 }
 
-fn to_value(kind: MetricKind, p: &State) -> Value {
+fn to_value(kind: MetricKind, p: &SeriesValue) -> Value {
     match (kind, p) {
-        (MetricKind::Counter | MetricKind::UpDownCounter, State::Number(v)) => Value::Sum(*v),
-        (_, State::Number(v)) => Value::Gauge(*v),
-        (_, State::Histogram(h)) => Value::Histogram {
+        (MetricKind::Counter | MetricKind::UpDownCounter, SeriesValue::Number(v)) => Value::Sum(*v),
+        (_, SeriesValue::Number(v)) => Value::Gauge(*v),
+        (_, SeriesValue::Histogram(h)) => Value::Histogram {
             buckets: h.classic.cumulative(),
             sum: h.classic.sum,
             count: h.classic.count,
             exemplars: Vec::new(),
             native: h.native.clone(),
         },
-        (_, State::Summary(q)) => Value::Summary {
+        (_, SeriesValue::Summary(q)) => Value::Summary {
             quantiles: q.quantiles.clone(),
             sum: q.sum,
             count: q.count,
@@ -707,8 +711,8 @@ impl AppMetrics {
     /// and recounts the bytes held. Runs on a timer (not inside a scrape, which only reads).
     pub fn expire(&self, now: Instant) {
         let ttl = self.cfg.ttl;
-        let mut guard = self.lock_inner();
-        let Inner {
+        let mut guard = self.lock_index();
+        let MetricIndex {
             families,
             claims,
             targets,
@@ -732,7 +736,7 @@ impl AppMetrics {
     /// The metrics held, sorted by name, each to be read under its own lock.
     fn sorted_families(&self) -> Vec<(String, SharedFamily)> {
         let mut all: Vec<(String, SharedFamily)> = self
-            .lock_inner()
+            .lock_index()
             .families
             .iter()
             .map(|(n, f)| (n.clone(), f.clone()))
@@ -743,8 +747,8 @@ impl AppMetrics {
 
     /// The resource attribute sets live at `now`, sorted.
     fn live_targets(&self, now: Instant) -> Vec<Labels> {
-        let inner = self.lock_inner();
-        let mut t: Vec<Labels> = inner
+        let index = self.lock_index();
+        let mut t: Vec<Labels> = index
             .targets
             .iter_live(now, self.cfg.ttl)
             .map(|(l, _)| l.clone())
@@ -775,7 +779,7 @@ impl Collector for AppMetrics {
                 continue;
             }
             let mut fam = Metric::new(name, f.help.clone(), f.unit.clone(), f.kind).from_app();
-            let mut rows: Vec<(Labels, &Point)> = f
+            let mut rows: Vec<(Labels, &StoredPoint)> = f
                 .series
                 .iter_live(now, ttl)
                 .map(|(k, p)| (unpack_owned(k), p))
@@ -783,21 +787,21 @@ impl Collector for AppMetrics {
             rows.sort_by(|a, b| a.0.cmp(&b.0));
             fam.points.reserve(rows.len() + 1);
             for (labels, p) in rows {
-                fam.points.push(ModelPoint {
+                fam.points.push(Point {
                     attributes: labels,
                     start_unix_nanos: p.start,
-                    value: to_value(f.kind, &p.state),
+                    value: to_value(f.kind, &p.value),
                 });
             }
             if let Some(p) = f.series.overflow_live(now, ttl) {
-                fam.push_started(&[OVERFLOW_LABEL], p.start, to_value(f.kind, &p.state));
+                fam.push_started(&[OVERFLOW_LABEL], p.start, to_value(f.kind, &p.value));
             }
             out.push(fam);
         }
         let info = target_info_metric();
         let mut fam = Metric::new(info.name, info.description, "", info.kind).from_app();
         for labels in self.live_targets(now) {
-            fam.points.push(ModelPoint {
+            fam.points.push(Point {
                 attributes: labels,
                 start_unix_nanos: 0,
                 value: Value::Gauge(1.0),
@@ -834,10 +838,10 @@ impl Collector for AppMetrics {
             for (key, p) in f.series.iter_live(now, ttl) {
                 attrs.clear();
                 attrs.extend(Unpacked(key));
-                sink.point(&attrs, p.start, value_ref(f.kind, &p.state));
+                sink.point(&attrs, p.start, value_ref(f.kind, &p.value));
             }
             if let Some(p) = f.series.overflow_live(now, ttl) {
-                sink.point(&[OVERFLOW_LABEL], p.start, value_ref(f.kind, &p.state));
+                sink.point(&[OVERFLOW_LABEL], p.start, value_ref(f.kind, &p.value));
             }
             sink.end();
         }
@@ -856,18 +860,20 @@ impl Collector for AppMetrics {
 }
 
 /// A held value as a sink reads it, borrowed.
-fn value_ref(kind: MetricKind, state: &State) -> ValueRef<'_> {
+fn value_ref(kind: MetricKind, state: &SeriesValue) -> ValueRef<'_> {
     match (kind, state) {
-        (MetricKind::Counter | MetricKind::UpDownCounter, State::Number(v)) => ValueRef::Sum(*v),
-        (_, State::Number(v)) => ValueRef::Gauge(*v),
-        (_, State::Histogram(h)) => ValueRef::Histogram {
+        (MetricKind::Counter | MetricKind::UpDownCounter, SeriesValue::Number(v)) => {
+            ValueRef::Sum(*v)
+        }
+        (_, SeriesValue::Number(v)) => ValueRef::Gauge(*v),
+        (_, SeriesValue::Histogram(h)) => ValueRef::Histogram {
             buckets: BucketCounts::PerBucket(&h.classic.buckets),
             sum: h.classic.sum,
             count: h.classic.count,
             exemplars: &[],
             native: h.native.as_deref(),
         },
-        (_, State::Summary(q)) => ValueRef::Summary {
+        (_, SeriesValue::Summary(q)) => ValueRef::Summary {
             quantiles: &q.quantiles,
             sum: q.sum,
             count: q.count,
@@ -1023,8 +1029,8 @@ mod tests {
         s.collect(&mut after);
         assert!(after.is_empty(), "{after:?}");
         assert_eq!(s.store_bytes.load(Ordering::Relaxed), 0);
-        let inner = s.inner.lock().unwrap();
-        assert!(inner.claims.is_empty() && inner.families.is_empty());
+        let index = s.index.lock().unwrap();
+        assert!(index.claims.is_empty() && index.families.is_empty());
     }
 
     /// A sink that, inside the first metric, has another thread ingest into a second metric and
