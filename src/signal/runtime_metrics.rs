@@ -123,9 +123,10 @@ pub struct RuntimeReadings {
     pub delays: Vec<DelayReading>,
 }
 
-/// What a table row makes of a metric.
+/// A metric the runtime table names, keyed by its OpenTelemetry name: the row that names it and what
+/// it measures there (a pause, a heap figure, a pool figure, a ready-work delay).
 #[derive(Debug, Clone, Copy)]
-enum Pick {
+enum TableMetric {
     Pause(Runtime, &'static PauseMetric),
     Heap {
         order: usize,
@@ -136,39 +137,40 @@ enum Pick {
     Delay(Runtime, &'static DelayMetric),
 }
 
-impl Pick {
+impl TableMetric {
     fn map(self) -> usize {
         match self {
-            Pick::Pause(..) => 0,
-            Pick::Heap { .. } => 1,
-            Pick::Pool(_) => 2,
-            Pick::Delay(..) => 3,
+            TableMetric::Pause(..) => 0,
+            TableMetric::Heap { .. } => 1,
+            TableMetric::Pool(_) => 2,
+            TableMetric::Delay(..) => 3,
         }
     }
 
     fn quantity(self) -> Quantity {
         match self {
-            Pick::Pause(..) | Pick::Delay(..) => Quantity::Time,
-            Pick::Heap { .. } => Quantity::Bytes,
-            Pick::Pool(_) => Quantity::Count,
+            TableMetric::Pause(..) | TableMetric::Delay(..) => Quantity::Time,
+            TableMetric::Heap { .. } => Quantity::Bytes,
+            TableMetric::Pool(_) => Quantity::Count,
         }
     }
 
     fn instrument(self) -> Instrument {
         match self {
-            Pick::Pause(_, m) => m.instrument,
-            Pick::Delay(_, d) => match d.shape {
+            TableMetric::Pause(_, m) => m.instrument,
+            TableMetric::Delay(_, d) => match d.shape {
                 DelayShape::Histogram => Instrument::Histogram,
                 DelayShape::Statistic(_) => Instrument::Number,
             },
-            Pick::Heap { .. } | Pick::Pool(_) => Instrument::Number,
+            TableMetric::Heap { .. } | TableMetric::Pool(_) => Instrument::Number,
         }
     }
 }
 
-/// What a series is, from its row and attributes.
+/// What a picked series stands for in derivation, from its row and its attributes (which collector,
+/// which pool and figure, used or limit).
 #[derive(Debug, Clone)]
-enum Meaning {
+enum SeriesRole {
     Pause {
         runtime: Runtime,
         metric: &'static str,
@@ -189,25 +191,25 @@ enum Meaning {
     },
 }
 
-/// A value as held: a number, or a histogram (in base units).
+/// A picked value scaled to base units (seconds, bytes): a number, or a histogram.
 #[derive(Debug, Clone, PartialEq)]
-enum Held {
+enum ScaledValue {
     Number(f64),
     Histogram(Histogram),
 }
 
-impl Held {
+impl ScaledValue {
     fn count(&self) -> u64 {
         match self {
-            Held::Number(_) => 0,
-            Held::Histogram(h) => h.count,
+            ScaledValue::Number(_) => 0,
+            ScaledValue::Histogram(h) => h.count,
         }
     }
 }
 
 struct Series {
-    meaning: Meaning,
-    held: Option<Held>,
+    role: SeriesRole,
+    held: Option<ScaledValue>,
     start: u64,
     last_time: u64,
     deltas: DeltaWindows,
@@ -223,8 +225,9 @@ struct SeriesMap {
     dropped: u64,
 }
 
+/// Everything picked so far, under one lock: the series of each kind and the exporting apps' languages.
 #[derive(Default)]
-struct Picked {
+struct PickedSeries {
     maps: [SeriesMap; 4],
     /// service → (runtime named by its SDK language, when last seen).
     apps: HashMap<String, (Runtime, Instant)>,
@@ -232,10 +235,11 @@ struct Picked {
 
 /// The consumer of OTLP metrics that picks the runtime table's metrics.
 pub struct RuntimeMetrics {
-    picks: HashMap<&'static str, Pick>,
+    /// The table's metrics by OpenTelemetry name.
+    picks: HashMap<&'static str, TableMetric>,
     ttl: Duration,
     started_unix_nano: u64,
-    state: Mutex<Picked>,
+    picked: Mutex<PickedSeries>,
 }
 
 fn unix_nano_now() -> u64 {
@@ -309,9 +313,9 @@ fn difference(before: &[(f64, u64)], after: &[(f64, u64)]) -> Option<Vec<(f64, u
 }
 
 impl Series {
-    fn new(meaning: Meaning, now: Instant) -> Self {
+    fn new(role: SeriesRole, now: Instant) -> Self {
         Series {
-            meaning,
+            role,
             held: None,
             start: 0,
             last_time: 0,
@@ -323,7 +327,7 @@ impl Series {
 
     /// Applies a cumulative or gauge reading unless it is older than what is held; returns the reading
     /// it replaced when it was applied.
-    fn set(&mut self, start: u64, time: u64, held: Held) -> Option<Option<Held>> {
+    fn set(&mut self, start: u64, time: u64, held: ScaledValue) -> Option<Option<ScaledValue>> {
         if time < self.last_time {
             return None;
         }
@@ -335,7 +339,7 @@ impl Series {
     }
 
     /// Applies a delta once per (start, end) window, in any order; false for a repeated window.
-    fn add(&mut self, start: u64, time: u64, held: Held) -> bool {
+    fn add(&mut self, start: u64, time: u64, held: ScaledValue) -> bool {
         if !self.deltas.admit(start, time) {
             return false;
         }
@@ -344,8 +348,8 @@ impl Series {
         }
         self.last_time = self.last_time.max(time);
         match (&mut self.held, held) {
-            (Some(Held::Number(v)), Held::Number(d)) => *v += d,
-            (Some(Held::Histogram(h)), Held::Histogram(d)) => {
+            (Some(ScaledValue::Number(v)), ScaledValue::Number(d)) => *v += d,
+            (Some(ScaledValue::Histogram(h)), ScaledValue::Histogram(d)) => {
                 h.add(d);
             }
             (slot, new) => *slot = Some(new),
@@ -361,11 +365,11 @@ struct PointIn<'a> {
     start: u64,
     time: u64,
     delta: bool,
-    held: Option<Held>,
+    held: Option<ScaledValue>,
 }
 
 impl<'a> PointIn<'a> {
-    fn new(dp: &'a impl DataPoint, delta: bool, held: Option<Held>) -> Self {
+    fn new(dp: &'a impl DataPoint, delta: bool, held: Option<ScaledValue>) -> Self {
         PointIn {
             attrs: dp.attributes(),
             flags: dp.flags(),
@@ -384,12 +388,12 @@ impl RuntimeMetrics {
         let mut heap_order = 0;
         for p in &PROFILES {
             for m in p.pauses {
-                picks.insert(m.name, Pick::Pause(p.runtime, m));
+                picks.insert(m.name, TableMetric::Pause(p.runtime, m));
             }
             for h in p.heap {
                 picks.insert(
                     h.used,
-                    Pick::Heap {
+                    TableMetric::Heap {
                         order: heap_order,
                         metric: h,
                         limit: false,
@@ -398,7 +402,7 @@ impl RuntimeMetrics {
                 if let Some(l) = h.limit {
                     picks.insert(
                         l,
-                        Pick::Heap {
+                        TableMetric::Heap {
                             order: heap_order,
                             metric: h,
                             limit: true,
@@ -408,32 +412,32 @@ impl RuntimeMetrics {
                 heap_order += 1;
             }
             for m in p.pools {
-                picks.insert(m.name, Pick::Pool(m));
+                picks.insert(m.name, TableMetric::Pool(m));
             }
             for d in p.delay {
-                picks.insert(d.name, Pick::Delay(p.runtime, d));
+                picks.insert(d.name, TableMetric::Delay(p.runtime, d));
             }
         }
         for m in LIBRARY_POOLS {
-            picks.insert(m.name, Pick::Pool(m));
+            picks.insert(m.name, TableMetric::Pool(m));
         }
         RuntimeMetrics {
             picks,
             ttl,
             started_unix_nano: unix_nano_now(),
-            state: Mutex::new(Picked::default()),
+            picked: Mutex::new(PickedSeries::default()),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Picked> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, PickedSeries> {
+        self.picked.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Picks the runtime table's metrics and the SDK language out of one export request. Metrics the
     /// table does not name cost one map lookup each; the lock is taken only when something is picked.
     pub fn ingest(&self, req: &ExportMetricsServiceRequest) {
         let now = Instant::now();
-        let mut state: Option<MutexGuard<'_, Picked>> = None;
+        let mut picked: Option<MutexGuard<'_, PickedSeries>> = None;
         for rm in &req.resource_metrics {
             let attrs = rm
                 .resource
@@ -446,7 +450,7 @@ impl RuntimeMetrics {
             if let Some(runtime) = string_attribute(attrs, "telemetry.sdk.language")
                 .and_then(Runtime::from_sdk_language)
             {
-                let st = state.get_or_insert_with(|| self.lock());
+                let st = picked.get_or_insert_with(|| self.lock());
                 let ttl = self.ttl;
                 match st.apps.get_mut(service) {
                     Some(app) => *app = (runtime, now),
@@ -464,7 +468,7 @@ impl RuntimeMetrics {
             for sm in &rm.scope_metrics {
                 for m in &sm.metrics {
                     if let Some(pick) = self.picks.get(m.name.as_str()) {
-                        let st = state.get_or_insert_with(|| self.lock());
+                        let st = picked.get_or_insert_with(|| self.lock());
                         self.pick(st, *pick, m, service, now);
                     }
                 }
@@ -472,12 +476,20 @@ impl RuntimeMetrics {
         }
     }
 
-    fn pick(&self, st: &mut Picked, pick: Pick, m: &Metric, service: &str, now: Instant) {
+    fn pick(
+        &self,
+        st: &mut PickedSeries,
+        pick: TableMetric,
+        m: &Metric,
+        service: &str,
+        now: Instant,
+    ) {
         let (Some(data), Some(scale)) = (&m.data, pick.quantity().scale(&m.unit)) else {
             return;
         };
         let mut points: Vec<PointIn<'_>> = Vec::new();
-        let histogram = |h: Result<Histogram, _>| h.ok().map(|h| Held::Histogram(h.scaled(scale)));
+        let histogram =
+            |h: Result<Histogram, _>| h.ok().map(|h| ScaledValue::Histogram(h.scaled(scale)));
         match (pick.instrument(), data) {
             (Instrument::Histogram, Data::Histogram(h)) => {
                 let delta = is_delta(h.aggregation_temporality);
@@ -520,8 +532,8 @@ impl RuntimeMetrics {
 
     fn apply(
         &self,
-        st: &mut Picked,
-        pick: Pick,
+        st: &mut PickedSeries,
+        pick: TableMetric,
         name: &str,
         service: &str,
         p: PointIn<'_>,
@@ -530,8 +542,8 @@ impl RuntimeMetrics {
         let get = |key: &str| attribute(p.attrs, key);
         let only =
             |filter: Option<(&str, &str)>| filter.is_none_or(|(k, v)| get(k).as_deref() == Some(v));
-        let meaning = match pick {
-            Pick::Pause(runtime, m) => {
+        let role = match pick {
+            TableMetric::Pause(runtime, m) => {
                 let collector = match m.collector_key {
                     Some(k) => get(k).unwrap_or_else(|| "unknown".to_owned()),
                     None => "all".to_owned(),
@@ -539,13 +551,13 @@ impl RuntimeMetrics {
                 if (m.concurrent)(&collector) {
                     return;
                 }
-                Meaning::Pause {
+                SeriesRole::Pause {
                     runtime,
                     metric: m.name,
                     collector,
                 }
             }
-            Pick::Heap {
+            TableMetric::Heap {
                 order,
                 metric,
                 limit,
@@ -553,9 +565,9 @@ impl RuntimeMetrics {
                 if !only(metric.only) {
                     return;
                 }
-                Meaning::Heap { order, limit }
+                SeriesRole::Heap { order, limit }
             }
-            Pick::Pool(m) => {
+            TableMetric::Pool(m) => {
                 let first = |keys: &[&str]| keys.iter().find_map(|k| get(k));
                 let figure = match m.figure {
                     PoolFigures::One(f) => f,
@@ -565,13 +577,13 @@ impl RuntimeMetrics {
                         _ => return,
                     },
                 };
-                Meaning::Pool {
+                SeriesRole::Pool {
                     kind: m.kind,
                     pool: first(m.pool_keys).unwrap_or_else(|| m.default_pool.to_owned()),
                     figure,
                 }
             }
-            Pick::Delay(runtime, d) => Meaning::Delay {
+            TableMetric::Delay(runtime, d) => SeriesRole::Delay {
                 runtime,
                 shape: d.shape,
             },
@@ -601,18 +613,18 @@ impl RuntimeMetrics {
         let series = map
             .series
             .entry(key)
-            .or_insert_with(|| Series::new(meaning, now));
+            .or_insert_with(|| Series::new(role, now));
         series.seen = now;
         let histogram_delay = matches!(
-            series.meaning,
-            Meaning::Delay {
+            series.role,
+            SeriesRole::Delay {
                 shape: DelayShape::Histogram,
                 ..
             }
         );
-        let new_buckets = |h: &Held| match h {
-            Held::Histogram(h) => Some(h.clone()),
-            Held::Number(_) => None,
+        let new_buckets = |h: &ScaledValue| match h {
+            ScaledValue::Histogram(h) => Some(h.clone()),
+            ScaledValue::Number(_) => None,
         };
         if p.delta {
             let interval = histogram_delay.then(|| new_buckets(&held)).flatten();
@@ -634,8 +646,8 @@ impl RuntimeMetrics {
         let Some(after) = after else { return };
         series.interval = match before {
             // The same series read again: what it gained since.
-            Some(Held::Histogram(before))
-                if before.count <= series.held.as_ref().map_or(0, Held::count) =>
+            Some(ScaledValue::Histogram(before))
+                if before.count <= series.held.as_ref().map_or(0, ScaledValue::count) =>
             {
                 difference(&before.cumulative(), &after.cumulative()).map(|d| {
                     let mut own = Vec::with_capacity(d.len());
@@ -673,12 +685,12 @@ impl RuntimeMetrics {
                 let s = &map.series[key];
                 let Some(held) = &s.held else { continue };
                 let number = match held {
-                    Held::Number(v) => Some(*v),
-                    Held::Histogram { .. } => None,
+                    ScaledValue::Number(v) => Some(*v),
+                    ScaledValue::Histogram { .. } => None,
                 };
-                match (&s.meaning, held) {
+                match (&s.role, held) {
                     (
-                        Meaning::Pause {
+                        SeriesRole::Pause {
                             runtime,
                             metric,
                             collector,
@@ -691,15 +703,15 @@ impl RuntimeMetrics {
                         series: key.clone(),
                         start_unix_nano: s.start,
                         value: match held {
-                            Held::Number(v) => PauseValue::Total(*v),
-                            Held::Histogram(h) => PauseValue::Histogram {
+                            ScaledValue::Number(v) => PauseValue::Total(*v),
+                            ScaledValue::Histogram(h) => PauseValue::Histogram {
                                 cumulative: h.cumulative(),
                                 sum: h.sum,
                                 count: h.count,
                             },
                         },
                     }),
-                    (Meaning::Heap { order, limit }, _) => {
+                    (SeriesRole::Heap { order, limit }, _) => {
                         if let Some(value) = number {
                             out.heap.push(HeapReading {
                                 order: *order,
@@ -708,7 +720,7 @@ impl RuntimeMetrics {
                             });
                         }
                     }
-                    (Meaning::Pool { kind, pool, figure }, _) => {
+                    (SeriesRole::Pool { kind, pool, figure }, _) => {
                         if let Some(value) = number {
                             out.pools.push(PoolReading {
                                 kind,
@@ -718,7 +730,7 @@ impl RuntimeMetrics {
                             });
                         }
                     }
-                    (Meaning::Delay { runtime, shape }, _) => {
+                    (SeriesRole::Delay { runtime, shape }, _) => {
                         let value = match (shape, number, &s.interval) {
                             (DelayShape::Statistic(stat), Some(v), _) => {
                                 DelayValue::Statistic(stat, v)
@@ -755,7 +767,7 @@ impl RuntimeMetrics {
 fn number_point(dp: &NumberDataPoint, delta: bool, scale: f64) -> PointIn<'_> {
     let held = number(dp)
         .filter(|v| v.is_finite())
-        .map(|v| Held::Number(v * scale));
+        .map(|v| ScaledValue::Number(v * scale));
     PointIn::new(dp, delta, held)
 }
 
