@@ -35,7 +35,7 @@ use crate::signal::n_plus_one::{NPlusOne, Rule};
 use crate::signal::query::{DbQueries, QueryStore};
 use crate::signal::runtime_metrics::RuntimeMetrics;
 use crate::signal::target::{KernelUnits, TargetMetrics};
-use crate::signal::Derived;
+use crate::signal::TickSignals;
 use crate::store::app_metrics::{AppMetrics, AppMetricsConfig};
 use crate::store::limited::OverflowCounter;
 use crate::store::logs::LogCounts;
@@ -602,7 +602,7 @@ fn start_main_target(
             Some(Selector::Child(pid))
         }
     };
-    let derived = Arc::new(Derived::new(
+    let derived = Arc::new(TickSignals::new(
         runtime_metrics,
         MemoryGrowth::new(&config.growth_windows, config.leak_threshold),
     ));
@@ -771,7 +771,7 @@ fn start_named_target(
     register_target(registry, Some(name), store.clone());
     // No OTLP consumer feeds this: the app's runtime metrics are the main target's.
     let unfed = Arc::new(RuntimeMetrics::new(config.series_ttl));
-    let derived = Arc::new(Derived::new(
+    let derived = Arc::new(TickSignals::new(
         unfed,
         MemoryGrowth::new(&config.growth_windows, config.leak_threshold),
     ));

@@ -20,7 +20,7 @@ use crate::probe::sockets::SocketProbe;
 use crate::probe::{Observations, Probe, ProbeTarget, ReadErrorSink, ReadSource};
 use crate::runtime;
 use crate::signal::target::{ExitReason, KernelUnits, TargetInfo, TargetMetrics};
-use crate::signal::Derived;
+use crate::signal::TickSignals;
 use crate::target::exit_watch::ExitWatch;
 use crate::target::status::TargetStatus;
 use crate::target::{detect_runtime, Search, Selection, Selector, StartClock, TargetId};
@@ -46,7 +46,7 @@ pub struct Sampler {
     store: Arc<TargetMetrics>,
     stats: Arc<ExporterStats>,
     status: Arc<TargetStatus>,
-    derived: Arc<Derived>,
+    derived: Arc<TickSignals>,
     units: KernelUnits,
     sampled: Arc<tokio::sync::Notify>,
     /// The reader of the target's process tree, sampled first each tick: it alone says the target is gone,
@@ -147,8 +147,8 @@ pub struct SamplerParts {
     /// What /readyz and / say: ready once the target is attached and sampled (or, with no target
     /// selected, after the first tick).
     pub status: Arc<TargetStatus>,
-    /// Derived signals.
-    pub derived: Arc<Derived>,
+    /// The signals derived each tick.
+    pub derived: Arc<TickSignals>,
     /// Kernel units.
     pub units: KernelUnits,
     /// Notified after every tick, so readers of rates (the live page) take them at sample boundaries.

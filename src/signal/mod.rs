@@ -1,5 +1,5 @@
 //! Derivation: plain synchronous code that turns observations into the signals of the catalogue, one file
-//! per question. [`Derived`] runs the three tick-driven ones (pauses, memory growth, pools) from the
+//! per question. [`TickSignals`] runs the three tick-driven ones (pauses, memory growth, pools) from the
 //! sampler's readings and the runtime metrics picked out of the app's OTLP exports
 //! ([`runtime_metrics::RuntimeMetrics`]).
 
@@ -27,8 +27,9 @@ use pause::PauseSignal;
 use pool::{PoolInputs, PoolSignal};
 use runtime_metrics::{HeapReading, RuntimeMetrics};
 
-/// The tick-driven signals.
-pub struct Derived {
+/// The signals derived on each sampler tick (pauses, memory growth, pool saturation), with what they
+/// share: the runtime metrics picked from the app's exports and the JVM live-set tracker.
+pub struct TickSignals {
     /// Pauses.
     pub pause: Arc<PauseSignal>,
     /// Memory growth.
@@ -77,10 +78,10 @@ fn heap_row_runtime(order: usize) -> Option<Runtime> {
         .nth(order)
 }
 
-impl Derived {
+impl TickSignals {
     /// Wires the signals to the runtime metrics picked from the app's OTLP exports.
     pub fn new(runtime: Arc<RuntimeMetrics>, memory: MemoryGrowth) -> Self {
-        Derived {
+        TickSignals {
             pause: Arc::new(PauseSignal::new()),
             memory: Arc::new(memory),
             pool: Arc::new(PoolSignal::new()),
