@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::metrics::v1::{
     metric::Data, ExponentialHistogramDataPoint, NumberDataPoint, SummaryDataPoint,
 };
@@ -23,7 +23,9 @@ use crate::model::{
     BucketCounts, Collector, Exponential, Metric, MetricInfo, MetricKind, MetricSink, NameRules,
     Origin, Point, Value, ValueRef,
 };
-use crate::pipeline::attributes::{cut_to, scalar_text};
+use crate::pipeline::attributes::{any_value_string, cut_string, cut_to};
+// Until derivation and the log counts import them from their new home (after the catalogue lands).
+pub use crate::pipeline::attributes::{cut_str, service_name};
 use crate::pipeline::points::{
     ended, is_delta, native_buckets, number, DataPoint, DeltaWindows, Histogram, PointError,
     Summary, MAX_BUCKETS,
@@ -42,8 +44,6 @@ pub struct AppMetricsConfig {
     pub promote: Vec<String>,
 }
 
-/// Longest label value kept (bytes); longer values are cut at a character boundary.
-pub const MAX_LABEL_VALUE: usize = 1024;
 /// Longest attribute key kept (bytes); a longer key is cut.
 pub const MAX_ATTRIBUTE_KEY: usize = 128;
 /// Most labels kept on one series.
@@ -242,44 +242,6 @@ pub struct AppMetrics {
     index: Mutex<MetricIndex>,
 }
 
-/// Renders an attribute value as a label value: scalars as text, bytes as hex, arrays and maps as JSON.
-pub fn any_value_string(v: Option<&AnyValue>) -> String {
-    let Some(v) = v.and_then(|v| v.value.as_ref()) else {
-        return String::new();
-    };
-    if let Some(text) = scalar_text(v) {
-        return text.into_owned();
-    }
-    match v {
-        any_value::Value::BytesValue(b) => b.iter().map(|x| format!("{x:02x}")).collect(),
-        other => serde_json::to_string(&AnyValue {
-            value: Some(other.clone()),
-        })
-        .unwrap_or_default(),
-    }
-}
-
-fn cut(mut s: String) -> String {
-    let keep = cut_str(&s).len();
-    s.truncate(keep);
-    s
-}
-
-/// The longest prefix of `s` within [`MAX_LABEL_VALUE`] bytes that ends on a character boundary.
-pub fn cut_str(s: &str) -> &str {
-    cut_to(s, MAX_LABEL_VALUE)
-}
-
-/// `service.name` of a resource (cut to [`MAX_LABEL_VALUE`]), or the SDKs' default.
-pub fn service_name(attrs: &[KeyValue]) -> String {
-    attrs
-        .iter()
-        .find(|kv| kv.key == "service.name")
-        .map(|kv| cut(any_value_string(kv.value.as_ref())))
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "unknown_service".to_owned())
-}
-
 /// Canonical attributes of one series: the point's attributes (a key that the resource-derived attributes
 /// already use moved aside to `exported_…`), then the fixed ones; attributes whose keys the exporters write
 /// alike are joined with `;` (as Prometheus' OTLP translation does) under the first key; ordered by the
@@ -300,7 +262,7 @@ fn build_labels(
             key.insert_str(0, "exported_");
             w = written(&key);
         }
-        keyed.push((w, key, cut(any_value_string(kv.value.as_ref()))));
+        keyed.push((w, key, cut_string(any_value_string(kv.value.as_ref()))));
     }
     for ((k, v), w) in fixed.iter().zip(fixed_written) {
         keyed.push((w, k.clone(), v.clone()));
@@ -432,7 +394,7 @@ impl AppMetrics {
             let mut fixed: Labels = vec![("service".to_owned(), service.clone())];
             for key in &self.cfg.promote {
                 if let Some(kv) = attrs.iter().find(|kv| &kv.key == key) {
-                    fixed.push((key.clone(), cut(any_value_string(kv.value.as_ref()))));
+                    fixed.push((key.clone(), cut_string(any_value_string(kv.value.as_ref()))));
                 }
             }
             let info = build_labels(attrs, &[], &*self.names, MetricKind::Gauge);
@@ -893,6 +855,8 @@ impl crate::pipeline::Consumer<ExportMetricsServiceRequest> for AppMetrics {
 mod tests {
     use super::*;
     use crate::model::exponential::ExpBuckets;
+    use crate::pipeline::attributes::MAX_LABEL_VALUE;
+    use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue};
     use opentelemetry_proto::tonic::metrics::v1::{
         exponential_histogram_data_point::Buckets, number_data_point, AggregationTemporality,
         ExponentialHistogram, Gauge, Histogram, HistogramDataPoint, Metric, ResourceMetrics,
