@@ -12,12 +12,12 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, ResourceSpans, ScopeSpans, Span};
+use vitals::bounded::OverflowCounter;
 use vitals::pipeline::Consumer;
 use vitals::signal::latency::RedStore;
 use vitals::signal::n_plus_one::{NPlusOne, Rule};
 use vitals::signal::query::{DbQueries, QueryStore};
 use vitals::signal::sql_template::{template_into, Quoting};
-use vitals::store::limited::OverflowCounter;
 
 const ROUNDS: usize = 15;
 

@@ -15,11 +15,11 @@ use opentelemetry_proto::tonic::trace::v1::{
     span::SpanKind, ResourceSpans, ScopeSpans, Span, Status,
 };
 use prost::Message;
+use vitals::bounded::OverflowCounter;
 use vitals::receiver::decode::{decode, Encoding};
 use vitals::receiver::{Consumers, OtlpLimits, OtlpStats, Receiver};
 use vitals::signal::latency::RedStore;
 use vitals::store::app_metrics::{AppMetrics, AppMetricsConfig};
-use vitals::store::limited::OverflowCounter;
 use vitals::store::logs::LogCounts;
 
 fn kv(k: &str, v: any_value::Value) -> KeyValue {

@@ -13,6 +13,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::bounded::OverflowCounter;
 use crate::cadence::Cadence;
 use crate::config::{Config, OtlpProtocol, Selection, TargetSpec};
 use crate::export::http::live::{self, LiveHub};
@@ -37,7 +38,6 @@ use crate::signal::runtime_metrics::RuntimeMetrics;
 use crate::signal::target::{KernelUnits, TargetMetrics};
 use crate::signal::TickSignals;
 use crate::store::app_metrics::{AppMetrics, AppMetricsConfig};
-use crate::store::limited::OverflowCounter;
 use crate::store::logs::LogCounts;
 use crate::target::pod::PodScan;
 use crate::target::status::TargetStatus;

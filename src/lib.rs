@@ -4,11 +4,13 @@
 //! Data flows one way: `target` chooses the process, `probe` reads it (and `receiver` takes the app's
 //! OTLP data), `signal` derives, `store` holds metric families, `export` serves them; `cadence` says when
 //! the samplers read; `server` is the connection handling the HTTP listeners (`/metrics` and OTLP/HTTP)
-//! share. `app` wires these together for the binary.
+//! share; `bounded` is the map with a key limit and expiry that every holder of outside keys uses. `app`
+//! wires these together for the binary.
 
 #![deny(missing_docs)]
 
 pub mod app;
+pub mod bounded;
 pub mod cadence;
 pub mod config;
 pub mod export;

@@ -22,12 +22,12 @@ use opentelemetry_proto::tonic::metrics::v1::{
     ResourceMetrics, ScopeMetrics, Sum, Summary, SummaryDataPoint,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
+use vitals::bounded::OverflowCounter;
 use vitals::export::prometheus::naming::PrometheusNames;
 use vitals::export::prometheus::{encode, Format};
 use vitals::model::Collector;
 use vitals::signal::runtime_metrics::RuntimeMetrics;
 use vitals::store::app_metrics::{AppMetrics, AppMetricsConfig};
-use vitals::store::limited::OverflowCounter;
 
 /// Start of every series: before the test ran, so the runtime picker does not take a first reading
 /// as all new.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use vitals::signal::latency::RedStore;
 use vitals::receiver::{Consumers, OtlpLimits, OtlpStats, Receiver};
 use vitals::store::app_metrics::{AppMetrics, AppMetricsConfig};
-use vitals::store::limited::OverflowCounter;
+use vitals::bounded::OverflowCounter;
 use vitals::store::logs::LogCounts;
 use vitals::model::Registry;
 

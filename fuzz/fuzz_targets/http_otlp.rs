@@ -16,7 +16,7 @@ use vitals::model::Registry;
 use vitals::receiver::{Consumers, OtlpLimits, OtlpStats, Receiver};
 use vitals::signal::latency::RedStore;
 use vitals::store::app_metrics::{AppMetrics, AppMetricsConfig};
-use vitals::store::limited::OverflowCounter;
+use vitals::bounded::OverflowCounter;
 use vitals::store::logs::LogCounts;
 
 fn receiver() -> Arc<Receiver> {

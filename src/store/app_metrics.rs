@@ -18,7 +18,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
     metric::Data, ExponentialHistogramDataPoint, NumberDataPoint, SummaryDataPoint,
 };
 
-use super::limited::{LimitedMap, OverflowCounter, OVERFLOW_LABEL};
+use crate::bounded::{LimitedMap, OverflowCounter, OVERFLOW_LABEL};
 use crate::model::{
     BucketCounts, Collector, Exponential, Metric, MetricInfo, MetricKind, MetricSink, NameRules,
     Origin, Point, Value, ValueRef,

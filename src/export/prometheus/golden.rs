@@ -27,10 +27,10 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 
 use super::naming::PrometheusNames;
 use super::{Encoder, Escaping, Exposition, Format};
+use crate::bounded::OverflowCounter;
 use crate::export::http::render_with;
 use crate::model::{Collector, Exemplar, Metric, MetricKind, Registry, Value};
 use crate::store::app_metrics::{AppMetrics, AppMetricsConfig};
-use crate::store::limited::OverflowCounter;
 
 fn kv(k: &str, v: &str) -> KeyValue {
     KeyValue {

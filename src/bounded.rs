@@ -1,5 +1,7 @@
 //! A map keyed by outside data with a cardinality limit: keys beyond the limit share one overflow entry,
-//! and each overflowed observation is counted, so memory stays bounded whatever a client sends.
+//! and each overflowed observation is counted, so memory stays bounded whatever a client sends. It
+//! depends on no other module, so the store, derivation and the wiring all use it without an edge
+//! between them.
 
 use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash, RandomState};
