@@ -9,6 +9,7 @@
 
 pub mod app;
 pub mod cadence;
+pub mod catalogue;
 pub mod config;
 pub mod export;
 pub mod inject;

@@ -1,13 +1,14 @@
 //! Is it slow? Request rate, errors and latency (RED) from SERVER and CONSUMER spans, as the
 //! `vitals_request_duration_seconds` histogram with exemplars, bounded per label set.
 
+use crate::catalogue;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode, Span};
 
-use crate::model::{Collector, Exemplar, Exponential, Metric, MetricKind, Value};
+use crate::model::{Collector, Exemplar, Exponential, Metric, Value};
 use crate::store::app_metrics::cut_str;
 use crate::store::limited::{LimitedMap, OverflowCounter, OVERFLOW_LABEL};
 
@@ -399,12 +400,7 @@ impl Collector for RedStore {
         if !inner.series.any_live(now, self.ttl) {
             return;
         }
-        let mut fam = Metric::new(
-            "vitals.request.duration",
-            "Duration of requests (SERVER and CONSUMER spans) by service, operation, kind and outcome",
-            "s",
-            MetricKind::Histogram,
-        );
+        let mut fam = catalogue::REQUEST_DURATION.metric();
         let mut rows: Vec<&RedSeries> = inner
             .series
             .iter_live(now, self.ttl)

@@ -3,10 +3,11 @@
 //! cgroups and sock_diag). One metric family per figure, labelled by pool and kind, so one alert covers
 //! every kind.
 
+use crate::catalogue;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 
-use crate::model::{Collector, Metric, MetricKind, Value};
+use crate::model::{Collector, Metric, Value};
 use crate::probe::cgroup::CgroupSample;
 use crate::probe::procfs::ProcSample;
 use crate::probe::sockets::{BacklogSource, ListenSocket};
@@ -204,30 +205,10 @@ impl PoolSignal {
 impl Collector for PoolSignal {
     fn collect(&self, out: &mut Vec<Metric>) {
         let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let mut used = Metric::new(
-            "vitals.pool.used",
-            "Slots in use per pool",
-            "{slot}",
-            MetricKind::Gauge,
-        );
-        let mut max = Metric::new(
-            "vitals.pool.max",
-            "Capacity per pool (accept_queue: the socket backlog)",
-            "{slot}",
-            MetricKind::Gauge,
-        );
-        let mut pending = Metric::new(
-            "vitals.pool.pending",
-            "Requests waiting for a slot per pool",
-            "{request}",
-            MetricKind::Gauge,
-        );
-        let mut ratio = Metric::new(
-            "vitals.pool.utilization",
-            "Used / max per pool (a DB pool that reports no max: used / open connections)",
-            "1",
-            MetricKind::Gauge,
-        );
+        let mut used = catalogue::POOL_USED.metric();
+        let mut max = catalogue::POOL_MAX.metric();
+        let mut pending = catalogue::POOL_PENDING.metric();
+        let mut ratio = catalogue::POOL_UTILIZATION.metric();
         for ((kind, pool), s) in &st.pools {
             let labels = [("pool", pool.as_str()), ("kind", *kind)];
             if let Some(u) = s.used {
@@ -249,13 +230,9 @@ impl Collector for PoolSignal {
                 BacklogSource::Somaxconn => "somaxconn",
             };
             out.push(
-                Metric::new(
-                    "vitals.pool.accept_queue.backlog_source",
-                    "Where accept_queue capacity came from (somaxconn: an upper bound)",
-                    "",
-                    MetricKind::Gauge,
-                )
-                .with(&[("source", src)], Value::Gauge(1.0)),
+                catalogue::POOL_ACCEPT_QUEUE_BACKLOG_SOURCE
+                    .metric()
+                    .with(&[("source", src)], Value::Gauge(1.0)),
             );
         }
         out.extend([used, max, pending, ratio]);
@@ -307,7 +284,7 @@ mod tests {
         sig.collect(&mut out);
         let ratio = out
             .iter()
-            .find(|f| f.name == "vitals.pool.utilization")
+            .find(|f| f.name == catalogue::POOL_UTILIZATION.name)
             .unwrap();
         let get = |kind: &str| {
             ratio

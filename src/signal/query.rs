@@ -8,6 +8,7 @@
 //! with `db.collection.name` (or `db.sql.table`); the span name. Every one of them goes through the
 //! templater, so no literal reaches a label whichever attribute it came in.
 
+use crate::catalogue;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,7 +20,7 @@ use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode, 
 use super::latency::{self, ExemplarSlot, SpanFacts};
 use super::n_plus_one::{DbCall, NPlusOne, RequestSpan};
 use super::sql_template::{self, Quoting};
-use crate::model::{Collector, Metric, MetricKind, Value};
+use crate::model::{Collector, Metric, Value};
 use crate::pipeline::{Consumer, PartialSuccess};
 use crate::store::app_metrics::{cut_str, service_name};
 use crate::store::limited::{LimitedMap, OverflowCounter, OVERFLOW_LABEL};
@@ -276,12 +277,7 @@ impl Collector for QueryStore {
         if !inner.series.any_live(now, self.ttl) {
             return;
         }
-        let mut fam = Metric::new(
-            "vitals.db.query.duration",
-            "Duration of database queries (CLIENT spans with a database system) by service, db system, query template and outcome",
-            "s",
-            MetricKind::Histogram,
-        );
+        let mut fam = catalogue::DB_QUERY_DURATION.metric();
         let mut rows: Vec<&QuerySeries> = inner
             .series
             .iter_live(now, self.ttl)
