@@ -135,7 +135,7 @@ fn data_flows_one_way() {
             "model",
             &[
                 "probe", "receiver", "signal", "store", "export", "sampler", "target", "app",
-                "config",
+                "config", "catalogue",
             ],
             "the neutral model depends on nothing",
         ),
@@ -190,6 +190,14 @@ fn data_flows_one_way() {
                 "pipeline", "model",
             ],
             "inject edits manifests; it needs no part of the running sidecar",
+        ),
+        (
+            "catalogue",
+            &[
+                "probe", "receiver", "signal", "store", "export", "sampler", "target", "app", "config",
+                "pipeline", "runtime", "cadence", "profile", "inject",
+            ],
+            "the catalogue declares vitals' metrics on the model alone; every part may read it",
         ),
         (
             "config",
@@ -255,4 +263,33 @@ fn the_checks_see_what_they_look_for() {
         g["app"].contains("receiver"),
         "app wires the receiver: {g:?}"
     );
+}
+
+#[test]
+fn each_metric_name_is_written_once() {
+    // The OpenTelemetry name of every catalogue entry is a string literal in src/catalogue.rs and nowhere
+    // else in the code (tests left out): producers and readers use the entry.
+    let catalogue =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/catalogue.rs"))
+            .expect("src/catalogue.rs is readable");
+    let name_re = regex::Regex::new(r#"name: "([a-z_.]+)""#).expect("valid regex");
+    let names: BTreeSet<String> = name_re
+        .captures_iter(&catalogue)
+        .map(|c| c[1].to_owned())
+        .collect();
+    assert!(names.len() > 80, "found only {} names", names.len());
+    let mut broken = Vec::new();
+    for (_, path, code) in sources() {
+        // golden.rs is a test-only module (`#[cfg(test)] mod golden;`) of made-up metrics whose golden
+        // expositions must stay byte-identical.
+        if path.ends_with("catalogue.rs") || path.ends_with("prometheus/golden.rs") {
+            continue;
+        }
+        for n in &names {
+            if code.contains(&format!("\"{n}\"")) {
+                broken.push(format!("{} writes the metric name \"{n}\"", path.display()));
+            }
+        }
+    }
+    assert!(broken.is_empty(), "{}", broken.join("\n"));
 }

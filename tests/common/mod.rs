@@ -669,65 +669,15 @@ impl Drop for Jvm {
     }
 }
 
-/// The exposition names of every metric vitals' source defines, translated by the Prometheus exporter's
-/// own rules: `Metric::new("otel.name", help, "unit", Kind)`, the target's `b.one("otel.name", "unit",
-/// Kind, help)`, and `("otel.name", "help", "unit")` rows of a table (the tuning hints' gauges). Unit tests
-/// are left out: they build made-up metrics.
+/// The exposition names (counters without `_total`) of every metric vitals declares: the entries of its
+/// catalogue (`src/catalogue.rs`), translated by the Prometheus exporter's own rules.
 pub fn source_exposition_names() -> std::collections::BTreeSet<String> {
     use vitals::export::prometheus::naming::exposition_name;
-    use vitals::model::{MetricKind, Origin};
-    let kind_of = |k: &str| match k {
-        "Counter" => MetricKind::Counter,
-        "UpDownCounter" => MetricKind::UpDownCounter,
-        "Gauge" => MetricKind::Gauge,
-        "Histogram" => MetricKind::Histogram,
-        _ => MetricKind::Summary,
-    };
-    let unit_and_kind = regex::Regex::new(
-        r#""([^"]*)",\s*(?:MetricKind::)?(Counter|UpDownCounter|Gauge|Histogram|Summary)\b"#,
-    )
-    .expect("valid regex");
-    let table_row = regex::Regex::new(
-        r#"\(\s*"((?:vitals|process)\.[a-z_.]+)",\s*"(?:[^"\\]|\\.)*",\s*"([^"]*)",?\s*\)"#,
-    )
-    .expect("valid regex");
-    let mut names = std::collections::BTreeSet::new();
-    let mut dirs = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("src")];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).expect("src is readable").flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                dirs.push(path);
-                continue;
-            }
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
-            let code = text
-                .split("#[cfg(test)]\nmod tests")
-                .next()
-                .unwrap_or_default();
-            let mut add = |name: &str, unit: &str, kind: MetricKind| {
-                let exposed = exposition_name(name, unit, kind, Origin::Vitals);
-                if exposed.starts_with("vitals_") || exposed.starts_with("process_") {
-                    names.insert(exposed);
-                }
-            };
-            for opener in ["Metric::new(", "b.one("] {
-                for chunk in code.split(opener).skip(1) {
-                    let Some(name) = chunk.trim_start().strip_prefix('"') else {
-                        continue;
-                    };
-                    let name: String = name.chars().take_while(|c| *c != '"').collect();
-                    if let Some(c) = unit_and_kind.captures(chunk) {
-                        add(&name, &c[1], kind_of(&c[2]));
-                    }
-                }
-            }
-            for c in table_row.captures_iter(code) {
-                add(&c[1], &c[2], MetricKind::Gauge);
-            }
-        }
-    }
-    names
+    use vitals::model::Origin;
+    vitals::catalogue::ALL
+        .iter()
+        .map(|d| exposition_name(d.name, d.unit, d.kind, Origin::Vitals))
+        .collect()
 }
 
 /// Makes, with openssl, in `dir`: a CA (`ca.pem`, `ca.key`), a server certificate for 127.0.0.1 and
