@@ -149,9 +149,13 @@ impl Label {
     }
 }
 
+/// The label that marks an overflow series, as the OpenTelemetry SDKs name it: the series a bounded
+/// family (RED, queries, N+1 runs, log records) sends observations to once `--series-limit` is reached.
+pub const OVERFLOW_LABEL: (&str, &str) = ("otel_metric_overflow", "true");
+
 /// Labels every entry may carry besides its own: `target` is added to a named target's families
-/// (`--target NAME=SPEC`).
-pub const SHARED_LABELS: &[&str] = &["target"];
+/// (`--target NAME=SPEC`), [`OVERFLOW_LABEL`] marks a bounded family's overflow series.
+pub const SHARED_LABELS: &[&str] = &["target", OVERFLOW_LABEL.0];
 
 /// One metric of vitals' own, declared once.
 #[derive(Debug, PartialEq, Eq)]
@@ -231,6 +235,17 @@ pub fn violations(metrics: &[Metric]) -> Vec<String> {
         }
     }
     out
+}
+
+/// Panics with every [`violations`] of `metrics`: for producers' unit tests.
+#[cfg(test)]
+pub fn assert_agrees(metrics: &[Metric]) {
+    let v = violations(metrics);
+    assert!(
+        v.is_empty(),
+        "disagrees with the catalogue:\n{}",
+        v.join("\n")
+    );
 }
 
 /// Every entry, in the order of `docs/metrics.md`.
@@ -1472,3 +1487,60 @@ pub static RECOMMENDATION_FILES: MetricDef = MetricDef {
     answers: None,
     present: Presence::Hints,
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Value;
+
+    #[test]
+    fn violations_name_what_disagrees() {
+        let good = GC_PAUSE_MAX.metric().with(
+            &[
+                ("runtime", "jvm"),
+                ("source", "hsperfdata"),
+                ("target", "app"),
+            ],
+            Value::Gauge(0.1),
+        );
+        assert_eq!(
+            violations(std::slice::from_ref(&good)),
+            Vec::<String>::new()
+        );
+        let undeclared = GC_PAUSE_MAX
+            .metric()
+            .with(&[("collector", "G1")], Value::Gauge(0.1));
+        let off_set = GC_PAUSE_MAX
+            .metric()
+            .with(&[("source", "jfr")], Value::Gauge(0.1));
+        let mut renamed = GC_PAUSE_MAX.metric();
+        renamed.name = "vitals.gc.pause.maximum".into();
+        let mut other_unit = GC_PAUSE_MAX.metric();
+        other_unit.unit = "ms".into();
+        let app = Metric::new("vitals.anything", "app's", "", MetricKind::Gauge)
+            .from_app()
+            .with(&[("x", "y")], Value::Gauge(1.0));
+        let got = violations(&[undeclared, off_set, renamed, other_unit, app]);
+        assert_eq!(
+            got,
+            [
+                "vitals.gc.pause.max: label collector is not declared",
+                "vitals.gc.pause.max: source=\"jfr\" is not one of [\"otlp\", \"hsperfdata\"]",
+                "vitals.gc.pause.maximum: no catalogue entry",
+                "vitals.gc.pause.max: unit, kind or description differ from the entry",
+            ]
+        );
+    }
+
+    #[test]
+    fn entries_are_found_by_name_and_labels_by_key() {
+        assert_eq!(by_name("vitals.gc.pause.max"), Some(&GC_PAUSE_MAX));
+        assert_eq!(by_name("vitals.gc.pause.maximum"), None);
+        assert_eq!(
+            PROCESS_CPU_TIME.label("cpu.mode").and_then(|l| l.values),
+            Some(&["user", "system"][..])
+        );
+        assert!(GC_PAUSE_MAX.is(&GC_PAUSE_MAX.metric()));
+        assert!(!GC_PAUSE_MAX.is(&GC_PAUSE_MAX.metric().from_app()));
+    }
+}

@@ -13,17 +13,10 @@ use vitals::catalogue::{self, MetricDef};
 use vitals::export::prometheus::naming::{exposition_name, label_name};
 use vitals::model::{MetricKind, Origin};
 
-/// Labels no entry declares that a query may still use: `target` (named targets), the ones Prometheus or
-/// the PodMonitor add to every scraped series, `le` of a histogram's buckets and `__name__`.
-const ADDED_LABELS: &[&str] = &[
-    "target",
-    "namespace",
-    "pod",
-    "job",
-    "instance",
-    "le",
-    "__name__",
-];
+/// Labels no entry declares that a query may still use besides the catalogue's shared ones (`target`, the
+/// overflow series' label): the ones Prometheus or the PodMonitor add to every scraped series, `le` of a
+/// histogram's buckets and `__name__`.
+const ADDED_LABELS: &[&str] = &["namespace", "pod", "job", "instance", "le", "__name__"];
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -377,7 +370,11 @@ fn disagreements(queries: &[(String, String)]) -> Vec<String> {
     let mut broken = Vec::new();
     for (from, expr) in queries {
         let q = parse(expr);
-        let mut readable: BTreeSet<String> = ADDED_LABELS.iter().map(|s| s.to_string()).collect();
+        let mut readable: BTreeSet<String> = ADDED_LABELS
+            .iter()
+            .chain(catalogue::SHARED_LABELS)
+            .map(|s| s.to_string())
+            .collect();
         for (series, labels) in &q.selectors {
             let declared_here = if let Some(l) = recorded.get(series) {
                 l.clone()
@@ -390,7 +387,9 @@ fn disagreements(queries: &[(String, String)]) -> Vec<String> {
                 continue;
             };
             for l in labels {
-                if !declared_here.contains(l) && !ADDED_LABELS.contains(&l.as_str()) {
+                let added = ADDED_LABELS.contains(&l.as_str())
+                    || catalogue::SHARED_LABELS.contains(&l.as_str());
+                if !declared_here.contains(l) && !added {
                     broken.push(format!(
                         "{from}: {series} has no label {l} (declared: {declared_here:?})"
                     ));

@@ -743,6 +743,7 @@ mod tests {
             });
         }
         let fams = families(&h.advice(&policy()));
+        crate::catalogue::assert_agrees(&fams);
         use crate::export::prometheus::naming::exposition_name;
         let exported: Vec<(String, String)> = fams
             .iter()

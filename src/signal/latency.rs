@@ -612,6 +612,7 @@ mod tests {
         );
         let mut out = vec![];
         store.collect(&mut out);
+        crate::catalogue::assert_agrees(&out);
         let fam = &out[0];
         assert_eq!(
             fam.points.len(),
@@ -674,6 +675,7 @@ mod tests {
         store.observe(&long, [span(&long)]);
         let mut out = Vec::new();
         store.collect(&mut out);
+        crate::catalogue::assert_agrees(&out);
         assert_eq!(out[0].points.len(), 3);
         for series in &out[0].points {
             assert!(

@@ -753,6 +753,7 @@ mod tests {
             );
             let mut out = vec![];
             m.collect(&mut out);
+            crate::catalogue::assert_agrees(&out);
             flags.push(
                 out.iter()
                     .find(|f| f.name == catalogue::MEMORY_LEAK_SUSPECTED.name)
@@ -761,6 +762,7 @@ mod tests {
         }
         let mut out = vec![];
         m.collect(&mut out);
+        crate::catalogue::assert_agrees(&out);
         (flags, out)
     }
 
@@ -839,6 +841,7 @@ mod tests {
         }
         let mut out = vec![];
         m.collect(&mut out);
+        crate::catalogue::assert_agrees(&out);
         let leak = out
             .iter()
             .find(|f| f.name == catalogue::MEMORY_LEAK_SUSPECTED.name)
@@ -872,6 +875,7 @@ mod tests {
         }
         let mut out = vec![];
         m.collect(&mut out);
+        crate::catalogue::assert_agrees(&out);
         assert_eq!(
             out.iter()
                 .find(|f| f.name == catalogue::MEMORY_LEAK_SUSPECTED.name)
@@ -892,6 +896,7 @@ mod tests {
         }
         let mut out = vec![];
         m.collect(&mut out);
+        crate::catalogue::assert_agrees(&out);
         assert_eq!(
             out.iter()
                 .find(|f| f.name == catalogue::MEMORY_LEAK_SUSPECTED.name)

@@ -583,6 +583,7 @@ mod tests {
     fn counts(d: &NPlusOne) -> Vec<(Vec<(String, String)>, f64)> {
         let mut out = Vec::new();
         d.collect(&mut out);
+        crate::catalogue::assert_agrees(&out);
         out.iter()
             .filter(|m| m.name == catalogue::DB_N_PLUS_ONE.name)
             .flat_map(|m| m.points.iter())
@@ -727,6 +728,7 @@ mod tests {
         assert_eq!(d.traces_held(), TRACE_LIMIT);
         let mut out = Vec::new();
         d.collect(&mut out);
+        crate::catalogue::assert_agrees(&out);
         let dropped = out
             .iter()
             .find(|m| m.name == catalogue::DB_N_PLUS_ONE_DROPPED.name)

@@ -633,6 +633,7 @@ mod tests {
         p.update_from_otlp(&[], &delays, Instant::now());
         let mut out = vec![];
         p.collect(&mut out);
+        crate::catalogue::assert_agrees(&out);
         let f = out
             .iter()
             .find(|f| f.name == catalogue::EVENT_LOOP_DELAY.name)
@@ -716,6 +717,7 @@ mod tests {
         p.update_from_hsperf(Some(&sample(4, 75)), t0 + Duration::from_secs(1));
         let mut out = vec![];
         p.collect(&mut out);
+        crate::catalogue::assert_agrees(&out);
         let get = |name: &str| {
             out.iter().find(|f| f.name == name).unwrap().points[0]
                 .value
@@ -733,6 +735,7 @@ mod tests {
         p.reset_target();
         let mut out = vec![];
         p.collect(&mut out);
+        crate::catalogue::assert_agrees(&out);
         assert!(out
             .iter()
             .all(|f| f.points.is_empty() || f.name != catalogue::GC_PAUSE.name));
@@ -762,6 +765,7 @@ mod tests {
         let max = |p: &PauseSignal| {
             let mut out = vec![];
             p.collect(&mut out);
+            crate::catalogue::assert_agrees(&out);
             out.iter()
                 .find(|f| f.name == catalogue::GC_PAUSE_MAX.name)
                 .and_then(|f| f.points.first().map(|p| p.value.clone()))
@@ -836,6 +840,7 @@ mod tests {
         let max = |p: &PauseSignal| {
             let mut out = vec![];
             p.collect(&mut out);
+            crate::catalogue::assert_agrees(&out);
             out.iter()
                 .find(|f| f.name == catalogue::GC_PAUSE_MAX.name)
                 .and_then(|f| f.points.first())
@@ -918,6 +923,7 @@ mod tests {
         );
         let mut out = Vec::new();
         p.collect(&mut out);
+        crate::catalogue::assert_agrees(&out);
         let get = |name: &str| {
             out.iter()
                 .find(|f| f.name == name)
@@ -938,6 +944,7 @@ mod tests {
         z.update_from_hsperf(Some(&zgc(4, 7, 200, 204)), t0 + Duration::from_secs(1));
         let mut out = Vec::new();
         z.collect(&mut out);
+        crate::catalogue::assert_agrees(&out);
         let max = out
             .iter()
             .find(|f| f.name == catalogue::GC_PAUSE_MAX.name)
@@ -1098,6 +1105,7 @@ mod tests {
     fn otlp_max(p: &PauseSignal) -> Option<f64> {
         let mut out = vec![];
         p.collect(&mut out);
+        crate::catalogue::assert_agrees(&out);
         out.iter()
             .find(|f| f.name == catalogue::GC_PAUSE_MAX.name)?
             .points
@@ -1236,6 +1244,7 @@ mod tests {
         update(&p, &app_with(vec![dotnet, go_ns]));
         let mut out = vec![];
         p.collect(&mut out);
+        crate::catalogue::assert_agrees(&out);
         let time = out
             .iter()
             .find(|f| f.name == catalogue::GC_PAUSE.name)

@@ -282,6 +282,7 @@ mod tests {
         }
         let mut out = vec![];
         sig.collect(&mut out);
+        crate::catalogue::assert_agrees(&out);
         let ratio = out
             .iter()
             .find(|f| f.name == catalogue::POOL_UTILIZATION.name)

@@ -485,6 +485,7 @@ mod tests {
         }
         let mut out = Vec::new();
         store.collect(&mut out);
+        crate::catalogue::assert_agrees(&out);
         let points = &out[0].points;
         assert_eq!(points.len(), 4, "three series and the overflow");
         assert_eq!(c.get(), 8);

@@ -497,6 +497,7 @@ mod tests {
         let s = TargetMetrics::new(units());
         let mut out = vec![];
         s.collect(&mut out);
+        crate::catalogue::assert_agrees(&out);
         assert_eq!(
             names(&out),
             vec![catalogue::TARGET_UP.name, catalogue::TARGET_RESTARTS.name]
@@ -534,6 +535,7 @@ mod tests {
         );
         let mut out = vec![];
         s.collect(&mut out);
+        crate::catalogue::assert_agrees(&out);
         let n = names(&out);
         assert!(n.contains(&catalogue::PROCESS_CPU_TIME.name));
         assert!(n.contains(&catalogue::PROCESS_MEMORY_USAGE.name));
@@ -582,6 +584,7 @@ mod tests {
         s.set_oom_kills(Some(1));
         let mut out = vec![];
         s.collect(&mut out);
+        crate::catalogue::assert_agrees(&out);
         let names: Vec<&str> = out.iter().map(|f| f.name.as_str()).collect();
         assert_eq!(
             names,
@@ -598,6 +601,7 @@ mod tests {
         s.attach(info.clone());
         let mut out = vec![];
         s.collect(&mut out);
+        crate::catalogue::assert_agrees(&out);
         assert_eq!(
             out[1].points[0].value,
             Value::Sum(0.0),
@@ -609,10 +613,12 @@ mod tests {
         });
         let mut out = vec![];
         s.collect(&mut out);
+        crate::catalogue::assert_agrees(&out);
         assert_eq!(out[1].points[0].value, Value::Sum(1.0));
         s.attach_other(TargetInfo { pid: 9, ..info });
         let mut out = vec![];
         s.collect(&mut out);
+        crate::catalogue::assert_agrees(&out);
         assert_eq!(
             out[1].points[0].value,
             Value::Sum(1.0),
