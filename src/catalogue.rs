@@ -380,7 +380,7 @@ const HINT_RESOURCES: &[&str] = &[
     "fd_limit",
 ];
 
-/// `vitals_target_up`.
+/// `vitals_target_up`, written by `src/signal/target.rs`.
 pub static TARGET_UP: MetricDef = MetricDef {
     name: "vitals.target.up",
     unit: "",
@@ -392,7 +392,7 @@ pub static TARGET_UP: MetricDef = MetricDef {
     present: Presence::Selected,
 };
 
-/// `vitals_target_info`.
+/// `vitals_target_info`, written by `src/signal/target.rs`.
 pub static TARGET_INFO: MetricDef = MetricDef {
     name: "vitals.target.info",
     unit: "",
@@ -413,7 +413,7 @@ pub static TARGET_INFO: MetricDef = MetricDef {
     present: Presence::Target,
 };
 
-/// `vitals_target_processes`.
+/// `vitals_target_processes`, written by `src/signal/target.rs`.
 pub static TARGET_PROCESSES: MetricDef = MetricDef {
     name: "vitals.target.processes",
     unit: "{process}",
@@ -425,7 +425,7 @@ pub static TARGET_PROCESSES: MetricDef = MetricDef {
     present: Presence::Target,
 };
 
-/// `vitals_target_processes_untracked`.
+/// `vitals_target_processes_untracked`, written by `src/signal/target.rs`.
 pub static TARGET_PROCESSES_UNTRACKED: MetricDef = MetricDef {
     name: "vitals.target.processes.untracked",
     unit: "{process}",
@@ -437,7 +437,7 @@ pub static TARGET_PROCESSES_UNTRACKED: MetricDef = MetricDef {
     present: Presence::Target,
 };
 
-/// `vitals_target_exits_total`.
+/// `vitals_target_exits_total`, written by `src/signal/target.rs`.
 pub static TARGET_EXITS: MetricDef = MetricDef {
     name: "vitals.target.exits",
     unit: "{exit}",
@@ -450,7 +450,7 @@ pub static TARGET_EXITS: MetricDef = MetricDef {
     present: Presence::Target,
 };
 
-/// `vitals_target_restarts_total`.
+/// `vitals_target_restarts_total`, written by `src/signal/target.rs`.
 pub static TARGET_RESTARTS: MetricDef = MetricDef {
     name: "vitals.target.restarts",
     unit: "{restart}",
@@ -462,7 +462,7 @@ pub static TARGET_RESTARTS: MetricDef = MetricDef {
     present: Presence::Selected,
 };
 
-/// `vitals_exporter_build_info`.
+/// `vitals_exporter_build_info`, written by `src/export/self_metrics.rs`.
 pub static EXPORTER_BUILD_INFO: MetricDef = MetricDef {
     name: "vitals.exporter.build.info",
     unit: "",
@@ -474,7 +474,7 @@ pub static EXPORTER_BUILD_INFO: MetricDef = MetricDef {
     present: Presence::Always,
 };
 
-/// `vitals_exporter_cpu_seconds_total`.
+/// `vitals_exporter_cpu_seconds_total`, written by `src/export/self_metrics.rs`.
 pub static EXPORTER_CPU: MetricDef = MetricDef {
     name: "vitals.exporter.cpu",
     unit: "s",
@@ -486,7 +486,7 @@ pub static EXPORTER_CPU: MetricDef = MetricDef {
     present: Presence::Always,
 };
 
-/// `vitals_exporter_resident_memory_bytes`.
+/// `vitals_exporter_resident_memory_bytes`, written by `src/export/self_metrics.rs`.
 pub static EXPORTER_RESIDENT_MEMORY: MetricDef = MetricDef {
     name: "vitals.exporter.resident.memory",
     unit: "By",
@@ -498,7 +498,7 @@ pub static EXPORTER_RESIDENT_MEMORY: MetricDef = MetricDef {
     present: Presence::Always,
 };
 
-/// `vitals_exporter_read_errors_total`.
+/// `vitals_exporter_read_errors_total`, written by `src/export/self_metrics.rs`.
 pub static EXPORTER_READ_ERRORS: MetricDef = MetricDef {
     name: "vitals.exporter.read.errors",
     unit: "{error}",
@@ -510,7 +510,7 @@ pub static EXPORTER_READ_ERRORS: MetricDef = MetricDef {
     present: Presence::Always,
 };
 
-/// `vitals_profiler_status`.
+/// `vitals_profiler_status`, written by `src/profile/status.rs`.
 pub static PROFILER_STATUS: MetricDef = MetricDef {
     name: "vitals.profiler.status",
     unit: "",
@@ -537,7 +537,7 @@ pub static PROFILER_STATUS: MetricDef = MetricDef {
     present: Presence::Always,
 };
 
-/// `vitals_profiler_samples_total`.
+/// `vitals_profiler_samples_total`, written by `src/profile/status.rs`.
 pub static PROFILER_SAMPLES: MetricDef = MetricDef {
     name: "vitals.profiler.samples",
     unit: "{sample}",
@@ -549,7 +549,7 @@ pub static PROFILER_SAMPLES: MetricDef = MetricDef {
     present: Presence::Always,
 };
 
-/// `vitals_profiler_ring_bytes`.
+/// `vitals_profiler_ring_bytes`, written by `src/profile/continuous.rs`.
 pub static PROFILER_RING: MetricDef = MetricDef {
     name: "vitals.profiler.ring",
     unit: "By",
@@ -562,7 +562,7 @@ pub static PROFILER_RING: MetricDef = MetricDef {
     present: Presence::Continuous,
 };
 
-/// `vitals_profiler_ring_span_seconds`.
+/// `vitals_profiler_ring_span_seconds`, written by `src/profile/continuous.rs`.
 pub static PROFILER_RING_SPAN: MetricDef = MetricDef {
     name: "vitals.profiler.ring.span",
     unit: "s",
@@ -574,7 +574,7 @@ pub static PROFILER_RING_SPAN: MetricDef = MetricDef {
     present: Presence::Continuous,
 };
 
-/// `vitals_profiler_captures_total`.
+/// `vitals_profiler_captures_total`, written by `src/profile/continuous.rs`.
 pub static PROFILER_CAPTURES: MetricDef = MetricDef {
     name: "vitals.profiler.captures",
     unit: "{capture}",
@@ -586,7 +586,7 @@ pub static PROFILER_CAPTURES: MetricDef = MetricDef {
     present: Presence::Continuous,
 };
 
-/// `vitals_profiler_captures_kept_bytes`.
+/// `vitals_profiler_captures_kept_bytes`, written by `src/profile/continuous.rs`.
 pub static PROFILER_CAPTURES_KEPT: MetricDef = MetricDef {
     name: "vitals.profiler.captures.kept",
     unit: "By",
@@ -598,7 +598,7 @@ pub static PROFILER_CAPTURES_KEPT: MetricDef = MetricDef {
     present: Presence::Continuous,
 };
 
-/// `vitals_exporter_sample_duration_seconds`.
+/// `vitals_exporter_sample_duration_seconds`, written by `src/export/self_metrics.rs`.
 pub static EXPORTER_SAMPLE_DURATION: MetricDef = MetricDef {
     name: "vitals.exporter.sample.duration",
     unit: "s",
@@ -610,7 +610,7 @@ pub static EXPORTER_SAMPLE_DURATION: MetricDef = MetricDef {
     present: Presence::Always,
 };
 
-/// `vitals_exporter_otlp_items_total`.
+/// `vitals_exporter_otlp_items_total`, written by `src/receiver/mod.rs`.
 pub static EXPORTER_OTLP_ITEMS: MetricDef = MetricDef {
     name: "vitals.exporter.otlp.items",
     unit: "{item}",
@@ -625,7 +625,7 @@ pub static EXPORTER_OTLP_ITEMS: MetricDef = MetricDef {
     present: Presence::Always,
 };
 
-/// `vitals_exporter_otlp_refused_requests_total`.
+/// `vitals_exporter_otlp_refused_requests_total`, written by `src/receiver/mod.rs`.
 pub static EXPORTER_OTLP_REFUSED_REQUESTS: MetricDef = MetricDef {
     name: "vitals.exporter.otlp.refused.requests",
     unit: "{request}",
@@ -649,7 +649,7 @@ pub static EXPORTER_OTLP_REFUSED_REQUESTS: MetricDef = MetricDef {
     present: Presence::Always,
 };
 
-/// `vitals_exporter_forward_items_total`.
+/// `vitals_exporter_forward_items_total`, written by `src/export/otlp/forward.rs`.
 pub static EXPORTER_FORWARD_ITEMS: MetricDef = MetricDef {
     name: "vitals.exporter.forward.items",
     unit: "{item}",
@@ -664,7 +664,7 @@ pub static EXPORTER_FORWARD_ITEMS: MetricDef = MetricDef {
     present: Presence::Forward,
 };
 
-/// `vitals_exporter_forward_requests_total`.
+/// `vitals_exporter_forward_requests_total`, written by `src/export/otlp/forward.rs`.
 pub static EXPORTER_FORWARD_REQUESTS: MetricDef = MetricDef {
     name: "vitals.exporter.forward.requests",
     unit: "{request}",
@@ -679,7 +679,7 @@ pub static EXPORTER_FORWARD_REQUESTS: MetricDef = MetricDef {
     present: Presence::Forward,
 };
 
-/// `vitals_exporter_forward_retries_total`.
+/// `vitals_exporter_forward_retries_total`, written by `src/export/otlp/forward.rs`.
 pub static EXPORTER_FORWARD_RETRIES: MetricDef = MetricDef {
     name: "vitals.exporter.forward.retries",
     unit: "{retry}",
@@ -691,7 +691,7 @@ pub static EXPORTER_FORWARD_RETRIES: MetricDef = MetricDef {
     present: Presence::Forward,
 };
 
-/// `vitals_exporter_forward_upstream_duration_seconds`.
+/// `vitals_exporter_forward_upstream_duration_seconds`, written by `src/export/otlp/forward.rs`.
 pub static EXPORTER_FORWARD_UPSTREAM_DURATION: MetricDef = MetricDef {
     name: "vitals.exporter.forward.upstream.duration",
     unit: "s",
@@ -703,7 +703,7 @@ pub static EXPORTER_FORWARD_UPSTREAM_DURATION: MetricDef = MetricDef {
     present: Presence::Forward,
 };
 
-/// `vitals_exporter_forward_queue_bytes`.
+/// `vitals_exporter_forward_queue_bytes`, written by `src/export/otlp/forward.rs`.
 pub static EXPORTER_FORWARD_QUEUE: MetricDef = MetricDef {
     name: "vitals.exporter.forward.queue",
     unit: "By",
@@ -715,7 +715,7 @@ pub static EXPORTER_FORWARD_QUEUE: MetricDef = MetricDef {
     present: Presence::Forward,
 };
 
-/// `vitals_exporter_forward_queue_limit_bytes`.
+/// `vitals_exporter_forward_queue_limit_bytes`, written by `src/export/otlp/forward.rs`.
 pub static EXPORTER_FORWARD_QUEUE_LIMIT: MetricDef = MetricDef {
     name: "vitals.exporter.forward.queue.limit",
     unit: "By",
@@ -727,7 +727,7 @@ pub static EXPORTER_FORWARD_QUEUE_LIMIT: MetricDef = MetricDef {
     present: Presence::Forward,
 };
 
-/// `vitals_exporter_push_requests_total`.
+/// `vitals_exporter_push_requests_total`, written by `src/export/otlp/push.rs`.
 pub static EXPORTER_PUSH_REQUESTS: MetricDef = MetricDef {
     name: "vitals.exporter.push.requests",
     unit: "{request}",
@@ -739,7 +739,7 @@ pub static EXPORTER_PUSH_REQUESTS: MetricDef = MetricDef {
     present: Presence::Push,
 };
 
-/// `vitals_exporter_push_points_total`.
+/// `vitals_exporter_push_points_total`, written by `src/export/otlp/push.rs`.
 pub static EXPORTER_PUSH_POINTS: MetricDef = MetricDef {
     name: "vitals.exporter.push.points",
     unit: "{point}",
@@ -751,7 +751,7 @@ pub static EXPORTER_PUSH_POINTS: MetricDef = MetricDef {
     present: Presence::Push,
 };
 
-/// `vitals_exporter_series_overflow_total`.
+/// `vitals_exporter_series_overflow_total`, written by `src/receiver/mod.rs`.
 pub static EXPORTER_SERIES_OVERFLOW: MetricDef = MetricDef {
     name: "vitals.exporter.series.overflow",
     unit: "{observation}",
@@ -763,7 +763,7 @@ pub static EXPORTER_SERIES_OVERFLOW: MetricDef = MetricDef {
     present: Presence::Always,
 };
 
-/// `vitals_exporter_series`.
+/// `vitals_exporter_series`, written by `src/export/http/mod.rs`.
 pub static EXPORTER_SERIES: MetricDef = MetricDef {
     name: "vitals.exporter.series",
     unit: "{series}",
@@ -775,7 +775,7 @@ pub static EXPORTER_SERIES: MetricDef = MetricDef {
     present: Presence::Always,
 };
 
-/// `vitals_exporter_hsperfdata_status`.
+/// `vitals_exporter_hsperfdata_status`, written by `src/signal/pause.rs`.
 pub static EXPORTER_HSPERFDATA_STATUS: MetricDef = MetricDef {
     name: "vitals.exporter.hsperfdata.status",
     unit: "",
@@ -789,7 +789,7 @@ pub static EXPORTER_HSPERFDATA_STATUS: MetricDef = MetricDef {
     present: Presence::Jvm,
 };
 
-/// `process_cpu_time_seconds_total`.
+/// `process_cpu_time_seconds_total`, written by `src/signal/target.rs`.
 pub static PROCESS_CPU_TIME: MetricDef = MetricDef {
     name: "process.cpu.time",
     unit: "s",
@@ -801,7 +801,7 @@ pub static PROCESS_CPU_TIME: MetricDef = MetricDef {
     present: Presence::Target,
 };
 
-/// `process_memory_usage_bytes`.
+/// `process_memory_usage_bytes`, written by `src/signal/target.rs`.
 pub static PROCESS_MEMORY_USAGE: MetricDef = MetricDef {
     name: "process.memory.usage",
     unit: "By",
@@ -813,7 +813,7 @@ pub static PROCESS_MEMORY_USAGE: MetricDef = MetricDef {
     present: Presence::Target,
 };
 
-/// `process_memory_virtual_bytes`.
+/// `process_memory_virtual_bytes`, written by `src/signal/target.rs`.
 pub static PROCESS_MEMORY_VIRTUAL: MetricDef = MetricDef {
     name: "process.memory.virtual",
     unit: "By",
@@ -825,7 +825,7 @@ pub static PROCESS_MEMORY_VIRTUAL: MetricDef = MetricDef {
     present: Presence::Target,
 };
 
-/// `process_disk_io_bytes_total`.
+/// `process_disk_io_bytes_total`, written by `src/signal/target.rs`.
 pub static PROCESS_DISK_IO: MetricDef = MetricDef {
     name: "process.disk.io",
     unit: "By",
@@ -837,7 +837,7 @@ pub static PROCESS_DISK_IO: MetricDef = MetricDef {
     present: Presence::Target,
 };
 
-/// `process_threads`.
+/// `process_threads`, written by `src/signal/target.rs`.
 pub static PROCESS_THREADS: MetricDef = MetricDef {
     name: "process.threads",
     unit: "{threads}",
@@ -849,7 +849,7 @@ pub static PROCESS_THREADS: MetricDef = MetricDef {
     present: Presence::Target,
 };
 
-/// `process_open_file_descriptors`.
+/// `process_open_file_descriptors`, written by `src/signal/target.rs`.
 pub static PROCESS_OPEN_FILE_DESCRIPTORS: MetricDef = MetricDef {
     name: "process.open_file_descriptors",
     unit: "{count}",
@@ -861,7 +861,7 @@ pub static PROCESS_OPEN_FILE_DESCRIPTORS: MetricDef = MetricDef {
     present: Presence::Target,
 };
 
-/// `process_context_switches_total`.
+/// `process_context_switches_total`, written by `src/signal/target.rs`.
 pub static PROCESS_CONTEXT_SWITCHES: MetricDef = MetricDef {
     name: "process.context_switches",
     unit: "{context_switch}",
@@ -876,7 +876,7 @@ pub static PROCESS_CONTEXT_SWITCHES: MetricDef = MetricDef {
     present: Presence::Target,
 };
 
-/// `process_paging_faults_total`.
+/// `process_paging_faults_total`, written by `src/signal/target.rs`.
 pub static PROCESS_PAGING_FAULTS: MetricDef = MetricDef {
     name: "process.paging.faults",
     unit: "{fault}",
@@ -891,7 +891,7 @@ pub static PROCESS_PAGING_FAULTS: MetricDef = MetricDef {
     present: Presence::Target,
 };
 
-/// `process_uptime_seconds`.
+/// `process_uptime_seconds`, written by `src/signal/target.rs`.
 pub static PROCESS_UPTIME: MetricDef = MetricDef {
     name: "process.uptime",
     unit: "s",
@@ -903,7 +903,7 @@ pub static PROCESS_UPTIME: MetricDef = MetricDef {
     present: Presence::Target,
 };
 
-/// `vitals_process_max_fds`.
+/// `vitals_process_max_fds`, written by `src/signal/target.rs`.
 pub static PROCESS_MAX_FDS: MetricDef = MetricDef {
     name: "vitals.process.max_fds",
     unit: "{fd}",
@@ -915,7 +915,7 @@ pub static PROCESS_MAX_FDS: MetricDef = MetricDef {
     present: Presence::Target,
 };
 
-/// `vitals_process_start_time_seconds`.
+/// `vitals_process_start_time_seconds`, written by `src/signal/target.rs`.
 pub static PROCESS_START_TIME: MetricDef = MetricDef {
     name: "vitals.process.start_time",
     unit: "s",
@@ -927,7 +927,7 @@ pub static PROCESS_START_TIME: MetricDef = MetricDef {
     present: Presence::Target,
 };
 
-/// `vitals_process_scheduler_wait_seconds_total`.
+/// `vitals_process_scheduler_wait_seconds_total`, written by `src/signal/target.rs`.
 pub static PROCESS_SCHEDULER_WAIT: MetricDef = MetricDef {
     name: "vitals.process.scheduler.wait",
     unit: "s",
@@ -939,7 +939,7 @@ pub static PROCESS_SCHEDULER_WAIT: MetricDef = MetricDef {
     present: Presence::Target,
 };
 
-/// `vitals_process_swap_bytes`.
+/// `vitals_process_swap_bytes`, written by `src/signal/target.rs`.
 pub static PROCESS_SWAP: MetricDef = MetricDef {
     name: "vitals.process.swap",
     unit: "By",
@@ -951,7 +951,7 @@ pub static PROCESS_SWAP: MetricDef = MetricDef {
     present: Presence::Target,
 };
 
-/// `vitals_process_proportional_memory_bytes`.
+/// `vitals_process_proportional_memory_bytes`, written by `src/signal/target.rs`.
 pub static PROCESS_PROPORTIONAL_MEMORY: MetricDef = MetricDef {
     name: "vitals.process.proportional_memory",
     unit: "By",
@@ -963,7 +963,7 @@ pub static PROCESS_PROPORTIONAL_MEMORY: MetricDef = MetricDef {
     present: Presence::Pss,
 };
 
-/// `vitals_process_member_memory_usage_bytes`.
+/// `vitals_process_member_memory_usage_bytes`, written by `src/signal/target.rs`.
 pub static PROCESS_MEMBER_MEMORY_USAGE: MetricDef = MetricDef {
     name: "vitals.process.member.memory.usage",
     unit: "By",
@@ -976,7 +976,7 @@ pub static PROCESS_MEMBER_MEMORY_USAGE: MetricDef = MetricDef {
     present: Presence::Target,
 };
 
-/// `vitals_process_member_cpu_cores`.
+/// `vitals_process_member_cpu_cores`, written by `src/signal/target.rs`.
 pub static PROCESS_MEMBER_CPU_CORES: MetricDef = MetricDef {
     name: "vitals.process.member.cpu.cores",
     unit: "{cpu}",
@@ -988,7 +988,7 @@ pub static PROCESS_MEMBER_CPU_CORES: MetricDef = MetricDef {
     present: Presence::Target,
 };
 
-/// `vitals_cgroup_memory_usage_bytes`.
+/// `vitals_cgroup_memory_usage_bytes`, written by `src/signal/target.rs`.
 pub static CGROUP_MEMORY_USAGE: MetricDef = MetricDef {
     name: "vitals.cgroup.memory.usage",
     unit: "By",
@@ -1000,7 +1000,7 @@ pub static CGROUP_MEMORY_USAGE: MetricDef = MetricDef {
     present: Presence::Target,
 };
 
-/// `vitals_cgroup_memory_limit_bytes`.
+/// `vitals_cgroup_memory_limit_bytes`, written by `src/signal/target.rs`.
 pub static CGROUP_MEMORY_LIMIT: MetricDef = MetricDef {
     name: "vitals.cgroup.memory.limit",
     unit: "By",
@@ -1012,7 +1012,7 @@ pub static CGROUP_MEMORY_LIMIT: MetricDef = MetricDef {
     present: Presence::Limit,
 };
 
-/// `vitals_cgroup_memory_oom_kills_total`.
+/// `vitals_cgroup_memory_oom_kills_total`, written by `src/signal/target.rs`.
 pub static CGROUP_MEMORY_OOM_KILLS: MetricDef = MetricDef {
     name: "vitals.cgroup.memory.oom_kills",
     unit: "{kill}",
@@ -1024,7 +1024,7 @@ pub static CGROUP_MEMORY_OOM_KILLS: MetricDef = MetricDef {
     present: Presence::Target,
 };
 
-/// `vitals_cgroup_cpu_limit_cores`.
+/// `vitals_cgroup_cpu_limit_cores`, written by `src/signal/target.rs`.
 pub static CGROUP_CPU_LIMIT_CORES: MetricDef = MetricDef {
     name: "vitals.cgroup.cpu.limit_cores",
     unit: "{cpu}",
@@ -1036,7 +1036,7 @@ pub static CGROUP_CPU_LIMIT_CORES: MetricDef = MetricDef {
     present: Presence::Limit,
 };
 
-/// `vitals_cgroup_cpu_throttled_seconds_total`.
+/// `vitals_cgroup_cpu_throttled_seconds_total`, written by `src/signal/target.rs`.
 pub static CGROUP_CPU_THROTTLED: MetricDef = MetricDef {
     name: "vitals.cgroup.cpu.throttled",
     unit: "s",
@@ -1048,7 +1048,7 @@ pub static CGROUP_CPU_THROTTLED: MetricDef = MetricDef {
     present: Presence::Target,
 };
 
-/// `vitals_cgroup_cpu_throttled_periods_total`.
+/// `vitals_cgroup_cpu_throttled_periods_total`, written by `src/signal/target.rs`.
 pub static CGROUP_CPU_THROTTLED_PERIODS: MetricDef = MetricDef {
     name: "vitals.cgroup.cpu.throttled_periods",
     unit: "{period}",
@@ -1060,7 +1060,7 @@ pub static CGROUP_CPU_THROTTLED_PERIODS: MetricDef = MetricDef {
     present: Presence::Target,
 };
 
-/// `vitals_cgroup_cpu_periods_total`.
+/// `vitals_cgroup_cpu_periods_total`, written by `src/signal/target.rs`.
 pub static CGROUP_CPU_PERIODS: MetricDef = MetricDef {
     name: "vitals.cgroup.cpu.periods",
     unit: "{period}",
@@ -1072,7 +1072,7 @@ pub static CGROUP_CPU_PERIODS: MetricDef = MetricDef {
     present: Presence::Target,
 };
 
-/// `vitals_cgroup_pids`.
+/// `vitals_cgroup_pids`, written by `src/signal/target.rs`.
 pub static CGROUP_PIDS: MetricDef = MetricDef {
     name: "vitals.cgroup.pids",
     unit: "{pid}",
@@ -1084,7 +1084,7 @@ pub static CGROUP_PIDS: MetricDef = MetricDef {
     present: Presence::Limit,
 };
 
-/// `vitals_cgroup_pids_limit`.
+/// `vitals_cgroup_pids_limit`, written by `src/signal/target.rs`.
 pub static CGROUP_PIDS_LIMIT: MetricDef = MetricDef {
     name: "vitals.cgroup.pids.limit",
     unit: "{pid}",
@@ -1096,7 +1096,7 @@ pub static CGROUP_PIDS_LIMIT: MetricDef = MetricDef {
     present: Presence::Limit,
 };
 
-/// `vitals_pressure_stalled_seconds_total`.
+/// `vitals_pressure_stalled_seconds_total`, written by `src/signal/target.rs`.
 pub static PRESSURE_STALLED: MetricDef = MetricDef {
     name: "vitals.pressure.stalled",
     unit: "s",
@@ -1112,7 +1112,7 @@ pub static PRESSURE_STALLED: MetricDef = MetricDef {
     present: Presence::Target,
 };
 
-/// `vitals_request_duration_seconds`.
+/// `vitals_request_duration_seconds`, written by `src/signal/latency.rs`.
 pub static REQUEST_DURATION: MetricDef = MetricDef {
     name: "vitals.request.duration",
     unit: "s",
@@ -1130,7 +1130,7 @@ pub static REQUEST_DURATION: MetricDef = MetricDef {
     present: Presence::Otlp,
 };
 
-/// `vitals_log_records_total`.
+/// `vitals_log_records_total`, written by `src/store/logs.rs`.
 pub static LOG_RECORDS: MetricDef = MetricDef {
     name: "vitals.log.records",
     unit: "{record}",
@@ -1142,7 +1142,7 @@ pub static LOG_RECORDS: MetricDef = MetricDef {
     present: Presence::Otlp,
 };
 
-/// `vitals_db_query_duration_seconds`.
+/// `vitals_db_query_duration_seconds`, written by `src/signal/query.rs`.
 pub static DB_QUERY_DURATION: MetricDef = MetricDef {
     name: "vitals.db.query.duration",
     unit: "s",
@@ -1154,7 +1154,7 @@ pub static DB_QUERY_DURATION: MetricDef = MetricDef {
     present: Presence::Otlp,
 };
 
-/// `vitals_db_n_plus_one_total`.
+/// `vitals_db_n_plus_one_total`, written by `src/signal/n_plus_one.rs`.
 pub static DB_N_PLUS_ONE: MetricDef = MetricDef {
     name: "vitals.db.n_plus_one",
     unit: "{run}",
@@ -1166,7 +1166,7 @@ pub static DB_N_PLUS_ONE: MetricDef = MetricDef {
     present: Presence::Otlp,
 };
 
-/// `vitals_db_n_plus_one_dropped_total`.
+/// `vitals_db_n_plus_one_dropped_total`, written by `src/signal/n_plus_one.rs`.
 pub static DB_N_PLUS_ONE_DROPPED: MetricDef = MetricDef {
     name: "vitals.db.n_plus_one.dropped",
     unit: "{span}",
@@ -1178,7 +1178,7 @@ pub static DB_N_PLUS_ONE_DROPPED: MetricDef = MetricDef {
     present: Presence::Always,
 };
 
-/// `vitals_gc_pause_seconds_total`.
+/// `vitals_gc_pause_seconds_total`, written by `src/signal/pause.rs`.
 pub static GC_PAUSE: MetricDef = MetricDef {
     name: "vitals.gc.pause",
     unit: "s",
@@ -1194,7 +1194,7 @@ pub static GC_PAUSE: MetricDef = MetricDef {
     present: Presence::OtlpOrJvm,
 };
 
-/// `vitals_gc_pauses_total`.
+/// `vitals_gc_pauses_total`, written by `src/signal/pause.rs`.
 pub static GC_PAUSES: MetricDef = MetricDef {
     name: "vitals.gc.pauses",
     unit: "{pause}",
@@ -1210,7 +1210,7 @@ pub static GC_PAUSES: MetricDef = MetricDef {
     present: Presence::OtlpOrJvm,
 };
 
-/// `vitals_gc_pause_max_seconds`.
+/// `vitals_gc_pause_max_seconds`, written by `src/signal/pause.rs`.
 pub static GC_PAUSE_MAX: MetricDef = MetricDef {
     name: "vitals.gc.pause.max",
     unit: "s",
@@ -1226,7 +1226,7 @@ pub static GC_PAUSE_MAX: MetricDef = MetricDef {
     present: Presence::OtlpOrJvm,
 };
 
-/// `vitals_safepoint_seconds_total`.
+/// `vitals_safepoint_seconds_total`, written by `src/signal/pause.rs`.
 pub static SAFEPOINT: MetricDef = MetricDef {
     name: "vitals.safepoint",
     unit: "s",
@@ -1238,7 +1238,7 @@ pub static SAFEPOINT: MetricDef = MetricDef {
     present: Presence::Jvm,
 };
 
-/// `vitals_safepoints_total`.
+/// `vitals_safepoints_total`, written by `src/signal/pause.rs`.
 pub static SAFEPOINTS: MetricDef = MetricDef {
     name: "vitals.safepoints",
     unit: "{safepoint}",
@@ -1250,7 +1250,7 @@ pub static SAFEPOINTS: MetricDef = MetricDef {
     present: Presence::Jvm,
 };
 
-/// `vitals_event_loop_delay_seconds`.
+/// `vitals_event_loop_delay_seconds`, written by `src/signal/pause.rs`.
 pub static EVENT_LOOP_DELAY: MetricDef = MetricDef {
     name: "vitals.event_loop.delay",
     unit: "s",
@@ -1265,7 +1265,7 @@ pub static EVENT_LOOP_DELAY: MetricDef = MetricDef {
     present: Presence::Otlp,
 };
 
-/// `vitals_memory_growth_bytes_per_second`.
+/// `vitals_memory_growth_bytes_per_second`, written by `src/signal/memory.rs`.
 pub static MEMORY_GROWTH: MetricDef = MetricDef {
     name: "vitals.memory.growth",
     unit: "By/s",
@@ -1277,7 +1277,7 @@ pub static MEMORY_GROWTH: MetricDef = MetricDef {
     present: Presence::Window,
 };
 
-/// `vitals_memory_time_to_limit_seconds`.
+/// `vitals_memory_time_to_limit_seconds`, written by `src/signal/memory.rs`.
 pub static MEMORY_TIME_TO_LIMIT: MetricDef = MetricDef {
     name: "vitals.memory.time_to_limit",
     unit: "s",
@@ -1289,7 +1289,7 @@ pub static MEMORY_TIME_TO_LIMIT: MetricDef = MetricDef {
     present: Presence::Window,
 };
 
-/// `vitals_memory_leak_suspected`.
+/// `vitals_memory_leak_suspected`, written by `src/signal/memory.rs`.
 pub static MEMORY_LEAK_SUSPECTED: MetricDef = MetricDef {
     name: "vitals.memory.leak.suspected",
     unit: "",
@@ -1301,7 +1301,7 @@ pub static MEMORY_LEAK_SUSPECTED: MetricDef = MetricDef {
     present: Presence::Target,
 };
 
-/// `vitals_memory_growth_status`.
+/// `vitals_memory_growth_status`, written by `src/signal/memory.rs`.
 pub static MEMORY_GROWTH_STATUS: MetricDef = MetricDef {
     name: "vitals.memory.growth.status",
     unit: "",
@@ -1322,7 +1322,7 @@ pub static MEMORY_GROWTH_STATUS: MetricDef = MetricDef {
     present: Presence::Always,
 };
 
-/// `vitals_memory_heap_bytes`.
+/// `vitals_memory_heap_bytes`, written by `src/signal/memory.rs`.
 pub static MEMORY_HEAP: MetricDef = MetricDef {
     name: "vitals.memory.heap",
     unit: "By",
@@ -1336,7 +1336,7 @@ pub static MEMORY_HEAP: MetricDef = MetricDef {
     present: Presence::Heap,
 };
 
-/// `vitals_memory_heap_limit_bytes`.
+/// `vitals_memory_heap_limit_bytes`, written by `src/signal/memory.rs`.
 pub static MEMORY_HEAP_LIMIT: MetricDef = MetricDef {
     name: "vitals.memory.heap.limit",
     unit: "By",
@@ -1350,7 +1350,7 @@ pub static MEMORY_HEAP_LIMIT: MetricDef = MetricDef {
     present: Presence::Heap,
 };
 
-/// `vitals_pool_used`.
+/// `vitals_pool_used`, written by `src/signal/pool.rs`.
 pub static POOL_USED: MetricDef = MetricDef {
     name: "vitals.pool.used",
     unit: "{slot}",
@@ -1362,7 +1362,7 @@ pub static POOL_USED: MetricDef = MetricDef {
     present: Presence::Target,
 };
 
-/// `vitals_pool_max`.
+/// `vitals_pool_max`, written by `src/signal/pool.rs`.
 pub static POOL_MAX: MetricDef = MetricDef {
     name: "vitals.pool.max",
     unit: "{slot}",
@@ -1374,7 +1374,7 @@ pub static POOL_MAX: MetricDef = MetricDef {
     present: Presence::Target,
 };
 
-/// `vitals_pool_utilization_ratio`.
+/// `vitals_pool_utilization_ratio`, written by `src/signal/pool.rs`.
 pub static POOL_UTILIZATION: MetricDef = MetricDef {
     name: "vitals.pool.utilization",
     unit: "1",
@@ -1386,7 +1386,7 @@ pub static POOL_UTILIZATION: MetricDef = MetricDef {
     present: Presence::Target,
 };
 
-/// `vitals_pool_pending`.
+/// `vitals_pool_pending`, written by `src/signal/pool.rs`.
 pub static POOL_PENDING: MetricDef = MetricDef {
     name: "vitals.pool.pending",
     unit: "{request}",
@@ -1398,7 +1398,7 @@ pub static POOL_PENDING: MetricDef = MetricDef {
     present: Presence::Otlp,
 };
 
-/// `vitals_pool_accept_queue_backlog_source`.
+/// `vitals_pool_accept_queue_backlog_source`, written by `src/signal/pool.rs`.
 pub static POOL_ACCEPT_QUEUE_BACKLOG_SOURCE: MetricDef = MetricDef {
     name: "vitals.pool.accept_queue.backlog_source",
     unit: "",
@@ -1410,7 +1410,7 @@ pub static POOL_ACCEPT_QUEUE_BACKLOG_SOURCE: MetricDef = MetricDef {
     present: Presence::Sockets,
 };
 
-/// `vitals_recommendation_history_seconds`.
+/// `vitals_recommendation_history_seconds`, written by `src/signal/hints.rs`.
 pub static RECOMMENDATION_HISTORY: MetricDef = MetricDef {
     name: "vitals.recommendation.history",
     unit: "s",
@@ -1425,7 +1425,7 @@ pub static RECOMMENDATION_HISTORY: MetricDef = MetricDef {
     present: Presence::Hints,
 };
 
-/// `vitals_recommendation_cores`.
+/// `vitals_recommendation_cores`, written by `src/signal/hints.rs`.
 pub static RECOMMENDATION_CORES: MetricDef = MetricDef {
     name: "vitals.recommendation.cores",
     unit: "{cpu}",
@@ -1437,7 +1437,7 @@ pub static RECOMMENDATION_CORES: MetricDef = MetricDef {
     present: Presence::Hints,
 };
 
-/// `vitals_recommendation_bytes`.
+/// `vitals_recommendation_bytes`, written by `src/signal/hints.rs`.
 pub static RECOMMENDATION_BYTES: MetricDef = MetricDef {
     name: "vitals.recommendation.bytes",
     unit: "By",
@@ -1449,7 +1449,7 @@ pub static RECOMMENDATION_BYTES: MetricDef = MetricDef {
     present: Presence::Hints,
 };
 
-/// `vitals_recommendation_throttled_ratio`.
+/// `vitals_recommendation_throttled_ratio`, written by `src/signal/hints.rs`.
 pub static RECOMMENDATION_THROTTLED: MetricDef = MetricDef {
     name: "vitals.recommendation.throttled",
     unit: "1",
@@ -1461,7 +1461,7 @@ pub static RECOMMENDATION_THROTTLED: MetricDef = MetricDef {
     present: Presence::Hints,
 };
 
-/// `vitals_recommendation_connections`.
+/// `vitals_recommendation_connections`, written by `src/signal/hints.rs`.
 pub static RECOMMENDATION_CONNECTIONS: MetricDef = MetricDef {
     name: "vitals.recommendation.connections",
     unit: "{connection}",
@@ -1476,7 +1476,7 @@ pub static RECOMMENDATION_CONNECTIONS: MetricDef = MetricDef {
     present: Presence::Hints,
 };
 
-/// `vitals_recommendation_files`.
+/// `vitals_recommendation_files`, written by `src/signal/hints.rs`.
 pub static RECOMMENDATION_FILES: MetricDef = MetricDef {
     name: "vitals.recommendation.files",
     unit: "{file}",

@@ -293,3 +293,34 @@ fn each_metric_name_is_written_once() {
     }
     assert!(broken.is_empty(), "{}", broken.join("\n"));
 }
+
+#[test]
+fn each_catalogue_entry_names_the_file_that_writes_it() {
+    // An entry's doc line says `written by `src/…``, so a search for an exposition name leads from the
+    // entry to its producer; the named file must use the entry, or the pointer has gone stale.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let catalogue = std::fs::read_to_string(root.join("src/catalogue.rs"))
+        .expect("src/catalogue.rs is readable");
+    let entry =
+        regex::Regex::new(r"written by `(src/[a-z_/]+\.rs)`\.\npub static ([A-Z0-9_]+): MetricDef")
+            .expect("valid regex");
+    let mut seen = 0;
+    let mut broken = Vec::new();
+    for c in entry.captures_iter(&catalogue) {
+        seen += 1;
+        let code = std::fs::read_to_string(root.join(&c[1])).unwrap_or_default();
+        if !without_tests(&code).contains(&format!("catalogue::{}", &c[2])) {
+            broken.push(format!(
+                "{} says it is written by {}, which does not use it",
+                &c[2], &c[1]
+            ));
+        }
+    }
+    assert!(seen > 80, "only {seen} entries name their producer");
+    assert_eq!(
+        seen,
+        catalogue.matches(": MetricDef = MetricDef {").count(),
+        "an entry does not name its producer"
+    );
+    assert!(broken.is_empty(), "{}", broken.join("\n"));
+}

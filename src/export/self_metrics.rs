@@ -1,10 +1,10 @@
 //! vitals' own health: build, CPU and memory of the sidecar itself, per-source read errors and sample
 //! durations. Named `vitals_exporter_*` so they never mix with the target's `process_*` series.
 
-use crate::catalogue;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::catalogue;
 use crate::model::{Collector, Metric, Value};
 use crate::probe::procfs::parse_stat;
 use crate::probe::ReadErrorSink;

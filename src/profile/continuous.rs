@@ -9,7 +9,6 @@
 //! gzipped pprof, at most [`MAX_CAPTURES`] of them and at most the configured bytes together, the oldest
 //! dropped first.
 
-use crate::catalogue;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use super::ring::{ProfileRing, Segment, SegmentBuilder};
 use super::session::{self, Recording, Sampling};
 use super::{perf, pprof, CpuProfile, Profiler, ProfilerSettings, Reason};
+use crate::catalogue;
 use crate::model::{Collector, Metric, Value};
 
 /// Length of one segment of the ring.

@@ -1,11 +1,11 @@
 //! Whether the profiler can work and, when it cannot, why and what fixes it: `vitals_profiler_status
 //! {reason}` and the samples counter, so a profiler that silently takes nothing is visible.
 
-use crate::catalogue;
 use std::path::Path;
 
 use super::perf::{OpenRefusal, SamplingPlan};
 use super::{CpuProfile, Profiler, ProfilerSettings};
+use crate::catalogue;
 use crate::model::{Collector, Metric, Value};
 
 /// The profiler's state; the label value of the status series.

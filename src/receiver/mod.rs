@@ -10,7 +10,6 @@ pub mod decode;
 pub mod grpc;
 pub mod http;
 
-use crate::catalogue;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -22,6 +21,7 @@ pub use consumer::{
     QueueFull, TracesConsumer,
 };
 
+use crate::catalogue;
 use crate::model::{Collector, Metric, Value};
 
 pub use crate::pipeline::Signal;

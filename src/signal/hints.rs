@@ -13,9 +13,9 @@
 //! - DB pools: a pool that sat at 100% with requests pending in at least half of its samples.
 //! - File descriptors: peak use above 80% of the limit; recommends twice the peak.
 
-use crate::catalogue;
 use std::collections::HashMap;
 
+use crate::catalogue;
 use crate::model::{Collector, Metric, Value};
 
 /// Lowest CPU use the histogram resolves, in cores.

@@ -1,13 +1,13 @@
 //! Is it slow? Request rate, errors and latency (RED) from SERVER and CONSUMER spans, as the
 //! `vitals_request_duration_seconds` histogram with exemplars, bounded per label set.
 
-use crate::catalogue;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode, Span};
 
+use crate::catalogue;
 use crate::model::{Collector, Exemplar, Exponential, Metric, Value};
 use crate::store::app_metrics::cut_str;
 use crate::store::limited::{LimitedMap, OverflowCounter, OVERFLOW_LABEL};

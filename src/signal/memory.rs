@@ -6,12 +6,12 @@
 //! flattened too), and the slope is the Theil–Sen median of pairwise slopes of that floor (robust to the odd
 //! drop, e.g. a restart inside the window). A window says nothing until two thirds of it hold data.
 
-use crate::catalogue;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::catalogue;
 use crate::model::{Collector, Metric, Value};
 use crate::probe::hsperf::{Collector as GcCollector, JvmSample};
 use crate::probe::jvm_watch::JvmFast;

@@ -13,12 +13,12 @@
 //! parts is found only if one part alone meets the rule, and a run already counted for a (parent,
 //! query) is not counted again while the trace is remembered ([`Rule::max_age`]).
 
-use crate::catalogue;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::latency::Operation;
+use crate::catalogue;
 use crate::model::{Collector, Exemplar, Metric, Value};
 use crate::store::app_metrics::cut_str;
 use crate::store::limited::{LimitedMap, OverflowCounter, OVERFLOW_LABEL};

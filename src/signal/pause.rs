@@ -3,11 +3,11 @@
 //! JVM safepoints; ready-work delay (Node's event-loop delay, Go's scheduling latency); the longest pause
 //! of the last minute.
 
-use crate::catalogue;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::catalogue;
 use crate::model::{Collector, Metric, Value};
 use crate::probe::hsperf::{Collector as GcCollector, JvmSample};
 use crate::probe::jvm_watch::JvmFast;

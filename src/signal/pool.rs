@@ -3,10 +3,10 @@
 //! cgroups and sock_diag). One metric family per figure, labelled by pool and kind, so one alert covers
 //! every kind.
 
-use crate::catalogue;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 
+use crate::catalogue;
 use crate::model::{Collector, Metric, Value};
 use crate::probe::cgroup::CgroupSample;
 use crate::probe::procfs::ProcSample;

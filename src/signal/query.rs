@@ -8,7 +8,6 @@
 //! with `db.collection.name` (or `db.sql.table`); the span name. Every one of them goes through the
 //! templater, so no literal reaches a label whichever attribute it came in.
 
-use crate::catalogue;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,6 +19,7 @@ use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode, 
 use super::latency::{self, ExemplarSlot, SpanFacts};
 use super::n_plus_one::{DbCall, NPlusOne, RequestSpan};
 use super::sql_template::{self, Quoting};
+use crate::catalogue;
 use crate::model::{Collector, Metric, Value};
 use crate::pipeline::{Consumer, PartialSuccess};
 use crate::store::app_metrics::{cut_str, service_name};

@@ -1,10 +1,10 @@
 //! Derivation of the target's metrics: its latest procfs and cgroup sample turned into the catalogue's process,
 //! container and target families. Detaching drops the sample, so an exited target's series vanish.
 
-use crate::catalogue::{self, MetricDef};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::catalogue::{self, MetricDef};
 use crate::model::{Collector, Metric, MetricKind, Value};
 use crate::probe::cgroup::CgroupSample;
 use crate::probe::pressure::RESOURCES;

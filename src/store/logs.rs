@@ -1,6 +1,5 @@
 //! Log records counted by service and severity (`vitals_log_records_total`); the records are not kept.
 
-use crate::catalogue;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -8,6 +7,7 @@ use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 
 use super::app_metrics::service_name;
 use super::limited::{LimitedMap, OverflowCounter, OVERFLOW_LABEL};
+use crate::catalogue;
 use crate::model::{Collector, Metric, Value};
 
 /// The severity word of an OTLP severity number (1-4 trace … 21-24 fatal).

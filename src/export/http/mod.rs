@@ -4,7 +4,6 @@
 //! bytes (gzip when it accepts it), so any number of concurrent scrapers cost one or two expositions while
 //! every answer is as fresh as an unshared one, and `/healthz` and `/readyz` never wait on them.
 
-use crate::catalogue;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
@@ -31,6 +30,7 @@ pub mod web_config;
 use self::live::stream::LiveBody;
 use self::web_config::WebConfig;
 use super::prometheus::{Encoder, Exposition, Format};
+use crate::catalogue;
 use crate::model::{stream_metrics, Registry, Value};
 use crate::target::status::TargetStatus;
 

@@ -6,7 +6,6 @@
 //! keeps the data. Forwarding is asynchronous: the app's answer does not wait for the upstream, so the
 //! upstream's partial success cannot reach the app; it is counted and logged here instead.
 
-use crate::catalogue;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,6 +15,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, Semaphore};
 
 use super::upstream::{Answer, Sender, Upstream};
+use crate::catalogue;
 use crate::model::{Collector, Metric, Value};
 use crate::pipeline::{Onward, QueueFull, Signal};
 

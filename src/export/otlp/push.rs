@@ -5,7 +5,6 @@
 //! What is pushed is cumulative, so a push that could not be delivered before the next one is due is
 //! dropped rather than queued: the next push carries everything it held.
 
-use crate::catalogue;
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +22,7 @@ use super::metrics_request::{
 use super::push_resource::{host_name, resource_attributes};
 use super::tls::{client_config, TlsFiles};
 use super::upstream::{parse_endpoint, parse_headers, Answer, Protocol, Sender, Upstream};
+use crate::catalogue;
 use crate::model::{Collector, Metric, Registry, Value};
 use crate::receiver::Signal;
 
