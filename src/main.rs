@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-use vitals::config::{Cli, Command, Config, LogFormat, TargetSpec};
+use vitals::config::{Cli, Command, Config, LogFormat, Selection, TargetSpec};
 use vitals::logging::{print_error, LogSink};
 
 /// Marks vitals' own lines on a stderr it shares with its child.
@@ -228,7 +228,7 @@ fn profile_once(
 ) -> Result<(), String> {
     use std::io::Write;
     use vitals::profile::{pprof, Profiler, ProfilerSettings};
-    let Some(TargetSpec::Pid(pid)) = config.target else {
+    let Some(TargetSpec::Select(Selection::Pid(pid))) = config.target else {
         return Err("vitals profile needs --pid PID".to_owned());
     };
     if !matches!(format, "pprof" | "folded") {

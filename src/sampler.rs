@@ -23,7 +23,7 @@ use crate::signal::target::{ExitReason, KernelUnits, TargetInfo, TargetMetrics};
 use crate::signal::Derived;
 use crate::target::exit_watch::ExitWatch;
 use crate::target::status::TargetStatus;
-use crate::target::{detect_runtime, Search, Selector, StartClock, TargetId};
+use crate::target::{detect_runtime, Search, Selection, Selector, StartClock, TargetId};
 
 /// How often "no target found" is repeated in the log while vitals keeps searching.
 const NOT_FOUND_WARNING_EVERY: Duration = Duration::from_secs(60);
@@ -529,7 +529,7 @@ impl Sampler {
             );
         }
         let Some(id) = found.target else { return };
-        if matches!(selector, Selector::Pid(_)) {
+        if matches!(selector, Selector::Given(Selection::Pid(_))) {
             match self.pinned {
                 Some(p) if p != id => {
                     self.not_attached = Some(format!(

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{mpsc, Semaphore};
 
-use super::upstream::{Answer, Sender, Upstream};
+use super::retry::{self, Bound, Delivery, RetryPolicy};
+use super::upstream::{Sender, Upstream};
 use crate::catalogue;
 use crate::model::{Collector, Metric, Value};
 use crate::pipeline::{Onward, QueueFull, Signal};
@@ -28,6 +29,8 @@ pub struct ForwardSettings {
     pub queue_bytes: u64,
     /// Longest time shutdown waits for the queue to empty.
     pub drain_timeout: Duration,
+    /// Waits between attempts ([`RetryPolicy::OTLP`]).
+    pub retry: RetryPolicy,
 }
 
 impl ForwardSettings {
@@ -45,11 +48,6 @@ impl ForwardSettings {
 
 /// Requests sent to one upstream at once.
 const SENDS_IN_FLIGHT: usize = 8;
-/// First retry delay when the upstream gave none; doubles up to [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_millis(200);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// Longest Retry-After / RetryInfo delay honoured as given.
-const MAX_ASKED_DELAY: Duration = Duration::from_secs(60);
 /// Distinct permanent-failure reasons remembered for logging once each.
 const MAX_LOGGED_REASONS: usize = 64;
 
@@ -244,68 +242,55 @@ async fn run_sender(
 }
 
 /// Sends one batch until the upstream takes it or refuses it for good; releases its queue bytes.
+///
+/// No deadline: what the queue holds is bounded in bytes, and while the upstream is away the full queue
+/// tells the apps to retry, so their SDKs keep the rest; only the drain at shutdown gives up.
 async fn deliver(sh: &Shared, signal: Signal, sender: &Sender, batch: Batch) {
     let len = batch.body.len() as u64;
-    let mut backoff = FIRST_BACKOFF;
-    loop {
+    let send = || async {
         let started = Instant::now();
         let answer = sender.send(signal, batch.body.clone()).await;
         sh.stats.latency(signal, started.elapsed());
-        match answer {
-            Answer::Accepted { rejected, message } => {
-                if sh.failing[signal as usize].swap(false, Ordering::Relaxed) {
-                    tracing::info!(
-                        signal = signal.label(),
-                        "forwarding: the upstream takes data again"
-                    );
-                }
-                let rejected = rejected.min(batch.items);
-                sh.stats
-                    .count(signal, Outcome::Sent, batch.items - rejected);
-                if rejected > 0 {
-                    sh.stats.items[signal as usize][Outcome::Rejected as usize]
-                        .fetch_add(rejected, Ordering::Relaxed);
-                    log_once(sh, signal, &format!("partial success: {message}"), rejected);
-                }
-                break;
+        answer
+    };
+    let on_retry = |why: &str, wait: Duration| {
+        sh.stats.retries[signal as usize].fetch_add(1, Ordering::Relaxed);
+        if !sh.failing[signal as usize].swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                signal = signal.label(),
+                %why,
+                "forwarding: the upstream is not taking data; retrying (the queue holds what \
+                 was accepted; when it is full apps are told to retry)"
+            );
+        }
+        tracing::debug!(signal = signal.label(), %why, ?wait, "forwarding: retrying");
+    };
+    match retry::deliver(&sh.settings.retry, Bound::default(), send, on_retry).await {
+        Delivery::Accepted { rejected, message } => {
+            if sh.failing[signal as usize].swap(false, Ordering::Relaxed) {
+                tracing::info!(
+                    signal = signal.label(),
+                    "forwarding: the upstream takes data again"
+                );
             }
-            Answer::Permanent { reason } => {
-                sh.stats.count(signal, Outcome::Rejected, batch.items);
-                log_once(sh, signal, &reason, batch.items);
-                break;
-            }
-            Answer::Retry { after, why } => {
-                sh.stats.retries[signal as usize].fetch_add(1, Ordering::Relaxed);
-                if !sh.failing[signal as usize].swap(true, Ordering::Relaxed) {
-                    tracing::warn!(
-                        signal = signal.label(),
-                        %why,
-                        "forwarding: the upstream is not taking data; retrying (the queue holds what \
-                         was accepted; when it is full apps are told to retry)"
-                    );
-                }
-                let wait = match after {
-                    Some(d) => d.min(MAX_ASKED_DELAY),
-                    // Half jitter spreads senders that failed together.
-                    None => backoff / 2 + backoff.mul_f64(unit_random() / 2.0),
-                };
-                tracing::debug!(signal = signal.label(), %why, ?wait, "forwarding: retrying");
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-                tokio::time::sleep(wait).await;
+            let rejected = rejected.min(batch.items);
+            sh.stats
+                .count(signal, Outcome::Sent, batch.items - rejected);
+            if rejected > 0 {
+                sh.stats.items[signal as usize][Outcome::Rejected as usize]
+                    .fetch_add(rejected, Ordering::Relaxed);
+                log_once(sh, signal, &format!("partial success: {message}"), rejected);
             }
         }
+        Delivery::Refused { reason } => {
+            sh.stats.count(signal, Outcome::Rejected, batch.items);
+            log_once(sh, signal, &reason, batch.items);
+        }
+        // Unbounded: neither ends a forward.
+        Delivery::OutOfTime { .. } | Delivery::Stopped => {}
     }
     sh.queued_bytes.fetch_sub(len, Ordering::SeqCst);
     sh.queued_items[signal as usize].fetch_sub(batch.items, Ordering::SeqCst);
-}
-
-/// A number in [0, 1) from the standard library's randomly keyed hasher (no random crate needed for
-/// jitter).
-fn unit_random() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(0);
-    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 fn log_once(sh: &Shared, signal: Signal, reason: &str, items: u64) {

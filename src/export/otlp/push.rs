@@ -20,8 +20,9 @@ use super::metrics_request::{
     convert, resource, Histograms, PushRequest, StartTimes, FORGET_AFTER_NANOS, START_TIMES_LIMIT,
 };
 use super::push_resource::{host_name, resource_attributes};
+use super::retry::{self, Bound, Delivery, RetryPolicy};
 use super::tls::{client_config, TlsFiles};
-use super::upstream::{parse_endpoint, parse_headers, Answer, Protocol, Sender, Upstream};
+use super::upstream::{parse_endpoint, parse_headers, Protocol, Sender, Upstream};
 use crate::catalogue;
 use crate::model::{Collector, Metric, Registry, Value};
 use crate::receiver::Signal;
@@ -70,6 +71,8 @@ pub struct PushSettings {
     pub grace: Duration,
     /// Which OTLP type histograms are pushed as.
     pub histograms: Histograms,
+    /// Waits between attempts ([`RetryPolicy::OTLP`]); a push is retried until the next is due.
+    pub retry: RetryPolicy,
 }
 
 impl PushSettings {
@@ -214,6 +217,7 @@ impl PushOptions {
             service_name,
             grace,
             histograms,
+            retry: RetryPolicy::OTLP,
         }))
     }
 }
@@ -252,9 +256,6 @@ const POINT_OUTCOMES: [(PointOutcome, &str); 3] = [
     (PointOutcome::Dropped, "dropped"),
 ];
 
-/// First retry delay when the endpoint gave none; doubles up to [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_millis(200);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Largest encoded request; a larger gather is split (4 MiB is the usual gRPC receive limit).
 const MAX_REQUEST_BYTES: usize = 3 << 20;
 /// Distinct permanent-failure reasons logged, once each.
@@ -467,68 +468,48 @@ impl PushJob {
         stop: Option<&CancellationToken>,
     ) -> Result<(), Cut> {
         let sh = &self.shared;
-        let stopped = async {
-            match stop {
-                Some(s) => s.cancelled().await,
-                None => std::future::pending().await,
+        let send = || self.sender.send(Signal::Metrics, req.body.clone());
+        let on_retry = |why: &str, _: Duration| {
+            sh.stats.request(RequestOutcome::Failed);
+            if !sh.failing.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    %why,
+                    endpoint = %self.settings.upstream.url,
+                    "push: the endpoint is not taking data; retrying until the next push is due"
+                );
             }
         };
-        tokio::pin!(stopped);
-        let mut backoff = FIRST_BACKOFF;
-        loop {
-            let answer = tokio::select! {
-                a = tokio::time::timeout_at(deadline, self.sender.send(Signal::Metrics, req.body.clone())) => match a {
-                    Ok(a) => a,
-                    Err(_) => {
-                        sh.stats.request(RequestOutcome::Failed);
-                        return Err(Cut::Deadline);
-                    }
-                },
-                _ = &mut stopped => return Err(Cut::Stop),
-            };
-            match answer {
-                Answer::Accepted { rejected, message } => {
-                    sh.stats.request(RequestOutcome::Sent);
-                    if sh.failing.swap(false, Ordering::Relaxed) {
-                        tracing::info!("push: the endpoint takes data again");
-                    }
-                    let rejected = rejected.min(req.points);
-                    sh.stats.points(PointOutcome::Sent, req.points - rejected);
-                    if rejected > 0 {
-                        sh.stats.points(PointOutcome::Rejected, rejected);
-                        self.log_once(&format!("partial success: {message}"), rejected);
-                    }
-                    return Ok(());
+        let bound = Bound {
+            deadline: Some(deadline),
+            stop,
+        };
+        match retry::deliver(&self.settings.retry, bound, send, on_retry).await {
+            Delivery::Accepted { rejected, message } => {
+                sh.stats.request(RequestOutcome::Sent);
+                if sh.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!("push: the endpoint takes data again");
                 }
-                Answer::Permanent { reason } => {
-                    sh.stats.request(RequestOutcome::Rejected);
-                    sh.stats.points(PointOutcome::Rejected, req.points);
-                    self.log_once(&reason, req.points);
-                    return Ok(());
+                let rejected = rejected.min(req.points);
+                sh.stats.points(PointOutcome::Sent, req.points - rejected);
+                if rejected > 0 {
+                    sh.stats.points(PointOutcome::Rejected, rejected);
+                    self.log_once(&format!("partial success: {message}"), rejected);
                 }
-                Answer::Retry { after, why } => {
-                    sh.stats.request(RequestOutcome::Failed);
-                    if !sh.failing.swap(true, Ordering::Relaxed) {
-                        tracing::warn!(
-                            %why,
-                            endpoint = %self.settings.upstream.url,
-                            "push: the endpoint is not taking data; retrying until the next push is due"
-                        );
-                    }
-                    let wait = match after {
-                        Some(d) => d,
-                        None => backoff / 2 + backoff.mul_f64(unit_random() / 2.0),
-                    };
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                    if Instant::now() + wait >= deadline {
-                        return Err(Cut::Deadline);
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = &mut stopped => return Err(Cut::Stop),
-                    }
-                }
+                Ok(())
             }
+            Delivery::Refused { reason } => {
+                sh.stats.request(RequestOutcome::Rejected);
+                sh.stats.points(PointOutcome::Rejected, req.points);
+                self.log_once(&reason, req.points);
+                Ok(())
+            }
+            Delivery::OutOfTime { in_flight } => {
+                if in_flight {
+                    sh.stats.request(RequestOutcome::Failed);
+                }
+                Err(Cut::Deadline)
+            }
+            Delivery::Stopped => Err(Cut::Stop),
         }
     }
 
@@ -547,14 +528,6 @@ impl PushJob {
             );
         }
     }
-}
-
-/// A number in [0, 1) from the standard library's randomly keyed hasher, for jitter.
-fn unit_random() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(0);
-    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 struct PushCollector(Arc<Shared>);

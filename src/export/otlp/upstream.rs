@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
 use http::uri::PathAndQuery;
-use http::{StatusCode, Uri};
+use http::Uri;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -18,9 +18,10 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse
 use prost::Message;
 use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Status};
+use tonic::Status;
 use tonic_types::StatusExt;
 
+use super::retry::{grpc_code_retryable, http_status_retryable, parse_retry_after};
 use super::tls::{client_config, TlsFiles, UpstreamConnector};
 use crate::pipeline::Signal;
 
@@ -485,8 +486,7 @@ async fn send_http(
             .headers()
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+            .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
         let body = Limited::new(resp.into_body(), MAX_ANSWER)
             .collect()
             .await
@@ -507,13 +507,7 @@ async fn send_http(
             if status.is_success() {
                 let (rejected, message) = partial(signal, &body).unwrap_or_default();
                 Answer::Accepted { rejected, message }
-            } else if matches!(
-                status,
-                StatusCode::TOO_MANY_REQUESTS
-                    | StatusCode::BAD_GATEWAY
-                    | StatusCode::SERVICE_UNAVAILABLE
-                    | StatusCode::GATEWAY_TIMEOUT
-            ) {
+            } else if http_status_retryable(status.as_u16()) {
                 Answer::Retry {
                     after,
                     why: format!("HTTP {}", status.as_u16()),
@@ -602,20 +596,10 @@ async fn send_grpc(
     }
 }
 
-/// The OTLP/gRPC retry rules: these codes are transient; RESOURCE_EXHAUSTED only with RetryInfo.
+/// A gRPC error status as an [`Answer`], by the retry rules in [`super::retry`].
 fn classify_grpc(status: &Status) -> Answer {
     let info = status.get_details_retry_info().and_then(|r| r.retry_delay);
-    let retryable = match status.code() {
-        Code::Cancelled
-        | Code::DeadlineExceeded
-        | Code::Aborted
-        | Code::OutOfRange
-        | Code::Unavailable
-        | Code::DataLoss => true,
-        Code::ResourceExhausted => info.is_some(),
-        _ => false,
-    };
-    if retryable {
+    if grpc_code_retryable(status.code(), info.is_some()) {
         Answer::Retry {
             after: info,
             why: format!("gRPC {:?}: {}", status.code(), status.message()),
@@ -652,6 +636,7 @@ pub fn parse_endpoint(origin: &str, endpoint: &str) -> Result<(Uri, bool), Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tonic::Code;
 
     fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
         move |k| {

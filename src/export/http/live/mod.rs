@@ -95,9 +95,13 @@ impl LiveHub {
     }
 
     /// Tells `continuous` of every onset of a latency, pause or saturation condition
-    /// ([`thresholds::PROFILED`]), so it keeps the profile around it. Call before [`LiveHub::pace`].
+    /// ([`thresholds::PROFILED`]), so it keeps the profile around it; the samplers then stay at their
+    /// finest pace for good (before or after [`LiveHub::pace`]).
     pub fn capture_on_trouble(&self, continuous: Arc<Continuous>) {
         let _ = self.captures.set(continuous);
+        if let Some(c) = self.cadence.get() {
+            let _ = self.always_watched.set(c.watch());
+        }
     }
 
     fn sampler(&self) -> std::sync::MutexGuard<'_, LiveSampler> {
@@ -196,5 +200,51 @@ pub async fn run(
         let registry = registry.clone();
         // Gathering takes the stores' locks and builds every family: keep it off the reactor.
         let _ = tokio::task::spawn_blocking(move || hub.tick(&registry, unix_now())).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::continuous::ContinuousSettings;
+    use crate::profile::{Profiler, ProfilerSettings};
+
+    fn continuous() -> Arc<Continuous> {
+        let profiler = Arc::new(Profiler::new(
+            ProfilerSettings::default(),
+            Arc::new(Vec::new),
+        ));
+        Arc::new(Continuous::new(profiler, ContinuousSettings::default()))
+    }
+
+    fn hub() -> LiveHub {
+        LiveHub::new(
+            HintPolicy::default(),
+            "test".into(),
+            String::new(),
+            CancellationToken::new(),
+        )
+    }
+
+    #[test]
+    fn the_continuous_profiler_keeps_the_finest_pace_whichever_is_wired_first() {
+        let (fine, idle) = (Duration::from_secs(1), Duration::from_secs(10));
+        // Paced first, then told of the profiler.
+        let a = Cadence::new(fine, idle);
+        let first = hub();
+        first.pace(a.clone());
+        assert_eq!(a.period(), idle, "nobody watches yet");
+        first.capture_on_trouble(continuous());
+        assert_eq!(a.period(), fine);
+        // Told of the profiler, then paced.
+        let b = Cadence::new(fine, idle);
+        let second = hub();
+        second.capture_on_trouble(continuous());
+        second.pace(b.clone());
+        assert_eq!(b.period(), fine);
+        // A hub without the profiler leaves the idle pace alone.
+        let c = Cadence::new(fine, idle);
+        hub().pace(c.clone());
+        assert_eq!(c.period(), idle);
     }
 }
