@@ -108,32 +108,8 @@ fn catalogue_matches_the_live_exposition() {
     }
     // Every live sample's labels are declared by its entry, with a value of the entry's set where it
     // fixes one.
-    let entries: BTreeMap<String, &MetricDef> = catalogue::ALL
-        .iter()
-        .map(|d| (family_name(d), *d))
-        .collect();
-    let mut broken = Vec::new();
-    for s in &common::Exposition::parse(&text).samples {
-        let entry = entries.get(&s.name).or_else(|| {
-            ["_bucket", "_count", "_sum"]
-                .iter()
-                .find_map(|x| entries.get(s.name.strip_suffix(x)?))
-        });
-        let Some(d) = entry else { continue };
-        for (k, v) in &s.labels {
-            if k == "le" || catalogue::SHARED_LABELS.contains(&k.as_str()) {
-                continue;
-            }
-            match d.labels.iter().find(|l| label_name(l.key) == *k) {
-                None => broken.push(format!("{}: label {k} not declared by {}", s.name, d.name)),
-                Some(l) if l.values.is_some_and(|vs| !vs.contains(&v.as_str())) => {
-                    broken.push(format!("{}: {k}=\"{v}\" not in {:?}", s.name, l.values))
-                }
-                Some(_) => {}
-            }
-        }
-    }
-    assert!(broken.is_empty(), "{}", broken.join("\n"));
+    let wrong = common::catalogue_disagreements(&common::Exposition::parse(&text));
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     for (name, row) in &rows {
         if row.when == "always" || row.when == "target" || row.when == "selected" {
             assert!(

@@ -147,7 +147,14 @@ impl Vitals {
     pub fn scrape(&self) -> Exposition {
         let (status, _, body) = self.get("/metrics", None);
         assert_eq!(status, 200, "{body}");
-        Exposition::parse(&body)
+        let e = Exposition::parse(&body);
+        let wrong = catalogue_disagreements(&e);
+        assert!(
+            wrong.is_empty(),
+            "the exposition disagrees with src/catalogue.rs:\n{}",
+            wrong.join("\n")
+        );
+        e
     }
 
     /// Polls the exposition until `cond` holds or `timeout` passes; returns the last exposition.
@@ -1117,4 +1124,61 @@ pub fn go_decode_exposition(body: &[u8]) -> Result<Vec<serde_json::Value>, Strin
         .lines()
         .map(|l| serde_json::from_str(l).expect("decoder JSON"))
         .collect())
+}
+
+/// Catalogue entries by their family name in the text format (counters with `_total`).
+fn catalogue_families(
+) -> &'static std::collections::BTreeMap<String, &'static vitals::catalogue::MetricDef> {
+    use vitals::export::prometheus::naming::exposition_name;
+    use vitals::model::{MetricKind, Origin};
+    static FAMILIES: std::sync::OnceLock<
+        std::collections::BTreeMap<String, &'static vitals::catalogue::MetricDef>,
+    > = std::sync::OnceLock::new();
+    FAMILIES.get_or_init(|| {
+        vitals::catalogue::ALL
+            .iter()
+            .map(|d| {
+                let name = exposition_name(d.name, d.unit, d.kind, Origin::Vitals);
+                let name = if d.kind == MetricKind::Counter {
+                    format!("{name}_total")
+                } else {
+                    name
+                };
+                (name, *d)
+            })
+            .collect()
+    })
+}
+
+/// What in an exposition disagrees with vitals' catalogue (`src/catalogue.rs`): a sample of one of its
+/// families with a label the entry does not declare, or with a value outside the entry's fixed set.
+/// [`Vitals::scrape`] asserts there is none, so every test that scrapes checks the producers it drives.
+pub fn catalogue_disagreements(e: &Exposition) -> Vec<String> {
+    use vitals::export::prometheus::naming::label_name;
+    let families = catalogue_families();
+    let mut wrong = Vec::new();
+    for s in &e.samples {
+        let entry = families.get(&s.name).or_else(|| {
+            ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|x| families.get(s.name.strip_suffix(x)?))
+        });
+        let Some(d) = entry else { continue };
+        for (k, v) in &s.labels {
+            if k == "le" || vitals::catalogue::SHARED_LABELS.contains(&k.as_str()) {
+                continue;
+            }
+            match d.labels.iter().find(|l| label_name(l.key) == *k) {
+                None => wrong.push(format!(
+                    "{}: label {k} is not declared by {}",
+                    s.name, d.name
+                )),
+                Some(l) if l.values.is_some_and(|vs| !vs.contains(&v.as_str())) => wrong.push(
+                    format!("{}: {k}=\"{v}\" is not one of {:?}", s.name, l.values),
+                ),
+                Some(_) => {}
+            }
+        }
+    }
+    wrong
 }
