@@ -14,20 +14,20 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::cadence::Cadence;
-use crate::config::{ChildProtocol, Config, Selection, TargetSpec};
+use crate::config::{Config, OtlpProtocol, Selection, TargetSpec};
 use crate::export::http::live::{self, LiveHub};
-use crate::export::http::server::{ConnectionLimits, GuardedListener};
 use crate::export::http::{bind, serve, HttpState};
 use crate::export::otlp::forward::Forwarder;
 use crate::export::otlp::push::Pusher;
-use crate::export::self_metrics::ExporterStats;
 use crate::model::{Attributed, Collector, Registry};
 use crate::probe::cgroup::CgroupRoots;
+use crate::probe::own_health::ExporterStats;
 use crate::probe::procfs::{kernel_units, read_boot_time, PssPolicy};
 use crate::profile::continuous::{Continuous, ContinuousSettings};
 use crate::profile::{Profiler, ProfilerSettings, Reason};
 use crate::receiver::{self, Consumers, OtlpLimits, OtlpStats, Receiver};
 use crate::sampler::{Sampler, SamplerParts, WATCH_INTERVAL};
+use crate::server::{ConnectionLimits, GuardedListener};
 use crate::signal::hints::HintPolicy;
 use crate::signal::latency::RedStore;
 use crate::signal::memory::MemoryGrowth;
@@ -206,8 +206,7 @@ async fn bind_named(
     addr: std::net::SocketAddr,
     flag: &str,
 ) -> anyhow::Result<tokio::net::TcpListener> {
-    crate::export::http::server::listen(addr)
-        .map_err(|e| anyhow::anyhow!("cannot listen on {flag} {addr}: {e}"))
+    crate::server::listen(addr).map_err(|e| anyhow::anyhow!("cannot listen on {flag} {addr}: {e}"))
 }
 
 /// Runs vitals until SIGTERM/SIGINT (or, in `run` mode, until the child exits). Returns the exit code.
@@ -559,7 +558,7 @@ async fn start_receivers(
         )));
     }
     if let Some(l) = http_listener {
-        tasks.push(tokio::spawn(crate::export::http::server::serve(
+        tasks.push(tokio::spawn(crate::server::serve(
             l,
             ConnectionLimits::OTLP,
             None,
@@ -648,12 +647,12 @@ fn start_main_target(
 /// protocol. A child that cannot start gives its exit code as the error.
 fn start_child(
     command: &[String],
-    protocol: ChildProtocol,
+    protocol: OtlpProtocol,
     receivers: &ReceiverAddrs,
 ) -> Result<(tokio::process::Child, bool), i32> {
     let env = match (protocol, receivers.grpc, receivers.http) {
-        (ChildProtocol::Grpc, Some(grpc), _) => run::otlp_env(grpc, grpc, protocol),
-        (ChildProtocol::HttpProtobuf, _, Some(http)) => run::otlp_env(http, http, protocol),
+        (OtlpProtocol::Grpc, Some(grpc), _) => run::otlp_env(grpc, grpc, protocol),
+        (OtlpProtocol::HttpProtobuf, _, Some(http)) => run::otlp_env(http, http, protocol),
         _ => {
             tracing::warn!(
                 protocol = ?protocol,

@@ -462,7 +462,7 @@ pub static TARGET_RESTARTS: MetricDef = MetricDef {
     present: Presence::Selected,
 };
 
-/// `vitals_exporter_build_info`, written by `src/export/self_metrics.rs`.
+/// `vitals_exporter_build_info`, written by `src/probe/own_health.rs`.
 pub static EXPORTER_BUILD_INFO: MetricDef = MetricDef {
     name: "vitals.exporter.build.info",
     unit: "",
@@ -474,7 +474,7 @@ pub static EXPORTER_BUILD_INFO: MetricDef = MetricDef {
     present: Presence::Always,
 };
 
-/// `vitals_exporter_cpu_seconds_total`, written by `src/export/self_metrics.rs`.
+/// `vitals_exporter_cpu_seconds_total`, written by `src/probe/own_health.rs`.
 pub static EXPORTER_CPU: MetricDef = MetricDef {
     name: "vitals.exporter.cpu",
     unit: "s",
@@ -486,7 +486,7 @@ pub static EXPORTER_CPU: MetricDef = MetricDef {
     present: Presence::Always,
 };
 
-/// `vitals_exporter_resident_memory_bytes`, written by `src/export/self_metrics.rs`.
+/// `vitals_exporter_resident_memory_bytes`, written by `src/probe/own_health.rs`.
 pub static EXPORTER_RESIDENT_MEMORY: MetricDef = MetricDef {
     name: "vitals.exporter.resident.memory",
     unit: "By",
@@ -498,7 +498,7 @@ pub static EXPORTER_RESIDENT_MEMORY: MetricDef = MetricDef {
     present: Presence::Always,
 };
 
-/// `vitals_exporter_read_errors_total`, written by `src/export/self_metrics.rs`.
+/// `vitals_exporter_read_errors_total`, written by `src/probe/own_health.rs`.
 pub static EXPORTER_READ_ERRORS: MetricDef = MetricDef {
     name: "vitals.exporter.read.errors",
     unit: "{error}",
@@ -598,7 +598,7 @@ pub static PROFILER_CAPTURES_KEPT: MetricDef = MetricDef {
     present: Presence::Continuous,
 };
 
-/// `vitals_exporter_sample_duration_seconds`, written by `src/export/self_metrics.rs`.
+/// `vitals_exporter_sample_duration_seconds`, written by `src/probe/own_health.rs`.
 pub static EXPORTER_SAMPLE_DURATION: MetricDef = MetricDef {
     name: "vitals.exporter.sample.duration",
     unit: "s",

@@ -31,17 +31,35 @@ pub enum LogFormat {
     Json,
 }
 
-/// Which OTLP protocol the child's SDK is told to use.
+/// An OTLP wire protocol: what the `run` child's SDK is told to use (`--child-otlp-protocol`) and what
+/// forwarding and push speak to their upstream (`--forward-protocol`, `--push-protocol`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
-pub enum ChildProtocol {
-    /// OTLP/HTTP with protobuf bodies to the HTTP receiver (the specification's default).
+pub enum OtlpProtocol {
+    /// OTLP/HTTP with protobuf bodies (the specification's default).
     #[value(name = "http/protobuf")]
     #[serde(rename = "http/protobuf")]
     HttpProtobuf,
-    /// OTLP/gRPC to the gRPC receiver.
+    /// OTLP/gRPC.
     #[value(name = "grpc")]
     #[serde(rename = "grpc")]
     Grpc,
+}
+
+impl OtlpProtocol {
+    /// The name `OTEL_EXPORTER_OTLP_PROTOCOL` and the flags use.
+    pub fn name(self) -> &'static str {
+        match self {
+            OtlpProtocol::HttpProtobuf => "http/protobuf",
+            OtlpProtocol::Grpc => "grpc",
+        }
+    }
+
+    /// The protocol of `name` (surrounding blanks ignored); None for any other, `http/json` included.
+    pub fn parse(name: &str) -> Option<Self> {
+        [OtlpProtocol::HttpProtobuf, OtlpProtocol::Grpc]
+            .into_iter()
+            .find(|p| p.name() == name.trim())
+    }
 }
 
 /// vitals: vital signs (latency, pauses, memory growth, pool saturation) of the process next to it.
@@ -174,7 +192,7 @@ pub struct Options {
     pub otlp_http_addr: Option<ReceiverAddr>,
     /// `run` mode: OTLP protocol the child's SDK is told to use [default: http/protobuf].
     #[arg(long, global = true, value_enum, env = "VITALS_CHILD_OTLP_PROTOCOL")]
-    pub child_otlp_protocol: Option<ChildProtocol>,
+    pub child_otlp_protocol: Option<OtlpProtocol>,
     /// Sampling interval, e.g. 1s, 500ms [default: 1s; 100ms..1h].
     #[arg(long, global = true, env = "VITALS_INTERVAL", value_parser = humantime::parse_duration)]
     #[serde(deserialize_with = "de_duration")]
@@ -614,7 +632,7 @@ pub enum TargetSpec {
         /// Command and arguments.
         command: Vec<String>,
         /// OTLP protocol for the child.
-        protocol: ChildProtocol,
+        protocol: OtlpProtocol,
     },
 }
 
@@ -1032,7 +1050,7 @@ impl Cli {
             ))),
             _ => None,
         };
-        let protocol = layers.value(|o| o.child_otlp_protocol, || ChildProtocol::HttpProtobuf);
+        let protocol = layers.value(|o| o.child_otlp_protocol, || OtlpProtocol::HttpProtobuf);
         if let Some(Command::Run { command }) = self.command {
             if target.is_some() {
                 return Err(invalid(
@@ -1780,7 +1798,7 @@ mod tests {
         match c.target {
             Some(TargetSpec::Run { command, protocol }) => {
                 assert_eq!(command, ["sh", "-c", "exit 3"]);
-                assert_eq!(protocol, ChildProtocol::HttpProtobuf);
+                assert_eq!(protocol, OtlpProtocol::HttpProtobuf);
             }
             other => panic!("{other:?}"),
         }
@@ -1796,7 +1814,7 @@ mod tests {
         assert!(matches!(
             c.target,
             Some(TargetSpec::Run {
-                protocol: ChildProtocol::Grpc,
+                protocol: OtlpProtocol::Grpc,
                 ..
             })
         ));
@@ -1988,7 +2006,7 @@ mod tests {
         let c = parse(&["--config", file.to_str().unwrap()]).unwrap();
         let up = c.forward.unwrap().upstreams[2].clone().unwrap();
         assert_eq!(up.url, "http://collector:4317/");
-        assert_eq!(up.protocol, crate::export::otlp::upstream::Protocol::Grpc);
+        assert_eq!(up.protocol, OtlpProtocol::Grpc);
     }
 
     #[test]
@@ -2065,7 +2083,7 @@ mod tests {
         assert!(matches!(
             c.target,
             Some(TargetSpec::Run {
-                protocol: ChildProtocol::Grpc,
+                protocol: OtlpProtocol::Grpc,
                 ..
             })
         ));

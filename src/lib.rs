@@ -3,7 +3,8 @@
 //!
 //! Data flows one way: `target` chooses the process, `probe` reads it (and `receiver` takes the app's
 //! OTLP data), `signal` derives, `store` holds metric families, `export` serves them; `cadence` says when
-//! the samplers read. `app` wires these together for the binary.
+//! the samplers read; `server` is the connection handling the HTTP listeners (`/metrics` and OTLP/HTTP)
+//! share. `app` wires these together for the binary.
 
 #![deny(missing_docs)]
 
@@ -21,6 +22,7 @@ pub mod profile;
 pub mod receiver;
 pub mod runtime;
 pub mod sampler;
+pub mod server;
 pub mod signal;
 pub mod store;
 pub mod target;

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::cadence::Turn;
-use crate::export::self_metrics::ExporterStats;
 use crate::probe::cgroup::{locate, CgroupProbe, CgroupRoots};
 use crate::probe::hsperf::HsperfProbe;
 use crate::probe::kept::KeptFile;
 use crate::probe::oom::OomCounter;
+use crate::probe::own_health::ExporterStats;
 use crate::probe::procfs::{effective_uid, read_comm, read_nspid, ProcfsProbe, PssPolicy};
 use crate::probe::sockets::SocketProbe;
 use crate::probe::{Observations, Probe, ProbeTarget, ReadErrorSink, ReadSource};

@@ -158,7 +158,7 @@ fn data_flows_one_way() {
         ),
         (
             "sampler",
-            &["store", "receiver"],
+            &["store", "receiver", "export"],
             "the sampler drives the probes and hands observations to derivation; it reads nothing back",
         ),
         (
@@ -205,6 +205,14 @@ fn data_flows_one_way() {
                 "target", "probe", "signal", "store", "sampler", "receiver", "app",
             ],
             "configuration is read first and depends on no component",
+        ),
+        (
+            "server",
+            &[
+                "probe", "receiver", "signal", "store", "export", "sampler", "target", "app", "config",
+                "pipeline", "model",
+            ],
+            "the listeners' connection handling serves /metrics and the OTLP receiver alike; it depends on no component",
         ),
     ];
     let mut broken = Vec::new();

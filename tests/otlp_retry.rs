@@ -17,11 +17,12 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use prost::Message;
+use vitals::config::OtlpProtocol;
 use vitals::export::otlp::forward::{ForwardSettings, Forwarder};
 use vitals::export::otlp::metrics_request::Histograms;
 use vitals::export::otlp::push::{PushSettings, Pusher};
 use vitals::export::otlp::retry::RetryPolicy;
-use vitals::export::otlp::upstream::{Protocol, Upstream};
+use vitals::export::otlp::upstream::Upstream;
 use vitals::model::{Collector, Metric, MetricKind, Registry, Value};
 use vitals::pipeline::{Onward, Signal};
 
@@ -81,7 +82,7 @@ async fn flaky_peer() -> (SocketAddr, Seen) {
 fn upstream(addr: SocketAddr, path: &str) -> Upstream {
     Upstream {
         url: format!("http://{addr}{path}").parse().unwrap(),
-        protocol: Protocol::HttpProtobuf,
+        protocol: OtlpProtocol::HttpProtobuf,
         headers: Vec::new(),
         gzip: false,
         timeout: Duration::from_secs(5),

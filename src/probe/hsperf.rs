@@ -147,7 +147,7 @@ pub fn parse_at(buf: &[u8], mut f: impl FnMut(&str, Counter, usize)) -> Result<(
 
 /// One GC collector's cumulative pauses.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Collector {
+pub struct GcCollector {
     /// N in `sun.gc.collector.N.*` (below 16): what identifies the collector from sample to sample.
     pub index: usize,
     /// `sun.gc.collector.N.name`, or "collector N" when the JVM gave none.
@@ -162,7 +162,7 @@ pub struct Collector {
     pub last_exit_ticks: Option<u64>,
 }
 
-impl Collector {
+impl GcCollector {
     /// True while a pause of this collector is in progress (it began after the last one ended).
     pub fn in_pause(&self) -> bool {
         matches!((self.last_entry_ticks, self.last_exit_ticks), (Some(a), Some(b)) if a > b)
@@ -175,7 +175,7 @@ pub struct JvmSample {
     /// Ticks per second of the times below (`sun.os.hrt.frequency`).
     pub frequency: u64,
     /// Collectors by index.
-    pub collectors: Vec<Collector>,
+    pub collectors: Vec<GcCollector>,
     /// `sun.rt.safepoints`.
     pub safepoints: Option<u64>,
     /// `sun.rt.safepointTime`, ticks.
@@ -214,7 +214,7 @@ pub fn sample(buf: &[u8]) -> Result<JvmSample, HsperfError> {
                 return;
             }
             if s.collectors.len() <= i {
-                s.collectors.resize(i + 1, Collector::default());
+                s.collectors.resize(i + 1, GcCollector::default());
             }
             match (field, v) {
                 ("name", Counter::Text(t)) => s.collectors[i].name = t,
@@ -738,7 +738,7 @@ pub(crate) mod tests {
             assert_eq!(s.collectors.len(), 2);
             assert_eq!(
                 s.collectors[0],
-                Collector {
+                GcCollector {
                     index: 0,
                     name: "G1 incremental collections".into(),
                     invocations: 12,

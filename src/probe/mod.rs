@@ -9,6 +9,7 @@ pub mod hsperf;
 pub mod jvm_watch;
 pub mod kept;
 pub mod oom;
+pub mod own_health;
 pub mod pressure;
 pub mod procfs;
 pub mod sockets;

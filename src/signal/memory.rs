@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::catalogue;
 use crate::model::{Collector, Metric, Value};
-use crate::probe::hsperf::{Collector as GcCollector, JvmSample};
+use crate::probe::hsperf::{GcCollector, JvmSample};
 use crate::probe::jvm_watch::JvmFast;
 use crate::runtime::{self, Runtime};
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::catalogue;
 use crate::model::{Collector, Metric, Value};
-use crate::probe::hsperf::{Collector as GcCollector, JvmSample};
+use crate::probe::hsperf::{GcCollector, JvmSample};
 use crate::probe::jvm_watch::JvmFast;
 use crate::runtime::{is_concurrent_cycle, Runtime};
 use crate::signal::runtime_metrics::{DelayReading, DelayValue, PauseReading, PauseValue};

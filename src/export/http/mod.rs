@@ -23,8 +23,6 @@ use tokio_util::sync::CancellationToken;
 pub mod live;
 pub mod password_check;
 pub mod profile;
-pub mod server;
-pub mod slots;
 pub mod web_config;
 
 use self::live::stream::LiveBody;
@@ -305,7 +303,7 @@ async fn handle(
             .and_then(|v| v.to_str().ok());
         let peer = req
             .extensions()
-            .get::<server::Peer>()
+            .get::<crate::server::Peer>()
             .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |p| p.0.ip());
         match web.authorize(header, peer).await {
             web_config::Authorization::Allowed => {}
@@ -443,9 +441,9 @@ pub async fn serve(listener: TcpListener, state: HttpState, shutdown: Cancellati
         let service = service.clone();
         async move { service.answer(req).await }
     };
-    crate::export::http::server::serve(
+    crate::server::serve(
         listener,
-        crate::export::http::server::ConnectionLimits::METRICS,
+        crate::server::ConnectionLimits::METRICS,
         tls,
         "metrics",
         serve_one,
@@ -456,7 +454,7 @@ pub async fn serve(listener: TcpListener, state: HttpState, shutdown: Cancellati
 
 /// Binds the metrics listener, naming the address in the error.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    server::listen(addr).map_err(|e| {
+    crate::server::listen(addr).map_err(|e| {
         std::io::Error::new(
             e.kind(),
             format!("cannot listen on --metrics-addr {addr}: {e}"),

@@ -22,8 +22,9 @@ use super::metrics_request::{
 use super::push_resource::{host_name, resource_attributes};
 use super::retry::{self, Bound, Delivery, RetryPolicy};
 use super::tls::{client_config, TlsFiles};
-use super::upstream::{parse_endpoint, parse_headers, Protocol, Sender, Upstream};
+use super::upstream::{parse_endpoint, parse_headers, Sender, Upstream};
 use crate::catalogue;
+use crate::config::OtlpProtocol;
 use crate::model::{Collector, Metric, Registry, Value};
 use crate::receiver::Signal;
 
@@ -95,17 +96,14 @@ impl PushOptions {
             return Ok(None);
         };
         let protocol = match &self.protocol {
-            None => Protocol::HttpProtobuf,
-            Some((v, o)) => match v.trim() {
-                "grpc" => Protocol::Grpc,
-                "http/protobuf" => Protocol::HttpProtobuf,
-                other => return Err(format!("{o}: {other:?} is not grpc or http/protobuf")),
-            },
+            None => OtlpProtocol::HttpProtobuf,
+            Some((v, o)) => OtlpProtocol::parse(v)
+                .ok_or_else(|| format!("{o}: {:?} is not grpc or http/protobuf", v.trim()))?,
         };
         let (url, https) = parse_endpoint(origin, endpoint)?;
         // For OTLP/HTTP a URL without a path gets the standard metrics path; one with a path (Prometheus'
         // /api/v1/otlp/v1/metrics) is used as given.
-        let url = if protocol == Protocol::HttpProtobuf && matches!(url.path(), "" | "/") {
+        let url = if protocol == OtlpProtocol::HttpProtobuf && matches!(url.path(), "" | "/") {
             let full = format!("{}/v1/metrics", endpoint.trim_end_matches('/'));
             full.parse()
                 .map_err(|e| format!("{origin}: {full:?} is not a URL: {e}"))?
@@ -119,7 +117,7 @@ impl PushOptions {
         };
         let tls =
             if https {
-                let alpn: &[u8] = if protocol == Protocol::Grpc {
+                let alpn: &[u8] = if protocol == OtlpProtocol::Grpc {
                     b"h2"
                 } else {
                     b"http/1.1"
@@ -593,7 +591,7 @@ mod tests {
         };
         let s = o.resolve(Duration::ZERO).unwrap().unwrap();
         assert_eq!(s.upstream.url, "http://collector:4317/");
-        assert_eq!(s.upstream.protocol, Protocol::Grpc);
+        assert_eq!(s.upstream.protocol, OtlpProtocol::Grpc);
         assert!(s.upstream.gzip);
         assert_eq!(s.upstream.headers[0].1, "a b");
         let s = PushOptions {

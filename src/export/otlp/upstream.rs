@@ -23,16 +23,8 @@ use tonic_types::StatusExt;
 
 use super::retry::{grpc_code_retryable, http_status_retryable, parse_retry_after};
 use super::tls::{client_config, TlsFiles, UpstreamConnector};
+use crate::config::OtlpProtocol;
 use crate::pipeline::Signal;
-
-/// Wire protocol to the upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    /// OTLP/gRPC.
-    Grpc,
-    /// OTLP/HTTP with protobuf bodies.
-    HttpProtobuf,
-}
 
 /// Where and how one signal is forwarded.
 #[derive(Debug, Clone)]
@@ -40,7 +32,7 @@ pub struct Upstream {
     /// Full URL: for HTTP the request URL, for gRPC the server (the method path is added).
     pub url: Uri,
     /// Wire protocol.
-    pub protocol: Protocol,
+    pub protocol: OtlpProtocol,
     /// Extra request headers (gRPC metadata), e.g. an API key.
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// Compress request bodies with gzip.
@@ -153,17 +145,16 @@ impl ForwardOptions {
             s,
             env,
         ) {
-            None => Protocol::HttpProtobuf,
-            Some((v, o)) => match v.trim() {
-                "grpc" => Protocol::Grpc,
-                "http/protobuf" => Protocol::HttpProtobuf,
-                "http/json" => {
+            None => OtlpProtocol::HttpProtobuf,
+            Some((v, o)) => match OtlpProtocol::parse(&v) {
+                Some(p) => p,
+                None if v.trim() == "http/json" => {
                     return Err(format!(
                     "{o}: http/json is not offered for forwarding (vitals forwards the protobuf \
                          bytes it received); use http/protobuf or grpc"
                 ))
                 }
-                other => return Err(format!("{o}: {other:?} is not grpc or http/protobuf")),
+                None => return Err(format!("{o}: {:?} is not grpc or http/protobuf", v.trim())),
             },
         };
         let (url, https) = parse_endpoint(&origin, &endpoint)?;
@@ -197,7 +188,7 @@ impl ForwardOptions {
                     origins.push(o);
                 }
             }
-            let alpn: &[u8] = if protocol == Protocol::Grpc {
+            let alpn: &[u8] = if protocol == OtlpProtocol::Grpc {
                 b"h2"
             } else {
                 b"http/1.1"
@@ -213,7 +204,7 @@ impl ForwardOptions {
         } else {
             None
         };
-        let url = if is_base && protocol == Protocol::HttpProtobuf {
+        let url = if is_base && protocol == OtlpProtocol::HttpProtobuf {
             let base = endpoint.trim_end_matches('/');
             let full = format!("{base}/v1/{lower}");
             full.parse()
@@ -359,8 +350,8 @@ impl Sender {
     /// A client for `up` carrying `signal`.
     pub fn new(up: Upstream, signal: Signal) -> Result<Sender, String> {
         let alpn: &[u8] = match up.protocol {
-            Protocol::Grpc => b"h2",
-            Protocol::HttpProtobuf => b"http/1.1",
+            OtlpProtocol::Grpc => b"h2",
+            OtlpProtocol::HttpProtobuf => b"http/1.1",
         };
         let tls = up
             .tls
@@ -369,7 +360,7 @@ impl Sender {
             .transpose()?;
         let connector = UpstreamConnector::new(tls);
         match up.protocol {
-            Protocol::HttpProtobuf => {
+            OtlpProtocol::HttpProtobuf => {
                 let client = Client::builder(TokioExecutor::new())
                     .pool_idle_timeout(Duration::from_secs(30))
                     .build(connector);
@@ -378,7 +369,7 @@ impl Sender {
                     client: Box::new(client),
                 })
             }
-            Protocol::Grpc => {
+            OtlpProtocol::Grpc => {
                 let channel = Endpoint::from(up.url.clone())
                     .connect_timeout(up.timeout)
                     .connect_with_connector_lazy(connector);
@@ -660,7 +651,7 @@ mod tests {
         ]);
         let u = ForwardOptions::default().resolve(&env).unwrap();
         assert_eq!(u[0].as_ref().unwrap().url, "http://up:4317/");
-        assert_eq!(u[0].as_ref().unwrap().protocol, Protocol::Grpc);
+        assert_eq!(u[0].as_ref().unwrap().protocol, OtlpProtocol::Grpc);
         assert_eq!(u[1].as_ref().unwrap().url, "http://m:9/x");
     }
 

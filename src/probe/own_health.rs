@@ -1,14 +1,13 @@
-//! vitals' own health: build, CPU and memory of the sidecar itself, per-source read errors and sample
-//! durations. Named `vitals_exporter_*` so they never mix with the target's `process_*` series.
+//! vitals' own health: build, CPU and memory of the sidecar itself (read from its own `/proc/self`), and
+//! the read errors and sample durations every probe reports here. Named `vitals_exporter_*` so they never mix with the target's `process_*` series.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use super::procfs::parse_stat;
+use super::{ReadErrorSink, ReadSource};
 use crate::catalogue;
 use crate::model::{Collector, Metric, Value};
-use crate::probe::procfs::parse_stat;
-use crate::probe::ReadErrorSink;
-use crate::probe::ReadSource;
 
 /// Counters the sources report into.
 pub struct ExporterStats {
