@@ -195,7 +195,7 @@ fn data_flows_one_way() {
             "catalogue",
             &[
                 "probe", "receiver", "signal", "store", "export", "sampler", "target", "app", "config",
-                "pipeline", "runtime", "cadence", "profile", "inject",
+                "pipeline", "runtime", "cadence", "profile", "inject", "server", "logging",
             ],
             "the catalogue declares vitals' metrics on the model alone; every part may read it",
         ),
