@@ -3,6 +3,9 @@
 //! few types and on nothing of each other, so the receiver knows nothing downstream and no consumer
 //! knows the receiver.
 
+pub mod attributes;
+pub mod points;
+
 use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;

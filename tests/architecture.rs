@@ -181,7 +181,7 @@ fn data_flows_one_way() {
             &[
                 "probe", "receiver", "signal", "store", "export", "sampler", "target", "app", "config",
             ],
-            "the OTLP seams are what the receiver and its consumers share; they depend on nothing",
+            "the OTLP seams are what the receiver and its consumers share; they depend on nothing but the model",
         ),
         (
             "inject",
@@ -254,6 +254,44 @@ fn only_the_exporters_know_prometheus_naming() {
         }
     }
     assert!(broken.is_empty(), "{}", broken.join("\n"));
+}
+
+/// The field reads and value matches that decode an OTLP data point's number, buckets or quantiles.
+fn point_reading() -> regex::Regex {
+    regex::Regex::new(
+        r"\.(bucket_counts|explicit_bounds|quantile_values|zero_count)\b|number_data_point::Value::As\w+\(\w+\)\s*=>",
+    )
+    .expect("valid regex")
+}
+
+#[test]
+fn otlp_points_are_read_in_one_place() {
+    // The store and derivation read OTLP data points only through `pipeline::points`, so numbers,
+    // buckets, validation and deltas mean the same to both (the store may not use derivation, so the
+    // shared reading lives in the seams both already depend on).
+    let reading = point_reading();
+    let mut broken = Vec::new();
+    for (module, path, code) in sources() {
+        if module != "store" && module != "signal" {
+            continue;
+        }
+        for m in reading.find_iter(&code) {
+            broken.push(format!(
+                "{} reads an OTLP point itself ({}); use crate::pipeline::points",
+                path.display(),
+                m.as_str()
+            ));
+        }
+    }
+    assert!(broken.is_empty(), "{}", broken.join("\n"));
+    let points = sources()
+        .into_iter()
+        .find(|(_, p, _)| p.ends_with("pipeline/points.rs"))
+        .expect("src/pipeline/points.rs");
+    assert!(
+        point_reading().find_iter(&points.2).count() >= 4,
+        "the rule's pattern finds the reads where they are"
+    );
 }
 
 #[test]

@@ -1,7 +1,9 @@
 //! One retry policy for forwarding and push: a real OTLP/HTTP peer on loopback (hyper, in this test)
 //! answers `503 Retry-After: 3600` (delta-seconds, then the same hour as an HTTP-date) and then recovers.
 //! The forwarder and the pusher both wait the policy's cap, not the hour, between attempts (the gap is
-//! measured at the peer), send the same bytes again, and deliver once the peer takes them.
+//! measured at the peer), send the same bytes again, and deliver once the peer takes them. A gRPC peer
+//! (tonic, the OTLP trace service) asks for the hour through `google.rpc.RetryInfo`, on UNAVAILABLE and
+//! then on RESOURCE_EXHAUSTED, and gets the same cap.
 //!
 //! The components are built through the library with a 1 s cap, so the test waits seconds rather than
 //! the shipped cap's minute; the shipped constant is checked in `retry.rs`'s unit tests.
@@ -16,7 +18,16 @@ use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 use prost::Message;
+use tonic::transport::server::TcpIncoming;
+use tonic_types::{ErrorDetails, StatusExt};
 use vitals::config::OtlpProtocol;
 use vitals::export::otlp::forward::{ForwardSettings, Forwarder};
 use vitals::export::otlp::metrics_request::Histograms;
@@ -250,4 +261,93 @@ async fn push_caps_an_hour_long_retry_after_and_delivers_within_the_same_push() 
         ),
         2.0
     );
+}
+
+/// A gRPC trace peer: its first two answers are UNAVAILABLE (then RESOURCE_EXHAUSTED) with a RetryInfo
+/// of one hour, every later one OK; it records when each request came and what it held.
+struct FlakyTraces(Arc<Mutex<Vec<(Instant, ExportTraceServiceRequest)>>>);
+
+#[tonic::async_trait]
+impl TraceService for FlakyTraces {
+    async fn export(
+        &self,
+        req: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let n = {
+            let mut l = self.0.lock().unwrap();
+            l.push((Instant::now(), req.into_inner()));
+            l.len()
+        };
+        let hour = || ErrorDetails::with_retry_info(Some(Duration::from_secs(3600)));
+        match n {
+            1 => Err(tonic::Status::with_error_details(
+                tonic::Code::Unavailable,
+                "busy",
+                hour(),
+            )),
+            // Retryable only because RetryInfo is there.
+            2 => Err(tonic::Status::with_error_details(
+                tonic::Code::ResourceExhausted,
+                "throttled",
+                hour(),
+            )),
+            _ => Ok(tonic::Response::new(ExportTraceServiceResponse::default())),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_over_grpc_caps_an_hour_long_retry_info() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Arc<Mutex<Vec<(Instant, ExportTraceServiceRequest)>>> = Arc::default();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(FlakyTraces(seen.clone())))
+            .serve_with_incoming(TcpIncoming::from(listener)),
+    );
+    let forwarder = Forwarder::start(ForwardSettings {
+        upstreams: [
+            Some(Upstream {
+                protocol: OtlpProtocol::Grpc,
+                ..upstream(addr, "")
+            }),
+            None,
+            None,
+        ],
+        queue_bytes: 1 << 20,
+        drain_timeout: Duration::from_secs(5),
+        retry: capped(),
+    })
+    .unwrap();
+    let sent = ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            schema_url: "retry-test".into(),
+            ..Default::default()
+        }],
+    };
+    forwarder
+        .offer(Signal::Traces, Bytes::from(sent.encode_to_vec()), 1)
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    let got = loop {
+        let got = seen.lock().unwrap().clone();
+        if got.len() >= 3 || Instant::now() > until {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(got.len(), 3, "attempts");
+    for w in got.windows(2) {
+        let gap = w[1].0 - w[0].0;
+        assert!(
+            gap >= CAP - Duration::from_millis(50) && gap < CAP + Duration::from_millis(500),
+            "gRPC retry gap {gap:?}, cap {CAP:?}"
+        );
+    }
+    assert!(
+        got.iter().all(|(_, r)| *r == sent),
+        "the same request each time"
+    );
+    forwarder.drain().await;
 }

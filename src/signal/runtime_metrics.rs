@@ -8,17 +8,16 @@
 //! Bounded: at most [`MAX_SERIES`] series of each kind (pauses, heap, pools, delays) and [`MAX_APPS`]
 //! exporting apps; a series not updated for the series TTL is dropped.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
-use opentelemetry_proto::tonic::metrics::v1::{
-    metric::Data, number_data_point, AggregationTemporality, ExponentialHistogramDataPoint,
-    HistogramDataPoint, Metric, NumberDataPoint,
-};
+use opentelemetry_proto::tonic::metrics::v1::{metric::Data, Metric, NumberDataPoint};
 
+use crate::pipeline::attributes::{cut_to as cut, scalar_text};
+use crate::pipeline::points::{ended, is_delta, number, DataPoint, DeltaWindows, Histogram};
 use crate::runtime::{
     DelayMetric, DelayShape, HeapMetric, Instrument, PauseMetric, PoolFigure, PoolFigures,
     PoolMetric, Quantity, Runtime, LIBRARY_POOLS, PROFILES,
@@ -28,16 +27,12 @@ use crate::runtime::{
 pub const MAX_SERIES: usize = 1024;
 /// Most exporting apps whose SDK language is remembered.
 pub const MAX_APPS: usize = 64;
-/// Most buckets a histogram series may hold.
-const MAX_BUCKETS: usize = 512;
 /// Longest attribute value kept in a label or series identity (bytes).
 const MAX_VALUE: usize = 256;
 /// Longest attribute key kept in a series identity (bytes).
 const MAX_KEY: usize = 128;
 /// Most point attributes that make a series' identity.
 const MAX_ATTRIBUTES: usize = 64;
-/// Delta windows remembered per series, so a repeated delta export is applied once.
-const DELTA_WINDOWS_REMEMBERED: usize = 8;
 
 /// Cumulative pause figures of one series, in seconds.
 #[derive(Debug, Clone, PartialEq)]
@@ -194,22 +189,18 @@ enum Meaning {
     },
 }
 
-/// A value as held: a number, or a histogram's own (non-cumulative) counts per upper bound.
+/// A value as held: a number, or a histogram (in base units).
 #[derive(Debug, Clone, PartialEq)]
 enum Held {
     Number(f64),
-    Histogram {
-        buckets: Vec<(f64, u64)>,
-        sum: f64,
-        count: u64,
-    },
+    Histogram(Histogram),
 }
 
 impl Held {
     fn count(&self) -> u64 {
         match self {
             Held::Number(_) => 0,
-            Held::Histogram { count, .. } => *count,
+            Held::Histogram(h) => h.count,
         }
     }
 }
@@ -219,7 +210,7 @@ struct Series {
     held: Option<Held>,
     start: u64,
     last_time: u64,
-    deltas: VecDeque<(u64, u64)>,
+    deltas: DeltaWindows,
     seen: Instant,
     /// Histogram delays: the observations of the last export interval.
     interval: Option<Vec<(f64, u64)>>,
@@ -253,27 +244,10 @@ fn unix_nano_now() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-/// The longest prefix of `s` within `max` bytes that ends on a character boundary.
-fn cut(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
 /// An attribute value as text (strings, booleans and numbers; other shapes say nothing here).
 fn text(v: Option<&AnyValue>) -> Option<String> {
-    Some(match v?.value.as_ref()? {
-        any_value::Value::StringValue(s) => cut(s, MAX_VALUE).to_owned(),
-        any_value::Value::BoolValue(b) => b.to_string(),
-        any_value::Value::IntValue(i) => i.to_string(),
-        any_value::Value::DoubleValue(d) => d.to_string(),
-        _ => return None,
-    })
+    let text = scalar_text(v?.value.as_ref()?)?;
+    Some(cut(&text, MAX_VALUE).to_owned())
 }
 
 /// A string attribute, borrowed.
@@ -321,93 +295,6 @@ fn series_key(metric: &str, service: &str, attrs: &[KeyValue]) -> String {
     key
 }
 
-fn number(dp: &NumberDataPoint) -> Option<f64> {
-    match dp.value? {
-        number_data_point::Value::AsDouble(d) => Some(d),
-        number_data_point::Value::AsInt(i) => Some(i as f64),
-    }
-}
-
-/// Own counts per upper bound of an explicit-bucket point, bounds scaled; None when inconsistent.
-fn explicit(dp: &HistogramDataPoint, scale: f64) -> Option<Held> {
-    let buckets = if dp.bucket_counts.is_empty() && dp.explicit_bounds.is_empty() {
-        vec![(f64::INFINITY, dp.count)]
-    } else {
-        let ok = dp.bucket_counts.len() == dp.explicit_bounds.len() + 1
-            && dp.bucket_counts.len() <= MAX_BUCKETS
-            && dp.explicit_bounds.iter().all(|b| b.is_finite())
-            && dp.explicit_bounds.windows(2).all(|w| w[0] < w[1])
-            && dp
-                .bucket_counts
-                .iter()
-                .try_fold(0u64, |a, c| a.checked_add(*c))
-                == Some(dp.count);
-        if !ok {
-            return None;
-        }
-        dp.explicit_bounds
-            .iter()
-            .map(|b| b * scale)
-            .chain([f64::INFINITY])
-            .zip(dp.bucket_counts.iter().copied())
-            .collect()
-    };
-    Some(Held::Histogram {
-        buckets,
-        sum: dp.sum.unwrap_or(0.0) * scale,
-        count: dp.count,
-    })
-}
-
-/// Own counts per upper bound of an exponential point (bucket `i` ends at base^(i+1), base =
-/// 2^(2^-scale); negative buckets fold into the zero bucket, since pauses and delays are not negative),
-/// bounds scaled; None when inconsistent.
-fn exponential(dp: &ExponentialHistogramDataPoint, scale: f64) -> Option<Held> {
-    if !(-10..=20).contains(&dp.scale) {
-        return None;
-    }
-    let positive = dp.positive.as_ref().map_or(&[][..], |b| &b.bucket_counts);
-    let offset = dp.positive.as_ref().map_or(0, |b| b.offset) as i64;
-    if positive.len() + 2 > MAX_BUCKETS {
-        return None;
-    }
-    let negative: u64 = dp
-        .negative
-        .as_ref()
-        .map_or(0, |b| b.bucket_counts.iter().sum());
-    let step = 2f64.powi(-dp.scale);
-    let mut buckets = vec![(
-        dp.zero_threshold.max(0.0) * scale,
-        dp.zero_count.saturating_add(negative),
-    )];
-    let mut overflow = 0u64;
-    for (k, c) in positive.iter().enumerate() {
-        let bound = ((offset + k as i64 + 1) as f64 * step).exp2() * scale;
-        match buckets.last_mut() {
-            _ if !bound.is_finite() => overflow = overflow.saturating_add(*c),
-            Some(last) if bound <= last.0 => last.1 = last.1.saturating_add(*c),
-            _ => buckets.push((bound, *c)),
-        }
-    }
-    buckets.push((f64::INFINITY, overflow));
-    let total = buckets.iter().try_fold(0u64, |a, (_, c)| a.checked_add(*c));
-    (total == Some(dp.count)).then_some(Held::Histogram {
-        buckets,
-        sum: dp.sum.unwrap_or(0.0) * scale,
-        count: dp.count,
-    })
-}
-
-/// Adds `add` into `into` by bound; buckets at new bounds are inserted in order.
-fn merge(into: &mut Vec<(f64, u64)>, add: &[(f64, u64)]) {
-    for &(b, c) in add {
-        match into.binary_search_by(|(x, _)| x.total_cmp(&b)) {
-            Ok(i) => into[i].1 = into[i].1.saturating_add(c),
-            Err(i) => into.insert(i, (b, c)),
-        }
-    }
-}
-
 /// What happened between two cumulative histogram readings of a series: `after` less `before` per bound
 /// when they have the same bounds and nothing went down; None otherwise.
 fn difference(before: &[(f64, u64)], after: &[(f64, u64)]) -> Option<Vec<(f64, u64)>> {
@@ -428,7 +315,7 @@ impl Series {
             held: None,
             start: 0,
             last_time: 0,
-            deltas: VecDeque::new(),
+            deltas: DeltaWindows::default(),
             seen: now,
             interval: None,
         }
@@ -449,40 +336,17 @@ impl Series {
 
     /// Applies a delta once per (start, end) window, in any order; false for a repeated window.
     fn add(&mut self, start: u64, time: u64, held: Held) -> bool {
-        if self.deltas.contains(&(start, time)) {
+        if !self.deltas.admit(start, time) {
             return false;
-        }
-        if self.deltas.len() == DELTA_WINDOWS_REMEMBERED {
-            self.deltas.pop_front();
         }
         if self.held.is_none() {
             self.start = start;
         }
-        self.deltas.push_back((start, time));
         self.last_time = self.last_time.max(time);
         match (&mut self.held, held) {
             (Some(Held::Number(v)), Held::Number(d)) => *v += d,
-            (
-                Some(Held::Histogram {
-                    buckets,
-                    sum,
-                    count,
-                }),
-                Held::Histogram {
-                    buckets: b,
-                    sum: s,
-                    count: c,
-                },
-            ) => {
-                merge(buckets, &b);
-                if buckets.len() > MAX_BUCKETS {
-                    *buckets = b;
-                    *sum = s;
-                    *count = c;
-                } else {
-                    *sum += s;
-                    *count = count.saturating_add(c);
-                }
+            (Some(Held::Histogram(h)), Held::Histogram(d)) => {
+                h.add(d);
             }
             (slot, new) => *slot = Some(new),
         }
@@ -498,6 +362,19 @@ struct PointIn<'a> {
     time: u64,
     delta: bool,
     held: Option<Held>,
+}
+
+impl<'a> PointIn<'a> {
+    fn new(dp: &'a impl DataPoint, delta: bool, held: Option<Held>) -> Self {
+        PointIn {
+            attrs: dp.attributes(),
+            flags: dp.flags(),
+            start: dp.start(),
+            time: dp.time(),
+            delta,
+            held,
+        }
+    }
 }
 
 impl RuntimeMetrics {
@@ -599,41 +476,33 @@ impl RuntimeMetrics {
         let (Some(data), Some(scale)) = (&m.data, pick.quantity().scale(&m.unit)) else {
             return;
         };
-        let delta = |t: i32| t == AggregationTemporality::Delta as i32;
         let mut points: Vec<PointIn<'_>> = Vec::new();
+        let histogram = |h: Result<Histogram, _>| h.ok().map(|h| Held::Histogram(h.scaled(scale)));
         match (pick.instrument(), data) {
             (Instrument::Histogram, Data::Histogram(h)) => {
+                let delta = is_delta(h.aggregation_temporality);
                 for dp in &h.data_points {
-                    points.push(PointIn {
-                        attrs: &dp.attributes,
-                        flags: dp.flags,
-                        start: dp.start_time_unix_nano,
-                        time: dp.time_unix_nano,
-                        delta: delta(h.aggregation_temporality),
-                        held: explicit(dp, scale),
-                    });
+                    points.push(PointIn::new(dp, delta, histogram(Histogram::explicit(dp))));
                 }
             }
             (Instrument::Histogram, Data::ExponentialHistogram(h)) => {
+                let delta = is_delta(h.aggregation_temporality);
                 for dp in &h.data_points {
-                    points.push(PointIn {
-                        attrs: &dp.attributes,
-                        flags: dp.flags,
-                        start: dp.start_time_unix_nano,
-                        time: dp.time_unix_nano,
-                        delta: delta(h.aggregation_temporality),
-                        held: exponential(dp, scale),
-                    });
+                    points.push(PointIn::new(
+                        dp,
+                        delta,
+                        histogram(Histogram::exponential(dp)),
+                    ));
                 }
             }
             (Instrument::Counter, Data::Sum(s)) if s.is_monotonic => {
                 for dp in &s.data_points {
-                    points.push(number_point(dp, delta(s.aggregation_temporality), scale));
+                    points.push(number_point(dp, is_delta(s.aggregation_temporality), scale));
                 }
             }
             (Instrument::Number, Data::Sum(s)) => {
                 for dp in &s.data_points {
-                    points.push(number_point(dp, delta(s.aggregation_temporality), scale));
+                    points.push(number_point(dp, is_delta(s.aggregation_temporality), scale));
                 }
             }
             (Instrument::Number, Data::Gauge(g)) => {
@@ -709,8 +578,7 @@ impl RuntimeMetrics {
         };
         let key = series_key(name, service, p.attrs);
         let map = &mut st.maps[pick.map()];
-        // Bit 0 of flags: no recorded value, the SDK's way of saying the series ended.
-        if p.flags & 1 == 1 {
+        if ended(p.flags) {
             map.series.remove(&key);
             return;
         }
@@ -743,13 +611,13 @@ impl RuntimeMetrics {
             }
         );
         let new_buckets = |h: &Held| match h {
-            Held::Histogram { buckets, .. } => Some(buckets.clone()),
+            Held::Histogram(h) => Some(h.clone()),
             Held::Number(_) => None,
         };
         if p.delta {
             let interval = histogram_delay.then(|| new_buckets(&held)).flatten();
             if series.add(p.start, p.time, held) && histogram_delay {
-                series.interval = interval;
+                series.interval = interval.map(|h| h.buckets);
             }
             return;
         }
@@ -764,21 +632,12 @@ impl RuntimeMetrics {
             return;
         }
         let Some(after) = after else { return };
-        let cumulative = |b: &[(f64, u64)]| {
-            let mut acc = 0u64;
-            b.iter()
-                .map(|(x, c)| {
-                    acc = acc.saturating_add(*c);
-                    (*x, acc)
-                })
-                .collect::<Vec<_>>()
-        };
         series.interval = match before {
             // The same series read again: what it gained since.
-            Some(Held::Histogram { buckets, count, .. })
-                if count <= series.held.as_ref().map_or(0, Held::count) =>
+            Some(Held::Histogram(before))
+                if before.count <= series.held.as_ref().map_or(0, Held::count) =>
             {
-                difference(&cumulative(&buckets), &cumulative(&after)).map(|d| {
+                difference(&before.cumulative(), &after.cumulative()).map(|d| {
                     let mut own = Vec::with_capacity(d.len());
                     let mut prev = 0u64;
                     for (b, c) in d {
@@ -789,10 +648,10 @@ impl RuntimeMetrics {
                 })
             }
             // Restarted (its start moved or its count went down): everything since its start is new.
-            Some(_) => Some(after),
-            None if !first => Some(after),
+            Some(_) => Some(after.buckets),
+            None if !first => Some(after.buckets),
             // First seen: all new only when it began after vitals did (else it may hold hours).
-            None if start >= self.started_unix_nano => Some(after),
+            None if start >= self.started_unix_nano => Some(after.buckets),
             None => None,
         };
     }
@@ -833,24 +692,11 @@ impl RuntimeMetrics {
                         start_unix_nano: s.start,
                         value: match held {
                             Held::Number(v) => PauseValue::Total(*v),
-                            Held::Histogram {
-                                buckets,
-                                sum,
-                                count,
-                            } => {
-                                let mut acc = 0u64;
-                                PauseValue::Histogram {
-                                    cumulative: buckets
-                                        .iter()
-                                        .map(|(b, c)| {
-                                            acc = acc.saturating_add(*c);
-                                            (*b, acc)
-                                        })
-                                        .collect(),
-                                    sum: *sum,
-                                    count: *count,
-                                }
-                            }
+                            Held::Histogram(h) => PauseValue::Histogram {
+                                cumulative: h.cumulative(),
+                                sum: h.sum,
+                                count: h.count,
+                            },
                         },
                     }),
                     (Meaning::Heap { order, limit }, _) => {
@@ -907,16 +753,10 @@ impl RuntimeMetrics {
 }
 
 fn number_point(dp: &NumberDataPoint, delta: bool, scale: f64) -> PointIn<'_> {
-    PointIn {
-        attrs: &dp.attributes,
-        flags: dp.flags,
-        start: dp.start_time_unix_nano,
-        time: dp.time_unix_nano,
-        delta,
-        held: number(dp)
-            .filter(|v| v.is_finite())
-            .map(|v| Held::Number(v * scale)),
-    }
+    let held = number(dp)
+        .filter(|v| v.is_finite())
+        .map(|v| Held::Number(v * scale));
+    PointIn::new(dp, delta, held)
 }
 
 /// The runtime metrics are picked from every metrics export; nothing is refused here (the app metric store
@@ -932,7 +772,8 @@ impl crate::pipeline::Consumer<ExportMetricsServiceRequest> for RuntimeMetrics {
 mod tests {
     use super::*;
     use opentelemetry_proto::tonic::metrics::v1::{
-        Gauge, Histogram, ResourceMetrics, ScopeMetrics, Sum,
+        number_data_point, AggregationTemporality, Gauge, Histogram, HistogramDataPoint,
+        ResourceMetrics, ScopeMetrics, Sum,
     };
     use opentelemetry_proto::tonic::resource::v1::Resource;
 

@@ -7,7 +7,7 @@
 //! another's (or with vitals' own) is refused, attributes written alike are joined, and inconsistent
 //! points are refused.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -15,15 +15,18 @@ use std::time::{Duration, Instant};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{
-    exponential_histogram_data_point, metric::Data, number_data_point, AggregationTemporality,
-    ExponentialHistogramDataPoint, HistogramDataPoint, NumberDataPoint, SummaryDataPoint,
+    metric::Data, ExponentialHistogramDataPoint, NumberDataPoint, SummaryDataPoint,
 };
 
 use super::limited::{LimitedMap, OverflowCounter, OVERFLOW_LABEL};
-use crate::model::exponential::ExpBuckets;
 use crate::model::{
     BucketCounts, Collector, Exponential, Metric, MetricInfo, MetricKind, MetricSink, NameRules,
     Origin, Point as ModelPoint, Value, ValueRef,
+};
+use crate::pipeline::attributes::{cut_to, scalar_text};
+use crate::pipeline::points::{
+    ended, is_delta, native_buckets, number, DataPoint, DeltaWindows, Histogram, PointError,
+    Summary, MAX_BUCKETS,
 };
 
 /// Limits and options of the app metric store.
@@ -45,8 +48,6 @@ pub const MAX_LABEL_VALUE: usize = 1024;
 pub const MAX_ATTRIBUTE_KEY: usize = 128;
 /// Most labels kept on one series.
 pub const MAX_LABELS: usize = 64;
-/// Most buckets a histogram series (or quantiles a summary series) may hold.
-pub const MAX_BUCKETS: usize = 512;
 /// Bytes all app series may take together (labels and values, estimated as [`series_bytes`] does);
 /// beyond it new label sets go to their metric's overflow series.
 pub const MAX_STORE_BYTES: usize = 24 << 20;
@@ -61,7 +62,6 @@ fn series_bytes(labels: &Labels, kind: MetricKind) -> usize {
     };
     200 + label_bytes + value
 }
-const DELTA_WINDOWS_REMEMBERED: usize = 8;
 const TARGET_INFO_LIMIT: usize = 256;
 
 /// What one request's metrics did: items are data points.
@@ -166,22 +166,12 @@ fn unpack_owned(key: &str) -> Labels {
         .collect()
 }
 
-/// Non-cumulative counts per upper bound, ascending (the last bound +Inf), with sum and count.
+/// A histogram series: its classic buckets, and the exponential buckets an exponential histogram came
+/// with, kept for exporters that carry them.
 #[derive(Debug, Clone)]
 struct HistogramState {
-    buckets: Vec<(f64, u64)>,
-    sum: f64,
-    count: u64,
-    /// The exponential buckets an exponential histogram came with, kept for exporters that carry them.
+    classic: Histogram,
     native: Option<Box<Exponential>>,
-}
-
-/// Quantile values with sum and count.
-#[derive(Debug, Clone)]
-struct SummaryState {
-    quantiles: Vec<(f64, f64)>,
-    sum: f64,
-    count: u64,
 }
 
 /// A series' value; the larger shapes are boxed so a number series stays small.
@@ -189,7 +179,7 @@ struct SummaryState {
 enum State {
     Number(f64),
     Histogram(Box<HistogramState>),
-    Summary(Box<SummaryState>),
+    Summary(Box<Summary>),
 }
 
 #[derive(Debug, Clone)]
@@ -201,10 +191,6 @@ struct Point {
     /// Delta windows applied (only delta series have them; boxed so other series pay one word).
     deltas: Option<Box<DeltaWindows>>,
 }
-
-/// The last `(start, end)` windows of deltas applied, so a retried or late delta counts once.
-#[derive(Debug, Clone, Default)]
-struct DeltaWindows(VecDeque<(u64, u64)>);
 
 struct AppFamily {
     help: String,
@@ -252,16 +238,17 @@ pub struct AppMetrics {
     inner: Mutex<Inner>,
 }
 
-/// Renders an attribute value as a label value.
+/// Renders an attribute value as a label value: scalars as text, bytes as hex, arrays and maps as JSON.
 pub fn any_value_string(v: Option<&AnyValue>) -> String {
-    match v.and_then(|v| v.value.as_ref()) {
-        None => String::new(),
-        Some(any_value::Value::StringValue(s)) => s.clone(),
-        Some(any_value::Value::BoolValue(b)) => b.to_string(),
-        Some(any_value::Value::IntValue(i)) => i.to_string(),
-        Some(any_value::Value::DoubleValue(d)) => d.to_string(),
-        Some(any_value::Value::BytesValue(b)) => b.iter().map(|x| format!("{x:02x}")).collect(),
-        Some(other) => serde_json::to_string(&AnyValue {
+    let Some(v) = v.and_then(|v| v.value.as_ref()) else {
+        return String::new();
+    };
+    if let Some(text) = scalar_text(v) {
+        return text.into_owned();
+    }
+    match v {
+        any_value::Value::BytesValue(b) => b.iter().map(|x| format!("{x:02x}")).collect(),
+        other => serde_json::to_string(&AnyValue {
             value: Some(other.clone()),
         })
         .unwrap_or_default(),
@@ -277,18 +264,6 @@ fn cut(mut s: String) -> String {
 /// The longest prefix of `s` within [`MAX_LABEL_VALUE`] bytes that ends on a character boundary.
 pub fn cut_str(s: &str) -> &str {
     cut_to(s, MAX_LABEL_VALUE)
-}
-
-/// The longest prefix of `s` within `max` bytes that ends on a character boundary.
-fn cut_to(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 /// `service.name` of a resource (cut to [`MAX_LABEL_VALUE`]), or the SDKs' default.
@@ -341,174 +316,8 @@ fn build_labels(
     merged.into_iter().map(|(_, k, v)| (k, v)).collect()
 }
 
-fn number(dp: &NumberDataPoint) -> Option<f64> {
-    match dp.value? {
-        number_data_point::Value::AsDouble(d) => Some(d),
-        number_data_point::Value::AsInt(i) => Some(i as f64),
-    }
-}
-
-fn explicit_buckets(dp: &HistogramDataPoint) -> Result<Vec<(f64, u64)>, String> {
-    if dp.bucket_counts.is_empty() && dp.explicit_bounds.is_empty() {
-        return Ok(vec![(f64::INFINITY, dp.count)]);
-    }
-    if dp.bucket_counts.len() != dp.explicit_bounds.len() + 1 {
-        return Err(format!(
-            "histogram point has {} bucket counts for {} bounds",
-            dp.bucket_counts.len(),
-            dp.explicit_bounds.len()
-        ));
-    }
-    if dp
-        .explicit_bounds
-        .windows(2)
-        .any(|w| w[0].partial_cmp(&w[1]) != Some(std::cmp::Ordering::Less))
-        || dp.explicit_bounds.iter().any(|b| !b.is_finite())
-    {
-        return Err("histogram bounds are not finite and strictly increasing".into());
-    }
-    if dp.bucket_counts.len() > MAX_BUCKETS {
-        return Err(format!(
-            "histogram point has more than {MAX_BUCKETS} buckets"
-        ));
-    }
-    let total = dp
-        .bucket_counts
-        .iter()
-        .try_fold(0u64, |a, c| a.checked_add(*c));
-    if total != Some(dp.count) {
-        return Err(format!(
-            "histogram point count {} differs from the sum of its bucket counts",
-            dp.count
-        ));
-    }
-    let mut out: Vec<(f64, u64)> = dp
-        .explicit_bounds
-        .iter()
-        .copied()
-        .zip(dp.bucket_counts.iter().copied())
-        .collect();
-    out.push((f64::INFINITY, *dp.bucket_counts.last().unwrap_or(&0)));
-    Ok(out)
-}
-
-/// Exponential buckets as classic ones: bucket `i` of scale `s` holds (base^i, base^(i+1)], base =
-/// 2^(2^-s); negative buckets mirror them below zero; the zero bucket ends at the zero threshold.
-fn exponential_buckets(dp: &ExponentialHistogramDataPoint) -> Result<Vec<(f64, u64)>, String> {
-    if !(-10..=20).contains(&dp.scale) {
-        return Err(format!(
-            "exponential histogram scale {} is outside -10..20",
-            dp.scale
-        ));
-    }
-    let pos = dp.positive.as_ref();
-    let neg = dp.negative.as_ref();
-    let n = pos.map_or(0, |b| b.bucket_counts.len()) + neg.map_or(0, |b| b.bucket_counts.len());
-    if n + 2 > MAX_BUCKETS {
-        return Err(format!(
-            "exponential histogram point has more than {MAX_BUCKETS} buckets"
-        ));
-    }
-    // base^i = 2^(i * 2^-scale): exp2 keeps whole powers of two exact (le="2", not "1.9999999999999998").
-    let step = 2f64.powi(-dp.scale);
-    let bound = |i: i64| (i as f64 * step).exp2();
-    let mut out = Vec::with_capacity(n + 2);
-    if let Some(b) = neg {
-        for (k, c) in b
-            .bucket_counts
-            .iter()
-            .enumerate()
-            .rev()
-            .filter(|(_, c)| **c > 0)
-        {
-            let idx = b.offset as i64 + k as i64;
-            out.push((-bound(idx), *c));
-        }
-    }
-    let zero_bound = if dp.zero_threshold > 0.0 {
-        dp.zero_threshold
-    } else {
-        0.0
-    };
-    out.push((zero_bound, dp.zero_count));
-    if let Some(b) = pos {
-        for (k, c) in b.bucket_counts.iter().enumerate() {
-            let idx = b.offset as i64 + k as i64;
-            out.push((bound(idx + 1), *c));
-        }
-    }
-    let total = out.iter().try_fold(0u64, |a, (_, c)| a.checked_add(*c));
-    if total != Some(dp.count) {
-        return Err(format!(
-            "exponential histogram point count {} differs from the sum of its bucket counts",
-            dp.count
-        ));
-    }
-    // Bounds past f64's range (offsets far out, or scales whose steps underflow) fold into +Inf or
-    // collapse onto their neighbours; equal bounds (a zero threshold on a bucket bound included) are
-    // one bucket, so no `le` is written twice.
-    let mut overflowed = 0u64;
-    out.retain(|(b, c)| {
-        if b.is_finite() {
-            true
-        } else {
-            overflowed = overflowed.saturating_add(*c);
-            false
-        }
-    });
-    for (b, _) in out.iter_mut() {
-        // -0 and 0 are one bound (a negative bucket whose bound underflowed).
-        if *b == 0.0 {
-            *b = 0.0;
-        }
-    }
-    out.sort_by(|a, b| a.0.total_cmp(&b.0));
-    out.dedup_by(|later, kept| {
-        if later.0 == kept.0 {
-            kept.1 = kept.1.saturating_add(later.1);
-            true
-        } else {
-            false
-        }
-    });
-    out.push((f64::INFINITY, overflowed));
-    Ok(out)
-}
-
 /// Most exponential buckets kept per side of a series; finer points are merged down to fit.
 const NATIVE_MAX_BUCKETS: usize = 160;
-
-/// The exponential buckets of a point that [`exponential_buckets`] accepted, within
-/// [`NATIVE_MAX_BUCKETS`] per side.
-fn native_buckets(dp: &ExponentialHistogramDataPoint) -> Exponential {
-    let side = |b: Option<&exponential_histogram_data_point::Buckets>| ExpBuckets {
-        offset: b.map_or(0, |b| b.offset),
-        counts: b.map_or_else(Vec::new, |b| b.bucket_counts.clone()),
-    };
-    let mut e = Exponential {
-        scale: dp.scale,
-        zero_threshold: dp.zero_threshold.max(0.0),
-        zero_count: dp.zero_count,
-        positive: side(dp.positive.as_ref()),
-        negative: side(dp.negative.as_ref()),
-        min_max: match (dp.min, dp.max) {
-            (Some(lo), Some(hi)) if lo.is_finite() && hi.is_finite() && lo <= hi => Some((lo, hi)),
-            _ => None,
-        },
-    };
-    e.limit(NATIVE_MAX_BUCKETS);
-    e
-}
-
-/// Adds `add` into `into` by bound; buckets at new bounds are inserted in order.
-fn merge_buckets(into: &mut Vec<(f64, u64)>, add: &[(f64, u64)]) {
-    for &(b, c) in add {
-        match into.binary_search_by(|(x, _)| x.total_cmp(&b)) {
-            Ok(i) => into[i].1 = into[i].1.saturating_add(c),
-            Err(i) => into.insert(i, (b, c)),
-        }
-    }
-}
 
 impl State {
     /// An empty state of the same shape, which a first delta is added to.
@@ -516,15 +325,13 @@ impl State {
         match self {
             State::Number(_) => State::Number(0.0),
             State::Histogram(h) => State::Histogram(Box::new(HistogramState {
-                buckets: Vec::new(),
-                sum: 0.0,
-                count: 0,
+                classic: Histogram::empty(),
                 native: h
                     .native
                     .as_ref()
                     .map(|n| Box::new(Exponential::new(n.scale, n.zero_threshold))),
             })),
-            State::Summary(_) => State::Summary(Box::new(SummaryState {
+            State::Summary(_) => State::Summary(Box::new(Summary {
                 quantiles: Vec::new(),
                 sum: 0.0,
                 count: 0,
@@ -554,37 +361,32 @@ impl Point {
 
     /// Applies a delta once per (start, end) window, in any order.
     fn add(&mut self, start: u64, time: u64, state: State) {
-        let deltas = &mut self.deltas.get_or_insert_with(Default::default).0;
-        if deltas.contains(&(start, time)) {
+        let deltas = self.deltas.get_or_insert_with(Default::default);
+        let first = deltas.is_empty() && self.last_time == 0;
+        if !deltas.admit(start, time) {
             return;
         }
-        if deltas.len() == DELTA_WINDOWS_REMEMBERED {
-            deltas.pop_front();
-        }
-        if deltas.is_empty() && self.last_time == 0 {
+        if first {
             self.start = start;
         }
-        deltas.push_back((start, time));
         self.last_time = self.last_time.max(time);
         match (&mut self.state, state) {
             (State::Number(v), State::Number(d)) => *v += d,
             (State::Histogram(held), State::Histogram(add)) => {
-                merge_buckets(&mut held.buckets, &add.buckets);
-                if held.buckets.len() > MAX_BUCKETS {
-                    *held = add;
-                } else {
-                    held.sum += add.sum;
-                    held.count = held.count.saturating_add(add.count);
-                    // Exponential deltas merge at the lower of their scales; a point without them
-                    // leaves the series classic only.
-                    held.native = match (held.native.take(), &add.native) {
+                let HistogramState { classic, native } = *add;
+                // Exponential deltas merge at the lower of their scales; a point without them leaves
+                // the series classic only; a series started again from the delta takes its buckets.
+                held.native = if held.classic.add(classic) {
+                    match (held.native.take(), &native) {
                         (Some(mut n), Some(a)) => {
                             n.merge(a, NATIVE_MAX_BUCKETS);
                             Some(n)
                         }
                         _ => None,
-                    };
-                }
+                    }
+                } else {
+                    native
+                };
             }
             (held, new) => *held = new,
         }
@@ -762,9 +564,8 @@ impl AppMetrics {
                 Err(why) => return out.reject(1, || format!("metric {:?}: {why}", m.name)),
             };
             let labels = build_labels(attrs, fixed, rules, kind);
-            // Bit 0 of flags: no recorded value, the SDK's way of saying the series ended.
             pack_labels(&labels, &mut packed);
-            if flags & 1 == 1 {
+            if ended(flags) {
                 if fam.series.remove(packed.as_str()) {
                     self.release(series_bytes(&labels, kind));
                 }
@@ -793,26 +594,30 @@ impl AppMetrics {
             }
             out.accepted += 1;
         };
-        let is_delta = |t: i32| t == AggregationTemporality::Delta as i32;
-        let no_value = || "number point has no value".to_owned();
-        let number_state =
-            |dp: &NumberDataPoint| number(dp).map(State::Number).ok_or_else(no_value);
-        let histogram = |r: Result<Vec<(f64, u64)>, String>, sum: Option<f64>, count: u64| {
-            r.map(|buckets| {
+        let number_state = |dp: &NumberDataPoint| {
+            number(dp)
+                .map(State::Number)
+                .ok_or_else(|| PointError::NoValue.to_string())
+        };
+        let histogram = |classic: Result<Histogram, PointError>, native: Option<Exponential>| {
+            classic.map_err(|e| e.to_string()).map(|classic| {
                 State::Histogram(Box::new(HistogramState {
-                    buckets,
-                    sum: sum.unwrap_or(0.0),
-                    count,
-                    native: None,
+                    classic,
+                    native: native.map(Box::new),
                 }))
             })
         };
         let exponential = |dp: &ExponentialHistogramDataPoint| {
-            let mut state = histogram(exponential_buckets(dp), dp.sum, dp.count)?;
-            if let State::Histogram(h) = &mut state {
-                h.native = Some(Box::new(native_buckets(dp)));
-            }
-            Ok(state)
+            let classic = Histogram::exponential(dp);
+            let native = classic
+                .is_ok()
+                .then(|| native_buckets(dp, NATIVE_MAX_BUCKETS));
+            histogram(classic, native)
+        };
+        let summary = |dp: &SummaryDataPoint| {
+            Summary::read(dp)
+                .map(|s| State::Summary(Box::new(s)))
+                .map_err(|e| e.to_string())
         };
         match data {
             Data::Gauge(g) => for_points(&g.data_points, false, number_state, &mut apply),
@@ -825,7 +630,7 @@ impl AppMetrics {
             Data::Histogram(h) => for_points(
                 &h.data_points,
                 is_delta(h.aggregation_temporality),
-                |dp| histogram(explicit_buckets(dp), dp.sum, dp.count),
+                |dp| histogram(Histogram::explicit(dp), None),
                 &mut apply,
             ),
             Data::ExponentialHistogram(h) => for_points(
@@ -834,35 +639,10 @@ impl AppMetrics {
                 exponential,
                 &mut apply,
             ),
-            Data::Summary(s) => for_points(&s.data_points, false, summary_state, &mut apply),
+            Data::Summary(s) => for_points(&s.data_points, false, summary, &mut apply),
         }
     }
 }
-
-/// The fields every OTLP data point type shares.
-trait DataPoint {
-    fn attributes(&self) -> &[KeyValue];
-    fn flags(&self) -> u32;
-    fn start(&self) -> u64;
-    fn time(&self) -> u64;
-}
-
-macro_rules! data_point {
-    ($($t:ty),*) => {$(
-        impl DataPoint for $t {
-            fn attributes(&self) -> &[KeyValue] { &self.attributes }
-            fn flags(&self) -> u32 { self.flags }
-            fn start(&self) -> u64 { self.start_time_unix_nano }
-            fn time(&self) -> u64 { self.time_unix_nano }
-        }
-    )*};
-}
-data_point!(
-    NumberDataPoint,
-    HistogramDataPoint,
-    ExponentialHistogramDataPoint,
-    SummaryDataPoint
-);
 
 /// Applies each point's state (or its reason for being unusable) to its series.
 fn for_points<P: DataPoint>(
@@ -903,61 +683,17 @@ fn help_text(m: &opentelemetry_proto::tonic::metrics::v1::Metric) -> String {
     }
 }
 
-/// A summary point, refused if a quantile is outside 0..1 or repeated (which would write one series
-/// twice).
-fn summary_state(dp: &SummaryDataPoint) -> Result<State, String> {
-    let mut quantiles: Vec<(f64, f64)> = dp
-        .quantile_values
-        .iter()
-        .map(|q| (q.quantile, q.value))
-        .collect();
-    if quantiles.iter().any(|(q, _)| !(0.0..=1.0).contains(q)) {
-        return Err("summary quantile outside 0..1".into());
-    }
-    if quantiles.len() > MAX_BUCKETS {
-        return Err(format!(
-            "summary point has more than {MAX_BUCKETS} quantiles"
-        ));
-    }
-    quantiles.sort_by(|a, b| a.0.total_cmp(&b.0));
-    if quantiles.windows(2).any(|w| w[0].0 == w[1].0) {
-        return Err("summary point repeats a quantile".into());
-    }
-    Ok(State::Summary(Box::new(SummaryState {
-        quantiles,
-        sum: dp.sum,
-        count: dp.count,
-    })))
-}
-
 fn to_value(kind: MetricKind, p: &State) -> Value {
     match (kind, p) {
         (MetricKind::Counter | MetricKind::UpDownCounter, State::Number(v)) => Value::Sum(*v),
         (_, State::Number(v)) => Value::Gauge(*v),
-        (_, State::Histogram(h)) => {
-            let HistogramState {
-                buckets,
-                sum,
-                count,
-                native,
-            } = &**h;
-            let mut cum = 0;
-            let buckets = buckets
-                .iter()
-                .map(|(b, c)| {
-                    // Counts near u64::MAX from a client must not wrap into a smaller +Inf.
-                    cum = u64::saturating_add(cum, *c);
-                    (*b, cum)
-                })
-                .collect();
-            Value::Histogram {
-                buckets,
-                sum: *sum,
-                count: *count,
-                exemplars: Vec::new(),
-                native: native.clone(),
-            }
-        }
+        (_, State::Histogram(h)) => Value::Histogram {
+            buckets: h.classic.cumulative(),
+            sum: h.classic.sum,
+            count: h.classic.count,
+            exemplars: Vec::new(),
+            native: h.native.clone(),
+        },
         (_, State::Summary(q)) => Value::Summary {
             quantiles: q.quantiles.clone(),
             sum: q.sum,
@@ -1125,9 +861,9 @@ fn value_ref(kind: MetricKind, state: &State) -> ValueRef<'_> {
         (MetricKind::Counter | MetricKind::UpDownCounter, State::Number(v)) => ValueRef::Sum(*v),
         (_, State::Number(v)) => ValueRef::Gauge(*v),
         (_, State::Histogram(h)) => ValueRef::Histogram {
-            buckets: BucketCounts::PerBucket(&h.buckets),
-            sum: h.sum,
-            count: h.count,
+            buckets: BucketCounts::PerBucket(&h.classic.buckets),
+            sum: h.classic.sum,
+            count: h.classic.count,
             exemplars: &[],
             native: h.native.as_deref(),
         },
@@ -1150,9 +886,11 @@ impl crate::pipeline::Consumer<ExportMetricsServiceRequest> for AppMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::exponential::ExpBuckets;
     use opentelemetry_proto::tonic::metrics::v1::{
-        exponential_histogram_data_point::Buckets, ExponentialHistogram, Gauge, Histogram, Metric,
-        ResourceMetrics, ScopeMetrics, Sum,
+        exponential_histogram_data_point::Buckets, number_data_point, AggregationTemporality,
+        ExponentialHistogram, Gauge, Histogram, HistogramDataPoint, Metric, ResourceMetrics,
+        ScopeMetrics, Sum,
     };
     use opentelemetry_proto::tonic::resource::v1::Resource;
 

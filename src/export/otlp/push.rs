@@ -21,7 +21,7 @@ use super::metrics_request::{
 };
 use super::push_resource::{host_name, resource_attributes};
 use super::retry::{self, Bound, Delivery, RetryPolicy};
-use super::tls::{client_config, TlsFiles};
+use super::tls::{check_files, TlsFiles};
 use super::upstream::{parse_endpoint, parse_headers, Sender, Upstream};
 use crate::catalogue;
 use crate::config::OtlpProtocol;
@@ -117,26 +117,21 @@ impl PushOptions {
         };
         let tls =
             if https {
-                let alpn: &[u8] = if protocol == OtlpProtocol::Grpc {
-                    b"h2"
-                } else {
-                    b"http/1.1"
-                };
-                client_config(&files, alpn).map_err(|e| {
-                    let named: Vec<String> = [
-                        self.certificate.as_ref().map(|(_, o)| o.clone()),
-                        self.client_certificate.as_ref().map(|(_, o)| o.clone()),
-                        self.client_key.as_ref().map(|(_, o)| o.clone()),
-                    ]
-                    .into_iter()
-                    .flatten()
-                    .collect();
-                    if named.is_empty() {
-                        format!("{origin}: {e} (set --push-certificate to the CA)")
-                    } else {
-                        format!("{}: {e}", named.join(", "))
-                    }
-                })?;
+                let named: Vec<String> = [
+                    &self.certificate,
+                    &self.client_certificate,
+                    &self.client_key,
+                ]
+                .into_iter()
+                .filter_map(|n| n.as_ref().map(|(_, o)| o.clone()))
+                .collect();
+                check_files(
+                    &files,
+                    protocol,
+                    &named,
+                    origin,
+                    " (set --push-certificate to the CA)",
+                )?;
                 Some(files)
             } else {
                 if files != TlsFiles::default() {

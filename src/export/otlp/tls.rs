@@ -19,6 +19,8 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 
+use crate::config::OtlpProtocol;
+
 /// TLS files for an upstream.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TlsFiles {
@@ -44,8 +46,40 @@ fn read_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, S
     Ok(certs)
 }
 
-/// Builds the rustls client configuration; `alpn` is `h2` for gRPC, `http/1.1` for OTLP/HTTP.
-pub fn client_config(files: &TlsFiles, alpn: &[u8]) -> Result<Arc<ClientConfig>, String> {
+/// The ALPN protocol an upstream speaking `protocol` is offered: `h2` for gRPC, `http/1.1` for HTTP.
+fn alpn(protocol: OtlpProtocol) -> &'static [u8] {
+    match protocol {
+        OtlpProtocol::Grpc => b"h2",
+        OtlpProtocol::HttpProtobuf => b"http/1.1",
+    }
+}
+
+/// Loads `files` as an https upstream speaking `protocol` would, so a bad file stops vitals at start.
+/// The error names where the files came from (`named`); when none was given, `origin` (the endpoint's
+/// flag or variable) followed by `advice`.
+pub fn check_files(
+    files: &TlsFiles,
+    protocol: OtlpProtocol,
+    named: &[String],
+    origin: &str,
+    advice: &str,
+) -> Result<(), String> {
+    client_config(files, protocol).map(|_| ()).map_err(|e| {
+        if named.is_empty() {
+            format!("{origin}: {e}{advice}")
+        } else {
+            format!("{}: {e}", named.join(", "))
+        }
+    })
+}
+
+/// Builds the rustls client configuration for an upstream speaking `protocol` (its ALPN: `h2` for gRPC,
+/// `http/1.1` for OTLP/HTTP).
+pub fn client_config(
+    files: &TlsFiles,
+    protocol: OtlpProtocol,
+) -> Result<Arc<ClientConfig>, String> {
+    let alpn = alpn(protocol);
     let mut roots = RootCertStore::empty();
     match &files.ca {
         Some(ca) => {
@@ -231,5 +265,48 @@ impl tower::Service<Uri> for UpstreamConnector {
             };
             Ok(UpstreamIo(TokioIo::new(stream)))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_file_is_named_after_where_it_came_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("ca.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let files = TlsFiles {
+            ca: Some(empty.clone()),
+            ..TlsFiles::default()
+        };
+        let named = vec!["--push-certificate".to_owned()];
+        let e = check_files(
+            &files,
+            OtlpProtocol::Grpc,
+            &named,
+            "--push-endpoint",
+            " (advice)",
+        )
+        .unwrap_err();
+        assert!(e.starts_with("--push-certificate: certificate "), "{e}");
+        assert!(e.contains("no PEM certificate"), "{e}");
+        assert!(!e.contains("advice"), "{e}");
+        // No file was given: the endpoint's origin is named, with the advice.
+        let missing = TlsFiles {
+            ca: Some(dir.path().join("absent.pem")),
+            ..TlsFiles::default()
+        };
+        let e = check_files(
+            &missing,
+            OtlpProtocol::HttpProtobuf,
+            &[],
+            "OTEL_X",
+            " (advice)",
+        )
+        .unwrap_err();
+        assert!(e.starts_with("OTEL_X: "), "{e}");
+        assert!(e.ends_with(" (advice)"), "{e}");
     }
 }

@@ -22,7 +22,7 @@ use tonic::Status;
 use tonic_types::StatusExt;
 
 use super::retry::{grpc_code_retryable, http_status_retryable, parse_retry_after};
-use super::tls::{client_config, TlsFiles, UpstreamConnector};
+use super::tls::{check_files, client_config, TlsFiles, UpstreamConnector};
 use crate::config::OtlpProtocol;
 use crate::pipeline::Signal;
 
@@ -188,18 +188,7 @@ impl ForwardOptions {
                     origins.push(o);
                 }
             }
-            let alpn: &[u8] = if protocol == OtlpProtocol::Grpc {
-                b"h2"
-            } else {
-                b"http/1.1"
-            };
-            client_config(&files, alpn).map_err(|e| {
-                if origins.is_empty() {
-                    format!("{origin}: {e}")
-                } else {
-                    format!("{}: {e}", origins.join(", "))
-                }
-            })?;
+            check_files(&files, protocol, &origins, &origin, "")?;
             Some(files)
         } else {
             None
@@ -349,14 +338,10 @@ const MAX_ANSWER: usize = 64 << 10;
 impl Sender {
     /// A client for `up` carrying `signal`.
     pub fn new(up: Upstream, signal: Signal) -> Result<Sender, String> {
-        let alpn: &[u8] = match up.protocol {
-            OtlpProtocol::Grpc => b"h2",
-            OtlpProtocol::HttpProtobuf => b"http/1.1",
-        };
         let tls = up
             .tls
             .as_ref()
-            .map(|f| client_config(f, alpn))
+            .map(|f| client_config(f, up.protocol))
             .transpose()?;
         let connector = UpstreamConnector::new(tls);
         match up.protocol {
