@@ -268,8 +268,8 @@ impl<K: Eq + Hash, V> LimitedMap<K, V> {
     }
 }
 
-/// The label that marks an overflow series, as the OpenTelemetry SDKs name it.
-pub const OVERFLOW_LABEL: (&str, &str) = ("otel_metric_overflow", "true");
+/// The label that marks an overflow series (declared with the catalogue's shared labels).
+pub use crate::catalogue::OVERFLOW_LABEL;
 
 #[cfg(test)]
 mod tests {

@@ -12,6 +12,7 @@
 pub mod app;
 pub mod bounded;
 pub mod cadence;
+pub mod catalogue;
 pub mod config;
 pub mod export;
 pub mod inject;

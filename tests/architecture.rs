@@ -135,7 +135,7 @@ fn data_flows_one_way() {
             "model",
             &[
                 "probe", "receiver", "signal", "store", "export", "sampler", "target", "app",
-                "config",
+                "config", "catalogue",
             ],
             "the neutral model depends on nothing",
         ),
@@ -190,6 +190,14 @@ fn data_flows_one_way() {
                 "pipeline", "model",
             ],
             "inject edits manifests; it needs no part of the running sidecar",
+        ),
+        (
+            "catalogue",
+            &[
+                "probe", "receiver", "signal", "store", "export", "sampler", "target", "app", "config",
+                "pipeline", "runtime", "cadence", "profile", "inject", "server", "logging",
+            ],
+            "the catalogue declares vitals' metrics on the model alone; every part may read it",
         ),
         (
             "config",
@@ -301,4 +309,64 @@ fn the_checks_see_what_they_look_for() {
         g["app"].contains("receiver"),
         "app wires the receiver: {g:?}"
     );
+}
+
+#[test]
+fn each_metric_name_is_written_once() {
+    // The OpenTelemetry name of every catalogue entry is a string literal in src/catalogue.rs and nowhere
+    // else in the code (tests left out): producers and readers use the entry.
+    let catalogue =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/catalogue.rs"))
+            .expect("src/catalogue.rs is readable");
+    let name_re = regex::Regex::new(r#"name: "([a-z_.]+)""#).expect("valid regex");
+    let names: BTreeSet<String> = name_re
+        .captures_iter(&catalogue)
+        .map(|c| c[1].to_owned())
+        .collect();
+    assert!(names.len() > 80, "found only {} names", names.len());
+    let mut broken = Vec::new();
+    for (_, path, code) in sources() {
+        // golden.rs is a test-only module (`#[cfg(test)] mod golden;`) of made-up metrics whose golden
+        // expositions must stay byte-identical.
+        if path.ends_with("catalogue.rs") || path.ends_with("prometheus/golden.rs") {
+            continue;
+        }
+        for n in &names {
+            if code.contains(&format!("\"{n}\"")) {
+                broken.push(format!("{} writes the metric name \"{n}\"", path.display()));
+            }
+        }
+    }
+    assert!(broken.is_empty(), "{}", broken.join("\n"));
+}
+
+#[test]
+fn each_catalogue_entry_names_the_file_that_writes_it() {
+    // An entry's doc line says `written by `src/…``, so a search for an exposition name leads from the
+    // entry to its producer; the named file must use the entry, or the pointer has gone stale.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let catalogue = std::fs::read_to_string(root.join("src/catalogue.rs"))
+        .expect("src/catalogue.rs is readable");
+    let entry =
+        regex::Regex::new(r"written by `(src/[a-z_/]+\.rs)`\.\npub static ([A-Z0-9_]+): MetricDef")
+            .expect("valid regex");
+    let mut seen = 0;
+    let mut broken = Vec::new();
+    for c in entry.captures_iter(&catalogue) {
+        seen += 1;
+        let code = std::fs::read_to_string(root.join(&c[1])).unwrap_or_default();
+        if !without_tests(&code).contains(&format!("catalogue::{}", &c[2])) {
+            broken.push(format!(
+                "{} says it is written by {}, which does not use it",
+                &c[2], &c[1]
+            ));
+        }
+    }
+    assert!(seen > 80, "only {seen} entries name their producer");
+    assert_eq!(
+        seen,
+        catalogue.matches(": MetricDef = MetricDef {").count(),
+        "an entry does not name its producer"
+    );
+    assert!(broken.is_empty(), "{}", broken.join("\n"));
 }

@@ -15,7 +15,8 @@
 
 use std::collections::HashMap;
 
-use crate::model::{Collector, Metric, MetricKind, Value};
+use crate::catalogue;
+use crate::model::{Collector, Metric, Value};
 
 /// Lowest CPU use the histogram resolves, in cores.
 const CPU_FIRST_BUCKET: f64 = 0.001;
@@ -522,12 +523,7 @@ impl UsageHistory {
 /// Families for hints: `vitals_recommendation_*` values (only when there is one) and, for every hint, the
 /// history it rests on.
 pub fn families(hints: &[Hint]) -> Vec<Metric> {
-    let mut history = Metric::new(
-        "vitals.recommendation.history",
-        "Seconds of history a tuning hint rests on",
-        "s",
-        MetricKind::Gauge,
-    );
+    let mut history = catalogue::RECOMMENDATION_HISTORY.metric();
     let mut by_name: Vec<Metric> = Vec::new();
     for h in hints {
         let pool = h.pool.as_deref().unwrap_or("");
@@ -537,38 +533,16 @@ pub fn families(hints: &[Hint]) -> Vec<Metric> {
         }
         history.push(&labels, Value::Gauge(h.history_seconds));
         let Some(v) = h.value else { continue };
-        let (name, help, unit) = match h.unit {
-            "cores" => (
-                "vitals.recommendation.cores",
-                "Recommended CPU, in cores",
-                "{cpu}",
-            ),
-            "bytes" => (
-                "vitals.recommendation.bytes",
-                "Recommended memory size, in bytes",
-                "By",
-            ),
-            "ratio" => (
-                "vitals.recommendation.throttled",
-                "Share of CFS periods throttled by the CPU limit over the history",
-                "1",
-            ),
-            "connections" => (
-                "vitals.recommendation.connections",
-                "Recommended DB connection pool size",
-                "{connection}",
-            ),
-            _ => (
-                "vitals.recommendation.files",
-                "Recommended open-file limit",
-                "{file}",
-            ),
+        let def = match h.unit {
+            "cores" => &catalogue::RECOMMENDATION_CORES,
+            "bytes" => &catalogue::RECOMMENDATION_BYTES,
+            "ratio" => &catalogue::RECOMMENDATION_THROTTLED,
+            "connections" => &catalogue::RECOMMENDATION_CONNECTIONS,
+            _ => &catalogue::RECOMMENDATION_FILES,
         };
-        match by_name.iter_mut().find(|f| f.name == name) {
+        match by_name.iter_mut().find(|f| def.is(f)) {
             Some(f) => f.push(&labels, Value::Gauge(v)),
-            None => by_name.push(
-                Metric::new(name, help, unit, MetricKind::Gauge).with(&labels, Value::Gauge(v)),
-            ),
+            None => by_name.push(def.metric().with(&labels, Value::Gauge(v))),
         }
     }
     let mut out = by_name;
@@ -649,7 +623,7 @@ mod tests {
         }
         assert!(families(&a)
             .iter()
-            .all(|f| f.name == "vitals.recommendation.history"));
+            .all(|f| f.name == catalogue::RECOMMENDATION_HISTORY.name));
     }
 
     #[test]
@@ -769,6 +743,7 @@ mod tests {
             });
         }
         let fams = families(&h.advice(&policy()));
+        crate::catalogue::assert_agrees(&fams);
         use crate::export::prometheus::naming::exposition_name;
         let exported: Vec<(String, String)> = fams
             .iter()

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode, Span};
 
-use crate::model::{Collector, Exemplar, Exponential, Metric, MetricKind, Value};
+use crate::catalogue;
+use crate::model::{Collector, Exemplar, Exponential, Metric, Value};
 use crate::store::app_metrics::cut_str;
 use crate::store::limited::{LimitedMap, OverflowCounter, OVERFLOW_LABEL};
 
@@ -399,12 +400,7 @@ impl Collector for RedStore {
         if !inner.series.any_live(now, self.ttl) {
             return;
         }
-        let mut fam = Metric::new(
-            "vitals.request.duration",
-            "Duration of requests (SERVER and CONSUMER spans) by service, operation, kind and outcome",
-            "s",
-            MetricKind::Histogram,
-        );
+        let mut fam = catalogue::REQUEST_DURATION.metric();
         let mut rows: Vec<&RedSeries> = inner
             .series
             .iter_live(now, self.ttl)
@@ -616,6 +612,7 @@ mod tests {
         );
         let mut out = vec![];
         store.collect(&mut out);
+        crate::catalogue::assert_agrees(&out);
         let fam = &out[0];
         assert_eq!(
             fam.points.len(),
@@ -678,6 +675,7 @@ mod tests {
         store.observe(&long, [span(&long)]);
         let mut out = Vec::new();
         store.collect(&mut out);
+        crate::catalogue::assert_agrees(&out);
         assert_eq!(out[0].points.len(), 3);
         for series in &out[0].points {
             assert!(

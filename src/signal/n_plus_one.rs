@@ -18,7 +18,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::latency::Operation;
-use crate::model::{Collector, Exemplar, Metric, MetricKind, Value};
+use crate::catalogue;
+use crate::model::{Collector, Exemplar, Metric, Value};
 use crate::store::app_metrics::cut_str;
 use crate::store::limited::{LimitedMap, OverflowCounter, OVERFLOW_LABEL};
 
@@ -489,12 +490,7 @@ impl Collector for NPlusOne {
         let now = Instant::now();
         let inner = self.lock();
         if inner.counts.any_live(now, self.ttl) {
-            let mut fam = Metric::new(
-                "vitals.db.n_plus_one",
-                "N+1 query runs (one query repeated under one parent span) by service, request operation and query",
-                "{run}",
-                MetricKind::Counter,
-            );
+            let mut fam = catalogue::DB_N_PLUS_ONE.metric();
             let mut rows: Vec<&Occurrences> = inner
                 .counts
                 .iter_live(now, self.ttl)
@@ -522,12 +518,7 @@ impl Collector for NPlusOne {
             }
             out.push(fam);
         }
-        let mut dropped = Metric::new(
-            "vitals.db.n_plus_one.dropped",
-            "Spans not held for N+1 detection because a bound was reached, by reason",
-            "{span}",
-            MetricKind::Counter,
-        );
+        let mut dropped = catalogue::DB_N_PLUS_ONE_DROPPED.metric();
         for (i, reason) in DROP_REASONS.iter().enumerate() {
             dropped.push(&[("reason", reason)], Value::Sum(inner.dropped[i] as f64));
         }
@@ -592,8 +583,9 @@ mod tests {
     fn counts(d: &NPlusOne) -> Vec<(Vec<(String, String)>, f64)> {
         let mut out = Vec::new();
         d.collect(&mut out);
+        crate::catalogue::assert_agrees(&out);
         out.iter()
-            .filter(|m| m.name == "vitals.db.n_plus_one")
+            .filter(|m| m.name == catalogue::DB_N_PLUS_ONE.name)
             .flat_map(|m| m.points.iter())
             .map(|p| {
                 let v = match p.value {
@@ -736,9 +728,10 @@ mod tests {
         assert_eq!(d.traces_held(), TRACE_LIMIT);
         let mut out = Vec::new();
         d.collect(&mut out);
+        crate::catalogue::assert_agrees(&out);
         let dropped = out
             .iter()
-            .find(|m| m.name == "vitals.db.n_plus_one.dropped")
+            .find(|m| m.name == catalogue::DB_N_PLUS_ONE_DROPPED.name)
             .unwrap();
         assert_eq!(dropped.points[0].value, Value::Sum(10.0));
         d.settle(t0 + Duration::from_secs(2));

@@ -19,7 +19,8 @@ use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode, 
 use super::latency::{self, ExemplarSlot, SpanFacts};
 use super::n_plus_one::{DbCall, NPlusOne, RequestSpan};
 use super::sql_template::{self, Quoting};
-use crate::model::{Collector, Metric, MetricKind, Value};
+use crate::catalogue;
+use crate::model::{Collector, Metric, Value};
 use crate::pipeline::{Consumer, PartialSuccess};
 use crate::store::app_metrics::{cut_str, service_name};
 use crate::store::limited::{LimitedMap, OverflowCounter, OVERFLOW_LABEL};
@@ -276,12 +277,7 @@ impl Collector for QueryStore {
         if !inner.series.any_live(now, self.ttl) {
             return;
         }
-        let mut fam = Metric::new(
-            "vitals.db.query.duration",
-            "Duration of database queries (CLIENT spans with a database system) by service, db system, query template and outcome",
-            "s",
-            MetricKind::Histogram,
-        );
+        let mut fam = catalogue::DB_QUERY_DURATION.metric();
         let mut rows: Vec<&QuerySeries> = inner
             .series
             .iter_live(now, self.ttl)
@@ -489,6 +485,7 @@ mod tests {
         }
         let mut out = Vec::new();
         store.collect(&mut out);
+        crate::catalogue::assert_agrees(&out);
         let points = &out[0].points;
         assert_eq!(points.len(), 4, "three series and the overflow");
         assert_eq!(c.get(), 8);

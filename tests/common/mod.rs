@@ -147,7 +147,14 @@ impl Vitals {
     pub fn scrape(&self) -> Exposition {
         let (status, _, body) = self.get("/metrics", None);
         assert_eq!(status, 200, "{body}");
-        Exposition::parse(&body)
+        let e = Exposition::parse(&body);
+        let wrong = catalogue_disagreements(&e);
+        assert!(
+            wrong.is_empty(),
+            "the exposition disagrees with src/catalogue.rs:\n{}",
+            wrong.join("\n")
+        );
+        e
     }
 
     /// Polls the exposition until `cond` holds or `timeout` passes; returns the last exposition.
@@ -669,65 +676,15 @@ impl Drop for Jvm {
     }
 }
 
-/// The exposition names of every metric vitals' source defines, translated by the Prometheus exporter's
-/// own rules: `Metric::new("otel.name", help, "unit", Kind)`, the target's `b.one("otel.name", "unit",
-/// Kind, help)`, and `("otel.name", "help", "unit")` rows of a table (the tuning hints' gauges). Unit tests
-/// are left out: they build made-up metrics.
+/// The exposition names (counters without `_total`) of every metric vitals declares: the entries of its
+/// catalogue (`src/catalogue.rs`), translated by the Prometheus exporter's own rules.
 pub fn source_exposition_names() -> std::collections::BTreeSet<String> {
     use vitals::export::prometheus::naming::exposition_name;
-    use vitals::model::{MetricKind, Origin};
-    let kind_of = |k: &str| match k {
-        "Counter" => MetricKind::Counter,
-        "UpDownCounter" => MetricKind::UpDownCounter,
-        "Gauge" => MetricKind::Gauge,
-        "Histogram" => MetricKind::Histogram,
-        _ => MetricKind::Summary,
-    };
-    let unit_and_kind = regex::Regex::new(
-        r#""([^"]*)",\s*(?:MetricKind::)?(Counter|UpDownCounter|Gauge|Histogram|Summary)\b"#,
-    )
-    .expect("valid regex");
-    let table_row = regex::Regex::new(
-        r#"\(\s*"((?:vitals|process)\.[a-z_.]+)",\s*"(?:[^"\\]|\\.)*",\s*"([^"]*)",?\s*\)"#,
-    )
-    .expect("valid regex");
-    let mut names = std::collections::BTreeSet::new();
-    let mut dirs = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("src")];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).expect("src is readable").flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                dirs.push(path);
-                continue;
-            }
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
-            let code = text
-                .split("#[cfg(test)]\nmod tests")
-                .next()
-                .unwrap_or_default();
-            let mut add = |name: &str, unit: &str, kind: MetricKind| {
-                let exposed = exposition_name(name, unit, kind, Origin::Vitals);
-                if exposed.starts_with("vitals_") || exposed.starts_with("process_") {
-                    names.insert(exposed);
-                }
-            };
-            for opener in ["Metric::new(", "b.one("] {
-                for chunk in code.split(opener).skip(1) {
-                    let Some(name) = chunk.trim_start().strip_prefix('"') else {
-                        continue;
-                    };
-                    let name: String = name.chars().take_while(|c| *c != '"').collect();
-                    if let Some(c) = unit_and_kind.captures(chunk) {
-                        add(&name, &c[1], kind_of(&c[2]));
-                    }
-                }
-            }
-            for c in table_row.captures_iter(code) {
-                add(&c[1], &c[2], MetricKind::Gauge);
-            }
-        }
-    }
-    names
+    use vitals::model::Origin;
+    vitals::catalogue::ALL
+        .iter()
+        .map(|d| exposition_name(d.name, d.unit, d.kind, Origin::Vitals))
+        .collect()
 }
 
 /// Makes, with openssl, in `dir`: a CA (`ca.pem`, `ca.key`), a server certificate for 127.0.0.1 and
@@ -1167,4 +1124,61 @@ pub fn go_decode_exposition(body: &[u8]) -> Result<Vec<serde_json::Value>, Strin
         .lines()
         .map(|l| serde_json::from_str(l).expect("decoder JSON"))
         .collect())
+}
+
+/// Catalogue entries by their family name in the text format (counters with `_total`).
+fn catalogue_families(
+) -> &'static std::collections::BTreeMap<String, &'static vitals::catalogue::MetricDef> {
+    use vitals::export::prometheus::naming::exposition_name;
+    use vitals::model::{MetricKind, Origin};
+    static FAMILIES: std::sync::OnceLock<
+        std::collections::BTreeMap<String, &'static vitals::catalogue::MetricDef>,
+    > = std::sync::OnceLock::new();
+    FAMILIES.get_or_init(|| {
+        vitals::catalogue::ALL
+            .iter()
+            .map(|d| {
+                let name = exposition_name(d.name, d.unit, d.kind, Origin::Vitals);
+                let name = if d.kind == MetricKind::Counter {
+                    format!("{name}_total")
+                } else {
+                    name
+                };
+                (name, *d)
+            })
+            .collect()
+    })
+}
+
+/// What in an exposition disagrees with vitals' catalogue (`src/catalogue.rs`): a sample of one of its
+/// families with a label the entry does not declare, or with a value outside the entry's fixed set.
+/// [`Vitals::scrape`] asserts there is none, so every test that scrapes checks the producers it drives.
+pub fn catalogue_disagreements(e: &Exposition) -> Vec<String> {
+    use vitals::export::prometheus::naming::label_name;
+    let families = catalogue_families();
+    let mut wrong = Vec::new();
+    for s in &e.samples {
+        let entry = families.get(&s.name).or_else(|| {
+            ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|x| families.get(s.name.strip_suffix(x)?))
+        });
+        let Some(d) = entry else { continue };
+        for (k, v) in &s.labels {
+            if k == "le" || vitals::catalogue::SHARED_LABELS.contains(&k.as_str()) {
+                continue;
+            }
+            match d.labels.iter().find(|l| label_name(l.key) == *k) {
+                None => wrong.push(format!(
+                    "{}: label {k} is not declared by {}",
+                    s.name, d.name
+                )),
+                Some(l) if l.values.is_some_and(|vs| !vs.contains(&v.as_str())) => wrong.push(
+                    format!("{}: {k}=\"{v}\" is not one of {:?}", s.name, l.values),
+                ),
+                Some(_) => {}
+            }
+        }
+    }
+    wrong
 }

@@ -28,7 +28,8 @@ pub mod web_config;
 use self::live::stream::LiveBody;
 use self::web_config::WebConfig;
 use super::prometheus::{Encoder, Exposition, Format};
-use crate::model::{stream_metrics, Metric, MetricKind, Registry, Value};
+use crate::catalogue;
+use crate::model::{stream_metrics, Registry, Value};
 use crate::target::status::TargetStatus;
 
 /// What the HTTP handlers read.
@@ -104,13 +105,9 @@ pub fn render_with(encoder: &mut Encoder, registry: &Registry, capacity: usize) 
     encoder.start(capacity);
     registry.encode_into(encoder);
     let n = encoder.points() + 1;
-    let series = Metric::new(
-        "vitals.exporter.series",
-        "Series in this exposition",
-        "{series}",
-        MetricKind::Gauge,
-    )
-    .with(&[], Value::Gauge(n as f64));
+    let series = catalogue::EXPORTER_SERIES
+        .metric()
+        .with(&[], Value::Gauge(n as f64));
     stream_metrics(std::slice::from_ref(&series), encoder);
     encoder.finish()
 }

@@ -16,7 +16,8 @@ use tokio::sync::{mpsc, Semaphore};
 
 use super::retry::{self, Bound, Delivery, RetryPolicy};
 use super::upstream::{Sender, Upstream};
-use crate::model::{Collector, Metric, MetricKind, Value};
+use crate::catalogue;
+use crate::model::{Collector, Metric, Value};
 use crate::pipeline::{Onward, QueueFull, Signal};
 
 /// Forwarding settings.
@@ -314,30 +315,10 @@ struct ForwardCollector(Arc<Shared>);
 impl Collector for ForwardCollector {
     fn collect(&self, out: &mut Vec<Metric>) {
         let sh = &self.0;
-        let mut items = Metric::new(
-            "vitals.exporter.forward.items",
-            "OTLP items (spans, data points, log records) forwarded upstream, by outcome",
-            "{item}",
-            MetricKind::Counter,
-        );
-        let mut requests = Metric::new(
-            "vitals.exporter.forward.requests",
-            "OTLP requests forwarded upstream, by outcome",
-            "{request}",
-            MetricKind::Counter,
-        );
-        let mut retries = Metric::new(
-            "vitals.exporter.forward.retries",
-            "Forwarded requests sent again after a retryable upstream answer",
-            "{retry}",
-            MetricKind::Counter,
-        );
-        let mut latency = Metric::new(
-            "vitals.exporter.forward.upstream.duration",
-            "Time the upstream took to answer one forwarded request",
-            "s",
-            MetricKind::Histogram,
-        );
+        let mut items = catalogue::EXPORTER_FORWARD_ITEMS.metric();
+        let mut requests = catalogue::EXPORTER_FORWARD_REQUESTS.metric();
+        let mut retries = catalogue::EXPORTER_FORWARD_RETRIES.metric();
+        let mut latency = catalogue::EXPORTER_FORWARD_UPSTREAM_DURATION.metric();
         for s in [Signal::Traces, Signal::Metrics, Signal::Logs] {
             if sh.settings.upstreams[s as usize].is_none() {
                 continue;
@@ -384,26 +365,14 @@ impl Collector for ForwardCollector {
         out.push(requests);
         out.push(retries);
         out.push(latency);
+        out.push(catalogue::EXPORTER_FORWARD_QUEUE.metric().with(
+            &[],
+            Value::Gauge(sh.queued_bytes.load(Ordering::Relaxed) as f64),
+        ));
         out.push(
-            Metric::new(
-                "vitals.exporter.forward.queue",
-                "Bytes of forwarded requests queued or in flight",
-                "By",
-                MetricKind::Gauge,
-            )
-            .with(
-                &[],
-                Value::Gauge(sh.queued_bytes.load(Ordering::Relaxed) as f64),
-            ),
-        );
-        out.push(
-            Metric::new(
-                "vitals.exporter.forward.queue.limit",
-                "Bytes the forwarding queue may hold (--forward-queue-bytes)",
-                "By",
-                MetricKind::Gauge,
-            )
-            .with(&[], Value::Gauge(sh.settings.queue_bytes as f64)),
+            catalogue::EXPORTER_FORWARD_QUEUE_LIMIT
+                .metric()
+                .with(&[], Value::Gauge(sh.settings.queue_bytes as f64)),
         );
     }
 }

@@ -23,8 +23,9 @@ use super::push_resource::{host_name, resource_attributes};
 use super::retry::{self, Bound, Delivery, RetryPolicy};
 use super::tls::{check_files, TlsFiles};
 use super::upstream::{parse_endpoint, parse_headers, Sender, Upstream};
+use crate::catalogue;
 use crate::config::OtlpProtocol;
-use crate::model::{Collector, Metric, MetricKind, Registry, Value};
+use crate::model::{Collector, Metric, Registry, Value};
 use crate::receiver::Signal;
 
 /// A `--push-*` value with the name of where it came from (flag, `VITALS_PUSH_*` variable or config
@@ -527,24 +528,14 @@ struct PushCollector(Arc<Shared>);
 impl Collector for PushCollector {
     fn collect(&self, out: &mut Vec<Metric>) {
         let stats = &self.0.stats;
-        let mut requests = Metric::new(
-            "vitals.exporter.push.requests",
-            "OTLP push requests sent by vitals, per attempt and outcome",
-            "{request}",
-            MetricKind::Counter,
-        );
+        let mut requests = catalogue::EXPORTER_PUSH_REQUESTS.metric();
         for (o, name) in REQUEST_OUTCOMES {
             requests.push(
                 &[("outcome", name)],
                 Value::Sum(stats.requests[o as usize].load(Ordering::Relaxed) as f64),
             );
         }
-        let mut points = Metric::new(
-            "vitals.exporter.push.points",
-            "Data points vitals pushed over OTLP, by what became of them",
-            "{point}",
-            MetricKind::Counter,
-        );
+        let mut points = catalogue::EXPORTER_PUSH_POINTS.metric();
         for (o, name) in POINT_OUTCOMES {
             points.push(
                 &[("outcome", name)],
@@ -559,6 +550,7 @@ impl Collector for PushCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::MetricKind;
 
     fn named<T>(v: T, o: &str) -> Named<T> {
         Some((v, o.to_owned()))

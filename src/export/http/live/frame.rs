@@ -8,6 +8,7 @@ use serde_json::{json, Value as Json};
 
 use super::history::{History, Point};
 use super::thresholds::{threshold, AlertRule, Measure, RULES};
+use crate::catalogue::{self, MetricDef};
 use crate::model::{Exponential, Metric, Origin, Point as ModelPoint, Value};
 use crate::signal::hints::{HintPolicy, PoolUse, UsageHistory, UsageTick};
 
@@ -253,17 +254,17 @@ impl<'a> Families<'a> {
         }
     }
 
-    fn series(&self, name: &str) -> std::slice::Iter<'a, ModelPoint> {
-        match self.by_name.get(name) {
+    fn series(&self, def: &MetricDef) -> std::slice::Iter<'a, ModelPoint> {
+        match self.by_name.get(def.name) {
             Some(f) => f.points.iter(),
             None => [].iter(),
         }
     }
 
     /// Sum of the matching series' values; `None` when no series matches.
-    fn sum(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    fn sum(&self, def: &MetricDef, labels: &[(&str, &str)]) -> Option<f64> {
         let mut out = None;
-        for s in self.series(name) {
+        for s in self.series(def) {
             if labels.iter().all(|(k, v)| label(s, k) == Some(v)) {
                 if let Some(v) = scalar(s) {
                     *out.get_or_insert(0.0) += v;
@@ -274,17 +275,17 @@ impl<'a> Families<'a> {
     }
 
     /// Maximum over the matching series.
-    fn max(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        self.series(name)
+    fn max(&self, def: &MetricDef, labels: &[(&str, &str)]) -> Option<f64> {
+        self.series(def)
             .filter(|s| labels.iter().all(|(k, v)| label(s, k) == Some(v)))
             .filter_map(scalar)
             .fold(None, |m, v| Some(m.map_or(v, |m: f64| m.max(v))))
     }
 
     /// Sum per value of `by`, then the largest sum (the rules' `max by (runtime) (sum by (source))`).
-    fn max_of_sums(&self, name: &str, by: &str) -> Option<f64> {
+    fn max_of_sums(&self, def: &MetricDef, by: &str) -> Option<f64> {
         let mut sums: HashMap<&str, f64> = HashMap::new();
-        for s in self.series(name) {
+        for s in self.series(def) {
             if let Some(v) = scalar(s) {
                 *sums.entry(label(s, by).unwrap_or("")).or_default() += v;
             }
@@ -405,7 +406,7 @@ impl LiveSampler {
             t,
             ..Default::default()
         };
-        for s in f.series("vitals.request.duration") {
+        for s in f.series(&catalogue::REQUEST_DURATION) {
             let Value::Histogram {
                 buckets,
                 count,
@@ -429,7 +430,7 @@ impl LiveSampler {
                     .add(buckets, *count, error, native);
             }
         }
-        for s in f.series("vitals.db.query.duration") {
+        for s in f.series(&catalogue::DB_QUERY_DURATION) {
             let Value::Histogram { buckets, count, .. } = &s.value else {
                 continue;
             };
@@ -445,7 +446,7 @@ impl LiveSampler {
                     .add(buckets, *count, error, None);
             }
         }
-        for s in f.series("vitals.db.n_plus_one") {
+        for s in f.series(&catalogue::DB_N_PLUS_ONE) {
             let Some(v) = scalar(s) else { continue };
             let key = (
                 label(s, "service").unwrap_or("").to_owned(),
@@ -463,7 +464,7 @@ impl LiveSampler {
     /// series: up, pid, program, runtime, processes, memory, CPU cores, restarts.
     fn targets(&mut self, f: &Families, t: f64) -> Vec<Json> {
         let mut names: Vec<&str> = f
-            .series("vitals.target.up")
+            .series(&catalogue::TARGET_UP)
             .filter_map(|s| label(s, "target"))
             .collect();
         names.sort_unstable();
@@ -474,9 +475,9 @@ impl LiveSampler {
         for name in names {
             let of = [("target", name)];
             let info = f
-                .series("vitals.target.info")
+                .series(&catalogue::TARGET_INFO)
                 .find(|s| label(s, "target") == Some(name));
-            let cpu = f.sum("process.cpu.time", &of);
+            let cpu = f.sum(&catalogue::PROCESS_CPU_TIME, &of);
             let cores = match (cpu, self.target_cpu.get(name)) {
                 (Some(c), Some(&(t0, c0))) if t > t0 && c >= c0 => Some((c - c0) / (t - t0)),
                 _ => None,
@@ -486,14 +487,14 @@ impl LiveSampler {
             }
             rows.push(json!({
                 "name": name,
-                "up": f.sum("vitals.target.up", &of).unwrap_or(0.0) > 0.0,
+                "up": f.sum(&catalogue::TARGET_UP, &of).unwrap_or(0.0) > 0.0,
                 "pid": info.and_then(|s| label(s, "pid")),
                 "comm": info.and_then(|s| label(s, "comm")),
                 "runtime": info.and_then(|s| label(s, "runtime")),
-                "processes": f.sum("vitals.target.processes", &of),
-                "rss_bytes": f.sum("process.memory.usage", &of),
+                "processes": f.sum(&catalogue::TARGET_PROCESSES, &of),
+                "rss_bytes": f.sum(&catalogue::PROCESS_MEMORY_USAGE, &of),
                 "cpu_cores": round(cores),
-                "restarts": f.sum("vitals.target.restarts", &of),
+                "restarts": f.sum(&catalogue::TARGET_RESTARTS, &of),
             }));
         }
         self.target_cpu = cpu_now;
@@ -515,10 +516,10 @@ impl LiveSampler {
     /// The history point and the hints for time `t`; the frame too when `render`.
     fn advance(&mut self, t: f64, families: &[Metric], render: bool) -> Option<Json> {
         let f = Families::new(families);
-        let up = f.sum("vitals.target.up", &[]).unwrap_or(0.0);
-        let info = f.series("vitals.target.info").next();
+        let up = f.sum(&catalogue::TARGET_UP, &[]).unwrap_or(0.0);
+        let info = f.series(&catalogue::TARGET_INFO).next();
         let pid = info.and_then(|s| label(s, "pid")).map(str::to_owned);
-        let start = f.sum("vitals.process.start_time", &[]);
+        let start = f.sum(&catalogue::PROCESS_START_TIME, &[]);
         let key = pid
             .as_ref()
             .map(|p| format!("{p}@{}", start.unwrap_or(0.0)));
@@ -534,12 +535,12 @@ impl LiveSampler {
         // Counters and their per-second rates.
         let psi = |res: &str| {
             f.sum(
-                "vitals.pressure.stalled",
+                &catalogue::PRESSURE_STALLED,
                 &[("resource", res), ("kind", "some"), ("scope", "cgroup")],
             )
             .or_else(|| {
                 f.sum(
-                    "vitals.pressure.stalled",
+                    &catalogue::PRESSURE_STALLED,
                     &[("resource", res), ("kind", "some"), ("scope", "system")],
                 )
             })
@@ -547,18 +548,18 @@ impl LiveSampler {
         let now = Counters {
             t,
             requests: f
-                .series("vitals.request.duration")
+                .series(&catalogue::REQUEST_DURATION)
                 .filter_map(|s| match s.value {
                     Value::Histogram { count, .. } => Some(count as f64),
                     _ => None,
                 })
                 .fold(None, |n, c| Some(n.unwrap_or(0.0) + c)),
-            gc: f.max_of_sums("vitals.gc.pause", "source"),
-            safepoint: f.sum("vitals.safepoint", &[]),
-            throttled: f.sum("vitals.cgroup.cpu.throttled", &[]),
-            throttled_periods: f.sum("vitals.cgroup.cpu.throttled_periods", &[]),
-            periods: f.sum("vitals.cgroup.cpu.periods", &[]),
-            cpu: f.sum("process.cpu.time", &[]),
+            gc: f.max_of_sums(&catalogue::GC_PAUSE, "source"),
+            safepoint: f.sum(&catalogue::SAFEPOINT, &[]),
+            throttled: f.sum(&catalogue::CGROUP_CPU_THROTTLED, &[]),
+            throttled_periods: f.sum(&catalogue::CGROUP_CPU_THROTTLED_PERIODS, &[]),
+            periods: f.sum(&catalogue::CGROUP_CPU_PERIODS, &[]),
+            cpu: f.sum(&catalogue::PROCESS_CPU_TIME, &[]),
             psi: [psi("cpu"), psi("memory"), psi("io")],
         };
         let prev = self.prev.unwrap_or_default();
@@ -656,24 +657,24 @@ impl LiveSampler {
             .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
 
         // Pauses.
-        let gc_max = f.max("vitals.gc.pause.max", &[]);
-        let event_loop_p99 = f.max("vitals.event_loop.delay", &[("statistic", "p99")]);
+        let gc_max = f.max(&catalogue::GC_PAUSE_MAX, &[]);
+        let event_loop_p99 = f.max(&catalogue::EVENT_LOOP_DELAY, &[("statistic", "p99")]);
 
         // Memory.
-        let rss = f.sum("process.memory.usage", &[]);
+        let rss = f.sum(&catalogue::PROCESS_MEMORY_USAGE, &[]);
         // The heap the memory signal reads (runtime metrics or the JVM's live set), by its typed family.
-        let heap = f.sum("vitals.memory.heap", &[]);
-        let heap_limit = f.sum("vitals.memory.heap.limit", &[]);
-        let jvm_heap_limit = f.sum("vitals.memory.heap.limit", &[("runtime", "jvm")]);
+        let heap = f.sum(&catalogue::MEMORY_HEAP, &[]);
+        let heap_limit = f.sum(&catalogue::MEMORY_HEAP_LIMIT, &[]);
+        let jvm_heap_limit = f.sum(&catalogue::MEMORY_HEAP_LIMIT, &[("runtime", "jvm")]);
         let heap_status = f
-            .series("vitals.memory.growth.status")
+            .series(&catalogue::MEMORY_GROWTH_STATUS)
             .filter(|s| label(s, "signal") == Some("heap") && scalar(s) == Some(1.0))
             .filter_map(|s| label(s, "status"))
             .next();
-        let cgroup = f.sum("vitals.cgroup.memory.usage", &[]);
-        let cgroup_limit = f.sum("vitals.cgroup.memory.limit", &[]);
+        let cgroup = f.sum(&catalogue::CGROUP_MEMORY_USAGE, &[]);
+        let cgroup_limit = f.sum(&catalogue::CGROUP_MEMORY_LIMIT, &[]);
         let mut growth = serde_json::Map::new();
-        for s in f.series("vitals.memory.growth") {
+        for s in f.series(&catalogue::MEMORY_GROWTH) {
             let (Some(sig), Some(w), Some(v)) = (label(s, "signal"), label(s, "window"), scalar(s))
             else {
                 continue;
@@ -684,21 +685,21 @@ impl LiveSampler {
                 .as_object_mut()
                 .map(|m| m.insert(w.to_owned(), json!(v)));
         }
-        let ttl = f.max("vitals.memory.time_to_limit", &[]).map(|_| {
-            f.series("vitals.memory.time_to_limit")
+        let ttl = f.max(&catalogue::MEMORY_TIME_TO_LIMIT, &[]).map(|_| {
+            f.series(&catalogue::MEMORY_TIME_TO_LIMIT)
                 .filter_map(scalar)
                 .fold(f64::INFINITY, f64::min)
         });
         let leak: Vec<String> = f
-            .series("vitals.memory.leak.suspected")
+            .series(&catalogue::MEMORY_LEAK_SUSPECTED)
             .filter(|s| scalar(s) == Some(1.0))
             .filter_map(|s| label(s, "signal").map(str::to_owned))
             .collect();
-        let leak_flag = f.max("vitals.memory.leak.suspected", &[]);
+        let leak_flag = f.max(&catalogue::MEMORY_LEAK_SUSPECTED, &[]);
 
         // Pools.
         let mut pools: Vec<PoolRow> = Vec::new();
-        for s in f.series("vitals.pool.utilization") {
+        for s in f.series(&catalogue::POOL_UTILIZATION) {
             if pools.len() >= POOL_LIMIT {
                 break;
             }
@@ -710,9 +711,9 @@ impl LiveSampler {
                 pool: pool.to_owned(),
                 kind: kind.to_owned(),
                 utilization: scalar(s),
-                used: f.sum("vitals.pool.used", &l),
-                max: f.sum("vitals.pool.max", &l),
-                pending: f.sum("vitals.pool.pending", &l),
+                used: f.sum(&catalogue::POOL_USED, &l),
+                max: f.sum(&catalogue::POOL_MAX, &l),
+                pending: f.sum(&catalogue::POOL_PENDING, &l),
             });
         }
         pools.sort_by(|a, b| {
@@ -755,7 +756,7 @@ impl LiveSampler {
                 // RSS, not cgroup usage: the cgroup counts page cache the kernel reclaims under pressure.
                 memory_bytes: rss.or(cgroup),
                 memory_limit_bytes: cgroup_limit,
-                oom_kills: f.sum("vitals.cgroup.memory.oom_kills", &[]),
+                oom_kills: f.sum(&catalogue::CGROUP_MEMORY_OOM_KILLS, &[]),
                 heap_max_bytes: jvm_heap_limit,
                 fds,
                 db_pools,
@@ -974,7 +975,7 @@ impl LiveSampler {
                 "comm": info.and_then(|s| label(s, "comm")),
                 "runtime": info.and_then(|s| label(s, "runtime")),
                 "uptime_seconds": round(uptime),
-                "restarts": f.sum("vitals.target.restarts", &[]),
+                "restarts": f.sum(&catalogue::TARGET_RESTARTS, &[]),
                 "selected_by": self.selected_by,
             },
             "red": {
@@ -1035,7 +1036,6 @@ impl LiveSampler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::MetricKind;
 
     #[test]
     fn quantile_matches_prometheus_interpolation() {
@@ -1105,10 +1105,10 @@ mod tests {
     }
 
     fn families(series: Vec<ModelPoint>, up: f64) -> Vec<Metric> {
-        let mut red = Metric::new("vitals.request.duration", "", "s", MetricKind::Histogram);
+        let mut red = catalogue::REQUEST_DURATION.metric();
         red.points = series;
         vec![
-            Metric::new("vitals.target.up", "", "", MetricKind::Gauge).with(&[], Value::Gauge(up)),
+            catalogue::TARGET_UP.metric().with(&[], Value::Gauge(up)),
             red,
         ]
     }
@@ -1180,7 +1180,7 @@ mod tests {
     fn event_loop_p99_is_the_worst_runtime_s_p99_statistic() {
         let mut s = LiveSampler::new(10, HintPolicy::default(), "pid".into(), String::new());
         let mut m = families(vec![], 1.0);
-        let mut delay = Metric::new("vitals.event_loop.delay", "", "s", MetricKind::Gauge);
+        let mut delay = catalogue::EVENT_LOOP_DELAY.metric();
         delay.push(
             &[("runtime", "node"), ("statistic", "p50")],
             Value::Gauge(0.011),
@@ -1202,7 +1202,7 @@ mod tests {
     fn db_panel_lists_slow_queries_n_plus_one_runs_and_db_pools_beside_them() {
         let mut s = LiveSampler::new(10, HintPolicy::default(), "pid".into(), String::new());
         let frame = |s: &mut LiveSampler, t: f64, fast: u64, slow: u64, runs: f64| {
-            let mut q = Metric::new("vitals.db.query.duration", "", "s", MetricKind::Histogram);
+            let mut q = catalogue::DB_QUERY_DURATION.metric();
             for (query, le_fast, n) in [("SELECT a", true, fast), ("SELECT b", false, slow)] {
                 let buckets = if le_fast {
                     vec![(0.001, n), (0.1, n), (f64::INFINITY, n)]
@@ -1225,7 +1225,7 @@ mod tests {
                     },
                 );
             }
-            let n1 = Metric::new("vitals.db.n_plus_one", "", "{run}", MetricKind::Counter).with(
+            let n1 = catalogue::DB_N_PLUS_ONE.metric().with(
                 &[
                     ("service", "shop"),
                     ("operation", "/authors"),
@@ -1238,14 +1238,12 @@ mod tests {
             m.extend([
                 q,
                 n1,
-                Metric::new("vitals.pool.utilization", "", "1", MetricKind::Gauge)
+                catalogue::POOL_UTILIZATION
+                    .metric()
                     .with(&l, Value::Gauge(1.0)),
-                Metric::new("vitals.pool.used", "", "", MetricKind::Gauge)
-                    .with(&l, Value::Gauge(10.0)),
-                Metric::new("vitals.pool.max", "", "", MetricKind::Gauge)
-                    .with(&l, Value::Gauge(10.0)),
-                Metric::new("vitals.pool.pending", "", "", MetricKind::Gauge)
-                    .with(&l, Value::Gauge(3.0)),
+                catalogue::POOL_USED.metric().with(&l, Value::Gauge(10.0)),
+                catalogue::POOL_MAX.metric().with(&l, Value::Gauge(10.0)),
+                catalogue::POOL_PENDING.metric().with(&l, Value::Gauge(3.0)),
             ]);
             s.tick(t, &m)
         };
