@@ -268,9 +268,6 @@ impl<K: Eq + Hash, V> LimitedMap<K, V> {
     }
 }
 
-/// The label that marks an overflow series (declared with the catalogue's shared labels).
-pub use crate::catalogue::OVERFLOW_LABEL;
-
 #[cfg(test)]
 mod tests {
     use super::*;

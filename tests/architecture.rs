@@ -153,8 +153,8 @@ fn data_flows_one_way() {
         ),
         (
             "signal",
-            &["export", "sampler", "app"],
-            "derivation feeds the store and the exporters, never the other way",
+            &["store", "export", "sampler", "app"],
+            "derivation reads typed inputs, never the store, and feeds the exporters, never the other way",
         ),
         (
             "sampler",
@@ -175,6 +175,15 @@ fn data_flows_one_way() {
                 "pipeline", "model",
             ],
             "the cadence is when samplers read; readers and samplers share it and it depends on nothing",
+        ),
+        (
+            "bounded",
+            &[
+                "probe", "receiver", "signal", "store", "export", "sampler", "target", "app", "config",
+                "pipeline", "model", "catalogue", "runtime", "cadence", "profile", "inject", "server",
+                "logging",
+            ],
+            "the bounded map is a container the store, derivation and the wiring share; it depends on nothing",
         ),
         (
             "pipeline",

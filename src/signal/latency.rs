@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode, Span};
 
+use crate::bounded::{LimitedMap, OverflowCounter};
 use crate::catalogue;
+use crate::catalogue::OVERFLOW_LABEL;
 use crate::model::{Collector, Exemplar, Exponential, Metric, Value};
-use crate::store::app_metrics::cut_str;
-use crate::store::limited::{LimitedMap, OverflowCounter, OVERFLOW_LABEL};
+use crate::pipeline::attributes::cut_str;
 
 /// Bucket upper bounds in seconds: 0.5 ms to 60 s, with 0.1 s and 0.4 s (Apdex T = 0.1 s and 4T).
 pub const BUCKETS: [f64; 21] = [
@@ -442,7 +443,7 @@ impl
         let mut answer = crate::pipeline::PartialSuccess::default();
         for rs in &request.resource_spans {
             let resource = rs.resource.as_ref().map(|r| r.attributes.as_slice());
-            let service = crate::store::app_metrics::service_name(resource.unwrap_or(&[]));
+            let service = crate::pipeline::attributes::service_name(resource.unwrap_or(&[]));
             let mut usable = Vec::new();
             for span in rs.scope_spans.iter().flat_map(|ss| ss.spans.iter()) {
                 match facts(span) {

@@ -18,10 +18,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::latency::Operation;
+use crate::bounded::{LimitedMap, OverflowCounter};
 use crate::catalogue;
+use crate::catalogue::OVERFLOW_LABEL;
 use crate::model::{Collector, Exemplar, Metric, Value};
-use crate::store::app_metrics::cut_str;
-use crate::store::limited::{LimitedMap, OverflowCounter, OVERFLOW_LABEL};
+use crate::pipeline::attributes::cut_str;
 
 /// Traces held at once (pending judgement).
 pub const TRACE_LIMIT: usize = 10_000;

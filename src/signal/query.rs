@@ -19,11 +19,12 @@ use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode, 
 use super::latency::{self, ExemplarSlot, SpanFacts};
 use super::n_plus_one::{DbCall, NPlusOne, RequestSpan};
 use super::sql_template::{self, Quoting};
+use crate::bounded::{LimitedMap, OverflowCounter};
 use crate::catalogue;
+use crate::catalogue::OVERFLOW_LABEL;
 use crate::model::{Collector, Metric, Value};
+use crate::pipeline::attributes::{cut_str, service_name};
 use crate::pipeline::{Consumer, PartialSuccess};
-use crate::store::app_metrics::{cut_str, service_name};
-use crate::store::limited::{LimitedMap, OverflowCounter, OVERFLOW_LABEL};
 
 /// Bucket upper bounds in seconds: 0.1 ms to 60 s. Queries are often far below RED's 0.5 ms floor.
 pub const BUCKETS: [f64; 19] = [

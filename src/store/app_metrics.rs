@@ -18,14 +18,13 @@ use opentelemetry_proto::tonic::metrics::v1::{
     metric::Data, ExponentialHistogramDataPoint, NumberDataPoint, SummaryDataPoint,
 };
 
-use crate::bounded::{LimitedMap, OverflowCounter, OVERFLOW_LABEL};
+use crate::bounded::{LimitedMap, OverflowCounter};
+use crate::catalogue::OVERFLOW_LABEL;
 use crate::model::{
     BucketCounts, Collector, Exponential, Metric, MetricInfo, MetricKind, MetricSink, NameRules,
     Origin, Point, Value, ValueRef,
 };
-use crate::pipeline::attributes::{any_value_string, cut_string, cut_to};
-// Until derivation and the log counts import them from their new home (after the catalogue lands).
-pub use crate::pipeline::attributes::{cut_str, service_name};
+use crate::pipeline::attributes::{any_value_string, cut_string, cut_to, service_name};
 use crate::pipeline::points::{
     ended, is_delta, native_buckets, number, DataPoint, DeltaWindows, Histogram, PointError,
     Summary, MAX_BUCKETS,

@@ -5,10 +5,11 @@ use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 
-use super::app_metrics::service_name;
-use super::limited::{LimitedMap, OverflowCounter, OVERFLOW_LABEL};
+use crate::bounded::{LimitedMap, OverflowCounter};
 use crate::catalogue;
+use crate::catalogue::OVERFLOW_LABEL;
 use crate::model::{Collector, Metric, Value};
+use crate::pipeline::attributes::service_name;
 
 /// The severity word of an OTLP severity number (1-4 trace … 21-24 fatal).
 pub fn severity_label(number: i32) -> &'static str {

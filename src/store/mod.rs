@@ -4,6 +4,3 @@
 
 pub mod app_metrics;
 pub mod logs;
-
-// Until derivation and the log counts import the bounded map from its own module (after the catalogue lands).
-pub use crate::bounded as limited;
