@@ -1,5 +1,5 @@
 //! Assembly of the binary. [`run`] is the list of components it starts and how they connect: the core
-//! every part shares (registry, main target store, cadence, shutdown), the live page, the profilers, the
+//! every part shares (registry, main target's metrics, cadence, shutdown), the live page, the profilers, the
 //! HTTP server, the OTLP stores and receiver (with forwarding and push), the main target's sampler (and
 //! in `run` mode its child), the further targets; then it waits for the end and stops them in order.
 //! Each component is built by a function of its own below. Returns the process exit code.
@@ -88,11 +88,11 @@ const PROFILER_RECHECK_PERIOD: Duration = Duration::from_secs(15);
 /// that checks it may profile each new target and warns, naming the fix, when it may not.
 fn start_profiler(
     config: &Config,
-    store: &Arc<TargetMetrics>,
+    target_metrics: &Arc<TargetMetrics>,
     registry: &Registry,
     shutdown: &CancellationToken,
 ) -> Arc<Profiler> {
-    let target = store.clone();
+    let target = target_metrics.clone();
     // The target's whole tree: a pre-fork server's workers and a launcher's runtime are where the time goes.
     let pids = Arc::new(move || target.member_pids());
     let profiler = Arc::new(Profiler::new(
@@ -108,7 +108,7 @@ fn start_profiler(
     if !config.profiling {
         return profiler;
     }
-    let (p, target, shutdown) = (profiler.clone(), store.clone(), shutdown.clone());
+    let (p, target, shutdown) = (profiler.clone(), target_metrics.clone(), shutdown.clone());
     tokio::spawn(async move {
         let mut checked = None;
         loop {
@@ -222,7 +222,12 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
     let core = Core::new(&config)?;
     let mut tasks = Vec::new();
     let live = start_live(&config, &core, &mut tasks);
-    let profiler = start_profiler(&config, &core.store, &core.registry, &core.shutdown);
+    let profiler = start_profiler(
+        &config,
+        &core.target_metrics,
+        &core.registry,
+        &core.shutdown,
+    );
     let continuous = start_continuous(&config, &profiler, &core.registry, &core.shutdown);
     if let Some(c) = &continuous {
         live.capture_on_trouble(c.clone());
@@ -279,14 +284,14 @@ impl Signals {
     }
 }
 
-/// What every component is connected to: the registry every exporter reads, the main target's store,
+/// What every component is connected to: the registry every exporter reads, the main target's metrics,
 /// the exporter's own counters, the target's state, the samplers' pace and the shutdown token.
 struct Core {
     units: KernelUnits,
     registry: Registry,
     stats: Arc<ExporterStats>,
-    /// The main target's probe readings.
-    store: Arc<TargetMetrics>,
+    /// The main target's metrics, from its probe readings.
+    target_metrics: Arc<TargetMetrics>,
     status: Arc<TargetStatus>,
     /// Told after each reading of the main target, so the live page draws it at once.
     sampled: Arc<tokio::sync::Notify>,
@@ -306,18 +311,23 @@ impl Core {
         };
         let registry = Registry::new();
         let stats = Arc::new(ExporterStats::new(hz, page_size));
-        let store = Arc::new(TargetMetrics::new(units).with_info_labels(kubernetes_labels(config)));
+        let target_metrics =
+            Arc::new(TargetMetrics::new(units).with_info_labels(kubernetes_labels(config)));
         // With no selector there is no main target: no `vitals_target_up 0` to page anyone (in a pod,
         // each container is a target of its own).
         if config.target.is_some() {
-            register_target(&registry, config.target_name.as_deref(), store.clone());
+            register_target(
+                &registry,
+                config.target_name.as_deref(),
+                target_metrics.clone(),
+            );
         }
         registry.register(stats.clone());
         Ok(Self {
             units,
             registry,
             stats,
-            store,
+            target_metrics,
             status: Arc::new(TargetStatus::default()),
             sampled: Arc::new(tokio::sync::Notify::new()),
             // Readings every --interval while anyone watches, every idle interval otherwise, fresh for
@@ -617,7 +627,7 @@ fn start_main_target(
         );
     }
     let parts = SamplerParts {
-        store: core.store.clone(),
+        target_metrics: core.target_metrics.clone(),
         stats: core.stats.clone(),
         status: core.status.clone(),
         derived,
@@ -757,7 +767,7 @@ fn start_more_targets(
     tasks
 }
 
-/// Starts the sampler of a named target that is not the main one: its own store, pauses from hsperfdata,
+/// Starts the sampler of a named target that is not the main one: its own target metrics, pauses from hsperfdata,
 /// memory growth and pools, every family labelled with its name. The app's OTLP data belongs to the main
 /// target, so these derive from their probes alone.
 fn start_named_target(
@@ -767,8 +777,9 @@ fn start_named_target(
     selector: Selector,
 ) -> JoinHandle<()> {
     let (registry, units) = (&wiring.registry, wiring.units);
-    let store = Arc::new(TargetMetrics::new(units).with_info_labels(kubernetes_labels(config)));
-    register_target(registry, Some(name), store.clone());
+    let target_metrics =
+        Arc::new(TargetMetrics::new(units).with_info_labels(kubernetes_labels(config)));
+    register_target(registry, Some(name), target_metrics.clone());
     // No OTLP consumer feeds this: the app's runtime metrics are the main target's.
     let unfed = Arc::new(RuntimeMetrics::new(config.series_ttl));
     let derived = Arc::new(TickSignals::new(
@@ -779,7 +790,7 @@ fn start_named_target(
     register_target(registry, Some(name), derived.memory.clone());
     register_target(registry, Some(name), derived.pool.clone());
     let parts = SamplerParts {
-        store,
+        target_metrics,
         stats: wiring.stats.clone(),
         status: Arc::new(TargetStatus::default()),
         derived,

@@ -43,7 +43,7 @@ pub struct Sampler {
     selector: Option<Selector>,
     proc_root: PathBuf,
     cgroup_roots: CgroupRoots,
-    store: Arc<TargetMetrics>,
+    target_metrics: Arc<TargetMetrics>,
     stats: Arc<ExporterStats>,
     status: Arc<TargetStatus>,
     derived: Arc<TickSignals>,
@@ -81,7 +81,7 @@ pub struct Sampler {
     search: Search,
     /// Whether the next search is a full one (at a tick) rather than a scan of new processes (between ticks).
     full_search: bool,
-    /// Buffer for the tree's member pids handed to the store each tick.
+    /// Buffer for the tree's member pids handed to the target metrics each tick.
     member_pids: Vec<u32>,
 }
 
@@ -140,8 +140,8 @@ fn program_probes<'a>(
 
 /// What the sampler is wired to.
 pub struct SamplerParts {
-    /// The target's latest sample.
-    pub store: Arc<TargetMetrics>,
+    /// The target's metrics, handed each tick's sample.
+    pub target_metrics: Arc<TargetMetrics>,
     /// Read error counters.
     pub stats: Arc<ExporterStats>,
     /// What /readyz and / say: ready once the target is attached and sampled (or, with no target
@@ -196,7 +196,7 @@ impl Sampler {
             member_pids: Vec::new(),
             proc_root,
             cgroup_roots,
-            store: parts.store,
+            target_metrics: parts.target_metrics,
             stats: parts.stats,
             status: parts.status,
             derived: parts.derived,
@@ -235,7 +235,7 @@ impl Sampler {
         }
         if obs.proc.is_some() {
             if let Some(runtime) = self.derived.sdk_runtime() {
-                self.store.hint_runtime(runtime.label());
+                self.target_metrics.hint_runtime(runtime.label());
             }
         }
         self.derived.tick(&obs);
@@ -249,7 +249,7 @@ impl Sampler {
                 .set_ready("no target selected: serving OTLP-derived signals only".to_owned());
             return;
         };
-        if let (true, Some(info)) = (sampled, self.store.info()) {
+        if let (true, Some(info)) = (sampled, self.target_metrics.info()) {
             self.not_found_warned = None;
             self.status.set_ready(format!(
                 "watching pid {} ({}, runtime {}), selected by {}",
@@ -282,8 +282,8 @@ impl Sampler {
         self.status.set_waiting(format!("no target: {reason}"));
     }
 
-    /// Samples the attached target into `obs` with every probe and publishes what the store and the pause
-    /// signal show of it; false when it is gone.
+    /// Samples the attached target into `obs` with every probe and publishes what the target metrics and
+    /// the pause signal show of it; false when it is gone.
     fn sample_attached(&mut self, obs: &mut Observations) -> bool {
         if self.attached.is_none() {
             return false;
@@ -303,20 +303,20 @@ impl Sampler {
             }
         }
         if let Some(proc) = obs.proc {
-            self.store.update(proc, obs.cgroup, obs.tree);
+            self.target_metrics.update(proc, obs.cgroup, obs.tree);
         }
         if let Some(tree) = self.procfs.tree() {
             tree.member_pids(&mut self.member_pids);
-            self.store.set_member_pids(&self.member_pids);
+            self.target_metrics.set_member_pids(&self.member_pids);
         }
         if let Some(runtime) = obs.runtime_hint {
-            self.store.hint_runtime(runtime.label());
+            self.target_metrics.hint_runtime(runtime.label());
         }
         self.derived.pause.set_hsperf_status(obs.hsperf_status);
         if obs.new_oom_kills > 0 {
             self.last_oom_kill = Some(Instant::now());
         }
-        self.store.set_oom_kills(obs.oom_kills);
+        self.target_metrics.set_oom_kills(obs.oom_kills);
         true
     }
 
@@ -335,7 +335,7 @@ impl Sampler {
         if a.program.pid == pid && a.program.start_ticks == start_ticks {
             if a.program.runtime != runtime {
                 a.program.runtime = runtime;
-                self.store
+                self.target_metrics
                     .set_runtime_process(pid, runtime::label_of(runtime));
             }
             return;
@@ -355,7 +355,7 @@ impl Sampler {
             runtime = runtime::label_of(runtime),
             "the process of the target's tree that runs the runtime"
         );
-        self.store
+        self.target_metrics
             .set_runtime_process(pid, runtime::label_of(runtime));
         for probe in program_probes(&mut self.probes, &mut self.oom) {
             probe.program_changed(&program);
@@ -407,13 +407,13 @@ impl Sampler {
             .is_some_and(|a| a.exit.polled_alive())
     }
 
-    /// Reads the OOM counters and keeps the store's total current.
+    /// Reads the OOM counters and keeps the target metrics' total current.
     fn poll_oom(&mut self) {
         let attached = self.attached.is_some();
         if self.oom.poll(attached) > 0 && attached {
             self.last_oom_kill = Some(std::time::Instant::now());
         }
-        self.store.set_oom_kills(self.oom.total());
+        self.target_metrics.set_oom_kills(self.oom.total());
     }
 
     /// The attached target is gone: count the kills of its last moments, say why it ended when known,
@@ -447,9 +447,9 @@ impl Sampler {
         for probe in all_probes(&mut self.procfs, &mut self.probes, &mut self.oom) {
             probe.detach();
         }
-        self.store.detach();
-        self.store.record_exit(reason);
-        self.store.set_oom_kills(self.oom.total());
+        self.target_metrics.detach();
+        self.target_metrics.record_exit(reason);
+        self.target_metrics.set_oom_kills(self.oom.total());
         self.derived.target_changed();
     }
 
@@ -477,13 +477,13 @@ impl Sampler {
         let exec = new_stack || (startstack == 0 && runtime != a.target.runtime);
         if !exec {
             tracing::info!(pid = a.id.pid, old = %a.comm, %comm, "target renamed itself (same program)");
-            self.store.refresh_comm(comm.clone());
+            self.target_metrics.refresh_comm(comm.clone());
             a.comm = comm;
             return;
         }
         let label = runtime::label_of(runtime);
         tracing::info!(pid = a.id.pid, old = %a.comm, %comm, runtime = label, "target exec'd another program");
-        self.store.refresh_comm(comm.clone());
+        self.target_metrics.refresh_comm(comm.clone());
         a.comm = comm;
         a.target.runtime = runtime;
         if let Some(tree) = self.procfs.tree_mut() {
@@ -595,7 +595,7 @@ impl Sampler {
                 return;
             }
         };
-        self.store.set_oom_kills(self.oom.total());
+        self.target_metrics.set_oom_kills(self.oom.total());
         let runtime_label = runtime::label_of(runtime);
         tracing::info!(pid = id.pid, %comm, runtime = runtime_label, selector = %selector.describe(),
             exit_watch = if exit.event().is_some() { "pidfd" } else { "poll" }, "attached to target");
@@ -611,9 +611,9 @@ impl Sampler {
             runtime_pid: id.pid,
         };
         if self.others_at_attach.contains(&id) {
-            self.store.attach_other(info);
+            self.target_metrics.attach_other(info);
         } else {
-            self.store.attach(info);
+            self.target_metrics.attach(info);
         }
         self.others_at_attach = found.passed_over.clone();
         self.derived.target_changed();

@@ -237,14 +237,15 @@ impl RedSeries {
     }
 }
 
-struct Inner {
+/// The RED series and the key buffer reused to look one up, under one lock.
+struct RedTable {
     series: LimitedMap<String, RedSeries>,
     key: String,
 }
 
 /// RED histograms per (service, operation, kind, outcome), bounded.
 pub struct RedStore {
-    inner: Mutex<Inner>,
+    table: Mutex<RedTable>,
     ttl: Duration,
 }
 
@@ -268,7 +269,7 @@ impl RedStore {
     /// A store keeping at most `limit` label sets; series not updated for `ttl` are dropped.
     pub fn new(limit: usize, ttl: Duration, overflow: OverflowCounter) -> Self {
         RedStore {
-            inner: Mutex::new(Inner {
+            table: Mutex::new(RedTable {
                 series: LimitedMap::new(limit, overflow),
                 key: String::with_capacity(128),
             }),
@@ -279,8 +280,8 @@ impl RedStore {
     /// Records a batch of spans of one service under one lock.
     pub fn observe<'a>(&self, service: &str, spans: impl IntoIterator<Item = SpanFacts<'a>>) {
         let now = Instant::now();
-        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let Inner { series, key } = &mut *guard;
+        let mut guard = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        let RedTable { series, key } = &mut *guard;
         let service = cut_str(service);
         let mut digits = [0u8; 20];
         for f in spans {
@@ -389,20 +390,20 @@ pub(crate) fn classic_histogram(
 impl RedStore {
     /// Drops series not updated within the TTL; runs on a timer, not inside a scrape.
     pub fn expire(&self, now: Instant) {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        inner.series.expire(now, self.ttl);
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        table.series.expire(now, self.ttl);
     }
 }
 
 impl Collector for RedStore {
     fn collect(&self, out: &mut Vec<Metric>) {
         let now = Instant::now();
-        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if !inner.series.any_live(now, self.ttl) {
+        let table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        if !table.series.any_live(now, self.ttl) {
             return;
         }
         let mut fam = catalogue::REQUEST_DURATION.metric();
-        let mut rows: Vec<&RedSeries> = inner
+        let mut rows: Vec<&RedSeries> = table
             .series
             .iter_live(now, self.ttl)
             .map(|(_, s)| s)
@@ -421,7 +422,7 @@ impl Collector for RedStore {
                 histogram_value(s),
             );
         }
-        if let Some(o) = inner.series.overflow_live(now, self.ttl) {
+        if let Some(o) = table.series.overflow_live(now, self.ttl) {
             fam.push_started(&[OVERFLOW_LABEL], o.start_unix_nanos, histogram_value(o));
         }
         out.push(fam);

@@ -160,7 +160,9 @@ enum DropReason {
 
 const DROP_REASONS: [&str; 2] = ["trace_limit", "call_limit"];
 
-struct Inner {
+/// What N+1 detection holds, under one lock: the calls of traces not judged yet, recent verdicts, the
+/// occurrence counts and what was dropped.
+struct TraceLedger {
     pending: HashMap<[u8; 16], Pending>,
     judged: HashMap<[u8; 16], Judged>,
     calls_held: usize,
@@ -172,7 +174,7 @@ struct Inner {
 pub struct NPlusOne {
     rule: Rule,
     ttl: Duration,
-    inner: Mutex<Inner>,
+    ledger: Mutex<TraceLedger>,
     /// Told when a span is held, so the settling timer sleeps while there is nothing to judge.
     arrived: tokio::sync::Notify,
 }
@@ -199,7 +201,7 @@ impl NPlusOne {
         NPlusOne {
             rule,
             ttl,
-            inner: Mutex::new(Inner {
+            ledger: Mutex::new(TraceLedger {
                 pending: HashMap::new(),
                 judged: HashMap::new(),
                 calls_held: 0,
@@ -213,8 +215,8 @@ impl NPlusOne {
     /// True while traces wait to be judged or judged ones are remembered: [`NPlusOne::settle`] has work
     /// every settling period.
     pub fn judging(&self) -> bool {
-        let inner = self.lock();
-        !inner.pending.is_empty() || !inner.judged.is_empty()
+        let ledger = self.lock();
+        !ledger.pending.is_empty() || !ledger.judged.is_empty()
     }
 
     /// Completes once a span has been held since the last call (at once if one was meanwhile).
@@ -222,8 +224,8 @@ impl NPlusOne {
         self.arrived.notified().await;
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, TraceLedger> {
+        self.ledger.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Holds one database query span of `service` until its trace is judged.
@@ -233,20 +235,20 @@ impl NPlusOne {
             // A root query span has no parent to repeat under.
             return;
         };
-        let mut inner = self.lock();
-        let inner = &mut *inner;
-        if inner.calls_held >= CALL_LIMIT {
-            inner.dropped[DropReason::CallLimit as usize] += 1;
+        let mut ledger = self.lock();
+        let ledger = &mut *ledger;
+        if ledger.calls_held >= CALL_LIMIT {
+            ledger.dropped[DropReason::CallLimit as usize] += 1;
             return;
         }
-        let full = inner.pending.len() >= TRACE_LIMIT;
-        let p = match inner.pending.get_mut(&trace) {
+        let full = ledger.pending.len() >= TRACE_LIMIT;
+        let p = match ledger.pending.get_mut(&trace) {
             Some(p) => p,
             None if full => {
-                inner.dropped[DropReason::TraceLimit as usize] += 1;
+                ledger.dropped[DropReason::TraceLimit as usize] += 1;
                 return;
             }
-            None => inner.pending.entry(trace).or_default(),
+            None => ledger.pending.entry(trace).or_default(),
         };
         let service = cut_str(service);
         let q = match p
@@ -260,12 +262,12 @@ impl NPlusOne {
                 p.queries.len() - 1
             }
             None => {
-                inner.dropped[DropReason::CallLimit as usize] += 1;
+                ledger.dropped[DropReason::CallLimit as usize] += 1;
                 return;
             }
         };
         if p.calls.len() >= CALLS_PER_TRACE {
-            inner.dropped[DropReason::CallLimit as usize] += 1;
+            ledger.dropped[DropReason::CallLimit as usize] += 1;
             return;
         }
         p.calls.push(Call {
@@ -276,7 +278,7 @@ impl NPlusOne {
         });
         p.first.get_or_insert(now);
         p.last = Some(now);
-        inner.calls_held += 1;
+        ledger.calls_held += 1;
         self.arrived.notify_one();
     }
 
@@ -287,16 +289,16 @@ impl NPlusOne {
         let (Some(trace), Some(span)) = (id::<16>(req.trace_id), id::<8>(req.span_id)) else {
             return;
         };
-        let mut inner = self.lock();
-        let inner = &mut *inner;
-        let room = inner.pending.len() < TRACE_LIMIT / 2;
-        let p = match inner.pending.get_mut(&trace) {
+        let mut ledger = self.lock();
+        let ledger = &mut *ledger;
+        let room = ledger.pending.len() < TRACE_LIMIT / 2;
+        let p = match ledger.pending.get_mut(&trace) {
             Some(p) => p,
             None if !room => {
-                inner.dropped[DropReason::TraceLimit as usize] += 1;
+                ledger.dropped[DropReason::TraceLimit as usize] += 1;
                 return;
             }
-            None => inner.pending.entry(trace).or_default(),
+            None => ledger.pending.entry(trace).or_default(),
         };
         if p.requests.len() < REQUESTS_PER_TRACE {
             p.requests.push(Request {
@@ -315,9 +317,9 @@ impl NPlusOne {
     /// and counter series past their time. Runs on a timer.
     pub fn settle(&self, now: Instant) {
         let mut guard = self.lock();
-        let inner = &mut *guard;
+        let ledger = &mut *guard;
         let rule = self.rule;
-        let due: Vec<[u8; 16]> = inner
+        let due: Vec<[u8; 16]> = ledger
             .pending
             .iter()
             .filter(|(_, p)| {
@@ -332,14 +334,14 @@ impl NPlusOne {
             .map(|(t, _)| *t)
             .collect();
         for trace in due {
-            let Some(p) = inner.pending.remove(&trace) else {
+            let Some(p) = ledger.pending.remove(&trace) else {
                 continue;
             };
-            inner.calls_held = inner.calls_held.saturating_sub(p.calls.len());
+            ledger.calls_held = ledger.calls_held.saturating_sub(p.calls.len());
             if p.calls.is_empty() {
                 continue;
             }
-            let judged = inner.judged.entry(trace).or_insert(Judged {
+            let judged = ledger.judged.entry(trace).or_insert(Judged {
                 at: now,
                 counted: Vec::new(),
             });
@@ -371,7 +373,7 @@ impl NPlusOne {
                     service.len(),
                     operation.len()
                 );
-                let (o, _) = inner.counts.entry(
+                let (o, _) = ledger.counts.entry(
                     key.as_str(),
                     || key.clone(),
                     || Occurrences {
@@ -392,24 +394,24 @@ impl NPlusOne {
             }
         }
         let max_age = rule.max_age;
-        inner
+        ledger
             .judged
             .retain(|_, j| now.saturating_duration_since(j.at) < max_age);
         // The judged map is bounded like the pending one: the oldest go first when it is full.
-        if inner.judged.len() > TRACE_LIMIT {
-            let mut ats: Vec<Instant> = inner.judged.values().map(|j| j.at).collect();
+        if ledger.judged.len() > TRACE_LIMIT {
+            let mut ats: Vec<Instant> = ledger.judged.values().map(|j| j.at).collect();
             ats.sort();
-            let cut = ats[inner.judged.len() - TRACE_LIMIT];
-            inner.judged.retain(|_, j| j.at > cut);
+            let cut = ats[ledger.judged.len() - TRACE_LIMIT];
+            ledger.judged.retain(|_, j| j.at > cut);
         }
-        inner.counts.expire(now, self.ttl);
+        ledger.counts.expire(now, self.ttl);
     }
 
     /// The latest occurrence of each counted (service, operation, query), newest first, at most
     /// [`OFFENDER_LIMIT`].
     pub fn offenders(&self) -> Vec<Offender> {
-        let inner = self.lock();
-        let mut out: Vec<Offender> = inner
+        let ledger = self.lock();
+        let mut out: Vec<Offender> = ledger
             .counts
             .iter()
             .filter_map(|(_, o)| o.latest.clone())
@@ -489,10 +491,10 @@ fn operation_of(p: &Pending, service: &str, parent: [u8; 8], start: u64) -> Stri
 impl Collector for NPlusOne {
     fn collect(&self, out: &mut Vec<Metric>) {
         let now = Instant::now();
-        let inner = self.lock();
-        if inner.counts.any_live(now, self.ttl) {
+        let ledger = self.lock();
+        if ledger.counts.any_live(now, self.ttl) {
             let mut fam = catalogue::DB_N_PLUS_ONE.metric();
-            let mut rows: Vec<&Occurrences> = inner
+            let mut rows: Vec<&Occurrences> = ledger
                 .counts
                 .iter_live(now, self.ttl)
                 .map(|(_, o)| o)
@@ -514,14 +516,14 @@ impl Collector for NPlusOne {
                 };
                 fam.push(&[("service", s), ("operation", op), ("query", q)], value);
             }
-            if let Some(o) = inner.counts.overflow_live(now, self.ttl) {
+            if let Some(o) = ledger.counts.overflow_live(now, self.ttl) {
                 fam.push(&[OVERFLOW_LABEL], Value::Sum(o.count as f64));
             }
             out.push(fam);
         }
         let mut dropped = catalogue::DB_N_PLUS_ONE_DROPPED.metric();
         for (i, reason) in DROP_REASONS.iter().enumerate() {
-            dropped.push(&[("reason", reason)], Value::Sum(inner.dropped[i] as f64));
+            dropped.push(&[("reason", reason)], Value::Sum(ledger.dropped[i] as f64));
         }
         out.push(dropped);
     }

@@ -57,14 +57,16 @@ impl MaxWindow {
 }
 
 /// A series' last reading: cumulative buckets, sum (or counter total) and count.
-type Previous = (Vec<(f64, u64)>, f64, u64);
+type CumulativeReading = (Vec<(f64, u64)>, f64, u64);
 
+/// The pause signal's books, under one lock: totals per collector and source, the readings new pauses
+/// are found against, the max windows, the ready-work delay, and the JVM's last counters and clock.
 #[derive(Default)]
-struct State {
+struct PauseLedger {
     /// (runtime, collector, source) → totals.
     totals: HashMap<(&'static str, String, &'static str), Totals>,
     /// Previous cumulative readings, to find what happened since (by series identity).
-    previous: HashMap<String, Previous>,
+    previous: HashMap<String, CumulativeReading>,
     max: HashMap<(&'static str, &'static str), MaxWindow>,
     safepoints: Option<(u64, f64)>,
     /// (runtime, statistic, seconds) of the ready-work delay.
@@ -205,7 +207,7 @@ fn pauses_on_first_reading(c: &GcCollector, hz: f64, jvm_now: Option<f64>) -> Ve
 pub struct PauseSignal {
     /// When this signal began watching, Unix ns: OTLP series that started later hold only new pauses.
     started_unix_nano: u64,
-    state: Mutex<State>,
+    ledger: Mutex<PauseLedger>,
 }
 
 impl Default for PauseSignal {
@@ -249,16 +251,16 @@ impl PauseSignal {
             started_unix_nano: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64),
-            state: Mutex::new(State::default()),
+            ledger: Mutex::new(PauseLedger::default()),
         }
     }
 
     /// Reads the runtime metrics picked from the app's OTLP exports: GC pause series and ready-work delays.
     pub fn update_from_otlp(&self, pauses: &[PauseReading], delays: &[DelayReading], now: Instant) {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
         let st = &mut *st;
         st.totals.retain(|k, _| k.2 != "otlp");
-        let mut current: HashMap<String, Previous> = HashMap::with_capacity(pauses.len());
+        let mut current: HashMap<String, CumulativeReading> = HashMap::with_capacity(pauses.len());
         let mut seen: HashSet<&'static str> = HashSet::new();
         for r in pauses {
             seen.insert(r.metric);
@@ -351,7 +353,7 @@ impl PauseSignal {
         fast: Option<&JvmFast>,
         now: Instant,
     ) {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
         let st = &mut *st;
         st.totals.retain(|k, _| k.2 != "hsperfdata");
         let Some(j) = jvm else {
@@ -470,7 +472,7 @@ impl PauseSignal {
     /// Why the target's hsperfdata is or is not read (an [`crate::probe::hsperf::HsperfStatus`]
     /// reason), or None when there is nothing to say (no target, or not a JVM).
     pub fn set_hsperf_status(&self, reason: Option<&'static str>) {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
         st.hsperf_status = reason;
     }
 }
@@ -478,7 +480,7 @@ impl PauseSignal {
 impl Collector for PauseSignal {
     fn collect(&self, out: &mut Vec<Metric>) {
         let now = Instant::now();
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
         let mut rows: Vec<_> = st
             .totals
             .iter()

@@ -64,11 +64,13 @@ pub struct PoolInputs<'a> {
 
 /// The pool signal.
 pub struct PoolSignal {
-    state: Mutex<State>,
+    snapshots: Mutex<PoolSnapshots>,
 }
 
+/// Each pool's snapshot from the last tick, with the CPU readings averaged over and where the backlog
+/// figure came from.
 #[derive(Default)]
-struct State {
+struct PoolSnapshots {
     pools: BTreeMap<(&'static str, String), PoolSnapshot>,
     cpu: VecDeque<(f64, f64)>,
     backlog_note: Option<BacklogSource>,
@@ -87,13 +89,13 @@ impl PoolSignal {
     /// A signal that has seen nothing yet.
     pub fn new() -> Self {
         PoolSignal {
-            state: Mutex::new(State::default()),
+            snapshots: Mutex::new(PoolSnapshots::default()),
         }
     }
 
     /// Recomputes every pool from one tick's inputs.
     pub fn update(&self, inp: &PoolInputs<'_>) {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.snapshots.lock().unwrap_or_else(|p| p.into_inner());
         let st = &mut *st;
         st.pools.clear();
         // Series of one pool and figure add up (connection counts per state, pools per app instance).
@@ -197,14 +199,14 @@ impl PoolSignal {
 
     /// Forgets the CPU history of a target that went away.
     pub fn reset_target(&self) {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.snapshots.lock().unwrap_or_else(|p| p.into_inner());
         st.cpu.clear();
     }
 }
 
 impl Collector for PoolSignal {
     fn collect(&self, out: &mut Vec<Metric>) {
-        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let st = self.snapshots.lock().unwrap_or_else(|p| p.into_inner());
         let mut used = catalogue::POOL_USED.metric();
         let mut max = catalogue::POOL_MAX.metric();
         let mut pending = catalogue::POOL_PENDING.metric();

@@ -202,7 +202,8 @@ impl QuerySeries {
     }
 }
 
-struct Inner {
+/// The query series and the key buffer reused to look one up, under one lock.
+struct QueryTable {
     series: LimitedMap<String, QuerySeries>,
     key: String,
 }
@@ -210,7 +211,7 @@ struct Inner {
 /// Query latency histograms per (service, db system, query, outcome), bounded by the series limit
 /// with an overflow series, expired after the series TTL.
 pub struct QueryStore {
-    inner: Mutex<Inner>,
+    table: Mutex<QueryTable>,
     ttl: Duration,
 }
 
@@ -220,7 +221,7 @@ impl QueryStore {
     /// A store keeping at most `limit` label sets; series not updated for `ttl` are dropped.
     pub fn new(limit: usize, ttl: Duration, overflow: OverflowCounter) -> Self {
         QueryStore {
-            inner: Mutex::new(Inner {
+            table: Mutex::new(QueryTable {
                 series: LimitedMap::new(limit, overflow),
                 key: String::with_capacity(256),
             }),
@@ -230,8 +231,8 @@ impl QueryStore {
 
     /// Records one database span of `service` whose query label is `query`.
     pub fn observe(&self, service: &str, query: &str, f: &DbFacts<'_>, now: Instant) {
-        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let Inner { series, key } = &mut *guard;
+        let mut guard = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        let QueryTable { series, key } = &mut *guard;
         let service = cut_str(service);
         let outcome = if f.error { "error" } else { "ok" };
         // Lengths first, so no value can end another early and merge two keys.
@@ -262,8 +263,8 @@ impl QueryStore {
 
     /// Drops series not updated within the TTL; runs on a timer, not inside a scrape.
     pub fn expire(&self, now: Instant) {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        inner.series.expire(now, self.ttl);
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        table.series.expire(now, self.ttl);
     }
 }
 
@@ -274,12 +275,12 @@ fn histogram_value(s: &QuerySeries) -> Value {
 impl Collector for QueryStore {
     fn collect(&self, out: &mut Vec<Metric>) {
         let now = Instant::now();
-        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if !inner.series.any_live(now, self.ttl) {
+        let table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        if !table.series.any_live(now, self.ttl) {
             return;
         }
         let mut fam = catalogue::DB_QUERY_DURATION.metric();
-        let mut rows: Vec<&QuerySeries> = inner
+        let mut rows: Vec<&QuerySeries> = table
             .series
             .iter_live(now, self.ttl)
             .map(|(_, s)| s)
@@ -297,7 +298,7 @@ impl Collector for QueryStore {
                 histogram_value(s),
             );
         }
-        if let Some(o) = inner.series.overflow_live(now, self.ttl) {
+        if let Some(o) = table.series.overflow_live(now, self.ttl) {
             fam.push(&[OVERFLOW_LABEL], histogram_value(o));
         }
         out.push(fam);

@@ -58,8 +58,10 @@ pub struct KernelUnits {
     pub boot_time: u64,
 }
 
+/// What is known of the target: the attached instance and its latest samples, and counts across its
+/// instances (restarts, exits, OOM kills).
 #[derive(Debug, Default)]
-struct State {
+struct TargetRecord {
     info: Option<TargetInfo>,
     proc: Option<ProcSample>,
     tree: Option<TreeView>,
@@ -75,32 +77,34 @@ struct State {
     member_pids: Vec<u32>,
 }
 
-/// The latest sample of the target, shared by the sampler (writer) and scrapes (readers).
+/// The target's metrics, derived when read from the latest sample the sampler handed in (and its counts
+/// across instances): not a store, it keeps no series of its own and nothing keyed by outside data.
+/// Shared by the sampler (writer) and scrapes (readers).
 pub struct TargetMetrics {
     units: KernelUnits,
-    state: Mutex<State>,
+    record: Mutex<TargetRecord>,
     /// Labels every `vitals_target_info` carries (the pod's names, when asked for).
     info_labels: Vec<(String, String)>,
 }
 
 impl TargetMetrics {
-    /// An empty store: target down, no restarts.
+    /// Nothing attached yet: target down, no restarts.
     pub fn new(units: KernelUnits) -> Self {
         TargetMetrics {
             units,
-            state: Mutex::new(State::default()),
+            record: Mutex::new(TargetRecord::default()),
             info_labels: Vec::new(),
         }
     }
 
-    /// The same store with `labels` on its `vitals_target_info`.
+    /// The same, with `labels` on its `vitals_target_info`.
     pub fn with_info_labels(mut self, labels: Vec<(String, String)>) -> Self {
         self.info_labels = labels;
         self
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, TargetRecord> {
+        self.record.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A target was found. A different instance (pid, start time) after the first counts as a restart.
@@ -222,15 +226,15 @@ fn now_unix() -> f64 {
 /// Series of one family: labels and a value, None when it could not be read.
 type OptionalSeries<'a> = [(&'a [(&'a str, &'a str)], Option<f64>)];
 
-/// Builds families from optional values, leaving out series (and then families) with no value.
-struct Builder<'a> {
+/// Writes families from optional values, leaving out series (and then families) with no value.
+struct FamilyWriter<'a> {
     out: &'a mut Vec<Metric>,
     /// Start of the cumulative values written, Unix ns (the target's start for its own counters, 0 when
     /// unknown, as for cgroup counters that outlive one target instance).
     start_unix_nanos: u64,
 }
 
-impl Builder<'_> {
+impl FamilyWriter<'_> {
     fn one(&mut self, def: &'static MetricDef, series: &OptionalSeries<'_>) {
         let kind = def.kind;
         let mut fam = def.metric();
@@ -301,7 +305,7 @@ impl Collector for TargetMetrics {
             ),
         );
         let start_unix = u.boot_time as f64 + info.start_ticks as f64 / u.hz as f64;
-        let mut b = Builder {
+        let mut b = FamilyWriter {
             out,
             start_unix_nanos: (start_unix * 1e9) as u64,
         };
@@ -319,7 +323,7 @@ impl Collector for TargetMetrics {
     }
 }
 
-fn process_families(b: &mut Builder<'_>, p: &ProcSample, u: KernelUnits, start_unix: f64) {
+fn process_families(b: &mut FamilyWriter<'_>, p: &ProcSample, u: KernelUnits, start_unix: f64) {
     let hz = u.hz as f64;
     let st = p.stat;
     let status = p.status;
@@ -404,7 +408,7 @@ fn process_families(b: &mut Builder<'_>, p: &ProcSample, u: KernelUnits, start_u
 type Labelled<'a> = (&'a [(&'a str, &'a str)], Option<f64>);
 
 /// The tree's size and its bounded view: the largest members by memory and the busiest by CPU.
-fn tree_families(b: &mut Builder<'_>, t: &TreeView) {
+fn tree_families(b: &mut FamilyWriter<'_>, t: &TreeView) {
     b.one(
         &catalogue::TARGET_PROCESSES,
         &[(&[], Some(t.processes as f64))],
@@ -435,7 +439,7 @@ fn tree_families(b: &mut Builder<'_>, t: &TreeView) {
     b.one(&catalogue::PROCESS_MEMBER_CPU_CORES, &cpu);
 }
 
-fn cgroup_families(b: &mut Builder<'_>, c: &CgroupSample) {
+fn cgroup_families(b: &mut FamilyWriter<'_>, c: &CgroupSample) {
     let f = |v: Option<u64>| v.map(|v| v as f64);
     b.one(&catalogue::CGROUP_MEMORY_USAGE, &[(&[], f(c.memory_usage))]);
     b.one(&catalogue::CGROUP_MEMORY_LIMIT, &[(&[], f(c.memory_limit))]);
