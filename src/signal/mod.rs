@@ -110,7 +110,7 @@ impl Derived {
             l.observe_with(j, fast).map(|(v, fresh)| {
                 (
                     v,
-                    j.old_max.map(|m| m as f64),
+                    j.heap_max().map(|m| m as f64),
                     !fresh,
                     Some(Runtime::Jvm),
                     scatter,
