@@ -1342,8 +1342,7 @@ pub static MEMORY_HEAP_LIMIT: MetricDef = MetricDef {
     unit: "By",
     kind: MetricKind::Gauge,
     description:
-        "The limit of the heap in vitals_memory_heap_bytes (JVM maximum heap or old generation, V8 \
-             heap limit)",
+        "The limit of the heap in vitals_memory_heap_bytes (JVM maximum heap, V8 heap limit)",
     labels: &[Label::any("runtime")],
     area: Area::MemoryGrowth,
     answers: Some(Question::Leaking),

@@ -108,7 +108,7 @@ struct PoolHistory {
 }
 
 /// One recommendation, or the reason there is none yet.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Hint {
     /// What it is about: `cpu_request`, `cpu_limit`, `memory_request`, `memory_limit`, `jvm_heap_max`,
     /// `db_pool_max`, `fd_limit`.

@@ -111,7 +111,7 @@ impl TickSignals {
             l.observe_with(j, fast).map(|(v, fresh)| {
                 (
                     v,
-                    j.old_max.map(|m| m as f64),
+                    j.heap_max().map(|m| m as f64),
                     !fresh,
                     Some(Runtime::Jvm),
                     scatter,

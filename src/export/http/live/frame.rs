@@ -2,9 +2,12 @@
 //! verdicts, the alerts the shipped rules would raise and the tuning hints. Plain synchronous code; the
 //! caller passes the time.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use serde_json::{json, Value as Json};
+use super::view::{
+    AlertRow, DbPanel, DbPoolRow, Frame, MemoryPanel, NPlusOneRow, OperationRow, PausePanel,
+    PoolView, PressurePanel, QueryRow, RedPanel, TargetPanel, TargetRow, Verdicts,
+};
 
 use super::history::{History, Point};
 use super::thresholds::{threshold, AlertRule, Measure, RULES};
@@ -145,8 +148,8 @@ fn db_panel(
     snap: &RedSnapshot,
     base: Option<&RedSnapshot>,
     window: f64,
-    pools: &[PoolRow],
-) -> Json {
+    pools: &[PoolView],
+) -> DbPanel {
     let mut queries: Vec<(&(String, String), Hist)> = snap
         .queries
         .iter()
@@ -159,14 +162,20 @@ fn db_panel(
             .partial_cmp(&p(0.99, &a.1))
             .unwrap_or(std::cmp::Ordering::Equal)
     });
-    let slowest: Vec<Json> = queries
+    let slowest_queries = queries
         .iter()
         .take(TOP_OPERATIONS)
-        .map(|((service, query), d)| {
-            json!({"service": service, "query": query,
-                   "rate": if window > 0.0 { d.count / window } else { 0.0 },
-                   "error_ratio": if d.count > 0.0 { d.errors / d.count } else { 0.0 },
-                   "p50": round(p(0.5, d)), "p99": round(p(0.99, d))})
+        .map(|((service, query), d)| QueryRow {
+            service: service.clone(),
+            query: query.clone(),
+            rate: if window > 0.0 { d.count / window } else { 0.0 },
+            error_ratio: if d.count > 0.0 {
+                d.errors / d.count
+            } else {
+                0.0
+            },
+            p50: p(0.5, d),
+            p99: p(0.99, d),
         })
         .collect();
     let mut runs: Vec<(&(String, String, String), f64, f64)> = snap
@@ -183,24 +192,34 @@ fn db_panel(
         .filter(|(_, recent, _)| *recent > 0.0)
         .collect();
     runs.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Equal));
-    let offenders: Vec<Json> = runs
+    let n_plus_one = runs
         .iter()
         .take(TOP_OPERATIONS)
-        .map(|((service, operation, query), recent, total)| {
-            json!({"service": service, "operation": operation, "query": query,
-                   "runs": recent, "runs_total": total})
+        .map(|((service, operation, query), recent, total)| NPlusOneRow {
+            service: service.clone(),
+            operation: operation.clone(),
+            query: query.clone(),
+            runs: *recent,
+            runs_total: *total,
         })
         .collect();
-    let db_pools: Vec<Json> = pools
+    let db_pools = pools
         .iter()
         .filter(|p| p.kind == "db")
-        .map(|p| {
-            json!({"pool": p.pool, "utilization": round(p.utilization), "used": round(p.used),
-                   "max": round(p.max), "pending": round(p.pending)})
+        .map(|p| DbPoolRow {
+            pool: p.pool.clone(),
+            utilization: p.utilization,
+            used: p.used,
+            max: p.max,
+            pending: p.pending,
         })
         .collect();
-    json!({"slowest_queries": slowest, "n_plus_one": offenders, "pools": db_pools,
-           "has_data": !snap.queries.is_empty()})
+    DbPanel {
+        slowest_queries,
+        n_plus_one,
+        pools: db_pools,
+        has_data: !snap.queries.is_empty(),
+    }
 }
 
 /// Cumulative counters whose per-second rate the page shows.
@@ -329,34 +348,6 @@ pub struct Onset {
 /// At most this many targets are listed on the page.
 const TARGETS_SHOWN: usize = 32;
 
-/// One pool as the page shows it.
-#[derive(Debug, Clone)]
-struct PoolRow {
-    pool: String,
-    kind: String,
-    utilization: Option<f64>,
-    used: Option<f64>,
-    max: Option<f64>,
-    pending: Option<f64>,
-}
-
-/// One operation's numbers over the window.
-#[derive(Debug, Clone)]
-struct OpWindow {
-    service: String,
-    operation: String,
-    rate: f64,
-    error_ratio: f64,
-    p99: Option<f64>,
-}
-
-fn round(v: Option<f64>) -> Json {
-    match v {
-        Some(x) if x.is_finite() => json!(x),
-        _ => Json::Null,
-    }
-}
-
 impl LiveSampler {
     /// A sampler keeping `capacity` seconds of history. `selected_by` says how the target was chosen;
     /// `otlp_hint` is a sentence telling how an app's SDK reaches the receivers, or that it cannot.
@@ -381,9 +372,9 @@ impl LiveSampler {
         }
     }
 
-    /// The per-second history as JSON for a newly connected viewer.
-    pub fn history_json(&self) -> Json {
-        self.history.to_json()
+    /// The per-second history, column-wise, for a newly connected viewer.
+    pub fn history(&self) -> &History {
+        &self.history
     }
 
     /// Bytes the history ring holds when full (the stated memory bound).
@@ -462,7 +453,7 @@ impl LiveSampler {
 
     /// One row per named target (`target` label: several targets, or a pod's containers), from its own
     /// series: up, pid, program, runtime, processes, memory, CPU cores, restarts.
-    fn targets(&mut self, f: &Families, t: f64) -> Vec<Json> {
+    fn targets(&mut self, f: &Families, t: f64) -> Vec<TargetRow> {
         let mut names: Vec<&str> = f
             .series(&catalogue::TARGET_UP)
             .filter_map(|s| label(s, "target"))
@@ -485,25 +476,26 @@ impl LiveSampler {
             if let Some(c) = cpu {
                 cpu_now.insert(name.to_owned(), (t, c));
             }
-            rows.push(json!({
-                "name": name,
-                "up": f.sum(&catalogue::TARGET_UP, &of).unwrap_or(0.0) > 0.0,
-                "pid": info.and_then(|s| label(s, "pid")),
-                "comm": info.and_then(|s| label(s, "comm")),
-                "runtime": info.and_then(|s| label(s, "runtime")),
-                "processes": f.sum(&catalogue::TARGET_PROCESSES, &of),
-                "rss_bytes": f.sum(&catalogue::PROCESS_MEMORY_USAGE, &of),
-                "cpu_cores": round(cores),
-                "restarts": f.sum(&catalogue::TARGET_RESTARTS, &of),
-            }));
+            let text = |key| info.and_then(|s| label(s, key)).map(str::to_owned);
+            rows.push(TargetRow {
+                name: name.to_owned(),
+                up: f.sum(&catalogue::TARGET_UP, &of).unwrap_or(0.0) > 0.0,
+                pid: text("pid"),
+                comm: text("comm"),
+                runtime: text("runtime"),
+                processes: f.sum(&catalogue::TARGET_PROCESSES, &of),
+                rss_bytes: f.sum(&catalogue::PROCESS_MEMORY_USAGE, &of),
+                cpu_cores: cores,
+                restarts: f.sum(&catalogue::TARGET_RESTARTS, &of),
+            });
         }
         self.target_cpu = cpu_now;
         rows
     }
 
     /// Builds the frame for time `t` (unix seconds) from one gather.
-    pub fn tick(&mut self, t: f64, families: &[Metric]) -> Json {
-        self.advance(t, families, true).unwrap_or(Json::Null)
+    pub fn tick(&mut self, t: f64, families: &[Metric]) -> Option<Frame> {
+        self.advance(t, families, true)
     }
 
     /// What a tick keeps when nobody watches: the history point and the hints' usage, without the
@@ -514,7 +506,7 @@ impl LiveSampler {
     }
 
     /// The history point and the hints for time `t`; the frame too when `render`.
-    fn advance(&mut self, t: f64, families: &[Metric], render: bool) -> Option<Json> {
+    fn advance(&mut self, t: f64, families: &[Metric], render: bool) -> Option<Frame> {
         let f = Families::new(families);
         let up = f.sum(&catalogue::TARGET_UP, &[]).unwrap_or(0.0);
         let info = f.series(&catalogue::TARGET_INFO).next();
@@ -603,12 +595,12 @@ impl LiveSampler {
         let p99 = all.quantile(0.99);
         let error_ratio = (all.count > 0.0).then(|| all.errors / all.count);
         let window_rate = (window > 0.0).then(|| all.count / window);
-        let mut ops: Vec<OpWindow> = snap
+        let mut ops: Vec<OperationRow> = snap
             .ops
             .iter()
             .map(|(k, h)| {
                 let d = h.since(base.as_ref().and_then(|b| b.ops.get(k)));
-                OpWindow {
+                OperationRow {
                     service: k.0.clone(),
                     operation: k.1.clone(),
                     rate: if window > 0.0 { d.count / window } else { 0.0 },
@@ -622,16 +614,12 @@ impl LiveSampler {
             })
             .filter(|o| o.p99.is_some())
             .collect();
-        let op_json = |o: &OpWindow| {
-            json!({"service": o.service, "operation": o.operation, "rate": o.rate,
-                   "error_ratio": o.error_ratio, "p99": round(o.p99)})
-        };
         ops.sort_by(|a, b| {
             b.p99
                 .partial_cmp(&a.p99)
                 .unwrap_or(std::cmp::Ordering::Equal)
         });
-        let slowest: Vec<Json> = ops.iter().take(TOP_OPERATIONS).map(op_json).collect();
+        let slowest: Vec<OperationRow> = ops.iter().take(TOP_OPERATIONS).cloned().collect();
         ops.sort_by(|a, b| {
             b.error_ratio
                 .partial_cmp(&a.error_ratio)
@@ -642,11 +630,11 @@ impl LiveSampler {
                         .unwrap_or(std::cmp::Ordering::Equal),
                 )
         });
-        let failing: Vec<Json> = ops
+        let failing: Vec<OperationRow> = ops
             .iter()
             .filter(|o| o.error_ratio > 0.0)
             .take(TOP_OPERATIONS)
-            .map(op_json)
+            .cloned()
             .collect();
         let has_red = snap.all.count > 0.0;
         // The latency rule is per operation with more than 0.1 requests per second, as in the rule file.
@@ -673,7 +661,7 @@ impl LiveSampler {
             .next();
         let cgroup = f.sum(&catalogue::CGROUP_MEMORY_USAGE, &[]);
         let cgroup_limit = f.sum(&catalogue::CGROUP_MEMORY_LIMIT, &[]);
-        let mut growth = serde_json::Map::new();
+        let mut growth: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
         for s in f.series(&catalogue::MEMORY_GROWTH) {
             let (Some(sig), Some(w), Some(v)) = (label(s, "signal"), label(s, "window"), scalar(s))
             else {
@@ -681,9 +669,8 @@ impl LiveSampler {
             };
             growth
                 .entry(sig.to_owned())
-                .or_insert_with(|| json!({}))
-                .as_object_mut()
-                .map(|m| m.insert(w.to_owned(), json!(v)));
+                .or_default()
+                .insert(w.to_owned(), v);
         }
         let ttl = f.max(&catalogue::MEMORY_TIME_TO_LIMIT, &[]).map(|_| {
             f.series(&catalogue::MEMORY_TIME_TO_LIMIT)
@@ -698,7 +685,7 @@ impl LiveSampler {
         let leak_flag = f.max(&catalogue::MEMORY_LEAK_SUSPECTED, &[]);
 
         // Pools.
-        let mut pools: Vec<PoolRow> = Vec::new();
+        let mut pools: Vec<PoolView> = Vec::new();
         for s in f.series(&catalogue::POOL_UTILIZATION) {
             if pools.len() >= POOL_LIMIT {
                 break;
@@ -707,7 +694,7 @@ impl LiveSampler {
                 continue;
             };
             let l = [("pool", pool), ("kind", kind)];
-            pools.push(PoolRow {
+            pools.push(PoolView {
                 pool: pool.to_owned(),
                 kind: kind.to_owned(),
                 utilization: scalar(s),
@@ -827,11 +814,19 @@ impl LiveSampler {
             }
             let since = *self.alert_since[i].get_or_insert(t);
             let held = t - since;
-            alerts.push(json!({
-                "alert": r.alert, "severity": r.severity, "value": round(v),
-                "threshold": r.threshold, "held_seconds": held, "for_seconds": r.for_seconds,
-                "state": if held >= r.for_seconds { "firing" } else { "pending" },
-            }));
+            alerts.push(AlertRow {
+                alert: r.alert,
+                severity: r.severity,
+                value: v,
+                threshold: r.threshold,
+                held_seconds: held,
+                for_seconds: r.for_seconds,
+                state: if held >= r.for_seconds {
+                    "firing"
+                } else {
+                    "pending"
+                },
+            });
         }
 
         // Verdicts, on the alerts' numbers.
@@ -965,77 +960,86 @@ impl LiveSampler {
 
         let uptime = start.filter(|_| up > 0.0).map(|s| t - s);
         let targets = self.targets(&f, t);
-        Some(json!({
-            "t": t,
-            "point": point.to_json(),
-            "targets": targets,
-            "target": {
-                "up": up > 0.0,
-                "pid": pid,
-                "comm": info.and_then(|s| label(s, "comm")),
-                "runtime": info.and_then(|s| label(s, "runtime")),
-                "uptime_seconds": round(uptime),
-                "restarts": f.sum(&catalogue::TARGET_RESTARTS, &[]),
-                "selected_by": self.selected_by,
+        Some(Frame {
+            t,
+            point,
+            targets,
+            target: TargetPanel {
+                up: up > 0.0,
+                pid,
+                comm: info.and_then(|s| label(s, "comm")).map(str::to_owned),
+                runtime: info.and_then(|s| label(s, "runtime")).map(str::to_owned),
+                uptime_seconds: uptime,
+                restarts: f.sum(&catalogue::TARGET_RESTARTS, &[]),
+                selected_by: self.selected_by.clone(),
             },
-            "red": {
-                "has_data": has_red,
-                "window_seconds": window,
-                "rate": round(window_rate),
-                "rate_now": round(req_rate),
-                "error_ratio": round(error_ratio),
-                "p50": round(p50),
-                "p99": round(p99),
-                "requests": all.count,
-                "requests_total": snap.all.count,
-                "errors": all.errors,
-                "slowest": slowest,
-                "failing": failing,
-                "otlp_hint": self.listen_hint,
+            red: RedPanel {
+                has_data: has_red,
+                window_seconds: window,
+                rate: window_rate,
+                rate_now: req_rate,
+                error_ratio,
+                p50,
+                p99,
+                requests: all.count,
+                requests_total: snap.all.count,
+                errors: all.errors,
+                slowest,
+                failing,
+                otlp_hint: self.listen_hint.clone(),
             },
-            "pauses": {
-                "gc_seconds_per_second": round(gc_rate),
-                "gc_max_seconds": round(gc_max),
-                "safepoint_seconds_per_second": round(safepoint_rate),
-                "throttled_seconds_per_second": round(throttled_rate),
-                "throttled_ratio": round(throttled_ratio),
-                "psi_some": {"cpu": round(psi_rates[0]), "memory": round(psi_rates[1]), "io": round(psi_rates[2])},
-                "event_loop_p99_seconds": round(event_loop_p99),
+            pauses: PausePanel {
+                gc_seconds_per_second: gc_rate,
+                gc_max_seconds: gc_max,
+                safepoint_seconds_per_second: safepoint_rate,
+                throttled_seconds_per_second: throttled_rate,
+                throttled_ratio,
+                psi_some: PressurePanel {
+                    cpu: psi_rates[0],
+                    memory: psi_rates[1],
+                    io: psi_rates[2],
+                },
+                event_loop_p99_seconds: event_loop_p99,
             },
-            "memory": {
-                "rss_bytes": round(rss),
-                "heap_after_gc_bytes": round(heap),
-                "heap_limit_bytes": round(heap_limit),
-                "heap_status": heap_status,
-                "cgroup_bytes": round(cgroup),
-                "cgroup_limit_bytes": round(cgroup_limit),
-                "growth_bytes_per_second": growth,
-                "time_to_limit_seconds": round(ttl),
-                "leak_suspected": leak,
+            memory: MemoryPanel {
+                rss_bytes: rss,
+                heap_after_gc_bytes: heap,
+                heap_limit_bytes: heap_limit,
+                heap_status: heap_status.map(str::to_owned),
+                cgroup_bytes: cgroup,
+                cgroup_limit_bytes: cgroup_limit,
+                growth_bytes_per_second: growth,
+                time_to_limit_seconds: ttl,
+                leak_suspected: leak,
             },
-            "db": db_panel(&snap, base.as_ref(), window, &pools),
-            "pools": pools.iter().map(|p| json!({
-                "pool": p.pool, "kind": p.kind, "utilization": round(p.utilization),
-                "used": round(p.used), "max": round(p.max), "pending": round(p.pending),
-            })).collect::<Vec<_>>(),
-            "verdicts": {
-                "slow": {"level": slow.0, "text": slow.1},
-                "pausing": {"level": pausing.0, "text": pausing.1},
-                "leaking": {"level": leaking.0, "text": leaking.1},
-                "saturated": {"level": saturated.0, "text": saturated.1},
+            db: db_panel(&snap, base.as_ref(), window, &pools),
+            pools,
+            verdicts: Verdicts {
+                slow: slow.into(),
+                pausing: pausing.into(),
+                leaking: leaking.into(),
+                saturated: saturated.into(),
             },
-            "alerts": alerts,
-            "hints": hints.iter().map(|h| json!({
-                "resource": h.resource, "pool": h.pool, "unit": h.unit, "value": round(h.value),
-                "history_seconds": h.history_seconds, "act": h.act, "text": h.text,
-            })).collect::<Vec<_>>(),
-        }))
+            alerts,
+            hints,
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The frame as the page receives it.
+    trait TickJson {
+        fn tick_json(&mut self, t: f64, families: &[Metric]) -> serde_json::Value;
+    }
+
+    impl TickJson for LiveSampler {
+        fn tick_json(&mut self, t: f64, families: &[Metric]) -> serde_json::Value {
+            serde_json::to_value(self.tick(t, families)).unwrap()
+        }
+    }
 
     #[test]
     fn quantile_matches_prometheus_interpolation() {
@@ -1094,10 +1098,10 @@ mod tests {
         // Before the window: 100 fast requests. In it: 100 more at 0.2..0.6 s, p99 0.596 s, which the
         // classic buckets could only place between 0.1 s and 1 s.
         let fast: Vec<f64> = vec![0.01; 100];
-        s.tick(1000.0, &families(vec![native_hist("/a", &fast)], 1.0));
+        s.tick_json(1000.0, &families(vec![native_hist("/a", &fast)], 1.0));
         let slow: Vec<f64> = (0..100).map(|i| 0.2 + 0.004 * f64::from(i)).collect();
         let both: Vec<f64> = fast.iter().chain(&slow).copied().collect();
-        let f = s.tick(1010.0, &families(vec![native_hist("/a", &both)], 1.0));
+        let f = s.tick_json(1010.0, &families(vec![native_hist("/a", &both)], 1.0));
         let p99 = f["red"]["p99"].as_f64().unwrap_or(0.0);
         assert!((p99 / 0.596 - 1.0).abs() < 0.045, "{f}");
         let p50 = f["red"]["p50"].as_f64().unwrap_or(0.0);
@@ -1121,13 +1125,13 @@ mod tests {
             "pid".into(),
             "http://127.0.0.1:4318".into(),
         );
-        let f0 = s.tick(1000.0, &families(vec![], 1.0));
+        let f0 = s.tick_json(1000.0, &families(vec![], 1.0));
         assert_eq!(f0["verdicts"]["slow"]["level"], "none");
         assert!(f0["verdicts"]["slow"]["text"]
             .as_str()
             .unwrap()
             .contains("4318"));
-        let f1 = s.tick(
+        let f1 = s.tick_json(
             1010.0,
             &families(
                 vec![
@@ -1166,9 +1170,9 @@ mod tests {
     #[test]
     fn target_down_raises_the_rule_after_its_for() {
         let mut s = LiveSampler::new(10, HintPolicy::default(), "pid".into(), String::new());
-        let mut last = Json::Null;
+        let mut last = serde_json::Value::Null;
         for i in 0..=121 {
-            last = s.tick(i as f64, &families(vec![], 0.0));
+            last = s.tick_json(i as f64, &families(vec![], 0.0));
         }
         let a = &last["alerts"][0];
         assert_eq!(a["alert"], "VitalsTargetDown");
@@ -1194,7 +1198,7 @@ mod tests {
             Value::Gauge(0.003),
         );
         m.push(delay);
-        let f = s.tick(1.0, &m);
+        let f = s.tick_json(1.0, &m);
         assert_eq!(f["pauses"]["event_loop_p99_seconds"], 0.042, "{f}");
     }
 
@@ -1245,7 +1249,7 @@ mod tests {
                 catalogue::POOL_MAX.metric().with(&l, Value::Gauge(10.0)),
                 catalogue::POOL_PENDING.metric().with(&l, Value::Gauge(3.0)),
             ]);
-            s.tick(t, &m)
+            s.tick_json(t, &m)
         };
         frame(&mut s, 1000.0, 100, 5, 4.0);
         let f = frame(&mut s, 1010.0, 200, 25, 6.0);

@@ -4,8 +4,6 @@
 
 use std::collections::VecDeque;
 
-use serde_json::{json, Value as Json};
-
 /// Names of a point's values, in order; the page reads them by these names.
 pub const POINT_FIELDS: [&str; 12] = [
     "rate",
@@ -29,28 +27,6 @@ pub struct Point {
     pub t: f64,
     /// Values in [`POINT_FIELDS`] order.
     pub values: [f32; 12],
-}
-
-fn finite(v: f32) -> Json {
-    if !v.is_finite() {
-        return Json::Null;
-    }
-    // Widening an f32 prints its binary noise (0.05001169815659523); its own shortest form
-    // (0.050011698) keeps a new viewer's history message a third smaller.
-    let short: f64 = v.to_string().parse().unwrap_or(f64::from(v));
-    json!(short)
-}
-
-impl Point {
-    /// The point as a JSON object keyed by field name.
-    pub fn to_json(&self) -> Json {
-        let mut m = serde_json::Map::new();
-        m.insert("t".into(), json!(self.t));
-        for (k, v) in POINT_FIELDS.iter().zip(self.values) {
-            m.insert((*k).into(), finite(v));
-        }
-        Json::Object(m)
-    }
 }
 
 /// A ring of the last `capacity` points.
@@ -100,20 +76,9 @@ impl History {
         self.capacity * std::mem::size_of::<Point>()
     }
 
-    /// Column-wise JSON (`{"t":[…], "rate":[…], …}`), compact for the first message to a viewer.
-    pub fn to_json(&self) -> Json {
-        let mut m = serde_json::Map::new();
-        m.insert(
-            "t".into(),
-            Json::Array(self.points.iter().map(|p| json!(p.t)).collect()),
-        );
-        for (i, k) in POINT_FIELDS.iter().enumerate() {
-            m.insert(
-                (*k).into(),
-                Json::Array(self.points.iter().map(|p| finite(p.values[i])).collect()),
-            );
-        }
-        Json::Object(m)
+    /// The points held, oldest first.
+    pub fn points(&self) -> impl ExactSizeIterator<Item = &Point> + Clone {
+        self.points.iter()
     }
 }
 
@@ -133,7 +98,7 @@ mod tests {
         assert_eq!(h.len(), 900);
         assert_eq!(std::mem::size_of::<Point>(), 56);
         assert_eq!(h.capacity_bytes(), 50_400);
-        let j = h.to_json();
+        let j = serde_json::to_value(&h).unwrap();
         assert_eq!(j["t"][0], 1100.0);
         assert_eq!(j["rate"].as_array().unwrap().len(), 900);
     }

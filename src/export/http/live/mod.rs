@@ -10,6 +10,7 @@ pub mod frame;
 pub mod history;
 pub mod stream;
 pub mod thresholds;
+pub mod view;
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -126,10 +127,10 @@ impl LiveHub {
             self.hints.publish(hints);
             return;
         }
-        let (frame, hints, onsets) = {
+        let (message, hints, onsets) = {
             let mut s = self.sampler();
             let frame = s.tick(t, &families);
-            (frame, s.hints(), s.take_onsets())
+            (sse_message("frame", &frame), s.hints(), s.take_onsets())
         };
         if let Some(c) = self.captures.get() {
             for o in onsets
@@ -146,8 +147,7 @@ impl LiveHub {
             }
         }
         self.hints.publish(hints);
-        let message = format!("event: frame\ndata: {frame}\n\n");
-        self.frames.send_replace(Bytes::from(message));
+        self.frames.send_replace(message);
     }
 
     /// The latest frame message, as viewers receive it.
@@ -157,9 +157,10 @@ impl LiveHub {
 
     /// The first message for a new viewer: the history so far and the latest frame.
     pub fn opening(&self) -> Bytes {
-        let history = self.sampler().history_json();
+        let history = sse_message("history", self.sampler().history());
         let latest = self.frames.borrow().clone();
-        let mut out = format!("retry: 1000\nevent: history\ndata: {history}\n\n").into_bytes();
+        let mut out = b"retry: 1000\n".to_vec();
+        out.extend_from_slice(&history);
         out.extend_from_slice(&latest);
         Bytes::from(out)
     }
@@ -168,6 +169,24 @@ impl LiveHub {
     pub fn history_bytes(&self) -> usize {
         self.sampler().history_bytes()
     }
+}
+
+/// One server-sent event named `event` carrying `data` as JSON, serialised once, straight into the
+/// message's bytes.
+fn sse_message<T: serde::Serialize>(event: &str, data: &T) -> Bytes {
+    let mut out = Vec::with_capacity(4096);
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(event.as_bytes());
+    out.extend_from_slice(b"\ndata: ");
+    // Writing plain structs of numbers and strings into a Vec cannot fail; a failure would leave a
+    // truncated message, so it is logged and the event carries `null`.
+    if let Err(e) = serde_json::to_writer(&mut out, data) {
+        tracing::warn!(error = %e, event, "live page message not serialised");
+        out.truncate(b"event: \ndata: ".len() + event.len());
+        out.extend_from_slice(b"null");
+    }
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
 }
 
 fn unix_now() -> f64 {
