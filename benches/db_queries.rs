@@ -14,9 +14,9 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, ResourceSpans, ScopeSpans, Span};
 use vitals::bounded::OverflowCounter;
 use vitals::pipeline::Consumer;
-use vitals::signal::latency::RedStore;
+use vitals::signal::latency::RedSignal;
 use vitals::signal::n_plus_one::{NPlusOne, Rule};
-use vitals::signal::query::{DbQueries, QueryStore};
+use vitals::signal::query::{DbQueries, QuerySignal};
 use vitals::signal::sql_template::{template_into, Quoting};
 
 const ROUNDS: usize = 15;
@@ -162,7 +162,7 @@ fn main() {
 
     for spans in [10usize, 100] {
         let db = DbQueries {
-            store: Arc::new(QueryStore::new(
+            store: Arc::new(QuerySignal::new(
                 2000,
                 Duration::from_secs(3600),
                 OverflowCounter::default(),
@@ -174,7 +174,7 @@ fn main() {
                 OverflowCounter::default(),
             )),
         };
-        let red = RedStore::new(2000, Duration::from_secs(3600), OverflowCounter::default());
+        let red = RedSignal::new(2000, Duration::from_secs(3600), OverflowCounter::default());
         let per = 1000 / spans;
         let reqs_db: Vec<_> = (0..per)
             .map(|r| request(spans, true, r as u64, &stmts))

@@ -18,7 +18,7 @@ use prost::Message;
 use vitals::bounded::OverflowCounter;
 use vitals::receiver::decode::{decode, Encoding};
 use vitals::receiver::{Consumers, OtlpLimits, OtlpStats, Receiver};
-use vitals::signal::latency::RedStore;
+use vitals::signal::latency::RedSignal;
 use vitals::store::app_metrics::{AppMetrics, AppMetricsConfig};
 use vitals::store::logs::LogCounts;
 
@@ -92,7 +92,7 @@ fn receiver() -> Receiver {
     let o = OverflowCounter::default();
     let ttl = Duration::from_secs(3600);
     let consumers = Consumers::new()
-        .traces(Arc::new(RedStore::new(2000, ttl, o.clone())))
+        .traces(Arc::new(RedSignal::new(2000, ttl, o.clone())))
         .metrics(Arc::new(AppMetrics::new(
             AppMetricsConfig {
                 series_limit: 2000,

@@ -30,10 +30,10 @@ use crate::receiver::{self, Consumers, OtlpLimits, OtlpStats, Receiver};
 use crate::sampler::{Sampler, SamplerParts, WATCH_INTERVAL};
 use crate::server::{ConnectionLimits, GuardedListener};
 use crate::signal::hints::HintPolicy;
-use crate::signal::latency::RedStore;
+use crate::signal::latency::RedSignal;
 use crate::signal::memory::MemoryGrowth;
 use crate::signal::n_plus_one::{NPlusOne, Rule};
-use crate::signal::query::{DbQueries, QueryStore};
+use crate::signal::query::{DbQueries, QuerySignal};
 use crate::signal::runtime_metrics::RuntimeMetrics;
 use crate::signal::target::{KernelUnits, TargetMetrics};
 use crate::signal::TickSignals;
@@ -56,7 +56,7 @@ fn expiry_period(ttl: Duration) -> Duration {
 /// Drops expired series from the stores (and the query and N+1 series) every `period` until `shutdown`.
 async fn expire_every(
     period: Duration,
-    red: Arc<RedStore>,
+    red: Arc<RedSignal>,
     app: Arc<AppMetrics>,
     logs: Arc<LogCounts>,
     db: Arc<DbQueries>,
@@ -413,7 +413,7 @@ async fn start_http(
 /// The stores and derivations the OTLP receiver feeds, registered, with their expiry and N+1 judging
 /// running on clocks of their own (a scrape only reads them).
 struct OtlpStores {
-    red: Arc<RedStore>,
+    red: Arc<RedSignal>,
     app_metrics: Arc<AppMetrics>,
     logs: Arc<LogCounts>,
     /// Database queries: latency per query template and N+1 runs, from the same trace exports.
@@ -427,7 +427,7 @@ impl OtlpStores {
     fn new(config: &Config, core: &Core) -> Self {
         let overflow = OverflowCounter::default();
         let (limit, ttl) = (config.series_limit, config.series_ttl);
-        let red = Arc::new(RedStore::new(limit, ttl, overflow.clone()));
+        let red = Arc::new(RedSignal::new(limit, ttl, overflow.clone()));
         let app_metrics = Arc::new(AppMetrics::new(
             AppMetricsConfig {
                 series_limit: limit,
@@ -441,7 +441,7 @@ impl OtlpStores {
         ));
         let logs = Arc::new(LogCounts::new(limit, ttl, overflow.clone()));
         let db = Arc::new(DbQueries {
-            store: Arc::new(QueryStore::new(limit, ttl, overflow.clone())),
+            store: Arc::new(QuerySignal::new(limit, ttl, overflow.clone())),
             n_plus_one: Arc::new(NPlusOne::new(
                 Rule {
                     settle: config.db_trace_settle,

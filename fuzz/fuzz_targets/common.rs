@@ -5,7 +5,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use vitals::signal::latency::RedStore;
+use vitals::signal::latency::RedSignal;
 use vitals::receiver::{Consumers, OtlpLimits, OtlpStats, Receiver};
 use vitals::store::app_metrics::{AppMetrics, AppMetricsConfig};
 use vitals::bounded::OverflowCounter;
@@ -17,7 +17,7 @@ pub fn receiver() -> &'static (Receiver, Registry) {
     I.get_or_init(|| {
         let o = OverflowCounter::default();
         let ttl = Duration::from_secs(3600);
-        let red = Arc::new(RedStore::new(100, ttl, o.clone()));
+        let red = Arc::new(RedSignal::new(100, ttl, o.clone()));
         let app = Arc::new(AppMetrics::new(AppMetricsConfig { series_limit: 100, family_limit: 100, ttl, promote: vec!["service.instance.id".into()] }, o.clone(), Arc::new(vitals::export::prometheus::naming::PrometheusNames)));
         let logs = Arc::new(LogCounts::new(100, ttl, o.clone()));
         let registry = Registry::new();

@@ -244,7 +244,7 @@ struct RedTable {
 }
 
 /// RED histograms per (service, operation, kind, outcome), bounded.
-pub struct RedStore {
+pub struct RedSignal {
     table: Mutex<RedTable>,
     ttl: Duration,
 }
@@ -265,10 +265,10 @@ fn itoa(mut n: usize, buf: &mut [u8; 20]) -> &str {
     std::str::from_utf8(&buf[at..]).unwrap_or("0")
 }
 
-impl RedStore {
+impl RedSignal {
     /// A store keeping at most `limit` label sets; series not updated for `ttl` are dropped.
     pub fn new(limit: usize, ttl: Duration, overflow: OverflowCounter) -> Self {
-        RedStore {
+        RedSignal {
             table: Mutex::new(RedTable {
                 series: LimitedMap::new(limit, overflow),
                 key: String::with_capacity(128),
@@ -387,7 +387,7 @@ pub(crate) fn classic_histogram(
     }
 }
 
-impl RedStore {
+impl RedSignal {
     /// Drops series not updated within the TTL; runs on a timer, not inside a scrape.
     pub fn expire(&self, now: Instant) {
         let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
@@ -395,7 +395,7 @@ impl RedStore {
     }
 }
 
-impl Collector for RedStore {
+impl Collector for RedSignal {
     fn collect(&self, out: &mut Vec<Metric>) {
         let now = Instant::now();
         let table = self.table.lock().unwrap_or_else(|p| p.into_inner());
@@ -435,7 +435,7 @@ impl Collector for RedStore {
 impl
     crate::pipeline::Consumer<
         opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
-    > for RedStore
+    > for RedSignal
 {
     fn consume(
         &self,
@@ -587,7 +587,7 @@ mod tests {
     #[test]
     fn buckets_counts_and_overflow() {
         let c = OverflowCounter::default();
-        let store = RedStore::new(2, Duration::from_secs(60), c.clone());
+        let store = RedSignal::new(2, Duration::from_secs(60), c.clone());
         let spans: Vec<Span> = [50u64, 100, 100, 400, 2000]
             .iter()
             .map(|ms| span(SpanKind::Server, *ms, vec![], 0))
@@ -661,7 +661,7 @@ mod tests {
 
     #[test]
     fn separator_in_a_value_cannot_merge_two_keys_and_long_values_are_cut() {
-        let store = RedStore::new(10, Duration::from_secs(60), OverflowCounter::default());
+        let store = RedSignal::new(10, Duration::from_secs(60), OverflowCounter::default());
         let span = |op| SpanFacts {
             operation: Operation::Single(op),
             kind: RequestKind::Server,

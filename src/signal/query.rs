@@ -210,17 +210,17 @@ struct QueryTable {
 
 /// Query latency histograms per (service, db system, query, outcome), bounded by the series limit
 /// with an overflow series, expired after the series TTL.
-pub struct QueryStore {
+pub struct QuerySignal {
     table: Mutex<QueryTable>,
     ttl: Duration,
 }
 
 const SEP: char = '\u{1f}';
 
-impl QueryStore {
+impl QuerySignal {
     /// A store keeping at most `limit` label sets; series not updated for `ttl` are dropped.
     pub fn new(limit: usize, ttl: Duration, overflow: OverflowCounter) -> Self {
-        QueryStore {
+        QuerySignal {
             table: Mutex::new(QueryTable {
                 series: LimitedMap::new(limit, overflow),
                 key: String::with_capacity(256),
@@ -272,7 +272,7 @@ fn histogram_value(s: &QuerySeries) -> Value {
     latency::classic_histogram(&BUCKETS, &s.counts, s.sum, s.count, &s.exemplars, None)
 }
 
-impl Collector for QueryStore {
+impl Collector for QuerySignal {
     fn collect(&self, out: &mut Vec<Metric>) {
         let now = Instant::now();
         let table = self.table.lock().unwrap_or_else(|p| p.into_inner());
@@ -310,7 +310,7 @@ impl Collector for QueryStore {
 /// CONSUMER) that name the operation. Spans RED rejects are left to RED's answer.
 pub struct DbQueries {
     /// Query latency.
-    pub store: Arc<QueryStore>,
+    pub store: Arc<QuerySignal>,
     /// N+1 detection.
     pub n_plus_one: Arc<NPlusOne>,
 }
@@ -460,7 +460,7 @@ mod tests {
     #[test]
     fn literals_make_one_series_and_distinct_queries_overflow() {
         let c = OverflowCounter::default();
-        let store = QueryStore::new(3, Duration::from_secs(60), c.clone());
+        let store = QuerySignal::new(3, Duration::from_secs(60), c.clone());
         let now = Instant::now();
         let mut q = String::new();
         for i in 0..100 {

@@ -9,7 +9,7 @@ use super::view::{
     PoolView, PressurePanel, QueryRow, RedPanel, TargetPanel, TargetRow, Verdicts,
 };
 
-use super::history::{History, Point};
+use super::history::{History, HistoryPoint};
 use super::thresholds::{threshold, AlertRule, Measure, RULES};
 use crate::catalogue::{self, MetricDef};
 use crate::model::{Exponential, Metric, Origin, Point as ModelPoint, Value};
@@ -750,7 +750,7 @@ impl LiveSampler {
             });
         }
         let hints = self.usage.advice(&self.policy);
-        let point = Point {
+        let point = HistoryPoint {
             t,
             values: [
                 req_rate,

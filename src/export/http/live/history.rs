@@ -22,7 +22,7 @@ pub const POINT_FIELDS: [&str; 12] = [
 
 /// One second of sparkline values; NaN where a value was unknown.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Point {
+pub struct HistoryPoint {
     /// Unix time, seconds.
     pub t: f64,
     /// Values in [`POINT_FIELDS`] order.
@@ -32,7 +32,7 @@ pub struct Point {
 /// A ring of the last `capacity` points.
 #[derive(Debug)]
 pub struct History {
-    points: VecDeque<Point>,
+    points: VecDeque<HistoryPoint>,
     capacity: usize,
 }
 
@@ -47,7 +47,7 @@ impl History {
 
     /// Appends a point, dropping the oldest when full and those older than `capacity` seconds (points
     /// come every second while the page is watched, every idle interval otherwise).
-    pub fn push(&mut self, p: Point) {
+    pub fn push(&mut self, p: HistoryPoint) {
         if self.points.len() == self.capacity {
             self.points.pop_front();
         }
@@ -73,11 +73,11 @@ impl History {
 
     /// Bytes of point storage when full.
     pub fn capacity_bytes(&self) -> usize {
-        self.capacity * std::mem::size_of::<Point>()
+        self.capacity * std::mem::size_of::<HistoryPoint>()
     }
 
     /// The points held, oldest first.
-    pub fn points(&self) -> impl ExactSizeIterator<Item = &Point> + Clone {
+    pub fn points(&self) -> impl ExactSizeIterator<Item = &HistoryPoint> + Clone {
         self.points.iter()
     }
 }
@@ -90,13 +90,13 @@ mod tests {
     fn ring_is_bounded_and_sized_as_documented() {
         let mut h = History::new(900);
         for i in 0..2000 {
-            h.push(Point {
+            h.push(HistoryPoint {
                 t: i as f64,
                 values: [i as f32; 12],
             });
         }
         assert_eq!(h.len(), 900);
-        assert_eq!(std::mem::size_of::<Point>(), 56);
+        assert_eq!(std::mem::size_of::<HistoryPoint>(), 56);
         assert_eq!(h.capacity_bytes(), 50_400);
         let j = serde_json::to_value(&h).unwrap();
         assert_eq!(j["t"][0], 1100.0);

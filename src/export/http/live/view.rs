@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::{Serialize, Serializer};
 
-use super::history::{History, Point, POINT_FIELDS};
+use super::history::{History, HistoryPoint, POINT_FIELDS};
 use crate::signal::hints::Hint;
 
 /// One frame: the target, the four questions' panels, the alerts the shipped rules would raise and the
@@ -19,7 +19,7 @@ pub struct Frame {
     /// Unix time, seconds.
     pub t: f64,
     /// This second's sparkline values.
-    pub point: Point,
+    pub point: HistoryPoint,
     /// Every named target (several targets or pod mode), by name.
     pub targets: Vec<TargetRow>,
     /// The main target.
@@ -310,7 +310,7 @@ pub struct AlertRow {
 /// A history point as the page reads it: `t` and each of [`POINT_FIELDS`], `null`
 /// where unknown. A value is written in its own shortest form: widening the stored f32 would print its
 /// binary noise (0.05001169815659523 for 0.050011698) and make a new viewer's history a third larger.
-impl Serialize for Point {
+impl Serialize for HistoryPoint {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
         let mut m = s.serialize_map(Some(1 + self.values.len()))?;
@@ -341,7 +341,7 @@ impl Serialize for History {
         use serde::ser::SerializeMap;
         /// One column: a field of every point.
         struct Column<'a, F>(&'a History, F);
-        impl<F: Fn(&Point) -> ShortF32> Serialize for Column<'_, F> {
+        impl<F: Fn(&HistoryPoint) -> ShortF32> Serialize for Column<'_, F> {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 s.collect_seq(self.0.points().map(&self.1))
             }
@@ -350,7 +350,10 @@ impl Serialize for History {
         let times: Vec<f64> = self.points().map(|p| p.t).collect();
         m.serialize_entry("t", &times)?;
         for (i, k) in POINT_FIELDS.iter().enumerate() {
-            m.serialize_entry(k, &Column(self, move |p: &Point| ShortF32(p.values[i])))?;
+            m.serialize_entry(
+                k,
+                &Column(self, move |p: &HistoryPoint| ShortF32(p.values[i])),
+            )?;
         }
         m.end()
     }
