@@ -11,11 +11,11 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Jvm, Vitals};
+use common::{Jvm, Killed, TestCgroup, Vitals};
 use serde_json::Value;
 
 /// The first `event: frame` of the live stream that meets `cond`; panics with the last one after `within`.
@@ -56,109 +56,6 @@ fn hint(f: &Value, resource: &str, pool: Option<&str>) -> Option<f64> {
         .iter()
         .find(|h| h["resource"] == resource && pool.is_none_or(|p| h["pool"] == p))?["value"]
         .as_f64()
-}
-
-/// A cgroup made for one test, removed on drop (after its processes are gone).
-struct TestCgroup(PathBuf);
-
-impl TestCgroup {
-    fn unified() -> bool {
-        Path::new("/sys/fs/cgroup/cgroup.controllers").is_file()
-    }
-
-    fn create(controller: &str, settings: &[(&str, String)]) -> TestCgroup {
-        let root = if Self::unified() {
-            let _ = std::fs::write(
-                "/sys/fs/cgroup/cgroup.subtree_control",
-                format!("+{controller}"),
-            );
-            PathBuf::from("/sys/fs/cgroup")
-        } else {
-            Path::new("/sys/fs/cgroup").join(controller)
-        };
-        let dir = root.join(format!("vitals-page-{}-{controller}", std::process::id()));
-        let _ = std::fs::remove_dir(&dir);
-        std::fs::create_dir(&dir).unwrap_or_else(|e| {
-            panic!(
-                "this test needs root and a cgroup {controller} hierarchy to create {}: {e}",
-                dir.display()
-            )
-        });
-        let cg = TestCgroup(dir);
-        for (file, value) in settings {
-            std::fs::write(cg.0.join(file), value)
-                .unwrap_or_else(|e| panic!("write {value} to {file}: {e}"));
-        }
-        cg
-    }
-
-    fn memory_limit(bytes: u64) -> TestCgroup {
-        if Self::unified() {
-            Self::create("memory", &[("memory.max", bytes.to_string())])
-        } else {
-            Self::create("memory", &[("memory.limit_in_bytes", bytes.to_string())])
-        }
-    }
-
-    fn cpu_quota(quota_us: u64, period_us: u64) -> TestCgroup {
-        if Self::unified() {
-            Self::create("cpu", &[("cpu.max", format!("{quota_us} {period_us}"))])
-        } else {
-            Self::create(
-                "cpu",
-                &[
-                    ("cpu.cfs_period_us", period_us.to_string()),
-                    ("cpu.cfs_quota_us", quota_us.to_string()),
-                ],
-            )
-        }
-    }
-
-    fn adopt(&self, pid: u32) {
-        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).expect("move into the cgroup");
-    }
-
-    /// The memory limit the kernel holds (it may round what was written).
-    fn memory_limit_read(&self) -> f64 {
-        let file = if Self::unified() {
-            "memory.max"
-        } else {
-            "memory.limit_in_bytes"
-        };
-        std::fs::read_to_string(self.0.join(file))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    }
-
-    /// A `key value` line of `cpu.stat` (same keys on v1 and v2).
-    fn cpu_stat(&self, key: &str) -> f64 {
-        let text = std::fs::read_to_string(self.0.join("cpu.stat")).unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("{key} in cpu.stat: {text}"))
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        for _ in 0..50 {
-            if std::fs::remove_dir(&self.0).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// The `Tenured: …K(…K)->AFTERK(…K)` of the last full collection in a Serial GC log, in bytes.
@@ -326,7 +223,10 @@ fn busy_process_hints_on_the_page() {
         (f[11] + f[12]) / 100.0
     };
     let (cpu0, t0) = (cpu(pid), Instant::now());
-    let (periods0, throttled0) = (cg.cpu_stat("nr_periods"), cg.cpu_stat("nr_throttled"));
+    let (periods0, throttled0) = (
+        cg.stat("cpu.stat", "nr_periods"),
+        cg.stat("cpu.stat", "nr_throttled"),
+    );
     let v = Vitals::start(&[
         "--pid",
         &pid.to_string(),
@@ -346,8 +246,8 @@ fn busy_process_hints_on_the_page() {
         all.iter().all(|r| hint(f, r, None).is_some())
     });
     let used = (cpu(pid) - cpu0) / t0.elapsed().as_secs_f64();
-    let throttled_truth =
-        (cg.cpu_stat("nr_throttled") - throttled0) / (cg.cpu_stat("nr_periods") - periods0);
+    let throttled_truth = (cg.stat("cpu.stat", "nr_throttled") - throttled0)
+        / (cg.stat("cpu.stat", "nr_periods") - periods0);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let hwm = status
         .lines()

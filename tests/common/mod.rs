@@ -1182,3 +1182,139 @@ pub fn catalogue_disagreements(e: &Exposition) -> Vec<String> {
     }
     wrong
 }
+
+/// A cgroup made for one test (cgroup v2, or the controller's v1 hierarchy), removed on drop after its
+/// processes are gone. Creating one needs root; the panic says so.
+pub struct TestCgroup(pub PathBuf);
+
+impl TestCgroup {
+    /// True on the unified (v2) hierarchy.
+    pub fn unified() -> bool {
+        Path::new("/sys/fs/cgroup/cgroup.controllers").is_file()
+    }
+
+    /// A new group under `controller`'s hierarchy with `settings` written into its files.
+    pub fn create(controller: &str, settings: &[(&str, String)]) -> TestCgroup {
+        let root = if Self::unified() {
+            PathBuf::from("/sys/fs/cgroup")
+        } else {
+            Path::new("/sys/fs/cgroup").join(controller)
+        };
+        assert!(
+            root.join("cgroup.procs").is_file(),
+            "this test needs a cgroup {controller} hierarchy at {} (and root)",
+            root.display()
+        );
+        if Self::unified() {
+            // The controller must be delegated to the root's children.
+            let _ = std::fs::write(
+                root.join("cgroup.subtree_control"),
+                format!("+{controller}"),
+            );
+        }
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = root.join(format!(
+            "vitals-test-{}-{n}-{controller}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir(&dir);
+        std::fs::create_dir(&dir)
+            .unwrap_or_else(|e| panic!("this test needs root to create {}: {e}", dir.display()));
+        let cg = TestCgroup(dir);
+        for (file, value) in settings {
+            std::fs::write(cg.0.join(file), value)
+                .unwrap_or_else(|e| panic!("write {value} to {file}: {e}"));
+        }
+        cg
+    }
+
+    /// A group whose CPU quota is `quota_us` per `period_us`.
+    pub fn cpu_quota(quota_us: u64, period_us: u64) -> TestCgroup {
+        if Self::unified() {
+            Self::create("cpu", &[("cpu.max", format!("{quota_us} {period_us}"))])
+        } else {
+            Self::create(
+                "cpu",
+                &[
+                    ("cpu.cfs_period_us", period_us.to_string()),
+                    ("cpu.cfs_quota_us", quota_us.to_string()),
+                ],
+            )
+        }
+    }
+
+    /// A group whose memory limit is `bytes` (and no swap, where swap is accounted).
+    pub fn memory_limit(bytes: u64) -> TestCgroup {
+        if Self::unified() {
+            let cg = Self::create("memory", &[("memory.max", bytes.to_string())]);
+            // Without swap accounting the file is absent and there is nothing to swap to anyway.
+            let _ = std::fs::write(cg.0.join("memory.swap.max"), "0");
+            cg
+        } else {
+            Self::create("memory", &[("memory.limit_in_bytes", bytes.to_string())])
+        }
+    }
+
+    /// The memory limit the kernel holds (it may round what was written).
+    pub fn memory_limit_read(&self) -> f64 {
+        let file = if Self::unified() {
+            "memory.max"
+        } else {
+            "memory.limit_in_bytes"
+        };
+        std::fs::read_to_string(self.0.join(file))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// OOM kills the group counted (`memory.events` on v2, `memory.oom_control` on v1).
+    pub fn oom_kills(&self) -> f64 {
+        if Self::unified() {
+            self.stat("memory.events", "oom_kill")
+        } else {
+            self.stat("memory.oom_control", "oom_kill")
+        }
+    }
+
+    /// Moves `pid` into the group.
+    pub fn adopt(&self, pid: u32) {
+        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).expect("move into the cgroup");
+    }
+
+    /// The value of `key` in a flat-keyed file (`cpu.stat` has the same keys on v1 and v2).
+    pub fn stat(&self, file: &str, key: &str) -> f64 {
+        let text = std::fs::read_to_string(self.0.join(file)).unwrap();
+        text.lines()
+            .find_map(|l| {
+                let mut parts = l.split_whitespace();
+                (parts.next()? == key.trim()).then_some(())?;
+                parts.next()?.parse().ok()
+            })
+            .unwrap_or_else(|| panic!("{key} in {file}: {text}"))
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // Processes must have left (the tests kill them first); retry while the kernel reaps them.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// A child killed and reaped when dropped.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
