@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::cadence::Turn;
+use crate::language;
 use crate::probe::cgroup::{locate, CgroupProbe, CgroupRoots};
 use crate::probe::hsperf::HsperfProbe;
 use crate::probe::kept::KeptFile;
@@ -18,7 +19,6 @@ use crate::probe::own_health::ExporterStats;
 use crate::probe::procfs::{effective_uid, read_comm, read_nspid, ProcfsProbe, PssPolicy};
 use crate::probe::sockets::SocketProbe;
 use crate::probe::{Observations, Probe, ProbeTarget, ReadErrorSink, ReadSource};
-use crate::runtime;
 use crate::signal::target::{ExitReason, KernelUnits, TargetInfo, TargetMetrics};
 use crate::signal::TickSignals;
 use crate::target::exit_watch::ExitWatch;
@@ -336,7 +336,7 @@ impl Sampler {
             if a.program.runtime != runtime {
                 a.program.runtime = runtime;
                 self.target_metrics
-                    .set_runtime_process(pid, runtime::label_of(runtime));
+                    .set_runtime_process(pid, language::label_of(runtime));
             }
             return;
         }
@@ -352,11 +352,11 @@ impl Sampler {
         tracing::info!(
             root = a.id.pid,
             pid,
-            runtime = runtime::label_of(runtime),
+            runtime = language::label_of(runtime),
             "the process of the target's tree that runs the runtime"
         );
         self.target_metrics
-            .set_runtime_process(pid, runtime::label_of(runtime));
+            .set_runtime_process(pid, language::label_of(runtime));
         for probe in program_probes(&mut self.probes, &mut self.oom) {
             probe.program_changed(&program);
         }
@@ -481,7 +481,7 @@ impl Sampler {
             a.comm = comm;
             return;
         }
-        let label = runtime::label_of(runtime);
+        let label = language::label_of(runtime);
         tracing::info!(pid = a.id.pid, old = %a.comm, %comm, runtime = label, "target exec'd another program");
         self.target_metrics.refresh_comm(comm.clone());
         a.comm = comm;
@@ -596,7 +596,7 @@ impl Sampler {
             }
         };
         self.target_metrics.set_oom_kills(self.oom.total());
-        let runtime_label = runtime::label_of(runtime);
+        let runtime_label = language::label_of(runtime);
         tracing::info!(pid = id.pid, %comm, runtime = runtime_label, selector = %selector.describe(),
             exit_watch = if exit.event().is_some() { "pidfd" } else { "poll" }, "attached to target");
         if let Some(report) = crate::target::access::denied_report(&self.proc_root, id.pid) {

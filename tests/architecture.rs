@@ -162,11 +162,11 @@ fn data_flows_one_way() {
             "the sampler drives the probes and hands observations to derivation; it reads nothing back",
         ),
         (
-            "runtime",
+            "language",
             &[
                 "probe", "receiver", "signal", "store", "export", "sampler", "target", "app", "config",
             ],
-            "the runtime table is data every part may read; it depends on nothing",
+            "the language runtime table is data every part may read; it depends on nothing",
         ),
         (
             "cadence",
@@ -180,7 +180,7 @@ fn data_flows_one_way() {
             "bounded",
             &[
                 "probe", "receiver", "signal", "store", "export", "sampler", "target", "app", "config",
-                "pipeline", "model", "catalogue", "runtime", "cadence", "profile", "inject", "server",
+                "pipeline", "model", "catalogue", "language", "cadence", "profile", "inject", "server",
                 "logging",
             ],
             "the bounded map is a container the store, derivation and the wiring share; it depends on nothing",
@@ -204,7 +204,7 @@ fn data_flows_one_way() {
             "catalogue",
             &[
                 "probe", "receiver", "signal", "store", "export", "sampler", "target", "app", "config",
-                "pipeline", "runtime", "cadence", "profile", "inject", "server", "logging",
+                "pipeline", "language", "cadence", "profile", "inject", "server", "logging",
             ],
             "the catalogue declares vitals' metrics on the model alone; every part may read it",
         ),

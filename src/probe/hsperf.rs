@@ -2,7 +2,7 @@
 //! `/tmp/hsperfdata_<user>/<pid>` (what `jstat` reads). Parsed here without an agent: GC collector pause
 //! counts and times, safepoints, and the old generation's occupancy and capacity.
 
-use crate::runtime::Runtime;
+use crate::language::Runtime;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};

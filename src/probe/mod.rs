@@ -15,7 +15,7 @@ pub mod procfs;
 pub mod sockets;
 pub mod tree;
 
-use crate::runtime::Runtime;
+use crate::language::Runtime;
 use std::time::Duration;
 
 use cgroup::{CgroupDirs, CgroupSample};

@@ -12,10 +12,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::catalogue;
+use crate::language::{self, Runtime};
 use crate::model::{Collector, Metric, Value};
 use crate::probe::hsperf::{GcCollector, JvmSample};
 use crate::probe::jvm_watch::JvmFast;
-use crate::runtime::{self, Runtime};
 
 const BUCKETS: usize = 30;
 const FLOOR_SPAN: usize = BUCKETS / 6;
@@ -627,7 +627,7 @@ impl Collector for MemoryGrowth {
                 continue;
             }
             if let (MemorySignal::Heap, Some((v, limit))) = (sig, track.last) {
-                let labels = [("runtime", runtime::label_of(heap_runtime))];
+                let labels = [("runtime", language::label_of(heap_runtime))];
                 heap.push(&labels, Value::Gauge(v));
                 if let Some(l) = limit {
                     heap_limit.push(&labels, Value::Gauge(l));

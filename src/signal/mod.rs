@@ -17,10 +17,10 @@ pub mod target;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use crate::language::{Runtime, PROFILES};
 use crate::probe::hsperf::JvmSample;
 use crate::probe::jvm_watch::JvmFast;
 use crate::probe::Observations;
-use crate::runtime::{Runtime, PROFILES};
 
 use memory::{JvmLiveSet, MemoryGrowth, MemoryReadings};
 use pause::PauseSignal;

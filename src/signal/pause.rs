@@ -8,10 +8,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::catalogue;
+use crate::language::{is_concurrent_cycle, Runtime};
 use crate::model::{Collector, Metric, Value};
 use crate::probe::hsperf::{GcCollector, JvmSample};
 use crate::probe::jvm_watch::JvmFast;
-use crate::runtime::{is_concurrent_cycle, Runtime};
 use crate::signal::runtime_metrics::{DelayReading, DelayValue, PauseReading, PauseValue};
 
 /// How long `vitals_gc_pause_max_seconds` looks back.

@@ -7,11 +7,11 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 
 use crate::catalogue;
+use crate::language::PoolFigure;
 use crate::model::{Collector, Metric, Value};
 use crate::probe::cgroup::CgroupSample;
 use crate::probe::procfs::ProcSample;
 use crate::probe::sockets::{BacklogSource, ListenSocket};
-use crate::runtime::PoolFigure;
 use crate::signal::runtime_metrics::PoolReading;
 
 /// One pool's figures.

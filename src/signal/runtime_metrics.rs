@@ -1,5 +1,5 @@
 //! The runtime metrics derivation needs, picked out of the app's OTLP metrics as they arrive, by the
-//! OpenTelemetry names and units of the runtime table ([`crate::runtime`]): cumulative GC pause histograms
+//! OpenTelemetry names and units of the runtime table ([`crate::language`]): cumulative GC pause histograms
 //! and pause-time counters with their start times, heap and pool figures, ready-work delays, and each
 //! exporting app's SDK language. Values are scaled to base units at ingest (a `jvm.gc.duration` in `ms` is
 //! read as milliseconds) and delta exports are accumulated, so derivation reads typed, cumulative readings
@@ -16,12 +16,12 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{metric::Data, Metric, NumberDataPoint};
 
-use crate::pipeline::attributes::{cut_to as cut, scalar_text};
-use crate::pipeline::points::{ended, is_delta, number, DataPoint, DeltaWindows, Histogram};
-use crate::runtime::{
+use crate::language::{
     DelayMetric, DelayShape, HeapMetric, Instrument, PauseMetric, PoolFigure, PoolFigures,
     PoolMetric, Quantity, Runtime, LIBRARY_POOLS, PROFILES,
 };
+use crate::pipeline::attributes::{cut_to as cut, scalar_text};
+use crate::pipeline::points::{ended, is_delta, number, DataPoint, DeltaWindows, Histogram};
 
 /// Most series kept of each kind (pauses, heap, pools, delays); further series are not picked.
 pub const MAX_SERIES: usize = 1024;

@@ -189,7 +189,7 @@ impl TargetMetrics {
         let mut s = self.lock();
         if let Some(info) = s.info.as_mut() {
             info.runtime_pid = pid;
-            if runtime != crate::runtime::UNKNOWN || info.runtime == crate::runtime::UNKNOWN {
+            if runtime != crate::language::UNKNOWN || info.runtime == crate::language::UNKNOWN {
                 info.runtime = runtime.to_owned();
             }
         }
@@ -199,7 +199,7 @@ impl TargetMetrics {
     pub fn hint_runtime(&self, runtime: &str) {
         let mut s = self.lock();
         if let Some(info) = s.info.as_mut() {
-            if info.runtime == crate::runtime::UNKNOWN {
+            if info.runtime == crate::language::UNKNOWN {
                 info.runtime = runtime.to_owned();
             }
         }

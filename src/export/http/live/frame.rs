@@ -318,7 +318,7 @@ impl<'a> Families<'a> {
 /// Turns gathers into frames and keeps what frames need from the past: the per-second history, the RED
 /// snapshots for windowed quantiles, how long each alert condition has held, and the usage history for
 /// the hints.
-pub struct LiveSampler {
+pub struct LiveFrames {
     history: History,
     prev: Option<Counters>,
     red: VecDeque<RedSnapshot>,
@@ -348,7 +348,7 @@ pub struct Onset {
 /// At most this many targets are listed on the page.
 const TARGETS_SHOWN: usize = 32;
 
-impl LiveSampler {
+impl LiveFrames {
     /// A sampler keeping `capacity` seconds of history. `selected_by` says how the target was chosen;
     /// `otlp_hint` is a sentence telling how an app's SDK reaches the receivers, or that it cannot.
     pub fn new(
@@ -357,7 +357,7 @@ impl LiveSampler {
         selected_by: String,
         otlp_hint: String,
     ) -> Self {
-        LiveSampler {
+        LiveFrames {
             history: History::new(capacity),
             prev: None,
             red: VecDeque::with_capacity(RED_SNAPSHOTS + 1),
@@ -1035,7 +1035,7 @@ mod tests {
         fn tick_json(&mut self, t: f64, families: &[Metric]) -> serde_json::Value;
     }
 
-    impl TickJson for LiveSampler {
+    impl TickJson for LiveFrames {
         fn tick_json(&mut self, t: f64, families: &[Metric]) -> serde_json::Value {
             serde_json::to_value(self.tick(t, families)).unwrap()
         }
@@ -1089,7 +1089,7 @@ mod tests {
 
     #[test]
     fn percentiles_come_from_the_exponential_buckets_when_there_are_any() {
-        let mut s = LiveSampler::new(
+        let mut s = LiveFrames::new(
             900,
             HintPolicy::default(),
             "pid".into(),
@@ -1119,7 +1119,7 @@ mod tests {
 
     #[test]
     fn red_window_rates_quantiles_and_verdicts() {
-        let mut s = LiveSampler::new(
+        let mut s = LiveFrames::new(
             900,
             HintPolicy::default(),
             "pid".into(),
@@ -1169,7 +1169,7 @@ mod tests {
 
     #[test]
     fn target_down_raises_the_rule_after_its_for() {
-        let mut s = LiveSampler::new(10, HintPolicy::default(), "pid".into(), String::new());
+        let mut s = LiveFrames::new(10, HintPolicy::default(), "pid".into(), String::new());
         let mut last = serde_json::Value::Null;
         for i in 0..=121 {
             last = s.tick_json(i as f64, &families(vec![], 0.0));
@@ -1182,7 +1182,7 @@ mod tests {
 
     #[test]
     fn event_loop_p99_is_the_worst_runtime_s_p99_statistic() {
-        let mut s = LiveSampler::new(10, HintPolicy::default(), "pid".into(), String::new());
+        let mut s = LiveFrames::new(10, HintPolicy::default(), "pid".into(), String::new());
         let mut m = families(vec![], 1.0);
         let mut delay = catalogue::EVENT_LOOP_DELAY.metric();
         delay.push(
@@ -1204,8 +1204,8 @@ mod tests {
 
     #[test]
     fn db_panel_lists_slow_queries_n_plus_one_runs_and_db_pools_beside_them() {
-        let mut s = LiveSampler::new(10, HintPolicy::default(), "pid".into(), String::new());
-        let frame = |s: &mut LiveSampler, t: f64, fast: u64, slow: u64, runs: f64| {
+        let mut s = LiveFrames::new(10, HintPolicy::default(), "pid".into(), String::new());
+        let frame = |s: &mut LiveFrames, t: f64, fast: u64, slow: u64, runs: f64| {
             let mut q = catalogue::DB_QUERY_DURATION.metric();
             for (query, le_fast, n) in [("SELECT a", true, fast), ("SELECT b", false, slow)] {
                 let buckets = if le_fast {

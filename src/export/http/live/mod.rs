@@ -23,7 +23,7 @@ use crate::cadence::{Cadence, Watching};
 use crate::model::Registry;
 use crate::profile::continuous::{Cause, Continuous};
 use crate::signal::hints::{HintBoard, HintPolicy};
-use frame::LiveSampler;
+use frame::LiveFrames;
 
 /// The page, with its script and styles inline: no CDN, nothing to build, works offline and in a pod.
 pub const PAGE: &str = include_str!("page.html");
@@ -34,9 +34,9 @@ pub const HISTORY_SECONDS: usize = 900;
 /// Browsers streaming at once; one more is answered 503 and its page retries.
 pub const VIEWER_LIMIT: usize = 16;
 
-/// What the live page's stream reads: the sampler, the latest frame, and the viewer slots.
+/// What the live page's stream reads: the frame maker, the latest frame, and the viewer slots.
 pub struct LiveHub {
-    sampler: Mutex<LiveSampler>,
+    frames_of: Mutex<LiveFrames>,
     frames: watch::Sender<Bytes>,
     viewers: Arc<Semaphore>,
     shutdown: CancellationToken,
@@ -60,7 +60,7 @@ impl LiveHub {
         shutdown: CancellationToken,
     ) -> Self {
         LiveHub {
-            sampler: Mutex::new(LiveSampler::new(
+            frames_of: Mutex::new(LiveFrames::new(
                 HISTORY_SECONDS,
                 policy,
                 selected_by,
@@ -105,8 +105,8 @@ impl LiveHub {
         }
     }
 
-    fn sampler(&self) -> std::sync::MutexGuard<'_, LiveSampler> {
-        self.sampler.lock().unwrap_or_else(|p| p.into_inner())
+    fn live_frames(&self) -> std::sync::MutexGuard<'_, LiveFrames> {
+        self.frames_of.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Takes one frame from `registry` at unix time `t` and hands it to every viewer. With nobody
@@ -120,7 +120,7 @@ impl LiveHub {
                 self.frames.send_replace(Bytes::new());
             }
             let hints = {
-                let mut s = self.sampler();
+                let mut s = self.live_frames();
                 s.observe(t, &families);
                 s.hints()
             };
@@ -128,7 +128,7 @@ impl LiveHub {
             return;
         }
         let (message, hints, onsets) = {
-            let mut s = self.sampler();
+            let mut s = self.live_frames();
             let frame = s.tick(t, &families);
             (sse_message("frame", &frame), s.hints(), s.take_onsets())
         };
@@ -157,7 +157,7 @@ impl LiveHub {
 
     /// The first message for a new viewer: the history so far and the latest frame.
     pub fn opening(&self) -> Bytes {
-        let history = sse_message("history", self.sampler().history());
+        let history = sse_message("history", self.live_frames().history());
         let latest = self.frames.borrow().clone();
         let mut out = b"retry: 1000\n".to_vec();
         out.extend_from_slice(&history);
@@ -167,7 +167,7 @@ impl LiveHub {
 
     /// Bytes of the history ring when full.
     pub fn history_bytes(&self) -> usize {
-        self.sampler().history_bytes()
+        self.live_frames().history_bytes()
     }
 }
 
