@@ -211,9 +211,11 @@ fn data_flows_one_way() {
         (
             "config",
             &[
-                "target", "probe", "signal", "store", "sampler", "receiver", "app",
+                "target", "probe", "signal", "store", "sampler", "receiver", "app", "export",
+                "profile", "server",
             ],
-            "configuration is read first and depends on no component",
+            "configuration is read first and depends on no component (the OTLP export settings and their \
+             OTEL_EXPORTER_OTLP_* rules are config/otlp.rs; the exporters take them)",
         ),
         (
             "server",

@@ -28,12 +28,10 @@ use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 use prost::Message;
 use tonic::transport::server::TcpIncoming;
 use tonic_types::{ErrorDetails, StatusExt};
+use vitals::config::otlp::{ForwardSettings, Histograms, PushSettings, RetryPolicy, Upstream};
 use vitals::config::OtlpProtocol;
-use vitals::export::otlp::forward::{ForwardSettings, Forwarder};
-use vitals::export::otlp::metrics_request::Histograms;
-use vitals::export::otlp::push::{PushSettings, Pusher};
-use vitals::export::otlp::retry::RetryPolicy;
-use vitals::export::otlp::upstream::Upstream;
+use vitals::export::otlp::forward::Forwarder;
+use vitals::export::otlp::push::Pusher;
 use vitals::model::{Collector, Metric, MetricKind, Registry, Value};
 use vitals::pipeline::{Onward, Signal};
 

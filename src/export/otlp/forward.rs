@@ -14,37 +14,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{mpsc, Semaphore};
 
-use super::retry::{self, Bound, Delivery, RetryPolicy};
-use super::upstream::{Sender, Upstream};
+use super::retry::{self, Bound, Delivery};
+use super::upstream::Sender;
 use crate::catalogue;
+use crate::config::otlp::ForwardSettings;
 use crate::model::{Collector, Metric, Value};
 use crate::pipeline::{Onward, QueueFull, Signal};
-
-/// Forwarding settings.
-#[derive(Debug, Clone)]
-pub struct ForwardSettings {
-    /// Upstream per signal (indexed by `Signal as usize`); None leaves that signal at vitals.
-    pub upstreams: [Option<Upstream>; 3],
-    /// Bytes all queued and in-flight requests may hold together.
-    pub queue_bytes: u64,
-    /// Longest time shutdown waits for the queue to empty.
-    pub drain_timeout: Duration,
-    /// Waits between attempts ([`RetryPolicy::OTLP`]).
-    pub retry: RetryPolicy,
-}
-
-impl ForwardSettings {
-    /// Default queue bound: 16 MiB, within the 96 MiB the shipped manifest gives vitals beside the
-    /// receiver's 32 MiB budget.
-    pub const DEFAULT_QUEUE_BYTES: u64 = 16 << 20;
-    /// Default drain timeout.
-    pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-
-    /// True when at least one signal has an upstream.
-    pub fn enabled(&self) -> bool {
-        self.upstreams.iter().any(Option::is_some)
-    }
-}
 
 /// Requests sent to one upstream at once.
 const SENDS_IN_FLIGHT: usize = 8;

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::upstream::Answer;
+use crate::config::otlp::RetryPolicy;
 
 /// True when an OTLP/HTTP answer with this status is to be retried.
 pub fn http_status_retryable(status: u16) -> bool {
@@ -48,38 +49,13 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
-/// How long to wait between attempts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Backoff before the first retry when the peer asked for no delay; doubles per retry.
-    pub first_backoff: Duration,
-    /// Largest backoff.
-    pub max_backoff: Duration,
-    /// Longest asked-for delay (Retry-After, RetryInfo) honoured; a longer one waits this long.
-    pub max_asked_delay: Duration,
-}
-
 impl RetryPolicy {
-    /// The policy vitals uses: 200 ms doubling to 5 s (the OpenTelemetry SDKs' order of magnitude), asked
-    /// delays honoured up to a minute.
-    pub const OTLP: RetryPolicy = RetryPolicy {
-        first_backoff: Duration::from_millis(200),
-        max_backoff: Duration::from_secs(5),
-        max_asked_delay: Duration::from_secs(60),
-    };
-
     /// The waits of one request's retries.
     pub fn backoff(&self) -> Backoff {
         Backoff {
             policy: *self,
             next: self.first_backoff,
         }
-    }
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy::OTLP
     }
 }
 

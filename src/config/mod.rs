@@ -10,9 +10,11 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
-use crate::export::otlp::forward::ForwardSettings;
-use crate::export::otlp::push::{Named, PushOptions, PushSettings};
-use crate::export::otlp::upstream::ForwardOptions;
+pub mod otlp;
+
+use self::otlp::{
+    ForwardOptions, ForwardSettings, Named, PushOptions, PushSettings, RetryPolicy, Upstream,
+};
 
 /// Default `/metrics` port: outside Prometheus' exporter port allocations (9100-9999 are all taken) and
 /// apart from 4317/4318 (OTLP) and 9464 (the OpenTelemetry Prometheus exporter).
@@ -1485,7 +1487,7 @@ fn resolve_forward(
         drain_timeout: flags
             .drain_timeout
             .unwrap_or(ForwardSettings::DEFAULT_DRAIN_TIMEOUT),
-        retry: crate::export::otlp::retry::RetryPolicy::OTLP,
+        retry: RetryPolicy::OTLP,
     };
     Ok(settings.enabled().then_some(settings))
 }
@@ -1495,7 +1497,7 @@ fn resolve_forward(
 /// localhost:4318, where vitals now listens), that signal is left unforwarded with a warning.
 fn refuse_loops(
     options: &ForwardOptions,
-    upstreams: &mut [Option<crate::export::otlp::upstream::Upstream>; 3],
+    upstreams: &mut [Option<Upstream>; 3],
     receivers: [Option<SocketAddr>; 2],
     warnings: &mut Vec<String>,
 ) -> Result<(), ConfigError> {
@@ -1708,7 +1710,7 @@ mod tests {
             applied.push((long, value));
         }
         // docs/reference.md's option table gives the same defaults.
-        let reference = include_str!("../docs/reference.md");
+        let reference = include_str!("../../docs/reference.md");
         for (long, value) in &applied {
             let row = reference
                 .lines()
