@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bounded::OverflowCounter;
 use crate::cadence::Cadence;
 use crate::config::{Config, OtlpProtocol, Selection, TargetSpec};
-use crate::export::http::live::{self, LiveHub};
+use crate::export::http::live::LiveHub;
 use crate::export::http::{bind, serve, HttpState};
 use crate::export::otlp::forward::Forwarder;
 use crate::export::otlp::push::Pusher;
@@ -29,7 +29,7 @@ use crate::profile::{Profiler, ProfilerSettings, Reason};
 use crate::receiver::{self, Consumers, OtlpLimits, OtlpStats, Receiver};
 use crate::sampler::{Sampler, SamplerParts, WATCH_INTERVAL};
 use crate::server::{ConnectionLimits, GuardedListener};
-use crate::signal::hints::HintPolicy;
+use crate::signal::hints::{HintPolicy, HintSignal};
 use crate::signal::latency::RedSignal;
 use crate::signal::memory::MemoryGrowth;
 use crate::signal::n_plus_one::{NPlusOne, Rule};
@@ -349,7 +349,8 @@ impl Core {
     }
 }
 
-/// The live page's hub (frames, history, hints) and the task that samples the registry for it.
+/// The hints derivation and the live page's hub (frames, history), with the task that, after each
+/// reading, gathers vitals' own families once, derives the hints from them and hands them to the page.
 fn start_live(config: &Config, core: &Core, tasks: &mut Vec<JoinHandle<()>>) -> Arc<LiveHub> {
     let selected_by = match &config.target {
         None => "none selected".to_owned(),
@@ -358,25 +359,64 @@ fn start_live(config: &Config, core: &Core, tasks: &mut Vec<JoinHandle<()>>) -> 
         Some(TargetSpec::Select(Selection::Process(re))) => format!("--process {re}"),
         Some(TargetSpec::Run { .. }) => "vitals run (child process)".to_owned(),
     };
+    let hints = Arc::new(HintSignal::new(HintPolicy {
+        min_history_seconds: config.hints_min_history.as_secs_f64(),
+        ..HintPolicy::default()
+    }));
+    core.registry.register(hints.clone());
     let live = Arc::new(LiveHub::new(
-        HintPolicy {
-            min_history_seconds: config.hints_min_history.as_secs_f64(),
-            ..HintPolicy::default()
-        },
+        hints.clone(),
         selected_by,
         otlp_sentence(config.otlp_http_addr, config.otlp_grpc_addr),
         core.shutdown.clone(),
     ));
-    core.registry.register(live.hints.clone());
     tracing::debug!(bytes = live.history_bytes(), "live history allocated");
     live.pace(core.cadence.clone());
-    tasks.push(tokio::spawn(live::run(
-        live.clone(),
+    tasks.push(tokio::spawn(after_each_reading(
         core.registry.clone(),
+        hints,
+        live.clone(),
         core.sampled.clone(),
         core.shutdown.clone(),
     )));
     live
+}
+
+/// After each reading of the main target, at most once a second, until `shutdown`: one gather of vitals'
+/// own families, the hints derived from it, then the live page's history point (and frame, when
+/// watched). This follows readings rather than a timer of its own: two timers of the same period drift
+/// in and out of phase, and a frame would then see two readings' CPU time in one second and none in the
+/// next.
+async fn after_each_reading(
+    registry: Registry,
+    hints: Arc<HintSignal>,
+    live: Arc<LiveHub>,
+    sampled: Arc<tokio::sync::Notify>,
+    shutdown: CancellationToken,
+) {
+    let mut last: Option<std::time::Instant> = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = sampled.notified() => {}
+        }
+        // With a shorter --interval a frame spans several readings; the margin absorbs timer jitter.
+        if last.is_some_and(|l| l.elapsed() < Duration::from_millis(950)) {
+            continue;
+        }
+        last = Some(std::time::Instant::now());
+        let (registry, hints, live) = (registry.clone(), hints.clone(), live.clone());
+        // Gathering takes the stores' locks and builds every family: keep it off the reactor.
+        let _ = tokio::task::spawn_blocking(move || {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            let families = registry.gather_where(|m| m.origin == crate::model::Origin::Vitals);
+            hints.observe(t, &families);
+            live.tick(&families, t);
+        })
+        .await;
+    }
 }
 
 /// `/`, `/metrics`, `/healthz`, `/readyz` and `/debug/pprof`, reading the registry.

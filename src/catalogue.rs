@@ -10,7 +10,9 @@
 //! by the Prometheus exporter's own naming rules, so it cannot disagree with what a scrape shows. The
 //! catalogue depends on the model only; every other part may read it.
 
-use crate::model::{Metric, MetricKind, Origin};
+use std::collections::HashMap;
+
+use crate::model::{Metric, MetricKind, Origin, Point, Value};
 
 /// Which of the four questions of the design a metric helps answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1486,6 +1488,82 @@ pub static RECOMMENDATION_FILES: MetricDef = MetricDef {
     answers: None,
     present: Presence::Hints,
 };
+
+/// The value of label `name` of a point.
+pub fn label<'a>(s: &'a Point, name: &str) -> Option<&'a str> {
+    s.attributes
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// A point's number, for sums and gauges.
+pub fn scalar(s: &Point) -> Option<f64> {
+    match s.value {
+        Value::Sum(v) | Value::Gauge(v) | Value::SumWithExemplar(v, _) => Some(v),
+        _ => None,
+    }
+}
+
+/// Read access to one gather's families by catalogue entry: what the live page and the hints read.
+pub struct Families<'a> {
+    by_name: HashMap<&'a str, &'a Metric>,
+}
+
+impl<'a> Families<'a> {
+    /// The families of vitals' own in `families` (the app's are left out).
+    pub fn new(families: &'a [Metric]) -> Self {
+        Families {
+            by_name: families
+                .iter()
+                .filter(|f| f.origin == Origin::Vitals)
+                .map(|f| (f.name.as_str(), f))
+                .collect(),
+        }
+    }
+
+    /// The points of `def`'s family.
+    pub fn series(&self, def: &MetricDef) -> std::slice::Iter<'a, Point> {
+        match self.by_name.get(def.name) {
+            Some(f) => f.points.iter(),
+            None => [].iter(),
+        }
+    }
+
+    /// Sum of the matching series' values; `None` when no series matches.
+    pub fn sum(&self, def: &MetricDef, labels: &[(&str, &str)]) -> Option<f64> {
+        let mut out = None;
+        for s in self.series(def) {
+            if labels.iter().all(|(k, v)| label(s, k) == Some(v)) {
+                if let Some(v) = scalar(s) {
+                    *out.get_or_insert(0.0) += v;
+                }
+            }
+        }
+        out
+    }
+
+    /// Maximum over the matching series.
+    pub fn max(&self, def: &MetricDef, labels: &[(&str, &str)]) -> Option<f64> {
+        self.series(def)
+            .filter(|s| labels.iter().all(|(k, v)| label(s, k) == Some(v)))
+            .filter_map(scalar)
+            .fold(None, |m, v| Some(m.map_or(v, |m: f64| m.max(v))))
+    }
+
+    /// Sum per value of `by`, then the largest sum (the rules' `max by (runtime) (sum by (source))`).
+    pub fn max_of_sums(&self, def: &MetricDef, by: &str) -> Option<f64> {
+        let mut sums: HashMap<&str, f64> = HashMap::new();
+        for s in self.series(def) {
+            if let Some(v) = scalar(s) {
+                *sums.entry(label(s, by).unwrap_or("")).or_default() += v;
+            }
+        }
+        sums.values()
+            .copied()
+            .fold(None, |m, v| Some(m.map_or(v, |m: f64| m.max(v))))
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -240,6 +240,24 @@ fn data_flows_one_way() {
 }
 
 #[test]
+fn the_live_page_reads_and_the_hints_derive() {
+    // The hints' usage history is fed by their derivation alone; an exporter (the live page) only shows
+    // the advice.
+    let mut broken = Vec::new();
+    for (module, path, code) in sources() {
+        if module != "export" {
+            continue;
+        }
+        for word in ["UsageHistory", "UsageTick", "hints.observe(", ".advice("] {
+            if code.contains(word) {
+                broken.push(format!("{} derives hints ({word})", path.display()));
+            }
+        }
+    }
+    assert!(broken.is_empty(), "{}", broken.join("\n"));
+}
+
+#[test]
 fn only_the_exporters_know_prometheus_naming() {
     // Exposition names of vitals' own and the target's metrics, as a bare string literal.
     let literal = regex::Regex::new(r#""(vitals|process)_[a-z_]+""#).expect("valid regex");

@@ -11,9 +11,9 @@ use super::view::{
 
 use super::history::{History, HistoryPoint};
 use super::thresholds::{threshold, AlertRule, Measure, RULES};
-use crate::catalogue::{self, MetricDef};
-use crate::model::{Exponential, Metric, Origin, Point as ModelPoint, Value};
-use crate::signal::hints::{HintPolicy, PoolUse, UsageHistory, UsageTick};
+use crate::catalogue::{self, label, scalar, Families};
+use crate::model::{Exponential, Metric, Value};
+use crate::signal::hints::Hint;
 
 /// Operations kept per RED snapshot and shown per list; operation names come from the app.
 const OPERATION_LIMIT: usize = 64;
@@ -243,89 +243,15 @@ fn per_second(now: Option<f64>, prev: Option<f64>, dt: f64) -> Option<f64> {
     }
 }
 
-fn label<'a>(s: &'a ModelPoint, name: &str) -> Option<&'a str> {
-    s.attributes
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-}
-
-fn scalar(s: &ModelPoint) -> Option<f64> {
-    match s.value {
-        Value::Sum(v) | Value::Gauge(v) | Value::SumWithExemplar(v, _) => Some(v),
-        _ => None,
-    }
-}
-
-/// Read access to one gather's families by name.
-struct Families<'a> {
-    by_name: HashMap<&'a str, &'a Metric>,
-}
-
-impl<'a> Families<'a> {
-    fn new(families: &'a [Metric]) -> Self {
-        Families {
-            by_name: families
-                .iter()
-                .filter(|f| f.origin == Origin::Vitals)
-                .map(|f| (f.name.as_str(), f))
-                .collect(),
-        }
-    }
-
-    fn series(&self, def: &MetricDef) -> std::slice::Iter<'a, ModelPoint> {
-        match self.by_name.get(def.name) {
-            Some(f) => f.points.iter(),
-            None => [].iter(),
-        }
-    }
-
-    /// Sum of the matching series' values; `None` when no series matches.
-    fn sum(&self, def: &MetricDef, labels: &[(&str, &str)]) -> Option<f64> {
-        let mut out = None;
-        for s in self.series(def) {
-            if labels.iter().all(|(k, v)| label(s, k) == Some(v)) {
-                if let Some(v) = scalar(s) {
-                    *out.get_or_insert(0.0) += v;
-                }
-            }
-        }
-        out
-    }
-
-    /// Maximum over the matching series.
-    fn max(&self, def: &MetricDef, labels: &[(&str, &str)]) -> Option<f64> {
-        self.series(def)
-            .filter(|s| labels.iter().all(|(k, v)| label(s, k) == Some(v)))
-            .filter_map(scalar)
-            .fold(None, |m, v| Some(m.map_or(v, |m: f64| m.max(v))))
-    }
-
-    /// Sum per value of `by`, then the largest sum (the rules' `max by (runtime) (sum by (source))`).
-    fn max_of_sums(&self, def: &MetricDef, by: &str) -> Option<f64> {
-        let mut sums: HashMap<&str, f64> = HashMap::new();
-        for s in self.series(def) {
-            if let Some(v) = scalar(s) {
-                *sums.entry(label(s, by).unwrap_or("")).or_default() += v;
-            }
-        }
-        sums.values()
-            .copied()
-            .fold(None, |m, v| Some(m.map_or(v, |m: f64| m.max(v))))
-    }
-}
-
 /// Turns gathers into frames and keeps what frames need from the past: the per-second history, the RED
-/// snapshots for windowed quantiles, how long each alert condition has held, and the usage history for
-/// the hints.
+/// snapshots for windowed quantiles and how long each alert condition has held. It only reads: the
+/// hints it shows are the hints derivation's ([`crate::signal::hints::HintSignal`]).
 pub struct LiveFrames {
     history: History,
     prev: Option<Counters>,
     red: VecDeque<RedSnapshot>,
     alert_since: Vec<Option<f64>>,
     onsets: Vec<Onset>,
-    usage: UsageHistory,
-    policy: HintPolicy,
     target_key: Option<String>,
     selected_by: String,
     listen_hint: String,
@@ -349,22 +275,15 @@ pub struct Onset {
 const TARGETS_SHOWN: usize = 32;
 
 impl LiveFrames {
-    /// A sampler keeping `capacity` seconds of history. `selected_by` says how the target was chosen;
+    /// Frames keeping `capacity` seconds of history. `selected_by` says how the target was chosen;
     /// `otlp_hint` is a sentence telling how an app's SDK reaches the receivers, or that it cannot.
-    pub fn new(
-        capacity: usize,
-        policy: HintPolicy,
-        selected_by: String,
-        otlp_hint: String,
-    ) -> Self {
+    pub fn new(capacity: usize, selected_by: String, otlp_hint: String) -> Self {
         LiveFrames {
             history: History::new(capacity),
             prev: None,
             red: VecDeque::with_capacity(RED_SNAPSHOTS + 1),
             alert_since: vec![None; RULES.len()],
             onsets: Vec::new(),
-            usage: UsageHistory::new(),
-            policy,
             target_key: None,
             selected_by,
             listen_hint: otlp_hint,
@@ -385,11 +304,6 @@ impl LiveFrames {
     /// The alert conditions that began to hold since the last call.
     pub fn take_onsets(&mut self) -> Vec<Onset> {
         std::mem::take(&mut self.onsets)
-    }
-
-    /// The current tuning hints.
-    pub fn hints(&self) -> Vec<crate::signal::hints::Hint> {
-        self.usage.advice(&self.policy)
     }
 
     fn red_snapshot(f: &Families<'_>, t: f64) -> RedSnapshot {
@@ -493,20 +407,22 @@ impl LiveFrames {
         rows
     }
 
-    /// Builds the frame for time `t` (unix seconds) from one gather.
-    pub fn tick(&mut self, t: f64, families: &[Metric]) -> Option<Frame> {
-        self.advance(t, families, true)
+    /// Builds the frame for time `t` (unix seconds) from one gather, showing `hints` (the hints
+    /// derivation's latest advice).
+    pub fn tick(&mut self, t: f64, families: &[Metric], hints: Vec<Hint>) -> Option<Frame> {
+        self.advance(t, families, Some(hints))
     }
 
-    /// What a tick keeps when nobody watches: the history point and the hints' usage, without the
-    /// frame (nor the alert conditions, which only the frame and the continuous profiler read, and
-    /// the profiler keeps the page watched).
+    /// What a tick keeps when nobody watches: the history point, without the frame (nor the alert
+    /// conditions, which only the frame and the continuous profiler read, and the profiler keeps the
+    /// page watched).
     pub fn observe(&mut self, t: f64, families: &[Metric]) {
-        self.advance(t, families, false);
+        self.advance(t, families, None);
     }
 
-    /// The history point and the hints for time `t`; the frame too when `render`.
-    fn advance(&mut self, t: f64, families: &[Metric], render: bool) -> Option<Frame> {
+    /// The history point for time `t`; the frame too when there are `hints` to show (a frame is
+    /// rendered).
+    fn advance(&mut self, t: f64, families: &[Metric], hints: Option<Vec<Hint>>) -> Option<Frame> {
         let f = Families::new(families);
         let up = f.sum(&catalogue::TARGET_UP, &[]).unwrap_or(0.0);
         let info = f.series(&catalogue::TARGET_INFO).next();
@@ -517,8 +433,7 @@ impl LiveFrames {
             .map(|p| format!("{p}@{}", start.unwrap_or(0.0)));
         if key.is_some() && key != self.target_key {
             if self.target_key.is_some() {
-                // Another process: counters restart, the old usage no longer describes the target.
-                self.usage.reset();
+                // Another process: its counters start again.
                 self.prev = None;
             }
             self.target_key = key;
@@ -653,7 +568,6 @@ impl LiveFrames {
         // The heap the memory signal reads (runtime metrics or the JVM's live set), by its typed family.
         let heap = f.sum(&catalogue::MEMORY_HEAP, &[]);
         let heap_limit = f.sum(&catalogue::MEMORY_HEAP_LIMIT, &[]);
-        let jvm_heap_limit = f.sum(&catalogue::MEMORY_HEAP_LIMIT, &[("runtime", "jvm")]);
         let heap_status = f
             .series(&catalogue::MEMORY_GROWTH_STATUS)
             .filter(|s| label(s, "signal") == Some("heap") && scalar(s) == Some(1.0))
@@ -718,38 +632,6 @@ impl LiveFrames {
             .filter_map(|p| p.utilization)
             .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
 
-        // Hints.
-        let fds = pools
-            .iter()
-            .find(|p| p.kind == "fds")
-            .and_then(|p| Some((p.used?, p.max?)));
-        let db_pools = pools
-            .iter()
-            .filter(|p| p.kind == "db")
-            .filter_map(|p| {
-                Some(PoolUse {
-                    pool: p.pool.clone(),
-                    used: p.used?,
-                    max: p.max?,
-                    pending: p.pending.unwrap_or(0.0),
-                })
-            })
-            .collect();
-        if up > 0.0 {
-            self.usage.observe(&UsageTick {
-                t,
-                cpu_seconds: now.cpu,
-                cfs_periods: now.throttled_periods.zip(now.periods),
-                // RSS, not cgroup usage: the cgroup counts page cache the kernel reclaims under pressure.
-                memory_bytes: rss.or(cgroup),
-                memory_limit_bytes: cgroup_limit,
-                oom_kills: f.sum(&catalogue::CGROUP_MEMORY_OOM_KILLS, &[]),
-                heap_max_bytes: jvm_heap_limit,
-                fds,
-                db_pools,
-            });
-        }
-        let hints = self.usage.advice(&self.policy);
         let point = HistoryPoint {
             t,
             values: [
@@ -769,9 +651,7 @@ impl LiveFrames {
             .map(|v| v.map_or(f32::NAN, |x| x as f32)),
         };
         self.history.push(point);
-        if !render {
-            return None;
-        }
+        let hints = hints?;
 
         // Alerts, evaluated on the same thresholds as the shipped rules (instant condition, plus how long
         // it has held against the rule's `for:`).
@@ -1029,6 +909,7 @@ impl LiveFrames {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Point as ModelPoint;
 
     /// The frame as the page receives it.
     trait TickJson {
@@ -1037,7 +918,7 @@ mod tests {
 
     impl TickJson for LiveFrames {
         fn tick_json(&mut self, t: f64, families: &[Metric]) -> serde_json::Value {
-            serde_json::to_value(self.tick(t, families)).unwrap()
+            serde_json::to_value(self.tick(t, families, Vec::new())).unwrap()
         }
     }
 
@@ -1089,12 +970,7 @@ mod tests {
 
     #[test]
     fn percentiles_come_from_the_exponential_buckets_when_there_are_any() {
-        let mut s = LiveFrames::new(
-            900,
-            HintPolicy::default(),
-            "pid".into(),
-            "http://127.0.0.1:4318".into(),
-        );
+        let mut s = LiveFrames::new(900, "pid".into(), "http://127.0.0.1:4318".into());
         // Before the window: 100 fast requests. In it: 100 more at 0.2..0.6 s, p99 0.596 s, which the
         // classic buckets could only place between 0.1 s and 1 s.
         let fast: Vec<f64> = vec![0.01; 100];
@@ -1119,12 +995,7 @@ mod tests {
 
     #[test]
     fn red_window_rates_quantiles_and_verdicts() {
-        let mut s = LiveFrames::new(
-            900,
-            HintPolicy::default(),
-            "pid".into(),
-            "http://127.0.0.1:4318".into(),
-        );
+        let mut s = LiveFrames::new(900, "pid".into(), "http://127.0.0.1:4318".into());
         let f0 = s.tick_json(1000.0, &families(vec![], 1.0));
         assert_eq!(f0["verdicts"]["slow"]["level"], "none");
         assert!(f0["verdicts"]["slow"]["text"]
@@ -1169,7 +1040,7 @@ mod tests {
 
     #[test]
     fn target_down_raises_the_rule_after_its_for() {
-        let mut s = LiveFrames::new(10, HintPolicy::default(), "pid".into(), String::new());
+        let mut s = LiveFrames::new(10, "pid".into(), String::new());
         let mut last = serde_json::Value::Null;
         for i in 0..=121 {
             last = s.tick_json(i as f64, &families(vec![], 0.0));
@@ -1182,7 +1053,7 @@ mod tests {
 
     #[test]
     fn event_loop_p99_is_the_worst_runtime_s_p99_statistic() {
-        let mut s = LiveFrames::new(10, HintPolicy::default(), "pid".into(), String::new());
+        let mut s = LiveFrames::new(10, "pid".into(), String::new());
         let mut m = families(vec![], 1.0);
         let mut delay = catalogue::EVENT_LOOP_DELAY.metric();
         delay.push(
@@ -1204,7 +1075,7 @@ mod tests {
 
     #[test]
     fn db_panel_lists_slow_queries_n_plus_one_runs_and_db_pools_beside_them() {
-        let mut s = LiveFrames::new(10, HintPolicy::default(), "pid".into(), String::new());
+        let mut s = LiveFrames::new(10, "pid".into(), String::new());
         let frame = |s: &mut LiveFrames, t: f64, fast: u64, slow: u64, runs: f64| {
             let mut q = catalogue::DB_QUERY_DURATION.metric();
             for (query, le_fast, n) in [("SELECT a", true, fast), ("SELECT b", false, slow)] {

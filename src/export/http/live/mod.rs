@@ -13,16 +13,15 @@ pub mod thresholds;
 pub mod view;
 
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::cadence::{Cadence, Watching};
-use crate::model::Registry;
+use crate::model::Metric;
 use crate::profile::continuous::{Cause, Continuous};
-use crate::signal::hints::{HintBoard, HintPolicy};
+use crate::signal::hints::HintSignal;
 use frame::LiveFrames;
 
 /// The page, with its script and styles inline: no CDN, nothing to build, works offline and in a pod.
@@ -40,8 +39,8 @@ pub struct LiveHub {
     frames: watch::Sender<Bytes>,
     viewers: Arc<Semaphore>,
     shutdown: CancellationToken,
-    /// Hints published for the `vitals_recommendation_*` metrics.
-    pub hints: Arc<HintBoard>,
+    /// The hints derivation, whose latest advice each frame shows.
+    hints: Arc<HintSignal>,
     /// The continuous profiler told of each onset of trouble, when it runs.
     captures: OnceLock<Arc<Continuous>>,
     /// The samplers' pace: kept at `--interval` while a viewer is connected or trouble is watched for.
@@ -51,25 +50,21 @@ pub struct LiveHub {
 }
 
 impl LiveHub {
-    /// A hub whose stream ends on `shutdown`. `selected_by` describes how the target was chosen;
-    /// `otlp_hint` is a sentence telling how an app's SDK reaches the receivers, or that it cannot.
+    /// A hub whose stream ends on `shutdown`, showing the advice of `hints`. `selected_by` describes
+    /// how the target was chosen; `otlp_hint` is a sentence telling how an app's SDK reaches the
+    /// receivers, or that it cannot.
     pub fn new(
-        policy: HintPolicy,
+        hints: Arc<HintSignal>,
         selected_by: String,
         otlp_hint: String,
         shutdown: CancellationToken,
     ) -> Self {
         LiveHub {
-            frames_of: Mutex::new(LiveFrames::new(
-                HISTORY_SECONDS,
-                policy,
-                selected_by,
-                otlp_hint,
-            )),
+            frames_of: Mutex::new(LiveFrames::new(HISTORY_SECONDS, selected_by, otlp_hint)),
             frames: watch::channel(Bytes::new()).0,
             viewers: Arc::new(Semaphore::new(VIEWER_LIMIT)),
             shutdown,
-            hints: Arc::new(HintBoard::default()),
+            hints,
             captures: OnceLock::new(),
             cadence: OnceLock::new(),
             always_watched: OnceLock::new(),
@@ -109,28 +104,23 @@ impl LiveHub {
         self.frames_of.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes one frame from `registry` at unix time `t` and hands it to every viewer. With nobody
-    /// watching, only the history point and the hints are kept: no frame is built for nobody.
-    pub fn tick(&self, registry: &Registry, t: f64) {
-        // Frames show vitals' own metrics only: the app's are never copied.
-        let families = registry.gather_where(|m| m.origin == crate::model::Origin::Vitals);
+    /// Takes one frame at unix time `t` from `families` (one gather of vitals' own metrics, the app's
+    /// are never shown) and hands it to every viewer. With nobody watching, only the history point is
+    /// kept: no frame is built for nobody.
+    pub fn tick(&self, families: &[Metric], t: f64) {
         if !self.watched() {
             if !self.frames.borrow().is_empty() {
                 // A viewer who connects later gets no frame from the last time anyone watched.
                 self.frames.send_replace(Bytes::new());
             }
-            let hints = {
-                let mut s = self.live_frames();
-                s.observe(t, &families);
-                s.hints()
-            };
-            self.hints.publish(hints);
+            self.live_frames().observe(t, families);
             return;
         }
-        let (message, hints, onsets) = {
+        let hints = self.hints.current();
+        let (message, onsets) = {
             let mut s = self.live_frames();
-            let frame = s.tick(t, &families);
-            (sse_message("frame", &frame), s.hints(), s.take_onsets())
+            let frame = s.tick(t, families, hints);
+            (sse_message("frame", &frame), s.take_onsets())
         };
         if let Some(c) = self.captures.get() {
             for o in onsets
@@ -146,7 +136,6 @@ impl LiveHub {
                 });
             }
         }
-        self.hints.publish(hints);
         self.frames.send_replace(message);
     }
 
@@ -189,44 +178,12 @@ fn sse_message<T: serde::Serialize>(event: &str, data: &T) -> Bytes {
     Bytes::from(out)
 }
 
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
-/// Takes a frame after each sample, at most one a second, until `shutdown`. Frames follow samples rather
-/// than a timer of their own: two timers of the same period drift in and out of phase, and a frame would
-/// then see two samples' CPU time in one second and none in the next.
-pub async fn run(
-    hub: Arc<LiveHub>,
-    registry: Registry,
-    sampled: Arc<Notify>,
-    shutdown: CancellationToken,
-) {
-    let mut last: Option<Instant> = None;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = sampled.notified() => {}
-        }
-        // With a shorter --interval a frame spans several samples; the margin absorbs timer jitter.
-        if last.is_some_and(|l| l.elapsed() < Duration::from_millis(950)) {
-            continue;
-        }
-        last = Some(Instant::now());
-        let hub = hub.clone();
-        let registry = registry.clone();
-        // Gathering takes the stores' locks and builds every family: keep it off the reactor.
-        let _ = tokio::task::spawn_blocking(move || hub.tick(&registry, unix_now())).await;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::profile::continuous::ContinuousSettings;
     use crate::profile::{Profiler, ProfilerSettings};
+    use std::time::Duration;
 
     fn continuous() -> Arc<Continuous> {
         let profiler = Arc::new(Profiler::new(
@@ -238,7 +195,7 @@ mod tests {
 
     fn hub() -> LiveHub {
         LiveHub::new(
-            HintPolicy::default(),
+            Arc::new(HintSignal::new(crate::signal::hints::HintPolicy::default())),
             "test".into(),
             String::new(),
             CancellationToken::new(),
