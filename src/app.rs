@@ -674,16 +674,7 @@ fn start_main_target(
         units: core.units,
         sampled: core.sampled.clone(),
     };
-    let sampler = Sampler::new(
-        selector,
-        CgroupRoots {
-            proc_root: config.proc_root.clone(),
-            host_root: config.cgroup_root.clone(),
-        },
-        config.pss.then(PssPolicy::default),
-        config.max_tree_processes,
-        parts,
-    );
+    let sampler = new_sampler(config, selector, parts);
     Ok(MainTarget {
         sampler: Some(tokio::spawn(
             sampler.run(core.cadence.join(), core.shutdown.clone()),
@@ -837,8 +828,14 @@ fn start_named_target(
         units,
         sampled: Arc::new(tokio::sync::Notify::new()),
     };
-    let sampler = Sampler::new(
-        Some(selector),
+    let sampler = new_sampler(config, Some(selector), parts);
+    tokio::spawn(sampler.run(wiring.cadence.join(), wiring.shutdown.clone()))
+}
+
+/// A sampler of the target `selector` chooses (none: no target), reading as the options say.
+fn new_sampler(config: &Config, selector: Option<Selector>, parts: SamplerParts) -> Sampler {
+    Sampler::new(
+        selector,
         CgroupRoots {
             proc_root: config.proc_root.clone(),
             host_root: config.cgroup_root.clone(),
@@ -846,8 +843,7 @@ fn start_named_target(
         config.pss.then(PssPolicy::default),
         config.max_tree_processes,
         parts,
-    );
-    tokio::spawn(sampler.run(wiring.cadence.join(), wiring.shutdown.clone()))
+    )
 }
 
 /// What every further target's sampler is connected to.
