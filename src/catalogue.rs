@@ -1551,6 +1551,17 @@ impl<'a> Families<'a> {
             .fold(None, |m, v| Some(m.map_or(v, |m: f64| m.max(v))))
     }
 
+    /// The main target's instance as this gather shows it, `pid@start time`: a new value means another
+    /// process, whose counters start again. None while no target is attached.
+    pub fn target_instance(&self) -> Option<String> {
+        let pid = self
+            .series(&TARGET_INFO)
+            .next()
+            .and_then(|s| label(s, "pid"))?;
+        let start = self.sum(&PROCESS_START_TIME, &[]);
+        Some(format!("{pid}@{}", start.unwrap_or(0.0)))
+    }
+
     /// Sum per value of `by`, then the largest sum (the rules' `max by (runtime) (sum by (source))`).
     pub fn max_of_sums(&self, def: &MetricDef, by: &str) -> Option<f64> {
         let mut sums: HashMap<&str, f64> = HashMap::new();

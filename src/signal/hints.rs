@@ -586,12 +586,7 @@ impl HintSignal {
     pub fn observe(&self, t: f64, families: &[Metric]) {
         let f = catalogue::Families::new(families);
         let up = f.sum(&catalogue::TARGET_UP, &[]).unwrap_or(0.0) > 0.0;
-        let pid = f
-            .series(&catalogue::TARGET_INFO)
-            .next()
-            .and_then(|s| catalogue::label(s, "pid"));
-        let start = f.sum(&catalogue::PROCESS_START_TIME, &[]);
-        let key = pid.map(|p| format!("{p}@{}", start.unwrap_or(0.0)));
+        let key = f.target_instance();
         let mut r = self.reading.lock().unwrap_or_else(|p| p.into_inner());
         if key.is_some() && key != r.target {
             if r.target.is_some() {

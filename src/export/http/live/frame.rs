@@ -428,9 +428,7 @@ impl LiveFrames {
         let info = f.series(&catalogue::TARGET_INFO).next();
         let pid = info.and_then(|s| label(s, "pid")).map(str::to_owned);
         let start = f.sum(&catalogue::PROCESS_START_TIME, &[]);
-        let key = pid
-            .as_ref()
-            .map(|p| format!("{p}@{}", start.unwrap_or(0.0)));
+        let key = f.target_instance();
         if key.is_some() && key != self.target_key {
             if self.target_key.is_some() {
                 // Another process: its counters start again.
