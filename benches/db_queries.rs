@@ -13,12 +13,12 @@ use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, ResourceSpans, ScopeSpans, Span};
 use prost::Message;
+use vitals::bounded::OverflowCounter;
 use vitals::pipeline::{Consumer, TraceView};
-use vitals::signal::latency::RedStore;
+use vitals::signal::latency::RedSignal;
 use vitals::signal::n_plus_one::{NPlusOne, Rule};
-use vitals::signal::query::{DbQueries, QueryStore};
+use vitals::signal::query::{DbQueries, QuerySignal};
 use vitals::signal::sql_template::{template_into, Quoting};
-use vitals::store::limited::OverflowCounter;
 
 const ROUNDS: usize = 15;
 
@@ -168,7 +168,7 @@ fn main() {
 
     for spans in [10usize, 100] {
         let db = DbQueries {
-            store: Arc::new(QueryStore::new(
+            store: Arc::new(QuerySignal::new(
                 2000,
                 Duration::from_secs(3600),
                 OverflowCounter::default(),
@@ -180,7 +180,7 @@ fn main() {
                 OverflowCounter::default(),
             )),
         };
-        let red = RedStore::new(2000, Duration::from_secs(3600), OverflowCounter::default());
+        let red = RedSignal::new(2000, Duration::from_secs(3600), OverflowCounter::default());
         let per = 1000 / spans;
         // The consumers read requests in place, as the receiver hands them over.
         let bytes_db: Vec<_> = (0..per)

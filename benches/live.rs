@@ -10,8 +10,8 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 use vitals::export::http::live::{LiveHub, HISTORY_SECONDS};
-use vitals::model::{Collector, Metric, MetricKind, Registry, Value};
-use vitals::signal::hints::HintPolicy;
+use vitals::model::{Collector, Metric, MetricKind, Origin, Registry, Value};
+use vitals::signal::hints::{HintPolicy, HintSignal};
 
 /// Families shaped like a scrape of a JVM service: target and process series, cgroup counters, 20
 /// operations × 2 outcomes of RED histograms with 20 buckets, pauses, growth windows and six pools.
@@ -130,21 +130,28 @@ fn main() {
     registry.register(Arc::new(Synthetic {
         tick: AtomicU64::new(0),
     }));
+    let hints = Arc::new(HintSignal::new(HintPolicy::default()));
+    registry.register(hints.clone());
     let hub = LiveHub::new(
-        HintPolicy::default(),
+        hints.clone(),
         "--pid 42".into(),
         "http://127.0.0.1:4318".into(),
         CancellationToken::new(),
     );
-    registry.register(hub.hints.clone());
+    // What vitals does after each reading: one gather, the hints, the page.
+    let after_reading = |t: f64| {
+        let families = registry.gather_where(|m| m.origin == Origin::Vitals);
+        hints.observe(t, &families);
+        hub.tick(&families, t);
+    };
     // Fill the history as 15 minutes would.
     for i in 0..HISTORY_SECONDS {
-        hub.tick(&registry, 1.7e9 + i as f64);
+        after_reading(1.7e9 + i as f64);
     }
     let mut times = Vec::new();
     for i in 0..2000 {
         let t0 = Instant::now();
-        hub.tick(&registry, 1.7e9 + (HISTORY_SECONDS + i) as f64);
+        after_reading(1.7e9 + (HISTORY_SECONDS + i) as f64);
         times.push(t0.elapsed().as_secs_f64() * 1e6);
     }
     times.sort_by(|a, b| a.total_cmp(b));

@@ -18,13 +18,13 @@ use opentelemetry_proto::tonic::trace::v1::{
     span::SpanKind, ResourceSpans, ScopeSpans, Span, Status,
 };
 use prost::Message;
+use vitals::bounded::OverflowCounter;
 use vitals::receiver::decode::{trace_protobuf, trace_view, Encoding};
 use vitals::receiver::{Consumers, OtlpLimits, OtlpStats, Receiver};
-use vitals::signal::latency::{self, RedStore};
+use vitals::signal::latency::{self, RedSignal};
 use vitals::signal::n_plus_one::{NPlusOne, Rule};
-use vitals::signal::query::{DbQueries, QueryStore};
+use vitals::signal::query::{DbQueries, QuerySignal};
 use vitals::store::app_metrics::{AppMetrics, AppMetricsConfig};
-use vitals::store::limited::OverflowCounter;
 use vitals::store::logs::LogCounts;
 
 fn kv(k: &str, v: any_value::Value) -> KeyValue {
@@ -97,10 +97,10 @@ fn request(spans: usize) -> ExportTraceServiceRequest {
 fn receiver(queries: bool) -> Receiver {
     let o = OverflowCounter::default();
     let ttl = Duration::from_secs(3600);
-    let mut consumers = Consumers::new().traces(Arc::new(RedStore::new(2000, ttl, o.clone())));
+    let mut consumers = Consumers::new().traces(Arc::new(RedSignal::new(2000, ttl, o.clone())));
     if queries {
         consumers = consumers.traces(Arc::new(DbQueries {
-            store: Arc::new(QueryStore::new(2000, ttl, o.clone())),
+            store: Arc::new(QuerySignal::new(2000, ttl, o.clone())),
             n_plus_one: Arc::new(NPlusOne::new(Rule::default(), 2000, ttl, o.clone())),
         }));
     }

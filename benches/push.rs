@@ -7,8 +7,9 @@
 use std::time::Instant;
 
 use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
+use vitals::config::otlp::Histograms;
 use vitals::export::otlp::metrics_request::{
-    convert, resource, Histograms, StartTimes, FORGET_AFTER_NANOS, START_TIMES_LIMIT,
+    convert, resource, StartTimes, FORGET_AFTER_NANOS, START_TIMES_LIMIT,
 };
 use vitals::model::{Metric, MetricKind, Value};
 

@@ -22,11 +22,11 @@ use opentelemetry_proto::tonic::metrics::v1::{
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
+use vitals::bounded::OverflowCounter;
 use vitals::export::http::{render_metrics, render_with};
 use vitals::export::prometheus::{encode, Encoder, Escaping, Exposition, Format};
 use vitals::model::Registry;
 use vitals::store::app_metrics::{AppMetrics, AppMetricsConfig};
-use vitals::store::limited::OverflowCounter;
 
 /// Metrics of [`SERIES_PER_METRIC`] series each: 15 make the 30,000 series of the issue.
 const METRICS: usize = 15;

@@ -1,15 +1,18 @@
 //! Prints what the foundation costs: µs per procfs+cgroup tick on a live process (next to the `procfs`
 //! crate reading the same files as a baseline), µs per smaps_rollup read per GiB of RSS, /metrics encode
-//! time for 1k and 30k series, and the sidecar's own idle RSS and CPU at a 1 s interval.
+//! time for 1k and 30k series, and the procfs part of a tick for process trees of 1 to 5,000 processes.
+//! The sidecar's idle cost beside process-exporter is `cargo bench --bench idle`.
 //!
-//! `cargo bench --bench tick` (set VITALS_BENCH_IDLE_SECS to change the 30 s idle measurement).
+//! `cargo bench --bench tick`.
+
+mod common;
 
 use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{cpu_ns, rss_kib, sleeping_tree};
 use vitals::export::prometheus::{encode, Format};
 use vitals::model::{Metric, MetricKind, Value};
 use vitals::probe::cgroup::{locate, CgroupReader, CgroupRoots};
@@ -215,97 +218,6 @@ fn bench_encode() {
     }
 }
 
-fn task_run_ns(pid: u32) -> u64 {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
-    };
-    dir.flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| {
-            s.split_whitespace()
-                .next()
-                .and_then(|v| v.parse::<u64>().ok())
-        })
-        .sum()
-}
-
-fn bench_idle() {
-    let secs: u64 = std::env::var("VITALS_BENCH_IDLE_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(30);
-    let target = hold(&["--threads", "4"]);
-    let mut v = Command::new(env!("CARGO_BIN_EXE_vitals"))
-        .args([
-            "--pid",
-            &target.0.id().to_string(),
-            "--interval",
-            "1s",
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--log-level",
-            "warn",
-        ])
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_secs(2));
-    let vpid = v.id();
-    let before = task_run_ns(vpid);
-    std::thread::sleep(Duration::from_secs(secs));
-    let after = task_run_ns(vpid);
-    let status = std::fs::read_to_string(format!("/proc/{vpid}/status")).unwrap();
-    let rss = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .unwrap_or("VmRSS: ?")
-        .to_owned();
-    let _ = v.kill();
-    let _ = v.wait();
-    let cpu_pct = (after - before) as f64 / (secs as f64 * 1e9) * 100.0;
-    println!(
-        "sidecar idle at --interval 1s over {secs} s: CPU {cpu_pct:.4}% of a core; {}",
-        rss.split_whitespace().collect::<Vec<_>>().join(" ")
-    );
-}
-
-/// A shell whose `n` children sleep: a tree of n + 1 processes. Returns once all are running.
-fn sleeping_tree(n: usize) -> Held {
-    // With no children the shell has nothing to wait for: it becomes the sleeping root itself.
-    let script = if n == 0 {
-        "echo ready; exec sleep 3600".to_owned()
-    } else {
-        format!("i=0; while [ $i -lt {n} ]; do sleep 3600 & i=$((i+1)); done; echo ready; wait")
-    };
-    let mut c = Command::new("sh")
-        .args(["-c", &script])
-        .stdout(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .expect("sh");
-    let mut out = BufReader::new(c.stdout.take().unwrap());
-    let mut line = String::new();
-    let _ = out.read_line(&mut line);
-    Held(c)
-}
-
-/// Ends a sleeping tree: its whole process group.
-fn end_tree(t: Held) {
-    let _ = Command::new("kill")
-        .args(["-KILL", "--", &format!("-{}", t.0.id())])
-        .status();
-    drop(t);
-}
-
-/// The resident set of a process, kB.
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 fn bench_tree() {
     use vitals::probe::tree::{ProcessTree, DEFAULT_MAX_PROCESSES};
     let (hz, page) = vitals::probe::procfs::kernel_units();
@@ -328,7 +240,7 @@ fn bench_tree() {
             n + 1,
             p50 / (n + 1) as f64
         );
-        end_tree(tree);
+        drop(tree);
     }
     // A fork storm: 5,000 processes against the default cap of 1,000.
     let tree = sleeping_tree(4999);
@@ -364,119 +276,20 @@ fn bench_tree() {
             .spawn()
             .expect("release vitals");
         std::thread::sleep(Duration::from_secs(3));
-        let cpu0 = task_run_ns(v.id());
+        let cpu0 = cpu_ns(v.id());
         let secs = 10;
         std::thread::sleep(Duration::from_secs(secs));
-        let cpu = (task_run_ns(v.id()) - cpu0) as f64 / 1e9 / secs as f64 * 100.0;
+        let cpu = (cpu_ns(v.id()) - cpu0) as f64 / 1e9 / secs as f64 * 100.0;
         println!(
             "  release vitals watching the 5,000-process tree (1,000 read): RSS {} kB, CPU {cpu:.2}% of a core at --interval 1s",
-            rss_kb(v.id())
+            rss_kib(v.id())
         );
         let _ = v.kill();
         let _ = v.wait();
     } else {
         println!("  (build the release binary for the live figure: cargo build --release)");
     }
-    end_tree(tree);
-}
-
-/// GET `http://addr/path`; the body's length in bytes (0 when it fails).
-fn scrape_len(addr: &str, path: &str) -> usize {
-    ureq::get(&format!("http://{addr}{path}"))
-        .timeout(Duration::from_secs(10))
-        .call()
-        .ok()
-        .and_then(|r| r.into_string().ok())
-        .map_or(0, |b| b.len())
-}
-
-/// The release binary beside Debian's prometheus-process-exporter, both watching the same 100-process tree
-/// (a shell and 99 sleeping children; process-exporter folds children into the matched group by default),
-/// each scraped every 15 s: CPU from the threads' schedstat and RSS, medians of three runs.
-fn bench_tree_beside_process_exporter() {
-    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/vitals");
-    let pe = Path::new("/usr/bin/prometheus-process-exporter");
-    if !bin.is_file() || !pe.is_file() {
-        println!(
-            "  (for the side-by-side figure: cargo build --release and apt-get install prometheus-process-exporter)"
-        );
-        return;
-    }
-    let secs: u64 = std::env::var("VITALS_BENCH_SIDE_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(45);
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("pe.yml");
-    std::fs::write(
-        &config,
-        "process_names:\n  - name: tree\n    comm: [sh]\n    cmdline: ['echo ready; wait']\n",
-    )
-    .unwrap();
-    let mut runs: Vec<(f64, u64, f64, u64)> = Vec::new();
-    for _ in 0..3 {
-        let tree = sleeping_tree(99);
-        let vport = free_port();
-        let pport = free_port();
-        let vaddr = format!("127.0.0.1:{vport}");
-        let paddr = format!("127.0.0.1:{pport}");
-        let mut v = Command::new(&bin)
-            .args(["--pid", &tree.0.id().to_string(), "--metrics-addr", &vaddr])
-            .args(["--otlp-grpc-addr", "off", "--otlp-http-addr", "off"])
-            .args(["--log-level", "error"])
-            .spawn()
-            .expect("release vitals");
-        let mut p = Command::new(pe)
-            .arg("-config.path")
-            .arg(&config)
-            .args(["-web.listen-address", &paddr])
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("process-exporter");
-        std::thread::sleep(Duration::from_secs(3));
-        assert!(scrape_len(&vaddr, "/metrics") > 0 && scrape_len(&paddr, "/metrics") > 0);
-        let (v0, p0) = (task_run_ns(v.id()), task_run_ns(p.id()));
-        let start = Instant::now();
-        let mut next = start;
-        while start.elapsed() < Duration::from_secs(secs) {
-            if Instant::now() >= next {
-                scrape_len(&vaddr, "/metrics");
-                scrape_len(&paddr, "/metrics");
-                next += Duration::from_secs(15);
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        let wall = start.elapsed().as_secs_f64();
-        let vcpu = (task_run_ns(v.id()) - v0) as f64 / 1e9 / wall * 100.0;
-        let pcpu = (task_run_ns(p.id()) - p0) as f64 / 1e9 / wall * 100.0;
-        runs.push((vcpu, rss_kb(v.id()), pcpu, rss_kb(p.id())));
-        for c in [&mut v, &mut p] {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        end_tree(tree);
-    }
-    let median = |mut x: Vec<f64>| {
-        x.sort_by(f64::total_cmp);
-        x[x.len() / 2]
-    };
-    let vcpu = median(runs.iter().map(|r| r.0).collect());
-    let pcpu = median(runs.iter().map(|r| r.2).collect());
-    let vrss = median(runs.iter().map(|r| r.1 as f64).collect());
-    let prss = median(runs.iter().map(|r| r.3 as f64).collect());
-    println!(
-        "  100-process tree, scraped every 15 s for {secs} s, medians of 3: release vitals (--interval 1s) CPU {vcpu:.3}% of a core, RSS {:.1} MiB; process-exporter CPU {pcpu:.3}%, RSS {:.1} MiB; vitals/process-exporter CPU {:.2}x",
-        vrss / 1024.0,
-        prss / 1024.0,
-        vcpu / pcpu.max(1e-9)
-    );
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
+    drop(tree);
 }
 
 fn main() {
@@ -485,9 +298,7 @@ fn main() {
         return;
     }
     bench_tree();
-    bench_tree_beside_process_exporter();
     bench_tick();
     bench_smaps_rollup();
     bench_encode();
-    bench_idle();
 }

@@ -1,5 +1,8 @@
-//! Wiring for the binary: build the store, start the sampler and the HTTP server, handle signals and, in
-//! `run` mode, the child's lifetime. Returns the process exit code.
+//! Assembly of the binary. [`run`] is the list of components it starts and how they connect: the core
+//! every part shares (registry, main target's metrics, cadence, shutdown), the live page, the profilers, the
+//! HTTP server, the OTLP stores and receiver (with forwarding and push), the main target's sampler (and
+//! in `run` mode its child), the further targets; then it waits for the end and stops them in order.
+//! Each component is built by a function of its own below. Returns the process exit code.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,32 +10,34 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ChildProtocol, Config, TargetSpec};
-use crate::export::http::live::{self, LiveHub};
-use crate::export::http::server::{ConnectionLimits, GuardedListener};
+use crate::bounded::OverflowCounter;
+use crate::cadence::Cadence;
+use crate::config::{Config, OtlpProtocol, Selection, TargetSpec};
+use crate::export::http::live::LiveHub;
 use crate::export::http::{bind, serve, HttpState};
 use crate::export::otlp::forward::Forwarder;
 use crate::export::otlp::push::Pusher;
-use crate::export::self_metrics::ExporterStats;
 use crate::model::{Attributed, Collector, Registry};
 use crate::probe::cgroup::CgroupRoots;
+use crate::probe::own_health::ExporterStats;
 use crate::probe::procfs::{kernel_units, read_boot_time, PssPolicy};
 use crate::profile::continuous::{Continuous, ContinuousSettings};
 use crate::profile::{Profiler, ProfilerSettings, Reason};
 use crate::receiver::{self, Consumers, OtlpLimits, OtlpStats, Receiver};
 use crate::sampler::{Sampler, SamplerParts, WATCH_INTERVAL};
-use crate::signal::hints::HintPolicy;
-use crate::signal::latency::RedStore;
+use crate::server::{ConnectionLimits, GuardedListener};
+use crate::signal::hints::{HintPolicy, HintSignal};
+use crate::signal::latency::RedSignal;
 use crate::signal::memory::MemoryGrowth;
 use crate::signal::n_plus_one::{NPlusOne, Rule};
-use crate::signal::query::{DbQueries, QueryStore};
+use crate::signal::query::{DbQueries, QuerySignal};
 use crate::signal::runtime_metrics::RuntimeMetrics;
 use crate::signal::target::{KernelUnits, TargetMetrics};
-use crate::signal::Derived;
+use crate::signal::TickSignals;
 use crate::store::app_metrics::{AppMetrics, AppMetricsConfig};
-use crate::store::limited::OverflowCounter;
 use crate::store::logs::LogCounts;
 use crate::target::pod::PodScan;
 use crate::target::status::TargetStatus;
@@ -41,15 +46,20 @@ use crate::target::{run, Selector};
 /// Distinct app metric names kept; a runaway app cannot create families without bound.
 const FAMILY_LIMIT: usize = 2000;
 
-/// How often the stores drop series past their TTL (readers already skip them; this frees the memory).
-const EXPIRY_PERIOD: Duration = Duration::from_secs(2);
+/// How often the stores drop series past their TTL (readers already skip them; this frees the memory):
+/// a thirtieth of the TTL, between 2 s and a minute. The default hour's TTL frees a series at most a
+/// minute late, and an idle sidecar wakes once a minute for it rather than every 2 s.
+fn expiry_period(ttl: Duration) -> Duration {
+    (ttl / 30).clamp(Duration::from_secs(2), Duration::from_secs(60))
+}
 
-/// Drops expired series from the stores every `period` until `shutdown`.
+/// Drops expired series from the stores (and the query and N+1 series) every `period` until `shutdown`.
 async fn expire_every(
     period: Duration,
-    red: Arc<RedStore>,
+    red: Arc<RedSignal>,
     app: Arc<AppMetrics>,
     logs: Arc<LogCounts>,
+    db: Arc<DbQueries>,
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(period);
@@ -63,21 +73,26 @@ async fn expire_every(
         red.expire(now);
         app.expire(now);
         logs.expire(now);
+        db.store.expire(now);
+        // Also forgets N+1 counter series past their TTL while no trace waits to be judged.
+        db.n_plus_one.settle(now);
     }
 }
 
-/// How often the profiler checks whether it may profile a newly attached target.
+/// How often the profiler looks for a target to check whether it may profile it, until it has checked
+/// one; then [`PROFILER_RECHECK_PERIOD`] (a restarted target's new instance is checked that much later).
 const PROFILER_CHECK_PERIOD: Duration = Duration::from_secs(2);
+const PROFILER_RECHECK_PERIOD: Duration = Duration::from_secs(15);
 
 /// The CPU profiler of the sampler's current target, registered for its status series, with a task
 /// that checks it may profile each new target and warns, naming the fix, when it may not.
 fn start_profiler(
     config: &Config,
-    store: &Arc<TargetMetrics>,
+    target_metrics: &Arc<TargetMetrics>,
     registry: &Registry,
     shutdown: &CancellationToken,
 ) -> Arc<Profiler> {
-    let target = store.clone();
+    let target = target_metrics.clone();
     // The target's whole tree: a pre-fork server's workers and a launcher's runtime are where the time goes.
     let pids = Arc::new(move || target.member_pids());
     let profiler = Arc::new(Profiler::new(
@@ -93,14 +108,18 @@ fn start_profiler(
     if !config.profiling {
         return profiler;
     }
-    let (p, target, shutdown) = (profiler.clone(), store.clone(), shutdown.clone());
+    let (p, target, shutdown) = (profiler.clone(), target_metrics.clone(), shutdown.clone());
     tokio::spawn(async move {
         let mut checked = None;
-        let mut tick = tokio::time::interval(PROFILER_CHECK_PERIOD);
         loop {
+            let period = if checked.is_some() {
+                PROFILER_RECHECK_PERIOD
+            } else {
+                PROFILER_CHECK_PERIOD
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
+                _ = tokio::time::sleep(period) => {}
             }
             let pid = target.info().map(|i| i.pid);
             if pid.is_none() || pid == checked {
@@ -165,21 +184,21 @@ fn start_continuous(
     Some(continuous)
 }
 
-/// How often N+1 detection judges the traces that settled; also the query series' expiry.
+/// How often N+1 detection judges the traces that settled, while any wait.
 const DB_SETTLE_PERIOD: Duration = Duration::from_millis(500);
 
-/// Judges settled traces for N+1 runs and expires query series every `period` until `shutdown`.
+/// Judges settled traces for N+1 runs every `period` while any wait to be judged, sleeping until a span
+/// arrives otherwise, until `shutdown`.
 async fn settle_db_every(period: Duration, db: Arc<DbQueries>, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let judging = db.n_plus_one.judging();
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
+            _ = tokio::time::sleep(period), if judging => {}
+            // Nothing to judge: sleep until a span is held (not every settling period).
+            _ = db.n_plus_one.arrival(), if !judging => {}
         }
-        let now = std::time::Instant::now();
-        db.n_plus_one.settle(now);
-        db.store.expire(now);
+        db.n_plus_one.settle(std::time::Instant::now());
     }
 }
 
@@ -187,190 +206,382 @@ async fn bind_named(
     addr: std::net::SocketAddr,
     flag: &str,
 ) -> anyhow::Result<tokio::net::TcpListener> {
-    crate::export::http::server::listen(addr)
-        .map_err(|e| anyhow::anyhow!("cannot listen on {flag} {addr}: {e}"))
+    crate::server::listen(addr).map_err(|e| anyhow::anyhow!("cannot listen on {flag} {addr}: {e}"))
 }
 
 /// Runs vitals until SIGTERM/SIGINT (or, in `run` mode, until the child exits). Returns the exit code.
+///
+/// The program is this list: each line starts one component and says what it is connected to.
 pub async fn run(config: Config) -> anyhow::Result<i32> {
     // Handlers first: from here on SIGTERM/SIGINT/SIGHUP/SIGQUIT never kill vitals, so a signal that
     // arrives while the child is being started is forwarded instead of orphaning the child.
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sighup = signal(SignalKind::hangup())?;
-    let mut sigquit = signal(SignalKind::quit())?;
+    let mut signals = Signals::install()?;
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
-    let (hz, page_size) = kernel_units();
-    let boot_time = read_boot_time(&config.proc_root)
-        .map_err(|e| anyhow::anyhow!("--proc-root {}: {e}", config.proc_root.display()))?;
-    let units = KernelUnits {
-        hz,
-        page_size,
-        boot_time,
-    };
-
-    let registry = Registry::new();
-    let stats = Arc::new(ExporterStats::new(hz, page_size));
-    let store = Arc::new(TargetMetrics::new(units).with_info_labels(kubernetes_labels(&config)));
-    // With no selector there is no main target: no `vitals_target_up 0` to page anyone (in a pod, each
-    // container is a target of its own).
-    if config.target.is_some() {
-        register_target(&registry, config.target_name.as_deref(), store.clone());
+    let core = Core::new(&config)?;
+    let mut tasks = Vec::new();
+    let live = start_live(&config, &core, &mut tasks);
+    let profiler = start_profiler(
+        &config,
+        &core.target_metrics,
+        &core.registry,
+        &core.shutdown,
+    );
+    let continuous = start_continuous(&config, &profiler, &core.registry, &core.shutdown);
+    if let Some(c) = &continuous {
+        live.capture_on_trouble(c.clone());
     }
-    registry.register(stats.clone());
-    let status = Arc::new(TargetStatus::default());
-    let shutdown = CancellationToken::new();
+    tasks.push(start_http(&config, &core, live, profiler, continuous).await?);
+    let stores = OtlpStores::new(&config, &core);
+    let forwarder = start_forwarder(&config, &core.registry)?;
+    let pusher = start_pusher(&config, &core)?;
+    let runtime_metrics = stores.runtime_metrics.clone();
+    let receivers = start_receivers(&config, &core, stores, forwarder.clone(), &mut tasks).await?;
+    let main = match start_main_target(&config, &core, receivers, runtime_metrics) {
+        Ok(main) => main,
+        Err(exit_code) => {
+            core.shutdown.cancel();
+            return Ok(exit_code);
+        }
+    };
+    tasks.extend(main.sampler);
+    tasks.extend(start_more_targets(&config, &core.wiring(), main.selected));
 
+    let code = match main.child {
+        Some((mut c, terminal)) => wait_for_child(&mut c, terminal, &mut signals).await,
+        None => signals.termination().await,
+    };
+    stop(core.shutdown, tasks, forwarder, pusher).await;
+    Ok(code)
+}
+
+/// The signals vitals handles itself: termination, and the ones it forwards to a `run` child.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    quit: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+            quit: signal(SignalKind::quit())?,
+        })
+    }
+
+    /// Waits for SIGTERM or SIGINT; the exit code is 0.
+    async fn termination(&mut self) -> i32 {
+        tokio::select! {
+            _ = self.term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = self.int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+        0
+    }
+}
+
+/// What every component is connected to: the registry every exporter reads, the main target's metrics,
+/// the exporter's own counters, the target's state, the samplers' pace and the shutdown token.
+struct Core {
+    units: KernelUnits,
+    registry: Registry,
+    stats: Arc<ExporterStats>,
+    /// The main target's metrics, from its probe readings.
+    target_metrics: Arc<TargetMetrics>,
+    status: Arc<TargetStatus>,
+    /// Told after each reading of the main target, so the live page draws it at once.
+    sampled: Arc<tokio::sync::Notify>,
+    cadence: Arc<Cadence>,
+    shutdown: CancellationToken,
+}
+
+impl Core {
+    fn new(config: &Config) -> anyhow::Result<Self> {
+        let (hz, page_size) = kernel_units();
+        let boot_time = read_boot_time(&config.proc_root)
+            .map_err(|e| anyhow::anyhow!("--proc-root {}: {e}", config.proc_root.display()))?;
+        let units = KernelUnits {
+            hz,
+            page_size,
+            boot_time,
+        };
+        let registry = Registry::new();
+        let stats = Arc::new(ExporterStats::new(hz, page_size));
+        let target_metrics =
+            Arc::new(TargetMetrics::new(units).with_info_labels(kubernetes_labels(config)));
+        // With no selector there is no main target: no `vitals_target_up 0` to page anyone (in a pod,
+        // each container is a target of its own).
+        if config.target.is_some() {
+            register_target(
+                &registry,
+                config.target_name.as_deref(),
+                target_metrics.clone(),
+            );
+        }
+        registry.register(stats.clone());
+        Ok(Self {
+            units,
+            registry,
+            stats,
+            target_metrics,
+            status: Arc::new(TargetStatus::default()),
+            sampled: Arc::new(tokio::sync::Notify::new()),
+            // Readings every --interval while anyone watches, every idle interval otherwise, fresh for
+            // each scrape and push.
+            cadence: Cadence::new(config.interval, config.idle_interval),
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    /// What a further target's sampler is connected to.
+    fn wiring(&self) -> TargetWiring {
+        TargetWiring {
+            registry: self.registry.clone(),
+            stats: self.stats.clone(),
+            units: self.units,
+            shutdown: self.shutdown.clone(),
+            cadence: self.cadence.clone(),
+        }
+    }
+}
+
+/// The hints derivation and the live page's hub (frames, history), with the task that, after each
+/// reading, gathers vitals' own families once, derives the hints from them and hands them to the page.
+fn start_live(config: &Config, core: &Core, tasks: &mut Vec<JoinHandle<()>>) -> Arc<LiveHub> {
     let selected_by = match &config.target {
         None => "none selected".to_owned(),
-        Some(TargetSpec::Pid(p)) => format!("--pid {p}"),
-        Some(TargetSpec::PidFile(f)) => format!("--pid-file {}", f.display()),
-        Some(TargetSpec::Process(re)) => format!("--process {re}"),
+        Some(TargetSpec::Select(Selection::Pid(p))) => format!("--pid {p}"),
+        Some(TargetSpec::Select(Selection::PidFile(f))) => format!("--pid-file {}", f.display()),
+        Some(TargetSpec::Select(Selection::Process(re))) => format!("--process {re}"),
         Some(TargetSpec::Run { .. }) => "vitals run (child process)".to_owned(),
     };
+    let hints = Arc::new(HintSignal::new(HintPolicy {
+        min_history_seconds: config.hints_min_history.as_secs_f64(),
+        ..HintPolicy::default()
+    }));
+    core.registry.register(hints.clone());
     let live = Arc::new(LiveHub::new(
-        HintPolicy {
-            min_history_seconds: config.hints_min_history.as_secs_f64(),
-            ..HintPolicy::default()
-        },
+        hints.clone(),
         selected_by,
         otlp_sentence(config.otlp_http_addr, config.otlp_grpc_addr),
-        shutdown.clone(),
+        core.shutdown.clone(),
     ));
-    registry.register(live.hints.clone());
     tracing::debug!(bytes = live.history_bytes(), "live history allocated");
-    let sampled = Arc::new(tokio::sync::Notify::new());
-    let live_task = tokio::spawn(live::run(
+    live.pace(core.cadence.clone());
+    tasks.push(tokio::spawn(after_each_reading(
+        core.registry.clone(),
+        hints,
         live.clone(),
-        registry.clone(),
-        sampled.clone(),
-        shutdown.clone(),
-    ));
+        core.sampled.clone(),
+        core.shutdown.clone(),
+    )));
+    live
+}
 
+/// After each reading of the main target, at most once a second, until `shutdown`: one gather of vitals'
+/// own families, the hints derived from it, then the live page's history point (and frame, when
+/// watched). This follows readings rather than a timer of its own: two timers of the same period drift
+/// in and out of phase, and a frame would then see two readings' CPU time in one second and none in the
+/// next.
+async fn after_each_reading(
+    registry: Registry,
+    hints: Arc<HintSignal>,
+    live: Arc<LiveHub>,
+    sampled: Arc<tokio::sync::Notify>,
+    shutdown: CancellationToken,
+) {
+    let mut last: Option<std::time::Instant> = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = sampled.notified() => {}
+        }
+        // With a shorter --interval a frame spans several readings; the margin absorbs timer jitter.
+        if last.is_some_and(|l| l.elapsed() < Duration::from_millis(950)) {
+            continue;
+        }
+        last = Some(std::time::Instant::now());
+        let (registry, hints, live) = (registry.clone(), hints.clone(), live.clone());
+        // Gathering takes the stores' locks and builds every family: keep it off the reactor.
+        let _ = tokio::task::spawn_blocking(move || {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            let families = registry.gather_where(|m| m.origin == crate::model::Origin::Vitals);
+            hints.observe(t, &families);
+            live.tick(&families, t);
+        })
+        .await;
+    }
+}
+
+/// `/`, `/metrics`, `/healthz`, `/readyz` and `/debug/pprof`, reading the registry.
+async fn start_http(
+    config: &Config,
+    core: &Core,
+    live: Arc<LiveHub>,
+    profiler: Arc<Profiler>,
+    continuous: Option<Arc<Continuous>>,
+) -> anyhow::Result<JoinHandle<()>> {
     let web = match &config.web_config_file {
         Some(path) => Some(Arc::new(crate::export::http::web_config::WebConfig::load(
             path,
         )?)),
         None => None,
     };
-    let profiler = start_profiler(&config, &store, &registry, &shutdown);
-    let continuous = start_continuous(&config, &profiler, &registry, &shutdown);
-    if let Some(c) = &continuous {
-        live.capture_on_trouble(c.clone());
-    }
     let listener = bind(config.metrics_addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "serving /metrics");
-    let http = tokio::spawn(serve(
+    Ok(tokio::spawn(serve(
         listener,
         HttpState {
-            registry: registry.clone(),
-            status: status.clone(),
+            registry: core.registry.clone(),
+            status: core.status.clone(),
             live: Some(live),
             web,
             profiler: Some(profiler),
             continuous,
+            cadence: Some(core.cadence.clone()),
         },
-        shutdown.clone(),
-    ));
+        core.shutdown.clone(),
+    )))
+}
 
-    // The OTLP receiver and the stores it feeds.
-    let overflow = OverflowCounter::default();
-    let red = Arc::new(RedStore::new(
-        config.series_limit,
-        config.series_ttl,
-        overflow.clone(),
-    ));
-    let app_metrics = Arc::new(AppMetrics::new(
-        AppMetricsConfig {
-            series_limit: config.series_limit,
-            family_limit: FAMILY_LIMIT,
-            ttl: config.series_ttl,
-            promote: config.promote_resource_attributes.clone(),
-        },
-        overflow.clone(),
-        // The stores refuse at ingest what the Prometheus exposition could not write apart.
-        Arc::new(crate::export::prometheus::naming::PrometheusNames),
-    ));
-    let logs = Arc::new(LogCounts::new(
-        config.series_limit,
-        config.series_ttl,
-        overflow.clone(),
-    ));
-    // Expiry runs on its own clock, so a scrape only reads the stores.
-    tokio::spawn(expire_every(
-        EXPIRY_PERIOD,
-        red.clone(),
-        app_metrics.clone(),
-        logs.clone(),
-        shutdown.clone(),
-    ));
-    // Database queries: latency per query template and N+1 runs, from the same trace exports.
-    let db = Arc::new(DbQueries {
-        store: Arc::new(QueryStore::new(
-            config.series_limit,
-            config.series_ttl,
-            overflow.clone(),
-        )),
-        n_plus_one: Arc::new(NPlusOne::new(
-            Rule {
-                settle: config.db_trace_settle,
-                ..Rule::default()
+/// The stores and derivations the OTLP receiver feeds, registered, with their expiry and N+1 judging
+/// running on clocks of their own (a scrape only reads them).
+struct OtlpStores {
+    red: Arc<RedSignal>,
+    app_metrics: Arc<AppMetrics>,
+    logs: Arc<LogCounts>,
+    /// Database queries: latency per query template and N+1 runs, from the same trace exports.
+    db: Arc<DbQueries>,
+    /// Runtime metrics for derivation, picked as they arrive, apart from the app metric store.
+    runtime_metrics: Arc<RuntimeMetrics>,
+    stats: Arc<OtlpStats>,
+}
+
+impl OtlpStores {
+    fn new(config: &Config, core: &Core) -> Self {
+        let overflow = OverflowCounter::default();
+        let (limit, ttl) = (config.series_limit, config.series_ttl);
+        let red = Arc::new(RedSignal::new(limit, ttl, overflow.clone()));
+        let app_metrics = Arc::new(AppMetrics::new(
+            AppMetricsConfig {
+                series_limit: limit,
+                family_limit: FAMILY_LIMIT,
+                ttl,
+                promote: config.promote_resource_attributes.clone(),
             },
-            config.series_limit,
-            config.series_ttl,
             overflow.clone(),
-        )),
-    });
-    registry.register(db.store.clone());
-    registry.register(db.n_plus_one.clone());
-    tokio::spawn(settle_db_every(
-        DB_SETTLE_PERIOD,
-        db.clone(),
-        shutdown.clone(),
-    ));
-    let otlp_stats = Arc::new(OtlpStats::new(move || overflow.get()));
-    registry.register(red.clone());
-    registry.register(app_metrics.clone());
-    registry.register(logs.clone());
-    registry.register(otlp_stats.clone());
+            // The stores refuse at ingest what the Prometheus exposition could not write apart.
+            Arc::new(crate::export::prometheus::naming::PrometheusNames),
+        ));
+        let logs = Arc::new(LogCounts::new(limit, ttl, overflow.clone()));
+        let db = Arc::new(DbQueries {
+            store: Arc::new(QuerySignal::new(limit, ttl, overflow.clone())),
+            n_plus_one: Arc::new(NPlusOne::new(
+                Rule {
+                    settle: config.db_trace_settle,
+                    ..Rule::default()
+                },
+                limit,
+                ttl,
+                overflow.clone(),
+            )),
+        });
+        let stats = Arc::new(OtlpStats::new(move || overflow.get()));
+        let registry = &core.registry;
+        registry.register(db.store.clone());
+        registry.register(db.n_plus_one.clone());
+        registry.register(red.clone());
+        registry.register(app_metrics.clone());
+        registry.register(logs.clone());
+        registry.register(stats.clone());
+        tokio::spawn(settle_db_every(
+            DB_SETTLE_PERIOD,
+            db.clone(),
+            core.shutdown.clone(),
+        ));
+        tokio::spawn(expire_every(
+            expiry_period(ttl),
+            red.clone(),
+            app_metrics.clone(),
+            logs.clone(),
+            db.clone(),
+            core.shutdown.clone(),
+        ));
+        Self {
+            red,
+            app_metrics,
+            logs,
+            db,
+            runtime_metrics: Arc::new(RuntimeMetrics::new(ttl)),
+            stats,
+        }
+    }
+}
+
+/// Forwarding of the app's OTLP data upstream, when configured.
+fn start_forwarder(config: &Config, registry: &Registry) -> anyhow::Result<Option<Arc<Forwarder>>> {
+    let Some(settings) = &config.forward else {
+        return Ok(None);
+    };
+    let f = Forwarder::start(settings.clone()).map_err(|e| anyhow::anyhow!(e))?;
+    registry.register(f.collector());
+    Ok(Some(f))
+}
+
+/// Push of vitals' own metrics over OTLP, when configured: it reads the same registry as /metrics (the
+/// app's own metrics in it are left out by the pusher; they leave through forwarding) and adds its
+/// counters.
+fn start_pusher(config: &Config, core: &Core) -> anyhow::Result<Option<Arc<Pusher>>> {
+    let Some(settings) = &config.push else {
+        return Ok(None);
+    };
+    let p = Pusher::start(
+        settings.clone(),
+        core.registry.clone(),
+        Some(core.cadence.clone()),
+    )
+    .map_err(anyhow::Error::msg)?;
+    core.registry.register(p.collector());
+    Ok(Some(p))
+}
+
+/// The OTLP receivers' bound addresses (`None`: off).
+struct ReceiverAddrs {
+    grpc: Option<SocketAddr>,
+    http: Option<SocketAddr>,
+}
+
+/// The OTLP receiver on gRPC and HTTP, handing each request to forwarding first (a full queue answers
+/// the app before anything is derived), then RED, the database queries, the runtime metrics derivation
+/// reads, the app metric store and the log counts.
+async fn start_receivers(
+    config: &Config,
+    core: &Core,
+    stores: OtlpStores,
+    forwarder: Option<Arc<Forwarder>>,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> anyhow::Result<ReceiverAddrs> {
+    let mut consumers = Consumers::new();
+    if let Some(f) = forwarder {
+        consumers = consumers.onward(f);
+    }
+    let consumers = consumers
+        .traces(stores.red)
+        .traces(stores.db)
+        .metrics(stores.runtime_metrics)
+        .metrics(stores.app_metrics)
+        .logs(stores.logs);
     let limits = OtlpLimits::new(
         config.otlp_max_request_bytes,
         config.otlp_max_concurrent_requests,
     );
-    // Runtime metrics for derivation are picked as they arrive, apart from the app metric store.
-    let runtime_metrics = Arc::new(RuntimeMetrics::new(config.series_ttl));
-    // Forwarding takes each request first, so a full queue answers the app before anything is
-    // derived; then RED, the runtime metrics derivation reads, app metrics and log counts.
-    let mut consumers = Consumers::new();
-    let forwarder = match &config.forward {
-        Some(settings) => {
-            let f = Forwarder::start(settings.clone()).map_err(|e| anyhow::anyhow!(e))?;
-            registry.register(f.collector());
-            consumers = consumers.onward(f.clone());
-            Some(f)
-        }
-        None => None,
-    };
-    let consumers = consumers
-        .traces(red)
-        .traces(db)
-        .metrics(runtime_metrics.clone())
-        .metrics(app_metrics)
-        .logs(logs);
-    let otlp_receiver = Arc::new(Receiver::new(limits, consumers, otlp_stats));
-    // Push of vitals' own metrics over OTLP: it reads the same registry as /metrics (the app's own
-    // metrics in it are left out by the pusher; they leave through forwarding) and adds its counters.
-    let pusher = match &config.push {
-        Some(settings) => {
-            let p =
-                Pusher::start(settings.clone(), registry.clone()).map_err(anyhow::Error::msg)?;
-            registry.register(p.collector());
-            Some(p)
-        }
-        None => None,
-    };
+    let otlp_receiver = Arc::new(Receiver::new(limits, consumers, stores.stats));
     let grpc_listener = match config.otlp_grpc_addr {
         Some(a) => Some(bind_named(a, "--otlp-grpc-addr").await?),
         None => None,
@@ -379,158 +590,150 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
         Some(a) => Some(bind_named(a, "--otlp-http-addr").await?),
         None => None,
     };
-    let grpc_addr = grpc_listener.as_ref().map(|l| l.local_addr()).transpose()?;
-    let http_addr = http_listener.as_ref().map(|l| l.local_addr()).transpose()?;
-    let shown = |a: Option<std::net::SocketAddr>| a.map_or("off".to_owned(), |a| a.to_string());
-    tracing::info!(grpc = %shown(grpc_addr), http = %shown(http_addr), "OTLP receiver listening");
-    let mut receivers = Vec::new();
+    let addrs = ReceiverAddrs {
+        grpc: grpc_listener.as_ref().map(|l| l.local_addr()).transpose()?,
+        http: http_listener.as_ref().map(|l| l.local_addr()).transpose()?,
+    };
+    let shown = |a: Option<SocketAddr>| a.map_or("off".to_owned(), |a| a.to_string());
+    tracing::info!(grpc = %shown(addrs.grpc), http = %shown(addrs.http), "OTLP receiver listening");
     // The receiver speaks OTLP; the shared server accepts its connections within the OTLP limits
     // (and sets TCP_NODELAY: small unary answers must not wait on Nagle plus delayed ACK, 4-5 ms per
     // request otherwise).
     if let Some(l) = grpc_listener {
         let incoming = GuardedListener::new(l, ConnectionLimits::OTLP).into_stream("otlp-grpc");
-        receivers.push(tokio::spawn(receiver::grpc::serve(
+        tasks.push(tokio::spawn(receiver::grpc::serve(
             incoming,
             otlp_receiver.clone(),
-            shutdown.clone(),
+            core.shutdown.clone(),
         )));
     }
     if let Some(l) = http_listener {
-        receivers.push(tokio::spawn(crate::export::http::server::serve(
+        tasks.push(tokio::spawn(crate::server::serve(
             l,
             ConnectionLimits::OTLP,
             None,
             "otlp-http",
             move |req| receiver::http::handle(otlp_receiver.clone(), req),
-            shutdown.clone(),
+            core.shutdown.clone(),
         )));
     }
+    Ok(addrs)
+}
 
+/// The main target as started: its sampler (none without a selector), the `run` child with whether it
+/// runs in a terminal, and whether any selector chose it.
+struct MainTarget {
+    sampler: Option<JoinHandle<()>>,
+    child: Option<(tokio::process::Child, bool)>,
+    selected: bool,
+}
+
+/// The main target's sampler, with its pauses, memory growth and pools derived from its probes and the
+/// app's runtime metrics; in `run` mode the child is started first, told where the receiver is. A child
+/// that cannot start gives its exit code as the error.
+fn start_main_target(
+    config: &Config,
+    core: &Core,
+    receivers: ReceiverAddrs,
+    runtime_metrics: Arc<RuntimeMetrics>,
+) -> Result<MainTarget, i32> {
     let mut child = None;
     let selector = match &config.target {
         None => None,
-        Some(TargetSpec::Pid(p)) => Some(Selector::Pid(*p)),
-        Some(TargetSpec::PidFile(f)) => Some(Selector::PidFile(f.clone())),
-        Some(TargetSpec::Process(re)) => Some(Selector::Process(re.clone())),
+        Some(TargetSpec::Select(s)) => Some(Selector::Given(s.clone())),
         Some(TargetSpec::Run { command, protocol }) => {
-            let env = match (protocol, grpc_addr, http_addr) {
-                (ChildProtocol::Grpc, Some(grpc), _) => run::otlp_env(grpc, grpc, *protocol),
-                (ChildProtocol::HttpProtobuf, _, Some(http)) => {
-                    run::otlp_env(http, http, *protocol)
-                }
-                _ => {
-                    tracing::warn!(
-                        protocol = ?protocol,
-                        "the receiver for the child's OTLP protocol is off; the child's OTEL_EXPORTER_OTLP_* \
-                         variables are left as they are"
-                    );
-                    Vec::new()
-                }
-            };
-            let terminal = run::in_terminal();
-            let c = match run::spawn(command, &env, terminal) {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::error!("{e}");
-                    shutdown.cancel();
-                    return Ok(e.exit_code);
-                }
-            };
-            let pid = c
-                .id()
-                .ok_or_else(|| anyhow::anyhow!("child exited before its pid was known"))?;
+            let (c, terminal) = start_child(command, *protocol, &receivers)?;
+            let pid = c.id().ok_or_else(|| {
+                tracing::error!("child exited before its pid was known");
+                1
+            })?;
             tracing::info!(pid, command = ?command, terminal, "started child");
             child = Some((c, terminal));
             Some(Selector::Child(pid))
         }
     };
-    let derived = Arc::new(Derived::new(
+    let derived = Arc::new(TickSignals::new(
         runtime_metrics,
         MemoryGrowth::new(&config.growth_windows, config.leak_threshold),
     ));
-    let main_name = config.target_name.as_deref();
-    register_target(&registry, main_name, derived.pause.clone());
-    register_target(&registry, main_name, derived.memory.clone());
-    register_target(&registry, main_name, derived.pool.clone());
-    let no_selector = selector.is_none();
-    if no_selector {
+    let name = config.target_name.as_deref();
+    register_target(&core.registry, name, derived.pause.clone());
+    register_target(&core.registry, name, derived.memory.clone());
+    register_target(&core.registry, name, derived.pool.clone());
+    let selected = selector.is_some();
+    if !selected {
         tracing::info!(
             "no target selected: serving OTLP-derived signals and exporter metrics only"
         );
     }
-    let roots = CgroupRoots {
-        proc_root: config.proc_root.clone(),
-        host_root: config.cgroup_root.clone(),
-    };
     let parts = SamplerParts {
-        store: store.clone(),
-        stats: stats.clone(),
-        status: status.clone(),
+        target_metrics: core.target_metrics.clone(),
+        stats: core.stats.clone(),
+        status: core.status.clone(),
         derived,
-        units,
-        sampled,
+        units: core.units,
+        sampled: core.sampled.clone(),
     };
-    let sampler = Sampler::new(
-        selector,
-        roots,
-        config.pss.then(PssPolicy::default),
-        config.max_tree_processes,
-        parts,
-    );
-    let sampler_task = Some(tokio::spawn(sampler.run(config.interval, shutdown.clone())));
-    let mut more_tasks = start_more_targets(&config, &registry, &stats, units, &shutdown);
-    if no_selector && config.more_targets.is_empty() {
-        if let Some(init) = crate::target::pod::sandbox(&config.proc_root) {
-            tracing::info!(pid_1 = %init, "no target selected in a pod that shares its process namespace: \
-                watching every other container's process tree (name targets with --target to choose)");
-            more_tasks.push(start_pod_targets(
-                &config, &registry, &stats, units, &shutdown,
-            ));
+    let sampler = new_sampler(config, selector, parts);
+    Ok(MainTarget {
+        sampler: Some(tokio::spawn(
+            sampler.run(core.cadence.join(), core.shutdown.clone()),
+        )),
+        child,
+        selected,
+    })
+}
+
+/// `vitals run`: starts the child with `OTEL_EXPORTER_OTLP_*` pointing at the receiver for its
+/// protocol. A child that cannot start gives its exit code as the error.
+fn start_child(
+    command: &[String],
+    protocol: OtlpProtocol,
+    receivers: &ReceiverAddrs,
+) -> Result<(tokio::process::Child, bool), i32> {
+    let env = match (protocol, receivers.grpc, receivers.http) {
+        (OtlpProtocol::Grpc, Some(grpc), _) => run::otlp_env(grpc, grpc, protocol),
+        (OtlpProtocol::HttpProtobuf, _, Some(http)) => run::otlp_env(http, http, protocol),
+        _ => {
+            tracing::warn!(
+                protocol = ?protocol,
+                "the receiver for the child's OTLP protocol is off; the child's OTEL_EXPORTER_OTLP_* \
+                 variables are left as they are"
+            );
+            Vec::new()
+        }
+    };
+    let terminal = run::in_terminal();
+    match run::spawn(command, &env, terminal) {
+        Ok(c) => Ok((c, terminal)),
+        Err(e) => {
+            tracing::error!("{e}");
+            Err(e.exit_code)
         }
     }
+}
 
-    let code = match child.as_mut() {
-        Some((c, terminal)) => {
-            wait_for_child(
-                c,
-                *terminal,
-                &mut sigterm,
-                &mut sigint,
-                &mut sighup,
-                &mut sigquit,
-            )
-            .await
-        }
-        None => {
-            tokio::select! {
-                _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
-                _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
-            }
-            0
-        }
-    };
+/// Stops every task (within a second), then drains forwarding and sends the final push beside it, both
+/// within --forward-drain-timeout.
+async fn stop(
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    forwarder: Option<Arc<Forwarder>>,
+    pusher: Option<Arc<Pusher>>,
+) {
     shutdown.cancel();
-    let stop = async {
-        let _ = http.await;
-        for r in receivers {
-            let _ = r.await;
-        }
-        let _ = live_task.await;
-        for t in more_tasks {
-            let _ = t.await;
-        }
-        if let Some(t) = sampler_task {
+    let stopped = async {
+        for t in tasks {
             let _ = t.await;
         }
     };
-    if tokio::time::timeout(Duration::from_secs(1), stop)
+    if tokio::time::timeout(Duration::from_secs(1), stopped)
         .await
         .is_err()
     {
         tracing::warn!("tasks did not stop within 1s; exiting anyway");
     }
     // The receivers have stopped taking requests; what they accepted goes upstream within the grace.
-    // The final push runs beside the drain, both within --forward-drain-timeout.
     let drain = async {
         if let Some(f) = forwarder {
             f.drain().await;
@@ -542,7 +745,6 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
         }
     };
     tokio::join!(drain, final_push);
-    Ok(code)
 }
 
 /// With `--kubernetes-labels`, the pod's names from the Downward API variables as labels of
@@ -573,48 +775,45 @@ fn register_target(registry: &Registry, name: Option<&str>, collector: Arc<dyn C
     }
 }
 
-/// Starts a sampler for each further named target (`--target NAME=SPEC` after the first).
+/// Starts a sampler for each further named target (`--target NAME=SPEC` after the first); with no
+/// target named or selected in a pod that shares its process namespace, pod mode's scan instead.
 fn start_more_targets(
     config: &Config,
-    registry: &Registry,
-    stats: &Arc<ExporterStats>,
-    units: KernelUnits,
-    shutdown: &CancellationToken,
-) -> Vec<tokio::task::JoinHandle<()>> {
+    wiring: &TargetWiring,
+    main_selected: bool,
+) -> Vec<JoinHandle<()>> {
     let mut tasks = Vec::new();
     for t in &config.more_targets {
-        let selector = match &t.spec {
-            TargetSpec::Pid(p) => Selector::Pid(*p),
-            TargetSpec::PidFile(f) => Selector::PidFile(f.clone()),
-            TargetSpec::Process(re) => Selector::Process(re.clone()),
-            // The config never names a `run` child among the further targets.
-            TargetSpec::Run { .. } => continue,
-        };
+        let selector = Selector::Given(t.selection.clone());
         tracing::info!(target = %t.name, selector = %selector.describe(), "watching a further target");
-        tasks.push(start_named_target(
-            config, registry, stats, units, shutdown, &t.name, selector,
-        ));
+        tasks.push(start_named_target(config, wiring, &t.name, selector));
+    }
+    if !main_selected && config.more_targets.is_empty() {
+        if let Some(init) = crate::target::pod::sandbox(&config.proc_root) {
+            tracing::info!(pid_1 = %init, "no target selected in a pod that shares its process namespace: \
+                watching every other container's process tree (name targets with --target to choose)");
+            tasks.push(start_pod_targets(config, wiring));
+        }
     }
     tasks
 }
 
-/// Starts the sampler of a named target that is not the main one: its own store, pauses from hsperfdata,
+/// Starts the sampler of a named target that is not the main one: its own target metrics, pauses from hsperfdata,
 /// memory growth and pools, every family labelled with its name. The app's OTLP data belongs to the main
 /// target, so these derive from their probes alone.
 fn start_named_target(
     config: &Config,
-    registry: &Registry,
-    stats: &Arc<ExporterStats>,
-    units: KernelUnits,
-    shutdown: &CancellationToken,
+    wiring: &TargetWiring,
     name: &str,
     selector: Selector,
-) -> tokio::task::JoinHandle<()> {
-    let store = Arc::new(TargetMetrics::new(units).with_info_labels(kubernetes_labels(config)));
-    register_target(registry, Some(name), store.clone());
+) -> JoinHandle<()> {
+    let (registry, units) = (&wiring.registry, wiring.units);
+    let target_metrics =
+        Arc::new(TargetMetrics::new(units).with_info_labels(kubernetes_labels(config)));
+    register_target(registry, Some(name), target_metrics.clone());
     // No OTLP consumer feeds this: the app's runtime metrics are the main target's.
     let unfed = Arc::new(RuntimeMetrics::new(config.series_ttl));
-    let derived = Arc::new(Derived::new(
+    let derived = Arc::new(TickSignals::new(
         unfed,
         MemoryGrowth::new(&config.growth_windows, config.leak_threshold),
     ));
@@ -622,15 +821,21 @@ fn start_named_target(
     register_target(registry, Some(name), derived.memory.clone());
     register_target(registry, Some(name), derived.pool.clone());
     let parts = SamplerParts {
-        store,
-        stats: stats.clone(),
+        target_metrics,
+        stats: wiring.stats.clone(),
         status: Arc::new(TargetStatus::default()),
         derived,
         units,
         sampled: Arc::new(tokio::sync::Notify::new()),
     };
-    let sampler = Sampler::new(
-        Some(selector),
+    let sampler = new_sampler(config, Some(selector), parts);
+    tokio::spawn(sampler.run(wiring.cadence.join(), wiring.shutdown.clone()))
+}
+
+/// A sampler of the target `selector` chooses (none: no target), reading as the options say.
+fn new_sampler(config: &Config, selector: Option<Selector>, parts: SamplerParts) -> Sampler {
+    Sampler::new(
+        selector,
         CgroupRoots {
             proc_root: config.proc_root.clone(),
             host_root: config.cgroup_root.clone(),
@@ -638,23 +843,25 @@ fn start_named_target(
         config.pss.then(PssPolicy::default),
         config.max_tree_processes,
         parts,
-    );
-    tokio::spawn(sampler.run(config.interval, shutdown.clone()))
+    )
+}
+
+/// What every further target's sampler is connected to.
+#[derive(Clone)]
+struct TargetWiring {
+    registry: Registry,
+    stats: Arc<ExporterStats>,
+    units: KernelUnits,
+    shutdown: CancellationToken,
+    cadence: Arc<Cadence>,
 }
 
 /// Zero-configuration pod mode (see [`crate::target::pod`]): scans for the pod's containers every
 /// [`WATCH_INTERVAL`] and starts a target for each, named after its program. Runs until shutdown.
-fn start_pod_targets(
-    config: &Config,
-    registry: &Registry,
-    stats: &Arc<ExporterStats>,
-    units: KernelUnits,
-    shutdown: &CancellationToken,
-) -> tokio::task::JoinHandle<()> {
+fn start_pod_targets(config: &Config, wiring: &TargetWiring) -> JoinHandle<()> {
     let config = config.clone();
-    let registry = registry.clone();
-    let stats = stats.clone();
-    let shutdown = shutdown.clone();
+    let wiring = wiring.clone();
+    let shutdown = wiring.shutdown.clone();
     tokio::spawn(async move {
         let mut scan = PodScan::new(&config.proc_root);
         let mut tasks = Vec::new();
@@ -673,10 +880,7 @@ fn start_pod_targets(
                         let name = slot.name().to_owned();
                         tasks.push(start_named_target(
                             &config,
-                            &registry,
-                            &stats,
-                            units,
-                            &shutdown,
+                            &wiring,
                             &name,
                             Selector::Container(slot),
                         ));
@@ -704,10 +908,7 @@ const CHILD_STILL_RUNNING_NOTICE: Duration = Duration::from_secs(10);
 async fn wait_for_child(
     c: &mut tokio::process::Child,
     terminal: bool,
-    sigterm: &mut tokio::signal::unix::Signal,
-    sigint: &mut tokio::signal::unix::Signal,
-    sighup: &mut tokio::signal::unix::Signal,
-    sigquit: &mut tokio::signal::unix::Signal,
+    signals: &mut Signals,
 ) -> i32 {
     let pid = c.id().unwrap_or(0);
     // The child's group and start, to name what it leaves running when it exits.
@@ -759,10 +960,10 @@ async fn wait_for_child(
                 forwarded_at = None;
                 continue;
             }
-            _ = sigterm.recv() => Signal::SIGTERM,
-            _ = sighup.recv() => Signal::SIGHUP,
-            _ = sigint.recv() => Signal::SIGINT,
-            _ = sigquit.recv() => Signal::SIGQUIT,
+            _ = signals.term.recv() => Signal::SIGTERM,
+            _ = signals.hup.recv() => Signal::SIGHUP,
+            _ = signals.int.recv() => Signal::SIGINT,
+            _ = signals.quit.recv() => Signal::SIGQUIT,
         };
         if terminal && matches!(sent, Signal::SIGINT | Signal::SIGQUIT) {
             tracing::info!(

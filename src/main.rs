@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-use vitals::config::{Cli, Command, Config, LogFormat, TargetSpec};
+use vitals::config::{Cli, Command, Config, LogFormat, Selection, TargetSpec};
 use vitals::logging::{print_error, LogSink};
 
 /// Marks vitals' own lines on a stderr it shares with its child.
@@ -61,6 +61,10 @@ fn main() {
     limit_malloc_arenas();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        // A thread that left the workers for a sampler's tick (block_in_place) or a live frame waits
+        // this long for the next one: longer than the idle interval, so an idle sidecar does not start
+        // a thread (and map its stack) every tick.
+        .thread_keep_alive(std::time::Duration::from_secs(120))
         .enable_all()
         .build()
     {
@@ -224,7 +228,7 @@ fn profile_once(
 ) -> Result<(), String> {
     use std::io::Write;
     use vitals::profile::{pprof, Profiler, ProfilerSettings};
-    let Some(TargetSpec::Pid(pid)) = config.target else {
+    let Some(TargetSpec::Select(Selection::Pid(pid))) = config.target else {
         return Err("vitals profile needs --pid PID".to_owned());
     };
     if !matches!(format, "pprof" | "folded") {

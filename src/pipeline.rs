@@ -7,6 +7,9 @@
 pub mod trace_view;
 pub mod wire;
 
+pub mod attributes;
+pub mod points;
+
 use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;

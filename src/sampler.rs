@@ -9,20 +9,21 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::export::self_metrics::ExporterStats;
+use crate::cadence::Turn;
+use crate::language;
 use crate::probe::cgroup::{locate, CgroupProbe, CgroupRoots};
 use crate::probe::hsperf::HsperfProbe;
 use crate::probe::kept::KeptFile;
 use crate::probe::oom::OomCounter;
+use crate::probe::own_health::ExporterStats;
 use crate::probe::procfs::{effective_uid, read_comm, read_nspid, ProcfsProbe, PssPolicy};
 use crate::probe::sockets::SocketProbe;
 use crate::probe::{Observations, Probe, ProbeTarget, ReadErrorSink, ReadSource};
-use crate::runtime;
 use crate::signal::target::{ExitReason, KernelUnits, TargetInfo, TargetMetrics};
-use crate::signal::Derived;
+use crate::signal::TickSignals;
 use crate::target::exit_watch::ExitWatch;
 use crate::target::status::TargetStatus;
-use crate::target::{detect_runtime, Search, Selector, StartClock, TargetId};
+use crate::target::{detect_runtime, Search, Selection, Selector, StartClock, TargetId};
 
 /// How often "no target found" is repeated in the log while vitals keeps searching.
 const NOT_FOUND_WARNING_EVERY: Duration = Duration::from_secs(60);
@@ -42,10 +43,10 @@ pub struct Sampler {
     selector: Option<Selector>,
     proc_root: PathBuf,
     cgroup_roots: CgroupRoots,
-    store: Arc<TargetMetrics>,
+    target_metrics: Arc<TargetMetrics>,
     stats: Arc<ExporterStats>,
     status: Arc<TargetStatus>,
-    derived: Arc<Derived>,
+    derived: Arc<TickSignals>,
     units: KernelUnits,
     sampled: Arc<tokio::sync::Notify>,
     /// The reader of the target's process tree, sampled first each tick: it alone says the target is gone,
@@ -80,7 +81,7 @@ pub struct Sampler {
     search: Search,
     /// Whether the next search is a full one (at a tick) rather than a scan of new processes (between ticks).
     full_search: bool,
-    /// Buffer for the tree's member pids handed to the store each tick.
+    /// Buffer for the tree's member pids handed to the target metrics each tick.
     member_pids: Vec<u32>,
 }
 
@@ -139,15 +140,15 @@ fn program_probes<'a>(
 
 /// What the sampler is wired to.
 pub struct SamplerParts {
-    /// The target's latest sample.
-    pub store: Arc<TargetMetrics>,
+    /// The target's metrics, handed each tick's sample.
+    pub target_metrics: Arc<TargetMetrics>,
     /// Read error counters.
     pub stats: Arc<ExporterStats>,
     /// What /readyz and / say: ready once the target is attached and sampled (or, with no target
     /// selected, after the first tick).
     pub status: Arc<TargetStatus>,
-    /// Derived signals.
-    pub derived: Arc<Derived>,
+    /// The signals derived each tick.
+    pub derived: Arc<TickSignals>,
     /// Kernel units.
     pub units: KernelUnits,
     /// Notified after every tick, so readers of rates (the live page) take them at sample boundaries.
@@ -195,7 +196,7 @@ impl Sampler {
             member_pids: Vec::new(),
             proc_root,
             cgroup_roots,
-            store: parts.store,
+            target_metrics: parts.target_metrics,
             stats: parts.stats,
             status: parts.status,
             derived: parts.derived,
@@ -234,7 +235,7 @@ impl Sampler {
         }
         if obs.proc.is_some() {
             if let Some(runtime) = self.derived.sdk_runtime() {
-                self.store.hint_runtime(runtime.label());
+                self.target_metrics.hint_runtime(runtime.label());
             }
         }
         self.derived.tick(&obs);
@@ -248,7 +249,7 @@ impl Sampler {
                 .set_ready("no target selected: serving OTLP-derived signals only".to_owned());
             return;
         };
-        if let (true, Some(info)) = (sampled, self.store.info()) {
+        if let (true, Some(info)) = (sampled, self.target_metrics.info()) {
             self.not_found_warned = None;
             self.status.set_ready(format!(
                 "watching pid {} ({}, runtime {}), selected by {}",
@@ -281,8 +282,8 @@ impl Sampler {
         self.status.set_waiting(format!("no target: {reason}"));
     }
 
-    /// Samples the attached target into `obs` with every probe and publishes what the store and the pause
-    /// signal show of it; false when it is gone.
+    /// Samples the attached target into `obs` with every probe and publishes what the target metrics and
+    /// the pause signal show of it; false when it is gone.
     fn sample_attached(&mut self, obs: &mut Observations) -> bool {
         if self.attached.is_none() {
             return false;
@@ -302,20 +303,20 @@ impl Sampler {
             }
         }
         if let Some(proc) = obs.proc {
-            self.store.update(proc, obs.cgroup, obs.tree);
+            self.target_metrics.update(proc, obs.cgroup, obs.tree);
         }
         if let Some(tree) = self.procfs.tree() {
             tree.member_pids(&mut self.member_pids);
-            self.store.set_member_pids(&self.member_pids);
+            self.target_metrics.set_member_pids(&self.member_pids);
         }
         if let Some(runtime) = obs.runtime_hint {
-            self.store.hint_runtime(runtime.label());
+            self.target_metrics.hint_runtime(runtime.label());
         }
         self.derived.pause.set_hsperf_status(obs.hsperf_status);
         if obs.new_oom_kills > 0 {
             self.last_oom_kill = Some(Instant::now());
         }
-        self.store.set_oom_kills(obs.oom_kills);
+        self.target_metrics.set_oom_kills(obs.oom_kills);
         true
     }
 
@@ -334,8 +335,8 @@ impl Sampler {
         if a.program.pid == pid && a.program.start_ticks == start_ticks {
             if a.program.runtime != runtime {
                 a.program.runtime = runtime;
-                self.store
-                    .set_runtime_process(pid, runtime::label_of(runtime));
+                self.target_metrics
+                    .set_runtime_process(pid, language::label_of(runtime));
             }
             return;
         }
@@ -351,11 +352,11 @@ impl Sampler {
         tracing::info!(
             root = a.id.pid,
             pid,
-            runtime = runtime::label_of(runtime),
+            runtime = language::label_of(runtime),
             "the process of the target's tree that runs the runtime"
         );
-        self.store
-            .set_runtime_process(pid, runtime::label_of(runtime));
+        self.target_metrics
+            .set_runtime_process(pid, language::label_of(runtime));
         for probe in program_probes(&mut self.probes, &mut self.oom) {
             probe.program_changed(&program);
         }
@@ -406,13 +407,13 @@ impl Sampler {
             .is_some_and(|a| a.exit.polled_alive())
     }
 
-    /// Reads the OOM counters and keeps the store's total current.
+    /// Reads the OOM counters and keeps the target metrics' total current.
     fn poll_oom(&mut self) {
         let attached = self.attached.is_some();
         if self.oom.poll(attached) > 0 && attached {
             self.last_oom_kill = Some(std::time::Instant::now());
         }
-        self.store.set_oom_kills(self.oom.total());
+        self.target_metrics.set_oom_kills(self.oom.total());
     }
 
     /// The attached target is gone: count the kills of its last moments, say why it ended when known,
@@ -446,9 +447,9 @@ impl Sampler {
         for probe in all_probes(&mut self.procfs, &mut self.probes, &mut self.oom) {
             probe.detach();
         }
-        self.store.detach();
-        self.store.record_exit(reason);
-        self.store.set_oom_kills(self.oom.total());
+        self.target_metrics.detach();
+        self.target_metrics.record_exit(reason);
+        self.target_metrics.set_oom_kills(self.oom.total());
         self.derived.target_changed();
     }
 
@@ -476,13 +477,13 @@ impl Sampler {
         let exec = new_stack || (startstack == 0 && runtime != a.target.runtime);
         if !exec {
             tracing::info!(pid = a.id.pid, old = %a.comm, %comm, "target renamed itself (same program)");
-            self.store.refresh_comm(comm.clone());
+            self.target_metrics.refresh_comm(comm.clone());
             a.comm = comm;
             return;
         }
-        let label = runtime::label_of(runtime);
+        let label = language::label_of(runtime);
         tracing::info!(pid = a.id.pid, old = %a.comm, %comm, runtime = label, "target exec'd another program");
-        self.store.refresh_comm(comm.clone());
+        self.target_metrics.refresh_comm(comm.clone());
         a.comm = comm;
         a.target.runtime = runtime;
         if let Some(tree) = self.procfs.tree_mut() {
@@ -528,7 +529,7 @@ impl Sampler {
             );
         }
         let Some(id) = found.target else { return };
-        if matches!(selector, Selector::Pid(_)) {
+        if matches!(selector, Selector::Given(Selection::Pid(_))) {
             match self.pinned {
                 Some(p) if p != id => {
                     self.not_attached = Some(format!(
@@ -594,8 +595,8 @@ impl Sampler {
                 return;
             }
         };
-        self.store.set_oom_kills(self.oom.total());
-        let runtime_label = runtime::label_of(runtime);
+        self.target_metrics.set_oom_kills(self.oom.total());
+        let runtime_label = language::label_of(runtime);
         tracing::info!(pid = id.pid, %comm, runtime = runtime_label, selector = %selector.describe(),
             exit_watch = if exit.event().is_some() { "pidfd" } else { "poll" }, "attached to target");
         if let Some(report) = crate::target::access::denied_report(&self.proc_root, id.pid) {
@@ -610,9 +611,9 @@ impl Sampler {
             runtime_pid: id.pid,
         };
         if self.others_at_attach.contains(&id) {
-            self.store.attach_other(info);
+            self.target_metrics.attach_other(info);
         } else {
-            self.store.attach(info);
+            self.target_metrics.attach(info);
         }
         self.others_at_attach = found.passed_over.clone();
         self.derived.target_changed();
@@ -627,26 +628,42 @@ impl Sampler {
         });
     }
 
-    /// Ticks every `interval` until `shutdown`. Between ticks the attached target's exit is an event where
-    /// a pidfd is available (no timer while it lives), else a check every [`WATCH_INTERVAL`] when the
-    /// interval is longer; a missing target is searched for at that pace too.
-    pub async fn run(mut self, interval: Duration, shutdown: CancellationToken) {
-        let mut timer = tokio::time::interval(interval);
-        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    /// One tick now, and the readers of rates told; returns when it ended.
+    fn read_now(&mut self) -> tokio::time::Instant {
+        // procfs reads are short blocking syscalls; block_in_place keeps them off other tasks' way.
+        tokio::task::block_in_place(|| self.tick());
+        self.sampled.notify_one();
+        tokio::time::Instant::now()
+    }
+
+    /// Ticks at the cadence's pace until `shutdown`: every `--interval` while anyone watches, every idle
+    /// interval otherwise, and when a reader asks for readings (a scrape, a push) older than `--interval`.
+    /// Between ticks the attached target's exit is an event where a pidfd is available (no timer while it
+    /// lives), else a check every [`WATCH_INTERVAL`] when the interval is longer; a missing target is
+    /// searched for at that pace too.
+    pub async fn run(mut self, mut turn: Turn, shutdown: CancellationToken) {
+        let interval = turn.interval();
         let watch_every = WATCH_INTERVAL.min(interval);
         let mut watch = tokio::time::interval(watch_every);
         watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         self.exit_window = watch_every * EXIT_WINDOW_WATCH_PERIODS;
         let watching = interval > WATCH_INTERVAL;
+        // The first tick at once; later ones a period after the last, whatever started it.
+        let mut last_tick: Option<tokio::time::Instant> = None;
         loop {
             let exit_event = self.attached.as_ref().and_then(|a| a.exit.event());
             let event_watched = exit_event.is_some();
+            let next = last_tick.map_or_else(tokio::time::Instant::now, |t| t + turn.period());
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = timer.tick() => {
-                    // procfs reads are short blocking syscalls; block_in_place keeps them off other tasks' way.
-                    tokio::task::block_in_place(|| self.tick());
-                    self.sampled.notify_one();
+                _ = tokio::time::sleep_until(next) => last_tick = Some(self.read_now()),
+                _ = turn.asked() => {
+                    // A reader wants readings no older than the interval (or the pace changed: the next
+                    // deadline is computed again above).
+                    if last_tick.is_none_or(|t| t.elapsed() >= interval) {
+                        last_tick = Some(self.read_now());
+                    }
+                    turn.answer();
                 }
                 exited = async move {
                     match exit_event {
@@ -654,7 +671,13 @@ impl Sampler {
                         None => std::future::pending().await,
                     }
                 }, if event_watched => match exited {
-                    Ok(()) => tokio::task::block_in_place(|| self.target_exited()),
+                    Ok(()) => {
+                        tokio::task::block_in_place(|| self.target_exited());
+                        if self.attached.is_some() {
+                            // A new instance: its first readings at once, as at the start.
+                            last_tick = None;
+                        }
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot wait on the target's pidfd; polling its liveness instead");
                         if let Some(a) = self.attached.as_mut() {
@@ -666,6 +689,9 @@ impl Sampler {
                     // The common case without a pidfd, a live target, is one pread: no thread hand-over for it.
                     if !self.attached_alive() {
                         tokio::task::block_in_place(|| self.watch());
+                        if self.attached.is_some() {
+                            last_tick = None;
+                        }
                     }
                 }
             }

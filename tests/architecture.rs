@@ -135,7 +135,7 @@ fn data_flows_one_way() {
             "model",
             &[
                 "probe", "receiver", "signal", "store", "export", "sampler", "target", "app",
-                "config",
+                "config", "catalogue",
             ],
             "the neutral model depends on nothing",
         ),
@@ -153,27 +153,44 @@ fn data_flows_one_way() {
         ),
         (
             "signal",
-            &["export", "sampler", "app"],
-            "derivation feeds the store and the exporters, never the other way",
+            &["store", "export", "sampler", "app"],
+            "derivation reads typed inputs, never the store, and feeds the exporters, never the other way",
         ),
         (
             "sampler",
-            &["store", "receiver"],
+            &["store", "receiver", "export"],
             "the sampler drives the probes and hands observations to derivation; it reads nothing back",
         ),
         (
-            "runtime",
+            "language",
             &[
                 "probe", "receiver", "signal", "store", "export", "sampler", "target", "app", "config",
             ],
-            "the runtime table is data every part may read; it depends on nothing",
+            "the language runtime table is data every part may read; it depends on nothing",
+        ),
+        (
+            "cadence",
+            &[
+                "probe", "receiver", "signal", "store", "export", "sampler", "target", "app", "config",
+                "pipeline", "model",
+            ],
+            "the cadence is when samplers read; readers and samplers share it and it depends on nothing",
+        ),
+        (
+            "bounded",
+            &[
+                "probe", "receiver", "signal", "store", "export", "sampler", "target", "app", "config",
+                "pipeline", "model", "catalogue", "language", "cadence", "profile", "inject", "server",
+                "logging",
+            ],
+            "the bounded map is a container the store, derivation and the wiring share; it depends on nothing",
         ),
         (
             "pipeline",
             &[
                 "probe", "receiver", "signal", "store", "export", "sampler", "target", "app", "config",
             ],
-            "the OTLP seams are what the receiver and its consumers share; they depend on nothing",
+            "the OTLP seams are what the receiver and its consumers share; they depend on nothing but the model",
         ),
         (
             "inject",
@@ -184,11 +201,29 @@ fn data_flows_one_way() {
             "inject edits manifests; it needs no part of the running sidecar",
         ),
         (
+            "catalogue",
+            &[
+                "probe", "receiver", "signal", "store", "export", "sampler", "target", "app", "config",
+                "pipeline", "language", "cadence", "profile", "inject", "server", "logging",
+            ],
+            "the catalogue declares vitals' metrics on the model alone; every part may read it",
+        ),
+        (
             "config",
             &[
-                "target", "probe", "signal", "store", "sampler", "receiver", "app",
+                "target", "probe", "signal", "store", "sampler", "receiver", "app", "export",
+                "profile", "server",
             ],
-            "configuration is read first and depends on no component",
+            "configuration is read first and depends on no component (the OTLP export settings and their \
+             OTEL_EXPORTER_OTLP_* rules are config/otlp.rs; the exporters take them)",
+        ),
+        (
+            "server",
+            &[
+                "probe", "receiver", "signal", "store", "export", "sampler", "target", "app", "config",
+                "pipeline", "model",
+            ],
+            "the listeners' connection handling serves /metrics and the OTLP receiver alike; it depends on no component",
         ),
     ];
     let mut broken = Vec::new();
@@ -199,6 +234,24 @@ fn data_flows_one_way() {
         };
         for d in deps.iter().filter(|d| never.contains(&d.as_str())) {
             broken.push(format!("{module} uses {d}: {why}"));
+        }
+    }
+    assert!(broken.is_empty(), "{}", broken.join("\n"));
+}
+
+#[test]
+fn the_live_page_reads_and_the_hints_derive() {
+    // The hints' usage history is fed by their derivation alone; an exporter (the live page) only shows
+    // the advice.
+    let mut broken = Vec::new();
+    for (module, path, code) in sources() {
+        if module != "export" {
+            continue;
+        }
+        for word in ["UsageHistory", "UsageTick", "hints.observe(", ".advice("] {
+            if code.contains(word) {
+                broken.push(format!("{} derives hints ({word})", path.display()));
+            }
         }
     }
     assert!(broken.is_empty(), "{}", broken.join("\n"));
@@ -232,6 +285,44 @@ fn only_the_exporters_know_prometheus_naming() {
     assert!(broken.is_empty(), "{}", broken.join("\n"));
 }
 
+/// The field reads and value matches that decode an OTLP data point's number, buckets or quantiles.
+fn point_reading() -> regex::Regex {
+    regex::Regex::new(
+        r"\.(bucket_counts|explicit_bounds|quantile_values|zero_count)\b|number_data_point::Value::As\w+\(\w+\)\s*=>",
+    )
+    .expect("valid regex")
+}
+
+#[test]
+fn otlp_points_are_read_in_one_place() {
+    // The store and derivation read OTLP data points only through `pipeline::points`, so numbers,
+    // buckets, validation and deltas mean the same to both (the store may not use derivation, so the
+    // shared reading lives in the seams both already depend on).
+    let reading = point_reading();
+    let mut broken = Vec::new();
+    for (module, path, code) in sources() {
+        if module != "store" && module != "signal" {
+            continue;
+        }
+        for m in reading.find_iter(&code) {
+            broken.push(format!(
+                "{} reads an OTLP point itself ({}); use crate::pipeline::points",
+                path.display(),
+                m.as_str()
+            ));
+        }
+    }
+    assert!(broken.is_empty(), "{}", broken.join("\n"));
+    let points = sources()
+        .into_iter()
+        .find(|(_, p, _)| p.ends_with("pipeline/points.rs"))
+        .expect("src/pipeline/points.rs");
+    assert!(
+        point_reading().find_iter(&points.2).count() >= 4,
+        "the rule's pattern finds the reads where they are"
+    );
+}
+
 #[test]
 fn the_checks_see_what_they_look_for() {
     // The parser must find a use where there is one, or the rules above pass for nothing.
@@ -247,4 +338,64 @@ fn the_checks_see_what_they_look_for() {
         g["app"].contains("receiver"),
         "app wires the receiver: {g:?}"
     );
+}
+
+#[test]
+fn each_metric_name_is_written_once() {
+    // The OpenTelemetry name of every catalogue entry is a string literal in src/catalogue.rs and nowhere
+    // else in the code (tests left out): producers and readers use the entry.
+    let catalogue =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/catalogue.rs"))
+            .expect("src/catalogue.rs is readable");
+    let name_re = regex::Regex::new(r#"name: "([a-z_.]+)""#).expect("valid regex");
+    let names: BTreeSet<String> = name_re
+        .captures_iter(&catalogue)
+        .map(|c| c[1].to_owned())
+        .collect();
+    assert!(names.len() > 80, "found only {} names", names.len());
+    let mut broken = Vec::new();
+    for (_, path, code) in sources() {
+        // golden.rs is a test-only module (`#[cfg(test)] mod golden;`) of made-up metrics whose golden
+        // expositions must stay byte-identical.
+        if path.ends_with("catalogue.rs") || path.ends_with("prometheus/golden.rs") {
+            continue;
+        }
+        for n in &names {
+            if code.contains(&format!("\"{n}\"")) {
+                broken.push(format!("{} writes the metric name \"{n}\"", path.display()));
+            }
+        }
+    }
+    assert!(broken.is_empty(), "{}", broken.join("\n"));
+}
+
+#[test]
+fn each_catalogue_entry_names_the_file_that_writes_it() {
+    // An entry's doc line says `written by `src/…``, so a search for an exposition name leads from the
+    // entry to its producer; the named file must use the entry, or the pointer has gone stale.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let catalogue = std::fs::read_to_string(root.join("src/catalogue.rs"))
+        .expect("src/catalogue.rs is readable");
+    let entry =
+        regex::Regex::new(r"written by `(src/[a-z_/]+\.rs)`\.\npub static ([A-Z0-9_]+): MetricDef")
+            .expect("valid regex");
+    let mut seen = 0;
+    let mut broken = Vec::new();
+    for c in entry.captures_iter(&catalogue) {
+        seen += 1;
+        let code = std::fs::read_to_string(root.join(&c[1])).unwrap_or_default();
+        if !without_tests(&code).contains(&format!("catalogue::{}", &c[2])) {
+            broken.push(format!(
+                "{} says it is written by {}, which does not use it",
+                &c[2], &c[1]
+            ));
+        }
+    }
+    assert!(seen > 80, "only {seen} entries name their producer");
+    assert_eq!(
+        seen,
+        catalogue.matches(": MetricDef = MetricDef {").count(),
+        "an entry does not name its producer"
+    );
+    assert!(broken.is_empty(), "{}", broken.join("\n"));
 }

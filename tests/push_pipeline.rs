@@ -76,8 +76,10 @@ impl MetricsUpstream for PyUpstream {
             }
             assert!(
                 Instant::now() < deadline,
-                "timed out waiting for {what}; the upstream has {} requests; vitals log:\n{}",
+                "timed out waiting for {what}; the upstream has {} requests; the last held: {}; vitals \
+                 log:\n{}",
                 r.len(),
+                r.last().map_or_else(String::new, |(_, q)| target_numbers(q)),
                 v.log.lock().unwrap()
             );
             std::thread::sleep(Duration::from_millis(50));
@@ -115,6 +117,39 @@ fn metric<'a>(req: &'a ExportMetricsServiceRequest, name: &str) -> Option<&'a Me
 }
 
 /// (start, time, value) of the point of a Sum or Gauge metric whose attributes include `attr`.
+/// The target's numbers in a pushed request, for a timeout's message: each point of the target and
+/// process families with its start time, time and value.
+fn target_numbers(req: &ExportMetricsServiceRequest) -> String {
+    let mut out = Vec::new();
+    for m in req
+        .resource_metrics
+        .iter()
+        .flat_map(|r| &r.scope_metrics)
+        .flat_map(|s| &s.metrics)
+        .filter(|m| m.name.starts_with("vitals.target") || m.name.starts_with("process.cpu"))
+    {
+        let points = match &m.data {
+            Some(Data::Sum(s)) => &s.data_points,
+            Some(Data::Gauge(g)) => &g.data_points,
+            _ => continue,
+        };
+        for p in points {
+            out.push(format!(
+                "{} {:?} start {} time {} = {:?}",
+                m.name,
+                p.attributes
+                    .iter()
+                    .map(|kv| (&kv.key, text(kv)))
+                    .collect::<Vec<_>>(),
+                p.start_time_unix_nano,
+                p.time_unix_nano,
+                p.value
+            ));
+        }
+    }
+    out.join("; ")
+}
+
 fn number_point(m: &Metric, attr: Option<(&str, &str)>) -> Option<(u64, u64, f64)> {
     let points = match m.data.as_ref()? {
         Data::Sum(s) => &s.data_points,

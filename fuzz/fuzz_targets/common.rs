@@ -5,12 +5,12 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use vitals::signal::latency::RedStore;
+use vitals::signal::latency::RedSignal;
 use vitals::signal::n_plus_one::{NPlusOne, Rule};
-use vitals::signal::query::{DbQueries, QueryStore};
+use vitals::signal::query::{DbQueries, QuerySignal};
 use vitals::receiver::{Consumers, OtlpLimits, OtlpStats, Receiver};
 use vitals::store::app_metrics::{AppMetrics, AppMetricsConfig};
-use vitals::store::limited::OverflowCounter;
+use vitals::bounded::OverflowCounter;
 use vitals::store::logs::LogCounts;
 use vitals::model::Registry;
 
@@ -19,14 +19,14 @@ pub fn receiver() -> &'static (Receiver, Registry) {
     I.get_or_init(|| {
         let o = OverflowCounter::default();
         let ttl = Duration::from_secs(3600);
-        let red = Arc::new(RedStore::new(100, ttl, o.clone()));
+        let red = Arc::new(RedSignal::new(100, ttl, o.clone()));
         let app = Arc::new(AppMetrics::new(AppMetricsConfig { series_limit: 100, family_limit: 100, ttl, promote: vec!["service.instance.id".into()] }, o.clone(), Arc::new(vitals::export::prometheus::naming::PrometheusNames)));
         let logs = Arc::new(LogCounts::new(100, ttl, o.clone()));
         let registry = Registry::new();
         registry.register(red.clone());
         registry.register(app.clone());
         registry.register(logs.clone());
-        let queries = Arc::new(QueryStore::new(100, ttl, o.clone()));
+        let queries = Arc::new(QuerySignal::new(100, ttl, o.clone()));
         let n_plus_one = Arc::new(NPlusOne::new(Rule::default(), 100, ttl, o.clone()));
         registry.register(queries.clone());
         registry.register(n_plus_one.clone());

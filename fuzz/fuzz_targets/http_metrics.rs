@@ -37,6 +37,7 @@ fn service(auth: bool) -> Arc<MetricsService> {
             // CPU profiles need perf_event_open; without a profiler /debug/pprof answers 404.
             profiler: None,
             continuous: None,
+            cadence: None,
         };
         Arc::new(MetricsService::start(state).expect("render thread"))
     };

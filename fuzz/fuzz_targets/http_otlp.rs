@@ -14,9 +14,9 @@ use hyper::body::Incoming;
 use hyper::Request;
 use vitals::model::Registry;
 use vitals::receiver::{Consumers, OtlpLimits, OtlpStats, Receiver};
-use vitals::signal::latency::RedStore;
+use vitals::signal::latency::RedSignal;
 use vitals::store::app_metrics::{AppMetrics, AppMetricsConfig};
-use vitals::store::limited::OverflowCounter;
+use vitals::bounded::OverflowCounter;
 use vitals::store::logs::LogCounts;
 
 fn receiver() -> Arc<Receiver> {
@@ -24,7 +24,7 @@ fn receiver() -> Arc<Receiver> {
     R.get_or_init(|| {
         let o = OverflowCounter::default();
         let ttl = Duration::from_secs(3600);
-        let red = Arc::new(RedStore::new(100, ttl, o.clone()));
+        let red = Arc::new(RedSignal::new(100, ttl, o.clone()));
         let app = Arc::new(AppMetrics::new(
             AppMetricsConfig {
                 series_limit: 100,

@@ -1,7 +1,6 @@
-//! Where signals leave: the Prometheus endpoint and its HTTP server, the live page, and vitals' own health
-//! metrics.
+//! Where signals leave: the Prometheus endpoint and its HTTP endpoints, the live page, OTLP forwarding
+//! and push.
 
 pub mod http;
 pub mod otlp;
 pub mod prometheus;
-pub mod self_metrics;

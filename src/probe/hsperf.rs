@@ -2,7 +2,7 @@
 //! `/tmp/hsperfdata_<user>/<pid>` (what `jstat` reads). Parsed here without an agent: GC collector pause
 //! counts and times, safepoints, and the old generation's occupancy and capacity.
 
-use crate::runtime::Runtime;
+use crate::language::Runtime;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -147,7 +147,7 @@ pub fn parse_at(buf: &[u8], mut f: impl FnMut(&str, Counter, usize)) -> Result<(
 
 /// One GC collector's cumulative pauses.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Collector {
+pub struct GcCollector {
     /// N in `sun.gc.collector.N.*` (below 16): what identifies the collector from sample to sample.
     pub index: usize,
     /// `sun.gc.collector.N.name`, or "collector N" when the JVM gave none.
@@ -162,7 +162,7 @@ pub struct Collector {
     pub last_exit_ticks: Option<u64>,
 }
 
-impl Collector {
+impl GcCollector {
     /// True while a pause of this collector is in progress (it began after the last one ended).
     pub fn in_pause(&self) -> bool {
         matches!((self.last_entry_ticks, self.last_exit_ticks), (Some(a), Some(b)) if a > b)
@@ -175,7 +175,7 @@ pub struct JvmSample {
     /// Ticks per second of the times below (`sun.os.hrt.frequency`).
     pub frequency: u64,
     /// Collectors by index.
-    pub collectors: Vec<Collector>,
+    pub collectors: Vec<GcCollector>,
     /// `sun.rt.safepoints`.
     pub safepoints: Option<u64>,
     /// `sun.rt.safepointTime`, ticks.
@@ -184,10 +184,29 @@ pub struct JvmSample {
     pub old_used: Option<u64>,
     /// Old generation maximum, bytes (`sun.gc.generation.1.space.0.maxCapacity`).
     pub old_max: Option<u64>,
+    /// Young generation maximum, bytes (`sun.gc.generation.0.maxCapacity`).
+    pub young_max: Option<u64>,
+    /// The collector policy (`sun.gc.policy.name`: `Copy:MSC` for Serial, `ParScav:MSC` for Parallel,
+    /// `GarbageFirst` for G1; ZGC writes none).
+    pub policy: Option<String>,
     /// The JVM clock at the JVM's last statistics sample (`sun.os.hrt.ticks`, refreshed every ~50 ms).
     pub hrt_ticks: Option<u64>,
     /// When the JVM began starting, milliseconds since the Unix epoch (`sun.rt.createVmBeginTime`).
     pub vm_begin_ms: Option<u64>,
+}
+
+impl JvmSample {
+    /// The maximum heap (`-Xmx`), bytes. Serial and Parallel (policies `…:MSC`) reserve the young and the
+    /// old generation apart, so the heap is both maxima added (equal to `-Xmx` to the byte: 42.6 + 85.4 MiB
+    /// for `-Xmx128m`); G1, ZGC and Shenandoah report the whole heap as the old generation's maximum (G1
+    /// as the young one's too, so adding would count it twice).
+    pub fn heap_max(&self) -> Option<u64> {
+        let old = self.old_max?;
+        match (self.policy.as_deref(), self.young_max) {
+            (Some(p), Some(young)) if p.ends_with(":MSC") => Some(old.saturating_add(young)),
+            _ => Some(old),
+        }
+    }
 }
 
 /// Extracts the counters vitals uses.
@@ -200,6 +219,8 @@ pub fn sample(buf: &[u8]) -> Result<JvmSample, HsperfError> {
         ("sun.rt.safepointTime", Counter::Long(v)) => s.safepoint_ticks = Some(pos(v)),
         ("sun.gc.generation.1.space.0.used", Counter::Long(v)) => s.old_used = Some(pos(v)),
         ("sun.gc.generation.1.space.0.maxCapacity", Counter::Long(v)) => s.old_max = Some(pos(v)),
+        ("sun.gc.generation.0.maxCapacity", Counter::Long(v)) => s.young_max = Some(pos(v)),
+        ("sun.gc.policy.name", Counter::Text(t)) => s.policy = Some(t),
         ("sun.os.hrt.ticks", Counter::Long(v)) => s.hrt_ticks = Some(pos(v)),
         ("sun.rt.createVmBeginTime", Counter::Long(v)) => s.vm_begin_ms = Some(pos(v)),
         (n, v) => {
@@ -214,7 +235,7 @@ pub fn sample(buf: &[u8]) -> Result<JvmSample, HsperfError> {
                 return;
             }
             if s.collectors.len() <= i {
-                s.collectors.resize(i + 1, Collector::default());
+                s.collectors.resize(i + 1, GcCollector::default());
             }
             match (field, v) {
                 ("name", Counter::Text(t)) => s.collectors[i].name = t,
@@ -738,7 +759,7 @@ pub(crate) mod tests {
             assert_eq!(s.collectors.len(), 2);
             assert_eq!(
                 s.collectors[0],
-                Collector {
+                GcCollector {
                     index: 0,
                     name: "G1 incremental collections".into(),
                     invocations: 12,
@@ -752,6 +773,33 @@ pub(crate) mod tests {
             assert_eq!(s.old_used, Some(10 << 20));
             assert_eq!(s.old_max, Some(64 << 20));
         }
+    }
+
+    /// The maximum heap from the counters of real JDK 17 JVMs started with `-Xmx128m` (read with `jcmd PID
+    /// PerfCounter.print`): Serial and Parallel split it between two generations, G1 reports it for both.
+    #[test]
+    fn heap_max_is_xmx_for_every_collector() {
+        let xmx = 128u64 << 20;
+        let s = |policy: Option<&str>, young: Option<u64>, old: u64| JvmSample {
+            policy: policy.map(str::to_owned),
+            young_max: young,
+            old_max: Some(old),
+            ..Default::default()
+        };
+        let serial = s(Some("Copy:MSC"), Some(44_695_552), 89_522_176);
+        assert_eq!(serial.heap_max(), Some(xmx));
+        let parallel = s(Some("ParScav:MSC"), Some(44_564_480), 89_653_248);
+        assert_eq!(parallel.heap_max(), Some(xmx));
+        let g1 = s(Some("GarbageFirst"), Some(134_217_752), 134_217_736);
+        assert_eq!(g1.heap_max(), Some(134_217_736));
+        assert_eq!(s(None, None, xmx).heap_max(), Some(xmx), "ZGC");
+        assert_eq!(JvmSample::default().heap_max(), None);
+        // Parsed from a file: the policy is text, the young maximum a long.
+        let mut e = entries();
+        e.push(("sun.gc.policy.name", Counter::Text("Copy:MSC".into())));
+        e.push(("sun.gc.generation.0.maxCapacity", Counter::Long(32 << 20)));
+        let parsed = sample(&image(true, &e)).unwrap();
+        assert_eq!(parsed.heap_max(), Some(96 << 20));
     }
 
     /// JDK 17 ZGC writes only collector 2 ("Z concurrent cycle pauses", seen with `jcmd PID

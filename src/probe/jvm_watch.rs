@@ -248,9 +248,9 @@ struct Found {
     first_fall: Option<Instant>,
 }
 
-/// What the probe asked the watch to do.
+/// The search for one JVM's hsperfdata file: what the probe asked the watch to do, and what it found.
 #[derive(Default)]
-struct State {
+struct HsperfSearch {
     stop: bool,
     /// The target whose file to find, with whether its program is a JVM (only then is it searched for).
     owner: Option<(HsperfOwner, bool)>,
@@ -261,13 +261,13 @@ struct State {
 }
 
 struct Shared {
-    state: Mutex<State>,
+    state: Mutex<HsperfSearch>,
     wake: Condvar,
     proc_root: PathBuf,
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, HsperfSearch> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -321,7 +321,7 @@ impl JvmWatch {
     pub fn new(proc_root: &Path) -> Self {
         JvmWatch {
             shared: Arc::new(Shared {
-                state: Mutex::new(State::default()),
+                state: Mutex::new(HsperfSearch::default()),
                 wake: Condvar::new(),
                 proc_root: proc_root.to_path_buf(),
             }),

@@ -9,12 +9,13 @@ pub mod hsperf;
 pub mod jvm_watch;
 pub mod kept;
 pub mod oom;
+pub mod own_health;
 pub mod pressure;
 pub mod procfs;
 pub mod sockets;
 pub mod tree;
 
-use crate::runtime::Runtime;
+use crate::language::Runtime;
 use std::time::Duration;
 
 use cgroup::{CgroupDirs, CgroupSample};

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use super::kept::{is_gone, KeptFile};
 use super::tree::ProcessTree;
 use super::{Observations, Probe, ProbeTarget, ReadErrorSink, ReadSource, TargetGone};
-use crate::runtime::Runtime;
+use crate::language::Runtime;
 
 /// A file's content did not have the expected shape.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -22,7 +22,7 @@ use super::procfs::{
     detect_runtime, list_pids, parse_stat, ProcReader, ProcSample, PssPolicy, Stat, Status,
 };
 use super::{ReadErrorSink, TargetGone};
-use crate::runtime::Runtime;
+use crate::language::Runtime;
 
 /// Default cap on the processes of one tree that are read each tick.
 pub const DEFAULT_MAX_PROCESSES: usize = 1000;

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use super::ring::{ProfileRing, Segment, SegmentBuilder};
 use super::session::{self, Recording, Sampling};
 use super::{perf, pprof, CpuProfile, Profiler, ProfilerSettings, Reason};
-use crate::model::{Collector, Metric, MetricKind, Value};
+use crate::catalogue;
+use crate::model::{Collector, Metric, Value};
 
 /// Length of one segment of the ring.
 pub const SEGMENT: Duration = Duration::from_secs(10);
@@ -514,42 +515,24 @@ impl Collector for Continuous {
     fn collect(&self, out: &mut Vec<Metric>) {
         let ring = self.ring_state();
         out.push(
-            Metric::new(
-                "vitals.profiler.ring",
-                "Bytes the continuous profiler's ring of recent CPU samples holds (bounded by \
-                 --profile-ring-bytes)",
-                "By",
-                MetricKind::Gauge,
-            )
-            .with(&[], Value::Gauge(ring.bytes as f64)),
+            catalogue::PROFILER_RING
+                .metric()
+                .with(&[], Value::Gauge(ring.bytes as f64)),
         );
         out.push(
-            Metric::new(
-                "vitals.profiler.ring.span",
-                "Seconds of recent CPU samples the continuous profiler's ring covers",
-                "s",
-                MetricKind::Gauge,
-            )
-            .with(&[], Value::Gauge(ring.span_seconds)),
+            catalogue::PROFILER_RING_SPAN
+                .metric()
+                .with(&[], Value::Gauge(ring.span_seconds)),
         );
-        let mut taken = Metric::new(
-            "vitals.profiler.captures",
-            "CPU profiles kept because an alert condition began to hold, by the alert",
-            "{capture}",
-            MetricKind::Counter,
-        );
+        let mut taken = catalogue::PROFILER_CAPTURES.metric();
         for (alert, n) in self.taken() {
             taken = taken.with(&[("alert", alert.as_str())], Value::Sum(n as f64));
         }
         out.push(taken);
         out.push(
-            Metric::new(
-                "vitals.profiler.captures.kept",
-                "Bytes of the kept captures (gzipped pprof)",
-                "By",
-                MetricKind::Gauge,
-            )
-            .with(&[], Value::Gauge(self.captures_bytes() as f64)),
+            catalogue::PROFILER_CAPTURES_KEPT
+                .metric()
+                .with(&[], Value::Gauge(self.captures_bytes() as f64)),
         );
     }
 }

@@ -5,7 +5,8 @@ use std::path::Path;
 
 use super::perf::{OpenRefusal, SamplingPlan};
 use super::{CpuProfile, Profiler, ProfilerSettings};
-use crate::model::{Collector, Metric, MetricKind, Value};
+use crate::catalogue;
+use crate::model::{Collector, Metric, Value};
 
 /// The profiler's state; the label value of the status series.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,23 +178,14 @@ pub fn outcome(p: &CpuProfile) -> Reason {
 impl Collector for Profiler {
     fn collect(&self, out: &mut Vec<Metric>) {
         out.push(
-            Metric::new(
-                "vitals.profiler.status",
-                "State of the CPU profiler (1 for the current reason): off, no_target, ok, \
-                 no_kernel_frames, not_permitted_*, unsupported, no_symbols, error",
-                "",
-                MetricKind::Gauge,
-            )
-            .with(&[("reason", self.status().label())], Value::Gauge(1.0)),
+            catalogue::PROFILER_STATUS
+                .metric()
+                .with(&[("reason", self.status().label())], Value::Gauge(1.0)),
         );
         out.push(
-            Metric::new(
-                "vitals.profiler.samples",
-                "CPU samples the profiler has taken of the target",
-                "{sample}",
-                MetricKind::Counter,
-            )
-            .with(&[], Value::Sum(self.samples() as f64)),
+            catalogue::PROFILER_SAMPLES
+                .metric()
+                .with(&[], Value::Sum(self.samples() as f64)),
         );
     }
 }

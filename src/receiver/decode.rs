@@ -180,9 +180,9 @@ mod tests {
 #[cfg(test)]
 mod golden {
     use super::*;
+    use crate::bounded::OverflowCounter;
     use crate::model::{Collector, Value};
     use crate::store::app_metrics::{AppMetrics, AppMetricsConfig};
-    use crate::store::limited::OverflowCounter;
     use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
     use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;

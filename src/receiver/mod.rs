@@ -21,7 +21,8 @@ pub use consumer::{
     QueueFull, TraceView, TracesConsumer,
 };
 
-use crate::model::{Collector, Metric, MetricKind, Value};
+use crate::catalogue;
+use crate::model::{Collector, Metric, Value};
 
 pub use crate::pipeline::Signal;
 
@@ -181,18 +182,8 @@ impl OtlpStats {
 
 impl Collector for OtlpStats {
     fn collect(&self, out: &mut Vec<Metric>) {
-        let mut items = Metric::new(
-            "vitals.exporter.otlp.items",
-            "OTLP items (spans, data points, log records) received",
-            "{item}",
-            MetricKind::Counter,
-        );
-        let mut refused = Metric::new(
-            "vitals.exporter.otlp.refused.requests",
-            "OTLP requests refused whole, by reason",
-            "{request}",
-            MetricKind::Counter,
-        );
+        let mut items = catalogue::EXPORTER_OTLP_ITEMS.metric();
+        let mut refused = catalogue::EXPORTER_OTLP_REFUSED_REQUESTS.metric();
         for s in Signal::ALL {
             for (i, outcome) in ["accepted", "rejected"].iter().enumerate() {
                 items.push(
@@ -210,13 +201,9 @@ impl Collector for OtlpStats {
         out.push(items);
         out.push(refused);
         out.push(
-            Metric::new(
-                "vitals.exporter.series.overflow",
-                "Observations sent to an overflow series because a cardinality limit was reached",
-                "{observation}",
-                MetricKind::Counter,
-            )
-            .with(&[], Value::Sum(self.overflow.get() as f64)),
+            catalogue::EXPORTER_SERIES_OVERFLOW
+                .metric()
+                .with(&[], Value::Sum(self.overflow.get() as f64)),
         );
     }
 }

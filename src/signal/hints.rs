@@ -15,7 +15,8 @@
 
 use std::collections::HashMap;
 
-use crate::model::{Collector, Metric, MetricKind, Value};
+use crate::catalogue;
+use crate::model::{Collector, Metric, Value};
 
 /// Lowest CPU use the histogram resolves, in cores.
 const CPU_FIRST_BUCKET: f64 = 0.001;
@@ -107,7 +108,7 @@ struct PoolHistory {
 }
 
 /// One recommendation, or the reason there is none yet.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Hint {
     /// What it is about: `cpu_request`, `cpu_limit`, `memory_request`, `memory_limit`, `jvm_heap_max`,
     /// `db_pool_max`, `fd_limit`.
@@ -223,9 +224,14 @@ impl UsageHistory {
             if let Some((pt, pc)) = self.prev_cpu {
                 let dt = u.t - pt;
                 if dt > 0.0 && cpu >= pc {
+                    // Readings come every second while someone watches or scrapes that often, every idle
+                    // interval otherwise: each counts for the seconds it covers, so the percentile is one
+                    // of time, whatever the pace.
                     let cores = (cpu - pc) / dt;
-                    self.cpu_hist[cpu_bucket(cores)] += 1;
-                    self.cpu_samples += 1;
+                    let seconds = dt.round().clamp(1.0, 3600.0) as u32;
+                    let b = &mut self.cpu_hist[cpu_bucket(cores)];
+                    *b = b.saturating_add(seconds);
+                    self.cpu_samples += u64::from(seconds);
                 }
             }
             self.prev_cpu = Some((u.t, cpu));
@@ -517,12 +523,7 @@ impl UsageHistory {
 /// Families for hints: `vitals_recommendation_*` values (only when there is one) and, for every hint, the
 /// history it rests on.
 pub fn families(hints: &[Hint]) -> Vec<Metric> {
-    let mut history = Metric::new(
-        "vitals.recommendation.history",
-        "Seconds of history a tuning hint rests on",
-        "s",
-        MetricKind::Gauge,
-    );
+    let mut history = catalogue::RECOMMENDATION_HISTORY.metric();
     let mut by_name: Vec<Metric> = Vec::new();
     for h in hints {
         let pool = h.pool.as_deref().unwrap_or("");
@@ -532,38 +533,16 @@ pub fn families(hints: &[Hint]) -> Vec<Metric> {
         }
         history.push(&labels, Value::Gauge(h.history_seconds));
         let Some(v) = h.value else { continue };
-        let (name, help, unit) = match h.unit {
-            "cores" => (
-                "vitals.recommendation.cores",
-                "Recommended CPU, in cores",
-                "{cpu}",
-            ),
-            "bytes" => (
-                "vitals.recommendation.bytes",
-                "Recommended memory size, in bytes",
-                "By",
-            ),
-            "ratio" => (
-                "vitals.recommendation.throttled",
-                "Share of CFS periods throttled by the CPU limit over the history",
-                "1",
-            ),
-            "connections" => (
-                "vitals.recommendation.connections",
-                "Recommended DB connection pool size",
-                "{connection}",
-            ),
-            _ => (
-                "vitals.recommendation.files",
-                "Recommended open-file limit",
-                "{file}",
-            ),
+        let def = match h.unit {
+            "cores" => &catalogue::RECOMMENDATION_CORES,
+            "bytes" => &catalogue::RECOMMENDATION_BYTES,
+            "ratio" => &catalogue::RECOMMENDATION_THROTTLED,
+            "connections" => &catalogue::RECOMMENDATION_CONNECTIONS,
+            _ => &catalogue::RECOMMENDATION_FILES,
         };
-        match by_name.iter_mut().find(|f| f.name == name) {
+        match by_name.iter_mut().find(|f| def.is(f)) {
             Some(f) => f.push(&labels, Value::Gauge(v)),
-            None => by_name.push(
-                Metric::new(name, help, unit, MetricKind::Gauge).with(&labels, Value::Gauge(v)),
-            ),
+            None => by_name.push(def.metric().with(&labels, Value::Gauge(v))),
         }
     }
     let mut out = by_name;
@@ -573,16 +552,54 @@ pub fn families(hints: &[Hint]) -> Vec<Metric> {
     out
 }
 
-/// The latest hints, shared between the live sampler that computes them and the scrape that shows them.
-#[derive(Default)]
-pub struct HintBoard {
+/// The hints as a derivation: after each reading it reads what the probes and the other derivations
+/// put in the registry (one gather of vitals' own families), keeps the usage history, and publishes the
+/// advice that `/metrics` exposes and the live page shows. The history starts again when the target is
+/// another process (a new pid or start time): the old usage no longer describes it.
+pub struct HintSignal {
+    policy: HintPolicy,
+    reading: std::sync::Mutex<HintReading>,
     latest: std::sync::Mutex<Vec<Hint>>,
 }
 
-impl HintBoard {
-    /// Replaces the published hints.
-    pub fn publish(&self, hints: Vec<Hint>) {
-        *self.latest.lock().unwrap_or_else(|p| p.into_inner()) = hints;
+/// What the hints keep between readings.
+struct HintReading {
+    usage: UsageHistory,
+    /// `pid@start` of the target the history describes.
+    target: Option<String>,
+}
+
+impl HintSignal {
+    /// Hints computed with `policy`, none published yet.
+    pub fn new(policy: HintPolicy) -> Self {
+        HintSignal {
+            policy,
+            reading: std::sync::Mutex::new(HintReading {
+                usage: UsageHistory::new(),
+                target: None,
+            }),
+            latest: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Takes the reading at unix time `t` from one gather of the registry and publishes the advice.
+    pub fn observe(&self, t: f64, families: &[Metric]) {
+        let f = catalogue::Families::new(families);
+        let up = f.sum(&catalogue::TARGET_UP, &[]).unwrap_or(0.0) > 0.0;
+        let key = f.target_instance();
+        let mut r = self.reading.lock().unwrap_or_else(|p| p.into_inner());
+        if key.is_some() && key != r.target {
+            if r.target.is_some() {
+                r.usage.reset();
+            }
+            r.target = key;
+        }
+        if up {
+            r.usage.observe(&usage_tick(t, &f));
+        }
+        let advice = r.usage.advice(&self.policy);
+        drop(r);
+        *self.latest.lock().unwrap_or_else(|p| p.into_inner()) = advice;
     }
 
     /// A copy of the published hints.
@@ -594,7 +611,65 @@ impl HintBoard {
     }
 }
 
-impl Collector for HintBoard {
+/// One pool as a gather shows it.
+struct PoolReading<'a> {
+    pool: &'a str,
+    kind: &'a str,
+    used: Option<f64>,
+    max: Option<f64>,
+    pending: Option<f64>,
+}
+
+/// What one gather tells the hints.
+fn usage_tick(t: f64, f: &catalogue::Families<'_>) -> UsageTick {
+    let pools: Vec<PoolReading<'_>> = f
+        .series(&catalogue::POOL_UTILIZATION)
+        .filter_map(|s| {
+            let (pool, kind) = (catalogue::label(s, "pool")?, catalogue::label(s, "kind")?);
+            let l = [("pool", pool), ("kind", kind)];
+            Some(PoolReading {
+                pool,
+                kind,
+                used: f.sum(&catalogue::POOL_USED, &l),
+                max: f.sum(&catalogue::POOL_MAX, &l),
+                pending: f.sum(&catalogue::POOL_PENDING, &l),
+            })
+        })
+        .collect();
+    let fds = pools
+        .iter()
+        .find(|p| p.kind == "fds")
+        .and_then(|p| Some((p.used?, p.max?)));
+    let db_pools = pools
+        .iter()
+        .filter(|p| p.kind == "db")
+        .filter_map(|p| {
+            Some(PoolUse {
+                pool: p.pool.to_owned(),
+                used: p.used?,
+                max: p.max?,
+                pending: p.pending.unwrap_or(0.0),
+            })
+        })
+        .collect();
+    let rss = f.sum(&catalogue::PROCESS_MEMORY_USAGE, &[]);
+    UsageTick {
+        t,
+        cpu_seconds: f.sum(&catalogue::PROCESS_CPU_TIME, &[]),
+        cfs_periods: f
+            .sum(&catalogue::CGROUP_CPU_THROTTLED_PERIODS, &[])
+            .zip(f.sum(&catalogue::CGROUP_CPU_PERIODS, &[])),
+        // RSS, not cgroup usage: the cgroup counts page cache the kernel reclaims under pressure.
+        memory_bytes: rss.or_else(|| f.sum(&catalogue::CGROUP_MEMORY_USAGE, &[])),
+        memory_limit_bytes: f.sum(&catalogue::CGROUP_MEMORY_LIMIT, &[]),
+        oom_kills: f.sum(&catalogue::CGROUP_MEMORY_OOM_KILLS, &[]),
+        heap_max_bytes: f.sum(&catalogue::MEMORY_HEAP_LIMIT, &[("runtime", "jvm")]),
+        fds,
+        db_pools,
+    }
+}
+
+impl Collector for HintSignal {
     fn collect(&self, out: &mut Vec<Metric>) {
         out.extend(families(
             &self.latest.lock().unwrap_or_else(|p| p.into_inner()),
@@ -605,6 +680,61 @@ impl Collector for HintBoard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One gather of a target `pid` using `cores` of CPU since it started at `t0` and `mem` bytes.
+    fn gather(t: f64, t0: f64, pid: &str, cores: f64, mem: f64) -> Vec<Metric> {
+        vec![
+            catalogue::TARGET_UP.metric().with(&[], Value::Gauge(1.0)),
+            catalogue::TARGET_INFO
+                .metric()
+                .with(&[("pid", pid)], Value::Gauge(1.0)),
+            catalogue::PROCESS_START_TIME
+                .metric()
+                .with(&[], Value::Gauge(t0)),
+            catalogue::PROCESS_CPU_TIME
+                .metric()
+                .with(&[], Value::Sum(cores * (t - t0))),
+            catalogue::PROCESS_MEMORY_USAGE
+                .metric()
+                .with(&[], Value::Gauge(mem)),
+        ]
+    }
+
+    #[test]
+    fn the_derivation_reads_a_gather_and_starts_again_for_another_process() {
+        let hints = HintSignal::new(policy());
+        for i in 0..90 {
+            let t = 1000.0 + i as f64;
+            hints.observe(t, &gather(t, 1000.0, "7", 0.5, 100e6));
+        }
+        let memory = |h: &HintSignal| find(&h.current(), "memory_request").value;
+        let cpu = |h: &HintSignal| find(&h.current(), "cpu_request").value;
+        // 100 MB plus the 15% margin; half a core plus the margin (p90 of a steady 0.5).
+        assert!((memory(&hints).unwrap() / 115e6 - 1.0).abs() < 1e-9);
+        assert!((cpu(&hints).unwrap() / 0.575 - 1.0).abs() < 0.06);
+        // The series vitals exposes are the published advice.
+        let mut out = Vec::new();
+        hints.collect(&mut out);
+        assert!(out.iter().any(|m| !m.points.is_empty()));
+        // Another process (new pid): the old usage no longer describes it.
+        hints.observe(1100.0, &gather(1100.0, 1099.0, "8", 0.5, 100e6));
+        assert_eq!(memory(&hints), None);
+        // A target that is down adds no usage.
+        let down: Vec<Metric> = gather(1101.0, 1099.0, "8", 0.5, 100e6)
+            .into_iter()
+            .map(|m| {
+                if catalogue::TARGET_UP.is(&m) {
+                    catalogue::TARGET_UP.metric().with(&[], Value::Gauge(0.0))
+                } else {
+                    m
+                }
+            })
+            .collect();
+        for i in 0..90 {
+            hints.observe(1101.0 + i as f64, &down);
+        }
+        assert_eq!(memory(&hints), None);
+    }
 
     fn policy() -> HintPolicy {
         HintPolicy {
@@ -644,7 +774,7 @@ mod tests {
         }
         assert!(families(&a)
             .iter()
-            .all(|f| f.name == "vitals.recommendation.history"));
+            .all(|f| f.name == catalogue::RECOMMENDATION_HISTORY.name));
     }
 
     #[test]
@@ -764,6 +894,7 @@ mod tests {
             });
         }
         let fams = families(&h.advice(&policy()));
+        crate::catalogue::assert_agrees(&fams);
         use crate::export::prometheus::naming::exposition_name;
         let exported: Vec<(String, String)> = fams
             .iter()

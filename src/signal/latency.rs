@@ -8,11 +8,13 @@ use std::borrow::Cow;
 
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 
-use crate::model::{Collector, Exemplar, Exponential, Metric, MetricKind, Value};
+use crate::bounded::{LimitedMap, OverflowCounter};
+use crate::catalogue;
+use crate::catalogue::OVERFLOW_LABEL;
+use crate::model::{Collector, Exemplar, Exponential, Metric, Value};
+use crate::pipeline::attributes::{self, cut_str};
 use crate::pipeline::trace_view::{AttributeValue, ResourceSpansView, SpanView};
 use crate::pipeline::{Consumer, PartialSuccess, TraceView};
-use crate::store::app_metrics::{self, cut_str};
-use crate::store::limited::{LimitedMap, OverflowCounter, OVERFLOW_LABEL};
 
 /// Bucket upper bounds in seconds: 0.5 ms to 60 s, with 0.1 s and 0.4 s (Apdex T = 0.1 s and 4T).
 pub const BUCKETS: [f64; 21] = [
@@ -159,7 +161,7 @@ pub fn service_name<'a>(resource: &ResourceSpansView<'a>) -> Cow<'a, str> {
         AttributeValue::Str("") | AttributeValue::Empty => unknown,
         AttributeValue::Str(s) => Cow::Borrowed(cut_str(s)),
         _ => match a.to_key_value() {
-            Some(kv) => Cow::Owned(app_metrics::service_name(std::slice::from_ref(&kv))),
+            Some(kv) => Cow::Owned(attributes::service_name(std::slice::from_ref(&kv))),
             None => unknown,
         },
     }
@@ -286,14 +288,15 @@ impl RedSeries {
     }
 }
 
-struct Inner {
+/// The RED series and the key buffer reused to look one up, under one lock.
+struct RedTable {
     series: LimitedMap<String, RedSeries>,
     key: String,
 }
 
 /// RED histograms per (service, operation, kind, outcome), bounded.
-pub struct RedStore {
-    inner: Mutex<Inner>,
+pub struct RedSignal {
+    table: Mutex<RedTable>,
     ttl: Duration,
 }
 
@@ -313,11 +316,11 @@ fn itoa(mut n: usize, buf: &mut [u8; 20]) -> &str {
     std::str::from_utf8(&buf[at..]).unwrap_or("0")
 }
 
-impl RedStore {
+impl RedSignal {
     /// A store keeping at most `limit` label sets; series not updated for `ttl` are dropped.
     pub fn new(limit: usize, ttl: Duration, overflow: OverflowCounter) -> Self {
-        RedStore {
-            inner: Mutex::new(Inner {
+        RedSignal {
+            table: Mutex::new(RedTable {
                 series: LimitedMap::new(limit, overflow),
                 key: String::with_capacity(128),
             }),
@@ -328,8 +331,8 @@ impl RedStore {
     /// Records a batch of spans of one service under one lock.
     pub fn observe<'a>(&self, service: &str, spans: impl IntoIterator<Item = SpanFacts<'a>>) {
         let now = Instant::now();
-        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let Inner { series, key } = &mut *guard;
+        let mut guard = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        let RedTable { series, key } = &mut *guard;
         let service = cut_str(service);
         let mut digits = [0u8; 20];
         for f in spans {
@@ -435,28 +438,23 @@ pub(crate) fn classic_histogram(
     }
 }
 
-impl RedStore {
+impl RedSignal {
     /// Drops series not updated within the TTL; runs on a timer, not inside a scrape.
     pub fn expire(&self, now: Instant) {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        inner.series.expire(now, self.ttl);
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        table.series.expire(now, self.ttl);
     }
 }
 
-impl Collector for RedStore {
+impl Collector for RedSignal {
     fn collect(&self, out: &mut Vec<Metric>) {
         let now = Instant::now();
-        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if !inner.series.any_live(now, self.ttl) {
+        let table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        if !table.series.any_live(now, self.ttl) {
             return;
         }
-        let mut fam = Metric::new(
-            "vitals.request.duration",
-            "Duration of requests (SERVER and CONSUMER spans) by service, operation, kind and outcome",
-            "s",
-            MetricKind::Histogram,
-        );
-        let mut rows: Vec<&RedSeries> = inner
+        let mut fam = catalogue::REQUEST_DURATION.metric();
+        let mut rows: Vec<&RedSeries> = table
             .series
             .iter_live(now, self.ttl)
             .map(|(_, s)| s)
@@ -475,7 +473,7 @@ impl Collector for RedStore {
                 histogram_value(s),
             );
         }
-        if let Some(o) = inner.series.overflow_live(now, self.ttl) {
+        if let Some(o) = table.series.overflow_live(now, self.ttl) {
             fam.push_started(&[OVERFLOW_LABEL], o.start_unix_nanos, histogram_value(o));
         }
         out.push(fam);
@@ -485,7 +483,7 @@ impl Collector for RedStore {
 /// RED as a consumer of the receiver's trace exports: each resource's request spans go to the store
 /// under its service; spans that are not requests are taken and ignored; a span that cannot be
 /// measured is rejected with its reason.
-impl<'a> Consumer<TraceView<'a>> for RedStore {
+impl<'a> Consumer<TraceView<'a>> for RedSignal {
     fn consume(&self, request: &TraceView<'a>) -> PartialSuccess {
         let mut answer = PartialSuccess::default();
         for rs in request.resource_spans() {
@@ -642,7 +640,7 @@ mod tests {
     #[test]
     fn buckets_counts_and_overflow() {
         let c = OverflowCounter::default();
-        let store = RedStore::new(2, Duration::from_secs(60), c.clone());
+        let store = RedSignal::new(2, Duration::from_secs(60), c.clone());
         let spans: Vec<Span> = [50u64, 100, 100, 400, 2000]
             .iter()
             .map(|ms| span(SpanKind::Server, *ms, vec![], 0))
@@ -672,6 +670,7 @@ mod tests {
         );
         let mut out = vec![];
         store.collect(&mut out);
+        crate::catalogue::assert_agrees(&out);
         let fam = &out[0];
         assert_eq!(
             fam.points.len(),
@@ -718,7 +717,7 @@ mod tests {
 
     #[test]
     fn separator_in_a_value_cannot_merge_two_keys_and_long_values_are_cut() {
-        let store = RedStore::new(10, Duration::from_secs(60), OverflowCounter::default());
+        let store = RedSignal::new(10, Duration::from_secs(60), OverflowCounter::default());
         let span = |op| SpanFacts {
             operation: Operation::Single(op),
             kind: RequestKind::Server,
@@ -734,6 +733,7 @@ mod tests {
         store.observe(&long, [span(&long)]);
         let mut out = Vec::new();
         store.collect(&mut out);
+        crate::catalogue::assert_agrees(&out);
         assert_eq!(out[0].points.len(), 3);
         for series in &out[0].points {
             assert!(

@@ -11,10 +11,11 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::model::{Collector, Metric, MetricKind, Value};
-use crate::probe::hsperf::{Collector as GcCollector, JvmSample};
+use crate::catalogue;
+use crate::language::{self, Runtime};
+use crate::model::{Collector, Metric, Value};
+use crate::probe::hsperf::{GcCollector, JvmSample};
 use crate::probe::jvm_watch::JvmFast;
-use crate::runtime::{self, Runtime};
 
 const BUCKETS: usize = 30;
 const FLOOR_SPAN: usize = BUCKETS / 6;
@@ -593,45 +594,12 @@ impl MemoryGrowth {
 impl Collector for MemoryGrowth {
     fn collect(&self, out: &mut Vec<Metric>) {
         let tracks = self.tracks.lock().unwrap_or_else(|p| p.into_inner());
-        let mut growth = Metric::new(
-            "vitals.memory.growth",
-            "Robust memory growth slope per signal and window (absent until the window holds enough data)",
-            "By/s",
-            MetricKind::Gauge,
-        );
-        let mut ttl = Metric::new(
-            "vitals.memory.time_to_limit",
-            "Time until the signal reaches its limit at the longest ready window's growth",
-            "s",
-            MetricKind::Gauge,
-        );
-        let mut leak = Metric::new(
-            "vitals.memory.leak.suspected",
-            "1 while growth is sustained above the leak threshold in every ready window",
-            "",
-            MetricKind::Gauge,
-        );
-        let mut status = Metric::new(
-            "vitals.memory.growth.status",
-            "1 for the state of each growth window: ready, filling, few_readings (the source measures \
-             more rarely than the window is long) or no_reading (no value yet); 0 for the others",
-            "",
-            MetricKind::Gauge,
-        );
-        let mut heap = Metric::new(
-            "vitals.memory.heap",
-            "Heap in use after GC the heap growth is computed on: the runtime's OTLP metric, else the \
-             JVM's live set after its last old collection (absent until one is seen)",
-            "By",
-            MetricKind::Gauge,
-        );
-        let mut heap_limit = Metric::new(
-            "vitals.memory.heap.limit",
-            "The limit of the heap in vitals_memory_heap_bytes (JVM maximum heap or old generation, V8 \
-             heap limit)",
-            "By",
-            MetricKind::Gauge,
-        );
+        let mut growth = catalogue::MEMORY_GROWTH.metric();
+        let mut ttl = catalogue::MEMORY_TIME_TO_LIMIT.metric();
+        let mut leak = catalogue::MEMORY_LEAK_SUSPECTED.metric();
+        let mut status = catalogue::MEMORY_GROWTH_STATUS.metric();
+        let mut heap = catalogue::MEMORY_HEAP.metric();
+        let mut heap_limit = catalogue::MEMORY_HEAP_LIMIT.metric();
         let heap_runtime = match self.heap_runtime.load(Ordering::Relaxed) {
             0 => None,
             n => Runtime::ALL.get(usize::from(n - 1)).copied(),
@@ -659,7 +627,7 @@ impl Collector for MemoryGrowth {
                 continue;
             }
             if let (MemorySignal::Heap, Some((v, limit))) = (sig, track.last) {
-                let labels = [("runtime", runtime::label_of(heap_runtime))];
+                let labels = [("runtime", language::label_of(heap_runtime))];
                 heap.push(&labels, Value::Gauge(v));
                 if let Some(l) = limit {
                     heap_limit.push(&labels, Value::Gauge(l));
@@ -704,6 +672,12 @@ mod tests {
             t += step;
         }
         w
+    }
+
+    #[test]
+    fn the_idle_pace_counts_the_same_buckets() {
+        // The configuration picks the idle interval so that each of these buckets gets a reading.
+        assert_eq!(BUCKETS, crate::config::GROWTH_WINDOW_BUCKETS as usize);
     }
 
     #[test]
@@ -779,14 +753,16 @@ mod tests {
             );
             let mut out = vec![];
             m.collect(&mut out);
+            crate::catalogue::assert_agrees(&out);
             flags.push(
                 out.iter()
-                    .find(|f| f.name == "vitals.memory.leak.suspected")
+                    .find(|f| f.name == catalogue::MEMORY_LEAK_SUSPECTED.name)
                     .is_some_and(|f| f.points.iter().any(|p| p.value == Value::Gauge(1.0))),
             );
         }
         let mut out = vec![];
         m.collect(&mut out);
+        crate::catalogue::assert_agrees(&out);
         (flags, out)
     }
 
@@ -821,14 +797,14 @@ mod tests {
             [("signal", "heap"), ("window", w)]
         }
         assert_eq!(
-            heap_series(&out, "vitals.memory.growth", &window("1m")),
+            heap_series(&out, catalogue::MEMORY_GROWTH.name, &window("1m")),
             None,
             "no slope from one reading"
         );
         assert_eq!(
             heap_series(
                 &out,
-                "vitals.memory.growth.status",
+                catalogue::MEMORY_GROWTH_STATUS.name,
                 &[
                     ("signal", "heap"),
                     ("window", "1m"),
@@ -837,12 +813,12 @@ mod tests {
             ),
             Some(Value::Gauge(1.0))
         );
-        match heap_series(&out, "vitals.memory.growth", &window("3m")) {
+        match heap_series(&out, catalogue::MEMORY_GROWTH.name, &window("3m")) {
             Some(Value::Gauge(s)) => assert!((s - rate).abs() < 1.0, "{s}"),
             v => panic!("{v:?}"),
         }
         assert_eq!(
-            heap_series(&out, "vitals.memory.heap", &[("runtime", "jvm")]),
+            heap_series(&out, catalogue::MEMORY_HEAP.name, &[("runtime", "jvm")]),
             Some(Value::Gauge(50e6 + rate * 550.0))
         );
     }
@@ -865,14 +841,15 @@ mod tests {
         }
         let mut out = vec![];
         m.collect(&mut out);
+        crate::catalogue::assert_agrees(&out);
         let leak = out
             .iter()
-            .find(|f| f.name == "vitals.memory.leak.suspected")
+            .find(|f| f.name == catalogue::MEMORY_LEAK_SUSPECTED.name)
             .unwrap();
         assert_eq!(leak.points[0].value, Value::Gauge(1.0));
         let ttl = out
             .iter()
-            .find(|f| f.name == "vitals.memory.time_to_limit")
+            .find(|f| f.name == catalogue::MEMORY_TIME_TO_LIMIT.name)
             .unwrap();
         match ttl.points[0].value {
             Value::Gauge(s) => assert!((s - (2e6 - 1.119e6) / 1000.0).abs() < 5.0, "{s}"),
@@ -880,7 +857,7 @@ mod tests {
         }
         let growth = out
             .iter()
-            .find(|f| f.name == "vitals.memory.growth")
+            .find(|f| f.name == catalogue::MEMORY_GROWTH.name)
             .unwrap();
         assert_eq!(growth.points.len(), 2);
         assert_eq!(growth.points[0].attributes[1].1, "1m");
@@ -898,9 +875,10 @@ mod tests {
         }
         let mut out = vec![];
         m.collect(&mut out);
+        crate::catalogue::assert_agrees(&out);
         assert_eq!(
             out.iter()
-                .find(|f| f.name == "vitals.memory.leak.suspected")
+                .find(|f| f.name == catalogue::MEMORY_LEAK_SUSPECTED.name)
                 .unwrap()
                 .points[0]
                 .value,
@@ -918,9 +896,10 @@ mod tests {
         }
         let mut out = vec![];
         m.collect(&mut out);
+        crate::catalogue::assert_agrees(&out);
         assert_eq!(
             out.iter()
-                .find(|f| f.name == "vitals.memory.leak.suspected")
+                .find(|f| f.name == catalogue::MEMORY_LEAK_SUSPECTED.name)
                 .unwrap()
                 .points[0]
                 .value,

@@ -1,5 +1,5 @@
 //! Derivation: plain synchronous code that turns observations into the signals of the catalogue, one file
-//! per question. [`Derived`] runs the three tick-driven ones (pauses, memory growth, pools) from the
+//! per question. [`TickSignals`] runs the three tick-driven ones (pauses, memory growth, pools) from the
 //! sampler's readings and the runtime metrics picked out of the app's OTLP exports
 //! ([`runtime_metrics::RuntimeMetrics`]).
 
@@ -17,18 +17,19 @@ pub mod target;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use crate::language::{Runtime, PROFILES};
 use crate::probe::hsperf::JvmSample;
 use crate::probe::jvm_watch::JvmFast;
 use crate::probe::Observations;
-use crate::runtime::{Runtime, PROFILES};
 
 use memory::{JvmLiveSet, MemoryGrowth, MemoryReadings};
 use pause::PauseSignal;
 use pool::{PoolInputs, PoolSignal};
 use runtime_metrics::{HeapReading, RuntimeMetrics};
 
-/// The tick-driven signals.
-pub struct Derived {
+/// The signals derived on each sampler tick (pauses, memory growth, pool saturation), with what they
+/// share: the runtime metrics picked from the app's exports and the JVM live-set tracker.
+pub struct TickSignals {
     /// Pauses.
     pub pause: Arc<PauseSignal>,
     /// Memory growth.
@@ -77,10 +78,10 @@ fn heap_row_runtime(order: usize) -> Option<Runtime> {
         .nth(order)
 }
 
-impl Derived {
+impl TickSignals {
     /// Wires the signals to the runtime metrics picked from the app's OTLP exports.
     pub fn new(runtime: Arc<RuntimeMetrics>, memory: MemoryGrowth) -> Self {
-        Derived {
+        TickSignals {
             pause: Arc::new(PauseSignal::new()),
             memory: Arc::new(memory),
             pool: Arc::new(PoolSignal::new()),
@@ -110,7 +111,7 @@ impl Derived {
             l.observe_with(j, fast).map(|(v, fresh)| {
                 (
                     v,
-                    j.old_max.map(|m| m as f64),
+                    j.heap_max().map(|m| m as f64),
                     !fresh,
                     Some(Runtime::Jvm),
                     scatter,

@@ -18,9 +18,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::latency::Operation;
-use crate::model::{Collector, Exemplar, Metric, MetricKind, Value};
-use crate::store::app_metrics::cut_str;
-use crate::store::limited::{LimitedMap, OverflowCounter, OVERFLOW_LABEL};
+use crate::bounded::{LimitedMap, OverflowCounter};
+use crate::catalogue;
+use crate::catalogue::OVERFLOW_LABEL;
+use crate::model::{Collector, Exemplar, Metric, Value};
+use crate::pipeline::attributes::cut_str;
 
 /// Traces held at once (pending judgement).
 pub const TRACE_LIMIT: usize = 10_000;
@@ -158,7 +160,9 @@ enum DropReason {
 
 const DROP_REASONS: [&str; 2] = ["trace_limit", "call_limit"];
 
-struct Inner {
+/// What N+1 detection holds, under one lock: the calls of traces not judged yet, recent verdicts, the
+/// occurrence counts and what was dropped.
+struct TraceLedger {
     pending: HashMap<[u8; 16], Pending>,
     judged: HashMap<[u8; 16], Judged>,
     calls_held: usize,
@@ -170,7 +174,9 @@ struct Inner {
 pub struct NPlusOne {
     rule: Rule,
     ttl: Duration,
-    inner: Mutex<Inner>,
+    ledger: Mutex<TraceLedger>,
+    /// Told when a span is held, so the settling timer sleeps while there is nothing to judge.
+    arrived: tokio::sync::Notify,
 }
 
 fn id<const N: usize>(bytes: &[u8]) -> Option<[u8; N]> {
@@ -195,18 +201,31 @@ impl NPlusOne {
         NPlusOne {
             rule,
             ttl,
-            inner: Mutex::new(Inner {
+            ledger: Mutex::new(TraceLedger {
                 pending: HashMap::new(),
                 judged: HashMap::new(),
                 calls_held: 0,
                 counts: LimitedMap::new(series_limit, overflow),
                 dropped: [0; 2],
             }),
+            arrived: tokio::sync::Notify::new(),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    /// True while traces wait to be judged or judged ones are remembered: [`NPlusOne::settle`] has work
+    /// every settling period.
+    pub fn judging(&self) -> bool {
+        let ledger = self.lock();
+        !ledger.pending.is_empty() || !ledger.judged.is_empty()
+    }
+
+    /// Completes once a span has been held since the last call (at once if one was meanwhile).
+    pub async fn arrival(&self) {
+        self.arrived.notified().await;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, TraceLedger> {
+        self.ledger.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Holds one database query span of `service` until its trace is judged.
@@ -216,20 +235,20 @@ impl NPlusOne {
             // A root query span has no parent to repeat under.
             return;
         };
-        let mut inner = self.lock();
-        let inner = &mut *inner;
-        if inner.calls_held >= CALL_LIMIT {
-            inner.dropped[DropReason::CallLimit as usize] += 1;
+        let mut ledger = self.lock();
+        let ledger = &mut *ledger;
+        if ledger.calls_held >= CALL_LIMIT {
+            ledger.dropped[DropReason::CallLimit as usize] += 1;
             return;
         }
-        let full = inner.pending.len() >= TRACE_LIMIT;
-        let p = match inner.pending.get_mut(&trace) {
+        let full = ledger.pending.len() >= TRACE_LIMIT;
+        let p = match ledger.pending.get_mut(&trace) {
             Some(p) => p,
             None if full => {
-                inner.dropped[DropReason::TraceLimit as usize] += 1;
+                ledger.dropped[DropReason::TraceLimit as usize] += 1;
                 return;
             }
-            None => inner.pending.entry(trace).or_default(),
+            None => ledger.pending.entry(trace).or_default(),
         };
         let service = cut_str(service);
         let q = match p
@@ -243,12 +262,12 @@ impl NPlusOne {
                 p.queries.len() - 1
             }
             None => {
-                inner.dropped[DropReason::CallLimit as usize] += 1;
+                ledger.dropped[DropReason::CallLimit as usize] += 1;
                 return;
             }
         };
         if p.calls.len() >= CALLS_PER_TRACE {
-            inner.dropped[DropReason::CallLimit as usize] += 1;
+            ledger.dropped[DropReason::CallLimit as usize] += 1;
             return;
         }
         p.calls.push(Call {
@@ -259,7 +278,8 @@ impl NPlusOne {
         });
         p.first.get_or_insert(now);
         p.last = Some(now);
-        inner.calls_held += 1;
+        ledger.calls_held += 1;
+        self.arrived.notify_one();
     }
 
     /// Holds one request span of `service`: the operation its trace's runs are counted under. A
@@ -269,16 +289,16 @@ impl NPlusOne {
         let (Some(trace), Some(span)) = (id::<16>(req.trace_id), id::<8>(req.span_id)) else {
             return;
         };
-        let mut inner = self.lock();
-        let inner = &mut *inner;
-        let room = inner.pending.len() < TRACE_LIMIT / 2;
-        let p = match inner.pending.get_mut(&trace) {
+        let mut ledger = self.lock();
+        let ledger = &mut *ledger;
+        let room = ledger.pending.len() < TRACE_LIMIT / 2;
+        let p = match ledger.pending.get_mut(&trace) {
             Some(p) => p,
             None if !room => {
-                inner.dropped[DropReason::TraceLimit as usize] += 1;
+                ledger.dropped[DropReason::TraceLimit as usize] += 1;
                 return;
             }
-            None => inner.pending.entry(trace).or_default(),
+            None => ledger.pending.entry(trace).or_default(),
         };
         if p.requests.len() < REQUESTS_PER_TRACE {
             p.requests.push(Request {
@@ -290,15 +310,16 @@ impl NPlusOne {
         }
         p.first.get_or_insert(now);
         p.last = Some(now);
+        self.arrived.notify_one();
     }
 
     /// Judges every trace that has settled or aged out, counts its runs, and forgets judged traces
     /// and counter series past their time. Runs on a timer.
     pub fn settle(&self, now: Instant) {
         let mut guard = self.lock();
-        let inner = &mut *guard;
+        let ledger = &mut *guard;
         let rule = self.rule;
-        let due: Vec<[u8; 16]> = inner
+        let due: Vec<[u8; 16]> = ledger
             .pending
             .iter()
             .filter(|(_, p)| {
@@ -313,14 +334,14 @@ impl NPlusOne {
             .map(|(t, _)| *t)
             .collect();
         for trace in due {
-            let Some(p) = inner.pending.remove(&trace) else {
+            let Some(p) = ledger.pending.remove(&trace) else {
                 continue;
             };
-            inner.calls_held = inner.calls_held.saturating_sub(p.calls.len());
+            ledger.calls_held = ledger.calls_held.saturating_sub(p.calls.len());
             if p.calls.is_empty() {
                 continue;
             }
-            let judged = inner.judged.entry(trace).or_insert(Judged {
+            let judged = ledger.judged.entry(trace).or_insert(Judged {
                 at: now,
                 counted: Vec::new(),
             });
@@ -352,7 +373,7 @@ impl NPlusOne {
                     service.len(),
                     operation.len()
                 );
-                let (o, _) = inner.counts.entry(
+                let (o, _) = ledger.counts.entry(
                     key.as_str(),
                     || key.clone(),
                     || Occurrences {
@@ -373,24 +394,24 @@ impl NPlusOne {
             }
         }
         let max_age = rule.max_age;
-        inner
+        ledger
             .judged
             .retain(|_, j| now.saturating_duration_since(j.at) < max_age);
         // The judged map is bounded like the pending one: the oldest go first when it is full.
-        if inner.judged.len() > TRACE_LIMIT {
-            let mut ats: Vec<Instant> = inner.judged.values().map(|j| j.at).collect();
+        if ledger.judged.len() > TRACE_LIMIT {
+            let mut ats: Vec<Instant> = ledger.judged.values().map(|j| j.at).collect();
             ats.sort();
-            let cut = ats[inner.judged.len() - TRACE_LIMIT];
-            inner.judged.retain(|_, j| j.at > cut);
+            let cut = ats[ledger.judged.len() - TRACE_LIMIT];
+            ledger.judged.retain(|_, j| j.at > cut);
         }
-        inner.counts.expire(now, self.ttl);
+        ledger.counts.expire(now, self.ttl);
     }
 
     /// The latest occurrence of each counted (service, operation, query), newest first, at most
     /// [`OFFENDER_LIMIT`].
     pub fn offenders(&self) -> Vec<Offender> {
-        let inner = self.lock();
-        let mut out: Vec<Offender> = inner
+        let ledger = self.lock();
+        let mut out: Vec<Offender> = ledger
             .counts
             .iter()
             .filter_map(|(_, o)| o.latest.clone())
@@ -470,15 +491,10 @@ fn operation_of(p: &Pending, service: &str, parent: [u8; 8], start: u64) -> Stri
 impl Collector for NPlusOne {
     fn collect(&self, out: &mut Vec<Metric>) {
         let now = Instant::now();
-        let inner = self.lock();
-        if inner.counts.any_live(now, self.ttl) {
-            let mut fam = Metric::new(
-                "vitals.db.n_plus_one",
-                "N+1 query runs (one query repeated under one parent span) by service, request operation and query",
-                "{run}",
-                MetricKind::Counter,
-            );
-            let mut rows: Vec<&Occurrences> = inner
+        let ledger = self.lock();
+        if ledger.counts.any_live(now, self.ttl) {
+            let mut fam = catalogue::DB_N_PLUS_ONE.metric();
+            let mut rows: Vec<&Occurrences> = ledger
                 .counts
                 .iter_live(now, self.ttl)
                 .map(|(_, o)| o)
@@ -500,19 +516,14 @@ impl Collector for NPlusOne {
                 };
                 fam.push(&[("service", s), ("operation", op), ("query", q)], value);
             }
-            if let Some(o) = inner.counts.overflow_live(now, self.ttl) {
+            if let Some(o) = ledger.counts.overflow_live(now, self.ttl) {
                 fam.push(&[OVERFLOW_LABEL], Value::Sum(o.count as f64));
             }
             out.push(fam);
         }
-        let mut dropped = Metric::new(
-            "vitals.db.n_plus_one.dropped",
-            "Spans not held for N+1 detection because a bound was reached, by reason",
-            "{span}",
-            MetricKind::Counter,
-        );
+        let mut dropped = catalogue::DB_N_PLUS_ONE_DROPPED.metric();
         for (i, reason) in DROP_REASONS.iter().enumerate() {
-            dropped.push(&[("reason", reason)], Value::Sum(inner.dropped[i] as f64));
+            dropped.push(&[("reason", reason)], Value::Sum(ledger.dropped[i] as f64));
         }
         out.push(dropped);
     }
@@ -575,8 +586,9 @@ mod tests {
     fn counts(d: &NPlusOne) -> Vec<(Vec<(String, String)>, f64)> {
         let mut out = Vec::new();
         d.collect(&mut out);
+        crate::catalogue::assert_agrees(&out);
         out.iter()
-            .filter(|m| m.name == "vitals.db.n_plus_one")
+            .filter(|m| m.name == catalogue::DB_N_PLUS_ONE.name)
             .flat_map(|m| m.points.iter())
             .map(|p| {
                 let v = match p.value {
@@ -719,9 +731,10 @@ mod tests {
         assert_eq!(d.traces_held(), TRACE_LIMIT);
         let mut out = Vec::new();
         d.collect(&mut out);
+        crate::catalogue::assert_agrees(&out);
         let dropped = out
             .iter()
-            .find(|m| m.name == "vitals.db.n_plus_one.dropped")
+            .find(|m| m.name == catalogue::DB_N_PLUS_ONE_DROPPED.name)
             .unwrap();
         assert_eq!(dropped.points[0].value, Value::Sum(10.0));
         d.settle(t0 + Duration::from_secs(2));

@@ -7,10 +7,11 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::model::{Collector, Metric, MetricKind, Value};
-use crate::probe::hsperf::{Collector as GcCollector, JvmSample};
+use crate::catalogue;
+use crate::language::{is_concurrent_cycle, Runtime};
+use crate::model::{Collector, Metric, Value};
+use crate::probe::hsperf::{GcCollector, JvmSample};
 use crate::probe::jvm_watch::JvmFast;
-use crate::runtime::{is_concurrent_cycle, Runtime};
 use crate::signal::runtime_metrics::{DelayReading, DelayValue, PauseReading, PauseValue};
 
 /// How long `vitals_gc_pause_max_seconds` looks back.
@@ -56,14 +57,16 @@ impl MaxWindow {
 }
 
 /// A series' last reading: cumulative buckets, sum (or counter total) and count.
-type Previous = (Vec<(f64, u64)>, f64, u64);
+type CumulativeReading = (Vec<(f64, u64)>, f64, u64);
 
+/// The pause signal's books, under one lock: totals per collector and source, the readings new pauses
+/// are found against, the max windows, the ready-work delay, and the JVM's last counters and clock.
 #[derive(Default)]
-struct State {
+struct PauseLedger {
     /// (runtime, collector, source) → totals.
     totals: HashMap<(&'static str, String, &'static str), Totals>,
     /// Previous cumulative readings, to find what happened since (by series identity).
-    previous: HashMap<String, Previous>,
+    previous: HashMap<String, CumulativeReading>,
     max: HashMap<(&'static str, &'static str), MaxWindow>,
     safepoints: Option<(u64, f64)>,
     /// (runtime, statistic, seconds) of the ready-work delay.
@@ -204,7 +207,7 @@ fn pauses_on_first_reading(c: &GcCollector, hz: f64, jvm_now: Option<f64>) -> Ve
 pub struct PauseSignal {
     /// When this signal began watching, Unix ns: OTLP series that started later hold only new pauses.
     started_unix_nano: u64,
-    state: Mutex<State>,
+    ledger: Mutex<PauseLedger>,
 }
 
 impl Default for PauseSignal {
@@ -248,16 +251,16 @@ impl PauseSignal {
             started_unix_nano: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64),
-            state: Mutex::new(State::default()),
+            ledger: Mutex::new(PauseLedger::default()),
         }
     }
 
     /// Reads the runtime metrics picked from the app's OTLP exports: GC pause series and ready-work delays.
     pub fn update_from_otlp(&self, pauses: &[PauseReading], delays: &[DelayReading], now: Instant) {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
         let st = &mut *st;
         st.totals.retain(|k, _| k.2 != "otlp");
-        let mut current: HashMap<String, Previous> = HashMap::with_capacity(pauses.len());
+        let mut current: HashMap<String, CumulativeReading> = HashMap::with_capacity(pauses.len());
         let mut seen: HashSet<&'static str> = HashSet::new();
         for r in pauses {
             seen.insert(r.metric);
@@ -350,7 +353,7 @@ impl PauseSignal {
         fast: Option<&JvmFast>,
         now: Instant,
     ) {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
         let st = &mut *st;
         st.totals.retain(|k, _| k.2 != "hsperfdata");
         let Some(j) = jvm else {
@@ -469,7 +472,7 @@ impl PauseSignal {
     /// Why the target's hsperfdata is or is not read (an [`crate::probe::hsperf::HsperfStatus`]
     /// reason), or None when there is nothing to say (no target, or not a JVM).
     pub fn set_hsperf_status(&self, reason: Option<&'static str>) {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
         st.hsperf_status = reason;
     }
 }
@@ -477,25 +480,15 @@ impl PauseSignal {
 impl Collector for PauseSignal {
     fn collect(&self, out: &mut Vec<Metric>) {
         let now = Instant::now();
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
         let mut rows: Vec<_> = st
             .totals
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         rows.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut time = Metric::new(
-            "vitals.gc.pause",
-            "Time the target stood still in GC pauses",
-            "s",
-            MetricKind::Counter,
-        );
-        let mut count = Metric::new(
-            "vitals.gc.pauses",
-            "GC pauses of the target",
-            "{pause}",
-            MetricKind::Counter,
-        );
+        let mut time = catalogue::GC_PAUSE.metric();
+        let mut count = catalogue::GC_PAUSES.metric();
         for ((runtime, collector, source), t) in &rows {
             let labels = [
                 ("runtime", *runtime),
@@ -507,12 +500,7 @@ impl Collector for PauseSignal {
                 count.push(&labels, Value::Sum(n as f64));
             }
         }
-        let mut max = Metric::new(
-            "vitals.gc.pause.max",
-            "Longest GC pause in the last minute (an upper bound when only buckets or totals are known)",
-            "s",
-            MetricKind::Gauge,
-        );
+        let mut max = catalogue::GC_PAUSE_MAX.metric();
         let mut keys: Vec<(&'static str, &'static str)> = st.max.keys().copied().collect();
         keys.sort();
         for k in keys {
@@ -536,47 +524,21 @@ impl Collector for PauseSignal {
         out.extend([time, count, max]);
         if let Some(reason) = st.hsperf_status {
             out.push(
-                Metric::new(
-                    "vitals.exporter.hsperfdata.status",
-                    "1 with the reason the target JVM's hsperfdata is or is not read: reading, absent, \
-                     disabled (-XX:-UsePerfData or -XX:+PerfDisableSharedMem), permission_denied, stale \
-                     (another user's or a dead JVM's file under the target's pid), unreadable",
-                    "",
-                    MetricKind::Gauge,
-                )
-                .with(&[("reason", reason)], Value::Gauge(1.0)),
+                catalogue::EXPORTER_HSPERFDATA_STATUS
+                    .metric()
+                    .with(&[("reason", reason)], Value::Gauge(1.0)),
             );
         }
         if let Some((n, secs)) = st.safepoints {
+            out.push(catalogue::SAFEPOINT.metric().with(&[], Value::Sum(secs)));
             out.push(
-                Metric::new(
-                    "vitals.safepoint",
-                    "Time JVM threads spent at safepoints",
-                    "s",
-                    MetricKind::Counter,
-                )
-                .with(&[], Value::Sum(secs)),
-            );
-            out.push(
-                Metric::new(
-                    "vitals.safepoints",
-                    "JVM safepoints",
-                    "{safepoint}",
-                    MetricKind::Counter,
-                )
-                .with(&[], Value::Sum(n as f64)),
+                catalogue::SAFEPOINTS
+                    .metric()
+                    .with(&[], Value::Sum(n as f64)),
             );
         }
         if !st.delay.is_empty() {
-            let mut f = Metric::new(
-                "vitals.event_loop.delay",
-                "How long ready work waited to run over the app's last export interval, by runtime and \
-                 statistic: Node.js event-loop delay as Node measures it (each sample includes the sampling \
-                 resolution, 10 ms by default, so an idle loop reads about 10 ms); Go goroutine scheduling \
-                 latency as bucket upper bounds of go.schedule.duration's observations in that interval",
-                "s",
-                MetricKind::Gauge,
-            );
+            let mut f = catalogue::EVENT_LOOP_DELAY.metric();
             for (runtime, statistic, v) in &st.delay {
                 // Not `quantile`: that label belongs to summaries, and a gauge carrying it is invalid.
                 f.push(
@@ -673,9 +635,10 @@ mod tests {
         p.update_from_otlp(&[], &delays, Instant::now());
         let mut out = vec![];
         p.collect(&mut out);
+        crate::catalogue::assert_agrees(&out);
         let f = out
             .iter()
-            .find(|f| f.name == "vitals.event_loop.delay")
+            .find(|f| f.name == catalogue::EVENT_LOOP_DELAY.name)
             .unwrap();
         let got: Vec<(String, String, Value)> = f
             .points
@@ -756,26 +719,28 @@ mod tests {
         p.update_from_hsperf(Some(&sample(4, 75)), t0 + Duration::from_secs(1));
         let mut out = vec![];
         p.collect(&mut out);
+        crate::catalogue::assert_agrees(&out);
         let get = |name: &str| {
             out.iter().find(|f| f.name == name).unwrap().points[0]
                 .value
                 .clone()
         };
-        assert_eq!(get("vitals.gc.pause"), Value::Sum(0.075));
-        assert_eq!(get("vitals.gc.pauses"), Value::Sum(4.0));
+        assert_eq!(get(catalogue::GC_PAUSE.name), Value::Sum(0.075));
+        assert_eq!(get(catalogue::GC_PAUSES.name), Value::Sum(4.0));
         assert_eq!(
-            get("vitals.gc.pause.max"),
+            get(catalogue::GC_PAUSE_MAX.name),
             Value::Gauge(0.045),
             "one pause of 45 ticks at 1 kHz"
         );
-        assert_eq!(get("vitals.safepoints"), Value::Sum(10.0));
-        assert_eq!(get("vitals.safepoint"), Value::Sum(0.5));
+        assert_eq!(get(catalogue::SAFEPOINTS.name), Value::Sum(10.0));
+        assert_eq!(get(catalogue::SAFEPOINT.name), Value::Sum(0.5));
         p.reset_target();
         let mut out = vec![];
         p.collect(&mut out);
+        crate::catalogue::assert_agrees(&out);
         assert!(out
             .iter()
-            .all(|f| f.points.is_empty() || f.name != "vitals.gc.pause"));
+            .all(|f| f.points.is_empty() || f.name != catalogue::GC_PAUSE.name));
     }
 
     /// Three young pauses of 5, 13 and 4 ms end within one 1 s interval: the tick alone sees the last
@@ -802,8 +767,9 @@ mod tests {
         let max = |p: &PauseSignal| {
             let mut out = vec![];
             p.collect(&mut out);
+            crate::catalogue::assert_agrees(&out);
             out.iter()
-                .find(|f| f.name == "vitals.gc.pause.max")
+                .find(|f| f.name == catalogue::GC_PAUSE_MAX.name)
                 .and_then(|f| f.points.first().map(|p| p.value.clone()))
         };
         let ticks_only = PauseSignal::new();
@@ -876,8 +842,9 @@ mod tests {
         let max = |p: &PauseSignal| {
             let mut out = vec![];
             p.collect(&mut out);
+            crate::catalogue::assert_agrees(&out);
             out.iter()
-                .find(|f| f.name == "vitals.gc.pause.max")
+                .find(|f| f.name == catalogue::GC_PAUSE_MAX.name)
                 .and_then(|f| f.points.first())
                 .map(|s| s.value.clone())
         };
@@ -958,14 +925,15 @@ mod tests {
         );
         let mut out = Vec::new();
         p.collect(&mut out);
+        crate::catalogue::assert_agrees(&out);
         let get = |name: &str| {
             out.iter()
                 .find(|f| f.name == name)
                 .map(|f| f.points.iter().map(|s| s.value.clone()).collect::<Vec<_>>())
                 .unwrap_or_default()
         };
-        assert_eq!(get("vitals.gc.pause.max"), [Value::Gauge(0.002)]);
-        assert_eq!(get("vitals.gc.pause"), [Value::Sum(0.010)]);
+        assert_eq!(get(catalogue::GC_PAUSE_MAX.name), [Value::Gauge(0.002)]);
+        assert_eq!(get(catalogue::GC_PAUSE.name), [Value::Sum(0.010)]);
 
         let z = PauseSignal::new();
         let zgc = |n: u64, time: u64, entry: u64, exit: u64| JvmSample {
@@ -978,9 +946,10 @@ mod tests {
         z.update_from_hsperf(Some(&zgc(4, 7, 200, 204)), t0 + Duration::from_secs(1));
         let mut out = Vec::new();
         z.collect(&mut out);
+        crate::catalogue::assert_agrees(&out);
         let max = out
             .iter()
-            .find(|f| f.name == "vitals.gc.pause.max")
+            .find(|f| f.name == catalogue::GC_PAUSE_MAX.name)
             .map(|f| f.points.iter().map(|s| s.value.clone()).collect::<Vec<_>>());
         assert_eq!(max, Some(vec![Value::Gauge(0.004)]));
     }
@@ -1138,8 +1107,9 @@ mod tests {
     fn otlp_max(p: &PauseSignal) -> Option<f64> {
         let mut out = vec![];
         p.collect(&mut out);
+        crate::catalogue::assert_agrees(&out);
         out.iter()
-            .find(|f| f.name == "vitals.gc.pause.max")?
+            .find(|f| f.name == catalogue::GC_PAUSE_MAX.name)?
             .points
             .iter()
             .find(|s| s.attributes[1].1 == "otlp")
@@ -1276,7 +1246,11 @@ mod tests {
         update(&p, &app_with(vec![dotnet, go_ns]));
         let mut out = vec![];
         p.collect(&mut out);
-        let time = out.iter().find(|f| f.name == "vitals.gc.pause").unwrap();
+        crate::catalogue::assert_agrees(&out);
+        let time = out
+            .iter()
+            .find(|f| f.name == catalogue::GC_PAUSE.name)
+            .unwrap();
         let get = |runtime: &str| {
             time.points
                 .iter()
@@ -1289,7 +1263,10 @@ mod tests {
             Some(Value::Sum(0.002)),
             "nanoseconds scaled to seconds"
         );
-        let count = out.iter().find(|f| f.name == "vitals.gc.pauses").unwrap();
+        let count = out
+            .iter()
+            .find(|f| f.name == catalogue::GC_PAUSES.name)
+            .unwrap();
         assert_eq!(count.points.len(), 1, ".NET's pause time has no count");
         assert_eq!(count.points[0].value, Value::Sum(4.0));
     }

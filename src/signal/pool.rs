@@ -6,11 +6,12 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 
-use crate::model::{Collector, Metric, MetricKind, Value};
+use crate::catalogue;
+use crate::language::PoolFigure;
+use crate::model::{Collector, Metric, Value};
 use crate::probe::cgroup::CgroupSample;
 use crate::probe::procfs::ProcSample;
 use crate::probe::sockets::{BacklogSource, ListenSocket};
-use crate::runtime::PoolFigure;
 use crate::signal::runtime_metrics::PoolReading;
 
 /// One pool's figures.
@@ -63,11 +64,13 @@ pub struct PoolInputs<'a> {
 
 /// The pool signal.
 pub struct PoolSignal {
-    state: Mutex<State>,
+    snapshots: Mutex<PoolSnapshots>,
 }
 
+/// Each pool's snapshot from the last tick, with the CPU readings averaged over and where the backlog
+/// figure came from.
 #[derive(Default)]
-struct State {
+struct PoolSnapshots {
     pools: BTreeMap<(&'static str, String), PoolSnapshot>,
     cpu: VecDeque<(f64, f64)>,
     backlog_note: Option<BacklogSource>,
@@ -86,13 +89,13 @@ impl PoolSignal {
     /// A signal that has seen nothing yet.
     pub fn new() -> Self {
         PoolSignal {
-            state: Mutex::new(State::default()),
+            snapshots: Mutex::new(PoolSnapshots::default()),
         }
     }
 
     /// Recomputes every pool from one tick's inputs.
     pub fn update(&self, inp: &PoolInputs<'_>) {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.snapshots.lock().unwrap_or_else(|p| p.into_inner());
         let st = &mut *st;
         st.pools.clear();
         // Series of one pool and figure add up (connection counts per state, pools per app instance).
@@ -196,38 +199,18 @@ impl PoolSignal {
 
     /// Forgets the CPU history of a target that went away.
     pub fn reset_target(&self) {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.snapshots.lock().unwrap_or_else(|p| p.into_inner());
         st.cpu.clear();
     }
 }
 
 impl Collector for PoolSignal {
     fn collect(&self, out: &mut Vec<Metric>) {
-        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let mut used = Metric::new(
-            "vitals.pool.used",
-            "Slots in use per pool",
-            "{slot}",
-            MetricKind::Gauge,
-        );
-        let mut max = Metric::new(
-            "vitals.pool.max",
-            "Capacity per pool (accept_queue: the socket backlog)",
-            "{slot}",
-            MetricKind::Gauge,
-        );
-        let mut pending = Metric::new(
-            "vitals.pool.pending",
-            "Requests waiting for a slot per pool",
-            "{request}",
-            MetricKind::Gauge,
-        );
-        let mut ratio = Metric::new(
-            "vitals.pool.utilization",
-            "Used / max per pool (a DB pool that reports no max: used / open connections)",
-            "1",
-            MetricKind::Gauge,
-        );
+        let st = self.snapshots.lock().unwrap_or_else(|p| p.into_inner());
+        let mut used = catalogue::POOL_USED.metric();
+        let mut max = catalogue::POOL_MAX.metric();
+        let mut pending = catalogue::POOL_PENDING.metric();
+        let mut ratio = catalogue::POOL_UTILIZATION.metric();
         for ((kind, pool), s) in &st.pools {
             let labels = [("pool", pool.as_str()), ("kind", *kind)];
             if let Some(u) = s.used {
@@ -249,13 +232,9 @@ impl Collector for PoolSignal {
                 BacklogSource::Somaxconn => "somaxconn",
             };
             out.push(
-                Metric::new(
-                    "vitals.pool.accept_queue.backlog_source",
-                    "Where accept_queue capacity came from (somaxconn: an upper bound)",
-                    "",
-                    MetricKind::Gauge,
-                )
-                .with(&[("source", src)], Value::Gauge(1.0)),
+                catalogue::POOL_ACCEPT_QUEUE_BACKLOG_SOURCE
+                    .metric()
+                    .with(&[("source", src)], Value::Gauge(1.0)),
             );
         }
         out.extend([used, max, pending, ratio]);
@@ -305,9 +284,10 @@ mod tests {
         }
         let mut out = vec![];
         sig.collect(&mut out);
+        crate::catalogue::assert_agrees(&out);
         let ratio = out
             .iter()
-            .find(|f| f.name == "vitals.pool.utilization")
+            .find(|f| f.name == catalogue::POOL_UTILIZATION.name)
             .unwrap();
         let get = |kind: &str| {
             ratio

@@ -17,11 +17,13 @@ use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 use super::latency::{self, non_empty_str, service_name, ExemplarSlot, SpanFacts};
 use super::n_plus_one::{DbCall, NPlusOne, RequestSpan};
 use super::sql_template::{self, Quoting};
-use crate::model::{Collector, Metric, MetricKind, Value};
+use crate::bounded::{LimitedMap, OverflowCounter};
+use crate::catalogue;
+use crate::catalogue::OVERFLOW_LABEL;
+use crate::model::{Collector, Metric, Value};
+use crate::pipeline::attributes::cut_str;
 use crate::pipeline::trace_view::{AttributeValue, SpanView};
 use crate::pipeline::{Consumer, PartialSuccess, TraceView};
-use crate::store::app_metrics::cut_str;
-use crate::store::limited::{LimitedMap, OverflowCounter, OVERFLOW_LABEL};
 
 /// Bucket upper bounds in seconds: 0.1 ms to 60 s. Queries are often far below RED's 0.5 ms floor.
 pub const BUCKETS: [f64; 19] = [
@@ -226,25 +228,26 @@ impl QuerySeries {
     }
 }
 
-struct Inner {
+/// The query series and the key buffer reused to look one up, under one lock.
+struct QueryTable {
     series: LimitedMap<String, QuerySeries>,
     key: String,
 }
 
 /// Query latency histograms per (service, db system, query, outcome), bounded by the series limit
 /// with an overflow series, expired after the series TTL.
-pub struct QueryStore {
-    inner: Mutex<Inner>,
+pub struct QuerySignal {
+    table: Mutex<QueryTable>,
     ttl: Duration,
 }
 
 const SEP: char = '\u{1f}';
 
-impl QueryStore {
+impl QuerySignal {
     /// A store keeping at most `limit` label sets; series not updated for `ttl` are dropped.
     pub fn new(limit: usize, ttl: Duration, overflow: OverflowCounter) -> Self {
-        QueryStore {
-            inner: Mutex::new(Inner {
+        QuerySignal {
+            table: Mutex::new(QueryTable {
                 series: LimitedMap::new(limit, overflow),
                 key: String::with_capacity(256),
             }),
@@ -254,8 +257,8 @@ impl QueryStore {
 
     /// Records one database span of `service` whose query label is `query`.
     pub fn observe(&self, service: &str, query: &str, f: &DbFacts<'_>, now: Instant) {
-        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let Inner { series, key } = &mut *guard;
+        let mut guard = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        let QueryTable { series, key } = &mut *guard;
         let service = cut_str(service);
         let outcome = if f.error { "error" } else { "ok" };
         // Lengths first, so no value can end another early and merge two keys.
@@ -286,8 +289,8 @@ impl QueryStore {
 
     /// Drops series not updated within the TTL; runs on a timer, not inside a scrape.
     pub fn expire(&self, now: Instant) {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        inner.series.expire(now, self.ttl);
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        table.series.expire(now, self.ttl);
     }
 }
 
@@ -295,20 +298,15 @@ fn histogram_value(s: &QuerySeries) -> Value {
     latency::classic_histogram(&BUCKETS, &s.counts, s.sum, s.count, &s.exemplars, None)
 }
 
-impl Collector for QueryStore {
+impl Collector for QuerySignal {
     fn collect(&self, out: &mut Vec<Metric>) {
         let now = Instant::now();
-        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if !inner.series.any_live(now, self.ttl) {
+        let table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        if !table.series.any_live(now, self.ttl) {
             return;
         }
-        let mut fam = Metric::new(
-            "vitals.db.query.duration",
-            "Duration of database queries (CLIENT spans with a database system) by service, db system, query template and outcome",
-            "s",
-            MetricKind::Histogram,
-        );
-        let mut rows: Vec<&QuerySeries> = inner
+        let mut fam = catalogue::DB_QUERY_DURATION.metric();
+        let mut rows: Vec<&QuerySeries> = table
             .series
             .iter_live(now, self.ttl)
             .map(|(_, s)| s)
@@ -326,7 +324,7 @@ impl Collector for QueryStore {
                 histogram_value(s),
             );
         }
-        if let Some(o) = inner.series.overflow_live(now, self.ttl) {
+        if let Some(o) = table.series.overflow_live(now, self.ttl) {
             fam.push(&[OVERFLOW_LABEL], histogram_value(o));
         }
         out.push(fam);
@@ -338,7 +336,7 @@ impl Collector for QueryStore {
 /// CONSUMER) that name the operation. Spans RED rejects are left to RED's answer.
 pub struct DbQueries {
     /// Query latency.
-    pub store: Arc<QueryStore>,
+    pub store: Arc<QuerySignal>,
     /// N+1 detection.
     pub n_plus_one: Arc<NPlusOne>,
 }
@@ -495,7 +493,7 @@ mod tests {
     #[test]
     fn literals_make_one_series_and_distinct_queries_overflow() {
         let c = OverflowCounter::default();
-        let store = QueryStore::new(3, Duration::from_secs(60), c.clone());
+        let store = QuerySignal::new(3, Duration::from_secs(60), c.clone());
         let now = Instant::now();
         let mut q = String::new();
         for i in 0..100 {
@@ -522,6 +520,7 @@ mod tests {
         }
         let mut out = Vec::new();
         store.collect(&mut out);
+        crate::catalogue::assert_agrees(&out);
         let points = &out[0].points;
         assert_eq!(points.len(), 4, "three series and the overflow");
         assert_eq!(c.get(), 8);

@@ -1,5 +1,5 @@
 //! The runtime metrics derivation needs, picked out of the app's OTLP metrics as they arrive, by the
-//! OpenTelemetry names and units of the runtime table ([`crate::runtime`]): cumulative GC pause histograms
+//! OpenTelemetry names and units of the runtime table ([`crate::language`]): cumulative GC pause histograms
 //! and pause-time counters with their start times, heap and pool figures, ready-work delays, and each
 //! exporting app's SDK language. Values are scaled to base units at ingest (a `jvm.gc.duration` in `ms` is
 //! read as milliseconds) and delta exports are accumulated, so derivation reads typed, cumulative readings
@@ -8,36 +8,31 @@
 //! Bounded: at most [`MAX_SERIES`] series of each kind (pauses, heap, pools, delays) and [`MAX_APPS`]
 //! exporting apps; a series not updated for the series TTL is dropped.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
-use opentelemetry_proto::tonic::metrics::v1::{
-    metric::Data, number_data_point, AggregationTemporality, ExponentialHistogramDataPoint,
-    HistogramDataPoint, Metric, NumberDataPoint,
-};
+use opentelemetry_proto::tonic::metrics::v1::{metric::Data, Metric, NumberDataPoint};
 
-use crate::runtime::{
+use crate::language::{
     DelayMetric, DelayShape, HeapMetric, Instrument, PauseMetric, PoolFigure, PoolFigures,
     PoolMetric, Quantity, Runtime, LIBRARY_POOLS, PROFILES,
 };
+use crate::pipeline::attributes::{cut_to as cut, scalar_text};
+use crate::pipeline::points::{ended, is_delta, number, DataPoint, DeltaWindows, Histogram};
 
 /// Most series kept of each kind (pauses, heap, pools, delays); further series are not picked.
 pub const MAX_SERIES: usize = 1024;
 /// Most exporting apps whose SDK language is remembered.
 pub const MAX_APPS: usize = 64;
-/// Most buckets a histogram series may hold.
-const MAX_BUCKETS: usize = 512;
 /// Longest attribute value kept in a label or series identity (bytes).
 const MAX_VALUE: usize = 256;
 /// Longest attribute key kept in a series identity (bytes).
 const MAX_KEY: usize = 128;
 /// Most point attributes that make a series' identity.
 const MAX_ATTRIBUTES: usize = 64;
-/// Delta windows remembered per series, so a repeated delta export is applied once.
-const DELTA_WINDOWS_REMEMBERED: usize = 8;
 
 /// Cumulative pause figures of one series, in seconds.
 #[derive(Debug, Clone, PartialEq)]
@@ -128,9 +123,10 @@ pub struct RuntimeReadings {
     pub delays: Vec<DelayReading>,
 }
 
-/// What a table row makes of a metric.
+/// A metric the runtime table names, keyed by its OpenTelemetry name: the row that names it and what
+/// it measures there (a pause, a heap figure, a pool figure, a ready-work delay).
 #[derive(Debug, Clone, Copy)]
-enum Pick {
+enum TableMetric {
     Pause(Runtime, &'static PauseMetric),
     Heap {
         order: usize,
@@ -141,39 +137,40 @@ enum Pick {
     Delay(Runtime, &'static DelayMetric),
 }
 
-impl Pick {
+impl TableMetric {
     fn map(self) -> usize {
         match self {
-            Pick::Pause(..) => 0,
-            Pick::Heap { .. } => 1,
-            Pick::Pool(_) => 2,
-            Pick::Delay(..) => 3,
+            TableMetric::Pause(..) => 0,
+            TableMetric::Heap { .. } => 1,
+            TableMetric::Pool(_) => 2,
+            TableMetric::Delay(..) => 3,
         }
     }
 
     fn quantity(self) -> Quantity {
         match self {
-            Pick::Pause(..) | Pick::Delay(..) => Quantity::Time,
-            Pick::Heap { .. } => Quantity::Bytes,
-            Pick::Pool(_) => Quantity::Count,
+            TableMetric::Pause(..) | TableMetric::Delay(..) => Quantity::Time,
+            TableMetric::Heap { .. } => Quantity::Bytes,
+            TableMetric::Pool(_) => Quantity::Count,
         }
     }
 
     fn instrument(self) -> Instrument {
         match self {
-            Pick::Pause(_, m) => m.instrument,
-            Pick::Delay(_, d) => match d.shape {
+            TableMetric::Pause(_, m) => m.instrument,
+            TableMetric::Delay(_, d) => match d.shape {
                 DelayShape::Histogram => Instrument::Histogram,
                 DelayShape::Statistic(_) => Instrument::Number,
             },
-            Pick::Heap { .. } | Pick::Pool(_) => Instrument::Number,
+            TableMetric::Heap { .. } | TableMetric::Pool(_) => Instrument::Number,
         }
     }
 }
 
-/// What a series is, from its row and attributes.
+/// What a picked series stands for in derivation, from its row and its attributes (which collector,
+/// which pool and figure, used or limit).
 #[derive(Debug, Clone)]
-enum Meaning {
+enum SeriesRole {
     Pause {
         runtime: Runtime,
         metric: &'static str,
@@ -194,32 +191,28 @@ enum Meaning {
     },
 }
 
-/// A value as held: a number, or a histogram's own (non-cumulative) counts per upper bound.
+/// A picked value scaled to base units (seconds, bytes): a number, or a histogram.
 #[derive(Debug, Clone, PartialEq)]
-enum Held {
+enum ScaledValue {
     Number(f64),
-    Histogram {
-        buckets: Vec<(f64, u64)>,
-        sum: f64,
-        count: u64,
-    },
+    Histogram(Histogram),
 }
 
-impl Held {
+impl ScaledValue {
     fn count(&self) -> u64 {
         match self {
-            Held::Number(_) => 0,
-            Held::Histogram { count, .. } => *count,
+            ScaledValue::Number(_) => 0,
+            ScaledValue::Histogram(h) => h.count,
         }
     }
 }
 
 struct Series {
-    meaning: Meaning,
-    held: Option<Held>,
+    role: SeriesRole,
+    held: Option<ScaledValue>,
     start: u64,
     last_time: u64,
-    deltas: VecDeque<(u64, u64)>,
+    deltas: DeltaWindows,
     seen: Instant,
     /// Histogram delays: the observations of the last export interval.
     interval: Option<Vec<(f64, u64)>>,
@@ -232,8 +225,9 @@ struct SeriesMap {
     dropped: u64,
 }
 
+/// Everything picked so far, under one lock: the series of each kind and the exporting apps' languages.
 #[derive(Default)]
-struct Picked {
+struct PickedSeries {
     maps: [SeriesMap; 4],
     /// service → (runtime named by its SDK language, when last seen).
     apps: HashMap<String, (Runtime, Instant)>,
@@ -241,10 +235,11 @@ struct Picked {
 
 /// The consumer of OTLP metrics that picks the runtime table's metrics.
 pub struct RuntimeMetrics {
-    picks: HashMap<&'static str, Pick>,
+    /// The table's metrics by OpenTelemetry name.
+    picks: HashMap<&'static str, TableMetric>,
     ttl: Duration,
     started_unix_nano: u64,
-    state: Mutex<Picked>,
+    picked: Mutex<PickedSeries>,
 }
 
 fn unix_nano_now() -> u64 {
@@ -253,27 +248,10 @@ fn unix_nano_now() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-/// The longest prefix of `s` within `max` bytes that ends on a character boundary.
-fn cut(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
 /// An attribute value as text (strings, booleans and numbers; other shapes say nothing here).
 fn text(v: Option<&AnyValue>) -> Option<String> {
-    Some(match v?.value.as_ref()? {
-        any_value::Value::StringValue(s) => cut(s, MAX_VALUE).to_owned(),
-        any_value::Value::BoolValue(b) => b.to_string(),
-        any_value::Value::IntValue(i) => i.to_string(),
-        any_value::Value::DoubleValue(d) => d.to_string(),
-        _ => return None,
-    })
+    let text = scalar_text(v?.value.as_ref()?)?;
+    Some(cut(&text, MAX_VALUE).to_owned())
 }
 
 /// A string attribute, borrowed.
@@ -321,93 +299,6 @@ fn series_key(metric: &str, service: &str, attrs: &[KeyValue]) -> String {
     key
 }
 
-fn number(dp: &NumberDataPoint) -> Option<f64> {
-    match dp.value? {
-        number_data_point::Value::AsDouble(d) => Some(d),
-        number_data_point::Value::AsInt(i) => Some(i as f64),
-    }
-}
-
-/// Own counts per upper bound of an explicit-bucket point, bounds scaled; None when inconsistent.
-fn explicit(dp: &HistogramDataPoint, scale: f64) -> Option<Held> {
-    let buckets = if dp.bucket_counts.is_empty() && dp.explicit_bounds.is_empty() {
-        vec![(f64::INFINITY, dp.count)]
-    } else {
-        let ok = dp.bucket_counts.len() == dp.explicit_bounds.len() + 1
-            && dp.bucket_counts.len() <= MAX_BUCKETS
-            && dp.explicit_bounds.iter().all(|b| b.is_finite())
-            && dp.explicit_bounds.windows(2).all(|w| w[0] < w[1])
-            && dp
-                .bucket_counts
-                .iter()
-                .try_fold(0u64, |a, c| a.checked_add(*c))
-                == Some(dp.count);
-        if !ok {
-            return None;
-        }
-        dp.explicit_bounds
-            .iter()
-            .map(|b| b * scale)
-            .chain([f64::INFINITY])
-            .zip(dp.bucket_counts.iter().copied())
-            .collect()
-    };
-    Some(Held::Histogram {
-        buckets,
-        sum: dp.sum.unwrap_or(0.0) * scale,
-        count: dp.count,
-    })
-}
-
-/// Own counts per upper bound of an exponential point (bucket `i` ends at base^(i+1), base =
-/// 2^(2^-scale); negative buckets fold into the zero bucket, since pauses and delays are not negative),
-/// bounds scaled; None when inconsistent.
-fn exponential(dp: &ExponentialHistogramDataPoint, scale: f64) -> Option<Held> {
-    if !(-10..=20).contains(&dp.scale) {
-        return None;
-    }
-    let positive = dp.positive.as_ref().map_or(&[][..], |b| &b.bucket_counts);
-    let offset = dp.positive.as_ref().map_or(0, |b| b.offset) as i64;
-    if positive.len() + 2 > MAX_BUCKETS {
-        return None;
-    }
-    let negative: u64 = dp
-        .negative
-        .as_ref()
-        .map_or(0, |b| b.bucket_counts.iter().sum());
-    let step = 2f64.powi(-dp.scale);
-    let mut buckets = vec![(
-        dp.zero_threshold.max(0.0) * scale,
-        dp.zero_count.saturating_add(negative),
-    )];
-    let mut overflow = 0u64;
-    for (k, c) in positive.iter().enumerate() {
-        let bound = ((offset + k as i64 + 1) as f64 * step).exp2() * scale;
-        match buckets.last_mut() {
-            _ if !bound.is_finite() => overflow = overflow.saturating_add(*c),
-            Some(last) if bound <= last.0 => last.1 = last.1.saturating_add(*c),
-            _ => buckets.push((bound, *c)),
-        }
-    }
-    buckets.push((f64::INFINITY, overflow));
-    let total = buckets.iter().try_fold(0u64, |a, (_, c)| a.checked_add(*c));
-    (total == Some(dp.count)).then_some(Held::Histogram {
-        buckets,
-        sum: dp.sum.unwrap_or(0.0) * scale,
-        count: dp.count,
-    })
-}
-
-/// Adds `add` into `into` by bound; buckets at new bounds are inserted in order.
-fn merge(into: &mut Vec<(f64, u64)>, add: &[(f64, u64)]) {
-    for &(b, c) in add {
-        match into.binary_search_by(|(x, _)| x.total_cmp(&b)) {
-            Ok(i) => into[i].1 = into[i].1.saturating_add(c),
-            Err(i) => into.insert(i, (b, c)),
-        }
-    }
-}
-
 /// What happened between two cumulative histogram readings of a series: `after` less `before` per bound
 /// when they have the same bounds and nothing went down; None otherwise.
 fn difference(before: &[(f64, u64)], after: &[(f64, u64)]) -> Option<Vec<(f64, u64)>> {
@@ -422,13 +313,13 @@ fn difference(before: &[(f64, u64)], after: &[(f64, u64)]) -> Option<Vec<(f64, u
 }
 
 impl Series {
-    fn new(meaning: Meaning, now: Instant) -> Self {
+    fn new(role: SeriesRole, now: Instant) -> Self {
         Series {
-            meaning,
+            role,
             held: None,
             start: 0,
             last_time: 0,
-            deltas: VecDeque::new(),
+            deltas: DeltaWindows::default(),
             seen: now,
             interval: None,
         }
@@ -436,7 +327,7 @@ impl Series {
 
     /// Applies a cumulative or gauge reading unless it is older than what is held; returns the reading
     /// it replaced when it was applied.
-    fn set(&mut self, start: u64, time: u64, held: Held) -> Option<Option<Held>> {
+    fn set(&mut self, start: u64, time: u64, held: ScaledValue) -> Option<Option<ScaledValue>> {
         if time < self.last_time {
             return None;
         }
@@ -448,41 +339,18 @@ impl Series {
     }
 
     /// Applies a delta once per (start, end) window, in any order; false for a repeated window.
-    fn add(&mut self, start: u64, time: u64, held: Held) -> bool {
-        if self.deltas.contains(&(start, time)) {
+    fn add(&mut self, start: u64, time: u64, held: ScaledValue) -> bool {
+        if !self.deltas.admit(start, time) {
             return false;
-        }
-        if self.deltas.len() == DELTA_WINDOWS_REMEMBERED {
-            self.deltas.pop_front();
         }
         if self.held.is_none() {
             self.start = start;
         }
-        self.deltas.push_back((start, time));
         self.last_time = self.last_time.max(time);
         match (&mut self.held, held) {
-            (Some(Held::Number(v)), Held::Number(d)) => *v += d,
-            (
-                Some(Held::Histogram {
-                    buckets,
-                    sum,
-                    count,
-                }),
-                Held::Histogram {
-                    buckets: b,
-                    sum: s,
-                    count: c,
-                },
-            ) => {
-                merge(buckets, &b);
-                if buckets.len() > MAX_BUCKETS {
-                    *buckets = b;
-                    *sum = s;
-                    *count = c;
-                } else {
-                    *sum += s;
-                    *count = count.saturating_add(c);
-                }
+            (Some(ScaledValue::Number(v)), ScaledValue::Number(d)) => *v += d,
+            (Some(ScaledValue::Histogram(h)), ScaledValue::Histogram(d)) => {
+                h.add(d);
             }
             (slot, new) => *slot = Some(new),
         }
@@ -497,7 +365,20 @@ struct PointIn<'a> {
     start: u64,
     time: u64,
     delta: bool,
-    held: Option<Held>,
+    held: Option<ScaledValue>,
+}
+
+impl<'a> PointIn<'a> {
+    fn new(dp: &'a impl DataPoint, delta: bool, held: Option<ScaledValue>) -> Self {
+        PointIn {
+            attrs: dp.attributes(),
+            flags: dp.flags(),
+            start: dp.start(),
+            time: dp.time(),
+            delta,
+            held,
+        }
+    }
 }
 
 impl RuntimeMetrics {
@@ -507,12 +388,12 @@ impl RuntimeMetrics {
         let mut heap_order = 0;
         for p in &PROFILES {
             for m in p.pauses {
-                picks.insert(m.name, Pick::Pause(p.runtime, m));
+                picks.insert(m.name, TableMetric::Pause(p.runtime, m));
             }
             for h in p.heap {
                 picks.insert(
                     h.used,
-                    Pick::Heap {
+                    TableMetric::Heap {
                         order: heap_order,
                         metric: h,
                         limit: false,
@@ -521,7 +402,7 @@ impl RuntimeMetrics {
                 if let Some(l) = h.limit {
                     picks.insert(
                         l,
-                        Pick::Heap {
+                        TableMetric::Heap {
                             order: heap_order,
                             metric: h,
                             limit: true,
@@ -531,32 +412,32 @@ impl RuntimeMetrics {
                 heap_order += 1;
             }
             for m in p.pools {
-                picks.insert(m.name, Pick::Pool(m));
+                picks.insert(m.name, TableMetric::Pool(m));
             }
             for d in p.delay {
-                picks.insert(d.name, Pick::Delay(p.runtime, d));
+                picks.insert(d.name, TableMetric::Delay(p.runtime, d));
             }
         }
         for m in LIBRARY_POOLS {
-            picks.insert(m.name, Pick::Pool(m));
+            picks.insert(m.name, TableMetric::Pool(m));
         }
         RuntimeMetrics {
             picks,
             ttl,
             started_unix_nano: unix_nano_now(),
-            state: Mutex::new(Picked::default()),
+            picked: Mutex::new(PickedSeries::default()),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Picked> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, PickedSeries> {
+        self.picked.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Picks the runtime table's metrics and the SDK language out of one export request. Metrics the
     /// table does not name cost one map lookup each; the lock is taken only when something is picked.
     pub fn ingest(&self, req: &ExportMetricsServiceRequest) {
         let now = Instant::now();
-        let mut state: Option<MutexGuard<'_, Picked>> = None;
+        let mut picked: Option<MutexGuard<'_, PickedSeries>> = None;
         for rm in &req.resource_metrics {
             let attrs = rm
                 .resource
@@ -569,7 +450,7 @@ impl RuntimeMetrics {
             if let Some(runtime) = string_attribute(attrs, "telemetry.sdk.language")
                 .and_then(Runtime::from_sdk_language)
             {
-                let st = state.get_or_insert_with(|| self.lock());
+                let st = picked.get_or_insert_with(|| self.lock());
                 let ttl = self.ttl;
                 match st.apps.get_mut(service) {
                     Some(app) => *app = (runtime, now),
@@ -587,7 +468,7 @@ impl RuntimeMetrics {
             for sm in &rm.scope_metrics {
                 for m in &sm.metrics {
                     if let Some(pick) = self.picks.get(m.name.as_str()) {
-                        let st = state.get_or_insert_with(|| self.lock());
+                        let st = picked.get_or_insert_with(|| self.lock());
                         self.pick(st, *pick, m, service, now);
                     }
                 }
@@ -595,45 +476,45 @@ impl RuntimeMetrics {
         }
     }
 
-    fn pick(&self, st: &mut Picked, pick: Pick, m: &Metric, service: &str, now: Instant) {
+    fn pick(
+        &self,
+        st: &mut PickedSeries,
+        pick: TableMetric,
+        m: &Metric,
+        service: &str,
+        now: Instant,
+    ) {
         let (Some(data), Some(scale)) = (&m.data, pick.quantity().scale(&m.unit)) else {
             return;
         };
-        let delta = |t: i32| t == AggregationTemporality::Delta as i32;
         let mut points: Vec<PointIn<'_>> = Vec::new();
+        let histogram =
+            |h: Result<Histogram, _>| h.ok().map(|h| ScaledValue::Histogram(h.scaled(scale)));
         match (pick.instrument(), data) {
             (Instrument::Histogram, Data::Histogram(h)) => {
+                let delta = is_delta(h.aggregation_temporality);
                 for dp in &h.data_points {
-                    points.push(PointIn {
-                        attrs: &dp.attributes,
-                        flags: dp.flags,
-                        start: dp.start_time_unix_nano,
-                        time: dp.time_unix_nano,
-                        delta: delta(h.aggregation_temporality),
-                        held: explicit(dp, scale),
-                    });
+                    points.push(PointIn::new(dp, delta, histogram(Histogram::explicit(dp))));
                 }
             }
             (Instrument::Histogram, Data::ExponentialHistogram(h)) => {
+                let delta = is_delta(h.aggregation_temporality);
                 for dp in &h.data_points {
-                    points.push(PointIn {
-                        attrs: &dp.attributes,
-                        flags: dp.flags,
-                        start: dp.start_time_unix_nano,
-                        time: dp.time_unix_nano,
-                        delta: delta(h.aggregation_temporality),
-                        held: exponential(dp, scale),
-                    });
+                    points.push(PointIn::new(
+                        dp,
+                        delta,
+                        histogram(Histogram::exponential(dp)),
+                    ));
                 }
             }
             (Instrument::Counter, Data::Sum(s)) if s.is_monotonic => {
                 for dp in &s.data_points {
-                    points.push(number_point(dp, delta(s.aggregation_temporality), scale));
+                    points.push(number_point(dp, is_delta(s.aggregation_temporality), scale));
                 }
             }
             (Instrument::Number, Data::Sum(s)) => {
                 for dp in &s.data_points {
-                    points.push(number_point(dp, delta(s.aggregation_temporality), scale));
+                    points.push(number_point(dp, is_delta(s.aggregation_temporality), scale));
                 }
             }
             (Instrument::Number, Data::Gauge(g)) => {
@@ -651,8 +532,8 @@ impl RuntimeMetrics {
 
     fn apply(
         &self,
-        st: &mut Picked,
-        pick: Pick,
+        st: &mut PickedSeries,
+        pick: TableMetric,
         name: &str,
         service: &str,
         p: PointIn<'_>,
@@ -661,8 +542,8 @@ impl RuntimeMetrics {
         let get = |key: &str| attribute(p.attrs, key);
         let only =
             |filter: Option<(&str, &str)>| filter.is_none_or(|(k, v)| get(k).as_deref() == Some(v));
-        let meaning = match pick {
-            Pick::Pause(runtime, m) => {
+        let role = match pick {
+            TableMetric::Pause(runtime, m) => {
                 let collector = match m.collector_key {
                     Some(k) => get(k).unwrap_or_else(|| "unknown".to_owned()),
                     None => "all".to_owned(),
@@ -670,13 +551,13 @@ impl RuntimeMetrics {
                 if (m.concurrent)(&collector) {
                     return;
                 }
-                Meaning::Pause {
+                SeriesRole::Pause {
                     runtime,
                     metric: m.name,
                     collector,
                 }
             }
-            Pick::Heap {
+            TableMetric::Heap {
                 order,
                 metric,
                 limit,
@@ -684,9 +565,9 @@ impl RuntimeMetrics {
                 if !only(metric.only) {
                     return;
                 }
-                Meaning::Heap { order, limit }
+                SeriesRole::Heap { order, limit }
             }
-            Pick::Pool(m) => {
+            TableMetric::Pool(m) => {
                 let first = |keys: &[&str]| keys.iter().find_map(|k| get(k));
                 let figure = match m.figure {
                     PoolFigures::One(f) => f,
@@ -696,21 +577,20 @@ impl RuntimeMetrics {
                         _ => return,
                     },
                 };
-                Meaning::Pool {
+                SeriesRole::Pool {
                     kind: m.kind,
                     pool: first(m.pool_keys).unwrap_or_else(|| m.default_pool.to_owned()),
                     figure,
                 }
             }
-            Pick::Delay(runtime, d) => Meaning::Delay {
+            TableMetric::Delay(runtime, d) => SeriesRole::Delay {
                 runtime,
                 shape: d.shape,
             },
         };
         let key = series_key(name, service, p.attrs);
         let map = &mut st.maps[pick.map()];
-        // Bit 0 of flags: no recorded value, the SDK's way of saying the series ended.
-        if p.flags & 1 == 1 {
+        if ended(p.flags) {
             map.series.remove(&key);
             return;
         }
@@ -733,23 +613,23 @@ impl RuntimeMetrics {
         let series = map
             .series
             .entry(key)
-            .or_insert_with(|| Series::new(meaning, now));
+            .or_insert_with(|| Series::new(role, now));
         series.seen = now;
         let histogram_delay = matches!(
-            series.meaning,
-            Meaning::Delay {
+            series.role,
+            SeriesRole::Delay {
                 shape: DelayShape::Histogram,
                 ..
             }
         );
-        let new_buckets = |h: &Held| match h {
-            Held::Histogram { buckets, .. } => Some(buckets.clone()),
-            Held::Number(_) => None,
+        let new_buckets = |h: &ScaledValue| match h {
+            ScaledValue::Histogram(h) => Some(h.clone()),
+            ScaledValue::Number(_) => None,
         };
         if p.delta {
             let interval = histogram_delay.then(|| new_buckets(&held)).flatten();
             if series.add(p.start, p.time, held) && histogram_delay {
-                series.interval = interval;
+                series.interval = interval.map(|h| h.buckets);
             }
             return;
         }
@@ -764,21 +644,12 @@ impl RuntimeMetrics {
             return;
         }
         let Some(after) = after else { return };
-        let cumulative = |b: &[(f64, u64)]| {
-            let mut acc = 0u64;
-            b.iter()
-                .map(|(x, c)| {
-                    acc = acc.saturating_add(*c);
-                    (*x, acc)
-                })
-                .collect::<Vec<_>>()
-        };
         series.interval = match before {
             // The same series read again: what it gained since.
-            Some(Held::Histogram { buckets, count, .. })
-                if count <= series.held.as_ref().map_or(0, Held::count) =>
+            Some(ScaledValue::Histogram(before))
+                if before.count <= series.held.as_ref().map_or(0, ScaledValue::count) =>
             {
-                difference(&cumulative(&buckets), &cumulative(&after)).map(|d| {
+                difference(&before.cumulative(), &after.cumulative()).map(|d| {
                     let mut own = Vec::with_capacity(d.len());
                     let mut prev = 0u64;
                     for (b, c) in d {
@@ -789,10 +660,10 @@ impl RuntimeMetrics {
                 })
             }
             // Restarted (its start moved or its count went down): everything since its start is new.
-            Some(_) => Some(after),
-            None if !first => Some(after),
+            Some(_) => Some(after.buckets),
+            None if !first => Some(after.buckets),
             // First seen: all new only when it began after vitals did (else it may hold hours).
-            None if start >= self.started_unix_nano => Some(after),
+            None if start >= self.started_unix_nano => Some(after.buckets),
             None => None,
         };
     }
@@ -814,12 +685,12 @@ impl RuntimeMetrics {
                 let s = &map.series[key];
                 let Some(held) = &s.held else { continue };
                 let number = match held {
-                    Held::Number(v) => Some(*v),
-                    Held::Histogram { .. } => None,
+                    ScaledValue::Number(v) => Some(*v),
+                    ScaledValue::Histogram { .. } => None,
                 };
-                match (&s.meaning, held) {
+                match (&s.role, held) {
                     (
-                        Meaning::Pause {
+                        SeriesRole::Pause {
                             runtime,
                             metric,
                             collector,
@@ -832,28 +703,15 @@ impl RuntimeMetrics {
                         series: key.clone(),
                         start_unix_nano: s.start,
                         value: match held {
-                            Held::Number(v) => PauseValue::Total(*v),
-                            Held::Histogram {
-                                buckets,
-                                sum,
-                                count,
-                            } => {
-                                let mut acc = 0u64;
-                                PauseValue::Histogram {
-                                    cumulative: buckets
-                                        .iter()
-                                        .map(|(b, c)| {
-                                            acc = acc.saturating_add(*c);
-                                            (*b, acc)
-                                        })
-                                        .collect(),
-                                    sum: *sum,
-                                    count: *count,
-                                }
-                            }
+                            ScaledValue::Number(v) => PauseValue::Total(*v),
+                            ScaledValue::Histogram(h) => PauseValue::Histogram {
+                                cumulative: h.cumulative(),
+                                sum: h.sum,
+                                count: h.count,
+                            },
                         },
                     }),
-                    (Meaning::Heap { order, limit }, _) => {
+                    (SeriesRole::Heap { order, limit }, _) => {
                         if let Some(value) = number {
                             out.heap.push(HeapReading {
                                 order: *order,
@@ -862,7 +720,7 @@ impl RuntimeMetrics {
                             });
                         }
                     }
-                    (Meaning::Pool { kind, pool, figure }, _) => {
+                    (SeriesRole::Pool { kind, pool, figure }, _) => {
                         if let Some(value) = number {
                             out.pools.push(PoolReading {
                                 kind,
@@ -872,7 +730,7 @@ impl RuntimeMetrics {
                             });
                         }
                     }
-                    (Meaning::Delay { runtime, shape }, _) => {
+                    (SeriesRole::Delay { runtime, shape }, _) => {
                         let value = match (shape, number, &s.interval) {
                             (DelayShape::Statistic(stat), Some(v), _) => {
                                 DelayValue::Statistic(stat, v)
@@ -907,16 +765,10 @@ impl RuntimeMetrics {
 }
 
 fn number_point(dp: &NumberDataPoint, delta: bool, scale: f64) -> PointIn<'_> {
-    PointIn {
-        attrs: &dp.attributes,
-        flags: dp.flags,
-        start: dp.start_time_unix_nano,
-        time: dp.time_unix_nano,
-        delta,
-        held: number(dp)
-            .filter(|v| v.is_finite())
-            .map(|v| Held::Number(v * scale)),
-    }
+    let held = number(dp)
+        .filter(|v| v.is_finite())
+        .map(|v| ScaledValue::Number(v * scale));
+    PointIn::new(dp, delta, held)
 }
 
 /// The runtime metrics are picked from every metrics export; nothing is refused here (the app metric store
@@ -932,7 +784,8 @@ impl crate::pipeline::Consumer<ExportMetricsServiceRequest> for RuntimeMetrics {
 mod tests {
     use super::*;
     use opentelemetry_proto::tonic::metrics::v1::{
-        Gauge, Histogram, ResourceMetrics, ScopeMetrics, Sum,
+        number_data_point, AggregationTemporality, Gauge, Histogram, HistogramDataPoint,
+        ResourceMetrics, ScopeMetrics, Sum,
     };
     use opentelemetry_proto::tonic::resource::v1::Resource;
 

@@ -4,6 +4,7 @@
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::catalogue::{self, MetricDef};
 use crate::model::{Collector, Metric, MetricKind, Value};
 use crate::probe::cgroup::CgroupSample;
 use crate::probe::pressure::RESOURCES;
@@ -57,8 +58,10 @@ pub struct KernelUnits {
     pub boot_time: u64,
 }
 
+/// What is known of the target: the attached instance and its latest samples, and counts across its
+/// instances (restarts, exits, OOM kills).
 #[derive(Debug, Default)]
-struct State {
+struct TargetRecord {
     info: Option<TargetInfo>,
     proc: Option<ProcSample>,
     tree: Option<TreeView>,
@@ -74,32 +77,34 @@ struct State {
     member_pids: Vec<u32>,
 }
 
-/// The latest sample of the target, shared by the sampler (writer) and scrapes (readers).
+/// The target's metrics, derived when read from the latest sample the sampler handed in (and its counts
+/// across instances): not a store, it keeps no series of its own and nothing keyed by outside data.
+/// Shared by the sampler (writer) and scrapes (readers).
 pub struct TargetMetrics {
     units: KernelUnits,
-    state: Mutex<State>,
+    record: Mutex<TargetRecord>,
     /// Labels every `vitals_target_info` carries (the pod's names, when asked for).
     info_labels: Vec<(String, String)>,
 }
 
 impl TargetMetrics {
-    /// An empty store: target down, no restarts.
+    /// Nothing attached yet: target down, no restarts.
     pub fn new(units: KernelUnits) -> Self {
         TargetMetrics {
             units,
-            state: Mutex::new(State::default()),
+            record: Mutex::new(TargetRecord::default()),
             info_labels: Vec::new(),
         }
     }
 
-    /// The same store with `labels` on its `vitals_target_info`.
+    /// The same, with `labels` on its `vitals_target_info`.
     pub fn with_info_labels(mut self, labels: Vec<(String, String)>) -> Self {
         self.info_labels = labels;
         self
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, TargetRecord> {
+        self.record.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A target was found. A different instance (pid, start time) after the first counts as a restart.
@@ -184,7 +189,7 @@ impl TargetMetrics {
         let mut s = self.lock();
         if let Some(info) = s.info.as_mut() {
             info.runtime_pid = pid;
-            if runtime != crate::runtime::UNKNOWN || info.runtime == crate::runtime::UNKNOWN {
+            if runtime != crate::language::UNKNOWN || info.runtime == crate::language::UNKNOWN {
                 info.runtime = runtime.to_owned();
             }
         }
@@ -194,7 +199,7 @@ impl TargetMetrics {
     pub fn hint_runtime(&self, runtime: &str) {
         let mut s = self.lock();
         if let Some(info) = s.info.as_mut() {
-            if info.runtime == crate::runtime::UNKNOWN {
+            if info.runtime == crate::language::UNKNOWN {
                 info.runtime = runtime.to_owned();
             }
         }
@@ -221,24 +226,18 @@ fn now_unix() -> f64 {
 /// Series of one family: labels and a value, None when it could not be read.
 type OptionalSeries<'a> = [(&'a [(&'a str, &'a str)], Option<f64>)];
 
-/// Builds families from optional values, leaving out series (and then families) with no value.
-struct Builder<'a> {
+/// Writes families from optional values, leaving out series (and then families) with no value.
+struct FamilyWriter<'a> {
     out: &'a mut Vec<Metric>,
     /// Start of the cumulative values written, Unix ns (the target's start for its own counters, 0 when
     /// unknown, as for cgroup counters that outlive one target instance).
     start_unix_nanos: u64,
 }
 
-impl Builder<'_> {
-    fn one(
-        &mut self,
-        name: &str,
-        unit: &'static str,
-        kind: MetricKind,
-        help: &str,
-        series: &OptionalSeries<'_>,
-    ) {
-        let mut fam = Metric::new(name, help, unit, kind);
+impl FamilyWriter<'_> {
+    fn one(&mut self, def: &'static MetricDef, series: &OptionalSeries<'_>) {
+        let kind = def.kind;
+        let mut fam = def.metric();
         for (labels, v) in series {
             if let Some(v) = v {
                 let value = if kind == MetricKind::Counter {
@@ -260,31 +259,14 @@ impl Collector for TargetMetrics {
         let s = self.lock();
         let u = self.units;
         let up = if s.info.is_some() { 1.0 } else { 0.0 };
+        out.push(catalogue::TARGET_UP.metric().with(&[], Value::Gauge(up)));
         out.push(
-            Metric::new(
-                "vitals.target.up",
-                "1 while the target process is attached and readable",
-                "",
-                MetricKind::Gauge,
-            )
-            .with(&[], Value::Gauge(up)),
-        );
-        out.push(
-            Metric::new(
-                "vitals.target.restarts",
-                "Times a new target instance was attached after a previous one",
-                "{restart}",
-                MetricKind::Counter,
-            )
-            .with(&[], Value::Sum(s.restarts as f64)),
+            catalogue::TARGET_RESTARTS
+                .metric()
+                .with(&[], Value::Sum(s.restarts as f64)),
         );
         if s.last_identity.is_some() {
-            let mut exits = Metric::new(
-                "vitals.target.exits",
-                "Target instances that ended, by reason (oom_kill when their cgroup counted an OOM kill)",
-                "{exit}",
-                MetricKind::Counter,
-            );
+            let mut exits = catalogue::TARGET_EXITS.metric();
             for reason in [ExitReason::OomKill, ExitReason::Other] {
                 exits.push(
                     &[("reason", reason.label())],
@@ -295,26 +277,16 @@ impl Collector for TargetMetrics {
         }
         if let Some(kills) = s.oom_kills {
             out.push(
-                Metric::new(
-                    "vitals.cgroup.memory.oom_kills",
-                    "OOM kills of the target's cgroup, counted across the target's restarts (for a target in another cgroup namespace, only kills read before its cgroup is removed)",
-                    "{kill}",
-                    MetricKind::Counter,
-                )
-                .with(&[], Value::Sum(kills as f64)),
+                catalogue::CGROUP_MEMORY_OOM_KILLS
+                    .metric()
+                    .with(&[], Value::Sum(kills as f64)),
             );
         }
         let Some(info) = &s.info else { return };
         let pid = info.pid.to_string();
         let runtime_pid = info.runtime_pid.to_string();
         out.push(
-            Metric::new(
-                "vitals.target.info",
-                "The attached target process",
-                "",
-                MetricKind::Gauge,
-            )
-            .with(
+            catalogue::TARGET_INFO.metric().with(
                 &[
                     ("pid", pid.as_str()),
                     ("comm", &info.comm),
@@ -333,7 +305,7 @@ impl Collector for TargetMetrics {
             ),
         );
         let start_unix = u.boot_time as f64 + info.start_ticks as f64 / u.hz as f64;
-        let mut b = Builder {
+        let mut b = FamilyWriter {
             out,
             start_unix_nanos: (start_unix * 1e9) as u64,
         };
@@ -351,7 +323,7 @@ impl Collector for TargetMetrics {
     }
 }
 
-fn process_families(b: &mut Builder<'_>, p: &ProcSample, u: KernelUnits, start_unix: f64) {
+fn process_families(b: &mut FamilyWriter<'_>, p: &ProcSample, u: KernelUnits, start_unix: f64) {
     let hz = u.hz as f64;
     let st = p.stat;
     let status = p.status;
@@ -361,37 +333,25 @@ fn process_families(b: &mut Builder<'_>, p: &ProcSample, u: KernelUnits, start_u
     let pf = "system.paging.fault.type";
     let f = |v: Option<u64>| v.map(|v| v as f64);
     b.one(
-        "process.cpu.time",
-        "s",
-        MetricKind::Counter,
-        "Total CPU seconds of the target by mode",
+        &catalogue::PROCESS_CPU_TIME,
         &[
             (&[(cpu_mode, "user")], st.map(|s| s.utime as f64 / hz)),
             (&[(cpu_mode, "system")], st.map(|s| s.stime as f64 / hz)),
         ],
     );
     b.one(
-        "process.memory.usage",
-        "By",
-        MetricKind::Gauge,
-        "Resident set size of the target",
+        &catalogue::PROCESS_MEMORY_USAGE,
         &[(
             &[],
             st.and_then(|s| s.rss_bytes(u.page_size)).map(|b| b as f64),
         )],
     );
     b.one(
-        "process.memory.virtual",
-        "By",
-        MetricKind::Gauge,
-        "Virtual memory size of the target",
+        &catalogue::PROCESS_MEMORY_VIRTUAL,
         &[(&[], st.map(|s| s.vsize as f64))],
     );
     b.one(
-        "process.disk.io",
-        "By",
-        MetricKind::Counter,
-        "Bytes the target read from and wrote to storage",
+        &catalogue::PROCESS_DISK_IO,
         &[
             (&[(dir, "read")], p.io.map(|i| i.read_bytes as f64)),
             (&[(dir, "write")], p.io.map(|i| i.write_bytes as f64)),
@@ -400,24 +360,15 @@ fn process_families(b: &mut Builder<'_>, p: &ProcSample, u: KernelUnits, start_u
     // Threads and fds use the Collector process scraper's names: semconv's newer `*.count` names translate
     // to gauges ending in `_count`, which `promtool check metrics` rejects and no existing dashboard uses.
     b.one(
-        "process.threads",
-        "{threads}",
-        MetricKind::Gauge,
-        "Threads of the target",
+        &catalogue::PROCESS_THREADS,
         &[(&[], st.map(|s| s.num_threads as f64))],
     );
     b.one(
-        "process.open_file_descriptors",
-        "{count}",
-        MetricKind::Gauge,
-        "Open file descriptors of the target",
+        &catalogue::PROCESS_OPEN_FILE_DESCRIPTORS,
         &[(&[], f(p.open_fds))],
     );
     b.one(
-        "process.context_switches",
-        "{context_switch}",
-        MetricKind::Counter,
-        "Context switches of the target",
+        &catalogue::PROCESS_CONTEXT_SWITCHES,
         &[
             (
                 &[(cs, "voluntary")],
@@ -430,77 +381,40 @@ fn process_families(b: &mut Builder<'_>, p: &ProcSample, u: KernelUnits, start_u
         ],
     );
     b.one(
-        "process.paging.faults",
-        "{fault}",
-        MetricKind::Counter,
-        "Page faults of the target",
+        &catalogue::PROCESS_PAGING_FAULTS,
         &[
             (&[(pf, "major")], st.map(|s| s.majflt as f64)),
             (&[(pf, "minor")], st.map(|s| s.minflt as f64)),
         ],
     );
     b.one(
-        "process.uptime",
-        "s",
-        MetricKind::Gauge,
-        "Seconds since the target started",
+        &catalogue::PROCESS_UPTIME,
         &[(&[], Some((now_unix() - start_unix).max(0.0)))],
     );
+    b.one(&catalogue::PROCESS_MAX_FDS, &[(&[], f(p.max_fds))]);
+    b.one(&catalogue::PROCESS_START_TIME, &[(&[], Some(start_unix))]);
     b.one(
-        "vitals.process.max_fds",
-        "{fd}",
-        MetricKind::Gauge,
-        "Soft limit on the target's open file descriptors",
-        &[(&[], f(p.max_fds))],
-    );
-    b.one(
-        "vitals.process.start_time",
-        "s",
-        MetricKind::Gauge,
-        "Start time of the target, Unix seconds",
-        &[(&[], Some(start_unix))],
-    );
-    b.one(
-        "vitals.process.scheduler.wait",
-        "s",
-        MetricKind::Counter,
-        "Time the target's threads waited on a run queue (schedstat)",
+        &catalogue::PROCESS_SCHEDULER_WAIT,
         &[(&[], p.sched_wait_ns.map(|n| n as f64 / 1e9))],
     );
     b.one(
-        "vitals.process.swap",
-        "By",
-        MetricKind::Gauge,
-        "Target memory swapped out (VmSwap)",
+        &catalogue::PROCESS_SWAP,
         &[(&[], f(status.and_then(|s| s.vm_swap)))],
     );
-    b.one(
-        "vitals.process.proportional_memory",
-        "By",
-        MetricKind::Gauge,
-        "Proportional set size of the target (smaps_rollup, opt-in)",
-        &[(&[], f(p.pss))],
-    );
+    b.one(&catalogue::PROCESS_PROPORTIONAL_MEMORY, &[(&[], f(p.pss))]);
 }
 
 /// One series of [`OptionalSeries`]: labels and a value.
 type Labelled<'a> = (&'a [(&'a str, &'a str)], Option<f64>);
 
 /// The tree's size and its bounded view: the largest members by memory and the busiest by CPU.
-fn tree_families(b: &mut Builder<'_>, t: &TreeView) {
-    use MetricKind::*;
+fn tree_families(b: &mut FamilyWriter<'_>, t: &TreeView) {
     b.one(
-        "vitals.target.processes",
-        "{process}",
-        Gauge,
-        "Live processes in the target's tree: the selected process and its descendants",
+        &catalogue::TARGET_PROCESSES,
         &[(&[], Some(t.processes as f64))],
     );
     b.one(
-        "vitals.target.processes.untracked",
-        "{process}",
-        Gauge,
-        "Processes of the target's tree past --max-tree-processes: counted, not read, missing from the sums",
+        &catalogue::TARGET_PROCESSES_UNTRACKED,
         &[(&[], Some(t.untracked as f64))],
     );
     let members = t.members();
@@ -516,93 +430,36 @@ fn tree_families(b: &mut Builder<'_>, t: &TreeView) {
         .zip(members)
         .map(|(l, m)| (&l[..], Some(m.rss_bytes as f64)))
         .collect();
-    b.one(
-        "vitals.process.member.memory.usage",
-        "By",
-        Gauge,
-        "Resident set of the tree's largest and busiest processes (at most 10 named at a time)",
-        &rss,
-    );
+    b.one(&catalogue::PROCESS_MEMBER_MEMORY_USAGE, &rss);
     let cpu: Vec<Labelled<'_>> = labels
         .iter()
         .zip(members)
         .map(|(l, m)| (&l[..], Some(m.cpu_cores)))
         .collect();
-    b.one(
-        "vitals.process.member.cpu.cores",
-        "{cpu}",
-        Gauge,
-        "CPU of the tree's largest and busiest processes over the last interval, in cores",
-        &cpu,
-    );
+    b.one(&catalogue::PROCESS_MEMBER_CPU_CORES, &cpu);
 }
 
-fn cgroup_families(b: &mut Builder<'_>, c: &CgroupSample) {
-    use MetricKind::*;
+fn cgroup_families(b: &mut FamilyWriter<'_>, c: &CgroupSample) {
     let f = |v: Option<u64>| v.map(|v| v as f64);
+    b.one(&catalogue::CGROUP_MEMORY_USAGE, &[(&[], f(c.memory_usage))]);
+    b.one(&catalogue::CGROUP_MEMORY_LIMIT, &[(&[], f(c.memory_limit))]);
     b.one(
-        "vitals.cgroup.memory.usage",
-        "By",
-        Gauge,
-        "Memory charged to the target's cgroup",
-        &[(&[], f(c.memory_usage))],
-    );
-    b.one(
-        "vitals.cgroup.memory.limit",
-        "By",
-        Gauge,
-        "Memory limit of the target's cgroup (absent when unlimited)",
-        &[(&[], f(c.memory_limit))],
-    );
-    b.one(
-        "vitals.cgroup.cpu.limit_cores",
-        "{cpu}",
-        Gauge,
-        "CPU quota of the target's cgroup in cores (absent when unlimited)",
+        &catalogue::CGROUP_CPU_LIMIT_CORES,
         &[(&[], c.cpu_limit_cores)],
     );
     b.one(
-        "vitals.cgroup.cpu.throttled",
-        "s",
-        Counter,
-        "Time the target's cgroup was throttled by its CPU quota",
+        &catalogue::CGROUP_CPU_THROTTLED,
         &[(&[], c.cpu_throttled_us.map(|v| v as f64 / 1e6))],
     );
     b.one(
-        "vitals.cgroup.cpu.throttled_periods",
-        "{period}",
-        Counter,
-        "Enforcement periods in which the cgroup was throttled",
+        &catalogue::CGROUP_CPU_THROTTLED_PERIODS,
         &[(&[], f(c.cpu_throttled_periods))],
     );
-    b.one(
-        "vitals.cgroup.cpu.periods",
-        "{period}",
-        Counter,
-        "Enforcement periods of the cgroup's CPU quota",
-        &[(&[], f(c.cpu_periods))],
-    );
-    b.one(
-        "vitals.cgroup.pids",
-        "{pid}",
-        Gauge,
-        "Tasks in the target's cgroup",
-        &[(&[], f(c.pids))],
-    );
-    b.one(
-        "vitals.cgroup.pids.limit",
-        "{pid}",
-        Gauge,
-        "Task limit of the target's cgroup (absent when unlimited)",
-        &[(&[], f(c.pids_limit))],
-    );
+    b.one(&catalogue::CGROUP_CPU_PERIODS, &[(&[], f(c.cpu_periods))]);
+    b.one(&catalogue::CGROUP_PIDS, &[(&[], f(c.pids))]);
+    b.one(&catalogue::CGROUP_PIDS_LIMIT, &[(&[], f(c.pids_limit))]);
     let scope = c.pressure_scope.label();
-    let mut fam = Metric::new(
-        "vitals.pressure.stalled",
-        "Time tasks stalled waiting for a resource (PSI)",
-        "s",
-        Counter,
-    );
+    let mut fam = catalogue::PRESSURE_STALLED.metric();
     for (i, r) in RESOURCES.iter().enumerate() {
         if let Some(p) = c.pressure[i] {
             fam.push(
@@ -644,9 +501,10 @@ mod tests {
         let s = TargetMetrics::new(units());
         let mut out = vec![];
         s.collect(&mut out);
+        crate::catalogue::assert_agrees(&out);
         assert_eq!(
             names(&out),
-            vec!["vitals.target.up", "vitals.target.restarts"]
+            vec![catalogue::TARGET_UP.name, catalogue::TARGET_RESTARTS.name]
         );
         assert_eq!(out[0].points[0].value, Value::Gauge(0.0));
     }
@@ -681,16 +539,20 @@ mod tests {
         );
         let mut out = vec![];
         s.collect(&mut out);
+        crate::catalogue::assert_agrees(&out);
         let n = names(&out);
-        assert!(n.contains(&"process.cpu.time"));
-        assert!(n.contains(&"process.memory.usage"));
-        assert!(n.contains(&"process.threads"));
+        assert!(n.contains(&catalogue::PROCESS_CPU_TIME.name));
+        assert!(n.contains(&catalogue::PROCESS_MEMORY_USAGE.name));
+        assert!(n.contains(&catalogue::PROCESS_THREADS.name));
         assert!(
-            !n.contains(&"process.disk.io"),
+            !n.contains(&catalogue::PROCESS_DISK_IO.name),
             "io unreadable: left out, not 0"
         );
-        assert!(!n.contains(&"process.open_file_descriptors"));
-        let cpu = out.iter().find(|f| f.name == "process.cpu.time").unwrap();
+        assert!(!n.contains(&catalogue::PROCESS_OPEN_FILE_DESCRIPTORS.name));
+        let cpu = out
+            .iter()
+            .find(|f| f.name == catalogue::PROCESS_CPU_TIME.name)
+            .unwrap();
         assert_eq!(
             cpu.points[0].attributes,
             vec![("cpu.mode".to_string(), "user".to_string())]
@@ -698,12 +560,12 @@ mod tests {
         assert_eq!(cpu.points[0].value, Value::Sum(1.5));
         let rss = out
             .iter()
-            .find(|f| f.name == "process.memory.usage")
+            .find(|f| f.name == catalogue::PROCESS_MEMORY_USAGE.name)
             .unwrap();
         assert_eq!(rss.points[0].value, Value::Gauge(40960.0));
         let start = out
             .iter()
-            .find(|f| f.name == "vitals.process.start_time")
+            .find(|f| f.name == catalogue::PROCESS_START_TIME.name)
             .unwrap();
         assert_eq!(start.points[0].value, Value::Gauge(1_700_000_005.0));
     }
@@ -726,14 +588,15 @@ mod tests {
         s.set_oom_kills(Some(1));
         let mut out = vec![];
         s.collect(&mut out);
+        crate::catalogue::assert_agrees(&out);
         let names: Vec<&str> = out.iter().map(|f| f.name.as_str()).collect();
         assert_eq!(
             names,
             [
-                "vitals.target.up",
-                "vitals.target.restarts",
-                "vitals.target.exits",
-                "vitals.cgroup.memory.oom_kills"
+                catalogue::TARGET_UP.name,
+                catalogue::TARGET_RESTARTS.name,
+                catalogue::TARGET_EXITS.name,
+                catalogue::CGROUP_MEMORY_OOM_KILLS.name
             ],
             "a down target keeps its counters, not its samples"
         );
@@ -742,6 +605,7 @@ mod tests {
         s.attach(info.clone());
         let mut out = vec![];
         s.collect(&mut out);
+        crate::catalogue::assert_agrees(&out);
         assert_eq!(
             out[1].points[0].value,
             Value::Sum(0.0),
@@ -753,10 +617,12 @@ mod tests {
         });
         let mut out = vec![];
         s.collect(&mut out);
+        crate::catalogue::assert_agrees(&out);
         assert_eq!(out[1].points[0].value, Value::Sum(1.0));
         s.attach_other(TargetInfo { pid: 9, ..info });
         let mut out = vec![];
         s.collect(&mut out);
+        crate::catalogue::assert_agrees(&out);
         assert_eq!(
             out[1].points[0].value,
             Value::Sum(1.0),
@@ -764,7 +630,7 @@ mod tests {
         );
         let info = out
             .iter()
-            .find(|f| f.name == "vitals.target.info")
+            .find(|f| f.name == catalogue::TARGET_INFO.name)
             .expect("vitals_target_info is exposed while attached");
         let labels = &info.points[0].attributes;
         assert!(

@@ -7,23 +7,27 @@
 //! another's (or with vitals' own) is refused, attributes written alike are joined, and inconsistent
 //! points are refused.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::metrics::v1::{
-    exponential_histogram_data_point, metric::Data, number_data_point, AggregationTemporality,
-    ExponentialHistogramDataPoint, HistogramDataPoint, NumberDataPoint, SummaryDataPoint,
+    metric::Data, ExponentialHistogramDataPoint, NumberDataPoint, SummaryDataPoint,
 };
 
-use super::limited::{LimitedMap, OverflowCounter, OVERFLOW_LABEL};
-use crate::model::exponential::ExpBuckets;
+use crate::bounded::{LimitedMap, OverflowCounter};
+use crate::catalogue::OVERFLOW_LABEL;
 use crate::model::{
     BucketCounts, Collector, Exponential, Metric, MetricInfo, MetricKind, MetricSink, NameRules,
-    Origin, Point as ModelPoint, Value, ValueRef,
+    Origin, Point, Value, ValueRef,
+};
+use crate::pipeline::attributes::{any_value_string, cut_string, cut_to, service_name};
+use crate::pipeline::points::{
+    ended, is_delta, native_buckets, number, DataPoint, DeltaWindows, Histogram, PointError,
+    Summary, MAX_BUCKETS,
 };
 
 /// Limits and options of the app metric store.
@@ -39,14 +43,10 @@ pub struct AppMetricsConfig {
     pub promote: Vec<String>,
 }
 
-/// Longest label value kept (bytes); longer values are cut at a character boundary.
-pub const MAX_LABEL_VALUE: usize = 1024;
 /// Longest attribute key kept (bytes); a longer key is cut.
 pub const MAX_ATTRIBUTE_KEY: usize = 128;
 /// Most labels kept on one series.
 pub const MAX_LABELS: usize = 64;
-/// Most buckets a histogram series (or quantiles a summary series) may hold.
-pub const MAX_BUCKETS: usize = 512;
 /// Bytes all app series may take together (labels and values, estimated as [`series_bytes`] does);
 /// beyond it new label sets go to their metric's overflow series.
 pub const MAX_STORE_BYTES: usize = 24 << 20;
@@ -61,7 +61,6 @@ fn series_bytes(labels: &Labels, kind: MetricKind) -> usize {
     };
     200 + label_bytes + value
 }
-const DELTA_WINDOWS_REMEMBERED: usize = 8;
 const TARGET_INFO_LIMIT: usize = 256;
 
 /// What one request's metrics did: items are data points.
@@ -92,7 +91,7 @@ type Labels = Vec<(String, String)>;
 /// A series' attributes packed into one allocation: per attribute its key then its value, each its
 /// length (ASCII digits of 6 bits, low first, `0x40` marking that more follow) followed by its text, in
 /// the canonical order [`build_labels`] gives. One allocation per series instead of two per attribute
-/// keeps a stored series near 230 bytes; being all text, it is read back by slicing, without decoding.
+/// keeps a stored series near 150 bytes; being all text, it is read back by slicing, without decoding.
 type SeriesKey = Box<str>;
 
 /// Packs `labels` into `out` (cleared first) as [`SeriesKey`] lays them out.
@@ -166,35 +165,27 @@ fn unpack_owned(key: &str) -> Labels {
         .collect()
 }
 
-/// Non-cumulative counts per upper bound, ascending (the last bound +Inf), with sum and count.
+/// A histogram series: its classic buckets, and the exponential buckets an exponential histogram came
+/// with, kept for exporters that carry them.
 #[derive(Debug, Clone)]
-struct HistogramState {
-    buckets: Vec<(f64, u64)>,
-    sum: f64,
-    count: u64,
-    /// The exponential buckets an exponential histogram came with, kept for exporters that carry them.
+struct HistogramValue {
+    classic: Histogram,
     native: Option<Box<Exponential>>,
-}
-
-/// Quantile values with sum and count.
-#[derive(Debug, Clone)]
-struct SummaryState {
-    quantiles: Vec<(f64, f64)>,
-    sum: f64,
-    count: u64,
 }
 
 /// A series' value; the larger shapes are boxed so a number series stays small.
 #[derive(Debug, Clone)]
-enum State {
+enum SeriesValue {
     Number(f64),
-    Histogram(Box<HistogramState>),
-    Summary(Box<SummaryState>),
+    Histogram(Box<HistogramValue>),
+    Summary(Box<Summary>),
 }
 
+/// A series as stored: its latest value (accumulated, for a delta series), when it started and was last
+/// written, and the delta windows applied.
 #[derive(Debug, Clone)]
-struct Point {
-    state: State,
+struct StoredPoint {
+    value: SeriesValue,
     /// Start time of the series (cumulative) or of its first delta, Unix ns; 0 when the SDK sent none.
     start: u64,
     last_time: u64,
@@ -202,15 +193,11 @@ struct Point {
     deltas: Option<Box<DeltaWindows>>,
 }
 
-/// The last `(start, end)` windows of deltas applied, so a retried or late delta counts once.
-#[derive(Debug, Clone, Default)]
-struct DeltaWindows(VecDeque<(u64, u64)>);
-
 struct AppFamily {
     help: String,
     unit: String,
     kind: MetricKind,
-    series: LimitedMap<SeriesKey, Point>,
+    series: LimitedMap<SeriesKey, StoredPoint>,
     /// Set when expiry took the family out of the store: a writer holding it looks it up again.
     removed: bool,
 }
@@ -229,7 +216,9 @@ fn packed_series_bytes(key: &str, kind: MetricKind) -> usize {
 /// that metric, and only while it is written.
 type SharedFamily = Arc<Mutex<AppFamily>>;
 
-struct Inner {
+/// The store's index of metrics, locked only to find, add, list or expire one: each metric's family, the
+/// exposition names each one claims, and the resource attribute sets seen (`target_info`).
+struct MetricIndex {
     families: HashMap<String, SharedFamily>,
     /// Every sample name the families write in an exposition (`x_total`, `x_bucket`, …) → the metric
     /// that owns it.
@@ -249,56 +238,7 @@ pub struct AppMetrics {
     overflow: OverflowCounter,
     /// Sum of [`series_bytes`] over the stored series; space is reserved before a series is stored.
     store_bytes: AtomicUsize,
-    inner: Mutex<Inner>,
-}
-
-/// Renders an attribute value as a label value.
-pub fn any_value_string(v: Option<&AnyValue>) -> String {
-    match v.and_then(|v| v.value.as_ref()) {
-        None => String::new(),
-        Some(any_value::Value::StringValue(s)) => s.clone(),
-        Some(any_value::Value::BoolValue(b)) => b.to_string(),
-        Some(any_value::Value::IntValue(i)) => i.to_string(),
-        Some(any_value::Value::DoubleValue(d)) => d.to_string(),
-        Some(any_value::Value::BytesValue(b)) => b.iter().map(|x| format!("{x:02x}")).collect(),
-        Some(other) => serde_json::to_string(&AnyValue {
-            value: Some(other.clone()),
-        })
-        .unwrap_or_default(),
-    }
-}
-
-fn cut(mut s: String) -> String {
-    let keep = cut_str(&s).len();
-    s.truncate(keep);
-    s
-}
-
-/// The longest prefix of `s` within [`MAX_LABEL_VALUE`] bytes that ends on a character boundary.
-pub fn cut_str(s: &str) -> &str {
-    cut_to(s, MAX_LABEL_VALUE)
-}
-
-/// The longest prefix of `s` within `max` bytes that ends on a character boundary.
-fn cut_to(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
-/// `service.name` of a resource (cut to [`MAX_LABEL_VALUE`]), or the SDKs' default.
-pub fn service_name(attrs: &[KeyValue]) -> String {
-    attrs
-        .iter()
-        .find(|kv| kv.key == "service.name")
-        .map(|kv| cut(any_value_string(kv.value.as_ref())))
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "unknown_service".to_owned())
+    index: Mutex<MetricIndex>,
 }
 
 /// Canonical attributes of one series: the point's attributes (a key that the resource-derived attributes
@@ -321,7 +261,7 @@ fn build_labels(
             key.insert_str(0, "exported_");
             w = written(&key);
         }
-        keyed.push((w, key, cut(any_value_string(kv.value.as_ref()))));
+        keyed.push((w, key, cut_string(any_value_string(kv.value.as_ref()))));
     }
     for ((k, v), w) in fixed.iter().zip(fixed_written) {
         keyed.push((w, k.clone(), v.clone()));
@@ -341,190 +281,22 @@ fn build_labels(
     merged.into_iter().map(|(_, k, v)| (k, v)).collect()
 }
 
-fn number(dp: &NumberDataPoint) -> Option<f64> {
-    match dp.value? {
-        number_data_point::Value::AsDouble(d) => Some(d),
-        number_data_point::Value::AsInt(i) => Some(i as f64),
-    }
-}
-
-fn explicit_buckets(dp: &HistogramDataPoint) -> Result<Vec<(f64, u64)>, String> {
-    if dp.bucket_counts.is_empty() && dp.explicit_bounds.is_empty() {
-        return Ok(vec![(f64::INFINITY, dp.count)]);
-    }
-    if dp.bucket_counts.len() != dp.explicit_bounds.len() + 1 {
-        return Err(format!(
-            "histogram point has {} bucket counts for {} bounds",
-            dp.bucket_counts.len(),
-            dp.explicit_bounds.len()
-        ));
-    }
-    if dp
-        .explicit_bounds
-        .windows(2)
-        .any(|w| w[0].partial_cmp(&w[1]) != Some(std::cmp::Ordering::Less))
-        || dp.explicit_bounds.iter().any(|b| !b.is_finite())
-    {
-        return Err("histogram bounds are not finite and strictly increasing".into());
-    }
-    if dp.bucket_counts.len() > MAX_BUCKETS {
-        return Err(format!(
-            "histogram point has more than {MAX_BUCKETS} buckets"
-        ));
-    }
-    let total = dp
-        .bucket_counts
-        .iter()
-        .try_fold(0u64, |a, c| a.checked_add(*c));
-    if total != Some(dp.count) {
-        return Err(format!(
-            "histogram point count {} differs from the sum of its bucket counts",
-            dp.count
-        ));
-    }
-    let mut out: Vec<(f64, u64)> = dp
-        .explicit_bounds
-        .iter()
-        .copied()
-        .zip(dp.bucket_counts.iter().copied())
-        .collect();
-    out.push((f64::INFINITY, *dp.bucket_counts.last().unwrap_or(&0)));
-    Ok(out)
-}
-
-/// Exponential buckets as classic ones: bucket `i` of scale `s` holds (base^i, base^(i+1)], base =
-/// 2^(2^-s); negative buckets mirror them below zero; the zero bucket ends at the zero threshold.
-fn exponential_buckets(dp: &ExponentialHistogramDataPoint) -> Result<Vec<(f64, u64)>, String> {
-    if !(-10..=20).contains(&dp.scale) {
-        return Err(format!(
-            "exponential histogram scale {} is outside -10..20",
-            dp.scale
-        ));
-    }
-    let pos = dp.positive.as_ref();
-    let neg = dp.negative.as_ref();
-    let n = pos.map_or(0, |b| b.bucket_counts.len()) + neg.map_or(0, |b| b.bucket_counts.len());
-    if n + 2 > MAX_BUCKETS {
-        return Err(format!(
-            "exponential histogram point has more than {MAX_BUCKETS} buckets"
-        ));
-    }
-    // base^i = 2^(i * 2^-scale): exp2 keeps whole powers of two exact (le="2", not "1.9999999999999998").
-    let step = 2f64.powi(-dp.scale);
-    let bound = |i: i64| (i as f64 * step).exp2();
-    let mut out = Vec::with_capacity(n + 2);
-    if let Some(b) = neg {
-        for (k, c) in b
-            .bucket_counts
-            .iter()
-            .enumerate()
-            .rev()
-            .filter(|(_, c)| **c > 0)
-        {
-            let idx = b.offset as i64 + k as i64;
-            out.push((-bound(idx), *c));
-        }
-    }
-    let zero_bound = if dp.zero_threshold > 0.0 {
-        dp.zero_threshold
-    } else {
-        0.0
-    };
-    out.push((zero_bound, dp.zero_count));
-    if let Some(b) = pos {
-        for (k, c) in b.bucket_counts.iter().enumerate() {
-            let idx = b.offset as i64 + k as i64;
-            out.push((bound(idx + 1), *c));
-        }
-    }
-    let total = out.iter().try_fold(0u64, |a, (_, c)| a.checked_add(*c));
-    if total != Some(dp.count) {
-        return Err(format!(
-            "exponential histogram point count {} differs from the sum of its bucket counts",
-            dp.count
-        ));
-    }
-    // Bounds past f64's range (offsets far out, or scales whose steps underflow) fold into +Inf or
-    // collapse onto their neighbours; equal bounds (a zero threshold on a bucket bound included) are
-    // one bucket, so no `le` is written twice.
-    let mut overflowed = 0u64;
-    out.retain(|(b, c)| {
-        if b.is_finite() {
-            true
-        } else {
-            overflowed = overflowed.saturating_add(*c);
-            false
-        }
-    });
-    for (b, _) in out.iter_mut() {
-        // -0 and 0 are one bound (a negative bucket whose bound underflowed).
-        if *b == 0.0 {
-            *b = 0.0;
-        }
-    }
-    out.sort_by(|a, b| a.0.total_cmp(&b.0));
-    out.dedup_by(|later, kept| {
-        if later.0 == kept.0 {
-            kept.1 = kept.1.saturating_add(later.1);
-            true
-        } else {
-            false
-        }
-    });
-    out.push((f64::INFINITY, overflowed));
-    Ok(out)
-}
-
 /// Most exponential buckets kept per side of a series; finer points are merged down to fit.
 const NATIVE_MAX_BUCKETS: usize = 160;
 
-/// The exponential buckets of a point that [`exponential_buckets`] accepted, within
-/// [`NATIVE_MAX_BUCKETS`] per side.
-fn native_buckets(dp: &ExponentialHistogramDataPoint) -> Exponential {
-    let side = |b: Option<&exponential_histogram_data_point::Buckets>| ExpBuckets {
-        offset: b.map_or(0, |b| b.offset),
-        counts: b.map_or_else(Vec::new, |b| b.bucket_counts.clone()),
-    };
-    let mut e = Exponential {
-        scale: dp.scale,
-        zero_threshold: dp.zero_threshold.max(0.0),
-        zero_count: dp.zero_count,
-        positive: side(dp.positive.as_ref()),
-        negative: side(dp.negative.as_ref()),
-        min_max: match (dp.min, dp.max) {
-            (Some(lo), Some(hi)) if lo.is_finite() && hi.is_finite() && lo <= hi => Some((lo, hi)),
-            _ => None,
-        },
-    };
-    e.limit(NATIVE_MAX_BUCKETS);
-    e
-}
-
-/// Adds `add` into `into` by bound; buckets at new bounds are inserted in order.
-fn merge_buckets(into: &mut Vec<(f64, u64)>, add: &[(f64, u64)]) {
-    for &(b, c) in add {
-        match into.binary_search_by(|(x, _)| x.total_cmp(&b)) {
-            Ok(i) => into[i].1 = into[i].1.saturating_add(c),
-            Err(i) => into.insert(i, (b, c)),
-        }
-    }
-}
-
-impl State {
-    /// An empty state of the same shape, which a first delta is added to.
-    fn zero_like(&self) -> State {
+impl SeriesValue {
+    /// An empty value of the same shape, which a first delta is added to.
+    fn zero_like(&self) -> SeriesValue {
         match self {
-            State::Number(_) => State::Number(0.0),
-            State::Histogram(h) => State::Histogram(Box::new(HistogramState {
-                buckets: Vec::new(),
-                sum: 0.0,
-                count: 0,
+            SeriesValue::Number(_) => SeriesValue::Number(0.0),
+            SeriesValue::Histogram(h) => SeriesValue::Histogram(Box::new(HistogramValue {
+                classic: Histogram::empty(),
                 native: h
                     .native
                     .as_ref()
                     .map(|n| Box::new(Exponential::new(n.scale, n.zero_threshold))),
             })),
-            State::Summary(_) => State::Summary(Box::new(SummaryState {
+            SeriesValue::Summary(_) => SeriesValue::Summary(Box::new(Summary {
                 quantiles: Vec::new(),
                 sum: 0.0,
                 count: 0,
@@ -533,10 +305,10 @@ impl State {
     }
 }
 
-impl Point {
-    fn new(state: State) -> Self {
-        Point {
-            state,
+impl StoredPoint {
+    fn new(value: SeriesValue) -> Self {
+        StoredPoint {
+            value,
             start: 0,
             last_time: 0,
             deltas: None,
@@ -544,47 +316,42 @@ impl Point {
     }
 
     /// Applies a cumulative or gauge reading unless it is older than what is held.
-    fn set(&mut self, start: u64, time: u64, state: State) {
+    fn set(&mut self, start: u64, time: u64, state: SeriesValue) {
         if time >= self.last_time {
             self.start = start;
             self.last_time = time;
-            self.state = state;
+            self.value = state;
         }
     }
 
     /// Applies a delta once per (start, end) window, in any order.
-    fn add(&mut self, start: u64, time: u64, state: State) {
-        let deltas = &mut self.deltas.get_or_insert_with(Default::default).0;
-        if deltas.contains(&(start, time)) {
+    fn add(&mut self, start: u64, time: u64, state: SeriesValue) {
+        let deltas = self.deltas.get_or_insert_with(Default::default);
+        let first = deltas.is_empty() && self.last_time == 0;
+        if !deltas.admit(start, time) {
             return;
         }
-        if deltas.len() == DELTA_WINDOWS_REMEMBERED {
-            deltas.pop_front();
-        }
-        if deltas.is_empty() && self.last_time == 0 {
+        if first {
             self.start = start;
         }
-        deltas.push_back((start, time));
         self.last_time = self.last_time.max(time);
-        match (&mut self.state, state) {
-            (State::Number(v), State::Number(d)) => *v += d,
-            (State::Histogram(held), State::Histogram(add)) => {
-                merge_buckets(&mut held.buckets, &add.buckets);
-                if held.buckets.len() > MAX_BUCKETS {
-                    *held = add;
-                } else {
-                    held.sum += add.sum;
-                    held.count = held.count.saturating_add(add.count);
-                    // Exponential deltas merge at the lower of their scales; a point without them
-                    // leaves the series classic only.
-                    held.native = match (held.native.take(), &add.native) {
+        match (&mut self.value, state) {
+            (SeriesValue::Number(v), SeriesValue::Number(d)) => *v += d,
+            (SeriesValue::Histogram(held), SeriesValue::Histogram(add)) => {
+                let HistogramValue { classic, native } = *add;
+                // Exponential deltas merge at the lower of their scales; a point without them leaves
+                // the series classic only; a series started again from the delta takes its buckets.
+                held.native = if held.classic.add(classic) {
+                    match (held.native.take(), &native) {
                         (Some(mut n), Some(a)) => {
                             n.merge(a, NATIVE_MAX_BUCKETS);
                             Some(n)
                         }
                         _ => None,
-                    };
-                }
+                    }
+                } else {
+                    native
+                };
             }
             (held, new) => *held = new,
         }
@@ -604,7 +371,7 @@ impl AppMetrics {
             names,
             overflow,
             store_bytes: AtomicUsize::new(0),
-            inner: Mutex::new(Inner {
+            index: Mutex::new(MetricIndex {
                 families: HashMap::new(),
                 claims: HashMap::new(),
                 targets,
@@ -626,11 +393,11 @@ impl AppMetrics {
             let mut fixed: Labels = vec![("service".to_owned(), service.clone())];
             for key in &self.cfg.promote {
                 if let Some(kv) = attrs.iter().find(|kv| &kv.key == key) {
-                    fixed.push((key.clone(), cut(any_value_string(kv.value.as_ref()))));
+                    fixed.push((key.clone(), cut_string(any_value_string(kv.value.as_ref()))));
                 }
             }
             let info = build_labels(attrs, &[], &*self.names, MetricKind::Gauge);
-            self.lock_inner()
+            self.lock_index()
                 .targets
                 .entry(&info, || info.clone(), || (), now);
             for sm in &rm.scope_metrics {
@@ -642,8 +409,8 @@ impl AppMetrics {
         out
     }
 
-    fn lock_inner(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock_index(&self) -> MutexGuard<'_, MetricIndex> {
+        self.index.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The family of metric `m` (created when its names are free and there is room), or why its points
@@ -654,11 +421,11 @@ impl AppMetrics {
         kind: MetricKind,
     ) -> Result<SharedFamily, String> {
         let name = m.name.as_str();
-        let mut inner = self.lock_inner();
-        if let Some(f) = inner.families.get(name) {
+        let mut index = self.lock_index();
+        if let Some(f) = index.families.get(name) {
             return Ok(f.clone());
         }
-        if inner.families.len() >= self.cfg.family_limit {
+        if index.families.len() >= self.cfg.family_limit {
             return Err(format!(
                 "more than {} metric names; {name} dropped",
                 self.cfg.family_limit
@@ -667,14 +434,14 @@ impl AppMetrics {
         let samples = self.names.metric_names(name, &m.unit, kind, Origin::App)?;
         if let Some((sample, owner)) = samples
             .iter()
-            .find_map(|s| inner.claims.get(s).map(|o| (s, o)))
+            .find_map(|s| index.claims.get(s).map(|o| (s, o)))
         {
             return Err(format!(
                 "metric {name:?} would write samples named {sample}, which metric {owner:?} already writes"
             ));
         }
         for s in samples {
-            inner.claims.insert(s, name.to_owned());
+            index.claims.insert(s, name.to_owned());
         }
         let family = Arc::new(Mutex::new(AppFamily {
             help: help_text(m),
@@ -683,7 +450,7 @@ impl AppMetrics {
             series: LimitedMap::new(self.cfg.series_limit, self.overflow.clone()),
             removed: false,
         }));
-        inner.families.insert(name.to_owned(), family.clone());
+        index.families.insert(name.to_owned(), family.clone());
         Ok(family)
     }
 
@@ -756,15 +523,14 @@ impl AppMetrics {
                          start: u64,
                          time: u64,
                          delta: bool,
-                         state: Result<State, String>| {
+                         state: Result<SeriesValue, String>| {
             let state = match state {
                 Ok(s) => s,
                 Err(why) => return out.reject(1, || format!("metric {:?}: {why}", m.name)),
             };
             let labels = build_labels(attrs, fixed, rules, kind);
-            // Bit 0 of flags: no recorded value, the SDK's way of saying the series ended.
             pack_labels(&labels, &mut packed);
-            if flags & 1 == 1 {
+            if ended(flags) {
                 if fam.series.remove(packed.as_str()) {
                     self.release(series_bytes(&labels, kind));
                 }
@@ -778,7 +544,7 @@ impl AppMetrics {
             let (p, _) = fam.series.entry_if(
                 packed.as_str(),
                 || packed.as_str().into(),
-                || Point::new(init),
+                || StoredPoint::new(init),
                 now,
                 reserved,
             );
@@ -793,26 +559,30 @@ impl AppMetrics {
             }
             out.accepted += 1;
         };
-        let is_delta = |t: i32| t == AggregationTemporality::Delta as i32;
-        let no_value = || "number point has no value".to_owned();
-        let number_state =
-            |dp: &NumberDataPoint| number(dp).map(State::Number).ok_or_else(no_value);
-        let histogram = |r: Result<Vec<(f64, u64)>, String>, sum: Option<f64>, count: u64| {
-            r.map(|buckets| {
-                State::Histogram(Box::new(HistogramState {
-                    buckets,
-                    sum: sum.unwrap_or(0.0),
-                    count,
-                    native: None,
+        let number_state = |dp: &NumberDataPoint| {
+            number(dp)
+                .map(SeriesValue::Number)
+                .ok_or_else(|| PointError::NoValue.to_string())
+        };
+        let histogram = |classic: Result<Histogram, PointError>, native: Option<Exponential>| {
+            classic.map_err(|e| e.to_string()).map(|classic| {
+                SeriesValue::Histogram(Box::new(HistogramValue {
+                    classic,
+                    native: native.map(Box::new),
                 }))
             })
         };
         let exponential = |dp: &ExponentialHistogramDataPoint| {
-            let mut state = histogram(exponential_buckets(dp), dp.sum, dp.count)?;
-            if let State::Histogram(h) = &mut state {
-                h.native = Some(Box::new(native_buckets(dp)));
-            }
-            Ok(state)
+            let classic = Histogram::exponential(dp);
+            let native = classic
+                .is_ok()
+                .then(|| native_buckets(dp, NATIVE_MAX_BUCKETS));
+            histogram(classic, native)
+        };
+        let summary = |dp: &SummaryDataPoint| {
+            Summary::read(dp)
+                .map(|s| SeriesValue::Summary(Box::new(s)))
+                .map_err(|e| e.to_string())
         };
         match data {
             Data::Gauge(g) => for_points(&g.data_points, false, number_state, &mut apply),
@@ -825,7 +595,7 @@ impl AppMetrics {
             Data::Histogram(h) => for_points(
                 &h.data_points,
                 is_delta(h.aggregation_temporality),
-                |dp| histogram(explicit_buckets(dp), dp.sum, dp.count),
+                |dp| histogram(Histogram::explicit(dp), None),
                 &mut apply,
             ),
             Data::ExponentialHistogram(h) => for_points(
@@ -834,42 +604,17 @@ impl AppMetrics {
                 exponential,
                 &mut apply,
             ),
-            Data::Summary(s) => for_points(&s.data_points, false, summary_state, &mut apply),
+            Data::Summary(s) => for_points(&s.data_points, false, summary, &mut apply),
         }
     }
 }
 
-/// The fields every OTLP data point type shares.
-trait DataPoint {
-    fn attributes(&self) -> &[KeyValue];
-    fn flags(&self) -> u32;
-    fn start(&self) -> u64;
-    fn time(&self) -> u64;
-}
-
-macro_rules! data_point {
-    ($($t:ty),*) => {$(
-        impl DataPoint for $t {
-            fn attributes(&self) -> &[KeyValue] { &self.attributes }
-            fn flags(&self) -> u32 { self.flags }
-            fn start(&self) -> u64 { self.start_time_unix_nano }
-            fn time(&self) -> u64 { self.time_unix_nano }
-        }
-    )*};
-}
-data_point!(
-    NumberDataPoint,
-    HistogramDataPoint,
-    ExponentialHistogramDataPoint,
-    SummaryDataPoint
-);
-
-/// Applies each point's state (or its reason for being unusable) to its series.
+/// Applies each point's value (or its reason for being unusable) to its series.
 fn for_points<P: DataPoint>(
     points: &[P],
     delta: bool,
-    state: impl Fn(&P) -> Result<State, String>,
-    apply: &mut impl FnMut(&[KeyValue], u32, u64, u64, bool, Result<State, String>),
+    state: impl Fn(&P) -> Result<SeriesValue, String>,
+    apply: &mut impl FnMut(&[KeyValue], u32, u64, u64, bool, Result<SeriesValue, String>),
 ) {
     for dp in points {
         apply(
@@ -903,62 +648,18 @@ fn help_text(m: &opentelemetry_proto::tonic::metrics::v1::Metric) -> String {
     }
 }
 
-/// A summary point, refused if a quantile is outside 0..1 or repeated (which would write one series
-/// twice).
-fn summary_state(dp: &SummaryDataPoint) -> Result<State, String> {
-    let mut quantiles: Vec<(f64, f64)> = dp
-        .quantile_values
-        .iter()
-        .map(|q| (q.quantile, q.value))
-        .collect();
-    if quantiles.iter().any(|(q, _)| !(0.0..=1.0).contains(q)) {
-        return Err("summary quantile outside 0..1".into());
-    }
-    if quantiles.len() > MAX_BUCKETS {
-        return Err(format!(
-            "summary point has more than {MAX_BUCKETS} quantiles"
-        ));
-    }
-    quantiles.sort_by(|a, b| a.0.total_cmp(&b.0));
-    if quantiles.windows(2).any(|w| w[0].0 == w[1].0) {
-        return Err("summary point repeats a quantile".into());
-    }
-    Ok(State::Summary(Box::new(SummaryState {
-        quantiles,
-        sum: dp.sum,
-        count: dp.count,
-    })))
-}
-
-fn to_value(kind: MetricKind, p: &State) -> Value {
+fn to_value(kind: MetricKind, p: &SeriesValue) -> Value {
     match (kind, p) {
-        (MetricKind::Counter | MetricKind::UpDownCounter, State::Number(v)) => Value::Sum(*v),
-        (_, State::Number(v)) => Value::Gauge(*v),
-        (_, State::Histogram(h)) => {
-            let HistogramState {
-                buckets,
-                sum,
-                count,
-                native,
-            } = &**h;
-            let mut cum = 0;
-            let buckets = buckets
-                .iter()
-                .map(|(b, c)| {
-                    // Counts near u64::MAX from a client must not wrap into a smaller +Inf.
-                    cum = u64::saturating_add(cum, *c);
-                    (*b, cum)
-                })
-                .collect();
-            Value::Histogram {
-                buckets,
-                sum: *sum,
-                count: *count,
-                exemplars: Vec::new(),
-                native: native.clone(),
-            }
-        }
-        (_, State::Summary(q)) => Value::Summary {
+        (MetricKind::Counter | MetricKind::UpDownCounter, SeriesValue::Number(v)) => Value::Sum(*v),
+        (_, SeriesValue::Number(v)) => Value::Gauge(*v),
+        (_, SeriesValue::Histogram(h)) => Value::Histogram {
+            buckets: h.classic.cumulative(),
+            sum: h.classic.sum,
+            count: h.classic.count,
+            exemplars: Vec::new(),
+            native: h.native.clone(),
+        },
+        (_, SeriesValue::Summary(q)) => Value::Summary {
             quantiles: q.quantiles.clone(),
             sum: q.sum,
             count: q.count,
@@ -971,8 +672,8 @@ impl AppMetrics {
     /// and recounts the bytes held. Runs on a timer (not inside a scrape, which only reads).
     pub fn expire(&self, now: Instant) {
         let ttl = self.cfg.ttl;
-        let mut guard = self.lock_inner();
-        let Inner {
+        let mut guard = self.lock_index();
+        let MetricIndex {
             families,
             claims,
             targets,
@@ -996,7 +697,7 @@ impl AppMetrics {
     /// The metrics held, sorted by name, each to be read under its own lock.
     fn sorted_families(&self) -> Vec<(String, SharedFamily)> {
         let mut all: Vec<(String, SharedFamily)> = self
-            .lock_inner()
+            .lock_index()
             .families
             .iter()
             .map(|(n, f)| (n.clone(), f.clone()))
@@ -1007,8 +708,8 @@ impl AppMetrics {
 
     /// The resource attribute sets live at `now`, sorted.
     fn live_targets(&self, now: Instant) -> Vec<Labels> {
-        let inner = self.lock_inner();
-        let mut t: Vec<Labels> = inner
+        let index = self.lock_index();
+        let mut t: Vec<Labels> = index
             .targets
             .iter_live(now, self.cfg.ttl)
             .map(|(l, _)| l.clone())
@@ -1039,7 +740,7 @@ impl Collector for AppMetrics {
                 continue;
             }
             let mut fam = Metric::new(name, f.help.clone(), f.unit.clone(), f.kind).from_app();
-            let mut rows: Vec<(Labels, &Point)> = f
+            let mut rows: Vec<(Labels, &StoredPoint)> = f
                 .series
                 .iter_live(now, ttl)
                 .map(|(k, p)| (unpack_owned(k), p))
@@ -1047,21 +748,21 @@ impl Collector for AppMetrics {
             rows.sort_by(|a, b| a.0.cmp(&b.0));
             fam.points.reserve(rows.len() + 1);
             for (labels, p) in rows {
-                fam.points.push(ModelPoint {
+                fam.points.push(Point {
                     attributes: labels,
                     start_unix_nanos: p.start,
-                    value: to_value(f.kind, &p.state),
+                    value: to_value(f.kind, &p.value),
                 });
             }
             if let Some(p) = f.series.overflow_live(now, ttl) {
-                fam.push_started(&[OVERFLOW_LABEL], p.start, to_value(f.kind, &p.state));
+                fam.push_started(&[OVERFLOW_LABEL], p.start, to_value(f.kind, &p.value));
             }
             out.push(fam);
         }
         let info = target_info_metric();
         let mut fam = Metric::new(info.name, info.description, "", info.kind).from_app();
         for labels in self.live_targets(now) {
-            fam.points.push(ModelPoint {
+            fam.points.push(Point {
                 attributes: labels,
                 start_unix_nanos: 0,
                 value: Value::Gauge(1.0),
@@ -1098,10 +799,10 @@ impl Collector for AppMetrics {
             for (key, p) in f.series.iter_live(now, ttl) {
                 attrs.clear();
                 attrs.extend(Unpacked(key));
-                sink.point(&attrs, p.start, value_ref(f.kind, &p.state));
+                sink.point(&attrs, p.start, value_ref(f.kind, &p.value));
             }
             if let Some(p) = f.series.overflow_live(now, ttl) {
-                sink.point(&[OVERFLOW_LABEL], p.start, value_ref(f.kind, &p.state));
+                sink.point(&[OVERFLOW_LABEL], p.start, value_ref(f.kind, &p.value));
             }
             sink.end();
         }
@@ -1120,18 +821,20 @@ impl Collector for AppMetrics {
 }
 
 /// A held value as a sink reads it, borrowed.
-fn value_ref(kind: MetricKind, state: &State) -> ValueRef<'_> {
+fn value_ref(kind: MetricKind, state: &SeriesValue) -> ValueRef<'_> {
     match (kind, state) {
-        (MetricKind::Counter | MetricKind::UpDownCounter, State::Number(v)) => ValueRef::Sum(*v),
-        (_, State::Number(v)) => ValueRef::Gauge(*v),
-        (_, State::Histogram(h)) => ValueRef::Histogram {
-            buckets: BucketCounts::PerBucket(&h.buckets),
-            sum: h.sum,
-            count: h.count,
+        (MetricKind::Counter | MetricKind::UpDownCounter, SeriesValue::Number(v)) => {
+            ValueRef::Sum(*v)
+        }
+        (_, SeriesValue::Number(v)) => ValueRef::Gauge(*v),
+        (_, SeriesValue::Histogram(h)) => ValueRef::Histogram {
+            buckets: BucketCounts::PerBucket(&h.classic.buckets),
+            sum: h.classic.sum,
+            count: h.classic.count,
             exemplars: &[],
             native: h.native.as_deref(),
         },
-        (_, State::Summary(q)) => ValueRef::Summary {
+        (_, SeriesValue::Summary(q)) => ValueRef::Summary {
             quantiles: &q.quantiles,
             sum: q.sum,
             count: q.count,
@@ -1150,9 +853,13 @@ impl crate::pipeline::Consumer<ExportMetricsServiceRequest> for AppMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::exponential::ExpBuckets;
+    use crate::pipeline::attributes::MAX_LABEL_VALUE;
+    use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue};
     use opentelemetry_proto::tonic::metrics::v1::{
-        exponential_histogram_data_point::Buckets, ExponentialHistogram, Gauge, Histogram, Metric,
-        ResourceMetrics, ScopeMetrics, Sum,
+        exponential_histogram_data_point::Buckets, number_data_point, AggregationTemporality,
+        ExponentialHistogram, Gauge, Histogram, HistogramDataPoint, Metric, ResourceMetrics,
+        ScopeMetrics, Sum,
     };
     use opentelemetry_proto::tonic::resource::v1::Resource;
 
@@ -1285,8 +992,8 @@ mod tests {
         s.collect(&mut after);
         assert!(after.is_empty(), "{after:?}");
         assert_eq!(s.store_bytes.load(Ordering::Relaxed), 0);
-        let inner = s.inner.lock().unwrap();
-        assert!(inner.claims.is_empty() && inner.families.is_empty());
+        let index = s.index.lock().unwrap();
+        assert!(index.claims.is_empty() && index.families.is_empty());
     }
 
     /// A sink that, inside the first metric, has another thread ingest into a second metric and

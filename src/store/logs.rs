@@ -5,9 +5,11 @@ use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 
-use super::app_metrics::service_name;
-use super::limited::{LimitedMap, OverflowCounter, OVERFLOW_LABEL};
-use crate::model::{Collector, Metric, MetricKind, Value};
+use crate::bounded::{LimitedMap, OverflowCounter};
+use crate::catalogue;
+use crate::catalogue::OVERFLOW_LABEL;
+use crate::model::{Collector, Metric, Value};
+use crate::pipeline::attributes::service_name;
 
 /// The severity word of an OTLP severity number (1-4 trace … 21-24 fatal).
 pub fn severity_label(number: i32) -> &'static str {
@@ -90,12 +92,7 @@ impl Collector for LogCounts {
         if rows.is_empty() && overflow.is_none() {
             return;
         }
-        let mut fam = Metric::new(
-            "vitals.log.records",
-            "Log records received over OTLP by service and severity",
-            "{record}",
-            MetricKind::Counter,
-        );
+        let mut fam = catalogue::LOG_RECORDS.metric();
         rows.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
         for (svc, sev, n) in rows {
             fam.push(

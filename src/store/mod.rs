@@ -3,5 +3,4 @@
 //! read them through the registry and never see how they are kept.
 
 pub mod app_metrics;
-pub mod limited;
 pub mod logs;

@@ -13,19 +13,18 @@ use std::time::Instant;
 
 use regex::Regex;
 
+pub use crate::config::Selection;
 pub use crate::probe::procfs::detect_runtime;
 use crate::probe::procfs::{list_pids, parse_stat, read_argv, read_comm};
 
 /// How the target is chosen.
 #[derive(Debug, Clone)]
 pub enum Selector {
-    /// A fixed pid.
-    Pid(u32),
-    /// A file holding the pid; re-read on every search, so a restarted service is followed.
-    PidFile(PathBuf),
-    /// A process whose comm or command line matches: the program itself before a process that only has
-    /// the pattern in its arguments, never a wrapper such as `sh -c` or `timeout`; the oldest among equals.
-    Process(Regex),
+    /// A process the options name: a fixed pid; a file holding the pid, re-read on every search so a
+    /// restarted service is followed; or a process whose comm or command line matches: the program
+    /// itself before a process that only has the pattern in its arguments, never a wrapper such as
+    /// `sh -c` or `timeout`, the oldest among equals.
+    Given(Selection),
     /// The child spawned by `vitals run`.
     Child(u32),
     /// A container of the pod (zero-configuration pod mode): the root process the pod scan assigned.
@@ -36,9 +35,9 @@ impl Selector {
     /// Short description for logs.
     pub fn describe(&self) -> String {
         match self {
-            Selector::Pid(p) => format!("pid {p}"),
-            Selector::PidFile(p) => format!("pid file {}", p.display()),
-            Selector::Process(r) => format!("process matching /{}/", r.as_str()),
+            Selector::Given(Selection::Pid(p)) => format!("pid {p}"),
+            Selector::Given(Selection::PidFile(p)) => format!("pid file {}", p.display()),
+            Selector::Given(Selection::Process(r)) => format!("process matching /{}/", r.as_str()),
             Selector::Child(p) => format!("child pid {p}"),
             Selector::Container(c) => format!("container {} of the pod", c.name()),
         }
@@ -47,9 +46,9 @@ impl Selector {
     /// The `selected_by` label of `vitals_target_info`: `pid`, `pid_file`, `process` or `run`.
     pub fn label(&self) -> &'static str {
         match self {
-            Selector::Pid(_) => "pid",
-            Selector::PidFile(_) => "pid_file",
-            Selector::Process(_) => "process",
+            Selector::Given(Selection::Pid(_)) => "pid",
+            Selector::Given(Selection::PidFile(_)) => "pid_file",
+            Selector::Given(Selection::Process(_)) => "process",
             Selector::Child(_) => "run",
             Selector::Container(_) => "pod",
         }
@@ -167,12 +166,12 @@ impl Search {
     /// that exec'd into the program long after it started is found); otherwise only new and young ones.
     pub fn find(&mut self, selector: &Selector, full: bool) -> Result<Found, SearchError> {
         match selector {
-            Selector::Pid(pid) | Selector::Child(pid) => Ok(Found {
+            Selector::Given(Selection::Pid(pid)) | Selector::Child(pid) => Ok(Found {
                 target: identify(&self.proc_root, *pid),
                 ..Default::default()
             }),
-            Selector::PidFile(path) => self.find_pid_file(path),
-            Selector::Process(re) => self.find_regex(re, full),
+            Selector::Given(Selection::PidFile(path)) => self.find_pid_file(path),
+            Selector::Given(Selection::Process(re)) => self.find_regex(re, full),
             Selector::Container(slot) => Ok(Found {
                 target: slot
                     .root()
@@ -451,13 +450,25 @@ mod tests {
     fn pid_file_errors_name_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("app.pid");
-        let err = search(&Selector::PidFile(path.clone()), Path::new("/proc")).unwrap_err();
+        let err = search(
+            &Selector::Given(Selection::PidFile(path.clone())),
+            Path::new("/proc"),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("app.pid"), "{err}");
         std::fs::write(&path, "not-a-pid\n").unwrap();
-        let err = search(&Selector::PidFile(path.clone()), Path::new("/proc")).unwrap_err();
+        let err = search(
+            &Selector::Given(Selection::PidFile(path.clone())),
+            Path::new("/proc"),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("does not hold a pid"), "{err}");
         std::fs::write(&path, format!("{}\n", std::process::id())).unwrap();
-        let found = search(&Selector::PidFile(path), Path::new("/proc")).unwrap();
+        let found = search(
+            &Selector::Given(Selection::PidFile(path)),
+            Path::new("/proc"),
+        )
+        .unwrap();
         assert_eq!(found.target.unwrap().pid, std::process::id());
     }
 
@@ -474,14 +485,22 @@ mod tests {
             .unwrap()
             .set_modified(an_hour_ago)
             .unwrap();
-        let err = search(&Selector::PidFile(path.clone()), Path::new("/proc")).unwrap_err();
+        let err = search(
+            &Selector::Given(Selection::PidFile(path.clone())),
+            Path::new("/proc"),
+        )
+        .unwrap_err();
         assert!(
             err.to_string().contains("after the file was last written"),
             "{err}"
         );
         // Rewritten now: trusted.
         std::fs::write(&path, format!("{}\n", std::process::id())).unwrap();
-        let found = search(&Selector::PidFile(path), Path::new("/proc")).unwrap();
+        let found = search(
+            &Selector::Given(Selection::PidFile(path)),
+            Path::new("/proc"),
+        )
+        .unwrap();
         assert_eq!(found.target.map(|t| t.pid), Some(std::process::id()));
     }
 
@@ -506,7 +525,7 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         let re = Regex::new(&format!("^sleep {}$", regex::escape(&arg))).unwrap();
-        let found = search(&Selector::Process(re), Path::new("/proc")).unwrap();
+        let found = search(&Selector::Given(Selection::Process(re)), Path::new("/proc")).unwrap();
         let _ = (a.kill(), b.kill(), a.wait(), b.wait());
         assert_eq!(
             found.target.map(|t| t.pid),
@@ -521,7 +540,11 @@ mod tests {
             &read_comm(Path::new("/proc"), std::process::id()).unwrap(),
         ))
         .unwrap();
-        let found = search(&Selector::Process(own), Path::new("/proc")).unwrap();
+        let found = search(
+            &Selector::Given(Selection::Process(own)),
+            Path::new("/proc"),
+        )
+        .unwrap();
         assert_ne!(found.target.map(|t| t.pid), Some(std::process::id()));
     }
 }

@@ -14,7 +14,7 @@ use nix::unistd::Pid;
 
 use std::path::Path;
 
-use crate::config::ChildProtocol;
+use crate::config::OtlpProtocol;
 use crate::probe::procfs::{list_pids, parse_stat, read_comm};
 
 /// An address a local client can reach: an unspecified bind address becomes loopback.
@@ -31,14 +31,14 @@ fn reachable(addr: SocketAddr) -> SocketAddr {
 pub fn otlp_env(
     grpc: SocketAddr,
     http: SocketAddr,
-    protocol: ChildProtocol,
+    protocol: OtlpProtocol,
 ) -> Vec<(String, String)> {
     let (grpc, http) = (reachable(grpc), reachable(http));
     let mut env = Vec::new();
     match protocol {
-        ChildProtocol::HttpProtobuf => {
+        OtlpProtocol::HttpProtobuf => {
             let base = format!("http://{http}");
-            env.push(("OTEL_EXPORTER_OTLP_PROTOCOL".into(), "http/protobuf".into()));
+            env.push(("OTEL_EXPORTER_OTLP_PROTOCOL".into(), protocol.name().into()));
             env.push(("OTEL_EXPORTER_OTLP_ENDPOINT".into(), base.clone()));
             for (signal, path) in [
                 ("TRACES", "traces"),
@@ -47,7 +47,7 @@ pub fn otlp_env(
             ] {
                 env.push((
                     format!("OTEL_EXPORTER_OTLP_{signal}_PROTOCOL"),
-                    "http/protobuf".into(),
+                    protocol.name().into(),
                 ));
                 env.push((
                     format!("OTEL_EXPORTER_OTLP_{signal}_ENDPOINT"),
@@ -55,14 +55,14 @@ pub fn otlp_env(
                 ));
             }
         }
-        ChildProtocol::Grpc => {
+        OtlpProtocol::Grpc => {
             let base = format!("http://{grpc}");
-            env.push(("OTEL_EXPORTER_OTLP_PROTOCOL".into(), "grpc".into()));
+            env.push(("OTEL_EXPORTER_OTLP_PROTOCOL".into(), protocol.name().into()));
             env.push(("OTEL_EXPORTER_OTLP_ENDPOINT".into(), base.clone()));
             for signal in ["TRACES", "METRICS", "LOGS"] {
                 env.push((
                     format!("OTEL_EXPORTER_OTLP_{signal}_PROTOCOL"),
-                    "grpc".into(),
+                    protocol.name().into(),
                 ));
                 env.push((
                     format!("OTEL_EXPORTER_OTLP_{signal}_ENDPOINT"),
@@ -268,7 +268,7 @@ mod tests {
         let env = otlp_env(
             "0.0.0.0:4317".parse().unwrap(),
             "127.0.0.1:14318".parse().unwrap(),
-            ChildProtocol::HttpProtobuf,
+            OtlpProtocol::HttpProtobuf,
         );
         let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         assert_eq!(
@@ -287,7 +287,7 @@ mod tests {
         let env = otlp_env(
             "0.0.0.0:4317".parse().unwrap(),
             "127.0.0.1:4318".parse().unwrap(),
-            ChildProtocol::Grpc,
+            OtlpProtocol::Grpc,
         );
         let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         assert_eq!(

@@ -6,11 +6,12 @@ use std::sync::Mutex;
 /// The target's state as the sampler last saw it.
 #[derive(Debug)]
 pub struct TargetStatus {
-    state: Mutex<State>,
+    state: Mutex<Readiness>,
 }
 
+/// Whether a target is attached, and the line that says so.
 #[derive(Debug, Clone)]
-struct State {
+struct Readiness {
     ready: bool,
     /// One line for people: the attached target, or the reason there is none.
     summary: String,
@@ -19,7 +20,7 @@ struct State {
 impl Default for TargetStatus {
     fn default() -> Self {
         TargetStatus {
-            state: Mutex::new(State {
+            state: Mutex::new(Readiness {
                 ready: false,
                 summary: "starting: no sample taken yet".to_owned(),
             }),
@@ -41,7 +42,7 @@ impl TargetStatus {
     fn set(&self, ready: bool, summary: String) {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if s.ready != ready || s.summary != summary {
-            *s = State { ready, summary };
+            *s = Readiness { ready, summary };
         }
     }
 

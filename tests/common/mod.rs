@@ -147,7 +147,14 @@ impl Vitals {
     pub fn scrape(&self) -> Exposition {
         let (status, _, body) = self.get("/metrics", None);
         assert_eq!(status, 200, "{body}");
-        Exposition::parse(&body)
+        let e = Exposition::parse(&body);
+        let wrong = catalogue_disagreements(&e);
+        assert!(
+            wrong.is_empty(),
+            "the exposition disagrees with src/catalogue.rs:\n{}",
+            wrong.join("\n")
+        );
+        e
     }
 
     /// Polls the exposition until `cond` holds or `timeout` passes; returns the last exposition.
@@ -669,65 +676,15 @@ impl Drop for Jvm {
     }
 }
 
-/// The exposition names of every metric vitals' source defines, translated by the Prometheus exporter's
-/// own rules: `Metric::new("otel.name", help, "unit", Kind)`, the target's `b.one("otel.name", "unit",
-/// Kind, help)`, and `("otel.name", "help", "unit")` rows of a table (the tuning hints' gauges). Unit tests
-/// are left out: they build made-up metrics.
+/// The exposition names (counters without `_total`) of every metric vitals declares: the entries of its
+/// catalogue (`src/catalogue.rs`), translated by the Prometheus exporter's own rules.
 pub fn source_exposition_names() -> std::collections::BTreeSet<String> {
     use vitals::export::prometheus::naming::exposition_name;
-    use vitals::model::{MetricKind, Origin};
-    let kind_of = |k: &str| match k {
-        "Counter" => MetricKind::Counter,
-        "UpDownCounter" => MetricKind::UpDownCounter,
-        "Gauge" => MetricKind::Gauge,
-        "Histogram" => MetricKind::Histogram,
-        _ => MetricKind::Summary,
-    };
-    let unit_and_kind = regex::Regex::new(
-        r#""([^"]*)",\s*(?:MetricKind::)?(Counter|UpDownCounter|Gauge|Histogram|Summary)\b"#,
-    )
-    .expect("valid regex");
-    let table_row = regex::Regex::new(
-        r#"\(\s*"((?:vitals|process)\.[a-z_.]+)",\s*"(?:[^"\\]|\\.)*",\s*"([^"]*)",?\s*\)"#,
-    )
-    .expect("valid regex");
-    let mut names = std::collections::BTreeSet::new();
-    let mut dirs = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("src")];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).expect("src is readable").flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                dirs.push(path);
-                continue;
-            }
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
-            let code = text
-                .split("#[cfg(test)]\nmod tests")
-                .next()
-                .unwrap_or_default();
-            let mut add = |name: &str, unit: &str, kind: MetricKind| {
-                let exposed = exposition_name(name, unit, kind, Origin::Vitals);
-                if exposed.starts_with("vitals_") || exposed.starts_with("process_") {
-                    names.insert(exposed);
-                }
-            };
-            for opener in ["Metric::new(", "b.one("] {
-                for chunk in code.split(opener).skip(1) {
-                    let Some(name) = chunk.trim_start().strip_prefix('"') else {
-                        continue;
-                    };
-                    let name: String = name.chars().take_while(|c| *c != '"').collect();
-                    if let Some(c) = unit_and_kind.captures(chunk) {
-                        add(&name, &c[1], kind_of(&c[2]));
-                    }
-                }
-            }
-            for c in table_row.captures_iter(code) {
-                add(&c[1], &c[2], MetricKind::Gauge);
-            }
-        }
-    }
-    names
+    use vitals::model::Origin;
+    vitals::catalogue::ALL
+        .iter()
+        .map(|d| exposition_name(d.name, d.unit, d.kind, Origin::Vitals))
+        .collect()
 }
 
 /// Makes, with openssl, in `dir`: a CA (`ca.pem`, `ca.key`), a server certificate for 127.0.0.1 and
@@ -1167,4 +1124,197 @@ pub fn go_decode_exposition(body: &[u8]) -> Result<Vec<serde_json::Value>, Strin
         .lines()
         .map(|l| serde_json::from_str(l).expect("decoder JSON"))
         .collect())
+}
+
+/// Catalogue entries by their family name in the text format (counters with `_total`).
+fn catalogue_families(
+) -> &'static std::collections::BTreeMap<String, &'static vitals::catalogue::MetricDef> {
+    use vitals::export::prometheus::naming::exposition_name;
+    use vitals::model::{MetricKind, Origin};
+    static FAMILIES: std::sync::OnceLock<
+        std::collections::BTreeMap<String, &'static vitals::catalogue::MetricDef>,
+    > = std::sync::OnceLock::new();
+    FAMILIES.get_or_init(|| {
+        vitals::catalogue::ALL
+            .iter()
+            .map(|d| {
+                let name = exposition_name(d.name, d.unit, d.kind, Origin::Vitals);
+                let name = if d.kind == MetricKind::Counter {
+                    format!("{name}_total")
+                } else {
+                    name
+                };
+                (name, *d)
+            })
+            .collect()
+    })
+}
+
+/// What in an exposition disagrees with vitals' catalogue (`src/catalogue.rs`): a sample of one of its
+/// families with a label the entry does not declare, or with a value outside the entry's fixed set.
+/// [`Vitals::scrape`] asserts there is none, so every test that scrapes checks the producers it drives.
+pub fn catalogue_disagreements(e: &Exposition) -> Vec<String> {
+    use vitals::export::prometheus::naming::label_name;
+    let families = catalogue_families();
+    let mut wrong = Vec::new();
+    for s in &e.samples {
+        let entry = families.get(&s.name).or_else(|| {
+            ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|x| families.get(s.name.strip_suffix(x)?))
+        });
+        let Some(d) = entry else { continue };
+        for (k, v) in &s.labels {
+            if k == "le" || vitals::catalogue::SHARED_LABELS.contains(&k.as_str()) {
+                continue;
+            }
+            match d.labels.iter().find(|l| label_name(l.key) == *k) {
+                None => wrong.push(format!(
+                    "{}: label {k} is not declared by {}",
+                    s.name, d.name
+                )),
+                Some(l) if l.values.is_some_and(|vs| !vs.contains(&v.as_str())) => wrong.push(
+                    format!("{}: {k}=\"{v}\" is not one of {:?}", s.name, l.values),
+                ),
+                Some(_) => {}
+            }
+        }
+    }
+    wrong
+}
+
+/// A cgroup made for one test (cgroup v2, or the controller's v1 hierarchy), removed on drop after its
+/// processes are gone. Creating one needs root; the panic says so.
+pub struct TestCgroup(pub PathBuf);
+
+impl TestCgroup {
+    /// True on the unified (v2) hierarchy.
+    pub fn unified() -> bool {
+        Path::new("/sys/fs/cgroup/cgroup.controllers").is_file()
+    }
+
+    /// A new group under `controller`'s hierarchy with `settings` written into its files.
+    pub fn create(controller: &str, settings: &[(&str, String)]) -> TestCgroup {
+        let root = if Self::unified() {
+            PathBuf::from("/sys/fs/cgroup")
+        } else {
+            Path::new("/sys/fs/cgroup").join(controller)
+        };
+        assert!(
+            root.join("cgroup.procs").is_file(),
+            "this test needs a cgroup {controller} hierarchy at {} (and root)",
+            root.display()
+        );
+        if Self::unified() {
+            // The controller must be delegated to the root's children.
+            let _ = std::fs::write(
+                root.join("cgroup.subtree_control"),
+                format!("+{controller}"),
+            );
+        }
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = root.join(format!(
+            "vitals-test-{}-{n}-{controller}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir(&dir);
+        std::fs::create_dir(&dir)
+            .unwrap_or_else(|e| panic!("this test needs root to create {}: {e}", dir.display()));
+        let cg = TestCgroup(dir);
+        for (file, value) in settings {
+            std::fs::write(cg.0.join(file), value)
+                .unwrap_or_else(|e| panic!("write {value} to {file}: {e}"));
+        }
+        cg
+    }
+
+    /// A group whose CPU quota is `quota_us` per `period_us`.
+    pub fn cpu_quota(quota_us: u64, period_us: u64) -> TestCgroup {
+        if Self::unified() {
+            Self::create("cpu", &[("cpu.max", format!("{quota_us} {period_us}"))])
+        } else {
+            Self::create(
+                "cpu",
+                &[
+                    ("cpu.cfs_period_us", period_us.to_string()),
+                    ("cpu.cfs_quota_us", quota_us.to_string()),
+                ],
+            )
+        }
+    }
+
+    /// A group whose memory limit is `bytes` (and no swap, where swap is accounted).
+    pub fn memory_limit(bytes: u64) -> TestCgroup {
+        if Self::unified() {
+            let cg = Self::create("memory", &[("memory.max", bytes.to_string())]);
+            // Without swap accounting the file is absent and there is nothing to swap to anyway.
+            let _ = std::fs::write(cg.0.join("memory.swap.max"), "0");
+            cg
+        } else {
+            Self::create("memory", &[("memory.limit_in_bytes", bytes.to_string())])
+        }
+    }
+
+    /// The memory limit the kernel holds (it may round what was written).
+    pub fn memory_limit_read(&self) -> f64 {
+        let file = if Self::unified() {
+            "memory.max"
+        } else {
+            "memory.limit_in_bytes"
+        };
+        std::fs::read_to_string(self.0.join(file))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// OOM kills the group counted (`memory.events` on v2, `memory.oom_control` on v1).
+    pub fn oom_kills(&self) -> f64 {
+        if Self::unified() {
+            self.stat("memory.events", "oom_kill")
+        } else {
+            self.stat("memory.oom_control", "oom_kill")
+        }
+    }
+
+    /// Moves `pid` into the group.
+    pub fn adopt(&self, pid: u32) {
+        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).expect("move into the cgroup");
+    }
+
+    /// The value of `key` in a flat-keyed file (`cpu.stat` has the same keys on v1 and v2).
+    pub fn stat(&self, file: &str, key: &str) -> f64 {
+        let text = std::fs::read_to_string(self.0.join(file)).unwrap();
+        text.lines()
+            .find_map(|l| {
+                let mut parts = l.split_whitespace();
+                (parts.next()? == key.trim()).then_some(())?;
+                parts.next()?.parse().ok()
+            })
+            .unwrap_or_else(|| panic!("{key} in {file}: {text}"))
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // Processes must have left (the tests kill them first); retry while the kernel reaps them.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// A child killed and reaped when dropped.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -10,13 +10,13 @@ use std::time::Duration;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
 use prost::Message;
+use vitals::bounded::OverflowCounter;
 use vitals::model::{Collector, Metric};
 use vitals::pipeline::trace_view::{Attribute, AttributeValue};
 use vitals::pipeline::{Consumer, PartialSuccess, TraceView};
-use vitals::signal::latency::RedStore;
+use vitals::signal::latency::RedSignal;
 use vitals::signal::n_plus_one::{NPlusOne, Rule};
-use vitals::signal::query::{DbQueries, QueryStore};
-use vitals::store::limited::OverflowCounter;
+use vitals::signal::query::{DbQueries, QuerySignal};
 
 /// Whether prost and the view both accepted the input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,9 +119,9 @@ fn same_fields(p: &ExportTraceServiceRequest, v: &TraceView<'_>) {
 fn outcome(v: &TraceView<'_>) -> (PartialSuccess, PartialSuccess, String) {
     let o = OverflowCounter::default();
     let ttl = Duration::from_secs(3600);
-    let red = RedStore::new(50, ttl, o.clone());
+    let red = RedSignal::new(50, ttl, o.clone());
     let db = DbQueries {
-        store: Arc::new(QueryStore::new(50, ttl, o.clone())),
+        store: Arc::new(QuerySignal::new(50, ttl, o.clone())),
         n_plus_one: Arc::new(NPlusOne::new(Rule::default(), 50, ttl, o)),
     };
     let answers = (red.consume(v), db.consume(v));

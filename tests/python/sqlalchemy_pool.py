@@ -7,7 +7,9 @@ A QueuePool of 5 connections with no overflow serves N worker threads that each 
 pool's own counters are the ground truth: every 100 ms the app samples `pool.checkedout()` and the number
 of workers inside `engine.connect()`; the summary is printed as one JSON object on stdout when it ends.
 Pool metrics reach vitals only through the instrumentation (`db.client.connections.usage`, unit
-`connections`) and the SDK's OTLP/HTTP exporter.
+`connections`) and the SDK's OTLP/HTTP exporter. With --report-pool NAME the app also reports the pool's own
+figures as the semantic conventions' `db.client.connection.count` (by state), `.max` and `.pending_requests`
+under pool name NAME, read from `engine.pool` and the waiting workers when the SDK collects.
 """
 import argparse
 import json
@@ -27,6 +29,7 @@ p.add_argument("--endpoint", required=True)
 p.add_argument("--db", required=True)
 p.add_argument("--seconds", type=float, default=10.0)
 p.add_argument("--workers", type=int, default=8)
+p.add_argument("--report-pool", default="")
 a = p.parse_args()
 
 reader = PeriodicExportingMetricReader(
@@ -38,6 +41,23 @@ SQLAlchemyInstrumentor().instrument(engine=engine, meter_provider=mp)
 
 lock = threading.Lock()
 waiting = 0
+
+if a.report_pool:
+    from opentelemetry.metrics import Observation
+
+    meter = mp.get_meter("pool-app")
+    at = {"db.client.connection.pool.name": a.report_pool}
+
+    def count(_options):
+        used = engine.pool.checkedout()
+        return [Observation(used, {**at, "db.client.connection.state": "used"}),
+                Observation(engine.pool.checkedin(), {**at, "db.client.connection.state": "idle"})]
+
+    meter.create_observable_up_down_counter("db.client.connection.count", [count], unit="{connection}")
+    meter.create_observable_up_down_counter(
+        "db.client.connection.max", [lambda _o: [Observation(engine.pool.size(), at)]], unit="{connection}")
+    meter.create_observable_up_down_counter(
+        "db.client.connection.pending_requests", [lambda _o: [Observation(waiting, at)]], unit="{request}")
 stop = time.monotonic() + a.seconds
 
 

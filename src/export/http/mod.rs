@@ -23,14 +23,13 @@ use tokio_util::sync::CancellationToken;
 pub mod live;
 pub mod password_check;
 pub mod profile;
-pub mod server;
-pub mod slots;
 pub mod web_config;
 
 use self::live::stream::LiveBody;
 use self::web_config::WebConfig;
 use super::prometheus::{Encoder, Exposition, Format};
-use crate::model::{stream_metrics, Metric, MetricKind, Registry, Value};
+use crate::catalogue;
+use crate::model::{stream_metrics, Registry, Value};
 use crate::target::status::TargetStatus;
 
 /// What the HTTP handlers read.
@@ -48,6 +47,9 @@ pub struct HttpState {
     pub profiler: Option<Arc<crate::profile::Profiler>>,
     /// The continuous profiler's captures at /debug/pprof/captures; `None` when it is off.
     pub continuous: Option<Arc<crate::profile::continuous::Continuous>>,
+    /// The samplers' pace: a scrape asks them for readings no older than `--interval` first. `None`
+    /// scrapes what is held.
+    pub cadence: Option<Arc<crate::cadence::Cadence>>,
 }
 
 /// Where the live page names the target before its script has drawn the first frame.
@@ -103,13 +105,9 @@ pub fn render_with(encoder: &mut Encoder, registry: &Registry, capacity: usize) 
     encoder.start(capacity);
     registry.encode_into(encoder);
     let n = encoder.points() + 1;
-    let series = Metric::new(
-        "vitals.exporter.series",
-        "Series in this exposition",
-        "{series}",
-        MetricKind::Gauge,
-    )
-    .with(&[], Value::Gauge(n as f64));
+    let series = catalogue::EXPORTER_SERIES
+        .metric()
+        .with(&[], Value::Gauge(n as f64));
     stream_metrics(std::slice::from_ref(&series), encoder);
     encoder.finish()
 }
@@ -305,7 +303,7 @@ async fn handle(
             .and_then(|v| v.to_str().ok());
         let peer = req
             .extensions()
-            .get::<server::Peer>()
+            .get::<crate::server::Peer>()
             .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |p| p.0.ip());
         match web.authorize(header, peer).await {
             web_config::Authorization::Allowed => {}
@@ -338,6 +336,10 @@ async fn handle(
             let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok());
             let format = Exposition::negotiate(accept);
             let gz = accepts_gzip(&req);
+            if let Some(c) = &state.cadence {
+                // Readings no older than --interval, however slowly the samplers go while idle.
+                c.fresh().await;
+            }
             match renderer.scrape(format, gz).await {
                 Some(body) => {
                     let mut r = respond(StatusCode::OK, format.content_type(), body);
@@ -439,9 +441,9 @@ pub async fn serve(listener: TcpListener, state: HttpState, shutdown: Cancellati
         let service = service.clone();
         async move { service.answer(req).await }
     };
-    crate::export::http::server::serve(
+    crate::server::serve(
         listener,
-        crate::export::http::server::ConnectionLimits::METRICS,
+        crate::server::ConnectionLimits::METRICS,
         tls,
         "metrics",
         serve_one,
@@ -452,7 +454,7 @@ pub async fn serve(listener: TcpListener, state: HttpState, shutdown: Cancellati
 
 /// Binds the metrics listener, naming the address in the error.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    server::listen(addr).map_err(|e| {
+    crate::server::listen(addr).map_err(|e| {
         std::io::Error::new(
             e.kind(),
             format!("cannot listen on --metrics-addr {addr}: {e}"),

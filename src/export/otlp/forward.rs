@@ -14,41 +14,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{mpsc, Semaphore};
 
-use super::upstream::{Answer, Sender, Upstream};
-use crate::model::{Collector, Metric, MetricKind, Value};
+use super::retry::{self, Bound, Delivery};
+use super::upstream::Sender;
+use crate::catalogue;
+use crate::config::otlp::ForwardSettings;
+use crate::model::{Collector, Metric, Value};
 use crate::pipeline::{Onward, QueueFull, Signal};
-
-/// Forwarding settings.
-#[derive(Debug, Clone)]
-pub struct ForwardSettings {
-    /// Upstream per signal (indexed by `Signal as usize`); None leaves that signal at vitals.
-    pub upstreams: [Option<Upstream>; 3],
-    /// Bytes all queued and in-flight requests may hold together.
-    pub queue_bytes: u64,
-    /// Longest time shutdown waits for the queue to empty.
-    pub drain_timeout: Duration,
-}
-
-impl ForwardSettings {
-    /// Default queue bound: 16 MiB, within the 96 MiB the shipped manifest gives vitals beside the
-    /// receiver's 32 MiB budget.
-    pub const DEFAULT_QUEUE_BYTES: u64 = 16 << 20;
-    /// Default drain timeout.
-    pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-
-    /// True when at least one signal has an upstream.
-    pub fn enabled(&self) -> bool {
-        self.upstreams.iter().any(Option::is_some)
-    }
-}
 
 /// Requests sent to one upstream at once.
 const SENDS_IN_FLIGHT: usize = 8;
-/// First retry delay when the upstream gave none; doubles up to [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_millis(200);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// Longest Retry-After / RetryInfo delay honoured as given.
-const MAX_ASKED_DELAY: Duration = Duration::from_secs(60);
 /// Distinct permanent-failure reasons remembered for logging once each.
 const MAX_LOGGED_REASONS: usize = 64;
 
@@ -243,68 +217,55 @@ async fn run_sender(
 }
 
 /// Sends one batch until the upstream takes it or refuses it for good; releases its queue bytes.
+///
+/// No deadline: what the queue holds is bounded in bytes, and while the upstream is away the full queue
+/// tells the apps to retry, so their SDKs keep the rest; only the drain at shutdown gives up.
 async fn deliver(sh: &Shared, signal: Signal, sender: &Sender, batch: Batch) {
     let len = batch.body.len() as u64;
-    let mut backoff = FIRST_BACKOFF;
-    loop {
+    let send = || async {
         let started = Instant::now();
         let answer = sender.send(signal, batch.body.clone()).await;
         sh.stats.latency(signal, started.elapsed());
-        match answer {
-            Answer::Accepted { rejected, message } => {
-                if sh.failing[signal as usize].swap(false, Ordering::Relaxed) {
-                    tracing::info!(
-                        signal = signal.label(),
-                        "forwarding: the upstream takes data again"
-                    );
-                }
-                let rejected = rejected.min(batch.items);
-                sh.stats
-                    .count(signal, Outcome::Sent, batch.items - rejected);
-                if rejected > 0 {
-                    sh.stats.items[signal as usize][Outcome::Rejected as usize]
-                        .fetch_add(rejected, Ordering::Relaxed);
-                    log_once(sh, signal, &format!("partial success: {message}"), rejected);
-                }
-                break;
+        answer
+    };
+    let on_retry = |why: &str, wait: Duration| {
+        sh.stats.retries[signal as usize].fetch_add(1, Ordering::Relaxed);
+        if !sh.failing[signal as usize].swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                signal = signal.label(),
+                %why,
+                "forwarding: the upstream is not taking data; retrying (the queue holds what \
+                 was accepted; when it is full apps are told to retry)"
+            );
+        }
+        tracing::debug!(signal = signal.label(), %why, ?wait, "forwarding: retrying");
+    };
+    match retry::deliver(&sh.settings.retry, Bound::default(), send, on_retry).await {
+        Delivery::Accepted { rejected, message } => {
+            if sh.failing[signal as usize].swap(false, Ordering::Relaxed) {
+                tracing::info!(
+                    signal = signal.label(),
+                    "forwarding: the upstream takes data again"
+                );
             }
-            Answer::Permanent { reason } => {
-                sh.stats.count(signal, Outcome::Rejected, batch.items);
-                log_once(sh, signal, &reason, batch.items);
-                break;
-            }
-            Answer::Retry { after, why } => {
-                sh.stats.retries[signal as usize].fetch_add(1, Ordering::Relaxed);
-                if !sh.failing[signal as usize].swap(true, Ordering::Relaxed) {
-                    tracing::warn!(
-                        signal = signal.label(),
-                        %why,
-                        "forwarding: the upstream is not taking data; retrying (the queue holds what \
-                         was accepted; when it is full apps are told to retry)"
-                    );
-                }
-                let wait = match after {
-                    Some(d) => d.min(MAX_ASKED_DELAY),
-                    // Half jitter spreads senders that failed together.
-                    None => backoff / 2 + backoff.mul_f64(unit_random() / 2.0),
-                };
-                tracing::debug!(signal = signal.label(), %why, ?wait, "forwarding: retrying");
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-                tokio::time::sleep(wait).await;
+            let rejected = rejected.min(batch.items);
+            sh.stats
+                .count(signal, Outcome::Sent, batch.items - rejected);
+            if rejected > 0 {
+                sh.stats.items[signal as usize][Outcome::Rejected as usize]
+                    .fetch_add(rejected, Ordering::Relaxed);
+                log_once(sh, signal, &format!("partial success: {message}"), rejected);
             }
         }
+        Delivery::Refused { reason } => {
+            sh.stats.count(signal, Outcome::Rejected, batch.items);
+            log_once(sh, signal, &reason, batch.items);
+        }
+        // Unbounded: neither ends a forward.
+        Delivery::OutOfTime { .. } | Delivery::Stopped => {}
     }
     sh.queued_bytes.fetch_sub(len, Ordering::SeqCst);
     sh.queued_items[signal as usize].fetch_sub(batch.items, Ordering::SeqCst);
-}
-
-/// A number in [0, 1) from the standard library's randomly keyed hasher (no random crate needed for
-/// jitter).
-fn unit_random() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(0);
-    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 fn log_once(sh: &Shared, signal: Signal, reason: &str, items: u64) {
@@ -329,30 +290,10 @@ struct ForwardCollector(Arc<Shared>);
 impl Collector for ForwardCollector {
     fn collect(&self, out: &mut Vec<Metric>) {
         let sh = &self.0;
-        let mut items = Metric::new(
-            "vitals.exporter.forward.items",
-            "OTLP items (spans, data points, log records) forwarded upstream, by outcome",
-            "{item}",
-            MetricKind::Counter,
-        );
-        let mut requests = Metric::new(
-            "vitals.exporter.forward.requests",
-            "OTLP requests forwarded upstream, by outcome",
-            "{request}",
-            MetricKind::Counter,
-        );
-        let mut retries = Metric::new(
-            "vitals.exporter.forward.retries",
-            "Forwarded requests sent again after a retryable upstream answer",
-            "{retry}",
-            MetricKind::Counter,
-        );
-        let mut latency = Metric::new(
-            "vitals.exporter.forward.upstream.duration",
-            "Time the upstream took to answer one forwarded request",
-            "s",
-            MetricKind::Histogram,
-        );
+        let mut items = catalogue::EXPORTER_FORWARD_ITEMS.metric();
+        let mut requests = catalogue::EXPORTER_FORWARD_REQUESTS.metric();
+        let mut retries = catalogue::EXPORTER_FORWARD_RETRIES.metric();
+        let mut latency = catalogue::EXPORTER_FORWARD_UPSTREAM_DURATION.metric();
         for s in [Signal::Traces, Signal::Metrics, Signal::Logs] {
             if sh.settings.upstreams[s as usize].is_none() {
                 continue;
@@ -399,26 +340,14 @@ impl Collector for ForwardCollector {
         out.push(requests);
         out.push(retries);
         out.push(latency);
+        out.push(catalogue::EXPORTER_FORWARD_QUEUE.metric().with(
+            &[],
+            Value::Gauge(sh.queued_bytes.load(Ordering::Relaxed) as f64),
+        ));
         out.push(
-            Metric::new(
-                "vitals.exporter.forward.queue",
-                "Bytes of forwarded requests queued or in flight",
-                "By",
-                MetricKind::Gauge,
-            )
-            .with(
-                &[],
-                Value::Gauge(sh.queued_bytes.load(Ordering::Relaxed) as f64),
-            ),
-        );
-        out.push(
-            Metric::new(
-                "vitals.exporter.forward.queue.limit",
-                "Bytes the forwarding queue may hold (--forward-queue-bytes)",
-                "By",
-                MetricKind::Gauge,
-            )
-            .with(&[], Value::Gauge(sh.settings.queue_bytes as f64)),
+            catalogue::EXPORTER_FORWARD_QUEUE_LIMIT
+                .metric()
+                .with(&[], Value::Gauge(sh.settings.queue_bytes as f64)),
         );
     }
 }

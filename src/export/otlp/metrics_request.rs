@@ -15,20 +15,9 @@ use opentelemetry_proto::tonic::metrics::v1::{
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
 
+use crate::config::otlp::Histograms;
 use crate::model::exponential::ExpBuckets;
 use crate::model::{Exemplar, Exponential, Metric, MetricKind, Origin, Point, Value};
-
-/// Which OTLP type a histogram is pushed as (`--push-histograms`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Histograms {
-    /// An ExponentialHistogram where every point of the metric keeps exponential buckets (RED, the
-    /// app's exponential histograms), an explicit-bucket Histogram where it does not.
-    #[default]
-    Exponential,
-    /// Always the explicit (classic) buckets: for a receiver that cannot store exponential histograms
-    /// (a Prometheus without native histograms enabled).
-    Explicit,
-}
 
 /// Series whose start time is remembered; beyond it a new series gets the pusher's first start time and
 /// no reset detection (logged once).

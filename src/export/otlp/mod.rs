@@ -5,5 +5,6 @@ pub mod forward;
 pub mod metrics_request;
 pub mod push;
 pub mod push_resource;
+pub mod retry;
 pub mod tls;
 pub mod upstream;

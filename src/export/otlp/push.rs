@@ -1,12 +1,12 @@
 //! The pusher: every interval, vitals' own metrics (a [`Registry`] gather) sent as OTLP metrics to one
 //! endpoint, one request in flight, with the OTLP specification's retries until the next push is due;
-//! its settings (`--push-*`), its counters, and one final push at shutdown.
+//! its counters, and one final push at shutdown (its settings, from `--push-*`, are
+//! [`crate::config::otlp::PushSettings`]).
 //!
 //! What is pushed is cumulative, so a push that could not be delivered before the next one is due is
 //! dropped rather than queued: the next push carries everything it held.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -17,205 +17,15 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::metrics_request::{
-    convert, resource, Histograms, PushRequest, StartTimes, FORGET_AFTER_NANOS, START_TIMES_LIMIT,
+    convert, resource, PushRequest, StartTimes, FORGET_AFTER_NANOS, START_TIMES_LIMIT,
 };
 use super::push_resource::{host_name, resource_attributes};
-use super::tls::{client_config, TlsFiles};
-use super::upstream::{parse_endpoint, parse_headers, Answer, Protocol, Sender, Upstream};
-use crate::model::{Collector, Metric, MetricKind, Registry, Value};
+use super::retry::{self, Bound, Delivery};
+use super::upstream::Sender;
+use crate::catalogue;
+use crate::config::otlp::PushSettings;
+use crate::model::{Collector, Metric, Registry, Value};
 use crate::receiver::Signal;
-
-/// A `--push-*` value with the name of where it came from (flag, `VITALS_PUSH_*` variable or config
-/// file field), for error messages.
-pub type Named<T> = Option<(T, String)>;
-
-/// The `--push-*` options as given.
-#[derive(Debug, Clone, Default)]
-pub struct PushOptions {
-    /// `--push-endpoint`: where to push; unset turns pushing off.
-    pub endpoint: Named<String>,
-    /// `--push-protocol`: grpc or http/protobuf.
-    pub protocol: Named<String>,
-    /// `--push-interval`.
-    pub interval: Named<Duration>,
-    /// `--push-headers`: `key=value,...`.
-    pub headers: Named<String>,
-    /// `--push-compression`: gzip or none.
-    pub compression: Named<String>,
-    /// `--push-timeout`.
-    pub timeout: Named<Duration>,
-    /// `--push-certificate`: CA (PEM) for an https endpoint.
-    pub certificate: Named<PathBuf>,
-    /// `--push-client-certificate` (PEM).
-    pub client_certificate: Named<PathBuf>,
-    /// `--push-client-key` (PEM).
-    pub client_key: Named<PathBuf>,
-    /// `--push-service-name`.
-    pub service_name: Named<String>,
-    /// `--push-histograms`: exponential or explicit.
-    pub histograms: Named<String>,
-}
-
-/// Where, how often and as whom vitals pushes.
-#[derive(Debug, Clone)]
-pub struct PushSettings {
-    /// The endpoint (full URL for HTTP; the server for gRPC).
-    pub upstream: Upstream,
-    /// Time between pushes.
-    pub interval: Duration,
-    /// `service.name` of the pushed resource.
-    pub service_name: String,
-    /// Longest time the final push at shutdown may take (`--forward-drain-timeout`).
-    pub grace: Duration,
-    /// Which OTLP type histograms are pushed as.
-    pub histograms: Histograms,
-}
-
-impl PushSettings {
-    /// Default push interval.
-    pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(15);
-    /// Default `service.name`.
-    pub const DEFAULT_SERVICE_NAME: &'static str = "vitals";
-}
-
-fn origin_of<T>(v: &Named<T>, flag: &str) -> String {
-    v.as_ref()
-        .map_or_else(|| flag.to_owned(), |(_, o)| o.clone())
-}
-
-impl PushOptions {
-    /// The push settings, or None when no endpoint is set. `grace` bounds the final push. The error names
-    /// the flag, variable or file field at fault and what to do.
-    pub fn resolve(&self, grace: Duration) -> Result<Option<PushSettings>, String> {
-        let Some((endpoint, origin)) = &self.endpoint else {
-            return Ok(None);
-        };
-        let protocol = match &self.protocol {
-            None => Protocol::HttpProtobuf,
-            Some((v, o)) => match v.trim() {
-                "grpc" => Protocol::Grpc,
-                "http/protobuf" => Protocol::HttpProtobuf,
-                other => return Err(format!("{o}: {other:?} is not grpc or http/protobuf")),
-            },
-        };
-        let (url, https) = parse_endpoint(origin, endpoint)?;
-        // For OTLP/HTTP a URL without a path gets the standard metrics path; one with a path (Prometheus'
-        // /api/v1/otlp/v1/metrics) is used as given.
-        let url = if protocol == Protocol::HttpProtobuf && matches!(url.path(), "" | "/") {
-            let full = format!("{}/v1/metrics", endpoint.trim_end_matches('/'));
-            full.parse()
-                .map_err(|e| format!("{origin}: {full:?} is not a URL: {e}"))?
-        } else {
-            url
-        };
-        let files = TlsFiles {
-            ca: self.certificate.as_ref().map(|(p, _)| p.clone()),
-            client_cert: self.client_certificate.as_ref().map(|(p, _)| p.clone()),
-            client_key: self.client_key.as_ref().map(|(p, _)| p.clone()),
-        };
-        let tls =
-            if https {
-                let alpn: &[u8] = if protocol == Protocol::Grpc {
-                    b"h2"
-                } else {
-                    b"http/1.1"
-                };
-                client_config(&files, alpn).map_err(|e| {
-                    let named: Vec<String> = [
-                        self.certificate.as_ref().map(|(_, o)| o.clone()),
-                        self.client_certificate.as_ref().map(|(_, o)| o.clone()),
-                        self.client_key.as_ref().map(|(_, o)| o.clone()),
-                    ]
-                    .into_iter()
-                    .flatten()
-                    .collect();
-                    if named.is_empty() {
-                        format!("{origin}: {e} (set --push-certificate to the CA)")
-                    } else {
-                        format!("{}: {e}", named.join(", "))
-                    }
-                })?;
-                Some(files)
-            } else {
-                if files != TlsFiles::default() {
-                    return Err(format!(
-                    "{}: certificates apply to an https:// endpoint, and {origin} is {endpoint:?}",
-                    [&self.certificate, &self.client_certificate, &self.client_key]
-                        .into_iter()
-                        .filter_map(|n| n.as_ref().map(|(_, o)| o.clone()))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
-                }
-                None
-            };
-        let headers = match &self.headers {
-            None => Vec::new(),
-            Some((v, o)) => parse_headers(v).map_err(|e| format!("{o}: {e}"))?,
-        };
-        let gzip = match &self.compression {
-            None => false,
-            Some((v, o)) => match v.trim() {
-                "gzip" => true,
-                "none" | "" => false,
-                other => return Err(format!("{o}: {other:?} is not gzip or none")),
-            },
-        };
-        let timeout = self
-            .timeout
-            .as_ref()
-            .map_or(Duration::from_secs(10), |(t, _)| *t);
-        if timeout.is_zero() {
-            return Err(format!(
-                "{}: must be above 0",
-                origin_of(&self.timeout, "--push-timeout")
-            ));
-        }
-        let interval = self
-            .interval
-            .as_ref()
-            .map_or(PushSettings::DEFAULT_INTERVAL, |(t, _)| *t);
-        if interval < Duration::from_secs(1) || interval > Duration::from_secs(3600) {
-            return Err(format!(
-                "{}: {} is outside 1s..1h",
-                origin_of(&self.interval, "--push-interval"),
-                humantime::format_duration(interval)
-            ));
-        }
-        let service_name = match &self.service_name {
-            None => PushSettings::DEFAULT_SERVICE_NAME.to_owned(),
-            Some((v, o)) => {
-                let v = v.trim();
-                if v.is_empty() {
-                    return Err(format!("{o}: must not be empty"));
-                }
-                v.to_owned()
-            }
-        };
-        let histograms = match &self.histograms {
-            None => Histograms::Exponential,
-            Some((v, o)) => match v.trim() {
-                "exponential" => Histograms::Exponential,
-                "explicit" => Histograms::Explicit,
-                other => return Err(format!("{o}: {other:?} is not exponential or explicit")),
-            },
-        };
-        Ok(Some(PushSettings {
-            upstream: Upstream {
-                url,
-                protocol,
-                headers,
-                gzip,
-                timeout,
-                tls,
-            },
-            interval,
-            service_name,
-            grace,
-            histograms,
-        }))
-    }
-}
 
 /// Request attempts by outcome.
 #[derive(Debug, Clone, Copy)]
@@ -251,9 +61,6 @@ const POINT_OUTCOMES: [(PointOutcome, &str); 3] = [
     (PointOutcome::Dropped, "dropped"),
 ];
 
-/// First retry delay when the endpoint gave none; doubles up to [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_millis(200);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Largest encoded request; a larger gather is split (4 MiB is the usual gRPC receive limit).
 const MAX_REQUEST_BYTES: usize = 3 << 20;
 /// Distinct permanent-failure reasons logged, once each.
@@ -296,7 +103,12 @@ fn unix_nanos_now() -> u64 {
 impl Pusher {
     /// Starts pushing `registry`'s metrics; the first push is one interval from now. Must be called
     /// inside the runtime.
-    pub fn start(settings: PushSettings, registry: Registry) -> Result<Arc<Pusher>, String> {
+    /// `cadence`, when given, is asked for fresh readings before each push.
+    pub fn start(
+        settings: PushSettings,
+        registry: Registry,
+        cadence: Option<Arc<crate::cadence::Cadence>>,
+    ) -> Result<Arc<Pusher>, String> {
         let sender = Sender::new(settings.upstream.clone(), Signal::Metrics)?;
         let attributes = resource_attributes(
             &settings.service_name,
@@ -333,6 +145,7 @@ impl Pusher {
                 FORGET_AFTER_NANOS.max(3 * settings.interval.as_nanos() as u64),
             ),
             settings,
+            cadence,
         };
         let task = tokio::spawn(job.run(stop.clone()));
         Ok(Arc::new(Pusher {
@@ -365,6 +178,8 @@ struct PushJob {
     scope: InstrumentationScope,
     starts: StartTimes,
     settings: PushSettings,
+    /// Asked for fresh readings before each interval push.
+    cadence: Option<Arc<crate::cadence::Cadence>>,
 }
 
 /// Why a push ended early.
@@ -396,6 +211,10 @@ impl PushJob {
 
     /// Gathers and sends; requests not delivered by `deadline` (or when `stop` fires) are dropped.
     async fn push(&mut self, deadline: Instant, stop: Option<&CancellationToken>) {
+        if let (Some(c), Some(_)) = (&self.cadence, stop) {
+            // Readings no older than --interval, as a scrape gets (not at shutdown: the samplers stop).
+            c.fresh().await;
+        }
         // Gather and conversion are synchronous work (about 60 ms for 30k points, `cargo bench --bench
         // push`); on the multi-threaded runtime the worker hands its other tasks over meanwhile, so
         // /healthz and ingest are not held up.
@@ -454,68 +273,48 @@ impl PushJob {
         stop: Option<&CancellationToken>,
     ) -> Result<(), Cut> {
         let sh = &self.shared;
-        let stopped = async {
-            match stop {
-                Some(s) => s.cancelled().await,
-                None => std::future::pending().await,
+        let send = || self.sender.send(Signal::Metrics, req.body.clone());
+        let on_retry = |why: &str, _: Duration| {
+            sh.stats.request(RequestOutcome::Failed);
+            if !sh.failing.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    %why,
+                    endpoint = %self.settings.upstream.url,
+                    "push: the endpoint is not taking data; retrying until the next push is due"
+                );
             }
         };
-        tokio::pin!(stopped);
-        let mut backoff = FIRST_BACKOFF;
-        loop {
-            let answer = tokio::select! {
-                a = tokio::time::timeout_at(deadline, self.sender.send(Signal::Metrics, req.body.clone())) => match a {
-                    Ok(a) => a,
-                    Err(_) => {
-                        sh.stats.request(RequestOutcome::Failed);
-                        return Err(Cut::Deadline);
-                    }
-                },
-                _ = &mut stopped => return Err(Cut::Stop),
-            };
-            match answer {
-                Answer::Accepted { rejected, message } => {
-                    sh.stats.request(RequestOutcome::Sent);
-                    if sh.failing.swap(false, Ordering::Relaxed) {
-                        tracing::info!("push: the endpoint takes data again");
-                    }
-                    let rejected = rejected.min(req.points);
-                    sh.stats.points(PointOutcome::Sent, req.points - rejected);
-                    if rejected > 0 {
-                        sh.stats.points(PointOutcome::Rejected, rejected);
-                        self.log_once(&format!("partial success: {message}"), rejected);
-                    }
-                    return Ok(());
+        let bound = Bound {
+            deadline: Some(deadline),
+            stop,
+        };
+        match retry::deliver(&self.settings.retry, bound, send, on_retry).await {
+            Delivery::Accepted { rejected, message } => {
+                sh.stats.request(RequestOutcome::Sent);
+                if sh.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!("push: the endpoint takes data again");
                 }
-                Answer::Permanent { reason } => {
-                    sh.stats.request(RequestOutcome::Rejected);
-                    sh.stats.points(PointOutcome::Rejected, req.points);
-                    self.log_once(&reason, req.points);
-                    return Ok(());
+                let rejected = rejected.min(req.points);
+                sh.stats.points(PointOutcome::Sent, req.points - rejected);
+                if rejected > 0 {
+                    sh.stats.points(PointOutcome::Rejected, rejected);
+                    self.log_once(&format!("partial success: {message}"), rejected);
                 }
-                Answer::Retry { after, why } => {
-                    sh.stats.request(RequestOutcome::Failed);
-                    if !sh.failing.swap(true, Ordering::Relaxed) {
-                        tracing::warn!(
-                            %why,
-                            endpoint = %self.settings.upstream.url,
-                            "push: the endpoint is not taking data; retrying until the next push is due"
-                        );
-                    }
-                    let wait = match after {
-                        Some(d) => d,
-                        None => backoff / 2 + backoff.mul_f64(unit_random() / 2.0),
-                    };
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                    if Instant::now() + wait >= deadline {
-                        return Err(Cut::Deadline);
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = &mut stopped => return Err(Cut::Stop),
-                    }
-                }
+                Ok(())
             }
+            Delivery::Refused { reason } => {
+                sh.stats.request(RequestOutcome::Rejected);
+                sh.stats.points(PointOutcome::Rejected, req.points);
+                self.log_once(&reason, req.points);
+                Ok(())
+            }
+            Delivery::OutOfTime { in_flight } => {
+                if in_flight {
+                    sh.stats.request(RequestOutcome::Failed);
+                }
+                Err(Cut::Deadline)
+            }
+            Delivery::Stopped => Err(Cut::Stop),
         }
     }
 
@@ -536,37 +335,19 @@ impl PushJob {
     }
 }
 
-/// A number in [0, 1) from the standard library's randomly keyed hasher, for jitter.
-fn unit_random() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(0);
-    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
-}
-
 struct PushCollector(Arc<Shared>);
 
 impl Collector for PushCollector {
     fn collect(&self, out: &mut Vec<Metric>) {
         let stats = &self.0.stats;
-        let mut requests = Metric::new(
-            "vitals.exporter.push.requests",
-            "OTLP push requests sent by vitals, per attempt and outcome",
-            "{request}",
-            MetricKind::Counter,
-        );
+        let mut requests = catalogue::EXPORTER_PUSH_REQUESTS.metric();
         for (o, name) in REQUEST_OUTCOMES {
             requests.push(
                 &[("outcome", name)],
                 Value::Sum(stats.requests[o as usize].load(Ordering::Relaxed) as f64),
             );
         }
-        let mut points = Metric::new(
-            "vitals.exporter.push.points",
-            "Data points vitals pushed over OTLP, by what became of them",
-            "{point}",
-            MetricKind::Counter,
-        );
+        let mut points = catalogue::EXPORTER_PUSH_POINTS.metric();
         for (o, name) in POINT_OUTCOMES {
             points.push(
                 &[("outcome", name)],
@@ -581,129 +362,7 @@ impl Collector for PushCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn named<T>(v: T, o: &str) -> Named<T> {
-        Some((v, o.to_owned()))
-    }
-
-    #[test]
-    fn http_endpoint_without_path_gets_the_metrics_path() {
-        let o = PushOptions {
-            endpoint: named("http://collector:4318".into(), "--push-endpoint"),
-            ..Default::default()
-        };
-        let s = o.resolve(Duration::from_secs(3)).unwrap().unwrap();
-        assert_eq!(s.upstream.url, "http://collector:4318/v1/metrics");
-        assert_eq!(s.interval, PushSettings::DEFAULT_INTERVAL);
-        assert_eq!(s.service_name, "vitals");
-        assert_eq!(s.grace, Duration::from_secs(3));
-        assert_eq!(s.histograms, Histograms::Exponential);
-        let o = PushOptions {
-            endpoint: named(
-                "http://prom:9090/api/v1/otlp/v1/metrics".into(),
-                "--push-endpoint",
-            ),
-            ..Default::default()
-        };
-        let s = o.resolve(Duration::ZERO).unwrap().unwrap();
-        assert_eq!(s.upstream.url, "http://prom:9090/api/v1/otlp/v1/metrics");
-        let o = PushOptions {
-            endpoint: named("http://collector:4317".into(), "--push-endpoint"),
-            protocol: named("grpc".into(), "--push-protocol"),
-            headers: named("api-key=a%20b".into(), "--push-headers"),
-            compression: named("gzip".into(), "--push-compression"),
-            ..Default::default()
-        };
-        let s = o.resolve(Duration::ZERO).unwrap().unwrap();
-        assert_eq!(s.upstream.url, "http://collector:4317/");
-        assert_eq!(s.upstream.protocol, Protocol::Grpc);
-        assert!(s.upstream.gzip);
-        assert_eq!(s.upstream.headers[0].1, "a b");
-        let s = PushOptions {
-            histograms: named("explicit".into(), "--push-histograms"),
-            ..o
-        }
-        .resolve(Duration::ZERO)
-        .unwrap()
-        .unwrap();
-        assert_eq!(s.histograms, Histograms::Explicit);
-        assert!(PushOptions::default()
-            .resolve(Duration::ZERO)
-            .unwrap()
-            .is_none());
-    }
-
-    #[test]
-    fn errors_name_where_the_value_came_from() {
-        let base = PushOptions {
-            endpoint: named("http://c:4318".into(), "--push-endpoint"),
-            ..Default::default()
-        };
-        let e = PushOptions {
-            protocol: named(
-                "http/json".into(),
-                "environment variable VITALS_PUSH_PROTOCOL",
-            ),
-            ..base.clone()
-        }
-        .resolve(Duration::ZERO)
-        .unwrap_err();
-        assert!(
-            e.starts_with("environment variable VITALS_PUSH_PROTOCOL"),
-            "{e}"
-        );
-        let e = PushOptions {
-            interval: named(Duration::from_millis(500), "--push-interval"),
-            ..base.clone()
-        }
-        .resolve(Duration::ZERO)
-        .unwrap_err();
-        assert!(e.starts_with("--push-interval: 500ms is outside"), "{e}");
-        let e = PushOptions {
-            histograms: named(
-                "native".into(),
-                "environment variable VITALS_PUSH_HISTOGRAMS",
-            ),
-            ..base.clone()
-        }
-        .resolve(Duration::ZERO)
-        .unwrap_err();
-        assert!(
-            e.starts_with("environment variable VITALS_PUSH_HISTOGRAMS: \"native\" is not"),
-            "{e}"
-        );
-        let e = PushOptions {
-            endpoint: named(
-                "collector:4318".into(),
-                "config file v.yaml: field push-endpoint",
-            ),
-            ..Default::default()
-        }
-        .resolve(Duration::ZERO)
-        .unwrap_err();
-        assert!(
-            e.starts_with("config file v.yaml: field push-endpoint"),
-            "{e}"
-        );
-        let e = PushOptions {
-            endpoint: named("https://c:4318".into(), "--push-endpoint"),
-            certificate: named("/nonexistent/ca.pem".into(), "--push-certificate"),
-            ..Default::default()
-        }
-        .resolve(Duration::ZERO)
-        .unwrap_err();
-        assert!(
-            e.starts_with("--push-certificate") && e.contains("/nonexistent/ca.pem"),
-            "{e}"
-        );
-        let e = PushOptions {
-            certificate: named("/tmp/ca.pem".into(), "--push-certificate"),
-            ..base
-        }
-        .resolve(Duration::ZERO)
-        .unwrap_err();
-        assert!(e.contains("https://"), "{e}");
-    }
+    use crate::model::MetricKind;
 
     #[test]
     fn collector_reports_outcomes_under_otel_names() {

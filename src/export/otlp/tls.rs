@@ -4,7 +4,6 @@
 
 use std::future::Future;
 use std::io;
-use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -15,83 +14,8 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
-use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio_rustls::rustls::{ClientConfig, RootCertStore};
-
-/// TLS files for an upstream.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TlsFiles {
-    /// CA certificates (PEM) that sign the upstream's certificate; None: the system's roots.
-    pub ca: Option<PathBuf>,
-    /// Client certificate chain (PEM) for mutual TLS.
-    pub client_cert: Option<PathBuf>,
-    /// Client private key (PEM).
-    pub client_key: Option<PathBuf>,
-}
-
-fn read_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs: Result<Vec<_>, _> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("{what} {}: {e}", path.display()))?
-        .collect();
-    let certs = certs.map_err(|e| format!("{what} {}: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!(
-            "{what} {}: no PEM certificate in the file",
-            path.display()
-        ));
-    }
-    Ok(certs)
-}
-
-/// Builds the rustls client configuration; `alpn` is `h2` for gRPC, `http/1.1` for OTLP/HTTP.
-pub fn client_config(files: &TlsFiles, alpn: &[u8]) -> Result<Arc<ClientConfig>, String> {
-    let mut roots = RootCertStore::empty();
-    match &files.ca {
-        Some(ca) => {
-            for c in read_certs(ca, "certificate")? {
-                roots
-                    .add(c)
-                    .map_err(|e| format!("certificate {}: {e}", ca.display()))?;
-            }
-        }
-        None => {
-            let found = rustls_native_certs::load_native_certs();
-            for c in found.certs {
-                // A system root rustls cannot parse is skipped, as every client does.
-                let _ = roots.add(c);
-            }
-            if roots.is_empty() {
-                return Err(
-                    "no system CA certificates found; set OTEL_EXPORTER_OTLP_CERTIFICATE to the CA \
-                     that signs the upstream's certificate"
-                        .into(),
-                );
-            }
-        }
-    }
-    let builder = ClientConfig::builder().with_root_certificates(roots);
-    let mut config = match (&files.client_cert, &files.client_key) {
-        (Some(cert), Some(key)) => {
-            let chain = read_certs(cert, "client certificate")?;
-            let key = PrivateKeyDer::from_pem_file(key)
-                .map_err(|e| format!("client key {}: {e}", key.display()))?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| format!("client certificate and key: {e}"))?
-        }
-        (None, None) => builder.with_no_client_auth(),
-        _ => {
-            return Err(
-                "a client certificate needs its key and the other way round \
-                 (OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE and OTEL_EXPORTER_OTLP_CLIENT_KEY)"
-                    .into(),
-            )
-        }
-    };
-    config.alpn_protocols = vec![alpn.to_vec()];
-    Ok(Arc::new(config))
-}
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::rustls::ClientConfig;
 
 /// A plain or TLS connection.
 pub enum UpstreamStream {

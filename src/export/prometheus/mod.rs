@@ -4,6 +4,8 @@
 //! escaped here, whatever its origin.
 
 pub mod escaping;
+#[cfg(test)]
+mod golden;
 pub mod naming;
 pub mod protobuf;
 
@@ -217,12 +219,34 @@ struct CachedName {
     exposition: String,
 }
 
-/// One cached attribute key: its OpenTelemetry key, its exposition name, and whether the text formats
-/// must quote that name.
+/// One cached attribute key: its OpenTelemetry key, and its exposition name as the text formats open a
+/// label with it (`name="`, the name quoted where it must be) and as protobuf writes it.
+#[derive(Clone)]
 struct CachedKey {
     key: String,
-    label: String,
-    quoted: bool,
+    text: String,
+    /// The name as field 1 of a protobuf `LabelPair`.
+    pb_name: Vec<u8>,
+}
+
+impl CachedKey {
+    fn new(key: &str, escaping: Escaping, kind: MetricKind) -> Self {
+        let label = escaping.label_name(key, kind).into_owned();
+        let mut text = String::with_capacity(label.len() + 4);
+        if escaping == Escaping::AllowUtf8 && !escaping::is_legacy(&label, false) {
+            escaping::write_quoted(&mut text, &label);
+        } else {
+            text.push_str(&label);
+        }
+        text.push_str("=\"");
+        let mut pb_name = Vec::with_capacity(label.len() + 2);
+        protobuf::write_string_field(&mut pb_name, 1, &label);
+        CachedKey {
+            key: key.to_owned(),
+            text,
+            pb_name,
+        }
+    }
 }
 
 /// A streaming Prometheus encoder: collectors write into it through [`MetricSink`] straight from what they
@@ -336,49 +360,67 @@ impl Encoder {
         exposition
     }
 
-    /// The exposition name of attribute `key`, the `i`-th of its point, on the current metric, and
-    /// whether the text formats quote it. Points of a metric mostly share their keys in one order, so the
-    /// `i`-th key seen is tried first; at most [`KEY_CACHE_LIMIT`] keys are kept per metric (keys come
-    /// from outside), later ones translated each time.
+    /// The translation of attribute `key`, the `i`-th of its point, on the current metric. Points of a
+    /// metric mostly share their keys in one order, so the `i`-th key seen is tried first; at most
+    /// [`KEY_CACHE_LIMIT`] keys are kept per metric (keys come from outside), later ones translated each
+    /// time.
+    #[inline]
     fn label<'k>(
         keys: &'k mut Vec<CachedKey>,
         escaping: Escaping,
         i: usize,
         key: &str,
         kind: MetricKind,
-    ) -> (std::borrow::Cow<'k, str>, bool) {
+    ) -> std::borrow::Cow<'k, CachedKey> {
         let at = match keys.get(i) {
-            Some(c) if c.key == key => Some(i),
-            _ => keys.iter().position(|c| c.key == key),
+            Some(c) if same_key(&c.key, key) => Some(i),
+            _ => keys.iter().position(|c| same_key(&c.key, key)),
         };
         if let Some(at) = at {
-            let c = &keys[at];
-            return (std::borrow::Cow::Borrowed(c.label.as_str()), c.quoted);
+            return std::borrow::Cow::Borrowed(&keys[at]);
         }
-        let label = escaping.label_name(key, kind).into_owned();
-        let quoted = escaping == Escaping::AllowUtf8 && !escaping::is_legacy(&label, false);
+        let c = CachedKey::new(key, escaping, kind);
         if keys.len() < KEY_CACHE_LIMIT {
-            keys.push(CachedKey {
-                key: key.to_owned(),
-                label,
-                quoted,
-            });
-            let c = keys.last().map(|c| c.label.as_str()).unwrap_or("");
-            return (std::borrow::Cow::Borrowed(c), quoted);
+            let at = keys.len();
+            keys.push(c);
+            return std::borrow::Cow::Borrowed(&keys[at]);
         }
-        (std::borrow::Cow::Owned(label), quoted)
+        std::borrow::Cow::Owned(c)
     }
 
+    /// Writes a point's `k="v",…` into `out`.
+    #[inline]
+    fn write_labels(
+        out: &mut String,
+        keys: &mut Vec<CachedKey>,
+        escaping: Escaping,
+        kind: MetricKind,
+        attributes: &[(&str, &str)],
+    ) {
+        for (i, (k, v)) in attributes.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(&Self::label(keys, escaping, i, k, kind).text);
+            escape_label_value(out, v);
+            out.push('"');
+        }
+    }
+
+    /// Writes one sample line. Its labels are `direct`'s when given (a point of one sample writes them
+    /// straight into the exposition), else the current point's, rendered once into `labels`.
     fn sample(
         &mut self,
         suffix: &str,
         extra: Option<(&str, f64)>,
         value: f64,
         ex: Option<&Exemplar>,
+        direct: Option<&[(&str, &str)]>,
     ) {
         let om = self.format == Format::OpenMetrics;
         let out = &mut self.out;
-        let has_labels = !self.labels.is_empty() || extra.is_some();
+        let has_labels =
+            direct.map_or(!self.labels.is_empty(), |a| !a.is_empty()) || extra.is_some();
         if self.quoted {
             out.push_str("{\"");
             escape_label_value(out, &self.name);
@@ -394,7 +436,9 @@ impl Encoder {
                 out.push('{');
             }
         }
-        if has_labels {
+        if let Some(attributes) = direct {
+            Self::write_labels(out, &mut self.keys, self.escaping, self.kind, attributes);
+        } else if has_labels {
             out.push_str(&self.labels);
             if let Some((k, v)) = extra {
                 if !self.labels.is_empty() {
@@ -433,8 +477,8 @@ impl Encoder {
     }
 
     fn sum_and_count(&mut self, sum: f64, count: u64) {
-        self.sample("_sum", None, sum, None);
-        self.sample("_count", None, count as f64, None);
+        self.sample("_sum", None, sum, None, None);
+        self.sample("_count", None, count as f64, None, None);
     }
 
     /// Protobuf: one point as a `Metric` of the current family.
@@ -442,12 +486,26 @@ impl Encoder {
         // Label pairs go straight into bytes: a scrape of many series allocates no string per label.
         self.pb_labels.clear();
         for (i, (k, v)) in attributes.iter().enumerate() {
-            let (label, _) = Self::label(&mut self.keys, self.escaping, i, k, self.kind);
-            protobuf::write_label_pair(&mut self.pb_labels, &label, v);
+            let c = Self::label(&mut self.keys, self.escaping, i, k, self.kind);
+            protobuf::write_label_pair_named(&mut self.pb_labels, &c.pb_name, v);
         }
         let metric = protobuf::metric_value(self.kind, start, value);
         protobuf::push_metric(&mut self.pb_metrics, &self.pb_labels, &metric);
     }
+}
+
+/// `a == b` for the short texts attribute keys are, compared 8 bytes at a time in line: the call into
+/// libc's `memcmp` that `==` makes cost more than the comparison, once per label of every series.
+#[inline]
+fn same_key(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let (mut x, mut y) = (a.chunks_exact(8), b.chunks_exact(8));
+    let words = |c: &[u8]| <[u8; 8]>::try_from(c).map(u64::from_ne_bytes).ok();
+    (&mut x).zip(&mut y).all(|(p, q)| words(p) == words(q))
+        && x.remainder().iter().zip(y.remainder()).all(|(p, q)| p == q)
 }
 
 /// Writes a family name on a `# HELP`/`# TYPE` line: bare, or quoted when it is not a legacy name.
@@ -520,30 +578,26 @@ impl MetricSink for Encoder {
             self.header_written = true;
         }
         let om = self.format == Format::OpenMetrics;
-        self.labels.clear();
-        for (i, (k, v)) in attributes.iter().enumerate() {
-            if i > 0 {
-                self.labels.push(',');
-            }
-            let (label, quoted) = Self::label(&mut self.keys, self.escaping, i, k, self.kind);
-            if quoted {
-                escaping::write_quoted(&mut self.labels, &label);
-            } else {
-                self.labels.push_str(&label);
-            }
-            self.labels.push_str("=\"");
-            escape_label_value(&mut self.labels, v);
-            self.labels.push('"');
-        }
+        let suffix = self.value_suffix;
         match value {
             ValueRef::Sum(v) | ValueRef::Gauge(v) => {
-                let suffix = self.value_suffix;
-                self.sample(suffix, None, v, None)
+                return self.sample(suffix, None, v, None, Some(attributes));
             }
             ValueRef::SumWithExemplar(v, ex) => {
-                let suffix = self.value_suffix;
-                self.sample(suffix, None, v, om.then_some(ex))
+                return self.sample(suffix, None, v, om.then_some(ex), Some(attributes));
             }
+            _ => {}
+        }
+        self.labels.clear();
+        Self::write_labels(
+            &mut self.labels,
+            &mut self.keys,
+            self.escaping,
+            self.kind,
+            attributes,
+        );
+        match value {
+            ValueRef::Sum(_) | ValueRef::Gauge(_) | ValueRef::SumWithExemplar(..) => {}
             ValueRef::Histogram {
                 buckets,
                 sum,
@@ -557,7 +611,7 @@ impl MetricSink for Encoder {
                     } else {
                         None
                     };
-                    self.sample("_bucket", Some(("le", le)), c as f64, ex);
+                    self.sample("_bucket", Some(("le", le)), c as f64, ex, None);
                 });
                 self.sum_and_count(sum, count);
             }
@@ -567,7 +621,7 @@ impl MetricSink for Encoder {
                 count,
             } => {
                 for (q, v) in quantiles {
-                    self.sample("", Some(("quantile", *q)), *v, None);
+                    self.sample("", Some(("quantile", *q)), *v, None, None);
                 }
                 self.sum_and_count(sum, count);
             }
@@ -599,7 +653,7 @@ fn write_float(out: &mut String, v: f64, om_canonical: bool) {
         out.push_str("NaN");
     } else if v.is_infinite() {
         out.push_str(if v > 0.0 { "+Inf" } else { "-Inf" });
-    } else if v.fract() == 0.0 && v.abs() < 9.0e15 && !(v == 0.0 && v.is_sign_negative()) {
+    } else if v.abs() < 9.0e15 && v == (v as i64) as f64 && !(v == 0.0 && v.is_sign_negative()) {
         if v < 0.0 {
             out.push('-');
         }
@@ -613,24 +667,19 @@ fn write_float(out: &mut String, v: f64, om_canonical: bool) {
 }
 
 /// `n` in decimal.
-fn write_u64(out: &mut String, mut n: u64) {
-    let mut buf = [0u8; 20];
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    // Only ASCII digits were written.
-    out.push_str(std::str::from_utf8(&buf[at..]).unwrap_or("0"));
+fn write_u64(out: &mut String, n: u64) {
+    out.push_str(itoa::Buffer::new().format(n));
 }
 
 /// Escapes a label value: backslash, double quote and newline, the three characters both formats
 /// reserve. Nothing else in a value can break a line or end the string.
+#[inline]
 pub fn escape_label_value(out: &mut String, v: &str) {
+    // Most values need nothing: one pass to see that, then one copy.
+    if is_plain(v.as_bytes()) {
+        out.push_str(v);
+        return;
+    }
     let mut rest = v;
     while let Some(at) = rest.bytes().position(|b| matches!(b, b'\\' | b'"' | b'\n')) {
         out.push_str(&rest[..at]);
@@ -642,6 +691,37 @@ pub fn escape_label_value(out: &mut String, v: &str) {
         rest = &rest[at + 1..];
     }
     out.push_str(rest);
+}
+
+/// True when `v` holds no backslash, double quote or newline: tested 8 bytes at a time (a byte equal to
+/// `b` leaves a zero byte in `word ^ b…b`, which the subtraction borrows through).
+#[inline]
+fn is_plain(v: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let has_zero_byte = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS != 0;
+    let mut chunks = v.chunks_exact(8);
+    for c in &mut chunks {
+        let Ok(bytes) = <[u8; 8]>::try_from(c) else {
+            return false;
+        };
+        let w = u64::from_ne_bytes(bytes);
+        if has_zero_byte(w ^ (ONES * u64::from(b'\\')))
+            || has_zero_byte(w ^ (ONES * u64::from(b'"')))
+            || has_zero_byte(w ^ (ONES * u64::from(b'\n')))
+        {
+            return false;
+        }
+    }
+    // The last 0 to 7 bytes as one word, zero-filled: a zero byte matches none of the three.
+    let rest = chunks
+        .remainder()
+        .iter()
+        .enumerate()
+        .fold(0u64, |w, (i, b)| w | u64::from(*b) << (8 * i));
+    !(has_zero_byte(rest ^ (ONES * u64::from(b'\\')))
+        || has_zero_byte(rest ^ (ONES * u64::from(b'"')))
+        || has_zero_byte(rest ^ (ONES * u64::from(b'\n'))))
 }
 
 fn escape_help(out: &mut String, v: &str, om: bool) {
@@ -738,6 +818,70 @@ mod tests {
             );
         }
         assert_eq!(text.lines().count(), 202);
+    }
+
+    #[test]
+    fn plain_values_are_told_from_ones_to_escape() {
+        for v in ["", "a", "/orders/1234", "0123456789abcdef", "crème brûlée"] {
+            assert!(is_plain(v.as_bytes()), "{v:?}");
+        }
+        for bad in ["\\", "\"", "\n"] {
+            for at in 0..20 {
+                let v = format!("{}{bad}{}", "x".repeat(at), "y".repeat(20 - at));
+                assert!(!is_plain(v.as_bytes()), "{v:?}");
+            }
+        }
+        // Bytes next to the three in value, and bytes with the high bit set, are plain.
+        let near: Vec<u8> =
+            [0x09u8, 0x0b, 0x21, 0x23, 0x5b, 0x5d, 0x80, 0xdc, 0xa2, 0x8a].repeat(3);
+        assert!(is_plain(&near));
+    }
+
+    #[test]
+    fn finite_floats_are_written_as_display_writes_them() {
+        let values = [
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            0.5,
+            -2.5,
+            1e15,
+            8.999_999_999_999_999e15,
+            9.0e15,
+            -9.0e15,
+            9_007_199_254_740_993.0,
+            1e300,
+            4.9e-324,
+            1.0 / 3.0,
+        ];
+        for v in values {
+            let mut out = String::new();
+            write_float(&mut out, v, false);
+            assert_eq!(out, format!("{v}"), "{v:e}");
+        }
+    }
+
+    #[test]
+    fn same_key_is_equality() {
+        let keys = [
+            "",
+            "a",
+            "b",
+            "http.rou",
+            "http.rov",
+            "http.route",
+            "http.routf",
+            "k8s.pod.name",
+            "k9s.pod.name",
+            "0123456789abcdef",
+            "0123456789abcdeg",
+        ];
+        for a in keys {
+            for b in keys {
+                assert_eq!(same_key(a, b), a == b, "{a:?} {b:?}");
+            }
+        }
     }
 
     #[test]

@@ -407,6 +407,25 @@ pub fn write_label_pair(out: &mut Vec<u8>, name: &str, value: &str) {
     }
 }
 
+/// Appends string field `tag` (`len` wire type) to `out`.
+pub fn write_string_field(out: &mut Vec<u8>, tag: u32, s: &str) {
+    use prost::encoding::{encode_key, encode_varint, WireType};
+    encode_key(tag, WireType::LengthDelimited, out);
+    encode_varint(s.len() as u64, out);
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// [`write_label_pair`] with the name already written as field 1 by [`write_string_field`], as an
+/// encoder keeps it per label name.
+pub fn write_label_pair_named(out: &mut Vec<u8>, name_field: &[u8], value: &str) {
+    use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
+    encode_key(1, WireType::LengthDelimited, out);
+    let value_field = 1 + encoded_len_varint(value.len() as u64) + value.len();
+    encode_varint((name_field.len() + value_field) as u64, out);
+    out.extend_from_slice(name_field);
+    write_string_field(out, 2, value);
+}
+
 /// Appends a `Metric` as field 4 of a family under construction: its label pairs, already encoded by
 /// [`write_label_pair`], then `metric`'s other fields.
 pub fn push_metric(metrics: &mut Vec<u8>, labels: &[u8], metric: &PbMetric) {
@@ -431,6 +450,13 @@ mod tests {
         for (k, v) in pairs {
             write_label_pair(&mut labels, k, v);
         }
+        let mut named = Vec::new();
+        for (k, v) in pairs {
+            let mut name = Vec::new();
+            write_string_field(&mut name, 1, k);
+            write_label_pair_named(&mut named, &name, v);
+        }
+        assert_eq!(named, labels);
         let value = PbMetric {
             gauge: Some(Gauge { value: Some(2.5) }),
             ..Default::default()

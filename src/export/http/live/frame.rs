@@ -2,14 +2,18 @@
 //! verdicts, the alerts the shipped rules would raise and the tuning hints. Plain synchronous code; the
 //! caller passes the time.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use serde_json::{json, Value as Json};
+use super::view::{
+    AlertRow, DbPanel, DbPoolRow, Frame, MemoryPanel, NPlusOneRow, OperationRow, PausePanel,
+    PoolView, PressurePanel, QueryRow, RedPanel, TargetPanel, TargetRow, Verdicts,
+};
 
-use super::history::{History, Point};
+use super::history::{History, HistoryPoint};
 use super::thresholds::{threshold, AlertRule, Measure, RULES};
-use crate::model::{Exponential, Metric, Origin, Point as ModelPoint, Value};
-use crate::signal::hints::{HintPolicy, PoolUse, UsageHistory, UsageTick};
+use crate::catalogue::{self, label, scalar, Families};
+use crate::model::{Exponential, Metric, Value};
+use crate::signal::hints::Hint;
 
 /// Operations kept per RED snapshot and shown per list; operation names come from the app.
 const OPERATION_LIMIT: usize = 64;
@@ -144,8 +148,8 @@ fn db_panel(
     snap: &RedSnapshot,
     base: Option<&RedSnapshot>,
     window: f64,
-    pools: &[PoolRow],
-) -> Json {
+    pools: &[PoolView],
+) -> DbPanel {
     let mut queries: Vec<(&(String, String), Hist)> = snap
         .queries
         .iter()
@@ -158,14 +162,20 @@ fn db_panel(
             .partial_cmp(&p(0.99, &a.1))
             .unwrap_or(std::cmp::Ordering::Equal)
     });
-    let slowest: Vec<Json> = queries
+    let slowest_queries = queries
         .iter()
         .take(TOP_OPERATIONS)
-        .map(|((service, query), d)| {
-            json!({"service": service, "query": query,
-                   "rate": if window > 0.0 { d.count / window } else { 0.0 },
-                   "error_ratio": if d.count > 0.0 { d.errors / d.count } else { 0.0 },
-                   "p50": round(p(0.5, d)), "p99": round(p(0.99, d))})
+        .map(|((service, query), d)| QueryRow {
+            service: service.clone(),
+            query: query.clone(),
+            rate: if window > 0.0 { d.count / window } else { 0.0 },
+            error_ratio: if d.count > 0.0 {
+                d.errors / d.count
+            } else {
+                0.0
+            },
+            p50: p(0.5, d),
+            p99: p(0.99, d),
         })
         .collect();
     let mut runs: Vec<(&(String, String, String), f64, f64)> = snap
@@ -182,24 +192,34 @@ fn db_panel(
         .filter(|(_, recent, _)| *recent > 0.0)
         .collect();
     runs.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Equal));
-    let offenders: Vec<Json> = runs
+    let n_plus_one = runs
         .iter()
         .take(TOP_OPERATIONS)
-        .map(|((service, operation, query), recent, total)| {
-            json!({"service": service, "operation": operation, "query": query,
-                   "runs": recent, "runs_total": total})
+        .map(|((service, operation, query), recent, total)| NPlusOneRow {
+            service: service.clone(),
+            operation: operation.clone(),
+            query: query.clone(),
+            runs: *recent,
+            runs_total: *total,
         })
         .collect();
-    let db_pools: Vec<Json> = pools
+    let db_pools = pools
         .iter()
         .filter(|p| p.kind == "db")
-        .map(|p| {
-            json!({"pool": p.pool, "utilization": round(p.utilization), "used": round(p.used),
-                   "max": round(p.max), "pending": round(p.pending)})
+        .map(|p| DbPoolRow {
+            pool: p.pool.clone(),
+            utilization: p.utilization,
+            used: p.used,
+            max: p.max,
+            pending: p.pending,
         })
         .collect();
-    json!({"slowest_queries": slowest, "n_plus_one": offenders, "pools": db_pools,
-           "has_data": !snap.queries.is_empty()})
+    DbPanel {
+        slowest_queries,
+        n_plus_one,
+        pools: db_pools,
+        has_data: !snap.queries.is_empty(),
+    }
 }
 
 /// Cumulative counters whose per-second rate the page shows.
@@ -223,89 +243,15 @@ fn per_second(now: Option<f64>, prev: Option<f64>, dt: f64) -> Option<f64> {
     }
 }
 
-fn label<'a>(s: &'a ModelPoint, name: &str) -> Option<&'a str> {
-    s.attributes
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-}
-
-fn scalar(s: &ModelPoint) -> Option<f64> {
-    match s.value {
-        Value::Sum(v) | Value::Gauge(v) | Value::SumWithExemplar(v, _) => Some(v),
-        _ => None,
-    }
-}
-
-/// Read access to one gather's families by name.
-struct Families<'a> {
-    by_name: HashMap<&'a str, &'a Metric>,
-}
-
-impl<'a> Families<'a> {
-    fn new(families: &'a [Metric]) -> Self {
-        Families {
-            by_name: families
-                .iter()
-                .filter(|f| f.origin == Origin::Vitals)
-                .map(|f| (f.name.as_str(), f))
-                .collect(),
-        }
-    }
-
-    fn series(&self, name: &str) -> std::slice::Iter<'a, ModelPoint> {
-        match self.by_name.get(name) {
-            Some(f) => f.points.iter(),
-            None => [].iter(),
-        }
-    }
-
-    /// Sum of the matching series' values; `None` when no series matches.
-    fn sum(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let mut out = None;
-        for s in self.series(name) {
-            if labels.iter().all(|(k, v)| label(s, k) == Some(v)) {
-                if let Some(v) = scalar(s) {
-                    *out.get_or_insert(0.0) += v;
-                }
-            }
-        }
-        out
-    }
-
-    /// Maximum over the matching series.
-    fn max(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        self.series(name)
-            .filter(|s| labels.iter().all(|(k, v)| label(s, k) == Some(v)))
-            .filter_map(scalar)
-            .fold(None, |m, v| Some(m.map_or(v, |m: f64| m.max(v))))
-    }
-
-    /// Sum per value of `by`, then the largest sum (the rules' `max by (runtime) (sum by (source))`).
-    fn max_of_sums(&self, name: &str, by: &str) -> Option<f64> {
-        let mut sums: HashMap<&str, f64> = HashMap::new();
-        for s in self.series(name) {
-            if let Some(v) = scalar(s) {
-                *sums.entry(label(s, by).unwrap_or("")).or_default() += v;
-            }
-        }
-        sums.values()
-            .copied()
-            .fold(None, |m, v| Some(m.map_or(v, |m: f64| m.max(v))))
-    }
-}
-
 /// Turns gathers into frames and keeps what frames need from the past: the per-second history, the RED
-/// snapshots for windowed quantiles, how long each alert condition has held, and the usage history for
-/// the hints.
-pub struct LiveSampler {
+/// snapshots for windowed quantiles and how long each alert condition has held. It only reads: the
+/// hints it shows are the hints derivation's ([`crate::signal::hints::HintSignal`]).
+pub struct LiveFrames {
     history: History,
     prev: Option<Counters>,
     red: VecDeque<RedSnapshot>,
     alert_since: Vec<Option<f64>>,
     onsets: Vec<Onset>,
-    usage: UsageHistory,
-    policy: HintPolicy,
     target_key: Option<String>,
     selected_by: String,
     listen_hint: String,
@@ -328,51 +274,16 @@ pub struct Onset {
 /// At most this many targets are listed on the page.
 const TARGETS_SHOWN: usize = 32;
 
-/// One pool as the page shows it.
-#[derive(Debug, Clone)]
-struct PoolRow {
-    pool: String,
-    kind: String,
-    utilization: Option<f64>,
-    used: Option<f64>,
-    max: Option<f64>,
-    pending: Option<f64>,
-}
-
-/// One operation's numbers over the window.
-#[derive(Debug, Clone)]
-struct OpWindow {
-    service: String,
-    operation: String,
-    rate: f64,
-    error_ratio: f64,
-    p99: Option<f64>,
-}
-
-fn round(v: Option<f64>) -> Json {
-    match v {
-        Some(x) if x.is_finite() => json!(x),
-        _ => Json::Null,
-    }
-}
-
-impl LiveSampler {
-    /// A sampler keeping `capacity` seconds of history. `selected_by` says how the target was chosen;
+impl LiveFrames {
+    /// Frames keeping `capacity` seconds of history. `selected_by` says how the target was chosen;
     /// `otlp_hint` is a sentence telling how an app's SDK reaches the receivers, or that it cannot.
-    pub fn new(
-        capacity: usize,
-        policy: HintPolicy,
-        selected_by: String,
-        otlp_hint: String,
-    ) -> Self {
-        LiveSampler {
+    pub fn new(capacity: usize, selected_by: String, otlp_hint: String) -> Self {
+        LiveFrames {
             history: History::new(capacity),
             prev: None,
             red: VecDeque::with_capacity(RED_SNAPSHOTS + 1),
             alert_since: vec![None; RULES.len()],
             onsets: Vec::new(),
-            usage: UsageHistory::new(),
-            policy,
             target_key: None,
             selected_by,
             listen_hint: otlp_hint,
@@ -380,9 +291,9 @@ impl LiveSampler {
         }
     }
 
-    /// The per-second history as JSON for a newly connected viewer.
-    pub fn history_json(&self) -> Json {
-        self.history.to_json()
+    /// The per-second history, column-wise, for a newly connected viewer.
+    pub fn history(&self) -> &History {
+        &self.history
     }
 
     /// Bytes the history ring holds when full (the stated memory bound).
@@ -395,17 +306,12 @@ impl LiveSampler {
         std::mem::take(&mut self.onsets)
     }
 
-    /// The current tuning hints.
-    pub fn hints(&self) -> Vec<crate::signal::hints::Hint> {
-        self.usage.advice(&self.policy)
-    }
-
     fn red_snapshot(f: &Families<'_>, t: f64) -> RedSnapshot {
         let mut snap = RedSnapshot {
             t,
             ..Default::default()
         };
-        for s in f.series("vitals.request.duration") {
+        for s in f.series(&catalogue::REQUEST_DURATION) {
             let Value::Histogram {
                 buckets,
                 count,
@@ -429,7 +335,7 @@ impl LiveSampler {
                     .add(buckets, *count, error, native);
             }
         }
-        for s in f.series("vitals.db.query.duration") {
+        for s in f.series(&catalogue::DB_QUERY_DURATION) {
             let Value::Histogram { buckets, count, .. } = &s.value else {
                 continue;
             };
@@ -445,7 +351,7 @@ impl LiveSampler {
                     .add(buckets, *count, error, None);
             }
         }
-        for s in f.series("vitals.db.n_plus_one") {
+        for s in f.series(&catalogue::DB_N_PLUS_ONE) {
             let Some(v) = scalar(s) else { continue };
             let key = (
                 label(s, "service").unwrap_or("").to_owned(),
@@ -461,9 +367,9 @@ impl LiveSampler {
 
     /// One row per named target (`target` label: several targets, or a pod's containers), from its own
     /// series: up, pid, program, runtime, processes, memory, CPU cores, restarts.
-    fn targets(&mut self, f: &Families, t: f64) -> Vec<Json> {
+    fn targets(&mut self, f: &Families, t: f64) -> Vec<TargetRow> {
         let mut names: Vec<&str> = f
-            .series("vitals.target.up")
+            .series(&catalogue::TARGET_UP)
             .filter_map(|s| label(s, "target"))
             .collect();
         names.sort_unstable();
@@ -474,9 +380,9 @@ impl LiveSampler {
         for name in names {
             let of = [("target", name)];
             let info = f
-                .series("vitals.target.info")
+                .series(&catalogue::TARGET_INFO)
                 .find(|s| label(s, "target") == Some(name));
-            let cpu = f.sum("process.cpu.time", &of);
+            let cpu = f.sum(&catalogue::PROCESS_CPU_TIME, &of);
             let cores = match (cpu, self.target_cpu.get(name)) {
                 (Some(c), Some(&(t0, c0))) if t > t0 && c >= c0 => Some((c - c0) / (t - t0)),
                 _ => None,
@@ -484,36 +390,48 @@ impl LiveSampler {
             if let Some(c) = cpu {
                 cpu_now.insert(name.to_owned(), (t, c));
             }
-            rows.push(json!({
-                "name": name,
-                "up": f.sum("vitals.target.up", &of).unwrap_or(0.0) > 0.0,
-                "pid": info.and_then(|s| label(s, "pid")),
-                "comm": info.and_then(|s| label(s, "comm")),
-                "runtime": info.and_then(|s| label(s, "runtime")),
-                "processes": f.sum("vitals.target.processes", &of),
-                "rss_bytes": f.sum("process.memory.usage", &of),
-                "cpu_cores": round(cores),
-                "restarts": f.sum("vitals.target.restarts", &of),
-            }));
+            let text = |key| info.and_then(|s| label(s, key)).map(str::to_owned);
+            rows.push(TargetRow {
+                name: name.to_owned(),
+                up: f.sum(&catalogue::TARGET_UP, &of).unwrap_or(0.0) > 0.0,
+                pid: text("pid"),
+                comm: text("comm"),
+                runtime: text("runtime"),
+                processes: f.sum(&catalogue::TARGET_PROCESSES, &of),
+                rss_bytes: f.sum(&catalogue::PROCESS_MEMORY_USAGE, &of),
+                cpu_cores: cores,
+                restarts: f.sum(&catalogue::TARGET_RESTARTS, &of),
+            });
         }
         self.target_cpu = cpu_now;
         rows
     }
 
-    /// Builds the frame for time `t` (unix seconds) from one gather.
-    pub fn tick(&mut self, t: f64, families: &[Metric]) -> Json {
+    /// Builds the frame for time `t` (unix seconds) from one gather, showing `hints` (the hints
+    /// derivation's latest advice).
+    pub fn tick(&mut self, t: f64, families: &[Metric], hints: Vec<Hint>) -> Option<Frame> {
+        self.advance(t, families, Some(hints))
+    }
+
+    /// What a tick keeps when nobody watches: the history point, without the frame (nor the alert
+    /// conditions, which only the frame and the continuous profiler read, and the profiler keeps the
+    /// page watched).
+    pub fn observe(&mut self, t: f64, families: &[Metric]) {
+        self.advance(t, families, None);
+    }
+
+    /// The history point for time `t`; the frame too when there are `hints` to show (a frame is
+    /// rendered).
+    fn advance(&mut self, t: f64, families: &[Metric], hints: Option<Vec<Hint>>) -> Option<Frame> {
         let f = Families::new(families);
-        let up = f.sum("vitals.target.up", &[]).unwrap_or(0.0);
-        let info = f.series("vitals.target.info").next();
+        let up = f.sum(&catalogue::TARGET_UP, &[]).unwrap_or(0.0);
+        let info = f.series(&catalogue::TARGET_INFO).next();
         let pid = info.and_then(|s| label(s, "pid")).map(str::to_owned);
-        let start = f.sum("vitals.process.start_time", &[]);
-        let key = pid
-            .as_ref()
-            .map(|p| format!("{p}@{}", start.unwrap_or(0.0)));
+        let start = f.sum(&catalogue::PROCESS_START_TIME, &[]);
+        let key = f.target_instance();
         if key.is_some() && key != self.target_key {
             if self.target_key.is_some() {
-                // Another process: counters restart, the old usage no longer describes the target.
-                self.usage.reset();
+                // Another process: its counters start again.
                 self.prev = None;
             }
             self.target_key = key;
@@ -522,12 +440,12 @@ impl LiveSampler {
         // Counters and their per-second rates.
         let psi = |res: &str| {
             f.sum(
-                "vitals.pressure.stalled",
+                &catalogue::PRESSURE_STALLED,
                 &[("resource", res), ("kind", "some"), ("scope", "cgroup")],
             )
             .or_else(|| {
                 f.sum(
-                    "vitals.pressure.stalled",
+                    &catalogue::PRESSURE_STALLED,
                     &[("resource", res), ("kind", "some"), ("scope", "system")],
                 )
             })
@@ -535,18 +453,18 @@ impl LiveSampler {
         let now = Counters {
             t,
             requests: f
-                .series("vitals.request.duration")
+                .series(&catalogue::REQUEST_DURATION)
                 .filter_map(|s| match s.value {
                     Value::Histogram { count, .. } => Some(count as f64),
                     _ => None,
                 })
                 .fold(None, |n, c| Some(n.unwrap_or(0.0) + c)),
-            gc: f.max_of_sums("vitals.gc.pause", "source"),
-            safepoint: f.sum("vitals.safepoint", &[]),
-            throttled: f.sum("vitals.cgroup.cpu.throttled", &[]),
-            throttled_periods: f.sum("vitals.cgroup.cpu.throttled_periods", &[]),
-            periods: f.sum("vitals.cgroup.cpu.periods", &[]),
-            cpu: f.sum("process.cpu.time", &[]),
+            gc: f.max_of_sums(&catalogue::GC_PAUSE, "source"),
+            safepoint: f.sum(&catalogue::SAFEPOINT, &[]),
+            throttled: f.sum(&catalogue::CGROUP_CPU_THROTTLED, &[]),
+            throttled_periods: f.sum(&catalogue::CGROUP_CPU_THROTTLED_PERIODS, &[]),
+            periods: f.sum(&catalogue::CGROUP_CPU_PERIODS, &[]),
+            cpu: f.sum(&catalogue::PROCESS_CPU_TIME, &[]),
             psi: [psi("cpu"), psi("memory"), psi("io")],
         };
         let prev = self.prev.unwrap_or_default();
@@ -590,12 +508,12 @@ impl LiveSampler {
         let p99 = all.quantile(0.99);
         let error_ratio = (all.count > 0.0).then(|| all.errors / all.count);
         let window_rate = (window > 0.0).then(|| all.count / window);
-        let mut ops: Vec<OpWindow> = snap
+        let mut ops: Vec<OperationRow> = snap
             .ops
             .iter()
             .map(|(k, h)| {
                 let d = h.since(base.as_ref().and_then(|b| b.ops.get(k)));
-                OpWindow {
+                OperationRow {
                     service: k.0.clone(),
                     operation: k.1.clone(),
                     rate: if window > 0.0 { d.count / window } else { 0.0 },
@@ -609,16 +527,12 @@ impl LiveSampler {
             })
             .filter(|o| o.p99.is_some())
             .collect();
-        let op_json = |o: &OpWindow| {
-            json!({"service": o.service, "operation": o.operation, "rate": o.rate,
-                   "error_ratio": o.error_ratio, "p99": round(o.p99)})
-        };
         ops.sort_by(|a, b| {
             b.p99
                 .partial_cmp(&a.p99)
                 .unwrap_or(std::cmp::Ordering::Equal)
         });
-        let slowest: Vec<Json> = ops.iter().take(TOP_OPERATIONS).map(op_json).collect();
+        let slowest: Vec<OperationRow> = ops.iter().take(TOP_OPERATIONS).cloned().collect();
         ops.sort_by(|a, b| {
             b.error_ratio
                 .partial_cmp(&a.error_ratio)
@@ -629,11 +543,11 @@ impl LiveSampler {
                         .unwrap_or(std::cmp::Ordering::Equal),
                 )
         });
-        let failing: Vec<Json> = ops
+        let failing: Vec<OperationRow> = ops
             .iter()
             .filter(|o| o.error_ratio > 0.0)
             .take(TOP_OPERATIONS)
-            .map(op_json)
+            .cloned()
             .collect();
         let has_red = snap.all.count > 0.0;
         // The latency rule is per operation with more than 0.1 requests per second, as in the rule file.
@@ -644,49 +558,47 @@ impl LiveSampler {
             .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
 
         // Pauses.
-        let gc_max = f.max("vitals.gc.pause.max", &[]);
-        let event_loop_p99 = f.max("vitals.event_loop.delay", &[("statistic", "p99")]);
+        let gc_max = f.max(&catalogue::GC_PAUSE_MAX, &[]);
+        let event_loop_p99 = f.max(&catalogue::EVENT_LOOP_DELAY, &[("statistic", "p99")]);
 
         // Memory.
-        let rss = f.sum("process.memory.usage", &[]);
+        let rss = f.sum(&catalogue::PROCESS_MEMORY_USAGE, &[]);
         // The heap the memory signal reads (runtime metrics or the JVM's live set), by its typed family.
-        let heap = f.sum("vitals.memory.heap", &[]);
-        let heap_limit = f.sum("vitals.memory.heap.limit", &[]);
-        let jvm_heap_limit = f.sum("vitals.memory.heap.limit", &[("runtime", "jvm")]);
+        let heap = f.sum(&catalogue::MEMORY_HEAP, &[]);
+        let heap_limit = f.sum(&catalogue::MEMORY_HEAP_LIMIT, &[]);
         let heap_status = f
-            .series("vitals.memory.growth.status")
+            .series(&catalogue::MEMORY_GROWTH_STATUS)
             .filter(|s| label(s, "signal") == Some("heap") && scalar(s) == Some(1.0))
             .filter_map(|s| label(s, "status"))
             .next();
-        let cgroup = f.sum("vitals.cgroup.memory.usage", &[]);
-        let cgroup_limit = f.sum("vitals.cgroup.memory.limit", &[]);
-        let mut growth = serde_json::Map::new();
-        for s in f.series("vitals.memory.growth") {
+        let cgroup = f.sum(&catalogue::CGROUP_MEMORY_USAGE, &[]);
+        let cgroup_limit = f.sum(&catalogue::CGROUP_MEMORY_LIMIT, &[]);
+        let mut growth: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
+        for s in f.series(&catalogue::MEMORY_GROWTH) {
             let (Some(sig), Some(w), Some(v)) = (label(s, "signal"), label(s, "window"), scalar(s))
             else {
                 continue;
             };
             growth
                 .entry(sig.to_owned())
-                .or_insert_with(|| json!({}))
-                .as_object_mut()
-                .map(|m| m.insert(w.to_owned(), json!(v)));
+                .or_default()
+                .insert(w.to_owned(), v);
         }
-        let ttl = f.max("vitals.memory.time_to_limit", &[]).map(|_| {
-            f.series("vitals.memory.time_to_limit")
+        let ttl = f.max(&catalogue::MEMORY_TIME_TO_LIMIT, &[]).map(|_| {
+            f.series(&catalogue::MEMORY_TIME_TO_LIMIT)
                 .filter_map(scalar)
                 .fold(f64::INFINITY, f64::min)
         });
         let leak: Vec<String> = f
-            .series("vitals.memory.leak.suspected")
+            .series(&catalogue::MEMORY_LEAK_SUSPECTED)
             .filter(|s| scalar(s) == Some(1.0))
             .filter_map(|s| label(s, "signal").map(str::to_owned))
             .collect();
-        let leak_flag = f.max("vitals.memory.leak.suspected", &[]);
+        let leak_flag = f.max(&catalogue::MEMORY_LEAK_SUSPECTED, &[]);
 
         // Pools.
-        let mut pools: Vec<PoolRow> = Vec::new();
-        for s in f.series("vitals.pool.utilization") {
+        let mut pools: Vec<PoolView> = Vec::new();
+        for s in f.series(&catalogue::POOL_UTILIZATION) {
             if pools.len() >= POOL_LIMIT {
                 break;
             }
@@ -694,13 +606,13 @@ impl LiveSampler {
                 continue;
             };
             let l = [("pool", pool), ("kind", kind)];
-            pools.push(PoolRow {
+            pools.push(PoolView {
                 pool: pool.to_owned(),
                 kind: kind.to_owned(),
                 utilization: scalar(s),
-                used: f.sum("vitals.pool.used", &l),
-                max: f.sum("vitals.pool.max", &l),
-                pending: f.sum("vitals.pool.pending", &l),
+                used: f.sum(&catalogue::POOL_USED, &l),
+                max: f.sum(&catalogue::POOL_MAX, &l),
+                pending: f.sum(&catalogue::POOL_PENDING, &l),
             });
         }
         pools.sort_by(|a, b| {
@@ -718,38 +630,26 @@ impl LiveSampler {
             .filter_map(|p| p.utilization)
             .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
 
-        // Hints.
-        let fds = pools
-            .iter()
-            .find(|p| p.kind == "fds")
-            .and_then(|p| Some((p.used?, p.max?)));
-        let db_pools = pools
-            .iter()
-            .filter(|p| p.kind == "db")
-            .filter_map(|p| {
-                Some(PoolUse {
-                    pool: p.pool.clone(),
-                    used: p.used?,
-                    max: p.max?,
-                    pending: p.pending.unwrap_or(0.0),
-                })
-            })
-            .collect();
-        if up > 0.0 {
-            self.usage.observe(&UsageTick {
-                t,
-                cpu_seconds: now.cpu,
-                cfs_periods: now.throttled_periods.zip(now.periods),
-                // RSS, not cgroup usage: the cgroup counts page cache the kernel reclaims under pressure.
-                memory_bytes: rss.or(cgroup),
-                memory_limit_bytes: cgroup_limit,
-                oom_kills: f.sum("vitals.cgroup.memory.oom_kills", &[]),
-                heap_max_bytes: jvm_heap_limit,
-                fds,
-                db_pools,
-            });
-        }
-        let hints = self.usage.advice(&self.policy);
+        let point = HistoryPoint {
+            t,
+            values: [
+                req_rate,
+                error_ratio,
+                p99,
+                gc_rate,
+                gc_max,
+                throttled_rate,
+                rss,
+                heap,
+                cgroup,
+                pool_max_util,
+                cpu_cores,
+                psi_rates[0],
+            ]
+            .map(|v| v.map_or(f32::NAN, |x| x as f32)),
+        };
+        self.history.push(point);
+        let hints = hints?;
 
         // Alerts, evaluated on the same thresholds as the shipped rules (instant condition, plus how long
         // it has held against the rule's `for:`).
@@ -792,11 +692,19 @@ impl LiveSampler {
             }
             let since = *self.alert_since[i].get_or_insert(t);
             let held = t - since;
-            alerts.push(json!({
-                "alert": r.alert, "severity": r.severity, "value": round(v),
-                "threshold": r.threshold, "held_seconds": held, "for_seconds": r.for_seconds,
-                "state": if held >= r.for_seconds { "firing" } else { "pending" },
-            }));
+            alerts.push(AlertRow {
+                alert: r.alert,
+                severity: r.severity,
+                value: v,
+                threshold: r.threshold,
+                held_seconds: held,
+                for_seconds: r.for_seconds,
+                state: if held >= r.for_seconds {
+                    "firing"
+                } else {
+                    "pending"
+                },
+            });
         }
 
         // Verdicts, on the alerts' numbers.
@@ -928,92 +836,70 @@ impl LiveSampler {
                 )
             };
 
-        let point = Point {
-            t,
-            values: [
-                req_rate,
-                error_ratio,
-                p99,
-                gc_rate,
-                gc_max,
-                throttled_rate,
-                rss,
-                heap,
-                cgroup,
-                pool_max_util,
-                cpu_cores,
-                psi_rates[0],
-            ]
-            .map(|v| v.map_or(f32::NAN, |x| x as f32)),
-        };
-        self.history.push(point);
-
         let uptime = start.filter(|_| up > 0.0).map(|s| t - s);
         let targets = self.targets(&f, t);
-        json!({
-            "t": t,
-            "point": point.to_json(),
-            "targets": targets,
-            "target": {
-                "up": up > 0.0,
-                "pid": pid,
-                "comm": info.and_then(|s| label(s, "comm")),
-                "runtime": info.and_then(|s| label(s, "runtime")),
-                "uptime_seconds": round(uptime),
-                "restarts": f.sum("vitals.target.restarts", &[]),
-                "selected_by": self.selected_by,
+        Some(Frame {
+            t,
+            point,
+            targets,
+            target: TargetPanel {
+                up: up > 0.0,
+                pid,
+                comm: info.and_then(|s| label(s, "comm")).map(str::to_owned),
+                runtime: info.and_then(|s| label(s, "runtime")).map(str::to_owned),
+                uptime_seconds: uptime,
+                restarts: f.sum(&catalogue::TARGET_RESTARTS, &[]),
+                selected_by: self.selected_by.clone(),
             },
-            "red": {
-                "has_data": has_red,
-                "window_seconds": window,
-                "rate": round(window_rate),
-                "rate_now": round(req_rate),
-                "error_ratio": round(error_ratio),
-                "p50": round(p50),
-                "p99": round(p99),
-                "requests": all.count,
-                "requests_total": snap.all.count,
-                "errors": all.errors,
-                "slowest": slowest,
-                "failing": failing,
-                "otlp_hint": self.listen_hint,
+            red: RedPanel {
+                has_data: has_red,
+                window_seconds: window,
+                rate: window_rate,
+                rate_now: req_rate,
+                error_ratio,
+                p50,
+                p99,
+                requests: all.count,
+                requests_total: snap.all.count,
+                errors: all.errors,
+                slowest,
+                failing,
+                otlp_hint: self.listen_hint.clone(),
             },
-            "pauses": {
-                "gc_seconds_per_second": round(gc_rate),
-                "gc_max_seconds": round(gc_max),
-                "safepoint_seconds_per_second": round(safepoint_rate),
-                "throttled_seconds_per_second": round(throttled_rate),
-                "throttled_ratio": round(throttled_ratio),
-                "psi_some": {"cpu": round(psi_rates[0]), "memory": round(psi_rates[1]), "io": round(psi_rates[2])},
-                "event_loop_p99_seconds": round(event_loop_p99),
+            pauses: PausePanel {
+                gc_seconds_per_second: gc_rate,
+                gc_max_seconds: gc_max,
+                safepoint_seconds_per_second: safepoint_rate,
+                throttled_seconds_per_second: throttled_rate,
+                throttled_ratio,
+                psi_some: PressurePanel {
+                    cpu: psi_rates[0],
+                    memory: psi_rates[1],
+                    io: psi_rates[2],
+                },
+                event_loop_p99_seconds: event_loop_p99,
             },
-            "memory": {
-                "rss_bytes": round(rss),
-                "heap_after_gc_bytes": round(heap),
-                "heap_limit_bytes": round(heap_limit),
-                "heap_status": heap_status,
-                "cgroup_bytes": round(cgroup),
-                "cgroup_limit_bytes": round(cgroup_limit),
-                "growth_bytes_per_second": growth,
-                "time_to_limit_seconds": round(ttl),
-                "leak_suspected": leak,
+            memory: MemoryPanel {
+                rss_bytes: rss,
+                heap_after_gc_bytes: heap,
+                heap_limit_bytes: heap_limit,
+                heap_status: heap_status.map(str::to_owned),
+                cgroup_bytes: cgroup,
+                cgroup_limit_bytes: cgroup_limit,
+                growth_bytes_per_second: growth,
+                time_to_limit_seconds: ttl,
+                leak_suspected: leak,
             },
-            "db": db_panel(&snap, base.as_ref(), window, &pools),
-            "pools": pools.iter().map(|p| json!({
-                "pool": p.pool, "kind": p.kind, "utilization": round(p.utilization),
-                "used": round(p.used), "max": round(p.max), "pending": round(p.pending),
-            })).collect::<Vec<_>>(),
-            "verdicts": {
-                "slow": {"level": slow.0, "text": slow.1},
-                "pausing": {"level": pausing.0, "text": pausing.1},
-                "leaking": {"level": leaking.0, "text": leaking.1},
-                "saturated": {"level": saturated.0, "text": saturated.1},
+            db: db_panel(&snap, base.as_ref(), window, &pools),
+            pools,
+            verdicts: Verdicts {
+                slow: slow.into(),
+                pausing: pausing.into(),
+                leaking: leaking.into(),
+                saturated: saturated.into(),
             },
-            "alerts": alerts,
-            "hints": hints.iter().map(|h| json!({
-                "resource": h.resource, "pool": h.pool, "unit": h.unit, "value": round(h.value),
-                "history_seconds": h.history_seconds, "act": h.act, "text": h.text,
-            })).collect::<Vec<_>>(),
+            alerts,
+            hints,
         })
     }
 }
@@ -1021,7 +907,18 @@ impl LiveSampler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::MetricKind;
+    use crate::model::Point as ModelPoint;
+
+    /// The frame as the page receives it.
+    trait TickJson {
+        fn tick_json(&mut self, t: f64, families: &[Metric]) -> serde_json::Value;
+    }
+
+    impl TickJson for LiveFrames {
+        fn tick_json(&mut self, t: f64, families: &[Metric]) -> serde_json::Value {
+            serde_json::to_value(self.tick(t, families, Vec::new())).unwrap()
+        }
+    }
 
     #[test]
     fn quantile_matches_prometheus_interpolation() {
@@ -1071,19 +968,14 @@ mod tests {
 
     #[test]
     fn percentiles_come_from_the_exponential_buckets_when_there_are_any() {
-        let mut s = LiveSampler::new(
-            900,
-            HintPolicy::default(),
-            "pid".into(),
-            "http://127.0.0.1:4318".into(),
-        );
+        let mut s = LiveFrames::new(900, "pid".into(), "http://127.0.0.1:4318".into());
         // Before the window: 100 fast requests. In it: 100 more at 0.2..0.6 s, p99 0.596 s, which the
         // classic buckets could only place between 0.1 s and 1 s.
         let fast: Vec<f64> = vec![0.01; 100];
-        s.tick(1000.0, &families(vec![native_hist("/a", &fast)], 1.0));
+        s.tick_json(1000.0, &families(vec![native_hist("/a", &fast)], 1.0));
         let slow: Vec<f64> = (0..100).map(|i| 0.2 + 0.004 * f64::from(i)).collect();
         let both: Vec<f64> = fast.iter().chain(&slow).copied().collect();
-        let f = s.tick(1010.0, &families(vec![native_hist("/a", &both)], 1.0));
+        let f = s.tick_json(1010.0, &families(vec![native_hist("/a", &both)], 1.0));
         let p99 = f["red"]["p99"].as_f64().unwrap_or(0.0);
         assert!((p99 / 0.596 - 1.0).abs() < 0.045, "{f}");
         let p50 = f["red"]["p50"].as_f64().unwrap_or(0.0);
@@ -1091,29 +983,24 @@ mod tests {
     }
 
     fn families(series: Vec<ModelPoint>, up: f64) -> Vec<Metric> {
-        let mut red = Metric::new("vitals.request.duration", "", "s", MetricKind::Histogram);
+        let mut red = catalogue::REQUEST_DURATION.metric();
         red.points = series;
         vec![
-            Metric::new("vitals.target.up", "", "", MetricKind::Gauge).with(&[], Value::Gauge(up)),
+            catalogue::TARGET_UP.metric().with(&[], Value::Gauge(up)),
             red,
         ]
     }
 
     #[test]
     fn red_window_rates_quantiles_and_verdicts() {
-        let mut s = LiveSampler::new(
-            900,
-            HintPolicy::default(),
-            "pid".into(),
-            "http://127.0.0.1:4318".into(),
-        );
-        let f0 = s.tick(1000.0, &families(vec![], 1.0));
+        let mut s = LiveFrames::new(900, "pid".into(), "http://127.0.0.1:4318".into());
+        let f0 = s.tick_json(1000.0, &families(vec![], 1.0));
         assert_eq!(f0["verdicts"]["slow"]["level"], "none");
         assert!(f0["verdicts"]["slow"]["text"]
             .as_str()
             .unwrap()
             .contains("4318"));
-        let f1 = s.tick(
+        let f1 = s.tick_json(
             1010.0,
             &families(
                 vec![
@@ -1151,10 +1038,10 @@ mod tests {
 
     #[test]
     fn target_down_raises_the_rule_after_its_for() {
-        let mut s = LiveSampler::new(10, HintPolicy::default(), "pid".into(), String::new());
-        let mut last = Json::Null;
+        let mut s = LiveFrames::new(10, "pid".into(), String::new());
+        let mut last = serde_json::Value::Null;
         for i in 0..=121 {
-            last = s.tick(i as f64, &families(vec![], 0.0));
+            last = s.tick_json(i as f64, &families(vec![], 0.0));
         }
         let a = &last["alerts"][0];
         assert_eq!(a["alert"], "VitalsTargetDown");
@@ -1164,9 +1051,9 @@ mod tests {
 
     #[test]
     fn event_loop_p99_is_the_worst_runtime_s_p99_statistic() {
-        let mut s = LiveSampler::new(10, HintPolicy::default(), "pid".into(), String::new());
+        let mut s = LiveFrames::new(10, "pid".into(), String::new());
         let mut m = families(vec![], 1.0);
-        let mut delay = Metric::new("vitals.event_loop.delay", "", "s", MetricKind::Gauge);
+        let mut delay = catalogue::EVENT_LOOP_DELAY.metric();
         delay.push(
             &[("runtime", "node"), ("statistic", "p50")],
             Value::Gauge(0.011),
@@ -1180,15 +1067,15 @@ mod tests {
             Value::Gauge(0.003),
         );
         m.push(delay);
-        let f = s.tick(1.0, &m);
+        let f = s.tick_json(1.0, &m);
         assert_eq!(f["pauses"]["event_loop_p99_seconds"], 0.042, "{f}");
     }
 
     #[test]
     fn db_panel_lists_slow_queries_n_plus_one_runs_and_db_pools_beside_them() {
-        let mut s = LiveSampler::new(10, HintPolicy::default(), "pid".into(), String::new());
-        let frame = |s: &mut LiveSampler, t: f64, fast: u64, slow: u64, runs: f64| {
-            let mut q = Metric::new("vitals.db.query.duration", "", "s", MetricKind::Histogram);
+        let mut s = LiveFrames::new(10, "pid".into(), String::new());
+        let frame = |s: &mut LiveFrames, t: f64, fast: u64, slow: u64, runs: f64| {
+            let mut q = catalogue::DB_QUERY_DURATION.metric();
             for (query, le_fast, n) in [("SELECT a", true, fast), ("SELECT b", false, slow)] {
                 let buckets = if le_fast {
                     vec![(0.001, n), (0.1, n), (f64::INFINITY, n)]
@@ -1211,7 +1098,7 @@ mod tests {
                     },
                 );
             }
-            let n1 = Metric::new("vitals.db.n_plus_one", "", "{run}", MetricKind::Counter).with(
+            let n1 = catalogue::DB_N_PLUS_ONE.metric().with(
                 &[
                     ("service", "shop"),
                     ("operation", "/authors"),
@@ -1224,16 +1111,14 @@ mod tests {
             m.extend([
                 q,
                 n1,
-                Metric::new("vitals.pool.utilization", "", "1", MetricKind::Gauge)
+                catalogue::POOL_UTILIZATION
+                    .metric()
                     .with(&l, Value::Gauge(1.0)),
-                Metric::new("vitals.pool.used", "", "", MetricKind::Gauge)
-                    .with(&l, Value::Gauge(10.0)),
-                Metric::new("vitals.pool.max", "", "", MetricKind::Gauge)
-                    .with(&l, Value::Gauge(10.0)),
-                Metric::new("vitals.pool.pending", "", "", MetricKind::Gauge)
-                    .with(&l, Value::Gauge(3.0)),
+                catalogue::POOL_USED.metric().with(&l, Value::Gauge(10.0)),
+                catalogue::POOL_MAX.metric().with(&l, Value::Gauge(10.0)),
+                catalogue::POOL_PENDING.metric().with(&l, Value::Gauge(3.0)),
             ]);
-            s.tick(t, &m)
+            s.tick_json(t, &m)
         };
         frame(&mut s, 1000.0, 100, 5, 4.0);
         let f = frame(&mut s, 1010.0, 200, 25, 6.0);

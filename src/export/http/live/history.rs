@@ -1,9 +1,8 @@
-//! The live page's per-second history: a fixed-capacity ring of compact points (twelve `f32` values and
-//! the time), so its memory is known in advance: 900 points (15 minutes) take 900 × 56 bytes ≈ 49 KiB.
+//! The live page's history: a fixed-capacity ring of compact points (twelve `f32` values and the time), so
+//! its memory is known in advance: 900 points (15 minutes of one a second) take 900 × 56 bytes ≈ 49 KiB.
+//! Points older than 15 minutes are dropped too: while nobody watches they come every idle interval.
 
 use std::collections::VecDeque;
-
-use serde_json::{json, Value as Json};
 
 /// Names of a point's values, in order; the page reads them by these names.
 pub const POINT_FIELDS: [&str; 12] = [
@@ -23,39 +22,17 @@ pub const POINT_FIELDS: [&str; 12] = [
 
 /// One second of sparkline values; NaN where a value was unknown.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Point {
+pub struct HistoryPoint {
     /// Unix time, seconds.
     pub t: f64,
     /// Values in [`POINT_FIELDS`] order.
     pub values: [f32; 12],
 }
 
-fn finite(v: f32) -> Json {
-    if !v.is_finite() {
-        return Json::Null;
-    }
-    // Widening an f32 prints its binary noise (0.05001169815659523); its own shortest form
-    // (0.050011698) keeps a new viewer's history message a third smaller.
-    let short: f64 = v.to_string().parse().unwrap_or(f64::from(v));
-    json!(short)
-}
-
-impl Point {
-    /// The point as a JSON object keyed by field name.
-    pub fn to_json(&self) -> Json {
-        let mut m = serde_json::Map::new();
-        m.insert("t".into(), json!(self.t));
-        for (k, v) in POINT_FIELDS.iter().zip(self.values) {
-            m.insert((*k).into(), finite(v));
-        }
-        Json::Object(m)
-    }
-}
-
 /// A ring of the last `capacity` points.
 #[derive(Debug)]
 pub struct History {
-    points: VecDeque<Point>,
+    points: VecDeque<HistoryPoint>,
     capacity: usize,
 }
 
@@ -68,9 +45,17 @@ impl History {
         }
     }
 
-    /// Appends a point, dropping the oldest when full.
-    pub fn push(&mut self, p: Point) {
+    /// Appends a point, dropping the oldest when full and those older than `capacity` seconds (points
+    /// come every second while the page is watched, every idle interval otherwise).
+    pub fn push(&mut self, p: HistoryPoint) {
         if self.points.len() == self.capacity {
+            self.points.pop_front();
+        }
+        while self
+            .points
+            .front()
+            .is_some_and(|f| f.t < p.t - self.capacity as f64)
+        {
             self.points.pop_front();
         }
         self.points.push_back(p);
@@ -88,23 +73,12 @@ impl History {
 
     /// Bytes of point storage when full.
     pub fn capacity_bytes(&self) -> usize {
-        self.capacity * std::mem::size_of::<Point>()
+        self.capacity * std::mem::size_of::<HistoryPoint>()
     }
 
-    /// Column-wise JSON (`{"t":[…], "rate":[…], …}`), compact for the first message to a viewer.
-    pub fn to_json(&self) -> Json {
-        let mut m = serde_json::Map::new();
-        m.insert(
-            "t".into(),
-            Json::Array(self.points.iter().map(|p| json!(p.t)).collect()),
-        );
-        for (i, k) in POINT_FIELDS.iter().enumerate() {
-            m.insert(
-                (*k).into(),
-                Json::Array(self.points.iter().map(|p| finite(p.values[i])).collect()),
-            );
-        }
-        Json::Object(m)
+    /// The points held, oldest first.
+    pub fn points(&self) -> impl ExactSizeIterator<Item = &HistoryPoint> + Clone {
+        self.points.iter()
     }
 }
 
@@ -116,15 +90,15 @@ mod tests {
     fn ring_is_bounded_and_sized_as_documented() {
         let mut h = History::new(900);
         for i in 0..2000 {
-            h.push(Point {
+            h.push(HistoryPoint {
                 t: i as f64,
                 values: [i as f32; 12],
             });
         }
         assert_eq!(h.len(), 900);
-        assert_eq!(std::mem::size_of::<Point>(), 56);
+        assert_eq!(std::mem::size_of::<HistoryPoint>(), 56);
         assert_eq!(h.capacity_bytes(), 50_400);
-        let j = h.to_json();
+        let j = serde_json::to_value(&h).unwrap();
         assert_eq!(j["t"][0], 1100.0);
         assert_eq!(j["rate"].as_array().unwrap().len(), 900);
     }

@@ -10,18 +10,19 @@ pub mod frame;
 pub mod history;
 pub mod stream;
 pub mod thresholds;
+pub mod view;
 
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::model::Registry;
+use crate::cadence::{Cadence, Watching};
+use crate::model::Metric;
 use crate::profile::continuous::{Cause, Continuous};
-use crate::signal::hints::{HintBoard, HintPolicy};
-use frame::LiveSampler;
+use crate::signal::hints::HintSignal;
+use frame::LiveFrames;
 
 /// The page, with its script and styles inline: no CDN, nothing to build, works offline and in a pod.
 pub const PAGE: &str = include_str!("page.html");
@@ -32,60 +33,94 @@ pub const HISTORY_SECONDS: usize = 900;
 /// Browsers streaming at once; one more is answered 503 and its page retries.
 pub const VIEWER_LIMIT: usize = 16;
 
-/// What the live page's stream reads: the sampler, the latest frame, and the viewer slots.
+/// What the live page's stream reads: the frame maker, the latest frame, and the viewer slots.
 pub struct LiveHub {
-    sampler: Mutex<LiveSampler>,
+    frames_of: Mutex<LiveFrames>,
     frames: watch::Sender<Bytes>,
     viewers: Arc<Semaphore>,
     shutdown: CancellationToken,
-    /// Hints published for the `vitals_recommendation_*` metrics.
-    pub hints: Arc<HintBoard>,
+    /// The hints derivation, whose latest advice each frame shows.
+    hints: Arc<HintSignal>,
     /// The continuous profiler told of each onset of trouble, when it runs.
     captures: OnceLock<Arc<Continuous>>,
+    /// The samplers' pace: kept at `--interval` while a viewer is connected or trouble is watched for.
+    cadence: OnceLock<Arc<Cadence>>,
+    /// Held for good once trouble is watched for (the continuous profiler needs every onset).
+    always_watched: OnceLock<Watching>,
 }
 
 impl LiveHub {
-    /// A hub whose stream ends on `shutdown`. `selected_by` describes how the target was chosen;
-    /// `otlp_hint` is a sentence telling how an app's SDK reaches the receivers, or that it cannot.
+    /// A hub whose stream ends on `shutdown`, showing the advice of `hints`. `selected_by` describes
+    /// how the target was chosen; `otlp_hint` is a sentence telling how an app's SDK reaches the
+    /// receivers, or that it cannot.
     pub fn new(
-        policy: HintPolicy,
+        hints: Arc<HintSignal>,
         selected_by: String,
         otlp_hint: String,
         shutdown: CancellationToken,
     ) -> Self {
         LiveHub {
-            sampler: Mutex::new(LiveSampler::new(
-                HISTORY_SECONDS,
-                policy,
-                selected_by,
-                otlp_hint,
-            )),
+            frames_of: Mutex::new(LiveFrames::new(HISTORY_SECONDS, selected_by, otlp_hint)),
             frames: watch::channel(Bytes::new()).0,
             viewers: Arc::new(Semaphore::new(VIEWER_LIMIT)),
             shutdown,
-            hints: Arc::new(HintBoard::default()),
+            hints,
             captures: OnceLock::new(),
+            cadence: OnceLock::new(),
+            always_watched: OnceLock::new(),
         }
     }
 
+    /// Keeps `cadence` at its finest pace while anyone watches.
+    pub fn pace(&self, cadence: Arc<Cadence>) {
+        if self.captures.get().is_some() {
+            let _ = self.always_watched.set(cadence.watch());
+        }
+        let _ = self.cadence.set(cadence);
+    }
+
+    /// Holds the samplers at their finest pace for one viewer, until dropped.
+    pub(crate) fn watch(&self) -> Option<Watching> {
+        self.cadence.get().map(|c| c.watch())
+    }
+
+    /// True while a viewer is connected or the continuous profiler waits for trouble: the frame and the
+    /// alert conditions are then computed every tick.
+    fn watched(&self) -> bool {
+        self.captures.get().is_some() || self.viewers.available_permits() < VIEWER_LIMIT
+    }
+
     /// Tells `continuous` of every onset of a latency, pause or saturation condition
-    /// ([`thresholds::PROFILED`]), so it keeps the profile around it.
+    /// ([`thresholds::PROFILED`]), so it keeps the profile around it; the samplers then stay at their
+    /// finest pace for good (before or after [`LiveHub::pace`]).
     pub fn capture_on_trouble(&self, continuous: Arc<Continuous>) {
         let _ = self.captures.set(continuous);
+        if let Some(c) = self.cadence.get() {
+            let _ = self.always_watched.set(c.watch());
+        }
     }
 
-    fn sampler(&self) -> std::sync::MutexGuard<'_, LiveSampler> {
-        self.sampler.lock().unwrap_or_else(|p| p.into_inner())
+    fn live_frames(&self) -> std::sync::MutexGuard<'_, LiveFrames> {
+        self.frames_of.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes one frame from `registry` at unix time `t` and hands it to every viewer.
-    pub fn tick(&self, registry: &Registry, t: f64) {
-        // Frames show vitals' own metrics only: the app's are never copied.
-        let families = registry.gather_where(|m| m.origin == crate::model::Origin::Vitals);
-        let (frame, hints, onsets) = {
-            let mut s = self.sampler();
-            let frame = s.tick(t, &families);
-            (frame, s.hints(), s.take_onsets())
+    /// Takes one frame at unix time `t` from `families` (one gather of vitals' own metrics, the app's
+    /// are never shown) and hands it to every viewer. With nobody watching, only the history point is
+    /// kept: no frame is built for nobody.
+    pub fn tick(&self, families: &[Metric], t: f64) {
+        if !self.watched() {
+            if !self.frames.borrow().is_empty() {
+                // A viewer who connects later gets no frame from the last time anyone watched.
+                self.frames.send_replace(Bytes::new());
+            }
+            self.live_frames().observe(t, families);
+            return;
+        }
+        let hints = self.hints.current();
+        let (message, onsets) = {
+            let mut s = self.live_frames();
+            let frame = s.tick(t, families, hints);
+            (sse_message("frame", &frame), s.take_onsets())
         };
         if let Some(c) = self.captures.get() {
             for o in onsets
@@ -101,9 +136,7 @@ impl LiveHub {
                 });
             }
         }
-        self.hints.publish(hints);
-        let message = format!("event: frame\ndata: {frame}\n\n");
-        self.frames.send_replace(Bytes::from(message));
+        self.frames.send_replace(message);
     }
 
     /// The latest frame message, as viewers receive it.
@@ -113,48 +146,81 @@ impl LiveHub {
 
     /// The first message for a new viewer: the history so far and the latest frame.
     pub fn opening(&self) -> Bytes {
-        let history = self.sampler().history_json();
+        let history = sse_message("history", self.live_frames().history());
         let latest = self.frames.borrow().clone();
-        let mut out = format!("retry: 1000\nevent: history\ndata: {history}\n\n").into_bytes();
+        let mut out = b"retry: 1000\n".to_vec();
+        out.extend_from_slice(&history);
         out.extend_from_slice(&latest);
         Bytes::from(out)
     }
 
     /// Bytes of the history ring when full.
     pub fn history_bytes(&self) -> usize {
-        self.sampler().history_bytes()
+        self.live_frames().history_bytes()
     }
 }
 
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
+/// One server-sent event named `event` carrying `data` as JSON, serialised once, straight into the
+/// message's bytes.
+fn sse_message<T: serde::Serialize>(event: &str, data: &T) -> Bytes {
+    let mut out = Vec::with_capacity(4096);
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(event.as_bytes());
+    out.extend_from_slice(b"\ndata: ");
+    // Writing plain structs of numbers and strings into a Vec cannot fail; a failure would leave a
+    // truncated message, so it is logged and the event carries `null`.
+    if let Err(e) = serde_json::to_writer(&mut out, data) {
+        tracing::warn!(error = %e, event, "live page message not serialised");
+        out.truncate(b"event: \ndata: ".len() + event.len());
+        out.extend_from_slice(b"null");
+    }
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
 }
 
-/// Takes a frame after each sample, at most one a second, until `shutdown`. Frames follow samples rather
-/// than a timer of their own: two timers of the same period drift in and out of phase, and a frame would
-/// then see two samples' CPU time in one second and none in the next.
-pub async fn run(
-    hub: Arc<LiveHub>,
-    registry: Registry,
-    sampled: Arc<Notify>,
-    shutdown: CancellationToken,
-) {
-    let mut last: Option<Instant> = None;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = sampled.notified() => {}
-        }
-        // With a shorter --interval a frame spans several samples; the margin absorbs timer jitter.
-        if last.is_some_and(|l| l.elapsed() < Duration::from_millis(950)) {
-            continue;
-        }
-        last = Some(Instant::now());
-        let hub = hub.clone();
-        let registry = registry.clone();
-        // Gathering takes the stores' locks and builds every family: keep it off the reactor.
-        let _ = tokio::task::spawn_blocking(move || hub.tick(&registry, unix_now())).await;
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::continuous::ContinuousSettings;
+    use crate::profile::{Profiler, ProfilerSettings};
+    use std::time::Duration;
+
+    fn continuous() -> Arc<Continuous> {
+        let profiler = Arc::new(Profiler::new(
+            ProfilerSettings::default(),
+            Arc::new(Vec::new),
+        ));
+        Arc::new(Continuous::new(profiler, ContinuousSettings::default()))
+    }
+
+    fn hub() -> LiveHub {
+        LiveHub::new(
+            Arc::new(HintSignal::new(crate::signal::hints::HintPolicy::default())),
+            "test".into(),
+            String::new(),
+            CancellationToken::new(),
+        )
+    }
+
+    #[test]
+    fn the_continuous_profiler_keeps_the_finest_pace_whichever_is_wired_first() {
+        let (fine, idle) = (Duration::from_secs(1), Duration::from_secs(10));
+        // Paced first, then told of the profiler.
+        let a = Cadence::new(fine, idle);
+        let first = hub();
+        first.pace(a.clone());
+        assert_eq!(a.period(), idle, "nobody watches yet");
+        first.capture_on_trouble(continuous());
+        assert_eq!(a.period(), fine);
+        // Told of the profiler, then paced.
+        let b = Cadence::new(fine, idle);
+        let second = hub();
+        second.capture_on_trouble(continuous());
+        second.pace(b.clone());
+        assert_eq!(b.period(), fine);
+        // A hub without the profiler leaves the idle pace alone.
+        let c = Cadence::new(fine, idle);
+        hub().pace(c.clone());
+        assert_eq!(c.period(), idle);
     }
 }

@@ -58,8 +58,11 @@ pub fn open(hub: &Arc<LiveHub>) -> Response<LiveBody> {
     let mut frames = hub.frames.subscribe();
     frames.mark_unchanged();
     let shutdown = hub.shutdown.clone();
+    // The samplers read every --interval while this viewer is connected.
+    let watching = hub.watch();
     tokio::spawn(async move {
         let _permit = permit;
+        let _watching = watching;
         if !matches!(
             tokio::time::timeout(STALLED, tx.send(opening)).await,
             Ok(Ok(()))

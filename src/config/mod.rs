@@ -10,9 +10,11 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
-use crate::export::otlp::forward::ForwardSettings;
-use crate::export::otlp::push::{Named, PushOptions, PushSettings};
-use crate::export::otlp::upstream::ForwardOptions;
+pub mod otlp;
+
+use self::otlp::{
+    ForwardOptions, ForwardSettings, Named, PushOptions, PushSettings, RetryPolicy, Upstream,
+};
 
 /// Default `/metrics` port: outside Prometheus' exporter port allocations (9100-9999 are all taken) and
 /// apart from 4317/4318 (OTLP) and 9464 (the OpenTelemetry Prometheus exporter).
@@ -31,17 +33,35 @@ pub enum LogFormat {
     Json,
 }
 
-/// Which OTLP protocol the child's SDK is told to use.
+/// An OTLP wire protocol: what the `run` child's SDK is told to use (`--child-otlp-protocol`) and what
+/// forwarding and push speak to their upstream (`--forward-protocol`, `--push-protocol`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
-pub enum ChildProtocol {
-    /// OTLP/HTTP with protobuf bodies to the HTTP receiver (the specification's default).
+pub enum OtlpProtocol {
+    /// OTLP/HTTP with protobuf bodies (the specification's default).
     #[value(name = "http/protobuf")]
     #[serde(rename = "http/protobuf")]
     HttpProtobuf,
-    /// OTLP/gRPC to the gRPC receiver.
+    /// OTLP/gRPC.
     #[value(name = "grpc")]
     #[serde(rename = "grpc")]
     Grpc,
+}
+
+impl OtlpProtocol {
+    /// The name `OTEL_EXPORTER_OTLP_PROTOCOL` and the flags use.
+    pub fn name(self) -> &'static str {
+        match self {
+            OtlpProtocol::HttpProtobuf => "http/protobuf",
+            OtlpProtocol::Grpc => "grpc",
+        }
+    }
+
+    /// The protocol of `name` (surrounding blanks ignored); None for any other, `http/json` included.
+    pub fn parse(name: &str) -> Option<Self> {
+        [OtlpProtocol::HttpProtobuf, OtlpProtocol::Grpc]
+            .into_iter()
+            .find(|p| p.name() == name.trim())
+    }
 }
 
 /// vitals: vital signs (latency, pauses, memory growth, pool saturation) of the process next to it.
@@ -174,11 +194,17 @@ pub struct Options {
     pub otlp_http_addr: Option<ReceiverAddr>,
     /// `run` mode: OTLP protocol the child's SDK is told to use [default: http/protobuf].
     #[arg(long, global = true, value_enum, env = "VITALS_CHILD_OTLP_PROTOCOL")]
-    pub child_otlp_protocol: Option<ChildProtocol>,
+    pub child_otlp_protocol: Option<OtlpProtocol>,
     /// Sampling interval, e.g. 1s, 500ms [default: 1s; 100ms..1h].
     #[arg(long, global = true, env = "VITALS_INTERVAL", value_parser = humantime::parse_duration)]
     #[serde(deserialize_with = "de_duration")]
     pub interval: Option<Duration>,
+    /// Sampling interval while nobody watches the live page; a scrape or a push still gets readings no
+    /// older than --interval [default: 10s; a thirtieth of the shortest --growth-windows when that is
+    /// shorter, so every growth bucket gets a reading; never below --interval; at most 1h].
+    #[arg(long, global = true, env = "VITALS_IDLE_INTERVAL", value_parser = humantime::parse_duration)]
+    #[serde(deserialize_with = "de_duration")]
+    pub idle_interval: Option<Duration>,
     /// procfs mount to read [default: /proc].
     #[arg(long, global = true, env = "VITALS_PROC_ROOT", value_name = "PATH")]
     pub proc_root: Option<PathBuf>,
@@ -186,7 +212,8 @@ pub struct Options {
     #[arg(long, global = true, env = "VITALS_CGROUP_ROOT", value_name = "PATH")]
     pub cgroup_root: Option<PathBuf>,
     /// Read smaps_rollup for PSS: at most every 30 s, backing off when slow, because it holds the target's
-    /// memory map lock for 3-20 ms per GiB of RSS (measured; more with small pages and many mappings).
+    /// memory map lock for 3-20 ms per GiB of RSS (measured; more with small pages and many mappings)
+    /// [default: false].
     #[arg(long, global = true, env = "VITALS_PSS", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub pss: Option<bool>,
     /// Label vitals_target_info with the pod's namespace, pod and node names from the Downward API
@@ -585,21 +612,29 @@ pub fn check_log_level(filter: &str) -> Result<(), String> {
         .map_err(|e| format!("{filter:?}: {e}"))
 }
 
-/// How the target is chosen, before the child is spawned.
+/// Which running process to watch, as `--pid`, `--pid-file`, `--process` or `--target NAME=SPEC` give
+/// it. The target finder follows it (`target::Selector::Given`).
+#[derive(Debug, Clone)]
+pub enum Selection {
+    /// `--pid`, `pid:N`.
+    Pid(u32),
+    /// `--pid-file`, `pid-file:PATH`.
+    PidFile(PathBuf),
+    /// `--process`, `process:REGEX`.
+    Process(regex::Regex),
+}
+
+/// How the main target is chosen, before the child is spawned.
 #[derive(Debug, Clone)]
 pub enum TargetSpec {
-    /// `--pid`.
-    Pid(u32),
-    /// `--pid-file`.
-    PidFile(PathBuf),
-    /// `--process`.
-    Process(regex::Regex),
+    /// A running process.
+    Select(Selection),
     /// `vitals run`.
     Run {
         /// Command and arguments.
         command: Vec<String>,
         /// OTLP protocol for the child.
-        protocol: ChildProtocol,
+        protocol: OtlpProtocol,
     },
 }
 
@@ -608,8 +643,8 @@ pub enum TargetSpec {
 pub struct NamedTarget {
     /// The `target` label value.
     pub name: String,
-    /// How it is selected (never `Run`).
-    pub spec: TargetSpec,
+    /// How it is selected.
+    pub selection: Selection,
 }
 
 /// The name the selected (unnamed) target gets when named targets are given beside it.
@@ -633,16 +668,16 @@ pub fn parse_named_target(text: &str) -> Result<NamedTarget, String> {
     let (kind, value) = spec.split_once(':').ok_or_else(|| {
         format!("target {name}: {spec:?} is not KIND:VALUE (process:REGEX, pid:N, pid-file:PATH)")
     })?;
-    let spec = match kind {
-        "process" => TargetSpec::Process(
+    let selection = match kind {
+        "process" => Selection::Process(
             regex::Regex::new(value)
                 .map_err(|e| format!("target {name}: not a valid regex: {e}"))?,
         ),
         "pid" => match value.parse::<u32>() {
-            Ok(p) if p > 0 => TargetSpec::Pid(p),
+            Ok(p) if p > 0 => Selection::Pid(p),
             _ => return Err(format!("target {name}: {value:?} is not a process id")),
         },
-        "pid-file" if !value.is_empty() => TargetSpec::PidFile(PathBuf::from(value)),
+        "pid-file" if !value.is_empty() => Selection::PidFile(PathBuf::from(value)),
         _ => {
             return Err(format!(
                 "target {name}: unknown kind {kind:?}; use process:REGEX, pid:N or pid-file:PATH"
@@ -651,7 +686,7 @@ pub fn parse_named_target(text: &str) -> Result<NamedTarget, String> {
     };
     Ok(NamedTarget {
         name: name.to_owned(),
-        spec,
+        selection,
     })
 }
 
@@ -677,6 +712,8 @@ pub struct Config {
     pub otlp_http_addr: Option<SocketAddr>,
     /// Sampling interval.
     pub interval: Duration,
+    /// Sampling interval while nobody watches (at least `interval`).
+    pub idle_interval: Duration,
     /// procfs root.
     pub proc_root: PathBuf,
     /// Host cgroup root.
@@ -755,39 +792,35 @@ fn continuous_settings(
             "needs profiling on (--profiling=false turns it off)",
         ));
     }
-    let from_cli = o.profile_continuous_hz.is_some();
-    let hz = o
-        .profile_continuous_hz
-        .or(file.profile_continuous_hz)
-        .unwrap_or(19);
-    if !(1..=999).contains(&hz) {
-        return Err(invalid(
-            origins.name("profile_continuous_hz", from_cli),
-            "must be between 1 and 999",
-        ));
-    }
-    let from_cli = o.profile_ring_bytes.is_some();
-    let ring_bytes = o
-        .profile_ring_bytes
-        .or(file.profile_ring_bytes)
-        .unwrap_or(8 << 20);
-    if !(256 << 10..=1 << 30).contains(&ring_bytes) {
-        return Err(invalid(
-            origins.name("profile_ring_bytes", from_cli),
+    let layers = Layers {
+        cli: o,
+        file,
+        origins,
+    };
+    let hz = layers.pick(
+        "profile_continuous_hz",
+        |o| o.profile_continuous_hz,
+        || 19,
+        within(1..=999, "must be between 1 and 999"),
+    )?;
+    let ring_bytes = layers.pick(
+        "profile_ring_bytes",
+        |o| o.profile_ring_bytes,
+        || 8 << 20,
+        within(
+            256 << 10..=1 << 30,
             "must be between 262144 (256 KiB) and 1073741824 (1 GiB)",
-        ));
-    }
-    let from_cli = o.profile_ring_window.is_some();
-    let window = o
-        .profile_ring_window
-        .or(file.profile_ring_window)
-        .unwrap_or(Duration::from_secs(300));
-    if !(Duration::from_secs(60)..=Duration::from_secs(3600)).contains(&window) {
-        return Err(invalid(
-            origins.name("profile_ring_window", from_cli),
+        ),
+    )?;
+    let window = layers.pick(
+        "profile_ring_window",
+        |o| o.profile_ring_window,
+        || Duration::from_secs(300),
+        within(
+            Duration::from_secs(60)..=Duration::from_secs(3600),
             "must be between 1m and 1h",
-        ));
-    }
+        ),
+    )?;
     Ok(Some(ContinuousProfile {
         hz,
         ring_bytes,
@@ -853,6 +886,61 @@ impl Origins<'_> {
     }
 }
 
+/// The layers an option's value comes from: the flag or its `VITALS_*` variable (clap merged those two),
+/// then the config file, then the default. [`Layers::pick`] is the one place the layering, the default
+/// and the check of an option meet, so `Cli::resolve` reads as a table of options.
+struct Layers<'a> {
+    cli: &'a Options,
+    file: &'a Options,
+    origins: &'a Origins<'a>,
+}
+
+impl Layers<'_> {
+    /// Option `id` (its field name): the flag's or variable's value, else the file's, else `default`,
+    /// refused with `check`'s reason, named after where it came from, when out of range.
+    fn pick<T>(
+        &self,
+        id: &str,
+        field: impl Fn(&Options) -> Option<T>,
+        default: impl FnOnce() -> T,
+        check: impl FnOnce(&T) -> Result<(), String>,
+    ) -> Result<T, ConfigError> {
+        let from_cli = field(self.cli);
+        let given = from_cli.is_some();
+        let value = from_cli
+            .or_else(|| field(self.file))
+            .unwrap_or_else(default);
+        check(&value).map_err(|reason| invalid(self.origin(id, given), reason))?;
+        Ok(value)
+    }
+
+    /// Option `id` with no check.
+    fn value<T>(&self, field: impl Fn(&Options) -> Option<T>, default: impl FnOnce() -> T) -> T {
+        field(self.cli)
+            .or_else(|| field(self.file))
+            .unwrap_or_else(default)
+    }
+
+    /// Where option `id`'s value came from, for an error: `given` says the flag or variable gave it.
+    fn origin(&self, id: &str, given: bool) -> String {
+        self.origins.name(id, given)
+    }
+}
+
+/// A check that accepts values in `range`, refusing others with `reason`.
+fn within<T: PartialOrd>(
+    range: std::ops::RangeInclusive<T>,
+    reason: &'static str,
+) -> impl FnOnce(&T) -> Result<(), String> {
+    move |v| {
+        if range.contains(v) {
+            Ok(())
+        } else {
+            Err(reason.to_owned())
+        }
+    }
+}
+
 /// Reads and parses the YAML file.
 pub fn load_file(path: &Path) -> Result<Options, ConfigError> {
     let text =
@@ -914,16 +1002,21 @@ impl Cli {
             sources: &self.sources,
             file: o.config.as_deref(),
         };
-        let profiling = o.profiling.or(file.profiling).unwrap_or(true);
+        let layers = Layers {
+            cli: &o,
+            file: &file,
+            origins: &origins,
+        };
+        let profiling = layers.value(|o| o.profiling, || true);
         let profile_continuous = continuous_settings(&o, &file, &origins, profiling)?;
         let forward = ForwardFlags::merge(&o, &file);
         let push = push_options(&o, &file, &origins);
         let flag_selected = o.pid.is_some() || o.pid_file.is_some() || o.process.is_some();
         // A selection on the command line or in the environment replaces the file's as a whole.
         let (pid, pid_file, process) = if flag_selected {
-            (o.pid, o.pid_file, o.process)
+            (o.pid, o.pid_file.clone(), o.process.clone())
         } else {
-            (file.pid, file.pid_file, file.process)
+            (file.pid, file.pid_file.clone(), file.process.clone())
         };
         let chosen = [pid.is_some(), pid_file.is_some(), process.is_some()]
             .iter()
@@ -947,22 +1040,19 @@ impl Cli {
                     "0 is not a process id",
                 ))
             }
-            (Some(p), _, _) => Some(TargetSpec::Pid(p)),
-            (_, Some(f), _) => Some(TargetSpec::PidFile(f)),
-            (_, _, Some(re)) => Some(TargetSpec::Process(regex::Regex::new(&re).map_err(
-                |e| {
+            (Some(p), _, _) => Some(TargetSpec::Select(Selection::Pid(p))),
+            (_, Some(f), _) => Some(TargetSpec::Select(Selection::PidFile(f))),
+            (_, _, Some(re)) => Some(TargetSpec::Select(Selection::Process(
+                regex::Regex::new(&re).map_err(|e| {
                     invalid(
                         origins.name("process", flag_selected),
                         format!("not a valid regex: {e}"),
                     )
-                },
-            )?)),
+                })?,
+            ))),
             _ => None,
         };
-        let protocol = o
-            .child_otlp_protocol
-            .or(file.child_otlp_protocol)
-            .unwrap_or(ChildProtocol::HttpProtobuf);
+        let protocol = layers.value(|o| o.child_otlp_protocol, || OtlpProtocol::HttpProtobuf);
         if let Some(Command::Run { command }) = self.command {
             if target.is_some() {
                 return Err(invalid(
@@ -1000,23 +1090,26 @@ impl Cli {
             (Some(_), false) => (Some(MAIN_TARGET_NAME.to_owned()), named),
             (None, false) => {
                 let first = named.remove(0);
-                target = Some(first.spec);
+                target = Some(TargetSpec::Select(first.selection));
                 (Some(first.name), named)
             }
         };
         let run_mode = matches!(target, Some(TargetSpec::Run { .. }));
-        let interval = o.interval.or(file.interval);
-        let interval_from = origins.name("interval", o.interval.is_some());
-        let interval = interval.unwrap_or(Duration::from_secs(1));
-        if interval < Duration::from_millis(100) || interval > Duration::from_secs(3600) {
-            return Err(invalid(
-                interval_from,
-                format!(
-                    "{} is outside 100ms..1h",
-                    humantime::format_duration(interval)
-                ),
-            ));
-        }
+        let interval = layers.pick(
+            "interval",
+            |o| o.interval,
+            || Duration::from_secs(1),
+            |v| {
+                if (Duration::from_millis(100)..=Duration::from_secs(3600)).contains(v) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{} is outside 100ms..1h",
+                        humantime::format_duration(*v)
+                    ))
+                }
+            },
+        )?;
         // In `run` mode vitals usually runs on a workstation: keep /metrics off the network unless asked.
         let default_metrics_ip = if run_mode {
             [127, 0, 0, 1]
@@ -1074,126 +1167,122 @@ impl Cli {
                 format!("{metrics_addr} is also an OTLP receiver address"),
             ));
         }
-        let from_cli = o.otlp_max_request_bytes.is_some();
-        let otlp_max_request_bytes = o
-            .otlp_max_request_bytes
-            .or(file.otlp_max_request_bytes)
-            .unwrap_or(4 << 20);
-        if !(1024..=256 << 20).contains(&otlp_max_request_bytes) {
-            return Err(invalid(
-                origins.name("otlp_max_request_bytes", from_cli),
-                format!("{otlp_max_request_bytes} is outside 1 KiB..256 MiB"),
-            ));
-        }
-        let from_cli = o.otlp_max_concurrent_requests.is_some();
-        let otlp_max_concurrent_requests = o
-            .otlp_max_concurrent_requests
-            .or(file.otlp_max_concurrent_requests)
-            .unwrap_or(8);
-        if !(1..=1024).contains(&otlp_max_concurrent_requests) {
-            return Err(invalid(
-                origins.name("otlp_max_concurrent_requests", from_cli),
-                "must be 1..1024",
-            ));
-        }
-        let from_cli = o.series_limit.is_some();
-        let series_limit = o.series_limit.or(file.series_limit).unwrap_or(2000);
-        if !(1..=1_000_000).contains(&series_limit) {
-            return Err(invalid(
-                origins.name("series_limit", from_cli),
-                "must be 1..1000000",
-            ));
-        }
-        let from_cli = o.series_ttl.is_some();
-        let series_ttl = o
-            .series_ttl
-            .or(file.series_ttl)
-            .unwrap_or(Duration::from_secs(3600));
-        if series_ttl < Duration::from_secs(1) {
-            return Err(invalid(
-                origins.name("series_ttl", from_cli),
+        let otlp_max_request_bytes = layers.pick(
+            "otlp_max_request_bytes",
+            |o| o.otlp_max_request_bytes,
+            || 4 << 20,
+            |v| {
+                if (1024..=256 << 20).contains(v) {
+                    Ok(())
+                } else {
+                    Err(format!("{v} is outside 1 KiB..256 MiB"))
+                }
+            },
+        )?;
+        let otlp_max_concurrent_requests = layers.pick(
+            "otlp_max_concurrent_requests",
+            |o| o.otlp_max_concurrent_requests,
+            || 8,
+            within(1..=1024, "must be 1..1024"),
+        )?;
+        let series_limit = layers.pick(
+            "series_limit",
+            |o| o.series_limit,
+            || 2000,
+            within(1..=1_000_000, "must be 1..1000000"),
+        )?;
+        let series_ttl = layers.pick(
+            "series_ttl",
+            |o| o.series_ttl,
+            || Duration::from_secs(3600),
+            within(
+                Duration::from_secs(1)..=Duration::MAX,
                 "must be at least 1s",
-            ));
-        }
-        let from_cli = o.growth_windows.is_some();
-        let growth_windows = o.growth_windows.or(file.growth_windows).unwrap_or_else(|| {
-            vec![
-                Duration::from_secs(900),
-                Duration::from_secs(3600),
-                Duration::from_secs(6 * 3600),
-            ]
-        });
-        if growth_windows.is_empty()
-            || growth_windows.len() > 6
-            || growth_windows
-                .iter()
-                .any(|w| *w < Duration::from_secs(10) || *w > Duration::from_secs(7 * 86400))
-        {
-            return Err(invalid(
-                origins.name("growth_windows", from_cli),
-                "give 1 to 6 windows, each 10s..7d",
-            ));
-        }
-        let from_cli = o.leak_threshold_bytes_per_hour.is_some();
-        let per_hour = o
-            .leak_threshold_bytes_per_hour
-            .or(file.leak_threshold_bytes_per_hour)
-            .unwrap_or(10e6);
-        if !(per_hour.is_finite() && per_hour > 0.0) {
-            return Err(invalid(
-                origins.name("leak_threshold_bytes_per_hour", from_cli),
-                "must be a positive number",
-            ));
-        }
-        let from_cli = o.log_level.is_some();
-        let log_level = o
-            .log_level
-            .or(file.log_level)
-            .unwrap_or_else(|| "info".to_owned());
-        check_log_level(&log_level).map_err(|e| invalid(origins.name("log_level", from_cli), e))?;
-        let from_cli = o.hints_min_history.is_some();
-        let hints_min_history = o
-            .hints_min_history
-            .or(file.hints_min_history)
-            .unwrap_or(Duration::from_secs(600));
-        if hints_min_history < Duration::from_secs(1) {
-            return Err(invalid(
-                origins.name("hints_min_history", from_cli),
+            ),
+        )?;
+        let growth_windows = layers.pick(
+            "growth_windows",
+            |o| o.growth_windows.clone(),
+            || {
+                vec![
+                    Duration::from_secs(900),
+                    Duration::from_secs(3600),
+                    Duration::from_secs(6 * 3600),
+                ]
+            },
+            |w: &Vec<Duration>| {
+                let each = Duration::from_secs(10)..=Duration::from_secs(7 * 86400);
+                if w.is_empty() || w.len() > 6 || w.iter().any(|w| !each.contains(w)) {
+                    Err("give 1 to 6 windows, each 10s..7d".to_owned())
+                } else {
+                    Ok(())
+                }
+            },
+        )?;
+        let idle_interval = layers.pick(
+            "idle_interval",
+            |o| o.idle_interval,
+            || idle_interval_for(interval, &growth_windows),
+            |v| {
+                if *v < interval || *v > Duration::from_secs(3600) {
+                    Err(format!(
+                        "{} is outside {}..1h (at least the interval)",
+                        humantime::format_duration(*v),
+                        humantime::format_duration(interval)
+                    ))
+                } else {
+                    Ok(())
+                }
+            },
+        )?;
+        let per_hour = layers.pick(
+            "leak_threshold_bytes_per_hour",
+            |o| o.leak_threshold_bytes_per_hour,
+            || 10e6,
+            |v| {
+                if v.is_finite() && *v > 0.0 {
+                    Ok(())
+                } else {
+                    Err("must be a positive number".to_owned())
+                }
+            },
+        )?;
+        let log_level = layers.pick(
+            "log_level",
+            |o| o.log_level.clone(),
+            || "info".to_owned(),
+            |v| check_log_level(v),
+        )?;
+        let hints_min_history = layers.pick(
+            "hints_min_history",
+            |o| o.hints_min_history,
+            || Duration::from_secs(600),
+            within(
+                Duration::from_secs(1)..=Duration::MAX,
                 "must be at least 1s",
-            ));
-        }
-        let max_tree_processes = o
-            .max_tree_processes
-            .or(file.max_tree_processes)
-            .unwrap_or(DEFAULT_MAX_TREE_PROCESSES);
-        if !(1..=100_000).contains(&max_tree_processes) {
-            return Err(invalid(
-                origins.name("max_tree_processes", o.max_tree_processes.is_some()),
-                "must be between 1 and 100000",
-            ));
-        }
-        let from_cli = o.profile_stack_bytes.is_some();
-        let profile_stack_bytes = o
-            .profile_stack_bytes
-            .or(file.profile_stack_bytes)
-            .unwrap_or(16 << 10);
-        if profile_stack_bytes > 65_528 {
-            return Err(invalid(
-                origins.name("profile_stack_bytes", from_cli),
-                "must be 0..65528 (the kernel's limit)",
-            ));
-        }
-        let from_cli = o.db_trace_settle.is_some();
-        let db_trace_settle = o
-            .db_trace_settle
-            .or(file.db_trace_settle)
-            .unwrap_or(Duration::from_secs(10));
-        if !(Duration::from_millis(100)..=Duration::from_secs(50)).contains(&db_trace_settle) {
-            return Err(invalid(
-                origins.name("db_trace_settle", from_cli),
+            ),
+        )?;
+        let max_tree_processes = layers.pick(
+            "max_tree_processes",
+            |o| o.max_tree_processes,
+            || DEFAULT_MAX_TREE_PROCESSES,
+            within(1..=100_000, "must be between 1 and 100000"),
+        )?;
+        let profile_stack_bytes = layers.pick(
+            "profile_stack_bytes",
+            |o| o.profile_stack_bytes,
+            || 16 << 10,
+            within(0..=65_528, "must be 0..65528 (the kernel's limit)"),
+        )?;
+        let db_trace_settle = layers.pick(
+            "db_trace_settle",
+            |o| o.db_trace_settle,
+            || Duration::from_secs(10),
+            within(
+                Duration::from_millis(100)..=Duration::from_secs(50),
                 "must be between 100ms and 50s (a trace is judged at 60s of age anyway)",
-            ));
-        }
+            ),
+        )?;
         Ok(Config {
             profiling,
             profile_stack_bytes,
@@ -1209,10 +1298,8 @@ impl Cli {
             otlp_max_concurrent_requests,
             series_limit,
             series_ttl,
-            promote_resource_attributes: o
-                .promote_resource_attributes
-                .or(file.promote_resource_attributes)
-                .unwrap_or_default(),
+            promote_resource_attributes: layers
+                .value(|o| o.promote_resource_attributes.clone(), Vec::new),
             target,
             target_name,
             more_targets,
@@ -1221,29 +1308,46 @@ impl Cli {
             otlp_grpc_addr,
             otlp_http_addr,
             interval,
-            proc_root: o
-                .proc_root
-                .or(file.proc_root)
-                .unwrap_or_else(|| PathBuf::from("/proc")),
-            cgroup_root: o
-                .cgroup_root
-                .or(file.cgroup_root)
-                .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup")),
-            pss: o.pss.or(file.pss).unwrap_or(false),
-            kubernetes_labels: o
-                .kubernetes_labels
-                .or(file.kubernetes_labels)
-                .unwrap_or(false),
+            idle_interval,
+            proc_root: layers.value(|o| o.proc_root.clone(), || PathBuf::from("/proc")),
+            cgroup_root: layers.value(
+                |o| o.cgroup_root.clone(),
+                || PathBuf::from("/sys/fs/cgroup"),
+            ),
+            pss: layers.value(|o| o.pss, || false),
+            kubernetes_labels: layers.value(|o| o.kubernetes_labels, || false),
             max_tree_processes,
-            log_format: o.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
+            log_format: layers.value(|o| o.log_format, || LogFormat::Text),
             log_level,
-            log_file: o.log_file.or(file.log_file),
+            log_file: layers.value(|o| o.log_file.clone().map(Some), || None),
         })
     }
 }
 
 /// Default cap on the processes of the target's tree read each tick (see `--max-tree-processes`).
 pub const DEFAULT_MAX_TREE_PROCESSES: usize = 1000;
+
+/// How often a sampler reads its target while nobody watches the live page (see [`crate::cadence`]), at
+/// most: scrapes and pushes get fresher readings.
+pub const DEFAULT_IDLE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Buckets of a memory growth window (`signal::memory`, whose tests keep the two equal): the idle pace
+/// leaves none without a reading.
+pub const GROWTH_WINDOW_BUCKETS: u32 = 30;
+
+/// The idle interval when none is given: [`DEFAULT_IDLE_INTERVAL`], shorter when a growth window is so
+/// short that a reading every 10 s would leave its buckets empty (a thirtieth of the shortest window), and
+/// never below the interval.
+fn idle_interval_for(interval: Duration, growth_windows: &[Duration]) -> Duration {
+    let shortest = growth_windows
+        .iter()
+        .min()
+        .copied()
+        .unwrap_or(Duration::MAX);
+    DEFAULT_IDLE_INTERVAL
+        .min(shortest / GROWTH_WINDOW_BUCKETS)
+        .max(interval)
+}
 
 /// The `--push-*` options, flags over file, each with the name of where it came from.
 fn push_options(o: &Options, file: &Options, origins: &Origins<'_>) -> PushOptions {
@@ -1383,6 +1487,7 @@ fn resolve_forward(
         drain_timeout: flags
             .drain_timeout
             .unwrap_or(ForwardSettings::DEFAULT_DRAIN_TIMEOUT),
+        retry: RetryPolicy::OTLP,
     };
     Ok(settings.enabled().then_some(settings))
 }
@@ -1392,7 +1497,7 @@ fn resolve_forward(
 /// localhost:4318, where vitals now listens), that signal is left unforwarded with a warning.
 fn refuse_loops(
     options: &ForwardOptions,
-    upstreams: &mut [Option<crate::export::otlp::upstream::Upstream>; 3],
+    upstreams: &mut [Option<Upstream>; 3],
     receivers: [Option<SocketAddr>; 2],
     warnings: &mut Vec<String>,
 ) -> Result<(), ConfigError> {
@@ -1510,11 +1615,153 @@ mod tests {
     #[test]
     fn defaults() {
         let c = parse(&["--pid", "42"]).unwrap();
-        assert!(matches!(c.target, Some(TargetSpec::Pid(42))));
+        assert!(matches!(
+            c.target,
+            Some(TargetSpec::Select(Selection::Pid(42)))
+        ));
         assert_eq!(c.metrics_addr.to_string(), "0.0.0.0:19464");
         assert_eq!(c.otlp_grpc_addr, Some("127.0.0.1:4317".parse().unwrap()));
         assert_eq!(c.interval, Duration::from_secs(1));
         assert!(!c.pss);
+    }
+
+    /// Each option's default is written in its help (`[default: X]`) and applied in `resolve`: the two
+    /// are checked equal here, so neither can change alone.
+    #[test]
+    fn every_default_in_the_help_is_the_default_applied() {
+        let help: HashMap<String, String> = Cli::command()
+            .get_arguments()
+            .filter_map(|a| Some((a.get_long()?.to_owned(), a.get_help()?.to_string())))
+            .collect();
+        let shown = |long: &str| -> String {
+            let h = help.get(long).unwrap_or_else(|| panic!("no --{long}"));
+            let at = h
+                .find("[default: ")
+                .unwrap_or_else(|| panic!("--{long} gives no default: {h}"));
+            h[at + "[default: ".len()..]
+                .split([']', ';', ',', '('])
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_owned()
+        };
+        let d = parse(&["--pid", "1"]).unwrap();
+        let human = |v: Duration| humantime::format_duration(v).to_string();
+        let bytes = |v: u64| format!("{v}");
+        let mut applied: Vec<(&str, String)> = vec![
+            ("interval", human(d.interval)),
+            ("idle-interval", human(d.idle_interval)),
+            ("metrics-addr", d.metrics_addr.to_string()),
+            ("otlp-grpc-addr", format!("{:?}", d.otlp_grpc_addr.unwrap())),
+            ("otlp-http-addr", format!("{:?}", d.otlp_http_addr.unwrap())),
+            ("proc-root", d.proc_root.display().to_string()),
+            ("cgroup-root", d.cgroup_root.display().to_string()),
+            ("pss", d.pss.to_string()),
+            ("kubernetes-labels", d.kubernetes_labels.to_string()),
+            ("profiling", d.profiling.to_string()),
+            ("profile-stack-bytes", bytes(d.profile_stack_bytes as u64)),
+            (
+                "otlp-max-request-bytes",
+                bytes(d.otlp_max_request_bytes as u64),
+            ),
+            (
+                "otlp-max-concurrent-requests",
+                d.otlp_max_concurrent_requests.to_string(),
+            ),
+            ("series-limit", d.series_limit.to_string()),
+            ("series-ttl", human(d.series_ttl)),
+            ("growth-windows", human(d.growth_windows[0])),
+            (
+                "leak-threshold-bytes-per-hour",
+                format!("{}", d.leak_threshold * 3600.0),
+            ),
+            ("hints-min-history", human(d.hints_min_history)),
+            ("max-tree-processes", d.max_tree_processes.to_string()),
+            ("db-trace-settle", human(d.db_trace_settle)),
+            ("log-level", d.log_level.clone()),
+            ("log-format", format!("{:?}", d.log_format).to_lowercase()),
+            (
+                "profile-continuous",
+                d.profile_continuous.is_some().to_string(),
+            ),
+        ];
+        let mut wrong = Vec::new();
+        for (long, value) in &applied {
+            if shown(long) != *value {
+                wrong.push(format!(
+                    "--{long}: help says {:?}, resolve applies {value:?}",
+                    shown(long)
+                ));
+            }
+        }
+        let c = parse(&["--pid", "1", "--profile-continuous"]).unwrap();
+        let c = c.profile_continuous.unwrap();
+        for (long, value) in [
+            ("profile-continuous-hz", c.hz.to_string()),
+            ("profile-ring-bytes", c.ring_bytes.to_string()),
+            ("profile-ring-window", human(c.window)),
+        ] {
+            if shown(long) != value {
+                wrong.push(format!(
+                    "--{long}: help says {:?}, resolve applies {value:?}",
+                    shown(long)
+                ));
+            }
+            applied.push((long, value));
+        }
+        // docs/reference.md's option table gives the same defaults.
+        let reference = include_str!("../../docs/reference.md");
+        for (long, value) in &applied {
+            let row = reference
+                .lines()
+                .find(|l| l.starts_with(&format!("| `--{long}` |")))
+                .unwrap_or_else(|| panic!("docs/reference.md has no row for --{long}"));
+            let cell = row.split('|').nth(2).unwrap_or_default().trim();
+            let documented = match cell.split(['`', ';']).find(|t| !t.trim().is_empty()) {
+                Some("off") => "false",
+                Some("on") => "true",
+                Some(t) => t.trim().split(',').next().unwrap_or_default(),
+                None => "",
+            };
+            if documented != value {
+                wrong.push(format!(
+                    "--{long}: docs/reference.md says {documented:?}, resolve applies {value:?}"
+                ));
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+        // The run mode's own default address.
+        let r = parse(&["run", "--", "true"]).unwrap();
+        assert!(help["metrics-addr"].contains(&format!("{} in `run` mode", r.metrics_addr)));
+    }
+
+    #[test]
+    fn the_idle_interval_leaves_no_growth_bucket_empty() {
+        let c = parse(&["--pid", "1"]).unwrap();
+        assert_eq!(c.idle_interval, Duration::from_secs(10));
+        // 20 s windows have buckets of 0.67 s: readings that often, but never faster than the interval.
+        let c = parse(&[
+            "--pid",
+            "1",
+            "--interval",
+            "250ms",
+            "--growth-windows",
+            "20s,40s",
+        ])
+        .unwrap();
+        assert_eq!(c.idle_interval, Duration::from_secs(20) / 30);
+        let c = parse(&["--pid", "1", "--interval", "2s", "--growth-windows", "20s"]).unwrap();
+        assert_eq!(c.idle_interval, Duration::from_secs(2));
+        let c = parse(&["--pid", "1", "--interval", "30s"]).unwrap();
+        assert_eq!(c.idle_interval, Duration::from_secs(30));
+        // Given, it is kept, within --interval..1h.
+        let c = parse(&["--pid", "1", "--idle-interval", "1m"]).unwrap();
+        assert_eq!(c.idle_interval, Duration::from_secs(60));
+        let e = parse(&["--pid", "1", "--interval", "5s", "--idle-interval", "1s"]).unwrap_err();
+        assert!(
+            e.starts_with("--idle-interval: 1s is outside 5s..1h"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -1553,7 +1800,7 @@ mod tests {
         match c.target {
             Some(TargetSpec::Run { command, protocol }) => {
                 assert_eq!(command, ["sh", "-c", "exit 3"]);
-                assert_eq!(protocol, ChildProtocol::HttpProtobuf);
+                assert_eq!(protocol, OtlpProtocol::HttpProtobuf);
             }
             other => panic!("{other:?}"),
         }
@@ -1569,7 +1816,7 @@ mod tests {
         assert!(matches!(
             c.target,
             Some(TargetSpec::Run {
-                protocol: ChildProtocol::Grpc,
+                protocol: OtlpProtocol::Grpc,
                 ..
             })
         ));
@@ -1654,10 +1901,13 @@ mod tests {
         .unwrap();
         assert_eq!(c.interval, Duration::from_secs(2));
         assert_eq!(c.metrics_addr.to_string(), "127.0.0.1:7777");
-        assert!(matches!(c.target, Some(TargetSpec::Process(_))));
+        assert!(matches!(
+            c.target,
+            Some(TargetSpec::Select(Selection::Process(_)))
+        ));
         let c = parse(&["--config", f.to_str().unwrap(), "--pid", "5"]).unwrap();
         assert!(
-            matches!(c.target, Some(TargetSpec::Pid(5))),
+            matches!(c.target, Some(TargetSpec::Select(Selection::Pid(5)))),
             "a flag selection replaces the file's"
         );
     }
@@ -1673,7 +1923,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.target_name.as_deref(), Some("web"));
         assert!(
-            matches!(&c.target, Some(TargetSpec::Process(re)) if re.as_str() == "gunicorn: master")
+            matches!(&c.target, Some(TargetSpec::Select(Selection::Process(re))) if re.as_str() == "gunicorn: master")
         );
         assert_eq!(c.more_targets.len(), 1);
         assert_eq!(c.more_targets[0].name, "proxy");
@@ -1758,7 +2008,7 @@ mod tests {
         let c = parse(&["--config", file.to_str().unwrap()]).unwrap();
         let up = c.forward.unwrap().upstreams[2].clone().unwrap();
         assert_eq!(up.url, "http://collector:4317/");
-        assert_eq!(up.protocol, crate::export::otlp::upstream::Protocol::Grpc);
+        assert_eq!(up.protocol, OtlpProtocol::Grpc);
     }
 
     #[test]
@@ -1835,7 +2085,7 @@ mod tests {
         assert!(matches!(
             c.target,
             Some(TargetSpec::Run {
-                protocol: ChildProtocol::Grpc,
+                protocol: OtlpProtocol::Grpc,
                 ..
             })
         ));

@@ -1,7 +1,7 @@
 //! The listeners' shared connection handling: a limit on open connections per listener, a deadline
 //! for a new connection's first bytes, for any connection that goes idle and for a write the peer does
 //! not take, and the HTTP/1 server loop both HTTP endpoints share (`/metrics` and OTLP/HTTP), with a
-//! header-read timeout, slots that idle connections give up to new ones (see [`super::slots`]), and a
+//! header-read timeout, slots that idle connections give up to new ones (see [`slots`]), and a
 //! graceful stop that lets in-flight requests finish for up to a second.
 
 use std::convert::Infallible;
@@ -24,7 +24,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
-use super::slots::{Admission, InProgress, Slots};
+pub mod slots;
+
+use self::slots::{Admission, InProgress, Slots};
 
 /// Limits on one listener's connections.
 #[derive(Debug, Clone, Copy)]
@@ -260,7 +262,7 @@ impl tonic::transport::server::Connected for GuardedStream {
     }
 }
 
-/// A response body that keeps its request in progress (see [`super::slots::Standing::request`]) until hyper has
+/// A response body that keeps its request in progress (see [`slots::Standing::request`]) until hyper has
 /// taken all of it.
 pub struct InProgressBody<B> {
     body: B,
@@ -371,7 +373,7 @@ impl GuardedListener {
 
 /// Serves `handle` on `listener` until `shutdown`, over TLS when `tls` is given (the handshake must
 /// finish within the first-bytes deadline). `what` names the listener in logs. Every connection is
-/// accepted at once: it takes a free slot, or the slot of an idle connection (see [`super::slots`]), or,
+/// accepted at once: it takes a free slot, or the slot of an idle connection (see [`slots`]), or,
 /// when every slot has a request in progress, it is closed.
 pub async fn serve<H, F, B>(
     listener: TcpListener,

@@ -1,13 +1,13 @@
-//! vitals' own health: build, CPU and memory of the sidecar itself, per-source read errors and sample
-//! durations. Named `vitals_exporter_*` so they never mix with the target's `process_*` series.
+//! vitals' own health: build, CPU and memory of the sidecar itself (read from its own `/proc/self`), and
+//! the read errors and sample durations every probe reports here. Named `vitals_exporter_*` so they never mix with the target's `process_*` series.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::model::{Collector, Metric, MetricKind, Value};
-use crate::probe::procfs::parse_stat;
-use crate::probe::ReadErrorSink;
-use crate::probe::ReadSource;
+use super::procfs::parse_stat;
+use super::{ReadErrorSink, ReadSource};
+use crate::catalogue;
+use crate::model::{Collector, Metric, Value};
 
 /// Counters the sources report into.
 pub struct ExporterStats {
@@ -49,49 +49,23 @@ impl ReadErrorSink for ExporterStats {
 impl Collector for ExporterStats {
     fn collect(&self, out: &mut Vec<Metric>) {
         out.push(
-            Metric::new(
-                "vitals.exporter.build.info",
-                "vitals build",
-                "",
-                MetricKind::Gauge,
-            )
-            .with(&[("version", env!("CARGO_PKG_VERSION"))], Value::Gauge(1.0)),
+            catalogue::EXPORTER_BUILD_INFO
+                .metric()
+                .with(&[("version", env!("CARGO_PKG_VERSION"))], Value::Gauge(1.0)),
         );
         if let Ok(raw) = std::fs::read("/proc/self/stat") {
             if let Ok(st) = parse_stat(&raw) {
                 let cpu = (st.utime + st.stime) as f64 / self.hz as f64;
+                out.push(catalogue::EXPORTER_CPU.metric().with(&[], Value::Sum(cpu)));
                 out.push(
-                    Metric::new(
-                        "vitals.exporter.cpu",
-                        "CPU time of the vitals sidecar itself",
-                        "s",
-                        MetricKind::Counter,
-                    )
-                    .with(&[], Value::Sum(cpu)),
-                );
-                out.push(
-                    Metric::new(
-                        "vitals.exporter.resident.memory",
-                        "Resident memory of the vitals sidecar itself",
-                        "By",
-                        MetricKind::Gauge,
-                    )
-                    .with(&[], Value::Gauge((st.rss_pages * self.page_size) as f64)),
+                    catalogue::EXPORTER_RESIDENT_MEMORY
+                        .metric()
+                        .with(&[], Value::Gauge((st.rss_pages * self.page_size) as f64)),
                 );
             }
         }
-        let mut errors = Metric::new(
-            "vitals.exporter.read.errors",
-            "Reads of a target file that failed (file left out of /metrics)",
-            "{error}",
-            MetricKind::Counter,
-        );
-        let mut durations = Metric::new(
-            "vitals.exporter.sample.duration",
-            "Duration of the latest read of each source",
-            "s",
-            MetricKind::Gauge,
-        );
+        let mut errors = catalogue::EXPORTER_READ_ERRORS.metric();
+        let mut durations = catalogue::EXPORTER_SAMPLE_DURATION.metric();
         for s in ReadSource::ALL {
             errors.push(&[("source", s.label())], Value::Sum(self.errors(s) as f64));
             let ns = self.durations_ns[s.index()].load(Ordering::Relaxed);

@@ -1,0 +1,215 @@
+//! What vitals costs while nothing happens, beside Debian's prometheus-process-exporter doing the same job:
+//! the release binary with default settings and process-exporter watch the same sleeping process (and then
+//! the same 100-process tree), both scraped every 15 s and every 1 s; CPU from the threads' schedstat, RSS,
+//! and the ratio, medians of `VITALS_BENCH_RUNS` runs (default 3) of `VITALS_BENCH_SIDE_SECS` seconds
+//! (default 60). Then the live page's cost in the real process: vitals sampling every second with and
+//! without a viewer streaming frames.
+//!
+//! `cargo build --release && cargo bench --bench idle` (needs `apt-get install prometheus-process-exporter`).
+//! Prints figures only; nothing here asserts timings.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use common::{cpu_ns, group, rss_kib, sleeping_tree, Group};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// GET `path` from `addr`; the body's length (0 when it fails).
+fn get(addr: &str, path: &str) -> usize {
+    ureq::get(&format!("http://{addr}{path}"))
+        .timeout(Duration::from_secs(10))
+        .call()
+        .ok()
+        .and_then(|r| r.into_string().ok())
+        .map_or(0, |b| b.len())
+}
+
+fn median(mut x: Vec<f64>) -> f64 {
+    x.sort_by(f64::total_cmp);
+    x[x.len() / 2]
+}
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The release vitals on `pid` with default settings (loopback ports of its own) plus `extra`.
+fn vitals(bin: &Path, pid: u32, extra: &[&str]) -> (Group, String) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let v = group(
+        Command::new(bin)
+            .args(["--pid", &pid.to_string(), "--metrics-addr", &addr])
+            .args(["--otlp-grpc-addr", &format!("127.0.0.1:{}", free_port())])
+            .args(["--otlp-http-addr", &format!("127.0.0.1:{}", free_port())])
+            .args(["--log-level", "error"])
+            .args(extra),
+    );
+    (v, addr)
+}
+
+/// One side-by-side run: CPU % of a core and RSS KiB of vitals, then of process-exporter.
+fn side_by_side(
+    bin: &Path,
+    pe: &Path,
+    pe_config: &Path,
+    children: usize,
+    every: Duration,
+    secs: u64,
+) -> [f64; 4] {
+    let tree = sleeping_tree(children);
+    let (v, vaddr) = vitals(bin, tree.0.id(), &[]);
+    let paddr = format!("127.0.0.1:{}", free_port());
+    let p = group(
+        Command::new(pe)
+            .arg("-config.path")
+            .arg(pe_config)
+            .args(["-web.listen-address", &paddr])
+            .stderr(Stdio::null()),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(get(&vaddr, "/metrics") > 0 && get(&paddr, "/metrics") > 0);
+    let (v0, p0) = (cpu_ns(v.0.id()), cpu_ns(p.0.id()));
+    let start = Instant::now();
+    let mut next = start;
+    while start.elapsed() < Duration::from_secs(secs) {
+        if Instant::now() >= next {
+            get(&vaddr, "/metrics");
+            get(&paddr, "/metrics");
+            next += every;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let wall = start.elapsed().as_secs_f64();
+    let vcpu = (cpu_ns(v.0.id()) - v0) as f64 / 1e9 / wall * 100.0;
+    let pcpu = (cpu_ns(p.0.id()) - p0) as f64 / 1e9 / wall * 100.0;
+    [
+        vcpu,
+        rss_kib(v.0.id()) as f64,
+        pcpu,
+        rss_kib(p.0.id()) as f64,
+    ]
+}
+
+/// Holds a live page stream open, reading frames until dropped.
+struct Viewer(
+    std::thread::JoinHandle<()>,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+);
+
+fn view(addr: &str) -> Viewer {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (addr, s) = (addr.to_owned(), stop.clone());
+    Viewer(
+        std::thread::spawn(move || {
+            let mut c = TcpStream::connect(&addr).expect("connect");
+            c.set_read_timeout(Some(Duration::from_millis(200))).ok();
+            let _ = write!(c, "GET /live/stream HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+            let mut buf = [0u8; 65536];
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = c.read(&mut buf);
+            }
+        }),
+        stop,
+    )
+}
+
+impl Viewer {
+    /// Stops reading and closes the stream.
+    fn close(self) {
+        self.1.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.0.join();
+    }
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--test" || a == "--list") {
+        return;
+    }
+    let bin: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/vitals");
+    let pe = Path::new("/usr/bin/prometheus-process-exporter");
+    if !bin.is_file() || !pe.is_file() {
+        println!("needs the release binary (cargo build --release) and prometheus-process-exporter (apt-get install)");
+        return;
+    }
+    let runs = env_or("VITALS_BENCH_RUNS", 3).max(1);
+    let secs = env_or("VITALS_BENCH_SIDE_SECS", 60);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("pe.yml");
+    // The sleeping process, or the tree's shell with its children folded in (process-exporter's default).
+    std::fs::write(
+        &config,
+        "process_names:\n  - name: target\n    cmdline: ['^sleep 3600', 'echo ready; wait']\n",
+    )
+    .expect("write the process-exporter config");
+    println!("release vitals (default settings) beside process-exporter, same target, medians of {runs} runs of {secs} s:");
+    for (children, every) in [(0, 15), (0, 1), (99, 15)] {
+        let r: Vec<[f64; 4]> = (0..runs)
+            .map(|_| {
+                side_by_side(
+                    &bin,
+                    pe,
+                    &config,
+                    children,
+                    Duration::from_secs(every),
+                    secs,
+                )
+            })
+            .collect();
+        let col = |i: usize| median(r.iter().map(|x| x[i]).collect());
+        let ratios = median(r.iter().map(|x| x[2] / x[0].max(1e-9)).collect());
+        println!(
+            "  {:>3} process(es), scraped every {every:>2} s: vitals CPU {:.4}% of a core ({:.1} µs/s), RSS {:.1} MiB; process-exporter CPU {:.4}% ({:.1} µs/s), RSS {:.1} MiB; vitals {ratios:.1}x cheaper (per-run ratios {})",
+            children + 1,
+            col(0),
+            col(0) * 1e4,
+            col(1) / 1024.0,
+            col(2),
+            col(2) * 1e4,
+            col(3) / 1024.0,
+            r.iter().map(|x| format!("{:.1}", x[2] / x[0].max(1e-9))).collect::<Vec<_>>().join(", ")
+        );
+    }
+
+    // The live page in the real process: readings every second (--idle-interval 1s) with no viewer,
+    // then with one viewer streaming frames; the difference is the frame's cost.
+    let tree = sleeping_tree(0);
+    let cost = |viewer: bool| -> f64 {
+        let (v, addr) = vitals(&bin, tree.0.id(), &["--idle-interval", "1s"]);
+        std::thread::sleep(Duration::from_secs(3));
+        let watching = viewer.then(|| view(&addr));
+        std::thread::sleep(Duration::from_secs(2));
+        let c0 = cpu_ns(v.0.id());
+        let start = Instant::now();
+        std::thread::sleep(Duration::from_secs(secs.min(30)));
+        let per_s = (cpu_ns(v.0.id()) - c0) as f64 / 1e3 / start.elapsed().as_secs_f64();
+        if let Some(w) = watching {
+            w.close();
+        }
+        per_s
+    };
+    let mut quiet = Vec::new();
+    let mut watched = Vec::new();
+    for _ in 0..runs {
+        quiet.push(cost(false));
+        watched.push(cost(true));
+    }
+    let (q, w) = (median(quiet), median(watched));
+    println!(
+        "live page, readings every second: {q:.1} µs of CPU per second without a viewer, {w:.1} with one; a frame costs {:.1} µs",
+        w - q
+    );
+}

@@ -1,0 +1,212 @@
+//! When the samplers read the targets: every `--interval` while someone needs readings that fine (a live
+//! page viewer, the continuous profiler's trouble triggers), otherwise every idle interval, and in any case
+//! right before a consumer reads them (a scrape, a push), so what it reads is never older than
+//! `--interval`.
+//!
+//! Why: a sidecar runs in every pod, and most of its life nobody looks. Everything the kernel keeps as a
+//! counter or a high-water mark (CPU time, throttled time, pressure stall totals, OOM kills, peak RSS and
+//! peak cgroup usage) is as exact read once per scrape as read every second; the target's exit is an event
+//! (its pidfd), not a reading. What needs readings between scrapes is what vitals computes from a series of
+//! them: the growth slopes (a reading in each of a window's 30 buckets), the live page's per-second
+//! history (only while it is watched) and the tuning hints' CPU percentiles (each reading weighted by the
+//! seconds it covers). So with nobody watching, a sampler ticks every idle interval (default 10 s, shorter
+//! when a growth window is under 5 minutes: see `config`) and once more when a scrape or a push arrives.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+
+/// How long a reader waits for the samplers to take fresh readings before it reads what is there.
+pub const FRESH_WAIT: Duration = Duration::from_millis(250);
+
+/// The pace of the samplers, and the readers asking them for fresh readings.
+pub struct Cadence {
+    interval: Duration,
+    idle_interval: Duration,
+    /// Consumers that need a reading every `interval` now (live page viewers, the continuous profiler).
+    watchers: AtomicUsize,
+    /// Bumped by every request for fresh readings and every change of `watchers`; samplers wait on it.
+    asked: watch::Sender<u64>,
+    /// The request each sampler answered last.
+    samplers: Mutex<Vec<Weak<AtomicU64>>>,
+    /// Told whenever a sampler answered a request.
+    answered: Notify,
+}
+
+/// A sampler's side of the cadence: the requests it answers.
+pub struct Turn {
+    cadence: Arc<Cadence>,
+    asked: watch::Receiver<u64>,
+    answered: Arc<AtomicU64>,
+}
+
+/// Held while a consumer needs a reading every `interval` (a connected viewer); dropping it lets the
+/// samplers slow down again.
+pub struct Watching(Arc<Cadence>);
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        self.0.watchers.fetch_sub(1, Ordering::Relaxed);
+        self.0.asked.send_modify(|g| *g += 1);
+    }
+}
+
+impl Cadence {
+    /// Samplers tick every `interval` while watched and every `idle_interval` (at least `interval`)
+    /// otherwise.
+    pub fn new(interval: Duration, idle_interval: Duration) -> Arc<Self> {
+        Arc::new(Cadence {
+            interval,
+            idle_interval: idle_interval.max(interval),
+            watchers: AtomicUsize::new(0),
+            asked: watch::channel(0).0,
+            samplers: Mutex::new(Vec::new()),
+            answered: Notify::new(),
+        })
+    }
+
+    /// The finest pace: readings a reader gets are never older than this.
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// The pace now: `interval` while anyone watches, else the idle interval.
+    pub fn period(&self) -> Duration {
+        if self.watchers.load(Ordering::Relaxed) > 0 {
+            self.interval
+        } else {
+            self.idle_interval
+        }
+    }
+
+    /// Keeps the samplers at `interval` until the returned guard is dropped.
+    pub fn watch(self: &Arc<Self>) -> Watching {
+        self.watchers.fetch_add(1, Ordering::Relaxed);
+        self.asked.send_modify(|g| *g += 1);
+        Watching(self.clone())
+    }
+
+    /// A new sampler's turn. It has answered every request made so far.
+    pub fn join(self: &Arc<Self>) -> Turn {
+        let asked = self.asked.subscribe();
+        let answered = Arc::new(AtomicU64::new(*asked.borrow()));
+        let mut samplers = self.samplers.lock().unwrap_or_else(|p| p.into_inner());
+        samplers.retain(|s| s.strong_count() > 0);
+        samplers.push(Arc::downgrade(&answered));
+        drop(samplers);
+        Turn {
+            cadence: self.clone(),
+            asked,
+            answered,
+        }
+    }
+
+    fn all_answered(&self, request: u64) -> bool {
+        let samplers = self.samplers.lock().unwrap_or_else(|p| p.into_inner());
+        samplers
+            .iter()
+            .filter_map(Weak::upgrade)
+            .all(|a| a.load(Ordering::Acquire) >= request)
+    }
+
+    /// Asks every sampler for readings no older than `interval` and waits until each has them, or
+    /// [`FRESH_WAIT`] has passed (a sampler busy with a large process tree, or none running).
+    pub async fn fresh(&self) {
+        let mut request = 0;
+        self.asked.send_modify(|g| {
+            *g += 1;
+            request = *g;
+        });
+        let deadline = tokio::time::Instant::now() + FRESH_WAIT;
+        loop {
+            let answered = self.answered.notified();
+            tokio::pin!(answered);
+            answered.as_mut().enable();
+            if self.all_answered(request) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, answered).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+impl Turn {
+    /// Waits for the next request (a reader asking for fresh readings, or the pace changing). Pending
+    /// forever once the cadence is gone.
+    pub async fn asked(&mut self) {
+        if self.asked.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// The pace now.
+    pub fn period(&self) -> Duration {
+        self.cadence.period()
+    }
+
+    /// The finest pace.
+    pub fn interval(&self) -> Duration {
+        self.cadence.interval
+    }
+
+    /// Says the readings asked for so far are taken.
+    pub fn answer(&mut self) {
+        let request = *self.asked.borrow_and_update();
+        self.answered.store(request, Ordering::Release);
+        self.cadence.answered.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_waits_for_every_sampler_and_no_longer_than_the_bound() {
+        let c = Cadence::new(Duration::from_secs(1), Duration::from_secs(10));
+        // No sampler: nothing to wait for.
+        c.fresh().await;
+        let mut a = c.join();
+        let mut b = c.join();
+        let reader = {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let t = tokio::time::Instant::now();
+                c.fresh().await;
+                t.elapsed()
+            })
+        };
+        a.asked().await;
+        a.answer();
+        tokio::task::yield_now().await;
+        assert!(!reader.is_finished(), "one sampler has not answered");
+        b.asked().await;
+        b.answer();
+        let waited = reader.await.unwrap();
+        assert!(waited < FRESH_WAIT, "{waited:?}");
+        // A sampler that never answers holds a reader for FRESH_WAIT only.
+        let t = tokio::time::Instant::now();
+        c.fresh().await;
+        assert_eq!(t.elapsed(), FRESH_WAIT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn watching_sets_the_pace_and_wakes_the_samplers() {
+        let c = Cadence::new(Duration::from_secs(1), Duration::from_secs(10));
+        let mut s = c.join();
+        assert_eq!(s.period(), Duration::from_secs(10));
+        let w = c.watch();
+        s.asked().await;
+        assert_eq!(s.period(), Duration::from_secs(1));
+        drop(w);
+        s.asked().await;
+        assert_eq!(s.period(), Duration::from_secs(10));
+        // An idle interval below the interval is the interval.
+        let c = Cadence::new(Duration::from_secs(5), Duration::from_secs(1));
+        assert_eq!(c.period(), Duration::from_secs(5));
+    }
+}
