@@ -123,34 +123,44 @@ fn receiver(queries: bool) -> Receiver {
     )
 }
 
-fn median_ns_per_iter(iters: usize, rounds: usize, mut f: impl FnMut()) -> f64 {
-    let mut xs = Vec::with_capacity(rounds);
+/// Median ns per iteration of each case over `rounds` rounds of `iters` iterations, the cases taking
+/// turns within each round, so that a machine shared with other work slows them all alike and the
+/// ratios between them hold.
+fn interleaved_medians(iters: usize, rounds: usize, cases: &mut [&mut dyn FnMut()]) -> Vec<f64> {
+    let mut xs = vec![Vec::with_capacity(rounds); cases.len()];
     for _ in 0..rounds {
-        let t = Instant::now();
-        for _ in 0..iters {
-            f();
+        for (case, x) in cases.iter_mut().zip(&mut xs) {
+            let t = Instant::now();
+            for _ in 0..iters {
+                case();
+            }
+            x.push(t.elapsed().as_nanos() as f64 / iters as f64);
         }
-        xs.push(t.elapsed().as_nanos() as f64 / iters as f64);
     }
-    xs.sort_by(|a, b| a.total_cmp(b));
-    xs[rounds / 2]
+    xs.into_iter()
+        .map(|mut x| {
+            x.sort_by(|a, b| a.total_cmp(b));
+            x[rounds / 2]
+        })
+        .collect()
 }
 
 fn in_process() {
     let red = receiver(false);
     let all = receiver(true);
-    println!("in process (one core), median of 15 rounds:");
+    println!("in process (one core), median of 15 rounds, the cases taking turns in each round:");
     for n in [10usize, 100] {
         let bytes = request(n).encode_to_vec();
+        let json = serde_json::to_vec(&request(n)).unwrap();
         let iters = 20_000 / n;
-        let prost = median_ns_per_iter(iters, 15, || {
+        let mut prost = || {
             std::hint::black_box(ExportTraceServiceRequest::decode(&bytes[..]).unwrap());
-        });
+        };
         // The parts of decode→RED: the check alone, and the check with every span's RED facts read.
-        let check = median_ns_per_iter(iters, 15, || {
+        let mut check = || {
             std::hint::black_box(trace_view(&bytes).unwrap());
-        });
-        let read = median_ns_per_iter(iters, 15, || {
+        };
+        let mut read = || {
             let view = trace_view(&bytes).unwrap();
             for rs in view.resource_spans() {
                 std::hint::black_box(latency::service_name(&rs));
@@ -158,21 +168,27 @@ fn in_process() {
                     std::hint::black_box(latency::facts(&span).ok());
                 }
             }
-        });
-        let to_red = median_ns_per_iter(iters, 15, || {
+        };
+        let mut to_red = || {
             let view = trace_view(&bytes).unwrap();
             std::hint::black_box(red.deliver_traces(&view).unwrap());
-        });
-        let to_all = median_ns_per_iter(iters, 15, || {
+        };
+        let mut to_all = || {
             let view = trace_view(&bytes).unwrap();
             std::hint::black_box(all.deliver_traces(&view).unwrap());
-        });
-        let json = serde_json::to_vec(&request(n)).unwrap();
-        let json_to_red = median_ns_per_iter(iters.max(10) / 4, 15, || {
+        };
+        let t = interleaved_medians(
+            iters,
+            15,
+            &mut [&mut prost, &mut check, &mut read, &mut to_red, &mut to_all],
+        );
+        let (prost, check, read, to_red, to_all) = (t[0], t[1], t[2], t[3], t[4]);
+        let mut json_to_red = || {
             let protobuf = trace_protobuf(&json, Encoding::Json).unwrap();
             let view = trace_view(&protobuf).unwrap();
             std::hint::black_box(red.deliver_traces(&view).unwrap());
-        });
+        };
+        let json_to_red = interleaved_medians(iters.max(10) / 4, 15, &mut [&mut json_to_red])[0];
         let us = |ns: f64| ns / n as f64 / 1000.0;
         println!(
             "  {n:>3} spans/request ({} B): prost full decode {:.2} µs/span = {:.0} spans/s; \

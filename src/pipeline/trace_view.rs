@@ -18,7 +18,7 @@
 //! occurrences, read here as the fields of every occurrence in order; repeated fields keep every
 //! element. A oneof (`AnyValue`) holds its last variant.
 
-use super::wire::{self, Fields, Kind, Layout, Value, WireError, RECURSION_LIMIT};
+use super::wire::{self, Fields, Kind, Layout, Reader, Value, WireError, RECURSION_LIMIT};
 
 /// The OTLP messages a trace export holds, as prost 0.14's `opentelemetry-proto` 0.33 knows them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +40,7 @@ enum Otlp {
 }
 
 impl Layout for Otlp {
+    #[inline]
     fn field(self, tag: u32) -> Option<Kind<Otlp>> {
         use Kind::*;
         use Otlp::*;
@@ -92,6 +93,65 @@ impl Layout for Otlp {
             _ => return None,
         })
     }
+
+    /// An attribute as every SDK sends it (a key, then one scalar value) is checked without the walk;
+    /// it is most of a request's fields.
+    #[inline]
+    fn known_valid(self, body: &[u8], budget: u32) -> bool {
+        // The value is a message a level down; its scalars need no level of their own.
+        if self != Otlp::KeyValue || budget == 0 {
+            return false;
+        }
+        let Some((key, any)) = plain_key_value(body) else {
+            return false;
+        };
+        wire::utf8(key).is_ok()
+            && match plain_any_value(any) {
+                Some((1, Value::Bytes(s))) => wire::utf8(s).is_ok(),
+                Some(_) => true,
+                None => false,
+            }
+    }
+}
+
+/// The usual shape of a `KeyValue`: its key once, then its value once, nothing else; their bytes.
+/// None for any other shape, valid or not.
+#[inline]
+fn plain_key_value(body: &[u8]) -> Option<(&[u8], &[u8])> {
+    let mut r = Reader::new(body);
+    if !r.eat(0x0a) {
+        return None;
+    }
+    let key = r.length_delimited().ok()?;
+    if !r.eat(0x12) {
+        return None;
+    }
+    let any = r.length_delimited().ok()?;
+    r.is_empty().then_some((key, any))
+}
+
+/// The usual shape of an `AnyValue`: nothing, or one string, bool, int, double or bytes variant and
+/// nothing else; its field number (0 for none) and its wire value. None for any other shape, valid or
+/// not. A string is not checked here.
+#[inline]
+fn plain_any_value(any: &[u8]) -> Option<(u32, Value<'_>)> {
+    let mut r = Reader::new(any);
+    let variant = if r.is_empty() {
+        (0, Value::Group)
+    } else if r.eat(0x0a) {
+        (1, Value::Bytes(r.length_delimited().ok()?))
+    } else if r.eat(0x10) {
+        (2, Value::Varint(r.varint().ok()?))
+    } else if r.eat(0x18) {
+        (3, Value::Varint(r.varint().ok()?))
+    } else if r.eat(0x21) {
+        (4, Value::Fixed64(r.fixed64().ok()?))
+    } else if r.eat(0x3a) {
+        (7, Value::Bytes(r.length_delimited().ok()?))
+    } else {
+        return None;
+    };
+    r.is_empty().then_some(variant)
 }
 
 /// Why bytes are not an OTLP trace export.
@@ -228,7 +288,7 @@ pub struct SpanView<'a> {
     pub end_time_unix_nano: u64,
     /// `StatusCode` as sent (0, unset, when the span has no status).
     pub status_code: i32,
-    /// The span's bytes from its first attribute on.
+    /// The span's bytes from its first attribute to the end of its last.
     attributes: &'a [u8],
 }
 
@@ -256,6 +316,9 @@ impl<'a> SpanView<'a> {
         let mut name: &[u8] = &[];
         let mut fields = Fields::new(body);
         let mut before = fields.rest();
+        // The bytes from the first attribute on, and those after the last one.
+        let mut first_attribute: &[u8] = &[];
+        let mut after_attributes: &[u8] = &[];
         while let Some((tag, v)) = fields.next() {
             match (tag, v) {
                 (1, Value::Bytes(b)) => s.trace_id = b,
@@ -265,7 +328,12 @@ impl<'a> SpanView<'a> {
                 (6, Value::Varint(k)) => s.kind = k as i32,
                 (7, Value::Fixed64(t)) => s.start_time_unix_nano = t,
                 (8, Value::Fixed64(t)) => s.end_time_unix_nano = t,
-                (9, _) if s.attributes.is_empty() => s.attributes = before,
+                (9, _) => {
+                    if first_attribute.is_empty() {
+                        first_attribute = before;
+                    }
+                    after_attributes = fields.rest();
+                }
                 (15, Value::Bytes(status)) => {
                     for (t, v) in Fields::new(status) {
                         if let (3, Value::Varint(c)) = (t, v) {
@@ -278,6 +346,8 @@ impl<'a> SpanView<'a> {
             before = fields.rest();
         }
         s.name = std::str::from_utf8(name).unwrap_or_default();
+        // Only the span's attributes are walked again, not its events, links or status after them.
+        s.attributes = &first_attribute[..first_attribute.len() - after_attributes.len()];
         s
     }
 
@@ -295,6 +365,10 @@ pub struct Attribute<'a> {
     /// The whole `KeyValue`; its value is read only when asked for, as most attributes are passed over
     /// by their key.
     raw: &'a [u8],
+    /// The value's `AnyValue` bytes when it came once, as it does from every SDK; when it came more
+    /// than once, `merged` is set and the value is read from the merge of all its occurrences.
+    any: &'a [u8],
+    merged: bool,
 }
 
 /// An attribute's value, borrowed.
@@ -318,14 +392,35 @@ pub enum AttributeValue<'a> {
 }
 
 impl<'a> Attribute<'a> {
+    #[inline]
     fn read(raw: &'a [u8]) -> Self {
-        let mut key: &[u8] = &[];
+        if let Some((key, any)) = plain_key_value(raw) {
+            return Attribute {
+                key,
+                raw,
+                any,
+                merged: false,
+            };
+        }
+        let mut a = Attribute {
+            key: &[],
+            raw,
+            any: &[],
+            merged: false,
+        };
+        let mut values = 0u32;
         for (tag, v) in Fields::new(raw) {
-            if let (1, Value::Bytes(b)) = (tag, v) {
-                key = b;
+            match (tag, v) {
+                (1, Value::Bytes(b)) => a.key = b,
+                (2, Value::Bytes(b)) => {
+                    a.any = b;
+                    values += 1;
+                }
+                _ => {}
             }
         }
-        Attribute { key, raw }
+        a.merged = values > 1;
+        a
     }
 
     /// The key.
@@ -337,12 +432,19 @@ impl<'a> Attribute<'a> {
     pub fn value(&self) -> AttributeValue<'a> {
         // The value's last variant across every occurrence of the value: its field number in
         // `AnyValue` (0 for none) and its wire value.
-        let mut variant = (0, Value::Group);
-        for (t, v) in merged(self.raw, 2) {
-            if (1..=8).contains(&t) {
-                variant = (t, v);
+        let plain = match self.merged {
+            false => plain_any_value(self.any),
+            true => None,
+        };
+        let variant = plain.unwrap_or_else(|| {
+            let mut variant = (0, Value::Group);
+            for (t, v) in merged(self.raw, 2) {
+                if (1..=8).contains(&t) {
+                    variant = (t, v);
+                }
             }
-        }
+            variant
+        });
         match variant {
             (1, Value::Bytes(b)) => AttributeValue::Str(std::str::from_utf8(b).unwrap_or_default()),
             (2, Value::Varint(v)) => AttributeValue::Bool(v != 0),
@@ -596,6 +698,85 @@ mod tests {
         unknown.extend([0x78, 0x01, 0x81, 0x01, 1, 2, 3, 4, 5, 6, 7, 8]);
         assert!(ExportTraceServiceRequest::decode(&unknown[..]).is_ok());
         assert!(TraceView::parse(&unknown).is_ok());
+    }
+
+    #[test]
+    fn the_attribute_shortcut_agrees_with_the_walk_and_with_prost() {
+        let kv = |key: &[u8], any: &[u8]| {
+            let mut b = len_field(1, key);
+            b.extend(len_field(2, any));
+            b
+        };
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (kv(b"k", &len_field(1, b"v")), "string"),
+            (kv(b"k\xff", &len_field(1, b"v")), "key not UTF-8"),
+            (kv(b"k", &len_field(1, b"\xc3\x28")), "string not UTF-8"),
+            (
+                kv(b"k", &len_field(7, b"\xc3\x28")),
+                "bytes need not be UTF-8",
+            ),
+            (kv(b"k", &[0x18, 0x96, 0x01]), "int"),
+            (
+                kv(
+                    b"k",
+                    &[
+                        0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02,
+                    ],
+                ),
+                "int past 64 bits",
+            ),
+            (kv(b"k", &[0x10, 0x01]), "bool"),
+            (kv(b"k", &[0x21, 0, 0, 0, 0, 0, 0, 0xe0, 0x3f]), "double"),
+            (kv(b"k", &[0x21, 0, 0, 0]), "double cut"),
+            (kv(b"k", &[]), "empty value"),
+            (
+                kv(b"k", &[0x18, 0x01, 0x0a, 0x01, b'x']),
+                "two variants, the last wins",
+            ),
+            (kv(b"k", &[0x18]), "int cut"),
+            (kv(b"k", &[0x28, 0x01]), "array sent as a varint"),
+            (
+                [len_field(2, &[0x18, 0x01]), len_field(1, b"k")].concat(),
+                "value before key",
+            ),
+            (
+                [kv(b"k", &[0x18, 0x01]), vec![0x18, 0x01]].concat(),
+                "key_strindex after",
+            ),
+            (
+                [kv(b"k", &[0x18, 0x01]), len_field(2, &[0x10, 0x01])].concat(),
+                "value twice",
+            ),
+        ];
+        for (body, what) in &cases {
+            for budget in [0, 1, 2, RECURSION_LIMIT] {
+                let walked = wire::validate(body, Otlp::KeyValue, budget, &mut |_, _| {});
+                if Otlp::KeyValue.known_valid(body, budget) {
+                    assert_eq!(walked, Ok(()), "{what} at budget {budget}");
+                }
+            }
+            let req = len_field(1, &len_field(2, &len_field(2, &len_field(9, body))));
+            let prost = ExportTraceServiceRequest::decode(&req[..]);
+            let view = TraceView::parse(&req);
+            assert_eq!(prost.is_ok(), view.is_ok(), "{what}");
+            if let (Ok(p), Ok(v)) = (prost, view) {
+                let want = &p.resource_spans[0].scope_spans[0].spans[0].attributes[0];
+                let rs = v.resource_spans().next().unwrap();
+                let got = rs.spans().next().unwrap().attributes().next().unwrap();
+                assert_eq!(got.key(), want.key, "{what}");
+                assert_eq!(got.to_key_value().as_ref(), Some(want), "{what}");
+                let value = match want.value.as_ref().and_then(|a| a.value.as_ref()) {
+                    None => AttributeValue::Empty,
+                    Some(any_value::Value::StringValue(s)) => AttributeValue::Str(s),
+                    Some(any_value::Value::IntValue(i)) => AttributeValue::Int(*i),
+                    Some(any_value::Value::BoolValue(b)) => AttributeValue::Bool(*b),
+                    Some(any_value::Value::DoubleValue(d)) => AttributeValue::Double(*d),
+                    Some(any_value::Value::BytesValue(b)) => AttributeValue::Bytes(b),
+                    Some(_) => AttributeValue::Other,
+                };
+                assert_eq!(got.value(), value, "{what}");
+            }
+        }
     }
 
     /// An attribute whose value is `depth` arrays nested.

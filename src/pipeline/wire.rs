@@ -99,6 +99,16 @@ impl<L> Kind<L> {
 pub trait Layout: Copy {
     /// What field `tag` of this message holds, or None for a field the message does not know.
     fn field(self, tag: u32) -> Option<Kind<Self>>;
+
+    /// True when `body` is known to be a valid message of this layout read with `budget` levels left,
+    /// by a shortcut for a shape common enough to be worth one; false to have [`validate`] walk it
+    /// (which finds any error). A shortcut must answer true only for bytes `validate` accepts, and the
+    /// messages nested in a message it accepts are not told to `validate`'s `visit`.
+    #[inline]
+    fn known_valid(self, body: &[u8], budget: u32) -> bool {
+        let _ = (body, budget);
+        false
+    }
 }
 
 /// One field's value as it sits on the wire.
@@ -194,9 +204,21 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 
+    /// Takes the next byte when it is `byte` (a one-byte field key, say); false leaves the reader.
+    #[inline]
+    pub fn eat(&mut self, byte: u8) -> bool {
+        match self.buf.split_first() {
+            Some((&b, rest)) if b == byte => {
+                self.buf = rest;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Reads a length and takes that many bytes.
     #[inline]
-    fn length_delimited(&mut self) -> Result<&'a [u8], WireError> {
+    pub fn length_delimited(&mut self) -> Result<&'a [u8], WireError> {
         let n = self.varint()?;
         if n > self.buf.len() as u64 {
             return Err(WireError::BufferUnderflow);
@@ -204,7 +226,9 @@ impl<'a> Reader<'a> {
         self.take(n as usize)
     }
 
-    fn fixed64(&mut self) -> Result<u64, WireError> {
+    /// Reads eight bytes, little-endian.
+    #[inline]
+    pub fn fixed64(&mut self) -> Result<u64, WireError> {
         let b = self.take(8)?;
         let mut a = [0u8; 8];
         a.copy_from_slice(b);
@@ -273,6 +297,16 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Checks that `s` is UTF-8; most strings in telemetry are ASCII, which is checked a word at a time.
+#[inline]
+pub fn utf8(s: &[u8]) -> Result<(), WireError> {
+    if s.is_ascii() || std::str::from_utf8(s).is_ok() {
+        Ok(())
+    } else {
+        Err(WireError::InvalidString)
+    }
+}
+
 /// Checks that `buf` is a message of `layout` that prost would decode, read with `budget` levels of
 /// recursion left ([`RECURSION_LIMIT`] for a top-level message). `visit` is told of every nested
 /// message: the layout holding it and its field number.
@@ -309,17 +343,16 @@ pub fn validate<L: Layout>(
             Kind::Bytes => {
                 r.length_delimited()?;
             }
-            Kind::Str => {
-                let s = r.length_delimited()?;
-                std::str::from_utf8(s).map_err(|_| WireError::InvalidString)?;
-            }
+            Kind::Str => utf8(r.length_delimited()?)?,
             Kind::Message(inner) => {
                 if budget == 0 {
                     return Err(WireError::RecursionLimit);
                 }
                 let body = r.length_delimited()?;
                 visit(layout, tag);
-                validate(body, inner, budget - 1, visit)?;
+                if !inner.known_valid(body, budget - 1) {
+                    validate(body, inner, budget - 1, visit)?;
+                }
             }
         }
     }
@@ -345,6 +378,12 @@ impl<'a> Fields<'a> {
     pub fn rest(&self) -> &'a [u8] {
         self.r.buf
     }
+
+    #[inline(always)]
+    fn field(&mut self) -> Result<(u32, Value<'a>), WireError> {
+        let (tag, wire_type) = self.r.key()?;
+        Ok((tag, self.r.value(tag, wire_type, RECURSION_LIMIT)?))
+    }
 }
 
 impl<'a> Iterator for Fields<'a> {
@@ -355,11 +394,7 @@ impl<'a> Iterator for Fields<'a> {
         if self.r.is_empty() {
             return None;
         }
-        let field = self
-            .r
-            .key()
-            .and_then(|(tag, wt)| Ok((tag, self.r.value(tag, wt, RECURSION_LIMIT)?)));
-        match field {
+        match self.field() {
             Ok(f) => Some(f),
             Err(_) => {
                 self.r = Reader::new(&[]);
