@@ -18,6 +18,10 @@
 //! occurrences, read here as the fields of every occurrence in order; repeated fields keep every
 //! element. A oneof (`AnyValue`) holds its last variant.
 
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+
 use super::wire::{self, Fields, Kind, Layout, Reader, Value, WireError, RECURSION_LIMIT};
 
 /// The OTLP messages a trace export holds, as prost 0.14's `opentelemetry-proto` 0.33 knows them.
@@ -159,11 +163,56 @@ fn plain_any_value(any: &[u8]) -> Option<(u32, Value<'_>)> {
 #[error("failed to decode Protobuf message: {0}")]
 pub struct InvalidTraces(pub WireError);
 
-/// An OTLP trace export request (`ExportTraceServiceRequest`), checked, read in place.
+/// An OTLP trace export request (`ExportTraceServiceRequest`): its protobuf bytes checked and read in
+/// place, or (from OTLP/JSON) a request serde already decoded, read through the same view so that
+/// every consumer reads one form and neither is encoded into the other to be read.
 #[derive(Debug, Clone, Copy)]
 pub struct TraceView<'a> {
-    bytes: &'a [u8],
+    source: Part<'a, ExportTraceServiceRequest>,
     spans: u64,
+}
+
+/// What a view reads: a message's protobuf bytes, or the message decoded.
+#[derive(Debug)]
+enum Part<'a, T: ?Sized> {
+    Wire(&'a [u8]),
+    Decoded(&'a T),
+}
+
+impl<T: ?Sized> Clone for Part<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T: ?Sized> Copy for Part<'_, T> {}
+
+impl<T: ?Sized + PartialEq> PartialEq for Part<'_, T> {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Part::Wire(a), Part::Wire(b)) => a == b,
+            (Part::Decoded(a), Part::Decoded(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+/// One of two iterators of the same items: a view's wire reading or its decoded one.
+enum Either<A, B> {
+    Wire(A),
+    Decoded(B),
+}
+
+impl<T, A: Iterator<Item = T>, B: Iterator<Item = T>> Iterator for Either<A, B> {
+    type Item = T;
+
+    #[inline]
+    fn next(&mut self) -> Option<T> {
+        match self {
+            Either::Wire(a) => a.next(),
+            Either::Decoded(b) => b.next(),
+        }
+    }
 }
 
 impl<'a> TraceView<'a> {
@@ -177,12 +226,36 @@ impl<'a> TraceView<'a> {
             }
         };
         wire::validate(bytes, Otlp::Request, RECURSION_LIMIT, &mut count).map_err(InvalidTraces)?;
-        Ok(TraceView { bytes, spans })
+        Ok(TraceView {
+            source: Part::Wire(bytes),
+            spans,
+        })
     }
 
-    /// The request's protobuf bytes.
-    pub fn bytes(&self) -> &'a [u8] {
-        self.bytes
+    /// A request already decoded (an OTLP/JSON body), read through the view.
+    pub fn decoded(request: &'a ExportTraceServiceRequest) -> Self {
+        let scopes = request.resource_spans.iter().flat_map(|r| &r.scope_spans);
+        TraceView {
+            source: Part::Decoded(request),
+            spans: scopes.map(|s| s.spans.len() as u64).sum(),
+        }
+    }
+
+    /// The request's protobuf bytes when it came as protobuf.
+    pub fn wire_bytes(&self) -> Option<&'a [u8]> {
+        match self.source {
+            Part::Wire(b) => Some(b),
+            Part::Decoded(_) => None,
+        }
+    }
+
+    /// The request in protobuf, as the forwarder takes it: a copy of the bytes it came as, or the
+    /// decoded request encoded.
+    pub fn to_protobuf(&self) -> bytes::Bytes {
+        match self.source {
+            Part::Wire(b) => bytes::Bytes::copy_from_slice(b),
+            Part::Decoded(r) => prost::Message::encode_to_vec(r).into(),
+        }
     }
 
     /// Spans in the request: the items partial success counts.
@@ -192,7 +265,16 @@ impl<'a> TraceView<'a> {
 
     /// The request's resource spans, in order.
     pub fn resource_spans(&self) -> impl Iterator<Item = ResourceSpansView<'a>> {
-        messages(self.bytes, 1).map(|body| ResourceSpansView { body })
+        match self.source {
+            Part::Wire(b) => Either::Wire(messages(b, 1).map(|b| ResourceSpansView {
+                part: Part::Wire(b),
+            })),
+            Part::Decoded(r) => {
+                Either::Decoded(r.resource_spans.iter().map(|r| ResourceSpansView {
+                    part: Part::Decoded(r),
+                }))
+            }
+        }
     }
 }
 
@@ -212,21 +294,36 @@ fn merged(body: &[u8], tag: u32) -> impl Iterator<Item = (u32, Value<'_>)> {
 /// One resource's spans (`ResourceSpans`).
 #[derive(Debug, Clone, Copy)]
 pub struct ResourceSpansView<'a> {
-    body: &'a [u8],
+    part: Part<'a, ResourceSpans>,
 }
 
 impl<'a> ResourceSpansView<'a> {
     /// The resource's attributes, in order.
     pub fn resource_attributes(&self) -> impl Iterator<Item = Attribute<'a>> {
-        merged(self.body, 1).filter_map(|(t, v)| match v {
-            Value::Bytes(b) if t == 1 => Some(Attribute::read(b)),
-            _ => None,
-        })
+        match self.part {
+            Part::Wire(body) => Either::Wire(merged(body, 1).filter_map(|(t, v)| match v {
+                Value::Bytes(b) if t == 1 => Some(Attribute::read(b)),
+                _ => None,
+            })),
+            Part::Decoded(r) => Either::Decoded(
+                r.resource
+                    .iter()
+                    .flat_map(|r| &r.attributes)
+                    .map(Attribute::decoded),
+            ),
+        }
     }
 
     /// The resource's spans by instrumentation scope.
     pub fn scope_spans(&self) -> impl Iterator<Item = ScopeSpansView<'a>> {
-        messages(self.body, 2).map(|body| ScopeSpansView { body })
+        match self.part {
+            Part::Wire(body) => Either::Wire(messages(body, 2).map(|b| ScopeSpansView {
+                part: Part::Wire(b),
+            })),
+            Part::Decoded(r) => Either::Decoded(r.scope_spans.iter().map(|s| ScopeSpansView {
+                part: Part::Decoded(s),
+            })),
+        }
     }
 
     /// Every span of the resource, scope after scope.
@@ -238,23 +335,32 @@ impl<'a> ResourceSpansView<'a> {
 /// One instrumentation scope's spans (`ScopeSpans`).
 #[derive(Debug, Clone, Copy)]
 pub struct ScopeSpansView<'a> {
-    body: &'a [u8],
+    part: Part<'a, ScopeSpans>,
 }
 
 impl<'a> ScopeSpansView<'a> {
     /// The scope's name (empty when not sent).
     pub fn scope_name(&self) -> &'a str {
-        last_str(merged(self.body, 1), 1)
+        match self.part {
+            Part::Wire(body) => last_str(merged(body, 1), 1),
+            Part::Decoded(s) => s.scope.as_ref().map_or("", |s| s.name.as_str()),
+        }
     }
 
     /// The scope's version (empty when not sent).
     pub fn scope_version(&self) -> &'a str {
-        last_str(merged(self.body, 1), 2)
+        match self.part {
+            Part::Wire(body) => last_str(merged(body, 1), 2),
+            Part::Decoded(s) => s.scope.as_ref().map_or("", |s| s.version.as_str()),
+        }
     }
 
     /// The scope's spans, in order.
     pub fn spans(&self) -> impl Iterator<Item = SpanView<'a>> {
-        messages(self.body, 2).map(SpanView::read)
+        match self.part {
+            Part::Wire(body) => Either::Wire(messages(body, 2).map(SpanView::read)),
+            Part::Decoded(s) => Either::Decoded(s.spans.iter().map(SpanView::decoded)),
+        }
     }
 }
 
@@ -270,7 +376,7 @@ fn last_str<'a>(fields: impl Iterator<Item = (u32, Value<'a>)>, tag: u32) -> &'a
 }
 
 /// One span: the fields the trace consumers read, and its attributes on demand.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SpanView<'a> {
     /// 16 bytes when valid.
     pub trace_id: &'a [u8],
@@ -288,8 +394,8 @@ pub struct SpanView<'a> {
     pub end_time_unix_nano: u64,
     /// `StatusCode` as sent (0, unset, when the span has no status).
     pub status_code: i32,
-    /// The span's bytes from its first attribute to the end of its last.
-    attributes: &'a [u8],
+    /// The span's bytes from its first attribute to the end of its last, or its decoded attributes.
+    attributes: Part<'a, [KeyValue]>,
 }
 
 impl<'a> SpanView<'a> {
@@ -311,7 +417,7 @@ impl<'a> SpanView<'a> {
             start_time_unix_nano: 0,
             end_time_unix_nano: 0,
             status_code: 0,
-            attributes: &[],
+            attributes: Part::Wire(&[]),
         };
         let mut name: &[u8] = &[];
         let mut fields = Fields::new(body);
@@ -347,13 +453,32 @@ impl<'a> SpanView<'a> {
         }
         s.name = std::str::from_utf8(name).unwrap_or_default();
         // Only the span's attributes are walked again, not its events, links or status after them.
-        s.attributes = &first_attribute[..first_attribute.len() - after_attributes.len()];
+        s.attributes =
+            Part::Wire(&first_attribute[..first_attribute.len() - after_attributes.len()]);
         s
+    }
+
+    /// A decoded span, read through the view.
+    pub fn decoded(span: &'a Span) -> Self {
+        SpanView {
+            trace_id: &span.trace_id,
+            span_id: &span.span_id,
+            parent_span_id: &span.parent_span_id,
+            name: &span.name,
+            kind: span.kind,
+            start_time_unix_nano: span.start_time_unix_nano,
+            end_time_unix_nano: span.end_time_unix_nano,
+            status_code: span.status.as_ref().map_or(0, |s| s.code),
+            attributes: Part::Decoded(&span.attributes),
+        }
     }
 
     /// The span's attributes, in order.
     pub fn attributes(&self) -> impl Iterator<Item = Attribute<'a>> {
-        messages(self.attributes, 9).map(Attribute::read)
+        match self.attributes {
+            Part::Wire(b) => Either::Wire(messages(b, 9).map(Attribute::read)),
+            Part::Decoded(kvs) => Either::Decoded(kvs.iter().map(Attribute::decoded)),
+        }
     }
 }
 
@@ -362,13 +487,23 @@ impl<'a> SpanView<'a> {
 pub struct Attribute<'a> {
     /// The key's bytes (UTF-8: checked).
     pub key: &'a [u8],
-    /// The whole `KeyValue`; its value is read only when asked for, as most attributes are passed over
-    /// by their key.
-    raw: &'a [u8],
-    /// The value's `AnyValue` bytes when it came once, as it does from every SDK; when it came more
-    /// than once, `merged` is set and the value is read from the merge of all its occurrences.
-    any: &'a [u8],
-    merged: bool,
+    /// Where its value is read from, when asked for: most attributes are passed over by their key.
+    source: AttributeSource<'a>,
+}
+
+/// Where an attribute's value is read from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum AttributeSource<'a> {
+    /// The whole `KeyValue` on the wire, and its value's `AnyValue` bytes when the value came once, as
+    /// it does from every SDK; when it came more than once, `merged` is set and the value is read from
+    /// the merge of all its occurrences.
+    Wire {
+        raw: &'a [u8],
+        any: &'a [u8],
+        merged: bool,
+    },
+    /// A decoded `KeyValue`.
+    Decoded(&'a KeyValue),
 }
 
 /// An attribute's value, borrowed.
@@ -395,32 +530,31 @@ impl<'a> Attribute<'a> {
     #[inline]
     fn read(raw: &'a [u8]) -> Self {
         if let Some((key, any)) = plain_key_value(raw) {
-            return Attribute {
-                key,
-                raw,
-                any,
-                merged: false,
-            };
+            let merged = false;
+            let source = AttributeSource::Wire { raw, any, merged };
+            return Attribute { key, source };
         }
-        let mut a = Attribute {
-            key: &[],
-            raw,
-            any: &[],
-            merged: false,
-        };
-        let mut values = 0u32;
+        let (mut key, mut any, mut values): (&[u8], &[u8], u32) = (&[], &[], 0);
         for (tag, v) in Fields::new(raw) {
             match (tag, v) {
-                (1, Value::Bytes(b)) => a.key = b,
+                (1, Value::Bytes(b)) => key = b,
                 (2, Value::Bytes(b)) => {
-                    a.any = b;
+                    any = b;
                     values += 1;
                 }
                 _ => {}
             }
         }
-        a.merged = values > 1;
-        a
+        let merged = values > 1;
+        let source = AttributeSource::Wire { raw, any, merged };
+        Attribute { key, source }
+    }
+
+    fn decoded(kv: &'a KeyValue) -> Self {
+        Attribute {
+            key: kv.key.as_bytes(),
+            source: AttributeSource::Decoded(kv),
+        }
     }
 
     /// The key.
@@ -432,13 +566,17 @@ impl<'a> Attribute<'a> {
     pub fn value(&self) -> AttributeValue<'a> {
         // The value's last variant across every occurrence of the value: its field number in
         // `AnyValue` (0 for none) and its wire value.
-        let plain = match self.merged {
-            false => plain_any_value(self.any),
+        let (raw, any, merged_value) = match self.source {
+            AttributeSource::Wire { raw, any, merged } => (raw, any, merged),
+            AttributeSource::Decoded(kv) => return decoded_value(kv),
+        };
+        let plain = match merged_value {
+            false => plain_any_value(any),
             true => None,
         };
         let variant = plain.unwrap_or_else(|| {
             let mut variant = (0, Value::Group);
-            for (t, v) in merged(self.raw, 2) {
+            for (t, v) in merged(raw, 2) {
                 if (1..=8).contains(&t) {
                     variant = (t, v);
                 }
@@ -458,8 +596,27 @@ impl<'a> Attribute<'a> {
 
     /// The attribute decoded by prost, for the rare reader that needs a value of another kind
     /// (allocates).
-    pub fn to_key_value(&self) -> Option<opentelemetry_proto::tonic::common::v1::KeyValue> {
-        prost::Message::decode(self.raw).ok()
+    pub fn to_key_value(&self) -> Option<KeyValue> {
+        match self.source {
+            AttributeSource::Wire { raw, .. } => prost::Message::decode(raw).ok(),
+            AttributeSource::Decoded(kv) => Some(kv.clone()),
+        }
+    }
+}
+
+/// A decoded attribute's value, as the view words it.
+fn decoded_value(kv: &KeyValue) -> AttributeValue<'_> {
+    use any_value::Value as V;
+    match kv.value.as_ref().and_then(|a| a.value.as_ref()) {
+        None => AttributeValue::Empty,
+        Some(V::StringValue(s)) => AttributeValue::Str(s),
+        Some(V::BoolValue(b)) => AttributeValue::Bool(*b),
+        Some(V::IntValue(i)) => AttributeValue::Int(*i),
+        Some(V::DoubleValue(d)) => AttributeValue::Double(*d),
+        Some(V::BytesValue(b)) => AttributeValue::Bytes(b),
+        Some(V::ArrayValue(_) | V::KvlistValue(_) | V::StringValueStrindex(_)) => {
+            AttributeValue::Other
+        }
     }
 }
 

@@ -1,13 +1,10 @@
 //! Request bodies to OTLP messages: gzip inflated under a size limit (a bomb is refused while inflating),
-//! then protobuf or OTLP/JSON. A trace export is not decoded but read in place ([`trace_view`]); its
-//! OTLP/JSON form is decoded by serde and encoded to protobuf once, so that the consumers read one form
-//! and forwarding gets protobuf anyway. A decoder panic is an undecodable body, never a crash (the
-//! release build unwinds; see `Receiver::isolated` for the rest of a request's handling).
+//! then protobuf or OTLP/JSON. A trace export in protobuf is not decoded but read in place
+//! ([`trace_view`]); its OTLP/JSON form is decoded by serde and read through the same view. A decoder
+//! panic is an undecodable body, never a crash (the release build unwinds; see `Receiver::isolated` for
+//! the rest of a request's handling).
 
-use std::borrow::Cow;
 use std::io::Read;
-
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
 use serde::de::DeserializeOwned;
 
@@ -83,18 +80,6 @@ where
     })
 }
 
-/// A trace export's protobuf bytes: the body itself, or the protobuf encoding of an OTLP/JSON body.
-/// Read them with [`trace_view`].
-pub fn trace_protobuf(bytes: &[u8], encoding: Encoding) -> Result<Cow<'_, [u8]>, DecodeError> {
-    match encoding {
-        Encoding::Protobuf => Ok(Cow::Borrowed(bytes)),
-        Encoding::Json => {
-            let request: ExportTraceServiceRequest = decode(bytes, Encoding::Json)?;
-            Ok(Cow::Owned(prost::Message::encode_to_vec(&request)))
-        }
-    }
-}
-
 /// A trace export's protobuf bytes checked and read in place: refused exactly when prost's decode
 /// would refuse them.
 pub fn trace_view(bytes: &[u8]) -> Result<crate::pipeline::TraceView<'_>, DecodeError> {
@@ -111,6 +96,7 @@ pub fn trace_view(bytes: &[u8]) -> Result<crate::pipeline::TraceView<'_>, Decode
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use std::io::Write;
 
     fn gz(data: &[u8]) -> Vec<u8> {

@@ -16,6 +16,7 @@ use hyper::header::{
 use hyper::{Method, Request, Response, StatusCode};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use serde::de::DeserializeOwned;
 
@@ -24,9 +25,10 @@ use super::answer::{
     INTERNAL_ERROR, RETRY_DELAY,
 };
 use super::cost;
-use super::decode::{decode, gunzip, trace_protobuf, trace_view, DecodeError, Encoding};
+use super::decode::{decode, gunzip, trace_view, DecodeError, Encoding};
 use super::{
     ExportRequest, MemoryCharge, OverBudget, PartialSuccess, QueueFull, Receiver, Refusal, Signal,
+    TraceView,
 };
 
 type Resp = Response<Full<Bytes>>;
@@ -294,18 +296,25 @@ pub async fn handle(
     Ok(resp)
 }
 
-/// Reads a trace export body in place (an OTLP/JSON one once encoded to protobuf) and hands it to the
-/// receiver's consumers.
+/// Reads a trace export body in place (an OTLP/JSON one decoded by serde, read through the same view)
+/// and hands it to the receiver's consumers.
 fn consume_traces(
     receiver: &Receiver,
     body: &[u8],
     enc: Encoding,
 ) -> Result<Result<PartialSuccess, QueueFull>, DecodeError> {
-    let protobuf = trace_protobuf(body, enc)?;
-    let view = trace_view(&protobuf)?;
-    // A copy rather than a slice of the read buffer, whose capacity may be up to twice the body: the
-    // queue bound then is the memory the queue holds.
-    Ok(receiver.deliver(&view, || Bytes::copy_from_slice(&protobuf)))
+    match enc {
+        Encoding::Protobuf => {
+            let view = trace_view(body)?;
+            // A copy rather than a slice of the read buffer, whose capacity may be up to twice the
+            // body: the queue bound then is the memory the queue holds.
+            Ok(receiver.deliver(&view, || Bytes::copy_from_slice(body)))
+        }
+        Encoding::Json => {
+            let request: ExportTraceServiceRequest = decode(body, Encoding::Json)?;
+            Ok(receiver.deliver_traces(&TraceView::decoded(&request)))
+        }
+    }
 }
 
 /// Decodes a metrics or logs body as `R` and hands it to the receiver's consumers.

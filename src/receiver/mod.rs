@@ -349,9 +349,10 @@ impl Receiver {
         self.deliver(request, || Bytes::from(request.encode_to_vec()))
     }
 
-    /// [`Receiver::deliver`] for a trace export read in place: forwarding gets a copy of its bytes.
+    /// [`Receiver::deliver`] for a trace export: forwarding gets a copy of the bytes it came as, or
+    /// the protobuf encoding of a decoded one.
     pub fn deliver_traces(&self, view: &TraceView<'_>) -> Result<PartialSuccess, QueueFull> {
-        self.deliver(view, || Bytes::copy_from_slice(view.bytes()))
+        self.deliver(view, || view.to_protobuf())
     }
 }
 

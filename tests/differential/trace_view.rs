@@ -44,6 +44,14 @@ pub fn check(data: &[u8]) -> Verdict {
     let canonical = p.encode_to_vec();
     let again = TraceView::parse(&canonical).expect("prost's own encoding reads");
     assert_eq!(outcome(&v), outcome(&again), "consumers differ on {data:?}");
+    // The same request decoded (as an OTLP/JSON body is) reads the same through the view.
+    let decoded = TraceView::decoded(&p);
+    same_fields(&p, &decoded);
+    assert_eq!(
+        outcome(&v),
+        outcome(&decoded),
+        "consumers differ on {data:?} decoded"
+    );
     Verdict::Accepted
 }
 
