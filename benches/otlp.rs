@@ -124,36 +124,59 @@ fn receiver(queries: bool) -> Receiver {
     )
 }
 
-/// Median ns per iteration of each case over `rounds` rounds of `iters` iterations, the cases taking
-/// turns within each round, so that a machine shared with other work slows them all alike and the
-/// ratios between them hold.
-fn interleaved_medians(iters: usize, rounds: usize, cases: &mut [&mut dyn FnMut()]) -> Vec<f64> {
-    let mut xs = vec![Vec::with_capacity(rounds); cases.len()];
-    for _ in 0..rounds {
-        for (case, x) in cases.iter_mut().zip(&mut xs) {
-            let t = Instant::now();
-            for _ in 0..iters {
-                case();
-            }
-            x.push(t.elapsed().as_nanos() as f64 / iters as f64);
-        }
-    }
-    xs.into_iter()
-        .map(|mut x| {
-            x.sort_by(|a, b| a.total_cmp(b));
-            x[rounds / 2]
-        })
-        .collect()
+/// Each case's ns per iteration over `rounds` rounds of `iters` iterations, the cases taking turns
+/// within each round, so that a machine shared with other work slows them all alike.
+struct Rounds {
+    ns: Vec<Vec<f64>>,
 }
+
+impl Rounds {
+    fn run(iters: usize, rounds: usize, cases: &mut [&mut dyn FnMut()]) -> Rounds {
+        let mut ns = vec![Vec::with_capacity(rounds); cases.len()];
+        for _ in 0..rounds {
+            for (case, x) in cases.iter_mut().zip(&mut ns) {
+                let t = Instant::now();
+                for _ in 0..iters {
+                    case();
+                }
+                x.push(t.elapsed().as_nanos() as f64 / iters as f64);
+            }
+        }
+        Rounds { ns }
+    }
+
+    /// The median ns per iteration of case `i`.
+    fn median(&self, i: usize) -> f64 {
+        median(self.ns[i].clone())
+    }
+
+    /// The median over rounds of case `slow`'s time over case `fast`'s in the same round: how many
+    /// times faster `fast` is, each round's pair measured a few milliseconds apart.
+    fn ratio(&self, slow: usize, fast: usize) -> f64 {
+        let r = self.ns[slow].iter().zip(&self.ns[fast]).map(|(s, f)| s / f);
+        median(r.collect())
+    }
+}
+
+fn median(mut x: Vec<f64>) -> f64 {
+    x.sort_by(|a, b| a.total_cmp(b));
+    x[x.len() / 2]
+}
+
+/// Rounds per case: many short rounds, so that a burst of other work on the machine moves few of them.
+const ROUNDS: usize = 61;
 
 fn in_process() {
     let red = receiver(false);
     let all = receiver(true);
-    println!("in process (one core), median of 15 rounds, the cases taking turns in each round:");
+    println!(
+        "in process (one core), medians of {ROUNDS} rounds, the cases taking turns in each round \
+         (ratios: the median of each round's ratio):"
+    );
     for n in [10usize, 100] {
         let bytes = request(n).encode_to_vec();
         let json = serde_json::to_vec(&request(n)).unwrap();
-        let iters = 20_000 / n;
+        let iters = 4_000 / n;
         let mut prost = || {
             std::hint::black_box(ExportTraceServiceRequest::decode(&bytes[..]).unwrap());
         };
@@ -165,8 +188,8 @@ fn in_process() {
             let view = trace_view(&bytes).unwrap();
             for rs in view.resource_spans() {
                 std::hint::black_box(latency::service_name(&rs));
-                for span in rs.spans() {
-                    std::hint::black_box(latency::facts(&span).ok());
+                for f in latency::resource_facts(&rs) {
+                    std::hint::black_box(f.ok());
                 }
             }
         };
@@ -178,12 +201,19 @@ fn in_process() {
             let view = trace_view(&bytes).unwrap();
             std::hint::black_box(all.deliver_traces(&view).unwrap());
         };
-        let t = interleaved_medians(
+        let t = Rounds::run(
             iters,
-            15,
+            ROUNDS,
             &mut [&mut prost, &mut check, &mut read, &mut to_red, &mut to_all],
         );
-        let (prost, check, read, to_red, to_all) = (t[0], t[1], t[2], t[3], t[4]);
+        let (red_ratio, all_ratio) = (t.ratio(0, 3), t.ratio(0, 4));
+        let (prost, check, read, to_red, to_all) = (
+            t.median(0),
+            t.median(1),
+            t.median(2),
+            t.median(3),
+            t.median(4),
+        );
         // OTLP/JSON: serde's decode alone, and with RED reading the decoded request through the view.
         let mut serde = || {
             let request: ExportTraceServiceRequest = decode(&json, Encoding::Json).unwrap();
@@ -194,8 +224,12 @@ fn in_process() {
             let view = TraceView::decoded(&request);
             std::hint::black_box(red.deliver_traces(&view).unwrap());
         };
-        let j = interleaved_medians(iters.max(10) / 4, 15, &mut [&mut serde, &mut json_to_red]);
-        let (serde, json_to_red) = (j[0], j[1]);
+        let j = Rounds::run(
+            iters.max(10) / 4,
+            ROUNDS,
+            &mut [&mut serde, &mut json_to_red],
+        );
+        let (serde, json_to_red) = (j.median(0), j.median(1));
         let us = |ns: f64| ns / n as f64 / 1000.0;
         println!(
             "  {n:>3} spans/request ({} B): prost full decode {:.2} µs/span = {:.0} spans/s; \
@@ -208,10 +242,10 @@ fn in_process() {
             1e6 / us(prost),
             us(to_red),
             1e6 / us(to_red),
-            prost / to_red,
+            red_ratio,
             us(to_all),
             1e6 / us(to_all),
-            prost / to_all,
+            all_ratio,
             us(json_to_red),
             us(serde),
             us(check),

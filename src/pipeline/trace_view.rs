@@ -330,6 +330,14 @@ impl<'a> ResourceSpansView<'a> {
     pub fn spans(&self) -> impl Iterator<Item = SpanView<'a>> {
         self.scope_spans().flat_map(|s| s.spans())
     }
+
+    /// Every span of the resource with what `P` picked of its attributes in the same walk (None when
+    /// they were not offered: walk [`SpanView::attributes`] if they are needed).
+    pub fn spans_picking<P: AttributePick<'a>>(
+        &self,
+    ) -> impl Iterator<Item = (SpanView<'a>, Option<P>)> {
+        self.scope_spans().flat_map(|s| s.spans_picking())
+    }
 }
 
 /// One instrumentation scope's spans (`ScopeSpans`).
@@ -362,6 +370,39 @@ impl<'a> ScopeSpansView<'a> {
             Part::Decoded(s) => Either::Decoded(s.spans.iter().map(SpanView::decoded)),
         }
     }
+
+    /// The scope's spans with what `P` picked of their attributes (see
+    /// [`ResourceSpansView::spans_picking`]).
+    pub fn spans_picking<P: AttributePick<'a>>(
+        &self,
+    ) -> impl Iterator<Item = (SpanView<'a>, Option<P>)> {
+        match self.part {
+            Part::Wire(body) => Either::Wire(messages(body, 2).map(SpanView::read_picking)),
+            Part::Decoded(s) => {
+                Either::Decoded(s.spans.iter().map(|s| (SpanView::decoded(s), None)))
+            }
+        }
+    }
+}
+
+/// What a consumer picks from a span's attributes, offered them in order while the span is read, so
+/// that the attributes are walked once with the span rather than again after it.
+pub trait AttributePick<'a>: Default {
+    /// Whether a span of `kind` (as read so far: a kind after the attributes on the wire is seen only
+    /// later) needs its attributes picked.
+    fn wanted(kind: i32) -> bool;
+
+    /// Takes one attribute.
+    fn offer(&mut self, attribute: Attribute<'a>);
+}
+
+/// Picks nothing.
+impl<'a> AttributePick<'a> for () {
+    fn wanted(_: i32) -> bool {
+        false
+    }
+
+    fn offer(&mut self, _: Attribute<'a>) {}
 }
 
 /// The last string field `tag` among `fields`, or empty.
@@ -408,6 +449,14 @@ impl<'a> SpanView<'a> {
 
     /// Reads a checked span: one pass over its fields.
     fn read(body: &'a [u8]) -> Self {
+        Self::read_picking::<()>(body).0
+    }
+
+    /// Reads a checked span and, in the same walk, offers its attributes to a `P` when the span's kind
+    /// as read so far is one `P` wants (or not read yet); the `P` when it was offered every attribute,
+    /// None when the caller must walk [`SpanView::attributes`] itself.
+    fn read_picking<P: AttributePick<'a>>(body: &'a [u8]) -> (Self, Option<P>) {
+        let mut picked: Option<Option<P>> = None;
         let mut s = SpanView {
             trace_id: &[],
             span_id: &[],
@@ -434,11 +483,16 @@ impl<'a> SpanView<'a> {
                 (6, Value::Varint(k)) => s.kind = k as i32,
                 (7, Value::Fixed64(t)) => s.start_time_unix_nano = t,
                 (8, Value::Fixed64(t)) => s.end_time_unix_nano = t,
-                (9, _) => {
+                (9, v) => {
                     if first_attribute.is_empty() {
                         first_attribute = before;
                     }
                     after_attributes = fields.rest();
+                    // Decided once, at the first attribute: offer all of them or none.
+                    let pick = picked.get_or_insert_with(|| P::wanted(s.kind).then(P::default));
+                    if let (Some(p), Value::Bytes(b)) = (pick, v) {
+                        p.offer(Attribute::read(b));
+                    }
                 }
                 (15, Value::Bytes(status)) => {
                     for (t, v) in Fields::new(status) {
@@ -455,7 +509,9 @@ impl<'a> SpanView<'a> {
         // Only the span's attributes are walked again, not its events, links or status after them.
         s.attributes =
             Part::Wire(&first_attribute[..first_attribute.len() - after_attributes.len()]);
-        s
+        // A span without attributes was offered all of them, none.
+        let picked = picked.unwrap_or_else(|| Some(P::default()));
+        (s, picked)
     }
 
     /// A decoded span, read through the view.

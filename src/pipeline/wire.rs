@@ -144,7 +144,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads a varint.
-    #[inline]
+    #[inline(always)]
     pub fn varint(&mut self) -> Result<u64, WireError> {
         let b = self.buf;
         match b.first() {
@@ -171,7 +171,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads a field key: its number and wire type.
-    #[inline]
+    #[inline(always)]
     pub fn key(&mut self) -> Result<(u32, WireType), WireError> {
         let key = self.varint()?;
         if key > u64::from(u32::MAX) {
@@ -217,7 +217,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads a length and takes that many bytes.
-    #[inline]
+    #[inline(always)]
     pub fn length_delimited(&mut self) -> Result<&'a [u8], WireError> {
         let n = self.varint()?;
         if n > self.buf.len() as u64 {
@@ -243,7 +243,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads one field's value of wire type `wire_type` (a group is skipped with `budget` levels).
-    #[inline]
+    #[inline(always)]
     pub fn value(
         &mut self,
         tag: u32,

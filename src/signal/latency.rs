@@ -13,7 +13,9 @@ use crate::catalogue;
 use crate::catalogue::OVERFLOW_LABEL;
 use crate::model::{Collector, Exemplar, Exponential, Metric, Value};
 use crate::pipeline::attributes::{self, cut_str};
-use crate::pipeline::trace_view::{AttributeValue, ResourceSpansView, SpanView};
+use crate::pipeline::trace_view::{
+    Attribute, AttributePick, AttributeValue, ResourceSpansView, SpanView,
+};
 use crate::pipeline::{Consumer, PartialSuccess, TraceView};
 
 /// Bucket upper bounds in seconds: 0.5 ms to 60 s, with 0.1 s and 0.4 s (Apdex T = 0.1 s and 4T).
@@ -95,23 +97,39 @@ pub fn http_method_operation(method: &str) -> &'static str {
         .unwrap_or("_OTHER")
 }
 
-/// The first value of each attribute RED reads, found in one pass over a span's attributes (the first
-/// attribute with a key decides, as a lookup by key would).
+/// The first attribute of each key RED reads, found in one pass over a span's attributes (the first
+/// attribute with a key decides, as a lookup by key would); a value is read only when RED needs it.
 #[derive(Default)]
 struct RequestAttributes<'a> {
-    route: Option<AttributeValue<'a>>,
-    rpc_service: Option<AttributeValue<'a>>,
-    rpc_method: Option<AttributeValue<'a>>,
-    method: Option<AttributeValue<'a>>,
-    old_method: Option<AttributeValue<'a>>,
-    status: Option<AttributeValue<'a>>,
-    old_status: Option<AttributeValue<'a>>,
+    route: Option<Attribute<'a>>,
+    rpc_service: Option<Attribute<'a>>,
+    rpc_method: Option<Attribute<'a>>,
+    method: Option<Attribute<'a>>,
+    old_method: Option<Attribute<'a>>,
+    status: Option<Attribute<'a>>,
+    old_status: Option<Attribute<'a>>,
 }
 
 impl<'a> RequestAttributes<'a> {
     fn of(span: &SpanView<'a>) -> Self {
         let mut found = RequestAttributes::default();
         for a in span.attributes() {
+            found.offer(a);
+        }
+        found
+    }
+}
+
+impl<'a> AttributePick<'a> for RequestAttributes<'a> {
+    fn wanted(kind: i32) -> bool {
+        // 0 is also a kind not read yet.
+        kind == 0 || request_kind(kind).is_some()
+    }
+
+    #[inline]
+    fn offer(&mut self, a: Attribute<'a>) {
+        let found = self;
+        {
             let slot = match a.key {
                 b"http.route" => &mut found.route,
                 b"rpc.service" => &mut found.rpc_service,
@@ -120,14 +138,27 @@ impl<'a> RequestAttributes<'a> {
                 b"http.method" => &mut found.old_method,
                 b"http.response.status_code" => &mut found.status,
                 b"http.status_code" => &mut found.old_status,
-                _ => continue,
+                _ => return,
             };
             if slot.is_none() {
-                *slot = Some(a.value());
+                *slot = Some(a);
             }
         }
-        found
     }
+}
+
+/// RED's kind of a span of `SpanKind` `kind`, or None for spans that are not requests.
+fn request_kind(kind: i32) -> Option<RequestKind> {
+    match SpanKind::try_from(kind) {
+        Ok(SpanKind::Server) => Some(RequestKind::Server),
+        Ok(SpanKind::Consumer) => Some(RequestKind::Consumer),
+        _ => None,
+    }
+}
+
+/// The value of an attribute found.
+fn value<'a>(a: Option<Attribute<'a>>) -> Option<AttributeValue<'a>> {
+    a.map(|a| a.value())
 }
 
 /// A non-empty string value.
@@ -180,6 +211,23 @@ pub enum SpanReject {
 
 /// Extracts RED facts from a span. `Ok(None)` for spans that are not requests (INTERNAL, CLIENT, PRODUCER).
 pub fn facts<'a>(span: &SpanView<'a>) -> Result<Option<SpanFacts<'a>>, SpanReject> {
+    facts_picked(span, None)
+}
+
+/// The RED facts of every span of a resource, in order, each span's attributes picked in the walk that
+/// reads it.
+pub fn resource_facts<'a>(
+    rs: &ResourceSpansView<'a>,
+) -> impl Iterator<Item = Result<Option<SpanFacts<'a>>, SpanReject>> {
+    rs.spans_picking::<RequestAttributes>()
+        .map(|(span, picked)| facts_picked(&span, picked))
+}
+
+/// [`facts`] with the span's attributes already picked in the walk that read it (None: walk them).
+fn facts_picked<'a>(
+    span: &SpanView<'a>,
+    picked: Option<RequestAttributes<'a>>,
+) -> Result<Option<SpanFacts<'a>>, SpanReject> {
     let zero = |id: &[u8]| id.iter().all(|b| *b == 0);
     if span.trace_id.len() != 16
         || span.span_id.len() != 8
@@ -191,21 +239,21 @@ pub fn facts<'a>(span: &SpanView<'a>) -> Result<Option<SpanFacts<'a>>, SpanRejec
     if span.end_time_unix_nano < span.start_time_unix_nano || span.end_time_unix_nano == 0 {
         return Err(SpanReject::BadTimes);
     }
-    let kind = match SpanKind::try_from(span.kind) {
-        Ok(SpanKind::Server) => RequestKind::Server,
-        Ok(SpanKind::Consumer) => RequestKind::Consumer,
-        _ => return Ok(None),
+    let Some(kind) = request_kind(span.kind) else {
+        return Ok(None);
     };
-    let attrs = RequestAttributes::of(span);
-    let operation = if let Some(route) = non_empty_str(attrs.route) {
+    let attrs = picked.unwrap_or_else(|| RequestAttributes::of(span));
+    let operation = if let Some(route) = non_empty_str(value(attrs.route)) {
         Operation::Single(route)
     } else if let (Some(s), Some(m)) = (
-        non_empty_str(attrs.rpc_service),
-        non_empty_str(attrs.rpc_method),
+        non_empty_str(value(attrs.rpc_service)),
+        non_empty_str(value(attrs.rpc_method)),
     ) {
         Operation::Rpc(s, m)
     } else if let Some(method) = (kind == RequestKind::Server)
-        .then(|| non_empty_str(attrs.method).or_else(|| non_empty_str(attrs.old_method)))
+        .then(|| {
+            non_empty_str(value(attrs.method)).or_else(|| non_empty_str(value(attrs.old_method)))
+        })
         .flatten()
     {
         Operation::Single(http_method_operation(method))
@@ -214,8 +262,8 @@ pub fn facts<'a>(span: &SpanView<'a>) -> Result<Option<SpanFacts<'a>>, SpanRejec
     };
     let status_error = span.status_code == StatusCode::Error as i32;
     let http_error = kind == RequestKind::Server
-        && int_value(attrs.status)
-            .or_else(|| int_value(attrs.old_status))
+        && int_value(value(attrs.status))
+            .or_else(|| int_value(value(attrs.old_status)))
             .is_some_and(|c| c >= 500);
     Ok(Some(SpanFacts {
         operation,
@@ -488,7 +536,7 @@ impl<'a> Consumer<TraceView<'a>> for RedSignal {
         let mut answer = PartialSuccess::default();
         for rs in request.resource_spans() {
             let service = service_name(&rs);
-            let usable = rs.spans().filter_map(|span| match facts(&span) {
+            let usable = resource_facts(&rs).filter_map(|f| match f {
                 Ok(f) => f,
                 Err(why) => {
                     answer.reject(1, || why.to_string());
