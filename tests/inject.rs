@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{require_tool, vitals_bin, TestChild, Vitals};
-use serde_yaml::Value;
+use yaml_serde::Value;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -68,7 +68,7 @@ fn objects(text: &str) -> Vec<Value> {
     let docs: Vec<Value> = if text.trim_start().starts_with('{') {
         vec![serde_json::from_str(text).unwrap()]
     } else {
-        serde_yaml::Deserializer::from_str(text)
+        yaml_serde::Deserializer::from_str(text)
             .map(|d| serde::Deserialize::deserialize(d).unwrap())
             .collect()
     };
@@ -214,7 +214,7 @@ fn restricted_violations(spec: &Value) -> Vec<String> {
 
 #[test]
 fn the_restricted_check_sees_what_it_looks_for() {
-    let good: Value = serde_yaml::from_str(
+    let good: Value = yaml_serde::from_str(
         "securityContext: {runAsNonRoot: true, seccompProfile: {type: RuntimeDefault}}\n\
          containers: [{name: a, securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}}]\n",
     )
@@ -233,7 +233,7 @@ fn the_restricted_check_sees_what_it_looks_for() {
         ),
     ] {
         let mut bad = good.clone();
-        let extra: Value = serde_yaml::from_str(patch).unwrap();
+        let extra: Value = yaml_serde::from_str(patch).unwrap();
         for (k, val) in extra.as_mapping().unwrap() {
             bad.as_mapping_mut().unwrap().insert(k.clone(), val.clone());
         }

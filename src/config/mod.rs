@@ -948,18 +948,18 @@ pub fn load_file(path: &Path) -> Result<Options, ConfigError> {
     if text.trim().is_empty() {
         return Ok(Options::default());
     }
-    let whole_file_error = match serde_yaml::from_str(&text) {
+    let whole_file_error = match yaml_serde::from_str(&text) {
         Ok(options) => return Ok(options),
         Err(e) => e.to_string(),
     };
     // serde reports a bad value without its key: find the first key that fails on its own.
-    let bad_field = serde_yaml::from_str::<serde_yaml::Mapping>(&text)
+    let bad_field = yaml_serde::from_str::<yaml_serde::Mapping>(&text)
         .ok()
         .and_then(|map| {
             map.into_iter().find_map(|(key, value)| {
-                let mut one = serde_yaml::Mapping::new();
+                let mut one = yaml_serde::Mapping::new();
                 one.insert(key.clone(), value);
-                let e = serde_yaml::from_value::<Options>(serde_yaml::Value::Mapping(one)).err()?;
+                let e = yaml_serde::from_value::<Options>(yaml_serde::Value::Mapping(one)).err()?;
                 let key = key
                     .as_str()
                     .map_or_else(|| format!("{key:?}"), str::to_owned);

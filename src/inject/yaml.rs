@@ -1,15 +1,15 @@
 //! Edits YAML manifests as text, so comments, key order, quoting and blank lines outside the edit stay
 //! byte for byte.
 //!
-//! No Rust YAML library keeps comments through a parse and re-emit (serde_yaml and yaml-rust2 drop them;
-//! the event parsers give where a node starts but not where a block ends). So serde_yaml parses each
+//! No Rust YAML library keeps comments through a parse and re-emit (yaml_serde and yaml-rust2 drop them;
+//! the event parsers give where a node starts but not where a block ends). So yaml_serde parses each
 //! document to decide what to change, and this file finds the lines to change by indentation: the keys
 //! of a block mapping sit at one column, the items of a block sequence start with `-` at one column, and
 //! a block ends at the first content line left of that column. Every edit is then checked: the edited
 //! text is parsed again and must equal the intended structural edit (`pod::add`/`pod::remove` applied to
 //! the parsed value), or the document is refused rather than written wrong.
 
-use serde_yaml::{Mapping, Value};
+use yaml_serde::{Mapping, Value};
 
 use super::pod::{self, Created, Plan, ANNOTATION};
 
@@ -332,7 +332,7 @@ fn render_seq(s: &[Value], style: Style) -> Vec<(usize, String)> {
     out
 }
 
-/// One scalar as YAML: serde_yaml's quoting for one-line strings, JSON's (a valid YAML double-quoted
+/// One scalar as YAML: yaml_serde's quoting for one-line strings, JSON's (a valid YAML double-quoted
 /// scalar) for the rest.
 fn scalar(v: &Value) -> String {
     match v {
@@ -341,7 +341,7 @@ fn scalar(v: &Value) -> String {
         Value::String(s) if s.contains(['\n', '\r']) => {
             serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_owned())
         }
-        other => serde_yaml::to_string(other)
+        other => yaml_serde::to_string(other)
             .map(|t| t.trim_end_matches('\n').to_owned())
             .unwrap_or_default(),
     }
@@ -612,7 +612,7 @@ pub fn edit(text: &str, value: &Value, changes: &[ObjectEdit<'_>]) -> Result<Str
     }
     apply(&mut lines, edits)?;
     let out = lines.text();
-    let reparsed: Value = serde_yaml::from_str(&out).map_err(|e| {
+    let reparsed: Value = yaml_serde::from_str(&out).map_err(|e| {
         format!("the edited text does not parse ({e}); the layout is one vitals inject cannot edit in place")
     })?;
     if reparsed != expected {
