@@ -332,8 +332,9 @@ fn render_seq(s: &[Value], style: Style) -> Vec<(usize, String)> {
     out
 }
 
-/// One scalar as YAML: yaml_serde's quoting for one-line strings, JSON's (a valid YAML double-quoted
-/// scalar) for the rest.
+/// One scalar as YAML: yaml_serde's quoting for one-line strings, single-quoted where yaml_serde writes
+/// plain what a YAML 1.1 reader would take for other than a string, and JSON's (a valid YAML
+/// double-quoted scalar) for multi-line strings.
 fn scalar(v: &Value) -> String {
     match v {
         Value::Mapping(m) if m.is_empty() => "{}".to_owned(),
@@ -341,10 +342,35 @@ fn scalar(v: &Value) -> String {
         Value::String(s) if s.contains(['\n', '\r']) => {
             serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_owned())
         }
-        other => yaml_serde::to_string(other)
-            .map(|t| t.trim_end_matches('\n').to_owned())
-            .unwrap_or_default(),
+        other => {
+            let text = yaml_serde::to_string(other)
+                .map(|t| t.trim_end_matches('\n').to_owned())
+                .unwrap_or_default();
+            match other {
+                Value::String(s) if text == *s && yaml11_not_a_string(s) => {
+                    format!("'{}'", s.replace('\'', "''"))
+                }
+                _ => text,
+            }
+        }
     }
+}
+
+/// Whether a YAML 1.1 reader could read plain `s` as other than a string. yaml_serde follows YAML 1.2
+/// and writes `on`, `yes`, `y`, `0777`, `1:20`, `1_000` or `2001-12-14` plain, but kubectl (go-yaml v2
+/// under sigs.k8s.io/yaml) and PyYAML resolve by YAML 1.1: booleans, octal, base 60, an integer, a date.
+/// Any string made only of the characters of 1.1's numbers, dates and times, with a digit, is counted,
+/// so this quotes some strings that needed no quotes, never the other way round.
+fn yaml11_not_a_string(s: &str) -> bool {
+    const WORDS: [&str; 28] = [
+        "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "true", "True", "TRUE", "false",
+        "False", "FALSE", "on", "On", "ON", "off", "Off", "OFF", "~", "null", "Null", "NULL", "<<",
+        "=",
+    ];
+    WORDS.contains(&s)
+        || (s.bytes().any(|b| b.is_ascii_digit())
+            && s.bytes()
+                .all(|b| b.is_ascii_hexdigit() || b" +-._:xXoObBtTzZ".contains(&b)))
 }
 
 fn lines_at(rendered: Vec<(usize, String)>, col: usize) -> Vec<String> {
