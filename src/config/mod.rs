@@ -848,7 +848,7 @@ pub enum ConfigError {
     #[error("{origin}: {reason}")]
     Invalid {
         /// Where the value came from, e.g. `--interval`, `environment variable VITALS_INTERVAL` or
-        /// `config file /etc/vitals.yaml: field interval`.
+        /// `config file /etc/vitals.yaml: field interval (line 3)`.
         origin: String,
         /// What is wrong and what to do.
         reason: String,
@@ -880,7 +880,15 @@ impl Origins<'_> {
             return format!("--{long}");
         }
         match self.file {
-            Some(f) => format!("config file {}: field {long}", f.display()),
+            Some(f) => {
+                // The key's line: the file is read again on this error path only.
+                let line = std::fs::read_to_string(f).ok().and_then(|text| {
+                    let keys = top_level_keys(&text);
+                    keys.iter().find(|(k, _)| *k == long).map(|(_, n)| *n)
+                });
+                let at = line.map(|n| format!(" (line {n})")).unwrap_or_default();
+                format!("config file {}: field {long}{at}", f.display())
+            }
             None => format!("--{long}"),
         }
     }
@@ -979,7 +987,7 @@ pub fn load_file(path: &Path) -> Result<Options, ConfigError> {
             .find(|(k, _)| *k == key)
             .map(|(_, line)| format!(" (line {line})"))
             .unwrap_or_default();
-        Some(format!("field {key}: {e}{at}"))
+        Some(format!("field {key}{at}: {e}"))
     });
     Err(ConfigError::ParseFile(
         path.to_path_buf(),
@@ -2119,7 +2127,10 @@ mod tests {
         std::fs::write(&f, "interval: whenever\n").unwrap();
         let e = parse(&["--config", f.to_str().unwrap()]).unwrap_err();
         assert!(
-            e.starts_with(&format!("config file {}: field interval: ", f.display())),
+            e.starts_with(&format!(
+                "config file {}: field interval (line 1): ",
+                f.display()
+            )),
             "{e}"
         );
         std::fs::write(&f, "interval: 10ms\n").unwrap();
@@ -2127,7 +2138,7 @@ mod tests {
         assert_eq!(
             e,
             format!(
-                "config file {}: field interval: 10ms is outside 100ms..1h",
+                "config file {}: field interval (line 1): 10ms is outside 100ms..1h",
                 f.display()
             )
         );
@@ -2166,19 +2177,19 @@ mod tests {
         for (yaml, want) in [
             (
                 "interval: 2s\npss: yes\n",
-                "field pss: invalid type: string \"yes\", expected a boolean (line 2)",
+                "field pss (line 2): invalid type: string \"yes\", expected a boolean",
             ),
             (
                 "# comment\n\nprofiling: on\n",
-                "field profiling: invalid type: string \"on\", expected a boolean (line 3)",
+                "field profiling (line 3): invalid type: string \"on\", expected a boolean",
             ),
             (
                 "interval: 2s\nseries-limit: 0777\n",
-                "field series-limit: invalid type: string \"0777\", expected usize (line 2)",
+                "field series-limit (line 2): invalid type: string \"0777\", expected usize",
             ),
             (
                 "series-limit: 1_000\n",
-                "field series-limit: invalid type: string \"1_000\", expected usize (line 1)",
+                "field series-limit (line 1): invalid type: string \"1_000\", expected usize",
             ),
             (
                 "interval: 2s\nseries-limit: 99999999999999999999999\n",
@@ -2187,7 +2198,7 @@ mod tests {
             ),
             (
                 "series-limit: '100'\n",
-                "field series-limit: invalid type: string \"100\", expected usize (line 1)",
+                "field series-limit (line 1): invalid type: string \"100\", expected usize",
             ),
         ] {
             assert_eq!(refused(yaml), format!("{head}{want}"), "{yaml}");
@@ -2195,8 +2206,7 @@ mod tests {
         // A merge key is not merged: `<<` is a field vitals does not know.
         let e = refused("interval: 2s\n<<: {pss: true}\n");
         assert!(
-            e.starts_with(&format!("{head}field <<: unknown field `<<`"))
-                && e.ends_with(" (line 2)"),
+            e.starts_with(&format!("{head}field << (line 2): unknown field `<<`")),
             "{e}"
         );
         // A key given twice is refused, not last-wins.
@@ -2209,7 +2219,7 @@ mod tests {
         let e = refused("# vitals\npss: true\ninterval: ~\n");
         assert_eq!(
             e,
-            format!("{head}field interval: invalid type: unit value, expected a string (line 3)")
+            format!("{head}field interval (line 3): invalid type: unit value, expected a string")
         );
         let e = refused("{pss: true, interval: 3}\n");
         assert_eq!(
