@@ -200,7 +200,7 @@ pub struct Options {
     #[serde(deserialize_with = "de_duration")]
     pub interval: Option<Duration>,
     /// Sampling interval while nobody watches the live page; a scrape or a push still gets readings no
-    /// older than --interval [default: 10s; a thirtieth of the shortest --growth-windows when that is
+    /// older than --interval [default: 20s; a thirtieth of the shortest --growth-windows when that is
     /// shorter, so every growth bucket gets a reading; never below --interval; at most 1h].
     #[arg(long, global = true, env = "VITALS_IDLE_INTERVAL", value_parser = humantime::parse_duration)]
     #[serde(deserialize_with = "de_duration")]
@@ -1393,8 +1393,11 @@ impl Cli {
 pub const DEFAULT_MAX_TREE_PROCESSES: usize = 1000;
 
 /// How often a sampler reads its target while nobody watches the live page (see [`crate::cadence`]), at
-/// most: scrapes and pushes get fresher readings.
-pub const DEFAULT_IDLE_INTERVAL: Duration = Duration::from_secs(10);
+/// most: scrapes and pushes get fresher readings, and each reading puts the next idle one off by this
+/// much. 20 s is two thirds of a bucket of the default 15-minute growth window (30 s), so timer jitter
+/// never leaves a bucket without a reading, and longer than the common 15 s scrape interval, whose
+/// readings are then the only ones taken.
+pub const DEFAULT_IDLE_INTERVAL: Duration = Duration::from_secs(20);
 
 /// Buckets of a memory growth window (`signal::memory`, whose tests keep the two equal): the idle pace
 /// leaves none without a reading.
@@ -1803,6 +1806,9 @@ mod tests {
     #[test]
     fn the_idle_interval_leaves_no_growth_bucket_empty() {
         let c = parse(&["--pid", "1"]).unwrap();
+        assert_eq!(c.idle_interval, Duration::from_secs(20));
+        // A 5-minute window's buckets are 10 s.
+        let c = parse(&["--pid", "1", "--growth-windows", "5m,1h"]).unwrap();
         assert_eq!(c.idle_interval, Duration::from_secs(10));
         // 20 s windows have buckets of 0.67 s: readings that often, but never faster than the interval.
         let c = parse(&[
