@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 use vitals::export::http::live::{LiveHub, HISTORY_SECONDS};
-use vitals::model::{Collector, Metric, MetricKind, Origin, Registry, Value};
+use vitals::model::{Collector, Metric, MetricKind, Registry, Value};
 use vitals::signal::hints::{HintPolicy, HintSignal};
 
 /// Families shaped like a scrape of a JVM service: target and process series, cgroup counters, 20
@@ -139,11 +139,7 @@ fn main() {
         CancellationToken::new(),
     );
     // What vitals does after each reading: one gather, the hints, the page.
-    let after_reading = |t: f64| {
-        let families = registry.gather_where(|m| m.origin == Origin::Vitals);
-        hints.observe(t, &families);
-        hub.tick(&families, t);
-    };
+    let after_reading = |t: f64| vitals::app::after_reading(&registry, &hints, &hub, t);
     // Fill the history as 15 minutes would.
     for i in 0..HISTORY_SECONDS {
         after_reading(1.7e9 + i as f64);

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bounded::OverflowCounter;
 use crate::cadence::Cadence;
 use crate::config::{Config, OtlpProtocol, Selection, TargetSpec};
-use crate::export::http::live::LiveHub;
+use crate::export::http::live::{frame::HISTORY_READS, LiveHub};
 use crate::export::http::{bind, serve, HttpState};
 use crate::export::otlp::forward::Forwarder;
 use crate::export::otlp::push::Pusher;
@@ -27,7 +27,7 @@ use crate::probe::procfs::{kernel_units, read_boot_time, PssPolicy};
 use crate::profile::continuous::{Continuous, ContinuousSettings};
 use crate::profile::{Profiler, ProfilerSettings, Reason};
 use crate::receiver::{self, Consumers, OtlpLimits, OtlpStats, Receiver};
-use crate::sampler::{Sampler, SamplerParts, WATCH_INTERVAL};
+use crate::sampler::{Sampler, SamplerParts, SamplingThread, WATCH_INTERVAL};
 use crate::server::{ConnectionLimits, GuardedListener};
 use crate::signal::hints::{HintPolicy, HintSignal};
 use crate::signal::latency::RedSignal;
@@ -296,6 +296,8 @@ struct Core {
     /// Told after each reading of the main target, so the live page draws it at once.
     sampled: Arc<tokio::sync::Notify>,
     cadence: Arc<Cadence>,
+    /// The thread the samplers and what follows each reading run on.
+    sampling: Arc<SamplingThread>,
     shutdown: CancellationToken,
 }
 
@@ -323,6 +325,9 @@ impl Core {
             );
         }
         registry.register(stats.clone());
+        let shutdown = CancellationToken::new();
+        let sampling = SamplingThread::start(shutdown.clone())
+            .map_err(|e| anyhow::anyhow!("cannot start the sampling thread: {e}"))?;
         Ok(Self {
             units,
             registry,
@@ -333,7 +338,8 @@ impl Core {
             // Readings every --interval while anyone watches, every idle interval otherwise, fresh for
             // each scrape and push.
             cadence: Cadence::new(config.interval, config.idle_interval),
-            shutdown: CancellationToken::new(),
+            sampling: Arc::new(sampling),
+            shutdown,
         })
     }
 
@@ -345,6 +351,7 @@ impl Core {
             units: self.units,
             shutdown: self.shutdown.clone(),
             cadence: self.cadence.clone(),
+            sampling: self.sampling.clone(),
         }
     }
 }
@@ -372,7 +379,7 @@ fn start_live(config: &Config, core: &Core, tasks: &mut Vec<JoinHandle<()>>) -> 
     ));
     tracing::debug!(bytes = live.history_bytes(), "live history allocated");
     live.pace(core.cadence.clone());
-    tasks.push(tokio::spawn(after_each_reading(
+    tasks.push(core.sampling.spawn(after_each_reading(
         core.registry.clone(),
         hints,
         live.clone(),
@@ -386,7 +393,7 @@ fn start_live(config: &Config, core: &Core, tasks: &mut Vec<JoinHandle<()>>) -> 
 /// own families, the hints derived from it, then the live page's history point (and frame, when
 /// watched). This follows readings rather than a timer of its own: two timers of the same period drift
 /// in and out of phase, and a frame would then see two readings' CPU time in one second and none in the
-/// next.
+/// next. It runs on the sampling thread, right after the reading that woke it: no other thread wakes.
 async fn after_each_reading(
     registry: Registry,
     hints: Arc<HintSignal>,
@@ -405,18 +412,31 @@ async fn after_each_reading(
             continue;
         }
         last = Some(std::time::Instant::now());
-        let (registry, hints, live) = (registry.clone(), hints.clone(), live.clone());
-        // Gathering takes the stores' locks and builds every family: keep it off the reactor.
-        let _ = tokio::task::spawn_blocking(move || {
-            let t = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0.0, |d| d.as_secs_f64());
-            let families = registry.gather_where(|m| m.origin == crate::model::Origin::Vitals);
-            hints.observe(t, &families);
-            live.tick(&families, t);
-        })
-        .await;
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        // A panic costs this reading's point, not the page's history from now on.
+        let followed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            after_reading(&registry, &hints, &live, t)
+        }));
+        if followed.is_err() {
+            tracing::error!("deriving the hints and the live page from a reading panicked");
+        }
     }
+}
+
+/// What follows a reading at unix time `t`: one gather of vitals' own families (with nobody watching,
+/// only those the hints and the history point read), the hints derived from it, the page's history point
+/// and, when watched, its frame.
+pub fn after_reading(registry: &Registry, hints: &HintSignal, live: &LiveHub, t: f64) {
+    let watched = live.watched();
+    let needed = [crate::signal::hints::READS, HISTORY_READS];
+    let families = registry.gather_where(|m| {
+        m.origin == crate::model::Origin::Vitals
+            && (watched || crate::catalogue::gathers(&needed, m.name))
+    });
+    hints.observe(t, &families);
+    live.tick(&families, t, watched);
 }
 
 /// `/`, `/metrics`, `/healthz`, `/readyz` and `/debug/pprof`, reading the registry.
@@ -676,9 +696,10 @@ fn start_main_target(
     };
     let sampler = new_sampler(config, selector, parts);
     Ok(MainTarget {
-        sampler: Some(tokio::spawn(
-            sampler.run(core.cadence.join(), core.shutdown.clone()),
-        )),
+        sampler: Some(
+            core.sampling
+                .spawn(sampler.run(core.cadence.join(), core.shutdown.clone())),
+        ),
         child,
         selected,
     })
@@ -829,7 +850,9 @@ fn start_named_target(
         sampled: Arc::new(tokio::sync::Notify::new()),
     };
     let sampler = new_sampler(config, Some(selector), parts);
-    tokio::spawn(sampler.run(wiring.cadence.join(), wiring.shutdown.clone()))
+    wiring
+        .sampling
+        .spawn(sampler.run(wiring.cadence.join(), wiring.shutdown.clone()))
 }
 
 /// A sampler of the target `selector` chooses (none: no target), reading as the options say.
@@ -854,6 +877,7 @@ struct TargetWiring {
     units: KernelUnits,
     shutdown: CancellationToken,
     cadence: Arc<Cadence>,
+    sampling: Arc<SamplingThread>,
 }
 
 /// Zero-configuration pod mode (see [`crate::target::pod`]): scans for the pod's containers every

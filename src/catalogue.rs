@@ -250,6 +250,57 @@ pub fn assert_agrees(metrics: &[Metric]) {
     );
 }
 
+/// Every entry's family with one series per value of each fixed label (the other labels at their first
+/// value, labels from outside `x`), counters and histograms growing with `step` (gauges stay, so the
+/// target's start time and identity do too): for tests of readers that declare what they
+/// read.
+#[cfg(test)]
+pub fn every_family(step: f64) -> Vec<Metric> {
+    use crate::model::Value;
+    let value = |kind: MetricKind, i: usize| {
+        let n = (step as u64 + 1) * (i as u64 + 1);
+        match kind {
+            MetricKind::Counter | MetricKind::UpDownCounter => Value::Sum(n as f64 * 1.5),
+            MetricKind::Gauge => Value::Gauge(0.1 + 0.01 * i as f64),
+            MetricKind::Histogram => Value::Histogram {
+                buckets: vec![(0.1, n), (1.0, 2 * n), (f64::INFINITY, 3 * n)],
+                sum: n as f64,
+                count: 3 * n,
+                exemplars: Vec::new(),
+                native: None,
+            },
+            MetricKind::Summary => Value::Summary {
+                quantiles: vec![(0.5, 0.1 * step), (0.99, 0.2 * step)],
+                sum: n as f64,
+                count: n,
+            },
+        }
+    };
+    ALL.iter()
+        .map(|def| {
+            let first: Vec<(&str, &str)> = def
+                .labels
+                .iter()
+                .map(|l| {
+                    (
+                        l.key,
+                        l.values.and_then(|v| v.first().copied()).unwrap_or("x"),
+                    )
+                })
+                .collect();
+            let mut m = def.metric().with(&first, value(def.kind, 0));
+            for (j, l) in def.labels.iter().enumerate() {
+                for (i, v) in l.values.unwrap_or(&[]).iter().enumerate().skip(1) {
+                    let mut attrs = first.clone();
+                    attrs[j].1 = v;
+                    m.push(&attrs, value(def.kind, i));
+                }
+            }
+            m
+        })
+        .collect()
+}
+
 /// Every entry, in the order of `docs/metrics.md`.
 pub static ALL: &[&MetricDef] = &[
     &TARGET_UP,
@@ -1505,9 +1556,17 @@ pub fn scalar(s: &Point) -> Option<f64> {
     }
 }
 
+/// True when a gather for readers that declared `lists` (see [`Families::declared`]) must keep the family
+/// named `name`.
+pub fn gathers(lists: &[&[&MetricDef]], name: &str) -> bool {
+    lists.iter().any(|l| l.iter().any(|d| d.name == name))
+}
+
 /// Read access to one gather's families by catalogue entry: what the live page and the hints read.
 pub struct Families<'a> {
     by_name: HashMap<&'a str, &'a Metric>,
+    /// The entries a reader declared it reads ([`Families::declared`]); reading another is a bug.
+    declared: Option<&'static [&'static MetricDef]>,
 }
 
 impl<'a> Families<'a> {
@@ -1519,11 +1578,27 @@ impl<'a> Families<'a> {
                 .filter(|f| f.origin == Origin::Vitals)
                 .map(|f| (f.name.as_str(), f))
                 .collect(),
+            declared: None,
+        }
+    }
+
+    /// As [`Families::new`], for a reader that reads only the entries in `declared`: a gather made for it
+    /// may hold only those ([`gathers`]), so in debug builds (the tests) reading another panics.
+    pub fn declared(families: &'a [Metric], declared: &'static [&'static MetricDef]) -> Self {
+        Families {
+            declared: Some(declared),
+            ..Families::new(families)
         }
     }
 
     /// The points of `def`'s family.
     pub fn series(&self, def: &MetricDef) -> std::slice::Iter<'a, Point> {
+        debug_assert!(
+            self.declared
+                .is_none_or(|d| d.iter().any(|e| e.name == def.name)),
+            "{} is read but not declared by its reader: a gather made for it leaves it out",
+            def.name
+        );
         match self.by_name.get(def.name) {
             Some(f) => f.points.iter(),
             None => [].iter(),

@@ -2,6 +2,12 @@
 //! (procfs, cgroup, hsperfdata, listen sockets, OOM counters) once per interval, hands their observations
 //! to derivation and publishes the target's status. Between ticks it learns of the target's exit from a
 //! pidfd where the kernel has one, else from a 100 ms poll.
+//!
+//! Every sampler runs on one thread of its own ([`SamplingThread`]): a reading is a few dozen short
+//! blocking reads, and on the async workers each one moved the worker's runtime to another thread
+//! (`block_in_place`) and handed the readings' consumers to a third; an idle reading woke about 13
+//! threads. On its own thread a reading wakes that thread once, and what follows each reading (the hints,
+//! the live page's history) runs there too.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,6 +30,36 @@ use crate::signal::TickSignals;
 use crate::target::exit_watch::ExitWatch;
 use crate::target::status::TargetStatus;
 use crate::target::{detect_runtime, Search, Selection, Selector, StartClock, TargetId};
+
+/// The thread every sampler, and the work that follows each reading, runs on: a single-threaded async
+/// runtime, so timers, the pidfd exit events and the requests for fresh readings wake this thread only,
+/// and its blocking reads hold up nothing else. Runs until `shutdown`; its tasks end with it.
+pub struct SamplingThread {
+    handle: tokio::runtime::Handle,
+}
+
+impl SamplingThread {
+    /// Starts the thread.
+    pub fn start(shutdown: CancellationToken) -> std::io::Result<SamplingThread> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        std::thread::Builder::new()
+            .name("vitals-sampler".to_owned())
+            .spawn(move || runtime.block_on(shutdown.cancelled()))?;
+        Ok(SamplingThread { handle })
+    }
+
+    /// Runs `task` on the sampling thread.
+    pub fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.handle.spawn(task)
+    }
+}
 
 /// How often "no target found" is repeated in the log while vitals keeps searching.
 const NOT_FOUND_WARNING_EVERY: Duration = Duration::from_secs(60);
@@ -398,8 +434,7 @@ impl Sampler {
     }
 
     /// True when the attached target is still the same live instance: one read of its kept `stat` file,
-    /// cheap enough to run on the async worker every [`WATCH_INTERVAL`] (handing the thread over with
-    /// `block_in_place` each time costs more than the read). Kills in its cgroup while it runs are counted
+    /// every [`WATCH_INTERVAL`]. Kills in its cgroup while it runs are counted
     /// by the tick; the kill that ends it by [`Sampler::handle_exit`].
     fn attached_alive(&mut self) -> bool {
         self.attached
@@ -628,10 +663,10 @@ impl Sampler {
         });
     }
 
-    /// One tick now, and the readers of rates told; returns when it ended.
+    /// One tick now, and the readers of rates told; returns when it ended. The reads block this thread,
+    /// the [`SamplingThread`], which has nothing else to do meanwhile.
     fn read_now(&mut self) -> tokio::time::Instant {
-        // procfs reads are short blocking syscalls; block_in_place keeps them off other tasks' way.
-        tokio::task::block_in_place(|| self.tick());
+        self.tick();
         self.sampled.notify_one();
         tokio::time::Instant::now()
     }
@@ -672,7 +707,7 @@ impl Sampler {
                     }
                 }, if event_watched => match exited {
                     Ok(()) => {
-                        tokio::task::block_in_place(|| self.target_exited());
+                        self.target_exited();
                         if self.attached.is_some() {
                             // A new instance: its first readings at once, as at the start.
                             last_tick = None;
@@ -688,7 +723,7 @@ impl Sampler {
                 _ = watch.tick(), if watching && !event_watched => {
                     // The common case without a pidfd, a live target, is one pread: no thread hand-over for it.
                     if !self.attached_alive() {
-                        tokio::task::block_in_place(|| self.watch());
+                        self.watch();
                         if self.attached.is_some() {
                             last_tick = None;
                         }

@@ -256,8 +256,8 @@ fn matchers(c: &[char], i: &mut usize) -> (BTreeSet<String>, Vec<String>) {
 /// The recording rules of the shipped rule file: output name → the labels of the series it reads (its
 /// grouping labels when it aggregates with `by`, else everything the series it reads declare).
 fn recorded(entries: &BTreeMap<String, &'static MetricDef>) -> BTreeMap<String, BTreeSet<String>> {
-    let rules: serde_yaml::Value =
-        serde_yaml::from_str(&read("deploy/prometheus/vitals.rules.yml")).expect("rules parse");
+    let rules: yaml_serde::Value =
+        yaml_serde::from_str(&read("deploy/prometheus/vitals.rules.yml")).expect("rules parse");
     let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for g in rules["groups"].as_sequence().expect("groups") {
         for r in g["rules"].as_sequence().expect("rules") {
@@ -321,7 +321,7 @@ fn queries() -> Vec<(String, String)> {
             &["spec", "groups"][..],
         ),
     ] {
-        let mut v: serde_yaml::Value = serde_yaml::from_str(&read(rel)).expect("yaml parses");
+        let mut v: yaml_serde::Value = yaml_serde::from_str(&read(rel)).expect("yaml parses");
         for k in groups {
             v = v[*k].clone();
         }
@@ -337,7 +337,7 @@ fn queries() -> Vec<(String, String)> {
     }
     // promtool tests: the input series and the expressions they evaluate.
     let rel = "deploy/prometheus/tests/alerts.test.yml";
-    let t: serde_yaml::Value = serde_yaml::from_str(&read(rel)).expect("tests parse");
+    let t: yaml_serde::Value = yaml_serde::from_str(&read(rel)).expect("tests parse");
     for test in t["tests"].as_sequence().expect("tests") {
         for s in test["input_series"].as_sequence().into_iter().flatten() {
             out.push((

@@ -51,7 +51,7 @@ fn a_bad_value_names_its_source() {
         (
             &["--config", f, "--log-level", "info"],
             &[],
-            format!("error: config file {f}: field interval: 0s is outside 100ms..1h"),
+            format!("error: config file {f}: field interval (line 1): 0s is outside 100ms..1h"),
         ),
         (
             &["--log-level", "inf"],
@@ -66,7 +66,9 @@ fn a_bad_value_names_its_source() {
         (
             &["--config", f, "--interval", "1s"],
             &[],
-            format!("error: config file {f}: field log-level: \"warning\" is not a log level"),
+            format!(
+                "error: config file {f}: field log-level (line 2): \"warning\" is not a log level"
+            ),
         ),
         (
             &[],

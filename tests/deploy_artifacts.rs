@@ -35,12 +35,12 @@ fn venv_tool(name: &str) -> PathBuf {
     p
 }
 
-fn yaml(path: &Path) -> serde_yaml::Value {
-    serde_yaml::from_str(&std::fs::read_to_string(path).unwrap())
+fn yaml(path: &Path) -> yaml_serde::Value {
+    yaml_serde::from_str(&std::fs::read_to_string(path).unwrap())
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-fn alerts(rules: &serde_yaml::Value) -> Vec<serde_yaml::Value> {
+fn alerts(rules: &yaml_serde::Value) -> Vec<yaml_serde::Value> {
     rules["groups"]
         .as_sequence()
         .unwrap()
@@ -68,7 +68,7 @@ fn every_alert_is_documented_tested_and_labelled() {
     let rules = yaml(&root().join("deploy/prometheus/vitals.rules.yml"));
     let runbook = std::fs::read_to_string(root().join("docs/runbook.md")).unwrap();
     let tests = yaml(&root().join("deploy/prometheus/tests/alerts.test.yml"));
-    let cases: Vec<&serde_yaml::Value> = tests["tests"]
+    let cases: Vec<&yaml_serde::Value> = tests["tests"]
         .as_sequence()
         .unwrap()
         .iter()
@@ -249,7 +249,7 @@ fn kubernetes_manifests_render_validate_and_meet_restricted() {
             .arg(&p));
         assert!(out.contains("passed for resource deployment/shop"), "{out}");
     }
-    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&base)
+    let docs: Vec<yaml_serde::Value> = yaml_serde::Deserializer::from_str(&base)
         .map(|d| serde::Deserialize::deserialize(d).unwrap())
         .collect();
     let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();

@@ -88,7 +88,7 @@ fn dashboard_targets() -> Vec<(String, String, String)> {
 }
 
 fn rule_exprs() -> Vec<(String, String)> {
-    let rules: serde_yaml::Value = serde_yaml::from_str(
+    let rules: yaml_serde::Value = yaml_serde::from_str(
         &std::fs::read_to_string(root().join("deploy/prometheus/vitals.rules.yml")).unwrap(),
     )
     .unwrap();

@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{require_tool, vitals_bin, TestChild, Vitals};
-use serde_yaml::Value;
+use yaml_serde::Value;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -68,7 +68,7 @@ fn objects(text: &str) -> Vec<Value> {
     let docs: Vec<Value> = if text.trim_start().starts_with('{') {
         vec![serde_json::from_str(text).unwrap()]
     } else {
-        serde_yaml::Deserializer::from_str(text)
+        yaml_serde::Deserializer::from_str(text)
             .map(|d| serde::Deserialize::deserialize(d).unwrap())
             .collect()
     };
@@ -214,7 +214,7 @@ fn restricted_violations(spec: &Value) -> Vec<String> {
 
 #[test]
 fn the_restricted_check_sees_what_it_looks_for() {
-    let good: Value = serde_yaml::from_str(
+    let good: Value = yaml_serde::from_str(
         "securityContext: {runAsNonRoot: true, seccompProfile: {type: RuntimeDefault}}\n\
          containers: [{name: a, securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}}]\n",
     )
@@ -233,7 +233,7 @@ fn the_restricted_check_sees_what_it_looks_for() {
         ),
     ] {
         let mut bad = good.clone();
-        let extra: Value = serde_yaml::from_str(patch).unwrap();
+        let extra: Value = yaml_serde::from_str(patch).unwrap();
         for (k, val) in extra.as_mapping().unwrap() {
             bad.as_mapping_mut().unwrap().insert(k.clone(), val.clone());
         }
@@ -679,6 +679,101 @@ fn options_on_the_command_line_reach_the_sidecar() {
     let r = inject(&["--target", "app=socket:80", "-"], &input);
     assert_eq!(r.code, Some(2));
     assert!(r.stderr.contains("unknown kind"), "{}", r.stderr);
+}
+
+/// Sidecar arguments a YAML 1.1 reader would take for a boolean, null, number or date (kubectl reads
+/// manifests with go-yaml v2, kubernetes-validate with PyYAML; yaml_serde is YAML 1.2) are written quoted,
+/// so every reader gets the same strings back.
+#[test]
+fn sidecar_args_stay_strings_for_yaml_1_1_readers() {
+    let odd = [
+        "on",
+        "yes",
+        "y",
+        "N",
+        "Off",
+        "~",
+        "null",
+        "0777",
+        "1:20",
+        "1_000",
+        "0x1F",
+        "2001-12-14",
+        "<<",
+        "--pss",
+    ];
+    let input = std::fs::read_to_string(fixture("existing-sidecars.yaml")).unwrap();
+    let flags: Vec<String> = odd.iter().map(|a| format!("--sidecar-arg={a}")).collect();
+    let mut args: Vec<&str> = flags.iter().map(String::as_str).collect();
+    args.push("-");
+    let r = inject_ok(&args, &input);
+    let tail = |all: Vec<String>| all[all.len().saturating_sub(odd.len())..].to_vec();
+    // YAML 1.2, as vitals reads it.
+    let objs = objects(&r.stdout);
+    let sidecar = pod_spec(&objs[0]).unwrap()["initContainers"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"].as_str() == Some("vitals"))
+        .unwrap()
+        .clone();
+    let got: Vec<String> = sidecar["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(tail(got), odd);
+    // YAML 1.1, as PyYAML reads it: `on` would be True, `0777` 511, `1:20` 80, `2001-12-14` a date.
+    let python = root().join(".venv/bin/python");
+    assert!(
+        python.is_file(),
+        "python venv missing: python3 -m venv .venv && .venv/bin/pip install -r tests/python/requirements.txt (.ci/run does)"
+    );
+    let script = "import json, sys, yaml\n\
+        for d in yaml.safe_load_all(sys.stdin):\n\
+        \x20   for c in (d or {}).get('spec', {}).get('template', {}).get('spec', {}).get('initContainers', []):\n\
+        \x20       if c['name'] == 'vitals': print(json.dumps(c['args'], default=repr))\n";
+    let mut child = Command::new(&python)
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(r.stdout.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "PyYAML cannot read the injected manifest: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read: Vec<serde_json::Value> =
+        serde_json::from_str(String::from_utf8(out.stdout).unwrap().trim()).unwrap();
+    let read: Vec<String> = read.iter().map(|a| a.to_string()).collect();
+    let want: Vec<String> = odd.iter().map(|a| format!("{a:?}")).collect();
+    assert_eq!(tail(read), want, "PyYAML reads other values");
+    // go-yaml v2 also reads y/Y/n/N as booleans, which PyYAML does not: those are quoted in the text.
+    for a in ["y", "N"] {
+        assert!(
+            r.stdout.contains(&format!("- '{a}'\n")),
+            "{a}:\n{}",
+            r.stdout
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("injected.yaml");
+    std::fs::write(&path, &r.stdout).unwrap();
+    validate(&[path], "1.33.0").unwrap_or_else(|e| panic!("kubernetes-validate:\n{e}"));
+    let second = inject_ok(&args, &r.stdout);
+    assert_eq!(second.stdout, r.stdout, "a second inject changed it");
+    let back = inject_ok(&["--uninject", "-"], &r.stdout);
+    assert_eq!(back.stdout, input);
 }
 
 #[test]

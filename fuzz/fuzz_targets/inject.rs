@@ -25,8 +25,8 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let plain = transform(text, &settings, Mode::Uninject).expect("input that injects uninjects");
     assert_eq!(back.output, plain.output, "uninject(inject(x)) != uninject(x)");
     if !text.trim_start().starts_with(['{', '[']) {
-        for doc in serde_yaml::Deserializer::from_str(&once.output) {
-            let _: serde_yaml::Value =
+        for doc in yaml_serde::Deserializer::from_str(&once.output) {
+            let _: yaml_serde::Value =
                 serde::Deserialize::deserialize(doc).expect("injected YAML parses");
         }
     }

@@ -200,7 +200,7 @@ pub struct Options {
     #[serde(deserialize_with = "de_duration")]
     pub interval: Option<Duration>,
     /// Sampling interval while nobody watches the live page; a scrape or a push still gets readings no
-    /// older than --interval [default: 10s; a thirtieth of the shortest --growth-windows when that is
+    /// older than --interval [default: 20s; a thirtieth of the shortest --growth-windows when that is
     /// shorter, so every growth bucket gets a reading; never below --interval; at most 1h].
     #[arg(long, global = true, env = "VITALS_IDLE_INTERVAL", value_parser = humantime::parse_duration)]
     #[serde(deserialize_with = "de_duration")]
@@ -848,7 +848,7 @@ pub enum ConfigError {
     #[error("{origin}: {reason}")]
     Invalid {
         /// Where the value came from, e.g. `--interval`, `environment variable VITALS_INTERVAL` or
-        /// `config file /etc/vitals.yaml: field interval`.
+        /// `config file /etc/vitals.yaml: field interval (line 3)`.
         origin: String,
         /// What is wrong and what to do.
         reason: String,
@@ -880,7 +880,15 @@ impl Origins<'_> {
             return format!("--{long}");
         }
         match self.file {
-            Some(f) => format!("config file {}: field {long}", f.display()),
+            Some(f) => {
+                // The key's line: the file is read again on this error path only.
+                let line = std::fs::read_to_string(f).ok().and_then(|text| {
+                    let keys = top_level_keys(&text);
+                    keys.iter().find(|(k, _)| *k == long).map(|(_, n)| *n)
+                });
+                let at = line.map(|n| format!(" (line {n})")).unwrap_or_default();
+                format!("config file {}: field {long}{at}", f.display())
+            }
             None => format!("--{long}"),
         }
     }
@@ -948,28 +956,85 @@ pub fn load_file(path: &Path) -> Result<Options, ConfigError> {
     if text.trim().is_empty() {
         return Ok(Options::default());
     }
-    let whole_file_error = match serde_yaml::from_str(&text) {
+    let whole_file_error = match yaml_serde::from_str::<Options>(&text) {
         Ok(options) => return Ok(options),
         Err(e) => e.to_string(),
     };
     // serde reports a bad value without its key: find the first key that fails on its own.
-    let bad_field = serde_yaml::from_str::<serde_yaml::Mapping>(&text)
-        .ok()
-        .and_then(|map| {
-            map.into_iter().find_map(|(key, value)| {
-                let mut one = serde_yaml::Mapping::new();
-                one.insert(key.clone(), value);
-                let e = serde_yaml::from_value::<Options>(serde_yaml::Value::Mapping(one)).err()?;
-                let key = key
-                    .as_str()
-                    .map_or_else(|| format!("{key:?}"), str::to_owned);
-                Some(format!("field {key}: {e}"))
-            })
+    let keys = top_level_keys(&text);
+    let Ok(map) = yaml_serde::from_str::<yaml_serde::Mapping>(&text) else {
+        // Not a mapping, or a key given twice (yaml_serde places that error at the mapping's start).
+        let twice = keys.iter().enumerate().find_map(|(i, (key, line))| {
+            let (_, again) = keys[i + 1..].iter().find(|(k, _)| k == key)?;
+            Some(format!(
+                "field {key}: given twice, at lines {line} and {again}"
+            ))
         });
+        return Err(ConfigError::ParseFile(
+            path.to_path_buf(),
+            twice.unwrap_or(whole_file_error),
+        ));
+    };
+    let bad_field = map.into_iter().find_map(|(key, value)| {
+        let mut one = yaml_serde::Mapping::new();
+        one.insert(key.clone(), value);
+        let e = yaml_serde::from_value::<Options>(yaml_serde::Value::Mapping(one)).err()?;
+        let key = key
+            .as_str()
+            .map_or_else(|| format!("{key:?}"), str::to_owned);
+        let at = keys
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, line)| format!(" (line {line})"))
+            .unwrap_or_default();
+        Some(format!("field {key}{at}: {e}"))
+    });
     Err(ConfigError::ParseFile(
         path.to_path_buf(),
         bad_field.unwrap_or(whole_file_error),
     ))
+}
+
+/// The keys of a block mapping at the top of a config file, with their lines (from 1): lines that start
+/// at column 0 with a plain or quoted key and a `:`, up to a second document. yaml_serde's tree keeps
+/// no positions and its errors place some at the mapping's start, so a bad field's line is found here;
+/// a flow-style file (`{a: 1}`) has none and its errors name no line.
+fn top_level_keys(text: &str) -> Vec<(&str, usize)> {
+    let mut keys = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.starts_with("---") || line.starts_with("...") {
+            if keys.is_empty() {
+                continue;
+            }
+            break;
+        }
+        let Some(first) = line.chars().next() else {
+            continue;
+        };
+        let (key, rest) = match first {
+            q @ ('\'' | '"') => {
+                let Some(end) = line[1..].find(q) else {
+                    continue;
+                };
+                (&line[1..=end], &line[end + 2..])
+            }
+            c if c.is_whitespace() || "#-{[%&*!|>?:".contains(c) => continue,
+            _ => {
+                // A plain key ends at the first `:` followed by a space or the line's end.
+                let Some((colon, _)) = line
+                    .match_indices(':')
+                    .find(|(i, _)| line[i + 1..].chars().next().is_none_or(char::is_whitespace))
+                else {
+                    continue;
+                };
+                (line[..colon].trim_end(), &line[colon..])
+            }
+        };
+        if rest.trim_start().starts_with(':') {
+            keys.push((key, n + 1));
+        }
+    }
+    keys
 }
 
 impl Cli {
@@ -1328,8 +1393,11 @@ impl Cli {
 pub const DEFAULT_MAX_TREE_PROCESSES: usize = 1000;
 
 /// How often a sampler reads its target while nobody watches the live page (see [`crate::cadence`]), at
-/// most: scrapes and pushes get fresher readings.
-pub const DEFAULT_IDLE_INTERVAL: Duration = Duration::from_secs(10);
+/// most: scrapes and pushes get fresher readings, and each reading puts the next idle one off by this
+/// much. 20 s is two thirds of a bucket of the default 15-minute growth window (30 s), so timer jitter
+/// never leaves a bucket without a reading, and longer than the common 15 s scrape interval, whose
+/// readings are then the only ones taken.
+pub const DEFAULT_IDLE_INTERVAL: Duration = Duration::from_secs(20);
 
 /// Buckets of a memory growth window (`signal::memory`, whose tests keep the two equal): the idle pace
 /// leaves none without a reading.
@@ -1738,6 +1806,9 @@ mod tests {
     #[test]
     fn the_idle_interval_leaves_no_growth_bucket_empty() {
         let c = parse(&["--pid", "1"]).unwrap();
+        assert_eq!(c.idle_interval, Duration::from_secs(20));
+        // A 5-minute window's buckets are 10 s.
+        let c = parse(&["--pid", "1", "--growth-windows", "5m,1h"]).unwrap();
         assert_eq!(c.idle_interval, Duration::from_secs(10));
         // 20 s windows have buckets of 0.67 s: readings that often, but never faster than the interval.
         let c = parse(&[
@@ -2062,7 +2133,10 @@ mod tests {
         std::fs::write(&f, "interval: whenever\n").unwrap();
         let e = parse(&["--config", f.to_str().unwrap()]).unwrap_err();
         assert!(
-            e.starts_with(&format!("config file {}: field interval: ", f.display())),
+            e.starts_with(&format!(
+                "config file {}: field interval (line 1): ",
+                f.display()
+            )),
             "{e}"
         );
         std::fs::write(&f, "interval: 10ms\n").unwrap();
@@ -2070,7 +2144,7 @@ mod tests {
         assert_eq!(
             e,
             format!(
-                "config file {}: field interval: 10ms is outside 100ms..1h",
+                "config file {}: field interval (line 1): 10ms is outside 100ms..1h",
                 f.display()
             )
         );
@@ -2092,5 +2166,91 @@ mod tests {
         assert_eq!(c.otlp_http_addr, None);
         let e = parse(&["--config", "/nonexistent/v.yaml"]).unwrap_err();
         assert!(e.contains("/nonexistent/v.yaml"), "{e}");
+    }
+
+    /// The file is read as YAML 1.2 (yaml_serde): what YAML 1.1 readers take for booleans, octal or
+    /// merged mappings is refused with the field and line, never read as a guess.
+    #[test]
+    fn file_yaml_1_1_forms_are_refused_with_field_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("vitals.yaml");
+        let file = f.to_str().unwrap();
+        let refused = |yaml: &str| {
+            std::fs::write(&f, yaml).unwrap();
+            parse(&["--config", file]).unwrap_err()
+        };
+        let head = format!("config file {}: ", f.display());
+        for (yaml, want) in [
+            (
+                "interval: 2s\npss: yes\n",
+                "field pss (line 2): invalid type: string \"yes\", expected a boolean",
+            ),
+            (
+                "# comment\n\nprofiling: on\n",
+                "field profiling (line 3): invalid type: string \"on\", expected a boolean",
+            ),
+            (
+                "interval: 2s\nseries-limit: 0777\n",
+                "field series-limit (line 2): invalid type: string \"0777\", expected usize",
+            ),
+            (
+                "series-limit: 1_000\n",
+                "field series-limit (line 1): invalid type: string \"1_000\", expected usize",
+            ),
+            (
+                "interval: 2s\nseries-limit: 99999999999999999999999\n",
+                // Too big for yaml_serde's own tree too: the whole file's error, which names it.
+                "series-limit: invalid type: integer `99999999999999999999999` as u128, expected usize at line 2 column 15",
+            ),
+            (
+                "series-limit: '100'\n",
+                "field series-limit (line 1): invalid type: string \"100\", expected usize",
+            ),
+        ] {
+            assert_eq!(refused(yaml), format!("{head}{want}"), "{yaml}");
+        }
+        // A merge key is not merged: `<<` is a field vitals does not know.
+        let e = refused("interval: 2s\n<<: {pss: true}\n");
+        assert!(
+            e.starts_with(&format!("{head}field << (line 2): unknown field `<<`")),
+            "{e}"
+        );
+        // A key given twice is refused, not last-wins.
+        let e = refused("interval: 2s\npss: true\n\"interval\" : 5s\n");
+        assert_eq!(
+            e,
+            format!("{head}field interval: given twice, at lines 1 and 3")
+        );
+        // A bad value's line is its key's, also for a null the library places at the file's start.
+        let e = refused("# vitals\npss: true\ninterval: ~\n");
+        assert_eq!(
+            e,
+            format!("{head}field interval (line 3): invalid type: unit value, expected a string")
+        );
+        let e = refused("{pss: true, interval: 3}\n");
+        assert_eq!(
+            e,
+            format!("{head}field interval: invalid type: integer `3`, expected a string"),
+            "a flow mapping's keys have no line of their own"
+        );
+        let e = refused("pss: true\n---\npss: false\n");
+        assert!(e.contains("more than one document"), "{e}");
+        // What 1.2 reads as strings or null reaches vitals as such.
+        std::fs::write(
+            &f,
+            "otlp-http-addr: off\npss: True\nprocess: !!str 0777\nseries-limit: 0x100\n",
+        )
+        .unwrap();
+        let c = parse(&["--config", file]).unwrap();
+        assert_eq!(
+            c.otlp_http_addr, None,
+            "unquoted off turns the receiver off"
+        );
+        assert!(c.pss);
+        assert_eq!(c.series_limit, 256);
+        match c.target {
+            Some(TargetSpec::Select(Selection::Process(r))) => assert_eq!(r.as_str(), "0777"),
+            other => panic!("{other:?}"),
+        }
     }
 }

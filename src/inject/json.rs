@@ -1,12 +1,12 @@
 //! JSON manifests (`kubectl get -o json`): one or more JSON values in a row. A value inject does not
-//! change is copied byte for byte; a changed one is written again with its own key order (serde_yaml's
+//! change is copied byte for byte; a changed one is written again with its own key order (yaml_serde's
 //! mapping keeps insertion order) and its own indentation. That is byte for byte for the layout kubectl
 //! and serde_json write (`"key": value`, one key per line); other spacing is normalised in changed
 //! documents only.
 
 use serde::Serialize;
 use serde_json::ser::{PrettyFormatter, Serializer};
-use serde_yaml::Value;
+use yaml_serde::Value;
 
 use super::{apply_value, Decided, Refused};
 

@@ -13,7 +13,7 @@ pub mod process;
 pub mod yaml;
 
 use clap::Args;
-use serde_yaml::{Mapping, Value};
+use yaml_serde::{Mapping, Value};
 
 use pod::{Created, Plan, TemplateState};
 
@@ -173,7 +173,7 @@ fn yaml_pass(
     let mut out = String::with_capacity(input.len() + 4096);
     let pieces = yaml::split(input);
     // The stream as a whole must parse as it would for kubectl, not only each piece on its own.
-    for doc in serde_yaml::Deserializer::from_str(input) {
+    for doc in yaml_serde::Deserializer::from_str(input) {
         if let Err(e) = <Value as serde::Deserialize>::deserialize(doc) {
             let line = e.location().map_or(1, |l| l.line());
             let n = pieces.iter().rposition(|p| p.line <= line).unwrap_or(0);
@@ -185,7 +185,7 @@ fn yaml_pass(
     }
     for (n, piece) in pieces.iter().enumerate() {
         let n = n + 1;
-        let value: Value = serde_yaml::from_str(piece.text).map_err(|e| Refused {
+        let value: Value = yaml_serde::from_str(piece.text).map_err(|e| Refused {
             document: format!("document {n} (line {})", piece.line),
             reason: format!("not valid YAML: {e}"),
         })?;

@@ -4,7 +4,7 @@
 //! The YAML path edits text and checks its result against these functions; the JSON path uses them to
 //! build its output. Both therefore add and remove the same things in the same order.
 
-use serde_yaml::{Mapping, Value};
+use yaml_serde::{Mapping, Value};
 
 use super::process;
 use super::Settings;
@@ -609,7 +609,7 @@ mod tests {
 
     #[test]
     fn vitals_is_known_by_name_or_image() {
-        let c = |y: &str| serde_yaml::from_str::<Value>(y).unwrap();
+        let c = |y: &str| yaml_serde::from_str::<Value>(y).unwrap();
         assert!(is_vitals(&c("name: vitals\nimage: x")));
         assert!(is_vitals(&c(
             "name: metrics\nimage: reg.io:5000/team/vitals:0.1"

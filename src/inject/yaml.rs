@@ -1,15 +1,15 @@
 //! Edits YAML manifests as text, so comments, key order, quoting and blank lines outside the edit stay
 //! byte for byte.
 //!
-//! No Rust YAML library keeps comments through a parse and re-emit (serde_yaml and yaml-rust2 drop them;
-//! the event parsers give where a node starts but not where a block ends). So serde_yaml parses each
+//! No Rust YAML library keeps comments through a parse and re-emit (yaml_serde and yaml-rust2 drop them;
+//! the event parsers give where a node starts but not where a block ends). So yaml_serde parses each
 //! document to decide what to change, and this file finds the lines to change by indentation: the keys
 //! of a block mapping sit at one column, the items of a block sequence start with `-` at one column, and
 //! a block ends at the first content line left of that column. Every edit is then checked: the edited
 //! text is parsed again and must equal the intended structural edit (`pod::add`/`pod::remove` applied to
 //! the parsed value), or the document is refused rather than written wrong.
 
-use serde_yaml::{Mapping, Value};
+use yaml_serde::{Mapping, Value};
 
 use super::pod::{self, Created, Plan, ANNOTATION};
 
@@ -332,8 +332,9 @@ fn render_seq(s: &[Value], style: Style) -> Vec<(usize, String)> {
     out
 }
 
-/// One scalar as YAML: serde_yaml's quoting for one-line strings, JSON's (a valid YAML double-quoted
-/// scalar) for the rest.
+/// One scalar as YAML: yaml_serde's quoting for one-line strings, single-quoted where yaml_serde writes
+/// plain what a YAML 1.1 reader would take for other than a string, and JSON's (a valid YAML
+/// double-quoted scalar) for multi-line strings.
 fn scalar(v: &Value) -> String {
     match v {
         Value::Mapping(m) if m.is_empty() => "{}".to_owned(),
@@ -341,10 +342,35 @@ fn scalar(v: &Value) -> String {
         Value::String(s) if s.contains(['\n', '\r']) => {
             serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_owned())
         }
-        other => serde_yaml::to_string(other)
-            .map(|t| t.trim_end_matches('\n').to_owned())
-            .unwrap_or_default(),
+        other => {
+            let text = yaml_serde::to_string(other)
+                .map(|t| t.trim_end_matches('\n').to_owned())
+                .unwrap_or_default();
+            match other {
+                Value::String(s) if text == *s && yaml11_not_a_string(s) => {
+                    format!("'{}'", s.replace('\'', "''"))
+                }
+                _ => text,
+            }
+        }
     }
+}
+
+/// Whether a YAML 1.1 reader could read plain `s` as other than a string. yaml_serde follows YAML 1.2
+/// and writes `on`, `yes`, `y`, `0777`, `1:20`, `1_000` or `2001-12-14` plain, but kubectl (go-yaml v2
+/// under sigs.k8s.io/yaml) and PyYAML resolve by YAML 1.1: booleans, octal, base 60, an integer, a date.
+/// Any string made only of the characters of 1.1's numbers, dates and times, with a digit, is counted,
+/// so this quotes some strings that needed no quotes, never the other way round.
+fn yaml11_not_a_string(s: &str) -> bool {
+    const WORDS: [&str; 28] = [
+        "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "true", "True", "TRUE", "false",
+        "False", "FALSE", "on", "On", "ON", "off", "Off", "OFF", "~", "null", "Null", "NULL", "<<",
+        "=",
+    ];
+    WORDS.contains(&s)
+        || (s.bytes().any(|b| b.is_ascii_digit())
+            && s.bytes()
+                .all(|b| b.is_ascii_hexdigit() || b" +-._:xXoObBtTzZ".contains(&b)))
 }
 
 fn lines_at(rendered: Vec<(usize, String)>, col: usize) -> Vec<String> {
@@ -612,7 +638,7 @@ pub fn edit(text: &str, value: &Value, changes: &[ObjectEdit<'_>]) -> Result<Str
     }
     apply(&mut lines, edits)?;
     let out = lines.text();
-    let reparsed: Value = serde_yaml::from_str(&out).map_err(|e| {
+    let reparsed: Value = yaml_serde::from_str(&out).map_err(|e| {
         format!("the edited text does not parse ({e}); the layout is one vitals inject cannot edit in place")
     })?;
     if reparsed != expected {

@@ -225,6 +225,80 @@ pub struct ProcessTree {
     candidates: Vec<Candidate>,
     /// When the cap was last logged as reached.
     cap_logged: bool,
+    /// Says whether any pid was allocated since the last listing (none: no new member can exist).
+    new_pids: NewPids,
+}
+
+/// Whether a new process (or thread) can have appeared since the last listing of `/proc`, from the last
+/// pid the kernel allocated in vitals' pid namespace (the 5th field of `/proc/loadavg`). Listing `/proc`
+/// and reading the stat of every pid not seen before is most of an idle reading's cost (it grows with the
+/// processes of the whole namespace, not of the tree); when no pid was allocated since, the listing would
+/// find nothing new. The last pid is of the reader's namespace, so it is trusted only when the `/proc`
+/// read is that namespace's own mount (`self/status` names one pid: no outer namespace); elsewhere (a
+/// host's `/proc` mounted in, a fixture tree) every reading lists. A listing is also forced every
+/// [`NewPids::LIST_AT_LEAST_EVERY`] readings, and after a reading that skipped a pid it could not place.
+struct NewPids {
+    loadavg: Option<super::kept::KeptFile>,
+    buf: Vec<u8>,
+    /// The last pid at the last listing.
+    listed_at: Option<u64>,
+    /// Readings since the last listing.
+    since: u32,
+}
+
+impl NewPids {
+    /// At this many readings without a new pid the listing runs anyway.
+    const LIST_AT_LEAST_EVERY: u32 = 60;
+
+    fn new(proc_root: &Path) -> NewPids {
+        let own_namespace = std::fs::read(proc_root.join("self/status"))
+            .ok()
+            .and_then(|raw| {
+                let text = String::from_utf8_lossy(&raw).into_owned();
+                let line = text.lines().find(|l| l.starts_with("NSpid:"))?.to_owned();
+                Some(line.split_whitespace().count() == 2)
+            })
+            .unwrap_or(false);
+        NewPids {
+            loadavg: own_namespace
+                .then(|| super::kept::KeptFile::open(proc_root.join("loadavg")).ok())
+                .flatten(),
+            buf: Vec::with_capacity(64),
+            listed_at: None,
+            since: 0,
+        }
+    }
+
+    /// The last pid allocated, when it can be read.
+    fn last_pid(&mut self) -> Option<u64> {
+        let raw = self.loadavg.as_ref()?.read(&mut self.buf).ok()?;
+        last_pid_of_loadavg(raw)
+    }
+
+    /// True when `/proc` must be listed now; the caller lists and then calls [`NewPids::listed`].
+    fn list_now(&mut self) -> (bool, Option<u64>) {
+        let now = self.last_pid();
+        self.since = self.since.saturating_add(1);
+        let unchanged = now.is_some() && now == self.listed_at;
+        (!unchanged || self.since >= Self::LIST_AT_LEAST_EVERY, now)
+    }
+
+    /// A listing ran having read `last_pid` before it; `complete` is false when a pid was skipped that a
+    /// later listing must look at again.
+    fn listed(&mut self, last_pid: Option<u64>, complete: bool) {
+        self.listed_at = if complete { last_pid } else { None };
+        self.since = 0;
+    }
+}
+
+/// The last pid allocated, from `/proc/loadavg` (`0.00 0.01 0.05 1/180 12345`).
+fn last_pid_of_loadavg(raw: &[u8]) -> Option<u64> {
+    std::str::from_utf8(raw)
+        .ok()?
+        .split_ascii_whitespace()
+        .nth(4)?
+        .parse()
+        .ok()
 }
 
 /// Programs that start the runtime that does the work: when one of their descendants runs a runtime
@@ -295,6 +369,7 @@ impl ProcessTree {
             listing: Vec::new(),
             candidates: Vec::new(),
             cap_logged: false,
+            new_pids: NewPids::new(proc_root),
         };
         // The root's start time is read with its first sample; 0 sorts it first, as the oldest.
         t.insert(root_pid, 0, 0, root);
@@ -362,9 +437,14 @@ impl ProcessTree {
     /// not seen before, and takes those whose parent is a member (oldest first, so a grandchild born in the
     /// same tick follows its parent in).
     fn discover(&mut self) {
+        let (list, last_pid) = self.new_pids.list_now();
+        if !list {
+            return;
+        }
         if list_pids(&self.proc_root, &mut self.listing).is_err() {
             return;
         }
+        let mut complete = true;
         let listing = &self.listing;
         let listed = |p: &u32| listing.binary_search(p).is_ok();
         self.outside.retain(listed);
@@ -379,6 +459,7 @@ impl ProcessTree {
             }
             let path = self.proc_root.join(pid.to_string()).join("stat");
             let Ok(raw) = std::fs::read(&path) else {
+                // Gone already: its parent reaps it and inherits its figures.
                 continue;
             };
             match parse_stat(&raw) {
@@ -387,10 +468,13 @@ impl ProcessTree {
                     ppid: st.ppid,
                     start: st.starttime,
                 }),
-                // A zombie or an unparsable file: looked at again next tick.
-                _ => {}
+                // A zombie never runs again (its parent takes its figures).
+                Ok(_) => {}
+                // An unparsable file: looked at again at the next reading.
+                Err(_) => complete = false,
             }
         }
+        self.new_pids.listed(last_pid, complete);
         self.candidates.sort_unstable_by_key(|c| (c.start, c.pid));
         let candidates = std::mem::take(&mut self.candidates);
         for c in &candidates {
@@ -709,5 +793,41 @@ mod tests {
         let c = Comm::from_bytes(b"a-very-long-command-name\n");
         assert_eq!(c.as_str(), "a-very-long-com");
         assert_eq!(Comm::from_bytes(b"sh\n").as_str(), "sh");
+    }
+
+    #[test]
+    fn the_last_pid_is_read_from_loadavg_and_a_new_process_moves_it() {
+        assert_eq!(
+            last_pid_of_loadavg(b"0.00 0.01 0.05 1/180 12345\n"),
+            Some(12345)
+        );
+        assert_eq!(last_pid_of_loadavg(b"0.00 0.01 0.05 1/180\n"), None);
+        assert_eq!(last_pid_of_loadavg(b"\xff"), None);
+        // The test runs in the namespace of the /proc it reads: the last pid is trusted there.
+        let mut gate = NewPids::new(Path::new("/proc"));
+        let (list, before) = gate.list_now();
+        assert!(list, "the first reading lists");
+        assert!(before.is_some(), "/proc/loadavg names the last pid");
+        gate.listed(before, true);
+        let child = std::process::Command::new("true").status();
+        assert!(child.is_ok());
+        let (list, after) = gate.list_now();
+        assert!(
+            list,
+            "a process started since the listing: {before:?} -> {after:?}"
+        );
+        assert_ne!(before, after);
+        // A listing that could not place a pid is followed by another, whatever the last pid.
+        gate.listed(after, false);
+        assert!(gate.list_now().0);
+        // A fixture tree (no `self`) is listed at every reading.
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("loadavg"), "0 0 0 1/1 7\n").expect("write");
+        let mut fixture = NewPids::new(dir.path());
+        for _ in 0..3 {
+            let (list, last) = fixture.list_now();
+            assert!(list);
+            fixture.listed(last, true);
+        }
     }
 }

@@ -569,6 +569,25 @@ struct HintReading {
     target: Option<String>,
 }
 
+/// Every family the hints read from a gather ([`HintSignal::observe`]).
+pub const READS: &[&catalogue::MetricDef] = &[
+    &catalogue::TARGET_UP,
+    &catalogue::TARGET_INFO,
+    &catalogue::PROCESS_START_TIME,
+    &catalogue::PROCESS_CPU_TIME,
+    &catalogue::PROCESS_MEMORY_USAGE,
+    &catalogue::CGROUP_CPU_PERIODS,
+    &catalogue::CGROUP_CPU_THROTTLED_PERIODS,
+    &catalogue::CGROUP_MEMORY_USAGE,
+    &catalogue::CGROUP_MEMORY_LIMIT,
+    &catalogue::CGROUP_MEMORY_OOM_KILLS,
+    &catalogue::MEMORY_HEAP_LIMIT,
+    &catalogue::POOL_UTILIZATION,
+    &catalogue::POOL_USED,
+    &catalogue::POOL_MAX,
+    &catalogue::POOL_PENDING,
+];
+
 impl HintSignal {
     /// Hints computed with `policy`, none published yet.
     pub fn new(policy: HintPolicy) -> Self {
@@ -584,7 +603,7 @@ impl HintSignal {
 
     /// Takes the reading at unix time `t` from one gather of the registry and publishes the advice.
     pub fn observe(&self, t: f64, families: &[Metric]) {
-        let f = catalogue::Families::new(families);
+        let f = catalogue::Families::declared(families, READS);
         let up = f.sum(&catalogue::TARGET_UP, &[]).unwrap_or(0.0) > 0.0;
         let key = f.target_instance();
         let mut r = self.reading.lock().unwrap_or_else(|p| p.into_inner());
@@ -943,5 +962,30 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(h.pools.len(), POOL_LIMIT);
+    }
+
+    #[test]
+    fn the_hints_read_only_the_families_they_declare() {
+        // The gather after a reading with nobody watching holds READS (and the page's history families):
+        // the advice from READS alone equals the advice from everything; reading another family panics
+        // (debug builds).
+        let needed = [READS];
+        let (full, kept) = (HintSignal::new(policy()), HintSignal::new(policy()));
+        for i in 0..200 {
+            let all = catalogue::every_family(f64::from(i));
+            let only: Vec<Metric> = all
+                .iter()
+                .filter(|m| catalogue::gathers(&needed, &m.name))
+                .cloned()
+                .collect();
+            full.observe(1000.0 + f64::from(i), &all);
+            kept.observe(1000.0 + f64::from(i), &only);
+        }
+        let (a, b) = (full.current(), kept.current());
+        assert_eq!(a, b);
+        assert!(
+            a.iter().any(|h| h.value.is_some()),
+            "some advice after 200 s: {a:?}"
+        );
     }
 }

@@ -129,7 +129,7 @@ impl WebConfig {
 
     /// Checks the text of a web config file read from `path` (certificate paths are relative to it).
     pub fn parse(text: &str, path: &Path) -> Result<WebConfig, WebConfigError> {
-        let file: File = serde_yaml::from_str(text).map_err(|e| WebConfigError::Format {
+        let file: File = yaml_serde::from_str(text).map_err(|e| WebConfigError::Format {
             path: path.to_owned(),
             message: e.to_string(),
         })?;

@@ -558,8 +558,12 @@ impl MetricSink for Encoder {
         h.push_str("# TYPE ");
         header_name(h, &self.name, header_suffix, quoted);
         let _ = writeln!(h, " {type_word}");
-        let unit = naming::unit_word(&self.name);
-        if om && !unit.is_empty() {
+        let unit = if om {
+            naming::unit_word(&self.name)
+        } else {
+            ""
+        };
+        if !unit.is_empty() {
             h.push_str("# UNIT ");
             header_name(h, &self.name, "", quoted);
             let _ = writeln!(h, " {unit}");

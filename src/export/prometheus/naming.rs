@@ -187,7 +187,11 @@ pub fn unit_word(prom_name: &str) -> &'static str {
     ];
     WORDS
         .iter()
-        .find(|w| prom_name.ends_with(&format!("_{w}")))
+        .find(|w| {
+            prom_name
+                .strip_suffix(**w)
+                .is_some_and(|rest| rest.ends_with('_'))
+        })
         .copied()
         .unwrap_or("")
 }
@@ -249,6 +253,16 @@ fn per_unit(u: &str) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_unit_word_is_a_whole_last_word() {
+        assert_eq!(unit_word("vitals_gc_pause_seconds"), "seconds");
+        assert_eq!(unit_word("process_memory_usage_bytes"), "bytes");
+        assert_eq!(unit_word("cpu_utilization_ratio"), "ratio");
+        assert_eq!(unit_word("timeseconds"), "");
+        assert_eq!(unit_word("seconds"), "");
+        assert_eq!(unit_word("vitals_seconds_total"), "");
+    }
     use InstrumentShape::*;
 
     #[test]

@@ -274,6 +274,38 @@ pub struct Onset {
 /// At most this many targets are listed on the page.
 const TARGETS_SHOWN: usize = 32;
 
+/// Every family the history point reads ([`LiveFrames::observe`]); the frame reads them all.
+pub const HISTORY_READS: &[&catalogue::MetricDef] = &[
+    &catalogue::TARGET_UP,
+    &catalogue::TARGET_INFO,
+    &catalogue::PROCESS_START_TIME,
+    &catalogue::PROCESS_CPU_TIME,
+    &catalogue::PROCESS_MEMORY_USAGE,
+    &catalogue::PRESSURE_STALLED,
+    &catalogue::REQUEST_DURATION,
+    &catalogue::DB_QUERY_DURATION,
+    &catalogue::DB_N_PLUS_ONE,
+    &catalogue::GC_PAUSE,
+    &catalogue::GC_PAUSE_MAX,
+    &catalogue::SAFEPOINT,
+    &catalogue::EVENT_LOOP_DELAY,
+    &catalogue::CGROUP_CPU_THROTTLED,
+    &catalogue::CGROUP_CPU_THROTTLED_PERIODS,
+    &catalogue::CGROUP_CPU_PERIODS,
+    &catalogue::CGROUP_MEMORY_USAGE,
+    &catalogue::CGROUP_MEMORY_LIMIT,
+    &catalogue::MEMORY_HEAP,
+    &catalogue::MEMORY_HEAP_LIMIT,
+    &catalogue::MEMORY_GROWTH,
+    &catalogue::MEMORY_GROWTH_STATUS,
+    &catalogue::MEMORY_TIME_TO_LIMIT,
+    &catalogue::MEMORY_LEAK_SUSPECTED,
+    &catalogue::POOL_UTILIZATION,
+    &catalogue::POOL_USED,
+    &catalogue::POOL_MAX,
+    &catalogue::POOL_PENDING,
+];
+
 impl LiveFrames {
     /// Frames keeping `capacity` seconds of history. `selected_by` says how the target was chosen;
     /// `otlp_hint` is a sentence telling how an app's SDK reaches the receivers, or that it cannot.
@@ -423,7 +455,12 @@ impl LiveFrames {
     /// The history point for time `t`; the frame too when there are `hints` to show (a frame is
     /// rendered).
     fn advance(&mut self, t: f64, families: &[Metric], hints: Option<Vec<Hint>>) -> Option<Frame> {
-        let f = Families::new(families);
+        // The history point reads only HISTORY_READS (a gather for nobody watching holds only those);
+        // the frame reads everything.
+        let f = match hints {
+            None => Families::declared(families, HISTORY_READS),
+            Some(_) => Families::new(families),
+        };
         let up = f.sum(&catalogue::TARGET_UP, &[]).unwrap_or(0.0);
         let info = f.series(&catalogue::TARGET_INFO).next();
         let pid = info.and_then(|s| label(s, "pid")).map(str::to_owned);
@@ -1133,5 +1170,40 @@ mod tests {
         assert_eq!(db["n_plus_one"][0]["runs_total"], 6.0);
         assert_eq!(db["pools"][0]["pool"], "shop-db");
         assert_eq!(db["pools"][0]["pending"], 3.0);
+    }
+
+    #[test]
+    fn the_history_point_reads_only_the_families_it_declares() {
+        // A gather for nobody watching copies only HISTORY_READS (and the hints' READS): the history
+        // from it equals the history from everything, and reading anything else panics (debug builds).
+        let needed = [crate::signal::hints::READS, HISTORY_READS];
+        let mut full = LiveFrames::new(10, "pid".into(), String::new());
+        let mut kept = LiveFrames::new(10, "pid".into(), String::new());
+        for i in 0..6 {
+            let all = catalogue::every_family(f64::from(i));
+            let only: Vec<Metric> = all
+                .iter()
+                .filter(|m| catalogue::gathers(&needed, &m.name))
+                .cloned()
+                .collect();
+            assert!(
+                only.len() < all.len() / 2,
+                "{} of {}",
+                only.len(),
+                all.len()
+            );
+            full.observe(1000.0 + 10.0 * f64::from(i), &all);
+            kept.observe(1000.0 + 10.0 * f64::from(i), &only);
+        }
+        let bits = |s: &LiveFrames| -> Vec<Vec<u32>> {
+            s.history()
+                .points()
+                .map(|p| p.values.iter().map(|v| v.to_bits()).collect())
+                .collect()
+        };
+        assert_eq!(bits(&full), bits(&kept));
+        let last = full.history().points().last().copied().expect("points");
+        let known = last.values.iter().filter(|v| !v.is_nan()).count();
+        assert!(known >= 10, "the history saw the families: {last:?}");
     }
 }

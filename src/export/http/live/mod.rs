@@ -86,7 +86,9 @@ impl LiveHub {
 
     /// True while a viewer is connected or the continuous profiler waits for trouble: the frame and the
     /// alert conditions are then computed every tick.
-    fn watched(&self) -> bool {
+    /// True while a viewer or the continuous profiler needs frames: [`LiveHub::tick`] then builds one
+    /// from a full gather, else only the history point from [`frame::HISTORY_READS`].
+    pub fn watched(&self) -> bool {
         self.captures.get().is_some() || self.viewers.available_permits() < VIEWER_LIMIT
     }
 
@@ -105,10 +107,11 @@ impl LiveHub {
     }
 
     /// Takes one frame at unix time `t` from `families` (one gather of vitals' own metrics, the app's
-    /// are never shown) and hands it to every viewer. With nobody watching, only the history point is
-    /// kept: no frame is built for nobody.
-    pub fn tick(&self, families: &[Metric], t: f64) {
-        if !self.watched() {
+    /// are never shown) and hands it to every viewer. With nobody watching (`watched`, asked of
+    /// [`LiveHub::watched`] before the gather, which then held only the history's families), only the
+    /// history point is kept: no frame is built for nobody.
+    pub fn tick(&self, families: &[Metric], t: f64, watched: bool) {
+        if !watched {
             if !self.frames.borrow().is_empty() {
                 // A viewer who connects later gets no frame from the last time anyone watched.
                 self.frames.send_replace(Bytes::new());

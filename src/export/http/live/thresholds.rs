@@ -315,8 +315,8 @@ mod tests {
 
     #[test]
     fn table_matches_the_shipped_rule_file() {
-        let doc: serde_yaml::Value = serde_yaml::from_str(SHIPPED).unwrap();
-        let rules: Vec<&serde_yaml::Value> = doc["groups"]
+        let doc: yaml_serde::Value = yaml_serde::from_str(SHIPPED).unwrap();
+        let rules: Vec<&yaml_serde::Value> = doc["groups"]
             .as_sequence()
             .unwrap()
             .iter()
