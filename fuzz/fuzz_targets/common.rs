@@ -45,18 +45,18 @@ pub fn render() {
     let _ = vitals::export::prometheus::encode(&fams, vitals::export::prometheus::Format::OpenMetrics);
 }
 
-/// Defines a fuzz target for OTLP trace exports in one body encoding: read in place as the receiver
-/// reads them (an OTLP/JSON body encoded to protobuf first), then handed to the consumers.
+/// Defines a fuzz target for OTLP trace exports in one body encoding: read as the receiver reads them
+/// (protobuf in place, an OTLP/JSON body decoded by serde), then handed to the consumers.
 #[macro_export]
 macro_rules! traces_target {
     ($enc:ident) => {
         libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-            use vitals::receiver::decode::{trace_protobuf, trace_view, Encoding};
-            if let Ok(protobuf) = trace_protobuf(data, Encoding::$enc) {
-                if let Ok(view) = trace_view(&protobuf) {
-                    let _ = common::receiver().0.deliver_traces(&view);
-                    common::render();
-                }
+            use vitals::receiver::decode::{with_trace_view, Encoding};
+            let read = |view: &vitals::pipeline::TraceView<'_>| {
+                let _ = common::receiver().0.deliver_traces(view);
+            };
+            if with_trace_view(data, Encoding::$enc, read).is_ok() {
+                common::render();
             }
         });
     };

@@ -10,7 +10,7 @@ mod common;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use vitals::export::prometheus::{encode, Format};
 use vitals::receiver::cost::cost;
-use vitals::receiver::decode::{decode, trace_protobuf, trace_view, Encoding};
+use vitals::receiver::decode::{decode, with_trace_view, Encoding};
 use vitals::receiver::Signal;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
@@ -31,11 +31,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             }
         }
         _ => {
-            if let Ok(protobuf) = trace_protobuf(body, enc) {
-                if let Ok(view) = trace_view(&protobuf) {
-                    let _ = receiver.deliver_traces(&view);
-                }
-            }
+            let _ = with_trace_view(body, enc, |view| receiver.deliver_traces(view));
         }
     }
     let _ = c;

@@ -80,6 +80,23 @@ where
     })
 }
 
+/// Reads a trace export body as the receiver reads it and hands the view to `read`: protobuf checked
+/// and read in place, OTLP/JSON decoded by serde and read through the same view.
+pub fn with_trace_view<T>(
+    bytes: &[u8],
+    encoding: Encoding,
+    read: impl FnOnce(&crate::pipeline::TraceView<'_>) -> T,
+) -> Result<T, DecodeError> {
+    match encoding {
+        Encoding::Protobuf => Ok(read(&trace_view(bytes)?)),
+        Encoding::Json => {
+            let request: opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest =
+                decode(bytes, Encoding::Json)?;
+            Ok(read(&crate::pipeline::TraceView::decoded(&request)))
+        }
+    }
+}
+
 /// A trace export's protobuf bytes checked and read in place: refused exactly when prost's decode
 /// would refuse them.
 pub fn trace_view(bytes: &[u8]) -> Result<crate::pipeline::TraceView<'_>, DecodeError> {

@@ -16,7 +16,6 @@ use hyper::header::{
 use hyper::{Method, Request, Response, StatusCode};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use serde::de::DeserializeOwned;
 
@@ -25,10 +24,9 @@ use super::answer::{
     INTERNAL_ERROR, RETRY_DELAY,
 };
 use super::cost;
-use super::decode::{decode, gunzip, trace_view, DecodeError, Encoding};
+use super::decode::{decode, gunzip, with_trace_view, DecodeError, Encoding};
 use super::{
     ExportRequest, MemoryCharge, OverBudget, PartialSuccess, QueueFull, Receiver, Refusal, Signal,
-    TraceView,
 };
 
 type Resp = Response<Full<Bytes>>;
@@ -297,24 +295,15 @@ pub async fn handle(
 }
 
 /// Reads a trace export body in place (an OTLP/JSON one decoded by serde, read through the same view)
-/// and hands it to the receiver's consumers.
+/// and hands it to the receiver's consumers; forwarding gets a copy of the body (rather than a slice
+/// of the read buffer, whose capacity may be up to twice the body: the queue bound then is the memory
+/// the queue holds), or a JSON body's request encoded to protobuf.
 fn consume_traces(
     receiver: &Receiver,
     body: &[u8],
     enc: Encoding,
 ) -> Result<Result<PartialSuccess, QueueFull>, DecodeError> {
-    match enc {
-        Encoding::Protobuf => {
-            let view = trace_view(body)?;
-            // A copy rather than a slice of the read buffer, whose capacity may be up to twice the
-            // body: the queue bound then is the memory the queue holds.
-            Ok(receiver.deliver(&view, || Bytes::copy_from_slice(body)))
-        }
-        Encoding::Json => {
-            let request: ExportTraceServiceRequest = decode(body, Encoding::Json)?;
-            Ok(receiver.deliver_traces(&TraceView::decoded(&request)))
-        }
-    }
+    with_trace_view(body, enc, |view| receiver.deliver_traces(view))
 }
 
 /// Decodes a metrics or logs body as `R` and hands it to the receiver's consumers.
