@@ -301,6 +301,16 @@ pub fn every_family(step: f64) -> Vec<Metric> {
         .collect()
 }
 
+/// What a gather for readers that declared `lists` keeps of `all` (as [`gathers`] decides): for tests that
+/// compare a reader fed the reduced gather with one fed everything.
+#[cfg(test)]
+pub fn gathered_for(lists: &[&[&MetricDef]], all: &[Metric]) -> Vec<Metric> {
+    all.iter()
+        .filter(|m| gathers(lists, &m.name))
+        .cloned()
+        .collect()
+}
+
 /// Every entry, in the order of `docs/metrics.md`.
 pub static ALL: &[&MetricDef] = &[
     &TARGET_UP,

@@ -61,9 +61,9 @@ fn main() {
     limit_malloc_arenas();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        // A thread that left the workers for a sampler's tick (block_in_place) or a live frame waits
-        // this long for the next one: longer than the idle interval, so an idle sidecar does not start
-        // a thread (and map its stack) every tick.
+        // A thread that left the workers (a push's encoding, a profile's capture, a database check)
+        // waits this long for the next such job: longer than the idle interval and the usual push
+        // interval, so a quiet sidecar does not start a thread (and map its stack) for each one.
         .thread_keep_alive(std::time::Duration::from_secs(120))
         .enable_all()
         .build()

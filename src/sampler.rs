@@ -3,7 +3,7 @@
 //! to derivation and publishes the target's status. Between ticks it learns of the target's exit from a
 //! pidfd where the kernel has one, else from a 100 ms poll.
 //!
-//! Every sampler runs on one thread of its own ([`SamplingThread`]): a reading is a few dozen short
+//! All samplers share one thread of their own ([`SamplingThread`]): a reading is a few dozen short
 //! blocking reads, and on the async workers each one moved the worker's runtime to another thread
 //! (`block_in_place`) and handed the readings' consumers to a third; an idle reading woke about 13
 //! threads. On its own thread a reading wakes that thread once, and what follows each reading (the hints,

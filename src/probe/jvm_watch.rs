@@ -4,10 +4,10 @@
 //! while the target's program is a JVM. It costs nothing while no JVM is watched or expected: the thread
 //! then sleeps on a condition variable with no timer.
 //!
-//! Why a thread and not a sub-tick of the sampler: the sampler runs on the async runtime and hands each
-//! tick to `block_in_place`; a 20 ms timer there would wake the runtime and move the worker 50 times a
-//! second, and a slow tick (a large process tree) would delay the polls exactly when pauses are short. A
-//! thread of its own sleeps on one `Condvar::wait_timeout` per poll, does one `pread` of the few hundred
+//! Why a thread and not a sub-tick of the sampler: the samplers share one thread (`SamplingThread`) whose
+//! readings block it, so a slow reading (a large process tree, another target) would delay the polls
+//! exactly when pauses are short, and a 20 ms timer there would run that thread's runtime 50 times a
+//! second. A thread of its own sleeps on one `Condvar::wait_timeout` per poll, does one `pread` of the few hundred
 //! bytes that hold the counters (offsets found once at open), and allocates nothing per poll.
 //!
 //! Why `pread` and not a mapping: the file belongs to the target, which may truncate it; a read past the

@@ -251,11 +251,10 @@ impl NewPids {
     const LIST_AT_LEAST_EVERY: u32 = 60;
 
     fn new(proc_root: &Path) -> NewPids {
-        let own_namespace = std::fs::read(proc_root.join("self/status"))
+        let own_namespace = std::fs::read_to_string(proc_root.join("self/status"))
             .ok()
-            .and_then(|raw| {
-                let text = String::from_utf8_lossy(&raw).into_owned();
-                let line = text.lines().find(|l| l.starts_with("NSpid:"))?.to_owned();
+            .and_then(|text| {
+                let line = text.lines().find(|l| l.starts_with("NSpid:"))?;
                 Some(line.split_whitespace().count() == 2)
             })
             .unwrap_or(false);

@@ -1181,11 +1181,7 @@ mod tests {
         let mut kept = LiveFrames::new(10, "pid".into(), String::new());
         for i in 0..6 {
             let all = catalogue::every_family(f64::from(i));
-            let only: Vec<Metric> = all
-                .iter()
-                .filter(|m| catalogue::gathers(&needed, &m.name))
-                .cloned()
-                .collect();
+            let only = catalogue::gathered_for(&needed, &all);
             assert!(
                 only.len() < all.len() / 2,
                 "{} of {}",

@@ -84,10 +84,9 @@ impl LiveHub {
         self.cadence.get().map(|c| c.watch())
     }
 
-    /// True while a viewer is connected or the continuous profiler waits for trouble: the frame and the
-    /// alert conditions are then computed every tick.
-    /// True while a viewer or the continuous profiler needs frames: [`LiveHub::tick`] then builds one
-    /// from a full gather, else only the history point from [`frame::HISTORY_READS`].
+    /// True while a viewer is connected or the continuous profiler waits for trouble: [`LiveHub::tick`]
+    /// then builds the frame (and its alert conditions) from a full gather, else only the history point
+    /// from [`frame::HISTORY_READS`].
     pub fn watched(&self) -> bool {
         self.captures.get().is_some() || self.viewers.available_permits() < VIEWER_LIMIT
     }
