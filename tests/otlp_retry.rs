@@ -241,6 +241,21 @@ async fn push_caps_an_hour_long_retry_after_and_delivers_within_the_same_push() 
     assert!(names.contains(&"retry.test.level"), "{names:?}");
     let counters = Registry::new();
     counters.register(pusher.collector());
+    // The peer records the third attempt before it answers: wait until the pusher has taken the answer,
+    // else shutdown can cut that attempt in flight (by design: the final push replaces it).
+    let taken = Instant::now();
+    while counter(
+        &counters,
+        "vitals.exporter.push.requests",
+        &[("outcome", "sent")],
+    ) < 1.0
+    {
+        assert!(
+            taken.elapsed() < Duration::from_secs(5),
+            "the first push's answer was never taken"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     pusher.finish().await;
     // Two failed attempts and then sent ones: this push and the final push at shutdown.
     assert_eq!(
