@@ -6,7 +6,8 @@ FROM rust:1.95-alpine3.22 AS build
 # musl-dev for the C parts of the dependency tree (none need OpenSSL: vitals speaks plain HTTP on loopback).
 RUN apk add --no-cache musl-dev=1.2.5-r10
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY link ./link
 COPY src ./src
 COPY benches ./benches
 RUN cargo build --release --locked --bin vitals \

@@ -2,8 +2,10 @@
 //! the release binary with default settings and process-exporter watch the same sleeping process (and then
 //! the same 100-process tree), both scraped every 15 s and every 1 s; CPU from the threads' schedstat, RSS,
 //! and the ratio, medians of `VITALS_BENCH_RUNS` runs (default 3) of `VITALS_BENCH_SIDE_SECS` seconds
-//! (default 60). Then the live page's cost in the real process: vitals sampling every second with and
-//! without a viewer streaming frames.
+//! (default 60). Beside them, the floor: a bare blocking server in this bench answering the same bytes
+//! vitals served, which is what the kernel's loopback TCP alone costs per scrape on this machine. Then the
+//! live page's cost in the real process: vitals sampling every second with and without a viewer streaming
+//! frames.
 //!
 //! `cargo build --release && cargo bench --bench idle` (needs `apt-get install prometheus-process-exporter`).
 //! Prints figures only; nothing here asserts timings.
@@ -61,7 +63,48 @@ fn vitals(bin: &Path, pid: u32, extra: &[&str]) -> (Group, String) {
     (v, addr)
 }
 
-/// One side-by-side run: CPU % of a core and RSS KiB of vitals, then of process-exporter.
+/// The least any exporter pays for a scrape on this machine: a thread of this bench that answers each
+/// connection with the same bytes vitals served, over a blocking socket, with nothing read or rendered
+/// (the kernel's loopback TCP for the connection and the body). Returns its address and thread id.
+fn floor(body: Vec<u8>) -> (String, i32) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the floor server");
+    let addr = listener.local_addr().expect("its address").to_string();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // SAFETY: gettid only returns the calling thread's id.
+        let _ = tx.send(unsafe { libc::gettid() });
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        let mut buf = [0u8; 4096];
+        for conn in listener.incoming() {
+            let Ok(mut c) = conn else { continue };
+            let mut seen = Vec::new();
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                match c.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = c
+                .write_all(head.as_bytes())
+                .and_then(|()| c.write_all(&body));
+        }
+    });
+    (addr, rx.recv().expect("the floor thread's id"))
+}
+
+/// CPU time of one thread of this process, ns.
+fn thread_cpu_ns(tid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// One side-by-side run: CPU % of a core and RSS KiB of vitals, then of process-exporter, then the
+/// floor's CPU % (see [`floor`]).
 fn side_by_side(
     bin: &Path,
     pe: &Path,
@@ -69,7 +112,7 @@ fn side_by_side(
     children: usize,
     every: Duration,
     secs: u64,
-) -> [f64; 4] {
+) -> [f64; 5] {
     let tree = sleeping_tree(children);
     let (v, vaddr) = vitals(bin, tree.0.id(), &[]);
     let paddr = format!("127.0.0.1:{}", free_port());
@@ -82,13 +125,20 @@ fn side_by_side(
     );
     std::thread::sleep(Duration::from_secs(3));
     assert!(get(&vaddr, "/metrics") > 0 && get(&paddr, "/metrics") > 0);
-    let (v0, p0) = (cpu_ns(v.0.id()), cpu_ns(p.0.id()));
+    let body = ureq::get(&format!("http://{vaddr}/metrics"))
+        .call()
+        .ok()
+        .and_then(|r| r.into_string().ok())
+        .unwrap_or_default();
+    let (faddr, ftid) = floor(body.into_bytes());
+    let (v0, p0, f0) = (cpu_ns(v.0.id()), cpu_ns(p.0.id()), thread_cpu_ns(ftid));
     let start = Instant::now();
     let mut next = start;
     while start.elapsed() < Duration::from_secs(secs) {
         if Instant::now() >= next {
             get(&vaddr, "/metrics");
             get(&paddr, "/metrics");
+            get(&faddr, "/metrics");
             next += every;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -96,11 +146,13 @@ fn side_by_side(
     let wall = start.elapsed().as_secs_f64();
     let vcpu = (cpu_ns(v.0.id()) - v0) as f64 / 1e9 / wall * 100.0;
     let pcpu = (cpu_ns(p.0.id()) - p0) as f64 / 1e9 / wall * 100.0;
+    let fcpu = (thread_cpu_ns(ftid) - f0) as f64 / 1e9 / wall * 100.0;
     [
         vcpu,
         rss_kib(v.0.id()) as f64,
         pcpu,
         rss_kib(p.0.id()) as f64,
+        fcpu,
     ]
 }
 
@@ -157,7 +209,7 @@ fn main() {
     .expect("write the process-exporter config");
     println!("release vitals (default settings) beside process-exporter, same target, medians of {runs} runs of {secs} s:");
     for (children, every) in [(0, 15), (0, 1), (99, 15)] {
-        let r: Vec<[f64; 4]> = (0..runs)
+        let r: Vec<[f64; 5]> = (0..runs)
             .map(|_| {
                 side_by_side(
                     &bin,
@@ -181,6 +233,11 @@ fn main() {
             col(2) * 1e4,
             col(3) / 1024.0,
             r.iter().map(|x| format!("{:.1}", x[2] / x[0].max(1e-9))).collect::<Vec<_>>().join(", ")
+        );
+        println!(
+            "       the floor (a bare blocking server answering the same bytes): {:.1} µs/s; 10x cheaper than process-exporter would be {:.1} µs/s",
+            col(4) * 1e4,
+            col(2) * 1e3,
         );
     }
 

@@ -247,6 +247,11 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
     };
     tasks.extend(main.sampler);
     tasks.extend(start_more_targets(&config, &core.wiring(), main.selected));
+    // Started: the pages of code only start-up ran leave vitals' RSS (see `startup_pages`).
+    match crate::startup_pages::release() {
+        Ok(bytes) => tracing::debug!(bytes, "start-up code pages released"),
+        Err(e) => tracing::debug!(error = %e, "cannot release start-up code pages"),
+    }
 
     let code = match main.child {
         Some((mut c, terminal)) => wait_for_child(&mut c, terminal, &mut signals).await,

@@ -9,7 +9,7 @@
 //! (its pidfd), not a reading. What needs readings between scrapes is what vitals computes from a series of
 //! them: the growth slopes (a reading in each of a window's 30 buckets), the live page's per-second
 //! history (only while it is watched) and the tuning hints' CPU percentiles (each reading weighted by the
-//! seconds it covers). So with nobody watching, a sampler ticks every idle interval (default 10 s, shorter
+//! seconds it covers). So with nobody watching, a sampler ticks every idle interval (default 20 s, shorter
 //! when a growth window is under 5 minutes: see `config`) and once more when a scrape or a push arrives.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

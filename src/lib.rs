@@ -26,5 +26,6 @@ pub mod receiver;
 pub mod sampler;
 pub mod server;
 pub mod signal;
+pub mod startup_pages;
 pub mod store;
 pub mod target;

@@ -186,6 +186,15 @@ fn data_flows_one_way() {
             "the bounded map is a container the store, derivation and the wiring share; it depends on nothing",
         ),
         (
+            "startup_pages",
+            &[
+                "probe", "receiver", "signal", "store", "export", "sampler", "target", "app", "config",
+                "pipeline", "model", "catalogue", "language", "cadence", "profile", "inject", "server",
+                "logging", "bounded",
+            ],
+            "giving back start-up's code pages concerns vitals' own process only; it depends on nothing",
+        ),
+        (
             "pipeline",
             &[
                 "probe", "receiver", "signal", "store", "export", "sampler", "target", "app", "config",
