@@ -27,14 +27,19 @@ fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
-/// GET `path` from `addr`; the body's length (0 when it fails).
-fn get(addr: &str, path: &str) -> usize {
+/// GET `path` from `addr`; the body (empty when it fails).
+fn body(addr: &str, path: &str) -> String {
     ureq::get(&format!("http://{addr}{path}"))
         .timeout(Duration::from_secs(10))
         .call()
         .ok()
         .and_then(|r| r.into_string().ok())
-        .map_or(0, |b| b.len())
+        .unwrap_or_default()
+}
+
+/// GET `path` from `addr`; the body's length (0 when it fails).
+fn get(addr: &str, path: &str) -> usize {
+    body(addr, path).len()
 }
 
 fn median(mut x: Vec<f64>) -> f64 {
@@ -125,12 +130,7 @@ fn side_by_side(
     );
     std::thread::sleep(Duration::from_secs(3));
     assert!(get(&vaddr, "/metrics") > 0 && get(&paddr, "/metrics") > 0);
-    let body = ureq::get(&format!("http://{vaddr}/metrics"))
-        .call()
-        .ok()
-        .and_then(|r| r.into_string().ok())
-        .unwrap_or_default();
-    let (faddr, ftid) = floor(body.into_bytes());
+    let (faddr, ftid) = floor(body(&vaddr, "/metrics").into_bytes());
     let (v0, p0, f0) = (cpu_ns(v.0.id()), cpu_ns(p.0.id()), thread_cpu_ns(ftid));
     let start = Instant::now();
     let mut next = start;

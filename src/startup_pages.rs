@@ -1,17 +1,18 @@
-//! Gives back the pages of vitals' own code that only start-up used.
+//! Gives back the code pages that only start-up used.
 //!
 //! Why: the kernel maps a program's code in 64 KiB runs around each page it first executes, and nothing
 //! ever unmaps them. Start-up runs code the steady state never runs again (flag and config parsing, the
 //! logger's set-up, binding, the first target search), scattered over the binary, so about 8 of an idle
 //! sidecar's 11 MiB of RSS were the binary's own pages, most of them not used again. Once started, vitals
-//! drops its mappings of its never-written code and read-only data pages (`MADV_DONTNEED`); what the steady
-//! state runs is mapped again from the page cache on its next use, a minor fault and no disk read, and what
-//! it never runs stays out of its RSS and becomes clean page cache the kernel may reclaim.
+//! drops its mappings of never-written code and read-only data (`MADV_DONTNEED`): its own, libc's, the
+//! loader's. What the steady state runs is mapped again from the page cache on its next use, a minor fault
+//! and no disk read; what it never runs stays out of its RSS and becomes clean page cache the kernel may
+//! reclaim.
 //!
-//! Only mappings of the executable with no private (copied-on-write) pages are dropped: the relocated
+//! Only read-only file mappings with no private (copied-on-write) page are dropped: the relocated
 //! read-only data and every writable segment hold private contents that dropping would lose.
 
-/// A mapping of the executable that can be dropped: start and length in bytes.
+/// A file mapping that can be dropped: start and length in bytes.
 #[derive(Debug, PartialEq, Eq)]
 struct Droppable {
     start: usize,
@@ -58,8 +59,8 @@ fn droppable(smaps: &str) -> Vec<Droppable> {
     out
 }
 
-/// Drops this process's mappings of its own never-written code and read-only data pages; returns the
-/// bytes of address space dropped. Linux only; elsewhere (or when `/proc/self` is unreadable) it drops
+/// Drops this process's read-only file mappings that hold no private page (code and read-only data of the
+/// executable and its libraries); returns the bytes of address space dropped. Linux only; elsewhere (or when `/proc/self` is unreadable) it drops
 /// nothing.
 pub fn release() -> std::io::Result<usize> {
     #[cfg(target_os = "linux")]
@@ -67,8 +68,7 @@ pub fn release() -> std::io::Result<usize> {
         let smaps = std::fs::read_to_string("/proc/self/smaps")?;
         let mut dropped = 0;
         for d in droppable(&smaps) {
-            // SAFETY: the range is one whole mapping of the executable, read-only and with no private
-            // page; MADV_DONTNEED on a private file mapping only removes page-table entries, and the next
+            // SAFETY: the range is one whole read-only file mapping with no private page; MADV_DONTNEED on a private file mapping only removes page-table entries, and the next
             // access maps the same file contents again.
             let r =
                 unsafe { libc::madvise(d.start as *mut libc::c_void, d.len, libc::MADV_DONTNEED) };
@@ -153,7 +153,7 @@ Anonymous:          many kB
         assert!(dropped > 0, "the test binary has read-only mappings");
         let v: Vec<u64> = (0..1000).map(|i| i * 3).collect();
         assert_eq!(v.iter().sum::<u64>(), 1_498_500);
-        // The mappings it dropped are mapped again: they are still listed, and code still runs from them.
+        // The dropped mappings stay mapped (only their page-table entries went), so they are listed still.
         let smaps = std::fs::read_to_string("/proc/self/smaps").expect("own smaps");
         assert!(!droppable(&smaps).is_empty());
     }
