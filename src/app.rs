@@ -79,11 +79,6 @@ async fn expire_every(
     }
 }
 
-/// How often the profiler looks for a target to check whether it may profile it, until it has checked
-/// one; then [`PROFILER_RECHECK_PERIOD`] (a restarted target's new instance is checked that much later).
-const PROFILER_CHECK_PERIOD: Duration = Duration::from_secs(2);
-const PROFILER_RECHECK_PERIOD: Duration = Duration::from_secs(15);
-
 /// The CPU profiler of the sampler's current target, registered for its status series, with a task
 /// that checks it may profile each new target and warns, naming the fix, when it may not.
 fn start_profiler(
@@ -109,17 +104,16 @@ fn start_profiler(
         return profiler;
     }
     let (p, target, shutdown) = (profiler.clone(), target_metrics.clone(), shutdown.clone());
+    // Checked at each attachment (a target attached before this task began counts): no timer while
+    // the target lives.
+    let mut attachments = target.attachments();
+    attachments.mark_changed();
     tokio::spawn(async move {
         let mut checked = None;
         loop {
-            let period = if checked.is_some() {
-                PROFILER_RECHECK_PERIOD
-            } else {
-                PROFILER_CHECK_PERIOD
-            };
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(period) => {}
+                changed = attachments.changed() => if changed.is_err() { return },
             }
             let pid = target.info().map(|i| i.pid);
             if pid.is_none() || pid == checked {

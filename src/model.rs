@@ -448,17 +448,31 @@ impl Registry {
         merge_same_names(out)
     }
 
-    /// Owned copies of the metrics `keep` accepts, streamed so the rest is never copied (the live page
-    /// reads vitals' own metrics without copying the app's tens of thousands of series). Same order and
-    /// merging as [`Registry::gather`].
+    /// The metrics `keep` accepts, as [`Registry::gather`] would return them (same order and merging)
+    /// without building the rest: a small collector's metrics are collected and the kept ones moved (no
+    /// name index, no copy), a streaming collector's kept ones copied as they stream (the live page reads
+    /// vitals' own metrics without copying the app's tens of thousands of series).
     pub fn gather_where(&self, keep: impl Fn(&MetricInfo<'_>) -> bool) -> Vec<Metric> {
-        let mut copier = Copier {
+        let mut kept = Kept {
             keep,
             out: Vec::new(),
+            index: Default::default(),
             copying: false,
         };
-        self.encode_into(&mut copier);
-        copier.out
+        let mut small = Vec::new();
+        for c in &self.collectors() {
+            if c.streams() {
+                c.encode_into(&mut kept);
+            } else {
+                c.collect(&mut small);
+                for m in small.drain(..) {
+                    if (kept.keep)(&m.info()) {
+                        kept.add(m);
+                    }
+                }
+            }
+        }
+        kept.out
     }
 
     /// Streams every collector's metrics into `sink`, in the order [`Registry::gather`] returns them and
@@ -485,7 +499,7 @@ impl Registry {
                 .map(|(i, m)| ((m.origin, m.name.as_str()), i))
                 .collect(),
             written: vec![false; merged.len()],
-            streamed: std::collections::HashSet::new(),
+            streamed: Default::default(),
             current: None,
             skipping: false,
         };
@@ -501,17 +515,43 @@ impl Registry {
     }
 }
 
-/// Builds owned copies of the metrics a filter keeps.
-struct Copier<F> {
+/// Builds the metrics a filter keeps, merged as [`Registry::encode_into`] merges them: the first of a
+/// name (per origin) stays; a collected one of the same kind adds its points to it; a streamed one of a
+/// name already held is left out.
+struct Kept<F> {
     keep: F,
     out: Vec<Metric>,
+    /// Where each name held is in `out`: vitals' own, then the app's.
+    index: [std::collections::HashMap<String, usize>; 2],
+    /// The streamed metric being copied is the last of `out`.
     copying: bool,
 }
 
-impl<F: Fn(&MetricInfo<'_>) -> bool> MetricSink for Copier<F> {
+impl<F> Kept<F> {
+    /// Adds a collected metric, or its points to the held one of its name (same kind only).
+    fn add(&mut self, m: Metric) {
+        let index = &mut self.index[origin_slot(m.origin)];
+        match index.get(m.name.as_str()) {
+            Some(&i) => {
+                let held = &mut self.out[i];
+                if held.kind == m.kind {
+                    held.points.extend(m.points);
+                }
+            }
+            None => {
+                index.insert(m.name.clone(), self.out.len());
+                self.out.push(m);
+            }
+        }
+    }
+}
+
+impl<F: Fn(&MetricInfo<'_>) -> bool> MetricSink for Kept<F> {
     fn begin(&mut self, m: &MetricInfo<'_>) {
-        self.copying = (self.keep)(m);
+        let index = &mut self.index[origin_slot(m.origin)];
+        self.copying = (self.keep)(m) && !index.contains_key(m.name);
         if self.copying {
+            index.insert(m.name.to_owned(), self.out.len());
             let mut metric = Metric::new(m.name, m.description, m.unit.to_owned(), m.kind);
             metric.origin = m.origin;
             self.out.push(metric);
@@ -567,13 +607,22 @@ impl ValueRef<'_> {
     }
 }
 
+/// The slot of `origin` in [`Merger`]'s sets.
+fn origin_slot(origin: Origin) -> usize {
+    match origin {
+        Origin::Vitals => 0,
+        Origin::App => 1,
+    }
+}
+
 /// Joins streamed metrics with the merged small ones so each name is begun once.
 struct Merger<'s, 'm> {
     sink: &'s mut dyn MetricSink,
     small: &'m [Metric],
     index: std::collections::HashMap<(Origin, &'m str), usize>,
     written: Vec<bool>,
-    streamed: std::collections::HashSet<(Origin, String)>,
+    /// Names begun by streaming collectors: vitals' own, then the app's.
+    streamed: [std::collections::HashSet<String>; 2],
     /// The small metric whose points join the streamed one being written.
     current: Option<usize>,
     skipping: bool,
@@ -586,7 +635,7 @@ impl Merger<'_, '_> {
         }
         self.written[j] = true;
         let m = &self.small[j];
-        if self.streamed.contains(&(m.origin, m.name.clone())) {
+        if self.streamed[origin_slot(m.origin)].contains(m.name.as_str()) {
             return;
         }
         stream_metrics(std::slice::from_ref(m), self.sink);
@@ -595,9 +644,9 @@ impl Merger<'_, '_> {
 
 impl MetricSink for Merger<'_, '_> {
     fn begin(&mut self, metric: &MetricInfo<'_>) {
-        let key = (metric.origin, metric.name.to_owned());
+        let streamed = &mut self.streamed[origin_slot(metric.origin)];
         let small = self.index.get(&(metric.origin, metric.name)).copied();
-        self.skipping = self.streamed.contains(&key) || small.is_some_and(|j| self.written[j]);
+        self.skipping = streamed.contains(metric.name) || small.is_some_and(|j| self.written[j]);
         if self.skipping {
             return;
         }
@@ -605,7 +654,7 @@ impl MetricSink for Merger<'_, '_> {
         if let Some(j) = small {
             self.written[j] = true;
         }
-        self.streamed.insert(key);
+        streamed.insert(metric.name.to_owned());
         self.sink.begin(metric);
     }
 
@@ -629,21 +678,28 @@ impl MetricSink for Merger<'_, '_> {
 }
 
 fn merge_with_owners(metrics: Vec<Metric>, owners: Vec<usize>) -> (Vec<Metric>, Vec<usize>) {
+    // Each metric's first of its name and origin, found on borrowed names (no copy of a name).
+    let mut first = Vec::with_capacity(metrics.len());
+    {
+        let mut seen = std::collections::HashMap::with_capacity(metrics.len());
+        for (i, m) in metrics.iter().enumerate() {
+            first.push(*seen.entry((m.origin, m.name.as_str())).or_insert(i));
+        }
+    }
     let mut merged: Vec<Metric> = Vec::with_capacity(metrics.len());
     let mut first_owner = Vec::with_capacity(metrics.len());
-    let mut index = std::collections::HashMap::with_capacity(metrics.len());
-    for (m, o) in metrics.into_iter().zip(owners) {
-        match index.get(&(m.origin, m.name.clone())) {
-            Some(&i) => {
-                let target: &mut Metric = &mut merged[i];
-                if target.kind == m.kind {
-                    target.points.extend(m.points);
-                }
-            }
-            None => {
-                index.insert((m.origin, m.name.clone()), merged.len());
-                merged.push(m);
-                first_owner.push(o);
+    // Where each first one went in `merged`.
+    let mut slot = vec![usize::MAX; metrics.len()];
+    for (i, (m, o)) in metrics.into_iter().zip(owners).enumerate() {
+        let f = first[i];
+        if f == i {
+            slot[i] = merged.len();
+            merged.push(m);
+            first_owner.push(o);
+        } else {
+            let target: &mut Metric = &mut merged[slot[f]];
+            if target.kind == m.kind {
+                target.points.extend(m.points);
             }
         }
     }

@@ -1,4 +1,11 @@
 //! A procfs or cgroupfs file kept open and re-read from offset 0 each tick, saving the open/close pair.
+//!
+//! Every file read this way is one the kernel writes with a single show call: `/proc/PID/{stat,status,io,
+//! limits,schedstat,comm}`, `/proc/loadavg`, a cgroup's interface files. The first read of such a file
+//! returns all of it when the buffer is large enough, so a read that returns less than was asked is its
+//! end, and the read of 0 bytes that would say so is not made (one system call per file and reading).
+//! Files the kernel writes a record at a time (`maps`, `smaps`, `cgroup.procs`) may come in page-sized
+//! parts; they are read with [`read_whole`], which reads to the zero-byte end.
 
 use std::fs::File;
 use std::io;
@@ -31,39 +38,57 @@ impl KeptFile {
         &self.path
     }
 
-    /// Reads the whole content into `buf` (cleared first) and returns it. Keeps `buf`'s capacity so a
-    /// steady tick allocates nothing.
+    /// Reads the whole content into `buf` (cleared first) and returns it: a read shorter than asked ends
+    /// it (see the module's note). Keeps `buf`'s capacity so a steady tick allocates nothing.
     pub fn read<'a>(&self, buf: &'a mut Vec<u8>) -> io::Result<&'a [u8]> {
-        buf.clear();
-        if buf.capacity() < 4096 {
-            buf.reserve(4096);
-        }
-        let mut off = 0usize;
-        loop {
-            if buf.len() == buf.capacity() {
-                if buf.len() >= MAX_PSEUDO_FILE {
-                    break;
-                }
-                buf.reserve(buf.len());
-            }
-            let len = buf.len();
-            let spare = buf.capacity() - len;
-            buf.resize(len + spare, 0);
-            let n = match self.file.read_at(&mut buf[len..], off as u64) {
-                Ok(n) => n,
-                Err(e) => {
-                    buf.truncate(len);
-                    return Err(e);
-                }
-            };
-            buf.truncate(len + n);
-            if n == 0 {
+        fill(buf, true, |b, off| self.file.read_at(b, off))
+    }
+}
+
+/// Opens `path`, reads it to its zero-byte end into `buf` (cleared first, at most about
+/// [`MAX_PSEUDO_FILE`]) and closes it: one open, the reads, one close, and no size query first (a
+/// pseudo-file's size says nothing).
+pub fn read_whole<'a>(path: &Path, buf: &'a mut Vec<u8>) -> io::Result<&'a [u8]> {
+    let file = File::open(path)?;
+    fill(buf, false, |b, off| file.read_at(b, off))
+}
+
+/// Reads into `buf` through `read_at` from offset 0 until a read of 0 bytes, or (when `short_ends`) one
+/// shorter than asked, or until about [`MAX_PSEUDO_FILE`] bytes are held.
+fn fill<'a>(
+    buf: &'a mut Vec<u8>,
+    short_ends: bool,
+    read_at: impl Fn(&mut [u8], u64) -> io::Result<usize>,
+) -> io::Result<&'a [u8]> {
+    buf.clear();
+    if buf.capacity() < 4096 {
+        buf.reserve(4096);
+    }
+    let mut off = 0usize;
+    loop {
+        if buf.len() == buf.capacity() {
+            if buf.len() >= MAX_PSEUDO_FILE {
                 break;
             }
-            off += n;
+            buf.reserve(buf.len());
         }
-        Ok(&buf[..])
+        let len = buf.len();
+        let spare = buf.capacity() - len;
+        buf.resize(len + spare, 0);
+        let n = match read_at(&mut buf[len..], off as u64) {
+            Ok(n) => n,
+            Err(e) => {
+                buf.truncate(len);
+                return Err(e);
+            }
+        };
+        buf.truncate(len + n);
+        if n == 0 || (short_ends && n < spare) {
+            break;
+        }
+        off += n;
     }
+    Ok(&buf[..])
 }
 
 /// True when an I/O error means the process (or cgroup) is gone rather than unreadable.
@@ -107,6 +132,90 @@ mod tests {
         assert!(
             (MAX_PSEUDO_FILE..MAX_PSEUDO_FILE * 2).contains(&n),
             "read {n}"
+        );
+    }
+
+    /// Reading every kind of file vitals keeps open stops at the first short read and still holds what
+    /// reading to the zero-byte end gets (the fields that change between two reads aside: the same length
+    /// and the same first word is asked, and the whole of the files that do not change).
+    #[test]
+    fn a_short_read_is_the_end_of_every_kept_kind() {
+        let pid = std::process::id();
+        let mut paths: Vec<PathBuf> = ["stat", "status", "io", "limits", "schedstat", "comm"]
+            .iter()
+            .map(|f| PathBuf::from(format!("/proc/{pid}/{f}")))
+            .collect();
+        paths.push("/proc/loadavg".into());
+        for r in ["cpu", "memory", "io"] {
+            paths.push(PathBuf::from(format!("/proc/pressure/{r}")));
+        }
+        // The cgroup interface files this machine has (v2 or v1), whichever are readable.
+        for dir in [
+            "/sys/fs/cgroup",
+            "/sys/fs/cgroup/memory",
+            "/sys/fs/cgroup/cpu",
+        ] {
+            for f in [
+                "memory.current",
+                "memory.max",
+                "memory.events",
+                "memory.stat",
+                "cpu.stat",
+                "cpu.max",
+                "memory.pressure",
+                "memory.usage_in_bytes",
+                "memory.limit_in_bytes",
+                "memory.oom_control",
+                "cpu.cfs_quota_us",
+            ] {
+                let p = Path::new(dir).join(f);
+                if std::fs::read(&p).is_ok() {
+                    paths.push(p);
+                }
+            }
+        }
+        let mut buf = Vec::new();
+        let mut whole = Vec::new();
+        for p in &paths {
+            let Ok(k) = KeptFile::open(p) else { continue };
+            let kept = k.read(&mut buf).unwrap().to_vec();
+            let full = read_whole(p, &mut whole).unwrap().to_vec();
+            assert!(!kept.is_empty(), "{}", p.display());
+            let lines = |b: &[u8]| b.split(|c| *c == b'\n').count();
+            assert_eq!(lines(&kept), lines(&full), "{}", p.display());
+            assert!(kept.ends_with(b"\n"), "{}: cut short", p.display());
+        }
+        // A file of several pages (under the bound) read through a smaller buffer: every byte.
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        let text: Vec<u8> = (0..5_000u32)
+            .flat_map(|i| format!("{i}\n").into_bytes())
+            .collect();
+        assert!(text.len() > 4096 && text.len() < MAX_PSEUDO_FILE);
+        f.write_all(&text).unwrap();
+        let k = KeptFile::open(f.path()).unwrap();
+        assert!(k.read(&mut Vec::new()).unwrap() == &text[..]);
+        assert!(read_whole(f.path(), &mut Vec::new()).unwrap() == &text[..]);
+    }
+
+    /// A file the kernel writes a record at a time, many pages long: `read_whole` gets all of it.
+    #[test]
+    fn read_whole_reads_past_page_sized_parts() {
+        let mut buf = Vec::new();
+        let maps = read_whole(Path::new("/proc/self/smaps"), &mut buf)
+            .unwrap()
+            .to_vec();
+        let lines = maps
+            .split(|c| *c == b'\n')
+            .filter(|l| !l.is_empty())
+            .count();
+        let reference = std::fs::read_to_string("/proc/self/smaps")
+            .unwrap()
+            .lines()
+            .count();
+        // Mappings may come and go between the two reads (allocator arenas); not by half.
+        assert!(
+            lines * 2 > reference && maps.len() > 4096,
+            "{lines} of {reference}"
         );
     }
 

@@ -2,8 +2,10 @@
 //! the read errors and sample durations every probe reports here. Named `vitals_exporter_*` so they never mix with the target's `process_*` series.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
+use super::kept::KeptFile;
 use super::procfs::parse_stat;
 use super::{ReadErrorSink, ReadSource};
 use crate::catalogue;
@@ -15,6 +17,8 @@ pub struct ExporterStats {
     durations_ns: [AtomicU64; ReadSource::ALL.len()],
     hz: u64,
     page_size: u64,
+    /// `/proc/self/stat`, kept open (a scrape reads it once), with its read buffer.
+    own_stat: Mutex<(Option<KeptFile>, Vec<u8>)>,
 }
 
 impl ExporterStats {
@@ -25,6 +29,7 @@ impl ExporterStats {
             durations_ns: Default::default(),
             hz,
             page_size,
+            own_stat: Mutex::new((KeptFile::open("/proc/self/stat").ok(), Vec::new())),
         }
     }
 
@@ -53,8 +58,13 @@ impl Collector for ExporterStats {
                 .metric()
                 .with(&[("version", env!("CARGO_PKG_VERSION"))], Value::Gauge(1.0)),
         );
-        if let Ok(raw) = std::fs::read("/proc/self/stat") {
-            if let Ok(st) = parse_stat(&raw) {
+        let mut own = self.own_stat.lock().unwrap_or_else(|p| p.into_inner());
+        let (file, buf) = &mut *own;
+        if file.is_none() {
+            *file = KeptFile::open("/proc/self/stat").ok();
+        }
+        if let Some(raw) = file.as_ref().and_then(|f| f.read(buf).ok()) {
+            if let Ok(st) = parse_stat(raw) {
                 let cpu = (st.utime + st.stime) as f64 / self.hz as f64;
                 out.push(catalogue::EXPORTER_CPU.metric().with(&[], Value::Sum(cpu)));
                 out.push(

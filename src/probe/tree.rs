@@ -222,6 +222,8 @@ pub struct ProcessTree {
     published: Totals,
     /// Reused buffers.
     listing: Vec<u32>,
+    /// Read buffer for a new process's stat.
+    stat_buf: Vec<u8>,
     candidates: Vec<Candidate>,
     /// When the cap was last logged as reached.
     cap_logged: bool,
@@ -366,6 +368,7 @@ impl ProcessTree {
             carried: Totals::default(),
             published: Totals::default(),
             listing: Vec::new(),
+            stat_buf: Vec::new(),
             candidates: Vec::new(),
             cap_logged: false,
             new_pids: NewPids::new(proc_root),
@@ -457,11 +460,11 @@ impl ProcessTree {
                 continue;
             }
             let path = self.proc_root.join(pid.to_string()).join("stat");
-            let Ok(raw) = std::fs::read(&path) else {
+            let Ok(raw) = super::kept::read_whole(&path, &mut self.stat_buf) else {
                 // Gone already: its parent reaps it and inherits its figures.
                 continue;
             };
-            match parse_stat(&raw) {
+            match parse_stat(raw) {
                 Ok(st) if st.group_alive() => self.candidates.push(Candidate {
                     pid,
                     ppid: st.ppid,

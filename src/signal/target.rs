@@ -85,6 +85,8 @@ pub struct TargetMetrics {
     record: Mutex<TargetRecord>,
     /// Labels every `vitals_target_info` carries (the pod's names, when asked for).
     info_labels: Vec<(String, String)>,
+    /// Counts attachments, so a task can sleep until the next one (see [`TargetMetrics::attachments`]).
+    attached: tokio::sync::watch::Sender<u64>,
 }
 
 impl TargetMetrics {
@@ -94,6 +96,7 @@ impl TargetMetrics {
             units,
             record: Mutex::new(TargetRecord::default()),
             info_labels: Vec::new(),
+            attached: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -120,6 +123,14 @@ impl TargetMetrics {
         s.tree = None;
         s.cgroup = None;
         s.member_pids.clear();
+        drop(s);
+        self.attached.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Changes at each attachment (a first target, a restart, a switch): what waits for a new target
+    /// waits on it instead of polling [`TargetMetrics::info`].
+    pub fn attachments(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.attached.subscribe()
     }
 
     /// The live processes of the target's tree, root first, as of the last tick.
