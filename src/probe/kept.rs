@@ -55,11 +55,11 @@ pub fn read_whole<'a>(path: &Path, buf: &'a mut Vec<u8>) -> io::Result<&'a [u8]>
 
 /// Reads into `buf` through `read_at` from offset 0 until a read of 0 bytes, or (when `short_ends`) one
 /// shorter than asked, or until about [`MAX_PSEUDO_FILE`] bytes are held.
-fn fill<'a>(
-    buf: &'a mut Vec<u8>,
+fn fill(
+    buf: &mut Vec<u8>,
     short_ends: bool,
     read_at: impl Fn(&mut [u8], u64) -> io::Result<usize>,
-) -> io::Result<&'a [u8]> {
+) -> io::Result<&[u8]> {
     buf.clear();
     if buf.capacity() < 4096 {
         buf.reserve(4096);
