@@ -42,7 +42,8 @@ const BEFORE_EXEC: [&str; 5] = [
     "unshare",
 ];
 
-/// A root still called after a wrapper this long after it was first seen is named after the wrapper: its
+/// A root called after a wrapper is named after its program only once it was first seen this long ago (a
+/// child before that may be a setup command), and after the wrapper itself when it has none then: its
 /// program is the wrapper itself (a shell loop, say).
 const NAME_WAIT: Duration = Duration::from_secs(2);
 
@@ -270,7 +271,13 @@ impl PodScan {
         if !WRAPPERS.contains(&comm.as_str()) {
             return Some(comm);
         }
-        // A wrapper: the first program down its first children that is not one.
+        // A wrapper: the first program down its first children that is not one, once the wrapper has run
+        // for NAME_WAIT. Before that a child may be a setup command of an entrypoint script
+        // (`sh -c "mount ... && exec app"`: `mount` lives a few ms, then the root execs the app and is
+        // named after it above).
+        if !waited {
+            return None;
+        }
         let mut at = pid;
         for _ in 0..WRAPPER_DEPTH {
             let Some(child) = first_child(&self.proc_root, at) else {
@@ -285,7 +292,7 @@ impl PodScan {
             }
             at = child;
         }
-        waited.then_some(comm)
+        Some(comm)
     }
 }
 
