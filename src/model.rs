@@ -448,10 +448,10 @@ impl Registry {
         merge_same_names(out)
     }
 
-    /// The metrics `keep` accepts, as [`Registry::gather`] would return them (same order and merging)
-    /// without building the rest: a small collector's metrics are collected and the kept ones moved (no
-    /// name index, no copy), a streaming collector's kept ones copied as they stream (the live page reads
-    /// vitals' own metrics without copying the app's tens of thousands of series).
+    /// The metrics `keep` accepts, in [`Registry::gather`]'s order, merged by [`Kept`]'s rules, without
+    /// building the rest: a small collector's metrics are collected and the kept ones moved (no name
+    /// index over all of them, no copy), a streaming collector's kept ones copied as they stream (the live
+    /// page reads vitals' own metrics without copying the app's tens of thousands of series).
     pub fn gather_where(&self, keep: impl Fn(&MetricInfo<'_>) -> bool) -> Vec<Metric> {
         let mut kept = Kept {
             keep,
@@ -515,9 +515,10 @@ impl Registry {
     }
 }
 
-/// Builds the metrics a filter keeps, merged as [`Registry::encode_into`] merges them: the first of a
-/// name (per origin) stays; a collected one of the same kind adds its points to it; a streamed one of a
-/// name already held is left out.
+/// Builds the metrics a filter keeps. The first of a name (per origin) stays; a collected one of the same
+/// kind adds its points to it, one of another kind is left out; a streamed one of a name already held is
+/// left out (as [`Registry::encode_into`] leaves out a second streamer's repeat). Where collectors clash
+/// on a name's kind, the first one's kind decides, as in [`Registry::gather`].
 struct Kept<F> {
     keep: F,
     out: Vec<Metric>,
@@ -607,7 +608,7 @@ impl ValueRef<'_> {
     }
 }
 
-/// The slot of `origin` in [`Merger`]'s sets.
+/// The slot of `origin` in the per-origin name sets of [`Merger`] and [`Kept`].
 fn origin_slot(origin: Origin) -> usize {
     match origin {
         Origin::Vitals => 0,

@@ -136,8 +136,8 @@ mod tests {
     }
 
     /// Reading every kind of file vitals keeps open stops at the first short read and still holds what
-    /// reading to the zero-byte end gets (the fields that change between two reads aside: the same length
-    /// and the same first word is asked, and the whole of the files that do not change).
+    /// reading to the zero-byte end gets: the same number of lines, ending in a newline (values may change
+    /// between the two reads, so the bytes are not compared).
     #[test]
     fn a_short_read_is_the_end_of_every_kept_kind() {
         let pid = std::process::id();

@@ -236,10 +236,12 @@ impl PodScan {
         if pid == 1 || Some(pid) == self.own_root {
             return Known::Other;
         }
-        let Ok(raw) = std::fs::read(self.proc_root.join(pid.to_string()).join("stat")) else {
+        let mut buf = Vec::new();
+        let path = self.proc_root.join(pid.to_string()).join("stat");
+        let Ok(raw) = crate::probe::kept::read_whole(&path, &mut buf) else {
             return Known::Other;
         };
-        let Ok(stat) = parse_stat(&raw) else {
+        let Ok(stat) = parse_stat(raw) else {
             return Known::Other;
         };
         // Kernel threads (parent 0 on a host's namespace) have no memory of their own.
