@@ -383,6 +383,11 @@ fn rare_old_collections_and_every_collector() {
     // The last 45 s slope seen: a window of a source read every ~35 s holds two readings only part of
     // the time, and says few_readings in between (the verdict stands meanwhile).
     let mut slope_45s: Vec<Option<f64>> = vec![None; cases.len()];
+    // Each case's heap value whenever it changed (s into the run, MiB): the live-set readings a slope is
+    // fitted on, for the figure line.
+    let mut readings: Vec<Vec<(f64, f64)>> = vec![Vec::new(); cases.len()];
+    // The lowest and highest 45 s slope seen, for the figure line.
+    let mut range_45s: Vec<Option<(f64, f64)>> = vec![None; cases.len()];
     let mut last = Vec::new();
     while started.elapsed() < Duration::from_secs(85) {
         last.clear();
@@ -412,6 +417,14 @@ fn rare_old_collections_and_every_collector() {
                 &[("signal", "heap"), ("window", "45s")],
             ) {
                 slope_45s[i] = Some(s);
+                let r = range_45s[i].get_or_insert((s, s));
+                *r = (r.0.min(s), r.1.max(s));
+            }
+            if let Some(h) = e.get("vitals_memory_heap_bytes", &[("runtime", "jvm")]) {
+                let mib = (h / MIB * 10.0).round() / 10.0;
+                if readings[i].last().is_none_or(|r| r.1 != mib) {
+                    readings[i].push(((started.elapsed().as_secs_f64()).round(), mib));
+                }
             }
             last.push(e);
         }
@@ -425,15 +438,27 @@ fn rare_old_collections_and_every_collector() {
             .filter_map(|l| l.split(['[', 's']).nth(1)?.parse().ok())
             .collect()
     };
+    // G1's Remark pauses (each frees the old generation's empty regions), beside its readings.
+    let remarks = |i: usize| {
+        std::fs::read_to_string(logs.path().join(format!("{i}.log")))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("Pause Remark"))
+            .count()
+    };
     for (i, (name, ..)) in cases.iter().enumerate() {
         eprintln!(
-            "figure: {name}: last 45s heap slope {:?} B/s, first flagged {:?}, 20s few_readings in {} \
-             scrapes, full collections at {:?} s (JVM clock), heap {:?} B",
+            "figure: {name}: last 45s heap slope {:?} B/s (lowest, highest: {:?}), first flagged {:?}, \
+             20s few_readings in {} scrapes, full collections at {:?} s (JVM clock), heap {:?} B; heap \
+             as it changed (s, MiB) {:?}; {} Remark pauses in the GC log",
             slope_45s[i],
+            range_45s[i],
             first_flag[i],
             few_readings_20s[i],
             full_collections(i),
-            last[i].get("vitals_memory_heap_bytes", &[("runtime", "jvm")])
+            last[i].get("vitals_memory_heap_bytes", &[("runtime", "jvm")]),
+            readings[i],
+            remarks(i)
         );
     }
     for (i, (name, _, _, leak)) in cases.iter().enumerate() {
@@ -475,14 +500,22 @@ fn rare_old_collections_and_every_collector() {
             assert_eq!(first_flag[i], None);
         } else {
             assert_eq!(first_flag[i], None, "{name} called a leak");
-            // A stop-the-world collector's readings are the live set: flat within 0.1 MiB/s. ZGC's and
-            // Shenandoah's end-of-cycle occupancy carries what each cycle allocated, so a slope fitted on
-            // two or three of them scatters (-127 kB/s for ZGC with a release build compiling beside
-            // it); the verdict discounts it (docs/memory-growth.md), the exported slope shows it.
-            let bound = if name.starts_with("ZGC") || name.starts_with("Shenandoah") {
-                0.5 * MIB
-            } else {
+            // Serial's and Parallel's readings are the live set right after a full collection: flat
+            // within 0.1 MiB/s. The others' carry garbage beside the live set, so a slope fitted on a
+            // few of them scatters, and the exported slope shows it. ZGC's and Shenandoah's end-of-cycle
+            // occupancy carries what each cycle allocated (-127 kB/s for ZGC with a release build
+            // compiling beside it); the verdict discounts it (docs/memory-growth.md). G1's Remark frees
+            // only empty regions, and its mixed collections skip regions still mostly live (its log
+            // mostly says "candidate old regions not available"), so its readings (the old generation
+            // right after each Remark: one for every Remark, within a MiB of the GC log's heap after it)
+            // are the live set plus up to 4 MiB of whole regions, changing from one Remark to the next;
+            // its leak threshold here is raised for that. On a loaded machine its Remarks came every
+            // 8-18 s rather than 5 s, a 45 s window held 3-5 readings, and its 45 s slope went from
+            // -198 to +175 kB/s over two runs (a clean-clone CI run ended at -117 kB/s).
+            let bound = if name.starts_with("Serial") || name.starts_with("Parallel") {
                 0.1 * MIB
+            } else {
+                0.5 * MIB
             };
             if let Some(s) = slope_45s[i] {
                 assert!(s.abs() < bound, "{name}: {s:.0} B/s");

@@ -444,13 +444,12 @@ fn run(shared: &Shared) {
                 };
                 st = shared.lock();
                 let state = &mut *st;
-                // A file being created is ready within moments (the JVM marks it so at the end of its
-                // start-up): look again after one poll period, not a whole search period.
-                let every = if exists && opened.is_none() {
-                    POLL_EVERY
-                } else {
-                    every
-                };
+                // Once the file exists the next look is one poll period away, not a search period: a
+                // file just opened is polled from now on (a JVM's first pauses come tens of ms apart, and
+                // of three or more that end before the first poll all but the last are known only by
+                // their mean), and one being created is ready within moments (the JVM marks it so at the
+                // end of its start-up).
+                let every = if exists { POLL_EVERY } else { every };
                 let same = state
                     .owner
                     .is_some_and(|(o, _)| o.pid == owner.pid && o.nspid == owner.nspid);

@@ -5,6 +5,11 @@
 // java LiveSet LIVE_MIB RING_MIB CHURN_MIB_PER_S LEAK_KIB_PER_S [RING_GROWTH_MIB_PER_S]
 // Prints "ready" once the live set is built. With a ring growth, the ring starts at RING_MIB and holds that
 // much more every second (up to 4 times RING_MIB plus 64 MiB), so young pauses copy more and more.
+// With -Dstart=stdin it first waits for a line on its standard input, before it allocates anything: a test
+// holds it there until vitals has the JVM's hsperfdata file, so that every pause comes after vitals' first
+// reading of it.
+import java.io.BufferedReader;
+import java.io.InputStreamReader;
 import java.util.ArrayList;
 import java.util.List;
 
@@ -19,6 +24,9 @@ public class LiveSet {
         int ringMib = Integer.parseInt(args[1]);
         double churnMibPerSec = Double.parseDouble(args[2]);
         double leakKibPerSec = Double.parseDouble(args[3]);
+        if ("stdin".equals(System.getProperty("start"))) {
+            new BufferedReader(new InputStreamReader(System.in)).readLine();
+        }
         live = new byte[liveMib * 16][];
         for (int i = 0; i < live.length; i++) {
             live[i] = new byte[CHUNK];

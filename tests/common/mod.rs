@@ -664,6 +664,33 @@ impl Jvm {
     }
 }
 
+impl Jvm {
+    /// Like [`Jvm::ready`], for a child that waits for a line on its standard input before it starts
+    /// (`LiveSet` with `-Dstart=stdin`): once the JVM runs, `until` is called with its pid (to wait, say,
+    /// until vitals has its hsperfdata file), then the line is written, and this returns once the child
+    /// said "ready".
+    pub fn ready_after(cmd: &mut Command, until: impl FnOnce(u32)) -> Jvm {
+        use std::io::Write;
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the JVM");
+        let mut stdin = child.stdin.take().expect("its stdin");
+        let stdout = child.stdout.take().expect("its stdout");
+        let jvm = Jvm(child);
+        until(jvm.0.id());
+        stdin.write_all(b"start\n").expect("start the child");
+        drop(stdin);
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("its first line");
+        assert_eq!(line.trim(), "ready");
+        jvm
+    }
+}
+
 /// The JDK's `java`.
 pub fn java() -> PathBuf {
     require_tool("java", "apt-get install -y openjdk-17-jdk-headless")
