@@ -22,10 +22,10 @@ struct Synthetic {
 impl Collector for Synthetic {
     fn collect(&self, out: &mut Vec<Metric>) {
         let n = self.tick.fetch_add(1, Ordering::Relaxed) as f64;
-        let g = |name: &str, v: f64| {
+        let g = |name: &'static str, v: f64| {
             Metric::new(name, "h", "", MetricKind::Gauge).with(&[], Value::Gauge(v))
         };
-        let c = |name: &str, v: f64| {
+        let c = |name: &'static str, v: f64| {
             Metric::new(name, "h", "", MetricKind::Counter).with(&[], Value::Sum(v))
         };
         out.push(g("vitals.target.up", 1.0));

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 
-use crate::model::{Metric, MetricKind, Origin, Point, Value};
+use crate::model::{Metric, MetricInfo, MetricKind, Origin, Point, Value};
 
 /// Which of the four questions of the design a metric helps answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,6 +184,17 @@ impl MetricDef {
     /// A new metric of this identity, with no points.
     pub fn metric(&'static self) -> Metric {
         Metric::new(self.name, self.description, self.unit, self.kind)
+    }
+
+    /// This metric's identity as a streaming collector hands it to a [`crate::model::MetricSink`].
+    pub fn info(&'static self) -> MetricInfo<'static> {
+        MetricInfo {
+            name: self.name,
+            description: self.description,
+            unit: self.unit,
+            kind: self.kind,
+            origin: Origin::Vitals,
+        }
     }
 
     /// Whether `m` is this metric (vitals' own, not an app metric of the same name).
@@ -1586,7 +1597,7 @@ impl<'a> Families<'a> {
             by_name: families
                 .iter()
                 .filter(|f| f.origin == Origin::Vitals)
-                .map(|f| (f.name.as_str(), f))
+                .map(|f| (&*f.name, f))
                 .collect(),
             declared: None,
         }

@@ -136,10 +136,11 @@ pub trait NameRules: Send + Sync {
 /// A metric: its identity and its points.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Metric {
-    /// OpenTelemetry name (`vitals.gc.pause`, `process.cpu.time`, or the app's own).
-    pub name: String,
+    /// OpenTelemetry name (`vitals.gc.pause`, `process.cpu.time`, or the app's own); borrowed for
+    /// vitals' own metrics, whose names and descriptions are the catalogue's (no copy per gather).
+    pub name: Cow<'static, str>,
     /// One line describing it.
-    pub description: String,
+    pub description: Cow<'static, str>,
     /// UCUM unit (`s`, `By`, `1`, `{pause}`), empty when it has none.
     pub unit: Cow<'static, str>,
     /// Kind of instrument.
@@ -153,8 +154,8 @@ pub struct Metric {
 impl Metric {
     /// A new metric with no points.
     pub fn new(
-        name: impl Into<String>,
-        description: impl Into<String>,
+        name: impl Into<Cow<'static, str>>,
+        description: impl Into<Cow<'static, str>>,
         unit: impl Into<Cow<'static, str>>,
         kind: MetricKind,
     ) -> Self {
@@ -330,12 +331,68 @@ impl<'a> From<&'a Value> for ValueRef<'a> {
 /// collector's own short lock, so nothing is cloned. Calls come as `begin`, any number of `point`s,
 /// `end`, per metric; each metric name (per origin) at most once per collector.
 pub trait MetricSink {
+    /// Whether this sink keeps a metric of this identity: a collector may leave out (or not compute) one
+    /// it does not, and must still call `begin` for those it writes. A filtering gather says no to
+    /// most of vitals' own families, so the collectors streaming them skip their work.
+    fn wants(&self, _metric: &MetricInfo<'_>) -> bool {
+        true
+    }
     /// A metric starts; its points follow.
     fn begin(&mut self, metric: &MetricInfo<'_>);
+    /// [`MetricSink::begin`] for an identity that lives for the whole run (a catalogue entry's): a
+    /// sink that keeps the names can borrow them instead of copying.
+    fn begin_static(&mut self, metric: &MetricInfo<'static>) {
+        self.begin(metric);
+    }
     /// One point of the current metric: attributes as `(OpenTelemetry key, raw value)`.
     fn point(&mut self, attributes: &[(&str, &str)], start_unix_nanos: u64, value: ValueRef<'_>);
     /// The current metric has no more points.
     fn end(&mut self);
+}
+
+/// Builds owned metrics from what a collector streams: [`Collector::collect`] for collectors that
+/// stream, so [`Registry::gather`] and wrappers such as [`Attributed`] read them as before.
+pub struct Collecting<'a>(pub &'a mut Vec<Metric>);
+
+impl MetricSink for Collecting<'_> {
+    fn begin(&mut self, m: &MetricInfo<'_>) {
+        let mut metric = Metric::new(
+            m.name.to_owned(),
+            m.description.to_owned(),
+            m.unit.to_owned(),
+            m.kind,
+        );
+        metric.origin = m.origin;
+        self.0.push(metric);
+    }
+
+    fn begin_static(&mut self, m: &MetricInfo<'static>) {
+        let mut metric = Metric::new(m.name, m.description, m.unit, m.kind);
+        metric.origin = m.origin;
+        self.0.push(metric);
+    }
+
+    fn point(&mut self, attributes: &[(&str, &str)], start_unix_nanos: u64, value: ValueRef<'_>) {
+        if let Some(m) = self.0.last_mut() {
+            m.push_started(attributes, start_unix_nanos, value.to_owned());
+        }
+    }
+
+    fn end(&mut self) {}
+}
+
+/// Writes one metric of a streaming collector into `sink` when the sink wants it: `begin`, the points
+/// `points` writes, `end`.
+pub fn write_metric(
+    sink: &mut dyn MetricSink,
+    info: &MetricInfo<'static>,
+    points: impl FnOnce(&mut dyn MetricSink),
+) {
+    if sink.wants(info) {
+        sink.begin_static(info);
+        points(sink);
+        sink.end();
+    }
 }
 
 /// Streams owned metrics into `sink`, the default for collectors that build them.
@@ -457,7 +514,7 @@ impl Registry {
             keep,
             out: Vec::new(),
             index: Default::default(),
-            copying: false,
+            copying: None,
         };
         let mut small = Vec::new();
         for c in &self.collectors() {
@@ -496,7 +553,7 @@ impl Registry {
             index: merged
                 .iter()
                 .enumerate()
-                .map(|(i, m)| ((m.origin, m.name.as_str()), i))
+                .map(|(i, m)| ((m.origin, &*m.name), i))
                 .collect(),
             written: vec![false; merged.len()],
             streamed: Default::default(),
@@ -522,17 +579,25 @@ impl Registry {
 struct Kept<F> {
     keep: F,
     out: Vec<Metric>,
-    /// Where each name held is in `out`: vitals' own, then the app's.
-    index: [std::collections::HashMap<String, usize>; 2],
-    /// The streamed metric being copied is the last of `out`.
-    copying: bool,
+    /// Where each name held is in `out`: vitals' own, then the app's (a catalogue entry's name
+    /// borrowed).
+    index: [std::collections::HashMap<Cow<'static, str>, usize>; 2],
+    /// Where the points of the streamed metric being copied go.
+    copying: Option<usize>,
 }
 
 impl<F> Kept<F> {
+    /// Holds a streamed metric, its points to follow.
+    fn hold(&mut self, m: Metric) {
+        self.index[origin_slot(m.origin)].insert(m.name.clone(), self.out.len());
+        self.copying = Some(self.out.len());
+        self.out.push(m);
+    }
+
     /// Adds a collected metric, or its points to the held one of its name (same kind only).
     fn add(&mut self, m: Metric) {
         let index = &mut self.index[origin_slot(m.origin)];
-        match index.get(m.name.as_str()) {
+        match index.get(&*m.name) {
             Some(&i) => {
                 let held = &mut self.out[i];
                 if held.kind == m.kind {
@@ -548,26 +613,42 @@ impl<F> Kept<F> {
 }
 
 impl<F: Fn(&MetricInfo<'_>) -> bool> MetricSink for Kept<F> {
+    fn wants(&self, m: &MetricInfo<'_>) -> bool {
+        (self.keep)(m) && !self.index[origin_slot(m.origin)].contains_key(m.name)
+    }
+
     fn begin(&mut self, m: &MetricInfo<'_>) {
-        let index = &mut self.index[origin_slot(m.origin)];
-        self.copying = (self.keep)(m) && !index.contains_key(m.name);
-        if self.copying {
-            index.insert(m.name.to_owned(), self.out.len());
-            let mut metric = Metric::new(m.name, m.description, m.unit.to_owned(), m.kind);
+        self.copying = None;
+        if self.wants(m) {
+            let mut metric = Metric::new(
+                m.name.to_owned(),
+                m.description.to_owned(),
+                m.unit.to_owned(),
+                m.kind,
+            );
             metric.origin = m.origin;
-            self.out.push(metric);
+            self.hold(metric);
+        }
+    }
+
+    fn begin_static(&mut self, m: &MetricInfo<'static>) {
+        self.copying = None;
+        if self.wants(m) {
+            let mut metric = Metric::new(m.name, m.description, m.unit, m.kind);
+            metric.origin = m.origin;
+            self.hold(metric);
         }
     }
 
     fn point(&mut self, attributes: &[(&str, &str)], start_unix_nanos: u64, value: ValueRef<'_>) {
-        let Some(m) = self.out.last_mut().filter(|_| self.copying) else {
+        let Some(m) = self.copying.and_then(|i| self.out.get_mut(i)) else {
             return;
         };
         m.push_started(attributes, start_unix_nanos, value.to_owned());
     }
 
     fn end(&mut self) {
-        self.copying = false;
+        self.copying = None;
     }
 }
 
@@ -622,8 +703,9 @@ struct Merger<'s, 'm> {
     small: &'m [Metric],
     index: std::collections::HashMap<(Origin, &'m str), usize>,
     written: Vec<bool>,
-    /// Names begun by streaming collectors: vitals' own, then the app's.
-    streamed: [std::collections::HashSet<String>; 2],
+    /// Names begun by streaming collectors: vitals' own, then the app's (a catalogue entry's name
+    /// borrowed).
+    streamed: [std::collections::HashSet<Cow<'static, str>>; 2],
     /// The small metric whose points join the streamed one being written.
     current: Option<usize>,
     skipping: bool,
@@ -636,27 +718,43 @@ impl Merger<'_, '_> {
         }
         self.written[j] = true;
         let m = &self.small[j];
-        if self.streamed[origin_slot(m.origin)].contains(m.name.as_str()) {
+        if self.streamed[origin_slot(m.origin)].contains(&*m.name) {
             return;
         }
         stream_metrics(std::slice::from_ref(m), self.sink);
     }
 }
 
-impl MetricSink for Merger<'_, '_> {
-    fn begin(&mut self, metric: &MetricInfo<'_>) {
+impl Merger<'_, '_> {
+    /// Whether a streamed metric is written (not a repeat of a name already written); records its
+    /// name (`name()`) and the small metric whose points join it.
+    fn open(&mut self, metric: &MetricInfo<'_>, name: impl FnOnce() -> Cow<'static, str>) -> bool {
         let streamed = &mut self.streamed[origin_slot(metric.origin)];
         let small = self.index.get(&(metric.origin, metric.name)).copied();
         self.skipping = streamed.contains(metric.name) || small.is_some_and(|j| self.written[j]);
         if self.skipping {
-            return;
+            return false;
         }
         self.current = small.filter(|&j| self.small[j].kind == metric.kind);
         if let Some(j) = small {
             self.written[j] = true;
         }
-        streamed.insert(metric.name.to_owned());
-        self.sink.begin(metric);
+        streamed.insert(name());
+        true
+    }
+}
+
+impl MetricSink for Merger<'_, '_> {
+    fn begin(&mut self, metric: &MetricInfo<'_>) {
+        if self.open(metric, || Cow::Owned(metric.name.to_owned())) {
+            self.sink.begin(metric);
+        }
+    }
+
+    fn begin_static(&mut self, metric: &MetricInfo<'static>) {
+        if self.open(metric, || Cow::Borrowed(metric.name)) {
+            self.sink.begin_static(metric);
+        }
     }
 
     fn point(&mut self, attributes: &[(&str, &str)], start_unix_nanos: u64, value: ValueRef<'_>) {
@@ -684,7 +782,7 @@ fn merge_with_owners(metrics: Vec<Metric>, owners: Vec<usize>) -> (Vec<Metric>, 
     {
         let mut seen = std::collections::HashMap::with_capacity(metrics.len());
         for (i, m) in metrics.iter().enumerate() {
-            first.push(*seen.entry((m.origin, m.name.as_str())).or_insert(i));
+            first.push(*seen.entry((m.origin, &*m.name)).or_insert(i));
         }
     }
     let mut merged: Vec<Metric> = Vec::with_capacity(metrics.len());
@@ -761,7 +859,7 @@ mod tests {
 
     #[test]
     fn streaming_keeps_one_family_per_name_and_registration_order() {
-        let g = |name: &str, a: &str| {
+        let g = |name: &'static str, a: &str| {
             Metric::new(name, "h", "", MetricKind::Gauge).with(&[("a", a)], Value::Gauge(1.0))
         };
         let r = Registry::new();
@@ -795,11 +893,17 @@ mod tests {
             ]
         );
         // gather() names the same families in the same order; gather_where copies what it keeps.
-        let names: Vec<String> = r.gather().into_iter().map(|m| m.name).collect();
+        let names: Vec<String> = r
+            .gather()
+            .into_iter()
+            .map(|m| m.name.into_owned())
+            .collect();
         assert_eq!(names, ["first", "x", "last"]);
         let kept = r.gather_where(|m| m.name != "first");
-        let kept: Vec<(String, usize)> =
-            kept.into_iter().map(|m| (m.name, m.points.len())).collect();
+        let kept: Vec<(String, usize)> = kept
+            .into_iter()
+            .map(|m| (m.name.into_owned(), m.points.len()))
+            .collect();
         assert_eq!(kept, [("x".to_owned(), 2), ("last".to_owned(), 1)]);
     }
 

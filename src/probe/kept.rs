@@ -38,14 +38,14 @@ impl KeptFile {
         &self.path
     }
 
-    /// Reads the whole content into `buf` (cleared first) and returns it: a read shorter than asked ends
+    /// Reads the whole content into `buf` (its old content overwritten) and returns it: a read shorter than asked ends
     /// it (see the module's note). Keeps `buf`'s capacity so a steady tick allocates nothing.
     pub fn read<'a>(&self, buf: &'a mut Vec<u8>) -> io::Result<&'a [u8]> {
         fill(buf, true, |b, off| self.file.read_at(b, off))
     }
 }
 
-/// Opens `path`, reads it to its zero-byte end into `buf` (cleared first, at most about
+/// Opens `path`, reads it to its zero-byte end into `buf` (its old content overwritten, at most about
 /// [`MAX_PSEUDO_FILE`]) and closes it: one open, the reads, one close, and no size query first (a
 /// pseudo-file's size says nothing).
 pub fn read_whole<'a>(path: &Path, buf: &'a mut Vec<u8>) -> io::Result<&'a [u8]> {
@@ -54,41 +54,33 @@ pub fn read_whole<'a>(path: &Path, buf: &'a mut Vec<u8>) -> io::Result<&'a [u8]>
 }
 
 /// Reads into `buf` through `read_at` from offset 0 until a read of 0 bytes, or (when `short_ends`) one
-/// shorter than asked, or until about [`MAX_PSEUDO_FILE`] bytes are held.
+/// shorter than asked, or until about [`MAX_PSEUDO_FILE`] bytes are held, and returns what was read.
+/// `buf` stays initialised to its full length between calls: only its growth is zeroed, once, not every
+/// read (zeroing a 4 KiB buffer before each read was a sixth of the sampler's instructions).
 fn fill(
     buf: &mut Vec<u8>,
     short_ends: bool,
     read_at: impl Fn(&mut [u8], u64) -> io::Result<usize>,
 ) -> io::Result<&[u8]> {
-    buf.clear();
-    if buf.capacity() < 4096 {
-        buf.reserve(4096);
+    if buf.len() < 4096 {
+        buf.resize(4096, 0);
     }
     let mut off = 0usize;
     loop {
-        if buf.len() == buf.capacity() {
-            if buf.len() >= MAX_PSEUDO_FILE {
+        if off == buf.len() {
+            if off >= MAX_PSEUDO_FILE {
                 break;
             }
-            buf.reserve(buf.len());
+            buf.resize(off * 2, 0);
         }
-        let len = buf.len();
-        let spare = buf.capacity() - len;
-        buf.resize(len + spare, 0);
-        let n = match read_at(&mut buf[len..], off as u64) {
-            Ok(n) => n,
-            Err(e) => {
-                buf.truncate(len);
-                return Err(e);
-            }
-        };
-        buf.truncate(len + n);
+        let spare = buf.len() - off;
+        let n = read_at(&mut buf[off..], off as u64)?;
+        off += n;
         if n == 0 || (short_ends && n < spare) {
             break;
         }
-        off += n;
     }
-    Ok(&buf[..])
+    Ok(&buf[..off])
 }
 
 /// True when an I/O error means the process (or cgroup) is gone rather than unreadable.
@@ -120,6 +112,36 @@ mod tests {
         let cap = buf.capacity();
         assert_eq!(k.read(&mut buf).unwrap(), b"hello");
         assert_eq!(buf.capacity(), cap);
+    }
+
+    /// The buffer keeps its old bytes past what a read returns: a shorter content read after a longer
+    /// one (a file that shrank, or another file through the same buffer) is returned alone.
+    #[test]
+    fn a_shorter_read_returns_only_its_own_bytes() {
+        let mut long = tempfile::NamedTempFile::new().unwrap();
+        long.write_all(&vec![b'x'; 6000]).unwrap();
+        let mut short = tempfile::NamedTempFile::new().unwrap();
+        short.write_all(b"hi\n").unwrap();
+        let mut buf = Vec::new();
+        assert_eq!(
+            KeptFile::open(long.path())
+                .unwrap()
+                .read(&mut buf)
+                .unwrap()
+                .len(),
+            6000
+        );
+        assert_eq!(
+            KeptFile::open(short.path())
+                .unwrap()
+                .read(&mut buf)
+                .unwrap(),
+            b"hi\n"
+        );
+        assert_eq!(read_whole(short.path(), &mut buf).unwrap(), b"hi\n");
+        let k = KeptFile::open(long.path()).unwrap();
+        long.as_file().set_len(0).unwrap();
+        assert_eq!(k.read(&mut buf).unwrap(), b"");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use super::kept::KeptFile;
 use super::procfs::parse_stat;
 use super::{ReadErrorSink, ReadSource};
 use crate::catalogue;
-use crate::model::{Collector, Metric, Value};
+use crate::model::{write_metric, Collecting, Collector, Metric, MetricSink, ValueRef};
 
 /// Counters the sources report into.
 pub struct ExporterStats {
@@ -51,39 +51,68 @@ impl ReadErrorSink for ExporterStats {
     }
 }
 
+impl ExporterStats {
+    /// Streams vitals' own health; `/proc/self/stat` is read only when its figures are wanted.
+    fn write(&self, sink: &mut dyn MetricSink) {
+        write_metric(sink, &catalogue::EXPORTER_BUILD_INFO.info(), |sink| {
+            sink.point(
+                &[("version", env!("CARGO_PKG_VERSION"))],
+                0,
+                ValueRef::Gauge(1.0),
+            );
+        });
+        let (cpu, rss) = (
+            catalogue::EXPORTER_CPU.info(),
+            catalogue::EXPORTER_RESIDENT_MEMORY.info(),
+        );
+        if sink.wants(&cpu) || sink.wants(&rss) {
+            let mut own = self.own_stat.lock().unwrap_or_else(|p| p.into_inner());
+            let (file, buf) = &mut *own;
+            if file.is_none() {
+                *file = KeptFile::open("/proc/self/stat").ok();
+            }
+            if let Some(Ok(st)) = file.as_ref().and_then(|f| f.read(buf).ok()).map(parse_stat) {
+                let seconds = (st.utime + st.stime) as f64 / self.hz as f64;
+                write_metric(sink, &cpu, |sink| {
+                    sink.point(&[], 0, ValueRef::Sum(seconds))
+                });
+                let bytes = (st.rss_pages * self.page_size) as f64;
+                write_metric(sink, &rss, |sink| {
+                    sink.point(&[], 0, ValueRef::Gauge(bytes))
+                });
+            }
+        }
+        write_metric(sink, &catalogue::EXPORTER_READ_ERRORS.info(), |sink| {
+            for s in ReadSource::ALL {
+                let n = self.errors(s) as f64;
+                sink.point(&[("source", s.label())], 0, ValueRef::Sum(n));
+            }
+        });
+        write_metric(sink, &catalogue::EXPORTER_SAMPLE_DURATION.info(), |sink| {
+            for s in ReadSource::ALL {
+                let ns = self.durations_ns[s.index()].load(Ordering::Relaxed);
+                if ns > 0 {
+                    sink.point(
+                        &[("source", s.label())],
+                        0,
+                        ValueRef::Gauge(ns as f64 / 1e9),
+                    );
+                }
+            }
+        });
+    }
+}
+
 impl Collector for ExporterStats {
     fn collect(&self, out: &mut Vec<Metric>) {
-        out.push(
-            catalogue::EXPORTER_BUILD_INFO
-                .metric()
-                .with(&[("version", env!("CARGO_PKG_VERSION"))], Value::Gauge(1.0)),
-        );
-        let mut own = self.own_stat.lock().unwrap_or_else(|p| p.into_inner());
-        let (file, buf) = &mut *own;
-        if file.is_none() {
-            *file = KeptFile::open("/proc/self/stat").ok();
-        }
-        if let Some(raw) = file.as_ref().and_then(|f| f.read(buf).ok()) {
-            if let Ok(st) = parse_stat(raw) {
-                let cpu = (st.utime + st.stime) as f64 / self.hz as f64;
-                out.push(catalogue::EXPORTER_CPU.metric().with(&[], Value::Sum(cpu)));
-                out.push(
-                    catalogue::EXPORTER_RESIDENT_MEMORY
-                        .metric()
-                        .with(&[], Value::Gauge((st.rss_pages * self.page_size) as f64)),
-                );
-            }
-        }
-        let mut errors = catalogue::EXPORTER_READ_ERRORS.metric();
-        let mut durations = catalogue::EXPORTER_SAMPLE_DURATION.metric();
-        for s in ReadSource::ALL {
-            errors.push(&[("source", s.label())], Value::Sum(self.errors(s) as f64));
-            let ns = self.durations_ns[s.index()].load(Ordering::Relaxed);
-            if ns > 0 {
-                durations.push(&[("source", s.label())], Value::Gauge(ns as f64 / 1e9));
-            }
-        }
-        out.push(errors);
-        out.push(durations);
+        self.write(&mut Collecting(out));
+    }
+
+    fn streams(&self) -> bool {
+        true
+    }
+
+    fn encode_into(&self, sink: &mut dyn MetricSink) {
+        self.write(sink);
     }
 }

@@ -22,7 +22,7 @@ pub use consumer::{
 };
 
 use crate::catalogue;
-use crate::model::{Collector, Metric, Value};
+use crate::model::{write_metric, Collecting, Collector, Metric, MetricSink, ValueRef};
 
 pub use crate::pipeline::Signal;
 
@@ -180,31 +180,54 @@ impl OtlpStats {
     }
 }
 
+impl OtlpStats {
+    /// Streams the counters (borrowed labels, nothing built per scrape).
+    fn write(&self, sink: &mut dyn MetricSink) {
+        write_metric(sink, &catalogue::EXPORTER_OTLP_ITEMS.info(), |sink| {
+            for s in Signal::ALL {
+                for (i, outcome) in ["accepted", "rejected"].iter().enumerate() {
+                    let n = self.items[s as usize][i].load(Ordering::Relaxed);
+                    sink.point(
+                        &[("signal", s.label()), ("outcome", outcome)],
+                        0,
+                        ValueRef::Sum(n as f64),
+                    );
+                }
+            }
+        });
+        write_metric(
+            sink,
+            &catalogue::EXPORTER_OTLP_REFUSED_REQUESTS.info(),
+            |sink| {
+                for s in Signal::ALL {
+                    for r in Refusal::ALL {
+                        let n = self.refused[s as usize][r as usize].load(Ordering::Relaxed);
+                        sink.point(
+                            &[("signal", s.label()), ("reason", r.label())],
+                            0,
+                            ValueRef::Sum(n as f64),
+                        );
+                    }
+                }
+            },
+        );
+        write_metric(sink, &catalogue::EXPORTER_SERIES_OVERFLOW.info(), |sink| {
+            sink.point(&[], 0, ValueRef::Sum(self.overflow.get() as f64));
+        });
+    }
+}
+
 impl Collector for OtlpStats {
     fn collect(&self, out: &mut Vec<Metric>) {
-        let mut items = catalogue::EXPORTER_OTLP_ITEMS.metric();
-        let mut refused = catalogue::EXPORTER_OTLP_REFUSED_REQUESTS.metric();
-        for s in Signal::ALL {
-            for (i, outcome) in ["accepted", "rejected"].iter().enumerate() {
-                items.push(
-                    &[("signal", s.label()), ("outcome", outcome)],
-                    Value::Sum(self.items[s as usize][i].load(Ordering::Relaxed) as f64),
-                );
-            }
-            for r in Refusal::ALL {
-                refused.push(
-                    &[("signal", s.label()), ("reason", r.label())],
-                    Value::Sum(self.refused[s as usize][r as usize].load(Ordering::Relaxed) as f64),
-                );
-            }
-        }
-        out.push(items);
-        out.push(refused);
-        out.push(
-            catalogue::EXPORTER_SERIES_OVERFLOW
-                .metric()
-                .with(&[], Value::Sum(self.overflow.get() as f64)),
-        );
+        self.write(&mut Collecting(out));
+    }
+
+    fn streams(&self) -> bool {
+        true
+    }
+
+    fn encode_into(&self, sink: &mut dyn MetricSink) {
+        self.write(sink);
     }
 }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::catalogue;
 use crate::language::{self, Runtime};
-use crate::model::{Collector, Metric, Value};
+use crate::model::{write_metric, Collecting, Collector, Metric, MetricSink, ValueRef};
 use crate::probe::hsperf::{GcCollector, JvmSample};
 use crate::probe::jvm_watch::JvmFast;
 
@@ -38,6 +38,10 @@ pub struct Window {
     span: f64,
     width: f64,
     buckets: VecDeque<Bucket>,
+    /// The status and slope of the buckets as they are, until the next reading: a scrape and the
+    /// page's history point each read every window's slope (a Theil-Sen fit over up to 30 points),
+    /// which changes only with a reading.
+    fitted: std::cell::Cell<Option<(WindowStatus, Option<f64>)>>,
 }
 
 /// Below this many fresh readings a window is fitted on its readings rather than on the floor of its
@@ -85,6 +89,7 @@ impl Window {
             span,
             width: span / BUCKETS as f64,
             buckets: VecDeque::with_capacity(BUCKETS + 1),
+            fitted: std::cell::Cell::new(None),
         }
     }
 
@@ -103,6 +108,7 @@ impl Window {
         if !v.is_finite() {
             return;
         }
+        self.fitted.set(None);
         let index = (t / self.width).floor() as i64;
         let fresh = measured.then_some((t, v));
         match self.buckets.back_mut() {
@@ -136,6 +142,25 @@ impl Window {
 
     /// Whether the window can give a slope, and if not why.
     pub fn status(&self) -> WindowStatus {
+        self.fit().0
+    }
+
+    /// The status and the slope, fitted once per reading.
+    fn fit(&self) -> (WindowStatus, Option<f64>) {
+        if let Some(f) = self.fitted.get() {
+            return f;
+        }
+        let status = self.fit_status();
+        let slope = if status == WindowStatus::Ready {
+            self.fit_slope()
+        } else {
+            None
+        };
+        self.fitted.set(Some((status, slope)));
+        (status, slope)
+    }
+
+    fn fit_status(&self) -> WindowStatus {
         if self.buckets.is_empty() {
             WindowStatus::NoReading
         } else if self.buckets.len() < READY_BUCKETS {
@@ -165,9 +190,10 @@ impl Window {
     /// its buckets; a sparse one on its fresh readings alone: carried values would make a staircase whose
     /// flat treads pull the median slope to 0 whatever the rises between them.
     pub fn slope(&self) -> Option<f64> {
-        if self.status() != WindowStatus::Ready {
-            return None;
-        }
+        self.fit().1
+    }
+
+    fn fit_slope(&self) -> Option<f64> {
         if self.sparse() {
             return theil_sen(&self.readings());
         }
@@ -591,78 +617,106 @@ impl MemoryGrowth {
     }
 }
 
-impl Collector for MemoryGrowth {
-    fn collect(&self, out: &mut Vec<Metric>) {
+impl MemoryGrowth {
+    /// Streams the growth families under the tracks' lock, one pass per family (borrowed labels,
+    /// nothing built per scrape).
+    fn write(&self, sink: &mut dyn MetricSink) {
         let tracks = self.tracks.lock().unwrap_or_else(|p| p.into_inner());
-        let mut growth = catalogue::MEMORY_GROWTH.metric();
-        let mut ttl = catalogue::MEMORY_TIME_TO_LIMIT.metric();
-        let mut leak = catalogue::MEMORY_LEAK_SUSPECTED.metric();
-        let mut status = catalogue::MEMORY_GROWTH_STATUS.metric();
-        let mut heap = catalogue::MEMORY_HEAP.metric();
-        let mut heap_limit = catalogue::MEMORY_HEAP_LIMIT.metric();
-        let heap_runtime = match self.heap_runtime.load(Ordering::Relaxed) {
+        let read = || {
+            MemorySignal::ALL
+                .iter()
+                .zip(tracks.iter())
+                .filter(|(_, t)| t.last.is_some())
+        };
+        write_metric(sink, &catalogue::MEMORY_GROWTH.info(), |sink| {
+            for (sig, track) in read() {
+                for (w, name) in track.windows.iter().zip(&self.names) {
+                    if let Some(s) = w.slope() {
+                        let labels = [("signal", sig.label()), ("window", name.as_str())];
+                        sink.point(&labels, 0, ValueRef::Gauge(s));
+                    }
+                }
+            }
+        });
+        write_metric(sink, &catalogue::MEMORY_TIME_TO_LIMIT.info(), |sink| {
+            for (sig, track) in read() {
+                // The slope of the longest window that has one.
+                let longest = track.windows.iter().filter_map(|w| w.slope()).last();
+                if let (Some(slope), Some((v, Some(limit)))) = (longest, track.last) {
+                    if slope > 0.0 {
+                        let left = ((limit - v) / slope).max(0.0);
+                        sink.point(&[("signal", sig.label())], 0, ValueRef::Gauge(left));
+                    }
+                }
+            }
+        });
+        write_metric(sink, &catalogue::MEMORY_LEAK_SUSPECTED.info(), |sink| {
+            for (sig, track) in read() {
+                let v = if track.leak { 1.0 } else { 0.0 };
+                sink.point(&[("signal", sig.label())], 0, ValueRef::Gauge(v));
+            }
+        });
+        write_metric(sink, &catalogue::MEMORY_GROWTH_STATUS.info(), |sink| {
+            for (sig, track) in MemorySignal::ALL.iter().zip(tracks.iter()) {
+                for (w, name) in track.windows.iter().zip(&self.names) {
+                    let now = if track.last.is_none() {
+                        WindowStatus::NoReading
+                    } else {
+                        w.status()
+                    };
+                    for st in WindowStatus::ALL {
+                        let labels = [
+                            ("signal", sig.label()),
+                            ("window", name.as_str()),
+                            ("status", st.label()),
+                        ];
+                        let v = if st == now { 1.0 } else { 0.0 };
+                        sink.point(&labels, 0, ValueRef::Gauge(v));
+                    }
+                }
+            }
+        });
+        let heap = tracks
+            .iter()
+            .zip(MemorySignal::ALL.iter())
+            .find(|(_, sig)| matches!(sig, MemorySignal::Heap))
+            .and_then(|(t, _)| t.last);
+        let runtime = match self.heap_runtime.load(Ordering::Relaxed) {
             0 => None,
             n => Runtime::ALL.get(usize::from(n - 1)).copied(),
         };
-        for (i, sig) in MemorySignal::ALL.iter().enumerate() {
-            let track = &tracks[i];
-            for (w, name) in track.windows.iter().zip(&self.names) {
-                let now = if track.last.is_none() {
-                    WindowStatus::NoReading
-                } else {
-                    w.status()
-                };
-                for st in WindowStatus::ALL {
-                    status.push(
-                        &[
-                            ("signal", sig.label()),
-                            ("window", name),
-                            ("status", st.label()),
-                        ],
-                        Value::Gauge(if st == now { 1.0 } else { 0.0 }),
-                    );
-                }
+        let labels = [("runtime", language::label_of(runtime))];
+        write_metric(sink, &catalogue::MEMORY_HEAP.info(), |sink| {
+            if let Some((v, _)) = heap {
+                sink.point(&labels, 0, ValueRef::Gauge(v));
             }
-            if track.last.is_none() {
-                continue;
+        });
+        write_metric(sink, &catalogue::MEMORY_HEAP_LIMIT.info(), |sink| {
+            if let Some((_, Some(l))) = heap {
+                sink.point(&labels, 0, ValueRef::Gauge(l));
             }
-            if let (MemorySignal::Heap, Some((v, limit))) = (sig, track.last) {
-                let labels = [("runtime", language::label_of(heap_runtime))];
-                heap.push(&labels, Value::Gauge(v));
-                if let Some(l) = limit {
-                    heap_limit.push(&labels, Value::Gauge(l));
-                }
-            }
-            let mut longest = None;
-            for (w, name) in track.windows.iter().zip(&self.names) {
-                if let Some(s) = w.slope() {
-                    growth.push(
-                        &[("signal", sig.label()), ("window", name)],
-                        Value::Gauge(s),
-                    );
-                    longest = Some(s);
-                }
-            }
-            if let (Some(slope), Some((v, Some(limit)))) = (longest, track.last) {
-                if slope > 0.0 {
-                    ttl.push(
-                        &[("signal", sig.label())],
-                        Value::Gauge(((limit - v) / slope).max(0.0)),
-                    );
-                }
-            }
-            leak.push(
-                &[("signal", sig.label())],
-                Value::Gauge(if track.leak { 1.0 } else { 0.0 }),
-            );
-        }
-        out.extend([growth, ttl, leak, status, heap, heap_limit]);
+        });
+    }
+}
+
+impl Collector for MemoryGrowth {
+    fn collect(&self, out: &mut Vec<Metric>) {
+        self.write(&mut Collecting(out));
+    }
+
+    fn streams(&self) -> bool {
+        true
+    }
+
+    fn encode_into(&self, sink: &mut dyn MetricSink) {
+        self.write(sink);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Value;
 
     fn run(series: impl Fn(f64) -> f64, secs: f64, step: f64) -> Window {
         let mut w = Window::new(Duration::from_secs(600));
@@ -1150,5 +1204,68 @@ mod tests {
         );
         w.observe(59.5, 6.0);
         assert!(w.slope().is_some());
+    }
+
+    /// The growth families stream into a scrape (their own pass per family, under the lock) and are
+    /// collected for a gather from the same code: a registry holding a streamed main target's and an
+    /// attributed second target's scrapes exactly what its gather encodes, and a filtered gather keeps
+    /// both targets' points of a family it wants.
+    #[test]
+    fn streamed_and_gathered_growth_agree_with_a_second_target_merged_in() {
+        use crate::export::prometheus::{encode, Format};
+        use crate::model::{Attributed, Registry};
+        use std::sync::Arc;
+        let windows = [Duration::from_secs(60), Duration::from_secs(600)];
+        let (main, other) = (
+            Arc::new(MemoryGrowth::new(&windows, 1e6)),
+            Arc::new(MemoryGrowth::new(&windows, 1e6)),
+        );
+        for t in 0..120 {
+            let t = f64::from(t);
+            main.observe(
+                t,
+                &MemoryReadings {
+                    rss: Some((1e8 + 5e5 * t, Some(1e9))),
+                    heap: Some((5e7 + 1e3 * t, Some(2e8))),
+                    heap_runtime: Some(Runtime::Jvm),
+                    cgroup: Some((2e8, None)),
+                    ..Default::default()
+                },
+            );
+            other.observe(
+                t,
+                &MemoryReadings {
+                    rss: Some((3e7, Some(1e9))),
+                    ..Default::default()
+                },
+            );
+        }
+        let r = Registry::new();
+        r.register(main.clone());
+        r.register(Arc::new(Attributed::new(other, "target", "b")));
+        let rendered = crate::export::http::render_metrics(&r, Format::Text);
+        // The scrape ends with its own series count.
+        let (scraped, _) = rendered
+            .split_once("# HELP vitals_exporter_series ")
+            .unwrap();
+        assert_eq!(scraped, encode(&r.gather(), Format::Text));
+        for want in [
+            "vitals_memory_growth_bytes_per_second{signal=\"rss\",window=\"1m\"} 500000",
+            "vitals_memory_growth_bytes_per_second{target=\"b\",signal=\"rss\",window=\"1m\"} 0",
+            "vitals_memory_time_to_limit_seconds{signal=\"rss\"} ",
+            "vitals_memory_heap_bytes{runtime=\"jvm\"} ",
+            "vitals_memory_growth_status{target=\"b\",signal=\"heap\",window=\"10m\",status=\"no_reading\"} 1",
+        ] {
+            assert!(scraped.contains(want), "{want} not in\n{scraped}");
+        }
+        let kept = r.gather_where(|m| m.name == catalogue::MEMORY_LEAK_SUSPECTED.name);
+        assert_eq!(kept.len(), 1);
+        let targets: Vec<_> = kept[0]
+            .points
+            .iter()
+            .map(|p| p.attributes.iter().any(|(k, _)| k == "target"))
+            .collect();
+        // Three signals read for the main target (its own labels), one for the second (rss only).
+        assert_eq!(targets, [false, false, false, true]);
     }
 }

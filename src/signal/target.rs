@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::catalogue::{self, MetricDef};
-use crate::model::{Collector, Metric, MetricKind, Value};
+use crate::model::{write_metric, Collecting, Collector, Metric, MetricKind, MetricSink, ValueRef};
 use crate::probe::cgroup::CgroupSample;
 use crate::probe::pressure::RESOURCES;
 use crate::probe::procfs::ProcSample;
@@ -239,7 +239,7 @@ type OptionalSeries<'a> = [(&'a [(&'a str, &'a str)], Option<f64>)];
 
 /// Writes families from optional values, leaving out series (and then families) with no value.
 struct FamilyWriter<'a> {
-    out: &'a mut Vec<Metric>,
+    sink: &'a mut dyn MetricSink,
     /// Start of the cumulative values written, Unix ns (the target's start for its own counters, 0 when
     /// unknown, as for cgroup counters that outlive one target instance).
     start_unix_nanos: u64,
@@ -247,77 +247,78 @@ struct FamilyWriter<'a> {
 
 impl FamilyWriter<'_> {
     fn one(&mut self, def: &'static MetricDef, series: &OptionalSeries<'_>) {
-        let kind = def.kind;
-        let mut fam = def.metric();
-        for (labels, v) in series {
-            if let Some(v) = v {
-                let value = if kind == MetricKind::Counter {
-                    Value::Sum(*v)
-                } else {
-                    Value::Gauge(*v)
-                };
-                fam.push_started(labels, self.start_unix_nanos, value);
+        if !series.iter().any(|(_, v)| v.is_some()) {
+            return;
+        }
+        let counter = def.kind == MetricKind::Counter;
+        let start = self.start_unix_nanos;
+        write_metric(self.sink, &def.info(), |sink| {
+            for (labels, v) in series {
+                if let Some(v) = *v {
+                    let value = if counter {
+                        ValueRef::Sum(v)
+                    } else {
+                        ValueRef::Gauge(v)
+                    };
+                    sink.point(labels, start, value);
+                }
             }
-        }
-        if !fam.points.is_empty() {
-            self.out.push(fam);
-        }
+        });
     }
 }
 
-impl Collector for TargetMetrics {
-    fn collect(&self, out: &mut Vec<Metric>) {
+impl TargetMetrics {
+    /// Streams the target's families under its lock (borrowed labels; a family the sink does not want
+    /// is not written).
+    fn write(&self, sink: &mut dyn MetricSink) {
         let s = self.lock();
         let u = self.units;
         let up = if s.info.is_some() { 1.0 } else { 0.0 };
-        out.push(catalogue::TARGET_UP.metric().with(&[], Value::Gauge(up)));
-        out.push(
-            catalogue::TARGET_RESTARTS
-                .metric()
-                .with(&[], Value::Sum(s.restarts as f64)),
-        );
+        write_metric(sink, &catalogue::TARGET_UP.info(), |sink| {
+            sink.point(&[], 0, ValueRef::Gauge(up));
+        });
+        write_metric(sink, &catalogue::TARGET_RESTARTS.info(), |sink| {
+            sink.point(&[], 0, ValueRef::Sum(s.restarts as f64));
+        });
         if s.last_identity.is_some() {
-            let mut exits = catalogue::TARGET_EXITS.metric();
-            for reason in [ExitReason::OomKill, ExitReason::Other] {
-                exits.push(
-                    &[("reason", reason.label())],
-                    Value::Sum(s.exits[reason as usize] as f64),
-                );
-            }
-            out.push(exits);
+            write_metric(sink, &catalogue::TARGET_EXITS.info(), |sink| {
+                for reason in [ExitReason::OomKill, ExitReason::Other] {
+                    let n = s.exits[reason as usize] as f64;
+                    sink.point(&[("reason", reason.label())], 0, ValueRef::Sum(n));
+                }
+            });
         }
         if let Some(kills) = s.oom_kills {
-            out.push(
-                catalogue::CGROUP_MEMORY_OOM_KILLS
-                    .metric()
-                    .with(&[], Value::Sum(kills as f64)),
-            );
+            write_metric(sink, &catalogue::CGROUP_MEMORY_OOM_KILLS.info(), |sink| {
+                sink.point(&[], 0, ValueRef::Sum(kills as f64));
+            });
         }
         let Some(info) = &s.info else { return };
-        let pid = info.pid.to_string();
-        let runtime_pid = info.runtime_pid.to_string();
-        out.push(
-            catalogue::TARGET_INFO.metric().with(
-                &[
-                    ("pid", pid.as_str()),
-                    ("comm", &info.comm),
-                    ("runtime", &info.runtime),
-                    ("runtime_pid", &runtime_pid),
-                    ("selected_by", info.selected_by),
-                ]
-                .into_iter()
-                .chain(
-                    self.info_labels
-                        .iter()
-                        .map(|(k, v)| (k.as_str(), v.as_str())),
-                )
-                .collect::<Vec<_>>(),
-                Value::Gauge(1.0),
-            ),
-        );
+        let target_info = catalogue::TARGET_INFO.info();
+        if sink.wants(&target_info) {
+            let pid = info.pid.to_string();
+            let runtime_pid = info.runtime_pid.to_string();
+            let labels: Vec<(&str, &str)> = [
+                ("pid", pid.as_str()),
+                ("comm", &info.comm),
+                ("runtime", &info.runtime),
+                ("runtime_pid", &runtime_pid),
+                ("selected_by", info.selected_by),
+            ]
+            .into_iter()
+            .chain(
+                self.info_labels
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            )
+            .collect();
+            write_metric(sink, &target_info, |sink| {
+                sink.point(&labels, 0, ValueRef::Gauge(1.0));
+            });
+        }
         let start_unix = u.boot_time as f64 + info.start_ticks as f64 / u.hz as f64;
         let mut b = FamilyWriter {
-            out,
+            sink,
             start_unix_nanos: (start_unix * 1e9) as u64,
         };
         if let Some(p) = &s.proc {
@@ -331,6 +332,20 @@ impl Collector for TargetMetrics {
             b.start_unix_nanos = 0;
             cgroup_families(&mut b, c);
         }
+    }
+}
+
+impl Collector for TargetMetrics {
+    fn collect(&self, out: &mut Vec<Metric>) {
+        self.write(&mut Collecting(out));
+    }
+
+    fn streams(&self) -> bool {
+        true
+    }
+
+    fn encode_into(&self, sink: &mut dyn MetricSink) {
+        self.write(sink);
     }
 }
 
@@ -470,29 +485,32 @@ fn cgroup_families(b: &mut FamilyWriter<'_>, c: &CgroupSample) {
     b.one(&catalogue::CGROUP_PIDS, &[(&[], f(c.pids))]);
     b.one(&catalogue::CGROUP_PIDS_LIMIT, &[(&[], f(c.pids_limit))]);
     let scope = c.pressure_scope.label();
-    let mut fam = catalogue::PRESSURE_STALLED.metric();
-    for (i, r) in RESOURCES.iter().enumerate() {
-        if let Some(p) = c.pressure[i] {
-            fam.push(
+    if c.pressure.iter().all(Option::is_none) {
+        return;
+    }
+    write_metric(b.sink, &catalogue::PRESSURE_STALLED.info(), |sink| {
+        for (r, p) in RESOURCES.iter().zip(&c.pressure) {
+            let Some(p) = p else { continue };
+            sink.point(
                 &[("resource", r), ("kind", "some"), ("scope", scope)],
-                Value::Sum(p.some_us as f64 / 1e6),
+                0,
+                ValueRef::Sum(p.some_us as f64 / 1e6),
             );
             if let Some(full) = p.full_us {
-                fam.push(
+                sink.point(
                     &[("resource", r), ("kind", "full"), ("scope", scope)],
-                    Value::Sum(full as f64 / 1e6),
+                    0,
+                    ValueRef::Sum(full as f64 / 1e6),
                 );
             }
         }
-    }
-    if !fam.points.is_empty() {
-        b.out.push(fam);
-    }
+    });
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Value;
     use crate::probe::procfs::{Stat, Status};
 
     fn units() -> KernelUnits {
@@ -504,7 +522,7 @@ mod tests {
     }
 
     fn names(f: &[Metric]) -> Vec<&str> {
-        f.iter().map(|f| f.name.as_str()).collect()
+        f.iter().map(|f| &*f.name).collect()
     }
 
     #[test]
@@ -600,7 +618,7 @@ mod tests {
         let mut out = vec![];
         s.collect(&mut out);
         crate::catalogue::assert_agrees(&out);
-        let names: Vec<&str> = out.iter().map(|f| f.name.as_str()).collect();
+        let names: Vec<&str> = out.iter().map(|f| &*f.name).collect();
         assert_eq!(
             names,
             [

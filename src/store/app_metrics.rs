@@ -936,7 +936,7 @@ mod tests {
         s.collect(&mut out);
         for m in &mut out {
             let kind = m.kind;
-            m.name = exposition_name(&m.name, &m.unit, kind, m.origin);
+            m.name = exposition_name(&m.name, &m.unit, kind, m.origin).into();
             for p in &mut m.points {
                 for (k, _) in &mut p.attributes {
                     *k = exposition_label(k, kind).into_owned();
@@ -1031,7 +1031,10 @@ mod tests {
         };
         s.encode_into(&mut sink);
         assert_eq!(sink.finished_inside, Some(true));
-        let names: Vec<String> = collect(&s).into_iter().map(|m| m.name).collect();
+        let names: Vec<String> = collect(&s)
+            .into_iter()
+            .map(|m| m.name.into_owned())
+            .collect();
         assert_eq!(names, ["first", "other", "target_info"]);
     }
 
@@ -1400,7 +1403,7 @@ mod tests {
             gauge("target.info", vec![]),
         ]));
         assert_eq!(out.rejected, 2);
-        let names: Vec<String> = collect(&s).iter().map(|f| f.name.clone()).collect();
+        let names: Vec<String> = collect(&s).iter().map(|f| f.name.to_string()).collect();
         assert_eq!(names, ["collide", "hcol", "target_info"]);
     }
 
@@ -1420,7 +1423,7 @@ mod tests {
             ),
         ]));
         assert_eq!(out.rejected, 0, "{}", out.message);
-        let names: Vec<String> = collect(&s).iter().map(|f| f.name.clone()).collect();
+        let names: Vec<String> = collect(&s).iter().map(|f| f.name.to_string()).collect();
         assert_eq!(
             names,
             [

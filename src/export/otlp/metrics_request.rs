@@ -453,8 +453,8 @@ fn convert_metric(
         }
     };
     otlp::Metric {
-        name: m.name.clone(),
-        description: m.description.clone(),
+        name: m.name.to_string(),
+        description: m.description.to_string(),
         unit: m.unit.to_string(),
         data: Some(data),
         ..Default::default()

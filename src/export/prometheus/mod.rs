@@ -217,6 +217,14 @@ struct CachedName {
     kind: MetricKind,
     origin: Origin,
     exposition: String,
+    /// The text formats must quote `exposition`.
+    quoted: bool,
+    /// vitals' own families only (a fixed set, so bounded by the catalogue): the `# HELP`/`# TYPE`
+    /// lines last written, with the description they were written for, and the attribute keys
+    /// translated at the last exposition. A scrape of vitals' own families then escapes no description
+    /// and translates no key again: both were about a third of an idle scrape's rendering.
+    header: Option<(String, String)>,
+    keys: Vec<CachedKey>,
 }
 
 /// One cached attribute key: its OpenTelemetry key, and its exposition name as the text formats open a
@@ -256,7 +264,11 @@ pub struct Encoder {
     format: Format,
     escaping: Escaping,
     out: String,
-    names: HashMap<String, Vec<CachedName>>,
+    /// Where each name's translations are in `cached`.
+    names: HashMap<String, Vec<usize>>,
+    cached: Vec<CachedName>,
+    /// The entry of `cached` whose attribute keys are in `keys` (lent for the current metric).
+    lent: Option<usize>,
     /// The current metric's exposition name, kind and suffixes.
     name: String,
     /// True when the text formats must quote the current metric's name.
@@ -296,6 +308,8 @@ impl Encoder {
             escaping: exposition.escaping,
             out: String::new(),
             names: HashMap::new(),
+            cached: Vec::new(),
+            lent: None,
             name: String::new(),
             quoted: false,
             kind: MetricKind::Gauge,
@@ -337,27 +351,45 @@ impl Encoder {
         std::mem::take(&mut self.out).into_bytes()
     }
 
-    fn exposition_name(&mut self, m: &MetricInfo<'_>) -> String {
-        if let Some(c) = self.names.get(m.name).and_then(|v| {
-            v.iter()
-                .find(|c| c.kind == m.kind && c.origin == m.origin && c.unit == m.unit)
+    /// The entry of `cached` translating `m`'s name, made when there is none.
+    fn name_entry(&mut self, m: &MetricInfo<'_>) -> usize {
+        if let Some(&i) = self.names.get(m.name).and_then(|v| {
+            v.iter().find(|&&i| {
+                let c = &self.cached[i];
+                c.kind == m.kind && c.origin == m.origin && c.unit == m.unit
+            })
         }) {
-            return c.exposition.clone();
+            return i;
         }
-        if self.names.len() >= NAME_CACHE_LIMIT {
+        if self.cached.len() >= NAME_CACHE_LIMIT {
+            self.give_back_keys();
             self.names.clear();
+            self.cached.clear();
         }
         let exposition = self.escaping.metric_name(m.name, m.unit, m.kind, m.origin);
-        self.names
-            .entry(m.name.to_owned())
-            .or_default()
-            .push(CachedName {
-                unit: m.unit.to_owned(),
-                kind: m.kind,
-                origin: m.origin,
-                exposition: exposition.clone(),
-            });
-        exposition
+        let quoted =
+            self.escaping == Escaping::AllowUtf8 && !escaping::is_legacy(&exposition, true);
+        let i = self.cached.len();
+        self.cached.push(CachedName {
+            unit: m.unit.to_owned(),
+            kind: m.kind,
+            origin: m.origin,
+            exposition,
+            quoted,
+            header: None,
+            keys: Vec::new(),
+        });
+        self.names.entry(m.name.to_owned()).or_default().push(i);
+        i
+    }
+
+    /// Returns the attribute keys lent to the current metric to its cache entry.
+    fn give_back_keys(&mut self) {
+        if let Some(i) = self.lent.take() {
+            if let Some(c) = self.cached.get_mut(i) {
+                c.keys = std::mem::take(&mut self.keys);
+            }
+        }
     }
 
     /// The translation of attribute `key`, the `i`-th of its point, on the current metric. Points of a
@@ -524,11 +556,20 @@ fn header_name(h: &mut String, name: &str, suffix: &str, quoted: bool) {
 impl MetricSink for Encoder {
     fn begin(&mut self, m: &MetricInfo<'_>) {
         let om = self.format == Format::OpenMetrics;
-        self.name = self.exposition_name(m);
-        self.quoted =
-            self.escaping == Escaping::AllowUtf8 && !escaping::is_legacy(&self.name, true);
+        self.give_back_keys();
+        let entry = self.name_entry(m);
+        let own = m.origin == Origin::Vitals;
+        let c = &mut self.cached[entry];
+        self.name.clear();
+        self.name.push_str(&c.exposition);
+        self.quoted = c.quoted;
         self.kind = m.kind;
-        self.keys.clear();
+        if own {
+            self.keys = std::mem::take(&mut c.keys);
+            self.lent = Some(entry);
+        } else {
+            self.keys.clear();
+        }
         let counter = m.kind == MetricKind::Counter;
         self.value_suffix = if counter { "_total" } else { "" };
         self.header_written = false;
@@ -536,6 +577,11 @@ impl MetricSink for Encoder {
             self.pb_help.clear();
             self.pb_help.push_str(m.description);
             self.pb_metrics.clear();
+            return;
+        }
+        if let Some((_, header)) = c.header.as_ref().filter(|(d, _)| d == m.description) {
+            self.header.clear();
+            self.header.push_str(header);
             return;
         }
         let type_word = match m.kind {
@@ -567,6 +613,9 @@ impl MetricSink for Encoder {
             h.push_str("# UNIT ");
             header_name(h, &self.name, "", quoted);
             let _ = writeln!(h, " {unit}");
+        }
+        if own {
+            self.cached[entry].header = Some((m.description.to_owned(), h.clone()));
         }
     }
 
@@ -633,6 +682,7 @@ impl MetricSink for Encoder {
     }
 
     fn end(&mut self) {
+        self.give_back_keys();
         if self.format != Format::Protobuf || !self.header_written {
             return;
         }
