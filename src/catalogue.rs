@@ -183,7 +183,7 @@ pub struct MetricDef {
 impl MetricDef {
     /// A new metric of this identity, with no points.
     pub fn metric(&'static self) -> Metric {
-        Metric::new(self.name, self.description, self.unit, self.kind)
+        self.info().borrowed_metric()
     }
 
     /// This metric's identity as a streaming collector hands it to a [`crate::model::MetricSink`].

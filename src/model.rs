@@ -220,6 +220,29 @@ pub struct MetricInfo<'a> {
     pub origin: Origin,
 }
 
+impl MetricInfo<'_> {
+    /// A new metric of this identity with no points, its names copied.
+    pub fn to_metric(&self) -> Metric {
+        let mut m = Metric::new(
+            self.name.to_owned(),
+            self.description.to_owned(),
+            self.unit.to_owned(),
+            self.kind,
+        );
+        m.origin = self.origin;
+        m
+    }
+}
+
+impl MetricInfo<'static> {
+    /// A new metric of this identity with no points, its names borrowed (a catalogue entry's).
+    pub fn borrowed_metric(&self) -> Metric {
+        let mut m = Metric::new(self.name, self.description, self.unit, self.kind);
+        m.origin = self.origin;
+        m
+    }
+}
+
 impl Metric {
     /// This metric's identity, borrowed.
     pub fn info(&self) -> MetricInfo<'_> {
@@ -356,20 +379,11 @@ pub struct Collecting<'a>(pub &'a mut Vec<Metric>);
 
 impl MetricSink for Collecting<'_> {
     fn begin(&mut self, m: &MetricInfo<'_>) {
-        let mut metric = Metric::new(
-            m.name.to_owned(),
-            m.description.to_owned(),
-            m.unit.to_owned(),
-            m.kind,
-        );
-        metric.origin = m.origin;
-        self.0.push(metric);
+        self.0.push(m.to_metric());
     }
 
     fn begin_static(&mut self, m: &MetricInfo<'static>) {
-        let mut metric = Metric::new(m.name, m.description, m.unit, m.kind);
-        metric.origin = m.origin;
-        self.0.push(metric);
+        self.0.push(m.borrowed_metric());
     }
 
     fn point(&mut self, attributes: &[(&str, &str)], start_unix_nanos: u64, value: ValueRef<'_>) {
@@ -379,6 +393,29 @@ impl MetricSink for Collecting<'_> {
     }
 
     fn end(&mut self) {}
+}
+
+/// A collector that streams its metrics from what it holds (borrowed views under its own short lock,
+/// nothing built per scrape): it writes them once, in [`Streaming::write`], and is a [`Collector`]
+/// whose `collect` builds owned copies from the same writing ([`Collecting`]), so [`Registry::gather`]
+/// and wrappers such as [`Attributed`] read it as before.
+pub trait Streaming: Send + Sync {
+    /// Writes this collector's current metrics into `sink`, each through [`write_metric`].
+    fn write(&self, sink: &mut dyn MetricSink);
+}
+
+impl<T: Streaming> Collector for T {
+    fn collect(&self, out: &mut Vec<Metric>) {
+        self.write(&mut Collecting(out));
+    }
+
+    fn streams(&self) -> bool {
+        true
+    }
+
+    fn encode_into(&self, sink: &mut dyn MetricSink) {
+        self.write(sink);
+    }
 }
 
 /// Writes one metric of a streaming collector into `sink` when the sink wants it: `begin`, the points
@@ -620,23 +657,14 @@ impl<F: Fn(&MetricInfo<'_>) -> bool> MetricSink for Kept<F> {
     fn begin(&mut self, m: &MetricInfo<'_>) {
         self.copying = None;
         if self.wants(m) {
-            let mut metric = Metric::new(
-                m.name.to_owned(),
-                m.description.to_owned(),
-                m.unit.to_owned(),
-                m.kind,
-            );
-            metric.origin = m.origin;
-            self.hold(metric);
+            self.hold(m.to_metric());
         }
     }
 
     fn begin_static(&mut self, m: &MetricInfo<'static>) {
         self.copying = None;
         if self.wants(m) {
-            let mut metric = Metric::new(m.name, m.description, m.unit, m.kind);
-            metric.origin = m.origin;
-            self.hold(metric);
+            self.hold(m.borrowed_metric());
         }
     }
 

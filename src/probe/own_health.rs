@@ -9,7 +9,7 @@ use super::kept::KeptFile;
 use super::procfs::parse_stat;
 use super::{ReadErrorSink, ReadSource};
 use crate::catalogue;
-use crate::model::{write_metric, Collecting, Collector, Metric, MetricSink, ValueRef};
+use crate::model::{write_metric, MetricSink, Streaming, ValueRef};
 
 /// Counters the sources report into.
 pub struct ExporterStats {
@@ -51,7 +51,7 @@ impl ReadErrorSink for ExporterStats {
     }
 }
 
-impl ExporterStats {
+impl Streaming for ExporterStats {
     /// Streams vitals' own health; `/proc/self/stat` is read only when its figures are wanted.
     fn write(&self, sink: &mut dyn MetricSink) {
         write_metric(sink, &catalogue::EXPORTER_BUILD_INFO.info(), |sink| {
@@ -100,19 +100,5 @@ impl ExporterStats {
                 }
             }
         });
-    }
-}
-
-impl Collector for ExporterStats {
-    fn collect(&self, out: &mut Vec<Metric>) {
-        self.write(&mut Collecting(out));
-    }
-
-    fn streams(&self) -> bool {
-        true
-    }
-
-    fn encode_into(&self, sink: &mut dyn MetricSink) {
-        self.write(sink);
     }
 }

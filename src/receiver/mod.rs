@@ -22,7 +22,7 @@ pub use consumer::{
 };
 
 use crate::catalogue;
-use crate::model::{write_metric, Collecting, Collector, Metric, MetricSink, ValueRef};
+use crate::model::{write_metric, MetricSink, Streaming, ValueRef};
 
 pub use crate::pipeline::Signal;
 
@@ -180,7 +180,7 @@ impl OtlpStats {
     }
 }
 
-impl OtlpStats {
+impl Streaming for OtlpStats {
     /// Streams the counters (borrowed labels, nothing built per scrape).
     fn write(&self, sink: &mut dyn MetricSink) {
         write_metric(sink, &catalogue::EXPORTER_OTLP_ITEMS.info(), |sink| {
@@ -214,20 +214,6 @@ impl OtlpStats {
         write_metric(sink, &catalogue::EXPORTER_SERIES_OVERFLOW.info(), |sink| {
             sink.point(&[], 0, ValueRef::Sum(self.overflow.get() as f64));
         });
-    }
-}
-
-impl Collector for OtlpStats {
-    fn collect(&self, out: &mut Vec<Metric>) {
-        self.write(&mut Collecting(out));
-    }
-
-    fn streams(&self) -> bool {
-        true
-    }
-
-    fn encode_into(&self, sink: &mut dyn MetricSink) {
-        self.write(sink);
     }
 }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::catalogue;
 use crate::language::{self, Runtime};
-use crate::model::{write_metric, Collecting, Collector, Metric, MetricSink, ValueRef};
+use crate::model::{write_metric, MetricSink, Streaming, ValueRef};
 use crate::probe::hsperf::{GcCollector, JvmSample};
 use crate::probe::jvm_watch::JvmFast;
 
@@ -617,7 +617,7 @@ impl MemoryGrowth {
     }
 }
 
-impl MemoryGrowth {
+impl Streaming for MemoryGrowth {
     /// Streams the growth families under the tracks' lock, one pass per family (borrowed labels,
     /// nothing built per scrape).
     fn write(&self, sink: &mut dyn MetricSink) {
@@ -699,24 +699,10 @@ impl MemoryGrowth {
     }
 }
 
-impl Collector for MemoryGrowth {
-    fn collect(&self, out: &mut Vec<Metric>) {
-        self.write(&mut Collecting(out));
-    }
-
-    fn streams(&self) -> bool {
-        true
-    }
-
-    fn encode_into(&self, sink: &mut dyn MetricSink) {
-        self.write(sink);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Value;
+    use crate::model::{Collector, Metric, Value};
 
     fn run(series: impl Fn(f64) -> f64, secs: f64, step: f64) -> Window {
         let mut w = Window::new(Duration::from_secs(600));

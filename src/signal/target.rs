@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::catalogue::{self, MetricDef};
-use crate::model::{write_metric, Collecting, Collector, Metric, MetricKind, MetricSink, ValueRef};
+use crate::model::{write_metric, MetricKind, MetricSink, Streaming, ValueRef};
 use crate::probe::cgroup::CgroupSample;
 use crate::probe::pressure::RESOURCES;
 use crate::probe::procfs::ProcSample;
@@ -267,7 +267,7 @@ impl FamilyWriter<'_> {
     }
 }
 
-impl TargetMetrics {
+impl Streaming for TargetMetrics {
     /// Streams the target's families under its lock (borrowed labels; a family the sink does not want
     /// is not written).
     fn write(&self, sink: &mut dyn MetricSink) {
@@ -332,20 +332,6 @@ impl TargetMetrics {
             b.start_unix_nanos = 0;
             cgroup_families(&mut b, c);
         }
-    }
-}
-
-impl Collector for TargetMetrics {
-    fn collect(&self, out: &mut Vec<Metric>) {
-        self.write(&mut Collecting(out));
-    }
-
-    fn streams(&self) -> bool {
-        true
-    }
-
-    fn encode_into(&self, sink: &mut dyn MetricSink) {
-        self.write(sink);
     }
 }
 
@@ -510,7 +496,7 @@ fn cgroup_families(b: &mut FamilyWriter<'_>, c: &CgroupSample) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Value;
+    use crate::model::{Collector, Metric, Value};
     use crate::probe::procfs::{Stat, Status};
 
     fn units() -> KernelUnits {
