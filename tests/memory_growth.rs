@@ -290,7 +290,12 @@ fn jvm_heap_is_the_live_set_after_old_collections() {
             assert!(at <= Duration::from_secs(46), "{name} flagged at {at:?}");
         } else {
             // Truth 0; the live set moves only by what the ring holds at the instant of collection.
-            assert!(s40.abs() < 0.1 * MIB, "{name}: {s40:.0} B/s");
+            // G1's reading also carries the garbage left in mostly-live regions, up to 5.6 MiB apart
+            // from one Remark to the next (see above): its 40 s slope read +111 kB/s in one clean-clone
+            // run (−223 kB/s at 20 s), so a quarter of a MiB a second there, under its 400 kB/s
+            // threshold and a quarter of the leak; never flagged is asserted below for every collector.
+            let bound = if name.starts_with("G1") { 0.25 } else { 0.1 };
+            assert!(s40.abs() < bound * MIB, "{name}: {s40:.0} B/s");
             assert_eq!(first_flag[i], None, "{name} called a leak");
         }
     }
