@@ -17,7 +17,7 @@ use crate::bounded::OverflowCounter;
 use crate::cadence::Cadence;
 use crate::config::{Config, OtlpProtocol, Selection, TargetSpec};
 use crate::export::http::live::{frame::HISTORY_READS, LiveHub};
-use crate::export::http::{bind, serve_on_own_thread, HttpState};
+use crate::export::http::{bind, serve, HttpState};
 use crate::export::otlp::forward::Forwarder;
 use crate::export::otlp::push::Pusher;
 use crate::model::{Attributed, Collector, Registry};
@@ -454,7 +454,7 @@ async fn start_http(
     };
     let listener = bind(config.metrics_addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "serving /metrics");
-    Ok(serve_on_own_thread(
+    Ok(tokio::spawn(serve(
         listener,
         HttpState {
             registry: core.registry.clone(),
@@ -466,7 +466,7 @@ async fn start_http(
             cadence: Some(core.cadence.clone()),
         },
         core.shutdown.clone(),
-    )?)
+    )))
 }
 
 /// The stores and derivations the OTLP receiver feeds, registered, with their expiry and N+1 judging

@@ -1,10 +1,8 @@
-//! The HTTP server for `/metrics`, `/healthz`, `/readyz`, and the live page at `/` with its stream, on a
-//! thread of its own (`vitals-metrics`, see [`serve_on_own_thread`]). Scrapes are rendered one at a time,
-//! the stores streaming into the encoder, and shared: a scrape that waited for a rendering which
-//! started after it arrived takes that rendering's bytes (gzip when it accepts it), so any number of
-//! concurrent scrapers cost one or two expositions while every answer is as fresh as an unshared one.
-//! A small exposition renders inline; a large one on a render thread, so `/healthz` and `/readyz`
-//! never wait for it.
+//! The HTTP server for `/metrics`, `/healthz`, `/readyz`, and the live page at `/` with its stream.
+//! Scrapes are rendered one at a time on a thread of their own, the stores streaming into the encoder, and
+//! shared: a scrape that waited for a rendering which started after it arrived takes that rendering's
+//! bytes (gzip when it accepts it), so any number of concurrent scrapers cost one or two expositions while
+//! every answer is as fresh as an unshared one, and `/healthz` and `/readyz` never wait on them.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -114,6 +112,9 @@ pub fn render_with(encoder: &mut Encoder, registry: &Registry, capacity: usize) 
     encoder.finish()
 }
 
+/// How long a scrape waits for the renderer before it is answered 503.
+const RENDER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// One rendered exposition, plain and (once asked for) gzipped.
 struct Rendered {
     started: std::time::Instant,
@@ -121,178 +122,82 @@ struct Rendered {
     gzip: Option<Bytes>,
 }
 
-/// An exposition whose last rendering was at most this long is rendered (and gzipped) inline on the
-/// metrics thread; a longer one, or one not rendered yet, on the render thread, so the probes that share
-/// the metrics thread never wait for it. 256 KiB is about 2,500 series: under half a millisecond to
-/// render on the release build, and vitals' own families with a few hundred of the app's.
-const INLINE_MAX: usize = 256 << 10;
-
-/// How long a scrape waits for the scrapes ahead of it before it is answered 503.
-const RENDER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// What the renderer keeps between scrapes: one encoder per exposition asked for (made on first use, its
-/// name translations carried over), the size of each one's last exposition (the next buffer's), and the
-/// last rendering of each.
-#[derive(Default)]
-struct RenderState {
-    encoders: [Option<Encoder>; Exposition::SLOTS],
-    last_len: [usize; Exposition::SLOTS],
-    rendered: [Option<Rendered>; Exposition::SLOTS],
+/// What the render thread is asked to do.
+enum RenderJob {
+    /// Render this exposition.
+    Render(Exposition, tokio::sync::oneshot::Sender<Bytes>),
+    /// Gzip these bytes.
+    Gzip(Bytes, tokio::sync::oneshot::Sender<Bytes>),
 }
 
-/// A job for the render thread.
-type RenderJob = Box<dyn FnOnce() + Send>;
-
-/// Renders scrapes one at a time and shares each rendering with the scrapes that arrived before it
-/// began. A small exposition (an idle sidecar's: vitals' own families) is rendered where the scrape is
-/// answered, on the metrics thread: a scrape then wakes no other thread than the sampler's. A large one
-/// goes to a render thread of its own, started on first need, at nice 10: the probes answered on the
-/// metrics thread never wait for it, and when the cores are busy ingest runs first. All large renderings
-/// and compressions happen on that one thread: its allocations stay in one malloc arena and its buffers
-/// are sized from the last exposition, so RSS does not climb with each scrape as it did when renders ran
-/// on whichever blocking-pool thread was free.
+/// Renders scrapes one at a time and shares each rendering with the scrapes that arrived before it began.
+/// All rendering and compression happens on one thread of its own: its allocations stay in one malloc
+/// arena and its buffers are sized from the last exposition, so RSS does not climb with each scrape as it
+/// did when renders ran on whichever blocking-pool thread was free.
 struct Renderer {
-    registry: Registry,
-    state: tokio::sync::Mutex<RenderState>,
-    thread: std::sync::Mutex<Option<std::sync::mpsc::Sender<RenderJob>>>,
-}
-
-/// Renders `registry` with `encoder` into a buffer of `capacity` bytes; the encoder back with the bytes,
-/// or None when the rendering panicked (the encoder is dropped, the caller makes a fresh one).
-fn render_guarded(
-    mut encoder: Encoder,
-    registry: &Registry,
-    capacity: usize,
-) -> Option<(Encoder, Vec<u8>)> {
-    match std::panic::catch_unwind(AssertUnwindSafe(|| {
-        render_with(&mut encoder, registry, capacity)
-    })) {
-        Ok(text) => Some((encoder, text)),
-        Err(_) => {
-            tracing::error!("rendering the exposition panicked");
-            None
-        }
-    }
+    turn: tokio::sync::Mutex<[Option<Rendered>; Exposition::SLOTS]>,
+    jobs: std::sync::mpsc::Sender<RenderJob>,
 }
 
 impl Renderer {
-    fn new(registry: Registry) -> Renderer {
-        Renderer {
-            registry,
-            state: tokio::sync::Mutex::new(RenderState::default()),
-            thread: std::sync::Mutex::new(None),
-        }
+    /// Starts the render thread for `registry`; it ends when the renderer is dropped.
+    fn start(registry: Registry) -> std::io::Result<Renderer> {
+        let (jobs, queue) = std::sync::mpsc::channel::<RenderJob>();
+        std::thread::Builder::new()
+            .name("vitals-scrape".into())
+            .spawn(move || {
+                lower_priority();
+                // One encoder per exposition asked for, made on first use.
+                let mut encoders: [Option<Encoder>; Exposition::SLOTS] = Default::default();
+                let mut last_len = [0usize; Exposition::SLOTS];
+                for job in queue {
+                    match job {
+                        RenderJob::Render(format, reply) => {
+                            let i = format.slot();
+                            let capacity = last_len[i] + last_len[i] / 8;
+                            let encoder =
+                                encoders[i].get_or_insert_with(|| Encoder::for_exposition(format));
+                            // A panic costs this scrape (answered as a failed rendering was before),
+                            // not every later one: the thread and a fresh encoder carry on.
+                            let rendered = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                                render_with(encoder, &registry, capacity)
+                            }));
+                            match rendered {
+                                Ok(text) => {
+                                    last_len[i] = text.len();
+                                    let _ = reply.send(Bytes::from(text));
+                                }
+                                Err(_) => {
+                                    tracing::error!("rendering the exposition panicked");
+                                    encoders[i] = None;
+                                }
+                            }
+                        }
+                        RenderJob::Gzip(plain, reply) => {
+                            let _ = reply.send(gzip(&plain));
+                        }
+                    }
+                }
+            })?;
+        Ok(Renderer {
+            turn: tokio::sync::Mutex::new(Default::default()),
+            jobs,
+        })
     }
 
-    /// Runs `job` on the render thread (starting it when none runs) and waits for its result. None when
-    /// the thread cannot be started or the job panicked.
-    async fn off_thread<T: Send + 'static>(
+    async fn run(
         &self,
-        job: impl FnOnce() -> T + Send + 'static,
-    ) -> Option<T> {
+        job: impl FnOnce(tokio::sync::oneshot::Sender<Bytes>) -> RenderJob,
+    ) -> Option<Bytes> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let job: RenderJob = Box::new(move || {
-            let _ = reply.send(job());
-        });
-        let sent = {
-            let mut thread = self.thread.lock().unwrap_or_else(|p| p.into_inner());
-            if thread.is_none() {
-                *thread = start_render_thread();
-            }
-            thread.as_ref().map(|t| t.send(job))
-        };
-        if !matches!(sent, Some(Ok(()))) {
-            // The thread is gone (a job panicked past its guard): the next job starts another.
-            *self.thread.lock().unwrap_or_else(|p| p.into_inner()) = None;
-            return None;
-        }
+        self.jobs.send(job(reply)).ok()?;
         answer.await.ok()
     }
-
-    /// The exposition in `format`, gzipped when `gz`: the last rendering if it began after this scrape
-    /// arrived at `arrived`, else rendered now. None when the scrapes ahead took longer than
-    /// [`RENDER_WAIT`] or the rendering failed.
-    async fn scrape(
-        &self,
-        format: Exposition,
-        gz: bool,
-        arrived: std::time::Instant,
-    ) -> Option<Bytes> {
-        let mut state = tokio::time::timeout(RENDER_WAIT, self.state.lock())
-            .await
-            .ok()?;
-        let i = format.slot();
-        let fresh = state.rendered[i]
-            .as_ref()
-            .is_some_and(|r| r.started >= arrived);
-        if !fresh {
-            let started = std::time::Instant::now();
-            let last = state.last_len[i];
-            let capacity = last + last / 8;
-            let encoder = state.encoders[i]
-                .take()
-                .unwrap_or_else(|| Encoder::for_exposition(format));
-            let rendered = if last > 0 && last <= INLINE_MAX {
-                render_guarded(encoder, &self.registry, capacity)
-            } else {
-                let registry = self.registry.clone();
-                self.off_thread(move || render_guarded(encoder, &registry, capacity))
-                    .await
-                    .flatten()
-            };
-            let Some((encoder, text)) = rendered else {
-                state.rendered[i] = None;
-                return None;
-            };
-            state.encoders[i] = Some(encoder);
-            state.last_len[i] = text.len();
-            state.rendered[i] = Some(Rendered {
-                started,
-                plain: Bytes::from(text),
-                gzip: None,
-            });
-        }
-        let r = state.rendered[i].as_mut()?;
-        if !gz {
-            return Some(r.plain.clone());
-        }
-        if r.gzip.is_none() {
-            let plain = r.plain.clone();
-            r.gzip = if plain.len() <= INLINE_MAX {
-                Some(gzip(&plain))
-            } else {
-                self.off_thread(move || gzip(&plain)).await
-            };
-        }
-        r.gzip.clone()
-    }
 }
 
-/// Starts the render thread; the sender of its jobs (None, logged, when no thread can be started). The
-/// thread ends when the sender is dropped.
-fn start_render_thread() -> Option<std::sync::mpsc::Sender<RenderJob>> {
-    let (jobs, queue) = std::sync::mpsc::channel::<RenderJob>();
-    let started = std::thread::Builder::new()
-        .name("vitals-render".into())
-        .spawn(move || {
-            lower_priority();
-            for job in queue {
-                // A panic costs that job (its scrape is answered as failed), not the thread.
-                let _ = std::panic::catch_unwind(AssertUnwindSafe(job));
-            }
-        });
-    match started {
-        Ok(_) => Some(jobs),
-        Err(e) => {
-            tracing::error!("cannot start the render thread: {e}");
-            None
-        }
-    }
-}
-
-/// Puts the calling thread at nice 10: when the cores are busy, the threads answering the probes and
-/// OTLP requests run first and a large rendering takes what is left.
-fn lower_priority() {
+/// Puts the calling thread at nice 10: when the cores are busy, the reactor threads answering
+/// `/healthz`, `/readyz` and OTLP requests run first and a scrape takes what is left.
+pub(crate) fn lower_priority() {
     #[cfg(target_os = "linux")]
     {
         // SAFETY: gettid and setpriority only read and set the calling thread's own scheduling value.
@@ -302,7 +207,7 @@ fn lower_priority() {
         };
         if failed {
             tracing::debug!(
-                "cannot lower the render thread's priority: {}",
+                "cannot lower the scrape thread's priority: {}",
                 std::io::Error::last_os_error()
             );
         }
@@ -337,6 +242,40 @@ fn accepts_gzip(req: &Request<Incoming>) -> bool {
             });
             name.eq_ignore_ascii_case("gzip") && !refused
         })
+}
+
+impl Renderer {
+    /// The exposition in `format`, gzipped when `gz`: the last rendering if it began after this scrape
+    /// arrived, else rendered now. None when the renderer stayed busy for [`RENDER_WAIT`].
+    async fn scrape(&self, format: Exposition, gz: bool) -> Option<Bytes> {
+        let arrived = std::time::Instant::now();
+        let mut slots = tokio::time::timeout(RENDER_WAIT, self.turn.lock())
+            .await
+            .ok()?;
+        let slot = &mut slots[format.slot()];
+        let fresh = slot.as_ref().is_some_and(|r| r.started >= arrived);
+        if !fresh {
+            let started = std::time::Instant::now();
+            let plain = self
+                .run(|reply| RenderJob::Render(format, reply))
+                .await
+                .unwrap_or_default();
+            *slot = Some(Rendered {
+                started,
+                plain,
+                gzip: None,
+            });
+        }
+        let r = slot.as_mut()?;
+        if !gz {
+            return Some(r.plain.clone());
+        }
+        if r.gzip.is_none() {
+            let plain = r.plain.clone();
+            r.gzip = self.run(|reply| RenderJob::Gzip(plain, reply)).await;
+        }
+        r.gzip.clone()
+    }
 }
 
 async fn handle(
@@ -397,12 +336,11 @@ async fn handle(
             let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok());
             let format = Exposition::negotiate(accept);
             let gz = accepts_gzip(&req);
-            let arrived = std::time::Instant::now();
             if let Some(c) = &state.cadence {
                 // Readings no older than --interval, however slowly the samplers go while idle.
                 c.fresh().await;
             }
-            match renderer.scrape(format, gz, arrived).await {
+            match renderer.scrape(format, gz).await {
                 Some(body) => {
                     let mut r = respond(StatusCode::OK, format.content_type(), body);
                     r.headers_mut()
@@ -417,7 +355,7 @@ async fn handle(
                     let mut r = respond(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "text/plain",
-                        "the exposition could not be rendered in time (see the log); retry\n",
+                        "the exposition is still being rendered for other scrapes; retry\n",
                     );
                     r.headers_mut()
                         .insert(RETRY_AFTER, HeaderValue::from_static("1"));
@@ -461,17 +399,17 @@ async fn handle(
     })
 }
 
-/// The metrics listener's answers: `state` and the scrape renderer.
+/// The metrics listener's answers: `state` and the scrape render thread.
 pub struct MetricsService {
     state: HttpState,
     renderer: Arc<Renderer>,
 }
 
 impl MetricsService {
-    /// The answers for `state`'s registry.
-    pub fn new(state: HttpState) -> MetricsService {
-        let renderer = Arc::new(Renderer::new(state.registry.clone()));
-        MetricsService { state, renderer }
+    /// Starts the render thread for `state`'s registry.
+    pub fn start(state: HttpState) -> std::io::Result<MetricsService> {
+        let renderer = Arc::new(Renderer::start(state.registry.clone())?);
+        Ok(MetricsService { state, renderer })
     }
 
     /// Answers one request; `/live/stream` opens a stream when the live page is on.
@@ -489,11 +427,16 @@ impl MetricsService {
     }
 }
 
-/// Serves on the calling task's runtime until `shutdown` is cancelled, then lets in-flight requests
-/// finish for up to a second.
+/// Serves until `shutdown` is cancelled, then lets in-flight requests finish for up to a second.
 pub async fn serve(listener: TcpListener, state: HttpState, shutdown: CancellationToken) {
     let tls = state.web.as_ref().and_then(|w| w.tls.clone());
-    let service = Arc::new(MetricsService::new(state));
+    let service = match MetricsService::start(state) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            tracing::error!("cannot start the scrape render thread: {e}; /metrics is not served");
+            return;
+        }
+    };
     let serve_one = move |req| {
         let service = service.clone();
         async move { service.answer(req).await }
@@ -507,44 +450,6 @@ pub async fn serve(listener: TcpListener, state: HttpState, shutdown: Cancellati
         shutdown,
     )
     .await;
-}
-
-/// Serves `listener` (bound on any runtime) on a thread of its own, `vitals-metrics`, with a
-/// single-threaded runtime, until `shutdown`; the returned task ends when that thread has stopped.
-///
-/// Why a thread of its own: an idle scrape is a few hundred microseconds of work handed between threads,
-/// and each hand-over wakes one. On the shared workers a scrape woke a worker to accept, the sampling
-/// thread for the reading, a worker again, a render thread, and a worker once more (often the other
-/// one, to steal nothing). Here it wakes this thread and the sampling thread, and renders a small
-/// exposition where it answers (a large one on the render thread, see `Renderer`). The probes
-/// (`/healthz`, `/readyz`) are answered here too, so a flood of OTLP requests keeping the workers busy
-/// does not hold them up.
-pub fn serve_on_own_thread(
-    listener: TcpListener,
-    state: HttpState,
-    shutdown: CancellationToken,
-) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let listener = listener.into_std()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let (done, stopped) = tokio::sync::oneshot::channel::<()>();
-    std::thread::Builder::new()
-        .name("vitals-metrics".into())
-        .spawn(move || {
-            runtime.block_on(async move {
-                match TcpListener::from_std(listener) {
-                    Ok(listener) => serve(listener, state, shutdown).await,
-                    Err(e) => tracing::error!("cannot serve /metrics: {e}"),
-                }
-            });
-            // A profile still being taken on its blocking thread is not waited for.
-            runtime.shutdown_timeout(std::time::Duration::from_millis(100));
-            let _ = done.send(());
-        })?;
-    Ok(tokio::spawn(async move {
-        let _ = stopped.await;
-    }))
 }
 
 /// Binds the metrics listener, naming the address in the error.
