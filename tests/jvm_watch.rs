@@ -335,7 +335,8 @@ fn jvms_started_after_vitals_have_every_early_pause() {
     drop(jvm);
 }
 
-/// CPU time a thread of `pid` named `comm` has used, ns (schedstat's first field).
+/// A thread of `pid` named `comm`: the CPU time it has used, ns, and how many times it has run
+/// (schedstat's first and third fields).
 fn thread_sched(pid: u32, comm: &str) -> Option<(u64, u64)> {
     for t in std::fs::read_dir(format!("/proc/{pid}/task"))
         .ok()?
