@@ -139,7 +139,9 @@ fn main() {
         CancellationToken::new(),
     );
     // What vitals does after each reading: one gather, the hints, the page.
-    let after_reading = |t: f64| vitals::app::after_reading(&registry, &hints, &hub, t);
+    let mut gathered = vitals::model::Gathered::default();
+    let mut after_reading =
+        |t: f64| vitals::app::after_reading(&registry, &hints, &hub, t, &mut gathered);
     // Fill the history as 15 minutes would.
     for i in 0..HISTORY_SECONDS {
         after_reading(1.7e9 + i as f64);

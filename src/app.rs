@@ -401,6 +401,7 @@ async fn after_each_reading(
     shutdown: CancellationToken,
 ) {
     let mut last: Option<std::time::Instant> = None;
+    let mut gathered = crate::model::Gathered::default();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -416,7 +417,7 @@ async fn after_each_reading(
             .map_or(0.0, |d| d.as_secs_f64());
         // A panic costs this reading's point, not the page's history from now on.
         let followed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            after_reading(&registry, &hints, &live, t)
+            after_reading(&registry, &hints, &live, t, &mut gathered)
         }));
         if followed.is_err() {
             tracing::error!("deriving the hints and the live page from a reading panicked");
@@ -425,17 +426,33 @@ async fn after_each_reading(
 }
 
 /// What follows a reading at unix time `t`: one gather of vitals' own families (with nobody watching,
-/// only those the hints and the history point read), the hints derived from it, the page's history point
-/// and, when watched, its frame.
-pub fn after_reading(registry: &Registry, hints: &HintSignal, live: &LiveHub, t: f64) {
-    let watched = live.watched();
-    let needed = [crate::signal::hints::READS, HISTORY_READS];
-    let families = registry.gather_where(|m| {
-        m.origin == crate::model::Origin::Vitals
-            && (watched || crate::catalogue::gathers(&needed, m.name))
+/// only those the hints and the history point read) into the last reading's (`gathered`, reused: a
+/// series that comes again is written over, not copied anew), the hints derived from it, the page's
+/// history point and, when watched, its frame.
+pub fn after_reading(
+    registry: &Registry,
+    hints: &HintSignal,
+    live: &LiveHub,
+    t: f64,
+    gathered: &mut crate::model::Gathered,
+) {
+    // The names the hints and the history point read, as a set: asked of each of vitals' hundred
+    // families after every reading.
+    static NEEDED: std::sync::OnceLock<crate::model::FastSet<&'static str>> =
+        std::sync::OnceLock::new();
+    let needed = NEEDED.get_or_init(|| {
+        [crate::signal::hints::READS, HISTORY_READS]
+            .into_iter()
+            .flatten()
+            .map(|d| d.name)
+            .collect()
     });
-    hints.observe(t, &families);
-    live.tick(&families, t, watched);
+    let watched = live.watched();
+    registry.gather_where_into(gathered, |m| {
+        m.origin == crate::model::Origin::Vitals && (watched || needed.contains(m.name))
+    });
+    hints.observe(t, &gathered.metrics);
+    live.tick(&gathered.metrics, t, watched);
 }
 
 /// `/`, `/metrics`, `/healthz`, `/readyz` and `/debug/pprof`, reading the registry.
@@ -464,6 +481,7 @@ async fn start_http(
             profiler: Some(profiler),
             continuous,
             cadence: Some(core.cadence.clone()),
+            sampling: Some(core.sampling.handle()),
         },
         core.shutdown.clone(),
     )))

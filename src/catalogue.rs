@@ -1585,7 +1585,7 @@ pub fn gathers(lists: &[&[&MetricDef]], name: &str) -> bool {
 
 /// Read access to one gather's families by catalogue entry: what the live page and the hints read.
 pub struct Families<'a> {
-    by_name: HashMap<&'a str, &'a Metric>,
+    by_name: crate::model::FastMap<&'a str, &'a Metric>,
     /// The entries a reader declared it reads ([`Families::declared`]); reading another is a bug.
     declared: Option<&'static [&'static MetricDef]>,
 }

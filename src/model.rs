@@ -547,10 +547,25 @@ impl Registry {
     /// index over all of them, no copy), a streaming collector's kept ones copied as they stream (the live
     /// page reads vitals' own metrics without copying the app's tens of thousands of series).
     pub fn gather_where(&self, keep: impl Fn(&MetricInfo<'_>) -> bool) -> Vec<Metric> {
+        let mut gathered = Gathered::default();
+        self.gather_where_into(&mut gathered, keep);
+        gathered.metrics
+    }
+
+    /// [`Registry::gather_where`] into the last gather's families: a family and a point that come again
+    /// (same identity, same attributes, in the same order) are written over in place, so a gather of
+    /// an unchanged set of series allocates nothing for the streamed ones (the gather after each
+    /// reading copied every point's attribute strings, and freed the last copy: two thirds of its
+    /// instructions).
+    pub fn gather_where_into(&self, into: &mut Gathered, keep: impl Fn(&MetricInfo<'_>) -> bool) {
+        for index in &mut into.index {
+            index.clear();
+        }
         let mut kept = Kept {
             keep,
-            out: Vec::new(),
-            index: Default::default(),
+            out: &mut into.metrics,
+            len: 0,
+            index: &mut into.index,
             copying: None,
         };
         let mut small = Vec::new();
@@ -566,7 +581,9 @@ impl Registry {
                 }
             }
         }
-        kept.out
+        kept.finish_copy();
+        let len = kept.len;
+        into.metrics.truncate(len);
     }
 
     /// Streams every collector's metrics into `sink`, in the order [`Registry::gather`] returns them and
@@ -593,7 +610,11 @@ impl Registry {
                 .map(|(i, m)| ((m.origin, &*m.name), i))
                 .collect(),
             written: vec![false; merged.len()],
-            streamed: Default::default(),
+            // Vitals' own families number about a hundred: no regrowth on the way.
+            streamed: [
+                FastSet::with_capacity_and_hasher(128, Default::default()),
+                FastSet::default(),
+            ],
             current: None,
             skipping: false,
         };
@@ -609,32 +630,89 @@ impl Registry {
     }
 }
 
+/// A hash map for short keys built and read on every scrape or reading (family names): foldhash, the
+/// hasher hashbrown picks by default, costs a fraction of std's SipHash per name, and its random
+/// per-map seed keeps colliding names unguessable from outside.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
+/// The set of [`FastMap`].
+pub type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
+
+/// The families a repeated [`Registry::gather_where_into`] keeps, and what it reuses from one gather to
+/// the next.
+#[derive(Default)]
+pub struct Gathered {
+    /// The families the last gather kept, in [`Registry::gather`]'s order.
+    pub metrics: Vec<Metric>,
+    /// Where each name is in `metrics`: vitals' own, then the app's.
+    index: [FastMap<Cow<'static, str>, usize>; 2],
+}
+
 /// Builds the metrics a filter keeps. The first of a name (per origin) stays; a collected one of the same
 /// kind adds its points to it, one of another kind is left out; a streamed one of a name already held is
 /// left out (as [`Registry::encode_into`] leaves out a second streamer's repeat). Where collectors clash
-/// on a name's kind, the first one's kind decides, as in [`Registry::gather`].
-struct Kept<F> {
+/// on a name's kind, the first one's kind decides, as in [`Registry::gather`]. `out` holds the last
+/// gather's families past `len`: a family or point that comes again in the same place is written over.
+struct Kept<'g, F> {
     keep: F,
-    out: Vec<Metric>,
+    out: &'g mut Vec<Metric>,
+    /// How many families of `out` this gather has written.
+    len: usize,
     /// Where each name held is in `out`: vitals' own, then the app's (a catalogue entry's name
     /// borrowed).
-    index: [std::collections::HashMap<Cow<'static, str>, usize>; 2],
-    /// Where the points of the streamed metric being copied go.
-    copying: Option<usize>,
+    index: &'g mut [FastMap<Cow<'static, str>, usize>; 2],
+    /// The streamed metric being copied, and how many of its points this gather has written.
+    copying: Option<(usize, usize)>,
 }
 
-impl<F> Kept<F> {
+/// Whether a held point's attributes are `attributes`.
+fn same_attributes(held: &[(String, String)], attributes: &[(&str, &str)]) -> bool {
+    held.len() == attributes.len()
+        && held
+            .iter()
+            .zip(attributes)
+            .all(|((k, v), (k2, v2))| k == k2 && v == v2)
+}
+
+impl<F> Kept<'_, F> {
+    /// Ends the copy of a streamed metric: points of the last gather it did not write again go.
+    fn finish_copy(&mut self) {
+        if let Some((i, k)) = self.copying.take() {
+            if let Some(m) = self.out.get_mut(i) {
+                m.points.truncate(k);
+            }
+        }
+    }
+
+    /// Places a family at `len`: a `new` one before the last gather's there (so the rest still line
+    /// up when a family came), else the one there (the same family, reused).
+    fn place(&mut self, new: Option<Metric>) -> usize {
+        let i = self.len;
+        if let Some(m) = new {
+            self.out.insert(i, m);
+        }
+        self.index[origin_slot(self.out[i].origin)].insert(self.out[i].name.clone(), i);
+        self.len += 1;
+        i
+    }
+
+    /// Whether the last gather's family at `len` has this identity.
+    fn comes_again(&self, info: &MetricInfo<'_>) -> bool {
+        self.out.get(self.len).is_some_and(|m| m.info() == *info)
+    }
+
     /// Holds a streamed metric, its points to follow.
-    fn hold(&mut self, m: Metric) {
-        self.index[origin_slot(m.origin)].insert(m.name.clone(), self.out.len());
-        self.copying = Some(self.out.len());
-        self.out.push(m);
+    fn hold(&mut self, info: &MetricInfo<'_>, m: impl FnOnce() -> Metric) {
+        self.finish_copy();
+        let new = (!self.comes_again(info)).then(m);
+        let i = self.place(new);
+        self.copying = Some((i, 0));
     }
 
     /// Adds a collected metric, or its points to the held one of its name (same kind only).
     fn add(&mut self, m: Metric) {
-        let index = &mut self.index[origin_slot(m.origin)];
-        match index.get(&*m.name) {
+        self.finish_copy();
+        match self.index[origin_slot(m.origin)].get(&*m.name) {
             Some(&i) => {
                 let held = &mut self.out[i];
                 if held.kind == m.kind {
@@ -642,45 +720,106 @@ impl<F> Kept<F> {
                 }
             }
             None => {
-                index.insert(m.name.clone(), self.out.len());
-                self.out.push(m);
+                if self.comes_again(&m.info()) {
+                    self.out[self.len] = m;
+                    self.place(None);
+                } else {
+                    self.place(Some(m));
+                }
             }
         }
     }
 }
 
-impl<F: Fn(&MetricInfo<'_>) -> bool> MetricSink for Kept<F> {
+impl<F: Fn(&MetricInfo<'_>) -> bool> MetricSink for Kept<'_, F> {
     fn wants(&self, m: &MetricInfo<'_>) -> bool {
         (self.keep)(m) && !self.index[origin_slot(m.origin)].contains_key(m.name)
     }
 
     fn begin(&mut self, m: &MetricInfo<'_>) {
-        self.copying = None;
+        self.finish_copy();
         if self.wants(m) {
-            self.hold(m.to_metric());
+            self.hold(m, || m.to_metric());
         }
     }
 
     fn begin_static(&mut self, m: &MetricInfo<'static>) {
-        self.copying = None;
+        self.finish_copy();
         if self.wants(m) {
-            self.hold(m.borrowed_metric());
+            self.hold(m, || m.borrowed_metric());
         }
     }
 
     fn point(&mut self, attributes: &[(&str, &str)], start_unix_nanos: u64, value: ValueRef<'_>) {
-        let Some(m) = self.copying.and_then(|i| self.out.get_mut(i)) else {
+        let Some((i, k)) = self.copying.as_mut() else {
             return;
         };
-        m.push_started(attributes, start_unix_nanos, value.to_owned());
+        let Some(m) = self.out.get_mut(*i) else {
+            return;
+        };
+        match m.points.get_mut(*k) {
+            Some(p) if same_attributes(&p.attributes, attributes) => {
+                p.start_unix_nanos = start_unix_nanos;
+                value.write_to(&mut p.value);
+            }
+            _ => {
+                let attributes = attributes
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect();
+                m.points.insert(
+                    *k,
+                    Point {
+                        attributes,
+                        start_unix_nanos,
+                        value: value.to_owned(),
+                    },
+                );
+            }
+        }
+        *k += 1;
     }
 
     fn end(&mut self) {
-        self.copying = None;
+        self.finish_copy();
     }
 }
 
 impl ValueRef<'_> {
+    /// Writes this value over `into`, reusing its buffers where it holds a histogram already.
+    pub fn write_to(self, into: &mut Value) {
+        if let (
+            ValueRef::Histogram {
+                buckets,
+                sum,
+                count,
+                exemplars,
+                native,
+            },
+            Value::Histogram {
+                buckets: b,
+                sum: s,
+                count: c,
+                exemplars: e,
+                native: n,
+            },
+        ) = (self, &mut *into)
+        {
+            b.clear();
+            buckets.for_each_cumulative(|_, le, cumulative| b.push((le, cumulative)));
+            *s = sum;
+            *c = count;
+            e.clear();
+            e.extend_from_slice(exemplars);
+            match (native, n.as_mut()) {
+                (Some(x), Some(held)) => (**held).clone_from(x),
+                (x, _) => *n = x.map(|x| Box::new(x.clone())),
+            }
+            return;
+        }
+        *into = self.to_owned();
+    }
+
     /// An owned copy of the value (histogram buckets cumulative).
     pub fn to_owned(self) -> Value {
         match self {
@@ -729,11 +868,11 @@ fn origin_slot(origin: Origin) -> usize {
 struct Merger<'s, 'm> {
     sink: &'s mut dyn MetricSink,
     small: &'m [Metric],
-    index: std::collections::HashMap<(Origin, &'m str), usize>,
+    index: FastMap<(Origin, &'m str), usize>,
     written: Vec<bool>,
     /// Names begun by streaming collectors: vitals' own, then the app's (a catalogue entry's name
     /// borrowed).
-    streamed: [std::collections::HashSet<Cow<'static, str>>; 2],
+    streamed: [FastSet<Cow<'static, str>>; 2],
     /// The small metric whose points join the streamed one being written.
     current: Option<usize>,
     skipping: bool,
@@ -808,7 +947,7 @@ fn merge_with_owners(metrics: Vec<Metric>, owners: Vec<usize>) -> (Vec<Metric>, 
     // Each metric's first of its name and origin, found on borrowed names (no copy of a name).
     let mut first = Vec::with_capacity(metrics.len());
     {
-        let mut seen = std::collections::HashMap::with_capacity(metrics.len());
+        let mut seen = FastMap::with_capacity_and_hasher(metrics.len(), Default::default());
         for (i, m) in metrics.iter().enumerate() {
             first.push(*seen.entry((m.origin, &*m.name)).or_insert(i));
         }
@@ -933,6 +1072,130 @@ mod tests {
             .map(|m| (m.name.into_owned(), m.points.len()))
             .collect();
         assert_eq!(kept, [("x".to_owned(), 2), ("last".to_owned(), 1)]);
+    }
+
+    /// A streaming collector whose metrics change between gathers.
+    struct Changing(std::sync::Mutex<Vec<Metric>>);
+    impl Collector for Changing {
+        fn collect(&self, out: &mut Vec<Metric>) {
+            out.extend(self.0.lock().unwrap().iter().cloned());
+        }
+        fn streams(&self) -> bool {
+            true
+        }
+        fn encode_into(&self, sink: &mut dyn MetricSink) {
+            stream_metrics(&self.0.lock().unwrap(), sink);
+        }
+    }
+
+    /// A small (collecting) collector whose metrics change between gathers.
+    struct ChangingSmall(std::sync::Mutex<Vec<Metric>>);
+    impl Collector for ChangingSmall {
+        fn collect(&self, out: &mut Vec<Metric>) {
+            out.extend(self.0.lock().unwrap().iter().cloned());
+        }
+    }
+
+    /// Random families from a few names, kinds, attribute sets and values, so that consecutive states
+    /// share some families and points and differ in others.
+    fn random_metrics(next: &mut impl FnMut() -> u64) -> Vec<Metric> {
+        let names = ["a", "b", "c", "d", "e"];
+        let mut out = Vec::new();
+        for name in names {
+            if next() % 4 == 0 {
+                continue;
+            }
+            let kind = if next() % 5 == 0 {
+                MetricKind::Counter
+            } else {
+                MetricKind::Histogram
+            };
+            let mut m = Metric::new(name, "help", "s", kind);
+            for pool in ["p", "q", "r", "s"] {
+                if next() % 3 == 0 {
+                    continue;
+                }
+                let value = match kind {
+                    MetricKind::Counter => Value::Sum((next() % 7) as f64),
+                    _ => {
+                        let n = 1 + next() % 4;
+                        let mut buckets: Vec<(f64, u64)> =
+                            (0..n).map(|i| (i as f64, i * (next() % 3))).collect();
+                        buckets.push((f64::INFINITY, 99));
+                        Value::Histogram {
+                            buckets,
+                            sum: (next() % 100) as f64,
+                            count: 99,
+                            exemplars: Vec::new(),
+                            native: None,
+                        }
+                    }
+                };
+                let attrs: &[(&str, &str)] = if next() % 2 == 0 {
+                    &[("pool", pool)]
+                } else {
+                    &[("pool", pool), ("kind", "x")]
+                };
+                m.push_started(attrs, next() % 3, value);
+            }
+            out.push(m);
+        }
+        out
+    }
+
+    #[test]
+    fn a_reused_gather_equals_a_fresh_one_and_an_unchanged_one_allocates_nothing() {
+        let r = Registry::new();
+        let first = Arc::new(Changing(std::sync::Mutex::new(Vec::new())));
+        let small = Arc::new(ChangingSmall(std::sync::Mutex::new(Vec::new())));
+        let second = Arc::new(Changing(std::sync::Mutex::new(Vec::new())));
+        r.register(first.clone());
+        r.register(small.clone());
+        r.register(second.clone());
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let keep = |m: &MetricInfo<'_>| m.name != "e";
+        let mut g = Gathered::default();
+        let mut reused = 0;
+        for step in 0..400 {
+            *first.0.lock().unwrap() = random_metrics(&mut next);
+            *second.0.lock().unwrap() = random_metrics(&mut next);
+            *small.0.lock().unwrap() = random_metrics(&mut next);
+            r.gather_where_into(&mut g, keep);
+            assert_eq!(g.metrics, r.gather_where(keep), "step {step}");
+            // The same state again: every streamed point is written over in place (the small
+            // collector's are collected anew and moved in).
+            let small_names: Vec<String> = small
+                .0
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|m| m.name.to_string())
+                .collect();
+            let held = |g: &Gathered| -> Vec<*const u8> {
+                g.metrics
+                    .iter()
+                    .filter(|m| !small_names.iter().any(|n| *n == m.name))
+                    .flat_map(|m| m.points.iter())
+                    .flat_map(|p| p.attributes.iter().map(|(k, _)| k.as_ptr()))
+                    .collect()
+            };
+            let before = held(&g);
+            r.gather_where_into(&mut g, keep);
+            assert_eq!(g.metrics, r.gather_where(keep), "step {step}, again");
+            assert_eq!(
+                before,
+                held(&g),
+                "step {step}: an unchanged gather reallocated"
+            );
+            reused += before.len();
+        }
+        assert!(reused > 1000, "{reused} points reused");
     }
 
     #[test]

@@ -51,6 +51,12 @@ impl SamplingThread {
         Ok(SamplingThread { handle })
     }
 
+    /// The sampling thread's runtime, for work that belongs right after a reading (a small scrape's
+    /// rendering).
+    pub fn handle(&self) -> tokio::runtime::Handle {
+        self.handle.clone()
+    }
+
     /// Runs `task` on the sampling thread.
     pub fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
     where

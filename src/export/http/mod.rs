@@ -1,6 +1,7 @@
 //! The HTTP server for `/metrics`, `/healthz`, `/readyz`, and the live page at `/` with its stream.
-//! Scrapes are rendered one at a time on a thread of their own, the stores streaming into the encoder, and
-//! shared: a scrape that waited for a rendering which started after it arrived takes that rendering's
+//! Scrapes are rendered one at a time off the async workers (a small exposition on the sampling thread
+//! right after its readings, a large one on a render thread of its own), the stores streaming into the
+//! encoder, and shared: a scrape that waited for a rendering which started after it arrived takes that rendering's
 //! bytes (gzip when it accepts it), so any number of concurrent scrapers cost one or two expositions while
 //! every answer is as fresh as an unshared one, and `/healthz` and `/readyz` never wait on them.
 
@@ -50,6 +51,9 @@ pub struct HttpState {
     /// The samplers' pace: a scrape asks them for readings no older than `--interval` first. `None`
     /// scrapes what is held.
     pub cadence: Option<Arc<crate::cadence::Cadence>>,
+    /// The samplers' thread: a scrape whose last exposition was small is read and rendered there in one
+    /// go (see [`NEAR_LIMIT`]). `None` renders every scrape on the render thread.
+    pub sampling: Option<tokio::runtime::Handle>,
 }
 
 /// Where the live page names the target before its script has drawn the first frame.
@@ -130,31 +134,60 @@ enum RenderJob {
     Gzip(Bytes, tokio::sync::oneshot::Sender<Bytes>),
 }
 
+/// Expositions whose last rendering was at most this large are read and rendered on the sampling thread
+/// in one go: the scrape's fresh readings, then its rendering, then its gzip, with no other thread woken
+/// between them (an idle scrape woke the worker between the readings and the render thread, and the
+/// worker again after it). Larger ones (an app's tens of thousands of series: tens of milliseconds on
+/// the release build) go to the render thread at a lower priority, so the samplers never wait behind
+/// them.
+const NEAR_LIMIT: usize = 256 * 1024;
+
+/// The size of the last plain rendering of each exposition, wherever it was rendered.
+type Sizes = Arc<[std::sync::atomic::AtomicUsize; Exposition::SLOTS]>;
+
 /// Renders scrapes one at a time and shares each rendering with the scrapes that arrived before it began.
-/// All rendering and compression happens on one thread of its own: its allocations stay in one malloc
-/// arena and its buffers are sized from the last exposition, so RSS does not climb with each scrape as it
-/// did when renders ran on whichever blocking-pool thread was free.
+/// Small expositions render on the sampling thread, right after their readings ([`NEAR_LIMIT`]); the
+/// rest, and the gzip of those, on one thread of its own: its allocations stay in one malloc arena and
+/// its buffers are sized from the last exposition, so RSS does not climb with each scrape as it did
+/// when renders ran on whichever blocking-pool thread was free.
 struct Renderer {
     turn: tokio::sync::Mutex<[Option<Rendered>; Exposition::SLOTS]>,
     jobs: std::sync::mpsc::Sender<RenderJob>,
+    registry: Registry,
+    /// The sampling thread and the encoders of the renders there, when there is one.
+    near: Option<Near>,
+    sizes: Sizes,
+}
+
+/// Rendering on the sampling thread: its handle and one encoder per exposition asked for.
+struct Near {
+    sampling: tokio::runtime::Handle,
+    encoders: Arc<std::sync::Mutex<[Option<Encoder>; Exposition::SLOTS]>>,
 }
 
 impl Renderer {
-    /// Starts the render thread for `registry`; it ends when the renderer is dropped.
-    fn start(registry: Registry) -> std::io::Result<Renderer> {
+    /// Starts the render thread for `registry`; it ends when the renderer is dropped. Small
+    /// expositions render on `sampling`, when given.
+    fn start(
+        registry: Registry,
+        sampling: Option<tokio::runtime::Handle>,
+    ) -> std::io::Result<Renderer> {
         let (jobs, queue) = std::sync::mpsc::channel::<RenderJob>();
+        let sizes: Sizes = Arc::new(Default::default());
+        let (thread_registry, thread_sizes) = (registry.clone(), sizes.clone());
         std::thread::Builder::new()
             .name("vitals-scrape".into())
             .spawn(move || {
                 lower_priority();
+                let (registry, sizes) = (thread_registry, thread_sizes);
                 // One encoder per exposition asked for, made on first use.
                 let mut encoders: [Option<Encoder>; Exposition::SLOTS] = Default::default();
-                let mut last_len = [0usize; Exposition::SLOTS];
                 for job in queue {
                     match job {
                         RenderJob::Render(format, reply) => {
                             let i = format.slot();
-                            let capacity = last_len[i] + last_len[i] / 8;
+                            let last = sizes[i].load(std::sync::atomic::Ordering::Relaxed);
+                            let capacity = last + last / 8;
                             let encoder =
                                 encoders[i].get_or_insert_with(|| Encoder::for_exposition(format));
                             // A panic costs this scrape (answered as a failed rendering was before),
@@ -164,7 +197,8 @@ impl Renderer {
                             }));
                             match rendered {
                                 Ok(text) => {
-                                    last_len[i] = text.len();
+                                    sizes[i]
+                                        .store(text.len(), std::sync::atomic::Ordering::Relaxed);
                                     let _ = reply.send(Bytes::from(text));
                                 }
                                 Err(_) => {
@@ -182,7 +216,55 @@ impl Renderer {
         Ok(Renderer {
             turn: tokio::sync::Mutex::new(Default::default()),
             jobs,
+            registry,
+            near: sampling.map(|sampling| Near {
+                sampling,
+                encoders: Arc::new(std::sync::Mutex::new(Default::default())),
+            }),
+            sizes,
         })
+    }
+
+    /// Asks the samplers for fresh readings and renders `format` (and its gzip when `gz`) on the
+    /// sampling thread. None when the rendering panicked or the thread is gone.
+    async fn render_near(
+        &self,
+        near: &Near,
+        format: Exposition,
+        gz: bool,
+        cadence: Option<Arc<crate::cadence::Cadence>>,
+    ) -> Option<(Bytes, Option<Bytes>)> {
+        let (registry, encoders, sizes) = (
+            self.registry.clone(),
+            near.encoders.clone(),
+            self.sizes.clone(),
+        );
+        let job = near.sampling.spawn(async move {
+            if let Some(c) = cadence {
+                c.fresh().await;
+            }
+            let i = format.slot();
+            let last = sizes[i].load(std::sync::atomic::Ordering::Relaxed);
+            let mut held = encoders.lock().unwrap_or_else(|p| p.into_inner());
+            let encoder = held[i].get_or_insert_with(|| Encoder::for_exposition(format));
+            let rendered = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                render_with(encoder, &registry, last + last / 8)
+            }));
+            match rendered {
+                Ok(text) => {
+                    sizes[i].store(text.len(), std::sync::atomic::Ordering::Relaxed);
+                    let plain = Bytes::from(text);
+                    let gzipped = gz.then(|| gzip(&plain));
+                    Some((plain, gzipped))
+                }
+                Err(_) => {
+                    tracing::error!("rendering the exposition panicked");
+                    held[i] = None;
+                    None
+                }
+            }
+        });
+        job.await.ok().flatten()
     }
 
     async fn run(
@@ -246,8 +328,14 @@ fn accepts_gzip(req: &Request<Incoming>) -> bool {
 
 impl Renderer {
     /// The exposition in `format`, gzipped when `gz`: the last rendering if it began after this scrape
-    /// arrived, else rendered now. None when the renderer stayed busy for [`RENDER_WAIT`].
-    async fn scrape(&self, format: Exposition, gz: bool) -> Option<Bytes> {
+    /// arrived, else rendered now, from readings no older than `--interval` when `cadence` is given.
+    /// None when the renderer stayed busy for [`RENDER_WAIT`].
+    async fn scrape(
+        &self,
+        format: Exposition,
+        gz: bool,
+        cadence: Option<&Arc<crate::cadence::Cadence>>,
+    ) -> Option<Bytes> {
         let arrived = std::time::Instant::now();
         let mut slots = tokio::time::timeout(RENDER_WAIT, self.turn.lock())
             .await
@@ -256,14 +344,30 @@ impl Renderer {
         let fresh = slot.as_ref().is_some_and(|r| r.started >= arrived);
         if !fresh {
             let started = std::time::Instant::now();
-            let plain = self
-                .run(|reply| RenderJob::Render(format, reply))
-                .await
-                .unwrap_or_default();
+            let last = self.sizes[format.slot()].load(std::sync::atomic::Ordering::Relaxed);
+            let near = self.near.as_ref().filter(|_| last <= NEAR_LIMIT);
+            let rendered = match near {
+                Some(near) => self.render_near(near, format, gz, cadence.cloned()).await,
+                None => {
+                    if let Some(c) = cadence {
+                        c.fresh().await;
+                    }
+                    None
+                }
+            };
+            let (plain, gzip) = match rendered {
+                Some(r) => r,
+                None => (
+                    self.run(|reply| RenderJob::Render(format, reply))
+                        .await
+                        .unwrap_or_default(),
+                    None,
+                ),
+            };
             *slot = Some(Rendered {
                 started,
                 plain,
-                gzip: None,
+                gzip,
             });
         }
         let r = slot.as_mut()?;
@@ -336,11 +440,8 @@ async fn handle(
             let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok());
             let format = Exposition::negotiate(accept);
             let gz = accepts_gzip(&req);
-            if let Some(c) = &state.cadence {
-                // Readings no older than --interval, however slowly the samplers go while idle.
-                c.fresh().await;
-            }
-            match renderer.scrape(format, gz).await {
+            // Readings no older than --interval, however slowly the samplers go while idle.
+            match renderer.scrape(format, gz, state.cadence.as_ref()).await {
                 Some(body) => {
                     let mut r = respond(StatusCode::OK, format.content_type(), body);
                     r.headers_mut()
@@ -399,7 +500,7 @@ async fn handle(
     })
 }
 
-/// The metrics listener's answers: `state` and the scrape render thread.
+/// The metrics listener's answers: `state` and the scrape renderer.
 pub struct MetricsService {
     state: HttpState,
     renderer: Arc<Renderer>,
@@ -408,7 +509,10 @@ pub struct MetricsService {
 impl MetricsService {
     /// Starts the render thread for `state`'s registry.
     pub fn start(state: HttpState) -> std::io::Result<MetricsService> {
-        let renderer = Arc::new(Renderer::start(state.registry.clone())?);
+        let renderer = Arc::new(Renderer::start(
+            state.registry.clone(),
+            state.sampling.clone(),
+        )?);
         Ok(MetricsService { state, renderer })
     }
 

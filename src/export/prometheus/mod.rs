@@ -9,7 +9,6 @@ mod golden;
 pub mod naming;
 pub mod protobuf;
 
-use std::collections::HashMap;
 use std::fmt::Write;
 
 pub use self::escaping::Escaping;
@@ -265,7 +264,7 @@ pub struct Encoder {
     escaping: Escaping,
     out: String,
     /// Where each name's translations are in `cached`.
-    names: HashMap<String, Vec<usize>>,
+    names: crate::model::FastMap<String, Vec<usize>>,
     cached: Vec<CachedName>,
     /// The entry of `cached` whose attribute keys are in `keys` (lent for the current metric).
     lent: Option<usize>,
@@ -307,7 +306,7 @@ impl Encoder {
             format: exposition.format,
             escaping: exposition.escaping,
             out: String::new(),
-            names: HashMap::new(),
+            names: Default::default(),
             cached: Vec::new(),
             lent: None,
             name: String::new(),
