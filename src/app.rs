@@ -471,21 +471,37 @@ async fn start_http(
     };
     let listener = bind(config.metrics_addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "serving /metrics");
-    Ok(tokio::spawn(serve(
-        listener,
-        HttpState {
-            registry: core.registry.clone(),
-            status: core.status.clone(),
-            live: Some(live),
-            web,
-            profiler: Some(profiler),
-            continuous,
-            cadence: Some(core.cadence.clone()),
-            sampling: Some(core.sampling.handle()),
-        },
-        core.shutdown.clone(),
-    )))
+    let state = HttpState {
+        registry: core.registry.clone(),
+        status: core.status.clone(),
+        live: Some(live),
+        web,
+        profiler: Some(profiler),
+        continuous,
+        cadence: Some(core.cadence.clone()),
+        sampling: Some(core.sampling.handle()),
+    };
+    // The listener runs on the sampling thread: a quiet scrape is accepted, read, rendered and answered
+    // there in one wake-up, and connections beyond the first few go to the async workers.
+    let spill = crate::server::Spill {
+        workers: tokio::runtime::Handle::current(),
+        local_max: METRICS_LOCAL_CONNECTIONS,
+    };
+    let listener = listener.into_std()?;
+    let shutdown = core.shutdown.clone();
+    Ok(core.sampling.spawn(async move {
+        match tokio::net::TcpListener::from_std(listener) {
+            Ok(l) => serve(l, state, shutdown, Some(spill)).await,
+            Err(e) => tracing::error!("cannot serve /metrics on the sampling thread: {e}"),
+        }
+    }))
 }
+
+/// Connections of the metrics listener served on the sampling thread at once; further ones go to the
+/// async workers. Two: Prometheus keeps its scrape connection open, and an HA pair keeps two, so
+/// steady scrapes stay on the sampling thread; a probe that lands there shares it with at most one
+/// other connection, and a crowd of clients is spread over the workers.
+const METRICS_LOCAL_CONNECTIONS: usize = 2;
 
 /// The stores and derivations the OTLP receiver feeds, registered, with their expiry and N+1 judging
 /// running on clocks of their own (a scrape only reads them).
@@ -652,6 +668,7 @@ async fn start_receivers(
             "otlp-http",
             move |req| receiver::http::handle(otlp_receiver.clone(), req),
             core.shutdown.clone(),
+            None,
         )));
     }
     Ok(addrs)

@@ -33,7 +33,9 @@ use crate::target::{detect_runtime, Search, Selection, Selector, StartClock, Tar
 
 /// The thread every sampler, and the work that follows each reading, runs on: a single-threaded async
 /// runtime, so timers, the pidfd exit events and the requests for fresh readings wake this thread only,
-/// and its blocking reads hold up nothing else. Runs until `shutdown`; its tasks end with it.
+/// and its blocking reads hold up nothing else. The metrics listener runs here too (its first
+/// connections, see `server::Spill`). Runs until `shutdown` and [`STOP_GRACE`] after; its tasks end
+/// with it.
 pub struct SamplingThread {
     handle: tokio::runtime::Handle,
 }
@@ -47,7 +49,12 @@ impl SamplingThread {
         let handle = runtime.handle().clone();
         std::thread::Builder::new()
             .name("vitals-sampler".to_owned())
-            .spawn(move || runtime.block_on(shutdown.cancelled()))?;
+            .spawn(move || {
+                runtime.block_on(shutdown.cancelled());
+                // The metrics listener runs here too: it lets in-flight requests finish for up to a
+                // second after the stop, and the process ends once they have.
+                runtime.block_on(async { tokio::time::sleep(STOP_GRACE).await });
+            })?;
         Ok(SamplingThread { handle })
     }
 
@@ -66,6 +73,10 @@ impl SamplingThread {
         self.handle.spawn(task)
     }
 }
+
+/// How long the sampling thread keeps running tasks after the stop: the metrics listener's graceful
+/// stop (up to 0.9 s) runs on it.
+const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// How often "no target found" is repeated in the log while vitals keeps searching.
 const NOT_FOUND_WARNING_EVERY: Duration = Duration::from_secs(60);

@@ -2,7 +2,7 @@
 //! reads every idle interval, yet a scrape gets readings taken for it (the target's CPU time equals
 //! the kernel's at the scrape, after a quiet spell in which the target burned CPU); a live page viewer
 //! brings one reading a second and the frames with them, and the history before it shows the idle
-//! pace.
+//! pace. A quiet scrape runs on the sampling thread alone; a crowd of connections goes to the workers.
 
 mod common;
 
@@ -207,4 +207,98 @@ fn readings_follow_whoever_watches() {
     for w in after.windows(2) {
         assert!(w[1] - w[0] > 8.0, "{after:?}");
     }
+}
+
+/// Run counts (schedstat's third field) of vitals' threads, summed by thread name.
+fn runs_by_thread(pid: u32) -> std::collections::HashMap<String, u64> {
+    let mut out = std::collections::HashMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let p = task.path();
+        let (Ok(comm), Ok(sched)) = (
+            std::fs::read_to_string(p.join("comm")),
+            std::fs::read_to_string(p.join("schedstat")),
+        ) else {
+            continue;
+        };
+        let runs: u64 = sched
+            .split_whitespace()
+            .nth(2)
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(0);
+        *out.entry(comm.trim().to_owned()).or_insert(0) += runs;
+    }
+    out
+}
+
+/// One request on a new connection that asks to be closed after it; the status line.
+fn request_once(addr: std::net::SocketAddr, path: &str) -> String {
+    use std::io::Read;
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        c,
+        "GET {path} HTTP/1.1\r\nHost: vitals\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).unwrap();
+    answer.lines().next().unwrap_or("").to_owned()
+}
+
+/// A quiet scrape is accepted, read, rendered and answered on the sampling thread: the async workers do
+/// not run for it. Once two connections are open there, a further one is served by the workers (a
+/// crowd of clients is spread over them, and a probe never queues behind more than one other
+/// connection on the sampling thread).
+#[test]
+fn a_quiet_scrape_wakes_only_the_sampling_thread_and_a_crowd_goes_to_the_workers() {
+    let target = common::TestChild::hold(&[]);
+    let pid = target.pid().to_string();
+    let v = Vitals::start(&["--pid", &pid]);
+    let vitals_pid = v.child.id();
+    v.scrape();
+    std::thread::sleep(Duration::from_secs(2));
+    let worker = "tokio-rt-worker";
+    let sampler = "vitals-sampler";
+
+    let before = runs_by_thread(vitals_pid);
+    for _ in 0..10 {
+        assert!(request_once(v.metrics, "/metrics").contains(" 200 "));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let after = runs_by_thread(vitals_pid);
+    let (workers, sampling) = (
+        after[worker] - before[worker],
+        after[sampler] - before[sampler],
+    );
+    println!("10 quiet scrapes: the workers ran {workers} times, the sampling thread {sampling}");
+    assert!(sampling >= 10, "the sampling thread ran {sampling} times");
+    assert!(
+        workers <= 2,
+        "10 quiet scrapes woke the async workers {workers} times"
+    );
+
+    // Two connections kept open take the sampling thread's places; the next scrapes go to the workers.
+    let held: Vec<std::net::TcpStream> = (0..2)
+        .map(|_| {
+            let c = std::net::TcpStream::connect(v.metrics).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = runs_by_thread(vitals_pid);
+    for _ in 0..5 {
+        assert!(request_once(v.metrics, "/healthz").contains(" 200 "));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let after = runs_by_thread(vitals_pid);
+    let workers = after[worker] - before[worker];
+    println!("5 probes beside two held connections: the workers ran {workers} times");
+    assert!(
+        workers >= 5,
+        "5 probes beside two held connections woke the workers {workers} times"
+    );
+    drop(held);
 }

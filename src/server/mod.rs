@@ -371,10 +371,32 @@ impl GuardedListener {
     }
 }
 
+/// A listener served on a thread of its own that keeps its first few connections there and hands the
+/// rest to the async workers: see [`serve`].
+pub struct Spill {
+    /// The runtime of the async workers.
+    pub workers: tokio::runtime::Handle,
+    /// Connections served on the listener's own thread at once; a further one goes to the workers.
+    pub local_max: usize,
+}
+
+/// Counts a connection served on the listener's own thread while it lives.
+struct Local(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Serves `handle` on `listener` until `shutdown`, over TLS when `tls` is given (the handshake must
 /// finish within the first-bytes deadline). `what` names the listener in logs. Every connection is
 /// accepted at once: it takes a free slot, or the slot of an idle connection (see [`slots`]), or,
-/// when every slot has a request in progress, it is closed.
+/// when every slot has a request in progress, it is closed. With `spill`, the loop runs on a thread of
+/// its own (a current-thread runtime): up to `local_max` connections are served there, the rest by
+/// the async workers, so a scrape on a quiet listener wakes no other thread, and a crowd of clients
+/// is spread over the workers instead of queued on one thread (a probe shares the listener's thread
+/// with fewer than `local_max` other connections).
 pub async fn serve<H, F, B>(
     listener: TcpListener,
     limits: ConnectionLimits,
@@ -382,6 +404,7 @@ pub async fn serve<H, F, B>(
     what: &'static str,
     handle: H,
     shutdown: CancellationToken,
+    spill: Option<Spill>,
 ) where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
@@ -394,6 +417,7 @@ pub async fn serve<H, F, B>(
     // Once stopping, responses carry `Connection: close` and hyper closes each connection after its
     // answer, so a request already sent on a kept-alive connection is answered instead of reset.
     let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let local = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -417,7 +441,6 @@ pub async fn serve<H, F, B>(
                 continue;
             }
         };
-        let stream = GuardedStream::new(stream, &limits, None);
         let standing = slot.standing.clone();
         let handle = handle.clone();
         let closing = closing.clone();
@@ -449,7 +472,10 @@ pub async fn serve<H, F, B>(
         };
         let tls = tls.clone();
         let watcher = graceful.watcher();
-        tokio::spawn(async move {
+        // The connection's whole life, on whichever runtime it is handed to: the stream's deadlines and
+        // its reactor registration belong to the runtime that polls it.
+        let connection = move |stream: TcpStream| async move {
+            let stream = GuardedStream::new(stream, &limits, None);
             let evicted = slot.standing.clone();
             let serve = async {
                 match tls {
@@ -487,7 +513,38 @@ pub async fn serve<H, F, B>(
                 _ = evicted.evicted() => {}
             }
             drop(slot);
-        });
+        };
+        match &spill {
+            Some(spill) if local.load(std::sync::atomic::Ordering::Relaxed) >= spill.local_max => {
+                // Moved to the workers' reactor: its readiness then wakes a worker, not this thread.
+                match stream.into_std() {
+                    Ok(std_stream) => {
+                        spill.workers.spawn(async move {
+                            match TcpStream::from_std(std_stream) {
+                                Ok(stream) => connection(stream).await,
+                                Err(e) => {
+                                    tracing::debug!(error = %e, listener = what, "cannot hand a connection to the workers");
+                                }
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, listener = what, "cannot hand a connection to the workers");
+                    }
+                }
+            }
+            Some(_) => {
+                local.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let counted = Local(local.clone());
+                tokio::spawn(async move {
+                    let _counted = counted;
+                    connection(stream).await;
+                });
+            }
+            None => {
+                tokio::spawn(connection(stream));
+            }
+        }
     }
     // Keep serving open connections for up to half a second (each closes after its next answer), then
     // close the idle rest and let in-flight requests finish for up to 0.4 s more.

@@ -531,8 +531,15 @@ impl MetricsService {
     }
 }
 
-/// Serves until `shutdown` is cancelled, then lets in-flight requests finish for up to a second.
-pub async fn serve(listener: TcpListener, state: HttpState, shutdown: CancellationToken) {
+/// Serves until `shutdown` is cancelled, then lets in-flight requests finish for up to a second. With
+/// `spill`, this runs on the sampling thread and serves its first connections there (see
+/// [`crate::server::serve`]).
+pub async fn serve(
+    listener: TcpListener,
+    state: HttpState,
+    shutdown: CancellationToken,
+    spill: Option<crate::server::Spill>,
+) {
     let tls = state.web.as_ref().and_then(|w| w.tls.clone());
     let service = match MetricsService::start(state) {
         Ok(s) => Arc::new(s),
@@ -552,6 +559,7 @@ pub async fn serve(listener: TcpListener, state: HttpState, shutdown: Cancellati
         "metrics",
         serve_one,
         shutdown,
+        spill,
     )
     .await;
 }
