@@ -701,9 +701,8 @@ impl<F> Kept<'_, F> {
         self.out.get(self.len).is_some_and(|m| m.info() == *info)
     }
 
-    /// Holds a streamed metric, its points to follow.
+    /// Holds a streamed metric, its points to follow (the previous one's copy finished by the caller).
     fn hold(&mut self, info: &MetricInfo<'_>, m: impl FnOnce() -> Metric) {
-        self.finish_copy();
         let new = (!self.comes_again(info)).then(m);
         let i = self.place(new);
         self.copying = Some((i, 0));
@@ -826,22 +825,17 @@ impl ValueRef<'_> {
             ValueRef::Sum(v) => Value::Sum(v),
             ValueRef::SumWithExemplar(v, e) => Value::SumWithExemplar(v, e.clone()),
             ValueRef::Gauge(v) => Value::Gauge(v),
-            ValueRef::Histogram {
-                buckets,
-                sum,
-                count,
-                exemplars,
-                native,
-            } => {
-                let mut cumulative = Vec::new();
-                buckets.for_each_cumulative(|_, le, c| cumulative.push((le, c)));
-                Value::Histogram {
-                    buckets: cumulative,
-                    sum,
-                    count,
-                    exemplars: exemplars.to_vec(),
-                    native: native.map(|n| Box::new(n.clone())),
-                }
+            ValueRef::Histogram { .. } => {
+                // Filled by write_to, the one place that copies a histogram's buffers.
+                let mut h = Value::Histogram {
+                    buckets: Vec::new(),
+                    sum: 0.0,
+                    count: 0,
+                    exemplars: Vec::new(),
+                    native: None,
+                };
+                self.write_to(&mut h);
+                h
             }
             ValueRef::Summary {
                 quantiles,

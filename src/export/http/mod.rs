@@ -185,26 +185,10 @@ impl Renderer {
                 for job in queue {
                     match job {
                         RenderJob::Render(format, reply) => {
-                            let i = format.slot();
-                            let last = sizes[i].load(std::sync::atomic::Ordering::Relaxed);
-                            let capacity = last + last / 8;
-                            let encoder =
-                                encoders[i].get_or_insert_with(|| Encoder::for_exposition(format));
-                            // A panic costs this scrape (answered as a failed rendering was before),
-                            // not every later one: the thread and a fresh encoder carry on.
-                            let rendered = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                                render_with(encoder, &registry, capacity)
-                            }));
-                            match rendered {
-                                Ok(text) => {
-                                    sizes[i]
-                                        .store(text.len(), std::sync::atomic::Ordering::Relaxed);
-                                    let _ = reply.send(Bytes::from(text));
-                                }
-                                Err(_) => {
-                                    tracing::error!("rendering the exposition panicked");
-                                    encoders[i] = None;
-                                }
+                            if let Some(text) =
+                                render_slot(&mut encoders, &sizes, &registry, format)
+                            {
+                                let _ = reply.send(Bytes::from(text));
                             }
                         }
                         RenderJob::Gzip(plain, reply) => {
@@ -243,26 +227,10 @@ impl Renderer {
             if let Some(c) = cadence {
                 c.fresh().await;
             }
-            let i = format.slot();
-            let last = sizes[i].load(std::sync::atomic::Ordering::Relaxed);
             let mut held = encoders.lock().unwrap_or_else(|p| p.into_inner());
-            let encoder = held[i].get_or_insert_with(|| Encoder::for_exposition(format));
-            let rendered = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                render_with(encoder, &registry, last + last / 8)
-            }));
-            match rendered {
-                Ok(text) => {
-                    sizes[i].store(text.len(), std::sync::atomic::Ordering::Relaxed);
-                    let plain = Bytes::from(text);
-                    let gzipped = gz.then(|| gzip(&plain));
-                    Some((plain, gzipped))
-                }
-                Err(_) => {
-                    tracing::error!("rendering the exposition panicked");
-                    held[i] = None;
-                    None
-                }
-            }
+            let plain = Bytes::from(render_slot(&mut held, &sizes, &registry, format)?);
+            let gzipped = gz.then(|| gzip(&plain));
+            Some((plain, gzipped))
         });
         job.await.ok().flatten()
     }
@@ -274,6 +242,34 @@ impl Renderer {
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.jobs.send(job(reply)).ok()?;
         answer.await.ok()
+    }
+}
+
+/// Renders `format` with its encoder of `encoders` (made on first use) into a buffer sized from its last
+/// rendering, and records this one's size. A panic costs this scrape (None), not every later one: the
+/// encoder is dropped and a fresh one carries on.
+fn render_slot(
+    encoders: &mut [Option<Encoder>; Exposition::SLOTS],
+    sizes: &Sizes,
+    registry: &Registry,
+    format: Exposition,
+) -> Option<Vec<u8>> {
+    let i = format.slot();
+    let last = sizes[i].load(std::sync::atomic::Ordering::Relaxed);
+    let encoder = encoders[i].get_or_insert_with(|| Encoder::for_exposition(format));
+    let rendered = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        render_with(encoder, registry, last + last / 8)
+    }));
+    match rendered {
+        Ok(text) => {
+            sizes[i].store(text.len(), std::sync::atomic::Ordering::Relaxed);
+            Some(text)
+        }
+        Err(_) => {
+            tracing::error!("rendering the exposition panicked");
+            encoders[i] = None;
+            None
+        }
     }
 }
 
