@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Vitals;
+use common::{runs_by_thread, Vitals};
 
 /// A Python process that burns `seconds` of CPU each time a line arrives on its stdin, then prints
 /// "done".
@@ -207,30 +207,6 @@ fn readings_follow_whoever_watches() {
     for w in after.windows(2) {
         assert!(w[1] - w[0] > 8.0, "{after:?}");
     }
-}
-
-/// Run counts (schedstat's third field) of vitals' threads, summed by thread name.
-fn runs_by_thread(pid: u32) -> std::collections::HashMap<String, u64> {
-    let mut out = std::collections::HashMap::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .flatten()
-    {
-        let p = task.path();
-        let (Ok(comm), Ok(sched)) = (
-            std::fs::read_to_string(p.join("comm")),
-            std::fs::read_to_string(p.join("schedstat")),
-        ) else {
-            continue;
-        };
-        let runs: u64 = sched
-            .split_whitespace()
-            .nth(2)
-            .and_then(|r| r.parse().ok())
-            .unwrap_or(0);
-        *out.entry(comm.trim().to_owned()).or_insert(0) += runs;
-    }
-    out
 }
 
 /// One request on a new connection that asks to be closed after it; the status line.

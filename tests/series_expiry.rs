@@ -1,12 +1,13 @@
 //! Idle OTLP series expire on vitals' own clock, not inside a scrape: with `--series-ttl 2s`, a metric
 //! nobody scrapes still frees its name after the TTL (a metric whose exposition name would have collided
-//! with it is then accepted), and a scrape never shows a series past its TTL.
+//! with it is then accepted), and a scrape never shows a series past its TTL. While the stores hold
+//! nothing, expiry keeps no timer: an idle sidecar does not wake for it.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::Vitals;
+use common::{runs_by_thread, Vitals};
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
@@ -112,4 +113,57 @@ fn idle_series_expire_on_a_timer_without_scrapes() {
     std::thread::sleep(Duration::from_millis(2500));
     let e = v.scrape();
     assert!(!e.has("collide_total"), "an expired series was scraped");
+}
+
+/// Runs of vitals' async workers over `seconds` without requests or scrapes.
+fn worker_runs_over(v: &Vitals, seconds: u64) -> u64 {
+    let runs = || {
+        runs_by_thread(v.child.id())
+            .get("tokio-rt-worker")
+            .copied()
+            .unwrap_or(0)
+    };
+    let before = runs();
+    std::thread::sleep(Duration::from_secs(seconds));
+    runs() - before
+}
+
+/// With a 2 s expiry period, 7 s without OTLP requests and scrapes do not run the async workers while
+/// nothing is held, neither before the first series nor after the last one expired; in between, the
+/// timer runs and frees the series.
+#[test]
+fn expiry_keeps_no_timer_while_nothing_is_held() {
+    let v = Vitals::start(&["--series-ttl", "2s"]);
+    let (_, http) = v.otlp_addrs();
+    std::thread::sleep(Duration::from_secs(1));
+    let quiet = worker_runs_over(&v, 7);
+    println!("7 s before any series: the workers ran {quiet} times");
+    assert!(
+        quiet <= 1,
+        "nothing held, yet the workers ran {quiet} times in 7 s"
+    );
+
+    // One series, on a connection that is closed at once (no idle connection keeps a timer).
+    let agent = ureq::AgentBuilder::new().build();
+    let resp = agent
+        .post(&format!("http://{http}/v1/metrics"))
+        .set("Content-Type", "application/x-protobuf")
+        .timeout(Duration::from_secs(10))
+        .send_bytes(&gauge("held").encode_to_vec())
+        .expect("POST /v1/metrics");
+    assert_eq!(resp.status(), 200);
+    drop(resp);
+    drop(agent);
+    // Expired by the timer 2–4 s later; then nothing is held again.
+    let busy = worker_runs_over(&v, 6);
+    let quiet = worker_runs_over(&v, 7);
+    println!("6 s after one series: {busy} runs; the 7 s after it expired: {quiet}");
+    assert!(
+        busy >= 2,
+        "expiry never ran for a held series ({busy} runs)"
+    );
+    assert!(
+        quiet <= 1,
+        "the last series expired, yet the workers ran {quiet} times in 7 s"
+    );
 }

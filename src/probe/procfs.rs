@@ -167,41 +167,67 @@ pub struct Status {
     pub nspid: Option<u32>,
 }
 
-/// Parses /proc/PID/status.
+/// Parses /proc/PID/status, as bytes: a process name is any bytes, and a name that is not UTF-8 must
+/// not cost the rest of the file (the fields read are ASCII). Only the lines read are looked at past
+/// their key.
 pub fn parse_status(buf: &[u8]) -> Result<Status, ParseError> {
-    let text = std::str::from_utf8(buf).map_err(|_| perr("status", "not UTF-8"))?;
+    fn tokens(val: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
+        val.split(|b| b.is_ascii_whitespace())
+            .filter(|t| !t.is_empty())
+    }
+    fn number(token: Option<&[u8]>) -> Option<u64> {
+        std::str::from_utf8(token?).ok()?.parse().ok()
+    }
     let mut s = Status::default();
     let mut saw_name = false;
-    for line in text.lines() {
-        let Some((key, val)) = line.split_once(':') else {
+    for line in buf.split(|&b| b == b'\n') {
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
             continue;
         };
-        let val = val.trim();
-        let num = |file_key: &str| -> Result<u64, ParseError> {
-            val.split_ascii_whitespace()
-                .next()
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| perr("status", format!("{file_key} is not a number: {val:?}")))
-        };
-        match key {
-            "Name" => saw_name = true,
-            "VmRSS" => s.vm_rss = Some(kib(num(key)?)),
-            "VmSwap" => s.vm_swap = Some(kib(num(key)?)),
-            "Threads" => s.threads = Some(num(key)?),
-            "voluntary_ctxt_switches" => s.voluntary_ctxt = Some(num(key)?),
-            "nonvoluntary_ctxt_switches" => s.nonvoluntary_ctxt = Some(num(key)?),
-            "Uid" => s.uid = Some(num(key)? as u32),
-            "NSpid" => {
-                let last = val
-                    .split_ascii_whitespace()
-                    .last()
-                    .and_then(|v| v.parse().ok());
-                s.nspid =
-                    Some(last.ok_or_else(|| {
-                        perr("status", format!("NSpid is not a pid list: {val:?}"))
-                    })?);
+        let (key, val) = (&line[..colon], &line[colon + 1..]);
+        let slot = match key {
+            b"Name" => {
+                saw_name = true;
+                continue;
             }
-            _ => {}
+            b"NSpid" => {
+                let last = number(tokens(val).next_back()).and_then(|v| u32::try_from(v).ok());
+                s.nspid = Some(last.ok_or_else(|| {
+                    perr(
+                        "status",
+                        format!(
+                            "NSpid is not a pid list: {:?}",
+                            String::from_utf8_lossy(val.trim_ascii())
+                        ),
+                    )
+                })?);
+                continue;
+            }
+            b"VmRSS"
+            | b"VmSwap"
+            | b"Threads"
+            | b"voluntary_ctxt_switches"
+            | b"nonvoluntary_ctxt_switches"
+            | b"Uid" => key,
+            _ => continue,
+        };
+        let n = number(tokens(val).next()).ok_or_else(|| {
+            perr(
+                "status",
+                format!(
+                    "{} is not a number: {:?}",
+                    String::from_utf8_lossy(slot),
+                    String::from_utf8_lossy(val.trim_ascii())
+                ),
+            )
+        })?;
+        match slot {
+            b"VmRSS" => s.vm_rss = Some(kib(n)),
+            b"VmSwap" => s.vm_swap = Some(kib(n)),
+            b"Threads" => s.threads = Some(n),
+            b"voluntary_ctxt_switches" => s.voluntary_ctxt = Some(n),
+            b"nonvoluntary_ctxt_switches" => s.nonvoluntary_ctxt = Some(n),
+            _ => s.uid = Some(n as u32),
         }
     }
     if !saw_name {
@@ -994,6 +1020,16 @@ mod tests {
         assert!(parse_status(b"Name:\tx\nVmRSS:\tlots kB\n").is_err());
         assert!(parse_status(b"Name:\tx\nNSpid:\t\n").is_err());
         assert!(parse_status(&[0xff, 0xfe]).is_err());
+        // A name is any bytes: one that is not UTF-8 costs nothing else.
+        let s =
+            parse_status(b"Name:\t\xffw\xfe\nThreads:\t3\nvoluntary_ctxt_switches:\t7\n").unwrap();
+        assert_eq!((s.threads, s.voluntary_ctxt), (Some(3), Some(7)));
+        assert_eq!(
+            parse_status(b"Name:\tx\nThreads:\t 3x \n")
+                .unwrap_err()
+                .what,
+            "Threads is not a number: \"3x\""
+        );
     }
 
     #[test]

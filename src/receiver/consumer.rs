@@ -98,6 +98,8 @@ pub struct Consumers {
     traces: Vec<Arc<TracesConsumer>>,
     metrics: Vec<Arc<MetricsConsumer>>,
     logs: Vec<Arc<LogsConsumer>>,
+    /// Told after every delivered request (the stores' expiry sleeps without a timer until then).
+    delivered: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Consumers {
@@ -127,6 +129,13 @@ impl Consumers {
     /// Adds a consumer of logs.
     pub fn logs(mut self, c: Arc<LogsConsumer>) -> Self {
         self.logs.push(c);
+        self
+    }
+
+    /// Tells `delivered` after each request the consumers took: whoever sleeps until the stores hold
+    /// something wakes then.
+    pub fn on_delivery(mut self, delivered: Arc<tokio::sync::Notify>) -> Self {
+        self.delivered = Some(delivered);
         self
     }
 
@@ -161,6 +170,9 @@ impl Consumers {
                 PartialSuccess::rejecting(items, CONSUMER_PANICKED)
             });
             out.answer.combine(answer);
+        }
+        if let Some(d) = &self.delivered {
+            d.notify_one();
         }
         Ok(out)
     }

@@ -553,13 +553,14 @@ pub fn families(hints: &[Hint]) -> Vec<Metric> {
 }
 
 /// The hints as a derivation: after each reading it reads what the probes and the other derivations
-/// put in the registry (one gather of vitals' own families), keeps the usage history, and publishes the
-/// advice that `/metrics` exposes and the live page shows. The history starts again when the target is
-/// another process (a new pid or start time): the old usage no longer describes it.
+/// put in the registry (one gather of vitals' own families) and keeps the usage history; the advice
+/// that `/metrics` exposes and the live page shows is worked out from it when one of them reads it
+/// (not after every reading: an idle sidecar reads every 20 s and is scraped far less often than
+/// that, or not at all). The history starts again when the target is another process (a new pid or
+/// start time): the old usage no longer describes it.
 pub struct HintSignal {
     policy: HintPolicy,
     reading: std::sync::Mutex<HintReading>,
-    latest: std::sync::Mutex<Vec<Hint>>,
 }
 
 /// What the hints keep between readings.
@@ -567,7 +568,19 @@ struct HintReading {
     usage: UsageHistory,
     /// `pid@start` of the target the history describes.
     target: Option<String>,
+    /// The advice for the history as it was at the last read of it; `None` after a reading.
+    advice: Option<Vec<Hint>>,
 }
+
+/// Every family the hints write.
+const WRITES: [&catalogue::MetricDef; 6] = [
+    &catalogue::RECOMMENDATION_HISTORY,
+    &catalogue::RECOMMENDATION_CORES,
+    &catalogue::RECOMMENDATION_BYTES,
+    &catalogue::RECOMMENDATION_THROTTLED,
+    &catalogue::RECOMMENDATION_CONNECTIONS,
+    &catalogue::RECOMMENDATION_FILES,
+];
 
 /// Every family the hints read from a gather ([`HintSignal::observe`]).
 pub const READS: &[&catalogue::MetricDef] = &[
@@ -596,12 +609,12 @@ impl HintSignal {
             reading: std::sync::Mutex::new(HintReading {
                 usage: UsageHistory::new(),
                 target: None,
+                advice: Some(Vec::new()),
             }),
-            latest: std::sync::Mutex::new(Vec::new()),
         }
     }
 
-    /// Takes the reading at unix time `t` from one gather of the registry and publishes the advice.
+    /// Takes the reading at unix time `t` from one gather of the registry.
     pub fn observe(&self, t: f64, families: &[Metric]) {
         let f = catalogue::Families::declared(families, READS);
         let up = f.sum(&catalogue::TARGET_UP, &[]).unwrap_or(0.0) > 0.0;
@@ -616,16 +629,15 @@ impl HintSignal {
         if up {
             r.usage.observe(&usage_tick(t, &f));
         }
-        let advice = r.usage.advice(&self.policy);
-        drop(r);
-        *self.latest.lock().unwrap_or_else(|p| p.into_inner()) = advice;
+        r.advice = None;
     }
 
-    /// A copy of the published hints.
+    /// The hints for the readings so far (none before the first).
     pub fn current(&self) -> Vec<Hint> {
-        self.latest
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        let mut r = self.reading.lock().unwrap_or_else(|p| p.into_inner());
+        let r = &mut *r;
+        r.advice
+            .get_or_insert_with(|| r.usage.advice(&self.policy))
             .clone()
     }
 }
@@ -690,9 +702,19 @@ fn usage_tick(t: f64, f: &catalogue::Families<'_>) -> UsageTick {
 
 impl Collector for HintSignal {
     fn collect(&self, out: &mut Vec<Metric>) {
-        out.extend(families(
-            &self.latest.lock().unwrap_or_else(|p| p.into_inner()),
-        ));
+        out.extend(families(&self.current()));
+    }
+
+    /// Streamed, so that a sink that wants none of the hints' families (the gather after each
+    /// reading, for the hints and the live page's history) costs no advice.
+    fn streams(&self) -> bool {
+        true
+    }
+
+    fn encode_into(&self, sink: &mut dyn crate::model::MetricSink) {
+        if WRITES.iter().any(|d| sink.wants(&d.info())) {
+            crate::model::stream_metrics(&families(&self.current()), sink);
+        }
     }
 }
 

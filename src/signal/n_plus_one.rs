@@ -219,6 +219,13 @@ impl NPlusOne {
         !ledger.pending.is_empty() || !ledger.judged.is_empty()
     }
 
+    /// True while traces wait, judged ones are remembered or counter series are held: settling has
+    /// work to come.
+    pub fn holds(&self) -> bool {
+        let ledger = self.lock();
+        !ledger.pending.is_empty() || !ledger.judged.is_empty() || !ledger.counts.is_empty()
+    }
+
     /// Completes once a span has been held since the last call (at once if one was meanwhile).
     pub async fn arrival(&self) {
         self.arrived.notified().await;

@@ -292,6 +292,12 @@ impl QuerySignal {
         let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
         table.series.expire(now, self.ttl);
     }
+
+    /// True while any series (or the overflow series) is held: expiry has work to come.
+    pub fn holds(&self) -> bool {
+        let table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        !table.series.is_empty()
+    }
 }
 
 fn histogram_value(s: &QuerySeries) -> Value {

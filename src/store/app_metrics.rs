@@ -694,6 +694,12 @@ impl AppMetrics {
         }
     }
 
+    /// True while any metric or resource set is held: expiry has work to come.
+    pub fn holds(&self) -> bool {
+        let index = self.lock_index();
+        !index.families.is_empty() || !index.targets.is_empty()
+    }
+
     /// The metrics held, sorted by name, each to be read under its own lock.
     fn sorted_families(&self) -> Vec<(String, SharedFamily)> {
         let mut all: Vec<(String, SharedFamily)> = self

@@ -81,6 +81,12 @@ impl LogCounts {
         let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         map.expire(now, self.ttl);
     }
+
+    /// True while any count (or the overflow count) is held: expiry has work to come.
+    pub fn holds(&self) -> bool {
+        let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        !map.is_empty()
+    }
 }
 
 impl Collector for LogCounts {

@@ -1345,3 +1345,27 @@ impl Drop for Killed {
         let _ = self.0.wait();
     }
 }
+
+/// Run counts (schedstat's third field) of vitals' threads, summed by thread name.
+pub fn runs_by_thread(pid: u32) -> std::collections::HashMap<String, u64> {
+    let mut out = std::collections::HashMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let p = task.path();
+        let (Ok(comm), Ok(sched)) = (
+            std::fs::read_to_string(p.join("comm")),
+            std::fs::read_to_string(p.join("schedstat")),
+        ) else {
+            continue;
+        };
+        let runs: u64 = sched
+            .split_whitespace()
+            .nth(2)
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(0);
+        *out.entry(comm.trim().to_owned()).or_insert(0) += runs;
+    }
+    out
+}
