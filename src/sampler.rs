@@ -702,13 +702,23 @@ impl Sampler {
         let watching = interval > WATCH_INTERVAL;
         // The first tick at once; later ones a period after the last, whatever started it.
         let mut last_tick: Option<tokio::time::Instant> = None;
+        // The idle deadline in the kernel: one wake-up per tick, not one per level of tokio's wheel.
+        let deadline = crate::cadence::Deadline::new()
+            .map_err(|e| tracing::debug!(error = %e, "no timerfd: the ticks use tokio's timer"))
+            .ok();
         loop {
             let exit_event = self.attached.as_ref().and_then(|a| a.exit.event());
             let event_watched = exit_event.is_some();
             let next = last_tick.map_or_else(tokio::time::Instant::now, |t| t + turn.period());
+            let due = async {
+                match &deadline {
+                    Some(d) if d.until(next).await.is_ok() => {}
+                    _ => tokio::time::sleep_until(next).await,
+                }
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep_until(next) => last_tick = Some(self.read_now()),
+                _ = due => last_tick = Some(self.read_now()),
                 _ = turn.asked() => {
                     // A reader wants readings no older than the interval (or the pace changed: the next
                     // deadline is computed again above).
