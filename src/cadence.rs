@@ -207,8 +207,9 @@ impl Deadline {
         Ok(Deadline { fd })
     }
 
-    /// Resolves at `at` (at once when it has passed). Each call arms the timer again, so a call whose
-    /// future was dropped early leaves nothing behind.
+    /// Resolves at `at` (at once when it has passed). Each call arms the timer again, replacing what an
+    /// earlier call set: a call whose future was dropped early leaves the timer armed until the next
+    /// call (the sampler makes one at once), or at worst one wake-up that the next call clears.
     pub async fn until(&self, at: tokio::time::Instant) -> std::io::Result<()> {
         use std::os::fd::AsRawFd;
         let left = at.saturating_duration_since(tokio::time::Instant::now());
