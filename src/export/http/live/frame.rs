@@ -288,7 +288,6 @@ pub const HISTORY_READS: &[&catalogue::MetricDef] = &[
     &catalogue::GC_PAUSE,
     &catalogue::GC_PAUSE_MAX,
     &catalogue::SAFEPOINT,
-    &catalogue::EVENT_LOOP_DELAY,
     &catalogue::CGROUP_CPU_THROTTLED,
     &catalogue::CGROUP_CPU_THROTTLED_PERIODS,
     &catalogue::CGROUP_CPU_PERIODS,
@@ -296,10 +295,6 @@ pub const HISTORY_READS: &[&catalogue::MetricDef] = &[
     &catalogue::CGROUP_MEMORY_LIMIT,
     &catalogue::MEMORY_HEAP,
     &catalogue::MEMORY_HEAP_LIMIT,
-    &catalogue::MEMORY_GROWTH,
-    &catalogue::MEMORY_GROWTH_STATUS,
-    &catalogue::MEMORY_TIME_TO_LIMIT,
-    &catalogue::MEMORY_LEAK_SUSPECTED,
     &catalogue::POOL_UTILIZATION,
     &catalogue::POOL_USED,
     &catalogue::POOL_MAX,
@@ -596,42 +591,14 @@ impl LiveFrames {
 
         // Pauses.
         let gc_max = f.max(&catalogue::GC_PAUSE_MAX, &[]);
-        let event_loop_p99 = f.max(&catalogue::EVENT_LOOP_DELAY, &[("statistic", "p99")]);
 
         // Memory.
         let rss = f.sum(&catalogue::PROCESS_MEMORY_USAGE, &[]);
         // The heap the memory signal reads (runtime metrics or the JVM's live set), by its typed family.
         let heap = f.sum(&catalogue::MEMORY_HEAP, &[]);
         let heap_limit = f.sum(&catalogue::MEMORY_HEAP_LIMIT, &[]);
-        let heap_status = f
-            .series(&catalogue::MEMORY_GROWTH_STATUS)
-            .filter(|s| label(s, "signal") == Some("heap") && scalar(s) == Some(1.0))
-            .filter_map(|s| label(s, "status"))
-            .next();
         let cgroup = f.sum(&catalogue::CGROUP_MEMORY_USAGE, &[]);
         let cgroup_limit = f.sum(&catalogue::CGROUP_MEMORY_LIMIT, &[]);
-        let mut growth: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
-        for s in f.series(&catalogue::MEMORY_GROWTH) {
-            let (Some(sig), Some(w), Some(v)) = (label(s, "signal"), label(s, "window"), scalar(s))
-            else {
-                continue;
-            };
-            growth
-                .entry(sig.to_owned())
-                .or_default()
-                .insert(w.to_owned(), v);
-        }
-        let ttl = f.max(&catalogue::MEMORY_TIME_TO_LIMIT, &[]).map(|_| {
-            f.series(&catalogue::MEMORY_TIME_TO_LIMIT)
-                .filter_map(scalar)
-                .fold(f64::INFINITY, f64::min)
-        });
-        let leak: Vec<String> = f
-            .series(&catalogue::MEMORY_LEAK_SUSPECTED)
-            .filter(|s| scalar(s) == Some(1.0))
-            .filter_map(|s| label(s, "signal").map(str::to_owned))
-            .collect();
-        let leak_flag = f.max(&catalogue::MEMORY_LEAK_SUSPECTED, &[]);
 
         // Pools.
         let mut pools: Vec<PoolView> = Vec::new();
@@ -687,6 +654,36 @@ impl LiveFrames {
         };
         self.history.push(point);
         let hints = hints?;
+
+        // What only the frame shows: the event loop, the memory windows, their slopes and verdicts.
+        let event_loop_p99 = f.max(&catalogue::EVENT_LOOP_DELAY, &[("statistic", "p99")]);
+        let heap_status = f
+            .series(&catalogue::MEMORY_GROWTH_STATUS)
+            .filter(|s| label(s, "signal") == Some("heap") && scalar(s) == Some(1.0))
+            .filter_map(|s| label(s, "status"))
+            .next();
+        let mut growth: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
+        for s in f.series(&catalogue::MEMORY_GROWTH) {
+            let (Some(sig), Some(w), Some(v)) = (label(s, "signal"), label(s, "window"), scalar(s))
+            else {
+                continue;
+            };
+            growth
+                .entry(sig.to_owned())
+                .or_default()
+                .insert(w.to_owned(), v);
+        }
+        let ttl = f.max(&catalogue::MEMORY_TIME_TO_LIMIT, &[]).map(|_| {
+            f.series(&catalogue::MEMORY_TIME_TO_LIMIT)
+                .filter_map(scalar)
+                .fold(f64::INFINITY, f64::min)
+        });
+        let leak: Vec<String> = f
+            .series(&catalogue::MEMORY_LEAK_SUSPECTED)
+            .filter(|s| scalar(s) == Some(1.0))
+            .filter_map(|s| label(s, "signal").map(str::to_owned))
+            .collect();
+        let leak_flag = f.max(&catalogue::MEMORY_LEAK_SUSPECTED, &[]);
 
         // Alerts, evaluated on the same thresholds as the shipped rules (instant condition, plus how long
         // it has held against the rule's `for:`).
