@@ -531,6 +531,11 @@ impl Sampler {
             tracing::info!(pid = a.id.pid, old = %a.comm, %comm, "target renamed itself (same program)");
             self.target_metrics.refresh_comm(comm.clone());
             a.comm = comm;
+            // The tree read the root's program before the rename (npm runs as `node` until it names
+            // itself `npm start`): read it again, or a launcher stays taken for the service's runtime.
+            if let Some(tree) = self.procfs.tree_mut() {
+                tree.refresh_program(a.id.pid);
+            }
             return;
         }
         let label = language::label_of(runtime);
