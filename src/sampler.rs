@@ -19,7 +19,6 @@ use crate::cadence::Turn;
 use crate::language;
 use crate::probe::cgroup::{locate, CgroupProbe, CgroupRoots};
 use crate::probe::hsperf::HsperfProbe;
-use crate::probe::kept::KeptFile;
 use crate::probe::oom::OomCounter;
 use crate::probe::own_health::ExporterStats;
 use crate::probe::procfs::{effective_uid, read_comm, read_nspid, ProcfsProbe, PssPolicy};
@@ -123,8 +122,6 @@ pub struct Sampler {
     others_at_attach: Vec<TargetId>,
     /// Set while only wrappers match, so the warning is logged once per episode.
     waiting_for_wrapped: bool,
-    /// Read buffer for the target's comm.
-    comm_buf: Vec<u8>,
     /// When an OOM kill was last counted while a target was attached.
     last_oom_kill: Option<Instant>,
     /// A kill counted this long before an exit is seen is taken as its cause.
@@ -145,8 +142,8 @@ struct Attached {
     target: ProbeTarget,
     /// How its exit is noticed between ticks.
     exit: ExitWatch,
-    /// /proc/PID/comm, read every tick: exec keeps the pid and start time but changes the program.
-    comm_file: Option<KeptFile>,
+    /// The root's comm at the last tick (from its stat): exec keeps the pid and start time but changes
+    /// the program.
     comm: String,
     /// The root's stack address at the last tick: a new one means it exec'd, the same one with a new comm
     /// means it renamed itself (`npm start`, `process.title`).
@@ -234,7 +231,6 @@ impl Sampler {
             selector,
             procfs,
             probes,
-            comm_buf: Vec::with_capacity(64),
             oom: OomCounter::default(),
             last_oom_kill: None,
             exit_window: WATCH_INTERVAL * EXIT_WINDOW_WATCH_PERIODS,
@@ -514,28 +510,23 @@ impl Sampler {
         let Some(a) = self.attached.as_mut() else {
             return;
         };
-        let Some(file) = &a.comm_file else { return };
-        let Ok(raw) = file.read(&mut self.comm_buf) else {
+        // The comm from the root's stat, read anyway: no file of its own to read every tick.
+        let Some(stat) = obs.proc.and_then(|p| p.stat) else {
             return;
         };
-        let startstack = obs.proc.and_then(|p| p.stat).map_or(0, |s| s.startstack);
-        let comm = String::from_utf8_lossy(raw).trim_end().to_owned();
+        let startstack = stat.startstack;
         let new_stack = startstack != 0 && a.startstack != 0 && startstack != a.startstack;
         a.startstack = startstack;
-        if comm == a.comm && !new_stack {
+        if stat.comm.as_str() == a.comm.as_str() && !new_stack {
             return;
         }
+        let comm = stat.comm.as_str().into_owned();
         let runtime = detect_runtime(&self.proc_root, a.id.pid, &comm);
         let exec = new_stack || (startstack == 0 && runtime != a.target.runtime);
         if !exec {
             tracing::info!(pid = a.id.pid, old = %a.comm, %comm, "target renamed itself (same program)");
             self.target_metrics.refresh_comm(comm.clone());
             a.comm = comm;
-            // The tree read the root's program before the rename (npm runs as `node` until it names
-            // itself `npm start`): read it again, or a launcher stays taken for the service's runtime.
-            if let Some(tree) = self.procfs.tree_mut() {
-                tree.refresh_program(a.id.pid);
-            }
             return;
         }
         let label = language::label_of(runtime);
@@ -543,9 +534,6 @@ impl Sampler {
         self.target_metrics.refresh_comm(comm.clone());
         a.comm = comm;
         a.target.runtime = runtime;
-        if let Some(tree) = self.procfs.tree_mut() {
-            tree.refresh_program(a.id.pid);
-        }
         if a.program.pid == a.id.pid {
             a.program.runtime = runtime;
             for probe in program_probes(&mut self.probes, &mut self.oom) {
@@ -679,7 +667,6 @@ impl Sampler {
             program: target.clone(),
             target,
             exit,
-            comm_file: KeptFile::open(self.proc_root.join(id.pid.to_string()).join("comm")).ok(),
             comm,
             startstack: 0,
         });

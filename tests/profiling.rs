@@ -368,26 +368,34 @@ fn the_profile_of_a_tree_holds_its_child_s_cpu() {
         "-c",
         &script,
     ]);
-    let e = v.wait_until(Duration::from_secs(15), "the shell and its child", |e| {
-        e.get("vitals_target_up", &[]) == Some(1.0)
-            && e.get("vitals_target_processes", &[]) == Some(2.0)
-    });
-    let child = e
-        .all("vitals_process_member_memory_usage_bytes")
-        .iter()
-        .filter_map(|s| {
-            let comm = s.labels.iter().find(|(k, _)| k == "comm")?.1.as_str();
-            let pid = s
-                .labels
-                .iter()
-                .find(|(k, _)| k == "pid")?
-                .1
-                .parse::<u32>()
-                .ok()?;
-            comm.starts_with("burn").then_some(pid)
-        })
-        .next()
-        .unwrap_or_else(|| panic!("the burner among the members: {}", e.text));
+    // The child is the shell's fork until it execs the burner: wait for the member named by the burner.
+    let burner_pid = |e: &common::Exposition| {
+        e.all("vitals_process_member_memory_usage_bytes")
+            .iter()
+            .filter_map(|s| {
+                let comm = s.labels.iter().find(|(k, _)| k == "comm")?.1.as_str();
+                let pid = s
+                    .labels
+                    .iter()
+                    .find(|(k, _)| k == "pid")?
+                    .1
+                    .parse::<u32>()
+                    .ok()?;
+                comm.starts_with("burn").then_some(pid)
+            })
+            .next()
+    };
+    let e = v.wait_until(
+        Duration::from_secs(15),
+        "the shell and its burner child",
+        |e| {
+            e.get("vitals_target_up", &[]) == Some(1.0)
+                && e.get("vitals_target_processes", &[]) == Some(2.0)
+                && burner_pid(e).is_some()
+        },
+    );
+    let child =
+        burner_pid(&e).unwrap_or_else(|| panic!("the burner among the members: {}", e.text));
     let before = cpu_seconds(child);
     let (status, body) = profile_http(&v, "seconds=6&hz=499", 6);
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));

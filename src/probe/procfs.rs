@@ -29,9 +29,40 @@ fn perr(file: &'static str, what: impl Into<String>) -> ParseError {
     }
 }
 
+/// Longest comm the kernel keeps (TASK_COMM_LEN - 1).
+const COMM_LEN: usize = 15;
+
+/// A short command name kept without allocation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Comm {
+    bytes: [u8; COMM_LEN],
+    len: u8,
+}
+
+impl Comm {
+    /// The name from /proc/PID/comm content (trailing newline dropped, cut at 15 bytes).
+    pub fn from_bytes(raw: &[u8]) -> Comm {
+        let raw = raw.strip_suffix(b"\n").unwrap_or(raw);
+        let len = raw.len().min(COMM_LEN);
+        let mut bytes = [0u8; COMM_LEN];
+        bytes[..len].copy_from_slice(&raw[..len]);
+        Comm {
+            bytes,
+            len: len as u8,
+        }
+    }
+
+    /// The name as text (invalid UTF-8 replaced).
+    pub fn as_str(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(&self.bytes[..usize::from(self.len)])
+    }
+}
+
 /// Fields of /proc/PID/stat that vitals uses.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stat {
+    /// Command name (field 2, between the parentheses), as /proc/PID/comm has it.
+    pub comm: Comm,
     /// State letter (R, S, D, Z, …).
     pub state: u8,
     /// Parent pid (0 for the first process of a pid namespace as its parent sees it).
@@ -128,7 +159,15 @@ pub fn parse_stat(buf: &[u8]) -> Result<Stat, ParseError> {
         .copied()
         .unwrap_or(b'?');
     let pid_field = |v: u64| u32::try_from(v).unwrap_or(0);
+    // The comm may hold ')' and spaces: it runs from the first '(' to the last ')'.
+    let comm = buf[..close]
+        .iter()
+        .position(|&b| b == b'(')
+        .map_or(Comm::default(), |open| {
+            Comm::from_bytes(&buf[open + 1..close])
+        });
     Ok(Stat {
+        comm,
         state,
         ppid: pid_field(fields[1]),
         pgrp: pid_field(fields[2]),
@@ -785,11 +824,6 @@ impl ProcfsProbe {
     pub fn tree(&self) -> Option<&ProcessTree> {
         self.tree.as_ref()
     }
-
-    /// The attached tree, to tell it of an exec it could not see.
-    pub fn tree_mut(&mut self) -> Option<&mut ProcessTree> {
-        self.tree.as_mut()
-    }
 }
 
 impl Probe for ProcfsProbe {
@@ -970,6 +1004,7 @@ mod tests {
     #[test]
     fn stat_with_hostile_comm() {
         let s = parse_stat(&fixture("stat")).unwrap();
+        assert_eq!(s.comm.as_str(), "my (weird) app");
         assert_eq!(s.state, b'S');
         assert!(!s.is_dead());
         assert_eq!(s.minflt, 1523);

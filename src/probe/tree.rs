@@ -18,6 +18,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
+pub use super::procfs::Comm;
 use super::procfs::{
     detect_runtime, list_pids, parse_stat, ProcReader, ProcSample, PssPolicy, Stat, Status,
 };
@@ -33,35 +34,6 @@ pub const VIEW_TOP: usize = 5;
 /// Threads of a member other than the root whose run-queue wait is read (the root: all up to
 /// [`super::procfs::MAX_TRACKED_THREADS`]); a member with more is left out of the tree's wait.
 pub const MEMBER_THREADS: usize = 64;
-
-/// Longest comm the kernel keeps (TASK_COMM_LEN - 1).
-const COMM_LEN: usize = 15;
-
-/// A short command name kept without allocation.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Comm {
-    bytes: [u8; COMM_LEN],
-    len: u8,
-}
-
-impl Comm {
-    /// The name from /proc/PID/comm content (trailing newline dropped, cut at 15 bytes).
-    pub fn from_bytes(raw: &[u8]) -> Comm {
-        let raw = raw.strip_suffix(b"\n").unwrap_or(raw);
-        let len = raw.len().min(COMM_LEN);
-        let mut bytes = [0u8; COMM_LEN];
-        bytes[..len].copy_from_slice(&raw[..len]);
-        Comm {
-            bytes,
-            len: len as u8,
-        }
-    }
-
-    /// The name as text (invalid UTF-8 replaced).
-    pub fn as_str(&self) -> std::borrow::Cow<'_, str> {
-        String::from_utf8_lossy(&self.bytes[..usize::from(self.len)])
-    }
-}
 
 /// One member of the bounded view.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -402,16 +374,6 @@ impl ProcessTree {
         );
     }
 
-    /// A member exec'd another program where its stack address could not show it: read its program again.
-    pub fn refresh_program(&mut self, pid: u32) {
-        let Some(key) = self.by_pid.get(&pid) else {
-            return;
-        };
-        if let Some(m) = self.members.get_mut(key) {
-            (m.comm, m.runtime, m.launcher) = program_of(&self.proc_root, pid);
-        }
-    }
-
     /// Live members, read or not.
     pub fn processes(&self) -> usize {
         self.members.len() + self.untracked.len()
@@ -548,13 +510,18 @@ impl ProcessTree {
                     m.seen = true;
                     if let Some(st) = p.stat {
                         m.ppid = st.ppid;
-                        if st.startstack != m.startstack {
-                            if m.startstack != 0 && st.startstack != 0 {
-                                (m.comm, m.runtime, m.launcher) =
-                                    program_of(&self.proc_root, m.pid);
-                            }
-                            m.startstack = st.startstack;
+                        // exec gives a new stack address (and mostly a new comm); a rename
+                        // (`process.title`, setproctitle) a new comm only. A comm other than the one
+                        // the program was read with also catches a child read between its fork and
+                        // its exec, whose stat already shows the new program.
+                        let new_stack = st.startstack != m.startstack
+                            && m.startstack != 0
+                            && st.startstack != 0;
+                        if new_stack || st.comm != m.comm {
+                            let (_, runtime, launcher) = program_of(&self.proc_root, m.pid);
+                            (m.comm, m.runtime, m.launcher) = (st.comm, runtime, launcher);
                         }
+                        m.startstack = st.startstack;
                         m.last = Totals::of(&st, p.status.as_ref(), &p);
                         let own = st.cpu_ticks();
                         let delta = own.saturating_sub(m.own_cpu_ticks);
@@ -788,6 +755,79 @@ mod tests {
         ));
         assert!(!is_launcher("node", b"node\0server.js\0"));
         assert!(!is_launcher("python3", b"python3\0app.py\0"));
+    }
+
+    struct Quiet;
+    impl ReadErrorSink for Quiet {
+        fn read_error(&self, _: super::super::ReadSource) {}
+        fn read_duration(&self, _: super::super::ReadSource, _: std::time::Duration) {}
+    }
+
+    /// Writes a fixture process: its stat (with the given comm and stack address), status, comm and argv.
+    fn fixture_process(
+        root: &Path,
+        pid: u32,
+        ppid: u32,
+        comm_file: &str,
+        stat_comm: &str,
+        stack: u64,
+        argv: &str,
+    ) {
+        let dir = root.join(pid.to_string());
+        std::fs::create_dir_all(dir.join("fd")).expect("fd dir");
+        // Fields 3 to 28 of proc(5): state, ppid, …, starttime (22), vsize, rss, …, startstack (28).
+        let stat = format!(
+            "{pid} ({stat_comm}) S {ppid} {pid} {pid} 0 -1 0 10 0 0 0 5 3 0 0 20 0 1 0 {} 1000000 100 0 1 1 {stack}\n",
+            1000 + u64::from(pid)
+        );
+        std::fs::write(dir.join("stat"), stat).expect("stat");
+        std::fs::write(
+            dir.join("status"),
+            "Name:\tx\nVmRSS:\t400 kB\nThreads:\t1\n",
+        )
+        .expect("status");
+        std::fs::write(dir.join("comm"), format!("{comm_file}\n")).expect("comm");
+        std::fs::write(dir.join("cmdline"), argv.replace(' ', "\0")).expect("cmdline");
+    }
+
+    fn named(view: &TreeView, pid: u32) -> String {
+        view.members()
+            .iter()
+            .find(|m| m.pid == pid)
+            .map(|m| m.comm.as_str().into_owned())
+            .unwrap_or_default()
+    }
+
+    /// A child read between its fork and its exec (its comm file still the shell's, its stat already the
+    /// new program's) is named by the program it runs; a root that renames itself into a launcher
+    /// (`npm start`) without a visible new stack is read again and stops being the service's runtime.
+    #[test]
+    fn a_member_s_program_follows_its_comm_as_well_as_its_stack() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        fixture_process(root, 10, 1, "node", "node", 0, "node server.js");
+        fixture_process(root, 11, 10, "sh", "burn", 0, "sh -c burn");
+        let reader = ProcReader::open(root, 10, None).expect("root reader");
+        let mut tree = ProcessTree::new(root, reader, None, 100, 4096, DEFAULT_MAX_PROCESSES);
+        let r = tree.sample(&Quiet, 1.0).expect("first reading");
+        assert_eq!(r.view.processes, 2);
+        assert_eq!(named(&r.view, 11), "burn", "the child by its stat's comm");
+        assert_eq!(
+            tree.runtime_process().map(|p| p.pid),
+            Some(10),
+            "node, no launcher yet"
+        );
+        // The child runs node too; the root names itself `npm start` (same stack: hidden, 0).
+        fixture_process(root, 11, 10, "node", "node", 0, "node app.js");
+        fixture_process(root, 10, 1, "npm start", "npm start", 0, "npm start");
+        let r = tree.sample(&Quiet, 1.0).expect("second reading");
+        assert_eq!(named(&r.view, 10), "npm start");
+        assert_eq!(named(&r.view, 11), "node");
+        assert_eq!(
+            tree.runtime_process().map(|p| p.pid),
+            Some(11),
+            "the renamed root is a launcher: its child is the runtime"
+        );
     }
 
     #[test]
