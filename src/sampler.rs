@@ -98,6 +98,8 @@ pub struct Sampler {
     target_metrics: Arc<TargetMetrics>,
     stats: Arc<ExporterStats>,
     status: Arc<TargetStatus>,
+    /// The target `status` was last made ready for (its info as then).
+    ready_for: Option<TargetInfo>,
     derived: Arc<TickSignals>,
     units: KernelUnits,
     sampled: Arc<tokio::sync::Notify>,
@@ -248,6 +250,7 @@ impl Sampler {
             target_metrics: parts.target_metrics,
             stats: parts.stats,
             status: parts.status,
+            ready_for: None,
             derived: parts.derived,
             units: parts.units,
             sampled: parts.sampled,
@@ -298,6 +301,11 @@ impl Sampler {
                 .set_ready("no target selected: serving OTLP-derived signals only".to_owned());
             return;
         };
+        if sampled && self.ready_for.is_some() && self.target_metrics.info_is(&self.ready_for) {
+            // Written already for this target as it is: no summary formatted after every reading.
+            return;
+        }
+        self.ready_for = None;
         if let (true, Some(info)) = (sampled, self.target_metrics.info()) {
             self.not_found_warned = None;
             self.status.set_ready(format!(
@@ -307,6 +315,7 @@ impl Sampler {
                 info.runtime,
                 selector.describe()
             ));
+            self.ready_for = Some(info);
             return;
         }
         if let Selector::Child(pid) = selector {

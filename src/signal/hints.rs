@@ -533,13 +533,10 @@ pub fn families(hints: &[Hint]) -> Vec<Metric> {
         }
         history.push(&labels, Value::Gauge(h.history_seconds));
         let Some(v) = h.value else { continue };
-        let def = match h.unit {
-            "cores" => &catalogue::RECOMMENDATION_CORES,
-            "bytes" => &catalogue::RECOMMENDATION_BYTES,
-            "ratio" => &catalogue::RECOMMENDATION_THROTTLED,
-            "connections" => &catalogue::RECOMMENDATION_CONNECTIONS,
-            _ => &catalogue::RECOMMENDATION_FILES,
-        };
+        let def = ADVICE_BY_UNIT
+            .iter()
+            .find(|(unit, _)| *unit == h.unit)
+            .map_or(&catalogue::RECOMMENDATION_FILES, |(_, def)| *def);
         match by_name.iter_mut().find(|f| def.is(f)) {
             Some(f) => f.push(&labels, Value::Gauge(v)),
             None => by_name.push(def.metric().with(&labels, Value::Gauge(v))),
@@ -572,14 +569,14 @@ struct HintReading {
     advice: Option<Vec<Hint>>,
 }
 
-/// Every family the hints write.
-const WRITES: [&catalogue::MetricDef; 6] = [
-    &catalogue::RECOMMENDATION_HISTORY,
-    &catalogue::RECOMMENDATION_CORES,
-    &catalogue::RECOMMENDATION_BYTES,
-    &catalogue::RECOMMENDATION_THROTTLED,
-    &catalogue::RECOMMENDATION_CONNECTIONS,
-    &catalogue::RECOMMENDATION_FILES,
+/// The family a hint's value goes to, by its unit (one of another unit goes to the last). With
+/// [`catalogue::RECOMMENDATION_HISTORY`], every family the hints write.
+const ADVICE_BY_UNIT: [(&str, &catalogue::MetricDef); 5] = [
+    ("cores", &catalogue::RECOMMENDATION_CORES),
+    ("bytes", &catalogue::RECOMMENDATION_BYTES),
+    ("ratio", &catalogue::RECOMMENDATION_THROTTLED),
+    ("connections", &catalogue::RECOMMENDATION_CONNECTIONS),
+    ("files", &catalogue::RECOMMENDATION_FILES),
 ];
 
 /// Every family the hints read from a gather ([`HintSignal::observe`]).
@@ -712,7 +709,9 @@ impl Collector for HintSignal {
     }
 
     fn encode_into(&self, sink: &mut dyn crate::model::MetricSink) {
-        if WRITES.iter().any(|d| sink.wants(&d.info())) {
+        let writes = std::iter::once(&catalogue::RECOMMENDATION_HISTORY)
+            .chain(ADVICE_BY_UNIT.iter().map(|(_, def)| *def));
+        if writes.into_iter().any(|d| sink.wants(&d.info())) {
             crate::model::stream_metrics(&families(&self.current()), sink);
         }
     }

@@ -216,6 +216,11 @@ impl TargetMetrics {
         }
     }
 
+    /// Whether the current target's info is `info` (both none included).
+    pub fn info_is(&self, info: &Option<TargetInfo>) -> bool {
+        self.lock().info == *info
+    }
+
     /// The current target's info, if one is attached.
     pub fn info(&self) -> Option<TargetInfo> {
         self.lock().info.clone()
