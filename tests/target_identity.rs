@@ -300,6 +300,13 @@ fn exec_refreshes_comm_and_runtime() {
     assert_eq!(e.all("vitals_target_info").len(), 1);
     assert_eq!(e.get("vitals_target_restarts_total", &[]), Some(0.0));
     assert_eq!(e.get("vitals_target_up", &[]), Some(1.0));
+    // The readiness summary (written once per target as it is, not after every reading) follows too.
+    let (code, _, body) = v.get("/readyz", None);
+    assert_eq!(code, 200);
+    assert!(
+        body.contains(&format!("watching pid {pid} (java, runtime jvm)")),
+        "/readyz after exec: {body}"
+    );
 }
 
 /// A wrapper that starts the program late: while only the wrapper matches, vitals waits (and says so)
