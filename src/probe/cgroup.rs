@@ -187,8 +187,6 @@ pub struct CgroupSample {
     pub memory_usage: Option<u64>,
     /// Memory limit, bytes; None when unlimited.
     pub memory_limit: Option<u64>,
-    /// OOM kills in the cgroup.
-    pub oom_kills: Option<u64>,
     /// CPU quota in cores; None when unlimited.
     pub cpu_limit_cores: Option<f64>,
     /// CPU time used by the cgroup, microseconds.
@@ -213,12 +211,10 @@ pub struct CgroupSample {
 enum FileKind {
     MemCurrent,
     MemMax,
-    MemEvents,
     CpuMax,
     CpuStatV2,
     V1MemUsage,
     V1MemLimit,
-    V1OomControl,
     V1CfsQuota,
     V1CfsPeriod,
     V1CpuStat,
@@ -258,7 +254,6 @@ impl CgroupReader {
             CgroupDirs::V2(d) => {
                 add(FileKind::MemCurrent, d.join("memory.current"));
                 add(FileKind::MemMax, d.join("memory.max"));
-                add(FileKind::MemEvents, d.join("memory.events"));
                 add(FileKind::CpuMax, d.join("cpu.max"));
                 add(FileKind::CpuStatV2, d.join("cpu.stat"));
                 add(FileKind::PidsCurrent, d.join("pids.current"));
@@ -282,7 +277,6 @@ impl CgroupReader {
                 if let Some(d) = memory {
                     add(FileKind::V1MemUsage, d.join("memory.usage_in_bytes"));
                     add(FileKind::V1MemLimit, d.join("memory.limit_in_bytes"));
-                    add(FileKind::V1OomControl, d.join("memory.oom_control"));
                 }
                 if let Some(d) = cpu {
                     add(FileKind::V1CfsQuota, d.join("cpu.cfs_quota_us"));
@@ -408,9 +402,6 @@ fn apply(
         FileKind::MemMax => s.memory_limit = parse_max(buf)?,
         FileKind::V1MemLimit => {
             s.memory_limit = Some(parse_u64(buf)?).filter(|&v| v < V1_UNLIMITED)
-        }
-        FileKind::MemEvents | FileKind::V1OomControl => {
-            s.oom_kills = Some(flat_key(buf, "oom_kill")?)
         }
         FileKind::CpuMax => s.cpu_limit_cores = parse_cpu_max(buf)?,
         FileKind::CpuStatV2 => {
@@ -576,7 +567,6 @@ mod tests {
         let s = r.sample(&errors);
         assert_eq!(s.memory_usage, Some(104_857_600));
         assert_eq!(s.memory_limit, Some(268_435_456));
-        assert_eq!(s.oom_kills, Some(2));
         assert_eq!(s.cpu_limit_cores, Some(0.5));
         assert_eq!(s.cpu_usage_us, Some(90_000_000));
         assert_eq!(s.cpu_periods, Some(1200));
@@ -659,7 +649,6 @@ mod tests {
         let s = CgroupReader::open(&dirs, &roots.proc_root).sample(&errors);
         assert_eq!(s.memory_usage, Some(52_428_800));
         assert_eq!(s.memory_limit, None, "v1 near-2^63 limit means unlimited");
-        assert_eq!(s.oom_kills, Some(1));
         assert_eq!(s.cpu_limit_cores, Some(2.0));
         assert_eq!(s.cpu_periods, Some(500));
         assert_eq!(s.cpu_throttled_periods, Some(25));
