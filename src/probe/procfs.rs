@@ -40,7 +40,8 @@ pub struct Comm {
 }
 
 impl Comm {
-    /// The name from /proc/PID/comm content (trailing newline dropped, cut at 15 bytes).
+    /// The name from /proc/PID/comm's content or stat's field 2 (a trailing newline dropped, cut at 15
+    /// bytes).
     pub fn from_bytes(raw: &[u8]) -> Comm {
         let raw = raw.strip_suffix(b"\n").unwrap_or(raw);
         let len = raw.len().min(COMM_LEN);

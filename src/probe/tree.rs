@@ -145,7 +145,8 @@ struct Member {
     reader: ProcReader,
     /// Parent pid at the last read.
     ppid: u32,
-    comm: Comm,
+    /// Its comm as its last stat showed it; None until its first stat is read (its program with it).
+    comm: Option<Comm>,
     runtime: Option<Runtime>,
     /// A launcher (npm, gradle's wrapper, …): its runtime is not the service's when a child runs one too.
     launcher: bool,
@@ -350,8 +351,8 @@ impl ProcessTree {
         t
     }
 
+    /// A new member; its program is read with its first stat.
     fn insert(&mut self, pid: u32, ppid: u32, start: u64, reader: ProcReader) {
-        let (comm, runtime, launcher) = program_of(&self.proc_root, pid);
         let key = (start, pid);
         self.by_pid.insert(pid, key);
         self.members.insert(
@@ -360,9 +361,9 @@ impl ProcessTree {
                 pid,
                 reader,
                 ppid,
-                comm,
-                runtime,
-                launcher,
+                comm: None,
+                runtime: None,
+                launcher: false,
                 last: Totals::default(),
                 startstack: 0,
                 own_cpu_ticks: 0,
@@ -510,16 +511,16 @@ impl ProcessTree {
                     m.seen = true;
                     if let Some(st) = p.stat {
                         m.ppid = st.ppid;
-                        // exec gives a new stack address (and mostly a new comm); a rename
-                        // (`process.title`, setproctitle) a new comm only. A comm other than the one
-                        // the program was read with also catches a child read between its fork and
-                        // its exec, whose stat already shows the new program.
+                        // The program is read with the first stat, and again when exec gave a new
+                        // stack address (and mostly a new comm) or a rename (`process.title`,
+                        // setproctitle) a new comm only. The comm is the stat's, so a child found
+                        // between its fork and its exec is named by the program it runs.
                         let new_stack = st.startstack != m.startstack
                             && m.startstack != 0
                             && st.startstack != 0;
-                        if new_stack || st.comm != m.comm {
-                            let (_, runtime, launcher) = program_of(&self.proc_root, m.pid);
-                            (m.comm, m.runtime, m.launcher) = (st.comm, runtime, launcher);
+                        if new_stack || m.comm != Some(st.comm) {
+                            (m.runtime, m.launcher) = program_of(&self.proc_root, m.pid, &st.comm);
+                            m.comm = Some(st.comm);
                         }
                         m.startstack = st.startstack;
                         m.last = Totals::of(&st, p.status.as_ref(), &p);
@@ -653,7 +654,7 @@ impl ProcessTree {
             }
             view.members[view.len] = MemberView {
                 pid: m.pid,
-                comm: m.comm,
+                comm: m.comm.unwrap_or_default(),
                 rss_bytes: m.rss_bytes,
                 cpu_cores: m.cpu_cores,
             };
@@ -725,14 +726,11 @@ fn still_listed(proc_root: &Path, pid: u32) -> bool {
     }
 }
 
-/// A process's comm, runtime and whether it is a launcher.
-fn program_of(proc_root: &Path, pid: u32) -> (Comm, Option<Runtime>, bool) {
-    let dir = proc_root.join(pid.to_string());
-    let comm = Comm::from_bytes(&std::fs::read(dir.join("comm")).unwrap_or_default());
-    let argv = std::fs::read(dir.join("cmdline")).unwrap_or_default();
+/// The runtime a process named `comm` runs and whether it is a launcher.
+fn program_of(proc_root: &Path, pid: u32, comm: &Comm) -> (Option<Runtime>, bool) {
+    let argv = std::fs::read(proc_root.join(pid.to_string()).join("cmdline")).unwrap_or_default();
     let name = comm.as_str();
     (
-        comm,
         detect_runtime(proc_root, pid, &name),
         is_launcher(&name, &argv),
     )
