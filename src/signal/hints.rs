@@ -709,9 +709,9 @@ impl Collector for HintSignal {
     }
 
     fn encode_into(&self, sink: &mut dyn crate::model::MetricSink) {
-        let writes = std::iter::once(&catalogue::RECOMMENDATION_HISTORY)
+        let mut writes = std::iter::once(&catalogue::RECOMMENDATION_HISTORY)
             .chain(ADVICE_BY_UNIT.iter().map(|(_, def)| *def));
-        if writes.into_iter().any(|d| sink.wants(&d.info())) {
+        if writes.any(|d| sink.wants(&d.info())) {
             crate::model::stream_metrics(&families(&self.current()), sink);
         }
     }

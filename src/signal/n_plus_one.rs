@@ -170,6 +170,13 @@ struct TraceLedger {
     dropped: [u64; 2],
 }
 
+impl TraceLedger {
+    /// True while traces wait to be judged or judged ones are remembered.
+    fn judging(&self) -> bool {
+        !self.pending.is_empty() || !self.judged.is_empty()
+    }
+}
+
 /// N+1 detection over the database spans and request spans of every trace.
 pub struct NPlusOne {
     rule: Rule,
@@ -215,15 +222,14 @@ impl NPlusOne {
     /// True while traces wait to be judged or judged ones are remembered: [`NPlusOne::settle`] has work
     /// every settling period.
     pub fn judging(&self) -> bool {
-        let ledger = self.lock();
-        !ledger.pending.is_empty() || !ledger.judged.is_empty()
+        self.lock().judging()
     }
 
     /// True while traces wait, judged ones are remembered or counter series are held: settling has
     /// work to come.
     pub fn holds(&self) -> bool {
         let ledger = self.lock();
-        !ledger.pending.is_empty() || !ledger.judged.is_empty() || !ledger.counts.is_empty()
+        ledger.judging() || !ledger.counts.is_empty()
     }
 
     /// Completes once a span has been held since the last call (at once if one was meanwhile).
