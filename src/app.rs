@@ -331,7 +331,7 @@ impl Core {
             boot_time,
         };
         let registry = Registry::new();
-        let stats = Arc::new(ExporterStats::new(hz, page_size));
+        let stats = Arc::new(ExporterStats::new(page_size));
         let target_metrics =
             Arc::new(TargetMetrics::new(units).with_info_labels(kubernetes_labels(config)));
         // With no selector there is no main target: no `vitals_target_up 0` to page anyone (in a pod,

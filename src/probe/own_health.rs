@@ -1,4 +1,5 @@
-//! vitals' own health: build, CPU and memory of the sidecar itself (read from its own `/proc/self`), and
+//! vitals' own health: build, CPU and memory of the sidecar itself (its CPU from `getrusage`, its resident
+//! memory from `/proc/self/statm`), and
 //! the read errors and sample durations every probe reports here. Named `vitals_exporter_*` so they never mix with the target's `process_*` series.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -6,7 +7,6 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::kept::KeptFile;
-use super::procfs::parse_stat;
 use super::{ReadErrorSink, ReadSource};
 use crate::catalogue;
 use crate::model::{write_metric, MetricSink, Streaming, ValueRef};
@@ -15,21 +15,21 @@ use crate::model::{write_metric, MetricSink, Streaming, ValueRef};
 pub struct ExporterStats {
     errors: [AtomicU64; ReadSource::ALL.len()],
     durations_ns: [AtomicU64; ReadSource::ALL.len()],
-    hz: u64,
     page_size: u64,
-    /// `/proc/self/stat`, kept open (a scrape reads it once), with its read buffer.
-    own_stat: Mutex<(Option<KeptFile>, Vec<u8>)>,
+    /// `/proc/self/statm`, kept open (a scrape reads it once), with its read buffer. Not `stat`: the
+    /// kernel formats `stat` from every thread's times and checks ptrace access to write it (2.9 µs a
+    /// read on the development machine against 0.9 µs for `statm` and 0.6 µs for `getrusage`).
+    own_statm: Mutex<(Option<KeptFile>, Vec<u8>)>,
 }
 
 impl ExporterStats {
-    /// Fresh counters; `hz` and `page_size` convert the sidecar's own /proc/self figures.
-    pub fn new(hz: u64, page_size: u64) -> Self {
+    /// Fresh counters; `page_size` converts the sidecar's own resident pages to bytes.
+    pub fn new(page_size: u64) -> Self {
         ExporterStats {
             errors: Default::default(),
             durations_ns: Default::default(),
-            hz,
             page_size,
-            own_stat: Mutex::new((KeptFile::open("/proc/self/stat").ok(), Vec::new())),
+            own_statm: Mutex::new((KeptFile::open("/proc/self/statm").ok(), Vec::new())),
         }
     }
 
@@ -51,6 +51,23 @@ impl ReadErrorSink for ExporterStats {
     }
 }
 
+/// User plus system CPU time of this process, every thread's (ended ones' too), from `getrusage`.
+fn own_cpu_seconds() -> Option<f64> {
+    // SAFETY: getrusage writes one `rusage` through the pointer, to a zeroed local that outlives the call.
+    let usage = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        (libc::getrusage(libc::RUSAGE_SELF, &mut u) == 0).then_some(u)
+    }?;
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Some(seconds(usage.ru_utime) + seconds(usage.ru_stime))
+}
+
+/// The resident pages in a `statm` text (its second field).
+fn resident_pages(statm: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(statm).ok()?;
+    text.split_ascii_whitespace().nth(1)?.parse().ok()
+}
+
 impl Streaming for ExporterStats {
     /// Streams vitals' own health; `/proc/self/stat` is read only when its figures are wanted.
     fn write(&self, sink: &mut dyn MetricSink) {
@@ -65,18 +82,25 @@ impl Streaming for ExporterStats {
             catalogue::EXPORTER_CPU.info(),
             catalogue::EXPORTER_RESIDENT_MEMORY.info(),
         );
-        if sink.wants(&cpu) || sink.wants(&rss) {
-            let mut own = self.own_stat.lock().unwrap_or_else(|p| p.into_inner());
-            let (file, buf) = &mut *own;
-            if file.is_none() {
-                *file = KeptFile::open("/proc/self/stat").ok();
-            }
-            if let Some(Ok(st)) = file.as_ref().and_then(|f| f.read(buf).ok()).map(parse_stat) {
-                let seconds = (st.utime + st.stime) as f64 / self.hz as f64;
+        if sink.wants(&cpu) {
+            if let Some(seconds) = own_cpu_seconds() {
                 write_metric(sink, &cpu, |sink| {
                     sink.point(&[], 0, ValueRef::Sum(seconds))
                 });
-                let bytes = (st.rss_pages * self.page_size) as f64;
+            }
+        }
+        if sink.wants(&rss) {
+            let mut own = self.own_statm.lock().unwrap_or_else(|p| p.into_inner());
+            let (file, buf) = &mut *own;
+            if file.is_none() {
+                *file = KeptFile::open("/proc/self/statm").ok();
+            }
+            let pages = file
+                .as_ref()
+                .and_then(|f| f.read(buf).ok())
+                .and_then(resident_pages);
+            if let Some(pages) = pages {
+                let bytes = (pages * self.page_size) as f64;
                 write_metric(sink, &rss, |sink| {
                     sink.point(&[], 0, ValueRef::Gauge(bytes))
                 });
@@ -100,5 +124,104 @@ impl Streaming for ExporterStats {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::MetricInfo;
+
+    /// Keeps the single value of the two families read here.
+    #[derive(Default)]
+    struct Own {
+        current: String,
+        cpu: Option<f64>,
+        rss: Option<f64>,
+    }
+
+    impl MetricSink for Own {
+        fn begin(&mut self, m: &MetricInfo<'_>) {
+            self.current = m.name.to_owned();
+        }
+        fn point(&mut self, _: &[(&str, &str)], _: u64, value: ValueRef<'_>) {
+            let v = match value {
+                ValueRef::Sum(v) | ValueRef::Gauge(v) => v,
+                _ => return,
+            };
+            if self.current == catalogue::EXPORTER_CPU.name {
+                self.cpu = Some(v);
+            } else if self.current == catalogue::EXPORTER_RESIDENT_MEMORY.name {
+                self.rss = Some(v);
+            }
+        }
+        fn end(&mut self) {}
+    }
+
+    fn own(stats: &ExporterStats) -> Own {
+        let mut sink = Own::default();
+        stats.write(&mut sink);
+        sink
+    }
+
+    /// (utime + stime) in seconds and resident bytes, as the kernel's `stat` of this process says.
+    fn from_proc_stat() -> (f64, f64) {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<&str> = after.split(' ').collect();
+        // SAFETY: sysconf only reads configuration values.
+        let (hz, page) = unsafe {
+            (
+                libc::sysconf(libc::_SC_CLK_TCK) as f64,
+                libc::sysconf(libc::_SC_PAGESIZE) as f64,
+            )
+        };
+        let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+        (ticks / hz, f[21].parse::<f64>().unwrap() * page)
+    }
+
+    #[test]
+    fn statm_resident_field() {
+        assert_eq!(
+            resident_pages(b"30570 1423 1100 240 0 1388 0\n"),
+            Some(1423)
+        );
+        assert_eq!(resident_pages(b"30570\n"), None);
+        assert_eq!(resident_pages(b"30570 x 1\n"), None);
+        assert_eq!(resident_pages(b"\xff\xfe 12"), None);
+    }
+
+    #[test]
+    fn own_cpu_and_memory_agree_with_the_kernel_s_stat() {
+        // SAFETY: sysconf only reads configuration values.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
+        let stats = ExporterStats::new(page);
+        let before = own(&stats).cpu.expect("a CPU time");
+        // Burn about 150 ms of this thread's CPU; the figure must grow by about that much.
+        let t = std::time::Instant::now();
+        let mut x = 0u64;
+        while t.elapsed() < Duration::from_millis(150) {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+        let (ticks_low, _) = from_proc_stat();
+        let read = own(&stats);
+        let (ticks_high, rss_stat) = from_proc_stat();
+        let cpu = read.cpu.expect("a CPU time");
+        assert!(
+            cpu - before >= 0.12,
+            "grew {} s over a 150 ms busy loop",
+            cpu - before
+        );
+        // Other test threads run too: the figure lies between two readings of the kernel's stat, one
+        // clock tick (at most 10 ms) of rounding either side.
+        assert!(
+            cpu >= ticks_low - 0.011 && cpu <= ticks_high + 0.011,
+            "getrusage {cpu} s, /proc/self/stat {ticks_low}..{ticks_high} s"
+        );
+        let rss = read.rss.expect("a resident size");
+        assert!(
+            rss > 0.0 && (rss - rss_stat).abs() <= 0.25 * rss_stat,
+            "statm {rss} B, stat {rss_stat} B"
+        );
     }
 }
