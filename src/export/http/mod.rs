@@ -245,7 +245,8 @@ impl Renderer {
     }
 }
 
-/// Renders `format` with its encoder of `encoders` (made on first use) into a buffer sized from its last
+/// Renders `format` with its encoder of `encoders` (made on first use, remembering its last exposition's
+/// lines) into a buffer sized from its last
 /// rendering, and records this one's size. A panic costs this scrape (None), not every later one: the
 /// encoder is dropped and a fresh one carries on.
 fn render_slot(
@@ -256,7 +257,7 @@ fn render_slot(
 ) -> Option<Vec<u8>> {
     let i = format.slot();
     let last = sizes[i].load(std::sync::atomic::Ordering::Relaxed);
-    let encoder = encoders[i].get_or_insert_with(|| Encoder::for_exposition(format));
+    let encoder = encoders[i].get_or_insert_with(|| Encoder::for_exposition(format).remembering());
     let rendered = std::panic::catch_unwind(AssertUnwindSafe(|| {
         render_with(encoder, registry, last + last / 8)
     }));

@@ -492,10 +492,22 @@ fn every_exposition_matches_its_golden_file() {
     for format in [Format::Text, Format::OpenMetrics, Format::Protobuf] {
         for escaping in Escaping::ALL {
             let exposition = Exposition { format, escaping };
-            let mut encoder = Encoder::for_exposition(exposition);
-            // Twice with one encoder: what it keeps between scrapes must not change the second.
+            let mut encoder = Encoder::for_exposition(exposition).remembering();
+            // Twice with one encoder: what it keeps between scrapes (translations, and the lines the
+            // second copies from the first) must not change the second.
             let first = render_with(&mut encoder, &registry, 0);
             let second = render_with(&mut encoder, &registry, first.len());
+            if format != Format::Protobuf {
+                assert_eq!(
+                    first, second,
+                    "{format:?} {escaping:?}: second scrape differs"
+                );
+                assert!(
+                    encoder.reused_lines() > 10,
+                    "{format:?} {escaping:?}: the second scrape copied {} lines",
+                    encoder.reused_lines()
+                );
+            }
             let (got, again) = match format {
                 Format::Protobuf => (canonical_protobuf(&first), canonical_protobuf(&second)),
                 _ => (

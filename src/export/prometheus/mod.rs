@@ -210,6 +210,61 @@ const NAME_CACHE_LIMIT: usize = 8192;
 /// Most attribute keys whose translation the encoder keeps per metric.
 const KEY_CACHE_LIMIT: usize = 64;
 
+/// The largest exposition a remembering encoder keeps for the next one to copy lines from, and the
+/// most bytes of its lines' inputs it keeps; the lines of a larger one are written anew each time (its
+/// place, see `NEAR_LIMIT` in the HTTP exporter, is the render thread, where a scrape's time counts
+/// less than the memory a kept copy would hold).
+const REMEMBER_BYTES: usize = 256 * 1024;
+
+/// Most lines a remembering encoder keeps the place of (24 bytes each): an exposition of
+/// [`REMEMBER_BYTES`] has fewer.
+const REMEMBER_LINES: usize = 16 * 1024;
+
+/// Where one single-line point (a counter's or a gauge's) was written in the last exposition: its
+/// value's exact bits, its text in the kept page, and its family and attributes in the kept inputs
+/// (offsets and lengths up to [`REMEMBER_BYTES`], so 32 bits each).
+#[derive(Clone, Copy)]
+struct Line {
+    value: u64,
+    at: u32,
+    len: u32,
+    input_at: u32,
+    input_len: u32,
+}
+
+impl Line {
+    fn text(self) -> std::ops::Range<usize> {
+        self.at as usize..self.at as usize + self.len as usize
+    }
+
+    fn input(self) -> std::ops::Range<usize> {
+        self.input_at as usize..self.input_at as usize + self.input_len as usize
+    }
+}
+
+/// What a remembering encoder keeps of its last exposition so the next one copies the lines that did
+/// not change instead of writing them again (key translation, label escaping, float formatting: most
+/// of an idle scrape's rendering, where nearly every line is what it was 15 s before). A line is copied
+/// only when the line at the same place last time had the same family (its entry in the name cache),
+/// byte-equal attribute keys and values, and a value of the same bits: an exact comparison, not a hash.
+#[derive(Default)]
+struct Remembered {
+    /// The last exposition's text, its lines and their inputs (`family`, then each attribute's key and
+    /// value, length-prefixed).
+    page: String,
+    lines: Vec<Line>,
+    inputs: Vec<u8>,
+    /// This exposition's lines and inputs so far.
+    next: Vec<Line>,
+    next_inputs: Vec<u8>,
+    /// The current family: the name cache's generation and the family's entry there.
+    family: u64,
+    /// Bumped when the name cache starts over, so an entry's number never names two families.
+    generation: u32,
+    /// Lines copied from the last exposition in this one.
+    reused: usize,
+}
+
 /// One cached translation: what a metric name becomes for one unit, kind and origin.
 struct CachedName {
     unit: String,
@@ -289,6 +344,9 @@ pub struct Encoder {
     pb_metrics: Vec<u8>,
     /// The label pairs of the point being written, encoded.
     pb_labels: Vec<u8>,
+    /// The last exposition's lines, for an encoder that renders the same registry again and again
+    /// (text formats only).
+    remembered: Option<Box<Remembered>>,
 }
 
 impl Encoder {
@@ -322,7 +380,23 @@ impl Encoder {
             pb_help: String::new(),
             pb_metrics: Vec::new(),
             pb_labels: Vec::new(),
+            remembered: None,
         }
+    }
+
+    /// This encoder, keeping each exposition it finishes (up to [`REMEMBER_BYTES`]) so the next one
+    /// copies its unchanged counter and gauge lines; see [`Remembered`]. The protobuf exposition
+    /// writes every point.
+    pub fn remembering(mut self) -> Self {
+        if self.format != Format::Protobuf {
+            self.remembered = Some(Box::default());
+        }
+        self
+    }
+
+    /// Lines the last exposition copied from the one before (0 for an encoder not remembering).
+    pub fn reused_lines(&self) -> usize {
+        self.remembered.as_ref().map_or(0, |r| r.reused)
     }
 
     /// Begins an exposition of about `capacity` bytes.
@@ -333,6 +407,10 @@ impl Encoder {
             self.out = String::with_capacity(capacity);
         }
         self.points = 0;
+        if let Some(r) = self.remembered.as_mut() {
+            r.next.clear();
+            r.reused = 0;
+        }
     }
 
     /// Points written since [`Encoder::start`].
@@ -347,7 +425,79 @@ impl Encoder {
             Format::OpenMetrics => self.out.push_str("# EOF\n"),
             Format::Text => {}
         }
+        if let Some(r) = self.remembered.as_mut() {
+            if self.out.len() <= REMEMBER_BYTES {
+                r.page.clear();
+                r.page.push_str(&self.out);
+                std::mem::swap(&mut r.lines, &mut r.next);
+                std::mem::swap(&mut r.inputs, &mut r.next_inputs);
+                r.next.clear();
+                r.next_inputs.clear();
+            } else {
+                // Too large to keep: nothing is held for it, and the next exposition writes every line.
+                **r = Remembered {
+                    generation: r.generation,
+                    ..Remembered::default()
+                };
+            }
+        }
         std::mem::take(&mut self.out).into_bytes()
+    }
+
+    /// Writes a counter's or gauge's line, copied from the last exposition when the line at the same
+    /// place there had the same family, attributes and value bits.
+    fn scalar_line(&mut self, attributes: &[(&str, &str)], v: f64) {
+        let suffix = self.value_suffix;
+        // Past what is kept (a large exposition), lines are written and not remembered.
+        let Some(r) = self
+            .remembered
+            .as_mut()
+            .filter(|r| self.out.len() <= REMEMBER_BYTES && r.next.len() < REMEMBER_LINES)
+        else {
+            return self.sample(suffix, None, v, None, Some(attributes));
+        };
+        let (value, at, input_at) = (v.to_bits(), self.out.len(), r.next_inputs.len());
+        let input = &mut r.next_inputs;
+        input.extend_from_slice(&r.family.to_le_bytes());
+        for (k, val) in attributes {
+            for text in [k, val] {
+                input.extend_from_slice(&(text.len() as u64).to_le_bytes());
+                input.extend_from_slice(text.as_bytes());
+            }
+        }
+        let input = &r.next_inputs[input_at..];
+        let last = r
+            .lines
+            .get(r.next.len())
+            .filter(|l| l.value == value && r.inputs.get(l.input()) == Some(input))
+            .and_then(|l| r.page.get(l.text()));
+        if let Some(text) = last {
+            self.out.push_str(text);
+            r.reused += 1;
+        } else {
+            self.sample(suffix, None, v, None, Some(attributes));
+        }
+        let Some(r) = self.remembered.as_mut() else {
+            return;
+        };
+        let kept = |n: usize| {
+            u32::try_from(n)
+                .ok()
+                .filter(|n| *n as usize <= REMEMBER_BYTES)
+        };
+        let line = (|| {
+            Some(Line {
+                value,
+                at: kept(at)?,
+                len: kept(self.out.len() - at)?,
+                input_at: kept(input_at)?,
+                input_len: kept(r.next_inputs.len() - input_at)?,
+            })
+        })();
+        match line {
+            Some(line) => r.next.push(line),
+            None => r.next_inputs.truncate(input_at),
+        }
     }
 
     /// The entry of `cached` translating `m`'s name, made when there is none.
@@ -364,6 +514,9 @@ impl Encoder {
             self.give_back_keys();
             self.names.clear();
             self.cached.clear();
+            if let Some(r) = self.remembered.as_mut() {
+                r.generation = r.generation.wrapping_add(1);
+            }
         }
         let exposition = self.escaping.metric_name(m.name, m.unit, m.kind, m.origin);
         let quoted =
@@ -572,6 +725,9 @@ impl MetricSink for Encoder {
         let counter = m.kind == MetricKind::Counter;
         self.value_suffix = if counter { "_total" } else { "" };
         self.header_written = false;
+        if let Some(r) = self.remembered.as_mut() {
+            r.family = (u64::from(r.generation) << 32) | entry as u64;
+        }
         if self.format == Format::Protobuf {
             self.pb_help.clear();
             self.pb_help.push_str(m.description);
@@ -632,9 +788,7 @@ impl MetricSink for Encoder {
         let om = self.format == Format::OpenMetrics;
         let suffix = self.value_suffix;
         match value {
-            ValueRef::Sum(v) | ValueRef::Gauge(v) => {
-                return self.sample(suffix, None, v, None, Some(attributes));
-            }
+            ValueRef::Sum(v) | ValueRef::Gauge(v) => return self.scalar_line(attributes, v),
             ValueRef::SumWithExemplar(v, ex) => {
                 return self.sample(suffix, None, v, om.then_some(ex), Some(attributes));
             }
@@ -792,6 +946,187 @@ fn escape_help(out: &mut String, v: &str, om: bool) {
 mod tests {
     use super::*;
     use crate::model::{Metric, Value};
+
+    /// One exposition of `metrics` by `encoder` (kept between calls), as a fresh start would size it.
+    fn expose(encoder: &mut Encoder, metrics: &[Metric]) -> Vec<u8> {
+        encoder.start(1024);
+        stream_metrics(metrics, encoder);
+        encoder.finish()
+    }
+
+    #[test]
+    fn an_exposition_too_large_to_keep_is_written_whole_each_time() {
+        let mut big = Metric::new("big", "", "", MetricKind::Gauge);
+        for i in 0..12_000 {
+            big.push(&[("series", &format!("s{i:05}"))], Value::Gauge(i as f64));
+        }
+        let small =
+            vec![Metric::new("small", "", "", MetricKind::Gauge).with(&[], Value::Gauge(2.0))];
+        let big = vec![big];
+        let mut kept = Encoder::new(Format::Text).remembering();
+        let first = expose(&mut kept, &big);
+        assert!(first.len() > REMEMBER_BYTES);
+        assert_eq!(expose(&mut kept, &big), first);
+        assert_eq!(
+            kept.reused_lines(),
+            0,
+            "nothing of a large exposition is kept"
+        );
+        assert!(kept
+            .remembered
+            .as_ref()
+            .is_some_and(|r| r.page.capacity() == 0
+                && r.lines.capacity() == 0
+                && r.inputs.capacity() == 0));
+        let fresh = expose(&mut Encoder::new(Format::Text), &small);
+        assert_eq!(expose(&mut kept, &small), fresh);
+        assert_eq!(expose(&mut kept, &small), fresh);
+        assert_eq!(kept.reused_lines(), 1);
+    }
+
+    #[test]
+    fn a_remembered_line_is_not_copied_into_a_family_that_took_its_name_entry() {
+        // A full name cache starts over: the first new family then takes entry 0, which named another
+        // family in the last exposition, at the same place, with the same (no) attributes and value.
+        let gauges = |names: &mut dyn Iterator<Item = String>| -> Vec<Metric> {
+            names
+                .map(|n| Metric::new(n, "", "", MetricKind::Gauge).with(&[], Value::Gauge(1.0)))
+                .collect()
+        };
+        let half = NAME_CACHE_LIMIT / 2;
+        let mut kept = Encoder::new(Format::Text).remembering();
+        expose(&mut kept, &gauges(&mut (0..half).map(|i| format!("n{i}"))));
+        // `n0` (entry 0) first again, then names enough to fill the cache.
+        let names = std::iter::once(0).chain(half..NAME_CACHE_LIMIT);
+        expose(&mut kept, &gauges(&mut names.map(|i| format!("n{i}"))));
+        assert_eq!(kept.reused_lines(), 1, "n0's line is copied");
+        let got = String::from_utf8(expose(
+            &mut kept,
+            &gauges(&mut std::iter::once("zz".into())),
+        ))
+        .unwrap();
+        assert_eq!(got, "# HELP zz \n# TYPE zz gauge\nzz 1\n");
+    }
+
+    #[test]
+    fn a_remembering_encoder_writes_what_a_fresh_one_writes_and_copies_unchanged_lines() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let names = ["a.b", "c", "dd.e", "f"];
+        let kinds = [
+            MetricKind::Counter,
+            MetricKind::Gauge,
+            MetricKind::UpDownCounter,
+            MetricKind::Histogram,
+        ];
+        let keys = ["k", "k2", "odd key", "le"];
+        let texts = ["x", "y", "", "with \"quote\"\nand newline", "ü"];
+        let numbers = [0.0, -0.0, 1.0, 1.5, 1e21, f64::NAN, f64::INFINITY, 7.0];
+        let point = |next: &mut dyn FnMut(u64) -> u64, kind: MetricKind| {
+            let n = next(3) as usize;
+            let attrs: Vec<(&str, &str)> = (0..n)
+                .map(|i| {
+                    (
+                        keys[(i + next(2) as usize) % keys.len()],
+                        texts[next(5) as usize],
+                    )
+                })
+                .collect();
+            let v = numbers[next(8) as usize];
+            let value = match kind {
+                MetricKind::Counter => Value::Sum(v),
+                MetricKind::Histogram => Value::Histogram {
+                    buckets: vec![(1.0, next(3)), (f64::INFINITY, 5)],
+                    sum: v,
+                    count: 5,
+                    exemplars: Vec::new(),
+                    native: None,
+                },
+                _ => Value::Gauge(v),
+            };
+            let mut m = Metric::new("x", "", "", kind);
+            m.push(&attrs, value);
+            m.points.remove(0)
+        };
+        let mut metrics: Vec<Metric> = Vec::new();
+        for format in [Format::Text, Format::OpenMetrics] {
+            for escaping in [Escaping::Underscores, Escaping::AllowUtf8] {
+                let exposition = Exposition { format, escaping };
+                let mut kept = Encoder::for_exposition(exposition).remembering();
+                let mut reused = 0;
+                for step in 0..300 {
+                    // Every fourth step changes nothing: every counter and gauge line must be copied.
+                    let unchanged = step % 4 == 3;
+                    if !unchanged {
+                        match next(6) {
+                            0 if metrics.len() < 6 => {
+                                let kind = kinds[next(4) as usize];
+                                let mut m = Metric::new(
+                                    names[next(4) as usize],
+                                    "help \\ text",
+                                    ["", "s", "By"][next(3) as usize],
+                                    kind,
+                                );
+                                for _ in 0..next(4) {
+                                    m.points.push(point(&mut next, kind));
+                                }
+                                let at = next(metrics.len() as u64 + 1) as usize;
+                                metrics.insert(at, m);
+                            }
+                            1 if !metrics.is_empty() => {
+                                let at = next(metrics.len() as u64) as usize;
+                                metrics.remove(at);
+                            }
+                            _ => {
+                                for m in metrics.iter_mut() {
+                                    let kind = m.kind;
+                                    for p in m.points.iter_mut() {
+                                        if next(3) == 0 {
+                                            *p = point(&mut next, kind);
+                                        } else if next(3) == 0 {
+                                            if let Value::Sum(v) | Value::Gauge(v) = &mut p.value {
+                                                *v += 1.0;
+                                            }
+                                        }
+                                    }
+                                    if next(4) == 0 {
+                                        m.points.push(point(&mut next, kind));
+                                    } else if next(4) == 0 && !m.points.is_empty() {
+                                        m.points.remove(0);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    let want = expose(&mut Encoder::for_exposition(exposition), &metrics);
+                    let got = expose(&mut kept, &metrics);
+                    assert_eq!(
+                        String::from_utf8_lossy(&got),
+                        String::from_utf8_lossy(&want),
+                        "{format:?} {escaping:?} step {step}"
+                    );
+                    let scalar = metrics
+                        .iter()
+                        .flat_map(|m| &m.points)
+                        .filter(|p| matches!(p.value, Value::Sum(_) | Value::Gauge(_)))
+                        .count();
+                    if unchanged {
+                        assert_eq!(kept.reused_lines(), scalar, "{format:?} step {step}");
+                    }
+                    reused += kept.reused_lines();
+                }
+                assert!(
+                    reused > 300,
+                    "{format:?} {escaping:?}: {reused} lines copied"
+                );
+            }
+        }
+    }
 
     #[test]
     fn counter_names_differ_between_formats() {
