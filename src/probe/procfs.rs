@@ -1215,9 +1215,10 @@ mod tests {
 
     #[test]
     fn open_fds_follow_the_child_and_end_with_it() {
-        // A child that opens 40 more descriptors once told to, then waits to be killed.
+        // A child that opens 41 more descriptors once told to, then waits in a shell builtin (no
+        // program started, so no loader opening and closing files between the count and the listing).
         let mut child = std::process::Command::new("bash")
-            .args(["-c", "read go; exec 3</dev/null; for i in $(seq 10 49); do eval \"exec $i</dev/null\"; done; echo ready; sleep 30"])
+            .args(["-c", "read go; exec 3</dev/null; for i in $(seq 10 49); do eval \"exec $i</dev/null\"; done; echo ready; read stop"])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .spawn()
