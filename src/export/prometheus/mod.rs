@@ -409,6 +409,7 @@ impl Encoder {
         self.points = 0;
         if let Some(r) = self.remembered.as_mut() {
             r.next.clear();
+            r.next_inputs.clear();
             r.reused = 0;
         }
     }
