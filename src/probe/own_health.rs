@@ -130,38 +130,25 @@ impl Streaming for ExporterStats {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::MetricInfo;
+    use crate::catalogue::MetricDef;
+    use crate::model::{Collector, Value};
 
-    /// Keeps the single value of the two families read here.
-    #[derive(Default)]
-    struct Own {
-        current: String,
-        cpu: Option<f64>,
-        rss: Option<f64>,
-    }
-
-    impl MetricSink for Own {
-        fn begin(&mut self, m: &MetricInfo<'_>) {
-            self.current = m.name.to_owned();
-        }
-        fn point(&mut self, _: &[(&str, &str)], _: u64, value: ValueRef<'_>) {
-            let v = match value {
-                ValueRef::Sum(v) | ValueRef::Gauge(v) => v,
-                _ => return,
-            };
-            if self.current == catalogue::EXPORTER_CPU.name {
-                self.cpu = Some(v);
-            } else if self.current == catalogue::EXPORTER_RESIDENT_MEMORY.name {
-                self.rss = Some(v);
+    /// The CPU and resident-memory figures `stats` writes, through the `Collector` every streaming
+    /// collector is.
+    fn own(stats: &ExporterStats) -> (Option<f64>, Option<f64>) {
+        let mut out = Vec::new();
+        stats.collect(&mut out);
+        let value = |def: &MetricDef| {
+            let point = out.iter().find(|m| m.name == def.name)?.points.first()?;
+            match point.value {
+                Value::Sum(v) | Value::Gauge(v) => Some(v),
+                _ => None,
             }
-        }
-        fn end(&mut self) {}
-    }
-
-    fn own(stats: &ExporterStats) -> Own {
-        let mut sink = Own::default();
-        stats.write(&mut sink);
-        sink
+        };
+        (
+            value(&catalogue::EXPORTER_CPU),
+            value(&catalogue::EXPORTER_RESIDENT_MEMORY),
+        )
     }
 
     /// (utime + stime) in seconds and resident bytes, as the kernel's `stat` of this process says.
@@ -196,7 +183,7 @@ mod tests {
         // SAFETY: sysconf only reads configuration values.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
         let stats = ExporterStats::new(page);
-        let before = own(&stats).cpu.expect("a CPU time");
+        let before = own(&stats).0.expect("a CPU time");
         // Burn 150 ms of this thread's CPU (its own clock: a loaded machine may hold it off the CPU
         // for part of any wall-clock span); the process's figure must grow by about that much.
         let thread_cpu = || {
@@ -211,9 +198,9 @@ mod tests {
             x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
         }
         let (ticks_low, _) = from_proc_stat();
-        let read = own(&stats);
+        let (cpu, rss) = own(&stats);
         let (ticks_high, rss_stat) = from_proc_stat();
-        let cpu = read.cpu.expect("a CPU time");
+        let cpu = cpu.expect("a CPU time");
         assert!(
             cpu - before >= 0.145,
             "grew {} s over 150 ms of this thread's CPU",
@@ -227,7 +214,7 @@ mod tests {
             cpu >= ticks_low - 1e-5 && cpu <= ticks_high + 2.0 * tick + 0.001,
             "getrusage {cpu} s, /proc/self/stat {ticks_low}..{ticks_high} s"
         );
-        let rss = read.rss.expect("a resident size");
+        let rss = rss.expect("a resident size");
         assert!(
             rss > 0.0 && (rss - rss_stat).abs() <= 0.25 * rss_stat,
             "statm {rss} B, stat {rss_stat} B"
