@@ -494,18 +494,23 @@ impl ProcReader {
         let on_procfs = nix::sys::statfs::statfs(&dir)
             .map(|s| s.filesystem_type() == nix::sys::statfs::PROC_SUPER_MAGIC)
             .unwrap_or(false);
+        // Kept open where it can be; its path is stat-ed where it cannot (another user's process: the
+        // size is shown without the access an open needs).
+        let fd_dir_file = on_procfs
+            .then(|| std::fs::File::open(dir.join("fd")).ok())
+            .flatten();
         let fd_count_by_size = on_procfs
-            && std::fs::metadata(dir.join("fd"))
-                .map(|m| m.len() > 0)
-                .unwrap_or(false);
+            && match &fd_dir_file {
+                Some(f) => f.metadata(),
+                None => std::fs::metadata(dir.join("fd")),
+            }
+            .is_ok_and(|m| m.len() > 0);
         let now = Instant::now();
         Ok(ProcReader {
             pid,
             io: KeptFile::open(dir.join("io")).ok(),
             limits: KeptFile::open(dir.join("limits")).ok(),
-            fd_dir_file: fd_count_by_size
-                .then(|| std::fs::File::open(dir.join("fd")).ok())
-                .flatten(),
+            fd_dir_file: fd_dir_file.filter(|_| fd_count_by_size),
             fd_dir: dir.join("fd"),
             dir,
             stat,
