@@ -27,7 +27,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::{query, require_tool, start_prometheus_config, Vitals};
+use common::{query, read_response, require_tool, start_prometheus_config, Vitals};
 
 /// Whether thresholds are printed rather than asserted (`PROBE_STARVATION_MEASURE=1`).
 fn measuring() -> bool {
@@ -97,41 +97,6 @@ fn connect(to: SocketAddr) -> std::io::Result<TcpStream> {
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     s.set_write_timeout(Some(Duration::from_secs(5)))?;
     Ok(s)
-}
-
-/// Reads one HTTP/1.1 response (headers and a Content-Length body); returns its status.
-fn read_response(s: &mut TcpStream) -> std::io::Result<u16> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut byte = [0u8; 4096];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let n = s.read(&mut byte)?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        buf.extend_from_slice(&byte[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-    let status: u16 = head
-        .get(9..12)
-        .and_then(|c| c.parse().ok())
-        .ok_or(std::io::ErrorKind::InvalidData)?;
-    let len: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    let mut have = buf.len() - head_end;
-    while have < len {
-        let n = s.read(&mut byte)?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        have += n;
-    }
-    Ok(status)
 }
 
 /// One request on a fresh connection; (status, seconds) or the error.

@@ -1,8 +1,8 @@
 //! The listeners' shared connection handling: a limit on open connections per listener, a deadline
 //! for a new connection's first bytes, for any connection that goes idle and for a write the peer does
 //! not take, and the HTTP/1 server loop both HTTP endpoints share (`/metrics` and OTLP/HTTP), with a
-//! header-read timeout, slots that idle connections give up to new ones (see [`slots`]), and a
-//! graceful stop that lets in-flight requests finish for up to a second.
+//! deadline for each request head (see [`HEAD_READ`]), slots that idle connections give up to new ones
+//! (see [`slots`]), and a graceful stop that lets in-flight requests finish for up to a second.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 pub mod slots;
 
-use self::slots::{Admission, InProgress, Slots};
+use self::slots::{Admission, InProgress, Slots, Standing};
 
 /// Limits on one listener's connections.
 #[derive(Debug, Clone, Copy)]
@@ -47,6 +47,14 @@ pub struct ConnectionLimits {
 /// grows), so a write that merely returns proves nothing; what counts is the kernel's count of
 /// bytes the peer has not acknowledged going down.
 pub const WRITE_STALL: Duration = Duration::from_secs(5);
+
+/// An HTTP/1 request head must arrive whole within this long of its first byte (a head trickled a byte at
+/// a time holds a slot no longer). The clock starts at that byte, not when the previous answer was
+/// sent: a kept-alive connection waits between requests under the listener's idle deadline, so
+/// Prometheus, which keeps its connection to a target open between scrapes, reuses it at a 15 s or 60 s
+/// interval, and an SDK exporting every minute does too (a server that closes an idle connection first
+/// races the client's next request on it, which fails where the client does not retry).
+pub const HEAD_READ: Duration = Duration::from_secs(10);
 
 /// Bytes written to `s` that its peer has not acknowledged yet (SIOCOUTQ); None where unknown.
 fn unacknowledged(s: &TcpStream) -> Option<usize> {
@@ -98,14 +106,22 @@ pub struct GuardedStream {
     /// Unacknowledged bytes right after the last write, and when the peer was last seen taking some.
     queued: usize,
     drained_at: Instant,
+    /// The HTTP/1 connection's requests (its slot's standing); `None` on the gRPC listener, whose
+    /// HTTP/2 streams this cannot see.
+    requests: Option<Arc<Standing>>,
+    /// While a request head is being read: the count of requests started when its first byte came.
+    /// Its deadline is that byte plus [`HEAD_READ`]; later bytes do not push it.
+    head: Option<u64>,
     _slot: Option<OwnedSemaphorePermit>,
 }
 
 impl GuardedStream {
-    /// Wraps an accepted stream whose slot is held elsewhere (the HTTP/1 serve loop's slot table).
+    /// Wraps an accepted stream. `requests` is the HTTP/1 serve loop's standing for it (whose slot that
+    /// loop holds), `slot` the gRPC listener's.
     fn new(
         inner: TcpStream,
         limits: &ConnectionLimits,
+        requests: Option<Arc<Standing>>,
         slot: Option<OwnedSemaphorePermit>,
     ) -> Self {
         // Small responses must not wait on Nagle plus delayed ACK.
@@ -117,7 +133,37 @@ impl GuardedStream {
             write_stall: None,
             queued: 0,
             drained_at: Instant::now(),
+            requests,
+            head: None,
             _slot: slot,
+        }
+    }
+
+    /// Follows the request heads of an HTTP/1 connection, on every read and before every write (`got`:
+    /// the read brought bytes). A first byte while no request is in progress starts a head and its
+    /// [`HEAD_READ`] deadline; once a request has started since (hyper read the head whole), the
+    /// idle deadline applies again from now. Bytes of a request in progress (a body) and bytes on
+    /// the gRPC listener push the idle deadline.
+    fn follow_heads(&mut self, got: bool) {
+        let Some(requests) = &self.requests else {
+            if got {
+                self.moved();
+            }
+            return;
+        };
+        let started = requests.started();
+        let busy = requests.busy();
+        if self.head.is_some_and(|at| at != started) {
+            self.head = None;
+            self.moved();
+        }
+        if got && self.head.is_none() {
+            if busy {
+                self.moved();
+            } else {
+                self.head = Some(started);
+                self.deadline.as_mut().reset(Instant::now() + HEAD_READ);
+            }
         }
     }
 
@@ -199,13 +245,9 @@ impl AsyncRead for GuardedStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
-        match Pin::new(&mut self.inner).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) => {
-                if buf.filled().len() > before {
-                    self.moved();
-                }
-                Poll::Ready(Ok(()))
-            }
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.follow_heads(matches!(poll, Poll::Ready(Ok(()))) && buf.filled().len() > before);
+        match poll {
             Poll::Pending if self.expired(cx) => Poll::Ready(Err(timed_out())),
             other => other,
         }
@@ -220,6 +262,7 @@ impl AsyncWrite for GuardedStream {
     ) -> Poll<io::Result<usize>> {
         // Only the peer's bytes count as life: a server preface or keepalive ping written to a
         // silent peer must not keep its connection open.
+        self.follow_heads(false);
         if self.peer_stalled() {
             return Poll::Ready(Err(stalled()));
         }
@@ -234,6 +277,7 @@ impl AsyncWrite for GuardedStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        self.follow_heads(false);
         if self.peer_stalled() {
             return Poll::Ready(Err(stalled()));
         }
@@ -335,7 +379,7 @@ impl GuardedListener {
             .await
             .map_err(|_| io::Error::other("listener closed"))?;
         let (stream, _) = self.listener.accept().await?;
-        Ok(GuardedStream::new(stream, &self.limits, Some(slot)))
+        Ok(GuardedStream::new(stream, &self.limits, None, Some(slot)))
     }
 
     /// The connections as a stream, for tonic. Accept errors (fd exhaustion, mostly) are logged and
@@ -464,10 +508,11 @@ pub async fn serve<H, F, B>(
                 }))
             }
         });
+        // The head deadline is the stream's (see [`HEAD_READ`]): hyper's starts as soon as an answer
+        // is sent, so it closed a kept-alive connection 10 s after every answer.
         let builder = {
             let mut b = hyper::server::conn::http1::Builder::new();
-            b.timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10));
+            b.header_read_timeout(None);
             b
         };
         let tls = tls.clone();
@@ -475,7 +520,7 @@ pub async fn serve<H, F, B>(
         // The connection's whole life, on whichever runtime it is handed to: the stream's deadlines and
         // its reactor registration belong to the runtime that polls it.
         let connection = move |stream: TcpStream| async move {
-            let stream = GuardedStream::new(stream, &limits, None);
+            let stream = GuardedStream::new(stream, &limits, Some(slot.standing.clone()), None);
             let evicted = slot.standing.clone();
             let serve = async {
                 match tls {

@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,8 +32,8 @@ pub struct Standing {
     epoch: Instant,
     /// Milliseconds since the epoch at which the connection was accepted.
     opened_ms: u64,
-    /// A request has started on this connection.
-    asked: AtomicBool,
+    /// Requests started on this connection (their heads read whole).
+    started: AtomicU64,
 }
 
 impl Standing {
@@ -45,8 +45,18 @@ impl Standing {
     /// body has been handed to the connection, or the request was abandoned).
     pub fn request(self: &Arc<Self>) -> InProgress {
         self.busy.fetch_add(1, Ordering::AcqRel);
-        self.asked.store(true, Ordering::Release);
+        self.started.fetch_add(1, Ordering::AcqRel);
         InProgress(self.clone())
+    }
+
+    /// Requests started so far: a request head read since a count was taken has completed.
+    pub fn started(&self) -> u64 {
+        self.started.load(Ordering::Acquire)
+    }
+
+    /// Whether a request is in progress (its handler running or its response being handed over).
+    pub fn busy(&self) -> bool {
+        self.busy.load(Ordering::Acquire) > 0
     }
 
     /// Resolves when the connection has lost its slot.
@@ -162,7 +172,7 @@ impl Slots {
             evicted: CancellationToken::new(),
             epoch: self.epoch,
             opened_ms: now_ms,
-            asked: AtomicBool::new(false),
+            started: AtomicU64::new(0),
         });
         let mut t = self.lock();
         let (index, from) = match t.free.pop() {
@@ -206,10 +216,9 @@ fn victim(entries: &[Option<Entry>], now_ms: u64, grace_ms: u64) -> Option<usize
         .iter()
         .enumerate()
         .filter_map(|(i, e)| e.as_ref().map(|e| (i, e)))
-        .filter(|(_, e)| e.standing.busy.load(Ordering::Acquire) == 0)
+        .filter(|(_, e)| !e.standing.busy())
         .max_by_key(|(_, e)| {
-            let spared = !e.standing.asked.load(Ordering::Acquire)
-                && e.standing.opened_ms + grace_ms > now_ms;
+            let spared = e.standing.started() == 0 && e.standing.opened_ms + grace_ms > now_ms;
             (
                 !spared,
                 per_peer.get(&e.peer).copied().unwrap_or(0),

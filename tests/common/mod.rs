@@ -502,6 +502,41 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Reads one HTTP/1.1 response (headers and a Content-Length body); returns its status.
+pub fn read_response(s: &mut std::net::TcpStream) -> std::io::Result<u16> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut byte = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = std::io::Read::read(s, &mut byte)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&byte[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let status: u16 = head
+        .get(9..12)
+        .and_then(|c| c.parse().ok())
+        .ok_or(std::io::ErrorKind::InvalidData)?;
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let mut have = buf.len() - head_end;
+    while have < len {
+        let n = std::io::Read::read(s, &mut byte)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        have += n;
+    }
+    Ok(status)
+}
+
 /// Starts Prometheus scraping `target` with extra flags (e.g. feature flags).
 pub fn start_prometheus(target: &str, flags: &[&str]) -> Prometheus {
     start_prometheus_with_rules(target, flags, &[])
