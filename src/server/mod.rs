@@ -109,9 +109,11 @@ pub struct GuardedStream {
     /// The HTTP/1 connection's requests (its slot's standing); `None` on the gRPC listener, whose
     /// HTTP/2 streams this cannot see.
     requests: Option<Arc<Standing>>,
-    /// While a request head is being read: the count of requests started when its first byte came.
-    /// Its deadline is that byte plus [`HEAD_READ`]; later bytes do not push it.
-    head: Option<u64>,
+    /// While a request head is being read: the count of requests started when its first byte came,
+    /// and its deadline, that byte plus [`HEAD_READ`] (later bytes do not push it). A timer of its own,
+    /// dropped when the head is whole: moving the idle deadline earlier and back would leave tokio's
+    /// timer wheel an entry that wakes the thread 10 s after every request.
+    head: Option<(u64, Pin<Box<Sleep>>)>,
     _slot: Option<OwnedSemaphorePermit>,
 }
 
@@ -141,28 +143,24 @@ impl GuardedStream {
 
     /// Follows the request heads of an HTTP/1 connection, on every read and before every write (`got`:
     /// the read brought bytes). A first byte while no request is in progress starts a head and its
-    /// [`HEAD_READ`] deadline; once a request has started since (hyper read the head whole), the
-    /// idle deadline applies again from now. Bytes of a request in progress (a body) and bytes on
-    /// the gRPC listener push the idle deadline.
+    /// [`HEAD_READ`] deadline; once a request has started since (hyper read the head whole), that
+    /// deadline is gone and the idle one runs from now. Bytes outside a head (a body; any on the gRPC
+    /// listener) push the idle deadline.
     fn follow_heads(&mut self, got: bool) {
-        let Some(requests) = &self.requests else {
+        let Some((started, busy)) = self.requests.as_ref().map(|r| (r.started(), r.busy())) else {
             if got {
                 self.moved();
             }
             return;
         };
-        let started = requests.started();
-        let busy = requests.busy();
-        if self.head.is_some_and(|at| at != started) {
+        if self.head.as_ref().is_some_and(|(at, _)| *at != started) {
             self.head = None;
             self.moved();
         }
         if got && self.head.is_none() {
-            if busy {
-                self.moved();
-            } else {
-                self.head = Some(started);
-                self.deadline.as_mut().reset(Instant::now() + HEAD_READ);
+            self.moved();
+            if !busy {
+                self.head = Some((started, Box::pin(tokio::time::sleep(HEAD_READ))));
             }
         }
     }
@@ -190,12 +188,19 @@ impl GuardedStream {
         }
     }
 
+    /// Pushes the idle deadline to `idle` from now. Only ever later: tokio then keeps the timer where it
+    /// is in its wheel and moves it when that time comes, so a kept-alive connection's requests cost no
+    /// timer work.
     fn moved(&mut self) {
         self.deadline.as_mut().reset(Instant::now() + self.idle);
     }
 
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        self.deadline.as_mut().poll(cx).is_ready()
+        let head = self
+            .head
+            .as_mut()
+            .is_some_and(|(_, due)| due.as_mut().poll(cx).is_ready());
+        head || self.deadline.as_mut().poll(cx).is_ready()
     }
 
     /// Tracks a write's progress: `Ready` clears the stall deadline, `Pending` starts it (once) and
