@@ -2,7 +2,9 @@
 //! the release binary with default settings and process-exporter watch the same sleeping process (and then
 //! the same 100-process tree), both scraped every 15 s and every 1 s; CPU from the threads' schedstat, RSS,
 //! and the ratio, medians of `VITALS_BENCH_RUNS` runs (default 3) of `VITALS_BENCH_SIDE_SECS` seconds
-//! (default 60). Beside them, the floor: a bare blocking server in this bench answering the same bytes
+//! (default 60). Scraped as Prometheus scrapes (one kept-alive connection per target, `Accept-Encoding:
+//! gzip`), and, for the first row again, with a fresh connection and no `Accept-Encoding` per scrape (as
+//! curl does, and as this bench did before). Beside them, the floor: a bare blocking server in this bench answering the same bytes
 //! vitals served, which is what the kernel's loopback TCP alone costs per scrape on this machine, and the
 //! same server reading every procfs and cgroup file vitals holds open before each answer (the kernel's
 //! share of a reading, without the directory scans and parsing). Then the
@@ -27,6 +29,49 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free loopback port")
+}
+
+/// How the bench scrapes.
+#[derive(Clone, Copy, PartialEq)]
+enum Scraping {
+    /// As Prometheus does: one kept-alive connection per target, `Accept-Encoding: gzip`.
+    Prometheus,
+    /// A fresh connection per scrape, no `Accept-Encoding`.
+    Fresh,
+}
+
+/// One scraper of one target: an agent that keeps its connection, or none.
+struct Scraper {
+    addr: String,
+    agent: Option<ureq::Agent>,
+}
+
+impl Scraper {
+    fn new(addr: &str, how: Scraping) -> Scraper {
+        Scraper {
+            addr: addr.to_owned(),
+            agent: (how == Scraping::Prometheus).then(|| {
+                ureq::AgentBuilder::new()
+                    .max_idle_connections_per_host(1)
+                    .timeout(Duration::from_secs(10))
+                    .build()
+            }),
+        }
+    }
+
+    /// GET /metrics; the body's length on the wire (0 when it fails).
+    fn scrape(&self) -> usize {
+        let url = format!("http://{}/metrics", self.addr);
+        let answer = match &self.agent {
+            Some(agent) => agent.get(&url).set("Accept-Encoding", "gzip").call(),
+            None => ureq::get(&url).timeout(Duration::from_secs(10)).call(),
+        };
+        let mut body = Vec::new();
+        answer
+            .ok()
+            .and_then(|r| r.into_reader().read_to_end(&mut body).ok())
+            .unwrap_or(0)
+    }
 }
 
 /// GET `path` from `addr`; the body (empty when it fails).
@@ -71,8 +116,8 @@ fn vitals(bin: &Path, pid: u32, extra: &[&str]) -> (Group, String) {
 }
 
 /// The least any exporter pays for a scrape on this machine: a thread of this bench that answers each
-/// connection with the same bytes vitals served, over a blocking socket, with nothing rendered (the kernel's
-/// loopback TCP for the connection and the body). With `files`, it also reads each of them whole before
+/// request with the same bytes vitals served, over a blocking socket, with nothing rendered (the kernel's
+/// loopback TCP for the connection and the body); a connection is served until its client closes it. With `files`, it also reads each of them whole before
 /// answering: the kernel's share of a reading. Returns its address and thread id.
 fn floor(body: Vec<u8>, files: Vec<std::fs::File>) -> (String, i32) {
     use std::os::unix::fs::FileExt;
@@ -90,19 +135,24 @@ fn floor(body: Vec<u8>, files: Vec<std::fs::File>) -> (String, i32) {
         let mut file_buf = vec![0u8; 65536];
         for conn in listener.incoming() {
             let Ok(mut c) = conn else { continue };
-            let mut seen = Vec::new();
-            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                match c.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+            'requests: loop {
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match c.read(&mut buf) {
+                        Ok(0) | Err(_) => break 'requests,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                for f in &files {
+                    let _ = f.read_at(&mut file_buf, 0);
+                }
+                if c.write_all(head.as_bytes())
+                    .and_then(|()| c.write_all(&body))
+                    .is_err()
+                {
+                    break;
                 }
             }
-            for f in &files {
-                let _ = f.read_at(&mut file_buf, 0);
-            }
-            let _ = c
-                .write_all(head.as_bytes())
-                .and_then(|()| c.write_all(&body));
         }
     });
     (addr, rx.recv().expect("the floor thread's id"))
@@ -139,6 +189,7 @@ fn side_by_side(
     children: usize,
     every: Duration,
     secs: u64,
+    how: Scraping,
 ) -> [f64; 7] {
     let tree = sleeping_tree(children);
     let (v, vaddr) = vitals(bin, tree.0.id(), &[]);
@@ -157,6 +208,7 @@ fn side_by_side(
     let n_files = files.len();
     let (faddr, ftid) = floor(served.clone(), Vec::new());
     let (raddr, rtid) = floor(served, files);
+    let scrapers = [&vaddr, &paddr, &faddr, &raddr].map(|a| Scraper::new(a, how));
     let (v0, p0, f0, r0) = (
         cpu_ns(v.0.id()),
         cpu_ns(p.0.id()),
@@ -167,10 +219,9 @@ fn side_by_side(
     let mut next = start;
     while start.elapsed() < Duration::from_secs(secs) {
         if Instant::now() >= next {
-            get(&vaddr, "/metrics");
-            get(&paddr, "/metrics");
-            get(&faddr, "/metrics");
-            get(&raddr, "/metrics");
+            for s in &scrapers {
+                s.scrape();
+            }
             next += every;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -243,7 +294,12 @@ fn main() {
     )
     .expect("write the process-exporter config");
     println!("release vitals (default settings) beside process-exporter, same target, medians of {runs} runs of {secs} s:");
-    for (children, every) in [(0, 15), (0, 1), (99, 15)] {
+    for (children, every, how) in [
+        (0, 15, Scraping::Prometheus),
+        (0, 1, Scraping::Prometheus),
+        (99, 15, Scraping::Prometheus),
+        (0, 15, Scraping::Fresh),
+    ] {
         let r: Vec<[f64; 7]> = (0..runs)
             .map(|_| {
                 side_by_side(
@@ -253,14 +309,19 @@ fn main() {
                     children,
                     Duration::from_secs(every),
                     secs,
+                    how,
                 )
             })
             .collect();
         let col = |i: usize| median(r.iter().map(|x| x[i]).collect());
         let ratios = median(r.iter().map(|x| x[2] / x[0].max(1e-9)).collect());
         println!(
-            "  {:>3} process(es), scraped every {every:>2} s: vitals CPU {:.4}% of a core ({:.1} µs/s), RSS {:.1} MiB; process-exporter CPU {:.4}% ({:.1} µs/s), RSS {:.1} MiB; vitals {ratios:.1}x cheaper (per-run ratios {})",
+            "  {:>3} process(es), scraped every {every:>2} s {}: vitals CPU {:.4}% of a core ({:.1} µs/s), RSS {:.1} MiB; process-exporter CPU {:.4}% ({:.1} µs/s), RSS {:.1} MiB; vitals {ratios:.1}x cheaper (per-run ratios {})",
             children + 1,
+            match how {
+                Scraping::Prometheus => "as Prometheus does (kept-alive, gzip accepted)",
+                Scraping::Fresh => "with a fresh connection each, no gzip",
+            },
             col(0),
             col(0) * 1e4,
             col(1) / 1024.0,
