@@ -293,6 +293,17 @@ impl UsageHistory {
 
     /// The hints for the history so far.
     pub fn advice(&self, policy: &HintPolicy) -> Vec<Hint> {
+        self.advice_with(policy, true)
+    }
+
+    /// The hints for the history so far, with their sentences when `texts` (the live page shows them;
+    /// `/metrics` exposes only the values and the history, so a scrape formats none).
+    pub fn advice_with(&self, policy: &HintPolicy, texts: bool) -> Vec<Hint> {
+        macro_rules! text {
+            ($($arg:tt)*) => {
+                if texts { format!($($arg)*) } else { String::new() }
+            };
+        }
         let h = self.history_seconds();
         let enough = h >= policy.min_history_seconds;
         let wait = |resource: &'static str, unit: &'static str| Hint {
@@ -302,9 +313,10 @@ impl UsageHistory {
             value: None,
             history_seconds: h,
             act: false,
-            text: format!(
+            text: text!(
                 "not enough data: {:.0}s of history, {:.0}s needed",
-                h, policy.min_history_seconds
+                h,
+                policy.min_history_seconds
             ),
         };
         let mut out = Vec::new();
@@ -320,7 +332,7 @@ impl UsageHistory {
                     value: Some(v),
                     history_seconds: h,
                     act: true,
-                    text: format!(
+                    text: text!(
                         "request {:.3} cores: p{:.0} of per-second use is {:.3} cores, plus {:.0}%",
                         v,
                         policy.cpu_percentile * 100.0,
@@ -347,12 +359,12 @@ impl UsageHistory {
                         history_seconds: h,
                         act,
                         text: if act {
-                            format!(
+                            text!(
                                 "the CPU limit throttles {:.0}% of periods: raise or remove it",
                                 ratio * 100.0
                             )
                         } else {
-                            format!(
+                            text!(
                                 "the CPU limit throttles {:.1}% of periods: fine",
                                 ratio * 100.0
                             )
@@ -360,13 +372,13 @@ impl UsageHistory {
                     });
                 } else {
                     out.push(Hint {
-                        text: "no CPU limit enforced (no CFS periods): nothing to throttle".into(),
+                        text: text!("no CPU limit enforced (no CFS periods): nothing to throttle"),
                         ..wait("cpu_limit", "ratio")
                     });
                 }
             }
             (None, _) if enough => out.push(Hint {
-                text: "no CPU limit found for the target's cgroup".into(),
+                text: text!("no CPU limit found for the target's cgroup"),
                 ..wait("cpu_limit", "ratio")
             }),
             _ => out.push(wait("cpu_limit", "ratio")),
@@ -379,7 +391,7 @@ impl UsageHistory {
                 let (limit, why) = match self.oom_limit {
                     Some(hit) => (
                         hit.max(peak) * policy.oom_bump,
-                        format!(
+                        text!(
                             "an OOM kill at a {} limit: {:.0}% above it",
                             fmt_bytes(hit),
                             (policy.oom_bump - 1.0) * 100.0
@@ -387,7 +399,7 @@ impl UsageHistory {
                     ),
                     None => (
                         request,
-                        format!(
+                        text!(
                             "peak {} plus {:.0}%",
                             fmt_bytes(peak),
                             policy.margin * 100.0
@@ -401,7 +413,7 @@ impl UsageHistory {
                     value: Some(request),
                     history_seconds: h,
                     act: true,
-                    text: format!(
+                    text: text!(
                         "request {}: peak {} plus {:.0}%",
                         fmt_bytes(request),
                         fmt_bytes(peak),
@@ -415,7 +427,7 @@ impl UsageHistory {
                     value: Some(limit),
                     history_seconds: h,
                     act: self.oom_limit.is_some() || self.memory_limit.is_none_or(|l| l < limit),
-                    text: format!("limit {}: {why}", fmt_bytes(limit)),
+                    text: text!("limit {}: {why}", fmt_bytes(limit)),
                 });
             }
             _ => {
@@ -436,14 +448,14 @@ impl UsageHistory {
                 history_seconds: h,
                 act: !fits,
                 text: if fits {
-                    format!(
+                    text!(
                         "heap max {} leaves {} of the {} limit for non-heap memory: fine",
                         fmt_bytes(heap),
                         fmt_bytes(limit - heap),
                         fmt_bytes(limit)
                     )
                 } else {
-                    format!(
+                    text!(
                         "heap max {} leaves only {} of the {} limit for metaspace, threads and buffers: \
                          use -Xmx{}m (or -XX:MaxRAMPercentage={:.0})",
                         fmt_bytes(heap),
@@ -478,7 +490,7 @@ impl UsageHistory {
                     history_seconds: ph,
                     act,
                     text: if act {
-                        format!(
+                        text!(
                             "pool {name} was full with requests waiting in {:.0}% of samples: raise it \
                              from {:.0} (e.g. to {:.0}) or find the slow query holding connections",
                             share * 100.0,
@@ -486,7 +498,7 @@ impl UsageHistory {
                             (p.max * 1.5).ceil()
                         )
                     } else {
-                        format!(
+                        text!(
                             "pool {name} was full with requests waiting in {:.0}% of samples: fine",
                             share * 100.0
                         )
@@ -507,12 +519,12 @@ impl UsageHistory {
                 history_seconds: h,
                 act,
                 text: if act {
-                    format!(
+                    text!(
                         "{peak:.0} of {limit:.0} fds used at peak: raise the limit (ulimit -n) to {:.0} or look for an fd leak",
                         (peak * 2.0).ceil()
                     )
                 } else {
-                    format!("{peak:.0} of {limit:.0} fds used at peak: fine")
+                    text!("{peak:.0} of {limit:.0} fds used at peak: fine")
                 },
             });
         }
@@ -712,7 +724,15 @@ impl Collector for HintSignal {
         let mut writes = std::iter::once(&catalogue::RECOMMENDATION_HISTORY)
             .chain(ADVICE_BY_UNIT.iter().map(|(_, def)| *def));
         if writes.any(|d| sink.wants(&d.info())) {
-            crate::model::stream_metrics(&families(&self.current()), sink);
+            // The sentences only when the live page has already had them worked out.
+            let hints = {
+                let r = self.reading.lock().unwrap_or_else(|p| p.into_inner());
+                match &r.advice {
+                    Some(advice) => families(advice),
+                    None => families(&r.usage.advice_with(&self.policy, false)),
+                }
+            };
+            crate::model::stream_metrics(&hints, sink);
         }
     }
 }
@@ -909,6 +929,11 @@ mod tests {
             .unwrap();
         assert!(!idle.act && idle.value.is_none());
         assert_eq!(find(&a, "fd_limit").value, Some(1800.0));
+        // A scrape's advice has no sentences and the same families, value for value.
+        let values = h.advice_with(&policy(), false);
+        assert!(values.iter().all(|x| x.text.is_empty()));
+        assert!(a.iter().all(|x| !x.text.is_empty()));
+        assert_eq!(families(&values), families(&a));
     }
 
     #[test]
