@@ -113,6 +113,11 @@ impl Cadence {
 
     /// Asks every sampler for readings no older than `interval` and waits until each has them, or
     /// [`FRESH_WAIT`] has passed (a sampler busy with a large process tree, or none running).
+    ///
+    /// The bound's timer is armed only when the samplers have not answered by this task's second turn.
+    /// A sampler on this task's thread was woken by the request before this task yields, so it reads and
+    /// answers first; arming a timer earlier than the runtime's next wake-up makes tokio wake its own
+    /// driver (an eventfd write and one more `epoll_wait`) at every scrape, for a bound that is not needed.
     pub async fn fresh(&self) {
         let mut request = 0;
         self.asked.send_modify(|g| {
@@ -120,6 +125,7 @@ impl Cadence {
             request = *g;
         });
         let deadline = tokio::time::Instant::now() + FRESH_WAIT;
+        let mut yielded = false;
         loop {
             let answered = self.answered.notified();
             tokio::pin!(answered);
@@ -127,10 +133,36 @@ impl Cadence {
             if self.all_answered(request) {
                 return;
             }
+            if !yielded {
+                yielded = true;
+                YieldOnce(false).await;
+                continue;
+            }
             if tokio::time::timeout_at(deadline, answered).await.is_err() {
                 return;
             }
         }
+    }
+}
+
+/// Pending once (the task woken at once, behind the tasks already woken), then ready: unlike
+/// `tokio::task::yield_now`, which on a current-thread runtime defers the task until the driver has
+/// been polled (one more `epoll_wait`).
+struct YieldOnce(bool);
+
+impl std::future::Future for YieldOnce {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
     }
 }
 

@@ -168,6 +168,12 @@ impl GuardedStream {
     /// Before a write: fails once bytes have waited unacknowledged for [`WRITE_STALL`] without the
     /// peer taking any.
     fn peer_stalled(&mut self) -> bool {
+        if self.queued == 0 {
+            // The peer had taken every byte at the last write, and nothing was written since: the
+            // count is still 0 (one ioctl less per answer on a kept-alive connection).
+            self.drained_at = Instant::now();
+            return false;
+        }
         let Some(now) = unacknowledged(&self.inner) else {
             return false;
         };
