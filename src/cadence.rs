@@ -125,18 +125,15 @@ impl Cadence {
             request = *g;
         });
         let deadline = tokio::time::Instant::now() + FRESH_WAIT;
-        let mut yielded = false;
+        if !self.all_answered(request) {
+            YieldOnce(false).await;
+        }
         loop {
             let answered = self.answered.notified();
             tokio::pin!(answered);
             answered.as_mut().enable();
             if self.all_answered(request) {
                 return;
-            }
-            if !yielded {
-                yielded = true;
-                YieldOnce(false).await;
-                continue;
             }
             if tokio::time::timeout_at(deadline, answered).await.is_err() {
                 return;
