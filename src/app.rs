@@ -468,8 +468,8 @@ pub fn after_reading(
             .collect()
     });
     let watched = live.watched();
-    registry.gather_where_into(gathered, |m| {
-        m.origin == crate::model::Origin::Vitals && (watched || needed.contains(m.name))
+    registry.gather_where_into(gathered, Some(crate::model::Origin::Vitals), |m| {
+        watched || needed.contains(m.name)
     });
     hints.observe(t, &gathered.metrics);
     live.tick(&gathered.metrics, t, watched);

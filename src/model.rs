@@ -473,6 +473,12 @@ pub trait Collector: Send + Sync {
         self.collect(&mut out);
         stream_metrics(&out, sink);
     }
+
+    /// The origin every metric of this collector has, when they share one: a gather of the other
+    /// origin passes it by without reading it (or taking its locks).
+    fn origin(&self) -> Option<Origin> {
+        None
+    }
 }
 
 /// A collector whose every point carries one more attribute first: each target of a sidecar watching
@@ -504,6 +510,10 @@ impl Collector for Attributed {
                     .insert(0, (self.key.to_owned(), self.value.clone()));
             }
         }
+    }
+
+    fn origin(&self) -> Option<Origin> {
+        self.inner.origin()
     }
 }
 
@@ -548,7 +558,7 @@ impl Registry {
     /// page reads vitals' own metrics without copying the app's tens of thousands of series).
     pub fn gather_where(&self, keep: impl Fn(&MetricInfo<'_>) -> bool) -> Vec<Metric> {
         let mut gathered = Gathered::default();
-        self.gather_where_into(&mut gathered, keep);
+        self.gather_where_into(&mut gathered, None, keep);
         gathered.metrics
     }
 
@@ -556,13 +566,21 @@ impl Registry {
     /// (same identity, same attributes, in the same order) are written over in place, so a gather of
     /// an unchanged set of series allocates nothing for the streamed ones (the gather after each
     /// reading copied every point's attribute strings, and freed the last copy: two thirds of its
-    /// instructions).
-    pub fn gather_where_into(&self, into: &mut Gathered, keep: impl Fn(&MetricInfo<'_>) -> bool) {
+    /// instructions). With `origin`, only metrics of that origin are kept, and a collector whose metrics
+    /// are all of the other ([`Collector::origin`]) is not read at all: the gather after each reading
+    /// takes none of the app store's locks, which a render of its tens of thousands of series holds in
+    /// turn on a thread of lower priority.
+    pub fn gather_where_into(
+        &self,
+        into: &mut Gathered,
+        origin: Option<Origin>,
+        keep: impl Fn(&MetricInfo<'_>) -> bool,
+    ) {
         for index in &mut into.index {
             index.clear();
         }
         let mut kept = Kept {
-            keep,
+            keep: |m: &MetricInfo<'_>| origin.is_none_or(|o| o == m.origin) && keep(m),
             out: &mut into.metrics,
             len: 0,
             index: &mut into.index,
@@ -570,6 +588,9 @@ impl Registry {
         };
         let mut small = Vec::new();
         for c in &self.collectors() {
+            if origin.is_some_and(|o| c.origin().is_some_and(|mine| mine != o)) {
+                continue;
+            }
             if c.streams() {
                 c.encode_into(&mut kept);
             } else {
@@ -1068,6 +1089,61 @@ mod tests {
         assert_eq!(kept, [("x".to_owned(), 2), ("last".to_owned(), 1)]);
     }
 
+    /// A streaming collector of the app's metrics that counts how often it is read.
+    struct AppOnly(Metric, std::sync::atomic::AtomicUsize);
+    impl Collector for AppOnly {
+        fn collect(&self, out: &mut Vec<Metric>) {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            out.push(self.0.clone());
+        }
+        fn streams(&self) -> bool {
+            true
+        }
+        fn encode_into(&self, sink: &mut dyn MetricSink) {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            stream_metrics(std::slice::from_ref(&self.0), sink);
+        }
+        fn origin(&self) -> Option<Origin> {
+            Some(Origin::App)
+        }
+    }
+
+    #[test]
+    fn a_gather_of_one_origin_does_not_read_a_collector_of_the_other() {
+        let mut app = Metric::new("orders", "h", "", MetricKind::Gauge)
+            .with(&[("a", "1")], Value::Gauge(1.0));
+        app.origin = Origin::App;
+        let own =
+            Metric::new("cpu", "h", "", MetricKind::Gauge).with(&[("a", "1")], Value::Gauge(2.0));
+        let r = Registry::new();
+        // A collector of mixed origins (no `origin`): its app metric is still left out by the filter.
+        r.register(Arc::new(Fixed(vec![own.clone(), app.clone()])));
+        let store = Arc::new(AppOnly(app.clone(), Default::default()));
+        r.register(store.clone());
+        // Wrapped, as a second target's collectors are: the wrapper keeps the origin.
+        r.register(Arc::new(Attributed::new(store.clone(), "target", "b")));
+        let reads = || store.1.load(std::sync::atomic::Ordering::Relaxed);
+        let mut g = Gathered::default();
+        r.gather_where_into(&mut g, Some(Origin::Vitals), |_| true);
+        assert_eq!(
+            reads(),
+            0,
+            "the app store was read by a gather of vitals' own"
+        );
+        let names: Vec<&str> = g.metrics.iter().map(|m| &*m.name).collect();
+        assert_eq!(names, ["cpu"]);
+        r.gather_where_into(&mut g, Some(Origin::App), |_| true);
+        assert_eq!(reads(), 2);
+        assert_eq!(g.metrics.len(), 1);
+        assert_eq!(g.metrics[0].name, "orders");
+        // One family: the Fixed collector's point and the wrapped store's (the store's own stream of a
+        // name already held is left out, as in any gather).
+        assert_eq!(g.metrics[0].points.len(), 2);
+        r.gather_where_into(&mut g, None, |_| true);
+        assert_eq!(reads(), 4);
+        assert_eq!(g.metrics.len(), 2);
+    }
+
     /// A streaming collector whose metrics change between gathers.
     struct Changing(std::sync::Mutex<Vec<Metric>>);
     impl Collector for Changing {
@@ -1160,7 +1236,7 @@ mod tests {
             *first.0.lock().unwrap() = random_metrics(&mut next);
             *second.0.lock().unwrap() = random_metrics(&mut next);
             *small.0.lock().unwrap() = random_metrics(&mut next);
-            r.gather_where_into(&mut g, keep);
+            r.gather_where_into(&mut g, None, keep);
             assert_eq!(g.metrics, r.gather_where(keep), "step {step}");
             // The same state again: every streamed point is written over in place (the small
             // collector's are collected anew and moved in).
@@ -1180,7 +1256,7 @@ mod tests {
                     .collect()
             };
             let before = held(&g);
-            r.gather_where_into(&mut g, keep);
+            r.gather_where_into(&mut g, None, keep);
             assert_eq!(g.metrics, r.gather_where(keep), "step {step}, again");
             assert_eq!(
                 before,

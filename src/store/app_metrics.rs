@@ -783,6 +783,10 @@ impl Collector for AppMetrics {
         true
     }
 
+    fn origin(&self) -> Option<Origin> {
+        Some(Origin::App)
+    }
+
     /// Streams borrowed views, each metric under its own lock held only while it is written: metric
     /// names sorted, series in table order (sorting 30,000 series per scrape cost more than the rest of
     /// the encoding), nothing cloned.
@@ -794,14 +798,18 @@ impl Collector for AppMetrics {
             if !f.series.any_live(now, ttl) {
                 continue;
             }
-            let mut attrs: Vec<(&str, &str)> = Vec::with_capacity(8);
-            sink.begin(&MetricInfo {
+            let info = MetricInfo {
                 name: &name,
                 description: &f.help,
                 unit: &f.unit,
                 kind: f.kind,
                 origin: Origin::App,
-            });
+            };
+            if !sink.wants(&info) {
+                continue;
+            }
+            let mut attrs: Vec<(&str, &str)> = Vec::with_capacity(8);
+            sink.begin(&info);
             for (key, p) in f.series.iter_live(now, ttl) {
                 attrs.clear();
                 attrs.extend(Unpacked(key));
