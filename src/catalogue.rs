@@ -1583,6 +1583,13 @@ pub fn gathers(lists: &[&[&MetricDef]], name: &str) -> bool {
     lists.iter().any(|l| l.iter().any(|d| d.name == name))
 }
 
+/// One instance of the main target, as [`Families::follow_instance`] holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetInstance {
+    pid: String,
+    start_bits: u64,
+}
+
 /// Read access to one gather's families by catalogue entry: what the live page and the hints read.
 pub struct Families<'a> {
     by_name: crate::model::FastMap<&'a str, &'a Metric>,
@@ -1593,12 +1600,18 @@ pub struct Families<'a> {
 impl<'a> Families<'a> {
     /// The families of vitals' own in `families` (the app's are left out).
     pub fn new(families: &'a [Metric]) -> Self {
-        Families {
-            by_name: families
+        // Sized once: collected through a filter, the map grew (and rehashed) four times for a
+        // gather of vitals' own families.
+        let mut by_name =
+            crate::model::FastMap::with_capacity_and_hasher(families.len(), Default::default());
+        by_name.extend(
+            families
                 .iter()
                 .filter(|f| f.origin == Origin::Vitals)
-                .map(|f| (&*f.name, f))
-                .collect(),
+                .map(|f| (&*f.name, f)),
+        );
+        Families {
+            by_name,
             declared: None,
         }
     }
@@ -1647,15 +1660,31 @@ impl<'a> Families<'a> {
             .fold(None, |m, v| Some(m.map_or(v, |m: f64| m.max(v))))
     }
 
-    /// The main target's instance as this gather shows it, `pid@start time`: a new value means another
-    /// process, whose counters start again. None while no target is attached.
-    pub fn target_instance(&self) -> Option<String> {
-        let pid = self
+    /// Follows the main target's instance (its pid and start time) in `held`, the one the last gather
+    /// showed: true when this gather shows another one (another process, whose counters start again),
+    /// not for the first. A gather with no target attached leaves `held` as it is. Compared as read,
+    /// with no text built (a `pid@start` string formatted per reading cost a float's formatting twice a
+    /// reading).
+    pub fn follow_instance(&self, held: &mut Option<TargetInstance>) -> bool {
+        let Some(pid) = self
             .series(&TARGET_INFO)
             .next()
-            .and_then(|s| label(s, "pid"))?;
-        let start = self.sum(&PROCESS_START_TIME, &[]);
-        Some(format!("{pid}@{}", start.unwrap_or(0.0)))
+            .and_then(|s| label(s, "pid"))
+        else {
+            return false;
+        };
+        let start = self.sum(&PROCESS_START_TIME, &[]).unwrap_or(0.0).to_bits();
+        match held {
+            Some(h) if h.pid == pid && h.start_bits == start => false,
+            _ => {
+                let another = held.is_some();
+                *held = Some(TargetInstance {
+                    pid: pid.to_owned(),
+                    start_bits: start,
+                });
+                another
+            }
+        }
     }
 
     /// Sum per value of `by`, then the largest sum (the rules' `max by (runtime) (sum by (source))`).

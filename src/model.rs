@@ -911,9 +911,11 @@ impl Merger<'_, '_> {
     /// Whether a streamed metric is written (not a repeat of a name already written); records its
     /// name (`name()`) and the small metric whose points join it.
     fn open(&mut self, metric: &MetricInfo<'_>, name: impl FnOnce() -> Cow<'static, str>) -> bool {
-        let streamed = &mut self.streamed[origin_slot(metric.origin)];
         let small = self.index.get(&(metric.origin, metric.name)).copied();
-        self.skipping = streamed.contains(metric.name) || small.is_some_and(|j| self.written[j]);
+        // A name written before is not written again: one hash for the look-up and the insert (a
+        // repeated streamed name, rare, builds its key for nothing).
+        self.skipping = small.is_some_and(|j| self.written[j])
+            || !self.streamed[origin_slot(metric.origin)].insert(name());
         if self.skipping {
             return false;
         }
@@ -921,7 +923,6 @@ impl Merger<'_, '_> {
         if let Some(j) = small {
             self.written[j] = true;
         }
-        streamed.insert(name());
         true
     }
 }

@@ -22,10 +22,12 @@ pub fn parse_pressure(buf: &[u8]) -> Result<Pressure, ParseError> {
     let mut some = None;
     let mut full = None;
     for line in text.lines() {
-        let mut parts = line.split_ascii_whitespace();
-        let kind = parts.next();
-        let total = parts.find_map(|p| p.strip_prefix("total=")).map(|v| {
-            v.parse::<u64>()
+        let kind = line.split_ascii_whitespace().next();
+        // total= is the last field: found from the end, not by splitting every field.
+        let total = line.rfind(" total=").map(|i| {
+            line[i + 7..]
+                .trim_end()
+                .parse::<u64>()
                 .map_err(|_| err(format!("total is not a number in {line:?}")))
         });
         match (kind, total) {

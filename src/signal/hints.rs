@@ -575,8 +575,8 @@ pub struct HintSignal {
 /// What the hints keep between readings.
 struct HintReading {
     usage: UsageHistory,
-    /// `pid@start` of the target the history describes.
-    target: Option<String>,
+    /// The target instance the history describes.
+    target: Option<catalogue::TargetInstance>,
     /// The advice for the history as it was at the last read of it; `None` after a reading.
     advice: Option<Vec<Hint>>,
 }
@@ -627,13 +627,9 @@ impl HintSignal {
     pub fn observe(&self, t: f64, families: &[Metric]) {
         let f = catalogue::Families::declared(families, READS);
         let up = f.sum(&catalogue::TARGET_UP, &[]).unwrap_or(0.0) > 0.0;
-        let key = f.target_instance();
         let mut r = self.reading.lock().unwrap_or_else(|p| p.into_inner());
-        if key.is_some() && key != r.target {
-            if r.target.is_some() {
-                r.usage.reset();
-            }
-            r.target = key;
+        if f.follow_instance(&mut r.target) {
+            r.usage.reset();
         }
         if up {
             r.usage.observe(&usage_tick(t, &f));

@@ -252,7 +252,7 @@ pub struct LiveFrames {
     red: VecDeque<RedSnapshot>,
     alert_since: Vec<Option<f64>>,
     onsets: Vec<Onset>,
-    target_key: Option<String>,
+    target_key: Option<catalogue::TargetInstance>,
     selected_by: String,
     listen_hint: String,
     /// Per named target: (frame time, CPU seconds) of the last frame, for its CPU rate. As many entries
@@ -460,13 +460,9 @@ impl LiveFrames {
         let info = f.series(&catalogue::TARGET_INFO).next();
         let pid = info.and_then(|s| label(s, "pid")).map(str::to_owned);
         let start = f.sum(&catalogue::PROCESS_START_TIME, &[]);
-        let key = f.target_instance();
-        if key.is_some() && key != self.target_key {
-            if self.target_key.is_some() {
-                // Another process: its counters start again.
-                self.prev = None;
-            }
-            self.target_key = key;
+        if f.follow_instance(&mut self.target_key) {
+            // Another process: its counters start again.
+            self.prev = None;
         }
 
         // Counters and their per-second rates.
