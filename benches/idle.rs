@@ -2,7 +2,7 @@
 //! the release binary with default settings and process-exporter watch the same sleeping process (and then
 //! the same 100-process tree), both scraped every 15 s and every 1 s; CPU from the threads' schedstat, RSS,
 //! and the ratio, medians of `VITALS_BENCH_RUNS` runs (default 3) of `VITALS_BENCH_SIDE_SECS` seconds
-//! (default 60). Scraped as Prometheus scrapes (one kept-alive connection per target, `Accept-Encoding:
+//! (default 60; `VITALS_BENCH_ROWS=1,4` runs only those side-by-side rows). Scraped as Prometheus scrapes (one kept-alive connection per target, `Accept-Encoding:
 //! gzip`), and, for the first row again, with a fresh connection and no `Accept-Encoding` per scrape (as
 //! curl does, and as this bench did before). Beside them, the floor: a bare blocking server in this bench answering the same bytes
 //! vitals served, which is what the kernel's loopback TCP alone costs per scrape on this machine, and the
@@ -294,12 +294,23 @@ fn main() {
     )
     .expect("write the process-exporter config");
     println!("release vitals (default settings) beside process-exporter, same target, medians of {runs} runs of {secs} s:");
-    for (children, every, how) in [
+    // VITALS_BENCH_ROWS=1,4 runs only those of the four side-by-side rows (1-based) and skips the live
+    // page; unset, everything runs.
+    let rows: Option<Vec<usize>> = std::env::var("VITALS_BENCH_ROWS")
+        .ok()
+        .map(|s| s.split(',').filter_map(|r| r.trim().parse().ok()).collect());
+    for (row, (children, every, how)) in [
         (0, 15, Scraping::Prometheus),
         (0, 1, Scraping::Prometheus),
         (99, 15, Scraping::Prometheus),
         (0, 15, Scraping::Fresh),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if rows.as_ref().is_some_and(|r| !r.contains(&(row + 1))) {
+            continue;
+        }
         let r: Vec<[f64; 7]> = (0..runs)
             .map(|_| {
                 side_by_side(
@@ -339,6 +350,9 @@ fn main() {
         );
     }
 
+    if rows.is_some() {
+        return;
+    }
     // The live page in the real process: readings every second (--idle-interval 1s) with no viewer,
     // then with one viewer streaming frames; the difference is the frame's cost.
     let tree = sleeping_tree(0);
