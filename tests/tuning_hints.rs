@@ -216,7 +216,23 @@ fn an_oom_kill_raises_the_memory_limit_above_the_one_hit() {
             &[("resource", "memory_limit")],
         )
         .unwrap();
-    // 1.2 × the limit that was hit (the peak the target itself reached is far below it).
-    assert_eq!(rec, limit as f64 * 1.2);
+    let request = e
+        .get(
+            "vitals_recommendation_bytes",
+            &[("resource", "memory_request")],
+        )
+        .unwrap();
+    // 1.2 × the limit that was hit, or 1.2 × the peak when a reading saw one above it: the tree's RSS
+    // is summed over its processes, and a reading that lands while the child fills the cgroup counts
+    // the interpreter's shared pages in both (up to about 72 MiB seen under the 64 MiB limit; usually
+    // no reading catches the child and the peak is the parent's, far below the limit). The request is
+    // that peak plus 15%, from the same scrape.
+    let peak = request / 1.15;
+    let expected = (limit as f64).max(peak) * 1.2;
+    assert!(
+        (rec - expected).abs() <= expected * 1e-9,
+        "limit hint {rec}, expected 1.2 × max(limit {limit}, peak {peak}) = {expected}"
+    );
+    assert!(rec >= limit as f64 * 1.2, "{rec}");
     drop(parent);
 }
