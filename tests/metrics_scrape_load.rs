@@ -121,7 +121,8 @@ fn scrapes_are_shared_gzipped_and_never_stall_healthz() {
     // scrapers in this process and other builds, and a scrape itself takes ~100 ms of CPU. Probes are
     // accepted on the sampling thread, so this also holds the gather after each reading off the app
     // store's locks: when it took them, it waited behind the render thread (nice 10, preempted while
-    // holding a family's lock) and the slowest probe took 60-90 ms in 3 runs of 19.
+    // holding a family's lock) and the slowest probe took 62 and 90 ms in 2 of 9 runs (60 ms in a CI
+    // run).
     let stop = Arc::new(AtomicBool::new(false));
     let scrapers: Vec<_> = (0..4)
         .map(|i| {
